@@ -1,0 +1,67 @@
+use std::fmt;
+
+use alloy_primitives::U256;
+use serde::{Deserialize, Serialize};
+
+/// Base units per token (18 decimals, as on EVM chains).
+pub const TOKEN: u128 = 1_000_000_000_000_000_000;
+
+/// `n` whole tokens in base units.
+pub fn tokens(n: u64) -> U256 {
+    U256::from(n) * U256::from(TOKEN)
+}
+
+/// A fixed-point score as the protocol stores it: `value / Score::SCALE`.
+///
+/// Validators score an update by the loss reduction it brings; the contract compares these
+/// integers, so the conversion from `f64` happens once, here, with round-half-away-from-zero.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+pub struct Score(pub i64);
+
+impl Score {
+    /// Fixed-point scale (1e6), equal to the contract's `SCORE_SCALE`.
+    pub const SCALE: i64 = 1_000_000;
+
+    /// Converts a real number, saturating at the ends of `i64` and mapping NaN to zero.
+    pub fn from_f64(x: f64) -> Self {
+        if x.is_nan() {
+            return Self(0);
+        }
+        Self((x * Self::SCALE as f64).round() as i64)
+    }
+
+    /// The real value.
+    pub fn to_f64(self) -> f64 {
+        self.0 as f64 / Self::SCALE as f64
+    }
+}
+
+impl fmt::Debug for Score {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Score({})", self.to_f64())
+    }
+}
+
+impl fmt::Display for Score {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:.6}", self.to_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn score_round_trip() {
+        assert_eq!(Score::from_f64(0.25).0, 250_000);
+        assert_eq!(Score::from_f64(-1.5).to_f64(), -1.5);
+        assert_eq!(Score::from_f64(f64::NAN).0, 0);
+        assert_eq!(Score::from_f64(f64::INFINITY).0, i64::MAX);
+    }
+
+    #[test]
+    fn token_units() {
+        assert_eq!(tokens(2), U256::from(2_000_000_000_000_000_000u128));
+    }
+}

@@ -1,0 +1,69 @@
+//! The port every ledger implements, and the values it returns.
+
+use alloy_primitives::{Address, Bytes, Log};
+use cohort_core::{Hash32, Identity};
+use serde::Serialize;
+
+use crate::LedgerError;
+
+/// What a successful transaction produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxOutcome {
+    /// Where it landed: the entry's sequence number (embedded) or the block number (chain).
+    pub position: u64,
+    /// The entry's leaf hash (embedded) or the transaction hash (chain).
+    pub id: Hash32,
+    /// Gas used.
+    pub gas_used: u64,
+    /// Return data.
+    pub output: Bytes,
+    /// The deployed contract's address, for a deployment.
+    pub created: Option<Address>,
+    /// Events, in order.
+    pub logs: Vec<Log>,
+}
+
+/// The ledger's current head.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Head {
+    /// Number of entries (embedded) or of this client's recorded transactions (chain).
+    pub size: u64,
+    /// Merkle root over them.
+    pub root: Hash32,
+    /// The time the next transaction will see.
+    pub time: u64,
+}
+
+/// A place where signed calls to the protocol execute and are recorded.
+///
+/// Implementations: [`crate::EmbeddedLedger`] (revm + redb, the default) and, with the
+/// `evm-rpc` feature, [`crate::EvmRpcLedger`] (any EVM chain). Calls are synchronous; the
+/// chain backend blocks on its own runtime. A call that reverts records nothing and returns
+/// [`LedgerError::Exec`].
+pub trait LedgerBackend {
+    /// Signs and executes a call (`to = None` deploys `data`) as `from`; records it on success.
+    fn transact(
+        &mut self,
+        from: &Identity,
+        to: Option<Address>,
+        data: Bytes,
+    ) -> Result<TxOutcome, LedgerError>;
+
+    /// Runs a read-only call against the current state.
+    fn call(&mut self, from: Address, to: Address, data: Bytes) -> Result<Bytes, LedgerError>;
+
+    /// Events recorded at positions `>= cursor`, with their positions, and the next cursor.
+    fn logs_since(&self, cursor: u64) -> Result<(Vec<(u64, Log)>, u64), LedgerError>;
+
+    /// Size, root and clock.
+    fn head(&self) -> Result<Head, LedgerError>;
+
+    /// Sets the time the next transactions execute at (`block.timestamp`). It may not go back.
+    fn set_time(&mut self, time: u64) -> Result<(), LedgerError>;
+
+    /// Inclusion proof of entry `index` in the tree of the first `size` entries.
+    fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash32>, LedgerError>;
+
+    /// Consistency proof between the trees of the first `old` and `new` entries.
+    fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash32>, LedgerError>;
+}

@@ -1,0 +1,218 @@
+//! A short scenario through the whole protocol, on any backend: `cohort ledger demo` runs it,
+//! and the backend test suites use it.
+//!
+//! Governance deploys and mints; a coordinator, three clients (alice, bob, mallory) and two
+//! validators register and stake; each client commits a dataset; one round runs with two
+//! honest updates and one harmful one, which the validators score below the acceptance
+//! threshold; the round is tallied, finalized and settled.
+
+use alloy_primitives::{Address, B256, U256};
+use cohort_core::{Identity, Score, sha256, tokens};
+use serde::Serialize;
+
+use crate::backend::LedgerBackend;
+use crate::merkle::{MerkleTree, leaf_hash};
+use crate::protocol::{Cohort::CohortEvents, Protocol, ProtocolError, accepted_set_hash, roles};
+
+/// The cast of the demo, derived from a seed.
+#[derive(Debug, Clone)]
+pub struct Cast {
+    /// Deploys the contract and mints.
+    pub governance: Identity,
+    /// Runs the round.
+    pub coordinator: Identity,
+    /// alice, bob (honest), mallory (harmful).
+    pub clients: Vec<Identity>,
+    /// Two validators.
+    pub validators: Vec<Identity>,
+}
+
+impl Cast {
+    /// The cast for `seed`.
+    pub fn new(seed: u64) -> Self {
+        let id = |n: &str| Identity::from_seed(seed, n);
+        Self {
+            governance: id("governance"),
+            coordinator: id("coordinator"),
+            clients: vec![id("alice"), id("bob"), id("mallory")],
+            validators: vec![id("validator-1"), id("validator-2")],
+        }
+    }
+
+    /// Everyone, governance first.
+    pub fn everyone(&self) -> Vec<&Identity> {
+        let mut v = vec![&self.governance, &self.coordinator];
+        v.extend(self.clients.iter());
+        v.extend(self.validators.iter());
+        v
+    }
+}
+
+/// One participant's standing after the demo.
+#[derive(Debug, Clone, Serialize)]
+pub struct Standing {
+    /// Name.
+    pub name: String,
+    /// Address.
+    pub address: Address,
+    /// Free balance, whole tokens (floor).
+    pub balance: String,
+    /// Active stake, whole tokens (floor).
+    pub stake: String,
+}
+
+/// What the demo did.
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoReport {
+    /// The contract address.
+    pub contract: Address,
+    /// Accepted update indices.
+    pub accepted: Vec<u32>,
+    /// Rejected update indices.
+    pub rejected: Vec<u32>,
+    /// Consensus score of each update.
+    pub consensus: Vec<f64>,
+    /// Every participant's balance and stake.
+    pub standings: Vec<Standing>,
+    /// Transactions sent.
+    pub transactions: u64,
+    /// Gas used by them.
+    pub gas_used: u64,
+    /// Whether `minted = balances + stakes + escrow + pools + treasury + burned`.
+    pub supply_conserved: bool,
+}
+
+/// Formats base units as whole tokens with 4 decimals.
+pub fn fmt_tokens(v: U256) -> String {
+    let unit = U256::from(cohort_core::TOKEN);
+    let whole = v / unit;
+    let frac = (v % unit) / U256::from(100_000_000_000_000u64);
+    format!("{whole}.{frac:0>4}")
+}
+
+/// The Merkle root over a dataset's shard hashes, as datasets are committed.
+pub fn dataset_root(shards: &[&[u8]]) -> B256 {
+    let mut t = MerkleTree::new();
+    for s in shards {
+        t.push_hash(leaf_hash(s));
+    }
+    t.root().into()
+}
+
+/// Deploys the protocol on `backend` and runs the demo round. Time advances one minute per
+/// step from the backend's current time.
+pub fn run<B: LedgerBackend>(backend: B, seed: u64) -> Result<(Protocol<B>, DemoReport), ProtocolError> {
+    let cast = Cast::new(seed);
+    let mut clock = backend.head()?.time;
+    let mut p = Protocol::deploy(backend, &cast.governance)?;
+    let mut tx = 1u64;
+    let mut gas = 0u64;
+    let mut tick = |p: &mut Protocol<B>| -> Result<(), ProtocolError> {
+        clock += 60;
+        p.backend_mut().set_time(clock)?;
+        Ok(())
+    };
+    macro_rules! send {
+        ($e:expr) => {{
+            let s = $e?;
+            tx += 1;
+            gas += s.gas_used;
+            s
+        }};
+    }
+    let gov = cast.governance.clone();
+    let coord = cast.coordinator.clone();
+    for who in cast.everyone().into_iter().skip(1) {
+        send!(p.mint(&gov, who.address(), tokens(10_000)));
+    }
+    send!(p.approve_coordinator(&gov, coord.address()));
+    tick(&mut p)?;
+    send!(p.register(&coord, roles::COORDINATOR));
+    let mut datasets = Vec::new();
+    for c in &cast.clients {
+        send!(p.register(c, roles::CLIENT | roles::DATA_OWNER));
+        send!(p.stake(c, tokens(500)));
+        let shards: Vec<Vec<u8>> = (0..4).map(|i| format!("{} shard {i}", c.name()).into_bytes()).collect();
+        let refs: Vec<&[u8]> = shards.iter().map(Vec::as_slice).collect();
+        let manifest = sha256(format!("manifest of {}", c.name()).as_bytes());
+        let id = send!(p.commit_dataset(c, dataset_root(&refs), manifest.into(), 4)).value;
+        datasets.push(id);
+    }
+    for v in &cast.validators {
+        send!(p.register(v, roles::VALIDATOR));
+        send!(p.stake(v, tokens(2_000)));
+    }
+    tick(&mut p)?;
+    let global = sha256(b"global model, round 0");
+    let round = send!(p.open_round(&coord, global.into(), tokens(100), false)).value;
+    for (c, d) in cast.clients.iter().zip(&datasets) {
+        let blob = sha256(format!("lora delta of {}", c.name()).as_bytes());
+        send!(p.submit_update(c, round, blob.into(), *d, 1_000));
+    }
+    tick(&mut p)?;
+    send!(p.close_submissions(&coord, round));
+    // Loss reductions each validator measured on its own held-out data.
+    let scores = [
+        vec![Score::from_f64(0.12), Score::from_f64(0.08), Score::from_f64(-0.30)],
+        vec![Score::from_f64(0.11), Score::from_f64(0.09), Score::from_f64(-0.25)],
+    ];
+    let salts: Vec<B256> = cast
+        .validators
+        .iter()
+        .map(|v| sha256(format!("salt of {}", v.name()).as_bytes()).into())
+        .collect();
+    for ((v, s), salt) in cast.validators.iter().zip(&scores).zip(&salts) {
+        send!(p.commit_scores(v, round, s, *salt));
+    }
+    tick(&mut p)?;
+    send!(p.close_commits(&coord, round));
+    for ((v, s), salt) in cast.validators.iter().zip(&scores).zip(&salts) {
+        send!(p.reveal_scores(v, round, s, *salt));
+    }
+    tick(&mut p)?;
+    let mut accepted = Vec::new();
+    let mut rejected = Vec::new();
+    let mut consensus = vec![0.0; cast.clients.len()];
+    for e in p.tally_all(&coord, round, 64)? {
+        tx += 1;
+        match e {
+            CohortEvents::UpdateAccepted(a) => {
+                accepted.push(a.index);
+                consensus[a.index as usize] = Score(a.consensusScore).to_f64();
+            }
+            CohortEvents::UpdateRejected(r) => {
+                rejected.push(r.index);
+                consensus[r.index as usize] = Score(r.consensusScore).to_f64();
+            }
+            _ => {}
+        }
+    }
+    accepted.sort_unstable();
+    let aggregate = sha256(b"aggregate of the accepted updates, round 1");
+    send!(p.finalize(&coord, round, aggregate.into(), accepted_set_hash(&accepted)));
+    tick(&mut p)?;
+    p.settle_all(&coord, round, 64)?;
+    tx += 1;
+    let mut standings = Vec::new();
+    for who in cast.everyone() {
+        let (active, _, _) = p.stake_of(who.address())?;
+        standings.push(Standing {
+            name: who.name().to_owned(),
+            address: who.address(),
+            balance: fmt_tokens(p.balance_of(who.address())?),
+            stake: fmt_tokens(active),
+        });
+    }
+    let supply_conserved = p.supply()?.conserved();
+    let report = DemoReport {
+        contract: p.address(),
+        accepted,
+        rejected,
+        consensus,
+        standings,
+        transactions: tx,
+        gas_used: gas,
+        supply_conserved,
+    };
+    Ok((p, report))
+}

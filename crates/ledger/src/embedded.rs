@@ -1,0 +1,812 @@
+//! The embedded ledger: a signed, hash-chained, Merkle-proved log in redb, executed by revm.
+//!
+//! A directory holds `ledger.redb` (entries and metadata) and `operator.key` (the secret that
+//! signs checkpoints). Each commit writes its entries and the new signed checkpoint in one redb
+//! transaction, so a crash leaves either all of a batch or none of it. Opening replays every
+//! entry through the EVM and checks its link and receipt; [`EmbeddedLedger::verify_dir`]
+//! additionally checks every signature (batched, on all cores) and the checkpoint.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use alloy_primitives::{Address, Bytes, Log, U256};
+use cohort_core::{Hash32, Identity, PublicKey, address_of};
+use ed25519_dalek::{Signature, VerifyingKey};
+use rayon::prelude::*;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Head, LedgerBackend, TxOutcome};
+use crate::checkpoint::{Checkpoint, verifier_key};
+use crate::entry::{Entry, Receipt, SignedTx, Tx};
+use crate::evm::{Executor, TX_GAS_CAP};
+use crate::merkle::{MerkleTree, leaf_hash, verify_inclusion};
+use crate::{LedgerError, merkle};
+
+const ENTRIES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("entries");
+const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+const FORMAT: &[u8] = b"cohort-ledger/1";
+const DB_FILE: &str = "ledger.redb";
+const KEY_FILE: &str = "operator.key";
+
+/// How to create a ledger.
+#[derive(Debug, Clone)]
+pub struct LedgerConfig {
+    /// The log's name in checkpoints, e.g. `cohort.local/demo`.
+    pub origin: String,
+    /// The operator identity that signs checkpoints.
+    pub operator: Identity,
+    /// Time of the first entry.
+    pub start_time: u64,
+}
+
+impl LedgerConfig {
+    /// A config with start time 0.
+    pub fn new(origin: &str, operator: Identity) -> Self {
+        Self {
+            origin: origin.to_owned(),
+            operator,
+            start_time: 0,
+        }
+    }
+
+    /// Sets the time of the first entry.
+    pub fn with_start_time(mut self, t: u64) -> Self {
+        self.start_time = t;
+        self
+    }
+}
+
+/// A successfully appended entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Sequence number.
+    pub seq: u64,
+    /// Leaf hash.
+    pub leaf: Hash32,
+    /// Receipt.
+    pub receipt: Receipt,
+}
+
+/// What [`EmbeddedLedger::verify_dir`] checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// Entries checked.
+    pub entries: u64,
+    /// Merkle root over them (equal to the checkpoint's).
+    pub root: Hash32,
+    /// Digest of the EVM state after replay.
+    pub state_root: Hash32,
+    /// The verified checkpoint note.
+    pub checkpoint: String,
+}
+
+/// An inclusion proof of one entry, self-contained: the entry's bytes, the audit path and the
+/// checkpoint it is proved against.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InclusionProof {
+    /// The entry's sequence number.
+    pub index: u64,
+    /// Tree size of the checkpoint.
+    pub size: u64,
+    /// The entry's canonical bytes, hex.
+    pub entry_hex: String,
+    /// Audit path, leaf upwards, hex hashes.
+    pub path: Vec<Hash32>,
+    /// The signed checkpoint note.
+    pub checkpoint: String,
+    /// The operator's public key, hex.
+    pub operator_key: String,
+}
+
+impl InclusionProof {
+    /// Checks the proof: the checkpoint is signed by `operator_key` (or by the key inside the
+    /// proof if none is given), and the entry is in its tree. Returns the decoded entry.
+    pub fn check(&self, operator_key: Option<&PublicKey>) -> Result<Entry, LedgerError> {
+        let key = match operator_key {
+            Some(k) => *k,
+            None => parse_key(&self.operator_key)?,
+        };
+        let origin = self
+            .checkpoint
+            .lines()
+            .next()
+            .ok_or_else(|| LedgerError::BadCheckpoint("empty checkpoint".into()))?;
+        let cp = Checkpoint::verify(&self.checkpoint, origin, &key)?;
+        if cp.size != self.size {
+            return Err(LedgerError::Invalid {
+                what: "proof",
+                reason: format!("proof is for size {} but checkpoint has {}", self.size, cp.size),
+            });
+        }
+        let bytes = hex::decode(&self.entry_hex).map_err(|e| LedgerError::Invalid {
+            what: "proof entry hex",
+            reason: e.to_string(),
+        })?;
+        let entry = Entry::decode(&bytes).map_err(|e| LedgerError::Invalid {
+            what: "proof entry",
+            reason: e.to_string(),
+        })?;
+        verify_inclusion(&leaf_hash(&bytes), self.index, self.size, &self.path, &cp.root)?;
+        Ok(entry)
+    }
+
+    /// Size of the audit path in bytes.
+    pub fn path_bytes(&self) -> usize {
+        self.path.len() * 32
+    }
+}
+
+fn parse_key(hex_key: &str) -> Result<PublicKey, LedgerError> {
+    let h: Hash32 = hex_key.parse().map_err(|_| LedgerError::Invalid {
+        what: "operator public key",
+        reason: "expected 64 hex characters".into(),
+    })?;
+    Ok(h.0)
+}
+
+/// The embedded ledger. One writer per directory (redb locks the file).
+pub struct EmbeddedLedger {
+    dir: PathBuf,
+    db: Database,
+    origin: String,
+    operator: Identity,
+    tree: MerkleTree,
+    exec: Executor,
+    last_time: u64,
+    clock: u64,
+    note: String,
+    /// Events per entry, kept for `logs_since` (rebuilt on open).
+    logs: Vec<Vec<Log>>,
+}
+
+impl std::fmt::Debug for EmbeddedLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedLedger")
+            .field("dir", &self.dir)
+            .field("origin", &self.origin)
+            .field("size", &self.tree.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedLedger {
+    /// Creates a new ledger in `dir` (created if missing); fails if one is already there.
+    pub fn create(dir: impl AsRef<Path>, config: LedgerConfig) -> Result<Self, LedgerError> {
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(&dir).map_err(LedgerError::io(&dir))?;
+        let db_path = dir.join(DB_FILE);
+        if db_path.exists() {
+            return Err(LedgerError::AlreadyExists(dir));
+        }
+        if config.origin.is_empty() || config.origin.contains(['\n', ' ', '+']) {
+            return Err(LedgerError::Invalid {
+                what: "origin",
+                reason: format!("{:?} must be non-empty without spaces, '+' or newlines", config.origin),
+            });
+        }
+        let key_path = dir.join(KEY_FILE);
+        write_secret(&key_path, &config.operator)?;
+        let db = Database::create(&db_path).map_err(LedgerError::storage)?;
+        let note = Checkpoint {
+            origin: config.origin.clone(),
+            size: 0,
+            root: merkle::empty_root(),
+        }
+        .sign(&config.operator);
+        let w = db.begin_write().map_err(LedgerError::storage)?;
+        {
+            w.open_table(ENTRIES).map_err(LedgerError::storage)?;
+            let mut m = w.open_table(META).map_err(LedgerError::storage)?;
+            let pk = config.operator.public_key();
+            let start = config.start_time.to_be_bytes();
+            let rows: [(&str, &[u8]); 5] = [
+                ("format", FORMAT),
+                ("origin", config.origin.as_bytes()),
+                ("operator", &pk),
+                ("start_time", &start),
+                ("checkpoint", note.as_bytes()),
+            ];
+            for (k, v) in rows {
+                m.insert(k, v).map_err(LedgerError::storage)?;
+            }
+        }
+        w.commit().map_err(LedgerError::storage)?;
+        Ok(Self {
+            dir,
+            db,
+            origin: config.origin,
+            operator: config.operator,
+            tree: MerkleTree::new(),
+            exec: Executor::new(),
+            last_time: config.start_time,
+            clock: config.start_time,
+            note,
+            logs: Vec::new(),
+        })
+    }
+
+    /// Opens an existing ledger and rebuilds its state by replaying every entry: links, times
+    /// and receipts are checked as it goes (signatures are [`Self::verify`]'s job).
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, LedgerError> {
+        let dir = dir.as_ref().to_path_buf();
+        let db_path = dir.join(DB_FILE);
+        if !db_path.exists() {
+            return Err(LedgerError::NotALedger {
+                dir,
+                reason: format!("no {DB_FILE}"),
+            });
+        }
+        let key_path = dir.join(KEY_FILE);
+        let secret = fs::read_to_string(&key_path).map_err(LedgerError::io(&key_path))?;
+        let db = Database::open(&db_path).map_err(|e| open_error(&dir, e))?;
+        let meta = read_meta(&db, &dir)?;
+        let operator = Identity::from_secret_hex("operator", &secret).map_err(|e| {
+            LedgerError::Invalid {
+                what: "operator.key",
+                reason: e.to_string(),
+            }
+        })?;
+        if operator.public_key() != meta.operator {
+            return Err(LedgerError::Invalid {
+                what: "operator.key",
+                reason: "does not match the operator key recorded in the ledger".into(),
+            });
+        }
+        let mut led = Self {
+            dir,
+            db,
+            origin: meta.origin,
+            operator,
+            tree: MerkleTree::new(),
+            exec: Executor::new(),
+            last_time: meta.start_time,
+            clock: meta.start_time,
+            note: meta.checkpoint,
+            logs: Vec::new(),
+        };
+        led.rebuild(meta.start_time)?;
+        Ok(led)
+    }
+
+    /// Rebuilds the in-memory state (tree, EVM, events) by replaying what is on disk.
+    fn rebuild(&mut self, start_time: u64) -> Result<(), LedgerError> {
+        let raw = read_entries(&self.db)?;
+        self.tree = MerkleTree::new();
+        self.exec = Executor::new();
+        self.logs = Vec::with_capacity(raw.len());
+        self.last_time = start_time;
+        for (seq, bytes) in raw.iter().enumerate() {
+            let e = decode_at(seq as u64, bytes)?;
+            self.check_link(&e)?;
+            let r = self
+                .exec
+                .execute(e.seq, e.time, e.tx.sender(), &e.tx.tx)
+                .map_err(|x| LedgerError::BadEntry {
+                    seq: e.seq,
+                    reason: format!("does not re-execute: {x}"),
+                })?;
+            if r != e.receipt {
+                return Err(LedgerError::BadEntry {
+                    seq: e.seq,
+                    reason: "stored receipt differs from re-execution".into(),
+                });
+            }
+            self.tree.push_hash(leaf_hash(bytes));
+            self.last_time = e.time;
+            self.logs.push(e.receipt.logs);
+        }
+        self.clock = self.last_time;
+        self.note = read_meta(&self.db, &self.dir)?.checkpoint;
+        let cp = Checkpoint::verify(&self.note, &self.origin, &self.operator.public_key())?;
+        if cp.size != self.tree.len() || cp.root != self.tree.root() {
+            return Err(LedgerError::BadCheckpoint(format!(
+                "checkpoint says size {} root {}, entries give size {} root {}",
+                cp.size,
+                cp.root,
+                self.tree.len(),
+                self.tree.root()
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_link(&self, e: &Entry) -> Result<(), LedgerError> {
+        let n = self.tree.len();
+        let bad = |reason: String| LedgerError::BadEntry { seq: n, reason };
+        if e.seq != n {
+            return Err(bad(format!("carries seq {}", e.seq)));
+        }
+        let prev = self.tree.leaf(n.wrapping_sub(1)).unwrap_or(Hash32::ZERO);
+        if e.prev != prev {
+            return Err(bad(format!("links to {} but entry before is {prev}", e.prev)));
+        }
+        if e.time < self.last_time {
+            return Err(bad(format!("time {} before previous {}", e.time, self.last_time)));
+        }
+        Ok(())
+    }
+
+    /// The log's origin line.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> u64 {
+        self.tree.len()
+    }
+
+    /// Whether the log is empty.
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
+    }
+
+    /// The latest signed checkpoint note.
+    pub fn checkpoint_note(&self) -> &str {
+        &self.note
+    }
+
+    /// The operator's public key.
+    pub fn operator_key(&self) -> PublicKey {
+        self.operator.public_key()
+    }
+
+    /// The verifier key string clients configure to check checkpoints.
+    pub fn verifier_key(&self) -> String {
+        verifier_key(&self.origin, &self.operator.public_key())
+    }
+
+    /// Digest of the current EVM state.
+    pub fn state_root(&self) -> Hash32 {
+        self.exec.state_root()
+    }
+
+    /// The next nonce `addr` must sign.
+    pub fn nonce(&self, addr: Address) -> u64 {
+        self.exec.nonce(addr)
+    }
+
+    /// Builds and signs a call as `from` with its next nonce (offset by `ahead` for calls
+    /// signed in advance of a batch).
+    pub fn sign(&self, from: &Identity, to: Option<Address>, data: Bytes, ahead: u64) -> SignedTx {
+        let tx = Tx {
+            to,
+            value: U256::ZERO,
+            data,
+            gas_limit: TX_GAS_CAP,
+            nonce: self.exec.nonce(from.address()) + ahead,
+        };
+        SignedTx::sign(&self.origin, from, tx)
+    }
+
+    /// Appends one signed transaction in its own durable commit.
+    pub fn submit(&mut self, tx: SignedTx) -> Result<Applied, LedgerError> {
+        let mut out = self.submit_batch(vec![tx])?;
+        out.pop().unwrap_or_else(|| Err(LedgerError::Storage("empty batch result".into())))
+    }
+
+    /// Verifies, executes and appends a batch in one durable commit with one new checkpoint.
+    /// Each transaction gets its own result; the failed ones (bad signature, nonce, revert) are
+    /// left out and the rest still commit. The outer error means the commit itself failed, in
+    /// which case nothing of the batch is kept.
+    pub fn submit_batch(
+        &mut self,
+        txs: Vec<SignedTx>,
+    ) -> Result<Vec<Result<Applied, LedgerError>>, LedgerError> {
+        let sig_ok = verify_signatures(&self.origin, &txs);
+        let mut results = Vec::with_capacity(txs.len());
+        let mut rows: Vec<(u64, Vec<u8>)> = Vec::with_capacity(txs.len());
+        let mut new_logs = Vec::new();
+        for (tx, ok) in txs.into_iter().zip(sig_ok) {
+            if !ok {
+                results.push(Err(LedgerError::BadSignature {
+                    author: tx.sender(),
+                }));
+                continue;
+            }
+            let sender = tx.sender();
+            let expected = self.exec.nonce(sender);
+            if tx.tx.nonce != expected {
+                results.push(Err(LedgerError::Nonce {
+                    author: sender,
+                    expected,
+                    got: tx.tx.nonce,
+                }));
+                continue;
+            }
+            let seq = self.tree.len();
+            let receipt = match self.exec.execute(seq, self.clock, sender, &tx.tx) {
+                Ok(r) => r,
+                Err(e) => {
+                    results.push(Err(e.into()));
+                    continue;
+                }
+            };
+            let entry = Entry {
+                seq,
+                prev: self.tree.leaf(seq.wrapping_sub(1)).unwrap_or(Hash32::ZERO),
+                time: self.clock,
+                tx,
+                receipt,
+            };
+            let bytes = entry.encode();
+            let leaf = leaf_hash(&bytes);
+            self.tree.push_hash(leaf);
+            rows.push((seq, bytes));
+            new_logs.push(entry.receipt.logs.clone());
+            results.push(Ok(Applied {
+                seq,
+                leaf,
+                receipt: entry.receipt,
+            }));
+        }
+        if rows.is_empty() {
+            return Ok(results);
+        }
+        let note = Checkpoint {
+            origin: self.origin.clone(),
+            size: self.tree.len(),
+            root: self.tree.root(),
+        }
+        .sign(&self.operator);
+        if let Err(e) = self.write(&rows, &note) {
+            // The EVM state already holds the batch: rebuild it from what is on disk.
+            let clock = self.clock;
+            let start_time = read_meta(&self.db, &self.dir)?.start_time;
+            self.rebuild(start_time)?;
+            self.clock = clock.max(self.last_time);
+            return Err(e);
+        }
+        self.note = note;
+        self.last_time = self.clock;
+        self.logs.extend(new_logs);
+        Ok(results)
+    }
+
+    fn write(&self, rows: &[(u64, Vec<u8>)], note: &str) -> Result<(), LedgerError> {
+        let w = self.db.begin_write().map_err(LedgerError::storage)?;
+        {
+            let mut t = w.open_table(ENTRIES).map_err(LedgerError::storage)?;
+            for (seq, bytes) in rows {
+                t.insert(*seq, bytes.as_slice()).map_err(LedgerError::storage)?;
+            }
+            let mut m = w.open_table(META).map_err(LedgerError::storage)?;
+            m.insert("checkpoint", note.as_bytes())
+                .map_err(LedgerError::storage)?;
+        }
+        w.commit().map_err(LedgerError::storage)
+    }
+
+    /// Reads entry `seq`.
+    pub fn entry(&self, seq: u64) -> Result<Entry, LedgerError> {
+        let r = self.db.begin_read().map_err(LedgerError::storage)?;
+        let t = r.open_table(ENTRIES).map_err(LedgerError::storage)?;
+        let v = t
+            .get(seq)
+            .map_err(LedgerError::storage)?
+            .ok_or_else(|| LedgerError::Invalid {
+                what: "entry index",
+                reason: format!("{seq} is past the end ({} entries)", self.len()),
+            })?;
+        decode_at(seq, v.value())
+    }
+
+    /// An inclusion proof of entry `index` against the current checkpoint.
+    pub fn prove(&self, index: u64) -> Result<InclusionProof, LedgerError> {
+        let size = self.len();
+        let entry = self.entry(index)?;
+        Ok(InclusionProof {
+            index,
+            size,
+            entry_hex: hex::encode(entry.encode()),
+            path: self.tree.inclusion_proof(index, size)?,
+            checkpoint: self.note.clone(),
+            operator_key: hex::encode(self.operator.public_key()),
+        })
+    }
+
+    /// Runs every check of [`Self::verify_dir`] on this ledger's directory.
+    pub fn verify(&self) -> Result<VerifyReport, LedgerError> {
+        verify_db(&self.db, &self.dir)
+    }
+
+    /// Re-checks a ledger directory from scratch without opening it for writing: every entry
+    /// decodes, carries its sequence number, links to the one before and keeps time order;
+    /// every signature verifies (batched, on all cores); re-executing every entry reproduces
+    /// its receipt; the Merkle root equals the signed checkpoint's. The error names the first
+    /// bad entry.
+    pub fn verify_dir(dir: impl AsRef<Path>) -> Result<VerifyReport, LedgerError> {
+        let dir = dir.as_ref();
+        let db_path = dir.join(DB_FILE);
+        if !db_path.exists() {
+            return Err(LedgerError::NotALedger {
+                dir: dir.to_path_buf(),
+                reason: format!("no {DB_FILE}"),
+            });
+        }
+        let db = redb::ReadOnlyDatabase::open(&db_path).map_err(|e| open_error(dir, e))?;
+        verify_db(&db, dir)
+    }
+}
+
+struct Meta {
+    origin: String,
+    operator: PublicKey,
+    start_time: u64,
+    checkpoint: String,
+}
+
+fn open_error(dir: &Path, e: redb::DatabaseError) -> LedgerError {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => LedgerError::Storage(format!(
+            "{}: the ledger is open in another process",
+            dir.display()
+        )),
+        e => LedgerError::NotALedger {
+            dir: dir.to_path_buf(),
+            reason: format!("{DB_FILE} is unreadable: {e}"),
+        },
+    }
+}
+
+fn read_meta(db: &impl ReadableDatabase, dir: &Path) -> Result<Meta, LedgerError> {
+    let not = |reason: String| LedgerError::NotALedger {
+        dir: dir.to_path_buf(),
+        reason,
+    };
+    let r = db.begin_read().map_err(LedgerError::storage)?;
+    let m = r
+        .open_table(META)
+        .map_err(|e| not(format!("no metadata table: {e}")))?;
+    let get = |k: &str| -> Result<Vec<u8>, LedgerError> {
+        Ok(m.get(k)
+            .map_err(LedgerError::storage)?
+            .ok_or_else(|| not(format!("metadata has no `{k}`")))?
+            .value()
+            .to_vec())
+    };
+    if get("format")? != FORMAT {
+        return Err(not("unknown format version".into()));
+    }
+    let origin = String::from_utf8(get("origin")?).map_err(|_| not("origin is not UTF-8".into()))?;
+    let operator: PublicKey = get("operator")?
+        .try_into()
+        .map_err(|_| not("operator key is not 32 bytes".into()))?;
+    let start_time = u64::from_be_bytes(
+        get("start_time")?
+            .try_into()
+            .map_err(|_| not("start_time is not 8 bytes".into()))?,
+    );
+    let checkpoint = String::from_utf8(get("checkpoint")?)
+        .map_err(|_| LedgerError::BadCheckpoint("not UTF-8".into()))?;
+    Ok(Meta {
+        origin,
+        operator,
+        start_time,
+        checkpoint,
+    })
+}
+
+fn read_entries(db: &impl ReadableDatabase) -> Result<Vec<Vec<u8>>, LedgerError> {
+    let r = db.begin_read().map_err(LedgerError::storage)?;
+    let t = r.open_table(ENTRIES).map_err(LedgerError::storage)?;
+    let mut out = Vec::with_capacity(t.len().map_err(LedgerError::storage)? as usize);
+    for (i, row) in t.iter().map_err(LedgerError::storage)?.enumerate() {
+        let (k, v) = row.map_err(|e| LedgerError::BadEntry {
+            seq: i as u64,
+            reason: format!("unreadable: {e}"),
+        })?;
+        if k.value() != i as u64 {
+            return Err(LedgerError::BadEntry {
+                seq: i as u64,
+                reason: format!("missing (next stored key is {})", k.value()),
+            });
+        }
+        out.push(v.value().to_vec());
+    }
+    Ok(out)
+}
+
+fn decode_at(seq: u64, bytes: &[u8]) -> Result<Entry, LedgerError> {
+    Entry::decode(bytes).map_err(|e| LedgerError::BadEntry {
+        seq,
+        reason: e.to_string(),
+    })
+}
+
+/// Checks signatures in parallel, batched; returns one flag per transaction.
+fn verify_signatures(origin: &str, txs: &[SignedTx]) -> Vec<bool> {
+    const CHUNK: usize = 256;
+    txs.par_chunks(CHUNK)
+        .flat_map_iter(|chunk| {
+            let mut keys: HashMap<PublicKey, Option<VerifyingKey>> = HashMap::new();
+            let msgs: Vec<Vec<u8>> = chunk
+                .iter()
+                .map(|t| SignedTx::signing_message(origin, &t.author, &t.tx))
+                .collect();
+            let vks: Vec<Option<VerifyingKey>> = chunk
+                .iter()
+                .map(|t| {
+                    *keys
+                        .entry(t.author)
+                        .or_insert_with(|| VerifyingKey::from_bytes(&t.author).ok())
+                })
+                .collect();
+            let sigs: Vec<Signature> =
+                chunk.iter().map(|t| Signature::from_bytes(&t.signature)).collect();
+            let all_keys: Option<Vec<VerifyingKey>> = vks.iter().copied().collect();
+            let batch_ok = all_keys.is_some_and(|k| {
+                let refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
+                ed25519_dalek::verify_batch(&refs, &sigs, &k).is_ok()
+            });
+            let flags: Vec<bool> = if batch_ok {
+                vec![true; chunk.len()]
+            } else {
+                (0..chunk.len())
+                    .map(|i| vks[i].is_some_and(|k| k.verify_strict(&msgs[i], &sigs[i]).is_ok()))
+                    .collect()
+            };
+            flags.into_iter()
+        })
+        .collect()
+}
+
+fn verify_db(db: &impl ReadableDatabase, dir: &Path) -> Result<VerifyReport, LedgerError> {
+    let meta = read_meta(db, dir)?;
+    let raw = read_entries(db)?;
+    let decoded: Vec<Entry> = raw
+        .par_iter()
+        .enumerate()
+        .map(|(i, b)| decode_at(i as u64, b))
+        .collect::<Result<_, _>>()?;
+    let leaves: Vec<Hash32> = raw.par_iter().map(|b| leaf_hash(b)).collect();
+    let mut last_time = meta.start_time;
+    for (i, e) in decoded.iter().enumerate() {
+        let bad = |reason: String| LedgerError::BadEntry {
+            seq: i as u64,
+            reason,
+        };
+        if e.seq != i as u64 {
+            return Err(bad(format!("carries seq {}", e.seq)));
+        }
+        let prev = if i == 0 { Hash32::ZERO } else { leaves[i - 1] };
+        if e.prev != prev {
+            return Err(bad("hash link to the previous entry is broken".into()));
+        }
+        if e.time < last_time {
+            return Err(bad(format!("time {} before previous {last_time}", e.time)));
+        }
+        last_time = e.time;
+    }
+    let txs: Vec<SignedTx> = decoded.iter().map(|e| e.tx.clone()).collect();
+    let (sigs, replay) = rayon::join(
+        || verify_signatures(&meta.origin, &txs),
+        || -> Result<Hash32, LedgerError> {
+            let mut exec = Executor::new();
+            for e in &decoded {
+                let r = exec
+                    .execute(e.seq, e.time, address_of(&e.tx.author), &e.tx.tx)
+                    .map_err(|x| LedgerError::BadEntry {
+                        seq: e.seq,
+                        reason: format!("does not re-execute: {x}"),
+                    })?;
+                if r != e.receipt {
+                    return Err(LedgerError::BadEntry {
+                        seq: e.seq,
+                        reason: "stored receipt differs from re-execution".into(),
+                    });
+                }
+            }
+            Ok(exec.state_root())
+        },
+    );
+    if let Some(i) = sigs.iter().position(|ok| !ok) {
+        return Err(LedgerError::BadEntry {
+            seq: i as u64,
+            reason: format!("signature by {} does not verify", decoded[i].tx.sender()),
+        });
+    }
+    let state_root = replay?;
+    let mut tree = MerkleTree::new();
+    for l in &leaves {
+        tree.push_hash(*l);
+    }
+    let cp = Checkpoint::verify(&meta.checkpoint, &meta.origin, &meta.operator)?;
+    if cp.size != tree.len() || cp.root != tree.root() {
+        return Err(LedgerError::BadCheckpoint(format!(
+            "signed checkpoint says size {} root {}, entries give size {} root {}",
+            cp.size,
+            cp.root,
+            tree.len(),
+            tree.root()
+        )));
+    }
+    Ok(VerifyReport {
+        entries: tree.len(),
+        root: tree.root(),
+        state_root,
+        checkpoint: meta.checkpoint,
+    })
+}
+
+fn write_secret(path: &Path, id: &Identity) -> Result<(), LedgerError> {
+    use std::io::Write;
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(LedgerError::io(path))?;
+    writeln!(f, "{}", hex::encode(id.secret_bytes())).map_err(LedgerError::io(path))?;
+    f.sync_all().map_err(LedgerError::io(path))
+}
+
+impl LedgerBackend for EmbeddedLedger {
+    fn transact(
+        &mut self,
+        from: &Identity,
+        to: Option<Address>,
+        data: Bytes,
+    ) -> Result<TxOutcome, LedgerError> {
+        let tx = self.sign(from, to, data, 0);
+        let a = self.submit(tx)?;
+        Ok(TxOutcome {
+            position: a.seq,
+            id: a.leaf,
+            gas_used: a.receipt.gas_used,
+            output: a.receipt.output,
+            created: a.receipt.created,
+            logs: a.receipt.logs,
+        })
+    }
+
+    fn call(&mut self, from: Address, to: Address, data: Bytes) -> Result<Bytes, LedgerError> {
+        Ok(self.exec.call(self.len(), self.clock, from, to, data)?)
+    }
+
+    fn logs_since(&self, cursor: u64) -> Result<(Vec<(u64, Log)>, u64), LedgerError> {
+        let from = (cursor as usize).min(self.logs.len());
+        let out = self.logs[from..]
+            .iter()
+            .enumerate()
+            .flat_map(|(i, ls)| ls.iter().map(move |l| ((from + i) as u64, l.clone())))
+            .collect();
+        Ok((out, self.logs.len() as u64))
+    }
+
+    fn head(&self) -> Result<Head, LedgerError> {
+        Ok(Head {
+            size: self.len(),
+            root: self.tree.root(),
+            time: self.clock,
+        })
+    }
+
+    fn set_time(&mut self, time: u64) -> Result<(), LedgerError> {
+        if time < self.last_time {
+            return Err(LedgerError::TimeWentBackwards {
+                last: self.last_time,
+                got: time,
+            });
+        }
+        self.clock = time;
+        Ok(())
+    }
+
+    fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash32>, LedgerError> {
+        Ok(self.tree.inclusion_proof(index, size)?)
+    }
+
+    fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash32>, LedgerError> {
+        Ok(self.tree.consistency_proof(old, new)?)
+    }
+}

@@ -1,0 +1,140 @@
+//! cohort's verifiable ledger.
+//!
+//! The incentive rules live once, in Solidity (`contracts/`). This crate runs that bytecode
+//! either **embedded** — revm over an append-only log in redb in which every entry is an
+//! ed25519-signed call, hash-linked to the one before, with its receipt, under an RFC 6962
+//! Merkle tree and signed C2SP checkpoints — or on **any EVM chain** over JSON-RPC (cargo
+//! feature `evm-rpc`). Both sit behind [`LedgerBackend`]; [`Protocol`] is the typed facade the
+//! rest of cohort uses.
+//!
+//! ```no_run
+//! use cohort_core::{Identity, tokens};
+//! use cohort_ledger::{EmbeddedLedger, LedgerConfig, Protocol};
+//!
+//! # fn main() -> Result<(), cohort_ledger::LedgerError> {
+//! let gov = Identity::from_seed(1, "governance");
+//! let ledger = EmbeddedLedger::create("ledger-dir", LedgerConfig::new("cohort.local/demo", gov.clone()))?;
+//! let mut p = Protocol::deploy(ledger, &gov)?;
+//! p.mint(&gov, gov.address(), tokens(1_000))?;
+//! p.backend().verify()?;
+//! # Ok(()) }
+//! ```
+
+pub mod backend;
+pub mod checkpoint;
+pub mod demo;
+pub mod embedded;
+pub mod entry;
+pub mod evm;
+pub mod merkle;
+pub mod protocol;
+#[cfg(feature = "evm-rpc")]
+pub mod rpc;
+
+pub use backend::{Head, LedgerBackend, TxOutcome};
+pub use checkpoint::{Checkpoint, CheckpointError};
+pub use embedded::{EmbeddedLedger, InclusionProof, LedgerConfig, VerifyReport};
+pub use entry::{Entry, Receipt, SignedTx, Tx};
+pub use evm::{ExecError, Executor};
+pub use merkle::{MerkleTree, ProofError};
+pub use protocol::{Protocol, ProtocolError, bindings};
+#[cfg(feature = "evm-rpc")]
+pub use rpc::EvmRpcLedger;
+
+use std::path::PathBuf;
+
+use alloy_primitives::Address;
+
+/// Everything that can go wrong in the ledger. Variants carry the facts a caller needs; the
+/// ones about stored data name the entry.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The storage engine failed (including a database file that is not a redb file).
+    #[error("storage: {0}")]
+    Storage(String),
+    /// The directory holds no ledger, or one this version cannot read.
+    #[error("{dir}: not a cohort ledger: {reason}")]
+    NotALedger {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// `create` on a directory that already holds a ledger.
+    #[error("{0}: a ledger already exists here")]
+    AlreadyExists(PathBuf),
+    /// A stored entry fails a check.
+    #[error("entry {seq}: {reason}")]
+    BadEntry {
+        /// Its sequence number.
+        seq: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The stored checkpoint does not match the entries or its signature.
+    #[error("checkpoint: {0}")]
+    BadCheckpoint(String),
+    /// A submitted transaction is not signed by its author.
+    #[error("bad signature from {author}")]
+    BadSignature {
+        /// The claimed author.
+        author: Address,
+    },
+    /// A submitted transaction reuses or skips a nonce.
+    #[error("nonce {got} from {author}: expected {expected} (replayed or out of order)")]
+    Nonce {
+        /// The author.
+        author: Address,
+        /// The nonce the ledger expects.
+        expected: u64,
+        /// The nonce in the transaction.
+        got: u64,
+    },
+    /// Time set before the last entry's time.
+    #[error("time {got} is before the last entry's time {last}")]
+    TimeWentBackwards {
+        /// Time of the last entry.
+        last: u64,
+        /// The time asked for.
+        got: u64,
+    },
+    /// The EVM did not execute the call (reverted, halted, invalid); nothing was recorded.
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    /// A proof is out of range or does not verify.
+    #[error(transparent)]
+    Proof(#[from] ProofError),
+    /// A checkpoint did not parse or verify.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// A JSON-RPC chain answered with an error or not at all.
+    #[error("chain rpc: {0}")]
+    Rpc(String),
+    /// A malformed input that is not an entry (a proof file, a key file, ...).
+    #[error("invalid {what}: {reason}")]
+    Invalid {
+        /// What was being read.
+        what: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl LedgerError {
+    pub(crate) fn storage(e: impl Into<redb::Error>) -> Self {
+        Self::Storage(e.into().to_string())
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io { path, source }
+    }
+}

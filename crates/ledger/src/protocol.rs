@@ -1,0 +1,544 @@
+//! The typed facade over the `Cohort` contract, for any [`LedgerBackend`].
+//!
+//! Every state-changing method signs a call as the given identity and returns a [`Sent`]: the
+//! decoded return value, the decoded events and the gas used. A revert comes back as
+//! [`ProtocolError::Reverted`] with the contract's custom error decoded, and nothing is
+//! recorded.
+
+use alloy_primitives::{Address, B256, Bytes, U256};
+use alloy_sol_types::{SolCall, SolEventInterface, SolInterface};
+use cohort_core::{Identity, Score};
+
+use crate::backend::{LedgerBackend, TxOutcome};
+use crate::{ExecError, LedgerError};
+
+/// Bindings generated from the committed artifact `contracts/out/Cohort.json`.
+pub mod bindings {
+    alloy_sol_types::sol!(
+        #[sol(all_derives)]
+        Cohort,
+        "../../contracts/out/Cohort.json"
+    );
+}
+
+pub use bindings::Cohort;
+pub use bindings::CohortBase::Params;
+use bindings::Cohort::{CohortErrors, CohortEvents};
+
+/// Role bits of `register`.
+pub mod roles {
+    /// May open and finalize rounds (needs governance approval first).
+    pub const COORDINATOR: u8 = 1;
+    /// Submits model updates.
+    pub const CLIENT: u8 = 2;
+    /// Scores updates.
+    pub const VALIDATOR: u8 = 4;
+    /// Commits datasets.
+    pub const DATA_OWNER: u8 = 8;
+}
+
+/// Round phases as the contract numbers them.
+pub mod phase {
+    /// Accepting updates.
+    pub const SUBMIT: u8 = 1;
+    /// Accepting score commitments.
+    pub const COMMIT: u8 = 2;
+    /// Accepting reveals.
+    pub const REVEAL: u8 = 3;
+    /// Consensus computed for every update.
+    pub const TALLIED: u8 = 4;
+    /// Aggregate recorded.
+    pub const FINALIZED: u8 = 5;
+    /// Every payout and slash applied.
+    pub const SETTLED: u8 = 6;
+}
+
+/// A protocol call that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// The contract reverted with one of its custom errors.
+    #[error("{call} reverted: {error:?}")]
+    Reverted {
+        /// The function called.
+        call: &'static str,
+        /// The decoded custom error.
+        error: CohortErrors,
+    },
+    /// The contract reverted with data that is not one of its errors.
+    #[error("{call} reverted with undecodable data 0x{}", hex::encode(data))]
+    RevertedRaw {
+        /// The function called.
+        call: &'static str,
+        /// The revert data.
+        data: Bytes,
+    },
+    /// The ledger failed (storage, signature, nonce, chain).
+    #[error(transparent)]
+    Ledger(LedgerError),
+    /// A return value or event did not decode.
+    #[error("decoding {what}: {reason}")]
+    Decode {
+        /// What was decoded.
+        what: &'static str,
+        /// Why it failed.
+        reason: String,
+    },
+}
+
+impl ProtocolError {
+    /// The decoded custom error, if this is a revert.
+    pub fn revert(&self) -> Option<&CohortErrors> {
+        match self {
+            Self::Reverted { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+
+    fn from_ledger(call: &'static str, e: LedgerError) -> Self {
+        match e {
+            LedgerError::Exec(ExecError::Reverted { data, .. }) => {
+                match CohortErrors::abi_decode(&data) {
+                    Ok(error) => Self::Reverted { call, error },
+                    Err(_) => Self::RevertedRaw { call, data },
+                }
+            }
+            e => Self::Ledger(e),
+        }
+    }
+}
+
+impl From<LedgerError> for ProtocolError {
+    fn from(e: LedgerError) -> Self {
+        Self::Ledger(e)
+    }
+}
+
+/// The result of a state-changing call.
+#[derive(Debug, Clone)]
+pub struct Sent<R> {
+    /// The function's decoded return value.
+    pub value: R,
+    /// Decoded events, in order.
+    pub events: Vec<CohortEvents>,
+    /// Gas used.
+    pub gas_used: u64,
+    /// Position in the ledger (entry or block).
+    pub position: u64,
+}
+
+/// Token supply split by where it sits; `minted = balances + staked + escrowed + pools +
+/// treasury + burned` always holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Supply {
+    /// Ever minted.
+    pub minted: U256,
+    /// Sum of free balances.
+    pub balances: U256,
+    /// Active and unbonding stake.
+    pub staked: U256,
+    /// Update deposits held by open rounds.
+    pub escrowed: U256,
+    /// Reward pools not yet paid.
+    pub pools: U256,
+    /// Treasury.
+    pub treasury: U256,
+    /// Burned.
+    pub burned: U256,
+}
+
+impl Supply {
+    /// Whether the conservation invariant holds.
+    pub fn conserved(&self) -> bool {
+        self.minted
+            == self.balances + self.staked + self.escrowed + self.pools + self.treasury + self.burned
+    }
+}
+
+/// `keccak256(abi.encode(roundId, validator, int64[] scores, salt))`, the commitment a
+/// validator posts before revealing.
+pub fn score_commitment(round: u64, validator: Address, scores: &[Score], salt: B256) -> B256 {
+    use alloy_sol_types::SolValue;
+    let s: Vec<i64> = scores.iter().map(|s| s.0).collect();
+    alloy_primitives::keccak256((round, validator, s, salt).abi_encode_params())
+}
+
+/// The accepted-set hash the contract computes: `h = 0; for i in accepted (ascending):
+/// h = keccak256(abi.encode(h, uint32(i)))`.
+pub fn accepted_set_hash(accepted: &[u32]) -> B256 {
+    use alloy_sol_types::SolValue;
+    accepted.iter().fold(B256::ZERO, |h, &i| {
+        alloy_primitives::keccak256((h, i).abi_encode_params())
+    })
+}
+
+/// The protocol contract on a backend.
+#[derive(Debug)]
+pub struct Protocol<B> {
+    backend: B,
+    address: Address,
+}
+
+impl<B: LedgerBackend> Protocol<B> {
+    /// Deploys the contract as `governance` (who becomes its governance address).
+    pub fn deploy(mut backend: B, governance: &Identity) -> Result<Self, ProtocolError> {
+        let out = backend
+            .transact(governance, None, Cohort::BYTECODE.clone())
+            .map_err(|e| ProtocolError::from_ledger("deploy", e))?;
+        let address = out.created.ok_or_else(|| ProtocolError::Decode {
+            what: "deploy",
+            reason: "no contract address in receipt".into(),
+        })?;
+        Ok(Self { backend, address })
+    }
+
+    /// Attaches to a contract already deployed at `address`.
+    pub fn at(backend: B, address: Address) -> Self {
+        Self { backend, address }
+    }
+
+    /// The contract address.
+    pub fn address(&self) -> Address {
+        self.address
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The backend, mutably (to set the time, say).
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    /// Gives the backend back.
+    pub fn into_backend(self) -> B {
+        self.backend
+    }
+
+    /// Signs and sends any call of the contract.
+    pub fn send<C: SolCall>(&mut self, from: &Identity, call: C) -> Result<Sent<C::Return>, ProtocolError> {
+        let out: TxOutcome = self
+            .backend
+            .transact(from, Some(self.address), Bytes::from(call.abi_encode()))
+            .map_err(|e| ProtocolError::from_ledger(C::SIGNATURE, e))?;
+        let value = C::abi_decode_returns(&out.output).map_err(|e| ProtocolError::Decode {
+            what: C::SIGNATURE,
+            reason: e.to_string(),
+        })?;
+        let events = decode_events(self.address, &out.logs);
+        Ok(Sent {
+            value,
+            events,
+            gas_used: out.gas_used,
+            position: out.position,
+        })
+    }
+
+    fn send_unit<C: SolCall>(&mut self, from: &Identity, call: C) -> Result<Sent<()>, ProtocolError> {
+        let s = self.send(from, call)?;
+        Ok(Sent {
+            value: (),
+            events: s.events,
+            gas_used: s.gas_used,
+            position: s.position,
+        })
+    }
+
+    /// Runs a view of the contract.
+    pub fn view<C: SolCall>(&mut self, call: C) -> Result<C::Return, ProtocolError> {
+        let out = self
+            .backend
+            .call(Address::ZERO, self.address, Bytes::from(call.abi_encode()))
+            .map_err(|e| ProtocolError::from_ledger(C::SIGNATURE, e))?;
+        C::abi_decode_returns(&out).map_err(|e| ProtocolError::Decode {
+            what: C::SIGNATURE,
+            reason: e.to_string(),
+        })
+    }
+
+    // ---- token and governance ----
+
+    /// Governance mints `amount` to `to`.
+    pub fn mint(&mut self, gov: &Identity, to: Address, amount: U256) -> Result<Sent<()>, ProtocolError> {
+        self.send_unit(gov, Cohort::mintCall { to, amount })
+    }
+
+    /// Transfers free balance.
+    pub fn transfer(&mut self, from: &Identity, to: Address, amount: U256) -> Result<Sent<()>, ProtocolError> {
+        self.send_unit(from, Cohort::transferCall { to, amount })
+    }
+
+    /// Moves own balance into the treasury.
+    pub fn fund_treasury(&mut self, from: &Identity, amount: U256) -> Result<Sent<()>, ProtocolError> {
+        self.send_unit(from, Cohort::fundTreasuryCall { amount })
+    }
+
+    /// Governance approves an address to register as coordinator.
+    pub fn approve_coordinator(&mut self, gov: &Identity, who: Address) -> Result<Sent<()>, ProtocolError> {
+        self.send_unit(gov, Cohort::approveCoordinatorCall { who })
+    }
+
+    /// Governance replaces the protocol parameters.
+    pub fn set_params(&mut self, gov: &Identity, p: Params) -> Result<Sent<()>, ProtocolError> {
+        self.send_unit(gov, Cohort::setParamsCall { p })
+    }
+
+    /// Current parameters.
+    pub fn params(&mut self) -> Result<Params, ProtocolError> {
+        self.view(Cohort::paramsCall {})
+    }
+
+    /// Free balance of `who`.
+    pub fn balance_of(&mut self, who: Address) -> Result<U256, ProtocolError> {
+        self.view(Cohort::balanceOfCall { who })
+    }
+
+    /// Where every token sits.
+    pub fn supply(&mut self) -> Result<Supply, ProtocolError> {
+        let r = self.view(Cohort::supplyBreakdownCall {})?;
+        Ok(Supply {
+            minted: r.minted,
+            balances: r.balances,
+            staked: r.staked,
+            escrowed: r.escrowed,
+            pools: r.pools,
+            treasury: r.treasury_,
+            burned: r.burned,
+        })
+    }
+
+    // ---- registry, staking, datasets ----
+
+    /// Registers `who` with a role bitmask (see [`roles`]), binding its ed25519 key hash.
+    pub fn register(&mut self, who: &Identity, roles: u8) -> Result<Sent<()>, ProtocolError> {
+        self.send_unit(who, Cohort::registerCall { roles, keyHash: who.key_hash() })
+    }
+
+    /// Stakes from free balance.
+    pub fn stake(&mut self, who: &Identity, amount: U256) -> Result<Sent<()>, ProtocolError> {
+        self.send_unit(who, Cohort::stakeCall { amount })
+    }
+
+    /// Starts unbonding `amount` of active stake.
+    pub fn request_unstake(&mut self, who: &Identity, amount: U256) -> Result<Sent<()>, ProtocolError> {
+        self.send_unit(who, Cohort::requestUnstakeCall { amount })
+    }
+
+    /// Withdraws unbonded stake.
+    pub fn withdraw(&mut self, who: &Identity) -> Result<Sent<()>, ProtocolError> {
+        self.send_unit(who, Cohort::withdrawCall {})
+    }
+
+    /// Active stake, unbonding stake and unlock time of `who`.
+    pub fn stake_of(&mut self, who: Address) -> Result<(U256, U256, u64), ProtocolError> {
+        let r = self.view(Cohort::stakeOfCall { who })?;
+        Ok((r.active, r.unbonding, r.unlockAt))
+    }
+
+    /// Commits a dataset: Merkle root over shard hashes, manifest hash, size. Returns its id.
+    pub fn commit_dataset(
+        &mut self,
+        owner: &Identity,
+        merkle_root: B256,
+        manifest_hash: B256,
+        size: u64,
+    ) -> Result<Sent<B256>, ProtocolError> {
+        self.send(
+            owner,
+            Cohort::commitDatasetCall {
+                merkleRoot: merkle_root,
+                manifestHash: manifest_hash,
+                size,
+            },
+        )
+    }
+
+    // ---- rounds ----
+
+    /// Opens a round on `global_model` with a reward pool from the caller (or the treasury).
+    pub fn open_round(
+        &mut self,
+        coordinator: &Identity,
+        global_model: B256,
+        reward_pool: U256,
+        from_treasury: bool,
+    ) -> Result<Sent<u64>, ProtocolError> {
+        self.send(
+            coordinator,
+            Cohort::openRoundCall {
+                globalModelHash: global_model,
+                rewardPool: reward_pool,
+                fromTreasury: from_treasury,
+            },
+        )
+    }
+
+    /// Submits an update commitment; escrows the update deposit. Returns its index.
+    pub fn submit_update(
+        &mut self,
+        client: &Identity,
+        round: u64,
+        blob_hash: B256,
+        dataset: B256,
+        num_samples: u64,
+    ) -> Result<Sent<u32>, ProtocolError> {
+        self.send(
+            client,
+            Cohort::submitUpdateCall {
+                roundId: round,
+                blobHash: blob_hash,
+                datasetId: dataset,
+                numSamples: num_samples,
+            },
+        )
+    }
+
+    /// Coordinator closes submissions.
+    pub fn close_submissions(&mut self, coordinator: &Identity, round: u64) -> Result<Sent<()>, ProtocolError> {
+        self.send_unit(coordinator, Cohort::closeSubmissionsCall { roundId: round })
+    }
+
+    /// Validator commits to its score vector (see [`score_commitment`]).
+    pub fn commit_scores(
+        &mut self,
+        validator: &Identity,
+        round: u64,
+        scores: &[Score],
+        salt: B256,
+    ) -> Result<Sent<()>, ProtocolError> {
+        let commitment = score_commitment(round, validator.address(), scores, salt);
+        self.send_unit(validator, Cohort::commitScoresCall { roundId: round, commitment })
+    }
+
+    /// Coordinator closes commitments.
+    pub fn close_commits(&mut self, coordinator: &Identity, round: u64) -> Result<Sent<()>, ProtocolError> {
+        self.send_unit(coordinator, Cohort::closeCommitsCall { roundId: round })
+    }
+
+    /// Validator reveals its scores and salt.
+    pub fn reveal_scores(
+        &mut self,
+        validator: &Identity,
+        round: u64,
+        scores: &[Score],
+        salt: B256,
+    ) -> Result<Sent<()>, ProtocolError> {
+        let scores = scores.iter().map(|s| s.0).collect();
+        self.send_unit(validator, Cohort::revealScoresCall { roundId: round, scores, salt })
+    }
+
+    /// Computes consensus for up to `max_updates` more updates (anyone may call).
+    pub fn tally(&mut self, caller: &Identity, round: u64, max_updates: u32) -> Result<Sent<()>, ProtocolError> {
+        self.send_unit(caller, Cohort::tallyCall { roundId: round, maxUpdates: max_updates })
+    }
+
+    /// Tallies in batches of `batch` until the round is tallied; returns every event.
+    pub fn tally_all(&mut self, caller: &Identity, round: u64, batch: u32) -> Result<Vec<CohortEvents>, ProtocolError> {
+        let mut events = Vec::new();
+        while self.round(round)?.phase < phase::TALLIED {
+            events.extend(self.tally(caller, round, batch)?.events);
+        }
+        Ok(events)
+    }
+
+    /// Coordinator records the aggregate and the accepted set it used.
+    pub fn finalize(
+        &mut self,
+        coordinator: &Identity,
+        round: u64,
+        aggregate: B256,
+        accepted_set: B256,
+    ) -> Result<Sent<()>, ProtocolError> {
+        self.send_unit(
+            coordinator,
+            Cohort::finalizeCall {
+                roundId: round,
+                aggregateHash: aggregate,
+                acceptedSetHash: accepted_set,
+            },
+        )
+    }
+
+    /// Applies up to `max_items` more payouts and slashes (anyone may call).
+    pub fn settle(&mut self, caller: &Identity, round: u64, max_items: u32) -> Result<Sent<()>, ProtocolError> {
+        self.send_unit(caller, Cohort::settleCall { roundId: round, maxItems: max_items })
+    }
+
+    /// Settles in batches of `batch` until the round is settled; returns every event.
+    pub fn settle_all(&mut self, caller: &Identity, round: u64, batch: u32) -> Result<Vec<CohortEvents>, ProtocolError> {
+        let mut events = Vec::new();
+        while self.round(round)?.phase < phase::SETTLED {
+            events.extend(self.settle(caller, round, batch)?.events);
+        }
+        Ok(events)
+    }
+
+    /// A round's state.
+    pub fn round(&mut self, round: u64) -> Result<Cohort::roundReturn, ProtocolError> {
+        self.view(Cohort::roundCall { roundId: round })
+    }
+
+    /// An update's state.
+    pub fn update(&mut self, round: u64, index: u32) -> Result<Cohort::updateReturn, ProtocolError> {
+        self.view(Cohort::updateCall { roundId: round, index })
+    }
+
+    // ---- unlearning and anchoring ----
+
+    /// The dataset owner (or governance) asks for a dataset to be forgotten.
+    pub fn request_unlearning(&mut self, who: &Identity, dataset: B256, reason: B256) -> Result<Sent<u64>, ProtocolError> {
+        self.send(who, Cohort::requestUnlearningCall { datasetId: dataset, reasonHash: reason })
+    }
+
+    /// A coordinator records the execution (result model hash, method 0/1/2) and claws back.
+    pub fn record_unlearning(
+        &mut self,
+        coordinator: &Identity,
+        request: u64,
+        result_model: B256,
+        method: u8,
+    ) -> Result<Sent<()>, ProtocolError> {
+        self.send_unit(
+            coordinator,
+            Cohort::recordUnlearningCall {
+                requestId: request,
+                resultModelHash: result_model,
+                method,
+            },
+        )
+    }
+
+    /// A coordinator or validator records verification evidence.
+    pub fn record_unlearning_evidence(
+        &mut self,
+        who: &Identity,
+        request: u64,
+        evidence: B256,
+        forget_accuracy: Score,
+        membership_advantage: Score,
+    ) -> Result<Sent<()>, ProtocolError> {
+        self.send_unit(
+            who,
+            Cohort::recordUnlearningEvidenceCall {
+                requestId: request,
+                evidenceHash: evidence,
+                forgetAccuracy: forget_accuracy.0,
+                membershipAdvantage: membership_advantage.0,
+            },
+        )
+    }
+
+    /// Anchors a checkpoint of the embedded log (size, root) on this chain.
+    pub fn anchor(&mut self, who: &Identity, size: u64, root: B256) -> Result<Sent<()>, ProtocolError> {
+        self.send_unit(who, Cohort::anchorCall { size, root })
+    }
+}
+
+/// Decodes the logs emitted by the contract at `address`; others are skipped.
+pub fn decode_events(address: Address, logs: &[alloy_primitives::Log]) -> Vec<CohortEvents> {
+    logs.iter()
+        .filter(|l| l.address == address)
+        .filter_map(|l| CohortEvents::decode_raw_log(l.data.topics(), &l.data.data).ok())
+        .collect()
+}
