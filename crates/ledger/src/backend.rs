@@ -66,4 +66,11 @@ pub trait LedgerBackend {
 
     /// Consistency proof between the trees of the first `old` and `new` entries.
     fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash32>, LedgerError>;
+
+    /// The address `id`'s transactions come from on this backend (`msg.sender`): its
+    /// ed25519-derived [`Identity::address`] on the embedded ledger, the address of its derived
+    /// secp256k1 key on a chain.
+    fn address_of(&self, id: &Identity) -> Address {
+        id.address()
+    }
 }

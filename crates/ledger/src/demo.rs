@@ -103,9 +103,9 @@ pub fn dataset_root(shards: &[&[u8]]) -> B256 {
 /// step from the backend's current time.
 pub fn run<B: LedgerBackend>(backend: B, seed: u64) -> Result<(Protocol<B>, DemoReport), ProtocolError> {
     let cast = Cast::new(seed);
-    let mut clock = backend.head()?.time;
+    let start = backend.head()?;
+    let mut clock = start.time;
     let mut p = Protocol::deploy(backend, &cast.governance)?;
-    let mut tx = 1u64;
     let mut gas = 0u64;
     let mut tick = |p: &mut Protocol<B>| -> Result<(), ProtocolError> {
         clock += 60;
@@ -115,7 +115,6 @@ pub fn run<B: LedgerBackend>(backend: B, seed: u64) -> Result<(Protocol<B>, Demo
     macro_rules! send {
         ($e:expr) => {{
             let s = $e?;
-            tx += 1;
             gas += s.gas_used;
             s
         }};
@@ -123,9 +122,9 @@ pub fn run<B: LedgerBackend>(backend: B, seed: u64) -> Result<(Protocol<B>, Demo
     let gov = cast.governance.clone();
     let coord = cast.coordinator.clone();
     for who in cast.everyone().into_iter().skip(1) {
-        send!(p.mint(&gov, who.address(), tokens(10_000)));
+        send!(p.mint(&gov, p.backend().address_of(who), tokens(10_000)));
     }
-    send!(p.approve_coordinator(&gov, coord.address()));
+    send!(p.approve_coordinator(&gov, p.backend().address_of(&coord)));
     tick(&mut p)?;
     send!(p.register(&coord, roles::COORDINATOR));
     let mut datasets = Vec::new();
@@ -173,8 +172,7 @@ pub fn run<B: LedgerBackend>(backend: B, seed: u64) -> Result<(Protocol<B>, Demo
     let mut accepted = Vec::new();
     let mut rejected = Vec::new();
     let mut consensus = vec![0.0; cast.clients.len()];
-    for e in p.tally_all(&coord, round, 64)? {
-        tx += 1;
+    for e in send!(p.tally_all(&coord, round, 64)).events {
         match e {
             CohortEvents::UpdateAccepted(a) => {
                 accepted.push(a.index);
@@ -191,15 +189,15 @@ pub fn run<B: LedgerBackend>(backend: B, seed: u64) -> Result<(Protocol<B>, Demo
     let aggregate = sha256(b"aggregate of the accepted updates, round 1");
     send!(p.finalize(&coord, round, aggregate.into(), accepted_set_hash(&accepted)));
     tick(&mut p)?;
-    p.settle_all(&coord, round, 64)?;
-    tx += 1;
+    send!(p.settle_all(&coord, round, 64));
     let mut standings = Vec::new();
     for who in cast.everyone() {
-        let (active, _, _) = p.stake_of(who.address())?;
+        let address = p.backend().address_of(who);
+        let (active, _, _) = p.stake_of(address)?;
         standings.push(Standing {
             name: who.name().to_owned(),
-            address: who.address(),
-            balance: fmt_tokens(p.balance_of(who.address())?),
+            address,
+            balance: fmt_tokens(p.balance_of(address)?),
             stake: fmt_tokens(active),
         });
     }
@@ -210,7 +208,7 @@ pub fn run<B: LedgerBackend>(backend: B, seed: u64) -> Result<(Protocol<B>, Demo
         rejected,
         consensus,
         standings,
-        transactions: tx,
+        transactions: p.backend().head()?.size - start.size,
         gas_used: gas,
         supply_conserved,
     };

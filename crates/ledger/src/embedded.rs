@@ -282,7 +282,7 @@ impl EmbeddedLedger {
             self.check_link(&e)?;
             let r = self
                 .exec
-                .execute(e.seq, e.time, e.tx.sender(), &e.tx.tx)
+                .execute(e.seq, e.time(), e.tx.sender(), &e.tx.tx)
                 .map_err(|x| LedgerError::BadEntry {
                     seq: e.seq,
                     reason: format!("does not re-execute: {x}"),
@@ -294,7 +294,7 @@ impl EmbeddedLedger {
                 });
             }
             self.tree.push_hash(leaf_hash(bytes));
-            self.last_time = e.time;
+            self.last_time = e.time();
             self.logs.push(e.receipt.logs);
         }
         self.clock = self.last_time;
@@ -322,8 +322,8 @@ impl EmbeddedLedger {
         if e.prev != prev {
             return Err(bad(format!("links to {} but entry before is {prev}", e.prev)));
         }
-        if e.time < self.last_time {
-            return Err(bad(format!("time {} before previous {}", e.time, self.last_time)));
+        if e.time() < self.last_time {
+            return Err(bad(format!("time {} before previous {}", e.time(), self.last_time)));
         }
         Ok(())
     }
@@ -346,6 +346,11 @@ impl EmbeddedLedger {
     /// Whether the log is empty.
     pub fn is_empty(&self) -> bool {
         self.tree.is_empty()
+    }
+
+    /// The leaf hash of entry `seq`.
+    pub fn leaf_hash(&self, seq: u64) -> Option<Hash32> {
+        self.tree.leaf(seq)
     }
 
     /// The latest signed checkpoint note.
@@ -382,6 +387,7 @@ impl EmbeddedLedger {
             data,
             gas_limit: TX_GAS_CAP,
             nonce: self.exec.nonce(from.address()) + ahead,
+            time: self.clock,
         };
         SignedTx::sign(&self.origin, from, tx)
     }
@@ -421,18 +427,25 @@ impl EmbeddedLedger {
                 }));
                 continue;
             }
+            if tx.tx.time < self.last_time {
+                results.push(Err(LedgerError::TimeWentBackwards {
+                    last: self.last_time,
+                    got: tx.tx.time,
+                }));
+                continue;
+            }
             let seq = self.tree.len();
-            let receipt = match self.exec.execute(seq, self.clock, sender, &tx.tx) {
+            let receipt = match self.exec.execute(seq, tx.tx.time, sender, &tx.tx) {
                 Ok(r) => r,
                 Err(e) => {
                     results.push(Err(e.into()));
                     continue;
                 }
             };
+            self.last_time = tx.tx.time;
             let entry = Entry {
                 seq,
                 prev: self.tree.leaf(seq.wrapping_sub(1)).unwrap_or(Hash32::ZERO),
-                time: self.clock,
                 tx,
                 receipt,
             };
@@ -465,7 +478,6 @@ impl EmbeddedLedger {
             return Err(e);
         }
         self.note = note;
-        self.last_time = self.clock;
         self.logs.extend(new_logs);
         Ok(results)
     }
@@ -531,8 +543,65 @@ impl EmbeddedLedger {
                 reason: format!("no {DB_FILE}"),
             });
         }
-        let db = redb::ReadOnlyDatabase::open(&db_path).map_err(|e| open_error(dir, e))?;
-        verify_db(&db, dir)
+        match redb::ReadOnlyDatabase::open(&db_path) {
+            Ok(db) => verify_db(&db, dir),
+            // After a crash redb must roll back to its last commit before reading, which a
+            // read-only handle cannot do; a writable open does that recovery (and nothing else).
+            Err(redb::DatabaseError::RepairAborted) => {
+                let db = Database::open(&db_path).map_err(|e| open_error(dir, e))?;
+                verify_db(&db, dir)
+            }
+            Err(e) => Err(open_error(dir, e)),
+        }
+    }
+}
+
+/// What a ledger directory says about itself, read without replaying it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LedgerInfo {
+    /// The log's origin line.
+    pub origin: String,
+    /// The operator's public key, hex.
+    pub operator_key: String,
+    /// The verifier key string clients configure.
+    pub verifier_key: String,
+    /// Size of the latest checkpoint.
+    pub size: u64,
+    /// Root of the latest checkpoint.
+    pub root: Hash32,
+    /// The latest signed checkpoint note.
+    pub checkpoint: String,
+}
+
+impl EmbeddedLedger {
+    /// Reads a ledger directory's origin, operator key and latest checkpoint (read-only; the
+    /// checkpoint's signature is checked).
+    pub fn info(dir: impl AsRef<Path>) -> Result<LedgerInfo, LedgerError> {
+        let dir = dir.as_ref();
+        let db_path = dir.join(DB_FILE);
+        if !db_path.exists() {
+            return Err(LedgerError::NotALedger {
+                dir: dir.to_path_buf(),
+                reason: format!("no {DB_FILE}"),
+            });
+        }
+        let meta = match redb::ReadOnlyDatabase::open(&db_path) {
+            Ok(db) => read_meta(&db, dir)?,
+            Err(redb::DatabaseError::RepairAborted) => {
+                let db = Database::open(&db_path).map_err(|e| open_error(dir, e))?;
+                read_meta(&db, dir)?
+            }
+            Err(e) => return Err(open_error(dir, e)),
+        };
+        let cp = Checkpoint::verify(&meta.checkpoint, &meta.origin, &meta.operator)?;
+        Ok(LedgerInfo {
+            verifier_key: verifier_key(&meta.origin, &meta.operator),
+            operator_key: hex::encode(meta.operator),
+            origin: meta.origin,
+            size: cp.size,
+            root: cp.root,
+            checkpoint: meta.checkpoint,
+        })
     }
 }
 
@@ -661,38 +730,57 @@ fn verify_signatures(origin: &str, txs: &[SignedTx]) -> Vec<bool> {
 fn verify_db(db: &impl ReadableDatabase, dir: &Path) -> Result<VerifyReport, LedgerError> {
     let meta = read_meta(db, dir)?;
     let raw = read_entries(db)?;
-    let decoded: Vec<Entry> = raw
+    // Every check runs over the longest prefix that decodes; the error reported is the one at
+    // the lowest sequence number. Each entry's own fields are covered by its own checks
+    // (signature over the transaction and its time, link to the entry before, re-executed
+    // receipt), so the entry named is the entry that was altered.
+    let decoded: Vec<Result<Entry, LedgerError>> = raw
         .par_iter()
         .enumerate()
         .map(|(i, b)| decode_at(i as u64, b))
-        .collect::<Result<_, _>>()?;
+        .collect();
+    let mut errors: Vec<LedgerError> = Vec::new();
+    let mut entries: Vec<Entry> = Vec::with_capacity(decoded.len());
+    for d in decoded {
+        match d {
+            Ok(e) => entries.push(e),
+            Err(e) => {
+                errors.push(e);
+                break;
+            }
+        }
+    }
     let leaves: Vec<Hash32> = raw.par_iter().map(|b| leaf_hash(b)).collect();
     let mut last_time = meta.start_time;
-    for (i, e) in decoded.iter().enumerate() {
+    for (i, e) in entries.iter().enumerate() {
         let bad = |reason: String| LedgerError::BadEntry {
             seq: i as u64,
             reason,
         };
-        if e.seq != i as u64 {
-            return Err(bad(format!("carries seq {}", e.seq)));
-        }
         let prev = if i == 0 { Hash32::ZERO } else { leaves[i - 1] };
-        if e.prev != prev {
-            return Err(bad("hash link to the previous entry is broken".into()));
+        let err = if e.seq != i as u64 {
+            Some(bad(format!("carries seq {}", e.seq)))
+        } else if e.prev != prev {
+            Some(bad("hash link to the previous entry is broken".into()))
+        } else if e.time() < last_time {
+            Some(bad(format!("time {} before previous {last_time}", e.time())))
+        } else {
+            None
+        };
+        if let Some(err) = err {
+            errors.push(err);
+            break;
         }
-        if e.time < last_time {
-            return Err(bad(format!("time {} before previous {last_time}", e.time)));
-        }
-        last_time = e.time;
+        last_time = e.time();
     }
-    let txs: Vec<SignedTx> = decoded.iter().map(|e| e.tx.clone()).collect();
+    let txs: Vec<SignedTx> = entries.iter().map(|e| e.tx.clone()).collect();
     let (sigs, replay) = rayon::join(
         || verify_signatures(&meta.origin, &txs),
         || -> Result<Hash32, LedgerError> {
             let mut exec = Executor::new();
-            for e in &decoded {
+            for e in &entries {
                 let r = exec
-                    .execute(e.seq, e.time, address_of(&e.tx.author), &e.tx.tx)
+                    .execute(e.seq, e.time(), address_of(&e.tx.author), &e.tx.tx)
                     .map_err(|x| LedgerError::BadEntry {
                         seq: e.seq,
                         reason: format!("does not re-execute: {x}"),
@@ -708,12 +796,24 @@ fn verify_db(db: &impl ReadableDatabase, dir: &Path) -> Result<VerifyReport, Led
         },
     );
     if let Some(i) = sigs.iter().position(|ok| !ok) {
-        return Err(LedgerError::BadEntry {
+        errors.push(LedgerError::BadEntry {
             seq: i as u64,
-            reason: format!("signature by {} does not verify", decoded[i].tx.sender()),
+            reason: format!("signature by {} does not verify", entries[i].tx.sender()),
         });
     }
-    let state_root = replay?;
+    let state_root = match replay {
+        Ok(r) => r,
+        Err(e) => {
+            errors.push(e);
+            Hash32::ZERO
+        }
+    };
+    if let Some(first) = errors.into_iter().min_by_key(|e| match e {
+        LedgerError::BadEntry { seq, .. } => *seq,
+        _ => u64::MAX,
+    }) {
+        return Err(first);
+    }
     let mut tree = MerkleTree::new();
     for l in &leaves {
         tree.push_hash(*l);

@@ -1,10 +1,12 @@
 //! Log entries: signed transactions, their receipts, and the canonical binary encoding that
 //! the hash chain and the Merkle tree commit to.
 //!
-//! An entry is `version(1) || seq || prev || time || author || signature || tx || receipt`,
+//! An entry is `version(1) || seq || prev || author || signature || tx || receipt`,
 //! big-endian integers, byte strings prefixed by a `u32` length. The author signs
-//! `"cohort/tx/v1" || origin || author || tx`, so a signature is bound to one log and cannot be
-//! replayed elsewhere; the operator places it at `seq` after `prev` at `time`.
+//! `"cohort/tx/v1" || origin || author || tx`, the transaction including its time, so a
+//! signature is bound to one log and one moment and cannot be replayed elsewhere; the operator
+//! places it at `seq` after `prev`. Every field of an entry is therefore checked by the entry
+//! itself (signature, link, re-executed receipt), so a verifier names the entry that is wrong.
 
 use alloy_primitives::{Address, B256, Bytes, Log, LogData, U256};
 use cohort_core::{Hash32, Identity, PublicKey, address_of};
@@ -28,6 +30,8 @@ pub struct Tx {
     pub gas_limit: u64,
     /// The author's account nonce: each nonce is used once, in order.
     pub nonce: u64,
+    /// When it executes (`block.timestamp`), seconds; never before the previous entry's time.
+    pub time: u64,
 }
 
 /// A transaction with its author's key and ed25519 signature.
@@ -89,8 +93,6 @@ pub struct Entry {
     pub seq: u64,
     /// Leaf hash of the previous entry (zero for the first).
     pub prev: Hash32,
-    /// Time the operator assigned, in seconds; `block.timestamp` when it executes.
-    pub time: u64,
     /// The signed call.
     pub tx: SignedTx,
     /// Its receipt.
@@ -104,7 +106,6 @@ impl Entry {
         w.u8(ENTRY_VERSION);
         w.u64(self.seq);
         w.raw(&self.prev.0);
-        w.u64(self.time);
         w.raw(&self.tx.author);
         w.raw(&self.tx.signature);
         write_tx(&mut w, &self.tx.tx);
@@ -132,7 +133,6 @@ impl Entry {
         }
         let seq = r.u64("seq")?;
         let prev = Hash32(r.array("prev")?);
-        let time = r.u64("time")?;
         let author = r.array("author")?;
         let signature = r.array("signature")?;
         let tx = read_tx(&mut r)?;
@@ -166,7 +166,6 @@ impl Entry {
         Ok(Self {
             seq,
             prev,
-            time,
             tx: SignedTx {
                 author,
                 tx,
@@ -179,6 +178,11 @@ impl Entry {
                 logs,
             },
         })
+    }
+
+    /// The entry's time (`block.timestamp`).
+    pub fn time(&self) -> u64 {
+        self.tx.tx.time
     }
 
     /// RFC 6962 leaf hash of the canonical bytes.
@@ -214,6 +218,7 @@ fn write_tx(w: &mut Writer, tx: &Tx) {
     w.raw(&tx.value.to_be_bytes::<32>());
     w.u64(tx.gas_limit);
     w.u64(tx.nonce);
+    w.u64(tx.time);
     w.bytes(&tx.data);
 }
 
@@ -222,6 +227,7 @@ fn read_tx(r: &mut Reader<'_>) -> Result<Tx, DecodeError> {
     let value = U256::from_be_bytes(r.array::<32>("tx.value")?);
     let gas_limit = r.u64("tx.gas_limit")?;
     let nonce = r.u64("tx.nonce")?;
+    let time = r.u64("tx.time")?;
     let data = Bytes::from(r.bytes("tx.data")?.to_vec());
     Ok(Tx {
         to,
@@ -229,6 +235,7 @@ fn read_tx(r: &mut Reader<'_>) -> Result<Tx, DecodeError> {
         data,
         gas_limit,
         nonce,
+        time,
     })
 }
 
@@ -321,11 +328,11 @@ mod tests {
             data: Bytes::from(vec![1, 2, 3]),
             gas_limit: 1_000_000,
             nonce: seq,
+            time: 1000 + seq,
         };
         Entry {
             seq,
             prev: Hash32([seq as u8; 32]),
-            time: 1000 + seq,
             tx: SignedTx::sign("test", &id, tx),
             receipt: Receipt {
                 gas_used: 21_000,

@@ -165,6 +165,7 @@ impl Executor {
             data,
             gas_limit: TX_GAS_CAP,
             nonce: self.nonce(from),
+            time,
         };
         let env = self.tx_env(from, &tx)?;
         let out = self

@@ -11,7 +11,7 @@
 //! use cohort_core::{Identity, tokens};
 //! use cohort_ledger::{EmbeddedLedger, LedgerConfig, Protocol};
 //!
-//! # fn main() -> Result<(), cohort_ledger::LedgerError> {
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let gov = Identity::from_seed(1, "governance");
 //! let ledger = EmbeddedLedger::create("ledger-dir", LedgerConfig::new("cohort.local/demo", gov.clone()))?;
 //! let mut p = Protocol::deploy(ledger, &gov)?;
@@ -33,7 +33,7 @@ pub mod rpc;
 
 pub use backend::{Head, LedgerBackend, TxOutcome};
 pub use checkpoint::{Checkpoint, CheckpointError};
-pub use embedded::{EmbeddedLedger, InclusionProof, LedgerConfig, VerifyReport};
+pub use embedded::{Applied, EmbeddedLedger, InclusionProof, LedgerConfig, LedgerInfo, VerifyReport};
 pub use entry::{Entry, Receipt, SignedTx, Tx};
 pub use evm::{ExecError, Executor};
 pub use merkle::{MerkleTree, ProofError};

@@ -407,7 +407,7 @@ impl<B: LedgerBackend> Protocol<B> {
         scores: &[Score],
         salt: B256,
     ) -> Result<Sent<()>, ProtocolError> {
-        let commitment = score_commitment(round, validator.address(), scores, salt);
+        let commitment = score_commitment(round, self.backend.address_of(validator), scores, salt);
         self.send_unit(validator, Cohort::commitScoresCall { roundId: round, commitment })
     }
 
@@ -433,13 +433,17 @@ impl<B: LedgerBackend> Protocol<B> {
         self.send_unit(caller, Cohort::tallyCall { roundId: round, maxUpdates: max_updates })
     }
 
-    /// Tallies in batches of `batch` until the round is tallied; returns every event.
-    pub fn tally_all(&mut self, caller: &Identity, round: u64, batch: u32) -> Result<Vec<CohortEvents>, ProtocolError> {
-        let mut events = Vec::new();
+    /// Tallies in batches of `batch` until the round is tallied; returns every event and the
+    /// total gas.
+    pub fn tally_all(&mut self, caller: &Identity, round: u64, batch: u32) -> Result<Sent<()>, ProtocolError> {
+        let mut all = Sent { value: (), events: Vec::new(), gas_used: 0, position: 0 };
         while self.round(round)?.phase < phase::TALLIED {
-            events.extend(self.tally(caller, round, batch)?.events);
+            let s = self.tally(caller, round, batch)?;
+            all.events.extend(s.events);
+            all.gas_used += s.gas_used;
+            all.position = s.position;
         }
-        Ok(events)
+        Ok(all)
     }
 
     /// Coordinator records the aggregate and the accepted set it used.
@@ -465,13 +469,17 @@ impl<B: LedgerBackend> Protocol<B> {
         self.send_unit(caller, Cohort::settleCall { roundId: round, maxItems: max_items })
     }
 
-    /// Settles in batches of `batch` until the round is settled; returns every event.
-    pub fn settle_all(&mut self, caller: &Identity, round: u64, batch: u32) -> Result<Vec<CohortEvents>, ProtocolError> {
-        let mut events = Vec::new();
+    /// Settles in batches of `batch` until the round is settled; returns every event and the
+    /// total gas.
+    pub fn settle_all(&mut self, caller: &Identity, round: u64, batch: u32) -> Result<Sent<()>, ProtocolError> {
+        let mut all = Sent { value: (), events: Vec::new(), gas_used: 0, position: 0 };
         while self.round(round)?.phase < phase::SETTLED {
-            events.extend(self.settle(caller, round, batch)?.events);
+            let s = self.settle(caller, round, batch)?;
+            all.events.extend(s.events);
+            all.gas_used += s.gas_used;
+            all.position = s.position;
         }
-        Ok(events)
+        Ok(all)
     }
 
     /// A round's state.

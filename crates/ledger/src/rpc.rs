@@ -1,0 +1,588 @@
+//! The protocol on any EVM chain over JSON-RPC (cargo feature `evm-rpc`).
+//!
+//! [`EvmRpcLedger`] implements [`LedgerBackend`] against a node's HTTP endpoint (anvil, geth
+//! `--dev`, a testnet behind a plain-HTTP gateway) with alloy, on a single-threaded tokio
+//! runtime it owns; every method blocks on it, so the backend is as synchronous as the
+//! embedded one.
+//!
+//! # Keys and addresses
+//!
+//! A chain cannot check ed25519 signatures, so each [`Identity`] signs its transactions with a
+//! secp256k1 key derived from its secret: `k = keccak256("cohort/evm-key/v1" || secret)`,
+//! re-hashed (`k = keccak256(k)`) in the negligible case that `k` is not a valid scalar (zero
+//! or at least the group order). The derivation is deterministic, so a participant has the
+//! same chain address in every session; [`EvmRpcLedger::chain_address`] (and
+//! [`LedgerBackend::address_of`]) gives it. On chain `msg.sender` is that address, not the
+//! ed25519-derived [`Identity::address`]; the protocol binds the ed25519 key through
+//! `register`'s key hash.
+//!
+//! # Gas
+//!
+//! On a dev chain the derived accounts hold no ether. With a funder
+//! ([`EvmRpcLedger::with_funder`], e.g. anvil's first default key) the backend checks the
+//! sender's balance before each transaction and, below [`MIN_BALANCE`], sends it
+//! [`FUND_AMOUNT`] from the funder in an ordinary value transfer (so it works on any dev chain,
+//! not only on anvil's `anvil_setBalance`). Funding transfers are not protocol transactions and
+//! are not recorded. Fees are EIP-1559 (`eth_feeHistory`); the chain must support it.
+//!
+//! # Transactions
+//!
+//! [`LedgerBackend::transact`] simulates the call with `eth_call` against the pending block
+//! (its return data becomes [`TxOutcome::output`]; a revert comes back as
+//! [`ExecError::Reverted`] with the revert data and nothing is sent), estimates gas with a 25 %
+//! margin capped at [`TX_GAS_CAP`], signs an EIP-1559 transaction with the nonce the chain
+//! reports, sends it and polls for the receipt. Simulating before sending is exact on a chain
+//! with a single writer (a dev chain); where others write concurrently the state can move
+//! between the simulation and inclusion, and a receipt with status 0 is reported as
+//! [`ExecError::Reverted`] (with the revert data replayed at the parent block, if the node
+//! gives it).
+//!
+//! # Time
+//!
+//! [`LedgerBackend::set_time`] uses `evm_setNextBlockTimestamp` (anvil, hardhat) and then pins
+//! every later block this backend causes to that time, as the embedded ledger runs every
+//! entry after a `set_time` at the same clock. A chain without the method answers
+//! `LedgerError::Rpc("this chain does not allow setting time ...")`.
+//!
+//! # What the proofs cover
+//!
+//! Every successful transaction is recorded as a [`RecordedTx`] in an in-memory RFC 6962
+//! [`MerkleTree`], so [`LedgerBackend::head`], `inclusion_proof` and `consistency_proof` work
+//! as on the embedded ledger, but over **this client's own transaction log** in this session
+//! (leaf = [`RecordedTx::encode`]). A chain's own receipts trie, checked against block headers,
+//! is the stronger proof of what happened on chain; `Protocol::anchor` goes the other way and
+//! puts an embedded log's checkpoint on chain. [`LedgerBackend::logs_since`] likewise reads
+//! the logs of the recorded transactions, with block numbers as positions.
+
+use std::fmt;
+use std::time::Duration;
+
+use alloy::consensus::{SignableTransaction, TxEip1559, TxEnvelope};
+use alloy::eips::eip2718::Encodable2718;
+use alloy::eips::{BlockId, BlockNumberOrTag};
+use alloy::network::TxSignerSync;
+use alloy::primitives::{Address, B256, Bytes, Log, TxKind, U256, keccak256};
+use alloy::providers::{Provider, RootProvider};
+use alloy::rpc::client::RpcClient;
+use alloy::rpc::json_rpc::ErrorPayload;
+use alloy::rpc::types::{TransactionInput, TransactionReceipt, TransactionRequest};
+use alloy::signers::local::PrivateKeySigner;
+use alloy::transports::http::reqwest;
+use alloy::transports::{RpcError, TransportError};
+use cohort_core::{Hash32, Identity};
+
+use crate::backend::{Head, LedgerBackend, TxOutcome};
+use crate::evm::{ExecError, TX_GAS_CAP};
+use crate::merkle::MerkleTree;
+use crate::LedgerError;
+
+/// Domain of the secp256k1 key derivation.
+pub const EVM_KEY_DOMAIN: &[u8] = b"cohort/evm-key/v1";
+
+/// Domain prefix of a recorded transaction's leaf bytes.
+pub const RECORD_DOMAIN: &[u8] = b"cohort/rpc-tx/v1";
+
+/// Below this balance (wei) a derived account is topped up by the funder: 0.1 ether.
+pub const MIN_BALANCE: U256 = U256::from_limbs([100_000_000_000_000_000, 0, 0, 0]);
+
+/// What the funder sends to an account below [`MIN_BALANCE`]: 1 ether.
+pub const FUND_AMOUNT: U256 = U256::from_limbs([1_000_000_000_000_000_000, 0, 0, 0]);
+
+/// How long connecting (TCP) may take before the endpoint counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long to wait for a sent transaction's receipt.
+const RECEIPT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The secp256k1 key an identity signs chain transactions with (see the module docs).
+pub fn evm_signer(id: &Identity) -> PrivateKeySigner {
+    let mut k = keccak256([EVM_KEY_DOMAIN, &id.secret_bytes()[..]].concat());
+    loop {
+        if let Ok(s) = PrivateKeySigner::from_bytes(&k) {
+            return s;
+        }
+        k = keccak256(k);
+    }
+}
+
+/// One transaction this client sent and saw succeed: the leaf of its local log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedTx {
+    /// Transaction hash.
+    pub tx_hash: B256,
+    /// Block it was included in.
+    pub block: u64,
+    /// Gas used (from the receipt).
+    pub gas_used: u64,
+    /// Events, in order.
+    pub logs: Vec<Log>,
+    /// The call's target (`None`: a deployment). Not in the leaf: the hash commits to it.
+    pub to: Option<Address>,
+    /// The calldata or init code. Not in the leaf: the hash commits to it.
+    pub input: Bytes,
+}
+
+impl RecordedTx {
+    /// Canonical bytes: `"cohort/rpc-tx/v1" || chain_id || tx_hash || block || gas_used ||
+    /// u32 #logs || for each log (address || u32 #topics || topics || u32 len || data)`,
+    /// big-endian integers. The Merkle leaf is `SHA-256(0x00 || these bytes)`.
+    pub fn encode(&self, chain_id: u64) -> Vec<u8> {
+        let mut w = Vec::with_capacity(96 + self.logs.len() * 128);
+        w.extend_from_slice(RECORD_DOMAIN);
+        w.extend_from_slice(&chain_id.to_be_bytes());
+        w.extend_from_slice(self.tx_hash.as_slice());
+        w.extend_from_slice(&self.block.to_be_bytes());
+        w.extend_from_slice(&self.gas_used.to_be_bytes());
+        w.extend_from_slice(&(self.logs.len() as u32).to_be_bytes());
+        for l in &self.logs {
+            w.extend_from_slice(l.address.as_slice());
+            let topics = l.data.topics();
+            w.extend_from_slice(&(topics.len() as u32).to_be_bytes());
+            for t in topics {
+                w.extend_from_slice(t.as_slice());
+            }
+            w.extend_from_slice(&(l.data.data.len() as u32).to_be_bytes());
+            w.extend_from_slice(&l.data.data);
+        }
+        w
+    }
+}
+
+/// The protocol's ledger on an EVM chain over JSON-RPC. See the module docs.
+pub struct EvmRpcLedger {
+    url: String,
+    rt: tokio::runtime::Runtime,
+    provider: RootProvider,
+    chain_id: u64,
+    funder: Option<PrivateKeySigner>,
+    tree: MerkleTree,
+    records: Vec<RecordedTx>,
+    /// The time set by `set_time`, which every later block this backend causes gets.
+    clock: Option<u64>,
+}
+
+impl fmt::Debug for EvmRpcLedger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EvmRpcLedger")
+            .field("url", &self.url)
+            .field("chain_id", &self.chain_id)
+            .field("funder", &self.funder.as_ref().map(|s| s.address()))
+            .field("recorded", &self.records.len())
+            .field("clock", &self.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EvmRpcLedger {
+    /// Connects to the node at `url` (`http://host:port`) and reads its chain id. An endpoint
+    /// that does not answer fails within a few seconds with
+    /// `LedgerError::Rpc("cannot reach <url>: ...")`. `funder`, if given, tops up derived
+    /// accounts (see [`Self::with_funder`]).
+    pub fn connect(url: &str, funder: Option<PrivateKeySigner>) -> Result<Self, LedgerError> {
+        let parsed: reqwest::Url = url
+            .parse()
+            .map_err(|e| LedgerError::Rpc(format!("{url:?} is not a URL: {e}")))?;
+        if parsed.scheme() != "http" {
+            return Err(LedgerError::Rpc(format!(
+                "{url}: only http:// endpoints are supported (this build has no TLS; put a node \
+                 or a TLS-terminating proxy on a local http:// address)"
+            )));
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| LedgerError::Rpc(format!("cannot start the async runtime: {e}")))?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(|e| LedgerError::Rpc(format!("cannot build an HTTP client: {e}")))?;
+        let provider = RootProvider::new(RpcClient::new_http_with_client(client, parsed));
+        let chain_id = rt
+            .block_on(async {
+                tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(1), provider.get_chain_id()).await
+            })
+            .map_err(|_| LedgerError::Rpc(format!("cannot reach {url}: no answer within {CONNECT_TIMEOUT:?}")))?
+            .map_err(|e| match e {
+                RpcError::ErrorResp(_) => rpc_error(url, "eth_chainId", &e),
+                e => LedgerError::Rpc(format!("cannot reach {url}: {}", error_chain(&e))),
+            })?;
+        tracing::debug!(url, chain_id, "connected to EVM chain");
+        Ok(Self {
+            url: url.to_owned(),
+            rt,
+            provider,
+            chain_id,
+            funder,
+            tree: MerkleTree::new(),
+            records: Vec::new(),
+            clock: None,
+        })
+    }
+
+    /// Tops up each derived account below [`MIN_BALANCE`] with [`FUND_AMOUNT`] from `funder`
+    /// before its transactions (for dev chains, where the derived accounts start empty).
+    pub fn with_funder(mut self, funder: PrivateKeySigner) -> Self {
+        self.funder = Some(funder);
+        self
+    }
+
+    /// The endpoint.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The chain id the node reported.
+    pub fn chain_id(&self) -> u64 {
+        self.chain_id
+    }
+
+    /// The address `id` sends from on this chain (its derived secp256k1 key's address).
+    pub fn chain_address(&self, id: &Identity) -> Address {
+        evm_signer(id).address()
+    }
+
+    /// Every transaction recorded so far, in order: the leaves of [`LedgerBackend::head`]'s
+    /// tree.
+    pub fn recorded(&self) -> &[RecordedTx] {
+        &self.records
+    }
+
+    /// The provider, for reads this type does not wrap.
+    pub fn provider(&self) -> &RootProvider {
+        &self.provider
+    }
+
+    fn err(&self, what: &str, e: &TransportError) -> LedgerError {
+        rpc_error(&self.url, what, e)
+    }
+
+    /// Pins the next block to the clock, if `set_time` set one.
+    async fn pin_time(&self) -> Result<(), LedgerError> {
+        if let Some(t) = self.clock {
+            self.provider
+                .raw_request::<_, serde_json::Value>("evm_setNextBlockTimestamp".into(), (t,))
+                .await
+                .map_err(|e| self.err("evm_setNextBlockTimestamp", &e))?;
+        }
+        Ok(())
+    }
+
+    async fn latest_block(&self) -> Result<(u64, u64), LedgerError> {
+        let b = self
+            .provider
+            .get_block_by_number(BlockNumberOrTag::Latest)
+            .await
+            .map_err(|e| self.err("eth_getBlockByNumber", &e))?
+            .ok_or_else(|| LedgerError::Rpc(format!("{}: the node has no latest block", self.url)))?;
+        Ok((b.header.number, b.header.timestamp))
+    }
+
+    /// Signs `req` (from, to, input, value set) as `signer` with the given gas limit, sends
+    /// it and waits for the receipt.
+    async fn sign_send_wait(
+        &self,
+        signer: &PrivateKeySigner,
+        to: TxKind,
+        value: U256,
+        input: Bytes,
+        gas_limit: u64,
+    ) -> Result<TransactionReceipt, LedgerError> {
+        let from = signer.address();
+        let nonce = self
+            .provider
+            .get_transaction_count(from)
+            .pending()
+            .await
+            .map_err(|e| self.err("eth_getTransactionCount", &e))?;
+        let fees = self
+            .provider
+            .estimate_eip1559_fees()
+            .await
+            .map_err(|e| self.err("eth_feeHistory", &e))?;
+        let mut tx = TxEip1559 {
+            chain_id: self.chain_id,
+            nonce,
+            gas_limit,
+            max_fee_per_gas: fees.max_fee_per_gas,
+            max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
+            to,
+            value,
+            access_list: Default::default(),
+            input,
+        };
+        let sig = signer
+            .sign_transaction_sync(&mut tx)
+            .map_err(|e| LedgerError::Rpc(format!("signing as {from}: {e}")))?;
+        let raw = TxEnvelope::from(tx.into_signed(sig)).encoded_2718();
+        self.pin_time().await?;
+        let pending = self
+            .provider
+            .send_raw_transaction(&raw)
+            .await
+            .map_err(|e| self.err("eth_sendRawTransaction", &e))?;
+        let hash = *pending.tx_hash();
+        self.wait_receipt(hash).await
+    }
+
+    async fn wait_receipt(&self, hash: B256) -> Result<TransactionReceipt, LedgerError> {
+        let start = tokio::time::Instant::now();
+        let mut delay = Duration::from_millis(2);
+        loop {
+            let r = self
+                .provider
+                .get_transaction_receipt(hash)
+                .await
+                .map_err(|e| self.err("eth_getTransactionReceipt", &e))?;
+            if let Some(r) = r {
+                if r.block_number.is_some() {
+                    return Ok(r);
+                }
+            }
+            if start.elapsed() > RECEIPT_TIMEOUT {
+                return Err(LedgerError::Rpc(format!(
+                    "{}: transaction {hash} not included within {RECEIPT_TIMEOUT:?}",
+                    self.url
+                )));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(250));
+        }
+    }
+
+    /// Tops `addr` up from the funder if it is below [`MIN_BALANCE`].
+    async fn ensure_funded(&self, addr: Address) -> Result<(), LedgerError> {
+        let Some(funder) = &self.funder else { return Ok(()) };
+        if funder.address() == addr {
+            return Ok(());
+        }
+        let balance = self
+            .provider
+            .get_balance(addr)
+            .pending()
+            .await
+            .map_err(|e| self.err("eth_getBalance", &e))?;
+        if balance >= MIN_BALANCE {
+            return Ok(());
+        }
+        tracing::debug!(%addr, funder = %funder.address(), "funding derived account");
+        let r = self
+            .sign_send_wait(funder, TxKind::Call(addr), FUND_AMOUNT, Bytes::new(), 21_000)
+            .await?;
+        if !r.status() {
+            return Err(LedgerError::Rpc(format!(
+                "{}: funding {addr} from {} failed (tx {})",
+                self.url,
+                funder.address(),
+                r.transaction_hash
+            )));
+        }
+        Ok(())
+    }
+
+    async fn transact_async(
+        &self,
+        signer: &PrivateKeySigner,
+        to: Option<Address>,
+        data: Bytes,
+    ) -> Result<(RecordedTx, Bytes, Option<Address>), LedgerError> {
+        let from = signer.address();
+        self.ensure_funded(from).await?;
+        // Pin the clock before simulating: the pending block then has the time the
+        // transaction will execute at.
+        self.pin_time().await?;
+        let kind = to.map_or(TxKind::Create, TxKind::Call);
+        let req = TransactionRequest {
+            from: Some(from),
+            to: Some(kind),
+            input: TransactionInput::new(data.clone()),
+            ..Default::default()
+        };
+        let output = self
+            .provider
+            .call(req.clone())
+            .await
+            .map_err(|e| self.exec_error("eth_call", e))?;
+        let estimate = self
+            .provider
+            .estimate_gas(req.clone())
+            .await
+            .map_err(|e| self.exec_error("eth_estimateGas", e))?;
+        if estimate > TX_GAS_CAP {
+            return Err(ExecError::Invalid(format!("needs {estimate} gas, above the cap {TX_GAS_CAP}")).into());
+        }
+        let gas_limit = (estimate + estimate / 4).min(TX_GAS_CAP);
+        let receipt = self
+            .sign_send_wait(signer, kind, U256::ZERO, data.clone(), gas_limit)
+            .await?;
+        let block = receipt.block_number.unwrap_or_default();
+        if !receipt.status() {
+            // Replay at the parent block for the revert data, if the node gives it.
+            let data = match self
+                .provider
+                .call(req)
+                .block(BlockId::number(block.saturating_sub(1)))
+                .await
+            {
+                Err(RpcError::ErrorResp(p)) => revert_data(&p).unwrap_or_default(),
+                _ => Bytes::new(),
+            };
+            return Err(ExecError::Reverted {
+                data,
+                gas_used: receipt.gas_used,
+            }
+            .into());
+        }
+        let record = RecordedTx {
+            tx_hash: receipt.transaction_hash,
+            block,
+            gas_used: receipt.gas_used,
+            logs: receipt.logs().iter().map(|l| l.inner.clone()).collect(),
+            to,
+            input: data,
+        };
+        Ok((record, output, receipt.contract_address))
+    }
+
+    /// A revert in a simulation becomes [`ExecError::Reverted`] (gas 0: nothing ran on chain);
+    /// anything else is an RPC error.
+    fn exec_error(&self, what: &str, e: TransportError) -> LedgerError {
+        if let RpcError::ErrorResp(p) = &e {
+            if let Some(data) = revert_data(p) {
+                return ExecError::Reverted { data, gas_used: 0 }.into();
+            }
+            if p.message.contains("revert") {
+                return ExecError::Reverted {
+                    data: Bytes::new(),
+                    gas_used: 0,
+                }
+                .into();
+            }
+        }
+        self.err(what, &e)
+    }
+}
+
+/// Revert data in a JSON-RPC error: the `data` of an error that says "revert" or has code 3.
+fn revert_data(p: &ErrorPayload) -> Option<Bytes> {
+    p.as_revert_data().or_else(|| {
+        (p.code == 3)
+            .then(|| p.try_data_as::<Bytes>().and_then(Result::ok))
+            .flatten()
+    })
+}
+
+fn rpc_error(url: &str, what: &str, e: &TransportError) -> LedgerError {
+    LedgerError::Rpc(format!("{url}: {what}: {}", error_chain(e)))
+}
+
+/// An error and its sources, `: `-separated (reqwest hides "connection refused" in a source).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+impl LedgerBackend for EvmRpcLedger {
+    fn transact(
+        &mut self,
+        from: &Identity,
+        to: Option<Address>,
+        data: Bytes,
+    ) -> Result<TxOutcome, LedgerError> {
+        let signer = evm_signer(from);
+        let (record, output, created) = self.rt.block_on(self.transact_async(&signer, to, data))?;
+        self.tree
+            .push_hash(crate::merkle::leaf_hash(&record.encode(self.chain_id)));
+        let out = TxOutcome {
+            position: record.block,
+            id: Hash32(record.tx_hash.0),
+            gas_used: record.gas_used,
+            output,
+            created,
+            logs: record.logs.clone(),
+        };
+        self.records.push(record);
+        Ok(out)
+    }
+
+    fn call(&mut self, from: Address, to: Address, data: Bytes) -> Result<Bytes, LedgerError> {
+        let req = TransactionRequest {
+            from: Some(from),
+            to: Some(TxKind::Call(to)),
+            input: TransactionInput::new(data),
+            ..Default::default()
+        };
+        self.rt
+            .block_on(async { self.provider.call(req).await })
+            .map_err(|e| self.exec_error("eth_call", e))
+    }
+
+    fn logs_since(&self, cursor: u64) -> Result<(Vec<(u64, Log)>, u64), LedgerError> {
+        let out = self
+            .records
+            .iter()
+            .filter(|r| r.block >= cursor)
+            .flat_map(|r| r.logs.iter().map(|l| (r.block, l.clone())))
+            .collect();
+        let next = self.records.last().map_or(cursor, |r| cursor.max(r.block + 1));
+        Ok((out, next))
+    }
+
+    fn head(&self) -> Result<Head, LedgerError> {
+        let time = match self.clock {
+            Some(t) => t,
+            None => self.rt.block_on(self.latest_block())?.1,
+        };
+        Ok(Head {
+            size: self.tree.len(),
+            root: self.tree.root(),
+            time,
+        })
+    }
+
+    fn set_time(&mut self, time: u64) -> Result<(), LedgerError> {
+        let (_, latest) = self.rt.block_on(self.latest_block())?;
+        let last = latest.max(self.clock.unwrap_or(0));
+        if time < last {
+            return Err(LedgerError::TimeWentBackwards { last, got: time });
+        }
+        self.rt
+            .block_on(
+                self.provider
+                    .raw_request::<_, serde_json::Value>("evm_setNextBlockTimestamp".into(), (time,)),
+            )
+            .map_err(|e| match &e {
+                RpcError::ErrorResp(p) if p.code == -32601 || p.message.contains("not found") => LedgerError::Rpc(
+                    format!(
+                        "{}: this chain does not allow setting time (evm_setNextBlockTimestamp: {})",
+                        self.url, p.message
+                    ),
+                ),
+                _ => self.err("evm_setNextBlockTimestamp", &e),
+            })?;
+        self.clock = Some(time);
+        Ok(())
+    }
+
+    fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash32>, LedgerError> {
+        Ok(self.tree.inclusion_proof(index, size)?)
+    }
+
+    fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash32>, LedgerError> {
+        Ok(self.tree.consistency_proof(old, new)?)
+    }
+
+    fn address_of(&self, id: &Identity) -> Address {
+        self.chain_address(id)
+    }
+}

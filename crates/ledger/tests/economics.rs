@@ -1,0 +1,173 @@
+//! Random protocol histories: supply is conserved after every transaction, and a rejected
+//! update is never paid.
+
+use alloy_primitives::{Address, B256, U256};
+use cohort_core::{Identity, Score, sha256, tokens};
+use cohort_ledger::protocol::{Cohort::CohortEvents, Protocol, ProtocolError, accepted_set_hash, roles};
+use cohort_ledger::{EmbeddedLedger, LedgerBackend, LedgerConfig};
+use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+struct Plan {
+    clients: usize,
+    rounds: Vec<RoundPlan>,
+}
+
+#[derive(Debug, Clone)]
+struct RoundPlan {
+    /// scores[v][u]
+    scores: Vec<Vec<i64>>,
+    reveals: Vec<bool>,
+    pool: u64,
+    transfers: Vec<(usize, usize, u64)>,
+    unstake: Vec<(usize, u64)>,
+}
+
+fn plan() -> impl Strategy<Value = Plan> {
+    (1usize..5, 1usize..4).prop_flat_map(|(clients, validators)| {
+        let round = (
+            prop::collection::vec(prop::collection::vec(-400_000i64..400_000, clients), validators),
+            prop::collection::vec(prop::bool::weighted(0.8), validators),
+            0u64..500,
+            prop::collection::vec((0usize..8, 0usize..8, 0u64..20_000), 0..4),
+            prop::collection::vec((0usize..8, 0u64..600), 0..3),
+        )
+            .prop_map(|(scores, reveals, pool, transfers, unstake)| RoundPlan {
+                scores,
+                reveals,
+                pool,
+                transfers,
+                unstake,
+            });
+        prop::collection::vec(round, 1..3).prop_map(move |rounds| Plan { clients, rounds })
+    })
+}
+
+fn check_supply(p: &mut Protocol<EmbeddedLedger>) -> Result<(), TestCaseError> {
+    let s = p.supply().map_err(|e| TestCaseError::fail(e.to_string()))?;
+    prop_assert!(s.conserved(), "supply not conserved: {s:?}");
+    Ok(())
+}
+
+/// Sends, tolerating reverts (random ops may be refused), and checks supply after.
+fn try_send<T>(
+    p: &mut Protocol<EmbeddedLedger>,
+    r: Result<T, ProtocolError>,
+) -> Result<Option<T>, TestCaseError> {
+    let out = match r {
+        Ok(v) => Some(v),
+        Err(ProtocolError::Reverted { .. }) => None,
+        Err(e) => return Err(TestCaseError::fail(e.to_string())),
+    };
+    check_supply(p)?;
+    Ok(out)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    #[test]
+    fn supply_is_conserved_and_rejected_updates_are_never_paid(plan in plan()) {
+        let tmp = tempfile::tempdir().unwrap();
+        let id = |n: String| Identity::from_seed(3, &n);
+        let gov = id("gov".into());
+        let coord = id("coord".into());
+        let clients: Vec<Identity> = (0..plan.clients).map(|i| id(format!("client-{i}"))).collect();
+        let nv = plan.rounds[0].scores.len();
+        let validators: Vec<Identity> = (0..nv).map(|i| id(format!("validator-{i}"))).collect();
+        let everyone: Vec<&Identity> = std::iter::once(&coord).chain(&clients).chain(&validators).collect();
+        let led = EmbeddedLedger::create(tmp.path().join("l"), LedgerConfig::new("cohort.local/prop", gov.clone())).unwrap();
+        let mut p = Protocol::deploy(led, &gov).unwrap();
+        let mut now = 1_000u64;
+        for who in &everyone {
+            p.mint(&gov, who.address(), tokens(5_000)).unwrap();
+        }
+        p.approve_coordinator(&gov, coord.address()).unwrap();
+        p.register(&coord, roles::COORDINATOR).unwrap();
+        let mut datasets = Vec::new();
+        for (i, c) in clients.iter().enumerate() {
+            p.register(c, roles::CLIENT | roles::DATA_OWNER).unwrap();
+            p.stake(c, tokens(500)).unwrap();
+            datasets.push(p.commit_dataset(c, sha256(&[i as u8]).into(), B256::ZERO, 10).unwrap().value);
+        }
+        for v in &validators {
+            p.register(v, roles::VALIDATOR).unwrap();
+            p.stake(v, tokens(2_000)).unwrap();
+        }
+        check_supply(&mut p)?;
+        for (r, rp) in plan.rounds.iter().enumerate() {
+            for &(a, b, amt) in &rp.transfers {
+                let (from, to) = (everyone[a % everyone.len()], everyone[b % everyone.len()]);
+                let res = p.transfer(from, to.address(), tokens(amt));
+                try_send(&mut p, res)?;
+            }
+            for &(a, amt) in &rp.unstake {
+                let who = everyone[a % everyone.len()];
+                let res = p.request_unstake(who, tokens(amt));
+                try_send(&mut p, res)?;
+            }
+            now += 100_000;
+            p.backend_mut().set_time(now).unwrap();
+            for who in &everyone {
+                let res = p.withdraw(who);
+                try_send(&mut p, res)?;
+            }
+            let res = p.open_round(&coord, sha256(&r.to_be_bytes()).into(), tokens(rp.pool), false);
+            let Some(open) = try_send(&mut p, res)? else { continue };
+            let round = open.value;
+            let mut submitted: Vec<Address> = Vec::new();
+            for (c, d) in clients.iter().zip(&datasets) {
+                let res = p.submit_update(c, round, sha256(c.name().as_bytes()).into(), *d, 100);
+                if try_send(&mut p, res)?.is_some() {
+                    submitted.push(c.address());
+                }
+            }
+            p.close_submissions(&coord, round).unwrap();
+            let mut committed = Vec::new();
+            for (v, s) in validators.iter().zip(&rp.scores) {
+                let s: Vec<Score> = s[..submitted.len()].iter().map(|x| Score(*x)).collect();
+                let salt = B256::from(sha256(v.name().as_bytes()));
+                let res = p.commit_scores(v, round, &s, salt);
+                if try_send(&mut p, res)?.is_some() {
+                    committed.push((v, s, salt));
+                }
+            }
+            p.close_commits(&coord, round).unwrap();
+            for (i, (v, s, salt)) in committed.iter().enumerate() {
+                if rp.reveals[i] {
+                    let res = p.reveal_scores(v, round, s, *salt);
+                    try_send(&mut p, res)?;
+                }
+            }
+            let tally = p.tally_all(&coord, round, 2).unwrap();
+            check_supply(&mut p)?;
+            let mut accepted = Vec::new();
+            let mut rejected = Vec::new();
+            for e in &tally.events {
+                match e {
+                    CohortEvents::UpdateAccepted(a) => accepted.push(a.index),
+                    CohortEvents::UpdateRejected(x) => rejected.push(x.client),
+                    _ => {}
+                }
+            }
+            accepted.sort_unstable();
+            p.finalize(&coord, round, B256::ZERO, accepted_set_hash(&accepted)).unwrap();
+            let before: Vec<U256> = rejected.iter().map(|a| p.balance_of(*a).unwrap()).collect();
+            let settle = p.settle_all(&coord, round, 3).unwrap();
+            check_supply(&mut p)?;
+            for e in &settle.events {
+                if let CohortEvents::Rewarded(x) = e {
+                    prop_assert!(!rejected.contains(&x.who), "rejected update's client {} was rewarded", x.who);
+                }
+                if let CohortEvents::Refunded(x) = e {
+                    prop_assert!(!rejected.contains(&x.who), "rejected update's client {} was refunded", x.who);
+                }
+            }
+            for (a, b) in rejected.iter().zip(before) {
+                prop_assert!(p.balance_of(*a).unwrap() <= b);
+            }
+        }
+        let led = p.into_backend();
+        led.verify().unwrap();
+    }
+}

@@ -1,0 +1,364 @@
+#![cfg(feature = "evm-rpc")]
+//! The protocol on anvil over JSON-RPC, and the same scenario differentially against the
+//! embedded ledger.
+//!
+//! Needs anvil: `<workspace>/contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil`
+//! (`npm ci` in `contracts/`) or `$COHORT_ANVIL`. Without it these tests fail, unless
+//! `COHORT_SKIP_ANVIL=1`, which turns them into a printed skip.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use alloy::signers::local::PrivateKeySigner;
+use alloy_primitives::{Address, B256, Bytes, Log, keccak256};
+use cohort_ledger::demo::{self, Cast, DemoReport};
+use cohort_ledger::merkle::{MerkleTree, leaf_hash, verify_consistency, verify_inclusion};
+use cohort_ledger::protocol::{Cohort::CohortErrors, Cohort::CohortEvents, decode_events, roles};
+use cohort_ledger::{EmbeddedLedger, EvmRpcLedger, LedgerBackend, LedgerConfig, LedgerError};
+
+/// anvil's first default account (funds the derived accounts).
+const ANVIL_KEY0: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+
+/// An anvil child process on a free port, killed on drop.
+struct Anvil {
+    child: Child,
+    url: String,
+}
+
+impl Anvil {
+    /// Starts anvil with the embedded EVM's rules (Osaka). `None` (after printing why) when
+    /// anvil is absent and `COHORT_SKIP_ANVIL=1`; a panic saying what to do when it is absent
+    /// otherwise.
+    fn start(test: &str) -> Option<Self> {
+        let bin = std::env::var_os("COHORT_ANVIL").map(PathBuf::from).unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
+        });
+        if !bin.is_file() {
+            if std::env::var("COHORT_SKIP_ANVIL").as_deref() == Ok("1") {
+                eprintln!("skipping {test}: no anvil at {} (COHORT_SKIP_ANVIL=1)", bin.display());
+                return None;
+            }
+            panic!(
+                "no anvil at {}: run `npm ci` in contracts/ (or set COHORT_ANVIL=/path/to/anvil, \
+                 or COHORT_SKIP_ANVIL=1 to skip the anvil tests)",
+                bin.display()
+            );
+        }
+        let port = free_port();
+        let child = Command::new(&bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--silent"])
+            .args(["--hardfork", "osaka"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let mut anvil = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        anvil.wait_ready(port);
+        Some(anvil)
+    }
+
+    /// Polls `eth_blockNumber` until it answers (at most 20 s).
+    fn wait_ready(&mut self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("anvil exited during startup: {status}");
+            }
+            if block_number(port).is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("anvil at {} did not answer eth_blockNumber within 20 s", self.url);
+    }
+
+    fn ledger(&self) -> EvmRpcLedger {
+        let funder: PrivateKeySigner = ANVIL_KEY0.parse().expect("anvil key parses");
+        EvmRpcLedger::connect(&self.url, Some(funder)).expect("connects to anvil")
+    }
+}
+
+impl Drop for Anvil {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port nobody listens on (the OS picked it free; the listener is gone).
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// One `eth_blockNumber` over plain HTTP/1.1, std only; `None` if nothing answered.
+fn block_number(port: u16) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}"#;
+    write!(
+        s,
+        "POST / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.contains(r#""result""#).then_some(out)
+}
+
+fn embedded(dir: &std::path::Path) -> EmbeddedLedger {
+    let op = Cast::new(1).governance;
+    EmbeddedLedger::create(dir, LedgerConfig::new("cohort.local/test", op).with_start_time(1_700_000_000))
+        .expect("create ledger")
+}
+
+fn embedded_demo() -> (EmbeddedLedger, DemoReport, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (p, report) = demo::run(embedded(dir.path()), 1).expect("demo runs embedded");
+    (p.into_backend(), report, dir)
+}
+
+#[test]
+fn demo_on_anvil() {
+    let Some(anvil) = Anvil::start("demo_on_anvil") else { return };
+    let (_emb, expected, _dir) = embedded_demo();
+    let (mut p, report) = demo::run(anvil.ledger(), 1).expect("demo runs on anvil");
+
+    assert_eq!(report.accepted, expected.accepted);
+    assert_eq!(report.rejected, expected.rejected);
+    assert_eq!(report.consensus, expected.consensus);
+    assert!(report.supply_conserved, "supply not conserved on anvil");
+    assert_eq!(report.transactions, expected.transactions);
+    let cast = Cast::new(1);
+    for (got, want) in report.standings.iter().zip(&expected.standings) {
+        assert_eq!((&got.name, &got.balance, &got.stake), (&want.name, &want.balance, &want.stake));
+    }
+    // On chain the sender is the derived secp256k1 address, not the ed25519 one.
+    for (who, s) in cast.everyone().into_iter().zip(&report.standings) {
+        assert_eq!(s.address, p.backend().chain_address(who));
+        assert_ne!(s.address, who.address());
+    }
+    let alice = &cast.clients[0];
+    assert!(p.balance_of(alice.address()).expect("balance").is_zero());
+
+    // A revert at estimation comes back as the contract's decoded custom error.
+    let err = p.register(alice, roles::CLIENT).expect_err("registering twice reverts");
+    match err.revert() {
+        Some(CohortErrors::AlreadyRegistered(e)) => assert_eq!(e.who, p.backend().chain_address(alice)),
+        other => panic!("expected AlreadyRegistered, got {other:?} ({err})"),
+    }
+
+    // Time does not go back.
+    let now = p.backend().head().expect("head").time;
+    match p.backend_mut().set_time(now - 1) {
+        Err(LedgerError::TimeWentBackwards { last, got }) => assert_eq!((last, got), (now, now - 1)),
+        other => panic!("expected TimeWentBackwards, got {other:?}"),
+    }
+
+    // The local log: one leaf per protocol transaction, proofs verify against the head.
+    let led = p.into_backend();
+    let head = led.head().expect("head");
+    assert_eq!(head.size, led.recorded().len() as u64);
+    assert_eq!(head.size, report.transactions, "the deployment and the demo's transactions");
+    let mut tree = MerkleTree::new();
+    for (i, r) in led.recorded().iter().enumerate() {
+        let leaf = leaf_hash(&r.encode(led.chain_id()));
+        tree.push_hash(leaf);
+        let proof = led.inclusion_proof(i as u64, head.size).expect("inclusion proof");
+        verify_inclusion(&leaf, i as u64, head.size, &proof, &head.root).expect("inclusion verifies");
+    }
+    assert_eq!(tree.root(), head.root);
+    let old = head.size / 2;
+    let proof = led.consistency_proof(old, head.size).expect("consistency proof");
+    verify_consistency(old, head.size, &tree.root_at(old).expect("old root"), &head.root, &proof)
+        .expect("consistency verifies");
+    let (logs, next) = led.logs_since(0).expect("logs");
+    assert_eq!(logs.len(), led.recorded().iter().map(|r| r.logs.len()).sum::<usize>());
+    assert_eq!(next, led.recorded().last().expect("recorded").block + 1);
+}
+
+/// One transaction as both backends saw it.
+struct Seen {
+    input: Bytes,
+    gas_used: u64,
+    logs: Vec<Log>,
+}
+
+/// EIP-2028 calldata gas: 4 per zero byte, 16 per other byte.
+fn calldata_gas(data: &[u8]) -> u64 {
+    data.iter().map(|&b| if b == 0 { 4 } else { 16 }).sum()
+}
+
+/// Replaces every backend-specific 32-byte word in the logs (topics and data words) by a
+/// placeholder, then decodes: participant addresses become `0x…01`, `0x…02`, … in cast order,
+/// the contract `0x…ff`; dataset ids and score commitments (hashes over a chain address)
+/// become placeholders numbered in order of appearance.
+fn normalized(txs: &[Seen], contract: Address, participants: &[Address]) -> Vec<Vec<CohortEvents>> {
+    let word = |a: Address| B256::left_padding_from(a.as_slice());
+    let mut subst: HashMap<B256, B256> = HashMap::new();
+    for (i, a) in participants.iter().enumerate() {
+        subst.insert(word(*a), word(Address::with_last_byte(i as u8 + 1)));
+    }
+    subst.insert(word(contract), word(Address::with_last_byte(0xff)));
+    let mut derived = 0u32;
+    for t in txs {
+        for e in decode_events(contract, &t.logs) {
+            let hash = match e {
+                CohortEvents::DatasetCommitted(d) => d.id,
+                CohortEvents::ScoresCommitted(s) => s.commitment,
+                _ => continue,
+            };
+            derived += 1;
+            subst.insert(hash, keccak256(format!("derived {derived}")));
+        }
+    }
+    let swap = |w: B256| subst.get(&w).copied().unwrap_or(w);
+    txs.iter()
+        .map(|t| {
+            let logs: Vec<Log> = t
+                .logs
+                .iter()
+                .map(|l| {
+                    let topics: Vec<B256> = l.data.topics().iter().map(|w| swap(*w)).collect();
+                    let mut data = l.data.data.to_vec();
+                    for chunk in data.chunks_exact_mut(32) {
+                        let w = swap(B256::from_slice(chunk));
+                        chunk.copy_from_slice(w.as_slice());
+                    }
+                    Log::new_unchecked(swap_addr(l.address, contract), topics, data.into())
+                })
+                .collect();
+            decode_events(Address::with_last_byte(0xff), &logs)
+        })
+        .collect()
+}
+
+fn swap_addr(a: Address, contract: Address) -> Address {
+    if a == contract { Address::with_last_byte(0xff) } else { a }
+}
+
+/// The same demo on both backends, transaction by transaction.
+///
+/// Compared exactly: the number of transactions; per transaction, the decoded events (kind,
+/// order and every field) after participant addresses, the contract address, dataset ids and
+/// score commitments are replaced by placeholders (see [`normalized`]); the protocol outcome
+/// (accepted/rejected sets, consensus scores, balances and stakes by name).
+///
+/// Not compared: the raw addresses, dataset ids and commitments (they differ by construction:
+/// ed25519-derived vs secp256k1-derived senders); positions (entry numbers vs block numbers);
+/// timestamps (none is in an event of this scenario).
+///
+/// Gas: execution costs the same on both (same bytecode, same Osaka rules); the calldata can
+/// differ where it carries an address or a hash over one (mint, approveCoordinator,
+/// commitScores, submitUpdate's dataset id), and calldata costs 4 gas per zero byte and 16
+/// per other byte. So per transaction `gas_used - calldata_gas(input)` must be equal, and the
+/// raw difference must be exactly the calldata difference.
+#[test]
+fn differential_events_and_gas() {
+    let Some(anvil) = Anvil::start("differential_events_and_gas") else { return };
+    let (emb, emb_report, _dir) = embedded_demo();
+    let (p, rpc_report) = demo::run(anvil.ledger(), 1).expect("demo runs on anvil");
+    let rpc = p.into_backend();
+    let cast = Cast::new(1);
+
+    let emb_txs: Vec<Seen> = (0..emb.len())
+        .map(|i| {
+            let e = emb.entry(i).expect("entry");
+            Seen {
+                input: e.tx.tx.data,
+                gas_used: e.receipt.gas_used,
+                logs: e.receipt.logs,
+            }
+        })
+        .collect();
+    let rpc_txs: Vec<Seen> = rpc
+        .recorded()
+        .iter()
+        .map(|r| Seen {
+            input: r.input.clone(),
+            gas_used: r.gas_used,
+            logs: r.logs.clone(),
+        })
+        .collect();
+    assert_eq!(emb_txs.len(), rpc_txs.len(), "transaction count");
+    assert_eq!(emb_report.accepted, rpc_report.accepted);
+
+    let emb_ev = normalized(
+        &emb_txs,
+        emb_report.contract,
+        &cast.everyone().iter().map(|id| emb.address_of(id)).collect::<Vec<_>>(),
+    );
+    let rpc_ev = normalized(
+        &rpc_txs,
+        rpc_report.contract,
+        &cast.everyone().iter().map(|id| rpc.address_of(id)).collect::<Vec<_>>(),
+    );
+    let events: usize = emb_ev.iter().map(Vec::len).sum();
+    assert!(events > 30, "the demo emits events ({events})");
+    for (i, (a, b)) in emb_ev.iter().zip(&rpc_ev).enumerate() {
+        assert_eq!(a, b, "events of transaction {i}");
+    }
+    assert!(
+        emb_ev.iter().flatten().any(|e| matches!(e, CohortEvents::RoundSettled(_))),
+        "the round settles"
+    );
+
+    let (mut equal, mut total_emb, mut total_rpc) = (0, 0u64, 0u64);
+    for (i, (e, r)) in emb_txs.iter().zip(&rpc_txs).enumerate() {
+        total_emb += e.gas_used;
+        total_rpc += r.gas_used;
+        let (ce, cr) = (calldata_gas(&e.input), calldata_gas(&r.input));
+        let selector = |d: &Bytes| d.get(..4).map(hex::encode).unwrap_or_default();
+        if e.gas_used == r.gas_used {
+            equal += 1;
+        } else {
+            eprintln!(
+                "tx {i} (selector {}): embedded {} anvil {} (calldata gas {ce} vs {cr})",
+                selector(&e.input),
+                e.gas_used,
+                r.gas_used
+            );
+        }
+        assert_eq!(
+            e.gas_used - ce,
+            r.gas_used - cr,
+            "tx {i}: gas beyond calldata differs (embedded {} anvil {})",
+            e.gas_used,
+            r.gas_used
+        );
+    }
+    eprintln!(
+        "{} transactions, {equal} with equal gas; total gas embedded {total_emb}, anvil {total_rpc}; \
+         {events} events, equal after address normalization",
+        emb_txs.len()
+    );
+}
+
+#[test]
+fn endpoint_down_is_a_clear_error() {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let start = Instant::now();
+    let err = EvmRpcLedger::connect(&url, None).expect_err("nobody listens there");
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let msg = err.to_string();
+    assert!(matches!(err, LedgerError::Rpc(_)), "{err:?}");
+    assert!(msg.contains(&url), "{msg}");
+    assert!(msg.contains("cannot reach"), "{msg}");
+    assert!(msg.to_lowercase().contains("refused"), "{msg}");
+
+    let err = EvmRpcLedger::connect("https://example.invalid", None).expect_err("no TLS");
+    assert!(err.to_string().contains("https://example.invalid"), "{err}");
+}
