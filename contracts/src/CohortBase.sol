@@ -1,0 +1,440 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+pragma solidity 0.8.37;
+
+/// @title CohortBase
+/// @notice Shared storage, constants, types, events, errors and internal token
+///         helpers for every Cohort module. All modules inherit this contract, so
+///         there is exactly one copy of the storage below in the deployed `Cohort`.
+/// @dev Token amounts are uint256 base units (1 token = 1e18 base units).
+///      Scores are int64 fixed-point with SCORE_SCALE = 1e6 (1.0 == 1_000_000).
+///      Basis points (bps): 10_000 == 100%. Time is `block.timestamp` (seconds).
+abstract contract CohortBase {
+    // ------------------------------------------------------------------
+    // Constants
+    // ------------------------------------------------------------------
+
+    /// @notice Fixed-point scale of every score-like int64 (1.0 == 1e6).
+    int64 public constant SCORE_SCALE = 1_000_000;
+    /// @notice Base units per whole token.
+    uint256 public constant TOKEN_UNIT = 1e18;
+    /// @notice Denominator of every basis-point parameter.
+    uint16 public constant BPS = 10_000;
+
+    uint8 public constant ROLE_COORDINATOR = 1;
+    uint8 public constant ROLE_CLIENT = 2;
+    uint8 public constant ROLE_VALIDATOR = 4;
+    uint8 public constant ROLE_DATA_OWNER = 8;
+    uint8 internal constant ALL_ROLES = 15;
+
+    /// @notice Hard upper bound on `Params.maxValidatorsPerRound` (keeps the
+    ///         per-update tally work and the validator loops bounded).
+    uint16 public constant MAX_VALIDATORS_CAP = 64;
+
+    /// @notice Cap on total minted supply (keeps every reward product far
+    ///         from uint256 overflow).
+    uint256 public constant MAX_SUPPLY = type(uint128).max;
+
+    // ------------------------------------------------------------------
+    // Types
+    // ------------------------------------------------------------------
+
+    /// @notice Governance-tunable protocol parameters. A round snapshots the
+    ///         parameters in force when it is opened and uses that copy for its
+    ///         whole life. Field order is the ABI tuple order.
+    struct Params {
+        int64 acceptThreshold; // consensus score (SCORE_SCALE) needed to accept an update
+        uint256 updateDeposit; // base units escrowed per submitted update
+        uint256 minClientStake; // active stake a client needs to submit
+        uint256 minValidatorStake; // active stake a validator needs to commit
+        uint16 slashRejectBps; // share of a rejected client's stake slashed
+        uint16 slashNoRevealBps; // share of a non-revealing validator's stake slashed
+        uint16 validatorRewardBps; // share of a round's pool for validators
+        int64 consensusTolerance; // |score - consensus| <= tolerance counts as agreement
+        uint64 unbondingPeriod; // seconds between requestUnstake and withdraw
+        uint16 maxUpdatesPerRound;
+        uint16 maxValidatorsPerRound;
+    }
+
+    enum Phase {
+        None,
+        Submit,
+        Commit,
+        Reveal,
+        Tallied,
+        Finalized,
+        Settled
+    }
+
+    enum SlashReason {
+        RejectedUpdate,
+        NoReveal
+    }
+
+    enum UnlearningPhase {
+        None,
+        Requested,
+        Executed,
+        Verified
+    }
+
+    struct Participant {
+        uint8 roles;
+        uint64 registeredAt;
+        bytes32 keyHash;
+    }
+
+    struct StakeInfo {
+        uint256 active;
+        uint256 unbonding;
+        uint64 unlockAt;
+    }
+
+    struct Dataset {
+        address owner;
+        uint64 size;
+        uint64 committedAt;
+        bool forgotten;
+        bytes32 merkleRoot;
+        bytes32 manifestHash;
+    }
+
+    struct Round {
+        address coordinator;
+        uint64 openedAt;
+        Phase phase;
+        bool revealsClosed;
+        uint32 numUpdates;
+        uint32 numValidators;
+        uint32 numRevealed;
+        uint32 tallied; // updates tallied so far
+        uint32 settled; // settlement items processed (updates first, then validators)
+        uint32 acceptedCount;
+        bytes32 globalModelHash;
+        uint256 pool; // reward pool escrowed at openRound
+        uint256 poolPaid; // rewards paid out of `pool` so far
+        uint256 sumAcceptedScores; // sum of positive consensus scores of accepted updates
+        uint256 sumWeightAgreements; // sum(weight * agreements) over revealed validators
+        bytes32 acceptedSetHash; // running hash over accepted indices (see README)
+        bytes32 aggregateHash;
+        Params params; // snapshot taken at openRound
+    }
+
+    struct Update {
+        address client;
+        int64 consensusScore;
+        bool accepted;
+        bool settled;
+        uint64 numSamples;
+        bytes32 blobHash;
+        bytes32 datasetId;
+    }
+
+    struct ValidatorEntry {
+        address validator;
+        bool revealed;
+        bool settled;
+        uint32 agreements;
+        uint256 weight; // active stake snapshotted at commit
+        bytes32 commitment;
+        int64[] scores;
+    }
+
+    struct UnlearningRequest {
+        bytes32 datasetId;
+        address requester;
+        uint64 requestedAt;
+        UnlearningPhase phase;
+        uint8 method;
+        bytes32 reasonHash;
+        bytes32 resultModelHash;
+        address executor;
+        uint64 executedAt;
+        uint256 clawedBack;
+        bytes32 evidenceHash;
+        address verifier;
+        uint64 verifiedAt;
+        int64 forgetAccuracy;
+        int64 membershipAdvantage;
+    }
+
+    // ------------------------------------------------------------------
+    // Storage
+    // ------------------------------------------------------------------
+
+    /// @notice Governance address (deployer at construction).
+    address public governance;
+    Params internal _params;
+
+    // token
+    mapping(address => uint256) internal _balances;
+    uint256 internal _totalMinted;
+    uint256 internal _totalBalances;
+    uint256 internal _totalStaked; // active + unbonding
+    uint256 internal _totalEscrowed; // round deposits held
+    uint256 internal _totalPools; // round reward pools not yet paid
+    uint256 internal _treasury;
+    uint256 internal _totalBurned;
+
+    // registry
+    mapping(address => Participant) internal _participants;
+    /// @notice Whether governance approved `who` to register with ROLE_COORDINATOR.
+    mapping(address => bool) public coordinatorApproved;
+
+    // staking
+    mapping(address => StakeInfo) internal _stakes;
+
+    // datasets
+    mapping(bytes32 => Dataset) internal _datasets;
+    /// @notice Cumulative rewards paid for accepted updates that used a dataset.
+    mapping(bytes32 => uint256) public rewardsByDataset;
+    /// @notice Cumulative amount clawed back from a dataset's owner by unlearning.
+    mapping(bytes32 => uint256) public clawedBackByDataset;
+
+    // rounds
+    uint64 internal _roundCount;
+    mapping(uint64 => Round) internal _rounds;
+    mapping(uint64 => mapping(uint32 => Update)) internal _updates;
+    mapping(uint64 => mapping(address => uint32)) internal _updateIndexPlusOne;
+    mapping(uint64 => mapping(uint32 => ValidatorEntry)) internal _validators;
+    mapping(uint64 => mapping(address => uint32)) internal _validatorIndexPlusOne;
+
+    // unlearning
+    uint64 internal _requestCount;
+    mapping(uint64 => UnlearningRequest) internal _requests;
+
+    // anchor
+    uint64 internal _anchorSize;
+    uint64 internal _anchorAt;
+    bytes32 internal _anchorRoot;
+
+    // ------------------------------------------------------------------
+    // Events
+    // ------------------------------------------------------------------
+
+    event GovernanceChanged(address indexed previous, address indexed next);
+    event ParamsUpdated(Params params);
+
+    event Minted(address indexed to, uint256 amount);
+    event Transfer(address indexed from, address indexed to, uint256 amount);
+    event TreasuryFunded(address indexed from, uint256 amount);
+    event TreasuryBurned(address indexed by, uint256 amount);
+
+    event CoordinatorApproved(address indexed who);
+    event Registered(address indexed who, uint8 roles, bytes32 keyHash);
+
+    event Staked(address indexed who, uint256 amount);
+    event UnstakeRequested(address indexed who, uint256 amount, uint64 unlockAt);
+    event Withdrawn(address indexed who, uint256 amount);
+
+    event DatasetCommitted(
+        bytes32 indexed id, address indexed owner, bytes32 merkleRoot, bytes32 manifestHash, uint64 size
+    );
+
+    event RoundOpened(
+        uint64 indexed roundId,
+        address indexed coordinator,
+        bytes32 globalModelHash,
+        uint256 rewardPool,
+        bool fromTreasury
+    );
+    event UpdateSubmitted(
+        uint64 indexed roundId,
+        uint32 index,
+        address indexed client,
+        bytes32 blobHash,
+        bytes32 datasetId,
+        uint64 numSamples,
+        uint256 deposit
+    );
+    event SubmissionsClosed(uint64 indexed roundId, uint32 numUpdates);
+    event ScoresCommitted(uint64 indexed roundId, address indexed validator, bytes32 commitment, uint256 weight);
+    event CommitsClosed(uint64 indexed roundId, uint32 numValidators);
+    event ScoresRevealed(uint64 indexed roundId, address indexed validator);
+    event RevealsClosed(uint64 indexed roundId, uint32 numRevealed);
+    event UpdateAccepted(uint64 indexed roundId, uint32 index, address indexed client, int64 consensusScore);
+    event UpdateRejected(uint64 indexed roundId, uint32 index, address indexed client, int64 consensusScore);
+    event RoundTallied(uint64 indexed roundId, uint32 acceptedCount, bytes32 acceptedSetHash, uint256 sumAcceptedScores);
+    event RoundFinalized(uint64 indexed roundId, bytes32 aggregateHash, bytes32 acceptedSetHash, uint32 acceptedCount);
+    event Refunded(uint64 indexed roundId, address indexed who, uint256 amount);
+    event DepositForfeited(uint64 indexed roundId, address indexed who, uint256 amount);
+    event Rewarded(uint64 indexed roundId, address indexed who, uint256 amount);
+    event Slashed(uint64 indexed roundId, address indexed who, uint256 amount, SlashReason reason);
+    event ValidatorSettled(uint64 indexed roundId, address indexed validator, bool revealed, uint32 agreements);
+    event RoundSettled(uint64 indexed roundId, uint256 paid, uint256 toTreasury);
+
+    event UnlearningRequested(
+        uint64 indexed requestId, bytes32 indexed datasetId, address indexed requester, bytes32 reasonHash
+    );
+    event UnlearningExecuted(
+        uint64 indexed requestId, bytes32 indexed datasetId, bytes32 resultModelHash, uint8 method, address executor
+    );
+    event Clawback(uint64 indexed requestId, address indexed owner, uint256 amount);
+    event UnlearningVerified(
+        uint64 indexed requestId,
+        bytes32 evidenceHash,
+        int64 forgetAccuracy,
+        int64 membershipAdvantage,
+        address indexed verifier
+    );
+
+    event Anchored(uint64 size, bytes32 root, address indexed by);
+
+    // ------------------------------------------------------------------
+    // Errors
+    // ------------------------------------------------------------------
+
+    error NotGovernance(address caller);
+    error ZeroAddress();
+    error ZeroAmount();
+    error EmptyBatch();
+    error InvalidParam(uint8 field);
+    error MulDivOverflow();
+    error SupplyCapExceeded(uint256 minted, uint256 amount, uint256 cap);
+
+    error InsufficientBalance(address who, uint256 have, uint256 need);
+    error InsufficientTreasury(uint256 have, uint256 need);
+    error InsufficientStake(address who, uint256 have, uint256 need);
+    error NothingToWithdraw(address who);
+    error StillUnbonding(address who, uint64 unlockAt, uint64 nowTs);
+
+    error InvalidRoles(uint8 roles);
+    error ZeroKeyHash();
+    error AlreadyRegistered(address who);
+    error NotRegistered(address who);
+    error CoordinatorNotApproved(address who);
+    error MissingRole(address who, uint8 role);
+    error NotAuthorized(address who);
+
+    error DatasetExists(bytes32 id);
+    error UnknownDataset(bytes32 id);
+    error NotDatasetOwner(bytes32 id, address who);
+    error DatasetIsForgotten(bytes32 id);
+
+    error UnknownRound(uint64 round);
+    error WrongPhase(uint64 round, uint8 phase, uint8 expected);
+    error NotRoundCoordinator(uint64 round, address who);
+    error AlreadySubmitted(uint64 round, address client);
+    error TooManyUpdates(uint64 round, uint16 max);
+    error TooManyValidators(uint64 round, uint16 max);
+    error UnknownUpdate(uint64 round, uint32 index);
+    error UnknownValidator(uint64 round, uint32 index);
+    error ZeroCommitment();
+    error AlreadyCommitted(uint64 round, address validator);
+    error NotCommitted(uint64 round, address validator);
+    error AlreadyRevealed(uint64 round, address validator);
+    error RevealWindowClosed(uint64 round);
+    error BadScoresLength(uint64 round, uint256 have, uint256 need);
+    error BadReveal(uint64 round, address validator);
+    error RevealsStillOpen(uint64 round, uint32 revealed, uint32 committed);
+    error AcceptedSetMismatch(bytes32 expected, bytes32 got);
+
+    error UnknownRequest(uint64 requestId);
+    error WrongRequestPhase(uint64 requestId, uint8 phase, uint8 expected);
+    error InvalidMethod(uint8 method);
+
+    error AnchorNotGrowing(uint64 latest, uint64 got);
+
+    // ------------------------------------------------------------------
+    // Modifiers and access helpers
+    // ------------------------------------------------------------------
+
+    modifier onlyGovernance() {
+        if (msg.sender != governance) revert NotGovernance(msg.sender);
+        _;
+    }
+
+    /// @dev Reverts NotRegistered / MissingRole unless `who` holds `role`.
+    function _requireRole(address who, uint8 role) internal view {
+        uint8 roles = _participants[who].roles;
+        if (roles == 0) revert NotRegistered(who);
+        if (roles & role == 0) revert MissingRole(who, role);
+    }
+
+    function _hasRole(address who, uint8 role) internal view returns (bool) {
+        return _participants[who].roles & role != 0;
+    }
+
+    // ------------------------------------------------------------------
+    // Internal token movements (each keeps the running totals exact)
+    // ------------------------------------------------------------------
+
+    function _creditBalance(address who, uint256 amount) internal {
+        _balances[who] += amount;
+        _totalBalances += amount;
+    }
+
+    function _debitBalance(address who, uint256 amount) internal {
+        uint256 have = _balances[who];
+        if (have < amount) revert InsufficientBalance(who, have, amount);
+        unchecked {
+            _balances[who] = have - amount;
+            _totalBalances -= amount;
+        }
+    }
+
+    /// @dev Removes up to `amount` from `who`'s stake, active first, then
+    ///      unbonding, and moves it to the treasury. Returns what was taken.
+    function _takeStakeToTreasury(address who, uint256 amount) internal returns (uint256 taken) {
+        StakeInfo storage s = _stakes[who];
+        uint256 active = s.active;
+        uint256 unbonding = s.unbonding;
+        uint256 fromActive = amount < active ? amount : active;
+        uint256 rest = amount - fromActive;
+        uint256 fromUnbonding = rest < unbonding ? rest : unbonding;
+        taken = fromActive + fromUnbonding;
+        if (taken == 0) return 0;
+        if (fromActive != 0) s.active = active - fromActive;
+        if (fromUnbonding != 0) s.unbonding = unbonding - fromUnbonding;
+        _totalStaked -= taken;
+        _treasury += taken;
+    }
+
+    /// @dev Slashes `bps` of `who`'s total stake (active + unbonding) to the
+    ///      treasury, active first. Emits Slashed when something was taken.
+    function _slash(uint64 roundId, address who, uint16 bps, SlashReason reason) internal returns (uint256 taken) {
+        StakeInfo storage s = _stakes[who];
+        uint256 amount = _mulDiv(s.active + s.unbonding, bps, BPS);
+        taken = _takeStakeToTreasury(who, amount);
+        if (taken != 0) emit Slashed(roundId, who, taken, reason);
+    }
+
+    /// @dev floor(x * y / d) with a 512-bit intermediate product; reverts if
+    ///      the result does not fit in 256 bits or d == 0.
+    function _mulDiv(uint256 x, uint256 y, uint256 d) internal pure returns (uint256 result) {
+        unchecked {
+            uint256 prod0;
+            uint256 prod1;
+            assembly ("memory-safe") {
+                let mm := mulmod(x, y, not(0))
+                prod0 := mul(x, y)
+                prod1 := sub(sub(mm, prod0), lt(mm, prod0))
+            }
+            if (prod1 == 0) {
+                if (d == 0) revert MulDivOverflow();
+                return prod0 / d;
+            }
+            if (d <= prod1) revert MulDivOverflow();
+            uint256 remainder;
+            assembly ("memory-safe") {
+                remainder := mulmod(x, y, d)
+                prod1 := sub(prod1, gt(remainder, prod0))
+                prod0 := sub(prod0, remainder)
+            }
+            uint256 twos = d & (~d + 1);
+            assembly ("memory-safe") {
+                d := div(d, twos)
+                prod0 := div(prod0, twos)
+                twos := add(div(sub(0, twos), twos), 1)
+            }
+            prod0 |= prod1 * twos;
+            uint256 inverse = (3 * d) ^ 2;
+            inverse *= 2 - d * inverse;
+            inverse *= 2 - d * inverse;
+            inverse *= 2 - d * inverse;
+            inverse *= 2 - d * inverse;
+            inverse *= 2 - d * inverse;
+            inverse *= 2 - d * inverse;
+            result = prod0 * inverse;
+        }
+    }
+}

@@ -1,0 +1,592 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+pragma solidity 0.8.37;
+
+import {CohortBase} from "./CohortBase.sol";
+
+/// @title CohortRounds
+/// @notice Federated-learning rounds driven by their coordinator:
+///         Submit -> Commit -> Reveal -> (tally batches) Tallied -> Finalized
+///         -> (settle batches) Settled.
+/// @dev Tally and settlement are batched (`maxUpdates` / `maxItems`) so that a
+///      round with 256 updates and 32 validators needs only a few transactions,
+///      each well under a 2^24 gas cap.
+abstract contract CohortRounds is CohortBase {
+    /// @dev Scratch state of one tally batch (kept in memory to stay readable
+    ///      and clear of stack limits).
+    struct TallyScratch {
+        uint32[] vIdx; // indices (commit order) of the revealed validators
+        uint256[] weights; // their weights
+        uint256[] dataSlots; // storage slot of element 0 of each one's `scores`
+        uint256 totalWeight; // sum of revealed weights
+        uint32[] agree; // agreements found in this batch, per revealed validator
+        uint256[] keys; // per-update sort keys, see _scoreKey
+        int64 threshold;
+        int256 tolerance;
+        bytes32 acceptedSetHash;
+        uint32 acceptedCount;
+        uint256 sumAcceptedScores;
+    }
+
+    /// @dev Flips the sign bit so that int64 order becomes uint64 order.
+    uint256 private constant SIGN_FLIP = 1 << 63;
+
+    // ------------------------------------------------------------------
+    // Lifecycle
+    // ------------------------------------------------------------------
+
+    /// @notice Opens a round on `globalModelHash` with `rewardPool` escrowed from
+    ///         the caller's balance, or from the treasury when `fromTreasury`.
+    ///         Any participant with ROLE_COORDINATOR (coordinators are
+    ///         governance-approved, so they may also draw on the treasury).
+    ///         The round snapshots the current params.
+    function openRound(bytes32 globalModelHash, uint256 rewardPool, bool fromTreasury)
+        external
+        returns (uint64 roundId)
+    {
+        _requireRole(msg.sender, ROLE_COORDINATOR);
+        if (fromTreasury) {
+            uint256 have = _treasury;
+            if (have < rewardPool) revert InsufficientTreasury(have, rewardPool);
+            _treasury = have - rewardPool;
+        } else {
+            _debitBalance(msg.sender, rewardPool);
+        }
+        _totalPools += rewardPool;
+
+        roundId = ++_roundCount;
+        Round storage r = _rounds[roundId];
+        r.coordinator = msg.sender;
+        r.openedAt = uint64(block.timestamp);
+        r.phase = Phase.Submit;
+        r.globalModelHash = globalModelHash;
+        r.pool = rewardPool;
+        r.params = _params;
+        emit RoundOpened(roundId, msg.sender, globalModelHash, rewardPool, fromTreasury);
+    }
+
+    /// @notice Submits the caller's model update (phase Submit). Registered
+    ///         ROLE_CLIENT with active stake >= minClientStake, using a dataset
+    ///         it owns that is not forgotten; escrows `updateDeposit` from its
+    ///         balance. One update per client per round, at most
+    ///         maxUpdatesPerRound. Returns the update's index in the round.
+    function submitUpdate(uint64 roundId, bytes32 blobHash, bytes32 datasetId, uint64 numSamples)
+        external
+        returns (uint32 index)
+    {
+        Round storage r = _round(roundId);
+        _expectPhase(roundId, r, Phase.Submit);
+        _requireRole(msg.sender, ROLE_CLIENT);
+        uint256 active = _stakes[msg.sender].active;
+        uint256 need = r.params.minClientStake;
+        if (active < need) revert InsufficientStake(msg.sender, active, need);
+
+        Dataset storage d = _datasets[datasetId];
+        address owner = d.owner;
+        if (owner == address(0)) revert UnknownDataset(datasetId);
+        if (owner != msg.sender) revert NotDatasetOwner(datasetId, msg.sender);
+        if (d.forgotten) revert DatasetIsForgotten(datasetId);
+
+        if (_updateIndexPlusOne[roundId][msg.sender] != 0) revert AlreadySubmitted(roundId, msg.sender);
+        index = r.numUpdates;
+        uint16 max = r.params.maxUpdatesPerRound;
+        if (index >= max) revert TooManyUpdates(roundId, max);
+
+        uint256 deposit = r.params.updateDeposit;
+        _debitBalance(msg.sender, deposit);
+        _totalEscrowed += deposit;
+
+        r.numUpdates = index + 1;
+        _updateIndexPlusOne[roundId][msg.sender] = index + 1;
+        Update storage u = _updates[roundId][index];
+        u.client = msg.sender;
+        u.numSamples = numSamples;
+        u.blobHash = blobHash;
+        u.datasetId = datasetId;
+        emit UpdateSubmitted(roundId, index, msg.sender, blobHash, datasetId, numSamples, deposit);
+    }
+
+    /// @notice Submit -> Commit. The round's coordinator only.
+    function closeSubmissions(uint64 roundId) external {
+        Round storage r = _round(roundId);
+        _onlyRoundCoordinator(roundId, r);
+        _expectPhase(roundId, r, Phase.Submit);
+        r.phase = Phase.Commit;
+        emit SubmissionsClosed(roundId, r.numUpdates);
+    }
+
+    /// @notice Commits the caller's score vector (phase Commit):
+    ///         commitment = keccak256(abi.encode(uint64 roundId, address validator,
+    ///         int64[] scores, bytes32 salt)), scores[i] scoring update i.
+    ///         Registered ROLE_VALIDATOR with active stake >= minValidatorStake
+    ///         (and > 0); the active stake is snapshotted as its weight. Once
+    ///         per validator per round, at most maxValidatorsPerRound.
+    function commitScores(uint64 roundId, bytes32 commitment) external {
+        Round storage r = _round(roundId);
+        _expectPhase(roundId, r, Phase.Commit);
+        if (commitment == bytes32(0)) revert ZeroCommitment();
+        _requireRole(msg.sender, ROLE_VALIDATOR);
+        uint256 weight = _stakes[msg.sender].active;
+        uint256 need = r.params.minValidatorStake;
+        if (need == 0) need = 1;
+        if (weight < need) revert InsufficientStake(msg.sender, weight, need);
+        if (_validatorIndexPlusOne[roundId][msg.sender] != 0) revert AlreadyCommitted(roundId, msg.sender);
+        uint32 index = r.numValidators;
+        uint16 max = r.params.maxValidatorsPerRound;
+        if (index >= max) revert TooManyValidators(roundId, max);
+
+        r.numValidators = index + 1;
+        _validatorIndexPlusOne[roundId][msg.sender] = index + 1;
+        ValidatorEntry storage v = _validators[roundId][index];
+        v.validator = msg.sender;
+        v.weight = weight;
+        v.commitment = commitment;
+        emit ScoresCommitted(roundId, msg.sender, commitment, weight);
+    }
+
+    /// @notice Commit -> Reveal. The round's coordinator only.
+    function closeCommits(uint64 roundId) external {
+        Round storage r = _round(roundId);
+        _onlyRoundCoordinator(roundId, r);
+        _expectPhase(roundId, r, Phase.Commit);
+        r.phase = Phase.Reveal;
+        emit CommitsClosed(roundId, r.numValidators);
+    }
+
+    /// @notice Reveals the caller's committed scores (phase Reveal, before the
+    ///         first tally call). Must hash to the commitment and have exactly
+    ///         one score per update. Committed validators only, once.
+    function revealScores(uint64 roundId, int64[] calldata scores, bytes32 salt) external {
+        Round storage r = _round(roundId);
+        _expectPhase(roundId, r, Phase.Reveal);
+        if (r.revealsClosed) revert RevealWindowClosed(roundId);
+        uint32 ip1 = _validatorIndexPlusOne[roundId][msg.sender];
+        if (ip1 == 0) revert NotCommitted(roundId, msg.sender);
+        ValidatorEntry storage v = _validators[roundId][ip1 - 1];
+        if (v.revealed) revert AlreadyRevealed(roundId, msg.sender);
+        if (scores.length != r.numUpdates) revert BadScoresLength(roundId, scores.length, r.numUpdates);
+        if (keccak256(abi.encode(roundId, msg.sender, scores, salt)) != v.commitment) {
+            revert BadReveal(roundId, msg.sender);
+        }
+        v.revealed = true;
+        v.scores = scores;
+        r.numRevealed += 1;
+        emit ScoresRevealed(roundId, msg.sender);
+    }
+
+    /// @notice Tallies the next `maxUpdates` updates (phase Reveal). The first
+    ///         call closes reveals; it may be made by the round's coordinator at
+    ///         any time, or by anyone once every committed validator revealed.
+    ///         Later batches: anyone. Per update: consensus = lower stake-weighted
+    ///         median of the revealed scores (0 and rejected when nobody
+    ///         revealed); accepted iff consensus >= acceptThreshold; each revealed
+    ///         validator with |score - consensus| <= consensusTolerance gains one
+    ///         agreement. After the last update: phase Tallied.
+    function tally(uint64 roundId, uint32 maxUpdates) external {
+        if (maxUpdates == 0) revert EmptyBatch();
+        Round storage r = _round(roundId);
+        _expectPhase(roundId, r, Phase.Reveal);
+        if (!r.revealsClosed) {
+            if (msg.sender != r.coordinator && r.numRevealed < r.numValidators) {
+                revert RevealsStillOpen(roundId, r.numRevealed, r.numValidators);
+            }
+            r.revealsClosed = true;
+            emit RevealsClosed(roundId, r.numRevealed);
+        }
+
+        uint32 start = r.tallied;
+        uint32 n = r.numUpdates;
+        uint32 end = n - start > maxUpdates ? start + maxUpdates : n;
+
+        TallyScratch memory t = _loadTallyScratch(roundId, r);
+        for (uint32 i = start; i < end; ++i) {
+            _tallyUpdate(roundId, i, t);
+        }
+
+        // Persist batch results.
+        uint256 nr = t.vIdx.length;
+        for (uint256 j; j < nr; ++j) {
+            if (t.agree[j] != 0) _validators[roundId][t.vIdx[j]].agreements += t.agree[j];
+        }
+        r.tallied = end;
+        r.acceptedSetHash = t.acceptedSetHash;
+        r.acceptedCount = t.acceptedCount;
+        r.sumAcceptedScores = t.sumAcceptedScores;
+
+        if (end == n) {
+            uint256 sumWA;
+            for (uint256 j; j < nr; ++j) {
+                sumWA += t.weights[j] * _validators[roundId][t.vIdx[j]].agreements;
+            }
+            r.sumWeightAgreements = sumWA;
+            r.phase = Phase.Tallied;
+            emit RoundTallied(roundId, t.acceptedCount, t.acceptedSetHash, t.sumAcceptedScores);
+        }
+    }
+
+    /// @notice Tallied -> Finalized, recording the aggregate model hash. The
+    ///         round's coordinator only; `acceptedSetHash` must equal the
+    ///         contract's (AcceptedSetMismatch otherwise).
+    function finalize(uint64 roundId, bytes32 aggregateHash, bytes32 acceptedSetHash) external {
+        Round storage r = _round(roundId);
+        _onlyRoundCoordinator(roundId, r);
+        _expectPhase(roundId, r, Phase.Tallied);
+        bytes32 expected = r.acceptedSetHash;
+        if (acceptedSetHash != expected) revert AcceptedSetMismatch(expected, acceptedSetHash);
+        r.aggregateHash = aggregateHash;
+        r.phase = Phase.Finalized;
+        emit RoundFinalized(roundId, aggregateHash, expected, r.acceptedCount);
+    }
+
+    /// @notice Settles the next `maxItems` items (phase Finalized). Items are
+    ///         the updates in index order, then the committed validators in
+    ///         commit order. Anyone. After the last item the unpaid part of the
+    ///         pool (dust included) goes to the treasury: phase Settled.
+    function settle(uint64 roundId, uint32 maxItems) external {
+        if (maxItems == 0) revert EmptyBatch();
+        Round storage r = _round(roundId);
+        _expectPhase(roundId, r, Phase.Finalized);
+        uint32 nu = r.numUpdates;
+        uint32 total = nu + r.numValidators;
+        uint32 cur = r.settled;
+        uint32 end = total - cur > maxItems ? cur + maxItems : total;
+
+        uint256 pool = r.pool;
+        uint256 updatePool = _mulDiv(pool, BPS - r.params.validatorRewardBps, BPS);
+        uint256 validatorPool = pool - updatePool;
+        uint256 paid = r.poolPaid;
+        for (; cur < end; ++cur) {
+            if (cur < nu) {
+                paid += _settleUpdate(roundId, r, cur, updatePool);
+            } else {
+                paid += _settleValidator(roundId, r, cur - nu, validatorPool);
+            }
+        }
+        r.settled = end;
+        r.poolPaid = paid;
+
+        if (end == total) {
+            uint256 rest = pool - paid;
+            _totalPools -= rest;
+            _treasury += rest;
+            r.phase = Phase.Settled;
+            emit RoundSettled(roundId, paid, rest);
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // Views
+    // ------------------------------------------------------------------
+
+    /// @notice Id of the most recently opened round (0 before the first).
+    function currentRound() external view returns (uint64) {
+        return _roundCount;
+    }
+
+    /// @notice Round summary (all zero for an unknown round). `settled` counts
+    ///         settlement items: updates first, then validators.
+    function round(uint64 roundId)
+        external
+        view
+        returns (
+            uint8 phase,
+            address coordinator,
+            bytes32 globalModelHash,
+            uint256 pool,
+            uint32 numUpdates,
+            uint32 numValidators,
+            uint32 tallied,
+            uint32 settled,
+            bytes32 acceptedSetHash,
+            bytes32 aggregateHash,
+            uint64 openedAt
+        )
+    {
+        Round storage r = _rounds[roundId];
+        return (
+            uint8(r.phase),
+            r.coordinator,
+            r.globalModelHash,
+            r.pool,
+            r.numUpdates,
+            r.numValidators,
+            r.tallied,
+            r.settled,
+            r.acceptedSetHash,
+            r.aggregateHash,
+            r.openedAt
+        );
+    }
+
+    /// @notice Tally/settlement accumulators of a round.
+    function roundTally(uint64 roundId)
+        external
+        view
+        returns (
+            bool revealsClosed,
+            uint32 numRevealed,
+            uint32 acceptedCount,
+            uint256 sumAcceptedScores,
+            uint256 sumWeightAgreements,
+            uint256 poolPaid
+        )
+    {
+        Round storage r = _rounds[roundId];
+        return (r.revealsClosed, r.numRevealed, r.acceptedCount, r.sumAcceptedScores, r.sumWeightAgreements, r.poolPaid);
+    }
+
+    /// @notice The params snapshot a round runs under.
+    function roundParams(uint64 roundId) external view returns (Params memory) {
+        return _rounds[roundId].params;
+    }
+
+    /// @notice Update `index` of a round (reverts UnknownUpdate when out of range).
+    ///         consensusScore/accepted are meaningful once the update is tallied.
+    function update(uint64 roundId, uint32 index)
+        external
+        view
+        returns (
+            address client,
+            bytes32 blobHash,
+            bytes32 datasetId,
+            uint64 numSamples,
+            int64 consensusScore,
+            bool accepted,
+            bool settled
+        )
+    {
+        if (index >= _rounds[roundId].numUpdates) revert UnknownUpdate(roundId, index);
+        Update storage u = _updates[roundId][index];
+        return (u.client, u.blobHash, u.datasetId, u.numSamples, u.consensusScore, u.accepted, u.settled);
+    }
+
+    /// @notice Validator `index` (commit order) of a round (reverts
+    ///         UnknownValidator when out of range).
+    function roundValidator(uint64 roundId, uint32 index)
+        external
+        view
+        returns (
+            address validator,
+            uint256 weight,
+            bytes32 commitment,
+            bool revealed,
+            uint32 agreements,
+            bool settled
+        )
+    {
+        if (index >= _rounds[roundId].numValidators) revert UnknownValidator(roundId, index);
+        ValidatorEntry storage v = _validators[roundId][index];
+        return (v.validator, v.weight, v.commitment, v.revealed, v.agreements, v.settled);
+    }
+
+    /// @notice Revealed scores of `validator` in a round (empty if not revealed).
+    function validatorScores(uint64 roundId, address validator) external view returns (int64[] memory) {
+        uint32 ip1 = _validatorIndexPlusOne[roundId][validator];
+        if (ip1 == 0) return new int64[](0);
+        return _validators[roundId][ip1 - 1].scores;
+    }
+
+    // ------------------------------------------------------------------
+    // Internals
+    // ------------------------------------------------------------------
+
+    function _round(uint64 roundId) internal view returns (Round storage r) {
+        r = _rounds[roundId];
+        if (r.phase == Phase.None) revert UnknownRound(roundId);
+    }
+
+    function _expectPhase(uint64 roundId, Round storage r, Phase want) internal view {
+        Phase have = r.phase;
+        if (have != want) revert WrongPhase(roundId, uint8(have), uint8(want));
+    }
+
+    function _onlyRoundCoordinator(uint64 roundId, Round storage r) internal view {
+        if (msg.sender != r.coordinator) revert NotRoundCoordinator(roundId, msg.sender);
+    }
+
+    function _loadTallyScratch(uint64 roundId, Round storage r) internal view returns (TallyScratch memory t) {
+        uint256 nr = r.numRevealed;
+        uint32 nv = r.numValidators;
+        t.vIdx = new uint32[](nr);
+        t.weights = new uint256[](nr);
+        t.dataSlots = new uint256[](nr);
+        t.agree = new uint32[](nr);
+        t.keys = new uint256[](nr);
+        uint256 j;
+        for (uint32 k; k < nv; ++k) {
+            ValidatorEntry storage v = _validators[roundId][k];
+            if (v.revealed) {
+                uint256 w = v.weight;
+                t.vIdx[j] = k;
+                t.weights[j] = w;
+                t.totalWeight += w;
+                int64[] storage sc = v.scores;
+                uint256 dataSlot;
+                assembly ("memory-safe") {
+                    // Dynamic storage arrays keep their elements from keccak256(slot).
+                    mstore(0x00, sc.slot)
+                    dataSlot := keccak256(0x00, 0x20)
+                }
+                t.dataSlots[j] = dataSlot;
+                ++j;
+            }
+        }
+        t.threshold = r.params.acceptThreshold;
+        t.tolerance = r.params.consensusTolerance;
+        t.acceptedSetHash = r.acceptedSetHash;
+        t.acceptedCount = r.acceptedCount;
+        t.sumAcceptedScores = r.sumAcceptedScores;
+    }
+
+    /// @dev Score of update `i` in a revealed `int64[]` whose elements start at
+    ///      storage slot `dataSlot`: four int64 per slot, element i in slot
+    ///      dataSlot + i/4 at bit offset 64*(i%4). No bounds check: reveal
+    ///      enforces scores.length == numUpdates > i.
+    function _readScore(uint256 dataSlot, uint256 i) private view returns (int64 score) {
+        assembly ("memory-safe") {
+            let word := sload(add(dataSlot, shr(2, i)))
+            score := signextend(7, shr(shl(6, and(i, 3)), word))
+        }
+    }
+
+    /// @dev Sort key packing a score and the revealed-validator position j
+    ///      (< 256): ascending key order == ascending score order.
+    function _scoreKey(int64 score, uint256 j) private pure returns (uint256) {
+        return ((uint256(uint64(score)) ^ SIGN_FLIP) << 8) | j;
+    }
+
+    function _keyScore(uint256 key) private pure returns (int64) {
+        return int64(uint64((key >> 8) ^ SIGN_FLIP));
+    }
+
+    function _tallyUpdate(uint64 roundId, uint32 i, TallyScratch memory t) internal {
+        uint256 nr = t.keys.length;
+        int64 consensus;
+        bool accepted;
+        if (nr != 0) {
+            uint256[] memory keys = t.keys;
+            unchecked {
+                for (uint256 j; j < nr; ++j) {
+                    keys[j] = _scoreKey(_readScore(t.dataSlots[j], i), j);
+                }
+                _sortAscending(keys);
+                consensus = _lowerWeightedMedian(keys, t.weights, t.totalWeight);
+                accepted = consensus >= t.threshold;
+                int256 tolerance = t.tolerance;
+                for (uint256 j; j < nr; ++j) {
+                    uint256 key = keys[j];
+                    int256 diff = int256(_keyScore(key)) - int256(consensus);
+                    if (diff < 0) diff = -diff;
+                    if (diff <= tolerance) ++t.agree[key & 0xff];
+                }
+            }
+        }
+
+        Update storage u = _updates[roundId][i];
+        u.consensusScore = consensus;
+        address client = u.client;
+        if (accepted) {
+            u.accepted = true;
+            t.acceptedSetHash = keccak256(abi.encode(t.acceptedSetHash, i));
+            ++t.acceptedCount;
+            if (consensus > 0) t.sumAcceptedScores += uint256(int256(consensus));
+            emit UpdateAccepted(roundId, i, client, consensus);
+        } else {
+            emit UpdateRejected(roundId, i, client, consensus);
+        }
+    }
+
+    /// @dev In-place insertion sort, ascending (n <= MAX_VALIDATORS_CAP).
+    function _sortAscending(uint256[] memory a) private pure {
+        assembly ("memory-safe") {
+            let base := add(a, 0x20)
+            let end := add(base, shl(5, mload(a)))
+            for { let q := add(base, 0x20) } lt(q, end) { q := add(q, 0x20) } {
+                let key := mload(q)
+                let p := q
+                for {} gt(p, base) { p := sub(p, 0x20) } {
+                    let prev := mload(sub(p, 0x20))
+                    if iszero(gt(prev, key)) { break }
+                    mstore(p, prev)
+                }
+                mstore(p, key)
+            }
+        }
+    }
+
+    /// @dev Lower stake-weighted median of the sorted `keys`: the smallest
+    ///      score s such that the weight of scores <= s is >= half the total,
+    ///      i.e. 2 * W(<= s) >= total. `weights` is indexed by the position
+    ///      packed in each key.
+    function _lowerWeightedMedian(uint256[] memory keys, uint256[] memory weights, uint256 total)
+        private
+        pure
+        returns (int64)
+    {
+        uint256 n = keys.length;
+        uint256 cum;
+        unchecked {
+            for (uint256 j; j < n; ++j) {
+                uint256 key = keys[j];
+                cum += weights[key & 0xff];
+                if (cum >= total - cum) return _keyScore(key);
+            }
+            return _keyScore(keys[n - 1]);
+        }
+    }
+
+    function _settleUpdate(uint64 roundId, Round storage r, uint32 index, uint256 updatePool)
+        internal
+        returns (uint256 reward)
+    {
+        Update storage u = _updates[roundId][index];
+        address client = u.client;
+        uint256 deposit = r.params.updateDeposit;
+        _totalEscrowed -= deposit;
+        u.settled = true;
+        if (u.accepted) {
+            _creditBalance(client, deposit);
+            emit Refunded(roundId, client, deposit);
+            uint256 sumAcc = r.sumAcceptedScores;
+            if (sumAcc != 0) {
+                int64 score = u.consensusScore;
+                if (score > 0) reward = _mulDiv(updatePool, uint256(int256(score)), sumAcc);
+            } else {
+                reward = updatePool / r.acceptedCount;
+            }
+            if (reward != 0) {
+                _totalPools -= reward;
+                _creditBalance(client, reward);
+                rewardsByDataset[u.datasetId] += reward;
+                emit Rewarded(roundId, client, reward);
+            }
+        } else {
+            _treasury += deposit;
+            emit DepositForfeited(roundId, client, deposit);
+            _slash(roundId, client, r.params.slashRejectBps, SlashReason.RejectedUpdate);
+        }
+    }
+
+    function _settleValidator(uint64 roundId, Round storage r, uint32 index, uint256 validatorPool)
+        internal
+        returns (uint256 reward)
+    {
+        ValidatorEntry storage v = _validators[roundId][index];
+        address who = v.validator;
+        bool revealed = v.revealed;
+        uint32 agreements = v.agreements;
+        v.settled = true;
+        emit ValidatorSettled(roundId, who, revealed, agreements);
+        if (!revealed) {
+            _slash(roundId, who, r.params.slashNoRevealBps, SlashReason.NoReveal);
+            return 0;
+        }
+        uint256 sumWA = r.sumWeightAgreements;
+        if (sumWA == 0 || agreements == 0) return 0;
+        reward = _mulDiv(validatorPool, v.weight * agreements, sumWA);
+        if (reward != 0) {
+            _totalPools -= reward;
+            _creditBalance(who, reward);
+            emit Rewarded(roundId, who, reward);
+        }
+    }
+}
