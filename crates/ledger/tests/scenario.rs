@@ -23,3 +23,101 @@ fn demo_round_pays_honest_and_slashes_harmful() {
     let reopened = EmbeddedLedger::open(dir.path()).expect("reopens");
     assert_eq!(reopened.state_root(), v.state_root);
 }
+
+/// A full round at the contract's limits (256 updates, 32 validators) settles in batches whose
+/// every transaction stays under the 2^24 gas cap.
+#[test]
+fn a_full_round_at_the_limits_fits_the_gas_cap() {
+    use alloy_primitives::{B256, Bytes};
+    use alloy_sol_types::{SolCall, SolValue};
+    use cohort_core::{Identity, Score, keccak256, sha256, tokens};
+    use cohort_ledger::evm::TX_GAS_CAP;
+    use cohort_ledger::protocol::{Cohort, Protocol, accepted_set_hash, phase, roles, score_commitment};
+
+    let dir = tempfile::tempdir().unwrap();
+    let gov = Identity::from_seed(4, "gov");
+    let coord = Identity::from_seed(4, "coord");
+    let led = EmbeddedLedger::create(dir.path(), LedgerConfig::new("cohort.local/big", gov.clone())).unwrap();
+    let mut p = Protocol::deploy(led, &gov).unwrap();
+    let c = p.address();
+    let clients: Vec<Identity> = (0..256).map(|i| Identity::from_seed(4, &format!("c{i}"))).collect();
+    let vals: Vec<Identity> = (0..32).map(|i| Identity::from_seed(4, &format!("v{i}"))).collect();
+    let call = |x: &dyn Fn() -> Vec<u8>| Bytes::from(x());
+    // Mints, in one batch.
+    let everyone: Vec<&Identity> = std::iter::once(&coord).chain(&clients).chain(&vals).collect();
+    let led = p.backend_mut();
+    let mints = everyone
+        .iter()
+        .enumerate()
+        .map(|(k, w)| {
+            let data = call(&|| Cohort::mintCall { to: w.address(), amount: tokens(10_000) }.abi_encode());
+            led.sign(&gov, Some(c), data, k as u64)
+        })
+        .collect();
+    for r in led.submit_batch(mints).unwrap() {
+        r.unwrap();
+    }
+    p.approve_coordinator(&gov, coord.address()).unwrap();
+    p.register(&coord, roles::COORDINATOR).unwrap();
+    let round = p.open_round(&coord, B256::ZERO, tokens(1_000), false).unwrap().value;
+    assert_eq!(round, 1);
+    // Every client registers, stakes, commits a dataset and submits, in one batch.
+    let led = p.backend_mut();
+    let mut txs = Vec::new();
+    for (i, cl) in clients.iter().enumerate() {
+        let root: B256 = sha256(&(i as u64).to_be_bytes()).into();
+        let id = keccak256((cl.address(), root, B256::ZERO, 1u64).abi_encode_params());
+        let calls: Vec<Vec<u8>> = vec![
+            Cohort::registerCall { roles: roles::CLIENT, keyHash: cl.key_hash() }.abi_encode(),
+            Cohort::stakeCall { amount: tokens(500) }.abi_encode(),
+            Cohort::commitDatasetCall { merkleRoot: root, manifestHash: B256::ZERO, size: 1 }.abi_encode(),
+            Cohort::submitUpdateCall { roundId: 1, blobHash: root, datasetId: id, numSamples: 10 }.abi_encode(),
+        ];
+        for (k, d) in calls.into_iter().enumerate() {
+            txs.push(led.sign(cl, Some(c), d.into(), k as u64));
+        }
+    }
+    for v in &vals {
+        let calls: Vec<Vec<u8>> = vec![
+            Cohort::registerCall { roles: roles::VALIDATOR, keyHash: v.key_hash() }.abi_encode(),
+            Cohort::stakeCall { amount: tokens(2_000) }.abi_encode(),
+        ];
+        for (k, d) in calls.into_iter().enumerate() {
+            txs.push(led.sign(v, Some(c), d.into(), k as u64));
+        }
+    }
+    for r in led.submit_batch(txs).unwrap() {
+        r.unwrap();
+    }
+    p.close_submissions(&coord, round).unwrap();
+    // Validators score even updates up, odd ones down.
+    let scores: Vec<Score> = (0..256).map(|i| Score(if i % 2 == 0 { 100_000 } else { -100_000 })).collect();
+    let salt = B256::repeat_byte(3);
+    let led = p.backend_mut();
+    let commits = vals
+        .iter()
+        .map(|v| {
+            let commitment = score_commitment(round, v.address(), &scores, salt);
+            led.sign(v, Some(c), Cohort::commitScoresCall { roundId: round, commitment }.abi_encode().into(), 0)
+        })
+        .collect();
+    for r in led.submit_batch(commits).unwrap() {
+        r.unwrap();
+    }
+    p.close_commits(&coord, round).unwrap();
+    let mut max_gas = 0;
+    for v in &vals {
+        max_gas = max_gas.max(p.reveal_scores(v, round, &scores, salt).unwrap().gas_used);
+    }
+    while p.round(round).unwrap().phase < phase::TALLIED {
+        max_gas = max_gas.max(p.tally(&coord, round, 64).unwrap().gas_used);
+    }
+    let accepted: Vec<u32> = (0..256).step_by(2).collect();
+    p.finalize(&coord, round, B256::ZERO, accepted_set_hash(&accepted)).unwrap();
+    while p.round(round).unwrap().phase < phase::SETTLED {
+        max_gas = max_gas.max(p.settle(&coord, round, 64).unwrap().gas_used);
+    }
+    assert!(max_gas < TX_GAS_CAP, "a call used {max_gas} gas");
+    assert!(p.supply().unwrap().conserved());
+    eprintln!("largest call of a 256x32 round: {max_gas} gas (cap {TX_GAS_CAP})");
+}

@@ -46,6 +46,7 @@ struct Results {
     verify_s: f64,
     verify_100k_s: f64,
     open_replay_s: f64,
+    verify_timings: cohort_ledger::embedded::VerifyTimings,
     proof_bytes: usize,
     proof_us: f64,
     bytes_per_entry: f64,
@@ -161,6 +162,7 @@ impl Args {
             verify_s,
             verify_100k_s: verify_s * 100_000.0 / size as f64,
             open_replay_s: open_s,
+            verify_timings: report.timings.clone(),
             proof_bytes,
             proof_us,
             bytes_per_entry: disk / size as f64,
@@ -174,6 +176,15 @@ impl Args {
             ">= 20000".into(),
         ]);
         t.row(vec![format!("verify {size} entries, s"), format!("{:.3}", r.verify_s), String::new()]);
+        let vt = &r.verify_timings;
+        t.row(vec![
+            "  read / decode / signatures | replay / tree, s".into(),
+            format!(
+                "{:.2} / {:.2} / {:.2} | {:.2} / {:.2}",
+                vt.read_s, vt.decode_s, vt.signatures_s, vt.replay_s, vt.tree_s
+            ),
+            String::new(),
+        ]);
         t.row(vec!["verify per 100k entries, s".into(), format!("{:.3}", r.verify_100k_s), "<= 2".into()]);
         t.row(vec!["open (replay) s".into(), format!("{:.3}", r.open_replay_s), String::new()]);
         t.row(vec!["inclusion proof, bytes".into(), r.proof_bytes.to_string(), "< 1024".into()]);
