@@ -45,7 +45,11 @@ impl Table {
         let _ = writeln!(
             out,
             "{}",
-            width.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  ")
+            width
+                .iter()
+                .map(|w| "-".repeat(*w))
+                .collect::<Vec<_>>()
+                .join("  ")
         );
         for r in &self.rows {
             let _ = writeln!(out, "{}", line(r));

@@ -44,7 +44,12 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// The note body (what is signed), ending with a newline.
     pub fn body(&self) -> String {
-        format!("{}\n{}\n{}\n", self.origin, self.size, B64.encode(self.root.0))
+        format!(
+            "{}\n{}\n{}\n",
+            self.origin,
+            self.size,
+            B64.encode(self.root.0)
+        )
     }
 
     /// Signs the checkpoint as `signer` (named `self.origin`), giving the note text.
@@ -77,7 +82,9 @@ impl Checkpoint {
                 )));
             };
             let Some((signer, b64)) = rest.split_once(' ') else {
-                return Err(CheckpointError::Malformed(format!("bad signature line {line:?}")));
+                return Err(CheckpointError::Malformed(format!(
+                    "bad signature line {line:?}"
+                )));
             };
             if signer != name {
                 continue;

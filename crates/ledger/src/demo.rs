@@ -101,7 +101,10 @@ pub fn dataset_root(shards: &[&[u8]]) -> B256 {
 
 /// Deploys the protocol on `backend` and runs the demo round. Time advances one minute per
 /// step from the backend's current time.
-pub fn run<B: LedgerBackend>(backend: B, seed: u64) -> Result<(Protocol<B>, DemoReport), ProtocolError> {
+pub fn run<B: LedgerBackend>(
+    backend: B,
+    seed: u64,
+) -> Result<(Protocol<B>, DemoReport), ProtocolError> {
     let cast = Cast::new(seed);
     let start = backend.head()?;
     let mut clock = start.time;
@@ -131,7 +134,9 @@ pub fn run<B: LedgerBackend>(backend: B, seed: u64) -> Result<(Protocol<B>, Demo
     for c in &cast.clients {
         send!(p.register(c, roles::CLIENT | roles::DATA_OWNER));
         send!(p.stake(c, tokens(500)));
-        let shards: Vec<Vec<u8>> = (0..4).map(|i| format!("{} shard {i}", c.name()).into_bytes()).collect();
+        let shards: Vec<Vec<u8>> = (0..4)
+            .map(|i| format!("{} shard {i}", c.name()).into_bytes())
+            .collect();
         let refs: Vec<&[u8]> = shards.iter().map(Vec::as_slice).collect();
         let manifest = sha256(format!("manifest of {}", c.name()).as_bytes());
         let id = send!(p.commit_dataset(c, dataset_root(&refs), manifest.into(), 4)).value;
@@ -152,8 +157,16 @@ pub fn run<B: LedgerBackend>(backend: B, seed: u64) -> Result<(Protocol<B>, Demo
     send!(p.close_submissions(&coord, round));
     // Loss reductions each validator measured on its own held-out data.
     let scores = [
-        vec![Score::from_f64(0.12), Score::from_f64(0.08), Score::from_f64(-0.30)],
-        vec![Score::from_f64(0.11), Score::from_f64(0.09), Score::from_f64(-0.25)],
+        vec![
+            Score::from_f64(0.12),
+            Score::from_f64(0.08),
+            Score::from_f64(-0.30),
+        ],
+        vec![
+            Score::from_f64(0.11),
+            Score::from_f64(0.09),
+            Score::from_f64(-0.25),
+        ],
     ];
     let salts: Vec<B256> = cast
         .validators
@@ -187,7 +200,12 @@ pub fn run<B: LedgerBackend>(backend: B, seed: u64) -> Result<(Protocol<B>, Demo
     }
     accepted.sort_unstable();
     let aggregate = sha256(b"aggregate of the accepted updates, round 1");
-    send!(p.finalize(&coord, round, aggregate.into(), accepted_set_hash(&accepted)));
+    send!(p.finalize(
+        &coord,
+        round,
+        aggregate.into(),
+        accepted_set_hash(&accepted)
+    ));
     tick(&mut p)?;
     send!(p.settle_all(&coord, round, 64));
     let mut standings = Vec::new();

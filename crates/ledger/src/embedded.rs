@@ -136,7 +136,10 @@ impl InclusionProof {
         if cp.size != self.size {
             return Err(LedgerError::Invalid {
                 what: "proof",
-                reason: format!("proof is for size {} but checkpoint has {}", self.size, cp.size),
+                reason: format!(
+                    "proof is for size {} but checkpoint has {}",
+                    self.size, cp.size
+                ),
             });
         }
         let bytes = hex::decode(&self.entry_hex).map_err(|e| LedgerError::Invalid {
@@ -147,7 +150,13 @@ impl InclusionProof {
             what: "proof entry",
             reason: e.to_string(),
         })?;
-        verify_inclusion(&leaf_hash(&bytes), self.index, self.size, &self.path, &cp.root)?;
+        verify_inclusion(
+            &leaf_hash(&bytes),
+            self.index,
+            self.size,
+            &self.path,
+            &cp.root,
+        )?;
         Ok(entry)
     }
 
@@ -202,7 +211,10 @@ impl EmbeddedLedger {
         if config.origin.is_empty() || config.origin.contains(['\n', ' ', '+']) {
             return Err(LedgerError::Invalid {
                 what: "origin",
-                reason: format!("{:?} must be non-empty without spaces, '+' or newlines", config.origin),
+                reason: format!(
+                    "{:?} must be non-empty without spaces, '+' or newlines",
+                    config.origin
+                ),
             });
         }
         let key_path = dir.join(KEY_FILE);
@@ -261,12 +273,11 @@ impl EmbeddedLedger {
         let secret = fs::read_to_string(&key_path).map_err(LedgerError::io(&key_path))?;
         let db = Database::open(&db_path).map_err(|e| open_error(&dir, e))?;
         let meta = read_meta(&db, &dir)?;
-        let operator = Identity::from_secret_hex("operator", &secret).map_err(|e| {
-            LedgerError::Invalid {
+        let operator =
+            Identity::from_secret_hex("operator", &secret).map_err(|e| LedgerError::Invalid {
                 what: "operator.key",
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         if operator.public_key() != meta.operator {
             return Err(LedgerError::Invalid {
                 what: "operator.key",
@@ -339,10 +350,17 @@ impl EmbeddedLedger {
         }
         let prev = self.tree.leaf(n.wrapping_sub(1)).unwrap_or(Hash32::ZERO);
         if e.prev != prev {
-            return Err(bad(format!("links to {} but entry before is {prev}", e.prev)));
+            return Err(bad(format!(
+                "links to {} but entry before is {prev}",
+                e.prev
+            )));
         }
         if e.time() < self.last_time {
-            return Err(bad(format!("time {} before previous {}", e.time(), self.last_time)));
+            return Err(bad(format!(
+                "time {} before previous {}",
+                e.time(),
+                self.last_time
+            )));
         }
         Ok(())
     }
@@ -414,7 +432,8 @@ impl EmbeddedLedger {
     /// Appends one signed transaction in its own durable commit.
     pub fn submit(&mut self, tx: SignedTx) -> Result<Applied, LedgerError> {
         let mut out = self.submit_batch(vec![tx])?;
-        out.pop().unwrap_or_else(|| Err(LedgerError::Storage("empty batch result".into())))
+        out.pop()
+            .unwrap_or_else(|| Err(LedgerError::Storage("empty batch result".into())))
     }
 
     /// Verifies, executes and appends a batch in one durable commit with one new checkpoint.
@@ -506,7 +525,8 @@ impl EmbeddedLedger {
         {
             let mut t = w.open_table(ENTRIES).map_err(LedgerError::storage)?;
             for (seq, bytes) in rows {
-                t.insert(*seq, bytes.as_slice()).map_err(LedgerError::storage)?;
+                t.insert(*seq, bytes.as_slice())
+                    .map_err(LedgerError::storage)?;
             }
             let mut m = w.open_table(META).map_err(LedgerError::storage)?;
             m.insert("checkpoint", note.as_bytes())
@@ -663,7 +683,8 @@ fn read_meta(db: &impl ReadableDatabase, dir: &Path) -> Result<Meta, LedgerError
     if get("format")? != FORMAT {
         return Err(not("unknown format version".into()));
     }
-    let origin = String::from_utf8(get("origin")?).map_err(|_| not("origin is not UTF-8".into()))?;
+    let origin =
+        String::from_utf8(get("origin")?).map_err(|_| not("origin is not UTF-8".into()))?;
     let operator: PublicKey = get("operator")?
         .try_into()
         .map_err(|_| not("operator key is not 32 bytes".into()))?;
@@ -710,7 +731,10 @@ fn decode_at(seq: u64, bytes: &[u8]) -> Result<Entry, LedgerError> {
 }
 
 /// Checks signatures in parallel, batched; returns one flag per transaction.
-fn verify_signatures<T: std::borrow::Borrow<SignedTx> + Sync>(origin: &str, txs: &[T]) -> Vec<bool> {
+fn verify_signatures<T: std::borrow::Borrow<SignedTx> + Sync>(
+    origin: &str,
+    txs: &[T],
+) -> Vec<bool> {
     const CHUNK: usize = 1024;
     txs.par_chunks(CHUNK)
         .flat_map_iter(|chunk| {
@@ -728,8 +752,10 @@ fn verify_signatures<T: std::borrow::Borrow<SignedTx> + Sync>(origin: &str, txs:
                         .or_insert_with(|| VerifyingKey::from_bytes(&t.author).ok())
                 })
                 .collect();
-            let sigs: Vec<Signature> =
-                chunk.iter().map(|t| Signature::from_bytes(&t.signature)).collect();
+            let sigs: Vec<Signature> = chunk
+                .iter()
+                .map(|t| Signature::from_bytes(&t.signature))
+                .collect();
             let all_keys: Option<Vec<VerifyingKey>> = vks.iter().copied().collect();
             let batch_ok = all_keys.is_some_and(|k| {
                 let refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
@@ -787,7 +813,10 @@ fn verify_db(db: &impl ReadableDatabase, dir: &Path) -> Result<VerifyReport, Led
         } else if e.prev != prev {
             Some(bad("hash link to the previous entry is broken".into()))
         } else if e.time() < last_time {
-            Some(bad(format!("time {} before previous {last_time}", e.time())))
+            Some(bad(format!(
+                "time {} before previous {last_time}",
+                e.time()
+            )))
         } else {
             None
         };
@@ -802,7 +831,10 @@ fn verify_db(db: &impl ReadableDatabase, dir: &Path) -> Result<VerifyReport, Led
     let ((sigs, sig_s), (replay, replay_s)) = rayon::join(
         || {
             let t = std::time::Instant::now();
-            (verify_signatures(&meta.origin, &txs), t.elapsed().as_secs_f64())
+            (
+                verify_signatures(&meta.origin, &txs),
+                t.elapsed().as_secs_f64(),
+            )
         },
         || {
             let t = std::time::Instant::now();

@@ -129,7 +129,11 @@ impl Entry {
         let mut r = Reader { buf, pos: 0 };
         let version = r.u8("version")?;
         if version != ENTRY_VERSION {
-            return Err(DecodeError::new("version", r.pos, format!("unknown {version}")));
+            return Err(DecodeError::new(
+                "version",
+                r.pos,
+                format!("unknown {version}"),
+            ));
         }
         let seq = r.u64("seq")?;
         let prev = Hash32(r.array("prev")?);
@@ -145,7 +149,11 @@ impl Entry {
             let address = Address::from(r.array::<20>("log.address")?);
             let n_topics = r.u8("log.topics")?;
             if n_topics > 4 {
-                return Err(DecodeError::new("log.topics", r.pos, format!("{n_topics} > 4")));
+                return Err(DecodeError::new(
+                    "log.topics",
+                    r.pos,
+                    format!("{n_topics} > 4"),
+                ));
             }
             let topics = (0..n_topics)
                 .map(|_| r.array::<32>("log.topic").map(B256::from))
@@ -311,7 +319,11 @@ impl<'a> Reader<'a> {
         match self.u8(field)? {
             0 => Ok(None),
             1 => Ok(Some(Address::from(self.array::<20>(field)?))),
-            t => Err(DecodeError::new(field, self.pos - 1, format!("bad tag {t}"))),
+            t => Err(DecodeError::new(
+                field,
+                self.pos - 1,
+                format!("bad tag {t}"),
+            )),
         }
     }
 }

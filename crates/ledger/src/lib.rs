@@ -33,7 +33,9 @@ pub mod rpc;
 
 pub use backend::{Head, LedgerBackend, TxOutcome};
 pub use checkpoint::{Checkpoint, CheckpointError};
-pub use embedded::{Applied, EmbeddedLedger, InclusionProof, LedgerConfig, LedgerInfo, VerifyReport, VerifyTimings};
+pub use embedded::{
+    Applied, EmbeddedLedger, InclusionProof, LedgerConfig, LedgerInfo, VerifyReport, VerifyTimings,
+};
 pub use entry::{Entry, Receipt, SignedTx, Tx};
 pub use evm::{ExecError, Executor};
 pub use merkle::{MerkleTree, ProofError};

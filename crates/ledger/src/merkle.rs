@@ -73,7 +73,7 @@ impl MerkleTree {
         }
         self.levels[0].push(h);
         let mut level = 0;
-        while self.levels[level].len() % 2 == 0 {
+        while self.levels[level].len().is_multiple_of(2) {
             let n = self.levels[level].len();
             let parent = node_hash(&self.levels[level][n - 2], &self.levels[level][n - 1]);
             if self.levels.len() == level + 1 {
@@ -123,7 +123,7 @@ impl MerkleTree {
     /// MTH(D[lo..hi]) for a range whose left edges follow the RFC's splits.
     fn subtree(&self, lo: u64, hi: u64) -> Hash32 {
         let n = hi - lo;
-        if n.is_power_of_two() && lo % n == 0 {
+        if n.is_power_of_two() && lo.is_multiple_of(n) {
             return self.levels[n.trailing_zeros() as usize][(lo / n) as usize];
         }
         let k = split(n);

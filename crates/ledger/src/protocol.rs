@@ -22,8 +22,8 @@ pub mod bindings {
 }
 
 pub use bindings::Cohort;
-pub use bindings::CohortBase::Params;
 use bindings::Cohort::{CohortErrors, CohortEvents};
+pub use bindings::CohortBase::Params;
 
 /// Role bits of `register`.
 pub mod roles {
@@ -150,7 +150,12 @@ impl Supply {
     /// Whether the conservation invariant holds.
     pub fn conserved(&self) -> bool {
         self.minted
-            == self.balances + self.staked + self.escrowed + self.pools + self.treasury + self.burned
+            == self.balances
+                + self.staked
+                + self.escrowed
+                + self.pools
+                + self.treasury
+                + self.burned
     }
 }
 
@@ -217,7 +222,11 @@ impl<B: LedgerBackend> Protocol<B> {
     }
 
     /// Signs and sends any call of the contract.
-    pub fn send<C: SolCall>(&mut self, from: &Identity, call: C) -> Result<Sent<C::Return>, ProtocolError> {
+    pub fn send<C: SolCall>(
+        &mut self,
+        from: &Identity,
+        call: C,
+    ) -> Result<Sent<C::Return>, ProtocolError> {
         let out: TxOutcome = self
             .backend
             .transact(from, Some(self.address), Bytes::from(call.abi_encode()))
@@ -235,7 +244,11 @@ impl<B: LedgerBackend> Protocol<B> {
         })
     }
 
-    fn send_unit<C: SolCall>(&mut self, from: &Identity, call: C) -> Result<Sent<()>, ProtocolError> {
+    fn send_unit<C: SolCall>(
+        &mut self,
+        from: &Identity,
+        call: C,
+    ) -> Result<Sent<()>, ProtocolError> {
         let s = self.send(from, call)?;
         Ok(Sent {
             value: (),
@@ -260,22 +273,40 @@ impl<B: LedgerBackend> Protocol<B> {
     // ---- token and governance ----
 
     /// Governance mints `amount` to `to`.
-    pub fn mint(&mut self, gov: &Identity, to: Address, amount: U256) -> Result<Sent<()>, ProtocolError> {
+    pub fn mint(
+        &mut self,
+        gov: &Identity,
+        to: Address,
+        amount: U256,
+    ) -> Result<Sent<()>, ProtocolError> {
         self.send_unit(gov, Cohort::mintCall { to, amount })
     }
 
     /// Transfers free balance.
-    pub fn transfer(&mut self, from: &Identity, to: Address, amount: U256) -> Result<Sent<()>, ProtocolError> {
+    pub fn transfer(
+        &mut self,
+        from: &Identity,
+        to: Address,
+        amount: U256,
+    ) -> Result<Sent<()>, ProtocolError> {
         self.send_unit(from, Cohort::transferCall { to, amount })
     }
 
     /// Moves own balance into the treasury.
-    pub fn fund_treasury(&mut self, from: &Identity, amount: U256) -> Result<Sent<()>, ProtocolError> {
+    pub fn fund_treasury(
+        &mut self,
+        from: &Identity,
+        amount: U256,
+    ) -> Result<Sent<()>, ProtocolError> {
         self.send_unit(from, Cohort::fundTreasuryCall { amount })
     }
 
     /// Governance approves an address to register as coordinator.
-    pub fn approve_coordinator(&mut self, gov: &Identity, who: Address) -> Result<Sent<()>, ProtocolError> {
+    pub fn approve_coordinator(
+        &mut self,
+        gov: &Identity,
+        who: Address,
+    ) -> Result<Sent<()>, ProtocolError> {
         self.send_unit(gov, Cohort::approveCoordinatorCall { who })
     }
 
@@ -312,7 +343,13 @@ impl<B: LedgerBackend> Protocol<B> {
 
     /// Registers `who` with a role bitmask (see [`roles`]), binding its ed25519 key hash.
     pub fn register(&mut self, who: &Identity, roles: u8) -> Result<Sent<()>, ProtocolError> {
-        self.send_unit(who, Cohort::registerCall { roles, keyHash: who.key_hash() })
+        self.send_unit(
+            who,
+            Cohort::registerCall {
+                roles,
+                keyHash: who.key_hash(),
+            },
+        )
     }
 
     /// Stakes from free balance.
@@ -321,7 +358,11 @@ impl<B: LedgerBackend> Protocol<B> {
     }
 
     /// Starts unbonding `amount` of active stake.
-    pub fn request_unstake(&mut self, who: &Identity, amount: U256) -> Result<Sent<()>, ProtocolError> {
+    pub fn request_unstake(
+        &mut self,
+        who: &Identity,
+        amount: U256,
+    ) -> Result<Sent<()>, ProtocolError> {
         self.send_unit(who, Cohort::requestUnstakeCall { amount })
     }
 
@@ -395,7 +436,11 @@ impl<B: LedgerBackend> Protocol<B> {
     }
 
     /// Coordinator closes submissions.
-    pub fn close_submissions(&mut self, coordinator: &Identity, round: u64) -> Result<Sent<()>, ProtocolError> {
+    pub fn close_submissions(
+        &mut self,
+        coordinator: &Identity,
+        round: u64,
+    ) -> Result<Sent<()>, ProtocolError> {
         self.send_unit(coordinator, Cohort::closeSubmissionsCall { roundId: round })
     }
 
@@ -408,11 +453,21 @@ impl<B: LedgerBackend> Protocol<B> {
         salt: B256,
     ) -> Result<Sent<()>, ProtocolError> {
         let commitment = score_commitment(round, self.backend.address_of(validator), scores, salt);
-        self.send_unit(validator, Cohort::commitScoresCall { roundId: round, commitment })
+        self.send_unit(
+            validator,
+            Cohort::commitScoresCall {
+                roundId: round,
+                commitment,
+            },
+        )
     }
 
     /// Coordinator closes commitments.
-    pub fn close_commits(&mut self, coordinator: &Identity, round: u64) -> Result<Sent<()>, ProtocolError> {
+    pub fn close_commits(
+        &mut self,
+        coordinator: &Identity,
+        round: u64,
+    ) -> Result<Sent<()>, ProtocolError> {
         self.send_unit(coordinator, Cohort::closeCommitsCall { roundId: round })
     }
 
@@ -425,18 +480,46 @@ impl<B: LedgerBackend> Protocol<B> {
         salt: B256,
     ) -> Result<Sent<()>, ProtocolError> {
         let scores = scores.iter().map(|s| s.0).collect();
-        self.send_unit(validator, Cohort::revealScoresCall { roundId: round, scores, salt })
+        self.send_unit(
+            validator,
+            Cohort::revealScoresCall {
+                roundId: round,
+                scores,
+                salt,
+            },
+        )
     }
 
     /// Computes consensus for up to `max_updates` more updates (anyone may call).
-    pub fn tally(&mut self, caller: &Identity, round: u64, max_updates: u32) -> Result<Sent<()>, ProtocolError> {
-        self.send_unit(caller, Cohort::tallyCall { roundId: round, maxUpdates: max_updates })
+    pub fn tally(
+        &mut self,
+        caller: &Identity,
+        round: u64,
+        max_updates: u32,
+    ) -> Result<Sent<()>, ProtocolError> {
+        self.send_unit(
+            caller,
+            Cohort::tallyCall {
+                roundId: round,
+                maxUpdates: max_updates,
+            },
+        )
     }
 
     /// Tallies in batches of `batch` until the round is tallied; returns every event and the
     /// total gas.
-    pub fn tally_all(&mut self, caller: &Identity, round: u64, batch: u32) -> Result<Sent<()>, ProtocolError> {
-        let mut all = Sent { value: (), events: Vec::new(), gas_used: 0, position: 0 };
+    pub fn tally_all(
+        &mut self,
+        caller: &Identity,
+        round: u64,
+        batch: u32,
+    ) -> Result<Sent<()>, ProtocolError> {
+        let mut all = Sent {
+            value: (),
+            events: Vec::new(),
+            gas_used: 0,
+            position: 0,
+        };
         while self.round(round)?.phase < phase::TALLIED {
             let s = self.tally(caller, round, batch)?;
             all.events.extend(s.events);
@@ -465,14 +548,35 @@ impl<B: LedgerBackend> Protocol<B> {
     }
 
     /// Applies up to `max_items` more payouts and slashes (anyone may call).
-    pub fn settle(&mut self, caller: &Identity, round: u64, max_items: u32) -> Result<Sent<()>, ProtocolError> {
-        self.send_unit(caller, Cohort::settleCall { roundId: round, maxItems: max_items })
+    pub fn settle(
+        &mut self,
+        caller: &Identity,
+        round: u64,
+        max_items: u32,
+    ) -> Result<Sent<()>, ProtocolError> {
+        self.send_unit(
+            caller,
+            Cohort::settleCall {
+                roundId: round,
+                maxItems: max_items,
+            },
+        )
     }
 
     /// Settles in batches of `batch` until the round is settled; returns every event and the
     /// total gas.
-    pub fn settle_all(&mut self, caller: &Identity, round: u64, batch: u32) -> Result<Sent<()>, ProtocolError> {
-        let mut all = Sent { value: (), events: Vec::new(), gas_used: 0, position: 0 };
+    pub fn settle_all(
+        &mut self,
+        caller: &Identity,
+        round: u64,
+        batch: u32,
+    ) -> Result<Sent<()>, ProtocolError> {
+        let mut all = Sent {
+            value: (),
+            events: Vec::new(),
+            gas_used: 0,
+            position: 0,
+        };
         while self.round(round)?.phase < phase::SETTLED {
             let s = self.settle(caller, round, batch)?;
             all.events.extend(s.events);
@@ -488,15 +592,33 @@ impl<B: LedgerBackend> Protocol<B> {
     }
 
     /// An update's state.
-    pub fn update(&mut self, round: u64, index: u32) -> Result<Cohort::updateReturn, ProtocolError> {
-        self.view(Cohort::updateCall { roundId: round, index })
+    pub fn update(
+        &mut self,
+        round: u64,
+        index: u32,
+    ) -> Result<Cohort::updateReturn, ProtocolError> {
+        self.view(Cohort::updateCall {
+            roundId: round,
+            index,
+        })
     }
 
     // ---- unlearning and anchoring ----
 
     /// The dataset owner (or governance) asks for a dataset to be forgotten.
-    pub fn request_unlearning(&mut self, who: &Identity, dataset: B256, reason: B256) -> Result<Sent<u64>, ProtocolError> {
-        self.send(who, Cohort::requestUnlearningCall { datasetId: dataset, reasonHash: reason })
+    pub fn request_unlearning(
+        &mut self,
+        who: &Identity,
+        dataset: B256,
+        reason: B256,
+    ) -> Result<Sent<u64>, ProtocolError> {
+        self.send(
+            who,
+            Cohort::requestUnlearningCall {
+                datasetId: dataset,
+                reasonHash: reason,
+            },
+        )
     }
 
     /// A coordinator records the execution (result model hash, method 0/1/2) and claws back.
@@ -538,7 +660,12 @@ impl<B: LedgerBackend> Protocol<B> {
     }
 
     /// Anchors a checkpoint of the embedded log (size, root) on this chain.
-    pub fn anchor(&mut self, who: &Identity, size: u64, root: B256) -> Result<Sent<()>, ProtocolError> {
+    pub fn anchor(
+        &mut self,
+        who: &Identity,
+        size: u64,
+        root: B256,
+    ) -> Result<Sent<()>, ProtocolError> {
         self.send_unit(who, Cohort::anchorCall { size, root })
     }
 }

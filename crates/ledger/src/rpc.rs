@@ -53,6 +53,21 @@
 //! is the stronger proof of what happened on chain; `Protocol::anchor` goes the other way and
 //! puts an embedded log's checkpoint on chain. [`LedgerBackend::logs_since`] likewise reads
 //! the logs of the recorded transactions, with block numbers as positions.
+//!
+//! ```no_run
+//! use cohort_core::Identity;
+//! use cohort_ledger::rpc::PrivateKeySigner;
+//! use cohort_ledger::{EvmRpcLedger, Protocol, demo};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // anvil's first default account pays for the derived accounts' gas.
+//! let funder: PrivateKeySigner =
+//!     "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80".parse()?;
+//! let chain = EvmRpcLedger::connect("http://127.0.0.1:8545", Some(funder))?;
+//! let (p, report) = demo::run(chain, 1)?;
+//! println!("{} accepted, contract {}", report.accepted.len(), p.address());
+//! # Ok(()) }
+//! ```
 
 use std::fmt;
 use std::time::Duration;
@@ -61,20 +76,22 @@ use alloy::consensus::{SignableTransaction, TxEip1559, TxEnvelope};
 use alloy::eips::eip2718::Encodable2718;
 use alloy::eips::{BlockId, BlockNumberOrTag};
 use alloy::network::TxSignerSync;
-use alloy::primitives::{Address, B256, Bytes, Log, TxKind, U256, keccak256};
+use alloy::primitives::{Address, B256, Bytes, Keccak256, Log, TxKind, U256, keccak256};
 use alloy::providers::{Provider, RootProvider};
 use alloy::rpc::client::RpcClient;
-use alloy::rpc::json_rpc::ErrorPayload;
 use alloy::rpc::types::{TransactionInput, TransactionReceipt, TransactionRequest};
-use alloy::signers::local::PrivateKeySigner;
 use alloy::transports::http::reqwest;
 use alloy::transports::{RpcError, TransportError};
 use cohort_core::{Hash32, Identity};
 
+/// The secp256k1 signer type of funders and derived keys, re-exported for callers without a
+/// direct alloy dependency.
+pub use alloy::signers::local::PrivateKeySigner;
+
+use crate::LedgerError;
 use crate::backend::{Head, LedgerBackend, TxOutcome};
 use crate::evm::{ExecError, TX_GAS_CAP};
 use crate::merkle::MerkleTree;
-use crate::LedgerError;
 
 /// Domain of the secp256k1 key derivation.
 pub const EVM_KEY_DOMAIN: &[u8] = b"cohort/evm-key/v1";
@@ -97,7 +114,10 @@ const RECEIPT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The secp256k1 key an identity signs chain transactions with (see the module docs).
 pub fn evm_signer(id: &Identity) -> PrivateKeySigner {
-    let mut k = keccak256([EVM_KEY_DOMAIN, &id.secret_bytes()[..]].concat());
+    let mut h = Keccak256::new();
+    h.update(EVM_KEY_DOMAIN);
+    h.update(id.secret_bytes());
+    let mut k = h.finalize();
     loop {
         if let Ok(s) = PrivateKeySigner::from_bytes(&k) {
             return s;
@@ -201,9 +221,17 @@ impl EvmRpcLedger {
         let provider = RootProvider::new(RpcClient::new_http_with_client(client, parsed));
         let chain_id = rt
             .block_on(async {
-                tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(1), provider.get_chain_id()).await
+                tokio::time::timeout(
+                    CONNECT_TIMEOUT + Duration::from_secs(1),
+                    provider.get_chain_id(),
+                )
+                .await
             })
-            .map_err(|_| LedgerError::Rpc(format!("cannot reach {url}: no answer within {CONNECT_TIMEOUT:?}")))?
+            .map_err(|_| {
+                LedgerError::Rpc(format!(
+                    "cannot reach {url}: no answer within {CONNECT_TIMEOUT:?}"
+                ))
+            })?
             .map_err(|e| match e {
                 RpcError::ErrorResp(_) => rpc_error(url, "eth_chainId", &e),
                 e => LedgerError::Rpc(format!("cannot reach {url}: {}", error_chain(&e))),
@@ -275,7 +303,9 @@ impl EvmRpcLedger {
             .get_block_by_number(BlockNumberOrTag::Latest)
             .await
             .map_err(|e| self.err("eth_getBlockByNumber", &e))?
-            .ok_or_else(|| LedgerError::Rpc(format!("{}: the node has no latest block", self.url)))?;
+            .ok_or_else(|| {
+                LedgerError::Rpc(format!("{}: the node has no latest block", self.url))
+            })?;
         Ok((b.header.number, b.header.timestamp))
     }
 
@@ -335,10 +365,10 @@ impl EvmRpcLedger {
                 .get_transaction_receipt(hash)
                 .await
                 .map_err(|e| self.err("eth_getTransactionReceipt", &e))?;
-            if let Some(r) = r {
-                if r.block_number.is_some() {
-                    return Ok(r);
-                }
+            if let Some(r) = r
+                && r.block_number.is_some()
+            {
+                return Ok(r);
             }
             if start.elapsed() > RECEIPT_TIMEOUT {
                 return Err(LedgerError::Rpc(format!(
@@ -353,7 +383,9 @@ impl EvmRpcLedger {
 
     /// Tops `addr` up from the funder if it is below [`MIN_BALANCE`].
     async fn ensure_funded(&self, addr: Address) -> Result<(), LedgerError> {
-        let Some(funder) = &self.funder else { return Ok(()) };
+        let Some(funder) = &self.funder else {
+            return Ok(());
+        };
         if funder.address() == addr {
             return Ok(());
         }
@@ -368,7 +400,13 @@ impl EvmRpcLedger {
         }
         tracing::debug!(%addr, funder = %funder.address(), "funding derived account");
         let r = self
-            .sign_send_wait(funder, TxKind::Call(addr), FUND_AMOUNT, Bytes::new(), 21_000)
+            .sign_send_wait(
+                funder,
+                TxKind::Call(addr),
+                FUND_AMOUNT,
+                Bytes::new(),
+                21_000,
+            )
             .await?;
         if !r.status() {
             return Err(LedgerError::Rpc(format!(
@@ -410,7 +448,10 @@ impl EvmRpcLedger {
             .await
             .map_err(|e| self.exec_error("eth_estimateGas", e))?;
         if estimate > TX_GAS_CAP {
-            return Err(ExecError::Invalid(format!("needs {estimate} gas, above the cap {TX_GAS_CAP}")).into());
+            return Err(ExecError::Invalid(format!(
+                "needs {estimate} gas, above the cap {TX_GAS_CAP}"
+            ))
+            .into());
         }
         let gas_limit = (estimate + estimate / 4).min(TX_GAS_CAP);
         let receipt = self
@@ -425,8 +466,8 @@ impl EvmRpcLedger {
                 .block(BlockId::number(block.saturating_sub(1)))
                 .await
             {
-                Err(RpcError::ErrorResp(p)) => revert_data(&p).unwrap_or_default(),
-                _ => Bytes::new(),
+                Err(e) => revert_data(&e).unwrap_or_default(),
+                Ok(_) => Bytes::new(),
             };
             return Err(ExecError::Reverted {
                 data,
@@ -448,24 +489,27 @@ impl EvmRpcLedger {
     /// A revert in a simulation becomes [`ExecError::Reverted`] (gas 0: nothing ran on chain);
     /// anything else is an RPC error.
     fn exec_error(&self, what: &str, e: TransportError) -> LedgerError {
-        if let RpcError::ErrorResp(p) = &e {
-            if let Some(data) = revert_data(p) {
-                return ExecError::Reverted { data, gas_used: 0 }.into();
+        if let Some(data) = revert_data(&e) {
+            return ExecError::Reverted { data, gas_used: 0 }.into();
+        }
+        if let RpcError::ErrorResp(p) = &e
+            && p.message.contains("revert")
+        {
+            return ExecError::Reverted {
+                data: Bytes::new(),
+                gas_used: 0,
             }
-            if p.message.contains("revert") {
-                return ExecError::Reverted {
-                    data: Bytes::new(),
-                    gas_used: 0,
-                }
-                .into();
-            }
+            .into();
         }
         self.err(what, &e)
     }
 }
 
 /// Revert data in a JSON-RPC error: the `data` of an error that says "revert" or has code 3.
-fn revert_data(p: &ErrorPayload) -> Option<Bytes> {
+fn revert_data(e: &TransportError) -> Option<Bytes> {
+    let RpcError::ErrorResp(p) = e else {
+        return None;
+    };
     p.as_revert_data().or_else(|| {
         (p.code == 3)
             .then(|| p.try_data_as::<Bytes>().and_then(Result::ok))
@@ -534,7 +578,10 @@ impl LedgerBackend for EvmRpcLedger {
             .filter(|r| r.block >= cursor)
             .flat_map(|r| r.logs.iter().map(|l| (r.block, l.clone())))
             .collect();
-        let next = self.records.last().map_or(cursor, |r| cursor.max(r.block + 1));
+        let next = self
+            .records
+            .last()
+            .map_or(cursor, |r| cursor.max(r.block + 1));
         Ok((out, next))
     }
 

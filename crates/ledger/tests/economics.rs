@@ -1,9 +1,13 @@
 //! Random protocol histories: supply is conserved after every transaction, and a rejected
 //! update is never paid.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use alloy_primitives::{Address, B256, U256};
 use cohort_core::{Identity, Score, sha256, tokens};
-use cohort_ledger::protocol::{Cohort::CohortEvents, Protocol, ProtocolError, accepted_set_hash, roles};
+use cohort_ledger::protocol::{
+    Cohort::CohortEvents, Protocol, ProtocolError, accepted_set_hash, roles,
+};
 use cohort_ledger::{EmbeddedLedger, LedgerBackend, LedgerConfig};
 use proptest::prelude::*;
 
@@ -26,7 +30,10 @@ struct RoundPlan {
 fn plan() -> impl Strategy<Value = Plan> {
     (1usize..5, 1usize..4).prop_flat_map(|(clients, validators)| {
         let round = (
-            prop::collection::vec(prop::collection::vec(-400_000i64..400_000, clients), validators),
+            prop::collection::vec(
+                prop::collection::vec(-400_000i64..400_000, clients),
+                validators,
+            ),
             prop::collection::vec(prop::bool::weighted(0.8), validators),
             0u64..500,
             prop::collection::vec((0usize..8, 0usize..8, 0u64..20_000), 0..4),

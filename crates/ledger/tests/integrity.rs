@@ -1,6 +1,8 @@
 //! Reliability of the embedded ledger: tampering is caught and attributed, replays agree,
 //! crashes lose nothing committed, bad input is refused without damage.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
@@ -15,7 +17,8 @@ use redb::{ReadableDatabase, TableDefinition};
 const ENTRIES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("entries");
 
 fn config(seed: u64) -> LedgerConfig {
-    LedgerConfig::new("cohort.local/test", Cast::new(seed).governance).with_start_time(1_700_000_000)
+    LedgerConfig::new("cohort.local/test", Cast::new(seed).governance)
+        .with_start_time(1_700_000_000)
 }
 
 /// A demo ledger made once; tests copy it.
@@ -144,10 +147,16 @@ fn truncated_or_garbage_database_is_a_clear_error() {
 
     std::fs::write(&db, b"this is not a database").unwrap();
     let e = EmbeddedLedger::open(&dir).unwrap_err();
-    assert!(matches!(e, LedgerError::NotALedger { .. } | LedgerError::Storage(_)), "{e}");
+    assert!(
+        matches!(e, LedgerError::NotALedger { .. } | LedgerError::Storage(_)),
+        "{e}"
+    );
 
     let missing = tmp.path().join("nothing-here");
-    assert!(matches!(EmbeddedLedger::open(&missing), Err(LedgerError::NotALedger { .. })));
+    assert!(matches!(
+        EmbeddedLedger::open(&missing),
+        Err(LedgerError::NotALedger { .. })
+    ));
 }
 
 #[test]
@@ -174,12 +183,23 @@ fn replayed_nonce_bad_signature_and_revert_record_nothing() {
     assert!(matches!(e, LedgerError::Nonce { .. }), "{e}");
 
     // A forged signature.
-    let mut forged = led.sign(&Cast::new(1).coordinator, entry.tx.tx.to, entry.tx.tx.data.clone(), 0);
+    let mut forged = led.sign(
+        &Cast::new(1).coordinator,
+        entry.tx.tx.to,
+        entry.tx.tx.data.clone(),
+        0,
+    );
     forged.signature[0] ^= 1;
-    assert!(matches!(led.submit(forged).unwrap_err(), LedgerError::BadSignature { .. }));
+    assert!(matches!(
+        led.submit(forged).unwrap_err(),
+        LedgerError::BadSignature { .. }
+    ));
 
     // A time before the last entry's.
-    assert!(matches!(led.set_time(1), Err(LedgerError::TimeWentBackwards { .. })));
+    assert!(matches!(
+        led.set_time(1),
+        Err(LedgerError::TimeWentBackwards { .. })
+    ));
 
     // A call the contract refuses: an unregistered key stakes.
     let contract = led.entry(0).unwrap().receipt.created.unwrap();
@@ -187,12 +207,27 @@ fn replayed_nonce_bad_signature_and_revert_record_nothing() {
     let stranger = Identity::from_seed(99, "stranger");
     let e = p.stake(&stranger, tokens(1)).unwrap_err();
     assert!(
-        matches!(e, ProtocolError::Reverted { error: CohortErrors::NotRegistered(_), .. }),
+        matches!(
+            e,
+            ProtocolError::Reverted {
+                error: CohortErrors::NotRegistered(_),
+                ..
+            }
+        ),
         "{e}"
     );
     let gov = Cast::new(1).governance;
     let e = p.register(&gov, 0).unwrap_err();
-    assert!(matches!(e, ProtocolError::Reverted { error: CohortErrors::InvalidRoles(_), .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            ProtocolError::Reverted {
+                error: CohortErrors::InvalidRoles(_),
+                ..
+            }
+        ),
+        "{e}"
+    );
 
     let led = p.into_backend();
     assert_eq!(led.head().unwrap(), before);
@@ -204,7 +239,10 @@ fn replayed_nonce_bad_signature_and_revert_record_nothing() {
 fn create_refuses_an_existing_ledger_and_bad_origins() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = copy_demo(tmp.path());
-    assert!(matches!(EmbeddedLedger::create(&dir, config(1)), Err(LedgerError::AlreadyExists(_))));
+    assert!(matches!(
+        EmbeddedLedger::create(&dir, config(1)),
+        Err(LedgerError::AlreadyExists(_))
+    ));
     let bad = LedgerConfig::new("has space", Cast::new(1).governance);
     assert!(EmbeddedLedger::create(tmp.path().join("x"), bad).is_err());
 }
@@ -213,9 +251,12 @@ fn create_refuses_an_existing_ledger_and_bad_origins() {
 #[test]
 #[ignore = "run by crash_mid_append_loses_nothing_committed as a child process"]
 fn crash_child() {
-    let Ok(dir) = std::env::var("COHORT_CRASH_DIR") else { return };
+    let Ok(dir) = std::env::var("COHORT_CRASH_DIR") else {
+        return;
+    };
     let gov = Identity::from_seed(5, "gov");
-    let mut led = EmbeddedLedger::create(&dir, LedgerConfig::new("cohort.local/crash", gov.clone())).unwrap();
+    let mut led =
+        EmbeddedLedger::create(&dir, LedgerConfig::new("cohort.local/crash", gov.clone())).unwrap();
     let mut p = Protocol::deploy(led, &gov).unwrap();
     let c = p.address();
     p.mint(&gov, gov.address(), tokens(1_000_000)).unwrap();
@@ -231,7 +272,12 @@ fn crash_child() {
                     manifestHash: B256::ZERO,
                     size: 1,
                 };
-                led.sign(&gov, Some(c), alloy_sol_types::SolCall::abi_encode(&call).into(), k)
+                led.sign(
+                    &gov,
+                    Some(c),
+                    alloy_sol_types::SolCall::abi_encode(&call).into(),
+                    k,
+                )
             })
             .collect();
         for r in led.submit_batch(txs).unwrap() {
@@ -247,7 +293,13 @@ fn crash_mid_append_loses_nothing_committed() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("crash");
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "crash_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "crash_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("COHORT_CRASH_DIR", &dir)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -268,7 +320,11 @@ fn crash_mid_append_loses_nothing_committed() {
     child.wait().unwrap();
     assert!(committed >= 500, "child committed only {committed}");
     let report = EmbeddedLedger::verify_dir(&dir).unwrap();
-    assert!(report.entries >= committed, "{} < {committed}", report.entries);
+    assert!(
+        report.entries >= committed,
+        "{} < {committed}",
+        report.entries
+    );
     let led = EmbeddedLedger::open(&dir).unwrap();
     assert_eq!(led.len(), report.entries);
 }

@@ -17,8 +17,12 @@ use alloy::signers::local::PrivateKeySigner;
 use alloy_primitives::{Address, B256, Bytes, Log, keccak256};
 use cohort_ledger::demo::{self, Cast, DemoReport};
 use cohort_ledger::merkle::{MerkleTree, leaf_hash, verify_consistency, verify_inclusion};
-use cohort_ledger::protocol::{Cohort::CohortErrors, Cohort::CohortEvents, decode_events, roles};
-use cohort_ledger::{EmbeddedLedger, EvmRpcLedger, LedgerBackend, LedgerConfig, LedgerError};
+use cohort_ledger::protocol::{
+    Cohort, Cohort::CohortErrors, Cohort::CohortEvents, decode_events, roles,
+};
+use cohort_ledger::{
+    EmbeddedLedger, EvmRpcLedger, LedgerBackend, LedgerConfig, LedgerError, Protocol,
+};
 
 /// anvil's first default account (funds the derived accounts).
 const ANVIL_KEY0: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
@@ -34,13 +38,18 @@ impl Anvil {
     /// anvil is absent and `COHORT_SKIP_ANVIL=1`; a panic saying what to do when it is absent
     /// otherwise.
     fn start(test: &str) -> Option<Self> {
-        let bin = std::env::var_os("COHORT_ANVIL").map(PathBuf::from).unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
-        });
+        let bin = std::env::var_os("COHORT_ANVIL")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
+            });
         if !bin.is_file() {
             if std::env::var("COHORT_SKIP_ANVIL").as_deref() == Ok("1") {
-                eprintln!("skipping {test}: no anvil at {} (COHORT_SKIP_ANVIL=1)", bin.display());
+                eprintln!(
+                    "skipping {test}: no anvil at {} (COHORT_SKIP_ANVIL=1)",
+                    bin.display()
+                );
                 return None;
             }
             panic!(
@@ -51,7 +60,13 @@ impl Anvil {
         }
         let port = free_port();
         let child = Command::new(&bin)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--silent"])
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--silent",
+            ])
             .args(["--hardfork", "osaka"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -78,7 +93,10 @@ impl Anvil {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("anvil at {} did not answer eth_blockNumber within 20 s", self.url);
+        panic!(
+            "anvil at {} did not answer eth_blockNumber within 20 s",
+            self.url
+        );
     }
 
     fn ledger(&self) -> EvmRpcLedger {
@@ -117,10 +135,16 @@ fn block_number(port: u16) -> Option<String> {
     out.contains(r#""result""#).then_some(out)
 }
 
+/// Start time of the embedded ledgers.
+const EMBEDDED_START: u64 = 1_700_000_000;
+
 fn embedded(dir: &std::path::Path) -> EmbeddedLedger {
     let op = Cast::new(1).governance;
-    EmbeddedLedger::create(dir, LedgerConfig::new("cohort.local/test", op).with_start_time(1_700_000_000))
-        .expect("create ledger")
+    EmbeddedLedger::create(
+        dir,
+        LedgerConfig::new("cohort.local/test", op).with_start_time(EMBEDDED_START),
+    )
+    .expect("create ledger")
 }
 
 fn embedded_demo() -> (EmbeddedLedger, DemoReport, tempfile::TempDir) {
@@ -131,9 +155,13 @@ fn embedded_demo() -> (EmbeddedLedger, DemoReport, tempfile::TempDir) {
 
 #[test]
 fn demo_on_anvil() {
-    let Some(anvil) = Anvil::start("demo_on_anvil") else { return };
-    let (_emb, expected, _dir) = embedded_demo();
-    let (mut p, report) = demo::run(anvil.ledger(), 1).expect("demo runs on anvil");
+    let Some(anvil) = Anvil::start("demo_on_anvil") else {
+        return;
+    };
+    let (emb, expected, _dir) = embedded_demo();
+    let ledger = anvil.ledger();
+    let t0 = ledger.head().expect("head").time;
+    let (mut p, report) = demo::run(ledger, 1).expect("demo runs on anvil");
 
     assert_eq!(report.accepted, expected.accepted);
     assert_eq!(report.rejected, expected.rejected);
@@ -142,7 +170,10 @@ fn demo_on_anvil() {
     assert_eq!(report.transactions, expected.transactions);
     let cast = Cast::new(1);
     for (got, want) in report.standings.iter().zip(&expected.standings) {
-        assert_eq!((&got.name, &got.balance, &got.stake), (&want.name, &want.balance, &want.stake));
+        assert_eq!(
+            (&got.name, &got.balance, &got.stake),
+            (&want.name, &want.balance, &want.stake)
+        );
     }
     // On chain the sender is the derived secp256k1 address, not the ed25519 one.
     for (who, s) in cast.everyone().into_iter().zip(&report.standings) {
@@ -152,17 +183,47 @@ fn demo_on_anvil() {
     let alice = &cast.clients[0];
     assert!(p.balance_of(alice.address()).expect("balance").is_zero());
 
+    // Blocks run at the clock `set_time` set, as embedded entries do: everyone registered at
+    // the same offset from the start on both, and the clock moved as far.
+    let mut pe = Protocol::at(emb, expected.contract);
+    for id in cast.everyone().into_iter().skip(1) {
+        let who = p.backend().chain_address(id);
+        let on_chain = p
+            .view(Cohort::participantCall { who })
+            .expect("participant")
+            .registeredAt;
+        let who = id.address();
+        let embedded = pe
+            .view(Cohort::participantCall { who })
+            .expect("participant")
+            .registeredAt;
+        assert_eq!(
+            on_chain - t0,
+            embedded - EMBEDDED_START,
+            "{} registered",
+            id.name()
+        );
+    }
+    let emb_elapsed = pe.backend().head().expect("head").time - EMBEDDED_START;
+    assert_eq!(p.backend().head().expect("head").time - t0, emb_elapsed);
+
     // A revert at estimation comes back as the contract's decoded custom error.
-    let err = p.register(alice, roles::CLIENT).expect_err("registering twice reverts");
+    let err = p
+        .register(alice, roles::CLIENT)
+        .expect_err("registering twice reverts");
     match err.revert() {
-        Some(CohortErrors::AlreadyRegistered(e)) => assert_eq!(e.who, p.backend().chain_address(alice)),
+        Some(CohortErrors::AlreadyRegistered(e)) => {
+            assert_eq!(e.who, p.backend().chain_address(alice))
+        }
         other => panic!("expected AlreadyRegistered, got {other:?} ({err})"),
     }
 
     // Time does not go back.
     let now = p.backend().head().expect("head").time;
     match p.backend_mut().set_time(now - 1) {
-        Err(LedgerError::TimeWentBackwards { last, got }) => assert_eq!((last, got), (now, now - 1)),
+        Err(LedgerError::TimeWentBackwards { last, got }) => {
+            assert_eq!((last, got), (now, now - 1))
+        }
         other => panic!("expected TimeWentBackwards, got {other:?}"),
     }
 
@@ -170,21 +231,38 @@ fn demo_on_anvil() {
     let led = p.into_backend();
     let head = led.head().expect("head");
     assert_eq!(head.size, led.recorded().len() as u64);
-    assert_eq!(head.size, report.transactions, "the deployment and the demo's transactions");
+    assert_eq!(
+        head.size, report.transactions,
+        "the deployment and the demo's transactions"
+    );
     let mut tree = MerkleTree::new();
     for (i, r) in led.recorded().iter().enumerate() {
         let leaf = leaf_hash(&r.encode(led.chain_id()));
         tree.push_hash(leaf);
-        let proof = led.inclusion_proof(i as u64, head.size).expect("inclusion proof");
-        verify_inclusion(&leaf, i as u64, head.size, &proof, &head.root).expect("inclusion verifies");
+        let proof = led
+            .inclusion_proof(i as u64, head.size)
+            .expect("inclusion proof");
+        verify_inclusion(&leaf, i as u64, head.size, &proof, &head.root)
+            .expect("inclusion verifies");
     }
     assert_eq!(tree.root(), head.root);
     let old = head.size / 2;
-    let proof = led.consistency_proof(old, head.size).expect("consistency proof");
-    verify_consistency(old, head.size, &tree.root_at(old).expect("old root"), &head.root, &proof)
-        .expect("consistency verifies");
+    let proof = led
+        .consistency_proof(old, head.size)
+        .expect("consistency proof");
+    verify_consistency(
+        old,
+        head.size,
+        &tree.root_at(old).expect("old root"),
+        &head.root,
+        &proof,
+    )
+    .expect("consistency verifies");
     let (logs, next) = led.logs_since(0).expect("logs");
-    assert_eq!(logs.len(), led.recorded().iter().map(|r| r.logs.len()).sum::<usize>());
+    assert_eq!(
+        logs.len(),
+        led.recorded().iter().map(|r| r.logs.len()).sum::<usize>()
+    );
     assert_eq!(next, led.recorded().last().expect("recorded").block + 1);
 }
 
@@ -245,7 +323,11 @@ fn normalized(txs: &[Seen], contract: Address, participants: &[Address]) -> Vec<
 }
 
 fn swap_addr(a: Address, contract: Address) -> Address {
-    if a == contract { Address::with_last_byte(0xff) } else { a }
+    if a == contract {
+        Address::with_last_byte(0xff)
+    } else {
+        a
+    }
 }
 
 /// The same demo on both backends, transaction by transaction.
@@ -266,7 +348,9 @@ fn swap_addr(a: Address, contract: Address) -> Address {
 /// raw difference must be exactly the calldata difference.
 #[test]
 fn differential_events_and_gas() {
-    let Some(anvil) = Anvil::start("differential_events_and_gas") else { return };
+    let Some(anvil) = Anvil::start("differential_events_and_gas") else {
+        return;
+    };
     let (emb, emb_report, _dir) = embedded_demo();
     let (p, rpc_report) = demo::run(anvil.ledger(), 1).expect("demo runs on anvil");
     let rpc = p.into_backend();
@@ -297,12 +381,20 @@ fn differential_events_and_gas() {
     let emb_ev = normalized(
         &emb_txs,
         emb_report.contract,
-        &cast.everyone().iter().map(|id| emb.address_of(id)).collect::<Vec<_>>(),
+        &cast
+            .everyone()
+            .iter()
+            .map(|id| emb.address_of(id))
+            .collect::<Vec<_>>(),
     );
     let rpc_ev = normalized(
         &rpc_txs,
         rpc_report.contract,
-        &cast.everyone().iter().map(|id| rpc.address_of(id)).collect::<Vec<_>>(),
+        &cast
+            .everyone()
+            .iter()
+            .map(|id| rpc.address_of(id))
+            .collect::<Vec<_>>(),
     );
     let events: usize = emb_ev.iter().map(Vec::len).sum();
     assert!(events > 30, "the demo emits events ({events})");
@@ -310,15 +402,19 @@ fn differential_events_and_gas() {
         assert_eq!(a, b, "events of transaction {i}");
     }
     assert!(
-        emb_ev.iter().flatten().any(|e| matches!(e, CohortEvents::RoundSettled(_))),
+        emb_ev
+            .iter()
+            .flatten()
+            .any(|e| matches!(e, CohortEvents::RoundSettled(_))),
         "the round settles"
     );
 
-    let (mut equal, mut total_emb, mut total_rpc) = (0, 0u64, 0u64);
+    let (mut equal, mut total_emb, mut total_rpc, mut other_input) = (0, 0u64, 0u64, 0);
     for (i, (e, r)) in emb_txs.iter().zip(&rpc_txs).enumerate() {
         total_emb += e.gas_used;
         total_rpc += r.gas_used;
         let (ce, cr) = (calldata_gas(&e.input), calldata_gas(&r.input));
+        other_input += usize::from(e.input != r.input);
         let selector = |d: &Bytes| d.get(..4).map(hex::encode).unwrap_or_default();
         if e.gas_used == r.gas_used {
             equal += 1;
@@ -339,8 +435,9 @@ fn differential_events_and_gas() {
         );
     }
     eprintln!(
-        "{} transactions, {equal} with equal gas; total gas embedded {total_emb}, anvil {total_rpc}; \
-         {events} events, equal after address normalization",
+        "{} transactions ({other_input} with backend-specific calldata), {equal} with equal gas; \
+         total gas embedded {total_emb}, anvil {total_rpc}; {events} events, equal after \
+         normalization",
         emb_txs.len()
     );
 }
@@ -354,11 +451,13 @@ fn endpoint_down_is_a_clear_error() {
     let took = start.elapsed();
     assert!(took < Duration::from_secs(5), "took {took:?}");
     let msg = err.to_string();
+    eprintln!("{msg}");
     assert!(matches!(err, LedgerError::Rpc(_)), "{err:?}");
     assert!(msg.contains(&url), "{msg}");
     assert!(msg.contains("cannot reach"), "{msg}");
     assert!(msg.to_lowercase().contains("refused"), "{msg}");
 
     let err = EvmRpcLedger::connect("https://example.invalid", None).expect_err("no TLS");
+    eprintln!("{err}");
     assert!(err.to_string().contains("https://example.invalid"), "{err}");
 }

@@ -1,12 +1,17 @@
 //! Protocol scenarios on the embedded ledger.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use cohort_ledger::demo::{self, Cast};
 use cohort_ledger::{EmbeddedLedger, LedgerConfig};
 
 fn fresh(dir: &std::path::Path) -> EmbeddedLedger {
     let op = Cast::new(1).governance;
-    EmbeddedLedger::create(dir, LedgerConfig::new("cohort.local/test", op).with_start_time(1_700_000_000))
-        .expect("create ledger")
+    EmbeddedLedger::create(
+        dir,
+        LedgerConfig::new("cohort.local/test", op).with_start_time(1_700_000_000),
+    )
+    .expect("create ledger")
 }
 
 #[test]
@@ -32,25 +37,44 @@ fn a_full_round_at_the_limits_fits_the_gas_cap() {
     use alloy_sol_types::{SolCall, SolValue};
     use cohort_core::{Identity, Score, keccak256, sha256, tokens};
     use cohort_ledger::evm::TX_GAS_CAP;
-    use cohort_ledger::protocol::{Cohort, Protocol, accepted_set_hash, phase, roles, score_commitment};
+    use cohort_ledger::protocol::{
+        Cohort, Protocol, accepted_set_hash, phase, roles, score_commitment,
+    };
 
     let dir = tempfile::tempdir().unwrap();
     let gov = Identity::from_seed(4, "gov");
     let coord = Identity::from_seed(4, "coord");
-    let led = EmbeddedLedger::create(dir.path(), LedgerConfig::new("cohort.local/big", gov.clone())).unwrap();
+    let led = EmbeddedLedger::create(
+        dir.path(),
+        LedgerConfig::new("cohort.local/big", gov.clone()),
+    )
+    .unwrap();
     let mut p = Protocol::deploy(led, &gov).unwrap();
     let c = p.address();
-    let clients: Vec<Identity> = (0..256).map(|i| Identity::from_seed(4, &format!("c{i}"))).collect();
-    let vals: Vec<Identity> = (0..32).map(|i| Identity::from_seed(4, &format!("v{i}"))).collect();
+    let clients: Vec<Identity> = (0..256)
+        .map(|i| Identity::from_seed(4, &format!("c{i}")))
+        .collect();
+    let vals: Vec<Identity> = (0..32)
+        .map(|i| Identity::from_seed(4, &format!("v{i}")))
+        .collect();
     let call = |x: &dyn Fn() -> Vec<u8>| Bytes::from(x());
     // Mints, in one batch.
-    let everyone: Vec<&Identity> = std::iter::once(&coord).chain(&clients).chain(&vals).collect();
+    let everyone: Vec<&Identity> = std::iter::once(&coord)
+        .chain(&clients)
+        .chain(&vals)
+        .collect();
     let led = p.backend_mut();
     let mints = everyone
         .iter()
         .enumerate()
         .map(|(k, w)| {
-            let data = call(&|| Cohort::mintCall { to: w.address(), amount: tokens(10_000) }.abi_encode());
+            let data = call(&|| {
+                Cohort::mintCall {
+                    to: w.address(),
+                    amount: tokens(10_000),
+                }
+                .abi_encode()
+            });
             led.sign(&gov, Some(c), data, k as u64)
         })
         .collect();
@@ -59,7 +83,10 @@ fn a_full_round_at_the_limits_fits_the_gas_cap() {
     }
     p.approve_coordinator(&gov, coord.address()).unwrap();
     p.register(&coord, roles::COORDINATOR).unwrap();
-    let round = p.open_round(&coord, B256::ZERO, tokens(1_000), false).unwrap().value;
+    let round = p
+        .open_round(&coord, B256::ZERO, tokens(1_000), false)
+        .unwrap()
+        .value;
     assert_eq!(round, 1);
     // Every client registers, stakes, commits a dataset and submits, in one batch.
     let led = p.backend_mut();
@@ -68,10 +95,28 @@ fn a_full_round_at_the_limits_fits_the_gas_cap() {
         let root: B256 = sha256(&(i as u64).to_be_bytes()).into();
         let id = keccak256((cl.address(), root, B256::ZERO, 1u64).abi_encode_params());
         let calls: Vec<Vec<u8>> = vec![
-            Cohort::registerCall { roles: roles::CLIENT, keyHash: cl.key_hash() }.abi_encode(),
-            Cohort::stakeCall { amount: tokens(500) }.abi_encode(),
-            Cohort::commitDatasetCall { merkleRoot: root, manifestHash: B256::ZERO, size: 1 }.abi_encode(),
-            Cohort::submitUpdateCall { roundId: 1, blobHash: root, datasetId: id, numSamples: 10 }.abi_encode(),
+            Cohort::registerCall {
+                roles: roles::CLIENT,
+                keyHash: cl.key_hash(),
+            }
+            .abi_encode(),
+            Cohort::stakeCall {
+                amount: tokens(500),
+            }
+            .abi_encode(),
+            Cohort::commitDatasetCall {
+                merkleRoot: root,
+                manifestHash: B256::ZERO,
+                size: 1,
+            }
+            .abi_encode(),
+            Cohort::submitUpdateCall {
+                roundId: 1,
+                blobHash: root,
+                datasetId: id,
+                numSamples: 10,
+            }
+            .abi_encode(),
         ];
         for (k, d) in calls.into_iter().enumerate() {
             txs.push(led.sign(cl, Some(c), d.into(), k as u64));
@@ -79,8 +124,15 @@ fn a_full_round_at_the_limits_fits_the_gas_cap() {
     }
     for v in &vals {
         let calls: Vec<Vec<u8>> = vec![
-            Cohort::registerCall { roles: roles::VALIDATOR, keyHash: v.key_hash() }.abi_encode(),
-            Cohort::stakeCall { amount: tokens(2_000) }.abi_encode(),
+            Cohort::registerCall {
+                roles: roles::VALIDATOR,
+                keyHash: v.key_hash(),
+            }
+            .abi_encode(),
+            Cohort::stakeCall {
+                amount: tokens(2_000),
+            }
+            .abi_encode(),
         ];
         for (k, d) in calls.into_iter().enumerate() {
             txs.push(led.sign(v, Some(c), d.into(), k as u64));
@@ -91,14 +143,26 @@ fn a_full_round_at_the_limits_fits_the_gas_cap() {
     }
     p.close_submissions(&coord, round).unwrap();
     // Validators score even updates up, odd ones down.
-    let scores: Vec<Score> = (0..256).map(|i| Score(if i % 2 == 0 { 100_000 } else { -100_000 })).collect();
+    let scores: Vec<Score> = (0..256)
+        .map(|i| Score(if i % 2 == 0 { 100_000 } else { -100_000 }))
+        .collect();
     let salt = B256::repeat_byte(3);
     let led = p.backend_mut();
     let commits = vals
         .iter()
         .map(|v| {
             let commitment = score_commitment(round, v.address(), &scores, salt);
-            led.sign(v, Some(c), Cohort::commitScoresCall { roundId: round, commitment }.abi_encode().into(), 0)
+            led.sign(
+                v,
+                Some(c),
+                Cohort::commitScoresCall {
+                    roundId: round,
+                    commitment,
+                }
+                .abi_encode()
+                .into(),
+                0,
+            )
         })
         .collect();
     for r in led.submit_batch(commits).unwrap() {
@@ -113,7 +177,8 @@ fn a_full_round_at_the_limits_fits_the_gas_cap() {
         max_gas = max_gas.max(p.tally(&coord, round, 64).unwrap().gas_used);
     }
     let accepted: Vec<u32> = (0..256).step_by(2).collect();
-    p.finalize(&coord, round, B256::ZERO, accepted_set_hash(&accepted)).unwrap();
+    p.finalize(&coord, round, B256::ZERO, accepted_set_hash(&accepted))
+        .unwrap();
     while p.round(round).unwrap().phase < phase::SETTLED {
         max_gas = max_gas.max(p.settle(&coord, round, 64).unwrap().gas_used);
     }

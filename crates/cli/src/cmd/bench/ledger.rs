@@ -63,10 +63,13 @@ impl Args {
             }
         };
         let gov = Identity::from_seed(0, "bench-governance");
-        let ledger = EmbeddedLedger::create(&dir, LedgerConfig::new("cohort.local/bench", gov.clone()))
-            .with_context(|| format!("creating {}", dir.display()))?;
+        let ledger =
+            EmbeddedLedger::create(&dir, LedgerConfig::new("cohort.local/bench", gov.clone()))
+                .with_context(|| format!("creating {}", dir.display()))?;
         let mut p = Protocol::deploy(ledger, &gov)?;
-        let owners: Vec<Identity> = (0..64).map(|i| Identity::from_seed(0, &format!("owner-{i}"))).collect();
+        let owners: Vec<Identity> = (0..64)
+            .map(|i| Identity::from_seed(0, &format!("owner-{i}")))
+            .collect();
         for o in &owners {
             p.mint(&gov, o.address(), tokens(1))?;
             p.register(o, roles::DATA_OWNER)?;
@@ -145,12 +148,19 @@ impl Args {
         let t = Instant::now();
         let report = EmbeddedLedger::verify_dir(&dir)?;
         let verify_s = t.elapsed().as_secs_f64();
-        anyhow::ensure!(report.entries == size, "verify saw {} entries, expected {size}", report.entries);
+        anyhow::ensure!(
+            report.entries == size,
+            "verify saw {} entries, expected {size}",
+            report.entries
+        );
 
         let t = Instant::now();
         let reopened = EmbeddedLedger::open(&dir)?;
         let open_s = t.elapsed().as_secs_f64();
-        anyhow::ensure!(reopened.state_root() == report.state_root, "replay gave another state");
+        anyhow::ensure!(
+            reopened.state_root() == report.state_root,
+            "replay gave another state"
+        );
         let disk = std::fs::metadata(dir.join("ledger.redb"))?.len() as f64;
 
         let r = Results {
@@ -168,14 +178,26 @@ impl Args {
             bytes_per_entry: disk / size as f64,
         };
         let mut t = Table::new(&["measure", "value", "target"]);
-        t.row(vec!["entries appended (+ setup)".into(), format!("{n} (+{setup})"), String::new()]);
-        t.row(vec!["signing, entries/s".into(), format!("{:.0}", r.sign_per_s), String::new()]);
+        t.row(vec![
+            "entries appended (+ setup)".into(),
+            format!("{n} (+{setup})"),
+            String::new(),
+        ]);
+        t.row(vec![
+            "signing, entries/s".into(),
+            format!("{:.0}", r.sign_per_s),
+            String::new(),
+        ]);
         t.row(vec![
             format!("append, entries/s (batches of {})", self.batch),
             format!("{:.0}", r.append_per_s),
             ">= 20000".into(),
         ]);
-        t.row(vec![format!("verify {size} entries, s"), format!("{:.3}", r.verify_s), String::new()]);
+        t.row(vec![
+            format!("verify {size} entries, s"),
+            format!("{:.3}", r.verify_s),
+            String::new(),
+        ]);
         let vt = &r.verify_timings;
         t.row(vec![
             "  read / decode / signatures | replay / tree, s".into(),
@@ -185,11 +207,31 @@ impl Args {
             ),
             String::new(),
         ]);
-        t.row(vec!["verify per 100k entries, s".into(), format!("{:.3}", r.verify_100k_s), "<= 2".into()]);
-        t.row(vec!["open (replay) s".into(), format!("{:.3}", r.open_replay_s), String::new()]);
-        t.row(vec!["inclusion proof, bytes".into(), r.proof_bytes.to_string(), "< 1024".into()]);
-        t.row(vec!["prove + verify, us".into(), format!("{:.1}", r.proof_us), "< 100".into()]);
-        t.row(vec!["disk, bytes/entry".into(), format!("{:.0}", r.bytes_per_entry), String::new()]);
+        t.row(vec![
+            "verify per 100k entries, s".into(),
+            format!("{:.3}", r.verify_100k_s),
+            "<= 2".into(),
+        ]);
+        t.row(vec![
+            "open (replay) s".into(),
+            format!("{:.3}", r.open_replay_s),
+            String::new(),
+        ]);
+        t.row(vec![
+            "inclusion proof, bytes".into(),
+            r.proof_bytes.to_string(),
+            "< 1024".into(),
+        ]);
+        t.row(vec![
+            "prove + verify, us".into(),
+            format!("{:.1}", r.proof_us),
+            "< 100".into(),
+        ]);
+        t.row(vec![
+            "disk, bytes/entry".into(),
+            format!("{:.0}", r.bytes_per_entry),
+            String::new(),
+        ]);
         t.print();
         if let Some(path) = &self.json {
             write_json(path, &r)?;

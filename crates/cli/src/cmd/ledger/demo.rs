@@ -35,7 +35,9 @@ impl Args {
             .with_context(|| format!("creating a ledger in {}", self.dir.display()))?;
         let (p, report) = demo::run(ledger, self.seed).context("running the demo scenario")?;
         let ledger = p.into_backend();
-        let verified = ledger.verify().context("verifying the ledger after the demo")?;
+        let verified = ledger
+            .verify()
+            .context("verifying the ledger after the demo")?;
         if self.json {
             print_json(&serde_json::json!({
                 "dir": self.dir,
@@ -53,7 +55,12 @@ impl Args {
         println!();
         let mut t = Table::new(&["participant", "address", "balance", "stake"]);
         for s in &report.standings {
-            t.row(vec![s.name.clone(), s.address.to_string(), s.balance.clone(), s.stake.clone()]);
+            t.row(vec![
+                s.name.clone(),
+                s.address.to_string(),
+                s.balance.clone(),
+                s.stake.clone(),
+            ]);
         }
         t.print();
         println!();
@@ -61,7 +68,10 @@ impl Args {
             "{} transactions, {} gas; supply conserved: {}",
             report.transactions, report.gas_used, report.supply_conserved
         );
-        println!("verified {} entries, root {}", verified.entries, verified.root);
+        println!(
+            "verified {} entries, root {}",
+            verified.entries, verified.root
+        );
         println!("\ncheckpoint:\n{}", verified.checkpoint);
         println!(
             "next: cohort ledger show {0} | cohort ledger verify {0} | cohort ledger prove {0} --entry 0",

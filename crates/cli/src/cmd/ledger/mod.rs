@@ -7,9 +7,9 @@ mod verify;
 
 use std::process::ExitCode;
 
+use alloy_sol_types::SolInterface;
 use clap::Subcommand;
 use cohort_ledger::protocol::Cohort::{CohortCalls, CohortEvents};
-use alloy_sol_types::SolInterface;
 
 #[derive(Debug, Subcommand)]
 pub enum LedgerCmd {
@@ -51,5 +51,9 @@ pub fn event_name(e: &CohortEvents) -> String {
 }
 
 fn variant_name(debug: &str) -> String {
-    debug.split(['(', ' ', '{']).next().unwrap_or(debug).to_string()
+    debug
+        .split(['(', ' ', '{'])
+        .next()
+        .unwrap_or(debug)
+        .to_string()
 }

@@ -65,11 +65,8 @@ impl Args {
             if info.size > proof.size {
                 let ledger = EmbeddedLedger::open(&self.dir)?;
                 let c = ledger.consistency_proof(proof.size, info.size)?;
-                let old = cohort_ledger::Checkpoint::verify(
-                    &proof.checkpoint,
-                    &info.origin,
-                    &key.0,
-                )?;
+                let old =
+                    cohort_ledger::Checkpoint::verify(&proof.checkpoint, &info.origin, &key.0)?;
                 verify_consistency(proof.size, info.size, &old.root, &info.root, &c)?;
             } else if info.size < proof.size {
                 return Err(cohort_ledger::LedgerError::Invalid {

@@ -47,7 +47,11 @@ impl Args {
         let ledger = EmbeddedLedger::open(&self.dir)
             .with_context(|| format!("opening {}", self.dir.display()))?;
         let size = ledger.len();
-        let first = if self.entries == 0 { 0 } else { size.saturating_sub(self.entries) };
+        let first = if self.entries == 0 {
+            0
+        } else {
+            size.saturating_sub(self.entries)
+        };
         // The protocol contract is the first one deployed.
         let mut contract = None;
         let mut registered: BTreeMap<Address, u8> = BTreeMap::new();
@@ -125,7 +129,12 @@ impl Args {
             println!();
             let mut t = Table::new(&["address", "roles", "balance", "stake"]);
             for a in &accounts {
-                t.row(vec![a.address.to_string(), role_names(a.roles), a.balance.clone(), a.stake.clone()]);
+                t.row(vec![
+                    a.address.to_string(),
+                    role_names(a.roles),
+                    a.balance.clone(),
+                    a.stake.clone(),
+                ]);
             }
             t.print();
         }
@@ -139,7 +148,11 @@ impl Args {
                 fmt_tokens(s.pools),
                 fmt_tokens(s.treasury),
                 fmt_tokens(s.burned),
-                if s.conserved() { "conserved" } else { "NOT CONSERVED" }
+                if s.conserved() {
+                    "conserved"
+                } else {
+                    "NOT CONSERVED"
+                }
             );
         }
         println!("\ncheckpoint:\n{note}");
@@ -149,10 +162,15 @@ impl Args {
 
 fn role_names(r: u8) -> String {
     use cohort_ledger::protocol::roles::*;
-    let names: Vec<&str> = [(COORDINATOR, "coordinator"), (CLIENT, "client"), (VALIDATOR, "validator"), (DATA_OWNER, "data-owner")]
-        .iter()
-        .filter(|(b, _)| r & b != 0)
-        .map(|(_, n)| *n)
-        .collect();
+    let names: Vec<&str> = [
+        (COORDINATOR, "coordinator"),
+        (CLIENT, "client"),
+        (VALIDATOR, "validator"),
+        (DATA_OWNER, "data-owner"),
+    ]
+    .iter()
+    .filter(|(b, _)| r & b != 0)
+    .map(|(_, n)| *n)
+    .collect();
     names.join("+")
 }
