@@ -219,18 +219,11 @@ impl EvmRpcLedger {
             .build()
             .map_err(|e| LedgerError::Rpc(format!("cannot build an HTTP client: {e}")))?;
         let provider = RootProvider::new(RpcClient::new_http_with_client(client, parsed));
+        let limit = CONNECT_TIMEOUT + Duration::from_secs(1);
         let chain_id = rt
-            .block_on(async {
-                tokio::time::timeout(
-                    CONNECT_TIMEOUT + Duration::from_secs(1),
-                    provider.get_chain_id(),
-                )
-                .await
-            })
+            .block_on(async { tokio::time::timeout(limit, provider.get_chain_id()).await })
             .map_err(|_| {
-                LedgerError::Rpc(format!(
-                    "cannot reach {url}: no answer within {CONNECT_TIMEOUT:?}"
-                ))
+                LedgerError::Rpc(format!("cannot reach {url}: no answer within {limit:?}"))
             })?
             .map_err(|e| match e {
                 RpcError::ErrorResp(_) => rpc_error(url, "eth_chainId", &e),

@@ -186,3 +186,99 @@ fn a_full_round_at_the_limits_fits_the_gas_cap() {
     assert!(p.supply().unwrap().conserved());
     eprintln!("largest call of a 256x32 round: {max_gas} gas (cap {TX_GAS_CAP})");
 }
+
+/// After the demo round, alice asks for her dataset to be forgotten: the coordinator records
+/// the execution, a validator the evidence; her reward is clawed back and the dataset can no
+/// longer back an update. Anchors must grow.
+#[test]
+fn unlearning_claws_back_rewards_and_anchors_grow() {
+    use alloy_primitives::B256;
+    use cohort_core::{Score, sha256, tokens};
+    use cohort_ledger::LedgerBackend;
+    use cohort_ledger::protocol::Cohort::{CohortErrors, CohortEvents};
+    use cohort_ledger::protocol::ProtocolError;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mut p, _) = demo::run(fresh(dir.path()), 1).unwrap();
+    let cast = Cast::new(1);
+    let (alice, coord, val) = (&cast.clients[0], &cast.coordinator, &cast.validators[0]);
+    // Alice's dataset and reward come from the ledger's own events.
+    let (logs, _) = p.backend().logs_since(0).unwrap();
+    let events = cohort_ledger::protocol::decode_events(
+        p.address(),
+        &logs.into_iter().map(|(_, l)| l).collect::<Vec<_>>(),
+    );
+    let dataset = events
+        .iter()
+        .find_map(|e| match e {
+            CohortEvents::DatasetCommitted(d) if d.owner == alice.address() => Some(d.id),
+            _ => None,
+        })
+        .unwrap();
+    let reward = events
+        .iter()
+        .find_map(|e| match e {
+            CohortEvents::Rewarded(r) if r.who == alice.address() => Some(r.amount),
+            _ => None,
+        })
+        .unwrap();
+    assert!(reward > alloy_primitives::U256::ZERO);
+
+    // Only the owner (or governance) may ask.
+    let e = p
+        .request_unlearning(&cast.clients[1], dataset, B256::ZERO)
+        .unwrap_err();
+    assert!(matches!(e, ProtocolError::Reverted { .. }), "{e}");
+    let req = p
+        .request_unlearning(alice, dataset, sha256(b"GDPR art. 17").into())
+        .unwrap()
+        .value;
+    let before = p.balance_of(alice.address()).unwrap();
+    let exec = p
+        .record_unlearning(coord, req, sha256(b"model without alice").into(), 0)
+        .unwrap();
+    let clawed = exec
+        .events
+        .iter()
+        .find_map(|e| match e {
+            CohortEvents::Clawback(c) => Some(c.amount),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(clawed, reward);
+    assert_eq!(p.balance_of(alice.address()).unwrap(), before - reward);
+    p.record_unlearning_evidence(
+        val,
+        req,
+        sha256(b"evidence").into(),
+        Score::from_f64(0.5),
+        Score::from_f64(0.01),
+    )
+    .unwrap();
+    assert!(p.supply().unwrap().conserved());
+
+    // The forgotten dataset cannot back a new update.
+    let round = p
+        .open_round(coord, B256::ZERO, tokens(1), false)
+        .unwrap()
+        .value;
+    let e = p
+        .submit_update(alice, round, B256::ZERO, dataset, 1)
+        .unwrap_err();
+    assert!(
+        matches!(e.revert(), Some(CohortErrors::DatasetIsForgotten(_))),
+        "{e}"
+    );
+
+    // Anchors of the log's own checkpoints must grow.
+    let head = p.backend().head().unwrap();
+    p.anchor(&cast.governance, head.size, head.root.into())
+        .unwrap();
+    let e = p
+        .anchor(&cast.governance, head.size, head.root.into())
+        .unwrap_err();
+    assert!(
+        matches!(e.revert(), Some(CohortErrors::AnchorNotGrowing(_))),
+        "{e}"
+    );
+}

@@ -54,9 +54,8 @@ impl Args {
     }
 
     fn check(&self, path: &PathBuf) -> anyhow::Result<ExitCode> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let proof: InclusionProof = serde_json::from_str(&text)
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let proof: InclusionProof = serde_json::from_slice(&bytes)
             .with_context(|| format!("{} is not an inclusion proof", path.display()))?;
         let info = EmbeddedLedger::info(&self.dir)?;
         let key: cohort_core::Hash32 = info.operator_key.parse()?;
