@@ -24,10 +24,30 @@ pub struct Args {
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
+    /// Run the scenario on an EVM chain at this JSON-RPC URL instead; DIR then receives
+    /// `chain-demo.json`: the report, the head of this client's transaction log and every
+    /// transaction hash, block and gas.
+    #[cfg(feature = "evm-rpc")]
+    #[arg(long, value_name = "URL")]
+    chain_rpc: Option<String>,
+    /// Hex private key of an account that pays the participants' gas on that chain
+    /// (for anvil, its first default account).
+    #[cfg(feature = "evm-rpc")]
+    #[arg(
+        long,
+        env = "COHORT_FUNDER_KEY",
+        requires = "chain_rpc",
+        hide_env_values = true
+    )]
+    funder_key: Option<String>,
 }
 
 impl Args {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
+        #[cfg(feature = "evm-rpc")]
+        if let Some(url) = &self.chain_rpc {
+            return self.on_chain(url);
+        }
         let cast = Cast::new(self.seed);
         let config = LedgerConfig::new(&self.origin, cast.governance.clone())
             .with_start_time(self.start_time);
@@ -47,27 +67,7 @@ impl Args {
             return Ok(ExitCode::SUCCESS);
         }
         println!("ledger    {}", self.dir.display());
-        println!("contract  {}", report.contract);
-        println!(
-            "round 1   accepted {:?}, rejected {:?}, consensus scores {:?}",
-            report.accepted, report.rejected, report.consensus
-        );
-        println!();
-        let mut t = Table::new(&["participant", "address", "balance", "stake"]);
-        for s in &report.standings {
-            t.row(vec![
-                s.name.clone(),
-                s.address.to_string(),
-                s.balance.clone(),
-                s.stake.clone(),
-            ]);
-        }
-        t.print();
-        println!();
-        println!(
-            "{} transactions, {} gas; supply conserved: {}",
-            report.transactions, report.gas_used, report.supply_conserved
-        );
+        print_report(&report);
         println!(
             "verified {} entries, root {}",
             verified.entries, verified.root
@@ -77,6 +77,68 @@ impl Args {
             "next: cohort ledger show {0} | cohort ledger verify {0} | cohort ledger prove {0} --entry 0",
             self.dir.display()
         );
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+fn print_report(report: &demo::DemoReport) {
+    println!("contract  {}", report.contract);
+    println!(
+        "round 1   accepted {:?}, rejected {:?}, consensus scores {:?}",
+        report.accepted, report.rejected, report.consensus
+    );
+    println!();
+    let mut t = Table::new(&["participant", "address", "balance", "stake"]);
+    for s in &report.standings {
+        t.row(vec![
+            s.name.clone(),
+            s.address.to_string(),
+            s.balance.clone(),
+            s.stake.clone(),
+        ]);
+    }
+    t.print();
+    println!();
+    println!(
+        "{} transactions, {} gas; supply conserved: {}",
+        report.transactions, report.gas_used, report.supply_conserved
+    );
+}
+
+#[cfg(feature = "evm-rpc")]
+impl Args {
+    fn on_chain(&self, url: &str) -> anyhow::Result<ExitCode> {
+        use cohort_ledger::LedgerBackend;
+        use cohort_ledger::rpc::PrivateKeySigner;
+        let funder = match &self.funder_key {
+            Some(k) => Some(k.trim().parse::<PrivateKeySigner>().map_err(|e| {
+                anyhow::anyhow!("--funder-key is not a secp256k1 private key: {e}")
+            })?),
+            None => None,
+        };
+        let chain = cohort_ledger::EvmRpcLedger::connect(url, funder)?;
+        let (p, report) =
+            demo::run(chain, self.seed).context("running the demo scenario on chain")?;
+        let chain = p.into_backend();
+        let txs: Vec<serde_json::Value> = chain
+            .recorded()
+            .iter()
+            .map(|t| serde_json::json!({ "tx_hash": t.tx_hash, "block": t.block, "gas_used": t.gas_used }))
+            .collect();
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating {}", self.dir.display()))?;
+        let record = self.dir.join("chain-demo.json");
+        crate::output::write_json(
+            &record,
+            &serde_json::json!({ "chain_rpc": url, "chain_id": chain.chain_id(),
+                "report": report, "head": chain.head()?, "transactions": txs }),
+        )?;
+        if self.json {
+            print_json(&serde_json::json!({ "chain_rpc": url, "report": report }))?;
+        } else {
+            println!("chain     {url} (record in {})", record.display());
+            print_report(&report);
+        }
         Ok(ExitCode::SUCCESS)
     }
 }
