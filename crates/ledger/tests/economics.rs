@@ -71,7 +71,7 @@ fn try_send<T>(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
     #[test]
     fn supply_is_conserved_and_rejected_updates_are_never_paid(plan in plan()) {
