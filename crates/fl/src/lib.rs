@@ -1,0 +1,66 @@
+//! Federated learning for cohort.
+//!
+//! This crate holds the pure, synchronous parts of the federated runtime: client updates and
+//! their validation ([`update`]) and the aggregation strategies ([`strategy`]). Nothing here
+//! does I/O or reads a clock; the same code serves the in-process simulator, the networked
+//! coordinator and the tests.
+//!
+//! Strategies compose by wrapping: robustness is a wrapper around any aggregator.
+//!
+//! ```
+//! use cohort_fl::strategy::{Clipped, Krum, Strategy};
+//! use cohort_fl::ClientUpdate;
+//!
+//! let updates: Vec<ClientUpdate> = (0..7)
+//!     .map(|i| ClientUpdate::new(i, 1, vec![0.1 * i as f32; 4], 10))
+//!     .collect();
+//! let mut s = Clipped::new(Krum::new(2), 1.0);
+//! let delta = s.aggregate(&updates).unwrap();
+//! assert_eq!(delta.len(), 4);
+//! ```
+
+pub mod strategy;
+pub mod update;
+
+pub use update::{ClientUpdate, validate};
+
+/// Errors of the federated runtime. Protocol rejections are values, never panics.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FlError {
+    /// An update failed validation; it is recorded as rejected.
+    #[error("update from client {client} for round {round} rejected: {reason}")]
+    UpdateRejected {
+        /// The client.
+        client: u32,
+        /// The round the update claims.
+        round: u64,
+        /// Why.
+        reason: String,
+    },
+    /// A strategy was given too few updates for its guarantees.
+    #[error("{strategy} needs at least {need} updates, got {got}")]
+    NotEnoughUpdates {
+        /// The strategy.
+        strategy: String,
+        /// How many it needs.
+        need: usize,
+        /// How many it got.
+        got: usize,
+    },
+    /// Updates of different lengths reached a strategy.
+    #[error("updates have different lengths ({a} and {b})")]
+    ShapeMismatch {
+        /// One length.
+        a: usize,
+        /// Another.
+        b: usize,
+    },
+    /// A strategy's parameter is out of range.
+    #[error("invalid {what}: {reason}")]
+    InvalidConfig {
+        /// The parameter.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+}

@@ -1,0 +1,168 @@
+//! Properties of the aggregation strategies.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use cohort_core::Score;
+use cohort_fl::ClientUpdate;
+use cohort_fl::strategy::{
+    Clipped, CoordinateMedian, FedAvg, FedOpt, Krum, ScoreWeighted, Strategy, TrimmedMean,
+};
+use proptest::prelude::*;
+
+const D: usize = 6;
+
+fn updates_from(rows: &[Vec<f32>]) -> Vec<ClientUpdate> {
+    rows.iter()
+        .enumerate()
+        .map(|(i, r)| {
+            ClientUpdate::new(i as u32, 1, r.clone(), 1 + (i as u64 * 7) % 5)
+                .with_score(Score::from_f64(0.01 * (i % 4) as f64))
+        })
+        .collect()
+}
+
+fn all() -> Vec<Box<dyn Strategy>> {
+    vec![
+        Box::new(FedAvg),
+        Box::new(ScoreWeighted::by_samples()),
+        Box::new(CoordinateMedian),
+        Box::new(TrimmedMean::new(2)),
+        Box::new(Krum::new(2)),
+        Box::new(Krum::multi(2, 3)),
+        Box::new(Clipped::new(FedAvg, 1.0)),
+        Box::new(FedOpt::adam(TrimmedMean::new(1), 0.1)),
+    ]
+}
+
+fn close(a: &[f32], b: &[f32]) -> bool {
+    a.iter()
+        .zip(b)
+        .all(|(x, y)| (x - y).abs() <= 1e-5 * (1.0 + x.abs().max(y.abs())))
+}
+
+fn dist(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
+        .sum::<f64>()
+        .sqrt()
+}
+
+proptest! {
+    /// Shuffling the clients does not change any aggregate.
+    #[test]
+    fn permutation_invariant(
+        rows in prop::collection::vec(prop::collection::vec(-5.0f32..5.0, D), 7..12),
+        perm_seed in any::<u64>(),
+    ) {
+        let ups = updates_from(&rows);
+        let mut shuffled = ups.clone();
+        let mut x = perm_seed | 1;
+        for i in (1..shuffled.len()).rev() {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            shuffled.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        for (mut a, mut b) in all().into_iter().zip(all()) {
+            let ra = a.aggregate(&ups).unwrap();
+            let rb = b.aggregate(&shuffled).unwrap();
+            prop_assert!(close(&ra, &rb), "{}: {ra:?} vs {rb:?}", a.name());
+        }
+    }
+
+    /// With f arbitrary clients among n > 2f + 2, median, trimmed mean (k = f) and Krum stay
+    /// within the honest clients' range, while the plain mean is dragged away.
+    #[test]
+    fn robust_strategies_are_bounded_under_f_outliers(
+        honest in prop::collection::vec(prop::collection::vec(-1.0f32..1.0, D), 7..11),
+        f in 1usize..3,
+        attack in prop::collection::vec(prop::sample::select(vec![-1e4f32, 1e4, 3e3, -7e3]), D),
+    ) {
+        let mut rows = honest.clone();
+        for _ in 0..f {
+            rows.push(attack.clone());
+        }
+        let ups = updates_from(&rows);
+        let lo: Vec<f32> = (0..D).map(|j| honest.iter().map(|r| r[j]).fold(f32::INFINITY, f32::min)).collect();
+        let hi: Vec<f32> = (0..D).map(|j| honest.iter().map(|r| r[j]).fold(f32::NEG_INFINITY, f32::max)).collect();
+        let within = |v: &[f32]| v.iter().enumerate().all(|(j, &x)| x >= lo[j] - 1e-5 && x <= hi[j] + 1e-5);
+        for mut s in [Box::new(CoordinateMedian) as Box<dyn Strategy>, Box::new(TrimmedMean::new(f)), Box::new(Krum::new(f)), Box::new(Krum::multi(f, 2))] {
+            let out = s.aggregate(&ups).unwrap();
+            prop_assert!(within(&out), "{} left the honest range: {out:?}", s.name());
+        }
+        let mean = FedAvg.aggregate(&ups).unwrap();
+        prop_assert!(!within(&mean), "the attack should move plain FedAvg: {mean:?}");
+    }
+
+    /// Clipping bounds the aggregate's norm for any convex inner strategy.
+    #[test]
+    fn clipping_bounds_the_norm(
+        rows in prop::collection::vec(prop::collection::vec(-100.0f32..100.0, D), 1..10),
+        bound in 0.1f64..10.0,
+    ) {
+        let ups = updates_from(&rows);
+        let out = Clipped::new(FedAvg, bound).aggregate(&ups).unwrap();
+        prop_assert!(dist(&out, &[0.0; D]) <= bound * (1.0 + 1e-5));
+    }
+}
+
+#[test]
+fn fedavg_weights_by_samples_and_scores_ignore_negative() {
+    let a = ClientUpdate::new(0, 1, vec![1.0, 0.0], 3).with_score(Score::from_f64(0.2));
+    let b = ClientUpdate::new(1, 1, vec![0.0, 1.0], 1).with_score(Score::from_f64(-0.5));
+    let c = ClientUpdate::new(2, 1, vec![0.0, 0.0], 4).with_score(Score::from_f64(0.2));
+    let avg = FedAvg.aggregate(&[a.clone(), b.clone()]).unwrap();
+    assert!(close(&avg, &[0.75, 0.25]));
+    let sw = ScoreWeighted::new()
+        .aggregate(&[a.clone(), b.clone(), c])
+        .unwrap();
+    assert!(close(&sw, &[0.5, 0.0]), "{sw:?}");
+    assert!(ScoreWeighted::new().aggregate(&[b]).is_err());
+}
+
+#[test]
+fn krum_needs_enough_clients_and_picks_the_cluster() {
+    let mut rows = vec![
+        vec![0.0f32, 0.0],
+        vec![0.1, 0.0],
+        vec![0.0, 0.1],
+        vec![0.1, 0.1],
+        vec![0.05, 0.05],
+    ];
+    rows.push(vec![50.0, 50.0]);
+    let ups = updates_from(&rows);
+    let out = Krum::new(1).aggregate(&ups).unwrap();
+    assert!(dist(&out, &[0.05, 0.05]) < 0.1);
+    assert!(Krum::new(2).aggregate(&ups[..5]).is_err());
+    assert!(TrimmedMean::new(3).aggregate(&ups).is_err());
+}
+
+#[test]
+fn server_optimizers_step_along_the_pseudo_gradient() {
+    let ups = updates_from(&[vec![1.0, -2.0, 0.0], vec![1.0, -2.0, 0.0]]);
+    for mut s in [FedOpt::adam(FedAvg, 0.1), FedOpt::yogi(FedAvg, 0.1)] {
+        let mut last = vec![0.0f32; 3];
+        for _ in 0..3 {
+            last = s.aggregate(&ups).unwrap();
+        }
+        assert!(
+            last[0] > 0.0 && last[1] < 0.0 && last[2] == 0.0,
+            "{}: {last:?}",
+            s.name()
+        );
+        // Adaptive: the step's size does not depend on the gradient's scale (1 vs -2).
+        assert!(
+            (last[0].abs() - last[1].abs()).abs() < 0.01 * last[0].abs(),
+            "{last:?}"
+        );
+        assert!(last[0] < 0.2, "steps stay near lr: {last:?}");
+    }
+}
+
+#[test]
+fn shape_mismatch_and_bad_config_are_errors() {
+    let a = ClientUpdate::new(0, 1, vec![1.0, 0.0], 3);
+    let b = ClientUpdate::new(1, 1, vec![0.0], 1);
+    assert!(FedAvg.aggregate(&[a.clone(), b]).is_err());
+    assert!(Clipped::new(FedAvg, -1.0).aggregate(&[a]).is_err());
+    assert!(FedAvg.aggregate(&[]).is_err());
+}
