@@ -7,11 +7,13 @@
 mod amount;
 mod hash;
 mod identity;
+pub mod rng;
 
 pub use alloy_primitives::{Address, B256, Bytes, U256, keccak256};
 pub use amount::{Score, TOKEN, tokens};
 pub use hash::{Hash32, sha256, sha256_parts};
 pub use identity::{Identity, PublicKey, address_of, key_hash};
+pub use rng::Rng;
 
 /// Errors of the core types.
 #[derive(Debug, thiserror::Error)]

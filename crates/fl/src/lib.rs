@@ -19,9 +19,12 @@
 //! assert_eq!(delta.len(), 4);
 //! ```
 
+pub mod attack;
+pub mod partition;
 pub mod strategy;
 pub mod update;
 
+pub use attack::UpdateAttack;
 pub use update::{ClientUpdate, validate};
 
 /// Errors of the federated runtime. Protocol rejections are values, never panics.
