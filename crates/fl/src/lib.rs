@@ -20,11 +20,15 @@
 //! ```
 
 pub mod attack;
+pub mod coordinator;
+pub mod learner;
 pub mod partition;
+pub mod runtime;
 pub mod strategy;
 pub mod update;
 
 pub use attack::UpdateAttack;
+pub use coordinator::{Command, Coordinator, CoordinatorConfig, Event, Phase};
 pub use update::{ClientUpdate, validate};
 
 /// Errors of the federated runtime. Protocol rejections are values, never panics.

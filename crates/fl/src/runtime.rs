@@ -1,0 +1,698 @@
+//! The in-process runtime: the [`Coordinator`] state machine, clients and validators of a
+//! [`Learner`], and the protocol contract on any [`LedgerBackend`].
+//!
+//! Per round, the coordinator opens the round on the ledger with the global model's hash; the
+//! sampled clients train, store their delta as a content-addressed safetensors blob and submit
+//! its hash, dataset commitment and sample count; validators score every update by the loss
+//! reduction it brings on their own holdout, commit to the scores and reveal them; the
+//! contract takes the stake-weighted median and accepts or rejects; the coordinator aggregates
+//! the accepted updates with the configured strategy and finalizes with the new model's hash;
+//! settlement pays and slashes. Time on the ledger is the run's virtual clock, so a run
+//! replays bit for bit from its seed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use alloy_primitives::{Address, B256, U256};
+use cohort_core::{Hash32, Identity, Rng, Score, sha256, tokens};
+use cohort_ledger::demo::fmt_tokens;
+use cohort_ledger::protocol::{
+    Cohort::CohortEvents, Protocol, ProtocolError, accepted_set_hash, roles,
+};
+use cohort_ledger::{LedgerBackend, LedgerError};
+use serde::{Deserialize, Serialize};
+
+use crate::coordinator::{Command, Coordinator, CoordinatorConfig, Event};
+use crate::learner::{Learner, Metrics};
+use crate::strategy::{
+    Clipped, CoordinateMedian, FedAvg, FedOpt, Krum, ScoreWeighted, Strategy, TrimmedMean,
+};
+use crate::{ClientUpdate, FlError, UpdateAttack};
+
+/// Why a run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A protocol call failed unexpectedly.
+    #[error("ledger: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// The ledger itself failed.
+    #[error("ledger: {0}")]
+    Ledger(#[from] LedgerError),
+    /// Aggregation or configuration failed.
+    #[error(transparent)]
+    Fl(#[from] FlError),
+    /// A blob could not be written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Which aggregation strategy, as configured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum StrategyConfig {
+    /// Sample-weighted mean.
+    FedAvg,
+    /// Weighted by the on-chain consensus scores.
+    ScoreWeighted,
+    /// Coordinate-wise median.
+    Median,
+    /// Coordinate-wise trimmed mean.
+    TrimmedMean {
+        /// Values trimmed at each end.
+        k: usize,
+    },
+    /// Krum (m = 1) or Multi-Krum.
+    Krum {
+        /// Byzantine clients tolerated.
+        f: usize,
+        /// Updates averaged.
+        #[serde(default = "one")]
+        m: usize,
+    },
+}
+
+fn one() -> usize {
+    1
+}
+
+/// The strategy with its optional wrappers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregationConfig {
+    /// The base strategy.
+    pub strategy: StrategyConfig,
+    /// Clip every update to this norm first.
+    #[serde(default)]
+    pub clip_norm: Option<f64>,
+    /// Server learning rate of FedAdam on top (none: apply the aggregate as is).
+    #[serde(default)]
+    pub fedadam_lr: Option<f64>,
+    /// Aggregate every valid update, ignoring the validators' verdict: the undefended
+    /// baseline that shows what an attack does.
+    #[serde(default)]
+    pub ignore_verdicts: bool,
+}
+
+impl Default for AggregationConfig {
+    fn default() -> Self {
+        Self {
+            strategy: StrategyConfig::ScoreWeighted,
+            clip_norm: None,
+            fedadam_lr: None,
+            ignore_verdicts: false,
+        }
+    }
+}
+
+impl AggregationConfig {
+    /// Builds the strategy.
+    pub fn build(&self) -> Box<dyn Strategy> {
+        let base: Box<dyn Strategy> = match self.strategy {
+            StrategyConfig::FedAvg => Box::new(FedAvg),
+            StrategyConfig::ScoreWeighted => Box::new(ScoreWeighted::by_samples()),
+            StrategyConfig::Median => Box::new(CoordinateMedian),
+            StrategyConfig::TrimmedMean { k } => Box::new(TrimmedMean::new(k)),
+            StrategyConfig::Krum { f, m } => Box::new(Krum::multi(f, m)),
+        };
+        let clipped: Box<dyn Strategy> = match self.clip_norm {
+            Some(c) => Box::new(Clipped::new(base, c)),
+            None => base,
+        };
+        match self.fedadam_lr {
+            Some(lr) => Box::new(FedOpt::adam(clipped, lr)),
+            None => clipped,
+        }
+    }
+}
+
+/// Who attacks, and how.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttackConfig {
+    /// Fraction of clients that attack (the highest-numbered ones).
+    pub fraction: f64,
+    /// What they do to their updates.
+    pub attack: UpdateAttack,
+    /// Validators that collude with the attackers: they score attackers' updates +1 and
+    /// everyone else's -1.
+    #[serde(default)]
+    pub colluding_validators: usize,
+}
+
+/// Stakes and rewards, in whole tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IncentiveConfig {
+    /// Tokens minted to every participant at the start.
+    pub initial_balance: u64,
+    /// Stake of each client.
+    pub client_stake: u64,
+    /// Stake of each validator.
+    pub validator_stake: u64,
+    /// Reward pool of each round, paid by the coordinator.
+    pub reward_per_round: u64,
+    /// Lowest consensus score accepted. Scores are relative loss reductions on the
+    /// validators' holdouts (0.1 = the update cuts the loss by 10%); a small negative
+    /// threshold keeps honest clients with unusual data from being slashed near convergence,
+    /// where their updates move the model slightly away from the validators' data.
+    pub accept_threshold: f64,
+}
+
+impl Default for IncentiveConfig {
+    fn default() -> Self {
+        Self {
+            initial_balance: 10_000,
+            client_stake: 500,
+            validator_stake: 2_000,
+            reward_per_round: 100,
+            accept_threshold: -0.05,
+        }
+    }
+}
+
+/// A whole run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Everything random derives from it.
+    pub seed: u64,
+    /// Number of clients.
+    pub clients: usize,
+    /// Number of validators.
+    pub validators: usize,
+    /// Rounds and cohort sizes.
+    #[serde(default)]
+    pub coordinator: CoordinatorConfig,
+    /// Aggregation.
+    #[serde(default)]
+    pub aggregation: AggregationConfig,
+    /// Attackers, if any.
+    #[serde(default)]
+    pub attack: Option<AttackConfig>,
+    /// Stakes and rewards.
+    #[serde(default)]
+    pub incentives: IncentiveConfig,
+}
+
+impl RunConfig {
+    /// Checks the values a run cannot work with.
+    pub fn validate(&self) -> Result<(), FlError> {
+        let bad = |what, reason: String| Err(FlError::InvalidConfig { what, reason });
+        if self.clients == 0 || self.clients > 100_000 {
+            return bad(
+                "clients",
+                format!("{} is not between 1 and 100000", self.clients),
+            );
+        }
+        if self.validators == 0 || self.validators > 32 {
+            return bad(
+                "validators",
+                format!("{} is not between 1 and 32", self.validators),
+            );
+        }
+        if let Some(a) = &self.attack {
+            if !(0.0..=1.0).contains(&a.fraction) {
+                return bad(
+                    "attack.fraction",
+                    format!("{} is not in [0, 1]", a.fraction),
+                );
+            }
+            if a.colluding_validators > self.validators {
+                return bad(
+                    "attack.colluding_validators",
+                    "more than there are validators".into(),
+                );
+            }
+        }
+        if self.incentives.client_stake > self.incentives.initial_balance
+            || self.incentives.validator_stake > self.incentives.initial_balance
+        {
+            return bad("incentives", "stakes exceed the initial balance".into());
+        }
+        Ok(())
+    }
+
+    /// Whether client `k` attacks.
+    pub fn is_attacker(&self, k: u32) -> bool {
+        self.attack.as_ref().is_some_and(|a| {
+            let n = (a.fraction * self.clients as f64).round() as usize;
+            (k as usize) >= self.clients - n.min(self.clients)
+        })
+    }
+}
+
+/// One round's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundSummary {
+    /// Round number.
+    pub round: u64,
+    /// Test metrics of the new global model.
+    pub test: Metrics,
+    /// Clients whose updates were accepted.
+    pub accepted: Vec<u32>,
+    /// Clients whose updates were rejected (by the validators or by validation).
+    pub rejected: Vec<u32>,
+    /// Consensus score per submitting client.
+    pub consensus: BTreeMap<u32, f64>,
+    /// Tokens rewarded per participant name this round.
+    pub rewards: BTreeMap<String, String>,
+    /// Tokens slashed per participant name this round.
+    pub slashes: BTreeMap<String, String>,
+    /// Bytes of update blobs moved (clients to coordinator).
+    pub bytes: u64,
+    /// Wall seconds per part of the round (not part of the replay contract).
+    pub seconds: PhaseSeconds,
+}
+
+/// Where a round's wall time went.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PhaseSeconds {
+    /// Local training.
+    pub train: f64,
+    /// Validators' scoring.
+    pub score: f64,
+    /// Aggregation.
+    pub aggregate: f64,
+    /// Ledger transactions, hashing and blobs (the coordination overhead).
+    pub ledger: f64,
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    /// Test metrics of the initial model.
+    pub initial: Metrics,
+    /// Per round.
+    pub rounds: Vec<RoundSummary>,
+    /// Final balance + stake of every participant, in tokens, by name.
+    pub final_holdings: BTreeMap<String, String>,
+    /// The ledger's root after the run.
+    pub ledger_root: Hash32,
+    /// Entries on the ledger.
+    pub ledger_entries: u64,
+}
+
+struct Party {
+    id: Identity,
+    addr: Address,
+}
+
+/// Content-addressed safetensors blob of a flat f32 vector named `delta`.
+pub fn encode_blob(values: &[f32]) -> Vec<u8> {
+    let header = format!(
+        r#"{{"delta":{{"dtype":"F32","shape":[{}],"data_offsets":[0,{}]}}}}"#,
+        values.len(),
+        4 * values.len()
+    );
+    let mut h = header.into_bytes();
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + h.len() + 4 * values.len());
+    out.extend_from_slice(&(h.len() as u64).to_le_bytes());
+    out.extend_from_slice(&h);
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+fn b256(h: Hash32) -> B256 {
+    h.into()
+}
+
+/// Runs the federated experiment `cfg` on `backend` with `learner`. Update blobs go to
+/// `blobs` when given. Progress is reported through `on_round`.
+pub fn run<B: LedgerBackend, L: Learner>(
+    cfg: &RunConfig,
+    backend: B,
+    learner: &L,
+    blobs: Option<&Path>,
+    mut on_round: impl FnMut(&RoundSummary),
+) -> Result<(Protocol<B>, RunSummary), RunError> {
+    cfg.validate()?;
+    let seed = cfg.seed;
+    let mut now = backend.head()?.time;
+    let gov = Identity::from_seed(seed, "governance");
+    let coord = Identity::from_seed(seed, "coordinator");
+    let mut p = Protocol::deploy(backend, &gov)?;
+    let party = |p: &Protocol<B>, name: String| {
+        let id = Identity::from_seed(seed, &name);
+        let addr = p.backend().address_of(&id);
+        Party { id, addr }
+    };
+    let clients: Vec<Party> = (0..cfg.clients)
+        .map(|k| party(&p, format!("client-{k}")))
+        .collect();
+    let validators: Vec<Party> = (0..cfg.validators)
+        .map(|v| party(&p, format!("validator-{v}")))
+        .collect();
+    let inc = &cfg.incentives;
+    // Set-up: mint, register, stake, commit datasets.
+    let coord_addr = p.backend().address_of(&coord);
+    p.mint(
+        &gov,
+        coord_addr,
+        tokens(inc.initial_balance)
+            + tokens(inc.reward_per_round) * U256::from(cfg.coordinator.rounds),
+    )?;
+    p.approve_coordinator(&gov, coord_addr)?;
+    let mut params = p.params()?;
+    params.acceptThreshold = Score::from_f64(inc.accept_threshold).0;
+    p.set_params(&gov, params)?;
+    p.register(&coord, roles::COORDINATOR)?;
+    let mut datasets = Vec::with_capacity(clients.len());
+    for (k, c) in clients.iter().enumerate() {
+        p.mint(&gov, c.addr, tokens(inc.initial_balance))?;
+        p.register(&c.id, roles::CLIENT | roles::DATA_OWNER)?;
+        p.stake(&c.id, tokens(inc.client_stake))?;
+        let (root, size) = learner.dataset_commitment(k as u32);
+        let manifest = sha256(format!("client-{k}: {size} samples").as_bytes());
+        datasets.push(
+            p.commit_dataset(&c.id, b256(root), b256(manifest), size)?
+                .value,
+        );
+    }
+    for v in &validators {
+        p.mint(&gov, v.addr, tokens(inc.initial_balance))?;
+        p.register(&v.id, roles::VALIDATOR)?;
+        p.stake(&v.id, tokens(inc.validator_stake))?;
+    }
+    let names: BTreeMap<Address, String> = clients
+        .iter()
+        .chain(&validators)
+        .map(|x| (x.addr, x.id.name().to_owned()))
+        .chain([(coord_addr, "coordinator".to_owned())])
+        .collect();
+
+    let mut coordinator = Coordinator::new(
+        cfg.coordinator.clone(),
+        (0..cfg.clients as u32).collect(),
+        (0..cfg.validators as u32).collect(),
+        learner.dim(),
+    )?;
+    let mut strategy = cfg.aggregation.build();
+    let mut global = learner.init();
+    let initial = learner.evaluate(&global);
+    let colluders = cfg.attack.as_ref().map_or(0, |a| a.colluding_validators);
+    let mut rounds = Vec::new();
+
+    // Per-round state the runtime keeps between commands.
+    let mut chain_round = 0u64;
+    let mut onchain: Vec<(u32, Option<ClientUpdate>)> = Vec::new();
+    let mut scores: Vec<Vec<Score>> = Vec::new();
+    let mut summary: Option<RoundSummary> = None;
+
+    while let Some(cmd) = coordinator.tick(now, seed) {
+        now += 60;
+        p.backend_mut().set_time(now)?;
+        match cmd {
+            Command::OpenRound { round, cohort } => {
+                let t = Instant::now();
+                let global_hash = sha256(&encode_blob(&global));
+                chain_round = p
+                    .open_round(
+                        &coord,
+                        b256(global_hash),
+                        tokens(inc.reward_per_round),
+                        false,
+                    )?
+                    .value;
+                let mut s = RoundSummary {
+                    round,
+                    test: initial,
+                    accepted: Vec::new(),
+                    rejected: Vec::new(),
+                    consensus: BTreeMap::new(),
+                    rewards: BTreeMap::new(),
+                    slashes: BTreeMap::new(),
+                    bytes: 0,
+                    seconds: PhaseSeconds::default(),
+                };
+                s.seconds.ledger += t.elapsed().as_secs_f64();
+                onchain.clear();
+                for k in cohort {
+                    let t = Instant::now();
+                    let mut rng = Rng::derive(seed, &format!("train/{round}/{k}"));
+                    let delta = learner.train(k, &global, &mut rng);
+                    let mut u = ClientUpdate::new(k, round, delta, learner.num_samples(k));
+                    if let (true, Some(a)) = (cfg.is_attacker(k), &cfg.attack) {
+                        u = a.attack.apply(&u, seed);
+                    }
+                    s.seconds.train += t.elapsed().as_secs_f64();
+                    let t = Instant::now();
+                    let blob = encode_blob(&u.delta);
+                    let hash = sha256(&blob);
+                    if let Some(dir) = blobs {
+                        let path = dir.join(format!("{hash}.safetensors"));
+                        std::fs::write(&path, &blob)
+                            .map_err(|source| RunError::Io { path, source })?;
+                    }
+                    s.bytes += blob.len() as u64;
+                    let c = &clients[k as usize];
+                    match p.submit_update(
+                        &c.id,
+                        chain_round,
+                        b256(hash),
+                        datasets[k as usize],
+                        u.num_samples,
+                    ) {
+                        Ok(_) => {
+                            onchain.push((k, Some(u.clone())));
+                            // Refusals by the coordinator are recorded through validation.
+                            let _ = coordinator.handle(Event::Update(u));
+                        }
+                        // A client the protocol refuses (e.g. slashed below the minimum stake)
+                        // sits the round out.
+                        Err(ProtocolError::Reverted { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    s.seconds.ledger += t.elapsed().as_secs_f64();
+                }
+                summary = Some(s);
+            }
+            Command::Score {
+                updates, rejected, ..
+            } => {
+                let s = summary.as_mut().ok_or(FlError::InvalidConfig {
+                    what: "round",
+                    reason: "no open round".into(),
+                })?;
+                let t = Instant::now();
+                p.close_submissions(&coord, chain_round)?;
+                s.seconds.ledger += t.elapsed().as_secs_f64();
+                let valid: BTreeMap<u32, &ClientUpdate> =
+                    updates.iter().map(|u| (u.client, u)).collect();
+                for (k, _) in &rejected {
+                    s.rejected.push(*k);
+                }
+                // Invalid updates (bad shape, NaN, wrong round) get the worst score.
+                for (_, u) in onchain.iter_mut() {
+                    if u.as_ref().is_some_and(|x| !valid.contains_key(&x.client)) {
+                        *u = None;
+                    }
+                }
+                let t = Instant::now();
+                scores = (0..cfg.validators)
+                    .map(|v| {
+                        let base = learner.holdout_loss(v as u32, &global);
+                        onchain
+                            .iter()
+                            .map(|(k, u)| {
+                                if v < colluders {
+                                    return Score::from_f64(if cfg.is_attacker(*k) {
+                                        1.0
+                                    } else {
+                                        -1.0
+                                    });
+                                }
+                                match u {
+                                    None => Score::from_f64(-1.0),
+                                    Some(u) => {
+                                        let cand: Vec<f32> = global
+                                            .iter()
+                                            .zip(&u.delta)
+                                            .map(|(a, b)| a + b)
+                                            .collect();
+                                        let l = learner.holdout_loss(v as u32, &cand);
+                                        if l.is_finite() {
+                                            Score::from_f64(base - l)
+                                        } else {
+                                            Score::from_f64(-1.0)
+                                        }
+                                    }
+                                }
+                            })
+                            .collect()
+                    })
+                    .collect();
+                s.seconds.score += t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                for (v, sc) in validators.iter().zip(&scores) {
+                    let salt = b256(sha256(
+                        format!("{}/{chain_round}/{seed}", v.id.name()).as_bytes(),
+                    ));
+                    p.commit_scores(&v.id, chain_round, sc, salt)?;
+                }
+                s.seconds.ledger += t.elapsed().as_secs_f64();
+                for v in 0..cfg.validators as u32 {
+                    coordinator.handle(Event::Committed { validator: v })?;
+                }
+            }
+            Command::Reveal { .. } => {
+                let s = summary.as_mut().ok_or(FlError::InvalidConfig {
+                    what: "round",
+                    reason: "no open round".into(),
+                })?;
+                let t = Instant::now();
+                p.close_commits(&coord, chain_round)?;
+                for (v, sc) in validators.iter().zip(&scores) {
+                    let salt = b256(sha256(
+                        format!("{}/{chain_round}/{seed}", v.id.name()).as_bytes(),
+                    ));
+                    p.reveal_scores(&v.id, chain_round, sc, salt)?;
+                }
+                s.seconds.ledger += t.elapsed().as_secs_f64();
+                for v in 0..cfg.validators as u32 {
+                    coordinator.handle(Event::Revealed { validator: v })?;
+                }
+            }
+            Command::Aggregate { .. } => {
+                let s = summary.as_mut().ok_or(FlError::InvalidConfig {
+                    what: "round",
+                    reason: "no open round".into(),
+                })?;
+                let t = Instant::now();
+                let tally = p.tally_all(&coord, chain_round, 64)?;
+                s.seconds.ledger += t.elapsed().as_secs_f64();
+                let mut accepted_idx = Vec::new();
+                let mut accepted = Vec::new();
+                for e in &tally.events {
+                    let (index, score, ok) = match e {
+                        CohortEvents::UpdateAccepted(a) => (a.index, a.consensusScore, true),
+                        CohortEvents::UpdateRejected(r) => (r.index, r.consensusScore, false),
+                        _ => continue,
+                    };
+                    let Some((k, u)) = onchain.get(index as usize) else {
+                        continue;
+                    };
+                    s.consensus.insert(*k, Score(score).to_f64());
+                    if let (false, true, Some(u)) = (ok, cfg.aggregation.ignore_verdicts, u) {
+                        accepted.push(u.clone().with_score(Score(score)));
+                    }
+                    match (ok, u) {
+                        (true, Some(u)) => {
+                            accepted_idx.push(index);
+                            s.accepted.push(*k);
+                            accepted.push(u.clone().with_score(Score(score)));
+                        }
+                        _ => {
+                            if !s.rejected.contains(k) {
+                                s.rejected.push(*k);
+                            }
+                        }
+                    }
+                }
+                accepted_idx.sort_unstable();
+                let t = Instant::now();
+                if !accepted.is_empty() {
+                    match strategy.aggregate(&accepted) {
+                        Ok(delta) => {
+                            for (g, d) in global.iter_mut().zip(&delta) {
+                                *g += d;
+                            }
+                        }
+                        // Too few accepted updates for a robust strategy: keep the model.
+                        Err(FlError::NotEnoughUpdates { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                s.seconds.aggregate += t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                let new_hash = sha256(&encode_blob(&global));
+                if let Some(dir) = blobs {
+                    let path = dir.join(format!("{new_hash}.safetensors"));
+                    std::fs::write(&path, encode_blob(&global))
+                        .map_err(|source| RunError::Io { path, source })?;
+                }
+                p.finalize(
+                    &coord,
+                    chain_round,
+                    b256(new_hash),
+                    accepted_set_hash(&accepted_idx),
+                )?;
+                s.seconds.ledger += t.elapsed().as_secs_f64();
+            }
+            Command::Settle { .. } => {
+                let mut s = summary.take().ok_or(FlError::InvalidConfig {
+                    what: "round",
+                    reason: "no open round".into(),
+                })?;
+                let t = Instant::now();
+                let settled = p.settle_all(&coord, chain_round, 64)?;
+                s.seconds.ledger += t.elapsed().as_secs_f64();
+                let mut rewards: BTreeMap<String, U256> = BTreeMap::new();
+                let mut slashes: BTreeMap<String, U256> = BTreeMap::new();
+                for e in &settled.events {
+                    match e {
+                        CohortEvents::Rewarded(r) => {
+                            *rewards.entry(name_of(&names, r.who)).or_default() += r.amount;
+                        }
+                        CohortEvents::Slashed(x) => {
+                            *slashes.entry(name_of(&names, x.who)).or_default() += x.amount;
+                        }
+                        _ => {}
+                    }
+                }
+                s.rewards = rewards
+                    .into_iter()
+                    .map(|(k, v)| (k, fmt_tokens(v)))
+                    .collect();
+                s.slashes = slashes
+                    .into_iter()
+                    .map(|(k, v)| (k, fmt_tokens(v)))
+                    .collect();
+                s.test = learner.evaluate(&global);
+                on_round(&s);
+                rounds.push(s);
+            }
+            Command::Finished => break,
+        }
+    }
+    let mut final_holdings = BTreeMap::new();
+    for x in clients.iter().chain(&validators) {
+        let (active, unbonding, _) = p.stake_of(x.addr)?;
+        let bal = p.balance_of(x.addr)?;
+        final_holdings.insert(x.id.name().to_owned(), fmt_tokens(bal + active + unbonding));
+    }
+    let head = p.backend().head()?;
+    Ok((
+        p,
+        RunSummary {
+            initial,
+            rounds,
+            final_holdings,
+            ledger_root: head.root,
+            ledger_entries: head.size,
+        },
+    ))
+}
+
+/// The score of an update: the relative loss reduction `(before - after) / before`, clamped to
+/// [-1, 1]; a non-finite loss scores -1.
+pub fn relative_gain(before: f64, after: f64) -> Score {
+    if !(before.is_finite() && after.is_finite()) || before <= 0.0 {
+        return Score::from_f64(-1.0);
+    }
+    Score::from_f64(((before - after) / before).clamp(-1.0, 1.0))
+}
+
+fn name_of(names: &BTreeMap<Address, String>, a: Address) -> String {
+    names.get(&a).cloned().unwrap_or_else(|| a.to_string())
+}
