@@ -39,6 +39,20 @@ pub trait Learner {
     fn evaluate(&self, params: &[f32]) -> Metrics;
 }
 
+/// Which learning task a run trains.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum TaskConfig {
+    /// Least squares on non-IID synthetic data ([`LinearTask`]).
+    Linear(LinearTaskConfig),
+}
+
+impl Default for TaskConfig {
+    fn default() -> Self {
+        Self::Linear(LinearTaskConfig::default())
+    }
+}
+
 /// Settings of [`LinearTask`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -186,6 +186,9 @@ pub struct RunConfig {
     pub clients: usize,
     /// Number of validators.
     pub validators: usize,
+    /// What is learned.
+    #[serde(default)]
+    pub task: crate::learner::TaskConfig,
     /// Rounds and cohort sizes.
     #[serde(default)]
     pub coordinator: CoordinatorConfig,

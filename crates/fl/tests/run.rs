@@ -17,6 +17,7 @@ fn config(attack: Option<AttackConfig>, strategy: StrategyConfig) -> RunConfig {
         seed: 11,
         clients: 10,
         validators: 3,
+        task: Default::default(),
         coordinator: CoordinatorConfig {
             rounds: 4,
             clients_per_round: 10,

@@ -2,6 +2,7 @@
 
 mod bench;
 mod ledger;
+mod run;
 
 use std::process::ExitCode;
 
@@ -21,6 +22,8 @@ enum Command {
     /// Create, inspect, verify and prove the ledger.
     #[command(subcommand)]
     Ledger(ledger::LedgerCmd),
+    /// Run a federated experiment from a TOML config on the embedded ledger.
+    Run(run::Args),
     /// Benchmarks that print a table and write JSON.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -30,6 +33,7 @@ impl Cli {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         match self.command {
             Command::Ledger(c) => c.execute(),
+            Command::Run(a) => a.execute(),
             Command::Bench(c) => c.execute(),
         }
     }

@@ -1,0 +1,157 @@
+//! `cohort run CONFIG.toml --out DIR`: a whole federated experiment on the embedded ledger.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use cohort_core::Identity;
+use cohort_fl::learner::{LinearTask, TaskConfig};
+use cohort_fl::runtime::{RunConfig, RunSummary, run};
+use cohort_ledger::{EmbeddedLedger, LedgerConfig};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::output::{Table, print_json, write_json};
+
+/// Run a federated experiment: identities and stakes, dataset commitments, R rounds of local
+/// training, validator scoring with commit-reveal, robust aggregation, rewards and slashes,
+/// all recorded on an embedded ledger in DIR/ledger. Writes DIR/summary.json and update blobs
+/// in DIR/blobs.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The run's configuration (TOML; see examples/).
+    config: PathBuf,
+    /// Output directory (must not hold a previous run).
+    #[arg(long)]
+    out: PathBuf,
+    /// Override the config's seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Print the summary as JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Reads and validates a run configuration.
+pub fn load_config(path: &Path) -> anyhow::Result<RunConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let cfg: RunConfig = toml::from_str(&text)
+        .with_context(|| format!("{} is not a valid run config", path.display()))?;
+    cfg.validate()
+        .with_context(|| format!("{}", path.display()))?;
+    Ok(cfg)
+}
+
+impl Args {
+    pub fn execute(self) -> anyhow::Result<ExitCode> {
+        let mut cfg = load_config(&self.config)?;
+        if let Some(s) = self.seed {
+            cfg.seed = s;
+        }
+        if self.out.join("ledger").exists() {
+            bail!(
+                "{} already holds a run; choose another --out",
+                self.out.display()
+            );
+        }
+        let blobs = self.out.join("blobs");
+        std::fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
+        std::fs::copy(&self.config, self.out.join("config.toml"))
+            .with_context(|| format!("copying the config into {}", self.out.display()))?;
+        let operator = Identity::from_seed(cfg.seed, "ledger-operator");
+        let ledger = EmbeddedLedger::create(
+            self.out.join("ledger"),
+            LedgerConfig::new("cohort.local/run", operator).with_start_time(1_767_225_600),
+        )?;
+        let bar = ProgressBar::new(cfg.coordinator.rounds).with_style(
+            ProgressStyle::with_template("round {pos}/{len} {bar:30} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        if self.json {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        let started = std::time::Instant::now();
+        let TaskConfig::Linear(task_cfg) = &cfg.task;
+        let task = LinearTask::new(task_cfg.clone(), cfg.clients, cfg.validators, cfg.seed);
+        let (p, summary) = run(&cfg, ledger, &task, Some(&blobs), |r| {
+            bar.set_message(format!(
+                "test loss {:.4}, accepted {}, rejected {}",
+                r.test.loss,
+                r.accepted.len(),
+                r.rejected.len()
+            ));
+            bar.inc(1);
+        })
+        .context("the run failed")?;
+        bar.finish_and_clear();
+        let ledger = p.into_backend();
+        let verified = ledger.verify().context("verifying the run's ledger")?;
+        let wall = started.elapsed().as_secs_f64();
+        write_json(
+            &self.out.join("summary.json"),
+            &serde_json::json!({ "config": cfg, "summary": summary, "verify": verified, "wall_seconds": wall }),
+        )?;
+        if self.json {
+            print_json(
+                &serde_json::json!({ "summary": summary, "verify": verified, "wall_seconds": wall }),
+            )?;
+        } else {
+            print_human(&summary, &cfg);
+            println!(
+                "\nledger {}: {} entries verified, root {}",
+                self.out.join("ledger").display(),
+                verified.entries,
+                verified.root
+            );
+            println!(
+                "summary {} ({wall:.1} s)",
+                self.out.join("summary.json").display()
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+fn print_human(s: &RunSummary, cfg: &RunConfig) {
+    println!("initial test loss {:.4}", s.initial.loss);
+    let mut t = Table::new(&[
+        "round",
+        "test loss",
+        "accepted",
+        "rejected",
+        "slashed",
+        "ledger s",
+        "train s",
+    ]);
+    for r in &s.rounds {
+        t.row(vec![
+            r.round.to_string(),
+            format!("{:.4}", r.test.loss),
+            r.accepted.len().to_string(),
+            format!("{:?}", r.rejected),
+            r.slashes.keys().cloned().collect::<Vec<_>>().join(","),
+            format!("{:.2}", r.seconds.ledger),
+            format!("{:.2}", r.seconds.train),
+        ]);
+    }
+    t.print();
+    println!();
+    let mut t = Table::new(&["participant", "role", "holdings (balance + stake)"]);
+    let mut rows: Vec<(&String, &String)> = s.final_holdings.iter().collect();
+    rows.sort_by_key(|(n, _)| {
+        let (kind, num) = n.rsplit_once('-').unwrap_or((n.as_str(), ""));
+        (kind.to_owned(), num.parse::<u64>().unwrap_or(0))
+    });
+    for (name, h) in rows {
+        let role = match name
+            .strip_prefix("client-")
+            .and_then(|k| k.parse::<u32>().ok())
+        {
+            Some(k) if cfg.is_attacker(k) => "client (attacker)",
+            Some(_) => "client",
+            None => "validator",
+        };
+        t.row(vec![name.clone(), role.into(), h.clone()]);
+    }
+    t.print();
+}

@@ -1,0 +1,72 @@
+//! `cohort run` as a user runs it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+fn cohort(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .args(args)
+        .output()
+        .expect("cohort runs")
+}
+
+fn example(name: &str) -> String {
+    format!("{}/../../examples/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn an_example_run_writes_a_summary_and_a_verifiable_ledger() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let o = cohort(&[
+        "run",
+        &example("attack-linear.toml"),
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let rounds = s["summary"]["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 6);
+    let first = rounds[0]["test"]["loss"].as_f64().unwrap();
+    let last = rounds[5]["test"]["loss"].as_f64().unwrap();
+    assert!(last < first / 10.0, "{first} -> {last}");
+    let v = cohort(&["ledger", "verify", out.join("ledger").to_str().unwrap()]);
+    assert!(v.status.success());
+    // Running again into the same place is refused.
+    let o = cohort(&[
+        "run",
+        &example("attack-linear.toml"),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already holds a run"));
+}
+
+#[test]
+fn bad_configs_name_the_problem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("bad.toml");
+    std::fs::write(&cfg, "seed = 1\nclients = 4\nvalidators = 2\nrounds = 3\n").unwrap();
+    let o = cohort(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        tmp.path().join("o").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success());
+    assert!(err.contains("rounds"), "{err}");
+    std::fs::write(&cfg, "seed = 1\nclients = 4\nvalidators = 0\n").unwrap();
+    let o = cohort(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        tmp.path().join("o").to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("validators"));
+}
