@@ -2,6 +2,7 @@
 
 mod cmd;
 mod output;
+mod report;
 
 use clap::Parser;
 

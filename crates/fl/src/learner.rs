@@ -12,7 +12,7 @@ use cohort_ledger::merkle::{MerkleTree, leaf_hash};
 use serde::{Deserialize, Serialize};
 
 /// Quality of a model on some data.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
     /// Mean loss.
     pub loss: f64,

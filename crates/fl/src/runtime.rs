@@ -251,7 +251,7 @@ impl RunConfig {
 }
 
 /// One round's outcome.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RoundSummary {
     /// Round number.
     pub round: u64,
@@ -269,12 +269,19 @@ pub struct RoundSummary {
     pub slashes: BTreeMap<String, String>,
     /// Bytes of update blobs moved (clients to coordinator).
     pub bytes: u64,
+    /// Clients in the order their updates were recorded on the ledger.
+    pub submitted: Vec<u32>,
+    /// The score matrix: `scores[v][i]` is validator `v`'s score of the `i`-th submitted
+    /// update.
+    pub scores: Vec<Vec<f64>>,
+    /// Balance + stake of every participant after the round, whole tokens.
+    pub holdings: BTreeMap<String, f64>,
     /// Wall seconds per part of the round (not part of the replay contract).
     pub seconds: PhaseSeconds,
 }
 
 /// Where a round's wall time went.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PhaseSeconds {
     /// Local training.
     pub train: f64,
@@ -287,7 +294,7 @@ pub struct PhaseSeconds {
 }
 
 /// The outcome of a run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunSummary {
     /// Test metrics of the initial model.
     pub initial: Metrics,
@@ -436,6 +443,9 @@ pub fn run<B: LedgerBackend, L: Learner>(
                     rewards: BTreeMap::new(),
                     slashes: BTreeMap::new(),
                     bytes: 0,
+                    submitted: Vec::new(),
+                    scores: Vec::new(),
+                    holdings: BTreeMap::new(),
                     seconds: PhaseSeconds::default(),
                 };
                 s.seconds.ledger += t.elapsed().as_secs_f64();
@@ -536,6 +546,11 @@ pub fn run<B: LedgerBackend, L: Learner>(
                     })
                     .collect();
                 s.seconds.score += t.elapsed().as_secs_f64();
+                s.submitted = onchain.iter().map(|(k, _)| *k).collect();
+                s.scores = scores
+                    .iter()
+                    .map(|row| row.iter().map(|x| x.to_f64()).collect())
+                    .collect();
                 let t = Instant::now();
                 for (v, sc) in validators.iter().zip(&scores) {
                     let salt = b256(sha256(
@@ -662,6 +677,12 @@ pub fn run<B: LedgerBackend, L: Learner>(
                     .map(|(k, v)| (k, fmt_tokens(v)))
                     .collect();
                 s.test = learner.evaluate(&global);
+                let t = Instant::now();
+                for x in clients.iter().chain(&validators) {
+                    s.holdings
+                        .insert(x.id.name().to_owned(), holdings(&mut p, x.addr)?);
+                }
+                s.seconds.ledger += t.elapsed().as_secs_f64();
                 on_round(&s);
                 rounds.push(s);
             }
@@ -694,6 +715,12 @@ pub fn relative_gain(before: f64, after: f64) -> Score {
         return Score::from_f64(-1.0);
     }
     Score::from_f64(((before - after) / before).clamp(-1.0, 1.0))
+}
+
+fn holdings<B: LedgerBackend>(p: &mut Protocol<B>, a: Address) -> Result<f64, ProtocolError> {
+    let (active, unbonding, _) = p.stake_of(a)?;
+    let total = p.balance_of(a)? + active + unbonding;
+    Ok(fmt_tokens(total).parse().unwrap_or(f64::NAN))
 }
 
 fn name_of(names: &BTreeMap<Address, String>, a: Address) -> String {

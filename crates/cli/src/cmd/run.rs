@@ -29,6 +29,10 @@ pub struct Args {
     /// Print the summary as JSON instead of tables.
     #[arg(long)]
     json: bool,
+    /// A reference run's summary.json (a clean run, say) to draw beside this one in the
+    /// report.
+    #[arg(long, value_name = "SUMMARY")]
+    reference: Option<PathBuf>,
 }
 
 /// Reads and validates a run configuration.
@@ -91,6 +95,26 @@ impl Args {
             &self.out.join("summary.json"),
             &serde_json::json!({ "config": cfg, "summary": summary, "verify": verified, "wall_seconds": wall }),
         )?;
+        let reference = match &self.reference {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let v: serde_json::Value = serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not JSON", path.display()))?;
+                let s: RunSummary =
+                    serde_json::from_value(v["summary"].clone()).with_context(|| {
+                        format!("{} is not a cohort run summary.json", path.display())
+                    })?;
+                Some(s)
+            }
+            None => None,
+        };
+        let report = self.out.join("report.html");
+        std::fs::write(
+            &report,
+            crate::report::render(&cfg, &summary, &verified, reference.as_ref()),
+        )
+        .with_context(|| format!("writing {}", report.display()))?;
         if self.json {
             print_json(
                 &serde_json::json!({ "summary": summary, "verify": verified, "wall_seconds": wall }),
@@ -107,6 +131,7 @@ impl Args {
                 "summary {} ({wall:.1} s)",
                 self.out.join("summary.json").display()
             );
+            println!("report  {}", report.display());
         }
         Ok(ExitCode::SUCCESS)
     }
