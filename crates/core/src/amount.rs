@@ -11,6 +11,14 @@ pub fn tokens(n: u64) -> U256 {
     U256::from(n) * U256::from(TOKEN)
 }
 
+/// Base units as whole tokens, for reports and charts (not for accounting).
+pub fn to_tokens_f64(v: U256) -> f64 {
+    let unit = U256::from(TOKEN);
+    let whole: u128 = (v / unit).try_into().unwrap_or(u128::MAX);
+    let frac: u128 = (v % unit).try_into().unwrap_or(0);
+    whole as f64 + frac as f64 / TOKEN as f64
+}
+
 /// A fixed-point score as the protocol stores it: `value / Score::SCALE`.
 ///
 /// Validators score an update by the loss reduction it brings; the contract compares these
@@ -63,5 +71,6 @@ mod tests {
     #[test]
     fn token_units() {
         assert_eq!(tokens(2), U256::from(2_000_000_000_000_000_000u128));
+        assert_eq!(to_tokens_f64(tokens(3) + U256::from(TOKEN / 4)), 3.25);
     }
 }

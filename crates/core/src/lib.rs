@@ -10,7 +10,7 @@ mod identity;
 pub mod rng;
 
 pub use alloy_primitives::{Address, B256, Bytes, U256, keccak256};
-pub use amount::{Score, TOKEN, tokens};
+pub use amount::{Score, TOKEN, to_tokens_f64, tokens};
 pub use hash::{Hash32, sha256, sha256_parts};
 pub use identity::{Identity, PublicKey, address_of, key_hash};
 pub use rng::Rng;

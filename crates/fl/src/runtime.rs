@@ -493,10 +493,7 @@ pub fn run<B: LedgerBackend, L: Learner>(
             Command::Score {
                 updates, rejected, ..
             } => {
-                let s = summary.as_mut().ok_or(FlError::InvalidConfig {
-                    what: "round",
-                    reason: "no open round".into(),
-                })?;
+                let s = open_round(&mut summary)?;
                 let t = Instant::now();
                 p.close_submissions(&coord, chain_round)?;
                 s.seconds.ledger += t.elapsed().as_secs_f64();
@@ -553,9 +550,7 @@ pub fn run<B: LedgerBackend, L: Learner>(
                     .collect();
                 let t = Instant::now();
                 for (v, sc) in validators.iter().zip(&scores) {
-                    let salt = b256(sha256(
-                        format!("{}/{chain_round}/{seed}", v.id.name()).as_bytes(),
-                    ));
+                    let salt = score_salt(&v.id, chain_round, seed);
                     p.commit_scores(&v.id, chain_round, sc, salt)?;
                 }
                 s.seconds.ledger += t.elapsed().as_secs_f64();
@@ -564,16 +559,11 @@ pub fn run<B: LedgerBackend, L: Learner>(
                 }
             }
             Command::Reveal { .. } => {
-                let s = summary.as_mut().ok_or(FlError::InvalidConfig {
-                    what: "round",
-                    reason: "no open round".into(),
-                })?;
+                let s = open_round(&mut summary)?;
                 let t = Instant::now();
                 p.close_commits(&coord, chain_round)?;
                 for (v, sc) in validators.iter().zip(&scores) {
-                    let salt = b256(sha256(
-                        format!("{}/{chain_round}/{seed}", v.id.name()).as_bytes(),
-                    ));
+                    let salt = score_salt(&v.id, chain_round, seed);
                     p.reveal_scores(&v.id, chain_round, sc, salt)?;
                 }
                 s.seconds.ledger += t.elapsed().as_secs_f64();
@@ -582,10 +572,7 @@ pub fn run<B: LedgerBackend, L: Learner>(
                 }
             }
             Command::Aggregate { .. } => {
-                let s = summary.as_mut().ok_or(FlError::InvalidConfig {
-                    what: "round",
-                    reason: "no open round".into(),
-                })?;
+                let s = open_round(&mut summary)?;
                 let t = Instant::now();
                 let tally = p.tally_all(&coord, chain_round, 64)?;
                 s.seconds.ledger += t.elapsed().as_secs_f64();
@@ -648,10 +635,7 @@ pub fn run<B: LedgerBackend, L: Learner>(
                 s.seconds.ledger += t.elapsed().as_secs_f64();
             }
             Command::Settle { .. } => {
-                let mut s = summary.take().ok_or(FlError::InvalidConfig {
-                    what: "round",
-                    reason: "no open round".into(),
-                })?;
+                let mut s = summary.take().ok_or_else(no_round)?;
                 let t = Instant::now();
                 let settled = p.settle_all(&coord, chain_round, 64)?;
                 s.seconds.ledger += t.elapsed().as_secs_f64();
@@ -717,10 +701,27 @@ pub fn relative_gain(before: f64, after: f64) -> Score {
     Score::from_f64(((before - after) / before).clamp(-1.0, 1.0))
 }
 
+/// The commitment salt of validator `id` in `round`: secret until the reveal, derived from the
+/// run's seed so that a run replays.
+fn score_salt(id: &Identity, round: u64, seed: u64) -> B256 {
+    b256(sha256(format!("{}/{round}/{seed}", id.name()).as_bytes()))
+}
+
+fn no_round() -> FlError {
+    FlError::InvalidConfig {
+        what: "round",
+        reason: "the coordinator issued a command outside an open round".into(),
+    }
+}
+
+fn open_round(s: &mut Option<RoundSummary>) -> Result<&mut RoundSummary, FlError> {
+    s.as_mut().ok_or_else(no_round)
+}
+
 fn holdings<B: LedgerBackend>(p: &mut Protocol<B>, a: Address) -> Result<f64, ProtocolError> {
     let (active, unbonding, _) = p.stake_of(a)?;
     let total = p.balance_of(a)? + active + unbonding;
-    Ok(fmt_tokens(total).parse().unwrap_or(f64::NAN))
+    Ok(cohort_core::to_tokens_f64(total))
 }
 
 fn name_of(names: &BTreeMap<Address, String>, a: Address) -> String {
