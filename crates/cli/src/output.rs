@@ -1,6 +1,5 @@
 //! Human tables and JSON output.
 
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context;
@@ -40,10 +39,8 @@ impl Table {
                 .collect();
             cells.join("  ").trim_end().to_string()
         };
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{}", line(&self.header));
-        let _ = writeln!(
-            out,
+        outln!("{}", line(&self.header));
+        outln!(
             "{}",
             width
                 .iter()
@@ -52,14 +49,14 @@ impl Table {
                 .join("  ")
         );
         for r in &self.rows {
-            let _ = writeln!(out, "{}", line(r));
+            outln!("{}", line(r));
         }
     }
 }
 
 /// Prints a value as pretty JSON on stdout.
 pub fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    outln!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 

@@ -23,6 +23,9 @@ pub struct TxOutcome {
     pub logs: Vec<Log>,
 }
 
+/// One call's result within a batch.
+pub type OutcomeOr = Result<TxOutcome, LedgerError>;
+
 /// The ledger's current head.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Head {
@@ -48,6 +51,19 @@ pub trait LedgerBackend {
         to: Option<Address>,
         data: Bytes,
     ) -> Result<TxOutcome, LedgerError>;
+
+    /// Signs and executes several calls in order; each gets its own result, and a failed one
+    /// does not stop the others. The embedded ledger records them in one durable commit; the
+    /// default sends them one by one.
+    fn transact_batch(
+        &mut self,
+        calls: Vec<(&Identity, Option<Address>, Bytes)>,
+    ) -> Result<Vec<OutcomeOr>, LedgerError> {
+        Ok(calls
+            .into_iter()
+            .map(|(id, to, data)| self.transact(id, to, data))
+            .collect())
+    }
 
     /// Runs a read-only call against the current state.
     fn call(&mut self, from: Address, to: Address, data: Bytes) -> Result<Bytes, LedgerError>;

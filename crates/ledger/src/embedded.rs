@@ -942,6 +942,38 @@ impl LedgerBackend for EmbeddedLedger {
         })
     }
 
+    fn transact_batch(
+        &mut self,
+        calls: Vec<(&Identity, Option<Address>, Bytes)>,
+    ) -> Result<Vec<crate::backend::OutcomeOr>, LedgerError> {
+        // Each author's calls take consecutive nonces. A call that fails leaves a gap that
+        // makes that author's later calls in the batch fail too (as on any chain).
+        let mut ahead: HashMap<Address, u64> = HashMap::new();
+        let txs = calls
+            .into_iter()
+            .map(|(id, to, data)| {
+                let k = ahead.entry(id.address()).or_insert(0);
+                let tx = self.sign(id, to, data, *k);
+                *k += 1;
+                tx
+            })
+            .collect();
+        Ok(self
+            .submit_batch(txs)?
+            .into_iter()
+            .map(|r| {
+                r.map(|a| TxOutcome {
+                    position: a.seq,
+                    id: a.leaf,
+                    gas_used: a.receipt.gas_used,
+                    output: a.receipt.output,
+                    created: a.receipt.created,
+                    logs: a.receipt.logs,
+                })
+            })
+            .collect())
+    }
+
     fn call(&mut self, from: Address, to: Address, data: Bytes) -> Result<Bytes, LedgerError> {
         Ok(self.exec.call(self.len(), self.clock, from, to, data)?)
     }

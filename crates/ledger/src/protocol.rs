@@ -126,6 +126,9 @@ pub struct Sent<R> {
     pub position: u64,
 }
 
+/// One call's result within a batch.
+pub type SentOr<R> = Result<Sent<R>, ProtocolError>;
+
 /// Token supply split by where it sits; `minted = balances + staked + escrowed + pools +
 /// treasury + burned` always holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -242,6 +245,40 @@ impl<B: LedgerBackend> Protocol<B> {
             gas_used: out.gas_used,
             position: out.position,
         })
+    }
+
+    /// Signs and sends several calls of one function as a batch (one durable commit on the
+    /// embedded ledger); each gets its own result.
+    pub fn send_batch<C: SolCall>(
+        &mut self,
+        calls: Vec<(&Identity, C)>,
+    ) -> Result<Vec<SentOr<C::Return>>, ProtocolError> {
+        let address = self.address;
+        let encoded = calls
+            .into_iter()
+            .map(|(id, c)| (id, Some(address), Bytes::from(c.abi_encode())))
+            .collect();
+        let outs = self
+            .backend
+            .transact_batch(encoded)
+            .map_err(|e| ProtocolError::from_ledger(C::SIGNATURE, e))?;
+        Ok(outs
+            .into_iter()
+            .map(|r| {
+                let out = r.map_err(|e| ProtocolError::from_ledger(C::SIGNATURE, e))?;
+                let value =
+                    C::abi_decode_returns(&out.output).map_err(|e| ProtocolError::Decode {
+                        what: C::SIGNATURE,
+                        reason: e.to_string(),
+                    })?;
+                Ok(Sent {
+                    value,
+                    events: decode_events(address, &out.logs),
+                    gas_used: out.gas_used,
+                    position: out.position,
+                })
+            })
+            .collect())
     }
 
     fn send_unit<C: SolCall>(

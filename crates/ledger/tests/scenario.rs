@@ -282,3 +282,52 @@ fn unlearning_claws_back_rewards_and_anchors_grow() {
         "{e}"
     );
 }
+
+/// A batch commits its good calls together; a refused call leaves its author's later calls
+/// in the batch refused too (their nonces no longer line up), and other authors unaffected.
+#[test]
+fn batches_commit_good_calls_and_refuse_the_rest() {
+    use cohort_core::{Identity, tokens};
+    use cohort_ledger::protocol::{Cohort, Protocol, roles};
+
+    let dir = tempfile::tempdir().unwrap();
+    let gov = Identity::from_seed(9, "gov");
+    let led = EmbeddedLedger::create(
+        dir.path(),
+        LedgerConfig::new("cohort.local/batch", gov.clone()),
+    )
+    .unwrap();
+    let mut p = Protocol::deploy(led, &gov).unwrap();
+    let (a, b) = (Identity::from_seed(9, "a"), Identity::from_seed(9, "b"));
+    let reg = |x: &Identity| Cohort::registerCall {
+        roles: roles::CLIENT,
+        keyHash: x.key_hash(),
+    };
+    let bad = Cohort::registerCall {
+        roles: 0,
+        keyHash: a.key_hash(),
+    };
+    let before = p.backend().len();
+    let out = p
+        .send_batch(vec![(&a, bad), (&a, reg(&a)), (&b, reg(&b))])
+        .unwrap();
+    assert!(matches!(&out[0], Err(e) if e.revert().is_some()));
+    assert!(out[1].is_err(), "a's second call follows a refused one");
+    assert!(out[2].is_ok());
+    assert_eq!(p.backend().len(), before + 1);
+    // Mints by one author in one batch take consecutive nonces.
+    let mints = (0..5)
+        .map(|_| {
+            (
+                &gov,
+                Cohort::mintCall {
+                    to: b.address(),
+                    amount: tokens(1),
+                },
+            )
+        })
+        .collect();
+    assert!(p.send_batch(mints).unwrap().iter().all(Result::is_ok));
+    assert_eq!(p.balance_of(b.address()).unwrap(), tokens(5));
+    p.into_backend().verify().unwrap();
+}

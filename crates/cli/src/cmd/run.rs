@@ -121,24 +121,24 @@ impl Args {
             )?;
         } else {
             print_human(&summary, &cfg);
-            println!(
+            outln!(
                 "\nledger {}: {} entries verified, root {}",
                 self.out.join("ledger").display(),
                 verified.entries,
                 verified.root
             );
-            println!(
+            outln!(
                 "summary {} ({wall:.1} s)",
                 self.out.join("summary.json").display()
             );
-            println!("report  {}", report.display());
+            outln!("report  {}", report.display());
         }
         Ok(ExitCode::SUCCESS)
     }
 }
 
 fn print_human(s: &RunSummary, cfg: &RunConfig) {
-    println!("initial test loss {:.4}", s.initial.loss);
+    outln!("initial test loss {:.4}", s.initial.loss);
     let mut t = Table::new(&[
         "round",
         "test loss",
@@ -160,7 +160,7 @@ fn print_human(s: &RunSummary, cfg: &RunConfig) {
         ]);
     }
     t.print();
-    println!();
+    outln!();
     let mut t = Table::new(&["participant", "role", "holdings (balance + stake)"]);
     let mut rows: Vec<(&String, &String)> = s.final_holdings.iter().collect();
     rows.sort_by_key(|(n, _)| {

@@ -66,14 +66,15 @@ impl Args {
             }))?;
             return Ok(ExitCode::SUCCESS);
         }
-        println!("ledger    {}", self.dir.display());
+        outln!("ledger    {}", self.dir.display());
         print_report(&report);
-        println!(
+        outln!(
             "verified {} entries, root {}",
-            verified.entries, verified.root
+            verified.entries,
+            verified.root
         );
-        println!("\ncheckpoint:\n{}", verified.checkpoint);
-        println!(
+        outln!("\ncheckpoint:\n{}", verified.checkpoint);
+        outln!(
             "next: cohort ledger show {0} | cohort ledger verify {0} | cohort ledger prove {0} --entry 0",
             self.dir.display()
         );
@@ -82,12 +83,14 @@ impl Args {
 }
 
 fn print_report(report: &demo::DemoReport) {
-    println!("contract  {}", report.contract);
-    println!(
+    outln!("contract  {}", report.contract);
+    outln!(
         "round 1   accepted {:?}, rejected {:?}, consensus scores {:?}",
-        report.accepted, report.rejected, report.consensus
+        report.accepted,
+        report.rejected,
+        report.consensus
     );
-    println!();
+    outln!();
     let mut t = Table::new(&["participant", "address", "balance", "stake"]);
     for s in &report.standings {
         t.row(vec![
@@ -98,10 +101,12 @@ fn print_report(report: &demo::DemoReport) {
         ]);
     }
     t.print();
-    println!();
-    println!(
+    outln!();
+    outln!(
         "{} transactions, {} gas; supply conserved: {}",
-        report.transactions, report.gas_used, report.supply_conserved
+        report.transactions,
+        report.gas_used,
+        report.supply_conserved
     );
 }
 
@@ -136,7 +141,7 @@ impl Args {
         if self.json {
             print_json(&serde_json::json!({ "chain_rpc": url, "report": report }))?;
         } else {
-            println!("chain     {url} (record in {})", record.display());
+            outln!("chain     {url} (record in {})", record.display());
             print_report(&report);
         }
         Ok(ExitCode::SUCCESS)

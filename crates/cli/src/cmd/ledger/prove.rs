@@ -48,7 +48,7 @@ impl Args {
                     p.display()
                 );
             }
-            None => print!("{text}"),
+            None => out!("{text}"),
         }
         Ok(ExitCode::SUCCESS)
     }
@@ -85,7 +85,7 @@ impl Args {
                     print_json(&serde_json::json!({ "ok": true, "entry": proof.index,
                         "size": proof.size, "call": name, "author": entry.tx.sender() }))?;
                 } else {
-                    println!(
+                    outln!(
                         "OK: entry {} ({name} by {}) is in the log of size {}, and the current \
                          checkpoint (size {}) extends it",
                         proof.index,

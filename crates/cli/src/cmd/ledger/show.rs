@@ -106,13 +106,13 @@ impl Args {
             }))?;
             return Ok(ExitCode::SUCCESS);
         }
-        println!("origin        {origin}");
-        println!("entries       {size}");
+        outln!("origin        {origin}");
+        outln!("entries       {size}");
         if let Some(c) = contract {
-            println!("contract      {c}");
+            outln!("contract      {c}");
         }
-        println!("verifier key  {verifier}");
-        println!();
+        outln!("verifier key  {verifier}");
+        outln!();
         let mut t = Table::new(&["seq", "time", "author", "call", "gas", "events"]);
         for r in &rows {
             t.row(vec![
@@ -126,7 +126,7 @@ impl Args {
         }
         t.print();
         if !accounts.is_empty() {
-            println!();
+            outln!();
             let mut t = Table::new(&["address", "roles", "balance", "stake"]);
             for a in &accounts {
                 t.row(vec![
@@ -139,7 +139,7 @@ impl Args {
             t.print();
         }
         if let Some(s) = supply {
-            println!(
+            outln!(
                 "\nsupply: minted {} = balances {} + staked {} + escrowed {} + pools {} + treasury {} + burned {} ({})",
                 fmt_tokens(s.minted),
                 fmt_tokens(s.balances),
@@ -155,7 +155,7 @@ impl Args {
                 }
             );
         }
-        println!("\ncheckpoint:\n{note}");
+        outln!("\ncheckpoint:\n{note}");
         Ok(ExitCode::SUCCESS)
     }
 }

@@ -26,7 +26,7 @@ impl Args {
                     print_json(&serde_json::json!({ "ok": true, "report": r,
                         "seconds": started.elapsed().as_secs_f64() }))?;
                 } else {
-                    println!(
+                    outln!(
                         "OK: {} entries, root {}, state {} ({:.3} s)",
                         r.entries,
                         r.root,
