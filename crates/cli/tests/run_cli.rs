@@ -35,7 +35,10 @@ fn an_example_run_writes_a_summary_and_a_verifiable_ledger() {
     let last = rounds[5]["test"]["loss"].as_f64().unwrap();
     assert!(last < first / 10.0, "{first} -> {last}");
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
-    assert!(html.contains("<svg") && html.contains("Score matrix"), "report.html lacks its charts");
+    assert!(
+        html.contains("<svg") && html.contains("Score matrix"),
+        "report.html lacks its charts"
+    );
     let v = cohort(&["ledger", "verify", out.join("ledger").to_str().unwrap()]);
     assert!(v.status.success());
     // Running again into the same place is refused.

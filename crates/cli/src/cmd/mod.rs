@@ -3,6 +3,7 @@
 mod bench;
 mod ledger;
 mod run;
+mod sim;
 
 use std::process::ExitCode;
 
@@ -17,6 +18,8 @@ pub struct Cli {
     command: Command,
 }
 
+// Parsed once per process; boxing the larger argument structs would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create, inspect, verify and prove the ledger.
@@ -27,6 +30,10 @@ enum Command {
     /// Benchmarks that print a table and write JSON.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Collaborative-learning economics simulator (Deposit-Refund-Take on IMDB, executing the
+    /// contracts in revm).
+    #[command(subcommand)]
+    Sim(sim::SimCmd),
 }
 
 impl Cli {
@@ -35,6 +42,7 @@ impl Cli {
             Command::Ledger(c) => c.execute(),
             Command::Run(a) => a.execute(),
             Command::Bench(c) => c.execute(),
+            Command::Sim(c) => c.execute(),
         }
     }
 }

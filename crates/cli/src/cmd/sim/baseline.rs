@@ -1,0 +1,101 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use cohort_sim::Dataset;
+use cohort_sim::perceptron::{EtaSchedule, FitConfig, Perceptron};
+use cohort_sim::sweep::Stat;
+use rand::SeedableRng;
+use serde::Serialize;
+
+use super::args::ModelKind;
+use crate::output::{Table, write_json};
+
+/// The chosen model fit (as sklearn's `fit`: shuffled epochs, tol-based stop) on the whole
+/// training set, and its test accuracy, per num_words; several shuffling seeds.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Directory holding train.tsv and test.tsv.
+    #[arg(long, default_value = "../shared/data/imdb")]
+    data: PathBuf,
+    /// The classifier.
+    #[arg(long, value_enum, default_value_t = ModelKind::Perceptron)]
+    model: ModelKind,
+    /// Feature counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [100, 200, 500])]
+    num_words: Vec<u32>,
+    /// Use the first N training reviews (default: all).
+    #[arg(long)]
+    train_size: Option<usize>,
+    /// Shuffling seeds: 1, 2, ..., N.
+    #[arg(long, default_value_t = 5)]
+    seeds: u64,
+    /// Write the results here as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    num_words: u32,
+    train_size: usize,
+    accuracy: Option<Stat>,
+    train_accuracy: Option<Stat>,
+    epochs: Option<Stat>,
+    per_seed: Vec<f64>,
+}
+
+impl Args {
+    pub fn execute(self) -> anyhow::Result<ExitCode> {
+        anyhow::ensure!(self.seeds > 0, "--seeds must be at least 1");
+        let ModelKind::Perceptron = self.model;
+        let mut rows = Vec::new();
+        for &nw in &self.num_words {
+            let data = Dataset::load(&self.data, nw, self.train_size)?;
+            let (mut acc, mut train_acc, mut epochs) = (Vec::new(), Vec::new(), Vec::new());
+            for seed in 1..=self.seeds {
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+                let mut p = Perceptron::new(nw, EtaSchedule::default());
+                epochs.push(f64::from(p.fit(
+                    &data.train,
+                    &FitConfig::default(),
+                    &mut rng,
+                )));
+                acc.push(p.accuracy(&data.test));
+                train_acc.push(p.accuracy(&data.train));
+            }
+            rows.push(Row {
+                num_words: nw,
+                train_size: data.train.len(),
+                accuracy: Stat::of(acc.iter().copied()),
+                train_accuracy: Stat::of(train_acc),
+                epochs: Stat::of(epochs),
+                per_seed: acc,
+            });
+        }
+        let mut t = Table::new(&[
+            "num_words",
+            "train",
+            "test accuracy mean [min, max]",
+            "train accuracy",
+            "epochs",
+        ]);
+        let f = |s: &Option<Stat>, d: usize| {
+            s.map(|s| format!("{:.d$} [{:.d$}, {:.d$}]", s.mean, s.min, s.max, d = d))
+                .unwrap_or_default()
+        };
+        for r in &rows {
+            t.row(vec![
+                r.num_words.to_string(),
+                r.train_size.to_string(),
+                f(&r.accuracy, 4),
+                f(&r.train_accuracy, 4),
+                f(&r.epochs, 1),
+            ]);
+        }
+        t.print();
+        if let Some(p) = &self.json {
+            write_json(p, &rows)?;
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}

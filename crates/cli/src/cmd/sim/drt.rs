@@ -1,0 +1,135 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use cohort_sim::{Dataset, plot, run};
+
+use super::args::SimArgs;
+use crate::output::{Table, write_json};
+
+/// One Deposit-Refund-Take run: the initial model fit off-chain and deployed as the
+/// perceptron contract's weights, then Good and Bad agents adding, refunding and taking on a
+/// virtual clock.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    sim: SimArgs,
+    /// Features per review: word ids at or above it become out-of-vocabulary (2).
+    #[arg(long, default_value_t = 500)]
+    num_words: u32,
+    /// Use the first N training reviews (default: all).
+    #[arg(long)]
+    train_size: Option<usize>,
+    /// Weight of the deposit: cost = max(1, cost_weight * 60 / sqrt(seconds since the last addition)).
+    #[arg(long, default_value_t = 1.0)]
+    cost_weight: f64,
+    /// Seed of every random draw.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Write the full report (figures, per-agent accounts, time series) here as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write an SVG chart of balances and accuracy over simulated days here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.1}%")).unwrap_or_else(|| "-".into())
+}
+
+impl Args {
+    pub fn execute(self) -> anyhow::Result<ExitCode> {
+        let cfg = self.sim.config(self.seed, self.cost_weight)?;
+        let t = Instant::now();
+        let data = Dataset::load(&self.sim.data, self.num_words, self.train_size)?;
+        let load_s = t.elapsed().as_secs_f64();
+        let r = run(&cfg, &data)?;
+
+        let mut t = Table::new(&["measure", "value"]);
+        let mut row = |k: &str, v: String| t.row(vec![k.into(), v]);
+        row(
+            "num_words / train size / cost weight",
+            format!("{} / {} / {}", r.num_words, r.train_size, r.cost_weight),
+        );
+        row(
+            "initial model",
+            format!(
+                "{} reviews, {} epochs",
+                r.initial_samples, r.initial_fit_epochs
+            ),
+        );
+        row("initial accuracy", format!("{:.4}", r.initial_accuracy));
+        row(
+            "final accuracy (gap)",
+            format!("{:.4} ({:+.4})", r.final_accuracy, r.accuracy_gap),
+        );
+        row("min accuracy", format!("{:.4}", r.min_accuracy));
+        row("good final balance", pct(r.good_final_balance_pct));
+        row("bad final balance", pct(r.bad_final_balance_pct));
+        row(
+            "bad ruined on day",
+            r.bad_bankrupt_day
+                .map(|d| format!("{d:.1}"))
+                .unwrap_or_else(|| "never".into()),
+        );
+        row("simulated days", format!("{:.1}", r.simulated_days));
+        row(
+            "samples added",
+            format!(
+                "{} ({} still claimable at the end)",
+                r.samples_added, r.unclaimed_at_end
+            ),
+        );
+        row(
+            "transactions (reverted)",
+            format!("{} ({})", r.transactions, r.reverted_transactions),
+        );
+        row("refused attempts", format!("{}", r.rejected_attempts));
+        row("gas used", format!("{}", r.gas_used));
+        row(
+            "wall time",
+            format!("{:.3} s (+ {load_s:.3} s loading data)", r.wall_seconds),
+        );
+        row(
+            "transactions/s",
+            format!("{:.0}", r.transactions_per_second),
+        );
+        t.print();
+        outln!();
+        let mut a = Table::new(&[
+            "agent",
+            "kind",
+            "accepted",
+            "refunds",
+            "takes",
+            "final balance",
+            "% of start",
+            "ruined day",
+        ]);
+        for x in &r.agents {
+            a.row(vec![
+                x.name.clone(),
+                format!("{:?}", x.kind).to_lowercase(),
+                x.accepted.to_string(),
+                x.refunds.to_string(),
+                format!("{} ({} all)", x.takes, x.take_alls),
+                format!("{:.2}", x.final_balance),
+                format!("{:.1}%", x.final_balance_pct),
+                x.bankrupt_day
+                    .map(|d| format!("{d:.1}"))
+                    .unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        a.print();
+        if let Some(p) = &self.json {
+            write_json(p, &r)?;
+        }
+        if let Some(p) = &self.plot {
+            std::fs::write(p, plot::run_chart(&r))
+                .with_context(|| format!("writing {}", p.display()))?;
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}

@@ -1,0 +1,160 @@
+//! The participants of a simulation and how they draw deposits and waits.
+
+use rand::Rng;
+use rand_distr::{Distribution, Normal};
+
+use crate::SimError;
+
+/// What a participant is, for the rules it follows and the figures it is counted in.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, PartialOrd, Ord,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentKind {
+    /// Honest: true labels, a tiny mistake rate, submits with probability `accuracy + 0.15`.
+    Good,
+    /// Malicious: always submits the flipped label.
+    Bad,
+    /// Honest but sloppy: like Good with a large mistake rate.
+    Careless,
+    /// Random labels, tiny deposits, acts every minute.
+    Spammer,
+}
+
+/// One participant's behaviour. Amounts are whole tokens, times seconds.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AgentSpec {
+    /// Unique name (report keys and plot legends).
+    pub name: String,
+    /// Kind.
+    pub kind: AgentKind,
+    /// Starting balance in whole tokens.
+    pub start_balance: u64,
+    /// Mean of the deposit offered with each sample (whole tokens; normal, truncated to an
+    /// integer, redrawn until positive).
+    pub deposit_mean: f64,
+    /// Its standard deviation.
+    pub deposit_std: f64,
+    /// Mean wait between turns in seconds (normal, truncated, redrawn until at least 1).
+    pub wait_mean: f64,
+    /// Its standard deviation.
+    pub wait_std: f64,
+    /// Probability of flipping a label by mistake.
+    pub mistake_rate: f64,
+    /// Always submit the flipped label.
+    pub flip_labels: bool,
+    /// Submit every turn (else with probability `last accuracy + submit_bonus`).
+    pub always_submit: bool,
+}
+
+impl AgentSpec {
+    /// The reference's Good agent: deposit N(50, 10), a turn every ~10 minutes, mistake
+    /// rate 1e-4, balance 10,000.
+    pub fn good(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            kind: AgentKind::Good,
+            start_balance: 10_000,
+            deposit_mean: 50.0,
+            deposit_std: 10.0,
+            wait_mean: 600.0,
+            wait_std: 1.0,
+            mistake_rate: 1e-4,
+            flip_labels: false,
+            always_submit: false,
+        }
+    }
+
+    /// The reference's Bad agent: deposit N(100, 3), a turn every ~hour, always the flipped
+    /// label, balance 10,000.
+    pub fn bad(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            kind: AgentKind::Bad,
+            start_balance: 10_000,
+            deposit_mean: 100.0,
+            deposit_std: 3.0,
+            wait_mean: 3600.0,
+            wait_std: 1.0,
+            mistake_rate: 0.0,
+            flip_labels: true,
+            always_submit: true,
+        }
+    }
+
+    /// A Good agent that flips each label with probability `rate`.
+    pub fn careless(name: impl Into<String>, rate: f64) -> Self {
+        Self {
+            kind: AgentKind::Careless,
+            mistake_rate: rate,
+            ..Self::good(name)
+        }
+    }
+
+    /// Random labels, deposits N(3, 1), a turn every ~minute, always submits.
+    pub fn spammer(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            kind: AgentKind::Spammer,
+            start_balance: 10_000,
+            deposit_mean: 3.0,
+            deposit_std: 1.0,
+            wait_mean: 60.0,
+            wait_std: 10.0,
+            mistake_rate: 0.5,
+            flip_labels: false,
+            always_submit: true,
+        }
+    }
+
+    /// Checks the numbers.
+    pub fn validate(&self) -> Result<(), SimError> {
+        let bad = |what: &str| Err(SimError::Config(format!("agent {:?}: {what}", self.name)));
+        if self.start_balance == 0 {
+            return bad("start balance must be positive");
+        }
+        if !(self.deposit_mean.is_finite()
+            && self.deposit_std.is_finite()
+            && self.deposit_std >= 0.0)
+        {
+            return bad("deposit mean and deviation must be finite, the deviation non-negative");
+        }
+        if !(self.wait_mean.is_finite() && self.wait_std.is_finite() && self.wait_std >= 0.0) {
+            return bad("wait mean and deviation must be finite, the deviation non-negative");
+        }
+        // The draws are redrawn until positive: make sure that can happen.
+        if self.deposit_mean + 6.0 * self.deposit_std < 1.0
+            || self.wait_mean + 6.0 * self.wait_std < 1.0
+        {
+            return bad("deposit and wait means must allow draws of at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.mistake_rate) {
+            return bad("mistake rate must be in [0, 1]");
+        }
+        Ok(())
+    }
+
+    /// The next deposit offered, in whole tokens.
+    pub fn next_deposit(&self, rng: &mut impl Rng) -> u64 {
+        draw_at_least(self.deposit_mean, self.deposit_std, 1, rng)
+    }
+
+    /// The next wait, in seconds.
+    pub fn next_wait(&self, rng: &mut impl Rng) -> u64 {
+        draw_at_least(self.wait_mean, self.wait_std, 1, rng)
+    }
+}
+
+/// `int(normal(mean, std))` (truncated toward zero, as Python's `int`), redrawn until it is at
+/// least `min`.
+fn draw_at_least(mean: f64, std: f64, min: i64, rng: &mut impl Rng) -> u64 {
+    let Ok(dist) = Normal::new(mean, std) else {
+        return min.max(mean as i64) as u64;
+    };
+    loop {
+        let v = dist.sample(rng) as i64;
+        if v >= min {
+            return v as u64;
+        }
+    }
+}
