@@ -1,6 +1,7 @@
 //! `cohort bench ...`: benchmark programs that print a table and write JSON.
 
 mod ledger;
+mod train;
 
 use std::process::ExitCode;
 
@@ -10,12 +11,16 @@ use clap::Subcommand;
 pub enum BenchCmd {
     /// Ledger throughput: appends, full re-verification, inclusion proofs.
     Ledger(ledger::Args),
+    /// Training throughput of the reference GPT (full and LoRA) against the matmul peak and,
+    /// with --torch, PyTorch.
+    Train(train::Args),
 }
 
 impl BenchCmd {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         match self {
             Self::Ledger(a) => a.execute(),
+            Self::Train(a) => a.execute(),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod ledger;
+mod model;
 mod run;
 mod sim;
 
@@ -27,6 +28,9 @@ enum Command {
     Ledger(ledger::LedgerCmd),
     /// Run a federated experiment from a TOML config on the embedded ledger.
     Run(run::Args),
+    /// Train, evaluate, sample from and adapt language models (GPT from scratch, LoRA).
+    #[command(subcommand)]
+    Model(model::ModelCmd),
     /// Benchmarks that print a table and write JSON.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -41,6 +45,7 @@ impl Cli {
         match self.command {
             Command::Ledger(c) => c.execute(),
             Command::Run(a) => a.execute(),
+            Command::Model(c) => c.execute(),
             Command::Bench(c) => c.execute(),
             Command::Sim(c) => c.execute(),
         }

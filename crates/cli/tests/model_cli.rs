@@ -1,0 +1,267 @@
+//! The `cohort model` commands and `cohort bench train` as a user runs them, on a small slice of
+//! Tiny Shakespeare and the test-size model.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn cohort(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .args(args)
+        .output()
+        .expect("cohort runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", text(o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(o)))
+}
+
+#[test]
+fn pretrain_eval_generate_lora_and_svd() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/data/tinyshakespeare/input.txt"
+    );
+    let corpus = tmp.path().join("corpus.txt");
+    let text_in: String = std::fs::read_to_string(src)
+        .unwrap()
+        .chars()
+        .take(30_000)
+        .collect();
+    std::fs::write(&corpus, &text_in).unwrap();
+    let model = tmp.path().join("model");
+
+    let r = json(&cohort(&[
+        "model",
+        "pretrain",
+        "--corpus",
+        p(&corpus),
+        "--preset",
+        "test",
+        "--out",
+        p(&model),
+        "--steps",
+        "25",
+        "--batch",
+        "8",
+        "--warmup",
+        "5",
+        "--lr",
+        "3e-3",
+        "--json",
+    ]));
+    assert_eq!(r["steps"], 25);
+    assert!(r["val_loss"].as_f64().unwrap() < (65f64).ln(), "{r}");
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "cohort_tokenizer.json",
+        "optimizer.safetensors",
+        "trainer_state.json",
+    ] {
+        assert!(model.join(f).exists(), "{f} missing");
+    }
+
+    // Resuming to 30 steps continues from step 25.
+    let r2 = json(&cohort(&[
+        "model",
+        "pretrain",
+        "--corpus",
+        p(&corpus),
+        "--out",
+        p(&model),
+        "--steps",
+        "30",
+        "--resume",
+        "--json",
+    ]));
+    assert_eq!(r2["steps"], 30);
+
+    let e = json(&cohort(&[
+        "model",
+        "eval",
+        p(&model),
+        "--data",
+        p(&corpus),
+        "--tail",
+        "0.1",
+        "--json",
+    ]));
+    assert!(e["perplexity"].as_f64().unwrap() > 1.0);
+    assert!(e["tokens"].as_u64().unwrap() > 0);
+
+    let g = cohort(&[
+        "model",
+        "generate",
+        p(&model),
+        "--prompt",
+        "ROMEO:",
+        "--max-new",
+        "20",
+        "--temperature",
+        "0.8",
+        "--top-k",
+        "5",
+        "--seed",
+        "1",
+    ]);
+    assert!(g.status.success(), "{}", text(&g));
+    let out = String::from_utf8_lossy(&g.stdout);
+    assert!(
+        out.starts_with("ROMEO:") && out.trim_end().chars().count() == 26,
+        "{out:?}"
+    );
+    let g2 = cohort(&[
+        "model",
+        "generate",
+        p(&model),
+        "--prompt",
+        "ROMEO:",
+        "--max-new",
+        "20",
+        "--temperature",
+        "0.8",
+        "--top-k",
+        "5",
+        "--seed",
+        "1",
+    ]);
+    assert_eq!(g.stdout, g2.stdout, "same seed, same text");
+    // A character the corpus never had is a clear error.
+    let bad = cohort(&["model", "generate", p(&model), "--prompt", "ROMEO~"]);
+    assert!(
+        !bad.status.success() && text(&bad).contains("alphabet"),
+        "{}",
+        text(&bad)
+    );
+
+    let adapter = tmp.path().join("adapter");
+    let l = json(&cohort(&[
+        "model",
+        "lora",
+        p(&model),
+        "--data",
+        p(&corpus),
+        "--out",
+        p(&adapter),
+        "--rank",
+        "4",
+        "--steps",
+        "10",
+        "--batch",
+        "4",
+        "--targets",
+        "c_attn,c_fc",
+        "--json",
+    ]));
+    assert_eq!(l["trainable"], 2 * (4 * (32 + 96) + 4 * (32 + 128)));
+    assert!(
+        adapter.join("adapter_model.safetensors").exists()
+            && adapter.join("adapter_config.json").exists()
+    );
+    let ea = json(&cohort(&[
+        "model",
+        "eval",
+        p(&model),
+        "--data",
+        p(&corpus),
+        "--adapter",
+        p(&adapter),
+        "--json",
+    ]));
+    assert!(ea["loss"].as_f64().unwrap().is_finite());
+
+    let out = tmp.path().join("svd");
+    let s = json(&cohort(&[
+        "model",
+        "svd",
+        p(&model),
+        "--rank",
+        "4",
+        "--out",
+        p(&out),
+        "--data",
+        p(&corpus),
+        "--json",
+    ]));
+    let rows = s.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows[1]["params"].as_u64().unwrap() < rows[0]["params"].as_u64().unwrap());
+    assert!(rows[1]["perplexity"].as_f64().unwrap() > 0.0);
+    // The factored checkpoint evaluates to the perplexity svd reported for it.
+    let e2 = json(&cohort(&[
+        "model",
+        "eval",
+        p(&out),
+        "--data",
+        p(&corpus),
+        "--tail",
+        "0.1",
+        "--max-windows",
+        "64",
+        "--json",
+    ]));
+    let (a, b) = (
+        e2["perplexity"].as_f64().unwrap(),
+        rows[1]["perplexity"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() < 1e-9 * b, "{a} vs {b}");
+
+    let missing = cohort(&[
+        "model",
+        "eval",
+        p(&tmp.path().join("nope")),
+        "--data",
+        p(&corpus),
+    ]);
+    assert!(
+        !missing.status.success() && text(&missing).contains("nope"),
+        "{}",
+        text(&missing)
+    );
+}
+
+#[test]
+fn bench_train_writes_the_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("bench.json");
+    let o = cohort(&[
+        "bench",
+        "train",
+        "--preset",
+        "test",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--batch",
+        "2",
+        "--json",
+        p(&out),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    for k in [
+        "full_tokens_per_s",
+        "lora_tokens_per_s",
+        "matmul_peak_gflops",
+    ] {
+        assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {v}");
+    }
+}

@@ -1,0 +1,141 @@
+//! Hugging Face-style model directories: `config.json` + `model.safetensors` (or sharded
+//! `model-0000N-of-0000M.safetensors` with `model.safetensors.index.json`).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use std::collections::BTreeMap;
+
+use crate::model::LinearInfo;
+use crate::params::{self, Params};
+use crate::{Error, Result};
+
+/// The config file.
+pub const CONFIG_FILE: &str = "config.json";
+/// The single-file weights.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// The index of sharded weights.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// Reads and parses `config.json`.
+pub fn read_config<C: DeserializeOwned>(dir: &Path) -> Result<C> {
+    let path = dir.join(CONFIG_FILE);
+    let s = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    serde_json::from_str(&s).map_err(|e| Error::Json { path, source: e })
+}
+
+/// The `model_type` field of `config.json`.
+pub fn model_type(dir: &Path) -> Result<String> {
+    let v: serde_json::Value = read_config(dir)?;
+    v.get("model_type")
+        .and_then(|m| m.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            Error::config(
+                "model_type",
+                format!("missing in {}", dir.join(CONFIG_FILE).display()),
+            )
+        })
+}
+
+/// Reads all weights: `model.safetensors`, or every shard listed in the index.
+pub fn read_weights(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let single = dir.join(WEIGHTS_FILE);
+    if single.exists() {
+        return params::load_file(&single, device);
+    }
+    let index = dir.join(INDEX_FILE);
+    if !index.exists() {
+        return Err(Error::io(
+            &single,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no model.safetensors or model.safetensors.index.json",
+            ),
+        ));
+    }
+    let s = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+    let v: serde_json::Value = serde_json::from_str(&s).map_err(|e| Error::Json {
+        path: index.clone(),
+        source: e,
+    })?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::config("weight_map", format!("missing in {}", index.display())))?;
+    let mut files: Vec<&str> = map.values().filter_map(|f| f.as_str()).collect();
+    files.sort_unstable();
+    files.dedup();
+    let mut out = HashMap::new();
+    for f in files {
+        if f.contains('/') || f.contains("..") {
+            return Err(Error::config(
+                "weight_map",
+                format!("shard name `{f}` must be a plain file name"),
+            ));
+        }
+        out.extend(params::load_file(&dir.join(f), device)?);
+    }
+    Ok(out)
+}
+
+/// Writes `config.json` and `model.safetensors` holding the parameters `names`.
+pub fn save_dir<C: Serialize>(
+    dir: &Path,
+    config: &C,
+    params: &Params,
+    names: &[String],
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let path = dir.join(CONFIG_FILE);
+    let s = serde_json::to_string_pretty(config).map_err(|e| Error::Json {
+        path: path.clone(),
+        source: e,
+    })?;
+    std::fs::write(&path, s + "\n").map_err(|e| Error::io(&path, e))?;
+    let ts = names
+        .iter()
+        .map(|n| {
+            let p = params
+                .get(n)
+                .ok_or_else(|| Error::Params(format!("no parameter `{n}`")))?;
+            Ok((n.clone(), p.var.as_tensor().clone()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    params::save_file(&ts, &dir.join(WEIGHTS_FILE))
+}
+
+/// Parameter names and shapes with every factored layer's `{path}.weight` replaced by its SVD
+/// factors `A` `[k, in]` and `B` `[out, k]`.
+pub(crate) fn with_lowrank(
+    shapes: Vec<(String, Vec<usize>)>,
+    lowrank: &BTreeMap<String, usize>,
+    linears: &[LinearInfo],
+) -> Result<Vec<(String, Vec<usize>)>> {
+    for path in lowrank.keys() {
+        if !linears.iter().any(|l| &l.path == path) {
+            return Err(Error::config(
+                "cohort_lowrank",
+                format!("`{path}` is not a linear layer of this model"),
+            ));
+        }
+    }
+    let mut out = Vec::with_capacity(shapes.len());
+    for (name, shape) in shapes {
+        let hit = name
+            .strip_suffix(".weight")
+            .and_then(|p| lowrank.get(p).map(|k| (p, *k)));
+        match hit.and_then(|(p, k)| linears.iter().find(|l| l.path == p).map(|l| (l, k))) {
+            Some((l, k)) => {
+                out.push((crate::svd::a_name(&l.path), vec![k, l.d_in]));
+                out.push((crate::svd::b_name(&l.path), vec![l.d_out, k]));
+            }
+            None => out.push((name, shape)),
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,160 @@
+//! A sequence-classification head on any [`LanguageModel`], as Hugging Face's
+//! `*ForSequenceClassification`: a bias-free `score` projection `[num_labels, d]` of the final
+//! hidden state at each sequence's last real token. The head stays trainable when a LoRA
+//! adapter freezes the base (PEFT's `modules_to_save`).
+//!
+//! Also the IMDB word-id data of `shared/data/imdb` (`LABEL<TAB>ID ID ...`), passed through as
+//! token ids.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::kernels::{self, linear::WeightLayout};
+use crate::model::LanguageModel;
+use crate::rng::Rng;
+use crate::{Error, Result};
+
+/// The head's parameter name.
+pub const SCORE: &str = "score.weight";
+
+/// Adds a `score` head with `num_labels` outputs (N(0, 0.02), seeded) to `model`.
+pub fn add_head(model: &mut dyn LanguageModel, num_labels: usize, seed: u64) -> Result<()> {
+    if num_labels < 2 {
+        return Err(Error::config("num_labels", "need at least two labels"));
+    }
+    let d = model.hidden_size();
+    let dev = model.device().clone();
+    let w = Rng::derive(seed, SCORE).normal_vec(num_labels * d, 0.02);
+    model
+        .weights_mut()
+        .params
+        .insert(SCORE, Tensor::from_vec(w, (num_labels, d), &dev)?, true)?;
+    Ok(())
+}
+
+/// Class logits `[B, num_labels]` for right-padded `ids` `[B, T]` whose real lengths are
+/// `lengths` (each between 1 and T).
+pub fn logits(model: &dyn LanguageModel, ids: &Tensor, lengths: &[usize]) -> Result<Tensor> {
+    let (b, t) = ids.dims2()?;
+    if lengths.len() != b || lengths.iter().any(|&l| l == 0 || l > t) {
+        return Err(Error::Data(format!(
+            "{b} sequences of length {t} but lengths {lengths:?}"
+        )));
+    }
+    let h = model.hidden(ids)?;
+    let d = h.dim(2)?;
+    let rows: Vec<u32> = lengths
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i * t + l - 1) as u32)
+        .collect();
+    let idx = Tensor::from_vec(rows, b, model.device())?;
+    let pooled = h.reshape((b * t, d))?.index_select(&idx, 0)?;
+    Ok(kernels::linear(
+        &pooled,
+        &model.params().tensor(SCORE)?,
+        None,
+        WeightLayout::OutIn,
+    )?)
+}
+
+/// Mean cross-entropy of the class logits against `labels`.
+pub fn loss(
+    model: &dyn LanguageModel,
+    ids: &Tensor,
+    lengths: &[usize],
+    labels: &[u32],
+) -> Result<Tensor> {
+    let l = logits(model, ids, lengths)?;
+    let y = Tensor::from_slice(labels, labels.len(), model.device())?;
+    Ok(kernels::cross_entropy_rows(&l, &y)?.mean_all()?)
+}
+
+/// A labelled example.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Example {
+    pub label: u32,
+    pub ids: Vec<u32>,
+}
+
+/// Reads an IMDB-style TSV (`LABEL<TAB>ID ID ...`); ids at or above `num_words` become 2
+/// (out of vocabulary, as Keras does).
+pub fn read_tsv(path: &Path, num_words: u32) -> Result<Vec<Example>> {
+    let s = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    s.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, line)| {
+            let bad = |why: &str| Error::Data(format!("{}:{}: {why}", path.display(), n + 1));
+            let (label, ids) = line
+                .split_once('\t')
+                .ok_or_else(|| bad("expected LABEL<TAB>IDS"))?;
+            let label = label
+                .trim()
+                .parse::<u32>()
+                .map_err(|_| bad("label is not an integer"))?;
+            let ids = ids
+                .split_whitespace()
+                .map(|w| {
+                    w.parse::<u32>()
+                        .map(|i| if i >= num_words { 2 } else { i })
+                        .map_err(|_| bad("id is not an integer"))
+                })
+                .collect::<Result<Vec<u32>>>()?;
+            if ids.is_empty() {
+                return Err(bad("no ids"));
+            }
+            Ok(Example { label, ids })
+        })
+        .collect()
+}
+
+/// A right-padded batch (pad id 0) of the last `max_len` ids of each example: ids `[B, T]`,
+/// lengths and labels.
+pub fn batch(
+    examples: &[&Example],
+    max_len: usize,
+    device: &Device,
+) -> Result<(Tensor, Vec<usize>, Vec<u32>)> {
+    let t = examples
+        .iter()
+        .map(|e| e.ids.len().min(max_len))
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let mut ids = Vec::with_capacity(examples.len() * t);
+    let mut lengths = Vec::with_capacity(examples.len());
+    for e in examples {
+        let tail = &e.ids[e.ids.len().saturating_sub(max_len)..];
+        ids.extend_from_slice(tail);
+        ids.extend(std::iter::repeat_n(0, t - tail.len()));
+        lengths.push(tail.len().max(1));
+    }
+    let labels = examples.iter().map(|e| e.label).collect();
+    Ok((
+        Tensor::from_vec(ids, (examples.len(), t), device)?.to_dtype(DType::U32)?,
+        lengths,
+        labels,
+    ))
+}
+
+/// Accuracy of the head on `examples`.
+pub fn accuracy(
+    model: &dyn LanguageModel,
+    examples: &[Example],
+    max_len: usize,
+    batch_size: usize,
+) -> Result<f64> {
+    let mut correct = 0;
+    for chunk in examples.chunks(batch_size.max(1)) {
+        let refs: Vec<&Example> = chunk.iter().collect();
+        let (ids, lengths, labels) = batch(&refs, max_len, model.device())?;
+        let pred = logits(model, &ids, &lengths)?
+            .detach()
+            .argmax(1)?
+            .to_vec1::<u32>()?;
+        correct += pred.iter().zip(&labels).filter(|(p, y)| p == y).count();
+    }
+    Ok(correct as f64 / examples.len().max(1) as f64)
+}

@@ -1,0 +1,318 @@
+//! LoRA adapters (Hu et al. 2021) in Hugging Face PEFT's format.
+//!
+//! For a linear layer `y = x W' + b` the adapter adds `scale * (x A^T) B^T`, with `A` `[r, in]`
+//! (Kaiming-uniform, as PEFT) and `B` `[out, r]` zero at initialisation, so a fresh adapter
+//! changes nothing; `scale = alpha / r`. The base weights are frozen (detached in the forward
+//! pass, and the fused linear op skips their gradient). Tensors are named as PEFT saves them,
+//! `base_model.model.{module}.lora_A.weight`, and `adapter_config.json` carries PEFT's fields,
+//! so an adapter trained here loads in PEFT and the reverse.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::kernels::{self, linear::WeightLayout};
+use crate::model::LinearInfo;
+use crate::params::{self, Params};
+use crate::rng::Rng;
+use crate::{Error, Result};
+
+/// The adapter weights file.
+pub const ADAPTER_FILE: &str = "adapter_model.safetensors";
+/// The adapter config file.
+pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
+
+/// LoRA hyper-parameters, serialised as PEFT's `adapter_config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    /// Rank.
+    pub r: usize,
+    /// Scale numerator: the update is multiplied by `lora_alpha / r`.
+    pub lora_alpha: f64,
+    /// Dropout on the adapter's input. Only 0 is implemented.
+    #[serde(default)]
+    pub lora_dropout: f64,
+    /// Module names to adapt, matched as PEFT does against the end of each linear layer's
+    /// path (`c_attn`, `c_proj`, `c_fc` for GPT-2; `q_proj` ... `down_proj` for Llama), or
+    /// `["all-linear"]`.
+    pub target_modules: Vec<String>,
+    /// `"LORA"`.
+    #[serde(default = "lora")]
+    pub peft_type: String,
+    /// `"CAUSAL_LM"` or `"SEQ_CLS"`.
+    #[serde(default = "causal")]
+    pub task_type: String,
+    /// True for GPT-2's `Conv1D` (`[in, out]`) weights.
+    #[serde(default)]
+    pub fan_in_fan_out: bool,
+    /// `"none"`: biases stay frozen.
+    #[serde(default = "none")]
+    pub bias: String,
+    /// The base model the adapter was trained on.
+    #[serde(default)]
+    pub base_model_name_or_path: Option<String>,
+    #[serde(default)]
+    pub inference_mode: bool,
+}
+
+fn lora() -> String {
+    "LORA".into()
+}
+fn causal() -> String {
+    "CAUSAL_LM".into()
+}
+fn none() -> String {
+    "none".into()
+}
+
+impl LoraConfig {
+    /// Rank `r`, `alpha`, and the target modules.
+    pub fn new(r: usize, lora_alpha: f64, target_modules: &[&str]) -> Self {
+        Self {
+            r,
+            lora_alpha,
+            lora_dropout: 0.0,
+            target_modules: target_modules.iter().map(|s| s.to_string()).collect(),
+            peft_type: lora(),
+            task_type: causal(),
+            fan_in_fan_out: false,
+            bias: none(),
+            base_model_name_or_path: None,
+            inference_mode: false,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.r == 0 {
+            return Err(Error::config("r", "LoRA rank must be positive"));
+        }
+        if self.lora_dropout != 0.0 {
+            return Err(Error::config("lora_dropout", "only 0 is implemented"));
+        }
+        if self.peft_type != "LORA" {
+            return Err(Error::config(
+                "peft_type",
+                format!("expected LORA, found {}", self.peft_type),
+            ));
+        }
+        if self.target_modules.is_empty() {
+            return Err(Error::config("target_modules", "empty"));
+        }
+        Ok(())
+    }
+
+    /// Whether the linear layer at `path` is targeted.
+    pub fn targets(&self, path: &str) -> bool {
+        self.target_modules
+            .iter()
+            .any(|t| t == "all-linear" || path == t || path.ends_with(&format!(".{t}")))
+    }
+
+    /// `lora_alpha / r`.
+    pub fn scale(&self) -> f64 {
+        self.lora_alpha / self.r as f64
+    }
+}
+
+/// The PEFT name of the A matrix of module `path`.
+pub fn a_name(path: &str) -> String {
+    format!("base_model.model.{path}.lora_A.weight")
+}
+
+/// The PEFT name of the B matrix of module `path`.
+pub fn b_name(path: &str) -> String {
+    format!("base_model.model.{path}.lora_B.weight")
+}
+
+/// An attached adapter.
+#[derive(Debug, Clone)]
+pub struct Lora {
+    pub config: LoraConfig,
+    modules: BTreeMap<String, LinearInfo>,
+    merged: bool,
+}
+
+impl Lora {
+    /// Adds A and B for every targeted module to `params` (A seeded from `seed`, B zero) and
+    /// freezes everything else.
+    pub fn attach(
+        params: &mut Params,
+        linears: &[LinearInfo],
+        mut config: LoraConfig,
+        seed: u64,
+    ) -> Result<Self> {
+        config.validate()?;
+        let targeted: Vec<&LinearInfo> =
+            linears.iter().filter(|l| config.targets(&l.path)).collect();
+        if targeted.is_empty() {
+            return Err(Error::config(
+                "target_modules",
+                format!(
+                    "{:?} match no linear layer of this model",
+                    config.target_modules
+                ),
+            ));
+        }
+        config.fan_in_fan_out = targeted.iter().all(|l| l.layout == WeightLayout::InOut);
+        // Everything but a classification head is frozen (PEFT's `modules_to_save`).
+        params.set_trainable(|n| n == crate::classify::SCORE);
+        let mut modules = BTreeMap::new();
+        let device = params
+            .iter()
+            .next()
+            .map(|p| p.var.device().clone())
+            .unwrap_or(candle_core::Device::Cpu);
+        for l in targeted {
+            let mut rng = Rng::derive(seed, &l.path);
+            let bound = 1.0 / (l.d_in as f64).sqrt();
+            let a: Vec<f32> = (0..config.r * l.d_in)
+                .map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32)
+                .collect();
+            params.insert(
+                &a_name(&l.path),
+                Tensor::from_vec(a, (config.r, l.d_in), &device)?,
+                true,
+            )?;
+            params.insert(
+                &b_name(&l.path),
+                Tensor::zeros((l.d_out, config.r), DType::F32, &device)?,
+                true,
+            )?;
+            modules.insert(l.path.clone(), l.clone());
+        }
+        Ok(Self {
+            config,
+            modules,
+            merged: false,
+        })
+    }
+
+    /// The adapted module paths.
+    pub fn modules(&self) -> impl Iterator<Item = &str> {
+        self.modules.keys().map(String::as_str)
+    }
+
+    /// Whether module `path` currently runs the adapter's path (adapted and not merged).
+    pub fn is_active(&self, path: &str) -> bool {
+        !self.merged && self.modules.contains_key(path)
+    }
+
+    /// Whether the adapter is merged into the base weights.
+    pub fn is_merged(&self) -> bool {
+        self.merged
+    }
+
+    /// `y + scale * (x A^T) B^T` if `path` is adapted and not merged, else `y`.
+    pub fn apply(&self, params: &Params, path: &str, x: &Tensor, y: Tensor) -> Result<Tensor> {
+        if self.merged || !self.modules.contains_key(path) {
+            return Ok(y);
+        }
+        let a = params.tensor(&a_name(path))?;
+        let b = params.tensor(&b_name(path))?;
+        let h = kernels::linear(x, &a, None, WeightLayout::OutIn)?;
+        let d = kernels::linear(&h, &b, None, WeightLayout::OutIn)?;
+        Ok((y + (d * self.config.scale())?)?)
+    }
+
+    /// `scale * B A` laid out like the module's weight.
+    fn delta(&self, params: &Params, info: &LinearInfo) -> Result<Tensor> {
+        let a = params.tensor(&a_name(&info.path))?;
+        let b = params.tensor(&b_name(&info.path))?;
+        let ba = (b.matmul(&a)? * self.config.scale())?; // [out, in]
+        Ok(match info.layout {
+            WeightLayout::OutIn => ba,
+            WeightLayout::InOut => ba.t()?.contiguous()?,
+        })
+    }
+
+    fn shift(&mut self, params: &Params, sign: f64) -> Result<()> {
+        for info in self.modules.values() {
+            let name = format!("{}.weight", info.path);
+            let p = params
+                .get(&name)
+                .ok_or_else(|| Error::Params(format!("no parameter `{name}`")))?;
+            let d = self.delta(params, info)?.to_dtype(p.var.dtype())?;
+            p.var.set(&(p.var.as_tensor() + (d * sign)?)?)?;
+        }
+        Ok(())
+    }
+
+    /// Adds the adapter into the base weights (the forward pass then skips it).
+    pub fn merge(&mut self, params: &Params) -> Result<()> {
+        if !self.merged {
+            self.shift(params, 1.0)?;
+            self.merged = true;
+        }
+        Ok(())
+    }
+
+    /// Subtracts a merged adapter from the base weights again.
+    pub fn unmerge(&mut self, params: &Params) -> Result<()> {
+        if self.merged {
+            self.shift(params, -1.0)?;
+            self.merged = false;
+        }
+        Ok(())
+    }
+
+    /// Writes `adapter_config.json` and `adapter_model.safetensors` (PEFT's names) into `dir`.
+    pub fn save(&self, params: &Params, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let path = dir.join(ADAPTER_CONFIG_FILE);
+        let s = serde_json::to_string_pretty(&self.config).map_err(|e| Error::Json {
+            path: path.clone(),
+            source: e,
+        })?;
+        std::fs::write(&path, s + "\n").map_err(|e| Error::io(&path, e))?;
+        let mut ts = Vec::new();
+        for m in self.modules.keys() {
+            for n in [a_name(m), b_name(m)] {
+                ts.push((n.clone(), params.tensor(&n)?));
+            }
+        }
+        params::save_file(&ts, &dir.join(ADAPTER_FILE))
+    }
+
+    /// Reads an adapter directory's config.
+    pub fn load_config(dir: &Path) -> Result<LoraConfig> {
+        let path = dir.join(ADAPTER_CONFIG_FILE);
+        let s = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        serde_json::from_str(&s).map_err(|e| Error::Json { path, source: e })
+    }
+
+    /// Attaches the adapter saved in `dir` (its config and weights) to `params`.
+    pub fn load(params: &mut Params, linears: &[LinearInfo], dir: &Path) -> Result<Self> {
+        let config = Self::load_config(dir)?;
+        let lora = Self::attach(params, linears, config, 0)?;
+        let path = dir.join(ADAPTER_FILE);
+        let device = params
+            .iter()
+            .next()
+            .map(|p| p.var.device().clone())
+            .unwrap_or(candle_core::Device::Cpu);
+        let map = params::load_file(&path, &device)?;
+        for m in lora.modules.keys() {
+            for n in [a_name(m), b_name(m)] {
+                let p = params
+                    .get(&n)
+                    .ok_or_else(|| Error::Params(format!("no parameter `{n}`")))?;
+                let t = map.get(&n).ok_or_else(|| Error::MissingTensor {
+                    path: path.clone(),
+                    name: n.clone(),
+                })?;
+                if t.dims() != p.var.dims() {
+                    return Err(Error::TensorShape {
+                        path: path.clone(),
+                        name: n.clone(),
+                        expected: p.var.dims().to_vec(),
+                        found: t.dims().to_vec(),
+                    });
+                }
+                p.var.set(&t.to_dtype(p.var.dtype())?)?;
+            }
+        }
+        Ok(lora)
+    }
+}

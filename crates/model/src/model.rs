@@ -1,0 +1,127 @@
+//! What every language model here offers: a forward pass, its named parameters, and the
+//! linear layers LoRA and SVD can act on.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::Result;
+use crate::kernels::{self, linear::WeightLayout};
+use crate::lora::Lora;
+use crate::params::Params;
+
+/// A linear layer of a model: its module path (`transformer.h.0.attn.c_attn`), sizes and how
+/// its weight is stored. The weight is `{path}.weight`, the bias (if any) `{path}.bias`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinearInfo {
+    pub path: String,
+    pub d_in: usize,
+    pub d_out: usize,
+    pub layout: WeightLayout,
+    pub bias: bool,
+}
+
+/// The parameters of a model plus its optional LoRA adapter; the models' forward passes call
+/// [`Weights::linear`] for every linear layer, which adds the adapter's low-rank path.
+#[derive(Debug, Clone)]
+pub struct Weights {
+    pub params: Params,
+    pub lora: Option<Lora>,
+    /// Linear layers replaced by SVD factors (path -> rank): see [`crate::svd`].
+    pub lowrank: BTreeMap<String, usize>,
+}
+
+impl Weights {
+    /// Wraps parameters with no adapter.
+    pub fn new(params: Params) -> Self {
+        Self {
+            params,
+            lora: None,
+            lowrank: BTreeMap::new(),
+        }
+    }
+
+    /// The tensor the forward pass uses (detached when frozen).
+    pub fn t(&self, name: &str) -> Result<Tensor> {
+        self.params.tensor(name)
+    }
+
+    /// `x @ W' + b` for the linear layer `info`, plus the adapter's path if one is attached.
+    pub fn linear(&self, info: &LinearInfo, x: &Tensor) -> Result<Tensor> {
+        let b = if info.bias {
+            Some(self.t(&format!("{}.bias", info.path))?)
+        } else {
+            None
+        };
+        let y = if self.lowrank.contains_key(&info.path) {
+            let a = self.t(&crate::svd::a_name(&info.path))?;
+            let f = self.t(&crate::svd::b_name(&info.path))?;
+            let h = kernels::linear(x, &a, None, WeightLayout::OutIn)?;
+            kernels::linear(&h, &f, b.as_ref(), WeightLayout::OutIn)?
+        } else {
+            let w = self.t(&format!("{}.weight", info.path))?;
+            kernels::linear(x, &w, b.as_ref(), info.layout)?
+        };
+        match &self.lora {
+            Some(l) => l.apply(&self.params, &info.path, x, y),
+            None => Ok(y),
+        }
+    }
+}
+
+/// A causal language model.
+pub trait LanguageModel: Send + Sync {
+    /// The parameters and adapter.
+    fn weights(&self) -> &Weights;
+    /// Mutable access, for attaching adapters and loading updates.
+    fn weights_mut(&mut self) -> &mut Weights;
+    /// Every linear layer LoRA or SVD may target, in definition order.
+    fn linear_modules(&self) -> Vec<LinearInfo>;
+    /// Tokens in the vocabulary.
+    fn vocab_size(&self) -> usize;
+    /// Width of the hidden states.
+    fn hidden_size(&self) -> usize;
+    /// The longest context the model accepts.
+    fn max_context(&self) -> usize;
+    /// The device the weights live on.
+    fn device(&self) -> &Device;
+    /// Final hidden states `[B, T, d]` (after the last norm) for token ids `[B, T]` (u32).
+    fn hidden(&self, ids: &Tensor) -> Result<Tensor>;
+    /// Logits `[B, T, V]` from hidden states.
+    fn logits(&self, hidden: &Tensor) -> Result<Tensor>;
+    /// Writes the model as a Hugging Face-style directory (config.json, model.safetensors);
+    /// an attached LoRA adapter is not included (save it separately or merge it first).
+    fn save(&self, dir: &std::path::Path) -> Result<()>;
+
+    /// Mean next-token loss and the trainable parameters' gradients (in
+    /// [`Params::trainable`] order) from a hand-written backward pass, if the model has one for
+    /// its current state; `None` means use candle's autograd.
+    fn fast_loss_and_grads(
+        &self,
+        _ids: &Tensor,
+        _targets: &Tensor,
+    ) -> Option<Result<(f64, Vec<Vec<f32>>)>> {
+        None
+    }
+
+    /// The parameters.
+    fn params(&self) -> &Params {
+        &self.weights().params
+    }
+
+    /// Logits `[B, T, V]` for token ids `[B, T]`.
+    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        self.logits(&self.hidden(ids)?)
+    }
+
+    /// Mean next-token cross-entropy of `ids` `[B, T]` against `targets` `[B, T]`.
+    fn loss(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let logits = self.forward(ids)?;
+        let (b, t, v) = logits.dims3()?;
+        let rows = kernels::cross_entropy_rows(
+            &logits.reshape((b * t, v))?,
+            &targets.reshape(b * t)?.to_dtype(DType::U32)?,
+        )?;
+        Ok(rows.mean_all()?)
+    }
+}

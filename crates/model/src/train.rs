@@ -1,0 +1,281 @@
+//! Training and evaluation loops over any [`LanguageModel`]: micro-batches with gradient
+//! accumulation, AdamW, evaluation loss and perplexity, and checkpoints that resume exactly
+//! (weights, optimiser moments, step and the data generator's state).
+
+use std::path::Path;
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::data::{self, TokenData};
+use crate::model::LanguageModel;
+use crate::optim::{self, AdamW, AdamWConfig, StepInfo};
+use crate::params;
+use crate::rng::Rng;
+use crate::{Error, Result};
+
+/// Settings of a training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Tokens per sequence (at most the model's context).
+    pub seq_len: usize,
+    /// Micro-batches whose gradients are averaged into one optimiser step.
+    pub grad_accum: usize,
+    /// Seed of the data sampler.
+    pub seed: u64,
+    /// Always use candle's autograd, even where the model has a hand-written backward pass
+    /// (for comparisons; default false).
+    #[serde(default)]
+    pub autograd_only: bool,
+    pub optim: AdamWConfig,
+}
+
+impl TrainConfig {
+    /// Batch and sequence length with default optimiser settings.
+    pub fn new(batch_size: usize, seq_len: usize) -> Self {
+        Self {
+            batch_size,
+            seq_len,
+            grad_accum: 1,
+            seed: 0,
+            autograd_only: false,
+            optim: AdamWConfig::default(),
+        }
+    }
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct StepStats {
+    pub step: usize,
+    /// Mean training loss over the step's micro-batches.
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    /// Tokens processed in this step.
+    pub tokens: usize,
+}
+
+/// Evaluation result.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct EvalStats {
+    /// Mean next-token cross-entropy (nats).
+    pub loss: f64,
+    pub perplexity: f64,
+    /// Fraction of next tokens predicted exactly (argmax).
+    pub accuracy: f64,
+    pub tokens: usize,
+}
+
+/// A training run: the optimiser state and the data sampler.
+#[derive(Debug, Clone)]
+pub struct Trainer {
+    pub config: TrainConfig,
+    pub optim: AdamW,
+    rng: Rng,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedState {
+    step: usize,
+    rng: u64,
+    config: TrainConfig,
+}
+
+const STATE_FILE: &str = "trainer_state.json";
+const OPTIM_FILE: &str = "optimizer.safetensors";
+
+impl Trainer {
+    /// A fresh run for `model`'s trainable parameters.
+    pub fn new(model: &dyn LanguageModel, config: TrainConfig) -> Result<Self> {
+        if config.batch_size == 0 || config.seq_len == 0 || config.grad_accum == 0 {
+            return Err(Error::config(
+                "batch_size/seq_len/grad_accum",
+                "must be positive",
+            ));
+        }
+        if config.seq_len > model.max_context() {
+            return Err(Error::config(
+                "seq_len",
+                format!(
+                    "{} exceeds the model's context {}",
+                    config.seq_len,
+                    model.max_context()
+                ),
+            ));
+        }
+        let optim = AdamW::new(model.params(), config.optim.clone());
+        let rng = Rng::derive(config.seed, "data");
+        Ok(Self { config, optim, rng })
+    }
+
+    /// Steps taken.
+    pub fn step_count(&self) -> usize {
+        self.optim.step
+    }
+
+    /// Gradients of the mean loss over `batches` (each `(inputs, targets)`), and that loss:
+    /// from the model's hand-written backward pass where it has one (unless `autograd_only`),
+    /// else from candle's autograd.
+    pub fn gradients(
+        model: &dyn LanguageModel,
+        batches: &[(Tensor, Tensor)],
+        autograd_only: bool,
+    ) -> Result<(f64, Vec<Vec<f32>>)> {
+        let mut total: Option<Vec<Vec<f32>>> = None;
+        let mut loss_sum = 0.0;
+        let k = batches.len().max(1) as f32;
+        for (x, y) in batches {
+            let fast = if autograd_only {
+                None
+            } else {
+                model.fast_loss_and_grads(x, y)
+            };
+            let (loss, g) = match fast {
+                Some(r) => r?,
+                None => {
+                    let loss = model.loss(x, y)?;
+                    (
+                        f64::from(loss.to_scalar::<f32>()?),
+                        optim::collect_grads(model.params(), &loss.backward()?)?,
+                    )
+                }
+            };
+            loss_sum += loss;
+            match &mut total {
+                None => total = Some(g),
+                Some(t) => {
+                    for (a, b) in t.iter_mut().zip(g) {
+                        for (a, b) in a.iter_mut().zip(b) {
+                            *a += b;
+                        }
+                    }
+                }
+            }
+        }
+        let mut g = total.ok_or_else(|| Error::Data("no batches".into()))?;
+        if k > 1.0 {
+            g.iter_mut().flatten().for_each(|v| *v /= k);
+        }
+        Ok((loss_sum / f64::from(k), g))
+    }
+
+    /// One optimiser step on `grad_accum` freshly sampled micro-batches of `data.train`.
+    pub fn step(&mut self, model: &dyn LanguageModel, data: &TokenData) -> Result<StepStats> {
+        let c = &self.config;
+        let batches = (0..c.grad_accum)
+            .map(|_| {
+                data::sample_batch(
+                    &data.train,
+                    c.batch_size,
+                    c.seq_len,
+                    &mut self.rng,
+                    model.device(),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.step_on(model, &batches)
+    }
+
+    /// One optimiser step on the given micro-batches.
+    pub fn step_on(
+        &mut self,
+        model: &dyn LanguageModel,
+        batches: &[(Tensor, Tensor)],
+    ) -> Result<StepStats> {
+        let (loss, grads) = Self::gradients(model, batches, self.config.autograd_only)?;
+        let StepInfo { lr, grad_norm } = self.optim.step(model.params(), &grads)?;
+        let tokens = batches.iter().map(|(x, _)| x.elem_count()).sum();
+        Ok(StepStats {
+            step: self.optim.step,
+            loss,
+            lr,
+            grad_norm,
+            tokens,
+        })
+    }
+
+    /// One optimiser step from gradients the caller computed (e.g. of a classification loss,
+    /// with [`crate::optim::collect_grads`]).
+    pub fn step_grads(
+        &mut self,
+        model: &dyn LanguageModel,
+        grads: &[Vec<f32>],
+    ) -> Result<StepInfo> {
+        self.optim.step(model.params(), grads)
+    }
+
+    /// Saves the weights (`model.safetensors` of the trainable parameters is not enough to
+    /// resume: this writes optimiser moments, step and sampler state too) into `dir`.
+    pub fn save_state(&self, model: &dyn LanguageModel, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        params::save_file(
+            &self.optim.state_tensors(model.params())?,
+            &dir.join(OPTIM_FILE),
+        )?;
+        let path = dir.join(STATE_FILE);
+        let s = SavedState {
+            step: self.optim.step,
+            rng: self.rng.state(),
+            config: self.config.clone(),
+        };
+        let json = serde_json::to_string_pretty(&s).map_err(|e| Error::Json {
+            path: path.clone(),
+            source: e,
+        })?;
+        std::fs::write(&path, json + "\n").map_err(|e| Error::io(&path, e))
+    }
+
+    /// Restores a run saved by [`Trainer::save_state`] for `model` (whose weights must have
+    /// been restored from the same checkpoint).
+    pub fn load_state(model: &dyn LanguageModel, dir: &Path) -> Result<Self> {
+        let path = dir.join(STATE_FILE);
+        let s = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let saved: SavedState =
+            serde_json::from_str(&s).map_err(|e| Error::Json { path, source: e })?;
+        let mut t = Self::new(model, saved.config)?;
+        let file = dir.join(OPTIM_FILE);
+        t.optim
+            .load_state_tensors(&params::load_file(&file, model.device())?, &file)?;
+        t.optim.step = saved.step;
+        t.rng = Rng::from_state(saved.rng);
+        Ok(t)
+    }
+}
+
+/// Loss, perplexity and next-token accuracy of `model` over fixed windows of `tokens`.
+pub fn evaluate(
+    model: &dyn LanguageModel,
+    tokens: &[u32],
+    batch: usize,
+    seq: usize,
+    max_windows: usize,
+) -> Result<EvalStats> {
+    let mut loss_sum = 0.0;
+    let mut correct = 0usize;
+    let mut n = 0usize;
+    for (x, y) in data::eval_batches(tokens, batch, seq, max_windows, model.device())? {
+        let logits = model.forward(&x)?.detach();
+        let (b, t, v) = logits.dims3()?;
+        let flat = logits.reshape((b * t, v))?;
+        let yf = y.reshape(b * t)?;
+        let rows = crate::kernels::cross_entropy_rows(&flat, &yf)?;
+        loss_sum += f64::from(rows.sum_all()?.to_scalar::<f32>()?);
+        let pred = flat.argmax(1)?.to_vec1::<u32>()?;
+        correct += pred
+            .iter()
+            .zip(yf.to_vec1::<u32>()?)
+            .filter(|(a, b)| **a == *b)
+            .count();
+        n += b * t;
+    }
+    let loss = loss_sum / n as f64;
+    Ok(EvalStats {
+        loss,
+        perplexity: loss.exp(),
+        accuracy: correct as f64 / n as f64,
+        tokens: n,
+    })
+}
