@@ -269,13 +269,13 @@ impl Args {
             ]);
         }
         t.print();
-        println!(
+        outln!(
             "matmul peak (2048^2 f32, candle): {peak:.0} GFLOP/s; threads {}; load average {}",
             r.threads,
             load.map_or("?".into(), |l| format!("{l:.2}"))
         );
         if let (Some(f), Some(l)) = (r.full_ratio_to_torch, r.lora_ratio_to_torch) {
-            println!("ratio to PyTorch: full {f:.2}x, LoRA {l:.2}x");
+            outln!("ratio to PyTorch: full {f:.2}x, LoRA {l:.2}x");
         }
         if let Some(p) = &self.json {
             write_json(p, &r)?;

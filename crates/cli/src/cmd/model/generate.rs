@@ -47,7 +47,7 @@ impl Args {
             seed: self.seed,
         };
         let ids = generate(model.as_ref(), &prompt, self.max_new, &s)?;
-        println!("{}", tok.decode(&ids)?);
+        outln!("{}", tok.decode(&ids)?);
         Ok(ExitCode::SUCCESS)
     }
 }
