@@ -2,29 +2,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
+use common::{cohort, p, text};
 use redb::ReadableDatabase;
-
-fn cohort(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cohort"))
-        .args(args)
-        .output()
-        .expect("cohort runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
 
 #[test]
 fn demo_show_verify_prove_and_a_tampered_ledger() {

@@ -2,14 +2,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
+mod common;
 
-fn cohort(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_cohort"))
-        .args(args)
-        .output()
-        .expect("cohort runs")
-}
+use common::cohort;
 
 fn example(name: &str) -> String {
     format!("{}/../../examples/{name}", env!("CARGO_MANIFEST_DIR"))
