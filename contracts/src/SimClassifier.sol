@@ -15,6 +15,13 @@ interface ISimClassifier {
     function predict(bytes calldata features) external view returns (uint8);
 
     /// @notice Trains the model with one labelled sample. Only the model's owner
-    ///         (the mechanism) may call it.
-    function update(bytes calldata features, uint8 label) external;
+    ///         (the mechanism) may call it. Returns false if the model predicts
+    ///         exactly as before (a perceptron that was already right), so that a
+    ///         caller may skip re-evaluating it.
+    function update(bytes calldata features, uint8 label) external returns (bool changed);
+
+    /// @notice A keccak of the model's whole learned state: two models with the same
+    ///         hash predict alike and train alike (the prediction market checks that
+    ///         every reward round starts from the initial model with it).
+    function stateHash() external view returns (bytes32);
 }

@@ -109,7 +109,9 @@ contract SparsePerceptron is ISimClassifier {
     }
 
     /// @inheritdoc ISimClassifier
-    function update(bytes calldata features, uint8 label) external onlyOwner {
+    /// @dev `changed` is true iff the weights and bias moved (samplesSeen advances
+    ///      either way, but predictions depend on the weights and bias only).
+    function update(bytes calldata features, uint8 label) external onlyOwner returns (bool changed) {
         if (label > 1) revert BadLabel(label);
         int256 s = score(features);
         uint256 t = samplesSeen + 1;
@@ -125,7 +127,26 @@ contract SparsePerceptron is ISimClassifier {
                 }
             }
             bias += delta;
+            changed = true;
         }
+    }
+
+    /// @inheritdoc ISimClassifier
+    /// @dev keccak256(abi.encodePacked(bias, samplesSeen, w[0], ..., w[numFeatures - 1])).
+    function stateHash() external view returns (bytes32 h) {
+        uint256 n = numFeatures;
+        bytes memory b = new bytes(64 + 32 * n);
+        int256 b0 = bias;
+        uint256 t = samplesSeen;
+        assembly ("memory-safe") {
+            let p := add(b, 32)
+            mstore(p, b0)
+            mstore(add(p, 32), t)
+            for { let f := 0 } lt(f, n) { f := add(f, 1) } {
+                mstore(add(add(p, 64), mul(f, 32)), sload(add(WEIGHTS_BASE, f)))
+            }
+        }
+        h = keccak256(b);
     }
 
     /// @dev Sum of the present features' weights, checking the encoding. The sum is

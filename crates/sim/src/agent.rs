@@ -45,6 +45,10 @@ pub struct AgentSpec {
     pub flip_labels: bool,
     /// Submit every turn (else with probability `last accuracy + submit_bonus`).
     pub always_submit: bool,
+    /// Colluding ring: agents with the same ring resubmit the ring's few target samples
+    /// instead of new ones and never report each other (see `SimConfig::ring_targets`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring: Option<u32>,
 }
 
 impl AgentSpec {
@@ -62,6 +66,7 @@ impl AgentSpec {
             mistake_rate: 1e-4,
             flip_labels: false,
             always_submit: false,
+            ring: None,
         }
     }
 
@@ -79,6 +84,15 @@ impl AgentSpec {
             mistake_rate: 0.0,
             flip_labels: true,
             always_submit: true,
+            ring: None,
+        }
+    }
+
+    /// A Bad agent in colluding ring `ring`.
+    pub fn colluder(name: impl Into<String>, ring: u32) -> Self {
+        Self {
+            ring: Some(ring),
+            ..Self::bad(name)
         }
     }
 
@@ -104,6 +118,7 @@ impl AgentSpec {
             mistake_rate: 0.5,
             flip_labels: false,
             always_submit: true,
+            ring: None,
         }
     }
 

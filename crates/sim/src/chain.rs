@@ -25,9 +25,33 @@ pub mod bindings {
         DepositRefundTake,
         "../../contracts/out/DepositRefundTake.json"
     );
+    alloy_sol_types::sol!(
+        #[sol(all_derives)]
+        NaiveBayes,
+        "../../contracts/out/NaiveBayes.json"
+    );
+    alloy_sol_types::sol!(
+        #[sol(all_derives)]
+        NearestCentroid,
+        "../../contracts/out/NearestCentroid.json"
+    );
+    alloy_sol_types::sol!(
+        #[sol(all_derives)]
+        Points,
+        "../../contracts/out/Points.json"
+    );
+    alloy_sol_types::sol!(
+        #[sol(all_derives)]
+        PredictionMarket,
+        "../../contracts/out/PredictionMarket.json"
+    );
 }
 
 use bindings::DepositRefundTake::DepositRefundTakeErrors;
+use bindings::NaiveBayes::NaiveBayesErrors;
+use bindings::NearestCentroid::NearestCentroidErrors;
+use bindings::Points::PointsErrors;
+use bindings::PredictionMarket::PredictionMarketErrors;
 use bindings::SparsePerceptron::SparsePerceptronErrors;
 
 /// What a state-changing call returned.
@@ -220,6 +244,19 @@ pub fn decode_revert(data: &[u8]) -> Revert {
         format!("{e:?}")
     } else if let Ok(e) = SparsePerceptronErrors::abi_decode(data) {
         format!("{e:?}")
+    } else if let Ok(e) = NaiveBayesErrors::abi_decode(data) {
+        format!("{e:?}")
+    } else if let Ok(e) = NearestCentroidErrors::abi_decode(data) {
+        format!("{e:?}")
+    } else if let Ok(e) = PointsErrors::abi_decode(data) {
+        format!("{e:?}")
+    } else if let Ok(e) = PredictionMarketErrors::abi_decode(data) {
+        format!("{e:?}")
+    } else if data.is_empty() {
+        return Revert {
+            name: "0x".into(),
+            detail: "empty revert data: a call inside ran out of gas (the per-transaction cap is 2^24), or a bare revert".into(),
+        };
     } else {
         return Revert {
             name: format!("0x{}", hex::encode(data)),

@@ -17,12 +17,12 @@
 //! Amounts are base units, [`TOKEN_UNIT`] per token; the Python original's floats become
 //! integer divisions rounded down, at 1e-18 of a token.
 
-use alloy_primitives::{Address, Bytes, I256, U256};
+use alloy_primitives::{Address, Bytes, U256};
 use alloy_sol_types::{SolCall, SolConstructor};
 
 use crate::chain::bindings::{DepositRefundTake, SparsePerceptron};
 use crate::chain::{Chain, ChainStats, Revert, pack, participant};
-use crate::perceptron::Perceptron;
+use crate::model::{ChainModel, hand_over};
 use crate::{Classifier, SimError};
 
 /// Base units per token (the contract's `TOKEN_UNIT`).
@@ -113,6 +113,16 @@ pub enum Reject {
     CannotTakeOwn,
     /// Take by an address without good contributions.
     NoGoodContributions,
+    /// Market: the call does not belong to the current phase.
+    WrongPhase,
+    /// Market: test pieces are revealed in order.
+    WrongPiece,
+    /// Market: the revealed piece does not match its committed hash.
+    PieceMismatch,
+    /// Market: a round is already open.
+    RoundOpen,
+    /// Market: no round is open.
+    NoRoundOpen,
 }
 
 impl Reject {
@@ -130,6 +140,11 @@ impl Reject {
             Self::ModelAgrees => "ModelAgrees",
             Self::CannotTakeOwn => "CannotTakeOwn",
             Self::NoGoodContributions => "NoGoodContributions",
+            Self::WrongPhase => "WrongPhase",
+            Self::WrongPiece => "WrongPiece",
+            Self::PieceMismatch => "PieceMismatch",
+            Self::RoundOpen => "RoundOpen",
+            Self::NoRoundOpen => "NoRoundOpen",
         }
     }
 }
@@ -376,56 +391,20 @@ pub struct EvmDrt {
     pub model: Address,
     /// The mechanism contract.
     pub drt: Address,
-    num_features: u32,
-}
-
-/// Weights per `load` transaction when deploying a model.
-const LOAD_BATCH: usize = 256;
-
-fn i256(v: i128) -> I256 {
-    let mut b = if v < 0 { [0xff; 32] } else { [0; 32] };
-    b[16..].copy_from_slice(&v.to_be_bytes());
-    I256::from_raw(U256::from_be_bytes(b))
-}
-
-fn to_i128(v: I256) -> Result<i128, SimError> {
-    i128::try_from(v).map_err(|_| SimError::Chain(format!("weight {v} does not fit in i128")))
 }
 
 impl EvmDrt {
-    /// Deploys the perceptron with `model`'s weights and the mechanism at time `now`, hands
-    /// the model to the mechanism, and funds participant `i` with `funds[i]` base units.
-    pub fn deploy(
+    /// Deploys `model` (with its weights) and the mechanism at time `now`, hands the model
+    /// to the mechanism, and funds participant `i` with `funds[i]` base units.
+    pub fn deploy<M: ChainModel>(
         params: &DrtParams,
-        model: &Perceptron,
+        model: &M,
         funds: &[u128],
         now: u64,
     ) -> Result<Self, SimError> {
         let mut chain = Chain::new();
         let operator = participant(usize::MAX);
-        let num_features = u32::try_from(model.weights.len())
-            .map_err(|_| SimError::Config("too many features".into()))?;
-        let ctor = SparsePerceptron::constructorCall {
-            numFeatures_: num_features,
-            etaNumerator_: U256::from(model.eta.numerator),
-            etaOffset_: U256::from(model.eta.offset),
-        };
-        let code = [SparsePerceptron::BYTECODE.as_ref(), &ctor.abi_encode()].concat();
-        let model_addr = chain.deploy(now, operator, Bytes::from(code))?;
-        let weights: Vec<I256> = model.weights.iter().map(|&w| i256(w)).collect();
-        for (k, chunk) in weights.chunks(LOAD_BATCH).enumerate() {
-            chain.must_send(
-                now,
-                operator,
-                model_addr,
-                &SparsePerceptron::loadCall {
-                    bias_: i256(model.bias),
-                    samplesSeen_: U256::from(model.samples_seen),
-                    from: (k * LOAD_BATCH) as u32,
-                    w: chunk.to_vec(),
-                },
-            )?;
-        }
+        let model_addr = model.deploy(&mut chain, operator, now)?;
         let ctor = DepositRefundTake::constructorCall {
             model_: model_addr,
             costWeight_: U256::from(params.cost_weight_e6),
@@ -434,12 +413,7 @@ impl EvmDrt {
         };
         let code = [DepositRefundTake::BYTECODE.as_ref(), &ctor.abi_encode()].concat();
         let drt = chain.deploy(now, operator, Bytes::from(code))?;
-        chain.must_send(
-            now,
-            operator,
-            model_addr,
-            &SparsePerceptron::setOwnerCall { next: drt },
-        )?;
+        hand_over(&mut chain, now, operator, model_addr, drt)?;
         for (i, &amount) in funds.iter().enumerate() {
             chain.must_send(
                 now,
@@ -456,7 +430,6 @@ impl EvmDrt {
             operator,
             model: model_addr,
             drt,
-            num_features,
         })
     }
 
@@ -568,27 +541,10 @@ impl EvmDrt {
         )
     }
 
-    /// The model's weights, bias and samples seen, read from chain.
+    /// The perceptron's weights, bias and samples seen, read from chain (the model must be
+    /// a `SparsePerceptron`).
     pub fn read_model(&mut self, now: u64) -> Result<(Vec<i128>, i128, u64), SimError> {
-        let w = self.chain.view(
-            now,
-            self.model,
-            &SparsePerceptron::weightsCall {
-                from: 0,
-                count: self.num_features,
-            },
-        )?;
-        let bias = to_i128(
-            self.chain
-                .view(now, self.model, &SparsePerceptron::biasCall {})?,
-        )?;
-        let seen = self
-            .chain
-            .view(now, self.model, &SparsePerceptron::samplesSeenCall {})?;
-        let seen =
-            u64::try_from(seen).map_err(|_| SimError::Chain("samplesSeen overflows".into()))?;
-        let w = w.into_iter().map(to_i128).collect::<Result<_, _>>()?;
-        Ok((w, bias, seen))
+        crate::perceptron::read_chain(&mut self.chain, self.model, now)
     }
 
     /// Sends any call of the mechanism contract (tests use it for calls the driver never

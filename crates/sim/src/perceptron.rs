@@ -13,11 +13,16 @@
 //! shuffled copy of the data, stopping when the summed perceptron loss has not improved by
 //! `tol * n` for `n_iter_no_change` epochs running (or at `max_iter`).
 
+use alloy_primitives::{Address, Bytes, I256, U256};
+use alloy_sol_types::SolConstructor;
 use rand::Rng;
 use rand::seq::SliceRandom;
 
-use crate::Classifier;
+use crate::chain::Chain;
+use crate::chain::bindings::SparsePerceptron;
 use crate::data::Sample;
+use crate::model::ChainModel;
+use crate::{Classifier, SimError};
 
 /// Fixed-point scale of weights, bias and the learning rate (the contract's `WEIGHT_SCALE`).
 pub const WEIGHT_SCALE: i128 = 1_000_000_000;
@@ -178,8 +183,86 @@ impl Classifier for Perceptron {
         u8::from(self.score(features) > 0)
     }
 
-    fn update(&mut self, features: &[u32], label: u8) {
-        self.learn(features, label);
+    fn update(&mut self, features: &[u32], label: u8) -> bool {
+        self.learn(features, label)
+    }
+}
+
+/// Weights per `load` transaction when deploying a model.
+pub const LOAD_BATCH: usize = 256;
+
+/// An `int256` from an `i128`.
+pub fn i256(v: i128) -> I256 {
+    let mut b = if v < 0 { [0xff; 32] } else { [0; 32] };
+    b[16..].copy_from_slice(&v.to_be_bytes());
+    I256::from_raw(U256::from_be_bytes(b))
+}
+
+fn to_i128(v: I256) -> Result<i128, SimError> {
+    i128::try_from(v).map_err(|_| SimError::Chain(format!("weight {v} does not fit in i128")))
+}
+
+/// The weights, bias and samples seen of the `SparsePerceptron` at `at`.
+pub fn read_chain(
+    chain: &mut Chain,
+    at: Address,
+    now: u64,
+) -> Result<(Vec<i128>, i128, u64), SimError> {
+    let n = chain.view(now, at, &SparsePerceptron::numFeaturesCall {})?;
+    let w = chain.view(
+        now,
+        at,
+        &SparsePerceptron::weightsCall { from: 0, count: n },
+    )?;
+    let bias = to_i128(chain.view(now, at, &SparsePerceptron::biasCall {})?)?;
+    let seen = chain.view(now, at, &SparsePerceptron::samplesSeenCall {})?;
+    let seen = u64::try_from(seen).map_err(|_| SimError::Chain("samplesSeen overflows".into()))?;
+    let w = w.into_iter().map(to_i128).collect::<Result<_, _>>()?;
+    Ok((w, bias, seen))
+}
+
+impl ChainModel for Perceptron {
+    fn name(&self) -> &'static str {
+        "perceptron"
+    }
+
+    fn deploy(&self, chain: &mut Chain, owner: Address, now: u64) -> Result<Address, SimError> {
+        let num_features = u32::try_from(self.weights.len())
+            .map_err(|_| SimError::Config("too many features".into()))?;
+        let ctor = SparsePerceptron::constructorCall {
+            numFeatures_: num_features,
+            etaNumerator_: U256::from(self.eta.numerator),
+            etaOffset_: U256::from(self.eta.offset),
+        };
+        let code = [SparsePerceptron::BYTECODE.as_ref(), &ctor.abi_encode()].concat();
+        let at = chain.deploy(now, owner, Bytes::from(code))?;
+        let weights: Vec<I256> = self.weights.iter().map(|&w| i256(w)).collect();
+        for (k, chunk) in weights.chunks(LOAD_BATCH).enumerate() {
+            chain.must_send(
+                now,
+                owner,
+                at,
+                &SparsePerceptron::loadCall {
+                    bias_: i256(self.bias),
+                    samplesSeen_: U256::from(self.samples_seen),
+                    from: (k * LOAD_BATCH) as u32,
+                    w: chunk.to_vec(),
+                },
+            )?;
+        }
+        Ok(at)
+    }
+
+    fn check_chain(&self, chain: &mut Chain, at: Address, now: u64) -> Result<(), SimError> {
+        let (w, bias, seen) = read_chain(chain, at, now)?;
+        if w != self.weights || bias != self.bias || seen != self.samples_seen {
+            return Err(SimError::Diverged {
+                call: "perceptron weights".into(),
+                reference: format!("bias {} seen {}", self.bias, self.samples_seen),
+                chain: format!("bias {bias} seen {seen}"),
+            });
+        }
+        Ok(())
     }
 }
 

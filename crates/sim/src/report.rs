@@ -66,7 +66,7 @@ impl AgentReport {
     }
 }
 
-mod u128_string {
+pub(crate) mod u128_string {
     pub fn serialize<S: serde::Serializer>(v: &u128, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&v.to_string())
     }
@@ -126,13 +126,67 @@ impl BalancePoint {
     }
 }
 
+impl BalancePoint {
+    /// A point from ready-made percentages.
+    pub(crate) fn from_pct(t: u64, pct: Vec<f64>) -> Self {
+        Self {
+            t,
+            day: t as f64 / DAY as f64,
+            pct,
+        }
+    }
+}
+
+/// What the balances of a report count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BalanceUnit {
+    /// Tokens: `final_balance` in whole tokens, `*_pct` and `balance_series` in % of the
+    /// start.
+    Tokens,
+    /// Points (the Points mechanism, no money): `final_balance` is the agent's points,
+    /// `*_pct` and `balance_series` are points in % of the agent's accepted contributions
+    /// so far (100 = every contribution earned its point); nobody goes bankrupt.
+    Points,
+}
+
+/// What a prediction-market run adds to the report.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MarketReport {
+    /// The bounty, whole tokens.
+    pub bounty: f64,
+    /// Test reviews committed and revealed.
+    pub test_size: usize,
+    /// Pieces they were committed in.
+    pub pieces: usize,
+    /// Test accuracy (whole test file) of the model trained during participation, at its
+    /// end; `final_accuracy` is the last reward round's model.
+    pub participation_accuracy: f64,
+    /// Day participation ended.
+    pub participation_days: f64,
+    /// Every reward round.
+    pub rounds: Vec<crate::market::RoundOutcome>,
+    /// What returned to the initiator after the last round, whole tokens.
+    pub initiator_refund: f64,
+    /// Contributions whose whole deposit was forfeited.
+    pub forfeited: u64,
+    /// Base units left in escrow after every claim (rounding of the pot shares).
+    #[serde(with = "u128_string")]
+    pub dust: u128,
+}
+
 /// The outcome of one run.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunReport {
-    /// `drt`.
+    /// `drt`, `points` or `market`.
     pub mechanism: String,
-    /// `perceptron`.
+    /// `perceptron`, `nb` or `ncc`.
     pub model: String,
+    /// What balances count: tokens, or points for the Points mechanism.
+    pub balance_unit: BalanceUnit,
+    /// The prediction market's rounds and pots (market runs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub market: Option<MarketReport>,
     /// Where the mechanism ran.
     pub engine: Engine,
     /// The seed.

@@ -9,13 +9,18 @@ use rayon::prelude::*;
 
 use crate::SimError;
 use crate::data::Dataset;
-use crate::driver::{SimConfig, run};
+use crate::driver::{MechanismKind, SimConfig, run};
 use crate::drt::DrtParams;
+use crate::model::ModelKind;
 use crate::plot::{PALETTE, Panel, Series, svg};
 
 /// The grid.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SweepSpec {
+    /// Mechanisms (empty: the base configuration's).
+    pub mechanisms: Vec<MechanismKind>,
+    /// Models (empty: the base configuration's).
+    pub models: Vec<ModelKind>,
     /// Feature counts.
     pub num_words: Vec<u32>,
     /// Training sizes (first N reviews).
@@ -31,6 +36,10 @@ pub struct SweepSpec {
 /// The figures of one run of a sweep.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunSummary {
+    /// `drt`, `points` or `market`.
+    pub mechanism: MechanismKind,
+    /// `perceptron`, `nb` or `ncc`.
+    pub model: ModelKind,
     /// Features.
     pub num_words: u32,
     /// Training reviews.
@@ -95,6 +104,10 @@ impl Stat {
 /// One cell of the grid, across seeds.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SweepRow {
+    /// Mechanism.
+    pub mechanism: MechanismKind,
+    /// Model.
+    pub model: ModelKind,
     /// Features.
     pub num_words: u32,
     /// Training reviews.
@@ -165,24 +178,43 @@ pub fn run_sweep(
             datasets.insert((nw, ts), d);
         }
     }
+    let mechanisms = if spec.mechanisms.is_empty() {
+        vec![spec.base.mechanism]
+    } else {
+        spec.mechanisms.clone()
+    };
+    let models = if spec.models.is_empty() {
+        vec![spec.base.model]
+    } else {
+        spec.models.clone()
+    };
     let mut jobs = Vec::new();
-    for &nw in &spec.num_words {
-        for &ts in &spec.train_sizes {
-            for &w in &spec.cost_weights {
-                for &seed in &spec.seeds {
-                    jobs.push((nw, ts, w, seed));
+    for &mech in &mechanisms {
+        for &model in &models {
+            for &nw in &spec.num_words {
+                for &ts in &spec.train_sizes {
+                    for &w in &spec.cost_weights {
+                        for &seed in &spec.seeds {
+                            jobs.push((mech, model, nw, ts, w, seed));
+                        }
+                    }
                 }
             }
         }
     }
     let runs: Vec<RunSummary> = jobs
         .par_iter()
-        .map(|&(nw, ts, w, seed)| {
+        .map(|&(mech, model, nw, ts, w, seed)| {
             let mut cfg = spec.base.clone();
             cfg.seed = seed;
+            cfg.mechanism = mech;
+            cfg.model = model;
             cfg.drt = DrtParams::new(w, cfg.drt.refund_wait, cfg.drt.any_address_claim_wait)?;
+            cfg.market.cost_weight_e6 = cfg.drt.cost_weight_e6;
             let r = run(&cfg, &datasets[&(nw, ts)])?;
             let s = RunSummary {
+                mechanism: mech,
+                model,
                 num_words: nw,
                 train_size: ts,
                 cost_weight: w,
@@ -212,22 +244,33 @@ pub fn run_sweep(
     })
 }
 
-/// Groups runs by (num_words, train size, cost weight), in first-seen order.
+/// Groups runs by (mechanism, model, num_words, train size, cost weight), in first-seen
+/// order.
 pub fn summarise(runs: &[RunSummary]) -> Vec<SweepRow> {
-    let mut keys: Vec<(u32, usize, f64)> = Vec::new();
+    type Key = (MechanismKind, ModelKind, u32, usize, f64);
+    let key = |r: &RunSummary| -> Key {
+        (
+            r.mechanism,
+            r.model,
+            r.num_words,
+            r.train_size,
+            r.cost_weight,
+        )
+    };
+    let mut keys: Vec<Key> = Vec::new();
     for r in runs {
-        let k = (r.num_words, r.train_size, r.cost_weight);
+        let k = key(r);
         if !keys.contains(&k) {
             keys.push(k);
         }
     }
     keys.into_iter()
-        .map(|(nw, ts, w)| {
-            let g: Vec<&RunSummary> = runs
-                .iter()
-                .filter(|r| (r.num_words, r.train_size, r.cost_weight) == (nw, ts, w))
-                .collect();
+        .map(|k| {
+            let (mechanism, model, nw, ts, w) = k;
+            let g: Vec<&RunSummary> = runs.iter().filter(|r| key(r) == k).collect();
             SweepRow {
+                mechanism,
+                model,
                 num_words: nw,
                 train_size: ts,
                 cost_weight: w,
@@ -253,12 +296,14 @@ fn opt(v: Option<f64>) -> String {
 /// Every run as CSV, one line per run, with a header.
 pub fn runs_csv(runs: &[RunSummary]) -> String {
     let mut s = String::from(
-        "num_words,train_size,cost_weight,seed,initial_accuracy,final_accuracy,accuracy_gap,min_accuracy,bad_bankrupt_day,good_final_balance_pct,bad_final_balance_pct,simulated_days,transactions,gas_used,wall_seconds\n",
+        "mechanism,model,num_words,train_size,cost_weight,seed,initial_accuracy,final_accuracy,accuracy_gap,min_accuracy,bad_bankrupt_day,good_final_balance_pct,bad_final_balance_pct,simulated_days,transactions,gas_used,wall_seconds\n",
     );
     for r in runs {
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            r.mechanism.name(),
+            r.model.name(),
             r.num_words,
             r.train_size,
             r.cost_weight,
@@ -279,16 +324,107 @@ pub fn runs_csv(runs: &[RunSummary]) -> String {
     s
 }
 
+/// Charts of a sweep with one cost weight and several training sizes: the bad agents' final
+/// balance, the good agents' and the final accuracy against the training size, one line per
+/// (mechanism, model, num_words): colour by model and num_words, dash by mechanism.
+fn across_chart(rows: &[SweepRow]) -> String {
+    let mut lines: Vec<(MechanismKind, ModelKind, u32)> = rows
+        .iter()
+        .map(|r| (r.mechanism, r.model, r.num_words))
+        .collect();
+    lines.sort_unstable_by_key(|&(m, k, nw)| (m.name(), k.name(), nw));
+    lines.dedup();
+    let mut colours: Vec<(ModelKind, u32)> = lines.iter().map(|&(_, k, nw)| (k, nw)).collect();
+    colours.sort_unstable_by_key(|&(k, nw)| (k.name(), nw));
+    colours.dedup();
+    type Metric = (&'static str, &'static str, fn(&SweepRow) -> Option<f64>);
+    let metrics: [Metric; 3] = [
+        (
+            "bad agents' final balance",
+            "% of start (points: % of contributions)",
+            |r| r.bad_final_balance_pct.map(|s| s.mean),
+        ),
+        (
+            "good agents' final balance",
+            "% of start (points: % of contributions)",
+            |r| r.good_final_balance_pct.map(|s| s.mean),
+        ),
+        ("final test accuracy", "accuracy %", |r| {
+            r.final_accuracy.map(|s| 100.0 * s.mean)
+        }),
+    ];
+    let panels = metrics
+        .iter()
+        .map(|&(title, y_label, f)| Panel {
+            title: title.into(),
+            x_label: "log2(training reviews)".into(),
+            y_label: y_label.into(),
+            series: lines
+                .iter()
+                .map(|&(mech, model, nw)| {
+                    let mut points: Vec<(f64, f64)> = rows
+                        .iter()
+                        .filter(|r| (r.mechanism, r.model, r.num_words) == (mech, model, nw))
+                        .filter_map(|r| f(r).map(|y| ((r.train_size as f64).log2(), y)))
+                        .collect();
+                    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    let c = colours.iter().position(|&x| x == (model, nw)).unwrap_or(0);
+                    Series {
+                        name: format!("{} {} {nw}", mech.name(), model.name()),
+                        color: PALETTE[c % PALETTE.len()].into(),
+                        dash: match mech {
+                            MechanismKind::Drt => None,
+                            MechanismKind::Points => Some("2 3".into()),
+                            MechanismKind::Market => Some("8 4".into()),
+                        },
+                        points,
+                        markers: true,
+                    }
+                })
+                .collect(),
+            y_range: None,
+            x_range: None,
+        })
+        .collect::<Vec<_>>();
+    let w = rows.first().map_or(0.0, |r| r.cost_weight);
+    svg(
+        &format!(
+            "mechanisms and models at cost weight {w} (means across seeds; solid DRT, dotted Points, dashed market)"
+        ),
+        &panels,
+        3,
+    )
+}
+
 /// Sweep charts, one column per training size: the bad agents' final balance, their ruin
 /// day and the final accuracy against the cost weight, one line per num_words (means across
 /// seeds).
+///
+/// With a single cost weight and several training sizes, the training size is the x axis
+/// instead (one panel per figure, a line per mechanism, model and num_words).
 pub fn sweep_chart(rows: &[SweepRow]) -> String {
+    let one_weight = rows
+        .iter()
+        .all(|r| rows.first().is_some_and(|f| f.cost_weight == r.cost_weight));
+    let sizes = rows
+        .iter()
+        .map(|r| r.train_size)
+        .collect::<std::collections::BTreeSet<_>>();
+    if one_weight && sizes.len() > 1 {
+        return across_chart(rows);
+    }
     let mut sizes: Vec<usize> = rows.iter().map(|r| r.train_size).collect();
     sizes.sort_unstable();
     sizes.dedup();
-    let mut words: Vec<u32> = rows.iter().map(|r| r.num_words).collect();
-    words.sort_unstable();
-    words.dedup();
+    let mut lines: Vec<(MechanismKind, ModelKind, u32)> = rows
+        .iter()
+        .map(|r| (r.mechanism, r.model, r.num_words))
+        .collect();
+    lines.sort_unstable_by_key(|&(m, k, nw)| (m.name(), k.name(), nw));
+    lines.dedup();
+    let one_kind = lines
+        .iter()
+        .all(|&(m, k, _)| (m, k) == (lines[0].0, lines[0].1));
     type Metric = (&'static str, &'static str, fn(&SweepRow) -> Option<f64>);
     let xs: Vec<f64> = rows
         .iter()
@@ -312,18 +448,25 @@ pub fn sweep_chart(rows: &[SweepRow]) -> String {
     let mut panels = Vec::new();
     for (title, y_label, f) in metrics {
         for &ts in &sizes {
-            let series = words
+            let series = lines
                 .iter()
                 .enumerate()
-                .map(|(i, &nw)| {
+                .map(|(i, &(mech, model, nw))| {
                     let mut points: Vec<(f64, f64)> = rows
                         .iter()
-                        .filter(|r| r.num_words == nw && r.train_size == ts)
+                        .filter(|r| {
+                            (r.mechanism, r.model, r.num_words, r.train_size)
+                                == (mech, model, nw, ts)
+                        })
                         .filter_map(|r| f(r).map(|y| (r.cost_weight.max(1e-9).log2(), y)))
                         .collect();
                     points.sort_by(|a, b| a.0.total_cmp(&b.0));
                     Series {
-                        name: format!("num_words {nw}"),
+                        name: if one_kind {
+                            format!("num_words {nw}")
+                        } else {
+                            format!("{} {} {nw}", mech.name(), model.name())
+                        },
                         color: PALETTE[i % PALETTE.len()].into(),
                         dash: None,
                         points,
@@ -341,9 +484,11 @@ pub fn sweep_chart(rows: &[SweepRow]) -> String {
             });
         }
     }
-    svg(
-        "Deposit-Refund-Take sweep (means across seeds)",
-        &panels,
-        sizes.len(),
-    )
+    let title = match lines.first() {
+        Some(&(m, k, _)) if one_kind => {
+            format!("{} sweep, {} (means across seeds)", m.name(), k.name())
+        }
+        _ => "sweep across mechanisms and models (means across seeds)".to_string(),
+    };
+    svg(&title, &panels, sizes.len())
 }

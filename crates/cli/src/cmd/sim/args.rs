@@ -3,13 +3,49 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use cohort_sim::{AgentSpec, DrtParams, Engine, InitialPortion, SimConfig};
+use cohort_sim::driver::MechanismKind;
+use cohort_sim::{AgentSpec, DrtParams, Engine, InitialPortion, MarketParams, SimConfig};
 
 /// The classifier the mechanism trains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ModelKind {
     /// sklearn's perceptron (`learning_rate='optimal'`) in fixed point.
     Perceptron,
+    /// Multinomial Naive Bayes (alpha 1) with a fixed-point log2.
+    Nb,
+    /// Nearest centroid (running class means), exact integers.
+    Ncc,
+}
+
+impl From<ModelKind> for cohort_sim::ModelKind {
+    fn from(m: ModelKind) -> Self {
+        match m {
+            ModelKind::Perceptron => Self::Perceptron,
+            ModelKind::Nb => Self::Nb,
+            ModelKind::Ncc => Self::Ncc,
+        }
+    }
+}
+
+/// A mechanism, for sweeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MechanismArg {
+    /// Deposit, Refund and Take.
+    Drt,
+    /// Points (no money).
+    Points,
+    /// The prediction market.
+    Market,
+}
+
+impl From<MechanismArg> for MechanismKind {
+    fn from(m: MechanismArg) -> Self {
+        match m {
+            MechanismArg::Drt => Self::Drt,
+            MechanismArg::Points => Self::Points,
+            MechanismArg::Market => Self::Market,
+        }
+    }
 }
 
 /// Where the mechanism runs.
@@ -27,7 +63,7 @@ pub struct SimArgs {
     /// Directory holding train.tsv and test.tsv (LABEL<TAB>IDS per line).
     #[arg(long, default_value = "../shared/data/imdb")]
     pub data: PathBuf,
-    /// The classifier.
+    /// The classifier (a sweep's `--models` overrides it).
     #[arg(long, value_enum, default_value_t = ModelKind::Perceptron)]
     pub model: ModelKind,
     /// Where the mechanism runs.
@@ -48,6 +84,13 @@ pub struct SimArgs {
     /// Label-flip probability of careless agents.
     #[arg(long, default_value_t = 0.2)]
     pub careless_rate: f64,
+    /// Colluding bad agents: one ring that, after its first --ring-targets samples,
+    /// only resubmits those with flipped labels and never reports its own members.
+    #[arg(long, default_value_t = 0)]
+    pub colluders: usize,
+    /// Samples the ring of colluders takes before it only repeats them.
+    #[arg(long, default_value_t = 1)]
+    pub ring_targets: usize,
     /// Spammers (random labels, tiny deposits, a turn every minute).
     #[arg(long, default_value_t = 0)]
     pub spammers: usize,
@@ -77,6 +120,19 @@ pub struct SimArgs {
     /// Seconds between points of the balance time series.
     #[arg(long, default_value_t = 21_600)]
     pub series_interval: u64,
+    /// Prediction market only: reward rounds [default: 3].
+    #[arg(long)]
+    pub rounds: Option<u8>,
+    /// Prediction market only: test reviews the initiator commits and reveals (the first
+    /// ones of test.tsv) [default: 100].
+    #[arg(long)]
+    pub market_test_size: Option<usize>,
+    /// Prediction market only: pieces the test set is committed in [default: 4].
+    #[arg(long)]
+    pub pieces: Option<usize>,
+    /// Prediction market only: the initiator's bounty in tokens [default: 10000].
+    #[arg(long)]
+    pub bounty: Option<u64>,
 }
 
 impl SimArgs {
@@ -108,6 +164,9 @@ impl SimArgs {
                 self.careless_rate,
             ));
         }
+        for i in 0..self.colluders {
+            v.push(AgentSpec::colluder(name("colluder", i, self.colluders), 0));
+        }
         for i in 0..self.spammers {
             v.push(AgentSpec::spammer(name("spammer", i, self.spammers)));
         }
@@ -117,10 +176,39 @@ impl SimArgs {
         Ok(v)
     }
 
-    /// The run's configuration at `seed` and `cost_weight`.
-    pub fn config(&self, seed: u64, cost_weight: f64) -> anyhow::Result<SimConfig> {
+    /// The run's configuration of `mechanism` at `seed` and `cost_weight`.
+    pub fn config(
+        &self,
+        mechanism: MechanismKind,
+        seed: u64,
+        cost_weight: f64,
+    ) -> anyhow::Result<SimConfig> {
         let mut cfg = SimConfig::reference(seed);
+        cfg.mechanism = mechanism;
+        cfg.model = self.model.into();
         cfg.drt = DrtParams::new(cost_weight, self.refund_wait, self.claim_wait)?;
+        let r = MarketParams::reference();
+        let market_flags = [
+            ("--rounds", self.rounds.is_some()),
+            ("--market-test-size", self.market_test_size.is_some()),
+            ("--pieces", self.pieces.is_some()),
+            ("--bounty", self.bounty.is_some()),
+        ];
+        if mechanism != MechanismKind::Market
+            && let Some((flag, _)) = market_flags.iter().find(|(_, given)| *given)
+        {
+            anyhow::bail!(
+                "{flag} applies to the prediction market only (`cohort sim market`), not to {}",
+                mechanism.name()
+            );
+        }
+        cfg.market = MarketParams::new(
+            cost_weight,
+            self.rounds.unwrap_or(r.rounds),
+            self.market_test_size.unwrap_or(r.test_size),
+            self.pieces.unwrap_or(r.pieces),
+            self.bounty.unwrap_or(r.bounty),
+        )?;
         cfg.agents = self.agents()?;
         cfg.initial = match (self.init_portion, self.init_samples) {
             (Some(f), _) => InitialPortion::Fraction(f),
@@ -134,6 +222,7 @@ impl SimArgs {
             EngineArg::Native => Engine::Native,
         };
         cfg.send_rejected = self.send_rejected;
+        cfg.ring_targets = self.ring_targets;
         cfg.validate()?;
         Ok(cfg)
     }

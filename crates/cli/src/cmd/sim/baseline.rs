@@ -1,17 +1,18 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cohort_sim::Dataset;
-use cohort_sim::perceptron::{EtaSchedule, FitConfig, Perceptron};
+use cohort_sim::perceptron::{EtaSchedule, FitConfig, accuracy};
 use cohort_sim::sweep::Stat;
+use cohort_sim::{Dataset, ModelKind as SimModel};
 use rand::SeedableRng;
 use serde::Serialize;
 
 use super::args::ModelKind;
 use crate::output::{Table, write_json};
 
-/// The chosen model fit (as sklearn's `fit`: shuffled epochs, tol-based stop) on the whole
-/// training set, and its test accuracy, per num_words; several shuffling seeds.
+/// The chosen model fit on the whole training set (the perceptron as sklearn's `fit`:
+/// shuffled epochs, tol-based stop; Naive Bayes and nearest centroid by counting, so their
+/// seeds all give the same result), and its test accuracy, per num_words.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Directory holding train.tsv and test.tsv.
@@ -47,21 +48,23 @@ struct Row {
 impl Args {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         anyhow::ensure!(self.seeds > 0, "--seeds must be at least 1");
-        let ModelKind::Perceptron = self.model;
+        let kind: SimModel = self.model.into();
         let mut rows = Vec::new();
         for &nw in &self.num_words {
             let data = Dataset::load(&self.data, nw, self.train_size)?;
             let (mut acc, mut train_acc, mut epochs) = (Vec::new(), Vec::new(), Vec::new());
             for seed in 1..=self.seeds {
                 let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-                let mut p = Perceptron::new(nw, EtaSchedule::default());
-                epochs.push(f64::from(p.fit(
+                let (m, e) = kind.fit(
+                    nw,
                     &data.train,
                     &FitConfig::default(),
+                    EtaSchedule::default(),
                     &mut rng,
-                )));
-                acc.push(p.accuracy(&data.test));
-                train_acc.push(p.accuracy(&data.train));
+                );
+                epochs.push(f64::from(e));
+                acc.push(accuracy(&m, &data.test));
+                train_acc.push(accuracy(&m, &data.train));
             }
             rows.push(Row {
                 num_words: nw,

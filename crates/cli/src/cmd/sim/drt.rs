@@ -3,14 +3,15 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
+use cohort_sim::driver::MechanismKind;
 use cohort_sim::{Dataset, plot, run};
 
 use super::args::SimArgs;
 use crate::output::{Table, write_json};
 
-/// One Deposit-Refund-Take run: the initial model fit off-chain and deployed as the
-/// perceptron contract's weights, then Good and Bad agents adding, refunding and taking on a
-/// virtual clock.
+/// One run of a mechanism (Deposit-Refund-Take, Points or the prediction market): the
+/// initial model fit off-chain and deployed as the model contract's state, then the agents
+/// adding, claiming and taking on a virtual clock.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
@@ -21,9 +22,11 @@ pub struct Args {
     /// Use the first N training reviews (default: all).
     #[arg(long)]
     train_size: Option<usize>,
-    /// Weight of the deposit: cost = max(1, cost_weight * 60 / sqrt(seconds since the last addition)).
-    #[arg(long, default_value_t = 1.0)]
-    cost_weight: f64,
+    /// Weight of the deposit: cost = max(1, cost_weight * 60 / sqrt(seconds since the last
+    /// addition)) [default: 1]. Deposit-Refund-Take and the market; Points has no deposit
+    /// and refuses it.
+    #[arg(long)]
+    cost_weight: Option<f64>,
     /// Seed of every random draw.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -40,8 +43,14 @@ fn pct(v: Option<f64>) -> String {
 }
 
 impl Args {
-    pub fn execute(self) -> anyhow::Result<ExitCode> {
-        let cfg = self.sim.config(self.seed, self.cost_weight)?;
+    pub fn execute(self, mechanism: MechanismKind) -> anyhow::Result<ExitCode> {
+        if mechanism == MechanismKind::Points && self.cost_weight.is_some() {
+            anyhow::bail!("--cost-weight does not apply to points: there are no deposits");
+        }
+        let cfg = self
+            .sim
+            .config(mechanism, self.seed, self.cost_weight.unwrap_or(1.0))?;
+        let points = mechanism == MechanismKind::Points;
         let t = Instant::now();
         let data = Dataset::load(&self.sim.data, self.num_words, self.train_size)?;
         let load_s = t.elapsed().as_secs_f64();
@@ -50,8 +59,16 @@ impl Args {
         let mut t = Table::new(&["measure", "value"]);
         let mut row = |k: &str, v: String| t.row(vec![k.into(), v]);
         row(
+            "mechanism / model",
+            format!("{} / {}", r.mechanism, r.model),
+        );
+        row(
             "num_words / train size / cost weight",
-            format!("{} / {} / {}", r.num_words, r.train_size, r.cost_weight),
+            if points {
+                format!("{} / {} / - (no deposits)", r.num_words, r.train_size)
+            } else {
+                format!("{} / {} / {}", r.num_words, r.train_size, r.cost_weight)
+            },
         );
         row(
             "initial model",
@@ -66,14 +83,48 @@ impl Args {
             format!("{:.4} ({:+.4})", r.final_accuracy, r.accuracy_gap),
         );
         row("min accuracy", format!("{:.4}", r.min_accuracy));
-        row("good final balance", pct(r.good_final_balance_pct));
-        row("bad final balance", pct(r.bad_final_balance_pct));
-        row(
-            "bad ruined on day",
-            r.bad_bankrupt_day
-                .map(|d| format!("{d:.1}"))
-                .unwrap_or_else(|| "never".into()),
-        );
+        if points {
+            row(
+                "good: points / contributions",
+                pct(r.good_final_balance_pct),
+            );
+            row("bad: points / contributions", pct(r.bad_final_balance_pct));
+        } else {
+            row("good final balance", pct(r.good_final_balance_pct));
+            row("bad final balance", pct(r.bad_final_balance_pct));
+            row(
+                "bad ruined on day",
+                r.bad_bankrupt_day
+                    .map(|d| format!("{d:.1}"))
+                    .unwrap_or_else(|| "never".into()),
+            );
+        }
+        if let Some(m) = &r.market {
+            row(
+                "market: participation accuracy (day)",
+                format!(
+                    "{:.4} (day {:.1})",
+                    m.participation_accuracy, m.participation_days
+                ),
+            );
+            for (i, o) in m.rounds.iter().enumerate() {
+                row(
+                    &format!("market: round {}", i + 1),
+                    format!(
+                        "{} scored, {} forfeited, pot {:.2}, {}/{} test right",
+                        o.scored,
+                        o.forfeited,
+                        o.pot as f64 / 1e18,
+                        o.correct,
+                        m.test_size
+                    ),
+                );
+            }
+            row(
+                "market: back to the initiator",
+                format!("{:.2} of {}", m.initiator_refund, m.bounty),
+            );
+        }
         row("simulated days", format!("{:.1}", r.simulated_days));
         row(
             "samples added",
@@ -102,10 +153,14 @@ impl Args {
             "agent",
             "kind",
             "accepted",
-            "refunds",
+            if points { "points" } else { "refunds/claims" },
             "takes",
-            "final balance",
-            "% of start",
+            if points { "points" } else { "final balance" },
+            if points {
+                "% of contributions"
+            } else {
+                "% of start"
+            },
             "ruined day",
         ]);
         for x in &r.agents {

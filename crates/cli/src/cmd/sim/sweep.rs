@@ -2,10 +2,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use cohort_sim::driver::MechanismKind;
 use cohort_sim::sweep::{self, Stat, SweepSpec};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::args::SimArgs;
+use super::args::{MechanismArg, ModelKind, SimArgs};
 use crate::output::{Table, write_json};
 
 /// A grid of Deposit-Refund-Take runs on all cores: every combination of num_words, training
@@ -20,7 +21,13 @@ pub struct Args {
     /// Training sizes (first N reviews), comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [1000, 2500, 5000])]
     train_size: Vec<usize>,
-    /// Cost weights, comma-separated.
+    /// Mechanisms, comma-separated (drt, points, market) [default: drt].
+    #[arg(long, value_delimiter = ',', value_enum)]
+    mechanisms: Vec<MechanismArg>,
+    /// Models, comma-separated (perceptron, nb, ncc) [default: --model].
+    #[arg(long, value_delimiter = ',', value_enum)]
+    models: Vec<ModelKind>,
+    /// Cost weights, comma-separated (Points ignores them: its runs repeat per weight).
     #[arg(long, value_delimiter = ',', default_values_t = [0.5, 1.0, 2.0, 4.0, 8.0, 16.0])]
     cost_weight: Vec<f64>,
     /// Seeds per cell: 1, 2, ..., N.
@@ -57,8 +64,18 @@ fn stat(s: &Option<Stat>, scale: f64, digits: usize) -> String {
 impl Args {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         anyhow::ensure!(self.seeds > 0, "--seeds must be at least 1");
-        let base = self.sim.config(1, 1.0)?;
+        // Market-only flags are accepted when the market is one of the mechanisms.
+        let base_mechanism = if self.mechanisms.contains(&MechanismArg::Market) {
+            MechanismKind::Market
+        } else {
+            self.mechanisms
+                .first()
+                .map_or(MechanismKind::Drt, |&m| m.into())
+        };
+        let base = self.sim.config(base_mechanism, 1, 1.0)?;
         let spec = SweepSpec {
+            mechanisms: self.mechanisms.iter().map(|&m| m.into()).collect(),
+            models: self.models.iter().map(|&m| m.into()).collect(),
             num_words: self.num_words.clone(),
             train_sizes: self.train_size.clone(),
             cost_weights: self.cost_weight.clone(),
@@ -82,6 +99,8 @@ impl Args {
         bar.finish_and_clear();
 
         let mut t = Table::new(&[
+            "mechanism",
+            "model",
             "num_words",
             "train",
             "cost w",
@@ -95,6 +114,8 @@ impl Args {
         ]);
         for r in &result.rows {
             t.row(vec![
+                r.mechanism.name().to_string(),
+                r.model.name().to_string(),
                 r.num_words.to_string(),
                 r.train_size.to_string(),
                 r.cost_weight.to_string(),
