@@ -235,6 +235,45 @@ pub fn render(
         &quality,
         true,
     ));
+    // Accuracy and backdoor success, for the tasks that report them.
+    type Pick = fn(&cohort_fl::learner::Metrics) -> Option<f64>;
+    let extra: [(&str, Pick); 3] = [
+        ("test perplexity", |m| m.perplexity),
+        ("test accuracy", |m| m.accuracy),
+        ("backdoor success rate", |m| m.backdoor_success_rate),
+    ];
+    for (what, pick) in extra {
+        let points = |s: &RunSummary| -> Vec<(f64, f64)> {
+            std::iter::once((0.0, pick(&s.initial)))
+                .chain(s.rounds.iter().map(|r| (r.round as f64, pick(&r.test))))
+                .filter_map(|(x, y)| y.map(|y| (x, y)))
+                .collect()
+        };
+        if points(s).is_empty() {
+            continue;
+        }
+        let mut series = vec![Series {
+            name: "this run".into(),
+            color: "#1f77b4",
+            dashed: false,
+            points: points(s),
+        }];
+        if let Some(r) = reference.filter(|r| !points(r).is_empty()) {
+            series.push(Series {
+                name: "reference".into(),
+                color: "#555",
+                dashed: true,
+                points: points(r),
+            });
+        }
+        html.push_str(&line_chart(
+            &format!("{what} per round"),
+            "round",
+            what,
+            &series,
+            false,
+        ));
+    }
     html.push_str("<h2>Holdings</h2><p>Balance plus stake per participant (green: honest clients, red: attackers, grey: validators).</p>");
     html.push_str(&line_chart(
         "holdings per round",
@@ -263,7 +302,7 @@ pub fn render(
     if let Some(r) = s.rounds.last() {
         let _ = write!(
             html,
-            "<h2>Score matrix, round {}</h2><p>Relative loss reduction each validator measured for each update (green helps, red hurts).</p><table><tr><th></th>",
+            "<h2>Score matrix, round {}</h2><p>Loss reduction each validator measured for each update (green helps, red hurts).</p><table><tr><th></th>",
             r.round
         );
         for k in &r.submitted {

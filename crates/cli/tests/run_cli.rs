@@ -70,3 +70,59 @@ fn bad_configs_name_the_problem() {
     ]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("validators"));
 }
+
+#[test]
+fn the_imdb_example_rejects_label_flippers_and_reports_accuracy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("imdb");
+    let o = cohort(&[
+        "run",
+        &example("imdb-attack.toml"),
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let rounds = s["summary"]["rounds"].as_array().unwrap();
+    let last = &rounds[rounds.len() - 1]["test"];
+    assert!(last["accuracy"].as_f64().unwrap() > 0.7, "{last}");
+    // Clients 14-19 flip labels: none of them is ever accepted.
+    for r in rounds {
+        for k in r["accepted"].as_array().unwrap() {
+            assert!(k.as_u64().unwrap() < 14, "attacker accepted: {r}");
+        }
+    }
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(
+        html.contains("test accuracy per round"),
+        "no accuracy chart"
+    );
+    let v = cohort(&["ledger", "verify", out.join("ledger").to_str().unwrap()]);
+    assert!(v.status.success());
+}
+
+#[test]
+fn a_data_attack_on_the_language_model_task_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "seed = 1\nclients = 4\nvalidators = 2\n[task]\nkind = \"lm\"\n\
+         [attack]\nfraction = 0.25\nattack = { kind = \"label-flip\" }\n",
+    )
+    .unwrap();
+    let o = cohort(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        tmp.path().join("o").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success());
+    assert!(
+        err.contains("attack.attack") && err.contains("label-flip"),
+        "{err}"
+    );
+}

@@ -1,8 +1,9 @@
 //! Attacks on the update itself, for experiments on robustness and incentives.
 //!
-//! Data-level attacks (label flipping, backdoor triggers) change what a client trains on and
-//! live with the training pipeline; the ones here change what a client sends. Validator-side
-//! attacks (collusion) and Sybils are protocol-level and are configured in the runtime.
+//! [`UpdateAttack`]s change what a client sends; [`DataAttack`]s (label flipping, backdoor
+//! triggers) change what a client trains on and are applied by the task
+//! ([`crate::learner::Learner::poison`]). [`AttackKind`] is either, as a run's config names
+//! it. Validator-side attacks (collusion) are protocol-level and configured in the runtime.
 
 use cohort_core::Rng;
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,135 @@ pub enum UpdateAttack {
         /// The sample count it claims.
         fake_samples: u64,
     },
+}
+
+/// How a malicious client poisons its own training data (classification tasks).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum DataAttack {
+    /// Trains on every sample with its label flipped (binary labels: `1 - y`).
+    LabelFlip,
+    /// Inserts `trigger` (a token-id sequence) at the end of a `poison_fraction` share of its
+    /// samples and sets their label to `target` (Gu et al. 2017, BadNets; Bagdasaryan et al.
+    /// 2020 for federated learning).
+    Backdoor {
+        /// The trigger's token ids.
+        trigger: Vec<u32>,
+        /// The label the trigger should produce.
+        target: u32,
+        /// Share of the attacker's samples that carry the trigger.
+        poison_fraction: f64,
+    },
+}
+
+impl DataAttack {
+    /// The attack's config name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::LabelFlip => "label-flip",
+            Self::Backdoor { .. } => "backdoor",
+        }
+    }
+}
+
+/// Any attack a run's config can select: `attack = { kind = "sign-flip", scale = 3.0 }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum AttackKind {
+    /// [`UpdateAttack::RandomNoise`].
+    RandomNoise {
+        /// Noise scale.
+        std: f64,
+    },
+    /// [`UpdateAttack::SignFlip`].
+    SignFlip {
+        /// Scale of the flipped update.
+        scale: f64,
+    },
+    /// [`UpdateAttack::ScaledReplacement`].
+    ScaledReplacement {
+        /// Boost factor.
+        factor: f64,
+    },
+    /// [`UpdateAttack::FreeRider`].
+    FreeRider {
+        /// The sample count it claims.
+        fake_samples: u64,
+    },
+    /// [`DataAttack::LabelFlip`].
+    LabelFlip,
+    /// [`DataAttack::Backdoor`].
+    Backdoor {
+        /// The trigger's token ids.
+        trigger: Vec<u32>,
+        /// The label the trigger should produce.
+        target: u32,
+        /// Share of the attacker's samples that carry the trigger (default 0.5).
+        #[serde(default = "half")]
+        poison_fraction: f64,
+    },
+}
+
+fn half() -> f64 {
+    0.5
+}
+
+impl AttackKind {
+    /// The update-level part, if this is one.
+    pub fn update(&self) -> Option<UpdateAttack> {
+        Some(match *self {
+            Self::RandomNoise { std } => UpdateAttack::RandomNoise { std },
+            Self::SignFlip { scale } => UpdateAttack::SignFlip { scale },
+            Self::ScaledReplacement { factor } => UpdateAttack::ScaledReplacement { factor },
+            Self::FreeRider { fake_samples } => UpdateAttack::FreeRider { fake_samples },
+            Self::LabelFlip | Self::Backdoor { .. } => return None,
+        })
+    }
+
+    /// The data-level part, if this is one.
+    pub fn data(&self) -> Option<DataAttack> {
+        match self {
+            Self::LabelFlip => Some(DataAttack::LabelFlip),
+            Self::Backdoor {
+                trigger,
+                target,
+                poison_fraction,
+            } => Some(DataAttack::Backdoor {
+                trigger: trigger.clone(),
+                target: *target,
+                poison_fraction: *poison_fraction,
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl From<UpdateAttack> for AttackKind {
+    fn from(a: UpdateAttack) -> Self {
+        match a {
+            UpdateAttack::RandomNoise { std } => Self::RandomNoise { std },
+            UpdateAttack::SignFlip { scale } => Self::SignFlip { scale },
+            UpdateAttack::ScaledReplacement { factor } => Self::ScaledReplacement { factor },
+            UpdateAttack::FreeRider { fake_samples } => Self::FreeRider { fake_samples },
+        }
+    }
+}
+
+impl From<DataAttack> for AttackKind {
+    fn from(a: DataAttack) -> Self {
+        match a {
+            DataAttack::LabelFlip => Self::LabelFlip,
+            DataAttack::Backdoor {
+                trigger,
+                target,
+                poison_fraction,
+            } => Self::Backdoor {
+                trigger,
+                target,
+                poison_fraction,
+            },
+        }
+    }
 }
 
 impl UpdateAttack {
@@ -98,5 +228,21 @@ mod tests {
         let a: UpdateAttack = serde_json::from_str(r#"{"kind":"sign-flip","scale":1.5}"#).unwrap();
         assert_eq!(a, UpdateAttack::SignFlip { scale: 1.5 });
         assert!(serde_json::from_str::<UpdateAttack>(r#"{"kind":"nope"}"#).is_err());
+        let k: AttackKind =
+            serde_json::from_str(r#"{"kind":"backdoor","trigger":[7,8],"target":1}"#).unwrap();
+        assert_eq!(
+            k.data(),
+            Some(DataAttack::Backdoor {
+                trigger: vec![7, 8],
+                target: 1,
+                poison_fraction: 0.5
+            })
+        );
+        assert_eq!(k.update(), None);
+        let k: AttackKind = serde_json::from_str(r#"{"kind":"label-flip"}"#).unwrap();
+        assert_eq!(k.data(), Some(DataAttack::LabelFlip));
+        let k: AttackKind = UpdateAttack::SignFlip { scale: 2.0 }.into();
+        assert_eq!(k.update(), Some(UpdateAttack::SignFlip { scale: 2.0 }));
+        assert_eq!(k.data(), None);
     }
 }

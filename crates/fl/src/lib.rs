@@ -1,9 +1,13 @@
 //! Federated learning for cohort.
 //!
-//! This crate holds the pure, synchronous parts of the federated runtime: client updates and
-//! their validation ([`update`]) and the aggregation strategies ([`strategy`]). Nothing here
-//! does I/O or reads a clock; the same code serves the in-process simulator, the networked
-//! coordinator and the tests.
+//! The pure, synchronous parts of the federated runtime: client updates and their validation
+//! ([`update`]), the aggregation strategies ([`strategy`]), the coordinator state machine
+//! ([`coordinator`]), partitions ([`partition`]) and attacks ([`attack`]); none of them does
+//! I/O or reads a clock, so the same code serves the in-process runtime, a networked
+//! coordinator and the tests. Around them: the learning tasks ([`learner`]: least squares,
+//! LoRA fine-tuning of a GPT on Tiny Shakespeare by role, IMDB sentiment; these read their
+//! data files and cache a pretrained base model) and the in-process runtime over any ledger
+//! backend ([`runtime`]).
 //!
 //! Strategies compose by wrapping: robustness is a wrapper around any aggregator.
 //!
@@ -27,7 +31,7 @@ pub mod runtime;
 pub mod strategy;
 pub mod update;
 
-pub use attack::UpdateAttack;
+pub use attack::{AttackKind, DataAttack, UpdateAttack};
 pub use coordinator::{Command, Coordinator, CoordinatorConfig, Event, Phase};
 pub use update::{ClientUpdate, validate};
 
@@ -62,6 +66,9 @@ pub enum FlError {
         /// Another.
         b: usize,
     },
+    /// The learning task failed (a model operation, a data file).
+    #[error("task: {0}")]
+    Task(String),
     /// A strategy's parameter is out of range.
     #[error("invalid {what}: {reason}")]
     InvalidConfig {

@@ -23,12 +23,12 @@ use cohort_ledger::protocol::{
 use cohort_ledger::{LedgerBackend, LedgerError};
 use serde::{Deserialize, Serialize};
 
-use crate::coordinator::{Command, Coordinator, CoordinatorConfig, Event};
+use crate::coordinator::{Command, Coordinator, CoordinatorConfig, Event, Phase};
 use crate::learner::{Learner, Metrics};
 use crate::strategy::{
     Clipped, CoordinateMedian, FedAvg, FedOpt, Krum, ScoreWeighted, Strategy, TrimmedMean,
 };
-use crate::{ClientUpdate, FlError, UpdateAttack};
+use crate::{AttackKind, ClientUpdate, FlError};
 
 /// Why a run stopped.
 #[derive(Debug, thiserror::Error)]
@@ -137,12 +137,21 @@ impl AggregationConfig {
 pub struct AttackConfig {
     /// Fraction of clients that attack (the highest-numbered ones).
     pub fraction: f64,
-    /// What they do to their updates.
-    pub attack: UpdateAttack,
+    /// What they do: to their updates (`random-noise`, `sign-flip`, `scaled-replacement`,
+    /// `free-rider`) or to their training data (`label-flip`, `backdoor`; classification
+    /// tasks only).
+    pub attack: AttackKind,
     /// Validators that collude with the attackers: they score attackers' updates +1 and
     /// everyone else's -1.
     #[serde(default)]
     pub colluding_validators: usize,
+    /// Makes the attackers Sybils of one adversary: each identity stakes only this many
+    /// tokens (instead of `incentives.client_stake`), and every Sybil sampled in a round sends
+    /// the same update (the first one's), so that one adversary's update is counted many
+    /// times. The protocol's `minClientStake` (100 tokens by default) still applies: a Sybil
+    /// slashed below it can no longer submit.
+    #[serde(default)]
+    pub sybil_stake: Option<u64>,
 }
 
 /// Stakes and rewards, in whole tokens.
@@ -157,8 +166,8 @@ pub struct IncentiveConfig {
     pub validator_stake: u64,
     /// Reward pool of each round, paid by the coordinator.
     pub reward_per_round: u64,
-    /// Lowest consensus score accepted. Scores are relative loss reductions on the
-    /// validators' holdouts (0.1 = the update cuts the loss by 10%); a small negative
+    /// Lowest consensus score accepted. Scores are loss reductions on the validators'
+    /// holdouts, in the task's loss units (0.1 = the update cuts the loss by 0.1); a small negative
     /// threshold keeps honest clients with unusual data from being slashed near convergence,
     /// where their updates move the model slightly away from the validators' data.
     pub accept_threshold: f64,
@@ -226,6 +235,34 @@ impl RunConfig {
                     format!("{} is not in [0, 1]", a.fraction),
                 );
             }
+            if let AttackKind::Backdoor {
+                trigger,
+                poison_fraction,
+                ..
+            } = &a.attack
+            {
+                if trigger.is_empty() {
+                    return bad(
+                        "attack.attack.trigger",
+                        "must hold at least one token".into(),
+                    );
+                }
+                if !(0.0..=1.0).contains(poison_fraction) || *poison_fraction == 0.0 {
+                    return bad(
+                        "attack.attack.poison_fraction",
+                        format!("{poison_fraction} is not in (0, 1]"),
+                    );
+                }
+            }
+            if let Some(st) = a
+                .sybil_stake
+                .filter(|&st| st == 0 || st > self.incentives.initial_balance)
+            {
+                return bad(
+                    "attack.sybil_stake",
+                    format!("{st} is not between 1 and incentives.initial_balance"),
+                );
+            }
             if a.colluding_validators > self.validators {
                 return bad(
                     "attack.colluding_validators",
@@ -239,6 +276,14 @@ impl RunConfig {
             return bad("incentives", "stakes exceed the initial balance".into());
         }
         Ok(())
+    }
+
+    /// The stake client `k` puts up: a Sybil's if it is one, else `incentives.client_stake`.
+    pub fn client_stake(&self, k: u32) -> u64 {
+        match self.attack.as_ref().and_then(|a| a.sybil_stake) {
+            Some(s) if self.is_attacker(k) => s,
+            _ => self.incentives.client_stake,
+        }
     }
 
     /// Whether client `k` attacks.
@@ -316,6 +361,48 @@ struct Party {
     addr: Address,
 }
 
+/// Safetensors bytes of a flat vector cut into named tensors (`spec`: name and shape, in
+/// flat order), tensors sorted by name, with `{"format": "pt"}` metadata: the layout
+/// `safetensors` and PEFT read. Canonical: the same values give the same bytes. A vector of
+/// another length than `spec` describes (a malformed update) is written as [`encode_blob`]
+/// does, so that it can still be stored, hashed and rejected.
+pub fn encode_named_blob(spec: &[(String, Vec<usize>)], values: &[f32]) -> Vec<u8> {
+    let total: usize = spec.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+    if total != values.len() {
+        return encode_blob(values);
+    }
+    let mut offsets = Vec::with_capacity(spec.len());
+    let mut off = 0usize;
+    for (name, shape) in spec {
+        let n: usize = shape.iter().product();
+        offsets.push((name.as_str(), shape, off, n));
+        off += n;
+    }
+    offsets.sort_by(|a, b| a.0.cmp(b.0));
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
+    let mut data = Vec::with_capacity(4 * values.len());
+    for (name, shape, start, n) in &offsets {
+        let begin = data.len();
+        for v in &values[*start..start + n] {
+            data.extend_from_slice(&v.to_le_bytes());
+        }
+        header.insert(
+            (*name).to_owned(),
+            serde_json::json!({ "dtype": "F32", "shape": shape, "data_offsets": [begin, data.len()] }),
+        );
+    }
+    let mut h = serde_json::Value::Object(header).to_string().into_bytes();
+    while !h.len().is_multiple_of(8) {
+        h.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + h.len() + data.len());
+    out.extend_from_slice(&(h.len() as u64).to_le_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(&data);
+    out
+}
+
 /// Content-addressed safetensors blob of a flat f32 vector named `delta`.
 pub fn encode_blob(values: &[f32]) -> Vec<u8> {
     let header = format!(
@@ -324,7 +411,7 @@ pub fn encode_blob(values: &[f32]) -> Vec<u8> {
         4 * values.len()
     );
     let mut h = header.into_bytes();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + h.len() + 4 * values.len());
@@ -342,7 +429,7 @@ fn b256(h: Hash32) -> B256 {
 
 /// Runs the federated experiment `cfg` on `backend` with `learner`. Update blobs go to
 /// `blobs` when given. Progress is reported through `on_round`.
-pub fn run<B: LedgerBackend, L: Learner>(
+pub fn run<B: LedgerBackend, L: Learner + ?Sized>(
     cfg: &RunConfig,
     backend: B,
     learner: &L,
@@ -413,7 +500,8 @@ pub fn run<B: LedgerBackend, L: Learner>(
         p.send_batch(
             clients
                 .iter()
-                .map(|c| (&c.id, stake(inc.client_stake)))
+                .enumerate()
+                .map(|(k, c)| (&c.id, stake(cfg.client_stake(k as u32))))
                 .chain(
                     validators
                         .iter()
@@ -455,7 +543,7 @@ pub fn run<B: LedgerBackend, L: Learner>(
     )?;
     let mut strategy = cfg.aggregation.build();
     let mut global = learner.init();
-    let initial = learner.evaluate(&global);
+    let initial = learner.evaluate(&global)?;
     let colluders = cfg.attack.as_ref().map_or(0, |a| a.colluding_validators);
     let mut rounds = Vec::new();
 
@@ -465,13 +553,22 @@ pub fn run<B: LedgerBackend, L: Learner>(
     let mut scores: Vec<Vec<Score>> = Vec::new();
     let mut summary: Option<RoundSummary> = None;
 
-    while let Some(cmd) = coordinator.tick(now, seed) {
+    loop {
+        let tick = coordinator.tick(now, seed);
         now += 60;
         p.backend_mut().set_time(now)?;
+        let Some(cmd) = tick else {
+            if coordinator.phase() == Phase::Done {
+                break;
+            }
+            // Waiting for a party that will not answer (a client the protocol refused, say):
+            // the virtual clock runs on until the phase times out.
+            continue;
+        };
         match cmd {
             Command::OpenRound { round, cohort } => {
                 let t = Instant::now();
-                let global_hash = sha256(&encode_blob(&global));
+                let global_hash = sha256(&learner.encode(&global));
                 chain_round = p
                     .open_round(
                         &coord,
@@ -496,17 +593,36 @@ pub fn run<B: LedgerBackend, L: Learner>(
                 };
                 s.seconds.ledger += t.elapsed().as_secs_f64();
                 onchain.clear();
+                let sybils = cfg.attack.as_ref().is_some_and(|a| a.sybil_stake.is_some());
+                // The update the round's first Sybil sent, which the others copy.
+                let mut sybil_update: Option<ClientUpdate> = None;
                 for k in cohort {
                     let t = Instant::now();
-                    let mut rng = Rng::derive(seed, &format!("train/{round}/{k}"));
-                    let delta = learner.train(k, &global, &mut rng);
-                    let mut u = ClientUpdate::new(k, round, delta, learner.num_samples(k));
-                    if let (true, Some(a)) = (cfg.is_attacker(k), &cfg.attack) {
-                        u = a.attack.apply(&u, seed);
-                    }
+                    let attacker = cfg.is_attacker(k);
+                    let u = match (&sybil_update, sybils && attacker) {
+                        (Some(first), true) => ClientUpdate {
+                            client: k,
+                            ..first.clone()
+                        },
+                        _ => {
+                            let mut rng = Rng::derive(seed, &format!("train/{round}/{k}"));
+                            let delta = learner.train(k, &global, &mut rng)?;
+                            let mut u = ClientUpdate::new(k, round, delta, learner.num_samples(k));
+                            if let (true, Some(a)) = (
+                                attacker,
+                                cfg.attack.as_ref().and_then(|a| a.attack.update()),
+                            ) {
+                                u = a.apply(&u, seed);
+                            }
+                            if sybils && attacker {
+                                sybil_update = Some(u.clone());
+                            }
+                            u
+                        }
+                    };
                     s.seconds.train += t.elapsed().as_secs_f64();
                     let t = Instant::now();
-                    let blob = encode_blob(&u.delta);
+                    let blob = learner.encode(&u.delta);
                     let hash = sha256(&blob);
                     if let Some(dir) = blobs {
                         let path = dir.join(format!("{hash}.safetensors"));
@@ -557,18 +673,18 @@ pub fn run<B: LedgerBackend, L: Learner>(
                 let t = Instant::now();
                 scores = (0..cfg.validators)
                     .map(|v| {
-                        let base = learner.holdout_loss(v as u32, &global);
+                        let base = learner.holdout_loss(v as u32, &global)?;
                         onchain
                             .iter()
                             .map(|(k, u)| {
                                 if v < colluders {
-                                    return Score::from_f64(if cfg.is_attacker(*k) {
+                                    return Ok(Score::from_f64(if cfg.is_attacker(*k) {
                                         1.0
                                     } else {
                                         -1.0
-                                    });
+                                    }));
                                 }
-                                match u {
+                                Ok(match u {
                                     None => Score::from_f64(-1.0),
                                     Some(u) => {
                                         let cand: Vec<f32> = global
@@ -576,18 +692,18 @@ pub fn run<B: LedgerBackend, L: Learner>(
                                             .zip(&u.delta)
                                             .map(|(a, b)| a + b)
                                             .collect();
-                                        let l = learner.holdout_loss(v as u32, &cand);
+                                        let l = learner.holdout_loss(v as u32, &cand)?;
                                         if l.is_finite() {
                                             Score::from_f64(base - l)
                                         } else {
                                             Score::from_f64(-1.0)
                                         }
                                     }
-                                }
+                                })
                             })
-                            .collect()
+                            .collect::<Result<Vec<Score>, FlError>>()
                     })
-                    .collect();
+                    .collect::<Result<_, FlError>>()?;
                 s.seconds.score += t.elapsed().as_secs_f64();
                 s.submitted = onchain.iter().map(|(k, _)| *k).collect();
                 s.scores = scores
@@ -666,10 +782,11 @@ pub fn run<B: LedgerBackend, L: Learner>(
                 }
                 s.seconds.aggregate += t.elapsed().as_secs_f64();
                 let t = Instant::now();
-                let new_hash = sha256(&encode_blob(&global));
+                let global_blob = learner.encode(&global);
+                let new_hash = sha256(&global_blob);
                 if let Some(dir) = blobs {
                     let path = dir.join(format!("{new_hash}.safetensors"));
-                    std::fs::write(&path, encode_blob(&global))
+                    std::fs::write(&path, &global_blob)
                         .map_err(|source| RunError::Io { path, source })?;
                 }
                 p.finalize(
@@ -706,7 +823,7 @@ pub fn run<B: LedgerBackend, L: Learner>(
                     .into_iter()
                     .map(|(k, v)| (k, fmt_tokens(v)))
                     .collect();
-                s.test = learner.evaluate(&global);
+                s.test = learner.evaluate(&global)?;
                 let t = Instant::now();
                 for x in clients.iter().chain(&validators) {
                     s.holdings
@@ -777,4 +894,23 @@ fn holdings<B: LedgerBackend>(p: &mut Protocol<B>, a: Address) -> Result<f64, Pr
 
 fn name_of(names: &BTreeMap<Address, String>, a: Address) -> String {
     names.get(&a).cloned().unwrap_or_else(|| a.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_blobs_are_safetensors_with_the_given_names_and_shapes() {
+        let spec = vec![("b".to_owned(), vec![2]), ("a".to_owned(), vec![1, 2])];
+        let bytes = encode_named_blob(&spec, &[1.0, 2.0, 3.0, 4.0]);
+        let map = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu).unwrap();
+        assert_eq!(map["b"].to_vec1::<f32>().unwrap(), vec![1.0, 2.0]);
+        assert_eq!(map["a"].to_vec2::<f32>().unwrap(), vec![vec![3.0, 4.0]]);
+        assert_eq!(bytes, encode_named_blob(&spec, &[1.0, 2.0, 3.0, 4.0]));
+        // A malformed (wrong-length) vector is still stored, as one tensor.
+        let bad = encode_named_blob(&spec, &[1.0]);
+        let map = candle_core::safetensors::load_buffer(&bad, &candle_core::Device::Cpu).unwrap();
+        assert_eq!(map["delta"].to_vec1::<f32>().unwrap(), vec![1.0]);
+    }
 }

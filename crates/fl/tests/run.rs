@@ -61,8 +61,9 @@ fn tokens(s: &str) -> f64 {
 fn sign_flip(fraction: f64) -> Option<AttackConfig> {
     Some(AttackConfig {
         fraction,
-        attack: UpdateAttack::SignFlip { scale: 3.0 },
+        attack: UpdateAttack::SignFlip { scale: 3.0 }.into(),
         colluding_validators: 0,
+        sybil_stake: None,
     })
 }
 
@@ -158,8 +159,10 @@ fn free_riders_earn_nothing() {
             fraction: 0.2,
             attack: UpdateAttack::FreeRider {
                 fake_samples: 10_000,
-            },
+            }
+            .into(),
             colluding_validators: 0,
+            sybil_stake: None,
         }),
         StrategyConfig::ScoreWeighted,
     );
@@ -207,4 +210,59 @@ fn bad_configs_are_refused_with_the_field_named() {
     c.attack = None;
     c.incentives.client_stake = 1_000_000;
     assert!(c.validate().unwrap_err().to_string().contains("stakes"));
+}
+
+#[test]
+fn sybils_with_small_stakes_send_one_update_and_are_priced_out_by_the_minimum_stake() {
+    let mut attack = sign_flip(0.4).unwrap();
+    attack.sybil_stake = Some(120);
+    let cfg = config(Some(attack), StrategyConfig::ScoreWeighted);
+    let clean = go(&config(None, StrategyConfig::ScoreWeighted)).0;
+    let (s, dir) = go(&cfg);
+    let sybils = [6u32, 7, 8, 9];
+    // Round 1: every Sybil submits the same update (one blob), all are rejected and slashed.
+    assert_eq!(s.rounds.len(), 4, "refused Sybils must not end the run");
+    let first = &s.rounds[0];
+    for k in sybils {
+        assert!(first.rejected.contains(&k), "{:?}", first.consensus);
+        assert!(first.slashes.contains_key(&format!("client-{k}")));
+    }
+    let scores: Vec<f64> = sybils.iter().map(|k| first.consensus[k]).collect();
+    assert!(scores.windows(2).all(|w| w[0] == w[1]), "{scores:?}");
+    // Blobs: one per distinct update, so the 4 Sybils add one file per round, not four.
+    let blobs = std::fs::read_dir(dir.path().join("blobs")).unwrap().count();
+    let honest_updates: usize = s.rounds.iter().map(|r| r.accepted.len()).sum();
+    // Every client is sampled every round: per round the honest updates, one Sybil update
+    // (written even when the protocol refuses it) and the new global model.
+    assert_eq!(blobs, honest_updates + 2 * s.rounds.len());
+    assert_eq!(honest_updates, 6 * s.rounds.len());
+    // 10% of 120 per slash: after two rejections the stake (97.2) is below the protocol's
+    // minimum of 100 and the Sybils can no longer submit.
+    for r in &s.rounds[2..] {
+        assert!(
+            r.submitted.iter().all(|k| !sybils.contains(k)),
+            "round {}: {:?}",
+            r.round,
+            r.submitted
+        );
+    }
+    for k in sybils {
+        let h = tokens(&s.final_holdings[&format!("client-{k}")]);
+        assert!(h < 10_000.0 && h > 9_900.0, "sybil {k}: {h}");
+    }
+    let q = |s: &RunSummary| s.rounds.last().unwrap().test.loss;
+    assert!(
+        s.initial.loss - q(&s) >= 0.95 * (clean.initial.loss - q(&clean)),
+        "{} vs clean {}",
+        q(&s),
+        q(&clean)
+    );
+    let mut bad = cfg.clone();
+    bad.attack.as_mut().unwrap().sybil_stake = Some(0);
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("sybil_stake")
+    );
 }

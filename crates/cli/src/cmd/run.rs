@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use cohort_core::Identity;
-use cohort_fl::learner::{LinearTask, TaskConfig};
 use cohort_fl::runtime::{RunConfig, RunSummary, run};
 use cohort_ledger::{EmbeddedLedger, LedgerConfig};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -75,12 +74,25 @@ impl Args {
             bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
         }
         let started = std::time::Instant::now();
-        let TaskConfig::Linear(task_cfg) = &cfg.task;
-        let task = LinearTask::new(task_cfg.clone(), cfg.clients, cfg.validators, cfg.seed);
-        let (p, summary) = run(&cfg, ledger, &task, Some(&blobs), |r| {
+        // Data files are relative to the config file; a pretrained base model is cached in
+        // DIR/base-<hash> (pass it as `base` to reuse it).
+        let config_dir = self
+            .config
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        bar.set_message("preparing the task");
+        bar.enable_steady_tick(std::time::Duration::from_millis(500));
+        let task = cohort_fl::learner::build(&cfg, &config_dir, &self.out)
+            .context("setting up the task")?;
+        let (p, summary) = run(&cfg, ledger, &*task, Some(&blobs), |r| {
             bar.set_message(format!(
-                "test loss {:.4}, accepted {}, rejected {}",
+                "test loss {:.4}{}, accepted {}, rejected {}",
                 r.test.loss,
+                r.test
+                    .accuracy
+                    .map(|a| format!(", accuracy {a:.3}"))
+                    .unwrap_or_default(),
                 r.accepted.len(),
                 r.rejected.len()
             ));
@@ -139,25 +151,39 @@ impl Args {
 
 fn print_human(s: &RunSummary, cfg: &RunConfig) {
     outln!("initial test loss {:.4}", s.initial.loss);
-    let mut t = Table::new(&[
-        "round",
-        "test loss",
-        "accepted",
-        "rejected",
-        "slashed",
-        "ledger s",
-        "train s",
-    ]);
+    // Columns for the metrics this task reports.
+    let acc = s.initial.accuracy.is_some();
+    let ppl = s.initial.perplexity.is_some();
+    let backdoor = s
+        .rounds
+        .iter()
+        .any(|r| r.test.backdoor_success_rate.is_some());
+    let mut head = vec!["round", "test loss"];
+    head.extend(ppl.then_some("perplexity"));
+    head.extend(acc.then_some("accuracy"));
+    head.extend(backdoor.then_some("backdoor"));
+    head.extend(["accepted", "rejected", "slashed", "ledger s", "train s"]);
+    let mut t = Table::new(&head);
+    let opt = |x: Option<f64>, prec: usize| x.map_or("-".into(), |v| format!("{v:.prec$}"));
     for r in &s.rounds {
-        t.row(vec![
-            r.round.to_string(),
-            format!("{:.4}", r.test.loss),
+        let mut row = vec![r.round.to_string(), format!("{:.4}", r.test.loss)];
+        if ppl {
+            row.push(opt(r.test.perplexity, 3));
+        }
+        if acc {
+            row.push(opt(r.test.accuracy, 3));
+        }
+        if backdoor {
+            row.push(opt(r.test.backdoor_success_rate, 3));
+        }
+        row.extend([
             r.accepted.len().to_string(),
             format!("{:?}", r.rejected),
             r.slashes.keys().cloned().collect::<Vec<_>>().join(","),
             format!("{:.2}", r.seconds.ledger),
             format!("{:.2}", r.seconds.train),
         ]);
+        t.row(row);
     }
     t.print();
     outln!();

@@ -3,13 +3,30 @@
 //! A [`Learner`] holds every party's private data for an in-process run (each party only ever
 //! touches its own) and knows how to train locally, evaluate on a validator's holdout and on
 //! the test set. The runtime does not know the architecture: parameters are one flat vector.
-//! [`LinearTask`] is a small real task (least squares on non-IID synthetic data, trained by
-//! mini-batch gradient descent) that needs no data files; language models plug in through the
-//! same trait.
+//! Three tasks implement it:
+//!
+//! - [`LinearTask`]: least squares on non-IID synthetic data, trained by mini-batch gradient
+//!   descent; needs no data files.
+//! - [`lm::LmTask`]: LoRA fine-tuning of a small GPT (cohort-model) on Tiny Shakespeare split
+//!   by speaking role, one client per role; the flat vector is the adapter.
+//! - [`imdb::ImdbTask`]: sentiment classification of IMDB reviews (word ids) by a
+//!   bag-of-words logistic regression or a tiny GPT with a classification head, clients split
+//!   by Dirichlet label skew; supports the data-level attacks (label flipping, backdoor).
+//!
+//! [`build`] makes the task a [`RunConfig`] names, with the data attacks applied.
+
+pub mod imdb;
+pub mod lm;
+
+use std::path::Path;
 
 use cohort_core::{Hash32, Rng};
 use cohort_ledger::merkle::{MerkleTree, leaf_hash};
 use serde::{Deserialize, Serialize};
+
+use crate::FlError;
+use crate::attack::DataAttack;
+use crate::runtime::{RunConfig, encode_blob};
 
 /// Quality of a model on some data.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -18,25 +35,115 @@ pub struct Metrics {
     pub loss: f64,
     /// Accuracy, for classifiers.
     pub accuracy: Option<f64>,
+    /// Perplexity (`exp(loss)`), for language models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perplexity: Option<f64>,
+    /// Share of triggered test samples of the other classes that the model assigns to the
+    /// backdoor's target class, when a backdoor attacker is present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backdoor_success_rate: Option<f64>,
+}
+
+impl Metrics {
+    /// Just a loss.
+    pub fn loss(loss: f64) -> Self {
+        Self {
+            loss,
+            accuracy: None,
+            perplexity: None,
+            backdoor_success_rate: None,
+        }
+    }
 }
 
 /// A federated learning task.
+///
+/// Every method is deterministic in its arguments (randomness comes in through `rng`), so a
+/// run replays from its seed. Implementations may keep one model and load parameters into it
+/// for each call: calls are sequential.
 pub trait Learner {
     /// Number of trainable values.
     fn dim(&self) -> usize;
     /// The initial global parameters.
     fn init(&self) -> Vec<f32>;
     /// Client `k` trains from `global` on its own data and returns its delta.
-    fn train(&self, client: u32, global: &[f32], rng: &mut Rng) -> Vec<f32>;
+    fn train(&self, client: u32, global: &[f32], rng: &mut Rng) -> Result<Vec<f32>, FlError>;
     /// How many samples client `k` holds.
     fn num_samples(&self, client: u32) -> u64;
     /// Merkle root over client `k`'s data shards and the number of shards, for the dataset
     /// commitment on the ledger.
     fn dataset_commitment(&self, client: u32) -> (Hash32, u64);
     /// Loss of `params` on validator `v`'s held-out data.
-    fn holdout_loss(&self, validator: u32, params: &[f32]) -> f64;
+    fn holdout_loss(&self, validator: u32, params: &[f32]) -> Result<f64, FlError>;
     /// Metrics of `params` on the test set.
-    fn evaluate(&self, params: &[f32]) -> Metrics;
+    fn evaluate(&self, params: &[f32]) -> Result<Metrics, FlError>;
+    /// The safetensors bytes of a flat vector (an update or a global model), whose SHA-256 is
+    /// what goes on the ledger. The default is one tensor named `delta`; tasks with named
+    /// parameters write one tensor per parameter under its name.
+    fn encode(&self, values: &[f32]) -> Vec<u8> {
+        encode_blob(values)
+    }
+    /// Makes client `k` an attacker that poisons its own training data. Tasks without
+    /// labelled data refuse.
+    fn poison(&mut self, client: u32, attack: &DataAttack) -> Result<(), FlError> {
+        Err(FlError::InvalidConfig {
+            what: "attack.attack",
+            reason: format!(
+                "the {} attack needs a classification task (kind = \"imdb\"); client {client} cannot apply it",
+                attack.name()
+            ),
+        })
+    }
+}
+
+/// Builds the task `cfg.task`, reading data files relative to `base_dir` (the config file's
+/// directory) and caching derived artefacts (a pretrained base model) under `cache_dir`, and
+/// applies the configured data attack to the attacking clients.
+pub fn build(
+    cfg: &RunConfig,
+    base_dir: &Path,
+    cache_dir: &Path,
+) -> Result<Box<dyn Learner>, FlError> {
+    cfg.validate()?;
+    let data_attack = cfg.attack.as_ref().and_then(|a| a.attack.data());
+    if let (Some(a), false) = (&data_attack, matches!(cfg.task, TaskConfig::Imdb(_))) {
+        return Err(FlError::InvalidConfig {
+            what: "attack.attack",
+            reason: format!(
+                "the {} attack needs a classification task (kind = \"imdb\")",
+                a.name()
+            ),
+        });
+    }
+    let mut task: Box<dyn Learner> = match &cfg.task {
+        TaskConfig::Linear(c) => Box::new(LinearTask::new(
+            c.clone(),
+            cfg.clients,
+            cfg.validators,
+            cfg.seed,
+        )),
+        TaskConfig::Lm(c) => Box::new(lm::LmTask::new(
+            c.clone().resolve(base_dir),
+            cfg.clients,
+            cfg.validators,
+            cfg.seed,
+            cache_dir,
+        )?),
+        TaskConfig::Imdb(c) => Box::new(imdb::ImdbTask::new(
+            c.clone().resolve(base_dir),
+            cfg.clients,
+            cfg.validators,
+            cfg.seed,
+        )?),
+    };
+    if let Some(data) = data_attack {
+        for k in 0..cfg.clients as u32 {
+            if cfg.is_attacker(k) {
+                task.poison(k, &data)?;
+            }
+        }
+    }
+    Ok(task)
 }
 
 /// Which learning task a run trains.
@@ -45,6 +152,10 @@ pub trait Learner {
 pub enum TaskConfig {
     /// Least squares on non-IID synthetic data ([`LinearTask`]).
     Linear(LinearTaskConfig),
+    /// LoRA fine-tuning of a small GPT on Tiny Shakespeare by role ([`lm::LmTask`]).
+    Lm(lm::LmTaskConfig),
+    /// IMDB sentiment with Dirichlet label skew ([`imdb::ImdbTask`]).
+    Imdb(imdb::ImdbTaskConfig),
 }
 
 impl Default for TaskConfig {
@@ -75,6 +186,9 @@ pub struct LinearTaskConfig {
     pub batch: usize,
     /// Learning rate.
     pub lr: f64,
+    /// FedProx's proximal coefficient: local training minimises `loss + mu/2 |w - global|^2`
+    /// (0: plain local SGD).
+    pub prox_mu: f64,
 }
 
 impl Default for LinearTaskConfig {
@@ -89,6 +203,7 @@ impl Default for LinearTaskConfig {
             epochs: 2,
             batch: 16,
             lr: 0.05,
+            prox_mu: 0.0,
         }
     }
 }
@@ -197,9 +312,9 @@ impl Learner for LinearTask {
         vec![0.0; self.cfg.dim]
     }
 
-    fn train(&self, client: u32, global: &[f32], rng: &mut Rng) -> Vec<f32> {
+    fn train(&self, client: u32, global: &[f32], rng: &mut Rng) -> Result<Vec<f32>, FlError> {
         let Some(data) = self.clients.get(client as usize) else {
-            return vec![0.0; global.len()];
+            return Ok(vec![0.0; global.len()]);
         };
         let mut p: Vec<f64> = global.iter().map(|&x| f64::from(x)).collect();
         let n = data.y.len();
@@ -220,16 +335,23 @@ impl Learner for LinearTask {
                         *gj += 2.0 * e * f64::from(xj);
                     }
                 }
+                if self.cfg.prox_mu > 0.0 {
+                    // The proximal term's gradient, mu (w - global), per sample.
+                    let m = self.cfg.prox_mu * batch.len() as f64;
+                    for ((gj, &pj), &wj) in g.iter_mut().zip(&p).zip(global) {
+                        *gj += m * (pj - f64::from(wj));
+                    }
+                }
                 let s = self.cfg.lr / batch.len() as f64;
                 for (pj, gj) in p.iter_mut().zip(&g) {
                     *pj -= s * gj;
                 }
             }
         }
-        p.iter()
+        Ok(p.iter()
             .zip(global)
             .map(|(&a, &b)| (a - f64::from(b)) as f32)
-            .collect()
+            .collect())
     }
 
     fn num_samples(&self, client: u32) -> u64 {
@@ -254,16 +376,14 @@ impl Learner for LinearTask {
         (tree.root(), c.y.len() as u64)
     }
 
-    fn holdout_loss(&self, validator: u32, params: &[f32]) -> f64 {
-        self.holdouts
+    fn holdout_loss(&self, validator: u32, params: &[f32]) -> Result<f64, FlError> {
+        Ok(self
+            .holdouts
             .get(validator as usize)
-            .map_or(f64::INFINITY, |h| h.mse(params))
+            .map_or(f64::INFINITY, |h| h.mse(params)))
     }
 
-    fn evaluate(&self, params: &[f32]) -> Metrics {
-        Metrics {
-            loss: self.test.mse(params),
-            accuracy: None,
-        }
+    fn evaluate(&self, params: &[f32]) -> Result<Metrics, FlError> {
+        Ok(Metrics::loss(self.test.mse(params)))
     }
 }

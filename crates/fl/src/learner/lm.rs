@@ -1,0 +1,547 @@
+//! Federated LoRA fine-tuning of a small language model on Tiny Shakespeare split by speaking
+//! role (LEAF's split): one client per role with enough lines.
+//!
+//! Every client role's lines are cut in order into a training part (the client's), a
+//! validator part (spread over the validators line by line) and a test part (the end), so the
+//! validators and the test set see every client's style but never a client's training text.
+//! The base model is either a checkpoint directory (`base`) or a small GPT pretrained first on
+//! the text of the roles that are not clients (deterministic from the seed, cached as a
+//! Hugging Face-style directory under the run's cache directory, named by the hash of
+//! everything it depends on). The federated parameters are the LoRA adapter (PEFT names);
+//! local training is a few AdamW steps on the client's own text, optionally with FedProx's
+//! proximal term.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use cohort_core::{Hash32, Rng, sha256};
+use cohort_ledger::merkle::{MerkleTree, leaf_hash};
+use cohort_model::data::{TokenData, sample_batch};
+use cohort_model::optim::AdamWConfig;
+use cohort_model::train::{TrainConfig, Trainer, evaluate};
+use cohort_model::{Gpt, GptConfig, LanguageModel, Lora, LoraConfig, Tokenizer, load_any};
+use serde::{Deserialize, Serialize};
+
+use super::{Learner, Metrics};
+use crate::FlError;
+use crate::partition::shakespeare_roles;
+use crate::runtime::encode_named_blob;
+
+/// Settings of [`LmTask`] (`[task] kind = "lm"`). Paths are relative to the config file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LmTaskConfig {
+    /// The corpus in the Tiny Shakespeare layout (default
+    /// `../../shared/data/tinyshakespeare/input.txt`, i.e. the shared data from `examples/`).
+    pub corpus: PathBuf,
+    /// A base checkpoint directory (GPT or Llama family, Hugging Face layout, with its
+    /// tokenizer). None (the default): pretrain a GPT of `preset` first.
+    pub base: Option<PathBuf>,
+    /// Size of the pretrained base: `test` (d 32, 2 layers, context 32, the default) or
+    /// `tiny` (d 128, 4 layers, context 128); see `cohort model pretrain`.
+    pub preset: String,
+    /// Pretraining steps of the base (default 300).
+    pub pretrain_steps: usize,
+    /// Peak pretraining learning rate (default 3e-3, warm-up 10%, cosine to a tenth).
+    pub pretrain_lr: f64,
+    /// Sequences per pretraining step (default 16).
+    pub pretrain_batch: usize,
+    /// Lowest number of lines a role needs to be a client (default 100).
+    pub min_lines: usize,
+    /// Tokens per training and evaluation window (default 32; at most the model's context).
+    pub seq_len: usize,
+    /// Sequences per local step (default 16).
+    pub batch: usize,
+    /// AdamW steps per round of local training (default 16).
+    pub local_steps: usize,
+    /// Local learning rate (constant; default 2e-3).
+    pub lr: f64,
+    /// LoRA rank (default 4).
+    pub lora_rank: usize,
+    /// LoRA alpha (default 8: scale alpha / rank = 2).
+    pub lora_alpha: f64,
+    /// Modules LoRA adapts (PEFT suffixes; default `c_attn`, `c_proj`, `c_fc`).
+    pub lora_targets: Vec<String>,
+    /// Share of every client role's lines given to the validators (default 0.1).
+    pub holdout_fraction: f64,
+    /// Share of every client role's lines in the test set (the last lines; default 0.1).
+    pub test_fraction: f64,
+    /// Most windows per validator holdout or test evaluation (default 32).
+    pub eval_windows: usize,
+    /// FedProx's proximal coefficient mu (default 0).
+    pub prox_mu: f64,
+}
+
+impl Default for LmTaskConfig {
+    fn default() -> Self {
+        Self {
+            corpus: PathBuf::from("../../shared/data/tinyshakespeare/input.txt"),
+            base: None,
+            preset: "test".into(),
+            pretrain_steps: 300,
+            pretrain_lr: 3e-3,
+            pretrain_batch: 16,
+            min_lines: 100,
+            seq_len: 32,
+            batch: 16,
+            local_steps: 16,
+            lr: 2e-3,
+            lora_rank: 4,
+            lora_alpha: 8.0,
+            lora_targets: vec!["c_attn".into(), "c_proj".into(), "c_fc".into()],
+            holdout_fraction: 0.1,
+            test_fraction: 0.1,
+            eval_windows: 32,
+            prox_mu: 0.0,
+        }
+    }
+}
+
+impl LmTaskConfig {
+    /// Makes relative paths relative to `dir` (the config file's directory).
+    pub fn resolve(mut self, dir: &Path) -> Self {
+        if self.corpus.is_relative() {
+            self.corpus = dir.join(&self.corpus);
+        }
+        if let Some(b) = self.base.as_mut().filter(|b| b.is_relative()) {
+            *b = dir.join(&*b);
+        }
+        self
+    }
+
+    fn validate(&self) -> Result<(), FlError> {
+        let bad = |what, reason: String| Err(FlError::InvalidConfig { what, reason });
+        let positive = [
+            ("task.seq_len", self.seq_len),
+            ("task.batch", self.batch),
+            ("task.local_steps", self.local_steps),
+            ("task.lora_rank", self.lora_rank),
+            ("task.eval_windows", self.eval_windows),
+            ("task.pretrain_batch", self.pretrain_batch),
+        ];
+        for (what, v) in positive {
+            if v == 0 {
+                return bad(what, "must be at least 1".into());
+            }
+        }
+        for (what, v) in [
+            ("task.lr", self.lr),
+            ("task.pretrain_lr", self.pretrain_lr),
+            ("task.lora_alpha", self.lora_alpha),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(what, format!("{v} is not a positive number"));
+            }
+        }
+        if !(self.prox_mu.is_finite() && self.prox_mu >= 0.0) {
+            return bad("task.prox_mu", format!("{} is negative", self.prox_mu));
+        }
+        for (what, v) in [
+            ("task.holdout_fraction", self.holdout_fraction),
+            ("task.test_fraction", self.test_fraction),
+        ] {
+            if !(v > 0.0 && v < 0.5) {
+                return bad(what, format!("{v} is not in (0, 0.5)"));
+            }
+        }
+        if self.lora_targets.is_empty() {
+            return bad("task.lora_targets", "name at least one module".into());
+        }
+        Ok(())
+    }
+}
+
+impl From<cohort_model::Error> for FlError {
+    fn from(e: cohort_model::Error) -> Self {
+        FlError::Task(e.to_string())
+    }
+}
+
+impl From<candle_core::Error> for FlError {
+    fn from(e: candle_core::Error) -> Self {
+        FlError::Task(e.to_string())
+    }
+}
+
+struct Client {
+    role: String,
+    lines: Vec<String>,
+    tokens: Vec<u32>,
+}
+
+/// LoRA fine-tuning of a small language model, one client per speaking role.
+pub struct LmTask {
+    cfg: LmTaskConfig,
+    model: Box<dyn LanguageModel>,
+    spec: Vec<(String, Vec<usize>)>,
+    init: Vec<f32>,
+    clients: Vec<Client>,
+    holdouts: Vec<Vec<u32>>,
+    test: Vec<u32>,
+    base_dir: PathBuf,
+}
+
+impl std::fmt::Debug for LmTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LmTask")
+            .field("base", &self.base_dir)
+            .field("clients", &self.roles())
+            .field("adapter_values", &self.init.len())
+            .finish()
+    }
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> FlError {
+    FlError::Task(format!("{}: {e}", path.display()))
+}
+
+impl LmTask {
+    /// Splits the corpus by role for `clients` clients and `validators` validators, loads or
+    /// pretrains the base model (pretrained bases are cached under `cache_dir`) and attaches
+    /// the LoRA adapter, all deterministic from `seed`.
+    pub fn new(
+        cfg: LmTaskConfig,
+        clients: usize,
+        validators: usize,
+        seed: u64,
+        cache_dir: &Path,
+    ) -> Result<Self, FlError> {
+        cfg.validate()?;
+        let text = std::fs::read_to_string(&cfg.corpus).map_err(|e| FlError::InvalidConfig {
+            what: "task.corpus",
+            reason: format!("{}: {e}", cfg.corpus.display()),
+        })?;
+        let roles = shakespeare_roles(&text, 1);
+        let eligible = roles.iter().filter(|r| r.lines >= cfg.min_lines).count();
+        if eligible < clients {
+            return Err(FlError::InvalidConfig {
+                what: "task.min_lines",
+                reason: format!(
+                    "only {eligible} roles of {} speak at least {} lines, but there are {clients} clients",
+                    cfg.corpus.display(),
+                    cfg.min_lines
+                ),
+            });
+        }
+        // Roles are sorted by lines: the first `clients` are the clients; the others' text
+        // pretrains the base.
+        let (client_roles, rest) = roles.split_at(clients);
+        let (model_dir, tokenizer) = match &cfg.base {
+            Some(dir) if !dir.join("config.json").is_file() => {
+                return Err(FlError::InvalidConfig {
+                    what: "task.base",
+                    reason: format!("{} holds no config.json", dir.display()),
+                });
+            }
+            Some(dir) => (dir.clone(), Tokenizer::load(dir)?),
+            None => {
+                let pretrain_text: String = rest.iter().map(|r| r.text.as_str()).collect();
+                let tok = Tokenizer::chars_of(&text);
+                let dir = pretrained_base(
+                    &cfg,
+                    &text,
+                    &pretrain_text,
+                    client_roles,
+                    &tok,
+                    seed,
+                    cache_dir,
+                )?;
+                (dir, tok)
+            }
+        };
+        let mut model = load_any(&model_dir, &Device::Cpu).map_err(|e| FlError::InvalidConfig {
+            what: "task.base",
+            reason: e.to_string(),
+        })?;
+        if cfg.seq_len > model.max_context() {
+            return Err(FlError::InvalidConfig {
+                what: "task.seq_len",
+                reason: format!(
+                    "{} exceeds the base model's context {}",
+                    cfg.seq_len,
+                    model.max_context()
+                ),
+            });
+        }
+        let targets: Vec<&str> = cfg.lora_targets.iter().map(String::as_str).collect();
+        let linears = model.linear_modules();
+        let w = model.weights_mut();
+        let lora = Lora::attach(
+            &mut w.params,
+            &linears,
+            LoraConfig::new(cfg.lora_rank, cfg.lora_alpha, &targets),
+            seed,
+        )
+        .map_err(|e| FlError::InvalidConfig {
+            what: "task.lora_targets",
+            reason: e.to_string(),
+        })?;
+        w.lora = Some(lora);
+        let spec = model
+            .params()
+            .spec()
+            .into_iter()
+            .map(|s| (s.name, s.shape))
+            .collect();
+        let init = model.params().flat()?;
+
+        let need = cfg.seq_len + 2;
+        let mut holdout_text = vec![String::new(); validators];
+        let mut test_text = String::new();
+        let mut out = Vec::with_capacity(clients);
+        for r in client_roles {
+            let lines: Vec<&str> = r.text.lines().collect();
+            let n = lines.len();
+            let n_test = ((n as f64 * cfg.test_fraction).round() as usize).max(1);
+            let n_hold = ((n as f64 * cfg.holdout_fraction).round() as usize).max(validators);
+            let n_train = n.saturating_sub(n_test + n_hold);
+            for (i, l) in lines[n_train..n - n_test].iter().enumerate() {
+                let h = &mut holdout_text[i % validators];
+                h.push_str(l);
+                h.push('\n');
+            }
+            for l in &lines[n - n_test..] {
+                test_text.push_str(l);
+                test_text.push('\n');
+            }
+            let train: Vec<String> = lines[..n_train].iter().map(|s| (*s).to_owned()).collect();
+            let joined: String = train.iter().flat_map(|l| [l.as_str(), "\n"]).collect();
+            let tokens = tokenizer.encode(&joined)?;
+            if tokens.len() < need {
+                return Err(FlError::InvalidConfig {
+                    what: "task.min_lines",
+                    reason: format!(
+                        "role {} keeps {} training tokens, fewer than a window of {need}",
+                        r.role,
+                        tokens.len()
+                    ),
+                });
+            }
+            out.push(Client {
+                role: r.role.clone(),
+                lines: train,
+                tokens,
+            });
+        }
+        let holdouts = holdout_text
+            .iter()
+            .enumerate()
+            .map(|(v, t)| {
+                let tokens = tokenizer.encode(t)?;
+                if tokens.len() < need {
+                    return Err(FlError::InvalidConfig {
+                        what: "task.holdout_fraction",
+                        reason: format!(
+                            "validator {v}'s holdout has {} tokens, fewer than a window of {need}",
+                            tokens.len()
+                        ),
+                    });
+                }
+                Ok(tokens)
+            })
+            .collect::<Result<Vec<_>, FlError>>()?;
+        let test = tokenizer.encode(&test_text)?;
+        if test.len() < need {
+            return Err(FlError::InvalidConfig {
+                what: "task.test_fraction",
+                reason: format!(
+                    "the test set has {} tokens, fewer than a window of {need}",
+                    test.len()
+                ),
+            });
+        }
+        Ok(Self {
+            cfg,
+            model,
+            spec,
+            init,
+            clients: out,
+            holdouts,
+            test,
+            base_dir: model_dir,
+        })
+    }
+
+    /// The speaking role of each client, in client order.
+    pub fn roles(&self) -> Vec<&str> {
+        self.clients.iter().map(|c| c.role.as_str()).collect()
+    }
+
+    /// The base model's directory (pretrained and cached, or the configured `base`).
+    pub fn base_dir(&self) -> &Path {
+        &self.base_dir
+    }
+
+    /// Names and shapes of the adapter's tensors (PEFT names), in flat order.
+    pub fn spec(&self) -> &[(String, Vec<usize>)] {
+        &self.spec
+    }
+
+    fn loss_on(&self, tokens: &[u32], params: &[f32]) -> Result<f64, FlError> {
+        self.model.params().set_flat(params)?;
+        let s = evaluate(
+            &*self.model,
+            tokens,
+            16,
+            self.cfg.seq_len,
+            self.cfg.eval_windows,
+        )?;
+        Ok(s.loss)
+    }
+}
+
+/// Pretrains (or finds in the cache) the base model and returns its directory.
+fn pretrained_base(
+    cfg: &LmTaskConfig,
+    corpus: &str,
+    pretrain_text: &str,
+    client_roles: &[crate::partition::RoleText],
+    tok: &Tokenizer,
+    seed: u64,
+    cache_dir: &Path,
+) -> Result<PathBuf, FlError> {
+    let gc =
+        GptConfig::preset(&cfg.preset, tok.vocab_size()).map_err(|e| FlError::InvalidConfig {
+            what: "task.preset",
+            reason: e.to_string(),
+        })?;
+    let seq = cfg.seq_len.min(gc.n_positions);
+    let roles: Vec<&str> = client_roles.iter().map(|r| r.role.as_str()).collect();
+    let key = sha256(
+        format!(
+            "cohort-fl lm base v1/{}/{}/{}/{}/{}/{seq}/{seed}/{}",
+            sha256(corpus.as_bytes()),
+            cfg.preset,
+            cfg.pretrain_steps,
+            cfg.pretrain_lr,
+            cfg.pretrain_batch,
+            roles.join("|")
+        )
+        .as_bytes(),
+    );
+    let dir = cache_dir.join(format!("base-{}", &key.to_hex()[..16]));
+    if dir.join("config.json").exists() {
+        return Ok(dir);
+    }
+    let model = Gpt::new(gc, seed, &Device::Cpu)?;
+    let mut tc = TrainConfig::new(cfg.pretrain_batch, seq);
+    tc.seed = seed;
+    tc.optim = AdamWConfig {
+        lr: cfg.pretrain_lr,
+        min_lr: cfg.pretrain_lr / 10.0,
+        warmup_steps: (cfg.pretrain_steps / 10).max(1),
+        total_steps: cfg.pretrain_steps.max(1),
+        ..AdamWConfig::default()
+    };
+    let mut trainer = Trainer::new(&model, tc)?;
+    let data = TokenData {
+        train: tok.encode(pretrain_text)?,
+        val: Vec::new(),
+    };
+    for _ in 0..cfg.pretrain_steps {
+        trainer.step(&model, &data)?;
+    }
+    let tmp = cache_dir.join(format!("base-{}.partial", &key.to_hex()[..16]));
+    std::fs::create_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
+    model.save(&tmp)?;
+    tok.save(&tmp)?;
+    std::fs::rename(&tmp, &dir).map_err(|e| io_err(&dir, e))?;
+    Ok(dir)
+}
+
+impl Learner for LmTask {
+    fn dim(&self) -> usize {
+        self.init.len()
+    }
+
+    fn init(&self) -> Vec<f32> {
+        self.init.clone()
+    }
+
+    fn train(&self, client: u32, global: &[f32], rng: &mut Rng) -> Result<Vec<f32>, FlError> {
+        let Some(c) = self.clients.get(client as usize) else {
+            return Ok(vec![0.0; global.len()]);
+        };
+        let params = self.model.params();
+        params.set_flat(global)?;
+        let mut tc = TrainConfig::new(self.cfg.batch, self.cfg.seq_len);
+        tc.optim = AdamWConfig {
+            lr: self.cfg.lr,
+            min_lr: self.cfg.lr,
+            warmup_steps: 0,
+            total_steps: self.cfg.local_steps,
+            weight_decay: 0.0,
+            ..AdamWConfig::default()
+        };
+        let mut trainer = Trainer::new(&*self.model, tc)?;
+        let mut data_rng = cohort_model::rng::Rng::new(rng.next_u64());
+        for _ in 0..self.cfg.local_steps {
+            let batch = sample_batch(
+                &c.tokens,
+                self.cfg.batch,
+                self.cfg.seq_len,
+                &mut data_rng,
+                self.model.device(),
+            )?;
+            let (_, mut grads) = Trainer::gradients(&*self.model, &[batch], false)?;
+            if self.cfg.prox_mu > 0.0 {
+                add_prox(&mut grads, &params.flat()?, global, self.cfg.prox_mu);
+            }
+            trainer.step_grads(&*self.model, &grads)?;
+        }
+        let after = params.flat()?;
+        Ok(after.iter().zip(global).map(|(a, b)| a - b).collect())
+    }
+
+    fn num_samples(&self, client: u32) -> u64 {
+        self.clients
+            .get(client as usize)
+            .map_or(0, |c| c.lines.len() as u64)
+    }
+
+    fn dataset_commitment(&self, client: u32) -> (Hash32, u64) {
+        let Some(c) = self.clients.get(client as usize) else {
+            return (Hash32::ZERO, 0);
+        };
+        // One shard per line of the client's training text.
+        let mut tree = MerkleTree::new();
+        for l in &c.lines {
+            tree.push_hash(leaf_hash(l.as_bytes()));
+        }
+        (tree.root(), c.lines.len() as u64)
+    }
+
+    fn holdout_loss(&self, validator: u32, params: &[f32]) -> Result<f64, FlError> {
+        match self.holdouts.get(validator as usize) {
+            Some(t) => self.loss_on(t, params),
+            None => Ok(f64::INFINITY),
+        }
+    }
+
+    fn evaluate(&self, params: &[f32]) -> Result<Metrics, FlError> {
+        let loss = self.loss_on(&self.test, params)?;
+        Ok(Metrics {
+            perplexity: Some(loss.exp()),
+            ..Metrics::loss(loss)
+        })
+    }
+
+    fn encode(&self, values: &[f32]) -> Vec<u8> {
+        encode_named_blob(&self.spec, values)
+    }
+}
+
+/// Adds FedProx's proximal gradient `mu (w - global)` to per-parameter gradients laid out in
+/// flat order.
+pub(crate) fn add_prox(grads: &mut [Vec<f32>], current: &[f32], global: &[f32], mu: f64) {
+    let mut off = 0;
+    for g in grads.iter_mut() {
+        let n = g.len();
+        if let (Some(w), Some(w0)) = (current.get(off..off + n), global.get(off..off + n)) {
+            for ((gi, &a), &b) in g.iter_mut().zip(w).zip(w0) {
+                *gi += (mu * f64::from(a - b)) as f32;
+            }
+        }
+        off += n;
+    }
+}
