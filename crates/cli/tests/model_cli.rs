@@ -150,9 +150,21 @@ fn pretrain_eval_generate_lora_and_svd() {
         "4",
         "--targets",
         "c_attn,c_fc",
+        "--dropout",
+        "0.1",
         "--json",
     ]));
     assert_eq!(l["trainable"], 2 * (4 * (32 + 96) + 4 * (32 + 128)));
+    assert!(l["val_loss"].as_f64().unwrap().is_finite());
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["lora_dropout"], 0.1);
+    if std::path::Path::new("/proc/self/status").exists() {
+        // At least the weights and a step's activations were resident.
+        assert!(l["peak_rss_bytes"].as_u64().unwrap() > 1 << 20, "{l}");
+    }
     assert!(
         adapter.join("adapter_model.safetensors").exists()
             && adapter.join("adapter_config.json").exists()
@@ -234,6 +246,8 @@ fn bench_train_writes_the_keys() {
         "1",
         "--batch",
         "2",
+        "--threads",
+        "1",
         "--json",
         p(&out),
     ]);
@@ -246,5 +260,11 @@ fn bench_train_writes_the_keys() {
         "matmul_peak_gflops",
     ] {
         assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {v}");
+    }
+    assert_eq!(v["threads"], 1);
+    if std::path::Path::new("/proc/self/status").exists() {
+        for k in ["full_peak_rss_bytes", "lora_peak_rss_bytes"] {
+            assert!(v[k].as_u64().unwrap() > 1 << 20, "{k}: {v}");
+        }
     }
 }

@@ -7,17 +7,25 @@
 //! than the arithmetic. This path runs the same fused kernels on plain buffers, keeps the
 //! activations it needs, and writes each gradient once; frozen weights get no gradient work.
 //! Its gradients are checked against candle's autograd (itself checked against finite
-//! differences) by the tests. Used by [`crate::train::Trainer`] when the model is a [`Gpt`]
+//! differences) by the tests.
+//!
+//! The weights are read in place from the parameters' storage (no copy), and the activation
+//! buffers come from a per-thread pool that keeps them from one step to the next: fresh
+//! multi-megabyte buffers every step cost page faults and zeroing (10% of a step's CPU time
+//! under `perf`). The pool holds about one step's activations (~150 MB for the reference model
+//! at batch 16); [`release_buffers`] gives them back. Used by [`crate::train::Trainer`] when the model is a [`Gpt`]
 //! on the CPU in f32 without SVD-factored layers; everything else goes through autograd.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 
-use candle_core::{DType, Tensor};
+use candle_core::{CpuStorage, DType, Storage};
+use rayon::prelude::*;
 
 use crate::gpt::Gpt;
 use crate::kernels::gemm::{MatMut, MatRef, matmul};
 use crate::kernels::linear::WeightLayout;
-use crate::kernels::{attention, cross_entropy, gelu, layer_norm, threads};
+use crate::kernels::{attention, cross_entropy, gelu, layer_norm, rows_per_task, threads};
 use crate::model::{LanguageModel, LinearInfo};
 use crate::{Result, lora};
 
@@ -30,15 +38,105 @@ pub fn supported(m: &Gpt) -> bool {
         && p.get(crate::classify::SCORE).is_none()
 }
 
+/// Reusable `f32` buffers (best fit by capacity).
+#[derive(Default)]
+struct Pool {
+    free: Vec<Vec<f32>>,
+}
+
+impl Pool {
+    /// A buffer of `len` elements with unspecified (stale but initialised) contents: for
+    /// outputs whose every element the caller overwrites.
+    fn scratch(&mut self, len: usize) -> Vec<f32> {
+        let best = self
+            .free
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.capacity() >= len)
+            .min_by_key(|(_, v)| v.capacity())
+            .map(|(i, _)| i);
+        let mut v = match best {
+            Some(i) => self.free.swap_remove(i),
+            None => Vec::with_capacity(len),
+        };
+        v.resize(len, 0.0);
+        v
+    }
+
+    /// A zeroed buffer of `len` elements.
+    fn zeros(&mut self, len: usize) -> Vec<f32> {
+        let mut v = self.scratch(len);
+        v.fill(0.0);
+        v
+    }
+
+    fn give(&mut self, v: Vec<f32>) {
+        if v.capacity() > 0 {
+            self.free.push(v);
+        }
+    }
+}
+
+thread_local! {
+    static POOL: RefCell<Pool> = RefCell::new(Pool::default());
+}
+
+/// Frees the activation buffers this thread keeps between training steps (they are
+/// re-allocated by the next step).
+pub fn release_buffers() {
+    POOL.with(|p| p.borrow_mut().free = Vec::new());
+}
+
+/// Gives gradient buffers (from [`loss_and_grads`], once used) back to this thread's pool, for
+/// the next step's gradients to be written into instead of freshly allocated (and faulted in).
+/// The trainer does this after each optimiser step that took the hand-written path.
+pub fn recycle(grads: Vec<Vec<f32>>) {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        for g in grads {
+            p.give(g);
+        }
+    });
+}
+
+/// Bytes of activation buffers this thread keeps between training steps.
+pub fn retained_bytes() -> usize {
+    POOL.with(|p| {
+        p.borrow()
+            .free
+            .iter()
+            .map(|v| v.capacity() * std::mem::size_of::<f32>())
+            .sum()
+    })
+}
+
 struct Ctx<'a> {
     m: &'a Gpt,
-    w: HashMap<&'a str, Vec<f32>>,
+    w: HashMap<&'a str, &'a [f32]>,
     grads: HashMap<String, Vec<f32>>,
+    pool: Pool,
     n: usize,
 }
 
-fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(t.flatten_all()?.to_vec1::<f32>()?)
+/// Sums of the columns of row-major `x` with `cols` columns, over fixed row chunks in parallel
+/// and then in chunk order (deterministic for any thread count).
+fn column_sums(pool: &mut Pool, x: &[f32], cols: usize) -> Vec<f32> {
+    let per = rows_per_task(x.len() / cols.max(1), cols) * cols;
+    let partials: Vec<Vec<f32>> = x
+        .par_chunks(per.max(1))
+        .map(|c| {
+            let mut acc = vec![0f32; cols];
+            for r in c.chunks(cols) {
+                acc.iter_mut().zip(r).for_each(|(a, b)| *a += b);
+            }
+            acc
+        })
+        .collect();
+    let mut out = pool.zeros(cols);
+    for p in partials {
+        out.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+    }
+    out
 }
 
 fn rows(data: &[f32], r: usize, c: usize) -> MatRef<'_, f32> {
@@ -46,8 +144,8 @@ fn rows(data: &[f32], r: usize, c: usize) -> MatRef<'_, f32> {
 }
 
 impl<'a> Ctx<'a> {
-    fn w(&self, name: &str) -> &[f32] {
-        self.w.get(name).map(Vec::as_slice).unwrap_or(&[])
+    fn w(&self, name: &str) -> &'a [f32] {
+        self.w.get(name).copied().unwrap_or(&[])
     }
 
     fn trainable(&self, name: &str) -> bool {
@@ -56,7 +154,10 @@ impl<'a> Ctx<'a> {
 
     fn add_grad(&mut self, name: &str, g: Vec<f32>) {
         match self.grads.get_mut(name) {
-            Some(acc) => acc.iter_mut().zip(g).for_each(|(a, b)| *a += b),
+            Some(acc) => {
+                acc.iter_mut().zip(&g).for_each(|(a, b)| *a += b);
+                self.pool.give(g);
+            }
             None => {
                 self.grads.insert(name.to_string(), g);
             }
@@ -75,14 +176,37 @@ impl<'a> Ctx<'a> {
         })
     }
 
-    /// `y = x W' + b (+ s (x A^T) B^T)`; returns y and the adapter's `x A^T`.
-    fn lin_fwd(&self, l: &LinearInfo, x: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
+    /// The adapter's dropout multipliers for module `path` (empty without dropout).
+    fn mask(&self, path: &str, d_in: usize) -> Vec<f32> {
+        let len = self.n * d_in;
+        self.m
+            .weights()
+            .lora
+            .as_ref()
+            .and_then(|l| l.dropout(path, len))
+            .unwrap_or_default()
+    }
+
+    /// `x ⊙ mask` into a pooled buffer.
+    fn masked(&mut self, x: &[f32], mask: &[f32]) -> Vec<f32> {
+        let mut y = self.pool.scratch(x.len());
+        y.iter_mut()
+            .zip(x.iter().zip(mask))
+            .for_each(|(y, (a, b))| *y = a * b);
+        y
+    }
+
+    /// `y = x W' + b (+ s (drop(x) A^T) B^T)`; returns y, the adapter's `drop(x) A^T` and its
+    /// dropout multipliers (empty when there is no adapter or no dropout).
+    fn lin_fwd(&mut self, l: &LinearInfo, x: &[f32]) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
         let (n, din, dout) = (self.n, l.d_in, l.d_out);
         let w = self.w(&format!("{}.weight", l.path));
-        let mut y = vec![0f32; n * dout];
+        let mut y = self.pool.scratch(n * dout);
         let accumulate = if l.bias {
             let b = self.w(&format!("{}.bias", l.path));
-            y.chunks_mut(dout).for_each(|r| r.copy_from_slice(b));
+            let per = rows_per_task(n, dout) * dout;
+            y.par_chunks_mut(per)
+                .for_each(|c| c.chunks_mut(dout).for_each(|r| r.copy_from_slice(b)));
             true
         } else {
             false
@@ -99,17 +223,22 @@ impl<'a> Ctx<'a> {
             accumulate,
             threads(),
         )?;
-        let mut u = Vec::new();
+        let (mut u, mut mask) = (Vec::new(), Vec::new());
         if let Some((a, b, s, r)) = self.lora(&l.path) {
-            u = vec![0f32; n * r];
+            mask = self.mask(&l.path, din);
+            let xd = (!mask.is_empty()).then(|| self.masked(x, &mask));
+            u = self.pool.scratch(n * r);
             matmul(
                 MatMut::rows(&mut u, 0, n, r, r),
-                rows(x, n, din),
+                rows(xd.as_deref().unwrap_or(x), n, din),
                 rows(self.w(&a), r, din).t(),
                 1.0,
                 false,
                 threads(),
             )?;
+            if let Some(xd) = xd {
+                self.pool.give(xd);
+            }
             matmul(
                 MatMut::rows(&mut y, 0, n, dout, dout),
                 rows(&u, n, r),
@@ -119,15 +248,21 @@ impl<'a> Ctx<'a> {
                 threads(),
             )?;
         }
-        Ok((y, u))
+        Ok((y, u, mask))
     }
 
     /// Backward of [`Ctx::lin_fwd`]: records weight, bias and adapter gradients (trainable
     /// ones only) and returns `dx`.
-    fn lin_bwd(&mut self, l: &LinearInfo, x: &[f32], u: &[f32], dy: &[f32]) -> Result<Vec<f32>> {
+    fn lin_bwd(
+        &mut self,
+        l: &LinearInfo,
+        x: &[f32],
+        (u, mask): (&[f32], &[f32]),
+        dy: &[f32],
+    ) -> Result<Vec<f32>> {
         let (n, din, dout) = (self.n, l.d_in, l.d_out);
         let wname = format!("{}.weight", l.path);
-        let mut dx = vec![0f32; n * din];
+        let mut dx = self.pool.scratch(n * din);
         {
             let w = self.w(&wname);
             let wt = match l.layout {
@@ -144,7 +279,7 @@ impl<'a> Ctx<'a> {
             )?;
         }
         if self.trainable(&wname) {
-            let mut dw = vec![0f32; din * dout];
+            let mut dw = self.pool.scratch(din * dout);
             match l.layout {
                 WeightLayout::InOut => matmul(
                     MatMut::rows(&mut dw, 0, din, dout, dout),
@@ -167,15 +302,12 @@ impl<'a> Ctx<'a> {
         }
         let bname = format!("{}.bias", l.path);
         if l.bias && self.trainable(&bname) {
-            let mut db = vec![0f32; dout];
-            for r in dy.chunks(dout) {
-                db.iter_mut().zip(r).for_each(|(a, b)| *a += b);
-            }
+            let db = column_sums(&mut self.pool, dy, dout);
             self.add_grad(&bname, db);
         }
         if let Some((a, b, s, r)) = self.lora(&l.path) {
             // dB = s dy^T u, du = s dy B, dA = du^T x, dx += du A.
-            let mut db = vec![0f32; dout * r];
+            let mut db = self.pool.scratch(dout * r);
             matmul(
                 MatMut::rows(&mut db, 0, dout, r, r),
                 rows(dy, n, dout).t(),
@@ -184,7 +316,7 @@ impl<'a> Ctx<'a> {
                 false,
                 threads(),
             )?;
-            let mut du = vec![0f32; n * r];
+            let mut du = self.pool.scratch(n * r);
             matmul(
                 MatMut::rows(&mut du, 0, n, r, r),
                 rows(dy, n, dout),
@@ -193,23 +325,45 @@ impl<'a> Ctx<'a> {
                 false,
                 threads(),
             )?;
-            let mut da = vec![0f32; r * din];
+            // With dropout: dA = du^T (x ⊙ m), dx += (du A) ⊙ m.
+            let xd = (!mask.is_empty()).then(|| self.masked(x, mask));
+            let mut da = self.pool.scratch(r * din);
             matmul(
                 MatMut::rows(&mut da, 0, r, din, din),
                 rows(&du, n, r).t(),
-                rows(x, n, din),
+                rows(xd.as_deref().unwrap_or(x), n, din),
                 1.0,
                 false,
                 threads(),
             )?;
-            matmul(
-                MatMut::rows(&mut dx, 0, n, din, din),
-                rows(&du, n, r),
-                rows(self.w(&a), r, din),
-                1.0,
-                true,
-                threads(),
-            )?;
+            if let Some(xd) = xd {
+                self.pool.give(xd);
+            }
+            if mask.is_empty() {
+                matmul(
+                    MatMut::rows(&mut dx, 0, n, din, din),
+                    rows(&du, n, r),
+                    rows(self.w(&a), r, din),
+                    1.0,
+                    true,
+                    threads(),
+                )?;
+            } else {
+                let mut t = self.pool.scratch(n * din);
+                matmul(
+                    MatMut::rows(&mut t, 0, n, din, din),
+                    rows(&du, n, r),
+                    rows(self.w(&a), r, din),
+                    1.0,
+                    false,
+                    threads(),
+                )?;
+                dx.iter_mut()
+                    .zip(t.iter().zip(mask))
+                    .for_each(|(d, (t, m))| *d += t * m);
+                self.pool.give(t);
+            }
+            self.pool.give(du);
             if self.trainable(&b) {
                 self.add_grad(&b, db);
             }
@@ -220,46 +374,93 @@ impl<'a> Ctx<'a> {
         Ok(dx)
     }
 
-    fn ln_fwd(&self, x: &[f32], name: &str) -> Vec<f32> {
+    fn ln_fwd(&mut self, x: &[f32], name: &str) -> Vec<f32> {
         let eps = self.m.config.layer_norm_epsilon;
-        layer_norm::fwd(
+        let mut y = self.pool.scratch(x.len());
+        layer_norm::fwd_into(
             x,
             self.w(&format!("{name}.weight")),
             self.w(&format!("{name}.bias")),
             eps,
-        )
+            &mut y,
+        );
+        y
     }
 
     /// Adds the layer norm's input gradient into `dx` and records its parameter gradients.
     fn ln_bwd(&mut self, x: &[f32], name: &str, dy: &[f32], dx: &mut [f32]) {
         let eps = self.m.config.layer_norm_epsilon;
         let (wn, bn) = (format!("{name}.weight"), format!("{name}.bias"));
-        let packed = layer_norm::bwd(x, self.w(&wn), dy, eps);
         let d = self.m.config.n_embd;
-        let (g, rest) = packed.split_at(x.len());
-        dx.iter_mut().zip(g).for_each(|(a, b)| *a += b);
-        if self.trainable(&wn) {
-            self.add_grad(&wn, rest[..d].to_vec());
+        let mut dwdb = self.pool.scratch(2 * d);
+        layer_norm::bwd_acc(x, self.w(&wn), dy, eps, dx, &mut dwdb);
+        for (name, part) in [(&wn, &dwdb[..d]), (&bn, &dwdb[d..])] {
+            if self.trainable(name) {
+                let mut g = self.pool.scratch(d);
+                g.copy_from_slice(part);
+                self.add_grad(name, g);
+            }
         }
-        if self.trainable(&bn) {
-            self.add_grad(&bn, rest[d..].to_vec());
-        }
+        self.pool.give(dwdb);
+    }
+
+    /// `a + b` element-wise into a pooled buffer.
+    fn add(&mut self, a: &[f32], b: &[f32]) -> Vec<f32> {
+        let mut y = self.pool.scratch(a.len());
+        y.iter_mut()
+            .zip(a.iter().zip(b))
+            .for_each(|(y, (a, b))| *y = a + b);
+        y
     }
 }
 
+/// A layer's saved activations; `u_*` are the adapters' `drop(x) A^T`, `m_*` their dropout
+/// multipliers.
 struct Layer {
     x: Vec<f32>,
     ln1: Vec<f32>,
     qkv: Vec<f32>,
     u_qkv: Vec<f32>,
+    m_qkv: Vec<f32>,
+    /// Attention probabilities `[B, H, T, T]`.
+    probs: Vec<f32>,
     att: Vec<f32>,
     u_att: Vec<f32>,
+    m_att: Vec<f32>,
     mid: Vec<f32>,
     ln2: Vec<f32>,
     h: Vec<f32>,
     u_fc: Vec<f32>,
+    m_fc: Vec<f32>,
     g: Vec<f32>,
     u_proj: Vec<f32>,
+    m_proj: Vec<f32>,
+}
+
+impl Layer {
+    fn recycle(self, pool: &mut Pool) {
+        for v in [
+            self.x,
+            self.ln1,
+            self.qkv,
+            self.u_qkv,
+            self.att,
+            self.u_att,
+            self.mid,
+            self.ln2,
+            self.h,
+            self.u_fc,
+            self.g,
+            self.u_proj,
+            self.m_qkv,
+            self.m_att,
+            self.m_fc,
+            self.m_proj,
+            self.probs,
+        ] {
+            pool.give(v);
+        }
+    }
 }
 
 /// Mean next-token loss of `ids` `[b, t]` against `targets`, and the gradients of the
@@ -270,6 +471,22 @@ pub fn loss_and_grads(
     targets: &[u32],
     b: usize,
     t: usize,
+) -> Result<(f64, Vec<Vec<f32>>)> {
+    let pool = POOL.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    let mut pool_back = Pool::default();
+    let r = run(m, ids, targets, b, t, pool, &mut pool_back);
+    POOL.with(|p| *p.borrow_mut() = pool_back);
+    r
+}
+
+fn run(
+    m: &Gpt,
+    ids: &[u32],
+    targets: &[u32],
+    b: usize,
+    t: usize,
+    pool: Pool,
+    pool_back: &mut Pool,
 ) -> Result<(f64, Vec<Vec<f32>>)> {
     let c = &m.config;
     let (d, v, nh) = (c.n_embd, c.vocab_size, c.n_head);
@@ -287,20 +504,39 @@ pub fn loss_and_grads(
             "token id {bad} out of range for vocabulary {v}"
         )));
     }
+    // Read locks on the parameters' storage: the weights are used where they are.
+    let guards: Vec<_> = m
+        .params()
+        .iter()
+        .map(|p| {
+            let (s, l) = p.var.as_tensor().storage_and_layout();
+            (p.name.as_str(), s, l.contiguous_offsets())
+        })
+        .collect();
     let mut w = HashMap::new();
-    for p in m.params().iter() {
-        w.insert(p.name.as_str(), to_vec(p.var.as_tensor())?);
+    for (name, s, offsets) in &guards {
+        match (&**s, offsets) {
+            (Storage::Cpu(CpuStorage::F32(data)), Some((a, e))) => {
+                w.insert(*name, &data[*a..*e]);
+            }
+            _ => {
+                return Err(crate::Error::Data(format!(
+                    "parameter {name} is not a contiguous f32 CPU tensor"
+                )));
+            }
+        }
     }
     let mut cx = Ctx {
         m,
         w,
         grads: HashMap::new(),
+        pool,
         n,
     };
     let lins = Gpt::linears(c);
 
     // Forward.
-    let mut x = vec![0f32; n * d];
+    let mut x = cx.pool.scratch(n * d);
     {
         let (wte, wpe) = (
             cx.w("transformer.wte.weight"),
@@ -317,32 +553,42 @@ pub fn loss_and_grads(
     for (i, l) in lins.chunks(4).enumerate() {
         let p = format!("transformer.h.{i}");
         let ln1 = cx.ln_fwd(&x, &format!("{p}.ln_1"));
-        let (qkv, u_qkv) = cx.lin_fwd(&l[0], &ln1)?;
-        let att = attention::fwd(&qkv, b, t, d, nh)?;
-        let (proj, u_att) = cx.lin_fwd(&l[1], &att)?;
-        let mid: Vec<f32> = x.iter().zip(&proj).map(|(a, b)| a + b).collect();
+        let (qkv, u_qkv, m_qkv) = cx.lin_fwd(&l[0], &ln1)?;
+        let mut att = cx.pool.scratch(n * d);
+        let mut probs = cx.pool.scratch(b * nh * t * t);
+        attention::fwd_into(&qkv, b, t, d, nh, &mut att, Some(&mut probs))?;
+        let (proj, u_att, m_att) = cx.lin_fwd(&l[1], &att)?;
+        let mid = cx.add(&x, &proj);
+        cx.pool.give(proj);
         let ln2 = cx.ln_fwd(&mid, &format!("{p}.ln_2"));
-        let (h, u_fc) = cx.lin_fwd(&l[2], &ln2)?;
-        let g = gelu::fwd(&h);
-        let (out, u_proj) = cx.lin_fwd(&l[3], &g)?;
-        let next: Vec<f32> = mid.iter().zip(&out).map(|(a, b)| a + b).collect();
+        let (h, u_fc, m_fc) = cx.lin_fwd(&l[2], &ln2)?;
+        let mut g = cx.pool.scratch(h.len());
+        gelu::fwd_into(&h, &mut g);
+        let (out, u_proj, m_proj) = cx.lin_fwd(&l[3], &g)?;
+        let next = cx.add(&mid, &out);
+        cx.pool.give(out);
         layers.push(Layer {
             x: std::mem::replace(&mut x, next),
             ln1,
             qkv,
             u_qkv,
+            m_qkv,
+            probs,
             att,
             u_att,
+            m_att,
             mid,
             ln2,
             h,
             u_fc,
+            m_fc,
             g,
             u_proj,
+            m_proj,
         });
     }
     let lnf = cx.ln_fwd(&x, "transformer.ln_f");
-    let mut logits = vec![0f32; n * v];
+    let mut logits = cx.pool.scratch(n * v);
     matmul(
         MatMut::rows(&mut logits, 0, n, v, v),
         rows(&lnf, n, d),
@@ -354,10 +600,14 @@ pub fn loss_and_grads(
     let losses = cross_entropy::fwd(&logits, targets, v)?;
     let loss = losses.iter().map(|&l| f64::from(l)).sum::<f64>() / n as f64;
 
-    // Backward.
-    let dlogits = cross_entropy::bwd(&logits, targets, &vec![1.0 / n as f32; n], v)?;
-    drop(logits);
-    let mut dlnf = vec![0f32; n * d];
+    // Backward. The logits' buffer becomes their gradient.
+    let dlogits = {
+        let mut g = cx.pool.scratch(n * v);
+        cross_entropy::bwd_into(&logits, targets, &vec![1.0 / n as f32; n], v, &mut g)?;
+        cx.pool.give(logits);
+        g
+    };
+    let mut dlnf = cx.pool.scratch(n * d);
     matmul(
         MatMut::rows(&mut dlnf, 0, n, d, d),
         rows(&dlogits, n, v),
@@ -368,7 +618,7 @@ pub fn loss_and_grads(
     )?;
     let wte_trainable = cx.trainable("transformer.wte.weight");
     if wte_trainable {
-        let mut dwte = vec![0f32; v * d];
+        let mut dwte = cx.pool.scratch(v * d);
         matmul(
             MatMut::rows(&mut dwte, 0, v, d, d),
             rows(&dlogits, n, v).t(),
@@ -379,23 +629,36 @@ pub fn loss_and_grads(
         )?;
         cx.add_grad("transformer.wte.weight", dwte);
     }
-    let mut dx = vec![0f32; n * d];
+    cx.pool.give(dlogits);
+    let mut dx = cx.pool.zeros(n * d);
     cx.ln_bwd(&x, "transformer.ln_f", &dlnf, &mut dx);
-    for (i, (l, s)) in lins.chunks(4).zip(layers.iter()).enumerate().rev() {
+    cx.pool.give(dlnf);
+    cx.pool.give(lnf);
+    cx.pool.give(x);
+    for (i, (l, s)) in lins.chunks(4).zip(layers).enumerate().rev() {
         let p = format!("transformer.h.{i}");
         // x_{i+1} = mid + proj(gelu(fc(ln2(mid)))).
-        let dg = cx.lin_bwd(&l[3], &s.g, &s.u_proj, &dx)?;
-        let dh = gelu::bwd(&s.h, &dg);
-        let dln2 = cx.lin_bwd(&l[2], &s.ln2, &s.u_fc, &dh)?;
+        let dg = cx.lin_bwd(&l[3], &s.g, (&s.u_proj, &s.m_proj), &dx)?;
+        let mut dh = cx.pool.scratch(dg.len());
+        gelu::bwd_into(&s.h, &dg, &mut dh);
+        cx.pool.give(dg);
+        let dln2 = cx.lin_bwd(&l[2], &s.ln2, (&s.u_fc, &s.m_fc), &dh)?;
+        cx.pool.give(dh);
         cx.ln_bwd(&s.mid, &format!("{p}.ln_2"), &dln2, &mut dx);
+        cx.pool.give(dln2);
         // mid = x + c_proj(attn(c_attn(ln1(x)))).
-        let datt = cx.lin_bwd(&l[1], &s.att, &s.u_att, &dx)?;
-        let dqkv = attention::bwd(&s.qkv, &datt, b, t, d, nh)?;
-        let dln1 = cx.lin_bwd(&l[0], &s.ln1, &s.u_qkv, &dqkv)?;
+        let datt = cx.lin_bwd(&l[1], &s.att, (&s.u_att, &s.m_att), &dx)?;
+        let mut dqkv = cx.pool.scratch(s.qkv.len());
+        attention::bwd_into(&s.qkv, &datt, b, t, d, nh, &mut dqkv, Some(&s.probs))?;
+        cx.pool.give(datt);
+        let dln1 = cx.lin_bwd(&l[0], &s.ln1, (&s.u_qkv, &s.m_qkv), &dqkv)?;
+        cx.pool.give(dqkv);
         cx.ln_bwd(&s.x, &format!("{p}.ln_1"), &dln1, &mut dx);
+        cx.pool.give(dln1);
+        s.recycle(&mut cx.pool);
     }
     if wte_trainable {
-        let mut g = vec![0f32; v * d];
+        let mut g = cx.pool.zeros(v * d);
         for (i, row) in dx.chunks(d).enumerate() {
             let tok = ids[i] as usize;
             g[tok * d..(tok + 1) * d]
@@ -406,7 +669,7 @@ pub fn loss_and_grads(
         cx.add_grad("transformer.wte.weight", g);
     }
     if cx.trainable("transformer.wpe.weight") {
-        let mut g = vec![0f32; c.n_positions * d];
+        let mut g = cx.pool.zeros(c.n_positions * d);
         for (i, row) in dx.chunks(d).enumerate() {
             let pos = i % t;
             g[pos * d..(pos + 1) * d]
@@ -416,14 +679,16 @@ pub fn loss_and_grads(
         }
         cx.add_grad("transformer.wpe.weight", g);
     }
+    cx.pool.give(dx);
     let grads = m
         .params()
         .trainable()
         .map(|p| {
             cx.grads
                 .remove(&p.name)
-                .unwrap_or_else(|| vec![0f32; p.var.elem_count()])
+                .unwrap_or_else(|| cx.pool.zeros(p.var.elem_count()))
         })
         .collect();
+    *pool_back = std::mem::take(&mut cx.pool);
     Ok((loss, grads))
 }

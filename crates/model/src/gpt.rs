@@ -7,6 +7,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::cache::KvCache;
 use crate::checkpoint;
 use crate::config::GptConfig;
 use crate::kernels::{self, linear::WeightLayout};
@@ -190,6 +191,60 @@ impl Gpt {
     }
 }
 
+impl Gpt {
+    /// [`LanguageModel::hidden_cached`]: positions continue from the cache.
+    fn hidden_with_cache(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let past = cache.len();
+        if past + t > self.config.n_positions {
+            return Err(Error::config(
+                "n_positions",
+                format!(
+                    "{past} cached + {t} new positions exceed the context of {}",
+                    self.config.n_positions
+                ),
+            ));
+        }
+        let c = &self.config;
+        let w = &self.weights;
+        let (d, f, eps) = (c.n_embd, c.d_ff(), c.layer_norm_epsilon);
+        let ids = ids.to_dtype(DType::U32)?.flatten_all()?;
+        let tok = w
+            .t("transformer.wte.weight")?
+            .index_select(&ids, 0)?
+            .reshape((b, t, d))?;
+        let pos = w.t("transformer.wpe.weight")?.narrow(0, past, t)?;
+        let mut x = tok.broadcast_add(&pos)?;
+        for i in 0..c.n_layer {
+            let p = block(i);
+            let ln = |x: &Tensor, n: &str| -> Result<Tensor> {
+                Ok(kernels::layer_norm(
+                    x,
+                    &w.t(&format!("{p}.{n}.weight"))?,
+                    &w.t(&format!("{p}.{n}.bias"))?,
+                    eps,
+                )?)
+            };
+            let h = ln(&x, "ln_1")?;
+            let qkv = w.linear(&self.lin(format!("{p}.attn.c_attn"), d, 3 * d), &h)?;
+            let q = qkv.narrow(2, 0, d)?;
+            let (k, v) = cache.append(i, &qkv.narrow(2, d, d)?, &qkv.narrow(2, 2 * d, d)?)?;
+            let a = crate::cache::attend(&q, &k, &v, c.n_head, past)?;
+            x = (x + w.linear(&self.lin(format!("{p}.attn.c_proj"), d, d), &a)?)?;
+            let h = ln(&x, "ln_2")?;
+            let h = kernels::gelu(&w.linear(&self.lin(format!("{p}.mlp.c_fc"), d, f), &h)?)?;
+            x = (x + w.linear(&self.lin(format!("{p}.mlp.c_proj"), f, d), &h)?)?;
+        }
+        cache.advance(t);
+        Ok(kernels::layer_norm(
+            &x,
+            &w.t("transformer.ln_f.weight")?,
+            &w.t("transformer.ln_f.bias")?,
+            eps,
+        )?)
+    }
+}
+
 impl LanguageModel for Gpt {
     fn weights(&self) -> &Weights {
         &self.weights
@@ -264,6 +319,10 @@ impl LanguageModel for Gpt {
             &w.t("transformer.ln_f.bias")?,
             eps,
         )?)
+    }
+
+    fn hidden_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Option<Result<Tensor>> {
+        Some(self.hidden_with_cache(ids, cache))
     }
 
     fn fast_loss_and_grads(

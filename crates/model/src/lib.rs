@@ -17,6 +17,7 @@
 //! Speed on CPU comes from [`kernels`] (fused ops with hand-written backward passes, checked
 //! against finite differences) and [`fast`] (a hand-written backward pass for the GPT that
 //! bypasses candle's autograd). Everything is deterministic from a seed ([`rng::Rng`]).
+pub mod cache;
 pub mod checkpoint;
 pub mod classify;
 pub mod config;
@@ -28,6 +29,7 @@ pub mod gpt;
 pub mod kernels;
 pub mod llama;
 pub mod lora;
+pub mod mem;
 pub mod model;
 pub mod optim;
 pub mod params;
@@ -36,6 +38,7 @@ pub mod svd;
 pub mod tokenizer;
 pub mod train;
 
+pub use cache::KvCache;
 pub use config::GptConfig;
 pub use error::{Error, Result};
 pub use gpt::Gpt;

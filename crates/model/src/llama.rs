@@ -12,6 +12,7 @@ use std::path::Path;
 use candle_core::{D, DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::cache::KvCache;
 use crate::checkpoint;
 use crate::kernels::{self, linear::WeightLayout};
 use crate::model::{LanguageModel, LinearInfo, Weights};
@@ -357,6 +358,62 @@ impl Llama {
     }
 }
 
+impl Llama {
+    /// [`LanguageModel::hidden_cached`]: RoPE positions continue from the cache.
+    fn hidden_with_cache(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let past = cache.len();
+        let c = &self.config;
+        if past + t > c.max_position_embeddings {
+            return Err(Error::config(
+                "max_position_embeddings",
+                format!(
+                    "{past} cached + {t} new positions exceed the context of {}",
+                    c.max_position_embeddings
+                ),
+            ));
+        }
+        let (nh, nkv, hd) = (c.num_attention_heads, c.kv_heads(), c.head_dim());
+        let rep = nh / nkv;
+        let (cos, sin) = self.rope_tables(past + t)?;
+        let (cos, sin) = (cos.narrow(0, past, t)?, sin.narrow(0, past, t)?);
+        let ids = ids.to_dtype(DType::U32)?.flatten_all()?;
+        let mut x = self
+            .weights
+            .t("model.embed_tokens.weight")?
+            .index_select(&ids, 0)?
+            .reshape((b, t, c.hidden_size))?;
+        let lins = self.linear_modules();
+        for i in 0..c.num_hidden_layers {
+            let l = &lins[7 * i..7 * i + 7];
+            let p = layer(i);
+            let h = self.rms_norm(&x, &format!("{p}.input_layernorm.weight"))?;
+            let q = self.weights.linear(&l[0], &h)?.reshape((b, t, nh, hd))?;
+            let k = self.weights.linear(&l[1], &h)?.reshape((b, t, nkv, hd))?;
+            let v = self.weights.linear(&l[2], &h)?.reshape((b, t, nkv, hd))?;
+            let q = rope(&q, &cos, &sin)?.reshape((b, t, nh * hd))?;
+            let k = rope(&k, &cos, &sin)?;
+            let repeat = |z: Tensor| -> Result<Tensor> {
+                if rep == 1 {
+                    return Ok(z.reshape((b, t, nh * hd))?);
+                }
+                Ok(z.unsqueeze(3)?
+                    .broadcast_as((b, t, nkv, rep, hd))?
+                    .reshape((b, t, nh * hd))?)
+            };
+            let (k, v) = cache.append(i, &repeat(k)?, &repeat(v)?)?;
+            let a = crate::cache::attend(&q, &k, &v, nh, past)?;
+            x = (x + self.weights.linear(&l[3], &a)?)?;
+            let h = self.rms_norm(&x, &format!("{p}.post_attention_layernorm.weight"))?;
+            let g = self.weights.linear(&l[4], &h)?;
+            let u = self.weights.linear(&l[5], &h)?;
+            x = (x + self.weights.linear(&l[6], &(g.silu()? * u)?)?)?;
+        }
+        cache.advance(t);
+        self.rms_norm(&x, "model.norm.weight")
+    }
+}
+
 /// `x * cos + rotate_half(x) * sin` for `x` `[B, T, H, hd]`.
 fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let hd = x.dim(D::Minus1)?;
@@ -393,6 +450,10 @@ impl LanguageModel for Llama {
 
     fn device(&self) -> &Device {
         &self.device
+    }
+
+    fn hidden_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Option<Result<Tensor>> {
+        Some(self.hidden_with_cache(ids, cache))
     }
 
     fn hidden(&self, ids: &Tensor) -> Result<Tensor> {

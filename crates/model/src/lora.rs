@@ -6,9 +6,17 @@
 //! pass, and the fused linear op skips their gradient). Tensors are named as PEFT saves them,
 //! `base_model.model.{module}.lora_A.weight`, and `adapter_config.json` carries PEFT's fields,
 //! so an adapter trained here loads in PEFT and the reverse.
+//!
+//! Dropout (PEFT's `lora_dropout`) acts on the adapter branch's input only, and only while a
+//! training key is set ([`Lora::set_dropout_key`], done by the trainer for each micro-batch):
+//! element `i` of module `m`'s input is dropped when the `i`-th draw of the SplitMix64 stream
+//! derived from (key, m) is below `p`, and kept elements are scaled by `1 / (1 - p)`. The mask
+//! depends only on the key, so the hand-written backward and candle's autograd see the same
+//! one, on any number of threads; evaluation and generation (no key) use no dropout.
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Mutex;
 
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -31,7 +39,7 @@ pub struct LoraConfig {
     pub r: usize,
     /// Scale numerator: the update is multiplied by `lora_alpha / r`.
     pub lora_alpha: f64,
-    /// Dropout on the adapter's input. Only 0 is implemented.
+    /// Dropout probability on the adapter branch's input while training (0: none).
     #[serde(default)]
     pub lora_dropout: f64,
     /// Module names to adapt, matched as PEFT does against the end of each linear layer's
@@ -88,8 +96,11 @@ impl LoraConfig {
         if self.r == 0 {
             return Err(Error::config("r", "LoRA rank must be positive"));
         }
-        if self.lora_dropout != 0.0 {
-            return Err(Error::config("lora_dropout", "only 0 is implemented"));
+        if !(0.0..1.0).contains(&self.lora_dropout) {
+            return Err(Error::config(
+                "lora_dropout",
+                format!("{} is not in [0, 1)", self.lora_dropout),
+            ));
         }
         if self.peft_type != "LORA" {
             return Err(Error::config(
@@ -114,6 +125,33 @@ impl LoraConfig {
     pub fn scale(&self) -> f64 {
         self.lora_alpha / self.r as f64
     }
+
+    /// The same config with dropout probability `p` on the adapter's input.
+    pub fn with_dropout(mut self, p: f64) -> Self {
+        self.lora_dropout = p;
+        self
+    }
+}
+
+/// The dropout multipliers for `len` input elements of module `path` under training key `key`:
+/// 0 where dropped (probability `p`), `1 / (1 - p)` where kept. Element `i` is the `i`-th draw
+/// of the stream `Rng::derive(key, path)`, computed independently of the others (SplitMix64 is
+/// counter-based), so the mask does not depend on how the work is split across threads.
+pub fn dropout_mask(key: u64, path: &str, p: f64, len: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+    let base = Rng::derive(key, path).state();
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let mut m = vec![0f32; len];
+    m.par_chunks_mut(16_384).enumerate().for_each(|(c, chunk)| {
+        let start = (c * 16_384) as u64;
+        for (j, v) in chunk.iter_mut().enumerate() {
+            // The state after `start + j` steps; next_u64 then gives draw number start + j.
+            let mut r = Rng::from_state(base.wrapping_add((start + j as u64).wrapping_mul(GOLDEN)));
+            *v = if r.uniform() < p { 0.0 } else { keep };
+        }
+    });
+    m
 }
 
 /// The PEFT name of the A matrix of module `path`.
@@ -127,11 +165,24 @@ pub fn b_name(path: &str) -> String {
 }
 
 /// An attached adapter.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Lora {
     pub config: LoraConfig,
     modules: BTreeMap<String, LinearInfo>,
     merged: bool,
+    /// The training key of the current micro-batch (None: evaluation, no dropout).
+    dropout_key: Mutex<Option<u64>>,
+}
+
+impl Clone for Lora {
+    fn clone(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            modules: self.modules.clone(),
+            merged: self.merged,
+            dropout_key: Mutex::new(self.current_key()),
+        }
+    }
 }
 
 impl Lora {
@@ -186,7 +237,26 @@ impl Lora {
             config,
             modules,
             merged: false,
+            dropout_key: Mutex::new(None),
         })
+    }
+
+    fn current_key(&self) -> Option<u64> {
+        *self.dropout_key.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the training key that dropout masks are drawn from (`Some` for each training
+    /// micro-batch, `None` for evaluation). Without dropout (`lora_dropout` 0) it has no effect.
+    pub fn set_dropout_key(&self, key: Option<u64>) {
+        *self.dropout_key.lock().unwrap_or_else(|e| e.into_inner()) = key;
+    }
+
+    /// The dropout multipliers of module `path`'s input (`len` elements) if dropout is active
+    /// now (p > 0, a training key set, the module adapted and not merged).
+    pub fn dropout(&self, path: &str, len: usize) -> Option<Vec<f32>> {
+        let p = self.config.lora_dropout;
+        let key = self.current_key()?;
+        (p > 0.0 && self.is_active(path)).then(|| dropout_mask(key, path, p, len))
     }
 
     /// The adapted module paths.
@@ -211,6 +281,15 @@ impl Lora {
         }
         let a = params.tensor(&a_name(path))?;
         let b = params.tensor(&b_name(path))?;
+        let dropped;
+        let x = match self.dropout(path, x.elem_count()) {
+            Some(m) => {
+                let m = Tensor::from_vec(m, x.shape(), x.device())?.to_dtype(x.dtype())?;
+                dropped = (x * m)?;
+                &dropped
+            }
+            None => x,
+        };
         let h = kernels::linear(x, &a, None, WeightLayout::OutIn)?;
         let d = kernels::linear(&h, &b, None, WeightLayout::OutIn)?;
         Ok((y + (d * self.config.scale())?)?)

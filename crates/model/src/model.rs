@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Tensor};
 
 use crate::Result;
+use crate::cache::KvCache;
 use crate::kernels::{self, linear::WeightLayout};
 use crate::lora::Lora;
 use crate::params::Params;
@@ -101,6 +102,14 @@ pub trait LanguageModel: Send + Sync {
         _ids: &Tensor,
         _targets: &Tensor,
     ) -> Option<Result<(f64, Vec<Vec<f32>>)>> {
+        None
+    }
+
+    /// Final hidden states `[B, T, d]` of `ids` `[B, T]` continuing the sequence whose keys and
+    /// values `cache` holds (positions `cache.len()..`), extending the cache; `None` if the
+    /// model has no cached path. Equal to the matching rows of [`LanguageModel::hidden`] on
+    /// the whole sequence (up to rounding), as long as it fits the context.
+    fn hidden_cached(&self, _ids: &Tensor, _cache: &mut KvCache) -> Option<Result<Tensor>> {
         None
     }
 

@@ -119,22 +119,63 @@ impl Trainer {
     /// Gradients of the mean loss over `batches` (each `(inputs, targets)`), and that loss:
     /// from the model's hand-written backward pass where it has one (unless `autograd_only`),
     /// else from candle's autograd.
+    ///
+    /// No dropout: see [`Trainer::gradients_with_dropout`].
     pub fn gradients(
         model: &dyn LanguageModel,
         batches: &[(Tensor, Tensor)],
         autograd_only: bool,
     ) -> Result<(f64, Vec<Vec<f32>>)> {
+        Self::gradients_inner(model, batches, autograd_only, None).map(|(l, g, _)| (l, g))
+    }
+
+    /// [`Trainer::gradients`] in training mode: an attached LoRA adapter with `lora_dropout`
+    /// draws its masks for micro-batch `i` from `(key, i)`; the adapter is back in evaluation
+    /// mode (no dropout) afterwards, also on error.
+    pub fn gradients_with_dropout(
+        model: &dyn LanguageModel,
+        batches: &[(Tensor, Tensor)],
+        autograd_only: bool,
+        key: u64,
+    ) -> Result<(f64, Vec<Vec<f32>>)> {
+        Self::gradients_inner(model, batches, autograd_only, Some(key)).map(|(l, g, _)| (l, g))
+    }
+
+    fn gradients_inner(
+        model: &dyn LanguageModel,
+        batches: &[(Tensor, Tensor)],
+        autograd_only: bool,
+        key: Option<u64>,
+    ) -> Result<(f64, Vec<Vec<f32>>, bool)> {
+        /// Clears the adapter's training key when dropped.
+        struct Eval<'a>(Option<&'a crate::Lora>);
+        impl Drop for Eval<'_> {
+            fn drop(&mut self) {
+                if let Some(l) = self.0 {
+                    l.set_dropout_key(None);
+                }
+            }
+        }
+        let lora = model.weights().lora.as_ref();
+        let _eval = Eval(key.and(lora));
         let mut total: Option<Vec<Vec<f32>>> = None;
         let mut loss_sum = 0.0;
+        let mut used_fast = false;
         let k = batches.len().max(1) as f32;
-        for (x, y) in batches {
+        for (i, (x, y)) in batches.iter().enumerate() {
+            if let (Some(l), Some(key)) = (lora, key) {
+                l.set_dropout_key(Some(Rng::derive(key, &format!("micro/{i}")).state()));
+            }
             let fast = if autograd_only {
                 None
             } else {
                 model.fast_loss_and_grads(x, y)
             };
             let (loss, g) = match fast {
-                Some(r) => r?,
+                Some(r) => {
+                    used_fast = true;
+                    r?
+                }
                 None => {
                     let loss = model.loss(x, y)?;
                     (
@@ -159,7 +200,7 @@ impl Trainer {
         if k > 1.0 {
             g.iter_mut().flatten().for_each(|v| *v /= k);
         }
-        Ok((loss_sum / f64::from(k), g))
+        Ok((loss_sum / f64::from(k), g, used_fast))
     }
 
     /// One optimiser step on `grad_accum` freshly sampled micro-batches of `data.train`.
@@ -185,8 +226,15 @@ impl Trainer {
         model: &dyn LanguageModel,
         batches: &[(Tensor, Tensor)],
     ) -> Result<StepStats> {
-        let (loss, grads) = Self::gradients(model, batches, self.config.autograd_only)?;
+        // Dropout masks (LoRA's `lora_dropout`) from the seed, the step and the micro-batch.
+        let key = Rng::derive(self.config.seed, &format!("dropout/{}", self.optim.step)).state();
+        let (loss, grads, used_fast) =
+            Self::gradients_inner(model, batches, self.config.autograd_only, Some(key))?;
         let StepInfo { lr, grad_norm } = self.optim.step(model.params(), &grads)?;
+        if used_fast {
+            // The next step's hand-written pass writes its gradients into these buffers.
+            crate::fast::recycle(grads);
+        }
         let tokens = batches.iter().map(|(x, _)| x.elem_count()).sum();
         Ok(StepStats {
             step: self.optim.step,

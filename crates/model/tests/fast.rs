@@ -86,9 +86,129 @@ fn fast_gradients_match_autograd_for_lora_and_skip_the_frozen_base() {
     assert!(g.iter().all(|g| g.iter().all(|&v| v == 0.0)));
 }
 
+fn lora_model(dropout: f64) -> Gpt {
+    // Context 48: long enough for two 32-row attention blocks.
+    let cfg = GptConfig::new(23, 48, 32, 2, 2);
+    let mut m = Gpt::new(cfg, 5, &Device::Cpu).unwrap();
+    let linears = m.linear_modules();
+    let w = m.weights_mut();
+    let cfg = LoraConfig::new(3, 6.0, &["all-linear"]).with_dropout(dropout);
+    w.lora = Some(Lora::attach(&mut w.params, &linears, cfg, 1).unwrap());
+    for s in m.params().spec() {
+        if s.name.contains("lora_B") {
+            let p = m.params().get(&s.name).unwrap();
+            let r: Vec<f32> = Rng::new(s.name.len() as u64).normal_vec(p.var.elem_count(), 0.1);
+            p.var
+                .set(&Tensor::from_vec(r, p.var.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+        }
+    }
+    m
+}
+
+fn fast_grads(m: &Gpt, x: &Tensor, y: &Tensor) -> Vec<Vec<f32>> {
+    m.fast_loss_and_grads(x, y).unwrap().unwrap().1
+}
+
+#[test]
+fn fast_gradients_match_autograd_with_lora_dropout_and_long_blocked_context() {
+    let m = lora_model(0.3);
+    let lora = m.weights().lora.as_ref().unwrap();
+    // Both paths draw the same masks from the key (40 positions: two attention blocks).
+    lora.set_dropout_key(Some(9));
+    compare(&m, 2, 40);
+    let (x, y) = batch(23, 2, 20, 5);
+    // No key (evaluation): no dropout, the same as an adapter without dropout.
+    lora.set_dropout_key(None);
+    let eval = fast_grads(&m, &x, &y);
+    assert_eq!(eval, fast_grads(&lora_model(0.0), &x, &y));
+    // A key changes the gradients, the same key gives the same ones, another key others.
+    lora.set_dropout_key(Some(9));
+    let k9 = fast_grads(&m, &x, &y);
+    assert_ne!(k9, eval);
+    assert_eq!(k9, fast_grads(&m, &x, &y));
+    lora.set_dropout_key(Some(10));
+    assert_ne!(k9, fast_grads(&m, &x, &y));
+}
+
+#[test]
+fn dropout_masks_are_deterministic_and_drop_at_the_rate_asked() {
+    let m = cohort_model::lora::dropout_mask(7, "transformer.h.0.attn.c_attn", 0.25, 200_000);
+    assert_eq!(
+        m,
+        cohort_model::lora::dropout_mask(7, "transformer.h.0.attn.c_attn", 0.25, 200_000)
+    );
+    let dropped = m.iter().filter(|&&v| v == 0.0).count() as f64 / m.len() as f64;
+    assert!((dropped - 0.25).abs() < 0.01, "dropped {dropped}");
+    assert!(m.iter().all(|&v| v == 0.0 || v == 1.0 / 0.75));
+    // The prefix of a longer mask is the shorter mask (element i depends on i alone).
+    let long = cohort_model::lora::dropout_mask(7, "transformer.h.0.attn.c_attn", 0.25, 300_000);
+    assert_eq!(&long[..200_000], &m[..]);
+    assert_ne!(
+        m,
+        cohort_model::lora::dropout_mask(7, "transformer.h.0.attn.c_proj", 0.25, 200_000)
+    );
+}
+
+#[test]
+fn training_with_dropout_is_deterministic_and_leaves_evaluation_mode() {
+    use cohort_model::train::TrainConfig;
+    let run = |p: f64| {
+        let m = lora_model(p);
+        let mut t = Trainer::new(&m, TrainConfig::new(2, 16)).unwrap();
+        for i in 0..2 {
+            t.step_on(&m, &[batch(23, 2, 16, i)]).unwrap();
+        }
+        assert!(
+            m.weights()
+                .lora
+                .as_ref()
+                .unwrap()
+                .dropout("transformer.h.0.attn.c_attn", 4)
+                .is_none()
+        );
+        m.params().flat().unwrap()
+    };
+    let a = run(0.2);
+    assert_eq!(a, run(0.2));
+    assert_ne!(a, run(0.0));
+}
+
 #[test]
 fn out_of_range_tokens_are_refused() {
     let m = Gpt::new(GptConfig::preset("test", 5).unwrap(), 0, &Device::Cpu).unwrap();
     let x = Tensor::new(&[[1u32, 7]], &Device::Cpu).unwrap();
     assert!(m.fast_loss_and_grads(&x, &x).unwrap().is_err());
+}
+
+#[test]
+fn pooled_buffers_are_kept_between_steps_and_released_on_request() {
+    let m = lora_model(0.0);
+    let (x, y) = batch(23, 2, 20, 6);
+    cohort_model::fast::release_buffers();
+    assert_eq!(cohort_model::fast::retained_bytes(), 0);
+    let first = fast_grads(&m, &x, &y);
+    assert!(cohort_model::fast::retained_bytes() > 0);
+    // Reused (stale) buffers give the same gradients as fresh ones.
+    assert_eq!(first, fast_grads(&m, &x, &y));
+    cohort_model::fast::release_buffers();
+    assert_eq!(cohort_model::fast::retained_bytes(), 0);
+    assert_eq!(first, fast_grads(&m, &x, &y));
+}
+
+#[test]
+fn recycled_gradients_keep_the_pool_from_growing_across_steps() {
+    use cohort_model::train::TrainConfig;
+    let m = Gpt::new(GptConfig::new(23, 48, 32, 2, 2), 5, &Device::Cpu).unwrap();
+    let mut t = Trainer::new(&m, TrainConfig::new(2, 40)).unwrap();
+    cohort_model::fast::release_buffers();
+    let mut sizes = Vec::new();
+    for i in 0..6 {
+        t.step_on(&m, &[batch(23, 2, 40, i)]).unwrap();
+        sizes.push(cohort_model::fast::retained_bytes());
+    }
+    // The first step fills the pool (activations, then the gradients handed back); after that
+    // every buffer a step takes comes from the pool and goes back to it.
+    assert!(sizes[1] > 0);
+    assert!(sizes[2..].iter().all(|&s| s == sizes[1]), "{sizes:?}");
 }

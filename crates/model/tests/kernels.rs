@@ -93,6 +93,14 @@ fn causal_attention_gradient_matches_finite_differences() {
 }
 
 #[test]
+fn blocked_causal_attention_gradient_matches_finite_differences() {
+    // 37 positions: two full 32-row blocks would hide a wrong partial last block.
+    grad_check(&[rand(&[1, 37, 12], 15, DType::F64)], &|t| {
+        kernels::causal_attention(&t[0], 2).unwrap()
+    });
+}
+
+#[test]
 fn cross_entropy_gradient_matches_finite_differences() {
     let targets = Tensor::new(&[0u32, 4, 2, 1], &Device::Cpu).unwrap();
     grad_check(&[rand(&[4, 5], 6, DType::F64)], &|t| {
@@ -177,6 +185,12 @@ fn fused_ops_match_basic_op_references_in_f32() {
         rand(&[4, 33, 96], 20, DType::F32),
         &|x| kernels::causal_attention(x, 4).unwrap(),
         &|x| reference::causal_attention(x, 4).unwrap(),
+        1e-4,
+    );
+    compare_f32(
+        rand(&[2, 70, 48], 26, DType::F32),
+        &|x| kernels::causal_attention(x, 2).unwrap(),
+        &|x| reference::causal_attention(x, 2).unwrap(),
         1e-4,
     );
     compare_f32(

@@ -211,3 +211,35 @@ fn bad_adapter_configs_are_refused() {
     .unwrap_err();
     assert!(err.to_string().contains("target_modules"), "{err}");
 }
+
+#[test]
+fn dropout_is_written_as_peft_lora_dropout_and_read_back() {
+    let mut m = model();
+    let linears = m.linear_modules();
+    let w = m.weights_mut();
+    let cfg = LoraConfig::new(4, 8.0, &["c_attn"]).with_dropout(0.1);
+    w.lora = Some(Lora::attach(&mut w.params, &linears, cfg, 1).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let l = m.weights().lora.as_ref().unwrap();
+    l.save(m.params(), dir.path()).unwrap();
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join(lora::ADAPTER_CONFIG_FILE)).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(json["lora_dropout"], 0.1);
+    let mut m2 = model();
+    let linears = m2.linear_modules();
+    let w2 = m2.weights_mut();
+    let l2 = Lora::load(&mut w2.params, &linears, dir.path()).unwrap();
+    assert_eq!(l2.config.lora_dropout, 0.1);
+    // Outside training (no key) dropout does nothing: logits equal with and without it.
+    w2.lora = Some(l2);
+    assert_eq!(logits(&m2), logits(&m));
+    // A probability of 1 or more is refused.
+    let mut m3 = model();
+    let linears = m3.linear_modules();
+    let w3 = m3.weights_mut();
+    let bad = LoraConfig::new(4, 8.0, &["c_attn"]).with_dropout(1.0);
+    let err = Lora::attach(&mut w3.params, &linears, bad, 0).unwrap_err();
+    assert!(err.to_string().contains("lora_dropout"), "{err}");
+}

@@ -1,10 +1,12 @@
 //! Causal multi-head self-attention as one op on the packed `qkv` projection `[B, T, 3D]`.
 //!
 //! Heads are addressed through strides inside the packed buffer (no split, transpose or
-//! contiguous copies), each (batch, head) pair runs its three small matmuls single-threaded,
-//! and batches run in parallel, so both cores stay busy on the 128x128 products instead of
-//! splitting each one. The backward recomputes the attention probabilities (one extra
-//! `Q K^T` per head) instead of keeping `B * H * T * T` floats alive between passes.
+//! contiguous copies), each (batch, head) pair runs its small matmuls single-threaded, and
+//! batches run in parallel, so both cores stay busy on the 128x128 products instead of
+//! splitting each one. The products are blocked by 32 rows and touch only the blocks on or
+//! below the diagonal (10 of 16 at T = 128), so the causal mask costs no arithmetic. The
+//! backward recomputes the attention probabilities (one extra `Q K^T` per head) instead of
+//! keeping `B * H * T * T` floats alive between passes.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -30,7 +32,17 @@ struct Attention {
     n_head: usize,
 }
 
-/// Scores `P = causal_softmax(Q K^T / sqrt(hd))` for head `h` of one batch element, into `p`.
+/// Rows (and columns) of the score matrix handled as one block: products touch only the
+/// blocks on or below the diagonal, so the masked upper triangle costs no arithmetic.
+const BLOCK: usize = 32;
+
+/// The row blocks `(r0, r1)` of a `t`-row causal score matrix.
+fn blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..t.div_ceil(BLOCK)).map(move |i| (i * BLOCK, ((i + 1) * BLOCK).min(t)))
+}
+
+/// Scores `P = causal_softmax(Q K^T / sqrt(hd))` for head `h` of one batch element, into `p`
+/// (`[t, t]`, zero above the diagonal).
 fn probs<T: Real>(
     qkv: &[T],
     t: usize,
@@ -40,9 +52,19 @@ fn probs<T: Real>(
     p: &mut [T],
 ) -> candle_core::Result<()> {
     let scale = T::from_f64(1.0 / (hd as f64).sqrt());
-    let q = MatRef::rows(qkv, h * hd, t, hd, 3 * d);
-    let k = MatRef::rows(qkv, d + h * hd, t, hd, 3 * d);
-    matmul(MatMut::rows(p, 0, t, t, t), q, k.t(), scale, false, 1)?;
+    for (r0, r1) in blocks(t) {
+        // S[r0..r1, 0..r1] = Q[r0..r1] K[0..r1]^T; columns past r1 are masked anyway.
+        let q = MatRef::rows(qkv, r0 * 3 * d + h * hd, r1 - r0, hd, 3 * d);
+        let k = MatRef::rows(qkv, d + h * hd, r1, hd, 3 * d);
+        matmul(
+            MatMut::rows(p, r0 * t, r1 - r0, r1, t),
+            q,
+            k.t(),
+            scale,
+            false,
+            1,
+        )?;
+    }
     for i in 0..t {
         let row = &mut p[i * t..(i + 1) * t];
         let mut max = T::neg_infinity();
@@ -72,27 +94,61 @@ pub(crate) fn fwd<T: Real>(
     d: usize,
     n_head: usize,
 ) -> candle_core::Result<Vec<T>> {
-    let hd = d / n_head;
     let mut out = vec![T::ZERO; b * t * d];
+    fwd_into(qkv, b, t, d, n_head, &mut out, None)?;
+    Ok(out)
+}
+
+/// [`fwd`] into `out` (`[B, T, D]`, every element overwritten); with `keep`
+/// (`[B, H, T, T]`), also the attention probabilities, for [`bwd_into`] to reuse.
+pub(crate) fn fwd_into<T: Real>(
+    qkv: &[T],
+    b: usize,
+    t: usize,
+    d: usize,
+    n_head: usize,
+    out: &mut [T],
+    keep: Option<&mut [T]>,
+) -> candle_core::Result<()> {
+    let hd = d / n_head;
+    if qkv.len() != b * t * 3 * d || out.len() != b * t * d {
+        candle_core::bail!("attention: buffers do not match [{b}, {t}, 3 x {d}]");
+    }
+    let mut scratch;
+    let keep = match keep {
+        Some(k) if k.len() == b * n_head * t * t => k,
+        Some(_) => {
+            candle_core::bail!("attention: probability buffer is not [{b}, {n_head}, {t}, {t}]")
+        }
+        None => {
+            // One batch element's probabilities at a time.
+            scratch = vec![T::ZERO; b * n_head * t * t];
+            &mut scratch[..]
+        }
+    };
     out.par_chunks_mut(t * d)
-        .zip(qkv.par_chunks(t * 3 * d))
-        .try_for_each(|(o, x)| -> candle_core::Result<()> {
-            let mut p = vec![T::ZERO; t * t];
+        .zip(
+            qkv.par_chunks(t * 3 * d)
+                .zip(keep.par_chunks_mut(n_head * t * t)),
+        )
+        .try_for_each(|(o, (x, pk))| -> candle_core::Result<()> {
             for h in 0..n_head {
-                probs(x, t, d, hd, h, &mut p)?;
-                let v = MatRef::rows(x, 2 * d + h * hd, t, hd, 3 * d);
-                matmul(
-                    MatMut::rows(o, h * hd, t, hd, d),
-                    MatRef::rows(&p, 0, t, t, t),
-                    v,
-                    T::ONE,
-                    false,
-                    1,
-                )?;
+                let p = &mut pk[h * t * t..(h + 1) * t * t];
+                probs(x, t, d, hd, h, p)?;
+                for (r0, r1) in blocks(t) {
+                    // O[r0..r1] = P[r0..r1, 0..r1] V[0..r1]
+                    matmul(
+                        MatMut::rows(o, r0 * d + h * hd, r1 - r0, hd, d),
+                        MatRef::rows(p, r0 * t, r1 - r0, r1, t),
+                        MatRef::rows(x, 2 * d + h * hd, r1, hd, 3 * d),
+                        T::ONE,
+                        false,
+                        1,
+                    )?;
+                }
             }
             Ok(())
-        })?;
-    Ok(out)
+        })
 }
 
 pub(crate) fn bwd<T: Real>(
@@ -103,39 +159,73 @@ pub(crate) fn bwd<T: Real>(
     d: usize,
     n_head: usize,
 ) -> candle_core::Result<Vec<T>> {
+    let mut dqkv = vec![T::ZERO; b * t * 3 * d];
+    bwd_into(qkv, g, b, t, d, n_head, &mut dqkv, None)?;
+    Ok(dqkv)
+}
+
+/// [`bwd`] into `dqkv` (`[B, T, 3D]`, every element overwritten); `kept` are the
+/// probabilities [`fwd_into`] kept (`[B, H, T, T]`), else they are recomputed.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn bwd_into<T: Real>(
+    qkv: &[T],
+    g: &[T],
+    b: usize,
+    t: usize,
+    d: usize,
+    n_head: usize,
+    dqkv: &mut [T],
+    kept: Option<&[T]>,
+) -> candle_core::Result<()> {
     let hd = d / n_head;
     let scale = T::from_f64(1.0 / (hd as f64).sqrt());
-    let mut dqkv = vec![T::ZERO; b * t * 3 * d];
+    if qkv.len() != b * t * 3 * d || dqkv.len() != qkv.len() || g.len() != b * t * d {
+        candle_core::bail!("attention backward: buffers do not match [{b}, {t}, 3 x {d}]");
+    }
+    if kept.is_some_and(|k| k.len() != b * n_head * t * t) {
+        candle_core::bail!(
+            "attention backward: probability buffer is not [{b}, {n_head}, {t}, {t}]"
+        );
+    }
+    let ht = n_head * t * t;
     dqkv.par_chunks_mut(t * 3 * d)
         .zip(qkv.par_chunks(t * 3 * d).zip(g.par_chunks(t * d)))
-        .try_for_each(|(dx, (x, g))| -> candle_core::Result<()> {
-            let mut p = vec![T::ZERO; t * t];
+        .enumerate()
+        .try_for_each(|(bi, (dx, (x, g)))| -> candle_core::Result<()> {
+            let mut own = Vec::new();
             let mut dp = vec![T::ZERO; t * t];
             for h in 0..n_head {
-                probs(x, t, d, hd, h, &mut p)?;
-                let q = MatRef::rows(x, h * hd, t, hd, 3 * d);
-                let k = MatRef::rows(x, d + h * hd, t, hd, 3 * d);
-                let v = MatRef::rows(x, 2 * d + h * hd, t, hd, 3 * d);
-                let go = MatRef::rows(g, h * hd, t, hd, d);
-                let pm = MatRef::rows(&p, 0, t, t, t);
-                // dV = P^T dO
-                matmul(
-                    MatMut::rows(dx, 2 * d + h * hd, t, hd, 3 * d),
-                    pm.t(),
-                    go,
-                    T::ONE,
-                    false,
-                    1,
-                )?;
-                // dP = dO V^T
-                matmul(
-                    MatMut::rows(&mut dp, 0, t, t, t),
-                    go,
-                    v.t(),
-                    T::ONE,
-                    false,
-                    1,
-                )?;
+                let p: &[T] = match kept {
+                    Some(k) => &k[bi * ht + h * t * t..bi * ht + (h + 1) * t * t],
+                    None => {
+                        own.resize(t * t, T::ZERO);
+                        probs(x, t, d, hd, h, &mut own)?;
+                        &own
+                    }
+                };
+                let (qo, ko, vo) = (h * hd, d + h * hd, 2 * d + h * hd);
+                for (c0, c1) in blocks(t) {
+                    // dV[c0..c1] = P[c0..t, c0..c1]^T dO[c0..t] (rows above c0 are masked).
+                    matmul(
+                        MatMut::rows(dx, c0 * 3 * d + vo, c1 - c0, hd, 3 * d),
+                        MatRef::rows(p, c0 * t + c0, t - c0, c1 - c0, t).t(),
+                        MatRef::rows(g, c0 * d + qo, t - c0, hd, d),
+                        T::ONE,
+                        false,
+                        1,
+                    )?;
+                }
+                for (r0, r1) in blocks(t) {
+                    // dP[r0..r1, 0..r1] = dO[r0..r1] V[0..r1]^T
+                    matmul(
+                        MatMut::rows(&mut dp, r0 * t, r1 - r0, r1, t),
+                        MatRef::rows(g, r0 * d + qo, r1 - r0, hd, d),
+                        MatRef::rows(x, vo, r1, hd, 3 * d).t(),
+                        T::ONE,
+                        false,
+                        1,
+                    )?;
+                }
                 // dS = P * (dP - rowsum(P * dP)) * scale, on the causal part only.
                 for i in 0..t {
                     let pr = &p[i * t..i * t + i + 1];
@@ -148,28 +238,29 @@ pub(crate) fn bwd<T: Real>(
                         *dv = T::ZERO;
                     }
                 }
-                let ds = MatRef::rows(&dp, 0, t, t, t);
-                // dQ = dS K, dK = dS^T Q
-                matmul(
-                    MatMut::rows(dx, h * hd, t, hd, 3 * d),
-                    ds,
-                    k,
-                    T::ONE,
-                    false,
-                    1,
-                )?;
-                matmul(
-                    MatMut::rows(dx, d + h * hd, t, hd, 3 * d),
-                    ds.t(),
-                    q,
-                    T::ONE,
-                    false,
-                    1,
-                )?;
+                for (r0, r1) in blocks(t) {
+                    // dQ[r0..r1] = dS[r0..r1, 0..r1] K[0..r1]
+                    matmul(
+                        MatMut::rows(dx, r0 * 3 * d + qo, r1 - r0, hd, 3 * d),
+                        MatRef::rows(&dp, r0 * t, r1 - r0, r1, t),
+                        MatRef::rows(x, ko, r1, hd, 3 * d),
+                        T::ONE,
+                        false,
+                        1,
+                    )?;
+                    // dK[r0..r1] = dS[r0..t, r0..r1]^T Q[r0..t]
+                    matmul(
+                        MatMut::rows(dx, r0 * 3 * d + ko, r1 - r0, hd, 3 * d),
+                        MatRef::rows(&dp, r0 * t + r0, t - r0, r1 - r0, t).t(),
+                        MatRef::rows(x, r0 * 3 * d + qo, t - r0, hd, 3 * d),
+                        T::ONE,
+                        false,
+                        1,
+                    )?;
+                }
             }
             Ok(())
-        })?;
-    Ok(dqkv)
+        })
 }
 
 impl CustomOp1 for Attention {

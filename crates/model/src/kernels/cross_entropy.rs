@@ -45,9 +45,27 @@ pub(crate) fn fwd<T: Real>(x: &[T], t: &[u32], v: usize) -> candle_core::Result<
 }
 
 pub(crate) fn bwd<T: Real>(x: &[T], t: &[u32], g: &[T], v: usize) -> candle_core::Result<Vec<T>> {
-    check(t, v)?;
-    let per = rows_per_task(t.len(), v);
     let mut dx = vec![T::ZERO; x.len()];
+    bwd_into(x, t, g, v, &mut dx)?;
+    Ok(dx)
+}
+
+/// [`bwd`] into `dx` (same length as `x`, every element overwritten).
+pub(crate) fn bwd_into<T: Real>(
+    x: &[T],
+    t: &[u32],
+    g: &[T],
+    v: usize,
+    dx: &mut [T],
+) -> candle_core::Result<()> {
+    check(t, v)?;
+    if x.len() != t.len() * v || dx.len() != x.len() || g.len() != t.len() {
+        candle_core::bail!(
+            "cross-entropy backward: buffers do not match {} rows of {v}",
+            t.len()
+        );
+    }
+    let per = rows_per_task(t.len(), v);
     dx.par_chunks_mut(per * v)
         .zip(
             x.par_chunks(per * v)
@@ -62,7 +80,7 @@ pub(crate) fn bwd<T: Real>(x: &[T], t: &[u32], g: &[T], v: usize) -> candle_core
                 dx[t as usize] = dx[t as usize] - g;
             }
         });
-    Ok(dx)
+    Ok(())
 }
 
 struct CrossEntropy;

@@ -19,8 +19,14 @@ pub fn gelu(x: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 pub(crate) fn fwd<T: Real>(x: &[T]) -> Vec<T> {
-    let (c, a, half) = (T::from_f64(C), T::from_f64(A), T::from_f64(0.5));
     let mut y = vec![T::ZERO; x.len()];
+    fwd_into(x, &mut y);
+    y
+}
+
+/// [`fwd`] into `y` (same length as `x`, every element overwritten).
+pub(crate) fn fwd_into<T: Real>(x: &[T], y: &mut [T]) {
+    let (c, a, half) = (T::from_f64(C), T::from_f64(A), T::from_f64(0.5));
     y.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
         .for_each(|(y, x)| {
@@ -29,13 +35,18 @@ pub(crate) fn fwd<T: Real>(x: &[T]) -> Vec<T> {
                 *y = half * x * (T::ONE + t);
             }
         });
-    y
 }
 
 pub(crate) fn bwd<T: Real>(x: &[T], g: &[T]) -> Vec<T> {
+    let mut dx = vec![T::ZERO; x.len()];
+    bwd_into(x, g, &mut dx);
+    dx
+}
+
+/// [`bwd`] into `dx` (same length as `x`, every element overwritten).
+pub(crate) fn bwd_into<T: Real>(x: &[T], g: &[T], dx: &mut [T]) {
     let (c, a, half) = (T::from_f64(C), T::from_f64(A), T::from_f64(0.5));
     let a3 = T::from_f64(3.0 * A);
-    let mut dx = vec![T::ZERO; x.len()];
     dx.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
         .for_each(|(dx, (x, g))| {
@@ -46,7 +57,6 @@ pub(crate) fn bwd<T: Real>(x: &[T], g: &[T]) -> Vec<T> {
                 *dx = g * d;
             }
         });
-    dx
 }
 
 struct Gelu;

@@ -29,8 +29,14 @@ fn stats<T: Real>(x: &[T], eps: f64) -> (T, T) {
 }
 
 pub(crate) fn fwd<T: Real>(x: &[T], w: &[T], b: &[T], eps: f64) -> Vec<T> {
-    let d = w.len();
     let mut y = vec![T::ZERO; x.len()];
+    fwd_into(x, w, b, eps, &mut y);
+    y
+}
+
+/// [`fwd`] into `y` (same length as `x`, every element overwritten).
+pub(crate) fn fwd_into<T: Real>(x: &[T], w: &[T], b: &[T], eps: f64, y: &mut [T]) {
+    let d = w.len();
     let per = rows_per_task(x.len() / d.max(1), d) * d;
     y.par_chunks_mut(per)
         .zip(x.par_chunks(per))
@@ -42,16 +48,23 @@ pub(crate) fn fwd<T: Real>(x: &[T], w: &[T], b: &[T], eps: f64) -> Vec<T> {
                 }
             }
         });
-    y
 }
 
 /// Returns `[dx (N*D), dw (D), db (D)]` packed in one buffer.
 pub(crate) fn bwd<T: Real>(x: &[T], w: &[T], g: &[T], eps: f64) -> Vec<T> {
     let d = w.len();
+    let mut out = vec![T::ZERO; x.len() + 2 * d];
+    let (dx, dwdb) = out.split_at_mut(x.len());
+    bwd_acc(x, w, g, eps, dx, dwdb);
+    out
+}
+
+/// The backward of [`fwd`]: adds the input gradient into `dx` (so a residual gradient already
+/// there is kept) and writes `[dw (D), db (D)]` into `dwdb`.
+pub(crate) fn bwd_acc<T: Real>(x: &[T], w: &[T], g: &[T], eps: f64, dx: &mut [T], dwdb: &mut [T]) {
+    let d = w.len();
     let n_rows = x.len() / d.max(1);
     let per = rows_per_task(n_rows, d) * d;
-    let mut out = vec![T::ZERO; x.len() + 2 * d];
-    let (dx, _) = out.split_at_mut(x.len());
     let partials: Vec<Vec<T>> = dx
         .par_chunks_mut(per)
         .zip(x.par_chunks(per).zip(g.par_chunks(per)))
@@ -72,19 +85,18 @@ pub(crate) fn bwd<T: Real>(x: &[T], w: &[T], g: &[T], eps: f64) -> Vec<T> {
                 }
                 for i in 0..d {
                     let xhat = (x[i] - mean) * rstd;
-                    dx[i] = rstd * (g[i] * w[i] - inv_d * s1 - xhat * inv_d * s2);
+                    dx[i] += rstd * (g[i] * w[i] - inv_d * s1 - xhat * inv_d * s2);
                 }
             }
             acc
         })
         .collect();
-    let tail = &mut out[x.len()..];
+    dwdb.iter_mut().for_each(|v| *v = T::ZERO);
     for p in partials {
-        for (t, v) in tail.iter_mut().zip(p) {
+        for (t, v) in dwdb.iter_mut().zip(p) {
             *t += v;
         }
     }
-    out
 }
 
 impl CustomOp3 for LayerNorm {

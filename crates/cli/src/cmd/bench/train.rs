@@ -44,6 +44,11 @@ pub struct Args {
     /// the latter buys.
     #[arg(long)]
     autograd: bool,
+    /// Threads for both engines (default: rayon's pool, one per core; the benchmark is defined
+    /// at 2). One thread compares the engines' per-core efficiency, which a shared machine
+    /// disturbs far less than two threads' synchronisation.
+    #[arg(long)]
+    threads: Option<usize>,
     /// The PyTorch script.
     #[arg(long, default_value = "bench/torch_reference.py")]
     torch_script: PathBuf,
@@ -66,6 +71,12 @@ struct Results {
     full_fraction_of_peak: f64,
     lora_fraction_of_peak: f64,
     load_average_1m: Option<f64>,
+    /// The most memory resident at once while training the full model (VmHWM over its timed
+    /// and warm-up steps: weights, optimiser state, activations), and under LoRA.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    full_peak_rss_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lora_peak_rss_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     autograd_full_tokens_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -102,6 +113,22 @@ fn time_steps(
     steps: usize,
     autograd: bool,
 ) -> anyhow::Result<f64> {
+    Ok(time_steps_rss(model, batch, seq, warmup, steps, autograd)?.0)
+}
+
+/// [`time_steps`] and the peak resident memory over the steps (None without /proc). The
+/// hand-written path's kept activation buffers are released first, so each mode's peak is its
+/// own.
+fn time_steps_rss(
+    model: &Gpt,
+    batch: usize,
+    seq: usize,
+    warmup: usize,
+    steps: usize,
+    autograd: bool,
+) -> anyhow::Result<(f64, Option<u64>)> {
+    cohort_model::fast::release_buffers();
+    let measured = cohort_model::mem::reset_peak_rss();
     let mut cfg = TrainConfig::new(batch, seq);
     cfg.autograd_only = autograd;
     cfg.optim.warmup_steps = 1;
@@ -117,7 +144,8 @@ fn time_steps(
             times.push(s.elapsed().as_secs_f64());
         }
     }
-    Ok(median(times))
+    let peak = cohort_model::mem::peak_rss_bytes().filter(|_| measured);
+    Ok((median(times), peak))
 }
 
 /// Best of five 2048x2048 f32 matmuls, in GFLOP/s.
@@ -147,12 +175,24 @@ fn load_average() -> Option<f64> {
 
 impl Args {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
+        match self.threads {
+            Some(n) => rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .context("building the thread pool")?
+                .install(|| self.run()),
+            None => self.run(),
+        }
+    }
+
+    fn run(&self) -> anyhow::Result<ExitCode> {
         let load = load_average();
         let cfg = GptConfig::preset(&self.preset, 65)?;
         let seq = cfg.n_positions;
         let dev = Device::Cpu;
         let full = Gpt::new(cfg.clone(), 0, &dev)?;
-        let full_s = time_steps(&full, self.batch, seq, self.warmup, self.steps, false)?;
+        let (full_s, full_rss) =
+            time_steps_rss(&full, self.batch, seq, self.warmup, self.steps, false)?;
         let mut lora = Gpt::new(cfg.clone(), 0, &dev)?;
         let linears = lora.linear_modules();
         let w = lora.weights_mut();
@@ -163,7 +203,10 @@ impl Args {
             0,
         )?);
         let lora_params: usize = lora.params().trainable_len();
-        let lora_s = time_steps(&lora, self.batch, seq, self.warmup, self.steps, false)?;
+        drop(full);
+        let (lora_s, lora_rss) =
+            time_steps_rss(&lora, self.batch, seq, self.warmup, self.steps, false)?;
+        let full = Gpt::new(cfg.clone(), 0, &dev)?;
         let tok = (self.batch * seq) as f64;
         let (auto_full, auto_lora) = if self.autograd {
             (
@@ -204,6 +247,8 @@ impl Args {
             full_fraction_of_peak: full_tps * full_flops / 1e9 / peak,
             lora_fraction_of_peak: lora_tps * lora_flops / 1e9 / peak,
             load_average_1m: load,
+            full_peak_rss_bytes: full_rss,
+            lora_peak_rss_bytes: lora_rss,
             autograd_full_tokens_per_s: auto_full,
             autograd_lora_tokens_per_s: auto_lora,
             full_ratio_to_torch: torch.as_ref().map(|t| full_tps / t.full_tokens_per_s),
@@ -274,6 +319,13 @@ impl Args {
             r.threads,
             load.map_or("?".into(), |l| format!("{l:.2}"))
         );
+        if let (Some(f), Some(l)) = (r.full_peak_rss_bytes, r.lora_peak_rss_bytes) {
+            outln!(
+                "peak resident memory while training: full {:.0} MiB, LoRA {:.0} MiB",
+                f as f64 / 1048576.0,
+                l as f64 / 1048576.0
+            );
+        }
         if let (Some(f), Some(l)) = (r.full_ratio_to_torch, r.lora_ratio_to_torch) {
             outln!("ratio to PyTorch: full {f:.2}x, LoRA {l:.2}x");
         }
@@ -299,6 +351,7 @@ impl Args {
                 "--rank",
                 &self.rank.to_string(),
             ])
+            .args(["--threads", &rayon::current_num_threads().to_string()])
             .arg("--json")
             .arg(out.path())
             .status()

@@ -28,6 +28,9 @@ pub struct Args {
     /// Scale numerator (the update is multiplied by alpha / rank).
     #[arg(long, default_value_t = 16.0)]
     alpha: f64,
+    /// Dropout probability on the adapter's input while training (PEFT's lora_dropout).
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f64,
     /// Modules to adapt (comma-separated; GPT: c_attn, c_proj, c_fc; or all-linear).
     #[arg(long, default_value = "all-linear", value_delimiter = ',')]
     targets: Vec<String>,
@@ -70,6 +73,10 @@ struct Report {
     val_loss: f64,
     val_perplexity: f64,
     tokens_per_s: f64,
+    /// The most memory resident at once during training (VmHWM, from the first step on:
+    /// weights, optimiser state, activations); absent where /proc is not available.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peak_rss_bytes: Option<u64>,
 }
 
 impl Args {
@@ -83,7 +90,7 @@ impl Args {
         let seq = model.max_context().min(256);
         let base = evaluate(model.as_ref(), &data.val, self.batch, seq, 64)?;
         let targets: Vec<&str> = self.targets.iter().map(String::as_str).collect();
-        let mut cfg = LoraConfig::new(self.rank, self.alpha, &targets);
+        let mut cfg = LoraConfig::new(self.rank, self.alpha, &targets).with_dropout(self.dropout);
         cfg.base_model_name_or_path = Some(self.dir.display().to_string());
         let linears = model.linear_modules();
         let w = model.weights_mut();
@@ -99,6 +106,7 @@ impl Args {
         let bar = super::train_bar(self.steps as u64, self.json);
         let start = Instant::now();
         let mut tokens = 0;
+        let measured = cohort_model::mem::reset_peak_rss();
         for _ in 0..self.steps {
             let s = trainer.step(model.as_ref(), &data)?;
             tokens += s.tokens;
@@ -111,6 +119,7 @@ impl Args {
         }
         bar.finish_and_clear();
         let tps = tokens as f64 / start.elapsed().as_secs_f64().max(1e-9);
+        let peak = cohort_model::mem::peak_rss_bytes().filter(|_| measured);
         let e = evaluate(model.as_ref(), &data.val, self.batch, seq, 64)?;
         let lora = model.weights().lora.as_ref().context("adapter vanished")?;
         lora.save(model.params(), &self.out)?;
@@ -121,6 +130,7 @@ impl Args {
             val_loss: e.loss,
             val_perplexity: e.perplexity,
             tokens_per_s: tps,
+            peak_rss_bytes: peak,
         };
         if self.json {
             print_json(&r)?;
@@ -132,6 +142,7 @@ impl Args {
                 "val loss",
                 "val ppl",
                 "tokens/s",
+                "peak RSS",
             ]);
             t.row(vec![
                 r.out.display().to_string(),
@@ -140,6 +151,8 @@ impl Args {
                 format!("{:.4}", r.val_loss),
                 format!("{:.2}", r.val_perplexity),
                 format!("{:.0}", r.tokens_per_s),
+                r.peak_rss_bytes
+                    .map_or("-".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0)),
             ]);
             t.print();
         }
