@@ -6,7 +6,7 @@
 //! `contracts/out/*.json` in the same [`Executor`] (Osaka rules, 2^24 gas cap per
 //! transaction), with `block.timestamp` set to the simulated clock.
 
-use alloy_primitives::{Address, Bytes, U256, keccak256};
+use alloy_primitives::{Address, Bytes, Log, U256, keccak256};
 use alloy_sol_types::{SolCall, SolInterface};
 use cohort_ledger::evm::TX_GAS_CAP;
 use cohort_ledger::{ExecError, Executor, Tx};
@@ -61,6 +61,17 @@ pub struct Sent<R> {
     pub value: R,
     /// Gas used.
     pub gas_used: u64,
+}
+
+/// What a state-changing call returned, with the events it emitted.
+#[derive(Debug, Clone)]
+pub struct Logged<R> {
+    /// The decoded return value.
+    pub value: R,
+    /// Gas used.
+    pub gas_used: u64,
+    /// The events, in order.
+    pub logs: Vec<Log>,
 }
 
 /// A call that the contract refused.
@@ -185,6 +196,35 @@ impl Chain {
                 Ok(Ok(Sent {
                     value,
                     gas_used: r.gas_used,
+                }))
+            }
+            Err(ExecError::Reverted { data, .. }) => Ok(Err(decode_revert(&data))),
+            Err(e) => Err(SimError::Chain(format!(
+                "{}: {}",
+                C::SIGNATURE,
+                describe(&e)
+            ))),
+        }
+    }
+
+    /// [`Chain::send`], with the events the call emitted (in order) when it succeeds: for
+    /// comparing a run with another node's receipts.
+    pub fn send_logged<C: SolCall>(
+        &mut self,
+        time: u64,
+        from: Address,
+        to: Address,
+        call: &C,
+    ) -> Result<Result<Logged<C::Return>, Revert>, SimError> {
+        match self.tx(time, from, Some(to), Bytes::from(call.abi_encode())) {
+            Ok(r) => {
+                let value = C::abi_decode_returns(&r.output).map_err(|e| {
+                    SimError::Chain(format!("decoding the return of {}: {e}", C::SIGNATURE))
+                })?;
+                Ok(Ok(Logged {
+                    value,
+                    gas_used: r.gas_used,
+                    logs: r.logs,
                 }))
             }
             Err(ExecError::Reverted { data, .. }) => Ok(Err(decode_revert(&data))),
