@@ -169,6 +169,53 @@ fn pretrain_eval_generate_lora_and_svd() {
         adapter.join("adapter_model.safetensors").exists()
             && adapter.join("adapter_config.json").exists()
     );
+    // The base was read in place from the mapped checkpoint; copying it instead gives the same
+    // adapter and losses, bit for bit.
+    assert_eq!(l["base_mapped"], true, "{l}");
+    assert_eq!(l["base_copied_bytes"], 0, "{l}");
+    let copied_dir = tmp.path().join("adapter-copied");
+    let c = json(&cohort(&[
+        "model",
+        "lora",
+        p(&model),
+        "--data",
+        p(&corpus),
+        "--out",
+        p(&copied_dir),
+        "--rank",
+        "4",
+        "--steps",
+        "10",
+        "--batch",
+        "4",
+        "--targets",
+        "c_attn,c_fc",
+        "--dropout",
+        "0.1",
+        "--no-mmap",
+        "--json",
+    ]));
+    assert_eq!(c["base_mapped"], false, "{c}");
+    assert_eq!(c["base_copied_bytes"], l["base_mapped_bytes"], "{c}");
+    assert!(l["base_mapped_bytes"].as_u64().unwrap() > 0, "{l}");
+    for k in ["base_val_loss", "val_loss"] {
+        assert_eq!(
+            l[k].as_f64().unwrap().to_bits(),
+            c[k].as_f64().unwrap().to_bits(),
+            "{k}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(adapter.join("adapter_model.safetensors")).unwrap(),
+        std::fs::read(copied_dir.join("adapter_model.safetensors")).unwrap()
+    );
+    if std::path::Path::new("/proc/self/status").exists() {
+        for r in [&l, &c] {
+            let anon = r["peak_rss_anon_bytes"].as_u64().unwrap();
+            let file = r["peak_rss_file_bytes"].as_u64().unwrap();
+            assert!(anon > 0 && file > 0, "{r}");
+        }
+    }
     let ea = json(&cohort(&[
         "model",
         "eval",

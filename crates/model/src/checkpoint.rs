@@ -2,7 +2,7 @@
 //! `model-0000N-of-0000M.safetensors` with `model.safetensors.index.json`).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use serde::Serialize;
@@ -48,6 +48,17 @@ pub fn read_weights(dir: &Path, device: &Device) -> Result<HashMap<String, Tenso
     if single.exists() {
         return params::load_file(&single, device);
     }
+    let mut out = HashMap::new();
+    for f in shard_files(dir)? {
+        out.extend(params::load_file(&f, device)?);
+    }
+    Ok(out)
+}
+
+/// The shard files that `model.safetensors.index.json` in `dir` lists, sorted and checked to be
+/// plain file names inside `dir`.
+pub fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join(WEIGHTS_FILE);
     let index = dir.join(INDEX_FILE);
     if !index.exists() {
         return Err(Error::io(
@@ -70,17 +81,18 @@ pub fn read_weights(dir: &Path, device: &Device) -> Result<HashMap<String, Tenso
     let mut files: Vec<&str> = map.values().filter_map(|f| f.as_str()).collect();
     files.sort_unstable();
     files.dedup();
-    let mut out = HashMap::new();
-    for f in files {
-        if f.contains('/') || f.contains("..") {
-            return Err(Error::config(
-                "weight_map",
-                format!("shard name `{f}` must be a plain file name"),
-            ));
-        }
-        out.extend(params::load_file(&dir.join(f), device)?);
-    }
-    Ok(out)
+    files
+        .into_iter()
+        .map(|f| {
+            if f.contains('/') || f.contains("..") {
+                return Err(Error::config(
+                    "weight_map",
+                    format!("shard name `{f}` must be a plain file name"),
+                ));
+            }
+            Ok(dir.join(f))
+        })
+        .collect()
 }
 
 /// Writes `config.json` and `model.safetensors` holding the parameters `names`.

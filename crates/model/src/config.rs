@@ -92,17 +92,19 @@ impl GptConfig {
 
     /// Named presets: `test` (d 32, 2 layers, ctx 32), `tiny` (d 128, 4 layers, ctx 128),
     /// `reference` (the benchmark model: d 256, 4 layers, 4 heads, ctx 128), `small` (d 384,
-    /// 6 layers, 6 heads, ctx 256).
+    /// 6 layers, 6 heads, ctx 256), `medium` (GPT-2 small's shape: d 768, 12 layers, 12 heads,
+    /// ctx 256; 85M parameters in the blocks, for memory measurements).
     pub fn preset(name: &str, vocab_size: usize) -> Result<Self> {
         Ok(match name {
             "test" => Self::new(vocab_size, 32, 32, 2, 2),
             "tiny" => Self::new(vocab_size, 128, 128, 4, 4),
             "reference" => Self::new(vocab_size, 128, 256, 4, 4),
             "small" => Self::new(vocab_size, 256, 384, 6, 6),
+            "medium" => Self::new(vocab_size, 256, 768, 12, 12),
             other => {
                 return Err(Error::config(
                     "preset",
-                    format!("unknown preset `{other}` (test, tiny, reference, small)"),
+                    format!("unknown preset `{other}` (test, tiny, reference, small, medium)"),
                 ));
             }
         })

@@ -9,7 +9,8 @@
 //! Its gradients are checked against candle's autograd (itself checked against finite
 //! differences) by the tests.
 //!
-//! The weights are read in place from the parameters' storage (no copy), and the activation
+//! The weights are read in place from the parameters' storage (no copy) or, for a base loaded
+//! with [`Gpt::load_mapped`], from the memory-mapped checkpoint ([`crate::mapped`]); the activation
 //! buffers come from a per-thread pool that keeps them from one step to the next: fresh
 //! multi-megabyte buffers every step cost page faults and zeroing (10% of a step's CPU time
 //! under `perf`). The pool holds about one step's activations (~150 MB for the reference model
@@ -404,6 +405,31 @@ impl<'a> Ctx<'a> {
         self.pool.give(dwdb);
     }
 
+    /// Token plus position embeddings of `ids` (rows of `t` positions) into a pooled buffer.
+    fn embed(&mut self, ids: &[u32], t: usize) -> Vec<f32> {
+        let d = self.m.config.n_embd;
+        let mut x = self.pool.scratch(ids.len() * d);
+        let (wte, wpe) = (
+            self.w("transformer.wte.weight"),
+            self.w("transformer.wpe.weight"),
+        );
+        for (i, row) in x.chunks_mut(d).enumerate() {
+            let (tok, pos) = (ids[i] as usize, i % t);
+            for (k, r) in row.iter_mut().enumerate() {
+                *r = wte[tok * d + k] + wpe[pos * d + k];
+            }
+        }
+        x
+    }
+
+    /// [`Ctx::lin_fwd`]'s output alone (the adapter's intermediates go back to the pool).
+    fn lin_fwd_eval(&mut self, l: &LinearInfo, x: &[f32]) -> Result<Vec<f32>> {
+        let (y, u, mask) = self.lin_fwd(l, x)?;
+        self.pool.give(u);
+        self.pool.give(mask);
+        Ok(y)
+    }
+
     /// `a + b` element-wise into a pooled buffer.
     fn add(&mut self, a: &[f32], b: &[f32]) -> Vec<f32> {
         let mut y = self.pool.scratch(a.len());
@@ -463,6 +489,148 @@ impl Layer {
     }
 }
 
+/// Calls `f` with every weight as a slice: the parameters' storage (under read locks, so the
+/// weights are used where they are) and the mapped frozen weights, read in place from the
+/// mapping.
+fn with_weights<R>(
+    m: &Gpt,
+    f: impl for<'x> FnOnce(HashMap<&'x str, &'x [f32]>) -> Result<R>,
+) -> Result<R> {
+    let guards: Vec<_> = m
+        .params()
+        .iter()
+        .map(|p| {
+            let (s, l) = p.var.as_tensor().storage_and_layout();
+            (p.name.as_str(), s, l.contiguous_offsets())
+        })
+        .collect();
+    let mut w = HashMap::new();
+    for (name, s, offsets) in &guards {
+        match (&**s, offsets) {
+            (Storage::Cpu(CpuStorage::F32(data)), Some((a, e))) => {
+                w.insert(*name, &data[*a..*e]);
+            }
+            _ => {
+                return Err(crate::Error::Data(format!(
+                    "parameter {name} is not a contiguous f32 CPU tensor"
+                )));
+            }
+        }
+    }
+    if let Some(fr) = &m.weights().frozen {
+        for name in fr.names() {
+            let data = fr.slice(name).ok_or_else(|| {
+                crate::Error::Data(format!("mapped weight {name} cannot be read"))
+            })?;
+            w.entry(name).or_insert(data);
+        }
+    }
+    f(w)
+}
+
+fn check_batch(m: &Gpt, ids: &[u32], targets: &[u32], b: usize, t: usize) -> Result<()> {
+    let c = &m.config;
+    let (n, v) = (b * t, c.vocab_size);
+    let targets_ok = targets.is_empty() || targets.len() == n;
+    if ids.len() != n || !targets_ok || t > c.n_positions {
+        return Err(crate::Error::Data(format!(
+            "batch of {b} x {t} does not match {} ids, {} targets, context {}",
+            ids.len(),
+            targets.len(),
+            c.n_positions
+        )));
+    }
+    if let Some(bad) = ids.iter().chain(targets).find(|&&i| i as usize >= v) {
+        return Err(crate::Error::Tokenizer(format!(
+            "token id {bad} out of range for vocabulary {v}"
+        )));
+    }
+    Ok(())
+}
+
+/// Logits `[b, t, vocab]` (row-major) of `ids` `[b, t]`: the forward pass of
+/// [`loss_and_grads`] without keeping activations, for evaluation. No dropout.
+pub fn logits(m: &Gpt, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>> {
+    let pool = POOL.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    let mut pool_back = Pool::default();
+    let r = forward_only(m, ids, b, t, pool, &mut pool_back);
+    POOL.with(|p| *p.borrow_mut() = pool_back);
+    r
+}
+
+fn forward_only(
+    m: &Gpt,
+    ids: &[u32],
+    b: usize,
+    t: usize,
+    pool: Pool,
+    pool_back: &mut Pool,
+) -> Result<Vec<f32>> {
+    check_batch(m, ids, &[], b, t)?;
+    with_weights(m, |w| forward_with(m, w, ids, (b, t), pool, pool_back))
+}
+
+fn forward_with<'a>(
+    m: &'a Gpt,
+    w: HashMap<&'a str, &'a [f32]>,
+    ids: &[u32],
+    (b, t): (usize, usize),
+    pool: Pool,
+    pool_back: &mut Pool,
+) -> Result<Vec<f32>> {
+    let c = &m.config;
+    let (d, v, nh) = (c.n_embd, c.vocab_size, c.n_head);
+    let n = b * t;
+    let mut cx = Ctx {
+        m,
+        w,
+        grads: HashMap::new(),
+        pool,
+        n,
+    };
+    let mut x = cx.embed(ids, t);
+    for (i, l) in Gpt::linears(c).chunks(4).enumerate() {
+        let p = format!("transformer.h.{i}");
+        let ln1 = cx.ln_fwd(&x, &format!("{p}.ln_1"));
+        let qkv = cx.lin_fwd_eval(&l[0], &ln1)?;
+        cx.pool.give(ln1);
+        let mut att = cx.pool.scratch(n * d);
+        attention::fwd_into(&qkv, b, t, d, nh, &mut att, None)?;
+        cx.pool.give(qkv);
+        let proj = cx.lin_fwd_eval(&l[1], &att)?;
+        cx.pool.give(att);
+        let mid = cx.add(&x, &proj);
+        cx.pool.give(proj);
+        cx.pool.give(x);
+        let ln2 = cx.ln_fwd(&mid, &format!("{p}.ln_2"));
+        let h = cx.lin_fwd_eval(&l[2], &ln2)?;
+        cx.pool.give(ln2);
+        let mut g = cx.pool.scratch(h.len());
+        gelu::fwd_into(&h, &mut g);
+        cx.pool.give(h);
+        let out = cx.lin_fwd_eval(&l[3], &g)?;
+        cx.pool.give(g);
+        x = cx.add(&mid, &out);
+        cx.pool.give(out);
+        cx.pool.give(mid);
+    }
+    let lnf = cx.ln_fwd(&x, "transformer.ln_f");
+    cx.pool.give(x);
+    // The logits leave the pool: they become the caller's tensor.
+    let mut logits = vec![0f32; n * v];
+    matmul(
+        MatMut::rows(&mut logits, 0, n, v, v),
+        rows(&lnf, n, d),
+        rows(cx.w("transformer.wte.weight"), v, d).t(),
+        1.0,
+        false,
+        threads(),
+    )?;
+    cx.pool.give(lnf);
+    *pool_back = std::mem::take(&mut cx.pool);
+    Ok(logits)
+}
+
 /// Mean next-token loss of `ids` `[b, t]` against `targets`, and the gradients of the
 /// trainable parameters in [`crate::params::Params::trainable`] order.
 pub fn loss_and_grads(
@@ -488,44 +656,22 @@ fn run(
     pool: Pool,
     pool_back: &mut Pool,
 ) -> Result<(f64, Vec<Vec<f32>>)> {
+    check_batch(m, ids, targets, b, t)?;
+    with_weights(m, |w| run_with(m, w, ids, targets, (b, t), pool, pool_back))
+}
+
+fn run_with<'a>(
+    m: &'a Gpt,
+    w: HashMap<&'a str, &'a [f32]>,
+    ids: &[u32],
+    targets: &[u32],
+    (b, t): (usize, usize),
+    pool: Pool,
+    pool_back: &mut Pool,
+) -> Result<(f64, Vec<Vec<f32>>)> {
     let c = &m.config;
     let (d, v, nh) = (c.n_embd, c.vocab_size, c.n_head);
     let n = b * t;
-    if ids.len() != n || targets.len() != n || t > c.n_positions {
-        return Err(crate::Error::Data(format!(
-            "batch of {b} x {t} does not match {} ids, {} targets, context {}",
-            ids.len(),
-            targets.len(),
-            c.n_positions
-        )));
-    }
-    if let Some(bad) = ids.iter().chain(targets).find(|&&i| i as usize >= v) {
-        return Err(crate::Error::Tokenizer(format!(
-            "token id {bad} out of range for vocabulary {v}"
-        )));
-    }
-    // Read locks on the parameters' storage: the weights are used where they are.
-    let guards: Vec<_> = m
-        .params()
-        .iter()
-        .map(|p| {
-            let (s, l) = p.var.as_tensor().storage_and_layout();
-            (p.name.as_str(), s, l.contiguous_offsets())
-        })
-        .collect();
-    let mut w = HashMap::new();
-    for (name, s, offsets) in &guards {
-        match (&**s, offsets) {
-            (Storage::Cpu(CpuStorage::F32(data)), Some((a, e))) => {
-                w.insert(*name, &data[*a..*e]);
-            }
-            _ => {
-                return Err(crate::Error::Data(format!(
-                    "parameter {name} is not a contiguous f32 CPU tensor"
-                )));
-            }
-        }
-    }
     let mut cx = Ctx {
         m,
         w,
@@ -536,19 +682,7 @@ fn run(
     let lins = Gpt::linears(c);
 
     // Forward.
-    let mut x = cx.pool.scratch(n * d);
-    {
-        let (wte, wpe) = (
-            cx.w("transformer.wte.weight"),
-            cx.w("transformer.wpe.weight"),
-        );
-        for (i, row) in x.chunks_mut(d).enumerate() {
-            let (tok, pos) = (ids[i] as usize, i % t);
-            for (k, r) in row.iter_mut().enumerate() {
-                *r = wte[tok * d + k] + wpe[pos * d + k];
-            }
-        }
-    }
+    let mut x = cx.embed(ids, t);
     let mut layers = Vec::with_capacity(c.n_layer);
     for (i, l) in lins.chunks(4).enumerate() {
         let p = format!("transformer.h.{i}");

@@ -61,7 +61,8 @@ impl Gpt {
 
     /// The same model with every parameter converted to `dtype` (f64 for gradient checks); an
     /// attached LoRA adapter is dropped.
-    pub fn with_dtype(self, dtype: DType) -> Result<Self> {
+    pub fn with_dtype(mut self, dtype: DType) -> Result<Self> {
+        self.weights.materialize_frozen()?;
         let mut params = Params::new();
         for p in self.weights.params.iter() {
             params.insert(&p.name, p.var.as_tensor().to_dtype(dtype)?, p.trainable)?;
@@ -113,6 +114,12 @@ impl Gpt {
             &Self::linears(&config),
         )?;
         let names: Vec<String> = shapes.into_iter().map(|(n, _)| n).collect();
+        if self.weights.frozen.is_some() {
+            // Mapped weights are written from candle copies (made for the save only).
+            let mut w = self.weights.clone();
+            w.materialize_frozen()?;
+            return checkpoint::save_dir(dir, &config, &w.params, &names);
+        }
         checkpoint::save_dir(dir, &config, &self.weights.params, &names)
     }
 
@@ -173,6 +180,38 @@ impl Gpt {
         }
         let mut weights = Weights::new(params);
         weights.lowrank = config.cohort_lowrank.clone();
+        Ok(Self {
+            config,
+            weights,
+            device: device.clone(),
+        })
+    }
+
+    /// Reads a directory like [`Gpt::load`], but with the base weights frozen and read in
+    /// place from the memory-mapped `model.safetensors` (or its shards) instead of copied into
+    /// candle tensors: the model for LoRA fine-tuning and evaluation of a frozen base, which
+    /// the hand-written pass ([`crate::fast`]) runs on the mapping directly. `params` starts
+    /// empty (nothing is trainable until an adapter is attached); candle's forward pass
+    /// (generation, the autograd fallback) copies each weight out of the mapping on first use.
+    /// CPU only. See [`crate::mapped`].
+    pub fn load_mapped(dir: &Path, device: &Device) -> Result<Self> {
+        if !device.is_cpu() {
+            return Err(Error::config(
+                "device",
+                "memory-mapped weights are read on the CPU only; use Gpt::load",
+            ));
+        }
+        let config: GptConfig = checkpoint::read_config(dir)?;
+        config.validate()?;
+        let shapes = checkpoint::with_lowrank(
+            Self::shapes(&config),
+            &config.cohort_lowrank,
+            &Self::linears(&config),
+        )?;
+        let mapped = crate::mapped::MappedWeights::open_dir(dir, &shapes)?;
+        let mut weights = Weights::new(Params::new());
+        weights.lowrank = config.cohort_lowrank.clone();
+        weights.frozen = Some(std::sync::Arc::new(mapped));
         Ok(Self {
             config,
             weights,
@@ -347,6 +386,20 @@ impl LanguageModel for Gpt {
 
     fn save(&self, dir: &Path) -> Result<()> {
         self.save_dir(dir)
+    }
+
+    fn forward_eval(&self, ids: &Tensor) -> Result<Tensor> {
+        if !crate::fast::supported(self) {
+            return Ok(self.forward(ids)?.detach());
+        }
+        let (b, t) = ids.dims2()?;
+        let x = ids.to_dtype(DType::U32)?.flatten_all()?.to_vec1::<u32>()?;
+        let logits = crate::fast::logits(self, &x, b, t)?;
+        Ok(Tensor::from_vec(
+            logits,
+            (b, t, self.config.vocab_size),
+            &self.device,
+        )?)
     }
 
     fn logits(&self, hidden: &Tensor) -> Result<Tensor> {

@@ -2,6 +2,7 @@
 //! linear layers LoRA and SVD can act on.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
@@ -9,6 +10,7 @@ use crate::Result;
 use crate::cache::KvCache;
 use crate::kernels::{self, linear::WeightLayout};
 use crate::lora::Lora;
+use crate::mapped::MappedWeights;
 use crate::params::Params;
 
 /// A linear layer of a model: its module path (`transformer.h.0.attn.c_attn`), sizes and how
@@ -30,6 +32,12 @@ pub struct Weights {
     pub lora: Option<Lora>,
     /// Linear layers replaced by SVD factors (path -> rank): see [`crate::svd`].
     pub lowrank: BTreeMap<String, usize>,
+    /// Frozen weights read in place from memory-mapped files instead of held in `params`
+    /// ([`crate::Gpt::load_mapped`]): a name is in `params` or here, never both. The
+    /// hand-written GPT pass reads them as slices of the mapping; candle's forward pass gets
+    /// copies made on first use ([`MappedWeights::tensor`]). [`Weights::materialize_frozen`]
+    /// moves them into `params` for code that needs them there (merging an adapter, SVD).
+    pub frozen: Option<Arc<MappedWeights>>,
 }
 
 impl Weights {
@@ -39,12 +47,55 @@ impl Weights {
             params,
             lora: None,
             lowrank: BTreeMap::new(),
+            frozen: None,
         }
     }
 
-    /// The tensor the forward pass uses (detached when frozen).
+    /// The tensor the forward pass uses (detached when frozen); a mapped frozen weight is
+    /// copied into a candle tensor on first use (and that copy kept).
     pub fn t(&self, name: &str) -> Result<Tensor> {
-        self.params.tensor(name)
+        match &self.frozen {
+            Some(f) if self.params.get(name).is_none() && f.contains(name) => {
+                let device = self
+                    .params
+                    .iter()
+                    .next()
+                    .map(|p| p.var.device().clone())
+                    .unwrap_or(Device::Cpu);
+                f.tensor(name, &device)
+            }
+            _ => self.params.tensor(name),
+        }
+    }
+
+    /// The values of a mapped frozen weight, read in place (None if `name` is not mapped).
+    pub fn frozen_slice(&self, name: &str) -> Option<&[f32]> {
+        self.frozen.as_ref()?.slice(name)
+    }
+
+    /// Scalars in all weights: the parameters and the mapped frozen weights.
+    pub fn total_len(&self) -> usize {
+        self.params.total_len() + self.frozen.as_ref().map_or(0, |f| f.len())
+    }
+
+    /// Copies every mapped frozen weight into `params` (frozen, f32, on the device of the
+    /// other parameters, CPU if there are none) and drops the mapping: the model is then an
+    /// ordinary one again. Needed before merging an adapter into the base or factoring layers.
+    pub fn materialize_frozen(&mut self) -> Result<()> {
+        let Some(f) = self.frozen.take() else {
+            return Ok(());
+        };
+        let device = self
+            .params
+            .iter()
+            .next()
+            .map(|p| p.var.device().clone())
+            .unwrap_or(Device::Cpu);
+        for name in f.names() {
+            let t = f.tensor(name, &device)?;
+            self.params.insert(name, t, false)?;
+        }
+        Ok(())
     }
 
     /// `x @ W' + b` for the linear layer `info`, plus the adapter's path if one is attached.
@@ -121,6 +172,13 @@ pub trait LanguageModel: Send + Sync {
     /// Logits `[B, T, V]` for token ids `[B, T]`.
     fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         self.logits(&self.hidden(ids)?)
+    }
+
+    /// Logits `[B, T, V]` for token ids `[B, T]` without a gradient graph (evaluation): the
+    /// model's hand-written forward pass where it has one (the GPT on CPU in f32, which reads
+    /// mapped frozen weights in place), else [`LanguageModel::forward`] detached.
+    fn forward_eval(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(self.forward(ids)?.detach())
     }
 
     /// Mean next-token cross-entropy of `ids` `[B, T]` against `targets` `[B, T]`.

@@ -172,6 +172,8 @@ pub fn factorize(model: &mut dyn LanguageModel, rank: usize, targets: &[String])
     if rank == 0 {
         return Err(Error::config("rank", "must be positive"));
     }
+    // Factors replace weights in `params`: bring mapped frozen weights there first.
+    model.weights_mut().materialize_frozen()?;
     let linears = model.linear_modules();
     let macs_before: usize = linears.iter().map(|l| l.d_in * l.d_out).sum();
     let params_before = model.params().total_len();

@@ -305,7 +305,7 @@ pub fn evaluate(
     let mut correct = 0usize;
     let mut n = 0usize;
     for (x, y) in data::eval_batches(tokens, batch, seq, max_windows, model.device())? {
-        let logits = model.forward(&x)?.detach();
+        let logits = model.forward_eval(&x)?;
         let (b, t, v) = logits.dims3()?;
         let flat = logits.reshape((b * t, v))?;
         let yf = y.reshape(b * t)?;

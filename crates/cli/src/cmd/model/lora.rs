@@ -1,11 +1,11 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use cohort_model::data::TokenData;
 use cohort_model::train::{TrainConfig, Trainer, evaluate};
-use cohort_model::{LanguageModel, Lora, LoraConfig};
+use cohort_model::{Gpt, LanguageModel, Lora, LoraConfig, Tokenizer};
 use serde::Serialize;
 
 use crate::output::{Table, print_json};
@@ -49,6 +49,12 @@ pub struct Args {
     /// Fraction of the text held out for evaluation.
     #[arg(long, default_value_t = 0.1)]
     val_fraction: f64,
+    /// Copy the base weights into memory instead of reading them in place from the
+    /// memory-mapped model.safetensors. Mapping is the default for GPT directories (whose LoRA
+    /// training and evaluation run on the mapping directly); Llama-family bases are always
+    /// copied.
+    #[arg(long)]
+    no_mmap: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -73,15 +79,55 @@ struct Report {
     val_loss: f64,
     val_perplexity: f64,
     tokens_per_s: f64,
+    /// Whether the frozen base is read in place from the memory-mapped checkpoint.
+    base_mapped: bool,
+    /// Bytes of base weights read in place from the mapping, and copied (all of them without
+    /// mapping; with it, tensors that are not f32 or not 4-byte aligned in the file).
+    base_mapped_bytes: usize,
+    base_copied_bytes: usize,
     /// The most memory resident at once during training (VmHWM, from the first step on:
     /// weights, optimiser state, activations); absent where /proc is not available.
     #[serde(skip_serializing_if = "Option::is_none")]
     peak_rss_bytes: Option<u64>,
+    /// The largest anonymous (heap: copied weights, optimiser state, activations) and
+    /// file-backed (code, mapped weights) resident memory seen during training (RssAnon and
+    /// RssFile polled every 5 ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peak_rss_anon_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peak_rss_file_bytes: Option<u64>,
+    /// The process's peak resident memory from its start to the end of training, loading
+    /// included (VmHWM before the training phase's reset, or after it if higher).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    process_peak_rss_bytes: Option<u64>,
+}
+
+/// The base model for fine-tuning: a GPT with its weights memory-mapped unless `no_mmap`,
+/// anything else copied. Returns the model, its tokeniser, and whether it is mapped.
+fn load_base(
+    dir: &Path,
+    no_mmap: bool,
+) -> anyhow::Result<(Box<dyn LanguageModel>, Tokenizer, bool)> {
+    let is_gpt = cohort_model::checkpoint::model_type(dir)
+        .with_context(|| format!("loading model {}", dir.display()))?
+        == "gpt2";
+    if no_mmap || !is_gpt {
+        let (m, t) = super::load(dir)?;
+        return Ok((m, t, false));
+    }
+    let model = Gpt::load_mapped(dir, &candle_core::Device::Cpu)
+        .with_context(|| format!("mapping model {}", dir.display()))?;
+    let tok = super::load_tokenizer(dir, model.config.vocab_size)?;
+    Ok((Box::new(model), tok, true))
 }
 
 impl Args {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
-        let (mut model, tok) = super::load(&self.dir)?;
+        let (mut model, tok, mapped) = load_base(&self.dir, self.no_mmap)?;
+        let (base_mapped_bytes, base_copied_bytes) = match &model.weights().frozen {
+            Some(f) => (f.stats().mapped_bytes, f.stats().copied_bytes),
+            None => (0, 4 * model.weights().total_len()),
+        };
         let text = super::read_text(&self.data)?;
         let ids = tok
             .encode(&text)
@@ -106,7 +152,8 @@ impl Args {
         let bar = super::train_bar(self.steps as u64, self.json);
         let start = Instant::now();
         let mut tokens = 0;
-        let measured = cohort_model::mem::reset_peak_rss();
+        let before = cohort_model::mem::peak_rss_bytes();
+        let sampler = cohort_model::mem::MemorySampler::start(Duration::from_millis(5));
         for _ in 0..self.steps {
             let s = trainer.step(model.as_ref(), &data)?;
             tokens += s.tokens;
@@ -119,7 +166,7 @@ impl Args {
         }
         bar.finish_and_clear();
         let tps = tokens as f64 / start.elapsed().as_secs_f64().max(1e-9);
-        let peak = cohort_model::mem::peak_rss_bytes().filter(|_| measured);
+        let peaks = sampler.map(|s| s.finish());
         let e = evaluate(model.as_ref(), &data.val, self.batch, seq, 64)?;
         let lora = model.weights().lora.as_ref().context("adapter vanished")?;
         lora.save(model.params(), &self.out)?;
@@ -130,7 +177,13 @@ impl Args {
             val_loss: e.loss,
             val_perplexity: e.perplexity,
             tokens_per_s: tps,
-            peak_rss_bytes: peak,
+            base_mapped: mapped,
+            base_mapped_bytes,
+            base_copied_bytes,
+            peak_rss_bytes: peaks.map(|p| p.peak_rss_bytes),
+            peak_rss_anon_bytes: peaks.map(|p| p.peak_rss_anon_bytes),
+            peak_rss_file_bytes: peaks.map(|p| p.peak_rss_file_bytes),
+            process_peak_rss_bytes: before.zip(peaks).map(|(b, p)| b.max(p.peak_rss_bytes)),
         };
         if self.json {
             print_json(&r)?;
@@ -142,7 +195,10 @@ impl Args {
                 "val loss",
                 "val ppl",
                 "tokens/s",
+                "base",
                 "peak RSS",
+                "anon",
+                "file",
             ]);
             t.row(vec![
                 r.out.display().to_string(),
@@ -151,11 +207,17 @@ impl Args {
                 format!("{:.4}", r.val_loss),
                 format!("{:.2}", r.val_perplexity),
                 format!("{:.0}", r.tokens_per_s),
-                r.peak_rss_bytes
-                    .map_or("-".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0)),
+                if r.base_mapped { "mapped" } else { "copied" }.into(),
+                mib(r.peak_rss_bytes),
+                mib(r.peak_rss_anon_bytes),
+                mib(r.peak_rss_file_bytes),
             ]);
             t.print();
         }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+fn mib(b: Option<u64>) -> String {
+    b.map_or("-".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0))
 }

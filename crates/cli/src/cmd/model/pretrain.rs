@@ -18,7 +18,7 @@ pub struct Args {
     /// The training text (the last `--val-fraction` is held out).
     #[arg(long)]
     corpus: PathBuf,
-    /// Model size: test, tiny, reference, small.
+    /// Model size: test, tiny, reference, small, medium.
     #[arg(long, default_value = "tiny")]
     preset: String,
     /// Output directory.

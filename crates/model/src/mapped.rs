@@ -1,0 +1,396 @@
+//! Frozen weights read in place from memory-mapped safetensors files.
+//!
+//! candle 0.11's CPU tensors own their memory (a `Vec`), so a model loaded through candle holds
+//! a private, anonymous copy of every weight, even when the weights are frozen (the base under
+//! LoRA). [`MappedWeights`] keeps the frozen weights where they are: in the page cache, mapped
+//! read-only into the process. The hand-written GPT pass ([`crate::fast`]) reads them as plain
+//! `&[f32]` slices of the mapping, so fine-tuning an adapter never copies the base into the
+//! heap. The mapped pages count in the resident set as file-backed (`RssFile`), not anonymous:
+//! they are clean, the kernel can drop and re-read them under memory pressure instead of
+//! swapping, and every process mapping the same file shares one copy.
+//!
+//! Opening a file checks everything the slices rely on: the header parses, every wanted tensor
+//! is present with the expected shape, its dtype is known, its byte range has the size its
+//! shape and dtype imply and lies inside the file. A tensor is read in place when it is `F32`,
+//! the machine is little-endian (safetensors is little-endian) and its data is 4-byte aligned
+//! in the file; otherwise (another float dtype, a big-endian machine, or data at an offset that
+//! is not a multiple of 4, which the format allows) it is converted into an owned `Vec<f32>`,
+//! and [`MappedWeights::stats`] says how many bytes were copied.
+//!
+//! Code that needs candle tensors of these weights (candle's forward pass: generation, the
+//! autograd fallback) gets them from [`MappedWeights::tensor`], which copies a tensor out of the
+//! mapping on first use and keeps that copy: only those paths pay for the copy.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, Tensor};
+use serde::Deserialize;
+
+use crate::checkpoint::WEIGHTS_FILE;
+use crate::{Error, Result};
+
+/// A mapped safetensors file.
+#[derive(Debug)]
+struct MappedFile {
+    path: PathBuf,
+    map: memmap2::Mmap,
+}
+
+/// Where a tensor's values are.
+#[derive(Debug)]
+enum Data {
+    /// `len` f32 values at byte `start` of file `file`'s mapping (4-byte aligned).
+    Mapped {
+        file: usize,
+        start: usize,
+        len: usize,
+    },
+    /// Converted or realigned into memory of our own.
+    Owned(Vec<f32>),
+}
+
+#[derive(Debug)]
+struct Entry {
+    shape: Vec<usize>,
+    data: Data,
+}
+
+/// How the weights of a [`MappedWeights`] are held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MapStats {
+    /// Tensors read in place from the mapping, and their bytes.
+    pub tensors_mapped: usize,
+    pub mapped_bytes: usize,
+    /// Tensors that had to be copied (not f32, not 4-byte aligned, or a big-endian machine),
+    /// and the bytes of their f32 copies.
+    pub tensors_copied: usize,
+    pub copied_bytes: usize,
+}
+
+/// Frozen f32 weights read in place from memory-mapped safetensors files.
+pub struct MappedWeights {
+    files: Vec<MappedFile>,
+    entries: BTreeMap<String, Entry>,
+    /// candle copies made on demand by [`MappedWeights::tensor`].
+    materialised: Mutex<HashMap<String, Tensor>>,
+}
+
+impl std::fmt::Debug for MappedWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappedWeights")
+            .field(
+                "files",
+                &self.files.iter().map(|f| &f.path).collect::<Vec<_>>(),
+            )
+            .field("tensors", &self.entries.len())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// One tensor of a safetensors header.
+#[derive(Debug, Deserialize)]
+struct HeaderEntry {
+    dtype: String,
+    shape: Vec<usize>,
+    data_offsets: [usize; 2],
+}
+
+/// Maps `path` read-only.
+///
+/// The mapping is only sound while nobody truncates or rewrites the file: the slices handed out
+/// would change under the reader, and a truncated mapping raises SIGBUS on access. That is the
+/// same contract as candle's and safetensors' own mapped loaders; model directories are not
+/// written while a model is open (`save` writes new files under the same names only when the
+/// caller asks, and then into another directory in every command here).
+#[allow(unsafe_code)]
+fn map_file(path: &Path) -> Result<memmap2::Mmap> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: the map is read-only and private to this process; see the contract above about
+    // concurrent modification of the file, which is the only way it could be invalidated.
+    unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))
+}
+
+fn dtype_of(name: &str) -> Option<(DType, usize)> {
+    Some(match name {
+        "F32" => (DType::F32, 4),
+        "F16" => (DType::F16, 2),
+        "BF16" => (DType::BF16, 2),
+        "F64" => (DType::F64, 8),
+        _ => return None,
+    })
+}
+
+/// The header of a safetensors file: data offset and tensors, every range checked against the
+/// file's length.
+fn parse_header(path: &Path, bytes: &[u8]) -> Result<(usize, HashMap<String, HeaderEntry>)> {
+    let bad = |reason: String| Error::Safetensors {
+        path: path.into(),
+        reason,
+    };
+    let len8: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| {
+            bad(format!(
+                "{} bytes: too short for a safetensors header",
+                bytes.len()
+            ))
+        })?;
+    let n = usize::try_from(u64::from_le_bytes(len8)).unwrap_or(usize::MAX);
+    let end = n
+        .checked_add(8)
+        .filter(|&e| e <= bytes.len())
+        .ok_or_else(|| {
+            bad(format!(
+                "header of {n} bytes runs past the end of the file ({} bytes): truncated?",
+                bytes.len()
+            ))
+        })?;
+    let mut raw: HashMap<String, serde_json::Value> = serde_json::from_slice(&bytes[8..end])
+        .map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
+    raw.remove("__metadata__");
+    let data_len = bytes.len() - end;
+    let mut out = HashMap::with_capacity(raw.len());
+    for (name, v) in raw {
+        let h: HeaderEntry = serde_json::from_value(v)
+            .map_err(|e| bad(format!("tensor `{name}`: malformed header entry: {e}")))?;
+        let [s, e] = h.data_offsets;
+        if s > e || e > data_len {
+            return Err(bad(format!(
+                "tensor `{name}`: data [{s}, {e}) runs past the end of the data ({data_len} \
+                 bytes): truncated?"
+            )));
+        }
+        out.insert(name, h);
+    }
+    Ok((end, out))
+}
+
+impl MappedWeights {
+    /// Maps the weights of the model directory `dir` (`model.safetensors`, or the shards that
+    /// `model.safetensors.index.json` lists) and selects the tensors `wanted` (name, shape),
+    /// each stored under its name or, for GPT-2 checkpoints saved without the prefix, without
+    /// a leading `transformer.`. Errors name the file and the tensor.
+    pub fn open_dir(dir: &Path, wanted: &[(String, Vec<usize>)]) -> Result<Self> {
+        let single = dir.join(WEIGHTS_FILE);
+        let files = if single.exists() {
+            vec![single]
+        } else {
+            crate::checkpoint::shard_files(dir)?
+        };
+        Self::open(&files, wanted)
+    }
+
+    /// [`MappedWeights::open_dir`] on the given safetensors files.
+    pub fn open(paths: &[PathBuf], wanted: &[(String, Vec<usize>)]) -> Result<Self> {
+        let mut files = Vec::with_capacity(paths.len());
+        let mut headers = Vec::with_capacity(paths.len());
+        for path in paths {
+            let map = map_file(path)?;
+            headers.push(parse_header(path, &map)?);
+            files.push(MappedFile {
+                path: path.clone(),
+                map,
+            });
+        }
+        let mut entries = BTreeMap::new();
+        for (name, shape) in wanted {
+            let short = name.strip_prefix("transformer.");
+            let found = headers.iter().enumerate().find_map(|(i, (_, h))| {
+                h.get(name.as_str())
+                    .or_else(|| short.and_then(|s| h.get(s)))
+                    .map(|e| (i, e))
+            });
+            let Some((i, h)) = found else {
+                return Err(Error::MissingTensor {
+                    path: paths
+                        .first()
+                        .cloned()
+                        .unwrap_or_else(|| PathBuf::from(WEIGHTS_FILE)),
+                    name: name.clone(),
+                });
+            };
+            let file = &files[i];
+            let bad = |reason: String| Error::Safetensors {
+                path: file.path.clone(),
+                reason: format!("tensor `{name}`: {reason}"),
+            };
+            if &h.shape != shape {
+                return Err(Error::TensorShape {
+                    path: file.path.clone(),
+                    name: name.clone(),
+                    expected: shape.clone(),
+                    found: h.shape.clone(),
+                });
+            }
+            let (dtype, size) = dtype_of(&h.dtype).ok_or_else(|| {
+                bad(format!(
+                    "dtype {} is not a float type (F32, F16, BF16, F64)",
+                    h.dtype
+                ))
+            })?;
+            let len: usize = shape.iter().product();
+            let [s, e] = h.data_offsets;
+            if len.checked_mul(size) != Some(e - s) {
+                return Err(bad(format!(
+                    "{} bytes of data for shape {shape:?} of {} ({} expected)",
+                    e - s,
+                    h.dtype,
+                    len * size
+                )));
+            }
+            let start = headers[i].0 + s;
+            let bytes = &file.map[start..start + (e - s)];
+            let in_place = dtype == DType::F32
+                && cfg!(target_endian = "little")
+                && bytemuck::try_cast_slice::<u8, f32>(bytes).is_ok();
+            let data = if in_place {
+                Data::Mapped {
+                    file: i,
+                    start,
+                    len,
+                }
+            } else {
+                Data::Owned(to_f32(bytes, dtype, shape).map_err(|e| bad(e.to_string()))?)
+            };
+            entries.insert(
+                name.clone(),
+                Entry {
+                    shape: shape.clone(),
+                    data,
+                },
+            );
+        }
+        Ok(Self {
+            files,
+            entries,
+            materialised: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The values of tensor `name` (row-major), read in place where possible.
+    pub fn slice(&self, name: &str) -> Option<&[f32]> {
+        let e = self.entries.get(name)?;
+        Some(match &e.data {
+            Data::Owned(v) => v,
+            Data::Mapped { file, start, len } => {
+                let bytes = &self.files[*file].map[*start..*start + 4 * len];
+                // Alignment and length were checked when the file was opened.
+                bytemuck::try_cast_slice(bytes).ok()?
+            }
+        })
+    }
+
+    /// Names of the tensors held, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    /// Whether tensor `name` is held.
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// The shape of tensor `name`.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.entries.get(name).map(|e| e.shape.as_slice())
+    }
+
+    /// Scalars held.
+    pub fn len(&self) -> usize {
+        self.entries
+            .values()
+            .map(|e| e.shape.iter().product::<usize>())
+            .sum()
+    }
+
+    /// Whether no tensor is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The files mapped.
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        self.files.iter().map(|f| f.path.as_path())
+    }
+
+    /// How many tensors and bytes are read in place and how many were copied.
+    pub fn stats(&self) -> MapStats {
+        let mut s = MapStats::default();
+        for e in self.entries.values() {
+            match &e.data {
+                Data::Mapped { len, .. } => {
+                    s.tensors_mapped += 1;
+                    s.mapped_bytes += 4 * len;
+                }
+                Data::Owned(v) => {
+                    s.tensors_copied += 1;
+                    s.copied_bytes += 4 * v.len();
+                }
+            }
+        }
+        s
+    }
+
+    /// A candle tensor of `name` on `device`: copied out of the mapping on first use and kept
+    /// (candle's tensors own their memory), for the paths that run candle ops on frozen
+    /// weights. [`MappedWeights::materialised_bytes`] says how much that has copied.
+    pub fn tensor(&self, name: &str, device: &Device) -> Result<Tensor> {
+        let mut cache = self.materialised.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = cache.get(name).filter(|t| t.device().same_device(device)) {
+            return Ok(t.clone());
+        }
+        let (data, shape) = self
+            .slice(name)
+            .zip(self.shape(name))
+            .ok_or_else(|| Error::Params(format!("no frozen tensor `{name}`")))?;
+        let t = Tensor::from_slice(data, shape, device)?;
+        cache.insert(name.to_string(), t.clone());
+        Ok(t)
+    }
+
+    /// Bytes of candle copies made by [`MappedWeights::tensor`] so far.
+    pub fn materialised_bytes(&self) -> usize {
+        self.materialised
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|t| 4 * t.elem_count())
+            .sum()
+    }
+}
+
+/// Little-endian `bytes` of `dtype` as f32 values.
+fn to_f32(bytes: &[u8], dtype: DType, shape: &[usize]) -> Result<Vec<f32>> {
+    Ok(match dtype {
+        DType::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        DType::F64 => bytes
+            .chunks_exact(8)
+            .map(|c| {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(c);
+                f64::from_le_bytes(a) as f32
+            })
+            .collect(),
+        DType::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        DType::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(Error::Data(format!(
+                "cannot read dtype {other:?} of shape {shape:?} as f32"
+            )));
+        }
+    })
+}
