@@ -311,6 +311,13 @@ pub fn render(
         html.push_str("</tr>");
         for (v, row) in r.scores.iter().enumerate() {
             let _ = write!(html, "<tr><th>validator-{v}</th>");
+            if row.is_empty() {
+                let _ = write!(
+                    html,
+                    "<td colspan=\"{}\">did not reveal</td>",
+                    r.submitted.len().max(1)
+                );
+            }
             for x in row {
                 let _ = write!(
                     html,

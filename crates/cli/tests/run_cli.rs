@@ -126,3 +126,52 @@ fn a_data_attack_on_the_language_model_task_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn set_overrides_config_values_and_names_bad_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("clean");
+    // The attack example made clean and short from the command line.
+    let o = cohort(&[
+        "run",
+        &example("attack-linear.toml"),
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+        "--set",
+        "attack.fraction=0",
+        "--set",
+        "coordinator.rounds=2",
+        "--set",
+        "aggregation.strategy={kind=\"trimmed-mean\", k=1}",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["summary"]["rounds"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        s["config"]["aggregation"]["strategy"]["kind"],
+        "trimmed-mean"
+    );
+    for r in s["summary"]["rounds"].as_array().unwrap() {
+        assert!(r["rejected"].as_array().unwrap().is_empty(), "{r}");
+    }
+    for (set, needle) in [
+        ("attack.fraktion=1", "fraktion"),
+        ("attack.fraction.x=1", "attack.fraction is a float"),
+        ("seed", "KEY=VALUE"),
+        ("attack.fraction=2", "attack.fraction"),
+    ] {
+        let o = cohort(&[
+            "run",
+            &example("attack-linear.toml"),
+            "--out",
+            tmp.path().join("bad").to_str().unwrap(),
+            "--set",
+            set,
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!o.status.success(), "{set}");
+        assert!(err.contains(needle), "--set {set}: {err}");
+    }
+}

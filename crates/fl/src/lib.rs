@@ -6,8 +6,9 @@
 //! I/O or reads a clock, so the same code serves the in-process runtime, a networked
 //! coordinator and the tests. Around them: the learning tasks ([`learner`]: least squares,
 //! LoRA fine-tuning of a GPT on Tiny Shakespeare by role, IMDB sentiment; these read their
-//! data files and cache a pretrained base model) and the in-process runtime over any ledger
-//! backend ([`runtime`]).
+//! data files and cache a pretrained base model), the transport port between the coordinator
+//! side and the clients and validators, with its in-process adapter ([`transport`]), and the
+//! runtime over any ledger backend and any transport ([`runtime`]).
 //!
 //! Strategies compose by wrapping: robustness is a wrapper around any aggregator.
 //!
@@ -29,10 +30,12 @@ pub mod learner;
 pub mod partition;
 pub mod runtime;
 pub mod strategy;
+pub mod transport;
 pub mod update;
 
 pub use attack::{AttackKind, DataAttack, UpdateAttack};
 pub use coordinator::{Command, Coordinator, CoordinatorConfig, Event, Phase};
+pub use transport::{InProcess, Transport};
 pub use update::{ClientUpdate, validate};
 
 /// Errors of the federated runtime. Protocol rejections are values, never panics.
@@ -65,6 +68,12 @@ pub enum FlError {
         a: usize,
         /// Another.
         b: usize,
+    },
+    /// A blob is not a safetensors file of the expected layout.
+    #[error("malformed blob: {reason}")]
+    MalformedBlob {
+        /// What is wrong with it.
+        reason: String,
     },
     /// The learning task failed (a model operation, a data file).
     #[error("task: {0}")]

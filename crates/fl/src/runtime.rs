@@ -10,12 +10,12 @@
 //! settlement pays and slashes. Time on the ledger is the run's virtual clock, so a run
 //! replays bit for bit from its seed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use alloy_primitives::{Address, B256, U256};
-use cohort_core::{Hash32, Identity, Rng, Score, sha256, tokens};
+use cohort_core::{Hash32, Identity, Score, sha256, tokens};
 use cohort_ledger::demo::fmt_tokens;
 use cohort_ledger::protocol::{
     Cohort, Cohort::CohortEvents, Protocol, ProtocolError, accepted_set_hash, roles,
@@ -26,7 +26,12 @@ use serde::{Deserialize, Serialize};
 use crate::coordinator::{Command, Coordinator, CoordinatorConfig, Event, Phase};
 use crate::learner::{Learner, Metrics};
 use crate::strategy::{
-    Clipped, CoordinateMedian, FedAvg, FedOpt, Krum, ScoreWeighted, Strategy, TrimmedMean,
+    Clipped, CoordinateMedian, FedAvg, FedOpt, Krum, MedianClipped, ScoreWeighted, Strategy,
+    TrimmedMean,
+};
+use crate::transport::{
+    InProcess, Reply, Request, RevealRequest, ScoreItem, ScoreRequest, TrainRequest, Transport,
+    TransportError,
 };
 use crate::{AttackKind, ClientUpdate, FlError};
 
@@ -42,6 +47,9 @@ pub enum RunError {
     /// Aggregation or configuration failed.
     #[error(transparent)]
     Fl(#[from] FlError),
+    /// The transport to the clients and validators failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
     /// A blob could not be written.
     #[error("{path}: {source}")]
     Io {
@@ -90,6 +98,10 @@ pub struct AggregationConfig {
     /// Clip every update to this norm first.
     #[serde(default)]
     pub clip_norm: Option<f64>,
+    /// Clip every update to the median norm of the round's updates first (after
+    /// `clip_norm`, if both are given): a bound that adapts to the task and the round.
+    #[serde(default)]
+    pub clip_to_median: bool,
     /// Server learning rate of FedAdam on top (none: apply the aggregate as is).
     #[serde(default)]
     pub fedadam_lr: Option<f64>,
@@ -104,6 +116,7 @@ impl Default for AggregationConfig {
         Self {
             strategy: StrategyConfig::ScoreWeighted,
             clip_norm: None,
+            clip_to_median: false,
             fedadam_lr: None,
             ignore_verdicts: false,
         }
@@ -123,6 +136,11 @@ impl AggregationConfig {
         let clipped: Box<dyn Strategy> = match self.clip_norm {
             Some(c) => Box::new(Clipped::new(base, c)),
             None => base,
+        };
+        let clipped: Box<dyn Strategy> = if self.clip_to_median {
+            Box::new(MedianClipped::new(clipped))
+        } else {
+            clipped
         };
         match self.fedadam_lr {
             Some(lr) => Box::new(FedOpt::adam(clipped, lr)),
@@ -328,13 +346,16 @@ pub struct RoundSummary {
 /// Where a round's wall time went.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PhaseSeconds {
-    /// Local training.
+    /// Local training: waiting on the transport while clients train (in process: the
+    /// clients' training and the encoding and hashing of their blobs).
     pub train: f64,
-    /// Validators' scoring.
+    /// Validators' scoring and commitments: waiting on the transport after submissions
+    /// close.
     pub score: f64,
     /// Aggregation.
     pub aggregate: f64,
-    /// Ledger transactions, hashing and blobs (the coordination overhead).
+    /// The coordination overhead: ledger transactions, checking and decoding the received
+    /// blobs, hashing and storing models and blobs.
     pub ledger: f64,
     /// Reading every participant's holdings for the report (not needed by the protocol).
     #[serde(default)]
@@ -423,16 +444,132 @@ pub fn encode_blob(values: &[f32]) -> Vec<u8> {
     out
 }
 
+/// The flat vector of a safetensors blob written by [`encode_named_blob`] (`spec` given: its
+/// tensors, in `spec`'s order, with the shapes it names) or [`encode_blob`] (one `delta`
+/// tensor, any length). Bit for bit the values that were encoded. Errors name what is wrong:
+/// a short or unparsable header, a tensor missing or of another shape or dtype, data out of
+/// range.
+pub fn decode_blob(
+    spec: Option<&[(String, Vec<usize>)]>,
+    blob: &[u8],
+) -> Result<Vec<f32>, FlError> {
+    let bad = |reason: String| FlError::MalformedBlob { reason };
+    let n = blob
+        .get(..8)
+        .map(|b| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            u64::from_le_bytes(a)
+        })
+        .ok_or_else(|| {
+            bad(format!(
+                "{} bytes, shorter than the 8-byte header length",
+                blob.len()
+            ))
+        })?;
+    let header = usize::try_from(n)
+        .ok()
+        .and_then(|n| blob.get(8..8usize.checked_add(n)?))
+        .ok_or_else(|| {
+            bad(format!(
+                "header of {n} bytes does not fit in {} bytes",
+                blob.len()
+            ))
+        })?;
+    let data = &blob[8 + header.len()..];
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(header)
+        .map_err(|e| bad(format!("header is not a JSON object: {e}")))?;
+    let tensor = |name: &str| -> Result<(Vec<usize>, Vec<f32>), FlError> {
+        let t = header
+            .get(name)
+            .ok_or_else(|| bad(format!("no tensor {name}")))?;
+        if t["dtype"] != "F32" {
+            return Err(bad(format!("{name} has dtype {}, not F32", t["dtype"])));
+        }
+        let shape: Vec<usize> = serde_json::from_value(t["shape"].clone())
+            .map_err(|e| bad(format!("{name}: shape: {e}")))?;
+        let [begin, end]: [usize; 2] = serde_json::from_value(t["data_offsets"].clone())
+            .map_err(|e| bad(format!("{name}: data_offsets: {e}")))?;
+        let count: usize = shape.iter().product();
+        let bytes = data
+            .get(begin..end)
+            .filter(|b| b.len() == 4 * count)
+            .ok_or_else(|| {
+                bad(format!(
+                    "{name}: offsets {begin}..{end} do not hold {count} f32 values in {} data bytes",
+                    data.len()
+                ))
+            })?;
+        let values = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Ok((shape, values))
+    };
+    let names: Vec<&String> = header.keys().filter(|k| *k != "__metadata__").collect();
+    if names.len() == 1 && names[0] == "delta" {
+        return Ok(tensor("delta")?.1);
+    }
+    let spec =
+        spec.ok_or_else(|| bad(format!("expected one tensor named delta, found {names:?}")))?;
+    if names.len() != spec.len() {
+        return Err(bad(format!(
+            "{} tensors, the model has {}",
+            names.len(),
+            spec.len()
+        )));
+    }
+    let mut out = Vec::new();
+    for (name, shape) in spec {
+        let (got, values) = tensor(name)?;
+        if &got != shape {
+            return Err(bad(format!("{name} has shape {got:?}, expected {shape:?}")));
+        }
+        out.extend(values);
+    }
+    Ok(out)
+}
+
 fn b256(h: Hash32) -> B256 {
     h.into()
 }
 
-/// Runs the federated experiment `cfg` on `backend` with `learner`. Update blobs go to
-/// `blobs` when given. Progress is reported through `on_round`.
+/// An update recorded on the ledger in the current round.
+struct OnChain {
+    client: u32,
+    hash: Hash32,
+    blob: Vec<u8>,
+    /// `None` once validation refused it.
+    update: Option<ClientUpdate>,
+}
+
+/// Runs the federated experiment `cfg` on `backend` with `learner`, its clients and
+/// validators in this process ([`InProcess`]). Update blobs go to `blobs` when given.
+/// Progress is reported through `on_round`.
 pub fn run<B: LedgerBackend, L: Learner + ?Sized>(
     cfg: &RunConfig,
     backend: B,
     learner: &L,
+    blobs: Option<&Path>,
+    on_round: impl FnMut(&RoundSummary),
+) -> Result<(Protocol<B>, RunSummary), RunError> {
+    let validators = (0..cfg.validators)
+        .map(|v| backend.address_of(&Identity::from_seed(cfg.seed, &format!("validator-{v}"))))
+        .collect();
+    let mut transport = InProcess::new(cfg, learner, validators);
+    run_with(cfg, backend, learner, &mut transport, blobs, on_round)
+}
+
+/// Runs the federated experiment `cfg` on `backend`, reaching its clients and validators
+/// through `transport` (see [`crate::transport`]). The coordinator side uses `learner` only
+/// for the model's shape, initial parameters, blob layout and test evaluation, and to read
+/// the clients' dataset commitments at set-up. Update blobs go to `blobs` when given.
+/// Progress is reported through `on_round`.
+pub fn run_with<B: LedgerBackend, L: Learner + ?Sized>(
+    cfg: &RunConfig,
+    backend: B,
+    learner: &L,
+    transport: &mut dyn Transport,
     blobs: Option<&Path>,
     mut on_round: impl FnMut(&RoundSummary),
 ) -> Result<(Protocol<B>, RunSummary), RunError> {
@@ -544,31 +681,36 @@ pub fn run<B: LedgerBackend, L: Learner + ?Sized>(
     let mut strategy = cfg.aggregation.build();
     let mut global = learner.init();
     let initial = learner.evaluate(&global)?;
-    let colluders = cfg.attack.as_ref().map_or(0, |a| a.colluding_validators);
     let mut rounds = Vec::new();
 
     // Per-round state the runtime keeps between commands.
     let mut chain_round = 0u64;
-    let mut onchain: Vec<(u32, Option<ClientUpdate>)> = Vec::new();
-    let mut scores: Vec<Vec<Score>> = Vec::new();
+    let mut round = 0u64;
+    let mut global_blob: Vec<u8> = Vec::new();
+    let mut global_hash = Hash32::ZERO;
+    let mut cohort_members: BTreeSet<u32> = BTreeSet::new();
+    // The updates recorded on the ledger this round, in order: client, blob hash, blob, and
+    // the decoded update (`None` once validation refused it).
+    let mut onchain: Vec<OnChain> = Vec::new();
+    let mut committed: BTreeSet<u32> = BTreeSet::new();
+    let mut revealed: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
     let mut summary: Option<RoundSummary> = None;
 
     loop {
         let tick = coordinator.tick(now, seed);
         now += 60;
         p.backend_mut().set_time(now)?;
-        let Some(cmd) = tick else {
-            if coordinator.phase() == Phase::Done {
-                break;
-            }
-            // Waiting for a party that will not answer (a client the protocol refused, say):
-            // the virtual clock runs on until the phase times out.
-            continue;
-        };
-        match cmd {
-            Command::OpenRound { round, cohort } => {
+        match tick {
+            Some(Command::Finished) => break,
+            // Waiting for a party that has not answered (a client the protocol refused, or
+            // one that is silent): the virtual clock runs on until the phase times out.
+            None if coordinator.phase() == Phase::Done => break,
+            None => {}
+            Some(Command::OpenRound { round: r, cohort }) => {
                 let t = Instant::now();
-                let global_hash = sha256(&learner.encode(&global));
+                round = r;
+                global_blob = learner.encode(&global);
+                global_hash = sha256(&global_blob);
                 chain_round = p
                     .open_round(
                         &coord,
@@ -577,6 +719,19 @@ pub fn run<B: LedgerBackend, L: Learner + ?Sized>(
                         false,
                     )?
                     .value;
+                onchain.clear();
+                committed.clear();
+                revealed.clear();
+                cohort_members = cohort.iter().copied().collect();
+                for &client in &cohort {
+                    transport.send(Request::Train(TrainRequest {
+                        round,
+                        ledger_round: chain_round,
+                        client,
+                        global_hash,
+                        global: global_blob.clone(),
+                    }))?;
+                }
                 let mut s = RoundSummary {
                     round,
                     test: initial,
@@ -592,149 +747,65 @@ pub fn run<B: LedgerBackend, L: Learner + ?Sized>(
                     seconds: PhaseSeconds::default(),
                 };
                 s.seconds.ledger += t.elapsed().as_secs_f64();
-                onchain.clear();
-                let sybils = cfg.attack.as_ref().is_some_and(|a| a.sybil_stake.is_some());
-                // The update the round's first Sybil sent, which the others copy.
-                let mut sybil_update: Option<ClientUpdate> = None;
-                for k in cohort {
-                    let t = Instant::now();
-                    let attacker = cfg.is_attacker(k);
-                    let u = match (&sybil_update, sybils && attacker) {
-                        (Some(first), true) => ClientUpdate {
-                            client: k,
-                            ..first.clone()
-                        },
-                        _ => {
-                            let mut rng = Rng::derive(seed, &format!("train/{round}/{k}"));
-                            let delta = learner.train(k, &global, &mut rng)?;
-                            let mut u = ClientUpdate::new(k, round, delta, learner.num_samples(k));
-                            if let (true, Some(a)) = (
-                                attacker,
-                                cfg.attack.as_ref().and_then(|a| a.attack.update()),
-                            ) {
-                                u = a.apply(&u, seed);
-                            }
-                            if sybils && attacker {
-                                sybil_update = Some(u.clone());
-                            }
-                            u
-                        }
-                    };
-                    s.seconds.train += t.elapsed().as_secs_f64();
-                    let t = Instant::now();
-                    let blob = learner.encode(&u.delta);
-                    let hash = sha256(&blob);
-                    if let Some(dir) = blobs {
-                        let path = dir.join(format!("{hash}.safetensors"));
-                        std::fs::write(&path, &blob)
-                            .map_err(|source| RunError::Io { path, source })?;
-                    }
-                    s.bytes += blob.len() as u64;
-                    let c = &clients[k as usize];
-                    match p.submit_update(
-                        &c.id,
-                        chain_round,
-                        b256(hash),
-                        datasets[k as usize],
-                        u.num_samples,
-                    ) {
-                        Ok(_) => {
-                            onchain.push((k, Some(u.clone())));
-                            // Refusals by the coordinator are recorded through validation.
-                            let _ = coordinator.handle(Event::Update(u));
-                        }
-                        // A client the protocol refuses (e.g. slashed below the minimum stake)
-                        // sits the round out.
-                        Err(ProtocolError::Reverted { .. }) => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                    s.seconds.ledger += t.elapsed().as_secs_f64();
-                }
                 summary = Some(s);
             }
-            Command::Score {
+            Some(Command::Score {
                 updates, rejected, ..
-            } => {
+            }) => {
                 let s = open_round(&mut summary)?;
                 let t = Instant::now();
                 p.close_submissions(&coord, chain_round)?;
-                s.seconds.ledger += t.elapsed().as_secs_f64();
-                let valid: BTreeMap<u32, &ClientUpdate> =
-                    updates.iter().map(|u| (u.client, u)).collect();
+                let valid: BTreeSet<u32> = updates.iter().map(|u| u.client).collect();
                 for (k, _) in &rejected {
                     s.rejected.push(*k);
                 }
                 // Invalid updates (bad shape, NaN, wrong round) get the worst score.
-                for (_, u) in onchain.iter_mut() {
-                    if u.as_ref().is_some_and(|x| !valid.contains_key(&x.client)) {
-                        *u = None;
+                for x in onchain.iter_mut() {
+                    if !valid.contains(&x.client) {
+                        x.update = None;
                     }
                 }
-                let t = Instant::now();
-                scores = (0..cfg.validators)
-                    .map(|v| {
-                        let base = learner.holdout_loss(v as u32, &global)?;
-                        onchain
-                            .iter()
-                            .map(|(k, u)| {
-                                if v < colluders {
-                                    return Ok(Score::from_f64(if cfg.is_attacker(*k) {
-                                        1.0
-                                    } else {
-                                        -1.0
-                                    }));
-                                }
-                                Ok(match u {
-                                    None => Score::from_f64(-1.0),
-                                    Some(u) => {
-                                        let cand: Vec<f32> = global
-                                            .iter()
-                                            .zip(&u.delta)
-                                            .map(|(a, b)| a + b)
-                                            .collect();
-                                        let l = learner.holdout_loss(v as u32, &cand)?;
-                                        if l.is_finite() {
-                                            Score::from_f64(base - l)
-                                        } else {
-                                            Score::from_f64(-1.0)
-                                        }
-                                    }
-                                })
-                            })
-                            .collect::<Result<Vec<Score>, FlError>>()
-                    })
-                    .collect::<Result<_, FlError>>()?;
-                s.seconds.score += t.elapsed().as_secs_f64();
-                s.submitted = onchain.iter().map(|(k, _)| *k).collect();
-                s.scores = scores
+                s.submitted = onchain.iter().map(|x| x.client).collect();
+                let items: Vec<ScoreItem> = onchain
                     .iter()
-                    .map(|row| row.iter().map(|x| x.to_f64()).collect())
+                    .map(|x| ScoreItem {
+                        client: x.client,
+                        hash: x.hash,
+                        blob: x.update.as_ref().map(|_| x.blob.clone()),
+                    })
                     .collect();
-                let t = Instant::now();
-                for (v, sc) in validators.iter().zip(&scores) {
-                    let salt = score_salt(&v.id, chain_round, seed);
-                    p.commit_scores(&v.id, chain_round, sc, salt)?;
+                for v in 0..cfg.validators as u32 {
+                    transport.send(Request::Score(ScoreRequest {
+                        round,
+                        ledger_round: chain_round,
+                        validator: v,
+                        global_hash,
+                        global: global_blob.clone(),
+                        updates: items.clone(),
+                    }))?;
                 }
                 s.seconds.ledger += t.elapsed().as_secs_f64();
-                for v in 0..cfg.validators as u32 {
-                    coordinator.handle(Event::Committed { validator: v })?;
-                }
             }
-            Command::Reveal { .. } => {
+            Some(Command::Reveal { .. }) => {
                 let s = open_round(&mut summary)?;
                 let t = Instant::now();
                 p.close_commits(&coord, chain_round)?;
-                for (v, sc) in validators.iter().zip(&scores) {
-                    let salt = score_salt(&v.id, chain_round, seed);
-                    p.reveal_scores(&v.id, chain_round, sc, salt)?;
+                for &v in &committed {
+                    transport.send(Request::Reveal(RevealRequest {
+                        round,
+                        ledger_round: chain_round,
+                        validator: v,
+                    }))?;
                 }
                 s.seconds.ledger += t.elapsed().as_secs_f64();
-                for v in 0..cfg.validators as u32 {
-                    coordinator.handle(Event::Revealed { validator: v })?;
-                }
             }
-            Command::Aggregate { .. } => {
+            Some(Command::Aggregate { .. }) => {
                 let s = open_round(&mut summary)?;
+                // The score matrix as revealed; a validator that did not reveal has an empty
+                // row.
+                s.scores = (0..cfg.validators as u32)
+                    .map(|v| revealed.get(&v).cloned().unwrap_or_default())
+                    .collect();
                 let t = Instant::now();
                 let tally = p.tally_all(&coord, chain_round, 64)?;
                 s.seconds.ledger += t.elapsed().as_secs_f64();
@@ -746,9 +817,10 @@ pub fn run<B: LedgerBackend, L: Learner + ?Sized>(
                         CohortEvents::UpdateRejected(r) => (r.index, r.consensusScore, false),
                         _ => continue,
                     };
-                    let Some((k, u)) = onchain.get(index as usize) else {
+                    let Some(x) = onchain.get(index as usize) else {
                         continue;
                     };
+                    let (k, u) = (&x.client, &x.update);
                     s.consensus.insert(*k, Score(score).to_f64());
                     if let (false, true, Some(u)) = (ok, cfg.aggregation.ignore_verdicts, u) {
                         accepted.push(u.clone().with_score(Score(score)));
@@ -797,7 +869,7 @@ pub fn run<B: LedgerBackend, L: Learner + ?Sized>(
                 )?;
                 s.seconds.ledger += t.elapsed().as_secs_f64();
             }
-            Command::Settle { .. } => {
+            Some(Command::Settle { .. }) => {
                 let mut s = summary.take().ok_or_else(no_round)?;
                 let t = Instant::now();
                 let settled = p.settle_all(&coord, chain_round, 64)?;
@@ -833,7 +905,118 @@ pub fn run<B: LedgerBackend, L: Learner + ?Sized>(
                 on_round(&s);
                 rounds.push(s);
             }
-            Command::Finished => break,
+        }
+
+        // The replies that have arrived: updates go on the ledger (signed by their client),
+        // then to the coordinator; commitments and reveals likewise.
+        let t = Instant::now();
+        let phase = coordinator.phase();
+        let replies = transport.poll(now)?;
+        if let Some(s) = summary.as_mut() {
+            let dt = t.elapsed().as_secs_f64();
+            match phase {
+                Phase::Train => s.seconds.train += dt,
+                _ => s.seconds.score += dt,
+            }
+        }
+        for reply in replies {
+            let Some(s) = summary.as_mut() else {
+                continue; // between rounds: nothing is expected
+            };
+            let t = Instant::now();
+            match reply {
+                Reply::Update(u) => {
+                    let k = u.client;
+                    let fresh = phase == Phase::Train
+                        && u.round == round
+                        && cohort_members.contains(&k)
+                        && !onchain.iter().any(|x| x.client == k);
+                    // A late, unsolicited, repeated or mislabelled reply is dropped.
+                    if !fresh || sha256(&u.blob) != u.hash {
+                        continue;
+                    }
+                    if let Some(dir) = blobs {
+                        let path = dir.join(format!("{}.safetensors", u.hash));
+                        std::fs::write(&path, &u.blob)
+                            .map_err(|source| RunError::Io { path, source })?;
+                    }
+                    s.bytes += u.blob.len() as u64;
+                    // A blob that does not decode is still recorded, as an empty update that
+                    // validation refuses.
+                    let delta = learner.decode(&u.blob).unwrap_or_default();
+                    let update = ClientUpdate::new(k, u.round, delta, u.num_samples);
+                    match p.submit_update(
+                        &clients[k as usize].id,
+                        chain_round,
+                        b256(u.hash),
+                        datasets[k as usize],
+                        u.num_samples,
+                    ) {
+                        Ok(_) => {
+                            onchain.push(OnChain {
+                                client: k,
+                                hash: u.hash,
+                                blob: u.blob,
+                                update: Some(update.clone()),
+                            });
+                            // Refusals by the coordinator are recorded through validation.
+                            let _ = coordinator.handle(Event::Update(update));
+                        }
+                        // A client the protocol refuses (e.g. slashed below the minimum stake)
+                        // sits the round out.
+                        Err(ProtocolError::Reverted { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Reply::Commit(c) => {
+                    let v = c.validator;
+                    if phase != Phase::Commit
+                        || c.round != round
+                        || v as usize >= validators.len()
+                        || committed.contains(&v)
+                    {
+                        continue;
+                    }
+                    let call = Cohort::commitScoresCall {
+                        roundId: chain_round,
+                        commitment: b256(c.commitment),
+                    };
+                    match p.send(&validators[v as usize].id, call) {
+                        Ok(_) => {
+                            committed.insert(v);
+                            coordinator.handle(Event::Committed { validator: v })?;
+                        }
+                        Err(ProtocolError::Reverted { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Reply::Reveal(r) => {
+                    let v = r.validator;
+                    if phase != Phase::Reveal
+                        || r.round != round
+                        || !committed.contains(&v)
+                        || revealed.contains_key(&v)
+                    {
+                        continue;
+                    }
+                    match p.reveal_scores(
+                        &validators[v as usize].id,
+                        chain_round,
+                        &r.scores,
+                        b256(r.salt),
+                    ) {
+                        Ok(_) => {
+                            revealed.insert(v, r.scores.iter().map(|x| x.to_f64()).collect());
+                            coordinator.handle(Event::Revealed { validator: v })?;
+                        }
+                        // A reveal that does not match the commitment is refused by the
+                        // contract: the validator counts as not having revealed.
+                        Err(ProtocolError::Reverted { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            s.seconds.ledger += t.elapsed().as_secs_f64();
         }
     }
     let mut final_holdings = BTreeMap::new();
@@ -862,12 +1045,6 @@ pub fn relative_gain(before: f64, after: f64) -> Score {
         return Score::from_f64(-1.0);
     }
     Score::from_f64(((before - after) / before).clamp(-1.0, 1.0))
-}
-
-/// The commitment salt of validator `id` in `round`: secret until the reveal, derived from the
-/// run's seed so that a run replays.
-fn score_salt(id: &Identity, round: u64, seed: u64) -> B256 {
-    b256(sha256(format!("{}/{round}/{seed}", id.name()).as_bytes()))
 }
 
 /// Fails on the first failed call of a set-up batch.
@@ -912,5 +1089,34 @@ mod tests {
         let bad = encode_named_blob(&spec, &[1.0]);
         let map = candle_core::safetensors::load_buffer(&bad, &candle_core::Device::Cpu).unwrap();
         assert_eq!(map["delta"].to_vec1::<f32>().unwrap(), vec![1.0]);
+    }
+
+    #[test]
+    fn blobs_decode_bit_for_bit_and_bad_ones_are_named() {
+        let spec = vec![("b".to_owned(), vec![2]), ("a".to_owned(), vec![1, 2])];
+        let values = [1.5, -0.0, f32::MIN_POSITIVE, 3.25e-9];
+        let back = decode_blob(Some(&spec), &encode_named_blob(&spec, &values)).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&back), bits(&values));
+        assert_eq!(decode_blob(None, &encode_blob(&values)).unwrap().len(), 4);
+        // A malformed update's single `delta` tensor decodes, whatever its length.
+        assert_eq!(
+            decode_blob(Some(&spec), &encode_named_blob(&spec, &[1.0])).unwrap(),
+            vec![1.0]
+        );
+        let err = |r: Result<Vec<f32>, FlError>| r.unwrap_err().to_string();
+        assert!(err(decode_blob(None, b"abc")).contains("shorter"));
+        let mut cut = encode_named_blob(&spec, &values);
+        cut.truncate(cut.len() - 4);
+        assert!(err(decode_blob(Some(&spec), &cut)).contains("do not hold"));
+        let other = vec![("b".to_owned(), vec![1, 2]), ("a".to_owned(), vec![2])];
+        assert!(
+            err(decode_blob(
+                Some(&other),
+                &encode_named_blob(&spec, &values)
+            ))
+            .contains("shape")
+        );
+        assert!(err(decode_blob(None, &encode_named_blob(&spec, &values))).contains("delta"));
     }
 }

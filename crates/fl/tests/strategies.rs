@@ -5,7 +5,8 @@
 use cohort_core::Score;
 use cohort_fl::ClientUpdate;
 use cohort_fl::strategy::{
-    Clipped, CoordinateMedian, FedAvg, FedOpt, Krum, ScoreWeighted, Strategy, TrimmedMean,
+    Clipped, CoordinateMedian, FedAvg, FedOpt, Krum, MedianClipped, ScoreWeighted, Strategy,
+    TrimmedMean,
 };
 use proptest::prelude::*;
 
@@ -165,4 +166,28 @@ fn shape_mismatch_and_bad_config_are_errors() {
     assert!(FedAvg.aggregate(&[a.clone(), b]).is_err());
     assert!(Clipped::new(FedAvg, -1.0).aggregate(&[a]).is_err());
     assert!(FedAvg.aggregate(&[]).is_err());
+}
+
+#[test]
+fn median_clipping_bounds_boosted_updates_by_an_honest_norm() {
+    // 7 honest updates of norm 1 to 2, 3 boosted ones (model replacement) of norm 100.
+    let mut rows: Vec<Vec<f32>> = (0..7)
+        .map(|i| vec![1.0 + i as f32 / 7.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+        .collect();
+    rows.extend((0..3).map(|_| vec![0.0, 100.0, 0.0, 0.0, 0.0, 0.0]));
+    let ups = updates_from(&rows);
+    let norm = |d: &[f32]| d.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let plain = FedAvg.aggregate(&ups).unwrap();
+    let clipped = MedianClipped::new(FedAvg).aggregate(&ups).unwrap();
+    assert!(norm(&plain) > 20.0, "{plain:?}");
+    assert!(norm(&clipped) <= 2.0, "{clipped:?}");
+    // Nothing to clip when every update has the same norm: the inner strategy's result.
+    let same = updates_from(&[
+        vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        vec![0.0, 1.0, 0.0, 0.0, 0.0, 0.0],
+    ]);
+    assert_eq!(
+        MedianClipped::new(FedAvg).aggregate(&same).unwrap(),
+        FedAvg.aggregate(&same).unwrap()
+    );
 }

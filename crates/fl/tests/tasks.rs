@@ -480,3 +480,43 @@ fn the_imdb_gpt_classifier_trains_and_names_its_tensors() {
     assert!(header.contains("\"score.weight\""), "{header}");
     assert!(header.contains("transformer.h.0.attn.c_attn.weight"));
 }
+
+#[test]
+fn lm_roles_can_be_sharded_into_more_clients_than_there_are_roles() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = |clients: usize, per_role: usize| {
+        let mut c = match lm_config(6).task {
+            TaskConfig::Lm(t) => t,
+            _ => unreachable!(),
+        };
+        c.pretrain_steps = 1;
+        c.clients_per_role = per_role;
+        cohort_fl::learner::lm::LmTask::new(c, clients, 2, 6, dir.path()).unwrap()
+    };
+    let whole = task(3, 1);
+    let sharded = task(7, 3);
+    let roles = whole.roles();
+    let names: Vec<String> = sharded.roles().iter().map(|s| s.to_string()).collect();
+    let expect: Vec<String> = (0..7)
+        .map(|k| format!("{}#{}", roles[k / 3], k % 3))
+        .collect();
+    assert_eq!(names, expect);
+    // The shards of a role hold exactly its training text.
+    for r in 0..2u32 {
+        let shards: u64 = (0..3).map(|s| sharded.num_samples(3 * r + s)).sum();
+        assert_eq!(shards, whole.num_samples(r), "role {}", roles[r as usize]);
+    }
+    let mut c = match lm_config(6).task {
+        TaskConfig::Lm(t) => t,
+        _ => unreachable!(),
+    };
+    c.clients_per_role = 0;
+    let err = cohort_fl::learner::lm::LmTask::new(c.clone(), 4, 2, 6, dir.path()).unwrap_err();
+    assert!(err.to_string().contains("clients_per_role"), "{err}");
+    c.clients_per_role = 1;
+    let err = cohort_fl::learner::lm::LmTask::new(c, 1_000, 2, 6, dir.path()).unwrap_err();
+    assert!(
+        err.to_string().contains("raise task.clients_per_role"),
+        "{err}"
+    );
+}

@@ -25,6 +25,12 @@ pub struct Args {
     /// Override the config's seed.
     #[arg(long)]
     seed: Option<u64>,
+    /// Override one config value, after the file: a dotted key and a TOML value, e.g.
+    /// `attack.fraction=0` (a clean run), `aggregation.strategy={kind="fed-avg"}`,
+    /// `attack.attack={kind="sign-flip",scale=3.0}`, `task.preset=test` (a bare word is a
+    /// string). Repeatable; applied in order. The effective config is in DIR/summary.json.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
     /// Print the summary as JSON instead of tables.
     #[arg(long)]
     json: bool,
@@ -34,20 +40,70 @@ pub struct Args {
     reference: Option<PathBuf>,
 }
 
-/// Reads and validates a run configuration.
-pub fn load_config(path: &Path) -> anyhow::Result<RunConfig> {
+/// Reads a run configuration, applies the `KEY=VALUE` overrides in order (see `--set`) and
+/// validates the result.
+pub fn load_config(path: &Path, overrides: &[String]) -> anyhow::Result<RunConfig> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let cfg: RunConfig = toml::from_str(&text)
+    let mut table: toml::Table = toml::from_str(&text)
         .with_context(|| format!("{} is not a valid run config", path.display()))?;
-    cfg.validate()
-        .with_context(|| format!("{}", path.display()))?;
+    for o in overrides {
+        apply_override(&mut table, o).with_context(|| format!("--set {o}"))?;
+    }
+    let what = if overrides.is_empty() {
+        path.display().to_string()
+    } else {
+        format!(
+            "{} with --set {}",
+            path.display(),
+            overrides.join(" --set ")
+        )
+    };
+    let cfg: RunConfig = toml::Value::Table(table)
+        .try_into()
+        .with_context(|| format!("{what} is not a valid run config"))?;
+    cfg.validate().with_context(|| what.clone())?;
     Ok(cfg)
+}
+
+/// Sets the dotted `KEY` of `table` to `VALUE` (a TOML value; anything that does not parse as
+/// one is taken as a string), creating the tables on the way.
+fn apply_override(table: &mut toml::Table, o: &str) -> anyhow::Result<()> {
+    let Some((key, value)) = o.split_once('=') else {
+        bail!("expected KEY=VALUE");
+    };
+    let value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(value.to_owned())),
+        Err(_) => toml::Value::String(value.trim().to_owned()),
+    };
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        bail!("the key {key:?} has an empty part");
+    }
+    let (last, path) = parts.split_last().context("empty key")?;
+    let mut t = table;
+    for (i, p) in path.iter().enumerate() {
+        let entry = t
+            .entry((*p).to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = match entry {
+            toml::Value::Table(inner) => inner,
+            other => bail!(
+                "{} is a {}, not a table",
+                parts[..=i].join("."),
+                other.type_str()
+            ),
+        };
+    }
+    t.insert((*last).to_owned(), value);
+    Ok(())
 }
 
 impl Args {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
-        let mut cfg = load_config(&self.config)?;
+        let mut cfg = load_config(&self.config, &self.set)?;
         if let Some(s) = self.seed {
             cfg.seed = s;
         }

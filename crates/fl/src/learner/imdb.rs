@@ -31,7 +31,7 @@ use super::{Learner, Metrics};
 use crate::FlError;
 use crate::attack::DataAttack;
 use crate::partition::{dirichlet_label_skew, holdout};
-use crate::runtime::encode_named_blob;
+use crate::runtime::{decode_blob, encode_named_blob};
 
 /// Which classifier an [`ImdbTask`] trains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -548,6 +548,10 @@ impl Learner for ImdbTask {
 
     fn encode(&self, values: &[f32]) -> Vec<u8> {
         encode_named_blob(&self.spec, values)
+    }
+
+    fn decode(&self, blob: &[u8]) -> Result<Vec<f32>, FlError> {
+        decode_blob(Some(&self.spec), blob)
     }
 
     fn poison(&mut self, client: u32, attack: &DataAttack) -> Result<(), FlError> {

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use super::{Learner, Metrics};
 use crate::FlError;
 use crate::partition::shakespeare_roles;
-use crate::runtime::encode_named_blob;
+use crate::runtime::{decode_blob, encode_named_blob};
 
 /// Settings of [`LmTask`] (`[task] kind = "lm"`). Paths are relative to the config file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +48,10 @@ pub struct LmTaskConfig {
     pub pretrain_batch: usize,
     /// Lowest number of lines a role needs to be a client (default 100).
     pub min_lines: usize,
+    /// Clients per role (default 1, LEAF's split): with more, each client role's training
+    /// lines are cut into this many contiguous shards, one client each, so that a run can
+    /// have more clients than Tiny Shakespeare has roles (70 roles speak at least 100 lines).
+    pub clients_per_role: usize,
     /// Tokens per training and evaluation window (default 32; at most the model's context).
     pub seq_len: usize,
     /// Sequences per local step (default 16).
@@ -82,6 +86,7 @@ impl Default for LmTaskConfig {
             pretrain_lr: 3e-3,
             pretrain_batch: 16,
             min_lines: 100,
+            clients_per_role: 1,
             seq_len: 32,
             batch: 16,
             local_steps: 16,
@@ -118,6 +123,7 @@ impl LmTaskConfig {
             ("task.lora_rank", self.lora_rank),
             ("task.eval_windows", self.eval_windows),
             ("task.pretrain_batch", self.pretrain_batch),
+            ("task.clients_per_role", self.clients_per_role),
         ];
         for (what, v) in positive {
             if v == 0 {
@@ -213,19 +219,21 @@ impl LmTask {
         })?;
         let roles = shakespeare_roles(&text, 1);
         let eligible = roles.iter().filter(|r| r.lines >= cfg.min_lines).count();
-        if eligible < clients {
+        let per_role = cfg.clients_per_role.max(1);
+        let n_roles = clients.div_ceil(per_role);
+        if eligible < n_roles {
             return Err(FlError::InvalidConfig {
                 what: "task.min_lines",
                 reason: format!(
-                    "only {eligible} roles of {} speak at least {} lines, but there are {clients} clients",
+                    "only {eligible} roles of {} speak at least {} lines, but {clients} clients at {per_role} per role need {n_roles} (raise task.clients_per_role)",
                     cfg.corpus.display(),
                     cfg.min_lines
                 ),
             });
         }
-        // Roles are sorted by lines: the first `clients` are the clients; the others' text
+        // Roles are sorted by lines: the first `n_roles` are the clients'; the others' text
         // pretrains the base.
-        let (client_roles, rest) = roles.split_at(clients);
+        let (client_roles, rest) = roles.split_at(n_roles);
         let (model_dir, tokenizer) = match &cfg.base {
             Some(dir) if !dir.join("config.json").is_file() => {
                 return Err(FlError::InvalidConfig {
@@ -304,24 +312,34 @@ impl LmTask {
                 test_text.push_str(l);
                 test_text.push('\n');
             }
-            let train: Vec<String> = lines[..n_train].iter().map(|s| (*s).to_owned()).collect();
-            let joined: String = train.iter().flat_map(|l| [l.as_str(), "\n"]).collect();
-            let tokens = tokenizer.encode(&joined)?;
-            if tokens.len() < need {
-                return Err(FlError::InvalidConfig {
-                    what: "task.min_lines",
-                    reason: format!(
-                        "role {} keeps {} training tokens, fewer than a window of {need}",
-                        r.role,
-                        tokens.len()
-                    ),
+            // The role's training lines, cut into `per_role` contiguous shards (the last role
+            // may have fewer clients).
+            let shards = per_role.min(clients - out.len());
+            for shard in 0..shards {
+                let (a, b) = (shard * n_train / shards, (shard + 1) * n_train / shards);
+                let train: Vec<String> = lines[a..b].iter().map(|s| (*s).to_owned()).collect();
+                let joined: String = train.iter().flat_map(|l| [l.as_str(), "\n"]).collect();
+                let tokens = tokenizer.encode(&joined)?;
+                let role = if per_role == 1 {
+                    r.role.clone()
+                } else {
+                    format!("{}#{shard}", r.role)
+                };
+                if tokens.len() < need {
+                    return Err(FlError::InvalidConfig {
+                        what: "task.min_lines",
+                        reason: format!(
+                            "role {role} keeps {} training tokens, fewer than a window of {need}",
+                            tokens.len()
+                        ),
+                    });
+                }
+                out.push(Client {
+                    role,
+                    lines: train,
+                    tokens,
                 });
             }
-            out.push(Client {
-                role: r.role.clone(),
-                lines: train,
-                tokens,
-            });
         }
         let holdouts = holdout_text
             .iter()
@@ -528,6 +546,10 @@ impl Learner for LmTask {
 
     fn encode(&self, values: &[f32]) -> Vec<u8> {
         encode_named_blob(&self.spec, values)
+    }
+
+    fn decode(&self, blob: &[u8]) -> Result<Vec<f32>, FlError> {
+        decode_blob(Some(&self.spec), blob)
     }
 }
 

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::FlError;
 use crate::attack::DataAttack;
-use crate::runtime::{RunConfig, encode_blob};
+use crate::runtime::{RunConfig, decode_blob, encode_blob};
 
 /// Quality of a model on some data.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -82,6 +82,13 @@ pub trait Learner {
     /// parameters write one tensor per parameter under its name.
     fn encode(&self, values: &[f32]) -> Vec<u8> {
         encode_blob(values)
+    }
+    /// The flat vector of a blob written by [`encode`](Self::encode) (the inverse, bit for
+    /// bit). A blob of one tensor named `delta` decodes to its values whatever their number
+    /// (a malformed update is still read, then refused by validation); anything else that is
+    /// not this task's layout is an error.
+    fn decode(&self, blob: &[u8]) -> Result<Vec<f32>, FlError> {
+        decode_blob(None, blob)
     }
     /// Makes client `k` an attacker that poisons its own training data. Tasks without
     /// labelled data refuse.

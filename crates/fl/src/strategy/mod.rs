@@ -16,7 +16,7 @@ mod fedopt;
 mod krum;
 mod median;
 
-pub use clip::Clipped;
+pub use clip::{Clipped, MedianClipped};
 pub use fedavg::{FedAvg, ScoreWeighted};
 pub use fedopt::{FedOpt, ServerOpt};
 pub use krum::Krum;
