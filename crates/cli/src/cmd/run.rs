@@ -1,4 +1,5 @@
-//! `cohort run CONFIG.toml --out DIR`: a whole federated experiment on the embedded ledger.
+//! `cohort run CONFIG.toml --out DIR`: a whole federated experiment on the embedded ledger
+//! (or, built with `--features evm-rpc`, on an EVM chain with `--chain-rpc URL`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -6,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use cohort_core::Identity;
 use cohort_fl::runtime::{RunConfig, RunSummary, run};
-use cohort_ledger::{EmbeddedLedger, LedgerConfig};
+use cohort_ledger::{EmbeddedLedger, LedgerBackend, LedgerConfig, Protocol};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::output::{Table, print_json, write_json};
@@ -38,6 +39,25 @@ pub struct Args {
     /// report.
     #[arg(long, value_name = "SUMMARY")]
     reference: Option<PathBuf>,
+    /// Run on an EVM chain at this JSON-RPC URL (http://) instead of the embedded ledger: the
+    /// protocol is deployed there and every registration, stake, update, score and payout is
+    /// a transaction on that chain. The chain must let the run set block time
+    /// (`evm_setNextBlockTimestamp`: anvil, hardhat). DIR/summary.json then also holds the
+    /// chain id, the contract address and every transaction hash, block and gas; there is no
+    /// DIR/ledger, and no report.html.
+    #[cfg(feature = "evm-rpc")]
+    #[arg(long, value_name = "URL")]
+    chain_rpc: Option<String>,
+    /// Hex private key of an account that pays the participants' gas on that chain (for
+    /// anvil, its first default account).
+    #[cfg(feature = "evm-rpc")]
+    #[arg(
+        long,
+        env = "COHORT_FUNDER_KEY",
+        requires = "chain_rpc",
+        hide_env_values = true
+    )]
+    funder_key: Option<String>,
 }
 
 /// Reads a run configuration, applies the `KEY=VALUE` overrides in order (see `--set`) and
@@ -107,55 +127,24 @@ impl Args {
         if let Some(s) = self.seed {
             cfg.seed = s;
         }
+        #[cfg(feature = "evm-rpc")]
+        if let Some(url) = &self.chain_rpc {
+            return self.on_chain(&cfg, url);
+        }
         if self.out.join("ledger").exists() {
             bail!(
                 "{} already holds a run; choose another --out",
                 self.out.display()
             );
         }
-        let blobs = self.out.join("blobs");
-        std::fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
-        std::fs::copy(&self.config, self.out.join("config.toml"))
-            .with_context(|| format!("copying the config into {}", self.out.display()))?;
+        let blobs = self.prepare_out()?;
         let operator = Identity::from_seed(cfg.seed, "ledger-operator");
         let ledger = EmbeddedLedger::create(
             self.out.join("ledger"),
             LedgerConfig::new("cohort.local/run", operator).with_start_time(1_767_225_600),
         )?;
-        let bar = ProgressBar::new(cfg.coordinator.rounds).with_style(
-            ProgressStyle::with_template("round {pos}/{len} {bar:30} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        if self.json {
-            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-        }
         let started = std::time::Instant::now();
-        // Data files are relative to the config file; a pretrained base model is cached in
-        // DIR/base-<hash> (pass it as `base` to reuse it).
-        let config_dir = self
-            .config
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        bar.set_message("preparing the task");
-        bar.enable_steady_tick(std::time::Duration::from_millis(500));
-        let task = cohort_fl::learner::build(&cfg, &config_dir, &self.out)
-            .context("setting up the task")?;
-        let (p, summary) = run(&cfg, ledger, &*task, Some(&blobs), |r| {
-            bar.set_message(format!(
-                "test loss {:.4}{}, accepted {}, rejected {}",
-                r.test.loss,
-                r.test
-                    .accuracy
-                    .map(|a| format!(", accuracy {a:.3}"))
-                    .unwrap_or_default(),
-                r.accepted.len(),
-                r.rejected.len()
-            ));
-            bar.inc(1);
-        })
-        .context("the run failed")?;
-        bar.finish_and_clear();
+        let (p, summary) = self.experiment(&cfg, ledger, &blobs)?;
         let ledger = p.into_backend();
         let verified = ledger.verify().context("verifying the run's ledger")?;
         let wall = started.elapsed().as_secs_f64();
@@ -163,20 +152,7 @@ impl Args {
             &self.out.join("summary.json"),
             &serde_json::json!({ "config": cfg, "summary": summary, "verify": verified, "wall_seconds": wall }),
         )?;
-        let reference = match &self.reference {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                let v: serde_json::Value = serde_json::from_str(&text)
-                    .with_context(|| format!("{} is not JSON", path.display()))?;
-                let s: RunSummary =
-                    serde_json::from_value(v["summary"].clone()).with_context(|| {
-                        format!("{} is not a cohort run summary.json", path.display())
-                    })?;
-                Some(s)
-            }
-            None => None,
-        };
+        let reference = self.reference()?;
         let report = self.out.join("report.html");
         std::fs::write(
             &report,
@@ -200,6 +176,143 @@ impl Args {
                 self.out.join("summary.json").display()
             );
             outln!("report  {}", report.display());
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// Creates DIR/blobs and copies the config into DIR; returns the blob directory.
+    fn prepare_out(&self) -> anyhow::Result<PathBuf> {
+        let blobs = self.out.join("blobs");
+        std::fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
+        std::fs::copy(&self.config, self.out.join("config.toml"))
+            .with_context(|| format!("copying the config into {}", self.out.display()))?;
+        Ok(blobs)
+    }
+
+    /// Builds the task and runs the experiment on `backend` with a progress bar.
+    fn experiment<B: LedgerBackend>(
+        &self,
+        cfg: &RunConfig,
+        backend: B,
+        blobs: &Path,
+    ) -> anyhow::Result<(Protocol<B>, RunSummary)> {
+        let bar = ProgressBar::new(cfg.coordinator.rounds).with_style(
+            ProgressStyle::with_template("round {pos}/{len} {bar:30} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        if self.json {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        // Data files are relative to the config file; a pretrained base model is cached in
+        // DIR/base-<hash> (pass it as `base` to reuse it).
+        let config_dir = self
+            .config
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        bar.set_message("preparing the task");
+        bar.enable_steady_tick(std::time::Duration::from_millis(500));
+        let task = cohort_fl::learner::build(cfg, &config_dir, &self.out)
+            .context("setting up the task")?;
+        let (p, summary) = run(cfg, backend, &*task, Some(blobs), |r| {
+            bar.set_message(format!(
+                "test loss {:.4}{}, accepted {}, rejected {}",
+                r.test.loss,
+                r.test
+                    .accuracy
+                    .map(|a| format!(", accuracy {a:.3}"))
+                    .unwrap_or_default(),
+                r.accepted.len(),
+                r.rejected.len()
+            ));
+            bar.inc(1);
+        })
+        .context("the run failed")?;
+        bar.finish_and_clear();
+        Ok((p, summary))
+    }
+
+    /// The `--reference` run's summary, if one was given.
+    fn reference(&self) -> anyhow::Result<Option<RunSummary>> {
+        let Some(path) = &self.reference else {
+            return Ok(None);
+        };
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        let s: RunSummary = serde_json::from_value(v["summary"].clone())
+            .with_context(|| format!("{} is not a cohort run summary.json", path.display()))?;
+        Ok(Some(s))
+    }
+}
+
+#[cfg(feature = "evm-rpc")]
+impl Args {
+    /// The run on the EVM chain at `url`: the same experiment through
+    /// [`cohort_ledger::EvmRpcLedger`], recorded in DIR/summary.json with the chain's id, the
+    /// contract address and every transaction.
+    fn on_chain(&self, cfg: &RunConfig, url: &str) -> anyhow::Result<ExitCode> {
+        use cohort_ledger::rpc::PrivateKeySigner;
+        if self.out.join("summary.json").exists() || self.out.join("ledger").exists() {
+            bail!(
+                "{} already holds a run; choose another --out",
+                self.out.display()
+            );
+        }
+        let funder = match &self.funder_key {
+            Some(k) => Some(k.trim().parse::<PrivateKeySigner>().map_err(|e| {
+                anyhow::anyhow!("--funder-key is not a secp256k1 private key: {e}")
+            })?),
+            None => None,
+        };
+        let chain = cohort_ledger::EvmRpcLedger::connect(url, funder)?;
+        let chain_id = chain.chain_id();
+        let blobs = self.prepare_out()?;
+        let started = std::time::Instant::now();
+        let (p, summary) = self
+            .experiment(cfg, chain, &blobs)
+            .with_context(|| format!("on the chain at {url}"))?;
+        let contract = p.address();
+        let chain = p.into_backend();
+        let head = chain.head()?;
+        let gas: u64 = chain.recorded().iter().map(|t| t.gas_used).sum();
+        let txs: Vec<serde_json::Value> = chain
+            .recorded()
+            .iter()
+            .map(|t| serde_json::json!({ "tx_hash": t.tx_hash, "block": t.block, "gas_used": t.gas_used }))
+            .collect();
+        let wall = started.elapsed().as_secs_f64();
+        let record = serde_json::json!({
+            "chain_rpc": url,
+            "chain_id": chain_id,
+            "contract": contract,
+            "head": head,
+            "gas_used": gas,
+            "transactions": txs,
+        });
+        write_json(
+            &self.out.join("summary.json"),
+            &serde_json::json!({ "config": cfg, "summary": summary, "chain": record, "wall_seconds": wall }),
+        )?;
+        if self.json {
+            print_json(&serde_json::json!({
+                "summary": summary,
+                "chain": { "chain_rpc": url, "chain_id": chain_id, "contract": contract,
+                    "transactions": txs.len(), "gas_used": gas },
+                "wall_seconds": wall,
+            }))?;
+        } else {
+            print_human(&summary, cfg);
+            outln!(
+                "\nchain {url} (id {chain_id}): protocol at {contract}; {} transactions, {gas} gas, \
+                 their receipts on chain (hashes in summary.json)",
+                txs.len()
+            );
+            outln!(
+                "summary {} ({wall:.1} s)",
+                self.out.join("summary.json").display()
+            );
         }
         Ok(ExitCode::SUCCESS)
     }
