@@ -306,3 +306,13 @@ pub fn decode_revert(data: &[u8]) -> Revert {
     let name = detail.split('(').next().unwrap_or_default().to_string();
     Revert { name, detail }
 }
+
+/// A token amount a contract returned, as `u128` (every balance in the simulator fits).
+pub(crate) fn amount(v: U256) -> Result<u128, SimError> {
+    u128::try_from(v).map_err(|_| SimError::Chain(format!("amount {v} does not fit in u128")))
+}
+
+/// A contribution id a contract returned, as an index.
+pub(crate) fn contribution_id(v: U256) -> Result<usize, SimError> {
+    usize::try_from(v).map_err(|_| SimError::Chain(format!("contribution id {v} overflows")))
+}

@@ -21,7 +21,7 @@ use alloy_primitives::{Address, Bytes, U256};
 use alloy_sol_types::{SolCall, SolConstructor};
 
 use crate::chain::bindings::{DepositRefundTake, SparsePerceptron};
-use crate::chain::{Chain, ChainStats, Revert, pack, participant};
+use crate::chain::{Chain, ChainStats, Revert, amount, contribution_id, pack, participant};
 use crate::model::{ChainModel, hand_over};
 use crate::{Classifier, SimError};
 
@@ -438,10 +438,6 @@ impl EvmDrt {
         self.chain.stats
     }
 
-    fn amount(v: U256) -> Result<u128, SimError> {
-        u128::try_from(v).map_err(|_| SimError::Chain(format!("amount {v} does not fit in u128")))
-    }
-
     /// `addData` from participant `who`.
     pub fn add_data(
         &mut self,
@@ -457,11 +453,7 @@ impl EvmDrt {
             maxDeposit: U256::from(max_deposit),
         };
         match self.chain.send(now, participant(who), self.drt, &call)? {
-            Ok(s) => Ok(Ok((
-                usize::try_from(s.value.id)
-                    .map_err(|_| SimError::Chain("contribution id overflows".into()))?,
-                Self::amount(s.value.cost)?,
-            ))),
+            Ok(s) => Ok(Ok((contribution_id(s.value.id)?, amount(s.value.cost)?))),
             Err(r) => Ok(Err(r)),
         }
     }
@@ -479,7 +471,7 @@ impl EvmDrt {
             features: pack(features),
         };
         match self.chain.send(now, participant(who), self.drt, &call)? {
-            Ok(s) => Ok(Ok(Self::amount(s.value)?)),
+            Ok(s) => Ok(Ok(amount(s.value)?)),
             Err(r) => Ok(Err(r)),
         }
     }
@@ -497,7 +489,7 @@ impl EvmDrt {
             features: pack(features),
         };
         match self.chain.send(now, participant(who), self.drt, &call)? {
-            Ok(s) => Ok(Ok(Self::amount(s.value)?)),
+            Ok(s) => Ok(Ok(amount(s.value)?)),
             Err(r) => Ok(Err(r)),
         }
     }
@@ -509,17 +501,17 @@ impl EvmDrt {
             self.drt,
             &DepositRefundTake::balanceOfCall(participant(who)),
         )?;
-        Self::amount(v)
+        amount(v)
     }
 
     /// `(totalMinted, escrowed, totalGood)` on chain.
     pub fn totals(&mut self, now: u64) -> Result<(u128, u128, u64), SimError> {
-        let minted = Self::amount(self.chain.view(
+        let minted = amount(self.chain.view(
             now,
             self.drt,
             &DepositRefundTake::totalMintedCall {},
         )?)?;
-        let escrowed = Self::amount(self.chain.view(
+        let escrowed = amount(self.chain.view(
             now,
             self.drt,
             &DepositRefundTake::escrowedCall {},

@@ -19,7 +19,7 @@ use alloy_primitives::{Address, B256, Bytes, U256, keccak256};
 use alloy_sol_types::SolConstructor;
 
 use crate::chain::bindings::PredictionMarket;
-use crate::chain::{Chain, ChainStats, Revert, pack, participant};
+use crate::chain::{Chain, ChainStats, Revert, amount, contribution_id, pack, participant};
 use crate::data::Sample;
 use crate::drt::{COST_WEIGHT_SCALE, DrtParams, Reject};
 use crate::model::{ChainModel, hand_over};
@@ -479,10 +479,6 @@ pub struct EvmMarket {
     pub market: Address,
 }
 
-fn amount(v: U256) -> Result<u128, SimError> {
-    u128::try_from(v).map_err(|_| SimError::Chain(format!("amount {v} does not fit in u128")))
-}
-
 impl EvmMarket {
     /// Deploys `model` and the market committing `pieces` from participant `initiator` at
     /// `now`, hands the model over, funds participant `i` with `funds[i]` and mints the
@@ -556,11 +552,7 @@ impl EvmMarket {
             maxDeposit: U256::from(max_deposit),
         };
         match self.chain.send(now, participant(who), self.market, &call)? {
-            Ok(s) => Ok(Ok((
-                usize::try_from(s.value.id)
-                    .map_err(|_| SimError::Chain("contribution id overflows".into()))?,
-                amount(s.value.cost)?,
-            ))),
+            Ok(s) => Ok(Ok((contribution_id(s.value.id)?, amount(s.value.cost)?))),
             Err(r) => Ok(Err(r)),
         }
     }

@@ -10,7 +10,7 @@ use alloy_primitives::{Address, Bytes};
 use alloy_sol_types::SolConstructor;
 
 use crate::chain::bindings::Points;
-use crate::chain::{Chain, ChainStats, Revert, pack, participant};
+use crate::chain::{Chain, ChainStats, Revert, contribution_id, pack, participant};
 use crate::drt::Reject;
 use crate::model::{ChainModel, hand_over};
 use crate::{Classifier, SimError};
@@ -156,8 +156,7 @@ impl EvmPoints {
             label,
         };
         match self.chain.send(now, participant(who), self.points, &call)? {
-            Ok(s) => Ok(Ok(usize::try_from(s.value)
-                .map_err(|_| SimError::Chain("contribution id overflows".into()))?)),
+            Ok(s) => Ok(Ok(contribution_id(s.value)?)),
             Err(r) => Ok(Err(r)),
         }
     }
