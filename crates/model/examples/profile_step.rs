@@ -44,6 +44,10 @@ fn main() -> cohort_model::Result<()> {
                 let (_, grads) = Trainer::gradients(&m, &[batch], autograd)?;
                 let s1 = Instant::now();
                 opt.step(m.params(), &grads)?;
+                if !autograd {
+                    // As the trainer does: the next step writes its gradients into these.
+                    cohort_model::fast::recycle(grads);
+                }
                 if i > 0 {
                     tg += (s1 - s0).as_secs_f64() / steps as f64;
                     to += s1.elapsed().as_secs_f64() / steps as f64;

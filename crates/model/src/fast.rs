@@ -49,25 +49,21 @@ impl Pool {
     /// A buffer of `len` elements with unspecified (stale but initialised) contents: for
     /// outputs whose every element the caller overwrites.
     fn scratch(&mut self, len: usize) -> Vec<f32> {
-        let best = self
-            .free
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| v.capacity() >= len)
-            .min_by_key(|(_, v)| v.capacity())
-            .map(|(i, _)| i);
-        let mut v = match best {
+        // A buffer of exactly `len` elements (a step asks for the same sizes every time, so
+        // from the second step on there is one), else a fresh zeroed allocation, whose pages
+        // the threads that first write them fault in, in parallel. Never a longer buffer cut
+        // (its capacity would sit unused) or a shorter one grown (a serial memset on this
+        // thread).
+        match self.free.iter().rposition(|v| v.len() == len) {
             Some(i) => self.free.swap_remove(i),
-            None => Vec::with_capacity(len),
-        };
-        v.resize(len, 0.0);
-        v
+            None => vec![0.0; len],
+        }
     }
 
     /// A zeroed buffer of `len` elements.
     fn zeros(&mut self, len: usize) -> Vec<f32> {
         let mut v = self.scratch(len);
-        v.fill(0.0);
+        v.par_chunks_mut(1 << 15).for_each(|c| c.fill(0.0));
         v
     }
 

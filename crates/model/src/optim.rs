@@ -2,8 +2,8 @@
 //! gradient clipping. The state is plain f32 vectors in parameter order so that it can be
 //! saved and a run resumed bit for bit.
 
-use candle_core::Tensor;
 use candle_core::backprop::GradStore;
+use candle_core::{CpuStorage, DType, Layout, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -78,6 +78,65 @@ pub struct StepInfo {
     pub grad_norm: f64,
 }
 
+/// One AdamW step's constants for one parameter.
+#[derive(Debug, Clone, Copy)]
+struct Rule {
+    b1: f32,
+    b2: f32,
+    step_size: f32,
+    bc2_sqrt: f32,
+    eps: f32,
+    clip: f32,
+    decay: f32,
+}
+
+impl Rule {
+    /// Updates weights `w` and moments `m`, `v` from gradient `g`, in fixed chunks on
+    /// rayon's threads (element-wise, so the result does not depend on the thread count).
+    fn apply(&self, w: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
+        let r = *self;
+        w.par_chunks_mut(4096)
+            .zip(m.par_chunks_mut(4096))
+            .zip(v.par_chunks_mut(4096).zip(g.par_chunks(4096)))
+            .for_each(|((w, m), (v, g))| {
+                for j in 0..w.len() {
+                    let g = g[j] * r.clip;
+                    m[j] = r.b1 * m[j] + (1.0 - r.b1) * g;
+                    v[j] = r.b2 * v[j] + (1.0 - r.b2) * g * g;
+                    w[j] -= r.decay * w[j];
+                    w[j] -= r.step_size * m[j] / (v[j].sqrt() / r.bc2_sqrt + r.eps);
+                }
+            });
+    }
+}
+
+/// The update applied to a CPU parameter's storage in place.
+struct InPlace<'a> {
+    rule: Rule,
+    state: std::cell::RefCell<(&'a mut Vec<f32>, &'a mut Vec<f32>)>,
+    grad: &'a [f32],
+}
+
+impl candle_core::InplaceOp1 for InPlace<'_> {
+    fn name(&self) -> &'static str {
+        "adamw"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let (CpuStorage::F32(data), Some((a, b))) = (storage, layout.contiguous_offsets()) else {
+            candle_core::bail!("adamw: parameter is not a contiguous f32 tensor");
+        };
+        let w = &mut data[a..b];
+        let mut state = self.state.borrow_mut();
+        let (m, v) = &mut *state;
+        if w.len() != self.grad.len() || m.len() != w.len() || v.len() != w.len() {
+            candle_core::bail!("adamw: state does not match the parameter's size");
+        }
+        self.rule.apply(w, m, v, self.grad);
+        Ok(())
+    }
+}
+
 /// Gradients of the trainable parameters, as f32 vectors in parameter order.
 pub fn collect_grads(params: &Params, grads: &GradStore) -> Result<Vec<Vec<f32>>> {
     params
@@ -120,9 +179,13 @@ impl AdamW {
             ));
         }
         let c = &self.config;
+        // Each gradient's sum of squares in order, on its own thread, then summed in
+        // parameter order: the same additions in the same order as a serial loop.
         let sq: f64 = grads
-            .iter()
+            .par_iter()
             .map(|g| g.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>())
+            .collect::<Vec<f64>>()
+            .into_iter()
             .sum();
         let norm = sq.sqrt();
         let clip = if c.grad_clip > 0.0 && norm > c.grad_clip {
@@ -133,37 +196,49 @@ impl AdamW {
         let lr = c.lr_at(self.step);
         self.step += 1;
         let t = self.step as i32;
-        let (b1, b2) = (c.beta1 as f32, c.beta2 as f32);
         let bc1 = 1.0 - c.beta1.powi(t);
         let bc2 = 1.0 - c.beta2.powi(t);
-        let step_size = (lr / bc1) as f32;
-        let bc2_sqrt = bc2.sqrt() as f32;
-        let (eps, clip) = (c.eps as f32, clip as f32);
+        let rule = Rule {
+            b1: c.beta1 as f32,
+            b2: c.beta2 as f32,
+            step_size: (lr / bc1) as f32,
+            bc2_sqrt: bc2.sqrt() as f32,
+            eps: c.eps as f32,
+            clip: clip as f32,
+            decay: 0.0,
+        };
         for (i, p) in trainable.iter().enumerate() {
-            let decay = if p.var.rank() >= 2 {
-                (lr * c.weight_decay) as f32
-            } else {
-                0.0
+            let rule = Rule {
+                decay: if p.var.rank() >= 2 {
+                    (lr * c.weight_decay) as f32
+                } else {
+                    0.0
+                },
+                ..rule
             };
-            let mut w = p.var.flatten_all()?.to_vec1::<f32>()?;
-            w.par_chunks_mut(4096)
-                .zip(self.m[i].par_chunks_mut(4096))
-                .zip(
-                    self.v[i]
-                        .par_chunks_mut(4096)
-                        .zip(grads[i].par_chunks(4096)),
-                )
-                .for_each(|((w, m), (v, g))| {
-                    for j in 0..w.len() {
-                        let g = g[j] * clip;
-                        m[j] = b1 * m[j] + (1.0 - b1) * g;
-                        v[j] = b2 * v[j] + (1.0 - b2) * g * g;
-                        w[j] -= decay * w[j];
-                        w[j] -= step_size * m[j] / (v[j].sqrt() / bc2_sqrt + eps);
-                    }
-                });
-            p.var
-                .set(&Tensor::from_vec(w, p.var.shape(), p.var.device())?)?;
+            let (m, v, g) = (&mut self.m[i], &mut self.v[i], &grads[i]);
+            if g.len() != p.var.elem_count() {
+                return Err(Error::Params(format!(
+                    "gradient of {} has {} values for {} weights",
+                    p.name,
+                    g.len(),
+                    p.var.elem_count()
+                )));
+            }
+            if p.var.device().is_cpu() && p.var.dtype() == DType::F32 {
+                // In place in the parameter's storage: no copy out and back per step.
+                let op = InPlace {
+                    rule,
+                    state: std::cell::RefCell::new((m, v)),
+                    grad: g,
+                };
+                p.var.as_tensor().inplace_op1(&op)?;
+            } else {
+                let mut w = p.var.flatten_all()?.to_vec1::<f32>()?;
+                rule.apply(&mut w, m, v, g);
+                p.var
+                    .set(&Tensor::from_vec(w, p.var.shape(), p.var.device())?)?;
+            }
         }
         Ok(StepInfo {
             lr,

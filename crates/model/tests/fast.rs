@@ -208,7 +208,8 @@ fn recycled_gradients_keep_the_pool_from_growing_across_steps() {
         sizes.push(cohort_model::fast::retained_bytes());
     }
     // The first step fills the pool (activations, then the gradients handed back); after that
-    // every buffer a step takes comes from the pool and goes back to it.
+    // every buffer a step takes comes from the pool, at exactly the size asked, and goes back
+    // to it.
     assert!(sizes[1] > 0);
     assert!(sizes[2..].iter().all(|&s| s == sizes[1]), "{sizes:?}");
 }

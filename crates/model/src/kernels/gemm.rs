@@ -1,10 +1,13 @@
-//! A bounds-checked, safe front for the `gemm` crate (the matrix kernel candle itself uses).
+//! A bounds-checked, safe front for the `gemm` crate (the matrix kernel candle itself uses),
+//! with its own two-thread split (see [`matmul`]).
 //!
 //! `gemm::gemm` takes raw pointers and strides. Every call here first checks that each matrix's
 //! highest element index lies inside its slice and that the destination's rows and columns do
 //! not overlap, so the `unsafe` call cannot read or write out of bounds. Strides let the
 //! attention kernel address heads inside a packed `[T, 3D]` buffer without copying.
 #![allow(unsafe_code)]
+
+use rayon::prelude::*;
 
 use super::Real;
 
@@ -120,22 +123,83 @@ pub fn matmul<T: Real>(
         }
         return Ok(());
     }
-    let par = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
+    let (rs, cs, off) = (dst.rs, dst.cs, dst.off);
+    let flops = m.saturating_mul(n).saturating_mul(k);
+    let parts = if flops >= SPLIT_MIN_MNK {
+        threads.min(m.max(n))
     } else {
-        gemm::Parallelism::None
+        1
     };
-    // SAFETY: the checks above guarantee that every element gemm reads (lhs, rhs) or writes
-    // (dst) lies inside its slice, that dst's elements are distinct, and the borrow checker
-    // guarantees dst does not alias lhs or rhs. gemm dispatches on T's TypeId (f32 or f64).
+    // The destination's exclusive borrow, held for the whole call, as an address the threads
+    // below can share.
+    let base = dst.data.as_mut_ptr() as usize;
+    if parts <= 1 {
+        // SAFETY: the whole destination, checked above.
+        unsafe { gemm_raw(base as *mut T, off, (rs, cs), lhs, rhs, alpha, accumulate) };
+        return Ok(());
+    }
+    // Split the longer of the destination's two dimensions into `parts` bands, one
+    // single-threaded gemm each. At these sizes this scales better than gemm's own threading
+    // (which splits inside its blocking and synchronises per block), and every destination
+    // element is computed by the same kernel over the same k blocks as on one thread, so the
+    // result does not depend on the thread count (tested).
+    let split_rows = m >= n;
+    let len = if split_rows { m } else { n };
+    let band = len.div_ceil(parts).next_multiple_of(16).min(len);
+    let starts: Vec<usize> = (0..len).step_by(band).collect();
+    starts.into_par_iter().for_each(|start| {
+        let end = (start + band).min(len);
+        let (l, r, at) = if split_rows {
+            let l = MatRef {
+                off: lhs.off + start * lhs.rs,
+                rows: end - start,
+                ..lhs
+            };
+            (l, rhs, off + start * rs)
+        } else {
+            let r = MatRef {
+                off: rhs.off + start * rhs.cs,
+                cols: end - start,
+                ..rhs
+            };
+            (lhs, r, off + start * cs)
+        };
+        // SAFETY: band `start..end` of the destination lies inside the checked whole, and
+        // the bands are disjoint sets of rows (or columns) of a destination whose rows and
+        // columns do not overlap, so no two threads write the same element.
+        unsafe { gemm_raw(base as *mut T, at, (rs, cs), l, r, alpha, accumulate) };
+    });
+    Ok(())
+}
+
+/// Products with fewer multiply-adds than this run on one thread (splitting costs more).
+const SPLIT_MIN_MNK: usize = 1 << 20;
+
+/// One single-threaded `gemm` call: `dst = (accumulate ? dst : 0) + alpha * lhs @ rhs` for the
+/// `lhs.rows x rhs.cols` block starting at `dst.add(off)` with row and column strides `rs`, `cs`.
+///
+/// # Safety
+/// Every element of `lhs` and `rhs` must lie inside its slice, every element of the block
+/// must lie inside memory this call may write exclusively, and the block's elements must be
+/// distinct.
+unsafe fn gemm_raw<T: Real>(
+    dst: *mut T,
+    off: usize,
+    (rs, cs): (usize, usize),
+    lhs: MatRef<'_, T>,
+    rhs: MatRef<'_, T>,
+    alpha: T,
+    accumulate: bool,
+) {
+    // SAFETY: guaranteed by the caller. gemm dispatches on T's TypeId (f32 or f64).
     unsafe {
         gemm::gemm(
-            m,
-            n,
-            k,
-            dst.data.as_mut_ptr().add(dst.off),
-            dst.cs as isize,
-            dst.rs as isize,
+            lhs.rows,
+            rhs.cols,
+            lhs.cols,
+            dst.add(off),
+            cs as isize,
+            rs as isize,
             accumulate,
             lhs.data.as_ptr().add(lhs.off),
             lhs.cs as isize,
@@ -148,10 +212,9 @@ pub fn matmul<T: Real>(
             false,
             false,
             false,
-            par,
+            gemm::Parallelism::None,
         );
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -200,6 +263,61 @@ mod tests {
         .unwrap();
         for (x, y) in c.iter().zip(&want) {
             assert!((x - 3.0 * y).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn split_products_equal_single_threaded_ones_bit_for_bit() {
+        // Tall (rows split), wide (columns split), transposed operands, a strided destination
+        // and accumulation, all above the split threshold.
+        for (m, n, k, ta, tb) in [
+            (300, 40, 100, false, false),
+            (40, 300, 100, true, false),
+            (257, 129, 64, false, true),
+            (129, 257, 64, true, true),
+        ] {
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7919) % 1013) as f32 / 97.0 - 5.0)
+                .collect();
+            let b: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 104_729) % 997) as f32 / 89.0 - 5.5)
+                .collect();
+            let lhs = if ta {
+                MatRef::rows(&a, 0, k, m, m).t()
+            } else {
+                MatRef::rows(&a, 0, m, k, k)
+            };
+            let rhs = if tb {
+                MatRef::rows(&b, 0, n, k, k).t()
+            } else {
+                MatRef::rows(&b, 0, k, n, n)
+            };
+            let stride = n + 3;
+            let init: Vec<f32> = (0..m * stride).map(|i| (i % 13) as f32).collect();
+            let mut outs = Vec::new();
+            for threads in [1, 2, 3] {
+                let mut c = init.clone();
+                matmul(
+                    MatMut::rows(&mut c, 0, m, n, stride),
+                    lhs,
+                    rhs,
+                    0.5,
+                    true,
+                    threads,
+                )
+                .unwrap();
+                outs.push(c);
+            }
+            assert!(m * n * k >= SPLIT_MIN_MNK);
+            assert_eq!(outs[0], outs[1], "{m}x{n}x{k} two threads");
+            assert_eq!(outs[0], outs[2], "{m}x{n}x{k} three threads");
+            // The padding columns of the strided destination are untouched.
+            for i in 0..m {
+                assert_eq!(
+                    outs[1][i * stride + n..(i + 1) * stride],
+                    init[i * stride + n..(i + 1) * stride]
+                );
+            }
         }
     }
 

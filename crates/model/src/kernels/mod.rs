@@ -10,7 +10,7 @@
 pub mod attention;
 pub mod cross_entropy;
 pub mod gelu;
-pub(crate) mod gemm;
+pub mod gemm;
 pub mod layer_norm;
 pub mod linear;
 pub mod reference;
