@@ -87,6 +87,24 @@ fn pretrain_eval_generate_lora_and_svd() {
     ]));
     assert!(e["perplexity"].as_f64().unwrap() > 1.0);
     assert!(e["tokens"].as_u64().unwrap() > 0);
+    // By default a GPT's weights are read in place from the mapped file; copied, the same
+    // figures.
+    assert_eq!(e["base_mapped"], true);
+    let copied = json(&cohort(&[
+        "model",
+        "eval",
+        p(&model),
+        "--data",
+        p(&corpus),
+        "--tail",
+        "0.1",
+        "--no-mmap",
+        "--json",
+    ]));
+    assert_eq!(copied["base_mapped"], false);
+    for key in ["loss", "perplexity", "accuracy", "tokens"] {
+        assert_eq!(e[key], copied[key], "{key}");
+    }
 
     let g = cohort(&[
         "model",

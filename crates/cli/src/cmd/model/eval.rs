@@ -30,14 +30,29 @@ pub struct Args {
     /// An adapter directory to apply (from `cohort model lora`).
     #[arg(long)]
     adapter: Option<PathBuf>,
+    /// Copy the weights into memory instead of reading a GPT's weights in place from the
+    /// memory-mapped safetensors (Llama-family models are always copied).
+    #[arg(long)]
+    no_mmap: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
 }
 
+#[derive(Debug, serde::Serialize)]
+struct Report {
+    #[serde(flatten)]
+    eval: cohort_model::train::EvalStats,
+    /// Whether the base weights were read in place from the mapped file.
+    base_mapped: bool,
+    /// The process's peak resident memory (VmHWM), where the platform reports it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peak_rss_bytes: Option<u64>,
+}
+
 impl Args {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
-        let (mut model, tok) = super::load(&self.dir)?;
+        let (mut model, tok, mapped) = super::lora::load_base(&self.dir, self.no_mmap)?;
         if let Some(a) = &self.adapter {
             super::lora::attach_saved(model.as_mut(), a)?;
         }
@@ -55,7 +70,11 @@ impl Args {
             self.max_windows,
         )?;
         if self.json {
-            print_json(&e)?;
+            print_json(&Report {
+                eval: e,
+                base_mapped: mapped,
+                peak_rss_bytes: cohort_model::mem::peak_rss_bytes(),
+            })?;
         } else {
             let mut t = Table::new(&["tokens", "loss", "perplexity", "accuracy"]);
             t.row(vec![

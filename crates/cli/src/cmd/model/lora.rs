@@ -104,7 +104,7 @@ struct Report {
 
 /// The base model for fine-tuning: a GPT with its weights memory-mapped unless `no_mmap`,
 /// anything else copied. Returns the model, its tokeniser, and whether it is mapped.
-fn load_base(
+pub(super) fn load_base(
     dir: &Path,
     no_mmap: bool,
 ) -> anyhow::Result<(Box<dyn LanguageModel>, Tokenizer, bool)> {
