@@ -333,3 +333,47 @@ fn bench_train_writes_the_keys() {
         }
     }
 }
+
+#[test]
+fn llama_family_base_is_mapped_for_eval_and_lora_with_the_same_results() {
+    // The transformers-written Qwen2 fixture (grouped-query attention, q/k/v biases).
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../model/tests/fixtures/qwen2");
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus.txt");
+    let src = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/data/tinyshakespeare/input.txt"
+    );
+    let text_in: String = std::fs::read_to_string(src)
+        .unwrap()
+        .chars()
+        .take(6_000)
+        .collect();
+    std::fs::write(&corpus, &text_in).unwrap();
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["model", "eval", fixture, "--data", p(&corpus)];
+        args.extend(["--seq-len", "32", "--max-windows", "8", "--json"]);
+        args.extend(extra);
+        json(&cohort(&args))
+    };
+    let (mapped, copied) = (eval(&[]), eval(&["--no-mmap"]));
+    assert_eq!(mapped["base_mapped"], true);
+    assert_eq!(copied["base_mapped"], false);
+    for key in ["loss", "perplexity", "accuracy", "tokens"] {
+        assert_eq!(mapped[key], copied[key], "{key}");
+    }
+    let lora = |out: &str, extra: &[&str]| {
+        let out = tmp.path().join(out);
+        let mut args = vec!["model", "lora", fixture, "--data", p(&corpus), "--out"];
+        args.push(p(&out));
+        args.extend(["--rank", "2", "--steps", "4", "--batch", "2", "--json"]);
+        args.extend(extra);
+        json(&cohort(&args))
+    };
+    let (lm, lc) = (lora("a-mapped", &[]), lora("a-copied", &["--no-mmap"]));
+    assert!(lm["base_mapped_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(lc["base_mapped_bytes"].as_u64().unwrap(), 0);
+    assert!(lm["val_loss"].as_f64().unwrap().is_finite());
+    assert_eq!(lm["val_loss"], lc["val_loss"]);
+    assert_eq!(lm["base_val_loss"], lc["base_val_loss"]);
+}

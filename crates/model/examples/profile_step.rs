@@ -2,7 +2,7 @@
 //! full training and LoRA r8 on all linear layers, through the hand-written backward pass and
 //! through candle's autograd.
 //!
-//! cargo run --release -p cohort-model --example profile_step [steps] [fused|autograd] [full|lora]
+//! cargo run --release -p cohort-model --example profile_step [steps] [fused|autograd] [full|lora] [llama]
 
 use std::time::Instant;
 
@@ -11,7 +11,7 @@ use cohort_model::data::sample_batch;
 use cohort_model::optim::{AdamW, AdamWConfig};
 use cohort_model::rng::Rng;
 use cohort_model::train::Trainer;
-use cohort_model::{Gpt, GptConfig, LanguageModel, Lora, LoraConfig};
+use cohort_model::{Gpt, GptConfig, LanguageModel, Llama, LlamaConfig, Lora, LoraConfig};
 
 fn main() -> cohort_model::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -27,7 +27,21 @@ fn main() -> cohort_model::Result<()> {
             if !keep(["fused", "autograd"], path) || !keep(["full", "lora"], mode) {
                 continue;
             }
-            let mut m = Gpt::new(GptConfig::preset("reference", 65)?, 0, &Device::Cpu)?;
+            // `llama`: the reference shape as a Llama (RMSNorm, RoPE, SwiGLU of width 688, two
+            // key/value heads for four query heads, tied embeddings).
+            let mut m: Box<dyn LanguageModel> = if filters.iter().any(|f| f == "llama") {
+                let mut c = LlamaConfig::small("llama", 65, 256, 4, 4, 2);
+                c.intermediate_size = 688;
+                c.max_position_embeddings = 128;
+                c.tie_word_embeddings = true;
+                Box::new(Llama::new(c, 0, &Device::Cpu)?)
+            } else {
+                Box::new(Gpt::new(
+                    GptConfig::preset("reference", 65)?,
+                    0,
+                    &Device::Cpu,
+                )?)
+            };
             if lora {
                 let linears = m.linear_modules();
                 let w = m.weights_mut();
@@ -41,7 +55,7 @@ fn main() -> cohort_model::Result<()> {
             for i in 0..steps + 1 {
                 let batch = sample_batch(&tokens, 16, 128, &mut rng, &Device::Cpu)?;
                 let s0 = Instant::now();
-                let (_, grads) = Trainer::gradients(&m, &[batch], autograd)?;
+                let (_, grads) = Trainer::gradients(m.as_ref(), &[batch], autograd)?;
                 let s1 = Instant::now();
                 opt.step(m.params(), &grads)?;
                 if !autograd {

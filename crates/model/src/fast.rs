@@ -1,5 +1,5 @@
-//! A hand-written forward and backward pass of the GPT decoder on CPU (f32) that bypasses
-//! candle's autograd for training.
+//! A hand-written forward and backward pass of the GPT decoder (here) and of the Llama family
+//! ([`llama`]) on CPU (f32) that bypasses candle's autograd for training.
 //!
 //! candle's backward allocates a zero tensor and adds into it for every gradient of every
 //! node, runs its element-wise ops on a spinning thread pool of its own beside rayon's, and
@@ -14,8 +14,9 @@
 //! buffers come from a per-thread pool that keeps them from one step to the next: fresh
 //! multi-megabyte buffers every step cost page faults and zeroing (10% of a step's CPU time
 //! under `perf`). The pool holds about one step's activations (~150 MB for the reference model
-//! at batch 16); [`release_buffers`] gives them back. Used by [`crate::train::Trainer`] when the model is a [`Gpt`]
-//! on the CPU in f32 without SVD-factored layers; everything else goes through autograd.
+//! at batch 16); [`release_buffers`] gives them back. Used by [`crate::train::Trainer`] when the
+//! model is a [`Gpt`] or a [`crate::llama::Llama`] on the CPU in f32 without SVD-factored layers
+//! or a classification head; everything else goes through autograd.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -30,8 +31,11 @@ use crate::kernels::{attention, cross_entropy, gelu, layer_norm, rows_per_task, 
 use crate::model::{LanguageModel, LinearInfo};
 use crate::{Result, lora};
 
-/// Whether [`loss_and_grads`] handles this model.
-pub fn supported(m: &Gpt) -> bool {
+pub mod llama;
+
+/// Whether the hand-written pass handles this model's current state (the architecture is
+/// the caller's business: [`Gpt`] here, [`crate::llama::Llama`] in [`llama`]).
+pub fn supported(m: &dyn LanguageModel) -> bool {
     let p = m.params();
     m.device().is_cpu()
         && m.weights().lowrank.is_empty()
@@ -108,11 +112,16 @@ pub fn retained_bytes() -> usize {
 }
 
 struct Ctx<'a> {
-    m: &'a Gpt,
+    m: &'a dyn LanguageModel,
     w: HashMap<&'a str, &'a [f32]>,
     grads: HashMap<String, Vec<f32>>,
     pool: Pool,
+    /// Rows (tokens) of the batch.
     n: usize,
+    /// Width of the hidden states.
+    d: usize,
+    /// The normalisation's epsilon (layer norm for the GPT, RMSNorm for Llama).
+    eps: f64,
 }
 
 /// Sums of the columns of row-major `x` with `cols` columns, over fixed row chunks in parallel
@@ -372,7 +381,7 @@ impl<'a> Ctx<'a> {
     }
 
     fn ln_fwd(&mut self, x: &[f32], name: &str) -> Vec<f32> {
-        let eps = self.m.config.layer_norm_epsilon;
+        let eps = self.eps;
         let mut y = self.pool.scratch(x.len());
         layer_norm::fwd_into(
             x,
@@ -386,9 +395,9 @@ impl<'a> Ctx<'a> {
 
     /// Adds the layer norm's input gradient into `dx` and records its parameter gradients.
     fn ln_bwd(&mut self, x: &[f32], name: &str, dy: &[f32], dx: &mut [f32]) {
-        let eps = self.m.config.layer_norm_epsilon;
+        let eps = self.eps;
         let (wn, bn) = (format!("{name}.weight"), format!("{name}.bias"));
-        let d = self.m.config.n_embd;
+        let d = self.d;
         let mut dwdb = self.pool.scratch(2 * d);
         layer_norm::bwd_acc(x, self.w(&wn), dy, eps, dx, &mut dwdb);
         for (name, part) in [(&wn, &dwdb[..d]), (&bn, &dwdb[d..])] {
@@ -403,7 +412,7 @@ impl<'a> Ctx<'a> {
 
     /// Token plus position embeddings of `ids` (rows of `t` positions) into a pooled buffer.
     fn embed(&mut self, ids: &[u32], t: usize) -> Vec<f32> {
-        let d = self.m.config.n_embd;
+        let d = self.d;
         let mut x = self.pool.scratch(ids.len() * d);
         let (wte, wpe) = (
             self.w("transformer.wte.weight"),
@@ -489,7 +498,7 @@ impl Layer {
 /// weights are used where they are) and the mapped frozen weights, read in place from the
 /// mapping.
 fn with_weights<R>(
-    m: &Gpt,
+    m: &dyn LanguageModel,
     f: impl for<'x> FnOnce(HashMap<&'x str, &'x [f32]>) -> Result<R>,
 ) -> Result<R> {
     let guards: Vec<_> = m
@@ -524,16 +533,21 @@ fn with_weights<R>(
     f(w)
 }
 
-fn check_batch(m: &Gpt, ids: &[u32], targets: &[u32], b: usize, t: usize) -> Result<()> {
-    let c = &m.config;
-    let (n, v) = (b * t, c.vocab_size);
+fn check_batch(
+    m: &dyn LanguageModel,
+    ids: &[u32],
+    targets: &[u32],
+    b: usize,
+    t: usize,
+) -> Result<()> {
+    let (n, v) = (b * t, m.vocab_size());
     let targets_ok = targets.is_empty() || targets.len() == n;
-    if ids.len() != n || !targets_ok || t > c.n_positions {
+    if ids.len() != n || !targets_ok || t > m.max_context() {
         return Err(crate::Error::Data(format!(
             "batch of {b} x {t} does not match {} ids, {} targets, context {}",
             ids.len(),
             targets.len(),
-            c.n_positions
+            m.max_context()
         )));
     }
     if let Some(bad) = ids.iter().chain(targets).find(|&&i| i as usize >= v) {
@@ -544,14 +558,19 @@ fn check_batch(m: &Gpt, ids: &[u32], targets: &[u32], b: usize, t: usize) -> Res
     Ok(())
 }
 
+/// Runs `f` with this thread's buffer pool and puts back the pool it returns.
+fn pooled<R>(f: impl FnOnce(Pool, &mut Pool) -> R) -> R {
+    let pool = POOL.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    let mut pool_back = Pool::default();
+    let r = f(pool, &mut pool_back);
+    POOL.with(|p| *p.borrow_mut() = pool_back);
+    r
+}
+
 /// Logits `[b, t, vocab]` (row-major) of `ids` `[b, t]`: the forward pass of
 /// [`loss_and_grads`] without keeping activations, for evaluation. No dropout.
 pub fn logits(m: &Gpt, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>> {
-    let pool = POOL.with(|p| std::mem::take(&mut *p.borrow_mut()));
-    let mut pool_back = Pool::default();
-    let r = forward_only(m, ids, b, t, pool, &mut pool_back);
-    POOL.with(|p| *p.borrow_mut() = pool_back);
-    r
+    pooled(|pool, back| forward_only(m, ids, b, t, pool, back))
 }
 
 fn forward_only(
@@ -583,6 +602,8 @@ fn forward_with<'a>(
         grads: HashMap::new(),
         pool,
         n,
+        d,
+        eps: c.layer_norm_epsilon,
     };
     let mut x = cx.embed(ids, t);
     for (i, l) in Gpt::linears(c).chunks(4).enumerate() {
@@ -636,11 +657,7 @@ pub fn loss_and_grads(
     b: usize,
     t: usize,
 ) -> Result<(f64, Vec<Vec<f32>>)> {
-    let pool = POOL.with(|p| std::mem::take(&mut *p.borrow_mut()));
-    let mut pool_back = Pool::default();
-    let r = run(m, ids, targets, b, t, pool, &mut pool_back);
-    POOL.with(|p| *p.borrow_mut() = pool_back);
-    r
+    pooled(|pool, back| run(m, ids, targets, b, t, pool, back))
 }
 
 fn run(
@@ -674,6 +691,8 @@ fn run_with<'a>(
         grads: HashMap::new(),
         pool,
         n,
+        d,
+        eps: c.layer_norm_epsilon,
     };
     let lins = Gpt::linears(c);
 

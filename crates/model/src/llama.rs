@@ -289,6 +289,38 @@ impl Llama {
         })
     }
 
+    /// Reads a directory like [`Llama::load`], but with the base weights frozen and read in
+    /// place from the memory-mapped `model.safetensors` (or its shards), as
+    /// [`crate::Gpt::load_mapped`] does: the hand-written pass ([`crate::fast::llama`]) trains
+    /// adapters and evaluates on the mapping directly; candle's forward pass (generation)
+    /// copies each weight out of the mapping on first use. F32 tensors are read in place;
+    /// other float dtypes (a bf16 download) are converted once when opened ([`crate::mapped`]).
+    /// CPU only.
+    pub fn load_mapped(dir: &Path, device: &Device) -> Result<Self> {
+        if !device.is_cpu() {
+            return Err(Error::config(
+                "device",
+                "memory-mapped weights are read on the CPU only; use Llama::load",
+            ));
+        }
+        let config: LlamaConfig = checkpoint::read_config(dir)?;
+        config.validate()?;
+        let shapes = checkpoint::with_lowrank(
+            Self::shapes(&config),
+            &config.cohort_lowrank,
+            &Self::linears(&config),
+        )?;
+        let mapped = crate::mapped::MappedWeights::open_dir(dir, &shapes)?;
+        let mut weights = Weights::new(Params::new());
+        weights.lowrank = config.cohort_lowrank.clone();
+        weights.frozen = Some(std::sync::Arc::new(mapped));
+        Ok(Self {
+            config,
+            weights,
+            device: device.clone(),
+        })
+    }
+
     /// Writes `config.json` and `model.safetensors` (f32; factored layers as their factors).
     pub fn save_dir(&self, dir: &Path) -> Result<()> {
         let mut config = self.config.clone();
@@ -450,6 +482,40 @@ impl LanguageModel for Llama {
 
     fn device(&self) -> &Device {
         &self.device
+    }
+
+    fn fast_loss_and_grads(
+        &self,
+        ids: &Tensor,
+        targets: &Tensor,
+    ) -> Option<Result<(f64, Vec<Vec<f32>>)>> {
+        if !crate::fast::supported(self) {
+            return None;
+        }
+        let run = || -> Result<(f64, Vec<Vec<f32>>)> {
+            let (b, t) = ids.dims2()?;
+            let x = ids.to_dtype(DType::U32)?.flatten_all()?.to_vec1::<u32>()?;
+            let y = targets
+                .to_dtype(DType::U32)?
+                .flatten_all()?
+                .to_vec1::<u32>()?;
+            crate::fast::llama::loss_and_grads(self, &x, &y, b, t)
+        };
+        Some(run())
+    }
+
+    fn forward_eval(&self, ids: &Tensor) -> Result<Tensor> {
+        if !crate::fast::supported(self) {
+            return Ok(self.forward(ids)?.detach());
+        }
+        let (b, t) = ids.dims2()?;
+        let x = ids.to_dtype(DType::U32)?.flatten_all()?.to_vec1::<u32>()?;
+        let logits = crate::fast::llama::logits(self, &x, b, t)?;
+        Ok(Tensor::from_vec(
+            logits,
+            (b, t, self.config.vocab_size),
+            &self.device,
+        )?)
     }
 
     fn hidden_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Option<Result<Tensor>> {

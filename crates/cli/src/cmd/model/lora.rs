@@ -102,23 +102,40 @@ struct Report {
     process_peak_rss_bytes: Option<u64>,
 }
 
-/// The base model for fine-tuning: a GPT with its weights memory-mapped unless `no_mmap`,
-/// anything else copied. Returns the model, its tokeniser, and whether it is mapped.
+/// The base model for fine-tuning and evaluation: a GPT or Llama-family model with its
+/// weights memory-mapped unless `no_mmap`, anything else copied. Returns the model, its
+/// tokeniser, and whether it is mapped.
 pub(super) fn load_base(
     dir: &Path,
     no_mmap: bool,
 ) -> anyhow::Result<(Box<dyn LanguageModel>, Tokenizer, bool)> {
-    let is_gpt = cohort_model::checkpoint::model_type(dir)
-        .with_context(|| format!("loading model {}", dir.display()))?
-        == "gpt2";
-    if no_mmap || !is_gpt {
-        let (m, t) = super::load(dir)?;
-        return Ok((m, t, false));
-    }
-    let model = Gpt::load_mapped(dir, &candle_core::Device::Cpu)
-        .with_context(|| format!("mapping model {}", dir.display()))?;
-    let tok = super::load_tokenizer(dir, model.config.vocab_size)?;
-    Ok((Box::new(model), tok, true))
+    let kind = cohort_model::checkpoint::model_type(dir)
+        .with_context(|| format!("loading model {}", dir.display()))?;
+    let cpu = candle_core::Device::Cpu;
+    let (model, vocab): (Box<dyn LanguageModel>, usize) = match kind.as_str() {
+        _ if no_mmap => {
+            let (m, t) = super::load(dir)?;
+            return Ok((m, t, false));
+        }
+        "gpt2" => {
+            let m = Gpt::load_mapped(dir, &cpu)
+                .with_context(|| format!("mapping model {}", dir.display()))?;
+            let v = m.config.vocab_size;
+            (Box::new(m), v)
+        }
+        "llama" | "qwen2" | "mistral" => {
+            let m = cohort_model::Llama::load_mapped(dir, &cpu)
+                .with_context(|| format!("mapping model {}", dir.display()))?;
+            let v = m.config.vocab_size;
+            (Box::new(m), v)
+        }
+        _ => {
+            let (m, t) = super::load(dir)?;
+            return Ok((m, t, false));
+        }
+    };
+    let tok = super::load_tokenizer(dir, vocab)?;
+    Ok((model, tok, true))
 }
 
 impl Args {
