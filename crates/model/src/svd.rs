@@ -2,9 +2,12 @@
 //! `W` `[out, in]` becomes `B A` with `A = S_k V_k^T` `[k, in]` and `B = U_k` `[out, k]`, so the
 //! layer costs `k (in + out)` parameters and multiply-adds per token instead of `in * out`.
 //!
-//! The SVD is one-sided Jacobi (Hestenes) in f64: exact to rounding and simple, but cubic, so
-//! meant for the small models trained here (a 256 x 1024 matrix takes about a second; a
-//! 0.5B-parameter Qwen's 896 x 4864 matrices would take minutes each).
+//! The SVD is one-sided Jacobi (Hestenes) in f64: exact to rounding and simple, but cubic (a
+//! 256 x 1024 matrix takes about a second; a 0.5B-parameter Qwen's 896 x 4864 matrices would
+//! take minutes each). Matrices whose shorter side exceeds [`EXACT_MAX`] (and ranks well below
+//! it) use a seeded randomised truncated SVD instead ([`svd_truncated`], Halko, Martinsson and
+//! Tropp 2011: a Gaussian sketch with oversampling, power iterations, then Jacobi on the small
+//! projected matrix), which costs a few products of the matrix with thin ones.
 
 use std::collections::BTreeMap;
 
@@ -104,6 +107,129 @@ pub fn svd(a: &[f64], m: usize, n: usize) -> Svd {
     Svd { u, s, vt, m, n }
 }
 
+/// Shorter sides up to this use the exact Jacobi SVD in [`factor`].
+pub const EXACT_MAX: usize = 512;
+
+/// The leading `k` singular triplets of the row-major `[m, n]` matrix `a`: exact (Jacobi) for
+/// small matrices, else randomised with `k + 10` sketch columns and two power iterations from a
+/// fixed seed (deterministic). Returns an [`Svd`] with `min(k, m, n)` columns.
+pub fn svd_truncated(a: &[f64], m: usize, n: usize, k: usize) -> Svd {
+    let r = m.min(n);
+    let k = k.min(r);
+    let l = (k + 10).min(r);
+    if r <= EXACT_MAX || 2 * l >= r {
+        return truncate(svd(a, m, n), k);
+    }
+    svd_randomized(a, m, n, k, l - k, 2)
+}
+
+/// The leading `k` singular triplets of the row-major `[m, n]` matrix `a` from a seeded
+/// Gaussian sketch of `k + oversample` columns and `power_iters` power iterations.
+pub fn svd_randomized(
+    a: &[f64],
+    m: usize,
+    n: usize,
+    k: usize,
+    oversample: usize,
+    power_iters: usize,
+) -> Svd {
+    let k = k.min(m.min(n));
+    let l = (k + oversample).min(m.min(n));
+    let mut rng = crate::rng::Rng::new(0x5fd_5eed ^ (m as u64) << 32 ^ n as u64);
+    let omega: Vec<f64> = rng
+        .normal_vec(n * l, 1.0)
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    let mm = |x: &[f64],
+              (xr, xc, xt): (usize, usize, bool),
+              y: &[f64],
+              (yr, yc, yt): (usize, usize, bool)| {
+        use crate::kernels::gemm::{MatMut, MatRef, matmul};
+        let lhs = if xt {
+            MatRef::rows(x, 0, xr, xc, xc).t()
+        } else {
+            MatRef::rows(x, 0, xr, xc, xc)
+        };
+        let rhs = if yt {
+            MatRef::rows(y, 0, yr, yc, yc).t()
+        } else {
+            MatRef::rows(y, 0, yr, yc, yc)
+        };
+        let mut out = vec![0f64; lhs.rows * rhs.cols];
+        let (or, oc) = (lhs.rows, rhs.cols);
+        matmul(
+            MatMut::rows(&mut out, 0, or, oc, oc),
+            lhs,
+            rhs,
+            1.0,
+            false,
+            crate::kernels::threads(),
+        )
+        .expect("shapes agree by construction");
+        out
+    };
+    // Q: an orthonormal basis of the range of A Omega, refined by (A A^T)^2.
+    let mut q = mm(a, (m, n, false), &omega, (n, l, false));
+    orthonormalize(&mut q, m, l);
+    for _ in 0..power_iters {
+        let mut z = mm(a, (m, n, true), &q, (m, l, false)); // A^T Q, [n, l]
+        orthonormalize(&mut z, n, l);
+        q = mm(a, (m, n, false), &z, (n, l, false));
+        orthonormalize(&mut q, m, l);
+    }
+    // B = Q^T A [l, n] = Ub S Vt; A ~ (Q Ub) S Vt.
+    let b = mm(&q, (m, l, true), a, (m, n, false));
+    let small = truncate(svd(&b, l, n), k);
+    let u = mm(&q, (m, l, false), &small.u, (l, k, false));
+    Svd {
+        u,
+        s: small.s,
+        vt: small.vt,
+        m,
+        n,
+    }
+}
+
+/// The first `k` triplets of a full [`Svd`].
+fn truncate(d: Svd, k: usize) -> Svd {
+    let r = d.s.len();
+    let k = k.min(r);
+    Svd {
+        u: (0..d.m * k).map(|i| d.u[(i / k) * r + i % k]).collect(),
+        s: d.s[..k].to_vec(),
+        vt: d.vt[..k * d.n].to_vec(),
+        m: d.m,
+        n: d.n,
+    }
+}
+
+/// Orthonormalises the `c` columns of the row-major `[r, c]` matrix `x` in place (modified
+/// Gram-Schmidt, twice for stability; a column that vanishes becomes zero).
+fn orthonormalize(x: &mut [f64], r: usize, c: usize) {
+    for _ in 0..2 {
+        for j in 0..c {
+            for p in 0..j {
+                let dot: f64 = (0..r).map(|i| x[i * c + j] * x[i * c + p]).sum();
+                for i in 0..r {
+                    x[i * c + j] -= dot * x[i * c + p];
+                }
+            }
+            let norm = (0..r)
+                .map(|i| x[i * c + j] * x[i * c + j])
+                .sum::<f64>()
+                .sqrt();
+            for i in 0..r {
+                x[i * c + j] = if norm > 1e-300 {
+                    x[i * c + j] / norm
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+}
+
 /// Name of the `A` factor (`[k, in]`) of a factored linear layer.
 pub fn a_name(path: &str) -> String {
     format!("{path}.svd_a.weight")
@@ -146,11 +272,10 @@ pub fn factor(w: &Tensor, layout: WeightLayout, k: usize) -> Result<(Tensor, Ten
     };
     let (out, inp) = w.dims2()?;
     let data: Vec<f64> = w.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
-    let d = svd(&data, out, inp);
-    let r = d.s.len();
-    let k = k.min(r);
-    let total: f64 = d.s.iter().map(|s| s * s).sum();
-    let kept: f64 = d.s[..k].iter().map(|s| s * s).sum();
+    let d = svd_truncated(&data, out, inp, k);
+    let (r, k) = (d.s.len(), d.s.len());
+    let total: f64 = data.iter().map(|x| x * x).sum();
+    let kept: f64 = d.s.iter().map(|s| s * s).sum();
     let a: Vec<f32> = (0..k * inp)
         .map(|i| (d.s[i / inp] * d.vt[i]) as f32)
         .collect();
