@@ -4,7 +4,7 @@
 For a run config (an `imdb` or `lm` example), runs `cohort run` once clean
 (`attack.fraction=0`) and, for every attack, twice at the config's attack fraction (30% in the
 IMDB examples): *defended* (the config's own strategy and the validators' verdicts) and
-*undefended* (plain FedAvg of every valid update: `aggregation.strategy={kind="fed-avg"}`,
+*undefended* (plain FedAvg of every valid update, unclipped: `aggregation.strategy={kind="fed-avg"}`,
 `aggregation.ignore_verdicts=true`). Prints a Markdown table of the final test quality
 (accuracy for `imdb`, perplexity for `lm`), the gap to the clean run, how often the attackers
 were rejected and what they and the honest clients hold at the end.
@@ -43,7 +43,11 @@ ATTACKS = {
     ],
 }
 
-UNDEFENDED = ['aggregation.strategy={kind="fed-avg"}', "aggregation.ignore_verdicts=true"]
+UNDEFENDED = [
+    'aggregation.strategy={kind="fed-avg"}',
+    "aggregation.ignore_verdicts=true",
+    "aggregation.clip_to_median=false",
+]
 
 
 def run(args, out, sets):

@@ -5,6 +5,34 @@ use std::fmt::Write;
 use cohort_fl::runtime::{RunConfig, RunSummary};
 use cohort_ledger::VerifyReport;
 
+/// Where a run was recorded, for the report's last section.
+pub enum Record<'a> {
+    /// The embedded ledger, re-verified after the run.
+    Embedded(&'a VerifyReport),
+    /// An EVM chain: its receipts are the record.
+    #[cfg(feature = "evm-rpc")]
+    Chain(&'a ChainRecord),
+}
+
+/// What the report says of a run on an EVM chain.
+#[cfg(feature = "evm-rpc")]
+pub struct ChainRecord {
+    /// The JSON-RPC URL.
+    pub url: String,
+    /// The chain's id.
+    pub chain_id: u64,
+    /// The protocol contract's address.
+    pub contract: String,
+    /// Transactions the run sent.
+    pub transactions: usize,
+    /// Gas they used in all.
+    pub gas_used: u64,
+    /// Blocks of the first and the last of them.
+    pub blocks: Option<(u64, u64)>,
+    /// Merkle root over the recorded transactions (hash, block, gas, logs).
+    pub root: String,
+}
+
 /// One line of a chart.
 pub struct Series {
     pub name: String,
@@ -151,7 +179,7 @@ fn score_color(s: f64) -> String {
 pub fn render(
     cfg: &RunConfig,
     s: &RunSummary,
-    verified: &VerifyReport,
+    record: Record<'_>,
     reference: Option<&RunSummary>,
 ) -> String {
     let curve = |s: &RunSummary| -> Vec<(f64, f64)> {
@@ -329,14 +357,34 @@ pub fn render(
         }
         html.push_str("</table>");
     }
-    let _ = write!(
-        html,
-        "<h2>Ledger</h2><p>{} entries, every signature, link and receipt verified; root <code>{}</code>; state <code>{}</code>.</p><pre>{}</pre>",
-        verified.entries,
-        verified.root,
-        verified.state_root,
-        esc(&verified.checkpoint)
-    );
+    match record {
+        Record::Embedded(verified) => {
+            let _ = write!(
+                html,
+                "<h2>Ledger</h2><p>{} entries, every signature, link and receipt verified; root <code>{}</code>; state <code>{}</code>.</p><pre>{}</pre>",
+                verified.entries,
+                verified.root,
+                verified.state_root,
+                esc(&verified.checkpoint)
+            );
+        }
+        #[cfg(feature = "evm-rpc")]
+        Record::Chain(c) => {
+            let blocks = c
+                .blocks
+                .map_or(String::new(), |(a, b)| format!(" in blocks {a} to {b}"));
+            let _ = write!(
+                html,
+                "<h2>Chain</h2><p>Recorded on the EVM chain with id <b>{}</b> at <code>{}</code>: protocol contract <code>{}</code>; {} transactions{blocks}, {} gas. The chain's receipts are the record (every transaction hash is in summary.json); there is no embedded ledger to verify. Merkle root over the recorded transactions <code>{}</code>.</p>",
+                c.chain_id,
+                esc(&c.url),
+                esc(&c.contract),
+                c.transactions,
+                c.gas_used,
+                esc(&c.root)
+            );
+        }
+    }
     html.push_str("</body></html>\n");
     html
 }

@@ -226,6 +226,26 @@ fn a_run_on_anvil_matches_the_embedded_run_and_its_transactions_are_on_chain() {
         .unwrap();
         assert_eq!(json!(block), t["block"]);
     }
+    // The report is written in chain mode too, from the chain's record: it names the chain,
+    // the contract and the transaction count where an embedded run shows its ledger check.
+    let report = std::fs::read_to_string(tmp.path().join("chain/report.html"))
+        .expect("chain/report.html is written");
+    assert!(report.contains("<h2>Chain</h2>"), "{report}");
+    assert!(report.contains("id <b>31337</b>"), "{report}");
+    assert!(report.contains(&anvil.url), "{report}");
+    assert!(
+        report.to_lowercase().contains(&contract.to_lowercase()),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("{} transactions", txs.len())),
+        "{report}"
+    );
+    assert!(!report.contains("<h2>Ledger</h2>"), "{report}");
+    let embedded_report = std::fs::read_to_string(tmp.path().join("embedded/report.html")).unwrap();
+    assert!(embedded_report.contains("<h2>Ledger</h2>"));
+    assert!(embedded_report.contains("verified"));
+
     // The deployment is the first recorded transaction.
     let first = rpc(
         anvil.port,

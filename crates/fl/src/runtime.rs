@@ -89,6 +89,10 @@ fn one() -> usize {
     1
 }
 
+fn yes() -> bool {
+    true
+}
+
 /// The strategy with its optional wrappers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,9 +102,13 @@ pub struct AggregationConfig {
     /// Clip every update to this norm first.
     #[serde(default)]
     pub clip_norm: Option<f64>,
-    /// Clip every update to the median norm of the round's updates first (after
-    /// `clip_norm`, if both are given): a bound that adapts to the task and the round.
-    #[serde(default)]
+    /// Clip every accepted update to the median norm of the round's accepted updates
+    /// before the strategy sees it (and before `clip_norm`, if both are given): a bound that
+    /// adapts to the task and the round (FLAME's). A clipped update's consensus score is
+    /// scaled by the same factor, so that score weighting weighs the update as aggregated.
+    /// On by default (`false` turns it off): without it one accepted boosted update (scaled
+    /// model replacement) moves the model many honest steps at once, see docs/fl.md.
+    #[serde(default = "yes")]
     pub clip_to_median: bool,
     /// Server learning rate of FedAdam on top (none: apply the aggregate as is).
     #[serde(default)]
@@ -116,7 +124,7 @@ impl Default for AggregationConfig {
         Self {
             strategy: StrategyConfig::ScoreWeighted,
             clip_norm: None,
-            clip_to_median: false,
+            clip_to_median: true,
             fedadam_lr: None,
             ignore_verdicts: false,
         }
@@ -908,29 +916,33 @@ pub fn run_with<B: LedgerBackend, L: Learner + ?Sized>(
         }
 
         // The replies that have arrived: updates go on the ledger (signed by their client),
-        // then to the coordinator; commitments and reveals likewise.
+        // then to the coordinator; commitments and reveals likewise. The replies of one poll
+        // go on the ledger as one batch per kind (one durable commit on the embedded ledger
+        // instead of one per transaction; the entries, and so the root, are the same).
         let t = Instant::now();
         let phase = coordinator.phase();
         let replies = transport.poll(now)?;
-        if let Some(s) = summary.as_mut() {
-            let dt = t.elapsed().as_secs_f64();
-            match phase {
-                Phase::Train => s.seconds.train += dt,
-                _ => s.seconds.score += dt,
-            }
+        let Some(s) = summary.as_mut() else {
+            continue; // between rounds: nothing is expected
+        };
+        let dt = t.elapsed().as_secs_f64();
+        match phase {
+            Phase::Train => s.seconds.train += dt,
+            _ => s.seconds.score += dt,
         }
+        let t = Instant::now();
+        let mut updates: Vec<(OnChain, ClientUpdate, u64)> = Vec::new();
+        let mut commits: Vec<(u32, Hash32)> = Vec::new();
+        let mut reveals: Vec<(u32, Vec<Score>, Hash32)> = Vec::new();
         for reply in replies {
-            let Some(s) = summary.as_mut() else {
-                continue; // between rounds: nothing is expected
-            };
-            let t = Instant::now();
             match reply {
                 Reply::Update(u) => {
                     let k = u.client;
                     let fresh = phase == Phase::Train
                         && u.round == round
                         && cohort_members.contains(&k)
-                        && !onchain.iter().any(|x| x.client == k);
+                        && !onchain.iter().any(|x| x.client == k)
+                        && !updates.iter().any(|(x, _, _)| x.client == k);
                     // A late, unsolicited, repeated or mislabelled reply is dropped.
                     if !fresh || sha256(&u.blob) != u.hash {
                         continue;
@@ -945,28 +957,13 @@ pub fn run_with<B: LedgerBackend, L: Learner + ?Sized>(
                     // validation refuses.
                     let delta = learner.decode(&u.blob).unwrap_or_default();
                     let update = ClientUpdate::new(k, u.round, delta, u.num_samples);
-                    match p.submit_update(
-                        &clients[k as usize].id,
-                        chain_round,
-                        b256(u.hash),
-                        datasets[k as usize],
-                        u.num_samples,
-                    ) {
-                        Ok(_) => {
-                            onchain.push(OnChain {
-                                client: k,
-                                hash: u.hash,
-                                blob: u.blob,
-                                update: Some(update.clone()),
-                            });
-                            // Refusals by the coordinator are recorded through validation.
-                            let _ = coordinator.handle(Event::Update(update));
-                        }
-                        // A client the protocol refuses (e.g. slashed below the minimum stake)
-                        // sits the round out.
-                        Err(ProtocolError::Reverted { .. }) => {}
-                        Err(e) => return Err(e.into()),
-                    }
+                    let x = OnChain {
+                        client: k,
+                        hash: u.hash,
+                        blob: u.blob,
+                        update: Some(update.clone()),
+                    };
+                    updates.push((x, update, u.num_samples));
                 }
                 Reply::Commit(c) => {
                     let v = c.validator;
@@ -974,21 +971,11 @@ pub fn run_with<B: LedgerBackend, L: Learner + ?Sized>(
                         || c.round != round
                         || v as usize >= validators.len()
                         || committed.contains(&v)
+                        || commits.iter().any(|(w, _)| *w == v)
                     {
                         continue;
                     }
-                    let call = Cohort::commitScoresCall {
-                        roundId: chain_round,
-                        commitment: b256(c.commitment),
-                    };
-                    match p.send(&validators[v as usize].id, call) {
-                        Ok(_) => {
-                            committed.insert(v);
-                            coordinator.handle(Event::Committed { validator: v })?;
-                        }
-                        Err(ProtocolError::Reverted { .. }) => {}
-                        Err(e) => return Err(e.into()),
-                    }
+                    commits.push((v, c.commitment));
                 }
                 Reply::Reveal(r) => {
                     let v = r.validator;
@@ -996,28 +983,92 @@ pub fn run_with<B: LedgerBackend, L: Learner + ?Sized>(
                         || r.round != round
                         || !committed.contains(&v)
                         || revealed.contains_key(&v)
+                        || reveals.iter().any(|(w, _, _)| *w == v)
                     {
                         continue;
                     }
-                    match p.reveal_scores(
-                        &validators[v as usize].id,
-                        chain_round,
-                        &r.scores,
-                        b256(r.salt),
-                    ) {
-                        Ok(_) => {
-                            revealed.insert(v, r.scores.iter().map(|x| x.to_f64()).collect());
-                            coordinator.handle(Event::Revealed { validator: v })?;
-                        }
-                        // A reveal that does not match the commitment is refused by the
-                        // contract: the validator counts as not having revealed.
-                        Err(ProtocolError::Reverted { .. }) => {}
-                        Err(e) => return Err(e.into()),
-                    }
+                    reveals.push((v, r.scores, r.salt));
                 }
             }
-            s.seconds.ledger += t.elapsed().as_secs_f64();
         }
+        if !updates.is_empty() {
+            let calls = updates
+                .iter()
+                .map(|(x, _, n)| {
+                    let call = Cohort::submitUpdateCall {
+                        roundId: chain_round,
+                        blobHash: b256(x.hash),
+                        datasetId: datasets[x.client as usize],
+                        numSamples: *n,
+                    };
+                    (&clients[x.client as usize].id, call)
+                })
+                .collect();
+            let results = p.send_batch(calls)?;
+            for ((x, update, _), result) in updates.into_iter().zip(results) {
+                match result {
+                    Ok(_) => {
+                        onchain.push(x);
+                        // Refusals by the coordinator are recorded through validation.
+                        let _ = coordinator.handle(Event::Update(update));
+                    }
+                    // A client the protocol refuses (e.g. slashed below the minimum stake)
+                    // sits the round out.
+                    Err(ProtocolError::Reverted { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        if !commits.is_empty() {
+            let calls = commits
+                .iter()
+                .map(|(v, c)| {
+                    let call = Cohort::commitScoresCall {
+                        roundId: chain_round,
+                        commitment: b256(*c),
+                    };
+                    (&validators[*v as usize].id, call)
+                })
+                .collect();
+            let results = p.send_batch(calls)?;
+            for ((v, _), result) in commits.into_iter().zip(results) {
+                match result {
+                    Ok(_) => {
+                        committed.insert(v);
+                        coordinator.handle(Event::Committed { validator: v })?;
+                    }
+                    Err(ProtocolError::Reverted { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        if !reveals.is_empty() {
+            let calls = reveals
+                .iter()
+                .map(|(v, scores, salt)| {
+                    let call = Cohort::revealScoresCall {
+                        roundId: chain_round,
+                        scores: scores.iter().map(|x| x.0).collect(),
+                        salt: b256(*salt),
+                    };
+                    (&validators[*v as usize].id, call)
+                })
+                .collect();
+            let results = p.send_batch(calls)?;
+            for ((v, scores, _), result) in reveals.into_iter().zip(results) {
+                match result {
+                    Ok(_) => {
+                        revealed.insert(v, scores.iter().map(|x| x.to_f64()).collect());
+                        coordinator.handle(Event::Revealed { validator: v })?;
+                    }
+                    // A reveal that does not match the commitment is refused by the
+                    // contract: the validator counts as not having revealed.
+                    Err(ProtocolError::Reverted { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        s.seconds.ledger += t.elapsed().as_secs_f64();
     }
     let mut final_holdings = BTreeMap::new();
     for x in clients.iter().chain(&validators) {

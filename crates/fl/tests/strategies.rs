@@ -191,3 +191,66 @@ fn median_clipping_bounds_boosted_updates_by_an_honest_norm() {
         FedAvg.aggregate(&same).unwrap()
     );
 }
+
+/// Regression: on IMDB, a boosted update (scaled model replacement, x10) that the validators
+/// accepted with a high score (a longer step in a sensible direction cuts their loss more)
+/// was clipped to an honest length but kept the weight its boosted length had earned, and
+/// dominated the score-weighted mean. A clipped update's score is now scaled with it.
+#[test]
+fn clipping_scales_the_score_so_a_boosted_update_weighs_as_an_honest_one() {
+    // Four honest updates along x of norm 1, score 0.01; one boosted one along y of norm 10,
+    // score 0.1 (ten times the honest score, as its ten-fold step earned).
+    let mut ups: Vec<ClientUpdate> = (0..4)
+        .map(|i| {
+            ClientUpdate::new(i, 1, vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0], 10)
+                .with_score(Score::from_f64(0.01))
+        })
+        .collect();
+    ups.push(
+        ClientUpdate::new(4, 1, vec![0.0, 10.0, 0.0, 0.0, 0.0, 0.0], 10)
+            .with_score(Score::from_f64(0.1)),
+    );
+    // Median clipping, then score weighting: the boosted update, clipped to norm 1 with
+    // score 0.01, counts as one of five equal updates.
+    let out = MedianClipped::new(ScoreWeighted::by_samples())
+        .aggregate(&ups)
+        .unwrap();
+    assert!((out[0] - 0.8).abs() < 1e-6, "{out:?}");
+    assert!((out[1] - 0.2).abs() < 1e-6, "{out:?}");
+    // A fixed bound does the same.
+    let fixed = Clipped::new(ScoreWeighted::by_samples(), 1.0)
+        .aggregate(&ups)
+        .unwrap();
+    assert_eq!(fixed, out);
+    // Unscaled, the clipped boosted update would have weighed 0.1 / 0.14: y = 0.71.
+    let plain = ScoreWeighted::by_samples().aggregate(&ups).unwrap();
+    assert!(plain[1] > 7.0, "{plain:?}");
+}
+
+/// Zero updates (free-riders returning the global model) have no say in the median bound: if
+/// they did, a round where most accepted updates are zero would clip everything to 0.
+#[test]
+fn median_clipping_ignores_zero_updates() {
+    let mut ups: Vec<ClientUpdate> = (0..3)
+        .map(|i| ClientUpdate::new(i, 1, vec![0.0; D], 10).with_score(Score::from_f64(0.0)))
+        .collect();
+    ups.push(
+        ClientUpdate::new(3, 1, vec![2.0, 0.0, 0.0, 0.0, 0.0, 0.0], 10)
+            .with_score(Score::from_f64(0.02)),
+    );
+    ups.push(
+        ClientUpdate::new(4, 1, vec![0.0, 4.0, 0.0, 0.0, 0.0, 0.0], 10)
+            .with_score(Score::from_f64(0.02)),
+    );
+    // The median of the non-zero norms (2 and 4) is 2: the second update is clipped to norm 2
+    // (and its score halved), the first kept; score weighting gives the free-riders weight 0.
+    let out = MedianClipped::new(ScoreWeighted::by_samples())
+        .aggregate(&ups)
+        .unwrap();
+    let w = 0.02 / (0.02 + 0.01);
+    assert!((f64::from(out[0]) - w * 2.0).abs() < 1e-5, "{out:?}");
+    assert!(
+        (f64::from(out[1]) - (1.0 - w) * 2.0).abs() < 1e-5,
+        "{out:?}"
+    );
+}

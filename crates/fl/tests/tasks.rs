@@ -201,6 +201,7 @@ fn imdb_backdoor_success_rate_is_reported_and_the_defence_keeps_it_low() {
     undefended.aggregation = AggregationConfig {
         strategy: StrategyConfig::FedAvg,
         ignore_verdicts: true,
+        clip_to_median: false,
         ..AggregationConfig::default()
     };
     let (d, _d) = go(&defended);
@@ -217,6 +218,53 @@ fn imdb_backdoor_success_rate_is_reported_and_the_defence_keeps_it_low() {
         "undefended {} vs defended {}",
         rate(&u),
         rate(&d)
+    );
+}
+
+/// Regression (scaled replacement on IMDB, docs/fl.md): 30% of the clients boost an honestly
+/// trained delta ten-fold, and the validators accept the boosted updates that lower their loss
+/// most. With the default (median clipping, the clipped update's score scaled with it, then
+/// score weighting) the run ends within 1 accuracy point of the clean run; score weighting
+/// without clipping ended 2.7 points below it.
+#[test]
+fn imdb_scaled_replacement_stays_within_a_point_of_the_clean_run() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/imdb-attack.toml");
+    let mut cfg: RunConfig = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    if let TaskConfig::Imdb(t) = &mut cfg.task {
+        t.data = shared("imdb");
+    }
+    assert!(
+        cfg.aggregation.clip_to_median,
+        "median clipping is the default"
+    );
+    cfg.attack.as_mut().unwrap().attack = AttackKind::ScaledReplacement { factor: 10.0 };
+    let mut clean = cfg.clone();
+    clean.attack.as_mut().unwrap().fraction = 0.0;
+    let mut unclipped = cfg.clone();
+    unclipped.aggregation.clip_to_median = false;
+    let acc = |s: &RunSummary| s.rounds.last().unwrap().test.accuracy.unwrap();
+    let (c, _c) = go(&clean);
+    let (d, _d) = go(&cfg);
+    let (u, _u) = go(&unclipped);
+    // Some boosted updates are accepted: the fix is in the aggregation, not the verdicts.
+    let attackers: Vec<u32> = (14..20).collect();
+    assert!(
+        d.rounds
+            .iter()
+            .any(|r| r.accepted.iter().any(|k| attackers.contains(k))),
+        "no boosted update was accepted"
+    );
+    assert!(
+        acc(&c) - acc(&d) <= 0.01,
+        "defended {} vs clean {}",
+        acc(&d),
+        acc(&c)
+    );
+    assert!(
+        acc(&c) - acc(&u) > 0.02,
+        "unclipped {} vs clean {}: the attack should be visible without clipping",
+        acc(&u),
+        acc(&c)
     );
 }
 

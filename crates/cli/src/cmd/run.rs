@@ -43,8 +43,8 @@ pub struct Args {
     /// protocol is deployed there and every registration, stake, update, score and payout is
     /// a transaction on that chain. The chain must let the run set block time
     /// (`evm_setNextBlockTimestamp`: anvil, hardhat). DIR/summary.json then also holds the
-    /// chain id, the contract address and every transaction hash, block and gas; there is no
-    /// DIR/ledger, and no report.html.
+    /// chain id, the contract address and every transaction hash, block and gas, and
+    /// DIR/report.html names the chain in place of the ledger check; there is no DIR/ledger.
     #[cfg(feature = "evm-rpc")]
     #[arg(long, value_name = "URL")]
     chain_rpc: Option<String>,
@@ -156,7 +156,12 @@ impl Args {
         let report = self.out.join("report.html");
         std::fs::write(
             &report,
-            crate::report::render(&cfg, &summary, &verified, reference.as_ref()),
+            crate::report::render(
+                &cfg,
+                &summary,
+                crate::report::Record::Embedded(&verified),
+                reference.as_ref(),
+            ),
         )
         .with_context(|| format!("writing {}", report.display()))?;
         if self.json {
@@ -295,6 +300,31 @@ impl Args {
             &self.out.join("summary.json"),
             &serde_json::json!({ "config": cfg, "summary": summary, "chain": record, "wall_seconds": wall }),
         )?;
+        let recorded = chain.recorded();
+        let blocks = recorded
+            .first()
+            .zip(recorded.last())
+            .map(|(a, b)| (a.block, b.block));
+        let reference = self.reference()?;
+        let report = self.out.join("report.html");
+        std::fs::write(
+            &report,
+            crate::report::render(
+                cfg,
+                &summary,
+                crate::report::Record::Chain(&crate::report::ChainRecord {
+                    url: url.to_owned(),
+                    chain_id,
+                    contract: contract.to_string(),
+                    transactions: txs.len(),
+                    gas_used: gas,
+                    blocks,
+                    root: head.root.to_string(),
+                }),
+                reference.as_ref(),
+            ),
+        )
+        .with_context(|| format!("writing {}", report.display()))?;
         if self.json {
             print_json(&serde_json::json!({
                 "summary": summary,
@@ -313,6 +343,7 @@ impl Args {
                 "summary {} ({wall:.1} s)",
                 self.out.join("summary.json").display()
             );
+            outln!("report  {}", report.display());
         }
         Ok(ExitCode::SUCCESS)
     }

@@ -1,9 +1,31 @@
+use cohort_core::Score;
+
 use super::Strategy;
 use crate::{ClientUpdate, FlError};
 
+/// `u` scaled down to norm `bound` if it is longer (a zero update is kept). Its consensus
+/// score is scaled by the same factor: a score is the loss reduction of the update as
+/// submitted, and to first order a step shortened by a factor `s` reduces the loss `s` times
+/// as much, so the clipped update carries the first-order estimate of its own score. Without
+/// this a boosted update (scaled model replacement) would be aggregated at an honest length
+/// but weighed, by a score-weighted strategy, with the large score its boosted length earned.
+pub(crate) fn clip_to(u: &ClientUpdate, bound: f64) -> ClientUpdate {
+    let n = u.norm();
+    if n <= bound || n == 0.0 {
+        return u.clone();
+    }
+    let s = bound / n;
+    ClientUpdate {
+        delta: u.delta.iter().map(|x| x * s as f32).collect(),
+        score: u.score.map(|x| Score::from_f64(x.to_f64() * s)),
+        ..u.clone()
+    }
+}
+
 /// Norm clipping around any strategy: every delta longer than `max_norm` is scaled down to
 /// it before the inner strategy sees it, bounding what one client (a scaled model-replacement
-/// attack, say) can move the model.
+/// attack, say) can move the model. A clipped update's score is scaled by the same factor,
+/// the first-order estimate of the clipped update's own score.
 #[derive(Debug, Clone)]
 pub struct Clipped<S> {
     inner: S,
@@ -25,20 +47,8 @@ impl<S: Strategy> Strategy for Clipped<S> {
                 reason: format!("{} is not a positive number", self.max_norm),
             });
         }
-        let clipped: Vec<ClientUpdate> = updates
-            .iter()
-            .map(|u| {
-                let n = u.norm();
-                if n <= self.max_norm {
-                    return u.clone();
-                }
-                let s = (self.max_norm / n) as f32;
-                ClientUpdate {
-                    delta: u.delta.iter().map(|x| x * s).collect(),
-                    ..u.clone()
-                }
-            })
-            .collect();
+        let clipped: Vec<ClientUpdate> =
+            updates.iter().map(|u| clip_to(u, self.max_norm)).collect();
         self.inner.aggregate(&clipped)
     }
     fn name(&self) -> String {
@@ -50,7 +60,7 @@ impl<S: Strategy> Strategy for Clipped<S> {
 /// the round's updates is scaled down to it (FLAME's bound, Nguyen et al. 2022), so no fixed
 /// bound has to be tuned to the task and the round. While fewer than half of the updates are
 /// boosted, the median is an honest norm, and a boosted update (scaled model replacement)
-/// counts for no more than an honest one.
+/// counts for no more than an honest one. Zero updates do not count towards the median.
 #[derive(Debug, Clone)]
 pub struct MedianClipped<S> {
     inner: S,
@@ -65,25 +75,18 @@ impl<S: Strategy> MedianClipped<S> {
 
 impl<S: Strategy> Strategy for MedianClipped<S> {
     fn aggregate(&mut self, updates: &[ClientUpdate]) -> Result<Vec<f32>, FlError> {
-        let mut norms: Vec<f64> = updates.iter().map(ClientUpdate::norm).collect();
+        // A zero update (a free-rider's) moves nothing and has no say in the bound: otherwise
+        // enough of them would make the median 0 and freeze the model.
+        let mut norms: Vec<f64> = updates
+            .iter()
+            .map(ClientUpdate::norm)
+            .filter(|&n| n > 0.0)
+            .collect();
         norms.sort_by(f64::total_cmp);
         let Some(&bound) = norms.get(norms.len().saturating_sub(1) / 2) else {
             return self.inner.aggregate(updates);
         };
-        let clipped: Vec<ClientUpdate> = updates
-            .iter()
-            .map(|u| {
-                let n = u.norm();
-                if n <= bound || n == 0.0 {
-                    return u.clone();
-                }
-                let s = (bound / n) as f32;
-                ClientUpdate {
-                    delta: u.delta.iter().map(|x| x * s).collect(),
-                    ..u.clone()
-                }
-            })
-            .collect();
+        let clipped: Vec<ClientUpdate> = updates.iter().map(|u| clip_to(u, bound)).collect();
         self.inner.aggregate(&clipped)
     }
     fn name(&self) -> String {
