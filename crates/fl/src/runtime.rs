@@ -881,6 +881,9 @@ pub fn run_with<B: LedgerBackend, L: Learner + ?Sized>(
                 let mut s = summary.take().ok_or_else(no_round)?;
                 let t = Instant::now();
                 let settled = p.settle_all(&coord, chain_round, 64)?;
+                // The round is the unit of durability: one sync for all its commits where the
+                // ledger defers them (`SyncPolicy::OnFlush`), nothing where each is durable.
+                p.backend_mut().flush()?;
                 s.seconds.ledger += t.elapsed().as_secs_f64();
                 let mut rewards: BTreeMap<String, U256> = BTreeMap::new();
                 let mut slashes: BTreeMap<String, U256> = BTreeMap::new();

@@ -83,6 +83,12 @@ pub trait LedgerBackend {
     /// Consistency proof between the trees of the first `old` and `new` entries.
     fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash32>, LedgerError>;
 
+    /// Makes everything recorded so far durable; a no-op where every call already is (the
+    /// default, and a chain's). See [`crate::SyncPolicy`].
+    fn flush(&mut self) -> Result<(), LedgerError> {
+        Ok(())
+    }
+
     /// The address `id`'s transactions come from on this backend (`msg.sender`): its
     /// ed25519-derived [`Identity::address`] on the embedded ledger, the address of its derived
     /// secp256k1 key on a chain.

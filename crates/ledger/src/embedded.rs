@@ -187,6 +187,24 @@ pub struct EmbeddedLedger {
     note: String,
     /// Events per entry, kept for `logs_since` (rebuilt on open).
     logs: Vec<Vec<Log>>,
+    sync: SyncPolicy,
+    /// Commits made since the last durable one (only under [`SyncPolicy::OnFlush`]).
+    unsynced: bool,
+}
+
+/// When the embedded ledger's commits reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncPolicy {
+    /// Every commit (every `submit`, every batch) is durable when it returns: one `fsync`
+    /// each. The default.
+    #[default]
+    EveryCommit,
+    /// Commits are atomic and visible at once but reach the disk at the next
+    /// [`EmbeddedLedger::flush`] (or when the ledger is dropped): one `fsync` per flush. A
+    /// crash in between loses the commits since the last flush, never more: the file reopens
+    /// at the last flushed state, consistent and verifiable (redb's guarantee). For a writer
+    /// that has a natural unit of work, such as a federated round.
+    OnFlush,
 }
 
 impl std::fmt::Debug for EmbeddedLedger {
@@ -255,6 +273,8 @@ impl EmbeddedLedger {
             clock: config.start_time,
             note,
             logs: Vec::new(),
+            sync: SyncPolicy::EveryCommit,
+            unsynced: false,
         })
     }
 
@@ -295,6 +315,8 @@ impl EmbeddedLedger {
             clock: meta.start_time,
             note: meta.checkpoint,
             logs: Vec::new(),
+            sync: SyncPolicy::EveryCommit,
+            unsynced: false,
         };
         led.rebuild(meta.start_time)?;
         Ok(led)
@@ -520,8 +542,41 @@ impl EmbeddedLedger {
         Ok(results)
     }
 
-    fn write(&self, rows: &[(u64, Vec<u8>)], note: &str) -> Result<(), LedgerError> {
-        let w = self.db.begin_write().map_err(LedgerError::storage)?;
+    /// Sets when commits reach the disk (see [`SyncPolicy`]); switching to
+    /// [`SyncPolicy::EveryCommit`] flushes first.
+    pub fn set_sync(&mut self, sync: SyncPolicy) -> Result<(), LedgerError> {
+        if sync == SyncPolicy::EveryCommit {
+            self.flush()?;
+        }
+        self.sync = sync;
+        Ok(())
+    }
+
+    /// The current [`SyncPolicy`].
+    pub fn sync_policy(&self) -> SyncPolicy {
+        self.sync
+    }
+
+    /// Makes every commit so far durable (one `fsync`); a no-op when there is nothing new.
+    pub fn flush(&mut self) -> Result<(), LedgerError> {
+        if !self.unsynced {
+            return Ok(());
+        }
+        let mut w = self.db.begin_write().map_err(LedgerError::storage)?;
+        w.set_durability(redb::Durability::Immediate)
+            .map_err(LedgerError::storage)?;
+        w.commit().map_err(LedgerError::storage)?;
+        self.unsynced = false;
+        Ok(())
+    }
+
+    fn write(&mut self, rows: &[(u64, Vec<u8>)], note: &str) -> Result<(), LedgerError> {
+        let mut w = self.db.begin_write().map_err(LedgerError::storage)?;
+        let deferred = self.sync == SyncPolicy::OnFlush;
+        if deferred {
+            w.set_durability(redb::Durability::None)
+                .map_err(LedgerError::storage)?;
+        }
         {
             let mut t = w.open_table(ENTRIES).map_err(LedgerError::storage)?;
             for (seq, bytes) in rows {
@@ -532,7 +587,9 @@ impl EmbeddedLedger {
             m.insert("checkpoint", note.as_bytes())
                 .map_err(LedgerError::storage)?;
         }
-        w.commit().map_err(LedgerError::storage)
+        w.commit().map_err(LedgerError::storage)?;
+        self.unsynced |= deferred;
+        Ok(())
     }
 
     /// Reads entry `seq`.
@@ -923,7 +980,18 @@ fn write_secret(path: &Path, id: &Identity) -> Result<(), LedgerError> {
     f.sync_all().map_err(LedgerError::io(path))
 }
 
+impl Drop for EmbeddedLedger {
+    fn drop(&mut self) {
+        // Best effort: a failure here leaves the file at its last flushed state.
+        let _ = self.flush();
+    }
+}
+
 impl LedgerBackend for EmbeddedLedger {
+    fn flush(&mut self) -> Result<(), LedgerError> {
+        EmbeddedLedger::flush(self)
+    }
+
     fn transact(
         &mut self,
         from: &Identity,

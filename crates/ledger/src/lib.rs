@@ -34,7 +34,8 @@ pub mod rpc;
 pub use backend::{Head, LedgerBackend, TxOutcome};
 pub use checkpoint::{Checkpoint, CheckpointError};
 pub use embedded::{
-    Applied, EmbeddedLedger, InclusionProof, LedgerConfig, LedgerInfo, VerifyReport, VerifyTimings,
+    Applied, EmbeddedLedger, InclusionProof, LedgerConfig, LedgerInfo, SyncPolicy, VerifyReport,
+    VerifyTimings,
 };
 pub use entry::{Entry, Receipt, SignedTx, Tx};
 pub use evm::{ExecError, Executor};

@@ -139,10 +139,13 @@ impl Args {
         }
         let blobs = self.prepare_out()?;
         let operator = Identity::from_seed(cfg.seed, "ledger-operator");
-        let ledger = EmbeddedLedger::create(
+        let mut ledger = EmbeddedLedger::create(
             self.out.join("ledger"),
             LedgerConfig::new("cohort.local/run", operator).with_start_time(1_767_225_600),
         )?;
+        // One disk sync per round (the runtime flushes after settling) instead of one per
+        // commit; a crash loses at most the round in progress.
+        ledger.set_sync(cohort_ledger::SyncPolicy::OnFlush)?;
         let started = std::time::Instant::now();
         let (p, summary) = self.experiment(&cfg, ledger, &blobs)?;
         let ledger = p.into_backend();
