@@ -687,6 +687,8 @@ pub fn run_with<B: LedgerBackend, L: Learner + ?Sized>(
         learner.dim(),
     )?;
     let mut strategy = cfg.aggregation.build();
+    // The set-up is durable before the first round starts (and is not counted in it).
+    p.backend_mut().flush()?;
     let mut global = learner.init();
     let initial = learner.evaluate(&global)?;
     let mut rounds = Vec::new();
