@@ -36,7 +36,9 @@ use crate::{Error, Result};
 #[derive(Debug)]
 struct MappedFile {
     path: PathBuf,
-    map: memmap2::Mmap,
+    /// `None` once nothing is read in place from it (every tensor converted): unmapped, so
+    /// that its pages do not stay resident beside the converted copies.
+    map: Option<memmap2::Mmap>,
 }
 
 /// Where a tensor's values are.
@@ -68,6 +70,9 @@ pub struct MapStats {
     /// and the bytes of their f32 copies.
     pub tensors_copied: usize,
     pub copied_bytes: usize,
+    /// Files still mapped (those with a tensor read in place), of the files opened.
+    pub files_mapped: usize,
+    pub files: usize,
 }
 
 /// Frozen f32 weights read in place from memory-mapped safetensors files.
@@ -194,7 +199,7 @@ impl MappedWeights {
             headers.push(parse_header(path, &map)?);
             files.push(MappedFile {
                 path: path.clone(),
-                map,
+                map: Some(map),
             });
         }
         let mut entries = BTreeMap::new();
@@ -244,7 +249,10 @@ impl MappedWeights {
                 )));
             }
             let start = headers[i].0 + s;
-            let bytes = &file.map[start..start + (e - s)];
+            let Some(map) = &file.map else {
+                return Err(bad("file was unmapped while opening".into()));
+            };
+            let bytes = &map[start..start + (e - s)];
             let in_place = dtype == DType::F32
                 && cfg!(target_endian = "little")
                 && bytemuck::try_cast_slice::<u8, f32>(bytes).is_ok();
@@ -265,6 +273,16 @@ impl MappedWeights {
                 },
             );
         }
+        // A file none of whose tensors is read in place (a bf16 checkpoint, say) is unmapped:
+        // its values live in the converted copies.
+        for (i, f) in files.iter_mut().enumerate() {
+            let used = entries
+                .values()
+                .any(|e| matches!(e.data, Data::Mapped { file, .. } if file == i));
+            if !used {
+                f.map = None;
+            }
+        }
         Ok(Self {
             files,
             entries,
@@ -278,7 +296,7 @@ impl MappedWeights {
         Some(match &e.data {
             Data::Owned(v) => v,
             Data::Mapped { file, start, len } => {
-                let bytes = &self.files[*file].map[*start..*start + 4 * len];
+                let bytes = &self.files[*file].map.as_ref()?[*start..*start + 4 * len];
                 // Alignment and length were checked when the file was opened.
                 bytemuck::try_cast_slice(bytes).ok()?
             }
@@ -320,7 +338,11 @@ impl MappedWeights {
 
     /// How many tensors and bytes are read in place and how many were copied.
     pub fn stats(&self) -> MapStats {
-        let mut s = MapStats::default();
+        let mut s = MapStats {
+            files: self.files.len(),
+            files_mapped: self.files.iter().filter(|f| f.map.is_some()).count(),
+            ..MapStats::default()
+        };
         for e in self.entries.values() {
             match &e.data {
                 Data::Mapped { len, .. } => {

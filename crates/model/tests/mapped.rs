@@ -80,6 +80,7 @@ fn mapped_base_trains_lora_bit_for_bit_like_the_copied_base() {
         assert!(mapped.params().iter().all(|p| p.name.contains("lora_")));
         let stats = f.stats();
         assert_eq!((stats.tensors_copied, stats.copied_bytes), (0, 0));
+        assert_eq!((stats.files_mapped, stats.files), (1, 1));
         assert_eq!(
             stats.mapped_bytes,
             4 * copied.params().total_len() - 4 * copied.params().trainable_len()
@@ -222,6 +223,8 @@ fn misaligned_data_is_copied_and_still_trains_bit_for_bit() {
     let s = mapped.weights().frozen.as_ref().unwrap().stats();
     assert_eq!(s.tensors_mapped, 0);
     assert_eq!(s.tensors_copied, Gpt::shapes(&mapped.config).len());
+    // Nothing is read in place, so the file is not kept mapped beside the copies.
+    assert_eq!((s.files_mapped, s.files), (0, 1));
     assert_eq!(train(&copied), train(&mapped));
 }
 
