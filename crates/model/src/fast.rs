@@ -170,6 +170,41 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// Adds row `i` of `dx` (`[n, d]`) into row `row_of(i)` of a zeroed `[rows, d]` gradient
+    /// (an embedding table's) and records it under `name`.
+    fn scatter_grad(
+        &mut self,
+        name: &str,
+        rows: usize,
+        dx: &[f32],
+        row_of: impl Fn(usize) -> usize,
+    ) {
+        let d = self.d;
+        let mut g = self.pool.zeros(rows * d);
+        for (i, row) in dx.chunks(d).enumerate() {
+            let r = row_of(i);
+            g[r * d..(r + 1) * d]
+                .iter_mut()
+                .zip(row)
+                .for_each(|(a, b)| *a += b);
+        }
+        self.add_grad(name, g);
+    }
+
+    /// The recorded gradients in [`crate::params::Params::trainable`] order (zeros for a
+    /// trainable parameter that got none).
+    fn take_grads(&mut self) -> Vec<Vec<f32>> {
+        let m = self.m;
+        m.params()
+            .trainable()
+            .map(|p| {
+                self.grads
+                    .remove(&p.name)
+                    .unwrap_or_else(|| self.pool.zeros(p.var.elem_count()))
+            })
+            .collect()
+    }
+
     fn lora(&self, path: &str) -> Option<(String, String, f32, usize)> {
         let l = self.m.weights().lora.as_ref()?;
         l.is_active(path).then(|| {
@@ -807,37 +842,13 @@ fn run_with<'a>(
         s.recycle(&mut cx.pool);
     }
     if wte_trainable {
-        let mut g = cx.pool.zeros(v * d);
-        for (i, row) in dx.chunks(d).enumerate() {
-            let tok = ids[i] as usize;
-            g[tok * d..(tok + 1) * d]
-                .iter_mut()
-                .zip(row)
-                .for_each(|(a, b)| *a += b);
-        }
-        cx.add_grad("transformer.wte.weight", g);
+        cx.scatter_grad("transformer.wte.weight", v, &dx, |i| ids[i] as usize);
     }
     if cx.trainable("transformer.wpe.weight") {
-        let mut g = cx.pool.zeros(c.n_positions * d);
-        for (i, row) in dx.chunks(d).enumerate() {
-            let pos = i % t;
-            g[pos * d..(pos + 1) * d]
-                .iter_mut()
-                .zip(row)
-                .for_each(|(a, b)| *a += b);
-        }
-        cx.add_grad("transformer.wpe.weight", g);
+        cx.scatter_grad("transformer.wpe.weight", c.n_positions, &dx, |i| i % t);
     }
     cx.pool.give(dx);
-    let grads = m
-        .params()
-        .trainable()
-        .map(|p| {
-            cx.grads
-                .remove(&p.name)
-                .unwrap_or_else(|| cx.pool.zeros(p.var.elem_count()))
-        })
-        .collect();
+    let grads = cx.take_grads();
     *pool_back = std::mem::take(&mut cx.pool);
     Ok((loss, grads))
 }

@@ -451,21 +451,12 @@ fn pass(
         }
     }
     let xf = cx.rms(&x, "model.norm.weight");
-    let Some(targets) = targets else {
-        cx.pool.give(x);
-        let mut logits = vec![0f32; n * v];
-        matmul(
-            MatMut::rows(&mut logits, 0, n, v, v),
-            rows(&xf, n, h),
-            rows(cx.w(head), v, h).t(),
-            1.0,
-            false,
-            threads(),
-        )?;
-        cx.pool.give(xf);
-        return Ok(Pass::Logits(logits));
+    // Evaluation's logits leave the pool (they become the caller's tensor).
+    let mut logits = if train {
+        cx.pool.scratch(n * v)
+    } else {
+        vec![0f32; n * v]
     };
-    let mut logits = cx.pool.scratch(n * v);
     matmul(
         MatMut::rows(&mut logits, 0, n, v, v),
         rows(&xf, n, h),
@@ -474,6 +465,11 @@ fn pass(
         false,
         threads(),
     )?;
+    let Some(targets) = targets else {
+        cx.pool.give(x);
+        cx.pool.give(xf);
+        return Ok(Pass::Logits(logits));
+    };
     let losses = cross_entropy::fwd(&logits, targets, v)?;
     let loss = losses.iter().map(|&l| f64::from(l)).sum::<f64>() / n as f64;
 
@@ -566,25 +562,9 @@ fn pass(
         s.recycle(&mut cx.pool);
     }
     if cx.trainable(emb) {
-        let mut g = cx.pool.zeros(v * h);
-        for (i, row) in dx.chunks(h).enumerate() {
-            let tok = ids[i] as usize;
-            g[tok * h..(tok + 1) * h]
-                .iter_mut()
-                .zip(row)
-                .for_each(|(a, b)| *a += b);
-        }
-        cx.add_grad(emb, g);
+        cx.scatter_grad(emb, v, &dx, |i| ids[i] as usize);
     }
     cx.pool.give(dx);
-    let grads = m
-        .params()
-        .trainable()
-        .map(|p| {
-            cx.grads
-                .remove(&p.name)
-                .unwrap_or_else(|| cx.pool.zeros(p.var.elem_count()))
-        })
-        .collect();
+    let grads = cx.take_grads();
     Ok(Pass::Train(loss, grads))
 }
