@@ -195,12 +195,6 @@ impl Gpt {
     /// (generation, the autograd fallback) copies each weight out of the mapping on first use.
     /// CPU only. See [`crate::mapped`].
     pub fn load_mapped(dir: &Path, device: &Device) -> Result<Self> {
-        if !device.is_cpu() {
-            return Err(Error::config(
-                "device",
-                "memory-mapped weights are read on the CPU only; use Gpt::load",
-            ));
-        }
         let config: GptConfig = checkpoint::read_config(dir)?;
         config.validate()?;
         let shapes = checkpoint::with_lowrank(
@@ -208,10 +202,8 @@ impl Gpt {
             &config.cohort_lowrank,
             &Self::linears(&config),
         )?;
-        let mapped = crate::mapped::MappedWeights::open_dir(dir, &shapes)?;
-        let mut weights = Weights::new(Params::new());
-        weights.lowrank = config.cohort_lowrank.clone();
-        weights.frozen = Some(std::sync::Arc::new(mapped));
+        let weights =
+            crate::mapped::frozen_weights(dir, device, &shapes, &config.cohort_lowrank, "Gpt")?;
         Ok(Self {
             config,
             weights,

@@ -297,12 +297,6 @@ impl Llama {
     /// other float dtypes (a bf16 download) are converted once when opened ([`crate::mapped`]).
     /// CPU only.
     pub fn load_mapped(dir: &Path, device: &Device) -> Result<Self> {
-        if !device.is_cpu() {
-            return Err(Error::config(
-                "device",
-                "memory-mapped weights are read on the CPU only; use Llama::load",
-            ));
-        }
         let config: LlamaConfig = checkpoint::read_config(dir)?;
         config.validate()?;
         let shapes = checkpoint::with_lowrank(
@@ -310,10 +304,8 @@ impl Llama {
             &config.cohort_lowrank,
             &Self::linears(&config),
         )?;
-        let mapped = crate::mapped::MappedWeights::open_dir(dir, &shapes)?;
-        let mut weights = Weights::new(Params::new());
-        weights.lowrank = config.cohort_lowrank.clone();
-        weights.frozen = Some(std::sync::Arc::new(mapped));
+        let weights =
+            crate::mapped::frozen_weights(dir, device, &shapes, &config.cohort_lowrank, "Llama")?;
         Ok(Self {
             config,
             weights,

@@ -416,3 +416,26 @@ fn to_f32(bytes: &[u8], dtype: DType, shape: &[usize]) -> Result<Vec<f32>> {
         }
     })
 }
+
+/// The [`Weights`](crate::model::Weights) of a `load_mapped`: empty `params` and the base
+/// tensors `shapes` (already adjusted for the SVD-factored layers in `lowrank`) mapped from the
+/// model directory `dir`. `kind` names the loader to use instead on a non-CPU device.
+pub(crate) fn frozen_weights(
+    dir: &Path,
+    device: &Device,
+    shapes: &[(String, Vec<usize>)],
+    lowrank: &std::collections::BTreeMap<String, usize>,
+    kind: &str,
+) -> Result<crate::model::Weights> {
+    if !device.is_cpu() {
+        return Err(Error::config(
+            "device",
+            format!("memory-mapped weights are read on the CPU only; use {kind}::load"),
+        ));
+    }
+    let mapped = MappedWeights::open_dir(dir, shapes)?;
+    let mut weights = crate::model::Weights::new(crate::params::Params::new());
+    weights.lowrank = lowrank.clone();
+    weights.frozen = Some(std::sync::Arc::new(mapped));
+    Ok(weights)
+}
