@@ -593,6 +593,54 @@ fn check_batch(
     Ok(())
 }
 
+/// A token tensor `[b, t]` as `(b, t, ids)`.
+fn ids_of(ids: &candle_core::Tensor) -> Result<(usize, usize, Vec<u32>)> {
+    let (b, t) = ids.dims2()?;
+    Ok((
+        b,
+        t,
+        ids.to_dtype(DType::U32)?.flatten_all()?.to_vec1::<u32>()?,
+    ))
+}
+
+/// [`LanguageModel::fast_loss_and_grads`] for a model whose hand-written pass is `pass`
+/// (`None` when [`supported`] says the model's state is not handled).
+pub(crate) fn tensor_loss_and_grads<M: LanguageModel>(
+    m: &M,
+    ids: &candle_core::Tensor,
+    targets: &candle_core::Tensor,
+    pass: impl FnOnce(&M, &[u32], &[u32], usize, usize) -> Result<(f64, Vec<Vec<f32>>)>,
+) -> Option<Result<(f64, Vec<Vec<f32>>)>> {
+    if !supported(m) {
+        return None;
+    }
+    let run = || {
+        let (b, t, x) = ids_of(ids)?;
+        let (_, _, y) = ids_of(targets)?;
+        pass(m, &x, &y, b, t)
+    };
+    Some(run())
+}
+
+/// [`LanguageModel::forward_eval`] for a model whose hand-written forward pass is `pass`, with
+/// candle's forward pass where [`supported`] says the model's state is not handled.
+pub(crate) fn tensor_logits<M: LanguageModel>(
+    m: &M,
+    ids: &candle_core::Tensor,
+    pass: impl FnOnce(&M, &[u32], usize, usize) -> Result<Vec<f32>>,
+) -> Result<candle_core::Tensor> {
+    if !supported(m) {
+        return Ok(m.forward(ids)?.detach());
+    }
+    let (b, t, x) = ids_of(ids)?;
+    let logits = pass(m, &x, b, t)?;
+    Ok(candle_core::Tensor::from_vec(
+        logits,
+        (b, t, m.vocab_size()),
+        m.device(),
+    )?)
+}
+
 /// Runs `f` with this thread's buffer pool and puts back the pool it returns.
 fn pooled<R>(f: impl FnOnce(Pool, &mut Pool) -> R) -> R {
     let pool = POOL.with(|p| std::mem::take(&mut *p.borrow_mut()));

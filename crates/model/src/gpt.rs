@@ -361,19 +361,7 @@ impl LanguageModel for Gpt {
         ids: &Tensor,
         targets: &Tensor,
     ) -> Option<Result<(f64, Vec<Vec<f32>>)>> {
-        if !crate::fast::supported(self) {
-            return None;
-        }
-        let run = || -> Result<(f64, Vec<Vec<f32>>)> {
-            let (b, t) = ids.dims2()?;
-            let x = ids.to_dtype(DType::U32)?.flatten_all()?.to_vec1::<u32>()?;
-            let y = targets
-                .to_dtype(DType::U32)?
-                .flatten_all()?
-                .to_vec1::<u32>()?;
-            crate::fast::loss_and_grads(self, &x, &y, b, t)
-        };
-        Some(run())
+        crate::fast::tensor_loss_and_grads(self, ids, targets, crate::fast::loss_and_grads)
     }
 
     fn save(&self, dir: &Path) -> Result<()> {
@@ -381,17 +369,7 @@ impl LanguageModel for Gpt {
     }
 
     fn forward_eval(&self, ids: &Tensor) -> Result<Tensor> {
-        if !crate::fast::supported(self) {
-            return Ok(self.forward(ids)?.detach());
-        }
-        let (b, t) = ids.dims2()?;
-        let x = ids.to_dtype(DType::U32)?.flatten_all()?.to_vec1::<u32>()?;
-        let logits = crate::fast::logits(self, &x, b, t)?;
-        Ok(Tensor::from_vec(
-            logits,
-            (b, t, self.config.vocab_size),
-            &self.device,
-        )?)
+        crate::fast::tensor_logits(self, ids, crate::fast::logits)
     }
 
     fn logits(&self, hidden: &Tensor) -> Result<Tensor> {

@@ -326,11 +326,6 @@ impl Ctx<'_> {
         Ok((y, Saved { u, mask }))
     }
 
-    /// Like [`Ctx::lin`] for evaluation: the adapter's intermediates go back to the pool.
-    fn lin_eval(&mut self, l: &LinearInfo, x: &[f32]) -> Result<Vec<f32>> {
-        self.lin_fwd_eval(l, x)
-    }
-
     /// `dst += src`.
     fn acc(dst: &mut [f32], src: &[f32]) {
         let per = 1 << 14;
@@ -421,7 +416,7 @@ fn pass(
         let (dn, sd) = if train {
             cx.lin(&l[6], &a)?
         } else {
-            (cx.lin_eval(&l[6], &a)?, Saved::default())
+            (cx.lin_fwd_eval(&l[6], &a)?, Saved::default())
         };
         let next = cx.add(&mid, &dn);
         cx.pool.give(dn);
