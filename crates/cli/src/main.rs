@@ -24,6 +24,7 @@ macro_rules! out {
     }};
 }
 
+mod args;
 mod cmd;
 mod output;
 mod report;

@@ -10,6 +10,8 @@ use cohort_model::train::{TrainConfig, Trainer};
 use cohort_model::{Gpt, GptConfig, LanguageModel, Lora, LoraConfig};
 use serde::{Deserialize, Serialize};
 
+use crate::args::int_in;
+
 use crate::output::{Table, write_json};
 
 /// Training throughput of the reference model (GPT decoder, vocabulary 65, context 128,
@@ -22,19 +24,19 @@ pub struct Args {
     #[arg(long)]
     json: Option<PathBuf>,
     /// Timed steps per mode (the median step time is reported).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = int_in(1..=100_000usize))]
     steps: usize,
     /// Untimed warm-up steps per mode.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = int_in(0..=100_000usize))]
     warmup: usize,
     /// Sequences per batch.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = int_in(1..=4096usize))]
     batch: usize,
     /// Model preset (the benchmark is defined on `reference`; `test` makes a quick smoke run).
     #[arg(long, default_value = "reference", hide = true)]
     preset: String,
     /// LoRA rank.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = int_in(1..=4096usize))]
     rank: usize,
     /// Also run bench/torch_reference.py with this Python (e.g. `python3`) right after, and
     /// report the ratio.
@@ -47,7 +49,7 @@ pub struct Args {
     /// Threads for both engines (default: rayon's pool, one per core; the benchmark is defined
     /// at 2). One thread compares the engines' per-core efficiency, which a shared machine
     /// disturbs far less than two threads' synchronisation.
-    #[arg(long)]
+    #[arg(long, value_parser = int_in(1..=1024usize))]
     threads: Option<usize>,
     /// The PyTorch script.
     #[arg(long, default_value = "bench/torch_reference.py")]
@@ -175,6 +177,9 @@ fn load_average() -> Option<f64> {
 
 impl Args {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
+        if let Some(p) = &self.json {
+            crate::args::check_output_file(p, "--json")?;
+        }
         match self.threads {
             Some(n) => rayon::ThreadPoolBuilder::new()
                 .num_threads(n)

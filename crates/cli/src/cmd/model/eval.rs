@@ -2,6 +2,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+
+use crate::args::{float_in, int_in};
 use cohort_model::train::evaluate;
 
 use crate::output::{Table, print_json};
@@ -16,16 +18,16 @@ pub struct Args {
     data: PathBuf,
     /// Evaluate only the last fraction of the file (0.1 matches pretrain's held-out part; 1:
     /// the whole file).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = float_in(0.0..=1.0).open_start())]
     tail: f64,
     /// Tokens per window (default: the model's context).
-    #[arg(long)]
+    #[arg(long, value_parser = int_in(1..=1_048_576usize))]
     seq_len: Option<usize>,
     /// Windows per batch.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = int_in(1..=65_536usize))]
     batch: usize,
     /// At most this many windows.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = int_in(1..=100_000_000usize))]
     max_windows: usize,
     /// An adapter directory to apply (from `cohort model lora`).
     #[arg(long)]

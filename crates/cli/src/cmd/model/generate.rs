@@ -2,6 +2,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+
+use crate::args::{float_in, int_in};
 use cohort_model::generate::{Sampling, generate};
 
 /// Generate text from a model directory: greedy by default, or sampled with temperature,
@@ -14,16 +16,16 @@ pub struct Args {
     #[arg(long)]
     prompt: String,
     /// Tokens to generate.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = int_in(1..=1_000_000usize))]
     max_new: usize,
     /// Sampling temperature (0: greedy).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = float_in(0.0..=100.0))]
     temperature: f64,
     /// Sample among the k most likely tokens only (0: all).
     #[arg(long, default_value_t = 0)]
     top_k: usize,
     /// Sample among the most likely tokens whose mass reaches p.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = float_in(0.0..=1.0).open_start())]
     top_p: f64,
     /// Seed of the sampler.
     #[arg(long, default_value_t = 0)]

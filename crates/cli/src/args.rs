@@ -1,0 +1,273 @@
+//! Range-checked argument parsers and output-path checks shared by every subcommand.
+//!
+//! Every numeric flag states its valid range at parse time, so a bad value is refused by clap
+//! with the flag's name (`invalid value 'nan' for '--lr <LR>': must be a finite number in (0,
+//! 10]`) before any work starts:
+//!
+//! ```ignore
+//! /// Learning rate.
+//! #[arg(long, default_value_t = 3e-4, value_parser = float_in(0.0..=10.0).open_start())]
+//! lr: f64,
+//! /// Steps to run.
+//! #[arg(long, default_value_t = 100, value_parser = int_in(1..=10_000_000u64))]
+//! steps: u64,
+//! ```
+//!
+//! Output files (`--json FILE`, `--plot FILE`, `--out FILE`) are probed with
+//! [`check_output_file`] at the start of `execute`, so a long run never fails at the end on a
+//! path it could have refused at the start.
+
+use std::fmt::Display;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::str::FromStr;
+
+use anyhow::{Context, bail};
+
+/// A range of floats, closed unless [`FloatRange::open_start`] says otherwise. Parses finite
+/// numbers only: `nan`, `inf` and `-inf` are always refused.
+#[derive(Debug, Clone, Copy)]
+pub struct FloatRange {
+    lo: Bound<f64>,
+    hi: Bound<f64>,
+}
+
+/// Floats in `range` (finite only); `..` accepts any finite number.
+pub fn float_in(range: impl RangeBounds<f64>) -> FloatRange {
+    FloatRange {
+        lo: range.start_bound().cloned(),
+        hi: range.end_bound().cloned(),
+    }
+}
+
+impl FloatRange {
+    /// Excludes the lower end (`(0, 1]` from `0.0..=1.0`).
+    pub fn open_start(mut self) -> Self {
+        if let Bound::Included(x) = self.lo {
+            self.lo = Bound::Excluded(x);
+        }
+        self
+    }
+
+    /// Whether `x` is finite and inside the range.
+    pub fn contains(&self, x: f64) -> bool {
+        x.is_finite() && (self.lo, self.hi).contains(&x)
+    }
+
+    /// The range as people write it: `[0, 1]`, `(0, 10]`, `any finite number`.
+    pub fn describe(&self) -> String {
+        describe(self.lo, self.hi, "-inf", "inf")
+    }
+
+    /// Parses `s` and checks it, naming the range on failure.
+    pub fn parse(&self, s: &str) -> Result<f64, String> {
+        let x: f64 = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not a number"))?;
+        if self.contains(x) {
+            Ok(x)
+        } else {
+            Err(format!("must be a finite number in {}", self.describe()))
+        }
+    }
+}
+
+impl clap::builder::TypedValueParser for FloatRange {
+    type Value = f64;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<f64, clap::Error> {
+        let s = value.to_string_lossy();
+        self.parse(&s)
+            .map_err(|msg| invalid_value(cmd, arg, &s, &msg))
+    }
+}
+
+/// Integers in `range`, refusing values outside it with the range in the message (clap's own
+/// ranged parsers exist only for some integer types; this one serves `usize` and `u32` too).
+pub fn int_in<T>(range: impl RangeBounds<T>) -> IntRange<T>
+where
+    T: Copy,
+{
+    IntRange {
+        lo: range.start_bound().cloned(),
+        hi: range.end_bound().cloned(),
+    }
+}
+
+/// See [`int_in`].
+#[derive(Debug, Clone, Copy)]
+pub struct IntRange<T> {
+    lo: Bound<T>,
+    hi: Bound<T>,
+}
+
+impl<T> IntRange<T>
+where
+    T: FromStr + PartialOrd + Display + Copy,
+{
+    /// Parses `s` and checks it, naming the range on failure.
+    pub fn parse(&self, s: &str) -> Result<T, String> {
+        let x: T = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("must be a whole number in {}", self.describe()))?;
+        if (self.lo, self.hi).contains(&x) {
+            Ok(x)
+        } else {
+            Err(format!("must be a whole number in {}", self.describe()))
+        }
+    }
+
+    /// The range as people write it.
+    pub fn describe(&self) -> String {
+        describe(self.lo, self.hi, "", "")
+    }
+}
+
+impl<T> clap::builder::TypedValueParser for IntRange<T>
+where
+    T: FromStr + PartialOrd + Display + Copy + Send + Sync + 'static,
+{
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<T, clap::Error> {
+        let s = value.to_string_lossy();
+        self.parse(&s)
+            .map_err(|msg| invalid_value(cmd, arg, &s, &msg))
+    }
+}
+
+fn describe<T: Display>(lo: Bound<T>, hi: Bound<T>, neg_inf: &str, inf: &str) -> String {
+    let (open, a) = match lo {
+        Bound::Included(x) => ("[", x.to_string()),
+        Bound::Excluded(x) => ("(", x.to_string()),
+        Bound::Unbounded if neg_inf.is_empty() => ("[", "min".into()),
+        Bound::Unbounded => ("(", neg_inf.into()),
+    };
+    let (close, b) = match hi {
+        Bound::Included(x) => ("]", x.to_string()),
+        Bound::Excluded(x) => (")", x.to_string()),
+        Bound::Unbounded if inf.is_empty() => ("]", "max".into()),
+        Bound::Unbounded => (")", inf.into()),
+    };
+    format!("{open}{a}, {b}{close}")
+}
+
+/// A clap error in clap's own shape: `invalid value 'V' for '--flag <F>': MESSAGE`.
+fn invalid_value(
+    cmd: &clap::Command,
+    arg: Option<&clap::Arg>,
+    value: &str,
+    msg: &str,
+) -> clap::Error {
+    let name = arg.map_or_else(|| "the value".to_owned(), |a| a.to_string());
+    clap::Error::raw(
+        clap::error::ErrorKind::ValueValidation,
+        format!("invalid value '{value}' for '{name}': {msg}\n"),
+    )
+    .with_cmd(cmd)
+}
+
+/// Checks, before any work, that `path` can be written as an output file for `flag`: its
+/// directory exists, it is not a directory, and a file can be created or appended there. A
+/// file this check creates is removed again; an existing file is left unchanged.
+pub fn check_output_file(path: &Path, flag: &str) -> anyhow::Result<()> {
+    if path.as_os_str().is_empty() {
+        bail!("{flag}: the path is empty");
+    }
+    if path.is_dir() {
+        bail!("{flag} {}: is a directory, not a file", path.display());
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        bail!(
+            "{flag} {}: the directory {} does not exist",
+            path.display(),
+            parent.display()
+        );
+    }
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .with_context(|| format!("{flag} {}: cannot be written", path.display()))?;
+    if !existed {
+        std::fs::remove_file(path)
+            .with_context(|| format!("{flag} {}: removing the probe file", path.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_refuse_non_finite_and_out_of_range() {
+        let r = float_in(0.0..=1.0);
+        assert_eq!(r.parse("0.5"), Ok(0.5));
+        assert_eq!(r.parse("0"), Ok(0.0));
+        assert_eq!(r.parse("1"), Ok(1.0));
+        for bad in [
+            "nan",
+            "NaN",
+            "inf",
+            "-inf",
+            "1.0000001",
+            "-0.1",
+            "x",
+            "",
+            "1e400",
+        ] {
+            assert!(r.parse(bad).is_err(), "{bad} accepted");
+        }
+        let open = float_in(0.0..=10.0).open_start();
+        assert!(open.parse("0").is_err());
+        assert_eq!(open.describe(), "(0, 10]");
+        assert_eq!(float_in(..).describe(), "(-inf, inf)");
+        assert!(float_in(..).parse("nan").is_err());
+        assert_eq!(float_in(..).parse("-3.5"), Ok(-3.5));
+    }
+
+    #[test]
+    fn integers_name_their_range() {
+        let r = int_in(1..=1000usize);
+        assert_eq!(r.parse("1"), Ok(1));
+        assert_eq!(r.parse("1000"), Ok(1000));
+        for bad in ["0", "1001", "-1", "18446744073709551616", "1.5", "x", ""] {
+            let e = r.parse(bad).unwrap_err();
+            assert!(e.contains("[1, 1000]"), "{bad}: {e}");
+        }
+        assert_eq!(int_in(1u64..).describe(), "[1, max]");
+    }
+
+    #[test]
+    fn output_files_are_probed_without_leaving_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("out.json");
+        check_output_file(&f, "--json").unwrap();
+        assert!(!f.exists(), "the probe left a file");
+        std::fs::write(&f, b"kept").unwrap();
+        check_output_file(&f, "--json").unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), b"kept");
+        let e = check_output_file(&dir.path().join("no/such/x.svg"), "--plot").unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        let e = check_output_file(dir.path(), "--json").unwrap_err();
+        assert!(e.to_string().contains("is a directory"), "{e}");
+    }
+}
