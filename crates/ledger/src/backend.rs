@@ -89,6 +89,14 @@ pub trait LedgerBackend {
         Ok(())
     }
 
+    /// Throws away what [`flush`](Self::flush) has not made durable, as a crash would, and
+    /// returns how many entries that was: for a writer that stops part-way through a unit of
+    /// work (a federated round) and must leave the record at the last whole one. A backend
+    /// whose every call is final (a chain; the default) cannot and returns 0.
+    fn discard_unflushed(&mut self) -> Result<u64, LedgerError> {
+        Ok(0)
+    }
+
     /// The address `id`'s transactions come from on this backend (`msg.sender`): its
     /// ed25519-derived [`Identity::address`] on the embedded ledger, the address of its derived
     /// secp256k1 key on a chain.

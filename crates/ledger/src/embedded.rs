@@ -40,6 +40,11 @@ pub struct LedgerConfig {
     pub operator: Identity,
     /// Time of the first entry.
     pub start_time: u64,
+    /// Where [`EmbeddedLedger::create`] writes the operator's secret key (mode 0600): `None`
+    /// (the default) puts it in the ledger directory as `operator.key`; a writer that hands
+    /// the ledger directory to others (an auditor) keeps it elsewhere, and reopens the ledger
+    /// with [`EmbeddedLedger::open_as`].
+    pub key_file: Option<PathBuf>,
 }
 
 impl LedgerConfig {
@@ -49,7 +54,14 @@ impl LedgerConfig {
             origin: origin.to_owned(),
             operator,
             start_time: 0,
+            key_file: None,
         }
+    }
+
+    /// Writes the operator's secret key to `path` instead of `DIR/operator.key`.
+    pub fn with_key_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.key_file = Some(path.into());
+        self
     }
 
     /// Sets the time of the first entry.
@@ -190,6 +202,9 @@ pub struct EmbeddedLedger {
     sync: SyncPolicy,
     /// Commits made since the last durable one (only under [`SyncPolicy::OnFlush`]).
     unsynced: bool,
+    /// The entry count and checkpoint at the last durable commit, what
+    /// [`EmbeddedLedger::discard_unflushed`] returns to.
+    durable: (u64, String),
 }
 
 /// When the embedded ledger's commits reach the disk.
@@ -235,7 +250,10 @@ impl EmbeddedLedger {
                 ),
             });
         }
-        let key_path = dir.join(KEY_FILE);
+        let key_path = config
+            .key_file
+            .clone()
+            .unwrap_or_else(|| dir.join(KEY_FILE));
         write_secret(&key_path, &config.operator)?;
         let db = Database::create(&db_path).map_err(LedgerError::storage)?;
         let note = Checkpoint {
@@ -271,6 +289,7 @@ impl EmbeddedLedger {
             exec: Executor::new(),
             last_time: config.start_time,
             clock: config.start_time,
+            durable: (0, note.clone()),
             note,
             logs: Vec::new(),
             sync: SyncPolicy::EveryCommit,
@@ -291,13 +310,28 @@ impl EmbeddedLedger {
         }
         let key_path = dir.join(KEY_FILE);
         let secret = fs::read_to_string(&key_path).map_err(LedgerError::io(&key_path))?;
-        let db = Database::open(&db_path).map_err(|e| open_error(&dir, e))?;
-        let meta = read_meta(&db, &dir)?;
         let operator =
             Identity::from_secret_hex("operator", &secret).map_err(|e| LedgerError::Invalid {
                 what: "operator.key",
                 reason: e.to_string(),
             })?;
+        Self::open_as(dir, operator)
+    }
+
+    /// Opens an existing ledger as [`Self::open`] does, signing with `operator` (whose key
+    /// must be the one recorded in the ledger) instead of reading `DIR/operator.key`: for a
+    /// ledger created with [`LedgerConfig::with_key_file`].
+    pub fn open_as(dir: impl AsRef<Path>, operator: Identity) -> Result<Self, LedgerError> {
+        let dir = dir.as_ref().to_path_buf();
+        let db_path = dir.join(DB_FILE);
+        if !db_path.exists() {
+            return Err(LedgerError::NotALedger {
+                dir,
+                reason: format!("no {DB_FILE}"),
+            });
+        }
+        let db = Database::open(&db_path).map_err(|e| open_error(&dir, e))?;
+        let meta = read_meta(&db, &dir)?;
         if operator.public_key() != meta.operator {
             return Err(LedgerError::Invalid {
                 what: "operator.key",
@@ -317,8 +351,10 @@ impl EmbeddedLedger {
             logs: Vec::new(),
             sync: SyncPolicy::EveryCommit,
             unsynced: false,
+            durable: (0, String::new()),
         };
         led.rebuild(meta.start_time)?;
+        led.durable = (led.tree.len(), led.note.clone());
         Ok(led)
     }
 
@@ -567,7 +603,39 @@ impl EmbeddedLedger {
             .map_err(LedgerError::storage)?;
         w.commit().map_err(LedgerError::storage)?;
         self.unsynced = false;
+        self.durable = (self.tree.len(), self.note.clone());
         Ok(())
+    }
+
+    /// Throws away the commits made since the last durable one (under
+    /// [`SyncPolicy::OnFlush`], those since the last [`flush`](Self::flush)) and returns to
+    /// that state, on disk and in memory, as a crash would have: for a writer that stops
+    /// part-way through its unit of work and must not leave half of it behind (dropping the
+    /// ledger would make it durable). Returns how many entries were dropped. The entries
+    /// dropped were never durable; nothing that was is touched.
+    pub fn discard_unflushed(&mut self) -> Result<u64, LedgerError> {
+        let (keep, note) = self.durable.clone();
+        let len = self.tree.len();
+        if !self.unsynced && len == keep {
+            return Ok(0);
+        }
+        let w = self.db.begin_write().map_err(LedgerError::storage)?;
+        {
+            let mut t = w.open_table(ENTRIES).map_err(LedgerError::storage)?;
+            for seq in keep..len {
+                t.remove(seq).map_err(LedgerError::storage)?;
+            }
+            let mut m = w.open_table(META).map_err(LedgerError::storage)?;
+            m.insert("checkpoint", note.as_bytes())
+                .map_err(LedgerError::storage)?;
+        }
+        w.commit().map_err(LedgerError::storage)?;
+        self.unsynced = false;
+        let start_time = read_meta(&self.db, &self.dir)?.start_time;
+        let clock = self.clock;
+        self.rebuild(start_time)?;
+        self.clock = clock.max(self.last_time);
+        Ok(len - keep)
     }
 
     fn write(&mut self, rows: &[(u64, Vec<u8>)], note: &str) -> Result<(), LedgerError> {
@@ -589,6 +657,9 @@ impl EmbeddedLedger {
         }
         w.commit().map_err(LedgerError::storage)?;
         self.unsynced |= deferred;
+        if !deferred && !self.unsynced {
+            self.durable = (self.tree.len(), note.to_owned());
+        }
         Ok(())
     }
 
@@ -990,6 +1061,10 @@ impl Drop for EmbeddedLedger {
 impl LedgerBackend for EmbeddedLedger {
     fn flush(&mut self) -> Result<(), LedgerError> {
         EmbeddedLedger::flush(self)
+    }
+
+    fn discard_unflushed(&mut self) -> Result<u64, LedgerError> {
+        EmbeddedLedger::discard_unflushed(self)
     }
 
     fn transact(
