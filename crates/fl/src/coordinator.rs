@@ -25,15 +25,17 @@ use crate::{ClientUpdate, FlError, validate};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CoordinatorConfig {
-    /// Rounds to run.
+    /// Rounds to run: [1, 10000].
     pub rounds: u64,
-    /// Clients sampled per round (all when larger than the population).
+    /// Clients sampled per round (all when larger than the population): [1, 256], the
+    /// protocol's most updates per round.
     pub clients_per_round: usize,
-    /// Seconds clients have to train and submit.
+    /// Virtual seconds clients have to train and submit: [1, 604800] (a week; the run's
+    /// clock moves 60 s per step).
     pub train_timeout: u64,
-    /// Seconds validators have to commit their scores.
+    /// Virtual seconds validators have to commit their scores: [1, 604800].
     pub commit_timeout: u64,
-    /// Seconds validators have to reveal.
+    /// Virtual seconds validators have to reveal: [1, 604800].
     pub reveal_timeout: u64,
 }
 
@@ -179,6 +181,16 @@ impl Coordinator {
             committed: BTreeSet::new(),
             revealed: BTreeSet::new(),
         })
+    }
+
+    /// The coordinator of a run continued after `settled` rounds: between rounds, as it is
+    /// once round `settled` is settled, so that the next tick opens round `settled + 1` (or
+    /// finishes). Cohorts derive from the seed and the round alone, so nothing else carries
+    /// over.
+    pub fn after_round(mut self, settled: u64) -> Self {
+        self.round = settled;
+        self.phase = Phase::Idle;
+        self
     }
 
     /// The current phase.

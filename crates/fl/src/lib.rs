@@ -25,15 +25,18 @@
 //! ```
 
 pub mod attack;
+pub mod config;
 pub mod coordinator;
 pub mod learner;
 pub mod partition;
+pub mod resume;
 pub mod runtime;
 pub mod strategy;
 pub mod transport;
 pub mod update;
 
 pub use attack::{AttackKind, DataAttack, UpdateAttack};
+pub use config::{RunConfig, ValidConfig};
 pub use coordinator::{Command, Coordinator, CoordinatorConfig, Event, Phase};
 pub use transport::{InProcess, Transport};
 pub use update::{ClientUpdate, validate};
@@ -78,12 +81,29 @@ pub enum FlError {
     /// The learning task failed (a model operation, a data file).
     #[error("task: {0}")]
     Task(String),
-    /// A strategy's parameter is out of range.
+    /// A config value is out of range (`what` is its dotted path, `task.lr`).
     #[error("invalid {what}: {reason}")]
     InvalidConfig {
         /// The parameter.
         what: &'static str,
         /// Why.
+        reason: String,
+    },
+    /// An honest client's local training gave non-finite values: the task's settings (a
+    /// learning rate too high for the data) cannot train. The run stops instead of rejecting
+    /// and slashing the client for the operator's choice.
+    #[error(
+        "local training diverged (non-finite values in an honest client's update): the task's \
+         settings cannot train this data (a learning rate too high?); the run stops instead \
+         of rejecting and slashing an honest client"
+    )]
+    Diverged,
+    /// A file of a run's saved state ([`resume`]) is missing or damaged.
+    #[error("{}: {reason}", path.display())]
+    State {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
         reason: String,
     },
 }

@@ -23,17 +23,18 @@ use cohort_ledger::protocol::{
 use cohort_ledger::{LedgerBackend, LedgerError};
 use serde::{Deserialize, Serialize};
 
-use crate::coordinator::{Command, Coordinator, CoordinatorConfig, Event, Phase};
-use crate::learner::{Learner, Metrics};
-use crate::strategy::{
-    Clipped, CoordinateMedian, FedAvg, FedOpt, Krum, MedianClipped, ScoreWeighted, Strategy,
-    TrimmedMean,
+pub use crate::config::{
+    AggregationConfig, AttackConfig, IncentiveConfig, RunConfig, StrategyConfig, ValidConfig,
 };
+use crate::coordinator::{Command, Coordinator, Event, Phase};
+use crate::learner::{Learner, Metrics};
+use crate::resume::{Resume, SavedRound};
+use crate::strategy::Strategy;
 use crate::transport::{
     InProcess, Reply, Request, RevealRequest, ScoreItem, ScoreRequest, TrainRequest, Transport,
     TransportError,
 };
-use crate::{AttackKind, ClientUpdate, FlError};
+use crate::{ClientUpdate, FlError};
 
 /// Why a run stopped.
 #[derive(Debug, thiserror::Error)]
@@ -50,275 +51,36 @@ pub enum RunError {
     /// The transport to the clients and validators failed.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The global model became non-finite after aggregation.
+    #[error(
+        "round {round}: the global model became non-finite after aggregating with {strategy}; \
+         the run stops before the round is finalized, so no client is rejected or slashed for \
+         it (check the aggregation's settings, such as a server learning rate, and the task's \
+         learning rate)"
+    )]
+    NonFiniteModel {
+        /// The round.
+        round: u64,
+        /// The strategy, as it names itself.
+        strategy: String,
+    },
+    /// A run stopped with `error`, and the round in progress could not be taken back off the
+    /// ledger.
+    #[error("{error}; and the unfinished round could not be discarded from the ledger: {discard}")]
+    Unwound {
+        /// Why the run stopped.
+        error: Box<RunError>,
+        /// Why the discard failed.
+        discard: LedgerError,
+    },
     /// A blob could not be written.
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", path.display())]
     Io {
         /// The path.
         path: PathBuf,
         /// The error.
         source: std::io::Error,
     },
-}
-
-/// Which aggregation strategy, as configured.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum StrategyConfig {
-    /// Sample-weighted mean.
-    FedAvg,
-    /// Weighted by the on-chain consensus scores.
-    ScoreWeighted,
-    /// Coordinate-wise median.
-    Median,
-    /// Coordinate-wise trimmed mean.
-    TrimmedMean {
-        /// Values trimmed at each end.
-        k: usize,
-    },
-    /// Krum (m = 1) or Multi-Krum.
-    Krum {
-        /// Byzantine clients tolerated.
-        f: usize,
-        /// Updates averaged.
-        #[serde(default = "one")]
-        m: usize,
-    },
-}
-
-fn one() -> usize {
-    1
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// The strategy with its optional wrappers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AggregationConfig {
-    /// The base strategy.
-    pub strategy: StrategyConfig,
-    /// Clip every update to this norm first.
-    #[serde(default)]
-    pub clip_norm: Option<f64>,
-    /// Clip every accepted update to the median norm of the round's accepted updates
-    /// before the strategy sees it (and before `clip_norm`, if both are given): a bound that
-    /// adapts to the task and the round (FLAME's). A clipped update's consensus score is
-    /// scaled by the same factor, so that score weighting weighs the update as aggregated.
-    /// On by default (`false` turns it off): without it one accepted boosted update (scaled
-    /// model replacement) moves the model many honest steps at once, see docs/fl.md.
-    #[serde(default = "yes")]
-    pub clip_to_median: bool,
-    /// Server learning rate of FedAdam on top (none: apply the aggregate as is).
-    #[serde(default)]
-    pub fedadam_lr: Option<f64>,
-    /// Aggregate every valid update, ignoring the validators' verdict: the undefended
-    /// baseline that shows what an attack does.
-    #[serde(default)]
-    pub ignore_verdicts: bool,
-}
-
-impl Default for AggregationConfig {
-    fn default() -> Self {
-        Self {
-            strategy: StrategyConfig::ScoreWeighted,
-            clip_norm: None,
-            clip_to_median: true,
-            fedadam_lr: None,
-            ignore_verdicts: false,
-        }
-    }
-}
-
-impl AggregationConfig {
-    /// Builds the strategy.
-    pub fn build(&self) -> Box<dyn Strategy> {
-        let base: Box<dyn Strategy> = match self.strategy {
-            StrategyConfig::FedAvg => Box::new(FedAvg),
-            StrategyConfig::ScoreWeighted => Box::new(ScoreWeighted::by_samples()),
-            StrategyConfig::Median => Box::new(CoordinateMedian),
-            StrategyConfig::TrimmedMean { k } => Box::new(TrimmedMean::new(k)),
-            StrategyConfig::Krum { f, m } => Box::new(Krum::multi(f, m)),
-        };
-        let clipped: Box<dyn Strategy> = match self.clip_norm {
-            Some(c) => Box::new(Clipped::new(base, c)),
-            None => base,
-        };
-        let clipped: Box<dyn Strategy> = if self.clip_to_median {
-            Box::new(MedianClipped::new(clipped))
-        } else {
-            clipped
-        };
-        match self.fedadam_lr {
-            Some(lr) => Box::new(FedOpt::adam(clipped, lr)),
-            None => clipped,
-        }
-    }
-}
-
-/// Who attacks, and how.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AttackConfig {
-    /// Fraction of clients that attack (the highest-numbered ones).
-    pub fraction: f64,
-    /// What they do: to their updates (`random-noise`, `sign-flip`, `scaled-replacement`,
-    /// `free-rider`) or to their training data (`label-flip`, `backdoor`; classification
-    /// tasks only).
-    pub attack: AttackKind,
-    /// Validators that collude with the attackers: they score attackers' updates +1 and
-    /// everyone else's -1.
-    #[serde(default)]
-    pub colluding_validators: usize,
-    /// Makes the attackers Sybils of one adversary: each identity stakes only this many
-    /// tokens (instead of `incentives.client_stake`), and every Sybil sampled in a round sends
-    /// the same update (the first one's), so that one adversary's update is counted many
-    /// times. The protocol's `minClientStake` (100 tokens by default) still applies: a Sybil
-    /// slashed below it can no longer submit.
-    #[serde(default)]
-    pub sybil_stake: Option<u64>,
-}
-
-/// Stakes and rewards, in whole tokens.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct IncentiveConfig {
-    /// Tokens minted to every participant at the start.
-    pub initial_balance: u64,
-    /// Stake of each client.
-    pub client_stake: u64,
-    /// Stake of each validator.
-    pub validator_stake: u64,
-    /// Reward pool of each round, paid by the coordinator.
-    pub reward_per_round: u64,
-    /// Lowest consensus score accepted. Scores are loss reductions on the validators'
-    /// holdouts, in the task's loss units (0.1 = the update cuts the loss by 0.1); a small negative
-    /// threshold keeps honest clients with unusual data from being slashed near convergence,
-    /// where their updates move the model slightly away from the validators' data.
-    pub accept_threshold: f64,
-}
-
-impl Default for IncentiveConfig {
-    fn default() -> Self {
-        Self {
-            initial_balance: 10_000,
-            client_stake: 500,
-            validator_stake: 2_000,
-            reward_per_round: 100,
-            accept_threshold: -0.05,
-        }
-    }
-}
-
-/// A whole run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunConfig {
-    /// Everything random derives from it.
-    pub seed: u64,
-    /// Number of clients.
-    pub clients: usize,
-    /// Number of validators.
-    pub validators: usize,
-    /// What is learned.
-    #[serde(default)]
-    pub task: crate::learner::TaskConfig,
-    /// Rounds and cohort sizes.
-    #[serde(default)]
-    pub coordinator: CoordinatorConfig,
-    /// Aggregation.
-    #[serde(default)]
-    pub aggregation: AggregationConfig,
-    /// Attackers, if any.
-    #[serde(default)]
-    pub attack: Option<AttackConfig>,
-    /// Stakes and rewards.
-    #[serde(default)]
-    pub incentives: IncentiveConfig,
-}
-
-impl RunConfig {
-    /// Checks the values a run cannot work with.
-    pub fn validate(&self) -> Result<(), FlError> {
-        let bad = |what, reason: String| Err(FlError::InvalidConfig { what, reason });
-        if self.clients == 0 || self.clients > 100_000 {
-            return bad(
-                "clients",
-                format!("{} is not between 1 and 100000", self.clients),
-            );
-        }
-        if self.validators == 0 || self.validators > 32 {
-            return bad(
-                "validators",
-                format!("{} is not between 1 and 32", self.validators),
-            );
-        }
-        if let Some(a) = &self.attack {
-            if !(0.0..=1.0).contains(&a.fraction) {
-                return bad(
-                    "attack.fraction",
-                    format!("{} is not in [0, 1]", a.fraction),
-                );
-            }
-            if let AttackKind::Backdoor {
-                trigger,
-                poison_fraction,
-                ..
-            } = &a.attack
-            {
-                if trigger.is_empty() {
-                    return bad(
-                        "attack.attack.trigger",
-                        "must hold at least one token".into(),
-                    );
-                }
-                if !(0.0..=1.0).contains(poison_fraction) || *poison_fraction == 0.0 {
-                    return bad(
-                        "attack.attack.poison_fraction",
-                        format!("{poison_fraction} is not in (0, 1]"),
-                    );
-                }
-            }
-            if let Some(st) = a
-                .sybil_stake
-                .filter(|&st| st == 0 || st > self.incentives.initial_balance)
-            {
-                return bad(
-                    "attack.sybil_stake",
-                    format!("{st} is not between 1 and incentives.initial_balance"),
-                );
-            }
-            if a.colluding_validators > self.validators {
-                return bad(
-                    "attack.colluding_validators",
-                    "more than there are validators".into(),
-                );
-            }
-        }
-        if self.incentives.client_stake > self.incentives.initial_balance
-            || self.incentives.validator_stake > self.incentives.initial_balance
-        {
-            return bad("incentives", "stakes exceed the initial balance".into());
-        }
-        Ok(())
-    }
-
-    /// The stake client `k` puts up: a Sybil's if it is one, else `incentives.client_stake`.
-    pub fn client_stake(&self, k: u32) -> u64 {
-        match self.attack.as_ref().and_then(|a| a.sybil_stake) {
-            Some(s) if self.is_attacker(k) => s,
-            _ => self.incentives.client_stake,
-        }
-    }
-
-    /// Whether client `k` attacks.
-    pub fn is_attacker(&self, k: u32) -> bool {
-        self.attack.as_ref().is_some_and(|a| {
-            let n = (a.fraction * self.clients as f64).round() as usize;
-            (k as usize) >= self.clients - n.min(self.clients)
-        })
-    }
 }
 
 /// One round's outcome.
@@ -551,21 +313,125 @@ struct OnChain {
     update: Option<ClientUpdate>,
 }
 
+/// Where a run's signing keys come from: the governance, the coordinator, every client and
+/// validator (and, in `cohort run`, the ledger's operator).
+#[derive(Clone, PartialEq, Eq)]
+pub enum Keys {
+    /// Derived from the config's seed, as `Identity::from_seed(seed, name)`. Anyone who knows
+    /// the seed (`cohort run` publishes it in summary.json) can derive every key and so sign
+    /// a different ledger for the same run: a reproducible experiment (the same seed gives the
+    /// same ledger root), not a secured one.
+    Seeded(u64),
+    /// Derived from a 32-byte secret kept apart from the ledger and the summary
+    /// (`sha256("cohort-run-keys-v1" || secret || name)`): the run's ledger cannot be forged
+    /// from its summary. A new secret per run makes a new root per run.
+    Secret([u8; 32]),
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Seeded(seed) => write!(f, "Keys::Seeded({seed})"),
+            Self::Secret(_) => f.write_str("Keys::Secret(..)"),
+        }
+    }
+}
+
+impl Keys {
+    /// The identity called `name` (`governance`, `coordinator`, `client-3`, `validator-0`).
+    pub fn identity(&self, name: &str) -> Identity {
+        match self {
+            Self::Seeded(seed) => Identity::from_seed(*seed, name),
+            Self::Secret(secret) => Identity::from_secret(
+                name,
+                cohort_core::sha256_parts(&[b"cohort-run-keys-v1", secret, name.as_bytes()]).0,
+            ),
+        }
+    }
+
+    /// Whether anyone with the seed can derive the keys.
+    pub fn is_seeded(&self) -> bool {
+        matches!(self, Self::Seeded(_))
+    }
+}
+
+/// How a run keeps its keys and its files, beyond the config: consuming `with_*` setters.
+#[derive(Debug, Default)]
+pub struct RunOptions {
+    keys: Option<Keys>,
+    blobs: Option<PathBuf>,
+    state: Option<PathBuf>,
+    resume: Option<Resume>,
+}
+
+impl RunOptions {
+    /// Keys from the seed, no files.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The parties' keys (default: [`Keys::Seeded`] with the config's seed).
+    pub fn with_keys(mut self, keys: Keys) -> Self {
+        self.keys = Some(keys);
+        self
+    }
+
+    /// Writes every update and global model blob into `dir` (content-addressed).
+    pub fn with_blobs(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.blobs = Some(dir.into());
+        self
+    }
+
+    /// Saves what the run needs to continue into `dir` after the set-up and after every
+    /// settled round, before the ledger's flush ([`crate::resume`]).
+    pub fn with_state(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state = Some(dir.into());
+        self
+    }
+
+    /// Continues from a saved round ([`crate::resume::load`]) instead of setting up: the
+    /// backend must be the ledger at the size and root the round was saved with.
+    pub fn resuming(mut self, resume: Resume) -> Self {
+        self.resume = Some(resume);
+        self
+    }
+
+    fn keys(&self, cfg: &RunConfig) -> Keys {
+        self.keys.clone().unwrap_or(Keys::Seeded(cfg.seed))
+    }
+}
+
 /// Runs the federated experiment `cfg` on `backend` with `learner`, its clients and
-/// validators in this process ([`InProcess`]). Update blobs go to `blobs` when given.
-/// Progress is reported through `on_round`.
+/// validators in this process ([`InProcess`]), keys from the seed. Update blobs go to `blobs`
+/// when given. Progress is reported through `on_round`.
 pub fn run<B: LedgerBackend, L: Learner + ?Sized>(
-    cfg: &RunConfig,
+    cfg: &ValidConfig,
     backend: B,
     learner: &L,
     blobs: Option<&Path>,
     on_round: impl FnMut(&RoundSummary),
 ) -> Result<(Protocol<B>, RunSummary), RunError> {
+    let mut opts = RunOptions::new();
+    if let Some(b) = blobs {
+        opts = opts.with_blobs(b);
+    }
+    run_in_process(cfg, backend, learner, opts, on_round)
+}
+
+/// [`run`] with [`RunOptions`]: the clients and validators of `learner` in this process.
+pub fn run_in_process<B: LedgerBackend, L: Learner + ?Sized>(
+    cfg: &ValidConfig,
+    backend: B,
+    learner: &L,
+    opts: RunOptions,
+    on_round: impl FnMut(&RoundSummary),
+) -> Result<(Protocol<B>, RunSummary), RunError> {
+    let keys = opts.keys(cfg);
     let validators = (0..cfg.validators)
-        .map(|v| backend.address_of(&Identity::from_seed(cfg.seed, &format!("validator-{v}"))))
+        .map(|v| backend.address_of(&keys.identity(&format!("validator-{v}"))))
         .collect();
     let mut transport = InProcess::new(cfg, learner, validators);
-    run_with(cfg, backend, learner, &mut transport, blobs, on_round)
+    run_with_options(cfg, backend, learner, &mut transport, opts, on_round)
 }
 
 /// Runs the federated experiment `cfg` on `backend`, reaching its clients and validators
@@ -574,66 +440,164 @@ pub fn run<B: LedgerBackend, L: Learner + ?Sized>(
 /// the clients' dataset commitments at set-up. Update blobs go to `blobs` when given.
 /// Progress is reported through `on_round`.
 pub fn run_with<B: LedgerBackend, L: Learner + ?Sized>(
-    cfg: &RunConfig,
+    cfg: &ValidConfig,
     backend: B,
     learner: &L,
     transport: &mut dyn Transport,
     blobs: Option<&Path>,
-    mut on_round: impl FnMut(&RoundSummary),
+    on_round: impl FnMut(&RoundSummary),
 ) -> Result<(Protocol<B>, RunSummary), RunError> {
-    cfg.validate()?;
-    let seed = cfg.seed;
-    let mut now = backend.head()?.time;
-    let gov = Identity::from_seed(seed, "governance");
-    let coord = Identity::from_seed(seed, "coordinator");
-    let mut p = Protocol::deploy(backend, &gov)?;
-    let party = |p: &Protocol<B>, name: String| {
-        let id = Identity::from_seed(seed, &name);
-        let addr = p.backend().address_of(&id);
-        Party { id, addr }
+    let mut opts = RunOptions::new();
+    if let Some(b) = blobs {
+        opts = opts.with_blobs(b);
+    }
+    run_with_options(cfg, backend, learner, transport, opts, on_round)
+}
+
+/// [`run_with`] with [`RunOptions`]: keys, the blob and state directories, and a saved round
+/// to continue from.
+///
+/// The ledger is flushed once after the set-up and once per settled round. A run that stops
+/// with an error part-way through a round (or the set-up) takes what it recorded of it back
+/// off the ledger ([`LedgerBackend::discard_unflushed`], where the backend can), so that the
+/// ledger ends at its last settled round, as after a kill, and `with_state` runs can continue
+/// from there. A global model that becomes non-finite stops the run before the round is
+/// finalized ([`RunError::NonFiniteModel`]): no client is rejected or slashed for it.
+pub fn run_with_options<B: LedgerBackend, L: Learner + ?Sized>(
+    cfg: &ValidConfig,
+    backend: B,
+    learner: &L,
+    transport: &mut dyn Transport,
+    opts: RunOptions,
+    on_round: impl FnMut(&RoundSummary),
+) -> Result<(Protocol<B>, RunSummary), RunError> {
+    let keys = opts.keys(cfg);
+    let parties = Parties::new(cfg, &keys, &backend);
+    let digest = crate::resume::config_digest(cfg);
+    let head = backend.head()?;
+    let mut p = match &opts.resume {
+        None => Protocol::deploy(backend, &parties.gov)?,
+        Some(r) => {
+            let s = &r.saved;
+            if s.config_sha256 != digest {
+                return Err(state_error("the saved round was made with another config"));
+            }
+            if (head.size, head.root) != (s.ledger_entries, s.ledger_root) {
+                return Err(state_error(format!(
+                    "round {} was saved at ledger size {} root {}, the ledger is at size {} \
+                     root {}",
+                    s.round, s.ledger_entries, s.ledger_root, head.size, head.root
+                )));
+            }
+            Protocol::at(backend, s.contract)
+        }
     };
-    let clients: Vec<Party> = (0..cfg.clients)
-        .map(|k| party(&p, format!("client-{k}")))
-        .collect();
-    let validators: Vec<Party> = (0..cfg.validators)
-        .map(|v| party(&p, format!("validator-{v}")))
-        .collect();
+    let result = drive(
+        cfg, &mut p, learner, transport, &opts, &parties, digest, head.time, on_round,
+    );
+    match result {
+        Ok(summary) => Ok((p, summary)),
+        Err(error) => match p.backend_mut().discard_unflushed() {
+            Ok(_) => Err(error),
+            Err(discard) => Err(RunError::Unwound {
+                error: Box::new(error),
+                discard,
+            }),
+        },
+    }
+}
+
+fn state_error(reason: impl Into<String>) -> RunError {
+    RunError::Fl(FlError::InvalidConfig {
+        what: "resume",
+        reason: reason.into(),
+    })
+}
+
+/// Every party's identity and address.
+struct Parties {
+    gov: Identity,
+    coord: Identity,
+    coord_addr: Address,
+    clients: Vec<Party>,
+    validators: Vec<Party>,
+    names: BTreeMap<Address, String>,
+}
+
+impl Parties {
+    fn new<B: LedgerBackend>(cfg: &RunConfig, keys: &Keys, backend: &B) -> Self {
+        let party = |name: String| {
+            let id = keys.identity(&name);
+            let addr = backend.address_of(&id);
+            Party { id, addr }
+        };
+        let clients: Vec<Party> = (0..cfg.clients)
+            .map(|k| party(format!("client-{k}")))
+            .collect();
+        let validators: Vec<Party> = (0..cfg.validators)
+            .map(|v| party(format!("validator-{v}")))
+            .collect();
+        let coord = keys.identity("coordinator");
+        let coord_addr = backend.address_of(&coord);
+        let names = clients
+            .iter()
+            .chain(&validators)
+            .map(|x| (x.addr, x.id.name().to_owned()))
+            .chain([(coord_addr, "coordinator".to_owned())])
+            .collect();
+        Self {
+            gov: keys.identity("governance"),
+            coord,
+            coord_addr,
+            clients,
+            validators,
+            names,
+        }
+    }
+}
+
+/// The set-up on the ledger: mint, register, stake, commit datasets. Returns each client's
+/// dataset id.
+fn set_up<B: LedgerBackend, L: Learner + ?Sized>(
+    cfg: &RunConfig,
+    p: &mut Protocol<B>,
+    learner: &L,
+    x: &Parties,
+) -> Result<Vec<B256>, RunError> {
     let inc = &cfg.incentives;
-    // Set-up: mint, register, stake, commit datasets.
-    let coord_addr = p.backend().address_of(&coord);
     p.mint(
-        &gov,
-        coord_addr,
+        &x.gov,
+        x.coord_addr,
         tokens(inc.initial_balance)
             + tokens(inc.reward_per_round) * U256::from(cfg.coordinator.rounds),
     )?;
-    p.approve_coordinator(&gov, coord_addr)?;
+    p.approve_coordinator(&x.gov, x.coord_addr)?;
     let mut params = p.params()?;
     params.acceptThreshold = Score::from_f64(inc.accept_threshold).0;
-    p.set_params(&gov, params)?;
-    p.register(&coord, roles::COORDINATOR)?;
+    p.set_params(&x.gov, params)?;
+    p.register(&x.coord, roles::COORDINATOR)?;
     // Everyone else in batches (one durable commit each on the embedded ledger).
-    let everyone: Vec<&Party> = clients.iter().chain(&validators).collect();
+    let everyone: Vec<&Party> = x.clients.iter().chain(&x.validators).collect();
     let amount = tokens(inc.initial_balance);
     all_ok(
         p.send_batch(
             everyone
                 .iter()
-                .map(|x| (&gov, Cohort::mintCall { to: x.addr, amount }))
+                .map(|y| (&x.gov, Cohort::mintCall { to: y.addr, amount }))
                 .collect(),
         )?,
     )?;
-    let register = |x: &Party, roles| Cohort::registerCall {
+    let register = |y: &Party, roles| Cohort::registerCall {
         roles,
-        keyHash: x.id.key_hash(),
+        keyHash: y.id.key_hash(),
     };
     all_ok(
         p.send_batch(
-            clients
+            x.clients
                 .iter()
                 .map(|c| (&c.id, register(c, roles::CLIENT | roles::DATA_OWNER)))
                 .chain(
-                    validators
+                    x.validators
                         .iter()
                         .map(|v| (&v.id, register(v, roles::VALIDATOR))),
                 )
@@ -643,19 +607,20 @@ pub fn run_with<B: LedgerBackend, L: Learner + ?Sized>(
     let stake = |n| Cohort::stakeCall { amount: tokens(n) };
     all_ok(
         p.send_batch(
-            clients
+            x.clients
                 .iter()
                 .enumerate()
                 .map(|(k, c)| (&c.id, stake(cfg.client_stake(k as u32))))
                 .chain(
-                    validators
+                    x.validators
                         .iter()
                         .map(|v| (&v.id, stake(inc.validator_stake))),
                 )
                 .collect(),
         )?,
     )?;
-    let commits = clients
+    let commits = x
+        .clients
         .iter()
         .enumerate()
         .map(|(k, c)| {
@@ -669,17 +634,77 @@ pub fn run_with<B: LedgerBackend, L: Learner + ?Sized>(
             (&c.id, call)
         })
         .collect();
-    let datasets: Vec<B256> = all_ok(p.send_batch(commits)?)?
+    Ok(all_ok(p.send_batch(commits)?)?
         .into_iter()
         .map(|s| s.value)
-        .collect();
-    let names: BTreeMap<Address, String> = clients
-        .iter()
-        .chain(&validators)
-        .map(|x| (x.addr, x.id.name().to_owned()))
-        .chain([(coord_addr, "coordinator".to_owned())])
-        .collect();
+        .collect())
+}
 
+/// The state saved after a round (or the set-up).
+struct Snapshot<'a> {
+    cfg_digest: Hash32,
+    round: u64,
+    now: u64,
+    datasets: &'a [B256],
+    initial: Metrics,
+}
+
+/// Saves the run's state for `snap` into `dir` (before the ledger's flush).
+fn save_state<B: LedgerBackend, L: Learner + ?Sized>(
+    dir: &Path,
+    p: &Protocol<B>,
+    learner: &L,
+    strategy: &dyn Strategy,
+    global: &[f32],
+    snap: Snapshot<'_>,
+    round: Option<&RoundSummary>,
+) -> Result<(), RunError> {
+    let head = p.backend().head()?;
+    let blob = learner.encode(global);
+    let saved = SavedRound {
+        format: crate::resume::FORMAT.to_owned(),
+        round: snap.round,
+        config_sha256: snap.cfg_digest,
+        ledger_entries: head.size,
+        ledger_root: head.root,
+        now: snap.now,
+        contract: p.address(),
+        datasets: snap.datasets.iter().map(|d| Hash32(d.0)).collect(),
+        global_sha256: sha256(&blob),
+        strategy: strategy
+            .state()
+            .iter()
+            .map(|v| v.iter().map(|x| x.to_bits()).collect())
+            .collect(),
+        initial: snap.initial,
+    };
+    crate::resume::save(dir, &saved, &blob, round)?;
+    Ok(())
+}
+
+/// The run after the protocol is deployed (or attached to, when resuming): the set-up, then
+/// the rounds.
+#[allow(clippy::too_many_arguments)]
+fn drive<B: LedgerBackend, L: Learner + ?Sized>(
+    cfg: &ValidConfig,
+    p: &mut Protocol<B>,
+    learner: &L,
+    transport: &mut dyn Transport,
+    opts: &RunOptions,
+    parties: &Parties,
+    cfg_digest: Hash32,
+    start: u64,
+    mut on_round: impl FnMut(&RoundSummary),
+) -> Result<RunSummary, RunError> {
+    let seed = cfg.seed;
+    let inc = &cfg.incentives;
+    let (coord, clients, validators, names) = (
+        &parties.coord,
+        &parties.clients,
+        &parties.validators,
+        &parties.names,
+    );
+    let blobs = opts.blobs.as_deref();
     let mut coordinator = Coordinator::new(
         cfg.coordinator.clone(),
         (0..cfg.clients as u32).collect(),
@@ -687,11 +712,56 @@ pub fn run_with<B: LedgerBackend, L: Learner + ?Sized>(
         learner.dim(),
     )?;
     let mut strategy = cfg.aggregation.build();
-    // The set-up is durable before the first round starts (and is not counted in it).
-    p.backend_mut().flush()?;
-    let mut global = learner.init();
-    let initial = learner.evaluate(&global)?;
-    let mut rounds = Vec::new();
+    let (mut now, datasets, mut global, initial, mut rounds) = match &opts.resume {
+        None => {
+            let datasets = set_up(cfg, p, learner, parties)?;
+            let global = learner.init();
+            let initial = learner.evaluate(&global)?;
+            if let Some(dir) = &opts.state {
+                let snap = Snapshot {
+                    cfg_digest,
+                    round: 0,
+                    now: start,
+                    datasets: &datasets,
+                    initial,
+                };
+                save_state(dir, p, learner, &*strategy, &global, snap, None)?;
+            }
+            // The set-up is durable before the first round starts (and is not counted in it).
+            p.backend_mut().flush()?;
+            (start, datasets, global, initial, Vec::new())
+        }
+        Some(r) => {
+            let s = &r.saved;
+            let state: Vec<Vec<f64>> = s
+                .strategy
+                .iter()
+                .map(|v| v.iter().map(|&b| f64::from_bits(b)).collect())
+                .collect();
+            strategy.restore(&state)?;
+            let global = learner.decode(&r.global)?;
+            if global.len() != learner.dim() {
+                return Err(state_error(format!(
+                    "the saved global model has {} values, the task's model {}",
+                    global.len(),
+                    learner.dim()
+                )));
+            }
+            if s.datasets.len() != cfg.clients {
+                return Err(state_error(format!(
+                    "{} dataset ids saved for {} clients",
+                    s.datasets.len(),
+                    cfg.clients
+                )));
+            }
+            if let Some(dir) = &opts.state {
+                crate::resume::rewrite_rounds(dir, &r.rounds)?;
+            }
+            coordinator = coordinator.after_round(s.round);
+            let datasets = s.datasets.iter().map(|h| b256(*h)).collect();
+            (s.now, datasets, global, s.initial, r.rounds.clone())
+        }
+    };
 
     // Per-round state the runtime keeps between commands.
     let mut chain_round = 0u64;
@@ -723,7 +793,7 @@ pub fn run_with<B: LedgerBackend, L: Learner + ?Sized>(
                 global_hash = sha256(&global_blob);
                 chain_round = p
                     .open_round(
-                        &coord,
+                        coord,
                         b256(global_hash),
                         tokens(inc.reward_per_round),
                         false,
@@ -764,7 +834,7 @@ pub fn run_with<B: LedgerBackend, L: Learner + ?Sized>(
             }) => {
                 let s = open_round(&mut summary)?;
                 let t = Instant::now();
-                p.close_submissions(&coord, chain_round)?;
+                p.close_submissions(coord, chain_round)?;
                 let valid: BTreeSet<u32> = updates.iter().map(|u| u.client).collect();
                 for (k, _) in &rejected {
                     s.rejected.push(*k);
@@ -799,7 +869,7 @@ pub fn run_with<B: LedgerBackend, L: Learner + ?Sized>(
             Some(Command::Reveal { .. }) => {
                 let s = open_round(&mut summary)?;
                 let t = Instant::now();
-                p.close_commits(&coord, chain_round)?;
+                p.close_commits(coord, chain_round)?;
                 for &v in &committed {
                     transport.send(Request::Reveal(RevealRequest {
                         round,
@@ -817,7 +887,7 @@ pub fn run_with<B: LedgerBackend, L: Learner + ?Sized>(
                     .map(|v| revealed.get(&v).cloned().unwrap_or_default())
                     .collect();
                 let t = Instant::now();
-                let tally = p.tally_all(&coord, chain_round, 64)?;
+                let tally = p.tally_all(coord, chain_round, 64)?;
                 s.seconds.ledger += t.elapsed().as_secs_f64();
                 let mut accepted_idx = Vec::new();
                 let mut accepted = Vec::new();
@@ -863,6 +933,16 @@ pub fn run_with<B: LedgerBackend, L: Learner + ?Sized>(
                     }
                 }
                 s.seconds.aggregate += t.elapsed().as_secs_f64();
+                // A model the strategy made non-finite is the configuration's fault, not the
+                // clients': stop before the round is finalized and settled, so that nobody is
+                // rejected or slashed because of it (the validators would score every later
+                // update against a NaN model).
+                if global.iter().any(|x| !x.is_finite()) {
+                    return Err(RunError::NonFiniteModel {
+                        round,
+                        strategy: strategy.name(),
+                    });
+                }
                 let t = Instant::now();
                 let global_blob = learner.encode(&global);
                 let new_hash = sha256(&global_blob);
@@ -872,7 +952,7 @@ pub fn run_with<B: LedgerBackend, L: Learner + ?Sized>(
                         .map_err(|source| RunError::Io { path, source })?;
                 }
                 p.finalize(
-                    &coord,
+                    coord,
                     chain_round,
                     b256(new_hash),
                     accepted_set_hash(&accepted_idx),
@@ -882,20 +962,17 @@ pub fn run_with<B: LedgerBackend, L: Learner + ?Sized>(
             Some(Command::Settle { .. }) => {
                 let mut s = summary.take().ok_or_else(no_round)?;
                 let t = Instant::now();
-                let settled = p.settle_all(&coord, chain_round, 64)?;
-                // The round is the unit of durability: one sync for all its commits where the
-                // ledger defers them (`SyncPolicy::OnFlush`), nothing where each is durable.
-                p.backend_mut().flush()?;
+                let settled = p.settle_all(coord, chain_round, 64)?;
                 s.seconds.ledger += t.elapsed().as_secs_f64();
                 let mut rewards: BTreeMap<String, U256> = BTreeMap::new();
                 let mut slashes: BTreeMap<String, U256> = BTreeMap::new();
                 for e in &settled.events {
                     match e {
                         CohortEvents::Rewarded(r) => {
-                            *rewards.entry(name_of(&names, r.who)).or_default() += r.amount;
+                            *rewards.entry(name_of(names, r.who)).or_default() += r.amount;
                         }
                         CohortEvents::Slashed(x) => {
-                            *slashes.entry(name_of(&names, x.who)).or_default() += x.amount;
+                            *slashes.entry(name_of(names, x.who)).or_default() += x.amount;
                         }
                         _ => {}
                     }
@@ -910,11 +987,31 @@ pub fn run_with<B: LedgerBackend, L: Learner + ?Sized>(
                     .collect();
                 s.test = learner.evaluate(&global)?;
                 let t = Instant::now();
-                for x in clients.iter().chain(&validators) {
+                for x in clients.iter().chain(validators.iter()) {
                     s.holdings
-                        .insert(x.id.name().to_owned(), holdings(&mut p, x.addr)?);
+                        .insert(x.id.name().to_owned(), holdings(p, x.addr)?);
                 }
                 s.seconds.report += t.elapsed().as_secs_f64();
+                // The round is the unit of durability: its state is saved first, then one
+                // sync for all its commits where the ledger defers them
+                // (`SyncPolicy::OnFlush`), nothing where each is durable; the previous
+                // round's state goes once this one is durable.
+                let t = Instant::now();
+                if let Some(dir) = &opts.state {
+                    let snap = Snapshot {
+                        cfg_digest,
+                        round,
+                        now,
+                        datasets: &datasets,
+                        initial,
+                    };
+                    save_state(dir, p, learner, &*strategy, &global, snap, Some(&s))?;
+                }
+                p.backend_mut().flush()?;
+                if let Some(dir) = &opts.state {
+                    crate::resume::prune(dir, round)?;
+                }
+                s.seconds.ledger += t.elapsed().as_secs_f64();
                 on_round(&s);
                 rounds.push(s);
             }
@@ -1076,22 +1173,19 @@ pub fn run_with<B: LedgerBackend, L: Learner + ?Sized>(
         s.seconds.ledger += t.elapsed().as_secs_f64();
     }
     let mut final_holdings = BTreeMap::new();
-    for x in clients.iter().chain(&validators) {
+    for x in clients.iter().chain(validators.iter()) {
         let (active, unbonding, _) = p.stake_of(x.addr)?;
         let bal = p.balance_of(x.addr)?;
         final_holdings.insert(x.id.name().to_owned(), fmt_tokens(bal + active + unbonding));
     }
     let head = p.backend().head()?;
-    Ok((
-        p,
-        RunSummary {
-            initial,
-            rounds,
-            final_holdings,
-            ledger_root: head.root,
-            ledger_entries: head.size,
-        },
-    ))
+    Ok(RunSummary {
+        initial,
+        rounds,
+        final_holdings,
+        ledger_root: head.root,
+        ledger_entries: head.size,
+    })
 }
 
 /// The score of an update: the relative loss reduction `(before - after) / before`, clamped to

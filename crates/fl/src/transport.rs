@@ -33,8 +33,8 @@ use cohort_core::{Hash32, Rng, Score, sha256};
 use cohort_ledger::protocol::score_commitment;
 use serde::{Deserialize, Serialize};
 
+use crate::config::ValidConfig;
 use crate::learner::Learner;
-use crate::runtime::RunConfig;
 use crate::{ClientUpdate, FlError};
 
 /// Who a message is for, or from.
@@ -258,7 +258,7 @@ impl<T: Transport + ?Sized> Transport for &mut T {
 /// The in-process adapter: the clients and validators of `learner`, attackers included, run
 /// in this process when [`poll`](Transport::poll) is called, in the order requests were sent.
 pub struct InProcess<'a, L: Learner + ?Sized> {
-    cfg: &'a RunConfig,
+    cfg: &'a ValidConfig,
     learner: &'a L,
     validators: Vec<Address>,
     queue: VecDeque<Request>,
@@ -282,7 +282,7 @@ impl<L: Learner + ?Sized> std::fmt::Debug for InProcess<'_, L> {
 impl<'a, L: Learner + ?Sized> InProcess<'a, L> {
     /// The parties of run `cfg` on `learner`; `validators[v]` is validator `v`'s address on
     /// the ledger (its score commitment is bound to it).
-    pub fn new(cfg: &'a RunConfig, learner: &'a L, validators: Vec<Address>) -> Self {
+    pub fn new(cfg: &'a ValidConfig, learner: &'a L, validators: Vec<Address>) -> Self {
         Self {
             cfg,
             learner,
@@ -319,6 +319,11 @@ impl<'a, L: Learner + ?Sized> InProcess<'a, L> {
                 let global = self.decode_global(r.global_hash, &r.global)?;
                 let mut rng = Rng::derive(cfg.seed, &format!("train/{}/{k}", r.round));
                 let delta = self.learner.train(k, &global, &mut rng)?;
+                // An honest client whose training diverges is the task's settings' fault, not
+                // the client's: stop rather than let the validators reject and slash it.
+                if !attacker && delta.iter().any(|x| !x.is_finite()) {
+                    return Err(FlError::Diverged);
+                }
                 let mut u = ClientUpdate::new(k, r.round, delta, self.learner.num_samples(k));
                 if let (true, Some(a)) = (
                     attacker,

@@ -33,6 +33,7 @@ fn config(attack: Option<AttackConfig>, strategy: StrategyConfig) -> RunConfig {
 }
 
 fn go(cfg: &RunConfig) -> (RunSummary, tempfile::TempDir) {
+    let cfg = &cfg.clone().check().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ledger = EmbeddedLedger::create(
         dir.path().join("ledger"),
@@ -205,12 +206,29 @@ fn a_colluding_validator_is_outvoted_and_earns_least() {
 fn bad_configs_are_refused_with_the_field_named() {
     let mut c = config(None, StrategyConfig::FedAvg);
     c.validators = 0;
-    assert!(c.validate().unwrap_err().to_string().contains("validators"));
+    assert!(
+        c.clone()
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("validators")
+    );
     let mut c = config(sign_flip(1.5), StrategyConfig::FedAvg);
-    assert!(c.validate().unwrap_err().to_string().contains("fraction"));
+    assert!(
+        c.clone()
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("fraction")
+    );
     c.attack = None;
     c.incentives.client_stake = 1_000_000;
-    assert!(c.validate().unwrap_err().to_string().contains("stakes"));
+    assert!(
+        c.check()
+            .unwrap_err()
+            .to_string()
+            .contains("incentives.client_stake")
+    );
 }
 
 #[test]
@@ -260,10 +278,237 @@ fn sybils_with_small_stakes_send_one_update_and_are_priced_out_by_the_minimum_st
     );
     let mut bad = cfg.clone();
     bad.attack.as_mut().unwrap().sybil_stake = Some(0);
+    assert!(bad.check().unwrap_err().to_string().contains("sybil_stake"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 11: runs that stop part-way resume; a non-finite model or a diverging honest client
+// stops the run instead of punishing clients.
+
+use std::cell::Cell;
+
+use cohort_core::{Hash32, Rng};
+use cohort_fl::learner::{Learner, Metrics};
+use cohort_fl::resume;
+use cohort_fl::runtime::{RunError, RunOptions, run_in_process};
+use cohort_fl::{FlError, ValidConfig};
+use cohort_ledger::{LedgerBackend, SyncPolicy};
+
+/// The ledger `go` uses, in `dir`, flushing once per round as `cohort run` does.
+fn ledger_in(dir: &std::path::Path, seed: u64) -> EmbeddedLedger {
+    let mut l = EmbeddedLedger::create(
+        dir.join("ledger"),
+        LedgerConfig::new(
+            "cohort.local/fl-test",
+            Identity::from_seed(seed, "operator"),
+        ),
+    )
+    .unwrap();
+    l.set_sync(SyncPolicy::OnFlush).unwrap();
+    l
+}
+
+/// The linear task, failing once at its `fail_at`-th local training: a run that stops with an
+/// error part-way through a round.
+struct FailOnce<'a> {
+    inner: &'a LinearTask,
+    calls: Cell<usize>,
+    fail_at: usize,
+}
+
+impl Learner for FailOnce<'_> {
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+    fn init(&self) -> Vec<f32> {
+        self.inner.init()
+    }
+    fn train(&self, client: u32, global: &[f32], rng: &mut Rng) -> Result<Vec<f32>, FlError> {
+        self.calls.set(self.calls.get() + 1);
+        if self.calls.get() == self.fail_at {
+            return Err(FlError::Task("the disk is full".into()));
+        }
+        self.inner.train(client, global, rng)
+    }
+    fn num_samples(&self, client: u32) -> u64 {
+        self.inner.num_samples(client)
+    }
+    fn dataset_commitment(&self, client: u32) -> (Hash32, u64) {
+        self.inner.dataset_commitment(client)
+    }
+    fn holdout_loss(&self, validator: u32, params: &[f32]) -> Result<f64, FlError> {
+        self.inner.holdout_loss(validator, params)
+    }
+    fn evaluate(&self, params: &[f32]) -> Result<Metrics, FlError> {
+        self.inner.evaluate(params)
+    }
+}
+
+fn linear(cfg: &RunConfig) -> LinearTask {
+    LinearTask::new(
+        LinearTaskConfig::default(),
+        cfg.clients,
+        cfg.validators,
+        cfg.seed,
+    )
+}
+
+#[test]
+fn a_run_stopped_by_an_error_part_way_resumes_from_its_last_round_to_the_same_root() {
+    let mut with_adam = config(sign_flip(0.3), StrategyConfig::TrimmedMean { k: 2 });
+    with_adam.aggregation.fedadam_lr = Some(0.05);
+    for cfg in [
+        config(sign_flip(0.3), StrategyConfig::ScoreWeighted),
+        with_adam,
+    ] {
+        let (want, _d) = go(&cfg);
+        let v: ValidConfig = cfg.clone().check().unwrap();
+        let task = linear(&cfg);
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        // 10 clients a round: the 25th training is in round 3.
+        let failing = FailOnce {
+            inner: &task,
+            calls: Cell::new(0),
+            fail_at: 25,
+        };
+        let opts = RunOptions::new().with_state(&state);
+        let e = run_in_process(&v, ledger_in(dir.path(), cfg.seed), &failing, opts, |_| {})
+            .unwrap_err();
+        assert!(e.to_string().contains("the disk is full"), "{e}");
+        // The ledger ends at round 2's settlement: round 3's entries were taken back.
+        let led = EmbeddedLedger::open(dir.path().join("ledger")).unwrap();
+        let head = led.head().unwrap();
+        let saved = resume::list(&state).unwrap();
+        let last = saved.last().unwrap();
+        assert_eq!(last.round, 2);
+        assert_eq!(
+            (head.size, head.root),
+            (last.ledger_entries, last.ledger_root)
+        );
+        let r = resume::load(&state, head.size, head.root).unwrap().unwrap();
+        assert_eq!(r.rounds.len(), 2);
+        let opts = RunOptions::new().with_state(&state).resuming(r);
+        let (p, got) = run_in_process(&v, led, &task, opts, |_| {}).unwrap();
+        p.into_backend().verify().unwrap();
+        assert_eq!(got.ledger_root, want.ledger_root, "{:?}", cfg.aggregation);
+        assert_eq!(got.final_holdings, want.final_holdings);
+        for (a, b) in got.rounds.iter().zip(&want.rounds) {
+            assert_eq!((&a.accepted, &a.rejected), (&b.accepted, &b.rejected));
+            assert_eq!(a.test, b.test);
+            assert_eq!(a.holdings, b.holdings);
+        }
+        assert_eq!(got.rounds.len(), 4);
+        // Under another config the saved state is refused.
+        let mut other = cfg.clone();
+        other.incentives.reward_per_round = 7;
+        let led = EmbeddedLedger::open(dir.path().join("ledger")).unwrap();
+        let head = led.head().unwrap();
+        let saved = resume::list(&state).unwrap();
+        let last = saved.last().unwrap();
+        assert_eq!(last.round, 4);
+        let r = resume::load(&state, head.size, head.root).unwrap().unwrap();
+        let e = run_in_process(
+            &other.check().unwrap(),
+            led,
+            &task,
+            RunOptions::new().resuming(r),
+            |_| {},
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("another config"), "{e}");
+    }
+}
+
+/// Updates of 3e38 per value: finite, accepted (the holdout loss falls as the model grows),
+/// and the second one added to the first overflows `f32`.
+#[derive(Debug)]
+struct Overflow;
+
+impl Learner for Overflow {
+    fn dim(&self) -> usize {
+        2
+    }
+    fn init(&self) -> Vec<f32> {
+        vec![0.0; 2]
+    }
+    fn train(&self, _: u32, _: &[f32], _: &mut Rng) -> Result<Vec<f32>, FlError> {
+        Ok(vec![3e38; 2])
+    }
+    fn num_samples(&self, _: u32) -> u64 {
+        10
+    }
+    fn dataset_commitment(&self, client: u32) -> (Hash32, u64) {
+        (cohort_core::sha256(&client.to_be_bytes()), 1)
+    }
+    fn holdout_loss(&self, _: u32, p: &[f32]) -> Result<f64, FlError> {
+        Ok(1.0 / (1.0 + f64::from(p[0]).abs() / 1e38))
+    }
+    fn evaluate(&self, p: &[f32]) -> Result<Metrics, FlError> {
+        Ok(Metrics::loss(self.holdout_loss(0, p)?))
+    }
+}
+
+#[test]
+fn a_global_model_that_turns_non_finite_stops_the_run_and_nobody_is_slashed_for_it() {
+    let cfg = config(None, StrategyConfig::ScoreWeighted);
+    let v = cfg.clone().check().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut rounds = Vec::new();
+    let opts = RunOptions::new().with_state(&state);
+    let e = run_in_process(&v, ledger_in(dir.path(), cfg.seed), &Overflow, opts, |r| {
+        rounds.push(r.clone());
+    })
+    .unwrap_err();
     assert!(
-        bad.validate()
-            .unwrap_err()
-            .to_string()
-            .contains("sybil_stake")
+        matches!(&e, RunError::NonFiniteModel { round: 2, strategy } if strategy.contains("score")),
+        "{e}"
     );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("round 2") && msg.contains("no client is rejected or slashed"),
+        "{msg}"
+    );
+    // Round 1 was settled (everyone accepted), round 2 left no trace on the ledger.
+    assert_eq!(rounds.len(), 1);
+    assert!(rounds[0].rejected.is_empty() && rounds[0].slashes.is_empty());
+    let led = EmbeddedLedger::open(dir.path().join("ledger")).unwrap();
+    let last = resume::list(&state).unwrap().pop().unwrap();
+    assert_eq!(last.round, 1);
+    assert_eq!(led.head().unwrap().size, last.ledger_entries);
+}
+
+#[test]
+fn an_honest_client_whose_training_diverges_stops_the_run_instead_of_being_slashed() {
+    let mut cfg = config(None, StrategyConfig::FedAvg);
+    let t = LinearTaskConfig {
+        lr: 10.0,
+        epochs: 50,
+        ..LinearTaskConfig::default()
+    };
+    cfg.task = cohort_fl::learner::TaskConfig::Linear(t.clone());
+    let v = cfg.clone().check().unwrap();
+    let task = LinearTask::new(t, cfg.clients, cfg.validators, cfg.seed);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let e = run_in_process(
+        &v,
+        ledger_in(dir.path(), cfg.seed),
+        &task,
+        RunOptions::new().with_state(&state),
+        |_| panic!("no round may settle"),
+    )
+    .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("in round 1") && msg.contains("diverged") && msg.contains("client-"),
+        "{msg}"
+    );
+    // Nothing of round 1 is on the ledger: the set-up only, nobody rejected or slashed.
+    let led = EmbeddedLedger::open(dir.path().join("ledger")).unwrap();
+    let saved = resume::list(&state).unwrap();
+    assert_eq!(saved.len(), 1);
+    assert_eq!(saved[0].round, 0);
+    assert_eq!(led.head().unwrap().size, saved[0].ledger_entries);
 }

@@ -254,3 +254,45 @@ fn median_clipping_ignores_zero_updates() {
         "{out:?}"
     );
 }
+
+proptest! {
+    /// A strategy restored from another's saved state aggregates as that one would have, bit
+    /// for bit: what a resumed run relies on.
+    #[test]
+    fn a_restored_state_aggregates_exactly_as_the_saved_one(
+        rounds in prop::collection::vec(
+            prop::collection::vec(prop::collection::vec(-1.0f32..1.0, D), 3..8),
+            2..5,
+        )
+    ) {
+        let make = || -> Vec<Box<dyn Strategy>> {
+            vec![
+                Box::new(MedianClipped::new(FedOpt::adam(Clipped::new(FedAvg, 0.5), 0.1))),
+                Box::new(FedOpt::yogi(TrimmedMean::new(1), 0.05)),
+                Box::new(ScoreWeighted::by_samples()),
+            ]
+        };
+        for (mut a, mut b) in make().into_iter().zip(make()) {
+            let (last, first) = rounds.split_last().unwrap();
+            for r in first {
+                a.aggregate(&updates_from(r)).unwrap();
+            }
+            b.restore(&a.state()).unwrap();
+            let x = a.aggregate(&updates_from(last)).unwrap();
+            let y = b.aggregate(&updates_from(last)).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            prop_assert_eq!(bits(&x), bits(&y), "{}", a.name());
+        }
+    }
+}
+
+#[test]
+fn a_state_of_another_shape_is_refused() {
+    let mut stateless = FedAvg;
+    assert!(stateless.restore(&[vec![1.0]]).is_err());
+    let mut adam = FedOpt::adam(FedAvg, 0.1);
+    assert!(adam.restore(&[vec![1.0]]).is_err());
+    assert!(adam.restore(&[vec![1.0], vec![1.0, 2.0]]).is_err());
+    adam.restore(&[vec![0.5], vec![0.25]]).unwrap();
+    assert_eq!(adam.state(), vec![vec![0.5], vec![0.25]]);
+}

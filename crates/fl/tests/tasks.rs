@@ -10,12 +10,17 @@ use cohort_core::Identity;
 use cohort_fl::coordinator::CoordinatorConfig;
 use cohort_fl::learner::imdb::ImdbTaskConfig;
 use cohort_fl::learner::lm::LmTaskConfig;
-use cohort_fl::learner::{Learner, TaskConfig, build};
+use cohort_fl::learner::{Learner, TaskConfig};
 use cohort_fl::runtime::{
     AggregationConfig, AttackConfig, IncentiveConfig, RunConfig, RunSummary, StrategyConfig, run,
 };
 use cohort_fl::{AttackKind, FlError};
 use cohort_ledger::{EmbeddedLedger, LedgerConfig};
+
+/// The task of `cfg`, checked first as a run checks it.
+fn build(cfg: &RunConfig, base: &Path, cache: &Path) -> Result<Box<dyn Learner>, FlError> {
+    cohort_fl::learner::build(&cfg.clone().check()?, base, cache)
+}
 
 fn shared(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -81,6 +86,7 @@ fn imdb_config(attack: Option<AttackKind>) -> RunConfig {
 fn go(cfg: &RunConfig) -> (RunSummary, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let task = build(cfg, Path::new("."), dir.path()).unwrap();
+    let cfg = &cfg.clone().check().unwrap();
     let ledger = EmbeddedLedger::create(
         dir.path().join("ledger"),
         LedgerConfig::new(
@@ -485,7 +491,7 @@ fn every_example_config_parses_validates_and_finds_its_data() {
         }
         let cfg: RunConfig = toml::from_str(&std::fs::read_to_string(&path).unwrap())
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        cfg.validate().unwrap();
+        cfg.clone().check().unwrap();
         match &cfg.task {
             TaskConfig::Lm(t) => assert!(t.clone().resolve(&dir).corpus.exists()),
             TaskConfig::Imdb(t) => assert!(t.clone().resolve(&dir).data.join("train.tsv").exists()),

@@ -63,6 +63,7 @@ enum Via {
 
 /// Runs `cfg` through the in-process adapter, wrapped as `via` says.
 fn go_with(cfg: &RunConfig, via: Via) -> RunSummary {
+    let cfg = &cfg.clone().check().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let backend = ledger(&dir, cfg.seed);
     let t = task(cfg);
@@ -124,7 +125,8 @@ impl<T: Transport> Transport for Lossy<T> {
 fn a_run_through_the_port_replays_and_a_wire_adapter_gives_the_same_ledger() {
     let cfg = config();
     let dir = tempfile::tempdir().unwrap();
-    let (_, direct) = run(&cfg, ledger(&dir, cfg.seed), &task(&cfg), None, |_| {}).unwrap();
+    let valid = cfg.clone().check().unwrap();
+    let (_, direct) = run(&valid, ledger(&dir, cfg.seed), &task(&cfg), None, |_| {}).unwrap();
     let a = go_with(&cfg, Via::Direct);
     let b = go_with(&cfg, Via::Direct);
     assert_eq!(a.ledger_root, b.ledger_root, "same seed, same ledger");

@@ -1,44 +1,88 @@
 //! `cohort run CONFIG.toml --out DIR`: a whole federated experiment on the embedded ledger
 //! (or, built with `--features evm-rpc`, on an EVM chain with `--chain-rpc URL`).
+//!
+//! Before any work: the config is parsed and checked field by field
+//! ([`cohort_fl::config`]), the files it names are looked up, `--reference` is parsed, and
+//! `--out DIR` is claimed with an advisory lock (`DIR/run.lock`, held by this process until
+//! it ends, however it ends: a killed run leaves no stale claim). A run that fails during its
+//! set-up leaves DIR as it found it. A run that is killed, or stops with an error part-way,
+//! keeps its settled rounds (the ledger is flushed once per round, and what the runtime needs
+//! to go on is saved beside it in `DIR/state/`); `--resume` continues it and ends at the same
+//! ledger root as a run that was never interrupted.
+//!
+//! ```text
+//! DIR/run.json       the effective config, the key mode and the ledger's origin
+//! DIR/run.lock       the claim (flock)
+//! DIR/keys/          operator.key (and run.key with --random-keys), mode 0600: never handed out
+//! DIR/ledger/        the embedded ledger, what an auditor receives
+//! DIR/state/         the saved state of the last settled round (resume::SavedRound)
+//! DIR/blobs/         every update and global model, content-addressed safetensors
+//! DIR/summary.json   written last, when the run is finished
+//! DIR/report.html
+//! ```
 
+use std::fs;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
 use anyhow::{Context, bail};
-use cohort_core::Identity;
-use cohort_fl::runtime::{RunConfig, RunSummary, run};
+use cohort_core::{Identity, sha256_parts};
+use cohort_fl::config::{RunConfig, ValidConfig};
+use cohort_fl::resume;
+use cohort_fl::runtime::{Keys, RoundSummary, RunOptions, RunSummary, run_in_process};
 use cohort_ledger::{EmbeddedLedger, LedgerBackend, LedgerConfig, Protocol};
 use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
 
-use crate::output::{Table, print_json, write_json};
+use crate::args::int_in;
+use crate::output::{Table, print_json};
 
 /// Run a federated experiment: identities and stakes, dataset commitments, R rounds of local
 /// training, validator scoring with commit-reveal, robust aggregation, rewards and slashes,
 /// all recorded on an embedded ledger in DIR/ledger. Writes DIR/summary.json and update blobs
-/// in DIR/blobs.
+/// in DIR/blobs; a killed run continues with --resume.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The run's configuration (TOML; see examples/).
+    /// The run's configuration (TOML; see examples/ and examples/README.md for every field's
+    /// range).
     config: PathBuf,
-    /// Output directory (must not hold a previous run).
+    /// Output directory: created if missing; must not hold another run (unless --resume).
     #[arg(long)]
     out: PathBuf,
-    /// Override the config's seed.
-    #[arg(long)]
+    /// Override the config's seed (any 64-bit number).
+    #[arg(long, value_parser = int_in(0..=u64::MAX))]
     seed: Option<u64>,
     /// Override one config value, after the file: a dotted key and a TOML value, e.g.
     /// `attack.fraction=0` (a clean run), `aggregation.strategy={kind="fed-avg"}`,
     /// `attack.attack={kind="sign-flip",scale=3.0}`, `task.preset=test` (a bare word is a
-    /// string). Repeatable; applied in order. The effective config is in DIR/summary.json.
+    /// string). Repeatable; applied in order. The effective config is in DIR/run.json and
+    /// DIR/summary.json.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
-    /// Print the summary as JSON instead of tables.
+    /// Print the summary as JSON instead of tables (progress goes to stderr).
     #[arg(long)]
     json: bool,
     /// A reference run's summary.json (a clean run, say) to draw beside this one in the
-    /// report.
+    /// report; read before the run starts.
     #[arg(long, value_name = "SUMMARY")]
     reference: Option<PathBuf>,
+    /// Continue the run in DIR from its last settled round (after a kill, a power loss or an
+    /// error): give the same CONFIG, --set and --seed as when it started. The round that was in
+    /// progress runs again from its start; the run ends with the same ledger root as one that
+    /// was never interrupted. On a finished run it says so and does nothing.
+    #[arg(long)]
+    resume: bool,
+    /// Derive every key from a fresh random secret (DIR/keys/run.key, mode 0600) instead of
+    /// the seed that summary.json publishes: the run's ledger then cannot be forged from its
+    /// summary, and its root differs from run to run (the model, verdicts and payouts do not).
+    #[arg(long, conflicts_with = "resume")]
+    random_keys: bool,
+    /// Check the config, the files it names, --reference and DIR as a run would, print the
+    /// effective config, and stop: nothing is created or written.
+    #[arg(long)]
+    check: bool,
     /// Run on an EVM chain at this JSON-RPC URL (http://) instead of the embedded ledger: the
     /// protocol is deployed there and every registration, stake, update, score and payout is
     /// a transaction on that chain. The chain must let the run set block time
@@ -46,7 +90,7 @@ pub struct Args {
     /// chain id, the contract address and every transaction hash, block and gas, and
     /// DIR/report.html names the chain in place of the ledger check; there is no DIR/ledger.
     #[cfg(feature = "evm-rpc")]
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", conflicts_with = "resume")]
     chain_rpc: Option<String>,
     /// Hex private key of an account that pays the participants' gas on that chain (for
     /// anvil, its first default account).
@@ -60,30 +104,128 @@ pub struct Args {
     funder_key: Option<String>,
 }
 
-/// Reads a run configuration, applies the `KEY=VALUE` overrides in order (see `--set`) and
-/// validates the result.
-pub fn load_config(path: &Path, overrides: &[String]) -> anyhow::Result<RunConfig> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+/// The format of DIR/run.json.
+const RUN_FORMAT: &str = "cohort-run/1";
+const LOCK_FILE: &str = "run.lock";
+/// When the embedded ledger starts (2026-01-01).
+const START_TIME: u64 = 1_767_225_600;
+
+/// What summary.json and the CLI say about seed-derived keys.
+const SEEDED_NOTE: &str = "seed-derived keys: every key of this run (the ledger operator's, \
+    the governance's, the coordinator's, every client's and validator's) derives from the seed \
+    this summary publishes, so anyone holding it can re-derive them and sign another ledger for \
+    this run. This is a reproducible experiment (the same config and seed give the same ledger \
+    root), not a secured one; run with --random-keys for a ledger that cannot be forged from \
+    its summary.";
+/// What summary.json and the CLI say about random keys.
+const RANDOM_NOTE: &str = "random keys: every key of this run derives from a secret kept in \
+    DIR/keys/run.key (mode 0600) and published nowhere, so the ledger cannot be forged from this \
+    summary. The ledger root differs from run to run: another run of the same config and seed \
+    trains the same model with the same verdicts and payouts under other keys.";
+
+/// Reads a run configuration, applies `--seed` and the `KEY=VALUE` overrides in order (see
+/// `--set`) and checks the result field by field ([`RunConfig::check`]). Every error names the
+/// field: `invalid task.lr: NaN is not a finite number in (0, 10]`, `invalid task.dim:
+/// invalid value: integer `-1`, expected usize`.
+pub fn load_config(
+    path: &Path,
+    overrides: &[String],
+    seed: Option<u64>,
+) -> anyhow::Result<ValidConfig> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut table: toml::Table = toml::from_str(&text)
         .with_context(|| format!("{} is not a valid run config", path.display()))?;
     for o in overrides {
         apply_override(&mut table, o).with_context(|| format!("--set {o}"))?;
     }
-    let what = if overrides.is_empty() {
-        path.display().to_string()
-    } else {
-        format!(
-            "{} with --set {}",
-            path.display(),
-            overrides.join(" --set ")
-        )
+    let what = path.display().to_string();
+    if let Some(s) = seed {
+        // Any u64, also those TOML's integers (i64) cannot hold.
+        table.insert("seed".into(), toml::Value::Integer(0));
+        let mut cfg = parse_config(&table).with_context(|| what.clone())?;
+        cfg.seed = s;
+        return cfg.check().with_context(|| what);
+    }
+    let cfg = parse_config(&table).with_context(|| what.clone())?;
+    cfg.check().with_context(|| what)
+}
+
+/// The table as a [`RunConfig`]; a deserialization error names the field it is about (its
+/// dotted path). toml names it, except inside a tagged section (`task`,
+/// `aggregation.strategy`, `attack.attack`), whose contents serde reads as a whole: there the
+/// field is the leaf of that section whose removal changes the error.
+fn parse_config(table: &toml::Table) -> anyhow::Result<RunConfig> {
+    let de = |t: &toml::Table| toml::Value::Table(t.clone()).try_into::<RunConfig>();
+    let err = match de(table) {
+        Ok(cfg) => return Ok(cfg),
+        Err(e) => e,
     };
-    let cfg: RunConfig = toml::Value::Table(table)
-        .try_into()
-        .with_context(|| format!("{what} is not a valid run config"))?;
-    cfg.validate().with_context(|| what.clone())?;
-    Ok(cfg)
+    let message = err.message().trim().to_owned();
+    let shown = err.to_string();
+    let section = shown
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("in `")?.strip_suffix('`'))
+        .map(str::to_owned);
+    // A missing field is no leaf to take out.
+    if message.starts_with("missing field") {
+        bail!(
+            "invalid {}: {message}",
+            section.as_deref().unwrap_or("config")
+        );
+    }
+    let mut leaves = Vec::new();
+    collect_leaves(table, "", &mut leaves);
+    let within = |leaf: &str| {
+        section
+            .as_deref()
+            .is_none_or(|s| leaf == s || leaf.starts_with(&format!("{s}.")))
+    };
+    leaves.retain(|l| within(l));
+    // The tags (`kind`) last: taking one out always changes the error.
+    leaves.sort_by_key(|l| l.rsplit('.').next() == Some("kind"));
+    for leaf in &leaves {
+        let mut t = table.clone();
+        remove_leaf(&mut t, leaf);
+        let changed = match de(&t) {
+            Ok(_) => true,
+            Err(e) => e.message().trim() != message,
+        };
+        if changed {
+            bail!("invalid {leaf}: {message}");
+        }
+    }
+    match section {
+        Some(s) => bail!("invalid {s}: {message}"),
+        None => bail!("invalid config: {message}"),
+    }
+}
+
+/// The dotted paths of every value that is not a table.
+fn collect_leaves(t: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+    for (k, v) in t {
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            toml::Value::Table(inner) => collect_leaves(inner, &path, out),
+            _ => out.push(path),
+        }
+    }
+}
+
+fn remove_leaf(t: &mut toml::Table, path: &str) {
+    match path.split_once('.') {
+        None => {
+            t.remove(path);
+        }
+        Some((head, rest)) => {
+            if let Some(toml::Value::Table(inner)) = t.get_mut(head) {
+                remove_leaf(inner, rest);
+            }
+        }
+    }
 }
 
 /// Sets the dotted `KEY` of `table` to `VALUE` (a TOML value; anything that does not parse as
@@ -121,64 +263,784 @@ fn apply_override(table: &mut toml::Table, o: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What DIR holds, read without changing anything.
+#[derive(Debug)]
+enum Found {
+    /// Nothing of a run (DIR may not exist, or holds other files).
+    Nothing,
+    /// A run: its DIR/run.json, and whether it finished.
+    Run { record: Value, finished: bool },
+    /// A run without DIR/run.json (made by an older cohort, or by hand).
+    Foreign,
+}
+
+fn inspect(dir: &Path) -> anyhow::Result<Found> {
+    if dir.exists() && !dir.is_dir() {
+        bail!("--out {}: is not a directory", dir.display());
+    }
+    let record = dir.join("run.json");
+    if record.is_file() {
+        let text =
+            fs::read_to_string(&record).with_context(|| format!("reading {}", record.display()))?;
+        let v: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a cohort run record", record.display()))?;
+        if v["format"] != RUN_FORMAT {
+            bail!(
+                "{} has format {}, this cohort reads {RUN_FORMAT}",
+                record.display(),
+                v["format"]
+            );
+        }
+        let finished = dir.join("summary.json").is_file();
+        return Ok(Found::Run {
+            record: v,
+            finished,
+        });
+    }
+    if dir.join("ledger").exists() || dir.join("summary.json").exists() {
+        return Ok(Found::Foreign);
+    }
+    Ok(Found::Nothing)
+}
+
+/// `--out DIR` held by this process: an exclusive `flock` on DIR/run.lock, which the kernel
+/// releases when the process ends, however it ends (a killed run leaves no stale claim).
+#[derive(Debug)]
+struct Claim {
+    dir: PathBuf,
+    /// Kept open: the lock lives as long as the file handle.
+    _lock: fs::File,
+    /// The topmost directory this claim created (DIR or an ancestor), if any.
+    created: Option<PathBuf>,
+    /// What DIR held before (what a failed set-up leaves).
+    before: Vec<std::ffi::OsString>,
+}
+
+impl Claim {
+    fn take(dir: &Path) -> anyhow::Result<Self> {
+        let created = create_dir_tracked(dir)?;
+        let mut before: Vec<_> = fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .collect();
+        before.sort();
+        let path = dir.join(LOCK_FILE);
+        loop {
+            let f = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .with_context(|| format!("--out {}: cannot be written", dir.display()))?;
+            match f.try_lock() {
+                Ok(()) => {}
+                Err(fs::TryLockError::WouldBlock) => {
+                    let pid = fs::read_to_string(&path).unwrap_or_default();
+                    bail!(
+                        "{} is in use by another `cohort run` (pid {}): wait for it to end, or \
+                         choose another --out",
+                        dir.display(),
+                        pid.trim()
+                    );
+                }
+                Err(fs::TryLockError::Error(e)) => {
+                    return Err(e).with_context(|| format!("locking {}", path.display()));
+                }
+            }
+            // A run that gave up its claim removes the lock file: if that happened between
+            // our open and our lock, the file we hold is no longer DIR's; take the new one.
+            if same_file(&f, &path) {
+                f.set_len(0)
+                    .and_then(|()| {
+                        use std::io::Write as _;
+                        (&f).write_all(std::process::id().to_string().as_bytes())
+                    })
+                    .with_context(|| format!("writing {}", path.display()))?;
+                return Ok(Self {
+                    dir: dir.to_path_buf(),
+                    _lock: f,
+                    created,
+                    before,
+                });
+            }
+        }
+    }
+
+    /// Puts DIR back as it was before the claim (everything the run made there is removed)
+    /// and gives the claim up: for a run that failed during its set-up.
+    fn undo(self) {
+        if let Some(top) = &self.created {
+            let _ = fs::remove_dir_all(top);
+            return;
+        }
+        if let Ok(entries) = fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                if self.before.binary_search(&name).is_ok() || name == LOCK_FILE {
+                    continue;
+                }
+                let p = e.path();
+                let _ = if p.is_dir() {
+                    fs::remove_dir_all(&p)
+                } else {
+                    fs::remove_file(&p)
+                };
+            }
+        }
+        // The lock file last, while it is still held.
+        if self.before.binary_search(&LOCK_FILE.into()).is_err() {
+            let _ = fs::remove_file(self.dir.join(LOCK_FILE));
+        }
+    }
+}
+
+#[cfg(unix)]
+fn same_file(f: &fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (f.metadata(), fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn same_file(_: &fs::File, path: &Path) -> bool {
+    path.exists()
+}
+
+/// Creates `dir` and its missing ancestors; returns the topmost one it created.
+fn create_dir_tracked(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+    if dir.is_dir() {
+        return Ok(None);
+    }
+    let mut top = dir.to_path_buf();
+    while let Some(parent) = top.parent() {
+        if parent.as_os_str().is_empty() || parent.exists() {
+            break;
+        }
+        top = parent.to_path_buf();
+    }
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(Some(top))
+}
+
+/// Writes `bytes` to `path` whole or not at all (a temporary file, synced, renamed).
+fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("partial");
+    let write = || -> std::io::Result<()> {
+        use std::io::Write as _;
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    };
+    write().with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes a secret file (mode 0600), failing if it exists.
+fn write_secret(path: &Path, hex_secret: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(f, "{hex_secret}")
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Creates DIR/keys (mode 0700).
+fn create_keys_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    let keys = dir.join("keys");
+    let mut b = fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(&keys)
+        .with_context(|| format!("creating {}", keys.display()))?;
+    Ok(keys)
+}
+
+/// The run's checkpoint origin: its own per config and keys, `cohort.local/run/<16 hex>`.
+fn origin_of(cfg: &ValidConfig, operator: &Identity) -> String {
+    let cfg_json = serde_json::to_vec(cfg).unwrap_or_default();
+    let h = sha256_parts(&[b"cohort-run-origin-v1", &cfg_json, &operator.public_key()]);
+    format!("cohort.local/run/{}", &h.to_hex()[..16])
+}
+
+/// The config fields that differ between `a` (the run in DIR) and `b` (this command's), as
+/// `path: A there, B here`.
+fn differences(a: &Value, b: &Value, prefix: &str, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                differences(
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                    &path,
+                    out,
+                );
+            }
+        }
+        _ if a == b => {}
+        _ => out.push(format!("{prefix}: {a} there, {b} here")),
+    }
+}
+
+/// How the run shows its progress: a bar on a terminal, a line per round elsewhere.
+struct Progress {
+    bar: Option<ProgressBar>,
+    rounds: u64,
+    last: Instant,
+}
+
+impl Progress {
+    fn new(rounds: u64, json: bool) -> Self {
+        let tty = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
+        let bar = (tty && !json).then(|| {
+            let bar = ProgressBar::new(rounds).with_style(
+                ProgressStyle::with_template("round {pos}/{len} {bar:30} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.enable_steady_tick(std::time::Duration::from_millis(500));
+            bar
+        });
+        Self {
+            bar,
+            rounds,
+            last: Instant::now(),
+        }
+    }
+
+    /// A step outside the rounds (the set-up).
+    fn say(&self, msg: &str) {
+        match &self.bar {
+            Some(b) => b.set_message(msg.to_owned()),
+            None => eprintln!("{msg}"),
+        }
+    }
+
+    fn resumed(&self, done: u64) {
+        if let Some(b) = &self.bar {
+            b.set_position(done);
+        }
+    }
+
+    fn round(&mut self, r: &RoundSummary) {
+        let secs = self.last.elapsed().as_secs_f64();
+        self.last = Instant::now();
+        let metric = format!(
+            "test loss {:.4}{}{}",
+            r.test.loss,
+            r.test
+                .perplexity
+                .map(|p| format!(", perplexity {p:.3}"))
+                .unwrap_or_default(),
+            r.test
+                .accuracy
+                .map(|a| format!(", accuracy {a:.3}"))
+                .unwrap_or_default()
+        );
+        match &self.bar {
+            Some(b) => {
+                b.set_message(format!(
+                    "{metric}, accepted {}, rejected {}",
+                    r.accepted.len(),
+                    r.rejected.len()
+                ));
+                b.set_position(r.round);
+            }
+            None => eprintln!(
+                "round {}/{}: {metric}, accepted {}, rejected {}, {secs:.2} s",
+                r.round,
+                self.rounds,
+                r.accepted.len(),
+                r.rejected.len()
+            ),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
 impl Args {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
-        let mut cfg = load_config(&self.config, &self.set)?;
-        if let Some(s) = self.seed {
-            cfg.seed = s;
-        }
+        // Everything that can be refused is refused here, before DIR is touched.
+        let cfg = load_config(&self.config, &self.set, self.seed)?;
+        let config_dir = self
+            .config
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        cohort_fl::learner::check_inputs(&cfg, &config_dir)
+            .with_context(|| format!("{}", self.config.display()))?;
+        let reference = self.reference()?;
         #[cfg(feature = "evm-rpc")]
         if let Some(url) = &self.chain_rpc {
-            return self.on_chain(&cfg, url);
+            if self.check {
+                return self.print_check(&cfg, "the run would go to the chain at its URL");
+            }
+            return self.on_chain(&cfg, url, reference.as_ref());
         }
-        if self.out.join("ledger").exists() {
-            bail!(
-                "{} already holds a run; choose another --out",
+        let found = inspect(&self.out)?;
+        let plan = match (&found, self.resume) {
+            (Found::Foreign, _) => bail!(
+                "{} already holds a run without a run record (DIR/run.json; made by an older \
+                 cohort?): it cannot be continued; choose another --out",
+                self.out.display()
+            ),
+            (Found::Run { finished, .. }, false) => {
+                if *finished {
+                    bail!(
+                        "{} already holds a run (finished: {}); choose another --out",
+                        self.out.display(),
+                        self.out.join("summary.json").display()
+                    );
+                }
+                bail!(
+                    "{} already holds a run (not finished); `--resume` continues it, or choose \
+                     another --out",
+                    self.out.display()
+                );
+            }
+            (Found::Nothing, true) => bail!(
+                "{} holds no run to resume (no run.json there); drop --resume to start one",
+                self.out.display()
+            ),
+            (Found::Nothing, false) => "start a new run",
+            (Found::Run { record, finished }, true) => {
+                self.check_same_config(record, &cfg)?;
+                if *finished {
+                    "say that the run is finished"
+                } else {
+                    "continue the run from its last settled round"
+                }
+            }
+        };
+        if self.check {
+            return self.print_check(&cfg, plan);
+        }
+        match found {
+            Found::Run { finished: true, .. } => {
+                let summary = self.out.join("summary.json");
+                if self.json {
+                    print_json(&json!({ "finished": true, "summary": summary }))?;
+                } else {
+                    outln!(
+                        "{}: the run is finished; nothing to resume (its results: {})",
+                        self.out.display(),
+                        summary.display()
+                    );
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Found::Run { record, .. } => {
+                let claim = Claim::take(&self.out)?;
+                self.continue_run(claim, &cfg, &record, reference.as_ref())
+            }
+            _ => {
+                let claim = Claim::take(&self.out)?;
+                self.start_run(claim, &cfg, reference.as_ref())
+            }
+        }
+    }
+
+    /// `--check`: the effective config and what a run would do.
+    fn print_check(&self, cfg: &ValidConfig, plan: &str) -> anyhow::Result<ExitCode> {
+        if self.json {
+            print_json(&json!({ "config": cfg, "out": self.out, "would": plan }))?;
+        } else {
+            let text = toml::to_string(cfg.config()).context("printing the config")?;
+            outln!("{text}");
+            outln!(
+                "# {} is valid; a run into {} would {plan}.",
+                self.config.display(),
                 self.out.display()
             );
         }
-        let blobs = self.prepare_out()?;
-        let operator = Identity::from_seed(cfg.seed, "ledger-operator");
-        let mut ledger = EmbeddedLedger::create(
-            self.out.join("ledger"),
-            LedgerConfig::new("cohort.local/run", operator).with_start_time(1_767_225_600),
-        )?;
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// Refuses to continue the run in DIR under another config, naming what differs.
+    fn check_same_config(&self, record: &Value, cfg: &ValidConfig) -> anyhow::Result<()> {
+        let now = serde_json::to_value(cfg)?;
+        let mut diff = Vec::new();
+        differences(&record["config"], &now, "", &mut diff);
+        if !diff.is_empty() {
+            bail!(
+                "the run in {} was started with another config ({}): resume it with the \
+                 config, --set and --seed it was started with, or choose another --out",
+                self.out.display(),
+                diff.join("; ")
+            );
+        }
+        Ok(())
+    }
+
+    /// A new run into the claimed DIR. A failure before the set-up is durable puts DIR back
+    /// as it was.
+    fn start_run(
+        &self,
+        claim: Claim,
+        cfg: &ValidConfig,
+        reference: Option<&RunSummary>,
+    ) -> anyhow::Result<ExitCode> {
+        let keys = if self.random_keys {
+            Keys::Secret(rand::random::<[u8; 32]>())
+        } else {
+            Keys::Seeded(cfg.seed)
+        };
+        let operator = keys.identity("ledger-operator");
+        let origin = origin_of(cfg, &operator);
+        let set_up = || -> anyhow::Result<()> {
+            let keys_dir = create_keys_dir(&self.out)?;
+            // Left by a start killed before it wrote DIR/run.json: no run uses it.
+            let _ = fs::remove_file(keys_dir.join("run.key"));
+            if let Keys::Secret(secret) = &keys {
+                write_secret(&keys_dir.join("run.key"), &hex::encode(secret))?;
+            }
+            fs::copy(&self.config, self.out.join("config.toml"))
+                .with_context(|| format!("copying the config into {}", self.out.display()))?;
+            let record = json!({
+                "format": RUN_FORMAT,
+                "config_file": self.config,
+                "config": cfg,
+                "keys": if keys.is_seeded() { "seed-derived" } else { "random" },
+                "origin": origin,
+                "operator_key": hex::encode(operator.public_key()),
+                "resumed_after_rounds": [],
+            });
+            // Last: from here on DIR holds a run that --resume continues.
+            write_atomic(
+                &self.out.join("run.json"),
+                serde_json::to_string_pretty(&record)?.as_bytes(),
+            )
+        };
+        if let Err(e) = set_up() {
+            claim.undo();
+            return Err(e);
+        }
+        let result = self.go(cfg, &keys, &origin, None, reference);
+        if result.is_err() && !self.state_dir().exists_saved() {
+            // Failed before the set-up was saved: nothing of the run is left.
+            claim.undo();
+        }
+        result
+    }
+
+    /// Continues the run in the claimed DIR from its last settled round.
+    fn continue_run(
+        &self,
+        claim: Claim,
+        cfg: &ValidConfig,
+        record: &Value,
+        reference: Option<&RunSummary>,
+    ) -> anyhow::Result<ExitCode> {
+        let keys = match record["keys"].as_str() {
+            Some("random") => {
+                let path = self.out.join("keys/run.key");
+                let hex_secret = fs::read_to_string(&path).with_context(|| {
+                    format!("reading {} (the run's random keys)", path.display())
+                })?;
+                let secret: cohort_core::Hash32 = hex_secret.trim().parse().map_err(|_| {
+                    anyhow::anyhow!("{} is not a 32-byte hex secret", path.display())
+                })?;
+                Keys::Secret(secret.0)
+            }
+            _ => Keys::Seeded(cfg.seed),
+        };
+        let operator = keys.identity("ledger-operator");
+        let origin = record["origin"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| origin_of(cfg, &operator));
+        let result = self.go(cfg, &keys, &origin, Some(record), reference);
+        drop(claim);
+        result
+    }
+
+    fn state_dir(&self) -> StateDir {
+        StateDir(self.out.join("state"))
+    }
+
+    /// Opens (or creates) the ledger, finds where to continue from, builds the task and runs.
+    fn go(
+        &self,
+        cfg: &ValidConfig,
+        keys: &Keys,
+        origin: &str,
+        record: Option<&Value>,
+        reference: Option<&RunSummary>,
+    ) -> anyhow::Result<ExitCode> {
+        let started = Instant::now();
+        let mut progress = Progress::new(cfg.coordinator.rounds, self.json);
+        let operator = keys.identity("ledger-operator");
+        let ledger_dir = self.out.join("ledger");
+        let state = self.state_dir();
+        let opened = if ledger_dir.join("ledger.redb").is_file() {
+            match EmbeddedLedger::open_as(&ledger_dir, operator.clone()) {
+                Ok(l) => Some(l),
+                // Killed while the ledger was being created: nothing was recorded yet.
+                Err(_) if !state.exists_saved() => None,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("opening {}", ledger_dir.display()));
+                }
+            }
+        } else {
+            None
+        };
+        let mut ledger = if let Some(l) = opened {
+            l
+        } else {
+            // A new run, or one killed before its ledger was made: start from nothing.
+            let _ = fs::remove_dir_all(&ledger_dir);
+            let key_file = self.out.join("keys/operator.key");
+            let _ = fs::remove_file(&key_file);
+            EmbeddedLedger::create(
+                &ledger_dir,
+                LedgerConfig::new(origin, operator)
+                    .with_start_time(START_TIME)
+                    .with_key_file(key_file),
+            )?
+        };
         // One disk sync per round (the runtime flushes after settling) instead of one per
         // commit; a crash loses at most the round in progress.
         ledger.set_sync(cohort_ledger::SyncPolicy::OnFlush)?;
-        let started = std::time::Instant::now();
-        let (p, summary) = self.experiment(&cfg, ledger, &blobs)?;
+        let head = ledger.head()?;
+        let resume = resume::load(&state.0, head.size, head.root)?;
+        let mut resumed_after: Vec<u64> = record
+            .and_then(|r| r["resumed_after_rounds"].as_array())
+            .map(|a| a.iter().filter_map(Value::as_u64).collect())
+            .unwrap_or_default();
+        match (&resume, head.size, record) {
+            (Some(r), _, Some(_)) => {
+                progress.say(&format!(
+                    "resuming {} after round {} of {} (ledger: {} entries, root {})",
+                    self.out.display(),
+                    r.saved.round,
+                    cfg.coordinator.rounds,
+                    head.size,
+                    head.root
+                ));
+                progress.resumed(r.saved.round);
+                resumed_after.push(r.saved.round);
+            }
+            (Some(_), _, None) => bail!(
+                "{}: a new ledger already has saved rounds",
+                ledger_dir.display()
+            ),
+            (None, 0, _) => {
+                if record.is_some() {
+                    progress.say(&format!(
+                        "{}: the run was stopped during its set-up; starting the set-up again",
+                        self.out.display()
+                    ));
+                }
+            }
+            (None, n, _) => {
+                let saved: Vec<String> = resume::list(&state.0)?
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "round {} at {} entries, root {}",
+                            s.round, s.ledger_entries, s.ledger_root
+                        )
+                    })
+                    .collect();
+                bail!(
+                    "cannot resume {}: its ledger holds {n} entries (root {}) and no saved round \
+                     in {} matches them (saved: {})",
+                    self.out.display(),
+                    head.root,
+                    state.0.display(),
+                    if saved.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        saved.join("; ")
+                    }
+                );
+            }
+        }
+        if record.is_some() {
+            self.record_resume(&resumed_after)?;
+        }
+        let settled = resume.as_ref().map_or(0, |r| r.saved.round);
+        let config_dir = self
+            .config
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        // Data files are relative to the config file; a pretrained base model is cached in
+        // DIR/base-<hash> (pass it as `base` to reuse it).
+        progress.say("set-up: preparing the task (reading data, pretraining a base model)");
+        let task = cohort_fl::learner::build(cfg, &config_dir, &self.out)
+            .context("setting up the task")?;
+        let blobs = self.out.join("blobs");
+        fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
+        if resume.is_none() {
+            progress.say(&format!(
+                "set-up: registering {} clients and {} validators on the ledger, then {} rounds",
+                cfg.clients, cfg.validators, cfg.coordinator.rounds
+            ));
+        }
+        let mut opts = RunOptions::new()
+            .with_keys(keys.clone())
+            .with_blobs(&blobs)
+            .with_state(&state.0);
+        if let Some(r) = resume {
+            opts = opts.resuming(r);
+        }
+        let mut last = settled;
+        let run = run_in_process(cfg, ledger, &*task, opts, |r| {
+            last = r.round;
+            progress.round(r);
+        });
+        progress.finish();
+        let (p, summary) = match run {
+            Ok(x) => x,
+            Err(e) if state.exists_saved() => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "the run stopped in round {}; {} keeps rounds 1 to {last} (the ledger and \
+                     DIR/state end there): fix the cause and continue with `cohort run {} \
+                     --out {} --resume` (with the same --set and --seed)",
+                    last + 1,
+                    self.out.display(),
+                    self.config.display(),
+                    self.out.display()
+                )));
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("the run failed during its set-up")),
+        };
+        self.finish(
+            cfg,
+            keys,
+            origin,
+            p,
+            summary,
+            started,
+            &resumed_after,
+            reference,
+        )
+    }
+
+    /// Notes in DIR/run.json after which rounds the run was resumed.
+    fn record_resume(&self, resumed_after: &[u64]) -> anyhow::Result<()> {
+        let path = self.out.join("run.json");
+        let mut v: Value = serde_json::from_str(
+            &fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+        )?;
+        v["resumed_after_rounds"] = json!(resumed_after);
+        write_atomic(&path, serde_json::to_string_pretty(&v)?.as_bytes())
+    }
+
+    /// Verifies the ledger, writes the report and, last, summary.json; prints the summary.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        cfg: &ValidConfig,
+        keys: &Keys,
+        origin: &str,
+        p: Protocol<EmbeddedLedger>,
+        summary: RunSummary,
+        started: Instant,
+        resumed_after: &[u64],
+        reference: Option<&RunSummary>,
+    ) -> anyhow::Result<ExitCode> {
         let ledger = p.into_backend();
         let verified = ledger.verify().context("verifying the run's ledger")?;
+        let operator_key = hex::encode(ledger.operator_key());
+        drop(ledger);
         let wall = started.elapsed().as_secs_f64();
-        write_json(
-            &self.out.join("summary.json"),
-            &serde_json::json!({ "config": cfg, "summary": summary, "verify": verified, "wall_seconds": wall }),
-        )?;
-        let reference = self.reference()?;
+        let key_record = json!({
+            "mode": if keys.is_seeded() { "seed-derived" } else { "random" },
+            "note": if keys.is_seeded() { SEEDED_NOTE } else { RANDOM_NOTE },
+            "origin": origin,
+            "operator_key": operator_key,
+        });
         let report = self.out.join("report.html");
-        std::fs::write(
+        write_atomic(
             &report,
             crate::report::render(
-                &cfg,
+                cfg,
                 &summary,
                 crate::report::Record::Embedded(&verified),
-                reference.as_ref(),
-            ),
-        )
-        .with_context(|| format!("writing {}", report.display()))?;
+                reference,
+            )
+            .as_bytes(),
+        )?;
+        let doc = json!({
+            "config": cfg,
+            "summary": summary,
+            "verify": verified,
+            "keys": key_record,
+            "resumed_after_rounds": resumed_after,
+            "wall_seconds": wall,
+        });
+        // Written last: its presence says that the run is finished.
+        write_atomic(
+            &self.out.join("summary.json"),
+            (serde_json::to_string_pretty(&doc)? + "\n").as_bytes(),
+        )?;
         if self.json {
-            print_json(
-                &serde_json::json!({ "summary": summary, "verify": verified, "wall_seconds": wall }),
-            )?;
+            print_json(&json!({
+                "summary": summary,
+                "verify": verified,
+                "keys": key_record,
+                "resumed_after_rounds": resumed_after,
+                "wall_seconds": wall,
+            }))?;
         } else {
-            print_human(&summary, &cfg);
+            print_human(&summary, cfg);
             outln!(
-                "\nledger {}: {} entries verified, root {}",
+                "\nledger {}: {} entries verified, root {}, origin {origin}",
                 self.out.join("ledger").display(),
                 verified.entries,
                 verified.root
             );
+            if keys.is_seeded() {
+                outln!(
+                    "keys    seed-derived: anyone holding summary.json can re-derive them and \
+                     forge this ledger (a reproducible experiment, not a secured one; \
+                     --random-keys for one that cannot be forged)"
+                );
+            } else {
+                outln!(
+                    "keys    random, in {} (mode 0600; not in the ledger directory): the ledger \
+                     cannot be forged from the summary; its root differs from run to run",
+                    self.out.join("keys").display()
+                );
+            }
+            if !resumed_after.is_empty() {
+                outln!(
+                    "resumed after round{} {}",
+                    if resumed_after.len() > 1 { "s" } else { "" },
+                    resumed_after
+                        .iter()
+                        .map(u64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
             outln!(
                 "summary {} ({wall:.1} s)",
                 self.out.join("summary.json").display()
@@ -188,70 +1050,32 @@ impl Args {
         Ok(ExitCode::SUCCESS)
     }
 
-    /// Creates DIR/blobs and copies the config into DIR; returns the blob directory.
-    fn prepare_out(&self) -> anyhow::Result<PathBuf> {
-        let blobs = self.out.join("blobs");
-        std::fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
-        std::fs::copy(&self.config, self.out.join("config.toml"))
-            .with_context(|| format!("copying the config into {}", self.out.display()))?;
-        Ok(blobs)
-    }
-
-    /// Builds the task and runs the experiment on `backend` with a progress bar.
-    fn experiment<B: LedgerBackend>(
-        &self,
-        cfg: &RunConfig,
-        backend: B,
-        blobs: &Path,
-    ) -> anyhow::Result<(Protocol<B>, RunSummary)> {
-        let bar = ProgressBar::new(cfg.coordinator.rounds).with_style(
-            ProgressStyle::with_template("round {pos}/{len} {bar:30} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        if self.json {
-            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-        }
-        // Data files are relative to the config file; a pretrained base model is cached in
-        // DIR/base-<hash> (pass it as `base` to reuse it).
-        let config_dir = self
-            .config
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        bar.set_message("preparing the task");
-        bar.enable_steady_tick(std::time::Duration::from_millis(500));
-        let task = cohort_fl::learner::build(cfg, &config_dir, &self.out)
-            .context("setting up the task")?;
-        let (p, summary) = run(cfg, backend, &*task, Some(blobs), |r| {
-            bar.set_message(format!(
-                "test loss {:.4}{}, accepted {}, rejected {}",
-                r.test.loss,
-                r.test
-                    .accuracy
-                    .map(|a| format!(", accuracy {a:.3}"))
-                    .unwrap_or_default(),
-                r.accepted.len(),
-                r.rejected.len()
-            ));
-            bar.inc(1);
-        })
-        .context("the run failed")?;
-        bar.finish_and_clear();
-        Ok((p, summary))
-    }
-
     /// The `--reference` run's summary, if one was given.
     fn reference(&self) -> anyhow::Result<Option<RunSummary>> {
         let Some(path) = &self.reference else {
             return Ok(None);
         };
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not JSON", path.display()))?;
-        let s: RunSummary = serde_json::from_value(v["summary"].clone())
-            .with_context(|| format!("{} is not a cohort run summary.json", path.display()))?;
+        let text = fs::read_to_string(path)
+            .with_context(|| format!("--reference {}: reading it", path.display()))?;
+        let v: Value = serde_json::from_str(&text)
+            .with_context(|| format!("--reference {}: not JSON", path.display()))?;
+        let s: RunSummary = serde_json::from_value(v["summary"].clone()).with_context(|| {
+            format!(
+                "--reference {}: not a cohort run summary.json",
+                path.display()
+            )
+        })?;
         Ok(Some(s))
+    }
+}
+
+/// DIR/state.
+struct StateDir(PathBuf);
+
+impl StateDir {
+    /// Whether the set-up (round 0) or a later round was saved.
+    fn exists_saved(&self) -> bool {
+        resume::list(&self.0).is_ok_and(|l| !l.is_empty())
     }
 }
 
@@ -260,9 +1084,14 @@ impl Args {
     /// The run on the EVM chain at `url`: the same experiment through
     /// [`cohort_ledger::EvmRpcLedger`], recorded in DIR/summary.json with the chain's id, the
     /// contract address and every transaction.
-    fn on_chain(&self, cfg: &RunConfig, url: &str) -> anyhow::Result<ExitCode> {
+    fn on_chain(
+        &self,
+        cfg: &ValidConfig,
+        url: &str,
+        reference: Option<&RunSummary>,
+    ) -> anyhow::Result<ExitCode> {
         use cohort_ledger::rpc::PrivateKeySigner;
-        if self.out.join("summary.json").exists() || self.out.join("ledger").exists() {
+        if !matches!(inspect(&self.out)?, Found::Nothing) {
             bail!(
                 "{} already holds a run; choose another --out",
                 self.out.display()
@@ -276,22 +1105,51 @@ impl Args {
         };
         let chain = cohort_ledger::EvmRpcLedger::connect(url, funder)?;
         let chain_id = chain.chain_id();
-        let blobs = self.prepare_out()?;
-        let started = std::time::Instant::now();
-        let (p, summary) = self
-            .experiment(cfg, chain, &blobs)
-            .with_context(|| format!("on the chain at {url}"))?;
+        let claim = Claim::take(&self.out)?;
+        let keys = if self.random_keys {
+            Keys::Secret(rand::random::<[u8; 32]>())
+        } else {
+            Keys::Seeded(cfg.seed)
+        };
+        let started = Instant::now();
+        let config_dir = self
+            .config
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let mut progress = Progress::new(cfg.coordinator.rounds, self.json);
+        let blobs = self.out.join("blobs");
+        let run = (|| -> anyhow::Result<_> {
+            fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
+            fs::copy(&self.config, self.out.join("config.toml"))
+                .with_context(|| format!("copying the config into {}", self.out.display()))?;
+            progress.say("set-up: preparing the task (reading data, pretraining a base model)");
+            let task = cohort_fl::learner::build(cfg, &config_dir, &self.out)
+                .context("setting up the task")?;
+            let opts = RunOptions::new().with_keys(keys.clone()).with_blobs(&blobs);
+            let out = run_in_process(cfg, chain, &*task, opts, |r| progress.round(r))
+                .with_context(|| format!("on the chain at {url}"))?;
+            Ok(out)
+        })();
+        progress.finish();
+        let (p, summary) = match run {
+            Ok(x) => x,
+            Err(e) => {
+                claim.undo();
+                return Err(e);
+            }
+        };
         let contract = p.address();
         let chain = p.into_backend();
         let head = chain.head()?;
         let gas: u64 = chain.recorded().iter().map(|t| t.gas_used).sum();
-        let txs: Vec<serde_json::Value> = chain
+        let txs: Vec<Value> = chain
             .recorded()
             .iter()
-            .map(|t| serde_json::json!({ "tx_hash": t.tx_hash, "block": t.block, "gas_used": t.gas_used }))
+            .map(|t| json!({ "tx_hash": t.tx_hash, "block": t.block, "gas_used": t.gas_used }))
             .collect();
         let wall = started.elapsed().as_secs_f64();
-        let record = serde_json::json!({
+        let record = json!({
             "chain_rpc": url,
             "chain_id": chain_id,
             "contract": contract,
@@ -299,18 +1157,17 @@ impl Args {
             "gas_used": gas,
             "transactions": txs,
         });
-        write_json(
-            &self.out.join("summary.json"),
-            &serde_json::json!({ "config": cfg, "summary": summary, "chain": record, "wall_seconds": wall }),
-        )?;
+        let key_record = json!({
+            "mode": if keys.is_seeded() { "seed-derived" } else { "random" },
+            "note": if keys.is_seeded() { SEEDED_NOTE } else { RANDOM_NOTE },
+        });
         let recorded = chain.recorded();
         let blocks = recorded
             .first()
             .zip(recorded.last())
             .map(|(a, b)| (a.block, b.block));
-        let reference = self.reference()?;
         let report = self.out.join("report.html");
-        std::fs::write(
+        write_atomic(
             &report,
             crate::report::render(
                 cfg,
@@ -324,15 +1181,24 @@ impl Args {
                     blocks,
                     root: head.root.to_string(),
                 }),
-                reference.as_ref(),
-            ),
-        )
-        .with_context(|| format!("writing {}", report.display()))?;
+                reference,
+            )
+            .as_bytes(),
+        )?;
+        write_atomic(
+            &self.out.join("summary.json"),
+            (serde_json::to_string_pretty(&json!({
+                "config": cfg, "summary": summary, "chain": record, "keys": key_record,
+                "wall_seconds": wall,
+            }))? + "\n")
+                .as_bytes(),
+        )?;
         if self.json {
-            print_json(&serde_json::json!({
+            print_json(&json!({
                 "summary": summary,
                 "chain": { "chain_rpc": url, "chain_id": chain_id, "contract": contract,
                     "transactions": txs.len(), "gas_used": gas },
+                "keys": key_record,
                 "wall_seconds": wall,
             }))?;
         } else {
@@ -348,6 +1214,7 @@ impl Args {
             );
             outln!("report  {}", report.display());
         }
+        drop(claim);
         Ok(ExitCode::SUCCESS)
     }
 }
@@ -408,4 +1275,83 @@ fn print_human(s: &RunSummary, cfg: &RunConfig) {
         t.row(vec![name.clone(), role.into(), h.clone()]);
     }
     t.print();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(text: &str) -> toml::Table {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn deserialization_errors_name_the_field_even_inside_a_tagged_section() {
+        let base = "seed = 1\nclients = 4\nvalidators = 2\n";
+        let e = |extra: &str| {
+            parse_config(&table(&format!("{base}{extra}")))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(e("[task]\nkind = \"linear\"\ndim = -1\n").starts_with("invalid task.dim:"));
+        assert!(e("[task]\nkind = \"imdb\"\nmax_len = -1\n").starts_with("invalid task.max_len:"));
+        assert!(e("[task]\nkind = \"linear\"\nbogus = 1\n").starts_with("invalid task.bogus:"));
+        assert!(
+            e("[aggregation]\nstrategy = { kind = \"krum\", f = -1 }\n")
+                .starts_with("invalid aggregation.strategy.f:")
+        );
+        assert!(
+            e("[coordinator]\nrounds = 1.5\n").starts_with("invalid coordinator.rounds:"),
+            "{}",
+            e("[coordinator]\nrounds = 1.5\n")
+        );
+        assert!(e("[task]\nkind = \"nope\"\n").starts_with("invalid task.kind:"));
+        assert!(
+            e("[attack]\nattack = { kind = \"sign-flip\", scale = 3.0 }\n")
+                .starts_with("invalid attack: missing field `fraction`"),
+            "{}",
+            e("[attack]\nattack = { kind = \"sign-flip\", scale = 3.0 }\n")
+        );
+        parse_config(&table(base)).unwrap();
+    }
+
+    #[test]
+    fn config_differences_are_named_by_path() {
+        let a = json!({"seed": 1, "task": {"kind": "linear", "lr": 0.05}});
+        let b = json!({"seed": 1, "task": {"kind": "linear", "lr": 0.1}});
+        let mut d = Vec::new();
+        differences(&a, &b, "", &mut d);
+        assert_eq!(d, ["task.lr: 0.05 there, 0.1 here"]);
+    }
+
+    #[test]
+    fn a_claim_excludes_a_second_and_undo_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/b");
+        let claim = Claim::take(&dir).unwrap();
+        let e = Claim::take(&dir).unwrap_err().to_string();
+        assert!(e.contains("in use by another `cohort run`"), "{e}");
+        assert!(e.contains(&std::process::id().to_string()), "{e}");
+        fs::write(dir.join("x"), b"made by the run").unwrap();
+        claim.undo();
+        assert!(
+            !tmp.path().join("a").exists(),
+            "the created parents are removed"
+        );
+        // In a directory that was there, only what the run made goes.
+        fs::create_dir(tmp.path().join("c")).unwrap();
+        fs::write(tmp.path().join("c/mine"), b"kept").unwrap();
+        let claim = Claim::take(&tmp.path().join("c")).unwrap();
+        fs::write(tmp.path().join("c/x"), b"made by the run").unwrap();
+        claim.undo();
+        let left: Vec<_> = fs::read_dir(tmp.path().join("c"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["mine"]);
+        // A claim given up (dropped) can be taken again.
+        let c = Claim::take(&tmp.path().join("c")).unwrap();
+        drop(c);
+        Claim::take(&tmp.path().join("c")).unwrap();
+    }
 }

@@ -51,44 +51,49 @@ pub struct ImdbTaskConfig {
     /// Directory with `train.tsv` and `test.tsv` (`LABEL<TAB>ID ID ...`; default
     /// `../../shared/data/imdb`, the shared data seen from `examples/`).
     pub data: PathBuf,
-    /// Vocabulary: ids at or above it become 2, out of vocabulary (default 500).
+    /// Vocabulary: ids at or above it become 2, out of vocabulary: [4, 10000000] (default
+    /// 500).
     pub num_words: u32,
     /// The classifier (default `bow`).
     pub model: ImdbModel,
-    /// Last ids of each review the GPT reads (default 64).
+    /// Last ids of each review the GPT reads: [1, 4096] (default 64).
     pub max_len: usize,
-    /// Training reviews used, from the start of `train.tsv` (default 2000; 0: all).
+    /// Training reviews used, from the start of `train.tsv`: [0, 10000000] (default 2000; 0:
+    /// all).
     pub train_samples: usize,
-    /// Test reviews, from the start of `test.tsv` (default 500; 0: all).
+    /// Test reviews, from the start of `test.tsv`: [0, 10000000] (default 500; 0: all).
     pub test_samples: usize,
-    /// Share of the training reviews held by the validators, split evenly (default 0.1).
+    /// Share of the training reviews held by the validators, split evenly: (0, 0.5) (default
+    /// 0.1).
     pub holdout_fraction: f64,
-    /// Dirichlet concentration of the label skew (default 50: mild skew; smaller is more
+    /// Dirichlet concentration of the label skew: (0, 1e6] (default 50: mild skew; smaller is more
     /// skewed, and below about 10 honest clients' single updates score as badly on the
     /// validators' balanced holdouts as label flippers' do; see docs/fl.md).
     pub alpha: f64,
-    /// Fewest reviews a client holds (topped up from the largest client; default 16).
+    /// Fewest reviews a client holds (topped up from the largest client): [1, 1000000]
+    /// (default 16).
     pub min_client_samples: usize,
-    /// GPT width (default 32).
+    /// GPT width: [1, 4096] (default 32).
     pub d_model: usize,
-    /// GPT blocks (default 1).
+    /// GPT blocks: [1, 64] (default 1).
     pub layers: usize,
-    /// GPT attention heads (default 2).
+    /// GPT attention heads: [1, 64], dividing `d_model` (default 2).
     pub heads: usize,
     /// The bag of words ignores ids below this: Keras' markers (0-2) and the most frequent
-    /// words, which under label skew act as a second bias (default 30).
+    /// words, which under label skew act as a second bias: [0, num_words - 1] (default 30).
     pub skip_top: usize,
     /// Whether the bag of words trains its bias (default false: under label skew the bias
     /// is what a client's class balance pulls hardest on, and the test set is balanced).
     pub train_bias: bool,
-    /// Reviews per local step (default 16).
+    /// Reviews per local step: [1, 4096] (default 16).
     pub batch: usize,
-    /// Local steps per round (default 16).
+    /// Local steps per round: [1, 100000] (default 16).
     pub local_steps: usize,
-    /// Local learning rate (constant; default 5 for `bow` (SGD on features of norm 1), use
+    /// Local learning rate (constant): (0, 100] (default 5 for `bow` (SGD on features of norm 1), use
     /// about 3e-3 for `gpt` (AdamW)).
     pub lr: f64,
-    /// FedProx's proximal coefficient mu (default 0).
+    /// FedProx's proximal coefficient mu: [0, 1000], with `lr * prox_mu` below 1 for `bow`
+    /// (default 0).
     pub prox_mu: f64,
 }
 
@@ -124,60 +129,6 @@ impl ImdbTaskConfig {
             self.data = dir.join(&self.data);
         }
         self
-    }
-
-    fn validate(&self) -> Result<(), FlError> {
-        let bad = |what, reason: String| Err(FlError::InvalidConfig { what, reason });
-        for (what, v) in [
-            ("task.max_len", self.max_len),
-            ("task.d_model", self.d_model),
-            ("task.layers", self.layers),
-            ("task.heads", self.heads),
-            ("task.batch", self.batch),
-            ("task.local_steps", self.local_steps),
-            ("task.min_client_samples", self.min_client_samples),
-        ] {
-            if v == 0 {
-                return bad(what, "must be at least 1".into());
-            }
-        }
-        if !self.d_model.is_multiple_of(self.heads) {
-            return bad(
-                "task.heads",
-                format!("{} does not divide d_model {}", self.heads, self.d_model),
-            );
-        }
-        if self.num_words < 4 {
-            return bad("task.num_words", format!("{} is below 4", self.num_words));
-        }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return bad("task.lr", format!("{} is not a positive number", self.lr));
-        }
-        if !(self.prox_mu.is_finite() && self.prox_mu >= 0.0) {
-            return bad("task.prox_mu", format!("{} is negative", self.prox_mu));
-        }
-        if self.model == ImdbModel::Bow && self.lr * self.prox_mu >= 1.0 {
-            return bad(
-                "task.prox_mu",
-                format!(
-                    "lr * prox_mu = {} must stay below 1 for SGD to be stable",
-                    self.lr * self.prox_mu
-                ),
-            );
-        }
-        if !(self.alpha.is_finite() && self.alpha > 0.0) {
-            return bad(
-                "task.alpha",
-                format!("{} is not a positive number", self.alpha),
-            );
-        }
-        if !(self.holdout_fraction > 0.0 && self.holdout_fraction < 0.5) {
-            return bad(
-                "task.holdout_fraction",
-                format!("{} is not in (0, 0.5)", self.holdout_fraction),
-            );
-        }
-        Ok(())
     }
 }
 
@@ -233,7 +184,7 @@ impl ImdbTask {
         validators: usize,
         seed: u64,
     ) -> Result<Self, FlError> {
-        cfg.validate()?;
+        crate::config::check_imdb(&cfg)?;
         let train = read(
             &cfg.data.join("train.tsv"),
             cfg.num_words,

@@ -37,42 +37,45 @@ pub struct LmTaskConfig {
     /// A base checkpoint directory (GPT or Llama family, Hugging Face layout, with its
     /// tokenizer). None (the default): pretrain a GPT of `preset` first.
     pub base: Option<PathBuf>,
-    /// Size of the pretrained base: `test` (d 32, 2 layers, context 32, the default) or
-    /// `tiny` (d 128, 4 layers, context 128); see `cohort model pretrain`.
+    /// Size of the pretrained base: `test` (d 32, 2 layers, context 32, the default),
+    /// `tiny` (d 128, 4 layers, context 128), `reference`, `small` or `medium`; see `cohort
+    /// model pretrain`.
     pub preset: String,
-    /// Pretraining steps of the base (default 300).
+    /// Pretraining steps of the base: [0, 1000000] (default 300).
     pub pretrain_steps: usize,
-    /// Peak pretraining learning rate (default 3e-3, warm-up 10%, cosine to a tenth).
+    /// Peak pretraining learning rate: (0, 1] (default 3e-3, warm-up 10%, cosine to a tenth).
     pub pretrain_lr: f64,
-    /// Sequences per pretraining step (default 16).
+    /// Sequences per pretraining step: [1, 4096] (default 16).
     pub pretrain_batch: usize,
-    /// Lowest number of lines a role needs to be a client (default 100).
+    /// Lowest number of lines a role needs to be a client: [1, 1000000] (default 100).
     pub min_lines: usize,
-    /// Clients per role (default 1, LEAF's split): with more, each client role's training
+    /// Clients per role: [1, 10000] (default 1, LEAF's split): with more, each client role's training
     /// lines are cut into this many contiguous shards, one client each, so that a run can
     /// have more clients than Tiny Shakespeare has roles (70 roles speak at least 100 lines).
     pub clients_per_role: usize,
-    /// Tokens per training and evaluation window (default 32; at most the model's context).
+    /// Tokens per training and evaluation window: [1, 4096] and at most the model's context
+    /// (default 32).
     pub seq_len: usize,
-    /// Sequences per local step (default 16).
+    /// Sequences per local step: [1, 4096] (default 16).
     pub batch: usize,
-    /// AdamW steps per round of local training (default 16).
+    /// AdamW steps per round of local training: [1, 100000] (default 16).
     pub local_steps: usize,
-    /// Local learning rate (constant; default 2e-3).
+    /// Local learning rate (constant): (0, 1] (default 2e-3).
     pub lr: f64,
-    /// LoRA rank (default 4).
+    /// LoRA rank: [1, 1024] (default 4).
     pub lora_rank: usize,
-    /// LoRA alpha (default 8: scale alpha / rank = 2).
+    /// LoRA alpha: (0, 1e4] (default 8: scale alpha / rank = 2).
     pub lora_alpha: f64,
-    /// Modules LoRA adapts (PEFT suffixes; default `c_attn`, `c_proj`, `c_fc`).
+    /// Modules LoRA adapts (PEFT suffixes, 1 to 32; default `c_attn`, `c_proj`, `c_fc`).
     pub lora_targets: Vec<String>,
-    /// Share of every client role's lines given to the validators (default 0.1).
+    /// Share of every client role's lines given to the validators: (0, 0.5) (default 0.1).
     pub holdout_fraction: f64,
-    /// Share of every client role's lines in the test set (the last lines; default 0.1).
+    /// Share of every client role's lines in the test set (the last lines): (0, 0.5)
+    /// (default 0.1).
     pub test_fraction: f64,
-    /// Most windows per validator holdout or test evaluation (default 32).
+    /// Most windows per validator holdout or test evaluation: [1, 1000000] (default 32).
     pub eval_windows: usize,
-    /// FedProx's proximal coefficient mu (default 0).
+    /// FedProx's proximal coefficient mu: [0, 1000] (default 0).
     pub prox_mu: f64,
 }
 
@@ -112,48 +115,6 @@ impl LmTaskConfig {
             *b = dir.join(&*b);
         }
         self
-    }
-
-    fn validate(&self) -> Result<(), FlError> {
-        let bad = |what, reason: String| Err(FlError::InvalidConfig { what, reason });
-        let positive = [
-            ("task.seq_len", self.seq_len),
-            ("task.batch", self.batch),
-            ("task.local_steps", self.local_steps),
-            ("task.lora_rank", self.lora_rank),
-            ("task.eval_windows", self.eval_windows),
-            ("task.pretrain_batch", self.pretrain_batch),
-            ("task.clients_per_role", self.clients_per_role),
-        ];
-        for (what, v) in positive {
-            if v == 0 {
-                return bad(what, "must be at least 1".into());
-            }
-        }
-        for (what, v) in [
-            ("task.lr", self.lr),
-            ("task.pretrain_lr", self.pretrain_lr),
-            ("task.lora_alpha", self.lora_alpha),
-        ] {
-            if !(v.is_finite() && v > 0.0) {
-                return bad(what, format!("{v} is not a positive number"));
-            }
-        }
-        if !(self.prox_mu.is_finite() && self.prox_mu >= 0.0) {
-            return bad("task.prox_mu", format!("{} is negative", self.prox_mu));
-        }
-        for (what, v) in [
-            ("task.holdout_fraction", self.holdout_fraction),
-            ("task.test_fraction", self.test_fraction),
-        ] {
-            if !(v > 0.0 && v < 0.5) {
-                return bad(what, format!("{v} is not in (0, 0.5)"));
-            }
-        }
-        if self.lora_targets.is_empty() {
-            return bad("task.lora_targets", "name at least one module".into());
-        }
-        Ok(())
     }
 }
 
@@ -212,7 +173,7 @@ impl LmTask {
         seed: u64,
         cache_dir: &Path,
     ) -> Result<Self, FlError> {
-        cfg.validate()?;
+        crate::config::check_lm(&cfg)?;
         let text = std::fs::read_to_string(&cfg.corpus).map_err(|e| FlError::InvalidConfig {
             what: "task.corpus",
             reason: format!("{}: {e}", cfg.corpus.display()),

@@ -54,6 +54,12 @@ impl<S: Strategy> Strategy for Clipped<S> {
     fn name(&self) -> String {
         format!("clip({})∘{}", self.max_norm, self.inner.name())
     }
+    fn state(&self) -> Vec<Vec<f64>> {
+        self.inner.state()
+    }
+    fn restore(&mut self, state: &[Vec<f64>]) -> Result<(), FlError> {
+        self.inner.restore(state)
+    }
 }
 
 /// Adaptive norm clipping around any strategy: every delta longer than the median norm of
@@ -91,5 +97,11 @@ impl<S: Strategy> Strategy for MedianClipped<S> {
     }
     fn name(&self) -> String {
         format!("clip(median)∘{}", self.inner.name())
+    }
+    fn state(&self) -> Vec<Vec<f64>> {
+        self.inner.state()
+    }
+    fn restore(&mut self, state: &[Vec<f64>]) -> Result<(), FlError> {
+        self.inner.restore(state)
     }
 }

@@ -88,4 +88,29 @@ impl<S: Strategy> Strategy for FedOpt<S> {
         };
         format!("{o}(lr={})∘{}", self.lr, self.inner.name())
     }
+    /// The first and second moments (empty before the first round), then the inner
+    /// strategy's state.
+    fn state(&self) -> Vec<Vec<f64>> {
+        let mut out = vec![self.m.clone(), self.v.clone()];
+        out.extend(self.inner.state());
+        out
+    }
+    fn restore(&mut self, state: &[Vec<f64>]) -> Result<(), FlError> {
+        let [m, v, inner @ ..] = state else {
+            return Err(FlError::InvalidConfig {
+                what: "strategy state",
+                reason: format!("{} needs its two moment vectors", self.name()),
+            });
+        };
+        if m.len() != v.len() {
+            return Err(FlError::InvalidConfig {
+                what: "strategy state",
+                reason: format!("moments of lengths {} and {}", m.len(), v.len()),
+            });
+        }
+        self.inner.restore(inner)?;
+        self.m.clone_from(m);
+        self.v.clone_from(v);
+        Ok(())
+    }
 }

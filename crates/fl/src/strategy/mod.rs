@@ -31,6 +31,29 @@ pub trait Strategy: Send {
 
     /// A short name for reports.
     fn name(&self) -> String;
+
+    /// What the strategy carries from one round to the next (a server optimiser's moments),
+    /// as vectors of numbers, for saving a run that may have to resume; a wrapper puts its
+    /// own vectors before its inner strategy's. Stateless strategies have none (the default).
+    fn state(&self) -> Vec<Vec<f64>> {
+        Vec::new()
+    }
+
+    /// Takes back what [`state`](Self::state) returned, exactly: aggregating afterwards gives
+    /// what the saved strategy would have given. A state of another shape is refused.
+    fn restore(&mut self, state: &[Vec<f64>]) -> Result<(), FlError> {
+        match state {
+            [] => Ok(()),
+            _ => Err(FlError::InvalidConfig {
+                what: "strategy state",
+                reason: format!(
+                    "{} holds no state, but {} vectors were given",
+                    self.name(),
+                    state.len()
+                ),
+            }),
+        }
+    }
 }
 
 impl<S: Strategy + ?Sized> Strategy for Box<S> {
@@ -39,6 +62,12 @@ impl<S: Strategy + ?Sized> Strategy for Box<S> {
     }
     fn name(&self) -> String {
         (**self).name()
+    }
+    fn state(&self) -> Vec<Vec<f64>> {
+        (**self).state()
+    }
+    fn restore(&mut self, state: &[Vec<f64>]) -> Result<(), FlError> {
+        (**self).restore(state)
     }
 }
 

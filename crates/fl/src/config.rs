@@ -1,0 +1,875 @@
+//! A run's configuration, and the one place its values are checked.
+//!
+//! [`RunConfig`] is what a TOML file says: serde structs with documented defaults, every
+//! section refusing unknown fields. [`RunConfig::check`] turns it into a [`ValidConfig`], the
+//! only form the runtime ([`crate::runtime`]), the in-process transport and the tasks
+//! ([`crate::learner::build`]) accept, after checking every field against the range its
+//! documentation gives and the fields against each other (a trimmed mean that would trim the
+//! whole cohort, a stake below the protocol's minimum, a backdoor trigger outside the
+//! vocabulary). Nothing reaches the ledger, a data file or an output directory before that
+//! check: a value the run cannot work with (NaN, infinity, zero where a count is needed, a
+//! size that would not fit in memory) is refused with the field named, instead of turning
+//! into a non-finite model and slashed honest clients later.
+//!
+//! The check is pure: it reads no file. What only the data can tell (a corpus with too few
+//! roles, a sequence longer than the base model's context) is checked when the task is built,
+//! still before the ledger is created ([`crate::learner::check_inputs`] checks that the
+//! files a task names exist).
+//!
+//! ```
+//! use cohort_fl::config::RunConfig;
+//!
+//! let cfg: RunConfig = serde_json::from_str(r#"{"seed": 1, "clients": 4, "validators": 2}"#)
+//!     .unwrap();
+//! assert!(cfg.clone().check().is_ok());
+//! let mut bad = cfg;
+//! bad.coordinator.rounds = 0;
+//! let e = bad.check().unwrap_err().to_string();
+//! assert!(e.contains("coordinator.rounds"), "{e}");
+//! ```
+
+use std::ops::Deref;
+
+use serde::{Deserialize, Serialize};
+
+use crate::coordinator::CoordinatorConfig;
+use crate::learner::imdb::{ImdbModel, ImdbTaskConfig};
+use crate::learner::lm::LmTaskConfig;
+use crate::learner::{LinearTaskConfig, TaskConfig};
+use crate::strategy::{
+    Clipped, CoordinateMedian, FedAvg, FedOpt, Krum, MedianClipped, ScoreWeighted, Strategy,
+    TrimmedMean,
+};
+use crate::{AttackKind, FlError};
+
+/// The deployed protocol's minimum active stake of a client, in tokens (`minClientStake` in
+/// contracts/src/Cohort.sol; a test checks it against the contract).
+pub const PROTOCOL_MIN_CLIENT_STAKE: u64 = 100;
+/// The deployed protocol's minimum active stake of a validator, in tokens
+/// (`minValidatorStake`).
+pub const PROTOCOL_MIN_VALIDATOR_STAKE: u64 = 1_000;
+/// The deposit a client escrows with every update, in tokens (`updateDeposit`).
+pub const PROTOCOL_UPDATE_DEPOSIT: u64 = 10;
+/// The most updates the protocol takes in one round (`maxUpdatesPerRound`).
+pub const PROTOCOL_MAX_UPDATES_PER_ROUND: usize = 256;
+/// The most validators the protocol takes in one round (`maxValidatorsPerRound`).
+pub const PROTOCOL_MAX_VALIDATORS: usize = 32;
+
+/// The most rounds a run may have. A round writes every update and the new model to disk and
+/// about ten ledger entries; a run of a billion rounds is a typo.
+pub const MAX_ROUNDS: u64 = 10_000;
+/// The most clients a run may have.
+pub const MAX_CLIENTS: usize = 100_000;
+/// The most values (samples times features) the linear task may draw, all parties together:
+/// 2.5e8 `f32`s, 1 GB.
+pub const MAX_LINEAR_VALUES: u64 = 250_000_000;
+/// The longest a phase may wait for a silent party, in virtual seconds (a week).
+pub const MAX_TIMEOUT: u64 = 604_800;
+/// Token amounts (balances, stakes, rewards) are at most this many whole tokens.
+pub const MAX_TOKENS: u64 = 1_000_000_000_000;
+
+/// Which aggregation strategy, as configured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum StrategyConfig {
+    /// Sample-weighted mean.
+    FedAvg,
+    /// Weighted by the on-chain consensus scores.
+    ScoreWeighted,
+    /// Coordinate-wise median.
+    Median,
+    /// Coordinate-wise trimmed mean.
+    TrimmedMean {
+        /// Values trimmed at each end: `2 k + 1` must not exceed the cohort (the clients
+        /// sampled per round).
+        k: usize,
+    },
+    /// Krum (m = 1) or Multi-Krum.
+    Krum {
+        /// Byzantine clients tolerated: `2 f + 3` must not exceed the cohort.
+        f: usize,
+        /// Updates averaged, 1 to the cohort minus `f` (default 1).
+        #[serde(default = "one")]
+        m: usize,
+    },
+}
+
+fn one() -> usize {
+    1
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The strategy with its optional wrappers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregationConfig {
+    /// The base strategy.
+    pub strategy: StrategyConfig,
+    /// Clip every update to this norm first: (0, 1e9].
+    #[serde(default)]
+    pub clip_norm: Option<f64>,
+    /// Clip every accepted update to the median norm of the round's accepted updates
+    /// before the strategy sees it (and before `clip_norm`, if both are given): a bound that
+    /// adapts to the task and the round (FLAME's). A clipped update's consensus score is
+    /// scaled by the same factor, so that score weighting weighs the update as aggregated.
+    /// On by default (`false` turns it off): without it one accepted boosted update (scaled
+    /// model replacement) moves the model many honest steps at once, see docs/fl.md.
+    #[serde(default = "yes")]
+    pub clip_to_median: bool,
+    /// Server learning rate of FedAdam on top (none: apply the aggregate as is): (0, 10].
+    #[serde(default)]
+    pub fedadam_lr: Option<f64>,
+    /// Aggregate every valid update, ignoring the validators' verdict: the undefended
+    /// baseline that shows what an attack does.
+    #[serde(default)]
+    pub ignore_verdicts: bool,
+}
+
+impl Default for AggregationConfig {
+    fn default() -> Self {
+        Self {
+            strategy: StrategyConfig::ScoreWeighted,
+            clip_norm: None,
+            clip_to_median: true,
+            fedadam_lr: None,
+            ignore_verdicts: false,
+        }
+    }
+}
+
+impl AggregationConfig {
+    /// Builds the strategy.
+    pub fn build(&self) -> Box<dyn Strategy> {
+        let base: Box<dyn Strategy> = match self.strategy {
+            StrategyConfig::FedAvg => Box::new(FedAvg),
+            StrategyConfig::ScoreWeighted => Box::new(ScoreWeighted::by_samples()),
+            StrategyConfig::Median => Box::new(CoordinateMedian),
+            StrategyConfig::TrimmedMean { k } => Box::new(TrimmedMean::new(k)),
+            StrategyConfig::Krum { f, m } => Box::new(Krum::multi(f, m)),
+        };
+        let clipped: Box<dyn Strategy> = match self.clip_norm {
+            Some(c) => Box::new(Clipped::new(base, c)),
+            None => base,
+        };
+        let clipped: Box<dyn Strategy> = if self.clip_to_median {
+            Box::new(MedianClipped::new(clipped))
+        } else {
+            clipped
+        };
+        match self.fedadam_lr {
+            Some(lr) => Box::new(FedOpt::adam(clipped, lr)),
+            None => clipped,
+        }
+    }
+}
+
+/// Who attacks, and how.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttackConfig {
+    /// Fraction of clients that attack (the highest-numbered ones): [0, 1].
+    pub fraction: f64,
+    /// What they do: to their updates (`random-noise` with `std` in (0, 1e6], `sign-flip`
+    /// with `scale` in (0, 1e6], `scaled-replacement` with `factor` in (0, 1e6],
+    /// `free-rider` with `fake_samples` in [1, 1e12]) or to their training data
+    /// (`label-flip`; `backdoor` with 1 to 64 `trigger` ids inside the vocabulary, `target`
+    /// 0 or 1 and `poison_fraction` in (0, 1]; both `imdb` only).
+    pub attack: AttackKind,
+    /// Validators that collude with the attackers: they score attackers' updates +1 and
+    /// everyone else's -1. 0 to `validators`.
+    #[serde(default)]
+    pub colluding_validators: usize,
+    /// Makes the attackers Sybils of one adversary: each identity stakes only this many
+    /// tokens (instead of `incentives.client_stake`), and every Sybil sampled in a round sends
+    /// the same update (the first one's), so that one adversary's update is counted many
+    /// times. The protocol's `minClientStake` (100 tokens by default) still applies: a Sybil
+    /// slashed below it can no longer submit. 1 to `incentives.initial_balance`.
+    #[serde(default)]
+    pub sybil_stake: Option<u64>,
+}
+
+/// Stakes and rewards, in whole tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IncentiveConfig {
+    /// Tokens minted to every participant at the start: [1, 1e12], at least each stake (and
+    /// a client's stake plus one update deposit of 10).
+    pub initial_balance: u64,
+    /// Stake of each client: at least the protocol's minimum of 100, and at most the initial
+    /// balance less one update deposit (10).
+    pub client_stake: u64,
+    /// Stake of each validator: at least the protocol's minimum of 1,000, at most the initial
+    /// balance.
+    pub validator_stake: u64,
+    /// Reward pool of each round, paid by the coordinator: [0, 1e12].
+    pub reward_per_round: u64,
+    /// Lowest consensus score accepted: [-1e6, 1e6]. Scores are loss reductions on the
+    /// validators' holdouts, in the task's loss units (0.1 = the update cuts the loss by
+    /// 0.1); a small negative threshold keeps honest clients with unusual data from being
+    /// slashed near convergence, where their updates move the model slightly away from the
+    /// validators' data.
+    pub accept_threshold: f64,
+}
+
+impl Default for IncentiveConfig {
+    fn default() -> Self {
+        Self {
+            initial_balance: 10_000,
+            client_stake: 500,
+            validator_stake: 2_000,
+            reward_per_round: 100,
+            accept_threshold: -0.05,
+        }
+    }
+}
+
+/// A whole run, as written. [`RunConfig::check`] makes the [`ValidConfig`] a run takes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Everything random derives from it: any 64-bit number.
+    pub seed: u64,
+    /// Number of clients: [1, 100000].
+    pub clients: usize,
+    /// Number of validators: [1, 32] (the protocol's most per round).
+    pub validators: usize,
+    /// What is learned.
+    #[serde(default)]
+    pub task: TaskConfig,
+    /// Rounds and cohort sizes.
+    #[serde(default)]
+    pub coordinator: CoordinatorConfig,
+    /// Aggregation.
+    #[serde(default)]
+    pub aggregation: AggregationConfig,
+    /// Attackers, if any.
+    #[serde(default)]
+    pub attack: Option<AttackConfig>,
+    /// Stakes and rewards.
+    #[serde(default)]
+    pub incentives: IncentiveConfig,
+}
+
+impl RunConfig {
+    /// The stake client `k` puts up: a Sybil's if it is one, else `incentives.client_stake`.
+    pub fn client_stake(&self, k: u32) -> u64 {
+        match self.attack.as_ref().and_then(|a| a.sybil_stake) {
+            Some(s) if self.is_attacker(k) => s,
+            _ => self.incentives.client_stake,
+        }
+    }
+
+    /// Whether client `k` attacks.
+    pub fn is_attacker(&self, k: u32) -> bool {
+        self.attack.as_ref().is_some_and(|a| {
+            let n = (a.fraction * self.clients as f64).round() as usize;
+            (k as usize) >= self.clients - n.min(self.clients)
+        })
+    }
+
+    /// Clients sampled per round: `clients_per_round`, or all of them when that is larger.
+    pub fn cohort_size(&self) -> usize {
+        self.coordinator.clients_per_round.min(self.clients)
+    }
+
+    /// Checks every field against its documented range and the fields against each other;
+    /// the error names the first field that is wrong (`task.lr`, `aggregation.strategy.k`)
+    /// and its valid range.
+    pub fn check(self) -> Result<ValidConfig, FlError> {
+        check_run(&self)?;
+        Ok(ValidConfig(self))
+    }
+}
+
+/// A [`RunConfig`] whose every field is in range: made only by [`RunConfig::check`], read
+/// through `Deref`. Serializes as the config it holds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct ValidConfig(RunConfig);
+
+impl ValidConfig {
+    /// The config.
+    pub fn config(&self) -> &RunConfig {
+        &self.0
+    }
+
+    /// The config, to change and check again.
+    pub fn into_inner(self) -> RunConfig {
+        self.0
+    }
+}
+
+impl Deref for ValidConfig {
+    type Target = RunConfig;
+
+    fn deref(&self) -> &RunConfig {
+        &self.0
+    }
+}
+
+impl TryFrom<RunConfig> for ValidConfig {
+    type Error = FlError;
+
+    fn try_from(cfg: RunConfig) -> Result<Self, FlError> {
+        cfg.check()
+    }
+}
+
+fn bad(what: &'static str, reason: String) -> FlError {
+    FlError::InvalidConfig { what, reason }
+}
+
+/// `v` in `[lo, hi]`.
+fn int(what: &'static str, v: u64, lo: u64, hi: u64) -> Result<(), FlError> {
+    if (lo..=hi).contains(&v) {
+        Ok(())
+    } else {
+        Err(bad(what, format!("{v} is not in [{lo}, {hi}]")))
+    }
+}
+
+fn count(what: &'static str, v: usize, lo: u64, hi: u64) -> Result<(), FlError> {
+    int(what, v as u64, lo, hi)
+}
+
+/// `v` finite and in `[lo, hi]`, or `(lo, hi]` when `open` (a positive quantity).
+fn float(what: &'static str, v: f64, lo: f64, hi: f64, open: bool) -> Result<(), FlError> {
+    let above = if open { v > lo } else { v >= lo };
+    if v.is_finite() && above && v <= hi {
+        Ok(())
+    } else {
+        let (l, r) = if open { ("(", "]") } else { ("[", "]") };
+        Err(bad(
+            what,
+            format!("{v} is not a finite number in {l}{lo}, {hi}{r}"),
+        ))
+    }
+}
+
+/// A positive number up to `hi`: `(0, hi]`.
+fn positive(what: &'static str, v: f64, hi: f64) -> Result<(), FlError> {
+    float(what, v, 0.0, hi, true)
+}
+
+/// A share strictly between 0 and a half: `(0, 0.5)`.
+fn share(what: &'static str, v: f64) -> Result<(), FlError> {
+    if v.is_finite() && v > 0.0 && v < 0.5 {
+        Ok(())
+    } else {
+        Err(bad(what, format!("{v} is not a finite number in (0, 0.5)")))
+    }
+}
+
+fn path(what: &'static str, p: &std::path::Path) -> Result<(), FlError> {
+    if p.as_os_str().is_empty() {
+        return Err(bad(what, "the path is empty".into()));
+    }
+    Ok(())
+}
+
+fn check_run(c: &RunConfig) -> Result<(), FlError> {
+    count("clients", c.clients, 1, MAX_CLIENTS as u64)?;
+    count(
+        "validators",
+        c.validators,
+        1,
+        PROTOCOL_MAX_VALIDATORS as u64,
+    )?;
+    check_coordinator(&c.coordinator)?;
+    check_incentives(&c.incentives)?;
+    // The task before the attack, which refers to it (a trigger inside the vocabulary).
+    match &c.task {
+        TaskConfig::Linear(t) => check_linear(t, c)?,
+        TaskConfig::Lm(t) => check_lm(t)?,
+        TaskConfig::Imdb(t) => check_imdb(t)?,
+    }
+    check_aggregation(&c.aggregation, c.cohort_size(), c)?;
+    match &c.attack {
+        Some(a) => check_attack(a, c),
+        None => Ok(()),
+    }
+}
+
+fn check_coordinator(c: &CoordinatorConfig) -> Result<(), FlError> {
+    int("coordinator.rounds", c.rounds, 1, MAX_ROUNDS)?;
+    count(
+        "coordinator.clients_per_round",
+        c.clients_per_round,
+        1,
+        PROTOCOL_MAX_UPDATES_PER_ROUND as u64,
+    )?;
+    int("coordinator.train_timeout", c.train_timeout, 1, MAX_TIMEOUT)?;
+    int(
+        "coordinator.commit_timeout",
+        c.commit_timeout,
+        1,
+        MAX_TIMEOUT,
+    )?;
+    int(
+        "coordinator.reveal_timeout",
+        c.reveal_timeout,
+        1,
+        MAX_TIMEOUT,
+    )
+}
+
+fn check_incentives(i: &IncentiveConfig) -> Result<(), FlError> {
+    int(
+        "incentives.initial_balance",
+        i.initial_balance,
+        1,
+        MAX_TOKENS,
+    )?;
+    let most = i.initial_balance.saturating_sub(PROTOCOL_UPDATE_DEPOSIT);
+    if i.client_stake < PROTOCOL_MIN_CLIENT_STAKE || i.client_stake > most {
+        return Err(bad(
+            "incentives.client_stake",
+            format!(
+                "{} is not in [{PROTOCOL_MIN_CLIENT_STAKE}, {most}]: at least the protocol's \
+                 minimum client stake, and leaving one update deposit \
+                 ({PROTOCOL_UPDATE_DEPOSIT}) of incentives.initial_balance ({})",
+                i.client_stake, i.initial_balance
+            ),
+        ));
+    }
+    if i.validator_stake < PROTOCOL_MIN_VALIDATOR_STAKE || i.validator_stake > i.initial_balance {
+        return Err(bad(
+            "incentives.validator_stake",
+            format!(
+                "{} is not in [{PROTOCOL_MIN_VALIDATOR_STAKE}, {}]: at least the protocol's \
+                 minimum validator stake, at most incentives.initial_balance",
+                i.validator_stake, i.initial_balance
+            ),
+        ));
+    }
+    int(
+        "incentives.reward_per_round",
+        i.reward_per_round,
+        0,
+        MAX_TOKENS,
+    )?;
+    float(
+        "incentives.accept_threshold",
+        i.accept_threshold,
+        -1e6,
+        1e6,
+        false,
+    )
+}
+
+fn check_aggregation(a: &AggregationConfig, cohort: usize, c: &RunConfig) -> Result<(), FlError> {
+    let per_round = || {
+        format!(
+            "a cohort of {cohort} (coordinator.clients_per_round {}, clients {})",
+            c.coordinator.clients_per_round, c.clients
+        )
+    };
+    match a.strategy {
+        StrategyConfig::FedAvg | StrategyConfig::ScoreWeighted | StrategyConfig::Median => {}
+        StrategyConfig::TrimmedMean { k } => {
+            if k.saturating_mul(2).saturating_add(1) > cohort {
+                return Err(bad(
+                    "aggregation.strategy.k",
+                    format!(
+                        "{k} trims {} values of {}: 2 k + 1 must not exceed it",
+                        k.saturating_mul(2),
+                        per_round()
+                    ),
+                ));
+            }
+        }
+        StrategyConfig::Krum { f, m } => {
+            if f.saturating_mul(2).saturating_add(3) > cohort {
+                return Err(bad(
+                    "aggregation.strategy.f",
+                    format!(
+                        "{f} Byzantine clients need at least 2 f + 3 = {} updates, more than {}",
+                        f.saturating_mul(2).saturating_add(3),
+                        per_round()
+                    ),
+                ));
+            }
+            let most = cohort - f;
+            if m == 0 || m > most {
+                return Err(bad(
+                    "aggregation.strategy.m",
+                    format!("{m} is not in [1, {most}] (the cohort {cohort} less f = {f})"),
+                ));
+            }
+        }
+    }
+    if let Some(x) = a.clip_norm {
+        positive("aggregation.clip_norm", x, 1e9)?;
+    }
+    if let Some(x) = a.fedadam_lr {
+        positive("aggregation.fedadam_lr", x, 10.0)?;
+    }
+    Ok(())
+}
+
+fn check_attack(a: &AttackConfig, c: &RunConfig) -> Result<(), FlError> {
+    float("attack.fraction", a.fraction, 0.0, 1.0, false)?;
+    match &a.attack {
+        AttackKind::RandomNoise { std } => positive("attack.attack.std", *std, 1e6)?,
+        AttackKind::SignFlip { scale } => positive("attack.attack.scale", *scale, 1e6)?,
+        AttackKind::ScaledReplacement { factor } => {
+            positive("attack.attack.factor", *factor, 1e6)?;
+        }
+        AttackKind::FreeRider { fake_samples } => {
+            int("attack.attack.fake_samples", *fake_samples, 1, MAX_TOKENS)?;
+        }
+        AttackKind::LabelFlip | AttackKind::Backdoor { .. } => {
+            if !matches!(c.task, TaskConfig::Imdb(_)) {
+                return Err(bad(
+                    "attack.attack",
+                    format!(
+                        "the {} attack needs a classification task (kind = \"imdb\")",
+                        a.attack.data().map_or("data", |d| d.name())
+                    ),
+                ));
+            }
+        }
+    }
+    if let AttackKind::Backdoor {
+        trigger,
+        target,
+        poison_fraction,
+    } = &a.attack
+    {
+        count("attack.attack.trigger", trigger.len(), 1, 64).map_err(|_| {
+            bad(
+                "attack.attack.trigger",
+                format!("holds {} ids; give 1 to 64", trigger.len()),
+            )
+        })?;
+        if let TaskConfig::Imdb(t) = &c.task
+            && let Some(id) = trigger.iter().find(|&&id| id >= t.num_words)
+        {
+            return Err(bad(
+                "attack.attack.trigger",
+                format!(
+                    "id {id} is outside the vocabulary (task.num_words = {})",
+                    t.num_words
+                ),
+            ));
+        }
+        int("attack.attack.target", u64::from(*target), 0, 1)?;
+        float(
+            "attack.attack.poison_fraction",
+            *poison_fraction,
+            0.0,
+            1.0,
+            true,
+        )?;
+    }
+    count(
+        "attack.colluding_validators",
+        a.colluding_validators,
+        0,
+        c.validators as u64,
+    )?;
+    if let Some(s) = a.sybil_stake {
+        int("attack.sybil_stake", s, 1, c.incentives.initial_balance)?;
+    }
+    Ok(())
+}
+
+fn check_linear(t: &LinearTaskConfig, c: &RunConfig) -> Result<(), FlError> {
+    count("task.dim", t.dim, 1, 1_000_000)?;
+    count(
+        "task.samples_per_client",
+        t.samples_per_client,
+        1,
+        1_000_000,
+    )?;
+    count("task.holdout_samples", t.holdout_samples, 1, 1_000_000)?;
+    count("task.test_samples", t.test_samples, 1, 1_000_000)?;
+    let samples = (c.clients as u64) * (t.samples_per_client as u64)
+        + (c.validators as u64) * (t.holdout_samples as u64)
+        + t.test_samples as u64;
+    let values = samples.saturating_mul(t.dim as u64 + 1);
+    if values > MAX_LINEAR_VALUES {
+        return Err(bad(
+            "task.samples_per_client",
+            format!(
+                "{samples} samples of task.dim {} features (clients x samples_per_client + \
+                 validators x holdout_samples + test_samples) are {values} values, more than \
+                 {MAX_LINEAR_VALUES}",
+                t.dim
+            ),
+        ));
+    }
+    float("task.client_drift", t.client_drift, 0.0, 100.0, false)?;
+    float("task.noise", t.noise, 0.0, 100.0, false)?;
+    count("task.epochs", t.epochs, 1, 1_000)?;
+    count("task.batch", t.batch, 1, 1_000_000)?;
+    positive("task.lr", t.lr, 10.0)?;
+    float("task.prox_mu", t.prox_mu, 0.0, 1_000.0, false)?;
+    stable_prox(t.lr, t.prox_mu)
+}
+
+/// SGD with a proximal term shrinks towards the global model by `1 - lr * mu` per step.
+fn stable_prox(lr: f64, mu: f64) -> Result<(), FlError> {
+    if lr * mu >= 1.0 {
+        return Err(bad(
+            "task.prox_mu",
+            format!(
+                "task.lr * task.prox_mu = {} must stay below 1 for SGD to be stable",
+                lr * mu
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The GPT presets a pretrained `lm` base may have (`cohort_model::GptConfig::preset`).
+pub const LM_PRESETS: [&str; 5] = ["test", "tiny", "reference", "small", "medium"];
+
+/// The `lm` task's ranges; also checked by [`crate::learner::lm::LmTask::new`].
+pub(crate) fn check_lm(t: &LmTaskConfig) -> Result<(), FlError> {
+    path("task.corpus", &t.corpus)?;
+    if let Some(b) = &t.base {
+        path("task.base", b)?;
+    }
+    if !LM_PRESETS.contains(&t.preset.as_str()) {
+        return Err(bad(
+            "task.preset",
+            format!("{:?} is not one of {}", t.preset, LM_PRESETS.join(", ")),
+        ));
+    }
+    count("task.pretrain_steps", t.pretrain_steps, 0, 1_000_000)?;
+    positive("task.pretrain_lr", t.pretrain_lr, 1.0)?;
+    count("task.pretrain_batch", t.pretrain_batch, 1, 4_096)?;
+    count("task.min_lines", t.min_lines, 1, 1_000_000)?;
+    count("task.clients_per_role", t.clients_per_role, 1, 10_000)?;
+    count("task.seq_len", t.seq_len, 1, 4_096)?;
+    count("task.batch", t.batch, 1, 4_096)?;
+    count("task.local_steps", t.local_steps, 1, 100_000)?;
+    positive("task.lr", t.lr, 1.0)?;
+    count("task.lora_rank", t.lora_rank, 1, 1_024)?;
+    positive("task.lora_alpha", t.lora_alpha, 1e4)?;
+    if t.lora_targets.is_empty() || t.lora_targets.len() > 32 {
+        return Err(bad(
+            "task.lora_targets",
+            format!("names {} modules; name 1 to 32", t.lora_targets.len()),
+        ));
+    }
+    if t.lora_targets.iter().any(|m| m.trim().is_empty()) {
+        return Err(bad("task.lora_targets", "a module name is empty".into()));
+    }
+    share("task.holdout_fraction", t.holdout_fraction)?;
+    share("task.test_fraction", t.test_fraction)?;
+    count("task.eval_windows", t.eval_windows, 1, 1_000_000)?;
+    float("task.prox_mu", t.prox_mu, 0.0, 1_000.0, false)
+}
+
+/// The `imdb` task's ranges; also checked by [`crate::learner::imdb::ImdbTask::new`].
+pub(crate) fn check_imdb(t: &ImdbTaskConfig) -> Result<(), FlError> {
+    path("task.data", &t.data)?;
+    int("task.num_words", u64::from(t.num_words), 4, 10_000_000)?;
+    count("task.max_len", t.max_len, 1, 4_096)?;
+    count("task.train_samples", t.train_samples, 0, 10_000_000)?;
+    count("task.test_samples", t.test_samples, 0, 10_000_000)?;
+    share("task.holdout_fraction", t.holdout_fraction)?;
+    positive("task.alpha", t.alpha, 1e6)?;
+    count(
+        "task.min_client_samples",
+        t.min_client_samples,
+        1,
+        1_000_000,
+    )?;
+    count("task.d_model", t.d_model, 1, 4_096)?;
+    count("task.layers", t.layers, 1, 64)?;
+    count("task.heads", t.heads, 1, 64)?;
+    if !t.d_model.is_multiple_of(t.heads) {
+        return Err(bad(
+            "task.heads",
+            format!("{} does not divide task.d_model {}", t.heads, t.d_model),
+        ));
+    }
+    count(
+        "task.skip_top",
+        t.skip_top,
+        0,
+        u64::from(t.num_words).saturating_sub(1),
+    )?;
+    count("task.batch", t.batch, 1, 4_096)?;
+    count("task.local_steps", t.local_steps, 1, 100_000)?;
+    positive("task.lr", t.lr, 100.0)?;
+    float("task.prox_mu", t.prox_mu, 0.0, 1_000.0, false)?;
+    if t.model == ImdbModel::Bow {
+        stable_prox(t.lr, t.prox_mu)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> RunConfig {
+        RunConfig {
+            seed: 1,
+            clients: 10,
+            validators: 3,
+            task: TaskConfig::default(),
+            coordinator: CoordinatorConfig::default(),
+            aggregation: AggregationConfig::default(),
+            attack: None,
+            incentives: IncentiveConfig::default(),
+        }
+    }
+
+    fn refused(c: RunConfig, field: &str) {
+        let e = c.check().expect_err(field).to_string();
+        assert!(e.contains(&format!("invalid {field}:")), "{field}: {e}");
+    }
+
+    #[test]
+    fn the_defaults_pass() {
+        base().check().unwrap();
+    }
+
+    #[test]
+    fn the_values_the_issue_found_are_refused_by_name() {
+        let linear = |f: &dyn Fn(&mut LinearTaskConfig)| {
+            let mut c = base();
+            let mut t = LinearTaskConfig::default();
+            f(&mut t);
+            c.task = TaskConfig::Linear(t);
+            c
+        };
+        for lr in [f64::NAN, f64::INFINITY, -1.0, 0.0] {
+            refused(linear(&|t| t.lr = lr), "task.lr");
+        }
+        refused(linear(&|t| t.batch = 0), "task.batch");
+        refused(
+            linear(&|t| t.samples_per_client = 0),
+            "task.samples_per_client",
+        );
+        refused(linear(&|t| t.holdout_samples = 0), "task.holdout_samples");
+        refused(linear(&|t| t.epochs = 0), "task.epochs");
+        refused(linear(&|t| t.dim = 0), "task.dim");
+        refused(linear(&|t| t.test_samples = 0), "task.test_samples");
+        refused(
+            linear(&|t| t.samples_per_client = 1_000_000),
+            "task.samples_per_client",
+        );
+        let mut c = base();
+        c.aggregation.fedadam_lr = Some(f64::NAN);
+        refused(c, "aggregation.fedadam_lr");
+        for x in [f64::NAN, 1e300] {
+            let mut c = base();
+            c.incentives.accept_threshold = x;
+            refused(c, "incentives.accept_threshold");
+        }
+        let mut c = base();
+        c.coordinator.rounds = 1_000_000_000;
+        refused(c, "coordinator.rounds");
+    }
+
+    #[test]
+    fn robust_strategies_must_fit_the_cohort() {
+        let with = |s: StrategyConfig, per_round: usize| {
+            let mut c = base();
+            c.coordinator.clients_per_round = per_round;
+            c.aggregation.strategy = s;
+            c
+        };
+        with(StrategyConfig::TrimmedMean { k: 4 }, 10)
+            .check()
+            .unwrap();
+        refused(
+            with(StrategyConfig::TrimmedMean { k: 5 }, 10),
+            "aggregation.strategy.k",
+        );
+        // The cohort is the smaller of clients_per_round and clients (10 here).
+        refused(
+            with(StrategyConfig::TrimmedMean { k: 5 }, 50),
+            "aggregation.strategy.k",
+        );
+        with(StrategyConfig::Krum { f: 3, m: 1 }, 10)
+            .check()
+            .unwrap();
+        refused(
+            with(StrategyConfig::Krum { f: 4, m: 1 }, 10),
+            "aggregation.strategy.f",
+        );
+        refused(
+            with(StrategyConfig::Krum { f: 3, m: 8 }, 10),
+            "aggregation.strategy.m",
+        );
+        refused(
+            with(
+                StrategyConfig::Krum {
+                    f: usize::MAX,
+                    m: 1,
+                },
+                10,
+            ),
+            "aggregation.strategy.f",
+        );
+    }
+
+    #[test]
+    fn stakes_must_clear_the_protocol_minimums() {
+        let mut c = base();
+        c.incentives.client_stake = 99;
+        refused(c, "incentives.client_stake");
+        let mut c = base();
+        c.incentives.client_stake = c.incentives.initial_balance;
+        refused(c, "incentives.client_stake");
+        let mut c = base();
+        c.incentives.validator_stake = 999;
+        refused(c, "incentives.validator_stake");
+        let mut c = base();
+        c.incentives.initial_balance = 0;
+        refused(c, "incentives.initial_balance");
+    }
+
+    #[test]
+    fn data_attacks_need_the_classification_task() {
+        let mut c = base();
+        c.attack = Some(AttackConfig {
+            fraction: 0.2,
+            attack: AttackKind::LabelFlip,
+            colluding_validators: 0,
+            sybil_stake: None,
+        });
+        refused(c.clone(), "attack.attack");
+        c.task = TaskConfig::Imdb(ImdbTaskConfig::default());
+        c.check().unwrap();
+    }
+
+    #[test]
+    fn backdoor_triggers_stay_inside_the_vocabulary() {
+        let mut c = base();
+        c.task = TaskConfig::Imdb(ImdbTaskConfig::default());
+        let backdoor = |trigger: Vec<u32>, target: u32, poison_fraction: f64| AttackConfig {
+            fraction: 0.2,
+            attack: AttackKind::Backdoor {
+                trigger,
+                target,
+                poison_fraction,
+            },
+            colluding_validators: 0,
+            sybil_stake: None,
+        };
+        let with = |a| {
+            let mut c = c.clone();
+            c.attack = Some(a);
+            c
+        };
+        with(backdoor(vec![497, 498], 1, 0.5)).check().unwrap();
+        refused(with(backdoor(vec![500], 1, 0.5)), "attack.attack.trigger");
+        refused(with(backdoor(vec![], 1, 0.5)), "attack.attack.trigger");
+        refused(with(backdoor(vec![4], 2, 0.5)), "attack.attack.target");
+        refused(
+            with(backdoor(vec![4], 1, 0.0)),
+            "attack.attack.poison_fraction",
+        );
+    }
+}
