@@ -37,6 +37,18 @@ pub enum Error {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
+    /// A checkpoint holds tensors the model does not use (`names`: the first eight, sorted):
+    /// its config does not describe it (fewer layers, no bias, another family...).
+    #[error(
+        "{path}: {count} tensor(s) that the model described by config.json does not use: \
+         {names:?}{more} (does config.json match the weights?)",
+        more = ellipsis(.count, .names)
+    )]
+    UnusedTensors {
+        path: PathBuf,
+        names: Vec<String>,
+        count: usize,
+    },
     /// A safetensors file is malformed.
     #[error("{path}: {reason}")]
     Safetensors { path: PathBuf, reason: String },
@@ -49,6 +61,11 @@ pub enum Error {
     /// The data set is too small or malformed for the requested operation.
     #[error("data: {0}")]
     Data(String),
+}
+
+/// `", ..."` when fewer names are shown than there are.
+fn ellipsis(count: &usize, shown: &[String]) -> &'static str {
+    if *count > shown.len() { ", ..." } else { "" }
 }
 
 /// This crate's result type.

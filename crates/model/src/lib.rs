@@ -26,6 +26,7 @@ pub mod error;
 pub mod fast;
 pub mod generate;
 pub mod gpt;
+pub mod hf;
 pub mod kernels;
 pub mod llama;
 pub mod lora;
