@@ -25,7 +25,7 @@ pub const INDEX_FILE: &str = "model.safetensors.index.json";
 pub fn read_config<C: DeserializeOwned>(dir: &Path) -> Result<C> {
     let path = dir.join(CONFIG_FILE);
     let s = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    serde_json::from_str(&s).map_err(|e| Error::Json { path, source: e })
+    serde_json::from_str(&s).map_err(|e| Error::Json { path, error: e })
 }
 
 /// The `model_type` field of `config.json`.
@@ -72,7 +72,7 @@ pub fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let s = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
     let v: serde_json::Value = serde_json::from_str(&s).map_err(|e| Error::Json {
         path: index.clone(),
-        source: e,
+        error: e,
     })?;
     let map = v
         .get("weight_map")
@@ -195,7 +195,7 @@ pub fn save_dir<C: Serialize>(
     let path = dir.join(CONFIG_FILE);
     let s = serde_json::to_string_pretty(config).map_err(|e| Error::Json {
         path: path.clone(),
-        source: e,
+        error: e,
     })?;
     std::fs::write(&path, s + "\n").map_err(|e| Error::io(&path, e))?;
     let ts = names

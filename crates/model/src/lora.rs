@@ -358,7 +358,7 @@ impl Lora {
         let path = dir.join(ADAPTER_CONFIG_FILE);
         let s = serde_json::to_string_pretty(&self.config).map_err(|e| Error::Json {
             path: path.clone(),
-            source: e,
+            error: e,
         })?;
         std::fs::write(&path, s + "\n").map_err(|e| Error::io(&path, e))?;
         let mut ts = Vec::new();
@@ -374,7 +374,7 @@ impl Lora {
     pub fn load_config(dir: &Path) -> Result<LoraConfig> {
         let path = dir.join(ADAPTER_CONFIG_FILE);
         let s = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        serde_json::from_str(&s).map_err(|e| Error::Json { path, source: e })
+        serde_json::from_str(&s).map_err(|e| Error::Json { path, error: e })
     }
 
     /// Attaches the adapter saved in `dir` (its config and weights) to `params`.

@@ -160,7 +160,7 @@ impl Tokenizer {
                 let path = dir.join(COHORT_TOKENIZER_FILE);
                 let s = serde_json::to_string_pretty(&saved).map_err(|e| Error::Json {
                     path: path.clone(),
-                    source: e,
+                    error: e,
                 })?;
                 std::fs::write(&path, s + "\n").map_err(|e| Error::io(&path, e))
             }
@@ -210,7 +210,7 @@ impl Tokenizer {
         let s = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         match serde_json::from_str(&s).map_err(|e| Error::Json {
             path: path.clone(),
-            source: e,
+            error: e,
         })? {
             Saved::Bytes => Ok(Self::Bytes),
             Saved::Chars { chars } => Ok(Self::from_alphabet(chars.chars().collect())),

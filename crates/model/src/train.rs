@@ -276,7 +276,7 @@ impl Trainer {
         };
         let json = serde_json::to_string_pretty(&s).map_err(|e| Error::Json {
             path: path.clone(),
-            source: e,
+            error: e,
         })?;
         std::fs::write(&path, json + "\n").map_err(|e| Error::io(&path, e))
     }
@@ -287,7 +287,7 @@ impl Trainer {
         let path = dir.join(STATE_FILE);
         let s = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         let saved: SavedState =
-            serde_json::from_str(&s).map_err(|e| Error::Json { path, source: e })?;
+            serde_json::from_str(&s).map_err(|e| Error::Json { path, error: e })?;
         let mut t = Self::new(model, saved.config)?;
         let file = dir.join(OPTIM_FILE);
         t.optim
