@@ -9,51 +9,62 @@ use cohort_model::train::{TrainConfig, Trainer, evaluate};
 use cohort_model::{Gpt, GptConfig, LanguageModel, Tokenizer};
 use serde::Serialize;
 
+use crate::args::{float_in, int_in};
 use crate::output::{Table, print_json};
 
 /// Train a GPT-2-style model from scratch on a text file and write it (config.json,
-/// model.safetensors, tokenizer, trainer state to resume) to a directory.
+/// model.safetensors, tokenizer, trainer state to resume) to a directory. The directory is
+/// written whole at the end (through a staging directory beside it), never half.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The training text (the last `--val-fraction` is held out).
     #[arg(long)]
     corpus: PathBuf,
-    /// Model size: test, tiny, reference, small, medium.
-    #[arg(long, default_value = "tiny")]
+    /// Model size.
+    #[arg(long, default_value = "tiny", value_parser = ["test", "tiny", "reference", "small", "medium"])]
     preset: String,
-    /// Output directory.
+    /// Output directory. An existing one that holds files is refused unless --resume (continue
+    /// the run saved there) or --force (replace it).
     #[arg(long)]
     out: PathBuf,
+    /// Replace what --out holds.
+    #[arg(long, conflicts_with = "resume")]
+    force: bool,
     /// Tokeniser: chars (the corpus's alphabet) or bytes.
-    #[arg(long, default_value = "chars")]
+    #[arg(long, default_value = "chars", value_parser = ["chars", "bytes"])]
     tokenizer: String,
-    /// Optimiser steps.
-    #[arg(long, default_value_t = 1000)]
+    /// Optimiser steps, in [1, 10000000] (with --resume: the total to reach).
+    #[arg(long, default_value_t = 1000, value_parser = int_in(1..=10_000_000usize))]
     steps: usize,
-    /// Sequences per micro-batch.
-    #[arg(long, default_value_t = 16)]
+    /// Sequences per micro-batch, in [1, 4096].
+    #[arg(long, default_value_t = 16, value_parser = int_in(1..=4096usize))]
     batch: usize,
-    /// Tokens per sequence (default: the model's context).
-    #[arg(long)]
+    /// Tokens per sequence, in [1, the model's context] (default: the model's context).
+    #[arg(long, value_parser = int_in(1..=1_048_576usize))]
     seq_len: Option<usize>,
-    /// Micro-batches per step (gradient accumulation).
-    #[arg(long, default_value_t = 1)]
+    /// Micro-batches per step (gradient accumulation), in [1, 1024].
+    #[arg(long, default_value_t = 1, value_parser = int_in(1..=1024usize))]
     grad_accum: usize,
-    /// Peak learning rate (cosine decay to a tenth after warm-up).
-    #[arg(long, default_value_t = 1e-3)]
+    /// Peak learning rate, in (0, 10] (cosine decay to a tenth after warm-up).
+    #[arg(long, default_value_t = 1e-3, value_parser = float_in(0.0..=10.0).open_start())]
     lr: f64,
-    /// Warm-up steps.
-    #[arg(long, default_value_t = 100)]
+    /// Warm-up steps, in [0, 10000000].
+    #[arg(long, default_value_t = 100, value_parser = int_in(0..=10_000_000usize))]
     warmup: usize,
     /// Seed for initialisation and data sampling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Fraction of the corpus held out for evaluation.
-    #[arg(long, default_value_t = 0.1)]
+    /// Fraction of the corpus held out for evaluation, in (0, 1).
+    #[arg(long, default_value_t = 0.1, value_parser = float_in(0.0..1.0).open_start())]
     val_fraction: f64,
-    /// Evaluate every N steps (0: only at the end).
-    #[arg(long, default_value_t = 0)]
+    /// Evaluate every N steps, in [0, 10000000] (0: only at the end).
+    #[arg(long, default_value_t = 0, value_parser = int_in(0..=10_000_000usize))]
     eval_every: usize,
+    /// Without a terminal (CI, a pipe, a log file): a progress line (step, loss, tokens/s) on
+    /// standard error every N steps, in [0, 10000000] (0: none; default: about 20 per run).
+    /// With a terminal a progress bar is shown instead.
+    #[arg(long, value_parser = int_in(0..=10_000_000u64))]
+    log_every: Option<u64>,
     /// Continue the run saved in --out (weights, optimiser, data sampler) up to --steps.
     #[arg(long)]
     resume: bool,
@@ -76,6 +87,15 @@ struct Report {
 
 impl Args {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
+        if self.resume && !self.out.is_dir() {
+            anyhow::bail!("--resume: {} holds no run to continue", self.out.display());
+        }
+        let staged = super::Staged::new(
+            &self.out,
+            "--out",
+            self.resume || self.force,
+            "pass --resume to continue the run saved there or --force to replace it",
+        )?;
         let text = super::read_text(&self.corpus)?;
         let dev = Device::Cpu;
         let (model, tok, mut trainer) = if self.resume {
@@ -85,13 +105,19 @@ impl Args {
             (model, tok, t)
         } else {
             let tok = match self.tokenizer.as_str() {
-                "chars" => Tokenizer::chars_of(&text),
                 "bytes" => Tokenizer::Bytes,
-                other => anyhow::bail!("--tokenizer: unknown `{other}` (chars, bytes)"),
+                _ => Tokenizer::chars_of(&text),
             };
             let config = GptConfig::preset(&self.preset, tok.vocab_size())?;
             let model = Gpt::new(config, self.seed, &dev)?;
             let seq = self.seq_len.unwrap_or(model.config.n_positions);
+            if seq > model.config.n_positions {
+                anyhow::bail!(
+                    "--seq-len {seq}: exceeds the context of the {} preset ({})",
+                    self.preset,
+                    model.config.n_positions
+                );
+            }
             let mut tc = TrainConfig::new(self.batch, seq);
             tc.grad_accum = self.grad_accum;
             tc.seed = self.seed;
@@ -105,41 +131,63 @@ impl Args {
         let ids = tok
             .encode(&text)
             .with_context(|| format!("tokenising {}", self.corpus.display()))?;
-        let data = TokenData::split(ids, self.val_fraction);
+        let data = TokenData::split(ids, self.val_fraction)?;
         let seq = trainer.config.seq_len;
-        let bar = super::train_bar(
-            self.steps.saturating_sub(trainer.step_count()) as u64,
-            self.json,
-        );
+        for (part, tokens, flag) in [
+            ("training", &data.train, "--val-fraction"),
+            ("held-out", &data.val, "--val-fraction"),
+        ] {
+            if tokens.len() <= seq + 1 {
+                anyhow::bail!(
+                    "{}: its {part} part has {} tokens, too few for one window of {} \
+                     (a longer corpus, a smaller --seq-len, or another {flag})",
+                    self.corpus.display(),
+                    tokens.len(),
+                    seq + 1
+                );
+            }
+        }
+        let todo = self.steps.saturating_sub(trainer.step_count()) as u64;
+        let progress = super::Progress::new(todo, self.json, self.log_every);
         let start = Instant::now();
         let mut tokens = 0usize;
         let mut recent = Vec::new();
+        let mut done = 0u64;
         while trainer.step_count() < self.steps {
             let s = trainer.step(&model, &data)?;
+            if !s.loss.is_finite() {
+                anyhow::bail!(
+                    "step {}: the training loss is {} (try a smaller --lr); nothing was written",
+                    s.step,
+                    s.loss
+                );
+            }
             tokens += s.tokens;
             recent.push(s.loss);
             if recent.len() > 20 {
                 recent.remove(0);
             }
-            let tps = tokens as f64 / start.elapsed().as_secs_f64();
-            bar.set_message(format!(
-                "loss {:.4} lr {:.2e} {:.0} tok/s",
-                s.loss, s.lr, tps
-            ));
-            bar.inc(1);
+            let tps = tokens as f64 / start.elapsed().as_secs_f64().max(1e-9);
+            done += 1;
+            progress.step(
+                done,
+                &format!("loss {:.4}  lr {:.2e}  {:.0} tok/s", s.loss, s.lr, tps),
+            );
             if self.eval_every > 0 && s.step % self.eval_every == 0 {
                 let e = evaluate(&model, &data.val, self.batch, seq, 64)?;
-                bar.println(format!(
+                progress.println(&format!(
                     "step {}: val loss {:.4} perplexity {:.2}",
                     s.step, e.loss, e.perplexity
                 ));
             }
         }
-        bar.finish_and_clear();
+        progress.finish();
         let seconds = start.elapsed().as_secs_f64();
-        model.save(&self.out)?;
-        tok.save(&self.out)?;
-        trainer.save_state(&model, &self.out)?;
+        let dir = staged.path();
+        model.save(dir)?;
+        tok.save(dir)?;
+        trainer.save_state(&model, dir)?;
+        staged.commit()?;
         let e = evaluate(&model, &data.val, self.batch, seq, 256)?;
         let r = Report {
             out: self.out.clone(),
