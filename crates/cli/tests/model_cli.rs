@@ -633,6 +633,36 @@ fn outputs_are_never_overwritten_silently_nor_left_half_written() {
     // --resume continues it (step 2 -> 3), --force replaces it.
     let o = pretrain(&["--resume", "--json"]);
     assert_eq!(json(&o)["steps"], 3);
+    // Regression (issue 11): --resume silently ignored --preset, --batch, --lr...; a flag that
+    // differs from the saved run is now refused by name, and nothing is written.
+    let resumed = std::fs::read(model.join("model.safetensors")).unwrap();
+    for (flag, value) in [("--lr", "0.5"), ("--seed", "7"), ("--tokenizer", "bytes")] {
+        let o = pretrain(&["--resume", flag, value]);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(
+            text(&o).contains(&format!("{flag} {value}")),
+            "{}",
+            text(&o)
+        );
+    }
+    let o = cohort(&[
+        "model",
+        "pretrain",
+        "--corpus",
+        p(&corpus),
+        "--preset",
+        "tiny",
+        "--out",
+        p(&model),
+        "--resume",
+        "--steps",
+        "4",
+    ]);
+    assert!(text(&o).contains("--preset tiny"), "{}", text(&o));
+    assert_eq!(
+        std::fs::read(model.join("model.safetensors")).unwrap(),
+        resumed
+    );
     let o = pretrain(&["--force", "--json"]);
     assert_eq!(json(&o)["steps"], 3);
     let o = pretrain(&["--force", "--resume"]);

@@ -20,9 +20,9 @@ pub struct Args {
     /// The training text (the last `--val-fraction` is held out).
     #[arg(long)]
     corpus: PathBuf,
-    /// Model size.
-    #[arg(long, default_value = "tiny", value_parser = ["test", "tiny", "reference", "small", "medium"])]
-    preset: String,
+    /// Model size: test, tiny, reference, small, medium (default: tiny).
+    #[arg(long, value_parser = ["test", "tiny", "reference", "small", "medium"])]
+    preset: Option<String>,
     /// Output directory. An existing one that holds files is refused unless --resume (continue
     /// the run saved there) or --force (replace it).
     #[arg(long)]
@@ -30,30 +30,30 @@ pub struct Args {
     /// Replace what --out holds.
     #[arg(long, conflicts_with = "resume")]
     force: bool,
-    /// Tokeniser: chars (the corpus's alphabet) or bytes.
-    #[arg(long, default_value = "chars", value_parser = ["chars", "bytes"])]
-    tokenizer: String,
+    /// Tokeniser: chars (the corpus's alphabet) or bytes (default: chars).
+    #[arg(long, value_parser = ["chars", "bytes"])]
+    tokenizer: Option<String>,
     /// Optimiser steps, in [1, 10000000] (with --resume: the total to reach).
     #[arg(long, default_value_t = 1000, value_parser = int_in(1..=10_000_000usize))]
     steps: usize,
-    /// Sequences per micro-batch, in [1, 4096].
-    #[arg(long, default_value_t = 16, value_parser = int_in(1..=4096usize))]
-    batch: usize,
+    /// Sequences per micro-batch, in [1, 4096] (default: 16).
+    #[arg(long, value_parser = int_in(1..=4096usize))]
+    batch: Option<usize>,
     /// Tokens per sequence, in [1, the model's context] (default: the model's context).
     #[arg(long, value_parser = int_in(1..=1_048_576usize))]
     seq_len: Option<usize>,
-    /// Micro-batches per step (gradient accumulation), in [1, 1024].
-    #[arg(long, default_value_t = 1, value_parser = int_in(1..=1024usize))]
-    grad_accum: usize,
-    /// Peak learning rate, in (0, 10] (cosine decay to a tenth after warm-up).
-    #[arg(long, default_value_t = 1e-3, value_parser = float_in(0.0..=10.0).open_start())]
-    lr: f64,
-    /// Warm-up steps, in [0, 10000000].
-    #[arg(long, default_value_t = 100, value_parser = int_in(0..=10_000_000usize))]
-    warmup: usize,
-    /// Seed for initialisation and data sampling.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Micro-batches per step (gradient accumulation), in [1, 1024] (default: 1).
+    #[arg(long, value_parser = int_in(1..=1024usize))]
+    grad_accum: Option<usize>,
+    /// Peak learning rate, in (0, 10] (cosine decay to a tenth after warm-up; default: 0.001).
+    #[arg(long, value_parser = float_in(0.0..=10.0).open_start())]
+    lr: Option<f64>,
+    /// Warm-up steps, in [0, 10000000] (default: 100).
+    #[arg(long, value_parser = int_in(0..=10_000_000usize))]
+    warmup: Option<usize>,
+    /// Seed for initialisation and data sampling (default: 0).
+    #[arg(long)]
+    seed: Option<u64>,
     /// Fraction of the corpus held out for evaluation, in (0, 1).
     #[arg(long, default_value_t = 0.1, value_parser = float_in(0.0..1.0).open_start())]
     val_fraction: f64,
@@ -65,7 +65,9 @@ pub struct Args {
     /// With a terminal a progress bar is shown instead.
     #[arg(long, value_parser = int_in(0..=10_000_000u64))]
     log_every: Option<u64>,
-    /// Continue the run saved in --out (weights, optimiser, data sampler) up to --steps.
+    /// Continue the run saved in --out (weights, optimiser, data sampler) up to --steps. The
+    /// model and training flags (--preset, --tokenizer, --batch, --seq-len, --grad-accum, --lr,
+    /// --warmup, --seed) come from the saved run: given with another value, they are refused.
     #[arg(long)]
     resume: bool,
     /// Print the result as JSON instead of a table.
@@ -102,28 +104,31 @@ impl Args {
             let (model, tok) = super::load_gpt(&self.out)?;
             let t = Trainer::load_state(&model, &self.out)
                 .with_context(|| format!("resuming {}", self.out.display()))?;
+            self.check_resumed(&model, &tok, &t.config)?;
             (model, tok, t)
         } else {
-            let tok = match self.tokenizer.as_str() {
-                "bytes" => Tokenizer::Bytes,
+            let tok = match self.tokenizer.as_deref() {
+                Some("bytes") => Tokenizer::Bytes,
                 _ => Tokenizer::chars_of(&text),
             };
-            let config = GptConfig::preset(&self.preset, tok.vocab_size())?;
-            let model = Gpt::new(config, self.seed, &dev)?;
+            let preset = self.preset.as_deref().unwrap_or("tiny");
+            let config = GptConfig::preset(preset, tok.vocab_size())?;
+            let seed = self.seed.unwrap_or(0);
+            let model = Gpt::new(config, seed, &dev)?;
             let seq = self.seq_len.unwrap_or(model.config.n_positions);
             if seq > model.config.n_positions {
                 anyhow::bail!(
-                    "--seq-len {seq}: exceeds the context of the {} preset ({})",
-                    self.preset,
+                    "--seq-len {seq}: exceeds the context of the {preset} preset ({})",
                     model.config.n_positions
                 );
             }
-            let mut tc = TrainConfig::new(self.batch, seq);
-            tc.grad_accum = self.grad_accum;
-            tc.seed = self.seed;
-            tc.optim.lr = self.lr;
-            tc.optim.min_lr = self.lr / 10.0;
-            tc.optim.warmup_steps = self.warmup;
+            let lr = self.lr.unwrap_or(1e-3);
+            let mut tc = TrainConfig::new(self.batch.unwrap_or(16), seq);
+            tc.grad_accum = self.grad_accum.unwrap_or(1);
+            tc.seed = seed;
+            tc.optim.lr = lr;
+            tc.optim.min_lr = lr / 10.0;
+            tc.optim.warmup_steps = self.warmup.unwrap_or(100);
             tc.optim.total_steps = self.steps;
             let t = Trainer::new(&model, tc)?;
             (model, tok, t)
@@ -133,6 +138,7 @@ impl Args {
             .with_context(|| format!("tokenising {}", self.corpus.display()))?;
         let data = TokenData::split(ids, self.val_fraction)?;
         let seq = trainer.config.seq_len;
+        let batch = trainer.config.batch_size;
         for (part, tokens, flag) in [
             ("training", &data.train, "--val-fraction"),
             ("held-out", &data.val, "--val-fraction"),
@@ -174,7 +180,7 @@ impl Args {
                 &format!("loss {:.4}  lr {:.2e}  {:.0} tok/s", s.loss, s.lr, tps),
             );
             if self.eval_every > 0 && s.step % self.eval_every == 0 {
-                let e = evaluate(&model, &data.val, self.batch, seq, 64)?;
+                let e = evaluate(&model, &data.val, batch, seq, 64)?;
                 progress.println(&format!(
                     "step {}: val loss {:.4} perplexity {:.2}",
                     s.step, e.loss, e.perplexity
@@ -188,7 +194,7 @@ impl Args {
         tok.save(dir)?;
         trainer.save_state(&model, dir)?;
         staged.commit()?;
-        let e = evaluate(&model, &data.val, self.batch, seq, 256)?;
+        let e = evaluate(&model, &data.val, batch, seq, 256)?;
         let r = Report {
             out: self.out.clone(),
             params: model.config.n_params(),
@@ -223,5 +229,70 @@ impl Args {
             t.print();
         }
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+impl Args {
+    /// With --resume, the saved run defines the model and the training; a flag given with
+    /// another value than the saved one is refused rather than silently ignored.
+    fn check_resumed(&self, model: &Gpt, tok: &Tokenizer, tc: &TrainConfig) -> anyhow::Result<()> {
+        let mut differ = Vec::new();
+        let mut check = |flag: &str, given: Option<String>, saved: String| {
+            if let Some(g) = given.filter(|g| *g != saved) {
+                differ.push(format!("{flag} {g} (saved: {saved})"));
+            }
+        };
+        let kind = match tok {
+            Tokenizer::Bytes => "bytes",
+            Tokenizer::Chars(_) => "chars",
+            Tokenizer::Hf(_) => "a Hugging Face tokenizer",
+        };
+        check("--tokenizer", self.tokenizer.clone(), kind.to_owned());
+        check(
+            "--batch",
+            self.batch.map(|v| v.to_string()),
+            tc.batch_size.to_string(),
+        );
+        check(
+            "--seq-len",
+            self.seq_len.map(|v| v.to_string()),
+            tc.seq_len.to_string(),
+        );
+        let accum = tc.grad_accum.to_string();
+        check(
+            "--grad-accum",
+            self.grad_accum.map(|v| v.to_string()),
+            accum,
+        );
+        check(
+            "--lr",
+            self.lr.map(|v| v.to_string()),
+            tc.optim.lr.to_string(),
+        );
+        let warmup = tc.optim.warmup_steps.to_string();
+        check("--warmup", self.warmup.map(|v| v.to_string()), warmup);
+        check(
+            "--seed",
+            self.seed.map(|v| v.to_string()),
+            tc.seed.to_string(),
+        );
+        if let Some(preset) = self.preset.as_deref() {
+            let same =
+                GptConfig::preset(preset, model.config.vocab_size).is_ok_and(|c| c == model.config);
+            if !same {
+                differ.push(format!(
+                    "--preset {preset} (the saved model is not that preset)"
+                ));
+            }
+        }
+        if !differ.is_empty() {
+            anyhow::bail!(
+                "--resume continues the run saved in {} with its own settings; these flags \
+                 differ from it: {} (drop them, or start a new run with --force)",
+                self.out.display(),
+                differ.join(", ")
+            );
+        }
+        Ok(())
     }
 }
