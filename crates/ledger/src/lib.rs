@@ -27,6 +27,7 @@ pub mod embedded;
 pub mod entry;
 pub mod evm;
 pub mod merkle;
+pub mod note;
 pub mod protocol;
 #[cfg(feature = "evm-rpc")]
 pub mod rpc;
