@@ -8,30 +8,49 @@ use anyhow::Context;
 use cohort_core::{Identity, sha256, tokens};
 use cohort_ledger::merkle::verify_inclusion;
 use cohort_ledger::protocol::{Cohort, roles};
-use cohort_ledger::{EmbeddedLedger, LedgerBackend, LedgerConfig, Protocol, SignedTx, Tx};
+use cohort_ledger::{
+    EmbeddedLedger, LedgerBackend, LedgerConfig, LedgerReader, Protocol, SignedTx, Tx,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::args::{check_output_file, int_in};
 use crate::output::{Table, write_json};
 
 /// Append signed protocol calls in batched commits, re-verify the whole log from disk, and
 /// prove and check inclusion proofs.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Write the results here as JSON.
+    /// Write the results here as JSON (checked before any work).
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Entries to append (each a `commitDataset` call by one of 64 data owners).
-    #[arg(long, default_value_t = 100_000)]
+    /// Entries to append (each a `commitDataset` call by one of 64 data owners; all are signed
+    /// in memory first, about 0.5 KB each).
+    #[arg(
+        long,
+        default_value_t = 100_000,
+        allow_negative_numbers = true,
+        value_parser = int_in(1..=2_000_000u64),
+    )]
     entries: u64,
     /// Entries per commit (one fsync and one checkpoint signature each).
-    #[arg(long, default_value_t = 1_000)]
+    #[arg(
+        long,
+        default_value_t = 1_000,
+        allow_negative_numbers = true,
+        value_parser = int_in(1..=100_000usize),
+    )]
     batch: usize,
     /// Inclusion proofs to time.
-    #[arg(long, default_value_t = 1_000)]
+    #[arg(
+        long,
+        default_value_t = 1_000,
+        allow_negative_numbers = true,
+        value_parser = int_in(1..=10_000_000u64),
+    )]
     proofs: u64,
-    /// Directory for the ledger (a temporary one by default).
+    /// Directory for the ledger (a temporary one by default); it must not hold a ledger.
     #[arg(long)]
     dir: Option<PathBuf>,
 }
@@ -54,6 +73,9 @@ struct Results {
 
 impl Args {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
+        if let Some(p) = &self.json {
+            check_output_file(p, "--json")?;
+        }
         let tmp;
         let dir = match &self.dir {
             Some(d) => d.clone(),
@@ -64,8 +86,7 @@ impl Args {
         };
         let gov = Identity::from_seed(0, "bench-governance");
         let ledger =
-            EmbeddedLedger::create(&dir, LedgerConfig::new("cohort.local/bench", gov.clone()))
-                .with_context(|| format!("creating {}", dir.display()))?;
+            EmbeddedLedger::create(&dir, LedgerConfig::new("cohort.local/bench", gov.clone()))?;
         let mut p = Protocol::deploy(ledger, &gov)?;
         let owners: Vec<Identity> = (0..64)
             .map(|i| Identity::from_seed(0, &format!("owner-{i}")))
@@ -113,7 +134,7 @@ impl Args {
         let t = Instant::now();
         let mut it = txs.into_iter();
         loop {
-            let chunk: Vec<SignedTx> = it.by_ref().take(self.batch.max(1)).collect();
+            let chunk: Vec<SignedTx> = it.by_ref().take(self.batch).collect();
             if chunk.is_empty() {
                 break;
             }
@@ -142,11 +163,11 @@ impl Args {
             verify_inclusion(&leaf, i, size, &path, &root)?;
             proof_bytes = proof_bytes.max(path.len() * 32);
         }
-        let proof_us = t.elapsed().as_secs_f64() * 1e6 / self.proofs.max(1) as f64;
+        let proof_us = t.elapsed().as_secs_f64() * 1e6 / self.proofs as f64;
         drop(ledger);
 
         let t = Instant::now();
-        let report = EmbeddedLedger::verify_dir(&dir)?;
+        let report = LedgerReader::open(&dir)?.verify()?;
         let verify_s = t.elapsed().as_secs_f64();
         anyhow::ensure!(
             report.entries == size,
