@@ -1,7 +1,7 @@
-//! Damaged ledgers: random byte flips, truncations and page swaps of a demo ledger, read the
-//! way `cohort ledger show` and `verify` read them. Every outcome must be either exactly the
-//! undamaged ledger (the damage hit bytes nothing reads) or an error; never a different
-//! ledger, never a panic, and never a changed file.
+//! Damaged ledgers: random byte flips, truncations, page swaps, overwritten pages and header
+//! flags of a demo ledger, read the way `cohort ledger show` and `verify` read them. Every
+//! outcome must be either exactly the undamaged ledger (the damage hit bytes nothing reads) or
+//! an error; never a different ledger, never a panic, and never a changed file.
 //!
 //! `cargo test` runs a short seeded sweep. The long one:
 //!
@@ -100,7 +100,7 @@ fn damage(base: &[u8], rng: &mut Rng) -> (String, Vec<u8>) {
             live[rng.below(live.len())] * PAGE + rng.below(PAGE)
         }
     };
-    match rng.below(10) {
+    match rng.below(11) {
         0..=4 => {
             let most = if rng.below(3) == 0 { 8 } else { 1 };
             let n = 1 + rng.below(most);
@@ -143,6 +143,16 @@ fn damage(base: &[u8], rng: &mut Rng) -> (String, Vec<u8>) {
                 a[lo * PAGE..(lo + 1) * PAGE].swap_with_slice(&mut c[..PAGE]);
             }
             (format!("swap pages {x} and {y}"), b)
+        }
+        9 => {
+            // A flag of redb's header (which no checksum covers) and a byte of a live page:
+            // clearing the two-phase-commit flag makes redb fall back to the previous commit
+            // when the latest is damaged, which a reader must refuse on a cleanly closed file.
+            let flag = 1u8 << rng.below(4);
+            b[9] ^= flag;
+            let at = live[rng.below(live.len())] * PAGE + rng.below(PAGE);
+            b[at] ^= 1 << rng.below(8);
+            (format!("header flag {flag:#04x} and flip {at}"), b)
         }
         _ => {
             let p = live[rng.below(live.len())];

@@ -237,3 +237,42 @@ fn wrong_paths_are_not_ledgers() {
         Err(LedgerError::Damaged { .. })
     ));
 }
+
+/// redb can fall back to the previous commit when the latest fails its checksums: recovery
+/// after a crash, but on a file its writer closed cleanly it would show an older ledger as the
+/// current one. A clean file's last commit is a two-phase one, for which redb refuses instead;
+/// clearing that flag in the header and damaging the latest commit forces the fallback, which
+/// the reader must refuse too.
+#[test]
+fn a_clean_file_is_never_rolled_back_to_an_older_commit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = demo_dir(tmp.path());
+    let db = dir.join("ledger.redb");
+    let clean = std::fs::read(&db).unwrap();
+    let shown = LedgerReader::open(&dir).unwrap().verify().unwrap();
+    let live: Vec<usize> = (1..clean.len() / 4096)
+        .filter(|p| clean[p * 4096..(p + 1) * 4096].iter().any(|&x| x != 0))
+        .collect();
+    let mut refused = 0;
+    for p in live {
+        let mut b = clean.clone();
+        b[9] &= !0x04; // the god byte's two-phase-commit flag
+        b[p * 4096 + 64] ^= 0x20;
+        std::fs::write(&db, &b).unwrap();
+        match LedgerReader::open(&dir).and_then(|r| r.verify()) {
+            Ok(r) => assert_eq!(
+                (r.entries, r.root),
+                (shown.entries, shown.root),
+                "page {p}: read as an older ledger"
+            ),
+            Err(e) => {
+                assert!(e.is_integrity_failure(), "page {p}: {e:?}");
+                if e.to_string().contains("closed it cleanly") {
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!(std::fs::read(&db).unwrap(), b);
+    }
+    assert!(refused > 0, "no damage made redb fall back");
+}

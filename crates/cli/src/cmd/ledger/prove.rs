@@ -62,7 +62,7 @@ impl Args {
         });
         let proof = match proof {
             Ok(p) => p,
-            Err(e @ LedgerError::Invalid { .. }) => anyhow::bail!("--entry {n}: {e}"),
+            Err(LedgerError::Invalid { reason, .. }) => anyhow::bail!("--entry: {reason}"),
             Err(e) => return super::report_failure(&self.dir, &e, false),
         };
         let text = serde_json::to_string_pretty(&proof)? + "\n";
