@@ -15,18 +15,14 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{cohort, p, text};
+use common::{p, text};
 
-fn example(name: &str) -> String {
-    format!("{}/../../examples/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A short run of attack-linear.toml: 8 clients (2 attacking), 3 validators, 3 rounds.
+/// A short run of attack-linear.toml: 8 clients (2 attacking), 3 validators, 3 rounds; from
+/// the workspace root, as the README runs it (the report shows the relative config path).
 fn run(out: &Path, extra: &[&str]) {
-    let cfg = example("attack-linear.toml");
     let mut args = vec![
         "run",
-        &cfg,
+        "examples/attack-linear.toml",
         "--out",
         p(out),
         "--set",
@@ -37,7 +33,11 @@ fn run(out: &Path, extra: &[&str]) {
         "coordinator.clients_per_round=8",
     ];
     args.extend_from_slice(extra);
-    let o = cohort(&args);
+    let o = Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .args(&args)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", text(&o));
 }
 
