@@ -279,3 +279,29 @@ fn reports_render_in_chromium_without_errors_and_offline() {
         assert!(o.status.success(), "{}", text(&o));
     }
 }
+
+#[test]
+fn a_malformed_reference_is_refused_before_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.json");
+    std::fs::write(&bad, r#"{"summary": {"rounds": "not a list"}}"#).unwrap();
+    let missing = tmp.path().join("missing.json");
+    for (reference, needle) in [
+        (&bad, "is not a cohort run summary.json"),
+        (&missing, "reading"),
+    ] {
+        let out = tmp.path().join("run");
+        let o = Command::new(env!("CARGO_BIN_EXE_cohort"))
+            .args(["run", "examples/attack-linear.toml", "--out", p(&out)])
+            .args(["--reference", p(reference)])
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(text(&o).contains(needle), "{}", text(&o));
+        assert!(
+            !out.exists(),
+            "the run started before the reference was read"
+        );
+    }
+}
