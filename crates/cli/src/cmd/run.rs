@@ -127,9 +127,11 @@ impl Args {
         if let Some(s) = self.seed {
             cfg.seed = s;
         }
+        // Read before the run, so that a malformed reference fails before any work.
+        let reference = self.reference()?;
         #[cfg(feature = "evm-rpc")]
         if let Some(url) = &self.chain_rpc {
-            return self.on_chain(&cfg, url);
+            return self.on_chain(&cfg, url, reference.as_ref());
         }
         if self.out.join("ledger").exists() {
             bail!(
@@ -155,18 +157,14 @@ impl Args {
             &self.out.join("summary.json"),
             &serde_json::json!({ "config": cfg, "summary": summary, "verify": verified, "wall_seconds": wall }),
         )?;
-        let reference = self.reference()?;
-        let report = self.out.join("report.html");
-        std::fs::write(
-            &report,
-            crate::report::render(
-                &cfg,
-                &summary,
-                crate::report::Record::Embedded(&verified),
-                reference.as_ref(),
-            ),
-        )
-        .with_context(|| format!("writing {}", report.display()))?;
+        let report = crate::report::write(
+            &self.out,
+            &cfg,
+            &summary,
+            crate::report::Record::Embedded(&verified),
+            reference.as_ref(),
+            &self.report_info(wall),
+        )?;
         if self.json {
             print_json(
                 &serde_json::json!({ "summary": summary, "verify": verified, "wall_seconds": wall }),
@@ -240,6 +238,15 @@ impl Args {
         Ok((p, summary))
     }
 
+    /// What the report names about this run: config, command line, version, start time.
+    fn report_info(&self, wall_seconds: f64) -> crate::report::RunInfo {
+        crate::report::RunInfo::of_this_process(&self.config, wall_seconds).with_note(
+            "Every key of this run (operator, coordinator, clients, validators) is derived from \
+             the seed that summary.json publishes: the run is a reproducible experiment, not a \
+             secured one (anyone holding the summary can re-sign its ledger).",
+        )
+    }
+
     /// The `--reference` run's summary, if one was given.
     fn reference(&self) -> anyhow::Result<Option<RunSummary>> {
         let Some(path) = &self.reference else {
@@ -260,7 +267,12 @@ impl Args {
     /// The run on the EVM chain at `url`: the same experiment through
     /// [`cohort_ledger::EvmRpcLedger`], recorded in DIR/summary.json with the chain's id, the
     /// contract address and every transaction.
-    fn on_chain(&self, cfg: &RunConfig, url: &str) -> anyhow::Result<ExitCode> {
+    fn on_chain(
+        &self,
+        cfg: &RunConfig,
+        url: &str,
+        reference: Option<&RunSummary>,
+    ) -> anyhow::Result<ExitCode> {
         use cohort_ledger::rpc::PrivateKeySigner;
         if self.out.join("summary.json").exists() || self.out.join("ledger").exists() {
             bail!(
@@ -308,26 +320,22 @@ impl Args {
             .first()
             .zip(recorded.last())
             .map(|(a, b)| (a.block, b.block));
-        let reference = self.reference()?;
-        let report = self.out.join("report.html");
-        std::fs::write(
-            &report,
-            crate::report::render(
-                cfg,
-                &summary,
-                crate::report::Record::Chain(&crate::report::ChainRecord {
-                    url: url.to_owned(),
-                    chain_id,
-                    contract: contract.to_string(),
-                    transactions: txs.len(),
-                    gas_used: gas,
-                    blocks,
-                    root: head.root.to_string(),
-                }),
-                reference.as_ref(),
-            ),
-        )
-        .with_context(|| format!("writing {}", report.display()))?;
+        let report = crate::report::write(
+            &self.out,
+            cfg,
+            &summary,
+            crate::report::Record::Chain(&crate::report::ChainRecord {
+                url: url.to_owned(),
+                chain_id,
+                contract: contract.to_string(),
+                transactions: txs.len(),
+                gas_used: gas,
+                blocks,
+                root: head.root.to_string(),
+            }),
+            reference,
+            &self.report_info(wall),
+        )?;
         if self.json {
             print_json(&serde_json::json!({
                 "summary": summary,
