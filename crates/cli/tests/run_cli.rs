@@ -31,7 +31,7 @@ fn an_example_run_writes_a_summary_and_a_verifiable_ledger() {
     assert!(last < first / 10.0, "{first} -> {last}");
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(
-        html.contains("<svg") && html.contains("Score matrix"),
+        html.contains("var uPlot=") && html.contains("Score matrices"),
         "report.html lacks its charts"
     );
     let v = cohort(&["ledger", "verify", out.join("ledger").to_str().unwrap()]);

@@ -111,6 +111,56 @@ pub struct RoundSummary {
     pub holdings: BTreeMap<String, f64>,
     /// Wall seconds per part of the round (not part of the replay contract).
     pub seconds: PhaseSeconds,
+    /// Every update recorded on the ledger this round, in submission order: what its client
+    /// claimed and sent (for reports; absent in summaries written before it existed).
+    #[serde(default)]
+    pub updates: Vec<UpdateFacts>,
+    /// Reward and slash of every participant paid or slashed this round, by name, in base
+    /// units (the exact amounts behind `rewards` and `slashes`).
+    #[serde(default)]
+    pub payouts: BTreeMap<String, Payout>,
+}
+
+/// One recorded update: its client's claim and what the coordinator saw of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpdateFacts {
+    /// The client.
+    pub client: u32,
+    /// Samples the client claimed to have trained on (recorded on the ledger).
+    pub samples: u64,
+    /// L2 norm of the decoded update; `None` when the blob did not decode or holds
+    /// non-finite values.
+    pub update_norm: Option<f64>,
+    /// Bytes of the update blob.
+    pub bytes: u64,
+    /// Why validation refused the update before scoring (wrong shape, non-finite values,
+    /// wrong round), if it did.
+    pub refused: Option<String>,
+}
+
+/// One participant's reward and slash in a round, in base units (10^-18 token).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payout {
+    /// Tokens rewarded, base units (a decimal string in JSON).
+    #[serde(with = "u256_decimal")]
+    pub reward: U256,
+    /// Tokens slashed, base units (a decimal string in JSON).
+    #[serde(with = "u256_decimal")]
+    pub slash: U256,
+}
+
+/// Base-unit amounts as decimal strings in JSON: exact, and readable by any JSON tool.
+mod u256_decimal {
+    use alloy_primitives::U256;
+
+    pub fn serialize<S: serde::Serializer>(v: &U256, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<U256, D::Error> {
+        let s: String = serde::Deserialize::deserialize(d)?;
+        U256::from_str_radix(&s, 10).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Where a round's wall time went.
@@ -825,6 +875,8 @@ fn drive<B: LedgerBackend, L: Learner + ?Sized>(
                     scores: Vec::new(),
                     holdings: BTreeMap::new(),
                     seconds: PhaseSeconds::default(),
+                    updates: Vec::new(),
+                    payouts: BTreeMap::new(),
                 };
                 s.seconds.ledger += t.elapsed().as_secs_f64();
                 summary = Some(s);
@@ -836,8 +888,11 @@ fn drive<B: LedgerBackend, L: Learner + ?Sized>(
                 let t = Instant::now();
                 p.close_submissions(coord, chain_round)?;
                 let valid: BTreeSet<u32> = updates.iter().map(|u| u.client).collect();
-                for (k, _) in &rejected {
+                for (k, reason) in &rejected {
                     s.rejected.push(*k);
+                    if let Some(f) = s.updates.iter_mut().find(|f| f.client == *k) {
+                        f.refused = Some(reason.clone());
+                    }
                 }
                 // Invalid updates (bad shape, NaN, wrong round) get the worst score.
                 for x in onchain.iter_mut() {
@@ -977,6 +1032,12 @@ fn drive<B: LedgerBackend, L: Learner + ?Sized>(
                         _ => {}
                     }
                 }
+                for (name, amount) in &rewards {
+                    s.payouts.entry(name.clone()).or_default().reward = *amount;
+                }
+                for (name, amount) in &slashes {
+                    s.payouts.entry(name.clone()).or_default().slash = *amount;
+                }
                 s.rewards = rewards
                     .into_iter()
                     .map(|(k, v)| (k, fmt_tokens(v)))
@@ -1033,7 +1094,7 @@ fn drive<B: LedgerBackend, L: Learner + ?Sized>(
             _ => s.seconds.score += dt,
         }
         let t = Instant::now();
-        let mut updates: Vec<(OnChain, ClientUpdate, u64)> = Vec::new();
+        let mut updates: Vec<(OnChain, ClientUpdate, UpdateFacts)> = Vec::new();
         let mut commits: Vec<(u32, Hash32)> = Vec::new();
         let mut reveals: Vec<(u32, Vec<Score>, Hash32)> = Vec::new();
         for reply in replies {
@@ -1057,15 +1118,27 @@ fn drive<B: LedgerBackend, L: Learner + ?Sized>(
                     s.bytes += u.blob.len() as u64;
                     // A blob that does not decode is still recorded, as an empty update that
                     // validation refuses.
-                    let delta = learner.decode(&u.blob).unwrap_or_default();
+                    let decoded = learner.decode(&u.blob).ok();
+                    let update_norm = decoded
+                        .as_ref()
+                        .map(|d| d.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt())
+                        .filter(|n| n.is_finite());
+                    let delta = decoded.unwrap_or_default();
                     let update = ClientUpdate::new(k, u.round, delta, u.num_samples);
+                    let facts = UpdateFacts {
+                        client: k,
+                        samples: u.num_samples,
+                        update_norm,
+                        bytes: u.blob.len() as u64,
+                        refused: None,
+                    };
                     let x = OnChain {
                         client: k,
                         hash: u.hash,
                         blob: u.blob,
                         update: Some(update.clone()),
                     };
-                    updates.push((x, update, u.num_samples));
+                    updates.push((x, update, facts));
                 }
                 Reply::Commit(c) => {
                     let v = c.validator;
@@ -1096,21 +1169,22 @@ fn drive<B: LedgerBackend, L: Learner + ?Sized>(
         if !updates.is_empty() {
             let calls = updates
                 .iter()
-                .map(|(x, _, n)| {
+                .map(|(x, _, f)| {
                     let call = Cohort::submitUpdateCall {
                         roundId: chain_round,
                         blobHash: b256(x.hash),
                         datasetId: datasets[x.client as usize],
-                        numSamples: *n,
+                        numSamples: f.samples,
                     };
                     (&clients[x.client as usize].id, call)
                 })
                 .collect();
             let results = p.send_batch(calls)?;
-            for ((x, update, _), result) in updates.into_iter().zip(results) {
+            for ((x, update, facts), result) in updates.into_iter().zip(results) {
                 match result {
                     Ok(_) => {
                         onchain.push(x);
+                        s.updates.push(facts);
                         // Refusals by the coordinator are recorded through validation.
                         let _ = coordinator.handle(Event::Update(update));
                     }

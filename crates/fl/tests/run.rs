@@ -512,3 +512,57 @@ fn an_honest_client_whose_training_diverges_stops_the_run_instead_of_being_slash
     assert_eq!(saved[0].round, 0);
     assert_eq!(led.head().unwrap().size, saved[0].ledger_entries);
 }
+
+#[test]
+fn every_recorded_update_and_payout_is_reported_per_participant() {
+    let cfg = config(sign_flip(0.3), StrategyConfig::ScoreWeighted);
+    let (s, _d) = go(&cfg);
+    for r in &s.rounds {
+        let clients: Vec<u32> = r.updates.iter().map(|u| u.client).collect();
+        assert_eq!(clients, r.submitted, "round {}", r.round);
+        assert_eq!(
+            r.updates.iter().map(|u| u.bytes).sum::<u64>(),
+            r.bytes,
+            "round {}",
+            r.round
+        );
+        let norm = |k: u32| {
+            r.updates
+                .iter()
+                .find(|u| u.client == k)
+                .unwrap()
+                .update_norm
+                .unwrap()
+        };
+        // Sign-flippers send -3 times an honest update: their norms stand out.
+        let honest_max = (0..7).map(norm).fold(0.0, f64::max);
+        for k in 7..10 {
+            assert!(norm(k) > honest_max, "round {}: {:?}", r.round, r.updates);
+        }
+        for u in &r.updates {
+            assert!(u.samples > 0 && u.refused.is_none(), "{u:?}");
+        }
+        // The exact amounts agree with the rounded strings, for every paid or slashed party.
+        let names: std::collections::BTreeSet<&String> =
+            r.rewards.keys().chain(r.slashes.keys()).collect();
+        assert_eq!(names, r.payouts.keys().collect(), "round {}", r.round);
+        for (name, p) in &r.payouts {
+            let fmt = cohort_ledger::demo::fmt_tokens;
+            assert_eq!(
+                r.rewards.get(name).cloned(),
+                (!p.reward.is_zero()).then(|| fmt(p.reward))
+            );
+            assert_eq!(
+                r.slashes.get(name).cloned(),
+                (!p.slash.is_zero()).then(|| fmt(p.slash))
+            );
+        }
+        for k in 7..10 {
+            assert!(!r.payouts[&format!("client-{k}")].slash.is_zero());
+        }
+    }
+    // Base units survive the summary's JSON exactly.
+    let back: RunSummary = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+    assert_eq!(back.rounds[0].payouts, s.rounds[0].payouts);
+    assert_eq!(back.rounds[0].updates, s.rounds[0].updates);
+}

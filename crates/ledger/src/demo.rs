@@ -111,7 +111,7 @@ pub fn run<B: LedgerBackend>(
     let mut p = Protocol::deploy(backend, &cast.governance)?;
     let mut gas = 0u64;
     let mut tick = |p: &mut Protocol<B>| -> Result<(), ProtocolError> {
-        clock += 60;
+        clock = clock.saturating_add(60);
         p.backend_mut().set_time(clock)?;
         Ok(())
     };

@@ -1,10 +1,12 @@
 //! The embedded ledger: a signed, hash-chained, Merkle-proved log in redb, executed by revm.
 //!
-//! A directory holds `ledger.redb` (entries and metadata) and `operator.key` (the secret that
-//! signs checkpoints). Each commit writes its entries and the new signed checkpoint in one redb
-//! transaction, so a crash leaves either all of a batch or none of it. Opening replays every
-//! entry through the EVM and checks its link and receipt; [`EmbeddedLedger::verify_dir`]
-//! additionally checks every signature (batched, on all cores) and the checkpoint.
+//! A directory holds `ledger.redb` (entries and metadata, including the operator's public key)
+//! and `operator.key` (the secret that signs checkpoints, needed only to append). Each commit
+//! writes its entries and the new signed checkpoint in one redb transaction, so a crash leaves
+//! either all of a batch or none of it. [`EmbeddedLedger`] is the writer: opening replays every
+//! entry through the EVM and checks its link and receipt. Readers use
+//! [`LedgerReader`](crate::LedgerReader), which never writes the directory and never needs the
+//! secret; [`EmbeddedLedger::verify_dir`] and [`EmbeddedLedger::info`] are shorthands for it.
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -23,13 +25,17 @@ use crate::checkpoint::{Checkpoint, verifier_key};
 use crate::entry::{Entry, Receipt, SignedTx, Tx};
 use crate::evm::{Executor, TX_GAS_CAP};
 use crate::merkle::{MerkleTree, leaf_hash, verify_inclusion};
+use crate::reader::LedgerReader;
+use crate::storage::redb_error;
 use crate::{LedgerError, merkle};
 
 const ENTRIES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("entries");
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 const FORMAT: &[u8] = b"cohort-ledger/1";
-const DB_FILE: &str = "ledger.redb";
-const KEY_FILE: &str = "operator.key";
+/// The database file in a ledger directory.
+pub const DB_FILE: &str = "ledger.redb";
+/// The operator's secret key file in a ledger directory (hex, mode 0600).
+pub const KEY_FILE: &str = "operator.key";
 
 /// How to create a ledger.
 #[derive(Debug, Clone)]
@@ -144,7 +150,7 @@ impl InclusionProof {
             .lines()
             .next()
             .ok_or_else(|| LedgerError::BadCheckpoint("empty checkpoint".into()))?;
-        let cp = Checkpoint::verify(&self.checkpoint, origin, &key)?;
+        let cp = Checkpoint::verify_log(&self.checkpoint, origin, &key)?;
         if cp.size != self.size {
             return Err(LedgerError::Invalid {
                 what: "proof",
@@ -233,39 +239,62 @@ impl std::fmt::Debug for EmbeddedLedger {
 }
 
 impl EmbeddedLedger {
-    /// Creates a new ledger in `dir` (created if missing); fails if one is already there.
+    /// Creates a new ledger in `dir` (created if missing). Refuses, changing nothing, when
+    /// `dir` already holds a ledger (or either of its files) or the origin is not a valid log
+    /// name; a failure part way removes what it wrote.
     pub fn create(dir: impl AsRef<Path>, config: LedgerConfig) -> Result<Self, LedgerError> {
         let dir = dir.as_ref().to_path_buf();
-        fs::create_dir_all(&dir).map_err(LedgerError::io(&dir))?;
+        check_origin(&config.origin)?;
         let db_path = dir.join(DB_FILE);
-        if db_path.exists() {
-            return Err(LedgerError::AlreadyExists(dir));
-        }
-        if config.origin.is_empty() || config.origin.contains(['\n', ' ', '+']) {
-            return Err(LedgerError::Invalid {
-                what: "origin",
-                reason: format!(
-                    "{:?} must be non-empty without spaces, '+' or newlines",
-                    config.origin
-                ),
-            });
-        }
         let key_path = config
             .key_file
             .clone()
             .unwrap_or_else(|| dir.join(KEY_FILE));
+        if db_path.exists() || key_path.exists() {
+            return Err(LedgerError::AlreadyExists(dir));
+        }
+        if dir.exists() && !dir.is_dir() {
+            return Err(LedgerError::Invalid {
+                what: "ledger directory",
+                reason: format!("{} exists and is not a directory", dir.display()),
+            });
+        }
+        fs::create_dir_all(&dir).map_err(LedgerError::io(&dir))?;
         write_secret(&key_path, &config.operator)?;
-        let db = Database::create(&db_path).map_err(LedgerError::storage)?;
+        match Self::create_db(&dir, &db_path, config) {
+            Ok(l) => Ok(l),
+            Err(e) => {
+                // Leave nothing half-made behind: the next `create` would refuse it.
+                let _ = fs::remove_file(&db_path);
+                let _ = fs::remove_file(&key_path);
+                Err(e)
+            }
+        }
+    }
+
+    fn create_db(dir: &Path, db_path: &Path, config: LedgerConfig) -> Result<Self, LedgerError> {
+        let redb_err = |e: redb::Error| redb_error(db_path, e);
+        // `create_new`: never take over a file that appeared since `create` looked.
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(db_path)
+            .map_err(LedgerError::io(db_path))?;
+        let backend = redb::backends::FileBackend::new(file).map_err(|e| redb_err(e.into()))?;
+        let db = Database::builder()
+            .create_with_backend(backend)
+            .map_err(|e| redb_err(e.into()))?;
         let note = Checkpoint {
             origin: config.origin.clone(),
             size: 0,
             root: merkle::empty_root(),
         }
         .sign(&config.operator);
-        let w = db.begin_write().map_err(LedgerError::storage)?;
+        let w = db.begin_write().map_err(|e| redb_err(e.into()))?;
         {
-            w.open_table(ENTRIES).map_err(LedgerError::storage)?;
-            let mut m = w.open_table(META).map_err(LedgerError::storage)?;
+            w.open_table(ENTRIES).map_err(|e| redb_err(e.into()))?;
+            let mut m = w.open_table(META).map_err(|e| redb_err(e.into()))?;
             let pk = config.operator.public_key();
             let start = config.start_time.to_be_bytes();
             let rows: [(&str, &[u8]); 5] = [
@@ -276,12 +305,12 @@ impl EmbeddedLedger {
                 ("checkpoint", note.as_bytes()),
             ];
             for (k, v) in rows {
-                m.insert(k, v).map_err(LedgerError::storage)?;
+                m.insert(k, v).map_err(|e| redb_err(e.into()))?;
             }
         }
-        w.commit().map_err(LedgerError::storage)?;
+        w.commit().map_err(|e| redb_err(e.into()))?;
         Ok(Self {
-            dir,
+            dir: dir.to_path_buf(),
             db,
             origin: config.origin,
             operator: config.operator,
@@ -297,18 +326,20 @@ impl EmbeddedLedger {
         })
     }
 
-    /// Opens an existing ledger and rebuilds its state by replaying every entry: links, times
-    /// and receipts are checked as it goes (signatures are [`Self::verify`]'s job).
+    /// Opens an existing ledger for appending and rebuilds its state by replaying every entry:
+    /// links, times and receipts are checked as it goes (signatures are [`Self::verify`]'s
+    /// job). Needs `operator.key`. The file is first checked as a reader checks it (every page
+    /// against its checksum, in a private copy), so a damaged file is refused before the writer
+    /// touches it; a file left by a crash is then recovered in place by redb.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, LedgerError> {
         let dir = dir.as_ref().to_path_buf();
-        let db_path = dir.join(DB_FILE);
-        if !db_path.exists() {
+        let key_path = dir.join(KEY_FILE);
+        if !dir.join(DB_FILE).exists() {
             return Err(LedgerError::NotALedger {
                 dir,
                 reason: format!("no {DB_FILE}"),
             });
         }
-        let key_path = dir.join(KEY_FILE);
         let secret = fs::read_to_string(&key_path).map_err(LedgerError::io(&key_path))?;
         let operator =
             Identity::from_secret_hex("operator", &secret).map_err(|e| LedgerError::Invalid {
@@ -324,20 +355,14 @@ impl EmbeddedLedger {
     pub fn open_as(dir: impl AsRef<Path>, operator: Identity) -> Result<Self, LedgerError> {
         let dir = dir.as_ref().to_path_buf();
         let db_path = dir.join(DB_FILE);
-        if !db_path.exists() {
-            return Err(LedgerError::NotALedger {
-                dir,
-                reason: format!("no {DB_FILE}"),
-            });
-        }
-        let db = Database::open(&db_path).map_err(|e| open_error(&dir, e))?;
-        let meta = read_meta(&db, &dir)?;
+        let meta = LedgerReader::open(&dir)?.meta().clone();
         if operator.public_key() != meta.operator {
             return Err(LedgerError::Invalid {
                 what: "operator.key",
                 reason: "does not match the operator key recorded in the ledger".into(),
             });
         }
+        let db = Database::open(&db_path).map_err(|e| redb_error(&db_path, e.into()))?;
         let mut led = Self {
             dir,
             db,
@@ -360,7 +385,7 @@ impl EmbeddedLedger {
 
     /// Rebuilds the in-memory state (tree, EVM, events) by replaying what is on disk.
     fn rebuild(&mut self, start_time: u64) -> Result<(), LedgerError> {
-        let raw = read_entries(&self.db)?;
+        let raw = read_entries(&self.db, &self.db_path())?;
         self.tree = MerkleTree::new();
         self.exec = Executor::new();
         self.logs = Vec::with_capacity(raw.len());
@@ -387,7 +412,7 @@ impl EmbeddedLedger {
         }
         self.clock = self.last_time;
         self.note = read_meta(&self.db, &self.dir)?.checkpoint;
-        let cp = Checkpoint::verify(&self.note, &self.origin, &self.operator.public_key())?;
+        let cp = Checkpoint::verify_log(&self.note, &self.origin, &self.operator.public_key())?;
         if cp.size != self.tree.len() || cp.root != self.tree.root() {
             return Err(LedgerError::BadCheckpoint(format!(
                 "checkpoint says size {} root {}, entries give size {} root {}",
@@ -665,16 +690,7 @@ impl EmbeddedLedger {
 
     /// Reads entry `seq`.
     pub fn entry(&self, seq: u64) -> Result<Entry, LedgerError> {
-        let r = self.db.begin_read().map_err(LedgerError::storage)?;
-        let t = r.open_table(ENTRIES).map_err(LedgerError::storage)?;
-        let v = t
-            .get(seq)
-            .map_err(LedgerError::storage)?
-            .ok_or_else(|| LedgerError::Invalid {
-                what: "entry index",
-                reason: format!("{seq} is past the end ({} entries)", self.len()),
-            })?;
-        decode_at(seq, v.value())
+        read_entry(&self.db, &self.db_path(), seq)
     }
 
     /// An inclusion proof of entry `index` against the current checkpoint.
@@ -691,35 +707,26 @@ impl EmbeddedLedger {
         })
     }
 
-    /// Runs every check of [`Self::verify_dir`] on this ledger's directory.
+    /// Runs every check of [`Self::verify_dir`] on this ledger, through the writer's own
+    /// handle (a reader cannot open the file while the writer holds it).
     pub fn verify(&self) -> Result<VerifyReport, LedgerError> {
-        verify_db(&self.db, &self.dir)
+        Ok(check_db(&self.db, &self.dir)?.report)
     }
 
-    /// Re-checks a ledger directory from scratch without opening it for writing: every entry
-    /// decodes, carries its sequence number, links to the one before and keeps time order;
-    /// every signature verifies (batched, on all cores); re-executing every entry reproduces
-    /// its receipt; the Merkle root equals the signed checkpoint's. The error names the first
-    /// bad entry.
+    /// Re-checks a ledger directory from scratch, read-only and without the operator's key:
+    /// `LedgerReader::open(dir)?.verify()` (see [`LedgerReader::verify`]).
     pub fn verify_dir(dir: impl AsRef<Path>) -> Result<VerifyReport, LedgerError> {
-        let dir = dir.as_ref();
-        let db_path = dir.join(DB_FILE);
-        if !db_path.exists() {
-            return Err(LedgerError::NotALedger {
-                dir: dir.to_path_buf(),
-                reason: format!("no {DB_FILE}"),
-            });
-        }
-        match redb::ReadOnlyDatabase::open(&db_path) {
-            Ok(db) => verify_db(&db, dir),
-            // After a crash redb must roll back to its last commit before reading, which a
-            // read-only handle cannot do; a writable open does that recovery (and nothing else).
-            Err(redb::DatabaseError::RepairAborted) => {
-                let db = Database::open(&db_path).map_err(|e| open_error(dir, e))?;
-                verify_db(&db, dir)
-            }
-            Err(e) => Err(open_error(dir, e)),
-        }
+        LedgerReader::open(dir)?.verify()
+    }
+
+    /// Reads a ledger directory's origin, operator key and latest checkpoint, read-only and
+    /// without the operator's key: `LedgerReader::open(dir)?.info()`.
+    pub fn info(dir: impl AsRef<Path>) -> Result<LedgerInfo, LedgerError> {
+        LedgerReader::open(dir)?.info()
+    }
+
+    fn db_path(&self) -> PathBuf {
+        self.dir.join(DB_FILE)
     }
 }
 
@@ -740,70 +747,46 @@ pub struct LedgerInfo {
     pub checkpoint: String,
 }
 
-impl EmbeddedLedger {
-    /// Reads a ledger directory's origin, operator key and latest checkpoint (read-only; the
-    /// checkpoint's signature is checked).
-    pub fn info(dir: impl AsRef<Path>) -> Result<LedgerInfo, LedgerError> {
-        let dir = dir.as_ref();
-        let db_path = dir.join(DB_FILE);
-        if !db_path.exists() {
-            return Err(LedgerError::NotALedger {
-                dir: dir.to_path_buf(),
-                reason: format!("no {DB_FILE}"),
-            });
-        }
-        let meta = match redb::ReadOnlyDatabase::open(&db_path) {
-            Ok(db) => read_meta(&db, dir)?,
-            Err(redb::DatabaseError::RepairAborted) => {
-                let db = Database::open(&db_path).map_err(|e| open_error(dir, e))?;
-                read_meta(&db, dir)?
-            }
-            Err(e) => return Err(open_error(dir, e)),
-        };
-        let cp = Checkpoint::verify(&meta.checkpoint, &meta.origin, &meta.operator)?;
-        Ok(LedgerInfo {
-            verifier_key: verifier_key(&meta.origin, &meta.operator),
-            operator_key: hex::encode(meta.operator),
-            origin: meta.origin,
-            size: cp.size,
-            root: cp.root,
-            checkpoint: meta.checkpoint,
-        })
+/// The metadata row of a ledger database.
+#[derive(Debug, Clone)]
+pub(crate) struct Meta {
+    pub origin: String,
+    pub operator: PublicKey,
+    pub start_time: u64,
+    pub checkpoint: String,
+}
+
+/// A log origin must be a valid note key name with no control character (it is the first
+/// line of every checkpoint and the name of the operator's key).
+fn check_origin(origin: &str) -> Result<(), LedgerError> {
+    if crate::note::is_valid_name(origin) && !origin.contains(char::is_control) {
+        return Ok(());
     }
+    Err(LedgerError::Invalid {
+        what: "origin",
+        reason: format!(
+            "{origin:?} must be non-empty, without spaces, '+' or control characters \
+             (e.g. example.com/log)"
+        ),
+    })
 }
 
-struct Meta {
-    origin: String,
-    operator: PublicKey,
-    start_time: u64,
-    checkpoint: String,
-}
-
-fn open_error(dir: &Path, e: redb::DatabaseError) -> LedgerError {
-    match e {
-        redb::DatabaseError::DatabaseAlreadyOpen => LedgerError::Storage(format!(
-            "{}: the ledger is open in another process",
-            dir.display()
-        )),
-        e => LedgerError::NotALedger {
-            dir: dir.to_path_buf(),
-            reason: format!("{DB_FILE} is unreadable: {e}"),
-        },
-    }
-}
-
-fn read_meta(db: &impl ReadableDatabase, dir: &Path) -> Result<Meta, LedgerError> {
+pub(crate) fn read_meta(db: &impl ReadableDatabase, dir: &Path) -> Result<Meta, LedgerError> {
+    let path = dir.join(DB_FILE);
     let not = |reason: String| LedgerError::NotALedger {
         dir: dir.to_path_buf(),
         reason,
     };
-    let r = db.begin_read().map_err(LedgerError::storage)?;
-    let m = r
-        .open_table(META)
-        .map_err(|e| not(format!("no metadata table: {e}")))?;
+    let r = db.begin_read().map_err(|e| redb_error(&path, e.into()))?;
+    let m = r.open_table(META).map_err(|e| match e {
+        redb::TableError::TableDoesNotExist(_) | redb::TableError::TableTypeMismatch { .. } => {
+            not(format!("{DB_FILE} has no cohort metadata table"))
+        }
+        e => redb_error(&path, e.into()),
+    })?;
     let get = |k: &str| -> Result<Vec<u8>, LedgerError> {
         Ok(m.get(k)
-            .map_err(LedgerError::storage)?
+            .map_err(|e| redb_error(&path, e.into()))?
             .ok_or_else(|| not(format!("metadata has no `{k}`")))?
             .value()
             .to_vec())
@@ -831,14 +814,36 @@ fn read_meta(db: &impl ReadableDatabase, dir: &Path) -> Result<Meta, LedgerError
     })
 }
 
-fn read_entries(db: &impl ReadableDatabase) -> Result<Vec<Vec<u8>>, LedgerError> {
-    let r = db.begin_read().map_err(LedgerError::storage)?;
-    let t = r.open_table(ENTRIES).map_err(LedgerError::storage)?;
-    let mut out = Vec::with_capacity(t.len().map_err(LedgerError::storage)? as usize);
-    for (i, row) in t.iter().map_err(LedgerError::storage)?.enumerate() {
-        let (k, v) = row.map_err(|e| LedgerError::BadEntry {
-            seq: i as u64,
-            reason: format!("unreadable: {e}"),
+fn entries_table_error(path: &Path, e: redb::TableError) -> LedgerError {
+    match e {
+        redb::TableError::TableDoesNotExist(_) | redb::TableError::TableTypeMismatch { .. } => {
+            LedgerError::Damaged {
+                path: path.to_path_buf(),
+                reason: "it has cohort metadata but no entries table".into(),
+            }
+        }
+        e => redb_error(path, e.into()),
+    }
+}
+
+pub(crate) fn read_entries(
+    db: &impl ReadableDatabase,
+    path: &Path,
+) -> Result<Vec<Vec<u8>>, LedgerError> {
+    let redb_err = |e: redb::Error| redb_error(path, e);
+    let r = db.begin_read().map_err(|e| redb_err(e.into()))?;
+    let t = r
+        .open_table(ENTRIES)
+        .map_err(|e| entries_table_error(path, e))?;
+    let n = t.len().map_err(|e| redb_err(e.into()))?;
+    let mut out = Vec::with_capacity(usize::try_from(n).unwrap_or(0).min(1 << 24));
+    for (i, row) in t.iter().map_err(|e| redb_err(e.into()))?.enumerate() {
+        let (k, v) = row.map_err(|e| match redb_err(e.into()) {
+            e @ (LedgerError::Damaged { .. } | LedgerError::Io { .. }) => e,
+            e => LedgerError::BadEntry {
+                seq: i as u64,
+                reason: format!("unreadable: {e}"),
+            },
         })?;
         if k.value() != i as u64 {
             return Err(LedgerError::BadEntry {
@@ -849,6 +854,29 @@ fn read_entries(db: &impl ReadableDatabase) -> Result<Vec<Vec<u8>>, LedgerError>
         out.push(v.value().to_vec());
     }
     Ok(out)
+}
+
+/// Reads and decodes entry `seq`.
+pub(crate) fn read_entry(
+    db: &impl ReadableDatabase,
+    path: &Path,
+    seq: u64,
+) -> Result<Entry, LedgerError> {
+    let redb_err = |e: redb::Error| redb_error(path, e);
+    let r = db.begin_read().map_err(|e| redb_err(e.into()))?;
+    let t = r
+        .open_table(ENTRIES)
+        .map_err(|e| entries_table_error(path, e))?;
+    match t.get(seq).map_err(|e| redb_err(e.into()))? {
+        Some(v) => decode_at(seq, v.value()),
+        None => Err(LedgerError::Invalid {
+            what: "entry index",
+            reason: format!(
+                "{seq} is past the end ({} entries)",
+                t.len().map_err(|e| redb_err(e.into()))?
+            ),
+        }),
+    }
 }
 
 fn decode_at(seq: u64, bytes: &[u8]) -> Result<Entry, LedgerError> {
@@ -901,11 +929,21 @@ fn verify_signatures<T: std::borrow::Borrow<SignedTx> + Sync>(
         .collect()
 }
 
-fn verify_db(db: &impl ReadableDatabase, dir: &Path) -> Result<VerifyReport, LedgerError> {
+/// Everything a full check of a ledger database produced.
+pub(crate) struct Checked {
+    pub meta: Meta,
+    pub report: VerifyReport,
+    pub entries: Vec<Entry>,
+    pub exec: Executor,
+    pub tree: MerkleTree,
+}
+
+/// The full check behind [`LedgerReader::verify`] and [`EmbeddedLedger::verify`].
+pub(crate) fn check_db(db: &impl ReadableDatabase, dir: &Path) -> Result<Checked, LedgerError> {
     let mut timings = VerifyTimings::default();
     let clock = std::time::Instant::now();
     let meta = read_meta(db, dir)?;
-    let raw = read_entries(db)?;
+    let raw = read_entries(db, &dir.join(DB_FILE))?;
     timings.read_s = clock.elapsed().as_secs_f64();
     let clock = std::time::Instant::now();
     // Every check runs over the longest prefix that decodes; the error reported is the one at
@@ -956,19 +994,23 @@ fn verify_db(db: &impl ReadableDatabase, dir: &Path) -> Result<VerifyReport, Led
     }
     timings.decode_s = clock.elapsed().as_secs_f64();
     let txs: Vec<&SignedTx> = entries.iter().map(|e| &e.tx).collect();
-    let ((sigs, sig_s), (replay, replay_s)) = rayon::join(
-        || {
+    // Signatures on the rayon pool (from a helper thread) while this thread replays: the EVM
+    // state stays on the thread that built it.
+    let ((sigs, sig_s), (replay, replay_s)) = std::thread::scope(|s| {
+        let sig_thread = s.spawn(|| {
             let t = std::time::Instant::now();
             (
                 verify_signatures(&meta.origin, &txs),
                 t.elapsed().as_secs_f64(),
             )
-        },
-        || {
-            let t = std::time::Instant::now();
-            (replay_entries(&entries), t.elapsed().as_secs_f64())
-        },
-    );
+        });
+        let t = std::time::Instant::now();
+        let replay = (replay_entries(&entries), t.elapsed().as_secs_f64());
+        let sigs = sig_thread
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (sigs, replay)
+    });
     timings.signatures_s = sig_s;
     timings.replay_s = replay_s;
     let clock = std::time::Instant::now();
@@ -978,11 +1020,11 @@ fn verify_db(db: &impl ReadableDatabase, dir: &Path) -> Result<VerifyReport, Led
             reason: format!("signature by {} does not verify", entries[i].tx.sender()),
         });
     }
-    let state_root = match replay {
-        Ok(r) => r,
+    let exec = match replay {
+        Ok(x) => Some(x),
         Err(e) => {
             errors.push(e);
-            Hash32::ZERO
+            None
         }
     };
     if let Some(first) = errors.into_iter().min_by_key(|e| match e {
@@ -991,11 +1033,12 @@ fn verify_db(db: &impl ReadableDatabase, dir: &Path) -> Result<VerifyReport, Led
     }) {
         return Err(first);
     }
+    let exec = exec.ok_or_else(|| LedgerError::Storage("replay gave no state".into()))?;
     let mut tree = MerkleTree::new();
     for l in &leaves {
         tree.push_hash(*l);
     }
-    let cp = Checkpoint::verify(&meta.checkpoint, &meta.origin, &meta.operator)?;
+    let cp = Checkpoint::verify_log(&meta.checkpoint, &meta.origin, &meta.operator)?;
     if cp.size != tree.len() || cp.root != tree.root() {
         return Err(LedgerError::BadCheckpoint(format!(
             "signed checkpoint says size {} root {}, entries give size {} root {}",
@@ -1005,20 +1048,27 @@ fn verify_db(db: &impl ReadableDatabase, dir: &Path) -> Result<VerifyReport, Led
             tree.root()
         )));
     }
-    Ok(VerifyReport {
+    let report = VerifyReport {
         entries: tree.len(),
         root: tree.root(),
-        state_root,
-        checkpoint: meta.checkpoint,
+        state_root: exec.state_root(),
+        checkpoint: meta.checkpoint.clone(),
         timings: VerifyTimings {
             tree_s: clock.elapsed().as_secs_f64(),
             ..timings
         },
+    };
+    Ok(Checked {
+        meta,
+        report,
+        entries,
+        exec,
+        tree,
     })
 }
 
-/// Re-executes every entry in a fresh EVM, comparing receipts; returns the state digest.
-fn replay_entries(entries: &[Entry]) -> Result<Hash32, LedgerError> {
+/// Re-executes every entry in a fresh EVM, comparing receipts; returns the EVM.
+fn replay_entries(entries: &[Entry]) -> Result<Executor, LedgerError> {
     let mut exec = Executor::new();
     for e in entries {
         let r = exec
@@ -1034,7 +1084,7 @@ fn replay_entries(entries: &[Entry]) -> Result<Hash32, LedgerError> {
             });
         }
     }
-    Ok(exec.state_root())
+    Ok(exec)
 }
 
 fn write_secret(path: &Path, id: &Identity) -> Result<(), LedgerError> {

@@ -27,9 +27,12 @@ pub mod embedded;
 pub mod entry;
 pub mod evm;
 pub mod merkle;
+pub mod note;
 pub mod protocol;
+pub mod reader;
 #[cfg(feature = "evm-rpc")]
 pub mod rpc;
+mod storage;
 
 pub use backend::{Head, LedgerBackend, TxOutcome};
 pub use checkpoint::{Checkpoint, CheckpointError};
@@ -41,6 +44,7 @@ pub use entry::{Entry, Receipt, SignedTx, Tx};
 pub use evm::{ExecError, Executor};
 pub use merkle::{MerkleTree, ProofError};
 pub use protocol::{Protocol, ProtocolError, bindings};
+pub use reader::{LedgerReader, LedgerState};
 #[cfg(feature = "evm-rpc")]
 pub use rpc::EvmRpcLedger;
 
@@ -53,16 +57,33 @@ use alloy_primitives::Address;
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The path.
         path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error (part of this error's message, so not also its `source`).
+        error: std::io::Error,
     },
-    /// The storage engine failed (including a database file that is not a redb file).
+    /// The storage engine failed for a reason other than a damaged file.
     #[error("storage: {0}")]
     Storage(String),
+    /// The database file is damaged: it fails redb's checksums or structure checks, or is not a
+    /// redb file. Nothing in it is trusted.
+    #[error("{path} is damaged: {reason}")]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Another process has the ledger open for writing.
+    #[error("{0}: the ledger is open for writing in another process; try again when it is done")]
+    Busy(PathBuf),
+    /// An append or other change asked of a read-only view ([`LedgerState`]).
+    #[error(
+        "this is a read-only view of the ledger: {0} needs `EmbeddedLedger::open` and the operator key"
+    )]
+    ReadOnly(&'static str),
     /// The directory holds no ledger, or one this version cannot read.
     #[error("{dir}: not a cohort ledger: {reason}")]
     NotALedger {
@@ -72,7 +93,7 @@ pub enum LedgerError {
         reason: String,
     },
     /// `create` on a directory that already holds a ledger.
-    #[error("{0}: a ledger already exists here")]
+    #[error("{0} already holds a ledger (ledger.redb or operator.key); nothing was changed")]
     AlreadyExists(PathBuf),
     /// A stored entry fails a check.
     #[error("entry {seq}: {reason}")]
@@ -138,6 +159,21 @@ impl LedgerError {
 
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
-        move |source| Self::Io { path, source }
+        move |error| Self::Io { path, error }
+    }
+
+    /// Whether this error says the ledger's content is wrong (tampered or damaged: a bad entry,
+    /// checkpoint or proof, a damaged file) rather than that it could not be read (an I/O
+    /// error, a busy or missing ledger, a bad argument). Commands exit 1 for the first kind and
+    /// 2 for the second.
+    pub fn is_integrity_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::Damaged { .. }
+                | Self::BadEntry { .. }
+                | Self::BadCheckpoint(_)
+                | Self::Checkpoint(_)
+                | Self::Proof(_)
+        )
     }
 }

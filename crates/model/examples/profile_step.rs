@@ -32,7 +32,7 @@ fn main() -> cohort_model::Result<()> {
             let mut m: Box<dyn LanguageModel> = if filters.iter().any(|f| f == "llama") {
                 let mut c = LlamaConfig::small("llama", 65, 256, 4, 4, 2);
                 c.intermediate_size = 688;
-                c.max_position_embeddings = 128;
+                c.max_position_embeddings = Some(128);
                 c.tie_word_embeddings = true;
                 Box::new(Llama::new(c, 0, &Device::Cpu)?)
             } else {

@@ -25,7 +25,7 @@ pub const INDEX_FILE: &str = "model.safetensors.index.json";
 pub fn read_config<C: DeserializeOwned>(dir: &Path) -> Result<C> {
     let path = dir.join(CONFIG_FILE);
     let s = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    serde_json::from_str(&s).map_err(|e| Error::Json { path, source: e })
+    serde_json::from_str(&s).map_err(|e| Error::Json { path, error: e })
 }
 
 /// The `model_type` field of `config.json`.
@@ -72,7 +72,7 @@ pub fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let s = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
     let v: serde_json::Value = serde_json::from_str(&s).map_err(|e| Error::Json {
         path: index.clone(),
-        source: e,
+        error: e,
     })?;
     let map = v
         .get("weight_map")
@@ -95,6 +95,95 @@ pub fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
         .collect()
 }
 
+/// Whether `name` is a buffer that older transformers saved beside the weights and cohort
+/// recomputes instead of reading: GPT-2's causal masks (`h.N.attn.bias`, `h.N.attn.masked_bias`)
+/// and Llama's `rotary_emb.inv_freq` (transformers skips them on load too).
+pub(crate) fn is_known_buffer(name: &str) -> bool {
+    let gpt2_mask = name
+        .strip_prefix("transformer.")
+        .unwrap_or(name)
+        .strip_prefix("h.")
+        .and_then(|r| r.split_once('.'))
+        .is_some_and(|(i, rest)| {
+            i.parse::<usize>().is_ok() && matches!(rest, "attn.bias" | "attn.masked_bias")
+        });
+    gpt2_mask || name.ends_with(".rotary_emb.inv_freq")
+}
+
+/// Takes the parameters `shapes` lists out of a checkpoint's `tensors` (a GPT-2 tensor may be
+/// stored without the `transformer.` prefix), checking each one's shape, and refuses what is
+/// left over, naming it: a config whose `n_layer` is smaller than the checkpoint's, say, would
+/// otherwise evaluate a truncated model. `tied` names the embedding of a model whose output
+/// projection is tied to it: a stored `lm_head.weight` must then equal it.
+pub(crate) fn take_exact(
+    mut tensors: HashMap<String, Tensor>,
+    shapes: Vec<(String, Vec<usize>)>,
+    file: &Path,
+    tied: Option<&str>,
+) -> Result<Vec<(String, Tensor)>> {
+    let mut out = Vec::with_capacity(shapes.len());
+    for (name, shape) in shapes {
+        let short = name.strip_prefix("transformer.");
+        let t = tensors
+            .remove(&name)
+            .or_else(|| short.and_then(|s| tensors.remove(s)))
+            .ok_or_else(|| Error::MissingTensor {
+                path: file.into(),
+                name: name.clone(),
+            })?;
+        if t.dims() != shape.as_slice() {
+            return Err(Error::TensorShape {
+                path: file.into(),
+                name,
+                expected: shape,
+                found: t.dims().to_vec(),
+            });
+        }
+        out.push((name, t));
+    }
+    if let (Some(emb), Some(head)) = (tied, tensors.remove("lm_head.weight")) {
+        let e = out
+            .iter()
+            .find(|(n, _)| n == emb)
+            .map(|(_, t)| t)
+            .ok_or_else(|| Error::Params(format!("no parameter `{emb}`")))?;
+        let same = head.dims() == e.dims()
+            && head
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?
+                == e.to_dtype(candle_core::DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+        if !same {
+            return Err(Error::config(
+                "tie_word_embeddings",
+                format!(
+                    "{}: `lm_head.weight` differs from the tied embedding `{emb}` (set \
+                     tie_word_embeddings to false to use it)",
+                    file.display()
+                ),
+            ));
+        }
+    }
+    refuse_leftovers(file, tensors.into_keys())?;
+    Ok(out)
+}
+
+/// Refuses the tensors `names` that a model did not use (known buffers aside), naming them.
+pub(crate) fn refuse_leftovers(file: &Path, names: impl Iterator<Item = String>) -> Result<()> {
+    let mut left: Vec<String> = names.filter(|n| !is_known_buffer(n)).collect();
+    if left.is_empty() {
+        return Ok(());
+    }
+    left.sort_unstable();
+    Err(Error::UnusedTensors {
+        path: file.into(),
+        count: left.len(),
+        names: left.into_iter().take(8).collect(),
+    })
+}
+
 /// Writes `config.json` and `model.safetensors` holding the parameters `names`.
 pub fn save_dir<C: Serialize>(
     dir: &Path,
@@ -106,7 +195,7 @@ pub fn save_dir<C: Serialize>(
     let path = dir.join(CONFIG_FILE);
     let s = serde_json::to_string_pretty(config).map_err(|e| Error::Json {
         path: path.clone(),
-        source: e,
+        error: e,
     })?;
     std::fs::write(&path, s + "\n").map_err(|e| Error::io(&path, e))?;
     let ts = names

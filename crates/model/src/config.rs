@@ -7,28 +7,35 @@ use crate::{Error, Result};
 /// A GPT-2-style decoder: learned positions, pre-norm LayerNorm blocks, GELU MLP, tied
 /// embeddings. Serialised with Hugging Face's GPT-2 field names (`n_embd`, `n_layer`, ...) so
 /// that `transformers.GPT2LMHeadModel.from_pretrained(dir)` reads the directories it writes.
+/// Every other field of transformers' `GPT2Config` is inert or refused by
+/// [`GptConfig::validate`] (see [`crate::hf`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GptConfig {
     /// Tokens in the vocabulary.
     pub vocab_size: usize,
-    /// Maximum context length (learned positions).
+    /// Maximum context length (learned positions; alias `max_position_embeddings`).
+    #[serde(alias = "max_position_embeddings")]
     pub n_positions: usize,
-    /// Model width.
+    /// Model width (transformers also reads it as `hidden_size`).
+    #[serde(alias = "hidden_size")]
     pub n_embd: usize,
-    /// Transformer blocks.
+    /// Transformer blocks (alias `num_hidden_layers`).
+    #[serde(alias = "num_hidden_layers")]
     pub n_layer: usize,
-    /// Attention heads (must divide `n_embd`).
+    /// Attention heads (must divide `n_embd`; alias `num_attention_heads`).
+    #[serde(alias = "num_attention_heads")]
     pub n_head: usize,
     /// MLP hidden width; `None` means `4 * n_embd` (GPT-2's default).
     #[serde(default)]
     pub n_inner: Option<usize>,
-    /// Layer norm epsilon.
+    /// Layer norm epsilon (finite, > 0).
     #[serde(default = "default_ln_eps")]
     pub layer_norm_epsilon: f64,
-    /// Standard deviation of the initial weights.
+    /// Standard deviation of the initial weights (finite, >= 0).
     #[serde(default = "default_init")]
     pub initializer_range: f64,
-    /// Always `gelu_new` (tanh approximation); kept so Hugging Face reads the same function.
+    /// The tanh approximation of GELU under any of transformers' names for it: `gelu_new`
+    /// (the default), `gelu_pytorch_tanh`, `gelu_fast`. Other activations are refused.
     #[serde(default = "default_act")]
     pub activation_function: String,
     /// Always `gpt2`.
@@ -37,12 +44,16 @@ pub struct GptConfig {
     /// `["GPT2LMHeadModel"]`.
     #[serde(default = "default_arch")]
     pub architectures: Vec<String>,
-    /// Always true: the output projection is the token embedding.
+    /// Always true: the output projection is the token embedding (false is refused).
     #[serde(default = "yes")]
     pub tie_word_embeddings: bool,
     /// Linear layers stored as SVD factors (path -> rank); see [`crate::svd`].
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub cohort_lowrank: std::collections::BTreeMap<String, usize>,
+    /// The config's other fields, kept so that it round-trips; each is checked by
+    /// [`GptConfig::validate`] ([`crate::hf`]).
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 fn default_ln_eps() -> f64 {
@@ -87,6 +98,7 @@ impl GptConfig {
             architectures: default_arch(),
             tie_word_embeddings: true,
             cohort_lowrank: Default::default(),
+            extra: Default::default(),
         }
     }
 
@@ -121,7 +133,8 @@ impl GptConfig {
         self.n_inner.unwrap_or(4 * self.n_embd)
     }
 
-    /// Checks every size; called by every constructor and loader.
+    /// Checks every size and value and every other field of the config ([`crate::hf`]);
+    /// called by every constructor and loader.
     pub fn validate(&self) -> Result<()> {
         let pos = |field: &str, v: usize| {
             if v == 0 {
@@ -150,16 +163,33 @@ impl GptConfig {
         }
         if !matches!(
             self.activation_function.as_str(),
-            "gelu_new" | "gelu_pytorch_tanh"
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast"
         ) {
             return Err(Error::config(
                 "activation_function",
                 format!(
-                    "only gelu_new (tanh GELU) is implemented, found {}",
+                    "only the tanh GELU (gelu_new, gelu_pytorch_tanh, gelu_fast) is implemented, \
+                     found {}",
                     self.activation_function
                 ),
             ));
         }
+        if !(self.layer_norm_epsilon.is_finite() && self.layer_norm_epsilon > 0.0) {
+            return Err(Error::config(
+                "layer_norm_epsilon",
+                format!("{} is not a finite number > 0", self.layer_norm_epsilon),
+            ));
+        }
+        if !(self.initializer_range.is_finite() && self.initializer_range >= 0.0) {
+            return Err(Error::config(
+                "initializer_range",
+                format!("{} is not a finite number >= 0", self.initializer_range),
+            ));
+        }
+        if let Some(n) = self.n_inner.filter(|&n| n == 0) {
+            return Err(Error::config("n_inner", format!("{n}: must be positive")));
+        }
+        crate::hf::check_extra(crate::hf::Family::Gpt2, &self.extra)?;
         if !self.tie_word_embeddings {
             return Err(Error::config(
                 "tie_word_embeddings",

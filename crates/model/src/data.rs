@@ -14,12 +14,18 @@ pub struct TokenData {
 }
 
 impl TokenData {
-    /// The last `val_fraction` of `tokens` is the validation part.
-    pub fn split(tokens: Vec<u32>, val_fraction: f64) -> Self {
-        let n_val = ((tokens.len() as f64) * val_fraction.clamp(0.0, 1.0)).round() as usize;
+    /// The last `val_fraction` (in [0, 1)) of `tokens` is the validation part.
+    pub fn split(tokens: Vec<u32>, val_fraction: f64) -> Result<Self> {
+        if !(0.0..1.0).contains(&val_fraction) {
+            return Err(Error::config(
+                "val_fraction",
+                format!("{val_fraction} is not in [0, 1)"),
+            ));
+        }
+        let n_val = ((tokens.len() as f64) * val_fraction).round() as usize;
         let mut train = tokens;
         let val = train.split_off(train.len() - n_val.min(train.len()));
-        Self { train, val }
+        Ok(Self { train, val })
     }
 }
 
@@ -31,15 +37,20 @@ pub fn sample_batch(
     rng: &mut Rng,
     device: &Device,
 ) -> Result<(Tensor, Tensor)> {
-    if tokens.len() <= seq + 1 {
+    positive("batch", batch)?;
+    positive("seq_len", seq)?;
+    if tokens.len() <= seq.saturating_add(1) {
         return Err(Error::Data(format!(
             "{} tokens cannot fill a window of {}",
             tokens.len(),
-            seq + 1
+            seq.saturating_add(1)
         )));
     }
-    let mut x = Vec::with_capacity(batch * seq);
-    let mut y = Vec::with_capacity(batch * seq);
+    let n = batch.checked_mul(seq).ok_or_else(|| {
+        Error::config("batch", format!("{batch} windows of {seq} tokens overflow"))
+    })?;
+    let mut x = Vec::with_capacity(n);
+    let mut y = Vec::with_capacity(n);
     for _ in 0..batch {
         let s = rng.below(tokens.len() - seq - 1);
         x.extend_from_slice(&tokens[s..s + seq]);
@@ -60,17 +71,20 @@ pub fn eval_batches(
     max_windows: usize,
     device: &Device,
 ) -> Result<Vec<(Tensor, Tensor)>> {
+    positive("batch", batch)?;
+    positive("seq_len", seq)?;
+    positive("max_windows", max_windows)?;
     let n = ((tokens.len().saturating_sub(1)) / seq).min(max_windows);
     if n == 0 {
         return Err(Error::Data(format!(
             "{} tokens cannot fill an evaluation window of {}",
             tokens.len(),
-            seq + 1
+            seq.saturating_add(1)
         )));
     }
     let starts: Vec<usize> = (0..n).map(|i| i * seq).collect();
     starts
-        .chunks(batch.max(1))
+        .chunks(batch)
         .map(|ch| {
             let x: Vec<u32> = ch
                 .iter()
@@ -86,4 +100,40 @@ pub fn eval_batches(
             ))
         })
         .collect()
+}
+
+/// Refuses a zero size with a typed error naming it.
+fn positive(field: &str, v: usize) -> Result<()> {
+    if v == 0 {
+        return Err(Error::config(field, "must be at least 1"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_sizes_and_bad_fractions_are_typed_errors() {
+        let t: Vec<u32> = (0..100).collect();
+        let d = Device::Cpu;
+        let mut rng = Rng::new(0);
+        for (b, s) in [(0, 4), (4, 0)] {
+            assert!(matches!(
+                sample_batch(&t, b, s, &mut rng, &d),
+                Err(Error::Config { .. })
+            ));
+            assert!(matches!(
+                eval_batches(&t, b, s, 8, &d),
+                Err(Error::Config { .. })
+            ));
+        }
+        assert!(eval_batches(&t, 4, 4, 0, &d).is_err());
+        assert!(sample_batch(&t, 1, usize::MAX, &mut rng, &d).is_err());
+        for f in [f64::NAN, -0.1, 1.0, f64::INFINITY] {
+            assert!(TokenData::split(t.clone(), f).is_err(), "{f}");
+        }
+        assert_eq!(TokenData::split(t, 0.1).unwrap().val.len(), 10);
+    }
 }

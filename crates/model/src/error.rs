@@ -3,25 +3,25 @@
 use std::path::PathBuf;
 
 /// Everything that can go wrong in this crate. Variants carry the file, field or tensor that
-/// was wrong so a caller can report it without guessing.
+/// was wrong so a caller can report it without guessing. Each message is whole (it includes
+/// the underlying error's), so no variant also returns that error from `source()`: a report of
+/// the chain (`{:#}`) says each thing once.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A tensor operation failed (shapes, dtypes, devices).
     #[error("tensor: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
     /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A JSON file (config, tokenizer, adapter config) could not be parsed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Json {
         path: PathBuf,
-        #[source]
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
     /// A configuration value is missing or out of range.
     #[error("config field `{field}`: {reason}")]
@@ -37,6 +37,18 @@ pub enum Error {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
+    /// A checkpoint holds tensors the model does not use (`names`: the first eight, sorted):
+    /// its config does not describe it (fewer layers, no bias, another family...).
+    #[error(
+        "{path}: {count} tensor(s) that the model described by config.json does not use: \
+         {names:?}{more} (does config.json match the weights?)",
+        more = ellipsis(.count, .names)
+    )]
+    UnusedTensors {
+        path: PathBuf,
+        names: Vec<String>,
+        count: usize,
+    },
     /// A safetensors file is malformed.
     #[error("{path}: {reason}")]
     Safetensors { path: PathBuf, reason: String },
@@ -51,14 +63,25 @@ pub enum Error {
     Data(String),
 }
 
+/// `", ..."` when fewer names are shown than there are.
+fn ellipsis(count: &usize, shown: &[String]) -> &'static str {
+    if *count > shown.len() { ", ..." } else { "" }
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Self::Candle(e)
+    }
+}
+
 /// This crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),
-            source,
+            error,
         }
     }
 
@@ -67,5 +90,30 @@ impl Error {
             field: field.into(),
             reason: reason.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (issue 11): `{:#}` of a missing file printed the reason twice ("...: no
+    /// model.safetensors or ...: no model.safetensors or ..."), once from the message and once
+    /// from `source()`.
+    #[test]
+    fn messages_are_whole_and_say_each_thing_once() {
+        let e = Error::io(
+            "dir/model.safetensors",
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        );
+        assert_eq!(e.to_string(), "dir/model.safetensors: no such file");
+        assert!(std::error::Error::source(&e).is_none());
+        let j = serde_json::from_str::<u32>("x").unwrap_err();
+        let e = Error::Json {
+            path: "c.json".into(),
+            error: j,
+        };
+        assert!(e.to_string().starts_with("c.json: expected value"), "{e}");
+        assert!(std::error::Error::source(&e).is_none());
     }
 }

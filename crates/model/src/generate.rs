@@ -24,6 +24,23 @@ pub struct Sampling {
 }
 
 impl Sampling {
+    /// Checks the settings: `temperature` finite and at least 0, `top_p` finite in (0, 1].
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(Error::config(
+                "temperature",
+                format!("{} is not a finite number >= 0", self.temperature),
+            ));
+        }
+        if !(self.top_p.is_finite() && self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::config(
+                "top_p",
+                format!("{} is not in (0, 1]", self.top_p),
+            ));
+        }
+        Ok(())
+    }
+
     /// Always the most likely token.
     pub fn greedy() -> Self {
         Self {
@@ -35,8 +52,9 @@ impl Sampling {
     }
 }
 
-/// Picks a token id from `logits` (one row).
+/// Picks a token id from `logits` (one row). Refuses settings [`Sampling::validate`] refuses.
 pub fn sample(logits: &[f32], s: &Sampling, rng: &mut Rng) -> Result<u32> {
+    s.validate()?;
     if logits.is_empty() {
         return Err(Error::Data("empty logits".into()));
     }
@@ -89,6 +107,24 @@ pub fn sample(logits: &[f32], s: &Sampling, rng: &mut Rng) -> Result<u32> {
     Ok(idx[idx.len() - 1] as u32)
 }
 
+/// Refuses an empty prompt, a token id outside the model's vocabulary and bad sampling
+/// settings, before any work.
+fn check_prompt(model: &dyn LanguageModel, prompt: &[u32], s: &Sampling) -> Result<()> {
+    s.validate()?;
+    if prompt.is_empty() {
+        return Err(Error::Data(
+            "the prompt must have at least one token".into(),
+        ));
+    }
+    let vocab = model.vocab_size();
+    if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab) {
+        return Err(Error::Tokenizer(format!(
+            "prompt token id {id} is outside the model's vocabulary of {vocab}"
+        )));
+    }
+    Ok(())
+}
+
 /// `prompt` followed by `max_new` generated tokens, through the model's key/value cache where
 /// it has one (the same tokens as [`generate_uncached`], faster).
 pub fn generate(
@@ -97,11 +133,19 @@ pub fn generate(
     max_new: usize,
     s: &Sampling,
 ) -> Result<Vec<u32>> {
-    if prompt.is_empty() {
-        return Err(Error::Data(
-            "the prompt must have at least one token".into(),
-        ));
-    }
+    generate_with(model, prompt, max_new, s, |_| Ok(()))
+}
+
+/// [`generate`], calling `on_token` with each new token as soon as it is chosen (to stream
+/// it); an error from `on_token` stops the generation and is returned.
+pub fn generate_with(
+    model: &dyn LanguageModel,
+    prompt: &[u32],
+    max_new: usize,
+    s: &Sampling,
+    mut on_token: impl FnMut(u32) -> Result<()>,
+) -> Result<Vec<u32>> {
+    check_prompt(model, prompt, s)?;
     let mut rng = Rng::derive(s.seed, "sample");
     let mut ids = prompt.to_vec();
     let ctx = model.max_context();
@@ -130,7 +174,9 @@ pub fn generate(
                 last_hidden(model, &ids)?
             }
         };
-        ids.push(sample(&row(model, &h)?, s, &mut rng)?);
+        let id = sample(&row(model, &h)?, s, &mut rng)?;
+        ids.push(id);
+        on_token(id)?;
     }
     Ok(ids)
 }
@@ -157,11 +203,7 @@ pub fn generate_uncached(
     max_new: usize,
     s: &Sampling,
 ) -> Result<Vec<u32>> {
-    if prompt.is_empty() {
-        return Err(Error::Data(
-            "the prompt must have at least one token".into(),
-        ));
-    }
+    check_prompt(model, prompt, s)?;
     let mut rng = Rng::derive(s.seed, "sample");
     let mut ids = prompt.to_vec();
     let ctx = model.max_context();
@@ -217,5 +259,31 @@ mod tests {
             .map(|_| sample(&logits, &all, &mut rng).unwrap())
             .collect();
         assert_eq!(seen.len(), 5);
+    }
+
+    #[test]
+    fn bad_settings_are_typed_errors_not_panics() {
+        let logits = [0.0f32, 1.0];
+        let mut rng = Rng::new(0);
+        for (t, p) in [
+            (f64::NAN, 1.0),
+            (-1.0, 1.0),
+            (f64::INFINITY, 1.0),
+            (1.0, 0.0),
+            (1.0, 2.0),
+            (1.0, -1.0),
+            (1.0, f64::NAN),
+        ] {
+            let s = Sampling {
+                temperature: t,
+                top_k: 0,
+                top_p: p,
+                seed: 0,
+            };
+            assert!(
+                matches!(sample(&logits, &s, &mut rng), Err(Error::Config { .. })),
+                "temperature {t} top_p {p}"
+            );
+        }
     }
 }

@@ -151,7 +151,7 @@ impl Gpt {
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let config: GptConfig = checkpoint::read_config(dir)?;
         config.validate()?;
-        let mut tensors = checkpoint::read_weights(dir, device)?;
+        let tensors = checkpoint::read_weights(dir, device)?;
         let mut params = Params::new();
         let file = dir.join(checkpoint::WEIGHTS_FILE);
         let shapes = checkpoint::with_lowrank(
@@ -159,23 +159,8 @@ impl Gpt {
             &config.cohort_lowrank,
             &Self::linears(&config),
         )?;
-        for (name, shape) in shapes {
-            let short = name.trim_start_matches("transformer.");
-            let t = tensors
-                .remove(&name)
-                .or_else(|| tensors.remove(short))
-                .ok_or_else(|| Error::MissingTensor {
-                    path: file.clone(),
-                    name: name.clone(),
-                })?;
-            if t.dims() != shape.as_slice() {
-                return Err(Error::TensorShape {
-                    path: file.clone(),
-                    name,
-                    expected: shape,
-                    found: t.dims().to_vec(),
-                });
-            }
+        let tied = Some("transformer.wte.weight");
+        for (name, t) in checkpoint::take_exact(tensors, shapes, &file, tied)? {
             params.insert(&name, t.to_dtype(DType::F32)?, true)?;
         }
         let mut weights = Weights::new(params);
@@ -202,8 +187,14 @@ impl Gpt {
             &config.cohort_lowrank,
             &Self::linears(&config),
         )?;
-        let weights =
-            crate::mapped::frozen_weights(dir, device, &shapes, &config.cohort_lowrank, "Gpt")?;
+        let weights = crate::mapped::frozen_weights(
+            dir,
+            device,
+            &shapes,
+            &config.cohort_lowrank,
+            "Gpt",
+            Some("transformer.wte.weight"),
+        )?;
         Ok(Self {
             config,
             weights,

@@ -7,6 +7,8 @@
 //!   embeddings) trained from scratch, stored with Hugging Face's GPT-2 names and layout.
 //! - [`Llama`]: the Llama family (RMSNorm, RoPE, SwiGLU, grouped-query attention, Qwen2's
 //!   biases, tied embeddings) loaded from Hugging Face directories ([`load_any`]).
+//! - [`hf`]: every field of the supported families' Hugging Face configs is implemented or
+//!   refused, never ignored; checkpoints must match their config tensor for tensor.
 //! - [`lora`]: LoRA adapters in PEFT's format; [`svd`]: truncated-SVD factorisation of linear
 //!   layers; [`classify`]: a sequence-classification head.
 //! - [`train`]: AdamW with warm-up and cosine decay, clipping, accumulation, evaluation and
@@ -26,6 +28,7 @@ pub mod error;
 pub mod fast;
 pub mod generate;
 pub mod gpt;
+pub mod hf;
 pub mod kernels;
 pub mod llama;
 pub mod lora;

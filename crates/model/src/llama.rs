@@ -1,7 +1,9 @@
 //! The Llama family loaded from Hugging Face directories: RMSNorm, rotary position
 //! embeddings (RoPE), SwiGLU MLP, grouped-query attention, Qwen2's q/k/v biases and tied
-//! embeddings. Covers `model_type` `llama` (SmolLM2, TinyLlama, Llama 2/3 without RoPE
-//! scaling), `qwen2` (Qwen2/Qwen2.5) and `mistral` (without sliding windows).
+//! embeddings. Covers `model_type` `llama` (SmolLM2, TinyLlama, Llama 2/3/3.1 with their RoPE
+//! scaling; `attention_bias`, `mlp_bias`, `head_dim`), `qwen2` (Qwen2/Qwen2.5) and `mistral`
+//! (sliding windows up to the window's length). Every field of transformers' config classes
+//! for these families is implemented or refused ([`crate::hf`]).
 //!
 //! Weights are held in f32 whatever the checkpoint's dtype. RMSNorm, RoPE and SwiGLU are built
 //! from candle's basic ops (all differentiable); attention packs q, k, v into the fused causal
@@ -20,8 +22,9 @@ use crate::params::Params;
 use crate::rng::Rng;
 use crate::{Error, Result};
 
-/// A Llama-family `config.json` (Hugging Face field names; unknown fields are kept so the
-/// config round-trips).
+/// A Llama-family `config.json` (Hugging Face field names). Defaults are transformers' for the
+/// family (`model_type`); fields not parsed here are kept in `extra` so the config
+/// round-trips, and checked by [`LlamaConfig::validate`] ([`crate::hf`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LlamaConfig {
     pub model_type: String,
@@ -30,31 +33,61 @@ pub struct LlamaConfig {
     pub intermediate_size: usize,
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
-    /// Key/value heads (grouped-query attention); defaults to `num_attention_heads`.
+    /// Key/value heads (grouped-query attention); absent: `num_attention_heads` for Llama,
+    /// 32 for Qwen2 and 8 for Mistral (transformers' defaults).
     #[serde(default)]
     pub num_key_value_heads: Option<usize>,
     /// Defaults to `hidden_size / num_attention_heads`.
     #[serde(default)]
     pub head_dim: Option<usize>,
+    /// RMSNorm epsilon (finite, > 0).
     #[serde(default = "default_rms_eps")]
     pub rms_norm_eps: f64,
-    /// RoPE base (older configs; newer ones put it in `rope_parameters`).
+    /// RoPE base (older configs; newer ones put it in `rope_parameters`; default 10000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_theta: Option<f64>,
-    /// transformers 5's `{"rope_theta": ..., "rope_type": "default"}`.
+    /// transformers 5's `{"rope_theta": ..., "rope_type": "default"}`; see [`Rope`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_parameters: Option<serde_json::Value>,
-    #[serde(default = "default_max_pos")]
-    pub max_position_embeddings: usize,
+    /// The context; absent: 2048 for Llama, 32768 for Qwen2, 131072 for Mistral.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_position_embeddings: Option<usize>,
     #[serde(default)]
     pub tie_word_embeddings: bool,
-    /// Llama's switch for q/k/v/o biases (Qwen2 always has q/k/v biases).
+    /// Llama's switch for q/k/v/o biases (Qwen2 always has q/k/v biases and no o bias;
+    /// Mistral none: transformers ignores the field for them).
     #[serde(default)]
     pub attention_bias: bool,
+    /// Llama's switch for gate/up/down biases (ignored for Qwen2 and Mistral, as transformers
+    /// does).
+    #[serde(default)]
+    pub mlp_bias: bool,
     #[serde(default = "silu")]
     pub hidden_act: String,
-    #[serde(default)]
+    /// The older name of `rope_parameters` (it takes precedence when both are set, as in
+    /// transformers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_scaling: Option<serde_json::Value>,
+    /// Sliding-window attention span: Mistral uses it in every layer unless it is null
+    /// (absent: 4096); Qwen2 only with `use_sliding_window` (absent: 4096), in the layers from
+    /// `max_window_layers` on, or where `layer_types` says `sliding_attention`. cohort
+    /// implements it by limiting the context to the window, where it equals full causal
+    /// attention (see [`LlamaConfig::max_context`]).
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sliding_window: Option<Option<usize>>,
+    /// Qwen2's switch for `sliding_window`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_sliding_window: Option<bool>,
+    /// Qwen2: layers below this index use full attention (absent: 28).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_window_layers: Option<usize>,
+    /// Qwen2 (transformers 5): `full_attention` or `sliding_attention` per layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_types: Option<Vec<String>>,
     /// Linear layers stored as SVD factors (path -> rank); see [`crate::svd`].
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub cohort_lowrank: std::collections::BTreeMap<String, usize>,
@@ -62,14 +95,50 @@ pub struct LlamaConfig {
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
+/// Present in the file, even as `null` (`Some(None)`), against absent (`None`).
+fn present<'de, D, T>(d: D) -> std::result::Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
 fn default_rms_eps() -> f64 {
     1e-6
 }
-fn default_max_pos() -> usize {
-    2048
-}
 fn silu() -> String {
     "silu".into()
+}
+
+/// Rotary position embeddings as a config asks for them: the inverse frequencies (one per
+/// pair of a head's dimensions) and the factor on cos and sin. transformers' `rope_type`s
+/// `default`, `linear` (positions divided by `factor`), `dynamic` (NTK scaling, which is the
+/// default RoPE up to `max_position_embeddings`, the longest sequence cohort runs), `llama3`
+/// (Llama 3.1's frequency bands) and `yarn` are implemented as `modeling_rope_utils.py`
+/// computes them (in f64 here, f32 there); others (`longrope`, ...) and a
+/// `partial_rotary_factor` other than 1 are refused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rope {
+    pub inv_freq: Vec<f64>,
+    pub attention_factor: f64,
+}
+
+impl Rope {
+    /// cos and sin tables `[t, hd]`, positions `0..t` (Hugging Face's layout: each frequency
+    /// twice), times the attention factor.
+    pub fn tables(&self, t: usize) -> (Vec<f32>, Vec<f32>) {
+        let hd = 2 * self.inv_freq.len();
+        let (mut cos, mut sin) = (Vec::with_capacity(t * hd), Vec::with_capacity(t * hd));
+        for pos in 0..t {
+            let row: Vec<f64> = self.inv_freq.iter().map(|f| pos as f64 * f).collect();
+            for _ in 0..2 {
+                cos.extend(row.iter().map(|a| (a.cos() * self.attention_factor) as f32));
+                sin.extend(row.iter().map(|a| (a.sin() * self.attention_factor) as f32));
+            }
+        }
+        (cos, sin)
+    }
 }
 
 impl LlamaConfig {
@@ -94,25 +163,224 @@ impl LlamaConfig {
             rms_norm_eps: 1e-6,
             rope_theta: Some(10_000.0),
             rope_parameters: None,
-            max_position_embeddings: 256,
+            max_position_embeddings: Some(256),
             tie_word_embeddings: false,
             attention_bias: false,
+            mlp_bias: false,
             hidden_act: silu(),
             rope_scaling: None,
+            sliding_window: Some(None),
+            use_sliding_window: None,
+            max_window_layers: None,
+            layer_types: None,
             cohort_lowrank: Default::default(),
             extra: Default::default(),
         }
     }
 
-    /// The RoPE base: `rope_theta`, else `rope_parameters.rope_theta`, else 10000.
+    fn family(&self) -> Option<crate::hf::Family> {
+        crate::hf::Family::of(&self.model_type).filter(|f| *f != crate::hf::Family::Gpt2)
+    }
+
+    /// The RoPE parameters: `rope_scaling` if set, else `rope_parameters` (an object or
+    /// nothing).
+    fn rope_dict(&self) -> Result<serde_json::Map<String, serde_json::Value>> {
+        let v = match &self.rope_scaling {
+            Some(v) if !v.is_null() && v.as_object().is_none_or(|m| !m.is_empty()) => v,
+            _ => match &self.rope_parameters {
+                Some(v) if !v.is_null() => v,
+                _ => return Ok(Default::default()),
+            },
+        };
+        let field = if self.rope_scaling.as_ref().is_some_and(|r| r == v) {
+            "rope_scaling"
+        } else {
+            "rope_parameters"
+        };
+        let m = v
+            .as_object()
+            .ok_or_else(|| Error::config(field, format!("{v} is not an object")))?;
+        if m.values().any(|x| x.is_object()) {
+            return Err(Error::config(
+                field,
+                "RoPE parameters per layer type are not implemented",
+            ));
+        }
+        Ok(m.clone())
+    }
+
+    /// The RoPE base: `rope_parameters.rope_theta` (or `rope_scaling`'s), else `rope_theta`,
+    /// else 10000.
     pub fn theta(&self) -> f64 {
-        self.rope_theta
-            .or_else(|| self.rope_parameters.as_ref()?.get("rope_theta")?.as_f64())
+        self.rope_dict()
+            .ok()
+            .and_then(|d| d.get("rope_theta").and_then(|t| t.as_f64()))
+            .or(self.rope_theta)
             .unwrap_or(10_000.0)
     }
 
+    /// The RoPE this config asks for ([`Rope`]); errors name the field.
+    pub fn rope(&self) -> Result<Rope> {
+        let d = self.rope_dict()?;
+        let f = |k: &str| d.get(k).and_then(|v| v.as_f64());
+        let bad = |k: &str, why: String| Error::config(format!("rope_parameters.{k}"), why);
+        let theta = self.theta();
+        if !(theta.is_finite() && theta > 1.0) {
+            return Err(Error::config(
+                "rope_theta",
+                format!("{theta} is not a finite number > 1"),
+            ));
+        }
+        let partial = f("partial_rotary_factor")
+            .or_else(|| self.extra.get("partial_rotary_factor")?.as_f64())
+            .unwrap_or(1.0);
+        if partial != 1.0 {
+            return Err(Error::config(
+                "partial_rotary_factor",
+                format!("{partial}: only 1 (RoPE on the whole head) is implemented"),
+            ));
+        }
+        let rope_type = d
+            .get("rope_type")
+            .or_else(|| d.get("type"))
+            .and_then(|t| t.as_str())
+            .unwrap_or("default");
+        let dim = self.head_dim();
+        let base: Vec<f64> = (0..dim / 2)
+            .map(|i| 1.0 / theta.powf(2.0 * i as f64 / dim as f64))
+            .collect();
+        let factor = |k: &str| -> Result<f64> {
+            match f(k) {
+                Some(x) if x.is_finite() && x > 0.0 => Ok(x),
+                Some(x) => Err(bad(k, format!("{x} is not a finite number > 0"))),
+                None => Err(bad(k, format!("missing for rope_type {rope_type}"))),
+            }
+        };
+        let original = || -> Result<f64> {
+            match f("original_max_position_embeddings")
+                .or_else(|| self.extra.get("original_max_position_embeddings")?.as_f64())
+            {
+                Some(x) if x.is_finite() && x >= 1.0 => Ok(x),
+                Some(x) => Err(bad(
+                    "original_max_position_embeddings",
+                    format!("{x} is not a positive number"),
+                )),
+                None => Ok(self.max_positions() as f64),
+            }
+        };
+        let (inv_freq, attention_factor) = match rope_type {
+            "default" => (base, 1.0),
+            // Up to max_position_embeddings (cohort's longest sequence) NTK scaling leaves the
+            // base unchanged.
+            "dynamic" => {
+                factor("factor")?;
+                (base, 1.0)
+            }
+            "linear" => {
+                let k = factor("factor")?;
+                (base.iter().map(|b| b / k).collect(), 1.0)
+            }
+            "llama3" => {
+                let (k, lo, hi) = (
+                    factor("factor")?,
+                    factor("low_freq_factor")?,
+                    factor("high_freq_factor")?,
+                );
+                if hi <= lo {
+                    return Err(bad(
+                        "high_freq_factor",
+                        format!("{hi} must exceed low_freq_factor {lo}"),
+                    ));
+                }
+                let old = original()?;
+                let (low_wavelen, high_wavelen) = (old / lo, old / hi);
+                let inv = base
+                    .iter()
+                    .map(|&b| {
+                        let wavelen = 2.0 * std::f64::consts::PI / b;
+                        let scaled = if wavelen > low_wavelen { b / k } else { b };
+                        if wavelen < high_wavelen || wavelen > low_wavelen {
+                            scaled
+                        } else {
+                            let s = (old / wavelen - lo) / (hi - lo);
+                            (1.0 - s) * scaled / k + s * scaled
+                        }
+                    })
+                    .collect();
+                (inv, 1.0)
+            }
+            "yarn" => {
+                let old = original()?;
+                let k = match f("factor") {
+                    Some(_) => factor("factor")?,
+                    None => self.max_positions() as f64 / old,
+                };
+                let mscale = |scale: f64, m: f64| {
+                    if scale <= 1.0 {
+                        1.0
+                    } else {
+                        0.1 * m * scale.ln() + 1.0
+                    }
+                };
+                let attention = match (f("attention_factor"), f("mscale"), f("mscale_all_dim")) {
+                    (Some(a), ..) => a,
+                    (None, Some(m), Some(ma)) if m != 0.0 && ma != 0.0 => {
+                        mscale(k, m) / mscale(k, ma)
+                    }
+                    _ => mscale(k, 1.0),
+                };
+                let beta_fast = f("beta_fast").filter(|&b| b != 0.0).unwrap_or(32.0);
+                let beta_slow = f("beta_slow").filter(|&b| b != 0.0).unwrap_or(1.0);
+                let truncate = d.get("truncate").and_then(|t| t.as_bool()).unwrap_or(true);
+                let n = dim as f64;
+                let corr = |rot: f64| {
+                    (n * (old / (rot * 2.0 * std::f64::consts::PI)).ln()) / (2.0 * theta.ln())
+                };
+                let (mut low, mut high) = (corr(beta_fast), corr(beta_slow));
+                if truncate {
+                    low = low.floor();
+                    high = high.ceil();
+                }
+                let (low, mut high) = (low.max(0.0), high.min(n - 1.0));
+                if low == high {
+                    high += 0.001;
+                }
+                let inv = base
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &b)| {
+                        let ramp = ((i as f64 - low) / (high - low)).clamp(0.0, 1.0);
+                        let extrapolation = 1.0 - ramp;
+                        b / k * (1.0 - extrapolation) + b * extrapolation
+                    })
+                    .collect();
+                (inv, attention)
+            }
+            other => {
+                return Err(Error::config(
+                    "rope_parameters.rope_type",
+                    format!(
+                        "`{other}` is not implemented (default, linear, dynamic, llama3, yarn)"
+                    ),
+                ));
+            }
+        };
+        if !attention_factor.is_finite() || inv_freq.iter().any(|x| !x.is_finite()) {
+            return Err(bad("factor", "the RoPE frequencies are not finite".into()));
+        }
+        Ok(Rope {
+            inv_freq,
+            attention_factor,
+        })
+    }
+
     pub fn kv_heads(&self) -> usize {
-        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+        self.num_key_value_heads
+            .unwrap_or(match self.model_type.as_str() {
+                "qwen2" => 32,
+                "mistral" => 8,
+                _ => self.num_attention_heads,
+            })
     }
 
     pub fn head_dim(&self) -> usize {
@@ -120,18 +388,77 @@ impl LlamaConfig {
             .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
-    /// Whether q/k/v projections have biases (Qwen2 always; Llama if `attention_bias`).
-    pub fn qkv_bias(&self) -> bool {
-        self.model_type == "qwen2" || self.attention_bias
+    /// `max_position_embeddings`, or the family's default.
+    pub fn max_positions(&self) -> usize {
+        self.max_position_embeddings
+            .unwrap_or(match self.model_type.as_str() {
+                "qwen2" => 32_768,
+                "mistral" => 131_072,
+                _ => 2048,
+            })
     }
 
+    /// The sliding-window span if any layer attends through one (see `sliding_window`).
+    pub fn attention_window(&self) -> Option<usize> {
+        let window = |default: usize| match self.sliding_window {
+            None => Some(default),
+            Some(w) => w,
+        };
+        match self.model_type.as_str() {
+            "mistral" => window(4096),
+            "qwen2" => {
+                let w = if self.use_sliding_window == Some(true) {
+                    window(4096)
+                } else {
+                    None
+                };
+                match &self.layer_types {
+                    Some(types) => w.filter(|_| types.iter().any(|t| t == "sliding_attention")),
+                    None => {
+                        w.filter(|_| self.max_window_layers.unwrap_or(28) < self.num_hidden_layers)
+                    }
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// The longest sequence the model runs: `max_position_embeddings`, or the sliding window
+    /// if that is shorter (up to the window, sliding-window attention is full causal
+    /// attention, so cohort's result is transformers').
+    pub fn max_context(&self) -> usize {
+        let p = self.max_positions();
+        self.attention_window().map_or(p, |w| w.min(p))
+    }
+
+    /// Whether q/k/v projections have biases (Qwen2 always; Llama if `attention_bias`).
+    pub fn qkv_bias(&self) -> bool {
+        match self.model_type.as_str() {
+            "qwen2" => true,
+            "llama" => self.attention_bias,
+            _ => false,
+        }
+    }
+
+    /// Whether the output projection has a bias (Llama's `attention_bias`).
+    pub fn o_bias(&self) -> bool {
+        self.model_type == "llama" && self.attention_bias
+    }
+
+    /// Whether the MLP's projections have biases (Llama's `mlp_bias`).
+    pub fn mlp_biases(&self) -> bool {
+        self.model_type == "llama" && self.mlp_bias
+    }
+
+    /// Checks every size and value and every other field ([`crate::hf`]); returns nothing,
+    /// refuses what cohort does not implement with the field named.
     pub fn validate(&self) -> Result<()> {
-        if !matches!(self.model_type.as_str(), "llama" | "qwen2" | "mistral") {
+        let Some(family) = self.family() else {
             return Err(Error::config(
                 "model_type",
                 format!("`{}` is not llama, qwen2 or mistral", self.model_type),
             ));
-        }
+        };
         for (f, v) in [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
@@ -140,10 +467,14 @@ impl LlamaConfig {
             ("num_attention_heads", self.num_attention_heads),
             ("num_key_value_heads", self.kv_heads()),
             ("head_dim", self.head_dim()),
+            ("max_position_embeddings", self.max_positions()),
         ] {
             if v == 0 {
                 return Err(Error::config(f, "must be positive"));
             }
+        }
+        if let Some(Some(0)) = self.sliding_window {
+            return Err(Error::config("sliding_window", "must be positive"));
         }
         if !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
             return Err(Error::config(
@@ -154,29 +485,50 @@ impl LlamaConfig {
         if !self.head_dim().is_multiple_of(2) {
             return Err(Error::config("head_dim", "must be even for RoPE"));
         }
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return Err(Error::config(
+                "num_attention_heads",
+                format!(
+                    "{} does not divide hidden_size {} (and no head_dim is given)",
+                    self.num_attention_heads, self.hidden_size
+                ),
+            ));
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
+            return Err(Error::config(
+                "rms_norm_eps",
+                format!("{} is not a finite number > 0", self.rms_norm_eps),
+            ));
+        }
         if self.hidden_act != "silu" {
             return Err(Error::config(
                 "hidden_act",
                 format!("only silu is implemented, found {}", self.hidden_act),
             ));
         }
-        let rope_type = self
-            .rope_parameters
-            .as_ref()
-            .and_then(|p| p.get("rope_type"))
-            .and_then(|t| t.as_str());
-        if matches!(rope_type, Some(t) if t != "default") {
-            return Err(Error::config(
-                "rope_parameters.rope_type",
-                "only the default RoPE is implemented",
-            ));
+        if let Some(types) = &self.layer_types {
+            if types.len() != self.num_hidden_layers {
+                return Err(Error::config(
+                    "layer_types",
+                    format!(
+                        "{} entries for {} layers",
+                        types.len(),
+                        self.num_hidden_layers
+                    ),
+                ));
+            }
+            if let Some(t) = types
+                .iter()
+                .find(|t| !matches!(t.as_str(), "full_attention" | "sliding_attention"))
+            {
+                return Err(Error::config(
+                    "layer_types",
+                    format!("`{t}` is not full_attention or sliding_attention"),
+                ));
+            }
         }
-        if matches!(&self.rope_scaling, Some(v) if !v.is_null()) {
-            return Err(Error::config(
-                "rope_scaling",
-                "RoPE scaling is not implemented",
-            ));
-        }
+        self.rope()?;
+        crate::hf::check_extra(family, &self.extra)?;
         Ok(())
     }
 }
@@ -218,13 +570,20 @@ impl Llama {
                 v.push((format!("{p}.self_attn.v_proj.bias"), vec![kv]));
             }
             v.push((format!("{p}.self_attn.o_proj.weight"), vec![h, q]));
-            if c.attention_bias {
+            if c.o_bias() {
                 v.push((format!("{p}.self_attn.o_proj.bias"), vec![h]));
             }
             v.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
-            v.push((format!("{p}.mlp.gate_proj.weight"), vec![f, h]));
-            v.push((format!("{p}.mlp.up_proj.weight"), vec![f, h]));
-            v.push((format!("{p}.mlp.down_proj.weight"), vec![h, f]));
+            for (name, shape) in [
+                ("gate_proj", [f, h]),
+                ("up_proj", [f, h]),
+                ("down_proj", [h, f]),
+            ] {
+                v.push((format!("{p}.mlp.{name}.weight"), shape.to_vec()));
+                if c.mlp_biases() {
+                    v.push((format!("{p}.mlp.{name}.bias"), vec![shape[0]]));
+                }
+            }
         }
         v.push(("model.norm.weight".to_string(), vec![h]));
         if !c.tie_word_embeddings {
@@ -257,7 +616,7 @@ impl Llama {
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let config: LlamaConfig = checkpoint::read_config(dir)?;
         config.validate()?;
-        let mut tensors = checkpoint::read_weights(dir, device)?;
+        let tensors = checkpoint::read_weights(dir, device)?;
         let file = dir.join(checkpoint::WEIGHTS_FILE);
         let mut params = Params::new();
         let shapes = checkpoint::with_lowrank(
@@ -265,19 +624,10 @@ impl Llama {
             &config.cohort_lowrank,
             &Self::linears(&config),
         )?;
-        for (name, shape) in shapes {
-            let t = tensors.remove(&name).ok_or_else(|| Error::MissingTensor {
-                path: file.clone(),
-                name: name.clone(),
-            })?;
-            if t.dims() != shape.as_slice() {
-                return Err(Error::TensorShape {
-                    path: file.clone(),
-                    name,
-                    expected: shape,
-                    found: t.dims().to_vec(),
-                });
-            }
+        let tied = config
+            .tie_word_embeddings
+            .then_some("model.embed_tokens.weight");
+        for (name, t) in checkpoint::take_exact(tensors, shapes, &file, tied)? {
             params.insert(&name, t.to_dtype(DType::F32)?, true)?;
         }
         let mut weights = Weights::new(params);
@@ -304,8 +654,17 @@ impl Llama {
             &config.cohort_lowrank,
             &Self::linears(&config),
         )?;
-        let weights =
-            crate::mapped::frozen_weights(dir, device, &shapes, &config.cohort_lowrank, "Llama")?;
+        let tied = config
+            .tie_word_embeddings
+            .then_some("model.embed_tokens.weight");
+        let weights = crate::mapped::frozen_weights(
+            dir,
+            device,
+            &shapes,
+            &config.cohort_lowrank,
+            "Llama",
+            tied,
+        )?;
         Ok(Self {
             config,
             weights,
@@ -345,10 +704,10 @@ impl Llama {
                     lin(format!("{a}.q_proj"), h, q, qb),
                     lin(format!("{a}.k_proj"), h, kv, qb),
                     lin(format!("{a}.v_proj"), h, kv, qb),
-                    lin(format!("{a}.o_proj"), q, h, c.attention_bias),
-                    lin(format!("{m}.gate_proj"), h, f, false),
-                    lin(format!("{m}.up_proj"), h, f, false),
-                    lin(format!("{m}.down_proj"), f, h, false),
+                    lin(format!("{a}.o_proj"), q, h, c.o_bias()),
+                    lin(format!("{m}.gate_proj"), h, f, c.mlp_biases()),
+                    lin(format!("{m}.up_proj"), h, f, c.mlp_biases()),
+                    lin(format!("{m}.down_proj"), f, h, c.mlp_biases()),
                 ]
             })
             .collect()
@@ -360,25 +719,31 @@ impl Llama {
         Ok(x.broadcast_div(&ms.sqrt()?)?.broadcast_mul(&w)?)
     }
 
-    /// cos and sin tables `[T, 1, hd]` (Hugging Face's layout: frequencies repeated twice).
+    /// cos and sin tables `[T, 1, hd]` ([`Rope::tables`]).
     fn rope_tables(&self, t: usize) -> Result<(Tensor, Tensor)> {
         let hd = self.config.head_dim();
-        let half = hd / 2;
-        let mut cos = Vec::with_capacity(t * hd);
-        let mut sin = Vec::with_capacity(t * hd);
-        for pos in 0..t {
-            let row: Vec<f64> = (0..half)
-                .map(|i| pos as f64 / self.config.theta().powf(2.0 * i as f64 / hd as f64))
-                .collect();
-            for _ in 0..2 {
-                cos.extend(row.iter().map(|a| a.cos() as f32));
-                sin.extend(row.iter().map(|a| a.sin() as f32));
-            }
-        }
+        let (cos, sin) = self.config.rope()?.tables(t);
         Ok((
             Tensor::from_vec(cos, (t, 1, hd), &self.device)?,
             Tensor::from_vec(sin, (t, 1, hd), &self.device)?,
         ))
+    }
+
+    /// Refuses `t` positions beyond the context ([`LlamaConfig::max_context`]).
+    pub(crate) fn check_len(&self, t: usize) -> Result<()> {
+        let ctx = self.config.max_context();
+        if t > ctx {
+            let field = if ctx < self.config.max_positions() {
+                "sliding_window"
+            } else {
+                "max_position_embeddings"
+            };
+            return Err(Error::config(
+                field,
+                format!("{t} positions exceed the context of {ctx}"),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -388,15 +753,7 @@ impl Llama {
         let (b, t) = ids.dims2()?;
         let past = cache.len();
         let c = &self.config;
-        if past + t > c.max_position_embeddings {
-            return Err(Error::config(
-                "max_position_embeddings",
-                format!(
-                    "{past} cached + {t} new positions exceed the context of {}",
-                    c.max_position_embeddings
-                ),
-            ));
-        }
+        self.check_len(past + t)?;
         let (nh, nkv, hd) = (c.num_attention_heads, c.kv_heads(), c.head_dim());
         let rep = nh / nkv;
         let (cos, sin) = self.rope_tables(past + t)?;
@@ -469,7 +826,7 @@ impl LanguageModel for Llama {
     }
 
     fn max_context(&self) -> usize {
-        self.config.max_position_embeddings
+        self.config.max_context()
     }
 
     fn device(&self) -> &Device {
@@ -481,10 +838,18 @@ impl LanguageModel for Llama {
         ids: &Tensor,
         targets: &Tensor,
     ) -> Option<Result<(f64, Vec<Vec<f32>>)>> {
+        if let Err(e) = ids
+            .dim(D::Minus1)
+            .map_err(Error::from)
+            .and_then(|t| self.check_len(t))
+        {
+            return Some(Err(e));
+        }
         crate::fast::tensor_loss_and_grads(self, ids, targets, crate::fast::llama::loss_and_grads)
     }
 
     fn forward_eval(&self, ids: &Tensor) -> Result<Tensor> {
+        self.check_len(ids.dim(D::Minus1)?)?;
         crate::fast::tensor_logits(self, ids, crate::fast::llama::logits)
     }
 
@@ -494,6 +859,7 @@ impl LanguageModel for Llama {
 
     fn hidden(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
+        self.check_len(t)?;
         let c = &self.config;
         let (nh, nkv, hd) = (c.num_attention_heads, c.kv_heads(), c.head_dim());
         let rep = nh / nkv;

@@ -96,6 +96,12 @@ impl LoraConfig {
         if self.r == 0 {
             return Err(Error::config("r", "LoRA rank must be positive"));
         }
+        if !(self.lora_alpha.is_finite() && self.lora_alpha > 0.0) {
+            return Err(Error::config(
+                "lora_alpha",
+                format!("{} is not a finite number > 0", self.lora_alpha),
+            ));
+        }
         if !(0.0..1.0).contains(&self.lora_dropout) {
             return Err(Error::config(
                 "lora_dropout",
@@ -203,6 +209,16 @@ impl Lora {
                 format!(
                     "{:?} match no linear layer of this model",
                     config.target_modules
+                ),
+            ));
+        }
+        if let Some(l) = targeted.iter().find(|l| config.r > l.d_in.min(l.d_out)) {
+            return Err(Error::config(
+                "r",
+                format!(
+                    "rank {} exceeds the smaller side of `{}` ({} x {}): the adapter would add \
+                     parameters without adding expressiveness",
+                    config.r, l.path, l.d_out, l.d_in
                 ),
             ));
         }
@@ -342,7 +358,7 @@ impl Lora {
         let path = dir.join(ADAPTER_CONFIG_FILE);
         let s = serde_json::to_string_pretty(&self.config).map_err(|e| Error::Json {
             path: path.clone(),
-            source: e,
+            error: e,
         })?;
         std::fs::write(&path, s + "\n").map_err(|e| Error::io(&path, e))?;
         let mut ts = Vec::new();
@@ -358,7 +374,7 @@ impl Lora {
     pub fn load_config(dir: &Path) -> Result<LoraConfig> {
         let path = dir.join(ADAPTER_CONFIG_FILE);
         let s = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        serde_json::from_str(&s).map_err(|e| Error::Json { path, source: e })
+        serde_json::from_str(&s).map_err(|e| Error::Json { path, error: e })
     }
 
     /// Attaches the adapter saved in `dir` (its config and weights) to `params`.

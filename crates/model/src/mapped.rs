@@ -81,6 +81,8 @@ pub struct MappedWeights {
     entries: BTreeMap<String, Entry>,
     /// candle copies made on demand by [`MappedWeights::tensor`].
     materialised: Mutex<HashMap<String, Tensor>>,
+    /// Tensors of the files that were not wanted, sorted.
+    unused: Vec<String>,
 }
 
 impl std::fmt::Debug for MappedWeights {
@@ -203,13 +205,18 @@ impl MappedWeights {
             });
         }
         let mut entries = BTreeMap::new();
+        let mut used = std::collections::HashSet::new();
         for (name, shape) in wanted {
             let short = name.strip_prefix("transformer.");
             let found = headers.iter().enumerate().find_map(|(i, (_, h))| {
-                h.get(name.as_str())
-                    .or_else(|| short.and_then(|s| h.get(s)))
-                    .map(|e| (i, e))
+                h.get_key_value(name.as_str())
+                    .or_else(|| short.and_then(|s| h.get_key_value(s)))
+                    .map(|(k, e)| (i, k, e))
             });
+            if let Some((i, k, _)) = found {
+                used.insert((i, k.clone()));
+            }
+            let found = found.map(|(i, _, e)| (i, e));
             let Some((i, h)) = found else {
                 return Err(Error::MissingTensor {
                     path: paths
@@ -283,11 +290,25 @@ impl MappedWeights {
                 f.map = None;
             }
         }
+        let mut unused: Vec<String> = headers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (_, h))| h.keys().map(move |k| (i, k)))
+            .filter(|(i, k)| !used.contains(&(*i, (*k).clone())))
+            .map(|(_, k)| k.clone())
+            .collect();
+        unused.sort_unstable();
         Ok(Self {
             files,
             entries,
             materialised: Mutex::new(HashMap::new()),
+            unused,
         })
+    }
+
+    /// The tensors of the files that were not asked for, sorted.
+    pub fn unused(&self) -> &[String] {
+        &self.unused
     }
 
     /// The values of tensor `name` (row-major), read in place where possible.
@@ -419,13 +440,16 @@ fn to_f32(bytes: &[u8], dtype: DType, shape: &[usize]) -> Result<Vec<f32>> {
 
 /// The [`Weights`](crate::model::Weights) of a `load_mapped`: empty `params` and the base
 /// tensors `shapes` (already adjusted for the SVD-factored layers in `lowrank`) mapped from the
-/// model directory `dir`. `kind` names the loader to use instead on a non-CPU device.
+/// model directory `dir`, which must hold no other tensor (known buffers aside; a stored
+/// `lm_head.weight` of a model tied to the embedding `tied` must equal it). `kind` names the
+/// loader to use instead on a non-CPU device.
 pub(crate) fn frozen_weights(
     dir: &Path,
     device: &Device,
     shapes: &[(String, Vec<usize>)],
     lowrank: &std::collections::BTreeMap<String, usize>,
     kind: &str,
+    tied: Option<&str>,
 ) -> Result<crate::model::Weights> {
     if !device.is_cpu() {
         return Err(Error::config(
@@ -433,7 +457,33 @@ pub(crate) fn frozen_weights(
             format!("memory-mapped weights are read on the CPU only; use {kind}::load"),
         ));
     }
-    let mapped = MappedWeights::open_dir(dir, shapes)?;
+    let mut mapped = MappedWeights::open_dir(dir, shapes)?;
+    let head = "lm_head.weight";
+    if let Some(emb) = tied.filter(|_| mapped.unused.iter().any(|n| n == head)) {
+        let shape = mapped
+            .shape(emb)
+            .ok_or_else(|| Error::Params(format!("no frozen tensor `{emb}`")))?
+            .to_vec();
+        let mut with_head = shapes.to_vec();
+        with_head.push((head.to_string(), shape));
+        let both = MappedWeights::open_dir(dir, &with_head)?;
+        if both.slice(head) != both.slice(emb) {
+            return Err(Error::config(
+                "tie_word_embeddings",
+                format!(
+                    "{}: `lm_head.weight` differs from the tied embedding `{emb}` (set \
+                     tie_word_embeddings to false to use it)",
+                    dir.display()
+                ),
+            ));
+        }
+        mapped.unused.retain(|n| n != head);
+    }
+    let file = mapped
+        .files()
+        .next()
+        .map_or_else(|| dir.join(WEIGHTS_FILE), Path::to_path_buf);
+    crate::checkpoint::refuse_leftovers(&file, mapped.unused.iter().cloned())?;
     let mut weights = crate::model::Weights::new(crate::params::Params::new());
     weights.lowrank = lowrank.clone();
     weights.frozen = Some(std::sync::Arc::new(mapped));

@@ -48,6 +48,50 @@ impl Default for AdamWConfig {
 }
 
 impl AdamWConfig {
+    /// Checks every setting: `lr` finite and positive, `min_lr` finite and >= 0, betas in
+    /// [0, 1), `eps` finite and positive, `weight_decay` and `grad_clip` finite and not negative.
+    pub fn validate(&self) -> Result<()> {
+        let check = |field: &str, v: f64, ok: bool, range: &str| {
+            if v.is_finite() && ok {
+                Ok(())
+            } else {
+                Err(Error::config(field, format!("{v} is not {range}")))
+            }
+        };
+        check("lr", self.lr, self.lr > 0.0, "a finite number > 0")?;
+        check(
+            "min_lr",
+            self.min_lr,
+            self.min_lr >= 0.0,
+            "a finite number >= 0",
+        )?;
+        check(
+            "weight_decay",
+            self.weight_decay,
+            self.weight_decay >= 0.0,
+            "a finite number >= 0",
+        )?;
+        check(
+            "beta1",
+            self.beta1,
+            (0.0..1.0).contains(&self.beta1),
+            "in [0, 1)",
+        )?;
+        check(
+            "beta2",
+            self.beta2,
+            (0.0..1.0).contains(&self.beta2),
+            "in [0, 1)",
+        )?;
+        check("eps", self.eps, self.eps > 0.0, "a finite number > 0")?;
+        check(
+            "grad_clip",
+            self.grad_clip,
+            self.grad_clip >= 0.0,
+            "a finite number >= 0 (0: no clipping)",
+        )
+    }
+
     /// The learning rate at `step` (0-based).
     pub fn lr_at(&self, step: usize) -> f64 {
         if step < self.warmup_steps {

@@ -65,8 +65,37 @@ impl Tokenizer {
         }
     }
 
-    /// Token ids of `text`.
+    /// Token ids of `text` as transformers' tokenizer gives them by default
+    /// (`tokenizer(text).input_ids`, `add_special_tokens=True`): a Hugging Face tokenizer's
+    /// post-processor adds its special tokens (Llama 2/3 and Mistral put BOS first); byte and
+    /// character tokenisers have none. See [`Tokenizer::encode_plain`].
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        match self {
+            Self::Hf(t) => t
+                .encode(text, true)
+                .map(|e| e.get_ids().to_vec())
+                .map_err(|e| Error::Tokenizer(e.to_string())),
+            _ => self.encode_plain(text),
+        }
+    }
+
+    /// The special tokens [`Tokenizer::encode`] adds to a text (the ids of an empty text's
+    /// encoding): `[BOS]` for Llama-style tokenizers, none for most others.
+    pub fn special_tokens_added(&self) -> Result<Vec<u32>> {
+        self.encode("")
+    }
+
+    /// The largest token id this tokeniser can produce, if it has any token.
+    pub fn max_id(&self) -> Option<u32> {
+        match self {
+            Self::Bytes => Some(255),
+            Self::Chars(c) => u32::try_from(c.chars.len()).ok()?.checked_sub(1),
+            Self::Hf(t) => t.get_vocab(true).into_values().max(),
+        }
+    }
+
+    /// Token ids of `text` without special tokens (`add_special_tokens=False`).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
         match self {
             Self::Bytes => Ok(text.bytes().map(u32::from).collect()),
             Self::Chars(c) => text
@@ -131,15 +160,42 @@ impl Tokenizer {
                 let path = dir.join(COHORT_TOKENIZER_FILE);
                 let s = serde_json::to_string_pretty(&saved).map_err(|e| Error::Json {
                     path: path.clone(),
-                    source: e,
+                    error: e,
                 })?;
                 std::fs::write(&path, s + "\n").map_err(|e| Error::io(&path, e))
             }
         }
     }
 
+    /// Reads the tokeniser of the model directory `dir` for a model of `vocab` tokens: its
+    /// `tokenizer.json` or `cohort_tokenizer.json`, which must exist (an error names both
+    /// files if neither does) and produce no id outside the model's vocabulary (checked here,
+    /// not halfway through a generation).
+    pub fn load_for_model(dir: &Path, vocab: usize) -> Result<Self> {
+        let files = [HF_TOKENIZER_FILE, COHORT_TOKENIZER_FILE];
+        if !files.iter().any(|f| dir.join(f).exists()) {
+            return Err(Error::Tokenizer(format!(
+                "{}: the tokenizer is missing (neither {} nor {} is there)",
+                dir.display(),
+                files[0],
+                files[1]
+            )));
+        }
+        let t = Self::load(dir)?;
+        if let Some(max) = t.max_id().filter(|&m| m as usize >= vocab) {
+            return Err(Error::Tokenizer(format!(
+                "{}: the tokenizer has ids up to {max} ({} tokens) but the model's vocabulary \
+                 has {vocab}",
+                dir.display(),
+                t.vocab_size()
+            )));
+        }
+        Ok(t)
+    }
+
     /// Reads the tokeniser of a model directory: `tokenizer.json` if present, else
-    /// `cohort_tokenizer.json`, else raw bytes.
+    /// `cohort_tokenizer.json`, else raw bytes. [`Tokenizer::load_for_model`] also checks it
+    /// against the model.
     pub fn load(dir: &Path) -> Result<Self> {
         let hf = dir.join(HF_TOKENIZER_FILE);
         if hf.exists() {
@@ -154,7 +210,7 @@ impl Tokenizer {
         let s = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         match serde_json::from_str(&s).map_err(|e| Error::Json {
             path: path.clone(),
-            source: e,
+            error: e,
         })? {
             Saved::Bytes => Ok(Self::Bytes),
             Saved::Chars { chars } => Ok(Self::from_alphabet(chars.chars().collect())),
@@ -174,6 +230,19 @@ mod tests {
         assert_eq!(t.decode(&ids).unwrap(), "world hello");
         assert!(t.encode("xyz").is_err());
         assert!(t.decode(&[99]).is_err());
+        assert_eq!(t.max_id(), Some(7));
+        assert!(t.special_tokens_added().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_missing_or_too_large_tokenizer_is_refused_when_loading() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Tokenizer::load_for_model(dir.path(), 65).unwrap_err();
+        assert!(e.to_string().contains("missing"), "{e}");
+        Tokenizer::chars_of("abcdef").save(dir.path()).unwrap();
+        assert!(Tokenizer::load_for_model(dir.path(), 6).is_ok());
+        let e = Tokenizer::load_for_model(dir.path(), 5).unwrap_err();
+        assert!(e.to_string().contains("ids up to 5"), "{e}");
     }
 
     #[test]

@@ -88,14 +88,19 @@ const STATE_FILE: &str = "trainer_state.json";
 const OPTIM_FILE: &str = "optimizer.safetensors";
 
 impl Trainer {
-    /// A fresh run for `model`'s trainable parameters.
+    /// A fresh run for `model`'s trainable parameters. Refuses zero sizes, a sequence longer
+    /// than the model's context and optimiser settings [`AdamWConfig::validate`] refuses.
     pub fn new(model: &dyn LanguageModel, config: TrainConfig) -> Result<Self> {
-        if config.batch_size == 0 || config.seq_len == 0 || config.grad_accum == 0 {
-            return Err(Error::config(
-                "batch_size/seq_len/grad_accum",
-                "must be positive",
-            ));
+        for (field, v) in [
+            ("batch_size", config.batch_size),
+            ("seq_len", config.seq_len),
+            ("grad_accum", config.grad_accum),
+        ] {
+            if v == 0 {
+                return Err(Error::config(field, "must be at least 1"));
+            }
         }
+        config.optim.validate()?;
         if config.seq_len > model.max_context() {
             return Err(Error::config(
                 "seq_len",
@@ -271,7 +276,7 @@ impl Trainer {
         };
         let json = serde_json::to_string_pretty(&s).map_err(|e| Error::Json {
             path: path.clone(),
-            source: e,
+            error: e,
         })?;
         std::fs::write(&path, json + "\n").map_err(|e| Error::io(&path, e))
     }
@@ -282,7 +287,7 @@ impl Trainer {
         let path = dir.join(STATE_FILE);
         let s = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         let saved: SavedState =
-            serde_json::from_str(&s).map_err(|e| Error::Json { path, source: e })?;
+            serde_json::from_str(&s).map_err(|e| Error::Json { path, error: e })?;
         let mut t = Self::new(model, saved.config)?;
         let file = dir.join(OPTIM_FILE);
         t.optim
@@ -318,6 +323,9 @@ pub fn evaluate(
             .filter(|(a, b)| **a == *b)
             .count();
         n += b * t;
+    }
+    if n == 0 {
+        return Err(Error::Data("no evaluation window".into()));
     }
     let loss = loss_sum / n as f64;
     Ok(EvalStats {

@@ -23,7 +23,7 @@ fn model(kind: &str, heads: usize, kv: usize, tied: bool) -> Llama {
     let mut c = LlamaConfig::small(kind, 29, 32, 2, heads, kv);
     c.intermediate_size = 40;
     c.tie_word_embeddings = tied;
-    c.max_position_embeddings = 64;
+    c.max_position_embeddings = Some(64);
     let m = Llama::new(c, 7, &Device::Cpu).unwrap();
     // Norm weights away from 1 and non-zero biases, so that their gradients are exercised.
     for s in m.params().spec() {

@@ -34,7 +34,7 @@ fn corpus() -> (Tokenizer, TokenData) {
     let text = shakespeare(20_000);
     let tok = Tokenizer::chars_of(&text);
     let ids = tok.encode(&text).unwrap();
-    (tok, TokenData::split(ids, 0.1))
+    (tok, TokenData::split(ids, 0.1).unwrap())
 }
 
 fn train(model: &Gpt, data: &TokenData, steps: usize, seed: u64) -> (Trainer, Vec<f64>) {

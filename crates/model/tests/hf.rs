@@ -158,13 +158,17 @@ fn unsupported_configs_name_the_field() {
         &std::fs::read_to_string(fixture("llama").join("config.json")).unwrap(),
     )
     .unwrap();
-    cfg["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0});
+    // Llama 3.1's RoPE is implemented (tests/parity.rs), LongRoPE is not.
+    cfg["rope_scaling"] = serde_json::json!({"rope_type": "longrope", "factor": 8.0});
     std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
     let err = load_any(tmp.path(), &Device::Cpu)
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("rope_scaling"), "{err}");
+    assert!(
+        err.contains("rope_type") && err.contains("longrope"),
+        "{err}"
+    );
     cfg["model_type"] = "falcon".into();
     std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
     let err = load_any(tmp.path(), &Device::Cpu)

@@ -43,7 +43,7 @@ fn data() -> TokenData {
             }
         })
         .collect();
-    TokenData::split(ids, 0.1)
+    TokenData::split(ids, 0.1).unwrap()
 }
 
 #[test]

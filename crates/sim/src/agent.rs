@@ -21,6 +21,11 @@ pub enum AgentKind {
     Spammer,
 }
 
+/// The largest start balance or deposit an agent may have, in whole tokens.
+pub const MAX_AGENT_TOKENS: u64 = 1_000_000_000_000;
+/// The longest wait an agent may draw, in seconds (100 years).
+pub const MAX_AGENT_WAIT: u64 = 100 * 365 * 86_400;
+
 /// One participant's behaviour. Amounts are whole tokens, times seconds.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AgentSpec {
@@ -125,8 +130,8 @@ impl AgentSpec {
     /// Checks the numbers.
     pub fn validate(&self) -> Result<(), SimError> {
         let bad = |what: &str| Err(SimError::Config(format!("agent {:?}: {what}", self.name)));
-        if self.start_balance == 0 {
-            return bad("start balance must be positive");
+        if !(1..=MAX_AGENT_TOKENS).contains(&self.start_balance) {
+            return bad("start balance must be between 1 and 10^12 tokens");
         }
         if !(self.deposit_mean.is_finite()
             && self.deposit_std.is_finite()
@@ -142,6 +147,13 @@ impl AgentSpec {
             || self.wait_mean + 6.0 * self.wait_std < 1.0
         {
             return bad("deposit and wait means must allow draws of at least 1");
+        }
+        // Bounded so that balances, deposits and the clock stay far inside their integers.
+        if self.deposit_mean + 6.0 * self.deposit_std > MAX_AGENT_TOKENS as f64 {
+            return bad("deposits must stay below 10^12 tokens (mean + 6 deviations)");
+        }
+        if self.wait_mean + 6.0 * self.wait_std > MAX_AGENT_WAIT as f64 {
+            return bad("waits must stay below 100 years (mean + 6 deviations)");
         }
         if !(0.0..=1.0).contains(&self.mistake_rate) {
             return bad("mistake rate must be in [0, 1]");

@@ -95,6 +95,14 @@ pub enum SimError {
     /// The EVM failed to run a call, or a result did not decode.
     #[error("chain: {0}")]
     Chain(String),
+    /// A chart could not be drawn or written.
+    #[error("{path}: {reason}")]
+    Plot {
+        /// The chart's file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// The contract and the Rust reference disagreed.
     #[error(
         "the contract and the Rust reference disagree on {call}: reference {reference}, chain {chain}"

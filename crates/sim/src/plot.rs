@@ -1,7 +1,19 @@
-//! Hand-written SVG charts: line panels with axes, ticks and a legend.
+//! Charts of simulator runs, drawn with [plotters](https://docs.rs/plotters): a grid of line
+//! panels under a title, each with its axes, round tick labels and a legend beside it.
+//!
+//! A [`Chart`] is data (panels of [`Series`]); [`Chart::write`] draws it as SVG or PNG by the
+//! file's extension ([`PlotFormat`]). SVG keeps its text as text (font family `sans-serif`);
+//! PNG draws text with the DejaVu Sans subset committed in `crates/sim/assets/fonts/` through
+//! plotters' pure-Rust `ab_glyph` path, so neither needs system fonts.
 
-use std::fmt::Write;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
+use plotters::backend::RGBPixel;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use crate::SimError;
 use crate::agent::AgentKind;
 use crate::report::RunReport;
 
@@ -10,10 +22,10 @@ use crate::report::RunReport;
 pub struct Series {
     /// Legend text.
     pub name: String,
-    /// Stroke colour.
+    /// Stroke colour, `#rrggbb`.
     pub color: String,
-    /// `stroke-dasharray`, if dashed.
-    pub dash: Option<String>,
+    /// Dash and gap lengths in pixels, if dashed.
+    pub dash: Option<(u32, u32)>,
     /// Points, in x order.
     pub points: Vec<(f64, f64)>,
     /// Draw a marker at every point.
@@ -37,18 +49,75 @@ pub struct Panel {
     pub x_range: Option<(f64, f64)>,
 }
 
-const PANEL_W: f64 = 560.0;
-const PANEL_H: f64 = 300.0;
-const MARGIN_L: f64 = 64.0;
-const MARGIN_R: f64 = 170.0;
-const MARGIN_T: f64 = 34.0;
-const MARGIN_B: f64 = 48.0;
+/// Panels in a grid of `cols` columns under a title.
+#[derive(Debug, Clone, Default)]
+pub struct Chart {
+    /// The title over all panels.
+    pub title: String,
+    /// The panels, row by row.
+    pub panels: Vec<Panel>,
+    /// Panels per row.
+    pub cols: usize,
+}
+
+/// The file formats a chart is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlotFormat {
+    /// Scalable vector graphics, text as text.
+    Svg,
+    /// A PNG bitmap.
+    Png,
+}
+
+impl PlotFormat {
+    /// The format a path's extension names (`.svg` or `.png`, any case).
+    pub fn from_path(path: &Path) -> Result<Self, SimError> {
+        match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Some("svg") => Ok(Self::Svg),
+            Some("png") => Ok(Self::Png),
+            _ => Err(SimError::Plot {
+                path: path.to_path_buf(),
+                reason: "the file name must end in .svg or .png".into(),
+            }),
+        }
+    }
+}
+
+const PANEL_W: u32 = 640;
+const PANEL_H: u32 = 340;
+const LEGEND_W: u32 = 180;
+const TITLE_H: u32 = 34;
+const FONT: &str = "sans-serif";
+/// The largest PNG drawn (the bitmap is held in memory): 100 megapixels.
+const MAX_PNG_PIXELS: u64 = 100_000_000;
 
 /// Colours for successive series.
 pub const PALETTE: [&str; 8] = [
     "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666",
 ];
 
+/// The DejaVu Sans subset that PNG text is drawn with.
+static FONT_BYTES: &[u8] = include_bytes!("../assets/fonts/DejaVuSans-subset.ttf");
+
+/// Registers the committed font as `sans-serif` for plotters, once.
+fn register_font() -> Result<(), String> {
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    let ok = *REGISTERED.get_or_init(|| {
+        plotters::style::register_font(FONT, FontStyle::Normal, FONT_BYTES).is_ok()
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err("the committed font (assets/fonts/DejaVuSans-subset.ttf) does not parse".into())
+    }
+}
+
+/// A step of 1, 2 or 5 times a power of ten that cuts `span` into about `ticks` parts.
 fn nice_step(span: f64, ticks: f64) -> f64 {
     let raw = (span / ticks).max(1e-12);
     let mag = 10f64.powf(raw.log10().floor());
@@ -65,21 +134,18 @@ fn nice_step(span: f64, ticks: f64) -> f64 {
     n * mag
 }
 
+/// A tick label with as many decimals as the step needs.
 fn fmt_tick(v: f64, step: f64) -> String {
+    let v = if v.abs() < step * 1e-9 { 0.0 } else { v };
     if step >= 1.0 {
         format!("{v:.0}")
     } else {
-        let d = (-step.log10().floor()) as usize;
+        let d = ((-step.log10().floor()) as usize).min(12);
         format!("{v:.d$}")
     }
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
+/// The panel's x and y ranges: fixed ones, else the finite points' extent (never empty).
 fn range(panel: &Panel) -> ((f64, f64), (f64, f64)) {
     let pts = panel
         .series
@@ -101,175 +167,226 @@ fn range(panel: &Panel) -> ((f64, f64), (f64, f64)) {
     if !x0.is_finite() {
         (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
     }
-    if let Some(r) = panel.y_range {
-        (y0, y1) = r;
+    if let Some(r) = panel.y_range.filter(|r| r.0.is_finite() && r.1.is_finite()) {
+        (y0, y1) = (r.0.min(r.1), r.0.max(r.1));
     }
-    if let Some(r) = panel.x_range {
-        (x0, x1) = r;
+    if let Some(r) = panel.x_range.filter(|r| r.0.is_finite() && r.1.is_finite()) {
+        (x0, x1) = (r.0.min(r.1), r.0.max(r.1));
     }
     if x1 - x0 < 1e-12 {
-        x1 = x0 + 1.0;
+        (x0, x1) = (x0 - 0.5, x1 + 0.5);
     }
     if y1 - y0 < 1e-12 {
         (y0, y1) = (y0 - 1.0, y1 + 1.0);
+    } else if panel.y_range.is_none() {
+        let pad = (y1 - y0) * 0.05;
+        (y0, y1) = (y0 - pad, y1 + pad);
     }
     ((x0, x1), (y0, y1))
 }
 
-fn draw_panel(out: &mut String, panel: &Panel, ox: f64, oy: f64) {
+fn rgb(hex: &str) -> RGBColor {
+    let h = hex.trim_start_matches('#');
+    let c = |i: usize| {
+        h.get(i..i + 2)
+            .and_then(|s| u8::from_str_radix(s, 16).ok())
+            .unwrap_or(0)
+    };
+    if h.len() == 6 {
+        RGBColor(c(0), c(2), c(4))
+    } else {
+        BLACK
+    }
+}
+
+type DrawResult<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
+
+fn draw_panel<DB: DrawingBackend>(cell: &DrawingArea<DB, Shift>, panel: &Panel) -> DrawResult<DB> {
     let ((x0, x1), (y0, y1)) = range(panel);
-    let (pw, ph) = (PANEL_W - MARGIN_L - MARGIN_R, PANEL_H - MARGIN_T - MARGIN_B);
-    let sx = |x: f64| ox + MARGIN_L + (x - x0) / (x1 - x0) * pw;
-    let sy = |y: f64| oy + MARGIN_T + ph - (y - y0) / (y1 - y0) * ph;
-    let _ = writeln!(
-        out,
-        r#"<text x="{:.1}" y="{:.1}" font-size="14" font-weight="bold">{}</text>"#,
-        ox + MARGIN_L,
-        oy + 20.0,
-        esc(&panel.title)
-    );
-    let _ = writeln!(
-        out,
-        r##"<rect x="{:.1}" y="{:.1}" width="{pw:.1}" height="{ph:.1}" fill="none" stroke="#444"/>"##,
-        ox + MARGIN_L,
-        oy + MARGIN_T
-    );
-    let xs = nice_step(x1 - x0, 6.0);
-    let mut t = (x0 / xs).ceil() * xs;
-    while t <= x1 + xs * 1e-9 {
-        let x = sx(t);
-        let _ = writeln!(
-            out,
-            r##"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/><text x="{x:.1}" y="{:.1}" font-size="11" text-anchor="middle">{}</text>"##,
-            oy + MARGIN_T,
-            oy + MARGIN_T + ph,
-            oy + MARGIN_T + ph + 15.0,
-            fmt_tick(t, xs)
-        );
-        t += xs;
-    }
-    let ys = nice_step(y1 - y0, 5.0);
-    let mut t = (y0 / ys).ceil() * ys;
-    while t <= y1 + ys * 1e-9 {
-        let y = sy(t);
-        let _ = writeln!(
-            out,
-            r##"<line x1="{:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end">{}</text>"##,
-            ox + MARGIN_L,
-            ox + MARGIN_L + pw,
-            ox + MARGIN_L - 5.0,
-            y + 4.0,
-            fmt_tick(t, ys)
-        );
-        t += ys;
-    }
-    let _ = writeln!(
-        out,
-        r#"<text x="{:.1}" y="{:.1}" font-size="12" text-anchor="middle">{}</text>"#,
-        ox + MARGIN_L + pw / 2.0,
-        oy + PANEL_H - 10.0,
-        esc(&panel.x_label)
-    );
-    let (lx, ly) = (ox + 16.0, oy + MARGIN_T + ph / 2.0);
-    let _ = writeln!(
-        out,
-        r#"<text x="{lx:.1}" y="{ly:.1}" font-size="12" text-anchor="middle" transform="rotate(-90 {lx:.1} {ly:.1})">{}</text>"#,
-        esc(&panel.y_label)
-    );
-    let _ = writeln!(out, "<g>");
+    let (plot, legend) = cell.split_horizontally(PANEL_W - LEGEND_W);
+    let (xs, ys) = (nice_step(x1 - x0, 6.0), nice_step(y1 - y0, 5.0));
+    let x_fmt = move |x: &f64| fmt_tick(*x, xs);
+    let y_fmt = move |y: &f64| fmt_tick(*y, ys);
+    let mut chart = ChartBuilder::on(&plot)
+        .caption(&panel.title, (FONT, 15))
+        .margin(8)
+        .x_label_area_size(42)
+        .y_label_area_size(62)
+        .build_cartesian_2d(x0..x1, y0..y1)?;
+    chart
+        .configure_mesh()
+        .x_desc(panel.x_label.as_str())
+        .y_desc(panel.y_label.as_str())
+        .label_style((FONT, 12))
+        .axis_desc_style((FONT, 12))
+        .x_labels(8)
+        .y_labels(7)
+        .x_label_formatter(&x_fmt)
+        .y_label_formatter(&y_fmt)
+        .bold_line_style(RGBColor(220, 220, 220))
+        .max_light_lines(0)
+        .draw()?;
     for s in &panel.series {
-        let pts: Vec<String> = s
+        let color = rgb(&s.color);
+        let style = ShapeStyle::from(color).stroke_width(2);
+        let pts: Vec<(f64, f64)> = s
             .points
             .iter()
             .filter(|p| p.0.is_finite() && p.1.is_finite())
-            .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y.clamp(y0, y1))))
+            .map(|&(x, y)| (x, y.clamp(y0, y1)))
             .collect();
-        if pts.is_empty() {
-            continue;
+        match s.dash.filter(|&(dash, gap)| dash > 0 && gap > 0) {
+            Some((dash, gap)) => {
+                chart.draw_series(DashedLineSeries::new(pts.clone(), dash, gap, style))?;
+            }
+            None => {
+                chart.draw_series(LineSeries::new(pts.clone(), style))?;
+            }
         }
-        let dash = s
-            .dash
-            .as_ref()
-            .map(|d| format!(r#" stroke-dasharray="{d}""#))
-            .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            r#"<polyline fill="none" stroke="{}" stroke-width="2"{dash} points="{}"/>"#,
-            s.color,
-            pts.join(" ")
-        );
         if s.markers {
-            for p in &pts {
-                let (x, y) = p.split_once(',').unwrap_or(("0", "0"));
-                let _ = writeln!(
-                    out,
-                    r#"<circle cx="{x}" cy="{y}" r="3" fill="{}"/>"#,
-                    s.color
-                );
+            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+        }
+    }
+    // The legend beside the plot, one row per series with its stroke.
+    for (i, s) in panel.series.iter().enumerate() {
+        let y = 44 + 18 * i as i32;
+        if y + 10 > PANEL_H as i32 {
+            legend.draw(&Text::new(
+                format!("(+{} more)", panel.series.len() - i),
+                (8, y - 7),
+                (FONT, 11),
+            ))?;
+            break;
+        }
+        let style = ShapeStyle::from(rgb(&s.color)).stroke_width(2);
+        let (dash, gap) = s.dash.map_or((26, 0), |(d, g)| (d as i32, g as i32));
+        let mut x = 4;
+        while x < 30 {
+            legend.draw(&PathElement::new(
+                vec![(x, y), ((x + dash).min(30), y)],
+                style,
+            ))?;
+            x += dash + gap.max(1);
+        }
+        legend.draw(&Text::new(s.name.clone(), (36, y - 7), (FONT, 12)))?;
+    }
+    Ok(())
+}
+
+fn draw_chart<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, chart: &Chart) -> DrawResult<DB> {
+    root.fill(&WHITE)?;
+    let (head, body) = root.split_vertically(TITLE_H);
+    head.draw(&Text::new(
+        chart.title.clone(),
+        (8, 8),
+        (FONT, 16).into_font().color(&BLACK),
+    ))?;
+    let cols = chart.cols.max(1);
+    let rows = chart.panels.len().div_ceil(cols).max(1);
+    for (cell, panel) in body.split_evenly((rows, cols)).iter().zip(&chart.panels) {
+        draw_panel(cell, panel)?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+impl Chart {
+    /// Pixel size: a cell per panel under the title.
+    pub fn size(&self) -> (u32, u32) {
+        let cols = self.cols.max(1);
+        let rows = self.panels.len().div_ceil(cols).max(1);
+        (PANEL_W * cols as u32, TITLE_H + PANEL_H * rows as u32)
+    }
+
+    /// The chart as an SVG document.
+    pub fn svg(&self) -> Result<String, SimError> {
+        let fail = |reason: String| SimError::Plot {
+            path: PathBuf::from("<svg>"),
+            reason,
+        };
+        register_font().map_err(fail)?;
+        let mut out = String::new();
+        {
+            let root = SVGBackend::with_string(&mut out, self.size()).into_drawing_area();
+            draw_chart(&root, self).map_err(|e| fail(e.to_string()))?;
+        }
+        Ok(out)
+    }
+
+    /// The chart as PNG bytes (8-bit RGB).
+    pub fn png(&self) -> Result<Vec<u8>, SimError> {
+        let fail = |reason: String| SimError::Plot {
+            path: PathBuf::from("<png>"),
+            reason,
+        };
+        register_font().map_err(fail)?;
+        let (w, h) = self.size();
+        let pixels = u64::from(w) * u64::from(h);
+        if pixels > MAX_PNG_PIXELS {
+            return Err(fail(format!(
+                "{w} x {h} pixels is too large for a PNG (at most {MAX_PNG_PIXELS}); write an .svg"
+            )));
+        }
+        let mut rgb = vec![0u8; 3 * pixels as usize];
+        {
+            let backend = BitMapBackend::<RGBPixel>::with_buffer_and_format(&mut rgb, (w, h))
+                .map_err(|e| fail(e.to_string()))?;
+            draw_chart(&backend.into_drawing_area(), self).map_err(|e| fail(e.to_string()))?;
+        }
+        let mut out = Vec::new();
+        let mut encoder = png::Encoder::new(&mut out, w, h);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        encoder
+            .write_header()
+            .and_then(|mut writer| {
+                writer.write_image_data(&rgb)?;
+                writer.finish()
+            })
+            .map_err(|e| fail(format!("encoding the PNG: {e}")))?;
+        Ok(out)
+    }
+
+    /// Draws the chart into `path`, as SVG or PNG by its extension.
+    pub fn write(&self, path: &Path) -> Result<(), SimError> {
+        let fail = |reason: String| SimError::Plot {
+            path: path.to_path_buf(),
+            reason,
+        };
+        match PlotFormat::from_path(path)? {
+            PlotFormat::Svg => {
+                let svg = self.svg()?;
+                std::fs::write(path, svg).map_err(|error| SimError::Io {
+                    path: path.to_path_buf(),
+                    error,
+                })
+            }
+            PlotFormat::Png => {
+                let png = self.png().map_err(|e| match e {
+                    SimError::Plot { reason, .. } => fail(reason),
+                    other => other,
+                })?;
+                std::fs::write(path, png).map_err(|error| SimError::Io {
+                    path: path.to_path_buf(),
+                    error,
+                })
             }
         }
     }
-    let _ = writeln!(out, "</g>");
-    for (i, s) in panel.series.iter().enumerate() {
-        let y = oy + MARGIN_T + 10.0 + 18.0 * i as f64;
-        let x = ox + MARGIN_L + pw + 12.0;
-        let dash = s
-            .dash
-            .as_ref()
-            .map(|d| format!(r#" stroke-dasharray="{d}""#))
-            .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            r#"<line x1="{x:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{}" stroke-width="2"{dash}/><text x="{:.1}" y="{:.1}" font-size="11">{}</text>"#,
-            x + 24.0,
-            s.color,
-            x + 30.0,
-            y + 4.0,
-            esc(&s.name)
-        );
-    }
 }
 
-/// Panels laid out in a grid of `cols` columns, under a title.
-pub fn svg(title: &str, panels: &[Panel], cols: usize) -> String {
-    let cols = cols.max(1);
-    let rows = panels.len().div_ceil(cols).max(1);
-    let (w, h) = (PANEL_W * cols as f64, PANEL_H * rows as f64 + 30.0);
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w:.0}" height="{h:.0}" viewBox="0 0 {w:.0} {h:.0}" font-family="sans-serif">"#
-    );
-    let _ = writeln!(
-        out,
-        r#"<rect width="100%" height="100%" fill="white"/><text x="{:.1}" y="20" font-size="14" text-anchor="middle">{}</text>"#,
-        w / 2.0,
-        esc(title)
-    );
-    for (i, p) in panels.iter().enumerate() {
-        draw_panel(
-            &mut out,
-            p,
-            PANEL_W * (i % cols) as f64,
-            30.0 + PANEL_H * (i / cols) as f64,
-        );
-    }
-    out.push_str("</svg>\n");
-    out
-}
-
-fn kind_style(kind: AgentKind) -> (&'static str, Option<String>) {
+fn kind_style(kind: AgentKind) -> (&'static str, Option<(u32, u32)>) {
     match kind {
-        AgentKind::Good => ("#1b9e77", Some("6 3".into())),
-        AgentKind::Bad => ("#d62728", Some("2 3".into())),
-        AgentKind::Careless => ("#7570b3", Some("8 3 2 3".into())),
+        AgentKind::Good => ("#1b9e77", Some((6, 3))),
+        AgentKind::Bad => ("#d62728", Some((2, 3))),
+        AgentKind::Careless => ("#7570b3", Some((10, 4))),
         AgentKind::Spammer => ("#e6ab02", None),
     }
 }
 
 /// A run's chart: each participant's balance (% of its start) and the test accuracy (%)
 /// against simulated days.
-pub fn run_chart(r: &RunReport) -> String {
+pub fn run_chart(r: &RunReport) -> Chart {
     let mut balances = Panel {
         title: "Balance, % of start".into(),
         x_label: "simulated days".into(),
@@ -319,11 +436,14 @@ pub fn run_chart(r: &RunReport) -> String {
         }],
         ..Default::default()
     };
-    let title = format!(
-        "DRT on IMDB: num_words {}, {} reviews, cost weight {}, seed {}",
-        r.num_words, r.train_size, r.cost_weight, r.seed
-    );
-    svg(&title, &[balances, accuracy], 1)
+    Chart {
+        title: format!(
+            "{} on IMDB ({}): num_words {}, {} reviews, cost weight {}, seed {}",
+            r.mechanism, r.model, r.num_words, r.train_size, r.cost_weight, r.seed
+        ),
+        panels: vec![balances, accuracy],
+        cols: 1,
+    }
 }
 
 #[cfg(test)]
@@ -335,33 +455,113 @@ mod tests {
         assert_eq!(nice_step(100.0, 5.0), 20.0);
         assert_eq!(nice_step(0.3, 6.0), 0.05);
         assert_eq!(fmt_tick(0.05, 0.05), "0.05");
+        assert_eq!(fmt_tick(10232.443, 2000.0), "10232");
+        assert_eq!(fmt_tick(-1e-17, 0.1), "0.0");
+    }
+
+    fn two_lines() -> Chart {
+        Chart {
+            title: "t & u".into(),
+            panels: vec![Panel {
+                title: "a < b".into(),
+                x_label: "day".into(),
+                y_label: "%".into(),
+                series: vec![
+                    Series {
+                        name: "solid".into(),
+                        color: "#1b9e77".into(),
+                        dash: None,
+                        points: vec![(0.0, 1.0), (1.0, 2.0), (2.0, f64::NAN), (3.0, 10232.443)],
+                        markers: false,
+                    },
+                    Series {
+                        name: "dashed".into(),
+                        color: "#d62728".into(),
+                        dash: Some((6, 3)),
+                        points: vec![(0.0, 3.0), (3.0, 4.0)],
+                        markers: true,
+                    },
+                ],
+                ..Default::default()
+            }],
+            cols: 1,
+        }
     }
 
     #[test]
-    fn svg_has_one_polyline_per_series_and_escapes_text() {
-        let p = Panel {
-            title: "a < b".into(),
-            series: vec![
-                Series {
-                    name: "x".into(),
-                    color: "#000".into(),
-                    dash: None,
-                    points: vec![(0.0, 1.0), (1.0, 2.0)],
-                    markers: false,
-                },
-                Series {
-                    name: "y".into(),
-                    color: "#f00".into(),
-                    dash: None,
-                    points: vec![(0.0, 3.0)],
-                    markers: true,
-                },
-            ],
+    fn svg_draws_every_series_with_its_colour_legend_and_round_ticks() {
+        let s = two_lines().svg().unwrap();
+        assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
+        // Text is escaped, the legend names each series, the colours are used.
+        assert!(s.contains("a &lt; b") && s.contains("t &amp; u"), "{s}");
+        assert!(s.contains("\nsolid\n") && s.contains("\ndashed\n"), "{s}");
+        assert!(s.contains("#1B9E77") || s.contains("#1b9e77"), "{s}");
+        assert!(s.contains("#D62728") || s.contains("#d62728"));
+        // The markers of the dashed series: one circle per point.
+        assert_eq!(s.matches("<circle").count(), 2);
+        // No unrounded tick label.
+        assert!(!s.contains("10232.443"), "{s}");
+    }
+
+    #[test]
+    fn png_is_a_png_of_the_chart_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.PNG");
+        let chart = two_lines();
+        chart.write(&path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+        let (w, h) = chart.size();
+        let be =
+            |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        assert_eq!((be(16), be(20)), (w, h));
+    }
+
+    #[test]
+    fn formats_are_chosen_by_extension_and_others_refused() {
+        assert_eq!(
+            PlotFormat::from_path(Path::new("a.svg")).unwrap(),
+            PlotFormat::Svg
+        );
+        assert_eq!(
+            PlotFormat::from_path(Path::new("a.Png")).unwrap(),
+            PlotFormat::Png
+        );
+        for bad in ["a.jpg", "a", "svg", "a.svg.txt"] {
+            let e = PlotFormat::from_path(Path::new(bad))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(".svg or .png"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_png_too_large_to_hold_is_refused_before_drawing() {
+        let c = Chart {
+            panels: vec![Panel::default(); 500],
+            cols: 500,
             ..Default::default()
         };
-        let s = svg("t", &[p], 1);
-        assert_eq!(s.matches("<polyline").count(), 2);
-        assert!(s.contains("a &lt; b"));
-        assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
+        let e = c.png().unwrap_err().to_string();
+        assert!(e.contains("too large for a PNG"), "{e}");
+    }
+
+    #[test]
+    fn empty_and_degenerate_panels_still_draw() {
+        let mut c = two_lines();
+        c.panels.push(Panel::default());
+        c.panels.push(Panel {
+            series: vec![Series {
+                name: "flat".into(),
+                color: "not a colour".into(),
+                dash: Some((0, 0)),
+                points: vec![(5.0, 5.0), (5.0, 5.0)],
+                markers: true,
+            }],
+            y_range: Some((f64::NAN, 1.0)),
+            ..Default::default()
+        });
+        c.cols = 2;
+        assert!(c.svg().unwrap().contains("flat"));
     }
 }

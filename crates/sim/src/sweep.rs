@@ -12,7 +12,7 @@ use crate::data::Dataset;
 use crate::driver::{MechanismKind, SimConfig, run};
 use crate::drt::DrtParams;
 use crate::model::ModelKind;
-use crate::plot::{PALETTE, Panel, Series, svg};
+use crate::plot::{Chart, PALETTE, Panel, Series};
 
 /// The grid.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -327,7 +327,7 @@ pub fn runs_csv(runs: &[RunSummary]) -> String {
 /// Charts of a sweep with one cost weight and several training sizes: the bad agents' final
 /// balance, the good agents' and the final accuracy against the training size, one line per
 /// (mechanism, model, num_words): colour by model and num_words, dash by mechanism.
-fn across_chart(rows: &[SweepRow]) -> String {
+fn across_chart(rows: &[SweepRow]) -> Chart {
     let mut lines: Vec<(MechanismKind, ModelKind, u32)> = rows
         .iter()
         .map(|r| (r.mechanism, r.model, r.num_words))
@@ -374,8 +374,8 @@ fn across_chart(rows: &[SweepRow]) -> String {
                         color: PALETTE[c % PALETTE.len()].into(),
                         dash: match mech {
                             MechanismKind::Drt => None,
-                            MechanismKind::Points => Some("2 3".into()),
-                            MechanismKind::Market => Some("8 4".into()),
+                            MechanismKind::Points => Some((2, 3)),
+                            MechanismKind::Market => Some((8, 4)),
                         },
                         points,
                         markers: true,
@@ -387,13 +387,13 @@ fn across_chart(rows: &[SweepRow]) -> String {
         })
         .collect::<Vec<_>>();
     let w = rows.first().map_or(0.0, |r| r.cost_weight);
-    svg(
-        &format!(
+    Chart {
+        title: format!(
             "mechanisms and models at cost weight {w} (means across seeds; solid DRT, dotted Points, dashed market)"
         ),
-        &panels,
-        3,
-    )
+        panels,
+        cols: 3,
+    }
 }
 
 /// Sweep charts, one column per training size: the bad agents' final balance, their ruin
@@ -402,7 +402,7 @@ fn across_chart(rows: &[SweepRow]) -> String {
 ///
 /// With a single cost weight and several training sizes, the training size is the x axis
 /// instead (one panel per figure, a line per mechanism, model and num_words).
-pub fn sweep_chart(rows: &[SweepRow]) -> String {
+pub fn sweep_chart(rows: &[SweepRow]) -> Chart {
     let one_weight = rows
         .iter()
         .all(|r| rows.first().is_some_and(|f| f.cost_weight == r.cost_weight));
@@ -490,5 +490,9 @@ pub fn sweep_chart(rows: &[SweepRow]) -> String {
         }
         _ => "sweep across mechanisms and models (means across seeds)".to_string(),
     };
-    svg(&title, &panels, sizes.len())
+    Chart {
+        title,
+        panels,
+        cols: sizes.len(),
+    }
 }

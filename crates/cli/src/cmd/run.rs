@@ -977,16 +977,13 @@ impl Args {
             "origin": origin,
             "operator_key": operator_key,
         });
-        let report = self.out.join("report.html");
-        write_atomic(
-            &report,
-            crate::report::render(
-                cfg,
-                &summary,
-                crate::report::Record::Embedded(&verified),
-                reference,
-            )
-            .as_bytes(),
+        let report = crate::report::write(
+            &self.out,
+            cfg,
+            &summary,
+            crate::report::Record::Embedded(&verified),
+            reference,
+            &self.report_info(wall, &keys),
         )?;
         let doc = json!({
             "config": cfg,
@@ -1048,6 +1045,18 @@ impl Args {
             outln!("report  {}", report.display());
         }
         Ok(ExitCode::SUCCESS)
+    }
+
+    /// What the report names about this run: config, command line, version, start time, and
+    /// how its keys were made.
+    fn report_info(&self, wall_seconds: f64, keys: &Keys) -> crate::report::RunInfo {
+        crate::report::RunInfo::of_this_process(&self.config, wall_seconds).with_note(if keys
+            .is_seeded()
+        {
+            SEEDED_NOTE
+        } else {
+            RANDOM_NOTE
+        })
     }
 
     /// The `--reference` run's summary, if one was given.
@@ -1166,24 +1175,21 @@ impl Args {
             .first()
             .zip(recorded.last())
             .map(|(a, b)| (a.block, b.block));
-        let report = self.out.join("report.html");
-        write_atomic(
-            &report,
-            crate::report::render(
-                cfg,
-                &summary,
-                crate::report::Record::Chain(&crate::report::ChainRecord {
-                    url: url.to_owned(),
-                    chain_id,
-                    contract: contract.to_string(),
-                    transactions: txs.len(),
-                    gas_used: gas,
-                    blocks,
-                    root: head.root.to_string(),
-                }),
-                reference,
-            )
-            .as_bytes(),
+        let report = crate::report::write(
+            &self.out,
+            cfg,
+            &summary,
+            crate::report::Record::Chain(&crate::report::ChainRecord {
+                url: url.to_owned(),
+                chain_id,
+                contract: contract.to_string(),
+                transactions: txs.len(),
+                gas_used: gas,
+                blocks,
+                root: head.root.to_string(),
+            }),
+            reference,
+            &self.report_info(wall, &keys),
         )?;
         write_atomic(
             &self.out.join("summary.json"),

@@ -127,23 +127,6 @@ impl Layer {
     }
 }
 
-/// RoPE's cos and sin tables `[t, hd]` (Hugging Face's layout: each frequency twice),
-/// computed as [`Llama`]'s candle path does (f64, then f32).
-fn rope_tables(theta: f64, t: usize, hd: usize) -> (Vec<f32>, Vec<f32>) {
-    let half = hd / 2;
-    let (mut cos, mut sin) = (Vec::with_capacity(t * hd), Vec::with_capacity(t * hd));
-    for pos in 0..t {
-        let row: Vec<f64> = (0..half)
-            .map(|i| pos as f64 / theta.powf(2.0 * i as f64 / hd as f64))
-            .collect();
-        for _ in 0..2 {
-            cos.extend(row.iter().map(|a| a.cos() as f32));
-            sin.extend(row.iter().map(|a| a.sin() as f32));
-        }
-    }
-    (cos, sin)
-}
-
 /// Shapes of one pass.
 #[derive(Clone, Copy)]
 struct Dims {
@@ -351,7 +334,8 @@ fn pass(
     };
     let (h, f, v, n) = (c.hidden_size, c.intermediate_size, c.vocab_size, b * t);
     let (qw, kvw) = (dm.qw(), dm.kvw());
-    let (cos, sin) = rope_tables(c.theta(), t, dm.hd);
+    m.check_len(t)?;
+    let (cos, sin) = c.rope()?.tables(t);
     let lins = m.linear_modules();
     let train = targets.is_some();
     let emb = "model.embed_tokens.weight";

@@ -23,19 +23,20 @@ pub struct Args {
     /// Write the results here as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Timed steps per mode (the median step time is reported).
+    /// Timed steps per mode, in [1, 100000] (the median step time is reported).
     #[arg(long, default_value_t = 10, value_parser = int_in(1..=100_000usize))]
     steps: usize,
-    /// Untimed warm-up steps per mode.
+    /// Untimed warm-up steps per mode, in [0, 100000].
     #[arg(long, default_value_t = 3, value_parser = int_in(0..=100_000usize))]
     warmup: usize,
-    /// Sequences per batch.
+    /// Sequences per batch, in [1, 4096].
     #[arg(long, default_value_t = 16, value_parser = int_in(1..=4096usize))]
     batch: usize,
     /// Model preset (the benchmark is defined on `reference`; `test` makes a quick smoke run).
-    #[arg(long, default_value = "reference", hide = true)]
+    #[arg(long, default_value = "reference", hide = true,
+          value_parser = ["test", "tiny", "reference", "small", "medium"])]
     preset: String,
-    /// LoRA rank.
+    /// LoRA rank, in [1, 4096] and at most the model's width.
     #[arg(long, default_value_t = 8, value_parser = int_in(1..=4096usize))]
     rank: usize,
     /// Also run bench/torch_reference.py with this Python (e.g. `python3`) right after, and
@@ -48,7 +49,7 @@ pub struct Args {
     autograd: bool,
     /// Threads for both engines (default: rayon's pool, one per core; the benchmark is defined
     /// at 2). One thread compares the engines' per-core efficiency, which a shared machine
-    /// disturbs far less than two threads' synchronisation.
+    /// disturbs far less than two threads' synchronisation. In [1, 1024].
     #[arg(long, value_parser = int_in(1..=1024usize))]
     threads: Option<usize>,
     /// The PyTorch script.
@@ -180,6 +181,13 @@ impl Args {
         if let Some(p) = &self.json {
             crate::args::check_output_file(p, "--json")?;
         }
+        if self.torch.is_some() && !self.torch_script.is_file() {
+            anyhow::bail!(
+                "--torch-script {}: no such file (run from the repository root or pass the \
+                 script's path)",
+                self.torch_script.display()
+            );
+        }
         match self.threads {
             Some(n) => rayon::ThreadPoolBuilder::new()
                 .num_threads(n)
@@ -201,12 +209,15 @@ impl Args {
         let mut lora = Gpt::new(cfg.clone(), 0, &dev)?;
         let linears = lora.linear_modules();
         let w = lora.weights_mut();
-        w.lora = Some(Lora::attach(
-            &mut w.params,
-            &linears,
-            LoraConfig::new(self.rank, 2.0 * self.rank as f64, &["all-linear"]),
-            0,
-        )?);
+        w.lora = Some(
+            Lora::attach(
+                &mut w.params,
+                &linears,
+                LoraConfig::new(self.rank, 2.0 * self.rank as f64, &["all-linear"]),
+                0,
+            )
+            .context("--rank")?,
+        );
         let lora_params: usize = lora.params().trainable_len();
         drop(full);
         let (lora_s, lora_rss) =

@@ -5,21 +5,32 @@ use anyhow::Context;
 use cohort_ledger::demo::{self, Cast};
 use cohort_ledger::{EmbeddedLedger, LedgerConfig};
 
+use crate::args::int_in;
 use crate::output::{Table, print_json};
+
+/// The latest `--start-time`: 2100-01-01T00:00:00Z.
+const MAX_START_TIME: u64 = 4_102_444_800;
 
 /// Create an embedded ledger in DIR and run one round of the protocol through it.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Directory for the new ledger (must not hold one already).
+    /// Directory for the new ledger (created if missing; one that already holds a ledger is
+    /// refused and left untouched).
     dir: PathBuf,
     /// Seed for identities; the same seed gives the same ledger root.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = int_in(0u64..))]
     seed: u64,
-    /// Log name used in checkpoints.
-    #[arg(long, default_value = "cohort.local/demo")]
+    /// Log name used in checkpoints: non-empty, no spaces, '+' or control characters.
+    #[arg(long, default_value = "cohort.local/demo", value_parser = parse_origin)]
     origin: String,
-    /// Time of the first entry (unix seconds; execution never reads the wall clock).
-    #[arg(long, default_value_t = 1_767_225_600)]
+    /// Time of the first entry (unix seconds, up to 2100-01-01; execution never reads the
+    /// wall clock).
+    #[arg(
+        long,
+        default_value_t = 1_767_225_600,
+        allow_negative_numbers = true,
+        value_parser = int_in(0..=MAX_START_TIME),
+    )]
     start_time: u64,
     /// Print JSON instead of tables.
     #[arg(long)]
@@ -51,13 +62,31 @@ impl Args {
         let cast = Cast::new(self.seed);
         let config = LedgerConfig::new(&self.origin, cast.governance.clone())
             .with_start_time(self.start_time);
-        let ledger = EmbeddedLedger::create(&self.dir, config)
-            .with_context(|| format!("creating a ledger in {}", self.dir.display()))?;
-        let (p, report) = demo::run(ledger, self.seed).context("running the demo scenario")?;
-        let ledger = p.into_backend();
-        let verified = ledger
-            .verify()
-            .context("verifying the ledger after the demo")?;
+        let made_dir = !self.dir.exists();
+        // The error names the directory and says what is there; nothing is changed.
+        let ledger = EmbeddedLedger::create(&self.dir, config)?;
+        let run = demo::run(ledger, self.seed)
+            .context("running the demo scenario")
+            .and_then(|(p, report)| {
+                let ledger = p.into_backend();
+                let verified = ledger
+                    .verify()
+                    .context("verifying the ledger after the demo")?;
+                Ok((report, verified))
+            });
+        let (report, verified) = match run {
+            Ok(x) => x,
+            Err(e) => {
+                // Leave nothing half-made: a second try would refuse the directory.
+                for f in ["ledger.redb", "operator.key"] {
+                    let _ = std::fs::remove_file(self.dir.join(f));
+                }
+                if made_dir {
+                    let _ = std::fs::remove_dir(&self.dir);
+                }
+                return Err(e);
+            }
+        };
         if self.json {
             print_json(&serde_json::json!({
                 "dir": self.dir,
@@ -79,6 +108,18 @@ impl Args {
             self.dir.display()
         );
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// A log origin, checked as `EmbeddedLedger::create` checks it.
+fn parse_origin(s: &str) -> Result<String, String> {
+    if cohort_ledger::note::is_valid_name(s) && !s.contains(char::is_control) {
+        Ok(s.to_owned())
+    } else {
+        Err(
+            "must be non-empty, without spaces, '+' or control characters (e.g. example.com/log)"
+                .into(),
+        )
     }
 }
 

@@ -1,24 +1,31 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
 use cohort_ledger::merkle::verify_consistency;
-use cohort_ledger::{EmbeddedLedger, InclusionProof, LedgerBackend};
+use cohort_ledger::{Checkpoint, InclusionProof, LedgerError, LedgerReader};
 
+use crate::args::{check_output_file, int_in};
 use crate::output::print_json;
 
 /// Produce an inclusion proof of entry N against the ledger's current signed checkpoint, or
 /// check a proof file against the ledger's operator key (and, if the ledger has grown since,
-/// that its current tree extends the proof's).
+/// that its current tree extends the proof's). Read-only; needs no key. Exit 0 when the proof
+/// is made or checks out, 1 when the proof or the ledger is tampered or damaged, 2 when either
+/// cannot be read (or N is past the end).
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The ledger directory.
     dir: PathBuf,
-    /// The entry to prove.
-    #[arg(long, required_unless_present = "check", conflicts_with = "check")]
+    /// The entry to prove (0 is the first).
+    #[arg(
+        long,
+        required_unless_present = "check",
+        conflicts_with = "check",
+        allow_negative_numbers = true, value_parser = int_in(0u64..)
+    )]
     entry: Option<u64>,
     /// Write the proof to this file instead of stdout.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "check")]
     out: Option<PathBuf>,
     /// Check this proof file instead of producing one.
     #[arg(long, value_name = "PROOF")]
@@ -33,14 +40,36 @@ impl Args {
         if let Some(path) = &self.check {
             return self.check(path);
         }
-        let n = self.entry.context("--entry is required")?;
-        let ledger = EmbeddedLedger::open(&self.dir)
-            .with_context(|| format!("opening {}", self.dir.display()))?;
-        let proof = ledger.prove(n)?;
+        let Some(n) = self.entry else {
+            anyhow::bail!("--entry N or --check PROOF is required");
+        };
+        if let Some(p) = &self.out {
+            check_output_file(p, "--out")?;
+            let parent = match p.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            if parent.canonicalize().ok() == self.dir.canonicalize().ok() {
+                anyhow::bail!(
+                    "--out {}: is inside the ledger directory, which a reading command never writes",
+                    p.display()
+                );
+            }
+        }
+        let proof = LedgerReader::open(&self.dir).and_then(|r| {
+            super::note_recovery(&r);
+            r.prove(n)
+        });
+        let proof = match proof {
+            Ok(p) => p,
+            Err(LedgerError::Invalid { reason, .. }) => anyhow::bail!("--entry: {reason}"),
+            Err(e) => return super::report_failure(&self.dir, &e, false),
+        };
         let text = serde_json::to_string_pretty(&proof)? + "\n";
         match &self.out {
             Some(p) => {
-                std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
+                std::fs::write(p, &text)
+                    .map_err(|e| anyhow::anyhow!("writing {}: {e}", p.display()))?;
                 eprintln!(
                     "wrote proof of entry {n} in tree of size {} ({} path bytes) to {}",
                     proof.size,
@@ -53,28 +82,40 @@ impl Args {
         Ok(ExitCode::SUCCESS)
     }
 
-    fn check(&self, path: &PathBuf) -> anyhow::Result<ExitCode> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    fn check(&self, path: &Path) -> anyhow::Result<ExitCode> {
+        let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let proof: InclusionProof = serde_json::from_slice(&bytes)
-            .with_context(|| format!("{} is not an inclusion proof", path.display()))?;
-        let info = EmbeddedLedger::info(&self.dir)?;
-        let key: cohort_core::Hash32 = info.operator_key.parse()?;
-        let result = proof.check(Some(&key.0)).and_then(|entry| {
+            .map_err(|e| anyhow::anyhow!("{} is not an inclusion proof: {e}", path.display()))?;
+        let reader = match LedgerReader::open(&self.dir) {
+            Ok(r) => r,
+            Err(e) => return super::report_failure(&self.dir, &e, self.json),
+        };
+        super::note_recovery(&reader);
+        let info = match reader.info() {
+            Ok(i) => i,
+            Err(e) => return super::report_failure(&self.dir, &e, self.json),
+        };
+        let key = reader.operator_key();
+        let result = proof.check(Some(&key)).and_then(|entry| {
+            // The proof's checkpoint must be this log's, signed by this ledger's operator.
+            let old = Checkpoint::verify_log(&proof.checkpoint, &info.origin, &key)?;
             // The ledger may have grown since the proof was made: its tree must extend it.
             if info.size > proof.size {
-                let ledger = EmbeddedLedger::open(&self.dir)?;
-                let c = ledger.consistency_proof(proof.size, info.size)?;
-                let old =
-                    cohort_ledger::Checkpoint::verify(&proof.checkpoint, &info.origin, &key.0)?;
-                verify_consistency(proof.size, info.size, &old.root, &info.root, &c)?;
+                let (c, now) = reader.consistency_proof(proof.size)?;
+                verify_consistency(proof.size, now.size, &old.root, &now.root, &c)?;
             } else if info.size < proof.size {
-                return Err(cohort_ledger::LedgerError::Invalid {
+                return Err(LedgerError::Invalid {
                     what: "proof",
                     reason: format!(
                         "proof is for size {} but the ledger only has {}",
                         proof.size, info.size
                     ),
                 });
+            } else if old.root != info.root {
+                return Err(LedgerError::BadCheckpoint(format!(
+                    "the proof's checkpoint and the ledger's, both of size {}, have different roots",
+                    info.size
+                )));
             }
             Ok(entry)
         });
@@ -96,16 +137,20 @@ impl Args {
                 }
                 Ok(ExitCode::SUCCESS)
             }
+            // Anything wrong with the proof itself is a failed check (exit 1), as is a ledger
+            // that does not match its own checkpoint; only a ledger that cannot be read is 2.
             Err(e) => {
+                let failed = e.is_integrity_failure() || matches!(e, LedgerError::Invalid { .. });
                 if self.json {
                     print_json(&serde_json::json!({ "ok": false, "error": e.to_string() }))?;
                 } else {
                     eprintln!("FAILED: {}: {e}", path.display());
                 }
-                if matches!(e, cohort_ledger::LedgerError::Storage(_)) {
-                    bail!(e);
-                }
-                Ok(ExitCode::from(1))
+                Ok(if failed {
+                    ExitCode::from(1)
+                } else {
+                    super::exit_code(&e)
+                })
             }
         }
     }

@@ -3,21 +3,24 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use alloy_primitives::Address;
-use anyhow::Context;
 use cohort_ledger::demo::fmt_tokens;
 use cohort_ledger::protocol::{Cohort::CohortEvents, decode_events};
-use cohort_ledger::{EmbeddedLedger, Protocol};
+use cohort_ledger::{LedgerReader, Protocol};
 use serde::Serialize;
 
+use crate::args::int_in;
 use crate::output::{Table, print_json};
 
 /// Show a ledger: its checkpoint, its last entries, and every participant's balance and stake.
+/// Read-only; needs no key. The ledger is verified first (signatures, links, receipts, root
+/// against the signed checkpoint), as `cohort ledger verify` does: a ledger that fails is not
+/// shown, and the command exits 1 naming what is wrong (2 if it cannot be read).
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The ledger directory.
     dir: PathBuf,
     /// How many of the latest entries to list (0 for all).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, allow_negative_numbers = true, value_parser = int_in(0u64..))]
     entries: u64,
     /// Print JSON.
     #[arg(long)]
@@ -44,8 +47,14 @@ struct Account {
 
 impl Args {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
-        let ledger = EmbeddedLedger::open(&self.dir)
-            .with_context(|| format!("opening {}", self.dir.display()))?;
+        let state = LedgerReader::open(&self.dir).and_then(|r| {
+            super::note_recovery(&r);
+            r.replay()
+        });
+        let ledger = match state {
+            Ok(s) => s,
+            Err(e) => return super::report_failure(&self.dir, &e, self.json),
+        };
         let size = ledger.len();
         let first = if self.entries == 0 {
             0
@@ -56,8 +65,8 @@ impl Args {
         let mut contract = None;
         let mut registered: BTreeMap<Address, u8> = BTreeMap::new();
         let mut rows = Vec::new();
-        for seq in 0..size {
-            let e = ledger.entry(seq)?;
+        for e in ledger.entries() {
+            let seq = e.seq;
             if contract.is_none() {
                 contract = e.receipt.created;
             }
@@ -83,6 +92,7 @@ impl Args {
         let origin = ledger.origin().to_owned();
         let note = ledger.checkpoint_note().to_owned();
         let verifier = ledger.verifier_key();
+        let state_root = ledger.state_root();
         let mut accounts = Vec::new();
         let mut supply = None;
         if let Some(c) = contract {
@@ -101,13 +111,18 @@ impl Args {
         if self.json {
             print_json(&serde_json::json!({
                 "origin": origin, "size": size, "contract": contract,
-                "checkpoint": note, "verifier_key": verifier,
+                "checkpoint": note, "verifier_key": verifier, "verified": true,
+                "state_root": state_root,
                 "entries": rows, "accounts": accounts, "supply": supply,
             }))?;
             return Ok(ExitCode::SUCCESS);
         }
         outln!("origin        {origin}");
         outln!("entries       {size}");
+        outln!(
+            "verified      signatures, links, receipts and root match the checkpoint signed by \
+             the operator key"
+        );
         if let Some(c) = contract {
             outln!("contract      {c}");
         }

@@ -9,6 +9,9 @@ use cohort_model::train::evaluate;
 use crate::output::{Table, print_json};
 
 /// Next-token loss, perplexity and accuracy of a model on a text file (consecutive windows).
+/// The text is tokenised as transformers' tokenizer does by default: a tokenizer.json whose
+/// post-processor adds special tokens (Llama 2/3 and Mistral put BOS first) adds them to the
+/// start of the text (`special_tokens_added` in --json).
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The model directory.
@@ -16,17 +19,17 @@ pub struct Args {
     /// The text to evaluate on.
     #[arg(long)]
     data: PathBuf,
-    /// Evaluate only the last fraction of the file (0.1 matches pretrain's held-out part; 1:
-    /// the whole file).
+    /// Evaluate only the last fraction of the file, in (0, 1] (0.1 matches pretrain's held-out
+    /// part; 1: the whole file).
     #[arg(long, default_value_t = 1.0, value_parser = float_in(0.0..=1.0).open_start())]
     tail: f64,
-    /// Tokens per window (default: the model's context).
+    /// Tokens per window, in [1, the model's context] (default: the context, at most 1024).
     #[arg(long, value_parser = int_in(1..=1_048_576usize))]
     seq_len: Option<usize>,
-    /// Windows per batch.
+    /// Windows per batch, in [1, 65536].
     #[arg(long, default_value_t = 16, value_parser = int_in(1..=65_536usize))]
     batch: usize,
-    /// At most this many windows.
+    /// At most this many windows, in [1, 100000000].
     #[arg(long, default_value_t = 512, value_parser = int_in(1..=100_000_000usize))]
     max_windows: usize,
     /// An adapter directory to apply (from `cohort model lora`).
@@ -47,6 +50,8 @@ struct Report {
     eval: cohort_model::train::EvalStats,
     /// Whether the base weights were read in place from the mapped file.
     base_mapped: bool,
+    /// The special tokens the tokenizer added to the text (BOS for Llama-style tokenizers).
+    special_tokens_added: Vec<u32>,
     /// The process's peak resident memory (VmHWM), where the platform reports it.
     #[serde(skip_serializing_if = "Option::is_none")]
     peak_rss_bytes: Option<u64>,
@@ -63,7 +68,11 @@ impl Args {
             .encode(&text)
             .with_context(|| format!("tokenising {}", self.data.display()))?;
         let skip = ((ids.len() as f64) * (1.0 - self.tail.clamp(0.0, 1.0))) as usize;
-        let seq = self.seq_len.unwrap_or(model.max_context().min(1024));
+        let ctx = model.max_context();
+        let seq = self.seq_len.unwrap_or(ctx.min(1024));
+        if seq > ctx {
+            anyhow::bail!("--seq-len {seq}: exceeds the model's context of {ctx}");
+        }
         let e = evaluate(
             model.as_ref(),
             &ids[skip..],
@@ -75,6 +84,7 @@ impl Args {
             print_json(&Report {
                 eval: e,
                 base_mapped: mapped,
+                special_tokens_added: tok.special_tokens_added()?,
                 peak_rss_bytes: cohort_model::mem::peak_rss_bytes(),
             })?;
         } else {

@@ -8,10 +8,12 @@ use cohort_model::train::{TrainConfig, Trainer, evaluate};
 use cohort_model::{Gpt, LanguageModel, Lora, LoraConfig, Tokenizer};
 use serde::Serialize;
 
+use crate::args::{float_in, int_in};
 use crate::output::{Table, print_json};
 
 /// Fine-tune a LoRA adapter on a text file; writes adapter_config.json and
-/// adapter_model.safetensors (Hugging Face PEFT's format) to --out.
+/// adapter_model.safetensors (Hugging Face PEFT's format) to --out, whole at the end (through a
+/// staging directory beside it), never half.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The base model directory.
@@ -19,36 +21,46 @@ pub struct Args {
     /// The fine-tuning text (the last --val-fraction is held out).
     #[arg(long)]
     data: PathBuf,
-    /// Where to write the adapter.
+    /// Where to write the adapter (an existing directory that holds files is refused unless
+    /// --force).
     #[arg(long)]
     out: PathBuf,
-    /// Rank.
-    #[arg(long, default_value_t = 8)]
+    /// Replace what --out holds.
+    #[arg(long)]
+    force: bool,
+    /// Rank, in [1, 4096] and at most the smaller side of every adapted layer.
+    #[arg(long, default_value_t = 8, value_parser = int_in(1..=4096usize))]
     rank: usize,
-    /// Scale numerator (the update is multiplied by alpha / rank).
-    #[arg(long, default_value_t = 16.0)]
+    /// Scale numerator (the update is multiplied by alpha / rank), in (0, 1000000].
+    #[arg(long, default_value_t = 16.0, value_parser = float_in(0.0..=1e6).open_start())]
     alpha: f64,
-    /// Dropout probability on the adapter's input while training (PEFT's lora_dropout).
-    #[arg(long, default_value_t = 0.0)]
+    /// Dropout probability on the adapter's input while training (PEFT's lora_dropout), in
+    /// [0, 1).
+    #[arg(long, default_value_t = 0.0, value_parser = float_in(0.0..1.0))]
     dropout: f64,
     /// Modules to adapt (comma-separated; GPT: c_attn, c_proj, c_fc; or all-linear).
     #[arg(long, default_value = "all-linear", value_delimiter = ',')]
     targets: Vec<String>,
-    /// Optimiser steps.
-    #[arg(long, default_value_t = 200)]
+    /// Optimiser steps, in [1, 10000000].
+    #[arg(long, default_value_t = 200, value_parser = int_in(1..=10_000_000usize))]
     steps: usize,
-    /// Sequences per batch.
-    #[arg(long, default_value_t = 16)]
+    /// Sequences per batch, in [1, 4096].
+    #[arg(long, default_value_t = 16, value_parser = int_in(1..=4096usize))]
     batch: usize,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 1e-3)]
+    /// Peak learning rate, in (0, 10].
+    #[arg(long, default_value_t = 1e-3, value_parser = float_in(0.0..=10.0).open_start())]
     lr: f64,
     /// Seed for the adapter's initialisation and the data sampler.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Fraction of the text held out for evaluation.
-    #[arg(long, default_value_t = 0.1)]
+    /// Fraction of the text held out for evaluation, in (0, 1).
+    #[arg(long, default_value_t = 0.1, value_parser = float_in(0.0..1.0).open_start())]
     val_fraction: f64,
+    /// Without a terminal (CI, a pipe, a log file): a progress line (step, loss, tokens/s) on
+    /// standard error every N steps, in [0, 10000000] (0: none; default: about 20 per run).
+    /// With a terminal a progress bar is shown instead.
+    #[arg(long, value_parser = int_in(0..=10_000_000u64))]
+    log_every: Option<u64>,
     /// Copy the base weights into memory instead of reading them in place from the
     /// memory-mapped model.safetensors. Mapping is the default for GPT directories (whose LoRA
     /// training and evaluation run on the mapping directly); Llama-family bases are always
@@ -140,6 +152,8 @@ pub(super) fn load_base(
 
 impl Args {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
+        let staged =
+            super::Staged::new(&self.out, "--out", self.force, "pass --force to replace it")?;
         let (mut model, tok, mapped) = load_base(&self.dir, self.no_mmap)?;
         let (base_mapped_bytes, base_copied_bytes) = match &model.weights().frozen {
             Some(f) => (f.stats().mapped_bytes, f.stats().copied_bytes),
@@ -149,15 +163,28 @@ impl Args {
         let ids = tok
             .encode(&text)
             .with_context(|| format!("tokenising {}", self.data.display()))?;
-        let data = TokenData::split(ids, self.val_fraction);
+        let data = TokenData::split(ids, self.val_fraction)?;
         let seq = model.max_context().min(256);
+        for (part, tokens) in [("training", &data.train), ("held-out", &data.val)] {
+            if tokens.len() <= seq + 1 {
+                anyhow::bail!(
+                    "{}: its {part} part has {} tokens, too few for one window of {} (a longer \
+                     text or another --val-fraction)",
+                    self.data.display(),
+                    tokens.len(),
+                    seq + 1
+                );
+            }
+        }
         let base = evaluate(model.as_ref(), &data.val, self.batch, seq, 64)?;
         let targets: Vec<&str> = self.targets.iter().map(String::as_str).collect();
         let mut cfg = LoraConfig::new(self.rank, self.alpha, &targets).with_dropout(self.dropout);
         cfg.base_model_name_or_path = Some(self.dir.display().to_string());
         let linears = model.linear_modules();
         let w = model.weights_mut();
-        w.lora = Some(Lora::attach(&mut w.params, &linears, cfg, self.seed)?);
+        w.lora = Some(
+            Lora::attach(&mut w.params, &linears, cfg, self.seed).context("--rank, --targets")?,
+        );
         let mut tc = TrainConfig::new(self.batch, seq);
         tc.seed = self.seed;
         tc.optim.lr = self.lr;
@@ -166,27 +193,37 @@ impl Args {
         tc.optim.total_steps = self.steps;
         tc.optim.weight_decay = 0.0;
         let mut trainer = Trainer::new(model.as_ref(), tc)?;
-        let bar = super::train_bar(self.steps as u64, self.json);
+        let progress = super::Progress::new(self.steps as u64, self.json, self.log_every);
         let start = Instant::now();
         let mut tokens = 0;
         let before = cohort_model::mem::peak_rss_bytes();
         let sampler = cohort_model::mem::MemorySampler::start(Duration::from_millis(5));
-        for _ in 0..self.steps {
+        for i in 0..self.steps {
             let s = trainer.step(model.as_ref(), &data)?;
+            if !s.loss.is_finite() {
+                anyhow::bail!(
+                    "step {}: the training loss is {} (try a smaller --lr); nothing was written",
+                    s.step,
+                    s.loss
+                );
+            }
             tokens += s.tokens;
-            bar.set_message(format!(
-                "loss {:.4} {:.0} tok/s",
-                s.loss,
-                tokens as f64 / start.elapsed().as_secs_f64()
-            ));
-            bar.inc(1);
+            progress.step(
+                i as u64 + 1,
+                &format!(
+                    "loss {:.4}  {:.0} tok/s",
+                    s.loss,
+                    tokens as f64 / start.elapsed().as_secs_f64().max(1e-9)
+                ),
+            );
         }
-        bar.finish_and_clear();
+        progress.finish();
         let tps = tokens as f64 / start.elapsed().as_secs_f64().max(1e-9);
         let peaks = sampler.map(|s| s.finish());
         let e = evaluate(model.as_ref(), &data.val, self.batch, seq, 64)?;
         let lora = model.weights().lora.as_ref().context("adapter vanished")?;
-        lora.save(model.params(), &self.out)?;
+        lora.save(model.params(), staged.path())?;
+        staged.commit()?;
         let r = Report {
             out: self.out.clone(),
             trainable: model.params().trainable_len(),

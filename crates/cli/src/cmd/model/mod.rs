@@ -6,7 +6,7 @@ mod lora;
 mod pretrain;
 mod svd;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -61,26 +61,171 @@ fn load_gpt(dir: &Path) -> anyhow::Result<(Gpt, Tokenizer)> {
     Ok((model, tok))
 }
 
+/// The tokeniser of a model directory, checked against the model's vocabulary.
 fn load_tokenizer(dir: &Path, vocab: usize) -> anyhow::Result<Tokenizer> {
-    let tok =
-        Tokenizer::load(dir).with_context(|| format!("loading tokenizer {}", dir.display()))?;
-    if tok.vocab_size() > vocab {
-        anyhow::bail!(
-            "{}: tokenizer has {} tokens but the model only {vocab}",
-            dir.display(),
-            tok.vocab_size()
-        );
-    }
-    Ok(tok)
+    Ok(Tokenizer::load_for_model(dir, vocab)?)
 }
 
-/// A progress bar showing loss and tokens/s.
-fn train_bar(steps: u64, hidden: bool) -> ProgressBar {
-    if hidden {
-        return ProgressBar::hidden();
+/// How training shows its progress: a bar on a terminal, else (CI, `| tee`, a log file) a
+/// line on standard error every `every` steps and at the last one; nothing with `every` 0.
+pub(super) struct Progress {
+    bar: Option<ProgressBar>,
+    every: u64,
+    total: u64,
+    start: std::time::Instant,
+}
+
+impl Progress {
+    /// `total` steps; `json` hides the bar (the lines go to standard error and stay);
+    /// `every` None picks about 20 lines per run.
+    pub(super) fn new(total: u64, json: bool, every: Option<u64>) -> Self {
+        use std::io::IsTerminal as _;
+        let terminal = std::io::stderr().is_terminal();
+        let bar = (terminal && !json).then(|| {
+            ProgressBar::new(total).with_style(
+                ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} eta {eta}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            )
+        });
+        let every = match (terminal, every) {
+            (true, _) => 0,
+            (false, Some(n)) => n,
+            (false, None) => total.div_ceil(20).max(1),
+        };
+        Self {
+            bar,
+            every,
+            total,
+            start: std::time::Instant::now(),
+        }
     }
-    ProgressBar::new(steps).with_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    )
+
+    /// Records step `step` (1-based, of `total`) with its message (loss, tokens/s, ...).
+    pub(super) fn step(&self, step: u64, msg: &str) {
+        if let Some(b) = &self.bar {
+            b.set_message(msg.to_string());
+            b.set_position(step);
+        } else if self.every > 0 && (step.is_multiple_of(self.every) || step == self.total) {
+            eprintln!(
+                "step {step}/{}  {msg}  {:.1}s",
+                self.total,
+                self.start.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    /// A line above the bar, or on standard error.
+    pub(super) fn println(&self, line: &str) {
+        match &self.bar {
+            Some(b) => b.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    pub(super) fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// An output directory written whole or not at all. Checked when created, before any work:
+/// its parent must exist and be writable, and an existing non-empty directory is refused unless
+/// `replace` (`--force`, `--resume`). The files are written into a staging directory beside it,
+/// which takes its place on [`Staged::commit`]; dropped before that (an error, a panic), the
+/// staging directory is removed and the target is untouched.
+pub(super) struct Staged {
+    target: PathBuf,
+    staging: PathBuf,
+    committed: bool,
+}
+
+impl Staged {
+    pub(super) fn new(
+        target: &Path,
+        flag: &str,
+        replace: bool,
+        hint: &str,
+    ) -> anyhow::Result<Self> {
+        let name = target
+            .file_name()
+            .filter(|n| !n.is_empty() && *n != "." && *n != "..")
+            .with_context(|| format!("{flag} {}: not a directory name", target.display()))?;
+        let parent = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if !parent.is_dir() {
+            anyhow::bail!(
+                "{flag} {}: the directory {} does not exist",
+                target.display(),
+                parent.display()
+            );
+        }
+        if target.exists() && !target.is_dir() {
+            anyhow::bail!("{flag} {}: is a file, not a directory", target.display());
+        }
+        let occupied = target.is_dir()
+            && std::fs::read_dir(target)
+                .with_context(|| format!("{flag} {}: cannot be read", target.display()))?
+                .next()
+                .is_some();
+        if occupied && !replace {
+            anyhow::bail!("{flag} {}: already holds files; {hint}", target.display());
+        }
+        let staging = parent.join(format!(
+            ".{}.staging-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging)
+                .with_context(|| format!("removing the old {}", staging.display()))?;
+        }
+        std::fs::create_dir(&staging)
+            .with_context(|| format!("{flag} {}: cannot be written", target.display()))?;
+        Ok(Self {
+            target: target.to_path_buf(),
+            staging,
+            committed: false,
+        })
+    }
+
+    /// Where to write the files.
+    pub(super) fn path(&self) -> &Path {
+        &self.staging
+    }
+
+    /// Puts the staging directory in the target's place (the old target, if any, is moved
+    /// aside first and removed after).
+    pub(super) fn commit(mut self) -> anyhow::Result<()> {
+        let old = self.staging.with_extension("old");
+        let had = self.target.exists();
+        if had {
+            std::fs::rename(&self.target, &old)
+                .with_context(|| format!("moving {} aside", self.target.display()))?;
+        }
+        if let Err(e) = std::fs::rename(&self.staging, &self.target) {
+            if had {
+                // Put the old one back; the new files stay in the staging directory's place
+                // until the drop removes them.
+                let _ = std::fs::rename(&old, &self.target);
+            }
+            return Err(e).with_context(|| format!("writing {}", self.target.display()));
+        }
+        self.committed = true;
+        if had {
+            std::fs::remove_dir_all(&old)
+                .with_context(|| format!("removing the replaced {}", old.display()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.staging);
+        }
+    }
 }

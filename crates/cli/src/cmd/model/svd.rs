@@ -7,6 +7,7 @@ use cohort_model::svd::{densify, factorize};
 use cohort_model::train::evaluate;
 use serde::Serialize;
 
+use crate::args::{float_in, int_in};
 use crate::output::{Table, print_json};
 
 /// Replace linear layers by their rank-K truncated SVD; report parameters, multiply-adds and
@@ -15,12 +16,17 @@ use crate::output::{Table, print_json};
 pub struct Args {
     /// The model directory.
     dir: PathBuf,
-    /// Ranks to try (comma-separated).
-    #[arg(long, required = true, value_delimiter = ',')]
+    /// Ranks to try (comma-separated), each in [1, 65536]; layers whose smaller side is not
+    /// above the rank stay dense.
+    #[arg(long, required = true, value_delimiter = ',', value_parser = int_in(1..=65_536usize))]
     rank: Vec<usize>,
-    /// Write the factored model here (needs exactly one --rank).
+    /// Write the factored model here (needs exactly one --rank; an existing directory that
+    /// holds files is refused unless --force). Written whole, through a staging directory.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Replace what --out holds.
+    #[arg(long, requires = "out")]
+    force: bool,
     /// Write dense rank-K weights instead of factors (loadable by transformers).
     #[arg(long)]
     dense: bool,
@@ -30,11 +36,11 @@ pub struct Args {
     /// Evaluate perplexity on the last --tail of this text file.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Fraction of --data (from the end) to evaluate on.
-    #[arg(long, default_value_t = 0.1)]
+    /// Fraction of --data (from the end) to evaluate on, in (0, 1].
+    #[arg(long, default_value_t = 0.1, value_parser = float_in(0.0..=1.0).open_start())]
     tail: f64,
-    /// At most this many evaluation windows.
-    #[arg(long, default_value_t = 64)]
+    /// At most this many evaluation windows, in [1, 100000000].
+    #[arg(long, default_value_t = 64, value_parser = int_in(1..=100_000_000usize))]
     max_windows: usize,
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -56,6 +62,15 @@ impl Args {
         if self.out.is_some() && self.rank.len() != 1 {
             anyhow::bail!("--out needs exactly one --rank");
         }
+        let staged = match &self.out {
+            Some(out) => Some(super::Staged::new(
+                out,
+                "--out",
+                self.force,
+                "pass --force to replace it",
+            )?),
+            None => None,
+        };
         let (base, tok) = super::load(&self.dir)?;
         let base = base.as_ref();
         let ids = match &self.data {
@@ -72,7 +87,7 @@ impl Args {
         let ppl = |m: &dyn LanguageModel| -> anyhow::Result<Option<f64>> {
             match &ids {
                 Some(ids) => Ok(Some(
-                    evaluate(m, ids, 16, m.max_context(), self.max_windows)?.perplexity,
+                    evaluate(m, ids, 16, m.max_context().min(1024), self.max_windows)?.perplexity,
                 )),
                 None => Ok(None),
             }
@@ -102,14 +117,17 @@ impl Args {
                 energy,
                 perplexity: ppl(m.as_ref())?,
             });
-            if let Some(out) = &self.out {
+            if let Some(st) = &staged {
                 if self.dense {
                     densify(m.as_mut())?;
                 }
-                m.save(out)
-                    .with_context(|| format!("writing {}", out.display()))?;
-                tok.save(out)?;
+                m.save(st.path())
+                    .with_context(|| format!("writing {}", st.path().display()))?;
+                tok.save(st.path())?;
             }
+        }
+        if let Some(st) = staged {
+            st.commit()?;
         }
         if self.json {
             print_json(&rows)?;

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+
+use crate::args::{float_in, int_in};
 use cohort_sim::driver::MechanismKind;
 use cohort_sim::{AgentSpec, DrtParams, Engine, InitialPortion, MarketParams, SimConfig};
 
@@ -57,6 +59,24 @@ pub enum EngineArg {
     Native,
 }
 
+/// The most agents of one kind a run takes from the flags.
+pub const MAX_AGENTS: usize = 10_000;
+/// The largest amount of tokens a flag takes (10^12 tokens, 10^30 base units: sums over every
+/// agent stay far inside the 128-bit arithmetic of the reference).
+pub const MAX_TOKENS: u64 = 1_000_000_000_000;
+/// The longest wait or interval a flag takes: 100 years in seconds.
+pub const MAX_SECONDS: u64 = 100 * 365 * 86_400;
+/// The most reviews a size flag takes.
+pub const MAX_REVIEWS: usize = 10_000_000;
+/// Feature counts the contracts address: 3 (room for the out-of-vocabulary index 2) to 65,536.
+pub fn num_words() -> crate::args::IntRange<u32> {
+    int_in(3..=cohort_sim::data::MAX_NUM_WORDS)
+}
+/// Cost weights the contracts take: [0, 1e6].
+pub fn cost_weight() -> crate::args::FloatRange {
+    float_in(0.0..=1e6)
+}
+
 /// Data, agents and mechanism parameters.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimArgs {
@@ -73,65 +93,65 @@ pub struct SimArgs {
     #[arg(long)]
     pub send_rejected: bool,
     /// Good agents (true labels, submit with probability accuracy + 0.15).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = int_in(0..=MAX_AGENTS))]
     pub good: usize,
     /// Bad agents (always the flipped label).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = int_in(0..=MAX_AGENTS))]
     pub bad: usize,
     /// Careless agents (like Good, with --careless-rate mistakes).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = int_in(0..=MAX_AGENTS))]
     pub careless: usize,
     /// Label-flip probability of careless agents.
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.2, value_parser = float_in(0.0..=1.0))]
     pub careless_rate: f64,
     /// Colluding bad agents: one ring that, after its first --ring-targets samples,
     /// only resubmits those with flipped labels and never reports its own members.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = int_in(0..=MAX_AGENTS))]
     pub colluders: usize,
     /// Samples the ring of colluders takes before it only repeats them.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = int_in(1..=1_000_000usize))]
     pub ring_targets: usize,
     /// Spammers (random labels, tiny deposits, a turn every minute).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = int_in(0..=MAX_AGENTS))]
     pub spammers: usize,
     /// Starting balance of every agent made by the counts above, in tokens.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = int_in(1..=MAX_TOKENS))]
     pub start_balance: u64,
     /// A JSON file with a list of agents, in the form of a report's `config.agents`;
     /// replaces the counts above.
     #[arg(long)]
     pub agents: Option<PathBuf>,
     /// Seconds after which a refund or take is allowed (strictly more).
-    #[arg(long, default_value_t = 86_400)]
+    #[arg(long, default_value_t = 86_400, value_parser = int_in(0..=MAX_SECONDS))]
     pub refund_wait: u64,
     /// Seconds after which anyone may take all that is left (> refund wait + 7 days).
-    #[arg(long, default_value_t = 9 * 86_400)]
+    #[arg(long, default_value_t = 9 * 86_400, value_parser = int_in(0..=MAX_SECONDS))]
     pub claim_wait: u64,
     /// Fraction of the training reviews that fit the initial model (default: 8% when all
     /// reviews are used, else 100 reviews).
-    #[arg(long, conflicts_with = "init_samples")]
+    #[arg(long, conflicts_with = "init_samples", value_parser = float_in(0.0..=1.0).open_start())]
     pub init_portion: Option<f64>,
     /// Number of training reviews that fit the initial model.
-    #[arg(long)]
+    #[arg(long, value_parser = int_in(1..=MAX_REVIEWS))]
     pub init_samples: Option<usize>,
     /// Seconds between accuracy evaluations.
-    #[arg(long, default_value_t = 200_000)]
+    #[arg(long, default_value_t = 200_000, value_parser = int_in(1..=MAX_SECONDS))]
     pub eval_interval: u64,
     /// Seconds between points of the balance time series.
-    #[arg(long, default_value_t = 21_600)]
+    #[arg(long, default_value_t = 21_600, value_parser = int_in(1..=MAX_SECONDS))]
     pub series_interval: u64,
     /// Prediction market only: reward rounds [default: 3].
-    #[arg(long)]
+    #[arg(long, value_parser = int_in(1..=u8::MAX))]
     pub rounds: Option<u8>,
     /// Prediction market only: test reviews the initiator commits and reveals (the first
     /// ones of test.tsv) [default: 100].
-    #[arg(long)]
+    #[arg(long, value_parser = int_in(1..=MAX_REVIEWS))]
     pub market_test_size: Option<usize>,
     /// Prediction market only: pieces the test set is committed in [default: 4].
-    #[arg(long)]
+    #[arg(long, value_parser = int_in(1..=MAX_REVIEWS))]
     pub pieces: Option<usize>,
     /// Prediction market only: the initiator's bounty in tokens [default: 10000].
-    #[arg(long)]
+    #[arg(long, value_parser = int_in(1..=MAX_TOKENS))]
     pub bounty: Option<u64>,
 }
 

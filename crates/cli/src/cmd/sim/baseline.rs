@@ -7,7 +7,8 @@ use cohort_sim::{Dataset, ModelKind as SimModel};
 use rand::SeedableRng;
 use serde::Serialize;
 
-use super::args::ModelKind;
+use super::args::{MAX_REVIEWS, ModelKind, num_words};
+use crate::args::{check_output_file, int_in};
 use crate::output::{Table, write_json};
 
 /// The chosen model fit on the whole training set (the perceptron as sklearn's `fit`:
@@ -22,13 +23,13 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = ModelKind::Perceptron)]
     model: ModelKind,
     /// Feature counts, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = [100, 200, 500])]
+    #[arg(long, value_delimiter = ',', default_values_t = [100, 200, 500], value_parser = num_words())]
     num_words: Vec<u32>,
     /// Use the first N training reviews (default: all).
-    #[arg(long)]
+    #[arg(long, value_parser = int_in(1..=MAX_REVIEWS))]
     train_size: Option<usize>,
     /// Shuffling seeds: 1, 2, ..., N.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = int_in(1..=100_000u64))]
     seeds: u64,
     /// Write the results here as JSON.
     #[arg(long)]
@@ -47,7 +48,9 @@ struct Row {
 
 impl Args {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
-        anyhow::ensure!(self.seeds > 0, "--seeds must be at least 1");
+        if let Some(p) = &self.json {
+            check_output_file(p, "--json")?;
+        }
         let kind: SimModel = self.model.into();
         let mut rows = Vec::new();
         for &nw in &self.num_words {

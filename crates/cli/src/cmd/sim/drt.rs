@@ -6,7 +6,8 @@ use anyhow::Context;
 use cohort_sim::driver::MechanismKind;
 use cohort_sim::{Dataset, plot, run};
 
-use super::args::SimArgs;
+use super::args::{MAX_REVIEWS, SimArgs, cost_weight, num_words};
+use crate::args::{check_output_file, int_in};
 use crate::output::{Table, write_json};
 
 /// One run of a mechanism (Deposit-Refund-Take, Points or the prediction market): the
@@ -17,15 +18,15 @@ pub struct Args {
     #[command(flatten)]
     sim: SimArgs,
     /// Features per review: word ids at or above it become out-of-vocabulary (2).
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = num_words())]
     num_words: u32,
     /// Use the first N training reviews (default: all).
-    #[arg(long)]
+    #[arg(long, value_parser = int_in(1..=MAX_REVIEWS))]
     train_size: Option<usize>,
     /// Weight of the deposit: cost = max(1, cost_weight * 60 / sqrt(seconds since the last
     /// addition)) [default: 1]. Deposit-Refund-Take and the market; Points has no deposit
     /// and refuses it.
-    #[arg(long)]
+    #[arg(long, value_parser = cost_weight())]
     cost_weight: Option<f64>,
     /// Seed of every random draw.
     #[arg(long, default_value_t = 1)]
@@ -33,7 +34,8 @@ pub struct Args {
     /// Write the full report (figures, per-agent accounts, time series) here as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Write an SVG chart of balances and accuracy over simulated days here.
+    /// Write a chart of balances and accuracy over simulated days here: SVG, or PNG when the
+    /// name ends in .png.
     #[arg(long)]
     plot: Option<PathBuf>,
 }
@@ -50,6 +52,14 @@ impl Args {
         let cfg = self
             .sim
             .config(mechanism, self.seed, self.cost_weight.unwrap_or(1.0))?;
+        // Output files are checked before the run, not after it.
+        if let Some(p) = &self.json {
+            check_output_file(p, "--json")?;
+        }
+        if let Some(p) = &self.plot {
+            cohort_sim::plot::PlotFormat::from_path(p).context("--plot")?;
+            check_output_file(p, "--plot")?;
+        }
         let points = mechanism == MechanismKind::Points;
         let t = Instant::now();
         let data = Dataset::load(&self.sim.data, self.num_words, self.train_size)?;
@@ -182,8 +192,9 @@ impl Args {
             write_json(p, &r)?;
         }
         if let Some(p) = &self.plot {
-            std::fs::write(p, plot::run_chart(&r))
-                .with_context(|| format!("writing {}", p.display()))?;
+            plot::run_chart(&r)
+                .write(p)
+                .context("writing the --plot chart")?;
         }
         Ok(ExitCode::SUCCESS)
     }

@@ -6,7 +6,8 @@ use cohort_sim::driver::MechanismKind;
 use cohort_sim::sweep::{self, Stat, SweepSpec};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::args::{MechanismArg, ModelKind, SimArgs};
+use super::args::{MAX_REVIEWS, MechanismArg, ModelKind, SimArgs, cost_weight, num_words};
+use crate::args::{check_output_file, int_in};
 use crate::output::{Table, write_json};
 
 /// A grid of Deposit-Refund-Take runs on all cores: every combination of num_words, training
@@ -16,10 +17,10 @@ pub struct Args {
     #[command(flatten)]
     sim: SimArgs,
     /// Feature counts, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = [100, 200, 500])]
+    #[arg(long, value_delimiter = ',', default_values_t = [100, 200, 500], value_parser = num_words())]
     num_words: Vec<u32>,
     /// Training sizes (first N reviews), comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = [1000, 2500, 5000])]
+    #[arg(long, value_delimiter = ',', default_values_t = [1000, 2500, 5000], value_parser = int_in(1..=MAX_REVIEWS))]
     train_size: Vec<usize>,
     /// Mechanisms, comma-separated (drt, points, market) [default: drt].
     #[arg(long, value_delimiter = ',', value_enum)]
@@ -28,13 +29,13 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', value_enum)]
     models: Vec<ModelKind>,
     /// Cost weights, comma-separated (Points ignores them: its runs repeat per weight).
-    #[arg(long, value_delimiter = ',', default_values_t = [0.5, 1.0, 2.0, 4.0, 8.0, 16.0])]
+    #[arg(long, value_delimiter = ',', default_values_t = [0.5, 1.0, 2.0, 4.0, 8.0, 16.0], value_parser = cost_weight())]
     cost_weight: Vec<f64>,
     /// Seeds per cell: 1, 2, ..., N.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = int_in(1..=100_000u64))]
     seeds: u64,
     /// Worker threads (default: all cores).
-    #[arg(long)]
+    #[arg(long, value_parser = int_in(1..=1024usize))]
     threads: Option<usize>,
     /// Write every run and the summary here as JSON.
     #[arg(long)]
@@ -42,7 +43,8 @@ pub struct Args {
     /// Write every run here as CSV (one line per run).
     #[arg(long)]
     csv: Option<PathBuf>,
-    /// Write SVG charts against the cost weight (one line per num_words) here.
+    /// Write charts against the cost weight (one line per num_words) here: SVG, or PNG when
+    /// the name ends in .png.
     #[arg(long)]
     plot: Option<PathBuf>,
 }
@@ -63,7 +65,19 @@ fn stat(s: &Option<Stat>, scale: f64, digits: usize) -> String {
 
 impl Args {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
-        anyhow::ensure!(self.seeds > 0, "--seeds must be at least 1");
+        // Output files are checked before the runs, not after them.
+        for (flag, path) in [
+            ("--json", &self.json),
+            ("--csv", &self.csv),
+            ("--plot", &self.plot),
+        ] {
+            if let Some(p) = path {
+                check_output_file(p, flag)?;
+            }
+        }
+        if let Some(p) = &self.plot {
+            cohort_sim::plot::PlotFormat::from_path(p).context("--plot")?;
+        }
         // Market-only flags are accepted when the market is one of the mechanisms.
         let base_mechanism = if self.mechanisms.contains(&MechanismArg::Market) {
             MechanismKind::Market
@@ -143,8 +157,9 @@ impl Args {
                 .with_context(|| format!("writing {}", p.display()))?;
         }
         if let Some(p) = &self.plot {
-            std::fs::write(p, sweep::sweep_chart(&result.rows))
-                .with_context(|| format!("writing {}", p.display()))?;
+            sweep::sweep_chart(&result.rows)
+                .write(p)
+                .context("writing the --plot chart")?;
         }
         Ok(ExitCode::SUCCESS)
     }
