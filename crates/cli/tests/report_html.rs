@@ -287,7 +287,7 @@ fn a_malformed_reference_is_refused_before_the_run() {
     std::fs::write(&bad, r#"{"summary": {"rounds": "not a list"}}"#).unwrap();
     let missing = tmp.path().join("missing.json");
     for (reference, needle) in [
-        (&bad, "is not a cohort run summary.json"),
+        (&bad, "not a cohort run summary.json"),
         (&missing, "reading"),
     ] {
         let out = tmp.path().join("run");

@@ -230,7 +230,7 @@ fn a_run_on_anvil_matches_the_embedded_run_and_its_transactions_are_on_chain() {
     // the contract and the transaction count where an embedded run shows its ledger check.
     let report = std::fs::read_to_string(tmp.path().join("chain/report.html"))
         .expect("chain/report.html is written");
-    assert!(report.contains("<h2>Chain</h2>"), "{report}");
+    assert!(report.contains(">Chain</h2>"), "{report}");
     assert!(report.contains("id <b>31337</b>"), "{report}");
     assert!(report.contains(&anvil.url), "{report}");
     assert!(
@@ -241,9 +241,9 @@ fn a_run_on_anvil_matches_the_embedded_run_and_its_transactions_are_on_chain() {
         report.contains(&format!("{} transactions", txs.len())),
         "{report}"
     );
-    assert!(!report.contains("<h2>Ledger</h2>"), "{report}");
+    assert!(!report.contains(">Ledger</h2>"), "{report}");
     let embedded_report = std::fs::read_to_string(tmp.path().join("embedded/report.html")).unwrap();
-    assert!(embedded_report.contains("<h2>Ledger</h2>"));
+    assert!(embedded_report.contains(">Ledger</h2>"));
     assert!(embedded_report.contains("verified"));
 
     // The deployment is the first recorded transaction.
