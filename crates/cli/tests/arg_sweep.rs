@@ -1,0 +1,388 @@
+//! Every argument of every subcommand, as an attacker would set it: zero, negative, NaN,
+//! infinite, huge and garbage values. Whatever `cohort` does with them, it must never panic
+//! (exit 101), abort (134) or die on a signal, and never hang; a value it refuses is refused by
+//! name. The subcommands and their flags are read from `--help`, so a new flag is swept without
+//! touching this file, and a new subcommand fails here until it has a base invocation below.
+
+mod common;
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::{cohort, p, text};
+
+/// The values every flag that takes one is tried with.
+const BAD: &[&str] = &[
+    "0",
+    "-1",
+    "nan",
+    "inf",
+    "-inf",
+    "1e308",
+    "18446744073709551616",
+    "x",
+    "",
+];
+
+/// `BAD` split in three classes of one value of each kind; by default each flag is tried with
+/// one class, chosen by the sweep's seed (so the classes rotate between flags and between
+/// runs), which keeps the suite's sweep to about a minute. `COHORT_SWEEP=full` tries every
+/// value on every flag.
+fn values_for(flag_index: usize, seed: usize) -> Vec<&'static str> {
+    if std::env::var("COHORT_SWEEP").as_deref() == Ok("full") {
+        return BAD.to_vec();
+    }
+    let class = (flag_index + seed) % 3;
+    BAD.iter().skip(class).step_by(3).copied().collect()
+}
+
+/// A command that accepts a value must still finish within this (debug build, shared CPU).
+const TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Fixtures the base invocations refer to.
+struct Fixtures {
+    root: PathBuf,
+    ledger: PathBuf,
+    model: PathBuf,
+    text: PathBuf,
+    imdb: PathBuf,
+    linear: PathBuf,
+}
+
+impl Fixtures {
+    fn new(root: &Path) -> Fixtures {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let data = repo.join("../shared/data");
+        // A small corpus: the first 20,000 characters of Tiny Shakespeare.
+        let corpus = std::fs::read_to_string(data.join("tinyshakespeare/input.txt")).unwrap();
+        let text = root.join("text.txt");
+        std::fs::write(&text, &corpus[..20_000]).unwrap();
+        let ledger = root.join("ledger");
+        let o = cohort(&["ledger", "demo", p(&ledger)]);
+        assert!(o.status.success(), "{}", common::text(&o));
+        let model = root.join("model");
+        let o = cohort(&[
+            "model",
+            "pretrain",
+            "--corpus",
+            p(&text),
+            "--preset",
+            "test",
+            "--out",
+            p(&model),
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--batch",
+            "2",
+        ]);
+        assert!(o.status.success(), "{}", common::text(&o));
+        Fixtures {
+            root: root.to_path_buf(),
+            ledger,
+            model,
+            text,
+            imdb: data.join("imdb"),
+            linear: repo.join("examples/attack-linear.toml"),
+        }
+    }
+
+    /// A quick, valid invocation of `cmd` (`{fresh}` becomes a path that does not exist yet).
+    fn base(&self, cmd: &str) -> Option<Vec<String>> {
+        let l = p(&self.ledger);
+        let m = p(&self.model);
+        let t = p(&self.text);
+        let i = p(&self.imdb);
+        let sim = |m: &str| format!("sim {m} --data {i} --num-words 20 --train-size 200 --seed 1");
+        let line = match cmd {
+            "ledger demo" => "ledger demo {fresh}".to_owned(),
+            "ledger show" => format!("ledger show {l}"),
+            "ledger verify" => format!("ledger verify {l}"),
+            "ledger prove" => format!("ledger prove {l} --entry 0"),
+            "run" => format!(
+                "run {} --out {{fresh}} --set clients=6 --set coordinator.rounds=1",
+                p(&self.linear)
+            ),
+            "model pretrain" => format!(
+                "model pretrain --corpus {t} --preset test --out {{fresh}} --steps 2 --warmup 1 --batch 2"
+            ),
+            "model eval" => format!("model eval {m} --data {t} --max-windows 2 --batch 2"),
+            "model generate" => format!("model generate {m} --prompt To --max-new 4"),
+            "model lora" => {
+                format!("model lora {m} --data {t} --out {{fresh}} --steps 2 --batch 2")
+            }
+            "model svd" => format!("model svd {m} --rank 2"),
+            "bench ledger" => "bench ledger --entries 50 --batch 10 --proofs 5".to_owned(),
+            "bench train" => "bench train --preset test --steps 1 --warmup 0 --batch 2".to_owned(),
+            "sim drt" | "sim points" => sim(&cmd[4..]),
+            "sim market" => sim("market") + " --rounds 1 --init-samples 50 --market-test-size 50",
+            "sim baseline" => format!("sim baseline --data {i} --num-words 20 --train-size 200"),
+            "sim sweep" => format!(
+                "sim sweep --data {i} --num-words 20 --train-size 200 --seeds 1 --engine native \
+                 --mechanisms drt --models perceptron --threads 1"
+            ),
+            _ => return None,
+        };
+        Some(line.split_whitespace().map(str::to_owned).collect())
+    }
+}
+
+/// The leaf subcommands, from the help of `cohort` and of each group.
+fn subcommands() -> Vec<String> {
+    let mut leaves = Vec::new();
+    for group in commands_in(&[]) {
+        let inner = commands_in(&[group.as_str()]);
+        if inner.is_empty() {
+            leaves.push(group);
+        } else {
+            leaves.extend(inner.into_iter().map(|c| format!("{group} {c}")));
+        }
+    }
+    leaves
+}
+
+fn commands_in(path: &[&str]) -> Vec<String> {
+    let mut args = path.to_vec();
+    args.push("--help");
+    let help = String::from_utf8(cohort(&args).stdout).unwrap();
+    let Some((_, rest)) = help.split_once("Commands:\n") else {
+        return Vec::new();
+    };
+    rest.lines()
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The flags of `cmd` that take a value (`--name <VALUE>`).
+fn value_flags(cmd: &str) -> Vec<String> {
+    let mut args: Vec<&str> = cmd.split(' ').collect();
+    args.push("--help");
+    let help = String::from_utf8(cohort(&args).stdout).unwrap();
+    let mut flags: Vec<String> = help
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim_start();
+            let l = l.strip_prefix("-h, ").unwrap_or(l);
+            let rest = l.strip_prefix("--")?;
+            let (name, after) = rest.split_once(' ')?;
+            after.starts_with('<').then(|| format!("--{name}"))
+        })
+        .collect();
+    flags.dedup();
+    flags
+}
+
+struct Outcome {
+    cmd: String,
+    args: Vec<String>,
+    seconds: f64,
+    code: Option<i32>,
+    output: String,
+    timed_out: bool,
+}
+
+fn run_with_timeout(args: &[String], cwd: &Path) -> (Option<i32>, String, bool) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cohort starts");
+    // Drain the pipes on threads so a chatty child cannot block on a full pipe.
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let ho = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut so, &mut b).ok();
+        b
+    });
+    let he = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut se, &mut b).ok();
+        b
+    });
+    let start = Instant::now();
+    let (status, timed_out) = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break (s, false);
+        }
+        if start.elapsed() > TIMEOUT {
+            child.kill().ok();
+            break (child.wait().unwrap(), true);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let o = std::process::Output {
+        status,
+        stdout: ho.join().unwrap(),
+        stderr: he.join().unwrap(),
+    };
+    (o.status.code(), text(&o), timed_out)
+}
+
+#[test]
+fn no_argument_makes_cohort_panic_abort_or_hang() {
+    let seed: usize = std::env::var("COHORT_SWEEP_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::random::<u32>() as usize % 3);
+    eprintln!("sweep seed {seed} (COHORT_SWEEP_SEED={seed} repeats this sweep)");
+    let dir = tempfile::tempdir().unwrap();
+    let fx = Fixtures::new(dir.path());
+    let leaves = subcommands();
+    assert!(leaves.len() >= 15, "found only {leaves:?}");
+    let mut jobs = VecDeque::new();
+    let mut missing = Vec::new();
+    let mut fresh = 0usize;
+    for cmd in &leaves {
+        let Some(base) = fx.base(cmd) else {
+            missing.push(cmd.clone());
+            continue;
+        };
+        for (fi, flag) in value_flags(cmd).into_iter().enumerate() {
+            for v in values_for(fi, seed) {
+                let mut args = base.clone();
+                // Replace the base's value of this flag, if it has one, so clap does not refuse a
+                // repeated flag before the value is even looked at.
+                if let Some(k) = args.iter().position(|a| *a == flag) {
+                    args.remove(k);
+                    args.remove(k);
+                }
+                args.push(format!("{flag}={v}"));
+                for a in &mut args {
+                    if a.contains("{fresh}") {
+                        fresh += 1;
+                        *a = a.replace("{fresh}", p(&fx.root.join(format!("fresh-{fresh}"))));
+                    }
+                }
+                jobs.push_back((cmd.clone(), args));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "subcommands without a base invocation in arg_sweep.rs: {missing:?}"
+    );
+    // Each base invocation must itself succeed, or its sweep would only test a refusal.
+    let cwd = fx.root.join("cwd");
+    std::fs::create_dir_all(&cwd).unwrap();
+    for cmd in &leaves {
+        let mut args = fx.base(cmd).unwrap();
+        for a in &mut args {
+            *a = a.replace(
+                "{fresh}",
+                p(&fx.root.join(format!("base-{}", cmd.replace(' ', "-")))),
+            );
+        }
+        let start = Instant::now();
+        let (code, output, _) = run_with_timeout(&args, &cwd);
+        assert_eq!(
+            code,
+            Some(0),
+            "the base invocation `cohort {}` failed:\n{output}",
+            args.join(" ")
+        );
+        eprintln!("base {cmd:<16} {:>6.2} s", start.elapsed().as_secs_f64());
+    }
+    let total = jobs.len();
+    let jobs = Mutex::new(jobs);
+    let results = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                loop {
+                    let Some((cmd, args)) = jobs.lock().unwrap().pop_front() else {
+                        break;
+                    };
+                    let start = Instant::now();
+                    let (code, output, timed_out) = run_with_timeout(&args, &cwd);
+                    results.lock().unwrap().push(Outcome {
+                        cmd,
+                        args,
+                        seconds: start.elapsed().as_secs_f64(),
+                        code,
+                        output,
+                        timed_out,
+                    });
+                }
+            });
+        }
+    });
+    let results = results.into_inner().unwrap();
+    let mut failures = Vec::new();
+    for r in &results {
+        let flag = r
+            .args
+            .last()
+            .and_then(|a| a.split_once('='))
+            .map(|(f, _)| f.to_owned())
+            .unwrap_or_default();
+        let why = if r.timed_out {
+            Some(format!("did not finish within {TIMEOUT:?}"))
+        } else if !matches!(r.code, Some(0..=2)) {
+            Some(format!("exit {:?}", r.code))
+        } else if r.code == Some(2) && r.output.trim().is_empty() {
+            Some("exit 2 with no message".to_owned())
+        } else if r.output.contains("invalid value") && !r.output.contains(&flag) {
+            Some(format!("a refusal that does not name {flag}"))
+        } else if r.output.contains("panicked at") {
+            Some("a panic message".to_owned())
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            let tail: String = r
+                .output
+                .chars()
+                .rev()
+                .take(400)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            failures.push(format!(
+                "{} {}: {why}\n    {}",
+                r.cmd,
+                r.args.join(" "),
+                tail.replace('\n', "\n    ")
+            ));
+        }
+    }
+    let mut per_cmd: std::collections::BTreeMap<&str, (usize, f64, f64)> = Default::default();
+    for r in &results {
+        let e = per_cmd.entry(&r.cmd).or_default();
+        e.0 += 1;
+        e.1 += r.seconds;
+        e.2 = e.2.max(r.seconds);
+    }
+    for r in results.iter().filter(|r| r.seconds > 1.0) {
+        eprintln!(
+            "slow: {:.1} s exit {:?}: {}",
+            r.seconds,
+            r.code,
+            r.args.join(" ")
+        );
+    }
+    for (cmd, (n, total, max)) in &per_cmd {
+        eprintln!("{cmd:<16} {n:>5} invocations {total:>8.1} s (longest {max:.1} s)");
+    }
+    eprintln!(
+        "swept {total} invocations of {} subcommands; {} failed",
+        leaves.len(),
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "sweep seed {seed}:\n{}",
+        failures.join("\n")
+    );
+}
