@@ -4,6 +4,8 @@
 //! name. The subcommands and their flags are read from `--help`, so a new flag is swept without
 //! touching this file, and a new subcommand fails here until it has a base invocation below.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::VecDeque;

@@ -983,7 +983,7 @@ impl Args {
             &summary,
             crate::report::Record::Embedded(&verified),
             reference,
-            &self.report_info(wall, &keys),
+            &self.report_info(wall, keys),
         )?;
         let doc = json!({
             "config": cfg,
