@@ -1050,13 +1050,13 @@ impl Args {
     /// What the report names about this run: config, command line, version, start time, and
     /// how its keys were made.
     fn report_info(&self, wall_seconds: f64, keys: &Keys) -> crate::report::RunInfo {
-        crate::report::RunInfo::of_this_process(&self.config, wall_seconds).with_note(if keys
-            .is_seeded()
-        {
-            SEEDED_NOTE
-        } else {
-            RANDOM_NOTE
-        })
+        crate::report::RunInfo::of_this_process(&self.config, wall_seconds).with_note(
+            if keys.is_seeded() {
+                SEEDED_NOTE
+            } else {
+                RANDOM_NOTE
+            },
+        )
     }
 
     /// The `--reference` run's summary, if one was given.
