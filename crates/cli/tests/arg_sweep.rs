@@ -52,6 +52,7 @@ struct Fixtures {
     text: PathBuf,
     imdb: PathBuf,
     linear: PathBuf,
+    key: PathBuf,
 }
 
 impl Fixtures {
@@ -83,7 +84,11 @@ impl Fixtures {
             "2",
         ]);
         assert!(o.status.success(), "{}", common::text(&o));
+        let key = root.join("party.pem");
+        let o = cohort(&["keys", "new", "--out", p(&key)]);
+        assert!(o.status.success(), "{}", common::text(&o));
         Fixtures {
+            key,
             root: root.to_path_buf(),
             ledger,
             model,
@@ -102,6 +107,8 @@ impl Fixtures {
         let sim = |m: &str| format!("sim {m} --data {i} --num-words 20 --train-size 200 --seed 1");
         let line = match cmd {
             "ledger demo" => "ledger demo {fresh}".to_owned(),
+            "keys new" => "keys new --out {fresh}".to_owned(),
+            "keys show" => format!("keys show {}", p(&self.key)),
             "ledger show" => format!("ledger show {l}"),
             "ledger verify" => format!("ledger verify {l}"),
             "ledger prove" => format!("ledger prove {l} --entry 0"),

@@ -7,6 +7,7 @@
 mod amount;
 mod hash;
 mod identity;
+pub mod keyfile;
 pub mod rng;
 
 pub use alloy_primitives::{Address, B256, Bytes, U256, keccak256};

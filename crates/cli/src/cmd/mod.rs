@@ -1,6 +1,7 @@
 //! Subcommands, one per file.
 
 mod bench;
+mod keys;
 mod ledger;
 mod model;
 mod run;
@@ -26,6 +27,9 @@ enum Command {
     /// Create, inspect, verify and prove the ledger.
     #[command(subcommand)]
     Ledger(ledger::LedgerCmd),
+    /// Make and inspect a party's signing key file (ed25519, PKCS#8 PEM, mode 0600).
+    #[command(subcommand)]
+    Keys(keys::KeysCmd),
     /// Run a federated experiment from a TOML config on the embedded ledger.
     Run(run::Args),
     /// Train, evaluate, sample from and adapt language models (GPT from scratch, LoRA).
@@ -44,6 +48,7 @@ impl Cli {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         match self.command {
             Command::Ledger(c) => c.execute(),
+            Command::Keys(c) => c.execute(),
             Command::Run(a) => a.execute(),
             Command::Model(c) => c.execute(),
             Command::Bench(c) => c.execute(),
