@@ -77,31 +77,8 @@ pub fn decode_blob(
     blob: &[u8],
 ) -> Result<Vec<f32>, FlError> {
     let bad = |reason: String| FlError::MalformedBlob { reason };
-    let n = blob
-        .get(..8)
-        .map(|b| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(b);
-            u64::from_le_bytes(a)
-        })
-        .ok_or_else(|| {
-            bad(format!(
-                "{} bytes, shorter than the 8-byte header length",
-                blob.len()
-            ))
-        })?;
-    let header = usize::try_from(n)
-        .ok()
-        .and_then(|n| blob.get(8..8usize.checked_add(n)?))
-        .ok_or_else(|| {
-            bad(format!(
-                "header of {n} bytes does not fit in {} bytes",
-                blob.len()
-            ))
-        })?;
-    let data = &blob[8 + header.len()..];
-    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(header)
-        .map_err(|e| bad(format!("header is not a JSON object: {e}")))?;
+    let (header, start) = header_of(blob)?;
+    let data = &blob[start..];
     let tensor = |name: &str| -> Result<(Vec<usize>, Vec<f32>), FlError> {
         let t = header
             .get(name)
@@ -153,6 +130,137 @@ pub fn decode_blob(
     Ok(out)
 }
 
+/// An update (or a model) with its tensors' names and shapes: `values` is the flat vector, the
+/// tensors' values one after another in the order of `tensors`. What a blob holds, as
+/// [`decode_named_blob`] reads it; [`NamedDelta::into_layout`] checks it against the global
+/// model's tensors and puts it in their order, so that a strategy can work on the flat values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedDelta {
+    /// Each tensor's name and shape, in the order of `values`.
+    pub tensors: Vec<(String, Vec<usize>)>,
+    /// The values of every tensor, flat.
+    pub values: Vec<f32>,
+}
+
+impl NamedDelta {
+    /// A flat vector as one tensor named `delta` (the layout of [`encode_blob`]).
+    pub fn flat(values: Vec<f32>) -> Self {
+        Self {
+            tensors: vec![("delta".to_owned(), vec![values.len()])],
+            values,
+        }
+    }
+
+    /// The safetensors bytes of this delta ([`encode_named_blob`]): decoding them gives it back,
+    /// tensors in name order.
+    pub fn encode(&self) -> Vec<u8> {
+        encode_named_blob(&self.tensors, &self.values)
+    }
+
+    /// This delta in the layout `spec` (the global model's tensors: name and shape, in flat
+    /// order), its values reordered to match. A tensor `spec` names that is missing, one it
+    /// does not name, or one of another shape is refused, the error naming the tensor.
+    pub fn into_layout(self, spec: &[(String, Vec<usize>)]) -> Result<Self, FlError> {
+        let bad = |reason: String| FlError::MalformedBlob { reason };
+        let mut at = std::collections::BTreeMap::new();
+        let mut off = 0usize;
+        for (name, shape) in &self.tensors {
+            let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+            let n = n
+                .filter(|n| off.checked_add(*n).is_some_and(|e| e <= self.values.len()))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "tensor {name} of shape {shape:?} does not fit in {} values",
+                        self.values.len()
+                    ))
+                })?;
+            if at.insert(name.as_str(), (shape, off, n)).is_some() {
+                return Err(bad(format!("tensor {name} appears twice")));
+            }
+            off += n;
+        }
+        if off != self.values.len() {
+            return Err(bad(format!(
+                "the tensors hold {off} values, the delta has {}",
+                self.values.len()
+            )));
+        }
+        for (name, _) in &self.tensors {
+            if !spec.iter().any(|(s, _)| s == name) {
+                return Err(bad(format!(
+                    "unexpected tensor {name}: the model has no such tensor"
+                )));
+            }
+        }
+        let mut values = Vec::with_capacity(self.values.len());
+        for (name, shape) in spec {
+            let (got, start, n) = at
+                .get(name.as_str())
+                .ok_or_else(|| bad(format!("no tensor {name}: the model has one")))?;
+            if *got != shape {
+                return Err(bad(format!("{name} has shape {got:?}, expected {shape:?}")));
+            }
+            values.extend_from_slice(&self.values[*start..start + n]);
+        }
+        Ok(Self {
+            tensors: spec.to_vec(),
+            values,
+        })
+    }
+}
+
+/// The named delta a safetensors blob holds: every tensor (in name order) with its shape and
+/// values, whatever the model's layout (check it with [`NamedDelta::into_layout`]). Errors
+/// name what is wrong, as [`decode_blob`]'s do.
+pub fn decode_named_blob(blob: &[u8]) -> Result<NamedDelta, FlError> {
+    let (header, _) = header_of(blob)?;
+    let mut tensors = Vec::new();
+    for (name, t) in header.iter().filter(|(k, _)| *k != "__metadata__") {
+        let shape: Vec<usize> =
+            serde_json::from_value(t["shape"].clone()).map_err(|e| FlError::MalformedBlob {
+                reason: format!("{name}: shape: {e}"),
+            })?;
+        tensors.push((name.clone(), shape));
+    }
+    if tensors.is_empty() {
+        return Err(FlError::MalformedBlob {
+            reason: "no tensors".to_owned(),
+        });
+    }
+    let values = decode_blob(Some(&tensors), blob)?;
+    Ok(NamedDelta { tensors, values })
+}
+
+/// The JSON header of a safetensors blob and the offset of its data.
+fn header_of(blob: &[u8]) -> Result<(serde_json::Map<String, serde_json::Value>, usize), FlError> {
+    let bad = |reason: String| FlError::MalformedBlob { reason };
+    let n = blob
+        .get(..8)
+        .map(|b| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            u64::from_le_bytes(a)
+        })
+        .ok_or_else(|| {
+            bad(format!(
+                "{} bytes, shorter than the 8-byte header length",
+                blob.len()
+            ))
+        })?;
+    let header = usize::try_from(n)
+        .ok()
+        .and_then(|n| blob.get(8..8usize.checked_add(n)?))
+        .ok_or_else(|| {
+            bad(format!(
+                "header of {n} bytes does not fit in {} bytes",
+                blob.len()
+            ))
+        })?;
+    let map = serde_json::from_slice(header)
+        .map_err(|e| bad(format!("header is not a JSON object: {e}")))?;
+    Ok((map, 8 + header.len()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,5 +292,73 @@ mod tests {
             .contains("shape")
         );
         assert!(err(decode_blob(None, &encode_named_blob(&spec, &values))).contains("delta"));
+    }
+
+    #[test]
+    fn named_deltas_round_trip_and_a_wrong_layout_is_refused_by_tensor_name() {
+        let spec = vec![("b".to_owned(), vec![2]), ("a".to_owned(), vec![1, 2])];
+        let values = vec![1.0, 2.0, 3.0, 4.0];
+        let d = decode_named_blob(&encode_named_blob(&spec, &values)).unwrap();
+        // Tensors come back in name order, each with its values.
+        assert_eq!(
+            d.tensors,
+            vec![("a".to_owned(), vec![1, 2]), ("b".to_owned(), vec![2])]
+        );
+        assert_eq!(d.values, vec![3.0, 4.0, 1.0, 2.0]);
+        let d = d.into_layout(&spec).unwrap();
+        assert_eq!(
+            (d.tensors.clone(), d.values.clone()),
+            (spec.clone(), values.clone())
+        );
+        assert_eq!(
+            decode_named_blob(&d.encode())
+                .unwrap()
+                .into_layout(&spec)
+                .unwrap(),
+            d
+        );
+        let err = |d: NamedDelta, spec: &[(String, Vec<usize>)]| {
+            d.into_layout(spec).unwrap_err().to_string()
+        };
+        // Missing, extra and misshapen tensors are named.
+        let one = NamedDelta {
+            tensors: vec![("b".to_owned(), vec![2])],
+            values: vec![1.0, 2.0],
+        };
+        assert!(err(one, &spec).contains("no tensor a"));
+        let three = NamedDelta {
+            tensors: vec![
+                ("a".to_owned(), vec![1, 2]),
+                ("b".to_owned(), vec![2]),
+                ("c".to_owned(), vec![1]),
+            ],
+            values: vec![0.0; 5],
+        };
+        assert!(err(three, &spec).contains("unexpected tensor c"));
+        let shaped = NamedDelta {
+            tensors: vec![("a".to_owned(), vec![2, 1]), ("b".to_owned(), vec![2])],
+            values: vec![0.0; 4],
+        };
+        assert!(err(shaped, &spec).contains("a has shape [2, 1], expected [1, 2]"));
+        let short = NamedDelta {
+            tensors: spec.clone(),
+            values: vec![0.0; 3],
+        };
+        assert!(err(short, &spec).contains("does not fit"));
+        let huge = NamedDelta {
+            tensors: vec![("a".to_owned(), vec![usize::MAX, 2])],
+            values: vec![],
+        };
+        assert!(err(huge, &spec).contains("does not fit"));
+        // A flat update is one `delta` tensor: against a named model it is refused by name.
+        let flat = decode_named_blob(&encode_blob(&values)).unwrap();
+        assert_eq!(flat, NamedDelta::flat(values.clone()));
+        assert!(err(flat, &spec).contains("unexpected tensor delta"));
+        assert!(
+            decode_named_blob(b"abc")
+                .unwrap_err()
+                .to_string()
+                .contains("shorter")
+        );
     }
 }
