@@ -21,8 +21,8 @@ use std::time::SystemTime;
 use alloy_primitives::U256;
 use anyhow::Context;
 use cohort_fl::learner::Metrics;
-use cohort_fl::runtime::{RoundSummary, RunConfig, RunSummary};
 use cohort_ledger::VerifyReport;
+use cohort_node::runtime::{RoundSummary, RunConfig, RunSummary};
 use serde::Serialize;
 
 /// The vendored charting library, inlined into every report.

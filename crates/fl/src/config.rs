@@ -13,7 +13,7 @@
 //!
 //! The check is pure: it reads no file. What only the data can tell (a corpus with too few
 //! roles, a sequence longer than the base model's context) is checked when the task is built,
-//! still before the ledger is created ([`crate::learner::check_inputs`] checks that the
+//! still before the ledger is created (`cohort_tasks::check_inputs` checks that the
 //! files a task names exist).
 //!
 //! ```
@@ -33,13 +33,11 @@ use std::ops::Deref;
 use serde::{Deserialize, Serialize};
 
 use crate::coordinator::CoordinatorConfig;
-use crate::learner::imdb::{ImdbModel, ImdbTaskConfig};
-use crate::learner::lm::LmTaskConfig;
-use crate::learner::{LinearTaskConfig, TaskConfig};
 use crate::strategy::{
     Clipped, CoordinateMedian, FedAvg, FedOpt, Krum, MedianClipped, ScoreWeighted, Strategy,
     TrimmedMean,
 };
+use crate::task::{ImdbModel, ImdbTaskConfig, LinearTaskConfig, LmTaskConfig, TaskConfig};
 use crate::{AttackKind, FlError};
 
 /// The deployed protocol's minimum active stake of a client, in tokens (`minClientStake` in
@@ -628,8 +626,8 @@ fn stable_prox(lr: f64, mu: f64) -> Result<(), FlError> {
 /// The GPT presets a pretrained `lm` base may have (`cohort_model::GptConfig::preset`).
 pub const LM_PRESETS: [&str; 5] = ["test", "tiny", "reference", "small", "medium"];
 
-/// The `lm` task's ranges; also checked by [`crate::learner::lm::LmTask::new`].
-pub(crate) fn check_lm(t: &LmTaskConfig) -> Result<(), FlError> {
+/// The `lm` task's ranges; also checked by `cohort_tasks::lm::LmTask::new`.
+pub fn check_lm(t: &LmTaskConfig) -> Result<(), FlError> {
     path("task.corpus", &t.corpus)?;
     if let Some(b) = &t.base {
         path("task.base", b)?;
@@ -666,8 +664,8 @@ pub(crate) fn check_lm(t: &LmTaskConfig) -> Result<(), FlError> {
     float("task.prox_mu", t.prox_mu, 0.0, 1_000.0, false)
 }
 
-/// The `imdb` task's ranges; also checked by [`crate::learner::imdb::ImdbTask::new`].
-pub(crate) fn check_imdb(t: &ImdbTaskConfig) -> Result<(), FlError> {
+/// The `imdb` task's ranges; also checked by `cohort_tasks::imdb::ImdbTask::new`.
+pub fn check_imdb(t: &ImdbTaskConfig) -> Result<(), FlError> {
     path("task.data", &t.data)?;
     int("task.num_words", u64::from(t.num_words), 4, 10_000_000)?;
     count("task.max_len", t.max_len, 1, 4_096)?;

@@ -1,14 +1,14 @@
-//! Federated learning for cohort.
+//! Federated learning for cohort: the pure domain.
 //!
-//! The pure, synchronous parts of the federated runtime: client updates and their validation
+//! The synchronous parts of the federated protocol: client updates and their validation
 //! ([`update`]), the aggregation strategies ([`strategy`]), the coordinator state machine
-//! ([`coordinator`]), partitions ([`partition`]) and attacks ([`attack`]); none of them does
-//! I/O or reads a clock, so the same code serves the in-process runtime, a networked
-//! coordinator and the tests. Around them: the learning tasks ([`learner`]: least squares,
-//! LoRA fine-tuning of a GPT on Tiny Shakespeare by role, IMDB sentiment; these read their
-//! data files and cache a pretrained base model), the transport port between the coordinator
-//! side and the clients and validators, with its in-process adapter ([`transport`]), and the
-//! runtime over any ledger backend and any transport ([`runtime`]).
+//! ([`coordinator`]), partitions ([`partition`]), update and data attacks as transformations
+//! ([`attack`]), a run's checked configuration ([`config`], with the task settings in
+//! [`task`]), update blobs ([`blob`]) and the [`Learner`](learner::Learner) trait a task
+//! implements. None of them does I/O, reads a clock or touches a tensor library: this crate
+//! depends on neither candle, cohort-model nor the ledger (a test checks it), so the same code
+//! serves the in-process runtime, a networked coordinator and the tests. The tasks are in
+//! `cohort-tasks`; the parties and the runtime over a ledger are in `cohort-node`.
 //!
 //! Strategies compose by wrapping: robustness is a wrapper around any aggregator.
 //!
@@ -25,20 +25,19 @@
 //! ```
 
 pub mod attack;
+pub mod blob;
 pub mod config;
 pub mod coordinator;
 pub mod learner;
 pub mod partition;
-pub mod resume;
-pub mod runtime;
 pub mod strategy;
-pub mod transport;
+pub mod task;
 pub mod update;
 
 pub use attack::{AttackKind, DataAttack, UpdateAttack};
 pub use config::{RunConfig, ValidConfig};
 pub use coordinator::{Command, Coordinator, CoordinatorConfig, Event, Phase};
-pub use transport::{InProcess, Transport};
+pub use learner::{Learner, Metrics};
 pub use update::{ClientUpdate, validate};
 
 /// Errors of the federated runtime. Protocol rejections are values, never panics.

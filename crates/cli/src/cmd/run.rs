@@ -30,9 +30,9 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use cohort_core::{Identity, sha256_parts};
 use cohort_fl::config::{RunConfig, ValidConfig};
-use cohort_fl::resume;
-use cohort_fl::runtime::{Keys, RoundSummary, RunOptions, RunSummary, run_in_process};
 use cohort_ledger::{EmbeddedLedger, LedgerBackend, LedgerConfig, Protocol};
+use cohort_node::resume;
+use cohort_node::runtime::{Keys, RoundSummary, RunOptions, RunSummary, run_in_process};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
@@ -592,7 +592,7 @@ impl Args {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default();
-        cohort_fl::learner::check_inputs(&cfg, &config_dir)
+        cohort_tasks::check_inputs(&cfg, &config_dir)
             .with_context(|| format!("{}", self.config.display()))?;
         let reference = self.reference()?;
         #[cfg(feature = "evm-rpc")]
@@ -893,8 +893,8 @@ impl Args {
         // Data files are relative to the config file; a pretrained base model is cached in
         // DIR/base-<hash> (pass it as `base` to reuse it).
         progress.say("set-up: preparing the task (reading data, pretraining a base model)");
-        let task = cohort_fl::learner::build(cfg, &config_dir, &self.out)
-            .context("setting up the task")?;
+        let task =
+            cohort_tasks::build(cfg, &config_dir, &self.out).context("setting up the task")?;
         let blobs = self.out.join("blobs");
         fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
         if resume.is_none() {
@@ -1133,8 +1133,8 @@ impl Args {
             fs::copy(&self.config, self.out.join("config.toml"))
                 .with_context(|| format!("copying the config into {}", self.out.display()))?;
             progress.say("set-up: preparing the task (reading data, pretraining a base model)");
-            let task = cohort_fl::learner::build(cfg, &config_dir, &self.out)
-                .context("setting up the task")?;
+            let task =
+                cohort_tasks::build(cfg, &config_dir, &self.out).context("setting up the task")?;
             let opts = RunOptions::new().with_keys(keys.clone()).with_blobs(&blobs);
             let out = run_in_process(cfg, chain, &*task, opts, |r| progress.round(r))
                 .with_context(|| format!("on the chain at {url}"))?;

@@ -1,4 +1,4 @@
-//! The learning task behind a run, as the runtime sees it.
+//! The learning tasks of cohort, behind [`cohort_fl::learner::Learner`].
 //!
 //! A [`Learner`] holds every party's private data for an in-process run (each party only ever
 //! touches its own) and knows how to train locally, evaluate on a validator's holdout and on
@@ -13,7 +13,9 @@
 //!   bag-of-words logistic regression or a tiny GPT with a classification head, clients split
 //!   by Dirichlet label skew; supports the data-level attacks (label flipping, backdoor).
 //!
-//! [`build`] makes the task a [`RunConfig`](crate::config::RunConfig) names, with the data attacks applied.
+//! [`build`] makes the task a [`RunConfig`](cohort_fl::config::RunConfig) names, with the data
+//! attacks applied. This crate is where candle and cohort-model enter: the trait, the task
+//! settings and everything else of the domain are in `cohort-fl`, which builds without them.
 
 pub mod imdb;
 pub mod lm;
@@ -22,86 +24,16 @@ use std::path::Path;
 
 use cohort_core::{Hash32, Rng};
 use cohort_ledger::merkle::{MerkleTree, leaf_hash};
-use serde::{Deserialize, Serialize};
 
-use crate::FlError;
-use crate::attack::DataAttack;
-use crate::config::ValidConfig;
-use crate::runtime::{decode_blob, encode_blob};
+use cohort_fl::FlError;
+use cohort_fl::config::ValidConfig;
+pub use cohort_fl::learner::{Learner, Metrics};
+pub use cohort_fl::task::{LinearTaskConfig, TaskConfig};
 
-/// Quality of a model on some data.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Metrics {
-    /// Mean loss.
-    pub loss: f64,
-    /// Accuracy, for classifiers.
-    pub accuracy: Option<f64>,
-    /// Perplexity (`exp(loss)`), for language models.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub perplexity: Option<f64>,
-    /// Share of triggered test samples of the other classes that the model assigns to the
-    /// backdoor's target class, when a backdoor attacker is present.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backdoor_success_rate: Option<f64>,
-}
-
-impl Metrics {
-    /// Just a loss.
-    pub fn loss(loss: f64) -> Self {
-        Self {
-            loss,
-            accuracy: None,
-            perplexity: None,
-            backdoor_success_rate: None,
-        }
-    }
-}
-
-/// A federated learning task.
-///
-/// Every method is deterministic in its arguments (randomness comes in through `rng`), so a
-/// run replays from its seed. Implementations may keep one model and load parameters into it
-/// for each call: calls are sequential.
-pub trait Learner {
-    /// Number of trainable values.
-    fn dim(&self) -> usize;
-    /// The initial global parameters.
-    fn init(&self) -> Vec<f32>;
-    /// Client `k` trains from `global` on its own data and returns its delta.
-    fn train(&self, client: u32, global: &[f32], rng: &mut Rng) -> Result<Vec<f32>, FlError>;
-    /// How many samples client `k` holds.
-    fn num_samples(&self, client: u32) -> u64;
-    /// Merkle root over client `k`'s data shards and the number of shards, for the dataset
-    /// commitment on the ledger.
-    fn dataset_commitment(&self, client: u32) -> (Hash32, u64);
-    /// Loss of `params` on validator `v`'s held-out data.
-    fn holdout_loss(&self, validator: u32, params: &[f32]) -> Result<f64, FlError>;
-    /// Metrics of `params` on the test set.
-    fn evaluate(&self, params: &[f32]) -> Result<Metrics, FlError>;
-    /// The safetensors bytes of a flat vector (an update or a global model), whose SHA-256 is
-    /// what goes on the ledger. The default is one tensor named `delta`; tasks with named
-    /// parameters write one tensor per parameter under its name.
-    fn encode(&self, values: &[f32]) -> Vec<u8> {
-        encode_blob(values)
-    }
-    /// The flat vector of a blob written by [`encode`](Self::encode) (the inverse, bit for
-    /// bit). A blob of one tensor named `delta` decodes to its values whatever their number
-    /// (a malformed update is still read, then refused by validation); anything else that is
-    /// not this task's layout is an error.
-    fn decode(&self, blob: &[u8]) -> Result<Vec<f32>, FlError> {
-        decode_blob(None, blob)
-    }
-    /// Makes client `k` an attacker that poisons its own training data. Tasks without
-    /// labelled data refuse.
-    fn poison(&mut self, client: u32, attack: &DataAttack) -> Result<(), FlError> {
-        Err(FlError::InvalidConfig {
-            what: "attack.attack",
-            reason: format!(
-                "the {} attack needs a classification task (kind = \"imdb\"); client {client} cannot apply it",
-                attack.name()
-            ),
-        })
-    }
+/// A model or tensor error as the task error the runtime reports ([`FlError::Task`]; cohort-fl
+/// knows neither cohort-model nor candle, so the conversion is here rather than a `From`).
+pub(crate) fn task_err(e: impl std::fmt::Display) -> FlError {
+    FlError::Task(e.to_string())
 }
 
 /// Builds the task `cfg.task`, reading data files relative to `base_dir` (the config file's
@@ -182,71 +114,6 @@ pub fn check_inputs(cfg: &ValidConfig, base_dir: &Path) -> Result<(), FlError> {
             let c = c.clone().resolve(base_dir);
             need("task.data", &c.data.join("train.tsv"))?;
             need("task.data", &c.data.join("test.tsv"))
-        }
-    }
-}
-
-/// Which learning task a run trains.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum TaskConfig {
-    /// Least squares on non-IID synthetic data ([`LinearTask`]).
-    Linear(LinearTaskConfig),
-    /// LoRA fine-tuning of a small GPT on Tiny Shakespeare by role ([`lm::LmTask`]).
-    Lm(lm::LmTaskConfig),
-    /// IMDB sentiment with Dirichlet label skew ([`imdb::ImdbTask`]).
-    Imdb(imdb::ImdbTaskConfig),
-}
-
-impl Default for TaskConfig {
-    fn default() -> Self {
-        Self::Linear(LinearTaskConfig::default())
-    }
-}
-
-/// Settings of [`LinearTask`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LinearTaskConfig {
-    /// Features: [1, 1000000] (default 32).
-    pub dim: usize,
-    /// Samples per client: [1, 1000000] (default 64). All parties' samples times `dim + 1`
-    /// may not exceed 2.5e8 values.
-    pub samples_per_client: usize,
-    /// Samples per validator holdout: [1, 1000000] (default 128).
-    pub holdout_samples: usize,
-    /// Test samples: [1, 1000000] (default 512).
-    pub test_samples: usize,
-    /// How far each client's true weights drift from the shared ones (non-IID-ness): [0, 100]
-    /// (default 0.03).
-    pub client_drift: f64,
-    /// Label noise: [0, 100] (default 0.1).
-    pub noise: f64,
-    /// Local epochs: [1, 1000] (default 2).
-    pub epochs: usize,
-    /// Mini-batch size: [1, 1000000] (default 16).
-    pub batch: usize,
-    /// Learning rate: (0, 10] (default 0.05). A rate at which local training diverges stops
-    /// the run (no honest client is slashed for it).
-    pub lr: f64,
-    /// FedProx's proximal coefficient: local training minimises `loss + mu/2 |w - global|^2`
-    /// (0: plain local SGD): [0, 1000], with `lr * prox_mu` below 1.
-    pub prox_mu: f64,
-}
-
-impl Default for LinearTaskConfig {
-    fn default() -> Self {
-        Self {
-            dim: 32,
-            samples_per_client: 64,
-            holdout_samples: 128,
-            test_samples: 512,
-            client_drift: 0.03,
-            noise: 0.1,
-            epochs: 2,
-            batch: 16,
-            lr: 0.05,
-            prox_mu: 0.0,
         }
     }
 }

@@ -9,7 +9,7 @@
 //!
 //! The port never blocks on a party: [`send`] only hands a request over, and [`poll`] returns
 //! what has arrived by the virtual time `now`, possibly nothing. A party that never answers is
-//! therefore not a hang: the runtime keeps ticking the [`Coordinator`](crate::Coordinator),
+//! therefore not a hang: the runtime keeps ticking the [`Coordinator`](cohort_fl::Coordinator),
 //! whose phase times out on the virtual clock (`train_timeout`, `commit_timeout`,
 //! `reveal_timeout`), and the round goes on without it. A reply that comes too late (for a
 //! phase that has closed, or another round) is dropped by the runtime.
@@ -33,9 +33,9 @@ use cohort_core::{Hash32, Rng, Score, sha256};
 use cohort_ledger::protocol::score_commitment;
 use serde::{Deserialize, Serialize};
 
-use crate::config::ValidConfig;
-use crate::learner::Learner;
-use crate::{ClientUpdate, FlError};
+use cohort_fl::config::ValidConfig;
+use cohort_fl::learner::Learner;
+use cohort_fl::{ClientUpdate, FlError};
 
 /// Who a message is for, or from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -8,18 +8,18 @@ use std::path::{Path, PathBuf};
 
 use cohort_core::Identity;
 use cohort_fl::coordinator::CoordinatorConfig;
-use cohort_fl::learner::imdb::ImdbTaskConfig;
-use cohort_fl::learner::lm::LmTaskConfig;
-use cohort_fl::learner::{Learner, TaskConfig};
-use cohort_fl::runtime::{
-    AggregationConfig, AttackConfig, IncentiveConfig, RunConfig, RunSummary, StrategyConfig, run,
-};
 use cohort_fl::{AttackKind, FlError};
 use cohort_ledger::{EmbeddedLedger, LedgerConfig};
+use cohort_node::runtime::{
+    AggregationConfig, AttackConfig, IncentiveConfig, RunConfig, RunSummary, StrategyConfig, run,
+};
+use cohort_tasks::imdb::ImdbTaskConfig;
+use cohort_tasks::lm::LmTaskConfig;
+use cohort_tasks::{Learner, TaskConfig};
 
 /// The task of `cfg`, checked first as a run checks it.
 fn build(cfg: &RunConfig, base: &Path, cache: &Path) -> Result<Box<dyn Learner>, FlError> {
-    cohort_fl::learner::build(&cfg.clone().check()?, base, cache)
+    cohort_tasks::build(&cfg.clone().check()?, base, cache)
 }
 
 fn shared(rel: &str) -> PathBuf {
@@ -376,7 +376,7 @@ fn imdb_bag_of_words_learns_from_one_client_and_prox_shrinks_the_step() {
 
 #[test]
 fn fedprox_pulls_linear_and_lm_local_training_towards_the_global_model() {
-    use cohort_fl::learner::{LinearTask, LinearTaskConfig};
+    use cohort_tasks::{LinearTask, LinearTaskConfig};
     let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
     let train = |mu: f64| {
         let t = LinearTask::new(
@@ -504,7 +504,7 @@ fn every_example_config_parses_validates_and_finds_its_data() {
 
 #[test]
 fn the_imdb_gpt_classifier_trains_and_names_its_tensors() {
-    use cohort_fl::learner::imdb::{ImdbModel, ImdbTask};
+    use cohort_tasks::imdb::{ImdbModel, ImdbTask};
     let cfg = ImdbTaskConfig {
         data: shared("imdb"),
         model: ImdbModel::Gpt,
@@ -545,7 +545,7 @@ fn lm_roles_can_be_sharded_into_more_clients_than_there_are_roles() {
         };
         c.pretrain_steps = 1;
         c.clients_per_role = per_role;
-        cohort_fl::learner::lm::LmTask::new(c, clients, 2, 6, dir.path()).unwrap()
+        cohort_tasks::lm::LmTask::new(c, clients, 2, 6, dir.path()).unwrap()
     };
     let whole = task(3, 1);
     let sharded = task(7, 3);
@@ -565,10 +565,10 @@ fn lm_roles_can_be_sharded_into_more_clients_than_there_are_roles() {
         _ => unreachable!(),
     };
     c.clients_per_role = 0;
-    let err = cohort_fl::learner::lm::LmTask::new(c.clone(), 4, 2, 6, dir.path()).unwrap_err();
+    let err = cohort_tasks::lm::LmTask::new(c.clone(), 4, 2, 6, dir.path()).unwrap_err();
     assert!(err.to_string().contains("clients_per_role"), "{err}");
     c.clients_per_role = 1;
-    let err = cohort_fl::learner::lm::LmTask::new(c, 1_000, 2, 6, dir.path()).unwrap_err();
+    let err = cohort_tasks::lm::LmTask::new(c, 1_000, 2, 6, dir.path()).unwrap_err();
     assert!(
         err.to_string().contains("raise task.clients_per_role"),
         "{err}"

@@ -20,115 +20,12 @@ use cohort_model::data::{TokenData, sample_batch};
 use cohort_model::optim::AdamWConfig;
 use cohort_model::train::{TrainConfig, Trainer, evaluate};
 use cohort_model::{Gpt, GptConfig, LanguageModel, Lora, LoraConfig, Tokenizer, load_any};
-use serde::{Deserialize, Serialize};
 
-use super::{Learner, Metrics};
-use crate::FlError;
-use crate::partition::shakespeare_roles;
-use crate::runtime::{decode_blob, encode_named_blob};
-
-/// Settings of [`LmTask`] (`[task] kind = "lm"`). Paths are relative to the config file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LmTaskConfig {
-    /// The corpus in the Tiny Shakespeare layout (default
-    /// `../../shared/data/tinyshakespeare/input.txt`, i.e. the shared data from `examples/`).
-    pub corpus: PathBuf,
-    /// A base checkpoint directory (GPT or Llama family, Hugging Face layout, with its
-    /// tokenizer). None (the default): pretrain a GPT of `preset` first.
-    pub base: Option<PathBuf>,
-    /// Size of the pretrained base: `test` (d 32, 2 layers, context 32, the default),
-    /// `tiny` (d 128, 4 layers, context 128), `reference`, `small` or `medium`; see `cohort
-    /// model pretrain`.
-    pub preset: String,
-    /// Pretraining steps of the base: [0, 1000000] (default 300).
-    pub pretrain_steps: usize,
-    /// Peak pretraining learning rate: (0, 1] (default 3e-3, warm-up 10%, cosine to a tenth).
-    pub pretrain_lr: f64,
-    /// Sequences per pretraining step: [1, 4096] (default 16).
-    pub pretrain_batch: usize,
-    /// Lowest number of lines a role needs to be a client: [1, 1000000] (default 100).
-    pub min_lines: usize,
-    /// Clients per role: [1, 10000] (default 1, LEAF's split): with more, each client role's training
-    /// lines are cut into this many contiguous shards, one client each, so that a run can
-    /// have more clients than Tiny Shakespeare has roles (70 roles speak at least 100 lines).
-    pub clients_per_role: usize,
-    /// Tokens per training and evaluation window: [1, 4096] and at most the model's context
-    /// (default 32).
-    pub seq_len: usize,
-    /// Sequences per local step: [1, 4096] (default 16).
-    pub batch: usize,
-    /// AdamW steps per round of local training: [1, 100000] (default 16).
-    pub local_steps: usize,
-    /// Local learning rate (constant): (0, 1] (default 2e-3).
-    pub lr: f64,
-    /// LoRA rank: [1, 1024] (default 4).
-    pub lora_rank: usize,
-    /// LoRA alpha: (0, 1e4] (default 8: scale alpha / rank = 2).
-    pub lora_alpha: f64,
-    /// Modules LoRA adapts (PEFT suffixes, 1 to 32; default `c_attn`, `c_proj`, `c_fc`).
-    pub lora_targets: Vec<String>,
-    /// Share of every client role's lines given to the validators: (0, 0.5) (default 0.1).
-    pub holdout_fraction: f64,
-    /// Share of every client role's lines in the test set (the last lines): (0, 0.5)
-    /// (default 0.1).
-    pub test_fraction: f64,
-    /// Most windows per validator holdout or test evaluation: [1, 1000000] (default 32).
-    pub eval_windows: usize,
-    /// FedProx's proximal coefficient mu: [0, 1000] (default 0).
-    pub prox_mu: f64,
-}
-
-impl Default for LmTaskConfig {
-    fn default() -> Self {
-        Self {
-            corpus: PathBuf::from("../../shared/data/tinyshakespeare/input.txt"),
-            base: None,
-            preset: "test".into(),
-            pretrain_steps: 300,
-            pretrain_lr: 3e-3,
-            pretrain_batch: 16,
-            min_lines: 100,
-            clients_per_role: 1,
-            seq_len: 32,
-            batch: 16,
-            local_steps: 16,
-            lr: 2e-3,
-            lora_rank: 4,
-            lora_alpha: 8.0,
-            lora_targets: vec!["c_attn".into(), "c_proj".into(), "c_fc".into()],
-            holdout_fraction: 0.1,
-            test_fraction: 0.1,
-            eval_windows: 32,
-            prox_mu: 0.0,
-        }
-    }
-}
-
-impl LmTaskConfig {
-    /// Makes relative paths relative to `dir` (the config file's directory).
-    pub fn resolve(mut self, dir: &Path) -> Self {
-        if self.corpus.is_relative() {
-            self.corpus = dir.join(&self.corpus);
-        }
-        if let Some(b) = self.base.as_mut().filter(|b| b.is_relative()) {
-            *b = dir.join(&*b);
-        }
-        self
-    }
-}
-
-impl From<cohort_model::Error> for FlError {
-    fn from(e: cohort_model::Error) -> Self {
-        FlError::Task(e.to_string())
-    }
-}
-
-impl From<candle_core::Error> for FlError {
-    fn from(e: candle_core::Error) -> Self {
-        FlError::Task(e.to_string())
-    }
-}
+use cohort_fl::FlError;
+use cohort_fl::blob::{decode_blob, encode_named_blob};
+use cohort_fl::learner::{Learner, Metrics};
+use cohort_fl::partition::shakespeare_roles;
+pub use cohort_fl::task::LmTaskConfig;
 
 struct Client {
     role: String,
@@ -173,7 +70,7 @@ impl LmTask {
         seed: u64,
         cache_dir: &Path,
     ) -> Result<Self, FlError> {
-        crate::config::check_lm(&cfg)?;
+        cohort_fl::config::check_lm(&cfg)?;
         let text = std::fs::read_to_string(&cfg.corpus).map_err(|e| FlError::InvalidConfig {
             what: "task.corpus",
             reason: format!("{}: {e}", cfg.corpus.display()),
@@ -202,7 +99,7 @@ impl LmTask {
                     reason: format!("{} holds no config.json", dir.display()),
                 });
             }
-            Some(dir) => (dir.clone(), Tokenizer::load(dir)?),
+            Some(dir) => (dir.clone(), Tokenizer::load(dir).map_err(crate::task_err)?),
             None => {
                 let pretrain_text: String = rest.iter().map(|r| r.text.as_str()).collect();
                 let tok = Tokenizer::chars_of(&text);
@@ -252,7 +149,7 @@ impl LmTask {
             .into_iter()
             .map(|s| (s.name, s.shape))
             .collect();
-        let init = model.params().flat()?;
+        let init = model.params().flat().map_err(crate::task_err)?;
 
         let need = cfg.seq_len + 2;
         let mut holdout_text = vec![String::new(); validators];
@@ -280,7 +177,7 @@ impl LmTask {
                 let (a, b) = (shard * n_train / shards, (shard + 1) * n_train / shards);
                 let train: Vec<String> = lines[a..b].iter().map(|s| (*s).to_owned()).collect();
                 let joined: String = train.iter().flat_map(|l| [l.as_str(), "\n"]).collect();
-                let tokens = tokenizer.encode(&joined)?;
+                let tokens = tokenizer.encode(&joined).map_err(crate::task_err)?;
                 let role = if per_role == 1 {
                     r.role.clone()
                 } else {
@@ -306,7 +203,7 @@ impl LmTask {
             .iter()
             .enumerate()
             .map(|(v, t)| {
-                let tokens = tokenizer.encode(t)?;
+                let tokens = tokenizer.encode(t).map_err(crate::task_err)?;
                 if tokens.len() < need {
                     return Err(FlError::InvalidConfig {
                         what: "task.holdout_fraction",
@@ -319,7 +216,7 @@ impl LmTask {
                 Ok(tokens)
             })
             .collect::<Result<Vec<_>, FlError>>()?;
-        let test = tokenizer.encode(&test_text)?;
+        let test = tokenizer.encode(&test_text).map_err(crate::task_err)?;
         if test.len() < need {
             return Err(FlError::InvalidConfig {
                 what: "task.test_fraction",
@@ -357,14 +254,18 @@ impl LmTask {
     }
 
     fn loss_on(&self, tokens: &[u32], params: &[f32]) -> Result<f64, FlError> {
-        self.model.params().set_flat(params)?;
+        self.model
+            .params()
+            .set_flat(params)
+            .map_err(crate::task_err)?;
         let s = evaluate(
             &*self.model,
             tokens,
             16,
             self.cfg.seq_len,
             self.cfg.eval_windows,
-        )?;
+        )
+        .map_err(crate::task_err)?;
         Ok(s.loss)
     }
 }
@@ -374,7 +275,7 @@ fn pretrained_base(
     cfg: &LmTaskConfig,
     corpus: &str,
     pretrain_text: &str,
-    client_roles: &[crate::partition::RoleText],
+    client_roles: &[cohort_fl::partition::RoleText],
     tok: &Tokenizer,
     seed: u64,
     cache_dir: &Path,
@@ -402,7 +303,7 @@ fn pretrained_base(
     if dir.join("config.json").exists() {
         return Ok(dir);
     }
-    let model = Gpt::new(gc, seed, &Device::Cpu)?;
+    let model = Gpt::new(gc, seed, &Device::Cpu).map_err(crate::task_err)?;
     let mut tc = TrainConfig::new(cfg.pretrain_batch, seq);
     tc.seed = seed;
     tc.optim = AdamWConfig {
@@ -412,18 +313,18 @@ fn pretrained_base(
         total_steps: cfg.pretrain_steps.max(1),
         ..AdamWConfig::default()
     };
-    let mut trainer = Trainer::new(&model, tc)?;
+    let mut trainer = Trainer::new(&model, tc).map_err(crate::task_err)?;
     let data = TokenData {
-        train: tok.encode(pretrain_text)?,
+        train: tok.encode(pretrain_text).map_err(crate::task_err)?,
         val: Vec::new(),
     };
     for _ in 0..cfg.pretrain_steps {
-        trainer.step(&model, &data)?;
+        trainer.step(&model, &data).map_err(crate::task_err)?;
     }
     let tmp = cache_dir.join(format!("base-{}.partial", &key.to_hex()[..16]));
     std::fs::create_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
-    model.save(&tmp)?;
-    tok.save(&tmp)?;
+    model.save(&tmp).map_err(crate::task_err)?;
+    tok.save(&tmp).map_err(crate::task_err)?;
     std::fs::rename(&tmp, &dir).map_err(|e| io_err(&dir, e))?;
     Ok(dir)
 }
@@ -442,7 +343,7 @@ impl Learner for LmTask {
             return Ok(vec![0.0; global.len()]);
         };
         let params = self.model.params();
-        params.set_flat(global)?;
+        params.set_flat(global).map_err(crate::task_err)?;
         let mut tc = TrainConfig::new(self.cfg.batch, self.cfg.seq_len);
         tc.optim = AdamWConfig {
             lr: self.cfg.lr,
@@ -452,7 +353,7 @@ impl Learner for LmTask {
             weight_decay: 0.0,
             ..AdamWConfig::default()
         };
-        let mut trainer = Trainer::new(&*self.model, tc)?;
+        let mut trainer = Trainer::new(&*self.model, tc).map_err(crate::task_err)?;
         let mut data_rng = cohort_model::rng::Rng::new(rng.next_u64());
         for _ in 0..self.cfg.local_steps {
             let batch = sample_batch(
@@ -461,14 +362,23 @@ impl Learner for LmTask {
                 self.cfg.seq_len,
                 &mut data_rng,
                 self.model.device(),
-            )?;
-            let (_, mut grads) = Trainer::gradients(&*self.model, &[batch], false)?;
+            )
+            .map_err(crate::task_err)?;
+            let (_, mut grads) =
+                Trainer::gradients(&*self.model, &[batch], false).map_err(crate::task_err)?;
             if self.cfg.prox_mu > 0.0 {
-                add_prox(&mut grads, &params.flat()?, global, self.cfg.prox_mu);
+                add_prox(
+                    &mut grads,
+                    &params.flat().map_err(crate::task_err)?,
+                    global,
+                    self.cfg.prox_mu,
+                );
             }
-            trainer.step_grads(&*self.model, &grads)?;
+            trainer
+                .step_grads(&*self.model, &grads)
+                .map_err(crate::task_err)?;
         }
-        let after = params.flat()?;
+        let after = params.flat().map_err(crate::task_err)?;
         Ok(after.iter().zip(global).map(|(a, b)| a - b).collect())
     }
 

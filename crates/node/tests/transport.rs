@@ -7,10 +7,10 @@
 use cohort_core::{Identity, sha256};
 use cohort_fl::UpdateAttack;
 use cohort_fl::coordinator::CoordinatorConfig;
-use cohort_fl::learner::{LinearTask, LinearTaskConfig};
-use cohort_fl::runtime::{AttackConfig, RunConfig, RunSummary, run, run_with};
-use cohort_fl::transport::{InProcess, Party, Reply, Request, Transport, TransportError};
 use cohort_ledger::{EmbeddedLedger, LedgerBackend, LedgerConfig};
+use cohort_node::runtime::{AttackConfig, RunConfig, RunSummary, run, run_with};
+use cohort_node::transport::{InProcess, Party, Reply, Request, Transport, TransportError};
+use cohort_tasks::{LinearTask, LinearTaskConfig};
 
 fn config() -> RunConfig {
     RunConfig {

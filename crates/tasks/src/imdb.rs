@@ -15,7 +15,7 @@
 //! [`Metrics::backdoor_success_rate`] is then the share of triggered test reviews of the other
 //! class that the model puts in the target class.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::Device;
 use cohort_core::{Hash32, Rng};
@@ -24,113 +24,15 @@ use cohort_model::classify::{self, Example};
 use cohort_model::optim::{AdamWConfig, collect_grads};
 use cohort_model::train::{TrainConfig, Trainer};
 use cohort_model::{Gpt, GptConfig, LanguageModel};
-use serde::{Deserialize, Serialize};
 
-use super::lm::add_prox;
-use super::{Learner, Metrics};
-use crate::FlError;
-use crate::attack::DataAttack;
-use crate::partition::{dirichlet_label_skew, holdout};
-use crate::runtime::{decode_blob, encode_named_blob};
+use cohort_fl::FlError;
+use cohort_fl::attack::DataAttack;
+use cohort_fl::blob::{decode_blob, encode_named_blob};
+use cohort_fl::learner::{Learner, Metrics};
+use cohort_fl::partition::{dirichlet_label_skew, holdout};
+pub use cohort_fl::task::{ImdbModel, ImdbTaskConfig};
 
-/// Which classifier an [`ImdbTask`] trains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ImdbModel {
-    /// Logistic regression on the set of words (weights `classifier.weight` `[1, num_words]`
-    /// and `classifier.bias` `[1]`).
-    Bow,
-    /// A tiny GPT with a classification head (`d_model`, `layers`, `heads`, `max_len`).
-    Gpt,
-}
-
-/// Settings of [`ImdbTask`] (`[task] kind = "imdb"`). Paths are relative to the config file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ImdbTaskConfig {
-    /// Directory with `train.tsv` and `test.tsv` (`LABEL<TAB>ID ID ...`; default
-    /// `../../shared/data/imdb`, the shared data seen from `examples/`).
-    pub data: PathBuf,
-    /// Vocabulary: ids at or above it become 2, out of vocabulary: [4, 10000000] (default
-    /// 500).
-    pub num_words: u32,
-    /// The classifier (default `bow`).
-    pub model: ImdbModel,
-    /// Last ids of each review the GPT reads: [1, 4096] (default 64).
-    pub max_len: usize,
-    /// Training reviews used, from the start of `train.tsv`: [0, 10000000] (default 2000; 0:
-    /// all).
-    pub train_samples: usize,
-    /// Test reviews, from the start of `test.tsv`: [0, 10000000] (default 500; 0: all).
-    pub test_samples: usize,
-    /// Share of the training reviews held by the validators, split evenly: (0, 0.5) (default
-    /// 0.1).
-    pub holdout_fraction: f64,
-    /// Dirichlet concentration of the label skew: (0, 1e6] (default 50: mild skew; smaller is more
-    /// skewed, and below about 10 honest clients' single updates score as badly on the
-    /// validators' balanced holdouts as label flippers' do; see docs/fl.md).
-    pub alpha: f64,
-    /// Fewest reviews a client holds (topped up from the largest client): [1, 1000000]
-    /// (default 16).
-    pub min_client_samples: usize,
-    /// GPT width: [1, 4096] (default 32).
-    pub d_model: usize,
-    /// GPT blocks: [1, 64] (default 1).
-    pub layers: usize,
-    /// GPT attention heads: [1, 64], dividing `d_model` (default 2).
-    pub heads: usize,
-    /// The bag of words ignores ids below this: Keras' markers (0-2) and the most frequent
-    /// words, which under label skew act as a second bias: [0, num_words - 1] (default 30).
-    pub skip_top: usize,
-    /// Whether the bag of words trains its bias (default false: under label skew the bias
-    /// is what a client's class balance pulls hardest on, and the test set is balanced).
-    pub train_bias: bool,
-    /// Reviews per local step: [1, 4096] (default 16).
-    pub batch: usize,
-    /// Local steps per round: [1, 100000] (default 16).
-    pub local_steps: usize,
-    /// Local learning rate (constant): (0, 100] (default 5 for `bow` (SGD on features of norm 1), use
-    /// about 3e-3 for `gpt` (AdamW)).
-    pub lr: f64,
-    /// FedProx's proximal coefficient mu: [0, 1000], with `lr * prox_mu` below 1 for `bow`
-    /// (default 0).
-    pub prox_mu: f64,
-}
-
-impl Default for ImdbTaskConfig {
-    fn default() -> Self {
-        Self {
-            data: PathBuf::from("../../shared/data/imdb"),
-            num_words: 500,
-            model: ImdbModel::Bow,
-            max_len: 64,
-            train_samples: 2000,
-            test_samples: 500,
-            holdout_fraction: 0.1,
-            alpha: 50.0,
-            min_client_samples: 16,
-            d_model: 32,
-            layers: 1,
-            heads: 2,
-            skip_top: 30,
-            train_bias: false,
-            batch: 16,
-            local_steps: 16,
-            lr: 5.0,
-            prox_mu: 0.0,
-        }
-    }
-}
-
-impl ImdbTaskConfig {
-    /// Makes a relative `data` path relative to `dir` (the config file's directory).
-    pub fn resolve(mut self, dir: &Path) -> Self {
-        if self.data.is_relative() {
-            self.data = dir.join(&self.data);
-        }
-        self
-    }
-}
+use crate::lm::add_prox;
 
 fn read(path: &Path, num_words: u32, take: usize) -> Result<Vec<Example>, FlError> {
     let mut v = classify::read_tsv(path, num_words).map_err(|e| FlError::InvalidConfig {
@@ -184,7 +86,7 @@ impl ImdbTask {
         validators: usize,
         seed: u64,
     ) -> Result<Self, FlError> {
-        crate::config::check_imdb(&cfg)?;
+        cohort_fl::config::check_imdb(&cfg)?;
         let train = read(
             &cfg.data.join("train.tsv"),
             cfg.num_words,
@@ -248,15 +150,15 @@ impl ImdbTask {
                     cfg.layers,
                     cfg.heads,
                 );
-                let mut model = Gpt::new(gc, seed, &Device::Cpu)?;
-                classify::add_head(&mut model, 2, seed)?;
+                let mut model = Gpt::new(gc, seed, &Device::Cpu).map_err(crate::task_err)?;
+                classify::add_head(&mut model, 2, seed).map_err(crate::task_err)?;
                 let spec = model
                     .params()
                     .spec()
                     .into_iter()
                     .map(|s| (s.name, s.shape))
                     .collect();
-                let init = model.params().flat()?;
+                let init = model.params().flat().map_err(crate::task_err)?;
                 (Some(model), spec, init)
             }
         };
@@ -294,15 +196,19 @@ impl ImdbTask {
             }
             return Ok((sum / n, correct as f64 / n));
         };
-        model.params().set_flat(params)?;
+        model.params().set_flat(params).map_err(crate::task_err)?;
         let mut sum = 0.0;
         for chunk in examples.chunks(64) {
             let refs: Vec<&Example> = chunk.iter().collect();
-            let (ids, lengths, labels) = classify::batch(&refs, self.cfg.max_len, model.device())?;
-            let l = classify::loss(model, &ids, &lengths, &labels)?.detach();
-            sum += f64::from(l.to_scalar::<f32>()?) * chunk.len() as f64;
+            let (ids, lengths, labels) = classify::batch(&refs, self.cfg.max_len, model.device())
+                .map_err(crate::task_err)?;
+            let l = classify::loss(model, &ids, &lengths, &labels)
+                .map_err(crate::task_err)?
+                .detach();
+            sum += f64::from(l.to_scalar::<f32>().map_err(crate::task_err)?) * chunk.len() as f64;
         }
-        let acc = classify::accuracy(model, examples, self.cfg.max_len, 64)?;
+        let acc =
+            classify::accuracy(model, examples, self.cfg.max_len, 64).map_err(crate::task_err)?;
         Ok((sum / n, acc))
     }
 
@@ -424,7 +330,7 @@ impl Learner for ImdbTask {
             return Ok(self.train_bow(data, global, rng));
         };
         let params = model.params();
-        params.set_flat(global)?;
+        params.set_flat(global).map_err(crate::task_err)?;
         let mut tc = TrainConfig::new(self.cfg.batch, self.cfg.max_len);
         tc.optim = AdamWConfig {
             lr: self.cfg.lr,
@@ -434,7 +340,7 @@ impl Learner for ImdbTask {
             weight_decay: 0.0,
             ..AdamWConfig::default()
         };
-        let mut trainer = Trainer::new(model, tc)?;
+        let mut trainer = Trainer::new(model, tc).map_err(crate::task_err)?;
         let mut order: Vec<usize> = (0..data.len()).collect();
         let mut pos = order.len();
         for _ in 0..self.cfg.local_steps {
@@ -447,15 +353,22 @@ impl Learner for ImdbTask {
                 refs.push(&data[order[pos]]);
                 pos += 1;
             }
-            let (ids, lengths, labels) = classify::batch(&refs, self.cfg.max_len, model.device())?;
-            let loss = classify::loss(model, &ids, &lengths, &labels)?;
-            let mut grads = collect_grads(params, &loss.backward()?)?;
+            let (ids, lengths, labels) = classify::batch(&refs, self.cfg.max_len, model.device())
+                .map_err(crate::task_err)?;
+            let loss = classify::loss(model, &ids, &lengths, &labels).map_err(crate::task_err)?;
+            let mut grads = collect_grads(params, &loss.backward().map_err(crate::task_err)?)
+                .map_err(crate::task_err)?;
             if self.cfg.prox_mu > 0.0 {
-                add_prox(&mut grads, &params.flat()?, global, self.cfg.prox_mu);
+                add_prox(
+                    &mut grads,
+                    &params.flat().map_err(crate::task_err)?,
+                    global,
+                    self.cfg.prox_mu,
+                );
             }
-            trainer.step_grads(model, &grads)?;
+            trainer.step_grads(model, &grads).map_err(crate::task_err)?;
         }
-        let after = params.flat()?;
+        let after = params.flat().map_err(crate::task_err)?;
         Ok(after.iter().zip(global).map(|(a, b)| a - b).collect())
     }
 

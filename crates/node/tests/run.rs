@@ -6,11 +6,11 @@
 use cohort_core::Identity;
 use cohort_fl::UpdateAttack;
 use cohort_fl::coordinator::CoordinatorConfig;
-use cohort_fl::learner::{LinearTask, LinearTaskConfig};
-use cohort_fl::runtime::{
+use cohort_ledger::{EmbeddedLedger, LedgerConfig};
+use cohort_node::runtime::{
     AggregationConfig, AttackConfig, RunConfig, RunSummary, StrategyConfig, run,
 };
-use cohort_ledger::{EmbeddedLedger, LedgerConfig};
+use cohort_tasks::{LinearTask, LinearTaskConfig};
 
 fn config(attack: Option<AttackConfig>, strategy: StrategyConfig) -> RunConfig {
     RunConfig {
@@ -288,11 +288,11 @@ fn sybils_with_small_stakes_send_one_update_and_are_priced_out_by_the_minimum_st
 use std::cell::Cell;
 
 use cohort_core::{Hash32, Rng};
-use cohort_fl::learner::{Learner, Metrics};
-use cohort_fl::resume;
-use cohort_fl::runtime::{RunError, RunOptions, run_in_process};
 use cohort_fl::{FlError, ValidConfig};
 use cohort_ledger::{LedgerBackend, SyncPolicy};
+use cohort_node::resume;
+use cohort_node::runtime::{RunError, RunOptions, run_in_process};
+use cohort_tasks::{Learner, Metrics};
 
 /// The ledger `go` uses, in `dir`, flushing once per round as `cohort run` does.
 fn ledger_in(dir: &std::path::Path, seed: u64) -> EmbeddedLedger {
@@ -487,7 +487,7 @@ fn an_honest_client_whose_training_diverges_stops_the_run_instead_of_being_slash
         epochs: 50,
         ..LinearTaskConfig::default()
     };
-    cfg.task = cohort_fl::learner::TaskConfig::Linear(t.clone());
+    cfg.task = cohort_tasks::TaskConfig::Linear(t.clone());
     let v = cfg.clone().check().unwrap();
     let task = LinearTask::new(t, cfg.clients, cfg.validators, cfg.seed);
     let dir = tempfile::tempdir().unwrap();

@@ -32,8 +32,9 @@ use alloy_primitives::Address;
 use cohort_core::{Hash32, sha256};
 use serde::{Deserialize, Serialize};
 
-use crate::FlError;
-use crate::learner::Metrics;
+use cohort_fl::FlError;
+use cohort_fl::learner::Metrics;
+
 use crate::runtime::RoundSummary;
 
 /// The format of [`SavedRound`] files.
@@ -63,7 +64,7 @@ pub struct SavedRound {
     pub datasets: Vec<Hash32>,
     /// SHA-256 of the global model's blob (`round-NNNNNN.global`).
     pub global_sha256: Hash32,
-    /// The strategy's state ([`crate::strategy::Strategy::state`]), as `f64` bit patterns.
+    /// The strategy's state ([`cohort_fl::strategy::Strategy::state`]), as `f64` bit patterns.
     pub strategy: Vec<Vec<u64>>,
     /// Test metrics of the initial model.
     pub initial: Metrics,

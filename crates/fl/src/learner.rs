@@ -1,0 +1,87 @@
+//! The learning task behind a run, as the runtime sees it: the [`Learner`] trait and the
+//! [`Metrics`] it reports. The trait speaks flat parameter vectors and blobs, not tensors, so
+//! the pure domain and the parties hold a `dyn Learner` without an ML dependency; the tasks
+//! themselves (least squares, LoRA fine-tuning of a GPT, IMDB sentiment) live in
+//! `cohort-tasks`.
+
+use cohort_core::{Hash32, Rng};
+use serde::{Deserialize, Serialize};
+
+use crate::FlError;
+use crate::attack::DataAttack;
+use crate::blob::{decode_blob, encode_blob};
+
+/// Quality of a model on some data.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Mean loss.
+    pub loss: f64,
+    /// Accuracy, for classifiers.
+    pub accuracy: Option<f64>,
+    /// Perplexity (`exp(loss)`), for language models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perplexity: Option<f64>,
+    /// Share of triggered test samples of the other classes that the model assigns to the
+    /// backdoor's target class, when a backdoor attacker is present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backdoor_success_rate: Option<f64>,
+}
+
+impl Metrics {
+    /// Just a loss.
+    pub fn loss(loss: f64) -> Self {
+        Self {
+            loss,
+            accuracy: None,
+            perplexity: None,
+            backdoor_success_rate: None,
+        }
+    }
+}
+
+/// A federated learning task.
+///
+/// Every method is deterministic in its arguments (randomness comes in through `rng`), so a
+/// run replays from its seed. Implementations may keep one model and load parameters into it
+/// for each call: calls are sequential.
+pub trait Learner {
+    /// Number of trainable values.
+    fn dim(&self) -> usize;
+    /// The initial global parameters.
+    fn init(&self) -> Vec<f32>;
+    /// Client `k` trains from `global` on its own data and returns its delta.
+    fn train(&self, client: u32, global: &[f32], rng: &mut Rng) -> Result<Vec<f32>, FlError>;
+    /// How many samples client `k` holds.
+    fn num_samples(&self, client: u32) -> u64;
+    /// Merkle root over client `k`'s data shards and the number of shards, for the dataset
+    /// commitment on the ledger.
+    fn dataset_commitment(&self, client: u32) -> (Hash32, u64);
+    /// Loss of `params` on validator `v`'s held-out data.
+    fn holdout_loss(&self, validator: u32, params: &[f32]) -> Result<f64, FlError>;
+    /// Metrics of `params` on the test set.
+    fn evaluate(&self, params: &[f32]) -> Result<Metrics, FlError>;
+    /// The safetensors bytes of a flat vector (an update or a global model), whose SHA-256 is
+    /// what goes on the ledger. The default is one tensor named `delta`; tasks with named
+    /// parameters write one tensor per parameter under its name.
+    fn encode(&self, values: &[f32]) -> Vec<u8> {
+        encode_blob(values)
+    }
+    /// The flat vector of a blob written by [`encode`](Self::encode) (the inverse, bit for
+    /// bit). A blob of one tensor named `delta` decodes to its values whatever their number
+    /// (a malformed update is still read, then refused by validation); anything else that is
+    /// not this task's layout is an error.
+    fn decode(&self, blob: &[u8]) -> Result<Vec<f32>, FlError> {
+        decode_blob(None, blob)
+    }
+    /// Makes client `k` an attacker that poisons its own training data. Tasks without
+    /// labelled data refuse.
+    fn poison(&mut self, client: u32, attack: &DataAttack) -> Result<(), FlError> {
+        Err(FlError::InvalidConfig {
+            what: "attack.attack",
+            reason: format!(
+                "the {} attack needs a classification task (kind = \"imdb\"); client {client} cannot apply it",
+                attack.name()
+            ),
+        })
+    }
+}
