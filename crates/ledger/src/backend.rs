@@ -5,6 +5,7 @@ use cohort_core::{Hash32, Identity};
 use serde::Serialize;
 
 use crate::LedgerError;
+use crate::signer::{SignedCall, TxContext};
 
 /// What a successful transaction produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +64,29 @@ pub trait LedgerBackend {
             .into_iter()
             .map(|(id, to, data)| self.transact(id, to, data))
             .collect())
+    }
+
+    /// What a party with address `author` (its [`address_of`](Self::address_of)) needs to
+    /// sign its next transaction for this ledger with [`SignedCall::sign`]: the embedded log's
+    /// origin, the author's next nonce and the clock; a chain's id, the author's next nonce
+    /// (pending), a gas limit and current fees. On a dev chain with a funder this also tops the
+    /// author's account up.
+    fn context_for(&self, author: Address) -> Result<TxContext, LedgerError>;
+
+    /// Relays a call a party signed itself (see [`crate::signer`]); records it on success with
+    /// its author as `msg.sender`. The backend checks, before executing anything, that the
+    /// call is for this ledger (origin, chain id), that the signature is the claimed
+    /// author's, the nonce is the author's next one and the time is neither before the last
+    /// entry nor after the clock; a refused call records nothing and names the problem
+    /// ([`LedgerError::WrongOrigin`], [`LedgerError::BadSignature`], [`LedgerError::Nonce`],
+    /// ...).
+    fn relay(&mut self, call: SignedCall) -> Result<TxOutcome, LedgerError>;
+
+    /// Relays several signed calls in order, each with its own result (a refused one does not
+    /// stop the others). The embedded ledger records them in one durable commit; the default
+    /// relays them one by one.
+    fn relay_batch(&mut self, calls: Vec<SignedCall>) -> Result<Vec<OutcomeOr>, LedgerError> {
+        Ok(calls.into_iter().map(|c| self.relay(c)).collect())
     }
 
     /// Runs a read-only call against the current state.

@@ -26,6 +26,7 @@ use crate::entry::{Entry, Receipt, SignedTx, Tx};
 use crate::evm::{Executor, TX_GAS_CAP};
 use crate::merkle::{MerkleTree, leaf_hash, verify_inclusion};
 use crate::reader::LedgerReader;
+use crate::signer::{SignedCall, TxContext};
 use crate::storage::redb_error;
 use crate::{LedgerError, merkle};
 
@@ -512,6 +513,68 @@ impl EmbeddedLedger {
         SignedTx::sign(&self.origin, from, tx)
     }
 
+    /// What a party with address `author` signs its next transaction under: this log's
+    /// origin, the author's next nonce and the clock (see [`crate::signer`]).
+    pub fn context(&self, author: Address) -> TxContext {
+        TxContext::Embedded {
+            origin: self.origin.clone(),
+            nonce: self.exec.nonce(author),
+            time: self.clock,
+        }
+    }
+
+    /// Relays calls their authors signed (see [`LedgerBackend::relay`]) in one durable commit:
+    /// each is checked (origin, then signature, nonce and time as [`Self::submit_batch`]
+    /// does) before anything executes, and
+    /// gets its own result; the refused ones record nothing.
+    pub fn relay_signed(
+        &mut self,
+        calls: Vec<SignedCall>,
+    ) -> Result<Vec<Result<Applied, LedgerError>>, LedgerError> {
+        let mut out: Vec<Option<Result<Applied, LedgerError>>> = Vec::with_capacity(calls.len());
+        let mut admitted = Vec::with_capacity(calls.len());
+        let mut slots = Vec::with_capacity(calls.len());
+        for call in calls {
+            match self.admit(call) {
+                Ok(tx) => {
+                    slots.push(out.len());
+                    admitted.push(tx);
+                    out.push(None);
+                }
+                Err(e) => out.push(Some(Err(e))),
+            }
+        }
+        for (slot, r) in slots.into_iter().zip(self.submit_batch(admitted)?) {
+            out[slot] = Some(r);
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(LedgerError::Storage("missing batch result".into()))))
+            .collect())
+    }
+
+    /// The relay's own checks of a signed call before [`Self::submit_batch`]'s.
+    fn admit(&self, call: SignedCall) -> Result<SignedTx, LedgerError> {
+        match call {
+            SignedCall::Embedded { origin, tx } => {
+                if origin != self.origin {
+                    return Err(LedgerError::WrongOrigin {
+                        expected: self.origin.clone(),
+                        got: origin,
+                    });
+                }
+                Ok(tx)
+            }
+            SignedCall::Chain { from, .. } => Err(LedgerError::Invalid {
+                what: "signed call",
+                reason: format!(
+                    "a chain transaction (from {from}) cannot be relayed to the embedded ledger {}",
+                    self.origin
+                ),
+            }),
+        }
+    }
+
     /// Appends one signed transaction in its own durable commit.
     pub fn submit(&mut self, tx: SignedTx) -> Result<Applied, LedgerError> {
         let mut out = self.submit_batch(vec![tx])?;
@@ -520,7 +583,8 @@ impl EmbeddedLedger {
     }
 
     /// Verifies, executes and appends a batch in one durable commit with one new checkpoint.
-    /// Each transaction gets its own result; the failed ones (bad signature, nonce, revert) are
+    /// Each transaction gets its own result; the failed ones (bad signature, nonce, a time
+    /// before the last entry or after the clock, revert) are
     /// left out and the rest still commit. The outer error means the commit itself failed, in
     /// which case nothing of the batch is kept.
     pub fn submit_batch(
@@ -551,6 +615,14 @@ impl EmbeddedLedger {
             if tx.tx.time < self.last_time {
                 results.push(Err(LedgerError::TimeWentBackwards {
                     last: self.last_time,
+                    got: tx.tx.time,
+                }));
+                continue;
+            }
+            if tx.tx.time > self.clock {
+                results.push(Err(LedgerError::TimeAhead {
+                    author: sender,
+                    clock: self.clock,
                     got: tx.tx.time,
                 }));
                 continue;
@@ -758,7 +830,7 @@ pub(crate) struct Meta {
 
 /// A log origin must be a valid note key name with no control character (it is the first
 /// line of every checkpoint and the name of the operator's key).
-fn check_origin(origin: &str) -> Result<(), LedgerError> {
+pub(crate) fn check_origin(origin: &str) -> Result<(), LedgerError> {
     if crate::note::is_valid_name(origin) && !origin.contains(char::is_control) {
         return Ok(());
     }
@@ -1108,6 +1180,17 @@ impl Drop for EmbeddedLedger {
     }
 }
 
+fn outcome(a: Applied) -> TxOutcome {
+    TxOutcome {
+        position: a.seq,
+        id: a.leaf,
+        gas_used: a.receipt.gas_used,
+        output: a.receipt.output,
+        created: a.receipt.created,
+        logs: a.receipt.logs,
+    }
+}
+
 impl LedgerBackend for EmbeddedLedger {
     fn flush(&mut self) -> Result<(), LedgerError> {
         EmbeddedLedger::flush(self)
@@ -1124,15 +1207,7 @@ impl LedgerBackend for EmbeddedLedger {
         data: Bytes,
     ) -> Result<TxOutcome, LedgerError> {
         let tx = self.sign(from, to, data, 0);
-        let a = self.submit(tx)?;
-        Ok(TxOutcome {
-            position: a.seq,
-            id: a.leaf,
-            gas_used: a.receipt.gas_used,
-            output: a.receipt.output,
-            created: a.receipt.created,
-            logs: a.receipt.logs,
-        })
+        self.submit(tx).map(outcome)
     }
 
     fn transact_batch(
@@ -1154,16 +1229,28 @@ impl LedgerBackend for EmbeddedLedger {
         Ok(self
             .submit_batch(txs)?
             .into_iter()
-            .map(|r| {
-                r.map(|a| TxOutcome {
-                    position: a.seq,
-                    id: a.leaf,
-                    gas_used: a.receipt.gas_used,
-                    output: a.receipt.output,
-                    created: a.receipt.created,
-                    logs: a.receipt.logs,
-                })
-            })
+            .map(|r| r.map(outcome))
+            .collect())
+    }
+
+    fn context_for(&self, author: Address) -> Result<TxContext, LedgerError> {
+        Ok(self.context(author))
+    }
+
+    fn relay(&mut self, call: SignedCall) -> Result<TxOutcome, LedgerError> {
+        let mut out = self.relay_batch(vec![call])?;
+        out.pop()
+            .unwrap_or_else(|| Err(LedgerError::Storage("empty batch result".into())))
+    }
+
+    fn relay_batch(
+        &mut self,
+        calls: Vec<SignedCall>,
+    ) -> Result<Vec<crate::backend::OutcomeOr>, LedgerError> {
+        Ok(self
+            .relay_signed(calls)?
+            .into_iter()
+            .map(|r| r.map(outcome))
             .collect())
     }
 

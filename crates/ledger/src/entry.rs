@@ -212,7 +212,7 @@ pub struct DecodeError {
 }
 
 impl DecodeError {
-    fn new(field: &'static str, offset: usize, reason: String) -> Self {
+    pub(crate) fn new(field: &'static str, offset: usize, reason: String) -> Self {
         Self {
             field,
             offset,
@@ -221,7 +221,7 @@ impl DecodeError {
     }
 }
 
-fn write_tx(w: &mut Writer, tx: &Tx) {
+pub(crate) fn write_tx(w: &mut Writer, tx: &Tx) {
     w.opt_address(tx.to);
     w.raw(&tx.value.to_be_bytes::<32>());
     w.u64(tx.gas_limit);
@@ -230,7 +230,7 @@ fn write_tx(w: &mut Writer, tx: &Tx) {
     w.bytes(&tx.data);
 }
 
-fn read_tx(r: &mut Reader<'_>) -> Result<Tx, DecodeError> {
+pub(crate) fn read_tx(r: &mut Reader<'_>) -> Result<Tx, DecodeError> {
     let to = r.opt_address("tx.to")?;
     let value = U256::from_be_bytes(r.array::<32>("tx.value")?);
     let gas_limit = r.u64("tx.gas_limit")?;
@@ -247,26 +247,26 @@ fn read_tx(r: &mut Reader<'_>) -> Result<Tx, DecodeError> {
     })
 }
 
-struct Writer(Vec<u8>);
+pub(crate) struct Writer(pub(crate) Vec<u8>);
 
 impl Writer {
-    fn u8(&mut self, v: u8) {
+    pub(crate) fn u8(&mut self, v: u8) {
         self.0.push(v);
     }
-    fn u32(&mut self, v: u32) {
+    pub(crate) fn u32(&mut self, v: u32) {
         self.0.extend_from_slice(&v.to_be_bytes());
     }
-    fn u64(&mut self, v: u64) {
+    pub(crate) fn u64(&mut self, v: u64) {
         self.0.extend_from_slice(&v.to_be_bytes());
     }
-    fn raw(&mut self, b: &[u8]) {
+    pub(crate) fn raw(&mut self, b: &[u8]) {
         self.0.extend_from_slice(b);
     }
-    fn bytes(&mut self, b: &[u8]) {
+    pub(crate) fn bytes(&mut self, b: &[u8]) {
         self.u32(b.len() as u32);
         self.raw(b);
     }
-    fn opt_address(&mut self, a: Option<Address>) {
+    pub(crate) fn opt_address(&mut self, a: Option<Address>) {
         match a {
             None => self.u8(0),
             Some(a) => {
@@ -277,13 +277,13 @@ impl Writer {
     }
 }
 
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
+pub(crate) struct Reader<'a> {
+    pub(crate) buf: &'a [u8],
+    pub(crate) pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, field: &'static str, n: usize) -> Result<&'a [u8], DecodeError> {
+    pub(crate) fn take(&mut self, field: &'static str, n: usize) -> Result<&'a [u8], DecodeError> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
         let Some(end) = end else {
             return Err(DecodeError::new(
@@ -296,26 +296,32 @@ impl<'a> Reader<'a> {
         self.pos = end;
         Ok(s)
     }
-    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], DecodeError> {
+    pub(crate) fn array<const N: usize>(
+        &mut self,
+        field: &'static str,
+    ) -> Result<[u8; N], DecodeError> {
         let s = self.take(field, N)?;
         let mut a = [0u8; N];
         a.copy_from_slice(s);
         Ok(a)
     }
-    fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
+    pub(crate) fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
         Ok(self.take(field, 1)?[0])
     }
-    fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
+    pub(crate) fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
         Ok(u32::from_be_bytes(self.array(field)?))
     }
-    fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
+    pub(crate) fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
         Ok(u64::from_be_bytes(self.array(field)?))
     }
-    fn bytes(&mut self, field: &'static str) -> Result<&'a [u8], DecodeError> {
+    pub(crate) fn bytes(&mut self, field: &'static str) -> Result<&'a [u8], DecodeError> {
         let n = self.u32(field)? as usize;
         self.take(field, n)
     }
-    fn opt_address(&mut self, field: &'static str) -> Result<Option<Address>, DecodeError> {
+    pub(crate) fn opt_address(
+        &mut self,
+        field: &'static str,
+    ) -> Result<Option<Address>, DecodeError> {
         match self.u8(field)? {
             0 => Ok(None),
             1 => Ok(Some(Address::from(self.array::<20>(field)?))),

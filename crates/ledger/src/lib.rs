@@ -32,6 +32,7 @@ pub mod protocol;
 pub mod reader;
 #[cfg(feature = "evm-rpc")]
 pub mod rpc;
+pub mod signer;
 mod storage;
 
 pub use backend::{Head, LedgerBackend, TxOutcome};
@@ -47,6 +48,7 @@ pub use protocol::{Protocol, ProtocolError, bindings};
 pub use reader::{LedgerReader, LedgerState};
 #[cfg(feature = "evm-rpc")]
 pub use rpc::EvmRpcLedger;
+pub use signer::{SignedCall, TxContext};
 
 use std::path::PathBuf;
 
@@ -107,7 +109,7 @@ pub enum LedgerError {
     #[error("checkpoint: {0}")]
     BadCheckpoint(String),
     /// A submitted transaction is not signed by its author.
-    #[error("bad signature from {author}")]
+    #[error("bad signature from {author}: not signed by that key, or altered since it was signed")]
     BadSignature {
         /// The claimed author.
         author: Address,
@@ -120,6 +122,33 @@ pub enum LedgerError {
         /// The nonce the ledger expects.
         expected: u64,
         /// The nonce in the transaction.
+        got: u64,
+    },
+    /// A signed call made for another log (its origin is under the signature).
+    #[error("signed for the log {got:?}, but this ledger is {expected:?}")]
+    WrongOrigin {
+        /// This ledger's origin.
+        expected: String,
+        /// The origin the call was signed for.
+        got: String,
+    },
+    /// A signed chain transaction for another chain (EIP-155 chain id).
+    #[error("signed for chain id {got}, but this chain is {expected}")]
+    WrongChain {
+        /// This chain's id.
+        expected: u64,
+        /// The chain id in the transaction.
+        got: u64,
+    },
+    /// A relayed call signed with a time after the ledger's clock: a party may not move the
+    /// log's time forward.
+    #[error("time {got} from {author} is after the ledger's clock {clock}")]
+    TimeAhead {
+        /// The author.
+        author: Address,
+        /// The ledger's clock (what [`LedgerBackend::context_for`] hands out).
+        clock: u64,
+        /// The time in the transaction.
         got: u64,
     },
     /// Time set before the last entry's time.

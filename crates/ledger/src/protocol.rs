@@ -10,6 +10,7 @@ use alloy_sol_types::{SolCall, SolEventInterface, SolInterface};
 use cohort_core::{Identity, Score};
 
 use crate::backend::{LedgerBackend, TxOutcome};
+use crate::signer::{SignedCall, TxContext};
 use crate::{ExecError, LedgerError};
 
 /// Bindings generated from the committed artifact `contracts/out/Cohort.json`.
@@ -75,6 +76,15 @@ pub enum ProtocolError {
     /// The ledger failed (storage, signature, nonce, chain).
     #[error(transparent)]
     Ledger(LedgerError),
+    /// A relayed call is not the call the relay was asked to carry (another contract or
+    /// function); nothing was relayed.
+    #[error("relaying {call}: {reason}")]
+    WrongCall {
+        /// The function the relay expected.
+        call: &'static str,
+        /// What the signed call is instead.
+        reason: String,
+    },
     /// A return value or event did not decode.
     #[error("decoding {what}: {reason}")]
     Decode {
@@ -279,6 +289,106 @@ impl<B: LedgerBackend> Protocol<B> {
                 })
             })
             .collect())
+    }
+
+    /// What the party at `who` (its [`LedgerBackend::address_of`]) signs its next call
+    /// under; the relay hands it out, the party signs with [`SignedCall::sign_sol`].
+    pub fn context_for(&self, who: Address) -> Result<TxContext, ProtocolError> {
+        Ok(self.backend.context_for(who)?)
+    }
+
+    /// Relays a call of function `C` of this contract that a party signed itself (see
+    /// [`crate::signer`]), and decodes its result and events as [`Self::send`] does. Refuses,
+    /// relaying nothing, a signed call to another contract or function
+    /// ([`ProtocolError::WrongCall`]); the ledger refuses a forged or altered one.
+    pub fn relay<C: SolCall>(
+        &mut self,
+        signed: SignedCall,
+    ) -> Result<Sent<C::Return>, ProtocolError> {
+        self.check_call::<C>(&signed)?;
+        let out = self
+            .backend
+            .relay(signed)
+            .map_err(|e| ProtocolError::from_ledger(C::SIGNATURE, e))?;
+        self.decode_sent::<C>(out)
+    }
+
+    /// Relays several signed calls of function `C` as a batch (one durable commit on the
+    /// embedded ledger); each gets its own result, and a refused one does not stop the others.
+    pub fn relay_batch<C: SolCall>(
+        &mut self,
+        signed: Vec<SignedCall>,
+    ) -> Result<Vec<SentOr<C::Return>>, ProtocolError> {
+        let mut out: Vec<Option<SentOr<C::Return>>> = Vec::with_capacity(signed.len());
+        let mut pass = Vec::with_capacity(signed.len());
+        let mut slots = Vec::with_capacity(signed.len());
+        for s in signed {
+            match self.check_call::<C>(&s) {
+                Ok(()) => {
+                    slots.push(out.len());
+                    pass.push(s);
+                    out.push(None);
+                }
+                Err(e) => out.push(Some(Err(e))),
+            }
+        }
+        let results = self
+            .backend
+            .relay_batch(pass)
+            .map_err(|e| ProtocolError::from_ledger(C::SIGNATURE, e))?;
+        for (slot, r) in slots.into_iter().zip(results) {
+            out[slot] = Some(
+                r.map_err(|e| ProtocolError::from_ledger(C::SIGNATURE, e))
+                    .and_then(|o| self.decode_sent::<C>(o)),
+            );
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(ProtocolError::Ledger(LedgerError::Storage(
+                        "missing batch result".into(),
+                    )))
+                })
+            })
+            .collect())
+    }
+
+    /// That `signed` calls function `C` of this contract.
+    fn check_call<C: SolCall>(&self, signed: &SignedCall) -> Result<(), ProtocolError> {
+        let (to, input) = signed
+            .target_and_input()
+            .map_err(|e| ProtocolError::from_ledger(C::SIGNATURE, e))?;
+        let wrong = |reason: String| ProtocolError::WrongCall {
+            call: C::SIGNATURE,
+            reason,
+        };
+        if to != Some(self.address) {
+            return Err(wrong(match to {
+                Some(a) => format!("it calls {a}, not the protocol contract {}", self.address),
+                None => "it deploys a contract".into(),
+            }));
+        }
+        if input.get(..4) != Some(C::SELECTOR.as_slice()) {
+            return Err(wrong(format!(
+                "it calls selector 0x{}",
+                hex::encode(input.get(..4).unwrap_or(&input))
+            )));
+        }
+        Ok(())
+    }
+
+    fn decode_sent<C: SolCall>(&self, out: TxOutcome) -> Result<Sent<C::Return>, ProtocolError> {
+        let value = C::abi_decode_returns(&out.output).map_err(|e| ProtocolError::Decode {
+            what: C::SIGNATURE,
+            reason: e.to_string(),
+        })?;
+        Ok(Sent {
+            value,
+            events: decode_events(self.address, &out.logs),
+            gas_used: out.gas_used,
+            position: out.position,
+        })
     }
 
     fn send_unit<C: SolCall>(

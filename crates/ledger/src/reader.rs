@@ -293,6 +293,19 @@ impl LedgerBackend for LedgerState {
         Err(LedgerError::ReadOnly("appending transactions"))
     }
 
+    /// The context a party would sign under if the writer's clock were this view's.
+    fn context_for(&self, author: Address) -> Result<crate::TxContext, LedgerError> {
+        Ok(crate::TxContext::Embedded {
+            origin: self.meta.origin.clone(),
+            nonce: self.exec.nonce(author),
+            time: self.clock,
+        })
+    }
+
+    fn relay(&mut self, _call: crate::SignedCall) -> Result<TxOutcome, LedgerError> {
+        Err(LedgerError::ReadOnly("relaying a signed transaction"))
+    }
+
     fn call(&mut self, from: Address, to: Address, data: Bytes) -> Result<Bytes, LedgerError> {
         Ok(self
             .exec

@@ -92,6 +92,7 @@ use crate::LedgerError;
 use crate::backend::{Head, LedgerBackend, TxOutcome};
 use crate::evm::{ExecError, TX_GAS_CAP};
 use crate::merkle::MerkleTree;
+use crate::signer::{SignedCall, TxContext};
 
 /// Domain of the secp256k1 key derivation.
 pub const EVM_KEY_DOMAIN: &[u8] = b"cohort/evm-key/v1";
@@ -450,6 +451,20 @@ impl EvmRpcLedger {
         let receipt = self
             .sign_send_wait(signer, kind, U256::ZERO, data.clone(), gas_limit)
             .await?;
+        self.finish(req, receipt, to, data, output).await
+    }
+
+    /// Turns a receipt into the recorded transaction, or a status-0 receipt into
+    /// [`ExecError::Reverted`] (with the revert data replayed at the parent block, if the node
+    /// gives it).
+    async fn finish(
+        &self,
+        req: TransactionRequest,
+        receipt: TransactionReceipt,
+        to: Option<Address>,
+        data: Bytes,
+        output: Bytes,
+    ) -> Result<(RecordedTx, Bytes, Option<Address>), LedgerError> {
         let block = receipt.block_number.unwrap_or_default();
         if !receipt.status() {
             // Replay at the parent block for the revert data, if the node gives it.
@@ -477,6 +492,119 @@ impl EvmRpcLedger {
             input: data,
         };
         Ok((record, output, receipt.contract_address))
+    }
+
+    /// The context `author` signs its next transaction under (see [`crate::signer`]): the
+    /// chain id, its pending nonce, the protocol's gas cap and current EIP-1559 fees. Funds
+    /// `author` first if a funder is set and it is low.
+    async fn context_async(&self, author: Address) -> Result<TxContext, LedgerError> {
+        self.ensure_funded(author).await?;
+        let nonce = self
+            .provider
+            .get_transaction_count(author)
+            .pending()
+            .await
+            .map_err(|e| self.err("eth_getTransactionCount", &e))?;
+        let fees = self
+            .provider
+            .estimate_eip1559_fees()
+            .await
+            .map_err(|e| self.err("eth_feeHistory", &e))?;
+        Ok(TxContext::Chain {
+            chain_id: self.chain_id,
+            nonce,
+            gas_limit: TX_GAS_CAP,
+            max_fee_per_gas: fees.max_fee_per_gas,
+            max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
+        })
+    }
+
+    /// Relays a raw transaction `from` signed: checks it decodes, recovers to `from`, is for
+    /// this chain and carries `from`'s next nonce, simulates it (a revert sends nothing), sends
+    /// it and waits for the receipt.
+    async fn relay_async(
+        &self,
+        from: Address,
+        raw: &[u8],
+    ) -> Result<(RecordedTx, Bytes, Option<Address>), LedgerError> {
+        use alloy::consensus::Transaction;
+        let env = crate::signer::decode_chain(raw)?;
+        match env
+            .signature()
+            .recover_address_from_prehash(&env.signature_hash())
+        {
+            Ok(signer) if signer == from => {}
+            _ => return Err(LedgerError::BadSignature { author: from }),
+        }
+        if env.chain_id() != Some(self.chain_id) {
+            return Err(LedgerError::WrongChain {
+                expected: self.chain_id,
+                got: env.chain_id().unwrap_or(0),
+            });
+        }
+        let expected = self
+            .provider
+            .get_transaction_count(from)
+            .pending()
+            .await
+            .map_err(|e| self.err("eth_getTransactionCount", &e))?;
+        if env.nonce() != expected {
+            return Err(LedgerError::Nonce {
+                author: from,
+                expected,
+                got: env.nonce(),
+            });
+        }
+        let kind = env.kind();
+        let to = kind.to().copied();
+        let data = env.input().clone();
+        self.pin_time().await?;
+        let req = TransactionRequest {
+            from: Some(from),
+            to: Some(kind),
+            input: TransactionInput::new(data.clone()),
+            gas: Some(env.gas_limit()),
+            ..Default::default()
+        };
+        let output = self
+            .provider
+            .call(req.clone())
+            .await
+            .map_err(|e| self.exec_error("eth_call", e))?;
+        self.pin_time().await?;
+        let pending = self
+            .provider
+            .send_raw_transaction(raw)
+            .await
+            .map_err(|e| match &e {
+                RpcError::ErrorResp(p) => LedgerError::Rpc(format!(
+                    "{}: the node refused the transaction from {from}: {}",
+                    self.url, p.message
+                )),
+                _ => self.err("eth_sendRawTransaction", &e),
+            })?;
+        let receipt = self.wait_receipt(*pending.tx_hash()).await?;
+        self.finish(req, receipt, to, data, output).await
+    }
+
+    fn push_record(
+        &mut self,
+        record: RecordedTx,
+        output: Bytes,
+        created: Option<Address>,
+    ) -> TxOutcome {
+        self.tree
+            .push_hash(crate::merkle::leaf_hash(&record.encode(self.chain_id)));
+        let out = TxOutcome {
+            position: record.block,
+            id: Hash32(record.tx_hash.0),
+            gas_used: record.gas_used,
+            output,
+            created,
+            logs: record.logs.clone(),
+        };
+        self.records.push(record);
+        out
     }
 
     /// A revert in a simulation becomes [`ExecError::Reverted`] (gas 0: nothing ran on chain);
@@ -538,18 +666,29 @@ impl LedgerBackend for EvmRpcLedger {
     ) -> Result<TxOutcome, LedgerError> {
         let signer = evm_signer(from);
         let (record, output, created) = self.rt.block_on(self.transact_async(&signer, to, data))?;
-        self.tree
-            .push_hash(crate::merkle::leaf_hash(&record.encode(self.chain_id)));
-        let out = TxOutcome {
-            position: record.block,
-            id: Hash32(record.tx_hash.0),
-            gas_used: record.gas_used,
-            output,
-            created,
-            logs: record.logs.clone(),
+        Ok(self.push_record(record, output, created))
+    }
+
+    fn context_for(&self, author: Address) -> Result<TxContext, LedgerError> {
+        self.rt.block_on(self.context_async(author))
+    }
+
+    fn relay(&mut self, call: SignedCall) -> Result<TxOutcome, LedgerError> {
+        let (from, raw) = match call {
+            SignedCall::Chain { from, raw } => (from, raw),
+            SignedCall::Embedded { origin, tx } => {
+                return Err(LedgerError::Invalid {
+                    what: "signed call",
+                    reason: format!(
+                        "an embedded-ledger call (from {}, signed for the log {origin}) cannot \
+                         be relayed to a chain",
+                        tx.sender()
+                    ),
+                });
+            }
         };
-        self.records.push(record);
-        Ok(out)
+        let (record, output, created) = self.rt.block_on(self.relay_async(from, &raw))?;
+        Ok(self.push_record(record, output, created))
     }
 
     fn call(&mut self, from: Address, to: Address, data: Bytes) -> Result<Bytes, LedgerError> {
