@@ -1,0 +1,381 @@
+//! One suite for both adapters: the same scenarios run against a local directory and against a
+//! real S3 server (`s3s-fs`, started by the test on a loopback port; see the crate docs).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cohort_blob::{BlobError, BlobStore, LocalDir, S3Store};
+use cohort_core::{Hash32, sha256};
+
+const ACCESS_KEY: &str = "cohort-test-access";
+const SECRET_KEY: &str = "cohort-test-secret";
+const BUCKET: &str = "cohort-blobs";
+
+/// A real S3 server over a temporary directory, serving on 127.0.0.1 until dropped.
+struct S3Server {
+    runtime: Option<tokio::runtime::Runtime>,
+    addr: SocketAddr,
+    root: tempfile::TempDir,
+}
+
+impl S3Server {
+    /// Starts the server with one bucket, [`BUCKET`], and credentials [`ACCESS_KEY`]/[`SECRET_KEY`].
+    fn start() -> Self {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        use hyper_util::server::conn::auto::Builder as ConnBuilder;
+        use s3s::auth::SimpleAuth;
+        use s3s::service::S3ServiceBuilder;
+
+        let root = tempfile::tempdir().expect("temporary directory");
+        std::fs::create_dir(root.path().join(BUCKET)).expect("bucket directory");
+        let fs = s3s_fs::FileSystem::new(root.path()).expect("s3s-fs over the directory");
+        let mut b = S3ServiceBuilder::new(fs);
+        b.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+        let service = b.build();
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("server runtime");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        let addr = listener.local_addr().expect("local address");
+        runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+            let http = ConnBuilder::new(TokioExecutor::new());
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    continue;
+                };
+                let conn = http
+                    .serve_connection(TokioIo::new(socket), service.clone())
+                    .into_owned();
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+        });
+        Self {
+            runtime: Some(runtime),
+            addr,
+            root,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The environment a party would have to reach this server.
+    fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+            ("AWS_ALLOW_HTTP", "true".to_string()),
+            ("AWS_REGION", "us-east-1".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    fn env_with(&self, name: &str, value: &str) -> Vec<(String, String)> {
+        let mut env: Vec<_> = self.env().into_iter().filter(|(k, _)| k != name).collect();
+        env.push((name.to_string(), value.to_string()));
+        env
+    }
+
+    fn open(&self, prefix: &str) -> S3Store {
+        S3Store::open_with_env(&format!("s3://{BUCKET}/{prefix}"), self.env())
+            .expect("open the S3 store")
+    }
+
+    /// The server's file for an object key: where a tamperer would write.
+    fn object_file(&self, key: &str) -> PathBuf {
+        self.root.path().join(BUCKET).join(key)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// `len` pseudo-random bytes, different for each `seed`.
+fn bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Stores a few MB and a small blob, reads them back, lists them; a second put is a no-op.
+fn round_trip(store: &dyn BlobStore) {
+    let big = bytes(3 * 1024 * 1024 + 17, 1);
+    let small = bytes(10, 2);
+    let h_big = store.put(&big).expect("put 3 MB");
+    let h_small = store.put(&small).expect("put 10 bytes");
+    assert_eq!(h_big, sha256(&big));
+    assert!(store.has(&h_big).expect("has"));
+    assert_eq!(store.get(&h_big).expect("get 3 MB"), big);
+    assert_eq!(store.get(&h_small).expect("get 10 bytes"), small);
+    assert_eq!(store.put(&big).expect("put again"), h_big);
+    let mut want = vec![h_big, h_small];
+    want.sort();
+    assert_eq!(store.list().expect("list"), want);
+}
+
+/// A missing blob, an empty blob: refused with their names, no panic.
+fn refusals(store: &dyn BlobStore) {
+    let absent = sha256(b"never stored");
+    assert!(!store.has(&absent).expect("has"));
+    let e = store.get(&absent).expect_err("absent blob");
+    assert!(matches!(e, BlobError::NotFound { .. }), "{e}");
+    assert!(e.to_string().contains(&absent.to_hex()), "{e}");
+    let e = store.put(&[]).expect_err("empty blob");
+    assert!(matches!(e, BlobError::Empty { .. }), "{e}");
+    assert!(store.get(&Hash32::ZERO).is_err());
+}
+
+/// Flips one byte of a stored blob's file behind the store's back: the read is refused.
+fn tampered_read_is_refused(store: &dyn BlobStore, file_of: impl Fn(&Hash32) -> PathBuf) {
+    let data = bytes(256 * 1024, 3);
+    let h = store.put(&data).expect("put");
+    let file = file_of(&h);
+    let mut stored = std::fs::read(&file).expect("the stored file is where the layout says");
+    assert_eq!(stored, data, "the backend stores the bytes as they are");
+    stored[1000] ^= 0x55;
+    std::fs::write(&file, &stored).expect("tamper");
+    let e = store.get(&h).expect_err("tampered blob");
+    match &e {
+        BlobError::Corrupt { hash, actual, .. } => {
+            assert_eq!(*hash, h);
+            assert_eq!(*actual, sha256(&stored));
+        }
+        other => panic!("expected Corrupt, got {other}"),
+    }
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&h.to_hex()) && msg.contains(&sha256(&stored).to_hex()),
+        "{msg}"
+    );
+}
+
+/// Eight threads put the same blob (and one each of their own) at once.
+fn concurrent_puts(store: Arc<dyn BlobStore>) {
+    let shared = bytes(512 * 1024, 4);
+    let want = sha256(&shared);
+    let handles: Vec<_> = (0..8u64)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                let own = bytes(1000, 100 + i);
+                (
+                    store.put(&shared).expect("shared put"),
+                    store.put(&own).expect("own put"),
+                )
+            })
+        })
+        .collect();
+    let mut own = Vec::new();
+    for h in handles {
+        let (s, o) = h.join().expect("thread");
+        assert_eq!(s, want);
+        own.push(o);
+    }
+    assert_eq!(store.get(&want).expect("get after concurrent puts"), shared);
+    let listed = store.list().expect("list");
+    assert_eq!(listed.iter().filter(|h| **h == want).count(), 1);
+    for o in own {
+        assert!(listed.contains(&o));
+    }
+}
+
+#[test]
+fn local_round_trip() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    round_trip(&LocalDir::open(dir.path().join("blobs")).expect("open"));
+}
+
+#[test]
+fn s3_round_trip() {
+    let server = S3Server::start();
+    round_trip(&server.open("runs/one"));
+    // The layout: the object is where docs/blobs.md says.
+    let h = sha256(&bytes(10, 2));
+    let hex = h.to_hex();
+    assert!(
+        server
+            .object_file(&format!("runs/one/sha256/{}/{hex}", &hex[..2]))
+            .is_file()
+    );
+}
+
+#[test]
+fn local_refusals() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    refusals(&LocalDir::open(dir.path()).expect("open"));
+}
+
+#[test]
+fn s3_refusals() {
+    let server = S3Server::start();
+    refusals(&server.open(""));
+}
+
+#[test]
+fn local_tampered_blob_is_refused_on_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = LocalDir::open(dir.path()).expect("open");
+    tampered_read_is_refused(&store, |h| store.blob_path(h));
+}
+
+#[test]
+fn s3_tampered_blob_is_refused_on_read() {
+    let server = S3Server::start();
+    let store = server.open("p");
+    tampered_read_is_refused(&store, |h| server.object_file(&store.key_of(h)));
+}
+
+#[test]
+fn local_concurrent_puts_of_one_blob() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    concurrent_puts(Arc::new(LocalDir::open(dir.path()).expect("open")));
+}
+
+#[test]
+fn s3_concurrent_puts_of_one_blob() {
+    let server = S3Server::start();
+    concurrent_puts(Arc::new(server.open("c")));
+}
+
+#[test]
+fn local_damaged_copy_is_replaced_by_a_new_put() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = LocalDir::open(dir.path()).expect("open");
+    let data = bytes(4096, 5);
+    let h = store.put(&data).expect("put");
+    std::fs::write(store.blob_path(&h), b"truncat").expect("damage");
+    assert!(store.get(&h).is_err());
+    assert_eq!(store.put(&data).expect("put again"), h);
+    assert_eq!(store.get(&h).expect("healed"), data);
+}
+
+#[test]
+fn local_path_that_is_a_file_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").expect("file");
+    let e = LocalDir::open(&file).expect_err("a file");
+    assert!(matches!(e, BlobError::NotADirectory { .. }), "{e}");
+    assert!(e.to_string().contains("a-file"), "{e}");
+    // Under a file: cannot be created, named.
+    let e = cohort_blob::open(file.join("sub").to_str().expect("utf-8")).expect_err("under a file");
+    assert!(e.to_string().contains("a-file"), "{e}");
+    // A reader never creates the directory.
+    let missing = dir.path().join("missing");
+    let e = cohort_blob::open_existing(missing.to_str().expect("utf-8")).expect_err("missing");
+    assert!(e.to_string().contains("missing"), "{e}");
+    assert!(!missing.exists());
+}
+
+#[test]
+fn local_huge_path_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let huge: PathBuf = dir.path().join("d".repeat(300)).join("e".repeat(5000));
+    let e = LocalDir::open(&huge).expect_err("name too long");
+    assert!(matches!(e, BlobError::Io { .. }), "{e}");
+}
+
+#[test]
+fn local_list_skips_foreign_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = LocalDir::open(dir.path()).expect("open");
+    let h = store.put(b"one").expect("put");
+    let fan = dir.path().join("sha256").join("zz");
+    std::fs::create_dir_all(&fan).expect("dir");
+    std::fs::write(fan.join("not-a-blob"), b"x").expect("file");
+    std::fs::write(dir.path().join("sha256").join("stray"), b"x").expect("file");
+    assert_eq!(store.list().expect("list"), vec![h]);
+}
+
+#[test]
+fn s3_missing_bucket_is_named_at_open() {
+    let server = S3Server::start();
+    let e =
+        S3Store::open_with_env("s3://no-such-bucket/x", server.env()).expect_err("missing bucket");
+    assert!(matches!(e, BlobError::BucketMissing { .. }), "{e}");
+    assert!(e.to_string().contains("no-such-bucket"), "{e}");
+}
+
+#[test]
+fn s3_wrong_credentials_are_named_at_open() {
+    let server = S3Server::start();
+    for (name, value) in [
+        ("AWS_SECRET_ACCESS_KEY", "wrong-secret"),
+        ("AWS_ACCESS_KEY_ID", "nobody"),
+    ] {
+        let e = S3Store::open_with_env(&format!("s3://{BUCKET}"), server.env_with(name, value))
+            .expect_err(name);
+        assert!(matches!(e, BlobError::AccessDenied { .. }), "{name}: {e}");
+        assert!(e.to_string().contains("AWS_SECRET_ACCESS_KEY"), "{e}");
+    }
+}
+
+#[test]
+fn s3_unreachable_endpoint_is_named_at_open() {
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let server = S3Server::start();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let e = S3Store::open_with_env(
+        &format!("s3://{BUCKET}"),
+        server.env_with("AWS_ENDPOINT_URL", &endpoint),
+    )
+    .expect_err("unreachable");
+    assert!(matches!(e, BlobError::Unreachable { .. }), "{e}");
+    assert!(e.to_string().contains(&endpoint), "{e}");
+}
+
+#[test]
+fn s3_store_refuses_to_block_inside_an_async_runtime() {
+    let server = S3Server::start();
+    let store = server.open("a");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let e = rt
+        .block_on(async { store.get(&sha256(b"x")) })
+        .expect_err("inside a runtime");
+    assert!(matches!(e, BlobError::InsideAsyncRuntime { .. }), "{e}");
+    // Dropping the store inside a runtime does not panic either.
+    rt.block_on(async move { drop(store) });
+}
+
+#[test]
+fn s3_objects_that_are_not_blobs_are_not_listed() {
+    let server = S3Server::start();
+    let store = server.open("l");
+    let h = store.put(b"one").expect("put");
+    let stray = server.object_file("l/sha256/zz/stray");
+    std::fs::create_dir_all(stray.parent().unwrap_or(Path::new("."))).expect("dir");
+    std::fs::write(&stray, b"x").expect("stray object");
+    assert_eq!(store.list().expect("list"), vec![h]);
+}
