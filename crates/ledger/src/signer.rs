@@ -106,6 +106,19 @@ impl TxContext {
         Ok(c)
     }
 
+    /// The address `id` acts from on this ledger (`msg.sender` of the calls it signs under
+    /// this context): its ed25519 identity's address on the embedded ledger, its chain key's
+    /// address on a chain (which needs the `evm-rpc` feature).
+    pub fn address_of(&self, id: &Identity) -> Result<Address, LedgerError> {
+        match self {
+            Self::Embedded { .. } => Ok(id.address()),
+            #[cfg(feature = "evm-rpc")]
+            Self::Chain { .. } => Ok(crate::rpc::evm_signer(id).address()),
+            #[cfg(not(feature = "evm-rpc"))]
+            Self::Chain { .. } => Err(no_chain_support()),
+        }
+    }
+
     /// The most a chain transaction signed under this context can cost its sender, in wei
     /// (`gas_limit × max_fee_per_gas`); zero on the embedded ledger, which has no fees.
     pub fn max_cost(&self) -> U256 {

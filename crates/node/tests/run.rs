@@ -249,7 +249,8 @@ fn sybils_with_small_stakes_send_one_update_and_are_priced_out_by_the_minimum_st
     let scores: Vec<f64> = sybils.iter().map(|k| first.consensus[k]).collect();
     assert!(scores.windows(2).all(|w| w[0] == w[1]), "{scores:?}");
     // Blobs: one per distinct update, so the 4 Sybils add one file per round, not four.
-    let blobs = std::fs::read_dir(dir.path().join("blobs")).unwrap().count();
+    let store = cohort_blob::LocalDir::open_existing(dir.path().join("blobs")).unwrap();
+    let blobs = cohort_blob::BlobStore::list(&store).unwrap().len();
     let honest_updates: usize = s.rounds.iter().map(|r| r.accepted.len()).sum();
     // Every client is sampled every round: per round the honest updates, one Sybil update
     // (written even when the protocol refuses it) and the new global model.

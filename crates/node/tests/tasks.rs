@@ -122,13 +122,9 @@ fn lm_by_role_accepts_honest_adapters_lowers_test_loss_and_replays() {
         a.initial.loss
     );
     // Update blobs are safetensors with PEFT's adapter names.
-    let blob = std::fs::read_dir(dir_a.path().join("blobs"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let bytes = std::fs::read(&blob).unwrap();
+    let store = cohort_blob::LocalDir::open_existing(dir_a.path().join("blobs")).unwrap();
+    let first = cohort_blob::BlobStore::list(&store).unwrap()[0];
+    let bytes = cohort_blob::BlobStore::get(&store, &first).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
     let names: Vec<&String> = header.as_object().unwrap().keys().collect();

@@ -1,15 +1,20 @@
-//! The transport port: a run through a wire-like adapter replays the in-process run, and a
-//! party that does not answer, or answers with garbage, costs a phase timeout or a recorded
-//! rejection, never a hang or a panic.
+//! The transport port and the parties as units: a run through a wire-like adapter replays the
+//! in-process run; a party that does not answer, or answers with garbage, costs a phase
+//! timeout or a recorded rejection, never a hang or a panic; and what a party signs cannot be
+//! altered or forged by whoever carries it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use cohort_core::{Identity, sha256};
+use cohort_core::Identity;
 use cohort_fl::UpdateAttack;
 use cohort_fl::coordinator::CoordinatorConfig;
-use cohort_ledger::{EmbeddedLedger, LedgerBackend, LedgerConfig};
-use cohort_node::runtime::{AttackConfig, RunConfig, RunSummary, run, run_with};
-use cohort_node::transport::{InProcess, Party, Reply, Request, Transport, TransportError};
+use cohort_ledger::protocol::Cohort;
+use cohort_ledger::{EmbeddedLedger, LedgerBackend, LedgerConfig, SignedCall};
+use cohort_node::party::{Client, PartyError, PartyNode};
+use cohort_node::runtime::{
+    AttackConfig, Keys, LocalParties, RunConfig, RunSummary, parties, run, run_with,
+};
+use cohort_node::transport::{Party, Reply, Request, Transport, TransportError};
 use cohort_tasks::{LinearTask, LinearTaskConfig};
 
 fn config() -> RunConfig {
@@ -54,23 +59,27 @@ fn task(cfg: &RunConfig) -> LinearTask {
     )
 }
 
-/// How the in-process adapter is wrapped.
+/// How the in-process parties are reached.
 enum Via {
     Direct,
     Wire,
     Lossy(Vec<Party>, fn(Reply) -> Reply),
 }
 
-/// Runs `cfg` through the in-process adapter, wrapped as `via` says.
-fn go_with(cfg: &RunConfig, via: Via) -> RunSummary {
+/// Runs `cfg` with its parties in this process, reached as `via` says; `swap` replaces some
+/// of them (a party of the test's own).
+fn go_with<'t>(
+    cfg: &RunConfig,
+    via: Via,
+    swap: impl FnOnce(&'t LinearTask, &mut Vec<Box<dyn PartyNode + 't>>),
+    t: &'t LinearTask,
+) -> RunSummary {
     let cfg = &cfg.clone().check().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let backend = ledger(&dir, cfg.seed);
-    let t = task(cfg);
-    let validators = (0..cfg.validators)
-        .map(|v| backend.address_of(&Identity::from_seed(cfg.seed, &format!("validator-{v}"))))
-        .collect();
-    let inner = InProcess::new(cfg, &t, validators);
+    let mut nodes = parties(cfg, &Keys::Seeded(cfg.seed), t);
+    swap(t, &mut nodes);
+    let inner = LocalParties::new(nodes);
     let mut transport: Box<dyn Transport + '_> = match via {
         Via::Direct => Box::new(inner),
         Via::Wire => Box::new(Wire(inner)),
@@ -80,9 +89,14 @@ fn go_with(cfg: &RunConfig, via: Via) -> RunSummary {
             mangle,
         }),
     };
-    let (p, s) = run_with(cfg, backend, &t, &mut *transport, None, |_| {}).unwrap();
+    let (p, s) = run_with(cfg, backend, t, &mut *transport, None, |_| {}).unwrap();
     p.into_backend().verify().unwrap();
     s
+}
+
+fn go(cfg: &RunConfig, via: Via) -> RunSummary {
+    let t = task(cfg);
+    go_with(cfg, via, |_, _| {}, &t)
 }
 
 /// Every message crosses a byte boundary (serde JSON), as it would over a network.
@@ -100,7 +114,7 @@ impl<T: Transport> Transport for Wire<T> {
     }
 }
 
-/// Replies from `silent` never arrive; `mangle` rewrites the others.
+/// Replies from `silent` never arrive; `mangle` rewrites the others (a carrier that tampers).
 struct Lossy<T> {
     inner: T,
     silent: Vec<Party>,
@@ -115,10 +129,18 @@ impl<T: Transport> Transport for Lossy<T> {
         let replies = self.inner.poll(now)?;
         Ok(replies
             .into_iter()
-            .filter(|r| !self.silent.contains(&r.from()))
+            .filter(|r| !self.silent.contains(&r.from()) || matches!(r, Reply::Enrol(_)))
             .map(self.mangle)
             .collect())
     }
+}
+
+/// A signed call with one byte of its signature flipped: same author, same call.
+fn bad_signature(c: &SignedCall) -> SignedCall {
+    let mut bytes = c.encode();
+    let n = bytes.len();
+    bytes[n - 1] ^= 1;
+    SignedCall::decode(&bytes).unwrap()
 }
 
 #[test]
@@ -127,14 +149,14 @@ fn a_run_through_the_port_replays_and_a_wire_adapter_gives_the_same_ledger() {
     let dir = tempfile::tempdir().unwrap();
     let valid = cfg.clone().check().unwrap();
     let (_, direct) = run(&valid, ledger(&dir, cfg.seed), &task(&cfg), None, |_| {}).unwrap();
-    let a = go_with(&cfg, Via::Direct);
-    let b = go_with(&cfg, Via::Direct);
+    let a = go(&cfg, Via::Direct);
+    let b = go(&cfg, Via::Direct);
     assert_eq!(a.ledger_root, b.ledger_root, "same seed, same ledger");
     assert_eq!(
         a.ledger_root, direct.ledger_root,
-        "run is run_with(InProcess)"
+        "run is run_with(LocalParties(parties))"
     );
-    let wired = go_with(&cfg, Via::Wire);
+    let wired = go(&cfg, Via::Wire);
     assert_eq!(
         wired.ledger_root, a.ledger_root,
         "messages survive the wire"
@@ -148,7 +170,7 @@ fn a_run_through_the_port_replays_and_a_wire_adapter_gives_the_same_ledger() {
 #[test]
 fn a_silent_client_and_a_silent_validator_time_out_and_the_rounds_go_on() {
     let cfg = config();
-    let s = go_with(
+    let s = go(
         &cfg,
         Via::Lossy(vec![Party::Client(2), Party::Validator(1)], |r| r),
     );
@@ -168,22 +190,39 @@ fn a_silent_client_and_a_silent_validator_time_out_and_the_rounds_go_on() {
     assert!(s.rounds.last().unwrap().test.loss < 0.5 * s.initial.loss);
 }
 
+/// A client of the test's own: an ordinary client, except that it sends bytes that are not
+/// a safetensors file, which it signs as its update (the wrapper pattern of
+/// `cohort_node::attack`).
+struct Garbage<'a>(Client<'a, LinearTask>);
+
+impl PartyNode for Garbage<'_> {
+    fn party(&self) -> Party {
+        self.0.party()
+    }
+    fn handle(&mut self, request: &Request) -> Result<Reply, PartyError> {
+        let Request::Train(r) = request else {
+            return self.0.handle(request);
+        };
+        let u = self.0.train(r)?;
+        // Bytes that are not a safetensors file, signed with its own key: what a broken or
+        // malicious client can do.
+        let reply = self
+            .0
+            .submit_blob(r, b"not a safetensors file".to_vec(), u.num_samples)?;
+        Ok(Reply::Update(reply))
+    }
+}
+
 #[test]
-fn mislabelled_and_undecodable_updates_are_dropped_or_recorded_as_rejected() {
+fn tampered_and_undecodable_updates_are_dropped_or_recorded_as_rejected() {
     let cfg = config();
-    let s = go_with(
+    let s = go(
         &cfg,
         Via::Lossy(vec![], |r| match r {
-            // Client 1's blob no longer matches its hash: dropped, as if never sent.
+            // Client 1's blob no longer matches the hash its client signed: dropped, as if
+            // never sent (the carrier cannot re-sign it).
             Reply::Update(mut u) if u.client == 1 => {
                 u.blob.push(0);
-                Reply::Update(u)
-            }
-            // Client 3 sends bytes that are not safetensors, with their true hash: recorded
-            // on the ledger and rejected by validation.
-            Reply::Update(mut u) if u.client == 3 => {
-                u.blob = b"not a safetensors file".to_vec();
-                u.hash = sha256(&u.blob);
                 Reply::Update(u)
             }
             r => r,
@@ -191,6 +230,26 @@ fn mislabelled_and_undecodable_updates_are_dropped_or_recorded_as_rejected() {
     );
     for r in &s.rounds {
         assert!(!r.submitted.contains(&1), "round {}", r.round);
+        assert_eq!(r.submitted.len(), 7, "round {}", r.round);
+    }
+}
+
+#[test]
+fn a_client_that_signs_garbage_is_recorded_rejected_and_slashed() {
+    let cfg = config();
+    let t = task(&cfg);
+    let s = go_with(
+        &cfg,
+        Via::Direct,
+        |t, nodes| {
+            let valid = config().check().unwrap();
+            let id = Keys::Seeded(valid.seed).identity("client-3");
+            let c = Client::new(3, id, t, valid.seed, valid.client_stake(3));
+            nodes[3] = Box::new(Garbage(c));
+        },
+        &t,
+    );
+    for r in &s.rounds {
         assert!(r.submitted.contains(&3), "round {}", r.round);
         assert!(
             r.rejected.contains(&3),
@@ -200,4 +259,89 @@ fn mislabelled_and_undecodable_updates_are_dropped_or_recorded_as_rejected() {
         );
         assert!(r.slashes.contains_key("client-3"), "round {}", r.round);
     }
+}
+
+#[test]
+fn a_submission_whose_signature_is_not_the_clients_is_refused_by_the_ledger() {
+    let cfg = config();
+    let s = go(
+        &cfg,
+        Via::Lossy(vec![], |r| match r {
+            // One flipped bit of client 2's signature: the coordinator relays it (the author
+            // is client 2), the ledger refuses it, nothing is recorded, client 2 sits out.
+            Reply::Update(mut u) if u.client == 2 => {
+                u.submission = bad_signature(&u.submission);
+                Reply::Update(u)
+            }
+            r => r,
+        }),
+    );
+    for r in &s.rounds {
+        assert!(!r.submitted.contains(&2), "round {}", r.round);
+        assert_eq!(r.submitted.len(), 7, "round {}", r.round);
+        assert_eq!(r.rejected, vec![6, 7], "round {}", r.round);
+    }
+}
+
+/// Client `k`'s submission, re-signed by the coordinator's key for the same call, nonce and
+/// time: a coordinator forging a client's submission.
+fn forged_by_coordinator(c: &SignedCall) -> SignedCall {
+    let SignedCall::Embedded { origin, tx } = c else {
+        panic!("embedded ledger")
+    };
+    let ctx = cohort_ledger::TxContext::Embedded {
+        origin: origin.clone(),
+        nonce: tx.tx.nonce,
+        time: tx.tx.time,
+    };
+    let coordinator = Keys::Seeded(config().seed).identity("coordinator");
+    SignedCall::sign(&coordinator, tx.tx.to, tx.tx.data.clone(), &ctx).unwrap()
+}
+
+#[test]
+fn the_coordinator_cannot_submit_for_a_client() {
+    let cfg = config();
+    let s = go(
+        &cfg,
+        Via::Lossy(vec![], |r| match r {
+            Reply::Update(mut u) if u.client == 4 => {
+                u.submission = forged_by_coordinator(&u.submission);
+                Reply::Update(u)
+            }
+            r => r,
+        }),
+    );
+    for r in &s.rounds {
+        assert!(!r.submitted.contains(&4), "round {}", r.round);
+    }
+    // Relayed anyway, the forgery is the coordinator's own call, which the contract refuses:
+    // the coordinator is no client.
+    let valid = cfg.clone().check().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let t = task(&cfg);
+    let (mut p, _) = run(&valid, ledger(&dir, cfg.seed), &t, None, |_| {}).unwrap();
+    let keys = Keys::Seeded(cfg.seed);
+    let client = keys.identity("client-4");
+    let ctx = p.context_for(client.address()).unwrap();
+    let call = Cohort::submitUpdateCall {
+        roundId: 1,
+        blobHash: [7u8; 32].into(),
+        datasetId: [0u8; 32].into(),
+        numSamples: 1,
+    };
+    let honest = SignedCall::sign_sol(&client, p.address(), &call, &ctx).unwrap();
+    let before = p.backend().head().unwrap();
+    let coordinator = keys.identity("coordinator");
+    let own = p.context_for(coordinator.address()).unwrap();
+    let forged = SignedCall::sign_sol(&coordinator, p.address(), &call, &own).unwrap();
+    let e = p.relay::<Cohort::submitUpdateCall>(forged).unwrap_err();
+    assert!(
+        e.to_string().contains("reverted"),
+        "the coordinator's own call is refused by the contract: {e}"
+    );
+    let e = p
+        .relay::<Cohort::submitUpdateCall>(bad_signature(&honest))
+        .unwrap_err();
+    assert!(e.to_string().contains("bad signature"), "{e}");
+    assert_eq!(p.backend().head().unwrap(), before, "nothing was recorded");
 }

@@ -79,6 +79,13 @@ pub struct Args {
     /// summary, and its root differs from run to run (the model, verdicts and payouts do not).
     #[arg(long, conflicts_with = "resume")]
     random_keys: bool,
+    /// Where the update and global-model blobs go (content-addressed, checked on every
+    /// read): a directory, or `s3://bucket/prefix` for S3-compatible storage shared by
+    /// parties on many machines, configured by the usual `AWS_*` variables
+    /// (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`; see
+    /// docs/blobs.md). Default: DIR/blobs.
+    #[arg(long, value_name = "LOCATION")]
+    blobs: Option<String>,
     /// Check the config, the files it names, --reference and DIR as a run would, print the
     /// effective config, and stop: nothing is created or written.
     #[arg(long)]
@@ -595,6 +602,16 @@ impl Args {
         cohort_tasks::check_inputs(&cfg, &config_dir)
             .with_context(|| format!("{}", self.config.display()))?;
         let reference = self.reference()?;
+        if let Some(spec) = &self.blobs {
+            // An S3 location is checked now (its form, credentials, bucket, endpoint); a
+            // directory only by its form, so that --check creates nothing.
+            if spec.starts_with("s3://") {
+                cohort_blob::open(spec).context("--blobs")?;
+            } else if spec.contains("://") && !spec.starts_with("file://") || spec.trim().is_empty()
+            {
+                cohort_blob::open_existing(spec).context("--blobs")?;
+            }
+        }
         #[cfg(feature = "evm-rpc")]
         if let Some(url) = &self.chain_rpc {
             if self.check {
@@ -895,8 +912,7 @@ impl Args {
         progress.say("set-up: preparing the task (reading data, pretraining a base model)");
         let task =
             cohort_tasks::build(cfg, &config_dir, &self.out).context("setting up the task")?;
-        let blobs = self.out.join("blobs");
-        fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
+        let blobs = self.blob_store()?;
         if resume.is_none() {
             progress.say(&format!(
                 "set-up: registering {} clients and {} validators on the ledger, then {} rounds",
@@ -905,7 +921,7 @@ impl Args {
         }
         let mut opts = RunOptions::new()
             .with_keys(keys.clone())
-            .with_blobs(&blobs)
+            .with_blobs(blobs)
             .with_state(&state.0);
         if let Some(r) = resume {
             opts = opts.resuming(r);
@@ -1059,6 +1075,20 @@ impl Args {
         )
     }
 
+    /// The blob store of `--blobs`, or DIR/blobs (created if missing).
+    fn blob_store(&self) -> anyhow::Result<Box<dyn cohort_blob::BlobStore>> {
+        match &self.blobs {
+            Some(spec) => cohort_blob::open(spec).context("--blobs"),
+            None => {
+                let dir = self.out.join("blobs");
+                Ok(Box::new(
+                    cohort_blob::LocalDir::open(&dir)
+                        .with_context(|| format!("opening {}", dir.display()))?,
+                ))
+            }
+        }
+    }
+
     /// The `--reference` run's summary, if one was given.
     fn reference(&self) -> anyhow::Result<Option<RunSummary>> {
         let Some(path) = &self.reference else {
@@ -1127,15 +1157,14 @@ impl Args {
             .map(Path::to_path_buf)
             .unwrap_or_default();
         let mut progress = Progress::new(cfg.coordinator.rounds, self.json);
-        let blobs = self.out.join("blobs");
         let run = (|| -> anyhow::Result<_> {
-            fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
+            let blobs = self.blob_store()?;
             fs::copy(&self.config, self.out.join("config.toml"))
                 .with_context(|| format!("copying the config into {}", self.out.display()))?;
             progress.say("set-up: preparing the task (reading data, pretraining a base model)");
             let task =
                 cohort_tasks::build(cfg, &config_dir, &self.out).context("setting up the task")?;
-            let opts = RunOptions::new().with_keys(keys.clone()).with_blobs(&blobs);
+            let opts = RunOptions::new().with_keys(keys.clone()).with_blobs(blobs);
             let out = run_in_process(cfg, chain, &*task, opts, |r| progress.round(r))
                 .with_context(|| format!("on the chain at {url}"))?;
             Ok(out)

@@ -22,7 +22,45 @@ pub use fedopt::{FedOpt, ServerOpt};
 pub use krum::Krum;
 pub use median::{CoordinateMedian, TrimmedMean};
 
+use serde::{Deserialize, Serialize};
+
 use crate::{ClientUpdate, FlError};
+
+/// What a strategy did with one update in its last aggregate: the provenance a later step
+/// (exact removal, FedEraser-style unlearning, contribution values) needs. Only
+/// [`Contribution::Weighted`] makes an update's part in the aggregate a number that can be
+/// subtracted or re-weighted; the others say what happened without one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Contribution {
+    /// The aggregate (or, under a server optimizer, its pseudo-gradient) is
+    /// `sum_i weight_i * clip_scale_i * delta_i`: this update entered with `weight` (the
+    /// weights of a round sum to 1) after being scaled by `clip_scale` (1 when not clipped).
+    Weighted {
+        /// Its weight in the sum.
+        weight: f64,
+        /// The factor clipping applied to the update first (1 when it was not clipped).
+        clip_scale: f64,
+        /// Whether a server optimizer (FedAdam, FedYogi, FedAdagrad) turned the weighted sum
+        /// into the step through its moments: the step is then not linear in the update.
+        via_server_optimizer: bool,
+    },
+    /// Chosen as (one of) the aggregate's update(s) (Krum, multi-Krum): the aggregate is the
+    /// mean of the selected updates.
+    Selected {
+        /// Its share of the mean (1 / number selected).
+        share: f64,
+    },
+    /// Left out of the aggregate (not chosen by Krum).
+    Excluded,
+    /// A coordinate-wise statistic (median, trimmed mean): the share of the coordinates where
+    /// this update's value entered the statistic (for a trimmed mean, was not trimmed; for a
+    /// median, was a middle value).
+    Coordinatewise {
+        /// Share of the coordinates, in [0, 1].
+        kept_share: f64,
+    },
+}
 
 /// Combines client updates into one delta.
 pub trait Strategy: Send {
@@ -36,6 +74,13 @@ pub trait Strategy: Send {
     /// as vectors of numbers, for saving a run that may have to resume; a wrapper puts its
     /// own vectors before its inner strategy's. Stateless strategies have none (the default).
     fn state(&self) -> Vec<Vec<f64>> {
+        Vec::new()
+    }
+
+    /// What the last [`aggregate`](Self::aggregate) did with each of its updates, in the order
+    /// they were given; empty before the first aggregate, and for a strategy that does not
+    /// say.
+    fn contributions(&self) -> Vec<Contribution> {
         Vec::new()
     }
 
@@ -65,6 +110,9 @@ impl<S: Strategy + ?Sized> Strategy for Box<S> {
     }
     fn state(&self) -> Vec<Vec<f64>> {
         (**self).state()
+    }
+    fn contributions(&self) -> Vec<Contribution> {
+        (**self).contributions()
     }
     fn restore(&mut self, state: &[Vec<f64>]) -> Result<(), FlError> {
         (**self).restore(state)

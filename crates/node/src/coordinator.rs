@@ -1,0 +1,961 @@
+//! The coordinator: a party with its own key and nothing else's. It opens rounds, sends the
+//! clients and validators their requests through the [`Transport`], checks what comes back,
+//! relays the calls the parties signed to the ledger, validates and aggregates the updates,
+//! finalizes and settles, and writes the blobs and the run's state.
+//!
+//! Per round, the coordinator opens the round on the ledger with the global model's hash; the
+//! sampled clients train and send their delta as a content-addressed safetensors blob with
+//! their signed submission of its hash, dataset and sample count; validators score every
+//! update by the loss reduction it brings on their own holdout, commit to the scores and
+//! reveal them, signing each; the contract takes the stake-weighted median and accepts or
+//! rejects; the coordinator aggregates the accepted updates with the configured strategy and
+//! finalizes with the new model's hash; settlement pays and slashes. Time on the ledger is the
+//! run's virtual clock, so a run replays bit for bit from its seed.
+//!
+//! It knows the other parties only by their public [`Roster`] entries (name and address). A
+//! call it relays for a party must be signed by that party: it checks the author before
+//! relaying and the ledger checks the signature, so the coordinator cannot forge a party's
+//! submission, commitment, reveal, registration or stake, and a party's forged or malformed
+//! call is dropped (the party sits the phase out) instead of stopping the run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Instant;
+
+use alloy_primitives::{Address, B256, U256};
+use alloy_sol_types::SolCall;
+use cohort_blob::BlobStore;
+use cohort_core::{Hash32, Identity, Score, sha256, tokens};
+use cohort_ledger::demo::fmt_tokens;
+use cohort_ledger::protocol::{
+    Cohort, Cohort::CohortEvents, Protocol, ProtocolError, accepted_set_hash, roles,
+};
+use cohort_ledger::{LedgerBackend, LedgerError, SignedCall, TxContext};
+
+use cohort_fl::config::ValidConfig;
+use cohort_fl::coordinator::{Command, Coordinator as Machine, Event, Phase};
+use cohort_fl::learner::{Learner, Metrics};
+use cohort_fl::strategy::Strategy;
+use cohort_fl::{ClientUpdate, FlError};
+
+use crate::resume::SavedRound;
+use crate::runtime::{
+    PhaseSeconds, RoundSummary, RunError, RunOptions, RunSummary, UpdateFacts, state_error,
+};
+use crate::transport::{
+    EnrolRequest, Party, Reply, Request, RevealRequest, ScoreItem, ScoreRequest, SignWith,
+    TrainRequest, Transport,
+};
+
+/// A party as the coordinator knows it: public facts only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Its name in the run (`client-3`, `validator-0`).
+    pub name: String,
+    /// The address it acts from on this ledger.
+    pub address: Address,
+}
+
+/// The parties of a run as the coordinator knows them: `clients[k]` is client `k`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Roster {
+    /// The clients, by index.
+    pub clients: Vec<Member>,
+    /// The validators, by index.
+    pub validators: Vec<Member>,
+}
+
+impl Roster {
+    /// The member `party` is, if listed.
+    pub fn member(&self, party: Party) -> Option<&Member> {
+        match party {
+            Party::Client(k) => self.clients.get(k as usize),
+            Party::Validator(v) => self.validators.get(v as usize),
+        }
+    }
+
+    fn everyone(&self) -> impl Iterator<Item = (Party, &Member)> {
+        let clients = self
+            .clients
+            .iter()
+            .enumerate()
+            .map(|(k, m)| (Party::Client(k as u32), m));
+        let validators = self
+            .validators
+            .iter()
+            .enumerate()
+            .map(|(v, m)| (Party::Validator(v as u32), m));
+        clients.chain(validators)
+    }
+}
+
+fn b256(h: Hash32) -> B256 {
+    h.into()
+}
+
+/// An update recorded on the ledger in the current round.
+struct OnChain {
+    client: u32,
+    hash: Hash32,
+    blob: Vec<u8>,
+    /// `None` once validation refused it.
+    update: Option<ClientUpdate>,
+}
+
+/// Whether the ledger refused a relayed call because of the call itself (its signature,
+/// nonce, time, target or a revert): the party's fault, so the party sits the phase out.
+/// Anything else (storage, I/O, the chain's node) is the coordinator's and stops the run.
+pub fn refused_by_ledger(e: &ProtocolError) -> bool {
+    match e {
+        ProtocolError::Reverted { .. }
+        | ProtocolError::RevertedRaw { .. }
+        | ProtocolError::WrongCall { .. }
+        | ProtocolError::Decode { .. } => true,
+        ProtocolError::Ledger(l) => matches!(
+            l,
+            LedgerError::BadSignature { .. }
+                | LedgerError::Nonce { .. }
+                | LedgerError::WrongOrigin { .. }
+                | LedgerError::WrongChain { .. }
+                | LedgerError::TimeAhead { .. }
+                | LedgerError::TimeWentBackwards { .. }
+                | LedgerError::Invalid { .. }
+                | LedgerError::Exec(_)
+        ),
+        #[allow(unreachable_patterns)]
+        _ => false,
+    }
+}
+
+/// Decodes the call `signed` makes of function `C`, if it is one and comes from `author`.
+fn decode_call<C: SolCall>(signed: &SignedCall, author: Address) -> Option<C> {
+    if signed.author() != author {
+        return None;
+    }
+    let (_, input) = signed.target_and_input().ok()?;
+    C::abi_decode(&input).ok()
+}
+
+/// The coordinator of one run: its key, the protocol on its ledger, the roster, and the task
+/// for the model's shape, blob layout and test evaluation (never a party's data).
+pub struct Coordinator<'a, B: LedgerBackend, L: Learner + ?Sized> {
+    cfg: &'a ValidConfig,
+    p: Protocol<B>,
+    key: Identity,
+    address: Address,
+    roster: Roster,
+    learner: &'a L,
+}
+
+impl<B: LedgerBackend, L: Learner + ?Sized> std::fmt::Debug for Coordinator<'_, B, L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("address", &self.address)
+            .field("roster", &self.roster)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a, B: LedgerBackend, L: Learner + ?Sized> Coordinator<'a, B, L> {
+    /// The coordinator of run `cfg` on `protocol`, holding its own `key` (moved in) and the
+    /// parties' public `roster`, which must list `cfg.clients` clients and `cfg.validators`
+    /// validators.
+    pub fn new(
+        cfg: &'a ValidConfig,
+        protocol: Protocol<B>,
+        key: Identity,
+        roster: Roster,
+        learner: &'a L,
+    ) -> Result<Self, RunError> {
+        if roster.clients.len() != cfg.clients || roster.validators.len() != cfg.validators {
+            return Err(RunError::Fl(FlError::InvalidConfig {
+                what: "roster",
+                reason: format!(
+                    "{} clients and {} validators listed, the config has {} and {}",
+                    roster.clients.len(),
+                    roster.validators.len(),
+                    cfg.clients,
+                    cfg.validators
+                ),
+            }));
+        }
+        let address = protocol.backend().address_of(&key);
+        Ok(Self {
+            cfg,
+            p: protocol,
+            key,
+            address,
+            roster,
+            learner,
+        })
+    }
+
+    /// Its address on the ledger.
+    pub fn address(&self) -> Address {
+        self.address
+    }
+
+    /// The roster.
+    pub fn roster(&self) -> &Roster {
+        &self.roster
+    }
+
+    /// The protocol, to read.
+    pub fn protocol(&self) -> &Protocol<B> {
+        &self.p
+    }
+
+    /// The protocol, to hand back when the run ends.
+    pub fn into_protocol(self) -> Protocol<B> {
+        self.p
+    }
+
+    /// What the party at `who` signs its next call under (a relay hands this out).
+    pub fn context_for(&self, who: Address) -> Result<TxContext, RunError> {
+        Ok(self.p.context_for(who)?)
+    }
+
+    fn sign_with(&self, who: Address) -> Result<SignWith, RunError> {
+        Ok(SignWith {
+            contract: self.p.address(),
+            ctx: self.p.context_for(who)?,
+        })
+    }
+
+    /// Registers the coordinator itself (its own call, signed with its own key).
+    pub fn register(&mut self) -> Result<(), RunError> {
+        self.p.register(&self.key, roles::COORDINATOR)?;
+        Ok(())
+    }
+
+    /// Relays the funder's signed `mint` calls (in `cohort run`, governance gives each party
+    /// its initial balance), as one batch; every one must go through.
+    pub fn relay_funding(&mut self, calls: Vec<SignedCall>) -> Result<(), RunError> {
+        for r in self.p.relay_batch::<Cohort::mintCall>(calls)? {
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Asks every party of the roster to enrol, and relays what each signed: the
+    /// registrations, then the stakes, then the clients' dataset commitments, one batch each
+    /// (the order the ledger records them in). Every party must enrol: one that does not
+    /// answer, answers for someone else, or whose call the ledger refuses stops the set-up
+    /// with an error naming it. Returns each client's dataset id.
+    pub fn enrol(
+        &mut self,
+        transport: &mut dyn Transport,
+        now: u64,
+    ) -> Result<Vec<B256>, RunError> {
+        let everyone: Vec<(Party, Address)> = self
+            .roster
+            .everyone()
+            .map(|(p, m)| (p, m.address))
+            .collect();
+        for &(party, address) in &everyone {
+            transport.send(Request::Enrol(EnrolRequest {
+                party,
+                sign: self.sign_with(address)?,
+            }))?;
+        }
+        let mut got: BTreeMap<Party, crate::transport::EnrolReply> = BTreeMap::new();
+        for reply in transport.poll(now)? {
+            if let Reply::Enrol(e) = reply {
+                got.entry(e.party).or_insert(e);
+            }
+        }
+        let enrol_error = |party: Party, reason: String| {
+            RunError::Fl(FlError::InvalidConfig {
+                what: "enrolment",
+                reason: format!("{party}: {reason}"),
+            })
+        };
+        let mut registers = Vec::new();
+        let mut stakes = Vec::new();
+        let mut datasets = Vec::new();
+        for &(party, address) in &everyone {
+            let e = got
+                .remove(&party)
+                .ok_or_else(|| enrol_error(party, "did not enrol".into()))?;
+            let mut calls = vec![&e.register, &e.stake];
+            calls.extend(e.dataset.as_ref());
+            if let Some(c) = calls.iter().find(|c| c.author() != address) {
+                return Err(enrol_error(
+                    party,
+                    format!(
+                        "a call signed by {}, not by the party ({address})",
+                        c.author()
+                    ),
+                ));
+            }
+            match (party, &e.dataset) {
+                (Party::Client(_), None) => {
+                    return Err(enrol_error(party, "no dataset commitment".into()));
+                }
+                (Party::Validator(_), Some(_)) => {
+                    return Err(enrol_error(party, "a validator commits no dataset".into()));
+                }
+                _ => {}
+            }
+            registers.push((party, e.register));
+            stakes.push((party, e.stake));
+            datasets.extend(e.dataset.map(|d| (party, d)));
+        }
+        let (who, calls): (Vec<Party>, Vec<SignedCall>) = registers.into_iter().unzip();
+        for (party, r) in who
+            .iter()
+            .zip(self.p.relay_batch::<Cohort::registerCall>(calls)?)
+        {
+            r.map_err(|e| enrol_error(*party, e.to_string()))?;
+        }
+        let (who, calls): (Vec<Party>, Vec<SignedCall>) = stakes.into_iter().unzip();
+        for (party, r) in who
+            .iter()
+            .zip(self.p.relay_batch::<Cohort::stakeCall>(calls)?)
+        {
+            r.map_err(|e| enrol_error(*party, e.to_string()))?;
+        }
+        let (who, calls): (Vec<Party>, Vec<SignedCall>) = datasets.into_iter().unzip();
+        let mut ids = Vec::with_capacity(who.len());
+        for (party, r) in who
+            .iter()
+            .zip(self.p.relay_batch::<Cohort::commitDatasetCall>(calls)?)
+        {
+            ids.push(r.map_err(|e| enrol_error(*party, e.to_string()))?.value);
+        }
+        Ok(ids)
+    }
+}
+/// The state saved after a round (or the set-up).
+struct Snapshot<'a> {
+    cfg_digest: Hash32,
+    round: u64,
+    now: u64,
+    datasets: &'a [B256],
+    initial: Metrics,
+}
+
+/// Saves the run's state for `snap` into `dir` (before the ledger's flush).
+fn save_state<B: LedgerBackend, L: Learner + ?Sized>(
+    dir: &Path,
+    p: &Protocol<B>,
+    learner: &L,
+    strategy: &dyn Strategy,
+    global: &[f32],
+    snap: Snapshot<'_>,
+    round: Option<&RoundSummary>,
+) -> Result<(), RunError> {
+    let head = p.backend().head()?;
+    let blob = learner.encode(global);
+    let saved = SavedRound {
+        format: crate::resume::FORMAT.to_owned(),
+        round: snap.round,
+        config_sha256: snap.cfg_digest,
+        ledger_entries: head.size,
+        ledger_root: head.root,
+        now: snap.now,
+        contract: p.address(),
+        datasets: snap.datasets.iter().map(|d| Hash32(d.0)).collect(),
+        global_sha256: sha256(&blob),
+        strategy: strategy
+            .state()
+            .iter()
+            .map(|v| v.iter().map(|x| x.to_bits()).collect())
+            .collect(),
+        initial: snap.initial,
+    };
+    crate::resume::save(dir, &saved, &blob, round)?;
+    Ok(())
+}
+
+impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
+    /// Runs the experiment on the protocol it was given (deployed, or attached to when
+    /// resuming): unless `opts` resumes a saved round, the set-up first (its own registration,
+    /// relaying the funder's signed `funding`, the parties' enrolment), then the rounds, with the
+    /// virtual clock starting at `start`. `cfg_digest` identifies the config in saved state.
+    pub fn run(
+        &mut self,
+        transport: &mut dyn Transport,
+        opts: &RunOptions,
+        funding: Vec<SignedCall>,
+        cfg_digest: Hash32,
+        start: u64,
+        mut on_round: impl FnMut(&RoundSummary),
+    ) -> Result<RunSummary, RunError> {
+        let fresh = match &opts.resume {
+            None => Some({
+                self.register()?;
+                self.relay_funding(funding)?;
+                self.enrol(transport, start)?
+            }),
+            Some(_) => None,
+        };
+        let Self {
+            cfg,
+            p,
+            key: coord,
+            address: coord_addr,
+            roster,
+            learner,
+        } = self;
+        let (cfg, learner, coord_addr) = (*cfg, *learner, *coord_addr);
+        let seed = cfg.seed;
+        let inc = &cfg.incentives;
+        let names: BTreeMap<Address, String> = roster
+            .everyone()
+            .map(|(_, m)| (m.address, m.name.clone()))
+            .chain([(coord_addr, "coordinator".to_owned())])
+            .collect();
+        let names = &names;
+        let members: Vec<Member> = roster.everyone().map(|(_, m)| m.clone()).collect();
+        let blobs: Option<&dyn BlobStore> = opts.blobs.as_deref();
+        let mut coordinator = Machine::new(
+            cfg.coordinator.clone(),
+            (0..cfg.clients as u32).collect(),
+            (0..cfg.validators as u32).collect(),
+            learner.dim(),
+        )?;
+        let mut strategy = cfg.aggregation.build();
+        let (mut now, datasets, mut global, initial, mut rounds) = match (fresh, &opts.resume) {
+            (Some(datasets), _) => {
+                let global = learner.init();
+                let initial = learner.evaluate(&global)?;
+                if let Some(dir) = &opts.state {
+                    let snap = Snapshot {
+                        cfg_digest,
+                        round: 0,
+                        now: start,
+                        datasets: &datasets,
+                        initial,
+                    };
+                    save_state(dir, p, learner, &*strategy, &global, snap, None)?;
+                }
+                // The set-up is durable before the first round starts (and is not counted in it).
+                p.backend_mut().flush()?;
+                (start, datasets, global, initial, Vec::new())
+            }
+            (None, None) => return Err(state_error("neither a set-up nor a saved round")),
+            (None, Some(r)) => {
+                let s = &r.saved;
+                let state: Vec<Vec<f64>> = s
+                    .strategy
+                    .iter()
+                    .map(|v| v.iter().map(|&b| f64::from_bits(b)).collect())
+                    .collect();
+                strategy.restore(&state)?;
+                let global = learner.decode(&r.global)?;
+                if global.len() != learner.dim() {
+                    return Err(state_error(format!(
+                        "the saved global model has {} values, the task's model {}",
+                        global.len(),
+                        learner.dim()
+                    )));
+                }
+                if s.datasets.len() != cfg.clients {
+                    return Err(state_error(format!(
+                        "{} dataset ids saved for {} clients",
+                        s.datasets.len(),
+                        cfg.clients
+                    )));
+                }
+                if let Some(dir) = &opts.state {
+                    crate::resume::rewrite_rounds(dir, &r.rounds)?;
+                }
+                coordinator = coordinator.after_round(s.round);
+                let datasets = s.datasets.iter().map(|h| b256(*h)).collect();
+                (s.now, datasets, global, s.initial, r.rounds.clone())
+            }
+        };
+
+        // Per-round state the runtime keeps between commands.
+        let mut chain_round = 0u64;
+        let mut round = 0u64;
+        let mut global_blob: Vec<u8> = Vec::new();
+        let mut global_hash = Hash32::ZERO;
+        let mut cohort_members: BTreeSet<u32> = BTreeSet::new();
+        // The updates recorded on the ledger this round, in order: client, blob hash, blob, and
+        // the decoded update (`None` once validation refused it).
+        let mut onchain: Vec<OnChain> = Vec::new();
+        let mut committed: BTreeSet<u32> = BTreeSet::new();
+        let mut revealed: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+        let mut summary: Option<RoundSummary> = None;
+
+        loop {
+            let tick = coordinator.tick(now, seed);
+            now += 60;
+            p.backend_mut().set_time(now)?;
+            match tick {
+                Some(Command::Finished) => break,
+                // Waiting for a party that has not answered (a client the protocol refused, or
+                // one that is silent): the virtual clock runs on until the phase times out.
+                None if coordinator.phase() == Phase::Done => break,
+                None => {}
+                Some(Command::OpenRound { round: r, cohort }) => {
+                    let t = Instant::now();
+                    round = r;
+                    global_blob = learner.encode(&global);
+                    global_hash = sha256(&global_blob);
+                    chain_round = p
+                        .open_round(
+                            coord,
+                            b256(global_hash),
+                            tokens(inc.reward_per_round),
+                            false,
+                        )?
+                        .value;
+                    onchain.clear();
+                    committed.clear();
+                    revealed.clear();
+                    cohort_members = cohort.iter().copied().collect();
+                    for &client in &cohort {
+                        let Some(m) = roster.clients.get(client as usize) else {
+                            continue;
+                        };
+                        transport.send(Request::Train(TrainRequest {
+                            round,
+                            ledger_round: chain_round,
+                            client,
+                            global_hash,
+                            global: global_blob.clone(),
+                            sign: SignWith {
+                                contract: p.address(),
+                                ctx: p.context_for(m.address)?,
+                            },
+                        }))?;
+                    }
+                    let mut s = RoundSummary {
+                        round,
+                        test: initial,
+                        accepted: Vec::new(),
+                        rejected: Vec::new(),
+                        consensus: BTreeMap::new(),
+                        rewards: BTreeMap::new(),
+                        slashes: BTreeMap::new(),
+                        bytes: 0,
+                        submitted: Vec::new(),
+                        scores: Vec::new(),
+                        holdings: BTreeMap::new(),
+                        seconds: PhaseSeconds::default(),
+                        updates: Vec::new(),
+                        payouts: BTreeMap::new(),
+                    };
+                    s.seconds.ledger += t.elapsed().as_secs_f64();
+                    summary = Some(s);
+                }
+                Some(Command::Score {
+                    updates, rejected, ..
+                }) => {
+                    let s = open_round(&mut summary)?;
+                    let t = Instant::now();
+                    p.close_submissions(coord, chain_round)?;
+                    let valid: BTreeSet<u32> = updates.iter().map(|u| u.client).collect();
+                    for (k, reason) in &rejected {
+                        s.rejected.push(*k);
+                        if let Some(f) = s.updates.iter_mut().find(|f| f.client == *k) {
+                            f.refused = Some(reason.clone());
+                        }
+                    }
+                    // Invalid updates (bad shape, NaN, wrong round) get the worst score.
+                    for x in onchain.iter_mut() {
+                        if !valid.contains(&x.client) {
+                            x.update = None;
+                        }
+                    }
+                    s.submitted = onchain.iter().map(|x| x.client).collect();
+                    let items: Vec<ScoreItem> = onchain
+                        .iter()
+                        .map(|x| ScoreItem {
+                            client: x.client,
+                            hash: x.hash,
+                            blob: x.update.as_ref().map(|_| x.blob.clone()),
+                        })
+                        .collect();
+                    for (v, m) in roster.validators.iter().enumerate() {
+                        transport.send(Request::Score(ScoreRequest {
+                            round,
+                            ledger_round: chain_round,
+                            validator: v as u32,
+                            global_hash,
+                            global: global_blob.clone(),
+                            updates: items.clone(),
+                            sign: SignWith {
+                                contract: p.address(),
+                                ctx: p.context_for(m.address)?,
+                            },
+                        }))?;
+                    }
+                    s.seconds.ledger += t.elapsed().as_secs_f64();
+                }
+                Some(Command::Reveal { .. }) => {
+                    let s = open_round(&mut summary)?;
+                    let t = Instant::now();
+                    p.close_commits(coord, chain_round)?;
+                    for &v in &committed {
+                        let Some(m) = roster.validators.get(v as usize) else {
+                            continue;
+                        };
+                        transport.send(Request::Reveal(RevealRequest {
+                            round,
+                            ledger_round: chain_round,
+                            validator: v,
+                            sign: SignWith {
+                                contract: p.address(),
+                                ctx: p.context_for(m.address)?,
+                            },
+                        }))?;
+                    }
+                    s.seconds.ledger += t.elapsed().as_secs_f64();
+                }
+                Some(Command::Aggregate { .. }) => {
+                    let s = open_round(&mut summary)?;
+                    // The score matrix as revealed; a validator that did not reveal has an empty
+                    // row.
+                    s.scores = (0..cfg.validators as u32)
+                        .map(|v| revealed.get(&v).cloned().unwrap_or_default())
+                        .collect();
+                    let t = Instant::now();
+                    let tally = p.tally_all(coord, chain_round, 64)?;
+                    s.seconds.ledger += t.elapsed().as_secs_f64();
+                    let mut accepted_idx = Vec::new();
+                    let mut accepted = Vec::new();
+                    for e in &tally.events {
+                        let (index, score, ok) = match e {
+                            CohortEvents::UpdateAccepted(a) => (a.index, a.consensusScore, true),
+                            CohortEvents::UpdateRejected(r) => (r.index, r.consensusScore, false),
+                            _ => continue,
+                        };
+                        let Some(x) = onchain.get(index as usize) else {
+                            continue;
+                        };
+                        let (k, u) = (&x.client, &x.update);
+                        s.consensus.insert(*k, Score(score).to_f64());
+                        if let (false, true, Some(u)) = (ok, cfg.aggregation.ignore_verdicts, u) {
+                            accepted.push(u.clone().with_score(Score(score)));
+                        }
+                        match (ok, u) {
+                            (true, Some(u)) => {
+                                accepted_idx.push(index);
+                                s.accepted.push(*k);
+                                accepted.push(u.clone().with_score(Score(score)));
+                            }
+                            _ => {
+                                if !s.rejected.contains(k) {
+                                    s.rejected.push(*k);
+                                }
+                            }
+                        }
+                    }
+                    accepted_idx.sort_unstable();
+                    let t = Instant::now();
+                    if !accepted.is_empty() {
+                        match strategy.aggregate(&accepted) {
+                            Ok(delta) => {
+                                for (g, d) in global.iter_mut().zip(&delta) {
+                                    *g += d;
+                                }
+                            }
+                            // Too few accepted updates for a robust strategy: keep the model.
+                            Err(FlError::NotEnoughUpdates { .. }) => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    s.seconds.aggregate += t.elapsed().as_secs_f64();
+                    // A model the strategy made non-finite is the configuration's fault, not the
+                    // clients': stop before the round is finalized and settled, so that nobody is
+                    // rejected or slashed because of it (the validators would score every later
+                    // update against a NaN model).
+                    if global.iter().any(|x| !x.is_finite()) {
+                        return Err(RunError::NonFiniteModel {
+                            round,
+                            strategy: strategy.name(),
+                        });
+                    }
+                    let t = Instant::now();
+                    let global_blob = learner.encode(&global);
+                    let new_hash = sha256(&global_blob);
+                    if let Some(store) = blobs {
+                        store.put(&global_blob)?;
+                    }
+                    p.finalize(
+                        coord,
+                        chain_round,
+                        b256(new_hash),
+                        accepted_set_hash(&accepted_idx),
+                    )?;
+                    s.seconds.ledger += t.elapsed().as_secs_f64();
+                }
+                Some(Command::Settle { .. }) => {
+                    let mut s = summary.take().ok_or_else(no_round)?;
+                    let t = Instant::now();
+                    let settled = p.settle_all(coord, chain_round, 64)?;
+                    s.seconds.ledger += t.elapsed().as_secs_f64();
+                    let mut rewards: BTreeMap<String, U256> = BTreeMap::new();
+                    let mut slashes: BTreeMap<String, U256> = BTreeMap::new();
+                    for e in &settled.events {
+                        match e {
+                            CohortEvents::Rewarded(r) => {
+                                *rewards.entry(name_of(names, r.who)).or_default() += r.amount;
+                            }
+                            CohortEvents::Slashed(x) => {
+                                *slashes.entry(name_of(names, x.who)).or_default() += x.amount;
+                            }
+                            _ => {}
+                        }
+                    }
+                    for (name, amount) in &rewards {
+                        s.payouts.entry(name.clone()).or_default().reward = *amount;
+                    }
+                    for (name, amount) in &slashes {
+                        s.payouts.entry(name.clone()).or_default().slash = *amount;
+                    }
+                    s.rewards = rewards
+                        .into_iter()
+                        .map(|(k, v)| (k, fmt_tokens(v)))
+                        .collect();
+                    s.slashes = slashes
+                        .into_iter()
+                        .map(|(k, v)| (k, fmt_tokens(v)))
+                        .collect();
+                    s.test = learner.evaluate(&global)?;
+                    let t = Instant::now();
+                    for m in &members {
+                        s.holdings.insert(m.name.clone(), holdings(p, m.address)?);
+                    }
+                    s.seconds.report += t.elapsed().as_secs_f64();
+                    // The round is the unit of durability: its state is saved first, then one
+                    // sync for all its commits where the ledger defers them
+                    // (`SyncPolicy::OnFlush`), nothing where each is durable; the previous
+                    // round's state goes once this one is durable.
+                    let t = Instant::now();
+                    if let Some(dir) = &opts.state {
+                        let snap = Snapshot {
+                            cfg_digest,
+                            round,
+                            now,
+                            datasets: &datasets,
+                            initial,
+                        };
+                        save_state(dir, p, learner, &*strategy, &global, snap, Some(&s))?;
+                    }
+                    p.backend_mut().flush()?;
+                    if let Some(dir) = &opts.state {
+                        crate::resume::prune(dir, round)?;
+                    }
+                    s.seconds.ledger += t.elapsed().as_secs_f64();
+                    on_round(&s);
+                    rounds.push(s);
+                }
+            }
+
+            // The replies that have arrived: updates go on the ledger (signed by their client),
+            // then to the coordinator; commitments and reveals likewise. The replies of one poll
+            // go on the ledger as one batch per kind (one durable commit on the embedded ledger
+            // instead of one per transaction; the entries, and so the root, are the same).
+            let t = Instant::now();
+            let phase = coordinator.phase();
+            let replies = transport.poll(now)?;
+            let Some(s) = summary.as_mut() else {
+                continue; // between rounds: nothing is expected
+            };
+            let dt = t.elapsed().as_secs_f64();
+            match phase {
+                Phase::Train => s.seconds.train += dt,
+                _ => s.seconds.score += dt,
+            }
+            let t = Instant::now();
+            let mut updates: Vec<(OnChain, ClientUpdate, UpdateFacts, SignedCall)> = Vec::new();
+            let mut commits: Vec<(u32, SignedCall)> = Vec::new();
+            let mut reveals: Vec<(u32, Vec<Score>, SignedCall)> = Vec::new();
+            for reply in replies {
+                match reply {
+                    Reply::Update(u) => {
+                        let k = u.client;
+                        let fresh = phase == Phase::Train
+                            && u.round == round
+                            && cohort_members.contains(&k)
+                            && !onchain.iter().any(|x| x.client == k)
+                            && !updates.iter().any(|(x, ..)| x.client == k);
+                        // A late, unsolicited or repeated reply is dropped; so is one whose signed
+                        // submission is not its client's, or names another round or blob.
+                        let Some(m) = roster.clients.get(k as usize) else {
+                            continue;
+                        };
+                        let Some(call) =
+                            decode_call::<Cohort::submitUpdateCall>(&u.submission, m.address)
+                        else {
+                            continue;
+                        };
+                        let hash = sha256(&u.blob);
+                        if !fresh
+                            || u.blob.is_empty()
+                            || call.roundId != chain_round
+                            || call.blobHash != b256(hash)
+                        {
+                            continue;
+                        }
+                        if let Some(store) = blobs {
+                            store.put(&u.blob)?;
+                        }
+                        s.bytes += u.blob.len() as u64;
+                        // A blob that does not decode is still recorded, as an empty update that
+                        // validation refuses.
+                        let decoded = learner.decode(&u.blob).ok();
+                        let update_norm = decoded
+                            .as_ref()
+                            .map(|d| d.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt())
+                            .filter(|n| n.is_finite());
+                        let delta = decoded.unwrap_or_default();
+                        let update = ClientUpdate::new(k, u.round, delta, call.numSamples);
+                        let facts = UpdateFacts {
+                            client: k,
+                            samples: call.numSamples,
+                            update_norm,
+                            bytes: u.blob.len() as u64,
+                            refused: None,
+                        };
+                        let x = OnChain {
+                            client: k,
+                            hash,
+                            blob: u.blob,
+                            update: Some(update.clone()),
+                        };
+                        updates.push((x, update, facts, u.submission));
+                    }
+                    Reply::Commit(c) => {
+                        let v = c.validator;
+                        let Some(m) = roster.validators.get(v as usize) else {
+                            continue;
+                        };
+                        let Some(call) =
+                            decode_call::<Cohort::commitScoresCall>(&c.call, m.address)
+                        else {
+                            continue;
+                        };
+                        if phase != Phase::Commit
+                            || c.round != round
+                            || call.roundId != chain_round
+                            || committed.contains(&v)
+                            || commits.iter().any(|(w, _)| *w == v)
+                        {
+                            continue;
+                        }
+                        commits.push((v, c.call));
+                    }
+                    Reply::Reveal(r) => {
+                        let v = r.validator;
+                        let Some(m) = roster.validators.get(v as usize) else {
+                            continue;
+                        };
+                        let Some(call) =
+                            decode_call::<Cohort::revealScoresCall>(&r.call, m.address)
+                        else {
+                            continue;
+                        };
+                        if phase != Phase::Reveal
+                            || r.round != round
+                            || call.roundId != chain_round
+                            || !committed.contains(&v)
+                            || revealed.contains_key(&v)
+                            || reveals.iter().any(|(w, ..)| *w == v)
+                        {
+                            continue;
+                        }
+                        let scores = call.scores.iter().map(|&x| Score(x)).collect();
+                        reveals.push((v, scores, r.call));
+                    }
+                    // Enrolment happens once, at set-up.
+                    Reply::Enrol(_) => {}
+                }
+            }
+            if !updates.is_empty() {
+                let (rest, calls): (Vec<_>, Vec<SignedCall>) = updates
+                    .into_iter()
+                    .map(|(x, u, f, c)| ((x, u, f), c))
+                    .unzip();
+                let results = p.relay_batch::<Cohort::submitUpdateCall>(calls)?;
+                for ((x, update, facts), result) in rest.into_iter().zip(results) {
+                    match result {
+                        Ok(_) => {
+                            onchain.push(x);
+                            s.updates.push(facts);
+                            // Refusals by the coordinator are recorded through validation.
+                            let _ = coordinator.handle(Event::Update(update));
+                        }
+                        // A submission the ledger refuses (a bad signature or nonce, a client
+                        // slashed below the minimum stake) is the client's: it sits the round out.
+                        Err(e) if refused_by_ledger(&e) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            if !commits.is_empty() {
+                let (who, calls): (Vec<u32>, Vec<SignedCall>) = commits.into_iter().unzip();
+                let results = p.relay_batch::<Cohort::commitScoresCall>(calls)?;
+                for (v, result) in who.into_iter().zip(results) {
+                    match result {
+                        Ok(_) => {
+                            committed.insert(v);
+                            coordinator.handle(Event::Committed { validator: v })?;
+                        }
+                        Err(e) if refused_by_ledger(&e) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            if !reveals.is_empty() {
+                let (rest, calls): (Vec<_>, Vec<SignedCall>) =
+                    reveals.into_iter().map(|(v, sc, c)| ((v, sc), c)).unzip();
+                let results = p.relay_batch::<Cohort::revealScoresCall>(calls)?;
+                for ((v, scores), result) in rest.into_iter().zip(results) {
+                    match result {
+                        Ok(_) => {
+                            revealed
+                                .insert(v, scores.iter().map(|x| x.to_f64()).collect::<Vec<f64>>());
+                            coordinator.handle(Event::Revealed { validator: v })?;
+                        }
+                        // A reveal that does not match the commitment is refused by the
+                        // contract: the validator counts as not having revealed.
+                        Err(e) if refused_by_ledger(&e) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            s.seconds.ledger += t.elapsed().as_secs_f64();
+        }
+        let mut final_holdings = BTreeMap::new();
+        for m in &members {
+            let (active, unbonding, _) = p.stake_of(m.address)?;
+            let bal = p.balance_of(m.address)?;
+            final_holdings.insert(m.name.clone(), fmt_tokens(bal + active + unbonding));
+        }
+        let head = p.backend().head()?;
+        Ok(RunSummary {
+            initial,
+            rounds,
+            final_holdings,
+            ledger_root: head.root,
+            ledger_entries: head.size,
+        })
+    }
+}
+
+fn no_round() -> FlError {
+    FlError::InvalidConfig {
+        what: "round",
+        reason: "the coordinator issued a command outside an open round".into(),
+    }
+}
+
+fn open_round(s: &mut Option<RoundSummary>) -> Result<&mut RoundSummary, FlError> {
+    s.as_mut().ok_or_else(no_round)
+}
+
+fn holdings<B: LedgerBackend>(p: &mut Protocol<B>, a: Address) -> Result<f64, ProtocolError> {
+    let (active, unbonding, _) = p.stake_of(a)?;
+    let total = p.balance_of(a)? + active + unbonding;
+    Ok(cohort_core::to_tokens_f64(total))
+}
+
+fn name_of(names: &BTreeMap<Address, String>, a: Address) -> String {
+    names.get(&a).cloned().unwrap_or_else(|| a.to_string())
+}

@@ -1,0 +1,521 @@
+//! The parties that are not the coordinator: a [`Client`] and a [`Validator`], each a type
+//! that owns its key, its view of the task (its own data) and its state, and signs its own
+//! ledger calls. [`PartyNode`] is what a transport host hands requests to.
+//!
+//! A party's key goes into it at construction and never comes out: there is no accessor for
+//! it, and what a party gives the coordinator are [`SignedCall`]s, which the coordinator can
+//! relay or drop but not alter or make (the ledger checks the signature). The attackers of a
+//! run are wrappers around these types ([`crate::attack`]), not branches inside them.
+//!
+//! ```compile_fail
+//! // A client's key cannot be read back out of it.
+//! fn steal<L: cohort_fl::learner::Learner>(c: &cohort_node::party::Client<'_, L>) {
+//!     let _ = &c.id;
+//! }
+//! ```
+//!
+//! ```compile_fail
+//! // Nor a validator's.
+//! fn steal<L: cohort_fl::learner::Learner>(v: &cohort_node::party::Validator<'_, L>) {
+//!     let _ = &v.id;
+//! }
+//! ```
+
+use std::cell::OnceCell;
+
+use alloy_primitives::{Address, B256};
+use alloy_sol_types::SolValue;
+use cohort_core::{Hash32, Identity, Rng, Score, sha256, tokens};
+use cohort_ledger::protocol::{Cohort, roles, score_commitment};
+use cohort_ledger::{LedgerError, SignedCall, TxContext};
+
+use cohort_fl::learner::Learner;
+use cohort_fl::{ClientUpdate, FlError};
+
+use crate::transport::{
+    CommitReply, EnrolReply, EnrolRequest, Party, Reply, Request, RevealReply, RevealRequest,
+    ScoreRequest, SignWith, TrainRequest, UpdateReply,
+};
+
+/// Why a party could not answer a request.
+#[derive(Debug, thiserror::Error)]
+pub enum PartyError {
+    /// Its own work failed (a model operation, a data file, a diverged training).
+    #[error(transparent)]
+    Task(#[from] FlError),
+    /// It could not sign under the context it was given (a malformed context, or a chain
+    /// context without chain support).
+    #[error("signing: {0}")]
+    Sign(#[from] LedgerError),
+    /// The request is not one this party acts on (a reveal without a commitment, a training
+    /// request to a validator).
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+/// A party that answers the coordinator's requests: what a transport host (the in-process
+/// composition, or a network server in a process of its own) drives.
+pub trait PartyNode {
+    /// Who it is.
+    fn party(&self) -> Party;
+    /// Answers one request addressed to it.
+    fn handle(&mut self, request: &Request) -> Result<Reply, PartyError>;
+}
+
+impl<T: PartyNode + ?Sized> PartyNode for Box<T> {
+    fn party(&self) -> Party {
+        (**self).party()
+    }
+    fn handle(&mut self, request: &Request) -> Result<Reply, PartyError> {
+        (**self).handle(request)
+    }
+}
+
+fn sign<C: alloy_sol_types::SolCall>(
+    id: &Identity,
+    with: &SignWith,
+    ahead: u64,
+    call: &C,
+) -> Result<SignedCall, LedgerError> {
+    let ctx: TxContext = with.ctx.ahead(ahead)?;
+    SignedCall::sign_sol(id, with.contract, call, &ctx)
+}
+
+/// The last global model a party decoded, by hash: every request of a round carries the same.
+#[derive(Default)]
+struct GlobalCache(Option<(Hash32, Vec<f32>)>);
+
+impl GlobalCache {
+    fn get<L: Learner + ?Sized>(
+        &mut self,
+        learner: &L,
+        hash: Hash32,
+        blob: &[u8],
+    ) -> Result<Vec<f32>, FlError> {
+        match &self.0 {
+            Some((h, g)) if *h == hash => Ok(g.clone()),
+            _ => {
+                let g = learner.decode(blob)?;
+                self.0 = Some((hash, g.clone()));
+                Ok(g)
+            }
+        }
+    }
+}
+
+/// A client: its own key, its own data (client `index` of the task), its stake; it trains on
+/// the global model it is sent and signs its own submission.
+pub struct Client<'a, L: Learner + ?Sized> {
+    index: u32,
+    id: Identity,
+    learner: &'a L,
+    seed: u64,
+    stake: u64,
+    stop_if_diverged: bool,
+    global: GlobalCache,
+    /// The dataset commitment (root, shards) and the dataset's id for the address it was
+    /// computed for.
+    dataset: OnceCell<(Hash32, u64)>,
+}
+
+impl<L: Learner + ?Sized> std::fmt::Debug for Client<'_, L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("index", &self.index)
+            .field("public_key", &hex_key(&self.id))
+            .finish_non_exhaustive()
+    }
+}
+
+fn hex_key(id: &Identity) -> String {
+    id.public_key().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl<'a, L: Learner + ?Sized> Client<'a, L> {
+    /// Client `index` of `learner`, holding `id` (moved in; it never comes out), staking
+    /// `stake` whole tokens. `seed` drives its training's randomness
+    /// (`Rng::derive(seed, "train/{round}/{index}")`), so a run replays.
+    pub fn new(index: u32, id: Identity, learner: &'a L, seed: u64, stake: u64) -> Self {
+        Self {
+            index,
+            id,
+            learner,
+            seed,
+            stake,
+            stop_if_diverged: true,
+            global: GlobalCache::default(),
+            dataset: OnceCell::new(),
+        }
+    }
+
+    /// Whether a training that diverges (a non-finite update) stops the run, as the task's
+    /// settings' fault (default), or is sent as it is (for an attacker whose poisoned data
+    /// may make it diverge).
+    pub fn stop_if_diverged(mut self, yes: bool) -> Self {
+        self.stop_if_diverged = yes;
+        self
+    }
+
+    /// Its index in the run.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// Its name (`client-3`, `validator-0`).
+    pub fn name(&self) -> &str {
+        self.id.name()
+    }
+
+    /// Its public key.
+    pub fn public_key(&self) -> cohort_core::PublicKey {
+        self.id.public_key()
+    }
+
+    fn commitment(&self) -> (Hash32, u64) {
+        *self
+            .dataset
+            .get_or_init(|| self.learner.dataset_commitment(self.index))
+    }
+
+    fn manifest(&self, size: u64) -> Hash32 {
+        sha256(format!("client-{}: {size} samples", self.index).as_bytes())
+    }
+
+    /// Its dataset's id on the ledger when it acts from `address`: the contract's
+    /// `keccak256(abi.encode(owner, root, manifest, size))`.
+    fn dataset_id(&self, address: Address) -> B256 {
+        let (root, size) = self.commitment();
+        let manifest = self.manifest(size);
+        alloy_primitives::keccak256(
+            (address, B256::from(root), B256::from(manifest), size).abi_encode_params(),
+        )
+    }
+
+    /// Its registration (client and data owner), stake and dataset commitment, signed.
+    pub fn enrol(&self, r: &EnrolRequest) -> Result<EnrolReply, PartyError> {
+        r.sign.ctx.check()?;
+        let register = sign(
+            &self.id,
+            &r.sign,
+            0,
+            &Cohort::registerCall {
+                roles: roles::CLIENT | roles::DATA_OWNER,
+                keyHash: self.id.key_hash(),
+            },
+        )?;
+        let stake = sign(
+            &self.id,
+            &r.sign,
+            1,
+            &Cohort::stakeCall {
+                amount: tokens(self.stake),
+            },
+        )?;
+        let (root, size) = self.commitment();
+        let dataset = sign(
+            &self.id,
+            &r.sign,
+            2,
+            &Cohort::commitDatasetCall {
+                merkleRoot: root.into(),
+                manifestHash: self.manifest(size).into(),
+                size,
+            },
+        )?;
+        Ok(EnrolReply {
+            party: Party::Client(self.index),
+            register,
+            stake,
+            dataset: Some(dataset),
+        })
+    }
+
+    /// Trains on the request's global model: its honest update, not yet signed.
+    pub fn train(&mut self, r: &TrainRequest) -> Result<ClientUpdate, FlError> {
+        let global = self.global.get(self.learner, r.global_hash, &r.global)?;
+        let k = self.index;
+        let mut rng = Rng::derive(self.seed, &format!("train/{}/{k}", r.round));
+        let delta = self.learner.train(k, &global, &mut rng)?;
+        // An honest client whose training diverges is the task's settings' fault, not the
+        // client's: stop rather than let the validators reject and slash it.
+        if self.stop_if_diverged && delta.iter().any(|x| !x.is_finite()) {
+            return Err(FlError::Diverged);
+        }
+        Ok(ClientUpdate::new(
+            k,
+            r.round,
+            delta,
+            self.learner.num_samples(k),
+        ))
+    }
+
+    /// Encodes `update` and signs its submission for the request's round.
+    pub fn submit(
+        &self,
+        r: &TrainRequest,
+        update: &ClientUpdate,
+    ) -> Result<UpdateReply, PartyError> {
+        self.submit_blob(r, self.learner.encode(&update.delta), update.num_samples)
+    }
+
+    /// Signs the submission of `blob` (an update already encoded), claiming `num_samples`,
+    /// for the request's round.
+    pub fn submit_blob(
+        &self,
+        r: &TrainRequest,
+        blob: Vec<u8>,
+        num_samples: u64,
+    ) -> Result<UpdateReply, PartyError> {
+        r.sign.ctx.check()?;
+        let address = r.sign.ctx.address_of(&self.id)?;
+        let call = Cohort::submitUpdateCall {
+            roundId: r.ledger_round,
+            blobHash: sha256(&blob).into(),
+            datasetId: self.dataset_id(address),
+            numSamples: num_samples,
+        };
+        Ok(UpdateReply {
+            round: r.round,
+            client: self.index,
+            blob,
+            submission: sign(&self.id, &r.sign, 0, &call)?,
+        })
+    }
+}
+
+impl<L: Learner + ?Sized> PartyNode for Client<'_, L> {
+    fn party(&self) -> Party {
+        Party::Client(self.index)
+    }
+
+    fn handle(&mut self, request: &Request) -> Result<Reply, PartyError> {
+        match request {
+            Request::Enrol(r) => self.enrol(r).map(Reply::Enrol),
+            Request::Train(r) => {
+                let u = self.train(r)?;
+                self.submit(r, &u).map(Reply::Update)
+            }
+            other => Err(wrong_request(self.party(), other)),
+        }
+    }
+}
+
+pub(crate) fn wrong_request(party: Party, r: &Request) -> PartyError {
+    let what = match r {
+        Request::Enrol(_) => "enrol",
+        Request::Train(_) => "train",
+        Request::Score(_) => "score",
+        Request::Reveal(_) => "reveal",
+    };
+    PartyError::BadRequest(format!("{party} does not act on a {what} request"))
+}
+
+/// What a validator committed to and has not yet revealed.
+struct Committed {
+    round: u64,
+    ledger_round: u64,
+    scores: Vec<Score>,
+    salt: Hash32,
+}
+
+/// A validator: its own key, its own held-out data (validator `index` of the task), its
+/// stake; it scores the round's updates, commits to the scores and reveals them, signing each.
+pub struct Validator<'a, L: Learner + ?Sized> {
+    index: u32,
+    id: Identity,
+    learner: &'a L,
+    seed: u64,
+    stake: u64,
+    global: GlobalCache,
+    committed: Option<Committed>,
+}
+
+impl<L: Learner + ?Sized> std::fmt::Debug for Validator<'_, L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Validator")
+            .field("index", &self.index)
+            .field("public_key", &hex_key(&self.id))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The commitment salt of validator `v` in ledger round `round`: secret until the reveal,
+/// derived from the run's seed so that a run replays.
+pub fn score_salt(v: u32, round: u64, seed: u64) -> Hash32 {
+    sha256(format!("validator-{v}/{round}/{seed}").as_bytes())
+}
+
+impl<'a, L: Learner + ?Sized> Validator<'a, L> {
+    /// Validator `index` of `learner`, holding `id` (moved in; it never comes out), staking
+    /// `stake` whole tokens; `seed` derives its commitment salts.
+    pub fn new(index: u32, id: Identity, learner: &'a L, seed: u64, stake: u64) -> Self {
+        Self {
+            index,
+            id,
+            learner,
+            seed,
+            stake,
+            global: GlobalCache::default(),
+            committed: None,
+        }
+    }
+
+    /// Its index in the run.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// Its name (`client-3`, `validator-0`).
+    pub fn name(&self) -> &str {
+        self.id.name()
+    }
+
+    /// Its public key.
+    pub fn public_key(&self) -> cohort_core::PublicKey {
+        self.id.public_key()
+    }
+
+    /// Its registration (validator) and stake, signed.
+    pub fn enrol(&self, r: &EnrolRequest) -> Result<EnrolReply, PartyError> {
+        r.sign.ctx.check()?;
+        let register = sign(
+            &self.id,
+            &r.sign,
+            0,
+            &Cohort::registerCall {
+                roles: roles::VALIDATOR,
+                keyHash: self.id.key_hash(),
+            },
+        )?;
+        let stake = sign(
+            &self.id,
+            &r.sign,
+            1,
+            &Cohort::stakeCall {
+                amount: tokens(self.stake),
+            },
+        )?;
+        Ok(EnrolReply {
+            party: Party::Validator(self.index),
+            register,
+            stake,
+            dataset: None,
+        })
+    }
+
+    /// Its honest scores of the request's updates: the loss reduction each brings on its
+    /// held-out data; -1 for an update validation refused, one that does not decode to the
+    /// model's shape, or one whose loss is not finite.
+    pub fn score(&mut self, r: &ScoreRequest) -> Result<Vec<Score>, FlError> {
+        let v = self.index;
+        let global = self.global.get(self.learner, r.global_hash, &r.global)?;
+        let base = self.learner.holdout_loss(v, &global)?;
+        r.updates
+            .iter()
+            .map(|item| {
+                let Some(blob) = &item.blob else {
+                    return Ok(Score::from_f64(-1.0));
+                };
+                let delta = match self.learner.decode(blob) {
+                    Ok(d) if d.len() == global.len() => d,
+                    _ => return Ok(Score::from_f64(-1.0)),
+                };
+                let cand: Vec<f32> = global.iter().zip(&delta).map(|(a, b)| a + b).collect();
+                let l = self.learner.holdout_loss(v, &cand)?;
+                Ok(if l.is_finite() {
+                    Score::from_f64(base - l)
+                } else {
+                    Score::from_f64(-1.0)
+                })
+            })
+            .collect()
+    }
+
+    /// Commits to `scores` (one per update of the request), signed; keeps them and the salt
+    /// for the reveal.
+    pub fn commit(
+        &mut self,
+        r: &ScoreRequest,
+        scores: Vec<Score>,
+    ) -> Result<CommitReply, PartyError> {
+        r.sign.ctx.check()?;
+        if scores.len() != r.updates.len() {
+            return Err(PartyError::BadRequest(format!(
+                "{} scores for {} updates",
+                scores.len(),
+                r.updates.len()
+            )));
+        }
+        let salt = score_salt(self.index, r.ledger_round, self.seed);
+        let address = r.sign.ctx.address_of(&self.id)?;
+        let commitment = score_commitment(r.ledger_round, address, &scores, salt.into());
+        let call = sign(
+            &self.id,
+            &r.sign,
+            0,
+            &Cohort::commitScoresCall {
+                roundId: r.ledger_round,
+                commitment,
+            },
+        )?;
+        self.committed = Some(Committed {
+            round: r.round,
+            ledger_round: r.ledger_round,
+            scores,
+            salt,
+        });
+        Ok(CommitReply {
+            round: r.round,
+            validator: self.index,
+            call,
+        })
+    }
+
+    /// Reveals what it committed to in the request's round, signed.
+    pub fn reveal(&mut self, r: &RevealRequest) -> Result<RevealReply, PartyError> {
+        r.sign.ctx.check()?;
+        let c = match self.committed.take() {
+            Some(c) if c.round == r.round && c.ledger_round == r.ledger_round => c,
+            other => {
+                self.committed = other;
+                return Err(PartyError::BadRequest(format!(
+                    "no commitment in round {} to reveal",
+                    r.round
+                )));
+            }
+        };
+        let call = sign(
+            &self.id,
+            &r.sign,
+            0,
+            &Cohort::revealScoresCall {
+                roundId: r.ledger_round,
+                scores: c.scores.iter().map(|x| x.0).collect(),
+                salt: c.salt.into(),
+            },
+        )?;
+        Ok(RevealReply {
+            round: r.round,
+            validator: self.index,
+            call,
+        })
+    }
+}
+
+impl<L: Learner + ?Sized> PartyNode for Validator<'_, L> {
+    fn party(&self) -> Party {
+        Party::Validator(self.index)
+    }
+
+    fn handle(&mut self, request: &Request) -> Result<Reply, PartyError> {
+        match request {
+            Request::Enrol(r) => self.enrol(r).map(Reply::Enrol),
+            Request::Score(r) => {
+                let scores = self.score(r)?;
+                self.commit(r, scores).map(Reply::Commit)
+            }
+            Request::Reveal(r) => self.reveal(r).map(Reply::Reveal),
+            other => Err(wrong_request(self.party(), other)),
+        }
+    }
+}
