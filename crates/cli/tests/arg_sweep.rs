@@ -53,6 +53,7 @@ struct Fixtures {
     imdb: PathBuf,
     linear: PathBuf,
     key: PathBuf,
+    run: PathBuf,
 }
 
 impl Fixtures {
@@ -87,14 +88,28 @@ impl Fixtures {
         let key = root.join("party.pem");
         let o = cohort(&["keys", "new", "--out", p(&key)]);
         assert!(o.status.success(), "{}", common::text(&o));
+        let linear = repo.join("examples/attack-linear.toml");
+        let run = root.join("run");
+        let o = cohort(&[
+            "run",
+            p(&linear),
+            "--out",
+            p(&run),
+            "--set",
+            "clients=6",
+            "--set",
+            "coordinator.rounds=1",
+        ]);
+        assert!(o.status.success(), "{}", common::text(&o));
         Fixtures {
             key,
+            run,
             root: root.to_path_buf(),
             ledger,
             model,
             text,
             imdb: data.join("imdb"),
-            linear: repo.join("examples/attack-linear.toml"),
+            linear,
         }
     }
 
@@ -109,6 +124,7 @@ impl Fixtures {
             "ledger demo" => "ledger demo {fresh}".to_owned(),
             "keys new" => "keys new --out {fresh}".to_owned(),
             "keys show" => format!("keys show {}", p(&self.key)),
+            "provenance" => format!("provenance {}", p(&self.run)),
             "ledger show" => format!("ledger show {l}"),
             "ledger verify" => format!("ledger verify {l}"),
             "ledger prove" => format!("ledger prove {l} --entry 0"),

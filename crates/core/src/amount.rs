@@ -56,6 +56,24 @@ impl fmt::Display for Score {
     }
 }
 
+/// Base-unit amounts as decimal strings in JSON (`#[serde(with = "cohort_core::amount::decimal")]`):
+/// exact at any size, and readable by any JSON tool.
+pub mod decimal {
+    use alloy_primitives::U256;
+
+    /// Writes `v` as a decimal string.
+    pub fn serialize<S: serde::Serializer>(v: &U256, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    /// Reads a decimal string; anything else is an error naming it.
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<U256, D::Error> {
+        let s: String = serde::Deserialize::deserialize(d)?;
+        U256::from_str_radix(&s, 10)
+            .map_err(|e| serde::de::Error::custom(format!("amount {s:?}: {e}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 //! Everything here is deterministic: identities derive from seeds, hashes from bytes, and no
 //! function reads the clock or a global random source.
 
-mod amount;
+pub mod amount;
 mod hash;
 mod identity;
 pub mod keyfile;

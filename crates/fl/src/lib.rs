@@ -28,6 +28,7 @@ pub mod attack;
 pub mod blob;
 pub mod config;
 pub mod coordinator;
+pub mod events;
 pub mod learner;
 pub mod partition;
 pub mod strategy;

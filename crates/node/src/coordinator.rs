@@ -34,13 +34,15 @@ use cohort_ledger::{LedgerBackend, LedgerError, SignedCall, TxContext};
 
 use cohort_fl::config::ValidConfig;
 use cohort_fl::coordinator::{Command, Coordinator as Machine, Event, Phase};
+use cohort_fl::events::{Amounts, ProvenanceRecord, RunEvent};
 use cohort_fl::learner::{Learner, Metrics};
-use cohort_fl::strategy::Strategy;
+use cohort_fl::strategy::{Contribution, Strategy};
 use cohort_fl::{ClientUpdate, FlError};
 
 use crate::resume::SavedRound;
 use crate::runtime::{
-    PhaseSeconds, RoundSummary, RunError, RunOptions, RunSummary, UpdateFacts, state_error,
+    EventSink, PhaseSeconds, RoundSummary, RunError, RunOptions, RunSummary, UpdateFacts,
+    state_error,
 };
 use crate::transport::{
     EnrolRequest, Party, Reply, Request, RevealRequest, ScoreItem, ScoreRequest, SignWith,
@@ -100,6 +102,10 @@ struct OnChain {
     blob: Vec<u8>,
     /// `None` once validation refused it.
     update: Option<ClientUpdate>,
+    /// Its submission's position on the ledger.
+    entry: u64,
+    /// Samples it claimed.
+    samples: u64,
 }
 
 /// Whether the ledger refused a relayed call because of the call itself (its signature,
@@ -376,7 +382,7 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
     pub fn run(
         &mut self,
         transport: &mut dyn Transport,
-        opts: &RunOptions,
+        opts: &mut RunOptions,
         funding: Vec<SignedCall>,
         cfg_digest: Hash32,
         start: u64,
@@ -390,6 +396,16 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
             }),
             Some(_) => None,
         };
+        let mut sink = opts.take_events();
+        if fresh.is_some() {
+            emit(
+                &mut sink,
+                RunEvent::SetUp {
+                    clients: self.roster.clients.len() as u32,
+                    validators: self.roster.validators.len() as u32,
+                },
+            );
+        }
         let Self {
             cfg,
             p,
@@ -495,6 +511,11 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                     round = r;
                     global_blob = learner.encode(&global);
                     global_hash = sha256(&global_blob);
+                    // Every global model is in the store, the first one included, so that
+                    // provenance can be checked from the store alone.
+                    if let Some(store) = blobs {
+                        store.put(&global_blob)?;
+                    }
                     chain_round = p
                         .open_round(
                             coord,
@@ -507,6 +528,15 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                     committed.clear();
                     revealed.clear();
                     cohort_members = cohort.iter().copied().collect();
+                    emit(
+                        &mut sink,
+                        RunEvent::RoundOpened {
+                            round,
+                            ledger_round: chain_round,
+                            global: global_hash,
+                            cohort: cohort.clone(),
+                        },
+                    );
                     for &client in &cohort {
                         let Some(m) = roster.clients.get(client as usize) else {
                             continue;
@@ -538,6 +568,7 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                         seconds: PhaseSeconds::default(),
                         updates: Vec::new(),
                         payouts: BTreeMap::new(),
+                        provenance: Vec::new(),
                     };
                     s.seconds.ledger += t.elapsed().as_secs_f64();
                     summary = Some(s);
@@ -562,6 +593,20 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                         }
                     }
                     s.submitted = onchain.iter().map(|x| x.client).collect();
+                    for x in &onchain {
+                        let refused = rejected
+                            .iter()
+                            .find(|(k, _)| *k == x.client)
+                            .map(|(_, r)| r.clone());
+                        emit(
+                            &mut sink,
+                            RunEvent::UpdateValidated {
+                                round,
+                                client: x.client,
+                                refused,
+                            },
+                        );
+                    }
                     let items: Vec<ScoreItem> = onchain
                         .iter()
                         .map(|x| ScoreItem {
@@ -618,6 +663,7 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                     s.seconds.ledger += t.elapsed().as_secs_f64();
                     let mut accepted_idx = Vec::new();
                     let mut accepted = Vec::new();
+                    let mut verdicts: BTreeMap<u32, (bool, f64)> = BTreeMap::new();
                     for e in &tally.events {
                         let (index, score, ok) = match e {
                             CohortEvents::UpdateAccepted(a) => (a.index, a.consensusScore, true),
@@ -629,6 +675,16 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                         };
                         let (k, u) = (&x.client, &x.update);
                         s.consensus.insert(*k, Score(score).to_f64());
+                        verdicts.insert(*k, (ok, Score(score).to_f64()));
+                        emit(
+                            &mut sink,
+                            RunEvent::Consensus {
+                                round,
+                                client: *k,
+                                score: Score(score).to_f64(),
+                                accepted: ok,
+                            },
+                        );
                         if let (false, true, Some(u)) = (ok, cfg.aggregation.ignore_verdicts, u) {
                             accepted.push(u.clone().with_score(Score(score)));
                         }
@@ -647,12 +703,18 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                     }
                     accepted_idx.sort_unstable();
                     let t = Instant::now();
+                    let mut contributions: BTreeMap<u32, Contribution> = BTreeMap::new();
                     if !accepted.is_empty() {
                         match strategy.aggregate(&accepted) {
                             Ok(delta) => {
                                 for (g, d) in global.iter_mut().zip(&delta) {
                                     *g += d;
                                 }
+                                contributions = accepted
+                                    .iter()
+                                    .map(|u| u.client)
+                                    .zip(strategy.contributions())
+                                    .collect();
                             }
                             // Too few accepted updates for a robust strategy: keep the model.
                             Err(FlError::NotEnoughUpdates { .. }) => {}
@@ -682,6 +744,40 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                         b256(new_hash),
                         accepted_set_hash(&accepted_idx),
                     )?;
+                    emit(
+                        &mut sink,
+                        RunEvent::Aggregated {
+                            round,
+                            strategy: strategy.name(),
+                            clients: contributions.keys().copied().collect(),
+                            global_before: global_hash,
+                            global_after: new_hash,
+                        },
+                    );
+                    s.provenance = onchain
+                        .iter()
+                        .map(|x| {
+                            let (accepted, consensus) =
+                                verdicts.get(&x.client).copied().unwrap_or((false, -1.0));
+                            ProvenanceRecord {
+                                round,
+                                ledger_round: chain_round,
+                                client: x.client,
+                                address: roster
+                                    .clients
+                                    .get(x.client as usize)
+                                    .map_or(Address::ZERO, |m| m.address),
+                                blob: x.hash,
+                                entry: x.entry,
+                                samples: x.samples,
+                                accepted,
+                                consensus,
+                                contribution: contributions.get(&x.client).cloned(),
+                                global_before: global_hash,
+                                global_after: new_hash,
+                            }
+                        })
+                        .collect();
                     s.seconds.ledger += t.elapsed().as_secs_f64();
                 }
                 Some(Command::Settle { .. }) => {
@@ -702,6 +798,20 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                             _ => {}
                         }
                     }
+                    let mut amounts: BTreeMap<String, Amounts> = BTreeMap::new();
+                    for (name, amount) in &rewards {
+                        amounts.entry(name.clone()).or_default().reward = *amount;
+                    }
+                    for (name, amount) in &slashes {
+                        amounts.entry(name.clone()).or_default().slash = *amount;
+                    }
+                    emit(
+                        &mut sink,
+                        RunEvent::Settled {
+                            round,
+                            payouts: amounts,
+                        },
+                    );
                     for (name, amount) in &rewards {
                         s.payouts.entry(name.clone()).or_default().reward = *amount;
                     }
@@ -741,6 +851,15 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                     if let Some(dir) = &opts.state {
                         crate::resume::prune(dir, round)?;
                     }
+                    let head = p.backend().head()?;
+                    emit(
+                        &mut sink,
+                        RunEvent::Checkpoint {
+                            round,
+                            ledger_entries: head.size,
+                            ledger_root: head.root,
+                        },
+                    );
                     s.seconds.ledger += t.elapsed().as_secs_f64();
                     on_round(&s);
                     rounds.push(s);
@@ -818,6 +937,8 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                             hash,
                             blob: u.blob,
                             update: Some(update.clone()),
+                            entry: 0,
+                            samples: call.numSamples,
                         };
                         updates.push((x, update, facts, u.submission));
                     }
@@ -873,9 +994,21 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                     .map(|(x, u, f, c)| ((x, u, f), c))
                     .unzip();
                 let results = p.relay_batch::<Cohort::submitUpdateCall>(calls)?;
-                for ((x, update, facts), result) in rest.into_iter().zip(results) {
+                for ((mut x, update, facts), result) in rest.into_iter().zip(results) {
                     match result {
-                        Ok(_) => {
+                        Ok(sent) => {
+                            x.entry = sent.position;
+                            emit(
+                                &mut sink,
+                                RunEvent::UpdateReceived {
+                                    round,
+                                    client: x.client,
+                                    blob: x.hash,
+                                    bytes: facts.bytes,
+                                    samples: facts.samples,
+                                    entry: sent.position,
+                                },
+                            );
                             onchain.push(x);
                             s.updates.push(facts);
                             // Refusals by the coordinator are recorded through validation.
@@ -894,6 +1027,13 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                 for (v, result) in who.into_iter().zip(results) {
                     match result {
                         Ok(_) => {
+                            emit(
+                                &mut sink,
+                                RunEvent::Committed {
+                                    round,
+                                    validator: v,
+                                },
+                            );
                             committed.insert(v);
                             coordinator.handle(Event::Committed { validator: v })?;
                         }
@@ -909,8 +1049,16 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                 for ((v, scores), result) in rest.into_iter().zip(results) {
                     match result {
                         Ok(_) => {
-                            revealed
-                                .insert(v, scores.iter().map(|x| x.to_f64()).collect::<Vec<f64>>());
+                            let scores: Vec<f64> = scores.iter().map(|x| x.to_f64()).collect();
+                            emit(
+                                &mut sink,
+                                RunEvent::Revealed {
+                                    round,
+                                    validator: v,
+                                    scores: scores.clone(),
+                                },
+                            );
+                            revealed.insert(v, scores);
                             coordinator.handle(Event::Revealed { validator: v })?;
                         }
                         // A reveal that does not match the commitment is refused by the
@@ -936,6 +1084,12 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
             ledger_root: head.root,
             ledger_entries: head.size,
         })
+    }
+}
+
+fn emit(sink: &mut Option<EventSink>, event: RunEvent) {
+    if let Some(f) = sink.as_mut() {
+        (f.0)(&event);
     }
 }
 

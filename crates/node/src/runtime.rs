@@ -25,6 +25,7 @@ pub use cohort_fl::blob::{decode_blob, encode_blob, encode_named_blob};
 pub use cohort_fl::config::{
     AggregationConfig, AttackConfig, IncentiveConfig, RunConfig, StrategyConfig, ValidConfig,
 };
+use cohort_fl::events::{ProvenanceRecord, RunEvent};
 use cohort_fl::learner::{Learner, Metrics};
 
 use crate::attack::{AdversarialClient, CollusiveValidator, SybilRing};
@@ -119,6 +120,9 @@ pub struct RoundSummary {
     /// units (the exact amounts behind `rewards` and `slashes`).
     #[serde(default)]
     pub payouts: BTreeMap<String, Payout>,
+    /// Where each recorded update came from and what became of it (`DIR/provenance.jsonl`).
+    #[serde(default)]
+    pub provenance: Vec<ProvenanceRecord>,
 }
 
 /// One recorded update: its client's claim and what the coordinator saw of it.
@@ -243,6 +247,7 @@ impl Keys {
 #[derive(Debug, Default)]
 pub struct RunOptions {
     keys: Option<Keys>,
+    events: Option<EventSink>,
     pub(crate) blobs: Option<Box<dyn BlobStore>>,
     pub(crate) state: Option<PathBuf>,
     pub(crate) resume: Option<Resume>,
@@ -267,6 +272,16 @@ impl RunOptions {
         self
     }
 
+    /// Calls `sink` with every [`RunEvent`] of the run, as it happens.
+    pub fn with_events(mut self, sink: impl FnMut(&RunEvent) + 'static) -> Self {
+        self.events = Some(EventSink(Box::new(sink)));
+        self
+    }
+
+    pub(crate) fn take_events(&mut self) -> Option<EventSink> {
+        self.events.take()
+    }
+
     /// Saves what the run needs to continue into `dir` after the set-up and after every
     /// settled round, before the ledger's flush ([`crate::resume`]).
     pub fn with_state(mut self, dir: impl Into<PathBuf>) -> Self {
@@ -283,6 +298,15 @@ impl RunOptions {
 
     fn keys(&self, cfg: &RunConfig) -> Keys {
         self.keys.clone().unwrap_or(Keys::Seeded(cfg.seed))
+    }
+}
+
+/// Where a run's [`RunEvent`]s go.
+pub struct EventSink(pub(crate) Box<dyn FnMut(&RunEvent)>);
+
+impl std::fmt::Debug for EventSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventSink(..)")
     }
 }
 
@@ -359,7 +383,7 @@ pub fn run_with_options<B: LedgerBackend, L: Learner + ?Sized>(
     backend: B,
     learner: &L,
     transport: &mut dyn Transport,
-    opts: RunOptions,
+    mut opts: RunOptions,
     on_round: impl FnMut(&RoundSummary),
 ) -> Result<(Protocol<B>, RunSummary), RunError> {
     let keys = opts.keys(cfg);
@@ -393,7 +417,7 @@ pub fn run_with_options<B: LedgerBackend, L: Learner + ?Sized>(
         Err(e) => Err(e),
         Ok(funding) => {
             let mut c = Coordinator::new(cfg, p, coord, roster, learner)?;
-            let r = c.run(transport, &opts, funding, digest, head.time, on_round);
+            let r = c.run(transport, &mut opts, funding, digest, head.time, on_round);
             p = c.into_protocol();
             r
         }
@@ -444,12 +468,7 @@ fn govern<B: LedgerBackend>(
                 to: m.address,
                 amount,
             };
-            Ok(SignedCall::sign_sol(
-                gov,
-                p.address(),
-                &call,
-                &ctx.ahead(i as u64)?,
-            )?)
+            SignedCall::sign_sol(gov, p.address(), &call, &ctx.ahead(i as u64)?)
         })
         .collect::<Result<Vec<_>, LedgerError>>()
         .map_err(|e| RunError::Protocol(ProtocolError::Ledger(e)))

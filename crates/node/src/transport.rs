@@ -226,6 +226,8 @@ impl Request {
 /// What comes back.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+// One per party per round: boxing the enrolment would save nothing that matters.
+#[allow(clippy::large_enum_variant)]
 pub enum Reply {
     /// From any party.
     Enrol(EnrolReply),

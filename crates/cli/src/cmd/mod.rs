@@ -4,6 +4,7 @@ mod bench;
 mod keys;
 mod ledger;
 mod model;
+mod provenance;
 mod run;
 mod sim;
 
@@ -32,6 +33,8 @@ enum Command {
     Keys(keys::KeysCmd),
     /// Run a federated experiment from a TOML config on the embedded ledger.
     Run(run::Args),
+    /// Check a run's provenance.jsonl against its ledger and blob store.
+    Provenance(provenance::Args),
     /// Train, evaluate, sample from and adapt language models (GPT from scratch, LoRA).
     #[command(subcommand)]
     Model(model::ModelCmd),
@@ -50,6 +53,7 @@ impl Cli {
             Command::Ledger(c) => c.execute(),
             Command::Keys(c) => c.execute(),
             Command::Run(a) => a.execute(),
+            Command::Provenance(a) => a.execute(),
             Command::Model(c) => c.execute(),
             Command::Bench(c) => c.execute(),
             Command::Sim(c) => c.execute(),

@@ -38,6 +38,7 @@ use serde_json::{Value, json};
 
 use crate::args::int_in;
 use crate::output::{Table, print_json};
+use cohort_fl::events::RunEvent;
 
 /// Run a federated experiment: identities and stakes, dataset commitments, R rounds of local
 /// training, validator scoring with commit-reveal, robust aggregation, rewards and slashes,
@@ -86,6 +87,12 @@ pub struct Args {
     /// docs/blobs.md). Default: DIR/blobs.
     #[arg(long, value_name = "LOCATION")]
     blobs: Option<String>,
+    /// Write every event of the run (round opened, update received and validated,
+    /// commitment, reveal, consensus, aggregate, settlement in base units, checkpoint) to
+    /// FILE as JSON lines, one object per event tagged by "event", flushed as it happens; a
+    /// resumed run appends. See docs/fl.md.
+    #[arg(long, value_name = "FILE")]
+    events: Option<PathBuf>,
     /// Check the config, the files it names, --reference and DIR as a run would, print the
     /// effective config, and stop: nothing is created or written.
     #[arg(long)]
@@ -109,6 +116,19 @@ pub struct Args {
         hide_env_values = true
     )]
     funder_key: Option<String>,
+}
+
+/// Writes DIR/provenance.jsonl: one [`ProvenanceRecord`] per recorded update, round by
+/// round (`cohort provenance DIR` checks it against the ledger and the blob store).
+fn write_provenance(dir: &Path, summary: &RunSummary) -> anyhow::Result<()> {
+    let mut text = String::new();
+    for r in &summary.rounds {
+        for p in &r.provenance {
+            text.push_str(&serde_json::to_string(p)?);
+            text.push('\n');
+        }
+    }
+    write_atomic(&dir.join("provenance.jsonl"), text.as_bytes())
 }
 
 /// The format of DIR/run.json.
@@ -923,6 +943,9 @@ impl Args {
             .with_keys(keys.clone())
             .with_blobs(blobs)
             .with_state(&state.0);
+        if let Some(sink) = self.event_sink()? {
+            opts = opts.with_events(sink);
+        }
         if let Some(r) = resume {
             opts = opts.resuming(r);
         }
@@ -1009,6 +1032,7 @@ impl Args {
             "resumed_after_rounds": resumed_after,
             "wall_seconds": wall,
         });
+        write_provenance(&self.out, &summary)?;
         // Written last: its presence says that the run is finished.
         write_atomic(
             &self.out.join("summary.json"),
@@ -1073,6 +1097,33 @@ impl Args {
                 RANDOM_NOTE
             },
         )
+    }
+
+    /// The `--events FILE` writer: one JSON line per event, flushed as it comes. A write
+    /// that fails is reported once on stderr and the run goes on (the ledger, not this file,
+    /// is the record).
+    fn event_sink(&self) -> anyhow::Result<Option<impl FnMut(&RunEvent) + 'static>> {
+        let Some(path) = &self.events else {
+            return Ok(None);
+        };
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("--events {}: opening it", path.display()))?;
+        let mut out = std::io::LineWriter::new(file);
+        let shown = path.display().to_string();
+        let mut failed = false;
+        Ok(Some(move |e: &RunEvent| {
+            use std::io::Write as _;
+            let line = serde_json::to_string(e).unwrap_or_default();
+            if let Err(err) = writeln!(out, "{line}") {
+                if !failed {
+                    eprintln!("warning: --events {shown}: {err}; the run goes on without it");
+                    failed = true;
+                }
+            }
+        }))
     }
 
     /// The blob store of `--blobs`, or DIR/blobs (created if missing).
@@ -1164,7 +1215,10 @@ impl Args {
             progress.say("set-up: preparing the task (reading data, pretraining a base model)");
             let task =
                 cohort_tasks::build(cfg, &config_dir, &self.out).context("setting up the task")?;
-            let opts = RunOptions::new().with_keys(keys.clone()).with_blobs(blobs);
+            let mut opts = RunOptions::new().with_keys(keys.clone()).with_blobs(blobs);
+            if let Some(sink) = self.event_sink()? {
+                opts = opts.with_events(sink);
+            }
             let out = run_in_process(cfg, chain, &*task, opts, |r| progress.round(r))
                 .with_context(|| format!("on the chain at {url}"))?;
             Ok(out)
@@ -1220,6 +1274,7 @@ impl Args {
             reference,
             &self.report_info(wall, &keys),
         )?;
+        write_provenance(&self.out, &summary)?;
         write_atomic(
             &self.out.join("summary.json"),
             (serde_json::to_string_pretty(&json!({

@@ -1,0 +1,150 @@
+//! `cohort run --events FILE` and `cohort provenance DIR`: the event stream, and the
+//! provenance the run writes checked against the ledger and the blob store alone; every kind
+//! of disagreement is found and named.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+
+use common::cohort;
+
+fn run(out: &Path, events: &Path) {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/attack-linear.toml");
+    let o = cohort(&[
+        "run",
+        config.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--set",
+        "clients=8",
+        "--set",
+        "coordinator.rounds=2",
+        "--events",
+        events.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", common::text(&o));
+}
+
+fn check(dir: &Path) -> (Option<i32>, String) {
+    let o = cohort(&["provenance", dir.to_str().unwrap()]);
+    (o.status.code(), common::text(&o))
+}
+
+/// Every file under `dir`, with its bytes.
+fn snapshot(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn the_event_stream_and_the_provenance_of_a_run_agree_with_its_ledger_and_blobs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let events = tmp.path().join("events.jsonl");
+    run(&out, &events);
+
+    // The events: JSON lines, tagged, in order; amounts are decimal strings of base units.
+    let text = std::fs::read_to_string(&events).unwrap();
+    let kinds: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["event"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(kinds[0], "set-up");
+    for k in [
+        "round-opened",
+        "update-received",
+        "update-validated",
+        "committed",
+        "revealed",
+        "consensus",
+        "aggregated",
+        "settled",
+        "checkpoint",
+    ] {
+        assert!(kinds.iter().any(|x| x == k), "no {k} event in {kinds:?}");
+    }
+    assert_eq!(kinds.iter().filter(|k| *k == "checkpoint").count(), 2);
+    let settled: serde_json::Value =
+        serde_json::from_str(text.lines().find(|l| l.contains("\"settled\"")).unwrap()).unwrap();
+    let (_, pay) = settled["payouts"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .next()
+        .unwrap();
+    let reward = pay["reward"].as_str().unwrap();
+    assert!(reward.bytes().all(|b| b.is_ascii_digit()), "{reward}");
+
+    // The provenance agrees, and checking it writes nothing.
+    let before = snapshot(&out);
+    let (code, msg) = check(&out);
+    assert_eq!(code, Some(0), "{msg}");
+    assert!(msg.contains("OK: 16 provenance records"), "{msg}");
+    assert_eq!(snapshot(&out), before, "provenance only reads");
+
+    let prov = out.join("provenance.jsonl");
+    let original = std::fs::read_to_string(&prov).unwrap();
+    let first: serde_json::Value = serde_json::from_str(original.lines().next().unwrap()).unwrap();
+
+    // A record that says something else than the ledger.
+    let changed = original.replacen("\"samples\":", "\"samples\":1", 1);
+    std::fs::write(&prov, &changed).unwrap();
+    let (code, msg) = check(&out);
+    assert_eq!(code, Some(1), "{msg}");
+    assert!(msg.contains("samples: the file says"), "{msg}");
+
+    // A record missing from the file.
+    let dropped: String = original.lines().skip(1).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&prov, &dropped).unwrap();
+    let (code, msg) = check(&out);
+    assert_eq!(code, Some(1), "{msg}");
+    assert!(msg.contains("missing from"), "{msg}");
+
+    // A line that is not a record.
+    std::fs::write(&prov, format!("{original}{{\"round\": \"x\"}}\n")).unwrap();
+    let (code, msg) = check(&out);
+    assert_eq!(code, Some(2), "{msg}");
+    assert!(msg.contains("line 17"), "{msg}");
+    std::fs::write(&prov, &original).unwrap();
+
+    // An update blob altered, then missing.
+    let blob = first["blob"].as_str().unwrap();
+    let path = out.join("blobs/sha256").join(&blob[..2]).join(blob);
+    let bytes = std::fs::read(&path).unwrap();
+    let mut bad = bytes.clone();
+    bad[10] ^= 1;
+    std::fs::write(&path, &bad).unwrap();
+    let (code, msg) = check(&out);
+    assert_eq!(code, Some(1), "{msg}");
+    assert!(msg.contains(blob), "{msg}");
+    std::fs::remove_file(&path).unwrap();
+    let (code, msg) = check(&out);
+    assert_eq!(code, Some(1), "{msg}");
+    assert!(msg.contains(blob), "{msg}");
+    std::fs::write(&path, &bytes).unwrap();
+    let (code, msg) = check(&out);
+    assert_eq!(code, Some(0), "{msg}");
+
+    // Not a run directory.
+    let (code, msg) = check(tmp.path());
+    assert_eq!(code, Some(2), "{msg}");
+    assert!(msg.contains("no embedded ledger"), "{msg}");
+}
