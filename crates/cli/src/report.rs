@@ -692,7 +692,9 @@ fn charts(cfg: &RunConfig, s: &RunSummary, reference: Option<&RunSummary>) -> Ve
             if x == 0.0 {
                 Some(start)
             } else {
-                round_at(s, x).and_then(|r| r.holdings.get(name).copied())
+                round_at(s, x)
+                    .and_then(|r| r.holdings.get(name))
+                    .map(|v| cohort_core::to_tokens_f64(*v))
             }
         });
     }
@@ -711,18 +713,13 @@ fn charts(cfg: &RunConfig, s: &RunSummary, reference: Option<&RunSummary>) -> Ve
 }
 
 fn payout(r: &RoundSummary, name: &str) -> (U256, U256) {
-    match r.payouts.get(name) {
-        Some(p) => (p.reward, p.slash),
-        // A summary written before `payouts` existed: parse the 4-decimal strings.
-        None => {
-            let parse =
-                |m: &BTreeMap<String, String>| m.get(name).map_or(U256::ZERO, |v| parse_tokens(v));
-            (parse(&r.rewards), parse(&r.slashes))
-        }
-    }
+    r.payouts
+        .get(name)
+        .map_or((U256::ZERO, U256::ZERO), |p| (p.reward, p.slash))
 }
 
 /// A decimal token amount (`12.3456`) in base units; malformed text reads as zero.
+#[cfg(test)]
 fn parse_tokens(s: &str) -> U256 {
     let (whole, frac) = s.trim().split_once('.').unwrap_or((s.trim(), ""));
     if frac.len() > 18 || !frac.bytes().all(|b| b.is_ascii_digit()) {
@@ -765,12 +762,10 @@ fn rounds_table(s: &RunSummary) -> Table {
     };
     for r in &s.rounds {
         let slashed: Vec<String> = r
-            .slashes
-            .keys()
-            .map(|n| {
-                let (_, slash) = payout(r, n);
-                format!("{n} ({})", fmt_tokens_short(slash))
-            })
+            .payouts
+            .iter()
+            .filter(|(_, p)| !p.slash.is_zero())
+            .map(|(n, p)| format!("{n} ({})", fmt_tokens_short(p.slash)))
             .collect();
         t.rows.push(vec![
             Cell::int(r.round),
@@ -878,7 +873,9 @@ fn participants_table(cfg: &RunConfig, s: &RunSummary) -> Table {
             row.extend([
                 Cell::tokens(reward),
                 Cell::tokens(slash),
-                Cell::opt(r.holdings.get(name).copied(), 2),
+                r.holdings
+                    .get(name)
+                    .map_or_else(Cell::empty, |v| Cell::tokens(*v)),
             ]);
             t.rows.push(row);
         }
@@ -916,10 +913,9 @@ fn holdings_table(cfg: &RunConfig, s: &RunSummary) -> Table {
     );
     let start = cohort_core::tokens(cfg.incentives.initial_balance);
     for name in participants(s) {
-        let Some(text) = s.final_holdings.get(&name) else {
+        let Some(&end) = s.final_holdings.get(&name) else {
             continue;
         };
-        let end = parse_tokens(text);
         let change = if end >= start {
             format!("+{}", fmt_tokens_short(end - start))
         } else {
@@ -929,7 +925,7 @@ fn holdings_table(cfg: &RunConfig, s: &RunSummary) -> Table {
             Cell::text(name.clone()),
             Cell::text(Role::of(cfg, &name).name()),
             Cell::figure(fmt_tokens_exact(start)),
-            Cell::figure(text.clone()),
+            Cell::figure(fmt_tokens_exact(end)),
             Cell::figure(change),
         ]);
     }

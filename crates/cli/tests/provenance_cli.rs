@@ -77,6 +77,8 @@ fn the_event_stream_and_the_provenance_of_a_run_agree_with_its_ledger_and_blobs(
         "consensus",
         "aggregated",
         "settled",
+        "evaluated",
+        "holdings",
         "checkpoint",
     ] {
         assert!(kinds.iter().any(|x| x == k), "no {k} event in {kinds:?}");
@@ -92,6 +94,28 @@ fn the_event_stream_and_the_provenance_of_a_run_agree_with_its_ledger_and_blobs(
         .unwrap();
     let reward = pay["reward"].as_str().unwrap();
     assert!(reward.bytes().all(|b| b.is_ascii_digit()), "{reward}");
+
+    // summary.json's rounds are the events folded: rebuilt from the file alone, they are
+    // the same but for the wall seconds (not events).
+    let events: Vec<cohort_fl::events::RunEvent> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let rebuilt = cohort_node::summary::rounds_from_events(3, &events);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let mut written: Vec<cohort_node::runtime::RoundSummary> =
+        serde_json::from_value(summary["summary"]["rounds"].clone()).unwrap();
+    assert_eq!(summary["config"]["validators"], 3);
+    for r in &mut written {
+        r.seconds = Default::default();
+    }
+    assert_eq!(rebuilt.len(), 2);
+    assert_eq!(rebuilt, written);
+    assert_eq!(
+        serde_json::to_value(rebuilt.last().unwrap()).unwrap()["holdings"],
+        summary["summary"]["final_holdings"]
+    );
 
     // The provenance agrees, and checking it writes nothing.
     let before = snapshot(&out);

@@ -286,7 +286,25 @@ fn a_malformed_reference_is_refused_before_the_run() {
     let bad = tmp.path().join("bad.json");
     std::fs::write(&bad, r#"{"summary": {"rounds": "not a list"}}"#).unwrap();
     let missing = tmp.path().join("missing.json");
+    // A summary from before amounts were integers: refused, naming the field.
+    let old = tmp.path().join("old.json");
+    std::fs::write(
+        &old,
+        r#"{"summary": {"rounds": [{"round": 1, "rewards": {"client-0": "1.0000"}}]}}"#,
+    )
+    .unwrap();
+    let old_holdings = tmp.path().join("old-holdings.json");
+    std::fs::write(
+        &old_holdings,
+        r#"{"summary": {"rounds": [{"round": 1, "holdings": {"client-0": 10000.5}}]}}"#,
+    )
+    .unwrap();
     for (reference, needle) in [
+        (&old, "field `rewards`"),
+        (
+            &old_holdings,
+            "amount of \"client-0\" is the number 10000.5",
+        ),
         (&bad, "not a cohort run summary.json"),
         (&missing, "reading"),
     ] {

@@ -597,8 +597,7 @@ fn keys_are_kept_apart_from_the_ledger_and_random_keys_cannot_be_derived_from_th
             "accepted",
             "rejected",
             "consensus",
-            "rewards",
-            "slashes",
+            "payouts",
             "holdings",
             "test",
         ] {

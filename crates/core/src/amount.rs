@@ -74,6 +74,58 @@ pub mod decimal {
     }
 }
 
+/// Maps of base-unit amounts (by participant name, say) with decimal-string values in JSON
+/// (`#[serde(with = "cohort_core::amount::decimal_map")]`). A value that is not a decimal
+/// string (a number of whole tokens, as summaries before integer amounts held) is an error
+/// that says so.
+pub mod decimal_map {
+    use std::collections::BTreeMap;
+
+    use alloy_primitives::U256;
+    use serde::Deserialize;
+
+    /// Writes every value as a decimal string.
+    pub fn serialize<S: serde::Serializer>(
+        m: &BTreeMap<String, U256>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_map(m.iter().map(|(k, v)| (k, v.to_string())))
+    }
+
+    /// A value as written: a decimal string, or something else (refused).
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Number(f64),
+        Other(serde::de::IgnoredAny),
+    }
+
+    /// Reads decimal strings; anything else is an error naming the key.
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, U256>, D::Error> {
+        let raw: BTreeMap<String, Raw> = BTreeMap::deserialize(d)?;
+        raw.into_iter()
+            .map(|(k, v)| {
+                let found = match v {
+                    Raw::Text(s) => match U256::from_str_radix(&s, 10) {
+                        Ok(a) => return Ok((k, a)),
+                        Err(_) => format!("{s:?}"),
+                    },
+                    Raw::Number(n) => format!("the number {n}"),
+                    Raw::Other(_) => "not a string".to_owned(),
+                };
+                Err(serde::de::Error::custom(format!(
+                    "amount of {k:?} is {found}, not base units (10^18 per token) as a decimal \
+                     string (summaries written before cohort kept amounts as integers held \
+                     whole tokens)"
+                )))
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +142,23 @@ mod tests {
     fn token_units() {
         assert_eq!(tokens(2), U256::from(2_000_000_000_000_000_000u128));
         assert_eq!(to_tokens_f64(tokens(3) + U256::from(TOKEN / 4)), 3.25);
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Held(#[serde(with = "decimal_map")] std::collections::BTreeMap<String, U256>);
+
+    #[test]
+    fn decimal_maps_round_trip_and_refuse_token_numbers() {
+        let m = Held([("a".to_owned(), tokens(10_000) + U256::from(1u8))].into());
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(json, r#"{"a":"10000000000000000000001"}"#);
+        assert_eq!(serde_json::from_str::<Held>(&json).unwrap(), m);
+        let err = serde_json::from_str::<Held>(r#"{"a":10000.5}"#).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("amount of \"a\" is the number 10000.5"),
+            "{err}"
+        );
+        assert!(serde_json::from_str::<Held>(r#"{"a":"1.5"}"#).is_err());
     }
 }

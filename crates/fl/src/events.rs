@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use cohort_core::{Address, Hash32, U256};
 use serde::{Deserialize, Serialize};
 
+use crate::learner::Metrics;
 use crate::strategy::Contribution;
 
 /// One thing that happened in a run, in the order it happened.
@@ -40,6 +41,8 @@ pub enum RunEvent {
         round: u64,
         /// The client.
         client: u32,
+        /// The address it signed its submission from.
+        address: Address,
         /// SHA-256 of its blob.
         blob: Hash32,
         /// Bytes of the blob.
@@ -48,6 +51,9 @@ pub enum RunEvent {
         samples: u64,
         /// Its submission's position on the ledger (entry, or block on a chain).
         entry: u64,
+        /// L2 norm of the decoded update; `None` when the blob does not decode or holds
+        /// non-finite values.
+        norm: Option<f64>,
     },
     /// The coordinator's validation of an update (shape, finite values, round).
     UpdateValidated {
@@ -91,8 +97,8 @@ pub enum RunEvent {
         round: u64,
         /// The strategy, as it names itself.
         strategy: String,
-        /// Clients whose updates entered the aggregate.
-        clients: Vec<u32>,
+        /// What the strategy did with each update that entered the aggregate, by client.
+        contributions: BTreeMap<u32, Contribution>,
         /// The global model before.
         global_before: Hash32,
         /// The global model after.
@@ -104,6 +110,21 @@ pub enum RunEvent {
         round: u64,
         /// Reward and slash per participant paid or slashed.
         payouts: BTreeMap<String, Amounts>,
+    },
+    /// Test metrics of the global model after a round (round 0: the initial model).
+    Evaluated {
+        /// Round.
+        round: u64,
+        /// The metrics.
+        test: Metrics,
+    },
+    /// Balance + stake of every participant after a round, base units (decimal strings).
+    Holdings {
+        /// Round.
+        round: u64,
+        /// By participant name.
+        #[serde(with = "cohort_core::amount::decimal_map")]
+        holdings: BTreeMap<String, U256>,
     },
     /// The round is durable: the ledger's size and root after it.
     Checkpoint {

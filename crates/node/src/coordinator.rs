@@ -26,7 +26,6 @@ use alloy_primitives::{Address, B256, U256};
 use alloy_sol_types::SolCall;
 use cohort_blob::BlobStore;
 use cohort_core::{Hash32, Identity, Score, sha256, tokens};
-use cohort_ledger::demo::fmt_tokens;
 use cohort_ledger::protocol::{
     Cohort, Cohort::CohortEvents, Protocol, ProtocolError, accepted_set_hash, roles,
 };
@@ -34,16 +33,16 @@ use cohort_ledger::{LedgerBackend, LedgerError, SignedCall, TxContext};
 
 use cohort_fl::config::ValidConfig;
 use cohort_fl::coordinator::{Command, Coordinator as Machine, Event, Phase};
-use cohort_fl::events::{Amounts, ProvenanceRecord, RunEvent};
+use cohort_fl::events::{Amounts, RunEvent};
 use cohort_fl::learner::{Learner, Metrics};
 use cohort_fl::strategy::{Contribution, Strategy};
 use cohort_fl::{ClientUpdate, FlError};
 
 use crate::resume::SavedRound;
 use crate::runtime::{
-    EventSink, PhaseSeconds, RoundSummary, RunError, RunOptions, RunSummary, UpdateFacts,
-    state_error,
+    EventSink, PhaseSeconds, RoundSummary, RunError, RunOptions, RunSummary, state_error,
 };
+use crate::summary::SummaryBuilder;
 use crate::transport::{
     EnrolRequest, Party, Reply, Request, RevealRequest, ScoreItem, ScoreRequest, SignWith,
     TrainRequest, Transport,
@@ -106,6 +105,8 @@ struct OnChain {
     entry: u64,
     /// Samples it claimed.
     samples: u64,
+    /// L2 norm of the decoded update (`None`: it did not decode or is not finite).
+    norm: Option<f64>,
 }
 
 /// Whether the ledger refused a relayed call because of the call itself (its signature,
@@ -396,15 +397,16 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
             }),
             Some(_) => None,
         };
-        let mut sink = opts.take_events();
+        // Every fact of a round is an event; the round's summary is folded from them.
+        let mut events = Events {
+            sink: opts.take_events(),
+            summary: SummaryBuilder::new(self.roster.validators.len() as u32),
+        };
         if fresh.is_some() {
-            emit(
-                &mut sink,
-                RunEvent::SetUp {
-                    clients: self.roster.clients.len() as u32,
-                    validators: self.roster.validators.len() as u32,
-                },
-            );
+            events.emit(RunEvent::SetUp {
+                clients: self.roster.clients.len() as u32,
+                validators: self.roster.validators.len() as u32,
+            });
         }
         let Self {
             cfg,
@@ -436,6 +438,10 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
             (Some(datasets), _) => {
                 let global = learner.init();
                 let initial = learner.evaluate(&global)?;
+                events.emit(RunEvent::Evaluated {
+                    round: 0,
+                    test: initial,
+                });
                 if let Some(dir) = &opts.state {
                     let snap = Snapshot {
                         cfg_digest,
@@ -494,7 +500,8 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
         let mut onchain: Vec<OnChain> = Vec::new();
         let mut committed: BTreeSet<u32> = BTreeSet::new();
         let mut revealed: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
-        let mut summary: Option<RoundSummary> = None;
+        // Wall seconds per part of the open round (not events: outside the replay contract).
+        let mut secs = PhaseSeconds::default();
 
         loop {
             let tick = coordinator.tick(now, seed);
@@ -528,15 +535,12 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                     committed.clear();
                     revealed.clear();
                     cohort_members = cohort.iter().copied().collect();
-                    emit(
-                        &mut sink,
-                        RunEvent::RoundOpened {
-                            round,
-                            ledger_round: chain_round,
-                            global: global_hash,
-                            cohort: cohort.clone(),
-                        },
-                    );
+                    events.emit(RunEvent::RoundOpened {
+                        round,
+                        ledger_round: chain_round,
+                        global: global_hash,
+                        cohort: cohort.clone(),
+                    });
                     for &client in &cohort {
                         let Some(m) = roster.clients.get(client as usize) else {
                             continue;
@@ -553,59 +557,32 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                             },
                         }))?;
                     }
-                    let mut s = RoundSummary {
-                        round,
-                        test: initial,
-                        accepted: Vec::new(),
-                        rejected: Vec::new(),
-                        consensus: BTreeMap::new(),
-                        rewards: BTreeMap::new(),
-                        slashes: BTreeMap::new(),
-                        bytes: 0,
-                        submitted: Vec::new(),
-                        scores: Vec::new(),
-                        holdings: BTreeMap::new(),
-                        seconds: PhaseSeconds::default(),
-                        updates: Vec::new(),
-                        payouts: BTreeMap::new(),
-                        provenance: Vec::new(),
-                    };
-                    s.seconds.ledger += t.elapsed().as_secs_f64();
-                    summary = Some(s);
+                    secs = PhaseSeconds::default();
+                    secs.ledger += t.elapsed().as_secs_f64();
                 }
                 Some(Command::Score {
                     updates, rejected, ..
                 }) => {
-                    let s = open_round(&mut summary)?;
+                    events.require_round()?;
                     let t = Instant::now();
                     p.close_submissions(coord, chain_round)?;
                     let valid: BTreeSet<u32> = updates.iter().map(|u| u.client).collect();
-                    for (k, reason) in &rejected {
-                        s.rejected.push(*k);
-                        if let Some(f) = s.updates.iter_mut().find(|f| f.client == *k) {
-                            f.refused = Some(reason.clone());
-                        }
-                    }
                     // Invalid updates (bad shape, NaN, wrong round) get the worst score.
                     for x in onchain.iter_mut() {
                         if !valid.contains(&x.client) {
                             x.update = None;
                         }
                     }
-                    s.submitted = onchain.iter().map(|x| x.client).collect();
                     for x in &onchain {
                         let refused = rejected
                             .iter()
                             .find(|(k, _)| *k == x.client)
                             .map(|(_, r)| r.clone());
-                        emit(
-                            &mut sink,
-                            RunEvent::UpdateValidated {
-                                round,
-                                client: x.client,
-                                refused,
-                            },
-                        );
+                        events.emit(RunEvent::UpdateValidated {
+                            round,
+                            client: x.client,
+                            refused,
+                        });
                     }
                     let items: Vec<ScoreItem> = onchain
                         .iter()
@@ -629,10 +606,10 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                             },
                         }))?;
                     }
-                    s.seconds.ledger += t.elapsed().as_secs_f64();
+                    secs.ledger += t.elapsed().as_secs_f64();
                 }
                 Some(Command::Reveal { .. }) => {
-                    let s = open_round(&mut summary)?;
+                    events.require_round()?;
                     let t = Instant::now();
                     p.close_commits(coord, chain_round)?;
                     for &v in &committed {
@@ -649,21 +626,15 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                             },
                         }))?;
                     }
-                    s.seconds.ledger += t.elapsed().as_secs_f64();
+                    secs.ledger += t.elapsed().as_secs_f64();
                 }
                 Some(Command::Aggregate { .. }) => {
-                    let s = open_round(&mut summary)?;
-                    // The score matrix as revealed; a validator that did not reveal has an empty
-                    // row.
-                    s.scores = (0..cfg.validators as u32)
-                        .map(|v| revealed.get(&v).cloned().unwrap_or_default())
-                        .collect();
+                    events.require_round()?;
                     let t = Instant::now();
                     let tally = p.tally_all(coord, chain_round, 64)?;
-                    s.seconds.ledger += t.elapsed().as_secs_f64();
+                    secs.ledger += t.elapsed().as_secs_f64();
                     let mut accepted_idx = Vec::new();
                     let mut accepted = Vec::new();
-                    let mut verdicts: BTreeMap<u32, (bool, f64)> = BTreeMap::new();
                     for e in &tally.events {
                         let (index, score, ok) = match e {
                             CohortEvents::UpdateAccepted(a) => (a.index, a.consensusScore, true),
@@ -674,31 +645,18 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                             continue;
                         };
                         let (k, u) = (&x.client, &x.update);
-                        s.consensus.insert(*k, Score(score).to_f64());
-                        verdicts.insert(*k, (ok, Score(score).to_f64()));
-                        emit(
-                            &mut sink,
-                            RunEvent::Consensus {
-                                round,
-                                client: *k,
-                                score: Score(score).to_f64(),
-                                accepted: ok,
-                            },
-                        );
+                        events.emit(RunEvent::Consensus {
+                            round,
+                            client: *k,
+                            score: Score(score).to_f64(),
+                            accepted: ok,
+                        });
                         if let (false, true, Some(u)) = (ok, cfg.aggregation.ignore_verdicts, u) {
                             accepted.push(u.clone().with_score(Score(score)));
                         }
-                        match (ok, u) {
-                            (true, Some(u)) => {
-                                accepted_idx.push(index);
-                                s.accepted.push(*k);
-                                accepted.push(u.clone().with_score(Score(score)));
-                            }
-                            _ => {
-                                if !s.rejected.contains(k) {
-                                    s.rejected.push(*k);
-                                }
-                            }
+                        if let (true, Some(u)) = (ok, u) {
+                            accepted_idx.push(index);
+                            accepted.push(u.clone().with_score(Score(score)));
                         }
                     }
                     accepted_idx.sort_unstable();
@@ -721,7 +679,7 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                             Err(e) => return Err(e.into()),
                         }
                     }
-                    s.seconds.aggregate += t.elapsed().as_secs_f64();
+                    secs.aggregate += t.elapsed().as_secs_f64();
                     // A model the strategy made non-finite is the configuration's fault, not the
                     // clients': stop before the round is finalized and settled, so that nobody is
                     // rejected or slashed because of it (the validators would score every later
@@ -744,47 +702,20 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                         b256(new_hash),
                         accepted_set_hash(&accepted_idx),
                     )?;
-                    emit(
-                        &mut sink,
-                        RunEvent::Aggregated {
-                            round,
-                            strategy: strategy.name(),
-                            clients: contributions.keys().copied().collect(),
-                            global_before: global_hash,
-                            global_after: new_hash,
-                        },
-                    );
-                    s.provenance = onchain
-                        .iter()
-                        .map(|x| {
-                            let (accepted, consensus) =
-                                verdicts.get(&x.client).copied().unwrap_or((false, -1.0));
-                            ProvenanceRecord {
-                                round,
-                                ledger_round: chain_round,
-                                client: x.client,
-                                address: roster
-                                    .clients
-                                    .get(x.client as usize)
-                                    .map_or(Address::ZERO, |m| m.address),
-                                blob: x.hash,
-                                entry: x.entry,
-                                samples: x.samples,
-                                accepted,
-                                consensus,
-                                contribution: contributions.get(&x.client).cloned(),
-                                global_before: global_hash,
-                                global_after: new_hash,
-                            }
-                        })
-                        .collect();
-                    s.seconds.ledger += t.elapsed().as_secs_f64();
+                    events.emit(RunEvent::Aggregated {
+                        round,
+                        strategy: strategy.name(),
+                        contributions,
+                        global_before: global_hash,
+                        global_after: new_hash,
+                    });
+                    secs.ledger += t.elapsed().as_secs_f64();
                 }
                 Some(Command::Settle { .. }) => {
-                    let mut s = summary.take().ok_or_else(no_round)?;
+                    events.require_round()?;
                     let t = Instant::now();
                     let settled = p.settle_all(coord, chain_round, 64)?;
-                    s.seconds.ledger += t.elapsed().as_secs_f64();
+                    secs.ledger += t.elapsed().as_secs_f64();
                     let mut rewards: BTreeMap<String, U256> = BTreeMap::new();
                     let mut slashes: BTreeMap<String, U256> = BTreeMap::new();
                     for e in &settled.events {
@@ -805,33 +736,26 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                     for (name, amount) in &slashes {
                         amounts.entry(name.clone()).or_default().slash = *amount;
                     }
-                    emit(
-                        &mut sink,
-                        RunEvent::Settled {
-                            round,
-                            payouts: amounts,
-                        },
-                    );
-                    for (name, amount) in &rewards {
-                        s.payouts.entry(name.clone()).or_default().reward = *amount;
-                    }
-                    for (name, amount) in &slashes {
-                        s.payouts.entry(name.clone()).or_default().slash = *amount;
-                    }
-                    s.rewards = rewards
-                        .into_iter()
-                        .map(|(k, v)| (k, fmt_tokens(v)))
-                        .collect();
-                    s.slashes = slashes
-                        .into_iter()
-                        .map(|(k, v)| (k, fmt_tokens(v)))
-                        .collect();
-                    s.test = learner.evaluate(&global)?;
+                    events.emit(RunEvent::Settled {
+                        round,
+                        payouts: amounts,
+                    });
+                    events.emit(RunEvent::Evaluated {
+                        round,
+                        test: learner.evaluate(&global)?,
+                    });
                     let t = Instant::now();
+                    let mut held = BTreeMap::new();
                     for m in &members {
-                        s.holdings.insert(m.name.clone(), holdings(p, m.address)?);
+                        held.insert(m.name.clone(), holdings(p, m.address)?);
                     }
-                    s.seconds.report += t.elapsed().as_secs_f64();
+                    events.emit(RunEvent::Holdings {
+                        round,
+                        holdings: held,
+                    });
+                    secs.report += t.elapsed().as_secs_f64();
+                    let mut s = events.summary.finish_round().ok_or_else(no_round)?;
+                    s.seconds = std::mem::take(&mut secs);
                     // The round is the unit of durability: its state is saved first, then one
                     // sync for all its commits where the ledger defers them
                     // (`SyncPolicy::OnFlush`), nothing where each is durable; the previous
@@ -852,14 +776,11 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                         crate::resume::prune(dir, round)?;
                     }
                     let head = p.backend().head()?;
-                    emit(
-                        &mut sink,
-                        RunEvent::Checkpoint {
-                            round,
-                            ledger_entries: head.size,
-                            ledger_root: head.root,
-                        },
-                    );
+                    events.emit(RunEvent::Checkpoint {
+                        round,
+                        ledger_entries: head.size,
+                        ledger_root: head.root,
+                    });
                     s.seconds.ledger += t.elapsed().as_secs_f64();
                     on_round(&s);
                     rounds.push(s);
@@ -873,16 +794,16 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
             let t = Instant::now();
             let phase = coordinator.phase();
             let replies = transport.poll(now)?;
-            let Some(s) = summary.as_mut() else {
+            if !events.summary.in_round() {
                 continue; // between rounds: nothing is expected
-            };
+            }
             let dt = t.elapsed().as_secs_f64();
             match phase {
-                Phase::Train => s.seconds.train += dt,
-                _ => s.seconds.score += dt,
+                Phase::Train => secs.train += dt,
+                _ => secs.score += dt,
             }
             let t = Instant::now();
-            let mut updates: Vec<(OnChain, ClientUpdate, UpdateFacts, SignedCall)> = Vec::new();
+            let mut updates: Vec<(OnChain, ClientUpdate, SignedCall)> = Vec::new();
             let mut commits: Vec<(u32, SignedCall)> = Vec::new();
             let mut reveals: Vec<(u32, Vec<Score>, SignedCall)> = Vec::new();
             for reply in replies {
@@ -915,7 +836,6 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                         if let Some(store) = blobs {
                             store.put(&u.blob)?;
                         }
-                        s.bytes += u.blob.len() as u64;
                         // A blob that does not decode is still recorded, as an empty update that
                         // validation refuses.
                         let decoded = learner.decode(&u.blob).ok();
@@ -925,13 +845,6 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                             .filter(|n| n.is_finite());
                         let delta = decoded.unwrap_or_default();
                         let update = ClientUpdate::new(k, u.round, delta, call.numSamples);
-                        let facts = UpdateFacts {
-                            client: k,
-                            samples: call.numSamples,
-                            update_norm,
-                            bytes: u.blob.len() as u64,
-                            refused: None,
-                        };
                         let x = OnChain {
                             client: k,
                             hash,
@@ -939,8 +852,9 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                             update: Some(update.clone()),
                             entry: 0,
                             samples: call.numSamples,
+                            norm: update_norm,
                         };
-                        updates.push((x, update, facts, u.submission));
+                        updates.push((x, update, u.submission));
                     }
                     Reply::Commit(c) => {
                         let v = c.validator;
@@ -989,28 +903,27 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                 }
             }
             if !updates.is_empty() {
-                let (rest, calls): (Vec<_>, Vec<SignedCall>) = updates
-                    .into_iter()
-                    .map(|(x, u, f, c)| ((x, u, f), c))
-                    .unzip();
+                let (rest, calls): (Vec<_>, Vec<SignedCall>) =
+                    updates.into_iter().map(|(x, u, c)| ((x, u), c)).unzip();
                 let results = p.relay_batch::<Cohort::submitUpdateCall>(calls)?;
-                for ((mut x, update, facts), result) in rest.into_iter().zip(results) {
+                for ((mut x, update), result) in rest.into_iter().zip(results) {
                     match result {
                         Ok(sent) => {
                             x.entry = sent.position;
-                            emit(
-                                &mut sink,
-                                RunEvent::UpdateReceived {
-                                    round,
-                                    client: x.client,
-                                    blob: x.hash,
-                                    bytes: facts.bytes,
-                                    samples: facts.samples,
-                                    entry: sent.position,
-                                },
-                            );
+                            events.emit(RunEvent::UpdateReceived {
+                                round,
+                                client: x.client,
+                                blob: x.hash,
+                                address: roster
+                                    .clients
+                                    .get(x.client as usize)
+                                    .map_or(Address::ZERO, |m| m.address),
+                                bytes: x.blob.len() as u64,
+                                samples: x.samples,
+                                entry: sent.position,
+                                norm: x.norm,
+                            });
                             onchain.push(x);
-                            s.updates.push(facts);
                             // Refusals by the coordinator are recorded through validation.
                             let _ = coordinator.handle(Event::Update(update));
                         }
@@ -1027,13 +940,10 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                 for (v, result) in who.into_iter().zip(results) {
                     match result {
                         Ok(_) => {
-                            emit(
-                                &mut sink,
-                                RunEvent::Committed {
-                                    round,
-                                    validator: v,
-                                },
-                            );
+                            events.emit(RunEvent::Committed {
+                                round,
+                                validator: v,
+                            });
                             committed.insert(v);
                             coordinator.handle(Event::Committed { validator: v })?;
                         }
@@ -1050,14 +960,11 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                     match result {
                         Ok(_) => {
                             let scores: Vec<f64> = scores.iter().map(|x| x.to_f64()).collect();
-                            emit(
-                                &mut sink,
-                                RunEvent::Revealed {
-                                    round,
-                                    validator: v,
-                                    scores: scores.clone(),
-                                },
-                            );
+                            events.emit(RunEvent::Revealed {
+                                round,
+                                validator: v,
+                                scores: scores.clone(),
+                            });
                             revealed.insert(v, scores);
                             coordinator.handle(Event::Revealed { validator: v })?;
                         }
@@ -1068,13 +975,13 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                     }
                 }
             }
-            s.seconds.ledger += t.elapsed().as_secs_f64();
+            secs.ledger += t.elapsed().as_secs_f64();
         }
         let mut final_holdings = BTreeMap::new();
         for m in &members {
             let (active, unbonding, _) = p.stake_of(m.address)?;
             let bal = p.balance_of(m.address)?;
-            final_holdings.insert(m.name.clone(), fmt_tokens(bal + active + unbonding));
+            final_holdings.insert(m.name.clone(), bal + active + unbonding);
         }
         let head = p.backend().head()?;
         Ok(RunSummary {
@@ -1087,9 +994,27 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
     }
 }
 
-fn emit(sink: &mut Option<EventSink>, event: RunEvent) {
-    if let Some(f) = sink.as_mut() {
-        (f.0)(&event);
+/// Where the coordinator's events go: the run's sink, and the fold that makes the round's
+/// summary from them.
+struct Events {
+    sink: Option<EventSink>,
+    summary: SummaryBuilder,
+}
+
+impl Events {
+    fn emit(&mut self, event: RunEvent) {
+        self.summary.apply(&event);
+        if let Some(f) = self.sink.as_mut() {
+            (f.0)(&event);
+        }
+    }
+
+    fn require_round(&self) -> Result<(), FlError> {
+        if self.summary.in_round() {
+            Ok(())
+        } else {
+            Err(no_round())
+        }
     }
 }
 
@@ -1100,14 +1025,10 @@ fn no_round() -> FlError {
     }
 }
 
-fn open_round(s: &mut Option<RoundSummary>) -> Result<&mut RoundSummary, FlError> {
-    s.as_mut().ok_or_else(no_round)
-}
-
-fn holdings<B: LedgerBackend>(p: &mut Protocol<B>, a: Address) -> Result<f64, ProtocolError> {
+/// Balance + stake (active and unbonding) of `a`, base units.
+fn holdings<B: LedgerBackend>(p: &mut Protocol<B>, a: Address) -> Result<U256, ProtocolError> {
     let (active, unbonding, _) = p.stake_of(a)?;
-    let total = p.balance_of(a)? + active + unbonding;
-    Ok(cohort_core::to_tokens_f64(total))
+    Ok(p.balance_of(a)? + active + unbonding)
 }
 
 fn name_of(names: &BTreeMap<Address, String>, a: Address) -> String {

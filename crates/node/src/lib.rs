@@ -19,6 +19,7 @@ pub mod coordinator;
 pub mod party;
 pub mod resume;
 pub mod runtime;
+pub mod summary;
 pub mod transport;
 
 pub use coordinator::{Coordinator, Member, Roster};

@@ -253,9 +253,16 @@ pub fn load(dir: &Path, entries: u64, root: Hash32) -> Result<Option<Resume>, Fl
     // Lines past the saved round (a round written ahead of a flush that never happened, or
     // cut short by the kill) are left out.
     let mut rounds: Vec<RoundSummary> = Vec::new();
-    for line in text.lines() {
-        let Ok(r) = serde_json::from_str::<RoundSummary>(line) else {
-            continue;
+    // Why the first line that did not read failed (a torn last line, or a summary of an older
+    // format: amounts as formatted strings), for the error if rounds are missing.
+    let mut unread: Option<String> = None;
+    for (i, line) in text.lines().enumerate() {
+        let r = match serde_json::from_str::<RoundSummary>(line) {
+            Ok(r) => r,
+            Err(e) => {
+                unread.get_or_insert_with(|| format!("; line {}: {e}", i + 1));
+                continue;
+            }
         };
         if r.round >= 1 && r.round <= saved.round && r.round == rounds.len() as u64 + 1 {
             rounds.push(r);
@@ -265,9 +272,10 @@ pub fn load(dir: &Path, entries: u64, root: Hash32) -> Result<Option<Resume>, Fl
         return Err(bad(
             &rpath,
             format!(
-                "holds rounds 1 to {} of the {} the saved state needs",
+                "holds rounds 1 to {} of the {} the saved state needs{}",
                 rounds.len(),
-                saved.round
+                saved.round,
+                unread.unwrap_or_default()
             ),
         ));
     }

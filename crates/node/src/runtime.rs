@@ -84,8 +84,13 @@ pub enum RunError {
     },
 }
 
-/// One round's outcome.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One round's outcome, folded from the round's [`RunEvent`]s by
+/// [`SummaryBuilder`](crate::summary::SummaryBuilder) (all but `seconds`). Amounts are
+/// integers in base units (10^18 per token), decimal strings in JSON.
+// The private `legacy_rewards` field only refuses old summaries; that it also keeps other crates
+// from building a summary by hand (they fold one from events) is intended.
+#[allow(clippy::manual_non_exhaustive)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoundSummary {
     /// Round number.
     pub round: u64,
@@ -97,10 +102,6 @@ pub struct RoundSummary {
     pub rejected: Vec<u32>,
     /// Consensus score per submitting client.
     pub consensus: BTreeMap<u32, f64>,
-    /// Tokens rewarded per participant name this round.
-    pub rewards: BTreeMap<String, String>,
-    /// Tokens slashed per participant name this round.
-    pub slashes: BTreeMap<String, String>,
     /// Bytes of update blobs moved (clients to coordinator).
     pub bytes: u64,
     /// Clients in the order their updates were recorded on the ledger.
@@ -108,21 +109,39 @@ pub struct RoundSummary {
     /// The score matrix: `scores[v][i]` is validator `v`'s score of the `i`-th submitted
     /// update.
     pub scores: Vec<Vec<f64>>,
-    /// Balance + stake of every participant after the round, whole tokens.
-    pub holdings: BTreeMap<String, f64>,
-    /// Wall seconds per part of the round (not part of the replay contract).
+    /// Balance + stake of every participant after the round, base units.
+    #[serde(with = "cohort_core::amount::decimal_map")]
+    pub holdings: BTreeMap<String, U256>,
+    /// Wall seconds per part of the round (not part of the replay contract, and not in the
+    /// events: zero in a summary rebuilt from them).
+    #[serde(default)]
     pub seconds: PhaseSeconds,
     /// Every update recorded on the ledger this round, in submission order: what its client
-    /// claimed and sent (for reports; absent in summaries written before it existed).
-    #[serde(default)]
+    /// claimed and sent.
     pub updates: Vec<UpdateFacts>,
     /// Reward and slash of every participant paid or slashed this round, by name, in base
-    /// units (the exact amounts behind `rewards` and `slashes`).
-    #[serde(default)]
+    /// units.
     pub payouts: BTreeMap<String, Payout>,
     /// Where each recorded update came from and what became of it (`DIR/provenance.jsonl`).
-    #[serde(default)]
     pub provenance: Vec<ProvenanceRecord>,
+    /// Summaries written before amounts were integers had `rewards` and `slashes` as
+    /// formatted token strings and `holdings` as float tokens: such a summary is refused
+    /// with an error naming the field, never read with amounts off by 10^18.
+    #[serde(
+        default,
+        rename = "rewards",
+        skip_serializing,
+        deserialize_with = "refuse_formatted_rewards"
+    )]
+    pub(crate) legacy_rewards: (),
+}
+
+fn refuse_formatted_rewards<'de, D: serde::Deserializer<'de>>(_: D) -> Result<(), D::Error> {
+    Err(serde::de::Error::custom(
+        "field `rewards` (token amounts as formatted strings) is from a summary written before \
+         cohort kept amounts as integers in base units (`payouts`, `holdings`); run it again \
+         with this cohort",
+    ))
 }
 
 /// One recorded update: its client's claim and what the coordinator saw of it.
@@ -142,33 +161,11 @@ pub struct UpdateFacts {
     pub refused: Option<String>,
 }
 
-/// One participant's reward and slash in a round, in base units (10^-18 token).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Payout {
-    /// Tokens rewarded, base units (a decimal string in JSON).
-    #[serde(with = "u256_decimal")]
-    pub reward: U256,
-    /// Tokens slashed, base units (a decimal string in JSON).
-    #[serde(with = "u256_decimal")]
-    pub slash: U256,
-}
-
-/// Base-unit amounts as decimal strings in JSON: exact, and readable by any JSON tool.
-mod u256_decimal {
-    use alloy_primitives::U256;
-
-    pub fn serialize<S: serde::Serializer>(v: &U256, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(v)
-    }
-
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<U256, D::Error> {
-        let s: String = serde::Deserialize::deserialize(d)?;
-        U256::from_str_radix(&s, 10).map_err(serde::de::Error::custom)
-    }
-}
+/// One participant's reward and slash in a round, in base units (decimal strings in JSON).
+pub use cohort_fl::events::Amounts as Payout;
 
 /// Where a round's wall time went.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PhaseSeconds {
     /// Local training: waiting on the transport while clients train (in process: the
     /// clients' training and the encoding and hashing of their blobs).
@@ -193,8 +190,9 @@ pub struct RunSummary {
     pub initial: Metrics,
     /// Per round.
     pub rounds: Vec<RoundSummary>,
-    /// Final balance + stake of every participant, in tokens, by name.
-    pub final_holdings: BTreeMap<String, String>,
+    /// Final balance + stake of every participant, base units, by name.
+    #[serde(with = "cohort_core::amount::decimal_map")]
+    pub final_holdings: BTreeMap<String, U256>,
     /// The ledger's root after the run.
     pub ledger_root: Hash32,
     /// Entries on the ledger.

@@ -101,8 +101,19 @@ fn go(cfg: &RunConfig) -> (RunSummary, tempfile::TempDir) {
     (summary, dir)
 }
 
-fn tokens(s: &str) -> f64 {
-    s.parse().unwrap()
+fn tokens(v: &cohort_core::U256) -> f64 {
+    cohort_core::to_tokens_f64(*v)
+}
+
+/// Whether `name` was slashed (rewarded) in round `r`.
+#[allow(dead_code)]
+fn slashed(r: &cohort_node::runtime::RoundSummary, name: &str) -> bool {
+    r.payouts.get(name).is_some_and(|p| !p.slash.is_zero())
+}
+
+#[allow(dead_code)]
+fn rewarded(r: &cohort_node::runtime::RoundSummary, name: &str) -> bool {
+    r.payouts.get(name).is_some_and(|p| !p.reward.is_zero())
 }
 
 #[test]

@@ -33,6 +33,7 @@ use cohort_fl::config::{RunConfig, ValidConfig};
 use cohort_ledger::{EmbeddedLedger, LedgerBackend, LedgerConfig, Protocol};
 use cohort_node::resume;
 use cohort_node::runtime::{Keys, RoundSummary, RunOptions, RunSummary, run_in_process};
+use cohort_node::summary::SummaryBuilder;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
@@ -531,10 +532,11 @@ fn differences(a: &Value, b: &Value, prefix: &str, out: &mut Vec<String>) {
 }
 
 /// How the run shows its progress: a bar on a terminal, a line per round elsewhere.
+/// Progress on stderr: a bar on a terminal, one line per round otherwise. The per-round line
+/// is printed from the run's events ([`Progress::round_lines`]), like summary.json.
 struct Progress {
     bar: Option<ProgressBar>,
     rounds: u64,
-    last: Instant,
 }
 
 impl Progress {
@@ -548,11 +550,7 @@ impl Progress {
             bar.enable_steady_tick(std::time::Duration::from_millis(500));
             bar
         });
-        Self {
-            bar,
-            rounds,
-            last: Instant::now(),
-        }
+        Self { bar, rounds }
     }
 
     /// A step outside the rounds (the set-up).
@@ -569,37 +567,21 @@ impl Progress {
         }
     }
 
-    fn round(&mut self, r: &RoundSummary) {
-        let secs = self.last.elapsed().as_secs_f64();
-        self.last = Instant::now();
-        let metric = format!(
-            "test loss {:.4}{}{}",
-            r.test.loss,
-            r.test
-                .perplexity
-                .map(|p| format!(", perplexity {p:.3}"))
-                .unwrap_or_default(),
-            r.test
-                .accuracy
-                .map(|a| format!(", accuracy {a:.3}"))
-                .unwrap_or_default()
-        );
-        match &self.bar {
-            Some(b) => {
-                b.set_message(format!(
-                    "{metric}, accepted {}, rejected {}",
-                    r.accepted.len(),
-                    r.rejected.len()
-                ));
-                b.set_position(r.round);
+    /// The event sink that prints each round's line when the round is checkpointed, from the
+    /// round's summary as [`SummaryBuilder`] folds it from the events.
+    fn round_lines(&self, validators: u32) -> impl FnMut(&RunEvent) + 'static {
+        let bar = self.bar.clone();
+        let rounds = self.rounds;
+        let mut fold = SummaryBuilder::new(validators);
+        let mut last = Instant::now();
+        move |e: &RunEvent| {
+            fold.apply(e);
+            if let RunEvent::Checkpoint { .. } = e
+                && let Some(r) = fold.finish_round()
+            {
+                print_round(bar.as_ref(), rounds, &r, last.elapsed().as_secs_f64());
+                last = Instant::now();
             }
-            None => eprintln!(
-                "round {}/{}: {metric}, accepted {}, rejected {}, {secs:.2} s",
-                r.round,
-                self.rounds,
-                r.accepted.len(),
-                r.rejected.len()
-            ),
         }
     }
 
@@ -830,7 +812,7 @@ impl Args {
         reference: Option<&RunSummary>,
     ) -> anyhow::Result<ExitCode> {
         let started = Instant::now();
-        let mut progress = Progress::new(cfg.coordinator.rounds, self.json);
+        let progress = Progress::new(cfg.coordinator.rounds, self.json);
         let operator = keys.identity("ledger-operator");
         let ledger_dir = self.out.join("ledger");
         let state = self.state_dir();
@@ -943,17 +925,12 @@ impl Args {
             .with_keys(keys.clone())
             .with_blobs(blobs)
             .with_state(&state.0);
-        if let Some(sink) = self.event_sink()? {
-            opts = opts.with_events(sink);
-        }
+        opts = opts.with_events(self.events_to(&progress, cfg)?);
         if let Some(r) = resume {
             opts = opts.resuming(r);
         }
         let mut last = settled;
-        let run = run_in_process(cfg, ledger, &*task, opts, |r| {
-            last = r.round;
-            progress.round(r);
-        });
+        let run = run_in_process(cfg, ledger, &*task, opts, |r| last = r.round);
         progress.finish();
         let (p, summary) = match run {
             Ok(x) => x,
@@ -1099,6 +1076,23 @@ impl Args {
         )
     }
 
+    /// Where the run's events go: the `--events FILE` writer, if asked for, then the
+    /// per-round progress line.
+    fn events_to(
+        &self,
+        progress: &Progress,
+        cfg: &ValidConfig,
+    ) -> anyhow::Result<impl FnMut(&RunEvent) + 'static> {
+        let mut file = self.event_sink()?;
+        let mut lines = progress.round_lines(cfg.validators as u32);
+        Ok(move |e: &RunEvent| {
+            if let Some(f) = file.as_mut() {
+                f(e);
+            }
+            lines(e);
+        })
+    }
+
     /// The `--events FILE` writer: one JSON line per event, flushed as it comes. A write
     /// that fails is reported once on stderr and the run goes on (the ledger, not this file,
     /// is the record).
@@ -1117,11 +1111,11 @@ impl Args {
         Ok(Some(move |e: &RunEvent| {
             use std::io::Write as _;
             let line = serde_json::to_string(e).unwrap_or_default();
-            if let Err(err) = writeln!(out, "{line}") {
-                if !failed {
-                    eprintln!("warning: --events {shown}: {err}; the run goes on without it");
-                    failed = true;
-                }
+            if let Err(err) = writeln!(out, "{line}")
+                && !failed
+            {
+                eprintln!("warning: --events {shown}: {err}; the run goes on without it");
+                failed = true;
             }
         }))
     }
@@ -1207,7 +1201,7 @@ impl Args {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default();
-        let mut progress = Progress::new(cfg.coordinator.rounds, self.json);
+        let progress = Progress::new(cfg.coordinator.rounds, self.json);
         let run = (|| -> anyhow::Result<_> {
             let blobs = self.blob_store()?;
             fs::copy(&self.config, self.out.join("config.toml"))
@@ -1215,11 +1209,11 @@ impl Args {
             progress.say("set-up: preparing the task (reading data, pretraining a base model)");
             let task =
                 cohort_tasks::build(cfg, &config_dir, &self.out).context("setting up the task")?;
-            let mut opts = RunOptions::new().with_keys(keys.clone()).with_blobs(blobs);
-            if let Some(sink) = self.event_sink()? {
-                opts = opts.with_events(sink);
-            }
-            let out = run_in_process(cfg, chain, &*task, opts, |r| progress.round(r))
+            let opts = RunOptions::new()
+                .with_keys(keys.clone())
+                .with_blobs(blobs)
+                .with_events(self.events_to(&progress, cfg)?);
+            let out = run_in_process(cfg, chain, &*task, opts, |_| {})
                 .with_context(|| format!("on the chain at {url}"))?;
             Ok(out)
         })();
@@ -1309,6 +1303,38 @@ impl Args {
     }
 }
 
+/// One round's progress: the bar's message on a terminal, a line on stderr otherwise.
+fn print_round(bar: Option<&ProgressBar>, rounds: u64, r: &RoundSummary, secs: f64) {
+    let metric = format!(
+        "test loss {:.4}{}{}",
+        r.test.loss,
+        r.test
+            .perplexity
+            .map(|p| format!(", perplexity {p:.3}"))
+            .unwrap_or_default(),
+        r.test
+            .accuracy
+            .map(|a| format!(", accuracy {a:.3}"))
+            .unwrap_or_default()
+    );
+    match bar {
+        Some(b) => {
+            b.set_message(format!(
+                "{metric}, accepted {}, rejected {}",
+                r.accepted.len(),
+                r.rejected.len()
+            ));
+            b.set_position(r.round);
+        }
+        None => eprintln!(
+            "round {}/{rounds}: {metric}, accepted {}, rejected {}, {secs:.2} s",
+            r.round,
+            r.accepted.len(),
+            r.rejected.len()
+        ),
+    }
+}
+
 fn print_human(s: &RunSummary, cfg: &RunConfig) {
     outln!("initial test loss {:.4}", s.initial.loss);
     // Columns for the metrics this task reports.
@@ -1339,7 +1365,12 @@ fn print_human(s: &RunSummary, cfg: &RunConfig) {
         row.extend([
             r.accepted.len().to_string(),
             format!("{:?}", r.rejected),
-            r.slashes.keys().cloned().collect::<Vec<_>>().join(","),
+            r.payouts
+                .iter()
+                .filter(|(_, p)| !p.slash.is_zero())
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
             format!("{:.2}", r.seconds.ledger),
             format!("{:.2}", r.seconds.train),
         ]);
@@ -1348,7 +1379,7 @@ fn print_human(s: &RunSummary, cfg: &RunConfig) {
     t.print();
     outln!();
     let mut t = Table::new(&["participant", "role", "holdings (balance + stake)"]);
-    let mut rows: Vec<(&String, &String)> = s.final_holdings.iter().collect();
+    let mut rows: Vec<(&String, &cohort_core::U256)> = s.final_holdings.iter().collect();
     rows.sort_by_key(|(n, _)| {
         let (kind, num) = n.rsplit_once('-').unwrap_or((n.as_str(), ""));
         (kind.to_owned(), num.parse::<u64>().unwrap_or(0))
@@ -1362,7 +1393,11 @@ fn print_human(s: &RunSummary, cfg: &RunConfig) {
             Some(_) => "client",
             None => "validator",
         };
-        t.row(vec![name.clone(), role.into(), h.clone()]);
+        t.row(vec![
+            name.clone(),
+            role.into(),
+            cohort_ledger::demo::fmt_tokens(*h),
+        ]);
     }
     t.print();
 }
