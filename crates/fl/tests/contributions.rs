@@ -361,6 +361,23 @@ fn the_trimmed_mean_credits_the_values_it_keeps() {
     let k = kept_shares(&s.contributions());
     assert_eq!(k, vec![0.25, 0.75, 0.75, 0.25]);
     assert_eq!(k.iter().sum::<f64>(), 2.0);
+
+    // k = 1 of 5, where most values are kept (counted by those trimmed):
+    //   coordinate 0: 0 1 2 3 4 -> keeps updates 1, 2, 3
+    //   coordinate 1: 2 0 4 1 3 -> sorted 0(u1) 1(u3) 2(u0) 3(u4) 4(u2): keeps 3, 0, 4
+    let u = ups(
+        &[
+            &[0.0, 2.0],
+            &[1.0, 0.0],
+            &[2.0, 4.0],
+            &[3.0, 1.0],
+            &[4.0, 3.0],
+        ],
+        &[1; 5],
+    );
+    assert_eq!(s.aggregate(&u).unwrap(), vec![2.0, 2.0]);
+    let k = kept_shares(&s.contributions());
+    assert_eq!(k, vec![0.5, 0.5, 0.5, 1.0, 0.5]);
 }
 
 #[test]

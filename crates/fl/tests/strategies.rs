@@ -299,3 +299,20 @@ fn a_state_of_another_shape_is_refused() {
     adam.restore(&[vec![0.5], vec![0.25]]).unwrap();
     assert_eq!(adam.state(), vec![vec![0.5], vec![0.25]]);
 }
+
+/// Regression: a huge trim count or Byzantine bound overflowed `2k + 1` / `2f + 3` (a panic in
+/// debug builds) instead of being refused for want of updates.
+#[test]
+fn huge_trim_and_byzantine_counts_are_refused_not_overflowed() {
+    let ups = updates_from(&[vec![1.0; D], vec![2.0; D], vec![3.0; D]]);
+    for mut s in [
+        Box::new(TrimmedMean::new(usize::MAX)) as Box<dyn Strategy>,
+        Box::new(TrimmedMean::new(usize::MAX / 2 + 1)),
+        Box::new(Krum::new(usize::MAX)),
+        Box::new(Krum::multi(usize::MAX / 2, usize::MAX)),
+    ] {
+        let err = s.aggregate(&ups).unwrap_err().to_string();
+        assert!(err.contains("got 3"), "{}: {err}", s.name());
+        assert!(s.contributions().is_empty());
+    }
+}

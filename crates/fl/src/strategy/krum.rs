@@ -47,7 +47,7 @@ impl Strategy for Krum {
         self.contributions.clear();
         let d = dim(updates, "Krum")?;
         let n = updates.len();
-        let need = 2 * self.f + 3;
+        let need = self.f.saturating_mul(2).saturating_add(3);
         if n < need || n < self.m {
             return Err(FlError::NotEnoughUpdates {
                 strategy: self.name(),

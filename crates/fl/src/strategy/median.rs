@@ -143,10 +143,10 @@ impl Strategy for TrimmedMean {
         self.contributions.clear();
         let d = dim(updates, "TrimmedMean")?;
         let n = updates.len();
-        if n <= 2 * self.k {
+        if n <= self.k.saturating_mul(2) {
             return Err(FlError::NotEnoughUpdates {
                 strategy: format!("TrimmedMean(k={})", self.k),
-                need: 2 * self.k + 1,
+                need: self.k.saturating_mul(2).saturating_add(1),
                 got: n,
             });
         }
