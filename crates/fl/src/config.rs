@@ -142,9 +142,9 @@ impl AggregationConfig {
     /// Builds the strategy.
     pub fn build(&self) -> Box<dyn Strategy> {
         let base: Box<dyn Strategy> = match self.strategy {
-            StrategyConfig::FedAvg => Box::new(FedAvg),
+            StrategyConfig::FedAvg => Box::new(FedAvg::new()),
             StrategyConfig::ScoreWeighted => Box::new(ScoreWeighted::by_samples()),
-            StrategyConfig::Median => Box::new(CoordinateMedian),
+            StrategyConfig::Median => Box::new(CoordinateMedian::new()),
             StrategyConfig::TrimmedMean { k } => Box::new(TrimmedMean::new(k)),
             StrategyConfig::Krum { f, m } => Box::new(Krum::multi(f, m)),
         };

@@ -97,8 +97,10 @@ pub enum RunEvent {
         round: u64,
         /// The strategy, as it names itself.
         strategy: String,
-        /// What the strategy did with each update that entered the aggregate, by client.
-        contributions: BTreeMap<u32, Contribution>,
+        /// What the strategy did with each update that entered the aggregate, in the order
+        /// the strategy received them. (A list, not a map by client: integer map keys do not
+        /// read back inside a tagged enum.)
+        contributions: Vec<ClientContribution>,
         /// The global model before.
         global_before: Hash32,
         /// The global model after.
@@ -135,6 +137,16 @@ pub enum RunEvent {
         /// The ledger's root.
         ledger_root: Hash32,
     },
+}
+
+/// What the strategy did with one client's update.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientContribution {
+    /// The client.
+    pub client: u32,
+    /// What the strategy did with its update.
+    pub contribution: Contribution,
 }
 
 /// A reward and a slash, in base units (decimal strings in JSON).

@@ -24,13 +24,13 @@ fn updates_from(rows: &[Vec<f32>]) -> Vec<ClientUpdate> {
 
 fn all() -> Vec<Box<dyn Strategy>> {
     vec![
-        Box::new(FedAvg),
+        Box::new(FedAvg::new()),
         Box::new(ScoreWeighted::by_samples()),
-        Box::new(CoordinateMedian),
+        Box::new(CoordinateMedian::new()),
         Box::new(TrimmedMean::new(2)),
         Box::new(Krum::new(2)),
         Box::new(Krum::multi(2, 3)),
-        Box::new(Clipped::new(FedAvg, 1.0)),
+        Box::new(Clipped::new(FedAvg::new(), 1.0)),
         Box::new(FedOpt::adam(TrimmedMean::new(1), 0.1)),
     ]
 }
@@ -86,11 +86,11 @@ proptest! {
         let lo: Vec<f32> = (0..D).map(|j| honest.iter().map(|r| r[j]).fold(f32::INFINITY, f32::min)).collect();
         let hi: Vec<f32> = (0..D).map(|j| honest.iter().map(|r| r[j]).fold(f32::NEG_INFINITY, f32::max)).collect();
         let within = |v: &[f32]| v.iter().enumerate().all(|(j, &x)| x >= lo[j] - 1e-5 && x <= hi[j] + 1e-5);
-        for mut s in [Box::new(CoordinateMedian) as Box<dyn Strategy>, Box::new(TrimmedMean::new(f)), Box::new(Krum::new(f)), Box::new(Krum::multi(f, 2))] {
+        for mut s in [Box::new(CoordinateMedian::new()) as Box<dyn Strategy>, Box::new(TrimmedMean::new(f)), Box::new(Krum::new(f)), Box::new(Krum::multi(f, 2))] {
             let out = s.aggregate(&ups).unwrap();
             prop_assert!(within(&out), "{} left the honest range: {out:?}", s.name());
         }
-        let mean = FedAvg.aggregate(&ups).unwrap();
+        let mean = FedAvg::new().aggregate(&ups).unwrap();
         prop_assert!(!within(&mean), "the attack should move plain FedAvg: {mean:?}");
     }
 
@@ -101,7 +101,7 @@ proptest! {
         bound in 0.1f64..10.0,
     ) {
         let ups = updates_from(&rows);
-        let out = Clipped::new(FedAvg, bound).aggregate(&ups).unwrap();
+        let out = Clipped::new(FedAvg::new(), bound).aggregate(&ups).unwrap();
         prop_assert!(dist(&out, &[0.0; D]) <= bound * (1.0 + 1e-5));
     }
 }
@@ -111,7 +111,7 @@ fn fedavg_weights_by_samples_and_scores_ignore_negative() {
     let a = ClientUpdate::new(0, 1, vec![1.0, 0.0], 3).with_score(Score::from_f64(0.2));
     let b = ClientUpdate::new(1, 1, vec![0.0, 1.0], 1).with_score(Score::from_f64(-0.5));
     let c = ClientUpdate::new(2, 1, vec![0.0, 0.0], 4).with_score(Score::from_f64(0.2));
-    let avg = FedAvg.aggregate(&[a.clone(), b.clone()]).unwrap();
+    let avg = FedAvg::new().aggregate(&[a.clone(), b.clone()]).unwrap();
     assert!(close(&avg, &[0.75, 0.25]));
     let sw = ScoreWeighted::new()
         .aggregate(&[a.clone(), b.clone(), c])
@@ -140,7 +140,10 @@ fn krum_needs_enough_clients_and_picks_the_cluster() {
 #[test]
 fn server_optimizers_step_along_the_pseudo_gradient() {
     let ups = updates_from(&[vec![1.0, -2.0, 0.0], vec![1.0, -2.0, 0.0]]);
-    for mut s in [FedOpt::adam(FedAvg, 0.1), FedOpt::yogi(FedAvg, 0.1)] {
+    for mut s in [
+        FedOpt::adam(FedAvg::new(), 0.1),
+        FedOpt::yogi(FedAvg::new(), 0.1),
+    ] {
         let mut last = vec![0.0f32; 3];
         for _ in 0..3 {
             last = s.aggregate(&ups).unwrap();
@@ -163,9 +166,9 @@ fn server_optimizers_step_along_the_pseudo_gradient() {
 fn shape_mismatch_and_bad_config_are_errors() {
     let a = ClientUpdate::new(0, 1, vec![1.0, 0.0], 3);
     let b = ClientUpdate::new(1, 1, vec![0.0], 1);
-    assert!(FedAvg.aggregate(&[a.clone(), b]).is_err());
-    assert!(Clipped::new(FedAvg, -1.0).aggregate(&[a]).is_err());
-    assert!(FedAvg.aggregate(&[]).is_err());
+    assert!(FedAvg::new().aggregate(&[a.clone(), b]).is_err());
+    assert!(Clipped::new(FedAvg::new(), -1.0).aggregate(&[a]).is_err());
+    assert!(FedAvg::new().aggregate(&[]).is_err());
 }
 
 #[test]
@@ -177,8 +180,8 @@ fn median_clipping_bounds_boosted_updates_by_an_honest_norm() {
     rows.extend((0..3).map(|_| vec![0.0, 100.0, 0.0, 0.0, 0.0, 0.0]));
     let ups = updates_from(&rows);
     let norm = |d: &[f32]| d.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let plain = FedAvg.aggregate(&ups).unwrap();
-    let clipped = MedianClipped::new(FedAvg).aggregate(&ups).unwrap();
+    let plain = FedAvg::new().aggregate(&ups).unwrap();
+    let clipped = MedianClipped::new(FedAvg::new()).aggregate(&ups).unwrap();
     assert!(norm(&plain) > 20.0, "{plain:?}");
     assert!(norm(&clipped) <= 2.0, "{clipped:?}");
     // Nothing to clip when every update has the same norm: the inner strategy's result.
@@ -187,8 +190,8 @@ fn median_clipping_bounds_boosted_updates_by_an_honest_norm() {
         vec![0.0, 1.0, 0.0, 0.0, 0.0, 0.0],
     ]);
     assert_eq!(
-        MedianClipped::new(FedAvg).aggregate(&same).unwrap(),
-        FedAvg.aggregate(&same).unwrap()
+        MedianClipped::new(FedAvg::new()).aggregate(&same).unwrap(),
+        FedAvg::new().aggregate(&same).unwrap()
     );
 }
 
@@ -267,7 +270,7 @@ proptest! {
     ) {
         let make = || -> Vec<Box<dyn Strategy>> {
             vec![
-                Box::new(MedianClipped::new(FedOpt::adam(Clipped::new(FedAvg, 0.5), 0.1))),
+                Box::new(MedianClipped::new(FedOpt::adam(Clipped::new(FedAvg::new(), 0.5), 0.1))),
                 Box::new(FedOpt::yogi(TrimmedMean::new(1), 0.05)),
                 Box::new(ScoreWeighted::by_samples()),
             ]
@@ -288,11 +291,28 @@ proptest! {
 
 #[test]
 fn a_state_of_another_shape_is_refused() {
-    let mut stateless = FedAvg;
+    let mut stateless = FedAvg::new();
     assert!(stateless.restore(&[vec![1.0]]).is_err());
-    let mut adam = FedOpt::adam(FedAvg, 0.1);
+    let mut adam = FedOpt::adam(FedAvg::new(), 0.1);
     assert!(adam.restore(&[vec![1.0]]).is_err());
     assert!(adam.restore(&[vec![1.0], vec![1.0, 2.0]]).is_err());
     adam.restore(&[vec![0.5], vec![0.25]]).unwrap();
     assert_eq!(adam.state(), vec![vec![0.5], vec![0.25]]);
+}
+
+/// Regression: a huge trim count or Byzantine bound overflowed `2k + 1` / `2f + 3` (a panic in
+/// debug builds) instead of being refused for want of updates.
+#[test]
+fn huge_trim_and_byzantine_counts_are_refused_not_overflowed() {
+    let ups = updates_from(&[vec![1.0; D], vec![2.0; D], vec![3.0; D]]);
+    for mut s in [
+        Box::new(TrimmedMean::new(usize::MAX)) as Box<dyn Strategy>,
+        Box::new(TrimmedMean::new(usize::MAX / 2 + 1)),
+        Box::new(Krum::new(usize::MAX)),
+        Box::new(Krum::multi(usize::MAX / 2, usize::MAX)),
+    ] {
+        let err = s.aggregate(&ups).unwrap_err().to_string();
+        assert!(err.contains("got 3"), "{}: {err}", s.name());
+        assert!(s.contributions().is_empty());
+    }
 }

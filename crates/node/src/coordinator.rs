@@ -33,9 +33,9 @@ use cohort_ledger::{LedgerBackend, LedgerError, SignedCall, TxContext};
 
 use cohort_fl::config::ValidConfig;
 use cohort_fl::coordinator::{Command, Coordinator as Machine, Event, Phase};
-use cohort_fl::events::{Amounts, RunEvent};
+use cohort_fl::events::{Amounts, ClientContribution, RunEvent};
 use cohort_fl::learner::{Learner, Metrics};
-use cohort_fl::strategy::{Contribution, Strategy};
+use cohort_fl::strategy::Strategy;
 use cohort_fl::{ClientUpdate, FlError};
 
 use crate::resume::SavedRound;
@@ -661,7 +661,7 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                     }
                     accepted_idx.sort_unstable();
                     let t = Instant::now();
-                    let mut contributions: BTreeMap<u32, Contribution> = BTreeMap::new();
+                    let mut contributions: Vec<ClientContribution> = Vec::new();
                     if !accepted.is_empty() {
                         match strategy.aggregate(&accepted) {
                             Ok(delta) => {
@@ -672,6 +672,10 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                                     .iter()
                                     .map(|u| u.client)
                                     .zip(strategy.contributions())
+                                    .map(|(client, contribution)| ClientContribution {
+                                        client,
+                                        contribution,
+                                    })
                                     .collect();
                             }
                             // Too few accepted updates for a robust strategy: keep the model.

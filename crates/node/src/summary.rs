@@ -157,7 +157,10 @@ impl SummaryBuilder {
                 ..
             } if *round == s.round => {
                 for p in &mut s.provenance {
-                    p.contribution = contributions.get(&p.client).cloned();
+                    p.contribution = contributions
+                        .iter()
+                        .find(|c| c.client == p.client)
+                        .map(|c| c.contribution.clone());
                     p.global_before = *global_before;
                     p.global_after = *global_after;
                 }

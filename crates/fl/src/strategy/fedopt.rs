@@ -1,4 +1,4 @@
-use super::Strategy;
+use super::{Contribution, Strategy};
 use crate::{ClientUpdate, FlError};
 
 /// The server optimizer of adaptive federated optimization (Reddi et al. 2021).
@@ -14,6 +14,11 @@ pub enum ServerOpt {
 
 /// Runs a server optimizer on the inner strategy's aggregate, treated as a pseudo-gradient:
 /// `m = b1 m + (1 - b1) D`, `v` per the optimizer, step `lr * m / (sqrt(v) + tau)`.
+///
+/// Its contributions are the inner strategy's, a [`Contribution::Weighted`] one marked
+/// `via_server_optimizer`: the weights say how each update entered the pseudo-gradient `D`;
+/// the step itself is not linear in the updates (it goes through the moments, which carry
+/// earlier rounds).
 #[derive(Debug, Clone)]
 pub struct FedOpt<S> {
     inner: S,
@@ -94,6 +99,22 @@ impl<S: Strategy> Strategy for FedOpt<S> {
         let mut out = vec![self.m.clone(), self.v.clone()];
         out.extend(self.inner.state());
         out
+    }
+    fn contributions(&self) -> Vec<Contribution> {
+        self.inner
+            .contributions()
+            .into_iter()
+            .map(|c| match c {
+                Contribution::Weighted {
+                    weight, clip_scale, ..
+                } => Contribution::Weighted {
+                    weight,
+                    clip_scale,
+                    via_server_optimizer: true,
+                },
+                other => other,
+            })
+            .collect()
     }
     fn restore(&mut self, state: &[Vec<f64>]) -> Result<(), FlError> {
         let [m, v, inner @ ..] = state else {

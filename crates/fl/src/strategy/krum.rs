@@ -1,4 +1,4 @@
-use super::{Strategy, dim, weighted_mean};
+use super::{Contribution, Strategy, dim, weighted_mean};
 use crate::{ClientUpdate, FlError};
 
 /// Krum and Multi-Krum (Blanchard et al. 2017; El Mhamdi et al. 2018).
@@ -7,22 +7,28 @@ use crate::{ClientUpdate, FlError};
 /// neighbours; Krum returns the update with the lowest score, Multi-Krum (`m > 1`) repeatedly
 /// selects the best-scored update among those left, recomputing scores, and averages the `m`
 /// selected ones. Tolerates `f` Byzantine clients when `n > 2f + 2`. Ties break by client id,
-/// so the result does not depend on input order.
-#[derive(Debug, Clone, Copy)]
+/// so the result does not depend on input order. The selected updates' contributions are
+/// [`Contribution::Selected`] with share `1 / m`, the others' [`Contribution::Excluded`].
+#[derive(Debug, Clone)]
 pub struct Krum {
     f: usize,
     m: usize,
+    contributions: Vec<Contribution>,
 }
 
 impl Krum {
     /// Krum tolerating `f` Byzantine clients (selects one update).
     pub fn new(f: usize) -> Self {
-        Self { f, m: 1 }
+        Self::multi(f, 1)
     }
 
     /// Multi-Krum: averages the `m` best updates.
     pub fn multi(f: usize, m: usize) -> Self {
-        Self { f, m: m.max(1) }
+        Self {
+            f,
+            m: m.max(1),
+            contributions: Vec::new(),
+        }
     }
 }
 
@@ -38,9 +44,10 @@ fn sq_dist(a: &[f32], b: &[f32]) -> f64 {
 
 impl Strategy for Krum {
     fn aggregate(&mut self, updates: &[ClientUpdate]) -> Result<Vec<f32>, FlError> {
+        self.contributions.clear();
         let d = dim(updates, "Krum")?;
         let n = updates.len();
-        let need = 2 * self.f + 3;
+        let need = self.f.saturating_mul(2).saturating_add(3);
         if n < need || n < self.m {
             return Err(FlError::NotEnoughUpdates {
                 strategy: self.name(),
@@ -86,7 +93,16 @@ impl Strategy for Krum {
             left.retain(|&j| j != best);
         }
         let picked: Vec<ClientUpdate> = chosen.iter().map(|&i| updates[i].clone()).collect();
-        Ok(weighted_mean(&picked, &vec![1.0; picked.len()], d))
+        let out = weighted_mean(&picked, &vec![1.0; picked.len()], d);
+        let share = 1.0 / chosen.len() as f64;
+        self.contributions = vec![Contribution::Excluded; n];
+        for &i in &chosen {
+            self.contributions[i] = Contribution::Selected { share };
+        }
+        Ok(out)
+    }
+    fn contributions(&self) -> Vec<Contribution> {
+        self.contributions.clone()
     }
     fn name(&self) -> String {
         if self.m == 1 {

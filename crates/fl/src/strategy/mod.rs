@@ -9,6 +9,11 @@
 //! Every strategy is deterministic and, apart from Krum's documented tie-break by client id,
 //! invariant to the order of its inputs. FedProx changes the clients' objective, not the
 //! server's: its server side is FedAvg.
+//!
+//! Every strategy also says what its last aggregate did with each update
+//! ([`Strategy::contributions`], the provenance of the aggregate): a weight for the weighted
+//! sums (after clipping, and marked when a server optimizer stepped on the sum), selected or
+//! excluded for Krum, and the share of coordinates kept for the median and the trimmed mean.
 
 mod clip;
 mod fedavg;
@@ -78,8 +83,8 @@ pub trait Strategy: Send {
     }
 
     /// What the last [`aggregate`](Self::aggregate) did with each of its updates, in the order
-    /// they were given; empty before the first aggregate, and for a strategy that does not
-    /// say.
+    /// they were given; empty before the first aggregate, after one that failed, and for a
+    /// strategy that does not say.
     fn contributions(&self) -> Vec<Contribution> {
         Vec::new()
     }
