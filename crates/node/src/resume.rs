@@ -285,3 +285,39 @@ pub fn load(dir: &Path, entries: u64, root: Hash32) -> Result<Option<Resume>, Fl
         rounds,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A state directory whose `rounds.jsonl` was written before amounts were integers is
+    /// refused with an error naming the field, not resumed with amounts off by 10^18.
+    #[test]
+    fn rounds_of_the_old_amount_format_are_refused_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let global = b"global model".to_vec();
+        let saved = SavedRound {
+            format: FORMAT.into(),
+            round: 1,
+            config_sha256: Hash32::ZERO,
+            ledger_entries: 7,
+            ledger_root: Hash32::ZERO,
+            now: 0,
+            contract: Address::ZERO,
+            datasets: Vec::new(),
+            global_sha256: sha256(&global),
+            strategy: Vec::new(),
+            initial: Metrics::loss(1.0),
+        };
+        save(dir.path(), &saved, &global, None).unwrap();
+        let old = r#"{"round":1,"test":{"loss":0.5,"accuracy":null},"accepted":[0],"rejected":[],"consensus":{"0":0.1},"rewards":{"client-0":"10.0000"},"slashes":{},"bytes":1,"submitted":[0],"scores":[],"holdings":{"client-0":10010.0}}"#;
+        fs::write(dir.path().join(ROUNDS), format!("{old}\n")).unwrap();
+        let err = load(dir.path(), 7, Hash32::ZERO).unwrap_err().to_string();
+        assert!(
+            err.contains("holds rounds 1 to 0") && err.contains("line 1: field `rewards`"),
+            "{err}"
+        );
+    }
+}
