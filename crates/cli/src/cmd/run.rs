@@ -89,9 +89,10 @@ pub struct Args {
     #[arg(long, value_name = "LOCATION")]
     blobs: Option<String>,
     /// Write every event of the run (round opened, update received and validated,
-    /// commitment, reveal, consensus, aggregate, settlement in base units, checkpoint) to
-    /// FILE as JSON lines, one object per event tagged by "event", flushed as it happens; a
-    /// resumed run appends. See docs/fl.md.
+    /// commitment, reveal, consensus, aggregate, settlement in base units, test metrics,
+    /// holdings in base units, checkpoint) to FILE as JSON lines, one object per event tagged
+    /// by "event", flushed as it happens; a resumed run appends. summary.json's rounds are
+    /// these events folded (cohort_node::summary). See docs/fl.md.
     #[arg(long, value_name = "FILE")]
     events: Option<PathBuf>,
     /// Check the config, the files it names, --reference and DIR as a run would, print the
