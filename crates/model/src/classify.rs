@@ -12,8 +12,8 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::kernels::{self, linear::WeightLayout};
 use crate::model::LanguageModel;
-use crate::rng::Rng;
 use crate::{Error, Result};
+use cohort_core::SplitMix64;
 
 /// The head's parameter name.
 pub const SCORE: &str = "score.weight";
@@ -25,7 +25,7 @@ pub fn add_head(model: &mut dyn LanguageModel, num_labels: usize, seed: u64) -> 
     }
     let d = model.hidden_size();
     let dev = model.device().clone();
-    let w = Rng::derive(seed, SCORE).normal_vec(num_labels * d, 0.02);
+    let w = SplitMix64::derive(seed, SCORE).normal_vec(num_labels * d, 0.02);
     model
         .weights_mut()
         .params

@@ -39,7 +39,6 @@ use cohort_sim::{
     ChainModel, Dataset, EtaSchedule, FitConfig, Market, MarketParams, NaiveBayes, NearestCentroid,
     Perceptron, Reject, Sample,
 };
-use rand::SeedableRng;
 use serde_json::{Value, json};
 
 /// An anvil child process on a free port, killed on drop.
@@ -394,7 +393,7 @@ fn deposit_refund_take_with_the_perceptron_on_anvil_matches_revm() {
     model.fit(
         init,
         &FitConfig::default(),
-        &mut rand_chacha::ChaCha8Rng::seed_from_u64(1),
+        &mut cohort_core::ChaCha8::new(1),
     );
     let op = participant(usize::MAX);
     // The model, deployed and loaded on both through the same calls.

@@ -354,7 +354,7 @@ impl Learner for LmTask {
             ..AdamWConfig::default()
         };
         let mut trainer = Trainer::new(&*self.model, tc).map_err(crate::task_err)?;
-        let mut data_rng = cohort_model::rng::Rng::new(rng.next_u64());
+        let mut data_rng = cohort_core::SplitMix64::new(rng.next_u64());
         for _ in 0..self.cfg.local_steps {
             let batch = sample_batch(
                 &c.tokens,
