@@ -91,21 +91,3 @@ fn under_lora_the_head_and_adapter_train_and_the_base_stays() {
         .unwrap();
     assert_eq!(wte, now);
 }
-
-#[test]
-fn imdb_word_ids_parse_and_map_rare_words_to_oov() {
-    let path = std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/data/imdb/test.tsv"
-    ));
-    let ex = classify::read_tsv(path, 100).unwrap();
-    assert_eq!(ex.len(), 1000);
-    assert_eq!(ex.iter().filter(|e| e.label == 1).count(), 474);
-    assert!(ex.iter().all(|e| e.ids.iter().all(|&i| i < 100)));
-    assert!(ex.iter().all(|e| e.ids[0] == 1), "reviews start with id 1");
-    let tmp = tempfile::tempdir().unwrap();
-    let bad = tmp.path().join("bad.tsv");
-    std::fs::write(&bad, "1\t1 4 5\nx\t1 2\n").unwrap();
-    let err = classify::read_tsv(&bad, 100).unwrap_err().to_string();
-    assert!(err.contains("bad.tsv:2"), "{err}");
-}

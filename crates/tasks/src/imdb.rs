@@ -34,21 +34,22 @@ pub use cohort_fl::task::{ImdbModel, ImdbTaskConfig};
 
 use crate::lm::add_prox;
 
+/// The first `take` reviews of `path` (all if 0), through cohort-data's IMDB reader (which
+/// refuses a malformed line by file and line).
 fn read(path: &Path, num_words: u32, take: usize) -> Result<Vec<Example>, FlError> {
-    let mut v = classify::read_tsv(path, num_words).map_err(|e| FlError::InvalidConfig {
+    let mut v = cohort_data::imdb::read(path, num_words).map_err(|e| FlError::InvalidConfig {
         what: "task.data",
         reason: e.to_string(),
     })?;
     if take > 0 {
         v.truncate(take);
     }
-    if v.iter().any(|e| e.label > 1) {
-        return Err(FlError::InvalidConfig {
-            what: "task.data",
-            reason: format!("{}: labels must be 0 or 1", path.display()),
-        });
-    }
-    Ok(v)
+    Ok(v.into_iter()
+        .map(|r| Example {
+            label: u32::from(r.label),
+            ids: r.ids,
+        })
+        .collect())
 }
 
 /// IMDB sentiment with a tiny GPT classifier, clients split by Dirichlet label skew.
