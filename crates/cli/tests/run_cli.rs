@@ -690,12 +690,12 @@ fn a_second_run_on_the_same_out_is_refused_and_a_killed_one_leaves_no_stale_clai
 
 #[test]
 fn a_run_killed_at_random_points_resumes_to_the_same_root_and_summary() {
-    use rand::{Rng, SeedableRng};
+    use rand::Rng;
     let seed: u64 = std::env::var("COHORT_KILL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| rand::random::<u64>() % 1_000_000);
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut rng = cohort_core::ChaCha8::new(seed);
     let tmp = tempfile::tempdir().unwrap();
     let extra = ["--set", "coordinator.rounds=4"];
     // The uninterrupted run, timed to choose the kill points.

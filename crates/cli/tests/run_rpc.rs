@@ -2,25 +2,19 @@
 //! `cohort run --chain-rpc URL --funder-key HEX` against a real anvil, differentially against
 //! the same run on the embedded ledger.
 //!
-//! Needs anvil: `<workspace>/contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil`
-//! (`npm ci` in `contracts/`) or `$COHORT_ANVIL`. Without it these tests fail, unless
-//! `COHORT_SKIP_ANVIL=1`, which turns them into a printed skip.
+//! Needs anvil (`npm ci` in `contracts/`, or `$COHORT_ANVIL`; cohort-testkit's `find_anvil`
+//! says where it looks). Without it these tests fail, unless `COHORT_SKIP_ANVIL=1`, which
+//! turns them into a printed skip.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
+use cohort_testkit::{Anvil, FUNDER_KEY, free_port};
 use common::{cohort, p, text};
 use serde_json::{Value, json};
-
-/// anvil's first default account (funds the derived accounts).
-const ANVIL_KEY0: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 
 /// attack-linear.toml shrunk: 6 clients, all sampled (so both attackers, clients 4 and 5, send
 /// sign-flipped updates every round), 2 rounds.
@@ -29,101 +23,6 @@ const SHRINK: [&str; 3] = [
     "coordinator.clients_per_round=6",
     "coordinator.rounds=2",
 ];
-
-/// An anvil child process on a free port, killed on drop.
-struct Anvil {
-    child: Child,
-    url: String,
-    port: u16,
-}
-
-impl Anvil {
-    /// Starts anvil with the embedded EVM's rules (Osaka); `None` (after printing why) when
-    /// anvil is absent and `COHORT_SKIP_ANVIL=1`.
-    fn start(test: &str) -> Option<Self> {
-        let bin = std::env::var_os("COHORT_ANVIL")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                    .join("../../contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
-            });
-        if !bin.is_file() {
-            if std::env::var("COHORT_SKIP_ANVIL").as_deref() == Ok("1") {
-                eprintln!(
-                    "skipping {test}: no anvil at {} (COHORT_SKIP_ANVIL=1)",
-                    bin.display()
-                );
-                return None;
-            }
-            panic!(
-                "no anvil at {}: run `npm ci` in contracts/ (or set COHORT_ANVIL=/path/to/anvil, \
-                 or COHORT_SKIP_ANVIL=1 to skip the anvil tests)",
-                bin.display()
-            );
-        }
-        let port = free_port();
-        let child = Command::new(&bin)
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--silent",
-            ])
-            .args(["--hardfork", "osaka"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let anvil = Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            port,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while rpc(port, "eth_blockNumber", json!([])).is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "anvil at {} did not answer within 20 s",
-                anvil.url
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(anvil)
-    }
-}
-
-impl Drop for Anvil {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A port nobody listens on (the OS picked it free; the listener is gone).
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
-}
-
-/// One JSON-RPC call over plain HTTP/1.0: the `result`, or `None` if nothing answered.
-fn rpc(port: u16, method: &str, params: Value) -> Option<Value> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let body = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params }).to_string();
-    write!(
-        s,
-        "POST / HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let (_, body) = out.split_once("\r\n\r\n")?;
-    let v: Value = serde_json::from_str(body).ok()?;
-    v.get("result").cloned()
-}
 
 fn example(name: &str) -> String {
     format!("{}/../../examples/{name}", env!("CARGO_MANIFEST_DIR"))
@@ -154,7 +53,7 @@ fn a_run_on_anvil_matches_the_embedded_run_and_its_transactions_are_on_chain() {
     let embedded = run(&tmp.path().join("embedded"), &[]);
     let chain = run(
         &tmp.path().join("chain"),
-        &["--chain-rpc", &anvil.url, "--funder-key", ANVIL_KEY0],
+        &["--chain-rpc", anvil.url(), "--funder-key", FUNDER_KEY],
     );
     assert!(!tmp.path().join("chain/ledger").exists());
 
@@ -197,9 +96,11 @@ fn a_run_on_anvil_matches_the_embedded_run_and_its_transactions_are_on_chain() {
     // The record of the chain: its id, the contract and every transaction, all on chain.
     let rec = &chain["chain"];
     assert_eq!(rec["chain_id"], json!(31337), "{rec}");
-    assert_eq!(rec["chain_rpc"], json!(anvil.url));
+    assert_eq!(rec["chain_rpc"], json!(anvil.url()));
     let contract = rec["contract"].as_str().unwrap();
-    let code = rpc(anvil.port, "eth_getCode", json!([contract, "latest"])).unwrap();
+    let code = anvil
+        .result("eth_getCode", json!([contract, "latest"]))
+        .unwrap();
     assert!(
         code.as_str().unwrap().len() > 1_000,
         "no contract code at {contract}: {code}"
@@ -208,12 +109,9 @@ fn a_run_on_anvil_matches_the_embedded_run_and_its_transactions_are_on_chain() {
     assert_eq!(txs.len() as u64, c["ledger_entries"].as_u64().unwrap());
     assert!(txs.len() > 50, "{} transactions", txs.len());
     for t in [&txs[0], &txs[txs.len() / 2], &txs[txs.len() - 1]] {
-        let receipt = rpc(
-            anvil.port,
-            "eth_getTransactionReceipt",
-            json!([t["tx_hash"]]),
-        )
-        .unwrap();
+        let receipt = anvil
+            .result("eth_getTransactionReceipt", json!([t["tx_hash"]]))
+            .unwrap();
         assert_eq!(receipt["status"], json!("0x1"), "{receipt}");
         let block = u64::from_str_radix(
             receipt["blockNumber"]
@@ -231,7 +129,7 @@ fn a_run_on_anvil_matches_the_embedded_run_and_its_transactions_are_on_chain() {
         .expect("chain/report.html is written");
     assert!(report.contains(">Chain</h2>"), "{report}");
     assert!(report.contains("id <b>31337</b>"), "{report}");
-    assert!(report.contains(&anvil.url), "{report}");
+    assert!(report.contains(anvil.url()), "{report}");
     assert!(
         report.to_lowercase().contains(&contract.to_lowercase()),
         "{report}"
@@ -246,12 +144,9 @@ fn a_run_on_anvil_matches_the_embedded_run_and_its_transactions_are_on_chain() {
     assert!(embedded_report.contains("verified"));
 
     // The deployment is the first recorded transaction.
-    let first = rpc(
-        anvil.port,
-        "eth_getTransactionReceipt",
-        json!([txs[0]["tx_hash"]]),
-    )
-    .unwrap();
+    let first = anvil
+        .result("eth_getTransactionReceipt", json!([txs[0]["tx_hash"]]))
+        .unwrap();
     assert_eq!(
         first["contractAddress"].as_str().unwrap().to_lowercase(),
         contract.to_lowercase()
@@ -266,7 +161,7 @@ fn an_unreachable_chain_and_a_bad_key_are_named() {
     let base = ["run", config.as_str(), "--out"];
     let out = tmp.path().join("a");
     let mut args = base.to_vec();
-    args.extend([p(&out), "--chain-rpc", &url, "--funder-key", ANVIL_KEY0]);
+    args.extend([p(&out), "--chain-rpc", &url, "--funder-key", FUNDER_KEY]);
     let o = cohort(&args);
     assert!(!o.status.success());
     let err = text(&o);

@@ -1,5 +1,5 @@
 //! Shared vocabulary of cohort: content hashes, ed25519 identities bound to EVM addresses,
-//! token amounts and fixed-point scores.
+//! token amounts, fixed-point scores and the random streams ([`rand`]).
 //!
 //! Everything here is deterministic: identities derive from seeds, hashes from bytes, and no
 //! function reads the clock or a global random source.
@@ -8,13 +8,13 @@ pub mod amount;
 mod hash;
 mod identity;
 pub mod keyfile;
-pub mod rng;
+pub mod rand;
 
 pub use alloy_primitives::{Address, B256, Bytes, U256, keccak256};
 pub use amount::{Score, TOKEN, to_tokens_f64, tokens};
 pub use hash::{Hash32, sha256, sha256_parts};
 pub use identity::{Identity, PublicKey, address_of, key_hash};
-pub use rng::Rng;
+pub use rand::{ChaCha8, Rng, SplitMix64};
 
 /// Errors of the core types.
 #[derive(Debug, thiserror::Error)]

@@ -42,7 +42,12 @@ pub use learner::{Learner, Metrics};
 pub use update::{ClientUpdate, validate};
 
 /// Errors of the federated runtime. Protocol rejections are values, never panics.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+///
+/// A task's failure keeps the error that caused it ([`FlError::TaskFailed`]): this crate knows
+/// no model library, so the source travels as a boxed [`std::error::Error`], and
+/// [`std::error::Error::source`] walks from the `FlError` to the model's (or the file system's)
+/// own error.
+#[derive(Debug, thiserror::Error)]
 pub enum FlError {
     /// An update failed validation; it is recorded as rejected.
     #[error("update from client {client} for round {round} rejected: {reason}")]
@@ -78,9 +83,21 @@ pub enum FlError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The learning task failed (a model operation, a data file).
+    /// The learning task failed, with nothing more to say than this message (a learner
+    /// without an underlying error value). Prefer [`FlError::TaskFailed`] when there is one.
     #[error("task: {0}")]
     Task(String),
+    /// The learning task failed in an operation that returned an error (a model or tensor
+    /// operation, a data file): what the task was doing, and that error as the
+    /// [`source`](std::error::Error::source).
+    #[error("task: {context}: {source}")]
+    TaskFailed {
+        /// What the task was doing (`"training client 3"`).
+        context: String,
+        /// The error the operation returned.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A config value is out of range (`what` is its dotted path, `task.lr`).
     #[error("invalid {what}: {reason}")]
     InvalidConfig {
@@ -106,4 +123,37 @@ pub enum FlError {
         /// What is wrong.
         reason: String,
     },
+}
+
+impl FlError {
+    /// A task failure in `context` caused by `source`, kept as the error's source.
+    pub fn task_failed(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::TaskFailed {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::FlError;
+
+    #[test]
+    fn a_task_failure_keeps_its_source() {
+        let io = std::io::Error::new(std::io::ErrorKind::StorageFull, "the disk is full");
+        let e = FlError::task_failed("writing the adapter", io);
+        assert_eq!(e.to_string(), "task: writing the adapter: the disk is full");
+        let source = e.source().expect("a source");
+        let io = source
+            .downcast_ref::<std::io::Error>()
+            .expect("the io::Error itself");
+        assert_eq!(io.kind(), std::io::ErrorKind::StorageFull);
+        assert!(FlError::Task("plain".into()).source().is_none());
+    }
 }

@@ -2,15 +2,11 @@
 //! The protocol on anvil over JSON-RPC, and the same scenario differentially against the
 //! embedded ledger.
 //!
-//! Needs anvil: `<workspace>/contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil`
-//! (`npm ci` in `contracts/`) or `$COHORT_ANVIL`. Without it these tests fail, unless
-//! `COHORT_SKIP_ANVIL=1`, which turns them into a printed skip.
+//! Needs anvil (`npm ci` in `contracts/`, or `$COHORT_ANVIL`; cohort-testkit's `find_anvil`
+//! says where it looks). Without it these tests fail, unless `COHORT_SKIP_ANVIL=1`, which
+//! turns them into a printed skip.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use alloy::signers::local::PrivateKeySigner;
@@ -23,116 +19,12 @@ use cohort_ledger::protocol::{
 use cohort_ledger::{
     EmbeddedLedger, EvmRpcLedger, LedgerBackend, LedgerConfig, LedgerError, Protocol,
 };
+use cohort_testkit::{Anvil, FUNDER_KEY, free_port};
 
-/// anvil's first default account (funds the derived accounts).
-const ANVIL_KEY0: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
-
-/// An anvil child process on a free port, killed on drop.
-struct Anvil {
-    child: Child,
-    url: String,
-}
-
-impl Anvil {
-    /// Starts anvil with the embedded EVM's rules (Osaka). `None` (after printing why) when
-    /// anvil is absent and `COHORT_SKIP_ANVIL=1`; a panic saying what to do when it is absent
-    /// otherwise.
-    fn start(test: &str) -> Option<Self> {
-        let bin = std::env::var_os("COHORT_ANVIL")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                    .join("../../contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
-            });
-        if !bin.is_file() {
-            if std::env::var("COHORT_SKIP_ANVIL").as_deref() == Ok("1") {
-                eprintln!(
-                    "skipping {test}: no anvil at {} (COHORT_SKIP_ANVIL=1)",
-                    bin.display()
-                );
-                return None;
-            }
-            panic!(
-                "no anvil at {}: run `npm ci` in contracts/ (or set COHORT_ANVIL=/path/to/anvil, \
-                 or COHORT_SKIP_ANVIL=1 to skip the anvil tests)",
-                bin.display()
-            );
-        }
-        let port = free_port();
-        let child = Command::new(&bin)
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--silent",
-            ])
-            .args(["--hardfork", "osaka"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let mut anvil = Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        anvil.wait_ready(port);
-        Some(anvil)
-    }
-
-    /// Polls `eth_blockNumber` until it answers (at most 20 s).
-    fn wait_ready(&mut self, port: u16) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("anvil exited during startup: {status}");
-            }
-            if block_number(port).is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "anvil at {} did not answer eth_blockNumber within 20 s",
-            self.url
-        );
-    }
-
-    fn ledger(&self) -> EvmRpcLedger {
-        let funder: PrivateKeySigner = ANVIL_KEY0.parse().expect("anvil key parses");
-        EvmRpcLedger::connect(&self.url, Some(funder)).expect("connects to anvil")
-    }
-}
-
-impl Drop for Anvil {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A port nobody listens on (the OS picked it free; the listener is gone).
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
-}
-
-/// One `eth_blockNumber` over plain HTTP/1.1, std only; `None` if nothing answered.
-fn block_number(port: u16) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    let body = r#"{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}"#;
-    write!(
-        s,
-        "POST / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.contains(r#""result""#).then_some(out)
+/// A JSON-RPC ledger on `anvil`, funded by anvil's first default account.
+fn ledger(anvil: &Anvil) -> EvmRpcLedger {
+    let funder: PrivateKeySigner = FUNDER_KEY.parse().expect("anvil key parses");
+    EvmRpcLedger::connect(anvil.url(), Some(funder)).expect("connects to anvil")
 }
 
 /// Start time of the embedded ledgers.
@@ -159,7 +51,7 @@ fn demo_on_anvil() {
         return;
     };
     let (emb, expected, _dir) = embedded_demo();
-    let ledger = anvil.ledger();
+    let ledger = ledger(&anvil);
     let t0 = ledger.head().expect("head").time;
     let (mut p, report) = demo::run(ledger, 1).expect("demo runs on anvil");
 
@@ -352,7 +244,7 @@ fn differential_events_and_gas() {
         return;
     };
     let (emb, emb_report, _dir) = embedded_demo();
-    let (p, rpc_report) = demo::run(anvil.ledger(), 1).expect("demo runs on anvil");
+    let (p, rpc_report) = demo::run(ledger(&anvil), 1).expect("demo runs on anvil");
     let rpc = p.into_backend();
     let cast = Cast::new(1);
 

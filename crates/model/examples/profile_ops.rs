@@ -6,12 +6,16 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
+use cohort_core::SplitMix64;
 use cohort_model::kernels::{self, linear::WeightLayout, reference};
-use cohort_model::rng::Rng;
 
 fn rand(shape: &[usize], seed: u64) -> candle_core::Result<Tensor> {
     let n = shape.iter().product();
-    Tensor::from_vec(Rng::new(seed).normal_vec(n, 1.0), shape, &Device::Cpu)
+    Tensor::from_vec(
+        SplitMix64::new(seed).normal_vec(n, 1.0),
+        shape,
+        &Device::Cpu,
+    )
 }
 
 fn time(

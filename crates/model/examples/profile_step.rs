@@ -7,9 +7,9 @@
 use std::time::Instant;
 
 use candle_core::Device;
+use cohort_core::SplitMix64;
 use cohort_model::data::sample_batch;
 use cohort_model::optim::{AdamW, AdamWConfig};
-use cohort_model::rng::Rng;
 use cohort_model::train::Trainer;
 use cohort_model::{Gpt, GptConfig, LanguageModel, Llama, LlamaConfig, Lora, LoraConfig};
 
@@ -49,7 +49,7 @@ fn main() -> cohort_model::Result<()> {
                 w.lora = Some(Lora::attach(&mut w.params, &linears, cfg, 0)?);
             }
             let mut opt = AdamW::new(m.params(), AdamWConfig::default());
-            let mut rng = Rng::new(1);
+            let mut rng = SplitMix64::new(1);
             let tokens: Vec<u32> = (0..50_000).map(|_| rng.below(65) as u32).collect();
             let (mut tg, mut to) = (0f64, 0f64);
             for i in 0..steps + 1 {

@@ -3,17 +3,15 @@
 //! hidden state at each sequence's last real token. The head stays trainable when a LoRA
 //! adapter freezes the base (PEFT's `modules_to_save`).
 //!
-//! Also the IMDB word-id data of `shared/data/imdb` (`LABEL<TAB>ID ID ...`), passed through as
-//! token ids.
-
-use std::path::Path;
+//! [`Example`] is a labelled token sequence (the IMDB reviews of `shared/data/imdb`, read by
+//! `cohort_data::imdb`, pass their word ids through as token ids).
 
 use candle_core::{DType, Device, Tensor};
 
 use crate::kernels::{self, linear::WeightLayout};
 use crate::model::LanguageModel;
-use crate::rng::Rng;
 use crate::{Error, Result};
+use cohort_core::SplitMix64;
 
 /// The head's parameter name.
 pub const SCORE: &str = "score.weight";
@@ -25,7 +23,7 @@ pub fn add_head(model: &mut dyn LanguageModel, num_labels: usize, seed: u64) -> 
     }
     let d = model.hidden_size();
     let dev = model.device().clone();
-    let w = Rng::derive(seed, SCORE).normal_vec(num_labels * d, 0.02);
+    let w = SplitMix64::derive(seed, SCORE).normal_vec(num_labels * d, 0.02);
     model
         .weights_mut()
         .params
@@ -76,38 +74,6 @@ pub fn loss(
 pub struct Example {
     pub label: u32,
     pub ids: Vec<u32>,
-}
-
-/// Reads an IMDB-style TSV (`LABEL<TAB>ID ID ...`); ids at or above `num_words` become 2
-/// (out of vocabulary, as Keras does).
-pub fn read_tsv(path: &Path, num_words: u32) -> Result<Vec<Example>> {
-    let s = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    s.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(n, line)| {
-            let bad = |why: &str| Error::Data(format!("{}:{}: {why}", path.display(), n + 1));
-            let (label, ids) = line
-                .split_once('\t')
-                .ok_or_else(|| bad("expected LABEL<TAB>IDS"))?;
-            let label = label
-                .trim()
-                .parse::<u32>()
-                .map_err(|_| bad("label is not an integer"))?;
-            let ids = ids
-                .split_whitespace()
-                .map(|w| {
-                    w.parse::<u32>()
-                        .map(|i| if i >= num_words { 2 } else { i })
-                        .map_err(|_| bad("id is not an integer"))
-                })
-                .collect::<Result<Vec<u32>>>()?;
-            if ids.is_empty() {
-                return Err(bad("no ids"));
-            }
-            Ok(Example { label, ids })
-        })
-        .collect()
 }
 
 /// A right-padded batch (pad id 0) of the last `max_len` ids of each example: ids `[B, T]`,

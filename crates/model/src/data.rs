@@ -3,8 +3,8 @@
 
 use candle_core::{Device, Tensor};
 
-use crate::rng::Rng;
 use crate::{Error, Result};
+use cohort_core::SplitMix64;
 
 /// A tokenised corpus split into a training and a validation part.
 #[derive(Debug, Clone)]
@@ -34,7 +34,7 @@ pub fn sample_batch(
     tokens: &[u32],
     batch: usize,
     seq: usize,
-    rng: &mut Rng,
+    rng: &mut SplitMix64,
     device: &Device,
 ) -> Result<(Tensor, Tensor)> {
     positive("batch", batch)?;
@@ -118,7 +118,7 @@ mod tests {
     fn zero_sizes_and_bad_fractions_are_typed_errors() {
         let t: Vec<u32> = (0..100).collect();
         let d = Device::Cpu;
-        let mut rng = Rng::new(0);
+        let mut rng = SplitMix64::new(0);
         for (b, s) in [(0, 4), (4, 0)] {
             assert!(matches!(
                 sample_batch(&t, b, s, &mut rng, &d),

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::KvCache;
 use crate::model::LanguageModel;
-use crate::rng::Rng;
 use crate::{Error, Result};
+use cohort_core::SplitMix64;
 
 /// How the next token is picked.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,7 +53,7 @@ impl Sampling {
 }
 
 /// Picks a token id from `logits` (one row). Refuses settings [`Sampling::validate`] refuses.
-pub fn sample(logits: &[f32], s: &Sampling, rng: &mut Rng) -> Result<u32> {
+pub fn sample(logits: &[f32], s: &Sampling, rng: &mut SplitMix64) -> Result<u32> {
     s.validate()?;
     if logits.is_empty() {
         return Err(Error::Data("empty logits".into()));
@@ -146,7 +146,7 @@ pub fn generate_with(
     mut on_token: impl FnMut(u32) -> Result<()>,
 ) -> Result<Vec<u32>> {
     check_prompt(model, prompt, s)?;
-    let mut rng = Rng::derive(s.seed, "sample");
+    let mut rng = SplitMix64::derive(s.seed, "sample");
     let mut ids = prompt.to_vec();
     let ctx = model.max_context();
     let mut cache = Some(KvCache::new());
@@ -204,7 +204,7 @@ pub fn generate_uncached(
     s: &Sampling,
 ) -> Result<Vec<u32>> {
     check_prompt(model, prompt, s)?;
-    let mut rng = Rng::derive(s.seed, "sample");
+    let mut rng = SplitMix64::derive(s.seed, "sample");
     let mut ids = prompt.to_vec();
     let ctx = model.max_context();
     for _ in 0..max_new {
@@ -228,7 +228,7 @@ mod tests {
     #[test]
     fn greedy_top_k_and_top_p_restrict_the_choice() {
         let logits = [0.0f32, 3.0, 2.9, -1.0, 2.8];
-        let mut rng = Rng::new(3);
+        let mut rng = SplitMix64::new(3);
         assert_eq!(sample(&logits, &Sampling::greedy(), &mut rng).unwrap(), 1);
         let k2 = Sampling {
             temperature: 1.0,
@@ -264,7 +264,7 @@ mod tests {
     #[test]
     fn bad_settings_are_typed_errors_not_panics() {
         let logits = [0.0f32, 1.0];
-        let mut rng = Rng::new(0);
+        let mut rng = SplitMix64::new(0);
         for (t, p) in [
             (f64::NAN, 1.0),
             (-1.0, 1.0),

@@ -13,8 +13,8 @@ use crate::config::GptConfig;
 use crate::kernels::{self, linear::WeightLayout};
 use crate::model::{LanguageModel, LinearInfo, Weights};
 use crate::params::Params;
-use crate::rng::Rng;
 use crate::{Error, Result};
+use cohort_core::SplitMix64;
 
 /// A GPT-2-style language model.
 #[derive(Debug, Clone)]
@@ -48,7 +48,7 @@ impl Gpt {
                 } else {
                     std
                 };
-                Rng::derive(seed, &name).normal_vec(n, s)
+                SplitMix64::derive(seed, &name).normal_vec(n, s)
             };
             params.insert(&name, Tensor::from_vec(data, shape, device)?, true)?;
         }

@@ -18,7 +18,7 @@
 //!
 //! Speed on CPU comes from [`kernels`] (fused ops with hand-written backward passes, checked
 //! against finite differences) and [`fast`] (a hand-written backward pass for the GPT that
-//! bypasses candle's autograd). Everything is deterministic from a seed ([`rng::Rng`]).
+//! bypasses candle's autograd). Everything is deterministic from a seed (cohort-core's [`SplitMix64`](cohort_core::SplitMix64) stream).
 pub mod cache;
 pub mod checkpoint;
 pub mod classify;
@@ -37,7 +37,6 @@ pub mod mem;
 pub mod model;
 pub mod optim;
 pub mod params;
-pub mod rng;
 pub mod svd;
 pub mod tokenizer;
 pub mod train;

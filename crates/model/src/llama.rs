@@ -19,8 +19,8 @@ use crate::checkpoint;
 use crate::kernels::{self, linear::WeightLayout};
 use crate::model::{LanguageModel, LinearInfo, Weights};
 use crate::params::Params;
-use crate::rng::Rng;
 use crate::{Error, Result};
+use cohort_core::SplitMix64;
 
 /// A Llama-family `config.json` (Hugging Face field names). Defaults are transformers' for the
 /// family (`model_type`); fields not parsed here are kept in `extra` so the config
@@ -601,7 +601,7 @@ impl Llama {
             let data = if name.ends_with("norm.weight") {
                 vec![1f32; n]
             } else {
-                Rng::derive(seed, &name).normal_vec(n, 0.02)
+                SplitMix64::derive(seed, &name).normal_vec(n, 0.02)
             };
             params.insert(&name, Tensor::from_vec(data, shape, device)?, true)?;
         }

@@ -24,8 +24,8 @@ use serde::{Deserialize, Serialize};
 use crate::kernels::{self, linear::WeightLayout};
 use crate::model::LinearInfo;
 use crate::params::{self, Params};
-use crate::rng::Rng;
 use crate::{Error, Result};
+use cohort_core::SplitMix64;
 
 /// The adapter weights file.
 pub const ADAPTER_FILE: &str = "adapter_model.safetensors";
@@ -140,21 +140,23 @@ impl LoraConfig {
 }
 
 /// The dropout multipliers for `len` input elements of module `path` under training key `key`:
-/// 0 where dropped (probability `p`), `1 / (1 - p)` where kept. Element `i` is the `i`-th draw
-/// of the stream `Rng::derive(key, path)`, computed independently of the others (SplitMix64 is
-/// counter-based), so the mask does not depend on how the work is split across threads.
+/// 0 where dropped (probability `p`), `1 / (1 - p)` where kept. Element `i` is draw `i` of the
+/// stream `SplitMix64::derive(key, path)`, computed independently of the others
+/// ([`SplitMix64::uniform_at`]: the stream is counter-based), so the mask does not depend on how
+/// the work is split across threads.
 pub fn dropout_mask(key: u64, path: &str, p: f64, len: usize) -> Vec<f32> {
     use rayon::prelude::*;
-    const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
-    let base = Rng::derive(key, path).state();
+    let stream = SplitMix64::derive(key, path);
     let keep = (1.0 / (1.0 - p)) as f32;
     let mut m = vec![0f32; len];
     m.par_chunks_mut(16_384).enumerate().for_each(|(c, chunk)| {
         let start = (c * 16_384) as u64;
         for (j, v) in chunk.iter_mut().enumerate() {
-            // The state after `start + j` steps; next_u64 then gives draw number start + j.
-            let mut r = Rng::from_state(base.wrapping_add((start + j as u64).wrapping_mul(GOLDEN)));
-            *v = if r.uniform() < p { 0.0 } else { keep };
+            *v = if stream.uniform_at(start + j as u64) < p {
+                0.0
+            } else {
+                keep
+            };
         }
     });
     m
@@ -232,7 +234,7 @@ impl Lora {
             .map(|p| p.var.device().clone())
             .unwrap_or(candle_core::Device::Cpu);
         for l in targeted {
-            let mut rng = Rng::derive(seed, &l.path);
+            let mut rng = SplitMix64::derive(seed, &l.path);
             let bound = 1.0 / (l.d_in as f64).sqrt();
             let a: Vec<f32> = (0..config.r * l.d_in)
                 .map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32)

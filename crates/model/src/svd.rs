@@ -135,7 +135,7 @@ pub fn svd_randomized(
 ) -> Svd {
     let k = k.min(m.min(n));
     let l = (k + oversample).min(m.min(n));
-    let mut rng = crate::rng::Rng::new(0x5fd_5eed ^ (m as u64) << 32 ^ n as u64);
+    let mut rng = cohort_core::SplitMix64::new(0x5fd_5eed ^ (m as u64) << 32 ^ n as u64);
     let omega: Vec<f64> = rng
         .normal_vec(n * l, 1.0)
         .into_iter()

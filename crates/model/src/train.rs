@@ -11,8 +11,8 @@ use crate::data::{self, TokenData};
 use crate::model::LanguageModel;
 use crate::optim::{self, AdamW, AdamWConfig, StepInfo};
 use crate::params;
-use crate::rng::Rng;
 use crate::{Error, Result};
+use cohort_core::SplitMix64;
 
 /// Settings of a training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,7 +74,7 @@ pub struct EvalStats {
 pub struct Trainer {
     pub config: TrainConfig,
     pub optim: AdamW,
-    rng: Rng,
+    rng: SplitMix64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -112,7 +112,7 @@ impl Trainer {
             ));
         }
         let optim = AdamW::new(model.params(), config.optim.clone());
-        let rng = Rng::derive(config.seed, "data");
+        let rng = SplitMix64::derive(config.seed, "data");
         Ok(Self { config, optim, rng })
     }
 
@@ -169,7 +169,7 @@ impl Trainer {
         let k = batches.len().max(1) as f32;
         for (i, (x, y)) in batches.iter().enumerate() {
             if let (Some(l), Some(key)) = (lora, key) {
-                l.set_dropout_key(Some(Rng::derive(key, &format!("micro/{i}")).state()));
+                l.set_dropout_key(Some(SplitMix64::derive(key, &format!("micro/{i}")).state()));
             }
             let fast = if autograd_only {
                 None
@@ -232,7 +232,8 @@ impl Trainer {
         batches: &[(Tensor, Tensor)],
     ) -> Result<StepStats> {
         // Dropout masks (LoRA's `lora_dropout`) from the seed, the step and the micro-batch.
-        let key = Rng::derive(self.config.seed, &format!("dropout/{}", self.optim.step)).state();
+        let key =
+            SplitMix64::derive(self.config.seed, &format!("dropout/{}", self.optim.step)).state();
         let (loss, grads, used_fast) =
             Self::gradients_inner(model, batches, self.config.autograd_only, Some(key))?;
         let StepInfo { lr, grad_norm } = self.optim.step(model.params(), &grads)?;
@@ -293,7 +294,7 @@ impl Trainer {
         t.optim
             .load_state_tensors(&params::load_file(&file, model.device())?, &file)?;
         t.optim.step = saved.step;
-        t.rng = Rng::from_state(saved.rng);
+        t.rng = SplitMix64::from_state(saved.rng);
         Ok(t)
     }
 }

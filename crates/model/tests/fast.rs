@@ -3,13 +3,13 @@
 //! difference tests check), for full training and for LoRA with a frozen base.
 
 use candle_core::{Device, Tensor};
+use cohort_core::SplitMix64;
 use cohort_model::lora::{Lora, LoraConfig};
-use cohort_model::rng::Rng;
 use cohort_model::train::Trainer;
 use cohort_model::{Gpt, GptConfig, LanguageModel};
 
 fn batch(v: usize, b: usize, t: usize, seed: u64) -> (Tensor, Tensor) {
-    let mut r = Rng::new(seed);
+    let mut r = SplitMix64::new(seed);
     let x: Vec<u32> = (0..b * t).map(|_| r.below(v) as u32).collect();
     let y: Vec<u32> = (0..b * t).map(|_| r.below(v) as u32).collect();
     (
@@ -66,7 +66,8 @@ fn fast_gradients_match_autograd_for_lora_and_skip_the_frozen_base() {
     for s in m.params().spec() {
         if s.name.contains("lora_B") {
             let p = m.params().get(&s.name).unwrap();
-            let r: Vec<f32> = Rng::new(s.name.len() as u64).normal_vec(p.var.elem_count(), 0.1);
+            let r: Vec<f32> =
+                SplitMix64::new(s.name.len() as u64).normal_vec(p.var.elem_count(), 0.1);
             p.var
                 .set(&Tensor::from_vec(r, p.var.shape(), &Device::Cpu).unwrap())
                 .unwrap();
@@ -97,7 +98,8 @@ fn lora_model(dropout: f64) -> Gpt {
     for s in m.params().spec() {
         if s.name.contains("lora_B") {
             let p = m.params().get(&s.name).unwrap();
-            let r: Vec<f32> = Rng::new(s.name.len() as u64).normal_vec(p.var.elem_count(), 0.1);
+            let r: Vec<f32> =
+                SplitMix64::new(s.name.len() as u64).normal_vec(p.var.elem_count(), 0.1);
             p.var
                 .set(&Tensor::from_vec(r, p.var.shape(), &Device::Cpu).unwrap())
                 .unwrap();

@@ -4,13 +4,13 @@
 //! attention, Qwen2's q/k/v biases, tied and separate output embeddings, two attention blocks.
 
 use candle_core::{Device, Tensor};
+use cohort_core::SplitMix64;
 use cohort_model::lora::{Lora, LoraConfig};
-use cohort_model::rng::Rng;
 use cohort_model::train::Trainer;
 use cohort_model::{LanguageModel, Llama, LlamaConfig};
 
 fn batch(v: usize, b: usize, t: usize, seed: u64) -> (Tensor, Tensor) {
-    let mut r = Rng::new(seed);
+    let mut r = SplitMix64::new(seed);
     let x: Vec<u32> = (0..b * t).map(|_| r.below(v) as u32).collect();
     let y: Vec<u32> = (0..b * t).map(|_| r.below(v) as u32).collect();
     (
@@ -29,7 +29,7 @@ fn model(kind: &str, heads: usize, kv: usize, tied: bool) -> Llama {
     for s in m.params().spec() {
         if s.name.ends_with("norm.weight") || s.name.ends_with(".bias") {
             let p = m.params().get(&s.name).unwrap();
-            let r: Vec<f32> = Rng::new(s.name.len() as u64)
+            let r: Vec<f32> = SplitMix64::new(s.name.len() as u64)
                 .normal_vec(p.var.elem_count(), 0.3)
                 .iter()
                 .map(|v| {
@@ -115,7 +115,8 @@ fn lora_with_dropout_matches_autograd_and_skips_the_frozen_base() {
     for s in m.params().spec() {
         if s.name.contains("lora_B") {
             let p = m.params().get(&s.name).unwrap();
-            let r: Vec<f32> = Rng::new(s.name.len() as u64).normal_vec(p.var.elem_count(), 0.1);
+            let r: Vec<f32> =
+                SplitMix64::new(s.name.len() as u64).normal_vec(p.var.elem_count(), 0.1);
             p.var
                 .set(&Tensor::from_vec(r, p.var.shape(), &Device::Cpu).unwrap())
                 .unwrap();

@@ -91,7 +91,7 @@ fn gpt_cached_generation_gives_the_uncached_tokens() {
     for s in m.params().spec() {
         if s.name.contains("lora_B") {
             let p = m.params().get(&s.name).unwrap();
-            let r = cohort_model::rng::Rng::new(9).normal_vec(p.var.elem_count(), 0.2);
+            let r = cohort_core::SplitMix64::new(9).normal_vec(p.var.elem_count(), 0.2);
             p.var
                 .set(&Tensor::from_vec(r, p.var.shape(), &Device::Cpu).unwrap())
                 .unwrap();

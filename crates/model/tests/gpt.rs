@@ -3,9 +3,9 @@
 //! checkpoints, the flat parameter view, generation.
 
 use candle_core::{DType, Device, Tensor};
+use cohort_core::SplitMix64;
 use cohort_model::data::{self, TokenData};
 use cohort_model::generate::{Sampling, generate};
-use cohort_model::rng::Rng;
 use cohort_model::train::{TrainConfig, Trainer, evaluate};
 use cohort_model::{Gpt, GptConfig, LanguageModel, Tokenizer};
 
@@ -53,7 +53,7 @@ fn train(model: &Gpt, data: &TokenData, steps: usize, seed: u64) -> (Trainer, Ve
 #[test]
 fn whole_model_gradient_matches_finite_differences_in_f64() {
     let model = tiny(11, 1).with_dtype(DType::F64).unwrap();
-    let mut rng = Rng::new(2);
+    let mut rng = SplitMix64::new(2);
     let ids: Vec<u32> = (0..2 * 6).map(|_| rng.below(11) as u32).collect();
     let x = Tensor::from_vec(ids[..].to_vec(), (2, 6), &Device::Cpu).unwrap();
     let y = Tensor::from_vec(
@@ -288,7 +288,7 @@ fn sequences_longer_than_the_context_are_refused() {
         &[0, 1, 2, 3, 4, 0, 1, 2],
         2,
         4,
-        &mut Rng::new(0),
+        &mut SplitMix64::new(0),
         &Device::Cpu,
     )
     .unwrap();

@@ -3,13 +3,13 @@
 //! candle's basic ops (f32, the dtype training uses).
 
 use candle_core::{DType, Device, Tensor, Var};
+use cohort_core::SplitMix64;
 use cohort_model::kernels::{self, linear::WeightLayout, reference};
-use cohort_model::rng::Rng;
 
 fn rand(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
     let n: usize = shape.iter().product();
     let v: Vec<f64> = {
-        let mut r = Rng::new(seed);
+        let mut r = SplitMix64::new(seed);
         (0..n).map(|_| r.normal()).collect()
     };
     Tensor::from_vec(v, shape, &Device::Cpu)

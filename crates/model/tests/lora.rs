@@ -3,9 +3,9 @@
 //! adapter, merge/unmerge, and PEFT-named files that load back.
 
 use candle_core::{Device, Tensor};
+use cohort_core::SplitMix64;
 use cohort_model::data::TokenData;
 use cohort_model::lora::{self, Lora, LoraConfig};
-use cohort_model::rng::Rng;
 use cohort_model::train::{TrainConfig, Trainer};
 use cohort_model::{Gpt, GptConfig, LanguageModel};
 
@@ -33,7 +33,7 @@ fn logits(m: &Gpt) -> Vec<f32> {
 
 fn data() -> TokenData {
     // A learnable pattern with noise: runs of three, one token in ten random.
-    let mut r = Rng::new(5);
+    let mut r = SplitMix64::new(5);
     let ids: Vec<u32> = (0..4000)
         .map(|i| {
             if r.below(10) == 0 {
@@ -242,4 +242,25 @@ fn dropout_is_written_as_peft_lora_dropout_and_read_back() {
     let bad = LoraConfig::new(4, 8.0, &["c_attn"]).with_dropout(1.0);
     let err = Lora::attach(&mut w3.params, &linears, bad, 0).unwrap_err();
     assert!(err.to_string().contains("lora_dropout"), "{err}");
+}
+
+/// The dropout mask is part of the replay contract: these answers were computed with the
+/// SplitMix64 stream before it moved to cohort-core. Also the same on one thread and on
+/// many (a length over one 16,384-element chunk).
+#[test]
+fn dropout_masks_are_fixed_and_thread_independent() {
+    let m = lora::dropout_mask(11, "model.layers.0.self_attn.q_proj", 0.3, 24);
+    let pattern: Vec<u8> = m.iter().map(|&x| u8::from(x != 0.0)).collect();
+    assert_eq!(
+        pattern,
+        [
+            0, 1, 1, 1, 0, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 0, 1
+        ]
+    );
+    assert!(m.iter().all(|&x| x == 0.0 || x.to_bits() == 1_068_948_334));
+    let long = lora::dropout_mask(3, "h.0.attn.c_attn", 0.5, 40_000);
+    let stream = SplitMix64::derive(3, "h.0.attn.c_attn");
+    for (i, &x) in long.iter().enumerate() {
+        assert_eq!(x == 0.0, stream.uniform_at(i as u64) < 0.5, "element {i}");
+    }
 }

@@ -7,8 +7,8 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
+use cohort_core::SplitMix64;
 use cohort_model::checkpoint::WEIGHTS_FILE;
-use cohort_model::rng::Rng;
 use cohort_model::train::{TrainConfig, Trainer, evaluate};
 use cohort_model::{Gpt, GptConfig, LanguageModel, Lora, LoraConfig};
 
@@ -27,7 +27,7 @@ fn with_lora(mut m: Gpt, dropout: f64) -> Gpt {
     for s in m.params().spec() {
         if s.name.contains("lora_B") {
             let p = m.params().get(&s.name).unwrap();
-            let r = Rng::new(s.name.len() as u64).normal_vec(p.var.elem_count(), 0.05);
+            let r = SplitMix64::new(s.name.len() as u64).normal_vec(p.var.elem_count(), 0.05);
             p.var
                 .set(&Tensor::from_vec(r, p.var.shape(), &Device::Cpu).unwrap())
                 .unwrap();
@@ -37,12 +37,12 @@ fn with_lora(mut m: Gpt, dropout: f64) -> Gpt {
 }
 
 fn tokens(n: usize) -> Vec<u32> {
-    let mut r = Rng::new(9);
+    let mut r = SplitMix64::new(9);
     (0..n).map(|_| r.below(23) as u32).collect()
 }
 
 fn batches(steps: usize) -> Vec<(Tensor, Tensor)> {
-    let mut r = Rng::new(11);
+    let mut r = SplitMix64::new(11);
     (0..steps)
         .map(|_| {
             cohort_model::data::sample_batch(&tokens(4000), 3, 48, &mut r, &Device::Cpu).unwrap()

@@ -92,7 +92,7 @@ fn factored_forward_equals_the_dense_product_and_checkpoints_round_trip() {
 fn randomised_svd_finds_the_leading_singular_values_and_a_low_rank_matrix_exactly() {
     use cohort_model::svd::{svd, svd_randomized};
     let (m, n) = (60, 80);
-    let mut r = cohort_model::rng::Rng::new(11);
+    let mut r = cohort_core::SplitMix64::new(11);
     // A decaying spectrum: a sum of rank-one terms with weights 2^-i, plus noise.
     let mut a = vec![0f64; m * n];
     for i in 0..30 {

@@ -1,4 +1,5 @@
-//! Labelled bag-of-words samples read from the IMDB TSV files.
+//! Labelled bag-of-words samples read from the IMDB TSV files (with `cohort_data::imdb`, the
+//! reader the federated IMDB task uses too).
 //!
 //! A line is `LABEL<TAB>ID ID ID ...`: LABEL is 0 or 1, the IDs are Keras IMDB word indices
 //! (1 = start of review, 2 = out of vocabulary, words from 4 by frequency rank). With
@@ -6,12 +7,13 @@
 //! does, and a sample's features are the sorted, distinct ids present: a binary presence
 //! vector of length `num_words`, stored sparsely.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use cohort_data::imdb;
+pub use cohort_data::imdb::OOV;
 
 use crate::SimError;
 
-/// Keras' out-of-vocabulary index.
-pub const OOV: u32 = 2;
 /// The largest `num_words` (feature indices travel to the contracts as uint16).
 pub const MAX_NUM_WORDS: u32 = 65_536;
 
@@ -69,7 +71,9 @@ impl Dataset {
     }
 }
 
-/// Reads one TSV file, mapping ids of `num_words` or more to [`OOV`].
+/// Reads one TSV file with cohort-data's IMDB reader (which refuses a malformed line by file
+/// and line), mapping ids of `num_words` or more to [`OOV`]; a sample's features are the
+/// review's distinct ids.
 pub fn load_tsv(path: &Path, num_words: u32) -> Result<Vec<Sample>, SimError> {
     if num_words > MAX_NUM_WORDS {
         return Err(SimError::Config(format!(
@@ -81,47 +85,13 @@ pub fn load_tsv(path: &Path, num_words: u32) -> Result<Vec<Sample>, SimError> {
             "num_words {num_words} leaves no room for the out-of-vocabulary index {OOV}: use 3 or more"
         )));
     }
-    let text = std::fs::read_to_string(path).map_err(|error| SimError::Io {
-        path: path.to_path_buf(),
-        error,
-    })?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| parse_line(l, num_words).map_err(|reason| bad(path, i + 1, reason)))
-        .collect()
-}
-
-fn bad(path: &Path, line: usize, reason: String) -> SimError {
-    SimError::BadData {
-        path: PathBuf::from(path),
-        line,
-        reason,
-    }
-}
-
-fn parse_line(line: &str, num_words: u32) -> Result<Sample, String> {
-    let (label, ids) = line
-        .split_once('\t')
-        .ok_or_else(|| "expected LABEL<TAB>IDS".to_string())?;
-    let label = match label.trim() {
-        "0" => 0,
-        "1" => 1,
-        other => return Err(format!("label {other:?} is not 0 or 1")),
-    };
-    let mut present = Vec::new();
-    for tok in ids.split_ascii_whitespace() {
-        let id: u32 = tok
-            .parse()
-            .map_err(|_| format!("word id {tok:?} is not a non-negative integer"))?;
-        present.push(if id >= num_words { OOV } else { id });
-    }
-    present.sort_unstable();
-    present.dedup();
-    Ok(Sample {
-        features: present,
-        label,
-    })
+    Ok(imdb::read(path, num_words)?
+        .iter()
+        .map(|r| Sample {
+            features: r.distinct_ids(),
+            label: r.label,
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -129,10 +99,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn maps_rare_ids_to_oov_and_dedups() {
-        let s = parse_line("1\t1 14 22 600 14 9", 20).unwrap();
-        assert_eq!(s.label, 1);
-        assert_eq!(s.features, vec![1, 2, 9, 14]);
+    fn features_are_the_distinct_ids_with_rare_ones_out_of_vocabulary() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.tsv");
+        std::fs::write(&p, "1\t1 14 22 600 14 9\n\n0\t3\n").unwrap();
+        let s = load_tsv(&p, 20).unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!((s[0].label, s[0].features.clone()), (1, vec![1, 2, 9, 14]));
+        assert_eq!((s[1].label, s[1].features.clone()), (0, vec![3]));
     }
 
     #[test]
@@ -154,5 +128,6 @@ mod tests {
                 .contains("LABEL<TAB>IDS")
         );
         assert!(load_tsv(&p, 2).is_err());
+        assert!(load_tsv(&p, MAX_NUM_WORDS + 1).is_err());
     }
 }

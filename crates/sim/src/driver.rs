@@ -31,8 +31,8 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::fmt::Debug;
 use std::time::Instant;
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use cohort_core::ChaCha8;
+use rand::Rng;
 
 use crate::SimError;
 use crate::agent::{AgentKind, AgentSpec};
@@ -384,7 +384,7 @@ pub fn run(cfg: &SimConfig, data: &Dataset) -> Result<RunReport, SimError> {
 /// left for the agents.
 struct Start<'a> {
     started: Instant,
-    rng: ChaCha8Rng,
+    rng: ChaCha8,
     n_init: usize,
     remaining: &'a [Sample],
     model: Model,
@@ -394,7 +394,7 @@ struct Start<'a> {
 
 fn start<'a>(cfg: &SimConfig, data: &'a Dataset) -> Result<Start<'a>, SimError> {
     let started = Instant::now();
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let mut rng = ChaCha8::new(cfg.seed);
     let n_init = cfg.initial.count(data)?;
     let (init, remaining) = data.train.split_at(n_init);
     let (model, init_epochs) = cfg
@@ -465,7 +465,7 @@ impl Rings {
 }
 
 /// The label agent `spec` submits for `sample` (Bad flips; anyone may err).
-fn choose_label(spec: &AgentSpec, sample: &Sample, rng: &mut ChaCha8Rng) -> u8 {
+fn choose_label(spec: &AgentSpec, sample: &Sample, rng: &mut ChaCha8) -> u8 {
     let mut label = sample.label;
     if spec.flip_labels {
         label = 1 - label;

@@ -79,16 +79,9 @@ pub enum SimError {
         /// The OS error.
         error: std::io::Error,
     },
-    /// A data line is malformed.
-    #[error("{path}:{line}: {reason}")]
-    BadData {
-        /// The file.
-        path: PathBuf,
-        /// 1-based line number.
-        line: usize,
-        /// What is wrong.
-        reason: String,
-    },
+    /// A data file is missing or malformed (its line and what is wrong).
+    #[error(transparent)]
+    Data(#[from] cohort_data::DataError),
     /// A parameter is out of range.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -281,7 +281,6 @@ pub fn accuracy(model: &impl Classifier, samples: &[Sample]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
 
     #[test]
     fn sklearn_optimal_rate_at_default_alpha() {
@@ -319,7 +318,7 @@ mod tests {
             })
             .collect();
         let mut p = Perceptron::new(3, EtaSchedule::default());
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let mut rng = cohort_core::ChaCha8::new(1);
         let epochs = p.fit(&samples, &FitConfig::default(), &mut rng);
         assert!(
             epochs < 1000,

@@ -1,10 +1,10 @@
 #![cfg(feature = "anvil")]
 //! The simulator's contracts on anvil, against the same calls in the embedded revm.
 //!
-//! `cargo test -p cohort-sim --features anvil --test anvil`. Needs anvil:
-//! `<workspace>/contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil` (`npm ci` in
-//! `contracts/`) or `$COHORT_ANVIL`; without it the tests fail, unless `COHORT_SKIP_ANVIL=1`,
-//! which turns them into a printed skip. anvil runs with `--auto-impersonate`, so the
+//! `cargo test -p cohort-sim --features anvil --test anvil`. Needs anvil (`npm ci` in
+//! `contracts/`, or `$COHORT_ANVIL`; cohort-testkit's `find_anvil` says where it looks);
+//! without it the tests fail, unless `COHORT_SKIP_ANVIL=1`, which turns them into a printed
+//! skip. anvil runs with `--auto-impersonate`, so the
 //! simulator's participant addresses send their own transactions, as in revm.
 //!
 //! Both chains get the same deployments (the real bytecode of `contracts/out/`), then the same
@@ -20,10 +20,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use alloy_primitives::{Address, B256, Bytes, Log, U256, keccak256};
@@ -39,96 +36,32 @@ use cohort_sim::{
     ChainModel, Dataset, EtaSchedule, FitConfig, Market, MarketParams, NaiveBayes, NearestCentroid,
     Perceptron, Reject, Sample,
 };
-use rand::SeedableRng;
 use serde_json::{Value, json};
 
-/// An anvil child process on a free port, killed on drop.
-struct Anvil {
-    child: Child,
-    port: u16,
-}
+/// anvil (cohort-testkit's: on a free port, killed on drop) with the calls these scenarios
+/// make.
+struct Anvil(cohort_testkit::Anvil);
 
 impl Anvil {
+    /// anvil where the simulator's participants send their own transactions
+    /// (`--auto-impersonate`), with room for the models' deployments.
     fn start(test: &str) -> Option<Self> {
-        let bin = std::env::var_os("COHORT_ANVIL")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                    .join("../../contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
-            });
-        if !bin.is_file() {
-            if std::env::var("COHORT_SKIP_ANVIL").as_deref() == Ok("1") {
-                eprintln!(
-                    "skipping {test}: no anvil at {} (COHORT_SKIP_ANVIL=1)",
-                    bin.display()
-                );
-                return None;
-            }
-            panic!(
-                "no anvil at {}: run `npm ci` in contracts/ (or set COHORT_ANVIL=/path/to/anvil, \
-                 or COHORT_SKIP_ANVIL=1 to skip the anvil tests)",
-                bin.display()
-            );
-        }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(&bin)
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--silent",
-            ])
-            .args(["--hardfork", "osaka", "--auto-impersonate"])
-            .args(["--gas-limit", "100000000", "--disable-code-size-limit"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let mut a = Self { child, port };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(status)) = a.child.try_wait() {
-                panic!("anvil exited during startup: {status}");
-            }
-            if a.try_rpc("eth_blockNumber", json!([])).is_some() {
-                return Some(a);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "anvil did not answer within 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// One JSON-RPC request over plain HTTP/1.1 (std only).
-    fn try_rpc(&self, method: &str, params: Value) -> Option<Value> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-        let body =
-            json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string();
-        write!(
-            s,
-            "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
+        cohort_testkit::Anvil::start_with(
+            test,
+            &[
+                "--auto-impersonate",
+                "--gas-limit",
+                "100000000",
+                "--disable-code-size-limit",
+            ],
         )
-        .ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        let json = out.split("\r\n\r\n").nth(1)?;
-        serde_json::from_str(json).ok()
+        .map(Self)
     }
 
     fn rpc(&self, method: &str, params: Value) -> Value {
         let v = self
-            .try_rpc(method, params.clone())
+            .0
+            .rpc(method, params.clone())
             .unwrap_or_else(|| panic!("{method}: no answer"));
         if let Some(e) = v.get("error") {
             panic!("{method}({params}): {e}");
@@ -203,13 +136,6 @@ impl Anvil {
             "anvil_setBalance",
             json!([who.to_string(), "0x33b2e3c9fd0803ce8000000"]),
         );
-    }
-}
-
-impl Drop for Anvil {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -394,7 +320,7 @@ fn deposit_refund_take_with_the_perceptron_on_anvil_matches_revm() {
     model.fit(
         init,
         &FitConfig::default(),
-        &mut rand_chacha::ChaCha8Rng::seed_from_u64(1),
+        &mut cohort_core::ChaCha8::new(1),
     );
     let op = participant(usize::MAX);
     // The model, deployed and loaded on both through the same calls.

@@ -13,7 +13,6 @@ use cohort_sim::{
     ChainModel, Dataset, DrtParams, Engine, EvmDrt, MarketParams, ModelKind, NaiveBayes,
     NearestCentroid, SimConfig, run,
 };
-use rand::SeedableRng;
 
 fn imdb(num_words: u32, train: usize) -> Dataset {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/imdb");
@@ -90,7 +89,7 @@ fn on_chain_nearest_centroid_matches_the_reference_through_300_updates() {
 fn the_fixed_point_log_agrees_with_the_contract() {
     let nb = NaiveBayes::new(100);
     let mut evm = EvmDrt::deploy(&DrtParams::reference(), &nb, &[], 0).unwrap();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let mut rng = cohort_core::ChaCha8::new(1);
     for k in 0..200u64 {
         let x = if k < 100 {
             k + 1

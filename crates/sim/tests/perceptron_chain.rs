@@ -6,7 +6,6 @@ use std::path::PathBuf;
 
 use cohort_sim::drt::TOKEN_UNIT;
 use cohort_sim::{Classifier, Dataset, DrtParams, EtaSchedule, EvmDrt, FitConfig, Perceptron};
-use rand::SeedableRng;
 
 fn imdb() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/imdb")
@@ -17,7 +16,7 @@ fn on_chain_predictions_and_weights_match_the_reference_through_300_updates() {
     let data = Dataset::load(&imdb(), 500, Some(400)).unwrap();
     let (init, rest) = data.train.split_at(100);
     let mut model = Perceptron::new(500, EtaSchedule::default());
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut rng = cohort_core::ChaCha8::new(7);
     model.fit(init, &FitConfig::default(), &mut rng);
     let mut evm = EvmDrt::deploy(
         &DrtParams::reference(),

@@ -34,21 +34,22 @@ pub use cohort_fl::task::{ImdbModel, ImdbTaskConfig};
 
 use crate::lm::add_prox;
 
+/// The first `take` reviews of `path` (all if 0), through cohort-data's IMDB reader (which
+/// refuses a malformed line by file and line).
 fn read(path: &Path, num_words: u32, take: usize) -> Result<Vec<Example>, FlError> {
-    let mut v = classify::read_tsv(path, num_words).map_err(|e| FlError::InvalidConfig {
+    let mut v = cohort_data::imdb::read(path, num_words).map_err(|e| FlError::InvalidConfig {
         what: "task.data",
         reason: e.to_string(),
     })?;
     if take > 0 {
         v.truncate(take);
     }
-    if v.iter().any(|e| e.label > 1) {
-        return Err(FlError::InvalidConfig {
-            what: "task.data",
-            reason: format!("{}: labels must be 0 or 1", path.display()),
-        });
-    }
-    Ok(v)
+    Ok(v.into_iter()
+        .map(|r| Example {
+            label: u32::from(r.label),
+            ids: r.ids,
+        })
+        .collect())
 }
 
 /// IMDB sentiment with a tiny GPT classifier, clients split by Dirichlet label skew.
@@ -150,15 +151,20 @@ impl ImdbTask {
                     cfg.layers,
                     cfg.heads,
                 );
-                let mut model = Gpt::new(gc, seed, &Device::Cpu).map_err(crate::task_err)?;
-                classify::add_head(&mut model, 2, seed).map_err(crate::task_err)?;
+                let mut model = Gpt::new(gc, seed, &Device::Cpu)
+                    .map_err(crate::task_err("building the IMDB classifier"))?;
+                classify::add_head(&mut model, 2, seed)
+                    .map_err(crate::task_err("building the IMDB classifier"))?;
                 let spec = model
                     .params()
                     .spec()
                     .into_iter()
                     .map(|s| (s.name, s.shape))
                     .collect();
-                let init = model.params().flat().map_err(crate::task_err)?;
+                let init = model
+                    .params()
+                    .flat()
+                    .map_err(crate::task_err("building the IMDB classifier"))?;
                 (Some(model), spec, init)
             }
         };
@@ -196,19 +202,26 @@ impl ImdbTask {
             }
             return Ok((sum / n, correct as f64 / n));
         };
-        model.params().set_flat(params).map_err(crate::task_err)?;
+        model
+            .params()
+            .set_flat(params)
+            .map_err(crate::task_err("evaluating the IMDB classifier"))?;
         let mut sum = 0.0;
         for chunk in examples.chunks(64) {
             let refs: Vec<&Example> = chunk.iter().collect();
-            let (ids, lengths, labels) = classify::batch(&refs, self.cfg.max_len, model.device())
-                .map_err(crate::task_err)?;
+            let (ids, lengths, labels) =
+                classify::batch(&refs, self.cfg.max_len, model.device())
+                    .map_err(crate::task_err("evaluating the IMDB classifier"))?;
             let l = classify::loss(model, &ids, &lengths, &labels)
-                .map_err(crate::task_err)?
+                .map_err(crate::task_err("evaluating the IMDB classifier"))?
                 .detach();
-            sum += f64::from(l.to_scalar::<f32>().map_err(crate::task_err)?) * chunk.len() as f64;
+            sum += f64::from(
+                l.to_scalar::<f32>()
+                    .map_err(crate::task_err("evaluating the IMDB classifier"))?,
+            ) * chunk.len() as f64;
         }
-        let acc =
-            classify::accuracy(model, examples, self.cfg.max_len, 64).map_err(crate::task_err)?;
+        let acc = classify::accuracy(model, examples, self.cfg.max_len, 64)
+            .map_err(crate::task_err("evaluating the IMDB classifier"))?;
         Ok((sum / n, acc))
     }
 
@@ -330,7 +343,9 @@ impl Learner for ImdbTask {
             return Ok(self.train_bow(data, global, rng));
         };
         let params = model.params();
-        params.set_flat(global).map_err(crate::task_err)?;
+        params
+            .set_flat(global)
+            .map_err(crate::task_err("training an IMDB client"))?;
         let mut tc = TrainConfig::new(self.cfg.batch, self.cfg.max_len);
         tc.optim = AdamWConfig {
             lr: self.cfg.lr,
@@ -340,7 +355,8 @@ impl Learner for ImdbTask {
             weight_decay: 0.0,
             ..AdamWConfig::default()
         };
-        let mut trainer = Trainer::new(model, tc).map_err(crate::task_err)?;
+        let mut trainer =
+            Trainer::new(model, tc).map_err(crate::task_err("training an IMDB client"))?;
         let mut order: Vec<usize> = (0..data.len()).collect();
         let mut pos = order.len();
         for _ in 0..self.cfg.local_steps {
@@ -354,21 +370,33 @@ impl Learner for ImdbTask {
                 pos += 1;
             }
             let (ids, lengths, labels) = classify::batch(&refs, self.cfg.max_len, model.device())
-                .map_err(crate::task_err)?;
-            let loss = classify::loss(model, &ids, &lengths, &labels).map_err(crate::task_err)?;
-            let mut grads = collect_grads(params, &loss.backward().map_err(crate::task_err)?)
-                .map_err(crate::task_err)?;
+                .map_err(crate::task_err("training an IMDB client"))?;
+            let loss = classify::loss(model, &ids, &lengths, &labels)
+                .map_err(crate::task_err("training an IMDB client"))?;
+            let mut grads = collect_grads(
+                params,
+                &loss
+                    .backward()
+                    .map_err(crate::task_err("training an IMDB client"))?,
+            )
+            .map_err(crate::task_err("training an IMDB client"))?;
             if self.cfg.prox_mu > 0.0 {
                 add_prox(
                     &mut grads,
-                    &params.flat().map_err(crate::task_err)?,
+                    &params
+                        .flat()
+                        .map_err(crate::task_err("training an IMDB client"))?,
                     global,
                     self.cfg.prox_mu,
                 );
             }
-            trainer.step_grads(model, &grads).map_err(crate::task_err)?;
+            trainer
+                .step_grads(model, &grads)
+                .map_err(crate::task_err("training an IMDB client"))?;
         }
-        let after = params.flat().map_err(crate::task_err)?;
+        let after = params
+            .flat()
+            .map_err(crate::task_err("training an IMDB client"))?;
         Ok(after.iter().zip(global).map(|(a, b)| a - b).collect())
     }
 

@@ -30,10 +30,14 @@ use cohort_fl::config::ValidConfig;
 pub use cohort_fl::learner::{Learner, Metrics};
 pub use cohort_fl::task::{LinearTaskConfig, TaskConfig};
 
-/// A model or tensor error as the task error the runtime reports ([`FlError::Task`]; cohort-fl
-/// knows neither cohort-model nor candle, so the conversion is here rather than a `From`).
-pub(crate) fn task_err(e: impl std::fmt::Display) -> FlError {
-    FlError::Task(e.to_string())
+/// A model or tensor error, met while doing `context`, as the task error the runtime reports:
+/// [`FlError::TaskFailed`], which keeps the error as its source (cohort-fl knows neither
+/// cohort-model nor candle, so the conversion is here rather than a `From`).
+pub(crate) fn task_err<E>(context: &'static str) -> impl FnOnce(E) -> FlError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    move |e| FlError::task_failed(context, e)
 }
 
 /// Builds the task `cfg.task`, reading data files relative to `base_dir` (the config file's

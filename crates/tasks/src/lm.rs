@@ -56,7 +56,7 @@ impl std::fmt::Debug for LmTask {
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> FlError {
-    FlError::Task(format!("{}: {e}", path.display()))
+    FlError::task_failed(path.display().to_string(), e)
 }
 
 impl LmTask {
@@ -99,7 +99,11 @@ impl LmTask {
                     reason: format!("{} holds no config.json", dir.display()),
                 });
             }
-            Some(dir) => (dir.clone(), Tokenizer::load(dir).map_err(crate::task_err)?),
+            Some(dir) => (
+                dir.clone(),
+                Tokenizer::load(dir)
+                    .map_err(crate::task_err("loading the base model's tokenizer"))?,
+            ),
             None => {
                 let pretrain_text: String = rest.iter().map(|r| r.text.as_str()).collect();
                 let tok = Tokenizer::chars_of(&text);
@@ -149,7 +153,10 @@ impl LmTask {
             .into_iter()
             .map(|s| (s.name, s.shape))
             .collect();
-        let init = model.params().flat().map_err(crate::task_err)?;
+        let init = model
+            .params()
+            .flat()
+            .map_err(crate::task_err("preparing the language-model task"))?;
 
         let need = cfg.seq_len + 2;
         let mut holdout_text = vec![String::new(); validators];
@@ -177,7 +184,9 @@ impl LmTask {
                 let (a, b) = (shard * n_train / shards, (shard + 1) * n_train / shards);
                 let train: Vec<String> = lines[a..b].iter().map(|s| (*s).to_owned()).collect();
                 let joined: String = train.iter().flat_map(|l| [l.as_str(), "\n"]).collect();
-                let tokens = tokenizer.encode(&joined).map_err(crate::task_err)?;
+                let tokens = tokenizer
+                    .encode(&joined)
+                    .map_err(crate::task_err("preparing the language-model task"))?;
                 let role = if per_role == 1 {
                     r.role.clone()
                 } else {
@@ -203,7 +212,9 @@ impl LmTask {
             .iter()
             .enumerate()
             .map(|(v, t)| {
-                let tokens = tokenizer.encode(t).map_err(crate::task_err)?;
+                let tokens = tokenizer
+                    .encode(t)
+                    .map_err(crate::task_err("preparing the language-model task"))?;
                 if tokens.len() < need {
                     return Err(FlError::InvalidConfig {
                         what: "task.holdout_fraction",
@@ -216,7 +227,9 @@ impl LmTask {
                 Ok(tokens)
             })
             .collect::<Result<Vec<_>, FlError>>()?;
-        let test = tokenizer.encode(&test_text).map_err(crate::task_err)?;
+        let test = tokenizer
+            .encode(&test_text)
+            .map_err(crate::task_err("preparing the language-model task"))?;
         if test.len() < need {
             return Err(FlError::InvalidConfig {
                 what: "task.test_fraction",
@@ -257,7 +270,7 @@ impl LmTask {
         self.model
             .params()
             .set_flat(params)
-            .map_err(crate::task_err)?;
+            .map_err(crate::task_err("evaluating the language model"))?;
         let s = evaluate(
             &*self.model,
             tokens,
@@ -265,7 +278,7 @@ impl LmTask {
             self.cfg.seq_len,
             self.cfg.eval_windows,
         )
-        .map_err(crate::task_err)?;
+        .map_err(crate::task_err("evaluating the language model"))?;
         Ok(s.loss)
     }
 }
@@ -303,7 +316,8 @@ fn pretrained_base(
     if dir.join("config.json").exists() {
         return Ok(dir);
     }
-    let model = Gpt::new(gc, seed, &Device::Cpu).map_err(crate::task_err)?;
+    let model =
+        Gpt::new(gc, seed, &Device::Cpu).map_err(crate::task_err("pretraining the base model"))?;
     let mut tc = TrainConfig::new(cfg.pretrain_batch, seq);
     tc.seed = seed;
     tc.optim = AdamWConfig {
@@ -313,18 +327,26 @@ fn pretrained_base(
         total_steps: cfg.pretrain_steps.max(1),
         ..AdamWConfig::default()
     };
-    let mut trainer = Trainer::new(&model, tc).map_err(crate::task_err)?;
+    let mut trainer =
+        Trainer::new(&model, tc).map_err(crate::task_err("pretraining the base model"))?;
     let data = TokenData {
-        train: tok.encode(pretrain_text).map_err(crate::task_err)?,
+        train: tok
+            .encode(pretrain_text)
+            .map_err(crate::task_err("pretraining the base model"))?,
         val: Vec::new(),
     };
     for _ in 0..cfg.pretrain_steps {
-        trainer.step(&model, &data).map_err(crate::task_err)?;
+        trainer
+            .step(&model, &data)
+            .map_err(crate::task_err("pretraining the base model"))?;
     }
     let tmp = cache_dir.join(format!("base-{}.partial", &key.to_hex()[..16]));
     std::fs::create_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
-    model.save(&tmp).map_err(crate::task_err)?;
-    tok.save(&tmp).map_err(crate::task_err)?;
+    model
+        .save(&tmp)
+        .map_err(crate::task_err("pretraining the base model"))?;
+    tok.save(&tmp)
+        .map_err(crate::task_err("pretraining the base model"))?;
     std::fs::rename(&tmp, &dir).map_err(|e| io_err(&dir, e))?;
     Ok(dir)
 }
@@ -343,7 +365,9 @@ impl Learner for LmTask {
             return Ok(vec![0.0; global.len()]);
         };
         let params = self.model.params();
-        params.set_flat(global).map_err(crate::task_err)?;
+        params
+            .set_flat(global)
+            .map_err(crate::task_err("training a language-model client"))?;
         let mut tc = TrainConfig::new(self.cfg.batch, self.cfg.seq_len);
         tc.optim = AdamWConfig {
             lr: self.cfg.lr,
@@ -353,8 +377,9 @@ impl Learner for LmTask {
             weight_decay: 0.0,
             ..AdamWConfig::default()
         };
-        let mut trainer = Trainer::new(&*self.model, tc).map_err(crate::task_err)?;
-        let mut data_rng = cohort_model::rng::Rng::new(rng.next_u64());
+        let mut trainer = Trainer::new(&*self.model, tc)
+            .map_err(crate::task_err("training a language-model client"))?;
+        let mut data_rng = cohort_core::SplitMix64::new(rng.next_u64());
         for _ in 0..self.cfg.local_steps {
             let batch = sample_batch(
                 &c.tokens,
@@ -363,22 +388,26 @@ impl Learner for LmTask {
                 &mut data_rng,
                 self.model.device(),
             )
-            .map_err(crate::task_err)?;
-            let (_, mut grads) =
-                Trainer::gradients(&*self.model, &[batch], false).map_err(crate::task_err)?;
+            .map_err(crate::task_err("training a language-model client"))?;
+            let (_, mut grads) = Trainer::gradients(&*self.model, &[batch], false)
+                .map_err(crate::task_err("training a language-model client"))?;
             if self.cfg.prox_mu > 0.0 {
                 add_prox(
                     &mut grads,
-                    &params.flat().map_err(crate::task_err)?,
+                    &params
+                        .flat()
+                        .map_err(crate::task_err("training a language-model client"))?,
                     global,
                     self.cfg.prox_mu,
                 );
             }
             trainer
                 .step_grads(&*self.model, &grads)
-                .map_err(crate::task_err)?;
+                .map_err(crate::task_err("training a language-model client"))?;
         }
-        let after = params.flat().map_err(crate::task_err)?;
+        let after = params
+            .flat()
+            .map_err(crate::task_err("training a language-model client"))?;
         Ok(after.iter().zip(global).map(|(a, b)| a - b).collect())
     }
 

@@ -4,8 +4,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
+use cohort_core::SplitMix64;
 use cohort_model::data::sample_batch;
-use cohort_model::rng::Rng;
 use cohort_model::train::{TrainConfig, Trainer};
 use cohort_model::{Gpt, GptConfig, LanguageModel, Lora, LoraConfig};
 use serde::{Deserialize, Serialize};
@@ -136,7 +136,7 @@ fn time_steps_rss(
     cfg.autograd_only = autograd;
     cfg.optim.warmup_steps = 1;
     let mut t = Trainer::new(model, cfg)?;
-    let mut rng = Rng::new(1);
+    let mut rng = SplitMix64::new(1);
     let tokens: Vec<u32> = (0..100_000).map(|_| rng.below(65) as u32).collect();
     let mut times = Vec::new();
     for i in 0..warmup + steps {
@@ -154,7 +154,7 @@ fn time_steps_rss(
 /// Best of five 2048x2048 f32 matmuls, in GFLOP/s.
 fn matmul_peak() -> anyhow::Result<f64> {
     let n = 2048;
-    let mut rng = Rng::new(2);
+    let mut rng = SplitMix64::new(2);
     let a = Tensor::from_vec(rng.normal_vec(n * n, 1.0), (n, n), &Device::Cpu)?;
     let b = Tensor::from_vec(rng.normal_vec(n * n, 1.0), (n, n), &Device::Cpu)?;
     let mut best = f64::MAX;

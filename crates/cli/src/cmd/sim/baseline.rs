@@ -4,7 +4,6 @@ use std::process::ExitCode;
 use cohort_sim::perceptron::{EtaSchedule, FitConfig, accuracy};
 use cohort_sim::sweep::Stat;
 use cohort_sim::{Dataset, ModelKind as SimModel};
-use rand::SeedableRng;
 use serde::Serialize;
 
 use super::args::{MAX_REVIEWS, ModelKind, num_words};
@@ -57,7 +56,7 @@ impl Args {
             let data = Dataset::load(&self.data, nw, self.train_size)?;
             let (mut acc, mut train_acc, mut epochs) = (Vec::new(), Vec::new(), Vec::new());
             for seed in 1..=self.seeds {
-                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+                let mut rng = cohort_core::ChaCha8::new(seed);
                 let (m, e) = kind.fit(
                     nw,
                     &data.train,

@@ -1,8 +1,7 @@
-//! A small, seedable random source whose stream never changes.
+//! The protocol's stream: xoshiro256** seeded through SplitMix64.
 //!
-//! cohort promises that a run replays bit for bit from its seed. External RNG crates may change
-//! their streams between versions; this one is xoshiro256** seeded through SplitMix64, written
-//! down here, and will not.
+//! External RNG crates may change their streams between versions; this one is written down
+//! here, and will not.
 
 /// xoshiro256** (Blackman and Vigna), seeded with SplitMix64.
 #[derive(Debug, Clone)]
@@ -131,6 +130,77 @@ mod tests {
             Rng::derive(0, "a").next_u64(),
             Rng::derive(0, "b").next_u64()
         );
+    }
+
+    /// Known answers, taken from `cohort_core::rng::Rng` before it moved into this module:
+    /// every method the protocol draws with.
+    #[test]
+    fn methods_are_fixed() {
+        let mut r = Rng::new(42);
+        let got: Vec<u64> = (0..4).map(|_| r.next_u64()).collect();
+        assert_eq!(
+            got,
+            [
+                1_546_998_764_402_558_742,
+                6_990_951_692_964_543_102,
+                12_544_586_762_248_559_009,
+                17_057_574_109_182_124_193
+            ]
+        );
+        let mut r = Rng::derive(7, "cohort/round/3");
+        let got: Vec<u64> = (0..4).map(|_| r.next_u64()).collect();
+        assert_eq!(
+            got,
+            [
+                8_565_458_701_659_937_591,
+                6_679_787_988_265_087_608,
+                6_108_781_251_514_724_544,
+                3_748_482_800_140_094_578
+            ]
+        );
+        let mut r = Rng::new(1);
+        let f: Vec<u64> = (0..3).map(|_| r.f64().to_bits()).collect();
+        assert_eq!(
+            f,
+            [
+                4_604_506_576_557_045_986,
+                4_602_862_895_880_529_609,
+                4_603_346_303_978_636_616
+            ]
+        );
+        let mut r = Rng::new(2);
+        let b: Vec<u64> = (0..8).map(|_| r.below(10)).collect();
+        assert_eq!(b, [5, 2, 9, 3, 8, 2, 6, 7]);
+        let mut r = Rng::new(3);
+        let n: Vec<u64> = (0..3).map(|_| r.normal().to_bits()).collect();
+        assert_eq!(
+            n,
+            [
+                13_830_303_216_508_016_819,
+                13_827_724_817_865_821_426,
+                13_829_191_273_123_732_383
+            ]
+        );
+        let mut r = Rng::new(4);
+        assert_eq!(r.gamma(0.5).to_bits(), 4_586_869_651_740_164_250);
+        assert_eq!(r.gamma(2.0).to_bits(), 4_616_880_805_879_456_063);
+        let d: Vec<u64> = Rng::new(4)
+            .dirichlet(0.3, 4)
+            .iter()
+            .map(|x| x.to_bits())
+            .collect();
+        assert_eq!(
+            d,
+            [
+                4_576_647_619_352_193_121,
+                4_601_646_068_992_875_296,
+                4_601_665_988_442_775_333,
+                4_592_159_994_605_345_238
+            ]
+        );
+        let mut v: Vec<u32> = (0..10).collect();
+        Rng::new(5).shuffle(&mut v);
+        assert_eq!(v, [4, 2, 9, 3, 7, 1, 8, 6, 0, 5]);
     }
 
     #[test]
