@@ -37,6 +37,7 @@
 //! and how they were measured.
 
 mod error;
+mod http;
 mod local;
 mod s3;
 

@@ -7,10 +7,16 @@ use futures::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as ObjPath;
 use object_store::{
-    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+    BackoffConfig, ClientConfigKey, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
 };
 
+use crate::http::Connector;
 use crate::{BlobError, BlobStore, HASH_DIR, blob_rel_path, hash_from_parts, shorten, verify};
+
+/// Longest a TCP connection to the endpoint may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest one request may take, response included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Longest prefix accepted: S3 keys are at most 1024 bytes, and a blob's name under the prefix
 /// (`/sha256/ab/` and 64 hex digits) takes 75.
@@ -23,7 +29,10 @@ pub const MAX_PREFIX_BYTES: usize = 1024 - 75;
 /// settings come from `AWS_*` environment variables (docs/blobs.md lists them): credentials
 /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN`), the endpoint
 /// `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT`, `AWS_ENDPOINT_URL_S3`) for a server other than AWS,
-/// `AWS_REGION` (default `us-east-1`), `AWS_ALLOW_HTTP=true` for a plain-HTTP endpoint.
+/// `AWS_REGION` (default `us-east-1`), `AWS_ALLOW_HTTP=true` for a plain-HTTP endpoint,
+/// `AWS_CA_BUNDLE` for a PEM file of CA certificates to trust beside the system's (an
+/// S3-compatible server with a private CA). The HTTP client is hyper with rustls on *ring*
+/// (src/http.rs).
 ///
 /// A put first asks whether the object exists (with the blob's size) and uploads only if not;
 /// an S3 PUT replaces an object atomically, so concurrent puts of the same blob are harmless.
@@ -68,17 +77,20 @@ impl S3Store {
         check_credentials(&url, &var)?;
         let endpoint = check_endpoint(&url, &var)?;
 
+        let tls = crate::http::tls_config(var("AWS_CA_BUNDLE"), endpoint.starts_with("https://"))
+            .map_err(|reason| BlobError::BadConfig {
+            url: url.clone(),
+            reason,
+        })?;
         // Short connection timeouts and few retries: a dead endpoint is reported in seconds.
-        let options = ClientOptions::new()
-            .with_connect_timeout(Duration::from_secs(5))
-            .with_timeout(Duration::from_secs(300));
+        let connector = Connector::new(tls, CONNECT_TIMEOUT, REQUEST_TIMEOUT);
         let retry = RetryConfig {
             backoff: BackoffConfig::default(),
             max_retries: 3,
             retry_timeout: Duration::from_secs(60),
         };
         let mut builder = AmazonS3Builder::new()
-            .with_client_options(options)
+            .with_http_connector(connector)
             .with_retry(retry);
         for (k, v) in &env {
             // Names object_store does not know are not settings of ours either.
@@ -86,6 +98,7 @@ impl S3Store {
                 builder = builder.with_config(key, v);
             }
         }
+        check_client_settings(&url, &env)?;
         let store =
             builder
                 .with_bucket_name(&bucket)
@@ -404,6 +417,30 @@ fn check_credentials<'a>(
     }
 }
 
+/// Refuses the `AWS_*` variables that `object_store` reads as settings of its own HTTP client
+/// (`AWS_TIMEOUT`, `AWS_PROXY_URL`, `AWS_ALLOW_INVALID_CERTIFICATES`, ...): this adapter brings
+/// its own client (src/http.rs), which does not implement them, and a setting is implemented or
+/// refused, never ignored. `AWS_ALLOW_HTTP` is [`check_endpoint`]'s.
+fn check_client_settings(url: &str, env: &[(String, String)]) -> Result<(), BlobError> {
+    for (k, _) in env {
+        if let Ok(AmazonS3ConfigKey::Client(c)) = k.to_ascii_lowercase().parse()
+            && c != ClientConfigKey::AllowHttp
+        {
+            return Err(BlobError::BadConfig {
+                url: url.to_string(),
+                reason: format!(
+                    "{k} is an HTTP client setting that cohort's S3 client does not implement \
+                     (it has fixed timeouts, {}s to connect and {}s per request, no proxy, and \
+                     always checks certificates; AWS_CA_BUNDLE adds a CA): unset it",
+                    CONNECT_TIMEOUT.as_secs(),
+                    REQUEST_TIMEOUT.as_secs()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The endpoint in use, for messages; refuses a malformed one or plain HTTP without
 /// `AWS_ALLOW_HTTP=true`.
 fn check_endpoint<'a>(
@@ -514,6 +551,20 @@ mod tests {
             let e = S3Store::open_with_env("s3://bucket", vars).expect_err(endpoint);
             assert!(matches!(e, BlobError::BadConfig { .. }), "{endpoint}: {e}");
             assert!(e.to_string().contains(want), "{endpoint}: {e}");
+        }
+        // object_store's HTTP client settings: refused by name, not ignored.
+        for name in [
+            "AWS_TIMEOUT",
+            "AWS_PROXY_URL",
+            "AWS_ALLOW_INVALID_CERTIFICATES",
+            "AWS_CONNECT_TIMEOUT",
+        ] {
+            let mut vars = env(&creds);
+            vars.push(("AWS_ENDPOINT_URL".into(), "https://127.0.0.1:9".into()));
+            vars.push((name.into(), "1".into()));
+            let e = S3Store::open_with_env("s3://bucket", vars).expect_err(name);
+            assert!(matches!(e, BlobError::BadConfig { .. }), "{name}: {e}");
+            assert!(e.to_string().contains(name), "{name}: {e}");
         }
     }
 }

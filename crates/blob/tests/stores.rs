@@ -1,5 +1,6 @@
 //! One suite for both adapters: the same scenarios run against a local directory and against a
-//! real S3 server (`s3s-fs`, started by the test on a loopback port; see the crate docs).
+//! real S3 server (`s3s-fs`, started by the test on a loopback port; see the crate docs), over
+//! plain HTTP and, once, over TLS with a certificate from a private CA (tests/tls/).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,11 +18,46 @@ struct S3Server {
     runtime: Option<tokio::runtime::Runtime>,
     addr: SocketAddr,
     root: tempfile::TempDir,
+    tls: bool,
+}
+
+/// The TLS fixtures' directory (made by tests/tls/make.sh).
+fn tls_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls")
+}
+
+/// The server side of TLS: tests/tls/server.pem and its key, on the same *ring* provider.
+fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(tls_dir().join("server.pem"))
+        .expect("server.pem")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("server certificate");
+    let key = PrivateKeyDer::from_pem_file(tls_dir().join("server.key")).expect("server.key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("server TLS configuration");
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
 impl S3Server {
     /// Starts the server with one bucket, [`BUCKET`], and credentials [`ACCESS_KEY`]/[`SECRET_KEY`].
     fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// [`Self::start`], serving HTTPS with tests/tls/server.pem.
+    fn start_tls() -> Self {
+        Self::start_with(Some(tls_acceptor()))
+    }
+
+    fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         use hyper_util::rt::{TokioExecutor, TokioIo};
         use hyper_util::server::conn::auto::Builder as ConnBuilder;
         use s3s::auth::SimpleAuth;
@@ -44,6 +80,7 @@ impl S3Server {
             .set_nonblocking(true)
             .expect("non-blocking listener");
         let addr = listener.local_addr().expect("local address");
+        let serves_tls = tls.is_some();
         runtime.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
             let http = ConnBuilder::new(TokioExecutor::new());
@@ -51,11 +88,20 @@ impl S3Server {
                 let Ok((socket, _)) = listener.accept().await else {
                     continue;
                 };
-                let conn = http
-                    .serve_connection(TokioIo::new(socket), service.clone())
-                    .into_owned();
+                let (http, service, tls) = (http.clone(), service.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    match tls {
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(socket), service).await;
+                        }
+                        Some(tls) => {
+                            // A client that refuses the certificate ends the handshake.
+                            let Ok(stream) = tls.accept(socket).await else {
+                                return;
+                            };
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                    }
                 });
             }
         });
@@ -63,11 +109,13 @@ impl S3Server {
             runtime: Some(runtime),
             addr,
             root,
+            tls: serves_tls,
         }
     }
 
     fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// The environment a party would have to reach this server.
@@ -76,10 +124,10 @@ impl S3Server {
             ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
             ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
             ("AWS_ENDPOINT_URL", self.endpoint()),
-            ("AWS_ALLOW_HTTP", "true".to_string()),
             ("AWS_REGION", "us-east-1".to_string()),
         ]
         .into_iter()
+        .chain((!self.tls).then(|| ("AWS_ALLOW_HTTP", "true".to_string())))
         .map(|(k, v)| (k.to_string(), v))
         .collect()
     }
@@ -351,7 +399,9 @@ fn s3_unreachable_endpoint_is_named_at_open() {
     )
     .expect_err("unreachable");
     assert!(matches!(e, BlobError::Unreachable { .. }), "{e}");
+    eprintln!("{e}");
     assert!(e.to_string().contains(&endpoint), "{e}");
+    assert!(e.to_string().contains("Connection refused"), "{e}");
 }
 
 #[test]
@@ -378,4 +428,61 @@ fn s3_objects_that_are_not_blobs_are_not_listed() {
     std::fs::create_dir_all(stray.parent().unwrap_or(Path::new("."))).expect("dir");
     std::fs::write(&stray, b"x").expect("stray object");
     assert_eq!(store.list().expect("list"), vec![h]);
+}
+
+/// Over TLS: the server's certificate comes from a private CA. Trusting that CA through
+/// `AWS_CA_BUNDLE`, the store works end to end; without it the certificate is refused when the
+/// store opens, and the error names the endpoint and the certificate problem.
+#[test]
+fn s3_over_tls_with_a_private_ca() {
+    let server = S3Server::start_tls();
+    let ca = tls_dir().join("ca.pem");
+    let ca = ca.to_str().expect("utf-8 path");
+    let store = S3Store::open_with_env(
+        &format!("s3://{BUCKET}/tls"),
+        server.env_with("AWS_CA_BUNDLE", ca),
+    )
+    .expect("open over TLS, trusting the test CA");
+    round_trip(&store);
+
+    let e = S3Store::open_with_env(&format!("s3://{BUCKET}/tls"), server.env())
+        .expect_err("an untrusted certificate");
+    assert!(matches!(e, BlobError::Unreachable { .. }), "{e}");
+    let msg = e.to_string();
+    eprintln!("{msg}");
+    assert!(msg.contains(&server.endpoint()), "{msg}");
+    assert!(
+        msg.contains("invalid peer certificate: UnknownIssuer"),
+        "{msg}"
+    );
+
+    // Plain HTTP to a TLS port, and TLS to a plain-HTTP port: errors, not hangs or panics.
+    let plain = S3Server::start();
+    let e = S3Store::open_with_env(
+        &format!("s3://{BUCKET}"),
+        plain.env_with(
+            "AWS_ENDPOINT_URL",
+            &plain.endpoint().replace("http://", "https://"),
+        ),
+    )
+    .expect_err("TLS to a plain-HTTP server");
+    assert!(matches!(e, BlobError::Unreachable { .. }), "{e}");
+    let mut env = server.env_with(
+        "AWS_ENDPOINT_URL",
+        &server.endpoint().replace("https://", "http://"),
+    );
+    env.push(("AWS_ALLOW_HTTP".into(), "true".into()));
+    assert!(S3Store::open_with_env(&format!("s3://{BUCKET}"), env).is_err());
+
+    // A CA bundle that is not one: refused by name before any request.
+    let e = S3Store::open_with_env(
+        &format!("s3://{BUCKET}"),
+        server.env_with(
+            "AWS_CA_BUNDLE",
+            tls_dir().join("make.sh").to_str().expect("utf-8"),
+        ),
+    )
+    .expect_err("not a PEM bundle");
+    assert!(matches!(e, BlobError::BadConfig { .. }), "{e}");
+    assert!(e.to_string().contains("AWS_CA_BUNDLE"), "{e}");
 }

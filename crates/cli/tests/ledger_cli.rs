@@ -121,9 +121,36 @@ fn bench_ledger_writes_json() {
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    for k in ["append_per_s", "verify_100k_s", "proof_bytes", "proof_us"] {
-        assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{k}: {}", v[k]);
+    for k in [
+        "append_per_s",
+        "relay_per_s",
+        "relay_sign_per_s",
+        "relay_vs_direct",
+        "verify_100k_s",
+        "proof_bytes",
+        "proof_us",
+    ] {
+        assert!(
+            v[k].as_f64().is_some_and(|x| x > 0.0 && x.is_finite()),
+            "{k}: {}",
+            v[k]
+        );
     }
+    // Half the entries by each path, and all of them in the verified log.
+    assert_eq!(v["direct_entries"], 150);
+    assert_eq!(v["relay_entries"], 150);
+    let ratio = v["relay_per_s"].as_f64().unwrap() / v["append_per_s"].as_f64().unwrap();
+    assert!((ratio - v["relay_vs_direct"].as_f64().unwrap()).abs() < 1e-9);
+    let table = text(&o);
+    assert!(
+        table.contains("append relayed party-signed calls"),
+        "{table}"
+    );
+    assert!(table.contains("relayed / signed transactions"), "{table}");
+    assert!(
+        table.contains("verify 429 entries"),
+        "300 and the set-up's 129: {table}"
+    );
 }
 
 /// A fresh `cohort ledger demo` in `root/name`.
@@ -428,10 +455,11 @@ fn arguments_are_checked_before_any_work() {
             vec!["ledger", "demo", &new, "--origin", "a+b"],
             "without spaces",
         ),
-        (vec!["bench", "ledger", "--entries", "0"], "[1, 2000000]"),
+        (vec!["bench", "ledger", "--entries", "0"], "[2, 2000000]"),
+        (vec!["bench", "ledger", "--entries", "1"], "[2, 2000000]"),
         (
             vec!["bench", "ledger", "--entries", "1000000000000000000"],
-            "[1, 2000000]",
+            "[2, 2000000]",
         ),
         (vec!["bench", "ledger", "--batch", "0"], "[1, 100000]"),
         (vec!["bench", "ledger", "--proofs", "0"], "[1, 10000000]"),

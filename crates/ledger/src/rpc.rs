@@ -20,10 +20,15 @@
 //!
 //! On a dev chain the derived accounts hold no ether. With a funder
 //! ([`EvmRpcLedger::with_funder`], e.g. anvil's first default key) the backend checks the
-//! sender's balance before each transaction and, below [`MIN_BALANCE`], sends it
-//! [`FUND_AMOUNT`] from the funder in an ordinary value transfer (so it works on any dev chain,
-//! not only on anvil's `anvil_setBalance`). Funding transfers are not protocol transactions and
-//! are not recorded. Fees are EIP-1559 (`eth_feeHistory`); the chain must support it.
+//! sender's balance before each transaction it signs, and before handing a party its
+//! [`TxContext`] ([`LedgerBackend::context_for`]), against the most that transaction can cost
+//! (gas limit × fee cap; for a context, the protocol's gas cap × the fee cap, as
+//! [`TxContext::max_cost`]). Below that, or below [`MIN_BALANCE`], the funder tops it up to
+//! twice that (by at least [`FUND_AMOUNT`]) in an ordinary value transfer (so it works on any
+//! dev chain, not only on anvil's `anvil_setBalance`), so a chain with a high base fee is paid
+//! for as well as a quiet one. Funding transfers are not protocol transactions and are not
+//! recorded. Fees are EIP-1559 (`eth_feeHistory`); the chain must
+//! support it.
 //!
 //! # Transactions
 //!
@@ -73,6 +78,7 @@ use std::fmt;
 use std::time::Duration;
 
 use alloy::consensus::{SignableTransaction, TxEip1559, TxEnvelope};
+use alloy::eips::eip1559::Eip1559Estimation;
 use alloy::eips::eip2718::Encodable2718;
 use alloy::eips::{BlockId, BlockNumberOrTag};
 use alloy::network::TxSignerSync;
@@ -92,6 +98,7 @@ use crate::LedgerError;
 use crate::backend::{Head, LedgerBackend, TxOutcome};
 use crate::evm::{ExecError, TX_GAS_CAP};
 use crate::merkle::MerkleTree;
+use crate::signer::MIN_CHAIN_GAS;
 use crate::signer::{SignedCall, TxContext};
 
 /// Domain of the secp256k1 key derivation.
@@ -243,8 +250,9 @@ impl EvmRpcLedger {
         })
     }
 
-    /// Tops up each derived account below [`MIN_BALANCE`] with [`FUND_AMOUNT`] from `funder`
-    /// before its transactions (for dev chains, where the derived accounts start empty).
+    /// Tops up each derived account from `funder` before its transactions and before handing
+    /// it a [`TxContext`], so it can pay the most they cost (see the module docs; for dev
+    /// chains, where the derived accounts start empty).
     pub fn with_funder(mut self, funder: PrivateKeySigner) -> Self {
         self.funder = Some(funder);
         self
@@ -303,8 +311,16 @@ impl EvmRpcLedger {
         Ok((b.header.number, b.header.timestamp))
     }
 
-    /// Signs `req` (from, to, input, value set) as `signer` with the given gas limit, sends
-    /// it and waits for the receipt.
+    /// Current EIP-1559 fees.
+    async fn fees(&self) -> Result<Eip1559Estimation, LedgerError> {
+        self.provider
+            .estimate_eip1559_fees()
+            .await
+            .map_err(|e| self.err("eth_feeHistory", &e))
+    }
+
+    /// Signs a transaction as `signer` with the given gas limit and fees and its pending
+    /// nonce, sends it and waits for the receipt. Funds nothing: the sender must be able to pay.
     async fn sign_send_wait(
         &self,
         signer: &PrivateKeySigner,
@@ -312,6 +328,7 @@ impl EvmRpcLedger {
         value: U256,
         input: Bytes,
         gas_limit: u64,
+        fees: Eip1559Estimation,
     ) -> Result<TransactionReceipt, LedgerError> {
         let from = signer.address();
         let nonce = self
@@ -320,11 +337,6 @@ impl EvmRpcLedger {
             .pending()
             .await
             .map_err(|e| self.err("eth_getTransactionCount", &e))?;
-        let fees = self
-            .provider
-            .estimate_eip1559_fees()
-            .await
-            .map_err(|e| self.err("eth_feeHistory", &e))?;
         let mut tx = TxEip1559 {
             chain_id: self.chain_id,
             nonce,
@@ -375,8 +387,11 @@ impl EvmRpcLedger {
         }
     }
 
-    /// Tops `addr` up from the funder if it is below [`MIN_BALANCE`].
-    async fn ensure_funded(&self, addr: Address) -> Result<(), LedgerError> {
+    /// With a funder, makes sure `addr` can pay `need` wei (the most a transaction can cost:
+    /// gas limit × fee cap): below `target = max(need, MIN_BALANCE)` it is sent
+    /// `max(FUND_AMOUNT, 2 × target − balance)`, which leaves room for the next call at the same
+    /// fees.
+    async fn ensure_funded(&self, addr: Address, need: U256) -> Result<(), LedgerError> {
         let Some(funder) = &self.funder else {
             return Ok(());
         };
@@ -389,22 +404,26 @@ impl EvmRpcLedger {
             .pending()
             .await
             .map_err(|e| self.err("eth_getBalance", &e))?;
-        if balance >= MIN_BALANCE {
+        let target = need.max(MIN_BALANCE);
+        if balance >= target {
             return Ok(());
         }
-        tracing::debug!(%addr, funder = %funder.address(), "funding derived account");
+        let amount = FUND_AMOUNT.max(target.saturating_mul(U256::from(2)) - balance);
+        tracing::debug!(%addr, funder = %funder.address(), %amount, "funding derived account");
+        let fees = self.fees().await?;
         let r = self
             .sign_send_wait(
                 funder,
                 TxKind::Call(addr),
-                FUND_AMOUNT,
+                amount,
                 Bytes::new(),
-                21_000,
+                MIN_CHAIN_GAS,
+                fees,
             )
             .await?;
         if !r.status() {
             return Err(LedgerError::Rpc(format!(
-                "{}: funding {addr} from {} failed (tx {})",
+                "{}: funding {addr} with {amount} wei from {} failed (tx {})",
                 self.url,
                 funder.address(),
                 r.transaction_hash
@@ -420,7 +439,6 @@ impl EvmRpcLedger {
         data: Bytes,
     ) -> Result<(RecordedTx, Bytes, Option<Address>), LedgerError> {
         let from = signer.address();
-        self.ensure_funded(from).await?;
         // Pin the clock before simulating: the pending block then has the time the
         // transaction will execute at.
         self.pin_time().await?;
@@ -448,8 +466,11 @@ impl EvmRpcLedger {
             .into());
         }
         let gas_limit = (estimate + estimate / 4).min(TX_GAS_CAP);
+        let fees = self.fees().await?;
+        self.ensure_funded(from, max_cost(gas_limit, fees.max_fee_per_gas))
+            .await?;
         let receipt = self
-            .sign_send_wait(signer, kind, U256::ZERO, data.clone(), gas_limit)
+            .sign_send_wait(signer, kind, U256::ZERO, data.clone(), gas_limit, fees)
             .await?;
         self.finish(req, receipt, to, data, output).await
     }
@@ -495,21 +516,19 @@ impl EvmRpcLedger {
     }
 
     /// The context `author` signs its next transaction under (see [`crate::signer`]): the
-    /// chain id, its pending nonce, the protocol's gas cap and current EIP-1559 fees. Funds
-    /// `author` first if a funder is set and it is low.
+    /// chain id, its pending nonce, the protocol's gas cap and current EIP-1559 fees. With a
+    /// funder, first makes sure `author` can pay the most a call under it can cost
+    /// ([`TxContext::max_cost`]).
     async fn context_async(&self, author: Address) -> Result<TxContext, LedgerError> {
-        self.ensure_funded(author).await?;
+        let fees = self.fees().await?;
+        self.ensure_funded(author, max_cost(TX_GAS_CAP, fees.max_fee_per_gas))
+            .await?;
         let nonce = self
             .provider
             .get_transaction_count(author)
             .pending()
             .await
             .map_err(|e| self.err("eth_getTransactionCount", &e))?;
-        let fees = self
-            .provider
-            .estimate_eip1559_fees()
-            .await
-            .map_err(|e| self.err("eth_feeHistory", &e))?;
         Ok(TxContext::Chain {
             chain_id: self.chain_id,
             nonce,
@@ -519,9 +538,10 @@ impl EvmRpcLedger {
         })
     }
 
-    /// Relays a raw transaction `from` signed: checks it decodes, recovers to `from`, is for
-    /// this chain and carries `from`'s next nonce, simulates it (a revert sends nothing), sends
-    /// it and waits for the receipt.
+    /// Relays a raw transaction `from` signed: checks it decodes as an EIP-1559 transaction
+    /// within the protocol's gas cap, recovers to `from`, is for this chain and carries
+    /// `from`'s next nonce, simulates it with its value and gas limit (a revert sends nothing),
+    /// sends it and waits for the receipt.
     async fn relay_async(
         &self,
         from: Address,
@@ -529,6 +549,24 @@ impl EvmRpcLedger {
     ) -> Result<(RecordedTx, Bytes, Option<Address>), LedgerError> {
         use alloy::consensus::Transaction;
         let env = crate::signer::decode_chain(raw)?;
+        let invalid = |reason: String| LedgerError::Invalid {
+            what: "signed chain transaction",
+            reason,
+        };
+        // What `SignedCall::sign` makes: anything else (a legacy transaction, replayable on
+        // every chain if it has no chain id; blob or set-code transactions) is not relayed.
+        if !matches!(env, TxEnvelope::Eip1559(_)) {
+            return Err(invalid(format!(
+                "a {} transaction from {from}; the relay carries EIP-1559 (type 2) transactions                  only",
+                env.tx_type()
+            )));
+        }
+        if env.gas_limit() > TX_GAS_CAP {
+            return Err(invalid(format!(
+                "gas limit {} from {from} is above the protocol's cap {TX_GAS_CAP}",
+                env.gas_limit()
+            )));
+        }
         match env
             .signature()
             .recover_address_from_prehash(&env.signature_hash())
@@ -564,6 +602,7 @@ impl EvmRpcLedger {
             to: Some(kind),
             input: TransactionInput::new(data.clone()),
             gas: Some(env.gas_limit()),
+            value: Some(env.value()),
             ..Default::default()
         };
         let output = self
@@ -624,6 +663,11 @@ impl EvmRpcLedger {
         }
         self.err(what, &e)
     }
+}
+
+/// The most a transaction with this gas limit and fee cap can cost, wei.
+fn max_cost(gas_limit: u64, max_fee_per_gas: u128) -> U256 {
+    U256::from(gas_limit).saturating_mul(U256::from(max_fee_per_gas))
 }
 
 /// Revert data in a JSON-RPC error: the `data` of an error that says "revert" or has code 3.

@@ -52,7 +52,7 @@ const TAG_EMBEDDED: u8 = 1;
 /// Tag byte of a chain [`SignedCall`]'s encoding.
 const TAG_CHAIN: u8 = 2;
 /// The least gas any chain transaction needs.
-const MIN_CHAIN_GAS: u64 = 21_000;
+pub(crate) const MIN_CHAIN_GAS: u64 = 21_000;
 
 /// What a relay hands a party so that it can sign a transaction for this ledger: what only
 /// the ledger knows. It holds no part of the call; the party chooses that.

@@ -1,6 +1,6 @@
 #![cfg(feature = "evm-rpc")]
-//! The protocol on anvil over JSON-RPC, and the same scenario differentially against the
-//! embedded ledger.
+//! The protocol on anvil over JSON-RPC, the same scenario differentially against the embedded
+//! ledger, and parties that sign their own calls for a relay to carry.
 //!
 //! Needs anvil (`npm ci` in `contracts/`, or `$COHORT_ANVIL`; cohort-testkit's `find_anvil`
 //! says where it looks). Without it these tests fail, unless `COHORT_SKIP_ANVIL=1`, which
@@ -10,14 +10,18 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use alloy::signers::local::PrivateKeySigner;
-use alloy_primitives::{Address, B256, Bytes, Log, keccak256};
+use alloy_primitives::{Address, B256, Bytes, Log, U256, keccak256};
+use alloy_sol_types::SolCall;
+use cohort_core::{Identity, sha256, tokens};
 use cohort_ledger::demo::{self, Cast, DemoReport};
+use cohort_ledger::evm::{ExecError, TX_GAS_CAP};
 use cohort_ledger::merkle::{MerkleTree, leaf_hash, verify_consistency, verify_inclusion};
 use cohort_ledger::protocol::{
-    Cohort, Cohort::CohortErrors, Cohort::CohortEvents, decode_events, roles,
+    Cohort, Cohort::CohortErrors, Cohort::CohortEvents, ProtocolError, decode_events, roles,
 };
 use cohort_ledger::{
-    EmbeddedLedger, EvmRpcLedger, LedgerBackend, LedgerConfig, LedgerError, Protocol,
+    EmbeddedLedger, EvmRpcLedger, LedgerBackend, LedgerConfig, LedgerError, Protocol, SignedCall,
+    TxContext,
 };
 use cohort_testkit::{Anvil, FUNDER_KEY, free_port};
 
@@ -352,4 +356,533 @@ fn endpoint_down_is_a_clear_error() {
     let err = EvmRpcLedger::connect("https://example.invalid", None).expect_err("no TLS");
     eprintln!("{err}");
     assert!(err.to_string().contains("https://example.invalid"), "{err}");
+}
+
+/// What an outsider sees of the chain, through its own connection: the block height and an
+/// account's nonces (mined and pending), to show that a refused call left no trace.
+struct ChainView {
+    rt: tokio::runtime::Runtime,
+    provider: alloy::providers::RootProvider,
+}
+
+impl ChainView {
+    fn new(url: &str) -> Self {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let provider = alloy::providers::RootProvider::new_http(url.parse().expect("url"));
+        Self { rt, provider }
+    }
+
+    /// (block number, mined nonce, pending nonce) of `who`.
+    fn state_of(&self, who: Address) -> (u64, u64, u64) {
+        use alloy::providers::Provider;
+        self.rt.block_on(async {
+            let block = self
+                .provider
+                .get_block_number()
+                .await
+                .expect("block number");
+            let mined = self
+                .provider
+                .get_transaction_count(who)
+                .latest()
+                .await
+                .expect("nonce");
+            let pending = self
+                .provider
+                .get_transaction_count(who)
+                .pending()
+                .await
+                .expect("pending nonce");
+            (block, mined, pending)
+        })
+    }
+
+    /// `who`'s balance, wei.
+    fn balance_of(&self, who: Address) -> U256 {
+        use alloy::providers::Provider;
+        self.rt
+            .block_on(async { self.provider.get_balance(who).latest().await })
+            .expect("balance")
+    }
+
+    /// The sender the chain recovered for transaction `hash`.
+    fn sender_of(&self, hash: B256) -> Address {
+        use alloy::network::TransactionResponse;
+        use alloy::providers::Provider;
+        self.rt
+            .block_on(self.provider.get_transaction_by_hash(hash))
+            .expect("transaction")
+            .expect("the transaction is on chain")
+            .from()
+    }
+}
+
+/// A party's side: it asks the relay for its context and signs with its own key. The relay
+/// (`p`) never sees the party's key.
+fn party_signs<C: SolCall>(p: &Protocol<EvmRpcLedger>, who: &Identity, call: &C) -> SignedCall {
+    let ctx = p.context_for(p.backend().address_of(who)).expect("context");
+    let signed = SignedCall::sign_sol(who, p.address(), call, &ctx).expect("signs");
+    // What a transport carries: the bytes.
+    SignedCall::decode(&signed.encode()).expect("decodes")
+}
+
+/// A transaction signed by hand with `id`'s chain key: what a party could send that
+/// [`SignedCall::sign`] never makes.
+fn hand_signed<T>(id: &Identity, mut tx: T) -> SignedCall
+where
+    T: alloy::consensus::SignableTransaction<alloy::primitives::Signature>,
+    alloy::consensus::TxEnvelope: From<alloy::consensus::Signed<T>>,
+{
+    use alloy::eips::eip2718::Encodable2718;
+    use alloy::network::TxSignerSync;
+    let signer = cohort_ledger::rpc::evm_signer(id);
+    let sig = signer.sign_transaction_sync(&mut tx).expect("signs");
+    SignedCall::Chain {
+        from: signer.address(),
+        raw: alloy::consensus::TxEnvelope::from(tx.into_signed(sig))
+            .encoded_2718()
+            .into(),
+    }
+}
+
+/// `signed` with its claimed sender replaced.
+fn claiming(signed: SignedCall, from: Address) -> SignedCall {
+    match signed {
+        SignedCall::Chain { raw, .. } => SignedCall::Chain { from, raw },
+        other => panic!("a chain call expected, got {other:?}"),
+    }
+}
+
+fn raw_of(signed: &SignedCall) -> Vec<u8> {
+    match signed {
+        SignedCall::Chain { raw, .. } => raw.to_vec(),
+        other => panic!("a chain call expected, got {other:?}"),
+    }
+}
+
+/// Relays `signed` straight to the backend (below `Protocol::relay`'s target and selector
+/// check) and expects a refusal that leaves no trace: the local log, the block height and the
+/// claimed author's nonces are as they were.
+fn refused(p: &mut Protocol<EvmRpcLedger>, chain: &ChainView, signed: SignedCall) -> LedgerError {
+    let author = signed.author();
+    let before = (p.backend().head().expect("head"), chain.state_of(author));
+    let err = match p.backend_mut().relay(signed) {
+        Err(e) => e,
+        Ok(o) => panic!("expected a refusal, got {o:?}"),
+    };
+    let after = (p.backend().head().expect("head"), chain.state_of(author));
+    assert_eq!(after, before, "a refused call ({err}) left a trace");
+    err
+}
+
+/// Parties sign their own calls on a real chain and the relay carries them: registration,
+/// stake, dataset commitment, the coordinator's round and a client's update all land with the
+/// party as the chain's sender. A call signed by the wrong key, a tampered raw transaction, a
+/// call for another chain and a reused or skipped nonce are refused by name before anything is
+/// sent; in a batch, the bad calls are refused and the good ones go through.
+#[test]
+fn parties_sign_and_the_relay_carries_their_calls_on_anvil() {
+    let Some(anvil) = Anvil::start("parties_sign_and_the_relay_carries_their_calls_on_anvil")
+    else {
+        return;
+    };
+    let chain = ChainView::new(anvil.url());
+    let gov = Identity::from_seed(5, "governance");
+    let coordinator = Identity::from_seed(5, "coordinator");
+    let alice = Identity::from_seed(5, "alice");
+    let bob = Identity::from_seed(5, "bob");
+    let mallory = Identity::from_seed(5, "mallory");
+    let mut p = Protocol::deploy(ledger(&anvil), &gov).expect("deploys");
+    let contract = p.address();
+    let chain_id = p.backend().chain_id();
+    let addr = |p: &Protocol<EvmRpcLedger>, id: &Identity| p.backend().address_of(id);
+    for who in [&coordinator, &alice, &bob] {
+        let to = addr(&p, who);
+        p.mint(&gov, to, tokens(1_000)).expect("mint");
+    }
+    let to = addr(&p, &coordinator);
+    p.approve_coordinator(&gov, to).expect("approve");
+
+    // Relayed calls run at the clock `set_time` set, as the backend's own do.
+    let clock = p.backend().head().expect("head").time + 3_600;
+    p.backend_mut().set_time(clock).expect("set time");
+
+    // Every party registers, stakes and commits its dataset itself.
+    let reg = party_signs(
+        &p,
+        &coordinator,
+        &Cohort::registerCall {
+            roles: roles::COORDINATOR,
+            keyHash: coordinator.key_hash(),
+        },
+    );
+    p.relay::<Cohort::registerCall>(reg)
+        .expect("coordinator registers");
+    let mut datasets = Vec::new();
+    for c in [&alice, &bob] {
+        let reg = party_signs(
+            &p,
+            c,
+            &Cohort::registerCall {
+                roles: roles::CLIENT | roles::DATA_OWNER,
+                keyHash: c.key_hash(),
+            },
+        );
+        p.relay::<Cohort::registerCall>(reg).expect("registers");
+        let stake = party_signs(
+            &p,
+            c,
+            &Cohort::stakeCall {
+                amount: tokens(100),
+            },
+        );
+        p.relay::<Cohort::stakeCall>(stake).expect("stakes");
+        let commit = party_signs(
+            &p,
+            c,
+            &Cohort::commitDatasetCall {
+                merkleRoot: sha256(format!("shards of {}", c.name()).as_bytes()).into(),
+                manifestHash: sha256(b"manifest").into(),
+                size: 4,
+            },
+        );
+        datasets.push(
+            p.relay::<Cohort::commitDatasetCall>(commit)
+                .expect("commits")
+                .value,
+        );
+        let who = addr(&p, c);
+        let me = p
+            .view(Cohort::participantCall { who })
+            .expect("participant");
+        assert_eq!(me.roles, roles::CLIENT | roles::DATA_OWNER);
+        assert_eq!(
+            me.keyHash,
+            c.key_hash(),
+            "the chain key is bound to the identity"
+        );
+        assert_eq!(me.registeredAt, clock, "registered at the ledger's clock");
+        let last = p.backend().recorded().last().expect("recorded").tx_hash;
+        assert_eq!(
+            chain.sender_of(last),
+            who,
+            "the party is the chain's sender"
+        );
+    }
+    assert_eq!(p.stake_of(addr(&p, &alice)).expect("stake").0, tokens(100));
+    let open = party_signs(
+        &p,
+        &coordinator,
+        &Cohort::openRoundCall {
+            globalModelHash: sha256(b"global").into(),
+            rewardPool: tokens(10),
+            fromTreasury: false,
+        },
+    );
+    let round = p
+        .relay::<Cohort::openRoundCall>(open)
+        .expect("opens a round")
+        .value;
+    let submit = |dataset: B256| Cohort::submitUpdateCall {
+        roundId: round,
+        blobHash: sha256(b"alice's delta").into(),
+        datasetId: dataset,
+        numSamples: 100,
+    };
+
+    // Alice's submission, signed by her and relayed.
+    let ctx = p.context_for(addr(&p, &alice)).expect("context");
+    let good = SignedCall::sign_sol(&alice, contract, &submit(datasets[0]), &ctx).expect("signs");
+    let alice_addr = addr(&p, &alice);
+    assert_eq!(good.author(), alice_addr);
+
+    // Signed by another key (mallory's) but claiming to be alice's.
+    let forged = claiming(
+        SignedCall::sign_sol(&mallory, contract, &submit(datasets[0]), &ctx).expect("signs"),
+        alice_addr,
+    );
+    let e = refused(&mut p, &chain, forged.clone());
+    assert!(
+        matches!(e, LedgerError::BadSignature { author } if author == alice_addr),
+        "{e}"
+    );
+    let before = p.backend().head().expect("head");
+    match p.relay::<Cohort::submitUpdateCall>(forged) {
+        Err(ProtocolError::Ledger(LedgerError::BadSignature { author })) => {
+            assert_eq!(author, alice_addr)
+        }
+        other => panic!("expected BadSignature through the protocol, got {other:?}"),
+    }
+    assert_eq!(p.backend().head().expect("head"), before);
+
+    // Any flipped bit of the raw transaction: it no longer decodes, or it no longer recovers
+    // to alice.
+    let raw = raw_of(&good);
+    let (mut bad_sig, mut malformed) = (0, 0);
+    for at in 0..raw.len() {
+        let mut r = raw.clone();
+        r[at] ^= 1;
+        let tampered = SignedCall::Chain {
+            from: alice_addr,
+            raw: Bytes::from(r),
+        };
+        match refused(&mut p, &chain, tampered) {
+            LedgerError::BadSignature { author } if author == alice_addr => bad_sig += 1,
+            LedgerError::Invalid { what, .. } => {
+                assert!(what.contains("transaction"), "{what}");
+                malformed += 1
+            }
+            other => panic!("byte {at} of {}: unexpected refusal {other}", raw.len()),
+        }
+    }
+    eprintln!(
+        "{} tampered raw transactions refused: {bad_sig} BadSignature, {malformed} malformed",
+        raw.len()
+    );
+    assert!(
+        bad_sig > raw.len() / 2,
+        "the signed fields are most of the bytes"
+    );
+
+    // Signed for another chain.
+    let TxContext::Chain {
+        nonce,
+        gas_limit,
+        max_fee_per_gas,
+        max_priority_fee_per_gas,
+        ..
+    } = ctx.clone()
+    else {
+        panic!("a chain context expected, got {ctx:?}")
+    };
+    let other_chain = TxContext::Chain {
+        chain_id: chain_id + 1,
+        nonce,
+        gas_limit,
+        max_fee_per_gas,
+        max_priority_fee_per_gas,
+    };
+    let foreign =
+        SignedCall::sign_sol(&alice, contract, &submit(datasets[0]), &other_chain).expect("signs");
+    let e = refused(&mut p, &chain, foreign);
+    assert!(
+        matches!(e, LedgerError::WrongChain { expected, got } if expected == chain_id && got == chain_id + 1),
+        "{e}"
+    );
+
+    // A skipped nonce.
+    let ahead = SignedCall::sign_sol(
+        &alice,
+        contract,
+        &submit(datasets[0]),
+        &ctx.ahead(1).expect("fits"),
+    )
+    .expect("signs");
+    let e = refused(&mut p, &chain, ahead);
+    assert!(
+        matches!(e, LedgerError::Nonce { author, expected, got } if author == alice_addr && got == expected + 1),
+        "{e}"
+    );
+
+    // An embedded-ledger call.
+    let embedded_ctx = TxContext::Embedded {
+        origin: "cohort.local/other".into(),
+        nonce: 0,
+        time: 1,
+    };
+    let e = refused(
+        &mut p,
+        &chain,
+        SignedCall::sign_sol(&alice, contract, &submit(datasets[0]), &embedded_ctx).expect("signs"),
+    );
+    assert!(matches!(e, LedgerError::Invalid { .. }), "{e}");
+
+    // A call that reverts (alice registers again): the contract's error, and nothing is sent.
+    let again = party_signs(
+        &p,
+        &alice,
+        &Cohort::registerCall {
+            roles: roles::CLIENT,
+            keyHash: alice.key_hash(),
+        },
+    );
+    let e = refused(&mut p, &chain, again.clone());
+    assert!(
+        matches!(e, LedgerError::Exec(ExecError::Reverted { .. })),
+        "{e}"
+    );
+    match p.relay::<Cohort::registerCall>(again) {
+        Err(e) => match e.revert() {
+            Some(CohortErrors::AlreadyRegistered(r)) => assert_eq!(r.who, alice_addr),
+            other => panic!("expected AlreadyRegistered, got {other:?} ({e})"),
+        },
+        Ok(_) => panic!("registering twice went through"),
+    }
+
+    // Signed by alice's own key, but not as `SignedCall::sign` signs: with ether attached to a
+    // contract that takes none (it would revert on chain, at alice's cost, had the relay
+    // simulated it without the value); a replayable pre-EIP-155 legacy transaction; a gas
+    // limit above the protocol's cap.
+    let by_hand = |value: U256, gas_limit: u64| alloy::consensus::TxEip1559 {
+        chain_id,
+        nonce,
+        gas_limit,
+        max_fee_per_gas,
+        max_priority_fee_per_gas,
+        to: alloy::primitives::TxKind::Call(contract),
+        value,
+        access_list: Default::default(),
+        input: submit(datasets[0]).abi_encode().into(),
+    };
+    let e = refused(
+        &mut p,
+        &chain,
+        hand_signed(&alice, by_hand(U256::from(1), gas_limit)),
+    );
+    assert!(
+        matches!(e, LedgerError::Exec(ExecError::Reverted { .. })),
+        "{e}"
+    );
+    let legacy = alloy::consensus::TxLegacy {
+        chain_id: None,
+        nonce,
+        gas_price: max_fee_per_gas,
+        gas_limit,
+        to: alloy::primitives::TxKind::Call(contract),
+        value: U256::ZERO,
+        input: submit(datasets[0]).abi_encode().into(),
+    };
+    let e = refused(&mut p, &chain, hand_signed(&alice, legacy));
+    assert!(
+        matches!(&e, LedgerError::Invalid { reason, .. } if reason.contains("Legacy") && reason.contains("EIP-1559")),
+        "{e}"
+    );
+    let e = refused(
+        &mut p,
+        &chain,
+        hand_signed(&alice, by_hand(U256::ZERO, TX_GAS_CAP + 1)),
+    );
+    assert!(
+        matches!(&e, LedgerError::Invalid { reason, .. } if reason.contains("gas limit")),
+        "{e}"
+    );
+
+    // The genuine call goes through, once: the update is alice's, sent by alice.
+    let sent = p
+        .relay::<Cohort::submitUpdateCall>(good.clone())
+        .expect("alice's update is relayed");
+    let upd = p.update(round, sent.value).expect("update");
+    assert_eq!(upd.client, alice_addr);
+    assert!(
+        sent.events
+            .iter()
+            .any(|e| matches!(e, CohortEvents::UpdateSubmitted(u) if u.client == alice_addr))
+    );
+    let last = p.backend().recorded().last().expect("recorded").tx_hash;
+    assert_eq!(chain.sender_of(last), alice_addr);
+    // Its replay (a reused nonce) is refused.
+    let e = refused(&mut p, &chain, good);
+    assert!(
+        matches!(e, LedgerError::Nonce { author, expected, got } if author == alice_addr && expected == got + 1),
+        "{e}"
+    );
+
+    // A batch: each call on its own merits.
+    let bob_addr = addr(&p, &bob);
+    let alice_stake = party_signs(&p, &alice, &Cohort::stakeCall { amount: tokens(1) });
+    let bob_ctx = p.context_for(bob_addr).expect("context");
+    let forged_bob = claiming(
+        SignedCall::sign_sol(
+            &mallory,
+            contract,
+            &Cohort::stakeCall { amount: tokens(50) },
+            &bob_ctx,
+        )
+        .expect("signs"),
+        bob_addr,
+    );
+    let bob_stake = SignedCall::sign_sol(
+        &bob,
+        contract,
+        &Cohort::stakeCall { amount: tokens(2) },
+        &bob_ctx,
+    )
+    .expect("signs");
+    let size = p.backend().head().expect("head").size;
+    let out = p
+        .relay_batch::<Cohort::stakeCall>(vec![
+            alice_stake.clone(),
+            forged_bob,
+            bob_stake,
+            alice_stake,
+        ])
+        .expect("the batch is relayed");
+    assert!(out[0].is_ok(), "{:?}", out[0].as_ref().err());
+    assert!(
+        matches!(&out[1], Err(ProtocolError::Ledger(LedgerError::BadSignature { author })) if *author == bob_addr),
+        "{:?}",
+        out[1].as_ref().err()
+    );
+    assert!(out[2].is_ok(), "{:?}", out[2].as_ref().err());
+    assert!(
+        matches!(&out[3], Err(ProtocolError::Ledger(LedgerError::Nonce { author, .. })) if *author == alice_addr),
+        "{:?}",
+        out[3].as_ref().err()
+    );
+    assert_eq!(p.backend().head().expect("head").size, size + 2);
+    assert_eq!(p.stake_of(alice_addr).expect("stake").0, tokens(101));
+    assert_eq!(p.stake_of(bob_addr).expect("stake").0, tokens(102));
+
+    // The local log holds exactly the calls that went through, and its proofs verify.
+    let led = p.into_backend();
+    let head = led.head().expect("head");
+    assert_eq!(head.size, led.recorded().len() as u64);
+    for i in 0..head.size {
+        let leaf = leaf_hash(&led.recorded()[i as usize].encode(led.chain_id()));
+        let proof = led.inclusion_proof(i, head.size).expect("proof");
+        verify_inclusion(&leaf, i, head.size, &proof, &head.root).expect("verifies");
+    }
+}
+
+/// On a chain whose base fee is high, a party's context covers the most its call can cost:
+/// the funder tops the party up to that, so the call the party signs is one the node accepts.
+#[test]
+fn a_relayed_call_is_paid_for_at_a_high_base_fee() {
+    // 200 gwei: a call signed with the protocol's gas cap (2^24) may cost several ether, a
+    // deployment about one.
+    let Some(anvil) = Anvil::start_with(
+        "a_relayed_call_is_paid_for_at_a_high_base_fee",
+        &["--block-base-fee-per-gas", "200000000000"],
+    ) else {
+        return;
+    };
+    let chain = ChainView::new(anvil.url());
+    let gov = Identity::from_seed(6, "governance");
+    let alice = Identity::from_seed(6, "alice");
+    let mut p = Protocol::deploy(ledger(&anvil), &gov).expect("deploys");
+    let contract = p.address();
+    let alice_addr = p.backend().address_of(&alice);
+    p.mint(&gov, alice_addr, tokens(10)).expect("mints");
+    for call in [
+        Cohort::registerCall {
+            roles: roles::CLIENT,
+            keyHash: alice.key_hash(),
+        }
+        .abi_encode(),
+        Cohort::stakeCall { amount: tokens(1) }.abi_encode(),
+    ] {
+        let ctx = p.context_for(alice_addr).expect("context");
+        assert!(
+            chain.balance_of(alice_addr) >= ctx.max_cost(),
+            "alice cannot pay the most her call may cost"
+        );
+        let signed = SignedCall::sign(&alice, Some(contract), call.into(), &ctx).expect("signs");
+        p.backend_mut()
+            .relay(signed)
+            .expect("the party's call is relayed");
+    }
+    assert_eq!(p.stake_of(alice_addr).expect("stake").0, tokens(1));
 }

@@ -9,7 +9,7 @@ use cohort_core::{Identity, sha256, tokens};
 use cohort_ledger::merkle::verify_inclusion;
 use cohort_ledger::protocol::{Cohort, roles};
 use cohort_ledger::{
-    EmbeddedLedger, LedgerBackend, LedgerConfig, LedgerReader, Protocol, SignedTx, Tx,
+    EmbeddedLedger, LedgerBackend, LedgerConfig, LedgerReader, Protocol, SignedCall, SignedTx, Tx,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
@@ -18,23 +18,27 @@ use serde::Serialize;
 use crate::args::{check_output_file, int_in};
 use crate::output::{Table, write_json};
 
-/// Append signed protocol calls in batched commits, re-verify the whole log from disk, and
-/// prove and check inclusion proofs.
+/// Append signed protocol calls in batched commits by two paths (signed transactions submitted
+/// by the ledger's holder, and party-signed calls carried as bytes and relayed), re-verify the
+/// whole log from disk, and prove and check inclusion proofs.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Write the results here as JSON (checked before any work).
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Entries to append (each a `commitDataset` call by one of 64 data owners; all are signed
-    /// in memory first, about 0.5 KB each).
+    /// Entries to append, each a `commitDataset` call by one of 64 data owners: half by each
+    /// path (the first 32 owners' calls submitted as signed transactions, the other 32 owners'
+    /// as party-signed calls relayed), in alternating commits. All are signed in memory first,
+    /// about 0.5 KB each.
     #[arg(
         long,
         default_value_t = 100_000,
         allow_negative_numbers = true,
-        value_parser = int_in(1..=2_000_000u64),
+        value_parser = int_in(2..=2_000_000u64),
     )]
     entries: u64,
-    /// Entries per commit (one fsync and one checkpoint signature each).
+    /// Entries per commit (one fsync and one checkpoint signature each); the two paths take
+    /// turns, one commit each.
     #[arg(
         long,
         default_value_t = 1_000,
@@ -60,8 +64,23 @@ struct Results {
     entries: u64,
     batch: usize,
     threads: usize,
+    /// Entries appended as signed transactions the ledger's holder submits (`submit_batch`).
+    direct_entries: u64,
+    /// Clients' signing of those, entries/s.
     sign_per_s: f64,
+    /// Appending them, entries/s.
     append_per_s: f64,
+    /// Entries appended as party-signed calls relayed (`LedgerBackend::relay_batch`).
+    relay_entries: u64,
+    /// Parties' signing of those (`SignedCall::sign` under the relay's context, and encoding
+    /// for the transport), entries/s.
+    relay_sign_per_s: f64,
+    /// Appending them, from the carried bytes: decoding and relaying, entries/s.
+    relay_per_s: f64,
+    /// Of the relay path's time: decoding the carried bytes, s.
+    relay_decode_s: f64,
+    /// `relay_per_s / append_per_s`.
+    relay_vs_direct: f64,
     verify_s: f64,
     /// Of `verify_s`: opening read-only, every page of the database checked against its
     /// checksum (in a private copy).
@@ -102,52 +121,108 @@ impl Args {
         let mut ledger = p.into_backend();
         let setup = ledger.len();
 
-        // Clients sign their calls (on their own machines in a real run; here on all cores).
-        let origin = ledger.origin().to_owned();
-        let base: Vec<u64> = owners.iter().map(|o| ledger.nonce(o.address())).collect();
+        // Parties sign their calls (on their own machines in a real run; here on all cores).
+        // The first half of the owners' calls go the direct path: signed transactions that the
+        // ledger's holder submits. The other half's are party-signed calls under the context
+        // the relay hands out, carried as bytes and relayed.
         let n = self.entries;
-        let now = ledger.head()?.time;
-        let t = Instant::now();
-        let txs: Vec<SignedTx> = (0..n)
-            .into_par_iter()
-            .map(|i| {
-                let k = (i % owners.len() as u64) as usize;
-                let call = Cohort::commitDatasetCall {
+        let half = owners.len() / 2;
+        let (direct_owners, relay_owners) = owners.split_at(half);
+        let n_direct = n.div_ceil(2);
+        let n_relay = n / 2;
+        let call_data = |i: u64| {
+            Bytes::from(
+                Cohort::commitDatasetCall {
                     merkleRoot: sha256(&i.to_be_bytes()).into(),
                     manifestHash: sha256(b"manifest").into(),
                     size: 1 + i,
-                };
+                }
+                .abi_encode(),
+            )
+        };
+        let origin = ledger.origin().to_owned();
+        let base: Vec<u64> = direct_owners
+            .iter()
+            .map(|o| ledger.nonce(o.address()))
+            .collect();
+        let now = ledger.head()?.time;
+        let t = Instant::now();
+        let direct: Vec<SignedTx> = (0..n_direct)
+            .into_par_iter()
+            .map(|i| {
+                let k = (i % half as u64) as usize;
                 let tx = Tx {
                     to: Some(contract),
                     value: U256::ZERO,
-                    data: Bytes::from(call.abi_encode()),
+                    data: call_data(2 * i),
                     gas_limit: 1 << 24,
-                    nonce: base[k] + i / owners.len() as u64,
+                    nonce: base[k] + i / half as u64,
                     time: now,
                 };
-                SignedTx::sign(&origin, &owners[k], tx)
+                SignedTx::sign(&origin, &direct_owners[k], tx)
             })
             .collect();
         let sign_s = t.elapsed().as_secs_f64();
+
+        let contexts = relay_owners
+            .iter()
+            .map(|o| ledger.context_for(o.address()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let t = Instant::now();
+        let carried: Vec<Vec<u8>> = (0..n_relay)
+            .into_par_iter()
+            .map(|i| {
+                let k = (i % half as u64) as usize;
+                let ctx = contexts[k].ahead(i / half as u64)?;
+                let signed =
+                    SignedCall::sign(&relay_owners[k], Some(contract), call_data(2 * i + 1), &ctx)?;
+                Ok(signed.encode())
+            })
+            .collect::<Result<_, cohort_ledger::LedgerError>>()?;
+        let relay_sign_s = t.elapsed().as_secs_f64();
 
         let bar = ProgressBar::new(n).with_style(
             ProgressStyle::with_template("append {bar:40} {pos}/{len} {per_sec} eta {eta}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
-        let t = Instant::now();
-        let mut it = txs.into_iter();
-        loop {
-            let chunk: Vec<SignedTx> = it.by_ref().take(self.batch).collect();
-            if chunk.is_empty() {
+        let (mut append_s, mut relay_s, mut relay_decode_s) = (0.0, 0.0, 0.0);
+        let mut direct = direct.into_iter();
+        let mut carried = carried.into_iter();
+        for turn in 0u64.. {
+            // One commit of each path in turn, so that both see the log at the same sizes; which
+            // goes first alternates, so that neither always follows the other's commit.
+            let chunk: Vec<SignedTx> = direct.by_ref().take(self.batch).collect();
+            let bytes: Vec<Vec<u8>> = carried.by_ref().take(self.batch).collect();
+            if chunk.is_empty() && bytes.is_empty() {
                 break;
             }
-            let len = chunk.len() as u64;
-            for r in ledger.submit_batch(chunk)? {
-                r.context("a benchmark transaction failed")?;
+            let len = (chunk.len() + bytes.len()) as u64;
+            let mut chunk = Some(chunk).filter(|c| !c.is_empty());
+            let mut bytes = Some(bytes).filter(|b| !b.is_empty());
+            for relay_now in [turn % 2 == 1, turn % 2 == 0] {
+                if relay_now {
+                    let Some(bytes) = bytes.take() else { continue };
+                    let t = Instant::now();
+                    let calls = bytes
+                        .iter()
+                        .map(|b| SignedCall::decode(b))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    relay_decode_s += t.elapsed().as_secs_f64();
+                    for r in ledger.relay_batch(calls)? {
+                        r.context("a relayed benchmark call failed")?;
+                    }
+                    relay_s += t.elapsed().as_secs_f64();
+                } else {
+                    let Some(chunk) = chunk.take() else { continue };
+                    let t = Instant::now();
+                    for r in ledger.submit_batch(chunk)? {
+                        r.context("a benchmark transaction failed")?;
+                    }
+                    append_s += t.elapsed().as_secs_f64();
+                }
             }
             bar.inc(len);
         }
-        let append_s = t.elapsed().as_secs_f64();
         bar.finish_and_clear();
         let size = ledger.len();
         let root = ledger.head()?.root;
@@ -190,12 +265,20 @@ impl Args {
         );
         let disk = std::fs::metadata(dir.join("ledger.redb"))?.len() as f64;
 
+        let append_per_s = n_direct as f64 / append_s;
+        let relay_per_s = n_relay as f64 / relay_s;
         let r = Results {
             entries: n,
             batch: self.batch,
             threads: rayon::current_num_threads(),
-            sign_per_s: n as f64 / sign_s,
-            append_per_s: n as f64 / append_s,
+            direct_entries: n_direct,
+            sign_per_s: n_direct as f64 / sign_s,
+            append_per_s,
+            relay_entries: n_relay,
+            relay_sign_per_s: n_relay as f64 / relay_sign_s,
+            relay_per_s,
+            relay_decode_s,
+            relay_vs_direct: relay_per_s / append_per_s,
             verify_s,
             verify_open_s,
             verify_100k_s: verify_s * 100_000.0 / size as f64,
@@ -212,14 +295,40 @@ impl Args {
             String::new(),
         ]);
         t.row(vec![
-            "signing, entries/s".into(),
+            format!("signing {n_direct} signed transactions, entries/s"),
             format!("{:.0}", r.sign_per_s),
             String::new(),
         ]);
         t.row(vec![
-            format!("append, entries/s (batches of {})", self.batch),
+            format!(
+                "append signed transactions, entries/s (batches of {})",
+                self.batch
+            ),
             format!("{:.0}", r.append_per_s),
             ">= 20000".into(),
+        ]);
+        t.row(vec![
+            format!("signing {n_relay} party-signed calls + encoding, entries/s"),
+            format!("{:.0}", r.relay_sign_per_s),
+            String::new(),
+        ]);
+        t.row(vec![
+            format!(
+                "append relayed party-signed calls, entries/s (batches of {})",
+                self.batch
+            ),
+            format!("{:.0}", r.relay_per_s),
+            String::new(),
+        ]);
+        t.row(vec![
+            "  of which decoding the carried bytes, s".into(),
+            format!("{:.3} of {relay_s:.3}", r.relay_decode_s),
+            String::new(),
+        ]);
+        t.row(vec![
+            "relayed / signed transactions".into(),
+            format!("{:.3}", r.relay_vs_direct),
+            String::new(),
         ]);
         t.row(vec![
             format!("verify {size} entries, s"),
