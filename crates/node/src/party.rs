@@ -81,6 +81,35 @@ fn sign<C: alloy_sol_types::SolCall>(
     SignedCall::sign_sol(id, with.contract, call, &ctx)
 }
 
+/// A party's registration with `roles` and its stake of `stake` whole tokens, signed at the
+/// context's nonce and the next one (after checking the context).
+fn register_and_stake(
+    id: &Identity,
+    with: &SignWith,
+    roles: u8,
+    stake: u64,
+) -> Result<(SignedCall, SignedCall), PartyError> {
+    with.ctx.check()?;
+    let register = sign(
+        id,
+        with,
+        0,
+        &Cohort::registerCall {
+            roles,
+            keyHash: id.key_hash(),
+        },
+    )?;
+    let stake = sign(
+        id,
+        with,
+        1,
+        &Cohort::stakeCall {
+            amount: tokens(stake),
+        },
+    )?;
+    Ok((register, stake))
+}
+
 /// The last global model a party decoded, by hash: every request of a round carries the same.
 #[derive(Default)]
 struct GlobalCache(Option<(Hash32, Vec<f32>)>);
@@ -193,23 +222,11 @@ impl<'a, L: Learner + ?Sized> Client<'a, L> {
 
     /// Its registration (client and data owner), stake and dataset commitment, signed.
     pub fn enrol(&self, r: &EnrolRequest) -> Result<EnrolReply, PartyError> {
-        r.sign.ctx.check()?;
-        let register = sign(
+        let (register, stake) = register_and_stake(
             &self.id,
             &r.sign,
-            0,
-            &Cohort::registerCall {
-                roles: roles::CLIENT | roles::DATA_OWNER,
-                keyHash: self.id.key_hash(),
-            },
-        )?;
-        let stake = sign(
-            &self.id,
-            &r.sign,
-            1,
-            &Cohort::stakeCall {
-                amount: tokens(self.stake),
-            },
+            roles::CLIENT | roles::DATA_OWNER,
+            self.stake,
         )?;
         let (root, size) = self.commitment();
         let dataset = sign(
@@ -377,24 +394,8 @@ impl<'a, L: Learner + ?Sized> Validator<'a, L> {
 
     /// Its registration (validator) and stake, signed.
     pub fn enrol(&self, r: &EnrolRequest) -> Result<EnrolReply, PartyError> {
-        r.sign.ctx.check()?;
-        let register = sign(
-            &self.id,
-            &r.sign,
-            0,
-            &Cohort::registerCall {
-                roles: roles::VALIDATOR,
-                keyHash: self.id.key_hash(),
-            },
-        )?;
-        let stake = sign(
-            &self.id,
-            &r.sign,
-            1,
-            &Cohort::stakeCall {
-                amount: tokens(self.stake),
-            },
-        )?;
+        let (register, stake) =
+            register_and_stake(&self.id, &r.sign, roles::VALIDATOR, self.stake)?;
         Ok(EnrolReply {
             party: Party::Validator(self.index),
             register,
