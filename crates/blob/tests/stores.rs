@@ -2,159 +2,28 @@
 //! real S3 server (`s3s-fs`, started by the test on a loopback port; see the crate docs), over
 //! plain HTTP and, once, over TLS with a certificate from a private CA (tests/tls/).
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cohort_blob::{BlobError, BlobStore, LocalDir, S3Store};
 use cohort_core::{Hash32, sha256};
 
-const ACCESS_KEY: &str = "cohort-test-access";
-const SECRET_KEY: &str = "cohort-test-secret";
-const BUCKET: &str = "cohort-blobs";
-
-/// A real S3 server over a temporary directory, serving on 127.0.0.1 until dropped.
-struct S3Server {
-    runtime: Option<tokio::runtime::Runtime>,
-    addr: SocketAddr,
-    root: tempfile::TempDir,
-    tls: bool,
-}
+use cohort_testkit::s3::{BUCKET, S3Server};
 
 /// The TLS fixtures' directory (made by tests/tls/make.sh).
 fn tls_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls")
 }
 
-/// The server side of TLS: tests/tls/server.pem and its key, on the same *ring* provider.
-fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(tls_dir().join("server.pem"))
-        .expect("server.pem")
-        .collect::<Result<Vec<_>, _>>()
-        .expect("server certificate");
-    let key = PrivateKeyDer::from_pem_file(tls_dir().join("server.key")).expect("server.key");
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("protocol versions")
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .expect("server TLS configuration");
-    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+/// The server over HTTPS with tests/tls/server.pem.
+fn start_tls() -> S3Server {
+    S3Server::start_tls(&tls_dir().join("server.pem"), &tls_dir().join("server.key"))
 }
 
-impl S3Server {
-    /// Starts the server with one bucket, [`BUCKET`], and credentials [`ACCESS_KEY`]/[`SECRET_KEY`].
-    fn start() -> Self {
-        Self::start_with(None)
-    }
-
-    /// [`Self::start`], serving HTTPS with tests/tls/server.pem.
-    fn start_tls() -> Self {
-        Self::start_with(Some(tls_acceptor()))
-    }
-
-    fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
-        use hyper_util::rt::{TokioExecutor, TokioIo};
-        use hyper_util::server::conn::auto::Builder as ConnBuilder;
-        use s3s::auth::SimpleAuth;
-        use s3s::service::S3ServiceBuilder;
-
-        let root = tempfile::tempdir().expect("temporary directory");
-        std::fs::create_dir(root.path().join(BUCKET)).expect("bucket directory");
-        let fs = s3s_fs::FileSystem::new(root.path()).expect("s3s-fs over the directory");
-        let mut b = S3ServiceBuilder::new(fs);
-        b.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
-        let service = b.build();
-
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("server runtime");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-        listener
-            .set_nonblocking(true)
-            .expect("non-blocking listener");
-        let addr = listener.local_addr().expect("local address");
-        let serves_tls = tls.is_some();
-        runtime.spawn(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-            let http = ConnBuilder::new(TokioExecutor::new());
-            loop {
-                let Ok((socket, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (http, service, tls) = (http.clone(), service.clone(), tls.clone());
-                tokio::spawn(async move {
-                    match tls {
-                        None => {
-                            let _ = http.serve_connection(TokioIo::new(socket), service).await;
-                        }
-                        Some(tls) => {
-                            // A client that refuses the certificate ends the handshake.
-                            let Ok(stream) = tls.accept(socket).await else {
-                                return;
-                            };
-                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
-                        }
-                    }
-                });
-            }
-        });
-        Self {
-            runtime: Some(runtime),
-            addr,
-            root,
-            tls: serves_tls,
-        }
-    }
-
-    fn endpoint(&self) -> String {
-        let scheme = if self.tls { "https" } else { "http" };
-        format!("{scheme}://{}", self.addr)
-    }
-
-    /// The environment a party would have to reach this server.
-    fn env(&self) -> Vec<(String, String)> {
-        [
-            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
-            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
-            ("AWS_ENDPOINT_URL", self.endpoint()),
-            ("AWS_REGION", "us-east-1".to_string()),
-        ]
-        .into_iter()
-        .chain((!self.tls).then(|| ("AWS_ALLOW_HTTP", "true".to_string())))
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
-    }
-
-    fn env_with(&self, name: &str, value: &str) -> Vec<(String, String)> {
-        let mut env: Vec<_> = self.env().into_iter().filter(|(k, _)| k != name).collect();
-        env.push((name.to_string(), value.to_string()));
-        env
-    }
-
-    fn open(&self, prefix: &str) -> S3Store {
-        S3Store::open_with_env(&format!("s3://{BUCKET}/{prefix}"), self.env())
-            .expect("open the S3 store")
-    }
-
-    /// The server's file for an object key: where a tamperer would write.
-    fn object_file(&self, key: &str) -> PathBuf {
-        self.root.path().join(BUCKET).join(key)
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
-    }
+/// The store under `prefix` of the server's bucket.
+fn open(server: &S3Server, prefix: &str) -> S3Store {
+    S3Store::open_with_env(&format!("s3://{BUCKET}/{prefix}"), server.env())
+        .expect("open the S3 store")
 }
 
 /// `len` pseudo-random bytes, different for each `seed`.
@@ -262,7 +131,7 @@ fn local_round_trip() {
 #[test]
 fn s3_round_trip() {
     let server = S3Server::start();
-    round_trip(&server.open("runs/one"));
+    round_trip(&open(&server, "runs/one"));
     // The layout: the object is where docs/blobs.md says.
     let h = sha256(&bytes(10, 2));
     let hex = h.to_hex();
@@ -282,7 +151,7 @@ fn local_refusals() {
 #[test]
 fn s3_refusals() {
     let server = S3Server::start();
-    refusals(&server.open(""));
+    refusals(&open(&server, ""));
 }
 
 #[test]
@@ -295,7 +164,7 @@ fn local_tampered_blob_is_refused_on_read() {
 #[test]
 fn s3_tampered_blob_is_refused_on_read() {
     let server = S3Server::start();
-    let store = server.open("p");
+    let store = open(&server, "p");
     tampered_read_is_refused(&store, |h| server.object_file(&store.key_of(h)));
 }
 
@@ -308,7 +177,7 @@ fn local_concurrent_puts_of_one_blob() {
 #[test]
 fn s3_concurrent_puts_of_one_blob() {
     let server = S3Server::start();
-    concurrent_puts(Arc::new(server.open("c")));
+    concurrent_puts(Arc::new(open(&server, "c")));
 }
 
 #[test]
@@ -407,7 +276,7 @@ fn s3_unreachable_endpoint_is_named_at_open() {
 #[test]
 fn s3_store_refuses_to_block_inside_an_async_runtime() {
     let server = S3Server::start();
-    let store = server.open("a");
+    let store = open(&server, "a");
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
@@ -422,7 +291,7 @@ fn s3_store_refuses_to_block_inside_an_async_runtime() {
 #[test]
 fn s3_objects_that_are_not_blobs_are_not_listed() {
     let server = S3Server::start();
-    let store = server.open("l");
+    let store = open(&server, "l");
     let h = store.put(b"one").expect("put");
     let stray = server.object_file("l/sha256/zz/stray");
     std::fs::create_dir_all(stray.parent().unwrap_or(Path::new("."))).expect("dir");
@@ -435,7 +304,7 @@ fn s3_objects_that_are_not_blobs_are_not_listed() {
 /// store opens, and the error names the endpoint and the certificate problem.
 #[test]
 fn s3_over_tls_with_a_private_ca() {
-    let server = S3Server::start_tls();
+    let server = start_tls();
     let ca = tls_dir().join("ca.pem");
     let ca = ca.to_str().expect("utf-8 path");
     let store = S3Store::open_with_env(

@@ -13,6 +13,23 @@
 //! assert!(block.is_some(), "{}", anvil.url());
 //! ```
 
+//!
+//! [`S3Server`] (feature `s3`) is a real S3 server (`s3s-fs`) for the blob store's tests and
+//! `cohort run --blobs s3://…`:
+//!
+//! ```no_run
+//! # #[cfg(feature = "s3")] {
+//! let s3 = cohort_testkit::S3Server::start();
+//! let url = format!("s3://{}/prefix", cohort_testkit::s3::BUCKET);
+//! // give a client s3.env() (credentials, endpoint) and the url
+//! # let _ = (url, s3.env());
+//! # }
+//! ```
+
 mod anvil;
+#[cfg(feature = "s3")]
+pub mod s3;
 
 pub use anvil::{Anvil, FUNDER_KEY, find_anvil, free_port};
+#[cfg(feature = "s3")]
+pub use s3::S3Server;
