@@ -74,6 +74,10 @@ impl<L: Learner + ?Sized> PartyNode for AdversarialClient<'_, L> {
         self.client.party()
     }
 
+    fn session_signer(&self) -> crate::party::SessionSigner {
+        self.client.session_signer()
+    }
+
     fn handle(&mut self, request: &Request) -> Result<Reply, PartyError> {
         let Request::Train(r) = request else {
             return self.client.handle(request);
@@ -131,6 +135,10 @@ impl<'a, L: Learner + ?Sized> CollusiveValidator<'a, L> {
 impl<L: Learner + ?Sized> PartyNode for CollusiveValidator<'_, L> {
     fn party(&self) -> Party {
         self.validator.party()
+    }
+
+    fn session_signer(&self) -> crate::party::SessionSigner {
+        self.validator.session_signer()
     }
 
     fn handle(&mut self, request: &Request) -> Result<Reply, PartyError> {

@@ -60,6 +60,73 @@ pub trait PartyNode {
     fn party(&self) -> Party;
     /// Answers one request addressed to it.
     fn handle(&mut self, request: &Request) -> Result<Reply, PartyError>;
+    /// What proves to a networked coordinator that this party holds its key. The signer can
+    /// sign only session challenges ([`session_message`]), never a ledger call, and gives no
+    /// access to the key: a party's network link holds it to answer the challenge of every
+    /// reconnection while the party itself is busy.
+    fn session_signer(&self) -> SessionSigner;
+}
+
+/// A party's capability to answer session challenges, and nothing else
+/// ([`PartyNode::session_signer`]).
+#[derive(Clone)]
+pub struct SessionSigner {
+    id: Identity,
+}
+
+impl std::fmt::Debug for SessionSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionSigner")
+            .field("public_key", &hex::encode(self.id.public_key()))
+            .finish()
+    }
+}
+
+impl SessionSigner {
+    /// The signer of `id`.
+    pub fn new(id: &Identity) -> Self {
+        Self { id: id.clone() }
+    }
+
+    /// The party's public key.
+    pub fn public_key(&self) -> cohort_core::PublicKey {
+        self.id.public_key()
+    }
+
+    /// The proof for the challenge `nonce` of `run`.
+    pub fn prove(&self, run: &str, nonce: &[u8]) -> SessionProof {
+        session_proof(&self.id, run, nonce)
+    }
+}
+
+/// A party's answer to a coordinator's session challenge ([`PartyNode::authenticate`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionProof {
+    /// The party's ed25519 public key.
+    pub public_key: cohort_core::PublicKey,
+    /// Its signature over [`session_message`].
+    pub signature: [u8; 64],
+}
+
+/// What a party signs to open a networked session: the domain, the run's identifier, the
+/// coordinator's nonce and the party's own public key, so that a signature proves the key's
+/// holder answered this challenge of this run and cannot be replayed to another run or key.
+pub fn session_message(run: &str, nonce: &[u8], public_key: &[u8]) -> Vec<u8> {
+    let mut m = b"cohort-federation-v1/session".to_vec();
+    m.extend_from_slice(&(run.len() as u32).to_be_bytes());
+    m.extend_from_slice(run.as_bytes());
+    m.extend_from_slice(nonce);
+    m.extend_from_slice(public_key);
+    m
+}
+
+/// `id`'s [`SessionProof`] for the challenge `nonce` of `run`.
+fn session_proof(id: &Identity, run: &str, nonce: &[u8]) -> SessionProof {
+    let public_key = id.public_key();
+    SessionProof {
+        public_key,
+        signature: id.sign(&session_message(run, nonce, &public_key)),
+    }
 }
 
 impl<T: PartyNode + ?Sized> PartyNode for Box<T> {
@@ -68,6 +135,9 @@ impl<T: PartyNode + ?Sized> PartyNode for Box<T> {
     }
     fn handle(&mut self, request: &Request) -> Result<Reply, PartyError> {
         (**self).handle(request)
+    }
+    fn session_signer(&self) -> SessionSigner {
+        (**self).session_signer()
     }
 }
 
@@ -305,6 +375,10 @@ impl<L: Learner + ?Sized> PartyNode for Client<'_, L> {
         Party::Client(self.index)
     }
 
+    fn session_signer(&self) -> SessionSigner {
+        SessionSigner::new(&self.id)
+    }
+
     fn handle(&mut self, request: &Request) -> Result<Reply, PartyError> {
         match request {
             Request::Enrol(r) => self.enrol(r).map(Reply::Enrol),
@@ -506,6 +580,10 @@ impl<'a, L: Learner + ?Sized> Validator<'a, L> {
 impl<L: Learner + ?Sized> PartyNode for Validator<'_, L> {
     fn party(&self) -> Party {
         Party::Validator(self.index)
+    }
+
+    fn session_signer(&self) -> SessionSigner {
+        SessionSigner::new(&self.id)
     }
 
     fn handle(&mut self, request: &Request) -> Result<Reply, PartyError> {

@@ -294,7 +294,8 @@ impl RunOptions {
         self
     }
 
-    fn keys(&self, cfg: &RunConfig) -> Keys {
+    /// The keys the run signs with: those given, or derived from the config's seed.
+    pub fn keys(&self, cfg: &RunConfig) -> Keys {
         self.keys.clone().unwrap_or(Keys::Seeded(cfg.seed))
     }
 }

@@ -18,7 +18,11 @@ use cohort_tasks::lm::LmTaskConfig;
 use cohort_tasks::{Learner, TaskConfig};
 
 /// The task of `cfg`, checked first as a run checks it.
-fn build(cfg: &RunConfig, base: &Path, cache: &Path) -> Result<Box<dyn Learner>, FlError> {
+fn build(
+    cfg: &RunConfig,
+    base: &Path,
+    cache: &Path,
+) -> Result<Box<dyn Learner + Send + Sync>, FlError> {
     cohort_tasks::build(&cfg.clone().check()?, base, cache)
 }
 

@@ -47,10 +47,10 @@ pub fn build(
     cfg: &ValidConfig,
     base_dir: &Path,
     cache_dir: &Path,
-) -> Result<Box<dyn Learner>, FlError> {
+) -> Result<Box<dyn Learner + Send + Sync>, FlError> {
     check_inputs(cfg, base_dir)?;
     let data_attack = cfg.attack.as_ref().and_then(|a| a.attack.data());
-    let mut task: Box<dyn Learner> = match &cfg.task {
+    let mut task: Box<dyn Learner + Send + Sync> = match &cfg.task {
         TaskConfig::Linear(c) => Box::new(LinearTask::new(
             c.clone(),
             cfg.clients,

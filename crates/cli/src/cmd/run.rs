@@ -95,6 +95,13 @@ pub struct Args {
     /// these events folded (cohort_node::summary). See docs/fl.md.
     #[arg(long, value_name = "FILE")]
     events: Option<PathBuf>,
+    /// How the coordinator reaches the clients and validators: `in-process` (queues in one
+    /// process) or `grpc` (each party with its own authenticated gRPC session over loopback,
+    /// as separate `cohort client`/`cohort validator` processes would have; the same parties,
+    /// keys and ledger, for side-by-side comparison). The phase timeouts are then wall-clock
+    /// deadlines; a run whose parties all answer in time records the same ledger root.
+    #[arg(long, value_enum, default_value_t = TransportKind::InProcess)]
+    transport: TransportKind,
     /// Check the config, the files it names, --reference and DIR as a run would, print the
     /// effective config, and stop: nothing is created or written.
     #[arg(long)]
@@ -118,6 +125,15 @@ pub struct Args {
         hide_env_values = true
     )]
     funder_key: Option<String>,
+}
+
+/// How `cohort run` reaches its parties.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransportKind {
+    /// In one process, through queues.
+    InProcess,
+    /// Over loopback gRPC, one session per party.
+    Grpc,
 }
 
 /// Writes DIR/provenance.jsonl: one [`ProvenanceRecord`] per recorded update, round by
@@ -617,6 +633,12 @@ impl Args {
         }
         #[cfg(feature = "evm-rpc")]
         if let Some(url) = &self.chain_rpc {
+            if self.transport == TransportKind::Grpc {
+                bail!(
+                    "--transport grpc with --chain-rpc: not supported yet (on a chain each party \
+                     submits its own transactions; see issue 13); run on the chain in process"
+                );
+            }
             if self.check {
                 return self.print_check(&cfg, "the run would go to the chain at its URL");
             }
@@ -931,7 +953,14 @@ impl Args {
             opts = opts.resuming(r);
         }
         let mut last = settled;
-        let run = run_in_process(cfg, ledger, &*task, opts, |r| last = r.round);
+        let run = match self.transport {
+            TransportKind::InProcess => {
+                run_in_process(cfg, ledger, &*task, opts, |r| last = r.round)
+            }
+            TransportKind::Grpc => {
+                cohort_net::run::run_over_loopback(cfg, ledger, &*task, opts, |r| last = r.round)
+            }
+        };
         progress.finish();
         let (p, summary) = match run {
             Ok(x) => x,

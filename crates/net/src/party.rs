@@ -1,0 +1,466 @@
+//! The parties' side: dial the coordinator, authenticate, answer requests, reconnect.
+//!
+//! [`host`] runs one or more parties ([`PartyNode`]s: a `cohort client` process hosts one;
+//! `cohort run --transport grpc` hosts them all) on the calling thread, one at a time in the
+//! order their requests arrive, as the in-process host does. Each party has its own *link*, a
+//! task on a small tokio runtime that owns the party's session: it dials out, answers the
+//! challenge with the party's [`SessionSigner`], downloads the blobs a request names, hands
+//! the request to the host thread, uploads the reply's blobs and sends the reply. The link
+//! keeps heartbeating while its party works; when the connection drops it dials again (with
+//! backoff) and the coordinator sends again whatever the party has not answered. A request
+//! it has answered already (the reply was lost with the connection) is answered again from the
+//! link's copy of the reply, so a party never trains twice for one request.
+
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use cohort_core::Hash32;
+use cohort_node::party::{PartyNode, SessionSigner};
+use cohort_node::transport::{Party, Reply, Request};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+use crate::pb::federation_client::FederationClient;
+use crate::pb::{self, coordinator_frame, party_frame};
+use crate::wire::{Blob, fill_request, strip_reply};
+use crate::{CHUNK, NetError, PROTOCOL_VERSION, SESSION_HEADER};
+
+/// Where and how the parties dial.
+#[derive(Debug, Clone)]
+pub struct Dial {
+    /// The coordinator's URL (`https://host:port`, or `http://` with `--insecure`).
+    pub url: String,
+    /// TLS (the CA to trust and the server's name), `None` for plain text.
+    pub tls: Option<ClientTlsConfig>,
+    /// How long a party keeps dialling without getting a session before it gives up.
+    pub give_up: Duration,
+}
+
+impl Dial {
+    /// `url` in plain text, giving up after 10 minutes without a session.
+    pub fn insecure(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            tls: None,
+            give_up: Duration::from_secs(600),
+        }
+    }
+}
+
+/// What a link hands the host thread.
+enum ToHost {
+    /// Request `id` for party number `link`.
+    Request {
+        link: usize,
+        id: u64,
+        request: Request,
+    },
+    /// The link is done: the run finished (`Ok`) or the link gave up (`Err`).
+    Done { result: Result<String, NetError> },
+}
+
+/// Runs `parties` against the coordinator at `dial` until it says the run is over. Returns
+/// the reason it gave.
+///
+/// # Errors
+/// A party that cannot answer a request (its learner failed), a session the coordinator
+/// refuses (an unadmitted key, another protocol version), or no session for `dial.give_up`.
+pub fn host(mut parties: Vec<Box<dyn PartyNode + '_>>, dial: &Dial) -> Result<String, NetError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("cohort-link")
+        .enable_all()
+        .build()
+        .map_err(|e| NetError::Connect {
+            what: "start the network runtime".into(),
+            source: Box::new(e),
+        })?;
+    let (to_host, from_links) = std_mpsc::channel::<ToHost>();
+    let mut replies = Vec::new();
+    for (link, p) in parties.iter().enumerate() {
+        let (tx, rx) = mpsc::unbounded_channel::<(u64, Reply)>();
+        replies.push(tx);
+        let ctx = Link {
+            link,
+            party: p.party(),
+            signer: p.session_signer(),
+            dial: dial.clone(),
+            to_host: to_host.clone(),
+        };
+        rt.spawn(ctx.run(rx));
+    }
+    drop(to_host);
+    let mut open = parties.len();
+    let mut reason = String::new();
+    while open > 0 {
+        let Ok(msg) = from_links.recv() else {
+            break;
+        };
+        match msg {
+            ToHost::Request { link, id, request } => {
+                let party = parties[link].party();
+                let reply = parties[link].handle(&request).map_err(|e| {
+                    tracing::error!(%party, "cannot answer request {id}: {e}");
+                    NetError::Party(e)
+                })?;
+                let _ = replies[link].send((id, reply));
+            }
+            ToHost::Done { result, .. } => {
+                open -= 1;
+                reason = result?;
+            }
+        }
+    }
+    rt.shutdown_timeout(Duration::from_secs(1));
+    Ok(reason)
+}
+
+struct Link {
+    link: usize,
+    party: Party,
+    signer: SessionSigner,
+    dial: Dial,
+    to_host: std_mpsc::Sender<ToHost>,
+}
+
+/// How a session ended.
+enum End {
+    /// The coordinator said the run is over.
+    Finished(String),
+    /// The connection dropped (or never came up): dial again.
+    Dropped(NetError),
+}
+
+impl Link {
+    async fn run(self, mut replies: mpsc::UnboundedReceiver<(u64, Reply)>) {
+        let mut last_session = Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        let mut answered: Option<(u64, Reply)> = None;
+        let result = loop {
+            match self
+                .session(&mut replies, &mut answered, &mut last_session)
+                .await
+            {
+                Ok(End::Finished(reason)) => break Ok(reason),
+                Err(e) => break Err(e),
+                Ok(End::Dropped(e)) => {
+                    if last_session.elapsed() > self.dial.give_up {
+                        break Err(NetError::Connect {
+                            what: format!(
+                                "{}: no session with {} for {} s",
+                                self.party,
+                                self.dial.url,
+                                self.dial.give_up.as_secs()
+                            ),
+                            source: Box::new(e),
+                        });
+                    }
+                    tracing::info!(party = %self.party, "connection lost ({e}); dialling again in {} ms", backoff.as_millis());
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        let _ = self.to_host.send(ToHost::Done { result });
+    }
+
+    async fn connect(&self) -> Result<Channel, NetError> {
+        let fail = |what: &str, e: tonic::transport::Error| NetError::Connect {
+            what: format!("{what} {}", self.dial.url),
+            source: Box::new(e),
+        };
+        let mut ep = Endpoint::from_shared(self.dial.url.clone())
+            .map_err(|e| fail("the coordinator URL", e))?
+            .connect_timeout(Duration::from_secs(10))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(20));
+        if let Some(tls) = &self.dial.tls {
+            ep = ep.tls_config(tls.clone()).map_err(|e| fail("TLS for", e))?;
+        }
+        ep.connect().await.map_err(|e| fail("connect to", e))
+    }
+
+    /// One session, from dialling to its end. `Err` only for what dialling again cannot mend
+    /// (a refusal, a party that failed).
+    async fn session(
+        &self,
+        replies: &mut mpsc::UnboundedReceiver<(u64, Reply)>,
+        answered: &mut Option<(u64, Reply)>,
+        last_session: &mut Instant,
+    ) -> Result<End, NetError> {
+        let dropped = |e: NetError| Ok(End::Dropped(e));
+        let channel = match self.connect().await {
+            Ok(c) => c,
+            Err(e) => return dropped(e),
+        };
+        let mut client = FederationClient::new(channel)
+            .max_decoding_message_size(crate::MAX_MESSAGE + CHUNK)
+            .max_encoding_message_size(crate::MAX_MESSAGE + CHUNK);
+        let (out, out_rx) = mpsc::unbounded_channel::<pb::PartyFrame>();
+        let send = |kind: party_frame::Kind| {
+            out.send(pb::PartyFrame { kind: Some(kind) })
+                .map_err(|_| NetError::Protocol("the session's stream closed".into()))
+        };
+        let (role, index) = match self.party {
+            Party::Client(k) => ("client", k),
+            Party::Validator(v) => ("validator", v),
+        };
+        send(party_frame::Kind::Hello(pb::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            role: role.into(),
+            index,
+            public_key: self.signer.public_key().to_vec(),
+            agent: format!("cohort {}", env!("CARGO_PKG_VERSION")),
+        }))?;
+        let mut inbound = match client.session(UnboundedReceiverStream::new(out_rx)).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => return dropped(status("open a session", s)),
+        };
+        let mut next = async || -> Result<Option<coordinator_frame::Kind>, NetError> {
+            match inbound.message().await {
+                Ok(Some(f)) => Ok(f.kind),
+                Ok(None) => Err(NetError::Protocol(
+                    "the coordinator closed the stream".into(),
+                )),
+                Err(s) => Err(status("the session", s)),
+            }
+        };
+        let challenge = match next().await {
+            Ok(Some(coordinator_frame::Kind::Challenge(c))) => c,
+            Ok(Some(coordinator_frame::Kind::Refused(r))) => {
+                return Err(NetError::Refused(r.reason));
+            }
+            Ok(_) => return dropped(NetError::Protocol("no challenge".into())),
+            Err(e) => return dropped(e),
+        };
+        if challenge.protocol_version != PROTOCOL_VERSION {
+            return Err(NetError::Refused(format!(
+                "the coordinator speaks protocol version {}, this party version {PROTOCOL_VERSION}",
+                challenge.protocol_version
+            )));
+        }
+        let proof = self.signer.prove(&challenge.run, &challenge.nonce);
+        send(party_frame::Kind::Proof(pb::Proof {
+            signature: proof.signature.to_vec(),
+        }))?;
+        let welcome = match next().await {
+            Ok(Some(coordinator_frame::Kind::Welcome(w))) => w,
+            Ok(Some(coordinator_frame::Kind::Refused(r))) => {
+                return Err(NetError::Refused(r.reason));
+            }
+            Ok(_) => return dropped(NetError::Protocol("no welcome".into())),
+            Err(e) => return dropped(e),
+        };
+        *last_session = Instant::now();
+        tracing::info!(party = %self.party, url = %self.dial.url, "session open");
+        let token: MetadataValue<_> = welcome
+            .session
+            .parse()
+            .map_err(|_| NetError::Protocol("a malformed session token".into()))?;
+        let beat_every = Duration::from_secs(u64::from(welcome.heartbeat_seconds.clamp(1, 3600)));
+        let silence = beat_every * 3;
+        let mut beat = tokio::time::interval(beat_every);
+        let mut seq = 0u64;
+        loop {
+            tokio::select! {
+                _ = beat.tick() => {
+                    seq += 1;
+                    send(party_frame::Kind::Heartbeat(pb::Heartbeat { seq }))?;
+                }
+                r = replies.recv() => {
+                    let Some((id, reply)) = r else {
+                        return Err(NetError::Protocol("the host stopped".into()));
+                    };
+                    *answered = Some((id, reply.clone()));
+                    if let Err(e) = self.send_reply(&mut client, &token, &send, id, reply).await {
+                        return dropped(e);
+                    }
+                }
+                f = tokio::time::timeout(silence, next()) => {
+                    let kind = match f {
+                        Err(_) => return dropped(NetError::Protocol(format!("the coordinator was silent for {} s", silence.as_secs()))),
+                        Ok(Err(e)) => return dropped(e),
+                        Ok(Ok(k)) => k,
+                    };
+                    match kind {
+                        Some(coordinator_frame::Kind::Request(e)) => {
+                            if let Some((id, reply)) = answered.as_ref().filter(|(id, _)| *id == e.id) {
+                                // Answered before the connection dropped: the same reply again.
+                                let (id, reply) = (*id, reply.clone());
+                                if let Err(err) = self.send_reply(&mut client, &token, &send, id, reply).await {
+                                    return dropped(err);
+                                }
+                                continue;
+                            }
+                            let request = match self.fetch(&mut client, &token, &e).await {
+                                Ok(r) => r,
+                                Err(NetError::Protocol(why)) => {
+                                    tracing::warn!(party = %self.party, id = e.id, "a malformed request: {why}");
+                                    continue;
+                                }
+                                Err(err) => return dropped(err),
+                            };
+                            if request.to() != self.party {
+                                tracing::warn!(party = %self.party, id = e.id, "a request for {}: ignored", request.to());
+                                continue;
+                            }
+                            let _ = self.to_host.send(ToHost::Request { link: self.link, id: e.id, request });
+                        }
+                        Some(coordinator_frame::Kind::Finished(f)) => return Ok(End::Finished(f.reason)),
+                        Some(coordinator_frame::Kind::Refused(r)) => return Err(NetError::Refused(r.reason)),
+                        Some(coordinator_frame::Kind::Heartbeat(_)) | None => {}
+                        Some(_) => return dropped(NetError::Protocol("a handshake frame inside an open session".into())),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The request an envelope carries, with its blobs downloaded.
+    async fn fetch(
+        &self,
+        client: &mut FederationClient<Channel>,
+        token: &MetadataValue<tonic::metadata::Ascii>,
+        e: &pb::Envelope,
+    ) -> Result<Request, NetError> {
+        let hashes = crate::wire::blob_hashes(e)?;
+        let mut blobs = std::collections::HashMap::new();
+        for h in &hashes {
+            if !blobs.contains_key(h) {
+                blobs.insert(*h, download(client, token, h).await?);
+            }
+        }
+        fill_request(e, |h| {
+            blobs
+                .get(h)
+                .cloned()
+                .ok_or_else(|| NetError::Protocol(format!("blob {h} missing")))
+        })
+    }
+
+    async fn send_reply(
+        &self,
+        client: &mut FederationClient<Channel>,
+        token: &MetadataValue<tonic::metadata::Ascii>,
+        send: &impl Fn(party_frame::Kind) -> Result<(), NetError>,
+        id: u64,
+        reply: Reply,
+    ) -> Result<(), NetError> {
+        let (envelope, blobs) = strip_reply(id, reply)?;
+        for b in &blobs {
+            upload(client, token, b).await?;
+        }
+        send(party_frame::Kind::Reply(envelope))
+    }
+}
+
+fn status(what: &str, s: tonic::Status) -> NetError {
+    NetError::Status {
+        what: what.to_owned(),
+        status: Box::new(s),
+    }
+}
+
+fn with_token<T>(m: T, token: &MetadataValue<tonic::metadata::Ascii>) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(m);
+    r.metadata_mut().insert(SESSION_HEADER, token.clone());
+    r
+}
+
+/// Downloads a blob, resuming from the bytes already in after a broken stream (three tries).
+async fn download(
+    client: &mut FederationClient<Channel>,
+    token: &MetadataValue<tonic::metadata::Ascii>,
+    h: &Hash32,
+) -> Result<Vec<u8>, NetError> {
+    let mut data: Vec<u8> = Vec::new();
+    let mut tries = 0;
+    loop {
+        let range = pb::BlobRange {
+            hash: h.0.to_vec(),
+            offset: data.len() as u64,
+        };
+        let result: Result<(), tonic::Status> = async {
+            let mut s = client
+                .get_blob(with_token(range, token))
+                .await?
+                .into_inner();
+            while let Some(c) = s.message().await? {
+                if c.offset != data.len() as u64 {
+                    return Err(tonic::Status::data_loss("a chunk out of order"));
+                }
+                data.extend_from_slice(&c.data);
+            }
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => return Ok(data),
+            Err(s)
+                if tries < 3
+                    && matches!(
+                        s.code(),
+                        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
+                    ) =>
+            {
+                tries += 1;
+                tracing::debug!(
+                    "download of {h} broke at {} bytes ({}); resuming",
+                    data.len(),
+                    s.message()
+                );
+            }
+            Err(s) => return Err(status(&format!("download blob {h}"), s)),
+        }
+    }
+}
+
+/// Uploads a blob from where the coordinator's copy ends (three tries).
+async fn upload(
+    client: &mut FederationClient<Channel>,
+    token: &MetadataValue<tonic::metadata::Ascii>,
+    (h, b): &Blob,
+) -> Result<(), NetError> {
+    let mut tries = 0;
+    loop {
+        let held = client
+            .blob_offset(with_token(pb::BlobRef { hash: h.0.to_vec() }, token))
+            .await
+            .map_err(|s| status("ask how much of a blob is held", s))?
+            .into_inner();
+        if held.complete {
+            return Ok(());
+        }
+        let start = usize::try_from(held.offset)
+            .unwrap_or(usize::MAX)
+            .min(b.len());
+        let total = b.len() as u64;
+        let hash = h.0.to_vec();
+        let chunks: Vec<pb::BlobChunk> = (start..b.len())
+            .step_by(CHUNK)
+            .map(|at| pb::BlobChunk {
+                hash: hash.clone(),
+                offset: at as u64,
+                total,
+                data: b[at..(at + CHUNK).min(b.len())].to_vec(),
+            })
+            .collect();
+        match client
+            .put_blob(with_token(tokio_stream::iter(chunks), token))
+            .await
+        {
+            Ok(r) if r.get_ref().complete => return Ok(()),
+            Ok(_) | Err(_) if tries < 3 => tries += 1,
+            Ok(r) => {
+                return Err(NetError::Protocol(format!(
+                    "the upload of {h} stopped at {} of {total} bytes",
+                    r.get_ref().offset
+                )));
+            }
+            Err(s) => return Err(status(&format!("upload blob {h}"), s)),
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! One experiment with every party behind the network: the coordinator on this thread, the
+//! gRPC server on a runtime of its own, and the clients and validators on a host thread that
+//! dials the server over loopback, each party with its own authenticated session
+//! (`cohort run --transport grpc`). The same parties, keys and ledger as the in-process run,
+//! so the two can be compared side by side.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cohort_fl::learner::Learner;
+use cohort_ledger::LedgerBackend;
+use cohort_ledger::protocol::Protocol;
+use cohort_node::runtime::{
+    RoundSummary, RunError, RunOptions, RunSummary, ValidConfig, parties, run_with_options,
+};
+use cohort_node::transport::TransportError;
+
+use crate::NetError;
+use crate::admit::Admit;
+use crate::party::{Dial, host};
+use crate::server::{Deadlines, GrpcTransport, Hub, HubConfig};
+
+/// A gRPC server for `hub` on `listener`, served by `rt` until the runtime stops.
+///
+/// # Errors
+/// The listener cannot be handed to tokio.
+pub fn serve(
+    rt: &tokio::runtime::Runtime,
+    hub: &Arc<Hub>,
+    listener: std::net::TcpListener,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> Result<SocketAddr, NetError> {
+    let io = |e: std::io::Error| NetError::Io {
+        path: "the listening socket".into(),
+        source: e,
+    };
+    listener.set_nonblocking(true).map_err(io)?;
+    let addr = listener.local_addr().map_err(io)?;
+    let service = hub.service();
+    let listener = {
+        let _guard = rt.enter();
+        tokio::net::TcpListener::from_std(listener).map_err(io)?
+    };
+    let mut builder = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).map_err(|e| NetError::Connect {
+            what: "TLS for the server".into(),
+            source: Box::new(e),
+        })?;
+    }
+    let router = builder.add_service(service);
+    rt.spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        if let Err(e) = router.serve_with_incoming(incoming).await {
+            tracing::error!("the gRPC server stopped: {e}");
+        }
+    });
+    Ok(addr)
+}
+
+/// The wall-clock deadlines of `cfg`: its phase timeouts, read as seconds of wall time, and
+/// `enrol` for every party to connect and enrol.
+pub fn deadlines(cfg: &ValidConfig, enrol: Duration) -> Deadlines {
+    let c = &cfg.coordinator;
+    Deadlines {
+        enrol,
+        train: Duration::from_secs(c.train_timeout),
+        score: Duration::from_secs(c.commit_timeout),
+        reveal: Duration::from_secs(c.reveal_timeout),
+    }
+}
+
+/// Runs `cfg` as [`cohort_node::runtime::run_in_process`] does, with every client and
+/// validator behind a loopback gRPC connection of its own (plain text: the traffic never
+/// leaves the machine).
+///
+/// # Errors
+/// What the run fails with; a party that fails or cannot connect ends the run with its error.
+pub fn run_over_loopback<B: LedgerBackend, L: Learner + Sync + ?Sized>(
+    cfg: &ValidConfig,
+    backend: B,
+    learner: &L,
+    opts: RunOptions,
+    on_round: impl FnMut(&RoundSummary),
+) -> Result<(Protocol<B>, RunSummary), RunError> {
+    let link = |e: NetError| RunError::Transport(TransportError::Link(e.to_string()));
+    let keys = opts.keys(cfg);
+    let identity = |name: String| keys.identity(&name).public_key();
+    let admit = Admit {
+        clients: (0..cfg.clients)
+            .map(|k| identity(format!("client-{k}")))
+            .collect(),
+        validators: (0..cfg.validators)
+            .map(|v| identity(format!("validator-{v}")))
+            .collect(),
+    };
+    let run_id = format!(
+        "cohort-run/{}",
+        crate::hex_of(&cohort_node::resume::config_digest(cfg))
+    );
+    let hub = Hub::new(HubConfig::new(run_id, admit));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("cohort-grpc")
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            link(NetError::Io {
+                path: "the server runtime".into(),
+                source: e,
+            })
+        })?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| {
+        link(NetError::Io {
+            path: "127.0.0.1:0".into(),
+            source: e,
+        })
+    })?;
+    let addr = serve(&rt, &hub, listener, None).map_err(link)?;
+    let dial = Dial::insecure(format!("http://{addr}"));
+    let mut transport =
+        GrpcTransport::new(Arc::clone(&hub), deadlines(cfg, Duration::from_secs(600)));
+    let result = std::thread::scope(|s| {
+        let parties_thread = s.spawn(|| host(parties(cfg, &keys, learner), &dial));
+        let run = run_with_options(cfg, backend, learner, &mut transport, opts, on_round);
+        match &run {
+            Ok(_) => hub.finish("the run is complete"),
+            Err(e) => hub.finish(&format!("the run stopped: {e}")),
+        }
+        let parties = parties_thread
+            .join()
+            .unwrap_or_else(|_| Err(NetError::Protocol("the parties' thread panicked".into())));
+        match (run, parties) {
+            (Ok(x), Ok(_)) => Ok(x),
+            (Err(e), _) => Err(e),
+            (Ok(_), Err(e)) => Err(link(e)),
+        }
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
+}

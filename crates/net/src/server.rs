@@ -1,0 +1,690 @@
+//! The coordinator's side: the gRPC service parties dial into ([`Hub`]) and the transport the
+//! coordinator drives over it ([`GrpcTransport`]).
+//!
+//! The hub keeps, under one lock: the open session of each party, the requests sent and not
+//! yet answered (each with a wall-clock deadline), the replies that have arrived, and the blobs
+//! offered to parties or uploaded by them. A request to a party that is not connected waits
+//! for it: when the party's session opens (for the first time or again after a dropped
+//! connection), every request it has not answered is sent to it again, so that a party or a
+//! coordinator that reconnects needs no operator.
+//!
+//! [`GrpcTransport::poll`] returns when every request sent has been answered or the earliest
+//! deadline among the unanswered ones has passed, the replies in the order their requests were
+//! sent (client-index order), not the order they arrived: a run whose parties all answer in
+//! time records the same ledger as the in-process run, whatever the network did.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use cohort_core::{Hash32, PublicKey, sha256};
+use cohort_node::transport::{Party, Reply, Request, Transport, TransportError};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Status, Streaming};
+
+use crate::admit::Admit;
+use crate::pb::federation_server::{Federation, FederationServer};
+use crate::pb::{self, coordinator_frame, party_frame};
+use crate::wire::{fill_reply, strip_request};
+use crate::{CHUNK, NetError, PROTOCOL_VERSION, SESSION_HEADER, hash_of, os_random};
+
+/// How long a party may take to say hello and to answer the challenge before the coordinator
+/// drops the connection (a slow-loris connection costs this, never a hang).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The coordinator's settings for the network side.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// The run's identifier, signed into every session proof (the ledger's origin).
+    pub run: String,
+    /// Who may join.
+    pub admit: Admit,
+    /// Seconds between heartbeats; a session silent for three of them is dropped.
+    pub heartbeat: Duration,
+    /// The largest blob a party may upload.
+    pub max_blob: u64,
+}
+
+impl HubConfig {
+    /// Defaults: heartbeats every 5 s, blobs up to 2 GiB.
+    pub fn new(run: impl Into<String>, admit: Admit) -> Self {
+        Self {
+            run: run.into(),
+            admit,
+            heartbeat: Duration::from_secs(5),
+            max_blob: 2 << 30,
+        }
+    }
+}
+
+struct Session {
+    token: String,
+    generation: u64,
+    tx: mpsc::UnboundedSender<Result<pb::CoordinatorFrame, Status>>,
+}
+
+struct Pending {
+    party: Party,
+    envelope: pb::Envelope,
+    blobs: Vec<Hash32>,
+    deadline: Instant,
+    what: &'static str,
+}
+
+struct Upload {
+    total: u64,
+    data: Vec<u8>,
+}
+
+#[derive(Default)]
+struct State {
+    sessions: HashMap<Party, Session>,
+    tokens: HashMap<String, Party>,
+    pending: BTreeMap<u64, Pending>,
+    replies: BTreeMap<u64, Reply>,
+    /// Blobs offered to parties, with how many pending requests name each.
+    offered: HashMap<Hash32, (Arc<Vec<u8>>, usize)>,
+    /// Complete uploads, by hash, until a reply takes them.
+    uploaded: HashMap<Hash32, Vec<u8>>,
+    uploads: HashMap<Hash32, Upload>,
+    next_id: u64,
+    next_generation: u64,
+    finished: Option<String>,
+}
+
+impl State {
+    fn release(&mut self, blobs: &[Hash32]) {
+        for h in blobs {
+            if let Some((_, n)) = self.offered.get_mut(h) {
+                *n -= 1;
+                if *n == 0 {
+                    self.offered.remove(h);
+                }
+            }
+        }
+    }
+}
+
+/// The coordinator's network side: the sessions, requests, replies and blobs shared by the
+/// gRPC service (on the server's runtime) and the [`GrpcTransport`] (on the coordinator's
+/// thread).
+pub struct Hub {
+    cfg: HubConfig,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("run", &self.cfg.run).finish()
+    }
+}
+
+impl Hub {
+    /// A hub for `cfg`.
+    pub fn new(cfg: HubConfig) -> Arc<Self> {
+        Arc::new(Self {
+            cfg,
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind: go on with it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The parties connected now.
+    pub fn connected(&self) -> Vec<Party> {
+        let mut v: Vec<Party> = self.lock().sessions.keys().copied().collect();
+        v.sort();
+        v
+    }
+
+    /// Tells every connected party, and every party that connects from now on, that the run
+    /// is over.
+    pub fn finish(&self, reason: &str) {
+        let mut st = self.lock();
+        st.finished = Some(reason.to_owned());
+        for s in st.sessions.values() {
+            let _ =
+                s.tx.send(Ok(frame(coordinator_frame::Kind::Finished(pb::Finished {
+                    reason: reason.to_owned(),
+                }))));
+        }
+    }
+
+    /// The gRPC service over this hub, for a [`tonic::transport::Server`].
+    pub fn service(self: &Arc<Self>) -> FederationServer<Service> {
+        FederationServer::new(Service {
+            hub: Arc::clone(self),
+        })
+        .max_decoding_message_size(crate::MAX_MESSAGE + CHUNK)
+        .max_encoding_message_size(crate::MAX_MESSAGE + CHUNK)
+    }
+
+    fn party_of(&self, meta: &tonic::metadata::MetadataMap) -> Result<Party, Status> {
+        let token = meta
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Status::unauthenticated(format!("no {SESSION_HEADER} metadata")))?;
+        self.lock()
+            .tokens
+            .get(token)
+            .copied()
+            .ok_or_else(|| Status::unauthenticated("no open session has this token"))
+    }
+
+    /// The handshake and then the session's frames until it ends.
+    async fn drive(
+        self: Arc<Self>,
+        mut inbound: Streaming<pb::PartyFrame>,
+        tx: mpsc::UnboundedSender<Result<pb::CoordinatorFrame, Status>>,
+        peer: Option<SocketAddr>,
+    ) {
+        let peer = peer.map_or_else(|| "unknown peer".to_owned(), |a| a.to_string());
+        let (party, generation) = match self.handshake(&mut inbound, &tx, &peer).await {
+            Ok(x) => x,
+            Err(reason) => {
+                tracing::warn!(%peer, "session refused: {reason}");
+                let _ = tx.send(Ok(frame(coordinator_frame::Kind::Refused(pb::Refused {
+                    reason,
+                }))));
+                return;
+            }
+        };
+        tracing::info!(%peer, %party, "session open");
+        let silence = self.cfg.heartbeat * 3;
+        let mut beat = tokio::time::interval(self.cfg.heartbeat);
+        let mut seq = 0u64;
+        let end = loop {
+            tokio::select! {
+                _ = beat.tick() => {
+                    seq += 1;
+                    if tx.send(Ok(frame(coordinator_frame::Kind::Heartbeat(pb::Heartbeat { seq })))).is_err() {
+                        break "the stream closed".to_owned();
+                    }
+                }
+                m = tokio::time::timeout(silence, inbound.message()) => match m {
+                    Err(_) => break format!("silent for {} s", silence.as_secs()),
+                    Ok(Err(status)) => break format!("the stream failed: {}", status.message()),
+                    Ok(Ok(None)) => break "the party closed the stream".to_owned(),
+                    Ok(Ok(Some(f))) => match f.kind {
+                        Some(party_frame::Kind::Reply(e)) => self.on_reply(party, e),
+                        Some(party_frame::Kind::Heartbeat(_)) => {}
+                        _ => break "a handshake frame inside an open session".to_owned(),
+                    },
+                },
+            }
+        };
+        tracing::info!(%peer, %party, "session closed: {end}");
+        let mut st = self.lock();
+        if st
+            .sessions
+            .get(&party)
+            .is_some_and(|s| s.generation == generation)
+            && let Some(s) = st.sessions.remove(&party)
+        {
+            st.tokens.remove(&s.token);
+        }
+    }
+
+    async fn handshake(
+        &self,
+        inbound: &mut Streaming<pb::PartyFrame>,
+        tx: &mpsc::UnboundedSender<Result<pb::CoordinatorFrame, Status>>,
+        peer: &str,
+    ) -> Result<(Party, u64), String> {
+        let Some(party_frame::Kind::Hello(hello)) = next_frame(inbound).await? else {
+            return Err("the first frame is not a hello".into());
+        };
+        if hello.protocol_version != PROTOCOL_VERSION {
+            return Err(format!(
+                "the party speaks protocol version {}, this coordinator version {PROTOCOL_VERSION}",
+                hello.protocol_version
+            ));
+        }
+        let party = match hello.role.as_str() {
+            "client" => Party::Client(hello.index),
+            "validator" => Party::Validator(hello.index),
+            other => return Err(format!("unknown role {other:?}")),
+        };
+        let key: PublicKey = hello.public_key.as_slice().try_into().map_err(|_| {
+            format!(
+                "{party}: a public key of {} bytes (32 expected)",
+                hello.public_key.len()
+            )
+        })?;
+        let hexkey = hex::encode(key);
+        match self.cfg.admit.key_of(party) {
+            Some(k) if *k == key => {}
+            Some(_) => {
+                return Err(format!(
+                    "key {hexkey} is not the key admitted as {party} (agent {:?})",
+                    hello.agent
+                ));
+            }
+            None => return Err(format!("key {hexkey}: no {party} is admitted")),
+        }
+        let nonce = os_random().map_err(|e| e.to_string())?;
+        let challenge = pb::Challenge {
+            nonce: nonce.to_vec(),
+            protocol_version: PROTOCOL_VERSION,
+            run: self.cfg.run.clone(),
+        };
+        tx.send(Ok(frame(coordinator_frame::Kind::Challenge(challenge))))
+            .map_err(|_| "the stream closed".to_owned())?;
+        let Some(party_frame::Kind::Proof(proof)) = next_frame(inbound).await? else {
+            return Err(format!(
+                "{party}: the answer to the challenge is not a proof"
+            ));
+        };
+        let sig: [u8; 64] = proof
+            .signature
+            .as_slice()
+            .try_into()
+            .map_err(|_| format!("{party}: a signature of {} bytes", proof.signature.len()))?;
+        let msg = crate::session_message(&self.cfg.run, &nonce, &key);
+        cohort_core::Identity::verify(&key, &msg, &sig)
+            .map_err(|_| format!("{party}: the proof is not signed by key {hexkey}"))?;
+        let token = hex::encode(os_random().map_err(|e| e.to_string())?);
+        let mut st = self.lock();
+        st.next_generation += 1;
+        let generation = st.next_generation;
+        if let Some(old) = st.sessions.remove(&party) {
+            // A party that dialled again: its old session is over.
+            st.tokens.remove(&old.token);
+        }
+        st.tokens.insert(token.clone(), party);
+        st.sessions.insert(
+            party,
+            Session {
+                token: token.clone(),
+                generation,
+                tx: tx.clone(),
+            },
+        );
+        let _ = tx.send(Ok(frame(coordinator_frame::Kind::Welcome(pb::Welcome {
+            party: party.to_string(),
+            session: token,
+            heartbeat_seconds: self.cfg.heartbeat.as_secs().max(1) as u32,
+        }))));
+        // Everything it has not answered yet, again (it may have missed it).
+        for p in st.pending.values().filter(|p| p.party == party) {
+            let _ = tx.send(Ok(frame(coordinator_frame::Kind::Request(
+                p.envelope.clone(),
+            ))));
+        }
+        if let Some(reason) = &st.finished {
+            let _ = tx.send(Ok(frame(coordinator_frame::Kind::Finished(pb::Finished {
+                reason: reason.clone(),
+            }))));
+        }
+        drop(st);
+        tracing::debug!(%peer, %party, "authenticated");
+        Ok((party, generation))
+    }
+
+    fn on_reply(&self, party: Party, e: pb::Envelope) {
+        let mut st = self.lock();
+        let Some(p) = st.pending.get(&e.id) else {
+            tracing::debug!(%party, id = e.id, "a reply to no pending request (late or repeated): dropped");
+            return;
+        };
+        if p.party != party {
+            tracing::warn!(%party, id = e.id, "a reply to another party's request: dropped");
+            return;
+        }
+        let reply = {
+            let uploaded = &st.uploaded;
+            fill_reply(&e, |h| {
+                uploaded
+                    .get(h)
+                    .cloned()
+                    .ok_or_else(|| NetError::Protocol(format!("blob {h} was not uploaded")))
+            })
+        };
+        let reply = match reply {
+            Ok(r) if r.from() == party => r,
+            Ok(r) => {
+                tracing::warn!(%party, id = e.id, claimed = %r.from(), "a reply in another party's name: dropped");
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(%party, id = e.id, "a malformed reply: {err}");
+                return;
+            }
+        };
+        if let Ok(hashes) = crate::wire::blob_hashes(&e) {
+            for h in hashes {
+                st.uploaded.remove(&h);
+            }
+        }
+        if let Some(p) = st.pending.remove(&e.id) {
+            st.release(&p.blobs);
+        }
+        st.replies.insert(e.id, reply);
+        drop(st);
+        self.changed.notify_all();
+    }
+
+    fn get_blob(&self, party: Party, range: &pb::BlobRange) -> Result<Arc<Vec<u8>>, Status> {
+        let h = hash_of(&range.hash, "the blob's hash")
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let st = self.lock();
+        let allowed = st
+            .pending
+            .values()
+            .any(|p| p.party == party && p.blobs.contains(&h));
+        match st.offered.get(&h) {
+            Some((b, _)) if allowed => Ok(Arc::clone(b)),
+            _ => Err(Status::not_found(format!(
+                "blob {h} is not offered to {party}"
+            ))),
+        }
+    }
+
+    fn blob_status(&self, h: &Hash32) -> pb::BlobStatus {
+        let st = self.lock();
+        if let Some(b) = st.uploaded.get(h) {
+            return pb::BlobStatus {
+                offset: b.len() as u64,
+                complete: true,
+            };
+        }
+        pb::BlobStatus {
+            offset: st.uploads.get(h).map_or(0, |u| u.data.len() as u64),
+            complete: false,
+        }
+    }
+
+    fn put_chunk(
+        &self,
+        chunk: &pb::BlobChunk,
+        h: Hash32,
+        first: bool,
+    ) -> Result<pb::BlobStatus, Status> {
+        let mut st = self.lock();
+        if st.uploaded.contains_key(&h) {
+            return Ok(pb::BlobStatus {
+                offset: chunk.total,
+                complete: true,
+            });
+        }
+        if first {
+            if chunk.total == 0 || chunk.total > self.cfg.max_blob {
+                return Err(Status::invalid_argument(format!(
+                    "a blob of {} bytes (1 to {} accepted)",
+                    chunk.total, self.cfg.max_blob
+                )));
+            }
+            let held = st.uploads.get(&h).map_or(0, |u| u.data.len() as u64);
+            if chunk.offset != held {
+                return Err(Status::failed_precondition(format!(
+                    "the upload of {h} starts at {}, the coordinator holds {held} bytes",
+                    chunk.offset
+                )));
+            }
+            let up = st.uploads.entry(h).or_insert_with(|| Upload {
+                total: chunk.total,
+                data: Vec::new(),
+            });
+            if up.total != chunk.total {
+                return Err(Status::invalid_argument(format!(
+                    "blob {h} was announced at {} bytes, now {}",
+                    up.total, chunk.total
+                )));
+            }
+        }
+        let up = st
+            .uploads
+            .get_mut(&h)
+            .ok_or_else(|| Status::failed_precondition("no upload in progress"))?;
+        if up.data.len() as u64 + chunk.data.len() as u64 > up.total {
+            st.uploads.remove(&h);
+            return Err(Status::invalid_argument(format!(
+                "more bytes than the {h} blob's announced size"
+            )));
+        }
+        up.data.extend_from_slice(&chunk.data);
+        if (up.data.len() as u64) < up.total {
+            return Ok(pb::BlobStatus {
+                offset: up.data.len() as u64,
+                complete: false,
+            });
+        }
+        let Some(up) = st.uploads.remove(&h) else {
+            return Err(Status::internal("upload vanished"));
+        };
+        if sha256(&up.data) != h {
+            return Err(Status::data_loss(format!(
+                "the uploaded bytes do not hash to {h}: upload them again"
+            )));
+        }
+        let n = up.data.len() as u64;
+        st.uploaded.insert(h, up.data);
+        Ok(pb::BlobStatus {
+            offset: n,
+            complete: true,
+        })
+    }
+}
+
+/// The next handshake frame, within [`HANDSHAKE_TIMEOUT`].
+async fn next_frame(
+    inbound: &mut Streaming<pb::PartyFrame>,
+) -> Result<Option<party_frame::Kind>, String> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, inbound.message()).await {
+        Err(_) => Err(format!(
+            "no handshake frame within {} s",
+            HANDSHAKE_TIMEOUT.as_secs()
+        )),
+        Ok(Err(s)) => Err(format!("the stream failed: {}", s.message())),
+        Ok(Ok(None)) => Err("the stream ended during the handshake".to_owned()),
+        Ok(Ok(Some(f))) => Ok(f.kind),
+    }
+}
+
+fn frame(kind: coordinator_frame::Kind) -> pb::CoordinatorFrame {
+    pb::CoordinatorFrame { kind: Some(kind) }
+}
+
+/// The gRPC service (what [`Hub::service`] wraps).
+#[derive(Debug)]
+pub struct Service {
+    hub: Arc<Hub>,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Federation for Service {
+    type SessionStream = UnboundedReceiverStream<Result<pb::CoordinatorFrame, Status>>;
+    type GetBlobStream = BoxStream<pb::BlobChunk>;
+
+    async fn session(
+        &self,
+        request: tonic::Request<Streaming<pb::PartyFrame>>,
+    ) -> Result<tonic::Response<Self::SessionStream>, Status> {
+        let peer = request.remote_addr();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(Arc::clone(&self.hub).drive(request.into_inner(), tx, peer));
+        Ok(tonic::Response::new(UnboundedReceiverStream::new(rx)))
+    }
+
+    async fn get_blob(
+        &self,
+        request: tonic::Request<pb::BlobRange>,
+    ) -> Result<tonic::Response<Self::GetBlobStream>, Status> {
+        let party = self.hub.party_of(request.metadata())?;
+        let range = request.into_inner();
+        let blob = self.hub.get_blob(party, &range)?;
+        let total = blob.len() as u64;
+        if range.offset > total {
+            return Err(Status::out_of_range(format!(
+                "offset {} beyond the blob's {total} bytes",
+                range.offset
+            )));
+        }
+        let hash = range.hash.clone();
+        let start = range.offset as usize;
+        let chunks = (start..blob.len()).step_by(CHUNK).map(move |at| {
+            let end = (at + CHUNK).min(blob.len());
+            Ok(pb::BlobChunk {
+                hash: hash.clone(),
+                offset: at as u64,
+                total,
+                data: blob[at..end].to_vec(),
+            })
+        });
+        Ok(tonic::Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
+    async fn put_blob(
+        &self,
+        request: tonic::Request<Streaming<pb::BlobChunk>>,
+    ) -> Result<tonic::Response<pb::BlobStatus>, Status> {
+        self.hub.party_of(request.metadata())?;
+        let mut inbound = request.into_inner();
+        let mut hash = None;
+        let mut status = pb::BlobStatus::default();
+        while let Some(chunk) = inbound.message().await? {
+            let first = hash.is_none();
+            let h = match hash {
+                Some(h) => h,
+                None => {
+                    let h = hash_of(&chunk.hash, "the blob's hash")
+                        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                    hash = Some(h);
+                    h
+                }
+            };
+            status = self.hub.put_chunk(&chunk, h, first)?;
+            if status.complete {
+                break;
+            }
+        }
+        Ok(tonic::Response::new(status))
+    }
+
+    async fn blob_offset(
+        &self,
+        request: tonic::Request<pb::BlobRef>,
+    ) -> Result<tonic::Response<pb::BlobStatus>, Status> {
+        self.hub.party_of(request.metadata())?;
+        let h = hash_of(&request.get_ref().hash, "the blob's hash")
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(tonic::Response::new(self.hub.blob_status(&h)))
+    }
+}
+
+/// Wall-clock deadlines per kind of request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// For a party to connect and enrol.
+    pub enrol: Duration,
+    /// For a client to train and upload.
+    pub train: Duration,
+    /// For a validator to score and commit.
+    pub score: Duration,
+    /// For a validator to reveal.
+    pub reveal: Duration,
+}
+
+/// The coordinator's transport over a [`Hub`]: [`Transport::send`] queues a request for its
+/// party (sent now if it is connected, else when it connects); [`Transport::poll`] waits for
+/// the replies (see the module's docs).
+#[derive(Debug)]
+pub struct GrpcTransport {
+    hub: Arc<Hub>,
+    deadlines: Deadlines,
+}
+
+impl GrpcTransport {
+    /// The transport over `hub` with `deadlines`.
+    pub fn new(hub: Arc<Hub>, deadlines: Deadlines) -> Self {
+        Self { hub, deadlines }
+    }
+}
+
+impl Transport for GrpcTransport {
+    fn send(&mut self, request: Request) -> Result<(), TransportError> {
+        let party = request.to();
+        if self.hub.cfg.admit.key_of(party).is_none() {
+            return Err(TransportError::UnknownParty { party });
+        }
+        let (what, wait) = match &request {
+            Request::Enrol(_) => ("enrolment", self.deadlines.enrol),
+            Request::Train(_) => ("training", self.deadlines.train),
+            Request::Score(_) => ("scoring", self.deadlines.score),
+            Request::Reveal(_) => ("reveal", self.deadlines.reveal),
+        };
+        let mut st = self.hub.lock();
+        st.next_id += 1;
+        let id = st.next_id;
+        let (envelope, blobs) =
+            strip_request(id, request).map_err(|e| TransportError::Link(e.to_string()))?;
+        let hashes: Vec<Hash32> = blobs.iter().map(|(h, _)| *h).collect();
+        for (h, b) in blobs {
+            offer(&mut st, h, b);
+        }
+        if let Some(s) = st.sessions.get(&party) {
+            let _ = s.tx.send(Ok(frame(coordinator_frame::Kind::Request(
+                envelope.clone(),
+            ))));
+        }
+        st.pending.insert(
+            id,
+            Pending {
+                party,
+                envelope,
+                blobs: hashes,
+                deadline: Instant::now() + wait,
+                what,
+            },
+        );
+        Ok(())
+    }
+
+    fn poll(&mut self, _now: u64) -> Result<Vec<Reply>, TransportError> {
+        let mut st = self.hub.lock();
+        while let Some(first) = st.pending.values().map(|p| p.deadline).min() {
+            let now = Instant::now();
+            if first <= now {
+                break;
+            }
+            st = self
+                .hub
+                .changed
+                .wait_timeout(st, first - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        let now = Instant::now();
+        let expired: Vec<u64> = st
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(p) = st.pending.remove(&id) {
+                tracing::warn!(party = %p.party, id, "no answer to the {} request in time", p.what);
+                st.release(&p.blobs);
+            }
+        }
+        Ok(std::mem::take(&mut st.replies).into_values().collect())
+    }
+}
+
+fn offer(st: &mut State, h: Hash32, b: Vec<u8>) {
+    st.offered
+        .entry(h)
+        .and_modify(|(_, n)| *n += 1)
+        .or_insert_with(|| (Arc::new(b), 1));
+}
