@@ -143,3 +143,70 @@ pub fn run_over_loopback<B: LedgerBackend, L: Learner + Sync + ?Sized>(
     rt.shutdown_timeout(Duration::from_secs(1));
     result
 }
+
+/// The network side of a coordinator process (`cohort coordinator`).
+#[derive(Debug)]
+pub struct Listen {
+    /// Where to listen.
+    pub listener: std::net::TcpListener,
+    /// Who may join.
+    pub admit: Admit,
+    /// The server's TLS (`None` only with `--insecure`).
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// How long to wait for every admitted party to connect and enrol.
+    pub enrol: Duration,
+    /// The run's identifier the parties sign into their session proofs.
+    pub run: String,
+}
+
+/// Runs `cfg` as its coordinator, the clients and validators being separate processes that
+/// dial in (`cohort client`, `cohort validator`) with the keys `net.admit` lists. Returns once
+/// the run is over and the parties connected at the end have been told so.
+///
+/// # Errors
+/// What the run fails with, or the server cannot start.
+pub fn run_as_coordinator<B: LedgerBackend, L: Learner + ?Sized>(
+    cfg: &ValidConfig,
+    backend: B,
+    learner: &L,
+    opts: RunOptions,
+    net: Listen,
+    on_round: impl FnMut(&RoundSummary),
+) -> Result<(Protocol<B>, RunSummary), RunError> {
+    let link = |e: NetError| RunError::Transport(TransportError::Link(e.to_string()));
+    let roster = net.admit.roster();
+    let hub = Hub::new(HubConfig::new(net.run, net.admit));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("cohort-grpc")
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            link(NetError::Io {
+                path: "the server runtime".into(),
+                source: e,
+            })
+        })?;
+    let addr = serve(&rt, &hub, net.listener, net.tls).map_err(link)?;
+    tracing::info!(%addr, "listening");
+    let mut transport = GrpcTransport::new(Arc::clone(&hub), deadlines(cfg, net.enrol));
+    let run = run_with_options(
+        cfg,
+        backend,
+        learner,
+        &mut transport,
+        opts.with_roster(roster),
+        on_round,
+    );
+    match &run {
+        Ok(_) => hub.finish("the run is complete"),
+        Err(e) => hub.finish(&format!("the run stopped: {e}")),
+    }
+    // Let the parties read that the run is over before the server goes.
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while !hub.connected().is_empty() && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    rt.shutdown_timeout(Duration::from_secs(1));
+    run
+}

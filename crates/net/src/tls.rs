@@ -5,7 +5,8 @@
 
 use std::path::Path;
 
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity};
+pub use tonic::transport::{ClientTlsConfig, ServerTlsConfig};
 
 use crate::NetError;
 

@@ -249,6 +249,7 @@ pub struct RunOptions {
     pub(crate) blobs: Option<Box<dyn BlobStore>>,
     pub(crate) state: Option<PathBuf>,
     pub(crate) resume: Option<Resume>,
+    roster: Option<Roster>,
 }
 
 impl RunOptions {
@@ -260,6 +261,14 @@ impl RunOptions {
     /// The parties' keys (default: [`Keys::Seeded`] with the config's seed).
     pub fn with_keys(mut self, keys: Keys) -> Self {
         self.keys = Some(keys);
+        self
+    }
+
+    /// The clients and validators as the coordinator knows them, when they hold keys of their
+    /// own (a networked federation's admission list) rather than keys from [`Keys`]: their
+    /// number must be the config's.
+    pub fn with_roster(mut self, roster: Roster) -> Self {
+        self.roster = Some(roster);
         self
     }
 
@@ -388,7 +397,22 @@ pub fn run_with_options<B: LedgerBackend, L: Learner + ?Sized>(
     let keys = opts.keys(cfg);
     let gov = keys.identity("governance");
     let coord = keys.identity("coordinator");
-    let roster = roster(cfg, &keys, &backend);
+    let roster = match opts.roster.take() {
+        None => roster(cfg, &keys, &backend),
+        Some(r) if (r.clients.len(), r.validators.len()) == (cfg.clients, cfg.validators) => r,
+        Some(r) => {
+            return Err(RunError::Fl(FlError::InvalidConfig {
+                what: "roster",
+                reason: format!(
+                    "{} clients and {} validators are admitted, the config has {} and {}",
+                    r.clients.len(),
+                    r.validators.len(),
+                    cfg.clients,
+                    cfg.validators
+                ),
+            }));
+        }
+    };
     let digest = crate::resume::config_digest(cfg);
     let head = backend.head()?;
     let mut p = match &opts.resume {
@@ -499,43 +523,54 @@ pub fn parties<'a, L: Learner + ?Sized>(
     keys: &Keys,
     learner: &'a L,
 ) -> Vec<Box<dyn PartyNode + 'a>> {
-    let attack = cfg.attack.as_ref();
-    let update_attack = attack.and_then(|a| a.attack.update());
-    let sybils = attack.is_some_and(|a| a.sybil_stake.is_some());
     let ring = SybilRing::new();
-    let colluding = attack.map_or(0, |a| a.colluding_validators);
-    let attackers: std::collections::BTreeSet<u32> = (0..cfg.clients as u32)
-        .filter(|&k| cfg.is_attacker(k))
-        .collect();
-    let mut out: Vec<Box<dyn PartyNode + 'a>> = Vec::new();
-    for k in 0..cfg.clients as u32 {
-        let id = keys.identity(&format!("client-{k}"));
-        let c = Client::new(k, id, learner, cfg.seed, cfg.client_stake(k));
-        if !attackers.contains(&k) {
-            out.push(Box::new(c));
-        } else if update_attack.is_some() || sybils {
-            let c = c.stop_if_diverged(false);
-            let ring = sybils.then(|| ring.clone());
-            out.push(Box::new(AdversarialClient::new(
-                c,
-                update_attack.clone(),
-                ring,
-                cfg.seed,
-            )));
-        } else {
-            out.push(Box::new(c.stop_if_diverged(false)));
+    let everyone = (0..cfg.clients as u32)
+        .map(Party::Client)
+        .chain((0..cfg.validators as u32).map(Party::Validator));
+    everyone
+        .map(|p| party_node(cfg, p, keys.identity(&p.to_string()), learner, &ring))
+        .collect()
+}
+
+/// Party `party` of `cfg` holding the key `id`, as [`parties`] makes it: an honest client or
+/// validator, or the attacker the config makes of it. The clients of a Sybil attack share
+/// `ring` (they must live in one process for it).
+pub fn party_node<'a, L: Learner + ?Sized>(
+    cfg: &ValidConfig,
+    party: Party,
+    id: Identity,
+    learner: &'a L,
+    ring: &SybilRing,
+) -> Box<dyn PartyNode + 'a> {
+    let attack = cfg.attack.as_ref();
+    match party {
+        Party::Client(k) => {
+            let update_attack = attack.and_then(|a| a.attack.update());
+            let sybils = attack.is_some_and(|a| a.sybil_stake.is_some());
+            let c = Client::new(k, id, learner, cfg.seed, cfg.client_stake(k));
+            if !cfg.is_attacker(k) {
+                Box::new(c)
+            } else if update_attack.is_some() || sybils {
+                let c = c.stop_if_diverged(false);
+                let ring = sybils.then(|| ring.clone());
+                Box::new(AdversarialClient::new(c, update_attack, ring, cfg.seed))
+            } else {
+                Box::new(c.stop_if_diverged(false))
+            }
+        }
+        Party::Validator(v) => {
+            let colluding = attack.map_or(0, |a| a.colluding_validators);
+            let attackers: std::collections::BTreeSet<u32> = (0..cfg.clients as u32)
+                .filter(|&k| cfg.is_attacker(k))
+                .collect();
+            let x = Validator::new(v, id, learner, cfg.seed, cfg.incentives.validator_stake);
+            if (v as usize) < colluding {
+                Box::new(CollusiveValidator::new(x, attackers))
+            } else {
+                Box::new(x)
+            }
         }
     }
-    for v in 0..cfg.validators as u32 {
-        let id = keys.identity(&format!("validator-{v}"));
-        let x = Validator::new(v, id, learner, cfg.seed, cfg.incentives.validator_stake);
-        if (v as usize) < colluding {
-            out.push(Box::new(CollusiveValidator::new(x, attackers.clone())));
-        } else {
-            out.push(Box::new(x));
-        }
-    }
-    out
 }
 
 /// The in-process host of the clients and validators: the transport's plain [`Queues`] and a

@@ -1,6 +1,7 @@
 //! Subcommands, one per file.
 
 mod bench;
+mod federation;
 mod keys;
 mod ledger;
 mod model;
@@ -33,6 +34,13 @@ enum Command {
     Keys(keys::KeysCmd),
     /// Run a federated experiment from a TOML config on the embedded ledger.
     Run(run::Args),
+    /// Host a federation of separate processes: the rounds, the ledger and the blob store, for
+    /// clients and validators that dial in over gRPC (TLS), each with its own key.
+    Coordinator(federation::CoordinatorArgs),
+    /// Run one client of a federation: its own key and data; dials the coordinator.
+    Client(federation::ClientArgs),
+    /// Run one validator of a federation: its own key and held-out data; dials the coordinator.
+    Validator(federation::ValidatorArgs),
     /// Check a run's provenance.jsonl against its ledger and blob store.
     Provenance(provenance::Args),
     /// Train, evaluate, sample from and adapt language models (GPT from scratch, LoRA).
@@ -54,6 +62,9 @@ impl Cli {
             Command::Keys(c) => c.execute(),
             Command::Run(a) => a.execute(),
             Command::Provenance(a) => a.execute(),
+            Command::Coordinator(a) => a.execute(),
+            Command::Client(a) => a.execute(),
+            Command::Validator(a) => a.execute(),
             Command::Model(c) => c.execute(),
             Command::Bench(c) => c.execute(),
             Command::Sim(c) => c.execute(),

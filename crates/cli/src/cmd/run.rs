@@ -49,20 +49,20 @@ use cohort_fl::events::RunEvent;
 pub struct Args {
     /// The run's configuration (TOML; see examples/ and examples/README.md for every field's
     /// range).
-    config: PathBuf,
+    pub(crate) config: PathBuf,
     /// Output directory: created if missing; must not hold another run (unless --resume).
     #[arg(long)]
     out: PathBuf,
     /// Override the config's seed (any 64-bit number).
     #[arg(long, value_parser = int_in(0..=u64::MAX))]
-    seed: Option<u64>,
+    pub(crate) seed: Option<u64>,
     /// Override one config value, after the file: a dotted key and a TOML value, e.g.
     /// `attack.fraction=0` (a clean run), `aggregation.strategy={kind="fed-avg"}`,
     /// `attack.attack={kind="sign-flip",scale=3.0}`, `task.preset=test` (a bare word is a
     /// string). Repeatable; applied in order. The effective config is in DIR/run.json and
     /// DIR/summary.json.
     #[arg(long = "set", value_name = "KEY=VALUE")]
-    set: Vec<String>,
+    pub(crate) set: Vec<String>,
     /// Print the summary as JSON instead of tables (progress goes to stderr).
     #[arg(long)]
     json: bool,
@@ -75,12 +75,12 @@ pub struct Args {
     /// progress runs again from its start; the run ends with the same ledger root as one that
     /// was never interrupted. On a finished run it says so and does nothing.
     #[arg(long)]
-    resume: bool,
+    pub(crate) resume: bool,
     /// Derive every key from a fresh random secret (DIR/keys/run.key, mode 0600) instead of
     /// the seed that summary.json publishes: the run's ledger then cannot be forged from its
     /// summary, and its root differs from run to run (the model, verdicts and payouts do not).
     #[arg(long, conflicts_with = "resume")]
-    random_keys: bool,
+    pub(crate) random_keys: bool,
     /// Where the update and global-model blobs go (content-addressed, checked on every
     /// read): a directory, or `s3://bucket/prefix` for S3-compatible storage shared by
     /// parties on many machines, configured by the usual `AWS_*` variables
@@ -101,11 +101,14 @@ pub struct Args {
     /// keys and ledger, for side-by-side comparison). The phase timeouts are then wall-clock
     /// deadlines; a run whose parties all answer in time records the same ledger root.
     #[arg(long, value_enum, default_value_t = TransportKind::InProcess)]
-    transport: TransportKind,
+    pub(crate) transport: TransportKind,
+    /// Set by `cohort coordinator`: the parties are processes of their own that dial in.
+    #[arg(skip)]
+    pub(crate) network: std::sync::Mutex<Option<super::federation::Network>>,
     /// Check the config, the files it names, --reference and DIR as a run would, print the
     /// effective config, and stop: nothing is created or written.
     #[arg(long)]
-    check: bool,
+    pub(crate) check: bool,
     /// Run on an EVM chain at this JSON-RPC URL (http://) instead of the embedded ledger: the
     /// protocol is deployed there and every registration, stake, update, score and payout is
     /// a transaction on that chain. The chain must let the run set block time
@@ -953,11 +956,33 @@ impl Args {
             opts = opts.resuming(r);
         }
         let mut last = settled;
-        let run = match self.transport {
-            TransportKind::InProcess => {
+        let network = self
+            .network
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let run = match (network, self.transport) {
+            (Some(net), _) => {
+                let addr = net.addr()?;
+                let tls = if net.is_tls() {
+                    "TLS"
+                } else {
+                    "plain text: --insecure"
+                };
+                let listen = net.into_listen(origin);
+                progress.say(&format!(
+                    "listening on {addr} ({tls}) for {} clients and {} validators; each \
+                     registers itself when it connects",
+                    cfg.clients, cfg.validators,
+                ));
+                cohort_net::run::run_as_coordinator(cfg, ledger, &*task, opts, listen, |r| {
+                    last = r.round
+                })
+            }
+            (None, TransportKind::InProcess) => {
                 run_in_process(cfg, ledger, &*task, opts, |r| last = r.round)
             }
-            TransportKind::Grpc => {
+            (None, TransportKind::Grpc) => {
                 cohort_net::run::run_over_loopback(cfg, ledger, &*task, opts, |r| last = r.round)
             }
         };
