@@ -152,6 +152,7 @@ pub struct Coordinator<'a, B: LedgerBackend, L: Learner + ?Sized> {
     address: Address,
     roster: Roster,
     learner: &'a L,
+    absent: Vec<(Party, String)>,
 }
 
 impl<B: LedgerBackend, L: Learner + ?Sized> std::fmt::Debug for Coordinator<'_, B, L> {
@@ -194,6 +195,7 @@ impl<'a, B: LedgerBackend, L: Learner + ?Sized> Coordinator<'a, B, L> {
             address,
             roster,
             learner,
+            absent: Vec::new(),
         })
     }
 
@@ -271,36 +273,38 @@ impl<'a, B: LedgerBackend, L: Learner + ?Sized> Coordinator<'a, B, L> {
                 got.entry(e.party).or_insert(e);
             }
         }
-        let enrol_error = |party: Party, reason: String| {
-            RunError::Fl(FlError::InvalidConfig {
-                what: "enrolment",
-                reason: format!("{party}: {reason}"),
-            })
-        };
+        // A party that did not enrol in time, or whose enrolment is malformed or refused by
+        // the ledger, sits the run out (it is not registered, so it cannot submit or score);
+        // the others go on.
+        let mut absent: Vec<(Party, String)> = Vec::new();
         let mut registers = Vec::new();
         let mut stakes = Vec::new();
         let mut datasets = Vec::new();
         for &(party, address) in &everyone {
-            let e = got
-                .remove(&party)
-                .ok_or_else(|| enrol_error(party, "did not enrol".into()))?;
+            let Some(e) = got.remove(&party) else {
+                absent.push((party, "did not enrol in time".into()));
+                continue;
+            };
             let mut calls = vec![&e.register, &e.stake];
             calls.extend(e.dataset.as_ref());
             if let Some(c) = calls.iter().find(|c| c.author() != address) {
-                return Err(enrol_error(
+                absent.push((
                     party,
                     format!(
                         "a call signed by {}, not by the party ({address})",
                         c.author()
                     ),
                 ));
+                continue;
             }
             match (party, &e.dataset) {
                 (Party::Client(_), None) => {
-                    return Err(enrol_error(party, "no dataset commitment".into()));
+                    absent.push((party, "no dataset commitment".into()));
+                    continue;
                 }
                 (Party::Validator(_), Some(_)) => {
-                    return Err(enrol_error(party, "a validator commits no dataset".into()));
+                    absent.push((party, "a validator commits no dataset".into()));
+                    continue;
                 }
                 _ => {}
             }
@@ -308,31 +312,77 @@ impl<'a, B: LedgerBackend, L: Learner + ?Sized> Coordinator<'a, B, L> {
             stakes.push((party, e.stake));
             datasets.extend(e.dataset.map(|d| (party, d)));
         }
+        let mut refused = |who: &[Party], errors: Vec<Option<String>>| {
+            let mut out = BTreeSet::new();
+            for (party, r) in who.iter().zip(errors) {
+                if let Some(e) = r {
+                    absent.push((*party, format!("the ledger refused its enrolment: {e}")));
+                    out.insert(*party);
+                }
+            }
+            out
+        };
         let (who, calls): (Vec<Party>, Vec<SignedCall>) = registers.into_iter().unzip();
-        for (party, r) in who
-            .iter()
-            .zip(self.p.relay_batch::<Cohort::registerCall>(calls)?)
-        {
-            r.map_err(|e| enrol_error(*party, e.to_string()))?;
+        let results = self.p.relay_batch::<Cohort::registerCall>(calls)?;
+        let out = refused(&who, errors(results));
+        let (who, calls): (Vec<Party>, Vec<SignedCall>) =
+            stakes.into_iter().filter(|(p, _)| !out.contains(p)).unzip();
+        let results = self.p.relay_batch::<Cohort::stakeCall>(calls)?;
+        let out2 = refused(&who, errors(results));
+        let (who, calls): (Vec<Party>, Vec<SignedCall>) = datasets
+            .into_iter()
+            .filter(|(p, _)| !out.contains(p) && !out2.contains(p))
+            .unzip();
+        let results = self.p.relay_batch::<Cohort::commitDatasetCall>(calls)?;
+        let mut ids: BTreeMap<Party, B256> = BTreeMap::new();
+        for (party, r) in who.iter().zip(results) {
+            match r {
+                Ok(sent) => {
+                    ids.insert(*party, sent.value);
+                }
+                Err(e) => absent.push((*party, format!("the ledger refused its dataset: {e}"))),
+            }
         }
-        let (who, calls): (Vec<Party>, Vec<SignedCall>) = stakes.into_iter().unzip();
-        for (party, r) in who
-            .iter()
-            .zip(self.p.relay_batch::<Cohort::stakeCall>(calls)?)
-        {
-            r.map_err(|e| enrol_error(*party, e.to_string()))?;
+        absent.sort();
+        absent.dedup_by_key(|(p, _)| *p);
+        let clients_in = ids.len();
+        let validators_in = self.roster.validators.len()
+            - absent
+                .iter()
+                .filter(|(p, _)| matches!(p, Party::Validator(_)))
+                .count();
+        if clients_in == 0 || validators_in == 0 {
+            let why: Vec<String> = absent.iter().map(|(p, r)| format!("{p}: {r}")).collect();
+            return Err(RunError::Fl(FlError::InvalidConfig {
+                what: "enrolment",
+                reason: format!(
+                    "{clients_in} clients and {validators_in} validators enrolled, a run needs at \
+                     least one of each ({})",
+                    why.join("; ")
+                ),
+            }));
         }
-        let (who, calls): (Vec<Party>, Vec<SignedCall>) = datasets.into_iter().unzip();
-        let mut ids = Vec::with_capacity(who.len());
-        for (party, r) in who
-            .iter()
-            .zip(self.p.relay_batch::<Cohort::commitDatasetCall>(calls)?)
-        {
-            ids.push(r.map_err(|e| enrol_error(*party, e.to_string()))?.value);
-        }
-        Ok(ids)
+        self.absent = absent;
+        // One dataset id per client, in client order (zero for a client that sat out).
+        Ok((0..self.roster.clients.len() as u32)
+            .map(|k| ids.get(&Party::Client(k)).copied().unwrap_or(B256::ZERO))
+            .collect())
+    }
+
+    /// The parties that sit the run out, each with why: they did not enrol in time, or their
+    /// enrolment was malformed or refused (filled by [`Self::enrol`]).
+    pub fn absent(&self) -> &[(Party, String)] {
+        &self.absent
     }
 }
+/// The error of each result, as text.
+fn errors<T, E: std::fmt::Display>(results: Vec<Result<T, E>>) -> Vec<Option<String>> {
+    results
+        .into_iter()
+        .map(|r| r.err().map(|e| e.to_string()))
+        .collect()
+}
+
 /// The state saved after a round (or the set-up).
 struct Snapshot<'a> {
     cfg_digest: Hash32,
@@ -415,6 +465,7 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
             address: coord_addr,
             roster,
             learner,
+            ..
         } = self;
         let (cfg, learner, coord_addr) = (*cfg, *learner, *coord_addr);
         let seed = cfg.seed;
