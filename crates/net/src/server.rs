@@ -125,11 +125,17 @@ impl std::fmt::Debug for Hub {
 }
 
 impl Hub {
-    /// A hub for `cfg`.
+    /// A hub for `cfg`. Its request numbers start at a random point, so that a coordinator
+    /// started again (`--resume`) never reuses a number a party has already answered.
     pub fn new(cfg: HubConfig) -> Arc<Self> {
+        let r = os_random().unwrap_or([7; 32]);
+        let start = u64::from_le_bytes([r[0], r[1], r[2], r[3], r[4], r[5], r[6], 0]);
         Arc::new(Self {
             cfg,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                next_id: start,
+                ..State::default()
+            }),
             changed: Condvar::new(),
         })
     }
