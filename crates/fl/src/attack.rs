@@ -169,27 +169,28 @@ impl From<DataAttack> for AttackKind {
 
 impl UpdateAttack {
     /// Turns an honest update into the attacker's; `seed` and the client id drive any noise.
+    /// The attack changes the values and keeps the layout (the tensors' names and shapes).
     pub fn apply(&self, honest: &ClientUpdate, seed: u64) -> ClientUpdate {
         let mut u = honest.clone();
         match *self {
             Self::RandomNoise { std } => {
                 let mut rng = Rng::derive(seed, &format!("noise-attack/{}/{}", u.client, u.round));
-                for x in &mut u.delta {
+                for x in &mut u.delta.values {
                     *x = (rng.normal() * std) as f32;
                 }
             }
             Self::SignFlip { scale } => {
-                for x in &mut u.delta {
+                for x in &mut u.delta.values {
                     *x = (-(f64::from(*x)) * scale) as f32;
                 }
             }
             Self::ScaledReplacement { factor } => {
-                for x in &mut u.delta {
+                for x in &mut u.delta.values {
                     *x = (f64::from(*x) * factor) as f32;
                 }
             }
             Self::FreeRider { fake_samples } => {
-                u.delta.iter_mut().for_each(|x| *x = 0.0);
+                u.delta.values.iter_mut().for_each(|x| *x = 0.0);
                 u.num_samples = fake_samples;
             }
         }
@@ -205,22 +206,26 @@ mod tests {
     fn attacks_do_what_they_say() {
         let h = ClientUpdate::new(4, 2, vec![1.0, -2.0, 0.5], 10);
         let flip = UpdateAttack::SignFlip { scale: 2.0 }.apply(&h, 0);
-        assert_eq!(flip.delta, vec![-2.0, 4.0, -1.0]);
+        assert_eq!(flip.delta.values, vec![-2.0, 4.0, -1.0]);
         let boost = UpdateAttack::ScaledReplacement { factor: 10.0 }.apply(&h, 0);
-        assert_eq!(boost.delta, vec![10.0, -20.0, 5.0]);
+        assert_eq!(boost.delta.values, vec![10.0, -20.0, 5.0]);
         let free = UpdateAttack::FreeRider {
             fake_samples: 1_000,
         }
         .apply(&h, 0);
-        assert!(free.delta.iter().all(|&x| x == 0.0));
+        assert!(free.delta.values.iter().all(|&x| x == 0.0));
         assert_eq!(free.num_samples, 1_000);
         let n1 = UpdateAttack::RandomNoise { std: 1.0 }.apply(&h, 1);
         assert_eq!(n1, UpdateAttack::RandomNoise { std: 1.0 }.apply(&h, 1));
         assert_ne!(
-            n1.delta,
-            UpdateAttack::RandomNoise { std: 1.0 }.apply(&h, 2).delta
+            n1.delta.values,
+            UpdateAttack::RandomNoise { std: 1.0 }
+                .apply(&h, 2)
+                .delta
+                .values
         );
-        assert_ne!(n1.delta, h.delta);
+        assert_ne!(n1.delta.values, h.delta.values);
+        assert_eq!(n1.delta.layout, h.delta.layout, "the layout is kept");
     }
 
     #[test]

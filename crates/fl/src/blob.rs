@@ -3,7 +3,10 @@
 //! PEFT read). Encoding is canonical: the same values give the same bytes, hence the same hash
 //! on the ledger.
 
+use std::sync::Arc;
+
 use crate::FlError;
+pub use crate::update::{Layout, NamedDelta};
 
 /// Safetensors bytes of a flat vector cut into named tensors (`spec`: name and shape, in
 /// flat order), tensors sorted by name, with `{"format": "pt"}` metadata: the layout
@@ -90,10 +93,17 @@ pub fn decode_blob(
             .map_err(|e| bad(format!("{name}: shape: {e}")))?;
         let [begin, end]: [usize; 2] = serde_json::from_value(t["data_offsets"].clone())
             .map_err(|e| bad(format!("{name}: data_offsets: {e}")))?;
-        let count: usize = shape.iter().product();
+        let count = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| {
+                bad(format!(
+                    "{name}: shape {shape:?} has more values than fit in memory"
+                ))
+            })?;
         let bytes = data
             .get(begin..end)
-            .filter(|b| b.len() == 4 * count)
+            .filter(|b| Some(b.len()) == count.checked_mul(4))
             .ok_or_else(|| {
                 bad(format!(
                     "{name}: offsets {begin}..{end} do not hold {count} f32 values in {} data bytes",
@@ -130,85 +140,6 @@ pub fn decode_blob(
     Ok(out)
 }
 
-/// An update (or a model) with its tensors' names and shapes: `values` is the flat vector, the
-/// tensors' values one after another in the order of `tensors`. What a blob holds, as
-/// [`decode_named_blob`] reads it; [`NamedDelta::into_layout`] checks it against the global
-/// model's tensors and puts it in their order, so that a strategy can work on the flat values.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NamedDelta {
-    /// Each tensor's name and shape, in the order of `values`.
-    pub tensors: Vec<(String, Vec<usize>)>,
-    /// The values of every tensor, flat.
-    pub values: Vec<f32>,
-}
-
-impl NamedDelta {
-    /// A flat vector as one tensor named `delta` (the layout of [`encode_blob`]).
-    pub fn flat(values: Vec<f32>) -> Self {
-        Self {
-            tensors: vec![("delta".to_owned(), vec![values.len()])],
-            values,
-        }
-    }
-
-    /// The safetensors bytes of this delta ([`encode_named_blob`]): decoding them gives it back,
-    /// tensors in name order.
-    pub fn encode(&self) -> Vec<u8> {
-        encode_named_blob(&self.tensors, &self.values)
-    }
-
-    /// This delta in the layout `spec` (the global model's tensors: name and shape, in flat
-    /// order), its values reordered to match. A tensor `spec` names that is missing, one it
-    /// does not name, or one of another shape is refused, the error naming the tensor.
-    pub fn into_layout(self, spec: &[(String, Vec<usize>)]) -> Result<Self, FlError> {
-        let bad = |reason: String| FlError::MalformedBlob { reason };
-        let mut at = std::collections::BTreeMap::new();
-        let mut off = 0usize;
-        for (name, shape) in &self.tensors {
-            let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-            let n = n
-                .filter(|n| off.checked_add(*n).is_some_and(|e| e <= self.values.len()))
-                .ok_or_else(|| {
-                    bad(format!(
-                        "tensor {name} of shape {shape:?} does not fit in {} values",
-                        self.values.len()
-                    ))
-                })?;
-            if at.insert(name.as_str(), (shape, off, n)).is_some() {
-                return Err(bad(format!("tensor {name} appears twice")));
-            }
-            off += n;
-        }
-        if off != self.values.len() {
-            return Err(bad(format!(
-                "the tensors hold {off} values, the delta has {}",
-                self.values.len()
-            )));
-        }
-        for (name, _) in &self.tensors {
-            if !spec.iter().any(|(s, _)| s == name) {
-                return Err(bad(format!(
-                    "unexpected tensor {name}: the model has no such tensor"
-                )));
-            }
-        }
-        let mut values = Vec::with_capacity(self.values.len());
-        for (name, shape) in spec {
-            let (got, start, n) = at
-                .get(name.as_str())
-                .ok_or_else(|| bad(format!("no tensor {name}: the model has one")))?;
-            if *got != shape {
-                return Err(bad(format!("{name} has shape {got:?}, expected {shape:?}")));
-            }
-            values.extend_from_slice(&self.values[*start..start + n]);
-        }
-        Ok(Self {
-            tensors: spec.to_vec(),
-            values,
-        })
-    }
-}
-
 /// The named delta a safetensors blob holds: every tensor (in name order) with its shape and
 /// values, whatever the model's layout (check it with [`NamedDelta::into_layout`]). Errors
 /// name what is wrong, as [`decode_blob`]'s do.
@@ -227,8 +158,14 @@ pub fn decode_named_blob(blob: &[u8]) -> Result<NamedDelta, FlError> {
             reason: "no tensors".to_owned(),
         });
     }
-    let values = decode_blob(Some(&tensors), blob)?;
-    Ok(NamedDelta { tensors, values })
+    let layout = Layout::new(tensors).map_err(|e| FlError::MalformedBlob {
+        reason: match e {
+            FlError::InvalidLayout { reason } => reason,
+            other => other.to_string(),
+        },
+    })?;
+    let values = decode_blob(Some(layout.tensors()), blob)?;
+    Ok(NamedDelta::new(Arc::new(layout), values))
 }
 
 /// The JSON header of a safetensors blob and the offset of its data.
@@ -294,71 +231,114 @@ mod tests {
         assert!(err(decode_blob(None, &encode_named_blob(&spec, &values))).contains("delta"));
     }
 
+    /// A blob with `header` as its JSON header and `data` after it.
+    fn raw(header: &str, data: &[u8]) -> Vec<u8> {
+        let mut out = (header.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(data);
+        out
+    }
+
     #[test]
     fn named_deltas_round_trip_and_a_wrong_layout_is_refused_by_tensor_name() {
         let spec = vec![("b".to_owned(), vec![2]), ("a".to_owned(), vec![1, 2])];
+        let model = Arc::new(Layout::new(spec.clone()).unwrap());
         let values = vec![1.0, 2.0, 3.0, 4.0];
         let d = decode_named_blob(&encode_named_blob(&spec, &values)).unwrap();
         // Tensors come back in name order, each with its values.
         assert_eq!(
-            d.tensors,
-            vec![("a".to_owned(), vec![1, 2]), ("b".to_owned(), vec![2])]
+            d.layout.tensors(),
+            [("a".to_owned(), vec![1, 2]), ("b".to_owned(), vec![2])]
         );
         assert_eq!(d.values, vec![3.0, 4.0, 1.0, 2.0]);
-        let d = d.into_layout(&spec).unwrap();
+        let d = d.into_layout(&model).unwrap();
+        assert!(Arc::ptr_eq(&d.layout, &model));
+        assert_eq!(d.values, values);
+        assert_eq!(d.encode(), model.encode(&values));
         assert_eq!(
-            (d.tensors.clone(), d.values.clone()),
-            (spec.clone(), values.clone())
-        );
-        assert_eq!(
-            decode_named_blob(&d.encode())
+            NamedDelta::decode(&d.encode())
                 .unwrap()
-                .into_layout(&spec)
+                .into_layout(&model)
                 .unwrap(),
             d
         );
-        let err = |d: NamedDelta, spec: &[(String, Vec<usize>)]| {
-            d.into_layout(spec).unwrap_err().to_string()
+        let tensors = |t: &[(&str, &[usize])]| {
+            Arc::new(
+                Layout::new(
+                    t.iter()
+                        .map(|(n, s)| ((*n).to_owned(), s.to_vec()))
+                        .collect(),
+                )
+                .unwrap(),
+            )
         };
+        let err = |d: NamedDelta| d.into_layout(&model).unwrap_err().to_string();
         // Missing, extra and misshapen tensors are named.
-        let one = NamedDelta {
-            tensors: vec![("b".to_owned(), vec![2])],
-            values: vec![1.0, 2.0],
-        };
-        assert!(err(one, &spec).contains("no tensor a"));
-        let three = NamedDelta {
-            tensors: vec![
-                ("a".to_owned(), vec![1, 2]),
-                ("b".to_owned(), vec![2]),
-                ("c".to_owned(), vec![1]),
-            ],
-            values: vec![0.0; 5],
-        };
-        assert!(err(three, &spec).contains("unexpected tensor c"));
-        let shaped = NamedDelta {
-            tensors: vec![("a".to_owned(), vec![2, 1]), ("b".to_owned(), vec![2])],
-            values: vec![0.0; 4],
-        };
-        assert!(err(shaped, &spec).contains("a has shape [2, 1], expected [1, 2]"));
-        let short = NamedDelta {
-            tensors: spec.clone(),
-            values: vec![0.0; 3],
-        };
-        assert!(err(short, &spec).contains("does not fit"));
-        let huge = NamedDelta {
-            tensors: vec![("a".to_owned(), vec![usize::MAX, 2])],
-            values: vec![],
-        };
-        assert!(err(huge, &spec).contains("does not fit"));
+        let one = NamedDelta::new(tensors(&[("b", &[2])]), vec![1.0, 2.0]);
+        assert!(err(one).contains("no tensor a"));
+        let three = NamedDelta::new(
+            tensors(&[("a", &[1, 2]), ("b", &[2]), ("c", &[1])]),
+            vec![0.0; 5],
+        );
+        assert!(err(three).contains("a tensor c (shape [1]), which the model does not"));
+        let shaped = NamedDelta::new(tensors(&[("a", &[2, 1]), ("b", &[2])]), vec![0.0; 4]);
+        assert!(err(shaped).contains("tensor a has shape [2, 1], the model's [1, 2]"));
+        let short = NamedDelta::new(Arc::clone(&model), vec![0.0; 3]);
+        assert!(err(short).contains("its tensors hold 4 values, the delta has 3"));
         // A flat update is one `delta` tensor: against a named model it is refused by name.
         let flat = decode_named_blob(&encode_blob(&values)).unwrap();
         assert_eq!(flat, NamedDelta::flat(values.clone()));
-        assert!(err(flat, &spec).contains("unexpected tensor delta"));
+        assert_eq!(
+            flat.encode(),
+            encode_blob(&values),
+            "flat blobs keep their bytes"
+        );
+        let e = err(flat);
+        assert!(
+            e.contains("no tensor b, which the model has (and 1 more)"),
+            "{e}"
+        );
+        assert!(
+            e.contains("a tensor delta (shape [4]), which the model does not"),
+            "{e}"
+        );
         assert!(
             decode_named_blob(b"abc")
                 .unwrap_err()
                 .to_string()
                 .contains("shorter")
         );
+    }
+
+    #[test]
+    fn hostile_headers_are_refused_without_a_panic() {
+        let dec = |h: &str| {
+            decode_named_blob(&raw(h, &[0; 16]))
+                .unwrap_err()
+                .to_string()
+        };
+        // Shapes whose sizes overflow, in one tensor or across two.
+        let e =
+            dec(r#"{"a":{"dtype":"F32","shape":[4611686018427387904,8],"data_offsets":[0,16]}}"#);
+        assert!(e.contains("tensor a of shape"), "{e}");
+        let e = dec(r#"{"a":{"dtype":"F32","shape":[4611686018427387904],"data_offsets":[0,16]}}"#);
+        assert!(e.contains("a: offsets 0..16 do not hold"), "{e}");
+        let e = decode_blob(
+            None,
+            &raw(
+                r#"{"delta":{"dtype":"F32","shape":[4611686018427387904,8],"data_offsets":[0,16]}}"#,
+                &[0; 16],
+            ),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("more values than fit"), "{e}");
+        // safetensors' reserved name as a tensor, offsets backwards, no tensors at all.
+        let e = dec(r#"{"__metadata__":{"format":"pt"}}"#);
+        assert!(e.contains("no tensors"), "{e}");
+        let e = dec(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[8,4]}}"#);
+        assert!(e.contains("do not hold"), "{e}");
+        let e = dec(r#"{"a":{"dtype":"F16","shape":[1],"data_offsets":[0,2]}}"#);
+        assert!(e.contains("not F32"), "{e}");
     }
 }

@@ -15,11 +15,12 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use cohort_core::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::{ClientUpdate, FlError, validate};
+use crate::{ClientUpdate, FlError, Layout, validate};
 
 /// Timing and cohort settings of the coordinator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,6 +76,17 @@ pub enum Phase {
 pub enum Event {
     /// A client's update arrived (already recorded on the ledger by the client).
     Update(ClientUpdate),
+    /// A client's update arrived (already recorded on the ledger) but cannot be read: its
+    /// blob does not decode. Taken in as an update is (the same phase, cohort and
+    /// once-per-client rules) and recorded as rejected with `reason`.
+    Unreadable {
+        /// The client.
+        client: u32,
+        /// The round the client's reply named.
+        round: u64,
+        /// Why it cannot be read.
+        reason: String,
+    },
     /// A validator committed its scores.
     Committed {
         /// The validator.
@@ -131,7 +143,7 @@ pub struct Coordinator {
     cfg: CoordinatorConfig,
     population: Vec<u32>,
     validators: BTreeSet<u32>,
-    dim: usize,
+    layout: Arc<Layout>,
     round: u64,
     phase: Phase,
     since: u64,
@@ -144,12 +156,13 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// A coordinator over `clients` and `validators`, for models with `dim` trainable values.
+    /// A coordinator over `clients` and `validators`, for a model of `layout` (the
+    /// tensors every update must carry, by name and shape).
     pub fn new(
         cfg: CoordinatorConfig,
         clients: Vec<u32>,
         validators: Vec<u32>,
-        dim: usize,
+        layout: Arc<Layout>,
     ) -> Result<Self, FlError> {
         if clients.is_empty() || cfg.clients_per_round == 0 {
             return Err(FlError::InvalidConfig {
@@ -170,7 +183,7 @@ impl Coordinator {
             cfg,
             population,
             validators: validators.into_iter().collect(),
-            dim,
+            layout,
             round: 0,
             phase: Phase::Idle,
             since: 0,
@@ -209,21 +222,8 @@ impl Coordinator {
     pub fn handle(&mut self, event: Event) -> Result<(), FlError> {
         match event {
             Event::Update(u) => {
-                let refuse = |reason: String| FlError::UpdateRejected {
-                    client: u.client,
-                    round: u.round,
-                    reason,
-                };
-                if self.phase != Phase::Train {
-                    return Err(refuse(format!("submissions are closed ({:?})", self.phase)));
-                }
-                if !self.cohort.contains(&u.client) {
-                    return Err(refuse("client is not in this round's cohort".into()));
-                }
-                if self.arrived.contains_key(&u.client) {
-                    return Err(refuse("client already submitted this round".into()));
-                }
-                match validate(&u, self.round, self.dim) {
+                self.expect_update(u.client, u.round)?;
+                match validate(&u, self.round, &self.layout) {
                     Ok(()) => {
                         self.arrived.insert(u.client, self.updates.len());
                         self.updates.push(u);
@@ -233,6 +233,21 @@ impl Coordinator {
                         self.rejected.push((u.client, e.to_string()));
                     }
                 }
+                Ok(())
+            }
+            Event::Unreadable {
+                client,
+                round,
+                reason,
+            } => {
+                self.expect_update(client, round)?;
+                self.arrived.insert(client, usize::MAX);
+                let e = FlError::UpdateRejected {
+                    client,
+                    round,
+                    reason,
+                };
+                self.rejected.push((client, e.to_string()));
                 Ok(())
             }
             Event::Committed { validator } => {
@@ -252,6 +267,26 @@ impl Coordinator {
                 Ok(())
             }
         }
+    }
+
+    /// Whether an update from `client` for `round` may arrive now: submissions open, the
+    /// client in the cohort and not yet heard from.
+    fn expect_update(&self, client: u32, round: u64) -> Result<(), FlError> {
+        let refuse = |reason: String| FlError::UpdateRejected {
+            client,
+            round,
+            reason,
+        };
+        if self.phase != Phase::Train {
+            return Err(refuse(format!("submissions are closed ({:?})", self.phase)));
+        }
+        if !self.cohort.contains(&client) {
+            return Err(refuse("client is not in this round's cohort".into()));
+        }
+        if self.arrived.contains_key(&client) {
+            return Err(refuse("client already submitted this round".into()));
+        }
+        Ok(())
     }
 
     fn expect_validator(&self, v: u32, phase: Phase) -> Result<(), FlError> {
@@ -359,7 +394,13 @@ mod tests {
             clients_per_round: per_round,
             ..CoordinatorConfig::default()
         };
-        Coordinator::new(cfg, (0..10).collect(), vec![100, 101], 3).unwrap()
+        Coordinator::new(
+            cfg,
+            (0..10).collect(),
+            vec![100, 101],
+            Arc::new(Layout::flat(3)),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -414,6 +455,22 @@ mod tests {
         .unwrap();
         c.handle(Event::Update(ClientUpdate::new(2, 9, vec![0.0; 3], 5)))
             .unwrap();
+        // A blob that does not decode: recorded as rejected with its reason.
+        c.handle(Event::Unreadable {
+            client: 4,
+            round: 1,
+            reason: "malformed blob: no tensors".into(),
+        })
+        .unwrap();
+        assert!(
+            c.handle(Event::Unreadable {
+                client: 4,
+                round: 1,
+                reason: "again".into()
+            })
+            .is_err(),
+            "twice"
+        );
         // Twice from one client, or from a stranger: refused.
         assert!(
             c.handle(Event::Update(ClientUpdate::new(0, 1, vec![0.0; 3], 5)))
@@ -434,8 +491,13 @@ mod tests {
             panic!()
         };
         assert!(updates.is_empty());
-        assert_eq!(rejected.len(), 3);
+        assert_eq!(rejected.len(), 4);
         assert!(rejected.iter().any(|(k, r)| *k == 1 && r.contains("NaN")));
+        assert!(
+            rejected
+                .iter()
+                .any(|(k, r)| *k == 4 && r.ends_with("rejected: malformed blob: no tensors"))
+        );
         assert!(
             c.handle(Event::Update(ClientUpdate::new(3, 1, vec![0.0; 3], 5)))
                 .is_err(),

@@ -1,15 +1,18 @@
 //! The learning task behind a run, as the runtime sees it: the [`Learner`] trait and the
-//! [`Metrics`] it reports. The trait speaks flat parameter vectors and blobs, not tensors, so
-//! the pure domain and the parties hold a `dyn Learner` without an ML dependency; the tasks
+//! [`Metrics`] it reports. The trait speaks flat parameter vectors and the model's
+//! [`Layout`] (its tensors' names and shapes, which a blob and an update carry), not tensors,
+//! so the pure domain and the parties hold a `dyn Learner` without an ML dependency; the tasks
 //! themselves (least squares, LoRA fine-tuning of a GPT, IMDB sentiment) live in
 //! `cohort-tasks`.
+
+use std::sync::Arc;
 
 use cohort_core::{Hash32, Rng};
 use serde::{Deserialize, Serialize};
 
 use crate::FlError;
 use crate::attack::DataAttack;
-use crate::blob::{decode_blob, encode_blob};
+use crate::update::Layout;
 
 /// Quality of a model on some data.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -45,11 +48,15 @@ impl Metrics {
 /// run replays from its seed. Implementations may keep one model and load parameters into it
 /// for each call: calls are sequential.
 pub trait Learner {
-    /// Number of trainable values.
-    fn dim(&self) -> usize;
+    /// The model's trainable tensors (name and shape, in flat order): every flat vector this
+    /// learner takes or returns is in this layout, and its blobs name their tensors by it
+    /// ([`Layout::encode`]). Tasks without named parameters give [`Layout::flat`]. The same
+    /// `Arc` on every call, so that the updates of a run share it.
+    fn layout(&self) -> Arc<Layout>;
     /// The initial global parameters.
     fn init(&self) -> Vec<f32>;
-    /// Client `k` trains from `global` on its own data and returns its delta.
+    /// Client `k` trains from `global` on its own data and returns its delta (flat, in
+    /// [`layout`](Self::layout)'s order).
     fn train(&self, client: u32, global: &[f32], rng: &mut Rng) -> Result<Vec<f32>, FlError>;
     /// How many samples client `k` holds.
     fn num_samples(&self, client: u32) -> u64;
@@ -60,19 +67,6 @@ pub trait Learner {
     fn holdout_loss(&self, validator: u32, params: &[f32]) -> Result<f64, FlError>;
     /// Metrics of `params` on the test set.
     fn evaluate(&self, params: &[f32]) -> Result<Metrics, FlError>;
-    /// The safetensors bytes of a flat vector (an update or a global model), whose SHA-256 is
-    /// what goes on the ledger. The default is one tensor named `delta`; tasks with named
-    /// parameters write one tensor per parameter under its name.
-    fn encode(&self, values: &[f32]) -> Vec<u8> {
-        encode_blob(values)
-    }
-    /// The flat vector of a blob written by [`encode`](Self::encode) (the inverse, bit for
-    /// bit). A blob of one tensor named `delta` decodes to its values whatever their number
-    /// (a malformed update is still read, then refused by validation); anything else that is
-    /// not this task's layout is an error.
-    fn decode(&self, blob: &[u8]) -> Result<Vec<f32>, FlError> {
-        decode_blob(None, blob)
-    }
     /// Makes client `k` an attacker that poisons its own training data. Tasks without
     /// labelled data refuse.
     fn poison(&mut self, client: u32, attack: &DataAttack) -> Result<(), FlError> {

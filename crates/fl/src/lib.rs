@@ -1,6 +1,7 @@
 //! Federated learning for cohort: the pure domain.
 //!
-//! The synchronous parts of the federated protocol: client updates and their validation
+//! The synchronous parts of the federated protocol: client updates, which carry a named delta
+//! (tensors' names, shapes and values), and their validation against the model's layout
 //! ([`update`]), the aggregation strategies ([`strategy`]), the coordinator state machine
 //! ([`coordinator`]), partitions ([`partition`]), update and data attacks as transformations
 //! ([`attack`]), a run's checked configuration ([`config`], with the task settings in
@@ -39,7 +40,7 @@ pub use attack::{AttackKind, DataAttack, UpdateAttack};
 pub use config::{RunConfig, ValidConfig};
 pub use coordinator::{Command, Coordinator, CoordinatorConfig, Event, Phase};
 pub use learner::{Learner, Metrics};
-pub use update::{ClientUpdate, validate};
+pub use update::{ClientUpdate, Layout, NamedDelta, validate};
 
 /// Errors of the federated runtime. Protocol rejections are values, never panics.
 ///
@@ -76,6 +77,13 @@ pub enum FlError {
         a: usize,
         /// Another.
         b: usize,
+    },
+    /// A list of tensors that cannot be a model's layout (a name twice, a reserved name, more
+    /// values than fit in memory).
+    #[error("invalid layout: {reason}")]
+    InvalidLayout {
+        /// What is wrong with it.
+        reason: String,
     },
     /// A blob is not a safetensors file of the expected layout.
     #[error("malformed blob: {reason}")]

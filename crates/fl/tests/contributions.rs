@@ -80,10 +80,10 @@ fn same(a: &Contribution, b: &Contribution) -> bool {
 /// `sum_i weight_i * clip_scale_i * delta_i`, in f64.
 fn reconstruct(updates: &[ClientUpdate], contributions: &[Contribution]) -> Vec<f64> {
     assert_eq!(updates.len(), contributions.len());
-    let mut acc = vec![0f64; updates[0].delta.len()];
+    let mut acc = vec![0f64; updates[0].delta.values.len()];
     for (u, c) in updates.iter().zip(contributions) {
         let (w, s, _) = parts(c);
-        for (a, &x) in acc.iter_mut().zip(&u.delta) {
+        for (a, &x) in acc.iter_mut().zip(&u.delta.values) {
             *a += w * s * f64::from(x);
         }
     }
@@ -273,7 +273,10 @@ fn krum_selects_the_cluster_and_excludes_the_outlier() {
         .filter(|&i| c[i] == Contribution::Selected { share: 1.0 })
         .collect();
     assert_eq!(chosen.len(), 1, "{c:?}");
-    assert_eq!(out, u[chosen[0]].delta, "Krum returns the one it selected");
+    assert_eq!(
+        out, u[chosen[0]].delta.values,
+        "Krum returns the one it selected"
+    );
     assert_eq!(
         c.iter().filter(|c| **c == Contribution::Excluded).count(),
         5
@@ -298,7 +301,7 @@ fn krum_selects_the_cluster_and_excludes_the_outlier() {
     for j in 0..2 {
         let mean: f64 = selected
             .iter()
-            .map(|&i| f64::from(u[i].delta[j]) / 3.0)
+            .map(|&i| f64::from(u[i].delta.values[j]) / 3.0)
             .sum();
         assert!(near(f64::from(out[j]), mean, 1e-6), "{out:?} vs {mean}");
     }
@@ -484,13 +487,13 @@ fn shuffle(updates: &[ClientUpdate], seed: u64) -> (Vec<ClientUpdate>, Vec<usize
 /// For each update, the coordinates where its value sits at a sorted position in `used`,
 /// found the slow way: sort the update indices of each coordinate by (value, client id).
 fn brute_force_shares(updates: &[ClientUpdate], used: std::ops::Range<usize>) -> Vec<f64> {
-    let d = updates[0].delta.len();
+    let d = updates[0].delta.values.len();
     let mut counts = vec![0usize; updates.len()];
     for j in 0..d {
         let mut order: Vec<usize> = (0..updates.len()).collect();
         order.sort_by(|&a, &b| {
-            updates[a].delta[j]
-                .total_cmp(&updates[b].delta[j])
+            updates[a].delta.values[j]
+                .total_cmp(&updates[b].delta.values[j])
                 .then(updates[a].client.cmp(&updates[b].client))
         });
         for &i in &order[used.clone()] {

@@ -36,7 +36,7 @@ use cohort_fl::coordinator::{Command, Coordinator as Machine, Event, Phase};
 use cohort_fl::events::{Amounts, ClientContribution, RunEvent};
 use cohort_fl::learner::{Learner, Metrics};
 use cohort_fl::strategy::Strategy;
-use cohort_fl::{ClientUpdate, FlError};
+use cohort_fl::{ClientUpdate, FlError, Layout, NamedDelta};
 
 use crate::resume::SavedRound;
 use crate::runtime::{
@@ -393,17 +393,17 @@ struct Snapshot<'a> {
 }
 
 /// Saves the run's state for `snap` into `dir` (before the ledger's flush).
-fn save_state<B: LedgerBackend, L: Learner + ?Sized>(
+fn save_state<B: LedgerBackend>(
     dir: &Path,
     p: &Protocol<B>,
-    learner: &L,
+    layout: &Layout,
     strategy: &dyn Strategy,
     global: &[f32],
     snap: Snapshot<'_>,
     round: Option<&RoundSummary>,
 ) -> Result<(), RunError> {
     let head = p.backend().head()?;
-    let blob = learner.encode(global);
+    let blob = layout.encode(global);
     let saved = SavedRound {
         format: crate::resume::FORMAT.to_owned(),
         round: snap.round,
@@ -478,11 +478,13 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
         let names = &names;
         let members: Vec<Member> = roster.everyone().map(|(_, m)| m.clone()).collect();
         let blobs: Option<&dyn BlobStore> = opts.blobs.as_deref();
+        // The model's tensors: what every update and global model blob must carry.
+        let layout = learner.layout();
         let mut coordinator = Machine::new(
             cfg.coordinator.clone(),
             (0..cfg.clients as u32).collect(),
             (0..cfg.validators as u32).collect(),
-            learner.dim(),
+            std::sync::Arc::clone(&layout),
         )?;
         let mut strategy = cfg.aggregation.build();
         let (mut now, datasets, mut global, initial, mut rounds) = match (fresh, &opts.resume) {
@@ -501,7 +503,7 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                         datasets: &datasets,
                         initial,
                     };
-                    save_state(dir, p, learner, &*strategy, &global, snap, None)?;
+                    save_state(dir, p, &layout, &*strategy, &global, snap, None)?;
                 }
                 // The set-up is durable before the first round starts (and is not counted in it).
                 p.backend_mut().flush()?;
@@ -516,14 +518,14 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                     .map(|v| v.iter().map(|&b| f64::from_bits(b)).collect())
                     .collect();
                 strategy.restore(&state)?;
-                let global = learner.decode(&r.global)?;
-                if global.len() != learner.dim() {
-                    return Err(state_error(format!(
-                        "the saved global model has {} values, the task's model {}",
-                        global.len(),
-                        learner.dim()
-                    )));
-                }
+                let global = NamedDelta::decode(&r.global)
+                    .and_then(|g| g.into_layout(&layout))
+                    .map_err(|e| {
+                        state_error(format!(
+                            "the saved global model is not the task's model: {e}"
+                        ))
+                    })?
+                    .values;
                 if s.datasets.len() != cfg.clients {
                     return Err(state_error(format!(
                         "{} dataset ids saved for {} clients",
@@ -567,7 +569,7 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                 Some(Command::OpenRound { round: r, cohort }) => {
                     let t = Instant::now();
                     round = r;
-                    global_blob = learner.encode(&global);
+                    global_blob = layout.encode(&global);
                     global_hash = sha256(&global_blob);
                     // Every global model is in the store, the first one included, so that
                     // provenance can be checked from the store alone.
@@ -746,7 +748,7 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                         });
                     }
                     let t = Instant::now();
-                    let global_blob = learner.encode(&global);
+                    let global_blob = layout.encode(&global);
                     let new_hash = sha256(&global_blob);
                     if let Some(store) = blobs {
                         store.put(&global_blob)?;
@@ -824,7 +826,7 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                             datasets: &datasets,
                             initial,
                         };
-                        save_state(dir, p, learner, &*strategy, &global, snap, Some(&s))?;
+                        save_state(dir, p, &layout, &*strategy, &global, snap, Some(&s))?;
                     }
                     p.backend_mut().flush()?;
                     if let Some(dir) = &opts.state {
@@ -858,7 +860,8 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                 _ => secs.score += dt,
             }
             let t = Instant::now();
-            let mut updates: Vec<(OnChain, ClientUpdate, SignedCall)> = Vec::new();
+            // Each update as decoded, or why its blob does not decode.
+            let mut updates: Vec<(OnChain, Result<ClientUpdate, String>, SignedCall)> = Vec::new();
             let mut commits: Vec<(u32, SignedCall)> = Vec::new();
             let mut reveals: Vec<(u32, Vec<Score>, SignedCall)> = Vec::new();
             for reply in replies {
@@ -891,20 +894,33 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                         if let Some(store) = blobs {
                             store.put(&u.blob)?;
                         }
-                        // A blob that does not decode is still recorded, as an empty update that
-                        // validation refuses.
-                        let decoded = learner.decode(&u.blob).ok();
-                        let update_norm = decoded
+                        // The blob decodes to a named delta, put in the model's order when it
+                        // holds the model's tensors; the state machine validates it against the
+                        // layout (tensor names and shapes, finite values). A blob that does not
+                        // decode is still recorded, and refused with the reason.
+                        let update = NamedDelta::decode(&u.blob)
+                            .map(|d| {
+                                let d = d.arranged(&layout);
+                                ClientUpdate::new(k, u.round, d, call.numSamples)
+                            })
+                            .map_err(|e| e.to_string());
+                        let update_norm = update
                             .as_ref()
-                            .map(|d| d.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt())
+                            .ok()
+                            .map(|u| {
+                                u.delta
+                                    .values
+                                    .iter()
+                                    .map(|&x| f64::from(x).powi(2))
+                                    .sum::<f64>()
+                                    .sqrt()
+                            })
                             .filter(|n| n.is_finite());
-                        let delta = decoded.unwrap_or_default();
-                        let update = ClientUpdate::new(k, u.round, delta, call.numSamples);
                         let x = OnChain {
                             client: k,
                             hash,
                             blob: u.blob,
-                            update: Some(update.clone()),
+                            update: update.as_ref().ok().cloned(),
                             entry: 0,
                             samples: call.numSamples,
                             norm: update_norm,
@@ -978,9 +994,17 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                                 entry: sent.position,
                                 norm: x.norm,
                             });
+                            let event = match update {
+                                Ok(u) => Event::Update(u),
+                                Err(reason) => Event::Unreadable {
+                                    client: x.client,
+                                    round,
+                                    reason,
+                                },
+                            };
                             onchain.push(x);
                             // Refusals by the coordinator are recorded through validation.
-                            let _ = coordinator.handle(Event::Update(update));
+                            let _ = coordinator.handle(event);
                         }
                         // A submission the ledger refuses (a bad signature or nonce, a client
                         // slashed below the minimum stake) is the client's: it sits the round out.

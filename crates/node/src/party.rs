@@ -22,6 +22,7 @@
 //! ```
 
 use std::cell::OnceCell;
+use std::sync::Arc;
 
 use alloy_primitives::{Address, B256};
 use alloy_sol_types::SolValue;
@@ -30,7 +31,7 @@ use cohort_ledger::protocol::{Cohort, roles, score_commitment};
 use cohort_ledger::{LedgerError, SignedCall, TxContext};
 
 use cohort_fl::learner::Learner;
-use cohort_fl::{ClientUpdate, FlError};
+use cohort_fl::{ClientUpdate, FlError, Layout, NamedDelta};
 
 use crate::transport::{
     CommitReply, EnrolReply, EnrolRequest, Party, Reply, Request, RevealReply, RevealRequest,
@@ -185,16 +186,18 @@ fn register_and_stake(
 struct GlobalCache(Option<(Hash32, Vec<f32>)>);
 
 impl GlobalCache {
-    fn get<L: Learner + ?Sized>(
+    /// The global model `blob` (of SHA-256 `hash`) in `layout`: its tensors must be the
+    /// model's, by name and shape.
+    fn get(
         &mut self,
-        learner: &L,
+        layout: &Arc<Layout>,
         hash: Hash32,
         blob: &[u8],
     ) -> Result<Vec<f32>, FlError> {
         match &self.0 {
             Some((h, g)) if *h == hash => Ok(g.clone()),
             _ => {
-                let g = learner.decode(blob)?;
+                let g = NamedDelta::decode(blob)?.into_layout(layout)?.values;
                 self.0 = Some((hash, g.clone()));
                 Ok(g)
             }
@@ -208,6 +211,8 @@ pub struct Client<'a, L: Learner + ?Sized> {
     index: u32,
     id: Identity,
     learner: &'a L,
+    /// The model's tensors, shared by every update it makes.
+    layout: Arc<Layout>,
     seed: u64,
     stake: u64,
     stop_if_diverged: bool,
@@ -238,6 +243,7 @@ impl<'a, L: Learner + ?Sized> Client<'a, L> {
         Self {
             index,
             id,
+            layout: learner.layout(),
             learner,
             seed,
             stake,
@@ -317,9 +323,10 @@ impl<'a, L: Learner + ?Sized> Client<'a, L> {
         })
     }
 
-    /// Trains on the request's global model: its honest update, not yet signed.
+    /// Trains on the request's global model: its honest update (a named delta in the
+    /// model's layout), not yet signed.
     pub fn train(&mut self, r: &TrainRequest) -> Result<ClientUpdate, FlError> {
-        let global = self.global.get(self.learner, r.global_hash, &r.global)?;
+        let global = self.global.get(&self.layout, r.global_hash, &r.global)?;
         let k = self.index;
         let mut rng = Rng::derive(self.seed, &format!("train/{}/{k}", r.round));
         let delta = self.learner.train(k, &global, &mut rng)?;
@@ -331,18 +338,19 @@ impl<'a, L: Learner + ?Sized> Client<'a, L> {
         Ok(ClientUpdate::new(
             k,
             r.round,
-            delta,
+            NamedDelta::new(Arc::clone(&self.layout), delta),
             self.learner.num_samples(k),
         ))
     }
 
-    /// Encodes `update` and signs its submission for the request's round.
+    /// Encodes `update`'s named delta (its blob: one safetensors tensor per name) and signs
+    /// its submission for the request's round.
     pub fn submit(
         &self,
         r: &TrainRequest,
         update: &ClientUpdate,
     ) -> Result<UpdateReply, PartyError> {
-        self.submit_blob(r, self.learner.encode(&update.delta), update.num_samples)
+        self.submit_blob(r, update.delta.encode(), update.num_samples)
     }
 
     /// Signs the submission of `blob` (an update already encoded), claiming `num_samples`,
@@ -415,6 +423,8 @@ pub struct Validator<'a, L: Learner + ?Sized> {
     index: u32,
     id: Identity,
     learner: &'a L,
+    /// The model's tensors: an update that does not carry them scores -1.
+    layout: Arc<Layout>,
     seed: u64,
     stake: u64,
     global: GlobalCache,
@@ -443,6 +453,7 @@ impl<'a, L: Learner + ?Sized> Validator<'a, L> {
         Self {
             index,
             id,
+            layout: learner.layout(),
             learner,
             seed,
             stake,
@@ -480,10 +491,10 @@ impl<'a, L: Learner + ?Sized> Validator<'a, L> {
 
     /// Its honest scores of the request's updates: the loss reduction each brings on its
     /// held-out data; -1 for an update validation refused, one that does not decode to the
-    /// model's shape, or one whose loss is not finite.
+    /// model's tensors (by name and shape), or one whose loss is not finite.
     pub fn score(&mut self, r: &ScoreRequest) -> Result<Vec<Score>, FlError> {
         let v = self.index;
-        let global = self.global.get(self.learner, r.global_hash, &r.global)?;
+        let global = self.global.get(&self.layout, r.global_hash, &r.global)?;
         let base = self.learner.holdout_loss(v, &global)?;
         r.updates
             .iter()
@@ -491,8 +502,9 @@ impl<'a, L: Learner + ?Sized> Validator<'a, L> {
                 let Some(blob) = &item.blob else {
                     return Ok(Score::from_f64(-1.0));
                 };
-                let delta = match self.learner.decode(blob) {
-                    Ok(d) if d.len() == global.len() => d,
+                let delta = match NamedDelta::decode(blob).and_then(|d| d.into_layout(&self.layout))
+                {
+                    Ok(d) if d.values.len() == global.len() => d.values,
                     _ => return Ok(Score::from_f64(-1.0)),
                 };
                 let cand: Vec<f32> = global.iter().zip(&delta).map(|(a, b)| a + b).collect();

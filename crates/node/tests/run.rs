@@ -330,8 +330,8 @@ struct FailOnce<'a> {
 }
 
 impl Learner for FailOnce<'_> {
-    fn dim(&self) -> usize {
-        self.inner.dim()
+    fn layout(&self) -> std::sync::Arc<cohort_fl::Layout> {
+        self.inner.layout()
     }
     fn init(&self) -> Vec<f32> {
         self.inner.init()
@@ -439,8 +439,8 @@ fn a_run_stopped_by_an_error_part_way_resumes_from_its_last_round_to_the_same_ro
 struct Overflow;
 
 impl Learner for Overflow {
-    fn dim(&self) -> usize {
-        2
+    fn layout(&self) -> std::sync::Arc<cohort_fl::Layout> {
+        std::sync::Arc::new(cohort_fl::Layout::flat(2))
     }
     fn init(&self) -> Vec<f32> {
         vec![0.0; 2]
@@ -657,12 +657,15 @@ fn provenance_of_a_weighted_strategy_rebuilds_each_step_from_the_blobs() {
         for r in &s.rounds {
             assert_eq!(r.provenance.len(), r.submitted.len(), "round {}", r.round);
             let first = &r.provenance[0];
-            let before = task
-                .decode(&store.get(&first.global_before).unwrap())
-                .unwrap();
-            let after = task
-                .decode(&store.get(&first.global_after).unwrap())
-                .unwrap();
+            let layout = task.layout();
+            let decode = |blob: &[u8]| {
+                cohort_fl::NamedDelta::decode(blob)
+                    .and_then(|d| d.into_layout(&layout))
+                    .unwrap()
+                    .values
+            };
+            let before = decode(&store.get(&first.global_before).unwrap());
+            let after = decode(&store.get(&first.global_after).unwrap());
             let mut step = vec![0f64; before.len()];
             let mut weights = 0.0;
             for p in &r.provenance {
@@ -678,7 +681,7 @@ fn provenance_of_a_weighted_strategy_rebuilds_each_step_from_the_blobs() {
                 };
                 clipped += usize::from(clip_scale < 1.0);
                 weights += weight;
-                let delta = task.decode(&store.get(&p.blob).unwrap()).unwrap();
+                let delta = decode(&store.get(&p.blob).unwrap());
                 for (s, d) in step.iter_mut().zip(delta) {
                     *s += weight * clip_scale * f64::from(d);
                 }

@@ -527,7 +527,7 @@ fn the_imdb_gpt_classifier_trains_and_names_its_tensors() {
     };
     let task = ImdbTask::new(cfg, 4, 2, 9).unwrap();
     let g = task.init();
-    assert_eq!(g.len(), task.dim());
+    assert_eq!(g.len(), task.layout().len());
     let d = task.train(0, &g, &mut cohort_core::Rng::new(1)).unwrap();
     assert!(d.iter().all(|x| x.is_finite()) && d.iter().any(|&x| x != 0.0));
     let after: Vec<f32> = g.iter().zip(&d).map(|(a, b)| a + b).collect();
@@ -539,7 +539,7 @@ fn the_imdb_gpt_classifier_trains_and_names_its_tensors() {
         task.holdout_loss(0, &after).unwrap(),
         task.holdout_loss(0, &g).unwrap()
     );
-    let blob = task.encode(&after);
+    let blob = task.layout().encode(&after);
     let n = u64::from_le_bytes(blob[..8].try_into().unwrap()) as usize;
     let header = String::from_utf8_lossy(&blob[8..8 + n]).into_owned();
     assert!(header.contains("\"score.weight\""), "{header}");

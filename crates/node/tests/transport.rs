@@ -5,9 +5,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
+
 use cohort_core::Identity;
-use cohort_fl::UpdateAttack;
 use cohort_fl::coordinator::CoordinatorConfig;
+use cohort_fl::{Layout, NamedDelta, UpdateAttack};
 use cohort_ledger::protocol::Cohort;
 use cohort_ledger::{EmbeddedLedger, LedgerBackend, LedgerConfig, SignedCall};
 use cohort_node::party::{Client, PartyError, PartyNode};
@@ -254,6 +256,14 @@ fn a_client_that_signs_garbage_is_recorded_rejected_and_slashed() {
     );
     for r in &s.rounds {
         assert!(r.submitted.contains(&3), "round {}", r.round);
+        // Refused with what is wrong with its bytes, not as an empty update.
+        let facts = r.updates.iter().find(|f| f.client == 3).unwrap();
+        let why = facts.refused.as_deref().unwrap_or_default();
+        assert!(
+            why.contains("rejected: malformed blob: header of"),
+            "round {}: {why:?}",
+            r.round
+        );
         assert!(
             r.rejected.contains(&3),
             "round {}: {:?}",
@@ -268,6 +278,78 @@ fn a_client_that_signs_garbage_is_recorded_rejected_and_slashed() {
             r.round
         );
     }
+}
+
+/// A client of the test's own whose update is its honest one under another tensor name: the
+/// right number of values, the right shape, but a tensor `weight` where the model's is
+/// `delta`. A client for another model (or a broken one), signing its own blob.
+struct Renamed<'a>(Client<'a, LinearTask>);
+
+impl PartyNode for Renamed<'_> {
+    fn party(&self) -> Party {
+        self.0.party()
+    }
+    fn handle(&mut self, request: &Request) -> Result<Reply, PartyError> {
+        let Request::Train(r) = request else {
+            return self.0.handle(request);
+        };
+        let u = self.0.train(r)?;
+        let n = u.delta.values.len();
+        let renamed = Layout::new(vec![("weight".to_owned(), vec![n])]).unwrap();
+        let blob = NamedDelta::new(Arc::new(renamed), u.delta.values).encode();
+        Ok(Reply::Update(self.0.submit_blob(r, blob, u.num_samples)?))
+    }
+}
+
+#[test]
+fn an_update_with_a_wrong_tensor_name_is_rejected_by_name_scored_minus_one_and_the_run_goes_on() {
+    let cfg = config();
+    let t = task(&cfg);
+    let s = go_with(
+        &cfg,
+        Via::Direct,
+        |t, nodes| {
+            let valid = config().check().unwrap();
+            let id = Keys::Seeded(valid.seed).identity("client-3");
+            let c = Client::new(3, id, t, valid.seed, valid.client_stake(3));
+            nodes[3] = Box::new(Renamed(c));
+        },
+        &t,
+    );
+    assert_eq!(s.rounds.len(), 3, "every round finished");
+    for r in &s.rounds {
+        let i = r.submitted.iter().position(|&k| k == 3).unwrap();
+        let facts = &r.updates[i];
+        assert_eq!(facts.client, 3);
+        // The blob decodes (its norm is known): only the tensor's name is wrong.
+        assert!(
+            facts.update_norm.is_some_and(|n| n > 0.0),
+            "round {}",
+            r.round
+        );
+        let why = facts.refused.as_deref().unwrap_or_default();
+        assert!(
+            why.contains("it has no tensor delta, which the model has")
+                && why.contains("it has a tensor weight (shape [32]), which the model does not"),
+            "round {}: {why:?}",
+            r.round
+        );
+        for (v, scores) in r.scores.iter().enumerate() {
+            assert_eq!(scores[i], -1.0, "round {} validator {v}", r.round);
+        }
+        assert!(r.rejected.contains(&3), "round {}", r.round);
+        assert!(
+            r.payouts
+                .get("client-3")
+                .is_some_and(|p| !p.slash.is_zero()),
+            "round {}",
+            r.round
+        );
+        // Everyone else is judged as without it: the sign flippers rejected, the rest in.
+        assert_eq!(r.rejected, vec![3, 6, 7], "round {}", r.round);
+        assert_eq!(r.accepted.len(), 5, "round {}", r.round);
+    }
+    assert!(s.rounds.last().unwrap().test.loss < 0.5 * s.initial.loss);
 }
 
 #[test]

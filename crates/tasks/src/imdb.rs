@@ -16,6 +16,7 @@
 //! class that the model puts in the target class.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::Device;
 use cohort_core::{Hash32, Rng};
@@ -25,12 +26,11 @@ use cohort_model::optim::{AdamWConfig, collect_grads};
 use cohort_model::train::{TrainConfig, Trainer};
 use cohort_model::{Gpt, GptConfig, LanguageModel};
 
-use cohort_fl::FlError;
 use cohort_fl::attack::DataAttack;
-use cohort_fl::blob::{decode_blob, encode_named_blob};
 use cohort_fl::learner::{Learner, Metrics};
 use cohort_fl::partition::{dirichlet_label_skew, holdout};
 pub use cohort_fl::task::{ImdbModel, ImdbTaskConfig};
+use cohort_fl::{FlError, Layout};
 
 use crate::lm::add_prox;
 
@@ -57,7 +57,7 @@ pub struct ImdbTask {
     cfg: ImdbTaskConfig,
     /// The GPT, for `model = "gpt"`.
     model: Option<Gpt>,
-    spec: Vec<(String, Vec<usize>)>,
+    layout: Arc<Layout>,
     init: Vec<f32>,
     clients: Vec<Vec<Example>>,
     holdouts: Vec<Vec<Example>>,
@@ -171,7 +171,7 @@ impl ImdbTask {
         Ok(Self {
             cfg,
             model,
-            spec,
+            layout: crate::layout_of(spec, &init)?,
             init,
             clients: clients_data,
             holdouts,
@@ -324,8 +324,8 @@ fn with_trigger(e: &Example, trigger: &[u32], target: u32) -> Example {
 }
 
 impl Learner for ImdbTask {
-    fn dim(&self) -> usize {
-        self.init.len()
+    fn layout(&self) -> Arc<Layout> {
+        Arc::clone(&self.layout)
     }
 
     fn init(&self) -> Vec<f32> {
@@ -436,14 +436,6 @@ impl Learner for ImdbTask {
             backdoor_success_rate: self.backdoor_rate(params)?,
             ..Metrics::loss(loss)
         })
-    }
-
-    fn encode(&self, values: &[f32]) -> Vec<u8> {
-        encode_named_blob(&self.spec, values)
-    }
-
-    fn decode(&self, blob: &[u8]) -> Result<Vec<f32>, FlError> {
-        decode_blob(Some(&self.spec), blob)
     }
 
     fn poison(&mut self, client: u32, attack: &DataAttack) -> Result<(), FlError> {

@@ -2,7 +2,8 @@
 //!
 //! A [`Learner`] holds every party's private data for an in-process run (each party only ever
 //! touches its own) and knows how to train locally, evaluate on a validator's holdout and on
-//! the test set. The runtime does not know the architecture: parameters are one flat vector.
+//! the test set. The runtime does not know the architecture: parameters are one flat vector,
+//! and the task's [`Layout`] names the tensors it is made of (what blobs and updates carry).
 //! Three tasks implement it:
 //!
 //! - [`LinearTask`]: least squares on non-IID synthetic data, trained by mini-batch gradient
@@ -21,14 +22,15 @@ pub mod imdb;
 pub mod lm;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use cohort_core::{Hash32, Rng};
 use cohort_ledger::merkle::{MerkleTree, leaf_hash};
 
-use cohort_fl::FlError;
 use cohort_fl::config::ValidConfig;
 pub use cohort_fl::learner::{Learner, Metrics};
 pub use cohort_fl::task::{LinearTaskConfig, TaskConfig};
+use cohort_fl::{FlError, Layout};
 
 /// A model or tensor error, met while doing `context`, as the task error the runtime reports:
 /// [`FlError::TaskFailed`], which keeps the error as its source (cohort-fl knows neither
@@ -38,6 +40,25 @@ where
     E: std::error::Error + Send + Sync + 'static,
 {
     move |e| FlError::task_failed(context, e)
+}
+
+/// The layout of a model's trainable tensors `spec` (name and shape, in flat order), checked
+/// against the flat parameters `init` it describes.
+pub(crate) fn layout_of(
+    spec: Vec<(String, Vec<usize>)>,
+    init: &[f32],
+) -> Result<Arc<Layout>, FlError> {
+    let layout = Layout::new(spec)?;
+    if layout.len() != init.len() {
+        return Err(FlError::InvalidLayout {
+            reason: format!(
+                "the model's tensors hold {} values, its flat parameters {}",
+                layout.len(),
+                init.len()
+            ),
+        });
+    }
+    Ok(Arc::new(layout))
 }
 
 /// Builds the task `cfg.task`, reading data files relative to `base_dir` (the config file's
@@ -170,6 +191,7 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
 /// its own perturbation of it.
 pub struct LinearTask {
     cfg: LinearTaskConfig,
+    layout: Arc<Layout>,
     clients: Vec<Set>,
     holdouts: Vec<Set>,
     test: Set,
@@ -209,6 +231,7 @@ impl LinearTask {
         let mut r = Rng::derive(seed, "linear-task/test");
         let test = Set::draw(&mut r, &w, cfg.test_samples, cfg.noise);
         Self {
+            layout: Arc::new(Layout::flat(cfg.dim)),
             cfg,
             clients,
             holdouts,
@@ -218,8 +241,9 @@ impl LinearTask {
 }
 
 impl Learner for LinearTask {
-    fn dim(&self) -> usize {
-        self.cfg.dim
+    /// One tensor, `delta` of shape `[dim]` ([`Layout::flat`]): the weights are not named.
+    fn layout(&self) -> Arc<Layout> {
+        Arc::clone(&self.layout)
     }
 
     fn init(&self) -> Vec<f32> {

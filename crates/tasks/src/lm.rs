@@ -12,6 +12,7 @@
 //! proximal term.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::Device;
 use cohort_core::{Hash32, Rng, sha256};
@@ -21,11 +22,10 @@ use cohort_model::optim::AdamWConfig;
 use cohort_model::train::{TrainConfig, Trainer, evaluate};
 use cohort_model::{Gpt, GptConfig, LanguageModel, Lora, LoraConfig, Tokenizer, load_any};
 
-use cohort_fl::FlError;
-use cohort_fl::blob::{decode_blob, encode_named_blob};
 use cohort_fl::learner::{Learner, Metrics};
 use cohort_fl::partition::shakespeare_roles;
 pub use cohort_fl::task::LmTaskConfig;
+use cohort_fl::{FlError, Layout};
 
 struct Client {
     role: String,
@@ -37,7 +37,7 @@ struct Client {
 pub struct LmTask {
     cfg: LmTaskConfig,
     model: Box<dyn LanguageModel>,
-    spec: Vec<(String, Vec<usize>)>,
+    layout: Arc<Layout>,
     init: Vec<f32>,
     clients: Vec<Client>,
     holdouts: Vec<Vec<u32>>,
@@ -242,7 +242,7 @@ impl LmTask {
         Ok(Self {
             cfg,
             model,
-            spec,
+            layout: crate::layout_of(spec, &init)?,
             init,
             clients: out,
             holdouts,
@@ -259,11 +259,6 @@ impl LmTask {
     /// The base model's directory (pretrained and cached, or the configured `base`).
     pub fn base_dir(&self) -> &Path {
         &self.base_dir
-    }
-
-    /// Names and shapes of the adapter's tensors (PEFT names), in flat order.
-    pub fn spec(&self) -> &[(String, Vec<usize>)] {
-        &self.spec
     }
 
     fn loss_on(&self, tokens: &[u32], params: &[f32]) -> Result<f64, FlError> {
@@ -352,8 +347,8 @@ fn pretrained_base(
 }
 
 impl Learner for LmTask {
-    fn dim(&self) -> usize {
-        self.init.len()
+    fn layout(&self) -> Arc<Layout> {
+        Arc::clone(&self.layout)
     }
 
     fn init(&self) -> Vec<f32> {
@@ -442,14 +437,6 @@ impl Learner for LmTask {
             perplexity: Some(loss.exp()),
             ..Metrics::loss(loss)
         })
-    }
-
-    fn encode(&self, values: &[f32]) -> Vec<u8> {
-        encode_named_blob(&self.spec, values)
-    }
-
-    fn decode(&self, blob: &[u8]) -> Result<Vec<f32>, FlError> {
-        decode_blob(Some(&self.spec), blob)
     }
 }
 

@@ -1,7 +1,9 @@
+use std::sync::Arc;
+
 use cohort_core::Score;
 
 use super::{Contribution, Strategy};
-use crate::{ClientUpdate, FlError};
+use crate::{ClientUpdate, FlError, NamedDelta};
 
 /// `u` scaled down to norm `bound` if it is longer (a zero update is kept), and the factor it
 /// was scaled by: `min(1, bound / norm)`, 1 for a zero update. Its consensus score is scaled
@@ -17,7 +19,10 @@ pub(crate) fn clip_to(u: &ClientUpdate, bound: f64) -> (ClientUpdate, f64) {
     }
     let s = bound / n;
     let clipped = ClientUpdate {
-        delta: u.delta.iter().map(|x| x * s as f32).collect(),
+        delta: NamedDelta::new(
+            Arc::clone(&u.delta.layout),
+            u.delta.values.iter().map(|x| x * s as f32).collect(),
+        ),
         score: u.score.map(|x| Score::from_f64(x.to_f64() * s)),
         ..u.clone()
     };

@@ -58,7 +58,7 @@ impl Strategy for Krum {
         let mut dist = vec![vec![0f64; n]; n];
         for i in 0..n {
             for j in i + 1..n {
-                let x = sq_dist(&updates[i].delta, &updates[j].delta);
+                let x = sq_dist(&updates[i].delta.values, &updates[j].delta.values);
                 dist[i][j] = x;
                 dist[j][i] = x;
             }

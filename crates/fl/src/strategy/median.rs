@@ -38,7 +38,10 @@ fn coordinatewise(
     // `rank[r]` is the input position of the update of tie rank r.
     let mut rank: Vec<usize> = (0..n).collect();
     rank.sort_by_key(|&i| (updates[i].client, i));
-    let ranked: Vec<&[f32]> = rank.iter().map(|&i| updates[i].delta.as_slice()).collect();
+    let ranked: Vec<&[f32]> = rank
+        .iter()
+        .map(|&i| updates[i].delta.values.as_slice())
+        .collect();
     // Counted per tie rank: the positions in `used` or, when those are the majority (a trimmed
     // mean), the ones outside it, below and above.
     let count_used = 2 * used.len() <= n;

@@ -131,11 +131,11 @@ pub(crate) fn dim(updates: &[ClientUpdate], strategy: &str) -> Result<usize, FlE
         need: 1,
         got: 0,
     })?;
-    let d = first.delta.len();
-    if let Some(u) = updates.iter().find(|u| u.delta.len() != d) {
+    let d = first.delta.values.len();
+    if let Some(u) = updates.iter().find(|u| u.delta.values.len() != d) {
         return Err(FlError::ShapeMismatch {
             a: d,
-            b: u.delta.len(),
+            b: u.delta.values.len(),
         });
     }
     Ok(d)
@@ -149,7 +149,7 @@ pub(crate) fn weighted_mean(updates: &[ClientUpdate], weights: &[f64], d: usize)
         if w == 0.0 {
             continue;
         }
-        for (a, &x) in acc.iter_mut().zip(&u.delta) {
+        for (a, &x) in acc.iter_mut().zip(&u.delta.values) {
             *a += w * f64::from(x);
         }
     }
