@@ -289,6 +289,9 @@ impl PartyNode for Renamed<'_> {
     fn party(&self) -> Party {
         self.0.party()
     }
+    fn session_signer(&self) -> cohort_node::party::SessionSigner {
+        self.0.session_signer()
+    }
     fn handle(&mut self, request: &Request) -> Result<Reply, PartyError> {
         let Request::Train(r) = request else {
             return self.0.handle(request);
