@@ -253,3 +253,128 @@ fn a_party_that_vanishes_costs_a_deadline_and_a_stranger_is_refused() {
         assert!(o.status.success(), "{}", common::text(&o));
     }
 }
+
+#[test]
+fn a_coordinator_killed_at_random_points_resumes_and_its_parties_reconnect() {
+    use rand::Rng;
+    let seed: u64 = std::env::var("COHORT_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::random::<u64>() % 1_000_000);
+    let mut rng = cohort_core::ChaCha8::new(seed);
+    let extra = ["coordinator.rounds=8"];
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+
+    // The in-process run of the same config: what the federation must end with.
+    let mut args = vec![
+        "run".to_owned(),
+        common::p(&config()).to_owned(),
+        "--out".to_owned(),
+        common::p(&d.join("local")).to_owned(),
+        "--json".to_owned(),
+    ];
+    args.extend(sets(&extra));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let t = Instant::now();
+    let o = common::cohort(&args);
+    let full = t.elapsed();
+    assert!(o.status.success(), "{}", common::text(&o));
+    let local: Value = serde_json::from_slice(&o.stdout).unwrap();
+
+    let admit = keys(d);
+    let port = cohort_testkit::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let out = d.join("run");
+    let parties: Vec<Child> = (0..3)
+        .map(|i| party(d, "client", i, &url, &extra))
+        .chain((0..2).map(|i| party(d, "validator", i, &url, &extra)))
+        .collect();
+    let (mut kills, mut attempts) = (0, 0);
+    let mut killed_after = Vec::new();
+    let output = loop {
+        attempts += 1;
+        let mut args: Vec<String> = [
+            "coordinator",
+            common::p(&config()),
+            "--out",
+            common::p(&out),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admit",
+            common::p(&admit),
+            "--insecure",
+            "--json",
+            "--enrol-timeout",
+            "60",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        args.extend(sets(&extra));
+        // Killed before it wrote DIR/run.json, it starts again; after, it resumes.
+        if out.join("run.json").exists() {
+            args.push("--resume".into());
+        }
+        let log = d.join(format!("coordinator-{attempts}.log"));
+        let mut child = spawn(&args, &log);
+        // Six kills at random points of a run (its set-up, rounds and phases), then to the end.
+        let wait = if kills < 6 {
+            Some(full.mul_f64(rng.random_range(0.05..1.0)))
+        } else {
+            None
+        };
+        let t = Instant::now();
+        let mut done = false;
+        while wait.is_none_or(|w| t.elapsed() < w) {
+            if child.try_wait().unwrap().is_some() {
+                done = true;
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "kill seed {seed}: attempt {attempts} hangs: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if done {
+            let o = child.wait_with_output().unwrap();
+            assert!(
+                o.status.success(),
+                "kill seed {seed}: attempt {attempts}: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            break o;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        killed_after.push(
+            std::fs::read_to_string(out.join("state/rounds.jsonl"))
+                .map_or(0, |s| s.lines().count()),
+        );
+    };
+    assert!(kills >= 3, "kill seed {seed}: only {kills} kills landed");
+    let net: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        outcome(&net["summary"]),
+        outcome(&local["summary"]),
+        "kill seed {seed}: killed after rounds {killed_after:?}"
+    );
+    assert_eq!(
+        net["summary"]["final_holdings"],
+        local["summary"]["final_holdings"]
+    );
+    let o = common::cohort(&["ledger", "verify", common::p(&out.join("ledger"))]);
+    assert!(o.status.success(), "{}", common::text(&o));
+    // The parties reconnected by themselves and were told the run is over.
+    for p in parties {
+        let o = wait(p, 30, "a party", &d.join("client-0.log"));
+        assert!(o.status.success(), "kill seed {seed}: {}", common::text(&o));
+    }
+    eprintln!(
+        "kill seed {seed}: {kills} kills of the coordinator (after rounds {killed_after:?}), \
+         {attempts} starts"
+    );
+}
