@@ -429,6 +429,8 @@ pub struct Validator<'a, L: Learner + ?Sized> {
     stake: u64,
     global: GlobalCache,
     committed: Option<Committed>,
+    /// Salts from the operating system's random source instead of the seed.
+    secret_salts: bool,
 }
 
 impl<L: Learner + ?Sized> std::fmt::Debug for Validator<'_, L> {
@@ -459,7 +461,17 @@ impl<'a, L: Learner + ?Sized> Validator<'a, L> {
             stake,
             global: GlobalCache::default(),
             committed: None,
+            secret_salts: false,
         }
+    }
+
+    /// Draws its commitment salts from the operating system's random source instead of
+    /// deriving them from the seed ([`score_salt`]): in a real federation the seed is public,
+    /// and a salt derived from it would let anyone open the commitment before the reveal.
+    /// (`cohort run` keeps seeded salts, so that an experiment replays to the same root.)
+    pub fn with_secret_salts(mut self) -> Self {
+        self.secret_salts = true;
+        self
     }
 
     /// Its index in the run.
@@ -533,7 +545,17 @@ impl<'a, L: Learner + ?Sized> Validator<'a, L> {
                 r.updates.len()
             )));
         }
-        let salt = score_salt(self.index, r.ledger_round, self.seed);
+        let salt = if self.secret_salts {
+            let mut b = [0u8; 32];
+            getrandom::fill(&mut b).map_err(|e| {
+                PartyError::BadRequest(format!(
+                    "no salt: the operating system's random source failed: {e}"
+                ))
+            })?;
+            Hash32(b)
+        } else {
+            score_salt(self.index, r.ledger_round, self.seed)
+        };
         let address = r.sign.ctx.address_of(&self.id)?;
         let commitment = score_commitment(r.ledger_round, address, &scores, salt.into());
         let call = sign(

@@ -528,19 +528,21 @@ pub fn parties<'a, L: Learner + ?Sized>(
         .map(Party::Client)
         .chain((0..cfg.validators as u32).map(Party::Validator));
     everyone
-        .map(|p| party_node(cfg, p, keys.identity(&p.to_string()), learner, &ring))
+        .map(|p| party_node(cfg, p, keys.identity(&p.to_string()), learner, &ring, false))
         .collect()
 }
 
 /// Party `party` of `cfg` holding the key `id`, as [`parties`] makes it: an honest client or
 /// validator, or the attacker the config makes of it. The clients of a Sybil attack share
-/// `ring` (they must live in one process for it).
+/// `ring` (they must live in one process for it). A validator with `secret_salts` draws its
+/// commitment salts from the operating system ([`Validator::with_secret_salts`]).
 pub fn party_node<'a, L: Learner + ?Sized>(
     cfg: &ValidConfig,
     party: Party,
     id: Identity,
     learner: &'a L,
     ring: &SybilRing,
+    secret_salts: bool,
 ) -> Box<dyn PartyNode + 'a> {
     let attack = cfg.attack.as_ref();
     match party {
@@ -563,7 +565,10 @@ pub fn party_node<'a, L: Learner + ?Sized>(
             let attackers: std::collections::BTreeSet<u32> = (0..cfg.clients as u32)
                 .filter(|&k| cfg.is_attacker(k))
                 .collect();
-            let x = Validator::new(v, id, learner, cfg.seed, cfg.incentives.validator_stake);
+            let mut x = Validator::new(v, id, learner, cfg.seed, cfg.incentives.validator_stake);
+            if secret_salts {
+                x = x.with_secret_salts();
+            }
             if (v as usize) < colluding {
                 Box::new(CollusiveValidator::new(x, attackers))
             } else {

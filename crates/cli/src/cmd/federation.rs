@@ -270,7 +270,8 @@ impl PartyArgs {
             dial.url
         );
         let task = cohort_tasks::build(&cfg, &config_dir, &cache).context("setting up the task")?;
-        let node = party_node(&cfg, party, id, &*task, &SybilRing::new());
+        // Salts from the OS: the config's seed is public in a federation.
+        let node = party_node(&cfg, party, id, &*task, &SybilRing::new(), true);
         let reason = host(vec![node], &dial).with_context(|| format!("{party}"))?;
         eprintln!("{party}: {reason}");
         Ok(ExitCode::SUCCESS)
