@@ -333,8 +333,9 @@ fn a_coordinator_killed_at_random_points_resumes_and_its_parties_reconnect() {
             }
             assert!(
                 t.elapsed() < Duration::from_secs(120),
-                "kill seed {seed}: attempt {attempts} hangs: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
+                "kill seed {seed}: attempt {attempts} hangs: {}\nclient-0: {}",
+                std::fs::read_to_string(&log).unwrap_or_default(),
+                std::fs::read_to_string(d.join("client-0.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(2));
         }

@@ -208,13 +208,15 @@ impl Link {
             Party::Client(k) => ("client", k),
             Party::Validator(v) => ("validator", v),
         };
-        send(party_frame::Kind::Hello(pb::Hello {
+        if let Err(e) = send(party_frame::Kind::Hello(pb::Hello {
             protocol_version: PROTOCOL_VERSION,
             role: role.into(),
             index,
             public_key: self.signer.public_key().to_vec(),
             agent: format!("cohort {}", env!("CARGO_PKG_VERSION")),
-        }))?;
+        })) {
+            return dropped(e);
+        }
         let mut inbound = match client.session(UnboundedReceiverStream::new(out_rx)).await {
             Ok(r) => r.into_inner(),
             Err(s) => return dropped(status("open a session", s)),
@@ -243,9 +245,11 @@ impl Link {
             )));
         }
         let proof = self.signer.prove(&challenge.run, &challenge.nonce);
-        send(party_frame::Kind::Proof(pb::Proof {
+        if let Err(e) = send(party_frame::Kind::Proof(pb::Proof {
             signature: proof.signature.to_vec(),
-        }))?;
+        })) {
+            return dropped(e);
+        }
         let welcome = match next().await {
             Ok(Some(coordinator_frame::Kind::Welcome(w))) => w,
             Ok(Some(coordinator_frame::Kind::Refused(r))) => {
@@ -268,7 +272,9 @@ impl Link {
             tokio::select! {
                 _ = beat.tick() => {
                     seq += 1;
-                    send(party_frame::Kind::Heartbeat(pb::Heartbeat { seq }))?;
+                    if let Err(e) = send(party_frame::Kind::Heartbeat(pb::Heartbeat { seq })) {
+                        return dropped(e);
+                    }
                 }
                 r = replies.recv() => {
                     let Some((id, reply)) = r else {
