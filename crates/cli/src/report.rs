@@ -447,6 +447,7 @@ impl Role {
 /// Participants in a stable, human order: clients by number, then validators by number.
 fn participants(s: &RunSummary) -> Vec<String> {
     let mut names: BTreeSet<String> = s.final_holdings.keys().cloned().collect();
+    names.extend(s.initial_holdings.keys().cloned());
     for r in &s.rounds {
         names.extend(r.holdings.keys().cloned());
     }
@@ -677,7 +678,6 @@ fn charts(cfg: &RunConfig, s: &RunSummary, reference: Option<&RunSummary>) -> Ve
         std::iter::once(0.0).chain(rounds.iter().copied()).collect(),
     );
     let mut by_role: BTreeMap<Role, usize> = BTreeMap::new();
-    let start = cfg.incentives.initial_balance as f64;
     for name in &names {
         let role = Role::of(cfg, name);
         let i = by_role.entry(role).or_default();
@@ -689,13 +689,12 @@ fn charts(cfg: &RunConfig, s: &RunSummary, reference: Option<&RunSummary>) -> Ve
             Role::Honest => None,
         };
         holdings.line(format!("{name} ({})", role.name()), color, dash, |x| {
-            if x == 0.0 {
-                Some(start)
+            let held = if x == 0.0 {
+                s.initial_holdings.get(name)
             } else {
-                round_at(s, x)
-                    .and_then(|r| r.holdings.get(name))
-                    .map(|v| cohort_core::to_tokens_f64(*v))
-            }
+                round_at(s, x).and_then(|r| r.holdings.get(name))
+            };
+            held.map(|v| cohort_core::to_tokens_f64(*v))
         });
     }
     if holdings.has_data() {
@@ -905,26 +904,26 @@ fn scores_table(s: &RunSummary) -> Table {
     t
 }
 
-/// Final holdings against the start.
+/// Final holdings against those after the set-up (both from the run's events).
 fn holdings_table(cfg: &RunConfig, s: &RunSummary) -> Table {
     let mut t = Table::new(
         "holdings",
         &["participant", "role", "start", "final", "change"],
     );
-    let start = cohort_core::tokens(cfg.incentives.initial_balance);
     for name in participants(s) {
         let Some(&end) = s.final_holdings.get(&name) else {
             continue;
         };
-        let change = if end >= start {
-            format!("+{}", fmt_tokens_short(end - start))
-        } else {
-            format!("-{}", fmt_tokens_short(start - end))
+        let start = s.initial_holdings.get(&name).copied();
+        let change = match start {
+            None => String::new(),
+            Some(start) if end >= start => format!("+{}", fmt_tokens_short(end - start)),
+            Some(start) => format!("-{}", fmt_tokens_short(start - end)),
         };
         t.rows.push(vec![
             Cell::text(name.clone()),
             Cell::text(Role::of(cfg, &name).name()),
-            Cell::figure(fmt_tokens_exact(start)),
+            Cell::figure(start.map(fmt_tokens_exact).unwrap_or_default()),
             Cell::figure(fmt_tokens_exact(end)),
             Cell::figure(change),
         ]);
@@ -1353,6 +1352,58 @@ mod tests {
         assert!(!j.contains("</") && !j.contains('<'), "{j}");
         let back: serde_json::Value = serde_json::from_str(&j).unwrap_or_default();
         assert_eq!(back["x"], "</script><b>&");
+    }
+
+    /// What the report shows of the holdings comes from the run's summary (folded from its
+    /// events), not from the config: holdings after the set-up that are not the config's
+    /// initial balance show as they are.
+    #[test]
+    fn holdings_come_from_the_summary_not_from_the_config() {
+        let cfg: RunConfig = serde_json::from_value(serde_json::json!({
+            "seed": 1, "clients": 1, "validators": 1
+        }))
+        .unwrap();
+        assert_ne!(cfg.incentives.initial_balance, 5);
+        let held = |n: u64| {
+            BTreeMap::from([
+                ("client-0".to_owned(), cohort_core::tokens(n)),
+                ("validator-0".to_owned(), cohort_core::tokens(n + 1)),
+            ])
+        };
+        let s = RunSummary {
+            initial: Metrics::loss(1.0),
+            initial_holdings: held(5),
+            rounds: Vec::new(),
+            final_holdings: held(7),
+            ledger_root: cohort_core::Hash32::ZERO,
+            ledger_entries: 0,
+        };
+        assert_eq!(
+            holdings_table(&cfg, &s).csv(),
+            "participant,role,start,final,change\n\
+             client-0,client,5,7,+2.0000\n\
+             validator-0,validator,6,8,+2.0000\n"
+        );
+        let charts = charts(&cfg, &s, None);
+        let holdings = charts.iter().find(|c| c.id == "holdings").unwrap();
+        assert_eq!(holdings.lines[0].values, [Some(5.0)]);
+        // A summary from before cohort recorded them: no start and no change, nothing made up
+        // from the config.
+        let old = RunSummary {
+            initial_holdings: BTreeMap::new(),
+            ..s
+        };
+        assert_eq!(
+            holdings_table(&cfg, &old).csv(),
+            "participant,role,start,final,change\n\
+             client-0,client,,7,\n\
+             validator-0,validator,,8,\n"
+        );
+        assert!(
+            !super::charts(&cfg, &old, None)
+                .iter()
+                .any(|c| c.id == "holdings")
+        );
     }
 
     #[test]

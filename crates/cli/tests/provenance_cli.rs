@@ -95,27 +95,62 @@ fn the_event_stream_and_the_provenance_of_a_run_agree_with_its_ledger_and_blobs(
     let reward = pay["reward"].as_str().unwrap();
     assert!(reward.bytes().all(|b| b.is_ascii_digit()), "{reward}");
 
-    // summary.json's rounds are the events folded: rebuilt from the file alone, they are
-    // the same but for the wall seconds (not events).
+    // summary.json's whole `summary` (the initial model's metrics and the holdings after the
+    // set-up, every round, the final holdings, the ledger's root and size) is the events
+    // folded: rebuilt from the file alone, it is the same but for the rounds' wall seconds
+    // (not events).
     let events: Vec<cohort_fl::events::RunEvent> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let rebuilt = cohort_node::summary::rounds_from_events(3, &events);
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
-    let mut written: Vec<cohort_node::runtime::RoundSummary> =
-        serde_json::from_value(summary["summary"]["rounds"].clone()).unwrap();
     assert_eq!(summary["config"]["validators"], 3);
-    for r in &mut written {
-        r.seconds = Default::default();
-    }
-    assert_eq!(rebuilt.len(), 2);
-    assert_eq!(rebuilt, written);
+    let rebuilt = cohort_node::summary::summary_from_events(3, &events).unwrap();
+    let without_seconds = |mut v: serde_json::Value| {
+        for r in v["rounds"].as_array_mut().unwrap() {
+            r.as_object_mut().unwrap().remove("seconds");
+        }
+        v
+    };
+    let written = without_seconds(summary["summary"].clone());
+    let keys: Vec<&String> = written.as_object().unwrap().keys().collect();
     assert_eq!(
-        serde_json::to_value(rebuilt.last().unwrap()).unwrap()["holdings"],
-        summary["summary"]["final_holdings"]
+        keys,
+        [
+            "final_holdings",
+            "initial",
+            "initial_holdings",
+            "ledger_entries",
+            "ledger_root",
+            "rounds"
+        ]
     );
+    assert_eq!(rebuilt.rounds.len(), 2);
+    assert_eq!(rebuilt.initial_holdings.len(), 8 + 3);
+    assert_eq!(
+        without_seconds(serde_json::to_value(&rebuilt).unwrap()),
+        written
+    );
+    // The final holdings (read at the end) are the last round's.
+    assert_eq!(written["rounds"][1]["holdings"], written["final_holdings"]);
+    // The rounds alone, as the progress line folds them.
+    let rounds = cohort_node::summary::rounds_from_events(3, &events);
+    assert_eq!(
+        without_seconds(serde_json::json!({ "rounds": rounds }))["rounds"],
+        written["rounds"]
+    );
+    // The root is the ledger's own.
+    let v = cohort(&[
+        "ledger",
+        "verify",
+        out.join("ledger").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(v.status.success(), "{}", common::text(&v));
+    let verified: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+    assert_eq!(verified["report"]["root"], written["ledger_root"]);
+    assert_eq!(verified["report"]["entries"], written["ledger_entries"]);
 
     // The provenance agrees, and checking it writes nothing.
     let before = snapshot(&out);

@@ -711,10 +711,13 @@ fn a_run_killed_at_random_points_resumes_to_the_same_root_and_summary() {
     while kills < kills_wanted {
         runs += 1;
         let out: PathBuf = tmp.path().join(format!("run{runs}"));
+        // Every attempt appends its events to one file.
+        let events = tmp.path().join(format!("run{runs}.events.jsonl"));
         let mut attempt = 0;
         loop {
             attempt += 1;
             let mut args = run_args(&out, &extra);
+            args.extend(["--events".into(), p(&events).into()]);
             // Killed before it wrote DIR/run.json, a run is started again, not resumed.
             if out.join("run.json").exists() {
                 args.push("--resume".into());
@@ -761,6 +764,28 @@ fn a_run_killed_at_random_points_resumes_to_the_same_root_and_summary() {
         );
         let v = cohort(&["ledger", "verify", p(&out.join("ledger"))]);
         assert!(v.status.success(), "kill seed {seed}: {}", text(&v));
+        // The events of every attempt, folded, are the summary of the finished run.
+        let stream: Vec<cohort_fl::events::RunEvent> = std::fs::read_to_string(&events)
+            .unwrap()
+            .lines()
+            .enumerate()
+            .map(|(i, l)| {
+                serde_json::from_str(l).unwrap_or_else(|e| {
+                    panic!(
+                        "kill seed {seed}: run {runs}: events line {}: {e}: {l}",
+                        i + 1
+                    )
+                })
+            })
+            .collect();
+        let folded = cohort_node::summary::summary_from_events(3, &stream)
+            .unwrap_or_else(|e| panic!("kill seed {seed}: run {runs}: {e}"));
+        let folded = serde_json::json!({ "summary": folded });
+        assert_eq!(
+            outcome(&folded),
+            outcome(&got),
+            "kill seed {seed}: run {runs}: the events do not fold to summary.json"
+        );
     }
     eprintln!(
         "kill seed {seed}: {kills} kills over {runs} runs ({resumes} resumes; kills by rounds \

@@ -120,7 +120,8 @@ pub enum RunEvent {
         /// The metrics.
         test: Metrics,
     },
-    /// Balance + stake of every participant after a round, base units (decimal strings).
+    /// Balance + stake of every participant after a round (round 0: after the set-up), base
+    /// units (decimal strings).
     Holdings {
         /// Round.
         round: u64,
@@ -132,6 +133,29 @@ pub enum RunEvent {
     Checkpoint {
         /// Round.
         round: u64,
+        /// Entries on the ledger.
+        ledger_entries: u64,
+        /// The ledger's root.
+        ledger_root: Hash32,
+    },
+    /// The run continues after a stop (a kill, an error) from its last durable round: the
+    /// ledger holds the set-up and rounds 1 to `round` (0: the set-up only), at this size and
+    /// root. What the stream said of later rounds before the stop is void: they run again.
+    Resumed {
+        /// The last settled round the run continues after.
+        round: u64,
+        /// Entries on the ledger.
+        ledger_entries: u64,
+        /// The ledger's root.
+        ledger_root: Hash32,
+    },
+    /// The run is over: the last event of a finished run.
+    Finished {
+        /// Rounds settled.
+        rounds: u64,
+        /// Balance + stake of every participant at the end, base units (decimal strings).
+        #[serde(with = "cohort_core::amount::decimal_map")]
+        holdings: BTreeMap<String, U256>,
         /// Entries on the ledger.
         ledger_entries: u64,
         /// The ledger's root.

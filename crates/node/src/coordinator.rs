@@ -42,7 +42,7 @@ use crate::resume::SavedRound;
 use crate::runtime::{
     EventSink, PhaseSeconds, RoundSummary, RunError, RunOptions, RunSummary, state_error,
 };
-use crate::summary::SummaryBuilder;
+use crate::summary::{Incomplete, RunSummaryBuilder};
 use crate::transport::{
     EnrolRequest, Party, Reply, Request, RevealRequest, ScoreItem, ScoreRequest, SignWith,
     TrainRequest, Transport,
@@ -390,6 +390,7 @@ struct Snapshot<'a> {
     now: u64,
     datasets: &'a [B256],
     initial: Metrics,
+    initial_holdings: &'a BTreeMap<String, U256>,
 }
 
 /// Saves the run's state for `snap` into `dir` (before the ledger's flush).
@@ -420,6 +421,7 @@ fn save_state<B: LedgerBackend>(
             .map(|v| v.iter().map(|x| x.to_bits()).collect())
             .collect(),
         initial: snap.initial,
+        initial_holdings: snap.initial_holdings.clone(),
     };
     crate::resume::save(dir, &saved, &blob, round)?;
     Ok(())
@@ -447,10 +449,20 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
             }),
             Some(_) => None,
         };
-        // Every fact of a round is an event; the round's summary is folded from them.
+        // Every fact of the run is an event; its summary is folded from them (continuing, on a
+        // resume, from what was saved of the rounds before).
+        let validators = self.roster.validators.len() as u32;
         let mut events = Events {
             sink: opts.take_events(),
-            summary: SummaryBuilder::new(self.roster.validators.len() as u32),
+            summary: match &opts.resume {
+                None => RunSummaryBuilder::new(validators),
+                Some(r) => RunSummaryBuilder::resuming(
+                    validators,
+                    r.saved.initial,
+                    r.saved.initial_holdings.clone(),
+                    r.rounds.clone(),
+                ),
+            },
         };
         if fresh.is_some() {
             events.emit(RunEvent::SetUp {
@@ -487,13 +499,21 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
             std::sync::Arc::clone(&layout),
         )?;
         let mut strategy = cfg.aggregation.build();
-        let (mut now, datasets, mut global, initial, mut rounds) = match (fresh, &opts.resume) {
+        let (mut now, datasets, mut global) = match (fresh, &opts.resume) {
             (Some(datasets), _) => {
                 let global = learner.init();
                 let initial = learner.evaluate(&global)?;
                 events.emit(RunEvent::Evaluated {
                     round: 0,
                     test: initial,
+                });
+                let mut held = BTreeMap::new();
+                for m in &members {
+                    held.insert(m.name.clone(), holdings(p, m.address)?);
+                }
+                events.emit(RunEvent::Holdings {
+                    round: 0,
+                    holdings: held,
                 });
                 if let Some(dir) = &opts.state {
                     let snap = Snapshot {
@@ -502,12 +522,13 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                         now: start,
                         datasets: &datasets,
                         initial,
+                        initial_holdings: events.summary.initial_holdings(),
                     };
                     save_state(dir, p, &layout, &*strategy, &global, snap, None)?;
                 }
                 // The set-up is durable before the first round starts (and is not counted in it).
                 p.backend_mut().flush()?;
-                (start, datasets, global, initial, Vec::new())
+                (start, datasets, global)
             }
             (None, None) => return Err(state_error("neither a set-up nor a saved round")),
             (None, Some(r)) => {
@@ -537,10 +558,18 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                     crate::resume::rewrite_rounds(dir, &r.rounds)?;
                 }
                 coordinator = coordinator.after_round(s.round);
+                let head = p.backend().head()?;
+                events.emit(RunEvent::Resumed {
+                    round: s.round,
+                    ledger_entries: head.size,
+                    ledger_root: head.root,
+                });
                 let datasets = s.datasets.iter().map(|h| b256(*h)).collect();
-                (s.now, datasets, global, s.initial, r.rounds.clone())
+                (s.now, datasets, global)
             }
         };
+        let initial = *events.summary.initial().ok_or(Incomplete::NoInitialModel)?;
+        let initial_holdings = events.summary.initial_holdings().clone();
 
         // Per-round state the runtime keeps between commands.
         let mut chain_round = 0u64;
@@ -811,7 +840,7 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                         holdings: held,
                     });
                     secs.report += t.elapsed().as_secs_f64();
-                    let mut s = events.summary.finish_round().ok_or_else(no_round)?;
+                    let mut s = events.summary.open().cloned().ok_or_else(no_round)?;
                     s.seconds = std::mem::take(&mut secs);
                     // The round is the unit of durability: its state is saved first, then one
                     // sync for all its commits where the ledger defers them
@@ -825,6 +854,7 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                             now,
                             datasets: &datasets,
                             initial,
+                            initial_holdings: &initial_holdings,
                         };
                         save_state(dir, p, &layout, &*strategy, &global, snap, Some(&s))?;
                     }
@@ -839,8 +869,10 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                         ledger_root: head.root,
                     });
                     s.seconds.ledger += t.elapsed().as_secs_f64();
+                    // The checkpoint closed the round in the fold; the wall seconds are not
+                    // events, the fold's round gets them here.
+                    events.summary.time_round(round, s.seconds.clone());
                     on_round(&s);
-                    rounds.push(s);
                 }
             }
 
@@ -1058,26 +1090,25 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
         }
         let mut final_holdings = BTreeMap::new();
         for m in &members {
-            let (active, unbonding, _) = p.stake_of(m.address)?;
-            let bal = p.balance_of(m.address)?;
-            final_holdings.insert(m.name.clone(), bal + active + unbonding);
+            final_holdings.insert(m.name.clone(), holdings(p, m.address)?);
         }
         let head = p.backend().head()?;
-        Ok(RunSummary {
-            initial,
-            rounds,
-            final_holdings,
-            ledger_root: head.root,
+        events.emit(RunEvent::Finished {
+            rounds: coordinator.round(),
+            holdings: final_holdings,
             ledger_entries: head.size,
-        })
+            ledger_root: head.root,
+        });
+        // What the run returns is the fold of its events, like anyone's fold of the stream.
+        Ok(events.summary.summary()?)
     }
 }
 
-/// Where the coordinator's events go: the run's sink, and the fold that makes the round's
+/// Where the coordinator's events go: the run's sink, and the fold that makes the run's
 /// summary from them.
 struct Events {
     sink: Option<EventSink>,
-    summary: SummaryBuilder,
+    summary: RunSummaryBuilder,
 }
 
 impl Events {

@@ -5,7 +5,8 @@
 //! point (SIGKILL, power loss) reopens at the end of its last settled round, or at the end of
 //! its set-up. To go on from there the runtime needs what is not on the ledger: the global
 //! model, the server optimiser's moments, the virtual clock, the coordinator's round, the
-//! dataset ids the set-up registered and the round summaries so far. It writes them into a
+//! dataset ids the set-up registered, the initial model's metrics and holdings and the round
+//! summaries so far (from which the run's summary fold continues). It writes them into a
 //! state directory for every settled round (and once after the set-up, as round 0) *before*
 //! the ledger's flush, each file written to a temporary name, synced and renamed:
 //!
@@ -28,7 +29,9 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use alloy_primitives::Address;
+use std::collections::BTreeMap;
+
+use alloy_primitives::{Address, U256};
 use cohort_core::{Hash32, sha256};
 use serde::{Deserialize, Serialize};
 
@@ -68,6 +71,10 @@ pub struct SavedRound {
     pub strategy: Vec<Vec<u64>>,
     /// Test metrics of the initial model.
     pub initial: Metrics,
+    /// Balance + stake of every participant after the set-up, base units (empty in a state
+    /// saved before cohort recorded it).
+    #[serde(default, with = "cohort_core::amount::decimal_map")]
+    pub initial_holdings: BTreeMap<String, U256>,
 }
 
 /// A saved round with everything it refers to, read back by [`load`].
@@ -310,6 +317,7 @@ mod tests {
             global_sha256: sha256(&global),
             strategy: Vec::new(),
             initial: Metrics::loss(1.0),
+            initial_holdings: BTreeMap::new(),
         };
         save(dir.path(), &saved, &global, None).unwrap();
         let old = r#"{"round":1,"test":{"loss":0.5,"accuracy":null},"accepted":[0],"rejected":[],"consensus":{"0":0.1},"rewards":{"client-0":"10.0000"},"slashes":{},"bytes":1,"submitted":[0],"scores":[],"holdings":{"client-0":10010.0}}"#;

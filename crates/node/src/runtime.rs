@@ -74,6 +74,9 @@ pub enum RunError {
     /// The blob store failed.
     #[error("blob store: {0}")]
     Blob(#[from] BlobError),
+    /// The run's events did not fold into its summary (a bug: the coordinator emits them).
+    #[error("the run's summary: {0}")]
+    Summary(#[from] crate::summary::Incomplete),
     /// A blob could not be written.
     #[error("{}: {source}", path.display())]
     Io {
@@ -183,11 +186,16 @@ pub struct PhaseSeconds {
     pub report: f64,
 }
 
-/// The outcome of a run.
+/// The outcome of a run, folded from its [`RunEvent`]s by
+/// [`RunSummaryBuilder`](crate::summary::RunSummaryBuilder) (all but the rounds' `seconds`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunSummary {
     /// Test metrics of the initial model.
     pub initial: Metrics,
+    /// Balance + stake of every participant after the set-up, base units, by name (empty in a
+    /// summary written before cohort recorded it).
+    #[serde(default, with = "cohort_core::amount::decimal_map")]
+    pub initial_holdings: BTreeMap<String, U256>,
     /// Per round.
     pub rounds: Vec<RoundSummary>,
     /// Final balance + stake of every participant, base units, by name.

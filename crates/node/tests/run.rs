@@ -59,6 +59,16 @@ fn tokens(v: &cohort_core::U256) -> f64 {
     cohort_core::to_tokens_f64(*v)
 }
 
+/// A summary as JSON without the rounds' wall seconds (not events: a summary folded from the
+/// events has them at zero).
+fn without_seconds(s: &RunSummary) -> serde_json::Value {
+    let mut v = serde_json::to_value(s).unwrap();
+    for r in v["rounds"].as_array_mut().unwrap() {
+        r.as_object_mut().unwrap().remove("seconds");
+    }
+    v
+}
+
 /// Whether `name` was slashed (rewarded) in round `r`.
 #[allow(dead_code)]
 fn slashed(r: &cohort_node::runtime::RoundSummary, name: &str) -> bool {
@@ -301,6 +311,7 @@ fn sybils_with_small_stakes_send_one_update_and_are_priced_out_by_the_minimum_st
 use std::cell::Cell;
 
 use cohort_core::{Hash32, Rng};
+use cohort_fl::events::RunEvent;
 use cohort_fl::{FlError, ValidConfig};
 use cohort_ledger::{LedgerBackend, SyncPolicy};
 use cohort_node::resume;
@@ -385,7 +396,15 @@ fn a_run_stopped_by_an_error_part_way_resumes_from_its_last_round_to_the_same_ro
             calls: Cell::new(0),
             fail_at: 25,
         };
-        let opts = RunOptions::new().with_state(&state);
+        // Both runs' events in one stream, as `--events FILE` appends them.
+        let events = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let sink = |events: &std::rc::Rc<std::cell::RefCell<Vec<RunEvent>>>| {
+            let events = events.clone();
+            move |e: &RunEvent| events.borrow_mut().push(e.clone())
+        };
+        let opts = RunOptions::new()
+            .with_state(&state)
+            .with_events(sink(&events));
         let e = run_in_process(&v, ledger_in(dir.path(), cfg.seed), &failing, opts, |_| {})
             .unwrap_err();
         assert!(e.to_string().contains("the disk is full"), "{e}");
@@ -401,11 +420,33 @@ fn a_run_stopped_by_an_error_part_way_resumes_from_its_last_round_to_the_same_ro
         );
         let r = resume::load(&state, head.size, head.root).unwrap().unwrap();
         assert_eq!(r.rounds.len(), 2);
-        let opts = RunOptions::new().with_state(&state).resuming(r);
+        let opts = RunOptions::new()
+            .with_state(&state)
+            .with_events(sink(&events))
+            .resuming(r);
         let (p, got) = run_in_process(&v, led, &task, opts, |_| {}).unwrap();
         p.into_backend().verify().unwrap();
         assert_eq!(got.ledger_root, want.ledger_root, "{:?}", cfg.aggregation);
         assert_eq!(got.final_holdings, want.final_holdings);
+        // The resumed summary is the uninterrupted run's, and the fold of the one stream both
+        // runs wrote (round 3's first attempt, cut short by the error, is void after the
+        // `resumed` event).
+        assert_eq!(without_seconds(&got), without_seconds(&want));
+        let events = events.borrow();
+        assert!(events.contains(&RunEvent::Resumed {
+            round: 2,
+            ledger_entries: last.ledger_entries,
+            ledger_root: last.ledger_root,
+        }));
+        let opened = |r: u64| {
+            events
+                .iter()
+                .filter(|e| matches!(e, RunEvent::RoundOpened { round, .. } if *round == r))
+                .count()
+        };
+        assert_eq!((opened(2), opened(3)), (1, 2));
+        let folded = cohort_node::summary::summary_from_events(3, events.iter()).unwrap();
+        assert_eq!(without_seconds(&folded), without_seconds(&want));
         for (a, b) in got.rounds.iter().zip(&want.rounds) {
             assert_eq!((&a.accepted, &a.rejected), (&b.accepted, &b.rejected));
             assert_eq!(a.test, b.test);
@@ -571,8 +612,7 @@ fn every_recorded_update_and_payout_is_reported_per_participant() {
 }
 
 #[test]
-fn the_round_summaries_are_rebuilt_exactly_from_the_events_file() {
-    use cohort_fl::events::RunEvent;
+fn the_run_summary_is_rebuilt_exactly_from_the_events_file_also_across_a_resume() {
     use std::io::Write as _;
     let mut cfg = config(sign_flip(0.3), StrategyConfig::Median);
     cfg.attack.as_mut().unwrap().colluding_validators = 1;
@@ -604,6 +644,10 @@ fn the_round_summaries_are_rebuilt_exactly_from_the_events_file() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    // The whole summary is the events folded, but for the wall seconds.
+    let whole = cohort_node::summary::summary_from_events(cfg.validators as u32, &events).unwrap();
+    assert_eq!(without_seconds(&whole), without_seconds(&s));
+    assert_eq!(whole.initial_holdings.len(), 13);
     let rebuilt = cohort_node::summary::rounds_from_events(cfg.validators as u32, &events);
     let mut want = s.rounds.clone();
     for r in &mut want {
@@ -632,6 +676,62 @@ fn the_round_summaries_are_rebuilt_exactly_from_the_events_file() {
         round: 0,
         test: s.initial
     }));
+
+    // What a stopped and resumed run appends to its file folds to the same summary.
+    use cohort_node::summary::{Incomplete, summary_from_events};
+    let v = cfg.validators as u32;
+    let fold = |events: &[RunEvent]| summary_from_events(v, events).map(|x| without_seconds(&x));
+    let at = |pred: &dyn Fn(&RunEvent) -> bool| events.iter().position(pred).unwrap();
+    let checkpoint2 = at(&|e| matches!(e, RunEvent::Checkpoint { round: 2, .. }));
+    let opened3 = at(&|e| matches!(e, RunEvent::RoundOpened { round: 3, .. }));
+    let RunEvent::Checkpoint {
+        ledger_entries,
+        ledger_root,
+        ..
+    } = events[checkpoint2].clone()
+    else {
+        unreachable!()
+    };
+    let resumed = RunEvent::Resumed {
+        round: 2,
+        ledger_entries,
+        ledger_root,
+    };
+    // Stopped in round 3, after its updates: round 3 runs again after `resumed`.
+    let cut = [
+        &events[..opened3 + 3],
+        std::slice::from_ref(&resumed),
+        &events[opened3..],
+    ]
+    .concat();
+    assert_eq!(fold(&cut), Ok(without_seconds(&s)));
+    // Stopped once round 2 was durable but before its checkpoint was written: `resumed`
+    // says round 2 is settled, and its events so far are the whole round.
+    let cut = [
+        &events[..checkpoint2],
+        std::slice::from_ref(&resumed),
+        &events[opened3..],
+    ]
+    .concat();
+    assert_eq!(fold(&cut), Ok(without_seconds(&s)));
+    // Stopped during a set-up that then started over.
+    let cut = [&events[..opened3], &events[..]].concat();
+    assert_eq!(fold(&cut), Ok(without_seconds(&s)));
+    // A stream that lacks a round's checkpoint, or the end, makes no summary.
+    let cut = [&events[..checkpoint2], &events[checkpoint2 + 1..]].concat();
+    assert_eq!(
+        fold(&cut),
+        Err(Incomplete::MissingRounds {
+            finished: 4,
+            settled: vec![1, 3, 4]
+        })
+    );
+    assert_eq!(
+        fold(&events[..events.len() - 1]),
+        Err(Incomplete::NotFinished)
+    );
+    assert_eq!(fold(&events[1..]), Ok(without_seconds(&s)));
+    assert_eq!(fold(&events[3..]), Err(Incomplete::NoInitialModel));
 }
 
 /// Provenance is exact for a weighted strategy: each round's step of the global model is the

@@ -33,11 +33,11 @@ use cohort_fl::config::{RunConfig, ValidConfig};
 use cohort_ledger::{EmbeddedLedger, LedgerBackend, LedgerConfig, Protocol};
 use cohort_node::resume;
 use cohort_node::runtime::{Keys, RoundSummary, RunOptions, RunSummary, run_in_process};
-use cohort_node::summary::SummaryBuilder;
+use cohort_node::summary::RunSummaryBuilder;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
-use crate::args::int_in;
+use crate::args::{check_output_file, int_in};
 use crate::output::{Table, print_json};
 use cohort_fl::events::RunEvent;
 
@@ -88,11 +88,12 @@ pub struct Args {
     /// docs/blobs.md). Default: DIR/blobs.
     #[arg(long, value_name = "LOCATION")]
     blobs: Option<String>,
-    /// Write every event of the run (round opened, update received and validated,
+    /// Write every event of the run (set-up, round opened, update received and validated,
     /// commitment, reveal, consensus, aggregate, settlement in base units, test metrics,
-    /// holdings in base units, checkpoint) to FILE as JSON lines, one object per event tagged
-    /// by "event", flushed as it happens; a resumed run appends. summary.json's rounds are
-    /// these events folded (cohort_node::summary). See docs/fl.md.
+    /// holdings in base units, checkpoint, resumed, finished) to FILE as JSON lines, one object
+    /// per event tagged by "event", flushed as it happens; a resumed run appends. summary.json's
+    /// `summary` and report.html are these events folded (cohort_node::summary). See
+    /// docs/fl.md.
     #[arg(long, value_name = "FILE")]
     events: Option<PathBuf>,
     /// How the coordinator reaches the clients and validators: `in-process` (queues in one
@@ -588,18 +589,16 @@ impl Progress {
     }
 
     /// The event sink that prints each round's line when the round is checkpointed, from the
-    /// round's summary as [`SummaryBuilder`] folds it from the events.
+    /// round's summary as [`RunSummaryBuilder`] folds it from the events (the fold that makes
+    /// summary.json).
     fn round_lines(&self, validators: u32) -> impl FnMut(&RunEvent) + 'static {
         let bar = self.bar.clone();
         let rounds = self.rounds;
-        let mut fold = SummaryBuilder::new(validators);
+        let mut fold = RunSummaryBuilder::new(validators);
         let mut last = Instant::now();
         move |e: &RunEvent| {
-            fold.apply(e);
-            if let RunEvent::Checkpoint { .. } = e
-                && let Some(r) = fold.finish_round()
-            {
-                print_round(bar.as_ref(), rounds, &r, last.elapsed().as_secs_f64());
+            if let Some(r) = fold.apply(e) {
+                print_round(bar.as_ref(), rounds, r, last.elapsed().as_secs_f64());
                 last = Instant::now();
             }
         }
@@ -624,6 +623,9 @@ impl Args {
         cohort_tasks::check_inputs(&cfg, &config_dir)
             .with_context(|| format!("{}", self.config.display()))?;
         let reference = self.reference()?;
+        if let Some(path) = &self.events {
+            check_output_file(path, "--events")?;
+        }
         if let Some(spec) = &self.blobs {
             // An S3 location is checked now (its form, credentials, bucket, endpoint); a
             // directory only by its form, so that --check creates nothing.
@@ -1148,25 +1150,44 @@ impl Args {
         })
     }
 
-    /// The `--events FILE` writer: one JSON line per event, flushed as it comes. A write
+    /// The `--events FILE` writer: one JSON line per event, each written whole by one write
+    /// as it comes, so that a killed run leaves whole lines. A file that does not end with a
+    /// newline (a line torn by a crash) gets one first, so the torn line stays apart. A write
     /// that fails is reported once on stderr and the run goes on (the ledger, not this file,
     /// is the record).
     fn event_sink(&self) -> anyhow::Result<Option<impl FnMut(&RunEvent) + 'static>> {
+        use std::io::{Read as _, Seek as _, Write as _};
         let Some(path) = &self.events else {
             return Ok(None);
         };
-        let file = fs::OpenOptions::new()
+        let mut out = fs::OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(path)
             .with_context(|| format!("--events {}: opening it", path.display()))?;
-        let mut out = std::io::LineWriter::new(file);
+        let len = out
+            .metadata()
+            .with_context(|| format!("--events {}: reading it", path.display()))?
+            .len();
+        if len > 0 {
+            let mut last = [0u8; 1];
+            out.seek(std::io::SeekFrom::Start(len - 1))
+                .and_then(|_| out.read_exact(&mut last))
+                .and_then(|()| {
+                    if last[0] == b'\n' {
+                        Ok(())
+                    } else {
+                        out.write_all(b"\n")
+                    }
+                })
+                .with_context(|| format!("--events {}: appending to it", path.display()))?;
+        }
         let shown = path.display().to_string();
         let mut failed = false;
         Ok(Some(move |e: &RunEvent| {
-            use std::io::Write as _;
-            let line = serde_json::to_string(e).unwrap_or_default();
-            if let Err(err) = writeln!(out, "{line}")
+            let line = serde_json::to_string(e).unwrap_or_default() + "\n";
+            if let Err(err) = out.write_all(line.as_bytes())
                 && !failed
             {
                 eprintln!("warning: --events {shown}: {err}; the run goes on without it");
