@@ -124,6 +124,7 @@ impl Fixtures {
             "ledger demo" => "ledger demo {fresh}".to_owned(),
             "keys new" => "keys new --out {fresh}".to_owned(),
             "keys show" => format!("keys show {}", p(&self.key)),
+            "keys tls" => "keys tls --out {fresh} --name 127.0.0.1".to_owned(),
             "provenance" => format!("provenance {}", p(&self.run)),
             "ledger show" => format!("ledger show {l}"),
             "ledger verify" => format!("ledger verify {l}"),

@@ -116,6 +116,33 @@ pub enum NetError {
     /// No OS randomness.
     #[error("the operating system's random source failed: {0}")]
     Random(String),
+    /// A name a server certificate cannot be made for.
+    #[error("{name:?} is not a server name: {reason}")]
+    BadServerName {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A certificate, a key or a TLS handshake was refused.
+    #[error("{what}: {reason}")]
+    Tls {
+        /// The file, or what was tried.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// Files that would be overwritten; nothing was written.
+    #[error(
+        "{} already {}: TLS files are never overwritten, and nothing was written (choose another \
+         directory)",
+        paths.join(", "),
+        if paths.len() == 1 { "exists" } else { "exist" }
+    )]
+    Exists {
+        /// The files that exist.
+        paths: Vec<String>,
+    },
     /// File I/O.
     #[error("{path}: {source}")]
     Io {

@@ -68,6 +68,7 @@ enum ToHost {
 /// A party that cannot answer a request (its learner failed), a session the coordinator
 /// refuses (an unadmitted key, another protocol version), or no session for `dial.give_up`.
 pub fn host(mut parties: Vec<Box<dyn PartyNode + '_>>, dial: &Dial) -> Result<String, NetError> {
+    crate::tls::check_dial(&dial.url, dial.tls.is_some())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("cohort-link")
@@ -194,7 +195,16 @@ impl Link {
         let dropped = |e: NetError| Ok(End::Dropped(e));
         let channel = match self.connect().await {
             Ok(c) => c,
-            Err(e) => return dropped(e),
+            // A certificate the party cannot trust: dialling again cannot mend it.
+            Err(e) => match crate::tls::handshake_refusal(&self.dial.url, &e) {
+                Some(reason) => {
+                    return Err(NetError::Tls {
+                        what: self.party.to_string(),
+                        reason,
+                    });
+                }
+                None => return dropped(e),
+            },
         };
         let mut client = FederationClient::new(channel)
             .max_decoding_message_size(crate::MAX_MESSAGE + CHUNK)
@@ -219,7 +229,14 @@ impl Link {
         }
         let mut inbound = match client.session(UnboundedReceiverStream::new(out_rx)).await {
             Ok(r) => r.into_inner(),
-            Err(s) => return dropped(status("open a session", s)),
+            Err(s) => {
+                // Plain text to a coordinator that serves TLS: it drops the connection. Ask
+                // it in TLS, and if it answers so, say so rather than dial again.
+                if self.dial.tls.is_none() && crate::tls::speaks_tls(&self.dial.url).await {
+                    return Err(crate::tls::plain_to_tls(&self.dial.url, &self.party));
+                }
+                return dropped(status("open a session", s));
+            }
         };
         let mut next = async || -> Result<Option<coordinator_frame::Kind>, NetError> {
             match inbound.message().await {

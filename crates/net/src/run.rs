@@ -1,12 +1,12 @@
 //! One experiment with every party behind the network: the coordinator on this thread, the
 //! gRPC server on a runtime of its own, and the clients and validators on a host thread that
 //! dials the server over loopback, each party with its own authenticated session
-//! (`cohort run --transport grpc`). The same parties, keys and ledger as the in-process run,
+//! over TLS (`cohort run --transport grpc`). The same parties, keys and ledger as the in-process run,
 //! so the two can be compared side by side.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use cohort_fl::learner::Learner;
 use cohort_ledger::LedgerBackend;
@@ -75,8 +75,10 @@ pub fn deadlines(cfg: &ValidConfig, enrol: Duration) -> Deadlines {
 }
 
 /// Runs `cfg` as [`cohort_node::runtime::run_in_process`] does, with every client and
-/// validator behind a loopback gRPC connection of its own (plain text: the traffic never
-/// leaves the machine).
+/// validator behind a loopback gRPC connection of its own, over TLS as a real federation's:
+/// an ephemeral CA and a server certificate for `127.0.0.1` are made in memory for the run
+/// ([`crate::tls::loopback`]; nothing is written) and every party trusts that CA, so the
+/// comparison with the in-process run includes the cost of TLS.
 ///
 /// # Errors
 /// What the run fails with; a party that fails or cannot connect ends the run with its error.
@@ -120,8 +122,13 @@ pub fn run_over_loopback<B: LedgerBackend, L: Learner + Sync + ?Sized>(
             source: e,
         })
     })?;
-    let addr = serve(&rt, &hub, listener, None).map_err(link)?;
-    let dial = Dial::insecure(format!("http://{addr}"));
+    let (server_tls, party_tls) = crate::tls::loopback(SystemTime::now()).map_err(link)?;
+    let addr = serve(&rt, &hub, listener, Some(server_tls)).map_err(link)?;
+    let dial = Dial {
+        url: format!("https://{addr}"),
+        tls: Some(party_tls),
+        give_up: Duration::from_secs(600),
+    };
     let mut transport =
         GrpcTransport::new(Arc::clone(&hub), deadlines(cfg, Duration::from_secs(600)));
     let result = std::thread::scope(|s| {

@@ -6,6 +6,10 @@
 //! group or others can access it) and prints what a party is known by: its public key, the
 //! address the protocol gives it on the embedded ledger and, on an EVM chain, the address of
 //! the secp256k1 key derived from the same secret (docs/keys.md).
+//!
+//! `tls` makes what a federation without a PKI needs for TLS: a private CA certificate for the
+//! parties to trust, and a server certificate and key for the coordinator
+//! ([`cohort_net::tls::FederationTls`]; docs/network.md).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +19,7 @@ use cohort_core::{Identity, keyfile};
 use rand::RngCore;
 use serde::Serialize;
 
+use crate::args::int_in;
 use crate::output::print_json;
 
 #[derive(Debug, Subcommand)]
@@ -23,6 +28,133 @@ pub enum KeysCmd {
     New(NewArgs),
     /// Print the public key and addresses of a key file.
     Show(ShowArgs),
+    /// Make a private CA and a TLS server certificate for a coordinator (a federation without
+    /// a PKI): DIR/ca.pem for the parties, DIR/server.pem and DIR/server.key for the coordinator.
+    Tls(TlsArgs),
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct TlsArgs {
+    /// The directory to write ca.pem, server.pem and server.key into (created if absent;
+    /// refused if it already holds any of them).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// A name the parties dial the coordinator by: a DNS name (coordinator.example.org) or an
+    /// IP address (192.0.2.10, 127.0.0.1). Repeat for several.
+    #[arg(long = "name", value_name = "HOST", required = true, value_parser = server_name)]
+    names: Vec<String>,
+    /// How many days the certificates stay valid.
+    #[arg(long, default_value_t = 365, value_parser = int_in(1..=cohort_net::tls::MAX_DAYS))]
+    days: u32,
+    /// Print a JSON object (the files, the names, the validity and the CA's SHA-256
+    /// fingerprint) instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `--name`: a host a server certificate can be made for.
+fn server_name(s: &str) -> Result<String, String> {
+    cohort_net::tls::ServerName::parse(s)
+        .map(|n| n.to_string())
+        .map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Serialize)]
+struct TlsInfo {
+    /// The CA certificate every party trusts (`--ca`).
+    ca_cert: PathBuf,
+    /// The coordinator's certificate (`--tls-cert`).
+    server_cert: PathBuf,
+    /// Its private key, mode 0600 (`--tls-key`).
+    server_key: PathBuf,
+    /// The names the server certificate is made for.
+    names: Vec<String>,
+    not_before: String,
+    not_after: String,
+    /// SHA-256 of the CA certificate as OpenSSL prints it (`openssl x509 -in ca.pem -noout
+    /// -fingerprint -sha256`).
+    ca_sha256: String,
+}
+
+impl TlsArgs {
+    fn execute(self) -> anyhow::Result<()> {
+        use cohort_net::tls::{FederationTls, TlsFiles, utc};
+        let files = TlsFiles::in_dir(&self.out);
+        files
+            .check_new(&self.out)
+            .map_err(|e| anyhow::anyhow!("--out {}: {e}", self.out.display()))?;
+        if let Some(parent) = self.out.parent().filter(|p| !p.as_os_str().is_empty())
+            && !parent.is_dir()
+        {
+            anyhow::bail!(
+                "--out {}: the directory {} does not exist",
+                self.out.display(),
+                parent.display()
+            );
+        }
+        let made = FederationTls::new(&self.names, self.days, std::time::SystemTime::now())?;
+        let files = made
+            .write(&self.out)
+            .map_err(|e| anyhow::anyhow!("--out {}: {e}", self.out.display()))?;
+        let info = TlsInfo {
+            names: made.names().iter().map(ToString::to_string).collect(),
+            not_before: utc(made.not_before()),
+            not_after: utc(made.not_after()),
+            ca_sha256: made.ca_fingerprint(),
+            ca_cert: files.ca_cert,
+            server_cert: files.server_cert,
+            server_key: files.server_key,
+        };
+        if self.json {
+            return print_json(&info);
+        }
+        let (ca, cert, key) = (
+            info.ca_cert.display(),
+            info.server_cert.display(),
+            info.server_key.display(),
+        );
+        outln!("wrote {}", self.out.display());
+        outln!(
+            "  ca.pem      the federation's CA certificate: give it to every party (not secret)"
+        );
+        outln!(
+            "  server.pem  the coordinator's certificate, for {}",
+            info.names.join(", ")
+        );
+        outln!("  server.key  its private key (mode 0600): keep it on the coordinator only");
+        outln!(
+            "valid         {} to {} ({} days)",
+            info.not_before,
+            info.not_after,
+            self.days
+        );
+        outln!("CA SHA-256    {}", info.ca_sha256);
+        outln!(
+            "The CA's private key signed server.pem and was discarded: no other certificate can be \
+             made under this CA. To renew or add a name, run this again and hand out the new ca.pem."
+        );
+        outln!();
+        outln!(
+            "coordinator:  cohort coordinator CONFIG.toml --listen ADDR --tls-cert {cert} --tls-key {key} ..."
+        );
+        outln!(
+            "parties:      cohort client --coordinator https://{}:PORT --ca {ca} ...",
+            url_host(&info.names[0])
+        );
+        outln!(
+            "              (each party checks its copy: openssl x509 -in ca.pem -noout -fingerprint -sha256)"
+        );
+        Ok(())
+    }
+}
+
+/// A name as the host part of a URL (IPv6 addresses in brackets).
+fn url_host(name: &str) -> String {
+    if name.contains(':') {
+        format!("[{name}]")
+    } else {
+        name.to_owned()
+    }
 }
 
 #[derive(Debug, ClapArgs)]
@@ -106,6 +238,7 @@ impl KeysCmd {
                 let id = keyfile::load(&a.file)?;
                 KeyInfo::of(a.file, &id).print(a.json)?;
             }
+            Self::Tls(a) => a.execute()?,
         }
         Ok(ExitCode::SUCCESS)
     }

@@ -29,7 +29,8 @@ enum Command {
     /// Create, inspect, verify and prove the ledger.
     #[command(subcommand)]
     Ledger(ledger::LedgerCmd),
-    /// Make and inspect a party's signing key file (ed25519, PKCS#8 PEM, mode 0600).
+    /// Make and inspect a party's signing key file (ed25519, PKCS#8 PEM, mode 0600), and make
+    /// the TLS certificates of a federation without a PKI.
     #[command(subcommand)]
     Keys(keys::KeysCmd),
     /// Run a federated experiment from a TOML config on the embedded ledger.

@@ -97,8 +97,8 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     events: Option<PathBuf>,
     /// How the coordinator reaches the clients and validators: `in-process` (queues in one
-    /// process) or `grpc` (each party with its own authenticated gRPC session over loopback,
-    /// as separate `cohort client`/`cohort validator` processes would have; the same parties,
+    /// process) or `grpc` (each party with its own authenticated gRPC session over loopback
+    /// TLS, trusting a CA made in memory for the run, as separate `cohort client`/`cohort validator` processes would have; the same parties,
     /// keys and ledger, for side-by-side comparison). The phase timeouts are then wall-clock
     /// deadlines; a run whose parties all answer in time records the same ledger root.
     #[arg(long, value_enum, default_value_t = TransportKind::InProcess)]
