@@ -54,6 +54,8 @@ struct Fixtures {
     linear: PathBuf,
     key: PathBuf,
     run: PathBuf,
+    /// An admission list for `linear` with 6 clients (the party key is client 0).
+    admit: PathBuf,
 }
 
 impl Fixtures {
@@ -89,6 +91,26 @@ impl Fixtures {
         let o = cohort(&["keys", "new", "--out", p(&key)]);
         assert!(o.status.success(), "{}", common::text(&o));
         let linear = repo.join("examples/attack-linear.toml");
+        // Six clients and three validators (attack-linear's), the first client's key the
+        // fixture's.
+        let mut lines = Vec::new();
+        for i in 0..9 {
+            let file = if i == 0 {
+                key.clone()
+            } else {
+                root.join(format!("admitted-{i}.pem"))
+            };
+            if i > 0 {
+                let o = cohort(&["keys", "new", "--out", p(&file)]);
+                assert!(o.status.success(), "{}", common::text(&o));
+            }
+            let o = cohort(&["keys", "show", p(&file), "--json"]);
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            let role = if i < 6 { "client" } else { "validator" };
+            lines.push(format!("{role} {}", v["public_key"].as_str().unwrap()));
+        }
+        let admit = root.join("admit.txt");
+        std::fs::write(&admit, lines.join("\n") + "\n").unwrap();
         let run = root.join("run");
         let o = cohort(&[
             "run",
@@ -104,6 +126,7 @@ impl Fixtures {
         Fixtures {
             key,
             run,
+            admit,
             root: root.to_path_buf(),
             ledger,
             model,
@@ -131,6 +154,20 @@ impl Fixtures {
             "ledger prove" => format!("ledger prove {l} --entry 0"),
             "run" => format!(
                 "run {} --out {{fresh}} --set clients=6 --set coordinator.rounds=1",
+                p(&self.linear)
+            ),
+            // The network's commands check everything a start would and exit (--check): a
+            // start would listen, or dial a coordinator.
+            "coordinator" => format!(
+                "coordinator {} --out {{fresh}} --listen 127.0.0.1:0 --admit {} --insecure \
+                 --set clients=6 --set coordinator.rounds=1 --check",
+                p(&self.linear),
+                p(&self.admit)
+            ),
+            "client" | "validator" => format!(
+                "{cmd} --coordinator http://127.0.0.1:9 --insecure --key {} --config {} \
+                 --set clients=6 --index 0 --give-up 1 --check",
+                p(&self.key),
                 p(&self.linear)
             ),
             "model pretrain" => format!(

@@ -186,6 +186,10 @@ pub struct PartyArgs {
     /// Seconds to keep dialling without a session before giving up.
     #[arg(long, value_name = "SECONDS", default_value_t = 600, value_parser = int_in(1..=86_400u64))]
     give_up: u64,
+    /// Check the URL, the CA, the key file, the config, --index and the files the task reads
+    /// as a start would, print what this party would do and exit without dialling.
+    #[arg(long)]
+    check: bool,
 }
 
 impl PartyArgs {
@@ -256,6 +260,27 @@ impl PartyArgs {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default();
+        cohort_tasks::check_inputs(&cfg, &config_dir)
+            .with_context(|| format!("{}", self.config.display()))?;
+        if self.check {
+            println!(
+                "{party}: key {} ({}), task {}, would dial {} ({}); nothing was started",
+                hex::encode(id.public_key()),
+                self.key.display(),
+                match cfg.task {
+                    cohort_fl::task::TaskConfig::Linear(_) => "linear",
+                    cohort_fl::task::TaskConfig::Lm(_) => "lm",
+                    cohort_fl::task::TaskConfig::Imdb(_) => "imdb",
+                },
+                dial.url,
+                if dial.tls.is_some() {
+                    "TLS"
+                } else {
+                    "plain text"
+                }
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
         let tmp;
         let cache = match &self.cache {
             Some(d) => d.clone(),
