@@ -262,6 +262,7 @@ fn a_coordinator_killed_at_random_points_resumes_and_its_parties_reconnect() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| rand::random::<u64>() % 1_000_000);
     let mut rng = cohort_core::ChaCha8::new(seed);
+    const ROUNDS: usize = 8;
     let extra = ["coordinator.rounds=8"];
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -318,15 +319,31 @@ fn a_coordinator_killed_at_random_points_resumes_and_its_parties_reconnect() {
         }
         let log = d.join(format!("coordinator-{attempts}.log"));
         let mut child = spawn(&args, &log);
-        // Six kills at random points of a run (its set-up, rounds and phases), then to the end.
+        // Six kills at random points of a run (its set-up, each round and its phases, after
+        // the last round, after the end), then to the end: once `target` rounds are settled
+        // (0: the set-up is under way), after a further random delay.
+        let settled = || {
+            std::fs::read_to_string(out.join("state/rounds.jsonl")).map_or(0, |s| s.lines().count())
+        };
         let wait = if kills < 6 {
-            Some(full.mul_f64(rng.random_range(0.05..1.0)))
+            let target = rng.random_range(settled()..=ROUNDS);
+            let delay = full.mul_f64(rng.random_range(0.0..1.0) / ROUNDS as f64);
+            Some((target, delay))
         } else {
             None
         };
         let t = Instant::now();
+        let mut reached: Option<Instant> = None;
         let mut done = false;
-        while wait.is_none_or(|w| t.elapsed() < w) {
+        loop {
+            if let Some((target, delay)) = wait {
+                if reached.is_none() && settled() >= target {
+                    reached = Some(Instant::now());
+                }
+                if reached.is_some_and(|r| r.elapsed() >= delay) {
+                    break;
+                }
+            }
             if child.try_wait().unwrap().is_some() {
                 done = true;
                 break;
@@ -351,13 +368,15 @@ fn a_coordinator_killed_at_random_points_resumes_and_its_parties_reconnect() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         kills += 1;
-        killed_after.push(
-            std::fs::read_to_string(out.join("state/rounds.jsonl"))
-                .map_or(0, |s| s.lines().count()),
-        );
+        killed_after.push(settled());
     };
     assert!(kills >= 3, "kill seed {seed}: only {kills} kills landed");
-    let net: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let mut net: Value = serde_json::from_slice(&output.stdout).unwrap();
+    if net["finished"] == true {
+        // Killed after its summary was written: the last start only told the parties.
+        net = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap())
+            .unwrap();
+    }
     assert_eq!(
         outcome(&net["summary"]),
         outcome(&local["summary"]),

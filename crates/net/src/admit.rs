@@ -103,6 +103,14 @@ impl Admit {
         s
     }
 
+    /// Every admitted party: the clients, then the validators, by index.
+    pub fn parties(&self) -> Vec<Party> {
+        (0..self.clients.len() as u32)
+            .map(Party::Client)
+            .chain((0..self.validators.len() as u32).map(Party::Validator))
+            .collect()
+    }
+
     /// The public key admitted for `party`, if any.
     pub fn key_of(&self, party: Party) -> Option<&PublicKey> {
         match party {

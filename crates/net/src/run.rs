@@ -14,7 +14,7 @@ use cohort_ledger::protocol::Protocol;
 use cohort_node::runtime::{
     RoundSummary, RunError, RunOptions, RunSummary, ValidConfig, parties, run_with_options,
 };
-use cohort_node::transport::TransportError;
+use cohort_node::transport::{Party, TransportError};
 
 use crate::NetError;
 use crate::admit::Admit;
@@ -197,6 +197,9 @@ pub fn run_as_coordinator<B: LedgerBackend, L: Learner + ?Sized>(
     let addr = serve(&rt, &hub, net.listener, net.tls).map_err(link)?;
     tracing::info!(%addr, "listening");
     let mut transport = GrpcTransport::new(Arc::clone(&hub), deadlines(cfg, net.enrol));
+    // A resumed coordinator may finish before parties still in their back-off have dialled
+    // in again: it waits for all of them to be told.
+    let resumed = opts.is_resuming();
     let run = run_with_options(
         cfg,
         backend,
@@ -210,10 +213,49 @@ pub fn run_as_coordinator<B: LedgerBackend, L: Learner + ?Sized>(
         Err(e) => hub.finish(&format!("the run stopped: {e}")),
     }
     // Let the parties read that the run is over before the server goes.
-    let until = std::time::Instant::now() + Duration::from_secs(3);
-    while !hub.connected().is_empty() && std::time::Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let untold = hub.linger(resumed, LINGER);
+    log_untold(&untold);
     rt.shutdown_timeout(Duration::from_secs(1));
     run
+}
+
+/// How long a coordinator whose run is over waits for its parties to hear so: longer than a
+/// party's longest back-off between two dials (5 s), so one that lost its connection when the
+/// coordinator stopped hears it on its next dial.
+pub const LINGER: Duration = Duration::from_secs(12);
+
+fn log_untold(untold: &[Party]) {
+    if !untold.is_empty() {
+        let names: Vec<String> = untold.iter().map(ToString::to_string).collect();
+        tracing::info!(
+            "not told that the run is over (not connected): {}",
+            names.join(", ")
+        );
+    }
+}
+
+/// Serves a run that is already over (`cohort coordinator --resume` on a finished run): every
+/// admitted party that dials in within `max` is told so, and the server goes once all have
+/// been, or after `max`. Returns the parties that were not told.
+///
+/// # Errors
+/// The server cannot start.
+pub fn tell_finished(net: Listen, max: Duration) -> Result<Vec<Party>, NetError> {
+    let hub = Hub::new(HubConfig::new(net.run, net.admit));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("cohort-grpc")
+        .enable_all()
+        .build()
+        .map_err(|e| NetError::Io {
+            path: "the server runtime".into(),
+            source: e,
+        })?;
+    hub.finish("the run is complete");
+    let addr = serve(&rt, &hub, net.listener, net.tls)?;
+    tracing::info!(%addr, "the run is finished; telling the parties that dial in");
+    let untold = hub.linger(true, max);
+    log_untold(&untold);
+    rt.shutdown_timeout(Duration::from_secs(1));
+    Ok(untold)
 }

@@ -13,7 +13,7 @@
 //! sent (client-index order), not the order they arrived: a run whose parties all answer in
 //! time records the same ledger as the in-process run, whatever the network did.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -94,6 +94,10 @@ struct State {
     next_id: u64,
     next_generation: u64,
     finished: Option<String>,
+    /// Parties that held a session with this hub.
+    seen: HashSet<Party>,
+    /// Parties sent the `Finished` frame.
+    told: HashSet<Party>,
 }
 
 impl State {
@@ -157,11 +161,49 @@ impl Hub {
     pub fn finish(&self, reason: &str) {
         let mut st = self.lock();
         st.finished = Some(reason.to_owned());
-        for s in st.sessions.values() {
+        let mut told = Vec::new();
+        for (party, s) in &st.sessions {
             let _ =
                 s.tx.send(Ok(frame(coordinator_frame::Kind::Finished(pb::Finished {
                     reason: reason.to_owned(),
                 }))));
+            told.push(*party);
+        }
+        st.told.extend(told);
+        drop(st);
+        self.changed.notify_all();
+    }
+
+    /// After [`finish`](Self::finish): waits until the parties have been told that the run is
+    /// over and have closed their sessions, or `max` has passed. `everyone`: every admitted
+    /// party must have been told (a coordinator started again on a finished run, whose
+    /// parties are still dialling after it was stopped); otherwise the parties that held a
+    /// session with this hub. Returns the admitted parties that were not told, in order.
+    pub fn linger(&self, everyone: bool, max: Duration) -> Vec<Party> {
+        let until = std::time::Instant::now() + max;
+        let admitted = self.cfg.admit.parties();
+        let mut st = self.lock();
+        loop {
+            let waiting: Vec<Party> = admitted
+                .iter()
+                .filter(|p| (everyone || st.seen.contains(p)) && !st.told.contains(p))
+                .copied()
+                .collect();
+            let now = std::time::Instant::now();
+            if (waiting.is_empty() && st.sessions.is_empty()) || now >= until {
+                let mut untold: Vec<Party> = admitted
+                    .into_iter()
+                    .filter(|p| !st.told.contains(p))
+                    .collect();
+                untold.sort();
+                return untold;
+            }
+            let wait = (until - now).min(Duration::from_millis(100));
+            st = self
+                .changed
+                .wait_timeout(st, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -238,6 +280,8 @@ impl Hub {
         {
             st.tokens.remove(&s.token);
         }
+        drop(st);
+        self.changed.notify_all();
     }
 
     async fn handshake(
@@ -307,6 +351,7 @@ impl Hub {
             st.tokens.remove(&old.token);
         }
         st.tokens.insert(token.clone(), party);
+        st.seen.insert(party);
         st.sessions.insert(
             party,
             Session {
@@ -330,8 +375,10 @@ impl Hub {
             let _ = tx.send(Ok(frame(coordinator_frame::Kind::Finished(pb::Finished {
                 reason: reason.clone(),
             }))));
+            st.told.insert(party);
         }
         drop(st);
+        self.changed.notify_all();
         tracing::debug!(%peer, %party, "authenticated");
         Ok((party, generation))
     }

@@ -311,6 +311,11 @@ impl RunOptions {
         self
     }
 
+    /// Whether the run continues from a saved round.
+    pub fn is_resuming(&self) -> bool {
+        self.resume.is_some()
+    }
+
     /// The keys the run signs with: those given, or derived from the config's seed.
     pub fn keys(&self, cfg: &RunConfig) -> Keys {
         self.keys.clone().unwrap_or(Keys::Seeded(cfg.seed))

@@ -688,8 +688,33 @@ impl Args {
             return self.print_check(&cfg, plan);
         }
         match found {
-            Found::Run { finished: true, .. } => {
+            Found::Run {
+                finished: true,
+                record,
+            } => {
                 let summary = self.out.join("summary.json");
+                let network = self
+                    .network
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take();
+                if let Some(net) = network {
+                    // A coordinator stopped after its run was over but before every party
+                    // heard so: the parties still dialling are told now.
+                    let origin = record["origin"].as_str().unwrap_or_default().to_owned();
+                    let addr = net.addr()?;
+                    eprintln!(
+                        "{}: the run is finished; listening on {addr} for up to {} s to tell \
+                         the parties that dial in",
+                        self.out.display(),
+                        cohort_net::run::LINGER.as_secs()
+                    );
+                    cohort_net::run::tell_finished(
+                        net.into_listen(&origin),
+                        cohort_net::run::LINGER,
+                    )
+                    .context("serving the finished run")?;
+                }
                 if self.json {
                     print_json(&json!({ "finished": true, "summary": summary }))?;
                 } else {
