@@ -35,8 +35,13 @@ fn sets(extra: &[&str]) -> Vec<String> {
 
 /// Key files for 3 clients and 2 validators in `dir`, and the admission list naming them.
 fn keys(dir: &Path) -> PathBuf {
+    keys_for(dir, 3, 2)
+}
+
+/// Key files for `clients` clients and `validators` validators, and the admission list.
+fn keys_for(dir: &Path, clients: u32, validators: u32) -> PathBuf {
     let mut admit = String::new();
-    for (role, n) in [("client", 3), ("validator", 2)] {
+    for (role, n) in [("client", clients), ("validator", validators)] {
         for i in 0..n {
             let f = dir.join(format!("{role}-{i}.key"));
             let o = common::cohort(&["keys", "new", "--out", common::p(&f), "--json"]);
@@ -104,8 +109,13 @@ struct Federation {
 }
 
 fn start(extra: &[&str], enrol_secs: u64) -> Federation {
+    start_with(extra, enrol_secs, 2, &[])
+}
+
+/// A coordinator for 3 clients and `validators` validators, with `more` arguments.
+fn start_with(extra: &[&str], enrol_secs: u64, validators: u32, more: &[&str]) -> Federation {
     let dir = tempfile::tempdir().unwrap();
-    let admit = keys(dir.path());
+    let admit = keys_for(dir.path(), 3, validators);
     let port = cohort_testkit::free_port();
     let url = format!("http://127.0.0.1:{port}");
     let mut args: Vec<String> = [
@@ -126,6 +136,10 @@ fn start(extra: &[&str], enrol_secs: u64) -> Federation {
     .map(|s| (*s).to_owned())
     .collect();
     args.extend(sets(extra));
+    args.extend(
+        more.iter()
+            .map(|s| s.replace("{dir}", common::p(dir.path()))),
+    );
     let coordinator = spawn(&args, &dir.path().join("coordinator.log"));
     Federation {
         dir,
@@ -397,4 +411,194 @@ fn a_coordinator_killed_at_random_points_resumes_and_its_parties_reconnect() {
         "kill seed {seed}: {kills} kills of the coordinator (after rounds {killed_after:?}), \
          {attempts} starts"
     );
+}
+
+/// Sends `signal` (`STOP`, `CONT`, `KILL`) to `child`.
+fn signal(child: &Child, signal: &str) {
+    let o = Command::new("kill")
+        .args([format!("-{signal}"), child.id().to_string()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "kill -{signal}: {}", common::text(&o));
+}
+
+/// Waits until `file` holds a line with every one of `needles`, at most `secs`.
+fn wait_for_line(file: &Path, needles: &[&str], secs: u64, what: &str) {
+    let until = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        if text.lines().any(|l| needles.iter().all(|n| l.contains(n))) {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "{what}: no line with {needles:?} in {}:\n{text}",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// How many lines of `file` hold `needle`.
+fn lines_with(file: &Path, needle: &str) -> usize {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+fn base_units(v: &Value) -> u128 {
+    v.as_str().map_or(0, |s| s.parse().unwrap())
+}
+
+#[test]
+fn a_client_killed_while_training_costs_its_round_a_deadline_and_the_others_are_paid() {
+    // A clean run (every client honest); client 1 is frozen as round 2 opens, with the
+    // round's training request on its way, and killed: it never answers.
+    let extra = ["attack.fraction=0", "coordinator.train_timeout=3"];
+    let f = start_with(&extra, 60, 2, &["--events", "{dir}/events.jsonl"]);
+    let d = f.dir.path();
+    let mut clients: Vec<Child> = (0..3)
+        .map(|i| party(d, "client", i, &f.url, &extra))
+        .collect();
+    let validators: Vec<Child> = (0..2)
+        .map(|i| party(d, "validator", i, &f.url, &extra))
+        .collect();
+    let events = d.join("events.jsonl");
+    wait_for_line(
+        &events,
+        &["\"round-opened\"", "\"round\":2"],
+        120,
+        "round 2",
+    );
+    signal(&clients[1], "STOP");
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&clients[1], "KILL");
+    let killed_at = Instant::now();
+    clients.remove(1).wait().unwrap();
+    let out = wait(
+        f.coordinator,
+        120,
+        "the coordinator",
+        &d.join("coordinator.log"),
+    );
+    let log = std::fs::read_to_string(d.join("coordinator.log")).unwrap();
+    assert!(out.status.success(), "{log}");
+    let net: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rounds = net["summary"]["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 3);
+    // Round 1 had all three; after the kill client 1 is missing (its training deadline
+    // passed, at least once), and the run did not wait longer than the deadlines.
+    assert_eq!(rounds[0]["submitted"], serde_json::json!([0, 1, 2]));
+    assert_eq!(
+        rounds[2]["submitted"],
+        serde_json::json!([0, 2]),
+        "{}",
+        rounds[2]
+    );
+    assert!(killed_at.elapsed() < Duration::from_secs(60));
+    // The others are accepted and paid every round, nobody is slashed.
+    for r in rounds {
+        for c in ["client-0", "client-2"] {
+            let k: u32 = c[7..].parse().unwrap();
+            assert!(
+                r["accepted"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&serde_json::json!(k)),
+                "{r}"
+            );
+            assert!(base_units(&r["payouts"][c]["reward"]) > 0, "{c}: {r}");
+        }
+        for (name, p) in r["payouts"].as_object().unwrap() {
+            assert_eq!(base_units(&p["slash"]), 0, "{name} slashed: {r}");
+        }
+    }
+    let o = common::cohort(&["ledger", "verify", common::p(&d.join("run/ledger"))]);
+    assert!(o.status.success(), "{}", common::text(&o));
+    for p in clients.into_iter().chain(validators) {
+        let o = wait(p, 30, "a party", &d.join("coordinator.log"));
+        assert!(o.status.success(), "{}", common::text(&o));
+    }
+}
+
+#[test]
+fn a_validator_killed_before_revealing_is_slashed_and_consensus_comes_from_the_rest() {
+    // Three validators. As round 2 opens validator 0 is frozen, so the commitment phase stays
+    // open; once validator 2 has sent its commitment it is killed, and validator 0 thawed:
+    // validator 2 committed and never reveals.
+    let extra = [
+        "validators=3",
+        "coordinator.commit_timeout=3",
+        "coordinator.reveal_timeout=3",
+    ];
+    let f = start_with(&extra, 60, 3, &["--events", "{dir}/events.jsonl"]);
+    let d = f.dir.path();
+    let clients: Vec<Child> = (0..3)
+        .map(|i| party(d, "client", i, &f.url, &extra))
+        .collect();
+    let mut validators: Vec<Child> = (0..3)
+        .map(|i| party(d, "validator", i, &f.url, &extra))
+        .collect();
+    let events = d.join("events.jsonl");
+    let victim_log = d.join("validator-2.log");
+    wait_for_line(
+        &events,
+        &["\"round-opened\"", "\"round\":2"],
+        120,
+        "round 2",
+    );
+    signal(&validators[0], "STOP");
+    let until = Instant::now() + Duration::from_secs(30);
+    while lines_with(&victim_log, "commitment sent") < 2 {
+        assert!(
+            Instant::now() < until,
+            "validator 2 never committed in round 2"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // The commitment is on its way: let it arrive, then kill the validator.
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&validators[2], "KILL");
+    validators.remove(2).wait().unwrap();
+    signal(&validators[0], "CONT");
+    assert_eq!(
+        lines_with(&victim_log, "reveal sent"),
+        1,
+        "only round 1's reveal"
+    );
+
+    let out = wait(
+        f.coordinator,
+        120,
+        "the coordinator",
+        &d.join("coordinator.log"),
+    );
+    let log = std::fs::read_to_string(d.join("coordinator.log")).unwrap();
+    assert!(out.status.success(), "{log}");
+    let net: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rounds = net["summary"]["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 3);
+    // Round 2: validator 2 is slashed for not revealing; the others are not.
+    let r2 = &rounds[1];
+    assert!(
+        base_units(&r2["payouts"]["validator-2"]["slash"]) > 0,
+        "{r2}"
+    );
+    for v in ["validator-0", "validator-1"] {
+        assert_eq!(base_units(&r2["payouts"][v]["slash"]), 0, "{v}: {r2}");
+    }
+    // Consensus comes from the two that revealed: the attacker is still caught, the honest
+    // clients accepted, in every round.
+    for r in rounds {
+        assert_eq!(r["rejected"], serde_json::json!([2]), "{r}");
+        assert_eq!(r["accepted"], serde_json::json!([0, 1]), "{r}");
+    }
+    let o = common::cohort(&["ledger", "verify", common::p(&d.join("run/ledger"))]);
+    assert!(o.status.success(), "{}", common::text(&o));
+    for p in clients.into_iter().chain(validators) {
+        let o = wait(p, 30, "a party", &d.join("coordinator.log"));
+        assert!(o.status.success(), "{}", common::text(&o));
+    }
 }

@@ -372,11 +372,19 @@ impl Link {
         id: u64,
         reply: Reply,
     ) -> Result<(), NetError> {
+        let what = match &reply {
+            Reply::Enrol(_) => "enrolment",
+            Reply::Update(_) => "update",
+            Reply::Commit(_) => "commitment",
+            Reply::Reveal(_) => "reveal",
+        };
         let (envelope, blobs) = strip_reply(id, reply)?;
         for b in &blobs {
             upload(client, token, b).await?;
         }
-        send(party_frame::Kind::Reply(envelope))
+        send(party_frame::Kind::Reply(envelope))?;
+        tracing::info!(party = %self.party, id, "{what} sent");
+        Ok(())
     }
 }
 

@@ -638,6 +638,18 @@ impl Args {
         }
         #[cfg(feature = "evm-rpc")]
         if let Some(url) = &self.chain_rpc {
+            let coordinator = self
+                .network
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .is_some();
+            if coordinator {
+                bail!(
+                    "cohort coordinator with --chain-rpc: not supported yet (on a chain each \
+                     party submits its own transactions; see issue 13); run on the chain with \
+                     `cohort run` in process"
+                );
+            }
             if self.transport == TransportKind::Grpc {
                 bail!(
                     "--transport grpc with --chain-rpc: not supported yet (on a chain each party \

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# A federation of separate processes on this machine, over TLS: one `cohort coordinator` and one
+# `cohort client` or `cohort validator` process per party, each with its own key file.
+#
+#   examples/federation.sh [CONFIG.toml [DIR [--set KEY=VALUE ...]]]
+#
+# CONFIG defaults to examples/clean-linear.toml, DIR to /tmp/cohort-federation (it must not hold
+# an earlier federation). It makes DIR/keys/*.pem (one key per party), DIR/admit.txt (the list
+# the coordinator admits), DIR/tls/ (a private CA and the coordinator's certificate), starts the
+# coordinator on 127.0.0.1:$PORT (default 50051) and the parties, and waits for all of them;
+# the run's results are in DIR/run (summary.json, report.html, ledger/), each process's log in
+# DIR/logs/. On other machines, run the same commands there: copy DIR/tls/ca.pem to every
+# party, keep each key on its own party, and dial the coordinator's address instead of
+# 127.0.0.1 (its certificate must be made for that name: `cohort keys tls --name HOST`).
+#
+# COHORT names the binary (default: `cohort` on PATH, else target/release/cohort).
+set -euo pipefail
+
+cfg=${1:-examples/clean-linear.toml}
+dir=${2:-/tmp/cohort-federation}
+shift $(($# < 2 ? $# : 2))
+sets=("$@")
+port=${PORT:-50051}
+if [ -n "${COHORT:-}" ]; then
+  cohort=$COHORT
+elif command -v cohort >/dev/null 2>&1; then
+  cohort=cohort
+else
+  cohort=target/release/cohort
+fi
+
+if [ -e "$dir/admit.txt" ]; then
+  echo "$dir already holds a federation; remove it or name another DIR" >&2
+  exit 2
+fi
+mkdir -p "$dir/keys" "$dir/logs"
+
+# How many clients and validators the config (with the --set overrides) has.
+read -r clients validators < <("$cohort" run "$cfg" --out "$dir/run" --check --json "${sets[@]}" |
+  python3 -c 'import json,sys; c=json.load(sys.stdin)["config"]; print(c["clients"], c["validators"])')
+echo "federation: $clients clients, $validators validators ($cfg) in $dir"
+
+# One key per party, made where the party runs; the coordinator learns only the public keys.
+: >"$dir/admit.txt"
+for role in client validator; do
+  n=$([ "$role" = client ] && echo "$clients" || echo "$validators")
+  for ((i = 0; i < n; i++)); do
+    pk=$("$cohort" keys new --out "$dir/keys/$role-$i.pem" --json |
+      python3 -c 'import json,sys; print(json.load(sys.stdin)["public_key"])')
+    echo "$role $pk" >>"$dir/admit.txt"
+  done
+done
+
+# A private CA and a certificate for the name the parties dial.
+"$cohort" keys tls --out "$dir/tls" --name 127.0.0.1 >/dev/null
+
+"$cohort" coordinator "$cfg" "${sets[@]}" --out "$dir/run" --listen "127.0.0.1:$port" \
+  --admit "$dir/admit.txt" --tls-cert "$dir/tls/server.pem" --tls-key "$dir/tls/server.key" \
+  >"$dir/logs/coordinator.out" 2>"$dir/logs/coordinator.log" &
+coordinator=$!
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
+
+pids=()
+for role in client validator; do
+  n=$([ "$role" = client ] && echo "$clients" || echo "$validators")
+  for ((i = 0; i < n; i++)); do
+    "$cohort" "$role" --coordinator "https://127.0.0.1:$port" --ca "$dir/tls/ca.pem" \
+      --key "$dir/keys/$role-$i.pem" --config "$cfg" --index "$i" "${sets[@]}" \
+      >"$dir/logs/$role-$i.log" 2>&1 &
+    pids+=($!)
+  done
+done
+
+status=0
+wait "$coordinator" || status=$?
+for p in "${pids[@]}"; do
+  wait "$p" || status=$?
+done
+trap - EXIT
+cat "$dir/logs/coordinator.out"
+if [ "$status" -ne 0 ]; then
+  echo "a process failed (exit $status): see $dir/logs/" >&2
+  exit "$status"
+fi
+"$cohort" ledger verify "$dir/run/ledger"
