@@ -26,7 +26,13 @@
 //! # }
 //! ```
 
+//!
+//! [`netns::Lab`] (Linux) is several hosts on one machine: network namespaces joined by veth
+//! pairs, with packet loss and delay on chosen links, for the multi-host federation tests.
+
 mod anvil;
+#[cfg(target_os = "linux")]
+pub mod netns;
 #[cfg(feature = "s3")]
 pub mod s3;
 
