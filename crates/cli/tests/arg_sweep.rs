@@ -180,6 +180,11 @@ impl Fixtures {
             }
             "model svd" => format!("model svd {m} --rank 2"),
             "bench ledger" => "bench ledger --entries 50 --batch 10 --proofs 5".to_owned(),
+            "bench net" => format!(
+                "bench net --config {lin} --set clients=4 --set coordinator.rounds=1 --repeats 1 \
+                 --blob-mib 1 --fleet 6 --fleet-sampled 3 --fleet-rounds 1 --fleet-config {lin}",
+                lin = p(&self.linear)
+            ),
             "bench train" => "bench train --preset test --steps 1 --warmup 0 --batch 2".to_owned(),
             "sim drt" | "sim points" => sim(&cmd[4..]),
             "sim market" => sim("market") + " --rounds 1 --init-samples 50 --market-test-size 50",

@@ -18,6 +18,7 @@
 
 pub mod admit;
 pub mod party;
+pub mod probe;
 pub mod run;
 pub mod server;
 pub mod tls;
@@ -47,6 +48,14 @@ pub const SESSION_HEADER: &str = "x-cohort-session";
 
 /// Bytes per chunk of a blob transfer (well under gRPC's 4 MiB message limit).
 pub const CHUNK: usize = 1 << 20;
+
+/// HTTP/2 flow-control windows, both sides: a stream may have this many bytes in flight
+/// before the receiver acknowledges them (HTTP/2's default, 64 KiB, holds a blob transfer to
+/// a few round trips' worth of bytes).
+pub const STREAM_WINDOW: u32 = 8 << 20;
+
+/// The connection's window, over all its streams.
+pub const CONNECTION_WINDOW: u32 = 16 << 20;
 
 /// The largest message (JSON of a request or reply, blobs taken out) either side accepts.
 pub const MAX_MESSAGE: usize = 4 << 20;

@@ -172,16 +172,11 @@ impl Link {
             what: format!("{what} {}", self.dial.url),
             source: Box::new(e),
         };
-        let mut ep = Endpoint::from_shared(self.dial.url.clone())
-            .map_err(|e| fail("the coordinator URL", e))?
-            .connect_timeout(Duration::from_secs(10))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(20));
-        if let Some(tls) = &self.dial.tls {
-            ep = ep.tls_config(tls.clone()).map_err(|e| fail("TLS for", e))?;
-        }
-        ep.connect().await.map_err(|e| fail("connect to", e))
+        endpoint(&self.dial.url, self.dial.tls.as_ref())
+            .map_err(|e| fail("the coordinator URL or TLS for", e))?
+            .connect()
+            .await
+            .map_err(|e| fail("connect to", e))
     }
 
     /// One session, from dialling to its end. `Err` only for what dialling again cannot mend
@@ -449,8 +444,26 @@ async fn download(
     }
 }
 
+/// How a party dials `url`: timeouts, keep-alives, flow-control windows and `tls`.
+pub(crate) fn endpoint(
+    url: &str,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> Result<Endpoint, tonic::transport::Error> {
+    let ep = Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .initial_stream_window_size(crate::STREAM_WINDOW)
+        .initial_connection_window_size(crate::CONNECTION_WINDOW)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20));
+    match tls {
+        Some(tls) => ep.tls_config(tls.clone()),
+        None => Ok(ep),
+    }
+}
+
 /// Uploads a blob from where the coordinator's copy ends (three tries).
-async fn upload(
+pub(crate) async fn upload(
     client: &mut FederationClient<Channel>,
     token: &MetadataValue<tonic::metadata::Ascii>,
     (h, b): &Blob,

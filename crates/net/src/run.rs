@@ -44,6 +44,8 @@ pub fn serve(
     };
     let mut builder = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .initial_stream_window_size(crate::STREAM_WINDOW)
+        .initial_connection_window_size(crate::CONNECTION_WINDOW)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     if let Some(tls) = tls {

@@ -149,6 +149,11 @@ impl Hub {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether a complete upload of `h` is held (not yet taken by a reply).
+    pub fn holds_upload(&self, h: &Hash32) -> bool {
+        self.lock().uploaded.contains_key(h)
+    }
+
     /// The parties connected now.
     pub fn connected(&self) -> Vec<Party> {
         let mut v: Vec<Party> = self.lock().sessions.keys().copied().collect();
@@ -514,7 +519,11 @@ impl Hub {
         let Some(up) = st.uploads.remove(&h) else {
             return Err(Status::internal("upload vanished"));
         };
-        if sha256(&up.data) != h {
+        // Hashed without the lock: a large blob must not hold up every other session.
+        drop(st);
+        let hashed = sha256(&up.data);
+        let mut st = self.lock();
+        if hashed != h {
             return Err(Status::data_loss(format!(
                 "the uploaded bytes do not hash to {h}: upload them again"
             )));

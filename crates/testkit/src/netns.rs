@@ -175,7 +175,7 @@ impl Lab {
             .exec(ns, "nft")
             .args(["list", "table", "inet", &format!("loss_{interface}")])
             .output()
-            .unwrap();
+            .unwrap_or_else(|e| panic!("nft: {e}"));
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let text = String::from_utf8_lossy(&o.stdout);
         text.split_whitespace()

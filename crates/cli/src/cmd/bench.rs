@@ -1,6 +1,7 @@
 //! `cohort bench ...`: benchmark programs that print a table and write JSON.
 
 mod ledger;
+mod net;
 mod train;
 
 use std::process::ExitCode;
@@ -14,6 +15,9 @@ pub enum BenchCmd {
     /// Training throughput of the reference GPT (full and LoRA) against the matmul peak and,
     /// with --torch, PyTorch.
     Train(train::Args),
+    /// What the network costs: the same experiment in process and over loopback gRPC + TLS
+    /// (the ratio), and blob uploads against raw loopback TCP.
+    Net(net::Args),
 }
 
 impl BenchCmd {
@@ -21,6 +25,7 @@ impl BenchCmd {
         match self {
             Self::Ledger(a) => a.execute(),
             Self::Train(a) => a.execute(),
+            Self::Net(a) => a.execute(),
         }
     }
 }
