@@ -68,6 +68,12 @@ fn the_event_stream_and_the_provenance_of_a_run_agree_with_its_ledger_and_blobs(
         })
         .collect();
     assert_eq!(kinds[0], "set-up");
+    // Both files say which layout they follow.
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(first["schema"], cohort_fl::events::SCHEMA_VERSION);
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(written["schema"], cohort_node::summary::SCHEMA_VERSION);
     for k in [
         "round-opened",
         "update-received",

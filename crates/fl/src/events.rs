@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 use crate::learner::Metrics;
 use crate::strategy::Contribution;
 
+/// The version of the event stream's layout, carried by its `set-up` event: raised when an
+/// event or field changes meaning or goes away (one added is not a new version).
+pub const SCHEMA_VERSION: u32 = 1;
+
 /// One thing that happened in a run, in the order it happened.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case", deny_unknown_fields)]
@@ -19,6 +23,10 @@ pub enum RunEvent {
     /// The set-up is on the ledger: every party registered, staked and (clients) committed
     /// its dataset, each signing its own calls.
     SetUp {
+        /// The version of the event stream's layout ([`SCHEMA_VERSION`]; 0 in a stream
+        /// written before it existed).
+        #[serde(default)]
+        schema: u32,
         /// Clients enrolled.
         clients: u32,
         /// Validators enrolled.

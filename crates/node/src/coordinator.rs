@@ -466,6 +466,7 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
         };
         if fresh.is_some() {
             events.emit(RunEvent::SetUp {
+                schema: cohort_fl::events::SCHEMA_VERSION,
                 clients: self.roster.clients.len() as u32,
                 validators: self.roster.validators.len() as u32,
             });

@@ -18,6 +18,11 @@
 
 use std::collections::BTreeMap;
 
+/// The version of `summary.json`'s layout, its top-level `schema` field: raised when a field
+/// changes meaning or goes away (a field added is not a new version). Absent in files written
+/// before it existed.
+pub const SCHEMA_VERSION: u32 = 1;
+
 use alloy_primitives::U256;
 use cohort_core::Hash32;
 use cohort_fl::events::RunEvent;

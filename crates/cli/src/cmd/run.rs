@@ -1096,6 +1096,7 @@ impl Args {
             &self.report_info(wall, keys),
         )?;
         let doc = json!({
+            "schema": cohort_node::summary::SCHEMA_VERSION,
             "config": cfg,
             "summary": summary,
             "verify": verified,
@@ -1385,6 +1386,7 @@ impl Args {
         write_atomic(
             &self.out.join("summary.json"),
             (serde_json::to_string_pretty(&json!({
+                "schema": cohort_node::summary::SCHEMA_VERSION,
                 "config": cfg, "summary": summary, "chain": record, "keys": key_record,
                 "wall_seconds": wall,
             }))? + "\n")
