@@ -90,6 +90,17 @@ class Procs:
                     p.wait(timeout=max(0.0, deadline - time.time()))
                 except subprocess.TimeoutExpired:
                     pass
+        # Until no member of any group is left (children die after their leader).
+        deadline = time.time() + 10
+        groups = {p.pid for _, p in self.items}
+        while groups and time.time() < deadline:
+            for g in list(groups):
+                try:
+                    os.killpg(g, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    groups.discard(g)
+            if groups:
+                time.sleep(0.05)
         _LIVE.discard(self)
 
     def log_tail(self, name: str, n: int = 15) -> str:
@@ -111,7 +122,12 @@ def _kill_everything() -> None:
 atexit.register(_kill_everything)
 
 
-def _on_term(signum, frame):  # SIGTERM: unwind like Ctrl-C, through the `finally`s
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _on_term(signum, frame):  # unwind like Ctrl-C, through the `finally`s
+    for sig in _SIGNALS:  # a second Ctrl-C does not interrupt the clean-up
+        signal.signal(sig, signal.SIG_IGN)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -310,6 +326,9 @@ def run_cohort(cohort: str, cfg: Path, n: int, k: int, rounds: int, work: Path, 
     rs = summary["summary"]["rounds"]
     compute = cohort_inprocess_compute(cohort, cfg, sets, work)
     per_round = []
+    if len(rs) != rounds or any(len(r["submitted"]) != k for r in rs):
+        raise BenchError(f"cohort: {[len(r['submitted']) for r in rs]} updates per round, "
+                         f"not {k} in each of {rounds} rounds")
     for r, c in zip(rs, compute):
         secs = r["seconds"]
         wall = sum(secs.values())
@@ -320,6 +339,9 @@ def run_cohort(cohort: str, cfg: Path, n: int, k: int, rounds: int, work: Path, 
             "overhead_ms": (wall - c) * 1e3,
             "phases_ms": {p: v * 1e3 for p, v in secs.items()},
             "train_exchange_ms": (secs["train"] - c) * 1e3,
+            "score_ms": secs["score"] * 1e3,
+            "ledger_ms": secs["ledger"] * 1e3,
+            "aggregate_report_ms": (secs["aggregate"] + secs["report"]) * 1e3,
             "updates": len(r["submitted"]),
             "test_loss": r["test"]["loss"],
         })
@@ -382,8 +404,20 @@ def flower_tools() -> tuple[dict, dict]:
     return {"version": v, **tools}, env
 
 
+def _connected(superlink_log: Path) -> str:
+    """How many SuperNodes the ServerApp last saw connected (its "Waiting for nodes" line)."""
+    last = "?"
+    try:
+        for line in superlink_log.read_text(errors="replace").splitlines():
+            if "Waiting for nodes to connect:" in line:
+                last = line.split("connect:")[1].split("connected")[0].strip()
+    except OSError:
+        pass
+    return last
+
+
 def run_flower(tools: dict, base_env: dict, task: dict, seed: int, n: int, k: int, rounds: int,
-               work: Path, timeout: float) -> dict:
+               work: Path, timeout: float, startup_timeout: float) -> dict:
     work.mkdir(parents=True)
     logs = work / "logs"
     logs.mkdir()
@@ -446,6 +480,12 @@ def run_flower(tools: dict, base_env: dict, task: dict, seed: int, n: int, k: in
                     break
             if link.poll() is not None:
                 raise BenchError("flower-superlink exited:\n" + procs.log_tail("superlink"))
+            opened = any(e["event"] == "round-open" for e in events)
+            if not opened and time.time() > t0 + startup_timeout:
+                raise BenchError(f"the first round did not open within {startup_timeout:.0f} s: "
+                                 f"{_connected(logs / 'superlink.log')} of {n} SuperNodes connected, "
+                                 f"{sum(p.poll() is None for _, p in procs.items[1:])} still running "
+                                 f"(logs in {logs})")
             if time.time() > end:
                 raise BenchError(f"the Flower run did not finish in {timeout:.0f} s; "
                                  f"{len(events)} timeline lines:\n" + procs.log_tail("superlink"))
@@ -467,6 +507,8 @@ def run_flower(tools: dict, base_env: dict, task: dict, seed: int, n: int, k: in
         errors = [c for c in agg["clients"] if "error" in c]
         if errors:
             raise BenchError(f"Flower round {r}: {len(errors)} client errors: {errors[:3]}")
+        if len(agg["clients"]) != k:
+            raise BenchError(f"Flower round {r}: {len(agg['clients'])} updates, not {k}")
         comp = [c["compute_ms"] for c in agg["clients"]]
         start = opened["t"] if prev_end is None else prev_end
         wall = (ended["t"] - start) * 1e3
@@ -477,6 +519,7 @@ def run_flower(tools: dict, base_env: dict, task: dict, seed: int, n: int, k: in
             "compute_ms": c,
             "compute_max_ms": max(comp),
             "data_ms": statistics.mean(x["data_ms"] for x in agg["clients"]),
+            "sgd_ms": statistics.mean(x["compute_ms"] - x["data_ms"] for x in agg["clients"]),
             "overhead_ms": wall - c,
             "open_to_end_ms": (ended["t"] - opened["t"]) * 1e3,
             "open_to_aggregated_ms": (agg["t"] - opened["t"]) * 1e3,
@@ -521,21 +564,59 @@ def condense(runs: list[dict]) -> dict:
         "wall_ms": med(mean_round("wall_ms")),
         "compute_ms": med(mean_round("compute_ms")),
         "final_test_loss": med(lambda r: r["final_test_loss"]),
+        "parts_ms": {key: med(mean_round(key)) for key in _PARTS[runs[0]["system"] == "flower"]
+                     if all(key in x for r in runs for x in r["per_round"])},
     }
+
+
+# Where a round's wall time goes, per system (the per-round keys run_cohort/run_flower write).
+_PARTS = {
+    False: ["train_exchange_ms", "score_ms", "ledger_ms", "aggregate_report_ms"],
+    True: ["data_ms", "sgd_ms", "dispatch_ms", "open_to_aggregated_ms", "open_to_end_ms"],
+}
+
+
+def parts_table(rows: list[dict]) -> str:
+    """Where the round goes: cohort's phases (its coordinator's clock) and, for Flower, when the
+    clients' `train` began and when the round's updates were aggregated (the ServerApp's)."""
+    lines = ["| clients | system | where the round's wall time goes (ms, mean per round) |",
+             "|---|---|---|"]
+    names = {
+        "train_exchange_ms": "train exchange (train phase less compute)",
+        "score_ms": "validators score, commit, reveal",
+        "ledger_ms": "ledger and checkpoint",
+        "aggregate_report_ms": "aggregate and report",
+        "data_ms": "client compute: drawing the partition",
+        "sgd_ms": "client compute: local SGD",
+        "dispatch_ms": "round opened until the ClientApp's `train` starts",
+        "open_to_aggregated_ms": "round opened until aggregated",
+        "open_to_end_ms": "round opened until evaluated",
+    }
+    for r in rows:
+        if "error" in r or not r.get("parts_ms"):
+            continue
+        parts = "; ".join(f"{names[k]} {v:.1f}" for k, v in r["parts_ms"].items())
+        lines.append(f"| {r['clients']} | {r['system']} | {parts} |")
+    return "\n".join(lines)
 
 
 def table(rows: list[dict]) -> str:
     head = ["clients", "per round", "system", "start-up s", "round overhead ms",
             "round wall ms", "client compute ms", "overhead cohort/flower",
             "start-up cohort/flower", "test loss"]
-    flower = {(r["clients"]): r for r in rows if r["system"] == "flower"}
+    flower = {r["clients"]: r for r in rows if r["system"] == "flower" and "error" not in r}
     out = []
     for r in rows:
+        if "error" in r:
+            why = " ".join(r["error"].split("\n")[0].split())[:160].replace("|", "/")
+            out.append([str(r["clients"]), str(r["clients_per_round"]), r["system"],
+                        f"did not run: {why}", "", "", "", "", "", ""])
+            continue
         f = flower.get(r["clients"])
         ratio = su = "-"
         if f and r["system"] != "flower":
-            ratio = f"{r['overhead_ms'] / f['overhead_ms']:.3f}"
-            su = f"{r['startup_s'] / f['startup_s']:.3f}"
+            ratio = f"{r['overhead_ms'] / f['overhead_ms']:.4f}"
+            su = f"{r['startup_s'] / f['startup_s']:.4f}"
         out.append([str(r["clients"]), str(r["clients_per_round"]), r["system"],
                     f"{r['startup_s']:.2f}", f"{r['overhead_ms']:.1f}", f"{r['wall_ms']:.1f}",
                     f"{r['compute_ms']:.3f}", ratio, su, f"{r['final_test_loss']:.3f}"])
@@ -563,12 +644,16 @@ def main() -> int:
     ap.add_argument("--cohort-tls", action="store_true",
                     help="also run cohort over TLS (its default; Flower stays plain text)")
     ap.add_argument("--timeout", type=float, default=1200, help="seconds per run (default 1200)")
+    ap.add_argument("--startup-timeout", type=float, default=600,
+                    help="seconds for Flower's first round to open, i.e. for every SuperNode "
+                    "to connect (default 600, cohort's enrolment timeout)")
     ap.add_argument("--json", help="write every run's figures to this file")
     ap.add_argument("--work", help="directory for the runs' files (default: a temporary one, "
                     "removed at the end unless --keep)")
     ap.add_argument("--keep", action="store_true", help="keep the runs' files and logs")
     args = ap.parse_args()
-    signal.signal(signal.SIGTERM, _on_term)
+    for sig in _SIGNALS:
+        signal.signal(sig, _on_term)  # also where SIGINT came in ignored (a background job)
 
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     if not set(systems) <= {"cohort", "flower"} or not systems:
@@ -576,12 +661,12 @@ def main() -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     cfg = Path(args.config).resolve()
 
-    cohort = None
-    if "cohort" in systems:
-        cohort = args.cohort or shutil.which("cohort") or str(REPO / "target/release/cohort")
-        if not (Path(cohort).is_file() or shutil.which(cohort)):
-            sys.exit(f"no cohort binary at {cohort}: build it (cargo build --release) or pass --cohort PATH")
-        cohort = str(Path(shutil.which(cohort) or cohort).resolve())
+    # Needed by both sides: the Flower app takes the task's settings from cohort's config.
+    cohort = args.cohort or shutil.which("cohort") or str(REPO / "target/release/cohort")
+    if not (Path(cohort).is_file() or shutil.which(cohort)):
+        sys.exit(f"no cohort binary at {cohort}: build it (cargo build --release) or pass "
+                 "--cohort PATH (the Flower side reads the task's settings from cohort's config)")
+    cohort = str(Path(shutil.which(cohort) or cohort).resolve())
     tools, env = flower_tools() if "flower" in systems else ({}, {})
 
     work = Path(args.work).resolve() if args.work else Path(tempfile.mkdtemp(prefix="flower-net-"))
@@ -600,67 +685,73 @@ def main() -> int:
         "rows": [],
     }
     rows = []
+    failed = []
     try:
         for n in sizes:
             k = n if args.per_round == "all" else min(int(args.per_round), n)
-            variants = []
-            if "cohort" in systems:
-                variants.append(("cohort", False))
-                if args.cohort_tls:
-                    variants.append(("cohort", True))
+            variants = [("cohort", False)] if "cohort" in systems else []
+            if "cohort" in systems and args.cohort_tls:
+                variants.append(("cohort", True))
             if "flower" in systems:
                 variants.append(("flower", False))
-            task = seed = None
+            conf = effective_config(cohort, cfg, cohort_sets(n, k, args.rounds), work / "check")
             for system, tls in variants:
+                name = "cohort (TLS)" if tls else system
                 runs = []
                 for rep in range(args.repeat):
                     tag = f"{system}{'-tls' if tls else ''}-{n}-{rep}"
                     print(f"[{time.strftime('%H:%M:%S')}] {tag}: {n} clients, {k} per round, "
                           f"{args.rounds} rounds ...", file=sys.stderr, flush=True)
-                    if system == "cohort":
-                        r = run_cohort(cohort, cfg, n, k, args.rounds, work / tag, tls, args.timeout)
-                    else:
-                        if task is None:
-                            conf = effective_config(cohort or _need_cohort(), cfg,
-                                                    cohort_sets(n, k, args.rounds), work / "check")
-                            task, seed = conf["task"], conf["seed"]
-                        r = run_flower(tools, env, task, seed, n, k, args.rounds, work / tag,
-                                       args.timeout)
+                    try:
+                        if system == "cohort":
+                            r = run_cohort(cohort, cfg, n, k, args.rounds, work / tag, tls,
+                                           args.timeout)
+                        else:
+                            r = run_flower(tools, env, conf["task"], conf["seed"], n, k,
+                                           args.rounds, work / tag, args.timeout,
+                                           args.startup_timeout)
+                    except BenchError as e:
+                        # Recorded, and the benchmark goes on with the next configuration.
+                        print(f"    failed: {e}", file=sys.stderr, flush=True)
+                        failed.append({"system": name, "clients": n, "clients_per_round": k,
+                                       "error": str(e)})
+                        results["failed"] = failed
+                        runs = []
+                        break
                     print(f"    start-up {r['startup_s']:.2f} s, round wall "
                           f"{statistics.mean(x['wall_ms'] for x in r['per_round']):.1f} ms, "
                           f"total {r['total_s']:.1f} s", file=sys.stderr, flush=True)
                     results["runs"].append(r)
                     runs.append(r)
-                rows.append(condense(runs))
+                rows.append(condense(runs) if runs else
+                            {"system": name, "clients": n, "clients_per_round": k,
+                             "error": failed[-1]["error"]})
                 results["rows"] = rows
-                if args.json:  # as it goes: a later size that does not run keeps the earlier ones
+                if args.json:  # as it goes: an interrupted benchmark keeps what it measured
                     Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
-    except BenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        if rows:
-            print(table(rows))
-        print(f"files kept in {work}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("interrupted: every process started was killed", file=sys.stderr)
         print(f"files kept in {work}", file=sys.stderr)
+        if rows:
+            print(table(rows))
         return 130
     finally:
         _kill_everything()
 
     print(table(rows))
+    print()
+    print(parts_table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
-    if args.keep or args.work:
+    if args.keep or args.work or failed:
         print(f"files in {work}", file=sys.stderr)
     else:
         shutil.rmtree(work, ignore_errors=True)
+    if failed:
+        print(f"{len(failed)} configuration(s) did not run to the end: see the table and "
+              f"{work}", file=sys.stderr)
+        return 2
     return 0
-
-
-def _need_cohort() -> str:
-    sys.exit("the Flower side reads the task's settings from cohort's effective config: "
-             "give --cohort PATH (or put cohort on PATH)")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@
 //! it has answered already (the reply was lost with the connection) is answered again from the
 //! link's copy of the reply, so a party never trains twice for one request.
 
+use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
@@ -468,6 +469,7 @@ pub(crate) async fn upload(
     token: &MetadataValue<tonic::metadata::Ascii>,
     (h, b): &Blob,
 ) -> Result<(), NetError> {
+    let b = Arc::new(b.clone());
     let mut tries = 0;
     loop {
         let held = client
@@ -483,15 +485,17 @@ pub(crate) async fn upload(
             .min(b.len());
         let total = b.len() as u64;
         let hash = h.0.to_vec();
-        let chunks: Vec<pb::BlobChunk> = (start..b.len())
+        // Each chunk is made as the stream is read, not all of them up front (a copy of the
+        // whole blob at once).
+        let shared = Arc::clone(&b);
+        let chunks = (start..shared.len())
             .step_by(CHUNK)
-            .map(|at| pb::BlobChunk {
+            .map(move |at| pb::BlobChunk {
                 hash: hash.clone(),
                 offset: at as u64,
                 total,
-                data: b[at..(at + CHUNK).min(b.len())].to_vec(),
-            })
-            .collect();
+                data: shared[at..(at + CHUNK).min(shared.len())].to_vec(),
+            });
         match client
             .put_blob(with_token(tokio_stream::iter(chunks), token))
             .await

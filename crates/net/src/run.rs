@@ -46,6 +46,9 @@ pub fn serve(
         .tcp_nodelay(true)
         .initial_stream_window_size(crate::STREAM_WINDOW)
         .initial_connection_window_size(crate::CONNECTION_WINDOW)
+        // Blob chunks are 1 MiB: let the parties send them in frames that large rather
+        // than HTTP/2's default 16 KiB.
+        .max_frame_size(crate::CHUNK as u32)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     if let Some(tls) = tls {

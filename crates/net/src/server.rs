@@ -490,7 +490,9 @@ impl Hub {
             }
             let up = st.uploads.entry(h).or_insert_with(|| Upload {
                 total: chunk.total,
-                data: Vec::new(),
+                // The announced size (at most max_blob, checked above) at once: no copies as
+                // it grows. The pages are the kernel's to commit as the bytes arrive.
+                data: Vec::with_capacity(usize::try_from(chunk.total).unwrap_or(0)),
             });
             if up.total != chunk.total {
                 return Err(Status::invalid_argument(format!(
