@@ -702,6 +702,7 @@ def main() -> int:
                     tag = f"{system}{'-tls' if tls else ''}-{n}-{rep}"
                     print(f"[{time.strftime('%H:%M:%S')}] {tag}: {n} clients, {k} per round, "
                           f"{args.rounds} rounds ...", file=sys.stderr, flush=True)
+                    load_before = os.getloadavg()
                     try:
                         if system == "cohort":
                             r = run_cohort(cohort, cfg, n, k, args.rounds, work / tag, tls,
@@ -721,6 +722,9 @@ def main() -> int:
                     print(f"    start-up {r['startup_s']:.2f} s, round wall "
                           f"{statistics.mean(x['wall_ms'] for x in r['per_round']):.1f} ms, "
                           f"total {r['total_s']:.1f} s", file=sys.stderr, flush=True)
+                    # Contention from outside the benchmark shows here (2 cores: 2.0 is full).
+                    r["loadavg_1_5_15_before"] = load_before
+                    r["loadavg_1_5_15_after"] = os.getloadavg()
                     results["runs"].append(r)
                     runs.append(r)
                 rows.append(condense(runs) if runs else
