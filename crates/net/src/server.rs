@@ -77,6 +77,7 @@ struct Pending {
 
 struct Upload {
     total: u64,
+    party: Party,
     data: Vec<u8>,
 }
 
@@ -88,8 +89,8 @@ struct State {
     replies: BTreeMap<u64, Reply>,
     /// Blobs offered to parties, with how many pending requests name each.
     offered: HashMap<Hash32, (Arc<Vec<u8>>, usize)>,
-    /// Complete uploads, by hash, until a reply takes them.
-    uploaded: HashMap<Hash32, Vec<u8>>,
+    /// Complete uploads, by hash, with the party that sent them, until a reply takes them.
+    uploaded: HashMap<Hash32, (Party, Vec<u8>)>,
     uploads: HashMap<Hash32, Upload>,
     next_id: u64,
     next_generation: u64,
@@ -403,7 +404,7 @@ impl Hub {
             fill_reply(&e, |h| {
                 uploaded
                     .get(h)
-                    .cloned()
+                    .map(|(_, b)| b.clone())
                     .ok_or_else(|| NetError::Protocol(format!("blob {h} was not uploaded")))
             })
         };
@@ -449,7 +450,7 @@ impl Hub {
 
     fn blob_status(&self, h: &Hash32) -> pb::BlobStatus {
         let st = self.lock();
-        if let Some(b) = st.uploaded.get(h) {
+        if let Some((_, b)) = st.uploaded.get(h) {
             return pb::BlobStatus {
                 offset: b.len() as u64,
                 complete: true,
@@ -463,6 +464,7 @@ impl Hub {
 
     fn put_chunk(
         &self,
+        party: Party,
         chunk: &pb::BlobChunk,
         h: Hash32,
         first: bool,
@@ -488,11 +490,37 @@ impl Hub {
                     chunk.offset
                 )));
             }
+            // What one party may have the coordinator hold at once (uploads under way and
+            // complete ones no reply has taken yet): one largest blob. More is refused, so a
+            // party cannot fill the coordinator's memory with blobs nobody asked for.
+            if !st.uploads.contains_key(&h) {
+                let held: u64 = st
+                    .uploads
+                    .values()
+                    .filter(|u| u.party == party)
+                    .map(|u| u.total)
+                    .chain(
+                        st.uploaded
+                            .values()
+                            .filter(|(p, _)| *p == party)
+                            .map(|(_, b)| b.len() as u64),
+                    )
+                    .sum();
+                if held.saturating_add(chunk.total) > self.cfg.max_blob {
+                    tracing::warn!(%party, held, announced = chunk.total, "an upload over the party's quota: refused");
+                    return Err(Status::resource_exhausted(format!(
+                        "{party} already has {held} bytes of uploads held by the coordinator; with \
+                         {} more that is over the {} a party may have at once",
+                        chunk.total, self.cfg.max_blob
+                    )));
+                }
+            }
             let up = st.uploads.entry(h).or_insert_with(|| Upload {
                 total: chunk.total,
-                // The announced size (at most max_blob, checked above) at once: no copies as
-                // it grows. The pages are the kernel's to commit as the bytes arrive.
-                data: Vec::with_capacity(usize::try_from(chunk.total).unwrap_or(0)),
+                party,
+                // Room for the first 64 MiB at once (fewer copies as it grows), not for all
+                // that was announced: an announcement is not yet bytes.
+                data: Vec::with_capacity(usize::try_from(chunk.total.min(64 << 20)).unwrap_or(0)),
             });
             if up.total != chunk.total {
                 return Err(Status::invalid_argument(format!(
@@ -531,7 +559,7 @@ impl Hub {
             )));
         }
         let n = up.data.len() as u64;
-        st.uploaded.insert(h, up.data);
+        st.uploaded.insert(h, (up.party, up.data));
         Ok(pb::BlobStatus {
             offset: n,
             complete: true,
@@ -613,7 +641,7 @@ impl Federation for Service {
         &self,
         request: tonic::Request<Streaming<pb::BlobChunk>>,
     ) -> Result<tonic::Response<pb::BlobStatus>, Status> {
-        self.hub.party_of(request.metadata())?;
+        let party = self.hub.party_of(request.metadata())?;
         let mut inbound = request.into_inner();
         let mut hash = None;
         let mut status = pb::BlobStatus::default();
@@ -628,7 +656,7 @@ impl Federation for Service {
                     h
                 }
             };
-            status = self.hub.put_chunk(&chunk, h, first)?;
+            status = self.hub.put_chunk(party, &chunk, h, first)?;
             if status.complete {
                 break;
             }

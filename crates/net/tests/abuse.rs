@@ -35,8 +35,8 @@ fn frame(k: party_frame::Kind) -> pb::PartyFrame {
     pb::PartyFrame { kind: Some(k) }
 }
 
-/// Client 0's raw session: hello, proof, welcome.
-async fn open(url: &str) -> (UnboundedSender<pb::PartyFrame>, Inbound) {
+/// Client 0's raw session: hello, proof, welcome (its token).
+async fn open_with_token(url: &str) -> (UnboundedSender<pb::PartyFrame>, Inbound, String) {
     let id = key("client-0");
     let mut client = FederationClient::connect(url.to_owned())
         .await
@@ -67,7 +67,15 @@ async fn open(url: &str) -> (UnboundedSender<pb::PartyFrame>, Inbound) {
     })))
     .unwrap();
     let k = inbound.message().await.unwrap().unwrap().kind.unwrap();
-    assert!(matches!(k, coordinator_frame::Kind::Welcome(_)), "{k:?}");
+    let coordinator_frame::Kind::Welcome(w) = k else {
+        panic!("{k:?}")
+    };
+    (tx, inbound, w.session)
+}
+
+/// Client 0's raw session.
+async fn open(url: &str) -> (UnboundedSender<pb::PartyFrame>, Inbound) {
+    let (tx, inbound, _) = open_with_token(url).await;
     (tx, inbound)
 }
 
@@ -278,5 +286,55 @@ fn garbage_replays_duplicates_and_oversized_frames_are_dropped_and_the_others_se
 
         hub.finish("the test is over");
         assert_eq!(honest.join().unwrap().unwrap(), "the test is over");
+    });
+}
+
+#[test]
+fn a_party_cannot_make_the_coordinator_hold_more_than_one_largest_blob() {
+    let admit = Admit {
+        clients: vec![key("client-0").public_key()],
+        validators: Vec::new(),
+    };
+    let mut cfg = HubConfig::new("abuse-test", admit);
+    cfg.max_blob = 1 << 20;
+    let hub = Hub::new(cfg);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = cohort_net::run::serve(&rt, &hub, listener, None).unwrap();
+    let url = format!("http://{addr}");
+    rt.block_on(async {
+        let (_tx, _inbound, token) = open_with_token(&url).await;
+        let mut client = FederationClient::connect(url.clone()).await.unwrap();
+        let put = |data: Vec<u8>| {
+            let h = cohort_core::sha256(&data);
+            let chunk = pb::BlobChunk {
+                hash: h.0.to_vec(),
+                offset: 0,
+                total: data.len() as u64,
+                data,
+            };
+            let mut r = tonic::Request::new(tokio_stream::iter(vec![chunk]));
+            r.metadata_mut()
+                .insert(cohort_net::SESSION_HEADER, token.parse().unwrap());
+            (h, r)
+        };
+        // 700 KiB: held.
+        let (a, r) = put(vec![1; 700 << 10]);
+        let s = client.put_blob(r).await.unwrap().into_inner();
+        assert!(s.complete);
+        assert!(hub.holds_upload(&a));
+        // Another 700 KiB while the first is held: over the party's 1 MiB, refused by name.
+        let (b, r) = put(vec![2; 700 << 10]);
+        let e = client.put_blob(r).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+        assert!(e.message().contains("client-0"), "{}", e.message());
+        assert!(!hub.holds_upload(&b));
+        // The first again: already held, nothing more taken.
+        let (_, r) = put(vec![1; 700 << 10]);
+        assert!(client.put_blob(r).await.unwrap().into_inner().complete);
+        // An announcement over the largest blob: refused before any byte is kept.
+        let (_, r) = put(vec![3; (1 << 20) + 1]);
+        let e = client.put_blob(r).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     });
 }
