@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::{outcome, wait};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -86,22 +88,6 @@ fn party(dir: &Path, role: &str, i: u32, url: &str, extra: &[&str]) -> Child {
     spawn(&args, &dir.join(format!("{role}-{i}.log")))
 }
 
-/// Waits for `child` at most `secs`, killing it after that.
-fn wait(mut child: Child, secs: u64, what: &str, log: &Path) -> std::process::Output {
-    let until = Instant::now() + Duration::from_secs(secs);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > until {
-            let _ = child.kill();
-            panic!(
-                "{what} still running after {secs} s: {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
-}
-
 struct Federation {
     dir: tempfile::TempDir,
     coordinator: Child,
@@ -146,26 +132,6 @@ fn start_with(extra: &[&str], enrol_secs: u64, validators: u32, more: &[&str]) -
         coordinator,
         url,
     }
-}
-
-/// What must be the same whoever carries the messages: per round the verdicts, consensus,
-/// test metrics, holdings and the global model after it.
-fn outcome(summary: &Value) -> Vec<Value> {
-    summary["rounds"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            serde_json::json!({
-                "accepted": r["accepted"],
-                "rejected": r["rejected"],
-                "consensus": r["consensus"],
-                "test": r["test"],
-                "holdings": r["holdings"],
-                "models": r["provenance"].as_array().unwrap().iter().map(|p| p["global_after"].clone()).collect::<Vec<_>>(),
-            })
-        })
-        .collect()
 }
 
 #[test]

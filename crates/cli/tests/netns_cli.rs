@@ -12,8 +12,10 @@
 
 mod common;
 
+use common::{outcome, wait};
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use cohort_testkit::netns::Lab;
@@ -27,42 +29,6 @@ fn sets(sets: &[&str]) -> Vec<String> {
     sets.iter()
         .flat_map(|s| ["--set".to_owned(), (*s).to_owned()])
         .collect()
-}
-
-/// Per round: verdicts, consensus, test metrics, holdings and the global model after it.
-fn outcome(summary: &Value) -> Vec<Value> {
-    summary["rounds"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            serde_json::json!({
-                "accepted": r["accepted"],
-                "rejected": r["rejected"],
-                "consensus": r["consensus"],
-                "test": r["test"],
-                "holdings": r["holdings"],
-                "models": r["provenance"].as_array().unwrap().iter()
-                    .map(|p| p["global_after"].clone()).collect::<Vec<_>>(),
-            })
-        })
-        .collect()
-}
-
-/// Waits for `child` at most `secs`, killing it after that.
-fn wait(mut child: Child, secs: u64, what: &str, log: &Path) -> std::process::Output {
-    let until = Instant::now() + Duration::from_secs(secs);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > until {
-            let _ = child.kill();
-            panic!(
-                "{what} still running after {secs} s: {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
 }
 
 /// Runs `config` with `overrides` on five party namespaces and in process; compares.

@@ -9,7 +9,7 @@
 //! signs its own registration, stake, dataset commitment, updates, commitments and reveals.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -255,13 +255,7 @@ impl PartyArgs {
                 .saturating_sub(1)
             ),
         };
-        let config_dir = self
-            .config
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        cohort_tasks::check_inputs(&cfg, &config_dir)
-            .with_context(|| format!("{}", self.config.display()))?;
+        let config_dir = super::run::check_task_inputs(&cfg, &self.config)?;
         if self.check {
             println!(
                 "{party}: key {} ({}), task {}, would dial {} ({}); nothing was started",

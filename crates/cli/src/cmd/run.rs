@@ -176,6 +176,14 @@ const RANDOM_NOTE: &str = "random keys: every key of this run derives from a sec
 /// `--set`) and checks the result field by field ([`RunConfig::check`]). Every error names the
 /// field: `invalid task.lr: NaN is not a finite number in (0, 10]`, `invalid task.dim:
 /// invalid value: integer `-1`, expected usize`.
+/// The directory `config`'s relative paths are read from, once the files `cfg`'s task reads
+/// there have been checked (named by the config on error).
+pub fn check_task_inputs(cfg: &ValidConfig, config: &Path) -> anyhow::Result<PathBuf> {
+    let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
+    cohort_tasks::check_inputs(cfg, &dir).with_context(|| format!("{}", config.display()))?;
+    Ok(dir)
+}
+
 pub fn load_config(
     path: &Path,
     overrides: &[String],
@@ -615,13 +623,7 @@ impl Args {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         // Everything that can be refused is refused here, before DIR is touched.
         let cfg = load_config(&self.config, &self.set, self.seed)?;
-        let config_dir = self
-            .config
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        cohort_tasks::check_inputs(&cfg, &config_dir)
-            .with_context(|| format!("{}", self.config.display()))?;
+        check_task_inputs(&cfg, &self.config)?;
         let reference = self.reference()?;
         if let Some(path) = &self.events {
             check_output_file(path, "--events")?;

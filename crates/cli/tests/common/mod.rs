@@ -26,3 +26,45 @@ pub fn text(o: &Output) -> String {
 pub fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
+
+/// What must be the same whoever carries a federation's messages, from a run's summary: per
+/// round the verdicts, consensus, test metrics, holdings and the global model after it.
+pub fn outcome(summary: &serde_json::Value) -> Vec<serde_json::Value> {
+    summary["rounds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "accepted": r["accepted"],
+                "rejected": r["rejected"],
+                "consensus": r["consensus"],
+                "test": r["test"],
+                "holdings": r["holdings"],
+                "models": r["provenance"].as_array().unwrap().iter()
+                    .map(|p| p["global_after"].clone()).collect::<Vec<_>>(),
+            })
+        })
+        .collect()
+}
+
+/// Waits for `child` at most `secs`, killing it after that (the panic shows `log`).
+pub fn wait(
+    mut child: std::process::Child,
+    secs: u64,
+    what: &str,
+    log: &Path,
+) -> std::process::Output {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > until {
+            let _ = child.kill();
+            panic!(
+                "{what} still running after {secs} s: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}

@@ -123,13 +123,7 @@ impl Args {
             check_output_file(p, "--json")?;
         }
         let cfg = crate::cmd::run::load_config(&self.config, &self.set, None)?;
-        let config_dir = self
-            .config
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        cohort_tasks::check_inputs(&cfg, &config_dir)
-            .with_context(|| format!("{}", self.config.display()))?;
+        let config_dir = crate::cmd::run::check_task_inputs(&cfg, &self.config)?;
         let tmp = tempfile::tempdir().context("a temporary directory")?;
         let mut runs = Vec::new();
         if self.repeats > 0 {
@@ -339,11 +333,7 @@ impl Args {
             format!("coordinator.rounds={}", self.fleet_rounds),
         ]);
         let cfg = crate::cmd::run::load_config(&self.fleet_config, &sets, None)?;
-        let config_dir = self
-            .fleet_config
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
+        let config_dir = crate::cmd::run::check_task_inputs(&cfg, &self.fleet_config)?;
         eprintln!(
             "fleet: {} clients, {validators} validators, {} per round, {} rounds",
             self.fleet, self.fleet_sampled, self.fleet_rounds
