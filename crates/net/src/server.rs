@@ -768,6 +768,13 @@ impl Transport for GrpcTransport {
             if let Some(p) = st.pending.remove(&id) {
                 tracing::warn!(party = %p.party, id, "no answer to the {} request in time", p.what);
                 st.release(&p.blobs);
+                // What the party uploaded for it can only come with a late reply, which is
+                // dropped: its uploads go too, unless another of its requests is pending.
+                let party = p.party;
+                if !st.pending.values().any(|q| q.party == party) {
+                    st.uploaded.retain(|_, (q, _)| *q != party);
+                    st.uploads.retain(|_, u| u.party != party);
+                }
             }
         }
         Ok(std::mem::take(&mut st.replies).into_values().collect())

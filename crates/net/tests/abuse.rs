@@ -218,9 +218,25 @@ fn garbage_replays_duplicates_and_oversized_frames_are_dropped_and_the_others_se
         // Client 0 dials again and is served; the answer to a request it already answered,
         // replayed, is dropped; garbage to a new request leaves it unanswered until its
         // deadline, when the coordinator goes on without it.
-        let (tx, mut inbound) = rt.block_on(open(&url));
+        let (tx, mut inbound, token) = rt.block_on(open_with_token(&url));
         transport.send(enrol(Party::Client(0))).unwrap();
         let e2 = rt.block_on(next_request(&mut inbound));
+        // A blob it uploads for this request is held until the request's deadline.
+        let stray = vec![9u8; 4096];
+        let stray_hash = cohort_core::sha256(&stray);
+        rt.block_on(async {
+            let mut client = FederationClient::connect(url.clone()).await.unwrap();
+            let mut r = tonic::Request::new(tokio_stream::iter(vec![pb::BlobChunk {
+                hash: stray_hash.0.to_vec(),
+                offset: 0,
+                total: stray.len() as u64,
+                data: stray.clone(),
+            }]));
+            r.metadata_mut()
+                .insert(cohort_net::SESSION_HEADER, token.parse().unwrap());
+            assert!(client.put_blob(r).await.unwrap().into_inner().complete);
+        });
+        assert!(hub.holds_upload(&stray_hash));
         assert_ne!(e2.id, e.id);
         reply(&tx, good.clone());
         reply(
@@ -238,6 +254,8 @@ fn garbage_replays_duplicates_and_oversized_frames_are_dropped_and_the_others_se
             waited >= Duration::from_secs(2) && waited < Duration::from_secs(10),
             "the deadline: {waited:?}"
         );
+        // Past the deadline, what it uploaded for the request is not kept.
+        assert!(!hub.holds_upload(&stray_hash));
         // The right answer, late (after its deadline): dropped, never counted.
         let late = Client::new(0, key("client-0"), &t, SEED, 100)
             .handle(&fill_request(&e2, |h| panic!("no blob ({h})")).unwrap())
