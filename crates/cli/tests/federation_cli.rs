@@ -379,6 +379,29 @@ fn a_coordinator_killed_at_random_points_resumes_and_its_parties_reconnect() {
     );
 }
 
+/// The coordinator's `--json` output once it has finished, successfully.
+fn finished(coordinator: Child, d: &Path) -> Value {
+    let out = wait(
+        coordinator,
+        120,
+        "the coordinator",
+        &d.join("coordinator.log"),
+    );
+    let log = std::fs::read_to_string(d.join("coordinator.log")).unwrap();
+    assert!(out.status.success(), "{log}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The run's ledger in `d` verifies and every one of `parties` ends successfully.
+fn verified_and_parties_done(d: &Path, parties: impl IntoIterator<Item = Child>) {
+    let o = common::cohort(&["ledger", "verify", common::p(&d.join("run/ledger"))]);
+    assert!(o.status.success(), "{}", common::text(&o));
+    for p in parties {
+        let o = wait(p, 30, "a party", &d.join("coordinator.log"));
+        assert!(o.status.success(), "{}", common::text(&o));
+    }
+}
+
 /// Sends `signal` (`STOP`, `CONT`, `KILL`) to `child`.
 fn signal(child: &Child, signal: &str) {
     let o = Command::new("kill")
@@ -443,15 +466,7 @@ fn a_client_killed_while_training_costs_its_round_a_deadline_and_the_others_are_
     signal(&clients[1], "KILL");
     let killed_at = Instant::now();
     clients.remove(1).wait().unwrap();
-    let out = wait(
-        f.coordinator,
-        120,
-        "the coordinator",
-        &d.join("coordinator.log"),
-    );
-    let log = std::fs::read_to_string(d.join("coordinator.log")).unwrap();
-    assert!(out.status.success(), "{log}");
-    let net: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let net = finished(f.coordinator, d);
     let rounds = net["summary"]["rounds"].as_array().unwrap();
     assert_eq!(rounds.len(), 3);
     // Round 1 had all three; after the kill client 1 is missing (its training deadline
@@ -481,12 +496,7 @@ fn a_client_killed_while_training_costs_its_round_a_deadline_and_the_others_are_
             assert_eq!(base_units(&p["slash"]), 0, "{name} slashed: {r}");
         }
     }
-    let o = common::cohort(&["ledger", "verify", common::p(&d.join("run/ledger"))]);
-    assert!(o.status.success(), "{}", common::text(&o));
-    for p in clients.into_iter().chain(validators) {
-        let o = wait(p, 30, "a party", &d.join("coordinator.log"));
-        assert!(o.status.success(), "{}", common::text(&o));
-    }
+    verified_and_parties_done(d, clients.into_iter().chain(validators));
 }
 
 #[test]
@@ -535,15 +545,7 @@ fn a_validator_killed_before_revealing_is_slashed_and_consensus_comes_from_the_r
         "only round 1's reveal"
     );
 
-    let out = wait(
-        f.coordinator,
-        120,
-        "the coordinator",
-        &d.join("coordinator.log"),
-    );
-    let log = std::fs::read_to_string(d.join("coordinator.log")).unwrap();
-    assert!(out.status.success(), "{log}");
-    let net: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let net = finished(f.coordinator, d);
     let rounds = net["summary"]["rounds"].as_array().unwrap();
     assert_eq!(rounds.len(), 3);
     // Round 2: validator 2 is slashed for not revealing; the others are not.
@@ -561,10 +563,5 @@ fn a_validator_killed_before_revealing_is_slashed_and_consensus_comes_from_the_r
         assert_eq!(r["rejected"], serde_json::json!([2]), "{r}");
         assert_eq!(r["accepted"], serde_json::json!([0, 1]), "{r}");
     }
-    let o = common::cohort(&["ledger", "verify", common::p(&d.join("run/ledger"))]);
-    assert!(o.status.success(), "{}", common::text(&o));
-    for p in clients.into_iter().chain(validators) {
-        let o = wait(p, 30, "a party", &d.join("coordinator.log"));
-        assert!(o.status.success(), "{}", common::text(&o));
-    }
+    verified_and_parties_done(d, clients.into_iter().chain(validators));
 }

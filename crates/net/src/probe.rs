@@ -78,14 +78,7 @@ pub fn upload_seconds(bytes: usize) -> Result<f64, NetError> {
     let mut cfg = HubConfig::new("cohort-probe", admit);
     cfg.max_blob = cfg.max_blob.max(bytes as u64);
     let hub = Hub::new(cfg);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| NetError::Io {
-            path: "the probe's runtime".into(),
-            source: e,
-        })?;
+    let rt = crate::run::server_runtime(2)?;
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| NetError::Io {
         path: "127.0.0.1:0".into(),
         source: e,

@@ -67,6 +67,22 @@ pub fn serve(
     Ok(addr)
 }
 
+/// The tokio runtime a coordinator's gRPC server runs on, with `workers` threads.
+///
+/// # Errors
+/// The operating system refuses the threads.
+pub fn server_runtime(workers: usize) -> Result<tokio::runtime::Runtime, NetError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("cohort-grpc")
+        .enable_all()
+        .build()
+        .map_err(|e| NetError::Io {
+            path: "the server runtime".into(),
+            source: e,
+        })
+}
+
 /// The wall-clock deadlines of `cfg`: its phase timeouts, read as seconds of wall time, and
 /// `enrol` for every party to connect and enrol.
 pub fn deadlines(cfg: &ValidConfig, enrol: Duration) -> Deadlines {
@@ -110,17 +126,7 @@ pub fn run_over_loopback<B: LedgerBackend, L: Learner + Sync + ?Sized>(
         crate::hex_of(&cohort_node::resume::config_digest(cfg))
     );
     let hub = Hub::new(HubConfig::new(run_id, admit));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("cohort-grpc")
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            link(NetError::Io {
-                path: "the server runtime".into(),
-                source: e,
-            })
-        })?;
+    let rt = server_runtime(2).map_err(link)?;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| {
         link(NetError::Io {
             path: "127.0.0.1:0".into(),
@@ -188,17 +194,7 @@ pub fn run_as_coordinator<B: LedgerBackend, L: Learner + ?Sized>(
     let link = |e: NetError| RunError::Transport(TransportError::Link(e.to_string()));
     let roster = net.admit.roster();
     let hub = Hub::new(HubConfig::new(net.run, net.admit));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("cohort-grpc")
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            link(NetError::Io {
-                path: "the server runtime".into(),
-                source: e,
-            })
-        })?;
+    let rt = server_runtime(2).map_err(link)?;
     let addr = serve(&rt, &hub, net.listener, net.tls).map_err(link)?;
     tracing::info!(%addr, "listening");
     let mut transport = GrpcTransport::new(Arc::clone(&hub), deadlines(cfg, net.enrol));
@@ -247,15 +243,7 @@ fn log_untold(untold: &[Party]) {
 /// The server cannot start.
 pub fn tell_finished(net: Listen, max: Duration) -> Result<Vec<Party>, NetError> {
     let hub = Hub::new(HubConfig::new(net.run, net.admit));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("cohort-grpc")
-        .enable_all()
-        .build()
-        .map_err(|e| NetError::Io {
-            path: "the server runtime".into(),
-            source: e,
-        })?;
+    let rt = server_runtime(1)?;
     hub.finish("the run is complete");
     let addr = serve(&rt, &hub, net.listener, net.tls)?;
     tracing::info!(%addr, "the run is finished; telling the parties that dial in");

@@ -387,19 +387,40 @@ impl Args {
             let events = events.clone();
             std::thread::spawn(move || {
                 let mut samples = Vec::new();
+                let lines = || std::fs::read_to_string(&events).map_or(0, |t| t.lines().count());
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    if let Some((cpu_s, rss_kib, hwm_kib)) = proc_sample(pid) {
-                        let lines =
-                            std::fs::read_to_string(&events).map_or(0, |t| t.lines().count());
-                        samples.push(Sample {
+                    match proc_sample(pid) {
+                        Some((cpu_s, rss_kib, hwm_kib)) => samples.push(Sample {
                             at: Instant::now(),
                             cpu_s,
                             rss_kib,
                             hwm_kib,
-                            events: lines,
-                        });
+                            events: lines(),
+                        }),
+                        // The coordinator has exited: the events it wrote since the last
+                        // look are dated now, with the last figures seen (an upper bound).
+                        None => {
+                            if let Some(&last) = samples.last() {
+                                samples.push(Sample {
+                                    at: Instant::now(),
+                                    events: lines(),
+                                    ..last
+                                });
+                            }
+                            break;
+                        }
                     }
                     std::thread::sleep(std::time::Duration::from_millis(sample_ms));
+                }
+                // Stopped before it saw the exit: the last events, dated now.
+                if let Some(&last) = samples.last()
+                    && last.events < lines()
+                {
+                    samples.push(Sample {
+                        at: Instant::now(),
+                        events: lines(),
+                        ..last
+                    });
                 }
                 samples
             })
@@ -449,7 +470,7 @@ impl Args {
                 seen(&|v| is(v, "round-opened", r)),
                 seen(&|v| is(v, "checkpoint", r)),
             ) else {
-                continue;
+                anyhow::bail!("round {r} of the fleet run was never seen opening and settling");
             };
             let peak = samples
                 .iter()
