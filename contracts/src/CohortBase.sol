@@ -30,6 +30,9 @@ abstract contract CohortBase {
     ///         per-update tally work and the validator loops bounded).
     uint16 public constant MAX_VALIDATORS_CAP = 64;
 
+    /// @notice Most clients a coordinator's roster may hold (a run's most clients).
+    uint32 public constant MAX_ROSTER = 100_000;
+
     /// @notice Cap on total minted supply (keeps every reward product far
     ///         from uint256 overflow).
     uint256 public constant MAX_SUPPLY = type(uint128).max;
@@ -117,6 +120,9 @@ abstract contract CohortBase {
         bytes32 acceptedSetHash; // running hash over accepted indices (see README)
         bytes32 aggregateHash;
         Params params; // snapshot taken at openRound
+        uint32 cohortSize; // clients sampled from the coordinator's roster
+        bytes32 cohortSeed; // the coordinator's beacon when the round opened
+        bytes32 revealMix; // XOR of keccak256(abi.encode(validator, salt)) over the reveals
     }
 
     struct Update {
@@ -198,6 +204,15 @@ abstract contract CohortBase {
     mapping(uint64 => mapping(uint32 => ValidatorEntry)) internal _validators;
     mapping(uint64 => mapping(address => uint32)) internal _validatorIndexPlusOne;
 
+    // cohorts: each coordinator's roster (the clients its rounds sample from, in index order,
+    // fixed from its first round on) and its beacon (the seed of its next cohort)
+    mapping(address => uint32) internal _rosterSize;
+    mapping(address => mapping(address => uint32)) internal _rosterIndexPlusOne;
+    mapping(address => bool) internal _rosterFixed;
+    mapping(address => bytes32) internal _beacon;
+    /// @dev round => word => bits: bit i of word w is roster index 256 * w + i.
+    mapping(uint64 => mapping(uint256 => uint256)) internal _sampled;
+
     // unlearning
     uint64 internal _requestCount;
     mapping(uint64 => UnlearningRequest) internal _requests;
@@ -237,6 +252,9 @@ abstract contract CohortBase {
         uint256 rewardPool,
         bool fromTreasury
     );
+    event RosterExtended(address indexed coordinator, uint32 size, bytes32 beacon);
+    event CohortSampled(uint64 indexed roundId, bytes32 seed, uint32 size);
+    event BeaconAdvanced(address indexed coordinator, uint64 indexed roundId, bytes32 beacon);
     event UpdateSubmitted(
         uint64 indexed roundId,
         uint32 index,
@@ -327,6 +345,12 @@ abstract contract CohortBase {
     error BadReveal(uint64 round, address validator);
     error RevealsStillOpen(uint64 round, uint32 revealed, uint32 committed);
     error AcceptedSetMismatch(bytes32 expected, bytes32 got);
+    error RosterFixed(address coordinator);
+    error RosterFull(uint32 max);
+    error AlreadyInRoster(address client);
+    error EmptyRoster(address coordinator);
+    error ZeroCohort();
+    error NotSampled(uint64 round, address client);
 
     error UnknownRequest(uint64 requestId);
     error WrongRequestPhase(uint64 requestId, uint8 phase, uint8 expected);

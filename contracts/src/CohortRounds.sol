@@ -34,16 +34,53 @@ abstract contract CohortRounds is CohortBase {
     // Lifecycle
     // ------------------------------------------------------------------
 
+    /// @notice Appends `clients` to the caller's roster: the clients its rounds
+    ///         sample their cohorts from, a client's roster index being its
+    ///         position (0 first). ROLE_COORDINATOR; only before the caller opens
+    ///         its first round (the roster is fixed from then on); the clients
+    ///         need not be registered yet. Each address chains into the caller's
+    ///         beacon: beacon = keccak256(abi.encode(beacon, client)), so the
+    ///         first cohort's seed is fixed by the roster.
+    function extendRoster(address[] calldata clients) external {
+        _requireRole(msg.sender, ROLE_COORDINATOR);
+        uint256 count = clients.length;
+        if (count == 0) revert EmptyBatch();
+        if (_rosterFixed[msg.sender]) revert RosterFixed(msg.sender);
+        uint32 n = _rosterSize[msg.sender];
+        if (count > MAX_ROSTER - n) revert RosterFull(MAX_ROSTER);
+        mapping(address => uint32) storage index = _rosterIndexPlusOne[msg.sender];
+        bytes32 beacon = _beacon[msg.sender];
+        for (uint256 i; i < count; ++i) {
+            address c = clients[i];
+            if (c == address(0)) revert ZeroAddress();
+            if (index[c] != 0) revert AlreadyInRoster(c);
+            index[c] = ++n;
+            beacon = keccak256(abi.encode(beacon, c));
+        }
+        _rosterSize[msg.sender] = n;
+        _beacon[msg.sender] = beacon;
+        emit RosterExtended(msg.sender, n, beacon);
+    }
+
     /// @notice Opens a round on `globalModelHash` with `rewardPool` escrowed from
-    ///         the caller's balance, or from the treasury when `fromTreasury`.
-    ///         Any participant with ROLE_COORDINATOR (coordinators are
-    ///         governance-approved, so they may also draw on the treasury).
-    ///         The round snapshots the current params.
-    function openRound(bytes32 globalModelHash, uint256 rewardPool, bool fromTreasury)
+    ///         the caller's balance, or from the treasury when `fromTreasury`,
+    ///         for a cohort of `cohortSize` clients of the caller's roster (all
+    ///         of it when larger) sampled from the caller's beacon: only they may
+    ///         submit. Any participant with ROLE_COORDINATOR and a roster
+    ///         (coordinators are governance-approved, so they may also draw on
+    ///         the treasury). The round snapshots the current params. The beacon
+    ///         moves on only when a round's reveals close (see `tally`), from
+    ///         the validators' secret salts, so the coordinator cannot choose
+    ///         the cohort: a round it abandons is followed by the same cohort.
+    function openRound(bytes32 globalModelHash, uint256 rewardPool, bool fromTreasury, uint32 cohortSize)
         external
         returns (uint64 roundId)
     {
         _requireRole(msg.sender, ROLE_COORDINATOR);
+        if (cohortSize == 0) revert ZeroCohort();
+        uint32 n = _rosterSize[msg.sender];
+        if (n == 0) revert EmptyRoster(msg.sender);
+        _rosterFixed[msg.sender] = true;
         if (fromTreasury) {
             uint256 have = _treasury;
             if (have < rewardPool) revert InsufficientTreasury(have, rewardPool);
@@ -61,11 +98,18 @@ abstract contract CohortRounds is CohortBase {
         r.globalModelHash = globalModelHash;
         r.pool = rewardPool;
         r.params = _params;
+        uint32 k = cohortSize < n ? cohortSize : n;
+        bytes32 seed = _beacon[msg.sender];
+        r.cohortSize = k;
+        r.cohortSeed = seed;
+        _sampleCohort(roundId, seed, n, k);
         emit RoundOpened(roundId, msg.sender, globalModelHash, rewardPool, fromTreasury);
+        emit CohortSampled(roundId, seed, k);
     }
 
     /// @notice Submits the caller's model update (phase Submit). Registered
-    ///         ROLE_CLIENT with active stake >= minClientStake, using a dataset
+    ///         ROLE_CLIENT sampled into the round's cohort (NotSampled
+    ///         otherwise) with active stake >= minClientStake, using a dataset
     ///         it owns that is not forgotten; escrows `updateDeposit` from its
     ///         balance. One update per client per round, at most
     ///         maxUpdatesPerRound. Returns the update's index in the round.
@@ -76,6 +120,7 @@ abstract contract CohortRounds is CohortBase {
         Round storage r = _round(roundId);
         _expectPhase(roundId, r, Phase.Submit);
         _requireRole(msg.sender, ROLE_CLIENT);
+        if (!_isSampled(roundId, r.coordinator, msg.sender)) revert NotSampled(roundId, msg.sender);
         uint256 active = _stakes[msg.sender].active;
         uint256 need = r.params.minClientStake;
         if (active < need) revert InsufficientStake(msg.sender, active, need);
@@ -170,6 +215,8 @@ abstract contract CohortRounds is CohortBase {
         v.revealed = true;
         v.scores = scores;
         r.numRevealed += 1;
+        // Order-free, so the beacon does not depend on the order reveals arrive in.
+        r.revealMix ^= keccak256(abi.encode(msg.sender, salt));
         emit ScoresRevealed(roundId, msg.sender);
     }
 
@@ -180,7 +227,9 @@ abstract contract CohortRounds is CohortBase {
     ///         median of the revealed scores (0 and rejected when nobody
     ///         revealed); accepted iff consensus >= acceptThreshold; each revealed
     ///         validator with |score - consensus| <= consensusTolerance gains one
-    ///         agreement. After the last update: phase Tallied.
+    ///         agreement. After the last update: phase Tallied. Closing reveals
+    ///         moves the coordinator's beacon on: beacon = keccak256(abi.encode(
+    ///         beacon, roundId, revealMix)).
     function tally(uint64 roundId, uint32 maxUpdates) external {
         if (maxUpdates == 0) revert EmptyBatch();
         Round storage r = _round(roundId);
@@ -191,6 +240,10 @@ abstract contract CohortRounds is CohortBase {
             }
             r.revealsClosed = true;
             emit RevealsClosed(roundId, r.numRevealed);
+            address c = r.coordinator;
+            bytes32 beacon = keccak256(abi.encode(_beacon[c], roundId, r.revealMix));
+            _beacon[c] = beacon;
+            emit BeaconAdvanced(c, roundId, beacon);
         }
 
         uint32 start = r.tallied;
@@ -317,6 +370,44 @@ abstract contract CohortRounds is CohortBase {
         );
     }
 
+    /// @notice The roster of `coordinator`: its size, whether it is fixed (the
+    ///         coordinator opened a round) and the beacon its next cohort is
+    ///         sampled from.
+    function roster(address coordinator) external view returns (uint32 size, bool fixed_, bytes32 beacon) {
+        return (_rosterSize[coordinator], _rosterFixed[coordinator], _beacon[coordinator]);
+    }
+
+    /// @notice The roster index of `client` in `coordinator`'s roster (`member`
+    ///         false when it is not in it).
+    function rosterIndex(address coordinator, address client) external view returns (bool member, uint32 index) {
+        uint32 ip1 = _rosterIndexPlusOne[coordinator][client];
+        if (ip1 == 0) return (false, 0);
+        return (true, ip1 - 1);
+    }
+
+    /// @notice A round's cohort: the seed it was sampled from and the roster
+    ///         indices of its clients, ascending (empty for an unknown round).
+    function roundCohort(uint64 roundId) external view returns (bytes32 seed, uint32[] memory indices) {
+        Round storage r = _rounds[roundId];
+        indices = new uint32[](r.cohortSize);
+        uint256 words = (uint256(_rosterSize[r.coordinator]) + 255) >> 8;
+        mapping(uint256 => uint256) storage bits = _sampled[roundId];
+        uint256 found;
+        for (uint256 w; w < words; ++w) {
+            uint256 word = bits[w];
+            for (uint256 b; word != 0; ++b) {
+                if (word & 1 != 0) indices[found++] = uint32((w << 8) | b);
+                word >>= 1;
+            }
+        }
+        return (r.cohortSeed, indices);
+    }
+
+    /// @notice Whether `client` may submit to a round (it is in its cohort).
+    function isSampled(uint64 roundId, address client) external view returns (bool) {
+        return _isSampled(roundId, _rounds[roundId].coordinator, client);
+    }
+
     /// @notice Tally/settlement accumulators of a round.
     function roundTally(uint64 roundId)
         external
@@ -388,6 +479,32 @@ abstract contract CohortRounds is CohortBase {
     // ------------------------------------------------------------------
     // Internals
     // ------------------------------------------------------------------
+
+    /// @dev Samples `k` of the roster indices [0, n) from `seed` (Floyd's
+    ///         algorithm: for j = n-k .. n-1, t = keccak256(abi.encode(seed, j))
+    ///         mod (j+1); take t, or j when t is taken) and records them in
+    ///         `_sampled[roundId]`. cohort_core::sample_cohort is the same
+    ///         algorithm in Rust. Work: O(k) hashes and O(n / 256) memory words.
+    function _sampleCohort(uint64 roundId, bytes32 seed, uint256 n, uint256 k) private {
+        uint256[] memory words = new uint256[]((n + 255) >> 8);
+        for (uint256 j = n - k; j < n; ++j) {
+            uint256 t = uint256(keccak256(abi.encode(seed, j))) % (j + 1);
+            if ((words[t >> 8] >> (t & 255)) & 1 != 0) t = j;
+            words[t >> 8] |= 1 << (t & 255);
+        }
+        mapping(uint256 => uint256) storage bits = _sampled[roundId];
+        for (uint256 w; w < words.length; ++w) {
+            uint256 word = words[w];
+            if (word != 0) bits[w] = word;
+        }
+    }
+
+    function _isSampled(uint64 roundId, address coordinator, address client) internal view returns (bool) {
+        uint256 ip1 = _rosterIndexPlusOne[coordinator][client];
+        if (ip1 == 0) return false;
+        uint256 i = ip1 - 1;
+        return (_sampled[roundId][i >> 8] >> (i & 255)) & 1 != 0;
+    }
 
     function _round(uint64 roundId) internal view returns (Round storage r) {
         r = _rounds[roundId];

@@ -14,7 +14,7 @@ pub use alloy_primitives::{Address, B256, Bytes, U256, keccak256};
 pub use amount::{Score, TOKEN, to_tokens_f64, tokens};
 pub use hash::{Hash32, sha256, sha256_parts};
 pub use identity::{Identity, PublicKey, address_of, key_hash};
-pub use rand::{ChaCha8, Rng, SplitMix64};
+pub use rand::{ChaCha8, Rng, SplitMix64, sample_cohort};
 
 /// Errors of the core types.
 #[derive(Debug, thiserror::Error)]

@@ -2,11 +2,17 @@
 //!
 //! It decides *what* happens next and does no I/O: the runtime feeds it [`Event`]s (an update
 //! arrived, a validator committed or revealed) and calls [`Coordinator::tick`] with the time
-//! and the run's seed; the coordinator answers with the next [`Command`] for the runtime to
+//! and the seed of the next cohort; the coordinator answers with the next [`Command`] for the runtime to
 //! carry out (open a round on the ledger, ask clients to train, close a phase, aggregate,
 //! settle). Phases advance when everyone expected has answered or the phase's timeout passes,
 //! so a silent client or validator cannot stall a round. The same code drives the in-process
 //! runtime, a networked coordinator and the tests, and a run replays from its seed.
+//!
+//! Cohorts are not the coordinator's choice: each is sampled by [`cohort_core::sample_cohort`]
+//! from a 32-byte seed the runtime reads from the ledger (the coordinator's beacon, which only
+//! the validators' revealed salts move on), exactly as the contract samples the cohort it then
+//! enforces, so a coordinator cannot steer who is sampled and a client outside the cohort
+//! cannot submit.
 //!
 //! ```text
 //! Idle ─open→ Train ─(all updates | timeout)→ Commit ─(all commits | timeout)→ Reveal
@@ -17,7 +23,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use cohort_core::Rng;
+use cohort_core::{B256, sample_cohort};
 use serde::{Deserialize, Serialize};
 
 use crate::{ClientUpdate, FlError, Layout, validate};
@@ -198,8 +204,8 @@ impl Coordinator {
 
     /// The coordinator of a run continued after `settled` rounds: between rounds, as it is
     /// once round `settled` is settled, so that the next tick opens round `settled + 1` (or
-    /// finishes). Cohorts derive from the seed and the round alone, so nothing else carries
-    /// over.
+    /// finishes). Cohorts derive from the seed [`Coordinator::tick`] is given (the ledger's
+    /// beacon), so nothing else carries over.
     pub fn after_round(mut self, settled: u64) -> Self {
         self.round = settled;
         self.phase = Phase::Idle;
@@ -306,8 +312,12 @@ impl Coordinator {
     }
 
     /// Advances if the current phase is complete or timed out, returning what to do next;
-    /// `None` means wait for more events. `seed` samples each round's cohort.
-    pub fn tick(&mut self, now: u64, seed: u64) -> Option<Command> {
+    /// `None` means wait for more events. `seed` samples the cohort of a round this tick
+    /// opens (the coordinator's beacon on the ledger; ignored by every other tick): the
+    /// cohort's clients are `population[i]` for the roster indices `i` that
+    /// [`sample_cohort`]`(seed, population, clients_per_round)` draws, the population in
+    /// ascending order being the ledger's roster.
+    pub fn tick(&mut self, now: u64, seed: B256) -> Option<Command> {
         let elapsed = now.saturating_sub(self.since);
         match self.phase {
             Phase::Idle => {
@@ -370,23 +380,23 @@ impl Coordinator {
         self.since = now;
     }
 
-    fn sample(&self, seed: u64) -> BTreeSet<u32> {
-        let k = self.cfg.clients_per_round.min(self.population.len());
-        let mut pool = self.population.clone();
-        let mut rng = Rng::derive(seed, &format!("cohort/round/{}", self.round));
-        // Partial Fisher–Yates: the first k of a uniform shuffle.
-        for i in 0..k {
-            let j = i + rng.below((pool.len() - i) as u64) as usize;
-            pool.swap(i, j);
-        }
-        pool.truncate(k);
-        pool.into_iter().collect()
+    fn sample(&self, seed: B256) -> BTreeSet<u32> {
+        let n = u32::try_from(self.population.len()).unwrap_or(u32::MAX);
+        let k = u32::try_from(self.cfg.clients_per_round).unwrap_or(u32::MAX);
+        sample_cohort(seed, n, k)
+            .into_iter()
+            .map(|i| self.population[i as usize])
+            .collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn seed(s: u64) -> B256 {
+        B256::from(cohort_core::U256::from(s))
+    }
 
     fn coord(rounds: u64, per_round: usize) -> Coordinator {
         let cfg = CoordinatorConfig {
@@ -406,41 +416,41 @@ mod tests {
     #[test]
     fn a_round_walks_every_phase() {
         let mut c = coord(1, 3);
-        let Some(Command::OpenRound { round, cohort }) = c.tick(0, 7) else {
+        let Some(Command::OpenRound { round, cohort }) = c.tick(0, seed(7)) else {
             panic!()
         };
         assert_eq!((round, cohort.len()), (1, 3));
-        assert_eq!(c.tick(1, 7), None, "waits for updates");
+        assert_eq!(c.tick(1, seed(7)), None, "waits for updates");
         for &k in &cohort {
             c.handle(Event::Update(ClientUpdate::new(k, 1, vec![0.0; 3], 5)))
                 .unwrap();
         }
         let Some(Command::Score {
             updates, rejected, ..
-        }) = c.tick(2, 7)
+        }) = c.tick(2, seed(7))
         else {
             panic!()
         };
         assert_eq!((updates.len(), rejected.len()), (3, 0));
         c.handle(Event::Committed { validator: 100 }).unwrap();
         c.handle(Event::Committed { validator: 101 }).unwrap();
-        assert_eq!(c.tick(3, 7), Some(Command::Reveal { round: 1 }));
+        assert_eq!(c.tick(3, seed(7)), Some(Command::Reveal { round: 1 }));
         c.handle(Event::Revealed { validator: 100 }).unwrap();
-        assert_eq!(c.tick(4, 7), None, "waits for the other reveal");
+        assert_eq!(c.tick(4, seed(7)), None, "waits for the other reveal");
         assert_eq!(
-            c.tick(4 + 120, 7),
+            c.tick(4 + 120, seed(7)),
             Some(Command::Aggregate { round: 1 }),
             "timeout"
         );
-        assert_eq!(c.tick(200, 7), Some(Command::Settle { round: 1 }));
-        assert_eq!(c.tick(201, 7), Some(Command::Finished));
+        assert_eq!(c.tick(200, seed(7)), Some(Command::Settle { round: 1 }));
+        assert_eq!(c.tick(201, seed(7)), Some(Command::Finished));
         assert_eq!(c.phase(), Phase::Done);
     }
 
     #[test]
     fn bad_and_late_input_is_refused_or_recorded() {
         let mut c = coord(2, 10);
-        let Some(Command::OpenRound { .. }) = c.tick(0, 1) else {
+        let Some(Command::OpenRound { .. }) = c.tick(0, seed(1)) else {
             panic!()
         };
         // Wrong shape, NaN, wrong round: recorded as rejected, not a panic.
@@ -486,7 +496,7 @@ mod tests {
         );
         let Some(Command::Score {
             updates, rejected, ..
-        }) = c.tick(600, 1)
+        }) = c.tick(600, seed(1))
         else {
             panic!()
         };
@@ -514,12 +524,12 @@ mod tests {
     }
 
     #[test]
-    fn cohorts_are_deterministic_and_vary_by_round_and_seed() {
-        let cohorts = |seed: u64| {
+    fn cohorts_come_from_the_seed_alone() {
+        let cohorts = |seeds: [u64; 3]| {
             let mut c = coord(3, 4);
             let mut out = Vec::new();
             let mut now = 0;
-            while let Some(cmd) = c.tick(now, seed) {
+            while let Some(cmd) = c.tick(now, seed(seeds[out.len().min(2)])) {
                 now += 1_000;
                 match cmd {
                     Command::OpenRound { cohort, .. } => out.push(cohort),
@@ -529,10 +539,16 @@ mod tests {
             }
             out
         };
-        let a = cohorts(1);
+        let a = cohorts([1, 2, 3]);
         assert_eq!(a.len(), 3);
-        assert_eq!(a, cohorts(1));
-        assert_ne!(a, cohorts(2));
-        assert!(a.windows(2).any(|w| w[0] != w[1]));
+        assert_eq!(a, cohorts([1, 2, 3]));
+        assert_ne!(a, cohorts([4, 2, 3]));
+        assert!(a.windows(2).any(|w| w[0] != w[1]), "new seeds, new cohorts");
+        // One seed, one cohort, whatever the round: a coordinator cannot re-draw by reopening.
+        let same = cohorts([1, 1, 1]);
+        assert!(same.windows(2).all(|w| w[0] == w[1]));
+        // The roster indices `sample_cohort` draws, over the ascending population (0..10).
+        let want: Vec<u32> = sample_cohort(seed(1), 10, 4);
+        assert_eq!(a[0], want);
     }
 }

@@ -12,7 +12,9 @@ use serde::Serialize;
 
 use crate::backend::LedgerBackend;
 use crate::merkle::{MerkleTree, leaf_hash};
-use crate::protocol::{Cohort::CohortEvents, Protocol, ProtocolError, accepted_set_hash, roles};
+use crate::protocol::{
+    Cohort, Cohort::CohortEvents, Protocol, ProtocolError, accepted_set_hash, roles,
+};
 
 /// The cast of the demo, derived from a seed.
 #[derive(Debug, Clone)]
@@ -146,9 +148,15 @@ pub fn run<B: LedgerBackend>(
         send!(p.register(v, roles::VALIDATOR));
         send!(p.stake(v, tokens(2_000)));
     }
+    let roster: Vec<Address> = cast
+        .clients
+        .iter()
+        .map(|c| p.backend().address_of(c))
+        .collect();
+    send!(p.send_unit(&coord, Cohort::extendRosterCall { clients: roster }));
     tick(&mut p)?;
     let global = sha256(b"global model, round 0");
-    let round = send!(p.open_round(&coord, global.into(), tokens(100), false)).value;
+    let round = send!(p.open_round(&coord, global.into(), tokens(100), false, 3)).value;
     for (c, d) in cast.clients.iter().zip(&datasets) {
         let blob = sha256(format!("lora delta of {}", c.name()).as_bytes());
         send!(p.submit_update(c, round, blob.into(), *d, 1_000));

@@ -391,7 +391,8 @@ impl<B: LedgerBackend> Protocol<B> {
         })
     }
 
-    fn send_unit<C: SolCall>(
+    /// [`Self::send`] for a call that returns nothing.
+    pub fn send_unit<C: SolCall>(
         &mut self,
         from: &Identity,
         call: C,
@@ -544,13 +545,51 @@ impl<B: LedgerBackend> Protocol<B> {
 
     // ---- rounds ----
 
-    /// Opens a round on `global_model` with a reward pool from the caller (or the treasury).
+    /// Most clients one [`Protocol::extend_roster`] call takes: a batch stays well under the
+    /// embedded ledger's gas cap (each client costs a storage write and a hash).
+    pub const ROSTER_BATCH: usize = 256;
+
+    /// Appends `clients` to `coordinator`'s roster (the clients its rounds sample from, roster
+    /// index = position), in batches of [`Self::ROSTER_BATCH`]; only before its first round.
+    /// Returns the roster's size and beacon after the last batch.
+    pub fn extend_roster(
+        &mut self,
+        coordinator: &Identity,
+        clients: &[Address],
+    ) -> Result<(u32, B256), ProtocolError> {
+        for batch in clients.chunks(Self::ROSTER_BATCH) {
+            self.send_unit(
+                coordinator,
+                Cohort::extendRosterCall {
+                    clients: batch.to_vec(),
+                },
+            )?;
+        }
+        let r = self.roster(self.backend.address_of(coordinator))?;
+        Ok((r.size, r.beacon))
+    }
+
+    /// The roster of `coordinator`: its size, whether it is fixed and its beacon.
+    pub fn roster(&mut self, coordinator: Address) -> Result<Cohort::rosterReturn, ProtocolError> {
+        self.view(Cohort::rosterCall { coordinator })
+    }
+
+    /// The seed and the roster indices (ascending) of a round's cohort.
+    pub fn round_cohort(&mut self, round: u64) -> Result<(B256, Vec<u32>), ProtocolError> {
+        let c = self.view(Cohort::roundCohortCall { roundId: round })?;
+        Ok((c.seed, c.indices))
+    }
+
+    /// Opens a round on `global_model` with a reward pool from the caller (or the treasury),
+    /// for `cohort_size` clients of the caller's roster sampled from its beacon
+    /// ([`cohort_core::sample_cohort`]).
     pub fn open_round(
         &mut self,
         coordinator: &Identity,
         global_model: B256,
         reward_pool: U256,
         from_treasury: bool,
+        cohort_size: u32,
     ) -> Result<Sent<u64>, ProtocolError> {
         self.send(
             coordinator,
@@ -558,6 +597,7 @@ impl<B: LedgerBackend> Protocol<B> {
                 globalModelHash: global_model,
                 rewardPool: reward_pool,
                 fromTreasury: from_treasury,
+                cohortSize: cohort_size,
             },
         )
     }

@@ -1,12 +1,16 @@
-//! Random protocol histories: supply is conserved after every transaction, and a rejected
-//! update is never paid.
+//! Random protocol histories: supply is conserved after every transaction, a rejected
+//! update is never paid, only a round's sampled cohort may submit (the cohort the Rust
+//! `sample_cohort` draws from the coordinator's beacon), and the beacon moves on by the
+//! revealed salts alone.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use alloy_primitives::{Address, B256, U256};
-use cohort_core::{Identity, Score, sha256, tokens};
+use alloy_sol_types::SolValue;
+use cohort_core::{Identity, Score, keccak256, sample_cohort, sha256, tokens};
 use cohort_ledger::protocol::{
-    Cohort::CohortEvents, Protocol, ProtocolError, accepted_set_hash, roles,
+    Cohort::{CohortErrors, CohortEvents},
+    Protocol, ProtocolError, accepted_set_hash, roles,
 };
 use cohort_ledger::{EmbeddedLedger, LedgerBackend, LedgerConfig};
 use proptest::prelude::*;
@@ -14,6 +18,8 @@ use proptest::prelude::*;
 #[derive(Debug, Clone)]
 struct Plan {
     clients: usize,
+    /// The first `roster` clients are the coordinator's roster; the others may never submit.
+    roster: usize,
     rounds: Vec<RoundPlan>,
 }
 
@@ -25,6 +31,7 @@ struct RoundPlan {
     pool: u64,
     transfers: Vec<(usize, usize, u64)>,
     unstake: Vec<(usize, u64)>,
+    cohort: u32,
 }
 
 fn plan() -> impl Strategy<Value = Plan> {
@@ -38,15 +45,23 @@ fn plan() -> impl Strategy<Value = Plan> {
             0u64..500,
             prop::collection::vec((0usize..8, 0usize..8, 0u64..20_000), 0..4),
             prop::collection::vec((0usize..8, 0u64..600), 0..3),
+            1u32..6,
         )
-            .prop_map(|(scores, reveals, pool, transfers, unstake)| RoundPlan {
-                scores,
-                reveals,
-                pool,
-                transfers,
-                unstake,
-            });
-        prop::collection::vec(round, 1..3).prop_map(move |rounds| Plan { clients, rounds })
+            .prop_map(
+                |(scores, reveals, pool, transfers, unstake, cohort)| RoundPlan {
+                    scores,
+                    reveals,
+                    pool,
+                    transfers,
+                    unstake,
+                    cohort,
+                },
+            );
+        (1..=clients, prop::collection::vec(round, 1..4)).prop_map(move |(roster, rounds)| Plan {
+            clients,
+            roster,
+            rounds,
+        })
     })
 }
 
@@ -101,6 +116,9 @@ proptest! {
             p.register(v, roles::VALIDATOR).unwrap();
             p.stake(v, tokens(2_000)).unwrap();
         }
+        let roster: Vec<Address> = clients[..plan.roster].iter().map(Identity::address).collect();
+        let (n, mut beacon) = p.extend_roster(&coord, &roster).unwrap();
+        prop_assert_eq!(n as usize, plan.roster);
         check_supply(&mut p)?;
         for (r, rp) in plan.rounds.iter().enumerate() {
             for &(a, b, amt) in &rp.transfers {
@@ -119,13 +137,21 @@ proptest! {
                 let res = p.withdraw(who);
                 try_send(&mut p, res)?;
             }
-            let res = p.open_round(&coord, sha256(&r.to_be_bytes()).into(), tokens(rp.pool), false);
+            let res = p.open_round(&coord, sha256(&r.to_be_bytes()).into(), tokens(rp.pool), false, rp.cohort);
             let Some(open) = try_send(&mut p, res)? else { continue };
             let round = open.value;
+            let cohort = sample_cohort(beacon, plan.roster as u32, rp.cohort);
+            prop_assert_eq!(p.round_cohort(round).unwrap(), (beacon, cohort.clone()));
             let mut submitted: Vec<Address> = Vec::new();
-            for (c, d) in clients.iter().zip(&datasets) {
+            for (i, (c, d)) in clients.iter().zip(&datasets).enumerate() {
+                let sampled = cohort.contains(&(i as u32));
                 let res = p.submit_update(c, round, sha256(c.name().as_bytes()).into(), *d, 100);
+                if let Err(e) = &res {
+                    let not_sampled = matches!(e.revert(), Some(CohortErrors::NotSampled(_)));
+                    prop_assert_eq!(not_sampled, !sampled, "client {} (sampled {}): {}", i, sampled, e);
+                }
                 if try_send(&mut p, res)?.is_some() {
+                    prop_assert!(sampled, "client {i}, not in the cohort {cohort:?}, submitted");
                     submitted.push(c.address());
                 }
             }
@@ -140,13 +166,18 @@ proptest! {
                 }
             }
             p.close_commits(&coord, round).unwrap();
+            let mut mix = B256::ZERO;
             for (i, (v, s, salt)) in committed.iter().enumerate() {
                 if rp.reveals[i] {
                     let res = p.reveal_scores(v, round, s, *salt);
-                    try_send(&mut p, res)?;
+                    if try_send(&mut p, res)?.is_some() {
+                        mix ^= keccak256((v.address(), *salt).abi_encode_params());
+                    }
                 }
             }
             let tally = p.tally_all(&coord, round, 2).unwrap();
+            beacon = keccak256((beacon, round, mix).abi_encode_params());
+            prop_assert_eq!(p.roster(coord.address()).unwrap().beacon, beacon);
             check_supply(&mut p)?;
             let mut accepted = Vec::new();
             let mut rejected = Vec::new();

@@ -82,9 +82,10 @@ fn world() -> World {
         },
     );
     let dataset = p.relay::<Cohort::commitDatasetCall>(commit).unwrap().value;
+    p.extend_roster(&coordinator, &[client.address()]).unwrap();
     p.backend_mut().set_time(START + 60).unwrap();
     let round = p
-        .open_round(&coordinator, sha256(b"global").into(), tokens(10), false)
+        .open_round(&coordinator, sha256(b"global").into(), tokens(10), false, 1)
         .unwrap()
         .value;
     World {

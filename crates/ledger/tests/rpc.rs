@@ -573,6 +573,16 @@ fn parties_sign_and_the_relay_carries_their_calls_on_anvil() {
         );
     }
     assert_eq!(p.stake_of(addr(&p, &alice)).expect("stake").0, tokens(100));
+    // The coordinator's roster: both clients, both sampled (a cohort of 2).
+    let roster = party_signs(
+        &p,
+        &coordinator,
+        &Cohort::extendRosterCall {
+            clients: vec![addr(&p, &alice), addr(&p, &bob)],
+        },
+    );
+    p.relay::<Cohort::extendRosterCall>(roster)
+        .expect("the roster");
     let open = party_signs(
         &p,
         &coordinator,
@@ -580,6 +590,7 @@ fn parties_sign_and_the_relay_carries_their_calls_on_anvil() {
             globalModelHash: sha256(b"global").into(),
             rewardPool: tokens(10),
             fromTreasury: false,
+            cohortSize: 2,
         },
     );
     let round = p

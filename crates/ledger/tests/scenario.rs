@@ -83,11 +83,16 @@ fn a_full_round_at_the_limits_fits_the_gas_cap() {
     }
     p.approve_coordinator(&gov, coord.address()).unwrap();
     p.register(&coord, roles::COORDINATOR).unwrap();
-    let round = p
-        .open_round(&coord, B256::ZERO, tokens(1_000), false)
-        .unwrap()
-        .value;
+    let roster: Vec<_> = clients.iter().map(Identity::address).collect();
+    let extend = p
+        .send_unit(&coord, Cohort::extendRosterCall { clients: roster })
+        .unwrap();
+    let open = p
+        .open_round(&coord, B256::ZERO, tokens(1_000), false, 256)
+        .unwrap();
+    let round = open.value;
     assert_eq!(round, 1);
+    let mut max_gas = extend.gas_used.max(open.gas_used);
     // Every client registers, stakes, commits a dataset and submits, in one batch.
     let led = p.backend_mut();
     let mut txs = Vec::new();
@@ -169,7 +174,6 @@ fn a_full_round_at_the_limits_fits_the_gas_cap() {
         r.unwrap();
     }
     p.close_commits(&coord, round).unwrap();
-    let mut max_gas = 0;
     for v in &vals {
         max_gas = max_gas.max(p.reveal_scores(v, round, &scores, salt).unwrap().gas_used);
     }
@@ -259,7 +263,7 @@ fn unlearning_claws_back_rewards_and_anchors_grow() {
 
     // The forgotten dataset cannot back a new update.
     let round = p
-        .open_round(coord, B256::ZERO, tokens(1), false)
+        .open_round(coord, B256::ZERO, tokens(1), false, 3)
         .unwrap()
         .value;
     let e = p
@@ -330,4 +334,204 @@ fn batches_commit_good_calls_and_refuse_the_rest() {
     assert!(p.send_batch(mints).unwrap().iter().all(Result::is_ok));
     assert_eq!(p.balance_of(b.address()).unwrap(), tokens(5));
     p.into_backend().verify().unwrap();
+}
+
+/// A coordinator's cohorts: a roster fixed by its first round, cohorts drawn from its beacon
+/// exactly as `sample_cohort` draws them, refused submissions from outside the cohort, the
+/// beacon moving on only when reveals close (an abandoned round is followed by the same
+/// cohort), and the roster's refusals; at the limits (a roster of MAX_ROSTER clients, a cohort
+/// of 256) every call stays under the gas cap.
+#[test]
+fn cohorts_come_from_the_beacon_and_only_they_submit() {
+    use alloy_primitives::{Address, B256};
+    use alloy_sol_types::SolValue;
+    use cohort_core::{Identity, keccak256, sample_cohort, sha256, tokens};
+    use cohort_ledger::evm::TX_GAS_CAP;
+    use cohort_ledger::protocol::Cohort::{self, CohortErrors};
+    use cohort_ledger::protocol::{Protocol, ProtocolError, roles};
+
+    fn refusal(e: ProtocolError) -> CohortErrors {
+        e.revert()
+            .cloned()
+            .unwrap_or_else(|| panic!("not a revert: {e}"))
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let cast = Cast::new(7);
+    let gov = cast.governance.clone();
+    let coord = cast.coordinator.clone();
+    let mut p = Protocol::deploy(fresh(dir.path()), &gov).unwrap();
+    let clients: Vec<Identity> = (0..12)
+        .map(|i| Identity::from_seed(7, &format!("client-{i}")))
+        .collect();
+    let outsider = Identity::from_seed(7, "outsider");
+    p.mint(&gov, coord.address(), tokens(1_000)).unwrap();
+    p.approve_coordinator(&gov, coord.address()).unwrap();
+    p.register(&coord, roles::COORDINATOR).unwrap();
+    let mut datasets = Vec::new();
+    for (i, c) in clients.iter().chain([&outsider]).enumerate() {
+        p.mint(&gov, c.address(), tokens(1_000)).unwrap();
+        p.register(c, roles::CLIENT | roles::DATA_OWNER).unwrap();
+        p.stake(c, tokens(100)).unwrap();
+        let root = sha256(&[i as u8]).into();
+        datasets.push(p.commit_dataset(c, root, B256::ZERO, 1).unwrap().value);
+    }
+    let v = &cast.validators[0];
+    p.mint(&gov, v.address(), tokens(5_000)).unwrap();
+    p.register(v, roles::VALIDATOR).unwrap();
+    p.stake(v, tokens(2_000)).unwrap();
+
+    // No roster, no round; a roster refuses the zero address and duplicates.
+    let open = |p: &mut Protocol<_>, k| p.open_round(&coord, B256::ZERO, tokens(1), false, k);
+    assert!(matches!(
+        refusal(open(&mut p, 3).unwrap_err()),
+        CohortErrors::EmptyRoster(_)
+    ));
+    let roster: Vec<Address> = clients.iter().map(Identity::address).collect();
+    for bad in [vec![Address::ZERO], vec![roster[0], roster[0]], vec![]] {
+        let e = p.send_unit(
+            &coord,
+            Cohort::extendRosterCall {
+                clients: bad.clone(),
+            },
+        );
+        let e = refusal(e.unwrap_err());
+        assert!(
+            matches!(
+                e,
+                CohortErrors::ZeroAddress(_)
+                    | CohortErrors::AlreadyInRoster(_)
+                    | CohortErrors::EmptyBatch(_)
+            ),
+            "{bad:?}: {e:?}"
+        );
+    }
+    // Only a coordinator keeps a roster.
+    let e = p.send_unit(
+        &clients[0],
+        Cohort::extendRosterCall {
+            clients: roster.clone(),
+        },
+    );
+    assert!(matches!(
+        refusal(e.unwrap_err()),
+        CohortErrors::MissingRole(_)
+    ));
+    // The roster chains into the beacon; it can grow until the first round.
+    let (n, _) = p.extend_roster(&coord, &roster[..5]).unwrap();
+    assert_eq!(n, 5);
+    let (n, mut beacon) = p.extend_roster(&coord, &roster[5..]).unwrap();
+    assert_eq!(n, 12);
+    let expected = roster
+        .iter()
+        .fold(B256::ZERO, |b, c| keccak256((b, *c).abi_encode_params()));
+    assert_eq!(beacon, expected);
+    assert!(matches!(
+        refusal(open(&mut p, 0).unwrap_err()),
+        CohortErrors::ZeroCohort(_)
+    ));
+
+    let mut cohorts = Vec::new();
+    for attempt in 0..3 {
+        let round = open(&mut p, 4).unwrap().value;
+        let cohort = sample_cohort(beacon, 12, 4);
+        assert_eq!(p.round_cohort(round).unwrap(), (beacon, cohort.clone()));
+        // Everyone tries; only the cohort gets in.
+        for (i, c) in clients.iter().chain([&outsider]).enumerate() {
+            let r = p.submit_update(c, round, B256::ZERO, datasets[i], 1);
+            if cohort.contains(&(i as u32)) {
+                r.unwrap();
+            } else {
+                let e = refusal(r.unwrap_err());
+                assert!(
+                    matches!(e, CohortErrors::NotSampled(_)),
+                    "client {i}: {e:?}"
+                );
+            }
+        }
+        cohorts.push(cohort);
+        if attempt == 1 {
+            // Abandoned after the submissions: the beacon stays, and so does the cohort.
+            continue;
+        }
+        p.close_submissions(&coord, round).unwrap();
+        let scores = vec![cohort_core::Score(1); 4];
+        let salt = B256::repeat_byte(attempt as u8 + 1);
+        let commitment =
+            cohort_ledger::protocol::score_commitment(round, v.address(), &scores, salt);
+        p.send_unit(
+            v,
+            Cohort::commitScoresCall {
+                roundId: round,
+                commitment,
+            },
+        )
+        .unwrap();
+        p.close_commits(&coord, round).unwrap();
+        p.reveal_scores(v, round, &scores, salt).unwrap();
+        p.tally_all(&coord, round, 16).unwrap();
+        let mix = keccak256((v.address(), salt).abi_encode_params());
+        beacon = keccak256((beacon, round, mix).abi_encode_params());
+        assert_eq!(p.roster(coord.address()).unwrap().beacon, beacon);
+    }
+    assert_ne!(cohorts[0], cohorts[1], "the beacon moved on after round 1");
+    assert_eq!(
+        cohorts[1], cohorts[2],
+        "an abandoned round is followed by the same cohort"
+    );
+    // Fixed once a round opened.
+    let e = p.send_unit(
+        &coord,
+        Cohort::extendRosterCall {
+            clients: vec![outsider.address()],
+        },
+    );
+    assert!(matches!(
+        refusal(e.unwrap_err()),
+        CohortErrors::RosterFixed(_)
+    ));
+    let r = p.roster(coord.address()).unwrap();
+    assert!(r.fixed_);
+    assert_eq!(r.size, 12);
+
+    // At the limits: a roster of MAX_ROSTER clients (in batches) and a cohort of 256.
+    let big = Identity::from_seed(7, "big coordinator");
+    p.approve_coordinator(&gov, big.address()).unwrap();
+    p.register(&big, roles::COORDINATOR).unwrap();
+    let max = p.view(Cohort::MAX_ROSTERCall {}).unwrap() as usize;
+    let everyone: Vec<Address> = (0..max as u64)
+        .map(|i| Address::from_slice(&keccak256(i.to_be_bytes())[12..]))
+        .collect();
+    let mut most = 0;
+    for batch in everyone.chunks(Protocol::<EmbeddedLedger>::ROSTER_BATCH) {
+        let s = p
+            .send_unit(
+                &big,
+                Cohort::extendRosterCall {
+                    clients: batch.to_vec(),
+                },
+            )
+            .unwrap();
+        most = most.max(s.gas_used);
+    }
+    let e = p.send_unit(
+        &big,
+        Cohort::extendRosterCall {
+            clients: vec![outsider.address()],
+        },
+    );
+    assert!(matches!(
+        refusal(e.unwrap_err()),
+        CohortErrors::RosterFull(_)
+    ));
+    let beacon = p.roster(big.address()).unwrap().beacon;
+    let opened = p
+        .open_round(&big, B256::ZERO, tokens(0), false, 256)
+        .unwrap();
+    most = most.max(opened.gas_used);
+    let cohort = sample_cohort(beacon, max as u32, 256);
+    assert_eq!(cohort.len(), 256);
+    assert_eq!(p.round_cohort(opened.value).unwrap().1, cohort);
+    assert!(most < TX_GAS_CAP, "a roster or open call used {most} gas");
+    eprintln!("largest roster/open call at MAX_ROSTER {max}: {most} gas (cap {TX_GAS_CAP})");
 }

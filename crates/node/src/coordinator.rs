@@ -231,9 +231,14 @@ impl<'a, B: LedgerBackend, L: Learner + ?Sized> Coordinator<'a, B, L> {
         })
     }
 
-    /// Registers the coordinator itself (its own call, signed with its own key).
+    /// Registers the coordinator itself and publishes its roster of clients on the ledger,
+    /// in client-index order (its own calls, signed with its own key): the contract samples
+    /// every round's cohort from that roster and refuses an update from a client outside the
+    /// round's cohort. The roster is fixed from the first round on.
     pub fn register(&mut self) -> Result<(), RunError> {
         self.p.register(&self.key, roles::COORDINATOR)?;
+        let clients: Vec<Address> = self.roster.clients.iter().map(|m| m.address).collect();
+        self.p.extend_roster(&self.key, &clients)?;
         Ok(())
     }
 
@@ -481,7 +486,6 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
             ..
         } = self;
         let (cfg, learner, coord_addr) = (*cfg, *learner, *coord_addr);
-        let seed = cfg.seed;
         let inc = &cfg.incentives;
         let names: BTreeMap<Address, String> = roster
             .everyone()
@@ -585,9 +589,15 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
         let mut revealed: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
         // Wall seconds per part of the open round (not events: outside the replay contract).
         let mut secs = PhaseSeconds::default();
+        let mut beacon = B256::ZERO;
 
         loop {
-            let tick = coordinator.tick(now, seed);
+            // The seed of a cohort about to be sampled: the coordinator's beacon on the ledger,
+            // which only the closing of a round's reveals moves on.
+            if matches!(coordinator.phase(), Phase::Idle | Phase::Settle) {
+                beacon = p.roster(coord_addr)?.beacon;
+            }
+            let tick = coordinator.tick(now, beacon);
             now += 60;
             p.backend_mut().set_time(now)?;
             match tick {
@@ -612,8 +622,18 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                             b256(global_hash),
                             tokens(inc.reward_per_round),
                             false,
+                            u32::try_from(cfg.coordinator.clients_per_round).unwrap_or(u32::MAX),
                         )?
                         .value;
+                    // The contract drew the cohort it will enforce; the plan must be the same.
+                    let (_, drawn) = p.round_cohort(chain_round)?;
+                    if drawn != cohort {
+                        return Err(RunError::CohortMismatch {
+                            round,
+                            drawn,
+                            planned: cohort,
+                        });
+                    }
                     onchain.clear();
                     committed.clear();
                     revealed.clear();

@@ -71,6 +71,21 @@ pub enum RunError {
         /// Why the discard failed.
         discard: LedgerError,
     },
+    /// The contract sampled another cohort than the coordinator planned from the same beacon
+    /// (the roster on the ledger is not this run's clients in index order).
+    #[error(
+        "round {round}: the ledger sampled the cohort {drawn:?}, the coordinator planned \
+         {planned:?} from the same beacon: the roster on the ledger is not this run's clients in \
+         index order"
+    )]
+    CohortMismatch {
+        /// The round.
+        round: u64,
+        /// The clients the contract sampled (roster indices).
+        drawn: Vec<u32>,
+        /// The clients the coordinator's plan sampled.
+        planned: Vec<u32>,
+    },
     /// The blob store failed.
     #[error("blob store: {0}")]
     Blob(#[from] BlobError),
