@@ -11,13 +11,13 @@
 //! it has answered already (the reply was lost with the connection) is answered again from the
 //! link's copy of the reply, so a party never trains twice for one request.
 
-use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use cohort_core::Hash32;
 use cohort_node::party::{PartyNode, SessionSigner};
 use cohort_node::transport::{Party, Reply, Request};
+use prost::bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::metadata::MetadataValue;
@@ -25,7 +25,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::pb::federation_client::FederationClient;
 use crate::pb::{self, coordinator_frame, party_frame};
-use crate::wire::{Blob, fill_request, strip_reply};
+use crate::wire::{fill_request, strip_reply};
 use crate::{CHUNK, NetError, PROTOCOL_VERSION, SESSION_HEADER};
 
 /// Where and how the parties dial.
@@ -375,8 +375,8 @@ impl Link {
             Reply::Reveal(_) => "reveal",
         };
         let (envelope, blobs) = strip_reply(id, reply)?;
-        for b in &blobs {
-            upload(client, token, b).await?;
+        for (h, b) in blobs {
+            upload(client, token, &h, Bytes::from(b)).await?;
         }
         send(party_frame::Kind::Reply(envelope))?;
         tracing::info!(party = %self.party, id, "{what} sent");
@@ -398,17 +398,20 @@ fn with_token<T>(m: T, token: &MetadataValue<tonic::metadata::Ascii>) -> tonic::
 }
 
 /// Downloads a blob, resuming from the bytes already in after a broken stream (three tries).
+/// The chunks are kept as tonic decoded them and put together once, at the end (the caller
+/// checks the blob's hash).
 async fn download(
     client: &mut FederationClient<Channel>,
     token: &MetadataValue<tonic::metadata::Ascii>,
     h: &Hash32,
 ) -> Result<Vec<u8>, NetError> {
-    let mut data: Vec<u8> = Vec::new();
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut len = 0u64;
     let mut tries = 0;
     loop {
         let range = pb::BlobRange {
             hash: h.0.to_vec(),
-            offset: data.len() as u64,
+            offset: len,
         };
         let result: Result<(), tonic::Status> = async {
             let mut s = client
@@ -416,16 +419,23 @@ async fn download(
                 .await?
                 .into_inner();
             while let Some(c) = s.message().await? {
-                if c.offset != data.len() as u64 {
+                if c.offset != len {
                     return Err(tonic::Status::data_loss("a chunk out of order"));
                 }
-                data.extend_from_slice(&c.data);
+                len += c.data.len() as u64;
+                chunks.push(c.data);
             }
             Ok(())
         }
         .await;
         match result {
-            Ok(()) => return Ok(data),
+            Ok(()) => {
+                let mut data = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+                for c in &chunks {
+                    data.extend_from_slice(c);
+                }
+                return Ok(data);
+            }
             Err(s)
                 if tries < 3
                     && matches!(
@@ -435,8 +445,7 @@ async fn download(
             {
                 tries += 1;
                 tracing::debug!(
-                    "download of {h} broke at {} bytes ({}); resuming",
-                    data.len(),
+                    "download of {h} broke at {len} bytes ({}); resuming",
                     s.message()
                 );
             }
@@ -463,13 +472,13 @@ pub(crate) fn endpoint(
     }
 }
 
-/// Uploads a blob from where the coordinator's copy ends (three tries).
+/// Uploads blob `h`, its bytes `b`, from where the coordinator's copy ends (three tries).
 pub(crate) async fn upload(
     client: &mut FederationClient<Channel>,
     token: &MetadataValue<tonic::metadata::Ascii>,
-    (h, b): &Blob,
+    h: &Hash32,
+    b: Bytes,
 ) -> Result<(), NetError> {
-    let b = Arc::new(b.clone());
     let mut tries = 0;
     loop {
         let held = client
@@ -485,16 +494,15 @@ pub(crate) async fn upload(
             .min(b.len());
         let total = b.len() as u64;
         let hash = h.0.to_vec();
-        // Each chunk is made as the stream is read, not all of them up front (a copy of the
-        // whole blob at once).
-        let shared = Arc::clone(&b);
+        // Each chunk a slice of the blob's buffer, not a copy.
+        let shared = b.clone();
         let chunks = (start..shared.len())
             .step_by(CHUNK)
             .map(move |at| pb::BlobChunk {
                 hash: hash.clone(),
                 offset: at as u64,
                 total,
-                data: shared[at..(at + CHUNK).min(shared.len())].to_vec(),
+                data: shared.slice(at..(at + CHUNK).min(shared.len())),
             });
         match client
             .put_blob(with_token(tokio_stream::iter(chunks), token))

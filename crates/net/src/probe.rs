@@ -1,7 +1,8 @@
 //! Measurements of the transport itself, for `cohort bench net`: how fast a party uploads a
-//! large blob to a coordinator over an authenticated session on loopback, against the raw
-//! loopback TCP throughput of the same machine measured the same way (one stream, 1 MiB
-//! writes).
+//! large blob to a coordinator over an authenticated session on loopback (plain text, as
+//! `--insecure`), against the raw loopback TCP throughput of the same machine measured the
+//! same way (one stream, 1 MiB writes), and against how fast one core computes SHA-256 (the
+//! coordinator hashes every upload as it arrives, so that rate caps an upload's).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -62,6 +63,24 @@ pub fn raw_tcp_seconds(bytes: usize) -> Result<f64, NetError> {
     Ok(secs)
 }
 
+/// Seconds to SHA-256 `bytes` bytes on one core, fed 1 MiB at a time as the coordinator hashes
+/// an upload's chunks: the most an upload (every blob hashed and checked as it arrives) can
+/// carry per second, whatever the transport.
+pub fn sha256_seconds(bytes: usize) -> f64 {
+    use sha2::{Digest, Sha256};
+    let data: Vec<u8> = (0..bytes.min(CHUNK)).map(|i| (i * 31 + 7) as u8).collect();
+    let t = Instant::now();
+    let mut h = Sha256::new();
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        h.update(&data[..n]);
+        left -= n;
+    }
+    std::hint::black_box(h.finalize());
+    t.elapsed().as_secs_f64()
+}
+
 /// Seconds for one party to upload a blob of `bytes` bytes to a coordinator's hub on loopback
 /// (plain text), through [`crate::party`]'s chunked upload on an authenticated session, until
 /// the coordinator holds it, hash checked. The blob's bytes are made and hashed before the
@@ -86,7 +105,7 @@ pub fn upload_seconds(bytes: usize) -> Result<f64, NetError> {
     let addr = crate::run::serve(&rt, &hub, listener, None)?;
     let data: Vec<u8> = (0..bytes).map(|i| (i * 31 + 7) as u8).collect();
     let h = sha256(&data);
-    let blob = (h, data);
+    let blob = prost::bytes::Bytes::from(data);
     let url = format!("http://{addr}");
     let secs = rt.block_on(async {
         let channel = crate::party::endpoint(&url, None)
@@ -134,7 +153,7 @@ pub fn upload_seconds(bytes: usize) -> Result<f64, NetError> {
             .parse()
             .map_err(|_| NetError::Protocol("a session token that is not ASCII".into()))?;
         let t = Instant::now();
-        crate::party::upload(&mut client, &token, &blob).await?;
+        crate::party::upload(&mut client, &token, &h, blob).await?;
         Ok::<_, NetError>(t.elapsed().as_secs_f64())
     })?;
     if !hub.holds_upload(&h) {

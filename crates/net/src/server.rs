@@ -19,8 +19,10 @@ use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use cohort_core::{Hash32, PublicKey, sha256};
+use cohort_core::{Hash32, PublicKey};
 use cohort_node::transport::{Party, Reply, Request, Transport, TransportError};
+use prost::bytes::Bytes;
+use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -75,10 +77,45 @@ struct Pending {
     what: &'static str,
 }
 
+/// An upload under way. Its bytes and their hash so far are behind a lock of their own, so
+/// that a chunk is hashed and kept without holding the hub's lock (which every session takes).
 struct Upload {
     total: u64,
     party: Party,
-    data: Vec<u8>,
+    progress: Arc<Mutex<Progress>>,
+}
+
+/// What an upload has received: the chunks in order, as tonic decoded them (each its own
+/// buffer, never copied into one), and the SHA-256 of their bytes, hashed as they arrive.
+struct Progress {
+    chunks: Vec<Bytes>,
+    len: u64,
+    hasher: Sha256,
+    /// The last byte is in: nothing more is taken.
+    done: bool,
+}
+
+/// A complete upload whose hash was checked, until a reply takes it.
+struct Held {
+    party: Party,
+    chunks: Vec<Bytes>,
+    len: u64,
+}
+
+impl Held {
+    /// The blob's bytes in one buffer.
+    fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(usize::try_from(self.len).unwrap_or(0));
+        for c in &self.chunks {
+            v.extend_from_slice(c);
+        }
+        v
+    }
+}
+
+fn lock_progress(p: &Mutex<Progress>) -> MutexGuard<'_, Progress> {
+    // A panic while holding the lock leaves plain data behind: go on with it.
+    p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[derive(Default)]
@@ -88,9 +125,9 @@ struct State {
     pending: BTreeMap<u64, Pending>,
     replies: BTreeMap<u64, Reply>,
     /// Blobs offered to parties, with how many pending requests name each.
-    offered: HashMap<Hash32, (Arc<Vec<u8>>, usize)>,
+    offered: HashMap<Hash32, (Bytes, usize)>,
     /// Complete uploads, by hash, with the party that sent them, until a reply takes them.
-    uploaded: HashMap<Hash32, (Party, Vec<u8>)>,
+    uploaded: HashMap<Hash32, Held>,
     uploads: HashMap<Hash32, Upload>,
     next_id: u64,
     next_generation: u64,
@@ -404,7 +441,7 @@ impl Hub {
             fill_reply(&e, |h| {
                 uploaded
                     .get(h)
-                    .map(|(_, b)| b.clone())
+                    .map(Held::to_vec)
                     .ok_or_else(|| NetError::Protocol(format!("blob {h} was not uploaded")))
             })
         };
@@ -432,7 +469,7 @@ impl Hub {
         self.changed.notify_all();
     }
 
-    fn get_blob(&self, party: Party, range: &pb::BlobRange) -> Result<Arc<Vec<u8>>, Status> {
+    fn get_blob(&self, party: Party, range: &pb::BlobRange) -> Result<Bytes, Status> {
         let h = hash_of(&range.hash, "the blob's hash")
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let st = self.lock();
@@ -441,7 +478,7 @@ impl Hub {
             .values()
             .any(|p| p.party == party && p.blobs.contains(&h));
         match st.offered.get(&h) {
-            Some((b, _)) if allowed => Ok(Arc::clone(b)),
+            Some((b, _)) if allowed => Ok(b.clone()),
             _ => Err(Status::not_found(format!(
                 "blob {h} is not offered to {party}"
             ))),
@@ -450,18 +487,24 @@ impl Hub {
 
     fn blob_status(&self, h: &Hash32) -> pb::BlobStatus {
         let st = self.lock();
-        if let Some((_, b)) = st.uploaded.get(h) {
+        if let Some(b) = st.uploaded.get(h) {
             return pb::BlobStatus {
-                offset: b.len() as u64,
+                offset: b.len,
                 complete: true,
             };
         }
         pb::BlobStatus {
-            offset: st.uploads.get(h).map_or(0, |u| u.data.len() as u64),
+            offset: st
+                .uploads
+                .get(h)
+                .map_or(0, |u| lock_progress(&u.progress).len),
             complete: false,
         }
     }
 
+    /// Takes one chunk of an upload of `h` (`first`: the first of its stream). The checks and
+    /// the party's quota are under the hub's lock; the chunk is hashed and kept under its
+    /// upload's lock only, and the hash checked once the last byte is in.
     fn put_chunk(
         &self,
         party: Party,
@@ -469,31 +512,30 @@ impl Hub {
         h: Hash32,
         first: bool,
     ) -> Result<pb::BlobStatus, Status> {
-        let mut st = self.lock();
-        if st.uploaded.contains_key(&h) {
-            return Ok(pb::BlobStatus {
-                offset: chunk.total,
-                complete: true,
-            });
-        }
-        if first {
-            if chunk.total == 0 || chunk.total > self.cfg.max_blob {
-                return Err(Status::invalid_argument(format!(
-                    "a blob of {} bytes (1 to {} accepted)",
-                    chunk.total, self.cfg.max_blob
-                )));
+        let progress = {
+            let mut st = self.lock();
+            if st.uploaded.contains_key(&h) {
+                return Ok(pb::BlobStatus {
+                    offset: chunk.total,
+                    complete: true,
+                });
             }
-            let held = st.uploads.get(&h).map_or(0, |u| u.data.len() as u64);
-            if chunk.offset != held {
-                return Err(Status::failed_precondition(format!(
-                    "the upload of {h} starts at {}, the coordinator holds {held} bytes",
-                    chunk.offset
-                )));
-            }
-            // What one party may have the coordinator hold at once (uploads under way and
-            // complete ones no reply has taken yet): one largest blob. More is refused, so a
-            // party cannot fill the coordinator's memory with blobs nobody asked for.
-            if !st.uploads.contains_key(&h) {
+            if first && !st.uploads.contains_key(&h) {
+                if chunk.total == 0 || chunk.total > self.cfg.max_blob {
+                    return Err(Status::invalid_argument(format!(
+                        "a blob of {} bytes (1 to {} accepted)",
+                        chunk.total, self.cfg.max_blob
+                    )));
+                }
+                if chunk.offset != 0 {
+                    return Err(Status::failed_precondition(format!(
+                        "the upload of {h} starts at {}, the coordinator holds 0 bytes",
+                        chunk.offset
+                    )));
+                }
+                // What one party may have the coordinator hold at once (uploads under way and
+                // complete ones no reply has taken yet): one largest blob. More is refused, so
+                // a party cannot fill the coordinator's memory with blobs nobody asked for.
                 let held: u64 = st
                     .uploads
                     .values()
@@ -502,8 +544,8 @@ impl Hub {
                     .chain(
                         st.uploaded
                             .values()
-                            .filter(|(p, _)| *p == party)
-                            .map(|(_, b)| b.len() as u64),
+                            .filter(|b| b.party == party)
+                            .map(|b| b.len),
                     )
                     .sum();
                 if held.saturating_add(chunk.total) > self.cfg.max_blob {
@@ -514,56 +556,102 @@ impl Hub {
                         chunk.total, self.cfg.max_blob
                     )));
                 }
+                st.uploads.insert(
+                    h,
+                    Upload {
+                        total: chunk.total,
+                        party,
+                        progress: Arc::new(Mutex::new(Progress {
+                            chunks: Vec::new(),
+                            len: 0,
+                            hasher: Sha256::new(),
+                            done: false,
+                        })),
+                    },
+                );
             }
-            let up = st.uploads.entry(h).or_insert_with(|| Upload {
-                total: chunk.total,
-                party,
-                // Room for the first 64 MiB at once (fewer copies as it grows), not for all
-                // that was announced: an announcement is not yet bytes.
-                data: Vec::with_capacity(usize::try_from(chunk.total.min(64 << 20)).unwrap_or(0)),
-            });
+            let up = st
+                .uploads
+                .get(&h)
+                .ok_or_else(|| Status::failed_precondition("no upload in progress"))?;
             if up.total != chunk.total {
                 return Err(Status::invalid_argument(format!(
                     "blob {h} was announced at {} bytes, now {}",
                     up.total, chunk.total
                 )));
             }
+            Arc::clone(&up.progress)
+        };
+        let total = chunk.total;
+        let mut p = lock_progress(&progress);
+        // Every chunk where the bytes held end: a second stream of the same blob (a party
+        // that resumed while its first stream was still being read) cannot interleave.
+        if p.done || chunk.offset != p.len {
+            return Err(Status::failed_precondition(format!(
+                "a chunk of {h} at {}, the coordinator holds {} bytes",
+                chunk.offset, p.len
+            )));
         }
-        let up = st
-            .uploads
-            .get_mut(&h)
-            .ok_or_else(|| Status::failed_precondition("no upload in progress"))?;
-        if up.data.len() as u64 + chunk.data.len() as u64 > up.total {
-            st.uploads.remove(&h);
+        let n = chunk.data.len() as u64;
+        if p.len.saturating_add(n) > total {
+            drop(p);
+            self.drop_upload(&h, &progress);
             return Err(Status::invalid_argument(format!(
                 "more bytes than the {h} blob's announced size"
             )));
         }
-        up.data.extend_from_slice(&chunk.data);
-        if (up.data.len() as u64) < up.total {
+        p.hasher.update(&chunk.data);
+        p.chunks.push(chunk.data.clone());
+        p.len += n;
+        if p.len < total {
             return Ok(pb::BlobStatus {
-                offset: up.data.len() as u64,
+                offset: p.len,
                 complete: false,
             });
         }
-        let Some(up) = st.uploads.remove(&h) else {
-            return Err(Status::internal("upload vanished"));
-        };
-        // Hashed without the lock: a large blob must not hold up every other session.
-        drop(st);
-        let hashed = sha256(&up.data);
+        let hashed = Hash32(p.hasher.finalize_reset().into());
+        let chunks = std::mem::take(&mut p.chunks);
+        p.done = true;
+        drop(p);
         let mut st = self.lock();
+        if !st
+            .uploads
+            .get(&h)
+            .is_some_and(|u| Arc::ptr_eq(&u.progress, &progress))
+        {
+            // Dropped meanwhile (its request's deadline passed).
+            return Err(Status::failed_precondition("no upload in progress"));
+        }
+        st.uploads.remove(&h);
         if hashed != h {
             return Err(Status::data_loss(format!(
                 "the uploaded bytes do not hash to {h}: upload them again"
             )));
         }
-        let n = up.data.len() as u64;
-        st.uploaded.insert(h, (up.party, up.data));
+        st.uploaded.insert(
+            h,
+            Held {
+                party,
+                chunks,
+                len: total,
+            },
+        );
         Ok(pb::BlobStatus {
-            offset: n,
+            offset: total,
             complete: true,
         })
+    }
+
+    /// Drops the upload of `h` if it is still the one `progress` belongs to.
+    fn drop_upload(&self, h: &Hash32, progress: &Arc<Mutex<Progress>>) {
+        let mut st = self.lock();
+        if st
+            .uploads
+            .get(h)
+            .is_some_and(|u| Arc::ptr_eq(&u.progress, progress))
+        {
+            st.uploads.remove(h);
+        }
     }
 }
 
@@ -625,13 +713,14 @@ impl Federation for Service {
         }
         let hash = range.hash.clone();
         let start = range.offset as usize;
+        // Each chunk a slice of the offered blob's buffer, not a copy.
         let chunks = (start..blob.len()).step_by(CHUNK).map(move |at| {
             let end = (at + CHUNK).min(blob.len());
             Ok(pb::BlobChunk {
                 hash: hash.clone(),
                 offset: at as u64,
                 total,
-                data: blob[at..end].to_vec(),
+                data: blob.slice(at..end),
             })
         });
         Ok(tonic::Response::new(Box::pin(tokio_stream::iter(chunks))))
@@ -772,7 +861,7 @@ impl Transport for GrpcTransport {
                 // dropped: its uploads go too, unless another of its requests is pending.
                 let party = p.party;
                 if !st.pending.values().any(|q| q.party == party) {
-                    st.uploaded.retain(|_, (q, _)| *q != party);
+                    st.uploaded.retain(|_, b| b.party != party);
                     st.uploads.retain(|_, u| u.party != party);
                 }
             }
@@ -785,5 +874,5 @@ fn offer(st: &mut State, h: Hash32, b: Vec<u8>) {
     st.offered
         .entry(h)
         .and_modify(|(_, n)| *n += 1)
-        .or_insert_with(|| (Arc::new(b), 1));
+        .or_insert_with(|| (Bytes::from(b), 1));
 }

@@ -230,7 +230,7 @@ fn garbage_replays_duplicates_and_oversized_frames_are_dropped_and_the_others_se
                 hash: stray_hash.0.to_vec(),
                 offset: 0,
                 total: stray.len() as u64,
-                data: stray.clone(),
+                data: stray.clone().into(),
             }]));
             r.metadata_mut()
                 .insert(cohort_net::SESSION_HEADER, token.parse().unwrap());
@@ -329,7 +329,7 @@ fn a_party_cannot_make_the_coordinator_hold_more_than_one_largest_blob() {
                 hash: h.0.to_vec(),
                 offset: 0,
                 total: data.len() as u64,
-                data,
+                data: data.into(),
             };
             let mut r = tonic::Request::new(tokio_stream::iter(vec![chunk]));
             r.metadata_mut()
@@ -354,5 +354,90 @@ fn a_party_cannot_make_the_coordinator_hold_more_than_one_largest_blob() {
         let (_, r) = put(vec![3; (1 << 20) + 1]);
         let e = client.put_blob(r).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    });
+}
+
+#[test]
+fn an_upload_resumes_where_the_coordinators_copy_ends_and_misplaced_or_wrong_bytes_are_refused() {
+    let admit = Admit {
+        clients: vec![key("client-0").public_key()],
+        validators: Vec::new(),
+    };
+    let hub = Hub::new(HubConfig::new("abuse-test", admit));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = cohort_net::run::serve(&rt, &hub, listener, None).unwrap();
+    let url = format!("http://{addr}");
+    rt.block_on(async {
+        let (_tx, _inbound, token) = open_with_token(&url).await;
+        let mut client = FederationClient::connect(url.clone()).await.unwrap();
+        fn with_token<T>(m: T, token: &str) -> tonic::Request<T> {
+            let mut r = tonic::Request::new(m);
+            r.metadata_mut()
+                .insert(cohort_net::SESSION_HEADER, token.parse().unwrap());
+            r
+        }
+        let blob: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+        let h = cohort_core::sha256(&blob);
+        // The chunk of `blob` at `at..to`, announced as `hash`.
+        let chunk = |hash: cohort_core::Hash32, at: usize, to: usize| pb::BlobChunk {
+            hash: hash.0.to_vec(),
+            offset: at as u64,
+            total: blob.len() as u64,
+            data: blob[at..to].to_vec().into(),
+        };
+        let put = |chunks: Vec<pb::BlobChunk>| with_token(tokio_stream::iter(chunks), &token);
+        let held = |h: cohort_core::Hash32| with_token(pb::BlobRef { hash: h.0.to_vec() }, &token);
+
+        // The first third, then the stream ends (a dropped connection): 1000 bytes held.
+        let s = client.put_blob(put(vec![chunk(h, 0, 1000)])).await.unwrap();
+        assert_eq!((s.get_ref().offset, s.get_ref().complete), (1000, false));
+        let s = client.blob_offset(held(h)).await.unwrap().into_inner();
+        assert_eq!((s.offset, s.complete), (1000, false));
+        // Starting again from 0 is refused: the coordinator holds 1000 bytes.
+        let e = client
+            .put_blob(put(vec![chunk(h, 0, 1000)]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        // A stream that resumes at 1000 and then skips bytes: the good chunk is kept, the
+        // misplaced one refused.
+        let e = client
+            .put_blob(put(vec![chunk(h, 1000, 2000), chunk(h, 2500, 3000)]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        let s = client.blob_offset(held(h)).await.unwrap().into_inner();
+        assert_eq!((s.offset, s.complete), (2000, false));
+        assert!(!hub.holds_upload(&h));
+        // The rest: complete, its hash checked.
+        let s = client
+            .put_blob(put(vec![chunk(h, 2000, 3000)]))
+            .await
+            .unwrap();
+        assert!(s.get_ref().complete);
+        assert!(hub.holds_upload(&h));
+        let s = client.blob_offset(held(h)).await.unwrap().into_inner();
+        assert_eq!((s.offset, s.complete), (3000, true));
+
+        // Bytes that do not hash to the hash they were announced as: refused once the last
+        // byte is in, and nothing of them is kept.
+        let other = cohort_core::sha256(b"another blob");
+        let e = client
+            .put_blob(put(vec![chunk(other, 0, 1500), chunk(other, 1500, 3000)]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::DataLoss, "{e:?}");
+        assert!(!hub.holds_upload(&other));
+        let s = client.blob_offset(held(other)).await.unwrap().into_inner();
+        assert_eq!((s.offset, s.complete), (0, false));
+
+        // More bytes than announced: refused, and the upload dropped.
+        let mut over = chunk(other, 0, 3000);
+        over.total = 2000;
+        let e = client.put_blob(put(vec![over])).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        let s = client.blob_offset(held(other)).await.unwrap().into_inner();
+        assert_eq!((s.offset, s.complete), (0, false));
     });
 }

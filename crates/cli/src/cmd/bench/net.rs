@@ -101,6 +101,12 @@ struct Upload {
     raw_tcp_mib_per_s: f64,
     /// `cohort_mib_per_s / raw_tcp_mib_per_s`.
     fraction_of_raw: f64,
+    /// Seconds for one core to SHA-256 the blob's size (the coordinator hashes every upload
+    /// as it arrives: this rate caps an upload's).
+    sha256_s: f64,
+    sha256_mib_per_s: f64,
+    /// `cohort_mib_per_s / sha256_mib_per_s`.
+    fraction_of_sha256: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -179,8 +185,12 @@ impl Args {
         for &mib in &self.blob_mib {
             let bytes = mib << 20;
             let raw_tcp_s = cohort_net::probe::raw_tcp_seconds(bytes)?;
+            let sha256_s = cohort_net::probe::sha256_seconds(bytes);
             let cohort_s = cohort_net::probe::upload_seconds(bytes)?;
-            eprintln!("upload {mib} MiB: cohort {cohort_s:.2} s, raw TCP {raw_tcp_s:.2} s");
+            eprintln!(
+                "upload {mib} MiB: cohort {cohort_s:.2} s, raw TCP {raw_tcp_s:.2} s, SHA-256 on \
+                 one core {sha256_s:.2} s"
+            );
             let rate = |s: f64| mib as f64 / s;
             uploads.push(Upload {
                 mib,
@@ -189,6 +199,9 @@ impl Args {
                 raw_tcp_s,
                 raw_tcp_mib_per_s: rate(raw_tcp_s),
                 fraction_of_raw: raw_tcp_s / cohort_s,
+                sha256_s,
+                sha256_mib_per_s: rate(sha256_s),
+                fraction_of_sha256: sha256_s / cohort_s,
             });
         }
         let fleet = if self.fleet > 0 {
@@ -238,6 +251,8 @@ impl Args {
                 "cohort upload MiB/s",
                 "raw TCP MiB/s",
                 "fraction of raw",
+                "SHA-256 MiB/s (1 core)",
+                "fraction of SHA-256",
             ]);
             for u in &results.uploads {
                 t.row(vec![
@@ -245,6 +260,8 @@ impl Args {
                     format!("{:.0}", u.cohort_mib_per_s),
                     format!("{:.0}", u.raw_tcp_mib_per_s),
                     format!("{:.2}", u.fraction_of_raw),
+                    format!("{:.0}", u.sha256_mib_per_s),
+                    format!("{:.2}", u.fraction_of_sha256),
                 ]);
             }
             t.print();
