@@ -565,3 +565,113 @@ fn a_validator_killed_before_revealing_is_slashed_and_consensus_comes_from_the_r
     }
     verified_and_parties_done(d, clients.into_iter().chain(validators));
 }
+
+#[test]
+fn an_auditor_reads_and_checks_a_running_coordinators_ledger_over_the_network() {
+    // A running federation: its coordinator serves what it has made durable (nothing until
+    // the parties' enrolment is, then each settled round).
+    let f = start(&[], 60);
+    let d = f.dir.path();
+    let parties: Vec<Child> = (0..3)
+        .map(|i| party(d, "client", i, &f.url, &[]))
+        .chain((0..2).map(|i| party(d, "validator", i, &f.url, &[])))
+        .collect();
+    let until = Instant::now() + Duration::from_secs(60);
+    let verify = [
+        "ledger",
+        "verify",
+        "--remote",
+        &f.url,
+        "--insecure",
+        "--json",
+    ];
+    let report = loop {
+        let o = common::cohort(&verify);
+        if o.status.success() {
+            let v = serde_json::from_slice::<Value>(&o.stdout).unwrap();
+            if v["report"]["entries"].as_u64() > Some(0) {
+                break v;
+            }
+        }
+        assert!(
+            Instant::now() < until,
+            "no remote verify in 60 s: {}\n{}",
+            common::text(&o),
+            std::fs::read_to_string(d.join("coordinator.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(report["ok"], true, "{report}");
+    let entries = report["report"]["entries"].as_u64().unwrap();
+    assert!(entries >= 2, "the deployment and the set-up: {report}");
+    let o = common::cohort(&[
+        "ledger",
+        "show",
+        "--entries",
+        "0",
+        "--remote",
+        &f.url,
+        "--insecure",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", common::text(&o));
+    let shown: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(shown["verified"], true);
+    assert!(shown["size"].as_u64().unwrap() >= entries);
+    assert!(
+        shown["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["call"] == "extendRoster"),
+        "the roster is on the ledger: {shown}"
+    );
+
+    // Bad ways to ask: refused before any work, naming what is wrong.
+    let closed = format!("http://127.0.0.1:{}", cohort_testkit::free_port());
+    for (args, want, code) in [
+        (
+            vec!["ledger", "verify", "--remote", "ftp://127.0.0.1:1"],
+            "scheme",
+            2,
+        ),
+        (
+            vec!["ledger", "verify", "--remote", "http://127.0.0.1:1"],
+            "--insecure",
+            2,
+        ),
+        (
+            vec!["ledger", "verify", "--remote", "https://127.0.0.1"],
+            "port",
+            2,
+        ),
+        (
+            vec!["ledger", "verify", "--remote", &closed, "--insecure"],
+            "127.0.0.1",
+            2,
+        ),
+        (
+            vec!["ledger", "verify", "x", "--remote", &f.url],
+            "cannot be used",
+            2,
+        ),
+        (vec!["ledger", "verify", "x", "--insecure"], "--remote", 2),
+    ] {
+        let o = common::cohort(&args);
+        assert_eq!(
+            o.status.code(),
+            Some(code),
+            "{args:?}: {}",
+            common::text(&o)
+        );
+        assert!(
+            common::text(&o).contains(want),
+            "{args:?}: {}",
+            common::text(&o)
+        );
+    }
+    // The run ends as usual; the ledger it leaves extends what the auditor read.
+    let net = finished(f.coordinator, d);
+    assert!(net["summary"]["ledger_entries"].as_u64().unwrap() >= entries);
+    verified_and_parties_done(d, parties);
+}

@@ -402,8 +402,15 @@ fn arguments_are_checked_before_any_work() {
     let nowhere = p(&tmp.path().join("no/such/dir/x.json")).to_owned();
     let inside = p(&dir.join("proof.json")).to_owned();
     let new = p(&tmp.path().join("new")).to_owned();
+    // The first entry past the end: the demo's size.
+    let size = cohort_ledger::LedgerReader::open(&dir)
+        .unwrap()
+        .verify()
+        .unwrap()
+        .entries;
+    let past = size.to_string();
     let refused: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["ledger", "prove", d, "--entry", "35"], "past the end"),
+        (vec!["ledger", "prove", d, "--entry", &past], "past the end"),
         (
             vec!["ledger", "prove", d, "--entry", "18446744073709551615"],
             "past the end",

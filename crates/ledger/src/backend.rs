@@ -45,6 +45,13 @@ pub struct Head {
 /// chain backend blocks on its own runtime. A call that reverts records nothing and returns
 /// [`LedgerError::Exec`].
 pub trait LedgerBackend {
+    /// The durable part of the log as an in-process handle others may read while this backend
+    /// writes ([`crate::Published`]): the embedded ledger's; `None` for a chain, which its
+    /// readers ask directly.
+    fn published(&self) -> Option<crate::Published> {
+        None
+    }
+
     /// Signs and executes a call (`to = None` deploys `data`) as `from`; records it on success.
     fn transact(
         &mut self,

@@ -25,6 +25,7 @@ use crate::checkpoint::{Checkpoint, verifier_key};
 use crate::entry::{Entry, Receipt, SignedTx, Tx};
 use crate::evm::{Executor, TX_GAS_CAP};
 use crate::merkle::{MerkleTree, leaf_hash, verify_inclusion};
+use crate::published::Published;
 use crate::reader::LedgerReader;
 use crate::signer::{SignedCall, TxContext};
 use crate::storage::redb_error;
@@ -212,6 +213,8 @@ pub struct EmbeddedLedger {
     /// The entry count and checkpoint at the last durable commit, what
     /// [`EmbeddedLedger::discard_unflushed`] returns to.
     durable: (u64, String),
+    /// The durable part, shared with in-process readers ([`EmbeddedLedger::published`]).
+    published: Published,
 }
 
 /// When the embedded ledger's commits reach the disk.
@@ -310,7 +313,14 @@ impl EmbeddedLedger {
             }
         }
         w.commit().map_err(|e| redb_err(e.into()))?;
+        let published = Published::new(
+            &config.origin,
+            config.operator.public_key(),
+            config.start_time,
+        );
+        published.advance([], &note);
         Ok(Self {
+            published,
             dir: dir.to_path_buf(),
             db,
             origin: config.origin,
@@ -365,6 +375,7 @@ impl EmbeddedLedger {
         }
         let db = Database::open(&db_path).map_err(|e| redb_error(&db_path, e.into()))?;
         let mut led = Self {
+            published: Published::new(&meta.origin, meta.operator, meta.start_time),
             dir,
             db,
             origin: meta.origin,
@@ -380,7 +391,7 @@ impl EmbeddedLedger {
             durable: (0, String::new()),
         };
         led.rebuild(meta.start_time)?;
-        led.durable = (led.tree.len(), led.note.clone());
+        led.set_durable(led.tree.len(), led.note.clone())?;
         Ok(led)
     }
 
@@ -700,7 +711,26 @@ impl EmbeddedLedger {
             .map_err(LedgerError::storage)?;
         w.commit().map_err(LedgerError::storage)?;
         self.unsynced = false;
-        self.durable = (self.tree.len(), self.note.clone());
+        self.set_durable(self.tree.len(), self.note.clone())
+    }
+
+    /// The durable part of this ledger as a handle other threads of this process may read
+    /// while it is written (see [`Published`]): it advances at every durable commit.
+    pub fn published(&self) -> Published {
+        self.published.clone()
+    }
+
+    /// Records a durable commit at `len` entries under `note`, and publishes the entries made
+    /// durable by it.
+    fn set_durable(&mut self, len: u64, note: String) -> Result<(), LedgerError> {
+        let from = self.published.len();
+        let new = if len > from {
+            read_entry_range(&self.db, &self.db_path(), from, len)?
+        } else {
+            Vec::new()
+        };
+        self.published.advance(new, &note);
+        self.durable = (len, note);
         Ok(())
     }
 
@@ -755,7 +785,7 @@ impl EmbeddedLedger {
         w.commit().map_err(LedgerError::storage)?;
         self.unsynced |= deferred;
         if !deferred && !self.unsynced {
-            self.durable = (self.tree.len(), note.to_owned());
+            self.set_durable(self.tree.len(), note.to_owned())?;
         }
         Ok(())
     }
@@ -929,6 +959,29 @@ pub(crate) fn read_entries(
 }
 
 /// Reads and decodes entry `seq`.
+/// The stored bytes of entries `from..to`.
+fn read_entry_range(
+    db: &impl ReadableDatabase,
+    path: &Path,
+    from: u64,
+    to: u64,
+) -> Result<Vec<Vec<u8>>, LedgerError> {
+    let redb_err = |e: redb::Error| redb_error(path, e);
+    let r = db.begin_read().map_err(|e| redb_err(e.into()))?;
+    let t = r
+        .open_table(ENTRIES)
+        .map_err(|e| entries_table_error(path, e))?;
+    (from..to)
+        .map(|seq| match t.get(seq).map_err(|e| redb_err(e.into()))? {
+            Some(v) => Ok(v.value().to_vec()),
+            None => Err(LedgerError::BadEntry {
+                seq,
+                reason: "missing".into(),
+            }),
+        })
+        .collect()
+}
+
 pub(crate) fn read_entry(
     db: &impl ReadableDatabase,
     path: &Path,
@@ -1012,11 +1065,23 @@ pub(crate) struct Checked {
 
 /// The full check behind [`LedgerReader::verify`] and [`EmbeddedLedger::verify`].
 pub(crate) fn check_db(db: &impl ReadableDatabase, dir: &Path) -> Result<Checked, LedgerError> {
-    let mut timings = VerifyTimings::default();
     let clock = std::time::Instant::now();
     let meta = read_meta(db, dir)?;
     let raw = read_entries(db, &dir.join(DB_FILE))?;
-    timings.read_s = clock.elapsed().as_secs_f64();
+    let timings = VerifyTimings {
+        read_s: clock.elapsed().as_secs_f64(),
+        ..VerifyTimings::default()
+    };
+    check_raw(meta, &raw, timings)
+}
+
+/// Everything [`check_db`] checks, over a log's metadata and its entries' stored bytes
+/// however they were read (a file, or a coordinator over the network).
+pub(crate) fn check_raw(
+    meta: Meta,
+    raw: &[Vec<u8>],
+    mut timings: VerifyTimings,
+) -> Result<Checked, LedgerError> {
     let clock = std::time::Instant::now();
     // Every check runs over the longest prefix that decodes; the error reported is the one at
     // the lowest sequence number. Each entry's own fields are covered by its own checks
@@ -1192,6 +1257,10 @@ fn outcome(a: Applied) -> TxOutcome {
 }
 
 impl LedgerBackend for EmbeddedLedger {
+    fn published(&self) -> Option<Published> {
+        Some(self.published.clone())
+    }
+
     fn flush(&mut self) -> Result<(), LedgerError> {
         EmbeddedLedger::flush(self)
     }

@@ -29,6 +29,7 @@ pub mod evm;
 pub mod merkle;
 pub mod note;
 pub mod protocol;
+pub mod published;
 pub mod reader;
 #[cfg(feature = "evm-rpc")]
 pub mod rpc;
@@ -45,6 +46,7 @@ pub use entry::{Entry, Receipt, SignedTx, Tx};
 pub use evm::{ExecError, Executor};
 pub use merkle::{MerkleTree, ProofError};
 pub use protocol::{Protocol, ProtocolError, bindings};
+pub use published::{Consistency, Published, PublishedHead};
 pub use reader::{LedgerReader, LedgerState};
 #[cfg(feature = "evm-rpc")]
 pub use rpc::EvmRpcLedger;

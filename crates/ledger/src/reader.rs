@@ -23,12 +23,13 @@ use crate::LedgerError;
 use crate::backend::{Head, LedgerBackend, OutcomeOr, TxOutcome};
 use crate::checkpoint::{Checkpoint, verifier_key};
 use crate::embedded::{
-    Checked, DB_FILE, InclusionProof, LedgerInfo, Meta, VerifyReport, check_db, read_entries,
-    read_entry, read_meta,
+    Checked, DB_FILE, InclusionProof, LedgerInfo, Meta, VerifyReport, VerifyTimings, check_db,
+    check_origin, check_raw, read_entries, read_entry, read_meta,
 };
 use crate::entry::Entry;
 use crate::evm::Executor;
 use crate::merkle::{MerkleTree, leaf_hash};
+use crate::published::PublishedHead;
 use crate::storage::{Snapshot, open_snapshot};
 
 /// A read-only view of a ledger directory (see the module docs).
@@ -230,6 +231,46 @@ pub struct LedgerState {
 }
 
 impl LedgerState {
+    /// Checks a log that was not read from a directory (a coordinator's published log fetched
+    /// over the network: `cohort ledger verify --remote`) exactly as [`LedgerReader::replay`]
+    /// checks one that was: every entry decodes and links to the one before, every signature
+    /// verifies, re-execution reproduces every receipt, and the Merkle root equals the
+    /// checkpoint `head` carries, signed by `head.operator`. `read_s` is how long fetching
+    /// took, for the report's timings.
+    pub fn check(
+        head: &PublishedHead,
+        entries: &[Vec<u8>],
+        read_s: f64,
+    ) -> Result<Self, LedgerError> {
+        check_origin(&head.origin)?;
+        let meta = Meta {
+            origin: head.origin.clone(),
+            operator: head.operator,
+            start_time: head.start_time,
+            checkpoint: head.checkpoint.clone(),
+        };
+        let timings = VerifyTimings {
+            read_s,
+            ..VerifyTimings::default()
+        };
+        let Checked {
+            meta,
+            report,
+            entries,
+            exec,
+            tree,
+        } = check_raw(meta, entries, timings)?;
+        let clock = entries.last().map_or(meta.start_time, Entry::time);
+        Ok(Self {
+            meta,
+            report,
+            entries,
+            exec,
+            tree,
+            clock,
+        })
+    }
+
     /// What the check found.
     pub fn report(&self) -> &VerifyReport {
         &self.report

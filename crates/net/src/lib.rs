@@ -17,6 +17,7 @@
 //!   the same [`cohort_node::coordinator::Coordinator`] runs over the network as in one process.
 
 pub mod admit;
+pub mod ledger;
 pub mod party;
 pub mod probe;
 pub mod run;
@@ -100,6 +101,13 @@ pub enum NetError {
     /// A message broke the protocol.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// The coordinator's ledger does not extend what it showed before (a rewritten history,
+    /// a split view), or is signed by another key: the party stops rather than sign on top.
+    #[error(
+        "the coordinator's ledger cannot be trusted: {0} (a coordinator that rewrites its \
+         history; this party stops rather than sign anything on top of it)"
+    )]
+    SplitView(String),
     /// The coordinator refused the session.
     #[error("the coordinator refused the session: {0}")]
     Refused(String),

@@ -23,6 +23,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
+use crate::ledger::{Watch, ledger_head};
 use crate::pb::federation_client::FederationClient;
 use crate::pb::{self, coordinator_frame, party_frame};
 use crate::wire::{fill_request, strip_reply};
@@ -140,9 +141,11 @@ impl Link {
         let mut last_session = Instant::now();
         let mut backoff = Duration::from_millis(100);
         let mut answered: Option<(u64, Reply)> = None;
+        // What this party trusts of the coordinator's ledger, kept across sessions.
+        let mut watch = Watch::new();
         let result = loop {
             match self
-                .session(&mut replies, &mut answered, &mut last_session)
+                .session(&mut replies, &mut answered, &mut last_session, &mut watch)
                 .await
             {
                 Ok(End::Finished(reason)) => break Ok(reason),
@@ -187,6 +190,7 @@ impl Link {
         replies: &mut mpsc::UnboundedReceiver<(u64, Reply)>,
         answered: &mut Option<(u64, Reply)>,
         last_session: &mut Instant,
+        watch: &mut Watch,
     ) -> Result<End, NetError> {
         let dropped = |e: NetError| Ok(End::Dropped(e));
         let channel = match self.connect().await {
@@ -325,6 +329,23 @@ impl Link {
                             if request.to() != self.party {
                                 tracing::warn!(party = %self.party, id = e.id, "a request for {}: ignored", request.to());
                                 continue;
+                            }
+                            // Nothing is signed on top of a ledger that rewrote its history.
+                            match ledger_head(&mut client, watch.size()).await {
+                                Ok((head, proof)) => {
+                                    let cp = watch.check(&head, &proof)?;
+                                    tracing::debug!(party = %self.party, size = cp.size, root = %cp.root, "ledger checked");
+                                }
+                                // A proof from a size the ledger never reached: another history.
+                                Err(NetError::Status { status, .. }) if status.code() == tonic::Code::OutOfRange => {
+                                    return Err(NetError::SplitView(format!(
+                                        "it has no consistency proof from the {} entries it showed before: {}",
+                                        watch.size(),
+                                        status.message()
+                                    )));
+                                }
+                                Err(err @ NetError::Protocol(_)) => return Err(NetError::SplitView(err.to_string())),
+                                Err(err) => return dropped(err),
                             }
                             let _ = self.to_host.send(ToHost::Request { link: self.link, id: e.id, request });
                         }

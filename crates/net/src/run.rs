@@ -126,6 +126,9 @@ pub fn run_over_loopback<B: LedgerBackend, L: Learner + Sync + ?Sized>(
         crate::hex_of(&cohort_node::resume::config_digest(cfg))
     );
     let hub = Hub::new(HubConfig::new(run_id, admit));
+    if let Some(ledger) = backend.published() {
+        hub.publish(ledger);
+    }
     let rt = server_runtime(2).map_err(link)?;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| {
         link(NetError::Io {
@@ -194,6 +197,11 @@ pub fn run_as_coordinator<B: LedgerBackend, L: Learner + ?Sized>(
     let link = |e: NetError| RunError::Transport(TransportError::Link(e.to_string()));
     let roster = net.admit.roster();
     let hub = Hub::new(HubConfig::new(net.run, net.admit));
+    // What the ledger makes durable is served: the parties check each checkpoint extends the
+    // last, and auditors read it (`cohort ledger verify --remote`).
+    if let Some(ledger) = backend.published() {
+        hub.publish(ledger);
+    }
     let rt = server_runtime(2).map_err(link)?;
     let addr = serve(&rt, &hub, net.listener, net.tls).map_err(link)?;
     tracing::info!(%addr, "listening");

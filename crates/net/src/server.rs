@@ -20,6 +20,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use cohort_core::{Hash32, PublicKey};
+use cohort_ledger::Published;
 use cohort_node::transport::{Party, Reply, Request, Transport, TransportError};
 use prost::bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -158,6 +159,8 @@ pub struct Hub {
     cfg: HubConfig,
     state: Mutex<State>,
     changed: Condvar,
+    /// The coordinator's ledger, as far as it is durable: served to parties and auditors.
+    ledger: Mutex<Option<Published>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -179,7 +182,23 @@ impl Hub {
                 ..State::default()
             }),
             changed: Condvar::new(),
+            ledger: Mutex::new(None),
         })
+    }
+
+    /// Serves `ledger` (its durable part) to whoever asks: the parties check each new
+    /// checkpoint against the last one they saw; auditors fetch the entries
+    /// ([`crate::ledger`]). Until it is called, the ledger calls answer UNAVAILABLE.
+    pub fn publish(&self, ledger: Published) {
+        *self.ledger.lock().unwrap_or_else(|e| e.into_inner()) = Some(ledger);
+    }
+
+    fn published(&self) -> Result<Published, Status> {
+        self.ledger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| Status::unavailable("the coordinator has no ledger open yet"))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -686,6 +705,46 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 impl Federation for Service {
     type SessionStream = UnboundedReceiverStream<Result<pb::CoordinatorFrame, Status>>;
     type GetBlobStream = BoxStream<pb::BlobChunk>;
+    type LedgerEntriesStream = BoxStream<pb::LedgerEntry>;
+
+    async fn ledger_head(
+        &self,
+        request: tonic::Request<pb::LedgerQuery>,
+    ) -> Result<tonic::Response<pb::LedgerHeadReply>, Status> {
+        let published = self.hub.published()?;
+        let old = request.get_ref().old_size;
+        let c = published.consistency(old).map_err(|e| {
+            Status::out_of_range(format!(
+                "no consistency proof from {old} entries: the ledger has {} ({e})",
+                published.len()
+            ))
+        })?;
+        Ok(tonic::Response::new(pb::LedgerHeadReply {
+            origin: c.head.origin,
+            operator_key: c.head.operator.to_vec(),
+            start_time: c.head.start_time,
+            checkpoint: c.head.checkpoint,
+            proof: c.proof.iter().map(|h| h.0.to_vec()).collect(),
+        }))
+    }
+
+    async fn ledger_entries(
+        &self,
+        request: tonic::Request<pb::EntryRange>,
+    ) -> Result<tonic::Response<Self::LedgerEntriesStream>, Status> {
+        let published = self.hub.published()?;
+        let r = request.into_inner();
+        let max = usize::try_from(r.max.min(crate::ledger::MAX_ENTRIES_PER_CALL)).unwrap_or(0);
+        let from = r.from;
+        let entries = published.entries(from, max);
+        let stream = entries.into_iter().enumerate().map(move |(i, bytes)| {
+            Ok(pb::LedgerEntry {
+                seq: from + i as u64,
+                bytes,
+            })
+        });
+        Ok(tonic::Response::new(Box::pin(tokio_stream::iter(stream))))
+    }
 
     async fn session(
         &self,

@@ -31,6 +31,18 @@ fn key(name: &str) -> Identity {
 
 type Inbound = tonic::Streaming<pb::CoordinatorFrame>;
 
+/// Serves a fresh embedded ledger's published log from `hub`, as a coordinator serves its own:
+/// a party checks it before it acts on a request.
+fn publish_ledger(hub: &Hub) {
+    let dir = tempfile::tempdir().unwrap();
+    let led = cohort_ledger::EmbeddedLedger::create(
+        dir.path().join("ledger"),
+        cohort_ledger::LedgerConfig::new("abuse-test", key("operator")),
+    )
+    .unwrap();
+    hub.publish(led.published());
+}
+
 fn frame(k: party_frame::Kind) -> pb::PartyFrame {
     pb::PartyFrame { kind: Some(k) }
 }
@@ -125,6 +137,7 @@ fn garbage_replays_duplicates_and_oversized_frames_are_dropped_and_the_others_se
         validators: vec![key("validator-0").public_key()],
     };
     let hub = Hub::new(HubConfig::new("abuse-test", admit));
+    publish_ledger(&hub);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = cohort_net::run::serve(&rt, &hub, listener, None).unwrap();
@@ -316,6 +329,7 @@ fn a_party_cannot_make_the_coordinator_hold_more_than_one_largest_blob() {
     let mut cfg = HubConfig::new("abuse-test", admit);
     cfg.max_blob = 1 << 20;
     let hub = Hub::new(cfg);
+    publish_ledger(&hub);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = cohort_net::run::serve(&rt, &hub, listener, None).unwrap();
@@ -364,6 +378,7 @@ fn an_upload_resumes_where_the_coordinators_copy_ends_and_misplaced_or_wrong_byt
         validators: Vec::new(),
     };
     let hub = Hub::new(HubConfig::new("abuse-test", admit));
+    publish_ledger(&hub);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = cohort_net::run::serve(&rt, &hub, listener, None).unwrap();

@@ -194,41 +194,14 @@ pub struct PartyArgs {
 
 impl PartyArgs {
     fn dial(&self) -> anyhow::Result<Dial> {
-        let url = self.coordinator.trim();
-        let (scheme, rest) = url.split_once("://").with_context(|| {
-            format!(
-                "--coordinator {url:?}: expected https://HOST:PORT (or http:// with --insecure)"
-            )
-        })?;
-        let host = rest
-            .split('/')
-            .next()
-            .filter(|h| !h.is_empty())
-            .with_context(|| format!("--coordinator {url:?}: no host"))?;
-        let host_only = match host.rsplit_once(':') {
-            Some((h, port)) if port.parse::<u16>().is_ok() => h,
-            _ => bail!("--coordinator {url:?}: expected a port (HOST:PORT)"),
-        };
-        let tls = match (scheme, &self.ca, self.insecure) {
-            ("https", Some(ca), false) => {
-                let name = self
-                    .server_name
-                    .clone()
-                    .unwrap_or_else(|| host_only.trim_matches(['[', ']']).to_owned());
-                Some(cohort_net::tls::client_config(ca, &name).context("--ca")?)
-            }
-            ("http", None, true) => None,
-            ("https", None, _) => bail!("--coordinator {url}: give the CA to trust with --ca FILE"),
-            ("http", _, false) => {
-                bail!("--coordinator {url}: plain http needs --insecure (or use https:// and --ca)")
-            }
-            (s, _, _) => bail!("--coordinator {url}: the scheme {s:?} is not https or http"),
-        };
-        Ok(Dial {
-            url: url.to_owned(),
-            tls,
-            give_up: Duration::from_secs(self.give_up),
-        })
+        dial_to(
+            "--coordinator",
+            &self.coordinator,
+            self.ca.as_deref(),
+            self.server_name.as_deref(),
+            self.insecure,
+            Duration::from_secs(self.give_up),
+        )
     }
 
     fn execute(self, role: &str) -> anyhow::Result<ExitCode> {
@@ -341,4 +314,49 @@ pub fn init_logging() {
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
+}
+
+/// How to dial a coordinator at `url` (given as `flag`): `https://HOST:PORT` with the CA `ca`
+/// (and the certificate's `server_name`, default the host), or `http://HOST:PORT` with
+/// `insecure`; anything else is refused naming what is wrong.
+pub(crate) fn dial_to(
+    flag: &str,
+    url: &str,
+    ca: Option<&std::path::Path>,
+    server_name: Option<&str>,
+    insecure: bool,
+    give_up: Duration,
+) -> anyhow::Result<Dial> {
+    let url = url.trim();
+    let (scheme, rest) = url.split_once("://").with_context(|| {
+        format!("{flag} {url:?}: expected https://HOST:PORT (or http:// with --insecure)")
+    })?;
+    let host = rest
+        .split('/')
+        .next()
+        .filter(|h| !h.is_empty())
+        .with_context(|| format!("{flag} {url:?}: no host"))?;
+    let host_only = match host.rsplit_once(':') {
+        Some((h, port)) if port.parse::<u16>().is_ok() => h,
+        _ => bail!("{flag} {url:?}: expected a port (HOST:PORT)"),
+    };
+    let tls = match (scheme, ca, insecure) {
+        ("https", Some(ca), false) => {
+            let name = server_name
+                .map(str::to_owned)
+                .unwrap_or_else(|| host_only.trim_matches(['[', ']']).to_owned());
+            Some(cohort_net::tls::client_config(ca, &name).context("--ca")?)
+        }
+        ("http", None, true) => None,
+        ("https", None, _) => bail!("{flag} {url}: give the CA to trust with --ca FILE"),
+        ("http", _, false) => {
+            bail!("{flag} {url}: plain http needs --insecure (or use https:// and --ca)")
+        }
+        (s, _, _) => bail!("{flag} {url}: the scheme {s:?} is not https or http"),
+    };
+    Ok(Dial {
+        url: url.to_owned(),
+        tls,
+        give_up,
+    })
 }

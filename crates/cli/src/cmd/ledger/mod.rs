@@ -5,20 +5,22 @@
 //! wrong), 2 when it could not be checked at all (a wrong path, a ledger busy in another
 //! process, an I/O error, a bad argument). They open the ledger through
 //! [`cohort_ledger::LedgerReader`], which never writes the directory and never reads
-//! `operator.key`.
+//! `operator.key`. `show` and `verify` also read the ledger a running coordinator serves
+//! (`--remote URL`): every durable entry is fetched and checked here exactly as a directory's.
 
 mod demo;
 mod prove;
 mod show;
 mod verify;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use alloy_sol_types::SolInterface;
 use clap::Subcommand;
 use cohort_ledger::protocol::Cohort::{CohortCalls, CohortEvents};
-use cohort_ledger::{LedgerError, LedgerReader};
+use cohort_ledger::{LedgerError, LedgerReader, LedgerState};
 
 use crate::output::print_json;
 
@@ -112,5 +114,88 @@ pub fn note_recovery(r: &LedgerReader) {
              that appends to it repairs it in place.",
             r.dir().join("ledger.redb").display()
         );
+    }
+}
+
+/// Where a read command finds its ledger: a directory, or a coordinator's server.
+#[derive(Debug, clap::Args)]
+pub struct Source {
+    /// The ledger directory.
+    #[arg(required_unless_present = "remote", conflicts_with = "remote")]
+    dir: Option<PathBuf>,
+    /// Read the ledger a running `cohort coordinator` serves at URL instead (https://HOST:PORT,
+    /// or http://HOST:PORT with --insecure): every durable entry is fetched and checked here
+    /// as a directory's would be. Needs no key and no session.
+    #[arg(long, value_name = "URL")]
+    remote: Option<String>,
+    /// With --remote: the CA certificate to trust (PEM; `cohort keys tls` makes one).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "remote",
+        conflicts_with = "insecure"
+    )]
+    ca: Option<PathBuf>,
+    /// With --remote and --ca: the name the coordinator's certificate was made for (default:
+    /// the URL's host).
+    #[arg(long, value_name = "NAME", requires = "ca")]
+    server_name: Option<String>,
+    /// With --remote: dial in plain text, without TLS (for loopback and tests only).
+    #[arg(long, requires = "remote")]
+    insecure: bool,
+}
+
+impl Source {
+    /// Refuses the dialling options without --remote (they would be silently ignored).
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.remote.is_none() && (self.insecure || self.ca.is_some()) {
+            anyhow::bail!(
+                "--insecure and --ca are for reading a ledger over the network: give --remote URL"
+            );
+        }
+        Ok(())
+    }
+
+    /// The directory, when the ledger is one.
+    pub fn dir(&self) -> Option<&Path> {
+        match self.remote {
+            Some(_) => None,
+            None => self.dir.as_deref(),
+        }
+    }
+
+    /// Reads and checks a remote ledger: `Ok(Err(code))` when it could not be (reported).
+    pub fn remote_state(&self, json: bool) -> anyhow::Result<Result<LedgerState, ExitCode>> {
+        let Some(url) = &self.remote else {
+            anyhow::bail!("not a remote ledger");
+        };
+        let fail = |msg: String| -> anyhow::Result<Result<LedgerState, ExitCode>> {
+            if json {
+                print_json(&serde_json::json!({ "ok": false, "error": msg,
+                    "failure": "could not be checked", "bad_entry": null }))?;
+            } else {
+                eprintln!("error: {msg}");
+            }
+            Ok(Err(ExitCode::from(2)))
+        };
+        let dial = match crate::cmd::federation::dial_to(
+            "--remote",
+            url,
+            self.ca.as_deref(),
+            self.server_name.as_deref(),
+            self.insecure,
+            Duration::from_secs(30),
+        ) {
+            Ok(d) => d,
+            Err(e) => return fail(format!("{e:#}")),
+        };
+        let (head, entries, secs) = match cohort_net::ledger::fetch_ledger(&dial) {
+            Ok(x) => x,
+            Err(e) => return fail(format!("{url}: {e}")),
+        };
+        match LedgerState::check(&head, &entries, secs) {
+            Ok(s) => Ok(Ok(s)),
+            Err(e) => Ok(Err(report_failure(Path::new(url), &e, json)?)),
+        }
     }
 }

@@ -1,5 +1,4 @@
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use alloy_primitives::Address;
@@ -17,8 +16,8 @@ use crate::output::{Table, print_json};
 /// shown, and the command exits 1 naming what is wrong (2 if it cannot be read).
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The ledger directory.
-    dir: PathBuf,
+    #[command(flatten)]
+    source: super::Source,
     /// How many of the latest entries to list (0 for all).
     #[arg(long, default_value_t = 20, allow_negative_numbers = true, value_parser = int_in(0u64..))]
     entries: u64,
@@ -47,13 +46,22 @@ struct Account {
 
 impl Args {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
-        let state = LedgerReader::open(&self.dir).and_then(|r| {
-            super::note_recovery(&r);
-            r.replay()
-        });
-        let ledger = match state {
-            Ok(s) => s,
-            Err(e) => return super::report_failure(&self.dir, &e, self.json),
+        self.source.check()?;
+        let ledger = match self.source.dir() {
+            Some(dir) => {
+                let state = LedgerReader::open(dir).and_then(|r| {
+                    super::note_recovery(&r);
+                    r.replay()
+                });
+                match state {
+                    Ok(s) => s,
+                    Err(e) => return super::report_failure(dir, &e, self.json),
+                }
+            }
+            None => match self.source.remote_state(self.json)? {
+                Ok(state) => state,
+                Err(code) => return Ok(code),
+            },
         };
         let size = ledger.len();
         let first = if self.entries == 0 {

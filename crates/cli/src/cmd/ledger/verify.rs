@@ -1,4 +1,3 @@
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use cohort_ledger::LedgerReader;
@@ -9,10 +8,11 @@ use crate::output::print_json;
 /// links to the one before, every signature verifies, re-execution reproduces every receipt,
 /// and the Merkle root equals the signed checkpoint's. Read-only; needs no key. Exit 0 if all
 /// holds, 1 naming what is wrong if the ledger is tampered or damaged, 2 if it cannot be read.
+/// With --remote, the ledger a running coordinator serves, fetched and checked here.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The ledger directory.
-    dir: PathBuf,
+    #[command(flatten)]
+    source: super::Source,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -20,14 +20,23 @@ pub struct Args {
 
 impl Args {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
+        self.source.check()?;
         let started = std::time::Instant::now();
-        let checked = LedgerReader::open(&self.dir).and_then(|r| {
-            super::note_recovery(&r);
-            Ok((r.verify()?, r.recovered()))
-        });
-        let (r, recovered) = match checked {
-            Ok(x) => x,
-            Err(e) => return super::report_failure(&self.dir, &e, self.json),
+        let (r, recovered) = match self.source.dir() {
+            Some(dir) => {
+                let checked = LedgerReader::open(dir).and_then(|r| {
+                    super::note_recovery(&r);
+                    Ok((r.verify()?, r.recovered()))
+                });
+                match checked {
+                    Ok(x) => x,
+                    Err(e) => return super::report_failure(dir, &e, self.json),
+                }
+            }
+            None => match self.source.remote_state(self.json)? {
+                Ok(state) => (state.report().clone(), false),
+                Err(code) => return Ok(code),
+            },
         };
         if self.json {
             print_json(
