@@ -58,8 +58,14 @@ fn keys_for(dir: &Path, clients: u32, validators: u32) -> PathBuf {
 }
 
 fn spawn(args: &[String], log: &Path) -> Child {
+    spawn_env(args, log, &[])
+}
+
+/// `cohort ARGS` with `env` added to the environment, its stderr to `log`.
+fn spawn_env(args: &[String], log: &Path, env: &[(String, String)]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_cohort"))
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
@@ -67,6 +73,12 @@ fn spawn(args: &[String], log: &Path) -> Child {
 }
 
 fn party(dir: &Path, role: &str, i: u32, url: &str, extra: &[&str]) -> Child {
+    let args = party_args(dir, role, i, url, extra);
+    spawn(&args, &dir.join(format!("{role}-{i}.log")))
+}
+
+/// The arguments of `cohort ROLE` for party `i` of the federation in `dir`.
+fn party_args(dir: &Path, role: &str, i: u32, url: &str, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
         role,
         "--coordinator",
@@ -85,7 +97,7 @@ fn party(dir: &Path, role: &str, i: u32, url: &str, extra: &[&str]) -> Child {
     .map(|s| (*s).to_owned())
     .collect();
     args.extend(sets(extra));
-    spawn(&args, &dir.join(format!("{role}-{i}.log")))
+    args
 }
 
 struct Federation {
@@ -98,8 +110,29 @@ fn start(extra: &[&str], enrol_secs: u64) -> Federation {
     start_with(extra, enrol_secs, 2, &[])
 }
 
+/// A coordinator for 3 clients and 2 validators, with `more` arguments and `env` added to its
+/// environment.
+fn start_env(
+    extra: &[&str],
+    enrol_secs: u64,
+    more: &[&str],
+    env: &[(String, String)],
+) -> Federation {
+    start_full(extra, enrol_secs, 2, more, env)
+}
+
 /// A coordinator for 3 clients and `validators` validators, with `more` arguments.
 fn start_with(extra: &[&str], enrol_secs: u64, validators: u32, more: &[&str]) -> Federation {
+    start_full(extra, enrol_secs, validators, more, &[])
+}
+
+fn start_full(
+    extra: &[&str],
+    enrol_secs: u64,
+    validators: u32,
+    more: &[&str],
+    env: &[(String, String)],
+) -> Federation {
     let dir = tempfile::tempdir().unwrap();
     let admit = keys_for(dir.path(), 3, validators);
     let port = cohort_testkit::free_port();
@@ -126,7 +159,7 @@ fn start_with(extra: &[&str], enrol_secs: u64, validators: u32, more: &[&str]) -
         more.iter()
             .map(|s| s.replace("{dir}", common::p(dir.path()))),
     );
-    let coordinator = spawn(&args, &dir.path().join("coordinator.log"));
+    let coordinator = spawn_env(&args, &dir.path().join("coordinator.log"), env);
     Federation {
         dir,
         coordinator,
@@ -306,7 +339,10 @@ fn a_coordinator_killed_at_random_points_resumes_and_its_parties_reconnect() {
             std::fs::read_to_string(out.join("state/rounds.jsonl")).map_or(0, |s| s.lines().count())
         };
         let wait = if kills < 6 {
-            let target = rng.random_range(settled()..=ROUNDS);
+            // The first three in rounds still to run, so that they land however fast the
+            // machine is; then anywhere, the end of the run included.
+            let last = if kills < 3 { ROUNDS - 1 } else { ROUNDS };
+            let target = rng.random_range(settled().min(last)..=last);
             let delay = full.mul_f64(rng.random_range(0.0..1.0) / ROUNDS as f64);
             Some((target, delay))
         } else {
@@ -674,4 +710,103 @@ fn an_auditor_reads_and_checks_a_running_coordinators_ledger_over_the_network() 
     let net = finished(f.coordinator, d);
     assert!(net["summary"]["ledger_entries"].as_u64().unwrap() >= entries);
     verified_and_parties_done(d, parties);
+}
+
+#[test]
+fn with_a_shared_s3_store_blobs_bypass_the_coordinator_and_the_run_is_the_same() {
+    // A real S3 server (s3s-fs on loopback): the coordinator and every party give the same
+    // --blobs; models and updates go through the bucket, only their hashes through the
+    // coordinator, and the outcome is the in-process run's.
+    let s3 = cohort_testkit::s3::S3Server::start();
+    let bucket = format!("s3://{}/federation", cohort_testkit::s3::BUCKET);
+    let env = s3.env_with("AWS_SECRET_ACCESS_KEY", cohort_testkit::s3::SECRET_KEY);
+    let f = start_env(&[], 60, &["--blobs", &bucket], &env);
+    let d = f.dir.path();
+    let parties: Vec<Child> = (0..3)
+        .map(|i| ("client", i))
+        .chain((0..2).map(|i| ("validator", i)))
+        .map(|(role, i)| {
+            let mut args = party_args(d, role, i, &f.url, &[]);
+            args.extend(["--blobs".to_owned(), bucket.clone()]);
+            spawn_env(&args, &d.join(format!("{role}-{i}.log")), &env)
+        })
+        .collect();
+    let net = finished(f.coordinator, d);
+    verified_and_parties_done(d, parties);
+    let log = std::fs::read_to_string(d.join("coordinator.log")).unwrap();
+    assert!(
+        log.contains("blobs: 0 sent and 0 received through the coordinator"),
+        "{log}"
+    );
+    assert!(
+        !log.contains(" 0 replies' blobs read from the shared store"),
+        "{log}"
+    );
+    assert!(s3.objects().len() >= 4, "{:?}", s3.objects());
+
+    let local_dir = d.join("local");
+    let mut args = vec![
+        "run".to_owned(),
+        common::p(&config()).to_owned(),
+        "--out".to_owned(),
+        common::p(&local_dir).to_owned(),
+        "--json".to_owned(),
+    ];
+    args.extend(sets(&[]));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = common::cohort(&args);
+    assert!(o.status.success(), "{}", common::text(&o));
+    let local: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(outcome(&net["summary"]), outcome(&local["summary"]));
+    assert_eq!(
+        net["summary"]["final_holdings"],
+        local["summary"]["final_holdings"]
+    );
+}
+
+#[test]
+fn a_party_whose_blob_store_is_not_the_coordinators_is_told_or_falls_back() {
+    let s3 = cohort_testkit::s3::S3Server::start();
+    let env = s3.env_with("AWS_SECRET_ACCESS_KEY", cohort_testkit::s3::SECRET_KEY);
+    let bucket = |prefix: &str| format!("s3://{}/{prefix}", cohort_testkit::s3::BUCKET);
+    // The coordinator shares one prefix; client 0 gives another: it stops, naming both.
+    let f = start_env(&[], 20, &["--blobs", &bucket("one")], &env);
+    let d = f.dir.path();
+    let mut args = party_args(d, "client", 0, &f.url, &[]);
+    args.extend(["--blobs".to_owned(), bucket("two")]);
+    let wrong = spawn_env(&args, &d.join("client-0.log"), &env);
+    let o = wait(
+        wrong,
+        60,
+        "the misconfigured party",
+        &d.join("client-0.log"),
+    );
+    assert!(!o.status.success());
+    let log = std::fs::read_to_string(d.join("client-0.log")).unwrap();
+    assert!(
+        log.contains(&bucket("two")) && log.contains(&bucket("one")),
+        "{log}"
+    );
+    let mut c = f.coordinator;
+    let _ = c.kill();
+    let _ = c.wait();
+
+    // A coordinator that shares nothing: a party with --blobs sends its blobs through it, and
+    // the run completes.
+    let f = start_env(&[], 60, &[], &env);
+    let d = f.dir.path();
+    let parties: Vec<Child> = (0..3)
+        .map(|i| ("client", i))
+        .chain((0..2).map(|i| ("validator", i)))
+        .map(|(role, i)| {
+            let mut args = party_args(d, role, i, &f.url, &[]);
+            args.extend(["--blobs".to_owned(), bucket("unshared")]);
+            spawn_env(&args, &d.join(format!("{role}-{i}.log")), &env)
+        })
+        .collect();
+    let net = finished(f.coordinator, d);
+    verified_and_parties_done(d, parties);
+    assert_eq!(net["summary"]["rounds"].as_array().unwrap().len(), 3);
+    let log = std::fs::read_to_string(d.join("client-0.log")).unwrap();
+    assert!(log.contains("shares no blob store"), "{log}");
 }

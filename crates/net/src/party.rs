@@ -11,9 +11,11 @@
 //! it has answered already (the reply was lost with the connection) is answered again from the
 //! link's copy of the reply, so a party never trains twice for one request.
 
+use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
+use cohort_blob::BlobStore;
 use cohort_core::Hash32;
 use cohort_node::party::{PartyNode, SessionSigner};
 use cohort_node::transport::{Party, Reply, Request};
@@ -38,6 +40,11 @@ pub struct Dial {
     pub tls: Option<ClientTlsConfig>,
     /// How long a party keeps dialling without getting a session before it gives up.
     pub give_up: Duration,
+    /// A blob store the party shares with the coordinator (`--blobs s3://...`): the party reads
+    /// the blobs a request names from it and writes its replies' blobs to it, so that they do
+    /// not travel through the coordinator; a blob it cannot find or write there goes through
+    /// the coordinator as usual. `None`: every blob through the coordinator.
+    pub blobs: Option<Arc<dyn BlobStore>>,
 }
 
 impl Dial {
@@ -47,7 +54,23 @@ impl Dial {
             url: url.into(),
             tls: None,
             give_up: Duration::from_secs(600),
+            blobs: None,
         }
+    }
+}
+
+/// Runs a blocking blob-store call on a thread of its own (a store may run its own runtime,
+/// which it cannot do inside the link's).
+async fn off_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, cohort_blob::BlobError> + Send + 'static,
+) -> Result<T, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("the blob store's thread stopped".into()),
     }
 }
 
@@ -281,6 +304,7 @@ impl Link {
             .session
             .parse()
             .map_err(|_| NetError::Protocol("a malformed session token".into()))?;
+        let store = self.shared_store(&welcome.blob_store)?;
         let beat_every = Duration::from_secs(u64::from(welcome.heartbeat_seconds.clamp(1, 3600)));
         let silence = beat_every * 3;
         let mut beat = tokio::time::interval(beat_every);
@@ -298,7 +322,7 @@ impl Link {
                         return Err(NetError::Protocol("the host stopped".into()));
                     };
                     *answered = Some((id, reply.clone()));
-                    if let Err(e) = self.send_reply(&mut client, &token, &send, id, reply).await {
+                    if let Err(e) = self.send_reply(&mut client, &token, &send, id, reply, store.as_ref()).await {
                         return dropped(e);
                     }
                 }
@@ -313,12 +337,12 @@ impl Link {
                             if let Some((id, reply)) = answered.as_ref().filter(|(id, _)| *id == e.id) {
                                 // Answered before the connection dropped: the same reply again.
                                 let (id, reply) = (*id, reply.clone());
-                                if let Err(err) = self.send_reply(&mut client, &token, &send, id, reply).await {
+                                if let Err(err) = self.send_reply(&mut client, &token, &send, id, reply, store.as_ref()).await {
                                     return dropped(err);
                                 }
                                 continue;
                             }
-                            let request = match self.fetch(&mut client, &token, &e).await {
+                            let request = match self.fetch(&mut client, &token, &e, store.as_ref()).await {
                                 Ok(r) => r,
                                 Err(NetError::Protocol(why)) => {
                                     tracing::warn!(party = %self.party, id = e.id, "a malformed request: {why}");
@@ -359,19 +383,55 @@ impl Link {
         }
     }
 
+    /// The blob store to use this session: the party's `--blobs` when the coordinator shares
+    /// one (`coordinator`, its location, non-empty); none otherwise, with a warning. Two
+    /// different S3 locations are a misconfiguration the party stops on (the coordinator could
+    /// never read what it writes).
+    fn shared_store(&self, coordinator: &str) -> Result<Option<Arc<dyn BlobStore>>, NetError> {
+        let Some(mine) = &self.dial.blobs else {
+            return Ok(None);
+        };
+        if coordinator.is_empty() {
+            tracing::warn!(party = %self.party, "--blobs {}: the coordinator shares no blob store; blobs go through it", mine.location());
+            return Ok(None);
+        }
+        let here = mine.location();
+        if here.starts_with("s3://") && coordinator.starts_with("s3://") && here != coordinator {
+            return Err(NetError::Protocol(format!(
+                "--blobs {here}: the coordinator shares {coordinator}; give the same store"
+            )));
+        }
+        Ok(Some(Arc::clone(mine)))
+    }
+
     /// The request an envelope carries, with its blobs downloaded.
     async fn fetch(
         &self,
         client: &mut FederationClient<Channel>,
         token: &MetadataValue<tonic::metadata::Ascii>,
         e: &pb::Envelope,
+        store: Option<&Arc<dyn BlobStore>>,
     ) -> Result<Request, NetError> {
         let hashes = crate::wire::blob_hashes(e)?;
         let mut blobs = std::collections::HashMap::new();
         for h in &hashes {
-            if !blobs.contains_key(h) {
-                blobs.insert(*h, download(client, token, h).await?);
+            if blobs.contains_key(h) {
+                continue;
             }
+            // From the shared store first (the store checks the hash), else the coordinator.
+            if let Some(store) = store {
+                let (store, want) = (Arc::clone(store), *h);
+                match off_runtime(move || store.get(&want)).await {
+                    Ok(b) => {
+                        blobs.insert(*h, b);
+                        continue;
+                    }
+                    Err(why) => {
+                        tracing::debug!(party = %self.party, blob = %h, "not from the shared store ({why}): from the coordinator");
+                    }
+                }
+            }
+            blobs.insert(*h, download(client, token, h).await?);
         }
         fill_request(e, |h| {
             blobs
@@ -388,6 +448,7 @@ impl Link {
         send: &impl Fn(party_frame::Kind) -> Result<(), NetError>,
         id: u64,
         reply: Reply,
+        store: Option<&Arc<dyn BlobStore>>,
     ) -> Result<(), NetError> {
         let what = match &reply {
             Reply::Enrol(_) => "enrolment",
@@ -397,6 +458,20 @@ impl Link {
         };
         let (envelope, blobs) = strip_reply(id, reply)?;
         for (h, b) in blobs {
+            // To the shared store when there is one (the coordinator reads it from there).
+            if let Some(store) = store {
+                let store = Arc::clone(store);
+                let (b2, want) = (b.clone(), h);
+                match off_runtime(move || store.put(&b2)).await {
+                    Ok(got) if got == want => continue,
+                    Ok(got) => {
+                        tracing::warn!(party = %self.party, "the shared store named blob {want} {got}: sent through the coordinator")
+                    }
+                    Err(why) => {
+                        tracing::warn!(party = %self.party, blob = %h, "the shared store refused the blob ({why}): sent through the coordinator")
+                    }
+                }
+            }
             upload(client, token, &h, Bytes::from(b)).await?;
         }
         send(party_frame::Kind::Reply(envelope))?;

@@ -142,6 +142,7 @@ pub fn run_over_loopback<B: LedgerBackend, L: Learner + Sync + ?Sized>(
         url: format!("https://{addr}"),
         tls: Some(party_tls),
         give_up: Duration::from_secs(600),
+        blobs: None,
     };
     let mut transport =
         GrpcTransport::new(Arc::clone(&hub), deadlines(cfg, Duration::from_secs(600)));
@@ -178,6 +179,8 @@ pub struct Listen {
     pub enrol: Duration,
     /// The run's identifier the parties sign into their session proofs.
     pub run: String,
+    /// A blob store shared with the parties (see [`HubConfig::blobs`]).
+    pub blobs: Option<Arc<dyn cohort_blob::BlobStore>>,
 }
 
 /// Runs `cfg` as its coordinator, the clients and validators being separate processes that
@@ -196,7 +199,9 @@ pub fn run_as_coordinator<B: LedgerBackend, L: Learner + ?Sized>(
 ) -> Result<(Protocol<B>, RunSummary), RunError> {
     let link = |e: NetError| RunError::Transport(TransportError::Link(e.to_string()));
     let roster = net.admit.roster();
-    let hub = Hub::new(HubConfig::new(net.run, net.admit));
+    let mut hub_cfg = HubConfig::new(net.run, net.admit);
+    hub_cfg.blobs = net.blobs;
+    let hub = Hub::new(hub_cfg);
     // What the ledger makes durable is served: the parties check each checkpoint extends the
     // last, and auditors read it (`cohort ledger verify --remote`).
     if let Some(ledger) = backend.published() {
@@ -221,6 +226,14 @@ pub fn run_as_coordinator<B: LedgerBackend, L: Learner + ?Sized>(
         Ok(_) => hub.finish("the run is complete"),
         Err(e) => hub.finish(&format!("the run stopped: {e}")),
     }
+    let t = hub.transfers();
+    tracing::info!(
+        "blobs: {} sent and {} received through the coordinator, {} replies' blobs read from \
+         the shared store",
+        t.served,
+        t.received,
+        t.from_store
+    );
     // Let the parties read that the run is over before the server goes.
     let untold = hub.linger(resumed, LINGER);
     log_untold(&untold);

@@ -19,6 +19,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use cohort_blob::BlobStore;
 use cohort_core::{Hash32, PublicKey};
 use cohort_ledger::Published;
 use cohort_node::transport::{Party, Reply, Request, Transport, TransportError};
@@ -50,6 +51,10 @@ pub struct HubConfig {
     pub heartbeat: Duration,
     /// The largest blob a party may upload.
     pub max_blob: u64,
+    /// A blob store the parties share (`--blobs s3://...` on both sides): a reply whose blobs
+    /// were not uploaded here is completed from it, so that blobs need not travel through the
+    /// coordinator. `None`: every blob is uploaded here.
+    pub blobs: Option<Arc<dyn BlobStore>>,
 }
 
 impl HubConfig {
@@ -60,6 +65,7 @@ impl HubConfig {
             admit,
             heartbeat: Duration::from_secs(5),
             max_blob: 2 << 30,
+            blobs: None,
         }
     }
 }
@@ -137,6 +143,22 @@ struct State {
     seen: HashSet<Party>,
     /// Parties sent the `Finished` frame.
     told: HashSet<Party>,
+    /// Replies whose blobs were not uploaded here, to complete from the shared blob store (on
+    /// the coordinator's thread: a store may not block inside the server's runtime).
+    from_store: Vec<(Party, pb::Envelope)>,
+    /// Blobs served by `GetBlob` and received by `PutBlob`, for the record.
+    transfers: Transfers,
+}
+
+/// How many blobs went through the coordinator, each way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transfers {
+    /// `GetBlob` calls served.
+    pub served: u64,
+    /// Uploads completed by `PutBlob`.
+    pub received: u64,
+    /// Reply blobs read from the shared store instead.
+    pub from_store: u64,
 }
 
 impl State {
@@ -426,6 +448,12 @@ impl Hub {
             party: party.to_string(),
             session: token,
             heartbeat_seconds: self.cfg.heartbeat.as_secs().max(1) as u32,
+            blob_store: self
+                .cfg
+                .blobs
+                .as_ref()
+                .map(|b| b.location())
+                .unwrap_or_default(),
         }))));
         // Everything it has not answered yet, again (it may have missed it).
         for p in st.pending.values().filter(|p| p.party == party) {
@@ -455,6 +483,20 @@ impl Hub {
             tracing::warn!(%party, id = e.id, "a reply to another party's request: dropped");
             return;
         }
+        if self.cfg.blobs.is_some()
+            && let Ok(hashes) = crate::wire::blob_hashes(&e)
+            && hashes.iter().any(|h| !st.uploaded.contains_key(h))
+        {
+            if st.from_store.iter().any(|(_, q)| q.id == e.id) {
+                tracing::debug!(%party, id = e.id, "the same reply again: dropped");
+                return;
+            }
+            // Left in the shared store: completed on the coordinator's thread.
+            st.from_store.push((party, e));
+            drop(st);
+            self.changed.notify_all();
+            return;
+        }
         let reply = {
             let uploaded = &st.uploaded;
             fill_reply(&e, |h| {
@@ -464,6 +506,27 @@ impl Hub {
                     .ok_or_else(|| NetError::Protocol(format!("blob {h} was not uploaded")))
             })
         };
+        self.take_reply(&mut st, party, &e, reply);
+        drop(st);
+        self.changed.notify_all();
+    }
+
+    /// Records `reply` (the envelope `e` filled) as `party`'s answer to its pending request,
+    /// or drops it with a log line naming why.
+    fn take_reply(
+        &self,
+        st: &mut State,
+        party: Party,
+        e: &pb::Envelope,
+        reply: Result<Reply, NetError>,
+    ) {
+        match st.pending.get(&e.id) {
+            Some(p) if p.party == party => {}
+            _ => {
+                tracing::debug!(%party, id = e.id, "a reply to no pending request (late or repeated): dropped");
+                return;
+            }
+        }
         let reply = match reply {
             Ok(r) if r.from() == party => r,
             Ok(r) => {
@@ -475,7 +538,7 @@ impl Hub {
                 return;
             }
         };
-        if let Ok(hashes) = crate::wire::blob_hashes(&e) {
+        if let Ok(hashes) = crate::wire::blob_hashes(e) {
             for h in hashes {
                 st.uploaded.remove(&h);
             }
@@ -484,20 +547,66 @@ impl Hub {
             st.release(&p.blobs);
         }
         st.replies.insert(e.id, reply);
-        drop(st);
+    }
+
+    /// Completes the replies left in the shared store (outside the lock: the store may be
+    /// remote) and records them.
+    fn complete_from_store(&self) {
+        let Some(store) = &self.cfg.blobs else {
+            return;
+        };
+        let waiting = std::mem::take(&mut self.lock().from_store);
+        for (party, e) in waiting {
+            let mut read = 0;
+            let reply = {
+                let st = self.lock();
+                let here: HashMap<Hash32, Vec<u8>> = crate::wire::blob_hashes(&e)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|h| st.uploaded.get(&h).map(|b| (h, b.to_vec())))
+                    .collect();
+                drop(st);
+                fill_reply(&e, |h| match here.get(h) {
+                    Some(b) => Ok(b.clone()),
+                    None => {
+                        read += 1;
+                        store.get(h).map_err(|err| {
+                            NetError::Protocol(format!(
+                                "blob {h} was neither uploaded nor in the shared store ({err})"
+                            ))
+                        })
+                    }
+                })
+            };
+            let mut st = self.lock();
+            st.transfers.from_store += read;
+            self.take_reply(&mut st, party, &e, reply);
+        }
         self.changed.notify_all();
+    }
+
+    /// How many blobs went through the coordinator, and how many replies' blobs came from the
+    /// shared store instead.
+    pub fn transfers(&self) -> Transfers {
+        self.lock().transfers
     }
 
     fn get_blob(&self, party: Party, range: &pb::BlobRange) -> Result<Bytes, Status> {
         let h = hash_of(&range.hash, "the blob's hash")
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let st = self.lock();
+        let mut st = self.lock();
         let allowed = st
             .pending
             .values()
             .any(|p| p.party == party && p.blobs.contains(&h));
-        match st.offered.get(&h) {
-            Some((b, _)) if allowed => Ok(b.clone()),
+        let blob = st.offered.get(&h).map(|(b, _)| b.clone());
+        match blob {
+            Some(b) if allowed => {
+                if range.offset == 0 {
+                    st.transfers.served += 1;
+                }
+                Ok(b)
+            }
             _ => Err(Status::not_found(format!(
                 "blob {h} is not offered to {party}"
             ))),
@@ -655,6 +764,7 @@ impl Hub {
                 len: total,
             },
         );
+        st.transfers.received += 1;
         Ok(pb::BlobStatus {
             offset: total,
             complete: true,
@@ -892,19 +1002,30 @@ impl Transport for GrpcTransport {
     }
 
     fn poll(&mut self, _now: u64) -> Result<Vec<Reply>, TransportError> {
-        let mut st = self.hub.lock();
-        while let Some(first) = st.pending.values().map(|p| p.deadline).min() {
-            let now = Instant::now();
-            if first <= now {
-                break;
+        // Waits until every pending request is answered or one passes its deadline, so that a
+        // phase's replies come back together, in request order; replies left in the shared
+        // blob store are completed on this thread meanwhile.
+        let mut st = loop {
+            self.hub.complete_from_store();
+            let mut st = self.hub.lock();
+            while st.from_store.is_empty()
+                && let Some(first) = st.pending.values().map(|p| p.deadline).min()
+            {
+                let now = Instant::now();
+                if first <= now {
+                    break;
+                }
+                st = self
+                    .hub
+                    .changed
+                    .wait_timeout(st, first - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
             }
-            st = self
-                .hub
-                .changed
-                .wait_timeout(st, first - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+            if st.from_store.is_empty() {
+                break st;
+            }
+        };
         let now = Instant::now();
         let expired: Vec<u64> = st
             .pending

@@ -66,6 +66,7 @@ fn dial(url: String, tls: Option<tonic::transport::ClientTlsConfig>) -> Dial {
         url,
         tls,
         give_up: Duration::from_secs(20),
+        blobs: None,
     }
 }
 

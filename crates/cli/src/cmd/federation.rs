@@ -30,6 +30,8 @@ pub struct Network {
     admit: Admit,
     tls: Option<cohort_net::tls::ServerTlsConfig>,
     enrol: Duration,
+    /// The blob store given with --blobs, shared with the parties that give it too.
+    blobs: Option<std::sync::Arc<dyn cohort_blob::BlobStore>>,
 }
 
 impl Network {
@@ -51,6 +53,7 @@ impl Network {
             tls: self.tls,
             enrol: self.enrol,
             run: origin.to_owned(),
+            blobs: self.blobs,
         }
     }
 }
@@ -126,6 +129,14 @@ impl CoordinatorArgs {
         if self.run.check {
             return self.run.execute();
         }
+        // A blob store given explicitly is shared: parties given the same --blobs read and write
+        // blobs there, and the coordinator reads their replies' blobs from it.
+        let blobs = match &self.run.blobs {
+            Some(spec) => Some(std::sync::Arc::from(
+                cohort_blob::open(spec).context("--blobs")?,
+            )),
+            None => None,
+        };
         let listener = TcpListener::bind(&self.listen)
             .with_context(|| format!("--listen {}: cannot listen there", self.listen))?;
         // The coordinator's and the governance's keys come from a fresh secret kept in
@@ -142,6 +153,7 @@ impl CoordinatorArgs {
             admit,
             tls,
             enrol: Duration::from_secs(self.enrol_timeout),
+            blobs,
         });
         self.run.execute()
     }
@@ -186,6 +198,12 @@ pub struct PartyArgs {
     /// Seconds to keep dialling without a session before giving up.
     #[arg(long, value_name = "SECONDS", default_value_t = 600, value_parser = int_in(1..=86_400u64))]
     give_up: u64,
+    /// The blob store the coordinator shares (its --blobs: s3://BUCKET/PREFIX, credentials from
+    /// the AWS_* environment, or a directory both can reach): this party reads the models it is
+    /// sent and writes its updates there, and only their hashes travel through the
+    /// coordinator. A blob it cannot find or write there goes through the coordinator.
+    #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX")]
+    blobs: Option<String>,
     /// Check the URL, the CA, the key file, the config, --index and the files the task reads
     /// as a start would, print what this party would do and exit without dialling.
     #[arg(long)]
@@ -194,14 +212,20 @@ pub struct PartyArgs {
 
 impl PartyArgs {
     fn dial(&self) -> anyhow::Result<Dial> {
-        dial_to(
+        let mut dial = dial_to(
             "--coordinator",
             &self.coordinator,
             self.ca.as_deref(),
             self.server_name.as_deref(),
             self.insecure,
             Duration::from_secs(self.give_up),
-        )
+        )?;
+        if let Some(spec) = &self.blobs {
+            dial.blobs = Some(std::sync::Arc::from(
+                cohort_blob::open(spec).context("--blobs")?,
+            ));
+        }
+        Ok(dial)
     }
 
     fn execute(self, role: &str) -> anyhow::Result<ExitCode> {
@@ -358,5 +382,6 @@ pub(crate) fn dial_to(
         url: url.to_owned(),
         tls,
         give_up,
+        blobs: None,
     })
 }

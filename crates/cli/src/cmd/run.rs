@@ -87,7 +87,7 @@ pub struct Args {
     /// (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`; see
     /// docs/blobs.md). Default: DIR/blobs.
     #[arg(long, value_name = "LOCATION")]
-    blobs: Option<String>,
+    pub(crate) blobs: Option<String>,
     /// Write every event of the run (set-up, round opened, update received and validated,
     /// commitment, reveal, consensus, aggregate, settlement in base units, test metrics,
     /// holdings in base units, checkpoint, resumed, finished) to FILE as JSON lines, one object
