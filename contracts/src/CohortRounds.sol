@@ -489,7 +489,9 @@ abstract contract CohortRounds is CohortBase {
         uint256[] memory words = new uint256[]((n + 255) >> 8);
         for (uint256 j = n - k; j < n; ++j) {
             uint256 t = uint256(keccak256(abi.encode(seed, j))) % (j + 1);
-            if ((words[t >> 8] >> (t & 255)) & 1 != 0) t = j;
+            // t, or j when t is taken, without a branch: the gas does not depend on the draw.
+            uint256 taken = (words[t >> 8] >> (t & 255)) & 1;
+            t += taken * (j - t);
             words[t >> 8] |= 1 << (t & 255);
         }
         mapping(uint256 => uint256) storage bits = _sampled[roundId];

@@ -188,11 +188,19 @@ fn normalized(txs: &[Seen], contract: Address, participants: &[Address]) -> Vec<
     let mut derived = 0u32;
     for t in txs {
         for e in decode_events(contract, &t.logs) {
+            // Hashes over an address: dataset ids, commitments, and the beacon (a hash chain
+            // of the roster's addresses and the revealers' salts) with the seeds drawn from it.
             let hash = match e {
                 CohortEvents::DatasetCommitted(d) => d.id,
                 CohortEvents::ScoresCommitted(s) => s.commitment,
+                CohortEvents::RosterExtended(r) => r.beacon,
+                CohortEvents::CohortSampled(c) => c.seed,
+                CohortEvents::BeaconAdvanced(b) => b.beacon,
                 _ => continue,
             };
+            if subst.contains_key(&hash) {
+                continue;
+            }
             derived += 1;
             subst.insert(hash, keccak256(format!("derived {derived}")));
         }
@@ -230,7 +238,8 @@ fn swap_addr(a: Address, contract: Address) -> Address {
 ///
 /// Compared exactly: the number of transactions; per transaction, the decoded events (kind,
 /// order and every field) after participant addresses, the contract address, dataset ids and
-/// score commitments are replaced by placeholders (see [`normalized`]); the protocol outcome
+/// score commitments, and the cohort beacon and seeds, are replaced by placeholders (see
+/// [`normalized`]); the protocol outcome
 /// (accepted/rejected sets, consensus scores, balances and stakes by name).
 ///
 /// Not compared: the raw addresses, dataset ids and commitments (they differ by construction:
@@ -239,7 +248,7 @@ fn swap_addr(a: Address, contract: Address) -> Address {
 ///
 /// Gas: execution costs the same on both (same bytecode, same Osaka rules); the calldata can
 /// differ where it carries an address or a hash over one (mint, approveCoordinator,
-/// commitScores, submitUpdate's dataset id), and calldata costs 4 gas per zero byte and 16
+/// extendRoster, commitScores, submitUpdate's dataset id), and calldata costs 4 gas per zero byte and 16
 /// per other byte. So per transaction `gas_used - calldata_gas(input)` must be equal, and the
 /// raw difference must be exactly the calldata difference.
 #[test]
