@@ -51,7 +51,21 @@ pub fn read(path: &Path, num_words: u32) -> Result<Vec<Review>, DataError> {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(&text, num_words).map_err(|(line, reason)| DataError::Malformed {
+    parse_text(&text, num_words, path)
+}
+
+/// The reviews of `text`, already read from `path` (named in errors), as [`read`] gives them.
+pub fn parse_text(text: &str, num_words: u32, path: &Path) -> Result<Vec<Review>, DataError> {
+    if num_words <= OOV {
+        return Err(DataError::Parameter {
+            what: "num_words",
+            reason: format!(
+                "{num_words} leaves no room for a word beside the out-of-vocabulary index {OOV}: \
+                 use 3 or more"
+            ),
+        });
+    }
+    parse(text, num_words).map_err(|(line, reason)| DataError::Malformed {
         path: path.to_path_buf(),
         line,
         reason,

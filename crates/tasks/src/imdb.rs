@@ -33,6 +33,7 @@ pub use cohort_fl::task::{ImdbModel, ImdbTaskConfig};
 use cohort_fl::{FlError, Layout};
 
 use crate::lm::add_prox;
+use crate::own::{OwnData, OwnDataSummary};
 
 /// The first `take` reviews of `path` (all if 0), through cohort-data's IMDB reader (which
 /// refuses a malformed line by file and line).
@@ -50,6 +51,75 @@ fn read(path: &Path, num_words: u32, take: usize) -> Result<Vec<Example>, FlErro
             ids: r.ids,
         })
         .collect())
+}
+
+/// Checks a party's own reviews file (`LABEL<TAB>ID ID ...` lines, as `task.data`'s
+/// `train.tsv`) for the task `cfg`: what [`ImdbTask::use_own_data`] would use. A client needs
+/// `task.min_client_samples` reviews, a validator one.
+pub fn check_own_data(cfg: &ImdbTaskConfig, own: &OwnData) -> Result<OwnDataSummary, FlError> {
+    Ok(own_reviews(cfg, own)?.0)
+}
+
+fn own_reviews(
+    cfg: &ImdbTaskConfig,
+    own: &OwnData,
+) -> Result<(OwnDataSummary, Vec<Example>), FlError> {
+    cohort_fl::config::check_imdb(cfg)?;
+    let text = own.read_text()?;
+    let reviews = cohort_data::imdb::parse_text(&text, cfg.num_words, own.path()).map_err(|e| {
+        FlError::InvalidConfig {
+            what: own.flag(),
+            reason: format!("{e} (expected LABEL<TAB>ID ID ... lines, as task.data's train.tsv)"),
+        }
+    })?;
+    let need = match own {
+        OwnData::Client { .. } => cfg.min_client_samples.max(1),
+        OwnData::Holdout { .. } => 1,
+    };
+    if reviews.len() < need {
+        return Err(own.err(format!(
+            "{} bytes hold {} reviews, fewer than the minimum of {need}{}",
+            text.len(),
+            reviews.len(),
+            if matches!(own, OwnData::Client { .. }) {
+                " (task.min_client_samples)"
+            } else {
+                ""
+            }
+        )));
+    }
+    let examples: Vec<Example> = reviews
+        .into_iter()
+        .map(|r| Example {
+            label: u32::from(r.label),
+            ids: r.ids,
+        })
+        .collect();
+    let commitment = matches!(own, OwnData::Client { .. }).then(|| reviews_commitment(&examples));
+    let summary = OwnDataSummary {
+        task: "imdb",
+        path: own.path().to_path_buf(),
+        bytes: text.len() as u64,
+        samples: examples.len() as u64,
+        unit: "reviews",
+        tokens: None,
+        commitment,
+    };
+    Ok((summary, examples))
+}
+
+/// The dataset commitment of a client's reviews: one shard per review, its label and ids as
+/// little-endian u32s.
+fn reviews_commitment(reviews: &[Example]) -> (Hash32, u64) {
+    let mut tree = MerkleTree::new();
+    for e in reviews {
+        let mut b = Vec::with_capacity(4 * (e.ids.len() + 1));
+        for v in std::iter::once(&e.label).chain(&e.ids) {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        tree.push_hash(leaf_hash(&b));
+    }
+    (tree.root(), reviews.len() as u64)
 }
 
 /// IMDB sentiment with a tiny GPT classifier, clients split by Dirichlet label skew.
@@ -179,6 +249,23 @@ impl ImdbTask {
             backdoor: None,
             seed,
         })
+    }
+
+    /// Replaces a party's partition by its own reviews file (`own`): client `index` trains on
+    /// it (and commits to its reviews), validator `index` scores on it. Checked as
+    /// [`check_own_data`] does.
+    pub fn use_own_data(&mut self, own: &OwnData) -> Result<OwnDataSummary, FlError> {
+        let (summary, examples) = own_reviews(&self.cfg, own)?;
+        let i = own.index() as usize;
+        let slot = match own {
+            OwnData::Client { .. } => self.clients.get_mut(i),
+            OwnData::Holdout { .. } => self.holdouts.get_mut(i),
+        };
+        let Some(slot) = slot else {
+            return Err(own.err(format!("there is no party {i} of its role in this run")));
+        };
+        *slot = examples;
+        Ok(summary)
     }
 
     /// How many reviews of each label (0, 1) client `k` holds.
@@ -410,16 +497,7 @@ impl Learner for ImdbTask {
         let Some(c) = self.clients.get(client as usize) else {
             return (Hash32::ZERO, 0);
         };
-        // One shard per review: its label and ids, little-endian u32s.
-        let mut tree = MerkleTree::new();
-        for e in c {
-            let mut b = Vec::with_capacity(4 * (e.ids.len() + 1));
-            for v in std::iter::once(&e.label).chain(&e.ids) {
-                b.extend_from_slice(&v.to_le_bytes());
-            }
-            tree.push_hash(leaf_hash(&b));
-        }
-        (tree.root(), c.len() as u64)
+        reviews_commitment(c)
     }
 
     fn holdout_loss(&self, validator: u32, params: &[f32]) -> Result<f64, FlError> {

@@ -20,6 +20,9 @@
 
 pub mod imdb;
 pub mod lm;
+pub mod own;
+
+pub use own::{MAX_OWN_DATA_BYTES, OwnData, OwnDataSummary};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -69,7 +72,24 @@ pub fn build(
     base_dir: &Path,
     cache_dir: &Path,
 ) -> Result<Box<dyn Learner + Send + Sync>, FlError> {
+    build_party(cfg, base_dir, cache_dir, None)
+}
+
+/// [`build`] for one party of a federation that brings its own data: `own` replaces its
+/// partition of the config's data (before any data attack of the config is applied to it).
+/// The config's data is still read: it makes the model (a pretrained base's corpus) and the
+/// other parties' partitions, which this party never touches.
+pub fn build_party(
+    cfg: &ValidConfig,
+    base_dir: &Path,
+    cache_dir: &Path,
+    own: Option<&OwnData>,
+) -> Result<Box<dyn Learner + Send + Sync>, FlError> {
     check_inputs(cfg, base_dir)?;
+    if let (Some(own), TaskConfig::Linear(_)) = (own, &cfg.task) {
+        // Refused, naming the tasks that take a file, before anything is built.
+        check_own_data(cfg, base_dir, own)?;
+    }
     let data_attack = cfg.attack.as_ref().and_then(|a| a.attack.data());
     let mut task: Box<dyn Learner + Send + Sync> = match &cfg.task {
         TaskConfig::Linear(c) => Box::new(LinearTask::new(
@@ -78,19 +98,31 @@ pub fn build(
             cfg.validators,
             cfg.seed,
         )),
-        TaskConfig::Lm(c) => Box::new(lm::LmTask::new(
-            c.clone().resolve(base_dir),
-            cfg.clients,
-            cfg.validators,
-            cfg.seed,
-            cache_dir,
-        )?),
-        TaskConfig::Imdb(c) => Box::new(imdb::ImdbTask::new(
-            c.clone().resolve(base_dir),
-            cfg.clients,
-            cfg.validators,
-            cfg.seed,
-        )?),
+        TaskConfig::Lm(c) => {
+            let mut t = lm::LmTask::new(
+                c.clone().resolve(base_dir),
+                cfg.clients,
+                cfg.validators,
+                cfg.seed,
+                cache_dir,
+            )?;
+            if let Some(own) = own {
+                t.use_own_data(own)?;
+            }
+            Box::new(t)
+        }
+        TaskConfig::Imdb(c) => {
+            let mut t = imdb::ImdbTask::new(
+                c.clone().resolve(base_dir),
+                cfg.clients,
+                cfg.validators,
+                cfg.seed,
+            )?;
+            if let Some(own) = own {
+                t.use_own_data(own)?;
+            }
+            Box::new(t)
+        }
     };
     if let Some(data) = data_attack {
         for k in 0..cfg.clients as u32 {
@@ -140,6 +172,40 @@ pub fn check_inputs(cfg: &ValidConfig, base_dir: &Path) -> Result<(), FlError> {
             need("task.data", &c.data.join("train.tsv"))?;
             need("task.data", &c.data.join("test.tsv"))
         }
+    }
+}
+
+/// The name of the task `cfg` runs: `linear`, `lm` or `imdb`.
+pub fn task_name(cfg: &TaskConfig) -> &'static str {
+    match cfg {
+        TaskConfig::Linear(_) => "linear",
+        TaskConfig::Lm(_) => "lm",
+        TaskConfig::Imdb(_) => "imdb",
+    }
+}
+
+/// Checks a party's own data file `own` for the task of `cfg` (files relative to `base_dir`,
+/// the config file's directory) without building the task, and says what it holds. The
+/// `linear` task has no data file (its data is drawn from the seed): refused.
+pub fn check_own_data(
+    cfg: &ValidConfig,
+    base_dir: &Path,
+    own: &OwnData,
+) -> Result<OwnDataSummary, FlError> {
+    match &cfg.task {
+        TaskConfig::Linear(_) => Err(FlError::InvalidConfig {
+            what: own.flag(),
+            reason: format!(
+                "the linear task has no data file to replace: it draws every party's data from \
+                 the seed. A party's own data (--data for a client, --holdout for a validator) \
+                 is supported by the lm task (UTF-8 text) and the imdb task (LABEL<TAB>IDS \
+                 lines, as task.data's train.tsv); leave {} out to use the partition of the \
+                 config",
+                own.flag()
+            ),
+        }),
+        TaskConfig::Lm(c) => lm::check_own_data(&c.clone().resolve(base_dir), own),
+        TaskConfig::Imdb(c) => imdb::check_own_data(&c.clone().resolve(base_dir), own),
     }
 }
 

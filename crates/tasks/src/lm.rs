@@ -27,6 +27,8 @@ use cohort_fl::partition::shakespeare_roles;
 pub use cohort_fl::task::LmTaskConfig;
 use cohort_fl::{FlError, Layout};
 
+use crate::own::{OwnData, OwnDataSummary};
+
 struct Client {
     role: String,
     lines: Vec<String>,
@@ -43,6 +45,7 @@ pub struct LmTask {
     holdouts: Vec<Vec<u32>>,
     test: Vec<u32>,
     base_dir: PathBuf,
+    tokenizer: Tokenizer,
 }
 
 impl std::fmt::Debug for LmTask {
@@ -248,7 +251,34 @@ impl LmTask {
             holdouts,
             test,
             base_dir: model_dir,
+            tokenizer,
         })
+    }
+
+    /// Replaces a party's partition by its own text file (`own`): client `index` trains on
+    /// it (and commits to its lines), validator `index` scores on it. What the file holds is
+    /// checked as [`check_own_data`] does.
+    pub fn use_own_data(&mut self, own: &OwnData) -> Result<OwnDataSummary, FlError> {
+        let text = own.read_text()?;
+        let (summary, lines, tokens) = own_text(&self.cfg, &self.tokenizer, own, &text)?;
+        let i = own.index() as usize;
+        match own {
+            OwnData::Client { .. } => {
+                let Some(c) = self.clients.get_mut(i) else {
+                    return Err(own.err(format!("there is no client {i} in this run")));
+                };
+                c.role = format!("{}", own.path().display());
+                c.lines = lines;
+                c.tokens = tokens;
+            }
+            OwnData::Holdout { .. } => {
+                let Some(h) = self.holdouts.get_mut(i) else {
+                    return Err(own.err(format!("there is no validator {i} in this run")));
+                };
+                *h = tokens;
+            }
+        }
+        Ok(summary)
     }
 
     /// The speaking role of each client, in client order.
@@ -276,6 +306,98 @@ impl LmTask {
         .map_err(crate::task_err("evaluating the language model"))?;
         Ok(s.loss)
     }
+}
+
+/// The tokenizer the task `cfg` uses, without building the model: the base checkpoint's, or
+/// the characters of the corpus for a pretrained base (as [`LmTask::new`] makes it).
+fn tokenizer_of(cfg: &LmTaskConfig) -> Result<Tokenizer, FlError> {
+    match &cfg.base {
+        Some(dir) if !dir.join("config.json").is_file() => Err(FlError::InvalidConfig {
+            what: "task.base",
+            reason: format!("{} holds no config.json", dir.display()),
+        }),
+        Some(dir) => {
+            Tokenizer::load(dir).map_err(crate::task_err("loading the base model's tokenizer"))
+        }
+        None => {
+            let text =
+                std::fs::read_to_string(&cfg.corpus).map_err(|e| FlError::InvalidConfig {
+                    what: "task.corpus",
+                    reason: format!("{}: {e}", cfg.corpus.display()),
+                })?;
+            Ok(Tokenizer::chars_of(&text))
+        }
+    }
+}
+
+/// Checks a party's own text file for the task `cfg` without building the model (reads the
+/// tokenizer and the file): what [`LmTask::use_own_data`] would use.
+pub fn check_own_data(cfg: &LmTaskConfig, own: &OwnData) -> Result<OwnDataSummary, FlError> {
+    cohort_fl::config::check_lm(cfg)?;
+    let text = own.read_text()?;
+    let tokenizer = tokenizer_of(cfg)?;
+    Ok(own_text(cfg, &tokenizer, own, &text)?.0)
+}
+
+/// The lines and tokens of a party's own `text` (read from `own`), refused if the tokenizer
+/// cannot encode it or it is shorter than one window.
+fn own_text(
+    cfg: &LmTaskConfig,
+    tokenizer: &Tokenizer,
+    own: &OwnData,
+    text: &str,
+) -> Result<(OwnDataSummary, Vec<String>, Vec<u32>), FlError> {
+    let tokens = match tokenizer.encode(text) {
+        Ok(t) => t,
+        Err(e) => {
+            // Name the first line it cannot encode.
+            let line = text
+                .lines()
+                .position(|l| tokenizer.encode_plain(l).is_err())
+                .map_or_else(String::new, |n| format!(" (line {})", n + 1));
+            let whose = if cfg.base.is_some() {
+                "the base model's tokenizer".to_owned()
+            } else {
+                format!(
+                    "the task's tokenizer (the {} characters of task.corpus {})",
+                    tokenizer.vocab_size(),
+                    cfg.corpus.display()
+                )
+            };
+            return Err(own.err(format!("{whose} cannot encode it{line}: {e}")));
+        }
+    };
+    let need = cfg.seq_len + 2;
+    if tokens.len() < need {
+        return Err(own.err(format!(
+            "{} bytes make {} tokens, fewer than the minimum of {need} (one window: task.seq_len \
+             {} + 2)",
+            text.len(),
+            tokens.len(),
+            cfg.seq_len
+        )));
+    }
+    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let commitment = matches!(own, OwnData::Client { .. }).then(|| lines_commitment(&lines));
+    let summary = OwnDataSummary {
+        task: "lm",
+        path: own.path().to_path_buf(),
+        bytes: text.len() as u64,
+        samples: lines.len() as u64,
+        unit: "lines",
+        tokens: Some(tokens.len() as u64),
+        commitment,
+    };
+    Ok((summary, lines, tokens))
+}
+
+/// The dataset commitment of a client's training text: one shard per line.
+fn lines_commitment(lines: &[String]) -> (Hash32, u64) {
+    let mut tree = MerkleTree::new();
+    for l in lines {
+        tree.push_hash(leaf_hash(l.as_bytes()));
+    }
+    (tree.root(), lines.len() as u64)
 }
 
 /// Pretrains (or finds in the cache) the base model and returns its directory.
@@ -417,11 +539,7 @@ impl Learner for LmTask {
             return (Hash32::ZERO, 0);
         };
         // One shard per line of the client's training text.
-        let mut tree = MerkleTree::new();
-        for l in &c.lines {
-            tree.push_hash(leaf_hash(l.as_bytes()));
-        }
-        (tree.root(), c.lines.len() as u64)
+        lines_commitment(&c.lines)
     }
 
     fn holdout_loss(&self, validator: u32, params: &[f32]) -> Result<f64, FlError> {

@@ -5,8 +5,11 @@
 //! --set, --seed, --resume and writes the same DIR (ledger, summary.json, report.html,
 //! provenance), but the clients and validators are the processes that dial in with the keys
 //! its admission list names. Each party runs the N-th client or validator of the same config
-//! (`--config CONFIG --index N`: its own partition of the data), holds its own key file and
-//! signs its own registration, stake, dataset commitment, updates, commitments and reveals.
+//! (`--config CONFIG --index N`: the model, the task and its settings, and by default its
+//! partition of the config's data), holds its own key file and signs its own registration,
+//! stake, dataset commitment, updates, commitments and reveals. A party with data of its own
+//! gives it instead of its partition: `cohort client --data FILE`, `cohort validator
+//! --holdout FILE` (cohort_tasks::own).
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -20,6 +23,7 @@ use cohort_net::run::Listen;
 use cohort_node::attack::SybilRing;
 use cohort_node::runtime::party_node;
 use cohort_node::transport::Party;
+use cohort_tasks::OwnData;
 
 use crate::args::int_in;
 
@@ -169,8 +173,9 @@ pub struct PartyArgs {
     /// the coordinator admitted at --index.
     #[arg(long, value_name = "FILE")]
     key: PathBuf,
-    /// The experiment's config: this party is its --index-th client or validator, with that
-    /// party's partition of the data (the coordinator's config, --set and --seed).
+    /// The experiment's config: this party is its --index-th client or validator, with its
+    /// model, task and settings and, without --data/--holdout, that party's partition of the
+    /// data (the coordinator's config, --set and --seed).
     #[arg(long, value_name = "CONFIG")]
     config: PathBuf,
     /// This party's index among its role.
@@ -205,7 +210,8 @@ pub struct PartyArgs {
     #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX")]
     blobs: Option<String>,
     /// Check the URL, the CA, the key file, the config, --index and the files the task reads
-    /// as a start would, print what this party would do and exit without dialling.
+    /// (--data/--holdout included) as a start would, print what this party would do and exit
+    /// without dialling.
     #[arg(long)]
     check: bool,
 }
@@ -228,7 +234,9 @@ impl PartyArgs {
         Ok(dial)
     }
 
-    fn execute(self, role: &str) -> anyhow::Result<ExitCode> {
+    /// Runs the party of `role`; `own` is its own data file (--data for a client, --holdout
+    /// for a validator), replacing its partition of the config's data.
+    fn execute(self, role: &str, own: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         init_logging();
         let dial = self.dial()?;
         let id = cohort_core::keyfile::load(&self.key).context("--key")?;
@@ -253,16 +261,24 @@ impl PartyArgs {
             ),
         };
         let config_dir = super::run::check_task_inputs(&cfg, &self.config)?;
+        let own = own.map(|path| match party {
+            Party::Client(index) => OwnData::Client { index, path },
+            Party::Validator(index) => OwnData::Holdout { index, path },
+        });
+        let data = match &own {
+            Some(own) => {
+                let summary = cohort_tasks::check_own_data(&cfg, &config_dir, own)?;
+                format!("its own data {summary}")
+            }
+            None => format!("its partition of {}", self.config.display()),
+        };
+        let task_name = cohort_tasks::task_name(&cfg.task);
         if self.check {
             println!(
-                "{party}: key {} ({}), task {}, would dial {} ({}); nothing was started",
+                "{party}: key {} ({}), task {task_name}, data: {data}, would dial {} ({}); \
+                 nothing was started",
                 hex::encode(id.public_key()),
                 self.key.display(),
-                match cfg.task {
-                    cohort_fl::task::TaskConfig::Linear(_) => "linear",
-                    cohort_fl::task::TaskConfig::Lm(_) => "lm",
-                    cohort_fl::task::TaskConfig::Imdb(_) => "imdb",
-                },
                 dial.url,
                 if dial.tls.is_some() {
                     "TLS"
@@ -281,11 +297,12 @@ impl PartyArgs {
             }
         };
         eprintln!(
-            "{party}: key {}, dialling {}",
+            "{party}: key {}, task {task_name}, data: {data}, dialling {}",
             hex::encode(id.public_key()),
             dial.url
         );
-        let task = cohort_tasks::build(&cfg, &config_dir, &cache).context("setting up the task")?;
+        let task = cohort_tasks::build_party(&cfg, &config_dir, &cache, own.as_ref())
+            .context("setting up the task")?;
         // Salts from the OS: the config's seed is public in a federation.
         let node = party_node(&cfg, party, id, &*task, &SybilRing::new(), true);
         let reason = host(vec![node], &dial).with_context(|| format!("{party}"))?;
@@ -301,11 +318,17 @@ impl PartyArgs {
 pub struct ClientArgs {
     #[command(flatten)]
     party: PartyArgs,
+    /// Train on this file instead of the client's partition of the config's data, and commit
+    /// to it: UTF-8 text for the lm task (at least one window of task.seq_len + 2 tokens),
+    /// `LABEL<TAB>ID ID ...` reviews for the imdb task (as task.data's train.tsv); at most 1
+    /// GiB. The linear task has no data file.
+    #[arg(long, value_name = "PATH")]
+    data: Option<PathBuf>,
 }
 
 impl ClientArgs {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
-        self.party.execute("client")
+        self.party.execute("client", self.data)
     }
 }
 
@@ -315,11 +338,17 @@ impl ClientArgs {
 pub struct ValidatorArgs {
     #[command(flatten)]
     party: PartyArgs,
+    /// Score updates on this held-out file instead of the validator's share of the config's
+    /// data: UTF-8 text for the lm task (at least one window of task.seq_len + 2 tokens),
+    /// `LABEL<TAB>ID ID ...` reviews for the imdb task; at most 1 GiB. The linear task has no
+    /// data file.
+    #[arg(long, value_name = "PATH")]
+    holdout: Option<PathBuf>,
 }
 
 impl ValidatorArgs {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
-        self.party.execute("validator")
+        self.party.execute("validator", self.holdout)
     }
 }
 
