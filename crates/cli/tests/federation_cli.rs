@@ -49,7 +49,15 @@ fn keys_for(dir: &Path, clients: u32, validators: u32) -> PathBuf {
             let o = common::cohort(&["keys", "new", "--out", common::p(&f), "--json"]);
             assert!(o.status.success(), "{}", common::text(&o));
             let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-            admit.push_str(&format!("{role} {}\n", v["public_key"].as_str().unwrap()));
+            // With the chain address where this build can derive one (`--features evm-rpc`):
+            // the embedded ledger ignores it, a coordinator on a chain needs it.
+            match v["chain_address"].as_str() {
+                Some(a) => admit.push_str(&format!(
+                    "{role} {} {a}\n",
+                    v["public_key"].as_str().unwrap()
+                )),
+                None => admit.push_str(&format!("{role} {}\n", v["public_key"].as_str().unwrap())),
+            }
         }
     }
     let path = dir.join("admit.txt");
@@ -809,4 +817,143 @@ fn a_party_whose_blob_store_is_not_the_coordinators_is_told_or_falls_back() {
     assert_eq!(net["summary"]["rounds"].as_array().unwrap().len(), 3);
     let log = std::fs::read_to_string(d.join("client-0.log")).unwrap();
     assert!(log.contains("shares no blob store"), "{log}");
+}
+
+/// A coordinator on an EVM chain (anvil) and five party processes: each party signs its own
+/// chain transactions, the coordinator relays them, and the run records what the in-process
+/// embedded run records. The coordinator keeps no ledger of its own, and says so to an auditor
+/// who asks it for one.
+#[cfg(feature = "evm-rpc")]
+#[test]
+fn a_federation_of_processes_on_a_chain_records_what_one_process_records() {
+    use std::collections::BTreeSet;
+    let Some(anvil) = cohort_testkit::Anvil::start("a_federation_of_processes_on_a_chain") else {
+        return;
+    };
+    // An admission list without the parties' chain addresses is refused before anything is
+    // written, naming who lacks one.
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let admit = keys_for(dir.path(), 3, 2);
+        let text = std::fs::read_to_string(&admit).unwrap();
+        let short: String = text
+            .lines()
+            .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" ") + "\n")
+            .collect();
+        std::fs::write(&admit, short).unwrap();
+        let out = dir.path().join("run");
+        let config = config();
+        let mut args = vec![
+            "coordinator",
+            common::p(&config),
+            "--out",
+            common::p(&out),
+            "--listen",
+            "127.0.0.1:0",
+            "--admit",
+            common::p(&admit),
+            "--insecure",
+            "--chain-rpc",
+            anvil.url(),
+            "--funder-key",
+            cohort_testkit::FUNDER_KEY,
+        ];
+        let sets = sets(&[]);
+        args.extend(sets.iter().map(String::as_str));
+        let o = common::cohort(&args);
+        assert!(!o.status.success());
+        let err = common::text(&o);
+        assert!(
+            err.contains("missing for client-0, client-1, client-2, validator-0, validator-1"),
+            "{err}"
+        );
+        assert!(!out.exists());
+    }
+    let f = start_with(
+        &[],
+        60,
+        2,
+        &[
+            "--chain-rpc",
+            anvil.url(),
+            "--funder-key",
+            cohort_testkit::FUNDER_KEY,
+        ],
+    );
+    let d = f.dir.path();
+    let parties: Vec<Child> = (0..3)
+        .map(|i| party(d, "client", i, &f.url, &[]))
+        .chain((0..2).map(|i| party(d, "validator", i, &f.url, &[])))
+        .collect();
+    // An auditor asking the coordinator for its ledger is sent to the chain.
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = common::cohort(&["ledger", "verify", "--remote", &f.url, "--insecure"]);
+        assert!(!o.status.success(), "{}", common::text(&o));
+        if common::text(&o).contains("EVM chain with id 31337") {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "no answer naming the chain in 60 s: {}",
+            common::text(&o)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let net = finished(f.coordinator, d);
+    for (i, p) in parties.into_iter().enumerate() {
+        let o = common::wait(p, 30, "a party", &d.join("coordinator.log"));
+        assert!(o.status.success(), "party {i}: {}", common::text(&o));
+    }
+    assert!(!d.join("run/ledger").exists());
+    // The secret its accounts' keys derive from is kept, as summary.json says, for its owner
+    // only.
+    let key = std::fs::metadata(d.join("run/keys/run.key")).expect("DIR/keys/run.key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(key.permissions().mode() & 0o777, 0o600);
+    }
+
+    let local_dir = d.join("local");
+    let mut args = vec![
+        "run".to_owned(),
+        common::p(&config()).to_owned(),
+        "--out".to_owned(),
+        common::p(&local_dir).to_owned(),
+        "--json".to_owned(),
+    ];
+    args.extend(sets(&[]));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = common::cohort(&args);
+    assert!(o.status.success(), "{}", common::text(&o));
+    let local: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(outcome(&net["summary"]), outcome(&local["summary"]));
+    assert_eq!(
+        net["summary"]["final_holdings"],
+        local["summary"]["final_holdings"]
+    );
+
+    // Every transaction is on the chain, and the parties' own come from their own accounts:
+    // the coordinator relays, it does not sign for them.
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("run/summary.json")).unwrap())
+            .unwrap();
+    let txs = summary["chain"]["transactions"].as_array().unwrap();
+    assert_eq!(
+        txs.len() as u64,
+        summary["summary"]["ledger_entries"].as_u64().unwrap()
+    );
+    let mut senders = BTreeSet::new();
+    for t in txs {
+        let tx = anvil
+            .result(
+                "eth_getTransactionByHash",
+                serde_json::json!([t["tx_hash"]]),
+            )
+            .unwrap();
+        senders.insert(tx["from"].as_str().unwrap().to_lowercase());
+    }
+    // The coordinator, its governance account and the five parties.
+    assert!(senders.len() >= 6, "{senders:?}");
 }

@@ -56,6 +56,31 @@ fn a_run_on_anvil_matches_the_embedded_run_and_its_transactions_are_on_chain() {
         &["--chain-rpc", anvil.url(), "--funder-key", FUNDER_KEY],
     );
     assert!(!tmp.path().join("chain/ledger").exists());
+    // The same run with every party behind its own gRPC session, signing its own chain
+    // transactions for the coordinator to relay.
+    let grpc = run(
+        &tmp.path().join("chain-grpc"),
+        &[
+            "--chain-rpc",
+            anvil.url(),
+            "--funder-key",
+            FUNDER_KEY,
+            "--transport",
+            "grpc",
+        ],
+    );
+    assert_eq!(
+        common::outcome(&grpc["summary"]),
+        common::outcome(&chain["summary"])
+    );
+    assert_eq!(
+        grpc["summary"]["final_holdings"],
+        chain["summary"]["final_holdings"]
+    );
+    // As many transactions (not the same bytes: validators' salts are fresh randomness).
+    let txs = |v: &Value| v["chain"]["transactions"].as_array().unwrap().len();
+    assert_eq!(txs(&grpc), txs(&chain));
+    assert_ne!(grpc["chain"]["contract"], chain["chain"]["contract"]);
 
     // The same experiment: same rounds, verdicts, consensus scores, payouts and test metrics.
     let (e, c) = (&embedded["summary"], &chain["summary"]);

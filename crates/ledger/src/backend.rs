@@ -134,4 +134,9 @@ pub trait LedgerBackend {
     fn address_of(&self, id: &Identity) -> Address {
         id.address()
     }
+
+    /// The EVM chain this backend records on (its chain id), `None` for the embedded ledger.
+    fn chain_id(&self) -> Option<u64> {
+        None
+    }
 }

@@ -52,6 +52,11 @@ pub use reader::{LedgerReader, LedgerState};
 pub use rpc::EvmRpcLedger;
 pub use signer::{SignedCall, TxContext};
 
+/// Whether this build can sign and send EVM chain transactions (the `evm-rpc` feature): a party
+/// of a build without it cannot take part in a run on a chain, and says so when it learns the
+/// run is on one.
+pub const CHAIN_SUPPORT: bool = cfg!(feature = "evm-rpc");
+
 use std::path::PathBuf;
 
 use alloy_primitives::Address;

@@ -808,4 +808,8 @@ impl LedgerBackend for EvmRpcLedger {
     fn address_of(&self, id: &Identity) -> Address {
         self.chain_address(id)
     }
+
+    fn chain_id(&self) -> Option<u64> {
+        Some(self.chain_id)
+    }
 }

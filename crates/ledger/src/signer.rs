@@ -76,9 +76,12 @@ pub enum TxContext {
         nonce: u64,
         /// Gas limit, at most the protocol's cap (2^24).
         gas_limit: u64,
-        /// EIP-1559 fee cap per gas, wei.
+        /// EIP-1559 fee cap per gas, wei (a decimal string in JSON: serde's tagged enums
+        /// cannot carry a u128 as a number).
+        #[serde(with = "u128_decimal")]
         max_fee_per_gas: u128,
-        /// EIP-1559 tip cap per gas, wei.
+        /// EIP-1559 tip cap per gas, wei (a decimal string in JSON).
+        #[serde(with = "u128_decimal")]
         max_priority_fee_per_gas: u128,
     },
 }
@@ -485,6 +488,29 @@ mod tests {
         }
     }
 
+    /// A chain's context goes over the network as JSON (inside a party's request): its fees,
+    /// up to u128::MAX, survive the trip, and a fee that is not a number is refused by name.
+    #[test]
+    fn a_chain_context_round_trips_through_json() {
+        for fee in [0, 1_000_000_007, u128::MAX] {
+            let c = TxContext::Chain {
+                chain_id: 31337,
+                nonce: 7,
+                gas_limit: 1 << 24,
+                max_fee_per_gas: fee,
+                max_priority_fee_per_gas: fee / 3,
+            };
+            let json = serde_json::to_string(&c).expect("serializes");
+            let back: TxContext = serde_json::from_str(&json).expect("deserializes");
+            assert_eq!(back, c, "{json}");
+        }
+        let bad = r#"{"ledger":"chain","chain_id":1,"nonce":0,"gas_limit":1,"max_fee_per_gas":"-1","max_priority_fee_per_gas":"0"}"#;
+        let err = serde_json::from_str::<TxContext>(bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"-1\" is not a whole number of wei"), "{err}");
+    }
+
     #[test]
     fn round_trips_through_bytes_and_json() {
         let id = Identity::from_seed(1, "alice");
@@ -546,5 +572,23 @@ mod tests {
         assert_eq!(chain(100_000, 10, 1).max_cost(), U256::from(1_000_000u64));
         assert!(ctx().ahead(u64::MAX).is_err());
         assert_eq!(ctx().ahead(2).expect("fits").nonce(), 5);
+    }
+}
+
+/// A `u128` as a decimal string: serde buffers an internally tagged enum's fields in a form that
+/// has no 128-bit integers, so [`TxContext::Chain`]'s fees would not survive a round trip as
+/// numbers.
+mod u128_decimal {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(x: &u128, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(x)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u128, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(|_| {
+            serde::de::Error::custom(format!("{s:?} is not a whole number of wei below 2^128"))
+        })
     }
 }

@@ -33,6 +33,10 @@ pub const MAX_ENTRIES_PER_CALL: u64 = 4096;
 #[derive(Debug, Clone, Default)]
 pub struct Watch {
     trusted: Option<Trusted>,
+    /// The ledger the coordinator said the run records on, from its first `Welcome`: `Some(None)`
+    /// its embedded ledger, `Some(Some(id))` the EVM chain with that id; `None` before the first
+    /// session.
+    pub chain: Option<Option<u64>>,
 }
 
 #[derive(Debug, Clone)]

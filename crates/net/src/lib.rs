@@ -43,8 +43,8 @@ use cohort_core::Hash32;
 /// The protocol version this build speaks. A party and a coordinator of different versions
 /// refuse each other at the handshake, naming both. Version 2: the ledger calls every party
 /// checks before it acts (`LedgerHead`, `LedgerEntries`) and the shared blob store named in
-/// `Welcome`.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// `Welcome`. Version 3: `Welcome.chain_id`, a coordinator whose ledger is an EVM chain.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The metadata entry that carries a session's token on the blob calls.
 pub const SESSION_HEADER: &str = "x-cohort-session";

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use cohort_blob::BlobStore;
 use cohort_core::Hash32;
+use cohort_ledger::TxContext;
 use cohort_node::party::{PartyNode, SessionSigner};
 use cohort_node::transport::{Party, Reply, Request};
 use prost::bytes::Bytes;
@@ -305,6 +306,29 @@ impl Link {
             .parse()
             .map_err(|_| NetError::Protocol("a malformed session token".into()))?;
         let store = self.shared_store(&welcome.blob_store)?;
+        // The ledger the run records on, the same in every session: a coordinator that shows
+        // this party an embedded ledger once and a chain another time (or two chains) shows
+        // it two histories.
+        let chain = (welcome.chain_id != 0).then_some(welcome.chain_id);
+        if let Some(id) = chain
+            && !cohort_ledger::CHAIN_SUPPORT
+        {
+            return Err(NetError::Refused(format!(
+                "the coordinator records on the EVM chain with id {id}, and this build of cohort \
+                 cannot sign chain transactions: build it with `--features evm-rpc`"
+            )));
+        }
+        match watch.chain {
+            None => watch.chain = Some(chain),
+            Some(seen) if seen != chain => {
+                return Err(NetError::SplitView(format!(
+                    "the coordinator said the run records on {} and now on {}",
+                    ledger_name(seen),
+                    ledger_name(chain)
+                )));
+            }
+            Some(_) => {}
+        }
         let beat_every = Duration::from_secs(u64::from(welcome.heartbeat_seconds.clamp(1, 3600)));
         let silence = beat_every * 3;
         let mut beat = tokio::time::interval(beat_every);
@@ -354,7 +378,15 @@ impl Link {
                                 tracing::warn!(party = %self.party, id = e.id, "a request for {}: ignored", request.to());
                                 continue;
                             }
-                            // Nothing is signed on top of a ledger that rewrote its history.
+                            // Nothing is signed for a ledger other than the one the run
+                            // records on.
+                            check_ledger_kind(&request, chain)?;
+                            // Nothing is signed on top of a ledger that rewrote its history
+                            // (a chain's history is the chain's to keep).
+                            if chain.is_some() {
+                                let _ = self.to_host.send(ToHost::Request { link: self.link, id: e.id, request });
+                                continue;
+                            }
                             match ledger_head(&mut client, watch.size()).await {
                                 Ok((head, proof)) => {
                                     let cp = watch.check(&head, &proof)?;
@@ -613,6 +645,89 @@ pub(crate) async fn upload(
                 )));
             }
             Err(s) => return Err(status(&format!("upload blob {h}"), s)),
+        }
+    }
+}
+
+/// "the EVM chain with id N" or "its own embedded ledger".
+fn ledger_name(chain: Option<u64>) -> String {
+    match chain {
+        Some(id) => format!("the EVM chain with id {id}"),
+        None => "its own embedded ledger".into(),
+    }
+}
+
+/// Refuses a request whose calls would be signed for another ledger than the one the
+/// coordinator said the run records on (`chain`, from its `Welcome`): a signature is only ever
+/// given for that one.
+fn check_ledger_kind(request: &Request, chain: Option<u64>) -> Result<(), NetError> {
+    let asked = match &request.sign_with().ctx {
+        TxContext::Chain { chain_id, .. } => Some(*chain_id),
+        TxContext::Embedded { .. } => None,
+    };
+    if asked == chain {
+        return Ok(());
+    }
+    Err(NetError::SplitView(format!(
+        "the coordinator said the run records on {} but asks {} to sign a call for {}",
+        ledger_name(chain),
+        request.to(),
+        ledger_name(asked)
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use cohort_node::transport::{RevealRequest, SignWith};
+
+    use super::*;
+
+    fn reveal(ctx: TxContext) -> Request {
+        Request::Reveal(RevealRequest {
+            round: 1,
+            ledger_round: 1,
+            validator: 0,
+            sign: SignWith {
+                contract: Default::default(),
+                ctx,
+            },
+        })
+    }
+
+    #[test]
+    fn a_party_signs_only_for_the_ledger_the_coordinator_named() {
+        let embedded = reveal(TxContext::Embedded {
+            origin: "o".into(),
+            nonce: 0,
+            time: 0,
+        });
+        let chain = |chain_id| {
+            reveal(TxContext::Chain {
+                chain_id,
+                nonce: 0,
+                gas_limit: 1,
+                max_fee_per_gas: 1,
+                max_priority_fee_per_gas: 1,
+            })
+        };
+        assert!(check_ledger_kind(&embedded, None).is_ok());
+        assert!(check_ledger_kind(&chain(31337), Some(31337)).is_ok());
+        for (request, named, want) in [
+            (
+                &embedded,
+                Some(31337),
+                "asks validator-0 to sign a call for its own embedded ledger",
+            ),
+            (
+                &chain(31337),
+                None,
+                "records on its own embedded ledger but asks validator-0 to sign a call for the EVM chain with id 31337",
+            ),
+            (&chain(1), Some(31337), "the EVM chain with id 1"),
+        ] {
+            let err = check_ledger_kind(request, named).unwrap_err();
+            assert!(matches!(err, NetError::SplitView(_)), "{err}");
+            assert!(err.to_string().contains(want), "{err}");
         }
     }
 }

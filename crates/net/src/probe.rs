@@ -93,6 +93,7 @@ pub fn upload_seconds(bytes: usize) -> Result<f64, NetError> {
     let admit = Admit {
         clients: vec![id.public_key()],
         validators: Vec::new(),
+        chain: Default::default(),
     };
     let mut cfg = HubConfig::new("cohort-probe", admit);
     cfg.max_blob = cfg.max_blob.max(bytes as u64);

@@ -120,12 +120,15 @@ pub fn run_over_loopback<B: LedgerBackend, L: Learner + Sync + ?Sized>(
         validators: (0..cfg.validators)
             .map(|v| identity(format!("validator-{v}")))
             .collect(),
+        chain: Default::default(),
     };
     let run_id = format!(
         "cohort-run/{}",
         crate::hex_of(&cohort_node::resume::config_digest(cfg))
     );
-    let hub = Hub::new(HubConfig::new(run_id, admit));
+    let mut hub_cfg = HubConfig::new(run_id, admit);
+    hub_cfg.chain_id = backend.chain_id();
+    let hub = Hub::new(hub_cfg);
     if let Some(ledger) = backend.published() {
         hub.publish(ledger);
     }
@@ -198,9 +201,17 @@ pub fn run_as_coordinator<B: LedgerBackend, L: Learner + ?Sized>(
     on_round: impl FnMut(&RoundSummary),
 ) -> Result<(Protocol<B>, RunSummary), RunError> {
     let link = |e: NetError| RunError::Transport(TransportError::Link(e.to_string()));
-    let roster = net.admit.roster();
+    // On a chain each party acts from the address of its own chain key, which only its line
+    // in the admission list can tell (the key derives from the party's secret).
+    let roster = match backend.chain_id() {
+        Some(_) => net.admit.chain_roster().map_err(|why| {
+            RunError::Transport(TransportError::Link(format!("the admission list: {why}")))
+        })?,
+        None => net.admit.roster(),
+    };
     let mut hub_cfg = HubConfig::new(net.run, net.admit);
     hub_cfg.blobs = net.blobs;
+    hub_cfg.chain_id = backend.chain_id();
     let hub = Hub::new(hub_cfg);
     // What the ledger makes durable is served: the parties check each checkpoint extends the
     // last, and auditors read it (`cohort ledger verify --remote`).

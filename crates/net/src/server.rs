@@ -55,6 +55,10 @@ pub struct HubConfig {
     /// were not uploaded here is completed from it, so that blobs need not travel through the
     /// coordinator. `None`: every blob is uploaded here.
     pub blobs: Option<Arc<dyn BlobStore>>,
+    /// The EVM chain the run records on (its id; `cohort coordinator --chain-rpc`), `None` for
+    /// the embedded ledger: told to each party in its `Welcome`, and named to whoever asks the
+    /// ledger calls (a chain is read on the chain).
+    pub chain_id: Option<u64>,
 }
 
 impl HubConfig {
@@ -66,6 +70,7 @@ impl HubConfig {
             heartbeat: Duration::from_secs(5),
             max_blob: 2 << 30,
             blobs: None,
+            chain_id: None,
         }
     }
 }
@@ -216,6 +221,12 @@ impl Hub {
     }
 
     fn published(&self) -> Result<Published, Status> {
+        if let Some(id) = self.cfg.chain_id {
+            return Err(Status::failed_precondition(format!(
+                "this coordinator records on the EVM chain with id {id}, not on a ledger of its \
+                 own: read the contract's events and transactions on that chain"
+            )));
+        }
         self.ledger
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -454,6 +465,7 @@ impl Hub {
                 .as_ref()
                 .map(|b| b.location())
                 .unwrap_or_default(),
+            chain_id: self.cfg.chain_id.unwrap_or(0),
         }))));
         // Everything it has not answered yet, again (it may have missed it).
         for p in st.pending.values().filter(|p| p.party == party) {

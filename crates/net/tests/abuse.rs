@@ -135,6 +135,7 @@ fn garbage_replays_duplicates_and_oversized_frames_are_dropped_and_the_others_se
     let admit = Admit {
         clients: vec![key("client-0").public_key(), key("client-1").public_key()],
         validators: vec![key("validator-0").public_key()],
+        chain: Default::default(),
     };
     let hub = Hub::new(HubConfig::new("abuse-test", admit));
     publish_ledger(&hub);
@@ -325,6 +326,7 @@ fn a_party_cannot_make_the_coordinator_hold_more_than_one_largest_blob() {
     let admit = Admit {
         clients: vec![key("client-0").public_key()],
         validators: Vec::new(),
+        chain: Default::default(),
     };
     let mut cfg = HubConfig::new("abuse-test", admit);
     cfg.max_blob = 1 << 20;
@@ -376,6 +378,7 @@ fn an_upload_resumes_where_the_coordinators_copy_ends_and_misplaced_or_wrong_byt
     let admit = Admit {
         clients: vec![key("client-0").public_key()],
         validators: Vec::new(),
+        chain: Default::default(),
     };
     let hub = Hub::new(HubConfig::new("abuse-test", admit));
     publish_ledger(&hub);

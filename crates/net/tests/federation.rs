@@ -95,6 +95,7 @@ fn coordinator(cfg: &RunConfig) -> (tokio::runtime::Runtime, Arc<Hub>, String) {
         validators: (0..cfg.validators)
             .map(|v| key(format!("validator-{v}")))
             .collect(),
+        chain: Default::default(),
     };
     let hub = Hub::new(HubConfig::new("net-test", admit));
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -79,6 +79,7 @@ fn with_party(script: impl FnOnce(&Hub, &mut GrpcTransport, &str)) -> Result<Str
     let admit = Admit {
         clients: vec![key("client-0").public_key()],
         validators: vec![key("validator-0").public_key()],
+        chain: Default::default(),
     };
     let hub = Hub::new(HubConfig::new(ORIGIN, admit));
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -48,6 +48,7 @@ fn coordinator(
             .map(|k| Identity::from_seed(SEED, &format!("client-{k}")).public_key())
             .collect(),
         validators: vec![Identity::from_seed(SEED, "validator-0").public_key()],
+        chain: Default::default(),
     };
     let hub = Hub::new(HubConfig::new("tls-test", admit));
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -573,6 +573,11 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                 (s.now, datasets, global)
             }
         };
+        // The virtual clock never runs behind the ledger's: a chain moves its block time on by
+        // itself (a second a block on anvil when blocks come faster than that), so a set-up
+        // of many transactions can leave it ahead of where the run started. (The embedded
+        // ledger's clock is the run's own: this changes nothing there.)
+        now = now.max(p.backend().head()?.time);
         let initial = *events.summary.initial().ok_or(Incomplete::NoInitialModel)?;
         let initial_holdings = events.summary.initial_holdings().clone();
 

@@ -212,6 +212,16 @@ impl Request {
         }
     }
 
+    /// What the recipient is asked to sign its reply's calls under.
+    pub fn sign_with(&self) -> &SignWith {
+        match self {
+            Self::Enrol(r) => &r.sign,
+            Self::Train(r) => &r.sign,
+            Self::Score(r) => &r.sign,
+            Self::Reveal(r) => &r.sign,
+        }
+    }
+
     /// The round it belongs to (0 for the set-up).
     pub fn round(&self) -> u64 {
         match self {

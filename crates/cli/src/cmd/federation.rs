@@ -62,10 +62,11 @@ impl Network {
     }
 }
 
-/// Host a federation: the rounds, the embedded ledger and the blob store, for clients and
-/// validators that run as processes of their own and dial in (`cohort client`, `cohort
-/// validator`). Takes everything `cohort run` takes (CONFIG, --out, --set, --seed, --resume,
-/// --events, --blobs, ...) and writes the same run directory.
+/// Host a federation: the rounds, the embedded ledger (or, with --chain-rpc, the relay of the
+/// parties' own transactions to an EVM chain) and the blob store, for clients and validators
+/// that run as processes of their own and dial in (`cohort client`, `cohort validator`).
+/// Takes everything `cohort run` takes (CONFIG, --out, --set, --seed, --resume, --events,
+/// --blobs, ...) and writes the same run directory.
 #[derive(Debug, clap::Args)]
 pub struct CoordinatorArgs {
     #[command(flatten)]
@@ -119,6 +120,11 @@ impl CoordinatorArgs {
             ),
         };
         let admit = Admit::load(&self.admit).context("--admit")?;
+        if self.run.on_a_chain() {
+            admit
+                .chain_roster()
+                .map_err(|why| anyhow::anyhow!("--admit {}: {why}", self.admit.display()))?;
+        }
         let cfg = super::run::load_config(&self.run.config, &self.run.set, self.run.seed)?;
         if (admit.clients.len(), admit.validators.len()) != (cfg.clients, cfg.validators) {
             bail!(

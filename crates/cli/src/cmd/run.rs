@@ -620,7 +620,19 @@ impl Progress {
 }
 
 impl Args {
+    /// Whether the run goes to an EVM chain (`--chain-rpc`).
+    pub(crate) fn on_a_chain(&self) -> bool {
+        #[cfg(feature = "evm-rpc")]
+        return self.chain_rpc.is_some();
+        #[cfg(not(feature = "evm-rpc"))]
+        false
+    }
+
     pub fn execute(self) -> anyhow::Result<ExitCode> {
+        // Log lines (the gRPC sessions of --transport grpc, the chain's calls) when asked for.
+        if std::env::var_os("COHORT_LOG").is_some() {
+            super::federation::init_logging();
+        }
         // Everything that can be refused is refused here, before DIR is touched.
         let cfg = load_config(&self.config, &self.set, self.seed)?;
         check_task_inputs(&cfg, &self.config)?;
@@ -640,24 +652,6 @@ impl Args {
         }
         #[cfg(feature = "evm-rpc")]
         if let Some(url) = &self.chain_rpc {
-            let coordinator = self
-                .network
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .is_some();
-            if coordinator {
-                bail!(
-                    "cohort coordinator with --chain-rpc: not supported yet (on a chain each \
-                     party submits its own transactions; see issue 13); run on the chain with \
-                     `cohort run` in process"
-                );
-            }
-            if self.transport == TransportKind::Grpc {
-                bail!(
-                    "--transport grpc with --chain-rpc: not supported yet (on a chain each party \
-                     submits its own transactions; see issue 13); run on the chain in process"
-                );
-            }
             if self.check {
                 return self.print_check(&cfg, "the run would go to the chain at its URL");
             }
@@ -1319,6 +1313,12 @@ impl Args {
             .unwrap_or_default();
         let progress = Progress::new(cfg.coordinator.rounds, self.json);
         let run = (|| -> anyhow::Result<_> {
+            // The secret the accounts' keys derive from (the coordinator's and the
+            // governance's hold the run's funds on the chain), kept as summary.json says.
+            if let Keys::Secret(secret) = &keys {
+                let keys_dir = create_keys_dir(&self.out)?;
+                write_secret(&keys_dir.join("run.key"), &hex::encode(secret))?;
+            }
             let blobs = self.blob_store()?;
             fs::copy(&self.config, self.out.join("config.toml"))
                 .with_context(|| format!("copying the config into {}", self.out.display()))?;
@@ -1329,8 +1329,41 @@ impl Args {
                 .with_keys(keys.clone())
                 .with_blobs(blobs)
                 .with_events(self.events_to(&progress, cfg)?);
-            let out = run_in_process(cfg, chain, &*task, opts, |_| {})
-                .with_context(|| format!("on the chain at {url}"))?;
+            let network = self
+                .network
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            let out = match (network, self.transport) {
+                (Some(net), _) => {
+                    let addr = net.addr()?;
+                    let tls = if net.is_tls() {
+                        "TLS"
+                    } else {
+                        "plain text: --insecure"
+                    };
+                    // The run's name in every session proof: fresh, so that a proof made for
+                    // one run is worth nothing in another on the same chain.
+                    let run_id = format!(
+                        "cohort-chain/{chain_id}/{}",
+                        hex::encode(rand::random::<[u8; 16]>())
+                    );
+                    let listen = net.into_listen(&run_id);
+                    progress.say(&format!(
+                        "listening on {addr} ({tls}) for {} clients and {} validators; each \
+                         registers itself on the chain (id {chain_id}) when it connects",
+                        cfg.clients, cfg.validators,
+                    ));
+                    cohort_net::run::run_as_coordinator(cfg, chain, &*task, opts, listen, |_| {})
+                }
+                (None, TransportKind::InProcess) => {
+                    run_in_process(cfg, chain, &*task, opts, |_| {})
+                }
+                (None, TransportKind::Grpc) => {
+                    cohort_net::run::run_over_loopback(cfg, chain, &*task, opts, |_| {})
+                }
+            }
+            .with_context(|| format!("on the chain at {url}"))?;
             Ok(out)
         })();
         progress.finish();
