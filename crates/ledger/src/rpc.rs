@@ -557,7 +557,7 @@ impl EvmRpcLedger {
         // every chain if it has no chain id; blob or set-code transactions) is not relayed.
         if !matches!(env, TxEnvelope::Eip1559(_)) {
             return Err(invalid(format!(
-                "a {} transaction from {from}; the relay carries EIP-1559 (type 2) transactions                  only",
+                "a {} transaction from {from}; the relay carries EIP-1559 (type 2) transactions only",
                 env.tx_type()
             )));
         }
