@@ -14,6 +14,11 @@
 # 127.0.0.1 (its certificate must be made for that name: `cohort keys tls --name HOST`).
 #
 # COHORT names the binary (default: `cohort` on PATH, else target/release/cohort).
+#
+# On an EVM chain instead of the embedded ledger: CHAIN_RPC=URL and FUNDER_KEY=HEX (a binary
+# built with `--features evm-rpc`; a dev chain such as anvil, whose first account's key funds
+# the run). The admission list then gives each party's chain address, the coordinator relays
+# the parties' own transactions to the chain, and DIR/run/summary.json lists them.
 set -euo pipefail
 
 cfg=${1:-examples/clean-linear.toml}
@@ -21,6 +26,14 @@ dir=${2:-/tmp/cohort-federation}
 shift $(($# < 2 ? $# : 2))
 sets=("$@")
 port=${PORT:-50051}
+chain=()
+if [ -n "${CHAIN_RPC:-}" ]; then
+  if [ -z "${FUNDER_KEY:-}" ]; then
+    echo "CHAIN_RPC needs FUNDER_KEY: the key of an account that pays the run's gas" >&2
+    exit 2
+  fi
+  chain=(--chain-rpc "$CHAIN_RPC" --funder-key "$FUNDER_KEY")
+fi
 if [ -n "${COHORT:-}" ]; then
   cohort=$COHORT
 elif command -v cohort >/dev/null 2>&1; then
@@ -45,9 +58,16 @@ echo "federation: $clients clients, $validators validators ($cfg) in $dir"
 for role in client validator; do
   n=$([ "$role" = client ] && echo "$clients" || echo "$validators")
   for ((i = 0; i < n; i++)); do
-    pk=$("$cohort" keys new --out "$dir/keys/$role-$i.pem" --json |
-      python3 -c 'import json,sys; print(json.load(sys.stdin)["public_key"])')
-    echo "$role $pk" >>"$dir/admit.txt"
+    # The public key and, on a chain, the chain address (the party's chain key derives from
+    # its secret, so only the party can say it).
+    line=$("$cohort" keys new --out "$dir/keys/$role-$i.pem" --json |
+      CHAIN="${CHAIN_RPC:-}" python3 -c '
+import json, os, sys
+k = json.load(sys.stdin)
+if os.environ["CHAIN"] and not k.get("chain_address"):
+    sys.exit("this cohort cannot derive chain addresses: build it with --features evm-rpc")
+print(k["public_key"] + (" " + k["chain_address"] if os.environ["CHAIN"] else ""))')
+    echo "$role $line" >>"$dir/admit.txt"
   done
 done
 
@@ -56,7 +76,7 @@ done
 
 "$cohort" coordinator "$cfg" "${sets[@]}" --out "$dir/run" --listen "127.0.0.1:$port" \
   --admit "$dir/admit.txt" --tls-cert "$dir/tls/server.pem" --tls-key "$dir/tls/server.key" \
-  >"$dir/logs/coordinator.out" 2>"$dir/logs/coordinator.log" &
+  ${chain[@]+"${chain[@]}"} >"$dir/logs/coordinator.out" 2>"$dir/logs/coordinator.log" &
 coordinator=$!
 trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 
@@ -82,4 +102,6 @@ if [ "$status" -ne 0 ]; then
   echo "a process failed (exit $status): see $dir/logs/" >&2
   exit "$status"
 fi
-"$cohort" ledger verify "$dir/run/ledger"
+if [ ${#chain[@]} -eq 0 ]; then
+  "$cohort" ledger verify "$dir/run/ledger"
+fi
