@@ -26,7 +26,9 @@ pub struct Args {
     /// Override a config value, as `cohort run --set`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
-    /// Runs of each kind, alternating (in process, then over gRPC, and again).
+    /// Runs of each kind, in pairs whose order alternates (in process then over gRPC, then
+    /// over gRPC then in process, ...): the first run of a process is faster than the later
+    /// ones, and that would otherwise always favour one kind. Use an even number.
     #[arg(long, default_value_t = 1, value_parser = int_in(0..=100usize))]
     repeats: usize,
     /// Blob sizes to upload, in MiB (comma-separated; each also sent over raw TCP).
@@ -86,6 +88,8 @@ struct RunPair {
     grpc_s: f64,
     /// `grpc_s / in_process_s`.
     ratio: f64,
+    /// Which of the pair ran first: `in_process` or `grpc`.
+    first: &'static str,
     /// Whether both recorded the same ledger root (they must when every party answers in
     /// time).
     same_root: bool,
@@ -146,38 +150,55 @@ impl Args {
                 )?)
             };
             for repeat in 1..=self.repeats {
-                let t = Instant::now();
-                let (p, local) = run_in_process(
-                    &cfg,
-                    ledger(format!("local-{repeat}"))?,
-                    &*task,
-                    RunOptions::new(),
-                    |_| {},
-                )?;
-                let in_process_s = t.elapsed().as_secs_f64();
-                drop(p.into_backend());
-                eprintln!(
-                    "run {repeat}/{}: in process {in_process_s:.2} s",
-                    self.repeats
-                );
-                let t = Instant::now();
-                let (p, net) = cohort_net::run::run_over_loopback(
-                    &cfg,
-                    ledger(format!("grpc-{repeat}"))?,
-                    &*task,
-                    RunOptions::new(),
-                    |_| {},
-                )?;
-                let grpc_s = t.elapsed().as_secs_f64();
-                drop(p.into_backend());
-                eprintln!("run {repeat}/{}: over gRPC {grpc_s:.2} s", self.repeats);
+                let in_process = || -> anyhow::Result<(f64, cohort_core::Hash32)> {
+                    let t = Instant::now();
+                    let (p, local) = run_in_process(
+                        &cfg,
+                        ledger(format!("local-{repeat}"))?,
+                        &*task,
+                        RunOptions::new(),
+                        |_| {},
+                    )?;
+                    let secs = t.elapsed().as_secs_f64();
+                    drop(p.into_backend());
+                    eprintln!("run {repeat}/{}: in process {secs:.2} s", self.repeats);
+                    Ok((secs, local.ledger_root))
+                };
+                let grpc = || -> anyhow::Result<(f64, cohort_core::Hash32)> {
+                    let t = Instant::now();
+                    let (p, net) = cohort_net::run::run_over_loopback(
+                        &cfg,
+                        ledger(format!("grpc-{repeat}"))?,
+                        &*task,
+                        RunOptions::new(),
+                        |_| {},
+                    )?;
+                    let secs = t.elapsed().as_secs_f64();
+                    drop(p.into_backend());
+                    eprintln!("run {repeat}/{}: over gRPC {secs:.2} s", self.repeats);
+                    Ok((secs, net.ledger_root))
+                };
+                // Odd pairs run in process first, even pairs over gRPC first.
+                let first = if repeat % 2 == 1 {
+                    "in_process"
+                } else {
+                    "grpc"
+                };
+                let ((in_process_s, local_root), (grpc_s, net_root)) = if repeat % 2 == 1 {
+                    let a = in_process()?;
+                    (a, grpc()?)
+                } else {
+                    let b = grpc()?;
+                    (in_process()?, b)
+                };
                 runs.push(RunPair {
                     repeat,
                     in_process_s,
                     grpc_s,
                     ratio: grpc_s / in_process_s,
-                    same_root: local.ledger_root == net.ledger_root,
-                    ledger_root: format!("{}", net.ledger_root),
+                    first,
+                    same_root: local_root == net_root,
+                    ledger_root: format!("{net_root}"),
                 });
             }
         }
@@ -224,10 +245,18 @@ impl Args {
             fleet,
         };
         if !results.runs.is_empty() {
-            let mut t = Table::new(&["run", "in process s", "gRPC + TLS s", "ratio", "same root"]);
+            let mut t = Table::new(&[
+                "run",
+                "first",
+                "in process s",
+                "gRPC + TLS s",
+                "ratio",
+                "same root",
+            ]);
             for r in &results.runs {
                 t.row(vec![
                     r.repeat.to_string(),
+                    r.first.replace('_', " "),
                     format!("{:.2}", r.in_process_s),
                     format!("{:.2}", r.grpc_s),
                     format!("{:.3}", r.ratio),
@@ -237,6 +266,7 @@ impl Args {
             if let Some(ratio) = results.ratio {
                 t.row(vec![
                     "all".into(),
+                    "-".into(),
                     format!("{:.2}", total(&results.runs, |r| r.in_process_s)),
                     format!("{:.2}", total(&results.runs, |r| r.grpc_s)),
                     format!("{ratio:.3}"),
