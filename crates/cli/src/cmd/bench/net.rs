@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::Context;
 use cohort_core::Identity;
 use cohort_ledger::{EmbeddedLedger, LedgerConfig};
-use cohort_node::runtime::{RunOptions, run_in_process};
+use cohort_node::runtime::{RunOptions, RunSummary, run_in_process};
 use serde::Serialize;
 
 use crate::args::{check_output_file, int_in};
@@ -90,6 +90,11 @@ struct RunPair {
     ratio: f64,
     /// Which of the pair ran first: `in_process` or `grpc`.
     first: &'static str,
+    /// The seconds of the rounds' phases (training, scoring, aggregation, ledger, report),
+    /// summed over the rounds, of each run: what is left of `in_process_s` and `grpc_s` is
+    /// the set-up (sessions, enrolment, the initial evaluation) and the finish.
+    in_process_rounds_s: f64,
+    grpc_rounds_s: f64,
     /// Whether both recorded the same ledger root (they must when every party answers in
     /// time).
     same_root: bool,
@@ -150,7 +155,7 @@ impl Args {
                 )?)
             };
             for repeat in 1..=self.repeats {
-                let in_process = || -> anyhow::Result<(f64, cohort_core::Hash32)> {
+                let in_process = || -> anyhow::Result<(f64, f64, cohort_core::Hash32)> {
                     let t = Instant::now();
                     let (p, local) = run_in_process(
                         &cfg,
@@ -162,9 +167,9 @@ impl Args {
                     let secs = t.elapsed().as_secs_f64();
                     drop(p.into_backend());
                     eprintln!("run {repeat}/{}: in process {secs:.2} s", self.repeats);
-                    Ok((secs, local.ledger_root))
+                    Ok((secs, rounds_seconds(&local), local.ledger_root))
                 };
-                let grpc = || -> anyhow::Result<(f64, cohort_core::Hash32)> {
+                let grpc = || -> anyhow::Result<(f64, f64, cohort_core::Hash32)> {
                     let t = Instant::now();
                     let (p, net) = cohort_net::run::run_over_loopback(
                         &cfg,
@@ -176,7 +181,7 @@ impl Args {
                     let secs = t.elapsed().as_secs_f64();
                     drop(p.into_backend());
                     eprintln!("run {repeat}/{}: over gRPC {secs:.2} s", self.repeats);
-                    Ok((secs, net.ledger_root))
+                    Ok((secs, rounds_seconds(&net), net.ledger_root))
                 };
                 // Odd pairs run in process first, even pairs over gRPC first.
                 let first = if repeat % 2 == 1 {
@@ -184,7 +189,10 @@ impl Args {
                 } else {
                     "grpc"
                 };
-                let ((in_process_s, local_root), (grpc_s, net_root)) = if repeat % 2 == 1 {
+                let (
+                    (in_process_s, in_process_rounds_s, local_root),
+                    (grpc_s, grpc_rounds_s, net_root),
+                ) = if repeat % 2 == 1 {
                     let a = in_process()?;
                     (a, grpc()?)
                 } else {
@@ -197,6 +205,8 @@ impl Args {
                     grpc_s,
                     ratio: grpc_s / in_process_s,
                     first,
+                    in_process_rounds_s,
+                    grpc_rounds_s,
                     same_root: local_root == net_root,
                     ledger_root: format!("{net_root}"),
                 });
@@ -251,6 +261,8 @@ impl Args {
                 "in process s",
                 "gRPC + TLS s",
                 "ratio",
+                "rounds in process s",
+                "rounds gRPC s",
                 "same root",
             ]);
             for r in &results.runs {
@@ -260,6 +272,8 @@ impl Args {
                     format!("{:.2}", r.in_process_s),
                     format!("{:.2}", r.grpc_s),
                     format!("{:.3}", r.ratio),
+                    format!("{:.2}", r.in_process_rounds_s),
+                    format!("{:.2}", r.grpc_rounds_s),
                     r.same_root.to_string(),
                 ]);
             }
@@ -270,6 +284,8 @@ impl Args {
                     format!("{:.2}", total(&results.runs, |r| r.in_process_s)),
                     format!("{:.2}", total(&results.runs, |r| r.grpc_s)),
                     format!("{ratio:.3}"),
+                    format!("{:.2}", total(&results.runs, |r| r.in_process_rounds_s)),
+                    format!("{:.2}", total(&results.runs, |r| r.grpc_rounds_s)),
                     results.runs.iter().all(|r| r.same_root).to_string(),
                 ]);
             }
@@ -544,4 +560,15 @@ impl Args {
             sample_ms,
         })
     }
+}
+
+/// The seconds of a run's rounds: every phase of every round, summed.
+fn rounds_seconds(s: &RunSummary) -> f64 {
+    s.rounds
+        .iter()
+        .map(|r| {
+            let p = &r.seconds;
+            p.train + p.score + p.aggregate + p.ledger + p.report
+        })
+        .sum()
 }
