@@ -197,19 +197,7 @@ fn five_processes_record_what_one_process_records() {
     }
     let net: Value = serde_json::from_slice(&out.stdout).unwrap();
 
-    let local_dir = d.join("local");
-    let mut args = vec![
-        "run".to_owned(),
-        common::p(&config()).to_owned(),
-        "--out".to_owned(),
-        common::p(&local_dir).to_owned(),
-        "--json".to_owned(),
-    ];
-    args.extend(sets(&[]));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = common::cohort(&args);
-    assert!(o.status.success(), "{}", common::text(&o));
-    let local: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let local = in_process(d);
 
     let (a, b) = (outcome(&net["summary"]), outcome(&local["summary"]));
     assert_eq!(a.len(), 3);
@@ -424,6 +412,24 @@ fn a_coordinator_killed_at_random_points_resumes_and_its_parties_reconnect() {
 }
 
 /// The coordinator's `--json` output once it has finished, successfully.
+/// The same experiment as the federations here (`sets(&[])`), in one process into `d/local`:
+/// what `cohort run --json` prints.
+fn in_process(d: &Path) -> Value {
+    let local_dir = d.join("local");
+    let mut args = vec![
+        "run".to_owned(),
+        common::p(&config()).to_owned(),
+        "--out".to_owned(),
+        common::p(&local_dir).to_owned(),
+        "--json".to_owned(),
+    ];
+    args.extend(sets(&[]));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = common::cohort(&args);
+    assert!(o.status.success(), "{}", common::text(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
 fn finished(coordinator: Child, d: &Path) -> Value {
     let out = wait(
         coordinator,
@@ -752,19 +758,7 @@ fn with_a_shared_s3_store_blobs_bypass_the_coordinator_and_the_run_is_the_same()
     );
     assert!(s3.objects().len() >= 4, "{:?}", s3.objects());
 
-    let local_dir = d.join("local");
-    let mut args = vec![
-        "run".to_owned(),
-        common::p(&config()).to_owned(),
-        "--out".to_owned(),
-        common::p(&local_dir).to_owned(),
-        "--json".to_owned(),
-    ];
-    args.extend(sets(&[]));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = common::cohort(&args);
-    assert!(o.status.success(), "{}", common::text(&o));
-    let local: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let local = in_process(d);
     assert_eq!(outcome(&net["summary"]), outcome(&local["summary"]));
     assert_eq!(
         net["summary"]["final_holdings"],
@@ -915,19 +909,7 @@ fn a_federation_of_processes_on_a_chain_records_what_one_process_records() {
         assert_eq!(key.permissions().mode() & 0o777, 0o600);
     }
 
-    let local_dir = d.join("local");
-    let mut args = vec![
-        "run".to_owned(),
-        common::p(&config()).to_owned(),
-        "--out".to_owned(),
-        common::p(&local_dir).to_owned(),
-        "--json".to_owned(),
-    ];
-    args.extend(sets(&[]));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = common::cohort(&args);
-    assert!(o.status.success(), "{}", common::text(&o));
-    let local: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let local = in_process(d);
     assert_eq!(outcome(&net["summary"]), outcome(&local["summary"]));
     assert_eq!(
         net["summary"]["final_holdings"],

@@ -991,36 +991,16 @@ impl Args {
             opts = opts.resuming(r);
         }
         let mut last = settled;
-        let network = self
-            .network
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        let run = match (network, self.transport) {
-            (Some(net), _) => {
-                let addr = net.addr()?;
-                let tls = if net.is_tls() {
-                    "TLS"
-                } else {
-                    "plain text: --insecure"
-                };
-                let listen = net.into_listen(origin);
-                progress.say(&format!(
-                    "listening on {addr} ({tls}) for {} clients and {} validators; each \
-                     registers itself when it connects",
-                    cfg.clients, cfg.validators,
-                ));
-                cohort_net::run::run_as_coordinator(cfg, ledger, &*task, opts, listen, |r| {
-                    last = r.round
-                })
-            }
-            (None, TransportKind::InProcess) => {
-                run_in_process(cfg, ledger, &*task, opts, |r| last = r.round)
-            }
-            (None, TransportKind::Grpc) => {
-                cohort_net::run::run_over_loopback(cfg, ledger, &*task, opts, |r| last = r.round)
-            }
-        };
+        let run = self.run_parties(
+            cfg,
+            ledger,
+            &*task,
+            opts,
+            origin,
+            "each registers itself when it connects",
+            &progress,
+            |r| last = r.round,
+        )?;
         progress.finish();
         let (p, summary) = match run {
             Ok(x) => x,
@@ -1047,6 +1027,49 @@ impl Args {
             &resumed_after,
             reference,
         )
+    }
+
+    /// Runs `cfg` on `backend` with its parties where this command puts them: the processes
+    /// that dial in (`cohort coordinator`: `run_id` names the run in their session proofs,
+    /// `joining` says how each joins), tasks behind loopback gRPC (`--transport grpc`) or
+    /// this process. The outer error is the listening socket's; the inner one the run's.
+    #[allow(clippy::too_many_arguments)]
+    fn run_parties<B: LedgerBackend>(
+        &self,
+        cfg: &ValidConfig,
+        backend: B,
+        task: &(dyn cohort_fl::learner::Learner + Send + Sync),
+        opts: RunOptions,
+        run_id: &str,
+        joining: &str,
+        progress: &Progress,
+        on_round: impl FnMut(&RoundSummary),
+    ) -> anyhow::Result<Result<(Protocol<B>, RunSummary), cohort_node::runtime::RunError>> {
+        let network = self
+            .network
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        Ok(match (network, self.transport) {
+            (Some(net), _) => {
+                let addr = net.addr()?;
+                let tls = if net.is_tls() {
+                    "TLS"
+                } else {
+                    "plain text: --insecure"
+                };
+                let listen = net.into_listen(run_id);
+                progress.say(&format!(
+                    "listening on {addr} ({tls}) for {} clients and {} validators; {joining}",
+                    cfg.clients, cfg.validators,
+                ));
+                cohort_net::run::run_as_coordinator(cfg, backend, task, opts, listen, on_round)
+            }
+            (None, TransportKind::InProcess) => run_in_process(cfg, backend, task, opts, on_round),
+            (None, TransportKind::Grpc) => {
+                cohort_net::run::run_over_loopback(cfg, backend, task, opts, on_round)
+            }
+        })
     }
 
     /// Notes in DIR/run.json after which rounds the run was resumed.
@@ -1329,41 +1352,17 @@ impl Args {
                 .with_keys(keys.clone())
                 .with_blobs(blobs)
                 .with_events(self.events_to(&progress, cfg)?);
-            let network = self
-                .network
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take();
-            let out = match (network, self.transport) {
-                (Some(net), _) => {
-                    let addr = net.addr()?;
-                    let tls = if net.is_tls() {
-                        "TLS"
-                    } else {
-                        "plain text: --insecure"
-                    };
-                    // The run's name in every session proof: fresh, so that a proof made for
-                    // one run is worth nothing in another on the same chain.
-                    let run_id = format!(
-                        "cohort-chain/{chain_id}/{}",
-                        hex::encode(rand::random::<[u8; 16]>())
-                    );
-                    let listen = net.into_listen(&run_id);
-                    progress.say(&format!(
-                        "listening on {addr} ({tls}) for {} clients and {} validators; each \
-                         registers itself on the chain (id {chain_id}) when it connects",
-                        cfg.clients, cfg.validators,
-                    ));
-                    cohort_net::run::run_as_coordinator(cfg, chain, &*task, opts, listen, |_| {})
-                }
-                (None, TransportKind::InProcess) => {
-                    run_in_process(cfg, chain, &*task, opts, |_| {})
-                }
-                (None, TransportKind::Grpc) => {
-                    cohort_net::run::run_over_loopback(cfg, chain, &*task, opts, |_| {})
-                }
-            }
-            .with_context(|| format!("on the chain at {url}"))?;
+            // The run's name in every session proof: fresh, so that a proof made for one run
+            // is worth nothing in another on the same chain.
+            let run_id = format!(
+                "cohort-chain/{chain_id}/{}",
+                hex::encode(rand::random::<[u8; 16]>())
+            );
+            let words =
+                format!("each registers itself on the chain (id {chain_id}) when it connects");
+            let out = self
+                .run_parties(cfg, chain, &*task, opts, &run_id, &words, &progress, |_| {})?
+                .with_context(|| format!("on the chain at {url}"))?;
             Ok(out)
         })();
         progress.finish();
