@@ -151,21 +151,11 @@ impl S3Store {
                 endpoint,
                 detail,
             },
-            _ if [
-                "AccessDenied",
-                "InvalidAccessKeyId",
-                "SignatureDoesNotMatch",
-                "403",
-            ]
-            .iter()
-            .any(|s| detail.contains(s)) =>
-            {
-                BlobError::AccessDenied {
-                    url,
-                    endpoint,
-                    detail,
-                }
-            }
+            _ if says_denied(&detail) => BlobError::AccessDenied {
+                url,
+                endpoint,
+                detail,
+            },
             _ => BlobError::Unreachable {
                 url,
                 endpoint,
@@ -566,5 +556,36 @@ mod tests {
             assert!(matches!(e, BlobError::BadConfig { .. }), "{name}: {e}");
             assert!(e.to_string().contains(name), "{name}: {e}");
         }
+    }
+}
+
+/// Whether an S3 error's text says the credentials were refused: one of S3's error codes for
+/// it, or the status 403 as a word of its own (not the digits of a duration such as
+/// "462.644036ms", which once made a refused connection read as refused credentials).
+fn says_denied(detail: &str) -> bool {
+    [
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+    ]
+    .iter()
+    .any(|s| detail.contains(s))
+        || detail
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .any(|word| word == "403")
+}
+
+#[cfg(test)]
+mod denied_tests {
+    use super::says_denied;
+
+    #[test]
+    fn a_403_is_a_word_not_digits_of_a_duration() {
+        assert!(says_denied("HTTP status client error (403 Forbidden)"));
+        assert!(says_denied("<Code>SignatureDoesNotMatch</Code>"));
+        assert!(!says_denied(
+            "Error performing GET http://127.0.0.1:37827/b in 462.644036ms, after 3 retries - \
+             HTTP error: client error (Connect): tcp connect error: Connection refused"
+        ));
     }
 }
