@@ -863,6 +863,26 @@ fn a_federation_of_processes_on_a_chain_records_what_one_process_records() {
         );
         assert!(!out.exists());
     }
+    // A party whose own node (`--chain-rpc`) is of another ledger than the one the
+    // coordinator records on stops when it learns which, naming both, before it signs anything.
+    {
+        let mut f = start(&[], 60);
+        let mut args = party_args(f.dir.path(), "client", 0, &f.url, &[]);
+        args.extend(["--chain-rpc".to_owned(), anvil.url().to_owned()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = common::cohort(&args);
+        f.coordinator.kill().unwrap();
+        let _ = f.coordinator.wait();
+        assert!(!o.status.success());
+        let err = common::text(&o);
+        assert!(
+            err.contains(
+                "is a node of the EVM chain with id 31337, and the coordinator records the run \
+                 on its own embedded ledger"
+            ),
+            "{err}"
+        );
+    }
     let f = start_with(
         &[],
         60,
@@ -875,10 +895,20 @@ fn a_federation_of_processes_on_a_chain_records_what_one_process_records() {
         ],
     );
     let d = f.dir.path();
-    let parties: Vec<Child> = (0..3)
-        .map(|i| party(d, "client", i, &f.url, &[]))
-        .chain((0..2).map(|i| party(d, "validator", i, &f.url, &[])))
-        .collect();
+    // Clients 0 and 1 and validator 0 put their own transactions on the chain through a node
+    // of their own (`--chain-rpc`); the others leave them to the coordinator's relay.
+    let own = |role: &str, i: u32| {
+        let mut args = party_args(d, role, i, &f.url, &[]);
+        args.extend(["--chain-rpc".to_owned(), anvil.url().to_owned()]);
+        spawn(&args, &d.join(format!("{role}-{i}.log")))
+    };
+    let parties: Vec<Child> = vec![
+        own("client", 0),
+        own("client", 1),
+        party(d, "client", 2, &f.url, &[]),
+        own("validator", 0),
+        party(d, "validator", 1, &f.url, &[]),
+    ];
     // An auditor asking the coordinator for its ledger is sent to the chain.
     let until = Instant::now() + Duration::from_secs(60);
     loop {
@@ -900,6 +930,19 @@ fn a_federation_of_processes_on_a_chain_records_what_one_process_records() {
         assert!(o.status.success(), "party {i}: {}", common::text(&o));
     }
     assert!(!d.join("run/ledger").exists());
+    // Those with a node of their own submitted every transaction they signed through it:
+    // enrolment (3 for a client, 2 for a validator), then one per round's update, commitment
+    // and reveal (3 rounds, every client sampled).
+    for (log, want) in [("client-0", 6), ("client-1", 6), ("validator-0", 8)] {
+        let text = std::fs::read_to_string(d.join(format!("{log}.log"))).unwrap();
+        assert_eq!(
+            text.matches("its transaction is on the chain").count(),
+            want,
+            "{log}: {text}"
+        );
+    }
+    let text = std::fs::read_to_string(d.join("client-2.log")).unwrap();
+    assert!(!text.contains("on the chain"), "{text}");
     // The secret its accounts' keys derive from is kept, as summary.json says, for its owner
     // only.
     let key = std::fs::metadata(d.join("run/keys/run.key")).expect("DIR/keys/run.key");

@@ -35,6 +35,7 @@ pub mod reader;
 pub mod rpc;
 pub mod signer;
 mod storage;
+pub mod submit;
 
 pub use backend::{Head, LedgerBackend, TxOutcome};
 pub use checkpoint::{Checkpoint, CheckpointError};
@@ -49,8 +50,11 @@ pub use protocol::{Protocol, ProtocolError, bindings};
 pub use published::{Consistency, Published, PublishedHead};
 pub use reader::{LedgerReader, LedgerState};
 #[cfg(feature = "evm-rpc")]
+pub use rpc::ChainSubmitter;
+#[cfg(feature = "evm-rpc")]
 pub use rpc::EvmRpcLedger;
 pub use signer::{SignedCall, TxContext};
+pub use submit::{ChainSubmit, Submitted};
 
 /// Whether this build can sign and send EVM chain transactions (the `evm-rpc` feature): a party
 /// of a build without it cannot take part in a run on a chain, and says so when it learns the

@@ -188,6 +188,8 @@ pub struct EvmRpcLedger {
     records: Vec<RecordedTx>,
     /// The time set by `set_time`, which every later block this backend causes gets.
     clock: Option<u64>,
+    /// The hashes of `records`: a transaction is recorded once.
+    seen: std::collections::HashSet<B256>,
 }
 
 impl fmt::Debug for EvmRpcLedger {
@@ -208,35 +210,12 @@ impl EvmRpcLedger {
     /// `LedgerError::Rpc("cannot reach <url>: ...")`. `funder`, if given, tops up derived
     /// accounts (see [`Self::with_funder`]).
     pub fn connect(url: &str, funder: Option<PrivateKeySigner>) -> Result<Self, LedgerError> {
-        let parsed: reqwest::Url = url
-            .parse()
-            .map_err(|e| LedgerError::Rpc(format!("{url:?} is not a URL: {e}")))?;
-        if parsed.scheme() != "http" {
-            return Err(LedgerError::Rpc(format!(
-                "{url}: only http:// endpoints are supported (this build has no TLS; put a node \
-                 or a TLS-terminating proxy on a local http:// address)"
-            )));
-        }
+        let provider = http_provider(url)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| LedgerError::Rpc(format!("cannot start the async runtime: {e}")))?;
-        let client = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .map_err(|e| LedgerError::Rpc(format!("cannot build an HTTP client: {e}")))?;
-        let provider = RootProvider::new(RpcClient::new_http_with_client(client, parsed));
-        let limit = CONNECT_TIMEOUT + Duration::from_secs(1);
-        let chain_id = rt
-            .block_on(async { tokio::time::timeout(limit, provider.get_chain_id()).await })
-            .map_err(|_| {
-                LedgerError::Rpc(format!("cannot reach {url}: no answer within {limit:?}"))
-            })?
-            .map_err(|e| match e {
-                RpcError::ErrorResp(_) => rpc_error(url, "eth_chainId", &e),
-                e => LedgerError::Rpc(format!("cannot reach {url}: {}", error_chain(&e))),
-            })?;
+        let chain_id = rt.block_on(read_chain_id(&provider, url))?;
         tracing::debug!(url, chain_id, "connected to EVM chain");
         Ok(Self {
             url: url.to_owned(),
@@ -247,6 +226,7 @@ impl EvmRpcLedger {
             tree: MerkleTree::new(),
             records: Vec::new(),
             clock: None,
+            seen: std::collections::HashSet::new(),
         })
     }
 
@@ -288,15 +268,38 @@ impl EvmRpcLedger {
         rpc_error(&self.url, what, e)
     }
 
-    /// Pins the next block to the clock, if `set_time` set one.
+    /// Pins the next block to the clock, if `set_time` set one. Where others' transactions
+    /// (parties that submit their own, `--chain-rpc`) moved the chain's time past the clock
+    /// since, the next block is pinned to the latest block's time instead: a chain's time
+    /// never goes back.
     async fn pin_time(&self) -> Result<(), LedgerError> {
-        if let Some(t) = self.clock {
+        let Some(t) = self.clock else {
+            return Ok(());
+        };
+        let set = |t: u64| {
             self.provider
                 .raw_request::<_, serde_json::Value>("evm_setNextBlockTimestamp".into(), (t,))
+        };
+        if let Err(e) = set(t).await {
+            let (_, latest) = self.latest_block().await?;
+            if latest <= t {
+                return Err(self.err("evm_setNextBlockTimestamp", &e));
+            }
+            set(latest)
                 .await
                 .map_err(|e| self.err("evm_setNextBlockTimestamp", &e))?;
         }
         Ok(())
+    }
+
+    /// Whether the node knows transaction `hash` (pending or included).
+    async fn known(&self, hash: B256) -> Result<bool, LedgerError> {
+        Ok(self
+            .provider
+            .get_transaction_by_hash(hash)
+            .await
+            .map_err(|e| self.err("eth_getTransactionByHash", &e))?
+            .is_some())
     }
 
     async fn latest_block(&self) -> Result<(u64, u64), LedgerError> {
@@ -580,6 +583,26 @@ impl EvmRpcLedger {
                 got: env.chain_id().unwrap_or(0),
             });
         }
+        let hash = *env.tx_hash();
+        let kind = env.kind();
+        let to = kind.to().copied();
+        let data = env.input().clone();
+        let req = TransactionRequest {
+            from: Some(from),
+            to: Some(kind),
+            input: TransactionInput::new(data.clone()),
+            gas: Some(env.gas_limit()),
+            value: Some(env.value()),
+            ..Default::default()
+        };
+        // Broadcast already by its author (`cohort client --chain-rpc`), or sent before: it is
+        // recorded from its receipt, not sent again. Its return data is not in the receipt;
+        // what the protocol's callers read of it comes from its events.
+        if self.known(hash).await? {
+            let receipt = self.wait_receipt(hash).await?;
+            let output = output_from_logs(&data, to, receipt.logs());
+            return self.finish(req, receipt, to, data, output).await;
+        }
         let expected = self
             .provider
             .get_transaction_count(from)
@@ -593,36 +616,28 @@ impl EvmRpcLedger {
                 got: env.nonce(),
             });
         }
-        let kind = env.kind();
-        let to = kind.to().copied();
-        let data = env.input().clone();
         self.pin_time().await?;
-        let req = TransactionRequest {
-            from: Some(from),
-            to: Some(kind),
-            input: TransactionInput::new(data.clone()),
-            gas: Some(env.gas_limit()),
-            value: Some(env.value()),
-            ..Default::default()
-        };
         let output = self
             .provider
             .call(req.clone())
             .await
             .map_err(|e| self.exec_error("eth_call", e))?;
         self.pin_time().await?;
-        let pending = self
-            .provider
-            .send_raw_transaction(raw)
-            .await
-            .map_err(|e| match &e {
-                RpcError::ErrorResp(p) => LedgerError::Rpc(format!(
-                    "{}: the node refused the transaction from {from}: {}",
-                    self.url, p.message
-                )),
-                _ => self.err("eth_sendRawTransaction", &e),
-            })?;
-        let receipt = self.wait_receipt(*pending.tx_hash()).await?;
+        match self.provider.send_raw_transaction(raw).await {
+            Ok(_) => {}
+            // Its author broadcast it meanwhile.
+            Err(_) if self.known(hash).await? => {}
+            Err(e) => {
+                return Err(match &e {
+                    RpcError::ErrorResp(p) => LedgerError::Rpc(format!(
+                        "{}: the node refused the transaction from {from}: {}",
+                        self.url, p.message
+                    )),
+                    _ => self.err("eth_sendRawTransaction", &e),
+                });
+            }
+        }
+        let receipt = self.wait_receipt(hash).await?;
         self.finish(req, receipt, to, data, output).await
     }
 
@@ -642,6 +657,7 @@ impl EvmRpcLedger {
             created,
             logs: record.logs.clone(),
         };
+        self.seen.insert(record.tx_hash);
         self.records.push(record);
         out
     }
@@ -668,6 +684,74 @@ impl EvmRpcLedger {
 /// The most a transaction with this gas limit and fee cap can cost, wei.
 fn max_cost(gas_limit: u64, max_fee_per_gas: u128) -> U256 {
     U256::from(gas_limit).saturating_mul(U256::from(max_fee_per_gas))
+}
+
+/// A provider for the node at `url` (`http://` only), with cohort's timeouts. No I/O.
+fn http_provider(url: &str) -> Result<RootProvider, LedgerError> {
+    let parsed: reqwest::Url = url
+        .parse()
+        .map_err(|e| LedgerError::Rpc(format!("{url:?} is not a URL: {e}")))?;
+    if parsed.scheme() != "http" {
+        return Err(LedgerError::Rpc(format!(
+            "{url}: only http:// endpoints are supported (this build has no TLS; put a node \
+             or a TLS-terminating proxy on a local http:// address)"
+        )));
+    }
+    let client = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .map_err(|e| LedgerError::Rpc(format!("cannot build an HTTP client: {e}")))?;
+    Ok(RootProvider::new(RpcClient::new_http_with_client(
+        client, parsed,
+    )))
+}
+
+/// The chain id of the node behind `provider`; an endpoint that does not answer fails within
+/// a few seconds with `cannot reach <url>: ...`.
+async fn read_chain_id(provider: &RootProvider, url: &str) -> Result<u64, LedgerError> {
+    let limit = CONNECT_TIMEOUT + Duration::from_secs(1);
+    tokio::time::timeout(limit, provider.get_chain_id())
+        .await
+        .map_err(|_| LedgerError::Rpc(format!("cannot reach {url}: no answer within {limit:?}")))?
+        .map_err(|e| match e {
+            RpcError::ErrorResp(_) => rpc_error(url, "eth_chainId", &e),
+            e => LedgerError::Rpc(format!("cannot reach {url}: {}", error_chain(&e))),
+        })
+}
+
+/// The return data of a protocol call that is included but was not simulated here (its author
+/// broadcast it): the receipt has no return data, so the values callers read come from the
+/// call's events: `submitUpdate`'s update index (`UpdateSubmitted`) and `commitDataset`'s id
+/// (`DatasetCommitted`). Empty for every other call (they return nothing the protocol reads).
+fn output_from_logs(input: &[u8], to: Option<Address>, logs: &[alloy::rpc::types::Log]) -> Bytes {
+    use alloy_sol_types::SolCall;
+
+    use crate::protocol::Cohort::{self, CohortEvents};
+    let Some(to) = to else {
+        return Bytes::new();
+    };
+    let logs: Vec<Log> = logs.iter().map(|l| l.inner.clone()).collect();
+    let events = crate::protocol::decode_events(to, &logs);
+    let selector = input.get(..4);
+    let encoded = if selector == Some(&Cohort::submitUpdateCall::SELECTOR[..]) {
+        events.iter().find_map(|e| match e {
+            CohortEvents::UpdateSubmitted(u) => {
+                Some(Cohort::submitUpdateCall::abi_encode_returns(&u.index))
+            }
+            _ => None,
+        })
+    } else if selector == Some(&Cohort::commitDatasetCall::SELECTOR[..]) {
+        events.iter().find_map(|e| match e {
+            CohortEvents::DatasetCommitted(d) => {
+                Some(Cohort::commitDatasetCall::abi_encode_returns(&d.id))
+            }
+            _ => None,
+        })
+    } else {
+        None
+    };
+    encoded.map(Bytes::from).unwrap_or_default()
 }
 
 /// Revert data in a JSON-RPC error: the `data` of an error that says "revert" or has code 3.
@@ -731,6 +815,19 @@ impl LedgerBackend for EvmRpcLedger {
                 });
             }
         };
+        // Recorded once: the same signed transaction relayed again (a replayed message) is
+        // refused, not counted twice.
+        if let Ok(env) = crate::signer::decode_chain(&raw)
+            && self.seen.contains(env.tx_hash())
+        {
+            return Err(LedgerError::Invalid {
+                what: "signed chain transaction",
+                reason: format!(
+                    "transaction {} from {from} is recorded already",
+                    env.tx_hash()
+                ),
+            });
+        }
         let (record, output, created) = self.rt.block_on(self.relay_async(from, &raw))?;
         Ok(self.push_record(record, output, created))
     }
@@ -775,24 +872,45 @@ impl LedgerBackend for EvmRpcLedger {
 
     fn set_time(&mut self, time: u64) -> Result<(), LedgerError> {
         let (_, latest) = self.rt.block_on(self.latest_block())?;
-        let last = latest.max(self.clock.unwrap_or(0));
-        if time < last {
-            return Err(LedgerError::TimeWentBackwards { last, got: time });
+        let own = self.clock.unwrap_or(latest);
+        if time < own {
+            return Err(LedgerError::TimeWentBackwards {
+                last: own,
+                got: time,
+            });
         }
-        self.rt
-            .block_on(
-                self.provider
-                    .raw_request::<_, serde_json::Value>("evm_setNextBlockTimestamp".into(), (time,)),
-            )
-            .map_err(|e| match &e {
-                RpcError::ErrorResp(p) if p.code == -32601 || p.message.contains("not found") => LedgerError::Rpc(
-                    format!(
+        // Blocks others caused (parties that submit their own transactions) may have moved the
+        // chain's time past the clock: it follows the chain (`head().time` says where). One
+        // may land between reading the latest block and setting the time: read it again.
+        let mut time = time.max(latest);
+        let mut tries = 0;
+        loop {
+            let set =
+                self.rt
+                    .block_on(self.provider.raw_request::<_, serde_json::Value>(
+                        "evm_setNextBlockTimestamp".into(),
+                        (time,),
+                    ));
+            match set {
+                Ok(_) => break,
+                Err(RpcError::ErrorResp(p))
+                    if p.code == -32601 || p.message.contains("not found") =>
+                {
+                    return Err(LedgerError::Rpc(format!(
                         "{}: this chain does not allow setting time (evm_setNextBlockTimestamp: {})",
                         self.url, p.message
-                    ),
-                ),
-                _ => self.err("evm_setNextBlockTimestamp", &e),
-            })?;
+                    )));
+                }
+                Err(e) => {
+                    let (_, latest) = self.rt.block_on(self.latest_block())?;
+                    if tries == 3 || latest <= time {
+                        return Err(self.err("evm_setNextBlockTimestamp", &e));
+                    }
+                    tries += 1;
+                    time = latest;
+                }
+            }
+        }
         self.clock = Some(time);
         Ok(())
     }
@@ -811,5 +929,201 @@ impl LedgerBackend for EvmRpcLedger {
 
     fn chain_id(&self) -> Option<u64> {
         Some(self.chain_id)
+    }
+}
+
+/// A party's own connection to a chain (`cohort client|validator --chain-rpc URL`): it
+/// broadcasts the transactions the party signed itself (see [`crate::submit`]). Its requests
+/// run on a small runtime it owns, so it can be used from any other.
+pub struct ChainSubmitter {
+    url: String,
+    chain_id: u64,
+    provider: RootProvider,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl fmt::Debug for ChainSubmitter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChainSubmitter")
+            .field("url", &self.url)
+            .field("chain_id", &self.chain_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChainSubmitter {
+    /// Connects to the node at `url` (`http://host:port`) and reads its chain id, failing
+    /// within a few seconds on an endpoint that does not answer (as [`EvmRpcLedger::connect`]).
+    pub fn connect(url: &str) -> Result<Self, LedgerError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("cohort-chain")
+            .enable_all()
+            .build()
+            .map_err(|e| LedgerError::Rpc(format!("cannot start the async runtime: {e}")))?;
+        // The connection (and its pool) lives on this runtime.
+        let provider = http_provider(url)?;
+        let chain_id = rt.block_on(read_chain_id(&provider, url))?;
+        Ok(Self {
+            url: url.to_owned(),
+            chain_id,
+            provider,
+            rt: Some(rt),
+        })
+    }
+
+    /// [`ChainSubmit::submit`] for callers outside any runtime.
+    pub fn submit_blocking(&self, call: &SignedCall) -> Result<crate::Submitted, LedgerError> {
+        match &self.rt {
+            Some(rt) => rt.block_on(crate::ChainSubmit::submit(self, call)),
+            None => Err(LedgerError::Rpc("the chain submitter is shut down".into())),
+        }
+    }
+}
+
+impl Drop for ChainSubmitter {
+    fn drop(&mut self) {
+        // Dropping a runtime inside another one panics; this one may go wherever its last
+        // user is.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl crate::ChainSubmit for ChainSubmitter {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn chain_id(&self) -> u64 {
+        self.chain_id
+    }
+
+    fn submit<'a>(&'a self, call: &'a SignedCall) -> crate::submit::SubmitFuture<'a> {
+        let provider = self.provider.clone();
+        let (url, chain_id) = (self.url.clone(), self.chain_id);
+        let call = call.clone();
+        let task = self
+            .rt
+            .as_ref()
+            .map(|rt| rt.spawn(submit_own(provider, url, chain_id, call)));
+        Box::pin(async move {
+            match task {
+                Some(t) => t
+                    .await
+                    .map_err(|e| LedgerError::Rpc(format!("the chain submitter stopped: {e}")))?,
+                None => Err(LedgerError::Rpc("the chain submitter is shut down".into())),
+            }
+        })
+    }
+}
+
+/// [`ChainSubmit::submit`](crate::ChainSubmit::submit) of `call` through `provider`.
+async fn submit_own(
+    provider: RootProvider,
+    url: String,
+    chain_id: u64,
+    call: SignedCall,
+) -> Result<crate::Submitted, LedgerError> {
+    use alloy::consensus::Transaction;
+    let err = |what: &str, e: &TransportError| rpc_error(&url, what, e);
+    let (from, raw) = match call {
+        SignedCall::Chain { from, raw } => (from, raw),
+        SignedCall::Embedded { origin, .. } => {
+            return Err(LedgerError::Invalid {
+                what: "signed call",
+                reason: format!(
+                    "a call signed for the embedded ledger {origin} cannot go to the chain at {url}"
+                ),
+            });
+        }
+    };
+    let env = crate::signer::decode_chain(&raw)?;
+    if env.chain_id() != Some(chain_id) {
+        return Err(LedgerError::WrongChain {
+            expected: chain_id,
+            got: env.chain_id().unwrap_or(0),
+        });
+    }
+    let hash = *env.tx_hash();
+    let wait = async |known: bool| -> Result<crate::Submitted, LedgerError> {
+        let start = tokio::time::Instant::now();
+        let mut delay = Duration::from_millis(2);
+        loop {
+            let r = provider
+                .get_transaction_receipt(hash)
+                .await
+                .map_err(|e| err("eth_getTransactionReceipt", &e))?;
+            if let Some(r) = r
+                && let Some(block) = r.block_number
+            {
+                if !r.status() {
+                    return Err(ExecError::Reverted {
+                        data: Bytes::new(),
+                        gas_used: r.gas_used,
+                    }
+                    .into());
+                }
+                return Ok(crate::Submitted {
+                    tx_hash: hash,
+                    block,
+                    known,
+                });
+            }
+            if start.elapsed() > RECEIPT_TIMEOUT {
+                return Err(LedgerError::Rpc(format!(
+                    "{url}: transaction {hash} not included within {RECEIPT_TIMEOUT:?}"
+                )));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(250));
+        }
+    };
+    let known = async || -> Result<bool, LedgerError> {
+        Ok(provider
+            .get_transaction_by_hash(hash)
+            .await
+            .map_err(|e| err("eth_getTransactionByHash", &e))?
+            .is_some())
+    };
+    if known().await? {
+        return wait(true).await;
+    }
+    let kind = env.kind();
+    let req = TransactionRequest {
+        from: Some(from),
+        to: Some(kind),
+        input: TransactionInput::new(env.input().clone()),
+        gas: Some(env.gas_limit()),
+        value: Some(env.value()),
+        ..Default::default()
+    };
+    if let Err(e) = provider.call(req).block(BlockId::pending()).await {
+        if let Some(data) = revert_data(&e) {
+            return Err(ExecError::Reverted { data, gas_used: 0 }.into());
+        }
+        if let RpcError::ErrorResp(p) = &e
+            && p.message.contains("revert")
+        {
+            return Err(ExecError::Reverted {
+                data: Bytes::new(),
+                gas_used: 0,
+            }
+            .into());
+        }
+        return Err(err("eth_call", &e));
+    }
+    match provider.send_raw_transaction(&raw).await {
+        Ok(_) => wait(false).await,
+        // Relayed by the coordinator meanwhile.
+        Err(_) if known().await? => wait(true).await,
+        Err(e) => Err(match &e {
+            RpcError::ErrorResp(p) => LedgerError::Rpc(format!(
+                "{url}: the node refused the transaction from {from}: {}",
+                p.message
+            )),
+            _ => err("eth_sendRawTransaction", &e),
+        }),
     }
 }

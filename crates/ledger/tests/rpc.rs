@@ -803,8 +803,21 @@ fn parties_sign_and_the_relay_carries_their_calls_on_anvil() {
     );
     let last = p.backend().recorded().last().expect("recorded").tx_hash;
     assert_eq!(chain.sender_of(last), alice_addr);
-    // Its replay (a reused nonce) is refused.
+    // Its replay is refused: it is recorded already.
     let e = refused(&mut p, &chain, good);
+    assert!(
+        matches!(&e, LedgerError::Invalid { reason, .. } if reason.contains("recorded already")),
+        "{e}"
+    );
+    // Another call under the same nonce is refused by its nonce.
+    let reused = SignedCall::sign_sol(
+        &alice,
+        contract,
+        &Cohort::stakeCall { amount: tokens(1) },
+        &ctx,
+    )
+    .expect("signs");
+    let e = refused(&mut p, &chain, reused);
     assert!(
         matches!(e, LedgerError::Nonce { author, expected, got } if author == alice_addr && expected == got + 1),
         "{e}"
@@ -847,8 +860,9 @@ fn parties_sign_and_the_relay_carries_their_calls_on_anvil() {
         out[1].as_ref().err()
     );
     assert!(out[2].is_ok(), "{:?}", out[2].as_ref().err());
+    // The same call twice in a batch: recorded once.
     assert!(
-        matches!(&out[3], Err(ProtocolError::Ledger(LedgerError::Nonce { author, .. })) if *author == alice_addr),
+        matches!(&out[3], Err(ProtocolError::Ledger(LedgerError::Invalid { reason, .. })) if reason.contains("recorded already")),
         "{:?}",
         out[3].as_ref().err()
     );
@@ -905,4 +919,204 @@ fn a_relayed_call_is_paid_for_at_a_high_base_fee() {
             .expect("the party's call is relayed");
     }
     assert_eq!(p.stake_of(alice_addr).expect("stake").0, tokens(1));
+}
+
+/// A party that puts its own signed calls on the chain (`ChainSubmitter`, what `cohort client
+/// --chain-rpc` uses) before the relay sees them: the relay records each once, from its
+/// receipt, with the values the protocol reads (a dataset's id, an update's index) recovered
+/// from its events; the same call relayed again is refused, submitted again is waited for, not
+/// sent. A call for another chain or ledger, or one that would revert, is not sent.
+#[test]
+fn a_party_submits_its_own_calls_and_the_relay_records_each_once() {
+    let Some(anvil) = Anvil::start("a_party_submits_its_own_calls") else {
+        return;
+    };
+    let chain = ChainView::new(anvil.url());
+    let own = cohort_ledger::ChainSubmitter::connect(anvil.url()).expect("connects");
+    let gov = Identity::from_seed(7, "governance");
+    let coordinator = Identity::from_seed(7, "coordinator");
+    let alice = Identity::from_seed(7, "alice");
+    let mut p = Protocol::deploy(ledger(&anvil), &gov).expect("deploys");
+    assert_eq!(
+        cohort_ledger::ChainSubmit::chain_id(&own),
+        p.backend().chain_id()
+    );
+    let contract = p.address();
+    let addr = |p: &Protocol<EvmRpcLedger>, id: &Identity| p.backend().address_of(id);
+    let alice_addr = addr(&p, &alice);
+    for who in [&coordinator, &alice] {
+        let to = addr(&p, who);
+        p.mint(&gov, to, tokens(1_000)).expect("mint");
+    }
+    let to = addr(&p, &coordinator);
+    p.approve_coordinator(&gov, to).expect("approve");
+    let clock = p.backend().head().expect("head").time + 3_600;
+    p.backend_mut().set_time(clock).expect("set time");
+
+    // Alice registers, stakes and commits her dataset through her own node; the relay finds
+    // each on chain.
+    let register = party_signs(
+        &p,
+        &alice,
+        &Cohort::registerCall {
+            roles: roles::CLIENT | roles::DATA_OWNER,
+            keyHash: alice.key_hash(),
+        },
+    );
+    let sent = own.submit_blocking(&register).expect("submitted");
+    assert!(!sent.known);
+    assert_eq!(chain.sender_of(sent.tx_hash), alice_addr);
+    let again = own.submit_blocking(&register).expect("known");
+    assert!(again.known, "sent once");
+    assert_eq!(again.tx_hash, sent.tx_hash);
+    p.relay::<Cohort::registerCall>(register.clone())
+        .expect("recorded from its receipt");
+    assert_eq!(
+        p.backend().recorded().last().expect("recorded").tx_hash,
+        sent.tx_hash
+    );
+    let before = p.backend().head().expect("head");
+    let e = p.backend_mut().relay(register).expect_err("recorded once");
+    assert!(e.to_string().contains("recorded already"), "{e}");
+    assert_eq!(p.backend().head().expect("head"), before);
+
+    let stake = party_signs(
+        &p,
+        &alice,
+        &Cohort::stakeCall {
+            amount: tokens(100),
+        },
+    );
+    own.submit_blocking(&stake).expect("submitted");
+    p.relay::<Cohort::stakeCall>(stake).expect("recorded");
+    let (root, manifest) = (sha256(b"alice's shards"), sha256(b"manifest"));
+    let commit = party_signs(
+        &p,
+        &alice,
+        &Cohort::commitDatasetCall {
+            merkleRoot: root.into(),
+            manifestHash: manifest.into(),
+            size: 4,
+        },
+    );
+    own.submit_blocking(&commit).expect("submitted");
+    let dataset = p
+        .relay::<Cohort::commitDatasetCall>(commit)
+        .expect("recorded")
+        .value;
+    // The id the contract computed, recovered from DatasetCommitted.
+    use alloy_sol_types::SolValue;
+    assert_eq!(
+        dataset,
+        keccak256((alice_addr, B256::from(root), B256::from(manifest), 4u64).abi_encode_params())
+    );
+
+    // The coordinator's round (relayed), and alice's update through her own node.
+    let register = party_signs(
+        &p,
+        &coordinator,
+        &Cohort::registerCall {
+            roles: roles::COORDINATOR,
+            keyHash: coordinator.key_hash(),
+        },
+    );
+    p.relay::<Cohort::registerCall>(register)
+        .expect("registers");
+    let roster = party_signs(
+        &p,
+        &coordinator,
+        &Cohort::extendRosterCall {
+            clients: vec![alice_addr],
+        },
+    );
+    p.relay::<Cohort::extendRosterCall>(roster).expect("roster");
+    let open = party_signs(
+        &p,
+        &coordinator,
+        &Cohort::openRoundCall {
+            globalModelHash: sha256(b"global").into(),
+            rewardPool: tokens(10),
+            fromTreasury: false,
+            cohortSize: 1,
+        },
+    );
+    let round = p.relay::<Cohort::openRoundCall>(open).expect("opens").value;
+    let update = party_signs(
+        &p,
+        &alice,
+        &Cohort::submitUpdateCall {
+            roundId: round,
+            blobHash: sha256(b"alice's delta").into(),
+            datasetId: dataset,
+            numSamples: 100,
+        },
+    );
+    own.submit_blocking(&update).expect("submitted");
+    let index = p
+        .relay::<Cohort::submitUpdateCall>(update)
+        .expect("recorded")
+        .value;
+    assert_eq!(index, 0, "recovered from UpdateSubmitted");
+
+    // Not sent: a call that would revert (alice registers again), one signed for another
+    // chain, one signed for an embedded ledger.
+    let state = chain.state_of(alice_addr);
+    let twice = party_signs(
+        &p,
+        &alice,
+        &Cohort::registerCall {
+            roles: roles::CLIENT,
+            keyHash: alice.key_hash(),
+        },
+    );
+    let e = own.submit_blocking(&twice).expect_err("reverts");
+    assert!(
+        matches!(e, LedgerError::Exec(ExecError::Reverted { .. })),
+        "{e}"
+    );
+    let ctx = p.context_for(alice_addr).expect("context");
+    let TxContext::Chain {
+        chain_id,
+        nonce,
+        gas_limit,
+        max_fee_per_gas,
+        max_priority_fee_per_gas,
+    } = ctx
+    else {
+        panic!("a chain context expected, got {ctx:?}")
+    };
+    let foreign = SignedCall::sign_sol(
+        &alice,
+        contract,
+        &Cohort::stakeCall { amount: tokens(1) },
+        &TxContext::Chain {
+            chain_id: chain_id + 1,
+            nonce,
+            gas_limit,
+            max_fee_per_gas,
+            max_priority_fee_per_gas,
+        },
+    )
+    .expect("signs");
+    let e = own.submit_blocking(&foreign).expect_err("another chain");
+    assert!(
+        matches!(e, LedgerError::WrongChain { expected, got } if expected == chain_id && got == chain_id + 1),
+        "{e}"
+    );
+    let embedded = SignedCall::sign_sol(
+        &alice,
+        contract,
+        &Cohort::stakeCall { amount: tokens(1) },
+        &TxContext::Embedded {
+            origin: "cohort.local/other".into(),
+            nonce: 0,
+            time: 1,
+        },
+    )
+    .expect("signs");
+    let e = own
+        .submit_blocking(&embedded)
+        .expect_err("an embedded call");
+    assert!(e.to_string().contains("embedded ledger"), "{e}");
+    assert_eq!(chain.state_of(alice_addr), state, "nothing was sent");
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use cohort_blob::BlobStore;
 use cohort_core::Hash32;
-use cohort_ledger::TxContext;
+use cohort_ledger::{ChainSubmit, SignedCall, TxContext};
 use cohort_node::party::{PartyNode, SessionSigner};
 use cohort_node::transport::{Party, Reply, Request};
 use prost::bytes::Bytes;
@@ -46,6 +46,11 @@ pub struct Dial {
     /// not travel through the coordinator; a blob it cannot find or write there goes through
     /// the coordinator as usual. `None`: every blob through the coordinator.
     pub blobs: Option<Arc<dyn BlobStore>>,
+    /// The party's own node of the chain the run records on (`--chain-rpc URL`): on a chain,
+    /// the party broadcasts each transaction it signs itself, through this node, before it
+    /// sends the reply to the coordinator (which then finds it on chain). A coordinator that
+    /// says the run records on another ledger is refused. `None`: the coordinator relays.
+    pub chain: Option<Arc<dyn ChainSubmit>>,
 }
 
 impl Dial {
@@ -56,6 +61,7 @@ impl Dial {
             tls: None,
             give_up: Duration::from_secs(600),
             blobs: None,
+            chain: None,
         }
     }
 }
@@ -318,6 +324,17 @@ impl Link {
                  cannot sign chain transactions: build it with `--features evm-rpc`"
             )));
         }
+        if let Some(own) = &self.dial.chain
+            && chain != Some(own.chain_id())
+        {
+            return Err(NetError::Refused(format!(
+                "--chain-rpc {} is a node of the EVM chain with id {}, and the coordinator \
+                 records the run on {}",
+                own.url(),
+                own.chain_id(),
+                ledger_name(chain)
+            )));
+        }
         match watch.chain {
             None => watch.chain = Some(chain),
             Some(seen) if seen != chain => {
@@ -488,6 +505,9 @@ impl Link {
             Reply::Commit(_) => "commitment",
             Reply::Reveal(_) => "reveal",
         };
+        if let Some(own) = &self.dial.chain {
+            self.submit_own(own.as_ref(), what, &reply).await;
+        }
         let (envelope, blobs) = strip_reply(id, reply)?;
         for (h, b) in blobs {
             // To the shared store when there is one (the coordinator reads it from there).
@@ -509,6 +529,44 @@ impl Link {
         send(party_frame::Kind::Reply(envelope))?;
         tracing::info!(party = %self.party, id, "{what} sent");
         Ok(())
+    }
+}
+
+impl Link {
+    /// Broadcasts the transactions `reply` carries through the party's own node, in order (an
+    /// enrolment's are consecutive nonces), each once included before the next. One the chain
+    /// would refuse is not sent (the coordinator refuses it too), and one the node cannot take
+    /// goes through the coordinator's relay: either way the reply is sent, with a log line.
+    async fn submit_own(&self, own: &dyn ChainSubmit, what: &str, reply: &Reply) {
+        for call in signed_calls(reply) {
+            match own.submit(call).await {
+                Ok(s) => tracing::info!(
+                    party = %self.party,
+                    tx = %s.tx_hash,
+                    block = s.block,
+                    "{what}: its transaction is on the chain{}",
+                    if s.known { " (the node had it already)" } else { "" }
+                ),
+                Err(e) => {
+                    tracing::warn!(party = %self.party, "{what}: not submitted through {} ({e}); the coordinator relays it", own.url());
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The signed calls a reply carries, in the order they are to be included.
+fn signed_calls(reply: &Reply) -> Vec<&SignedCall> {
+    match reply {
+        Reply::Enrol(e) => {
+            let mut v = vec![&e.register, &e.stake];
+            v.extend(e.dataset.as_ref());
+            v
+        }
+        Reply::Update(u) => vec![&u.submission],
+        Reply::Commit(c) => vec![&c.call],
+        Reply::Reveal(r) => vec![&r.call],
     }
 }
 

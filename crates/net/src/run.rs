@@ -99,7 +99,9 @@ pub fn deadlines(cfg: &ValidConfig, enrol: Duration) -> Deadlines {
 /// validator behind a loopback gRPC connection of its own, over TLS as a real federation's:
 /// an ephemeral CA and a server certificate for `127.0.0.1` are made in memory for the run
 /// ([`crate::tls::loopback`]; nothing is written) and every party trusts that CA, so the
-/// comparison with the in-process run includes the cost of TLS.
+/// comparison with the in-process run includes the cost of TLS. With `chain` (a run on an EVM
+/// chain), every party also broadcasts its own transactions through that node, as
+/// `cohort client --chain-rpc` does.
 ///
 /// # Errors
 /// What the run fails with; a party that fails or cannot connect ends the run with its error.
@@ -108,6 +110,7 @@ pub fn run_over_loopback<B: LedgerBackend, L: Learner + Sync + ?Sized>(
     backend: B,
     learner: &L,
     opts: RunOptions,
+    chain: Option<Arc<dyn cohort_ledger::ChainSubmit>>,
     on_round: impl FnMut(&RoundSummary),
 ) -> Result<(Protocol<B>, RunSummary), RunError> {
     let link = |e: NetError| RunError::Transport(TransportError::Link(e.to_string()));
@@ -146,6 +149,7 @@ pub fn run_over_loopback<B: LedgerBackend, L: Learner + Sync + ?Sized>(
         tls: Some(party_tls),
         give_up: Duration::from_secs(600),
         blobs: None,
+        chain,
     };
     let mut transport =
         GrpcTransport::new(Arc::clone(&hub), deadlines(cfg, Duration::from_secs(600)));

@@ -67,7 +67,7 @@ fn a_run_over_grpc_records_what_the_in_process_run_records() {
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (_, local) = run_in_process(&cfg, ledger(&d1), &t, RunOptions::new(), |_| {}).unwrap();
     let (_, net) =
-        cohort_net::run::run_over_loopback(&cfg, ledger(&d2), &t, RunOptions::new(), |_| {})
+        cohort_net::run::run_over_loopback(&cfg, ledger(&d2), &t, RunOptions::new(), None, |_| {})
             .unwrap();
     let verdicts = |s: &RunSummary| {
         s.rounds

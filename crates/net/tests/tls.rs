@@ -68,6 +68,7 @@ fn dial(url: String, tls: Option<tonic::transport::ClientTlsConfig>) -> Dial {
         tls,
         give_up: Duration::from_secs(20),
         blobs: None,
+        chain: None,
     }
 }
 

@@ -107,6 +107,11 @@ struct OnChain {
     samples: u64,
     /// L2 norm of the decoded update (`None`: it did not decode or is not finite).
     norm: Option<f64>,
+    /// Its index among the round's updates on the ledger: the order the ledger recorded them
+    /// in, which the validators' score vectors follow. (The client-index order when the
+    /// coordinator relays every submission; on a chain, parties that submit their own
+    /// transactions (`--chain-rpc`) are included in the order the chain mined them.)
+    index: u32,
 }
 
 /// Whether the ledger refused a relayed call because of the call itself (its signature,
@@ -605,6 +610,11 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
             let tick = coordinator.tick(now, beacon);
             now += 60;
             p.backend_mut().set_time(now)?;
+            // On a chain, parties that submit their own transactions move its time on too: the
+            // clock follows it.
+            if p.backend().chain_id().is_some() {
+                now = now.max(p.backend().head()?.time);
+            }
             match tick {
                 Some(Command::Finished) => break,
                 // Waiting for a party that has not answered (a client the protocol refused, or
@@ -673,7 +683,52 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                 }) => {
                     events.require_round()?;
                     let t = Instant::now();
-                    p.close_submissions(coord, chain_round)?;
+                    let closed = p.close_submissions(coord, chain_round)?;
+                    // What the ledger holds is what the validators score: an update a party
+                    // put on the chain itself whose blob never reached the coordinator is
+                    // scored as missing (the worst score), in its place.
+                    let on_ledger = closed
+                        .events
+                        .iter()
+                        .find_map(|e| match e {
+                            CohortEvents::SubmissionsClosed(c) => Some(c.numUpdates),
+                            _ => None,
+                        })
+                        .unwrap_or(onchain.len() as u32);
+                    if on_ledger as usize != onchain.len() {
+                        for index in 0..on_ledger {
+                            if onchain.iter().any(|x| x.index == index) {
+                                continue;
+                            }
+                            let u = p.update(chain_round, index)?;
+                            let client = roster
+                                .clients
+                                .iter()
+                                .position(|m| m.address == u.client)
+                                .map_or(u32::MAX, |k| k as u32);
+                            events.emit(RunEvent::UpdateReceived {
+                                round,
+                                client,
+                                blob: Hash32(u.blobHash.0),
+                                address: u.client,
+                                bytes: 0,
+                                samples: u.numSamples,
+                                entry: 0,
+                                norm: None,
+                            });
+                            onchain.push(OnChain {
+                                client,
+                                hash: Hash32(u.blobHash.0),
+                                blob: Vec::new(),
+                                update: None,
+                                entry: 0,
+                                samples: u.numSamples,
+                                norm: None,
+                                index,
+                            });
+                        }
+                        onchain.sort_by_key(|x| x.index);
+                    }
                     let valid: BTreeSet<u32> = updates.iter().map(|u| u.client).collect();
                     // Invalid updates (bad shape, NaN, wrong round) get the worst score.
                     for x in onchain.iter_mut() {
@@ -681,11 +736,21 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                             x.update = None;
                         }
                     }
-                    for x in &onchain {
+                    // Reported in client-index order, whatever order the ledger holds them in.
+                    let mut by_client: Vec<&OnChain> = onchain.iter().collect();
+                    by_client.sort_by_key(|x| x.client);
+                    for x in by_client {
                         let refused = rejected
                             .iter()
                             .find(|(k, _)| *k == x.client)
-                            .map(|(_, r)| r.clone());
+                            .map(|(_, r)| r.clone())
+                            .or_else(|| {
+                                x.blob.is_empty().then(|| {
+                                    "submitted on the chain by the client, but its blob never \
+                                     reached the coordinator"
+                                        .to_owned()
+                                })
+                            });
                         events.emit(RunEvent::UpdateValidated {
                             round,
                             client: x.client,
@@ -743,15 +808,26 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                     secs.ledger += t.elapsed().as_secs_f64();
                     let mut accepted_idx = Vec::new();
                     let mut accepted = Vec::new();
-                    for e in &tally.events {
-                        let (index, score, ok) = match e {
-                            CohortEvents::UpdateAccepted(a) => (a.index, a.consensusScore, true),
-                            CohortEvents::UpdateRejected(r) => (r.index, r.consensusScore, false),
-                            _ => continue,
-                        };
-                        let Some(x) = onchain.get(index as usize) else {
-                            continue;
-                        };
+                    // The verdicts in client-index order (the tally's is the ledger's order).
+                    let mut verdicts: Vec<(&OnChain, u32, i64, bool)> = tally
+                        .events
+                        .iter()
+                        .filter_map(|e| match e {
+                            CohortEvents::UpdateAccepted(a) => {
+                                Some((a.index, a.consensusScore, true))
+                            }
+                            CohortEvents::UpdateRejected(r) => {
+                                Some((r.index, r.consensusScore, false))
+                            }
+                            _ => None,
+                        })
+                        .filter_map(|(index, score, ok)| {
+                            let x = onchain.iter().find(|x| x.index == index)?;
+                            Some((x, index, score, ok))
+                        })
+                        .collect();
+                    verdicts.sort_by_key(|(x, ..)| x.client);
+                    for (x, index, score, ok) in verdicts {
                         let (k, u) = (&x.client, &x.update);
                         events.emit(RunEvent::Consensus {
                             round,
@@ -982,6 +1058,7 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                             entry: 0,
                             samples: call.numSamples,
                             norm: update_norm,
+                            index: 0,
                         };
                         updates.push((x, update, u.submission));
                     }
@@ -1039,6 +1116,7 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                     match result {
                         Ok(sent) => {
                             x.entry = sent.position;
+                            x.index = sent.value;
                             events.emit(RunEvent::UpdateReceived {
                                 round,
                                 client: x.client,
@@ -1070,6 +1148,7 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                         Err(e) => return Err(e.into()),
                     }
                 }
+                onchain.sort_by_key(|x| x.index);
             }
             if !commits.is_empty() {
                 let (who, calls): (Vec<u32>, Vec<SignedCall>) = commits.into_iter().unzip();
@@ -1096,7 +1175,21 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                 for ((v, scores), result) in rest.into_iter().zip(results) {
                     match result {
                         Ok(_) => {
-                            let scores: Vec<f64> = scores.iter().map(|x| x.to_f64()).collect();
+                            // A score per update in the ledger's order; reported in
+                            // client-index order.
+                            let mut pairs: Vec<(u32, f64)> = scores
+                                .iter()
+                                .enumerate()
+                                .map(|(i, x)| {
+                                    let client = onchain
+                                        .iter()
+                                        .find(|u| u.index as usize == i)
+                                        .map_or(u32::MAX, |u| u.client);
+                                    (client, x.to_f64())
+                                })
+                                .collect();
+                            pairs.sort_by_key(|(client, _)| *client);
+                            let scores: Vec<f64> = pairs.into_iter().map(|(_, x)| x).collect();
                             events.emit(RunEvent::Revealed {
                                 round,
                                 validator: v,

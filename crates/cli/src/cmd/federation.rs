@@ -215,6 +215,14 @@ pub struct PartyArgs {
     /// coordinator. A blob it cannot find or write there goes through the coordinator.
     #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX")]
     blobs: Option<String>,
+    /// A node of the EVM chain the coordinator records the run on (http://HOST:PORT): this
+    /// party broadcasts each transaction it signs itself, through that node, before it sends
+    /// its reply to the coordinator, so that a coordinator cannot keep it off the chain; the
+    /// coordinator finds it there. The node's chain id must be the one the coordinator names
+    /// (the party stops otherwise, and when the coordinator records on its embedded ledger).
+    /// Needs a build with `--features evm-rpc`.
+    #[arg(long, value_name = "URL")]
+    chain_rpc: Option<String>,
     /// Check the URL, the CA, the key file, the config, --index and the files the task reads
     /// (--data/--holdout included) as a start would, print what this party would do and exit
     /// without dialling.
@@ -236,6 +244,9 @@ impl PartyArgs {
             dial.blobs = Some(std::sync::Arc::from(
                 cohort_blob::open(spec).context("--blobs")?,
             ));
+        }
+        if let Some(url) = &self.chain_rpc {
+            dial.chain = Some(own_chain(url)?);
         }
         Ok(dial)
     }
@@ -281,7 +292,7 @@ impl PartyArgs {
         let task_name = cohort_tasks::task_name(&cfg.task);
         if self.check {
             println!(
-                "{party}: key {} ({}), task {task_name}, data: {data}, would dial {} ({}); \
+                "{party}: key {} ({}), task {task_name}, data: {data}, would dial {} ({}){}; \
                  nothing was started",
                 hex::encode(id.public_key()),
                 self.key.display(),
@@ -290,7 +301,12 @@ impl PartyArgs {
                     "TLS"
                 } else {
                     "plain text"
-                }
+                },
+                dial.chain.as_ref().map_or(String::new(), |c| format!(
+                    " and submit its own transactions through {} (chain id {})",
+                    c.url(),
+                    c.chain_id()
+                ))
             );
             return Ok(ExitCode::SUCCESS);
         }
@@ -315,6 +331,21 @@ impl PartyArgs {
         eprintln!("{party}: {reason}");
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// The party's own connection to the chain at `url` (`--chain-rpc`), its chain id read.
+fn own_chain(url: &str) -> anyhow::Result<std::sync::Arc<dyn cohort_ledger::ChainSubmit>> {
+    #[cfg(feature = "evm-rpc")]
+    {
+        Ok(std::sync::Arc::new(
+            cohort_ledger::ChainSubmitter::connect(url).context("--chain-rpc")?,
+        ))
+    }
+    #[cfg(not(feature = "evm-rpc"))]
+    bail!(
+        "--chain-rpc {url}: this build of cohort cannot send chain transactions; build it with \
+         `--features evm-rpc`"
+    )
 }
 
 /// Run one client of a federation: dial the coordinator, register and stake with this
@@ -418,5 +449,6 @@ pub(crate) fn dial_to(
         tls,
         give_up,
         blobs: None,
+        chain: None,
     })
 }

@@ -1067,7 +1067,19 @@ impl Args {
             }
             (None, TransportKind::InProcess) => run_in_process(cfg, backend, task, opts, on_round),
             (None, TransportKind::Grpc) => {
-                cohort_net::run::run_over_loopback(cfg, backend, task, opts, on_round)
+                // On a chain each party also puts its own transactions on it.
+                #[cfg(feature = "evm-rpc")]
+                let chain: Option<std::sync::Arc<dyn cohort_ledger::ChainSubmit>> =
+                    match &self.chain_rpc {
+                        Some(url) => Some(std::sync::Arc::new(
+                            cohort_ledger::ChainSubmitter::connect(url)
+                                .context("--chain-rpc: the parties' own connection")?,
+                        )),
+                        None => None,
+                    };
+                #[cfg(not(feature = "evm-rpc"))]
+                let chain = None;
+                cohort_net::run::run_over_loopback(cfg, backend, task, opts, chain, on_round)
             }
         })
     }

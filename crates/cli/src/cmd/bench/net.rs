@@ -176,6 +176,7 @@ impl Args {
                         ledger(format!("grpc-{repeat}"))?,
                         &*task,
                         RunOptions::new(),
+                        None,
                         |_| {},
                     )?;
                     let secs = t.elapsed().as_secs_f64();
