@@ -17,8 +17,9 @@
 #
 # On an EVM chain instead of the embedded ledger: CHAIN_RPC=URL and FUNDER_KEY=HEX (a binary
 # built with `--features evm-rpc`; a dev chain such as anvil, whose first account's key funds
-# the run). The admission list then gives each party's chain address, the coordinator relays
-# the parties' own transactions to the chain, and DIR/run/summary.json lists them.
+# the run). The admission list then gives each party's chain address, each party puts the
+# transactions it signs on the chain itself (`--chain-rpc`) and the coordinator records them
+# from there, and DIR/run/summary.json lists them.
 set -euo pipefail
 
 cfg=${1:-examples/clean-linear.toml}
@@ -27,12 +28,16 @@ shift $(($# < 2 ? $# : 2))
 sets=("$@")
 port=${PORT:-50051}
 chain=()
+own_chain=()
 if [ -n "${CHAIN_RPC:-}" ]; then
   if [ -z "${FUNDER_KEY:-}" ]; then
     echo "CHAIN_RPC needs FUNDER_KEY: the key of an account that pays the run's gas" >&2
     exit 2
   fi
   chain=(--chain-rpc "$CHAIN_RPC" --funder-key "$FUNDER_KEY")
+  # Each party puts its own transactions on the chain through this node too (a real
+  # federation's parties would each name a node of their own).
+  own_chain=(--chain-rpc "$CHAIN_RPC")
 fi
 if [ -n "${COHORT:-}" ]; then
   cohort=$COHORT
@@ -86,7 +91,7 @@ for role in client validator; do
   for ((i = 0; i < n; i++)); do
     "$cohort" "$role" --coordinator "https://127.0.0.1:$port" --ca "$dir/tls/ca.pem" \
       --key "$dir/keys/$role-$i.pem" --config "$cfg" --index "$i" "${sets[@]}" \
-      >"$dir/logs/$role-$i.log" 2>&1 &
+      ${own_chain[@]+"${own_chain[@]}"} >"$dir/logs/$role-$i.log" 2>&1 &
     pids+=($!)
   done
 done

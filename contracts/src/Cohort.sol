@@ -43,5 +43,11 @@ contract Cohort is
         _validateParams(p);
         _params = p;
         emit ParamsUpdated(p);
+        // Unlearning methods: retrain and shards exact, fed-eraser, lora-ga and lora-npo not.
+        _addMethod(1, true);
+        _addMethod(2, true);
+        _addMethod(3, false);
+        _addMethod(4, false);
+        _addMethod(5, false);
     }
 }

@@ -145,13 +145,31 @@ abstract contract CohortBase {
         int64[] scores;
     }
 
+    /// @notice What an unlearning's evidence says, SCORE_SCALE fixed point: the forget-set
+    ///         metric (accuracy for a classifier, perplexity for a language model), the
+    ///         membership-inference AUC (forget set against unseen data) and the test metric
+    ///         of the unlearned model; with a model retrained without the data (the oracle),
+    ///         the differences from its values (unlearned minus oracle).
+    struct UnlearningEvidence {
+        int64 forgetMetric;
+        int64 miaAuc;
+        int64 testMetric;
+        bool hasOracle;
+        int64 forgetGap;
+        int64 miaGap;
+    }
+
     struct UnlearningRequest {
         bytes32 datasetId;
         address requester;
         uint64 requestedAt;
         UnlearningPhase phase;
         uint8 method;
+        /// @dev Executions the verifiers rejected so far (each reopened the request).
+        uint32 rejections;
         bytes32 reasonHash;
+        /// @dev The forget set the requester discloses to the verifier, committed by hash.
+        bytes32 forgetSetHash;
         bytes32 resultModelHash;
         address executor;
         uint64 executedAt;
@@ -159,8 +177,9 @@ abstract contract CohortBase {
         bytes32 evidenceHash;
         address verifier;
         uint64 verifiedAt;
-        int64 forgetAccuracy;
-        int64 membershipAdvantage;
+        UnlearningEvidence evidence;
+        /// @dev The manifest of the forgotten client's blobs deleted after verification (0: none).
+        bytes32 deletedBlobs;
     }
 
     // ------------------------------------------------------------------
@@ -216,6 +235,11 @@ abstract contract CohortBase {
     // unlearning
     uint64 internal _requestCount;
     mapping(uint64 => UnlearningRequest) internal _requests;
+    /// @dev dataset => its request that is not verified yet (0: none).
+    mapping(bytes32 => uint64) internal _openRequest;
+    /// @dev Bit m: unlearning method m is known; in _exactMethods: it is exact.
+    uint256 internal _methods;
+    uint256 internal _exactMethods;
 
     // anchor
     uint64 internal _anchorSize;
@@ -280,20 +304,30 @@ abstract contract CohortBase {
     event ValidatorSettled(uint64 indexed roundId, address indexed validator, bool revealed, uint32 agreements);
     event RoundSettled(uint64 indexed roundId, uint256 paid, uint256 toTreasury);
 
+    event UnlearningMethodAdded(uint8 indexed method, bool exact);
     event UnlearningRequested(
-        uint64 indexed requestId, bytes32 indexed datasetId, address indexed requester, bytes32 reasonHash
+        uint64 indexed requestId,
+        bytes32 indexed datasetId,
+        address indexed requester,
+        bytes32 reasonHash,
+        bytes32 forgetSetHash
     );
     event UnlearningExecuted(
-        uint64 indexed requestId, bytes32 indexed datasetId, bytes32 resultModelHash, uint8 method, address executor
+        uint64 indexed requestId,
+        bytes32 indexed datasetId,
+        bytes32 resultModelHash,
+        uint8 method,
+        address executor,
+        bytes32 evidenceHash
     );
     event Clawback(uint64 indexed requestId, address indexed owner, uint256 amount);
     event UnlearningVerified(
-        uint64 indexed requestId,
-        bytes32 evidenceHash,
-        int64 forgetAccuracy,
-        int64 membershipAdvantage,
-        address indexed verifier
+        uint64 indexed requestId, bytes32 evidenceHash, UnlearningEvidence evidence, address indexed verifier
     );
+    event UnlearningRejected(
+        uint64 indexed requestId, bytes32 evidenceHash, bytes32 reasonHash, address indexed verifier
+    );
+    event UnlearningBlobsDeleted(uint64 indexed requestId, bytes32 manifestHash, address indexed by);
 
     event Anchored(uint64 size, bytes32 root, address indexed by);
 
@@ -355,6 +389,10 @@ abstract contract CohortBase {
     error UnknownRequest(uint64 requestId);
     error WrongRequestPhase(uint64 requestId, uint8 phase, uint8 expected);
     error InvalidMethod(uint8 method);
+    error UnlearningPending(bytes32 datasetId, uint64 requestId);
+    error VerifierIsExecutor(uint64 requestId, address who);
+    error EvidenceMismatch(uint64 requestId, bytes32 recorded, bytes32 got);
+    error BlobsAlreadyDeleted(uint64 requestId);
 
     error AnchorNotGrowing(uint64 latest, uint64 got);
 

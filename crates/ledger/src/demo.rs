@@ -240,3 +240,107 @@ pub fn run<B: LedgerBackend>(
     };
     Ok((p, report))
 }
+
+/// What [`forget`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ForgetReport {
+    /// The request's id.
+    pub request: u64,
+    /// What was clawed back from alice (base units).
+    pub clawed_back: U256,
+    /// Executions the verifier rejected before one was verified.
+    pub rejections: u32,
+}
+
+/// After [`run`]: alice asks for her dataset to be forgotten; the coordinator executes with
+/// `retrain` and an evidence blob a validator rejects (the request reopens); the coordinator
+/// executes again and the other validator accepts the evidence; the coordinator records that
+/// alice's blobs were deleted. Every call succeeds, on any backend, so the same story can be
+/// compared across backends.
+pub fn forget<B: LedgerBackend>(
+    p: &mut Protocol<B>,
+    cast: &Cast,
+) -> Result<ForgetReport, ProtocolError> {
+    use crate::protocol::{UnlearningEvidence, unlearning};
+    let alice = &cast.clients[0];
+    let coord = &cast.coordinator;
+    let owner = p.backend().address_of(alice);
+    let (logs, _) = p.backend().logs_since(0)?;
+    let logs: Vec<alloy_primitives::Log> = logs.into_iter().map(|(_, l)| l).collect();
+    let dataset = crate::protocol::decode_events(p.address(), &logs)
+        .into_iter()
+        .find_map(|e| match e {
+            CohortEvents::DatasetCommitted(d) if d.owner == owner => Some(d.id),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            ProtocolError::Ledger(crate::LedgerError::Storage(
+                "alice committed no dataset: run the demo first".into(),
+            ))
+        })?;
+    let time = p.backend().head()?.time;
+    p.backend_mut().set_time(time.saturating_add(60))?;
+    let request = p
+        .request_unlearning(
+            alice,
+            dataset,
+            sha256(b"GDPR art. 17").into(),
+            sha256(b"alice's forget set").into(),
+        )?
+        .value;
+    let model = sha256(b"the model retrained without alice");
+    let exec = p.record_unlearning(
+        coord,
+        request,
+        unlearning::RETRAIN,
+        model.into(),
+        sha256(b"evidence, first try").into(),
+    )?;
+    let clawed_back = exec
+        .events
+        .iter()
+        .find_map(|e| match e {
+            CohortEvents::Clawback(c) => Some(c.amount),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let measured = UnlearningEvidence {
+        forgetMetric: Score::from_f64(0.51).0,
+        miaAuc: Score::from_f64(0.50).0,
+        testMetric: Score::from_f64(0.80).0,
+        hasOracle: true,
+        forgetGap: Score::from_f64(0.004).0,
+        miaGap: Score::from_f64(-0.01).0,
+    };
+    p.verify_unlearning(
+        &cast.validators[0],
+        request,
+        false,
+        sha256(b"what the verifier measured").into(),
+        measured.clone(),
+        sha256(b"the forget metric is 30 points above the oracle's").into(),
+    )?;
+    let evidence = sha256(b"evidence, second try");
+    p.record_unlearning(
+        coord,
+        request,
+        unlearning::RETRAIN,
+        model.into(),
+        evidence.into(),
+    )?;
+    p.verify_unlearning(
+        &cast.validators[1],
+        request,
+        true,
+        evidence.into(),
+        measured,
+        B256::ZERO,
+    )?;
+    p.record_blob_deletion(coord, request, sha256(b"alice's blobs").into())?;
+    let rejections = p.unlearning_request(request)?.rejections;
+    Ok(ForgetReport {
+        request,
+        clawed_back,
+        rejections,
+    })
+}

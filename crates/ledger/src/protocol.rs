@@ -24,7 +24,7 @@ pub mod bindings {
 
 pub use bindings::Cohort;
 use bindings::Cohort::{CohortErrors, CohortEvents};
-pub use bindings::CohortBase::Params;
+pub use bindings::CohortBase::{Params, UnlearningEvidence};
 
 /// Role bits of `register`.
 pub mod roles {
@@ -36,6 +36,29 @@ pub mod roles {
     pub const VALIDATOR: u8 = 4;
     /// Commits datasets.
     pub const DATA_OWNER: u8 = 8;
+}
+
+/// Unlearning methods as the contract numbers them (governance may add more).
+pub mod unlearning {
+    /// The federation rerun without the client: exact.
+    pub const RETRAIN: u8 = 1;
+    /// Only the forgotten client's shard retrained: exact.
+    pub const SHARDS: u8 = 2;
+    /// FedEraser's calibration from stored updates: approximate.
+    pub const FED_ERASER: u8 = 3;
+    /// Gradient ascent on the forget set through a LoRA adapter: approximate.
+    pub const LORA_GA: u8 = 4;
+    /// NPO on the forget set through a LoRA adapter: approximate.
+    pub const LORA_NPO: u8 = 5;
+    /// Request phases.
+    pub mod phase {
+        /// Filed (or reopened by a rejected execution).
+        pub const REQUESTED: u8 = 1;
+        /// Executed, waiting for a verifier.
+        pub const EXECUTED: u8 = 2;
+        /// Verified.
+        pub const VERIFIED: u8 = 3;
+    }
 }
 
 /// Round phases as the contract numbers them.
@@ -792,58 +815,94 @@ impl<B: LedgerBackend> Protocol<B> {
 
     // ---- unlearning and anchoring ----
 
-    /// The dataset owner (or governance) asks for a dataset to be forgotten.
+    /// The dataset owner (or governance) asks for a dataset to be forgotten, committing to
+    /// the forget set it will disclose to the verifier (`forget_set`, its hash).
     pub fn request_unlearning(
         &mut self,
         who: &Identity,
         dataset: B256,
         reason: B256,
+        forget_set: B256,
     ) -> Result<Sent<u64>, ProtocolError> {
         self.send(
             who,
             Cohort::requestUnlearningCall {
                 datasetId: dataset,
                 reasonHash: reason,
+                forgetSetHash: forget_set,
             },
         )
     }
 
-    /// A coordinator records the execution (result model hash, method 0/1/2) and claws back.
+    /// A coordinator records the execution by `method` (see [`unlearning`]): the unlearned
+    /// model's hash and the executor's evidence blob's; the contract claws back the dataset's
+    /// rewards.
     pub fn record_unlearning(
         &mut self,
         coordinator: &Identity,
         request: u64,
-        result_model: B256,
         method: u8,
+        result_model: B256,
+        evidence: B256,
     ) -> Result<Sent<()>, ProtocolError> {
         self.send_unit(
             coordinator,
             Cohort::recordUnlearningCall {
                 requestId: request,
-                resultModelHash: result_model,
                 method,
+                resultModelHash: result_model,
+                evidenceHash: evidence,
             },
         )
     }
 
-    /// A coordinator or validator records verification evidence.
-    pub fn record_unlearning_evidence(
+    /// A validator other than the executor gives its verdict on an execution: accepted (its
+    /// evidence blob must be the executor's) or rejected, with why (`reason`, a hash), which
+    /// reopens the request.
+    pub fn verify_unlearning(
+        &mut self,
+        verifier: &Identity,
+        request: u64,
+        accepted: bool,
+        evidence_hash: B256,
+        evidence: UnlearningEvidence,
+        reason: B256,
+    ) -> Result<Sent<()>, ProtocolError> {
+        self.send_unit(
+            verifier,
+            Cohort::verifyUnlearningCall {
+                requestId: request,
+                accepted,
+                evidenceHash: evidence_hash,
+                evidence,
+                reasonHash: reason,
+            },
+        )
+    }
+
+    /// Records that the forgotten client's blobs were deleted (`manifest`: the hash of the
+    /// list of their hashes). The executor or governance, after verification.
+    pub fn record_blob_deletion(
         &mut self,
         who: &Identity,
         request: u64,
-        evidence: B256,
-        forget_accuracy: Score,
-        membership_advantage: Score,
+        manifest: B256,
     ) -> Result<Sent<()>, ProtocolError> {
         self.send_unit(
             who,
-            Cohort::recordUnlearningEvidenceCall {
+            Cohort::recordBlobDeletionCall {
                 requestId: request,
-                evidenceHash: evidence,
-                forgetAccuracy: forget_accuracy.0,
-                membershipAdvantage: membership_advantage.0,
+                manifestHash: manifest,
             },
         )
+    }
+
+    /// An unlearning request's record.
+    pub fn unlearning_request(
+        &mut self,
+        request: u64,
+    ) -> Result<bindings::CohortBase::UnlearningRequest, ProtocolError> {
+        self.view(Cohort::unlearningRequestCall { requestId: request })
     }
 
     /// Anchors a checkpoint of the embedded log (size, root) on this chain.

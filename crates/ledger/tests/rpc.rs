@@ -256,10 +256,30 @@ fn differential_events_and_gas() {
     let Some(anvil) = Anvil::start("differential_events_and_gas") else {
         return;
     };
-    let (emb, emb_report, _dir) = embedded_demo();
-    let (p, rpc_report) = demo::run(ledger(&anvil), 1).expect("demo runs on anvil");
-    let rpc = p.into_backend();
     let cast = Cast::new(1);
+    // The demo round, then the unlearning story (a rejected execution, a verified one, the
+    // blobs' deletion recorded).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut p, emb_report) = demo::run(embedded(dir.path()), 1).expect("demo runs embedded");
+    let emb_forget = demo::forget(&mut p, &cast).expect("unlearning embedded");
+    let emb = p.into_backend();
+    let (mut p, rpc_report) = demo::run(ledger(&anvil), 1).expect("demo runs on anvil");
+    let rpc_forget = demo::forget(&mut p, &cast).expect("unlearning on anvil");
+    let rpc = p.into_backend();
+    assert_eq!(
+        (
+            emb_forget.request,
+            emb_forget.clawed_back,
+            emb_forget.rejections
+        ),
+        (
+            rpc_forget.request,
+            rpc_forget.clawed_back,
+            rpc_forget.rejections
+        )
+    );
+    assert_eq!(emb_forget.rejections, 1);
+    assert!(emb_forget.clawed_back > U256::ZERO);
 
     let emb_txs: Vec<Seen> = (0..emb.len())
         .map(|i| {
@@ -313,6 +333,34 @@ fn differential_events_and_gas() {
             .any(|e| matches!(e, CohortEvents::RoundSettled(_))),
         "the round settles"
     );
+    for (what, n) in [
+        (
+            "a rejected unlearning",
+            emb_ev
+                .iter()
+                .flatten()
+                .filter(|e| matches!(e, CohortEvents::UnlearningRejected(_)))
+                .count(),
+        ),
+        (
+            "a verified unlearning",
+            emb_ev
+                .iter()
+                .flatten()
+                .filter(|e| matches!(e, CohortEvents::UnlearningVerified(_)))
+                .count(),
+        ),
+        (
+            "the blobs' deletion",
+            emb_ev
+                .iter()
+                .flatten()
+                .filter(|e| matches!(e, CohortEvents::UnlearningBlobsDeleted(_)))
+                .count(),
+        ),
+    ] {
+        assert_eq!(n, 1, "{what}");
+    }
 
     let (mut equal, mut total_emb, mut total_rpc, mut other_input) = (0, 0u64, 0u64, 0);
     for (i, (e, r)) in emb_txs.iter().zip(&rpc_txs).enumerate() {

@@ -191,21 +191,24 @@ fn a_full_round_at_the_limits_fits_the_gas_cap() {
     eprintln!("largest call of a 256x32 round: {max_gas} gas (cap {TX_GAS_CAP})");
 }
 
-/// After the demo round, alice asks for her dataset to be forgotten: the coordinator records
-/// the execution, a validator the evidence; her reward is clawed back and the dataset can no
-/// longer back an update. Anchors must grow.
+/// After the demo round, alice asks for her dataset to be forgotten. Who may do what, in
+/// which phase: only the owner (or governance) requests, with a known method a coordinator
+/// executes, a validator other than the executor verifies, a rejection reopens the request and
+/// an acceptance must carry the executor's evidence; the reward is clawed back once, the
+/// dataset can be neither requested again nor back an update. Anchors must grow.
 #[test]
 fn unlearning_claws_back_rewards_and_anchors_grow() {
     use alloy_primitives::B256;
     use cohort_core::{Score, sha256, tokens};
     use cohort_ledger::LedgerBackend;
-    use cohort_ledger::protocol::Cohort::{CohortErrors, CohortEvents};
-    use cohort_ledger::protocol::ProtocolError;
+    use cohort_ledger::protocol::Cohort::{self, CohortErrors, CohortEvents};
+    use cohort_ledger::protocol::{UnlearningEvidence, unlearning};
 
     let dir = tempfile::tempdir().unwrap();
     let (mut p, _) = demo::run(fresh(dir.path()), 1).unwrap();
     let cast = Cast::new(1);
-    let (alice, coord, val) = (&cast.clients[0], &cast.coordinator, &cast.validators[0]);
+    let (alice, coord) = (&cast.clients[0], &cast.coordinator);
+    let (v1, v2) = (&cast.validators[0], &cast.validators[1]);
     // Alice's dataset and reward come from the ledger's own events.
     let (logs, _) = p.backend().logs_since(0).unwrap();
     let events = cohort_ledger::protocol::decode_events(
@@ -227,19 +230,65 @@ fn unlearning_claws_back_rewards_and_anchors_grow() {
         })
         .unwrap();
     assert!(reward > alloy_primitives::U256::ZERO);
+    let revert = |e: cohort_ledger::ProtocolError| e.revert().cloned();
+    let h = |s: &str| B256::from(sha256(s.as_bytes()));
 
-    // Only the owner (or governance) may ask.
+    // Only the owner (or governance) may ask, for a dataset that exists.
     let e = p
-        .request_unlearning(&cast.clients[1], dataset, B256::ZERO)
+        .request_unlearning(&cast.clients[1], dataset, B256::ZERO, B256::ZERO)
         .unwrap_err();
-    assert!(matches!(e, ProtocolError::Reverted { .. }), "{e}");
+    assert!(matches!(revert(e), Some(CohortErrors::NotAuthorized(_))));
+    let e = p
+        .request_unlearning(alice, h("no such dataset"), B256::ZERO, B256::ZERO)
+        .unwrap_err();
+    assert!(matches!(revert(e), Some(CohortErrors::UnknownDataset(_))));
     let req = p
-        .request_unlearning(alice, dataset, sha256(b"GDPR art. 17").into())
+        .request_unlearning(alice, dataset, h("GDPR art. 17"), h("forget set"))
         .unwrap()
         .value;
+    // One open request per dataset.
+    let e = p
+        .request_unlearning(&cast.governance, dataset, B256::ZERO, B256::ZERO)
+        .unwrap_err();
+    assert!(
+        matches!(revert(e), Some(CohortErrors::UnlearningPending(x)) if x.requestId == req),
+        "a second request while one is open"
+    );
+    // Nothing to verify before an execution; an unknown method is refused; a validator is
+    // no executor.
+    let evidence = UnlearningEvidence {
+        forgetMetric: Score::from_f64(0.5).0,
+        miaAuc: Score::from_f64(0.5).0,
+        testMetric: Score::from_f64(0.8).0,
+        hasOracle: false,
+        forgetGap: 0,
+        miaGap: 0,
+    };
+    let e = p
+        .verify_unlearning(v1, req, true, h("e"), evidence.clone(), B256::ZERO)
+        .unwrap_err();
+    assert!(matches!(
+        revert(e),
+        Some(CohortErrors::WrongRequestPhase(_))
+    ));
+    for method in [0u8, 6, 255] {
+        let e = p
+            .record_unlearning(coord, req, method, h("m"), h("e"))
+            .unwrap_err();
+        assert!(
+            matches!(revert(e), Some(CohortErrors::InvalidMethod(m)) if m.method == method),
+            "method {method}"
+        );
+    }
+    let e = p
+        .record_unlearning(v1, req, unlearning::RETRAIN, h("m"), h("e"))
+        .unwrap_err();
+    assert!(matches!(revert(e), Some(CohortErrors::MissingRole(_))));
+
+    // Executed: the reward is clawed back.
     let before = p.balance_of(alice.address()).unwrap();
     let exec = p
-        .record_unlearning(coord, req, sha256(b"model without alice").into(), 0)
+        .record_unlearning(coord, req, unlearning::FED_ERASER, h("m1"), h("e1"))
         .unwrap();
     let clawed = exec
         .events
@@ -251,14 +300,121 @@ fn unlearning_claws_back_rewards_and_anchors_grow() {
         .unwrap();
     assert_eq!(clawed, reward);
     assert_eq!(p.balance_of(alice.address()).unwrap(), before - reward);
-    p.record_unlearning_evidence(
-        val,
-        req,
-        sha256(b"evidence").into(),
-        Score::from_f64(0.5),
-        Score::from_f64(0.01),
+    // A verdict from someone who is not a validator.
+    let e = p
+        .verify_unlearning(alice, req, true, h("e1"), evidence.clone(), B256::ZERO)
+        .unwrap_err();
+    assert!(matches!(revert(e), Some(CohortErrors::MissingRole(_))));
+    // An acceptance that does not reproduce the executor's evidence.
+    let e = p
+        .verify_unlearning(v1, req, true, h("e-other"), evidence.clone(), B256::ZERO)
+        .unwrap_err();
+    assert!(matches!(revert(e), Some(CohortErrors::EvidenceMismatch(_))));
+    // A rejection reopens the request; the dataset stays forgotten and nothing more is taken.
+    p.verify_unlearning(v1, req, false, h("measured"), evidence.clone(), h("why"))
+        .unwrap();
+    let q = p.unlearning_request(req).unwrap();
+    assert_eq!(q.phase, unlearning::phase::REQUESTED);
+    assert_eq!(q.rejections, 1);
+    // Executed again, by a party that is a coordinator and a validator: it cannot verify its
+    // own execution.
+    let both = cohort_core::Identity::from_seed(1, "coordinator and validator");
+    let both_addr = p.backend().address_of(&both);
+    p.approve_coordinator(&cast.governance, both_addr).unwrap();
+    p.register(
+        &both,
+        cohort_ledger::protocol::roles::COORDINATOR | cohort_ledger::protocol::roles::VALIDATOR,
     )
     .unwrap();
+    let again = p
+        .record_unlearning(&both, req, unlearning::RETRAIN, h("m2"), h("e2"))
+        .unwrap();
+    assert!(again.events.iter().any(
+        |e| matches!(e, CohortEvents::Clawback(c) if c.amount == alloy_primitives::U256::ZERO)
+    ));
+    let e = p
+        .verify_unlearning(&both, req, true, h("e2"), evidence.clone(), B256::ZERO)
+        .unwrap_err();
+    assert!(matches!(
+        revert(e),
+        Some(CohortErrors::VerifierIsExecutor(_))
+    ));
+    p.verify_unlearning(v2, req, true, h("e2"), evidence.clone(), B256::ZERO)
+        .unwrap();
+    let q = p.unlearning_request(req).unwrap();
+    assert_eq!(q.phase, unlearning::phase::VERIFIED);
+    assert_eq!(q.clawedBack, reward);
+    assert_eq!(q.evidenceHash, h("e2"));
+    assert_eq!(q.evidence, evidence);
+    assert_eq!(q.forgetSetHash, h("forget set"));
+    // Verified: no second verdict; blobs deleted once, by the executor or governance.
+    let e = p
+        .verify_unlearning(v1, req, false, h("e2"), evidence, B256::ZERO)
+        .unwrap_err();
+    assert!(matches!(
+        revert(e),
+        Some(CohortErrors::WrongRequestPhase(_))
+    ));
+    let e = p.record_blob_deletion(alice, req, h("blobs")).unwrap_err();
+    assert!(matches!(revert(e), Some(CohortErrors::NotAuthorized(_))));
+    let e = p.record_blob_deletion(coord, req, h("blobs")).unwrap_err();
+    assert!(
+        matches!(revert(e), Some(CohortErrors::NotAuthorized(_))),
+        "not this execution's executor"
+    );
+    p.record_blob_deletion(&both, req, h("blobs")).unwrap();
+    let e = p
+        .record_blob_deletion(&cast.governance, req, h("blobs"))
+        .unwrap_err();
+    assert!(matches!(
+        revert(e),
+        Some(CohortErrors::BlobsAlreadyDeleted(_))
+    ));
+    // A forgotten dataset is not forgotten twice.
+    let e = p
+        .request_unlearning(alice, dataset, B256::ZERO, B256::ZERO)
+        .unwrap_err();
+    assert!(matches!(
+        revert(e),
+        Some(CohortErrors::DatasetIsForgotten(_))
+    ));
+    // Methods: governance adds one, once; nobody else can.
+    let e = p
+        .send_unit(
+            alice,
+            Cohort::addUnlearningMethodCall {
+                method: 6,
+                exact: false,
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(revert(e), Some(CohortErrors::NotGovernance(_))));
+    p.send_unit(
+        &cast.governance,
+        Cohort::addUnlearningMethodCall {
+            method: 6,
+            exact: false,
+        },
+    )
+    .unwrap();
+    let e = p
+        .send_unit(
+            &cast.governance,
+            Cohort::addUnlearningMethodCall {
+                method: 6,
+                exact: true,
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(revert(e), Some(CohortErrors::InvalidMethod(_))));
+    let m = p.view(Cohort::unlearningMethodCall { method: 6 }).unwrap();
+    assert!(m.known && !m.exact);
+    let m = p
+        .view(Cohort::unlearningMethodCall {
+            method: unlearning::RETRAIN,
+        })
+        .unwrap();
+    assert!(m.known && m.exact);
     assert!(p.supply().unwrap().conserved());
 
     // The forgotten dataset cannot back a new update.

@@ -52,6 +52,8 @@ fn config() -> RunConfig {
 struct SelfSubmitting<'a> {
     inner: LocalParties<'a>,
     chain: ChainSubmitter,
+    /// A client whose update replies are lost after it put them on the chain.
+    lost: Option<u32>,
 }
 
 fn calls(r: &Reply) -> Vec<&SignedCall> {
@@ -82,7 +84,10 @@ impl Transport for SelfSubmitting<'_> {
                     .expect("the chain takes it");
             }
         }
-        Ok(replies)
+        Ok(replies
+            .into_iter()
+            .filter(|r| !matches!(r, Reply::Update(u) if Some(u.client) == self.lost))
+            .collect())
     }
 }
 
@@ -149,6 +154,7 @@ fn updates_the_chain_mines_out_of_order_give_the_run_the_relay_gives() {
     let mut own = SelfSubmitting {
         inner: LocalParties::new(parties(&cfg, &keys, &task)),
         chain: ChainSubmitter::connect(anvil.url()).unwrap(),
+        lost: None,
     };
     let (mut p, mined) = run_with_options(
         &cfg,
@@ -174,4 +180,63 @@ fn updates_the_chain_mines_out_of_order_give_the_run_the_relay_gives() {
         mined.rounds[0]
     );
     assert_eq!(outcome(&mined), outcome(&reference));
+}
+
+/// A client's update that is on the chain but whose blob never reaches the coordinator: the
+/// validators' score vectors must still have a score for it, in its place on the ledger, or
+/// every reveal would be refused. It is scored as missing (as an update that does not decode)
+/// and rejected; the others' verdicts
+/// stand and every validator's reveal is accepted.
+#[test]
+fn an_update_on_the_chain_without_its_blob_is_scored_as_missing() {
+    let Some(anvil) = Anvil::start("an_update_on_the_chain_without_its_blob") else {
+        return;
+    };
+    let mut cfg = config();
+    cfg.coordinator.rounds = 1;
+    let cfg = cfg.check().unwrap();
+    let task = LinearTask::new(
+        LinearTaskConfig::default(),
+        cfg.clients,
+        cfg.validators,
+        cfg.seed,
+    );
+    let keys = Keys::Seeded(cfg.seed);
+    let mut own = SelfSubmitting {
+        inner: LocalParties::new(parties(&cfg, &keys, &task)),
+        chain: ChainSubmitter::connect(anvil.url()).unwrap(),
+        lost: Some(1),
+    };
+    let (_, s) = run_with_options(
+        &cfg,
+        chain(&anvil),
+        &task,
+        &mut own,
+        RunOptions::new(),
+        |_| {},
+    )
+    .unwrap();
+    let r = &s.rounds[0];
+    assert!(r.rejected.contains(&1), "{r:?}");
+    assert!(!r.accepted.contains(&1), "{r:?}");
+    let missing = r.updates.iter().find(|u| u.client == 1).expect("listed");
+    assert!(
+        missing
+            .refused
+            .as_deref()
+            .is_some_and(|why| why.contains("never reached the coordinator")),
+        "{missing:?}"
+    );
+    assert_eq!(r.submitted.len(), cfg.clients);
+    // Every validator revealed a full score vector, the missing update scored as one that
+    // does not decode (-1).
+    assert_eq!(r.scores.len(), cfg.validators);
+    for row in &r.scores {
+        assert_eq!(row.len(), cfg.clients, "{:?}", r.scores);
+        assert_eq!(row[1], -1.0, "{row:?}");
+    }
+    // The honest clients are accepted as without the loss.
+    for k in [0, 2, 3] {
+        assert!(r.accepted.contains(&k), "{r:?}");
+    }
 }
