@@ -149,6 +149,7 @@ impl Fixtures {
             "keys show" => format!("keys show {}", p(&self.key)),
             "keys tls" => "keys tls --out {fresh} --name 127.0.0.1".to_owned(),
             "provenance" => format!("provenance {}", p(&self.run)),
+            "unlearn" => format!("unlearn {} --client client-0 --check", p(&self.run)),
             "ledger show" => format!("ledger show {l}"),
             "ledger verify" => format!("ledger verify {l}"),
             "ledger prove" => format!("ledger prove {l} --entry 0"),

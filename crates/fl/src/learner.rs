@@ -42,6 +42,24 @@ impl Metrics {
     }
 }
 
+/// How a model does on a set of samples, sample by sample: what unlearning measures on a
+/// forgotten client's data (its forget set), the others' (the retain set) and unseen data
+/// (membership inference compares the two loss distributions).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleLosses {
+    /// The set's metrics (mean loss, and accuracy for a classifier).
+    pub metrics: Metrics,
+    /// Each sample's loss, in the set's order.
+    pub losses: Vec<f64>,
+}
+
+fn no_samples(what: &str) -> FlError {
+    FlError::InvalidConfig {
+        what: "task",
+        reason: format!("this task cannot evaluate {what} sample by sample"),
+    }
+}
+
 /// A federated learning task.
 ///
 /// Every method is deterministic in its arguments (randomness comes in through `rng`), so a
@@ -67,6 +85,18 @@ pub trait Learner {
     fn holdout_loss(&self, validator: u32, params: &[f32]) -> Result<f64, FlError>;
     /// Metrics of `params` on the test set.
     fn evaluate(&self, params: &[f32]) -> Result<Metrics, FlError>;
+    /// `params` on client `k`'s own training data, sample by sample (for a data attacker,
+    /// the poisoned data it trains on). Tasks that cannot refuse (the default).
+    fn client_samples(&self, client: u32, params: &[f32]) -> Result<SampleLosses, FlError> {
+        let _ = (client, params);
+        Err(no_samples("a client's data"))
+    }
+    /// `params` on the test set, sample by sample; the metrics are [`Self::evaluate`]'s.
+    /// Tasks that cannot refuse (the default).
+    fn test_samples(&self, params: &[f32]) -> Result<SampleLosses, FlError> {
+        let _ = params;
+        Err(no_samples("the test set"))
+    }
     /// Makes client `k` an attacker that poisons its own training data. Tasks without
     /// labelled data refuse.
     fn poison(&mut self, client: u32, attack: &DataAttack) -> Result<(), FlError> {

@@ -34,6 +34,7 @@ pub mod learner;
 pub mod partition;
 pub mod strategy;
 pub mod task;
+pub mod unlearning;
 pub mod update;
 
 pub use attack::{AttackKind, DataAttack, UpdateAttack};

@@ -158,6 +158,8 @@ pub struct Coordinator<'a, B: LedgerBackend, L: Learner + ?Sized> {
     roster: Roster,
     learner: &'a L,
     absent: Vec<(Party, String)>,
+    /// Clients left out of the run ([`Self::exclude`]).
+    excluded: BTreeSet<u32>,
 }
 
 impl<B: LedgerBackend, L: Learner + ?Sized> std::fmt::Debug for Coordinator<'_, B, L> {
@@ -201,6 +203,7 @@ impl<'a, B: LedgerBackend, L: Learner + ?Sized> Coordinator<'a, B, L> {
             roster,
             learner,
             absent: Vec::new(),
+            excluded: BTreeSet::new(),
         })
     }
 
@@ -236,13 +239,45 @@ impl<'a, B: LedgerBackend, L: Learner + ?Sized> Coordinator<'a, B, L> {
         })
     }
 
+    /// Leaves `clients` out of the run: not asked to enrol, not on the roster, never sampled.
+    /// Refuses an index that is not a client, and leaving out every client.
+    pub fn exclude(&mut self, clients: &BTreeSet<u32>) -> Result<(), RunError> {
+        let n = self.roster.clients.len();
+        if let Some(k) = clients.iter().find(|&&k| k as usize >= n) {
+            return Err(RunError::Fl(FlError::InvalidConfig {
+                what: "exclude",
+                reason: format!("client {k} is not one of the run's {n} clients"),
+            }));
+        }
+        if clients.len() >= n {
+            return Err(RunError::Fl(FlError::InvalidConfig {
+                what: "exclude",
+                reason: format!("all {n} clients left out: nobody would train"),
+            }));
+        }
+        self.excluded = clients.clone();
+        Ok(())
+    }
+
+    /// The clients that take part, in index order: the population cohorts are drawn from and,
+    /// in that order, the coordinator's roster on the ledger.
+    fn population(&self) -> Vec<u32> {
+        (0..self.roster.clients.len() as u32)
+            .filter(|k| !self.excluded.contains(k))
+            .collect()
+    }
+
     /// Registers the coordinator itself and publishes its roster of clients on the ledger,
     /// in client-index order (its own calls, signed with its own key): the contract samples
     /// every round's cohort from that roster and refuses an update from a client outside the
     /// round's cohort. The roster is fixed from the first round on.
     pub fn register(&mut self) -> Result<(), RunError> {
         self.p.register(&self.key, roles::COORDINATOR)?;
-        let clients: Vec<Address> = self.roster.clients.iter().map(|m| m.address).collect();
+        let clients: Vec<Address> = self
+            .population()
+            .into_iter()
+            .filter_map(|k| self.roster.clients.get(k as usize).map(|m| m.address))
+            .collect();
         self.p.extend_roster(&self.key, &clients)?;
         Ok(())
     }
@@ -266,9 +301,11 @@ impl<'a, B: LedgerBackend, L: Learner + ?Sized> Coordinator<'a, B, L> {
         transport: &mut dyn Transport,
         now: u64,
     ) -> Result<Vec<B256>, RunError> {
+        let excluded = &self.excluded;
         let everyone: Vec<(Party, Address)> = self
             .roster
             .everyone()
+            .filter(|(p, _)| !matches!(p, Party::Client(k) if excluded.contains(k)))
             .map(|(p, m)| (p, m.address))
             .collect();
         for &(party, address) in &everyone {
@@ -352,6 +389,9 @@ impl<'a, B: LedgerBackend, L: Learner + ?Sized> Coordinator<'a, B, L> {
                 }
                 Err(e) => absent.push((*party, format!("the ledger refused its dataset: {e}"))),
             }
+        }
+        for &k in &self.excluded {
+            absent.push((Party::Client(k), "left out of this run".into()));
         }
         absent.sort();
         absent.dedup_by_key(|(p, _)| *p);
@@ -481,6 +521,7 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                 validators: self.roster.validators.len() as u32,
             });
         }
+        let population = self.population();
         let Self {
             cfg,
             p,
@@ -504,7 +545,7 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
         let layout = learner.layout();
         let mut coordinator = Machine::new(
             cfg.coordinator.clone(),
-            (0..cfg.clients as u32).collect(),
+            population.clone(),
             (0..cfg.validators as u32).collect(),
             std::sync::Arc::clone(&layout),
         )?;
@@ -641,7 +682,12 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                         )?
                         .value;
                     // The contract drew the cohort it will enforce; the plan must be the same.
+                    // (The contract draws roster indices; the roster is the population.)
                     let (_, drawn) = p.round_cohort(chain_round)?;
+                    let drawn: Vec<u32> = drawn
+                        .iter()
+                        .map(|&i| population.get(i as usize).copied().unwrap_or(u32::MAX))
+                        .collect();
                     if drawn != cohort {
                         return Err(RunError::CohortMismatch {
                             round,

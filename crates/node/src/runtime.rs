@@ -273,6 +273,7 @@ pub struct RunOptions {
     pub(crate) state: Option<PathBuf>,
     pub(crate) resume: Option<Resume>,
     roster: Option<Roster>,
+    pub(crate) exclude: std::collections::BTreeSet<u32>,
 }
 
 impl RunOptions {
@@ -292,6 +293,14 @@ impl RunOptions {
     /// number must be the config's.
     pub fn with_roster(mut self, roster: Roster) -> Self {
         self.roster = Some(roster);
+        self
+    }
+
+    /// Leaves `clients` out of the run: they are not asked to enrol, not on the coordinator's
+    /// roster and never sampled (the others keep their indices, data and keys). What exact
+    /// unlearning by retraining runs: the federation without the forgotten client.
+    pub fn excluding(mut self, clients: impl IntoIterator<Item = u32>) -> Self {
+        self.exclude.extend(clients);
         self
     }
 
@@ -468,7 +477,10 @@ pub fn run_with_options<B: LedgerBackend, L: Learner + ?Sized>(
         Err(e) => Err(e),
         Ok(funding) => {
             let mut c = Coordinator::new(cfg, p, coord, roster, learner)?;
-            let r = c.run(transport, &mut opts, funding, digest, head.time, on_round);
+            let exclude = std::mem::take(&mut opts.exclude);
+            let r = c
+                .exclude(&exclude)
+                .and_then(|()| c.run(transport, &mut opts, funding, digest, head.time, on_round));
             p = c.into_protocol();
             r
         }

@@ -800,3 +800,45 @@ fn provenance_of_a_weighted_strategy_rebuilds_each_step_from_the_blobs() {
         assert!(clipped > 0, "{strategy:?}: nothing was clipped");
     }
 }
+
+/// A run that leaves a client out (what exact unlearning retrains): the client never enrols,
+/// is never sampled, submits nothing and holds what it was given; the others keep their
+/// indices and data, and the run differs from the full one. Leaving out a client that does not
+/// exist, or every client, is refused before anything is recorded.
+#[test]
+fn a_client_left_out_of_a_run_takes_no_part_in_it() {
+    let cfg = config(None, StrategyConfig::FedAvg);
+    let v: ValidConfig = cfg.clone().check().unwrap();
+    let task = linear(&cfg);
+    let (full, _d) = go(&cfg);
+    let dir = tempfile::tempdir().unwrap();
+    let opts = RunOptions::new().excluding([3]);
+    let (p, without) =
+        run_in_process(&v, ledger_in(dir.path(), cfg.seed), &task, opts, |_| {}).unwrap();
+    p.into_backend().verify().unwrap();
+    assert_eq!(without.rounds.len(), full.rounds.len());
+    for r in &without.rounds {
+        assert!(!r.submitted.contains(&3), "{:?}", r.submitted);
+        assert_eq!(r.submitted.len(), cfg.clients - 1);
+        assert_eq!(r.accepted.len(), cfg.clients - 1);
+        assert!(!r.payouts.contains_key("client-3"));
+    }
+    assert_eq!(
+        without.final_holdings["client-3"],
+        without.initial_holdings["client-3"]
+    );
+    assert_ne!(
+        without.rounds.last().unwrap().test.loss,
+        full.rounds.last().unwrap().test.loss
+    );
+    for (exclude, why) in [
+        (vec![10], "client 10 is not one of the run's 10 clients"),
+        ((0..10).collect(), "all 10 clients left out"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = RunOptions::new().excluding(exclude);
+        let e =
+            run_in_process(&v, ledger_in(dir.path(), cfg.seed), &task, opts, |_| {}).unwrap_err();
+        assert!(e.to_string().contains(why), "{e}");
+    }
+}

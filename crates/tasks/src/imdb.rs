@@ -27,7 +27,7 @@ use cohort_model::train::{TrainConfig, Trainer};
 use cohort_model::{Gpt, GptConfig, LanguageModel};
 
 use cohort_fl::attack::DataAttack;
-use cohort_fl::learner::{Learner, Metrics};
+use cohort_fl::learner::{Learner, Metrics, SampleLosses};
 use cohort_fl::partition::{dirichlet_label_skew, holdout};
 pub use cohort_fl::task::{ImdbModel, ImdbTaskConfig};
 use cohort_fl::{FlError, Layout};
@@ -312,6 +312,63 @@ impl ImdbTask {
         Ok((sum / n, acc))
     }
 
+    /// `params` on `examples`, review by review: each one's cross-entropy, and the mean and
+    /// the accuracy.
+    fn sample_losses(&self, params: &[f32], examples: &[Example]) -> Result<SampleLosses, FlError> {
+        let mut losses = Vec::with_capacity(examples.len());
+        let mut correct = 0usize;
+        match &self.model {
+            None => {
+                for e in examples {
+                    let z = bow_logit(params, &e.ids, self.cfg.skip_top);
+                    losses.push(bce(z, e.label));
+                    correct += usize::from((z > 0.0) == (e.label == 1));
+                }
+            }
+            Some(model) => {
+                const WHAT: &str = "evaluating the IMDB classifier review by review";
+                model
+                    .params()
+                    .set_flat(params)
+                    .map_err(crate::task_err(WHAT))?;
+                for chunk in examples.chunks(64) {
+                    let refs: Vec<&Example> = chunk.iter().collect();
+                    let (ids, lengths, labels) =
+                        classify::batch(&refs, self.cfg.max_len, model.device())
+                            .map_err(crate::task_err(WHAT))?;
+                    let rows = classify::logits(model, &ids, &lengths)
+                        .and_then(|l| Ok(l.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?))
+                        .map_err(crate::task_err(WHAT))?;
+                    for (row, &label) in rows.iter().zip(&labels) {
+                        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        let lse = f64::from(max)
+                            + row
+                                .iter()
+                                .map(|&z| f64::from(z - max).exp())
+                                .sum::<f64>()
+                                .ln();
+                        let z = row.get(label as usize).copied().unwrap_or(f32::NAN);
+                        losses.push(lse - f64::from(z));
+                        let best = row
+                            .iter()
+                            .enumerate()
+                            .max_by(|a, b| a.1.total_cmp(b.1))
+                            .map_or(0, |(i, _)| i);
+                        correct += usize::from(best == label as usize);
+                    }
+                }
+            }
+        }
+        let n = examples.len().max(1) as f64;
+        Ok(SampleLosses {
+            metrics: Metrics {
+                accuracy: Some(correct as f64 / n),
+                ..Metrics::loss(losses.iter().sum::<f64>() / n)
+            },
+            losses,
+        })
+    }
+
     fn backdoor_rate(&self, params: &[f32]) -> Result<Option<f64>, FlError> {
         let Some((trigger, target)) = &self.backdoor else {
             return Ok(None);
@@ -514,6 +571,26 @@ impl Learner for ImdbTask {
             backdoor_success_rate: self.backdoor_rate(params)?,
             ..Metrics::loss(loss)
         })
+    }
+
+    fn client_samples(&self, client: u32, params: &[f32]) -> Result<SampleLosses, FlError> {
+        let data = self
+            .clients
+            .get(client as usize)
+            .ok_or(FlError::InvalidConfig {
+                what: "client",
+                reason: format!(
+                    "client {client} is not one of the task's {}",
+                    self.clients.len()
+                ),
+            })?;
+        self.sample_losses(params, data)
+    }
+
+    fn test_samples(&self, params: &[f32]) -> Result<SampleLosses, FlError> {
+        let mut s = self.sample_losses(params, &self.test)?;
+        s.metrics.backdoor_success_rate = self.backdoor_rate(params)?;
+        Ok(s)
     }
 
     fn poison(&mut self, client: u32, attack: &DataAttack) -> Result<(), FlError> {

@@ -31,7 +31,7 @@ use cohort_core::{Hash32, Rng};
 use cohort_ledger::merkle::{MerkleTree, leaf_hash};
 
 use cohort_fl::config::ValidConfig;
-pub use cohort_fl::learner::{Learner, Metrics};
+pub use cohort_fl::learner::{Learner, Metrics, SampleLosses};
 pub use cohort_fl::task::{LinearTaskConfig, TaskConfig};
 use cohort_fl::{FlError, Layout};
 
@@ -232,6 +232,27 @@ impl Set {
         Self { x, y }
     }
 
+    /// Each sample's squared error.
+    fn errors(&self, p: &[f32]) -> Vec<f64> {
+        self.x
+            .iter()
+            .zip(&self.y)
+            .map(|(x, &y)| {
+                let e = dot(x, p) - f64::from(y);
+                e * e
+            })
+            .collect()
+    }
+
+    fn samples(&self, p: &[f32]) -> SampleLosses {
+        let losses = self.errors(p);
+        let mean = losses.iter().sum::<f64>() / losses.len().max(1) as f64;
+        SampleLosses {
+            metrics: Metrics::loss(mean),
+            losses,
+        }
+    }
+
     fn mse(&self, p: &[f32]) -> f64 {
         let n = self.y.len().max(1) as f64;
         self.x
@@ -389,5 +410,23 @@ impl Learner for LinearTask {
 
     fn evaluate(&self, params: &[f32]) -> Result<Metrics, FlError> {
         Ok(Metrics::loss(self.test.mse(params)))
+    }
+
+    fn client_samples(&self, client: u32, params: &[f32]) -> Result<SampleLosses, FlError> {
+        let data = self
+            .clients
+            .get(client as usize)
+            .ok_or(FlError::InvalidConfig {
+                what: "client",
+                reason: format!(
+                    "client {client} is not one of the task's {}",
+                    self.clients.len()
+                ),
+            })?;
+        Ok(data.samples(params))
+    }
+
+    fn test_samples(&self, params: &[f32]) -> Result<SampleLosses, FlError> {
+        Ok(self.test.samples(params))
     }
 }

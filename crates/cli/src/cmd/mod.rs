@@ -8,6 +8,7 @@ mod model;
 mod provenance;
 mod run;
 mod sim;
+mod unlearn;
 
 use std::process::ExitCode;
 
@@ -44,6 +45,9 @@ enum Command {
     Validator(federation::ValidatorArgs),
     /// Check a run's provenance.jsonl against its ledger and blob store.
     Provenance(provenance::Args),
+    /// Forget a client's data in a finished run: the request, the execution (by a method of
+    /// unlearning) and a validator's verification of its evidence, on the run's ledger.
+    Unlearn(unlearn::Args),
     /// Train, evaluate, sample from and adapt language models (GPT from scratch, LoRA).
     #[command(subcommand)]
     Model(model::ModelCmd),
@@ -66,6 +70,7 @@ impl Cli {
             Command::Coordinator(a) => a.execute(),
             Command::Client(a) => a.execute(),
             Command::Validator(a) => a.execute(),
+            Command::Unlearn(a) => a.execute(),
             Command::Model(c) => c.execute(),
             Command::Bench(c) => c.execute(),
             Command::Sim(c) => c.execute(),

@@ -1,0 +1,738 @@
+//! `cohort unlearn DIR --client NAME --method M`: a participant's data forgotten, measured and
+//! proved on the run's ledger.
+//!
+//! On a finished run (DIR from `cohort run`, on its embedded ledger), in one invocation:
+//! 1. **Request**: the client signs `requestUnlearning` for its dataset, committing to its
+//!    forget set (its data's Merkle root, the dataset commitment of the set-up).
+//! 2. **Execute**: the method makes the unlearned model (`retrain`: the federation rerun from
+//!    round 0 without the client, the same seeds, keys and data otherwise, on a ledger of its
+//!    own in DIR/unlearn/request-N/retrain); the model goes into the blob store, and the
+//!    evidence (the measures of the original and the unlearned model and of the oracle, and
+//!    every model's hash) is a content-addressed JSON blob. The coordinator records the
+//!    execution with both hashes; the contract claws the client's rewards back.
+//! 3. **Verify**: validator-0, not the executor, reads the models back from the store (hash
+//!    checked), recomputes the measures from them, the test set and the disclosed forget set
+//!    (checked against the request's commitment), rebuilds the evidence and compares it byte
+//!    for byte; it accepts (the same evidence hash) or rejects (the request reopens).
+//!
+//! What the measures are: `cohort_fl::unlearning`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use alloy_primitives::B256;
+use anyhow::{Context, bail};
+use cohort_blob::BlobStore;
+use cohort_core::{Hash32, Score, sha256};
+use cohort_fl::NamedDelta;
+use cohort_fl::config::ValidConfig;
+use cohort_fl::learner::{Learner, Metrics};
+use cohort_fl::unlearning::{Measures, measure};
+use cohort_ledger::protocol::{Cohort, Protocol, UnlearningEvidence, unlearning};
+use cohort_ledger::{EmbeddedLedger, LedgerBackend, LedgerConfig};
+use cohort_node::resume::SavedRound;
+use cohort_node::runtime::{Keys, RunOptions, run_in_process};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::output::print_json;
+
+/// Forget a client's data in a finished run: request (signed by the client), execute by
+/// METHOD, measure, record the execution and its evidence on the run's ledger, and have a
+/// validator other than the executor verify it. Prints a table (or `--json`): the forget,
+/// retain and test metrics and the membership-inference AUC of the model before and after,
+/// and of the oracle (a model retrained without the data).
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The run's output directory (`cohort run ... --out DIR`), finished, on the embedded
+    /// ledger.
+    dir: PathBuf,
+    /// The client whose data is forgotten (`client-K`, as in the run's summary).
+    #[arg(long, value_name = "NAME")]
+    client: String,
+    /// How: `retrain`, exact: the federation rerun from round 0 without the client (same
+    /// seeds, keys and data otherwise); the oracle every other method is measured against.
+    #[arg(long, value_enum, default_value_t = Method::Retrain)]
+    method: Method,
+    /// Also retrain without the client in this invocation and measure the result beside the
+    /// method's (`oracle`, `retrain_seconds`). For `retrain` the oracle is its own result.
+    #[arg(long)]
+    compare_retrain: bool,
+    /// Where the task may cache what it builds (a pretrained base model); default: a new
+    /// temporary directory.
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Check DIR, the client, its dataset on the ledger, the task's data against the
+    /// client's commitment and the final model, print what would be done and exit: nothing is
+    /// written.
+    #[arg(long)]
+    check: bool,
+}
+
+/// An unlearning method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// The federation rerun from round 0 without the client: exact.
+    Retrain,
+}
+
+impl Method {
+    fn id(self) -> u8 {
+        match self {
+            Self::Retrain => unlearning::RETRAIN,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Self::Retrain => "retrain",
+        }
+    }
+}
+
+/// The evidence blob: what the executor measured, and what a verifier must rebuild exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Evidence {
+    format: String,
+    request: u64,
+    client: String,
+    dataset: B256,
+    method: String,
+    /// The forget set's commitment: the client's data's Merkle root.
+    forget_set: Hash32,
+    original_model: Hash32,
+    model: Hash32,
+    /// The oracle's model, where one was measured (for `retrain`, the model itself).
+    oracle_model: Option<Hash32>,
+    original: Measures,
+    unlearned: Measures,
+    oracle: Option<Measures>,
+}
+
+const EVIDENCE_FORMAT: &str = "cohort-unlearning-evidence/1";
+
+/// A finished run's directory, read.
+struct RunDir {
+    dir: PathBuf,
+    cfg: ValidConfig,
+    config_dir: PathBuf,
+    keys: Keys,
+    saved: SavedRound,
+}
+
+impl RunDir {
+    fn open(dir: &Path) -> anyhow::Result<Self> {
+        let record_path = dir.join("run.json");
+        let record: Value = serde_json::from_str(
+            &fs::read_to_string(&record_path)
+                .with_context(|| format!("{}: not a run directory", dir.display()))?,
+        )
+        .with_context(|| format!("{}: not JSON", record_path.display()))?;
+        if !dir.join("summary.json").is_file() {
+            bail!(
+                "{}: the run is not finished (no summary.json); finish it with `cohort run ... \
+                 --resume` first",
+                dir.display()
+            );
+        }
+        if !dir.join("ledger").is_dir() {
+            bail!(
+                "{}: no embedded ledger (DIR/ledger); unlearning a run on a chain is not \
+                 supported yet",
+                dir.display()
+            );
+        }
+        let cfg: cohort_fl::config::RunConfig = serde_json::from_value(record["config"].clone())
+            .with_context(|| format!("{}: its config does not read", record_path.display()))?;
+        let cfg = cfg
+            .check()
+            .with_context(|| format!("{}: its config", record_path.display()))?;
+        let config_file = record["config_file"]
+            .as_str()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| dir.join("config.toml"));
+        let config_dir = config_file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let keys = match record["keys"].as_str() {
+            Some("random") => {
+                let path = dir.join("keys/run.key");
+                let text = fs::read_to_string(&path)
+                    .with_context(|| format!("reading {} (the run's keys)", path.display()))?;
+                let secret: Hash32 = text.trim().parse().map_err(|_| {
+                    anyhow::anyhow!("{} is not a 32-byte hex secret", path.display())
+                })?;
+                Keys::Secret(secret.0)
+            }
+            _ => Keys::Seeded(cfg.seed),
+        };
+        let state = dir.join("state");
+        let saved = cohort_node::resume::list(&state)
+            .with_context(|| format!("reading {}", state.display()))?
+            .into_iter()
+            .max_by_key(|s| s.round)
+            .with_context(|| format!("{}: no saved round", state.display()))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            cfg,
+            config_dir,
+            keys,
+            saved,
+        })
+    }
+
+    /// `client-K` → K, refused with the run's names otherwise.
+    fn client(&self, name: &str) -> anyhow::Result<u32> {
+        let n = self.cfg.clients;
+        name.strip_prefix("client-")
+            .and_then(|k| k.parse::<u32>().ok())
+            .filter(|&k| (k as usize) < n && name == format!("client-{k}"))
+            .with_context(|| {
+                format!(
+                    "--client {name:?}: the run's clients are client-0 to client-{}",
+                    n.saturating_sub(1)
+                )
+            })
+    }
+
+    /// The final global model's parameters and its blob's hash.
+    fn final_model(&self, learner: &dyn Learner) -> anyhow::Result<(Vec<f32>, Hash32)> {
+        let path = self
+            .dir
+            .join("state")
+            .join(format!("round-{:06}.global", self.saved.round));
+        let blob = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let h = sha256(&blob);
+        if h != self.saved.global_sha256 {
+            bail!(
+                "{}: SHA-256 {h} is not the saved {}",
+                path.display(),
+                self.saved.global_sha256
+            );
+        }
+        Ok((decode_model(&blob, learner)?, h))
+    }
+}
+
+fn decode_model(blob: &[u8], learner: &dyn Learner) -> anyhow::Result<Vec<f32>> {
+    Ok(NamedDelta::decode(blob)?
+        .into_layout(&learner.layout())?
+        .values)
+}
+
+/// A metric in fixed point, for the ledger.
+fn fixed(x: Option<f64>) -> i64 {
+    x.filter(|v| v.is_finite())
+        .map_or(i64::MIN, |v| Score::from_f64(v).0)
+}
+
+/// The forget metric the ledger keeps: accuracy for a classifier, else perplexity, else loss.
+fn forget_metric(m: &Metrics) -> f64 {
+    m.accuracy.or(m.perplexity).unwrap_or(m.loss)
+}
+
+fn test_metric(m: &Metrics) -> f64 {
+    m.accuracy.or(m.perplexity).unwrap_or(m.loss)
+}
+
+impl Args {
+    pub fn execute(self) -> anyhow::Result<ExitCode> {
+        let started = Instant::now();
+        let run = RunDir::open(&self.dir)?;
+        let k = run.client(&self.client)?;
+        let cfg = &run.cfg;
+        let keys = &run.keys;
+        let ledger_dir = run.dir.join("ledger");
+        let operator = keys.identity("ledger-operator");
+        let ledger = EmbeddedLedger::open_as(&ledger_dir, operator)
+            .with_context(|| format!("opening {}", ledger_dir.display()))?;
+        let mut p = Protocol::at(ledger, run.saved.contract);
+        let dataset = B256::from(
+            run.saved
+                .datasets
+                .get(k as usize)
+                .copied()
+                .with_context(|| format!("the saved state has no dataset for {}", self.client))?
+                .0,
+        );
+        // Nothing is written before the request is known to be possible.
+        let d = p.view(Cohort::datasetCall { id: dataset })?;
+        if d.forgotten {
+            bail!(
+                "{}'s dataset {dataset} is forgotten already (an earlier unlearning)",
+                self.client
+            );
+        }
+        let client_id = keys.identity(&self.client);
+        if d.owner != p.backend().address_of(&client_id) {
+            bail!(
+                "{}: the ledger says dataset {dataset} is {}'s, not {}'s: DIR's state does not \
+                 match its ledger",
+                run.dir.display(),
+                d.owner,
+                self.client
+            );
+        }
+        let tmp;
+        let cache = match &self.cache {
+            Some(d) => d.clone(),
+            None => {
+                tmp = tempfile::tempdir().context("a temporary directory for the task")?;
+                tmp.path().to_path_buf()
+            }
+        };
+        let say = |msg: &str| eprintln!("unlearn: {msg}");
+        say("setting up the task");
+        let task = cohort_tasks::build(cfg, &run.config_dir, &cache)
+            .context("setting up the run's task")?;
+        let forget_set = task.dataset_commitment(k).0;
+        if B256::from(forget_set.0) != d.merkleRoot {
+            bail!(
+                "{}'s data (Merkle root {forget_set}) is not what it committed ({}): the task's \
+                 data changed since the run",
+                self.client,
+                d.merkleRoot
+            );
+        }
+        let (original, original_hash) = run.final_model(&*task)?;
+        let store = cohort_blob::open_existing(&run.dir.join("blobs").display().to_string())
+            .context("the run's blob store")?;
+        let clients = cfg.clients as u32;
+        if self.check {
+            println!(
+                "would forget {} (dataset {dataset}, forget set {forget_set}) from the model \
+                 {original_hash} of round {} by {}, recorded on {}; nothing was written",
+                self.client,
+                run.saved.round,
+                self.method.name(),
+                ledger_dir.display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+
+        // 1. The request, signed by the client.
+        let head = p.backend().head()?;
+        p.backend_mut().set_time(head.time + 60)?;
+        let request = p
+            .request_unlearning(
+                &client_id,
+                dataset,
+                sha256(b"cohort unlearn: the owner's request").into(),
+                forget_set.into(),
+            )?
+            .value;
+        p.backend_mut().flush()?;
+        say(&format!(
+            "request {request}: {} asks for its dataset to be forgotten",
+            self.client
+        ));
+
+        // 2. Execution.
+        let work = run.dir.join(format!("unlearn/request-{request}"));
+        fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+        let t = Instant::now();
+        say(&format!(
+            "{}: retraining the federation without {} ({} rounds)",
+            self.method.name(),
+            self.client,
+            cfg.coordinator.rounds
+        ));
+        let model = retrain(cfg, keys, &*task, k, &work.join("retrain"), &*store, &say)?;
+        let seconds = t.elapsed().as_secs_f64();
+        let blob = task.layout().encode(&model);
+        let model_hash = store.put(&blob)?;
+        let oracle_hash = Some(model_hash);
+        let retrain_seconds = self.compare_retrain.then_some(seconds);
+        say("measuring the original and the unlearned model");
+        let evidence = Evidence {
+            format: EVIDENCE_FORMAT.into(),
+            request,
+            client: self.client.clone(),
+            dataset,
+            method: self.method.name().into(),
+            forget_set,
+            original_model: original_hash,
+            model: model_hash,
+            oracle_model: oracle_hash,
+            original: measure(&*task, &original, k, clients)?,
+            unlearned: measure(&*task, &model, k, clients)?,
+            oracle: None,
+        };
+        // For `retrain` the oracle is the result itself.
+        let evidence = Evidence {
+            oracle: Some(evidence.unlearned.clone()),
+            ..evidence
+        };
+        let evidence_blob = serde_json::to_vec_pretty(&evidence)?;
+        let evidence_hash = store.put(&evidence_blob)?;
+        let coord = keys.identity("coordinator");
+        let now = p.backend().head()?.time;
+        p.backend_mut().set_time(now + 60)?;
+        let exec = p.record_unlearning(
+            &coord,
+            request,
+            self.method.id(),
+            model_hash.into(),
+            evidence_hash.into(),
+        )?;
+        let clawed_back = exec
+            .events
+            .iter()
+            .find_map(|e| match e {
+                Cohort::CohortEvents::Clawback(c) => Some(c.amount),
+                _ => None,
+            })
+            .unwrap_or_default();
+        p.backend_mut().flush()?;
+
+        // 3. Verification by a validator other than the executor.
+        say("validator-0 recomputes the evidence from the blobs");
+        let verdict = verify(
+            &*task,
+            &*store,
+            evidence_hash,
+            request,
+            k,
+            clients,
+            forget_set,
+        );
+        let verifier = keys.identity("validator-0");
+        let now = p.backend().head()?.time;
+        p.backend_mut().set_time(now + 60)?;
+        let e = &evidence.unlearned;
+        let oracle = evidence.oracle.as_ref();
+        let on_ledger = UnlearningEvidence {
+            forgetMetric: fixed(Some(forget_metric(&e.forget))),
+            miaAuc: fixed(e.mia_auc_loss),
+            testMetric: fixed(Some(test_metric(&e.test))),
+            hasOracle: oracle.is_some(),
+            forgetGap: fixed(oracle.map(|o| forget_metric(&e.forget) - forget_metric(&o.forget))),
+            miaGap: fixed(oracle.and_then(|o| Some(e.mia_auc_loss? - o.mia_auc_loss?))),
+        };
+        let (accepted, why) = match &verdict {
+            Ok(()) => (true, B256::ZERO),
+            Err(reason) => (false, sha256(reason.as_bytes()).into()),
+        };
+        p.verify_unlearning(
+            &verifier,
+            request,
+            accepted,
+            evidence_hash.into(),
+            on_ledger,
+            why,
+        )?;
+        p.backend_mut().flush()?;
+        let head = p.backend().head()?;
+        let verified = p.backend().verify().context("verifying the run's ledger")?;
+        drop(p);
+
+        let metrics = |m: &Metrics| {
+            json!({
+                "loss": m.loss,
+                "accuracy": m.accuracy,
+                "perplexity": m.perplexity,
+                "backdoor_success": m.backdoor_success_rate,
+            })
+        };
+        let side = |m: &Measures| {
+            json!({
+                "forget": metrics(&m.forget),
+                "retain": metrics(&m.retain),
+                "test": metrics(&m.test),
+                "mia_auc": {"loss": m.mia_auc_loss, "min_k": Value::Null},
+            })
+        };
+        let out = json!({
+            "method": self.method.name(),
+            "client": self.client,
+            "seconds": seconds,
+            "retrain_seconds": retrain_seconds,
+            "forget": metrics(&e.forget),
+            "retain": metrics(&e.retain),
+            "test": metrics(&e.test),
+            "mia_auc": {"loss": e.mia_auc_loss, "min_k": Value::Null},
+            "original": side(&evidence.original),
+            "oracle": oracle.map(side),
+            "ledger_request": request,
+            "model_hash": model_hash,
+            "evidence_hash": evidence_hash,
+            "clawed_back": clawed_back.to_string(),
+            "verified": accepted,
+            "verification": verdict.as_ref().err(),
+            "ledger": {"entries": head.size, "root": head.root, "verified": verified.entries},
+            "wall_seconds": started.elapsed().as_secs_f64(),
+        });
+        fs::write(
+            work.join("result.json"),
+            serde_json::to_string_pretty(&out)? + "\n",
+        )
+        .with_context(|| format!("writing {}", work.join("result.json").display()))?;
+        if self.json {
+            print_json(&out)?;
+        } else {
+            print_table(&self.client, &evidence, &out);
+        }
+        Ok(if accepted {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        })
+    }
+}
+
+/// Retrains the federation of `cfg` without client `k` in `dir` (its own ledger), its blobs in
+/// `store`; the final global model.
+fn retrain(
+    cfg: &ValidConfig,
+    keys: &Keys,
+    task: &(dyn Learner + Send + Sync),
+    k: u32,
+    dir: &Path,
+    store: &dyn BlobStore,
+    say: &dyn Fn(&str),
+) -> anyhow::Result<Vec<f32>> {
+    let _ = fs::remove_dir_all(dir);
+    let operator = keys.identity("ledger-operator");
+    let ledger = EmbeddedLedger::create(
+        dir.join("ledger"),
+        LedgerConfig::new("cohort.local/unlearn-retrain", operator),
+    )?;
+    let opts = RunOptions::new()
+        .with_keys(keys.clone())
+        .with_blobs(cohort_blob::open(&store.location())?)
+        .excluding([k]);
+    let rounds = cfg.coordinator.rounds;
+    let (_, summary) = run_in_process(cfg, ledger, task, opts, |r| {
+        say(&format!(
+            "  retrain round {}/{rounds}: test loss {:.4}",
+            r.round, r.test.loss
+        ));
+    })
+    .context("retraining without the client")?;
+    let last = summary
+        .rounds
+        .last()
+        .and_then(|r| r.provenance.last().map(|x| x.global_after))
+        .context("the retrained run has no rounds")?;
+    let blob = store.get(&last)?;
+    decode_model(&blob, task)
+}
+
+/// What a verifier does: reads the evidence and the models it names from the store (each hash
+/// checked by the store), checks the forget set against the request's commitment, recomputes
+/// every measure and rebuilds the evidence; `Ok` when it is the executor's byte for byte.
+fn verify(
+    task: &dyn Learner,
+    store: &dyn BlobStore,
+    evidence_hash: Hash32,
+    request: u64,
+    k: u32,
+    clients: u32,
+    forget_set: Hash32,
+) -> Result<(), String> {
+    let blob = store.get(&evidence_hash).map_err(|e| e.to_string())?;
+    let claimed: Evidence =
+        serde_json::from_slice(&blob).map_err(|e| format!("the evidence does not read: {e}"))?;
+    if claimed.format != EVIDENCE_FORMAT || claimed.request != request {
+        return Err("the evidence is not this request's".into());
+    }
+    if claimed.forget_set != forget_set || task.dataset_commitment(k).0 != forget_set {
+        return Err("the disclosed forget set is not the committed one".into());
+    }
+    if claimed.model == claimed.original_model {
+        return Err("the unlearned model is the original model".into());
+    }
+    let load = |h: Hash32| -> Result<Vec<f32>, String> {
+        let b = store.get(&h).map_err(|e| e.to_string())?;
+        decode_model(&b, task).map_err(|e| e.to_string())
+    };
+    let m = |params: &[f32]| measure(task, params, k, clients).map_err(|e| e.to_string());
+    let original = load(claimed.original_model)?;
+    let model = load(claimed.model)?;
+    if model == original {
+        return Err("the unlearned model has the original model's parameters".into());
+    }
+    let oracle = match claimed.oracle_model {
+        Some(h) => Some(m(&load(h)?)?),
+        None => None,
+    };
+    let rebuilt = Evidence {
+        original: m(&original)?,
+        unlearned: m(&model)?,
+        oracle,
+        ..claimed.clone()
+    };
+    let bytes = serde_json::to_vec_pretty(&rebuilt).map_err(|e| e.to_string())?;
+    if sha256(&bytes) != evidence_hash {
+        return Err("the recomputed measures differ from the evidence".into());
+    }
+    Ok(())
+}
+
+fn print_table(client: &str, ev: &Evidence, out: &Value) {
+    let row = |name: &str, m: &Measures| {
+        let acc = |x: &Metrics| {
+            x.accuracy.map_or(format!("{:.4}", x.loss), |a| {
+                format!("{:.4} ({:.1}%)", x.loss, a * 100.0)
+            })
+        };
+        println!(
+            "{name:<10} {:>20} {:>20} {:>20} {:>8} {:>9}",
+            acc(&m.forget),
+            acc(&m.retain),
+            acc(&m.test),
+            m.mia_auc_loss.map_or("-".into(), |a| format!("{a:.3}")),
+            m.test
+                .backdoor_success_rate
+                .map_or("-".into(), |b| format!("{:.1}%", b * 100.0))
+        );
+    };
+    println!(
+        "forgetting {client} by {} (request {}):",
+        ev.method, ev.request
+    );
+    println!(
+        "{:<10} {:>20} {:>20} {:>20} {:>8} {:>9}",
+        "model", "forget loss (acc)", "retain loss (acc)", "test loss (acc)", "MIA AUC", "backdoor"
+    );
+    row("original", &ev.original);
+    row("unlearned", &ev.unlearned);
+    if let Some(o) = &ev.oracle {
+        row("oracle", o);
+    }
+    println!(
+        "model {} in {:.2} s; rewards clawed back: {} base units; verified by validator-0: {}",
+        ev.model,
+        out["seconds"].as_f64().unwrap_or(0.0),
+        out["clawed_back"].as_str().unwrap_or("0"),
+        if out["verified"].as_bool() == Some(true) {
+            "accepted".to_owned()
+        } else {
+            format!("REJECTED ({})", out["verification"].as_str().unwrap_or(""))
+        }
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use cohort_blob::LocalDir;
+    use cohort_tasks::{LinearTask, LinearTaskConfig};
+
+    use super::*;
+
+    /// An executor's evidence for `model` against `original`, honest or not, in `store`.
+    fn evidence(
+        task: &LinearTask,
+        store: &LocalDir,
+        original: &[f32],
+        model: &[f32],
+        k: u32,
+    ) -> Evidence {
+        let layout = task.layout();
+        let original_model = store.put(&layout.encode(original)).unwrap();
+        let model_hash = store.put(&layout.encode(model)).unwrap();
+        Evidence {
+            format: EVIDENCE_FORMAT.into(),
+            request: 1,
+            client: format!("client-{k}"),
+            dataset: B256::ZERO,
+            method: "retrain".into(),
+            forget_set: task.dataset_commitment(k).0,
+            original_model,
+            model: model_hash,
+            oracle_model: Some(model_hash),
+            original: measure(task, original, k, 4).unwrap(),
+            unlearned: measure(task, model, k, 4).unwrap(),
+            oracle: Some(measure(task, model, k, 4).unwrap()),
+        }
+    }
+
+    fn put(store: &LocalDir, e: &Evidence) -> Hash32 {
+        store.put(&serde_json::to_vec_pretty(e).unwrap()).unwrap()
+    }
+
+    /// Ten honest executions are accepted and ten fakes refused: the model unchanged, the
+    /// original re-encoded under another hash (a relabelling), measures that are not the
+    /// model's (better forgetting claimed, another model's metrics), an oracle that is not
+    /// measured, another forget set, another request.
+    #[test]
+    fn the_verifier_accepts_honest_evidence_and_refuses_fakes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDir::open(dir.path()).unwrap();
+        let task = LinearTask::new(LinearTaskConfig::default(), 4, 2, 3);
+        let n = task.init().len();
+        let original: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+        let shifted = |s: f32| -> Vec<f32> { original.iter().map(|x| x + s).collect() };
+        let check = |e: &Evidence, k: u32| {
+            let h = put(&store, e);
+            verify(&task, &store, h, 1, k, 4, task.dataset_commitment(k).0)
+        };
+        let mut accepted = 0;
+        for i in 0..10u32 {
+            let k = i % 4;
+            let e = evidence(&task, &store, &original, &shifted(0.01 * (i + 1) as f32), k);
+            check(&e, k).unwrap_or_else(|why| panic!("honest evidence {i} refused: {why}"));
+            accepted += 1;
+        }
+        assert_eq!(accepted, 10);
+
+        let honest = evidence(&task, &store, &original, &shifted(0.05), 1);
+        let mut fakes: Vec<(&str, Evidence)> = Vec::new();
+        fakes.push((
+            "the model unchanged",
+            evidence(&task, &store, &original, &original, 1),
+        ));
+        // The original's parameters under another hash: the same safetensors with eight more
+        // bytes of header padding.
+        let blob = task.layout().encode(&original);
+        let len = u64::from_le_bytes(blob[..8].try_into().unwrap()) as usize;
+        let mut padded = Vec::new();
+        padded.extend_from_slice(&(len as u64 + 8).to_le_bytes());
+        padded.extend_from_slice(&blob[8..8 + len]);
+        padded.extend_from_slice(b"        ");
+        padded.extend_from_slice(&blob[8 + len..]);
+        let relabelled = store.put(&padded).unwrap();
+        assert_ne!(relabelled, honest.original_model);
+        let mut e = honest.clone();
+        e.model = relabelled;
+        e.unlearned = measure(&task, &original, 1, 4).unwrap();
+        fakes.push(("the original relabelled", e));
+        let mut e = honest.clone();
+        e.unlearned.forget.loss += 1.0;
+        fakes.push(("a higher forget loss claimed", e));
+        let mut e = honest.clone();
+        e.unlearned.mia_auc_loss = Some(0.5);
+        fakes.push(("a chance-level MIA AUC claimed", e));
+        let mut e = honest.clone();
+        e.unlearned = measure(&task, &shifted(0.2), 1, 4).unwrap();
+        fakes.push(("another model's measures", e));
+        let mut e = honest.clone();
+        e.oracle = Some(e.original.clone());
+        fakes.push(("the original's measures as the oracle's", e));
+        let mut e = honest.clone();
+        e.forget_set = task.dataset_commitment(2).0;
+        fakes.push(("another client's forget set", e));
+        let mut e = honest.clone();
+        e.request = 2;
+        fakes.push(("another request's evidence", e));
+        let mut e = honest.clone();
+        e.model = sha256(b"a model nobody stored");
+        fakes.push(("a model that is not in the store", e));
+        let mut e = honest.clone();
+        e.unlearned.retain.loss *= 0.5;
+        fakes.push(("the retain loss halved", e));
+        assert_eq!(fakes.len(), 10);
+        for (what, e) in &fakes {
+            match check(e, 1) {
+                Ok(()) => panic!("{what}: accepted"),
+                Err(why) => eprintln!("{what}: refused: {why}"),
+            }
+        }
+    }
+}

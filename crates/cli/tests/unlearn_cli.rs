@@ -1,0 +1,192 @@
+//! `cohort unlearn` on a real run of examples/unlearn-imdb.toml (shortened): the backdoor client
+//! is forgotten by retraining, the backdoor falls to the oracle's, and the ledger tells the
+//! story (request, execution with its evidence, verification) and still verifies. Bad input is
+//! refused by name before anything is recorded.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{cohort, p, text};
+use serde_json::Value;
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/unlearn-imdb.toml")
+}
+
+/// The example, 3 rounds and fewer reviews, into `out`.
+fn run(out: &Path) {
+    let o = cohort(&[
+        "run",
+        p(&example()),
+        "--out",
+        p(out),
+        "--set",
+        "coordinator.rounds=3",
+        "--set",
+        "task.test_samples=1000",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+fn entries(dir: &Path) -> u64 {
+    let o = cohort(&["ledger", "verify", p(&dir.join("ledger")), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["report"]["entries"].as_u64().unwrap()
+}
+
+#[test]
+fn retraining_forgets_the_backdoor_client_and_the_ledger_tells_the_story() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    run(&dir);
+    let before = entries(&dir);
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    // client-9's updates reached the model: accepted every round.
+    for r in summary["summary"]["rounds"].as_array().unwrap() {
+        let accepted: Vec<u64> = r["accepted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect();
+        assert!(accepted.contains(&9), "{r}");
+    }
+
+    // --check writes nothing.
+    let o = cohort(&["unlearn", p(&dir), "--client", "client-9", "--check"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("nothing was written"), "{}", text(&o));
+    assert_eq!(entries(&dir), before);
+
+    let o = cohort(&[
+        "unlearn",
+        p(&dir),
+        "--client",
+        "client-9",
+        "--method",
+        "retrain",
+        "--compare-retrain",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("--json prints JSON");
+    for key in [
+        "method",
+        "seconds",
+        "retrain_seconds",
+        "forget",
+        "retain",
+        "test",
+        "mia_auc",
+        "oracle",
+        "ledger_request",
+        "model_hash",
+        "verified",
+    ] {
+        assert!(!v[key].is_null(), "{key} missing: {v}");
+    }
+    assert_eq!(v["method"], "retrain");
+    assert_eq!(v["verified"], true);
+    assert_eq!(v["ledger_request"], 1);
+    assert!(v["mia_auc"]["min_k"].is_null(), "no min-k for a classifier");
+    for set in ["forget", "retain", "test"] {
+        assert!(v[set]["loss"].as_f64().unwrap() > 0.0, "{set}: {v}");
+        assert!(v[set]["accuracy"].as_f64().is_some(), "{set}: {v}");
+    }
+    // Retraining is the oracle.
+    for set in ["forget", "retain", "test"] {
+        assert_eq!(v[set], v["oracle"][set], "{set}");
+    }
+    // The backdoor the client planted is gone: below the original model's.
+    let backdoor = |x: &Value| x["test"]["backdoor_success"].as_f64().unwrap();
+    assert!(
+        backdoor(&v) < backdoor(&v["original"]),
+        "backdoor {} after, {} before",
+        backdoor(&v),
+        backdoor(&v["original"])
+    );
+    assert_ne!(v["forget"], v["original"]["forget"]);
+
+    // Request, execution and verification: three entries, and the ledger verifies.
+    assert_eq!(entries(&dir), before + 3);
+    let o = cohort(&["provenance", p(&dir)]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(dir.join("unlearn/request-1/result.json").is_file());
+    assert!(dir.join("unlearn/request-1/retrain/ledger").is_dir());
+    let o = cohort(&[
+        "ledger",
+        "show",
+        p(&dir.join("ledger")),
+        "--json",
+        "--entries",
+        "3",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let shown: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let calls: Vec<(&str, Vec<&str>)> = shown["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["call"].as_str().unwrap(),
+                e["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_str().unwrap())
+                    .collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("requestUnlearning", vec!["UnlearningRequested"]),
+            ("recordUnlearning", vec!["UnlearningExecuted", "Clawback"]),
+            ("verifyUnlearning", vec!["UnlearningVerified"]),
+        ]
+    );
+
+    // The same client again: refused, nothing recorded.
+    let o = cohort(&["unlearn", p(&dir), "--client", "client-9"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("forgotten already"), "{}", text(&o));
+    assert_eq!(entries(&dir), before + 3);
+
+    // Bad input: named, nothing recorded.
+    for (args, why) in [
+        (
+            vec!["--client", "client-10"],
+            "the run's clients are client-0 to client-9",
+        ),
+        (vec!["--client", "validator-0"], "client-0 to client-9"),
+        (vec!["--client", ""], "client-0 to client-9"),
+        (vec!["--client", "client-1", "--method", "magic"], "magic"),
+    ] {
+        let mut all = vec!["unlearn", p(&dir)];
+        all.extend(args.iter().copied());
+        let o = cohort(&all);
+        assert!(!o.status.success(), "{all:?}");
+        assert!(text(&o).contains(why), "{all:?}: {}", text(&o));
+        assert_eq!(entries(&dir), before + 3, "{all:?}");
+    }
+    let o = cohort(&[
+        "unlearn",
+        p(&tmp.path().join("nowhere")),
+        "--client",
+        "client-0",
+    ]);
+    assert!(text(&o).contains("not a run directory"), "{}", text(&o));
+    // A run that did not finish.
+    let unfinished = tmp.path().join("unfinished");
+    std::fs::create_dir_all(&unfinished).unwrap();
+    std::fs::copy(dir.join("run.json"), unfinished.join("run.json")).unwrap();
+    let o = cohort(&["unlearn", p(&unfinished), "--client", "client-0"]);
+    assert!(text(&o).contains("not finished"), "{}", text(&o));
+}

@@ -1,0 +1,137 @@
+//! What unlearning measures, shared by whoever executes an unlearning and whoever verifies it
+//! (the same numbers, bit for bit, from the same blobs and data on the same build): a model's
+//! metrics on the forgotten client's data (the forget set), on the other clients' data (the
+//! retain set) and on the test set, and how well a loss-threshold membership-inference attack
+//! tells the forget set from unseen data (its AUC: 0.5 is chance, what a model that never saw
+//! the data gives when forget and test data are alike).
+
+use serde::{Deserialize, Serialize};
+
+use crate::FlError;
+use crate::learner::{Learner, Metrics, SampleLosses};
+
+/// The loss attack's AUC: the chance that a random member (forget-set sample) has a lower
+/// loss than a random non-member (test sample), ties counting half (Mann–Whitney U over the
+/// pooled ranks). `None` when either set is empty or a loss is not finite.
+pub fn mia_auc(members: &[f64], nonmembers: &[f64]) -> Option<f64> {
+    if members.is_empty()
+        || nonmembers.is_empty()
+        || members.iter().chain(nonmembers).any(|x| !x.is_finite())
+    {
+        return None;
+    }
+    let mut all: Vec<(f64, bool)> = members
+        .iter()
+        .map(|&x| (x, true))
+        .chain(nonmembers.iter().map(|&x| (x, false)))
+        .collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // Ranks from 1, ties sharing their mean rank; the members' rank sum gives U.
+    let mut member_ranks = 0.0;
+    let mut i = 0;
+    while i < all.len() {
+        let mut j = i;
+        while j + 1 < all.len() && all[j + 1].0 == all[i].0 {
+            j += 1;
+        }
+        let rank = (i + j) as f64 / 2.0 + 1.0;
+        member_ranks += rank * all[i..=j].iter().filter(|(_, m)| *m).count() as f64;
+        i = j + 1;
+    }
+    let (m, n) = (members.len() as f64, nonmembers.len() as f64);
+    let u = member_ranks - m * (m + 1.0) / 2.0;
+    // U counts the pairs where the member's loss is higher: the attack's AUC is the rest.
+    Some(1.0 - u / (m * n))
+}
+
+/// A model's measures for unlearning client `client`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Measures {
+    /// On the forgotten client's own data.
+    pub forget: Metrics,
+    /// On every other client's data, pooled.
+    pub retain: Metrics,
+    /// On the test set ([`Learner::evaluate`]'s metrics).
+    pub test: Metrics,
+    /// The loss attack's AUC, forget set against the test set.
+    pub mia_auc_loss: Option<f64>,
+}
+
+/// Measures `params` for forgetting `client` of the `clients` clients of `learner`.
+///
+/// # Errors
+/// A task that cannot evaluate sample by sample, or an evaluation that fails.
+pub fn measure<L: Learner + ?Sized>(
+    learner: &L,
+    params: &[f32],
+    client: u32,
+    clients: u32,
+) -> Result<Measures, FlError> {
+    let forget = learner.client_samples(client, params)?;
+    let test = learner.test_samples(params)?;
+    let mut pooled = Vec::new();
+    let mut correct = 0.0;
+    let mut classified = false;
+    for k in (0..clients).filter(|&k| k != client) {
+        let s: SampleLosses = learner.client_samples(k, params)?;
+        if let Some(a) = s.metrics.accuracy {
+            classified = true;
+            correct += a * s.losses.len() as f64;
+        }
+        pooled.extend(s.losses);
+    }
+    let n = pooled.len().max(1) as f64;
+    let retain = Metrics {
+        accuracy: classified.then_some(correct / n),
+        ..Metrics::loss(pooled.iter().sum::<f64>() / n)
+    };
+    let with_perplexity = |m: Metrics| Metrics {
+        perplexity: m.perplexity.map(|_| m.loss.exp()),
+        ..m
+    };
+    Ok(Measures {
+        mia_auc_loss: mia_auc(&forget.losses, &test.losses),
+        forget: with_perplexity(forget.metrics),
+        retain,
+        test: test.metrics,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_auc_of_the_loss_attack() {
+        // Every member below every non-member: the attack always wins.
+        assert_eq!(mia_auc(&[0.1, 0.2], &[0.3, 0.4, 0.5]), Some(1.0));
+        assert_eq!(mia_auc(&[0.6, 0.7], &[0.3, 0.4, 0.5]), Some(0.0));
+        // Identical distributions: chance.
+        assert_eq!(mia_auc(&[0.1, 0.2, 0.3], &[0.1, 0.2, 0.3]), Some(0.5));
+        assert_eq!(mia_auc(&[0.5], &[0.5, 0.5]), Some(0.5));
+        // One of two pairs won.
+        assert_eq!(mia_auc(&[0.2], &[0.1, 0.3]), Some(0.5));
+        assert_eq!(mia_auc(&[0.2, 0.0], &[0.1]), Some(0.5));
+        assert_eq!(mia_auc(&[], &[0.1]), None);
+        assert_eq!(mia_auc(&[0.1], &[]), None);
+        assert_eq!(mia_auc(&[f64::NAN], &[0.1]), None);
+        // Against the pairwise definition on a pseudo-random sample with ties.
+        let a: Vec<f64> = (0..40).map(|i| f64::from((i * 7919) % 13)).collect();
+        let b: Vec<f64> = (0..30).map(|i| f64::from((i * 104_729) % 17)).collect();
+        let mut wins = 0.0;
+        for &x in &a {
+            for &y in &b {
+                wins += if x < y {
+                    1.0
+                } else if x == y {
+                    0.5
+                } else {
+                    0.0
+                };
+            }
+        }
+        let want = wins / (a.len() * b.len()) as f64;
+        let got = mia_auc(&a, &b).unwrap();
+        assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+    }
+}
