@@ -190,3 +190,91 @@ fn retraining_forgets_the_backdoor_client_and_the_ledger_tells_the_story() {
     let o = cohort(&["unlearn", p(&unfinished), "--client", "client-0"]);
     assert!(text(&o).contains("not finished"), "{}", text(&o));
 }
+
+/// FedEraser replays the run from its stored updates without the client, measured beside a
+/// retraining done in the same invocation: the backdoor goes as with retraining, faster.
+/// Runs it cannot replay are refused before anything is recorded: a strategy whose step is not
+/// a weighted sum, and stored updates that are gone.
+#[test]
+fn fed_eraser_replays_the_stored_updates_and_refuses_what_it_cannot_replay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    run(&dir);
+    let before = entries(&dir);
+    let o = cohort(&[
+        "unlearn",
+        p(&dir),
+        "--client",
+        "client-9",
+        "--method",
+        "fed-eraser",
+        "--compare-retrain",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["method"], "fed-eraser");
+    assert_eq!(v["verified"], true);
+    assert!(v["retrain_seconds"].as_f64().unwrap() > 0.0);
+    // (How much faster is the benchmark's business: `speedup` is there.)
+    assert!(v["speedup"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["client_steps"].as_u64().unwrap() > 0);
+    // Not the oracle, but near it, and the backdoor is below the original's.
+    assert_ne!(v["forget"], v["oracle"]["forget"]);
+    let backdoor = |x: &Value| x["test"]["backdoor_success"].as_f64().unwrap();
+    assert!(backdoor(&v) < backdoor(&v["original"]), "{v}");
+    assert!((backdoor(&v) - backdoor(&v["oracle"])).abs() < 0.05, "{v}");
+    assert_eq!(entries(&dir), before + 3);
+
+    let linear = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/clean-linear.toml");
+    for (name, extra, why) in [
+        (
+            "median",
+            vec!["--set", "aggregation.strategy={kind=\"median\"}"],
+            "fed-eraser needs a weighted-sum aggregation",
+        ),
+        ("missing", vec![], "fed-eraser replays the stored updates"),
+    ] {
+        let dir = tmp.path().join(name);
+        let mut args = vec![
+            "run",
+            p(&linear),
+            "--out",
+            p(&dir),
+            "--set",
+            "clients=4",
+            "--set",
+            "coordinator.clients_per_round=4",
+            "--set",
+            "coordinator.rounds=2",
+        ];
+        args.extend(extra.iter().copied());
+        let o = cohort(&args);
+        assert!(o.status.success(), "{}", text(&o));
+        if name == "missing" {
+            // An update of a client that stays, gone from the store.
+            let first: Value = serde_json::from_str(
+                std::fs::read_to_string(dir.join("provenance.jsonl"))
+                    .unwrap()
+                    .lines()
+                    .find(|l| l.contains("\"client\":0"))
+                    .unwrap(),
+            )
+            .unwrap();
+            let h = first["blob"].as_str().unwrap();
+            std::fs::remove_file(dir.join(format!("blobs/sha256/{}/{h}", &h[..2]))).unwrap();
+        }
+        let before = entries(&dir);
+        let o = cohort(&[
+            "unlearn",
+            p(&dir),
+            "--client",
+            "client-1",
+            "--method",
+            "fed-eraser",
+        ]);
+        assert!(!o.status.success(), "{name}");
+        assert!(text(&o).contains(why), "{name}: {}", text(&o));
+        assert_eq!(entries(&dir), before, "{name}: something was recorded");
+    }
+}

@@ -28,7 +28,9 @@ use cohort_blob::BlobStore;
 use cohort_core::{Hash32, Score, sha256};
 use cohort_fl::NamedDelta;
 use cohort_fl::config::ValidConfig;
+use cohort_fl::events::ProvenanceRecord;
 use cohort_fl::learner::{Learner, Metrics};
+use cohort_fl::task::TaskConfig;
 use cohort_fl::unlearning::{Measures, measure};
 use cohort_ledger::protocol::{Cohort, Protocol, UnlearningEvidence, unlearning};
 use cohort_ledger::{EmbeddedLedger, LedgerBackend, LedgerConfig};
@@ -53,7 +55,10 @@ pub struct Args {
     #[arg(long, value_name = "NAME")]
     client: String,
     /// How: `retrain`, exact: the federation rerun from round 0 without the client (same
-    /// seeds, keys and data otherwise); the oracle every other method is measured against.
+    /// seeds, keys and data otherwise), the oracle every other method is measured against;
+    /// `fed-eraser`: the run replayed from its stored updates without the client, the others'
+    /// updates calibrated with half their local training (runs with a weighted-sum
+    /// aggregation: fed-avg, score-weighted).
     #[arg(long, value_enum, default_value_t = Method::Retrain)]
     method: Method,
     /// Also retrain without the client in this invocation and measure the result beside the
@@ -80,17 +85,24 @@ pub struct Args {
 pub enum Method {
     /// The federation rerun from round 0 without the client: exact.
     Retrain,
+    /// FedEraser: the run replayed from its stored updates without the client, each remaining
+    /// client's update calibrated by training for half its local steps from the replayed
+    /// global model (norm per tensor from the stored update, direction from the calibration).
+    /// Approximate; needs a weighted-sum aggregation.
+    FedEraser,
 }
 
 impl Method {
     fn id(self) -> u8 {
         match self {
             Self::Retrain => unlearning::RETRAIN,
+            Self::FedEraser => unlearning::FED_ERASER,
         }
     }
     fn name(self) -> &'static str {
         match self {
             Self::Retrain => "retrain",
+            Self::FedEraser => "fed-eraser",
         }
     }
 }
@@ -304,6 +316,17 @@ impl Args {
         let store = cohort_blob::open_existing(&run.dir.join("blobs").display().to_string())
             .context("the run's blob store")?;
         let clients = cfg.clients as u32;
+        // What the method needs, checked before anything is recorded.
+        let replay = match self.method {
+            Method::FedEraser => {
+                let rounds = fed_eraser_rounds(&run, &*store, k)?;
+                // The calibration's task: the run's with half the local training.
+                let half = cohort_tasks::build(&halved(cfg)?, &run.config_dir, &cache)
+                    .context("setting up the calibration's task")?;
+                Some((rounds, half))
+            }
+            Method::Retrain => None,
+        };
         if self.check {
             println!(
                 "would forget {} (dataset {dataset}, forget set {forget_set}) from the model \
@@ -337,18 +360,47 @@ impl Args {
         let work = run.dir.join(format!("unlearn/request-{request}"));
         fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
         let t = Instant::now();
-        say(&format!(
-            "{}: retraining the federation without {} ({} rounds)",
-            self.method.name(),
-            self.client,
-            cfg.coordinator.rounds
-        ));
-        let model = retrain(cfg, keys, &*task, k, &work.join("retrain"), &*store, &say)?;
+        let retrain_dir = work.join("retrain");
+        let retrained = |say: &dyn Fn(&str)| -> anyhow::Result<(Vec<f32>, f64, u64)> {
+            say(&format!(
+                "retraining the federation without {} ({} rounds)",
+                self.client, cfg.coordinator.rounds
+            ));
+            let t = Instant::now();
+            let (model, steps) = retrain(cfg, keys, &*task, k, &retrain_dir, &*store, say)?;
+            Ok((model, t.elapsed().as_secs_f64(), steps))
+        };
+        let (model, client_steps, oracle) = match self.method {
+            Method::Retrain => {
+                let (model, _, steps) = retrained(&say)?;
+                (model.clone(), steps, Some(model))
+            }
+            Method::FedEraser => {
+                say(&format!(
+                    "fed-eraser: replaying the run without {} from its stored updates",
+                    self.client
+                ));
+                let (rounds, half) = replay.as_ref().context("the replay was prepared")?;
+                let (model, steps) =
+                    fed_eraser_replay(&run, &*store, &*task, &**half, k, &say, rounds)?;
+                (model, steps, None)
+            }
+        };
         let seconds = t.elapsed().as_secs_f64();
-        let blob = task.layout().encode(&model);
-        let model_hash = store.put(&blob)?;
-        let oracle_hash = Some(model_hash);
-        let retrain_seconds = self.compare_retrain.then_some(seconds);
+        let (oracle, retrain_seconds) = match (oracle, self.compare_retrain) {
+            (Some(m), compare) => (Some(m), compare.then_some(seconds)),
+            (None, true) => {
+                let (m, secs, _) = retrained(&say)?;
+                (Some(m), Some(secs))
+            }
+            (None, false) => (None, None),
+        };
+        let layout = task.layout();
+        let model_hash = store.put(&layout.encode(&model))?;
+        let oracle_hash = match &oracle {
+            Some(o) => Some(store.put(&layout.encode(o))?),
+            None => None,
+        };
         say("measuring the original and the unlearned model");
         let evidence = Evidence {
             format: EVIDENCE_FORMAT.into(),
@@ -362,12 +414,10 @@ impl Args {
             oracle_model: oracle_hash,
             original: measure(&*task, &original, k, clients)?,
             unlearned: measure(&*task, &model, k, clients)?,
-            oracle: None,
-        };
-        // For `retrain` the oracle is the result itself.
-        let evidence = Evidence {
-            oracle: Some(evidence.unlearned.clone()),
-            ..evidence
+            oracle: match &oracle {
+                Some(o) => Some(measure(&*task, o, k, clients)?),
+                None => None,
+            },
         };
         let evidence_blob = serde_json::to_vec_pretty(&evidence)?;
         let evidence_hash = store.put(&evidence_blob)?;
@@ -453,6 +503,8 @@ impl Args {
             "client": self.client,
             "seconds": seconds,
             "retrain_seconds": retrain_seconds,
+            "speedup": retrain_seconds.map(|r| r / seconds.max(1e-9)),
+            "client_steps": client_steps,
             "forget": metrics(&e.forget),
             "retain": metrics(&e.retain),
             "test": metrics(&e.test),
@@ -496,7 +548,7 @@ fn retrain(
     dir: &Path,
     store: &dyn BlobStore,
     say: &dyn Fn(&str),
-) -> anyhow::Result<Vec<f32>> {
+) -> anyhow::Result<(Vec<f32>, u64)> {
     let _ = fs::remove_dir_all(dir);
     let operator = keys.identity("ledger-operator");
     let ledger = EmbeddedLedger::create(
@@ -521,7 +573,194 @@ fn retrain(
         .and_then(|r| r.provenance.last().map(|x| x.global_after))
         .context("the retrained run has no rounds")?;
     let blob = store.get(&last)?;
-    decode_model(&blob, task)
+    let steps: u64 = summary
+        .rounds
+        .iter()
+        .map(|r| r.submitted.len() as u64)
+        .sum::<u64>()
+        * local_steps(cfg);
+    Ok((decode_model(&blob, task)?, steps))
+}
+
+/// A client's local optimisation steps per round under `cfg` (for the linear task, its
+/// epochs' worth of batches).
+fn local_steps(cfg: &ValidConfig) -> u64 {
+    match &cfg.task {
+        TaskConfig::Linear(l) => (l.epochs * l.samples_per_client.div_ceil(l.batch.max(1))) as u64,
+        TaskConfig::Imdb(i) => i.local_steps as u64,
+        TaskConfig::Lm(l) => l.local_steps as u64,
+    }
+}
+
+/// `cfg` with half the local training of each client (at least one step or epoch): what
+/// FedEraser's calibration trains.
+fn halved(cfg: &ValidConfig) -> anyhow::Result<ValidConfig> {
+    let mut c = cfg.config().clone();
+    match &mut c.task {
+        TaskConfig::Linear(l) => l.epochs = (l.epochs / 2).max(1),
+        TaskConfig::Imdb(i) => i.local_steps = (i.local_steps / 2).max(1),
+        TaskConfig::Lm(l) => l.local_steps = (l.local_steps / 2).max(1),
+    }
+    Ok(c.check()?)
+}
+
+/// The run's provenance by round, checked for what FedEraser needs before anything is
+/// recorded: every accepted update entered a weighted sum (no server optimizer), and the
+/// initial global model and every update it replays are in the blob store.
+fn fed_eraser_rounds(
+    run: &RunDir,
+    store: &dyn BlobStore,
+    k: u32,
+) -> anyhow::Result<std::collections::BTreeMap<u64, Vec<ProvenanceRecord>>> {
+    use cohort_fl::strategy::Contribution;
+    let path = run.dir.join("provenance.jsonl");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut rounds: std::collections::BTreeMap<u64, Vec<ProvenanceRecord>> = Default::default();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let r: ProvenanceRecord = serde_json::from_str(line).with_context(|| {
+            format!("{} line {}: not a provenance record", path.display(), i + 1)
+        })?;
+        rounds.entry(r.round).or_default().push(r);
+    }
+    // Refused before any work: a strategy whose step is not a weighted sum of the updates.
+    for r in rounds.values().flatten().filter(|r| r.accepted) {
+        match &r.contribution {
+            Some(Contribution::Weighted {
+                via_server_optimizer: false,
+                ..
+            }) => {}
+            Some(Contribution::Weighted { .. }) => bail!(
+                "fed-eraser needs a weighted-sum aggregation; this run's steps went through a \
+                 server optimizer (aggregation.fedadam_lr or the like), which is not linear in \
+                 the updates: use --method retrain"
+            ),
+            _ => bail!(
+                "fed-eraser needs a weighted-sum aggregation (fed-avg, score-weighted); this \
+                 run used {}: use --method retrain",
+                run.cfg.aggregation.build().name()
+            ),
+        }
+    }
+    let first = rounds
+        .values()
+        .next()
+        .and_then(|r| r.first())
+        .context("the run's provenance records no update")?;
+    let needed = std::iter::once((first.global_before, "the initial global model".to_owned()))
+        .chain(
+            rounds
+                .values()
+                .flatten()
+                .filter(|r| r.accepted && r.client != k)
+                .map(|r| {
+                    (
+                        r.blob,
+                        format!("round {} update of client-{}", r.round, r.client),
+                    )
+                }),
+        );
+    for (h, what) in needed {
+        if !store.has(&h)? {
+            bail!(
+                "{what} (blob {h}) is not in {}: fed-eraser replays the stored updates; use \
+                 --method retrain",
+                store.location()
+            );
+        }
+    }
+    Ok(rounds)
+}
+
+/// FedEraser (Liu et al., 2021) from the run's provenance (`rounds`, from
+/// [`fed_eraser_rounds`]) and blob store: from the run's initial global model, each round again
+/// without client `k`: every other accepted client trains (`half`: the run's task with half
+/// the local training) from the replayed model (the calibration), each tensor of its stored update keeps its norm and takes
+/// the calibration's direction, and the replayed model moves by their weighted sum (the
+/// round's recorded weights, renormalised without the client, and clipping factors). The
+/// unlearned model and the client steps spent.
+fn fed_eraser_replay(
+    run: &RunDir,
+    store: &dyn BlobStore,
+    task: &dyn Learner,
+    half: &dyn Learner,
+    k: u32,
+    say: &dyn Fn(&str),
+    rounds: &std::collections::BTreeMap<u64, Vec<ProvenanceRecord>>,
+) -> anyhow::Result<(Vec<f32>, u64)> {
+    use cohort_fl::strategy::Contribution;
+    let first = rounds
+        .values()
+        .next()
+        .and_then(|r| r.first())
+        .context("the run's provenance records no update")?;
+    let load = |h: &Hash32, what: &str| -> anyhow::Result<Vec<f32>> {
+        let blob = store
+            .get(h)
+            .with_context(|| format!("{what} {h}: the stored updates are needed by fed-eraser"))?;
+        decode_model(&blob, task)
+    };
+    let mut model = load(&first.global_before, "the initial global model")?;
+    let layout = task.layout();
+    let mut steps = 0u64;
+    let per_client = local_steps(&halved(&run.cfg)?);
+    let total = rounds.len();
+    for (i, (round, records)) in rounds.iter().enumerate() {
+        let kept: Vec<(&ProvenanceRecord, f64, f64)> = records
+            .iter()
+            .filter(|r| r.accepted && r.client != k)
+            .filter_map(|r| match r.contribution {
+                Some(Contribution::Weighted {
+                    weight, clip_scale, ..
+                }) => Some((r, weight, clip_scale)),
+                _ => None,
+            })
+            .collect();
+        let sum: f64 = kept.iter().map(|(_, w, _)| w).sum();
+        if kept.is_empty() || sum <= 0.0 || !sum.is_finite() {
+            continue;
+        }
+        let mut step = vec![0f64; model.len()];
+        for (r, w, clip) in &kept {
+            let stored = load(
+                &r.blob,
+                &format!("round {round} update of client-{}", r.client),
+            )?;
+            let mut rng =
+                cohort_core::Rng::derive(run.cfg.seed, &format!("fed-eraser/{round}/{}", r.client));
+            let cal = half.train(r.client, &model, &mut rng)?;
+            steps += per_client;
+            let mut off = 0;
+            for (_, shape) in layout.tensors() {
+                let n: usize = shape.iter().product();
+                let (Some(u), Some(c)) = (stored.get(off..off + n), cal.get(off..off + n)) else {
+                    bail!("round {round}: an update that does not fill the model's tensors");
+                };
+                let norm = |v: &[f32]| v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+                let (nu, nc) = (norm(u), norm(c));
+                let scale = if nc > 0.0 { nu / nc } else { 0.0 };
+                for (j, &x) in c.iter().enumerate() {
+                    step[off + j] += w / sum * clip * scale * f64::from(x);
+                }
+                off += n;
+            }
+        }
+        for (m, d) in model.iter_mut().zip(&step) {
+            *m += *d as f32;
+        }
+        say(&format!(
+            "  round {}/{total}: {} updates calibrated",
+            i + 1,
+            kept.len()
+        ));
+    }
+    if model.iter().any(|x| !x.is_finite()) {
+        bail!("fed-eraser's model is not finite");
+    }
+    Ok((model, steps))
 }
 
 /// What a verifier does: reads the evidence and the models it names from the store (each hash
