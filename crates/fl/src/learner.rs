@@ -51,6 +51,10 @@ pub struct SampleLosses {
     pub metrics: Metrics,
     /// Each sample's loss, in the set's order.
     pub losses: Vec<f64>,
+    /// For language models, each sample's Min-K% loss (the mean loss of its least likely
+    /// tokens), in the same order: a stronger membership signal than the mean loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_k: Option<Vec<f64>>,
 }
 
 fn no_samples(what: &str) -> FlError {

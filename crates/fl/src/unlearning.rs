@@ -55,6 +55,9 @@ pub struct Measures {
     pub test: Metrics,
     /// The loss attack's AUC, forget set against the test set.
     pub mia_auc_loss: Option<f64>,
+    /// The Min-K% attack's AUC (language models), forget set against the test set.
+    #[serde(default)]
+    pub mia_auc_min_k: Option<f64>,
 }
 
 /// Measures `params` for forgetting `client` of the `clients` clients of `learner`.
@@ -81,16 +84,23 @@ pub fn measure<L: Learner + ?Sized>(
         pooled.extend(s.losses);
     }
     let n = pooled.len().max(1) as f64;
+    let mean = pooled.iter().sum::<f64>() / n;
     let retain = Metrics {
         accuracy: classified.then_some(correct / n),
-        ..Metrics::loss(pooled.iter().sum::<f64>() / n)
+        perplexity: forget.metrics.perplexity.map(|_| mean.exp()),
+        ..Metrics::loss(mean)
     };
     let with_perplexity = |m: Metrics| Metrics {
         perplexity: m.perplexity.map(|_| m.loss.exp()),
         ..m
     };
+    let min_k = match (&forget.min_k, &test.min_k) {
+        (Some(f), Some(t)) => mia_auc(f, t),
+        _ => None,
+    };
     Ok(Measures {
         mia_auc_loss: mia_auc(&forget.losses, &test.losses),
+        mia_auc_min_k: min_k,
         forget: with_perplexity(forget.metrics),
         retain,
         test: test.metrics,

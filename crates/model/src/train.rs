@@ -299,6 +299,50 @@ impl Trainer {
     }
 }
 
+/// One evaluation window's losses: what membership inference compares window by window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WindowLoss {
+    /// Mean next-token cross-entropy over the window (nats).
+    pub loss: f64,
+    /// Mean cross-entropy of the window's `MIN_K_FRACTION` least likely tokens (Min-K%
+    /// probability, Shi et al. 2023, as a loss: lower for text the model has seen).
+    pub min_k: f64,
+}
+
+/// The share of a window's tokens Min-K% averages over (its least likely ones).
+pub const MIN_K_FRACTION: f64 = 0.2;
+
+/// The losses of each of the first `max_windows` windows of `tokens` ([`evaluate`]'s windows,
+/// in order).
+///
+/// # Errors
+/// Too few tokens for one window, or a model error.
+pub fn window_losses(
+    model: &dyn LanguageModel,
+    tokens: &[u32],
+    batch: usize,
+    seq: usize,
+    max_windows: usize,
+) -> Result<Vec<WindowLoss>> {
+    let mut out = Vec::new();
+    for (x, y) in data::eval_batches(tokens, batch, seq, max_windows, model.device())? {
+        let logits = model.forward_eval(&x)?;
+        let (b, t, v) = logits.dims3()?;
+        let flat = logits.reshape((b * t, v))?;
+        let yf = y.reshape(b * t)?;
+        let rows = crate::kernels::cross_entropy_rows(&flat, &yf)?.to_vec1::<f32>()?;
+        let k = ((t as f64 * MIN_K_FRACTION).ceil() as usize).clamp(1, t.max(1));
+        for w in rows.chunks(t.max(1)) {
+            let mut ce: Vec<f64> = w.iter().map(|&x| f64::from(x)).collect();
+            let loss = ce.iter().sum::<f64>() / ce.len().max(1) as f64;
+            ce.sort_by(|a, b| b.total_cmp(a));
+            let min_k = ce.iter().take(k).sum::<f64>() / k as f64;
+            out.push(WindowLoss { loss, min_k });
+        }
+    }
+    Ok(out)
+}
+
 /// Loss, perplexity and next-token accuracy of `model` over fixed windows of `tokens`.
 pub fn evaluate(
     model: &dyn LanguageModel,

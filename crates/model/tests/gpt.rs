@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use cohort_core::SplitMix64;
 use cohort_model::data::{self, TokenData};
 use cohort_model::generate::{Sampling, generate};
-use cohort_model::train::{TrainConfig, Trainer, evaluate};
+use cohort_model::train::{TrainConfig, Trainer, evaluate, window_losses};
 use cohort_model::{Gpt, GptConfig, LanguageModel, Tokenizer};
 
 fn shakespeare(chars: usize) -> String {
@@ -293,4 +293,30 @@ fn sequences_longer_than_the_context_are_refused() {
     )
     .unwrap();
     assert_eq!(x.dims(), &[2, 4]);
+}
+
+/// Window by window, the losses `evaluate` averages: as many windows, their mean its loss,
+/// and each window's Min-K% loss (its least likely fifth of tokens) at least its mean loss;
+/// training on text lowers its windows' losses.
+#[test]
+fn window_losses_are_the_windows_evaluate_averages() {
+    let (_, data) = corpus();
+    let v = 1 + *data.train.iter().chain(&data.val).max().unwrap() as usize;
+    let a = tiny(v, 5);
+    let all = evaluate(&a, &data.val, 8, 32, 12).unwrap();
+    let w = window_losses(&a, &data.val, 8, 32, 12).unwrap();
+    assert_eq!(w.len(), 12);
+    let mean = w.iter().map(|x| x.loss).sum::<f64>() / w.len() as f64;
+    assert!((mean - all.loss).abs() < 1e-5, "{mean} vs {}", all.loss);
+    for x in &w {
+        assert!(x.min_k >= x.loss - 1e-9, "{x:?}");
+        assert!(x.loss.is_finite() && x.min_k.is_finite());
+    }
+    // Fewer tokens than one window: refused.
+    assert!(window_losses(&a, &data.val[..10], 8, 32, 12).is_err());
+    let before = window_losses(&a, &data.train, 8, 32, 8).unwrap();
+    train(&a, &data, 30, 3);
+    let after = window_losses(&a, &data.train, 8, 32, 8).unwrap();
+    let sum = |w: &[cohort_model::train::WindowLoss]| w.iter().map(|x| x.loss).sum::<f64>();
+    assert!(sum(&after) < sum(&before));
 }

@@ -366,6 +366,7 @@ impl ImdbTask {
                 ..Metrics::loss(losses.iter().sum::<f64>() / n)
             },
             losses,
+            min_k: None,
         })
     }
 

@@ -250,6 +250,7 @@ impl Set {
         SampleLosses {
             metrics: Metrics::loss(mean),
             losses,
+            min_k: None,
         }
     }
 

@@ -19,10 +19,10 @@ use cohort_core::{Hash32, Rng, sha256};
 use cohort_ledger::merkle::{MerkleTree, leaf_hash};
 use cohort_model::data::{TokenData, sample_batch};
 use cohort_model::optim::AdamWConfig;
-use cohort_model::train::{TrainConfig, Trainer, evaluate};
+use cohort_model::train::{TrainConfig, Trainer, evaluate, window_losses};
 use cohort_model::{Gpt, GptConfig, LanguageModel, Lora, LoraConfig, Tokenizer, load_any};
 
-use cohort_fl::learner::{Learner, Metrics};
+use cohort_fl::learner::{Learner, Metrics, SampleLosses};
 use cohort_fl::partition::shakespeare_roles;
 pub use cohort_fl::task::LmTaskConfig;
 use cohort_fl::{FlError, Layout};
@@ -291,6 +291,35 @@ impl LmTask {
         &self.base_dir
     }
 
+    /// `params` on `tokens`, window by window (the task's `eval_windows` windows of
+    /// `seq_len` tokens): each window's mean loss and Min-K% loss, and the mean loss and
+    /// perplexity over them.
+    fn windows_on(&self, tokens: &[u32], params: &[f32]) -> Result<SampleLosses, FlError> {
+        const WHAT: &str = "evaluating the language model window by window";
+        self.model
+            .params()
+            .set_flat(params)
+            .map_err(crate::task_err(WHAT))?;
+        let w = window_losses(
+            &*self.model,
+            tokens,
+            16,
+            self.cfg.seq_len,
+            self.cfg.eval_windows,
+        )
+        .map_err(crate::task_err(WHAT))?;
+        let losses: Vec<f64> = w.iter().map(|x| x.loss).collect();
+        let loss = losses.iter().sum::<f64>() / losses.len().max(1) as f64;
+        Ok(SampleLosses {
+            metrics: Metrics {
+                perplexity: Some(loss.exp()),
+                ..Metrics::loss(loss)
+            },
+            losses,
+            min_k: Some(w.iter().map(|x| x.min_k).collect()),
+        })
+    }
+
     fn loss_on(&self, tokens: &[u32], params: &[f32]) -> Result<f64, FlError> {
         self.model
             .params()
@@ -555,6 +584,27 @@ impl Learner for LmTask {
             perplexity: Some(loss.exp()),
             ..Metrics::loss(loss)
         })
+    }
+
+    fn client_samples(&self, client: u32, params: &[f32]) -> Result<SampleLosses, FlError> {
+        let c = self
+            .clients
+            .get(client as usize)
+            .ok_or(FlError::InvalidConfig {
+                what: "client",
+                reason: format!(
+                    "client {client} is not one of the task's {}",
+                    self.clients.len()
+                ),
+            })?;
+        self.windows_on(&c.tokens, params)
+    }
+
+    fn test_samples(&self, params: &[f32]) -> Result<SampleLosses, FlError> {
+        let mut s = self.windows_on(&self.test, params)?;
+        // The test metrics are `evaluate`'s (the same windows, summed in one pass).
+        s.metrics = self.evaluate(params)?;
+        Ok(s)
     }
 }
 

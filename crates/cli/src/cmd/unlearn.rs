@@ -495,7 +495,7 @@ impl Args {
                 "forget": metrics(&m.forget),
                 "retain": metrics(&m.retain),
                 "test": metrics(&m.test),
-                "mia_auc": {"loss": m.mia_auc_loss, "min_k": Value::Null},
+                "mia_auc": {"loss": m.mia_auc_loss, "min_k": m.mia_auc_min_k},
             })
         };
         let out = json!({
@@ -508,7 +508,7 @@ impl Args {
             "forget": metrics(&e.forget),
             "retain": metrics(&e.retain),
             "test": metrics(&e.test),
-            "mia_auc": {"loss": e.mia_auc_loss, "min_k": Value::Null},
+            "mia_auc": {"loss": e.mia_auc_loss, "min_k": e.mia_auc_min_k},
             "original": side(&evidence.original),
             "oracle": oracle.map(side),
             "ledger_request": request,
@@ -816,17 +816,22 @@ fn verify(
 
 fn print_table(client: &str, ev: &Evidence, out: &Value) {
     let row = |name: &str, m: &Measures| {
-        let acc = |x: &Metrics| {
-            x.accuracy.map_or(format!("{:.4}", x.loss), |a| {
-                format!("{:.4} ({:.1}%)", x.loss, a * 100.0)
-            })
+        let acc = |x: &Metrics| match (x.accuracy, x.perplexity) {
+            (Some(a), _) => format!("{:.4} ({:.1}%)", x.loss, a * 100.0),
+            (None, Some(p)) => format!("{:.4} (ppl {p:.2})", x.loss),
+            (None, None) => format!("{:.4}", x.loss),
+        };
+        let mia = match (m.mia_auc_loss, m.mia_auc_min_k) {
+            (Some(a), Some(b)) => format!("{a:.3}/{b:.3}"),
+            (Some(a), None) => format!("{a:.3}"),
+            _ => "-".into(),
         };
         println!(
-            "{name:<10} {:>20} {:>20} {:>20} {:>8} {:>9}",
+            "{name:<10} {:>22} {:>22} {:>22} {:>11} {:>9}",
             acc(&m.forget),
             acc(&m.retain),
             acc(&m.test),
-            m.mia_auc_loss.map_or("-".into(), |a| format!("{a:.3}")),
+            mia,
             m.test
                 .backdoor_success_rate
                 .map_or("-".into(), |b| format!("{:.1}%", b * 100.0))
@@ -837,8 +842,8 @@ fn print_table(client: &str, ev: &Evidence, out: &Value) {
         ev.method, ev.request
     );
     println!(
-        "{:<10} {:>20} {:>20} {:>20} {:>8} {:>9}",
-        "model", "forget loss (acc)", "retain loss (acc)", "test loss (acc)", "MIA AUC", "backdoor"
+        "{:<10} {:>22} {:>22} {:>22} {:>11} {:>9}",
+        "model", "forget loss", "retain loss", "test loss", "MIA AUC", "backdoor"
     );
     row("original", &ev.original);
     row("unlearned", &ev.unlearned);
