@@ -101,6 +101,24 @@ pub trait Learner {
         let _ = params;
         Err(no_samples("the test set"))
     }
+    /// Approximate unlearning of client `client`'s data from `params` as `spec` says (see
+    /// [`crate::unlearning::UnlearnSpec`]), deterministic in `seed`: the new parameters.
+    /// Tasks that cannot refuse (the default).
+    fn unlearn(
+        &self,
+        client: u32,
+        params: &[f32],
+        spec: &crate::unlearning::UnlearnSpec,
+        seed: u64,
+    ) -> Result<Vec<f32>, FlError> {
+        let _ = (client, params, spec, seed);
+        Err(FlError::InvalidConfig {
+            what: "--method",
+            reason: "this task has no approximate unlearning (the LoRA methods need the lm \
+                     task): use retrain or fed-eraser"
+                .into(),
+        })
+    }
     /// Makes client `k` an attacker that poisons its own training data. Tasks without
     /// labelled data refuse.
     fn poison(&mut self, client: u32, attack: &DataAttack) -> Result<(), FlError> {

@@ -10,6 +10,69 @@ use serde::{Deserialize, Serialize};
 use crate::FlError;
 use crate::learner::{Learner, Metrics, SampleLosses};
 
+/// What an approximate unlearning optimises on the forget set.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Objective {
+    /// Gradient ascent: the forget set's mean loss maximised.
+    GradientAscent,
+    /// Negative preference optimisation (Zhang et al., 2024):
+    /// `(2/beta) mean log(1 + (p(x) / p_ref(x))^beta)` over forget windows, `p_ref` the model
+    /// before unlearning; bounded where gradient ascent is not.
+    Npo {
+        /// The inverse temperature.
+        beta: f64,
+    },
+}
+
+/// How an approximate unlearning trains: `steps` optimiser steps (AdamW, constant `lr`) on
+/// batches of `batch` forget windows, each adding `retain_weight` times the mean loss on as
+/// many windows of public retain text (what the executor holds: the base model's
+/// pretraining text), so that the model keeps what it should.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct UnlearnSpec {
+    /// The forget objective.
+    pub objective: Objective,
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Learning rate.
+    pub lr: f64,
+    /// Weight of the retain term.
+    pub retain_weight: f64,
+    /// Windows per batch.
+    pub batch: usize,
+}
+
+impl UnlearnSpec {
+    /// Refuses steps or a batch of 0, a learning rate or weight that is not finite and
+    /// non-negative (the rate positive), and a beta that is not finite and positive; each by
+    /// its flag's name.
+    pub fn check(&self) -> Result<(), FlError> {
+        let bad = |what: &'static str, reason: String| Err(FlError::InvalidConfig { what, reason });
+        if self.steps == 0 || self.steps > 100_000 {
+            return bad("--steps", format!("{} (1 to 100000)", self.steps));
+        }
+        if self.batch == 0 || self.batch > 4096 {
+            return bad("--batch", format!("{} (1 to 4096)", self.batch));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0 && self.lr <= 1.0) {
+            return bad("--lr", format!("{} (above 0, at most 1)", self.lr));
+        }
+        if !(self.retain_weight.is_finite() && (0.0..=1e6).contains(&self.retain_weight)) {
+            return bad(
+                "--retain-weight",
+                format!("{} (0 to 1e6)", self.retain_weight),
+            );
+        }
+        if let Objective::Npo { beta } = self.objective
+            && !(beta.is_finite() && beta > 0.0 && beta <= 1e3)
+        {
+            return bad("--beta", format!("{beta} (above 0, at most 1000)"));
+        }
+        Ok(())
+    }
+}
+
 /// The loss attack's AUC: the chance that a random member (forget-set sample) has a lower
 /// loss than a random non-member (test sample), ties counting half (Mann–Whitney U over the
 /// pooled ranks). `None` when either set is empty or a loss is not finite.

@@ -25,6 +25,7 @@ use cohort_model::{Gpt, GptConfig, LanguageModel, Lora, LoraConfig, Tokenizer, l
 use cohort_fl::learner::{Learner, Metrics, SampleLosses};
 use cohort_fl::partition::shakespeare_roles;
 pub use cohort_fl::task::LmTaskConfig;
+use cohort_fl::unlearning::UnlearnSpec;
 use cohort_fl::{FlError, Layout};
 
 use crate::own::{OwnData, OwnDataSummary};
@@ -46,7 +47,13 @@ pub struct LmTask {
     test: Vec<u32>,
     base_dir: PathBuf,
     tokenizer: Tokenizer,
+    /// Public text (the roles that are not clients, what the base model is pretrained on):
+    /// the retain term of approximate unlearning.
+    public: Vec<u32>,
 }
+
+/// At most this much of the public text is kept for unlearning's retain term (characters).
+const PUBLIC_CHARS: usize = 200_000;
 
 impl std::fmt::Debug for LmTask {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -242,6 +249,14 @@ impl LmTask {
                 ),
             });
         }
+        let public_text: String = rest
+            .iter()
+            .flat_map(|r| r.text.chars())
+            .take(PUBLIC_CHARS)
+            .collect();
+        let public = tokenizer
+            .encode(&public_text)
+            .map_err(crate::task_err("preparing the language-model task"))?;
         Ok(Self {
             cfg,
             model,
@@ -252,6 +267,7 @@ impl LmTask {
             test,
             base_dir: model_dir,
             tokenizer,
+            public,
         })
     }
 
@@ -289,6 +305,109 @@ impl LmTask {
     /// The base model's directory (pretrained and cached, or the configured `base`).
     pub fn base_dir(&self) -> &Path {
         &self.base_dir
+    }
+
+    /// [`Learner::unlearn`]'s optimisation: `spec.steps` steps from `params` on batches of
+    /// the `forget` windows of `tokens` (their start offsets), each with a batch of the
+    /// `retain` windows of the public text.
+    fn unlearn_steps(
+        &self,
+        tokens: &[u32],
+        params: &[f32],
+        spec: &UnlearnSpec,
+        rng: &mut Rng,
+        forget: &[usize],
+        retain: &[usize],
+    ) -> cohort_model::Result<Vec<f32>> {
+        use candle_core::{DType, Tensor};
+        use cohort_fl::unlearning::Objective;
+        let seq = self.cfg.seq_len;
+        let model = &*self.model;
+        let device = model.device();
+        let batch_of =
+            |tokens: &[u32], starts: &[usize]| -> candle_core::Result<(Tensor, Tensor)> {
+                let x: Vec<u32> = starts
+                    .iter()
+                    .flat_map(|&s| tokens[s..s + seq].iter().copied())
+                    .collect();
+                let y: Vec<u32> = starts
+                    .iter()
+                    .flat_map(|&s| tokens[s + 1..s + seq + 1].iter().copied())
+                    .collect();
+                let n = starts.len();
+                Ok((
+                    Tensor::from_vec(x, (n, seq), device)?,
+                    Tensor::from_vec(y, (n, seq), device)?,
+                ))
+            };
+        let p = model.params();
+        p.set_flat(params)?;
+        // The reference log-likelihood of every forget window, before any step (NPO).
+        let reference: Vec<f64> = match spec.objective {
+            Objective::Npo { .. } => window_losses(model, tokens, 16, seq, forget.len())?
+                .iter()
+                .map(|w| -w.loss * seq as f64)
+                .collect(),
+            Objective::GradientAscent => Vec::new(),
+        };
+        let mut tc = TrainConfig::new(spec.batch, seq);
+        tc.optim = AdamWConfig {
+            lr: spec.lr,
+            min_lr: spec.lr,
+            warmup_steps: 0,
+            total_steps: spec.steps,
+            weight_decay: 0.0,
+            ..AdamWConfig::default()
+        };
+        let mut trainer = Trainer::new(model, tc)?;
+        let (mut fo, mut ro) = (forget.to_vec(), retain.to_vec());
+        let (mut fi, mut ri) = (fo.len(), ro.len());
+        let next = |order: &mut Vec<usize>, at: &mut usize, rng: &mut Rng| -> Vec<usize> {
+            let mut out = Vec::with_capacity(spec.batch);
+            while out.len() < spec.batch.min(order.len()) {
+                if *at == order.len() {
+                    rng.shuffle(order);
+                    *at = 0;
+                }
+                out.push(order[*at]);
+                *at += 1;
+            }
+            out
+        };
+        for _ in 0..spec.steps {
+            let picked = next(&mut fo, &mut fi, rng);
+            let (x, y) = batch_of(tokens, &picked)?;
+            let logits = model.forward(&x)?;
+            let (b, t, v) = logits.dims3()?;
+            let rows = cohort_model::kernels::cross_entropy_rows(
+                &logits.reshape((b * t, v))?,
+                &y.reshape(b * t)?.to_dtype(DType::U32)?,
+            )?;
+            let forget_loss = match spec.objective {
+                Objective::GradientAscent => rows.mean_all()?.neg()?,
+                Objective::Npo { beta } => {
+                    // d = log p(window) - log p_ref(window); (2/beta) mean log(1 + e^(beta d)).
+                    let logp = rows.reshape((b, t))?.sum(1)?.neg()?;
+                    let refs: Vec<f32> = picked
+                        .iter()
+                        .map(|s| reference.get(s / seq).copied().unwrap_or(0.0) as f32)
+                        .collect();
+                    let d = logp.sub(&Tensor::from_vec(refs, b, device)?)?;
+                    let z = (d * beta)?.exp()?;
+                    ((z + 1.0)?.log()?.mean_all()? * (2.0 / beta))?
+                }
+            };
+            let loss = if spec.retain_weight > 0.0 && !ro.is_empty() {
+                let picked = next(&mut ro, &mut ri, rng);
+                let (xr, yr) = batch_of(&self.public, &picked)?;
+                (forget_loss + (model.loss(&xr, &yr)? * spec.retain_weight)?)?
+            } else {
+                forget_loss
+            };
+            let grads = cohort_model::optim::collect_grads(p, &loss.backward()?)?;
+            trainer.step_grads(model, &grads)?;
+        }
+        p.flat()
     }
 
     /// `params` on `tokens`, window by window (the task's `eval_windows` windows of
@@ -584,6 +703,51 @@ impl Learner for LmTask {
             perplexity: Some(loss.exp()),
             ..Metrics::loss(loss)
         })
+    }
+
+    fn unlearn(
+        &self,
+        client: u32,
+        params: &[f32],
+        spec: &UnlearnSpec,
+        seed: u64,
+    ) -> Result<Vec<f32>, FlError> {
+        spec.check()?;
+        let c = self
+            .clients
+            .get(client as usize)
+            .ok_or(FlError::InvalidConfig {
+                what: "client",
+                reason: format!(
+                    "client {client} is not one of the task's {}",
+                    self.clients.len()
+                ),
+            })?;
+        let seq = self.cfg.seq_len;
+        let windows =
+            |n: usize| -> Vec<usize> { (0..n.saturating_sub(1) / seq).map(|i| i * seq).collect() };
+        let forget = windows(c.tokens.len());
+        if forget.is_empty() {
+            return Err(FlError::InvalidConfig {
+                what: "client",
+                reason: format!("client {client}'s text fills no window of {seq} tokens"),
+            });
+        }
+        let retain = windows(self.public.len());
+        let mut rng = Rng::derive(seed, &format!("unlearn/client/{client}"));
+        let after = self
+            .unlearn_steps(&c.tokens, params, spec, &mut rng, &forget, &retain)
+            .map_err(crate::task_err("unlearning on the language model"))?;
+        if after.iter().any(|x| !x.is_finite()) {
+            return Err(FlError::InvalidConfig {
+                what: "--lr",
+                reason: format!(
+                    "{} steps at {} made the adapter non-finite: lower the rate or the steps",
+                    spec.steps, spec.lr
+                ),
+            });
+        }
+        Ok(after)
     }
 
     fn client_samples(&self, client: u32, params: &[f32]) -> Result<SampleLosses, FlError> {

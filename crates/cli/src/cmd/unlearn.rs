@@ -31,7 +31,7 @@ use cohort_fl::config::ValidConfig;
 use cohort_fl::events::ProvenanceRecord;
 use cohort_fl::learner::{Learner, Metrics};
 use cohort_fl::task::TaskConfig;
-use cohort_fl::unlearning::{Measures, measure};
+use cohort_fl::unlearning::{Measures, Objective, UnlearnSpec, measure};
 use cohort_ledger::protocol::{Cohort, Protocol, UnlearningEvidence, unlearning};
 use cohort_ledger::{EmbeddedLedger, LedgerBackend, LedgerConfig};
 use cohort_node::resume::SavedRound;
@@ -61,6 +61,21 @@ pub struct Args {
     /// aggregation: fed-avg, score-weighted).
     #[arg(long, value_enum, default_value_t = Method::Retrain)]
     method: Method,
+    /// lora-ga, lora-npo: optimiser steps on the forget set.
+    #[arg(long, default_value_t = 10, value_parser = crate::args::int_in(1..=100_000usize))]
+    steps: usize,
+    /// lora-ga, lora-npo: learning rate (AdamW, constant).
+    #[arg(long, default_value_t = 2e-4)]
+    lr: f64,
+    /// lora-ga, lora-npo: weight of the retain term (mean loss on public text; 0: none).
+    #[arg(long, default_value_t = 1.0)]
+    retain_weight: f64,
+    /// lora-npo: the inverse temperature beta.
+    #[arg(long, default_value_t = 0.1)]
+    beta: f64,
+    /// lora-ga, lora-npo: forget windows per step.
+    #[arg(long, default_value_t = 8, value_parser = crate::args::int_in(1..=4096usize))]
+    batch: usize,
     /// Also retrain without the client in this invocation and measure the result beside the
     /// method's (`oracle`, `retrain_seconds`). For `retrain` the oracle is its own result.
     #[arg(long)]
@@ -90,6 +105,12 @@ pub enum Method {
     /// global model (norm per tensor from the stored update, direction from the calibration).
     /// Approximate; needs a weighted-sum aggregation.
     FedEraser,
+    /// Gradient ascent on the forget set through the run's LoRA adapter, with a retain term
+    /// on public text (lm task). Approximate.
+    LoraGa,
+    /// Negative preference optimisation on the forget set through the run's LoRA adapter,
+    /// with a retain term on public text (lm task). Approximate.
+    LoraNpo,
 }
 
 impl Method {
@@ -97,12 +118,16 @@ impl Method {
         match self {
             Self::Retrain => unlearning::RETRAIN,
             Self::FedEraser => unlearning::FED_ERASER,
+            Self::LoraGa => unlearning::LORA_GA,
+            Self::LoraNpo => unlearning::LORA_NPO,
         }
     }
     fn name(self) -> &'static str {
         match self {
             Self::Retrain => "retrain",
             Self::FedEraser => "fed-eraser",
+            Self::LoraGa => "lora-ga",
+            Self::LoraNpo => "lora-npo",
         }
     }
 }
@@ -121,6 +146,8 @@ struct Evidence {
     model: Hash32,
     /// The oracle's model, where one was measured (for `retrain`, the model itself).
     oracle_model: Option<Hash32>,
+    /// The approximate methods' settings.
+    settings: Option<UnlearnSpec>,
     original: Measures,
     unlearned: Measures,
     oracle: Option<Measures>,
@@ -254,11 +281,38 @@ fn test_metric(m: &Metrics) -> f64 {
 }
 
 impl Args {
+    /// The approximate methods' settings, checked (and the task, which must be lm); `None`
+    /// for the other methods.
+    fn spec(&self, cfg: &ValidConfig) -> anyhow::Result<Option<UnlearnSpec>> {
+        let objective = match self.method {
+            Method::LoraGa => Objective::GradientAscent,
+            Method::LoraNpo => Objective::Npo { beta: self.beta },
+            Method::Retrain | Method::FedEraser => return Ok(None),
+        };
+        if !matches!(cfg.task, TaskConfig::Lm(_)) {
+            bail!(
+                "--method {}: the LoRA methods unlearn through the run's LoRA adapter, which \
+                 only the lm task has; use retrain or fed-eraser",
+                self.method.name()
+            );
+        }
+        let spec = UnlearnSpec {
+            objective,
+            steps: self.steps,
+            lr: self.lr,
+            retain_weight: self.retain_weight,
+            batch: self.batch,
+        };
+        spec.check()?;
+        Ok(Some(spec))
+    }
+
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         let started = Instant::now();
         let run = RunDir::open(&self.dir)?;
         let k = run.client(&self.client)?;
         let cfg = &run.cfg;
+        let spec = self.spec(cfg)?;
         let keys = &run.keys;
         let ledger_dir = run.dir.join("ledger");
         let operator = keys.identity("ledger-operator");
@@ -325,7 +379,7 @@ impl Args {
                     .context("setting up the calibration's task")?;
                 Some((rounds, half))
             }
-            Method::Retrain => None,
+            Method::Retrain | Method::LoraGa | Method::LoraNpo => None,
         };
         if self.check {
             println!(
@@ -375,6 +429,17 @@ impl Args {
                 let (model, _, steps) = retrained(&say)?;
                 (model.clone(), steps, Some(model))
             }
+            Method::LoraGa | Method::LoraNpo => {
+                let spec = spec.as_ref().context("the settings were checked")?;
+                say(&format!(
+                    "{}: {} steps on {}'s text from the run's adapter",
+                    self.method.name(),
+                    spec.steps,
+                    self.client
+                ));
+                let model = task.unlearn(k, &original, spec, cfg.seed)?;
+                (model, spec.steps as u64, None)
+            }
             Method::FedEraser => {
                 say(&format!(
                     "fed-eraser: replaying the run without {} from its stored updates",
@@ -412,6 +477,7 @@ impl Args {
             original_model: original_hash,
             model: model_hash,
             oracle_model: oracle_hash,
+            settings: spec,
             original: measure(&*task, &original, k, clients)?,
             unlearned: measure(&*task, &model, k, clients)?,
             oracle: match &oracle {
@@ -891,6 +957,7 @@ mod tests {
             original_model,
             model: model_hash,
             oracle_model: Some(model_hash),
+            settings: None,
             original: measure(task, original, k, 4).unwrap(),
             unlearned: measure(task, model, k, 4).unwrap(),
             oracle: Some(measure(task, model, k, 4).unwrap()),
