@@ -78,6 +78,10 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
 
     /// Where the store is, for messages: a directory or an `s3://` URL.
     fn location(&self) -> String;
+
+    /// Removes the blob named `hash`; whether it was there. What unlearning uses to delete a
+    /// forgotten client's updates (the ledger records that it was done).
+    fn delete(&self, hash: &Hash32) -> Result<bool, BlobError>;
 }
 
 /// Opens the store at `spec`: an `s3://bucket[/prefix]` URL ([`S3Store`], configured from the

@@ -89,6 +89,15 @@ impl LocalDir {
 }
 
 impl BlobStore for LocalDir {
+    fn delete(&self, hash: &Hash32) -> Result<bool, BlobError> {
+        let path = self.blob_path(hash);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Self::io("delete", &path)(e)),
+        }
+    }
+
     fn put(&self, bytes: &[u8]) -> Result<Hash32, BlobError> {
         if bytes.is_empty() {
             return Err(BlobError::Empty {

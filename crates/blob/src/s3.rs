@@ -214,6 +214,17 @@ impl Drop for S3Store {
 }
 
 impl BlobStore for S3Store {
+    fn delete(&self, hash: &Hash32) -> Result<bool, BlobError> {
+        if !self.has(hash)? {
+            return Ok(false);
+        }
+        let path = self.path_of(hash);
+        match self.block_on(self.store.delete(&path))? {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(true),
+            Err(e) => Err(self.backend("delete", &path, e)),
+        }
+    }
+
     fn put(&self, bytes: &[u8]) -> Result<Hash32, BlobError> {
         if bytes.is_empty() {
             return Err(BlobError::Empty {

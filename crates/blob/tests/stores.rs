@@ -53,6 +53,16 @@ fn round_trip(store: &dyn BlobStore) {
     let mut want = vec![h_big, h_small];
     want.sort();
     assert_eq!(store.list().expect("list"), want);
+    // Deleted once: gone from has, get and list; deleting again says it was not there.
+    assert!(store.delete(&h_small).expect("delete"));
+    assert!(!store.has(&h_small).expect("has"));
+    assert!(matches!(
+        store.get(&h_small),
+        Err(cohort_blob::BlobError::NotFound { .. })
+    ));
+    assert_eq!(store.list().expect("list"), vec![h_big]);
+    assert!(!store.delete(&h_small).expect("delete again"));
+    assert_eq!(store.put(&small).expect("put back"), h_small);
 }
 
 /// A missing blob, an empty blob: refused with their names, no panic.

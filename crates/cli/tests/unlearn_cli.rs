@@ -374,3 +374,79 @@ fn the_lora_methods_unlearn_a_role_and_refuse_what_they_cannot_do() {
     assert!(text(&o).contains("only the lm task has"), "{}", text(&o));
     assert_eq!(entries(&imdb), before);
 }
+
+/// `--delete-blobs`: after an accepted verification the client's update blobs leave the
+/// store, the ledger records the manifest that lists them, and the provenance check counts
+/// them as deleted by the unlearning, not as missing.
+#[test]
+fn deleting_the_forgotten_clients_blobs_is_recorded_and_the_provenance_still_checks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let linear = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/clean-linear.toml");
+    let o = cohort(&[
+        "run",
+        p(&linear),
+        "--out",
+        p(&dir),
+        "--set",
+        "clients=4",
+        "--set",
+        "coordinator.clients_per_round=4",
+        "--set",
+        "coordinator.rounds=2",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let blobs_of_client_1: Vec<String> = std::fs::read_to_string(dir.join("provenance.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["client"] == 1)
+        .map(|r| r["blob"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(blobs_of_client_1.len(), 2);
+    let file = |h: &str| dir.join(format!("blobs/sha256/{}/{h}", &h[..2]));
+    assert!(blobs_of_client_1.iter().all(|h| file(h).is_file()));
+    let before = entries(&dir);
+    let o = cohort(&[
+        "unlearn",
+        p(&dir),
+        "--client",
+        "client-1",
+        "--delete-blobs",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["deleted_blobs"]["count"], 2, "{v}");
+    assert!(blobs_of_client_1.iter().all(|h| !file(h).exists()));
+    assert_eq!(entries(&dir), before + 4);
+    let o = cohort(&[
+        "ledger",
+        "show",
+        p(&dir.join("ledger")),
+        "--json",
+        "--entries",
+        "1",
+    ]);
+    let shown: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(shown["entries"][0]["call"], "recordBlobDeletion");
+    let o = cohort(&["provenance", p(&dir)]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("2 deleted by an unlearning"),
+        "{}",
+        text(&o)
+    );
+    // Another blob gone without a record is still a problem.
+    let other: String = std::fs::read_to_string(dir.join("provenance.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|r| r["client"] == 2)
+        .map(|r| r["blob"].as_str().unwrap().to_owned())
+        .unwrap();
+    std::fs::remove_file(file(&other)).unwrap();
+    let o = cohort(&["provenance", p(&dir)]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains(&other), "{}", text(&o));
+}

@@ -12,6 +12,7 @@ use cohort_fl::events::ProvenanceRecord;
 use cohort_ledger::LedgerReader;
 use cohort_ledger::protocol::{Cohort::CohortEvents, decode_events};
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::output::print_json;
 
@@ -51,6 +52,9 @@ struct Rebuilt {
 struct Outcome {
     records: usize,
     blobs_checked: usize,
+    /// Blobs gone because an unlearning deleted them (its `recordBlobDeletion` on the ledger
+    /// names the manifest that lists them): not problems.
+    deleted_by_unlearning: usize,
     problems: Vec<String>,
 }
 
@@ -107,9 +111,13 @@ impl Args {
             }
         }
         hashes.extend(globals.into_iter().map(|(h, n)| (n, h)));
+        let deleted = deleted_by_unlearning(state.entries(), &*store)?;
+        let mut gone = 0;
         for (name, h) in &hashes {
-            if let Err(e) = store.get(h) {
-                problems.push(format!("{name}: blob {h}: {e}"));
+            match store.get(h) {
+                Err(cohort_blob::BlobError::NotFound { .. }) if deleted.contains(h) => gone += 1,
+                Err(e) => problems.push(format!("{name}: blob {h}: {e}")),
+                Ok(_) => {}
             }
         }
         // The records.
@@ -192,18 +200,24 @@ impl Args {
         }
         let outcome = Outcome {
             records: rebuilt.len(),
-            blobs_checked: hashes.len(),
+            blobs_checked: hashes.len() - gone,
+            deleted_by_unlearning: gone,
             problems,
         };
         if self.json {
             print_json(&outcome)?;
         } else if outcome.problems.is_empty() {
             outln!(
-                "OK: {} provenance records agree with the ledger ({} entries); {} blobs present and intact in {}",
+                "OK: {} provenance records agree with the ledger ({} entries); {} blobs present and intact in {}{}",
                 outcome.records,
                 state.entries().len(),
                 outcome.blobs_checked,
-                store.location()
+                store.location(),
+                if gone > 0 {
+                    format!("; {gone} deleted by an unlearning, as the ledger records")
+                } else {
+                    String::new()
+                }
             );
         } else {
             for p in &outcome.problems {
@@ -216,6 +230,43 @@ impl Args {
             ExitCode::from(1)
         })
     }
+}
+
+/// The blobs unlearnings deleted: the hashes the manifests of the ledger's
+/// `UnlearningBlobsDeleted` events list (a manifest is a blob: `{"deleted": [hash, ...]}`).
+/// A manifest that is missing or does not read is an error: the ledger says blobs were
+/// deleted and cannot say which.
+pub(crate) fn deleted_by_unlearning(
+    entries: &[cohort_ledger::Entry],
+    store: &dyn cohort_blob::BlobStore,
+) -> anyhow::Result<std::collections::BTreeSet<Hash32>> {
+    let mut out = std::collections::BTreeSet::new();
+    let Some(contract) = entries.iter().find_map(|e| e.receipt.created) else {
+        return Ok(out);
+    };
+    for e in entries {
+        for ev in decode_events(contract, &e.receipt.logs) {
+            if let CohortEvents::UnlearningBlobsDeleted(d) = ev {
+                let h = Hash32(d.manifestHash.0);
+                let bytes = store.get(&h).with_context(|| {
+                    format!(
+                        "the manifest of the blobs unlearning request {} deleted (entry {})",
+                        d.requestId, e.seq
+                    )
+                })?;
+                let m: Value = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("manifest {h} is not JSON"))?;
+                for x in m["deleted"].as_array().into_iter().flatten() {
+                    let hash: Hash32 = x
+                        .as_str()
+                        .and_then(|s| s.parse().ok())
+                        .with_context(|| format!("manifest {h}: {x} is not a blob hash"))?;
+                    out.insert(hash);
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The provenance the ledger's protocol events hold, in submission order.

@@ -84,6 +84,11 @@ pub struct Args {
     /// temporary directory.
     #[arg(long, value_name = "DIR")]
     cache: Option<PathBuf>,
+    /// After a verification that accepts, delete the client's update blobs from the run's
+    /// blob store and record on the ledger that it was done (the hash of a manifest blob that
+    /// lists them); `cohort provenance DIR` then counts them as deleted, not missing.
+    #[arg(long)]
+    delete_blobs: bool,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -544,6 +549,28 @@ impl Args {
             why,
         )?;
         p.backend_mut().flush()?;
+        let deleted = match (self.delete_blobs, accepted) {
+            (true, true) => {
+                let d = delete_blobs(&run, &*store, k, request)?;
+                let now = p.backend().head()?.time;
+                p.backend_mut().set_time(now + 60)?;
+                p.record_blob_deletion(&coord, request, d.1.into())?;
+                p.backend_mut().flush()?;
+                say(&format!(
+                    "deleted {} of {}'s blobs from {} (manifest {})",
+                    d.0,
+                    self.client,
+                    store.location(),
+                    d.1
+                ));
+                Some(json!({"count": d.0, "manifest": d.1}))
+            }
+            (true, false) => {
+                say("the verification rejected the execution: no blob was deleted");
+                None
+            }
+            _ => None,
+        };
         let head = p.backend().head()?;
         let verified = p.backend().verify().context("verifying the run's ledger")?;
         drop(p);
@@ -582,6 +609,7 @@ impl Args {
             "evidence_hash": evidence_hash,
             "clawed_back": clawed_back.to_string(),
             "verified": accepted,
+            "deleted_blobs": deleted,
             "verification": verdict.as_ref().err(),
             "ledger": {"entries": head.size, "root": head.root, "verified": verified.entries},
             "wall_seconds": started.elapsed().as_secs_f64(),
@@ -602,6 +630,46 @@ impl Args {
             ExitCode::from(1)
         })
     }
+}
+
+/// Deletes client `k`'s update blobs (every one its provenance names) from `store` and puts
+/// the manifest that lists them; how many were there, and the manifest's hash.
+fn delete_blobs(
+    run: &RunDir,
+    store: &dyn BlobStore,
+    k: u32,
+    request: u64,
+) -> anyhow::Result<(usize, Hash32)> {
+    let path = run.dir.join("provenance.jsonl");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut hashes = std::collections::BTreeSet::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let r: ProvenanceRecord = serde_json::from_str(line).with_context(|| {
+            format!("{} line {}: not a provenance record", path.display(), i + 1)
+        })?;
+        if r.client == k {
+            hashes.insert(r.blob);
+        }
+    }
+    let mut gone = 0;
+    for h in &hashes {
+        if store.delete(h)? {
+            gone += 1;
+        }
+    }
+    let manifest = json!({
+        "format": "cohort-unlearning-deletion/1",
+        "request": request,
+        "client": format!("client-{k}"),
+        "store": store.location(),
+        "deleted": hashes.iter().map(|h| h.to_hex()).collect::<Vec<_>>(),
+    });
+    let h = store.put(&serde_json::to_vec_pretty(&manifest)?)?;
+    Ok((gone, h))
 }
 
 /// Retrains the federation of `cfg` without client `k` in `dir` (its own ledger), its blobs in
