@@ -219,6 +219,7 @@ fn fed_eraser_replays_the_stored_updates_and_refuses_what_it_cannot_replay() {
     // (How much faster is the benchmark's business: `speedup` is there.)
     assert!(v["speedup"].as_f64().unwrap() > 0.0, "{v}");
     assert!(v["client_steps"].as_u64().unwrap() > 0);
+    assert!(v["ledger_bytes"].as_u64().unwrap() > 0);
     // Not the oracle, but near it, and the backdoor is below the original's.
     assert_ne!(v["forget"], v["oracle"]["forget"]);
     let backdoor = |x: &Value| x["test"]["backdoor_success"].as_f64().unwrap();

@@ -400,6 +400,7 @@ impl Args {
 
         // 1. The request, signed by the client.
         let head = p.backend().head()?;
+        let first_entry = head.size;
         p.backend_mut().set_time(head.time + 60)?;
         let request = p
             .request_unlearning(
@@ -572,6 +573,11 @@ impl Args {
             _ => None,
         };
         let head = p.backend().head()?;
+        // What the unlearning put on the ledger: its entries' canonical bytes.
+        let mut ledger_bytes = 0u64;
+        for seq in first_entry..head.size {
+            ledger_bytes += p.backend().entry(seq)?.encode().len() as u64;
+        }
         let verified = p.backend().verify().context("verifying the run's ledger")?;
         drop(p);
 
@@ -598,6 +604,7 @@ impl Args {
             "retrain_seconds": retrain_seconds,
             "speedup": retrain_seconds.map(|r| r / seconds.max(1e-9)),
             "client_steps": client_steps,
+            "ledger_bytes": ledger_bytes,
             "forget": metrics(&e.forget),
             "retain": metrics(&e.retain),
             "test": metrics(&e.test),
