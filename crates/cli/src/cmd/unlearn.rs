@@ -65,7 +65,7 @@ pub struct Args {
     #[arg(long, default_value_t = 10, value_parser = crate::args::int_in(1..=100_000usize))]
     steps: usize,
     /// lora-ga, lora-npo: learning rate (AdamW, constant).
-    #[arg(long, default_value_t = 2e-4)]
+    #[arg(long, default_value_t = 4e-4)]
     lr: f64,
     /// lora-ga, lora-npo: weight of the retain term (mean loss on public text; 0: none).
     #[arg(long, default_value_t = 1.0)]
