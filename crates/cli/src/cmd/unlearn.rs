@@ -58,7 +58,8 @@ pub struct Args {
     /// seeds, keys and data otherwise), the oracle every other method is measured against;
     /// `fed-eraser`: the run replayed from its stored updates without the client, the others'
     /// updates calibrated with half their local training (runs with a weighted-sum
-    /// aggregation: fed-avg, score-weighted).
+    /// aggregation: fed-avg, score-weighted); `lora-ga`, `lora-npo`: the run's LoRA adapter
+    /// moved off the client's text (lm task; --steps, --lr, --retain-weight, --beta, --batch).
     #[arg(long, value_enum, default_value_t = Method::Retrain)]
     method: Method,
     /// lora-ga, lora-npo: optimiser steps on the forget set.
@@ -80,8 +81,9 @@ pub struct Args {
     /// method's (`oracle`, `retrain_seconds`). For `retrain` the oracle is its own result.
     #[arg(long)]
     compare_retrain: bool,
-    /// Where the task may cache what it builds (a pretrained base model); default: a new
-    /// temporary directory.
+    /// Where the task may cache what it builds (a pretrained base model); default: DIR,
+    /// where `cohort run` left the run's pretrained base (with --check: a new temporary
+    /// directory, so that nothing is written).
     #[arg(long, value_name = "DIR")]
     cache: Option<PathBuf>,
     /// After a verification that accepts, delete the client's update blobs from the run's
@@ -353,6 +355,7 @@ impl Args {
         let tmp;
         let cache = match &self.cache {
             Some(d) => d.clone(),
+            None if !self.check => run.dir.clone(),
             None => {
                 tmp = tempfile::tempdir().context("a temporary directory for the task")?;
                 tmp.path().to_path_buf()
