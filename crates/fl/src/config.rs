@@ -649,6 +649,12 @@ pub fn check_lm(t: &LmTaskConfig) -> Result<(), FlError> {
     positive("task.lr", t.lr, 1.0)?;
     count("task.lora_rank", t.lora_rank, 1, 1_024)?;
     positive("task.lora_alpha", t.lora_alpha, 1e4)?;
+    if !(t.lora_dropout.is_finite() && (0.0..1.0).contains(&t.lora_dropout)) {
+        return Err(bad(
+            "task.lora_dropout",
+            format!("{} is not in [0, 1)", t.lora_dropout),
+        ));
+    }
     if t.lora_targets.is_empty() || t.lora_targets.len() > 32 {
         return Err(bad(
             "task.lora_targets",
@@ -729,6 +735,33 @@ mod tests {
     #[test]
     fn the_defaults_pass() {
         base().check().unwrap();
+    }
+
+    /// LoRA dropout: [0, 1), refused by name otherwise; left out of the serialized config at
+    /// 0 (so that configs written before it keep their digest), read back when set.
+    #[test]
+    fn lora_dropout_is_checked_and_serialized_only_when_set() {
+        let lm = |p: f64| {
+            let mut c = base();
+            c.task = TaskConfig::Lm(crate::task::LmTaskConfig {
+                lora_dropout: p,
+                ..Default::default()
+            });
+            c
+        };
+        for p in [1.0, -0.1, f64::NAN, f64::INFINITY, 1e300] {
+            refused(lm(p), "task.lora_dropout");
+        }
+        for p in [0.0, 0.05, 0.2, 0.999] {
+            lm(p).check().unwrap();
+        }
+        let plain = serde_json::to_string(&lm(0.0)).unwrap();
+        assert!(!plain.contains("lora_dropout"), "{plain}");
+        let set = serde_json::to_string(&lm(0.1)).unwrap();
+        let back: RunConfig = serde_json::from_str(&set).unwrap();
+        assert_eq!(back, lm(0.1));
+        let back: RunConfig = serde_json::from_str(&plain).unwrap();
+        assert_eq!(back, lm(0.0));
     }
 
     #[test]

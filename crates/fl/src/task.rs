@@ -112,6 +112,11 @@ pub struct LmTaskConfig {
     pub lora_rank: usize,
     /// LoRA alpha: (0, 1e4] (default 8: scale alpha / rank = 2).
     pub lora_alpha: f64,
+    /// Dropout on the LoRA branch's input while training (PEFT's `lora_dropout`): [0, 1)
+    /// (default 0; left out of the serialized config when 0, so older configs keep their
+    /// digest).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub lora_dropout: f64,
     /// Modules LoRA adapts (PEFT suffixes, 1 to 32; default `c_attn`, `c_proj`, `c_fc`).
     pub lora_targets: Vec<String>,
     /// Share of every client role's lines given to the validators: (0, 0.5) (default 0.1).
@@ -142,6 +147,7 @@ impl Default for LmTaskConfig {
             lr: 2e-3,
             lora_rank: 4,
             lora_alpha: 8.0,
+            lora_dropout: 0.0,
             lora_targets: vec!["c_attn".into(), "c_proj".into(), "c_fc".into()],
             holdout_fraction: 0.1,
             test_fraction: 0.1,
@@ -263,4 +269,9 @@ impl ImdbTaskConfig {
         }
         self
     }
+}
+
+/// Whether `x` is 0 (a field left out of the serialized config at its default).
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }

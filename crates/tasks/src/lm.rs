@@ -149,7 +149,7 @@ impl LmTask {
         let lora = Lora::attach(
             &mut w.params,
             &linears,
-            LoraConfig::new(cfg.lora_rank, cfg.lora_alpha, &targets),
+            LoraConfig::new(cfg.lora_rank, cfg.lora_alpha, &targets).with_dropout(cfg.lora_dropout),
             seed,
         )
         .map_err(|e| FlError::InvalidConfig {
@@ -377,7 +377,20 @@ impl LmTask {
         for _ in 0..spec.steps {
             let picked = next(&mut fo, &mut fi, rng);
             let (x, y) = batch_of(tokens, &picked)?;
-            let logits = model.forward(&x)?;
+            // The adapter's dropout while training (none at the default 0).
+            let lora = model
+                .weights()
+                .lora
+                .as_ref()
+                .filter(|_| self.cfg.lora_dropout > 0.0);
+            if let Some(l) = lora {
+                l.set_dropout_key(Some(rng.next_u64()));
+            }
+            let logits = model.forward(&x);
+            if let Some(l) = lora {
+                l.set_dropout_key(None);
+            }
+            let logits = logits?;
             let (b, t, v) = logits.dims3()?;
             let rows = cohort_model::kernels::cross_entropy_rows(
                 &logits.reshape((b * t, v))?,
@@ -654,8 +667,14 @@ impl Learner for LmTask {
                 self.model.device(),
             )
             .map_err(crate::task_err("training a language-model client"))?;
-            let (_, mut grads) = Trainer::gradients(&*self.model, &[batch], false)
-                .map_err(crate::task_err("training a language-model client"))?;
+            // Dropout masks from the client's own stream (none at the default 0, which keeps
+            // the fast path and the results of runs without it).
+            let (_, mut grads) = if self.cfg.lora_dropout > 0.0 {
+                Trainer::gradients_with_dropout(&*self.model, &[batch], false, data_rng.next_u64())
+            } else {
+                Trainer::gradients(&*self.model, &[batch], false)
+            }
+            .map_err(crate::task_err("training a language-model client"))?;
             if self.cfg.prox_mu > 0.0 {
                 add_prox(
                     &mut grads,
