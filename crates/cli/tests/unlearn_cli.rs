@@ -431,6 +431,36 @@ fn deleting_the_forgotten_clients_blobs_is_recorded_and_the_provenance_still_che
     ]);
     let shown: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(shown["entries"][0]["call"], "recordBlobDeletion");
+    // A run whose blobs live elsewhere (--blobs): named, and found with the same --blobs.
+    let other_run = tmp.path().join("elsewhere");
+    let store = tmp.path().join("store");
+    let o = cohort(&[
+        "run",
+        p(&linear),
+        "--out",
+        p(&other_run),
+        "--blobs",
+        p(&store),
+        "--set",
+        "clients=4",
+        "--set",
+        "coordinator.clients_per_round=4",
+        "--set",
+        "coordinator.rounds=2",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = cohort(&["unlearn", p(&other_run), "--client", "client-1"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("give the same --blobs"), "{}", text(&o));
+    let o = cohort(&[
+        "unlearn",
+        p(&other_run),
+        "--client",
+        "client-1",
+        "--blobs",
+        p(&store),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
     let o = cohort(&["provenance", p(&dir)]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(

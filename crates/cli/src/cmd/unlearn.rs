@@ -86,6 +86,10 @@ pub struct Args {
     /// directory, so that nothing is written).
     #[arg(long, value_name = "DIR")]
     cache: Option<PathBuf>,
+    /// The blob store the run used, if not DIR/blobs (its `--blobs`: a directory or
+    /// s3://BUCKET/PREFIX, credentials from the AWS_* environment).
+    #[arg(long, value_name = "LOCATION")]
+    blobs: Option<String>,
     /// After a verification that accepts, delete the client's update blobs from the run's
     /// blob store and record on the ledger that it was done (the hash of a manifest blob that
     /// lists them); `cohort provenance DIR` then counts them as deleted, not missing.
@@ -375,8 +379,16 @@ impl Args {
             );
         }
         let (original, original_hash) = run.final_model(&*task)?;
-        let store = cohort_blob::open_existing(&run.dir.join("blobs").display().to_string())
-            .context("the run's blob store")?;
+        let spec_of_store = self
+            .blobs
+            .clone()
+            .unwrap_or_else(|| run.dir.join("blobs").display().to_string());
+        let store = cohort_blob::open_existing(&spec_of_store).with_context(|| {
+            format!(
+                "the run's blob store {spec_of_store} (for a run made with --blobs LOCATION, \
+                 give the same --blobs)"
+            )
+        })?;
         let clients = cfg.clients as u32;
         // What the method needs, checked before anything is recorded.
         let replay = match self.method {
