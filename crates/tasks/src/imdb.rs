@@ -578,13 +578,7 @@ impl Learner for ImdbTask {
         let data = self
             .clients
             .get(client as usize)
-            .ok_or(FlError::InvalidConfig {
-                what: "client",
-                reason: format!(
-                    "client {client} is not one of the task's {}",
-                    self.clients.len()
-                ),
-            })?;
+            .ok_or_else(|| crate::no_client(client, self.clients.len()))?;
         self.sample_losses(params, data)
     }
 

@@ -45,6 +45,14 @@ where
     move |e| FlError::task_failed(context, e)
 }
 
+/// A client index a task does not have, refused by name.
+pub(crate) fn no_client(client: u32, clients: usize) -> FlError {
+    FlError::InvalidConfig {
+        what: "client",
+        reason: format!("client {client} is not one of the task's {clients}"),
+    }
+}
+
 /// The layout of a model's trainable tensors `spec` (name and shape, in flat order), checked
 /// against the flat parameters `init` it describes.
 pub(crate) fn layout_of(
@@ -417,13 +425,7 @@ impl Learner for LinearTask {
         let data = self
             .clients
             .get(client as usize)
-            .ok_or(FlError::InvalidConfig {
-                what: "client",
-                reason: format!(
-                    "client {client} is not one of the task's {}",
-                    self.clients.len()
-                ),
-            })?;
+            .ok_or_else(|| crate::no_client(client, self.clients.len()))?;
         Ok(data.samples(params))
     }
 

@@ -735,13 +735,7 @@ impl Learner for LmTask {
         let c = self
             .clients
             .get(client as usize)
-            .ok_or(FlError::InvalidConfig {
-                what: "client",
-                reason: format!(
-                    "client {client} is not one of the task's {}",
-                    self.clients.len()
-                ),
-            })?;
+            .ok_or_else(|| crate::no_client(client, self.clients.len()))?;
         let seq = self.cfg.seq_len;
         let windows =
             |n: usize| -> Vec<usize> { (0..n.saturating_sub(1) / seq).map(|i| i * seq).collect() };
@@ -773,13 +767,7 @@ impl Learner for LmTask {
         let c = self
             .clients
             .get(client as usize)
-            .ok_or(FlError::InvalidConfig {
-                what: "client",
-                reason: format!(
-                    "client {client} is not one of the task's {}",
-                    self.clients.len()
-                ),
-            })?;
+            .ok_or_else(|| crate::no_client(client, self.clients.len()))?;
         self.windows_on(&c.tokens, params)
     }
 
