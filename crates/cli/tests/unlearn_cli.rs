@@ -31,6 +31,27 @@ fn run(out: &Path) {
     assert!(o.status.success(), "{}", text(&o));
 }
 
+/// examples/clean-linear.toml with 4 clients, all sampled, 2 rounds, into `out`, with
+/// `extra` arguments.
+fn linear_run(out: &Path, extra: &[&str]) {
+    let linear = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/clean-linear.toml");
+    let mut args = vec![
+        "run",
+        p(&linear),
+        "--out",
+        p(out),
+        "--set",
+        "clients=4",
+        "--set",
+        "coordinator.clients_per_round=4",
+        "--set",
+        "coordinator.rounds=2",
+    ];
+    args.extend(extra);
+    let o = cohort(&args);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
 fn entries(dir: &Path) -> u64 {
     let o = cohort(&["ledger", "verify", p(&dir.join("ledger")), "--json"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -227,7 +248,6 @@ fn fed_eraser_replays_the_stored_updates_and_refuses_what_it_cannot_replay() {
     assert!((backdoor(&v) - backdoor(&v["oracle"])).abs() < 0.05, "{v}");
     assert_eq!(entries(&dir), before + 3);
 
-    let linear = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/clean-linear.toml");
     for (name, extra, why) in [
         (
             "median",
@@ -237,21 +257,7 @@ fn fed_eraser_replays_the_stored_updates_and_refuses_what_it_cannot_replay() {
         ("missing", vec![], "fed-eraser replays the stored updates"),
     ] {
         let dir = tmp.path().join(name);
-        let mut args = vec![
-            "run",
-            p(&linear),
-            "--out",
-            p(&dir),
-            "--set",
-            "clients=4",
-            "--set",
-            "coordinator.clients_per_round=4",
-            "--set",
-            "coordinator.rounds=2",
-        ];
-        args.extend(extra.iter().copied());
-        let o = cohort(&args);
-        assert!(o.status.success(), "{}", text(&o));
+        linear_run(&dir, &extra);
         if name == "missing" {
             // An update of a client that stays, gone from the store.
             let first: Value = serde_json::from_str(
@@ -383,20 +389,7 @@ fn the_lora_methods_unlearn_a_role_and_refuse_what_they_cannot_do() {
 fn deleting_the_forgotten_clients_blobs_is_recorded_and_the_provenance_still_checks() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
-    let linear = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/clean-linear.toml");
-    let o = cohort(&[
-        "run",
-        p(&linear),
-        "--out",
-        p(&dir),
-        "--set",
-        "clients=4",
-        "--set",
-        "coordinator.clients_per_round=4",
-        "--set",
-        "coordinator.rounds=2",
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
+    linear_run(&dir, &[]);
     let blobs_of_client_1: Vec<String> = std::fs::read_to_string(dir.join("provenance.jsonl"))
         .unwrap()
         .lines()
@@ -434,21 +427,7 @@ fn deleting_the_forgotten_clients_blobs_is_recorded_and_the_provenance_still_che
     // A run whose blobs live elsewhere (--blobs): named, and found with the same --blobs.
     let other_run = tmp.path().join("elsewhere");
     let store = tmp.path().join("store");
-    let o = cohort(&[
-        "run",
-        p(&linear),
-        "--out",
-        p(&other_run),
-        "--blobs",
-        p(&store),
-        "--set",
-        "clients=4",
-        "--set",
-        "coordinator.clients_per_round=4",
-        "--set",
-        "coordinator.rounds=2",
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
+    linear_run(&other_run, &["--blobs", p(&store)]);
     let o = cohort(&["unlearn", p(&other_run), "--client", "client-1"]);
     assert!(!o.status.success());
     assert!(text(&o).contains("give the same --blobs"), "{}", text(&o));

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use cohort_blob::BlobStore;
 use cohort_core::Hash32;
-use cohort_ledger::{ChainSubmit, SignedCall, TxContext};
+use cohort_ledger::{ChainSubmit, TxContext};
 use cohort_node::party::{PartyNode, SessionSigner};
 use cohort_node::transport::{Party, Reply, Request};
 use prost::bytes::Bytes;
@@ -538,7 +538,7 @@ impl Link {
     /// would refuse is not sent (the coordinator refuses it too), and one the node cannot take
     /// goes through the coordinator's relay: either way the reply is sent, with a log line.
     async fn submit_own(&self, own: &dyn ChainSubmit, what: &str, reply: &Reply) {
-        for call in signed_calls(reply) {
+        for call in reply.signed_calls() {
             match own.submit(call).await {
                 Ok(s) => tracing::info!(
                     party = %self.party,
@@ -553,20 +553,6 @@ impl Link {
                 }
             }
         }
-    }
-}
-
-/// The signed calls a reply carries, in the order they are to be included.
-fn signed_calls(reply: &Reply) -> Vec<&SignedCall> {
-    match reply {
-        Reply::Enrol(e) => {
-            let mut v = vec![&e.register, &e.stake];
-            v.extend(e.dataset.as_ref());
-            v
-        }
-        Reply::Update(u) => vec![&u.submission],
-        Reply::Commit(c) => vec![&c.call],
-        Reply::Reveal(r) => vec![&r.call],
     }
 }
 

@@ -250,6 +250,21 @@ pub enum Reply {
 }
 
 impl Reply {
+    /// The signed calls this reply carries, in the order they are to be included (an
+    /// enrolment's are consecutive nonces).
+    pub fn signed_calls(&self) -> Vec<&SignedCall> {
+        match self {
+            Self::Enrol(e) => {
+                let mut v = vec![&e.register, &e.stake];
+                v.extend(e.dataset.as_ref());
+                v
+            }
+            Self::Update(u) => vec![&u.submission],
+            Self::Commit(c) => vec![&c.call],
+            Self::Reveal(r) => vec![&r.call],
+        }
+    }
+
     /// The sender.
     pub fn from(&self) -> Party {
         match self {

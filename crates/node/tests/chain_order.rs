@@ -16,7 +16,7 @@ use cohort_core::Identity;
 use cohort_fl::UpdateAttack;
 use cohort_fl::coordinator::CoordinatorConfig;
 use cohort_ledger::rpc::PrivateKeySigner;
-use cohort_ledger::{ChainSubmitter, EvmRpcLedger, LedgerBackend, SignedCall};
+use cohort_ledger::{ChainSubmitter, EvmRpcLedger, LedgerBackend};
 use cohort_node::runtime::{
     AttackConfig, Keys, LocalParties, RunConfig, RunOptions, RunSummary, parties, run_with_options,
 };
@@ -56,19 +56,6 @@ struct SelfSubmitting<'a> {
     lost: Option<u32>,
 }
 
-fn calls(r: &Reply) -> Vec<&SignedCall> {
-    match r {
-        Reply::Enrol(e) => {
-            let mut v = vec![&e.register, &e.stake];
-            v.extend(e.dataset.as_ref());
-            v
-        }
-        Reply::Update(u) => vec![&u.submission],
-        Reply::Commit(c) => vec![&c.call],
-        Reply::Reveal(r) => vec![&r.call],
-    }
-}
-
 impl Transport for SelfSubmitting<'_> {
     fn send(&mut self, request: Request) -> Result<(), TransportError> {
         self.inner.send(request)
@@ -76,7 +63,7 @@ impl Transport for SelfSubmitting<'_> {
     fn poll(&mut self, now: u64) -> Result<Vec<Reply>, TransportError> {
         let replies = self.inner.poll(now)?;
         for r in replies.iter().rev() {
-            for call in calls(r) {
+            for call in r.signed_calls() {
                 // An attacker's update is accepted by the contract (its scores reject it); a
                 // submission the chain refuses would fail here.
                 self.chain

@@ -297,16 +297,10 @@ impl Args {
     fn spec(&self, cfg: &ValidConfig) -> anyhow::Result<Option<UnlearnSpec>> {
         let objective = match self.method {
             Method::LoraGa => Objective::GradientAscent,
-            Method::LoraNpo => Objective::Npo { beta: self.beta },
-            Method::Retrain | Method::FedEraser => return Ok(None),
+            Method::LoraNpo | Method::Retrain | Method::FedEraser => {
+                Objective::Npo { beta: self.beta }
+            }
         };
-        if !matches!(cfg.task, TaskConfig::Lm(_)) {
-            bail!(
-                "--method {}: the LoRA methods unlearn through the run's LoRA adapter, which \
-                 only the lm task has; use retrain or fed-eraser",
-                self.method.name()
-            );
-        }
         let spec = UnlearnSpec {
             objective,
             steps: self.steps,
@@ -314,7 +308,18 @@ impl Args {
             retain_weight: self.retain_weight,
             batch: self.batch,
         };
+        // Checked whatever the method: a bad value is refused, not ignored.
         spec.check()?;
+        if matches!(self.method, Method::Retrain | Method::FedEraser) {
+            return Ok(None);
+        }
+        if !matches!(cfg.task, TaskConfig::Lm(_)) {
+            bail!(
+                "--method {}: the LoRA methods unlearn through the run's LoRA adapter, which \
+                 only the lm task has; use retrain or fed-eraser",
+                self.method.name()
+            );
+        }
         Ok(Some(spec))
     }
 
