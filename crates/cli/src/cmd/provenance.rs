@@ -69,18 +69,7 @@ impl Args {
             );
         }
         let file = self.dir.join("provenance.jsonl");
-        let text =
-            fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-        let mut written = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let r: ProvenanceRecord = serde_json::from_str(line).with_context(|| {
-                format!("{} line {}: not a provenance record", file.display(), i + 1)
-            })?;
-            written.push(r);
-        }
+        let written = read_provenance(&self.dir)?;
         let reader = LedgerReader::open(&ledger_dir)?;
         let state = reader.replay()?;
         let rebuilt = rebuild(state.entries())?;
@@ -230,6 +219,22 @@ impl Args {
             ExitCode::from(1)
         })
     }
+}
+
+/// A run's DIR/provenance.jsonl, record by record; a line that does not read is named.
+pub(crate) fn read_provenance(dir: &std::path::Path) -> anyhow::Result<Vec<ProvenanceRecord>> {
+    let file = dir.join("provenance.jsonl");
+    let text = fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        out.push(serde_json::from_str(line).with_context(|| {
+            format!("{} line {}: not a provenance record", file.display(), i + 1)
+        })?);
+    }
+    Ok(out)
 }
 
 /// The blobs unlearnings deleted: the hashes the manifests of the ledger's

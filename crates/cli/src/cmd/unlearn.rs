@@ -667,21 +667,11 @@ fn delete_blobs(
     k: u32,
     request: u64,
 ) -> anyhow::Result<(usize, Hash32)> {
-    let path = run.dir.join("provenance.jsonl");
-    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let mut hashes = std::collections::BTreeSet::new();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let r: ProvenanceRecord = serde_json::from_str(line).with_context(|| {
-            format!("{} line {}: not a provenance record", path.display(), i + 1)
-        })?;
-        if r.client == k {
-            hashes.insert(r.blob);
-        }
-    }
+    let hashes: std::collections::BTreeSet<Hash32> = super::provenance::read_provenance(&run.dir)?
+        .into_iter()
+        .filter(|r| r.client == k)
+        .map(|r| r.blob)
+        .collect();
     let mut gone = 0;
     for h in &hashes {
         if store.delete(h)? {
@@ -774,17 +764,8 @@ fn fed_eraser_rounds(
     k: u32,
 ) -> anyhow::Result<std::collections::BTreeMap<u64, Vec<ProvenanceRecord>>> {
     use cohort_fl::strategy::Contribution;
-    let path = run.dir.join("provenance.jsonl");
-    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let mut rounds: std::collections::BTreeMap<u64, Vec<ProvenanceRecord>> = Default::default();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let r: ProvenanceRecord = serde_json::from_str(line).with_context(|| {
-            format!("{} line {}: not a provenance record", path.display(), i + 1)
-        })?;
+    for r in super::provenance::read_provenance(&run.dir)? {
         rounds.entry(r.round).or_default().push(r);
     }
     // Refused before any work: a strategy whose step is not a weighted sum of the updates.
