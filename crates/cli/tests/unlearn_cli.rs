@@ -460,3 +460,122 @@ fn deleting_the_forgotten_clients_blobs_is_recorded_and_the_provenance_still_che
     assert!(!o.status.success());
     assert!(text(&o).contains(&other), "{}", text(&o));
 }
+
+/// After an unlearning the run goes on: `--resume --set coordinator.rounds=N` adds rounds,
+/// which start from the unlearned model (the execution's model hash opens the next round on
+/// the ledger) and never ask the forgotten client; `cohort provenance` tells it. A second
+/// unlearning leaves both forgotten clients out of its replay and retraining. Fewer rounds,
+/// or another change of config, are refused with nothing written.
+#[test]
+fn the_run_goes_on_from_the_unlearned_model_without_the_forgotten_client() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    linear_run(&dir, &[]);
+    let linear = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/clean-linear.toml");
+    let base = [
+        "run",
+        p(&linear),
+        "--out",
+        p(&dir),
+        "--resume",
+        "--set",
+        "clients=4",
+        "--set",
+        "coordinator.clients_per_round=4",
+    ];
+    let with = |extra: &[&str]| {
+        let mut a = base.to_vec();
+        a.extend(extra);
+        cohort(&a)
+    };
+    let o = cohort(&[
+        "unlearn",
+        p(&dir),
+        "--client",
+        "client-1",
+        "--method",
+        "fed-eraser",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let first: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let model = first["model_hash"].as_str().unwrap().to_owned();
+
+    // Refused, nothing written: fewer rounds; another change besides the rounds.
+    let size = entries(&dir);
+    let o = with(&["--set", "coordinator.rounds=1"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("not take them away"), "{}", text(&o));
+    let o = with(&["--set", "coordinator.rounds=3", "--set", "task.lr=0.01"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("task.lr"), "{}", text(&o));
+    assert_eq!(entries(&dir), size);
+    assert!(dir.join("summary.json").is_file());
+
+    // Two more rounds, from the unlearned model, without client-1.
+    let o = with(&["--set", "coordinator.rounds=4"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(dir.join("summary-round-2.json").is_file());
+    let records: Vec<Value> = std::fs::read_to_string(dir.join("provenance.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let later: Vec<&Value> = records.iter().filter(|r| r["round"] == 3).collect();
+    assert_eq!(later.len(), 3, "{later:?}");
+    assert!(
+        later
+            .iter()
+            .all(|r| r["client"] != 1 && r["global_before"] == model)
+    );
+    assert!(
+        records
+            .iter()
+            .filter(|r| r["round"].as_u64().unwrap() > 2)
+            .all(|r| r["client"] != 1)
+    );
+    let o = cohort(&["provenance", p(&dir)]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("client-1's dataset forgotten")
+            && text(&o).contains("went on from the unlearned model at ledger round 3"),
+        "{}",
+        text(&o)
+    );
+    // Finished again: a plain --resume says so and does nothing.
+    let o = with(&["--set", "coordinator.rounds=4"]);
+    assert!(
+        o.status.success() && text(&o).contains("finished"),
+        "{}",
+        text(&o)
+    );
+
+    // A second unlearning: its retraining leaves out client-1 as well as client-2.
+    let o = cohort(&[
+        "unlearn",
+        p(&dir),
+        "--client",
+        "client-2",
+        "--method",
+        "retrain",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let second: Value = serde_json::from_slice(&o.stdout).unwrap();
+    // Client steps: 2 clients (not 4) x 4 rounds x (2 epochs of 64 samples in batches of 16).
+    assert_eq!(second["client_steps"], 2 * 4 * 8, "{second}");
+    let retrain = dir.join(format!(
+        "unlearn/request-{}/retrain/ledger",
+        second["ledger_request"]
+    ));
+    let o = cohort(&["ledger", "verify", p(&retrain)]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = cohort(&["provenance", p(&dir), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let stories = v["unlearnings"].as_array().unwrap();
+    assert_eq!(stories.len(), 2);
+    assert_eq!(stories[1]["verified"], true);
+    // Not continued yet: no round after the second.
+    assert!(stories[1]["next_round"].is_null());
+}

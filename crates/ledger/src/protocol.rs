@@ -50,6 +50,20 @@ pub mod unlearning {
     pub const LORA_GA: u8 = 4;
     /// NPO on the forget set through a LoRA adapter: approximate.
     pub const LORA_NPO: u8 = 5;
+
+    /// The method's name as `cohort unlearn --method` spells it (`method N` for a number
+    /// governance added).
+    pub fn name_of(method: u8) -> std::borrow::Cow<'static, str> {
+        match method {
+            RETRAIN => "retrain".into(),
+            SHARDS => "shards".into(),
+            FED_ERASER => "fed-eraser".into(),
+            LORA_GA => "lora-ga".into(),
+            LORA_NPO => "lora-npo".into(),
+            n => format!("method {n}").into(),
+        }
+    }
+
     /// Request phases.
     pub mod phase {
         /// Filed (or reopened by a rejected execution).

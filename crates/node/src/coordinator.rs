@@ -441,6 +441,7 @@ struct Snapshot<'a> {
     datasets: &'a [B256],
     initial: Metrics,
     initial_holdings: &'a BTreeMap<String, U256>,
+    forgotten: &'a [u32],
 }
 
 /// Saves the run's state for `snap` into `dir` (before the ledger's flush).
@@ -472,6 +473,7 @@ fn save_state<B: LedgerBackend>(
             .collect(),
         initial: snap.initial,
         initial_holdings: snap.initial_holdings.clone(),
+        forgotten: snap.forgotten.to_vec(),
     };
     crate::resume::save(dir, &saved, &blob, round)?;
     Ok(())
@@ -574,6 +576,7 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                         datasets: &datasets,
                         initial,
                         initial_holdings: events.summary.initial_holdings(),
+                        forgotten: &[],
                     };
                     save_state(dir, p, &layout, &*strategy, &global, snap, None)?;
                 }
@@ -626,6 +629,14 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
         now = now.max(p.backend().head()?.time);
         let initial = *events.summary.initial().ok_or(Incomplete::NoInitialModel)?;
         let initial_holdings = events.summary.initial_holdings().clone();
+        // Clients an unlearning forgot since the set-up: their datasets can back no update any
+        // more, and they are not asked to train on them (a cohort the contract draws may still
+        // name them; the round goes on without their update, as without any silent client's).
+        let forgotten: Vec<u32> = opts
+            .resume
+            .as_ref()
+            .map(|r| r.saved.forgotten.clone())
+            .unwrap_or_default();
 
         // Per-round state the runtime keeps between commands.
         let mut chain_round = 0u64;
@@ -709,6 +720,9 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                         let Some(m) = roster.clients.get(client as usize) else {
                             continue;
                         };
+                        if forgotten.contains(&client) {
+                            continue;
+                        }
                         transport.send(Request::Train(TrainRequest {
                             round,
                             ledger_round: chain_round,
@@ -1003,6 +1017,7 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                             datasets: &datasets,
                             initial,
                             initial_holdings: &initial_holdings,
+                            forgotten: &forgotten,
                         };
                         save_state(dir, p, &layout, &*strategy, &global, snap, Some(&s))?;
                     }

@@ -75,6 +75,12 @@ pub struct SavedRound {
     /// saved before cohort recorded it).
     #[serde(default, with = "cohort_core::amount::decimal_map")]
     pub initial_holdings: BTreeMap<String, U256>,
+    /// Clients whose data an unlearning has forgotten since the run's set-up, in the order
+    /// they were forgotten (`cohort unlearn` saves the round again after it records one, the
+    /// unlearned model as its global model): a continued run never asks them to train, and a
+    /// later unlearning leaves them out of its retraining and replay too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forgotten: Vec<u32>,
 }
 
 /// A saved round with everything it refers to, read back by [`load`].
@@ -318,6 +324,7 @@ mod tests {
             strategy: Vec::new(),
             initial: Metrics::loss(1.0),
             initial_holdings: BTreeMap::new(),
+            forgotten: Vec::new(),
         };
         save(dir.path(), &saved, &global, None).unwrap();
         let old = r#"{"round":1,"test":{"loss":0.5,"accuracy":null},"accepted":[0],"rejected":[],"consensus":{"0":0.1},"rewards":{"client-0":"10.0000"},"slashes":{},"bytes":1,"submitted":[0],"scores":[],"holdings":{"client-0":10010.0}}"#;

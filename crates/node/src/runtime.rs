@@ -274,6 +274,9 @@ pub struct RunOptions {
     pub(crate) resume: Option<Resume>,
     roster: Option<Roster>,
     pub(crate) exclude: std::collections::BTreeSet<u32>,
+    /// Digests of earlier configs a saved round may have been made with (a run extended to
+    /// more rounds, [`Self::extended_from`]).
+    earlier_configs: Vec<Hash32>,
 }
 
 impl RunOptions {
@@ -332,6 +335,19 @@ impl RunOptions {
     /// backend must be the ledger at the size and root the round was saved with.
     pub fn resuming(mut self, resume: Resume) -> Self {
         self.resume = Some(resume);
+        self
+    }
+
+    /// The run was extended to more rounds than it was started with: a saved round made
+    /// under the same config with `rounds` rounds (each of `rounds`) is resumed too. Only the
+    /// number of rounds may differ; anything else is still refused as another config.
+    pub fn extended_from(mut self, cfg: &RunConfig, rounds: impl IntoIterator<Item = u64>) -> Self {
+        for r in rounds {
+            let mut earlier = cfg.clone();
+            earlier.coordinator.rounds = r;
+            self.earlier_configs
+                .push(crate::resume::config_digest(&earlier));
+        }
         self
     }
 
@@ -456,7 +472,7 @@ pub fn run_with_options<B: LedgerBackend, L: Learner + ?Sized>(
         None => Protocol::deploy(backend, &gov)?,
         Some(r) => {
             let s = &r.saved;
-            if s.config_sha256 != digest {
+            if s.config_sha256 != digest && !opts.earlier_configs.contains(&s.config_sha256) {
                 return Err(state_error("the saved round was made with another config"));
             }
             if (head.size, head.root) != (s.ledger_entries, s.ledger_root) {

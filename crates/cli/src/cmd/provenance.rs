@@ -20,7 +20,9 @@ use crate::output::print_json;
 /// recorded update came from (its client's address, its blob, its submission's ledger entry,
 /// its samples) and what became of it (verdict, consensus score, the global model before and
 /// after), check every blob in the store against its hash, and compare with
-/// DIR/provenance.jsonl. Exit 0: they agree; 1: a record disagrees, or a blob is missing or
+/// DIR/provenance.jsonl. Unlearnings are told from the ledger too: each request, how it was
+/// executed and verified, and, where the run went on, that the next round started from the
+/// unlearned model and that the forgotten client submitted nothing after. Exit 0: they agree; 1: a record disagrees, or a blob is missing or
 /// altered (each named); 2: something cannot be read. Reads only.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -55,7 +57,31 @@ struct Outcome {
     /// Blobs gone because an unlearning deleted them (its `recordBlobDeletion` on the ledger
     /// names the manifest that lists them): not problems.
     deleted_by_unlearning: usize,
+    unlearnings: Vec<Story>,
     problems: Vec<String>,
+}
+
+/// One unlearning request as the ledger tells it.
+#[derive(Debug, Clone, Serialize)]
+struct Story {
+    request: u64,
+    /// Whose data: the dataset's owner (the clawback's), else the requester.
+    owner: Address,
+    dataset: Hash32,
+    requested_entry: u64,
+    /// The last execution: method number, unlearned model, evidence, entry.
+    method: Option<u8>,
+    model: Option<Hash32>,
+    evidence: Option<Hash32>,
+    executed_entry: Option<u64>,
+    /// The last verdict (`None`: not verified yet).
+    verified: Option<bool>,
+    verdict_entry: Option<u64>,
+    /// The first round opened after an accepted verification: its ledger round and whether
+    /// it started from the unlearned model.
+    next_round: Option<u64>,
+    continued_from_unlearned: Option<bool>,
+    blobs_deleted: bool,
 }
 
 impl Args {
@@ -187,10 +213,12 @@ impl Args {
                 ));
             }
         }
+        let unlearnings = stories(state.entries(), &mut problems);
         let outcome = Outcome {
             records: rebuilt.len(),
             blobs_checked: hashes.len() - gone,
             deleted_by_unlearning: gone,
+            unlearnings,
             problems,
         };
         if self.json {
@@ -211,6 +239,11 @@ impl Args {
         } else {
             for p in &outcome.problems {
                 outln!("MISMATCH {p}");
+            }
+        }
+        if !self.json {
+            for u in &outcome.unlearnings {
+                outln!("{}", u.line(&written));
             }
         }
         Ok(if outcome.problems.is_empty() {
@@ -272,6 +305,155 @@ pub(crate) fn deleted_by_unlearning(
         }
     }
     Ok(out)
+}
+
+impl Story {
+    /// One line for people: the client by name where the provenance file knows its address.
+    fn line(&self, written: &[ProvenanceRecord]) -> String {
+        let who = written
+            .iter()
+            .find(|r| r.address == self.owner)
+            .map_or_else(
+                || self.owner.to_string(),
+                |r| format!("client-{}", r.client),
+            );
+        let method = self.method.map_or_else(
+            || "not executed yet".to_owned(),
+            |m| {
+                format!(
+                    "executed by {} (entry {}, model {})",
+                    cohort_ledger::protocol::unlearning::name_of(m),
+                    self.executed_entry.unwrap_or_default(),
+                    self.model
+                        .map(|h| h.to_hex()[..16].to_owned())
+                        .unwrap_or_default()
+                )
+            },
+        );
+        let verdict = match self.verified {
+            Some(true) => "verified",
+            Some(false) => "rejected (the request is open again)",
+            None => "not verified yet",
+        };
+        let after = match (self.next_round, self.continued_from_unlearned) {
+            (Some(r), Some(true)) => {
+                format!(
+                    "; the run went on from the unlearned model at ledger round {r}, without it"
+                )
+            }
+            (Some(r), _) => format!("; ledger round {r} did NOT start from the unlearned model"),
+            _ => String::new(),
+        };
+        format!(
+            "unlearning request {}: {who}'s dataset forgotten (entry {}), {method}, {verdict}{}{after}",
+            self.request,
+            self.requested_entry,
+            if self.blobs_deleted {
+                ", its blobs deleted"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+/// The unlearnings the ledger records, each request's story; a round that did not start from
+/// a verified unlearned model, or an update of a forgotten owner, is a problem.
+fn stories(entries: &[cohort_ledger::Entry], problems: &mut Vec<String>) -> Vec<Story> {
+    let Some(contract) = entries.iter().find_map(|e| e.receipt.created) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Story> = Vec::new();
+    // Owners whose data is forgotten, from the entry of the first execution on.
+    let mut forgotten: BTreeMap<Address, u64> = BTreeMap::new();
+    for e in entries {
+        for ev in decode_events(contract, &e.receipt.logs) {
+            let find = |out: &mut Vec<Story>, id: u64| out.iter_mut().position(|s| s.request == id);
+            match ev {
+                CohortEvents::UnlearningRequested(r) => out.push(Story {
+                    request: r.requestId,
+                    owner: r.requester,
+                    dataset: Hash32(r.datasetId.0),
+                    requested_entry: e.seq,
+                    method: None,
+                    model: None,
+                    evidence: None,
+                    executed_entry: None,
+                    verified: None,
+                    verdict_entry: None,
+                    next_round: None,
+                    continued_from_unlearned: None,
+                    blobs_deleted: false,
+                }),
+                CohortEvents::UnlearningExecuted(x) => {
+                    if let Some(i) = find(&mut out, x.requestId) {
+                        let s = &mut out[i];
+                        s.method = Some(x.method);
+                        s.model = Some(Hash32(x.resultModelHash.0));
+                        s.evidence = Some(Hash32(x.evidenceHash.0));
+                        s.executed_entry = Some(e.seq);
+                        s.verified = None;
+                        forgotten.entry(s.owner).or_insert(e.seq);
+                    }
+                }
+                CohortEvents::Clawback(c) => {
+                    if let Some(i) = find(&mut out, c.requestId) {
+                        out[i].owner = c.owner;
+                        forgotten.entry(c.owner).or_insert(e.seq);
+                    }
+                }
+                CohortEvents::UnlearningVerified(v) => {
+                    if let Some(i) = find(&mut out, v.requestId) {
+                        out[i].verified = Some(true);
+                        out[i].verdict_entry = Some(e.seq);
+                    }
+                }
+                CohortEvents::UnlearningRejected(v) => {
+                    if let Some(i) = find(&mut out, v.requestId) {
+                        out[i].verified = Some(false);
+                        out[i].verdict_entry = Some(e.seq);
+                    }
+                }
+                CohortEvents::UnlearningBlobsDeleted(d) => {
+                    if let Some(i) = find(&mut out, d.requestId) {
+                        out[i].blobs_deleted = true;
+                    }
+                }
+                CohortEvents::RoundOpened(o) => {
+                    for s in out
+                        .iter_mut()
+                        .filter(|s| s.verified == Some(true) && s.next_round.is_none())
+                    {
+                        s.next_round = Some(o.roundId);
+                        let ok = s.model == Some(Hash32(o.globalModelHash.0));
+                        s.continued_from_unlearned = Some(ok);
+                        if !ok {
+                            problems.push(format!(
+                                "ledger round {} (entry {}) opened with model {}, not the model \
+                                 {} that unlearning request {} left",
+                                o.roundId,
+                                e.seq,
+                                Hash32(o.globalModelHash.0),
+                                s.model.unwrap_or_default(),
+                                s.request
+                            ));
+                        }
+                    }
+                }
+                CohortEvents::UpdateSubmitted(u) => {
+                    if let Some(at) = forgotten.get(&u.client) {
+                        problems.push(format!(
+                            "ledger round {} (entry {}): an update of {}, whose data was \
+                             forgotten at entry {at}",
+                            u.roundId, e.seq, u.client
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    out
 }
 
 /// The provenance the ledger's protocol events hold, in submission order.

@@ -658,6 +658,9 @@ impl Args {
             return self.on_chain(&cfg, url, reference.as_ref());
         }
         let found = inspect(&self.out)?;
+        // The rounds a finished (or stopped) run had before --set coordinator.rounds raised
+        // them: it is extended.
+        let mut extend = None;
         let plan = match (&found, self.resume) {
             (Found::Foreign, _) => bail!(
                 "{} already holds a run without a run record (DIR/run.json; made by an older \
@@ -684,11 +687,11 @@ impl Args {
             ),
             (Found::Nothing, false) => "start a new run",
             (Found::Run { record, finished }, true) => {
-                self.check_same_config(record, &cfg)?;
-                if *finished {
-                    "say that the run is finished"
-                } else {
-                    "continue the run from its last settled round"
+                extend = self.check_same_config(record, &cfg)?;
+                match (extend, *finished) {
+                    (Some(_), _) => "continue the run for the rounds the config adds",
+                    (None, true) => "say that the run is finished",
+                    (None, false) => "continue the run from its last settled round",
                 }
             }
         };
@@ -696,6 +699,11 @@ impl Args {
             return self.print_check(&cfg, plan);
         }
         match found {
+            Found::Run { record, .. } if extend.is_some() => {
+                let claim = Claim::take(&self.out)?;
+                let record = self.extend(&record, &cfg, extend.unwrap_or_default())?;
+                self.continue_run(claim, &cfg, &record, reference.as_ref())
+            }
             Found::Run {
                 finished: true,
                 record,
@@ -761,11 +769,27 @@ impl Args {
         Ok(ExitCode::SUCCESS)
     }
 
-    /// Refuses to continue the run in DIR under another config, naming what differs.
-    fn check_same_config(&self, record: &Value, cfg: &ValidConfig) -> anyhow::Result<()> {
+    /// Refuses to continue the run in DIR under another config, naming what differs, except
+    /// for more rounds (`--set coordinator.rounds=N` above the run's): then the run's rounds
+    /// so far, to extend it from.
+    fn check_same_config(&self, record: &Value, cfg: &ValidConfig) -> anyhow::Result<Option<u64>> {
         let now = serde_json::to_value(cfg)?;
         let mut diff = Vec::new();
-        differences(&record["config"], &now, "", &mut diff);
+        let before = record["config"]["coordinator"]["rounds"].as_u64();
+        let mut then = record["config"].clone();
+        if let (Some(_), Some(r)) = (before, then.pointer_mut("/coordinator/rounds")) {
+            *r = json!(cfg.coordinator.rounds);
+        }
+        differences(&then, &now, "", &mut diff);
+        let extend = before.filter(|&b| b != cfg.coordinator.rounds);
+        if let Some(b) = extend {
+            if diff.is_empty() && b > cfg.coordinator.rounds {
+                bail!(
+                    "the run in {} has {b} rounds; --resume can add rounds                      (coordinator.rounds above {b}), not take them away",
+                    self.out.display()
+                );
+            }
+        }
         if !diff.is_empty() {
             bail!(
                 "the run in {} was started with another config ({}): resume it with the \
@@ -774,7 +798,38 @@ impl Args {
                 diff.join("; ")
             );
         }
-        Ok(())
+        Ok(extend)
+    }
+
+    /// Extends the run in the claimed DIR from `before` rounds to the config's: DIR/run.json
+    /// takes the new config (noting the rounds it had, so that the saved rounds made under the
+    /// old one still resume), and a finished run's summary.json is kept as
+    /// summary-round-N.json, so that DIR holds an unfinished run until the new rounds are over.
+    fn extend(&self, record: &Value, cfg: &ValidConfig, before: u64) -> anyhow::Result<Value> {
+        let mut record = record.clone();
+        record["config"] = serde_json::to_value(cfg)?;
+        let mut from: Vec<Value> = record["extended_from_rounds"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        from.push(json!(before));
+        record["extended_from_rounds"] = json!(from);
+        let summary = self.out.join("summary.json");
+        if summary.is_file() {
+            let kept = self.out.join(format!("summary-round-{before}.json"));
+            fs::rename(&summary, &kept)
+                .with_context(|| format!("moving {} to {}", summary.display(), kept.display()))?;
+        }
+        write_atomic(
+            &self.out.join("run.json"),
+            serde_json::to_string_pretty(&record)?.as_bytes(),
+        )?;
+        eprintln!(
+            "{}: extending the run from {before} to {} rounds",
+            self.out.display(),
+            cfg.coordinator.rounds
+        );
+        Ok(record)
     }
 
     /// A new run into the claimed DIR. A failure before the set-up is durable puts DIR back
@@ -990,6 +1045,11 @@ impl Args {
         if let Some(r) = resume {
             opts = opts.resuming(r);
         }
+        let earlier: Vec<u64> = record
+            .and_then(|r| r["extended_from_rounds"].as_array())
+            .map(|v| v.iter().filter_map(Value::as_u64).collect())
+            .unwrap_or_default();
+        opts = opts.extended_from(cfg.config(), earlier);
         let mut last = settled;
         let run = self.run_parties(
             cfg,

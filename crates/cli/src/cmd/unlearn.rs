@@ -17,6 +17,7 @@
 //!
 //! What the measures are: `cohort_fl::unlearning`.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -395,10 +396,12 @@ impl Args {
             )
         })?;
         let clients = cfg.clients as u32;
+        // Left out of the retraining and the replay: this client and any forgotten before.
+        let gone: BTreeSet<u32> = run.saved.forgotten.iter().copied().chain([k]).collect();
         // What the method needs, checked before anything is recorded.
         let replay = match self.method {
             Method::FedEraser => {
-                let rounds = fed_eraser_rounds(&run, &*store, k)?;
+                let rounds = fed_eraser_rounds(&run, &*store, &gone)?;
                 // The calibration's task: the run's with half the local training.
                 let half = cohort_tasks::build(&halved(cfg)?, &run.config_dir, &cache)
                     .context("setting up the calibration's task")?;
@@ -447,7 +450,7 @@ impl Args {
                 self.client, cfg.coordinator.rounds
             ));
             let t = Instant::now();
-            let (model, steps) = retrain(cfg, keys, &*task, k, &retrain_dir, &*store, say)?;
+            let (model, steps) = retrain(cfg, keys, &*task, &gone, &retrain_dir, &*store, say)?;
             Ok((model, t.elapsed().as_secs_f64(), steps))
         };
         let (model, client_steps, oracle) = match self.method {
@@ -473,7 +476,7 @@ impl Args {
                 ));
                 let (rounds, half) = replay.as_ref().context("the replay was prepared")?;
                 let (model, steps) =
-                    fed_eraser_replay(&run, &*store, &*task, &**half, k, &say, rounds)?;
+                    fed_eraser_replay(&run, &*store, &*task, &**half, &gone, &say, rounds)?;
                 (model, steps, None)
             }
         };
@@ -593,6 +596,23 @@ impl Args {
             _ => None,
         };
         let head = p.backend().head()?;
+        // The run goes on from here: its last round saved again at the ledger's new size, the
+        // client forgotten and, once verified, the unlearned model as the global model that a
+        // continued run (`cohort run ... --resume --set coordinator.rounds=N`) starts from.
+        let mut saved = run.saved.clone();
+        saved.ledger_entries = head.size;
+        saved.ledger_root = head.root;
+        saved.now = saved.now.max(head.time);
+        saved.forgotten.push(k);
+        let global = if accepted {
+            layout.encode(&model)
+        } else {
+            layout.encode(&original)
+        };
+        saved.global_sha256 = sha256(&global);
+        let state = run.dir.join("state");
+        cohort_node::resume::save(&state, &saved, &global, None)
+            .with_context(|| format!("saving the run's state in {}", state.display()))?;
         // What the unlearning put on the ledger: its entries' canonical bytes.
         let mut ledger_bytes = 0u64;
         for seq in first_entry..head.size {
@@ -689,13 +709,14 @@ fn delete_blobs(
     Ok((gone, h))
 }
 
-/// Retrains the federation of `cfg` without client `k` in `dir` (its own ledger), its blobs in
-/// `store`; the final global model.
+/// Retrains the federation of `cfg` without the clients `gone` (the one forgotten now and
+/// any forgotten before) in `dir` (its own ledger), its blobs in `store`; the final global
+/// model.
 fn retrain(
     cfg: &ValidConfig,
     keys: &Keys,
     task: &(dyn Learner + Send + Sync),
-    k: u32,
+    gone: &BTreeSet<u32>,
     dir: &Path,
     store: &dyn BlobStore,
     say: &dyn Fn(&str),
@@ -709,7 +730,7 @@ fn retrain(
     let opts = RunOptions::new()
         .with_keys(keys.clone())
         .with_blobs(cohort_blob::open(&store.location())?)
-        .excluding([k]);
+        .excluding(gone.iter().copied());
     let rounds = cfg.coordinator.rounds;
     let (_, summary) = run_in_process(cfg, ledger, task, opts, |r| {
         say(&format!(
@@ -761,7 +782,7 @@ fn halved(cfg: &ValidConfig) -> anyhow::Result<ValidConfig> {
 fn fed_eraser_rounds(
     run: &RunDir,
     store: &dyn BlobStore,
-    k: u32,
+    gone: &BTreeSet<u32>,
 ) -> anyhow::Result<std::collections::BTreeMap<u64, Vec<ProvenanceRecord>>> {
     use cohort_fl::strategy::Contribution;
     let mut rounds: std::collections::BTreeMap<u64, Vec<ProvenanceRecord>> = Default::default();
@@ -797,7 +818,7 @@ fn fed_eraser_rounds(
             rounds
                 .values()
                 .flatten()
-                .filter(|r| r.accepted && r.client != k)
+                .filter(|r| r.accepted && !gone.contains(&r.client))
                 .map(|r| {
                     (
                         r.blob,
@@ -819,7 +840,7 @@ fn fed_eraser_rounds(
 
 /// FedEraser (Liu et al., 2021) from the run's provenance (`rounds`, from
 /// [`fed_eraser_rounds`]) and blob store: from the run's initial global model, each round again
-/// without client `k`: every other accepted client trains (`half`: the run's task with half
+/// without the clients `gone` (the one forgotten now and any forgotten before): every other accepted client trains (`half`: the run's task with half
 /// the local training) from the replayed model (the calibration), each tensor of its stored update keeps its norm and takes
 /// the calibration's direction, and the replayed model moves by their weighted sum (the
 /// round's recorded weights, renormalised without the client, and clipping factors). The
@@ -829,7 +850,7 @@ fn fed_eraser_replay(
     store: &dyn BlobStore,
     task: &dyn Learner,
     half: &dyn Learner,
-    k: u32,
+    gone: &BTreeSet<u32>,
     say: &dyn Fn(&str),
     rounds: &std::collections::BTreeMap<u64, Vec<ProvenanceRecord>>,
 ) -> anyhow::Result<(Vec<f32>, u64)> {
@@ -853,7 +874,7 @@ fn fed_eraser_replay(
     for (i, (round, records)) in rounds.iter().enumerate() {
         let kept: Vec<(&ProvenanceRecord, f64, f64)> = records
             .iter()
-            .filter(|r| r.accepted && r.client != k)
+            .filter(|r| r.accepted && !gone.contains(&r.client))
             .filter_map(|r| match r.contribution {
                 Some(Contribution::Weighted {
                     weight, clip_scale, ..
