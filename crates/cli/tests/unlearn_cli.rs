@@ -579,3 +579,123 @@ fn the_run_goes_on_from_the_unlearned_model_without_the_forgotten_client() {
     // Not continued yet: no round after the second.
     assert!(stories[1]["next_round"].is_null());
 }
+
+/// The three steps one at a time, each by its own party, end where the one-shot command
+/// ends (the same evidence and model); a step out of order, an unknown verifier or request
+/// is refused by name with nothing recorded.
+#[test]
+fn request_execute_and_verify_as_separate_steps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (one, steps) = (tmp.path().join("one"), tmp.path().join("steps"));
+    linear_run(&one, &[]);
+    linear_run(&steps, &[]);
+    let o = cohort(&[
+        "unlearn",
+        p(&one),
+        "--client",
+        "client-2",
+        "--method",
+        "fed-eraser",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let together: Value = serde_json::from_slice(&o.stdout).unwrap();
+
+    let size = entries(&steps);
+    let refused = |args: &[&str], why: &str| {
+        let o = cohort(args);
+        assert!(!o.status.success(), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(why), "{args:?}: {}", text(&o));
+    };
+    let d = p(&steps);
+    refused(
+        &["unlearn", "execute", d, "--request", "1"],
+        "no unlearning request 1",
+    );
+    refused(&["unlearn", "execute", d, "--request", "0"], "--request");
+    refused(
+        &["unlearn", "request", d, "--client", "client-4"],
+        "client-0 to client-3",
+    );
+    assert_eq!(entries(&steps), size);
+
+    let o = cohort(&["unlearn", "request", d, "--client", "client-2", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["request"], 1);
+    refused(
+        &["unlearn", "verify", d, "--request", "1"],
+        "filed and waiting for an execution",
+    );
+    refused(
+        &["unlearn", "request", d, "--client", "client-2"],
+        "UnlearningPending",
+    );
+    let o = cohort(&[
+        "unlearn",
+        "execute",
+        d,
+        "--request",
+        "1",
+        "--method",
+        "fed-eraser",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let x: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(x["verified"].is_null());
+    refused(
+        &["unlearn", "execute", d, "--request", "1"],
+        "executed and waiting for a verifier",
+    );
+    refused(
+        &[
+            "unlearn",
+            "verify",
+            d,
+            "--request",
+            "1",
+            "--as",
+            "validator-3",
+        ],
+        "validator-0 to validator-2",
+    );
+    assert_eq!(entries(&steps), size + 2);
+    let o = cohort(&[
+        "unlearn",
+        "verify",
+        d,
+        "--request",
+        "1",
+        "--as",
+        "validator-2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["verified"], true);
+    assert_eq!(entries(&steps), size + 3);
+    // The same unlearning as in one invocation.
+    assert_eq!(x["model_hash"], together["model_hash"]);
+    assert_eq!(x["evidence_hash"], together["evidence_hash"]);
+    assert_eq!(v["evidence_hash"], together["evidence_hash"]);
+    assert_eq!(x["forget"], together["forget"]);
+    refused(
+        &[
+            "unlearn",
+            "verify",
+            d,
+            "--request",
+            "1",
+            "--as",
+            "validator-1",
+        ],
+        "verified already",
+    );
+    let o = cohort(&["provenance", d]);
+    assert!(
+        o.status.success() && text(&o).contains("verified"),
+        "{}",
+        text(&o)
+    );
+}

@@ -46,15 +46,109 @@ use crate::output::print_json;
 /// METHOD, measure, record the execution and its evidence on the run's ledger, and have a
 /// validator other than the executor verify it. Prints a table (or `--json`): the forget,
 /// retain and test metrics and the membership-inference AUC of the model before and after,
-/// and of the oracle (a model retrained without the data).
+/// and of the oracle (a model retrained without the data). The three steps also run one at a
+/// time, each signed by its own party: `cohort unlearn request|execute|verify`.
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct Args {
+    #[command(subcommand)]
+    step: Option<Step>,
     /// The run's output directory (`cohort run ... --out DIR`), finished, on the embedded
     /// ledger.
-    dir: PathBuf,
+    #[arg(required = true)]
+    dir: Option<PathBuf>,
     /// The client whose data is forgotten (`client-K`, as in the run's summary).
-    #[arg(long, value_name = "NAME")]
-    client: String,
+    #[arg(long, value_name = "NAME", required = true)]
+    client: Option<String>,
+    #[command(flatten)]
+    how: How,
+    #[command(flatten)]
+    files: Files,
+    /// After a verification that accepts, delete the client's update blobs from the run's
+    /// blob store and record on the ledger that it was done (the hash of a manifest blob that
+    /// lists them); `cohort provenance DIR` then counts them as deleted, not missing.
+    #[arg(long)]
+    delete_blobs: bool,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Check DIR, the client, its dataset on the ledger, the task's data against the
+    /// client's commitment and the final model, print what would be done and exit: nothing is
+    /// written.
+    #[arg(long)]
+    check: bool,
+}
+
+/// One step of an unlearning, by its own party (what `cohort unlearn DIR --client NAME` does
+/// in one invocation).
+#[derive(Debug, clap::Subcommand)]
+enum Step {
+    /// The data owner files its request: `requestUnlearning(dataset, reason, forgetSet)`,
+    /// signed by the client, committing to the forget set it will disclose to the verifier
+    /// (its data's Merkle root). Prints the request's number.
+    Request {
+        /// The run's output directory.
+        dir: PathBuf,
+        /// The client whose data is to be forgotten (`client-K`); it signs.
+        #[arg(long, value_name = "NAME")]
+        client: String,
+        #[command(flatten)]
+        files: Files,
+        /// Print the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Check, print what would be done, write nothing.
+        #[arg(long)]
+        check: bool,
+    },
+    /// The executor (the coordinator) carries a filed request out by METHOD and records the
+    /// execution: the unlearned model and the evidence blob (the measures of the original and
+    /// the unlearned model, and of the oracle with --compare-retrain); the contract marks the
+    /// dataset forgotten and claws the client's rewards back.
+    Execute {
+        /// The run's output directory.
+        dir: PathBuf,
+        /// The request's number (`cohort unlearn request` printed it).
+        #[arg(long, value_name = "N", value_parser = crate::args::int_in(1..=u64::MAX))]
+        request: u64,
+        #[command(flatten)]
+        how: How,
+        #[command(flatten)]
+        files: Files,
+        /// Print the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Check, print what would be done, write nothing.
+        #[arg(long)]
+        check: bool,
+    },
+    /// A verifier, a validator other than the executor, recomputes the executed request's
+    /// evidence from the blobs, the test set and the disclosed forget set, and records its
+    /// verdict: accepted (the run goes on from the unlearned model) or rejected (the request
+    /// reopens). Exits 1 when it rejects.
+    Verify {
+        /// The run's output directory.
+        dir: PathBuf,
+        /// The request's number.
+        #[arg(long, value_name = "N", value_parser = crate::args::int_in(1..=u64::MAX))]
+        request: u64,
+        /// The verifying validator (`validator-K`).
+        #[arg(long = "as", value_name = "NAME", default_value = "validator-0")]
+        verifier: String,
+        #[command(flatten)]
+        files: Files,
+        /// After an accepted verification, delete the client's update blobs and record it.
+        #[arg(long)]
+        delete_blobs: bool,
+        /// Print the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// How an execution unlearns.
+#[derive(Debug, Clone, clap::Args)]
+struct How {
     /// How: `retrain`, exact: the federation rerun from round 0 without the client (same
     /// seeds, keys and data otherwise), the oracle every other method is measured against;
     /// `fed-eraser`: the run replayed from its stored updates without the client, the others'
@@ -82,6 +176,11 @@ pub struct Args {
     /// method's (`oracle`, `retrain_seconds`). For `retrain` the oracle is its own result.
     #[arg(long)]
     compare_retrain: bool,
+}
+
+/// Where the run's files are, beyond DIR.
+#[derive(Debug, Clone, clap::Args)]
+struct Files {
     /// Where the task may cache what it builds (a pretrained base model); default: DIR,
     /// where `cohort run` left the run's pretrained base (with --check: a new temporary
     /// directory, so that nothing is written).
@@ -91,19 +190,6 @@ pub struct Args {
     /// s3://BUCKET/PREFIX, credentials from the AWS_* environment).
     #[arg(long, value_name = "LOCATION")]
     blobs: Option<String>,
-    /// After a verification that accepts, delete the client's update blobs from the run's
-    /// blob store and record on the ledger that it was done (the hash of a manifest blob that
-    /// lists them); `cohort provenance DIR` then counts them as deleted, not missing.
-    #[arg(long)]
-    delete_blobs: bool,
-    /// Print the result as JSON on stdout.
-    #[arg(long)]
-    json: bool,
-    /// Check DIR, the client, its dataset on the ledger, the task's data against the
-    /// client's commitment and the final model, print what would be done and exit: nothing is
-    /// written.
-    #[arg(long)]
-    check: bool,
 }
 
 /// An unlearning method.
@@ -292,7 +378,7 @@ fn test_metric(m: &Metrics) -> f64 {
     m.accuracy.or(m.perplexity).unwrap_or(m.loss)
 }
 
-impl Args {
+impl How {
     /// The approximate methods' settings, checked (and the task, which must be lm); `None`
     /// for the other methods.
     fn spec(&self, cfg: &ValidConfig) -> anyhow::Result<Option<UnlearnSpec>> {
@@ -323,69 +409,66 @@ impl Args {
         }
         Ok(Some(spec))
     }
+}
 
-    pub fn execute(self) -> anyhow::Result<ExitCode> {
-        let started = Instant::now();
-        let run = RunDir::open(&self.dir)?;
-        let k = run.client(&self.client)?;
-        let cfg = &run.cfg;
-        let spec = self.spec(cfg)?;
-        let keys = &run.keys;
+/// A run opened for an unlearning step: its ledger, its task and its blob store.
+struct Session {
+    run: RunDir,
+    p: Protocol<EmbeddedLedger>,
+    task: Box<dyn Learner + Send + Sync>,
+    store: Box<dyn BlobStore>,
+    cache: PathBuf,
+    /// The ledger's size when the session opened: what the session recorded follows.
+    first_entry: u64,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// What an execution made and recorded.
+struct Executed {
+    evidence: Evidence,
+    evidence_hash: Hash32,
+    seconds: f64,
+    retrain_seconds: Option<f64>,
+    client_steps: u64,
+    clawed_back: alloy_primitives::U256,
+}
+
+/// A verifier's verdict, as recorded.
+struct Verdict {
+    accepted: bool,
+    why: Option<String>,
+    deleted: Option<Value>,
+}
+
+fn say(msg: &str) {
+    eprintln!("unlearn: {msg}");
+}
+
+impl Session {
+    /// Opens DIR's run, its ledger (nothing written), its task and its blob store.
+    fn open(dir: &Path, files: &Files, check: bool) -> anyhow::Result<Self> {
+        let run = RunDir::open(dir)?;
         let ledger_dir = run.dir.join("ledger");
-        let operator = keys.identity("ledger-operator");
+        let operator = run.keys.identity("ledger-operator");
         let ledger = EmbeddedLedger::open_as(&ledger_dir, operator)
             .with_context(|| format!("opening {}", ledger_dir.display()))?;
-        let mut p = Protocol::at(ledger, run.saved.contract);
-        let dataset = B256::from(
-            run.saved
-                .datasets
-                .get(k as usize)
-                .copied()
-                .with_context(|| format!("the saved state has no dataset for {}", self.client))?
-                .0,
-        );
-        // Nothing is written before the request is known to be possible.
-        let d = p.view(Cohort::datasetCall { id: dataset })?;
-        if d.forgotten {
-            bail!(
-                "{}'s dataset {dataset} is forgotten already (an earlier unlearning)",
-                self.client
-            );
-        }
-        let client_id = keys.identity(&self.client);
-        if d.owner != p.backend().address_of(&client_id) {
-            bail!(
-                "{}: the ledger says dataset {dataset} is {}'s, not {}'s: DIR's state does not \
-                 match its ledger",
-                run.dir.display(),
-                d.owner,
-                self.client
-            );
-        }
-        let tmp;
-        let cache = match &self.cache {
+        let p = Protocol::at(ledger, run.saved.contract);
+        let first_entry = p.backend().head()?.size;
+        let mut tmp = None;
+        let cache = match &files.cache {
             Some(d) => d.clone(),
-            None if !self.check => run.dir.clone(),
+            None if !check => run.dir.clone(),
             None => {
-                tmp = tempfile::tempdir().context("a temporary directory for the task")?;
-                tmp.path().to_path_buf()
+                let t = tempfile::tempdir().context("a temporary directory for the task")?;
+                let path = t.path().to_path_buf();
+                tmp = Some(t);
+                path
             }
         };
-        let say = |msg: &str| eprintln!("unlearn: {msg}");
         say("setting up the task");
-        let task = cohort_tasks::build(cfg, &run.config_dir, &cache)
+        let task = cohort_tasks::build(&run.cfg, &run.config_dir, &cache)
             .context("setting up the run's task")?;
-        let forget_set = task.dataset_commitment(k).0;
-        if B256::from(forget_set.0) != d.merkleRoot {
-            bail!(
-                "{}'s data (Merkle root {forget_set}) is not what it committed ({}): the task's \
-                 data changed since the run",
-                self.client,
-                d.merkleRoot
-            );
-        }
-        let (original, original_hash) = run.final_model(&*task)?;
-        let spec_of_store = self
+        let spec_of_store = files
             .blobs
             .clone()
             .unwrap_or_else(|| run.dir.join("blobs").display().to_string());
@@ -395,37 +478,146 @@ impl Args {
                  give the same --blobs)"
             )
         })?;
-        let clients = cfg.clients as u32;
-        // Left out of the retraining and the replay: this client and any forgotten before.
-        let gone: BTreeSet<u32> = run.saved.forgotten.iter().copied().chain([k]).collect();
-        // What the method needs, checked before anything is recorded.
-        let replay = match self.method {
-            Method::FedEraser => {
-                let rounds = fed_eraser_rounds(&run, &*store, &gone)?;
-                // The calibration's task: the run's with half the local training.
-                let half = cohort_tasks::build(&halved(cfg)?, &run.config_dir, &cache)
-                    .context("setting up the calibration's task")?;
-                Some((rounds, half))
-            }
-            Method::Retrain | Method::LoraGa | Method::LoraNpo => None,
-        };
-        if self.check {
-            println!(
-                "would forget {} (dataset {dataset}, forget set {forget_set}) from the model \
-                 {original_hash} of round {} by {}, recorded on {}; nothing was written",
-                self.client,
-                run.saved.round,
-                self.method.name(),
-                ledger_dir.display()
-            );
-            return Ok(ExitCode::SUCCESS);
-        }
+        Ok(Self {
+            run,
+            p,
+            task,
+            store,
+            cache,
+            first_entry,
+            _tmp: tmp,
+        })
+    }
 
-        // 1. The request, signed by the client.
-        let head = p.backend().head()?;
-        let first_entry = head.size;
-        p.backend_mut().set_time(head.time + 60)?;
-        let request = p
+    /// Client `k`'s dataset id, as the set-up registered it.
+    fn dataset_of(&self, k: u32, name: &str) -> anyhow::Result<B256> {
+        Ok(B256::from(
+            self.run
+                .saved
+                .datasets
+                .get(k as usize)
+                .copied()
+                .with_context(|| format!("the saved state has no dataset for {name}"))?
+                .0,
+        ))
+    }
+
+    /// The client whose dataset `dataset` is.
+    fn client_of(&self, dataset: B256) -> anyhow::Result<u32> {
+        self.run
+            .saved
+            .datasets
+            .iter()
+            .position(|d| B256::from(d.0) == dataset)
+            .map(|k| k as u32)
+            .with_context(|| {
+                format!(
+                    "dataset {dataset} is none of the run's clients' (DIR's state does not match \
+                     its ledger)"
+                )
+            })
+    }
+
+    /// What a request for client `k` needs, checked with nothing written: its dataset is its
+    /// own on the ledger and not forgotten, the task's data is what it committed, and the
+    /// run's last model is intact. Its dataset and forget set.
+    fn check_request(&mut self, k: u32, name: &str) -> anyhow::Result<(B256, Hash32)> {
+        let dataset = self.dataset_of(k, name)?;
+        let d = self.p.view(Cohort::datasetCall { id: dataset })?;
+        if d.forgotten {
+            bail!("{name}'s dataset {dataset} is forgotten already (an earlier unlearning)");
+        }
+        let client_id = self.run.keys.identity(name);
+        if d.owner != self.p.backend().address_of(&client_id) {
+            bail!(
+                "{}: the ledger says dataset {dataset} is {}'s, not {name}'s: DIR's state does \
+                 not match its ledger",
+                self.run.dir.display(),
+                d.owner
+            );
+        }
+        let forget_set = self.task.dataset_commitment(k).0;
+        if B256::from(forget_set.0) != d.merkleRoot {
+            bail!(
+                "{name}'s data (Merkle root {forget_set}) is not what it committed ({}): the \
+                 task's data changed since the run",
+                d.merkleRoot
+            );
+        }
+        self.run.final_model(&*self.task)?;
+        Ok((dataset, forget_set))
+    }
+
+    /// The clients left out of a retraining or replay for client `k`: it and any forgotten
+    /// before.
+    fn gone(&self, k: u32) -> BTreeSet<u32> {
+        self.run
+            .saved
+            .forgotten
+            .iter()
+            .copied()
+            .chain([k])
+            .collect()
+    }
+
+    /// What method `how` needs, checked with nothing written (fed-eraser: the stored updates
+    /// and a weighted-sum aggregation); its prepared replay.
+    fn check_execute(&self, k: u32, how: &How) -> anyhow::Result<Option<Replay>> {
+        match how.method {
+            Method::FedEraser => {
+                let rounds = fed_eraser_rounds(&self.run, &*self.store, &self.gone(k))?;
+                // The calibration's task: the run's with half the local training.
+                let half =
+                    cohort_tasks::build(&halved(&self.run.cfg)?, &self.run.config_dir, &self.cache)
+                        .context("setting up the calibration's task")?;
+                Ok(Some((rounds, half)))
+            }
+            Method::Retrain | Method::LoraGa | Method::LoraNpo => Ok(None),
+        }
+    }
+
+    /// Moves the ledger's clock a minute on (the next entry's time).
+    fn tick(&mut self) -> anyhow::Result<()> {
+        let now = self.p.backend().head()?.time;
+        self.p.backend_mut().set_time(now + 60)?;
+        Ok(())
+    }
+
+    /// Saves the run's last round again at the ledger's size (what `cohort run --resume`
+    /// continues from), with client `forgotten` added and `global` as the global model.
+    fn resave(&mut self, forgotten: Option<u32>, global: Option<&[f32]>) -> anyhow::Result<()> {
+        let head = self.p.backend().head()?;
+        let saved = &mut self.run.saved;
+        saved.ledger_entries = head.size;
+        saved.ledger_root = head.root;
+        saved.now = saved.now.max(head.time);
+        if let Some(k) = forgotten.filter(|k| !saved.forgotten.contains(k)) {
+            saved.forgotten.push(k);
+        }
+        let state = self.run.dir.join("state");
+        let old = state.join(format!("round-{:06}.global", saved.round));
+        let blob = match global {
+            Some(g) => self.task.layout().encode(g),
+            None => fs::read(&old).with_context(|| format!("reading {}", old.display()))?,
+        };
+        saved.global_sha256 = sha256(&blob);
+        cohort_node::resume::save(&state, saved, &blob, None)
+            .with_context(|| format!("saving the run's state in {}", state.display()))?;
+        Ok(())
+    }
+
+    /// 1. The request, signed by client `k`.
+    fn request(
+        &mut self,
+        k: u32,
+        name: &str,
+        dataset: B256,
+        forget_set: Hash32,
+    ) -> anyhow::Result<u64> {
+        self.tick()?;
+        let client_id = self.run.keys.identity(name);
+        let request = self
+            .p
             .request_unlearning(
                 &client_id,
                 dataset,
@@ -433,58 +625,97 @@ impl Args {
                 forget_set.into(),
             )?
             .value;
-        p.backend_mut().flush()?;
+        self.p.backend_mut().flush()?;
+        self.resave(None, None)?;
         say(&format!(
-            "request {request}: {} asks for its dataset to be forgotten",
-            self.client
+            "request {request}: client-{k} asks for its dataset to be forgotten"
         ));
+        Ok(request)
+    }
 
-        // 2. Execution.
-        let work = run.dir.join(format!("unlearn/request-{request}"));
+    /// The filed request `request` (refused unless in phase `phase`) and its client.
+    fn filed(
+        &mut self,
+        request: u64,
+        phase: u8,
+    ) -> anyhow::Result<(
+        cohort_ledger::protocol::bindings::CohortBase::UnlearningRequest,
+        u32,
+    )> {
+        let q = self.p.unlearning_request(request)?;
+        let now = match q.phase {
+            unlearning::phase::REQUESTED => "filed and waiting for an execution",
+            unlearning::phase::EXECUTED => "executed and waiting for a verifier",
+            unlearning::phase::VERIFIED => "verified already",
+            _ => bail!("there is no unlearning request {request} on the run's ledger"),
+        };
+        if q.phase != phase {
+            bail!("unlearning request {request} is {now}");
+        }
+        let k = self.client_of(q.datasetId)?;
+        Ok((q, k))
+    }
+
+    /// 2. The execution of `request` (client `k`) by `how`, recorded by the coordinator.
+    fn execute(
+        &mut self,
+        request: u64,
+        k: u32,
+        how: &How,
+        spec: Option<UnlearnSpec>,
+        replay: Option<Replay>,
+    ) -> anyhow::Result<Executed> {
+        let cfg = self.run.cfg.clone();
+        let name = format!("client-{k}");
+        let dataset = self.dataset_of(k, &name)?;
+        let forget_set = self.task.dataset_commitment(k).0;
+        let (original, original_hash) = self.run.final_model(&*self.task)?;
+        let gone = self.gone(k);
+        let clients = cfg.clients as u32;
+        let work = self.run.dir.join(format!("unlearn/request-{request}"));
         fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-        let t = Instant::now();
         let retrain_dir = work.join("retrain");
-        let retrained = |say: &dyn Fn(&str)| -> anyhow::Result<(Vec<f32>, f64, u64)> {
+        let (keys, task, store) = (&self.run.keys, &*self.task, &*self.store);
+        let retrained = || -> anyhow::Result<(Vec<f32>, f64, u64)> {
             say(&format!(
-                "retraining the federation without {} ({} rounds)",
-                self.client, cfg.coordinator.rounds
+                "retraining the federation without {name} ({} rounds)",
+                cfg.coordinator.rounds
             ));
             let t = Instant::now();
-            let (model, steps) = retrain(cfg, keys, &*task, &gone, &retrain_dir, &*store, say)?;
+            let (model, steps) = retrain(&cfg, keys, task, &gone, &retrain_dir, store, &say)?;
             Ok((model, t.elapsed().as_secs_f64(), steps))
         };
-        let (model, client_steps, oracle) = match self.method {
+        let t = Instant::now();
+        let (model, client_steps, oracle) = match how.method {
             Method::Retrain => {
-                let (model, _, steps) = retrained(&say)?;
+                let (model, _, steps) = retrained()?;
                 (model.clone(), steps, Some(model))
             }
             Method::LoraGa | Method::LoraNpo => {
                 let spec = spec.as_ref().context("the settings were checked")?;
                 say(&format!(
-                    "{}: {} steps on {}'s text from the run's adapter",
-                    self.method.name(),
+                    "{}: {} steps on {name}'s text from the run's adapter",
+                    how.method.name(),
                     spec.steps,
-                    self.client
                 ));
                 let model = task.unlearn(k, &original, spec, cfg.seed)?;
                 (model, spec.steps as u64, None)
             }
             Method::FedEraser => {
                 say(&format!(
-                    "fed-eraser: replaying the run without {} from its stored updates",
-                    self.client
+                    "fed-eraser: replaying the run without {name} from its stored updates"
                 ));
                 let (rounds, half) = replay.as_ref().context("the replay was prepared")?;
                 let (model, steps) =
-                    fed_eraser_replay(&run, &*store, &*task, &**half, &gone, &say, rounds)?;
+                    fed_eraser_replay(&self.run, store, task, &**half, &gone, &say, rounds)?;
                 (model, steps, None)
             }
         };
         let seconds = t.elapsed().as_secs_f64();
-        let (oracle, retrain_seconds) = match (oracle, self.compare_retrain) {
+        let (oracle, retrain_seconds) = match (oracle, how.compare_retrain) {
             (Some(m), compare) => (Some(m), compare.then_some(seconds)),
             (None, true) => {
-                let (m, secs, _) = retrained(&say)?;
+                let (m, secs, _) = retrained()?;
                 (Some(m), Some(secs))
             }
             (None, false) => (None, None),
@@ -499,30 +730,29 @@ impl Args {
         let evidence = Evidence {
             format: EVIDENCE_FORMAT.into(),
             request,
-            client: self.client.clone(),
+            client: name.clone(),
             dataset,
-            method: self.method.name().into(),
+            method: how.method.name().into(),
             forget_set,
             original_model: original_hash,
             model: model_hash,
             oracle_model: oracle_hash,
             settings: spec,
-            original: measure(&*task, &original, k, clients)?,
-            unlearned: measure(&*task, &model, k, clients)?,
+            original: measure(task, &original, k, clients)?,
+            unlearned: measure(task, &model, k, clients)?,
             oracle: match &oracle {
-                Some(o) => Some(measure(&*task, o, k, clients)?),
+                Some(o) => Some(measure(task, o, k, clients)?),
                 None => None,
             },
         };
         let evidence_blob = serde_json::to_vec_pretty(&evidence)?;
         let evidence_hash = store.put(&evidence_blob)?;
-        let coord = keys.identity("coordinator");
-        let now = p.backend().head()?.time;
-        p.backend_mut().set_time(now + 60)?;
-        let exec = p.record_unlearning(
+        let coord = self.run.keys.identity("coordinator");
+        self.tick()?;
+        let exec = self.p.record_unlearning(
             &coord,
             request,
-            self.method.id(),
+            how.method.id(),
             model_hash.into(),
             evidence_hash.into(),
         )?;
@@ -534,57 +764,111 @@ impl Args {
                 _ => None,
             })
             .unwrap_or_default();
-        p.backend_mut().flush()?;
+        self.p.backend_mut().flush()?;
+        // The dataset is forgotten from here on, whatever the verification says.
+        self.resave(Some(k), None)?;
+        Ok(Executed {
+            evidence,
+            evidence_hash,
+            seconds,
+            retrain_seconds,
+            client_steps,
+            clawed_back,
+        })
+    }
 
-        // 3. Verification by a validator other than the executor.
-        say("validator-0 recomputes the evidence from the blobs");
+    /// 3. The verification of `request` (client `k`) by `verifier` (a validator other than
+    /// the executor), recorded; after an accepted one, the blobs deleted if `delete`.
+    fn verify(
+        &mut self,
+        request: u64,
+        k: u32,
+        verifier: &str,
+        delete: bool,
+    ) -> anyhow::Result<Verdict> {
+        let q = self.p.unlearning_request(request)?;
+        let evidence_hash = Hash32(q.evidenceHash.0);
+        let forget_set = Hash32(q.forgetSetHash.0);
+        say(&format!(
+            "{verifier} recomputes the evidence from the blobs"
+        ));
+        let clients = self.run.cfg.clients as u32;
         let verdict = verify(
-            &*task,
-            &*store,
+            &*self.task,
+            &*self.store,
             evidence_hash,
             request,
             k,
             clients,
             forget_set,
         );
-        let verifier = keys.identity("validator-0");
-        let now = p.backend().head()?.time;
-        p.backend_mut().set_time(now + 60)?;
-        let e = &evidence.unlearned;
-        let oracle = evidence.oracle.as_ref();
-        let on_ledger = UnlearningEvidence {
-            forgetMetric: fixed(Some(forget_metric(&e.forget))),
-            miaAuc: fixed(e.mia_auc_loss),
-            testMetric: fixed(Some(test_metric(&e.test))),
-            hasOracle: oracle.is_some(),
-            forgetGap: fixed(oracle.map(|o| forget_metric(&e.forget) - forget_metric(&o.forget))),
-            miaGap: fixed(oracle.and_then(|o| Some(e.mia_auc_loss? - o.mia_auc_loss?))),
+        // The measures the ledger keeps: the evidence's (read back; the verdict says whether
+        // they hold).
+        let evidence: Option<Evidence> = self
+            .store
+            .get(&evidence_hash)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let on_ledger = match &evidence {
+            Some(ev) => {
+                let e = &ev.unlearned;
+                let oracle = ev.oracle.as_ref();
+                UnlearningEvidence {
+                    forgetMetric: fixed(Some(forget_metric(&e.forget))),
+                    miaAuc: fixed(e.mia_auc_loss),
+                    testMetric: fixed(Some(test_metric(&e.test))),
+                    hasOracle: oracle.is_some(),
+                    forgetGap: fixed(
+                        oracle.map(|o| forget_metric(&e.forget) - forget_metric(&o.forget)),
+                    ),
+                    miaGap: fixed(oracle.and_then(|o| Some(e.mia_auc_loss? - o.mia_auc_loss?))),
+                }
+            }
+            None => UnlearningEvidence {
+                forgetMetric: i64::MIN,
+                miaAuc: i64::MIN,
+                testMetric: i64::MIN,
+                hasOracle: false,
+                forgetGap: i64::MIN,
+                miaGap: i64::MIN,
+            },
         };
         let (accepted, why) = match &verdict {
             Ok(()) => (true, B256::ZERO),
             Err(reason) => (false, sha256(reason.as_bytes()).into()),
         };
-        p.verify_unlearning(
-            &verifier,
+        let who = self.run.keys.identity(verifier);
+        self.tick()?;
+        self.p.verify_unlearning(
+            &who,
             request,
             accepted,
             evidence_hash.into(),
             on_ledger,
             why,
         )?;
-        p.backend_mut().flush()?;
-        let deleted = match (self.delete_blobs, accepted) {
+        self.p.backend_mut().flush()?;
+        let model = match (&evidence, accepted) {
+            (Some(ev), true) => {
+                let blob = self.store.get(&ev.model)?;
+                Some(decode_model(&blob, &*self.task)?)
+            }
+            _ => None,
+        };
+        // Accepted: the run goes on from the unlearned model.
+        self.resave(Some(k), model.as_deref())?;
+        let deleted = match (delete, accepted) {
             (true, true) => {
-                let d = delete_blobs(&run, &*store, k, request)?;
-                let now = p.backend().head()?.time;
-                p.backend_mut().set_time(now + 60)?;
-                p.record_blob_deletion(&coord, request, d.1.into())?;
-                p.backend_mut().flush()?;
+                let d = delete_blobs(&self.run, &*self.store, k, request)?;
+                let coord = self.run.keys.identity("coordinator");
+                self.tick()?;
+                self.p.record_blob_deletion(&coord, request, d.1.into())?;
+                self.p.backend_mut().flush()?;
+                self.resave(None, None)?;
                 say(&format!(
-                    "deleted {} of {}'s blobs from {} (manifest {})",
+                    "deleted {} of client-{k}'s blobs from {} (manifest {})",
                     d.0,
-                    self.client,
-                    store.location(),
+                    self.store.location(),
                     d.1
                 ));
                 Some(json!({"count": d.0, "manifest": d.1}))
@@ -595,72 +879,165 @@ impl Args {
             }
             _ => None,
         };
-        let head = p.backend().head()?;
-        // The run goes on from here: its last round saved again at the ledger's new size, the
-        // client forgotten and, once verified, the unlearned model as the global model that a
-        // continued run (`cohort run ... --resume --set coordinator.rounds=N`) starts from.
-        let mut saved = run.saved.clone();
-        saved.ledger_entries = head.size;
-        saved.ledger_root = head.root;
-        saved.now = saved.now.max(head.time);
-        saved.forgotten.push(k);
-        let global = if accepted {
-            layout.encode(&model)
-        } else {
-            layout.encode(&original)
-        };
-        saved.global_sha256 = sha256(&global);
-        let state = run.dir.join("state");
-        cohort_node::resume::save(&state, &saved, &global, None)
-            .with_context(|| format!("saving the run's state in {}", state.display()))?;
-        // What the unlearning put on the ledger: its entries' canonical bytes.
-        let mut ledger_bytes = 0u64;
-        for seq in first_entry..head.size {
-            ledger_bytes += p.backend().entry(seq)?.encode().len() as u64;
-        }
-        let verified = p.backend().verify().context("verifying the run's ledger")?;
-        drop(p);
+        Ok(Verdict {
+            accepted,
+            why: verdict.err(),
+            deleted,
+        })
+    }
 
-        let metrics = |m: &Metrics| {
-            json!({
-                "loss": m.loss,
-                "accuracy": m.accuracy,
-                "perplexity": m.perplexity,
-                "backdoor_success": m.backdoor_success_rate,
-            })
-        };
-        let side = |m: &Measures| {
-            json!({
-                "forget": metrics(&m.forget),
-                "retain": metrics(&m.retain),
-                "test": metrics(&m.test),
-                "mia_auc": {"loss": m.mia_auc_loss, "min_k": m.mia_auc_min_k},
-            })
-        };
-        let out = json!({
-            "method": self.method.name(),
-            "client": self.client,
-            "seconds": seconds,
-            "retrain_seconds": retrain_seconds,
-            "speedup": retrain_seconds.map(|r| r / seconds.max(1e-9)),
-            "client_steps": client_steps,
-            "ledger_bytes": ledger_bytes,
-            "forget": metrics(&e.forget),
-            "retain": metrics(&e.retain),
-            "test": metrics(&e.test),
-            "mia_auc": {"loss": e.mia_auc_loss, "min_k": e.mia_auc_min_k},
-            "original": side(&evidence.original),
-            "oracle": oracle.map(side),
-            "ledger_request": request,
-            "model_hash": model_hash,
-            "evidence_hash": evidence_hash,
-            "clawed_back": clawed_back.to_string(),
-            "verified": accepted,
-            "deleted_blobs": deleted,
-            "verification": verdict.as_ref().err(),
-            "ledger": {"entries": head.size, "root": head.root, "verified": verified.entries},
-            "wall_seconds": started.elapsed().as_secs_f64(),
-        });
+    /// The ledger after the session: its head, the bytes of what the session recorded, and
+    /// the whole ledger verified.
+    fn ledger_report(&mut self) -> anyhow::Result<(u64, Value)> {
+        let head = self.p.backend().head()?;
+        let mut bytes = 0u64;
+        for seq in self.first_entry..head.size {
+            bytes += self.p.backend().entry(seq)?.encode().len() as u64;
+        }
+        let verified = self
+            .p
+            .backend()
+            .verify()
+            .context("verifying the run's ledger")?;
+        Ok((
+            bytes,
+            json!({"entries": head.size, "root": head.root, "verified": verified.entries}),
+        ))
+    }
+}
+
+/// FedEraser's prepared replay: the provenance by round and the calibration's task.
+type Replay = (
+    std::collections::BTreeMap<u64, Vec<ProvenanceRecord>>,
+    Box<dyn Learner + Send + Sync>,
+);
+
+fn metrics_json(m: &Metrics) -> Value {
+    json!({
+        "loss": m.loss,
+        "accuracy": m.accuracy,
+        "perplexity": m.perplexity,
+        "backdoor_success": m.backdoor_success_rate,
+    })
+}
+
+fn measures_json(m: &Measures) -> Value {
+    json!({
+        "forget": metrics_json(&m.forget),
+        "retain": metrics_json(&m.retain),
+        "test": metrics_json(&m.test),
+        "mia_auc": {"loss": m.mia_auc_loss, "min_k": m.mia_auc_min_k},
+    })
+}
+
+/// The result of an execution (and of its verification, where one followed) as JSON.
+fn result_json(x: &Executed, verdict: Option<&Verdict>, ledger_bytes: u64, ledger: Value) -> Value {
+    let e = &x.evidence.unlearned;
+    json!({
+        "method": x.evidence.method,
+        "client": x.evidence.client,
+        "seconds": x.seconds,
+        "retrain_seconds": x.retrain_seconds,
+        "speedup": x.retrain_seconds.map(|r| r / x.seconds.max(1e-9)),
+        "client_steps": x.client_steps,
+        "ledger_bytes": ledger_bytes,
+        "forget": metrics_json(&e.forget),
+        "retain": metrics_json(&e.retain),
+        "test": metrics_json(&e.test),
+        "mia_auc": {"loss": e.mia_auc_loss, "min_k": e.mia_auc_min_k},
+        "original": measures_json(&x.evidence.original),
+        "oracle": x.evidence.oracle.as_ref().map(measures_json),
+        "ledger_request": x.evidence.request,
+        "model_hash": x.evidence.model,
+        "evidence_hash": x.evidence_hash,
+        "clawed_back": x.clawed_back.to_string(),
+        "verified": verdict.map(|v| v.accepted),
+        "deleted_blobs": verdict.and_then(|v| v.deleted.clone()),
+        "verification": verdict.and_then(|v| v.why.clone()),
+        "ledger": ledger,
+    })
+}
+
+/// `client-K` of the run, refused by name otherwise.
+fn validator_name(run: &RunDir, name: &str) -> anyhow::Result<()> {
+    let n = run.cfg.validators;
+    let ok = name
+        .strip_prefix("validator-")
+        .and_then(|k| k.parse::<usize>().ok())
+        .is_some_and(|k| k < n && name == format!("validator-{k}"));
+    if !ok {
+        bail!(
+            "--as {name:?}: the run's validators are validator-0 to validator-{}",
+            n.saturating_sub(1)
+        );
+    }
+    Ok(())
+}
+
+impl Args {
+    pub fn execute(self) -> anyhow::Result<ExitCode> {
+        match self.step {
+            Some(Step::Request {
+                dir,
+                client,
+                files,
+                json,
+                check,
+            }) => request_step(&dir, &client, &files, json, check),
+            Some(Step::Execute {
+                dir,
+                request,
+                how,
+                files,
+                json,
+                check,
+            }) => execute_step(&dir, request, &how, &files, json, check),
+            Some(Step::Verify {
+                dir,
+                request,
+                verifier,
+                files,
+                delete_blobs,
+                json,
+            }) => verify_step(&dir, request, &verifier, &files, delete_blobs, json),
+            None => {
+                let (Some(dir), Some(client)) = (&self.dir, &self.client) else {
+                    bail!(
+                        "cohort unlearn DIR --client NAME (or one step: request, execute, verify)"
+                    );
+                };
+                self.all_steps(dir, client)
+            }
+        }
+    }
+
+    /// Request, execution and verification in one invocation.
+    fn all_steps(&self, dir: &Path, client: &str) -> anyhow::Result<ExitCode> {
+        let started = Instant::now();
+        let mut s = Session::open(dir, &self.files, self.check)?;
+        let k = s.run.client(client)?;
+        let spec = self.how.spec(&s.run.cfg)?;
+        // Nothing is written before the request is known to be possible.
+        let (dataset, forget_set) = s.check_request(k, client)?;
+        let replay = s.check_execute(k, &self.how)?;
+        if self.check {
+            println!(
+                "would forget {client} (dataset {dataset}, forget set {forget_set}) from the \
+                 model {} of round {} by {}, recorded on {}; nothing was written",
+                s.run.saved.global_sha256,
+                s.run.saved.round,
+                self.how.method.name(),
+                s.run.dir.join("ledger").display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        let request = s.request(k, client, dataset, forget_set)?;
+        let x = s.execute(request, k, &self.how, spec, replay)?;
+        let verdict = s.verify(request, k, "validator-0", self.delete_blobs)?;
+        let (bytes, ledger) = s.ledger_report()?;
+        let mut out = result_json(&x, Some(&verdict), bytes, ledger);
+        out["wall_seconds"] = json!(started.elapsed().as_secs_f64());
+        let work = s.run.dir.join(format!("unlearn/request-{request}"));
         fs::write(
             work.join("result.json"),
             serde_json::to_string_pretty(&out)? + "\n",
@@ -669,14 +1046,131 @@ impl Args {
         if self.json {
             print_json(&out)?;
         } else {
-            print_table(&self.client, &evidence, &out);
+            print_table(client, &x.evidence, &out);
         }
-        Ok(if accepted {
+        Ok(if verdict.accepted {
             ExitCode::SUCCESS
         } else {
             ExitCode::from(1)
         })
     }
+}
+
+/// `cohort unlearn request`.
+fn request_step(
+    dir: &Path,
+    client: &str,
+    files: &Files,
+    json_out: bool,
+    check: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut s = Session::open(dir, files, check)?;
+    let k = s.run.client(client)?;
+    let (dataset, forget_set) = s.check_request(k, client)?;
+    if check {
+        println!(
+            "{client} would request that its dataset {dataset} (forget set {forget_set}) be \
+             forgotten; nothing was written"
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let request = s.request(k, client, dataset, forget_set)?;
+    let (_, ledger) = s.ledger_report()?;
+    let out = json!({"request": request, "client": client, "dataset": dataset,
+                     "forget_set": forget_set, "ledger": ledger});
+    if json_out {
+        print_json(&out)?;
+    } else {
+        println!(
+            "request {request}: {client} asks for its dataset {dataset} to be forgotten (forget \
+             set {forget_set}); next: cohort unlearn execute {} --request {request} --method M",
+            dir.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cohort unlearn execute`.
+fn execute_step(
+    dir: &Path,
+    request: u64,
+    how: &How,
+    files: &Files,
+    json_out: bool,
+    check: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut s = Session::open(dir, files, check)?;
+    let spec = how.spec(&s.run.cfg)?;
+    let (_, k) = s.filed(request, unlearning::phase::REQUESTED)?;
+    let replay = s.check_execute(k, how)?;
+    s.run.final_model(&*s.task)?;
+    if check {
+        println!(
+            "would execute request {request} (client-{k}) by {}; nothing was written",
+            how.method.name()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let x = s.execute(request, k, how, spec, replay)?;
+    let (bytes, ledger) = s.ledger_report()?;
+    let out = result_json(&x, None, bytes, ledger);
+    if json_out {
+        print_json(&out)?;
+    } else {
+        print_table(&format!("client-{k}"), &x.evidence, &out);
+        println!(
+            "next: a validator other than the executor verifies it: cohort unlearn verify {} \
+             --request {request} --as validator-K",
+            dir.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cohort unlearn verify`.
+fn verify_step(
+    dir: &Path,
+    request: u64,
+    verifier: &str,
+    files: &Files,
+    delete: bool,
+    json_out: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut s = Session::open(dir, files, false)?;
+    validator_name(&s.run, verifier)?;
+    let (q, k) = s.filed(request, unlearning::phase::EXECUTED)?;
+    if s.p.backend().address_of(&s.run.keys.identity(verifier)) == q.executor {
+        bail!("--as {verifier}: it executed request {request}; the verifier must be another party");
+    }
+    let v = s.verify(request, k, verifier, delete)?;
+    let (_, ledger) = s.ledger_report()?;
+    let out = json!({"request": request, "client": format!("client-{k}"),
+                     "verifier": verifier, "verified": v.accepted, "verification": v.why,
+                     "evidence_hash": Hash32(q.evidenceHash.0),
+                     "model_hash": Hash32(q.resultModelHash.0),
+                     "deleted_blobs": v.deleted, "ledger": ledger});
+    if json_out {
+        print_json(&out)?;
+    } else if v.accepted {
+        println!(
+            "request {request}: {verifier} recomputed the evidence {} and accepts it; the run \
+             goes on from the unlearned model {} (cohort run ... --resume --set \
+             coordinator.rounds=N)",
+            Hash32(q.evidenceHash.0),
+            Hash32(q.resultModelHash.0)
+        );
+    } else {
+        println!(
+            "request {request}: {verifier} REJECTS the execution ({}); the request is open \
+             again for another execution",
+            v.why.as_deref().unwrap_or("")
+        );
+    }
+    Ok(if v.accepted {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Deletes client `k`'s update blobs (every one its provenance names) from `store` and puts
@@ -1014,12 +1508,14 @@ fn print_table(client: &str, ev: &Evidence, out: &Value) {
         row("oracle", o);
     }
     println!(
-        "model {} in {:.2} s; rewards clawed back: {} base units; verified by validator-0: {}",
+        "model {} in {:.2} s; rewards clawed back: {} base units; verified: {}",
         ev.model,
         out["seconds"].as_f64().unwrap_or(0.0),
         out["clawed_back"].as_str().unwrap_or("0"),
         if out["verified"].as_bool() == Some(true) {
             "accepted".to_owned()
+        } else if out["verified"].is_null() {
+            "not yet".to_owned()
         } else {
             format!("REJECTED ({})", out["verification"].as_str().unwrap_or(""))
         }
