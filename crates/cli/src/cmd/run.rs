@@ -73,7 +73,10 @@ pub struct Args {
     /// Continue the run in DIR from its last settled round (after a kill, a power loss or an
     /// error): give the same CONFIG, --set and --seed as when it started. The round that was in
     /// progress runs again from its start; the run ends with the same ledger root as one that
-    /// was never interrupted. On a finished run it says so and does nothing.
+    /// was never interrupted. On a finished run it says so and does nothing, unless
+    /// `--set coordinator.rounds=N` raises the rounds (the only change allowed): then the run
+    /// goes on for the rounds added, from its last model (after `cohort unlearn`, the
+    /// unlearned one, without the forgotten client).
     #[arg(long)]
     pub(crate) resume: bool,
     /// Derive every key from a fresh random secret (DIR/keys/run.key, mode 0600) instead of
@@ -782,13 +785,15 @@ impl Args {
         }
         differences(&then, &now, "", &mut diff);
         let extend = before.filter(|&b| b != cfg.coordinator.rounds);
-        if let Some(b) = extend {
-            if diff.is_empty() && b > cfg.coordinator.rounds {
-                bail!(
-                    "the run in {} has {b} rounds; --resume can add rounds                      (coordinator.rounds above {b}), not take them away",
-                    self.out.display()
-                );
-            }
+        if let Some(b) = extend
+            && diff.is_empty()
+            && b > cfg.coordinator.rounds
+        {
+            bail!(
+                "the run in {} has {b} rounds; --resume can add rounds \
+                 (coordinator.rounds above {b}), not take them away",
+                self.out.display()
+            );
         }
         if !diff.is_empty() {
             bail!(

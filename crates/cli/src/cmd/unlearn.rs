@@ -606,7 +606,7 @@ impl Session {
         Ok(())
     }
 
-    /// 1. The request, signed by client `k`.
+    /// Step 1, the request, signed by client `k`.
     fn request(
         &mut self,
         k: u32,
@@ -656,7 +656,7 @@ impl Session {
         Ok((q, k))
     }
 
-    /// 2. The execution of `request` (client `k`) by `how`, recorded by the coordinator.
+    /// Step 2, the execution of `request` (client `k`) by `how`, recorded by the coordinator.
     fn execute(
         &mut self,
         request: u64,
@@ -777,8 +777,8 @@ impl Session {
         })
     }
 
-    /// 3. The verification of `request` (client `k`) by `verifier` (a validator other than
-    /// the executor), recorded; after an accepted one, the blobs deleted if `delete`.
+    /// Step 3, the verification of `request` (client `k`) by `verifier` (a validator other
+    /// than the executor), recorded; after an accepted one, the blobs deleted if `delete`.
     fn verify(
         &mut self,
         request: u64,
