@@ -54,8 +54,25 @@ struct Fixtures {
     linear: PathBuf,
     key: PathBuf,
     run: PathBuf,
+    /// `run` with unlearning request 1 filed (`requested`), and executed too (`executed`).
+    requested: PathBuf,
+    executed: PathBuf,
     /// An admission list for `linear` with 6 clients (the party key is client 0).
     admit: PathBuf,
+}
+
+/// Copies the directory `from` to `to`, recursively.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
 }
 
 impl Fixtures {
@@ -123,9 +140,21 @@ impl Fixtures {
             "coordinator.rounds=1",
         ]);
         assert!(o.status.success(), "{}", common::text(&o));
+        // Copies with an unlearning request filed, and filed and executed, for `unlearn
+        // execute` and `unlearn verify`.
+        let requested = root.join("run-requested");
+        copy_dir(&run, &requested);
+        let o = cohort(&["unlearn", "request", p(&requested), "--client", "client-1"]);
+        assert!(o.status.success(), "{}", common::text(&o));
+        let executed = root.join("run-executed");
+        copy_dir(&requested, &executed);
+        let o = cohort(&["unlearn", "execute", p(&executed), "--request", "1"]);
+        assert!(o.status.success(), "{}", common::text(&o));
         Fixtures {
             key,
             run,
+            requested,
+            executed,
             admit,
             root: root.to_path_buf(),
             ledger,
@@ -150,6 +179,17 @@ impl Fixtures {
             "keys tls" => "keys tls --out {fresh} --name 127.0.0.1".to_owned(),
             "provenance" => format!("provenance {}", p(&self.run)),
             "unlearn" => format!("unlearn {} --client client-0 --check", p(&self.run)),
+            "unlearn request" => {
+                format!("unlearn request {} --client client-0 --check", p(&self.run))
+            }
+            "unlearn execute" => format!(
+                "unlearn execute {} --request 1 --method retrain --check",
+                p(&self.requested)
+            ),
+            "unlearn verify" => format!(
+                "unlearn verify {} --request 1 --as validator-1 --check",
+                p(&self.executed)
+            ),
             "ledger show" => format!("ledger show {l}"),
             "ledger verify" => format!("ledger verify {l}"),
             "ledger prove" => format!("ledger prove {l} --entry 0"),

@@ -699,3 +699,31 @@ fn request_execute_and_verify_as_separate_steps() {
         text(&o)
     );
 }
+
+/// A run whose provenance.jsonl no longer matches its ledger (a record dropped) is refused
+/// by name before anything is recorded.
+#[test]
+fn a_run_whose_provenance_does_not_match_its_ledger_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    linear_run(&dir, &[]);
+    let path = dir.join("provenance.jsonl");
+    let written = std::fs::read_to_string(&path).unwrap();
+    let kept: Vec<&str> = written.lines().skip(1).collect();
+    std::fs::write(&path, kept.join("\n") + "\n").unwrap();
+    let size = entries(&dir);
+    for args in [
+        vec!["unlearn", p(&dir), "--client", "client-1"],
+        vec!["unlearn", "request", p(&dir), "--client", "client-1"],
+    ] {
+        let o = cohort(&args);
+        assert!(!o.status.success());
+        assert!(
+            text(&o).contains("provenance.jsonl does not match its ledger")
+                && text(&o).contains("missing from"),
+            "{}",
+            text(&o)
+        );
+    }
+    assert_eq!(entries(&dir), size);
+}

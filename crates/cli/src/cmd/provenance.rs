@@ -135,84 +135,7 @@ impl Args {
                 Ok(_) => {}
             }
         }
-        // The records.
-        let by_key: BTreeMap<(u64, Address), &ProvenanceRecord> = written
-            .iter()
-            .map(|r| ((r.ledger_round, r.address), r))
-            .collect();
-        if by_key.len() != written.len() {
-            problems.push(format!(
-                "{}: a round lists the same client twice",
-                file.display()
-            ));
-        }
-        for r in &rebuilt {
-            let key = (r.ledger_round, r.address);
-            let Some(w) = by_key.get(&key) else {
-                problems.push(format!(
-                    "round {} update of {} (ledger entry {}): on the ledger, missing from {}",
-                    r.ledger_round,
-                    r.address,
-                    r.entry,
-                    file.display()
-                ));
-                continue;
-            };
-            let name = format!("round {} client {} ({})", w.round, w.client, w.address);
-            let mut field = |f: &str, file_says: String, ledger_says: String| {
-                if file_says != ledger_says {
-                    problems.push(format!(
-                        "{name}: {f}: the file says {file_says}, the ledger says {ledger_says}"
-                    ));
-                }
-            };
-            field("blob", w.blob.to_string(), r.blob.to_string());
-            field("entry", w.entry.to_string(), r.entry.to_string());
-            field("samples", w.samples.to_string(), r.samples.to_string());
-            field(
-                "accepted",
-                Some(w.accepted).map_or(String::new(), |a| a.to_string()),
-                r.accepted.map_or("nothing".into(), |a| a.to_string()),
-            );
-            field(
-                "consensus",
-                format!("{:?}", Some(w.consensus)),
-                format!("{:?}", r.consensus),
-            );
-            field(
-                "global_before",
-                format!("{:?}", Some(w.global_before)),
-                format!("{:?}", r.global_before),
-            );
-            field(
-                "global_after",
-                format!("{:?}", Some(w.global_after)),
-                format!("{:?}", r.global_after),
-            );
-            if w.contribution.is_some() && r.accepted == Some(false) {
-                // Allowed only when the run aggregated rejected updates (ignore_verdicts);
-                // reported so that it is seen.
-                problems.push(format!(
-                    "{name}: a contribution is recorded for an update the consensus rejected \
-                     (only a run with aggregation.ignore_verdicts does that)"
-                ));
-            }
-        }
-        let on_ledger: std::collections::BTreeSet<(u64, Address)> = rebuilt
-            .iter()
-            .map(|r| (r.ledger_round, r.address))
-            .collect();
-        for w in &written {
-            if !on_ledger.contains(&(w.ledger_round, w.address)) {
-                problems.push(format!(
-                    "round {} client {} ({}): in {}, but no such submission is on the ledger",
-                    w.round,
-                    w.client,
-                    w.address,
-                    file.display()
-                ));
-            }
-        }
+        problems.extend(compare(&written, &rebuilt, &file));
         let unlearnings = stories(state.entries(), &mut problems);
         let outcome = Outcome {
             records: rebuilt.len(),
@@ -252,6 +175,103 @@ impl Args {
             ExitCode::from(1)
         })
     }
+}
+
+/// Where DIR/provenance.jsonl (`written`, read from `file`) and the ledger's own record
+/// (`rebuilt`) disagree, each named.
+fn compare(
+    written: &[ProvenanceRecord],
+    rebuilt: &[Rebuilt],
+    file: &std::path::Path,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let by_key: BTreeMap<(u64, Address), &ProvenanceRecord> = written
+        .iter()
+        .map(|r| ((r.ledger_round, r.address), r))
+        .collect();
+    if by_key.len() != written.len() {
+        problems.push(format!(
+            "{}: a round lists the same client twice",
+            file.display()
+        ));
+    }
+    for r in rebuilt {
+        let key = (r.ledger_round, r.address);
+        let Some(w) = by_key.get(&key) else {
+            problems.push(format!(
+                "round {} update of {} (ledger entry {}): on the ledger, missing from {}",
+                r.ledger_round,
+                r.address,
+                r.entry,
+                file.display()
+            ));
+            continue;
+        };
+        let name = format!("round {} client {} ({})", w.round, w.client, w.address);
+        let mut field = |f: &str, file_says: String, ledger_says: String| {
+            if file_says != ledger_says {
+                problems.push(format!(
+                    "{name}: {f}: the file says {file_says}, the ledger says {ledger_says}"
+                ));
+            }
+        };
+        field("blob", w.blob.to_string(), r.blob.to_string());
+        field("entry", w.entry.to_string(), r.entry.to_string());
+        field("samples", w.samples.to_string(), r.samples.to_string());
+        field(
+            "accepted",
+            Some(w.accepted).map_or(String::new(), |a| a.to_string()),
+            r.accepted.map_or("nothing".into(), |a| a.to_string()),
+        );
+        field(
+            "consensus",
+            format!("{:?}", Some(w.consensus)),
+            format!("{:?}", r.consensus),
+        );
+        field(
+            "global_before",
+            format!("{:?}", Some(w.global_before)),
+            format!("{:?}", r.global_before),
+        );
+        field(
+            "global_after",
+            format!("{:?}", Some(w.global_after)),
+            format!("{:?}", r.global_after),
+        );
+        if w.contribution.is_some() && r.accepted == Some(false) {
+            // Allowed only when the run aggregated rejected updates (ignore_verdicts);
+            // reported so that it is seen.
+            problems.push(format!(
+                "{name}: a contribution is recorded for an update the consensus rejected \
+                     (only a run with aggregation.ignore_verdicts does that)"
+            ));
+        }
+    }
+    let on_ledger: std::collections::BTreeSet<(u64, Address)> = rebuilt
+        .iter()
+        .map(|r| (r.ledger_round, r.address))
+        .collect();
+    for w in written {
+        if !on_ledger.contains(&(w.ledger_round, w.address)) {
+            problems.push(format!(
+                "round {} client {} ({}): in {}, but no such submission is on the ledger",
+                w.round,
+                w.client,
+                w.address,
+                file.display()
+            ));
+        }
+    }
+    problems
+}
+
+/// Where a run's DIR/provenance.jsonl disagrees with its ledger (its records only, not the
+/// blobs): what a command that builds on the provenance checks before it records anything.
+pub(crate) fn mismatches(dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let written = read_provenance(dir)?;
+    let state = LedgerReader::open(&dir.join("ledger"))?.replay()?;
+    let rebuilt = rebuild(state.entries())?;
+    Ok(compare(&written, &rebuilt, &dir.join("provenance.jsonl")))
 }
 
 /// A run's DIR/provenance.jsonl, record by record; a line that does not read is named.

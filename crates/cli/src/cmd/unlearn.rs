@@ -143,6 +143,10 @@ enum Step {
         /// Print the result as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Check (the request is executed, the verifier another party), print what would be
+        /// done, write nothing.
+        #[arg(long)]
+        check: bool,
     },
 }
 
@@ -448,6 +452,22 @@ impl Session {
     /// Opens DIR's run, its ledger (nothing written), its task and its blob store.
     fn open(dir: &Path, files: &Files, check: bool) -> anyhow::Result<Self> {
         let run = RunDir::open(dir)?;
+        // The run's provenance is what fed-eraser replays and blob deletion lists: it must be
+        // the ledger's before anything is recorded.
+        let wrong = super::provenance::mismatches(&run.dir)?;
+        if let Some(first) = wrong.first() {
+            bail!(
+                "{}: its provenance.jsonl does not match its ledger ({first}{}); check it with \
+                 `cohort provenance {}`",
+                run.dir.display(),
+                if wrong.len() > 1 {
+                    format!(" and {} more", wrong.len() - 1)
+                } else {
+                    String::new()
+                },
+                run.dir.display()
+            );
+        }
         let ledger_dir = run.dir.join("ledger");
         let operator = run.keys.identity("ledger-operator");
         let ledger = EmbeddedLedger::open_as(&ledger_dir, operator)
@@ -999,7 +1019,8 @@ impl Args {
                 files,
                 delete_blobs,
                 json,
-            }) => verify_step(&dir, request, &verifier, &files, delete_blobs, json),
+                check,
+            }) => verify_step(&dir, request, &verifier, &files, delete_blobs, json, check),
             None => {
                 let (Some(dir), Some(client)) = (&self.dir, &self.client) else {
                     bail!(
@@ -1135,12 +1156,21 @@ fn verify_step(
     files: &Files,
     delete: bool,
     json_out: bool,
+    check: bool,
 ) -> anyhow::Result<ExitCode> {
-    let mut s = Session::open(dir, files, false)?;
+    let mut s = Session::open(dir, files, check)?;
     validator_name(&s.run, verifier)?;
     let (q, k) = s.filed(request, unlearning::phase::EXECUTED)?;
     if s.p.backend().address_of(&s.run.keys.identity(verifier)) == q.executor {
         bail!("--as {verifier}: it executed request {request}; the verifier must be another party");
+    }
+    if check {
+        println!(
+            "{verifier} would verify request {request} (client-{k}, evidence {}); nothing was \
+             written",
+            Hash32(q.evidenceHash.0)
+        );
+        return Ok(ExitCode::SUCCESS);
     }
     let v = s.verify(request, k, verifier, delete)?;
     let (_, ledger) = s.ledger_report()?;
