@@ -22,8 +22,9 @@
 //!   unlearning methods ([`Learner::unlearn`]: gradient ascent or NPO on the forgotten client's
 //!   classification loss) move. Measured on this 2-core CPU (examples/unlearn-imdb-gpt.toml's
 //!   settings: d 32, one block, 64 ids, 1500 pretraining steps, rank 16, mean pooling): a
-//!   frozen base read at its last token, or at too high a rate, stays near chance; with mean
-//!   pooling and a rate of about 3e-3 the classifier learns (see the example for the figures).
+//!   frozen base read at its last token, or at a rate of 1e-2 or more, stays near chance; with
+//!   mean pooling and a rate of 3e-3, 10 clients reach 60-63% test accuracy in 5 rounds (about
+//!   30 s a round), well below the bag of words' 80%.
 //!
 //! Validators hold a share of the training file set apart from every client; the test set is
 //! the test file. Attacking clients can poison their own data: label flipping, or a backdoor
