@@ -37,7 +37,9 @@ use crate::strategy::{
     Clipped, CoordinateMedian, FedAvg, FedOpt, Krum, MedianClipped, ScoreWeighted, Strategy,
     TrimmedMean,
 };
-use crate::task::{ImdbModel, ImdbTaskConfig, LinearTaskConfig, LmTaskConfig, TaskConfig};
+use crate::task::{
+    ImdbModel, ImdbPooling, ImdbTaskConfig, LinearTaskConfig, LmTaskConfig, TaskConfig,
+};
 use crate::{AttackKind, FlError};
 
 /// The deployed protocol's minimum active stake of a client, in tokens (`minClientStake` in
@@ -707,6 +709,56 @@ pub fn check_imdb(t: &ImdbTaskConfig) -> Result<(), FlError> {
     if t.model == ImdbModel::Bow {
         stable_prox(t.lr, t.prox_mu)?;
     }
+    count("task.pretrain_steps", t.pretrain_steps, 0, 1_000_000)?;
+    positive("task.pretrain_lr", t.pretrain_lr, 1.0)?;
+    count("task.pretrain_batch", t.pretrain_batch, 1, 4_096)?;
+    count("task.lora_rank", t.lora_rank, 0, 1_024)?;
+    positive("task.lora_alpha", t.lora_alpha, 1e4)?;
+    if !(t.lora_dropout.is_finite() && (0.0..1.0).contains(&t.lora_dropout)) {
+        return Err(bad(
+            "task.lora_dropout",
+            format!("{} is not in [0, 1)", t.lora_dropout),
+        ));
+    }
+    if t.lora_targets.is_empty() || t.lora_targets.len() > 32 {
+        return Err(bad(
+            "task.lora_targets",
+            format!("names {} modules; name 1 to 32", t.lora_targets.len()),
+        ));
+    }
+    if t.lora_targets.iter().any(|m| m.trim().is_empty()) {
+        return Err(bad("task.lora_targets", "a module name is empty".into()));
+    }
+    if t.model == ImdbModel::Gpt {
+        if t.lora_rank > t.d_model {
+            return Err(bad(
+                "task.lora_rank",
+                format!("{} exceeds task.d_model {}", t.lora_rank, t.d_model),
+            ));
+        }
+        if t.pretrain_steps > 0 && t.train_samples == 0 {
+            return Err(bad(
+                "task.pretrain_steps",
+                "pretraining reads the reviews of train.tsv after the first \
+                 task.train_samples, and task.train_samples = 0 uses them all"
+                    .into(),
+            ));
+        }
+    } else {
+        for (what, set) in [
+            ("task.pretrain_steps", t.pretrain_steps > 0),
+            ("task.lora_rank", t.lora_rank > 0),
+            ("task.lora_dropout", t.lora_dropout > 0.0),
+            ("task.pooling", t.pooling != ImdbPooling::Last),
+        ] {
+            if set {
+                return Err(bad(
+                    what,
+                    "only the gpt model (task.model = \"gpt\") takes it".into(),
+                ));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -859,6 +911,76 @@ mod tests {
         let mut c = base();
         c.incentives.initial_balance = 0;
         refused(c, "incentives.initial_balance");
+    }
+
+    /// The IMDB GPT's pretraining and LoRA settings: out-of-range values refused by name,
+    /// the GPT-only ones refused for the bag of words, and left out of the serialized config
+    /// at their defaults (so that older configs keep their digest).
+    #[test]
+    fn imdb_pretraining_and_lora_settings_are_checked() {
+        let gpt = |f: &dyn Fn(&mut ImdbTaskConfig)| {
+            let mut t = ImdbTaskConfig {
+                model: ImdbModel::Gpt,
+                pretrain_steps: 100,
+                lora_rank: 4,
+                pooling: ImdbPooling::Mean,
+                lr: 3e-3,
+                ..ImdbTaskConfig::default()
+            };
+            f(&mut t);
+            let mut c = base();
+            c.task = TaskConfig::Imdb(t);
+            c
+        };
+        gpt(&|_| {}).check().unwrap();
+        refused(
+            gpt(&|t| t.pretrain_steps = 1_000_001),
+            "task.pretrain_steps",
+        );
+        refused(gpt(&|t| t.train_samples = 0), "task.pretrain_steps");
+        for v in [0.0, -1.0, f64::NAN, f64::INFINITY, 2.0] {
+            refused(gpt(&|t| t.pretrain_lr = v), "task.pretrain_lr");
+        }
+        refused(gpt(&|t| t.pretrain_batch = 0), "task.pretrain_batch");
+        refused(gpt(&|t| t.pretrain_batch = 5_000), "task.pretrain_batch");
+        refused(gpt(&|t| t.lora_rank = 2_000), "task.lora_rank");
+        refused(gpt(&|t| t.lora_rank = 33), "task.lora_rank");
+        for v in [0.0, -8.0, f64::NAN, 1e5] {
+            refused(gpt(&|t| t.lora_alpha = v), "task.lora_alpha");
+        }
+        for v in [1.0, -0.1, f64::NAN] {
+            refused(gpt(&|t| t.lora_dropout = v), "task.lora_dropout");
+        }
+        refused(gpt(&|t| t.lora_targets = vec![]), "task.lora_targets");
+        refused(
+            gpt(&|t| t.lora_targets = vec![" ".into()]),
+            "task.lora_targets",
+        );
+        for (what, f) in [
+            (
+                "task.pretrain_steps",
+                &(|t: &mut ImdbTaskConfig| t.pretrain_steps = 10) as &dyn Fn(&mut ImdbTaskConfig),
+            ),
+            ("task.lora_rank", &|t: &mut ImdbTaskConfig| t.lora_rank = 4),
+            ("task.pooling", &|t: &mut ImdbTaskConfig| {
+                t.pooling = ImdbPooling::Mean
+            }),
+        ] {
+            let mut t = ImdbTaskConfig::default();
+            f(&mut t);
+            let mut c = base();
+            c.task = TaskConfig::Imdb(t);
+            refused(c, what);
+        }
+        let mut plain = base();
+        plain.task = TaskConfig::Imdb(ImdbTaskConfig::default());
+        let json = serde_json::to_string(&plain).unwrap();
+        for field in ["pretrain", "lora", "pooling"] {
+            assert!(!json.contains(field), "{json}");
+        }
+        let set = serde_json::to_string(&gpt(&|_| {})).unwrap();
+        let back: RunConfig = serde_json::from_str(&set).unwrap();
+        assert_eq!(back, gpt(&|_| {}));
     }
 
     #[test]

@@ -115,7 +115,7 @@ pub trait Learner {
         Err(FlError::InvalidConfig {
             what: "--method",
             reason: "this task has no approximate unlearning (the LoRA methods need the lm \
-                     task): use retrain or fed-eraser"
+                     task or the imdb task's LoRA gpt): use retrain or fed-eraser"
                 .into(),
         })
     }

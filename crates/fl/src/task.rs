@@ -183,6 +183,17 @@ pub enum ImdbModel {
     Gpt,
 }
 
+/// Which final hidden states of the `gpt` model its classification head reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImdbPooling {
+    /// The last real id's (Hugging Face's `*ForSequenceClassification`).
+    #[default]
+    Last,
+    /// The mean of every real id's.
+    Mean,
+}
+
 /// Settings of `cohort_tasks::imdb::ImdbTask` (`[task] kind = "imdb"`). Paths are relative to the config file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -234,6 +245,67 @@ pub struct ImdbTaskConfig {
     /// FedProx's proximal coefficient mu: [0, 1000], with `lr * prox_mu` below 1 for `bow`
     /// (default 0).
     pub prox_mu: f64,
+    /// `gpt` only: steps of causal language-model pretraining of the GPT, before federated
+    /// training, on the id sequences of the public reviews, those of `train.tsv` after the
+    /// first `train_samples` (never a client's, a validator's or a test review; refused with
+    /// `train_samples = 0`, which leaves none): [0, 1000000] (default 0: no pretraining, the
+    /// GPT starts from its seeded initialisation). Windows of `max_len` ids; deterministic
+    /// from the seed, cached under the run's cache directory. Left out of the serialized
+    /// config at its default, as are the other pretraining and LoRA fields, so that configs
+    /// written before them keep their digest.
+    #[serde(skip_serializing_if = "is_zero_usize")]
+    pub pretrain_steps: usize,
+    /// Peak pretraining learning rate: (0, 1] (default 3e-3, warm-up 10%, cosine to a tenth).
+    #[serde(skip_serializing_if = "is_default_pretrain_lr")]
+    pub pretrain_lr: f64,
+    /// Windows per pretraining step: [1, 4096] (default 16).
+    #[serde(skip_serializing_if = "is_default_batch")]
+    pub pretrain_batch: usize,
+    /// `gpt` only: LoRA rank: [0, 1024] and at most `d_model` (default 0: no adapter, every
+    /// parameter of the GPT is trained and federated). Above 0, the GPT (pretrained or not) is
+    /// frozen and the federated parameters are the adapter of `lora_targets` and the
+    /// classification head (`score.weight`) only.
+    #[serde(skip_serializing_if = "is_zero_usize")]
+    pub lora_rank: usize,
+    /// LoRA alpha: (0, 1e4] (default 8: scale alpha / rank).
+    #[serde(skip_serializing_if = "is_default_lora_alpha")]
+    pub lora_alpha: f64,
+    /// Dropout on the LoRA branch's input while training (PEFT's `lora_dropout`): [0, 1)
+    /// (default 0).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub lora_dropout: f64,
+    /// Modules LoRA adapts (PEFT suffixes, 1 to 32; default `c_attn`, `c_proj`, `c_fc`).
+    #[serde(skip_serializing_if = "is_default_lora_targets")]
+    pub lora_targets: Vec<String>,
+    /// `gpt` only: which final hidden states the classification head reads: `last` (the
+    /// last real id's, the default) or `mean` (the mean of every real id's; what a pretrained
+    /// GPT with a frozen base needs to learn this task, see `cohort_tasks::imdb`).
+    #[serde(skip_serializing_if = "is_default_pooling")]
+    pub pooling: ImdbPooling,
+}
+
+fn is_default_pooling(x: &ImdbPooling) -> bool {
+    *x == ImdbPooling::Last
+}
+
+fn is_zero_usize(x: &usize) -> bool {
+    *x == 0
+}
+
+fn is_default_pretrain_lr(x: &f64) -> bool {
+    *x == ImdbTaskConfig::default().pretrain_lr
+}
+
+fn is_default_batch(x: &usize) -> bool {
+    *x == ImdbTaskConfig::default().pretrain_batch
+}
+
+fn is_default_lora_alpha(x: &f64) -> bool {
+    *x == ImdbTaskConfig::default().lora_alpha
+}
+
+fn is_default_lora_targets(x: &[String]) -> bool {
+    x == ImdbTaskConfig::default().lora_targets.as_slice()
 }
 
 impl Default for ImdbTaskConfig {
@@ -257,6 +329,14 @@ impl Default for ImdbTaskConfig {
             local_steps: 16,
             lr: 5.0,
             prox_mu: 0.0,
+            pretrain_steps: 0,
+            pretrain_lr: 3e-3,
+            pretrain_batch: 16,
+            lora_rank: 0,
+            lora_alpha: 8.0,
+            lora_dropout: 0.0,
+            lora_targets: vec!["c_attn".into(), "c_proj".into(), "c_fc".into()],
+            pooling: ImdbPooling::Last,
         }
     }
 }

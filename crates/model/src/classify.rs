@@ -1,6 +1,7 @@
 //! A sequence-classification head on any [`LanguageModel`], as Hugging Face's
 //! `*ForSequenceClassification`: a bias-free `score` projection `[num_labels, d]` of the final
-//! hidden state at each sequence's last real token. The head stays trainable when a LoRA
+//! hidden state at each sequence's last real token (or, [`Pooling::Mean`], of the mean of its
+//! real tokens' states). The head stays trainable when a LoRA
 //! adapter freezes the base (PEFT's `modules_to_save`).
 //!
 //! [`Example`] is a labelled token sequence (the IMDB reviews of `shared/data/imdb`, read by
@@ -31,9 +32,31 @@ pub fn add_head(model: &mut dyn LanguageModel, num_labels: usize, seed: u64) -> 
     Ok(())
 }
 
+/// Which final hidden states the head reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pooling {
+    /// The last real token's (Hugging Face's `*ForSequenceClassification`; the default).
+    #[default]
+    Last,
+    /// The mean over every real token's: each position's state weighs the same, which a small
+    /// causal model pretrained on next-token prediction needs, its last state saying more about
+    /// the next word than about the whole sequence.
+    Mean,
+}
+
 /// Class logits `[B, num_labels]` for right-padded `ids` `[B, T]` whose real lengths are
-/// `lengths` (each between 1 and T).
+/// `lengths` (each between 1 and T), from the last real token's state.
 pub fn logits(model: &dyn LanguageModel, ids: &Tensor, lengths: &[usize]) -> Result<Tensor> {
+    logits_pooled(model, ids, lengths, Pooling::Last)
+}
+
+/// [`logits`] with the head reading the states `pooling` says.
+pub fn logits_pooled(
+    model: &dyn LanguageModel,
+    ids: &Tensor,
+    lengths: &[usize],
+    pooling: Pooling,
+) -> Result<Tensor> {
     let (b, t) = ids.dims2()?;
     if lengths.len() != b || lengths.iter().any(|&l| l == 0 || l > t) {
         return Err(Error::Data(format!(
@@ -42,13 +65,26 @@ pub fn logits(model: &dyn LanguageModel, ids: &Tensor, lengths: &[usize]) -> Res
     }
     let h = model.hidden(ids)?;
     let d = h.dim(2)?;
-    let rows: Vec<u32> = lengths
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| (i * t + l - 1) as u32)
-        .collect();
-    let idx = Tensor::from_vec(rows, b, model.device())?;
-    let pooled = h.reshape((b * t, d))?.index_select(&idx, 0)?;
+    let pooled = match pooling {
+        Pooling::Last => {
+            let rows: Vec<u32> = lengths
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (i * t + l - 1) as u32)
+                .collect();
+            let idx = Tensor::from_vec(rows, b, model.device())?;
+            h.reshape((b * t, d))?.index_select(&idx, 0)?
+        }
+        Pooling::Mean => {
+            // [B, T] weights 1/len on the real positions, 0 on the padding.
+            let w: Vec<f32> = lengths
+                .iter()
+                .flat_map(|&l| (0..t).map(move |j| if j < l { 1.0 / l as f32 } else { 0.0 }))
+                .collect();
+            let w = Tensor::from_vec(w, (b, 1, t), model.device())?.to_dtype(h.dtype())?;
+            w.matmul(&h)?.reshape((b, d))?
+        }
+    };
     Ok(kernels::linear(
         &pooled,
         &model.params().tensor(SCORE)?,
@@ -64,7 +100,18 @@ pub fn loss(
     lengths: &[usize],
     labels: &[u32],
 ) -> Result<Tensor> {
-    let l = logits(model, ids, lengths)?;
+    loss_pooled(model, ids, lengths, labels, Pooling::Last)
+}
+
+/// [`loss`] with the head reading the states `pooling` says.
+pub fn loss_pooled(
+    model: &dyn LanguageModel,
+    ids: &Tensor,
+    lengths: &[usize],
+    labels: &[u32],
+    pooling: Pooling,
+) -> Result<Tensor> {
+    let l = logits_pooled(model, ids, lengths, pooling)?;
     let y = Tensor::from_slice(labels, labels.len(), model.device())?;
     Ok(kernels::cross_entropy_rows(&l, &y)?.mean_all()?)
 }
@@ -112,11 +159,22 @@ pub fn accuracy(
     max_len: usize,
     batch_size: usize,
 ) -> Result<f64> {
+    accuracy_pooled(model, examples, max_len, batch_size, Pooling::Last)
+}
+
+/// [`accuracy`] with the head reading the states `pooling` says.
+pub fn accuracy_pooled(
+    model: &dyn LanguageModel,
+    examples: &[Example],
+    max_len: usize,
+    batch_size: usize,
+    pooling: Pooling,
+) -> Result<f64> {
     let mut correct = 0;
     for chunk in examples.chunks(batch_size.max(1)) {
         let refs: Vec<&Example> = chunk.iter().collect();
         let (ids, lengths, labels) = batch(&refs, max_len, model.device())?;
-        let pred = logits(model, &ids, &lengths)?
+        let pred = logits_pooled(model, &ids, &lengths, pooling)?
             .detach()
             .argmax(1)?
             .to_vec1::<u32>()?;

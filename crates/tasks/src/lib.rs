@@ -120,11 +120,12 @@ pub fn build_party(
             Box::new(t)
         }
         TaskConfig::Imdb(c) => {
-            let mut t = imdb::ImdbTask::new(
+            let mut t = imdb::ImdbTask::new_cached(
                 c.clone().resolve(base_dir),
                 cfg.clients,
                 cfg.validators,
                 cfg.seed,
+                Some(cache_dir),
             )?;
             if let Some(own) = own {
                 t.use_own_data(own)?;

@@ -31,7 +31,7 @@ use cohort_fl::NamedDelta;
 use cohort_fl::config::ValidConfig;
 use cohort_fl::events::ProvenanceRecord;
 use cohort_fl::learner::{Learner, Metrics};
-use cohort_fl::task::TaskConfig;
+use cohort_fl::task::{ImdbModel, TaskConfig};
 use cohort_fl::unlearning::{Measures, Objective, UnlearnSpec, measure};
 use cohort_ledger::protocol::{Cohort, Protocol, UnlearningEvidence, unlearning};
 use cohort_ledger::{EmbeddedLedger, LedgerBackend, LedgerConfig};
@@ -158,7 +158,8 @@ struct How {
     /// `fed-eraser`: the run replayed from its stored updates without the client, the others'
     /// updates calibrated with half their local training (runs with a weighted-sum
     /// aggregation: fed-avg, score-weighted); `lora-ga`, `lora-npo`: the run's LoRA adapter
-    /// moved off the client's text (lm task; --steps, --lr, --retain-weight, --beta, --batch).
+    /// moved off the client's text or reviews (lm task, or imdb with model = "gpt" and
+    /// task.lora_rank above 0; --steps, --lr, --retain-weight, --beta, --batch).
     #[arg(long, value_enum, default_value_t = Method::Retrain)]
     method: Method,
     /// lora-ga, lora-npo: optimiser steps on the forget set.
@@ -167,13 +168,15 @@ struct How {
     /// lora-ga, lora-npo: learning rate (AdamW, constant).
     #[arg(long, default_value_t = 4e-4)]
     lr: f64,
-    /// lora-ga, lora-npo: weight of the retain term (mean loss on public text; 0: none).
+    /// lora-ga, lora-npo: weight of the retain term (mean loss on public text, or for imdb
+    /// the classification loss on public reviews labelled by the model before unlearning;
+    /// 0: none).
     #[arg(long, default_value_t = 1.0)]
     retain_weight: f64,
     /// lora-npo: the inverse temperature beta.
     #[arg(long, default_value_t = 0.1)]
     beta: f64,
-    /// lora-ga, lora-npo: forget windows per step.
+    /// lora-ga, lora-npo: forget windows (imdb: reviews) per step.
     #[arg(long, default_value_t = 8, value_parser = crate::args::int_in(1..=4096usize))]
     batch: usize,
     /// Also retrain without the client in this invocation and measure the result beside the
@@ -208,10 +211,10 @@ pub enum Method {
     /// Approximate; needs a weighted-sum aggregation.
     FedEraser,
     /// Gradient ascent on the forget set through the run's LoRA adapter, with a retain term
-    /// on public text (lm task). Approximate.
+    /// on public text (lm task, imdb's LoRA gpt). Approximate.
     LoraGa,
     /// Negative preference optimisation on the forget set through the run's LoRA adapter,
-    /// with a retain term on public text (lm task). Approximate.
+    /// with a retain term on public text (lm task, imdb's LoRA gpt). Approximate.
     LoraNpo,
 }
 
@@ -383,7 +386,8 @@ fn test_metric(m: &Metrics) -> f64 {
 }
 
 impl How {
-    /// The approximate methods' settings, checked (and the task, which must be lm); `None`
+    /// The approximate methods' settings, checked (and the task, which must have a LoRA
+    /// adapter: lm, or imdb's gpt with `lora_rank` above 0); `None`
     /// for the other methods.
     fn spec(&self, cfg: &ValidConfig) -> anyhow::Result<Option<UnlearnSpec>> {
         let objective = match self.method {
@@ -404,10 +408,16 @@ impl How {
         if matches!(self.method, Method::Retrain | Method::FedEraser) {
             return Ok(None);
         }
-        if !matches!(cfg.task, TaskConfig::Lm(_)) {
+        let adapter = match &cfg.task {
+            TaskConfig::Lm(_) => true,
+            TaskConfig::Imdb(i) => i.model == ImdbModel::Gpt && i.lora_rank > 0,
+            TaskConfig::Linear(_) => false,
+        };
+        if !adapter {
             bail!(
                 "--method {}: the LoRA methods unlearn through the run's LoRA adapter, which \
-                 only the lm task has; use retrain or fed-eraser",
+                 only the lm task and the imdb task's gpt model with task.lora_rank above 0 \
+                 have; use retrain or fed-eraser",
                 self.method.name()
             );
         }
