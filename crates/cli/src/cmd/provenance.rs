@@ -269,7 +269,7 @@ fn compare(
 /// blobs): what a command that builds on the provenance checks before it records anything.
 pub(crate) fn mismatches(dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
     let written = read_provenance(dir)?;
-    let state = LedgerReader::open(&dir.join("ledger"))?.replay()?;
+    let state = LedgerReader::open(dir.join("ledger"))?.replay()?;
     let rebuilt = rebuild(state.entries())?;
     Ok(compare(&written, &rebuilt, &dir.join("provenance.jsonl")))
 }
