@@ -796,6 +796,10 @@ impl Args {
             );
         }
         if !diff.is_empty() {
+            // Named in full, the rounds too: more rounds alone would have been allowed.
+            let mut all = Vec::new();
+            differences(&record["config"], &now, "", &mut all);
+            let diff = all;
             bail!(
                 "the run in {} was started with another config ({}): resume it with the \
                  config, --set and --seed it was started with, or choose another --out",
