@@ -378,7 +378,11 @@ fn the_lora_methods_unlearn_a_role_and_refuse_what_they_cannot_do() {
         "--method",
         "lora-ga",
     ]);
-    assert!(text(&o).contains("only the lm task has"), "{}", text(&o));
+    assert!(
+        text(&o).contains("only the lm task and the imdb task's gpt model"),
+        "{}",
+        text(&o)
+    );
     assert_eq!(entries(&imdb), before);
 }
 

@@ -112,7 +112,7 @@ pub fn mia_auc(members: &[f64], nonmembers: &[f64]) -> Option<f64> {
 pub struct Measures {
     /// On the forgotten client's own data.
     pub forget: Metrics,
-    /// On every other client's data, pooled.
+    /// On the other clients' data (those not forgotten), pooled.
     pub retain: Metrics,
     /// On the test set ([`Learner::evaluate`]'s metrics).
     pub test: Metrics,
@@ -123,7 +123,9 @@ pub struct Measures {
     pub mia_auc_min_k: Option<f64>,
 }
 
-/// Measures `params` for forgetting `client` of the `clients` clients of `learner`.
+/// Measures `params` for forgetting `client` of `learner`; the retain set pools the data of
+/// the clients `retain` (every other client whose data is still part of the run: clients
+/// forgotten before are left out; `client` is skipped if listed).
 ///
 /// # Errors
 /// A task that cannot evaluate sample by sample, or an evaluation that fails.
@@ -131,14 +133,14 @@ pub fn measure<L: Learner + ?Sized>(
     learner: &L,
     params: &[f32],
     client: u32,
-    clients: u32,
+    retain: &[u32],
 ) -> Result<Measures, FlError> {
     let forget = learner.client_samples(client, params)?;
     let test = learner.test_samples(params)?;
     let mut pooled = Vec::new();
     let mut correct = 0.0;
     let mut classified = false;
-    for k in (0..clients).filter(|&k| k != client) {
+    for &k in retain.iter().filter(|&&k| k != client) {
         let s: SampleLosses = learner.client_samples(k, params)?;
         if let Some(a) = s.metrics.accuracy {
             classified = true;

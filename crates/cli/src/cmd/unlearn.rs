@@ -253,6 +253,10 @@ struct Evidence {
     oracle_model: Option<Hash32>,
     /// The approximate methods' settings.
     settings: Option<UnlearnSpec>,
+    /// Clients forgotten by earlier unlearnings of the run: left out of the retain set (and
+    /// of the retraining and replay). Absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    forgotten_before: Vec<u32>,
     original: Measures,
     unlearned: Measures,
     oracle: Option<Measures>,
@@ -701,7 +705,8 @@ impl Session {
         let forget_set = self.task.dataset_commitment(k).0;
         let (original, original_hash) = self.run.final_model(&*self.task)?;
         let gone = self.gone(k);
-        let clients = cfg.clients as u32;
+        let forgotten_before: Vec<u32> = self.run.saved.forgotten.clone();
+        let retain = retain_of(cfg.clients as u32, &gone);
         let work = self.run.dir.join(format!("unlearn/request-{request}"));
         fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
         let retrain_dir = work.join("retrain");
@@ -768,10 +773,11 @@ impl Session {
             model: model_hash,
             oracle_model: oracle_hash,
             settings: spec,
-            original: measure(task, &original, k, clients)?,
-            unlearned: measure(task, &model, k, clients)?,
+            forgotten_before,
+            original: measure(task, &original, k, &retain)?,
+            unlearned: measure(task, &model, k, &retain)?,
             oracle: match &oracle {
-                Some(o) => Some(measure(task, o, k, clients)?),
+                Some(o) => Some(measure(task, o, k, &retain)?),
                 None => None,
             },
         };
@@ -822,14 +828,22 @@ impl Session {
         say(&format!(
             "{verifier} recomputes the evidence from the blobs"
         ));
-        let clients = self.run.cfg.clients as u32;
+        // What the verifier knows of the run: the clients forgotten before this request.
+        let before: Vec<u32> = self
+            .run
+            .saved
+            .forgotten
+            .iter()
+            .copied()
+            .filter(|&c| c != k)
+            .collect();
         let verdict = verify(
             &*self.task,
             &*self.store,
             evidence_hash,
             request,
             k,
-            clients,
+            (self.run.cfg.clients as u32, &before),
             forget_set,
         );
         // The measures the ledger keeps: the evidence's (read back; the verdict says whether
@@ -934,6 +948,11 @@ impl Session {
             json!({"entries": head.size, "root": head.root, "verified": verified.entries}),
         ))
     }
+}
+
+/// The clients of `clients` whose data is the retain set: all but those `gone`.
+fn retain_of(clients: u32, gone: &BTreeSet<u32>) -> Vec<u32> {
+    (0..clients).filter(|c| !gone.contains(c)).collect()
 }
 
 /// FedEraser's prepared replay: the provenance by round and the calibration's task.
@@ -1469,7 +1488,7 @@ fn verify(
     evidence_hash: Hash32,
     request: u64,
     k: u32,
-    clients: u32,
+    (clients, before): (u32, &[u32]),
     forget_set: Hash32,
 ) -> Result<(), String> {
     let blob = store.get(&evidence_hash).map_err(|e| e.to_string())?;
@@ -1488,7 +1507,15 @@ fn verify(
         let b = store.get(&h).map_err(|e| e.to_string())?;
         decode_model(&b, task).map_err(|e| e.to_string())
     };
-    let m = |params: &[f32]| measure(task, params, k, clients).map_err(|e| e.to_string());
+    if claimed.forgotten_before != before {
+        return Err(format!(
+            "the evidence says clients {:?} were forgotten before, the run says {before:?}",
+            claimed.forgotten_before
+        ));
+    }
+    let gone: BTreeSet<u32> = before.iter().copied().chain([k]).collect();
+    let retain = retain_of(clients, &gone);
+    let m = |params: &[f32]| measure(task, params, k, &retain).map_err(|e| e.to_string());
     let original = load(claimed.original_model)?;
     let model = load(claimed.model)?;
     if model == original {
@@ -1591,9 +1618,10 @@ mod tests {
             model: model_hash,
             oracle_model: Some(model_hash),
             settings: None,
-            original: measure(task, original, k, 4).unwrap(),
-            unlearned: measure(task, model, k, 4).unwrap(),
-            oracle: Some(measure(task, model, k, 4).unwrap()),
+            forgotten_before: Vec::new(),
+            original: measure(task, original, k, &[0, 1, 2, 3]).unwrap(),
+            unlearned: measure(task, model, k, &[0, 1, 2, 3]).unwrap(),
+            oracle: Some(measure(task, model, k, &[0, 1, 2, 3]).unwrap()),
         }
     }
 
@@ -1615,7 +1643,15 @@ mod tests {
         let shifted = |s: f32| -> Vec<f32> { original.iter().map(|x| x + s).collect() };
         let check = |e: &Evidence, k: u32| {
             let h = put(&store, e);
-            verify(&task, &store, h, 1, k, 4, task.dataset_commitment(k).0)
+            verify(
+                &task,
+                &store,
+                h,
+                1,
+                k,
+                (4, &[]),
+                task.dataset_commitment(k).0,
+            )
         };
         let mut accepted = 0;
         for i in 0..10u32 {
@@ -1645,7 +1681,7 @@ mod tests {
         assert_ne!(relabelled, honest.original_model);
         let mut e = honest.clone();
         e.model = relabelled;
-        e.unlearned = measure(&task, &original, 1, 4).unwrap();
+        e.unlearned = measure(&task, &original, 1, &[0, 1, 2, 3]).unwrap();
         fakes.push(("the original relabelled", e));
         let mut e = honest.clone();
         e.unlearned.forget.loss += 1.0;
@@ -1654,7 +1690,7 @@ mod tests {
         e.unlearned.mia_auc_loss = Some(0.5);
         fakes.push(("a chance-level MIA AUC claimed", e));
         let mut e = honest.clone();
-        e.unlearned = measure(&task, &shifted(0.2), 1, 4).unwrap();
+        e.unlearned = measure(&task, &shifted(0.2), 1, &[0, 1, 2, 3]).unwrap();
         fakes.push(("another model's measures", e));
         let mut e = honest.clone();
         e.oracle = Some(e.original.clone());
@@ -1671,7 +1707,22 @@ mod tests {
         let mut e = honest.clone();
         e.unlearned.retain.loss *= 0.5;
         fakes.push(("the retain loss halved", e));
-        assert_eq!(fakes.len(), 10);
+        // A retain set that leaves out a client the run never forgot (its measures computed
+        // so, honestly for that set).
+        let mut e = honest.clone();
+        e.forgotten_before = vec![2];
+        for (m, params) in [
+            (&mut e.original, &original),
+            (&mut e.unlearned, &shifted(0.05)),
+        ] {
+            *m = measure(&task, params, 1, &[0, 3]).unwrap();
+        }
+        e.oracle = Some(e.unlearned.clone());
+        fakes.push((
+            "a client that was not forgotten left out of the retain set",
+            e,
+        ));
+        assert_eq!(fakes.len(), 11);
         for (what, e) in &fakes {
             match check(e, 1) {
                 Ok(()) => panic!("{what}: accepted"),
