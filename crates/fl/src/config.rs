@@ -649,27 +649,46 @@ pub fn check_lm(t: &LmTaskConfig) -> Result<(), FlError> {
     count("task.batch", t.batch, 1, 4_096)?;
     count("task.local_steps", t.local_steps, 1, 100_000)?;
     positive("task.lr", t.lr, 1.0)?;
-    count("task.lora_rank", t.lora_rank, 1, 1_024)?;
-    positive("task.lora_alpha", t.lora_alpha, 1e4)?;
-    if !(t.lora_dropout.is_finite() && (0.0..1.0).contains(&t.lora_dropout)) {
-        return Err(bad(
-            "task.lora_dropout",
-            format!("{} is not in [0, 1)", t.lora_dropout),
-        ));
-    }
-    if t.lora_targets.is_empty() || t.lora_targets.len() > 32 {
-        return Err(bad(
-            "task.lora_targets",
-            format!("names {} modules; name 1 to 32", t.lora_targets.len()),
-        ));
-    }
-    if t.lora_targets.iter().any(|m| m.trim().is_empty()) {
-        return Err(bad("task.lora_targets", "a module name is empty".into()));
-    }
+    check_lora(
+        1,
+        t.lora_rank,
+        t.lora_alpha,
+        t.lora_dropout,
+        &t.lora_targets,
+    )?;
     share("task.holdout_fraction", t.holdout_fraction)?;
     share("task.test_fraction", t.test_fraction)?;
     count("task.eval_windows", t.eval_windows, 1, 1_000_000)?;
     float("task.prox_mu", t.prox_mu, 0.0, 1_000.0, false)
+}
+
+/// A task's LoRA settings (`task.lora_*`): rank from `min_rank` (0: no adapter) to 1,024,
+/// alpha in (0, 1e4], dropout in [0, 1), 1 to 32 module names, none empty.
+fn check_lora(
+    min_rank: usize,
+    rank: usize,
+    alpha: f64,
+    dropout: f64,
+    targets: &[String],
+) -> Result<(), FlError> {
+    count("task.lora_rank", rank, min_rank as u64, 1_024)?;
+    positive("task.lora_alpha", alpha, 1e4)?;
+    if !(dropout.is_finite() && (0.0..1.0).contains(&dropout)) {
+        return Err(bad(
+            "task.lora_dropout",
+            format!("{dropout} is not in [0, 1)"),
+        ));
+    }
+    if targets.is_empty() || targets.len() > 32 {
+        return Err(bad(
+            "task.lora_targets",
+            format!("names {} modules; name 1 to 32", targets.len()),
+        ));
+    }
+    if targets.iter().any(|m| m.trim().is_empty()) {
+        return Err(bad("task.lora_targets", "a module name is empty".into()));
+    }
+    Ok(())
 }
 
 /// The `imdb` task's ranges; also checked by `cohort_tasks::imdb::ImdbTask::new`.
@@ -712,23 +731,13 @@ pub fn check_imdb(t: &ImdbTaskConfig) -> Result<(), FlError> {
     count("task.pretrain_steps", t.pretrain_steps, 0, 1_000_000)?;
     positive("task.pretrain_lr", t.pretrain_lr, 1.0)?;
     count("task.pretrain_batch", t.pretrain_batch, 1, 4_096)?;
-    count("task.lora_rank", t.lora_rank, 0, 1_024)?;
-    positive("task.lora_alpha", t.lora_alpha, 1e4)?;
-    if !(t.lora_dropout.is_finite() && (0.0..1.0).contains(&t.lora_dropout)) {
-        return Err(bad(
-            "task.lora_dropout",
-            format!("{} is not in [0, 1)", t.lora_dropout),
-        ));
-    }
-    if t.lora_targets.is_empty() || t.lora_targets.len() > 32 {
-        return Err(bad(
-            "task.lora_targets",
-            format!("names {} modules; name 1 to 32", t.lora_targets.len()),
-        ));
-    }
-    if t.lora_targets.iter().any(|m| m.trim().is_empty()) {
-        return Err(bad("task.lora_targets", "a module name is empty".into()));
-    }
+    check_lora(
+        0,
+        t.lora_rank,
+        t.lora_alpha,
+        t.lora_dropout,
+        &t.lora_targets,
+    )?;
     if t.model == ImdbModel::Gpt {
         if t.lora_rank > t.d_model {
             return Err(bad(

@@ -42,7 +42,7 @@ use cohort_model::classify::{self, Example};
 use cohort_model::data::TokenData;
 use cohort_model::optim::{AdamWConfig, collect_grads};
 use cohort_model::train::{TrainConfig, Trainer, evaluate};
-use cohort_model::{Gpt, GptConfig, LanguageModel, Lora, LoraConfig};
+use cohort_model::{Gpt, GptConfig, LanguageModel, Lora};
 
 use cohort_fl::attack::DataAttack;
 use cohort_fl::learner::{Learner, Metrics, SampleLosses};
@@ -648,20 +648,12 @@ fn gpt_classifier(
     };
     classify::add_head(&mut model, 2, seed).map_err(crate::task_err(WHAT))?;
     if cfg.lora_rank > 0 {
-        let targets: Vec<&str> = cfg.lora_targets.iter().map(String::as_str).collect();
-        let linears = model.linear_modules();
-        let w = model.weights_mut();
-        let lora = Lora::attach(
-            &mut w.params,
-            &linears,
-            LoraConfig::new(cfg.lora_rank, cfg.lora_alpha, &targets).with_dropout(cfg.lora_dropout),
+        crate::attach_lora(
+            &mut model,
+            (cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout),
+            &cfg.lora_targets,
             seed,
-        )
-        .map_err(|e| FlError::InvalidConfig {
-            what: "task.lora_targets",
-            reason: e.to_string(),
-        })?;
-        w.lora = Some(lora);
+        )?;
     }
     Ok((model, dir))
 }

@@ -35,6 +35,32 @@ pub use cohort_fl::learner::{Learner, Metrics, SampleLosses};
 pub use cohort_fl::task::{LinearTaskConfig, TaskConfig};
 use cohort_fl::{FlError, Layout};
 
+/// Attaches a LoRA adapter (rank, alpha, dropout, target modules, as `task.lora_*` set them)
+/// to `model`, its initial values from `seed`; a target that matches no module is refused as
+/// `task.lora_targets`.
+pub(crate) fn attach_lora(
+    model: &mut dyn cohort_model::LanguageModel,
+    (rank, alpha, dropout): (usize, f64, f64),
+    targets: &[String],
+    seed: u64,
+) -> Result<(), FlError> {
+    let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
+    let linears = model.linear_modules();
+    let w = model.weights_mut();
+    let lora = cohort_model::Lora::attach(
+        &mut w.params,
+        &linears,
+        cohort_model::LoraConfig::new(rank, alpha, &targets).with_dropout(dropout),
+        seed,
+    )
+    .map_err(|e| FlError::InvalidConfig {
+        what: "task.lora_targets",
+        reason: e.to_string(),
+    })?;
+    w.lora = Some(lora);
+    Ok(())
+}
+
 /// A model or tensor error, met while doing `context`, as the task error the runtime reports:
 /// [`FlError::TaskFailed`], which keeps the error as its source (cohort-fl knows neither
 /// cohort-model nor candle, so the conversion is here rather than a `From`).

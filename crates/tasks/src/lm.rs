@@ -20,7 +20,7 @@ use cohort_ledger::merkle::{MerkleTree, leaf_hash};
 use cohort_model::data::{TokenData, sample_batch};
 use cohort_model::optim::AdamWConfig;
 use cohort_model::train::{TrainConfig, Trainer, evaluate, window_losses};
-use cohort_model::{Gpt, GptConfig, LanguageModel, Lora, LoraConfig, Tokenizer, load_any};
+use cohort_model::{Gpt, GptConfig, LanguageModel, Tokenizer, load_any};
 
 use cohort_fl::learner::{Learner, Metrics, SampleLosses};
 use cohort_fl::partition::shakespeare_roles;
@@ -143,20 +143,12 @@ impl LmTask {
                 ),
             });
         }
-        let targets: Vec<&str> = cfg.lora_targets.iter().map(String::as_str).collect();
-        let linears = model.linear_modules();
-        let w = model.weights_mut();
-        let lora = Lora::attach(
-            &mut w.params,
-            &linears,
-            LoraConfig::new(cfg.lora_rank, cfg.lora_alpha, &targets).with_dropout(cfg.lora_dropout),
+        crate::attach_lora(
+            &mut *model,
+            (cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout),
+            &cfg.lora_targets,
             seed,
-        )
-        .map_err(|e| FlError::InvalidConfig {
-            what: "task.lora_targets",
-            reason: e.to_string(),
-        })?;
-        w.lora = Some(lora);
+        )?;
         let spec = model
             .params()
             .spec()
