@@ -946,16 +946,7 @@ impl Learner for ImdbTask {
         let after = self
             .unlearn_steps(model, data, params, spec, &mut rng)
             .map_err(crate::task_err("unlearning on the IMDB classifier"))?;
-        if after.iter().any(|x| !x.is_finite()) {
-            return Err(FlError::InvalidConfig {
-                what: "--lr",
-                reason: format!(
-                    "{} steps at {} made the adapter non-finite: lower the rate or the steps",
-                    spec.steps, spec.lr
-                ),
-            });
-        }
-        Ok(after)
+        crate::finite_unlearned(after, spec)
     }
 
     fn client_samples(&self, client: u32, params: &[f32]) -> Result<SampleLosses, FlError> {

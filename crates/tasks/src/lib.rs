@@ -35,6 +35,24 @@ pub use cohort_fl::learner::{Learner, Metrics, SampleLosses};
 pub use cohort_fl::task::{LinearTaskConfig, TaskConfig};
 use cohort_fl::{FlError, Layout};
 
+/// An unlearning's result, refused when a step made it non-finite (a rate or a number of steps
+/// too high for the model), naming `--lr`.
+pub(crate) fn finite_unlearned(
+    after: Vec<f32>,
+    spec: &cohort_fl::unlearning::UnlearnSpec,
+) -> Result<Vec<f32>, FlError> {
+    if after.iter().any(|x| !x.is_finite()) {
+        return Err(FlError::InvalidConfig {
+            what: "--lr",
+            reason: format!(
+                "{} steps at {} made the adapter non-finite: lower the rate or the steps",
+                spec.steps, spec.lr
+            ),
+        });
+    }
+    Ok(after)
+}
+
 /// Attaches a LoRA adapter (rank, alpha, dropout, target modules, as `task.lora_*` set them)
 /// to `model`, its initial values from `seed`; a target that matches no module is refused as
 /// `task.lora_targets`.

@@ -743,16 +743,7 @@ impl Learner for LmTask {
         let after = self
             .unlearn_steps(&c.tokens, params, spec, &mut rng, &forget, &retain)
             .map_err(crate::task_err("unlearning on the language model"))?;
-        if after.iter().any(|x| !x.is_finite()) {
-            return Err(FlError::InvalidConfig {
-                what: "--lr",
-                reason: format!(
-                    "{} steps at {} made the adapter non-finite: lower the rate or the steps",
-                    spec.steps, spec.lr
-                ),
-            });
-        }
-        Ok(after)
+        crate::finite_unlearned(after, spec)
     }
 
     fn client_samples(&self, client: u32, params: &[f32]) -> Result<SampleLosses, FlError> {
