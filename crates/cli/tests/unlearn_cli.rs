@@ -731,3 +731,98 @@ fn a_run_whose_provenance_does_not_match_its_ledger_is_refused() {
     }
     assert_eq!(entries(&dir), size);
 }
+
+/// A run trained in shards (`--set unlearning.shards=2`: clients 0 and 2 in shard 0, 1 and 3
+/// in shard 1) forgets a client by retraining its shard alone: with every client training
+/// every round, the model is bit for bit the one retraining the whole federation gives, for a
+/// third of the client steps. Forgetting the shard's last client gives its slice back the
+/// initial model. The run goes on afterwards. Methods that do not fit are refused by name,
+/// with nothing recorded: shards on an unsharded run, fed-eraser on a sharded one.
+#[test]
+fn shards_retrains_one_shard_exactly_and_refuses_what_does_not_fit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    linear_run(&dir, &["--set", "unlearning.shards=2"]);
+    let unlearn = |dir: &Path, client: &str, method: &str, extra: &[&str]| {
+        let mut a = vec![
+            "unlearn",
+            p(dir),
+            "--client",
+            client,
+            "--method",
+            method,
+            "--json",
+        ];
+        a.extend(extra);
+        cohort(&a)
+    };
+
+    let before = entries(&dir);
+    let o = unlearn(&dir, "client-1", "fed-eraser", &[]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("forgets exactly with --method shards"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(entries(&dir), before, "something was recorded");
+
+    let o = unlearn(&dir, "client-1", "shards", &["--compare-retrain"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["method"], "shards");
+    assert_eq!(v["verified"], true, "{v}");
+    assert_eq!(v["model_hash"], v["oracle_hash"], "exact: {v}");
+    assert_eq!(v["forget"], v["oracle"]["forget"]);
+    assert_ne!(v["model_hash"], Value::Null);
+    // One client of three retrained (client-3, shard 1's other member), 2 rounds.
+    let steps = v["client_steps"].as_u64().unwrap();
+    assert!(steps > 0);
+    assert!(text(&o).contains("retraining shard 1 of 2 without client-1: clients [3]"));
+    assert_eq!(entries(&dir), before + 3);
+
+    // Shard 1's last client: its slice goes back to the initial model.
+    let o = unlearn(&dir, "client-3", "shards", &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let w: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (w["verified"].as_bool(), w["client_steps"].as_u64()),
+        (Some(true), Some(0))
+    );
+    assert!(
+        text(&o).contains("shard 1 has no client left"),
+        "{}",
+        text(&o)
+    );
+
+    // The run goes on from the unlearned model, without either.
+    let linear = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/clean-linear.toml");
+    let o = cohort(&[
+        "run",
+        p(&linear),
+        "--out",
+        p(&dir),
+        "--resume",
+        "--set",
+        "clients=4",
+        "--set",
+        "coordinator.clients_per_round=4",
+        "--set",
+        "unlearning.shards=2",
+        "--set",
+        "coordinator.rounds=3",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = cohort(&["provenance", p(&dir)]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("executed by shards"), "{}", text(&o));
+
+    // An unsharded run refuses the method, by name, with nothing recorded.
+    let plain = tmp.path().join("plain");
+    linear_run(&plain, &[]);
+    let before = entries(&plain);
+    let o = unlearn(&plain, "client-1", "shards", &[]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("trained without shards"), "{}", text(&o));
+    assert_eq!(entries(&plain), before);
+}

@@ -251,6 +251,35 @@ pub struct RunConfig {
     /// Stakes and rewards.
     #[serde(default)]
     pub incentives: IncentiveConfig,
+    /// How the run prepares for unlearning (shards). Left out of the config's serialization
+    /// when it is the default, so that the digest of every unsharded config stays as it was.
+    #[serde(default, skip_serializing_if = "UnlearningConfig::is_default")]
+    pub unlearning: UnlearningConfig,
+}
+
+/// How a run prepares for unlearning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UnlearningConfig {
+    /// Shards (SISA): clients are grouped into this many shards (client `k` in shard
+    /// `k mod shards`), each training its own slice of the model from its own clients only;
+    /// the model served is the mean of the slices. Forgetting a client then retrains its
+    /// shard alone (`cohort unlearn --method shards`). 1 (the default) is an ordinary run;
+    /// at most `clients` and 256. See `cohort_fl::shards`.
+    pub shards: u32,
+}
+
+impl Default for UnlearningConfig {
+    fn default() -> Self {
+        Self { shards: 1 }
+    }
+}
+
+impl UnlearningConfig {
+    /// Whether this is the default (no shards).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl RunConfig {
@@ -387,6 +416,12 @@ fn check_run(c: &RunConfig) -> Result<(), FlError> {
         TaskConfig::Imdb(t) => check_imdb(t)?,
     }
     check_aggregation(&c.aggregation, c.cohort_size(), c)?;
+    int(
+        "unlearning.shards",
+        u64::from(c.unlearning.shards),
+        1,
+        (c.clients as u64).min(u64::from(crate::shards::MAX_SHARDS)),
+    )?;
     match &c.attack {
         Some(a) => check_attack(a, c),
         None => Ok(()),
@@ -785,6 +820,7 @@ mod tests {
             aggregation: AggregationConfig::default(),
             attack: None,
             incentives: IncentiveConfig::default(),
+            unlearning: UnlearningConfig::default(),
         }
     }
 
@@ -796,6 +832,33 @@ mod tests {
     #[test]
     fn the_defaults_pass() {
         base().check().unwrap();
+    }
+
+    /// Shards: 1 to the number of clients; the default left out of the serialized config, so
+    /// that an unsharded config's digest is what it was before shards existed.
+    #[test]
+    fn shards_are_checked_and_the_default_is_not_serialized() {
+        let json = serde_json::to_string(&base()).unwrap();
+        assert!(!json.contains("unlearning"), "{json}");
+        for bad in [0, 11, u32::MAX] {
+            let mut c = base();
+            c.unlearning.shards = bad;
+            refused(c, "unlearning.shards");
+        }
+        let mut c = base();
+        c.unlearning.shards = 10;
+        let v = c.check().unwrap();
+        assert!(
+            serde_json::to_string(&*v)
+                .unwrap()
+                .contains("\"shards\":10")
+        );
+        let e = toml::from_str::<RunConfig>(
+            "seed = 1\nclients = 2\nvalidators = 1\n[unlearning]\nshard = 2\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("shard"), "{e}");
     }
 
     /// LoRA dropout: [0, 1), refused by name otherwise; left out of the serialized config at

@@ -3,7 +3,8 @@
 //! The synchronous parts of the federated protocol: client updates, which carry a named delta
 //! (tensors' names, shapes and values), and their validation against the model's layout
 //! ([`update`]), the aggregation strategies ([`strategy`]), the coordinator state machine
-//! ([`coordinator`]), partitions ([`partition`]), update and data attacks as transformations
+//! ([`coordinator`]), partitions ([`partition`]), sharded training for exact unlearning
+//! ([`shards`]), update and data attacks as transformations
 //! ([`attack`]), a run's checked configuration ([`config`], with the task settings in
 //! [`task`]), update blobs ([`blob`]) and the [`Learner`](learner::Learner) trait a task
 //! implements. None of them does I/O, reads a clock or touches a tensor library: this crate
@@ -32,6 +33,7 @@ pub mod coordinator;
 pub mod events;
 pub mod learner;
 pub mod partition;
+pub mod shards;
 pub mod strategy;
 pub mod task;
 pub mod unlearning;

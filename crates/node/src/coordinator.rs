@@ -35,6 +35,7 @@ use cohort_fl::config::ValidConfig;
 use cohort_fl::coordinator::{Command, Coordinator as Machine, Event, Phase};
 use cohort_fl::events::{Amounts, ClientContribution, RunEvent};
 use cohort_fl::learner::{Learner, Metrics};
+use cohort_fl::shards::Shards;
 use cohort_fl::strategy::Strategy;
 use cohort_fl::{ClientUpdate, FlError, Layout, NamedDelta};
 
@@ -543,19 +544,21 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
         let names = &names;
         let members: Vec<Member> = roster.everyone().map(|(_, m)| m.clone()).collect();
         let blobs: Option<&dyn BlobStore> = opts.blobs.as_deref();
-        // The model's tensors: what every update and global model blob must carry.
-        let layout = learner.layout();
+        // The model's tensors: what every update must carry; a global model blob carries
+        // them once per shard (`[unlearning] shards`, one for an ordinary run).
+        let shards = Shards::new(cfg.unlearning.shards, learner.layout())?;
+        let layout = std::sync::Arc::clone(shards.layout());
         let mut coordinator = Machine::new(
             cfg.coordinator.clone(),
             population.clone(),
             (0..cfg.validators as u32).collect(),
-            std::sync::Arc::clone(&layout),
+            std::sync::Arc::clone(shards.inner()),
         )?;
-        let mut strategy = cfg.aggregation.build();
+        let mut strategy = shards.strategy(|| cfg.aggregation.build());
         let (mut now, datasets, mut global) = match (fresh, &opts.resume) {
             (Some(datasets), _) => {
-                let global = learner.init();
-                let initial = learner.evaluate(&global)?;
+                let global = shards.init(learner.init());
+                let initial = learner.evaluate(&shards.served(&global))?;
                 events.emit(RunEvent::Evaluated {
                     round: 0,
                     test: initial,
@@ -990,7 +993,7 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                     });
                     events.emit(RunEvent::Evaluated {
                         round,
-                        test: learner.evaluate(&global)?,
+                        test: learner.evaluate(&shards.served(&global))?,
                     });
                     let t = Instant::now();
                     let mut held = BTreeMap::new();
@@ -1095,7 +1098,7 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                         // decode is still recorded, and refused with the reason.
                         let update = NamedDelta::decode(&u.blob)
                             .map(|d| {
-                                let d = d.arranged(&layout);
+                                let d = d.arranged(shards.inner());
                                 ClientUpdate::new(k, u.round, d, call.numSamples)
                             })
                             .map_err(|e| e.to_string());

@@ -31,6 +31,7 @@ use cohort_ledger::protocol::{Cohort, roles, score_commitment};
 use cohort_ledger::{LedgerError, SignedCall, TxContext};
 
 use cohort_fl::learner::Learner;
+use cohort_fl::shards::Shards;
 use cohort_fl::{ClientUpdate, FlError, Layout, NamedDelta};
 
 use crate::transport::{
@@ -213,6 +214,8 @@ pub struct Client<'a, L: Learner + ?Sized> {
     learner: &'a L,
     /// The model's tensors, shared by every update it makes.
     layout: Arc<Layout>,
+    /// The run's shards: the global model holds a slice per shard, and it trains its own.
+    shards: Shards,
     seed: u64,
     stake: u64,
     stop_if_diverged: bool,
@@ -244,6 +247,7 @@ impl<'a, L: Learner + ?Sized> Client<'a, L> {
             index,
             id,
             layout: learner.layout(),
+            shards: Shards::none(learner.layout()),
             learner,
             seed,
             stake,
@@ -258,6 +262,13 @@ impl<'a, L: Learner + ?Sized> Client<'a, L> {
     /// may make it diverge).
     pub fn stop_if_diverged(mut self, yes: bool) -> Self {
         self.stop_if_diverged = yes;
+        self
+    }
+
+    /// In a run of `shards` (`[unlearning] shards`): it trains its own shard's slice of the
+    /// global model. `shards` must be over the task's layout.
+    pub fn sharded(mut self, shards: Shards) -> Self {
+        self.shards = shards;
         self
     }
 
@@ -326,10 +337,13 @@ impl<'a, L: Learner + ?Sized> Client<'a, L> {
     /// Trains on the request's global model: its honest update (a named delta in the
     /// model's layout), not yet signed.
     pub fn train(&mut self, r: &TrainRequest) -> Result<ClientUpdate, FlError> {
-        let global = self.global.get(&self.layout, r.global_hash, &r.global)?;
+        let global = self
+            .global
+            .get(self.shards.layout(), r.global_hash, &r.global)?;
         let k = self.index;
         let mut rng = Rng::derive(self.seed, &format!("train/{}/{k}", r.round));
-        let delta = self.learner.train(k, &global, &mut rng)?;
+        let mine = self.shards.slice(&global, self.shards.of(k));
+        let delta = self.learner.train(k, mine, &mut rng)?;
         // An honest client whose training diverges is the task's settings' fault, not the
         // client's: stop rather than let the validators reject and slash it.
         if self.stop_if_diverged && delta.iter().any(|x| !x.is_finite()) {
@@ -425,6 +439,8 @@ pub struct Validator<'a, L: Learner + ?Sized> {
     learner: &'a L,
     /// The model's tensors: an update that does not carry them scores -1.
     layout: Arc<Layout>,
+    /// The run's shards: each update is scored against its client's shard's slice.
+    shards: Shards,
     seed: u64,
     stake: u64,
     global: GlobalCache,
@@ -456,6 +472,7 @@ impl<'a, L: Learner + ?Sized> Validator<'a, L> {
             index,
             id,
             layout: learner.layout(),
+            shards: Shards::none(learner.layout()),
             learner,
             seed,
             stake,
@@ -471,6 +488,14 @@ impl<'a, L: Learner + ?Sized> Validator<'a, L> {
     /// (`cohort run` keeps seeded salts, so that an experiment replays to the same root.)
     pub fn with_secret_salts(mut self) -> Self {
         self.secret_salts = true;
+        self
+    }
+
+    /// In a run of `shards`: it scores each update against its client's shard's slice of the
+    /// global model, so that no shard's verdicts depend on another's data. `shards` must be
+    /// over the task's layout.
+    pub fn sharded(mut self, shards: Shards) -> Self {
+        self.shards = shards;
         self
     }
 
@@ -506,20 +531,33 @@ impl<'a, L: Learner + ?Sized> Validator<'a, L> {
     /// model's tensors (by name and shape), or one whose loss is not finite.
     pub fn score(&mut self, r: &ScoreRequest) -> Result<Vec<Score>, FlError> {
         let v = self.index;
-        let global = self.global.get(&self.layout, r.global_hash, &r.global)?;
-        let base = self.learner.holdout_loss(v, &global)?;
+        let global = self
+            .global
+            .get(self.shards.layout(), r.global_hash, &r.global)?;
+        // Each shard's loss before any update, as its updates need it.
+        let mut bases: std::collections::BTreeMap<u32, f64> = Default::default();
         r.updates
             .iter()
             .map(|item| {
                 let Some(blob) = &item.blob else {
                     return Ok(Score::from_f64(-1.0));
                 };
+                let shard = self.shards.of(item.client);
+                let slice = self.shards.slice(&global, shard);
                 let delta = match NamedDelta::decode(blob).and_then(|d| d.into_layout(&self.layout))
                 {
-                    Ok(d) if d.values.len() == global.len() => d.values,
+                    Ok(d) if d.values.len() == slice.len() => d.values,
                     _ => return Ok(Score::from_f64(-1.0)),
                 };
-                let cand: Vec<f32> = global.iter().zip(&delta).map(|(a, b)| a + b).collect();
+                let base = match bases.get(&shard) {
+                    Some(&b) => b,
+                    None => {
+                        let b = self.learner.holdout_loss(v, slice)?;
+                        bases.insert(shard, b);
+                        b
+                    }
+                };
+                let cand: Vec<f32> = slice.iter().zip(&delta).map(|(a, b)| a + b).collect();
                 let l = self.learner.holdout_loss(v, &cand)?;
                 Ok(if l.is_finite() {
                     Score::from_f64(base - l)

@@ -27,6 +27,7 @@ pub use cohort_fl::config::{
 };
 use cohort_fl::events::{ProvenanceRecord, RunEvent};
 use cohort_fl::learner::{Learner, Metrics};
+use cohort_fl::shards::Shards;
 
 use crate::attack::{AdversarialClient, CollusiveValidator, SybilRing};
 use crate::coordinator::{Coordinator, Member, Roster};
@@ -601,11 +602,14 @@ pub fn party_node<'a, L: Learner + ?Sized>(
     secret_salts: bool,
 ) -> Box<dyn PartyNode + 'a> {
     let attack = cfg.attack.as_ref();
+    // A checked config's shard count is in range.
+    let shards = Shards::new(cfg.unlearning.shards, learner.layout())
+        .unwrap_or_else(|_| Shards::none(learner.layout()));
     match party {
         Party::Client(k) => {
             let update_attack = attack.and_then(|a| a.attack.update());
             let sybils = attack.is_some_and(|a| a.sybil_stake.is_some());
-            let c = Client::new(k, id, learner, cfg.seed, cfg.client_stake(k));
+            let c = Client::new(k, id, learner, cfg.seed, cfg.client_stake(k)).sharded(shards);
             if !cfg.is_attacker(k) {
                 Box::new(c)
             } else if update_attack.is_some() || sybils {
@@ -621,7 +625,8 @@ pub fn party_node<'a, L: Learner + ?Sized>(
             let attackers: std::collections::BTreeSet<u32> = (0..cfg.clients as u32)
                 .filter(|&k| cfg.is_attacker(k))
                 .collect();
-            let mut x = Validator::new(v, id, learner, cfg.seed, cfg.incentives.validator_stake);
+            let mut x = Validator::new(v, id, learner, cfg.seed, cfg.incentives.validator_stake)
+                .sharded(shards);
             if secret_salts {
                 x = x.with_secret_salts();
             }

@@ -28,6 +28,7 @@ fn config(attack: Option<AttackConfig>, strategy: StrategyConfig) -> RunConfig {
             ..AggregationConfig::default()
         },
         attack,
+        unlearning: Default::default(),
         incentives: Default::default(),
     }
 }
@@ -841,4 +842,84 @@ fn a_client_left_out_of_a_run_takes_no_part_in_it() {
             run_in_process(&v, ledger_in(dir.path(), cfg.seed), &task, opts, |_| {}).unwrap_err();
         assert!(e.to_string().contains(why), "{e}");
     }
+}
+
+/// A sharded run (`[unlearning] shards`) keeps its shards apart: leaving a client out changes
+/// its own shard's slice of the global model and leaves every other slice bit for bit as it
+/// was (every client trains every round, so the cohorts are the same). What `cohort unlearn
+/// --method shards` relies on to be exact. The model served is the mean of the slices.
+#[test]
+fn a_sharded_run_keeps_its_shards_apart() {
+    use cohort_blob::BlobStore;
+    use cohort_fl::learner::Learner;
+    use cohort_fl::shards::Shards;
+    use cohort_node::runtime::{RunOptions, run_in_process};
+
+    let mut cfg = config(None, StrategyConfig::FedAvg);
+    cfg.unlearning.shards = 3;
+    let cfg = cfg.check().unwrap();
+    let task = LinearTask::new(
+        LinearTaskConfig::default(),
+        cfg.clients,
+        cfg.validators,
+        cfg.seed,
+    );
+    let shards = Shards::new(3, task.layout()).unwrap();
+    let finish = |exclude: &[u32]| {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = EmbeddedLedger::create(
+            dir.path().join("ledger"),
+            LedgerConfig::new(
+                "cohort.local/fl-test",
+                Identity::from_seed(cfg.seed, "operator"),
+            ),
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.path().join("blobs")).unwrap();
+        let open = || cohort_blob::LocalDir::open_existing(dir.path().join("blobs")).unwrap();
+        let store = open();
+        let opts = RunOptions::new()
+            .with_blobs(Box::new(open()))
+            .excluding(exclude.iter().copied());
+        let (p, s) = run_in_process(&cfg, ledger, &task, opts, |_| {}).unwrap();
+        p.into_backend().verify().unwrap();
+        let last = s
+            .rounds
+            .last()
+            .unwrap()
+            .provenance
+            .last()
+            .unwrap()
+            .global_after;
+        let model = cohort_fl::NamedDelta::decode(&store.get(&last).unwrap())
+            .and_then(|d| d.into_layout(shards.layout()))
+            .unwrap()
+            .values;
+        (model, s)
+    };
+    let (all, s) = finish(&[]);
+    assert!(
+        s.rounds.iter().all(|r| r.accepted.len() == 10),
+        "all accepted"
+    );
+    // Every slice trained, and the test loss fell from the initial model's.
+    for k in 0..3 {
+        assert!(shards.slice(&all, k).iter().any(|&x| x != 0.0), "shard {k}");
+    }
+    let served = task.evaluate(&shards.served(&all)).unwrap();
+    assert_eq!(
+        served,
+        s.rounds.last().unwrap().test,
+        "the run reports the served model"
+    );
+    assert!(
+        served.loss < s.initial.loss,
+        "{served:?} vs {:?}",
+        s.initial
+    );
+    // Client 4 is in shard 1: only slice 1 changes.
+    let (without, _) = finish(&[4]);
+    assert_eq!(shards.slice(&all, 0), shards.slice(&without, 0));
+    assert_eq!(shards.slice(&all, 2), shards.slice(&without, 2));
+    assert_ne!(shards.slice(&all, 1), shards.slice(&without, 1));
 }

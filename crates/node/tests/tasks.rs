@@ -54,6 +54,7 @@ fn lm_config(seed: u64) -> RunConfig {
             ..AggregationConfig::default()
         },
         attack: None,
+        unlearning: Default::default(),
         incentives: IncentiveConfig::default(),
     }
 }
@@ -79,6 +80,7 @@ fn imdb_config(attack: Option<AttackKind>) -> RunConfig {
             colluding_validators: 0,
             sybil_stake: None,
         }),
+        unlearning: Default::default(),
         incentives: IncentiveConfig {
             accept_threshold: -0.04,
             ..IncentiveConfig::default()

@@ -37,6 +37,7 @@ fn config() -> RunConfig {
             colluding_validators: 0,
             sybil_stake: None,
         }),
+        unlearning: Default::default(),
         incentives: Default::default(),
     }
 }

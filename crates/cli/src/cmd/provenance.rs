@@ -81,6 +81,10 @@ struct Story {
     /// it started from the unlearned model.
     next_round: Option<u64>,
     continued_from_unlearned: Option<bool>,
+    /// A later unlearning verified before that round, whose model the round had to start
+    /// from instead (it was made from this one's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    superseded_by: Option<u64>,
     blobs_deleted: bool,
 }
 
@@ -356,6 +360,11 @@ impl Story {
             None => "not verified yet",
         };
         let after = match (self.next_round, self.continued_from_unlearned) {
+            (Some(r), Some(true)) if self.superseded_by.is_some() => format!(
+                "; request {} unlearned again before ledger round {r}, which started from its \
+                 model",
+                self.superseded_by.unwrap_or_default()
+            ),
             (Some(r), Some(true)) => {
                 format!(
                     "; the run went on from the unlearned model at ledger round {r}, without it"
@@ -403,6 +412,7 @@ fn stories(entries: &[cohort_ledger::Entry], problems: &mut Vec<String>) -> Vec<
                     verdict_entry: None,
                     next_round: None,
                     continued_from_unlearned: None,
+                    superseded_by: None,
                     blobs_deleted: false,
                 }),
                 CohortEvents::UnlearningExecuted(x) => {
@@ -440,11 +450,24 @@ fn stories(entries: &[cohort_ledger::Entry], problems: &mut Vec<String>) -> Vec<
                     }
                 }
                 CohortEvents::RoundOpened(o) => {
+                    // Of the unlearnings verified since the last round, the round must start
+                    // from the latest one's model (each later one was made from the one
+                    // before).
+                    let latest = out
+                        .iter()
+                        .filter(|s| s.verified == Some(true) && s.next_round.is_none())
+                        .max_by_key(|s| s.verdict_entry)
+                        .map(|s| s.request);
                     for s in out
                         .iter_mut()
                         .filter(|s| s.verified == Some(true) && s.next_round.is_none())
                     {
                         s.next_round = Some(o.roundId);
+                        if latest != Some(s.request) {
+                            s.superseded_by = latest;
+                            s.continued_from_unlearned = Some(true);
+                            continue;
+                        }
                         let ok = s.model == Some(Hash32(o.globalModelHash.0));
                         s.continued_from_unlearned = Some(ok);
                         if !ok {

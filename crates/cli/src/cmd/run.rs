@@ -1041,8 +1041,12 @@ impl Args {
             cohort_tasks::build(cfg, &config_dir, &self.out).context("setting up the task")?;
         let blobs = self.blob_store()?;
         if resume.is_none() {
+            let shards = match cfg.unlearning.shards {
+                1 => String::new(),
+                k => format!(" in {k} shards (each its own slice of the model)"),
+            };
             progress.say(&format!(
-                "set-up: registering {} clients and {} validators on the ledger, then {} rounds",
+                "set-up: registering {} clients and {} validators on the ledger, then {} rounds{shards}",
                 cfg.clients, cfg.validators, cfg.coordinator.rounds
             ));
         }

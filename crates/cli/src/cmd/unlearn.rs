@@ -31,6 +31,7 @@ use cohort_fl::NamedDelta;
 use cohort_fl::config::ValidConfig;
 use cohort_fl::events::ProvenanceRecord;
 use cohort_fl::learner::{Learner, Metrics};
+use cohort_fl::shards::Shards;
 use cohort_fl::task::{ImdbModel, TaskConfig};
 use cohort_fl::unlearning::{Measures, Objective, UnlearnSpec, measure};
 use cohort_ledger::protocol::{Cohort, Protocol, UnlearningEvidence, unlearning};
@@ -155,6 +156,8 @@ enum Step {
 struct How {
     /// How: `retrain`, exact: the federation rerun from round 0 without the client (same
     /// seeds, keys and data otherwise), the oracle every other method is measured against;
+    /// `shards`, exact: only the client's shard rerun without it (runs trained with
+    /// `[unlearning] shards` above 1, which forget with shards or retrain only);
     /// `fed-eraser`: the run replayed from its stored updates without the client, the others'
     /// updates calibrated with half their local training (runs with a weighted-sum
     /// aggregation: fed-avg, score-weighted); `lora-ga`, `lora-npo`: the run's LoRA adapter
@@ -205,6 +208,10 @@ struct Files {
 pub enum Method {
     /// The federation rerun from round 0 without the client: exact.
     Retrain,
+    /// Only the client's shard rerun from round 0 without it, the other shards' slices
+    /// kept (runs trained with `[unlearning] shards` above 1): exact, and about `shards`
+    /// times faster than retrain.
+    Shards,
     /// FedEraser: the run replayed from its stored updates without the client, each remaining
     /// client's update calibrated by training for half its local steps from the replayed
     /// global model (norm per tensor from the stored update, direction from the calibration).
@@ -222,6 +229,7 @@ impl Method {
     fn id(self) -> u8 {
         match self {
             Self::Retrain => unlearning::RETRAIN,
+            Self::Shards => unlearning::SHARDS,
             Self::FedEraser => unlearning::FED_ERASER,
             Self::LoraGa => unlearning::LORA_GA,
             Self::LoraNpo => unlearning::LORA_NPO,
@@ -230,6 +238,7 @@ impl Method {
     fn name(self) -> &'static str {
         match self {
             Self::Retrain => "retrain",
+            Self::Shards => "shards",
             Self::FedEraser => "fed-eraser",
             Self::LoraGa => "lora-ga",
             Self::LoraNpo => "lora-npo",
@@ -349,7 +358,12 @@ impl RunDir {
             })
     }
 
-    /// The final global model's parameters and its blob's hash.
+    /// The run's shards over `learner`'s layout (one for an ordinary run).
+    fn shards(&self, learner: &dyn Learner) -> anyhow::Result<Shards> {
+        Ok(Shards::new(self.cfg.unlearning.shards, learner.layout())?)
+    }
+
+    /// The final global model's parameters (every shard's slice) and its blob's hash.
     fn final_model(&self, learner: &dyn Learner) -> anyhow::Result<(Vec<f32>, Hash32)> {
         let path = self
             .dir
@@ -364,14 +378,27 @@ impl RunDir {
                 self.saved.global_sha256
             );
         }
-        Ok((decode_model(&blob, learner)?, h))
+        Ok((decode_model(&blob, &self.shards(learner)?)?, h))
     }
 }
 
-fn decode_model(blob: &[u8], learner: &dyn Learner) -> anyhow::Result<Vec<f32>> {
+/// A global model blob's parameters: every shard's slice (the task's layout for an ordinary
+/// run).
+fn decode_model(blob: &[u8], shards: &Shards) -> anyhow::Result<Vec<f32>> {
     Ok(NamedDelta::decode(blob)?
-        .into_layout(&learner.layout())?
+        .into_layout(shards.layout())?
         .values)
+}
+
+/// Measures the model served from `model` (the mean of its shards' slices).
+fn measure_served(
+    task: &dyn Learner,
+    shards: &Shards,
+    model: &[f32],
+    k: u32,
+    retain: &[u32],
+) -> Result<Measures, cohort_fl::FlError> {
+    measure(task, &shards.served(model), k, retain)
 }
 
 /// A metric in fixed point, for the ledger.
@@ -396,7 +423,7 @@ impl How {
     fn spec(&self, cfg: &ValidConfig) -> anyhow::Result<Option<UnlearnSpec>> {
         let objective = match self.method {
             Method::LoraGa => Objective::GradientAscent,
-            Method::LoraNpo | Method::Retrain | Method::FedEraser => {
+            Method::LoraNpo | Method::Retrain | Method::Shards | Method::FedEraser => {
                 Objective::Npo { beta: self.beta }
             }
         };
@@ -409,7 +436,25 @@ impl How {
         };
         // Checked whatever the method: a bad value is refused, not ignored.
         spec.check()?;
-        if matches!(self.method, Method::Retrain | Method::FedEraser) {
+        let shards = cfg.unlearning.shards;
+        match self.method {
+            Method::Shards if shards < 2 => bail!(
+                "--method shards: this run was trained without shards (its config has no \
+                 [unlearning] shards above 1), so no shard can be retrained alone; train with \
+                 `--set unlearning.shards=K`, or use retrain, fed-eraser or a LoRA method"
+            ),
+            Method::FedEraser | Method::LoraGa | Method::LoraNpo if shards > 1 => bail!(
+                "--method {}: this run was trained in {shards} shards, each its own slice of \
+                 the model; it forgets exactly with --method shards (its client's shard \
+                 retrained alone) or retrain",
+                self.method.name()
+            ),
+            _ => {}
+        }
+        if matches!(
+            self.method,
+            Method::Retrain | Method::Shards | Method::FedEraser
+        ) {
             return Ok(None);
         }
         let adapter = match &cfg.task {
@@ -447,6 +492,8 @@ struct Executed {
     evidence_hash: Hash32,
     seconds: f64,
     retrain_seconds: Option<f64>,
+    /// The client steps the retraining spent, with --compare-retrain.
+    retrain_client_steps: Option<u64>,
     client_steps: u64,
     clawed_back: alloy_primitives::U256,
 }
@@ -564,8 +611,10 @@ impl Session {
         let client_id = self.run.keys.identity(name);
         if d.owner != self.p.backend().address_of(&client_id) {
             bail!(
-                "{}: the ledger says dataset {dataset} is {}'s, not {name}'s: DIR's state does \
-                 not match its ledger",
+                "{}: the ledger says dataset {dataset} is {}'s, not the address the run's keys \
+                 give {name}: either its parties held key files of their own (a federation of \
+                 processes, which `cohort unlearn` cannot sign for yet: each step must be \
+                 signed by its own party), or DIR's state does not match its ledger",
                 self.run.dir.display(),
                 d.owner
             );
@@ -606,7 +655,7 @@ impl Session {
                         .context("setting up the calibration's task")?;
                 Ok(Some((rounds, half)))
             }
-            Method::Retrain | Method::LoraGa | Method::LoraNpo => Ok(None),
+            Method::Retrain | Method::Shards | Method::LoraGa | Method::LoraNpo => Ok(None),
         }
     }
 
@@ -621,6 +670,7 @@ impl Session {
     /// continues from), with client `forgotten` added and `global` as the global model.
     fn resave(&mut self, forgotten: Option<u32>, global: Option<&[f32]>) -> anyhow::Result<()> {
         let head = self.p.backend().head()?;
+        let shards = self.run.shards(&*self.task)?;
         let saved = &mut self.run.saved;
         saved.ledger_entries = head.size;
         saved.ledger_root = head.root;
@@ -631,7 +681,7 @@ impl Session {
         let state = self.run.dir.join("state");
         let old = state.join(format!("round-{:06}.global", saved.round));
         let blob = match global {
-            Some(g) => self.task.layout().encode(g),
+            Some(g) => shards.layout().encode(g),
             None => fs::read(&old).with_context(|| format!("reading {}", old.display()))?,
         };
         saved.global_sha256 = sha256(&blob);
@@ -711,6 +761,7 @@ impl Session {
         fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
         let retrain_dir = work.join("retrain");
         let (keys, task, store) = (&self.run.keys, &*self.task, &*self.store);
+        let shards = self.run.shards(task)?;
         let retrained = || -> anyhow::Result<(Vec<f32>, f64, u64)> {
             say(&format!(
                 "retraining the federation without {name} ({} rounds)",
@@ -725,6 +776,20 @@ impl Session {
             Method::Retrain => {
                 let (model, _, steps) = retrained()?;
                 (model.clone(), steps, Some(model))
+            }
+            Method::Shards => {
+                let (model, steps) = retrain_shard(
+                    &cfg,
+                    keys,
+                    task,
+                    &shards,
+                    &original,
+                    (k, &gone),
+                    &work.join("shard"),
+                    store,
+                    &say,
+                )?;
+                (model, steps, None)
             }
             Method::LoraGa | Method::LoraNpo => {
                 let spec = spec.as_ref().context("the settings were checked")?;
@@ -747,15 +812,19 @@ impl Session {
             }
         };
         let seconds = t.elapsed().as_secs_f64();
-        let (oracle, retrain_seconds) = match (oracle, how.compare_retrain) {
-            (Some(m), compare) => (Some(m), compare.then_some(seconds)),
+        let (oracle, retrain_seconds, retrain_client_steps) = match (oracle, how.compare_retrain) {
+            (Some(m), compare) => (
+                Some(m),
+                compare.then_some(seconds),
+                compare.then_some(client_steps),
+            ),
             (None, true) => {
-                let (m, secs, _) = retrained()?;
-                (Some(m), Some(secs))
+                let (m, secs, steps) = retrained()?;
+                (Some(m), Some(secs), Some(steps))
             }
-            (None, false) => (None, None),
+            (None, false) => (None, None, None),
         };
-        let layout = task.layout();
+        let layout = shards.layout();
         let model_hash = store.put(&layout.encode(&model))?;
         let oracle_hash = match &oracle {
             Some(o) => Some(store.put(&layout.encode(o))?),
@@ -774,10 +843,10 @@ impl Session {
             oracle_model: oracle_hash,
             settings: spec,
             forgotten_before,
-            original: measure(task, &original, k, &retain)?,
-            unlearned: measure(task, &model, k, &retain)?,
+            original: measure_served(task, &shards, &original, k, &retain)?,
+            unlearned: measure_served(task, &shards, &model, k, &retain)?,
             oracle: match &oracle {
-                Some(o) => Some(measure(task, o, k, &retain)?),
+                Some(o) => Some(measure_served(task, &shards, o, k, &retain)?),
                 None => None,
             },
         };
@@ -808,6 +877,7 @@ impl Session {
             evidence_hash,
             seconds,
             retrain_seconds,
+            retrain_client_steps,
             client_steps,
             clawed_back,
         })
@@ -837,8 +907,9 @@ impl Session {
             .copied()
             .filter(|&c| c != k)
             .collect();
+        let shards = self.run.shards(&*self.task)?;
         let verdict = verify(
-            &*self.task,
+            (&*self.task, &shards),
             &*self.store,
             evidence_hash,
             request,
@@ -895,7 +966,7 @@ impl Session {
         let model = match (&evidence, accepted) {
             (Some(ev), true) => {
                 let blob = self.store.get(&ev.model)?;
-                Some(decode_model(&blob, &*self.task)?)
+                Some(decode_model(&blob, &shards)?)
             }
             _ => None,
         };
@@ -989,6 +1060,7 @@ fn result_json(x: &Executed, verdict: Option<&Verdict>, ledger_bytes: u64, ledge
         "retrain_seconds": x.retrain_seconds,
         "speedup": x.retrain_seconds.map(|r| r / x.seconds.max(1e-9)),
         "client_steps": x.client_steps,
+        "retrain_client_steps": x.retrain_client_steps,
         "ledger_bytes": ledger_bytes,
         "forget": metrics_json(&e.forget),
         "retain": metrics_json(&e.retain),
@@ -998,6 +1070,7 @@ fn result_json(x: &Executed, verdict: Option<&Verdict>, ledger_bytes: u64, ledge
         "oracle": x.evidence.oracle.as_ref().map(measures_json),
         "ledger_request": x.evidence.request,
         "model_hash": x.evidence.model,
+        "oracle_hash": x.evidence.oracle_model,
         "evidence_hash": x.evidence_hash,
         "clawed_back": x.clawed_back.to_string(),
         "verified": verdict.map(|v| v.accepted),
@@ -1304,7 +1377,60 @@ fn retrain(
         .map(|r| r.submitted.len() as u64)
         .sum::<u64>()
         * local_steps(cfg);
-    Ok((decode_model(&blob, task)?, steps))
+    let shards = Shards::new(cfg.unlearning.shards, task.layout())?;
+    Ok((decode_model(&blob, &shards)?, steps))
+}
+
+/// SISA's unlearning: retrains, from round 0 and without the clients `gone` (client
+/// `forgotten`, and any forgotten before), only `forgotten`'s shard, in `dir` (its own ledger), and puts its slice into `original` (the run's model), every
+/// other slice kept. The shard reruns as the run did, its cohorts drawn from its own members
+/// at the run's rate (`clients_per_round` scaled by the shard's share of the clients, rounded
+/// up), so that with every client training every round the result is bit for bit what
+/// `retrain` gives. A shard left without clients gets its initial slice back. The model and
+/// the client steps spent.
+#[allow(clippy::too_many_arguments)]
+fn retrain_shard(
+    cfg: &ValidConfig,
+    keys: &Keys,
+    task: &(dyn Learner + Send + Sync),
+    shards: &Shards,
+    original: &[f32],
+    (forgotten, gone): (u32, &BTreeSet<u32>),
+    dir: &Path,
+    store: &dyn BlobStore,
+    say: &dyn Fn(&str),
+) -> anyhow::Result<(Vec<f32>, u64)> {
+    let clients = cfg.clients as u32;
+    let shard = shards.of(forgotten);
+    let all = shards.members(clients, shard);
+    let members: Vec<u32> = all.iter().copied().filter(|k| !gone.contains(k)).collect();
+    let mut model = original.to_vec();
+    if members.is_empty() {
+        say(&format!(
+            "shards: shard {shard} has no client left; its slice goes back to the initial model"
+        ));
+        shards
+            .slice_mut(&mut model, shard)
+            .copy_from_slice(&task.init());
+        return Ok((model, 0));
+    }
+    let per_round = (cfg.coordinator.clients_per_round * all.len()).div_ceil(cfg.clients);
+    let mut c = cfg.config().clone();
+    c.coordinator.clients_per_round = per_round.max(1);
+    let shard_cfg = c.check()?;
+    say(&format!(
+        "shards: retraining shard {shard} of {} without client-{forgotten}: clients {members:?}, \
+         {} a round, {} rounds",
+        shards.count(),
+        shard_cfg.coordinator.clients_per_round.min(members.len()),
+        cfg.coordinator.rounds
+    ));
+    let others: BTreeSet<u32> = (0..clients).filter(|k| !members.contains(k)).collect();
+    let (retrained, steps) = retrain(&shard_cfg, keys, task, &others, dir, store, say)?;
+    shards
+        .slice_mut(&mut model, shard)
+        .copy_from_slice(shards.slice(&retrained, shard));
+    Ok((model, steps))
 }
 
 /// A client's local optimisation steps per round under `cfg` (for the linear task, its
@@ -1417,7 +1543,7 @@ fn fed_eraser_replay(
         let blob = store
             .get(h)
             .with_context(|| format!("{what} {h}: the stored updates are needed by fed-eraser"))?;
-        decode_model(&blob, task)
+        decode_model(&blob, &Shards::none(task.layout()))
     };
     let mut model = load(&first.global_before, "the initial global model")?;
     let layout = task.layout();
@@ -1483,7 +1609,7 @@ fn fed_eraser_replay(
 /// checked by the store), checks the forget set against the request's commitment, recomputes
 /// every measure and rebuilds the evidence; `Ok` when it is the executor's byte for byte.
 fn verify(
-    task: &dyn Learner,
+    (task, shards): (&dyn Learner, &Shards),
     store: &dyn BlobStore,
     evidence_hash: Hash32,
     request: u64,
@@ -1505,7 +1631,7 @@ fn verify(
     }
     let load = |h: Hash32| -> Result<Vec<f32>, String> {
         let b = store.get(&h).map_err(|e| e.to_string())?;
-        decode_model(&b, task).map_err(|e| e.to_string())
+        decode_model(&b, shards).map_err(|e| e.to_string())
     };
     if claimed.forgotten_before != before {
         return Err(format!(
@@ -1515,11 +1641,28 @@ fn verify(
     }
     let gone: BTreeSet<u32> = before.iter().copied().chain([k]).collect();
     let retain = retain_of(clients, &gone);
-    let m = |params: &[f32]| measure(task, params, k, &retain).map_err(|e| e.to_string());
+    let m = |params: &[f32]| {
+        measure(task, &shards.served(params), k, &retain).map_err(|e| e.to_string())
+    };
     let original = load(claimed.original_model)?;
     let model = load(claimed.model)?;
     if model == original {
         return Err("the unlearned model has the original model's parameters".into());
+    }
+    // Sharded training keeps every other shard's slice apart from the client's data: an
+    // exact unlearning by shards changes the client's shard alone.
+    if claimed.method == Method::Shards.name() {
+        if !shards.is_sharded() {
+            return Err("a shards unlearning of a run trained without shards".into());
+        }
+        let mine = shards.of(k);
+        if let Some(s) = (0..shards.count())
+            .find(|&s| s != mine && shards.slice(&model, s) != shards.slice(&original, s))
+        {
+            return Err(format!(
+                "the shards execution changed shard {s}, not only client-{k}'s shard {mine}"
+            ));
+        }
     }
     let oracle = match claimed.oracle_model {
         Some(h) => Some(m(&load(h)?)?),
@@ -1644,7 +1787,7 @@ mod tests {
         let check = |e: &Evidence, k: u32| {
             let h = put(&store, e);
             verify(
-                &task,
+                (&task, &Shards::none(task.layout())),
                 &store,
                 h,
                 1,
@@ -1729,5 +1872,63 @@ mod tests {
                 Err(why) => eprintln!("{what}: refused: {why}"),
             }
         }
+    }
+
+    /// A shards execution may change the forgotten client's shard only: one that changes
+    /// another shard's slice is refused, and so is a shards execution of an unsharded run.
+    #[test]
+    fn a_shards_execution_changes_only_the_clients_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDir::open(dir.path()).unwrap();
+        let task = LinearTask::new(LinearTaskConfig::default(), 4, 2, 3);
+        let shards = Shards::new(2, task.layout()).unwrap();
+        let n = task.init().len();
+        let original: Vec<f32> = (0..2 * n).map(|i| (i as f32 * 0.37).sin()).collect();
+        // Client 1 is in shard 1.
+        let with = |shard: u32| {
+            let mut m = original.clone();
+            for x in shards.slice_mut(&mut m, shard) {
+                *x += 0.05;
+            }
+            m
+        };
+        let evidence = |model: &[f32]| {
+            let layout = shards.layout();
+            let model_hash = store.put(&layout.encode(model)).unwrap();
+            let m = |p: &[f32]| measure(&task, &shards.served(p), 1, &[0, 2, 3]).unwrap();
+            Evidence {
+                format: EVIDENCE_FORMAT.into(),
+                request: 1,
+                client: "client-1".into(),
+                dataset: B256::ZERO,
+                method: "shards".into(),
+                forget_set: task.dataset_commitment(1).0,
+                original_model: store.put(&layout.encode(&original)).unwrap(),
+                model: model_hash,
+                oracle_model: None,
+                settings: None,
+                forgotten_before: Vec::new(),
+                original: m(&original),
+                unlearned: m(model),
+                oracle: None,
+            }
+        };
+        let check = |e: &Evidence, shards: &Shards| {
+            let h = put(&store, e);
+            verify(
+                (&task, shards),
+                &store,
+                h,
+                1,
+                1,
+                (4, &[]),
+                task.dataset_commitment(1).0,
+            )
+        };
+        check(&evidence(&with(1)), &shards).unwrap();
+        let why = check(&evidence(&with(0)), &shards).unwrap_err();
+        assert!(why.contains("changed shard 0"), "{why}");
+        let why = check(&evidence(&with(1)), &Shards::none(task.layout())).unwrap_err();
+        assert!(!why.is_empty());
     }
 }
