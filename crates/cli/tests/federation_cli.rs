@@ -215,6 +215,52 @@ fn five_processes_record_what_one_process_records() {
     let o = common::cohort(&["ledger", "verify", common::p(&d.join("run/ledger"))]);
     assert!(o.status.success(), "{}", common::text(&o));
     assert!(log.contains("session open"), "{log}");
+
+    // Forgetting client-0 of the federation: its request and the verdict are signed by the
+    // parties' own key files (`--keys`); without them, or with a key the ledger does not know
+    // in its role, refused by name before anything is written.
+    let run = d.join("run");
+    let unlearn = |extra: &[&str]| {
+        let mut a = vec!["unlearn", common::p(&run), "--client", "client-0", "--json"];
+        a.extend(extra);
+        common::cohort(&a)
+    };
+    let entries = || {
+        let o = common::cohort(&["ledger", "verify", common::p(&run.join("ledger")), "--json"]);
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["report"]["entries"].as_u64().unwrap()
+    };
+    let before = entries();
+    let o = unlearn(&[]);
+    assert!(!o.status.success());
+    assert!(
+        common::text(&o).contains("--keys DIR"),
+        "{}",
+        common::text(&o)
+    );
+    let wrong = d.join("wrong-keys");
+    std::fs::create_dir(&wrong).unwrap();
+    for (from, to) in [("client-0", "client-0"), ("client-1", "validator-0")] {
+        std::fs::copy(
+            d.join(format!("{from}.key")),
+            wrong.join(format!("{to}.key")),
+        )
+        .unwrap();
+    }
+    let o = unlearn(&["--keys", common::p(&wrong)]);
+    assert!(!o.status.success());
+    assert!(
+        common::text(&o).contains("validator-0 would sign as")
+            && common::text(&o).contains("not registered as a validator"),
+        "{}",
+        common::text(&o)
+    );
+    assert_eq!(entries(), before, "something was recorded");
+    let o = unlearn(&["--keys", common::p(d)]);
+    assert!(o.status.success(), "{}", common::text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["verified"], true, "{v}");
+    assert_eq!(entries(), before + 3);
 }
 
 #[test]

@@ -26,7 +26,7 @@ use std::time::Instant;
 use alloy_primitives::B256;
 use anyhow::{Context, bail};
 use cohort_blob::BlobStore;
-use cohort_core::{Hash32, Score, sha256};
+use cohort_core::{Hash32, Identity, Score, sha256};
 use cohort_fl::NamedDelta;
 use cohort_fl::config::ValidConfig;
 use cohort_fl::events::ProvenanceRecord;
@@ -34,7 +34,7 @@ use cohort_fl::learner::{Learner, Metrics};
 use cohort_fl::shards::Shards;
 use cohort_fl::task::{ImdbModel, TaskConfig};
 use cohort_fl::unlearning::{Measures, Objective, UnlearnSpec, measure};
-use cohort_ledger::protocol::{Cohort, Protocol, UnlearningEvidence, unlearning};
+use cohort_ledger::protocol::{Cohort, Protocol, UnlearningEvidence, roles, unlearning};
 use cohort_ledger::{EmbeddedLedger, LedgerBackend, LedgerConfig};
 use cohort_node::resume::SavedRound;
 use cohort_node::runtime::{Keys, RunOptions, run_in_process};
@@ -200,6 +200,14 @@ struct Files {
     /// s3://BUCKET/PREFIX, credentials from the AWS_* environment).
     #[arg(long, value_name = "LOCATION")]
     blobs: Option<String>,
+    /// The parties' own key files, for a run whose parties held them (a federation of
+    /// processes, examples/federation.sh): NAME.key or NAME.pem (`client-0.key`,
+    /// `validator-1.pem`, as `cohort keys new` writes them). A party whose file is there
+    /// signs its step with it (the client its request, the verifier its verdict), checked
+    /// against its role on the ledger before anything is written; any other signs with the
+    /// run's keys.
+    #[arg(long, value_name = "DIR")]
+    keys: Option<PathBuf>,
 }
 
 /// An unlearning method.
@@ -483,6 +491,8 @@ struct Session {
     cache: PathBuf,
     /// The ledger's size when the session opened: what the session recorded follows.
     first_entry: u64,
+    /// The parties' own key files (`--keys`).
+    keys_dir: Option<PathBuf>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -559,6 +569,11 @@ impl Session {
                  give the same --blobs)"
             )
         })?;
+        if let Some(d) = &files.keys
+            && !d.is_dir()
+        {
+            bail!("--keys {}: not a directory", d.display());
+        }
         Ok(Self {
             run,
             p,
@@ -566,8 +581,56 @@ impl Session {
             store,
             cache,
             first_entry,
+            keys_dir: files.keys.clone(),
             _tmp: tmp,
         })
+    }
+
+    /// Party `name`'s key: its own file in `--keys` (NAME.key or NAME.pem) if there is one,
+    /// else the run's.
+    fn identity(&self, name: &str) -> anyhow::Result<Identity> {
+        if let Some(d) = &self.keys_dir {
+            for ext in ["key", "pem"] {
+                let f = d.join(format!("{name}.{ext}"));
+                if f.exists() {
+                    let id = cohort_core::keyfile::load(&f)
+                        .with_context(|| format!("{name}'s key file {}", f.display()))?;
+                    return Ok(Identity::from_secret(name, id.secret_bytes()));
+                }
+            }
+        }
+        Ok(self.run.keys.identity(name))
+    }
+
+    /// Where party `name`'s key comes from, for an error.
+    fn key_source(&self, name: &str) -> String {
+        match &self.keys_dir {
+            Some(d) => format!(
+                "its key ({}/{name}.key or .pem, else the run's keys)",
+                d.display()
+            ),
+            None => "the run's keys (give its own key file with --keys DIR)".to_owned(),
+        }
+    }
+
+    /// Refuses, before anything is written, a signer `name` whose key is not registered on
+    /// the ledger with `role` (`roles::VALIDATOR`, `roles::COORDINATOR`).
+    fn check_signer(&mut self, name: &str, role: u8) -> anyhow::Result<()> {
+        let who = self.p.backend().address_of(&self.identity(name)?);
+        let p = self.p.view(Cohort::participantCall { who })?;
+        if p.roles & role == 0 {
+            bail!(
+                "{name} would sign as {who}, from {}, which the ledger has not registered as a \
+                 {}",
+                self.key_source(name),
+                if role == roles::VALIDATOR {
+                    "validator"
+                } else {
+                    "coordinator"
+                }
+            );
+        }
+        Ok(())
     }
 
     /// Client `k`'s dataset id, as the set-up registered it.
@@ -608,15 +671,16 @@ impl Session {
         if d.forgotten {
             bail!("{name}'s dataset {dataset} is forgotten already (an earlier unlearning)");
         }
-        let client_id = self.run.keys.identity(name);
-        if d.owner != self.p.backend().address_of(&client_id) {
+        let client_id = self.identity(name)?;
+        let signer = self.p.backend().address_of(&client_id);
+        if d.owner != signer {
             bail!(
-                "{}: the ledger says dataset {dataset} is {}'s, not the address the run's keys \
-                 give {name}: either its parties held key files of their own (a federation of \
-                 processes, which `cohort unlearn` cannot sign for yet: each step must be \
-                 signed by its own party), or DIR's state does not match its ledger",
+                "{}: the ledger says dataset {dataset} is {}'s, and {name} would sign as \
+                 {signer}, from {}; a run whose parties held key files of their own (a \
+                 federation of processes) needs them",
                 self.run.dir.display(),
-                d.owner
+                d.owner,
+                self.key_source(name)
             );
         }
         let forget_set = self.task.dataset_commitment(k).0;
@@ -699,7 +763,7 @@ impl Session {
         forget_set: Hash32,
     ) -> anyhow::Result<u64> {
         self.tick()?;
-        let client_id = self.run.keys.identity(name);
+        let client_id = self.identity(name)?;
         let request = self
             .p
             .request_unlearning(
@@ -852,7 +916,7 @@ impl Session {
         };
         let evidence_blob = serde_json::to_vec_pretty(&evidence)?;
         let evidence_hash = store.put(&evidence_blob)?;
-        let coord = self.run.keys.identity("coordinator");
+        let coord = self.identity("coordinator")?;
         self.tick()?;
         let exec = self.p.record_unlearning(
             &coord,
@@ -952,7 +1016,7 @@ impl Session {
             Ok(()) => (true, B256::ZERO),
             Err(reason) => (false, sha256(reason.as_bytes()).into()),
         };
-        let who = self.run.keys.identity(verifier);
+        let who = self.identity(verifier)?;
         self.tick()?;
         self.p.verify_unlearning(
             &who,
@@ -975,7 +1039,7 @@ impl Session {
         let deleted = match (delete, accepted) {
             (true, true) => {
                 let d = delete_blobs(&self.run, &*self.store, k, request)?;
-                let coord = self.run.keys.identity("coordinator");
+                let coord = self.identity("coordinator")?;
                 self.tick()?;
                 self.p.record_blob_deletion(&coord, request, d.1.into())?;
                 self.p.backend_mut().flush()?;
@@ -1142,6 +1206,8 @@ impl Args {
         let spec = self.how.spec(&s.run.cfg)?;
         // Nothing is written before the request is known to be possible.
         let (dataset, forget_set) = s.check_request(k, client)?;
+        s.check_signer("coordinator", roles::COORDINATOR)?;
+        s.check_signer("validator-0", roles::VALIDATOR)?;
         let replay = s.check_execute(k, &self.how)?;
         if self.check {
             println!(
@@ -1225,6 +1291,7 @@ fn execute_step(
     let mut s = Session::open(dir, files, check)?;
     let spec = how.spec(&s.run.cfg)?;
     let (_, k) = s.filed(request, unlearning::phase::REQUESTED)?;
+    s.check_signer("coordinator", roles::COORDINATOR)?;
     let replay = s.check_execute(k, how)?;
     s.run.final_model(&*s.task)?;
     if check {
@@ -1263,7 +1330,8 @@ fn verify_step(
     let mut s = Session::open(dir, files, check)?;
     validator_name(&s.run, verifier)?;
     let (q, k) = s.filed(request, unlearning::phase::EXECUTED)?;
-    if s.p.backend().address_of(&s.run.keys.identity(verifier)) == q.executor {
+    s.check_signer(verifier, roles::VALIDATOR)?;
+    if s.p.backend().address_of(&s.identity(verifier)?) == q.executor {
         bail!("--as {verifier}: it executed request {request}; the verifier must be another party");
     }
     if check {
