@@ -248,6 +248,59 @@ fn fed_eraser_replays_the_stored_updates_and_refuses_what_it_cannot_replay() {
     assert!((backdoor(&v) - backdoor(&v["oracle"])).abs() < 0.05, "{v}");
     assert_eq!(entries(&dir), before + 3);
 
+    // FedEraser's retaining interval and calibration ratio: rounds 1 and 3 of the 3, a
+    // quarter of the 16 local steps (4) instead of half (8): a third of the steps. The
+    // evidence records the settings; bad values are refused by name.
+    let again = tmp.path().join("interval");
+    run(&again);
+    let o = cohort(&[
+        "unlearn",
+        p(&again),
+        "--client",
+        "client-9",
+        "--method",
+        "fed-eraser",
+        "--interval",
+        "2",
+        "--calibration-ratio",
+        "0.25",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let w: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(w["verified"], true);
+    assert_eq!(
+        w["client_steps"].as_u64().unwrap() * 3,
+        v["client_steps"].as_u64().unwrap(),
+        "{w}"
+    );
+    let h = w["evidence_hash"].as_str().unwrap();
+    let evidence: Value = serde_json::from_slice(
+        &std::fs::read(again.join(format!("blobs/sha256/{}/{h}", &h[..2]))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(evidence["fed_eraser"]["interval"], 2, "{evidence}");
+    for (flag, bad) in [
+        ("--interval", "0"),
+        ("--interval", "-1"),
+        ("--calibration-ratio", "0"),
+        ("--calibration-ratio", "1.5"),
+        ("--calibration-ratio", "NaN"),
+    ] {
+        let arg = format!("{flag}={bad}");
+        let o = cohort(&[
+            "unlearn",
+            p(&again),
+            "--client",
+            "client-1",
+            "--method",
+            "fed-eraser",
+            &arg,
+        ]);
+        assert!(!o.status.success(), "{flag} {bad}");
+        assert!(text(&o).contains(flag), "{flag} {bad}: {}", text(&o));
+    }
+
     for (name, extra, why) in [
         (
             "median",

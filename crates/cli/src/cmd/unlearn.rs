@@ -182,6 +182,16 @@ struct How {
     /// lora-ga, lora-npo: forget windows (imdb: reviews) per step.
     #[arg(long, default_value_t = 8, value_parser = crate::args::int_in(1..=4096usize))]
     batch: usize,
+    /// fed-eraser: calibrate every N-th round only (rounds 1, 1 + N, 1 + 2N, ...), the
+    /// others left out of the reconstruction: FedEraser's retaining interval (its paper uses
+    /// 2). About N times less work, and a model trained for fewer rounds.
+    #[arg(long, default_value_t = 1, value_parser = crate::args::int_in(1..=10_000u64))]
+    interval: u64,
+    /// fed-eraser: the share of a client's local training its calibration does (its local
+    /// steps, or for the linear task its epochs, times this, rounded, at least 1).
+    #[arg(long, default_value_t = 0.5,
+          value_parser = crate::args::float_in(0.0..=1.0).open_start())]
+    calibration_ratio: f64,
     /// Also retrain without the client in this invocation and measure the result beside the
     /// method's (`oracle`, `retrain_seconds`). For `retrain` the oracle is its own result.
     #[arg(long)]
@@ -270,6 +280,9 @@ struct Evidence {
     oracle_model: Option<Hash32>,
     /// The approximate methods' settings.
     settings: Option<UnlearnSpec>,
+    /// fed-eraser's interval and calibration ratio, where not the defaults (1, 0.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fed_eraser: Option<FedEraserSettings>,
     /// Clients forgotten by earlier unlearnings of the run: left out of the retain set (and
     /// of the retraining and replay). Absent when none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -277,6 +290,20 @@ struct Evidence {
     original: Measures,
     unlearned: Measures,
     oracle: Option<Measures>,
+}
+
+/// fed-eraser's settings (`--interval`, `--calibration-ratio`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct FedEraserSettings {
+    interval: u64,
+    calibration_ratio: f64,
+}
+
+impl FedEraserSettings {
+    const DEFAULT: Self = Self {
+        interval: 1,
+        calibration_ratio: 0.5,
+    };
 }
 
 const EVIDENCE_FORMAT: &str = "cohort-unlearning-evidence/1";
@@ -713,10 +740,13 @@ impl Session {
         match how.method {
             Method::FedEraser => {
                 let rounds = fed_eraser_rounds(&self.run, &*self.store, &self.gone(k))?;
-                // The calibration's task: the run's with half the local training.
-                let half =
-                    cohort_tasks::build(&halved(&self.run.cfg)?, &self.run.config_dir, &self.cache)
-                        .context("setting up the calibration's task")?;
+                // The calibration's task: the run's with a share of the local training.
+                let half = cohort_tasks::build(
+                    &calibration(&self.run.cfg, how.calibration_ratio)?,
+                    &self.run.config_dir,
+                    &self.cache,
+                )
+                .context("setting up the calibration's task")?;
                 Ok(Some((rounds, half)))
             }
             Method::Retrain | Method::Shards | Method::LoraGa | Method::LoraNpo => Ok(None),
@@ -870,8 +900,18 @@ impl Session {
                     "fed-eraser: replaying the run without {name} from its stored updates"
                 ));
                 let (rounds, half) = replay.as_ref().context("the replay was prepared")?;
-                let (model, steps) =
-                    fed_eraser_replay(&self.run, store, task, &**half, &gone, &say, rounds)?;
+                let settings = FedEraserSettings {
+                    interval: how.interval,
+                    calibration_ratio: how.calibration_ratio,
+                };
+                let (model, steps) = fed_eraser_replay(
+                    &self.run,
+                    (store, task, &**half),
+                    &gone,
+                    settings,
+                    &say,
+                    rounds,
+                )?;
                 (model, steps, None)
             }
         };
@@ -906,6 +946,12 @@ impl Session {
             model: model_hash,
             oracle_model: oracle_hash,
             settings: spec,
+            fed_eraser: (how.method == Method::FedEraser)
+                .then_some(FedEraserSettings {
+                    interval: how.interval,
+                    calibration_ratio: how.calibration_ratio,
+                })
+                .filter(|s| *s != FedEraserSettings::DEFAULT),
             forgotten_before,
             original: measure_served(task, &shards, &original, k, &retain)?,
             unlearned: measure_served(task, &shards, &model, k, &retain)?,
@@ -1511,14 +1557,22 @@ fn local_steps(cfg: &ValidConfig) -> u64 {
     }
 }
 
-/// `cfg` with half the local training of each client (at least one step or epoch): what
-/// FedEraser's calibration trains.
-fn halved(cfg: &ValidConfig) -> anyhow::Result<ValidConfig> {
+/// `cfg` with `ratio` (in (0, 1]) of the local training of each client, rounded (at least
+/// one step or epoch): what FedEraser's calibration trains. Half (0.5) rounds down, as
+/// FedEraser's `r = 0.5` of an odd count does.
+fn calibration(cfg: &ValidConfig, ratio: f64) -> anyhow::Result<ValidConfig> {
+    let share = |n: usize| -> usize {
+        if ratio == 0.5 {
+            (n / 2).max(1)
+        } else {
+            ((n as f64 * ratio).round() as usize).clamp(1, n.max(1))
+        }
+    };
     let mut c = cfg.config().clone();
     match &mut c.task {
-        TaskConfig::Linear(l) => l.epochs = (l.epochs / 2).max(1),
-        TaskConfig::Imdb(i) => i.local_steps = (i.local_steps / 2).max(1),
-        TaskConfig::Lm(l) => l.local_steps = (l.local_steps / 2).max(1),
+        TaskConfig::Linear(l) => l.epochs = share(l.epochs),
+        TaskConfig::Imdb(i) => i.local_steps = share(i.local_steps),
+        TaskConfig::Lm(l) => l.local_steps = share(l.local_steps),
     }
     Ok(c.check()?)
 }
@@ -1586,18 +1640,19 @@ fn fed_eraser_rounds(
 }
 
 /// FedEraser (Liu et al., 2021) from the run's provenance (`rounds`, from
-/// [`fed_eraser_rounds`]) and blob store: from the run's initial global model, each round again
-/// without the clients `gone` (the one forgotten now and any forgotten before): every other accepted client trains (`half`: the run's task with half
-/// the local training) from the replayed model (the calibration), each tensor of its stored update keeps its norm and takes
-/// the calibration's direction, and the replayed model moves by their weighted sum (the
-/// round's recorded weights, renormalised without the client, and clipping factors). The
-/// unlearned model and the client steps spent.
+/// [`fed_eraser_rounds`]) and blob store: from the run's initial global model, every
+/// `settings.interval`-th round again without the clients `gone` (the one forgotten now and
+/// any forgotten before): every other accepted client trains (`half`: the run's task with
+/// `settings.calibration_ratio` of the local training) from the replayed model (the
+/// calibration), each tensor of its stored update keeps its norm and takes the calibration's
+/// direction, and the replayed model moves by their weighted sum (the round's recorded
+/// weights, renormalised without the client, and clipping factors). The unlearned model and
+/// the client steps spent.
 fn fed_eraser_replay(
     run: &RunDir,
-    store: &dyn BlobStore,
-    task: &dyn Learner,
-    half: &dyn Learner,
+    (store, task, half): (&dyn BlobStore, &dyn Learner, &dyn Learner),
     gone: &BTreeSet<u32>,
+    settings: FedEraserSettings,
     say: &dyn Fn(&str),
     rounds: &std::collections::BTreeMap<u64, Vec<ProvenanceRecord>>,
 ) -> anyhow::Result<(Vec<f32>, u64)> {
@@ -1616,9 +1671,14 @@ fn fed_eraser_replay(
     let mut model = load(&first.global_before, "the initial global model")?;
     let layout = task.layout();
     let mut steps = 0u64;
-    let per_client = local_steps(&halved(&run.cfg)?);
+    let per_client = local_steps(&calibration(&run.cfg, settings.calibration_ratio)?);
     let total = rounds.len();
+    let interval = usize::try_from(settings.interval.max(1)).unwrap_or(usize::MAX);
     for (i, (round, records)) in rounds.iter().enumerate() {
+        // FedEraser's retaining interval: only every `interval`-th round is reconstructed.
+        if i % interval != 0 {
+            continue;
+        }
         let kept: Vec<(&ProvenanceRecord, f64, f64)> = records
             .iter()
             .filter(|r| r.accepted && !gone.contains(&r.client))
@@ -1829,6 +1889,7 @@ mod tests {
             model: model_hash,
             oracle_model: Some(model_hash),
             settings: None,
+            fed_eraser: None,
             forgotten_before: Vec::new(),
             original: measure(task, original, k, &[0, 1, 2, 3]).unwrap(),
             unlearned: measure(task, model, k, &[0, 1, 2, 3]).unwrap(),
@@ -1975,6 +2036,7 @@ mod tests {
                 model: model_hash,
                 oracle_model: None,
                 settings: None,
+                fed_eraser: None,
                 forgotten_before: Vec::new(),
                 original: m(&original),
                 unlearned: m(model),
