@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use candle_core::{CpuStorage, DType, Storage};
 use rayon::prelude::*;
 
+use crate::config::GptConfig;
 use crate::gpt::Gpt;
 use crate::kernels::gemm::{MatMut, MatRef, matmul};
 use crate::kernels::linear::WeightLayout;
@@ -766,23 +767,286 @@ fn run_with<'a>(
     pool_back: &mut Pool,
 ) -> Result<(f64, Vec<Vec<f32>>)> {
     let c = &m.config;
-    let (d, v, nh) = (c.n_embd, c.vocab_size, c.n_head);
-    let n = b * t;
     let mut cx = Ctx {
         m,
         w,
         grads: HashMap::new(),
         pool,
-        n,
-        d,
+        n: b * t,
+        d: c.n_embd,
         eps: c.layer_norm_epsilon,
     };
-    let lins = Gpt::linears(c);
-
     // Forward.
-    let mut x = cx.embed(ids, t);
-    let mut layers = Vec::with_capacity(c.n_layer);
-    for (i, l) in lins.chunks(4).enumerate() {
+    let x = cx.embed(ids, t);
+    let (x, layers) = layers_fwd(&mut cx, c, 0..c.n_layer, x, (b, t))?;
+    // The head: loss and the gradient of the last layer's output.
+    let (loss, mut dx) = head_fwd_bwd(&mut cx, x, targets)?;
+    // Backward.
+    layers_bwd(&mut cx, c, 0..c.n_layer, layers, &mut dx, (b, t))?;
+    embed_bwd(&mut cx, c, ids, t, dx);
+    let grads = cx.take_grads();
+    *pool_back = std::mem::take(&mut cx.pool);
+    Ok((loss, grads))
+}
+
+/// A model split into stages (model parallelism, eFedLLM/Petals style): the client holds the
+/// embeddings and the head, each stage server a contiguous range of layers. These functions
+/// run the hand-written pass piece by piece, each piece the very code [`loss_and_grads`] runs,
+/// so that chaining them (client embeddings, each stage forward, the head, each stage
+/// backward in reverse, the embeddings' backward) gives the whole pass's loss and gradients
+/// bit for bit ([`assemble`] puts the pieces' gradients in the trainable parameters' order).
+pub mod stages {
+    use super::*;
+
+    /// Gradients by parameter name (those of one piece's trainable parameters).
+    pub type NamedGrads = HashMap<String, Vec<f32>>;
+
+    /// What a stage keeps from its forward for its backward ([`forward`], [`backward`]).
+    pub struct Saved {
+        range: std::ops::Range<usize>,
+        b: usize,
+        t: usize,
+        layers: Vec<Layer>,
+    }
+
+    impl std::fmt::Debug for Saved {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Saved")
+                .field("range", &self.range)
+                .field("batch", &(self.b, self.t))
+                .field("bytes", &self.bytes())
+                .finish()
+        }
+    }
+
+    impl Saved {
+        /// The layers it covers.
+        pub fn range(&self) -> std::ops::Range<usize> {
+            self.range.clone()
+        }
+
+        /// Bytes of activations it holds.
+        pub fn bytes(&self) -> usize {
+            self.layers
+                .iter()
+                .map(|l| {
+                    [
+                        &l.x, &l.ln1, &l.qkv, &l.u_qkv, &l.m_qkv, &l.probs, &l.att, &l.u_att,
+                        &l.m_att, &l.mid, &l.ln2, &l.h, &l.u_fc, &l.m_fc, &l.g, &l.u_proj,
+                        &l.m_proj,
+                    ]
+                    .iter()
+                    .map(|v| v.len() * 4)
+                    .sum::<usize>()
+                })
+                .sum()
+        }
+    }
+
+    fn bad(what: String) -> crate::Error {
+        crate::Error::Data(what)
+    }
+
+    /// Refuses a batch shape, layer range or stream that does not fit `m`.
+    fn check(
+        m: &Gpt,
+        range: &std::ops::Range<usize>,
+        x: &[f32],
+        (b, t): (usize, usize),
+    ) -> Result<()> {
+        let c = &m.config;
+        if range.is_empty() || range.end > c.n_layer {
+            return Err(bad(format!(
+                "layers {range:?}: the model has layers 0..{}",
+                c.n_layer
+            )));
+        }
+        if b == 0 || t == 0 || t > c.n_positions {
+            return Err(bad(format!(
+                "a batch of {b} x {t} (the context is {})",
+                c.n_positions
+            )));
+        }
+        let want = b.checked_mul(t).and_then(|n| n.checked_mul(c.n_embd));
+        if want != Some(x.len()) {
+            return Err(bad(format!(
+                "{} values for a stream of {b} x {t} x {}",
+                x.len(),
+                c.n_embd
+            )));
+        }
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            return Err(bad(format!("value {i} of the stream is not finite")));
+        }
+        Ok(())
+    }
+
+    fn ctx<'a>(m: &'a Gpt, w: HashMap<&'a str, &'a [f32]>, pool: Pool, n: usize) -> Ctx<'a> {
+        Ctx {
+            m,
+            w,
+            grads: HashMap::new(),
+            pool,
+            n,
+            d: m.config.n_embd,
+            eps: m.config.layer_norm_epsilon,
+        }
+    }
+
+    /// The client's first piece: the embeddings of `ids` `[b, t]`, the stream entering
+    /// layer 0.
+    pub fn embed(m: &Gpt, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>> {
+        check_batch(m, ids, &[], b, t)?;
+        pooled(|pool, back| {
+            with_weights(m, |w| {
+                let mut cx = ctx(m, w, pool, b * t);
+                let x = cx.embed(ids, t);
+                *back = std::mem::take(&mut cx.pool);
+                Ok(x)
+            })
+        })
+    }
+
+    /// A stage's forward: layers `range` on `x`, the stream `[b, t, d]` entering the first
+    /// of them; the stream leaving the last, and what the backward needs.
+    pub fn forward(
+        m: &Gpt,
+        range: std::ops::Range<usize>,
+        x: &[f32],
+        b: usize,
+        t: usize,
+    ) -> Result<(Vec<f32>, Saved)> {
+        check(m, &range, x, (b, t))?;
+        pooled(|pool, back| {
+            with_weights(m, |w| {
+                let mut cx = ctx(m, w, pool, b * t);
+                let mut input = cx.pool.scratch(x.len());
+                input.copy_from_slice(x);
+                let (y, layers) = layers_fwd(&mut cx, &m.config, range.clone(), input, (b, t))?;
+                *back = std::mem::take(&mut cx.pool);
+                Ok((
+                    y,
+                    Saved {
+                        range,
+                        b,
+                        t,
+                        layers,
+                    },
+                ))
+            })
+        })
+    }
+
+    /// The client's head on `x` (the last layer's output): the mean next-token loss against
+    /// `targets`, the gradient of `x`, and the head's weight gradients.
+    pub fn head(
+        m: &Gpt,
+        x: &[f32],
+        targets: &[u32],
+        b: usize,
+        t: usize,
+    ) -> Result<(f64, Vec<f32>, NamedGrads)> {
+        check_batch(m, targets, targets, b, t)?;
+        check(m, &(0..m.config.n_layer), x, (b, t))?;
+        pooled(|pool, back| {
+            with_weights(m, |w| {
+                let mut cx = ctx(m, w, pool, b * t);
+                let mut input = cx.pool.scratch(x.len());
+                input.copy_from_slice(x);
+                let (loss, dx) = head_fwd_bwd(&mut cx, input, targets)?;
+                let grads = std::mem::take(&mut cx.grads);
+                *back = std::mem::take(&mut cx.pool);
+                Ok((loss, dx, grads))
+            })
+        })
+    }
+
+    /// A stage's backward: `dy`, the gradient of the stream its forward returned, to the
+    /// gradient of the stream it was given, and its layers' weight gradients.
+    pub fn backward(m: &Gpt, saved: Saved, dy: &[f32]) -> Result<(Vec<f32>, NamedGrads)> {
+        let (b, t, range) = (saved.b, saved.t, saved.range.clone());
+        check(m, &range, dy, (b, t))?;
+        pooled(|pool, back| {
+            with_weights(m, |w| {
+                let mut cx = ctx(m, w, pool, b * t);
+                let mut dx = cx.pool.scratch(dy.len());
+                dx.copy_from_slice(dy);
+                layers_bwd(&mut cx, &m.config, range, saved.layers, &mut dx, (b, t))?;
+                let grads = std::mem::take(&mut cx.grads);
+                *back = std::mem::take(&mut cx.pool);
+                Ok((dx, grads))
+            })
+        })
+    }
+
+    /// The client's last piece: `dx`, the gradient of the stream entering layer 0, into the
+    /// embeddings' gradients, added to `head`'s (the token embedding is tied to the head).
+    pub fn embed_backward(
+        m: &Gpt,
+        ids: &[u32],
+        b: usize,
+        t: usize,
+        dx: &[f32],
+        head: NamedGrads,
+    ) -> Result<NamedGrads> {
+        check_batch(m, ids, &[], b, t)?;
+        check(m, &(0..m.config.n_layer), dx, (b, t))?;
+        pooled(|pool, back| {
+            with_weights(m, |w| {
+                let mut cx = ctx(m, w, pool, b * t);
+                cx.grads = head;
+                let mut g = cx.pool.scratch(dx.len());
+                g.copy_from_slice(dx);
+                embed_bwd(&mut cx, &m.config, ids, t, g);
+                let grads = std::mem::take(&mut cx.grads);
+                *back = std::mem::take(&mut cx.pool);
+                Ok(grads)
+            })
+        })
+    }
+
+    /// The pieces' gradients in the order of `m`'s trainable parameters (zeros for one no
+    /// piece computed: a frozen path). A parameter two pieces claim is refused.
+    pub fn assemble(m: &dyn LanguageModel, parts: Vec<NamedGrads>) -> Result<Vec<Vec<f32>>> {
+        let mut all: NamedGrads = HashMap::new();
+        for part in parts {
+            for (name, g) in part {
+                if all.insert(name.clone(), g).is_some() {
+                    return Err(bad(format!("two pieces computed the gradient of {name}")));
+                }
+            }
+        }
+        let out: Vec<Vec<f32>> = m
+            .params()
+            .trainable()
+            .map(|p| {
+                all.remove(&p.name)
+                    .unwrap_or_else(|| vec![0.0; p.var.elem_count()])
+            })
+            .collect();
+        if let Some(name) = all.keys().next() {
+            return Err(bad(format!(
+                "{name} is no trainable parameter of the model"
+            )));
+        }
+        Ok(out)
+    }
+}
+
+/// The forward pass of layers `range` on `x` (the residual stream `[b t, d]` entering the
+/// first of them): the stream leaving the last, and the activations their backward needs.
+fn layers_fwd(
+    cx: &mut Ctx<'_>,
+    c: &GptConfig,
+    range: std::ops::Range<usize>,
+    mut x: Vec<f32>,
+    (b, t): (usize, usize),
+) -> Result<(Vec<f32>, Vec<Layer>)> {
+    let (n, d, nh) = (cx.n, cx.d, c.n_head);
+    let lins = Gpt::linears(c);
+    let mut layers = Vec::with_capacity(range.len());
+    for i in range {
+        let l = &lins[4 * i..4 * i + 4];
         let p = format!("transformer.h.{i}");
         let ln1 = cx.ln_fwd(&x, &format!("{p}.ln_1"));
         let (qkv, u_qkv, m_qkv) = cx.lin_fwd(&l[0], &ln1)?;
@@ -819,6 +1083,15 @@ fn run_with<'a>(
             m_proj,
         });
     }
+    Ok((x, layers))
+}
+
+/// The head on `x` (the last layer's output): the final layer norm, the logits (tied to the
+/// token embedding), the mean cross-entropy against `targets`, and its backward down to the
+/// gradient of `x` (the head's weight gradients go into `cx`).
+fn head_fwd_bwd(cx: &mut Ctx<'_>, x: Vec<f32>, targets: &[u32]) -> Result<(f64, Vec<f32>)> {
+    let (n, d) = (cx.n, cx.d);
+    let v = cx.m.vocab_size();
     let lnf = cx.ln_fwd(&x, "transformer.ln_f");
     let mut logits = cx.pool.scratch(n * v);
     matmul(
@@ -848,8 +1121,7 @@ fn run_with<'a>(
         false,
         threads(),
     )?;
-    let wte_trainable = cx.trainable("transformer.wte.weight");
-    if wte_trainable {
+    if cx.trainable("transformer.wte.weight") {
         let mut dwte = cx.pool.scratch(v * d);
         matmul(
             MatMut::rows(&mut dwte, 0, v, d, d),
@@ -867,36 +1139,63 @@ fn run_with<'a>(
     cx.pool.give(dlnf);
     cx.pool.give(lnf);
     cx.pool.give(x);
-    for (i, (l, s)) in lins.chunks(4).zip(layers).enumerate().rev() {
+    Ok((loss, dx))
+}
+
+/// The backward pass of layers `range` (whose forward saved `layers`): `dx`, the gradient of
+/// the stream leaving the last of them, becomes the gradient of the stream entering the
+/// first; the layers' weight gradients go into `cx`.
+fn layers_bwd(
+    cx: &mut Ctx<'_>,
+    c: &GptConfig,
+    range: std::ops::Range<usize>,
+    layers: Vec<Layer>,
+    dx: &mut [f32],
+    (b, t): (usize, usize),
+) -> Result<()> {
+    let (d, nh) = (cx.d, c.n_head);
+    let lins = Gpt::linears(c);
+    if layers.len() != range.len() {
+        return Err(crate::Error::Data(format!(
+            "{} saved layers for layers {range:?}",
+            layers.len()
+        )));
+    }
+    for (i, s) in range.zip(layers).rev() {
+        let l = &lins[4 * i..4 * i + 4];
         let p = format!("transformer.h.{i}");
         // x_{i+1} = mid + proj(gelu(fc(ln2(mid)))).
-        let dg = cx.lin_bwd(&l[3], &s.g, (&s.u_proj, &s.m_proj), &dx)?;
+        let dg = cx.lin_bwd(&l[3], &s.g, (&s.u_proj, &s.m_proj), dx)?;
         let mut dh = cx.pool.scratch(dg.len());
         gelu::bwd_into(&s.h, &dg, &mut dh);
         cx.pool.give(dg);
         let dln2 = cx.lin_bwd(&l[2], &s.ln2, (&s.u_fc, &s.m_fc), &dh)?;
         cx.pool.give(dh);
-        cx.ln_bwd(&s.mid, &format!("{p}.ln_2"), &dln2, &mut dx);
+        cx.ln_bwd(&s.mid, &format!("{p}.ln_2"), &dln2, dx);
         cx.pool.give(dln2);
         // mid = x + c_proj(attn(c_attn(ln1(x)))).
-        let datt = cx.lin_bwd(&l[1], &s.att, (&s.u_att, &s.m_att), &dx)?;
+        let datt = cx.lin_bwd(&l[1], &s.att, (&s.u_att, &s.m_att), dx)?;
         let mut dqkv = cx.pool.scratch(s.qkv.len());
         attention::bwd_into(&s.qkv, &datt, b, t, d, nh, &mut dqkv, Some(&s.probs))?;
         cx.pool.give(datt);
         let dln1 = cx.lin_bwd(&l[0], &s.ln1, (&s.u_qkv, &s.m_qkv), &dqkv)?;
         cx.pool.give(dqkv);
-        cx.ln_bwd(&s.x, &format!("{p}.ln_1"), &dln1, &mut dx);
+        cx.ln_bwd(&s.x, &format!("{p}.ln_1"), &dln1, dx);
         cx.pool.give(dln1);
         s.recycle(&mut cx.pool);
     }
-    if wte_trainable {
+    Ok(())
+}
+
+/// The embeddings' backward: `dx`, the gradient of the stream entering the first layer, into
+/// the token and position embeddings' gradients (where trainable).
+fn embed_bwd(cx: &mut Ctx<'_>, c: &GptConfig, ids: &[u32], t: usize, dx: Vec<f32>) {
+    let v = c.vocab_size;
+    if cx.trainable("transformer.wte.weight") {
         cx.scatter_grad("transformer.wte.weight", v, &dx, |i| ids[i] as usize);
     }
     if cx.trainable("transformer.wpe.weight") {
         cx.scatter_grad("transformer.wpe.weight", c.n_positions, &dx, |i| i % t);
     }
     cx.pool.give(dx);
-    let grads = cx.take_grads();
-    *pool_back = std::mem::take(&mut cx.pool);
-    Ok((loss, grads))
 }

@@ -215,3 +215,83 @@ fn recycled_gradients_keep_the_pool_from_growing_across_steps() {
     assert!(sizes[1] > 0);
     assert!(sizes[2..].iter().all(|&s| s == sizes[1]), "{sizes:?}");
 }
+
+/// The model split into stages (the client's embeddings and head, three stage servers'
+/// layer ranges) gives the whole hand-written pass's loss and gradients bit for bit, for full
+/// training (the tied embedding's two contributions included) and for LoRA; a stage refuses
+/// a stream or a layer range that does not fit, before any work.
+#[test]
+fn stages_chained_give_the_whole_pass_bit_for_bit() {
+    use cohort_model::fast::stages;
+
+    let run = |m: &Gpt, b: usize, t: usize| {
+        let (x, y) = batch(m.config.vocab_size, b, t, 9);
+        let (whole_loss, whole) = m.fast_loss_and_grads(&x, &y).unwrap().unwrap();
+        let ids: Vec<u32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        let targets: Vec<u32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        let ranges = [0..1, 1..3, 3..4];
+        let mut h = stages::embed(m, &ids, b, t).unwrap();
+        let mut saved = Vec::new();
+        for r in &ranges {
+            let (out, s) = stages::forward(m, r.clone(), &h, b, t).unwrap();
+            assert!(s.bytes() > 0);
+            saved.push(s);
+            h = out;
+        }
+        let (loss, mut dx, head) = stages::head(m, &h, &targets, b, t).unwrap();
+        let mut parts = Vec::new();
+        for s in saved.into_iter().rev() {
+            let (d, g) = stages::backward(m, s, &dx).unwrap();
+            parts.push(g);
+            dx = d;
+        }
+        parts.push(stages::embed_backward(m, &ids, b, t, &dx, head).unwrap());
+        let grads = stages::assemble(m, parts).unwrap();
+        assert_eq!(loss.to_bits(), whole_loss.to_bits(), "loss");
+        assert_eq!(grads.len(), whole.len());
+        for (i, (a, w)) in grads.iter().zip(&whole).enumerate() {
+            let same =
+                a.len() == w.len() && a.iter().zip(w).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(same, "gradient {i} differs");
+        }
+    };
+    let cfg = GptConfig::new(23, 16, 32, 4, 4).with_n_inner(48);
+    let full = Gpt::new(cfg.clone(), 5, &Device::Cpu).unwrap();
+    run(&full, 3, 16);
+    run(&full, 2, 7);
+
+    let mut m = Gpt::new(cfg, 5, &Device::Cpu).unwrap();
+    let linears = m.linear_modules();
+    let w = m.weights_mut();
+    w.lora = Some(
+        Lora::attach(
+            &mut w.params,
+            &linears,
+            LoraConfig::new(3, 6.0, &["c_attn", "c_proj", "c_fc"]),
+            1,
+        )
+        .unwrap(),
+    );
+    for s in m.params().spec() {
+        if s.name.contains("lora_B") {
+            let p = m.params().get(&s.name).unwrap();
+            let r: Vec<f32> =
+                SplitMix64::new(s.name.len() as u64).normal_vec(p.var.elem_count(), 0.1);
+            p.var
+                .set(&Tensor::from_vec(r, p.var.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+        }
+    }
+    run(&m, 2, 12);
+
+    // Refused before any work: a range outside the model, an empty one, a stream of the
+    // wrong size, a non-finite value, a batch longer than the context.
+    let x = vec![0.0f32; 2 * 12 * 16];
+    for (range, len, t) in [(0..5, x.len(), 12), (2..2, x.len(), 12), (0..1, 7, 12)] {
+        assert!(stages::forward(&m, range, &x[..len.min(x.len())], 2, t).is_err());
+    }
+    let mut nan = x.clone();
+    nan[3] = f32::NAN;
+    assert!(stages::forward(&m, 0..1, &nan, 2, 12).is_err());
+    assert!(stages::forward(&m, 0..1, &vec![0.0; 2 * 40 * 16], 2, 40).is_err());
+}
