@@ -220,6 +220,9 @@ impl Fixtures {
                 format!("model lora {m} --data {t} --out {{fresh}} --steps 2 --batch 2")
             }
             "model svd" => format!("model svd {m} --rank 2"),
+            "serve-layers" => {
+                format!("serve-layers {m} --layers 0..1 --listen 127.0.0.1:0 --insecure --check")
+            }
             "bench ledger" => "bench ledger --entries 50 --batch 10 --proofs 5".to_owned(),
             "bench net" => format!(
                 "bench net --config {lin} --set clients=4 --set coordinator.rounds=1 --repeats 1 \

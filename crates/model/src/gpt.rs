@@ -272,6 +272,10 @@ impl LanguageModel for Gpt {
         &self.weights
     }
 
+    fn as_gpt(&self) -> Option<&Gpt> {
+        Some(self)
+    }
+
     fn weights_mut(&mut self) -> &mut Weights {
         &mut self.weights
     }

@@ -137,6 +137,11 @@ pub trait LanguageModel: Send + Sync {
     fn max_context(&self) -> usize;
     /// The device the weights live on.
     fn device(&self) -> &Device;
+    /// The model as a [`crate::Gpt`], if it is one (for what only the GPT has so far: its
+    /// stage passes, [`crate::fast::stages`]).
+    fn as_gpt(&self) -> Option<&crate::Gpt> {
+        None
+    }
     /// Final hidden states `[B, T, d]` (after the last norm) for token ids `[B, T]` (u32).
     fn hidden(&self, ids: &Tensor) -> Result<Tensor>;
     /// Logits `[B, T, V]` from hidden states.

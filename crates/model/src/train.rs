@@ -69,6 +69,12 @@ pub struct EvalStats {
     pub tokens: usize,
 }
 
+/// Where [`Trainer::step_with`] takes a micro-batch's loss and gradients from: called with
+/// the inputs, the targets and the adapter's dropout key; the gradients in the order of the
+/// model's trainable parameters.
+pub type GradSource<'a> =
+    dyn FnMut(&Tensor, &Tensor, Option<u64>) -> Result<(f64, Vec<Vec<f32>>)> + 'a;
+
 /// A training run: the optimiser state and the data sampler.
 #[derive(Debug, Clone)]
 pub struct Trainer {
@@ -152,6 +158,20 @@ impl Trainer {
         autograd_only: bool,
         key: Option<u64>,
     ) -> Result<(f64, Vec<Vec<f32>>, bool)> {
+        Self::gradients_via(model, batches, autograd_only, key, None)
+    }
+
+    /// [`Self::gradients_inner`], each micro-batch's loss and gradients from `source` where
+    /// given (called with the micro-batch and its dropout key) instead of the model's own
+    /// passes; summed and averaged the same way.
+    #[allow(clippy::type_complexity)]
+    fn gradients_via(
+        model: &dyn LanguageModel,
+        batches: &[(Tensor, Tensor)],
+        autograd_only: bool,
+        key: Option<u64>,
+        mut source: Option<&mut GradSource<'_>>,
+    ) -> Result<(f64, Vec<Vec<f32>>, bool)> {
         /// Clears the adapter's training key when dropped.
         struct Eval<'a>(Option<&'a crate::Lora>);
         impl Drop for Eval<'_> {
@@ -168,10 +188,13 @@ impl Trainer {
         let mut used_fast = false;
         let k = batches.len().max(1) as f32;
         for (i, (x, y)) in batches.iter().enumerate() {
-            if let (Some(l), Some(key)) = (lora, key) {
-                l.set_dropout_key(Some(SplitMix64::derive(key, &format!("micro/{i}")).state()));
+            let micro = key.map(|key| SplitMix64::derive(key, &format!("micro/{i}")).state());
+            if let (Some(l), Some(k)) = (lora, micro) {
+                l.set_dropout_key(Some(k));
             }
-            let fast = if autograd_only {
+            let fast = if let Some(f) = source.as_mut() {
+                Some(f(x, y, micro.filter(|_| lora.is_some())))
+            } else if autograd_only {
                 None
             } else {
                 model.fast_loss_and_grads(x, y)
@@ -241,6 +264,43 @@ impl Trainer {
             // The next step's hand-written pass writes its gradients into these buffers.
             crate::fast::recycle(grads);
         }
+        let tokens = batches.iter().map(|(x, _)| x.elem_count()).sum();
+        Ok(StepStats {
+            step: self.optim.step,
+            loss,
+            lr,
+            grad_norm,
+            tokens,
+        })
+    }
+
+    /// [`Self::step`] with each micro-batch's loss and gradients from `source` (called with
+    /// the micro-batch and the adapter's dropout key for it, if the model has an adapter):
+    /// the same batches, keys, averaging and optimiser step, so that a source that computes
+    /// what the model's own pass does (a pipeline of stage servers) trains the same model.
+    pub fn step_with(
+        &mut self,
+        model: &dyn LanguageModel,
+        data: &TokenData,
+        source: &mut GradSource<'_>,
+    ) -> Result<StepStats> {
+        let c = &self.config;
+        let batches = (0..c.grad_accum)
+            .map(|_| {
+                data::sample_batch(
+                    &data.train,
+                    c.batch_size,
+                    c.seq_len,
+                    &mut self.rng,
+                    model.device(),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let key =
+            SplitMix64::derive(self.config.seed, &format!("dropout/{}", self.optim.step)).state();
+        let (loss, grads, _) =
+            Self::gradients_via(model, &batches, false, Some(key), Some(source))?;
+        let StepInfo { lr, grad_norm } = self.optim.step(model.params(), &grads)?;
         let tokens = batches.iter().map(|(x, _)| x.elem_count()).sum();
         Ok(StepStats {
             step: self.optim.step,

@@ -22,6 +22,7 @@ pub mod party;
 pub mod probe;
 pub mod run;
 pub mod server;
+pub mod stage;
 pub mod tls;
 pub mod wire;
 
@@ -36,6 +37,20 @@ pub mod wire;
 )]
 pub mod pb {
     include!("gen/federation.rs");
+}
+
+/// The generated code of the stage servers' protocol (`proto/cohort/stage/v1/stage.proto`,
+/// docs/pipeline.md).
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    clippy::all,
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+pub mod stage_pb {
+    include!("gen/stage.rs");
 }
 
 use cohort_core::Hash32;
@@ -182,21 +197,26 @@ mod tests {
     #[test]
     fn generated_code_matches_the_proto() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let proto = std::fs::read(dir.join("proto/cohort/federation/v1/federation.proto")).unwrap();
         let generator = std::fs::read(dir.join("../../tools/protogen/src/main.rs")).unwrap();
-        let generated = std::fs::read_to_string(dir.join("src/gen/federation.rs")).unwrap();
-        for want in [
-            format!("// proto-sha256: {}", hex::encode(Sha256::digest(&proto))),
-            format!(
-                "// generator-sha256: {}",
-                hex::encode(Sha256::digest(&generator))
-            ),
+        for (proto, file) in [
+            ("federation/v1/federation.proto", "federation.rs"),
+            ("stage/v1/stage.proto", "stage.rs"),
         ] {
-            assert!(
-                generated.lines().take(4).any(|l| l == want),
-                "src/gen/federation.rs is stale (no line {want:?}): run `cargo run --manifest-path \
-                 tools/protogen/Cargo.toml`"
-            );
+            let text = std::fs::read(dir.join("proto/cohort").join(proto)).unwrap();
+            let generated = std::fs::read_to_string(dir.join("src/gen").join(file)).unwrap();
+            for want in [
+                format!("// proto-sha256: {}", hex::encode(Sha256::digest(&text))),
+                format!(
+                    "// generator-sha256: {}",
+                    hex::encode(Sha256::digest(&generator))
+                ),
+            ] {
+                assert!(
+                    generated.lines().take(4).any(|l| l == want),
+                    "src/gen/{file} is stale (no line {want:?}): run `cargo run --manifest-path \
+                     tools/protogen/Cargo.toml`"
+                );
+            }
         }
     }
 }

@@ -51,6 +51,9 @@ enum Command {
     /// Train, evaluate, sample from and adapt language models (GPT from scratch, LoRA).
     #[command(subcommand)]
     Model(model::ModelCmd),
+    /// Hold a range of a GPT's layers and run them, forward and backward, for clients that
+    /// train through a pipeline of such servers (`cohort model lora --pipeline`).
+    ServeLayers(model::ServeArgs),
     /// Benchmarks that print a table and write JSON.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -72,6 +75,7 @@ impl Cli {
             Command::Validator(a) => a.execute(),
             Command::Unlearn(a) => a.execute(),
             Command::Model(c) => c.execute(),
+            Command::ServeLayers(a) => a.execute(),
             Command::Bench(c) => c.execute(),
             Command::Sim(c) => c.execute(),
         }

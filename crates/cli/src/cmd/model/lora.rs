@@ -67,6 +67,18 @@ pub struct Args {
     /// copied.
     #[arg(long)]
     no_mmap: bool,
+    /// Train through stage servers (`cohort serve-layers`) that together hold every layer,
+    /// listed in the order of their layers: URL,URL,... (https://HOST:PORT with --ca, or
+    /// http://HOST:PORT with --insecure). The embeddings, the head and the adapter stay here;
+    /// the result is the same as without (docs/pipeline.md). GPT models only.
+    #[arg(long, value_delimiter = ',', value_name = "URLS")]
+    pipeline: Vec<String>,
+    /// The CA that signed the stage servers' certificates (for https:// URLs).
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    ca: Option<PathBuf>,
+    /// Talk to the stage servers in plain text (http:// URLs; loopback and tests only).
+    #[arg(long)]
+    insecure: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -152,6 +164,9 @@ pub(super) fn load_base(
 
 impl Args {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
+        if self.pipeline.is_empty() && (self.ca.is_some() || self.insecure) {
+            anyhow::bail!("--ca and --insecure are for the stage servers of --pipeline");
+        }
         let staged =
             super::Staged::new(&self.out, "--out", self.force, "pass --force to replace it")?;
         let (mut model, tok, mapped) = load_base(&self.dir, self.no_mmap)?;
@@ -193,13 +208,56 @@ impl Args {
         tc.optim.total_steps = self.steps;
         tc.optim.weight_decay = 0.0;
         let mut trainer = Trainer::new(model.as_ref(), tc)?;
+        // The pipeline, checked before any step: the servers hold this model's layers, all of
+        // them, in order.
+        let mut pipeline = match self.pipeline.is_empty() {
+            true => None,
+            false => {
+                let dials = self
+                    .pipeline
+                    .iter()
+                    .map(|u| {
+                        crate::cmd::federation::dial_to(
+                            "--pipeline",
+                            u,
+                            self.ca.as_deref(),
+                            None,
+                            self.insecure,
+                            Duration::from_secs(120),
+                        )
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let gpt = gpt_of(model.as_ref(), &self.dir)?;
+                let lora = model.weights().lora.as_ref().context("no adapter")?;
+                Some(super::pipeline::Pipeline::connect(
+                    &dials,
+                    &self.dir,
+                    gpt.config.n_layer,
+                    &lora.config,
+                )?)
+            }
+        };
         let progress = super::Progress::new(self.steps as u64, self.json, self.log_every);
         let start = Instant::now();
         let mut tokens = 0;
         let before = cohort_model::mem::peak_rss_bytes();
         let sampler = cohort_model::mem::MemorySampler::start(Duration::from_millis(5));
         for i in 0..self.steps {
-            let s = trainer.step(model.as_ref(), &data)?;
+            let s = match &mut pipeline {
+                None => trainer.step(model.as_ref(), &data)?,
+                Some(p) => {
+                    let gpt = gpt_of(model.as_ref(), &self.dir)?;
+                    let mut source =
+                        |x: &candle_core::Tensor,
+                         y: &candle_core::Tensor,
+                         key: Option<u64>|
+                         -> cohort_model::Result<(f64, Vec<Vec<f32>>)> {
+                            p.grads(gpt, x, y, key)
+                                .map_err(|e| cohort_model::Error::Data(format!("{e:#}")))
+                        };
+                    trainer.step_with(model.as_ref(), &data, &mut source)?
+                }
+            };
             if !s.loss.is_finite() {
                 anyhow::bail!(
                     "step {}: the training loss is {} (try a smaller --lr); nothing was written",
@@ -274,4 +332,15 @@ impl Args {
 
 fn mib(b: Option<u64>) -> String {
     b.map_or("-".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0))
+}
+
+/// The GPT behind `model` (loaded from `dir`), for the pipeline's stage passes; any other
+/// architecture is refused.
+fn gpt_of<'a>(model: &'a dyn LanguageModel, dir: &Path) -> anyhow::Result<&'a Gpt> {
+    model.as_gpt().with_context(|| {
+        format!(
+            "--pipeline: {} is not a GPT; stage servers hold GPT layers only so far",
+            dir.display()
+        )
+    })
 }

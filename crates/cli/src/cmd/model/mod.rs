@@ -1,8 +1,10 @@
 //! `cohort model ...`: train, evaluate, sample from and adapt language models.
 
 mod eval;
+pub use pipeline::ServeArgs;
 mod generate;
 mod lora;
+mod pipeline;
 mod pretrain;
 mod svd;
 

@@ -1,0 +1,403 @@
+//! Model parallelism over the network (docs/pipeline.md): `cohort serve-layers`, a stage
+//! server holding a range of a GPT's layers, and the client's side of `cohort model lora
+//! --pipeline`, which routes each training step through such servers.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use candle_core::{Device, Tensor};
+use cohort_model::fast::stages;
+use cohort_model::{Gpt, LanguageModel, Lora, LoraConfig};
+use cohort_net::stage::{ForwardCall, Named, StageClient, StageCompute, StageInfo, serve_stage};
+use sha2::{Digest, Sha256};
+
+/// SHA-256 over a model directory's `config.json` and `model.safetensors`, as a stage server
+/// and its client read them: they must hold the same model.
+pub fn model_sha256(dir: &Path) -> anyhow::Result<[u8; 32]> {
+    let mut h = Sha256::new();
+    for name in ["config.json", "model.safetensors"] {
+        let path = dir.join(name);
+        let mut f =
+            std::fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f
+                .read(&mut buf)
+                .with_context(|| format!("reading {}", path.display()))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+    }
+    Ok(h.finalize().into())
+}
+
+/// `A..B` as a range of layers of a model of `total`.
+fn parse_layers(s: &str, total: usize) -> anyhow::Result<std::ops::Range<usize>> {
+    let bad = || {
+        anyhow::anyhow!(
+            "--layers {s:?}: expected A..B, the first layer and one past the last, within \
+             0..{total} (this model has {total} layers)"
+        )
+    };
+    let (a, b) = s.split_once("..").ok_or_else(bad)?;
+    let a: usize = a.trim().parse().map_err(|_| bad())?;
+    let b: usize = b.trim().parse().map_err(|_| bad())?;
+    if a >= b || b > total {
+        return Err(bad());
+    }
+    Ok(a..b)
+}
+
+/// Whether parameter `name` belongs to one of `layers` (a base weight, or an adapter weight
+/// under PEFT's `base_model.model.` prefix).
+fn in_layers(name: &str, layers: &std::ops::Range<usize>) -> bool {
+    let name = name.strip_prefix("base_model.model.").unwrap_or(name);
+    layers
+        .clone()
+        .any(|l| name.starts_with(&format!("transformer.h.{l}.")))
+}
+
+/// A forward a server answered, waiting for its backward.
+struct Pending {
+    saved: stages::Saved,
+    adapter: Named,
+}
+
+/// A stage server's model side: a GPT whose layers `layers` it runs, the adapter weights of
+/// each call set into it first. Calls are served one at a time.
+struct GptStage {
+    model: Mutex<Gpt>,
+    info: StageInfo,
+    /// The adapter configuration the server was first asked for; it serves only that one.
+    adapter: Mutex<Option<LoraConfig>>,
+    pending: Mutex<VecDeque<((u64, u64), Pending)>>,
+}
+
+/// Forwards kept waiting for their backward, at most (the oldest is dropped first).
+const MAX_PENDING: usize = 64;
+
+impl GptStage {
+    /// Sets `adapter` (names of this server's layers' LoRA weights) into the model, attaching
+    /// an adapter of `config` on the first call.
+    fn set_adapter(&self, m: &mut Gpt, config: &LoraConfig, adapter: &Named) -> Result<(), String> {
+        let mut attached = self.adapter.lock().map_err(|_| "poisoned".to_owned())?;
+        match &*attached {
+            None => {
+                let linears = m.linear_modules();
+                let w = m.weights_mut();
+                let lora = Lora::attach(&mut w.params, &linears, config.clone(), 0)
+                    .map_err(|e| format!("the adapter configuration: {e}"))?;
+                w.lora = Some(lora);
+                *attached = Some(config.clone());
+            }
+            Some(c) if c != config => {
+                return Err(
+                    "this server already serves an adapter of another configuration (rank, \
+                     alpha, targets or dropout); start another server for it"
+                        .into(),
+                );
+            }
+            Some(_) => {}
+        }
+        let layers = &self.info.layers;
+        for (name, values) in adapter {
+            if !in_layers(name, layers) {
+                return Err(format!("{name} is not a weight of layers {layers:?}"));
+            }
+            let p = m
+                .params()
+                .get(name)
+                .ok_or_else(|| format!("{name} is not an adapter weight of this model"))?;
+            if p.var.elem_count() != values.len() {
+                return Err(format!(
+                    "{name}: {} values for a tensor of {}",
+                    values.len(),
+                    p.var.elem_count()
+                ));
+            }
+            if values.iter().any(|v| !v.is_finite()) {
+                return Err(format!("{name} holds a value that is not finite"));
+            }
+            let t = Tensor::from_vec(values.clone(), p.var.shape(), &Device::Cpu)
+                .map_err(|e| e.to_string())?;
+            p.var.set(&t).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+impl StageCompute for GptStage {
+    fn info(&self) -> StageInfo {
+        self.info.clone()
+    }
+
+    fn forward(&self, call: ForwardCall) -> Result<Vec<f32>, String> {
+        let config: LoraConfig = call
+            .adapter_config
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| format!("the adapter configuration does not read: {e}"))?
+            .ok_or("no adapter configuration: a client trains an adapter")?;
+        let mut m = self.model.lock().map_err(|_| "poisoned".to_owned())?;
+        self.set_adapter(&mut m, &config, &call.adapter)?;
+        if let Some(l) = &m.weights().lora {
+            l.set_dropout_key(call.dropout_key);
+        }
+        let r = stages::forward(
+            &m,
+            self.info.layers.clone(),
+            &call.stream,
+            call.batch,
+            call.tokens,
+        );
+        if let Some(l) = &m.weights().lora {
+            l.set_dropout_key(None);
+        }
+        let (out, saved) = r.map_err(|e| e.to_string())?;
+        let mut pending = self.pending.lock().map_err(|_| "poisoned".to_owned())?;
+        pending.retain(|(k, _)| *k != (call.session, call.step));
+        if pending.len() >= MAX_PENDING {
+            pending.pop_front();
+        }
+        pending.push_back((
+            (call.session, call.step),
+            Pending {
+                saved,
+                adapter: call.adapter,
+            },
+        ));
+        Ok(out)
+    }
+
+    fn backward(
+        &self,
+        session: u64,
+        step: u64,
+        grad: Vec<f32>,
+    ) -> Result<(Vec<f32>, Named), String> {
+        let p = {
+            let mut pending = self.pending.lock().map_err(|_| "poisoned".to_owned())?;
+            let i = pending
+                .iter()
+                .position(|(k, _)| *k == (session, step))
+                .ok_or_else(|| {
+                    format!("no forward of session {session} step {step} is waiting here")
+                })?;
+            pending.remove(i).map(|(_, p)| p).ok_or("vanished")?
+        };
+        let mut m = self.model.lock().map_err(|_| "poisoned".to_owned())?;
+        let config = self
+            .adapter
+            .lock()
+            .map_err(|_| "poisoned".to_owned())?
+            .clone()
+            .ok_or("no adapter")?;
+        self.set_adapter(&mut m, &config, &p.adapter)?;
+        let (dx, grads) = stages::backward(&m, p.saved, &grad).map_err(|e| e.to_string())?;
+        let mut named: Named = grads.into_iter().collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok((dx, named))
+    }
+}
+
+/// `cohort serve-layers`: hold layers A..B of a GPT and run them for pipeline clients.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The model directory (config.json, model.safetensors: a GPT).
+    dir: PathBuf,
+    /// The layers to hold: A..B, the first and one past the last (0..2: layers 0 and 1).
+    #[arg(long)]
+    layers: String,
+    /// Where to listen: HOST:PORT (port 0: any free port, printed).
+    #[arg(long)]
+    listen: String,
+    /// The server's TLS certificate chain (PEM; `cohort keys tls` makes one).
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "insecure",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve plain text instead of TLS (loopback and tests only).
+    #[arg(long)]
+    insecure: bool,
+    /// Check everything a start would (the model, the layers, TLS, the address), say what
+    /// would be served, and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+impl ServeArgs {
+    pub fn execute(self) -> anyhow::Result<ExitCode> {
+        let tls = match (&self.tls_cert, &self.tls_key, self.insecure) {
+            (Some(c), Some(k), false) => Some(cohort_net::tls::server_config(c, k)?),
+            (None, None, true) => None,
+            _ => bail!(
+                "serve-layers needs --tls-cert and --tls-key (`cohort keys tls` makes them), or \
+                 --insecure for plain text"
+            ),
+        };
+        let kind = cohort_model::checkpoint::model_type(&self.dir)
+            .with_context(|| format!("loading model {}", self.dir.display()))?;
+        if kind != "gpt2" {
+            bail!(
+                "{}: a {kind} model; stage servers hold GPT layers only so far",
+                self.dir.display()
+            );
+        }
+        let model = Gpt::load_mapped(&self.dir, &Device::Cpu)
+            .with_context(|| format!("mapping model {}", self.dir.display()))?;
+        let total = model.config.n_layer;
+        let layers = parse_layers(&self.layers, total)?;
+        let info = StageInfo {
+            model_sha256: model_sha256(&self.dir)?,
+            layers: layers.clone(),
+            width: model.config.n_embd,
+            total_layers: total,
+        };
+        let listener = std::net::TcpListener::bind(&self.listen)
+            .with_context(|| format!("--listen {}", self.listen))?;
+        if self.check {
+            println!(
+                "would serve layers {}..{} of {} ({} layers) on {}",
+                layers.start,
+                layers.end,
+                self.dir.display(),
+                total,
+                self.listen
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        let rt = cohort_net::run::server_runtime(2)?;
+        let stage = GptStage {
+            model: Mutex::new(model),
+            info,
+            adapter: Mutex::new(None),
+            pending: Mutex::new(VecDeque::new()),
+        };
+        let addr = serve_stage(&rt, Arc::new(stage), listener, tls)?;
+        println!(
+            "serving layers {}..{} of {} ({} layers) on {addr}",
+            layers.start,
+            layers.end,
+            self.dir.display(),
+            total
+        );
+        // Serves until killed.
+        loop {
+            std::thread::park();
+        }
+    }
+}
+
+/// The client's side: servers that together hold every layer of its model, in order.
+pub struct Pipeline {
+    stages: Vec<(std::ops::Range<usize>, StageClient)>,
+    adapter_config: String,
+    session: u64,
+    step: u64,
+}
+
+impl Pipeline {
+    /// Dials `dials`, checks that they hold the model in `dir` (by hash) and cover its
+    /// `total` layers in order, each starting where the one before ends.
+    pub fn connect(
+        dials: &[cohort_net::party::Dial],
+        dir: &Path,
+        total: usize,
+        adapter: &LoraConfig,
+    ) -> anyhow::Result<Self> {
+        let want = model_sha256(dir)?;
+        let mut stages = Vec::new();
+        let mut next = 0usize;
+        for d in dials {
+            let url = &d.url;
+            let mut c = StageClient::connect(url, d.tls.as_ref(), Duration::from_secs(120))?;
+            let info = c.info()?;
+            if info.model_sha256 != want {
+                bail!(
+                    "--pipeline {url}: it serves another model than {} (its files' SHA-256 \
+                     differ)",
+                    dir.display()
+                );
+            }
+            if info.total_layers != total || info.layers.start != next {
+                bail!(
+                    "--pipeline {url}: it holds layers {:?} of {}; the next stage must start at \
+                     layer {next} of {total} (list the servers in the order of their layers)",
+                    info.layers,
+                    info.total_layers
+                );
+            }
+            next = info.layers.end;
+            stages.push((info.layers, c));
+        }
+        if next != total {
+            bail!("--pipeline: the servers hold layers 0..{next}; the model has {total}");
+        }
+        Ok(Self {
+            stages,
+            adapter_config: serde_json::to_string(adapter)?,
+            session: rand::random(),
+            step: 0,
+        })
+    }
+
+    /// The loss and gradients of one micro-batch, through the servers: embeddings here, each
+    /// stage's layers there, the head here, and back.
+    pub fn grads(
+        &mut self,
+        m: &Gpt,
+        x: &Tensor,
+        y: &Tensor,
+        key: Option<u64>,
+    ) -> anyhow::Result<(f64, Vec<Vec<f32>>)> {
+        let (b, t) = x.dims2()?;
+        let ids: Vec<u32> = x.flatten_all()?.to_vec1()?;
+        let targets: Vec<u32> = y.flatten_all()?.to_vec1()?;
+        self.step += 1;
+        let step = self.step;
+        let mut h = stages::embed(m, &ids, b, t)?;
+        for (layers, c) in &mut self.stages {
+            let adapter: Named = m
+                .params()
+                .trainable()
+                .filter(|p| in_layers(&p.name, layers))
+                .map(|p| -> anyhow::Result<(String, Vec<f32>)> {
+                    Ok((p.name.clone(), p.var.flatten_all()?.to_vec1()?))
+                })
+                .collect::<anyhow::Result<_>>()?;
+            h = c.forward(&ForwardCall {
+                session: self.session,
+                step,
+                batch: b,
+                tokens: t,
+                stream: h,
+                adapter,
+                adapter_config: Some(self.adapter_config.clone()),
+                dropout_key: key,
+            })?;
+        }
+        let (loss, mut dx, head) = stages::head(m, &h, &targets, b, t)?;
+        let mut parts: Vec<stages::NamedGrads> = Vec::new();
+        for (_, c) in self.stages.iter_mut().rev() {
+            let (d, g) = c.backward(self.session, step, &dx)?;
+            parts.push(g.into_iter().collect::<HashMap<_, _>>());
+            dx = d;
+        }
+        parts.push(stages::embed_backward(m, &ids, b, t, &dx, head)?);
+        Ok((loss, stages::assemble(m, parts)?))
+    }
+}

@@ -1,0 +1,162 @@
+//! `cohort serve-layers` and `cohort model lora --pipeline`: three stage-server processes
+//! hold a GPT's layers; a client trains a LoRA adapter through them over loopback gRPC and
+//! gets, bit for bit, the adapter single-process training writes (with adapter dropout, so
+//! that the dropout keys travel too). What does not fit is refused by name.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use common::{cohort, p, text};
+
+/// A stage server for `layers` of the model in `dir`; killed when dropped.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(dir: &Path, layers: &str) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .args([
+            "serve-layers",
+            p(dir),
+            "--layers",
+            layers,
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    // "serving layers A..B of DIR (N layers) on HOST:PORT"
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
+    assert!(line.starts_with("serving layers"), "{line}");
+    Server {
+        child,
+        url: format!("http://{addr}"),
+    }
+}
+
+#[test]
+fn three_stage_servers_train_the_adapter_single_process_training_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/data/tinyshakespeare/input.txt"
+    );
+    let text_file = tmp.path().join("text.txt");
+    let all = std::fs::read_to_string(corpus).unwrap();
+    std::fs::write(&text_file, &all[..60_000]).unwrap();
+    let model = tmp.path().join("model");
+    let o = cohort(&[
+        "model",
+        "pretrain",
+        "--corpus",
+        p(&text_file),
+        "--preset",
+        "tiny",
+        "--out",
+        p(&model),
+        "--steps",
+        "3",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let servers: Vec<Server> = ["0..1", "1..3", "3..4"]
+        .iter()
+        .map(|l| serve(&model, l))
+        .collect();
+    let urls: Vec<&str> = servers.iter().map(|s| s.url.as_str()).collect();
+    let lora = |out: &Path, extra: &[&str]| {
+        let mut a = vec![
+            "model",
+            "lora",
+            p(&model),
+            "--data",
+            p(&text_file),
+            "--out",
+            p(out),
+            "--steps",
+            "4",
+            "--batch",
+            "4",
+            "--dropout",
+            "0.1",
+            "--json",
+        ];
+        a.extend(extra);
+        cohort(&a)
+    };
+    let single = tmp.path().join("single");
+    let o = lora(&single, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let piped = tmp.path().join("piped");
+    let list = urls.join(",");
+    let o = lora(&piped, &["--pipeline", &list, "--insecure"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let a = std::fs::read(single.join("adapter_model.safetensors")).unwrap();
+    let b = std::fs::read(piped.join("adapter_model.safetensors")).unwrap();
+    assert!(
+        a == b,
+        "the pipelined adapter differs from the single-process one"
+    );
+
+    // Refused by name before any step: the servers out of order, a gap, plain http without
+    // --insecure, a server that is not there.
+    let bad = tmp.path().join("bad");
+    for (list, extra, why) in [
+        (
+            format!("{},{},{}", urls[1], urls[0], urls[2]),
+            vec!["--insecure"],
+            "the next stage must start at layer 0",
+        ),
+        (
+            format!("{},{}", urls[0], urls[1]),
+            vec!["--insecure"],
+            "the servers hold layers 0..3; the model has 4",
+        ),
+        (list.clone(), vec![], "plain http needs --insecure"),
+        (
+            "http://127.0.0.1:1".to_owned(),
+            vec!["--insecure"],
+            "stage server http://127.0.0.1:1",
+        ),
+    ] {
+        let mut extra = extra;
+        extra.extend(["--pipeline", list.as_str()]);
+        let o = lora(&bad, &extra);
+        assert!(!o.status.success(), "{list}");
+        assert!(text(&o).contains(why), "{list}: {}", text(&o));
+        assert!(!bad.exists(), "{list}: something was written");
+    }
+    // A layer range the model does not have.
+    let o = cohort(&[
+        "serve-layers",
+        p(&model),
+        "--layers",
+        "2..9",
+        "--listen",
+        "127.0.0.1:0",
+        "--insecure",
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--layers \"2..9\""), "{}", text(&o));
+}

@@ -1,0 +1,416 @@
+//! Stage servers (docs/pipeline.md): the gRPC protocol of `proto/cohort/stage/v1/stage.proto`
+//! between a client that holds a model's embeddings, head and adapter and the servers that
+//! each hold a contiguous range of its transformer layers.
+//!
+//! This module is the network side only. What a server computes is behind [`StageCompute`]
+//! (implemented with cohort-model's stage passes by the `cohort serve-layers` command), so
+//! that this crate does not depend on the model library; [`StageClient`] is the client's
+//! blocking handle on one server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+use crate::NetError;
+use crate::stage_pb as pb;
+use crate::stage_pb::stage_client::StageClient as GrpcClient;
+use crate::stage_pb::stage_server::{Stage, StageServer};
+
+/// The stage protocol's version.
+pub const STAGE_PROTOCOL_VERSION: u32 = 1;
+
+/// The largest message either side takes: a stream of 64 MiB (for example 16 sequences of
+/// 1,024 tokens of width 1,024 in f32).
+pub const MAX_STAGE_MESSAGE: usize = 64 << 20;
+
+/// What a server holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageInfo {
+    /// SHA-256 of the model's files as the server read them.
+    pub model_sha256: [u8; 32],
+    /// Its layers, `first..end`.
+    pub layers: std::ops::Range<usize>,
+    /// The stream's width.
+    pub width: usize,
+    /// The model's number of layers.
+    pub total_layers: usize,
+}
+
+/// A tensor by name, its values.
+pub type Named = Vec<(String, Vec<f32>)>;
+
+/// One forward call.
+#[derive(Debug, Clone)]
+pub struct ForwardCall {
+    /// The client's session.
+    pub session: u64,
+    /// The step within it.
+    pub step: u64,
+    /// Sequences.
+    pub batch: usize,
+    /// Tokens per sequence.
+    pub tokens: usize,
+    /// The stream entering the first layer.
+    pub stream: Vec<f32>,
+    /// The adapter weights of the server's layers.
+    pub adapter: Named,
+    /// The adapter's dropout key, when training with dropout.
+    pub dropout_key: Option<u64>,
+    /// The adapter's configuration (PEFT's adapter_config.json, as JSON).
+    pub adapter_config: Option<String>,
+}
+
+/// What a stage server computes: its layers forward and backward. Errors are messages for
+/// the client (a refusal of its input, or the server's failure).
+pub trait StageCompute: Send + Sync + 'static {
+    /// What it holds.
+    fn info(&self) -> StageInfo;
+    /// Its layers forward on `call.stream`: the stream leaving its last layer. Keeps what the
+    /// backward of `(session, step)` needs.
+    fn forward(&self, call: ForwardCall) -> Result<Vec<f32>, String>;
+    /// Its layers backward for the forward of `(session, step)`: the gradient of the stream
+    /// that forward was given, and the adapter weights' gradients.
+    fn backward(
+        &self,
+        session: u64,
+        step: u64,
+        grad: Vec<f32>,
+    ) -> Result<(Vec<f32>, Named), String>;
+}
+
+fn floats(bytes: &[u8], what: &str) -> Result<Vec<f32>, Status> {
+    if !bytes.len().is_multiple_of(4) {
+        return Err(Status::invalid_argument(format!(
+            "{what}: {} bytes is not a whole number of f32 values",
+            bytes.len()
+        )));
+    }
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+fn bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn tensors(t: Vec<pb::Tensor>, what: &str) -> Result<Named, Status> {
+    t.into_iter()
+        .map(|t| {
+            let v = floats(&t.data, &format!("{what} {}", t.name))?;
+            Ok((t.name, v))
+        })
+        .collect()
+}
+
+fn pb_tensors(t: Named) -> Vec<pb::Tensor> {
+    t.into_iter()
+        .map(|(name, v)| pb::Tensor {
+            name,
+            data: bytes(&v),
+        })
+        .collect()
+}
+
+struct Service(Arc<dyn StageCompute>);
+
+#[tonic::async_trait]
+impl Stage for Service {
+    async fn info(&self, _: Request<pb::InfoRequest>) -> Result<Response<pb::InfoReply>, Status> {
+        let i = self.0.info();
+        Ok(Response::new(pb::InfoReply {
+            protocol_version: STAGE_PROTOCOL_VERSION,
+            model_sha256: i.model_sha256.to_vec(),
+            first_layer: i.layers.start as u32,
+            end_layer: i.layers.end as u32,
+            width: i.width as u32,
+            layers: i.total_layers as u32,
+        }))
+    }
+
+    async fn forward(
+        &self,
+        r: Request<pb::ForwardRequest>,
+    ) -> Result<Response<pb::ForwardReply>, Status> {
+        let r = r.into_inner();
+        let call = ForwardCall {
+            session: r.session,
+            step: r.step,
+            batch: r.batch as usize,
+            tokens: r.tokens as usize,
+            stream: floats(&r.stream, "the stream")?,
+            adapter: tensors(r.adapter, "adapter tensor")?,
+            dropout_key: r.dropout_key,
+            adapter_config: r.adapter_config,
+        };
+        let compute = Arc::clone(&self.0);
+        let out = tokio::task::spawn_blocking(move || compute.forward(call))
+            .await
+            .map_err(|e| Status::internal(format!("the forward pass failed: {e}")))?
+            .map_err(Status::invalid_argument)?;
+        Ok(Response::new(pb::ForwardReply {
+            stream: bytes(&out),
+        }))
+    }
+
+    async fn backward(
+        &self,
+        r: Request<pb::BackwardRequest>,
+    ) -> Result<Response<pb::BackwardReply>, Status> {
+        let r = r.into_inner();
+        let grad = floats(&r.grad, "the gradient")?;
+        let compute = Arc::clone(&self.0);
+        let (dx, grads) =
+            tokio::task::spawn_blocking(move || compute.backward(r.session, r.step, grad))
+                .await
+                .map_err(|e| Status::internal(format!("the backward pass failed: {e}")))?
+                .map_err(Status::failed_precondition)?;
+        Ok(Response::new(pb::BackwardReply {
+            grad: bytes(&dx),
+            grads: pb_tensors(grads),
+        }))
+    }
+}
+
+/// Serves `compute` on `listener` (TLS with `tls`, else plain text) on `rt` until the runtime
+/// stops; the address it listens on.
+///
+/// # Errors
+/// The listener cannot be handed to tokio, or the TLS configuration is refused.
+pub fn serve_stage(
+    rt: &tokio::runtime::Runtime,
+    compute: Arc<dyn StageCompute>,
+    listener: std::net::TcpListener,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> Result<SocketAddr, NetError> {
+    let io = |e: std::io::Error| NetError::Io {
+        path: "the listening socket".into(),
+        source: e,
+    };
+    listener.set_nonblocking(true).map_err(io)?;
+    let addr = listener.local_addr().map_err(io)?;
+    let listener = {
+        let _guard = rt.enter();
+        tokio::net::TcpListener::from_std(listener).map_err(io)?
+    };
+    let mut builder = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(crate::STREAM_WINDOW)
+        .initial_connection_window_size(crate::CONNECTION_WINDOW);
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).map_err(|e| NetError::Connect {
+            what: "TLS for the stage server".into(),
+            source: Box::new(e),
+        })?;
+    }
+    let service = StageServer::new(Service(compute))
+        .max_decoding_message_size(MAX_STAGE_MESSAGE)
+        .max_encoding_message_size(MAX_STAGE_MESSAGE);
+    let router = builder.add_service(service);
+    rt.spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        if let Err(e) = router.serve_with_incoming(incoming).await {
+            tracing::error!("the stage server stopped: {e}");
+        }
+    });
+    Ok(addr)
+}
+
+/// A client's handle on one stage server: blocking calls, each with a deadline (a server past
+/// it is an error, never a hang).
+pub struct StageClient {
+    rt: tokio::runtime::Runtime,
+    client: GrpcClient<tonic::transport::Channel>,
+    url: String,
+    deadline: Duration,
+}
+
+impl std::fmt::Debug for StageClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StageClient")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a stage call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// The server could not be reached or the connection broke.
+    #[error("stage server {url}: {reason}")]
+    Unreachable {
+        /// The server.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server did not answer within the deadline.
+    #[error("stage server {url}: no answer within {secs} s")]
+    Deadline {
+        /// The server.
+        url: String,
+        /// The deadline.
+        secs: u64,
+    },
+    /// The server refused the call.
+    #[error("stage server {url} refused the call: {reason}")]
+    Refused {
+        /// The server.
+        url: String,
+        /// Its reason.
+        reason: String,
+    },
+}
+
+impl StageClient {
+    /// Dials `url` (`https://HOST:PORT` with `tls`, `http://HOST:PORT` without), waiting at
+    /// most `deadline` for it and for every call after.
+    ///
+    /// # Errors
+    /// The URL or TLS settings are refused, or the server cannot be reached.
+    pub fn connect(
+        url: &str,
+        tls: Option<&tonic::transport::ClientTlsConfig>,
+        deadline: Duration,
+    ) -> Result<Self, StageError> {
+        let unreachable = |reason: String| StageError::Unreachable {
+            url: url.to_owned(),
+            reason,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| unreachable(format!("no runtime: {e}")))?;
+        let ep = crate::party::endpoint(url, tls).map_err(|e| unreachable(e.to_string()))?;
+        let channel = rt
+            .block_on(async { tokio::time::timeout(deadline, ep.connect()).await })
+            .map_err(|_| unreachable(format!("no connection within {} s", deadline.as_secs())))?
+            .map_err(|e| unreachable(format!("{e}")))?;
+        let client = GrpcClient::new(channel)
+            .max_decoding_message_size(MAX_STAGE_MESSAGE)
+            .max_encoding_message_size(MAX_STAGE_MESSAGE);
+        Ok(Self {
+            rt,
+            client,
+            url: url.to_owned(),
+            deadline,
+        })
+    }
+
+    /// The server's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn call<T>(
+        &mut self,
+        f: impl AsyncFnOnce(&mut GrpcClient<tonic::transport::Channel>) -> Result<T, Status>,
+    ) -> Result<T, StageError> {
+        let (url, secs) = (self.url.clone(), self.deadline.as_secs());
+        let client = &mut self.client;
+        let deadline = self.deadline;
+        match self
+            .rt
+            .block_on(async { tokio::time::timeout(deadline, f(client)).await })
+        {
+            Err(_) => Err(StageError::Deadline { url, secs }),
+            Ok(Ok(x)) => Ok(x),
+            Ok(Err(s)) => match s.code() {
+                tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => {
+                    Err(StageError::Refused {
+                        url,
+                        reason: s.message().to_owned(),
+                    })
+                }
+                _ => Err(StageError::Unreachable {
+                    url,
+                    reason: format!("{}: {}", s.code(), s.message()),
+                }),
+            },
+        }
+    }
+
+    /// What the server holds.
+    ///
+    /// # Errors
+    /// See [`StageError`]; a server speaking another protocol version is refused.
+    pub fn info(&mut self) -> Result<StageInfo, StageError> {
+        let r = self
+            .call(async |c| c.info(pb::InfoRequest {}).await)?
+            .into_inner();
+        let url = self.url.clone();
+        if r.protocol_version != STAGE_PROTOCOL_VERSION {
+            return Err(StageError::Refused {
+                url,
+                reason: format!(
+                    "it speaks stage protocol {}, this client {STAGE_PROTOCOL_VERSION}",
+                    r.protocol_version
+                ),
+            });
+        }
+        let model_sha256: [u8; 32] =
+            r.model_sha256
+                .as_slice()
+                .try_into()
+                .map_err(|_| StageError::Refused {
+                    url: url.clone(),
+                    reason: "its model hash is not 32 bytes".into(),
+                })?;
+        Ok(StageInfo {
+            model_sha256,
+            layers: r.first_layer as usize..r.end_layer as usize,
+            width: r.width as usize,
+            total_layers: r.layers as usize,
+        })
+    }
+
+    /// The server's layers forward.
+    ///
+    /// # Errors
+    /// See [`StageError`].
+    pub fn forward(&mut self, call: &ForwardCall) -> Result<Vec<f32>, StageError> {
+        let req = pb::ForwardRequest {
+            session: call.session,
+            step: call.step,
+            batch: call.batch as u32,
+            tokens: call.tokens as u32,
+            stream: bytes(&call.stream),
+            adapter: pb_tensors(call.adapter.clone()),
+            dropout_key: call.dropout_key,
+            adapter_config: call.adapter_config.clone(),
+        };
+        let r = self.call(async |c| c.forward(req).await)?.into_inner();
+        floats(&r.stream, "the stream").map_err(|s| StageError::Refused {
+            url: self.url.clone(),
+            reason: format!("its answer: {}", s.message()),
+        })
+    }
+
+    /// The server's layers backward for the forward of `(session, step)`.
+    ///
+    /// # Errors
+    /// See [`StageError`].
+    pub fn backward(
+        &mut self,
+        session: u64,
+        step: u64,
+        grad: &[f32],
+    ) -> Result<(Vec<f32>, Named), StageError> {
+        let req = pb::BackwardRequest {
+            session,
+            step,
+            grad: bytes(grad),
+        };
+        let r = self.call(async |c| c.backward(req).await)?.into_inner();
+        let bad = |s: Status| StageError::Refused {
+            url: self.url.clone(),
+            reason: format!("its answer: {}", s.message()),
+        };
+        let dx = floats(&r.grad, "the gradient").map_err(bad)?;
+        let grads = tensors(r.grads, "gradient").map_err(bad)?;
+        Ok((dx, grads))
+    }
+}
