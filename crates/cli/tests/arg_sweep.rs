@@ -230,6 +230,9 @@ impl Fixtures {
                 lin = p(&self.linear)
             ),
             "bench train" => "bench train --preset test --steps 1 --warmup 0 --batch 2".to_owned(),
+            "bench pipeline" => {
+                "bench pipeline --preset test --stages 2 --steps 1 --batch 2".to_owned()
+            }
             "sim drt" | "sim points" => sim(&cmd[4..]),
             "sim market" => sim("market") + " --rounds 1 --init-samples 50 --market-test-size 50",
             "sim baseline" => format!("sim baseline --data {i} --num-words 20 --train-size 200"),

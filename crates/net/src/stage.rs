@@ -211,7 +211,16 @@ pub fn serve_stage(
         .max_encoding_message_size(MAX_STAGE_MESSAGE);
     let router = builder.add_service(service);
     rt.spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        use tokio_stream::StreamExt;
+        // The builder's `tcp_nodelay` applies only to sockets tonic accepts itself: each
+        // accepted socket gets it here, or a call's small reply waits for the peer's delayed
+        // acknowledgement (about 40 ms a call).
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
+            if let Ok(s) = &s {
+                let _ = s.set_nodelay(true);
+            }
+            s
+        });
         if let Err(e) = router.serve_with_incoming(incoming).await {
             tracing::error!("the stage server stopped: {e}");
         }
@@ -312,10 +321,17 @@ impl StageClient {
         let (url, secs) = (self.url.clone(), self.deadline.as_secs());
         let client = &mut self.client;
         let deadline = self.deadline;
-        match self
+        let t0 = std::time::Instant::now();
+        let r = self
             .rt
-            .block_on(async { tokio::time::timeout(deadline, f(client)).await })
-        {
+            .block_on(async { tokio::time::timeout(deadline, f(client)).await });
+        if std::env::var("COHORT_STAGE_TRACE").is_ok() {
+            eprintln!(
+                "stage call {url}: {:.2} ms",
+                t0.elapsed().as_secs_f64() * 1e3
+            );
+        }
+        match r {
             Err(_) => Err(StageError::Deadline { url, secs }),
             Ok(Ok(x)) => Ok(x),
             Ok(Err(s)) => match s.code() {

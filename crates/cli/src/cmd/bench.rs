@@ -2,6 +2,7 @@
 
 mod ledger;
 mod net;
+mod pipeline;
 mod train;
 
 use std::process::ExitCode;
@@ -18,6 +19,9 @@ pub enum BenchCmd {
     /// What the network costs: the same experiment in process and over loopback gRPC + TLS
     /// (the ratio), and blob uploads against raw loopback TCP.
     Net(net::Args),
+    /// LoRA training through stage servers (`cohort serve-layers`) against single-process
+    /// training of the same model, in one run: the ratio, bytes and the servers' memory.
+    Pipeline(pipeline::Args),
 }
 
 impl BenchCmd {
@@ -26,6 +30,7 @@ impl BenchCmd {
             Self::Ledger(a) => a.execute(),
             Self::Train(a) => a.execute(),
             Self::Net(a) => a.execute(),
+            Self::Pipeline(a) => a.execute(),
         }
     }
 }

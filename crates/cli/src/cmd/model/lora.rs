@@ -225,6 +225,7 @@ impl Args {
                             self.insecure,
                             Duration::from_secs(120),
                         )
+                        .map(|d| (d.url, d.tls))
                     })
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 let gpt = gpt_of(model.as_ref(), &self.dir)?;

@@ -1,7 +1,7 @@
 //! `cohort model ...`: train, evaluate, sample from and adapt language models.
 
 mod eval;
-pub use pipeline::ServeArgs;
+pub use pipeline::{Pipeline, ServeArgs};
 mod generate;
 mod lora;
 mod pipeline;

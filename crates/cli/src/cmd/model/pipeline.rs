@@ -311,10 +311,11 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Dials `dials`, checks that they hold the model in `dir` (by hash) and cover its
-    /// `total` layers in order, each starting where the one before ends.
+    /// Dials `servers` (each a URL and its TLS, `None` for plain text), checks that they hold
+    /// the model in `dir` (by hash) and cover its `total` layers in order, each starting where
+    /// the one before ends.
     pub fn connect(
-        dials: &[cohort_net::party::Dial],
+        servers: &[(String, Option<cohort_net::tls::ClientTlsConfig>)],
         dir: &Path,
         total: usize,
         adapter: &LoraConfig,
@@ -322,9 +323,8 @@ impl Pipeline {
         let want = model_sha256(dir)?;
         let mut stages = Vec::new();
         let mut next = 0usize;
-        for d in dials {
-            let url = &d.url;
-            let mut c = StageClient::connect(url, d.tls.as_ref(), Duration::from_secs(120))?;
+        for (url, tls) in servers {
+            let mut c = StageClient::connect(url, tls.as_ref(), Duration::from_secs(120))?;
             let info = c.info()?;
             if info.model_sha256 != want {
                 bail!(
