@@ -59,7 +59,16 @@ pub fn serve(
     }
     let router = builder.add_service(service);
     rt.spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        use tokio_stream::StreamExt;
+        // The builder's `tcp_nodelay` applies only to sockets tonic accepts itself: each
+        // accepted socket gets it here, or a small frame can wait for the peer's delayed
+        // acknowledgement (about 40 ms).
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
+            if let Ok(s) = &s {
+                let _ = s.set_nodelay(true);
+            }
+            s
+        });
         if let Err(e) = router.serve_with_incoming(incoming).await {
             tracing::error!("the gRPC server stopped: {e}");
         }
