@@ -665,12 +665,14 @@ fn a_validator_killed_before_revealing_is_slashed_and_consensus_comes_from_the_r
 #[test]
 fn an_auditor_reads_and_checks_a_running_coordinators_ledger_over_the_network() {
     // A running federation: its coordinator serves what it has made durable (nothing until
-    // the parties' enrolment is, then each settled round).
-    let f = start(&[], 60);
+    // the parties' enrolment is, then each settled round). 200 rounds, so that it is still
+    // running when the auditor comes (a round of this task takes a few milliseconds).
+    let long = ["coordinator.rounds=200"];
+    let f = start(&long, 60);
     let d = f.dir.path();
     let parties: Vec<Child> = (0..3)
-        .map(|i| party(d, "client", i, &f.url, &[]))
-        .chain((0..2).map(|i| party(d, "validator", i, &f.url, &[])))
+        .map(|i| party(d, "client", i, &f.url, &long))
+        .chain((0..2).map(|i| party(d, "validator", i, &f.url, &long)))
         .collect();
     let until = Instant::now() + Duration::from_secs(60);
     let verify = [

@@ -27,6 +27,10 @@ impl Drop for Server {
 }
 
 fn serve(dir: &Path, layers: &str) -> Server {
+    serve_with(dir, layers, &[])
+}
+
+fn serve_with(dir: &Path, layers: &str, extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cohort"))
         .args([
             "serve-layers",
@@ -37,6 +41,7 @@ fn serve(dir: &Path, layers: &str) -> Server {
             "127.0.0.1:0",
             "--insecure",
         ])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -118,6 +123,54 @@ fn three_stage_servers_train_the_adapter_single_process_training_writes() {
         a == b,
         "the pipelined adapter differs from the single-process one"
     );
+
+    // Verification: a verifier holding layers 1..3 recomputes every forward call of that
+    // stage (rate 1) and finds them equal; the adapter is the same.
+    let verifier = serve(&model, "1..3");
+    let checked = tmp.path().join("checked");
+    let o = lora(
+        &checked,
+        &[
+            "--pipeline",
+            &list,
+            "--insecure",
+            "--verifiers",
+            &verifier.url,
+            "--verify-rate",
+            "1",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["verification"]["checked"], 4, "{v}");
+    assert_eq!(v["verification"]["calls"], 12, "{v}");
+    assert!(std::fs::read(checked.join("adapter_model.safetensors")).unwrap() == a);
+    // A dishonest middle server, perturbing its outputs by 1e-2 or replaying its first
+    // output, is caught, and nothing is written.
+    for how in ["noise=0.01", "stale"] {
+        let liar = serve_with(&model, "1..3", &["--misbehave", how]);
+        let routed = format!("{},{},{}", urls[0], liar.url, urls[2]);
+        let out = tmp.path().join(format!("lied-{}", how.replace('=', "-")));
+        let o = lora(
+            &out,
+            &[
+                "--pipeline",
+                &routed,
+                "--insecure",
+                "--verifiers",
+                &verifier.url,
+                "--verify-rate",
+                "1",
+            ],
+        );
+        assert!(!o.status.success(), "{how}: not caught");
+        assert!(
+            text(&o).contains("differs from verifier"),
+            "{how}: {}",
+            text(&o)
+        );
+        assert!(!out.exists(), "{how}: something was written");
+    }
 
     // Refused by name before any step: the servers out of order, a gap, plain http without
     // --insecure, a server that is not there.

@@ -55,6 +55,19 @@ pub fn wait(
     what: &str,
     log: &Path,
 ) -> std::process::Output {
+    // Its output is drained while it runs: a child that writes more than a pipe holds (a
+    // long run's JSON) would otherwise block on the write and never finish.
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut b = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut b);
+            }
+            b
+        })
+    };
+    let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
     let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
     while child.try_wait().unwrap().is_none() {
         if std::time::Instant::now() > until {
@@ -66,5 +79,9 @@ pub fn wait(
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    child.wait_with_output().unwrap()
+    std::process::Output {
+        status: child.wait().unwrap(),
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
 }

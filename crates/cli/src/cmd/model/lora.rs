@@ -79,6 +79,20 @@ pub struct Args {
     /// Talk to the stage servers in plain text (http:// URLs; loopback and tests only).
     #[arg(long)]
     insecure: bool,
+    /// Verifiers for --pipeline: stage servers holding the same layers as some stage, which
+    /// recompute a share of its forward calls (--verify-rate); an output that differs bit
+    /// for bit stops the training before anything is written.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "URLS",
+        requires = "pipeline"
+    )]
+    verifiers: Vec<String>,
+    /// The share of forward calls a verifier recomputes, in [0, 1], drawn after each server
+    /// answered.
+    #[arg(long, default_value_t = 0.1, value_parser = float_in(0.0..=1.0), requires = "verifiers")]
+    verify_rate: f64,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -124,6 +138,10 @@ struct Report {
     /// included (VmHWM before the training phase's reset, or after it if higher).
     #[serde(skip_serializing_if = "Option::is_none")]
     process_peak_rss_bytes: Option<u64>,
+    /// With --verifiers: forward calls made to the stage servers, and how many a verifier
+    /// recomputed (all equal: a difference stops the training).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verification: Option<super::pipeline::VerifyStats>,
 }
 
 /// The base model for fine-tuning and evaluation: a GPT or Llama-family model with its
@@ -230,12 +248,32 @@ impl Args {
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 let gpt = gpt_of(model.as_ref(), &self.dir)?;
                 let lora = model.weights().lora.as_ref().context("no adapter")?;
-                Some(super::pipeline::Pipeline::connect(
+                let p = super::pipeline::Pipeline::connect(
                     &dials,
                     &self.dir,
                     gpt.config.n_layer,
                     &lora.config,
-                )?)
+                )?;
+                if self.verifiers.is_empty() {
+                    Some(p)
+                } else {
+                    let v = self
+                        .verifiers
+                        .iter()
+                        .map(|u| {
+                            crate::cmd::federation::dial_to(
+                                "--verifiers",
+                                u,
+                                self.ca.as_deref(),
+                                None,
+                                self.insecure,
+                                Duration::from_secs(120),
+                            )
+                            .map(|d| (d.url, d.tls))
+                        })
+                        .collect::<anyhow::Result<Vec<_>>>()?;
+                    Some(p.with_verifiers(&v, &self.dir, self.verify_rate)?)
+                }
             }
         };
         let progress = super::Progress::new(self.steps as u64, self.json, self.log_every);
@@ -297,6 +335,7 @@ impl Args {
             peak_rss_anon_bytes: peaks.map(|p| p.peak_rss_anon_bytes),
             peak_rss_file_bytes: peaks.map(|p| p.peak_rss_file_bytes),
             process_peak_rss_bytes: before.zip(peaks).map(|(b, p)| b.max(p.peak_rss_bytes)),
+            verification: pipeline.as_ref().and_then(|p| p.verify_stats()),
         };
         if self.json {
             print_json(&r)?;
@@ -326,6 +365,12 @@ impl Args {
                 mib(r.peak_rss_file_bytes),
             ]);
             t.print();
+            if let Some(v) = r.verification {
+                println!(
+                    "verification: {} of {} forward calls recomputed by a verifier, all equal",
+                    v.checked, v.calls
+                );
+            }
         }
         Ok(ExitCode::SUCCESS)
     }

@@ -74,6 +74,10 @@ struct Pending {
 /// each call set into it first. Calls are served one at a time.
 struct GptStage {
     model: Mutex<Gpt>,
+    /// How it cheats, when it is a dishonest server for tests (`--misbehave`).
+    misbehave: Option<Misbehave>,
+    /// The first output a stale server computed, which it then returns for every call.
+    stale: Mutex<Option<Vec<f32>>>,
     info: StageInfo,
     /// The adapter configuration the server was first asked for; it serves only that one.
     adapter: Mutex<Option<LoraConfig>>,
@@ -161,7 +165,25 @@ impl StageCompute for GptStage {
         if let Some(l) = &m.weights().lora {
             l.set_dropout_key(None);
         }
-        let (out, saved) = r.map_err(|e| e.to_string())?;
+        let (mut out, saved) = r.map_err(|e| e.to_string())?;
+        match self.misbehave {
+            None => {}
+            Some(Misbehave::Noise(rel)) => {
+                // Deterministic relative noise, different in every element.
+                let mut rng = cohort_core::SplitMix64::new(call.session ^ call.step);
+                for x in &mut out {
+                    let u = rng.below(1 << 20) as f32 / (1 << 20) as f32 * 2.0 - 1.0;
+                    *x += *x * rel as f32 * u;
+                }
+            }
+            Some(Misbehave::Stale) => {
+                let mut stale = self.stale.lock().map_err(|_| "poisoned".to_owned())?;
+                match &*stale {
+                    Some(first) if first.len() == out.len() => out.clone_from(first),
+                    _ => *stale = Some(out.clone()),
+                }
+            }
+        }
         let mut pending = self.pending.lock().map_err(|_| "poisoned".to_owned())?;
         pending.retain(|(k, _)| *k != (call.session, call.step));
         if pending.len() >= MAX_PENDING {
@@ -237,6 +259,36 @@ pub struct ServeArgs {
     /// would be served, and exit.
     #[arg(long)]
     check: bool,
+    /// A dishonest server, for testing verification (never for real use): `noise=R` adds
+    /// relative noise of size R (in (0, 1]) to every forward output; `stale` returns the first
+    /// output it computed for every later call of the same size.
+    #[arg(long, value_name = "HOW", value_parser = parse_misbehave)]
+    misbehave: Option<Misbehave>,
+}
+
+/// How a test server cheats (`--misbehave`).
+#[derive(Debug, Clone, Copy)]
+pub enum Misbehave {
+    /// Relative noise of this size on every output.
+    Noise(f64),
+    /// The first output, replayed.
+    Stale,
+}
+
+fn parse_misbehave(s: &str) -> Result<Misbehave, String> {
+    if s == "stale" {
+        return Ok(Misbehave::Stale);
+    }
+    let bad = || format!("{s:?}: expected noise=R (R in (0, 1]) or stale");
+    let r: f64 = s
+        .strip_prefix("noise=")
+        .ok_or_else(bad)?
+        .parse()
+        .map_err(|_| bad())?;
+    if !(r.is_finite() && r > 0.0 && r <= 1.0) {
+        return Err(bad());
+    }
+    Ok(Misbehave::Noise(r))
 }
 
 impl ServeArgs {
@@ -281,8 +333,13 @@ impl ServeArgs {
             return Ok(ExitCode::SUCCESS);
         }
         let rt = cohort_net::run::server_runtime(2)?;
+        if let Some(m) = self.misbehave {
+            eprintln!("serve-layers: a DISHONEST server ({m:?}), for testing verification");
+        }
         let stage = GptStage {
             model: Mutex::new(model),
+            misbehave: self.misbehave,
+            stale: Mutex::new(None),
             info,
             adapter: Mutex::new(None),
             pending: Mutex::new(VecDeque::new()),
@@ -308,6 +365,29 @@ pub struct Pipeline {
     adapter_config: String,
     session: u64,
     step: u64,
+    /// Verifiers (servers holding the same layers as a stage) and the share of calls checked.
+    verify: Option<Verify>,
+}
+
+/// Sampled recomputation: each forward call is checked with probability `rate` on a
+/// verifier holding the same layers, drawn after the server answered (so the server cannot
+/// know which calls are checked); the outputs must be equal bit for bit.
+struct Verify {
+    verifiers: Vec<(std::ops::Range<usize>, StageClient)>,
+    rate: f64,
+    rng: cohort_core::SplitMix64,
+    /// Calls checked, and calls made.
+    checked: u64,
+    calls: u64,
+}
+
+/// What verification did in a run.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct VerifyStats {
+    /// Forward calls made to the stage servers.
+    pub calls: u64,
+    /// Of those, recomputed by a verifier (all equal, or the run stopped).
+    pub checked: u64,
 }
 
 impl Pipeline {
@@ -352,6 +432,56 @@ impl Pipeline {
             adapter_config: serde_json::to_string(adapter)?,
             session: rand::random(),
             step: 0,
+            verify: None,
+        })
+    }
+
+    /// Checks a share `rate` (in [0, 1]) of the forward calls on `verifiers`, which must hold
+    /// the model (by hash) and each the same layers as one of the stages.
+    pub fn with_verifiers(
+        mut self,
+        verifiers: &[(String, Option<cohort_net::tls::ClientTlsConfig>)],
+        dir: &Path,
+        rate: f64,
+    ) -> anyhow::Result<Self> {
+        if !(rate.is_finite() && (0.0..=1.0).contains(&rate)) {
+            bail!("--verify-rate {rate}: not in [0, 1]");
+        }
+        let want = model_sha256(dir)?;
+        let mut list = Vec::new();
+        for (url, tls) in verifiers {
+            let mut c = StageClient::connect(url, tls.as_ref(), Duration::from_secs(120))?;
+            let info = c.info()?;
+            if info.model_sha256 != want {
+                bail!(
+                    "--verifiers {url}: it serves another model than {}",
+                    dir.display()
+                );
+            }
+            if !self.stages.iter().any(|(r, _)| *r == info.layers) {
+                bail!(
+                    "--verifiers {url}: it holds layers {:?}, which no stage of --pipeline \
+                     holds; a verifier recomputes a stage's calls",
+                    info.layers
+                );
+            }
+            list.push((info.layers, c));
+        }
+        self.verify = Some(Verify {
+            verifiers: list,
+            rate,
+            rng: cohort_core::SplitMix64::new(rand::random()),
+            checked: 0,
+            calls: 0,
+        });
+        Ok(self)
+    }
+
+    /// What verification did so far (`None` without verifiers).
+    pub fn verify_stats(&self) -> Option<VerifyStats> {
+        self.verify.as_ref().map(|v| VerifyStats {
+            calls: v.calls,
+            checked: v.checked,
         })
     }
 
@@ -379,7 +509,7 @@ impl Pipeline {
                     Ok((p.name.clone(), p.var.flatten_all()?.to_vec1()?))
                 })
                 .collect::<anyhow::Result<_>>()?;
-            h = c.forward(&ForwardCall {
+            let mut call = ForwardCall {
                 session: self.session,
                 step,
                 batch: b,
@@ -388,7 +518,34 @@ impl Pipeline {
                 adapter,
                 adapter_config: Some(self.adapter_config.clone()),
                 dropout_key: key,
-            })?;
+            };
+            let out = c.forward(&call)?;
+            // Drawn after the server answered: it cannot know which calls are checked.
+            if let Some(v) = &mut self.verify {
+                v.calls += 1;
+                let draw = v.rng.below(1 << 30) as f64 / f64::from(1u32 << 30);
+                let verifier = v.verifiers.iter_mut().find(|(r, _)| r == layers);
+                if let (true, Some((_, vc))) = (draw < v.rate, verifier) {
+                    // Its own session: the check's activations are not the step's.
+                    call.session = self.session ^ 0x5eed_5eed_5eed_5eed;
+                    let again = vc.forward(&call)?;
+                    v.checked += 1;
+                    if let Some(i) = (0..out.len().max(again.len())).find(|&i| {
+                        out.get(i).map(|x| x.to_bits()) != again.get(i).map(|x| x.to_bits())
+                    }) {
+                        bail!(
+                            "stage server {} (layers {layers:?}) answered step {step} with an \
+                             output that differs from verifier {}'s recomputation (first at \
+                             value {i}: {:?} against {:?}): it is dropped; nothing was written",
+                            c.url(),
+                            vc.url(),
+                            out.get(i),
+                            again.get(i)
+                        );
+                    }
+                }
+            }
+            h = out;
         }
         let (loss, mut dx, head) = stages::head(m, &h, &targets, b, t)?;
         let mut parts: Vec<stages::NamedGrads> = Vec::new();
