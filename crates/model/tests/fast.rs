@@ -40,6 +40,24 @@ fn compare(m: &Gpt, b: usize, t: usize) {
     }
 }
 
+/// Attaches a LoRA adapter of `cfg` to `m`, its B matrices made non-zero so that every
+/// adapter gradient is exercised.
+fn with_lora(m: &mut Gpt, cfg: LoraConfig) {
+    let linears = m.linear_modules();
+    let w = m.weights_mut();
+    w.lora = Some(Lora::attach(&mut w.params, &linears, cfg, 1).unwrap());
+    for s in m.params().spec() {
+        if s.name.contains("lora_B") {
+            let p = m.params().get(&s.name).unwrap();
+            let r: Vec<f32> =
+                SplitMix64::new(s.name.len() as u64).normal_vec(p.var.elem_count(), 0.1);
+            p.var
+                .set(&Tensor::from_vec(r, p.var.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+        }
+    }
+}
+
 #[test]
 fn fast_gradients_match_autograd_for_full_training() {
     let cfg = GptConfig::new(23, 16, 32, 2, 4).with_n_inner(48);
@@ -51,28 +69,7 @@ fn fast_gradients_match_autograd_for_full_training() {
 #[test]
 fn fast_gradients_match_autograd_for_lora_and_skip_the_frozen_base() {
     let mut m = Gpt::new(GptConfig::preset("test", 23).unwrap(), 5, &Device::Cpu).unwrap();
-    let linears = m.linear_modules();
-    let w = m.weights_mut();
-    w.lora = Some(
-        Lora::attach(
-            &mut w.params,
-            &linears,
-            LoraConfig::new(3, 6.0, &["c_attn", "c_proj"]),
-            1,
-        )
-        .unwrap(),
-    );
-    // Make B non-zero so every adapter gradient is exercised.
-    for s in m.params().spec() {
-        if s.name.contains("lora_B") {
-            let p = m.params().get(&s.name).unwrap();
-            let r: Vec<f32> =
-                SplitMix64::new(s.name.len() as u64).normal_vec(p.var.elem_count(), 0.1);
-            p.var
-                .set(&Tensor::from_vec(r, p.var.shape(), &Device::Cpu).unwrap())
-                .unwrap();
-        }
-    }
+    with_lora(&mut m, LoraConfig::new(3, 6.0, &["c_attn", "c_proj"]));
     compare(&m, 2, 12);
     // Merged: no adapter path; gradients only for the adapter, which are then zero.
     let params = m.params().clone();
@@ -91,20 +88,10 @@ fn lora_model(dropout: f64) -> Gpt {
     // Context 48: long enough for two 32-row attention blocks.
     let cfg = GptConfig::new(23, 48, 32, 2, 2);
     let mut m = Gpt::new(cfg, 5, &Device::Cpu).unwrap();
-    let linears = m.linear_modules();
-    let w = m.weights_mut();
-    let cfg = LoraConfig::new(3, 6.0, &["all-linear"]).with_dropout(dropout);
-    w.lora = Some(Lora::attach(&mut w.params, &linears, cfg, 1).unwrap());
-    for s in m.params().spec() {
-        if s.name.contains("lora_B") {
-            let p = m.params().get(&s.name).unwrap();
-            let r: Vec<f32> =
-                SplitMix64::new(s.name.len() as u64).normal_vec(p.var.elem_count(), 0.1);
-            p.var
-                .set(&Tensor::from_vec(r, p.var.shape(), &Device::Cpu).unwrap())
-                .unwrap();
-        }
-    }
+    with_lora(
+        &mut m,
+        LoraConfig::new(3, 6.0, &["all-linear"]).with_dropout(dropout),
+    );
     m
 }
 
@@ -261,27 +248,10 @@ fn stages_chained_give_the_whole_pass_bit_for_bit() {
     run(&full, 2, 7);
 
     let mut m = Gpt::new(cfg, 5, &Device::Cpu).unwrap();
-    let linears = m.linear_modules();
-    let w = m.weights_mut();
-    w.lora = Some(
-        Lora::attach(
-            &mut w.params,
-            &linears,
-            LoraConfig::new(3, 6.0, &["c_attn", "c_proj", "c_fc"]),
-            1,
-        )
-        .unwrap(),
+    with_lora(
+        &mut m,
+        LoraConfig::new(3, 6.0, &["c_attn", "c_proj", "c_fc"]),
     );
-    for s in m.params().spec() {
-        if s.name.contains("lora_B") {
-            let p = m.params().get(&s.name).unwrap();
-            let r: Vec<f32> =
-                SplitMix64::new(s.name.len() as u64).normal_vec(p.var.elem_count(), 0.1);
-            p.var
-                .set(&Tensor::from_vec(r, p.var.shape(), &Device::Cpu).unwrap())
-                .unwrap();
-        }
-    }
     run(&m, 2, 12);
 
     // Refused before any work: a range outside the model, an empty one, a stream of the

@@ -59,17 +59,7 @@ pub fn serve(
     }
     let router = builder.add_service(service);
     rt.spawn(async move {
-        use tokio_stream::StreamExt;
-        // The builder's `tcp_nodelay` applies only to sockets tonic accepts itself: each
-        // accepted socket gets it here, or a small frame can wait for the peer's delayed
-        // acknowledgement (about 40 ms).
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
-            if let Ok(s) = &s {
-                let _ = s.set_nodelay(true);
-            }
-            s
-        });
-        if let Err(e) = router.serve_with_incoming(incoming).await {
+        if let Err(e) = router.serve_with_incoming(accepted(listener)).await {
             tracing::error!("the gRPC server stopped: {e}");
         }
     });
@@ -296,4 +286,20 @@ pub fn tell_finished(net: Listen, max: Duration) -> Result<Vec<Party>, NetError>
     log_untold(&untold);
     rt.shutdown_timeout(Duration::from_secs(1));
     Ok(untold)
+}
+
+/// The sockets `listener` accepts, each with `TCP_NODELAY`. The server builder's
+/// `tcp_nodelay` applies only to sockets tonic accepts itself (`serve`), not to an incoming
+/// stream: without it here a small frame can wait for the peer's delayed acknowledgement
+/// (about 40 ms a message).
+pub(crate) fn accepted(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
+        if let Ok(s) = &s {
+            let _ = s.set_nodelay(true);
+        }
+        s
+    })
 }

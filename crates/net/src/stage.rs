@@ -211,17 +211,11 @@ pub fn serve_stage(
         .max_encoding_message_size(MAX_STAGE_MESSAGE);
     let router = builder.add_service(service);
     rt.spawn(async move {
-        use tokio_stream::StreamExt;
-        // The builder's `tcp_nodelay` applies only to sockets tonic accepts itself: each
-        // accepted socket gets it here, or a call's small reply waits for the peer's delayed
-        // acknowledgement (about 40 ms a call).
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
-            if let Ok(s) = &s {
-                let _ = s.set_nodelay(true);
-            }
-            s
-        });
-        if let Err(e) = router.serve_with_incoming(incoming).await {
+        // Each accepted socket with TCP_NODELAY, or a call waits ~40 ms for a delayed ACK.
+        if let Err(e) = router
+            .serve_with_incoming(crate::run::accepted(listener))
+            .await
+        {
             tracing::error!("the stage server stopped: {e}");
         }
     });

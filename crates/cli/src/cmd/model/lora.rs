@@ -228,52 +228,40 @@ impl Args {
         let mut trainer = Trainer::new(model.as_ref(), tc)?;
         // The pipeline, checked before any step: the servers hold this model's layers, all of
         // them, in order.
+        let servers = |flag: &str, urls: &[String]| {
+            urls.iter()
+                .map(|u| {
+                    crate::cmd::federation::dial_to(
+                        flag,
+                        u,
+                        self.ca.as_deref(),
+                        None,
+                        self.insecure,
+                        Duration::from_secs(120),
+                    )
+                    .map(|d| (d.url, d.tls))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()
+        };
         let mut pipeline = match self.pipeline.is_empty() {
             true => None,
             false => {
-                let dials = self
-                    .pipeline
-                    .iter()
-                    .map(|u| {
-                        crate::cmd::federation::dial_to(
-                            "--pipeline",
-                            u,
-                            self.ca.as_deref(),
-                            None,
-                            self.insecure,
-                            Duration::from_secs(120),
-                        )
-                        .map(|d| (d.url, d.tls))
-                    })
-                    .collect::<anyhow::Result<Vec<_>>>()?;
                 let gpt = gpt_of(model.as_ref(), &self.dir)?;
                 let lora = model.weights().lora.as_ref().context("no adapter")?;
                 let p = super::pipeline::Pipeline::connect(
-                    &dials,
+                    &servers("--pipeline", &self.pipeline)?,
                     &self.dir,
                     gpt.config.n_layer,
                     &lora.config,
                 )?;
-                if self.verifiers.is_empty() {
-                    Some(p)
-                } else {
-                    let v = self
-                        .verifiers
-                        .iter()
-                        .map(|u| {
-                            crate::cmd::federation::dial_to(
-                                "--verifiers",
-                                u,
-                                self.ca.as_deref(),
-                                None,
-                                self.insecure,
-                                Duration::from_secs(120),
-                            )
-                            .map(|d| (d.url, d.tls))
-                        })
-                        .collect::<anyhow::Result<Vec<_>>>()?;
-                    Some(p.with_verifiers(&v, &self.dir, self.verify_rate)?)
-                }
+                Some(match self.verifiers.is_empty() {
+                    true => p,
+                    false => p.with_verifiers(
+                        &servers("--verifiers", &self.verifiers)?,
+                        &self.dir,
+                        self.verify_rate,
+                    )?,
+                })
             }
         };
         let progress = super::Progress::new(self.steps as u64, self.json, self.log_every);
