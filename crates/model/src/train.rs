@@ -233,8 +233,18 @@ impl Trainer {
 
     /// One optimiser step on `grad_accum` freshly sampled micro-batches of `data.train`.
     pub fn step(&mut self, model: &dyn LanguageModel, data: &TokenData) -> Result<StepStats> {
+        let batches = self.sample(model, data)?;
+        self.step_on(model, &batches)
+    }
+
+    /// `grad_accum` micro-batches of `data.train`, from the trainer's sampler.
+    fn sample(
+        &mut self,
+        model: &dyn LanguageModel,
+        data: &TokenData,
+    ) -> Result<Vec<(Tensor, Tensor)>> {
         let c = &self.config;
-        let batches = (0..c.grad_accum)
+        (0..c.grad_accum)
             .map(|_| {
                 data::sample_batch(
                     &data.train,
@@ -244,8 +254,7 @@ impl Trainer {
                     model.device(),
                 )
             })
-            .collect::<Result<Vec<_>>>()?;
-        self.step_on(model, &batches)
+            .collect()
     }
 
     /// One optimiser step on the given micro-batches.
@@ -254,24 +263,7 @@ impl Trainer {
         model: &dyn LanguageModel,
         batches: &[(Tensor, Tensor)],
     ) -> Result<StepStats> {
-        // Dropout masks (LoRA's `lora_dropout`) from the seed, the step and the micro-batch.
-        let key =
-            SplitMix64::derive(self.config.seed, &format!("dropout/{}", self.optim.step)).state();
-        let (loss, grads, used_fast) =
-            Self::gradients_inner(model, batches, self.config.autograd_only, Some(key))?;
-        let StepInfo { lr, grad_norm } = self.optim.step(model.params(), &grads)?;
-        if used_fast {
-            // The next step's hand-written pass writes its gradients into these buffers.
-            crate::fast::recycle(grads);
-        }
-        let tokens = batches.iter().map(|(x, _)| x.elem_count()).sum();
-        Ok(StepStats {
-            step: self.optim.step,
-            loss,
-            lr,
-            grad_norm,
-            tokens,
-        })
+        self.step_from(model, batches, None)
     }
 
     /// [`Self::step`] with each micro-batch's loss and gradients from `source` (called with
@@ -284,23 +276,27 @@ impl Trainer {
         data: &TokenData,
         source: &mut GradSource<'_>,
     ) -> Result<StepStats> {
-        let c = &self.config;
-        let batches = (0..c.grad_accum)
-            .map(|_| {
-                data::sample_batch(
-                    &data.train,
-                    c.batch_size,
-                    c.seq_len,
-                    &mut self.rng,
-                    model.device(),
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let batches = self.sample(model, data)?;
+        self.step_from(model, &batches, Some(source))
+    }
+
+    /// One optimiser step on `batches`, their gradients from `source` or the model's own pass.
+    fn step_from(
+        &mut self,
+        model: &dyn LanguageModel,
+        batches: &[(Tensor, Tensor)],
+        source: Option<&mut GradSource<'_>>,
+    ) -> Result<StepStats> {
+        // Dropout masks (LoRA's `lora_dropout`) from the seed, the step and the micro-batch.
         let key =
             SplitMix64::derive(self.config.seed, &format!("dropout/{}", self.optim.step)).state();
-        let (loss, grads, _) =
-            Self::gradients_via(model, &batches, false, Some(key), Some(source))?;
+        let (loss, grads, used_fast) =
+            Self::gradients_via(model, batches, self.config.autograd_only, Some(key), source)?;
         let StepInfo { lr, grad_norm } = self.optim.step(model.params(), &grads)?;
+        if used_fast {
+            // The next step's hand-written pass writes its gradients into these buffers.
+            crate::fast::recycle(grads);
+        }
         let tokens = batches.iter().map(|(x, _)| x.elem_count()).sum();
         Ok(StepStats {
             step: self.optim.step,
