@@ -119,10 +119,60 @@ struct Ctx<'a> {
     pool: Pool,
     /// Rows (tokens) of the batch.
     n: usize,
+    /// Tokens per sequence: the batch is `n / t` sequences of `t` rows.
+    t: usize,
     /// Width of the hidden states.
     d: usize,
     /// The normalisation's epsilon (layer norm for the GPT, RMSNorm for Llama).
     eps: f64,
+    /// When the batch is some sequences of a larger batch (a verifier's recomputation,
+    /// [`stages::forward_rows`]): their indices in it, for the dropout masks.
+    rows: Option<Vec<usize>>,
+}
+
+/// `dst = (accumulate ? dst : 0) + alpha * lhs @ rhs` for row-major `dst` and `lhs`, one
+/// sequence (`t` rows) at a time, each product on one thread, the sequences in parallel.
+///
+/// For the adapter's thin products (rank `r` columns or inner size). The matrix kernel picks
+/// its method by the product's shape, and for thin products a row's result then depends on
+/// how many rows were multiplied with it (measured: `x Aᵀ` of 48 rows against 384 differ in
+/// the last bit). Cut into sequences, every row is computed in a product of the same shape
+/// whatever the batch, so a verifier recomputing some sequences of a stage call
+/// ([`stages::forward_rows`]) gets the server's bits.
+fn per_sequence(
+    dst: &mut [f32],
+    lhs: &[f32],
+    rhs: MatRef<'_, f32>,
+    t: usize,
+    alpha: f32,
+    accumulate: bool,
+) -> Result<()> {
+    let (k, cols) = (rhs.rows, rhs.cols);
+    if t == 0
+        || k == 0
+        || cols == 0
+        || !dst.len().is_multiple_of(t * cols)
+        || lhs.len() / k != dst.len() / cols
+        || !lhs.len().is_multiple_of(k)
+    {
+        return Err(crate::Error::Data(format!(
+            "a product of {t} rows by [{k}, {cols}]"
+        )));
+    }
+    dst.par_chunks_mut(t * cols)
+        .zip(lhs.par_chunks(t * k))
+        .try_for_each(|(d, l)| {
+            let rows_here = d.len() / cols;
+            matmul(
+                MatMut::rows(d, 0, rows_here, cols, cols),
+                rows(l, rows_here, k),
+                rhs,
+                alpha,
+                accumulate,
+                1,
+            )
+        })?;
+    Ok(())
 }
 
 /// Sums of the columns of row-major `x` with `cols` columns, over fixed row chunks in parallel
@@ -220,13 +270,15 @@ impl<'a> Ctx<'a> {
 
     /// The adapter's dropout multipliers for module `path` (empty without dropout).
     fn mask(&self, path: &str, d_in: usize) -> Vec<f32> {
-        let len = self.n * d_in;
-        self.m
-            .weights()
-            .lora
-            .as_ref()
-            .and_then(|l| l.dropout(path, len))
-            .unwrap_or_default()
+        let lora = self.m.weights().lora.as_ref();
+        match &self.rows {
+            None => lora.and_then(|l| l.dropout(path, self.n * d_in)),
+            Some(rows) => {
+                let t = self.n / rows.len().max(1);
+                lora.and_then(|l| l.dropout_rows(path, t * d_in, rows))
+            }
+        }
+        .unwrap_or_default()
     }
 
     /// `x ⊙ mask` into a pooled buffer.
@@ -270,25 +322,19 @@ impl<'a> Ctx<'a> {
             mask = self.mask(&l.path, din);
             let xd = (!mask.is_empty()).then(|| self.masked(x, &mask));
             u = self.pool.scratch(n * r);
-            matmul(
-                MatMut::rows(&mut u, 0, n, r, r),
-                rows(xd.as_deref().unwrap_or(x), n, din),
+            let t = self.t;
+            per_sequence(
+                &mut u,
+                xd.as_deref().unwrap_or(x),
                 rows(self.w(&a), r, din).t(),
+                t,
                 1.0,
                 false,
-                threads(),
             )?;
             if let Some(xd) = xd {
                 self.pool.give(xd);
             }
-            matmul(
-                MatMut::rows(&mut y, 0, n, dout, dout),
-                rows(&u, n, r),
-                rows(self.w(&b), dout, r).t(),
-                s,
-                true,
-                threads(),
-            )?;
+            per_sequence(&mut y, &u, rows(self.w(&b), dout, r).t(), t, s, true)?;
         }
         Ok((y, u, mask))
     }
@@ -686,8 +732,10 @@ fn forward_with<'a>(
         grads: HashMap::new(),
         pool,
         n,
+        t,
         d,
         eps: c.layer_norm_epsilon,
+        rows: None,
     };
     let mut x = cx.embed(ids, t);
     for (i, l) in Gpt::linears(c).chunks(4).enumerate() {
@@ -773,8 +821,10 @@ fn run_with<'a>(
         grads: HashMap::new(),
         pool,
         n: b * t,
+        t,
         d: c.n_embd,
         eps: c.layer_norm_epsilon,
+        rows: None,
     };
     // Forward.
     let x = cx.embed(ids, t);
@@ -881,15 +931,22 @@ pub mod stages {
         Ok(())
     }
 
-    fn ctx<'a>(m: &'a Gpt, w: HashMap<&'a str, &'a [f32]>, pool: Pool, n: usize) -> Ctx<'a> {
+    fn ctx<'a>(
+        m: &'a Gpt,
+        w: HashMap<&'a str, &'a [f32]>,
+        pool: Pool,
+        (b, t): (usize, usize),
+    ) -> Ctx<'a> {
         Ctx {
             m,
             w,
             grads: HashMap::new(),
             pool,
-            n,
+            n: b * t,
+            t,
             d: m.config.n_embd,
             eps: m.config.layer_norm_epsilon,
+            rows: None,
         }
     }
 
@@ -899,7 +956,7 @@ pub mod stages {
         check_batch(m, ids, &[], b, t)?;
         pooled(|pool, back| {
             with_weights(m, |w| {
-                let mut cx = ctx(m, w, pool, b * t);
+                let mut cx = ctx(m, w, pool, (b, t));
                 let x = cx.embed(ids, t);
                 *back = std::mem::take(&mut cx.pool);
                 Ok(x)
@@ -919,7 +976,7 @@ pub mod stages {
         check(m, &range, x, (b, t))?;
         pooled(|pool, back| {
             with_weights(m, |w| {
-                let mut cx = ctx(m, w, pool, b * t);
+                let mut cx = ctx(m, w, pool, (b, t));
                 let mut input = cx.pool.scratch(x.len());
                 input.copy_from_slice(x);
                 let (y, layers) = layers_fwd(&mut cx, &m.config, range.clone(), input, (b, t))?;
@@ -937,6 +994,40 @@ pub mod stages {
         })
     }
 
+    /// A verifier's recomputation of some sequences of a stage call: the outputs of rows
+    /// `rows` (sorted, distinct, each below `b`) of a `b × t` batch through `range`, given
+    /// those rows' inputs `x` (`rows.len() × t × d`). Sequences do not mix in a transformer
+    /// layer and every kernel computes a row the same way whatever the other rows are, so these
+    /// are, bit for bit, the same rows of [`forward`] on the whole batch (tested), dropout
+    /// included: the masks are drawn for the rows' places in the whole batch. Keeps nothing.
+    pub fn forward_rows(
+        m: &Gpt,
+        range: std::ops::Range<usize>,
+        x: &[f32],
+        rows: &[usize],
+        b: usize,
+        t: usize,
+    ) -> Result<Vec<f32>> {
+        if rows.is_empty() || rows.windows(2).any(|w| w[0] >= w[1]) || rows[rows.len() - 1] >= b {
+            return Err(bad(format!(
+                "rows {rows:?} of a batch of {b}: expected sorted, distinct rows below {b}"
+            )));
+        }
+        let n = rows.len();
+        check(m, &range, x, (n, t))?;
+        pooled(|pool, back| {
+            with_weights(m, |w| {
+                let mut cx = ctx(m, w, pool, (n, t));
+                cx.rows = Some(rows.to_vec());
+                let mut input = cx.pool.scratch(x.len());
+                input.copy_from_slice(x);
+                let (y, _) = layers_fwd(&mut cx, &m.config, range.clone(), input, (n, t))?;
+                *back = std::mem::take(&mut cx.pool);
+                Ok(y)
+            })
+        })
+    }
+
     /// The client's head on `x` (the last layer's output): the mean next-token loss against
     /// `targets`, the gradient of `x`, and the head's weight gradients.
     pub fn head(
@@ -950,7 +1041,7 @@ pub mod stages {
         check(m, &(0..m.config.n_layer), x, (b, t))?;
         pooled(|pool, back| {
             with_weights(m, |w| {
-                let mut cx = ctx(m, w, pool, b * t);
+                let mut cx = ctx(m, w, pool, (b, t));
                 let mut input = cx.pool.scratch(x.len());
                 input.copy_from_slice(x);
                 let (loss, dx) = head_fwd_bwd(&mut cx, input, targets)?;
@@ -968,7 +1059,7 @@ pub mod stages {
         check(m, &range, dy, (b, t))?;
         pooled(|pool, back| {
             with_weights(m, |w| {
-                let mut cx = ctx(m, w, pool, b * t);
+                let mut cx = ctx(m, w, pool, (b, t));
                 let mut dx = cx.pool.scratch(dy.len());
                 dx.copy_from_slice(dy);
                 layers_bwd(&mut cx, &m.config, range, saved.layers, &mut dx, (b, t))?;
@@ -993,7 +1084,7 @@ pub mod stages {
         check(m, &(0..m.config.n_layer), dx, (b, t))?;
         pooled(|pool, back| {
             with_weights(m, |w| {
-                let mut cx = ctx(m, w, pool, b * t);
+                let mut cx = ctx(m, w, pool, (b, t));
                 cx.grads = head;
                 let mut g = cx.pool.scratch(dx.len());
                 g.copy_from_slice(dx);

@@ -162,6 +162,27 @@ pub fn dropout_mask(key: u64, path: &str, p: f64, len: usize) -> Vec<f32> {
     m
 }
 
+/// [`dropout_mask`] restricted to some rows of the batch: rows `rows` (indices into the whole
+/// batch) of `row_len` elements each, concatenated. Equal, element for element, to those rows
+/// of the whole batch's mask, so a verifier recomputing some sequences of a call draws the
+/// masks the server drew for them.
+pub fn dropout_mask_rows(key: u64, path: &str, p: f64, row_len: usize, rows: &[usize]) -> Vec<f32> {
+    let stream = SplitMix64::derive(key, path);
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let mut m = Vec::with_capacity(row_len * rows.len());
+    for &r in rows {
+        let start = (r * row_len) as u64;
+        m.extend((0..row_len as u64).map(|j| {
+            if stream.uniform_at(start + j) < p {
+                0.0
+            } else {
+                keep
+            }
+        }));
+    }
+    m
+}
+
 /// The PEFT name of the A matrix of module `path`.
 pub fn a_name(path: &str) -> String {
     format!("base_model.model.{path}.lora_A.weight")
@@ -275,6 +296,14 @@ impl Lora {
         let p = self.config.lora_dropout;
         let key = self.current_key()?;
         (p > 0.0 && self.is_active(path)).then(|| dropout_mask(key, path, p, len))
+    }
+
+    /// [`Lora::dropout`] for rows `rows` of the batch, each `row_len` elements of the input
+    /// ([`dropout_mask_rows`]).
+    pub fn dropout_rows(&self, path: &str, row_len: usize, rows: &[usize]) -> Option<Vec<f32>> {
+        let p = self.config.lora_dropout;
+        let key = self.current_key()?;
+        (p > 0.0 && self.is_active(path)).then(|| dropout_mask_rows(key, path, p, row_len, rows))
     }
 
     /// The adapted module paths.

@@ -265,3 +265,79 @@ fn stages_chained_give_the_whole_pass_bit_for_bit() {
     assert!(stages::forward(&m, 0..1, &nan, 2, 12).is_err());
     assert!(stages::forward(&m, 0..1, &vec![0.0; 2 * 40 * 16], 2, 40).is_err());
 }
+
+/// A verifier recomputing some sequences of a stage call (`stages::forward_rows`) gets those
+/// rows of the whole call's output bit for bit, with adapter dropout on (the masks drawn for
+/// the rows' places in the whole batch), on one thread and on several, for any choice of
+/// rows; bad row lists are refused.
+#[test]
+fn forward_rows_recompute_the_rows_of_a_whole_call_bit_for_bit() {
+    use cohort_model::fast::stages;
+
+    // Wide enough that the matrix products split across threads (m n k >= 2^20).
+    let cfg = GptConfig::new(23, 64, 128, 4, 4);
+    let mut m = Gpt::new(cfg, 5, &Device::Cpu).unwrap();
+    with_lora(
+        &mut m,
+        LoraConfig::new(4, 8.0, &["all-linear"]).with_dropout(0.2),
+    );
+    let (b, t, d) = (8, 48, 128);
+    let x: Vec<f32> = SplitMix64::new(3).normal_vec(b * t * d, 1.0);
+    m.weights().lora.as_ref().unwrap().set_dropout_key(Some(77));
+    let whole = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| stages::forward(&m, 1..3, &x, b, t).unwrap().0)
+    };
+    let out = whole(2);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&whole(1)), bits(&out), "one thread against two");
+    let row = t * d;
+    for rows in [
+        vec![0],
+        vec![7],
+        vec![1, 4],
+        vec![0, 2, 3, 5, 6, 7],
+        (0..8).collect(),
+    ] {
+        let sub: Vec<f32> = rows
+            .iter()
+            .flat_map(|&r| x[r * row..(r + 1) * row].iter().copied())
+            .collect();
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let got = pool
+                .install(|| stages::forward_rows(&m, 1..3, &sub, &rows, b, t))
+                .unwrap();
+            for (i, &r) in rows.iter().enumerate() {
+                let (a, w) = (&got[i * row..(i + 1) * row], &out[r * row..(r + 1) * row]);
+                let first = a
+                    .iter()
+                    .zip(w)
+                    .position(|(a, w)| a.to_bits() != w.to_bits());
+                assert!(
+                    first.is_none(),
+                    "row {r} of {rows:?} on {threads} threads: first difference at {first:?}: \
+                     {:?} against {:?}",
+                    first.map(|j| a[j]),
+                    first.map(|j| w[j])
+                );
+            }
+        }
+    }
+    // Another dropout key draws other masks: the rows differ.
+    m.weights().lora.as_ref().unwrap().set_dropout_key(Some(78));
+    let other = stages::forward_rows(&m, 1..3, &x[..row], &[0], b, t).unwrap();
+    assert_ne!(bits(&other), bits(&out[..row]));
+    // Refused: no rows, unsorted, repeated, past the batch, a stream of the wrong size.
+    for rows in [vec![], vec![2, 1], vec![1, 1], vec![8]] {
+        let n = rows.len().max(1);
+        assert!(stages::forward_rows(&m, 1..3, &x[..n * row], &rows, b, t).is_err());
+    }
+    assert!(stages::forward_rows(&m, 1..3, &x[..row], &[0, 1], b, t).is_err());
+}

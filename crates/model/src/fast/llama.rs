@@ -30,7 +30,7 @@ pub fn loss_and_grads(
     check_batch(m, ids, targets, b, t)?;
     pooled(|pool, back| {
         with_weights(m, |w| {
-            let mut cx = ctx(m, w, pool, b * t);
+            let mut cx = ctx(m, w, pool, (b, t));
             let r = pass(&mut cx, m, ids, Some(targets), (b, t));
             *back = std::mem::take(&mut cx.pool);
             match r? {
@@ -47,7 +47,7 @@ pub fn logits(m: &Llama, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>> {
     check_batch(m, ids, &[], b, t)?;
     pooled(|pool, back| {
         with_weights(m, |w| {
-            let mut cx = ctx(m, w, pool, b * t);
+            let mut cx = ctx(m, w, pool, (b, t));
             let r = pass(&mut cx, m, ids, None, (b, t));
             *back = std::mem::take(&mut cx.pool);
             match r? {
@@ -58,15 +58,22 @@ pub fn logits(m: &Llama, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>> {
     })
 }
 
-fn ctx<'a>(m: &'a Llama, w: HashMap<&'a str, &'a [f32]>, pool: Pool, n: usize) -> Ctx<'a> {
+fn ctx<'a>(
+    m: &'a Llama,
+    w: HashMap<&'a str, &'a [f32]>,
+    pool: Pool,
+    (b, t): (usize, usize),
+) -> Ctx<'a> {
     Ctx {
         m,
         w,
         grads: HashMap::new(),
         pool,
-        n,
+        n: b * t,
+        t,
         d: m.config.hidden_size,
         eps: m.config.rms_norm_eps,
+        rows: None,
     }
 }
 

@@ -59,7 +59,30 @@ struct Mode {
 #[derive(Debug, Serialize)]
 struct Server {
     layers: String,
+    /// Peak resident memory (VmHWM).
     peak_rss_bytes: Option<u64>,
+    /// The model file's pages resident in the process at the end (its share of the weights,
+    /// mapped; pages only come in while it serves).
+    weights_resident_bytes: Option<u64>,
+    /// Peak anonymous memory (activations kept for the backward, buffers, the runtime),
+    /// sampled every few milliseconds.
+    peak_anon_bytes: Option<u64>,
+    /// `k / L` of the model file: the share of the weights its layers are.
+    weights_share_bytes: u64,
+    /// The issue's bound: `1.2 × k / L × model bytes` plus the fixed overhead (the peak
+    /// resident memory of a server holding no layers), with activation memory on top
+    /// (`peak_anon_bytes` above the baseline's).
+    bound_bytes: Option<u64>,
+    /// Whether the peak resident memory, less its activation memory, is within the bound.
+    within_bound: Option<bool>,
+}
+
+/// The memory of a process: peak resident, and anonymous now (from /proc/PID/status).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+struct Memory {
+    peak_rss_bytes: u64,
+    anon_bytes: u64,
+    file_bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -79,8 +102,15 @@ struct Report {
     /// Stream and gradient bytes a step sends and receives, all stages together.
     stream_bytes_per_step: u64,
     same_losses: bool,
+    /// A server holding no layers, after answering a call: the fixed overhead of the process.
+    baseline: Option<Memory>,
     servers: Vec<Server>,
+    /// The client's resident share of the model file after the pipelined steps (it computes
+    /// the embeddings and the head only).
+    client_weights_resident_bytes: Option<u64>,
 }
+
+const MIB: f64 = (1u64 << 20) as f64;
 
 /// A server process, killed when dropped.
 struct Proc(Child);
@@ -92,12 +122,117 @@ impl Drop for Proc {
     }
 }
 
-/// Peak resident memory (VmHWM) of process `pid`, where /proc tells.
-fn peak_rss(pid: u32) -> Option<u64> {
+/// The memory of process `pid` (a number, or `self`), where /proc tells.
+fn memory(pid: &str) -> Option<Memory> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    let field = |name: &str| -> Option<u64> {
+        let line = s.lines().find(|l| l.starts_with(name))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    };
+    Some(Memory {
+        peak_rss_bytes: field("VmHWM:")?,
+        anon_bytes: field("RssAnon:")?,
+        file_bytes: field("RssFile:")?,
+    })
+}
+
+/// The resident bytes of process `pid`'s mappings of `file` (from /proc/PID/smaps).
+fn resident_of(pid: &str, file: &std::path::Path) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    let file = file.to_str()?;
+    let mut inside = false;
+    let mut total = 0u64;
+    for line in s.lines() {
+        let first = line.split_whitespace().next().unwrap_or_default();
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping's header: range, perms, offset, device, inode, path.
+            inside = line.split_whitespace().nth(5) == Some(file);
+        } else if inside && let Some(kb) = line.strip_prefix("Rss:") {
+            total += kb
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()?
+                * 1024;
+        }
+    }
+    Some(total)
+}
+
+/// Samples the anonymous memory of processes every few milliseconds until dropped; their
+/// peaks come back from [`Watch::peaks`].
+struct Watch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<Option<u64>>>>,
+}
+
+impl Watch {
+    fn start(pids: Vec<u32>) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peaks: Vec<Option<u64>> = vec![None; pids.len()];
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                for (peak, pid) in peaks.iter_mut().zip(&pids) {
+                    if let Some(m) = memory(&pid.to_string()) {
+                        *peak = Some(peak.unwrap_or(0).max(m.anon_bytes));
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            peaks
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn peaks(mut self) -> Vec<Option<u64>> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Starts `cohort serve-layers DIR --layers R` on a free loopback port; its URL.
+fn start_server(
+    exe: &std::path::Path,
+    dir: &std::path::Path,
+    r: &std::ops::Range<usize>,
+) -> anyhow::Result<(Proc, String)> {
+    let mut child = Command::new(exe)
+        .args(["serve-layers"])
+        .arg(dir)
+        .args([
+            "--layers",
+            &format!("{}..{}", r.start, r.end),
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting a stage server")?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("its output")?).read_line(&mut line)?;
+    let proc = Proc(child);
+    if !line.starts_with("serving layers") {
+        bail!("a stage server did not start: {line:?}");
+    }
+    let addr = line.trim().rsplit(' ').next().unwrap_or_default();
+    Ok((proc, format!("http://{addr}")))
 }
 
 impl Args {
@@ -127,34 +262,25 @@ impl Args {
         let mut procs = Vec::new();
         let mut urls = Vec::new();
         for r in &ranges {
-            let mut child = Command::new(&exe)
-                .args(["serve-layers"])
-                .arg(&dir)
-                .args([
-                    "--layers",
-                    &format!("{}..{}", r.start, r.end),
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--insecure",
-                ])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .context("starting a stage server")?;
-            let mut line = String::new();
-            BufReader::new(child.stdout.take().context("its output")?).read_line(&mut line)?;
-            let addr = line
-                .trim()
-                .rsplit(' ')
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            if !line.starts_with("serving layers") {
-                bail!("a stage server did not start: {line:?}");
-            }
-            urls.push(format!("http://{addr}"));
-            procs.push(Proc(child));
+            let (p, url) = start_server(&exe, &dir, r)?;
+            procs.push(p);
+            urls.push(url);
         }
+        // The fixed overhead: a server holding no layers, after it answered a call.
+        let baseline = {
+            let (p, url) = start_server(&exe, &dir, &(0..0))?;
+            let mut c = cohort_net::stage::StageClient::connect(
+                &url,
+                None,
+                std::time::Duration::from_secs(30),
+            )?;
+            c.info()?;
+            memory(&p.0.id().to_string())
+        };
+        let weights_file = dir
+            .join("model.safetensors")
+            .canonicalize()
+            .context("the model file")?;
         let seq = cfg.n_positions.min(128);
         let mut r = SplitMix64::new(7);
         let tokens: Vec<u32> = (0..200_000).map(|_| r.below(65) as u32).collect();
@@ -193,35 +319,64 @@ impl Args {
                     losses,
                 })
             };
+        // The pipeline first, so that the client's share of the model file is measured
+        // before single-process training maps all of it.
+        let watch = Watch::start(procs.iter().map(|p| p.0.id()).collect());
+        let (pipeline, client_weights_resident_bytes) = {
+            let (m, mut t) = make()?;
+            let dials: Vec<(String, Option<cohort_net::tls::ClientTlsConfig>)> =
+                urls.iter().map(|u| (u.clone(), None)).collect();
+            let lora = m
+                .weights()
+                .lora
+                .as_ref()
+                .context("no adapter")?
+                .config
+                .clone();
+            let mut p = Pipeline::connect(&dials, &dir, layers, &lora)?;
+            let mode = time("pipeline", &mut || {
+                let mut source = |x: &candle_core::Tensor,
+                                  y: &candle_core::Tensor,
+                                  key: Option<u64>|
+                 -> cohort_model::Result<(f64, Vec<Vec<f32>>)> {
+                    p.grads(&m, x, y, key)
+                        .map_err(|e| cohort_model::Error::Data(format!("{e:#}")))
+                };
+                Ok(t.step_with(&m, &data, &mut source)?.loss)
+            })?;
+            (mode, resident_of("self", &weights_file))
+        };
+        let anon = watch.peaks();
         let (m, mut t) = make()?;
         let single = time("single process", &mut || Ok(t.step(&m, &data)?.loss))?;
-        let (m, mut t) = make()?;
-        let dials: Vec<(String, Option<cohort_net::tls::ClientTlsConfig>)> =
-            urls.iter().map(|u| (u.clone(), None)).collect();
-        let lora = m
-            .weights()
-            .lora
-            .as_ref()
-            .context("no adapter")?
-            .config
-            .clone();
-        let mut p = Pipeline::connect(&dials, &dir, layers, &lora)?;
-        let pipeline = time("pipeline", &mut || {
-            let mut source = |x: &candle_core::Tensor,
-                              y: &candle_core::Tensor,
-                              key: Option<u64>|
-             -> cohort_model::Result<(f64, Vec<Vec<f32>>)> {
-                p.grads(&m, x, y, key)
-                    .map_err(|e| cohort_model::Error::Data(format!("{e:#}")))
-            };
-            Ok(t.step_with(&m, &data, &mut source)?.loss)
-        })?;
         let servers = ranges
             .iter()
             .zip(&procs)
-            .map(|(r, p)| Server {
-                layers: format!("{}..{}", r.start, r.end),
-                peak_rss_bytes: peak_rss(p.0.id()),
+            .zip(anon)
+            .map(|((r, p), peak_anon_bytes)| {
+                let pid = p.0.id().to_string();
+                let peak_rss_bytes = memory(&pid).map(|m| m.peak_rss_bytes);
+                let weights_share_bytes = model_bytes * r.len() as u64 / layers as u64;
+                let bound_bytes =
+                    baseline.map(|b| (1.2 * weights_share_bytes as f64) as u64 + b.peak_rss_bytes);
+                // Activation memory: the anonymous peak above the baseline's.
+                let activations = match (peak_anon_bytes, baseline) {
+                    (Some(a), Some(b)) => Some(a.saturating_sub(b.anon_bytes)),
+                    _ => None,
+                };
+                let within_bound = match (peak_rss_bytes, activations, bound_bytes) {
+                    (Some(p), Some(a), Some(b)) => Some(p.saturating_sub(a) <= b),
+                    _ => None,
+                };
+                Server {
+                    layers: format!("{}..{}", r.start, r.end),
+                    peak_rss_bytes,
+                    weights_resident_bytes: resident_of(&pid, &weights_file),
+                    peak_anon_bytes,
+                    weights_share_bytes,
+                    bound_bytes,
+                    within_bound,
+                }
             })
             .collect();
         // Per stage and step: the stream in and out, the gradient in and out (f32).
@@ -240,7 +395,9 @@ impl Args {
             same_losses: single.losses == pipeline.losses,
             single,
             pipeline,
+            baseline,
             servers,
+            client_weights_resident_bytes,
         };
         let mut table = Table::new(&["mode", "steps", "seconds", "tokens/s", "vs single"]);
         for m in [&report.single, &report.pipeline] {
@@ -266,17 +423,37 @@ impl Args {
             100.0 * report.overhead_share,
             report.same_losses
         );
+        let mib = |b: Option<u64>| b.map_or("-".into(), |b| format!("{:.1}", b as f64 / MIB));
+        let mut mem = Table::new(&[
+            "server",
+            "weights share MiB",
+            "weights resident MiB",
+            "peak anon MiB",
+            "peak RSS MiB",
+            "bound MiB",
+            "within",
+        ]);
         for s in &report.servers {
-            println!(
-                "server {}: peak RSS {} (model file {:.1} MiB)",
-                s.layers,
-                s.peak_rss_bytes.map_or("-".into(), |b| format!(
-                    "{:.1} MiB",
-                    b as f64 / (1 << 20) as f64
-                )),
-                model_bytes as f64 / (1 << 20) as f64
-            );
+            mem.row(vec![
+                s.layers.clone(),
+                mib(Some(s.weights_share_bytes)),
+                mib(s.weights_resident_bytes),
+                mib(s.peak_anon_bytes),
+                mib(s.peak_rss_bytes),
+                mib(s.bound_bytes),
+                s.within_bound.map_or("-".into(), |w| w.to_string()),
+            ]);
         }
+        mem.print();
+        println!(
+            "model file {:.1} MiB; a server holding no layers: peak RSS {} MiB (anon {} MiB); the \
+             client's resident share of the model file: {} MiB; bound = 1.2 x share + the no-layer \
+             server's peak, activation memory (peak anon above the no-layer server's) on top",
+            model_bytes as f64 / MIB,
+            mib(report.baseline.map(|b| b.peak_rss_bytes)),
+            mib(report.baseline.map(|b| b.anon_bytes)),
+            mib(report.client_weights_resident_bytes),
+        );
         if let Some(path) = &self.json {
             write_json(path, &report)?;
         }

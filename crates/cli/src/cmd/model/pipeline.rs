@@ -49,7 +49,9 @@ fn parse_layers(s: &str, total: usize) -> anyhow::Result<std::ops::Range<usize>>
     let (a, b) = s.split_once("..").ok_or_else(bad)?;
     let a: usize = a.trim().parse().map_err(|_| bad())?;
     let b: usize = b.trim().parse().map_err(|_| bad())?;
-    if a >= b || b > total {
+    // A..A holds no layers: a server that answers Info only, the baseline of memory
+    // measurements (`cohort bench pipeline`); clients refuse it.
+    if a > b || b > total {
         return Err(bad());
     }
     Ok(a..b)
@@ -321,6 +323,13 @@ impl ServeArgs {
         };
         let listener = std::net::TcpListener::bind(&self.listen)
             .with_context(|| format!("--listen {}", self.listen))?;
+        if layers.is_empty() {
+            eprintln!(
+                "serve-layers: --layers {}: no layers; this server answers Info only (a \
+                 baseline for memory measurements)",
+                self.layers
+            );
+        }
         if self.check {
             println!(
                 "would serve layers {}..{} of {} ({} layers) on {}",
@@ -412,6 +421,9 @@ impl Pipeline {
                      differ)",
                     dir.display()
                 );
+            }
+            if info.layers.is_empty() {
+                bail!("--pipeline {url}: it holds no layers ({:?})", info.layers);
             }
             if info.total_layers != total || info.layers.start != next {
                 bail!(
