@@ -233,6 +233,9 @@ impl Fixtures {
             "bench pipeline" => {
                 "bench pipeline --preset test --stages 2 --steps 1 --batch 2".to_owned()
             }
+            "bench verify" => "bench verify --preset test --trials 1 --calls 3 --honest-calls 2 \
+                               --cost-calls 1 --batch 2 --tokens 8"
+                .to_owned(),
             "sim drt" | "sim points" => sim(&cmd[4..]),
             "sim market" => sim("market") + " --rounds 1 --init-samples 50 --market-test-size 50",
             "sim baseline" => format!("sim baseline --data {i} --num-words 20 --train-size 200"),

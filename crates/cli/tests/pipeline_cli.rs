@@ -144,10 +144,14 @@ fn three_stage_servers_train_the_adapter_single_process_training_writes() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["verification"]["checked"], 4, "{v}");
     assert_eq!(v["verification"]["calls"], 12, "{v}");
+    // Every row of those 4 calls of 4 sequences, of the 48 rows of all calls.
+    assert_eq!(v["verification"]["rows_checked"], 16, "{v}");
+    assert_eq!(v["verification"]["rows"], 48, "{v}");
     assert!(std::fs::read(checked.join("adapter_model.safetensors")).unwrap() == a);
-    // A dishonest middle server, perturbing its outputs by 1e-2 or replaying its first
-    // output, is caught, and nothing is written.
-    for how in ["noise=0.01", "stale"] {
+    // A dishonest middle server is caught, and nothing is written: one perturbing its
+    // outputs by 1e-2, one replaying its first output, one of lower precision (bfloat16
+    // outputs), one running a smaller model (its layers but the last).
+    for how in ["noise=0.01", "stale", "bf16", "skip-layer"] {
         let liar = serve_with(&model, "1..3", &["--misbehave", how]);
         let routed = format!("{},{},{}", urls[0], liar.url, urls[2]);
         let out = tmp.path().join(format!("lied-{}", how.replace('=', "-")));
@@ -212,4 +216,52 @@ fn three_stage_servers_train_the_adapter_single_process_training_writes() {
     ]);
     assert!(!o.status.success());
     assert!(text(&o).contains("--layers \"2..9\""), "{}", text(&o));
+}
+
+/// `cohort bench verify` on real server processes: at a recompute rate of 0.1 of the rows,
+/// each dishonest server (noise 1e-2, stale replay, bfloat16 outputs, a layer skipped) is
+/// caught in every seeded trial within 50 calls, and an honest server on one thread is never
+/// accused by a verifier on two.
+#[test]
+fn bench_verify_catches_every_dishonest_server_and_accuses_no_honest_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("verify.json");
+    let o = cohort(&[
+        "bench",
+        "verify",
+        "--preset",
+        "test",
+        "--trials",
+        "3",
+        "--calls",
+        "50",
+        "--rate",
+        "0.1",
+        "--honest-calls",
+        "40",
+        "--cost-calls",
+        "5",
+        "--batch",
+        "8",
+        "--tokens",
+        "16",
+        "--json",
+        p(&json),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let kinds: Vec<&str> = v["detection"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            assert_eq!(d["caught"], 3, "{d}");
+            d["misbehave"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(kinds, ["noise=0.01", "stale", "bf16", "skip-layer"]);
+    assert_eq!(v["honest"]["false_alarms"], 0, "{v}");
+    assert!(v["honest"]["rows_checked"].as_u64().unwrap() > 40, "{v}");
+    let share = v["cost"]["rows_share"].as_f64().unwrap();
+    assert!((0.0..0.5).contains(&share), "{v}");
 }

@@ -19,7 +19,7 @@ use crate::stage_pb::stage_client::StageClient as GrpcClient;
 use crate::stage_pb::stage_server::{Stage, StageServer};
 
 /// The stage protocol's version.
-pub const STAGE_PROTOCOL_VERSION: u32 = 1;
+pub const STAGE_PROTOCOL_VERSION: u32 = 2;
 
 /// The largest message either side takes: a stream of 64 MiB (for example 16 sequences of
 /// 1,024 tokens of width 1,024 in f32).
@@ -60,6 +60,42 @@ pub struct ForwardCall {
     pub dropout_key: Option<u64>,
     /// The adapter's configuration (PEFT's adapter_config.json, as JSON).
     pub adapter_config: Option<String>,
+    /// Empty for a call to serve. Otherwise a verifier's recomputation of these rows
+    /// (sequences) of a call of `batch` rows, whose inputs `stream` then holds: nothing is
+    /// kept for a backward, and only the rows' commitments are answered.
+    pub rows: Vec<usize>,
+}
+
+/// A SHA-256 digest.
+pub type Digest = [u8; 32];
+
+/// A server's answer to a forward call: the stream (empty from a verifier) and its commitment,
+/// the SHA-256 of each row of the output.
+#[derive(Debug, Clone)]
+pub struct Forwarded {
+    /// The stream leaving the server's last layer.
+    pub stream: Vec<f32>,
+    /// SHA-256 of each row (sequence) of it.
+    pub row_sha256: Vec<Digest>,
+}
+
+/// The commitment to `stream` cut into `rows` rows of equal length: the SHA-256 of each row's
+/// little-endian f32 values.
+pub fn row_hashes(stream: &[f32], rows: usize) -> Vec<Digest> {
+    use sha2::{Digest as _, Sha256};
+    if rows == 0 {
+        return Vec::new();
+    }
+    stream
+        .chunks(stream.len().div_ceil(rows).max(1))
+        .map(|r| {
+            let mut h = Sha256::new();
+            for x in r {
+                h.update(x.to_le_bytes());
+            }
+            h.finalize().into()
+        })
+        .collect()
 }
 
 /// What a stage server computes: its layers forward and backward. Errors are messages for
@@ -68,7 +104,8 @@ pub trait StageCompute: Send + Sync + 'static {
     /// What it holds.
     fn info(&self) -> StageInfo;
     /// Its layers forward on `call.stream`: the stream leaving its last layer. Keeps what the
-    /// backward of `(session, step)` needs.
+    /// backward of `(session, step)` needs, unless the call is a verifier's (`call.rows`
+    /// not empty), which gets the output of those rows only.
     fn forward(&self, call: ForwardCall) -> Result<Vec<f32>, String>;
     /// Its layers backward for the forward of `(session, step)`: the gradient of the stream
     /// that forward was given, and the adapter weights' gradients.
@@ -145,14 +182,26 @@ impl Stage for Service {
             adapter: tensors(r.adapter, "adapter tensor")?,
             dropout_key: r.dropout_key,
             adapter_config: r.adapter_config,
+            rows: r.rows.iter().map(|&r| r as usize).collect(),
+        };
+        let checking = !call.rows.is_empty();
+        let rows = if checking {
+            call.rows.len()
+        } else {
+            call.batch
         };
         let compute = Arc::clone(&self.0);
         let out = tokio::task::spawn_blocking(move || compute.forward(call))
             .await
             .map_err(|e| Status::internal(format!("the forward pass failed: {e}")))?
             .map_err(Status::invalid_argument)?;
+        let row_sha256 = row_hashes(&out, rows)
+            .into_iter()
+            .map(|h| h.to_vec())
+            .collect();
         Ok(Response::new(pb::ForwardReply {
-            stream: bytes(&out),
+            stream: if checking { Vec::new() } else { bytes(&out) },
+            row_sha256,
         }))
     }
 
@@ -377,11 +426,14 @@ impl StageClient {
         })
     }
 
-    /// The server's layers forward.
+    /// The server's layers forward: the stream and the server's commitment to it, checked to
+    /// agree (one digest per row, each the digest of its row). For a verifier's call
+    /// (`call.rows` not empty) the stream is empty and the commitment covers those rows.
     ///
     /// # Errors
-    /// See [`StageError`].
-    pub fn forward(&mut self, call: &ForwardCall) -> Result<Vec<f32>, StageError> {
+    /// See [`StageError`]; an answer whose commitment does not fit its stream is refused.
+    pub fn forward(&mut self, call: &ForwardCall) -> Result<Forwarded, StageError> {
+        let checking = !call.rows.is_empty();
         let req = pb::ForwardRequest {
             session: call.session,
             step: call.step,
@@ -391,12 +443,50 @@ impl StageClient {
             adapter: pb_tensors(call.adapter.clone()),
             dropout_key: call.dropout_key,
             adapter_config: call.adapter_config.clone(),
+            rows: call.rows.iter().map(|&r| r as u32).collect(),
         };
         let r = self.call(async |c| c.forward(req).await)?.into_inner();
-        floats(&r.stream, "the stream").map_err(|s| StageError::Refused {
+        let bad = |reason: String| StageError::Refused {
             url: self.url.clone(),
-            reason: format!("its answer: {}", s.message()),
-        })
+            reason: format!("its answer: {reason}"),
+        };
+        let stream = floats(&r.stream, "the stream").map_err(|s| bad(s.message().into()))?;
+        let rows = if checking {
+            call.rows.len()
+        } else {
+            call.batch
+        };
+        let row_sha256: Vec<Digest> = r
+            .row_sha256
+            .iter()
+            .map(|h| h.as_slice().try_into())
+            .collect::<Result<_, _>>()
+            .map_err(|_| bad("a row digest is not 32 bytes".into()))?;
+        if row_sha256.len() != rows {
+            return Err(bad(format!(
+                "{} row digests for {rows} rows",
+                row_sha256.len()
+            )));
+        }
+        if !checking {
+            if stream.len() != call.stream.len() {
+                return Err(bad(format!(
+                    "a stream of {} values for one of {}",
+                    stream.len(),
+                    call.stream.len()
+                )));
+            }
+            if let Some(i) = row_hashes(&stream, rows)
+                .iter()
+                .zip(&row_sha256)
+                .position(|(a, b)| a != b)
+            {
+                return Err(bad(format!(
+                    "row {i} of its stream is not the row it committed to"
+                )));
+            }
+        }
+        Ok(Forwarded { stream, row_sha256 })
     }
 
     /// The server's layers backward for the forward of `(session, step)`.

@@ -4,6 +4,7 @@ mod ledger;
 mod net;
 mod pipeline;
 mod train;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -22,6 +23,9 @@ pub enum BenchCmd {
     /// LoRA training through stage servers (`cohort serve-layers`) against single-process
     /// training of the same model, in one run: the ratio, bytes and the servers' memory.
     Pipeline(pipeline::Args),
+    /// Stage-server verification: how fast dishonest servers are caught at a recompute rate
+    /// (seeded trials), false alarms on honest servers across thread counts, and the cost.
+    Verify(verify::Args),
 }
 
 impl BenchCmd {
@@ -31,6 +35,7 @@ impl BenchCmd {
             Self::Train(a) => a.execute(),
             Self::Net(a) => a.execute(),
             Self::Pipeline(a) => a.execute(),
+            Self::Verify(a) => a.execute(),
         }
     }
 }

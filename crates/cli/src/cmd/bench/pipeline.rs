@@ -113,7 +113,7 @@ struct Report {
 const MIB: f64 = (1u64 << 20) as f64;
 
 /// A server process, killed when dropped.
-struct Proc(Child);
+pub(super) struct Proc(pub(super) Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -205,13 +205,20 @@ impl Drop for Watch {
     }
 }
 
-/// Starts `cohort serve-layers DIR --layers R` on a free loopback port; its URL.
-fn start_server(
+/// Starts `cohort serve-layers DIR --layers R EXTRA` on a free loopback port (on `threads`
+/// threads when given); its URL.
+pub(super) fn start_server(
     exe: &std::path::Path,
     dir: &std::path::Path,
     r: &std::ops::Range<usize>,
+    extra: &[&str],
+    threads: Option<usize>,
 ) -> anyhow::Result<(Proc, String)> {
-    let mut child = Command::new(exe)
+    let mut cmd = Command::new(exe);
+    if let Some(n) = threads {
+        cmd.env("RAYON_NUM_THREADS", n.to_string());
+    }
+    let mut child = cmd
         .args(["serve-layers"])
         .arg(dir)
         .args([
@@ -221,6 +228,7 @@ fn start_server(
             "127.0.0.1:0",
             "--insecure",
         ])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -262,13 +270,13 @@ impl Args {
         let mut procs = Vec::new();
         let mut urls = Vec::new();
         for r in &ranges {
-            let (p, url) = start_server(&exe, &dir, r)?;
+            let (p, url) = start_server(&exe, &dir, r, &[], None)?;
             procs.push(p);
             urls.push(url);
         }
         // The fixed overhead: a server holding no layers, after it answered a call.
         let baseline = {
-            let (p, url) = start_server(&exe, &dir, &(0..0))?;
+            let (p, url) = start_server(&exe, &dir, &(0..0), &[], None)?;
             let mut c = cohort_net::stage::StageClient::connect(
                 &url,
                 None,

@@ -80,8 +80,8 @@ pub struct Args {
     #[arg(long)]
     insecure: bool,
     /// Verifiers for --pipeline: stage servers holding the same layers as some stage, which
-    /// recompute a share of its forward calls (--verify-rate); an output that differs bit
-    /// for bit stops the training before anything is written.
+    /// recompute a share of the rows of its forward calls (--verify-rate); an output that
+    /// differs bit for bit stops the training before anything is written.
     #[arg(
         long,
         value_delimiter = ',',
@@ -89,8 +89,8 @@ pub struct Args {
         requires = "pipeline"
     )]
     verifiers: Vec<String>,
-    /// The share of forward calls a verifier recomputes, in [0, 1], drawn after each server
-    /// answered.
+    /// The share of rows (sequences) of each forward call a verifier recomputes, in [0, 1],
+    /// drawn after each server answered.
     #[arg(long, default_value_t = 0.1, value_parser = float_in(0.0..=1.0), requires = "verifiers")]
     verify_rate: f64,
     /// Print JSON instead of a table.

@@ -1,7 +1,7 @@
 //! `cohort model ...`: train, evaluate, sample from and adapt language models.
 
 mod eval;
-pub use pipeline::{Pipeline, ServeArgs};
+pub use pipeline::{Pipeline, ServeArgs, Verify};
 mod generate;
 mod lora;
 mod pipeline;

@@ -154,22 +154,47 @@ impl StageCompute for GptStage {
             .ok_or("no adapter configuration: a client trains an adapter")?;
         let mut m = self.model.lock().map_err(|_| "poisoned".to_owned())?;
         self.set_adapter(&mut m, &config, &call.adapter)?;
+        // A dishonest server running a smaller model: its layers but the last.
+        let mut layers = self.info.layers.clone();
+        if matches!(self.misbehave, Some(Misbehave::SkipLayer)) {
+            layers.end -= 1;
+        }
         if let Some(l) = &m.weights().lora {
             l.set_dropout_key(call.dropout_key);
         }
-        let r = stages::forward(
-            &m,
-            self.info.layers.clone(),
-            &call.stream,
-            call.batch,
-            call.tokens,
-        );
+        let r = if !call.rows.is_empty() {
+            // A verifier's recomputation of some rows: nothing kept.
+            stages::forward_rows(
+                &m,
+                layers.clone(),
+                &call.stream,
+                &call.rows,
+                call.batch,
+                call.tokens,
+            )
+            .map(|out| (out, None))
+        } else if layers.is_empty() {
+            Ok((call.stream.clone(), None))
+        } else {
+            stages::forward(&m, layers, &call.stream, call.batch, call.tokens)
+                .map(|(out, saved)| (out, Some(saved)))
+        };
         if let Some(l) = &m.weights().lora {
             l.set_dropout_key(None);
         }
         let (mut out, saved) = r.map_err(|e| e.to_string())?;
+        let Some(saved) = saved else {
+            return Ok(out);
+        };
         match self.misbehave {
-            None => {}
+            None | Some(Misbehave::SkipLayer) => {}
+            Some(Misbehave::Bf16) => {
+                // A lower-precision model: every output rounded to bfloat16.
+                for x in &mut out {
+                    let b = x.to_bits();
+                    *x = f32::from_bits(b.wrapping_add(0x7fff + ((b >> 16) & 1)) & !0xffff);
+                }
+            }
             Some(Misbehave::Noise(rel)) => {
                 // Deterministic relative noise, different in every element.
                 let mut rng = cohort_core::SplitMix64::new(call.session ^ call.step);
@@ -263,7 +288,9 @@ pub struct ServeArgs {
     check: bool,
     /// A dishonest server, for testing verification (never for real use): `noise=R` adds
     /// relative noise of size R (in (0, 1]) to every forward output; `stale` returns the first
-    /// output it computed for every later call of the same size.
+    /// output it computed for every later call of the same size; `bf16` rounds its outputs to
+    /// bfloat16 (a lower-precision model); `skip-layer` runs its layers but the last (a smaller
+    /// model). It answers verifiers' calls honestly.
     #[arg(long, value_name = "HOW", value_parser = parse_misbehave)]
     misbehave: Option<Misbehave>,
 }
@@ -275,13 +302,20 @@ pub enum Misbehave {
     Noise(f64),
     /// The first output, replayed.
     Stale,
+    /// A lower-precision model: outputs rounded to bfloat16.
+    Bf16,
+    /// A smaller model: its layers but the last.
+    SkipLayer,
 }
 
 fn parse_misbehave(s: &str) -> Result<Misbehave, String> {
-    if s == "stale" {
-        return Ok(Misbehave::Stale);
+    match s {
+        "stale" => return Ok(Misbehave::Stale),
+        "bf16" => return Ok(Misbehave::Bf16),
+        "skip-layer" => return Ok(Misbehave::SkipLayer),
+        _ => {}
     }
-    let bad = || format!("{s:?}: expected noise=R (R in (0, 1]) or stale");
+    let bad = || format!("{s:?}: expected noise=R (R in (0, 1]), stale, bf16 or skip-layer");
     let r: f64 = s
         .strip_prefix("noise=")
         .ok_or_else(bad)?
@@ -378,25 +412,109 @@ pub struct Pipeline {
     verify: Option<Verify>,
 }
 
-/// Sampled recomputation: each forward call is checked with probability `rate` on a
-/// verifier holding the same layers, drawn after the server answered (so the server cannot
-/// know which calls are checked); the outputs must be equal bit for bit.
-struct Verify {
+/// Sampled recomputation. After a stage server answers a forward call with its stream and its
+/// commitment (a digest per row), each row (sequence) of the call is drawn for checking with
+/// probability `rate`, with randomness of the client's own: the server cannot know which rows
+/// will be checked. The drawn rows' inputs go to a verifier holding the same layers, which
+/// recomputes only those rows; its digests must equal the server's commitment.
+pub struct Verify {
     verifiers: Vec<(std::ops::Range<usize>, StageClient)>,
     rate: f64,
     rng: cohort_core::SplitMix64,
-    /// Calls checked, and calls made.
-    checked: u64,
-    calls: u64,
+    stats: VerifyStats,
 }
 
 /// What verification did in a run.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct VerifyStats {
     /// Forward calls made to the stage servers.
     pub calls: u64,
-    /// Of those, recomputed by a verifier (all equal, or the run stopped).
+    /// Of those, with at least one row recomputed by a verifier (all equal, or the run
+    /// stopped).
     pub checked: u64,
+    /// Rows (sequences) of the calls, and those recomputed: the share of serving compute the
+    /// verifiers spent.
+    pub rows: u64,
+    pub rows_checked: u64,
+}
+
+/// A verifier's recomputation that differs from a server's commitment.
+#[derive(Debug, Clone)]
+pub struct Mismatch {
+    /// The verifier.
+    pub verifier: String,
+    /// The row (sequence) of the call.
+    pub row: usize,
+    /// The server's digest of that row, and the verifier's.
+    pub committed: [u8; 32],
+    pub recomputed: [u8; 32],
+}
+
+impl Verify {
+    /// Checks a share `rate` (in [0, 1]) of the rows of the forward calls on `verifiers`,
+    /// drawing with `seed`.
+    pub fn new(
+        verifiers: Vec<(std::ops::Range<usize>, StageClient)>,
+        rate: f64,
+        seed: u64,
+    ) -> anyhow::Result<Self> {
+        if !(rate.is_finite() && (0.0..=1.0).contains(&rate)) {
+            bail!("--verify-rate {rate}: not in [0, 1]");
+        }
+        Ok(Self {
+            verifiers,
+            rate,
+            rng: cohort_core::SplitMix64::new(seed),
+            stats: VerifyStats::default(),
+        })
+    }
+
+    /// What it did so far.
+    pub fn stats(&self) -> VerifyStats {
+        self.stats
+    }
+
+    /// Draws the rows of `call` (answered by a server holding `layers` with commitment
+    /// `committed`) to check, and checks them on a verifier of those layers: the first row
+    /// whose recomputation differs, if any.
+    pub fn check(
+        &mut self,
+        layers: &std::ops::Range<usize>,
+        call: &ForwardCall,
+        committed: &[[u8; 32]],
+    ) -> anyhow::Result<Option<Mismatch>> {
+        self.stats.calls += 1;
+        self.stats.rows += call.batch as u64;
+        let rows: Vec<usize> = (0..call.batch)
+            .filter(|_| (self.rng.below(1 << 30) as f64) < self.rate * f64::from(1u32 << 30))
+            .collect();
+        let Some((_, v)) = self.verifiers.iter_mut().find(|(r, _)| r == layers) else {
+            return Ok(None);
+        };
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let per = call.stream.len() / call.batch.max(1);
+        let mut again = call.clone();
+        again.stream = rows
+            .iter()
+            .flat_map(|&r| call.stream[r * per..(r + 1) * per].iter().copied())
+            .collect();
+        again.rows = rows.clone();
+        let answer = v.forward(&again)?;
+        self.stats.checked += 1;
+        self.stats.rows_checked += rows.len() as u64;
+        Ok(rows
+            .iter()
+            .zip(&answer.row_sha256)
+            .find(|&(&r, h)| committed.get(r) != Some(h))
+            .map(|(&row, &recomputed)| Mismatch {
+                verifier: v.url().to_owned(),
+                row,
+                committed: committed.get(row).copied().unwrap_or_default(),
+                recomputed,
+            }))
+    }
 }
 
 impl Pipeline {
@@ -448,8 +566,8 @@ impl Pipeline {
         })
     }
 
-    /// Checks a share `rate` (in [0, 1]) of the forward calls on `verifiers`, which must hold
-    /// the model (by hash) and each the same layers as one of the stages.
+    /// Checks a share `rate` (in [0, 1]) of the rows of the forward calls on `verifiers`,
+    /// which must hold the model (by hash) and each the same layers as one of the stages.
     pub fn with_verifiers(
         mut self,
         verifiers: &[(String, Option<cohort_net::tls::ClientTlsConfig>)],
@@ -479,22 +597,13 @@ impl Pipeline {
             }
             list.push((info.layers, c));
         }
-        self.verify = Some(Verify {
-            verifiers: list,
-            rate,
-            rng: cohort_core::SplitMix64::new(rand::random()),
-            checked: 0,
-            calls: 0,
-        });
+        self.verify = Some(Verify::new(list, rate, rand::random())?);
         Ok(self)
     }
 
     /// What verification did so far (`None` without verifiers).
     pub fn verify_stats(&self) -> Option<VerifyStats> {
-        self.verify.as_ref().map(|v| VerifyStats {
-            calls: v.calls,
-            checked: v.checked,
-        })
+        self.verify.as_ref().map(Verify::stats)
     }
 
     /// The loss and gradients of one micro-batch, through the servers: embeddings here, each
@@ -521,7 +630,7 @@ impl Pipeline {
                     Ok((p.name.clone(), p.var.flatten_all()?.to_vec1()?))
                 })
                 .collect::<anyhow::Result<_>>()?;
-            let mut call = ForwardCall {
+            let call = ForwardCall {
                 session: self.session,
                 step,
                 batch: b,
@@ -530,34 +639,25 @@ impl Pipeline {
                 adapter,
                 adapter_config: Some(self.adapter_config.clone()),
                 dropout_key: key,
+                rows: Vec::new(),
             };
             let out = c.forward(&call)?;
-            // Drawn after the server answered: it cannot know which calls are checked.
-            if let Some(v) = &mut self.verify {
-                v.calls += 1;
-                let draw = v.rng.below(1 << 30) as f64 / f64::from(1u32 << 30);
-                let verifier = v.verifiers.iter_mut().find(|(r, _)| r == layers);
-                if let (true, Some((_, vc))) = (draw < v.rate, verifier) {
-                    // Its own session: the check's activations are not the step's.
-                    call.session = self.session ^ 0x5eed_5eed_5eed_5eed;
-                    let again = vc.forward(&call)?;
-                    v.checked += 1;
-                    if let Some(i) = (0..out.len().max(again.len())).find(|&i| {
-                        out.get(i).map(|x| x.to_bits()) != again.get(i).map(|x| x.to_bits())
-                    }) {
-                        bail!(
-                            "stage server {} (layers {layers:?}) answered step {step} with an \
-                             output that differs from verifier {}'s recomputation (first at \
-                             value {i}: {:?} against {:?}): it is dropped; nothing was written",
-                            c.url(),
-                            vc.url(),
-                            out.get(i),
-                            again.get(i)
-                        );
-                    }
-                }
+            // Drawn after the server answered: it cannot know which rows are checked.
+            if let Some(v) = &mut self.verify
+                && let Some(bad) = v.check(layers, &call, &out.row_sha256)?
+            {
+                bail!(
+                    "stage server {} (layers {layers:?}) answered step {step} with an output \
+                     that differs from verifier {}'s recomputation (row {}: committed SHA-256 \
+                     {}, recomputed {}): it is dropped; nothing was written",
+                    c.url(),
+                    bad.verifier,
+                    bad.row,
+                    hex::encode(bad.committed),
+                    hex::encode(bad.recomputed)
+                );
             }
-            h = out;
+            h = out.stream;
         }
         let (loss, mut dx, head) = stages::head(m, &h, &targets, b, t)?;
         let mut parts: Vec<stages::NamedGrads> = Vec::new();
