@@ -126,7 +126,15 @@ fn three_stage_servers_train_the_adapter_single_process_training_writes() {
 
     // Verification: a verifier holding layers 1..3 recomputes every forward call of that
     // stage (rate 1) and finds them equal; the adapter is the same.
-    let verifier = serve(&model, "1..3");
+    let key = |name: &str| {
+        let f = tmp.path().join(format!("{name}.key"));
+        let o = cohort(&["keys", "new", "--out", p(&f), "--json"]);
+        assert!(o.status.success(), "{}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (f, v["public_key"].as_str().unwrap().to_owned())
+    };
+    let (verifier_key, verifier_public) = key("verifier");
+    let verifier = serve_with(&model, "1..3", &["--key", p(&verifier_key)]);
     let checked = tmp.path().join("checked");
     let o = lora(
         &checked,
@@ -148,11 +156,16 @@ fn three_stage_servers_train_the_adapter_single_process_training_writes() {
     assert_eq!(v["verification"]["rows_checked"], 16, "{v}");
     assert_eq!(v["verification"]["rows"], 48, "{v}");
     assert!(std::fs::read(checked.join("adapter_model.safetensors")).unwrap() == a);
-    // A dishonest middle server is caught, and nothing is written: one perturbing its
-    // outputs by 1e-2, one replaying its first output, one of lower precision (bfloat16
-    // outputs), one running a smaller model (its layers but the last).
+    // A dishonest middle server is caught, and nothing is written but the evidence: one
+    // perturbing its outputs by 1e-2, one replaying its first output, one of lower precision
+    // (bfloat16 outputs), one running a smaller model (its layers but the last). The evidence
+    // holds its signed commitment and the verifier's signed recomputation, under their keys.
+    let (liar_key, liar_public) = key("liar");
     for how in ["noise=0.01", "stale", "bf16", "skip-layer"] {
-        let liar = serve_with(&model, "1..3", &["--misbehave", how]);
+        let liar = serve_with(&model, "1..3", &["--misbehave", how, "--key", p(&liar_key)]);
+        let evidence = tmp
+            .path()
+            .join(format!("evidence-{}.json", how.replace('=', "-")));
         let routed = format!("{},{},{}", urls[0], liar.url, urls[2]);
         let out = tmp.path().join(format!("lied-{}", how.replace('=', "-")));
         let o = lora(
@@ -165,9 +178,19 @@ fn three_stage_servers_train_the_adapter_single_process_training_writes() {
                 &verifier.url,
                 "--verify-rate",
                 "1",
+                "--evidence",
+                p(&evidence),
             ],
         );
         assert!(!o.status.success(), "{how}: not caught");
+        let e: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&evidence).unwrap()).unwrap();
+        assert_eq!(e["server_key"], liar_public.as_str(), "{e}");
+        assert_eq!(e["verifier_key"], verifier_public.as_str(), "{e}");
+        assert_ne!(e["committed"], e["recomputed"], "{e}");
+        for sig in ["server_signature", "verifier_signature"] {
+            assert_eq!(e[sig].as_str().map(str::len), Some(128), "{sig}: {e}");
+        }
         assert!(
             text(&o).contains("differs from verifier"),
             "{how}: {}",

@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
+use cohort_core::{Identity, PublicKey};
+use sha2::{Digest as _, Sha256};
+
 use crate::NetError;
 use crate::stage_pb as pb;
 use crate::stage_pb::stage_client::StageClient as GrpcClient;
@@ -36,6 +39,8 @@ pub struct StageInfo {
     pub width: usize,
     /// The model's number of layers.
     pub total_layers: usize,
+    /// The server's ed25519 public key, which signs its answers (`None`: it has no key).
+    pub public_key: Option<PublicKey>,
 }
 
 /// A tensor by name, its values.
@@ -70,13 +75,81 @@ pub struct ForwardCall {
 pub type Digest = [u8; 32];
 
 /// A server's answer to a forward call: the stream (empty from a verifier) and its commitment,
-/// the SHA-256 of each row of the output.
+/// the SHA-256 of each row of the output, signed when the server has a key.
 #[derive(Debug, Clone)]
 pub struct Forwarded {
     /// The stream leaving the server's last layer.
     pub stream: Vec<f32>,
     /// SHA-256 of each row (sequence) of it.
     pub row_sha256: Vec<Digest>,
+    /// The digest of the call answered ([`call_digest`]).
+    pub call: Digest,
+    /// The server's signature over [`commitment_message`], checked against its key.
+    pub signature: Option<[u8; 64]>,
+}
+
+/// The digest of what a forward call asks of a server holding `info`'s layers: the model,
+/// the layers, the session and step, the batch shape, the stream in, the adapter (names and
+/// values in the order sent), its configuration, the dropout key and the rows (for a
+/// verifier's call).
+pub fn call_digest(info: &StageInfo, call: &ForwardCall) -> Digest {
+    let mut h = Sha256::new();
+    h.update(b"cohort-stage-call-v1");
+    h.update(info.model_sha256);
+    for n in [
+        info.layers.start,
+        info.layers.end,
+        call.batch,
+        call.tokens,
+        call.adapter.len(),
+        call.rows.len(),
+    ] {
+        h.update((n as u64).to_be_bytes());
+    }
+    h.update(call.session.to_be_bytes());
+    h.update(call.step.to_be_bytes());
+    let mut stream = Sha256::new();
+    for x in &call.stream {
+        stream.update(x.to_le_bytes());
+    }
+    h.update(stream.finalize());
+    for (name, values) in &call.adapter {
+        h.update((name.len() as u64).to_be_bytes());
+        h.update(name.as_bytes());
+        h.update((values.len() as u64).to_be_bytes());
+        for x in values {
+            h.update(x.to_le_bytes());
+        }
+    }
+    match call.dropout_key {
+        None => h.update([0u8]),
+        Some(k) => {
+            h.update([1u8]);
+            h.update(k.to_be_bytes());
+        }
+    }
+    let config = call.adapter_config.as_deref().unwrap_or_default();
+    h.update((config.len() as u64).to_be_bytes());
+    h.update(config.as_bytes());
+    for &r in &call.rows {
+        h.update((r as u64).to_be_bytes());
+    }
+    h.finalize().into()
+}
+
+/// What a server signs when it answers: the call's digest and its commitment to the output
+/// (the rows' digests). A verifier signs the same for the rows it recomputed, so that a
+/// server's signed commitment and verifiers' signed recomputations of the same call can be
+/// set side by side (a fraud claim).
+pub fn commitment_message(call: &Digest, row_sha256: &[Digest]) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(b"cohort-stage-commitment-v1");
+    h.update(call);
+    h.update((row_sha256.len() as u64).to_be_bytes());
+    for r in row_sha256 {
+        h.update(r);
+    }
+    h.finalize().to_vec()
 }
 
 /// The commitment to `stream` cut into `rows` rows of equal length: the SHA-256 of each row's
@@ -152,7 +225,7 @@ fn pb_tensors(t: Named) -> Vec<pb::Tensor> {
         .collect()
 }
 
-struct Service(Arc<dyn StageCompute>);
+struct Service(Arc<dyn StageCompute>, Option<Identity>);
 
 #[tonic::async_trait]
 impl Stage for Service {
@@ -165,6 +238,7 @@ impl Stage for Service {
             end_layer: i.layers.end as u32,
             width: i.width as u32,
             layers: i.total_layers as u32,
+            public_key: i.public_key.map(|k| k.to_vec()).unwrap_or_default(),
         }))
     }
 
@@ -190,18 +264,21 @@ impl Stage for Service {
         } else {
             call.batch
         };
+        let digest = self.1.as_ref().map(|_| call_digest(&self.0.info(), &call));
         let compute = Arc::clone(&self.0);
         let out = tokio::task::spawn_blocking(move || compute.forward(call))
             .await
             .map_err(|e| Status::internal(format!("the forward pass failed: {e}")))?
             .map_err(Status::invalid_argument)?;
-        let row_sha256 = row_hashes(&out, rows)
-            .into_iter()
-            .map(|h| h.to_vec())
-            .collect();
+        let hashes = row_hashes(&out, rows);
+        let signature = match (&self.1, digest) {
+            (Some(id), Some(d)) => id.sign(&commitment_message(&d, &hashes)).to_vec(),
+            _ => Vec::new(),
+        };
         Ok(Response::new(pb::ForwardReply {
             stream: if checking { Vec::new() } else { bytes(&out) },
-            row_sha256,
+            row_sha256: hashes.into_iter().map(|h| h.to_vec()).collect(),
+            signature,
         }))
     }
 
@@ -225,13 +302,15 @@ impl Stage for Service {
 }
 
 /// Serves `compute` on `listener` (TLS with `tls`, else plain text) on `rt` until the runtime
-/// stops; the address it listens on.
+/// stops, signing every forward answer with `signer` (whose public key `compute`'s info must
+/// give); the address it listens on.
 ///
 /// # Errors
 /// The listener cannot be handed to tokio, or the TLS configuration is refused.
 pub fn serve_stage(
     rt: &tokio::runtime::Runtime,
     compute: Arc<dyn StageCompute>,
+    signer: Option<Identity>,
     listener: std::net::TcpListener,
     tls: Option<tonic::transport::ServerTlsConfig>,
 ) -> Result<SocketAddr, NetError> {
@@ -255,7 +334,7 @@ pub fn serve_stage(
             source: Box::new(e),
         })?;
     }
-    let service = StageServer::new(Service(compute))
+    let service = StageServer::new(Service(compute, signer))
         .max_decoding_message_size(MAX_STAGE_MESSAGE)
         .max_encoding_message_size(MAX_STAGE_MESSAGE);
     let router = builder.add_service(service);
@@ -278,6 +357,9 @@ pub struct StageClient {
     client: GrpcClient<tonic::transport::Channel>,
     url: String,
     deadline: Duration,
+    /// What the server said it holds ([`StageClient::info`]); its answers are checked against
+    /// it (their signatures, when it has a key).
+    info: Option<StageInfo>,
 }
 
 impl std::fmt::Debug for StageClient {
@@ -349,6 +431,7 @@ impl StageClient {
             client,
             url: url.to_owned(),
             deadline,
+            info: None,
         })
     }
 
@@ -418,12 +501,24 @@ impl StageClient {
                     url: url.clone(),
                     reason: "its model hash is not 32 bytes".into(),
                 })?;
-        Ok(StageInfo {
+        let public_key = match r.public_key.len() {
+            0 => None,
+            _ => Some(PublicKey::try_from(r.public_key.as_slice()).map_err(|_| {
+                StageError::Refused {
+                    url: url.clone(),
+                    reason: "its public key is not 32 bytes".into(),
+                }
+            })?),
+        };
+        let info = StageInfo {
             model_sha256,
             layers: r.first_layer as usize..r.end_layer as usize,
             width: r.width as usize,
             total_layers: r.layers as usize,
-        })
+            public_key,
+        };
+        self.info = Some(info.clone());
+        Ok(info)
     }
 
     /// The server's layers forward: the stream and the server's commitment to it, checked to
@@ -486,7 +581,42 @@ impl StageClient {
                 )));
             }
         }
-        Ok(Forwarded { stream, row_sha256 })
+        // The call as the server holds it (asked of it by `info` first); its signature, when
+        // it has a key, must verify.
+        let held = match &self.info {
+            Some(i) => i.clone(),
+            None => self.info()?,
+        };
+        let call_d = call_digest(&held, call);
+        let bad = |reason: String| StageError::Refused {
+            url: self.url.clone(),
+            reason: format!("its answer: {reason}"),
+        };
+        let signature = match (held.public_key, r.signature.len()) {
+            (None, 0) => None,
+            (None, _) => return Err(bad("a signature from a server without a key".into())),
+            (Some(pk), _) => {
+                let sig: [u8; 64] = r
+                    .signature
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| bad("no signature, or one that is not 64 bytes".into()))?;
+                Identity::verify(&pk, &commitment_message(&call_d, &row_sha256), &sig)
+                    .map_err(|_| bad("its signature does not verify against its key".into()))?;
+                Some(sig)
+            }
+        };
+        Ok(Forwarded {
+            stream,
+            row_sha256,
+            call: call_d,
+            signature,
+        })
+    }
+
+    /// What the server said it holds, once [`StageClient::info`] was asked.
+    pub fn held(&self) -> Option<&StageInfo> {
+        self.info.as_ref()
     }
 
     /// The server's layers backward for the forward of `(session, step)`.

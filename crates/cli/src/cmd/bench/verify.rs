@@ -211,7 +211,7 @@ impl Args {
                 for step in 1..=self.calls as u64 {
                     let call = caller.call(session, step);
                     let out = liar.forward(&call)?;
-                    if v.check(&layers, &call, &out.row_sha256)?.is_some() {
+                    if v.check(&layers, &call, &liar, &out)?.is_some() {
                         at.push(step as usize);
                         break;
                     }
@@ -241,7 +241,7 @@ impl Args {
         for step in 1..=self.honest_calls as u64 {
             let call = caller.call(7, step);
             let out = server.forward(&call)?;
-            if let Some(bad) = v.check(&layers, &call, &out.row_sha256)? {
+            if let Some(bad) = v.check(&layers, &call, &server, &out)? {
                 false_alarms += 1;
                 eprintln!("  FALSE ALARM at call {step}: row {}", bad.row);
             }
@@ -265,7 +265,7 @@ impl Args {
             let t0 = Instant::now();
             let out = server.forward(&call)?;
             let t1 = Instant::now();
-            if v.check(&layers, &call, &out.row_sha256)?.is_some() {
+            if v.check(&layers, &call, &server, &out)?.is_some() {
                 bail!("an honest server was accused at call {step}");
             }
             serve += t1 - t0;

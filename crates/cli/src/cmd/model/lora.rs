@@ -93,6 +93,11 @@ pub struct Args {
     /// drawn after each server answered.
     #[arg(long, default_value_t = 0.1, value_parser = float_in(0.0..=1.0), requires = "verifiers")]
     verify_rate: f64,
+    /// Where to write a fraud claim's evidence (JSON) when a verifier's recomputation differs
+    /// from a server's signed commitment: the call's digests, the server's commitment and
+    /// signature, the verifier's recomputation and signature.
+    #[arg(long, value_name = "FILE", requires = "verifiers")]
+    evidence: Option<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -256,11 +261,13 @@ impl Args {
                 )?;
                 Some(match self.verifiers.is_empty() {
                     true => p,
-                    false => p.with_verifiers(
-                        &servers("--verifiers", &self.verifiers)?,
-                        &self.dir,
-                        self.verify_rate,
-                    )?,
+                    false => p
+                        .with_verifiers(
+                            &servers("--verifiers", &self.verifiers)?,
+                            &self.dir,
+                            self.verify_rate,
+                        )?
+                        .with_evidence(self.evidence.clone()),
                 })
             }
         };
@@ -355,8 +362,9 @@ impl Args {
             t.print();
             if let Some(v) = r.verification {
                 println!(
-                    "verification: {} of {} forward calls recomputed by a verifier, all equal",
-                    v.checked, v.calls
+                    "verification: {} of {} rows ({} of {} forward calls) recomputed by a \
+                     verifier, all equal",
+                    v.rows_checked, v.rows, v.checked, v.calls
                 );
             }
         }

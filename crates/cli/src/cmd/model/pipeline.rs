@@ -13,7 +13,9 @@ use anyhow::{Context, bail};
 use candle_core::{Device, Tensor};
 use cohort_model::fast::stages;
 use cohort_model::{Gpt, LanguageModel, Lora, LoraConfig};
-use cohort_net::stage::{ForwardCall, Named, StageClient, StageCompute, StageInfo, serve_stage};
+use cohort_net::stage::{
+    ForwardCall, Forwarded, Named, StageClient, StageCompute, StageInfo, serve_stage,
+};
 use sha2::{Digest, Sha256};
 
 /// SHA-256 over a model directory's `config.json` and `model.safetensors`, as a stage server
@@ -282,6 +284,11 @@ pub struct ServeArgs {
     /// Serve plain text instead of TLS (loopback and tests only).
     #[arg(long)]
     insecure: bool,
+    /// The server's key file (`cohort keys new`; mode 0600): it signs every answer's
+    /// commitment, so that a wrong answer can be proved against it. Without it, answers are
+    /// unsigned.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
     /// Check everything a start would (the model, the layers, TLS, the address), say what
     /// would be served, and exit.
     #[arg(long)]
@@ -337,6 +344,12 @@ impl ServeArgs {
                  --insecure for plain text"
             ),
         };
+        let signer = self
+            .key
+            .as_deref()
+            .map(cohort_core::keyfile::load)
+            .transpose()
+            .context("--key")?;
         let kind = cohort_model::checkpoint::model_type(&self.dir)
             .with_context(|| format!("loading model {}", self.dir.display()))?;
         if kind != "gpt2" {
@@ -354,6 +367,7 @@ impl ServeArgs {
             layers: layers.clone(),
             width: model.config.n_embd,
             total_layers: total,
+            public_key: signer.as_ref().map(cohort_core::Identity::public_key),
         };
         let listener = std::net::TcpListener::bind(&self.listen)
             .with_context(|| format!("--listen {}", self.listen))?;
@@ -387,7 +401,7 @@ impl ServeArgs {
             adapter: Mutex::new(None),
             pending: Mutex::new(VecDeque::new()),
         };
-        let addr = serve_stage(&rt, Arc::new(stage), listener, tls)?;
+        let addr = serve_stage(&rt, Arc::new(stage), signer, listener, tls)?;
         println!(
             "serving layers {}..{} of {} ({} layers) on {addr}",
             layers.start,
@@ -410,6 +424,8 @@ pub struct Pipeline {
     step: u64,
     /// Verifiers (servers holding the same layers as a stage) and the share of calls checked.
     verify: Option<Verify>,
+    /// Where a fraud claim's evidence goes.
+    evidence: Option<PathBuf>,
 }
 
 /// Sampled recomputation. After a stage server answers a forward call with its stream and its
@@ -438,16 +454,34 @@ pub struct VerifyStats {
     pub rows_checked: u64,
 }
 
-/// A verifier's recomputation that differs from a server's commitment.
-#[derive(Debug, Clone)]
+/// A verifier's recomputation that differs from a server's commitment: the evidence of a
+/// fraud claim. With keys on both sides, the server's signature binds it to its commitment
+/// and the verifier's to its recomputation of the same call (the rows' inputs included in the
+/// call digest), so anyone holding the model can check the claim by recomputing the row.
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Mismatch {
     /// The verifier.
     pub verifier: String,
+    /// The call's session and step.
+    pub session: u64,
+    pub step: u64,
     /// The row (sequence) of the call.
     pub row: usize,
     /// The server's digest of that row, and the verifier's.
-    pub committed: [u8; 32],
-    pub recomputed: [u8; 32],
+    pub committed: String,
+    pub recomputed: String,
+    /// The server's call digest, its whole commitment (every row) and its signature over
+    /// them, with its key (`None`: a server without a key).
+    pub server_call: String,
+    pub server_rows: Vec<String>,
+    pub server_key: Option<String>,
+    pub server_signature: Option<String>,
+    /// The verifier's call digest (the same call, restricted to the rows it recomputed), its
+    /// rows' digests and its signature, with its key.
+    pub verifier_call: String,
+    pub verifier_rows: Vec<usize>,
+    pub verifier_key: Option<String>,
+    pub verifier_signature: Option<String>,
 }
 
 impl Verify {
@@ -474,15 +508,17 @@ impl Verify {
         self.stats
     }
 
-    /// Draws the rows of `call` (answered by a server holding `layers` with commitment
-    /// `committed`) to check, and checks them on a verifier of those layers: the first row
-    /// whose recomputation differs, if any.
+    /// Draws the rows of `call` to check (answered with `answer` by `server`, which holds
+    /// `layers`) and checks them on a verifier of those layers: the first row whose
+    /// recomputation differs from the server's commitment, if any, with the evidence.
     pub fn check(
         &mut self,
         layers: &std::ops::Range<usize>,
         call: &ForwardCall,
-        committed: &[[u8; 32]],
+        server: &StageClient,
+        answer: &Forwarded,
     ) -> anyhow::Result<Option<Mismatch>> {
+        let committed = &answer.row_sha256;
         self.stats.calls += 1;
         self.stats.rows += call.batch as u64;
         let rows: Vec<usize> = (0..call.batch)
@@ -501,18 +537,29 @@ impl Verify {
             .flat_map(|&r| call.stream[r * per..(r + 1) * per].iter().copied())
             .collect();
         again.rows = rows.clone();
-        let answer = v.forward(&again)?;
+        let checked = v.forward(&again)?;
         self.stats.checked += 1;
         self.stats.rows_checked += rows.len() as u64;
+        let key = |c: &StageClient| c.held().and_then(|i| i.public_key).map(hex::encode);
         Ok(rows
             .iter()
-            .zip(&answer.row_sha256)
+            .zip(&checked.row_sha256)
             .find(|&(&r, h)| committed.get(r) != Some(h))
             .map(|(&row, &recomputed)| Mismatch {
                 verifier: v.url().to_owned(),
+                session: call.session,
+                step: call.step,
                 row,
-                committed: committed.get(row).copied().unwrap_or_default(),
-                recomputed,
+                committed: committed.get(row).map(hex::encode).unwrap_or_default(),
+                recomputed: hex::encode(recomputed),
+                server_call: hex::encode(answer.call),
+                server_rows: committed.iter().map(hex::encode).collect(),
+                server_key: key(server),
+                server_signature: answer.signature.map(hex::encode),
+                verifier_call: hex::encode(checked.call),
+                verifier_rows: rows.clone(),
+                verifier_key: key(v),
+                verifier_signature: checked.signature.map(hex::encode),
             }))
     }
 }
@@ -563,6 +610,7 @@ impl Pipeline {
             session: rand::random(),
             step: 0,
             verify: None,
+            evidence: None,
         })
     }
 
@@ -599,6 +647,12 @@ impl Pipeline {
         }
         self.verify = Some(Verify::new(list, rate, rand::random())?);
         Ok(self)
+    }
+
+    /// Writes a fraud claim's evidence to `path` when a verifier catches a server.
+    pub fn with_evidence(mut self, path: Option<PathBuf>) -> Self {
+        self.evidence = path;
+        self
     }
 
     /// What verification did so far (`None` without verifiers).
@@ -644,8 +698,12 @@ impl Pipeline {
             let out = c.forward(&call)?;
             // Drawn after the server answered: it cannot know which rows are checked.
             if let Some(v) = &mut self.verify
-                && let Some(bad) = v.check(layers, &call, &out.row_sha256)?
+                && let Some(bad) = v.check(layers, &call, c, &out)?
             {
+                if let Some(path) = &self.evidence {
+                    crate::output::write_json(path, &bad)
+                        .with_context(|| format!("--evidence {}", path.display()))?;
+                }
                 bail!(
                     "stage server {} (layers {layers:?}) answered step {step} with an output \
                      that differs from verifier {}'s recomputation (row {}: committed SHA-256 \
@@ -653,8 +711,8 @@ impl Pipeline {
                     c.url(),
                     bad.verifier,
                     bad.row,
-                    hex::encode(bad.committed),
-                    hex::encode(bad.recomputed)
+                    bad.committed,
+                    bad.recomputed
                 );
             }
             h = out.stream;
