@@ -29,6 +29,30 @@ const BAD: &[&str] = &[
     "",
 ];
 
+/// Values tried, besides `BAD` and every time, on flags whose value has a form of its own:
+/// (subcommand, flag, values). Each must be refused, naming the flag (exit 2).
+const EXTRA: &[(&str, &str, &[&str])] = &[(
+    "serve-layers",
+    "--misbehave",
+    &[
+        "crash-forward=0",
+        "crash-forward=-1",
+        "crash-forward=abc",
+        "crash-forward=1e308",
+        "crash-forward=18446744073709551616",
+        "crash-forward=1000000001",
+        "crash-forward=",
+        "crash-backward=0",
+        "crash-backward=-1",
+        "crash-backward=nan",
+        "crash-backward=18446744073709551615",
+        "crash-sideways=1",
+        "noise=nan",
+        "noise=0",
+        "stale=1",
+    ],
+)];
+
 /// `BAD` split in three classes of one value of each kind; by default each flag is tried with
 /// one class, chosen by the sweep's seed (so the classes rotate between flags and between
 /// runs), which keeps the suite's sweep to about a minute. `COHORT_SWEEP=full` tries every
@@ -367,7 +391,11 @@ fn no_argument_makes_cohort_panic_abort_or_hang() {
             continue;
         };
         for (fi, flag) in value_flags(cmd).into_iter().enumerate() {
-            for v in values_for(fi, seed) {
+            let extra = EXTRA
+                .iter()
+                .filter(|(c, f, _)| c == cmd && *f == flag)
+                .flat_map(|(_, _, v)| v.iter().copied());
+            for v in values_for(fi, seed).into_iter().chain(extra) {
                 let mut args = base.clone();
                 // Replace the base's value of this flag, if it has one, so clap does not refuse a
                 // repeated flag before the value is even looked at.
@@ -390,6 +418,12 @@ fn no_argument_makes_cohort_panic_abort_or_hang() {
         missing.is_empty(),
         "subcommands without a base invocation in arg_sweep.rs: {missing:?}"
     );
+    for (cmd, flag, _) in EXTRA {
+        assert!(
+            leaves.iter().any(|l| l == cmd) && value_flags(cmd).iter().any(|f| f == flag),
+            "EXTRA names {cmd} {flag}, which is not a subcommand's flag taking a value"
+        );
+    }
     // Each base invocation must itself succeed, or its sweep would only test a refusal.
     let cwd = fx.root.join("cwd");
     std::fs::create_dir_all(&cwd).unwrap();
@@ -438,12 +472,15 @@ fn no_argument_makes_cohort_panic_abort_or_hang() {
     let results = results.into_inner().unwrap();
     let mut failures = Vec::new();
     for r in &results {
-        let flag = r
+        let (flag, value) = r
             .args
             .last()
             .and_then(|a| a.split_once('='))
-            .map(|(f, _)| f.to_owned())
+            .map(|(f, v)| (f.to_owned(), v.to_owned()))
             .unwrap_or_default();
+        let must_refuse = EXTRA
+            .iter()
+            .any(|(c, f, vs)| *c == r.cmd && *f == flag && vs.contains(&value.as_str()));
         let why = if r.timed_out {
             Some(format!("did not finish within {TIMEOUT:?}"))
         } else if !matches!(r.code, Some(0..=2)) {
@@ -454,6 +491,8 @@ fn no_argument_makes_cohort_panic_abort_or_hang() {
             Some(format!("a refusal that does not name {flag}"))
         } else if r.output.contains("panicked at") {
             Some("a panic message".to_owned())
+        } else if must_refuse && !(r.code == Some(2) && r.output.contains(&flag)) {
+            Some(format!("{value:?} is not refused by name ({flag})"))
         } else {
             None
         };

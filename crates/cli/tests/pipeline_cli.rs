@@ -1,15 +1,16 @@
 //! `cohort serve-layers` and `cohort model lora --pipeline`: three stage-server processes
 //! hold a GPT's layers; a client trains a LoRA adapter through them over loopback gRPC and
 //! gets, bit for bit, the adapter single-process training writes (with adapter dropout, so
-//! that the dropout keys travel too). What does not fit is refused by name.
+//! that the dropout keys travel too), also when a server process dies mid-step and its
+//! replacement replays the step. What does not fit is refused by name.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 
 use common::{cohort, p, text};
 
@@ -59,17 +60,17 @@ fn serve_with(dir: &Path, layers: &str, extra: &[&str]) -> Server {
     }
 }
 
-#[test]
-fn three_stage_servers_train_the_adapter_single_process_training_writes() {
-    let tmp = tempfile::tempdir().unwrap();
+/// A `tiny` GPT (4 layers) pretrained 3 steps in `dir`, and its text: the model directory and
+/// the text file.
+fn tiny_model(dir: &Path) -> (PathBuf, PathBuf) {
     let corpus = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../../shared/data/tinyshakespeare/input.txt"
     );
-    let text_file = tmp.path().join("text.txt");
+    let text_file = dir.join("text.txt");
     let all = std::fs::read_to_string(corpus).unwrap();
     std::fs::write(&text_file, &all[..60_000]).unwrap();
-    let model = tmp.path().join("model");
+    let model = dir.join("model");
     let o = cohort(&[
         "model",
         "pretrain",
@@ -84,32 +85,52 @@ fn three_stage_servers_train_the_adapter_single_process_training_writes() {
         "--json",
     ]);
     assert!(o.status.success(), "{}", text(&o));
+    (model, text_file)
+}
 
+/// `cohort model lora` on `model` and `text_file`, 4 steps with adapter dropout, to `out`,
+/// with `extra` arguments.
+fn lora(model: &Path, text_file: &Path, out: &Path, extra: &[&str]) -> Output {
+    cohort(&lora_args(model, text_file, out, extra))
+}
+
+/// The arguments of [`lora`].
+fn lora_args<'a>(
+    model: &'a Path,
+    text_file: &'a Path,
+    out: &'a Path,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut a = vec![
+        "model",
+        "lora",
+        p(model),
+        "--data",
+        p(text_file),
+        "--out",
+        p(out),
+        "--steps",
+        "4",
+        "--batch",
+        "4",
+        "--dropout",
+        "0.1",
+        "--json",
+    ];
+    a.extend(extra);
+    a
+}
+
+#[test]
+fn three_stage_servers_train_the_adapter_single_process_training_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, text_file) = tiny_model(tmp.path());
     let servers: Vec<Server> = ["0..1", "1..3", "3..4"]
         .iter()
         .map(|l| serve(&model, l))
         .collect();
     let urls: Vec<&str> = servers.iter().map(|s| s.url.as_str()).collect();
-    let lora = |out: &Path, extra: &[&str]| {
-        let mut a = vec![
-            "model",
-            "lora",
-            p(&model),
-            "--data",
-            p(&text_file),
-            "--out",
-            p(out),
-            "--steps",
-            "4",
-            "--batch",
-            "4",
-            "--dropout",
-            "0.1",
-            "--json",
-        ];
-        a.extend(extra);
-        cohort(&a)
-    };
+    let lora = |out: &Path, extra: &[&str]| lora(&model, &text_file, out, extra);
     let single = tmp.path().join("single");
     let o = lora(&single, &[]);
     assert!(o.status.success(), "{}", text(&o));
@@ -155,6 +176,7 @@ fn three_stage_servers_train_the_adapter_single_process_training_writes() {
     // Every row of those 4 calls of 4 sequences, of the 48 rows of all calls.
     assert_eq!(v["verification"]["rows_checked"], 16, "{v}");
     assert_eq!(v["verification"]["rows"], 48, "{v}");
+    assert_eq!(v["replays"], 0, "{v}");
     assert!(std::fs::read(checked.join("adapter_model.safetensors")).unwrap() == a);
     // A dishonest middle server is caught, and nothing is written but the evidence: one
     // perturbing its outputs by 1e-2, one replaying its first output, one of lower precision
@@ -287,4 +309,210 @@ fn bench_verify_catches_every_dishonest_server_and_accuses_no_honest_one() {
     assert!(v["honest"]["rows_checked"].as_u64().unwrap() > 40, "{v}");
     let share = v["cost"]["rows_share"].as_f64().unwrap();
     assert!((0.0..0.5).contains(&share), "{v}");
+}
+
+/// Whether `server`'s process has exited with status 3, as a `--misbehave crash-*` server
+/// does; it is waited for up to 10 s (it exits as the client's call reaches it).
+fn crashed(server: &mut Server) -> bool {
+    for _ in 0..200 {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            return status.code() == Some(3);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn a_stage_server_that_dies_mid_step_is_replaced_and_the_step_replayed_bit_for_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, text_file) = tiny_model(tmp.path());
+    let lora = |out: &Path, extra: &[&str]| lora(&model, &text_file, out, extra);
+    let single = tmp.path().join("single");
+    let o = lora(&single, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let want = std::fs::read(single.join("adapter_model.safetensors")).unwrap();
+    let first = serve(&model, "0..1");
+    let last = serve(&model, "3..4");
+
+    // The middle server's process exits on its third forward (backward) call, in step 3; its
+    // replacement takes the step over, and the adapter is single-process training's.
+    for (how, phase) in [
+        ("crash-forward=3", "forward"),
+        ("crash-backward=3", "backward"),
+    ] {
+        let mut dying = serve_with(&model, "1..3", &["--misbehave", how]);
+        let spare = serve(&model, "1..3");
+        let list = format!("{},{}|{},{}", first.url, dying.url, spare.url, last.url);
+        let out = tmp.path().join(format!("replayed-{phase}"));
+        let o = lora(&out, &["--pipeline", &list, "--insecure"]);
+        assert!(o.status.success(), "{how}: {}", text(&o));
+        assert!(crashed(&mut dying), "{how}: the server did not crash");
+        let said = String::from_utf8_lossy(&o.stderr);
+        let line = said
+            .lines()
+            .find(|l| l.starts_with("pipeline: "))
+            .unwrap_or_else(|| panic!("{how}: no failover line: {said}"));
+        for part in [
+            dying.url.as_str(),
+            &format!("the {phase} of step 3"),
+            "layers 1..3",
+            &format!("replaying it on the replacement {}", spare.url),
+        ] {
+            assert!(line.contains(part), "{how}: {part:?} not in {line:?}");
+        }
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["replays"], 1, "{how}: {v}");
+        let got = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
+        assert!(
+            got == want,
+            "{how}: the adapter differs from the single-process one"
+        );
+    }
+
+    // A replacement that replays a forward for a backward must give the output the failed
+    // server gave: a noisy one is caught, and nothing is written.
+    let mut dying = serve_with(&model, "1..3", &["--misbehave", "crash-backward=3"]);
+    let liar = serve_with(&model, "1..3", &["--misbehave", "noise=0.01"]);
+    let list = format!("{},{}|{},{}", first.url, dying.url, liar.url, last.url);
+    let out = tmp.path().join("replayed-by-a-liar");
+    let o = lora(&out, &["--pipeline", &list, "--insecure"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(crashed(&mut dying), "the server did not crash");
+    let why = format!(
+        "stage server {} (layers 1..3), replaying the forward of step 3 for its backward, gave \
+         an output that differs from the one {} gave",
+        liar.url, dying.url
+    );
+    assert!(text(&o).contains(&why), "{}", text(&o));
+    assert!(!out.exists(), "something was written");
+
+    // Without a replacement, the crash stops the training, naming the server, and nothing is
+    // written.
+    let mut dying = serve_with(&model, "1..3", &["--misbehave", "crash-forward=3"]);
+    let list = format!("{},{},{}", first.url, dying.url, last.url);
+    let out = tmp.path().join("unreplaced");
+    let o = lora(&out, &["--pipeline", &list, "--insecure"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(crashed(&mut dying), "the server did not crash");
+    for part in [
+        format!("stage server {}", dying.url),
+        "the forward of step 3".to_owned(),
+        "no replacement is left".to_owned(),
+        "nothing was written".to_owned(),
+        "`|`".to_owned(),
+    ] {
+        assert!(text(&o).contains(&part), "{part:?} not in {}", text(&o));
+    }
+    assert!(!out.exists(), "something was written");
+
+    // A replacement holding other layers is refused by name before any step: the stage's
+    // server, which would crash on its first forward call, is still running after.
+    let mut primed = serve_with(&model, "1..3", &["--misbehave", "crash-forward=1"]);
+    let wrong = serve(&model, "0..1");
+    let list = format!("{},{}|{},{}", first.url, primed.url, wrong.url, last.url);
+    let out = tmp.path().join("wrong-replacement");
+    let o = lora(&out, &["--pipeline", &list, "--insecure"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let why = format!(
+        "--pipeline {}: a replacement for {} (layers 1..3), it holds layers 0..1",
+        wrong.url, primed.url
+    );
+    assert!(text(&o).contains(&why), "{}", text(&o));
+    assert!(!out.exists(), "something was written");
+    assert!(
+        primed.child.try_wait().unwrap().is_none(),
+        "a step was sent before the refusal"
+    );
+    // A server listed twice is refused by name too.
+    let list = format!("{},{}|{},{}", first.url, primed.url, primed.url, last.url);
+    let o = lora(&out, &["--pipeline", &list, "--insecure"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("--pipeline {}: listed twice", primed.url)),
+        "{}",
+        text(&o)
+    );
+    assert!(primed.child.try_wait().unwrap().is_none());
+}
+
+#[cfg(unix)]
+#[test]
+fn a_stage_server_that_hangs_is_replaced_after_the_stage_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, text_file) = tiny_model(tmp.path());
+    let single = tmp.path().join("single");
+    let o = lora(&model, &text_file, &single, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let want = std::fs::read(single.join("adapter_model.safetensors")).unwrap();
+    let servers: Vec<Server> = ["0..1", "1..3", "1..3", "3..4"]
+        .iter()
+        .map(|l| serve(&model, l))
+        .collect();
+    let list = format!(
+        "{},{}|{},{}",
+        servers[0].url, servers[1].url, servers[2].url, servers[3].url
+    );
+    let out = tmp.path().join("replayed");
+    let args = lora_args(
+        &model,
+        &text_file,
+        &out,
+        &[
+            "--pipeline",
+            &list,
+            "--insecure",
+            "--stage-timeout",
+            "1",
+            "--log-every",
+            "1",
+        ],
+    );
+    let mut client = Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = client.stdout.take().unwrap();
+    let json = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut b).unwrap();
+        b
+    });
+    // Once step 1 is done, the middle server is stopped (SIGSTOP): its connection stays open
+    // and it answers nothing, as a hung server; steps 2 to 4 remain.
+    let mut said = String::new();
+    let mut stopped = false;
+    for line in BufReader::new(client.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if !stopped && line.starts_with("step 1/") {
+            let s = Command::new("kill")
+                .args(["-STOP", &servers[1].child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(s.success());
+            stopped = true;
+        }
+        said.push_str(&line);
+        said.push('\n');
+    }
+    let status = client.wait().unwrap();
+    let json = json.join().unwrap();
+    assert!(stopped, "no progress line for step 1: {said}");
+    assert!(status.success(), "{said}");
+    let line = said
+        .lines()
+        .find(|l| l.starts_with("pipeline: "))
+        .unwrap_or_else(|| panic!("no failover line: {said}"));
+    let why = format!("stage server {}: no answer within 1 s", servers[1].url);
+    assert!(line.contains(&why), "{line}");
+    assert!(line.contains(&servers[2].url), "{line}");
+    let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(v["replays"], 1, "{v}");
+    let got = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
+    assert!(
+        got == want,
+        "the adapter differs from the single-process one"
+    );
 }

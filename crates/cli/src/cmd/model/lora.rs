@@ -69,10 +69,23 @@ pub struct Args {
     no_mmap: bool,
     /// Train through stage servers (`cohort serve-layers`) that together hold every layer,
     /// listed in the order of their layers: URL,URL,... (https://HOST:PORT with --ca, or
-    /// http://HOST:PORT with --insecure). The embeddings, the head and the adapter stay here;
-    /// the result is the same as without (docs/pipeline.md). GPT models only.
+    /// http://HOST:PORT with --insecure). A stage may list replacements holding its layers
+    /// after its server, separated by `|` (URL|URL2): a server that stops answering is
+    /// replaced by the next, and the step replayed there. The embeddings, the head and the
+    /// adapter stay here; the result is the same as without (docs/pipeline.md). GPT models
+    /// only.
     #[arg(long, value_delimiter = ',', value_name = "URLS")]
     pipeline: Vec<String>,
+    /// The deadline of each call to a stage server or verifier, in seconds, in [1, 86400]: a
+    /// server past it is replaced by the stage's next replacement, or stops the training.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 120,
+        value_parser = int_in(1..=86_400u64),
+        requires = "pipeline"
+    )]
+    stage_timeout: u64,
     /// The CA that signed the stage servers' certificates (for https:// URLs).
     #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
     ca: Option<PathBuf>,
@@ -147,6 +160,10 @@ struct Report {
     /// recomputed (all equal: a difference stops the training).
     #[serde(skip_serializing_if = "Option::is_none")]
     verification: Option<super::pipeline::VerifyStats>,
+    /// With --pipeline: stage calls that got no answer (a server unreachable, its connection
+    /// broken, or past --stage-timeout) and were replayed on a replacement server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replays: Option<u64>,
 }
 
 /// The base model for fine-tuning and evaluation: a GPT or Llama-family model with its
@@ -232,7 +249,8 @@ impl Args {
         tc.optim.weight_decay = 0.0;
         let mut trainer = Trainer::new(model.as_ref(), tc)?;
         // The pipeline, checked before any step: the servers hold this model's layers, all of
-        // them, in order.
+        // them, in order, and each replacement its stage's.
+        let deadline = Duration::from_secs(self.stage_timeout);
         let servers = |flag: &str, urls: &[String]| {
             urls.iter()
                 .map(|u| {
@@ -242,7 +260,7 @@ impl Args {
                         self.ca.as_deref(),
                         None,
                         self.insecure,
-                        Duration::from_secs(120),
+                        deadline,
                     )
                     .map(|d| (d.url, d.tls))
                 })
@@ -253,11 +271,20 @@ impl Args {
             false => {
                 let gpt = gpt_of(model.as_ref(), &self.dir)?;
                 let lora = model.weights().lora.as_ref().context("no adapter")?;
-                let p = super::pipeline::Pipeline::connect(
-                    &servers("--pipeline", &self.pipeline)?,
+                let stages = self
+                    .pipeline
+                    .iter()
+                    .map(|stage| {
+                        let urls: Vec<String> = stage.split('|').map(str::to_owned).collect();
+                        servers("--pipeline", &urls)
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let p = super::pipeline::Pipeline::connect_stages(
+                    &stages,
                     &self.dir,
                     gpt.config.n_layer,
                     &lora.config,
+                    deadline,
                 )?;
                 Some(match self.verifiers.is_empty() {
                     true => p,
@@ -331,6 +358,7 @@ impl Args {
             peak_rss_file_bytes: peaks.map(|p| p.peak_rss_file_bytes),
             process_peak_rss_bytes: before.zip(peaks).map(|(b, p)| b.max(p.peak_rss_bytes)),
             verification: pipeline.as_ref().and_then(|p| p.verify_stats()),
+            replays: pipeline.as_ref().map(|p| p.replays()),
         };
         if self.json {
             print_json(&r)?;
@@ -365,6 +393,12 @@ impl Args {
                     "verification: {} of {} rows ({} of {} forward calls) recomputed by a \
                      verifier, all equal",
                     v.rows_checked, v.rows, v.checked, v.calls
+                );
+            }
+            if let Some(n) = r.replays.filter(|&n| n > 0) {
+                println!(
+                    "failover: {n} stage call(s) got no answer and were replayed on a \
+                     replacement server"
                 );
             }
         }

@@ -6,6 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use candle_core::{Device, Tensor};
 use cohort_model::fast::stages;
 use cohort_model::{Gpt, LanguageModel, Lora, LoraConfig};
 use cohort_net::stage::{
-    ForwardCall, Forwarded, Named, StageClient, StageCompute, StageInfo, serve_stage,
+    ForwardCall, Forwarded, Named, StageClient, StageCompute, StageError, StageInfo, serve_stage,
 };
 use sha2::{Digest, Sha256};
 
@@ -82,6 +83,10 @@ struct GptStage {
     misbehave: Option<Misbehave>,
     /// The first output a stale server computed, which it then returns for every call.
     stale: Mutex<Option<Vec<f32>>>,
+    /// Forward and backward calls received, for a crashing test server (`--misbehave
+    /// crash-forward=N`, `crash-backward=N`).
+    forwards: AtomicU64,
+    backwards: AtomicU64,
     info: StageInfo,
     /// The adapter configuration the server was first asked for; it serves only that one.
     adapter: Mutex<Option<LoraConfig>>,
@@ -92,6 +97,29 @@ struct GptStage {
 const MAX_PENDING: usize = 64;
 
 impl GptStage {
+    /// Counts a call of `phase` received; a crashing test server (`--misbehave
+    /// crash-forward=N` or `crash-backward=N`) exits the process on its N-th, before
+    /// answering, so that its client sees the connection break as on a real crash.
+    fn received(&self, phase: Phase) {
+        let counter = match phase {
+            Phase::Forward => &self.forwards,
+            Phase::Backward => &self.backwards,
+        };
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        let at = match (self.misbehave, phase) {
+            (Some(Misbehave::CrashForward(at)), Phase::Forward)
+            | (Some(Misbehave::CrashBackward(at)), Phase::Backward) => at,
+            _ => return,
+        };
+        if n == at {
+            eprintln!(
+                "serve-layers: crashing on {phase} call {n}, before answering (--misbehave, a \
+                 test aid)"
+            );
+            std::process::exit(3);
+        }
+    }
+
     /// Sets `adapter` (names of this server's layers' LoRA weights) into the model, attaching
     /// an adapter of `config` on the first call.
     fn set_adapter(&self, m: &mut Gpt, config: &LoraConfig, adapter: &Named) -> Result<(), String> {
@@ -147,6 +175,7 @@ impl StageCompute for GptStage {
     }
 
     fn forward(&self, call: ForwardCall) -> Result<Vec<f32>, String> {
+        self.received(Phase::Forward);
         let config: LoraConfig = call
             .adapter_config
             .as_deref()
@@ -189,7 +218,10 @@ impl StageCompute for GptStage {
             return Ok(out);
         };
         match self.misbehave {
-            None | Some(Misbehave::SkipLayer) => {}
+            None
+            | Some(
+                Misbehave::SkipLayer | Misbehave::CrashForward(_) | Misbehave::CrashBackward(_),
+            ) => {}
             Some(Misbehave::Bf16) => {
                 // A lower-precision model: every output rounded to bfloat16.
                 for x in &mut out {
@@ -234,6 +266,7 @@ impl StageCompute for GptStage {
         step: u64,
         grad: Vec<f32>,
     ) -> Result<(Vec<f32>, Named), String> {
+        self.received(Phase::Backward);
         let p = {
             let mut pending = self.pending.lock().map_err(|_| "poisoned".to_owned())?;
             let i = pending
@@ -293,16 +326,34 @@ pub struct ServeArgs {
     /// would be served, and exit.
     #[arg(long)]
     check: bool,
-    /// A dishonest server, for testing verification (never for real use): `noise=R` adds
-    /// relative noise of size R (in (0, 1]) to every forward output; `stale` returns the first
-    /// output it computed for every later call of the same size; `bf16` rounds its outputs to
-    /// bfloat16 (a lower-precision model); `skip-layer` runs its layers but the last (a smaller
-    /// model). It answers verifiers' calls honestly.
+    /// A dishonest or crashing server, for testing verification and failover (never for real
+    /// use): `noise=R` adds relative noise of size R (in (0, 1]) to every forward output;
+    /// `stale` returns the first output it computed for every later call of the same size;
+    /// `bf16` rounds its outputs to bfloat16 (a lower-precision model); `skip-layer` runs its
+    /// layers but the last (a smaller model); `crash-forward=N` (`crash-backward=N`), N in
+    /// [1, 1000000000], exits the process on its N-th forward (backward) call, before
+    /// answering. A dishonest server answers verifiers' calls honestly.
     #[arg(long, value_name = "HOW", value_parser = parse_misbehave)]
     misbehave: Option<Misbehave>,
 }
 
-/// How a test server cheats (`--misbehave`).
+/// A stage call's direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Forward,
+    Backward,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Forward => "forward",
+            Phase::Backward => "backward",
+        })
+    }
+}
+
+/// How a test server cheats or fails (`--misbehave`).
 #[derive(Debug, Clone, Copy)]
 pub enum Misbehave {
     /// Relative noise of this size on every output.
@@ -313,7 +364,14 @@ pub enum Misbehave {
     Bf16,
     /// A smaller model: its layers but the last.
     SkipLayer,
+    /// The process exits on this forward call (counted from 1), before answering.
+    CrashForward(u64),
+    /// The process exits on this backward call (counted from 1), before answering.
+    CrashBackward(u64),
 }
+
+/// The most calls a crashing test server counts before its crash.
+const MAX_CRASH_AT: u64 = 1_000_000_000;
 
 fn parse_misbehave(s: &str) -> Result<Misbehave, String> {
     match s {
@@ -322,16 +380,33 @@ fn parse_misbehave(s: &str) -> Result<Misbehave, String> {
         "skip-layer" => return Ok(Misbehave::SkipLayer),
         _ => {}
     }
-    let bad = || format!("{s:?}: expected noise=R (R in (0, 1]), stale, bf16 or skip-layer");
-    let r: f64 = s
-        .strip_prefix("noise=")
-        .ok_or_else(bad)?
-        .parse()
-        .map_err(|_| bad())?;
-    if !(r.is_finite() && r > 0.0 && r <= 1.0) {
-        return Err(bad());
+    let bad = || {
+        format!(
+            "{s:?}: expected noise=R (R in (0, 1]), stale, bf16, skip-layer, crash-forward=N or \
+             crash-backward=N (N in [1, {MAX_CRASH_AT}])"
+        )
+    };
+    let (how, value) = s.split_once('=').ok_or_else(bad)?;
+    match how {
+        "noise" => {
+            let r: f64 = value.parse().map_err(|_| bad())?;
+            if !(r.is_finite() && r > 0.0 && r <= 1.0) {
+                return Err(bad());
+            }
+            Ok(Misbehave::Noise(r))
+        }
+        "crash-forward" | "crash-backward" => {
+            let n: u64 = value.parse().map_err(|_| bad())?;
+            if !(1..=MAX_CRASH_AT).contains(&n) {
+                return Err(bad());
+            }
+            Ok(match how {
+                "crash-forward" => Misbehave::CrashForward(n),
+                _ => Misbehave::CrashBackward(n),
+            })
+        }
+        _ => Err(bad()),
     }
-    Ok(Misbehave::Noise(r))
 }
 
 impl ServeArgs {
@@ -390,13 +465,21 @@ impl ServeArgs {
             return Ok(ExitCode::SUCCESS);
         }
         let rt = cohort_net::run::server_runtime(2)?;
-        if let Some(m) = self.misbehave {
-            eprintln!("serve-layers: a DISHONEST server ({m:?}), for testing verification");
+        match self.misbehave {
+            None => {}
+            Some(m @ (Misbehave::CrashForward(_) | Misbehave::CrashBackward(_))) => {
+                eprintln!("serve-layers: a CRASHING server ({m:?}), for testing failover");
+            }
+            Some(m) => {
+                eprintln!("serve-layers: a DISHONEST server ({m:?}), for testing verification")
+            }
         }
         let stage = GptStage {
             model: Mutex::new(model),
             misbehave: self.misbehave,
             stale: Mutex::new(None),
+            forwards: AtomicU64::new(0),
+            backwards: AtomicU64::new(0),
             info,
             adapter: Mutex::new(None),
             pending: Mutex::new(VecDeque::new()),
@@ -416,16 +499,149 @@ impl ServeArgs {
     }
 }
 
+/// A server to dial: its URL, and its TLS (`None` for plain text).
+pub type Dial = (String, Option<cohort_net::tls::ClientTlsConfig>);
+
+/// The deadline of every stage call unless told otherwise (`--stage-timeout`).
+pub const STAGE_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// The client's side: servers that together hold every layer of its model, in order.
 pub struct Pipeline {
-    stages: Vec<(std::ops::Range<usize>, StageClient)>,
+    stages: Vec<(std::ops::Range<usize>, Servers)>,
     adapter_config: String,
     session: u64,
     step: u64,
+    /// Each call's deadline.
+    deadline: Duration,
+    /// Stage calls that got no answer and were replayed on a replacement server.
+    replays: u64,
     /// Verifiers (servers holding the same layers as a stage) and the share of calls checked.
     verify: Option<Verify>,
     /// Where a fraud claim's evidence goes.
     evidence: Option<PathBuf>,
+}
+
+/// One stage's servers: the one in use and its replacements left, the next first
+/// (`--pipeline A|A2|A3`). A call that gets no answer (the server unreachable, its connection
+/// broken, or past the deadline) moves the stage to its next replacement for the rest of the
+/// run and is replayed there from the step's inputs, which the client keeps. A refusal is an
+/// answer: another server would give it again, so it stays an error.
+struct Servers {
+    active: StageClient,
+    spares: VecDeque<StageClient>,
+}
+
+/// Whether `e` is a call that got no answer, which a replacement can take over.
+fn unanswered(e: &StageError) -> bool {
+    matches!(
+        e,
+        StageError::Unreachable { .. } | StageError::Deadline { .. }
+    )
+}
+
+/// The first index where `a` and `b` differ bit for bit, if any.
+fn first_difference(a: &[f32], b: &[f32]) -> Option<usize> {
+    (0..a.len().max(b.len()))
+        .find(|&i| a.get(i).map(|x| x.to_bits()) != b.get(i).map(|x| x.to_bits()))
+}
+
+impl Servers {
+    /// The server in use.
+    fn url(&self) -> &str {
+        self.active.url()
+    }
+
+    /// Moves to the next replacement after `e`, the failure of the `phase` of `step`, saying
+    /// so on standard error; an error naming the server when no replacement is left.
+    fn fail_over(
+        &mut self,
+        e: &StageError,
+        layers: &std::ops::Range<usize>,
+        phase: Phase,
+        step: u64,
+    ) -> anyhow::Result<()> {
+        let Some(next) = self.spares.pop_front() else {
+            bail!(
+                "{e} (the {phase} of step {step}, layers {layers:?}), and no replacement is left \
+                 for these layers: the training stops and nothing was written (list a \
+                 replacement after the server with `|`: --pipeline ...,{}|URL,...)",
+                self.url()
+            );
+        };
+        eprintln!(
+            "pipeline: {e} (the {phase} of step {step}, layers {layers:?}); replaying it on \
+             the replacement {}",
+            next.url()
+        );
+        self.active = next;
+        Ok(())
+    }
+
+    /// `call` forward, on a replacement if the server in use does not answer.
+    fn forward(
+        &mut self,
+        layers: &std::ops::Range<usize>,
+        call: &ForwardCall,
+        replays: &mut u64,
+    ) -> anyhow::Result<Forwarded> {
+        loop {
+            match self.active.forward(call) {
+                Ok(out) => return Ok(out),
+                Err(e) if unanswered(&e) => {
+                    self.fail_over(&e, layers, Phase::Forward, call.step)?;
+                    *replays += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The backward of `call`, whose forward gave `out`, on a replacement if the server in use
+    /// does not answer. A replacement has none of the step's activations: it is sent `call`
+    /// again first, and must give `out` again, bit for bit.
+    fn backward(
+        &mut self,
+        layers: &std::ops::Range<usize>,
+        call: &ForwardCall,
+        out: &[f32],
+        grad: &[f32],
+        replays: &mut u64,
+    ) -> anyhow::Result<(Vec<f32>, Named)> {
+        // The server that gave `out`.
+        let gave = self.url().to_owned();
+        let mut r = self.active.backward(call.session, call.step, grad);
+        loop {
+            let e = match r {
+                Ok(answer) => return Ok(answer),
+                Err(e) if unanswered(&e) => e,
+                Err(e) => return Err(e.into()),
+            };
+            self.fail_over(&e, layers, Phase::Backward, call.step)?;
+            *replays += 1;
+            let again = match self.active.forward(call) {
+                Ok(again) => again,
+                Err(e) if unanswered(&e) => {
+                    r = Err(e);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(i) = first_difference(out, &again.stream) {
+                bail!(
+                    "stage server {} (layers {layers:?}), replaying the forward of step {} for \
+                     its backward, gave an output that differs from the one {gave} gave \
+                     (first at value {i}: {:?} against {:?}): one of them is \
+                     dishonest, or they compute differently (the kernels give the same bits on \
+                     the same build and CPU kind); nothing was written",
+                    self.url(),
+                    call.step,
+                    again.stream.get(i),
+                    out.get(i)
+                );
+            }
+            r = self.active.backward(call.session, call.step, grad);
+        }
+    }
 }
 
 /// Sampled recomputation. After a stage server answers a forward call with its stream and its
@@ -565,60 +781,110 @@ impl Verify {
 }
 
 impl Pipeline {
-    /// Dials `servers` (each a URL and its TLS, `None` for plain text), checks that they hold
-    /// the model in `dir` (by hash) and cover its `total` layers in order, each starting where
-    /// the one before ends.
+    /// Dials `servers`, one a stage, with no replacements and the default deadline: see
+    /// [`Pipeline::connect_stages`].
     pub fn connect(
-        servers: &[(String, Option<cohort_net::tls::ClientTlsConfig>)],
+        servers: &[Dial],
         dir: &Path,
         total: usize,
         adapter: &LoraConfig,
     ) -> anyhow::Result<Self> {
+        let stages: Vec<Vec<Dial>> = servers.iter().map(|s| vec![s.clone()]).collect();
+        Self::connect_stages(&stages, dir, total, adapter, STAGE_TIMEOUT)
+    }
+
+    /// Dials every server of `stages` (each a stage's server, then its replacements), each
+    /// call with `deadline`, and checks that they hold the model in `dir` (by hash); that the
+    /// stages' first servers cover its `total` layers in order, each starting where the one
+    /// before ends; and that each replacement holds the layers of its stage.
+    pub fn connect_stages(
+        stages: &[Vec<Dial>],
+        dir: &Path,
+        total: usize,
+        adapter: &LoraConfig,
+        deadline: Duration,
+    ) -> anyhow::Result<Self> {
         let want = model_sha256(dir)?;
-        let mut stages = Vec::new();
+        let mut dialed = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         let mut next = 0usize;
-        for (url, tls) in servers {
-            let mut c = StageClient::connect(url, tls.as_ref(), Duration::from_secs(120))?;
-            let info = c.info()?;
-            if info.model_sha256 != want {
-                bail!(
-                    "--pipeline {url}: it serves another model than {} (its files' SHA-256 \
-                     differ)",
-                    dir.display()
-                );
+        for list in stages {
+            let mut servers: Vec<StageClient> = Vec::new();
+            let mut layers = next..next;
+            for (url, tls) in list {
+                if !seen.insert(url.as_str()) {
+                    bail!("--pipeline {url}: listed twice (a replacement must be another server)");
+                }
+                let mut c = StageClient::connect(url, tls.as_ref(), deadline)?;
+                let info = c.info()?;
+                if info.model_sha256 != want {
+                    bail!(
+                        "--pipeline {url}: it serves another model than {} (its files' SHA-256 \
+                         differ)",
+                        dir.display()
+                    );
+                }
+                if info.layers.is_empty() {
+                    bail!("--pipeline {url}: it holds no layers ({:?})", info.layers);
+                }
+                match servers.first() {
+                    None if info.total_layers != total || info.layers.start != next => bail!(
+                        "--pipeline {url}: it holds layers {:?} of {}; the next stage must start \
+                         at layer {next} of {total} (list the servers in the order of their \
+                         layers)",
+                        info.layers,
+                        info.total_layers
+                    ),
+                    None => layers = info.layers,
+                    Some(first) if info.total_layers != total || info.layers != layers => bail!(
+                        "--pipeline {url}: a replacement for {} (layers {layers:?}), it holds \
+                         layers {:?} of {}; a replacement must hold the layers of its stage",
+                        first.url(),
+                        info.layers,
+                        info.total_layers
+                    ),
+                    Some(_) => {}
+                }
+                servers.push(c);
             }
-            if info.layers.is_empty() {
-                bail!("--pipeline {url}: it holds no layers ({:?})", info.layers);
-            }
-            if info.total_layers != total || info.layers.start != next {
-                bail!(
-                    "--pipeline {url}: it holds layers {:?} of {}; the next stage must start at \
-                     layer {next} of {total} (list the servers in the order of their layers)",
-                    info.layers,
-                    info.total_layers
-                );
-            }
-            next = info.layers.end;
-            stages.push((info.layers, c));
+            let mut servers = VecDeque::from(servers);
+            let active = servers
+                .pop_front()
+                .context("--pipeline: a stage with no server")?;
+            next = layers.end;
+            dialed.push((
+                layers,
+                Servers {
+                    active,
+                    spares: servers,
+                },
+            ));
         }
         if next != total {
             bail!("--pipeline: the servers hold layers 0..{next}; the model has {total}");
         }
         Ok(Self {
-            stages,
+            stages: dialed,
             adapter_config: serde_json::to_string(adapter)?,
             session: rand::random(),
             step: 0,
+            deadline,
+            replays: 0,
             verify: None,
             evidence: None,
         })
+    }
+
+    /// Stage calls so far that got no answer and were replayed on a replacement server.
+    pub fn replays(&self) -> u64 {
+        self.replays
     }
 
     /// Checks a share `rate` (in [0, 1]) of the rows of the forward calls on `verifiers`,
     /// which must hold the model (by hash) and each the same layers as one of the stages.
     pub fn with_verifiers(
         mut self,
-        verifiers: &[(String, Option<cohort_net::tls::ClientTlsConfig>)],
+        verifiers: &[Dial],
         dir: &Path,
         rate: f64,
     ) -> anyhow::Result<Self> {
@@ -628,7 +894,7 @@ impl Pipeline {
         let want = model_sha256(dir)?;
         let mut list = Vec::new();
         for (url, tls) in verifiers {
-            let mut c = StageClient::connect(url, tls.as_ref(), Duration::from_secs(120))?;
+            let mut c = StageClient::connect(url, tls.as_ref(), self.deadline)?;
             let info = c.info()?;
             if info.model_sha256 != want {
                 bail!(
@@ -661,7 +927,8 @@ impl Pipeline {
     }
 
     /// The loss and gradients of one micro-batch, through the servers: embeddings here, each
-    /// stage's layers there, the head here, and back.
+    /// stage's layers there, the head here, and back. Each stage's forward call is kept for the
+    /// step, so that a call a server does not answer is replayed on its replacement.
     pub fn grads(
         &mut self,
         m: &Gpt,
@@ -675,6 +942,7 @@ impl Pipeline {
         self.step += 1;
         let step = self.step;
         let mut h = stages::embed(m, &ids, b, t)?;
+        let mut kept = Vec::with_capacity(self.stages.len());
         for (layers, c) in &mut self.stages {
             let adapter: Named = m
                 .params()
@@ -695,10 +963,10 @@ impl Pipeline {
                 dropout_key: key,
                 rows: Vec::new(),
             };
-            let out = c.forward(&call)?;
+            let out = c.forward(layers, &call, &mut self.replays)?;
             // Drawn after the server answered: it cannot know which rows are checked.
             if let Some(v) = &mut self.verify
-                && let Some(bad) = v.check(layers, &call, c, &out)?
+                && let Some(bad) = v.check(layers, &call, &c.active, &out)?
             {
                 if let Some(path) = &self.evidence {
                     crate::output::write_json(path, &bad)
@@ -715,12 +983,15 @@ impl Pipeline {
                     bad.recomputed
                 );
             }
+            kept.push(call);
             h = out.stream;
         }
         let (loss, mut dx, head) = stages::head(m, &h, &targets, b, t)?;
         let mut parts: Vec<stages::NamedGrads> = Vec::new();
-        for (_, c) in self.stages.iter_mut().rev() {
-            let (d, g) = c.backward(self.session, step, &dx)?;
+        for (i, ((layers, c), call)) in self.stages.iter_mut().zip(&kept).enumerate().rev() {
+            // What its forward gave: the next stage's input, or the head's.
+            let out = kept.get(i + 1).map_or(&h, |next| &next.stream);
+            let (d, g) = c.backward(layers, call, out, &dx, &mut self.replays)?;
             parts.push(g.into_iter().collect::<HashMap<_, _>>());
             dx = d;
         }
