@@ -207,6 +207,9 @@ fn three_stage_servers_train_the_adapter_single_process_training_writes() {
         assert!(!o.status.success(), "{how}: not caught");
         let e: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&evidence).unwrap()).unwrap();
+        assert_eq!(e.as_array().map(Vec::len), Some(1), "{e}");
+        let e = &e[0];
+        assert_eq!(e["server"], liar.url.as_str(), "{e}");
         assert_eq!(e["server_key"], liar_public.as_str(), "{e}");
         assert_eq!(e["verifier_key"], verifier_public.as_str(), "{e}");
         assert_ne!(e["committed"], e["recomputed"], "{e}");
@@ -220,6 +223,40 @@ fn three_stage_servers_train_the_adapter_single_process_training_writes() {
         );
         assert!(!out.exists(), "{how}: something was written");
     }
+    // Routed around: a dishonest middle server listed with an honest spare is caught at its
+    // first call, dropped, and the call replayed on the spare; the training ends with the
+    // single-process adapter, and the evidence names the liar.
+    let liar = serve_with(
+        &model,
+        "1..3",
+        &["--misbehave", "noise=0.01", "--key", p(&liar_key)],
+    );
+    let spare = serve(&model, "1..3");
+    let routed = format!("{},{}|{},{}", urls[0], liar.url, spare.url, urls[2]);
+    let out = tmp.path().join("routed");
+    let evidence = tmp.path().join("routed-evidence.json");
+    let o = lora(
+        &out,
+        &[
+            "--pipeline",
+            &routed,
+            "--insecure",
+            "--verifiers",
+            &verifier.url,
+            "--verify-rate",
+            "1",
+            "--evidence",
+            p(&evidence),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("routing around it"), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["caught"], serde_json::json!([liar.url]), "{v}");
+    assert!(std::fs::read(out.join("adapter_model.safetensors")).unwrap() == a);
+    let e: serde_json::Value = serde_json::from_slice(&std::fs::read(&evidence).unwrap()).unwrap();
+    assert_eq!(e[0]["server"], liar.url.as_str(), "{e}");
+    assert_eq!(e[0]["step"], 1, "{e}");
 
     // Refused by name before any step: the servers out of order, a gap, plain http without
     // --insecure, a server that is not there.

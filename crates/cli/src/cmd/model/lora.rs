@@ -106,9 +106,11 @@ pub struct Args {
     /// drawn after each server answered.
     #[arg(long, default_value_t = 0.1, value_parser = float_in(0.0..=1.0), requires = "verifiers")]
     verify_rate: f64,
-    /// Where to write a fraud claim's evidence (JSON) when a verifier's recomputation differs
-    /// from a server's signed commitment: the call's digests, the server's commitment and
-    /// signature, the verifier's recomputation and signature.
+    /// Where to write the fraud claims' evidence (a JSON array) when a verifier's
+    /// recomputation differs from a server's signed commitment: for each, the call's digests,
+    /// the server's commitment and signature, the verifier's recomputation and signature. A
+    /// server caught is dropped and its stage routed to the next server listed for it
+    /// (`--pipeline A,B|B2,C`); with none, the training stops.
     #[arg(long, value_name = "FILE", requires = "verifiers")]
     evidence: Option<PathBuf>,
     /// Print JSON instead of a table.
@@ -164,6 +166,8 @@ struct Report {
     /// broken, or past --stage-timeout) and were replayed on a replacement server.
     #[serde(skip_serializing_if = "Option::is_none")]
     replays: Option<u64>,
+    /// Stage servers verifiers caught, each dropped and routed around (with --pipeline).
+    caught: Option<Vec<String>>,
 }
 
 /// The base model for fine-tuning and evaluation: a GPT or Llama-family model with its
@@ -359,6 +363,9 @@ impl Args {
             process_peak_rss_bytes: before.zip(peaks).map(|(b, p)| b.max(p.peak_rss_bytes)),
             verification: pipeline.as_ref().and_then(|p| p.verify_stats()),
             replays: pipeline.as_ref().map(|p| p.replays()),
+            caught: pipeline
+                .as_ref()
+                .map(|p| p.caught().iter().map(|m| m.server.clone()).collect()),
         };
         if self.json {
             print_json(&r)?;
@@ -391,8 +398,15 @@ impl Args {
             if let Some(v) = r.verification {
                 println!(
                     "verification: {} of {} rows ({} of {} forward calls) recomputed by a \
-                     verifier, all equal",
-                    v.rows_checked, v.rows, v.checked, v.calls
+                     verifier; servers caught and routed around: {}",
+                    v.rows_checked,
+                    v.rows,
+                    v.checked,
+                    v.calls,
+                    match r.caught.as_deref() {
+                        None | Some([]) => "none".to_owned(),
+                        Some(c) => c.join(", "),
+                    }
                 );
             }
             if let Some(n) = r.replays.filter(|&n| n > 0) {

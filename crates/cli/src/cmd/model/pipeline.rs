@@ -517,8 +517,10 @@ pub struct Pipeline {
     replays: u64,
     /// Verifiers (servers holding the same layers as a stage) and the share of calls checked.
     verify: Option<Verify>,
-    /// Where a fraud claim's evidence goes.
+    /// Where the fraud claims' evidence goes.
     evidence: Option<PathBuf>,
+    /// The servers caught so far, with the evidence.
+    caught: Vec<Mismatch>,
 }
 
 /// One stage's servers: the one in use and its replacements left, the next first
@@ -676,7 +678,8 @@ pub struct VerifyStats {
 /// call digest), so anyone holding the model can check the claim by recomputing the row.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Mismatch {
-    /// The verifier.
+    /// The server caught, and the verifier.
+    pub server: String,
     pub verifier: String,
     /// The call's session and step.
     pub session: u64,
@@ -762,6 +765,7 @@ impl Verify {
             .zip(&checked.row_sha256)
             .find(|&(&r, h)| committed.get(r) != Some(h))
             .map(|(&row, &recomputed)| Mismatch {
+                server: server.url().to_owned(),
                 verifier: v.url().to_owned(),
                 session: call.session,
                 step: call.step,
@@ -872,7 +876,14 @@ impl Pipeline {
             replays: 0,
             verify: None,
             evidence: None,
+            caught: Vec::new(),
         })
+    }
+
+    /// The servers verifiers caught so far (each dropped and routed around), with the
+    /// evidence.
+    pub fn caught(&self) -> &[Mismatch] {
+        &self.caught
     }
 
     /// Stage calls so far that got no answer and were replayed on a replacement server.
@@ -915,7 +926,8 @@ impl Pipeline {
         Ok(self)
     }
 
-    /// Writes a fraud claim's evidence to `path` when a verifier catches a server.
+    /// Writes the fraud claims' evidence to `path` (a JSON array, rewritten at each) when a
+    /// verifier catches a server.
     pub fn with_evidence(mut self, path: Option<PathBuf>) -> Self {
         self.evidence = path;
         self
@@ -963,25 +975,41 @@ impl Pipeline {
                 dropout_key: key,
                 rows: Vec::new(),
             };
-            let out = c.forward(layers, &call, &mut self.replays)?;
-            // Drawn after the server answered: it cannot know which rows are checked.
-            if let Some(v) = &mut self.verify
+            let mut out = c.forward(layers, &call, &mut self.replays)?;
+            // Drawn after the server answered: it cannot know which rows are checked. A server
+            // caught is dropped for the rest of the run and the call replayed on the stage's
+            // next server, whose answer is checked the same way.
+            while let Some(v) = &mut self.verify
                 && let Some(bad) = v.check(layers, &call, &c.active, &out)?
             {
-                if let Some(path) = &self.evidence {
-                    crate::output::write_json(path, &bad)
-                        .with_context(|| format!("--evidence {}", path.display()))?;
-                }
-                bail!(
+                let why = format!(
                     "stage server {} (layers {layers:?}) answered step {step} with an output \
                      that differs from verifier {}'s recomputation (row {}: committed SHA-256 \
-                     {}, recomputed {}): it is dropped; nothing was written",
+                     {}, recomputed {})",
                     c.url(),
                     bad.verifier,
                     bad.row,
                     bad.committed,
                     bad.recomputed
                 );
+                self.caught.push(bad);
+                if let Some(path) = &self.evidence {
+                    crate::output::write_json(path, &self.caught)
+                        .with_context(|| format!("--evidence {}", path.display()))?;
+                }
+                let Some(next) = c.spares.pop_front() else {
+                    bail!(
+                        "{why}: it is dropped, and no other server holds these layers; the \
+                         training stops and nothing was written (list another after it with \
+                         `|`)"
+                    );
+                };
+                eprintln!(
+                    "pipeline: {why}: it is dropped; routing around it to {}",
+                    next.url()
+                );
+                c.active = next;
+                out = c.forward(layers, &call, &mut self.replays)?;
             }
             kept.push(call);
             h = out.stream;
