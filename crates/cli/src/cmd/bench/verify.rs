@@ -188,8 +188,17 @@ impl Args {
             tokens: self.tokens,
         };
         let exe = std::env::current_exe().context("this program's path")?;
-        let (_honest, honest_url) = start_server(&exe, &dir, &layers, &[], Some(1))?;
-        let (_verifier, verifier_url) = start_server(&exe, &dir, &layers, &[], Some(2))?;
+        // Every server signs its answers, as a real one would: the cost counts.
+        let key = |name: &str| -> anyhow::Result<String> {
+            let path = tmp.path().join(format!("{name}.key"));
+            cohort_core::keyfile::write_new(&path, &cohort_core::Identity::from_seed(7, name))?;
+            Ok(path.to_string_lossy().into_owned())
+        };
+        let (honest_key, verifier_key, liar_key) = (key("honest")?, key("verifier")?, key("liar")?);
+        let (_honest, honest_url) =
+            start_server(&exe, &dir, &layers, &["--key", &honest_key], Some(1))?;
+        let (_verifier, verifier_url) =
+            start_server(&exe, &dir, &layers, &["--key", &verifier_key], Some(2))?;
         let mut server = dial(&honest_url)?;
         let verifiers = || -> anyhow::Result<Vec<(std::ops::Range<usize>, StageClient)>> {
             Ok(vec![(layers.clone(), dial(&verifier_url)?)])
@@ -202,7 +211,13 @@ impl Args {
         // Detection: each dishonest server, trials of at most `calls` calls.
         let mut detection = Vec::new();
         for how in ["noise=0.01", "stale", "bf16", "skip-layer"] {
-            let (_liar, url) = start_server(&exe, &dir, &layers, &["--misbehave", how], None)?;
+            let (_liar, url) = start_server(
+                &exe,
+                &dir,
+                &layers,
+                &["--misbehave", how, "--key", &liar_key],
+                None,
+            )?;
             let mut liar = dial(&url)?;
             let mut at = Vec::new();
             for trial in 0..self.trials {
