@@ -132,12 +132,24 @@ fn three_stage_servers_train_the_adapter_single_process_training_writes() {
     let urls: Vec<&str> = servers.iter().map(|s| s.url.as_str()).collect();
     let lora = |out: &Path, extra: &[&str]| lora(&model, &text_file, out, extra);
     let single = tmp.path().join("single");
-    let o = lora(&single, &[]);
-    assert!(o.status.success(), "{}", text(&o));
+    let single_out = lora(&single, &[]);
+    assert!(single_out.status.success(), "{}", text(&single_out));
     let piped = tmp.path().join("piped");
     let list = urls.join(",");
     let o = lora(&piped, &["--pipeline", &list, "--insecure"]);
     assert!(o.status.success(), "{}", text(&o));
+    // The evaluations before and after training ran through the servers (the client holds
+    // no layer): the same losses as in one process, but for rounding (another pass computes
+    // them there).
+    let single_json: serde_json::Value = serde_json::from_slice(&single_out.stdout).unwrap();
+    let piped_json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for key in ["base_val_loss", "val_loss"] {
+        let (x, y) = (
+            single_json[key].as_f64().unwrap(),
+            piped_json[key].as_f64().unwrap(),
+        );
+        assert!((x - y).abs() <= 1e-5 * x.abs(), "{key}: {x} against {y}");
+    }
     let a = std::fs::read(single.join("adapter_model.safetensors")).unwrap();
     let b = std::fs::read(piped.join("adapter_model.safetensors")).unwrap();
     assert!(
@@ -171,11 +183,14 @@ fn three_stage_servers_train_the_adapter_single_process_training_writes() {
     );
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["verification"]["checked"], 4, "{v}");
-    assert_eq!(v["verification"]["calls"], 12, "{v}");
-    // Every row of those 4 calls of 4 sequences, of the 48 rows of all calls.
-    assert_eq!(v["verification"]["rows_checked"], 16, "{v}");
-    assert_eq!(v["verification"]["rows"], 48, "{v}");
+    // The evaluations before and after training go through the servers too, so there are
+    // more calls than the 4 steps' 12; the verifier holds one stage of three and checks
+    // every row of its calls.
+    let (calls, rows) = (&v["verification"]["calls"], &v["verification"]["rows"]);
+    let (calls, rows) = (calls.as_u64().unwrap(), rows.as_u64().unwrap());
+    assert!(calls > 12 && calls % 3 == 0, "{v}");
+    assert_eq!(v["verification"]["checked"], calls / 3, "{v}");
+    assert_eq!(v["verification"]["rows_checked"], rows / 3, "{v}");
     assert_eq!(v["replays"], 0, "{v}");
     assert!(std::fs::read(checked.join("adapter_model.safetensors")).unwrap() == a);
     // A dishonest middle server is caught, and nothing is written but the evidence: one
@@ -366,8 +381,8 @@ fn a_stage_server_that_dies_mid_step_is_replaced_and_the_step_replayed_bit_for_b
     let (model, text_file) = tiny_model(tmp.path());
     let lora = |out: &Path, extra: &[&str]| lora(&model, &text_file, out, extra);
     let single = tmp.path().join("single");
-    let o = lora(&single, &[]);
-    assert!(o.status.success(), "{}", text(&o));
+    let single_out = lora(&single, &[]);
+    assert!(single_out.status.success(), "{}", text(&single_out));
     let want = std::fs::read(single.join("adapter_model.safetensors")).unwrap();
     let first = serve(&model, "0..1");
     let last = serve(&model, "3..4");

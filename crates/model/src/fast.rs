@@ -1052,6 +1052,31 @@ pub mod stages {
         })
     }
 
+    /// The client's head for inference: the logits `[b, t, vocab]` (row-major) of `x`, the
+    /// last layer's output (the final norm, then the tied embedding).
+    pub fn head_logits(m: &Gpt, x: &[f32], b: usize, t: usize) -> Result<Vec<f32>> {
+        check(m, &(0..m.config.n_layer), x, (b, t))?;
+        let (n, d, v) = (b * t, m.config.n_embd, m.config.vocab_size);
+        pooled(|pool, back| {
+            with_weights(m, |w| {
+                let mut cx = ctx(m, w, pool, (b, t));
+                let lnf = cx.ln_fwd(x, "transformer.ln_f");
+                let mut logits = vec![0f32; n * v];
+                matmul(
+                    MatMut::rows(&mut logits, 0, n, v, v),
+                    rows(&lnf, n, d),
+                    rows(cx.w("transformer.wte.weight"), v, d).t(),
+                    1.0,
+                    false,
+                    threads(),
+                )?;
+                cx.pool.give(lnf);
+                *back = std::mem::take(&mut cx.pool);
+                Ok(logits)
+            })
+        })
+    }
+
     /// A stage's backward: `dy`, the gradient of the stream its forward returned, to the
     /// gradient of the stream it was given, and its layers' weight gradients.
     pub fn backward(m: &Gpt, saved: Saved, dy: &[f32]) -> Result<(Vec<f32>, NamedGrads)> {

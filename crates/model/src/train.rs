@@ -407,11 +407,31 @@ pub fn evaluate(
     seq: usize,
     max_windows: usize,
 ) -> Result<EvalStats> {
+    evaluate_with(
+        &mut |x| model.forward_eval(x),
+        tokens,
+        batch,
+        seq,
+        max_windows,
+        model.device(),
+    )
+}
+
+/// [`evaluate`] with the logits `[b, t, vocab]` of each window batch `[b, t]` from `logits`
+/// (a model elsewhere: the stage servers of a pipeline).
+pub fn evaluate_with(
+    logits: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
+    tokens: &[u32],
+    batch: usize,
+    seq: usize,
+    max_windows: usize,
+    device: &candle_core::Device,
+) -> Result<EvalStats> {
     let mut loss_sum = 0.0;
     let mut correct = 0usize;
     let mut n = 0usize;
-    for (x, y) in data::eval_batches(tokens, batch, seq, max_windows, model.device())? {
-        let logits = model.forward_eval(&x)?;
+    for (x, y) in data::eval_batches(tokens, batch, seq, max_windows, device)? {
+        let logits = logits(&x)?;
         let (b, t, v) = logits.dims3()?;
         let flat = logits.reshape((b * t, v))?;
         let yf = y.reshape(b * t)?;

@@ -69,6 +69,9 @@ pub struct ForwardCall {
     /// (sequences) of a call of `batch` rows, whose inputs `stream` then holds: nothing is
     /// kept for a backward, and only the rows' commitments are answered.
     pub rows: Vec<usize>,
+    /// Inference (evaluation, generation): nothing is kept for a backward; without an adapter
+    /// configuration and weights the layers run without an adapter.
+    pub inference: bool,
 }
 
 /// A SHA-256 digest.
@@ -134,6 +137,7 @@ pub fn call_digest(info: &StageInfo, call: &ForwardCall) -> Digest {
     for &r in &call.rows {
         h.update((r as u64).to_be_bytes());
     }
+    h.update([u8::from(call.inference)]);
     h.finalize().into()
 }
 
@@ -257,6 +261,7 @@ impl Stage for Service {
             dropout_key: r.dropout_key,
             adapter_config: r.adapter_config,
             rows: r.rows.iter().map(|&r| r as usize).collect(),
+            inference: r.inference,
         };
         let checking = !call.rows.is_empty();
         let rows = if checking {
@@ -539,6 +544,7 @@ impl StageClient {
             dropout_key: call.dropout_key,
             adapter_config: call.adapter_config.clone(),
             rows: call.rows.iter().map(|&r| r as u32).collect(),
+            inference: call.inference,
         };
         let r = self.call(async |c| c.forward(req).await)?.into_inner();
         let bad = |reason: String| StageError::Refused {

@@ -341,7 +341,7 @@ impl Args {
                 .context("no adapter")?
                 .config
                 .clone();
-            let mut p = Pipeline::connect(&dials, &dir, layers, &lora)?;
+            let mut p = Pipeline::connect(&dials, &dir, layers, Some(&lora))?;
             let mode = time("pipeline", &mut || {
                 let mut source = |x: &candle_core::Tensor,
                                   y: &candle_core::Tensor,

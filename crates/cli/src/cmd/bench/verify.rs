@@ -129,6 +129,7 @@ impl Caller {
             dropout_key: Some(r.next_u64()),
             adapter_config: Some(self.adapter_config.clone()),
             rows: Vec::new(),
+            inference: false,
         }
     }
 }

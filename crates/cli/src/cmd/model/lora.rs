@@ -235,23 +235,9 @@ impl Args {
                 );
             }
         }
-        let base = evaluate(model.as_ref(), &data.val, self.batch, seq, 64)?;
         let targets: Vec<&str> = self.targets.iter().map(String::as_str).collect();
         let mut cfg = LoraConfig::new(self.rank, self.alpha, &targets).with_dropout(self.dropout);
         cfg.base_model_name_or_path = Some(self.dir.display().to_string());
-        let linears = model.linear_modules();
-        let w = model.weights_mut();
-        w.lora = Some(
-            Lora::attach(&mut w.params, &linears, cfg, self.seed).context("--rank, --targets")?,
-        );
-        let mut tc = TrainConfig::new(self.batch, seq);
-        tc.seed = self.seed;
-        tc.optim.lr = self.lr;
-        tc.optim.min_lr = self.lr / 10.0;
-        tc.optim.warmup_steps = (self.steps / 10).max(1);
-        tc.optim.total_steps = self.steps;
-        tc.optim.weight_decay = 0.0;
-        let mut trainer = Trainer::new(model.as_ref(), tc)?;
         // The pipeline, checked before any step: the servers hold this model's layers, all of
         // them, in order, and each replacement its stage's.
         let deadline = Duration::from_secs(self.stage_timeout);
@@ -274,7 +260,6 @@ impl Args {
             true => None,
             false => {
                 let gpt = gpt_of(model.as_ref(), &self.dir)?;
-                let lora = model.weights().lora.as_ref().context("no adapter")?;
                 let stages = self
                     .pipeline
                     .iter()
@@ -287,7 +272,7 @@ impl Args {
                     &stages,
                     &self.dir,
                     gpt.config.n_layer,
-                    &lora.config,
+                    Some(&cfg),
                     deadline,
                 )?;
                 Some(match self.verifiers.is_empty() {
@@ -302,6 +287,49 @@ impl Args {
                 })
             }
         };
+        // Evaluated through the pipeline when there is one: the client never runs the layers.
+        let vocab = model.vocab_size();
+        let eval = |model: &dyn LanguageModel,
+                    pipeline: &mut Option<super::pipeline::Pipeline>|
+         -> anyhow::Result<cohort_model::train::EvalStats> {
+            match pipeline {
+                None => Ok(evaluate(model, &data.val, self.batch, seq, 64)?),
+                Some(p) => {
+                    let gpt = gpt_of(model, &self.dir)?;
+                    let mut logits = |x: &candle_core::Tensor| {
+                        let (b, t) = x.dims2()?;
+                        let ids: Vec<u32> = x.flatten_all()?.to_vec1()?;
+                        let l = p
+                            .logits(gpt, &ids, b, t)
+                            .map_err(|e| cohort_model::Error::Data(format!("{e:#}")))?;
+                        Ok(candle_core::Tensor::from_vec(l, (b, t, vocab), x.device())?)
+                    };
+                    Ok(cohort_model::train::evaluate_with(
+                        &mut logits,
+                        &data.val,
+                        self.batch,
+                        seq,
+                        64,
+                        model.device(),
+                    )?)
+                }
+            }
+        };
+        let base = eval(model.as_ref(), &mut pipeline)?;
+        let linears = model.linear_modules();
+        let w = model.weights_mut();
+        w.lora = Some(
+            Lora::attach(&mut w.params, &linears, cfg.clone(), self.seed)
+                .context("--rank, --targets")?,
+        );
+        let mut tc = TrainConfig::new(self.batch, seq);
+        tc.seed = self.seed;
+        tc.optim.lr = self.lr;
+        tc.optim.min_lr = self.lr / 10.0;
+        tc.optim.warmup_steps = (self.steps / 10).max(1);
+        tc.optim.total_steps = self.steps;
+        tc.optim.weight_decay = 0.0;
+        let mut trainer = Trainer::new(model.as_ref(), tc)?;
         let progress = super::Progress::new(self.steps as u64, self.json, self.log_every);
         let start = Instant::now();
         let mut tokens = 0;
@@ -343,7 +371,7 @@ impl Args {
         progress.finish();
         let tps = tokens as f64 / start.elapsed().as_secs_f64().max(1e-9);
         let peaks = sampler.map(|s| s.finish());
-        let e = evaluate(model.as_ref(), &data.val, self.batch, seq, 64)?;
+        let e = eval(model.as_ref(), &mut pipeline)?;
         let lora = model.weights().lora.as_ref().context("adapter vanished")?;
         lora.save(model.params(), staged.path())?;
         staged.commit()?;

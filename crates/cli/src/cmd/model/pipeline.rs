@@ -97,9 +97,10 @@ struct GptStage {
 const MAX_PENDING: usize = 64;
 
 impl GptStage {
-    /// Counts a call of `phase` received; a crashing test server (`--misbehave
-    /// crash-forward=N` or `crash-backward=N`) exits the process on its N-th, before
-    /// answering, so that its client sees the connection break as on a real crash.
+    /// Counts a training call of `phase` received (not inference nor a verifier's); a
+    /// crashing test server (`--misbehave crash-forward=N` or `crash-backward=N`) exits the
+    /// process on its N-th, before answering, so that its client sees the connection break as
+    /// on a real crash.
     fn received(&self, phase: Phase) {
         let counter = match phase {
             Phase::Forward => &self.forwards,
@@ -175,7 +176,28 @@ impl StageCompute for GptStage {
     }
 
     fn forward(&self, call: ForwardCall) -> Result<Vec<f32>, String> {
-        self.received(Phase::Forward);
+        if !call.inference && call.rows.is_empty() {
+            self.received(Phase::Forward);
+        }
+        if call.inference && call.adapter_config.is_none() && call.adapter.is_empty() {
+            // The base model: the adapter, if one is attached, set aside for this call.
+            let mut m = self.model.lock().map_err(|_| "poisoned".to_owned())?;
+            let lora = m.weights_mut().lora.take();
+            let rows: Vec<usize> = match call.rows.is_empty() {
+                true => (0..call.batch).collect(),
+                false => call.rows.clone(),
+            };
+            let r = stages::forward_rows(
+                &m,
+                self.info.layers.clone(),
+                &call.stream,
+                &rows,
+                call.batch,
+                call.tokens,
+            );
+            m.weights_mut().lora = lora;
+            return r.map_err(|e| e.to_string());
+        }
         let config: LoraConfig = call
             .adapter_config
             .as_deref()
@@ -193,13 +215,21 @@ impl StageCompute for GptStage {
         if let Some(l) = &m.weights().lora {
             l.set_dropout_key(call.dropout_key);
         }
-        let r = if !call.rows.is_empty() {
-            // A verifier's recomputation of some rows: nothing kept.
+        let r = if !call.rows.is_empty() || call.inference {
+            // A verifier's recomputation of some rows, or inference: nothing kept.
+            let all: Vec<usize>;
+            let rows = match call.rows.is_empty() {
+                true => {
+                    all = (0..call.batch).collect();
+                    &all
+                }
+                false => &call.rows,
+            };
             stages::forward_rows(
                 &m,
                 layers.clone(),
                 &call.stream,
-                &call.rows,
+                rows,
                 call.batch,
                 call.tokens,
             )
@@ -508,7 +538,7 @@ pub const STAGE_TIMEOUT: Duration = Duration::from_secs(120);
 /// The client's side: servers that together hold every layer of its model, in order.
 pub struct Pipeline {
     stages: Vec<(std::ops::Range<usize>, Servers)>,
-    adapter_config: String,
+    adapter_config: Option<String>,
     session: u64,
     step: u64,
     /// Each call's deadline.
@@ -521,7 +551,12 @@ pub struct Pipeline {
     evidence: Option<PathBuf>,
     /// The servers caught so far, with the evidence.
     caught: Vec<Mismatch>,
+    /// Inference calls made ([`Pipeline::logits`]).
+    inference_calls: u64,
 }
+
+/// Inference calls' session: the client's, with these bits flipped.
+const INFERENCE_SESSION: u64 = 0x1f0e_1f0e_1f0e_1f0e;
 
 /// One stage's servers: the one in use and its replacements left, the next first
 /// (`--pipeline A|A2|A3`). A call that gets no answer (the server unreachable, its connection
@@ -791,7 +826,7 @@ impl Pipeline {
         servers: &[Dial],
         dir: &Path,
         total: usize,
-        adapter: &LoraConfig,
+        adapter: Option<&LoraConfig>,
     ) -> anyhow::Result<Self> {
         let stages: Vec<Vec<Dial>> = servers.iter().map(|s| vec![s.clone()]).collect();
         Self::connect_stages(&stages, dir, total, adapter, STAGE_TIMEOUT)
@@ -800,12 +835,13 @@ impl Pipeline {
     /// Dials every server of `stages` (each a stage's server, then its replacements), each
     /// call with `deadline`, and checks that they hold the model in `dir` (by hash); that the
     /// stages' first servers cover its `total` layers in order, each starting where the one
-    /// before ends; and that each replacement holds the layers of its stage.
+    /// before ends; and that each replacement holds the layers of its stage. `adapter`: the
+    /// configuration of the adapter trained or applied, if any.
     pub fn connect_stages(
         stages: &[Vec<Dial>],
         dir: &Path,
         total: usize,
-        adapter: &LoraConfig,
+        adapter: Option<&LoraConfig>,
         deadline: Duration,
     ) -> anyhow::Result<Self> {
         let want = model_sha256(dir)?;
@@ -869,7 +905,7 @@ impl Pipeline {
         }
         Ok(Self {
             stages: dialed,
-            adapter_config: serde_json::to_string(adapter)?,
+            adapter_config: adapter.map(serde_json::to_string).transpose()?,
             session: rand::random(),
             step: 0,
             deadline,
@@ -877,6 +913,7 @@ impl Pipeline {
             verify: None,
             evidence: None,
             caught: Vec::new(),
+            inference_calls: 0,
         })
     }
 
@@ -938,6 +975,71 @@ impl Pipeline {
         self.verify.as_ref().map(Verify::stats)
     }
 
+    /// The logits `[b, t, vocab]` of `ids` through the servers (inference: they keep
+    /// nothing): the embeddings here, each stage's layers there (with `m`'s adapter, if it has
+    /// one), the head here. Verified like training calls, with failover.
+    pub fn logits(&mut self, m: &Gpt, ids: &[u32], b: usize, t: usize) -> anyhow::Result<Vec<f32>> {
+        // Inference calls are numbered apart from the training steps, in a session of their
+        // own.
+        self.inference_calls += 1;
+        let step = self.inference_calls;
+        let mut h = stages::embed(m, ids, b, t)?;
+        let adapted = m.weights().lora.is_some() && self.adapter_config.is_some();
+        for (layers, c) in &mut self.stages {
+            let adapter: Named = match adapted {
+                false => Vec::new(),
+                true => m
+                    .params()
+                    .trainable()
+                    .filter(|p| in_layers(&p.name, layers))
+                    .map(|p| -> anyhow::Result<(String, Vec<f32>)> {
+                        Ok((p.name.clone(), p.var.flatten_all()?.to_vec1()?))
+                    })
+                    .collect::<anyhow::Result<_>>()?,
+            };
+            let call = ForwardCall {
+                session: self.session ^ INFERENCE_SESSION,
+                step,
+                batch: b,
+                tokens: t,
+                stream: h,
+                adapter,
+                adapter_config: if adapted {
+                    self.adapter_config.clone()
+                } else {
+                    None
+                },
+                dropout_key: None,
+                rows: Vec::new(),
+                inference: true,
+            };
+            let mut out = c.forward(layers, &call, &mut self.replays)?;
+            while let Some(v) = &mut self.verify
+                && let Some(bad) = v.check(layers, &call, &c.active, &out)?
+            {
+                let why = format!(
+                    "stage server {} (layers {layers:?}) answered inference call {step} with an output \
+                     that differs from verifier {}'s recomputation (row {})",
+                    c.url(),
+                    bad.verifier,
+                    bad.row
+                );
+                self.caught.push(bad);
+                let Some(next) = c.spares.pop_front() else {
+                    bail!("{why}: it is dropped, and no other server holds these layers");
+                };
+                eprintln!(
+                    "pipeline: {why}: it is dropped; routing around it to {}",
+                    next.url()
+                );
+                c.active = next;
+                out = c.forward(layers, &call, &mut self.replays)?;
+            }
+            h = out.stream;
+        }
+        Ok(stages::head_logits(m, &h, b, t)?)
+    }
+
     /// The loss and gradients of one micro-batch, through the servers: embeddings here, each
     /// stage's layers there, the head here, and back. Each stage's forward call is kept for the
     /// step, so that a call a server does not answer is replayed on its replacement.
@@ -971,9 +1073,14 @@ impl Pipeline {
                 tokens: t,
                 stream: h,
                 adapter,
-                adapter_config: Some(self.adapter_config.clone()),
+                adapter_config: Some(
+                    self.adapter_config
+                        .clone()
+                        .context("the pipeline was set up without an adapter to train")?,
+                ),
                 dropout_key: key,
                 rows: Vec::new(),
+                inference: false,
             };
             let mut out = c.forward(layers, &call, &mut self.replays)?;
             // Drawn after the server answered: it cannot know which rows are checked. A server
