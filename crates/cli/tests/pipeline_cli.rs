@@ -156,6 +156,34 @@ fn three_stage_servers_train_the_adapter_single_process_training_writes() {
         a == b,
         "the pipelined adapter differs from the single-process one"
     );
+    // Greedy generation through the servers, with the adapter and without: token for token
+    // what one process generates.
+    for adapter in [None, Some(&single)] {
+        let mut args = vec![
+            "model",
+            "generate",
+            p(&model),
+            "--prompt",
+            "ROMEO:",
+            "--max-new",
+            "24",
+            "--json",
+        ];
+        if let Some(a) = adapter {
+            args.extend(["--adapter", p(a)]);
+        }
+        let here = cohort(&args);
+        assert!(here.status.success(), "{}", text(&here));
+        args.extend(["--pipeline", &list, "--insecure"]);
+        let there = cohort(&args);
+        assert!(there.status.success(), "{}", text(&there));
+        let ids = |o: &Output| -> serde_json::Value {
+            serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["completion_ids"]
+                .clone()
+        };
+        assert_eq!(ids(&here).as_array().map(Vec::len), Some(24));
+        assert_eq!(ids(&here), ids(&there), "adapter {adapter:?}");
+    }
 
     // Verification: a verifier holding layers 1..3 recomputes every forward call of that
     // stage (rate 1) and finds them equal; the adapter is the same.

@@ -181,6 +181,51 @@ pub fn generate_with(
     Ok(ids)
 }
 
+/// [`generate_with`] where the model is elsewhere: `next_logits` gives the logits of the last
+/// position of a window of token ids (at most `max_context` of them: the sequence's last), for
+/// a model of `vocab` tokens. The same sampler and seed as [`generate_with`], so with the same
+/// logits it picks the same tokens. For pipelines of stage servers, which keep no cache.
+pub fn generate_by(
+    next_logits: &mut dyn FnMut(&[u32]) -> Result<Vec<f32>>,
+    vocab: usize,
+    max_context: usize,
+    prompt: &[u32],
+    max_new: usize,
+    s: &Sampling,
+    mut on_token: impl FnMut(u32) -> Result<()>,
+) -> Result<Vec<u32>> {
+    s.validate()?;
+    if prompt.is_empty() {
+        return Err(Error::Data(
+            "the prompt must have at least one token".into(),
+        ));
+    }
+    if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab) {
+        return Err(Error::Tokenizer(format!(
+            "prompt token id {id} is outside the model's vocabulary of {vocab}"
+        )));
+    }
+    if max_context == 0 {
+        return Err(Error::config("max_context", "must be positive"));
+    }
+    let mut rng = SplitMix64::derive(s.seed, "sample");
+    let mut ids = prompt.to_vec();
+    for _ in 0..max_new {
+        let window = &ids[ids.len().saturating_sub(max_context)..];
+        let logits = next_logits(window)?;
+        if logits.len() != vocab {
+            return Err(Error::Data(format!(
+                "{} logits for a vocabulary of {vocab}",
+                logits.len()
+            )));
+        }
+        let id = sample(&logits, s, &mut rng)?;
+        ids.push(id);
+        on_token(id)?;
+    }
+    Ok(ids)
+}
+
 fn last_hidden(model: &dyn LanguageModel, ids: &[u32]) -> Result<Tensor> {
     let window = &ids[ids.len().saturating_sub(model.max_context())..];
     let x = Tensor::from_slice(window, (1, window.len()), model.device())?;

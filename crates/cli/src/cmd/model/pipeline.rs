@@ -123,7 +123,23 @@ impl GptStage {
 
     /// Sets `adapter` (names of this server's layers' LoRA weights) into the model, attaching
     /// an adapter of `config` on the first call.
-    fn set_adapter(&self, m: &mut Gpt, config: &LoraConfig, adapter: &Named) -> Result<(), String> {
+    fn set_adapter(
+        &self,
+        m: &mut Gpt,
+        config: &LoraConfig,
+        adapter: &Named,
+        training: bool,
+    ) -> Result<(), String> {
+        // What shapes the computation: the rank, the scale, the targets, the bias; and, in
+        // training, the dropout. A saved adapter's metadata (its base model's path, inference
+        // mode, `fan_in_fan_out`, which attaching sets from the model's layout) does not.
+        let fits = |c: &LoraConfig| {
+            c.r == config.r
+                && c.lora_alpha == config.lora_alpha
+                && c.target_modules == config.target_modules
+                && c.bias == config.bias
+                && (!training || c.lora_dropout == config.lora_dropout)
+        };
         let mut attached = self.adapter.lock().map_err(|_| "poisoned".to_owned())?;
         match &*attached {
             None => {
@@ -134,7 +150,7 @@ impl GptStage {
                 w.lora = Some(lora);
                 *attached = Some(config.clone());
             }
-            Some(c) if c != config => {
+            Some(c) if !fits(c) => {
                 return Err(
                     "this server already serves an adapter of another configuration (rank, \
                      alpha, targets or dropout); start another server for it"
@@ -206,7 +222,7 @@ impl StageCompute for GptStage {
             .map_err(|e| format!("the adapter configuration does not read: {e}"))?
             .ok_or("no adapter configuration: a client trains an adapter")?;
         let mut m = self.model.lock().map_err(|_| "poisoned".to_owned())?;
-        self.set_adapter(&mut m, &config, &call.adapter)?;
+        self.set_adapter(&mut m, &config, &call.adapter, !call.inference)?;
         // A dishonest server running a smaller model: its layers but the last.
         let mut layers = self.info.layers.clone();
         if matches!(self.misbehave, Some(Misbehave::SkipLayer)) {
@@ -314,7 +330,7 @@ impl StageCompute for GptStage {
             .map_err(|_| "poisoned".to_owned())?
             .clone()
             .ok_or("no adapter")?;
-        self.set_adapter(&mut m, &config, &p.adapter)?;
+        self.set_adapter(&mut m, &config, &p.adapter, true)?;
         let (dx, grads) = stages::backward(&m, p.saved, &grad).map_err(|e| e.to_string())?;
         let mut named: Named = grads.into_iter().collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
