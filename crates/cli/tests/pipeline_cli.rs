@@ -219,14 +219,24 @@ fn three_stage_servers_train_the_adapter_single_process_training_writes() {
     assert!(calls > 12 && calls % 3 == 0, "{v}");
     assert_eq!(v["verification"]["checked"], calls / 3, "{v}");
     assert_eq!(v["verification"]["rows_checked"], rows / 3, "{v}");
+    // And every backward of that stage, whole: 4 of the 12.
+    assert_eq!(v["verification"]["backwards"], 12, "{v}");
+    assert_eq!(v["verification"]["backwards_checked"], 4, "{v}");
     assert_eq!(v["replays"], 0, "{v}");
     assert!(std::fs::read(checked.join("adapter_model.safetensors")).unwrap() == a);
     // A dishonest middle server is caught, and nothing is written but the evidence: one
     // perturbing its outputs by 1e-2, one replaying its first output, one of lower precision
-    // (bfloat16 outputs), one running a smaller model (its layers but the last). The evidence
-    // holds its signed commitment and the verifier's signed recomputation, under their keys.
+    // (bfloat16 outputs), one running a smaller model (its layers but the last), one
+    // perturbing the gradients its backward returns. The evidence of a forward holds its
+    // signed commitment and the verifier's signed recomputation, under their keys.
     let (liar_key, liar_public) = key("liar");
-    for how in ["noise=0.01", "stale", "bf16", "skip-layer"] {
+    for how in [
+        "noise=0.01",
+        "stale",
+        "bf16",
+        "skip-layer",
+        "grad-noise=0.01",
+    ] {
         let liar = serve_with(&model, "1..3", &["--misbehave", how, "--key", p(&liar_key)]);
         let evidence = tmp
             .path()
@@ -248,6 +258,17 @@ fn three_stage_servers_train_the_adapter_single_process_training_writes() {
             ],
         );
         assert!(!o.status.success(), "{how}: not caught");
+        assert!(!out.exists(), "{how}: something was written");
+        if how.starts_with("grad-noise") {
+            // Caught in the backward, recomputed whole (its evidence is not signed yet).
+            assert!(
+                text(&o).contains("answered the backward of step 1"),
+                "{how}: {}",
+                text(&o)
+            );
+            assert!(!evidence.exists());
+            continue;
+        }
         let e: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&evidence).unwrap()).unwrap();
         assert_eq!(e.as_array().map(Vec::len), Some(1), "{e}");

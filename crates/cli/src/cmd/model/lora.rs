@@ -393,7 +393,7 @@ impl Args {
             replays: pipeline.as_ref().map(|p| p.replays()),
             caught: pipeline
                 .as_ref()
-                .map(|p| p.caught().iter().map(|m| m.server.clone()).collect()),
+                .map(super::pipeline::Pipeline::caught_servers),
         };
         if self.json {
             print_json(&r)?;

@@ -266,7 +266,10 @@ impl StageCompute for GptStage {
         match self.misbehave {
             None
             | Some(
-                Misbehave::SkipLayer | Misbehave::CrashForward(_) | Misbehave::CrashBackward(_),
+                Misbehave::SkipLayer
+                | Misbehave::GradNoise(_)
+                | Misbehave::CrashForward(_)
+                | Misbehave::CrashBackward(_),
             ) => {}
             Some(Misbehave::Bf16) => {
                 // A lower-precision model: every output rounded to bfloat16.
@@ -331,7 +334,15 @@ impl StageCompute for GptStage {
             .clone()
             .ok_or("no adapter")?;
         self.set_adapter(&mut m, &config, &p.adapter, true)?;
-        let (dx, grads) = stages::backward(&m, p.saved, &grad).map_err(|e| e.to_string())?;
+        let (mut dx, grads) = stages::backward(&m, p.saved, &grad).map_err(|e| e.to_string())?;
+        if let Some(Misbehave::GradNoise(rel)) = self.misbehave {
+            // A dishonest backward: relative noise on the gradient it returns.
+            let mut rng = cohort_core::SplitMix64::new(session ^ step ^ 0x9e37);
+            for x in &mut dx {
+                let u = rng.below(1 << 20) as f32 / (1 << 20) as f32 * 2.0 - 1.0;
+                *x += *x * rel as f32 * u;
+            }
+        }
         let mut named: Named = grads.into_iter().collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
         Ok((dx, named))
@@ -376,7 +387,8 @@ pub struct ServeArgs {
     /// use): `noise=R` adds relative noise of size R (in (0, 1]) to every forward output;
     /// `stale` returns the first output it computed for every later call of the same size;
     /// `bf16` rounds its outputs to bfloat16 (a lower-precision model); `skip-layer` runs its
-    /// layers but the last (a smaller model); `crash-forward=N` (`crash-backward=N`), N in
+    /// layers but the last (a smaller model); `grad-noise=R` adds relative noise R to the
+    /// gradient every backward returns; `crash-forward=N` (`crash-backward=N`), N in
     /// [1, 1000000000], exits the process on its N-th forward (backward) call, before
     /// answering. A dishonest server answers verifiers' calls honestly.
     #[arg(long, value_name = "HOW", value_parser = parse_misbehave)]
@@ -410,6 +422,8 @@ pub enum Misbehave {
     Bf16,
     /// A smaller model: its layers but the last.
     SkipLayer,
+    /// Relative noise of this size on the gradient every backward returns.
+    GradNoise(f64),
     /// The process exits on this forward call (counted from 1), before answering.
     CrashForward(u64),
     /// The process exits on this backward call (counted from 1), before answering.
@@ -428,18 +442,21 @@ fn parse_misbehave(s: &str) -> Result<Misbehave, String> {
     }
     let bad = || {
         format!(
-            "{s:?}: expected noise=R (R in (0, 1]), stale, bf16, skip-layer, crash-forward=N or \
-             crash-backward=N (N in [1, {MAX_CRASH_AT}])"
+            "{s:?}: expected noise=R or grad-noise=R (R in (0, 1]), stale, bf16, skip-layer, \
+             crash-forward=N or crash-backward=N (N in [1, {MAX_CRASH_AT}])"
         )
     };
     let (how, value) = s.split_once('=').ok_or_else(bad)?;
     match how {
-        "noise" => {
+        "noise" | "grad-noise" => {
             let r: f64 = value.parse().map_err(|_| bad())?;
             if !(r.is_finite() && r > 0.0 && r <= 1.0) {
                 return Err(bad());
             }
-            Ok(Misbehave::Noise(r))
+            Ok(match how {
+                "noise" => Misbehave::Noise(r),
+                _ => Misbehave::GradNoise(r),
+            })
         }
         "crash-forward" | "crash-backward" => {
             let n: u64 = value.parse().map_err(|_| bad())?;
@@ -569,6 +586,8 @@ pub struct Pipeline {
     caught: Vec<Mismatch>,
     /// Inference calls made ([`Pipeline::logits`]).
     inference_calls: u64,
+    /// Servers dropped for a wrong backward (their evidence is not signed yet).
+    dropped: Vec<String>,
 }
 
 /// Inference calls' session: the client's, with these bits flipped.
@@ -721,6 +740,11 @@ pub struct VerifyStats {
     /// verifiers spent.
     pub rows: u64,
     pub rows_checked: u64,
+    /// Backward calls made, and of those recomputed whole (forward and backward) by a
+    /// verifier: an adapter weight's gradient sums over every row, so backward calls are
+    /// sampled whole, with probability `rate`.
+    pub backwards: u64,
+    pub backwards_checked: u64,
 }
 
 /// A verifier's recomputation that differs from a server's commitment: the evidence of a
@@ -754,7 +778,62 @@ pub struct Mismatch {
     pub verifier_signature: Option<String>,
 }
 
+/// The session a verifier recomputes a backward call in: the client's, these bits flipped.
+const BACKWARD_CHECK_SESSION: u64 = 0x0bac_0bac_0bac_0bac;
+
 impl Verify {
+    /// Draws whether to check the backward of `call` (answered by a server holding `layers`
+    /// with `dx` and `grads` for the gradient `grad`), and checks it on a verifier of those
+    /// layers: the call forward again, then its backward, in a session of the verifier's own.
+    /// What differs, if anything.
+    pub fn check_backward(
+        &mut self,
+        layers: &std::ops::Range<usize>,
+        call: &ForwardCall,
+        grad: &[f32],
+        (dx, grads): (&[f32], &Named),
+    ) -> anyhow::Result<Option<String>> {
+        self.stats.backwards += 1;
+        let drawn = (self.rng.below(1 << 30) as f64) < self.rate * f64::from(1u32 << 30);
+        let Some((_, v)) = self.verifiers.iter_mut().find(|(r, _)| r == layers) else {
+            return Ok(None);
+        };
+        if !drawn {
+            return Ok(None);
+        }
+        let mut again = call.clone();
+        again.session ^= BACKWARD_CHECK_SESSION;
+        v.forward(&again)?;
+        let (dx2, grads2) = v.backward(again.session, again.step, grad)?;
+        self.stats.backwards_checked += 1;
+        let same = |a: &[f32], b: &[f32]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+        };
+        if !same(dx, &dx2) {
+            return Ok(Some(format!(
+                "the gradient of its input differs from verifier {}'s recomputation",
+                v.url()
+            )));
+        }
+        if grads.len() != grads2.len() {
+            return Ok(Some(format!(
+                "{} adapter gradients against verifier {}'s {}",
+                grads.len(),
+                v.url(),
+                grads2.len()
+            )));
+        }
+        for ((n1, g1), (n2, g2)) in grads.iter().zip(&grads2) {
+            if n1 != n2 || !same(g1, g2) {
+                return Ok(Some(format!(
+                    "the gradient of {n1} differs from verifier {}'s recomputation",
+                    v.url()
+                )));
+            }
+        }
+        Ok(None)
+    }
+
     /// Checks a share `rate` (in [0, 1]) of the rows of the forward calls on `verifiers`,
     /// drawing with `seed`.
     pub fn new(
@@ -930,13 +1009,17 @@ impl Pipeline {
             evidence: None,
             caught: Vec::new(),
             inference_calls: 0,
+            dropped: Vec::new(),
         })
     }
 
-    /// The servers verifiers caught so far (each dropped and routed around), with the
-    /// evidence.
-    pub fn caught(&self) -> &[Mismatch] {
-        &self.caught
+    /// The servers verifiers caught so far, forward (with evidence) or backward.
+    pub fn caught_servers(&self) -> Vec<String> {
+        self.caught
+            .iter()
+            .map(|m| m.server.clone())
+            .chain(self.dropped.iter().cloned())
+            .collect()
     }
 
     /// Stage calls so far that got no answer and were replayed on a replacement server.
@@ -1142,7 +1225,33 @@ impl Pipeline {
         for (i, ((layers, c), call)) in self.stages.iter_mut().zip(&kept).enumerate().rev() {
             // What its forward gave: the next stage's input, or the head's.
             let out = kept.get(i + 1).map_or(&h, |next| &next.stream);
-            let (d, g) = c.backward(layers, call, out, &dx, &mut self.replays)?;
+            let (mut d, mut g) = c.backward(layers, call, out, &dx, &mut self.replays)?;
+            // Drawn after the server answered, like the forward's rows; a server caught is
+            // dropped and the backward redone on the stage's next server (its forward first).
+            while let Some(v) = &mut self.verify
+                && let Some(what) = v.check_backward(layers, call, &dx, (&d, &g))?
+            {
+                let why = format!(
+                    "stage server {} (layers {layers:?}) answered the backward of step {step}: \
+                     {what}",
+                    c.url()
+                );
+                let Some(next) = c.spares.pop_front() else {
+                    bail!(
+                        "{why}: it is dropped, and no other server holds these layers; the \
+                         training stops and nothing was written (list another after it with \
+                         `|`)"
+                    );
+                };
+                eprintln!(
+                    "pipeline: {why}: it is dropped; routing around it to {}",
+                    next.url()
+                );
+                self.dropped.push(c.url().to_owned());
+                c.active = next;
+                c.active.forward(call)?;
+                (d, g) = c.active.backward(call.session, call.step, &dx)?;
+            }
             parts.push(g.into_iter().collect::<HashMap<_, _>>());
             dx = d;
         }
