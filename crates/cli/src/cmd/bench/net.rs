@@ -363,7 +363,7 @@ struct Sample {
 
 /// User + system CPU seconds, resident and peak resident KiB of process `pid`, from /proc.
 /// Clock ticks are Linux's USER_HZ, 100 per second.
-fn proc_sample(pid: u32) -> Option<(f64, u64, u64)> {
+pub(super) fn proc_sample(pid: u32) -> Option<(f64, u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The fields after the command name, which is in parentheses and may hold spaces.
     let rest = stat.rsplit_once(')')?.1;

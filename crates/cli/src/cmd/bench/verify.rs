@@ -84,11 +84,17 @@ struct Honest {
 struct Cost {
     calls: usize,
     rate: f64,
-    /// Seconds in the server's forward calls, and in the verifier's recomputations.
+    /// Seconds in the server's forward calls, and in the verifier's recomputations (wall
+    /// clock, as the client waits).
     serve_seconds: f64,
     verify_seconds: f64,
     /// verify_seconds / serve_seconds.
     share: f64,
+    /// CPU seconds the server's process and the verifier's spent in these calls (from
+    /// /proc: the compute, whatever else the machine runs), and their ratio.
+    server_cpu_seconds: Option<f64>,
+    verifier_cpu_seconds: Option<f64>,
+    cpu_share: Option<f64>,
     /// Rows recomputed over rows served.
     rows_share: f64,
 }
@@ -196,10 +202,13 @@ impl Args {
             Ok(path.to_string_lossy().into_owned())
         };
         let (honest_key, verifier_key, liar_key) = (key("honest")?, key("verifier")?, key("liar")?);
-        let (_honest, honest_url) =
+        let (honest_proc, honest_url) =
             start_server(&exe, &dir, &layers, &["--key", &honest_key], Some(1))?;
-        let (_verifier, verifier_url) =
+        let (verifier_proc, verifier_url) =
             start_server(&exe, &dir, &layers, &["--key", &verifier_key], Some(2))?;
+        let cpu = |p: &super::pipeline::Proc| {
+            super::net::proc_sample(p.0.id()).map(|(cpu_s, _, _)| cpu_s)
+        };
         let mut server = dial(&honest_url)?;
         let verifiers = || -> anyhow::Result<Vec<(std::ops::Range<usize>, StageClient)>> {
             Ok(vec![(layers.clone(), dial(&verifier_url)?)])
@@ -276,6 +285,7 @@ impl Args {
         // Cost at --rate: time in the server's calls against time in the verifier's.
         let mut v = Verify::new(verifiers()?, self.rate, 9)?;
         let (mut serve, mut verify) = (Duration::ZERO, Duration::ZERO);
+        let cpu_before = (cpu(&honest_proc), cpu(&verifier_proc));
         for step in 1..=self.cost_calls as u64 {
             let call = caller.call(8, step);
             let t0 = Instant::now();
@@ -288,7 +298,14 @@ impl Args {
             verify += t1.elapsed();
         }
         let st = v.stats();
+        let server_cpu_seconds = cpu(&honest_proc).zip(cpu_before.0).map(|(a, b)| a - b);
+        let verifier_cpu_seconds = cpu(&verifier_proc).zip(cpu_before.1).map(|(a, b)| a - b);
         let cost = Cost {
+            server_cpu_seconds,
+            verifier_cpu_seconds,
+            cpu_share: server_cpu_seconds
+                .zip(verifier_cpu_seconds)
+                .map(|(s, v)| v / s.max(1e-9)),
             calls: self.cost_calls,
             rate: self.rate,
             serve_seconds: serve.as_secs_f64(),
@@ -331,13 +348,23 @@ impl Args {
             report.honest.rows_checked, report.honest.calls, report.honest.false_alarms
         );
         println!(
-            "cost at rate {}: {:.1}% of serving time ({:.3} s against {:.3} s over {} calls), \
-             {:.1}% of rows recomputed",
+            "cost at rate {}: {} of the server's CPU time ({} s against {} s over {} calls), \
+             {:.1}% of its wall time, {:.1}% of rows recomputed",
             report.rate,
-            100.0 * report.cost.share,
-            report.cost.verify_seconds,
-            report.cost.serve_seconds,
+            report
+                .cost
+                .cpu_share
+                .map_or("-".into(), |c| format!("{:.1}%", 100.0 * c)),
+            report
+                .cost
+                .verifier_cpu_seconds
+                .map_or("-".into(), |c| format!("{c:.2}")),
+            report
+                .cost
+                .server_cpu_seconds
+                .map_or("-".into(), |c| format!("{c:.2}")),
             report.cost.calls,
+            100.0 * report.cost.share,
             100.0 * report.cost.rows_share
         );
         if let Some(path) = &self.json {
