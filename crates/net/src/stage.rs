@@ -141,6 +141,45 @@ pub fn call_digest(info: &StageInfo, call: &ForwardCall) -> Digest {
     h.finalize().into()
 }
 
+/// A server's answer to a backward call, signed when the server has a key.
+#[derive(Debug, Clone)]
+pub struct Backwarded {
+    /// The gradient of the stream the forward was given.
+    pub dx: Vec<f32>,
+    /// The adapter weights' gradients.
+    pub grads: Named,
+    /// What the server signs ([`backward_digest`]).
+    pub digest: Digest,
+    /// Its signature over `digest`, checked against its key.
+    pub signature: Option<[u8; 64]>,
+}
+
+/// What a server signs when it answers a backward: the session and step (which its signed
+/// forward commitment binds to the call's inputs), the digests of the gradient in, of the
+/// gradient out and of the adapter gradients (names and values, in order).
+pub fn backward_digest(session: u64, step: u64, grad: &[f32], dx: &[f32], grads: &Named) -> Digest {
+    let floats = |v: &[f32]| {
+        let mut h = Sha256::new();
+        for x in v {
+            h.update(x.to_le_bytes());
+        }
+        h.finalize()
+    };
+    let mut h = Sha256::new();
+    h.update(b"cohort-stage-backward-v1");
+    h.update(session.to_be_bytes());
+    h.update(step.to_be_bytes());
+    h.update(floats(grad));
+    h.update(floats(dx));
+    h.update((grads.len() as u64).to_be_bytes());
+    for (name, values) in grads {
+        h.update((name.len() as u64).to_be_bytes());
+        h.update(name.as_bytes());
+        h.update(floats(values));
+    }
+    h.finalize().into()
+}
+
 /// What a server signs when it answers: the call's digest and its commitment to the output
 /// (the rows' digests). A verifier signs the same for the rows it recomputed, so that a
 /// server's signed commitment and verifiers' signed recomputations of the same call can be
@@ -294,14 +333,22 @@ impl Stage for Service {
         let r = r.into_inner();
         let grad = floats(&r.grad, "the gradient")?;
         let compute = Arc::clone(&self.0);
-        let (dx, grads) =
-            tokio::task::spawn_blocking(move || compute.backward(r.session, r.step, grad))
-                .await
-                .map_err(|e| Status::internal(format!("the backward pass failed: {e}")))?
-                .map_err(Status::failed_precondition)?;
+        let signer = self.1.clone();
+        let (dx, grads, signature) = tokio::task::spawn_blocking(move || {
+            let (dx, grads) = compute.backward(r.session, r.step, grad.clone())?;
+            let signature = signer.map(|id| {
+                id.sign(&backward_digest(r.session, r.step, &grad, &dx, &grads))
+                    .to_vec()
+            });
+            Ok::<_, String>((dx, grads, signature.unwrap_or_default()))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the backward pass failed: {e}")))?
+        .map_err(Status::failed_precondition)?;
         Ok(Response::new(pb::BackwardReply {
             grad: bytes(&dx),
             grads: pb_tensors(grads),
+            signature,
         }))
     }
 }
@@ -635,18 +682,58 @@ impl StageClient {
         step: u64,
         grad: &[f32],
     ) -> Result<(Vec<f32>, Named), StageError> {
+        self.backward_signed(session, step, grad)
+            .map(|b| (b.dx, b.grads))
+    }
+
+    /// [`StageClient::backward`] with the server's signed digest of its answer, checked
+    /// against its key when it has one.
+    ///
+    /// # Errors
+    /// See [`StageError`]; an answer whose signature does not verify is refused.
+    pub fn backward_signed(
+        &mut self,
+        session: u64,
+        step: u64,
+        grad: &[f32],
+    ) -> Result<Backwarded, StageError> {
+        // The server's key, asked of it by `info` first.
+        let key = match &self.info {
+            Some(i) => i.public_key,
+            None => self.info()?.public_key,
+        };
         let req = pb::BackwardRequest {
             session,
             step,
             grad: bytes(grad),
         };
         let r = self.call(async |c| c.backward(req).await)?.into_inner();
-        let bad = |s: Status| StageError::Refused {
+        let bad = |reason: String| StageError::Refused {
             url: self.url.clone(),
-            reason: format!("its answer: {}", s.message()),
+            reason: format!("its answer: {reason}"),
         };
-        let dx = floats(&r.grad, "the gradient").map_err(bad)?;
-        let grads = tensors(r.grads, "gradient").map_err(bad)?;
-        Ok((dx, grads))
+        let dx = floats(&r.grad, "the gradient").map_err(|s| bad(s.message().into()))?;
+        let grads = tensors(r.grads, "gradient").map_err(|s| bad(s.message().into()))?;
+        let digest = backward_digest(session, step, grad, &dx, &grads);
+        let signature = match (key, r.signature.len()) {
+            (None, 0) => None,
+            (None, _) => return Err(bad("a signature from a server without a key".into())),
+            (Some(pk), _) => {
+                let sig: [u8; 64] = r
+                    .signature
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| bad("no signature, or one that is not 64 bytes".into()))?;
+                Identity::verify(&pk, &digest, &sig)
+                    .map_err(|_| bad("its signature does not verify against its key".into()))?;
+                Some(sig)
+            }
+        };
+        Ok(Backwarded {
+            dx,
+            grads,
+            digest,
+            signature,
+        })
     }
 }

@@ -15,7 +15,8 @@ use candle_core::{Device, Tensor};
 use cohort_model::fast::stages;
 use cohort_model::{Gpt, LanguageModel, Lora, LoraConfig};
 use cohort_net::stage::{
-    ForwardCall, Forwarded, Named, StageClient, StageCompute, StageError, StageInfo, serve_stage,
+    Backwarded, ForwardCall, Forwarded, Named, StageClient, StageCompute, StageError, StageInfo,
+    serve_stage,
 };
 use sha2::{Digest, Sha256};
 
@@ -582,12 +583,10 @@ pub struct Pipeline {
     verify: Option<Verify>,
     /// Where the fraud claims' evidence goes.
     evidence: Option<PathBuf>,
-    /// The servers caught so far, with the evidence.
-    caught: Vec<Mismatch>,
+    /// The fraud claims so far, each against a server dropped and routed around.
+    caught: Vec<Claim>,
     /// Inference calls made ([`Pipeline::logits`]).
     inference_calls: u64,
-    /// Servers dropped for a wrong backward (their evidence is not signed yet).
-    dropped: Vec<String>,
 }
 
 /// Inference calls' session: the client's, with these bits flipped.
@@ -678,10 +677,10 @@ impl Servers {
         out: &[f32],
         grad: &[f32],
         replays: &mut u64,
-    ) -> anyhow::Result<(Vec<f32>, Named)> {
+    ) -> anyhow::Result<Backwarded> {
         // The server that gave `out`.
         let gave = self.url().to_owned();
-        let mut r = self.active.backward(call.session, call.step, grad);
+        let mut r = self.active.backward_signed(call.session, call.step, grad);
         loop {
             let e = match r {
                 Ok(answer) => return Ok(answer),
@@ -711,7 +710,7 @@ impl Servers {
                     out.get(i)
                 );
             }
-            r = self.active.backward(call.session, call.step, grad);
+            r = self.active.backward_signed(call.session, call.step, grad);
         }
     }
 }
@@ -778,21 +777,67 @@ pub struct Mismatch {
     pub verifier_signature: Option<String>,
 }
 
+/// A recomputed backward that differs from a server's: the evidence of a fraud claim. The
+/// server's signature binds it to its answer for the session and step, which its signed
+/// forward commitment binds to the call's inputs; the verifier recomputed the same call in a
+/// session of its own.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackwardMismatch {
+    /// The server caught, and the verifier.
+    pub server: String,
+    pub verifier: String,
+    /// The call's session and step, and what differs.
+    pub session: u64,
+    pub step: u64,
+    pub differs: String,
+    /// The forward call's digest (its inputs), as the server holds it.
+    pub call: String,
+    /// The server's backward digest and signature, with its key.
+    pub server_digest: String,
+    pub server_key: Option<String>,
+    pub server_signature: Option<String>,
+    /// The verifier's session, backward digest and signature, with its key.
+    pub verifier_session: u64,
+    pub verifier_digest: String,
+    pub verifier_key: Option<String>,
+    pub verifier_signature: Option<String>,
+}
+
+/// A fraud claim's evidence: a forward row or a backward that a verifier recomputed
+/// differently.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "phase", rename_all = "lowercase")]
+pub enum Claim {
+    Forward(Mismatch),
+    Backward(BackwardMismatch),
+}
+
+impl Claim {
+    /// The server it accuses.
+    pub fn server(&self) -> &str {
+        match self {
+            Claim::Forward(m) => &m.server,
+            Claim::Backward(m) => &m.server,
+        }
+    }
+}
+
 /// The session a verifier recomputes a backward call in: the client's, these bits flipped.
 const BACKWARD_CHECK_SESSION: u64 = 0x0bac_0bac_0bac_0bac;
 
 impl Verify {
-    /// Draws whether to check the backward of `call` (answered by a server holding `layers`
-    /// with `dx` and `grads` for the gradient `grad`), and checks it on a verifier of those
+    /// Draws whether to check the backward of `call` (answered by `server`, which holds
+    /// `layers`, with `answer` for the gradient `grad`), and checks it on a verifier of those
     /// layers: the call forward again, then its backward, in a session of the verifier's own.
-    /// What differs, if anything.
+    /// The evidence if anything differs.
     pub fn check_backward(
         &mut self,
         layers: &std::ops::Range<usize>,
         call: &ForwardCall,
         grad: &[f32],
-        (dx, grads): (&[f32], &Named),
-    ) -> anyhow::Result<Option<String>> {
+        server: &StageClient,
+        answer: &Backwarded,
+    ) -> anyhow::Result<Option<BackwardMismatch>> {
         self.stats.backwards += 1;
         let drawn = (self.rng.below(1 << 30) as f64) < self.rate * f64::from(1u32 << 30);
         let Some((_, v)) = self.verifiers.iter_mut().find(|(r, _)| r == layers) else {
@@ -804,34 +849,48 @@ impl Verify {
         let mut again = call.clone();
         again.session ^= BACKWARD_CHECK_SESSION;
         v.forward(&again)?;
-        let (dx2, grads2) = v.backward(again.session, again.step, grad)?;
+        let theirs = v.backward_signed(again.session, again.step, grad)?;
         self.stats.backwards_checked += 1;
         let same = |a: &[f32], b: &[f32]| {
             a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
         };
-        if !same(dx, &dx2) {
-            return Ok(Some(format!(
-                "the gradient of its input differs from verifier {}'s recomputation",
-                v.url()
-            )));
-        }
-        if grads.len() != grads2.len() {
-            return Ok(Some(format!(
-                "{} adapter gradients against verifier {}'s {}",
-                grads.len(),
-                v.url(),
-                grads2.len()
-            )));
-        }
-        for ((n1, g1), (n2, g2)) in grads.iter().zip(&grads2) {
-            if n1 != n2 || !same(g1, g2) {
-                return Ok(Some(format!(
-                    "the gradient of {n1} differs from verifier {}'s recomputation",
-                    v.url()
-                )));
-            }
-        }
-        Ok(None)
+        let differs = if !same(&answer.dx, &theirs.dx) {
+            "the gradient of its input".to_owned()
+        } else if answer.grads.len() != theirs.grads.len() {
+            format!(
+                "{} adapter gradients against {}",
+                answer.grads.len(),
+                theirs.grads.len()
+            )
+        } else if let Some(((n, _), _)) = answer
+            .grads
+            .iter()
+            .zip(&theirs.grads)
+            .find(|((n1, g1), (n2, g2))| n1 != n2 || !same(g1, g2))
+        {
+            format!("the gradient of {n}")
+        } else {
+            return Ok(None);
+        };
+        let key = |c: &StageClient| c.held().and_then(|i| i.public_key).map(hex::encode);
+        Ok(Some(BackwardMismatch {
+            server: server.url().to_owned(),
+            verifier: v.url().to_owned(),
+            session: call.session,
+            step: call.step,
+            differs,
+            call: server
+                .held()
+                .map(|i| hex::encode(cohort_net::stage::call_digest(i, call)))
+                .unwrap_or_default(),
+            server_digest: hex::encode(answer.digest),
+            server_key: key(server),
+            server_signature: answer.signature.map(hex::encode),
+            verifier_session: again.session,
+            verifier_digest: hex::encode(theirs.digest),
+            verifier_key: key(v),
+            verifier_signature: theirs.signature.map(hex::encode),
+        }))
     }
 
     /// Checks a share `rate` (in [0, 1]) of the rows of the forward calls on `verifiers`,
@@ -1009,17 +1068,12 @@ impl Pipeline {
             evidence: None,
             caught: Vec::new(),
             inference_calls: 0,
-            dropped: Vec::new(),
         })
     }
 
-    /// The servers verifiers caught so far, forward (with evidence) or backward.
+    /// The servers verifiers caught so far.
     pub fn caught_servers(&self) -> Vec<String> {
-        self.caught
-            .iter()
-            .map(|m| m.server.clone())
-            .chain(self.dropped.iter().cloned())
-            .collect()
+        self.caught.iter().map(|c| c.server().to_owned()).collect()
     }
 
     /// Stage calls so far that got no answer and were replayed on a replacement server.
@@ -1123,7 +1177,7 @@ impl Pipeline {
                     bad.verifier,
                     bad.row
                 );
-                self.caught.push(bad);
+                self.caught.push(Claim::Forward(bad));
                 let Some(next) = c.spares.pop_front() else {
                     bail!("{why}: it is dropped, and no other server holds these layers");
                 };
@@ -1198,7 +1252,7 @@ impl Pipeline {
                     bad.committed,
                     bad.recomputed
                 );
-                self.caught.push(bad);
+                self.caught.push(Claim::Forward(bad));
                 if let Some(path) = &self.evidence {
                     crate::output::write_json(path, &self.caught)
                         .with_context(|| format!("--evidence {}", path.display()))?;
@@ -1225,17 +1279,24 @@ impl Pipeline {
         for (i, ((layers, c), call)) in self.stages.iter_mut().zip(&kept).enumerate().rev() {
             // What its forward gave: the next stage's input, or the head's.
             let out = kept.get(i + 1).map_or(&h, |next| &next.stream);
-            let (mut d, mut g) = c.backward(layers, call, out, &dx, &mut self.replays)?;
+            let mut got = c.backward(layers, call, out, &dx, &mut self.replays)?;
             // Drawn after the server answered, like the forward's rows; a server caught is
             // dropped and the backward redone on the stage's next server (its forward first).
             while let Some(v) = &mut self.verify
-                && let Some(what) = v.check_backward(layers, call, &dx, (&d, &g))?
+                && let Some(bad) = v.check_backward(layers, call, &dx, &c.active, &got)?
             {
                 let why = format!(
                     "stage server {} (layers {layers:?}) answered the backward of step {step}: \
-                     {what}",
-                    c.url()
+                     {} differs from verifier {}'s recomputation",
+                    c.url(),
+                    bad.differs,
+                    bad.verifier
                 );
+                self.caught.push(Claim::Backward(bad));
+                if let Some(path) = &self.evidence {
+                    crate::output::write_json(path, &self.caught)
+                        .with_context(|| format!("--evidence {}", path.display()))?;
+                }
                 let Some(next) = c.spares.pop_front() else {
                     bail!(
                         "{why}: it is dropped, and no other server holds these layers; the \
@@ -1247,11 +1308,11 @@ impl Pipeline {
                     "pipeline: {why}: it is dropped; routing around it to {}",
                     next.url()
                 );
-                self.dropped.push(c.url().to_owned());
                 c.active = next;
                 c.active.forward(call)?;
-                (d, g) = c.active.backward(call.session, call.step, &dx)?;
+                got = c.active.backward_signed(call.session, call.step, &dx)?;
             }
+            let (d, g) = (got.dx, got.grads);
             parts.push(g.into_iter().collect::<HashMap<_, _>>());
             dx = d;
         }
