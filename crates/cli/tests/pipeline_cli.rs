@@ -408,7 +408,16 @@ fn bench_verify_catches_every_dishonest_server_and_accuses_no_honest_one() {
             d["misbehave"].as_str().unwrap()
         })
         .collect();
-    assert_eq!(kinds, ["noise=0.01", "stale", "bf16", "skip-layer"]);
+    assert_eq!(
+        kinds,
+        [
+            "noise=0.01",
+            "stale",
+            "bf16",
+            "skip-layer",
+            "grad-noise=0.01"
+        ]
+    );
     assert_eq!(v["honest"]["false_alarms"], 0, "{v}");
     assert!(v["honest"]["rows_checked"].as_u64().unwrap() > 40, "{v}");
     let share = v["cost"]["rows_share"].as_f64().unwrap();

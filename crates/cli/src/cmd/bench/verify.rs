@@ -19,9 +19,9 @@ use crate::cmd::model::Verify;
 use crate::output::{Table, write_json};
 
 /// Stage-server verification on loopback: dishonest servers (`serve-layers --misbehave`: noise
-/// 1e-2, stale replay, bfloat16 outputs, a layer skipped) are each run for `--trials` seeded
-/// trials of `--calls` forward calls, with a verifier recomputing a share `--rate` of each
-/// call's rows; an honest server on one thread is checked on half the rows (drawn) of
+/// 1e-2, stale replay, bfloat16 outputs, a layer skipped; noise on the backward's gradient)
+/// are each run for `--trials` seeded trials of `--calls` calls, with a verifier recomputing a
+/// share `--rate` of each forward call's rows (or of the backward calls, whole); an honest server on one thread is checked on half the rows (drawn) of
 /// `--honest-calls` calls by a verifier on two (false alarms); and the cost of verifying at
 /// `--rate` is timed.
 #[derive(Debug, clap::Args)]
@@ -220,7 +220,15 @@ impl Args {
 
         // Detection: each dishonest server, trials of at most `calls` calls.
         let mut detection = Vec::new();
-        for how in ["noise=0.01", "stale", "bf16", "skip-layer"] {
+        for how in [
+            "noise=0.01",
+            "stale",
+            "bf16",
+            "skip-layer",
+            "grad-noise=0.01",
+        ] {
+            // A backward cheat is checked on backward calls, drawn whole at the rate.
+            let backward = how.starts_with("grad-noise");
             let (_liar, url) = start_server(
                 &exe,
                 &dir,
@@ -236,7 +244,16 @@ impl Args {
                 for step in 1..=self.calls as u64 {
                     let call = caller.call(session, step);
                     let out = liar.forward(&call)?;
-                    if v.check(&layers, &call, &liar, &out)?.is_some() {
+                    let caught = if backward {
+                        let grad =
+                            SplitMix64::new(session ^ step).normal_vec(out.stream.len(), 1.0);
+                        let answer = liar.backward_signed(session, step, &grad)?;
+                        v.check_backward(&layers, &call, &grad, &liar, &answer)?
+                            .is_some()
+                    } else {
+                        v.check(&layers, &call, &liar, &out)?.is_some()
+                    };
+                    if caught {
                         at.push(step as usize);
                         break;
                     }
