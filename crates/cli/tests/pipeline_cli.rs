@@ -629,3 +629,73 @@ fn a_stage_server_that_hangs_is_replaced_after_the_stage_timeout() {
         "the adapter differs from the single-process one"
     );
 }
+
+/// A stage served as truncated SVD factors (`serve-layers --svd-rank`): the client is told,
+/// training and evaluation run through it (an approximation: not one process's results), a
+/// verifier at the same rank finds every row equal, and a verifier or a replacement at
+/// another rank is refused before any step.
+#[test]
+fn an_svd_stage_serves_factored_layers_and_its_verifiers_must_match_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, text_file) = tiny_model(tmp.path());
+    let first = serve(&model, "0..1");
+    let factored = serve_with(&model, "1..3", &["--svd-rank", "48"]);
+    let last = serve(&model, "3..4");
+    let list = format!("{},{},{}", first.url, factored.url, last.url);
+    let run = |out: &Path, extra: &[&str]| {
+        let mut a = lora_args(&model, &text_file, out, &[]);
+        a.extend(extra);
+        cohort(&a)
+    };
+    let single = run(&tmp.path().join("single"), &[]);
+    assert!(single.status.success(), "{}", text(&single));
+    let verifier = serve_with(&model, "1..3", &["--svd-rank", "48"]);
+    let o = run(
+        &tmp.path().join("svd"),
+        &[
+            "--pipeline",
+            &list,
+            "--insecure",
+            "--verifiers",
+            &verifier.url,
+            "--verify-rate",
+            "1",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("rank-48 SVD factors"), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let s: serde_json::Value = serde_json::from_slice(&single.stdout).unwrap();
+    let (a, b) = (
+        v["base_val_loss"].as_f64().unwrap(),
+        s["base_val_loss"].as_f64().unwrap(),
+    );
+    assert!(a.is_finite() && a != b, "{a} against {b}");
+    assert!(
+        v["verification"]["rows_checked"].as_u64().unwrap() > 0,
+        "{v}"
+    );
+    assert_eq!(v["caught"], serde_json::json!([]), "{v}");
+    // Another rank, as a verifier or as a replacement: refused by name before any step.
+    let dense = serve(&model, "1..3");
+    let bad = tmp.path().join("bad");
+    let o = run(
+        &bad,
+        &["--pipeline", &list, "--insecure", "--verifiers", &dense.url],
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("a verifier must compute what the stage computes"),
+        "{}",
+        text(&o)
+    );
+    let spare = format!("{},{}|{},{}", first.url, factored.url, dense.url, last.url);
+    let o = run(&bad, &["--pipeline", &spare, "--insecure"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("a replacement must compute what its stage computes"),
+        "{}",
+        text(&o)
+    );
+    assert!(!bad.exists());
+}

@@ -38,8 +38,14 @@ pub mod llama;
 /// the caller's business: [`Gpt`] here, [`crate::llama::Llama`] in [`llama`]).
 pub fn supported(m: &dyn LanguageModel) -> bool {
     let p = m.params();
+    // Layers factored by SVD run as their two factors, frozen only (the pass has no
+    // gradients for trainable factors).
+    let frozen = |name: String| p.get(&name).is_some_and(|p| !p.trainable);
     m.device().is_cpu()
-        && m.weights().lowrank.is_empty()
+        && m.weights()
+            .lowrank
+            .keys()
+            .all(|path| frozen(crate::svd::a_name(path)) && frozen(crate::svd::b_name(path)))
         && p.iter().all(|p| p.var.dtype() == DType::F32)
         && p.get(crate::classify::SCORE).is_none()
 }
@@ -294,7 +300,6 @@ impl<'a> Ctx<'a> {
     /// dropout multipliers (empty when there is no adapter or no dropout).
     fn lin_fwd(&mut self, l: &LinearInfo, x: &[f32]) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
         let (n, din, dout) = (self.n, l.d_in, l.d_out);
-        let w = self.w(&format!("{}.weight", l.path));
         let mut y = self.pool.scratch(n * dout);
         let accumulate = if l.bias {
             let b = self.w(&format!("{}.bias", l.path));
@@ -305,18 +310,43 @@ impl<'a> Ctx<'a> {
         } else {
             false
         };
-        let wv = match l.layout {
-            WeightLayout::InOut => rows(w, din, dout),
-            WeightLayout::OutIn => rows(w, dout, din).t(),
-        };
-        matmul(
-            MatMut::rows(&mut y, 0, n, dout, dout),
-            rows(x, n, din),
-            wv,
-            1.0,
-            accumulate,
-            threads(),
-        )?;
+        if let Some(&k) = self.m.weights().lowrank.get(&l.path) {
+            // Factored by SVD: x Aᵀ, then Bᵀ (A [k, d_in], B [d_out, k]), one sequence at a
+            // time so that a row's bits do not depend on the batch (see `per_sequence`).
+            let t = self.t;
+            let mut h = self.pool.scratch(n * k);
+            per_sequence(
+                &mut h,
+                x,
+                rows(self.w(&crate::svd::a_name(&l.path)), k, din).t(),
+                t,
+                1.0,
+                false,
+            )?;
+            per_sequence(
+                &mut y,
+                &h,
+                rows(self.w(&crate::svd::b_name(&l.path)), dout, k).t(),
+                t,
+                1.0,
+                accumulate,
+            )?;
+            self.pool.give(h);
+        } else {
+            let w = self.w(&format!("{}.weight", l.path));
+            let wv = match l.layout {
+                WeightLayout::InOut => rows(w, din, dout),
+                WeightLayout::OutIn => rows(w, dout, din).t(),
+            };
+            matmul(
+                MatMut::rows(&mut y, 0, n, dout, dout),
+                rows(x, n, din),
+                wv,
+                1.0,
+                accumulate,
+                threads(),
+            )?;
+        }
         let (mut u, mut mask) = (Vec::new(), Vec::new());
         if let Some((a, b, s, r)) = self.lora(&l.path) {
             mask = self.mask(&l.path, din);
@@ -351,7 +381,27 @@ impl<'a> Ctx<'a> {
         let (n, din, dout) = (self.n, l.d_in, l.d_out);
         let wname = format!("{}.weight", l.path);
         let mut dx = self.pool.scratch(n * din);
-        {
+        if let Some(&k) = self.m.weights().lowrank.get(&l.path) {
+            // dx = (dy B) A for frozen factors.
+            let mut h = self.pool.scratch(n * k);
+            matmul(
+                MatMut::rows(&mut h, 0, n, k, k),
+                rows(dy, n, dout),
+                rows(self.w(&crate::svd::b_name(&l.path)), dout, k),
+                1.0,
+                false,
+                threads(),
+            )?;
+            matmul(
+                MatMut::rows(&mut dx, 0, n, din, din),
+                rows(&h, n, k),
+                rows(self.w(&crate::svd::a_name(&l.path)), k, din),
+                1.0,
+                false,
+                threads(),
+            )?;
+            self.pool.give(h);
+        } else {
             let w = self.w(&wname);
             let wt = match l.layout {
                 WeightLayout::InOut => rows(w, din, dout).t(),

@@ -360,6 +360,89 @@ pub fn factorize(model: &mut dyn LanguageModel, rank: usize, targets: &[String])
     })
 }
 
+/// Factors the linear layers whose paths are in `paths` (where that saves parameters) into
+/// frozen rank-`rank` factors, reading only those layers' weights: a memory-mapped base
+/// stays mapped and its other pages untouched (a stage server factors its own layers only).
+/// The report counts the factored layers' parameters (`params_before`, `params_after`) and
+/// their multiply-adds per token.
+pub fn factorize_layers(
+    model: &mut dyn LanguageModel,
+    rank: usize,
+    paths: &[String],
+) -> Result<Report> {
+    if rank == 0 {
+        return Err(Error::config("rank", "must be positive"));
+    }
+    if model.weights().lora.is_some() {
+        return Err(Error::config(
+            "lora",
+            "factor the layers before attaching an adapter",
+        ));
+    }
+    let linears: Vec<LinearInfo> = model
+        .linear_modules()
+        .into_iter()
+        .filter(|l| paths.contains(&l.path))
+        .collect();
+    let mut layers = Vec::new();
+    let (mut before, mut after) = (0, 0);
+    let w = model.weights_mut();
+    for l in &linears {
+        before += l.d_in * l.d_out;
+        if w.lowrank.contains_key(&l.path) || rank * (l.d_in + l.d_out) >= l.d_in * l.d_out {
+            after += l.d_in * l.d_out;
+            continue;
+        }
+        let name = format!("{}.weight", l.path);
+        let shape = match l.layout {
+            WeightLayout::InOut => (l.d_in, l.d_out),
+            WeightLayout::OutIn => (l.d_out, l.d_in),
+        };
+        let (weight, in_params) = match w.params.get(&name) {
+            Some(p) => (p.var.as_tensor().clone(), true),
+            None => {
+                let data = w
+                    .frozen
+                    .as_ref()
+                    .and_then(|f| f.slice(&name))
+                    .ok_or_else(|| Error::Params(format!("no weight `{name}`")))?;
+                (
+                    Tensor::from_slice(data, shape, &candle_core::Device::Cpu)?,
+                    false,
+                )
+            }
+        };
+        let (a, b, energy) = factor(&weight, l.layout, rank)?;
+        let k = a.dim(0)?;
+        if in_params {
+            w.params.replace(
+                &name,
+                vec![(a_name(&l.path), a, false), (b_name(&l.path), b, false)],
+            )?;
+        } else {
+            w.params.insert(&a_name(&l.path), a, false)?;
+            w.params.insert(&b_name(&l.path), b, false)?;
+        }
+        w.lowrank.insert(l.path.clone(), k);
+        after += k * (l.d_in + l.d_out);
+        layers.push(LayerReport {
+            path: l.path.clone(),
+            rank: k,
+            params_before: l.d_in * l.d_out,
+            params_after: k * (l.d_in + l.d_out),
+            energy,
+        });
+    }
+    Ok(Report {
+        rank,
+        layers,
+        params_before: before,
+        params_after: after,
+        macs_per_token_before: before,
+        macs_per_token_after: after,
+    })
+}
+
 /// Multiplies factored layers back into dense weights (`B A`), for tools that expect the
 /// original architecture (e.g. `transformers`).
 pub fn densify(model: &mut dyn LanguageModel) -> Result<()> {

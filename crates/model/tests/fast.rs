@@ -341,3 +341,41 @@ fn forward_rows_recompute_the_rows_of_a_whole_call_bit_for_bit() {
     }
     assert!(stages::forward_rows(&m, 1..3, &x[..row], &[0, 1], b, t).is_err());
 }
+
+/// Layers factored by SVD (frozen `A`, `B` factors, as a stage server with `--svd-rank` holds
+/// them) run in the hand-written pass: LoRA gradients as autograd computes them, and a
+/// verifier's recomputation of some rows gives the whole call's rows bit for bit.
+#[test]
+fn factored_layers_run_in_the_fast_pass_like_autograd() {
+    use cohort_model::fast::stages;
+
+    let cfg = GptConfig::new(23, 16, 32, 4, 4).with_n_inner(48);
+    let mut m = Gpt::new(cfg, 5, &Device::Cpu).unwrap();
+    let paths: Vec<String> = m
+        .linear_modules()
+        .into_iter()
+        .map(|l| l.path)
+        .filter(|p| p.starts_with("transformer.h.1.") || p.starts_with("transformer.h.2."))
+        .collect();
+    let report = cohort_model::svd::factorize_layers(&mut m, 6, &paths).unwrap();
+    assert_eq!(report.layers.len(), 8, "{report:?}");
+    assert!(report.params_after < report.params_before);
+    // Trainable factors are refused by the fast pass; frozen ones run in it.
+    with_lora(
+        &mut m,
+        LoraConfig::new(3, 6.0, &["c_attn", "c_proj", "c_fc"]),
+    );
+    assert!(cohort_model::fast::supported(&m));
+    compare(&m, 2, 12);
+
+    let (b, t, d) = (4, 12, 32);
+    let x: Vec<f32> = SplitMix64::new(8).normal_vec(b * t * d, 1.0);
+    let whole = stages::forward(&m, 1..3, &x, b, t).unwrap().0;
+    let row = t * d;
+    let got = stages::forward_rows(&m, 1..3, &x[2 * row..3 * row], &[2], b, t).unwrap();
+    assert!(
+        got.iter()
+            .zip(&whole[2 * row..3 * row])
+            .all(|(a, w)| a.to_bits() == w.to_bits())
+    );
+}

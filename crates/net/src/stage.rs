@@ -41,6 +41,8 @@ pub struct StageInfo {
     pub total_layers: usize,
     /// The server's ed25519 public key, which signs its answers (`None`: it has no key).
     pub public_key: Option<PublicKey>,
+    /// The rank of the SVD factors its layers' weights are replaced by (0: none).
+    pub svd_rank: usize,
 }
 
 /// A tensor by name, its values.
@@ -102,6 +104,7 @@ pub fn call_digest(info: &StageInfo, call: &ForwardCall) -> Digest {
     for n in [
         info.layers.start,
         info.layers.end,
+        info.svd_rank,
         call.batch,
         call.tokens,
         call.adapter.len(),
@@ -282,6 +285,7 @@ impl Stage for Service {
             width: i.width as u32,
             layers: i.total_layers as u32,
             public_key: i.public_key.map(|k| k.to_vec()).unwrap_or_default(),
+            svd_rank: i.svd_rank as u32,
         }))
     }
 
@@ -568,6 +572,7 @@ impl StageClient {
             width: r.width as usize,
             total_layers: r.layers as usize,
             public_key,
+            svd_rank: r.svd_rank as usize,
         };
         self.info = Some(info.clone());
         Ok(info)

@@ -375,6 +375,12 @@ pub struct ServeArgs {
     /// Serve plain text instead of TLS (loopback and tests only).
     #[arg(long)]
     insecure: bool,
+    /// Replace the weights of this server's linear layers by truncated SVD factors of this
+    /// rank, in [1, 65536] (where that saves parameters; `cohort model svd` reports the cost
+    /// in perplexity by rank): less memory and compute, an approximation of the model. Its
+    /// clients and verifiers must accept the same rank.
+    #[arg(long, value_name = "K", value_parser = crate::args::int_in(1..=65_536usize))]
+    svd_rank: Option<usize>,
     /// The server's key file (`cohort keys new`; mode 0600): it signs every answer's
     /// commitment, so that a wrong answer can be proved against it. Without it, answers are
     /// unsigned.
@@ -497,16 +503,47 @@ impl ServeArgs {
                 self.dir.display()
             );
         }
-        let model = Gpt::load_mapped(&self.dir, &Device::Cpu)
+        let mut model = Gpt::load_mapped(&self.dir, &Device::Cpu)
             .with_context(|| format!("mapping model {}", self.dir.display()))?;
         let total = model.config.n_layer;
         let layers = parse_layers(&self.layers, total)?;
+        if let Some(k) = self.svd_rank {
+            // Only this server's layers are read and factored; the rest stays unmapped.
+            let paths: Vec<String> = model
+                .linear_modules()
+                .into_iter()
+                .map(|l| l.path)
+                .filter(|p| in_layers(p, &layers))
+                .collect();
+            let r =
+                cohort_model::svd::factorize_layers(&mut model, k, &paths).context("--svd-rank")?;
+            if r.layers.is_empty() {
+                bail!(
+                    "--svd-rank {k}: no linear layer of layers {layers:?} is smaller as rank-{k} \
+                     factors; a smaller rank"
+                );
+            }
+            eprintln!(
+                "serve-layers: {} linear layers as rank-{k} SVD factors: {} parameters instead of \
+                 {} ({:.1}% fewer), energy kept {:.4} to {:.4}",
+                r.layers.len(),
+                r.params_after,
+                r.params_before,
+                100.0 * (1.0 - r.params_after as f64 / r.params_before.max(1) as f64),
+                r.layers
+                    .iter()
+                    .map(|l| l.energy)
+                    .fold(f64::INFINITY, f64::min),
+                r.layers.iter().map(|l| l.energy).fold(0.0, f64::max),
+            );
+        }
         let info = StageInfo {
             model_sha256: model_sha256(&self.dir)?,
             layers: layers.clone(),
             width: model.config.n_embd,
             total_layers: total,
             public_key: signer.as_ref().map(cohort_core::Identity::public_key),
+            svd_rank: self.svd_rank.unwrap_or(0),
         };
         let listener = std::net::TcpListener::bind(&self.listen)
             .with_context(|| format!("--listen {}", self.listen))?;
@@ -1037,9 +1074,27 @@ impl Pipeline {
                         info.layers,
                         info.total_layers
                     ),
+                    Some(first) if first.held().map(|i| i.svd_rank) != Some(info.svd_rank) => {
+                        bail!(
+                            "--pipeline {url}: a replacement for {}, it serves its layers as \
+                             rank-{} SVD factors where that server serves rank {} (0: none); a \
+                             replacement must compute what its stage computes",
+                            first.url(),
+                            info.svd_rank,
+                            first.held().map_or(0, |i| i.svd_rank)
+                        )
+                    }
                     Some(_) => {}
                 }
                 servers.push(c);
+            }
+            if let Some(k) = servers.first().and_then(|c| c.held()).map(|i| i.svd_rank)
+                && k > 0
+            {
+                eprintln!(
+                    "pipeline: layers {layers:?} run as rank-{k} SVD factors on their server: an \
+                     approximation of the model, so results differ from one process's"
+                );
             }
             let mut servers = VecDeque::from(servers);
             let active = servers
@@ -1108,6 +1163,21 @@ impl Pipeline {
                     "--verifiers {url}: it holds layers {:?}, which no stage of --pipeline \
                      holds; a verifier recomputes a stage's calls",
                     info.layers
+                );
+            }
+            let served = self
+                .stages
+                .iter()
+                .find(|(r, _)| *r == info.layers)
+                .and_then(|(_, s)| s.active.held())
+                .map_or(0, |i| i.svd_rank);
+            if served != info.svd_rank {
+                bail!(
+                    "--verifiers {url}: it serves layers {:?} as rank-{} SVD factors, the stage's \
+                     server as rank {served} (0: none); a verifier must compute what the stage \
+                     computes",
+                    info.layers,
+                    info.svd_rank
                 );
             }
             list.push((info.layers, c));
