@@ -699,3 +699,60 @@ fn an_svd_stage_serves_factored_layers_and_its_verifiers_must_match_it() {
     );
     assert!(!bad.exists());
 }
+
+/// Streams and gradients as int8 (`--compress int8`): about a quarter of the bytes of f32,
+/// the training goes on (an approximation: not one process's losses), and a verifier at rate 1
+/// recomputing every row and backward through the same encoding finds them all equal.
+#[test]
+fn int8_streams_cut_the_bytes_by_three_quarters_and_verify_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, text_file) = tiny_model(tmp.path());
+    let servers: Vec<Server> = ["0..1", "1..3", "3..4"]
+        .iter()
+        .map(|l| serve(&model, l))
+        .collect();
+    let verifier = serve(&model, "1..3");
+    let list = servers
+        .iter()
+        .map(|s| s.url.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let run = |name: &str, extra: &[&str]| {
+        let out = tmp.path().join(name);
+        let mut a = lora_args(
+            &model,
+            &text_file,
+            &out,
+            &["--pipeline", &list, "--insecure"],
+        );
+        a.extend(extra);
+        let o = cohort(&a);
+        assert!(o.status.success(), "{}", text(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let f32s = run("f32", &[]);
+    let int8 = run(
+        "int8",
+        &[
+            "--compress",
+            "int8",
+            "--verifiers",
+            &verifier.url,
+            "--verify-rate",
+            "1",
+        ],
+    );
+    let (a, b) = (
+        f32s["stream_bytes"].as_u64().unwrap(),
+        int8["stream_bytes"].as_u64().unwrap(),
+    );
+    // 129 bytes a row of 128 values instead of 512.
+    assert_eq!(b * 512, a * 129, "{a} against {b}");
+    assert_eq!(int8["caught"], serde_json::json!([]), "{int8}");
+    assert!(int8["verification"]["backwards_checked"].as_u64().unwrap() > 0);
+    let (x, y) = (
+        f32s["val_loss"].as_f64().unwrap(),
+        int8["val_loss"].as_f64().unwrap(),
+    );
+    assert!(y.is_finite() && (x - y).abs() < 0.05 * x, "{x} against {y}");
+}

@@ -45,6 +45,9 @@ pub struct Args {
     /// LoRA rank, in [1, 4096] and at most the model's width.
     #[arg(long, default_value_t = 8, value_parser = int_in(1..=4096usize))]
     rank: usize,
+    /// How the pipeline's streams and gradients travel: `none` (f32) or `int8`.
+    #[arg(long, default_value = "none", value_parser = ["none", "int8"])]
+    compress: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -99,9 +102,16 @@ struct Report {
     ratio: f64,
     /// The share of a pipelined step not spent computing: (pipelined - single) / pipelined.
     overhead_share: f64,
-    /// Stream and gradient bytes a step sends and receives, all stages together.
+    /// How the pipeline's streams travelled (`none`, `int8`).
+    compress: String,
+    /// Stream and gradient bytes a step sends and receives, all stages together, as sent,
+    /// and as f32.
     stream_bytes_per_step: u64,
+    f32_stream_bytes_per_step: u64,
     same_losses: bool,
+    /// The pipeline's mean loss over the last tenth of the steps against one process's,
+    /// relative (0 when the losses are the same).
+    final_loss_gap: f64,
     /// A server holding no layers, after answering a call: the fixed overhead of the process.
     baseline: Option<Memory>,
     servers: Vec<Server>,
@@ -330,7 +340,7 @@ impl Args {
         // The pipeline first, so that the client's share of the model file is measured
         // before single-process training maps all of it.
         let watch = Watch::start(procs.iter().map(|p| p.0.id()).collect());
-        let (pipeline, client_weights_resident_bytes) = {
+        let (pipeline, client_weights_resident_bytes, sent_bytes) = {
             let (m, mut t) = make()?;
             let dials: Vec<(String, Option<cohort_net::tls::ClientTlsConfig>)> =
                 urls.iter().map(|u| (u.clone(), None)).collect();
@@ -341,7 +351,14 @@ impl Args {
                 .context("no adapter")?
                 .config
                 .clone();
-            let mut p = Pipeline::connect(&dials, &dir, layers, Some(&lora))?;
+            let mut p =
+                Pipeline::connect(&dials, &dir, layers, Some(&lora))?.with_compression(match self
+                    .compress
+                    .as_str()
+                {
+                    "int8" => cohort_net::stage::COMPRESSION_INT8,
+                    _ => cohort_net::stage::COMPRESSION_NONE,
+                });
             let mode = time("pipeline", &mut || {
                 let mut source = |x: &candle_core::Tensor,
                                   y: &candle_core::Tensor,
@@ -352,7 +369,8 @@ impl Args {
                 };
                 Ok(t.step_with(&m, &data, &mut source)?.loss)
             })?;
-            (mode, resident_of("self", &weights_file))
+            let sent = p.stream_bytes();
+            (mode, resident_of("self", &weights_file), sent)
         };
         let anon = watch.peaks();
         let (m, mut t) = make()?;
@@ -399,8 +417,16 @@ impl Args {
             ratio: pipeline.tokens_per_s / single.tokens_per_s.max(1e-9),
             overhead_share: ((pipeline.seconds - single.seconds) / pipeline.seconds.max(1e-9))
                 .max(0.0),
-            stream_bytes_per_step: 4 * stream * self.stages as u64,
+            compress: self.compress.clone(),
+            stream_bytes_per_step: sent_bytes / self.steps as u64,
+            f32_stream_bytes_per_step: 4 * stream * self.stages as u64,
             same_losses: single.losses == pipeline.losses,
+            final_loss_gap: {
+                let tail = (self.steps / 10).max(1);
+                let mean = |l: &[f64]| l[l.len() - tail..].iter().sum::<f64>() / tail as f64;
+                let (a, b) = (mean(&single.losses), mean(&pipeline.losses));
+                (b - a) / a.abs().max(1e-12)
+            },
             single,
             pipeline,
             baseline,
@@ -422,14 +448,23 @@ impl Args {
         }
         table.print();
         println!(
-            "{} preset, {} layers in {} stages over loopback; {:.1} MiB of streams and gradients \
-             a step; overhead {:.0}% of a pipelined step; same losses bit for bit: {}",
+            "{} preset, {} layers in {} stages over loopback; {:.2} MiB of streams and gradients \
+             a step ({}; {:.2} MiB as f32, {:.1}% fewer bytes); overhead {:.0}% of a pipelined \
+             step; same losses bit for bit: {}; the last tenth's mean loss {:+.3}% against one \
+             process's",
             report.preset,
             layers,
             self.stages,
             report.stream_bytes_per_step as f64 / (1 << 20) as f64,
+            report.compress,
+            report.f32_stream_bytes_per_step as f64 / (1 << 20) as f64,
+            100.0
+                * (1.0
+                    - report.stream_bytes_per_step as f64
+                        / report.f32_stream_bytes_per_step.max(1) as f64),
             100.0 * report.overhead_share,
-            report.same_losses
+            report.same_losses,
+            100.0 * report.final_loss_gap
         );
         let mib = |b: Option<u64>| b.map_or("-".into(), |b| format!("{:.1}", b as f64 / MIB));
         let mut mem = Table::new(&[

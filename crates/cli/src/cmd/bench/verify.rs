@@ -136,6 +136,7 @@ impl Caller {
             adapter_config: Some(self.adapter_config.clone()),
             rows: Vec::new(),
             inference: false,
+            compression: cohort_net::stage::COMPRESSION_NONE,
         }
     }
 }

@@ -86,6 +86,11 @@ pub struct Args {
         requires = "pipeline"
     )]
     stage_timeout: u64,
+    /// How streams and gradients travel between this process and the stage servers: `none`
+    /// (f32) or `int8` (a power-of-two scale a row, a quarter of the bytes; an approximation,
+    /// so results differ from one process's).
+    #[arg(long, default_value = "none", value_parser = ["none", "int8"], requires = "pipeline")]
+    compress: String,
     /// The CA that signed the stage servers' certificates (for https:// URLs).
     #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
     ca: Option<PathBuf>,
@@ -168,6 +173,8 @@ struct Report {
     replays: Option<u64>,
     /// Stage servers verifiers caught, each dropped and routed around (with --pipeline).
     caught: Option<Vec<String>>,
+    /// Bytes of streams and gradients the training steps sent and received (with --pipeline).
+    stream_bytes: Option<u64>,
 }
 
 /// The base model for fine-tuning and evaluation: a GPT or Llama-family model with its
@@ -275,16 +282,22 @@ impl Args {
                     Some(&cfg),
                     deadline,
                 )?;
-                Some(match self.verifiers.is_empty() {
-                    true => p,
-                    false => p
-                        .with_verifiers(
-                            &servers("--verifiers", &self.verifiers)?,
-                            &self.dir,
-                            self.verify_rate,
-                        )?
-                        .with_evidence(self.evidence.clone()),
-                })
+                Some(
+                    match self.verifiers.is_empty() {
+                        true => p,
+                        false => p
+                            .with_verifiers(
+                                &servers("--verifiers", &self.verifiers)?,
+                                &self.dir,
+                                self.verify_rate,
+                            )?
+                            .with_evidence(self.evidence.clone()),
+                    }
+                    .with_compression(match self.compress.as_str() {
+                        "int8" => cohort_net::stage::COMPRESSION_INT8,
+                        _ => cohort_net::stage::COMPRESSION_NONE,
+                    }),
+                )
             }
         };
         // Evaluated through the pipeline when there is one: the client never runs the layers.
@@ -394,6 +407,9 @@ impl Args {
             caught: pipeline
                 .as_ref()
                 .map(super::pipeline::Pipeline::caught_servers),
+            stream_bytes: pipeline
+                .as_ref()
+                .map(super::pipeline::Pipeline::stream_bytes),
         };
         if self.json {
             print_json(&r)?;

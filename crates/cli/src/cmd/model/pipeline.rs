@@ -624,6 +624,23 @@ pub struct Pipeline {
     caught: Vec<Claim>,
     /// Inference calls made ([`Pipeline::logits`]).
     inference_calls: u64,
+    /// How streams and gradients travel (`cohort_net::stage::COMPRESSION_*`).
+    compression: u32,
+    /// Bytes of streams and gradients sent and received by training steps.
+    stream_bytes: u64,
+}
+
+/// Bytes `values` values (rows of `width`) take on the wire under `compression`.
+fn wire_bytes(compression: u32, values: u64, width: usize) -> u64 {
+    match compression {
+        cohort_net::stage::COMPRESSION_INT8 => values + values / width.max(1) as u64,
+        _ => 4 * values,
+    }
+}
+
+/// The values of a call's stream.
+fn call_len(call: &ForwardCall) -> u64 {
+    call.stream.len() as u64
 }
 
 /// Inference calls' session: the client's, with these bits flipped.
@@ -1123,7 +1140,39 @@ impl Pipeline {
             evidence: None,
             caught: Vec::new(),
             inference_calls: 0,
+            compression: cohort_net::stage::COMPRESSION_NONE,
+            stream_bytes: 0,
         })
+    }
+
+    /// Streams and gradients travel int8 (`compression` = `COMPRESSION_INT8`): a quarter of
+    /// the bytes, and an approximation (results differ from one process's).
+    pub fn with_compression(mut self, compression: u32) -> Self {
+        self.compression = compression;
+        for (_, s) in &mut self.stages {
+            s.active.set_compression(compression);
+            for c in &mut s.spares {
+                c.set_compression(compression);
+            }
+        }
+        if let Some(v) = &mut self.verify {
+            for (_, c) in &mut v.verifiers {
+                c.set_compression(compression);
+            }
+        }
+        self
+    }
+
+    /// Bytes of streams and gradients the training steps sent and received so far.
+    pub fn stream_bytes(&self) -> u64 {
+        self.stream_bytes
+    }
+
+    /// Rounds `v` (rows of `width`) as it will travel.
+    fn round(&self, v: &mut [f32], width: usize) {
+        if self.compression == cohort_net::stage::COMPRESSION_INT8 {
+            cohort_net::stage::int8_round(v, width);
+        }
     }
 
     /// The servers verifiers caught so far.
@@ -1207,6 +1256,7 @@ impl Pipeline {
         self.inference_calls += 1;
         let step = self.inference_calls;
         let mut h = stages::embed(m, ids, b, t)?;
+        self.round(&mut h, m.config.n_embd);
         let adapted = m.weights().lora.is_some() && self.adapter_config.is_some();
         for (layers, c) in &mut self.stages {
             let adapter: Named = match adapted {
@@ -1235,6 +1285,7 @@ impl Pipeline {
                 dropout_key: None,
                 rows: Vec::new(),
                 inference: true,
+                compression: self.compression,
             };
             let mut out = c.forward(layers, &call, &mut self.replays)?;
             while let Some(v) = &mut self.verify
@@ -1279,6 +1330,7 @@ impl Pipeline {
         self.step += 1;
         let step = self.step;
         let mut h = stages::embed(m, &ids, b, t)?;
+        self.round(&mut h, m.config.n_embd);
         let mut kept = Vec::with_capacity(self.stages.len());
         for (layers, c) in &mut self.stages {
             let adapter: Named = m
@@ -1304,6 +1356,7 @@ impl Pipeline {
                 dropout_key: key,
                 rows: Vec::new(),
                 inference: false,
+                compression: self.compression,
             };
             let mut out = c.forward(layers, &call, &mut self.replays)?;
             // Drawn after the server answered: it cannot know which rows are checked. A server
@@ -1341,10 +1394,12 @@ impl Pipeline {
                 c.active = next;
                 out = c.forward(layers, &call, &mut self.replays)?;
             }
+            self.stream_bytes += 2 * wire_bytes(self.compression, call_len(&call), m.config.n_embd);
             kept.push(call);
             h = out.stream;
         }
         let (loss, mut dx, head) = stages::head(m, &h, &targets, b, t)?;
+        self.round(&mut dx, m.config.n_embd);
         let mut parts: Vec<stages::NamedGrads> = Vec::new();
         for (i, ((layers, c), call)) in self.stages.iter_mut().zip(&kept).enumerate().rev() {
             // What its forward gave: the next stage's input, or the head's.
@@ -1382,6 +1437,7 @@ impl Pipeline {
                 c.active.forward(call)?;
                 got = c.active.backward_signed(call.session, call.step, &dx)?;
             }
+            self.stream_bytes += 2 * wire_bytes(self.compression, dx.len() as u64, m.config.n_embd);
             let (d, g) = (got.dx, got.grads);
             parts.push(g.into_iter().collect::<HashMap<_, _>>());
             dx = d;
