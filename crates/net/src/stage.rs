@@ -92,7 +92,7 @@ pub const COMPRESSION_INT8: u32 = 1;
 /// smallest `e` with `max / 2^e <= 127`, within what an `i8` holds (and at least -126, so that
 /// `2^e` is a normal f32).
 fn int8_exponent(max: f32) -> i8 {
-    if !(max > 0.0) || !max.is_finite() {
+    if max <= 0.0 || !max.is_finite() {
         return 0;
     }
     let e = (f64::from(max) / 127.0).log2().ceil();
