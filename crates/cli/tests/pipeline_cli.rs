@@ -183,6 +183,35 @@ fn three_stage_servers_train_the_adapter_single_process_training_writes() {
         };
         assert_eq!(ids(&here).as_array().map(Vec::len), Some(24));
         assert_eq!(ids(&here), ids(&there), "adapter {adapter:?}");
+        // And evaluation: the same loss, but for rounding.
+        let mut args = vec![
+            "model",
+            "eval",
+            p(&model),
+            "--data",
+            p(&text_file),
+            "--max-windows",
+            "8",
+            "--json",
+        ];
+        if let Some(a) = adapter {
+            args.extend(["--adapter", p(a)]);
+        }
+        let here = cohort(&args);
+        assert!(here.status.success(), "{}", text(&here));
+        args.extend(["--pipeline", &list, "--insecure"]);
+        let there = cohort(&args);
+        assert!(there.status.success(), "{}", text(&there));
+        let loss = |o: &Output| {
+            serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["loss"]
+                .as_f64()
+                .unwrap()
+        };
+        let (x, y) = (loss(&here), loss(&there));
+        assert!(
+            (x - y).abs() <= 1e-5 * x,
+            "eval, adapter {adapter:?}: {x} against {y}"
+        );
     }
 
     // Verification: a verifier holding layers 1..3 recomputes every forward call of that

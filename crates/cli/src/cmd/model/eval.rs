@@ -42,6 +42,8 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    stages: super::pipeline::PipelineArgs,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -73,13 +75,24 @@ impl Args {
         if seq > ctx {
             anyhow::bail!("--seq-len {seq}: exceeds the model's context of {ctx}");
         }
-        let e = evaluate(
-            model.as_ref(),
-            &ids[skip..],
-            self.batch,
-            seq,
-            self.max_windows,
-        )?;
+        let e = match self.stages.connect(&self.dir, model.as_ref())? {
+            None => evaluate(
+                model.as_ref(),
+                &ids[skip..],
+                self.batch,
+                seq,
+                self.max_windows,
+            )?,
+            // The layers on the servers: this process runs the embeddings and the head only.
+            Some(mut p) => super::pipeline::evaluate_through(
+                &mut p,
+                model.as_gpt().context("not a GPT")?,
+                &ids[skip..],
+                self.batch,
+                seq,
+                self.max_windows,
+            )?,
+        };
         if self.json {
             print_json(&Report {
                 eval: e,

@@ -7,8 +7,8 @@ use serde::Serialize;
 
 use crate::args::{float_in, int_in};
 use crate::output::print_json;
+use cohort_model::Tokenizer;
 use cohort_model::generate::{Sampling, generate_with};
-use cohort_model::{LanguageModel, Tokenizer};
 
 /// Generate text from a model directory: greedy by default, or sampled with temperature,
 /// top-k and top-p (deterministic from --seed). The text is printed as it is generated; with
@@ -46,25 +46,8 @@ pub struct Args {
     /// streaming the text.
     #[arg(long)]
     json: bool,
-    /// Generate through stage servers (`cohort serve-layers`) holding the model's layers, in
-    /// the order of their layers, comma-separated; a stage's replacements after `|`. This
-    /// process runs only the embeddings and the head (docs/pipeline.md). GPT models only.
-    #[arg(long, value_delimiter = ',', value_name = "URLS")]
-    pipeline: Vec<String>,
-    /// The CA certificate (PEM) that signed the stage servers' TLS certificates.
-    #[arg(
-        long,
-        value_name = "FILE",
-        requires = "pipeline",
-        conflicts_with = "insecure"
-    )]
-    ca: Option<PathBuf>,
-    /// Dial the stage servers over plain text (http://; loopback and tests only).
-    #[arg(long, requires = "pipeline")]
-    insecure: bool,
-    /// Seconds each stage call may take, in [1, 86400].
-    #[arg(long, default_value_t = 120, value_parser = int_in(1..=86_400u64), requires = "pipeline")]
-    stage_timeout: u64,
+    #[command(flatten)]
+    stages: super::pipeline::PipelineArgs,
 }
 
 #[derive(Debug, Serialize)]
@@ -133,7 +116,7 @@ fn flush() -> anyhow::Result<()> {
 
 impl Args {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
-        let (mut model, tok) = match self.pipeline.is_empty() {
+        let (mut model, tok) = match self.stages.pipeline.is_empty() {
             true => super::load(&self.dir)?,
             // Mapped: only the pages of the embeddings and the head are read.
             false => {
@@ -159,46 +142,7 @@ impl Args {
             out!("{}", self.prompt);
             flush()?;
         }
-        let mut pipeline = match self.pipeline.is_empty() {
-            true => None,
-            false => {
-                let gpt = model.as_gpt().with_context(|| {
-                    format!(
-                        "--pipeline: {} is not a GPT; stage servers hold GPT layers only so far",
-                        self.dir.display()
-                    )
-                })?;
-                let deadline = std::time::Duration::from_secs(self.stage_timeout);
-                let stages = self
-                    .pipeline
-                    .iter()
-                    .map(|stage| {
-                        stage
-                            .split('|')
-                            .map(|u| {
-                                crate::cmd::federation::dial_to(
-                                    "--pipeline",
-                                    u,
-                                    self.ca.as_deref(),
-                                    None,
-                                    self.insecure,
-                                    deadline,
-                                )
-                                .map(|d| (d.url, d.tls))
-                            })
-                            .collect::<anyhow::Result<Vec<_>>>()
-                    })
-                    .collect::<anyhow::Result<Vec<_>>>()?;
-                let adapter = gpt.weights().lora.as_ref().map(|l| l.config.clone());
-                Some(super::pipeline::Pipeline::connect_stages(
-                    &stages,
-                    &self.dir,
-                    gpt.config.n_layer,
-                    adapter.as_ref(),
-                    deadline,
-                )?)
-            }
-        };
+        let mut pipeline = self.stages.connect(&self.dir, model.as_ref())?;
         let start = Instant::now();
         let mut on_token = |id| {
             if !self.json

@@ -301,31 +301,19 @@ impl Args {
             }
         };
         // Evaluated through the pipeline when there is one: the client never runs the layers.
-        let vocab = model.vocab_size();
         let eval = |model: &dyn LanguageModel,
                     pipeline: &mut Option<super::pipeline::Pipeline>|
          -> anyhow::Result<cohort_model::train::EvalStats> {
             match pipeline {
                 None => Ok(evaluate(model, &data.val, self.batch, seq, 64)?),
-                Some(p) => {
-                    let gpt = gpt_of(model, &self.dir)?;
-                    let mut logits = |x: &candle_core::Tensor| {
-                        let (b, t) = x.dims2()?;
-                        let ids: Vec<u32> = x.flatten_all()?.to_vec1()?;
-                        let l = p
-                            .logits(gpt, &ids, b, t)
-                            .map_err(|e| cohort_model::Error::Data(format!("{e:#}")))?;
-                        Ok(candle_core::Tensor::from_vec(l, (b, t, vocab), x.device())?)
-                    };
-                    Ok(cohort_model::train::evaluate_with(
-                        &mut logits,
-                        &data.val,
-                        self.batch,
-                        seq,
-                        64,
-                        model.device(),
-                    )?)
-                }
+                Some(p) => super::pipeline::evaluate_through(
+                    p,
+                    gpt_of(model, &self.dir)?,
+                    &data.val,
+                    self.batch,
+                    seq,
+                    64,
+                ),
             }
         };
         let base = eval(model.as_ref(), &mut pipeline)?;

@@ -606,6 +606,109 @@ pub type Dial = (String, Option<cohort_net::tls::ClientTlsConfig>);
 /// The deadline of every stage call unless told otherwise (`--stage-timeout`).
 pub const STAGE_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// [`cohort_model::train::evaluate`] of `m` on `tokens` with its layers on the servers of
+/// `p`: this process runs the embeddings and the head only.
+pub fn evaluate_through(
+    p: &mut Pipeline,
+    m: &Gpt,
+    tokens: &[u32],
+    batch: usize,
+    seq: usize,
+    max_windows: usize,
+) -> anyhow::Result<cohort_model::train::EvalStats> {
+    let vocab = m.config.vocab_size;
+    let mut logits = |x: &Tensor| {
+        let (b, t) = x.dims2()?;
+        let ids: Vec<u32> = x.flatten_all()?.to_vec1()?;
+        let l = p
+            .logits(m, &ids, b, t)
+            .map_err(|e| cohort_model::Error::Data(format!("{e:#}")))?;
+        Ok(Tensor::from_vec(l, (b, t, vocab), x.device())?)
+    };
+    Ok(cohort_model::train::evaluate_with(
+        &mut logits,
+        tokens,
+        batch,
+        seq,
+        max_windows,
+        &Device::Cpu,
+    )?)
+}
+
+/// The flags of a command that runs a model's layers on stage servers instead of here
+/// (`cohort model generate`, `cohort model eval`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct PipelineArgs {
+    /// Run the model's layers on stage servers (`cohort serve-layers`) holding them, in the
+    /// order of their layers, comma-separated; a stage's replacements after `|`. This process
+    /// runs only the embeddings and the head (docs/pipeline.md). GPT models only.
+    #[arg(long, value_delimiter = ',', value_name = "URLS")]
+    pub pipeline: Vec<String>,
+    /// The CA certificate (PEM) that signed the stage servers' TLS certificates.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "pipeline",
+        conflicts_with = "insecure"
+    )]
+    pub ca: Option<PathBuf>,
+    /// Dial the stage servers over plain text (http://; loopback and tests only).
+    #[arg(long, requires = "pipeline")]
+    pub insecure: bool,
+    /// Seconds each stage call may take, in [1, 86400].
+    #[arg(long, default_value_t = 120, value_parser = crate::args::int_in(1..=86_400u64), requires = "pipeline")]
+    pub stage_timeout: u64,
+}
+
+impl PipelineArgs {
+    /// The pipeline of `--pipeline` for `model` (loaded from `dir`), its adapter's if it has
+    /// one; `None` without `--pipeline`.
+    pub fn connect(
+        &self,
+        dir: &Path,
+        model: &dyn LanguageModel,
+    ) -> anyhow::Result<Option<Pipeline>> {
+        if self.pipeline.is_empty() {
+            return Ok(None);
+        }
+        let gpt = model.as_gpt().with_context(|| {
+            format!(
+                "--pipeline: {} is not a GPT; stage servers hold GPT layers only so far",
+                dir.display()
+            )
+        })?;
+        let deadline = Duration::from_secs(self.stage_timeout);
+        let stages = self
+            .pipeline
+            .iter()
+            .map(|stage| {
+                stage
+                    .split('|')
+                    .map(|u| {
+                        crate::cmd::federation::dial_to(
+                            "--pipeline",
+                            u,
+                            self.ca.as_deref(),
+                            None,
+                            self.insecure,
+                            deadline,
+                        )
+                        .map(|d| (d.url, d.tls))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let adapter = gpt.weights().lora.as_ref().map(|l| l.config.clone());
+        Ok(Some(Pipeline::connect_stages(
+            &stages,
+            dir,
+            gpt.config.n_layer,
+            adapter.as_ref(),
+            deadline,
+        )?))
+    }
+}
+
 /// The client's side: servers that together hold every layer of its model, in order.
 pub struct Pipeline {
     stages: Vec<(std::ops::Range<usize>, Servers)>,
