@@ -351,7 +351,7 @@ fn a_quorum_of_verifiers_slashes_a_cheat_and_an_honest_server_is_paid_after_the_
         &at(10_000),
     ]);
     assert!(e.contains("holds nothing"), "{e}");
-    // A cheat's further attestations are refused: it is inactive.
+    // A slashed server is paid nothing more.
     let e = refused(&[
         "pay",
         "--ledger",

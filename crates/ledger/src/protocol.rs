@@ -14,6 +14,9 @@ use crate::signer::{SignedCall, TxContext};
 use crate::{ExecError, LedgerError};
 
 /// Bindings generated from the committed artifact `contracts/out/Cohort.json`.
+// The constructor alloy generates for an event has one argument per field
+// (`StageFraudAttested` has eight).
+#[allow(clippy::too_many_arguments)]
 pub mod bindings {
     alloy_sol_types::sol!(
         #[sol(all_derives)]
@@ -26,6 +29,7 @@ pub mod bindings {
 /// them by delegatecall from its fallback, so they are called at the protocol contract's
 /// address like its own; their events and errors are in `Cohort`'s ABI (declared in
 /// `CohortBase`) and decode as [`Cohort::CohortEvents`] and [`Cohort::CohortErrors`].
+#[allow(clippy::too_many_arguments)]
 pub mod stage_bindings {
     alloy_sol_types::sol!(
         #[sol(all_derives)]

@@ -104,16 +104,19 @@ impl Args {
         let mut calls = Vec::new();
         // With --check only the first call runs (the later ones depend on it); the checks
         // above cover them.
+        let mut more_calls = true;
         if !registered {
             calls.extend(s.send(Cohort::registerCall {
                 roles: roles::VALIDATOR,
                 keyHash: s.me.key_hash(),
             })?);
+            more_calls = !s.check;
         }
-        if !more.is_zero() && !(s.check && !registered) {
+        if more_calls && !more.is_zero() {
             calls.extend(s.send(Cohort::stakeCall { amount: more })?);
+            more_calls = !s.check;
         }
-        if !(s.check && (!registered || !more.is_zero())) {
+        if more_calls {
             calls.extend(s.send(CohortStages::registerStageCall {
                 modelHash: model,
                 firstLayer: self.layers.start,
