@@ -21,6 +21,10 @@ const SOLC_VERSION = '0.8.37';
 const EVM_VERSION = 'cancun';
 const MAX_DEPLOYED_SIZE = 24576; // EIP-170
 const MAX_INITCODE_SIZE = 49152; // EIP-3860
+// Pairs of deployable contracts where the second's code runs by delegatecall in the first's
+// storage (Cohort's fallback delegates to CohortStages): their storage layouts must be
+// identical, or the delegated code would read and write the wrong slots.
+const SHARED_STORAGE = [['Cohort', 'CohortStages']];
 
 function fail(msg) {
   process.stderr.write(`error: ${msg}\n`);
@@ -48,7 +52,7 @@ function compilerInput() {
       outputSelection: {
         '*': {
           '': ['ast'],
-          '*': ['abi', 'evm.bytecode.object', 'evm.deployedBytecode.object'],
+          '*': ['abi', 'evm.bytecode.object', 'evm.deployedBytecode.object', 'storageLayout'],
         },
       },
     },
@@ -97,6 +101,7 @@ function compile() {
   if (errors > 0) fail(`solc reported ${errors} error(s)`);
 
   const artifacts = new Map(); // name -> JSON text
+  const layouts = new Map(); // name -> normalized storage layout
   let sizeErrors = 0;
   for (const file of Object.keys(output.contracts || {}).sort()) {
     const deployable = deployableNames(output.sources[file].ast);
@@ -107,6 +112,7 @@ function compile() {
       const bytecode = c.evm.bytecode.object;
       const deployed = c.evm.deployedBytecode.object;
       if (/__\$[0-9a-fA-F]{34}\$__/.test(bytecode)) fail(`${name} needs library linking, which is not supported`);
+      layouts.set(name, storageLayout(c.storageLayout));
       const deployedSize = deployed.length / 2;
       const initSize = bytecode.length / 2;
       if (deployedSize > MAX_DEPLOYED_SIZE) {
@@ -130,8 +136,28 @@ function compile() {
     }
   }
   if (sizeErrors > 0) fail('contract size limit exceeded');
+  for (const [host, guest] of SHARED_STORAGE) {
+    const a = layouts.get(host);
+    const b = layouts.get(guest);
+    if (a === undefined || b === undefined) fail(`shared storage: ${host} or ${guest} is not built`);
+    if (a !== b) {
+      fail(
+        `${guest} runs in ${host}'s storage but their storage layouts differ ` +
+          '(state variables belong in CohortBase only)',
+      );
+    }
+  }
   if (artifacts.size === 0) fail('no deployable contracts found');
   return artifacts;
+}
+
+// A storage layout as label, slot, offset and type of each variable, with the AST ids that
+// solc puts in type names (t_struct(Params)1234_storage) left out.
+function storageLayout(layout) {
+  const norm = (t) => t.replace(/\)\d+/g, ')');
+  return JSON.stringify(
+    ((layout && layout.storage) || []).map((v) => [v.label, v.slot, v.offset, norm(v.type)]),
+  );
 }
 
 function existingArtifacts() {

@@ -6,13 +6,15 @@ import {CohortDatasets} from "./CohortDatasets.sol";
 import {CohortGovernance} from "./CohortGovernance.sol";
 import {CohortRegistry} from "./CohortRegistry.sol";
 import {CohortRounds} from "./CohortRounds.sol";
+import {CohortStages} from "./CohortStages.sol";
 import {CohortStaking} from "./CohortStaking.sol";
 import {CohortToken} from "./CohortToken.sol";
 import {CohortUnlearning} from "./CohortUnlearning.sol";
 
 /// @title Cohort
 /// @notice The single deployable cohort protocol contract: internal token,
-///         registry, staking, datasets, federated rounds, unlearning, anchoring.
+///         registry, staking, datasets, federated rounds, unlearning, anchoring, stage
+///         servers (escrowed pay per token, fraud claims by quorum, slashing).
 contract Cohort is
     CohortGovernance,
     CohortToken,
@@ -23,6 +25,12 @@ contract Cohort is
     CohortUnlearning,
     CohortAnchor
 {
+    /// @notice The code of the stage-server functions (`CohortStages`, deployed by the
+    ///         constructor). Every call whose selector is none of Cohort's own runs that code in
+    ///         this contract's storage (see `fallback`): the ABI of this address is Cohort's and
+    ///         CohortStages' together.
+    address public immutable stages;
+
     /// @notice Makes the deployer governance and installs the default params.
     constructor() {
         governance = msg.sender;
@@ -49,5 +57,37 @@ contract Cohort is
         _addMethod(3, false);
         _addMethod(4, false);
         _addMethod(5, false);
+        // Stage servers: 1000 tokens of stake, a one-hour challenge window, a quorum of two
+        // verifiers, half the stake slashed, a tenth of that to the attesters; set through the
+        // module's own setter, which checks them.
+        address stagesCode = address(new CohortStages());
+        stages = stagesCode;
+        StageParams memory sp = StageParams({
+            minStageStake: 1_000 * TOKEN_UNIT,
+            stageChallengeWindow: 1 hours,
+            stageQuorum: 2,
+            stageSlashBps: 5_000,
+            stageAttesterBps: 1_000
+        });
+        (bool ok, bytes memory ret) = stagesCode.delegatecall(abi.encodeCall(CohortStages.setStageParams, (sp)));
+        if (!ok) {
+            assembly ("memory-safe") {
+                revert(add(ret, 32), mload(ret))
+            }
+        }
+    }
+
+    /// @notice Runs CohortStages' code for any other selector, in this contract's storage, with
+    ///         the caller's msg.sender; its return data or revert data is this call's.
+    fallback() external {
+        address target = stages;
+        assembly ("memory-safe") {
+            let ptr := mload(0x40)
+            calldatacopy(ptr, 0, calldatasize())
+            let ok := delegatecall(gas(), target, ptr, calldatasize(), 0, 0)
+            returndatacopy(ptr, 0, returndatasize())
+            if iszero(ok) { revert(ptr, returndatasize()) }
+            return(ptr, returndatasize())
+        }
     }
 }

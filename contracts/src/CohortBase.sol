@@ -33,6 +33,10 @@ abstract contract CohortBase {
     /// @notice Most clients a coordinator's roster may hold (a run's most clients).
     uint32 public constant MAX_ROSTER = 100_000;
 
+    /// @notice Upper bound on `StageParams.stageQuorum` (bounds the attesters of a claim, so
+    ///         the duplicate check and the reward loop of a slash stay small).
+    uint16 public constant MAX_STAGE_QUORUM = 16;
+
     /// @notice Cap on total minted supply (keeps every reward product far
     ///         from uint256 overflow).
     uint256 public constant MAX_SUPPLY = type(uint128).max;
@@ -182,6 +186,36 @@ abstract contract CohortBase {
         bytes32 deletedBlobs;
     }
 
+    /// @notice Governance-tunable parameters of stage servers (model-parallel layers served
+    ///         for pay). Read live; field order is the ABI tuple order.
+    struct StageParams {
+        uint256 minStageStake; // active stake a stage server (and an attesting verifier) needs
+        uint64 stageChallengeWindow; // seconds from a period's last payment to its release
+        uint16 stageQuorum; // distinct verifiers whose same claim slashes a server
+        uint16 stageSlashBps; // share of the server's stake (active + unbonding) slashed
+        uint16 stageAttesterBps; // share of the slashed amount paid to the claim's attesters
+    }
+
+    /// @dev A stage server's declaration. It exists iff `modelHash != 0`; it is slashed (for
+    ///      good) iff `slashClaim != 0`.
+    struct StageServer {
+        bytes32 modelHash;
+        uint32 firstLayer;
+        uint32 endLayer; // exclusive: layers firstLayer..endLayer
+        uint64 registeredAt;
+        uint64 slashedAt;
+        bytes32 slashClaim; // the claim that slashed it
+    }
+
+    /// @dev Pay held for a server and a period: `amount` is what is held (after refunds), or
+    ///      what was paid out once `released`.
+    struct StageEscrow {
+        uint256 amount;
+        uint64 tokens; // tokens (model tokens) paid for, as the payers declared
+        uint64 releaseAt; // last payment's time + stageChallengeWindow
+        bool released;
+    }
+
     // ------------------------------------------------------------------
     // Storage
     // ------------------------------------------------------------------
@@ -195,7 +229,7 @@ abstract contract CohortBase {
     uint256 internal _totalMinted;
     uint256 internal _totalBalances;
     uint256 internal _totalStaked; // active + unbonding
-    uint256 internal _totalEscrowed; // round deposits held
+    uint256 internal _totalEscrowed; // round deposits and stage pay held
     uint256 internal _totalPools; // round reward pools not yet paid
     uint256 internal _treasury;
     uint256 internal _totalBurned;
@@ -245,6 +279,16 @@ abstract contract CohortBase {
     uint64 internal _anchorSize;
     uint64 internal _anchorAt;
     bytes32 internal _anchorRoot;
+
+    // stage servers
+    StageParams internal _stageParams;
+    mapping(address => StageServer) internal _stageServers;
+    /// @dev server => period => escrow.
+    mapping(address => mapping(uint64 => StageEscrow)) internal _stageEscrows;
+    /// @dev server => period => payer => held for it (0 once refunded).
+    mapping(address => mapping(uint64 => mapping(address => uint256))) internal _stagePaid;
+    /// @dev claim id => its attesters, in order.
+    mapping(bytes32 => address[]) internal _stageClaims;
 
     // ------------------------------------------------------------------
     // Events
@@ -331,6 +375,24 @@ abstract contract CohortBase {
 
     event Anchored(uint64 size, bytes32 root, address indexed by);
 
+    event StageParamsUpdated(StageParams params);
+    event StageRegistered(address indexed server, bytes32 indexed modelHash, uint32 firstLayer, uint32 endLayer);
+    event StagePaid(address indexed server, uint64 indexed period, address indexed payer, uint64 tokens, uint256 amount);
+    event StageReleased(address indexed server, uint64 indexed period, uint256 amount, uint64 tokens);
+    event StageRefunded(address indexed server, uint64 indexed period, address indexed payer, uint256 amount);
+    event StageFraudAttested(
+        address indexed server,
+        bytes32 indexed claimId,
+        address indexed verifier,
+        uint64 period,
+        bytes32 callDigest,
+        bytes32 committedRow,
+        bytes32 recomputedRow,
+        uint256 count
+    );
+    event StageSlashed(address indexed server, bytes32 indexed claimId, uint256 amount, uint256 toAttesters);
+    event StageAttesterRewarded(address indexed server, address indexed verifier, uint256 amount);
+
     // ------------------------------------------------------------------
     // Errors
     // ------------------------------------------------------------------
@@ -395,6 +457,20 @@ abstract contract CohortBase {
     error BlobsAlreadyDeleted(uint64 requestId);
 
     error AnchorNotGrowing(uint64 latest, uint64 got);
+
+    error InvalidStageParam(uint8 field);
+    error InvalidLayers(uint32 firstLayer, uint32 endLayer);
+    error StageExists(address server);
+    error UnknownStage(address server);
+    error StageInactive(address server);
+    error StageNotSlashed(address server);
+    error EscrowReleased(address server, uint64 period);
+    error EscrowLocked(address server, uint64 period, uint64 releaseAt, uint64 nowTs);
+    error NothingEscrowed(address server, uint64 period, address payer);
+    error NotAMismatch();
+    error SelfAttestation(address server);
+    error NotAStageVerifier(address who, address server);
+    error AlreadyAttested(bytes32 claimId, address verifier);
 
     // ------------------------------------------------------------------
     // Modifiers and access helpers

@@ -179,6 +179,43 @@ fn invalid_value(
     .with_cmd(cmd)
 }
 
+/// Base units per whole token.
+const TOKEN_DECIMALS: usize = 18;
+
+/// An amount of the protocol's token written in whole tokens with up to 18 decimals (`100`,
+/// `0.5`, `1e3` is refused), as base units: more than zero and at most the protocol's supply
+/// cap (2^128 - 1 base units).
+pub fn token_amount(s: &str) -> Result<alloy_primitives::U256, String> {
+    use alloy_primitives::U256;
+    let bad = || {
+        format!(
+            "must be an amount of tokens: digits with at most {TOKEN_DECIMALS} decimals (100, \
+             0.5), more than 0 and at most 2^128 - 1 base units"
+        )
+    };
+    let t = s.trim();
+    let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
+    let digits = |d: &str| d.bytes().all(|b| b.is_ascii_digit());
+    if (whole.is_empty() && frac.is_empty())
+        || !digits(whole)
+        || !digits(frac)
+        || frac.len() > TOKEN_DECIMALS
+        || whole.len() > 60
+    {
+        return Err(bad());
+    }
+    let base = format!("{whole}{frac:0<TOKEN_DECIMALS$}");
+    let digits = base.trim_start_matches('0');
+    if digits.is_empty() {
+        return Err(bad());
+    }
+    let v = U256::from_str_radix(digits, 10).map_err(|_| bad())?;
+    if v > U256::from(u128::MAX) {
+        return Err(bad());
+    }
+    Ok(v)
+}
+
 /// Checks, before any work, that `path` can be written as an output file for `flag`: its
 /// directory exists, it is not a directory, and a file can be created or appended there. A
 /// file this check creates is removed again; an existing file is left unchanged.
@@ -254,6 +291,38 @@ mod tests {
             assert!(e.contains("[1, 1000]"), "{bad}: {e}");
         }
         assert_eq!(int_in(1u64..).describe(), "[1, max]");
+    }
+
+    #[test]
+    fn token_amounts_are_whole_tokens_with_up_to_18_decimals() {
+        use alloy_primitives::U256;
+        let unit = U256::from(10u64).pow(U256::from(18));
+        assert_eq!(token_amount("100"), Ok(U256::from(100) * unit));
+        assert_eq!(token_amount("0.5"), Ok(unit / U256::from(2)));
+        assert_eq!(token_amount(".25"), Ok(unit / U256::from(4)));
+        assert_eq!(token_amount("0.000000000000000001"), Ok(U256::from(1)));
+        assert_eq!(
+            token_amount("340282366920938463463.374607431768211455"),
+            Ok(U256::from(u128::MAX))
+        );
+        for bad in [
+            "0",
+            "0.0",
+            "-1",
+            "1e3",
+            "nan",
+            "inf",
+            "",
+            ".",
+            "1.2.3",
+            "0.0000000000000000001",
+            "340282366920938463463.374607431768211456",
+            "18446744073709551616000000000000000000000000000000000000000000000000",
+            "x",
+            " 1 2",
+        ] {
+            assert!(token_amount(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -7,6 +7,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/stages.rs"]
+mod stages;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -83,6 +85,70 @@ struct Fixtures {
     executed: PathBuf,
     /// An admission list for `linear` with 6 clients (the party key is client 0).
     admit: PathBuf,
+    /// A ledger with stage servers, escrows, a slashed server and an evidence file.
+    stage: StageFixture,
+}
+
+/// What the `cohort stage` bases need: four stage servers of layers 1..3, the fourth slashed;
+/// the client's pay escrowed for period 1 to the first, second and fourth; the first's evidence
+/// against the second. The bases run with `--check`, so the sweep leaves the ledger as it is.
+struct StageFixture {
+    ledger: PathBuf,
+    model: String,
+    client: PathBuf,
+    client_addr: String,
+    verifier: PathBuf,
+    honest: String,
+    slashed: String,
+    evidence: PathBuf,
+}
+
+impl StageFixture {
+    fn new(root: &Path) -> Self {
+        use cohort_core::tokens;
+        std::fs::create_dir_all(root).unwrap();
+        let w = stages::world(root);
+        w.register(&[0, 1, 2, 3]);
+        let mut p = w.protocol();
+        for s in [0, 1, 3] {
+            p.pay_stage(&w.client.id, w.servers[s].address(), 1, 10, tokens(10))
+                .unwrap();
+        }
+        let (call, rows) = stages::call();
+        for v in [0, 2] {
+            p.attest_stage_fraud(
+                &w.servers[v].id,
+                w.servers[3].address(),
+                1,
+                call.into(),
+                rows[0].into(),
+                alloy_primitives::B256::repeat_byte(7),
+            )
+            .unwrap();
+        }
+        assert!(!p.stage_active(w.servers[3].address()).unwrap());
+        drop(p);
+        let evidence = root.join("evidence.json");
+        stages::write_claims(
+            &evidence,
+            &[stages::evidence(
+                &w.servers[1].id,
+                &w.servers[0].id,
+                &[0, 2],
+                2,
+            )],
+        );
+        Self {
+            model: w.model.clone(),
+            client_addr: w.client.addr(),
+            honest: w.servers[0].addr(),
+            slashed: w.servers[3].addr(),
+            ledger: w.ledger,
+            client: w.client.key,
+            verifier: w.servers[0].key.clone(),
+            evidence,
+        }
+    }
 }
 
 /// Copies the directory `from` to `to`, recursively.
@@ -174,7 +240,9 @@ impl Fixtures {
         copy_dir(&requested, &executed);
         let o = cohort(&["unlearn", "execute", p(&executed), "--request", "1"]);
         assert!(o.status.success(), "{}", common::text(&o));
+        let stage = StageFixture::new(&root.join("stages"));
         Fixtures {
+            stage,
             key,
             run,
             requested,
@@ -260,6 +328,45 @@ impl Fixtures {
             "bench verify" => "bench verify --preset test --trials 1 --calls 3 --honest-calls 2 \
                                --cost-calls 1 --batch 2 --tokens 8"
                 .to_owned(),
+            "stage register" => format!(
+                "stage register --ledger {} --key {} --model {} --layers 0..2 --stake 1500 --check",
+                p(&self.stage.ledger),
+                p(&self.stage.client),
+                self.stage.model
+            ),
+            "stage pay" => format!(
+                "stage pay --ledger {} --key {} --server {} --period 1 --tokens 10 --amount 1 \
+                 --check",
+                p(&self.stage.ledger),
+                p(&self.stage.client),
+                self.stage.honest
+            ),
+            "stage attest" => format!(
+                "stage attest --ledger {} --key {} --evidence {} --claim 0 --period 1 --check",
+                p(&self.stage.ledger),
+                p(&self.stage.verifier),
+                p(&self.stage.evidence)
+            ),
+            "stage release" => format!(
+                "stage release --ledger {} --key {} --server {} --period 1 --at {} --check",
+                p(&self.stage.ledger),
+                p(&self.stage.client),
+                self.stage.honest,
+                stages::START + 100_000
+            ),
+            "stage refund" => format!(
+                "stage refund --ledger {} --key {} --server {} --period 1 --payer {} --check",
+                p(&self.stage.ledger),
+                p(&self.stage.client),
+                self.stage.slashed,
+                self.stage.client_addr
+            ),
+            "stage show" => format!(
+                "stage show --ledger {} --server {} --period 1 --payer {}",
+                p(&self.stage.ledger),
+                self.stage.honest,
+                self.stage.client_addr
+            ),
             "sim drt" | "sim points" => sim(&cmd[4..]),
             "sim market" => sim("market") + " --rounds 1 --init-samples 50 --market-test-size 50",
             "sim baseline" => format!("sim baseline --data {i} --num-words 20 --train-size 200"),

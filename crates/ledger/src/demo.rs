@@ -344,3 +344,140 @@ pub fn forget<B: LedgerBackend>(
         rejections,
     })
 }
+
+/// The parties of [`stages`], derived from a seed like [`Cast`].
+#[derive(Debug, Clone)]
+pub struct StageCast {
+    /// Three stage servers of the same model and layers: the first honest, the second a
+    /// cheat, the third honest; the first and third verify the second.
+    pub servers: Vec<Identity>,
+    /// A client that pays them.
+    pub client: Identity,
+}
+
+impl StageCast {
+    /// The stage cast for `seed`.
+    pub fn new(seed: u64) -> Self {
+        let id = |n: &str| Identity::from_seed(seed, n);
+        Self {
+            servers: vec![id("stage-1"), id("stage-2"), id("stage-3")],
+            client: id("carol"),
+        }
+    }
+
+    /// Everyone, the servers first.
+    pub fn everyone(&self) -> Vec<&Identity> {
+        let mut v: Vec<&Identity> = self.servers.iter().collect();
+        v.push(&self.client);
+        v
+    }
+}
+
+/// What [`stages`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct StagesReport {
+    /// The model the servers hold (the SHA-256 of its files).
+    pub model: B256,
+    /// Whether a release before the challenge window was refused.
+    pub early_release_refused: bool,
+    /// What the honest server was paid for period 1 (base units).
+    pub released: U256,
+    /// What was slashed from the cheat's stake.
+    pub slashed: U256,
+    /// Of that, what each of the two attesters got.
+    pub attester_share: U256,
+    /// What the client got back from the cheat's escrows (periods 1 and 2).
+    pub refunded: U256,
+    /// Whether the cheat is still active (it is not).
+    pub cheat_active: bool,
+    /// Whether `minted = balances + stakes + escrow + pools + treasury + burned` held.
+    pub supply_conserved: bool,
+}
+
+/// After [`run`] (or on any fresh deployment), the stage servers' story: three servers of
+/// the same model and layers 1..3 register, stake and declare themselves; a client escrows
+/// pay for period 1 to the first and for periods 1 and 2 to the second; a release before the
+/// challenge window is refused; the first and third server attest the same mismatch of the
+/// second's (a quorum of two): it is slashed and inactive; after the window the first is paid
+/// and the client takes back its pay to the second. Every recorded call succeeds, on any
+/// backend, so the same story can be compared across backends.
+pub fn stages<B: LedgerBackend>(
+    p: &mut Protocol<B>,
+    governance: &Identity,
+    seed: u64,
+) -> Result<StagesReport, ProtocolError> {
+    let cast = StageCast::new(seed);
+    let [honest, cheat, third] = [&cast.servers[0], &cast.servers[1], &cast.servers[2]];
+    let client = &cast.client;
+    let addr = |p: &Protocol<B>, id: &Identity| p.backend().address_of(id);
+    let tick = |p: &mut Protocol<B>, secs: u64| -> Result<(), ProtocolError> {
+        let t = p.backend().head()?.time;
+        p.backend_mut().set_time(t.saturating_add(secs))?;
+        Ok(())
+    };
+    tick(p, 60)?;
+    for s in &cast.servers {
+        p.mint(governance, addr(p, s), tokens(2_000))?;
+    }
+    p.mint(governance, addr(p, client), tokens(1_000))?;
+    let model: B256 = sha256(b"the model's files").into();
+    for s in &cast.servers {
+        p.register(s, roles::VALIDATOR)?;
+        p.stake(s, tokens(1_500))?;
+        p.register_stage(s, model, 1..3)?;
+    }
+    tick(p, 60)?;
+    let (h, c) = (addr(p, honest), addr(p, cheat));
+    p.pay_stage(client, h, 1, 4_096, tokens(100))?;
+    p.pay_stage(client, c, 1, 2_048, tokens(50))?;
+    p.pay_stage(client, c, 2, 1_024, tokens(30))?;
+    let early_release_refused = matches!(
+        p.release_stage(honest, h, 1)
+            .map_err(|e| e.revert().cloned()),
+        Err(Some(Cohort::CohortErrors::EscrowLocked(_)))
+    );
+    tick(p, 60)?;
+    let call: B256 = sha256(b"a forward call of the cheat's").into();
+    let committed: B256 = sha256(b"the row it committed").into();
+    let recomputed: B256 = sha256(b"the row the verifiers recomputed").into();
+    p.attest_stage_fraud(honest, c, 1, call, committed, recomputed)?;
+    let sent = p.attest_stage_fraud(third, c, 1, call, committed, recomputed)?;
+    let (mut slashed, mut attester_share) = (U256::ZERO, U256::ZERO);
+    for e in &sent.events {
+        match e {
+            CohortEvents::StageSlashed(s) => slashed = s.amount,
+            CohortEvents::StageAttesterRewarded(r) => attester_share = r.amount,
+            _ => {}
+        }
+    }
+    let window = p.stage_params()?.stageChallengeWindow;
+    tick(p, window)?;
+    let released = p
+        .release_stage(client, h, 1)?
+        .events
+        .iter()
+        .find_map(|e| match e {
+            CohortEvents::StageReleased(r) => Some(r.amount),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let mut refunded = U256::ZERO;
+    for period in [1, 2] {
+        let who = addr(p, client);
+        for e in p.refund_stage(honest, c, period, who)?.events {
+            if let CohortEvents::StageRefunded(r) = e {
+                refunded += r.amount;
+            }
+        }
+    }
+    Ok(StagesReport {
+        model,
+        early_release_refused,
+        released,
+        slashed,
+        attester_share,
+        refunded,
+        cheat_active: p.stage_active(c)?,
+        supply_conserved: p.supply()?.conserved(),
+    })
+}

@@ -14,6 +14,9 @@ use crate::signer::{SignedCall, TxContext};
 use crate::{ExecError, LedgerError};
 
 /// Bindings generated from the committed artifact `contracts/out/Cohort.json`.
+// The constructor alloy generates for an event has one argument per field
+// (`StageFraudAttested` has eight).
+#[allow(clippy::too_many_arguments)]
 pub mod bindings {
     alloy_sol_types::sol!(
         #[sol(all_derives)]
@@ -22,9 +25,24 @@ pub mod bindings {
     );
 }
 
+/// Bindings of the stage-server functions (`contracts/out/CohortStages.json`). `Cohort` runs
+/// them by delegatecall from its fallback, so they are called at the protocol contract's
+/// address like its own; their events and errors are in `Cohort`'s ABI (declared in
+/// `CohortBase`) and decode as [`Cohort::CohortEvents`] and [`Cohort::CohortErrors`].
+#[allow(clippy::too_many_arguments)]
+pub mod stage_bindings {
+    alloy_sol_types::sol!(
+        #[sol(all_derives)]
+        CohortStages,
+        "../../contracts/out/CohortStages.json"
+    );
+}
+
 pub use bindings::Cohort;
 use bindings::Cohort::{CohortErrors, CohortEvents};
 pub use bindings::CohortBase::{Params, UnlearningEvidence};
+pub use stage_bindings::CohortBase::{StageEscrow, StageParams, StageServer};
+pub use stage_bindings::CohortStages;
 
 /// Role bits of `register`.
 pub mod roles {
@@ -186,7 +204,7 @@ pub struct Supply {
     pub balances: U256,
     /// Active and unbonding stake.
     pub staked: U256,
-    /// Update deposits held by open rounds.
+    /// Update deposits held by open rounds, and stage servers' pay held in escrow.
     pub escrowed: U256,
     /// Reward pools not yet paid.
     pub pools: U256,
@@ -224,6 +242,13 @@ pub fn accepted_set_hash(accepted: &[u32]) -> B256 {
     accepted.iter().fold(B256::ZERO, |h, &i| {
         alloy_primitives::keccak256((h, i).abi_encode_params())
     })
+}
+
+/// The id of a stage fraud claim: `keccak256(abi.encode(server, callDigest, committedRow,
+/// recomputedRow))`. Attestations of the same id count towards one quorum.
+pub fn stage_claim_id(server: Address, call: B256, committed: B256, recomputed: B256) -> B256 {
+    use alloy_sol_types::SolValue;
+    alloy_primitives::keccak256((server, call, committed, recomputed).abi_encode_params())
 }
 
 /// The protocol contract on a backend.
@@ -440,6 +465,24 @@ impl<B: LedgerBackend> Protocol<B> {
             events: s.events,
             gas_used: s.gas_used,
             position: s.position,
+        })
+    }
+
+    /// Runs `call` as `from` against the current state without recording anything (a dry
+    /// run): what [`Self::send`] would return, or the revert it would meet. Events and gas are
+    /// not reported.
+    pub fn simulate<C: SolCall>(
+        &mut self,
+        from: Address,
+        call: C,
+    ) -> Result<C::Return, ProtocolError> {
+        let out = self
+            .backend
+            .call(from, self.address, Bytes::from(call.abi_encode()))
+            .map_err(|e| ProtocolError::from_ledger(C::SIGNATURE, e))?;
+        C::abi_decode_returns(&out).map_err(|e| ProtocolError::Decode {
+            what: C::SIGNATURE,
+            reason: e.to_string(),
         })
     }
 
@@ -917,6 +960,153 @@ impl<B: LedgerBackend> Protocol<B> {
         request: u64,
     ) -> Result<bindings::CohortBase::UnlearningRequest, ProtocolError> {
         self.view(Cohort::unlearningRequestCall { requestId: request })
+    }
+
+    // ---- stage servers ----
+
+    /// Governance replaces the stage servers' parameters.
+    pub fn set_stage_params(
+        &mut self,
+        gov: &Identity,
+        p: StageParams,
+    ) -> Result<Sent<()>, ProtocolError> {
+        self.send_unit(gov, CohortStages::setStageParamsCall { p })
+    }
+
+    /// The stage servers' parameters in force.
+    pub fn stage_params(&mut self) -> Result<StageParams, ProtocolError> {
+        self.view(CohortStages::stageParamsCall {})
+    }
+
+    /// `server` declares itself a stage server of `model` (the SHA-256 of its files) holding
+    /// `layers` (end exclusive); it must be registered and staked (`minStageStake`).
+    pub fn register_stage(
+        &mut self,
+        server: &Identity,
+        model: B256,
+        layers: std::ops::Range<u32>,
+    ) -> Result<Sent<()>, ProtocolError> {
+        self.send_unit(
+            server,
+            CohortStages::registerStageCall {
+                modelHash: model,
+                firstLayer: layers.start,
+                endLayer: layers.end,
+            },
+        )
+    }
+
+    /// A stage server's record (all zero when unknown).
+    pub fn stage_server(&mut self, server: Address) -> Result<StageServer, ProtocolError> {
+        self.view(CohortStages::stageServerCall { server })
+    }
+
+    /// Whether `server` is a stage server that was never slashed.
+    pub fn stage_active(&mut self, server: Address) -> Result<bool, ProtocolError> {
+        self.view(CohortStages::stageActiveCall { server })
+    }
+
+    /// `payer` escrows `amount` of its balance as pay to `server` for `period`, for `tokens`
+    /// model tokens; released to the server no sooner than the challenge window after.
+    pub fn pay_stage(
+        &mut self,
+        payer: &Identity,
+        server: Address,
+        period: u64,
+        tokens: u64,
+        amount: U256,
+    ) -> Result<Sent<()>, ProtocolError> {
+        self.send_unit(
+            payer,
+            CohortStages::payStageCall {
+                server,
+                period,
+                tokens,
+                amount,
+            },
+        )
+    }
+
+    /// Pays `period`'s escrow to `server` once its window has passed (anyone may call).
+    pub fn release_stage(
+        &mut self,
+        caller: &Identity,
+        server: Address,
+        period: u64,
+    ) -> Result<Sent<()>, ProtocolError> {
+        self.send_unit(caller, CohortStages::releaseStageCall { server, period })
+    }
+
+    /// Gives `payer` back its unreleased pay to a slashed `server` for `period` (anyone may
+    /// call; the tokens go to the payer).
+    pub fn refund_stage(
+        &mut self,
+        caller: &Identity,
+        server: Address,
+        period: u64,
+        payer: Address,
+    ) -> Result<Sent<()>, ProtocolError> {
+        self.send_unit(
+            caller,
+            CohortStages::refundStageCall {
+                server,
+                period,
+                payer,
+            },
+        )
+    }
+
+    /// A period's escrow for `server`.
+    pub fn stage_escrow(
+        &mut self,
+        server: Address,
+        period: u64,
+    ) -> Result<StageEscrow, ProtocolError> {
+        self.view(CohortStages::stageEscrowCall { server, period })
+    }
+
+    /// What `payer` holds in `server`'s escrow for `period`.
+    pub fn stage_paid(
+        &mut self,
+        server: Address,
+        period: u64,
+        payer: Address,
+    ) -> Result<U256, ProtocolError> {
+        self.view(CohortStages::stagePaidCall {
+            server,
+            period,
+            payer,
+        })
+    }
+
+    /// `verifier` (a stage server of the same model and layers) attests that `server`
+    /// committed `committed` for a row of the call `call` whose recomputation gives
+    /// `recomputed`. Returns the claim's attestations so far (see [`stage_claim_id`]); the one
+    /// reaching the quorum slashes the server.
+    pub fn attest_stage_fraud(
+        &mut self,
+        verifier: &Identity,
+        server: Address,
+        period: u64,
+        call: B256,
+        committed: B256,
+        recomputed: B256,
+    ) -> Result<Sent<U256>, ProtocolError> {
+        self.send(
+            verifier,
+            CohortStages::attestStageFraudCall {
+                server,
+                period,
+                callDigest: call,
+                committedRow: committed,
+                recomputedRow: recomputed,
+            },
+        )
+    }
+
+    /// The attesters of a claim, in order.
+    pub fn stage_claim(&mut self, claim: B256) -> Result<Vec<Address>, ProtocolError> {
+        self.view(CohortStages::stageClaimCall { claimId: claim })
     }
 
     /// Anchors a checkpoint of the embedded log (size, root) on this chain.

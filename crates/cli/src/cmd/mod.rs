@@ -8,6 +8,7 @@ mod model;
 mod provenance;
 mod run;
 mod sim;
+mod stage;
 mod unlearn;
 
 use std::process::ExitCode;
@@ -54,6 +55,10 @@ enum Command {
     /// Hold a range of a GPT's layers and run them, forward and backward, for clients that
     /// train through a pipeline of such servers (`cohort model lora --pipeline`).
     ServeLayers(model::ServeArgs),
+    /// Stage servers on the ledger: stake and declare the layers served, escrowed pay per
+    /// token, fraud claims by a quorum of verifiers, slashing.
+    #[command(subcommand)]
+    Stage(stage::StageCmd),
     /// Benchmarks that print a table and write JSON.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -76,6 +81,7 @@ impl Cli {
             Command::Unlearn(a) => a.execute(),
             Command::Model(c) => c.execute(),
             Command::ServeLayers(a) => a.execute(),
+            Command::Stage(c) => c.execute(),
             Command::Bench(c) => c.execute(),
             Command::Sim(c) => c.execute(),
         }

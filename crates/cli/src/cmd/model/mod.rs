@@ -1,6 +1,7 @@
 //! `cohort model ...`: train, evaluate, sample from and adapt language models.
 
 mod eval;
+pub(crate) use pipeline::model_sha256;
 pub use pipeline::{Pipeline, ServeArgs, Verify};
 mod generate;
 mod lora;

@@ -1,0 +1,265 @@
+//! A fraud claim's evidence, as `cohort model lora --evidence FILE` writes it (a JSON array of
+//! claims, or one claim), read and checked before anything is written.
+//!
+//! What is checked here, where everything the contract cannot check (ed25519, SHA-256) can be:
+//! every digest is 32 bytes of hex; the row is within the server's commitment and the
+//! commitment's digest of it is `committed`; `recomputed` differs from it; the verifier
+//! recomputed that row; the server's signature over its call digest and its rows' digests
+//! verifies against its key, so the claim is bound to the server. The verifier's signature is
+//! checked when its rows' digests can be known: given (`verifier_row_sha256`), or when the row
+//! is the last the verifier recomputed (the rows before it matched the server's commitment).
+
+use std::path::Path;
+
+use alloy_primitives::{Address, B256};
+use anyhow::{Context, bail};
+use cohort_core::{Identity, PublicKey};
+use cohort_net::stage::commitment_message;
+use serde::{Deserialize, Serialize};
+
+use super::hash32;
+
+/// An evidence file larger than this is not one (a claim is a few kilobytes).
+const MAX_LEN: u64 = 16 << 20;
+
+/// One claim as the file holds it.
+#[derive(Debug, Clone, Deserialize)]
+struct Raw {
+    /// The server's and the verifier's URLs (not checked).
+    #[serde(default)]
+    server: Option<String>,
+    #[serde(default)]
+    verifier: Option<String>,
+    session: u64,
+    step: u64,
+    row: u64,
+    committed: String,
+    recomputed: String,
+    server_call: String,
+    server_rows: Vec<String>,
+    server_key: Option<String>,
+    server_signature: Option<String>,
+    verifier_call: String,
+    verifier_rows: Vec<u64>,
+    verifier_key: Option<String>,
+    verifier_signature: Option<String>,
+    /// The verifier's digests of the rows it recomputed, in `verifier_rows`' order (when the
+    /// file has them).
+    #[serde(default)]
+    verifier_row_sha256: Option<Vec<String>>,
+}
+
+/// A claim whose evidence checked out.
+#[derive(Debug, Clone, Serialize)]
+pub struct Claim {
+    /// Its index in the file, and how many the file holds.
+    pub index: usize,
+    pub of: usize,
+    /// The server's URL as the client knew it.
+    pub server_url: Option<String>,
+    pub verifier_url: Option<String>,
+    /// The server's key, and its address on the embedded ledger.
+    #[serde(with = "hex_key")]
+    pub server_key: PublicKey,
+    pub server: Address,
+    /// The verifier's key.
+    #[serde(with = "hex_key")]
+    pub verifier_key: PublicKey,
+    pub session: u64,
+    pub step: u64,
+    pub row: u64,
+    /// The server's call digest, its digest of the row and the verifier's.
+    pub call: B256,
+    pub committed: B256,
+    pub recomputed: B256,
+    /// Whether the verifier's own signature could be checked (it verified), or not (its rows'
+    /// digests are not all in the file).
+    pub verifier_signature_checked: bool,
+}
+
+mod hex_key {
+    pub fn serialize<S: serde::Serializer>(k: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(k))
+    }
+}
+
+/// Reads claim `index` of the evidence file at `path` (the only one when `index` is `None`)
+/// and checks it. Every refusal names the file, the claim and the field.
+pub fn load(path: &Path, index: Option<usize>) -> anyhow::Result<Claim> {
+    let file = format!("--evidence {}", path.display());
+    let len = std::fs::metadata(path).with_context(|| file.clone())?.len();
+    if len > MAX_LEN {
+        bail!("{file}: {len} bytes is too large for an evidence file (at most {MAX_LEN})");
+    }
+    let bytes = std::fs::read(path).with_context(|| file.clone())?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{file}: not JSON ({e}); expected the fraud claims `cohort model lora --evidence` \
+             writes"
+        )
+    })?;
+    let mut claims = match value {
+        serde_json::Value::Array(v) => v,
+        v @ serde_json::Value::Object(_) => vec![v],
+        _ => bail!("{file}: expected a claim (a JSON object) or an array of claims"),
+    };
+    let of = claims.len();
+    let i = match (index, of) {
+        (_, 0) => bail!("{file}: holds no claim"),
+        (None, 1) => 0,
+        (None, n) => bail!(
+            "{file}: holds {n} claims; choose one with --claim INDEX (0 to {})",
+            n - 1
+        ),
+        (Some(i), n) if i >= n => bail!("--claim {i}: {file} holds {n} claim(s) (0 to {})", n - 1),
+        (Some(i), _) => i,
+    };
+    let what = format!("{file}: claim {i}");
+    let raw: Raw = serde_json::from_value(claims.swap_remove(i))
+        .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+    check(raw, i, of).map_err(|e| anyhow::anyhow!("{what}: {e}"))
+}
+
+fn check(raw: Raw, index: usize, of: usize) -> anyhow::Result<Claim> {
+    let h = |field: &str, v: &str| {
+        hash32(v).with_context(|| format!("{field} {v:?} is not 32 bytes of hex (64 digits)"))
+    };
+    let committed = h("committed", &raw.committed)?;
+    let recomputed = h("recomputed", &raw.recomputed)?;
+    let call = h("server_call", &raw.server_call)?;
+    let verifier_call = h("verifier_call", &raw.verifier_call)?;
+    let server_rows = raw
+        .server_rows
+        .iter()
+        .enumerate()
+        .map(|(k, v)| h(&format!("server_rows[{k}]"), v))
+        .collect::<anyhow::Result<Vec<B256>>>()?;
+    let n = server_rows.len() as u64;
+    let row = raw.row;
+    let Some(at_row) = usize::try_from(row).ok().and_then(|r| server_rows.get(r)) else {
+        bail!("row {row} is outside the server's commitment ({n} rows in server_rows)");
+    };
+    if *at_row != committed {
+        bail!(
+            "committed {committed} is not the server's digest of row {row} in server_rows ({at_row})"
+        );
+    }
+    if committed == recomputed {
+        bail!("committed and recomputed are equal: the evidence shows no mismatch");
+    }
+    let Some(pos) = raw.verifier_rows.iter().position(|&r| r == row) else {
+        bail!(
+            "the verifier did not recompute row {row} (verifier_rows {:?})",
+            raw.verifier_rows
+        );
+    };
+    if let Some(&r) = raw.verifier_rows.iter().find(|&&r| r >= n) {
+        bail!("verifier_rows holds row {r}, outside the server's commitment ({n} rows)");
+    }
+    let key = |field: &str, v: &Option<String>| -> anyhow::Result<PublicKey> {
+        let v = v.as_deref().with_context(|| {
+            format!("{field} is missing: a server or verifier without a key signs nothing, and a claim needs both signatures")
+        })?;
+        let mut k = [0u8; 32];
+        hex::decode_to_slice(v.trim(), &mut k)
+            .ok()
+            .with_context(|| {
+                format!("{field} {v:?} is not an ed25519 public key (64 hex digits)")
+            })?;
+        Ok(k)
+    };
+    let sig = |field: &str, v: &Option<String>| -> anyhow::Result<[u8; 64]> {
+        let v = v
+            .as_deref()
+            .with_context(|| format!("{field} is missing: the statement is not signed"))?;
+        let mut s = [0u8; 64];
+        hex::decode_to_slice(v.trim(), &mut s)
+            .ok()
+            .with_context(|| {
+                format!("{field} {v:?} is not an ed25519 signature (128 hex digits)")
+            })?;
+        Ok(s)
+    };
+    let server_key = key("server_key", &raw.server_key)?;
+    let server_sig = sig("server_signature", &raw.server_signature)?;
+    let verifier_key = key("verifier_key", &raw.verifier_key)?;
+    let verifier_sig = sig("verifier_signature", &raw.verifier_signature)?;
+    let digests = |v: &[B256]| -> Vec<[u8; 32]> { v.iter().map(|d| d.0).collect() };
+    Identity::verify(
+        &server_key,
+        &commitment_message(&call.0, &digests(&server_rows)),
+        &server_sig,
+    )
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "server_signature does not verify against server_key over server_call and \
+             server_rows: the commitment is not the server's"
+        )
+    })?;
+    // The verifier's rows' digests: given, or known when `row` is the last it recomputed.
+    let verifier_rows: Option<Vec<B256>> = match &raw.verifier_row_sha256 {
+        Some(v) => {
+            if v.len() != raw.verifier_rows.len() {
+                bail!(
+                    "verifier_row_sha256 has {} digests for {} verifier_rows",
+                    v.len(),
+                    raw.verifier_rows.len()
+                );
+            }
+            let v = v
+                .iter()
+                .enumerate()
+                .map(|(k, d)| h(&format!("verifier_row_sha256[{k}]"), d))
+                .collect::<anyhow::Result<Vec<B256>>>()?;
+            if v[pos] != recomputed {
+                bail!(
+                    "recomputed {recomputed} is not verifier_row_sha256[{pos}] ({})",
+                    v[pos]
+                );
+            }
+            Some(v)
+        }
+        None if pos + 1 == raw.verifier_rows.len() => Some(
+            raw.verifier_rows
+                .iter()
+                .map(|&r| {
+                    if r == row {
+                        recomputed
+                    } else {
+                        server_rows[r as usize]
+                    }
+                })
+                .collect(),
+        ),
+        None => None,
+    };
+    if let Some(v) = &verifier_rows {
+        Identity::verify(
+            &verifier_key,
+            &commitment_message(&verifier_call.0, &digests(v)),
+            &verifier_sig,
+        )
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "verifier_signature does not verify against verifier_key over verifier_call and \
+                 the verifier's rows' digests"
+            )
+        })?;
+    }
+    Ok(Claim {
+        index,
+        of,
+        server_url: raw.server,
+        verifier_url: raw.verifier,
+        server: cohort_core::address_of(&server_key),
+        server_key,
+        verifier_key,
+        session: raw.session,
+        step: raw.step,
+        row,
+        call,
+        committed,
+        recomputed,
+        verifier_signature_checked: verifier_rows.is_some(),
+    })
+}
