@@ -252,7 +252,7 @@ impl Args {
                         v.check_backward(&layers, &call, &grad, &liar, &answer)?
                             .is_some()
                     } else {
-                        v.check(&layers, &call, &liar, &out)?.is_some()
+                        !v.check(&layers, &call, &liar, &out)?.is_empty()
                     };
                     if caught {
                         at.push(step as usize);
@@ -284,7 +284,7 @@ impl Args {
         for step in 1..=self.honest_calls as u64 {
             let call = caller.call(7, step);
             let out = server.forward(&call)?;
-            if let Some(bad) = v.check(&layers, &call, &server, &out)? {
+            if let Some(bad) = v.check(&layers, &call, &server, &out)?.first() {
                 false_alarms += 1;
                 eprintln!("  FALSE ALARM at call {step}: row {}", bad.row);
             }
@@ -309,7 +309,7 @@ impl Args {
             let t0 = Instant::now();
             let out = server.forward(&call)?;
             let t1 = Instant::now();
-            if v.check(&layers, &call, &server, &out)?.is_some() {
+            if !v.check(&layers, &call, &server, &out)?.is_empty() {
                 bail!("an honest server was accused at call {step}");
             }
             serve += t1 - t0;

@@ -930,6 +930,8 @@ pub struct Mismatch {
     /// rows' digests and its signature, with its key.
     pub verifier_call: String,
     pub verifier_rows: Vec<usize>,
+    /// The verifier's digests of the rows it recomputed (what its signature covers).
+    pub verifier_row_sha256: Vec<String>,
     pub verifier_key: Option<String>,
     pub verifier_signature: Option<String>,
 }
@@ -1082,18 +1084,15 @@ impl Verify {
         call: &ForwardCall,
         server: &StageClient,
         answer: &Forwarded,
-    ) -> anyhow::Result<Option<Mismatch>> {
+    ) -> anyhow::Result<Vec<Mismatch>> {
         let committed = &answer.row_sha256;
         self.stats.calls += 1;
         self.stats.rows += call.batch as u64;
         let rows: Vec<usize> = (0..call.batch)
             .filter(|_| (self.rng.below(1 << 30) as f64) < self.rate * f64::from(1u32 << 30))
             .collect();
-        let Some((_, v)) = self.verifiers.iter_mut().find(|(r, _)| r == layers) else {
-            return Ok(None);
-        };
-        if rows.is_empty() {
-            return Ok(None);
+        if rows.is_empty() || !self.verifiers.iter().any(|(r, _)| r == layers) {
+            return Ok(Vec::new());
         }
         let per = call.stream.len() / call.batch.max(1);
         let mut again = call.clone();
@@ -1102,15 +1101,26 @@ impl Verify {
             .flat_map(|&r| call.stream[r * per..(r + 1) * per].iter().copied())
             .collect();
         again.rows = rows.clone();
-        let checked = v.forward(&again)?;
         self.stats.checked += 1;
         self.stats.rows_checked += rows.len() as u64;
         let key = |c: &StageClient| c.held().and_then(|i| i.public_key).map(hex::encode);
-        Ok(rows
-            .iter()
-            .zip(&checked.row_sha256)
-            .find(|&(&r, h)| committed.get(r) != Some(h))
-            .map(|(&row, &recomputed)| Mismatch {
+        let mut claims = Vec::new();
+        // The first verifier of these layers checks; when it finds a difference, every other
+        // verifier of them recomputes the same rows too, so that the claim has its quorum of
+        // independent attestations of the same call.
+        for (_, v) in self.verifiers.iter_mut().filter(|(r, _)| r == layers) {
+            let checked = v.forward(&again)?;
+            let found = rows
+                .iter()
+                .zip(&checked.row_sha256)
+                .find(|&(&r, h)| committed.get(r) != Some(h));
+            let Some((&row, &recomputed)) = found else {
+                if claims.is_empty() {
+                    break;
+                }
+                continue;
+            };
+            claims.push(Mismatch {
                 server: server.url().to_owned(),
                 verifier: v.url().to_owned(),
                 session: call.session,
@@ -1124,9 +1134,12 @@ impl Verify {
                 server_signature: answer.signature.map(hex::encode),
                 verifier_call: hex::encode(checked.call),
                 verifier_rows: rows.clone(),
+                verifier_row_sha256: checked.row_sha256.iter().map(hex::encode).collect(),
                 verifier_key: key(v),
                 verifier_signature: checked.signature.map(hex::encode),
-            }))
+            });
+        }
+        Ok(claims)
     }
 }
 
@@ -1280,7 +1293,10 @@ impl Pipeline {
 
     /// The servers verifiers caught so far.
     pub fn caught_servers(&self) -> Vec<String> {
-        self.caught.iter().map(|c| c.server().to_owned()).collect()
+        let mut servers: Vec<String> = self.caught.iter().map(|c| c.server().to_owned()).collect();
+        // A claim attested by several verifiers names its server once.
+        servers.dedup();
+        servers
     }
 
     /// Stage calls so far that got no answer and were replayed on a replacement server.
@@ -1391,9 +1407,14 @@ impl Pipeline {
                 compression: self.compression,
             };
             let mut out = c.forward(layers, &call, &mut self.replays)?;
-            while let Some(v) = &mut self.verify
-                && let Some(bad) = v.check(layers, &call, &c.active, &out)?
-            {
+            loop {
+                let claims = match &mut self.verify {
+                    Some(v) => v.check(layers, &call, &c.active, &out)?,
+                    None => Vec::new(),
+                };
+                let Some(bad) = claims.first().cloned() else {
+                    break;
+                };
                 let why = format!(
                     "stage server {} (layers {layers:?}) answered inference call {step} with an output \
                      that differs from verifier {}'s recomputation (row {})",
@@ -1401,7 +1422,7 @@ impl Pipeline {
                     bad.verifier,
                     bad.row
                 );
-                self.caught.push(Claim::Forward(bad));
+                self.caught.extend(claims.into_iter().map(Claim::Forward));
                 let Some(next) = c.spares.pop_front() else {
                     bail!("{why}: it is dropped, and no other server holds these layers");
                 };
@@ -1465,9 +1486,14 @@ impl Pipeline {
             // Drawn after the server answered: it cannot know which rows are checked. A server
             // caught is dropped for the rest of the run and the call replayed on the stage's
             // next server, whose answer is checked the same way.
-            while let Some(v) = &mut self.verify
-                && let Some(bad) = v.check(layers, &call, &c.active, &out)?
-            {
+            loop {
+                let claims = match &mut self.verify {
+                    Some(v) => v.check(layers, &call, &c.active, &out)?,
+                    None => Vec::new(),
+                };
+                let Some(bad) = claims.first().cloned() else {
+                    break;
+                };
                 let why = format!(
                     "stage server {} (layers {layers:?}) answered step {step} with an output \
                      that differs from verifier {}'s recomputation (row {}: committed SHA-256 \
@@ -1478,7 +1504,7 @@ impl Pipeline {
                     bad.committed,
                     bad.recomputed
                 );
-                self.caught.push(Claim::Forward(bad));
+                self.caught.extend(claims.into_iter().map(Claim::Forward));
                 if let Some(path) = &self.evidence {
                     crate::output::write_json(path, &self.caught)
                         .with_context(|| format!("--evidence {}", path.display()))?;
