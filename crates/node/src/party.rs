@@ -30,6 +30,7 @@ use cohort_core::{Hash32, Identity, Rng, Score, sha256, tokens};
 use cohort_ledger::protocol::{Cohort, roles, score_commitment};
 use cohort_ledger::{LedgerError, SignedCall, TxContext};
 
+use cohort_fl::compress::{Compressor, Residual, UpdateCodec, decode_update};
 use cohort_fl::learner::Learner;
 use cohort_fl::shards::Shards;
 use cohort_fl::{ClientUpdate, FlError, Layout, NamedDelta};
@@ -223,6 +224,10 @@ pub struct Client<'a, L: Learner + ?Sized> {
     /// The dataset commitment (root, shards) and the dataset's id for the address it was
     /// computed for.
     dataset: OnceCell<(Hash32, u64)>,
+    /// How its updates travel (`[compression]`).
+    compressor: Compressor,
+    /// What it has not sent of its updates so far (error feedback): its own, never sent.
+    residual: Residual,
 }
 
 impl<L: Learner + ?Sized> std::fmt::Debug for Client<'_, L> {
@@ -254,7 +259,21 @@ impl<'a, L: Learner + ?Sized> Client<'a, L> {
             stop_if_diverged: true,
             global: GlobalCache::default(),
             dataset: OnceCell::new(),
+            compressor: Compressor::none(),
+            residual: Residual::new(),
         }
+    }
+
+    /// Compresses its updates with `c` (`[compression]`; none by default), keeping what it
+    /// does not send for its next update when `c` has error feedback.
+    pub fn compressed(mut self, c: Compressor) -> Self {
+        self.compressor = c;
+        self
+    }
+
+    /// What it has not sent of its updates so far (empty without error feedback).
+    pub fn residual(&self) -> &[f32] {
+        self.residual.values()
     }
 
     /// Whether a training that diverges (a non-finite update) stops the run, as the task's
@@ -357,14 +376,18 @@ impl<'a, L: Learner + ?Sized> Client<'a, L> {
         ))
     }
 
-    /// Encodes `update`'s named delta (its blob: one safetensors tensor per name) and signs
-    /// its submission for the request's round.
+    /// Encodes `update`'s named delta (its blob: one safetensors tensor per name, or the
+    /// run's compressed form, [`cohort_fl::compress`], what it held back last time added
+    /// first under error feedback) and signs its submission for the request's round.
     pub fn submit(
-        &self,
+        &mut self,
         r: &TrainRequest,
         update: &ClientUpdate,
     ) -> Result<UpdateReply, PartyError> {
-        self.submit_blob(r, update.delta.encode(), update.num_samples)
+        let blob =
+            self.residual
+                .compress(&self.compressor, &update.delta.layout, &update.delta.values);
+        self.submit_blob(r, blob, update.num_samples)
     }
 
     /// Signs the submission of `blob` (an update already encoded), claiming `num_samples`,
@@ -447,6 +470,8 @@ pub struct Validator<'a, L: Learner + ?Sized> {
     committed: Option<Committed>,
     /// Salts from the operating system's random source instead of the seed.
     secret_salts: bool,
+    /// The codec every update blob must have (`[compression] update`): another scores -1.
+    codec: UpdateCodec,
 }
 
 impl<L: Learner + ?Sized> std::fmt::Debug for Validator<'_, L> {
@@ -479,7 +504,15 @@ impl<'a, L: Learner + ?Sized> Validator<'a, L> {
             global: GlobalCache::default(),
             committed: None,
             secret_salts: false,
+            codec: UpdateCodec::None,
         }
+    }
+
+    /// Expects update blobs of `codec` (`[compression] update`; `none` by default): a blob of
+    /// another codec scores -1, as the coordinator refuses it.
+    pub fn expecting(mut self, codec: UpdateCodec) -> Self {
+        self.codec = codec;
+        self
     }
 
     /// Draws its commitment salts from the operating system's random source instead of
@@ -544,9 +577,12 @@ impl<'a, L: Learner + ?Sized> Validator<'a, L> {
                 };
                 let shard = self.shards.of(item.client);
                 let slice = self.shards.slice(&global, shard);
-                let delta = match NamedDelta::decode(blob).and_then(|d| d.into_layout(&self.layout))
+                let delta = match decode_update(blob)
+                    .and_then(|(d, codec)| Ok((d.into_layout(&self.layout)?, codec)))
                 {
-                    Ok(d) if d.values.len() == slice.len() => d.values,
+                    Ok((d, codec)) if d.values.len() == slice.len() && codec == self.codec => {
+                        d.values
+                    }
                     _ => return Ok(Score::from_f64(-1.0)),
                 };
                 let base = match bases.get(&shard) {
