@@ -330,8 +330,15 @@ fn every_numeric_field_refuses_zero_negative_nan_infinite_and_huge_values_by_nam
             vec!["attack.attack={kind=\"scaled-replacement\",factor=2.0}".into()],
         ),
         (
-            linear,
+            linear.clone(),
             vec!["attack.attack={kind=\"free-rider\",fake_samples=10}".into()],
+        ),
+        (
+            linear,
+            vec![
+                "compression.update=\"topk-int8\"".into(),
+                "compression.topk_fraction=0.1".into(),
+            ],
         ),
         (example("lm-attack.toml"), vec![]),
         (example("imdb-backdoor.toml"), vec![]),
