@@ -450,7 +450,8 @@ pub fn run_in_process<B: LedgerBackend, L: Learner + ?Sized>(
     on_round: impl FnMut(&RoundSummary),
 ) -> Result<(Protocol<B>, RunSummary), RunError> {
     let keys = opts.keys(cfg);
-    let mut host = LocalParties::new(parties(cfg, &keys, learner));
+    let residuals = opts.state.as_ref().map(|d| d.join("residuals"));
+    let mut host = LocalParties::new(parties_keeping(cfg, &keys, learner, residuals.as_deref()));
     run_with_options(cfg, backend, learner, &mut host, opts, on_round)
 }
 
@@ -627,12 +628,27 @@ pub fn parties<'a, L: Learner + ?Sized>(
     keys: &Keys,
     learner: &'a L,
 ) -> Vec<Box<dyn PartyNode + 'a>> {
+    parties_keeping(cfg, keys, learner, None)
+}
+
+/// [`parties`], whose clients keep their error-feedback residuals in `residuals` when given
+/// ([`Client::keeping_residual_in`]; `cohort run` gives `DIR/state/residuals`), so that a
+/// resumed run goes on with them.
+pub fn parties_keeping<'a, L: Learner + ?Sized>(
+    cfg: &ValidConfig,
+    keys: &Keys,
+    learner: &'a L,
+    residuals: Option<&std::path::Path>,
+) -> Vec<Box<dyn PartyNode + 'a>> {
     let ring = SybilRing::new();
     let everyone = (0..cfg.clients as u32)
         .map(Party::Client)
         .chain((0..cfg.validators as u32).map(Party::Validator));
     everyone
-        .map(|p| party_node(cfg, p, keys.identity(&p.to_string()), learner, &ring, false))
+        .map(|p| {
+            let id = keys.identity(&p.to_string());
+            party_node_keeping(cfg, p, id, learner, &ring, false, residuals)
+        })
         .collect()
 }
 
@@ -648,6 +664,19 @@ pub fn party_node<'a, L: Learner + ?Sized>(
     ring: &SybilRing,
     secret_salts: bool,
 ) -> Box<dyn PartyNode + 'a> {
+    party_node_keeping(cfg, party, id, learner, ring, secret_salts, None)
+}
+
+/// [`party_node`], a client keeping its error-feedback residual in `residuals` when given.
+pub fn party_node_keeping<'a, L: Learner + ?Sized>(
+    cfg: &ValidConfig,
+    party: Party,
+    id: Identity,
+    learner: &'a L,
+    ring: &SybilRing,
+    secret_salts: bool,
+    residuals: Option<&std::path::Path>,
+) -> Box<dyn PartyNode + 'a> {
     let attack = cfg.attack.as_ref();
     // A checked config's shard count is in range.
     let shards = Shards::new(cfg.unlearning.shards, learner.layout())
@@ -656,9 +685,12 @@ pub fn party_node<'a, L: Learner + ?Sized>(
         Party::Client(k) => {
             let update_attack = attack.and_then(|a| a.attack.update());
             let sybils = attack.is_some_and(|a| a.sybil_stake.is_some());
-            let c = Client::new(k, id, learner, cfg.seed, cfg.client_stake(k))
+            let mut c = Client::new(k, id, learner, cfg.seed, cfg.client_stake(k))
                 .sharded(shards)
                 .compressed(cfg.compression.compressor());
+            if let Some(dir) = residuals {
+                c = c.keeping_residual_in(dir);
+            }
             if !cfg.is_attacker(k) {
                 Box::new(c)
             } else if update_attack.is_some() || sybils {
