@@ -1372,6 +1372,7 @@ mod tests {
         };
         let s = RunSummary {
             initial: Metrics::loss(1.0),
+            update_bytes: None,
             initial_holdings: held(5),
             rounds: Vec::new(),
             final_holdings: held(7),

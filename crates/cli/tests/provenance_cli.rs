@@ -129,7 +129,8 @@ fn the_event_stream_and_the_provenance_of_a_run_agree_with_its_ledger_and_blobs(
             "initial_holdings",
             "ledger_entries",
             "ledger_root",
-            "rounds"
+            "rounds",
+            "update_bytes"
         ]
     );
     assert_eq!(rebuilt.rounds.len(), 2);

@@ -330,8 +330,15 @@ fn every_numeric_field_refuses_zero_negative_nan_infinite_and_huge_values_by_nam
             vec!["attack.attack={kind=\"scaled-replacement\",factor=2.0}".into()],
         ),
         (
-            linear,
+            linear.clone(),
             vec!["attack.attack={kind=\"free-rider\",fake_samples=10}".into()],
+        ),
+        (
+            linear,
+            vec![
+                "compression.update=\"topk-int8\"".into(),
+                "compression.topk_fraction=0.1".into(),
+            ],
         ),
         (example("lm-attack.toml"), vec![]),
         (example("imdb-backdoor.toml"), vec![]),
@@ -690,6 +697,30 @@ fn a_second_run_on_the_same_out_is_refused_and_a_killed_one_leaves_no_stale_clai
 
 #[test]
 fn a_run_killed_at_random_points_resumes_to_the_same_root_and_summary() {
+    killed_and_resumed(&["--set", "coordinator.rounds=4"], 24);
+}
+
+/// Regression: a compressed run's clients keep their error-feedback residuals in
+/// DIR/state/residuals, so a run killed and resumed ends at the uninterrupted run's root (each
+/// client's residual is part of what it sends next).
+#[test]
+fn a_compressed_run_killed_at_random_points_resumes_to_the_same_root() {
+    killed_and_resumed(
+        &[
+            "--set",
+            "coordinator.rounds=4",
+            "--set",
+            "compression.update=\"topk-int8\"",
+            "--set",
+            "compression.topk_fraction=0.25",
+        ],
+        8,
+    );
+}
+
+/// Runs `attack-linear.toml` shrunk with `extra`, then again killed at random points and
+/// resumed until `kills_wanted` kills: every run ends at the uninterrupted run's root.
+fn killed_and_resumed(extra: &[&str], kills_wanted: usize) {
     use rand::Rng;
     let seed: u64 = std::env::var("COHORT_KILL_SEED")
         .ok()
@@ -697,15 +728,13 @@ fn a_run_killed_at_random_points_resumes_to_the_same_root_and_summary() {
         .unwrap_or_else(|| rand::random::<u64>() % 1_000_000);
     let mut rng = cohort_core::ChaCha8::new(seed);
     let tmp = tempfile::tempdir().unwrap();
-    let extra = ["--set", "coordinator.rounds=4"];
     // The uninterrupted run, timed to choose the kill points.
     let reference = tmp.path().join("reference");
     let t = Instant::now();
-    let o = cohort_s(&run_args(&reference, &extra));
+    let o = cohort_s(&run_args(&reference, extra));
     let full = t.elapsed();
     assert!(o.status.success(), "{}", text(&o));
     let want = summary(&reference);
-    let kills_wanted = 24;
     let (mut kills, mut runs, mut resumes) = (0, 0, 0);
     let mut killed_after: BTreeMap<u64, usize> = BTreeMap::new();
     while kills < kills_wanted {
@@ -716,7 +745,7 @@ fn a_run_killed_at_random_points_resumes_to_the_same_root_and_summary() {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut args = run_args(&out, &extra);
+            let mut args = run_args(&out, extra);
             args.extend(["--events".into(), p(&events).into()]);
             // Killed before it wrote DIR/run.json, a run is started again, not resumed.
             if out.join("run.json").exists() {

@@ -169,7 +169,9 @@ pub fn decode_named_blob(blob: &[u8]) -> Result<NamedDelta, FlError> {
 }
 
 /// The JSON header of a safetensors blob and the offset of its data.
-fn header_of(blob: &[u8]) -> Result<(serde_json::Map<String, serde_json::Value>, usize), FlError> {
+pub(crate) fn header_of(
+    blob: &[u8],
+) -> Result<(serde_json::Map<String, serde_json::Value>, usize), FlError> {
     let bad = |reason: String| FlError::MalformedBlob { reason };
     let n = blob
         .get(..8)

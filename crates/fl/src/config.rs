@@ -32,6 +32,7 @@ use std::ops::Deref;
 
 use serde::{Deserialize, Serialize};
 
+use crate::compress::{Compressor, DEFAULT_TOPK_FRACTION, MIN_TOPK_FRACTION, UpdateCodec};
 use crate::coordinator::CoordinatorConfig;
 use crate::strategy::{
     Clipped, CoordinateMedian, FedAvg, FedOpt, Krum, MedianClipped, ScoreWeighted, Strategy,
@@ -255,6 +256,47 @@ pub struct RunConfig {
     /// when it is the default, so that the digest of every unsharded config stays as it was.
     #[serde(default, skip_serializing_if = "UnlearningConfig::is_default")]
     pub unlearning: UnlearningConfig,
+    /// How clients' updates travel (docs/compression.md). Left out of the config's
+    /// serialization when it is the default (`none`), so that the digest of every config
+    /// written before it stays as it was.
+    #[serde(default, skip_serializing_if = "CompressionConfig::is_default")]
+    pub compression: CompressionConfig,
+}
+
+/// How clients' updates travel: `[compression]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompressionConfig {
+    /// The codec of every update blob: `"none"` (f32, the default), `"int8"` (a byte per
+    /// value and an f32 scale per tensor), `"topk"` (the largest `topk_fraction` of every
+    /// tensor's values, as f32, and where they are) or `"topk-int8"` (those values as bytes).
+    /// The coordinator and the validators refuse an update blob of another codec.
+    pub update: UpdateCodec,
+    /// The share of every tensor's values top-k keeps: [0.001, 1], default 0.1. Only the
+    /// top-k codecs take it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topk_fraction: Option<f64>,
+    /// Error feedback: each client adds what it did not send of its last update to its next
+    /// one before compressing. On by default for the lossy codecs (`int8`, `topk`,
+    /// `topk-int8`); `false` turns it off; `none` sends everything and takes no setting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_feedback: Option<bool>,
+}
+
+impl CompressionConfig {
+    /// Whether this is the default (no compression, nothing set).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The compressor a client uses (a checked config's fields are in range).
+    pub fn compressor(&self) -> Compressor {
+        Compressor::new(
+            self.update,
+            self.topk_fraction.unwrap_or(DEFAULT_TOPK_FRACTION),
+        )
+        .with_feedback(self.error_feedback.unwrap_or(true))
+    }
 }
 
 /// How a run prepares for unlearning.
@@ -422,10 +464,40 @@ fn check_run(c: &RunConfig) -> Result<(), FlError> {
         1,
         (c.clients as u64).min(u64::from(crate::shards::MAX_SHARDS)),
     )?;
+    check_compression(&c.compression)?;
     match &c.attack {
         Some(a) => check_attack(a, c),
         None => Ok(()),
     }
+}
+
+fn check_compression(c: &CompressionConfig) -> Result<(), FlError> {
+    if let Some(f) = c.topk_fraction {
+        if !c.update.is_topk() {
+            return Err(bad(
+                "compression.topk_fraction",
+                format!(
+                    "only the top-k codecs (update = \"topk\" or \"topk-int8\") take it, \
+                     not update = \"{}\"",
+                    c.update
+                ),
+            ));
+        }
+        float(
+            "compression.topk_fraction",
+            f,
+            MIN_TOPK_FRACTION,
+            1.0,
+            false,
+        )?;
+    }
+    if c.update == UpdateCodec::None && c.error_feedback.is_some() {
+        return Err(bad(
+            "compression.error_feedback",
+            "update = \"none\" sends every value: there is nothing to feed back".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn check_coordinator(c: &CoordinatorConfig) -> Result<(), FlError> {
@@ -821,6 +893,7 @@ mod tests {
             attack: None,
             incentives: IncentiveConfig::default(),
             unlearning: UnlearningConfig::default(),
+            compression: CompressionConfig::default(),
         }
     }
 
@@ -832,6 +905,74 @@ mod tests {
     #[test]
     fn the_defaults_pass() {
         base().check().unwrap();
+    }
+
+    /// `[compression]`: every field in range or refused by name, the default left out of the
+    /// serialized config (so that older configs keep their digest).
+    #[test]
+    fn compression_is_checked_and_the_default_is_not_serialized() {
+        let json = serde_json::to_string(&base()).unwrap();
+        assert!(!json.contains("compression"), "{json}");
+        let with = |toml_text: &str| {
+            toml::from_str::<RunConfig>(&format!(
+                "seed = 1\nclients = 2\nvalidators = 1\n[compression]\n{toml_text}\n"
+            ))
+        };
+        for ok in [
+            "update = \"none\"",
+            "update = \"int8\"",
+            "update = \"int8\"\nerror_feedback = false",
+            "update = \"topk\"",
+            "update = \"topk-int8\"\ntopk_fraction = 0.05",
+            "update = \"topk-int8\"\ntopk_fraction = 1.0",
+            "update = \"topk\"\ntopk_fraction = 0.001\nerror_feedback = true",
+        ] {
+            let c = with(ok).unwrap();
+            let v = c.clone().check().unwrap_or_else(|e| panic!("{ok}: {e}"));
+            let back: RunConfig =
+                serde_json::from_str(&serde_json::to_string(&*v).unwrap()).unwrap();
+            assert_eq!(back, c, "{ok}");
+        }
+        for (bad, field) in [
+            ("topk_fraction = 0.0", "compression.topk_fraction"),
+            ("topk_fraction = -0.1", "compression.topk_fraction"),
+            ("topk_fraction = 1.5", "compression.topk_fraction"),
+            ("topk_fraction = 1e300", "compression.topk_fraction"),
+            ("topk_fraction = nan", "compression.topk_fraction"),
+            ("topk_fraction = inf", "compression.topk_fraction"),
+            ("topk_fraction = 0.0001", "compression.topk_fraction"),
+        ] {
+            refused(with(&format!("update = \"topk\"\n{bad}")).unwrap(), field);
+        }
+        refused(
+            with("update = \"int8\"\ntopk_fraction = 0.1").unwrap(),
+            "compression.topk_fraction",
+        );
+        refused(
+            with("topk_fraction = 0.1").unwrap(),
+            "compression.topk_fraction",
+        );
+        refused(
+            with("error_feedback = true").unwrap(),
+            "compression.error_feedback",
+        );
+        // Garbage does not parse, naming what is wrong.
+        for (garbage, says) in [
+            ("update = \"zip\"", "zip"),
+            ("update = 8", "update"),
+            ("topk_fraction = \"a tenth\"", "topk_fraction"),
+            ("error_feedback = 1", "error_feedback"),
+            ("ratio = 10", "ratio"),
+        ] {
+            let e = with(garbage).unwrap_err().to_string();
+            assert!(e.contains(says), "{garbage}: {e}");
+        }
+        let c = with("update = \"topk-int8\"").unwrap();
+        let k = c.compression.compressor();
+        assert_eq!(
+            (k.codec(), k.fraction(), k.feedback()),
+            (UpdateCodec::TopkInt8, 0.1, true)
+        );
     }
 
     /// Shards: 1 to the number of clients; the default left out of the serialized config, so

@@ -55,6 +55,11 @@ pub enum RunEvent {
         blob: Hash32,
         /// Bytes of the blob.
         bytes: u64,
+        /// Bytes the decoded update would have taken as an uncompressed f32 blob (the blob of
+        /// the `none` codec); `None` when the blob does not decode (absent in events written
+        /// before compressed updates existed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dense_bytes: Option<u64>,
         /// Samples it claims.
         samples: u64,
         /// Its submission's position on the ledger (entry, or block on a chain).

@@ -28,6 +28,7 @@
 
 pub mod attack;
 pub mod blob;
+pub mod compress;
 pub mod config;
 pub mod coordinator;
 pub mod events;

@@ -240,8 +240,11 @@ impl NamedDelta {
     /// The named delta a safetensors blob holds: every tensor (in name order) with its shape
     /// and values, whatever the model's layout (check it with [`NamedDelta::into_layout`] or
     /// [`validate`]). Errors name what is wrong with the blob.
+    ///
+    /// A compressed update blob ([`crate::compress`]) decodes to the dense delta it stands
+    /// for: the values it sent, zeros elsewhere.
     pub fn decode(blob: &[u8]) -> Result<Self, FlError> {
-        crate::blob::decode_named_blob(blob)
+        crate::compress::decode_update(blob).map(|(d, _)| d)
     }
 
     /// Euclidean norm of the values.

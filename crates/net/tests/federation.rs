@@ -40,6 +40,7 @@ fn config() -> RunConfig {
             sybil_stake: None,
         }),
         unlearning: Default::default(),
+        compression: Default::default(),
         incentives: Default::default(),
     }
 }

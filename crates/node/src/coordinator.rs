@@ -31,6 +31,7 @@ use cohort_ledger::protocol::{
 };
 use cohort_ledger::{LedgerBackend, LedgerError, SignedCall, TxContext};
 
+use cohort_fl::compress::decode_update;
 use cohort_fl::config::ValidConfig;
 use cohort_fl::coordinator::{Command, Coordinator as Machine, Event, Phase};
 use cohort_fl::events::{Amounts, ClientContribution, RunEvent};
@@ -108,6 +109,8 @@ struct OnChain {
     samples: u64,
     /// L2 norm of the decoded update (`None`: it did not decode or is not finite).
     norm: Option<f64>,
+    /// Bytes of the decoded update as an f32 blob (`None`: it did not decode).
+    dense_bytes: Option<u64>,
     /// Its index among the round's updates on the ledger: the order the ledger recorded them
     /// in, which the validators' score vectors follow. (The client-index order when the
     /// coordinator relays every submission; on a chain, parties that submit their own
@@ -548,6 +551,8 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
         // them once per shard (`[unlearning] shards`, one for an ordinary run).
         let shards = Shards::new(cfg.unlearning.shards, learner.layout())?;
         let layout = std::sync::Arc::clone(shards.layout());
+        // The codec every update blob must be written with (`[compression] update`).
+        let codec = cfg.compression.update;
         let mut coordinator = Machine::new(
             cfg.coordinator.clone(),
             population.clone(),
@@ -775,6 +780,7 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                                 blob: Hash32(u.blobHash.0),
                                 address: u.client,
                                 bytes: 0,
+                                dense_bytes: None,
                                 samples: u.numSamples,
                                 entry: 0,
                                 norm: None,
@@ -787,6 +793,7 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                                 entry: 0,
                                 samples: u.numSamples,
                                 norm: None,
+                                dense_bytes: None,
                                 index,
                             });
                         }
@@ -1096,12 +1103,28 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                         // holds the model's tensors; the state machine validates it against the
                         // layout (tensor names and shapes, finite values). A blob that does not
                         // decode is still recorded, and refused with the reason.
-                        let update = NamedDelta::decode(&u.blob)
+                        // A compressed blob decodes to the dense delta it stands for; a blob
+                        // of another codec than the run's is refused by name.
+                        let update = decode_update(&u.blob)
+                            .and_then(|(d, got)| {
+                                if got == codec {
+                                    Ok(d)
+                                } else {
+                                    Err(FlError::MalformedBlob {
+                                        reason: format!(
+                                            "a {got} update blob; this run's updates are {codec} \
+                                             (compression.update)"
+                                        ),
+                                    })
+                                }
+                            })
                             .map(|d| {
                                 let d = d.arranged(shards.inner());
                                 ClientUpdate::new(k, u.round, d, call.numSamples)
                             })
                             .map_err(|e| e.to_string());
+                        let dense_bytes =
+                            update.as_ref().ok().map(|u| u.delta.encode().len() as u64);
                         let update_norm = update
                             .as_ref()
                             .ok()
@@ -1122,6 +1145,7 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                             entry: 0,
                             samples: call.numSamples,
                             norm: update_norm,
+                            dense_bytes,
                             index: 0,
                         };
                         updates.push((x, update, u.submission));
@@ -1190,6 +1214,7 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                                     .get(x.client as usize)
                                     .map_or(Address::ZERO, |m| m.address),
                                 bytes: x.blob.len() as u64,
+                                dense_bytes: x.dense_bytes,
                                 samples: x.samples,
                                 entry: sent.position,
                                 norm: x.norm,

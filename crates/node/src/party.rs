@@ -30,6 +30,7 @@ use cohort_core::{Hash32, Identity, Rng, Score, sha256, tokens};
 use cohort_ledger::protocol::{Cohort, roles, score_commitment};
 use cohort_ledger::{LedgerError, SignedCall, TxContext};
 
+use cohort_fl::compress::{Compressor, Residual, UpdateCodec, decode_update};
 use cohort_fl::learner::Learner;
 use cohort_fl::shards::Shards;
 use cohort_fl::{ClientUpdate, FlError, Layout, NamedDelta};
@@ -223,6 +224,14 @@ pub struct Client<'a, L: Learner + ?Sized> {
     /// The dataset commitment (root, shards) and the dataset's id for the address it was
     /// computed for.
     dataset: OnceCell<(Hash32, u64)>,
+    /// How its updates travel (`[compression]`).
+    compressor: Compressor,
+    /// What it has not sent of its updates so far (error feedback): its own, never sent.
+    residual: Residual,
+    /// Where it keeps its residual between processes ([`Client::keeping_residual_in`]).
+    residual_dir: Option<std::path::PathBuf>,
+    /// Whether it has read its residual back from `residual_dir`.
+    residual_loaded: bool,
 }
 
 impl<L: Learner + ?Sized> std::fmt::Debug for Client<'_, L> {
@@ -254,7 +263,111 @@ impl<'a, L: Learner + ?Sized> Client<'a, L> {
             stop_if_diverged: true,
             global: GlobalCache::default(),
             dataset: OnceCell::new(),
+            compressor: Compressor::none(),
+            residual: Residual::new(),
+            residual_dir: None,
+            residual_loaded: false,
         }
+    }
+
+    /// Keeps its error-feedback residual in `dir` as well as in memory, so that a run that
+    /// stops and resumes goes on with it: after each update it sends it writes the residual
+    /// for that round (`client-K.round-NNNNNN.residual`, little-endian f32, written to a
+    /// temporary name and renamed) and keeps its last two such files; the first time it
+    /// sends an update for round `N` it reads the newest one for a round before `N` (a round
+    /// that is run again after a stop finds the residual of the round before it, not the one
+    /// its cut-short attempt wrote).
+    pub fn keeping_residual_in(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.residual_dir = Some(dir.into());
+        self
+    }
+
+    /// Its residual files in `dir`, by round, oldest first.
+    fn residual_files(
+        &self,
+        dir: &std::path::Path,
+    ) -> Result<Vec<(u64, std::path::PathBuf)>, FlError> {
+        let prefix = format!("client-{}.round-", self.index);
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(state_io(dir, &e)),
+        };
+        let mut out = Vec::new();
+        for e in entries {
+            let e = e.map_err(|e| state_io(dir, &e))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(round) = name
+                .strip_prefix(&prefix)
+                .and_then(|r| r.strip_suffix(".residual"))
+                .and_then(|r| r.parse::<u64>().ok())
+            {
+                out.push((round, e.path()));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Reads back its residual from before `round`, once.
+    fn load_residual(&mut self, round: u64) -> Result<(), FlError> {
+        let Some(dir) = self.residual_dir.clone() else {
+            return Ok(());
+        };
+        if std::mem::replace(&mut self.residual_loaded, true) {
+            return Ok(());
+        }
+        let files = self.residual_files(&dir)?;
+        if let Some((_, path)) = files.iter().rev().find(|(r, _)| *r < round) {
+            let bytes = std::fs::read(path).map_err(|e| state_io(path, &e))?;
+            if !bytes.len().is_multiple_of(4) {
+                return Err(FlError::State {
+                    path: path.clone(),
+                    reason: format!("{} bytes, not a whole number of f32 values", bytes.len()),
+                });
+            }
+            let values = bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            self.residual = Residual::from_values(values);
+        }
+        Ok(())
+    }
+
+    /// Writes its residual after sending its update for `round`; keeps its last two files.
+    fn save_residual(&self, round: u64) -> Result<(), FlError> {
+        let Some(dir) = &self.residual_dir else {
+            return Ok(());
+        };
+        std::fs::create_dir_all(dir).map_err(|e| state_io(dir, &e))?;
+        let path = dir.join(format!("client-{}.round-{round:06}.residual", self.index));
+        let tmp = path.with_extension("residual.tmp");
+        let bytes: Vec<u8> = self
+            .residual
+            .values()
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        std::fs::write(&tmp, bytes).map_err(|e| state_io(&tmp, &e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| state_io(&path, &e))?;
+        let files = self.residual_files(dir)?;
+        for (_, old) in files.iter().take(files.len().saturating_sub(2)) {
+            std::fs::remove_file(old).map_err(|e| state_io(old, &e))?;
+        }
+        Ok(())
+    }
+
+    /// Compresses its updates with `c` (`[compression]`; none by default), keeping what it
+    /// does not send for its next update when `c` has error feedback.
+    pub fn compressed(mut self, c: Compressor) -> Self {
+        self.compressor = c;
+        self
+    }
+
+    /// What it has not sent of its updates so far (empty without error feedback).
+    pub fn residual(&self) -> &[f32] {
+        self.residual.values()
     }
 
     /// Whether a training that diverges (a non-finite update) stops the run, as the task's
@@ -357,14 +470,25 @@ impl<'a, L: Learner + ?Sized> Client<'a, L> {
         ))
     }
 
-    /// Encodes `update`'s named delta (its blob: one safetensors tensor per name) and signs
-    /// its submission for the request's round.
+    /// Encodes `update`'s named delta (its blob: one safetensors tensor per name, or the
+    /// run's compressed form, [`cohort_fl::compress`], what it held back last time added
+    /// first under error feedback) and signs its submission for the request's round.
     pub fn submit(
-        &self,
+        &mut self,
         r: &TrainRequest,
         update: &ClientUpdate,
     ) -> Result<UpdateReply, PartyError> {
-        self.submit_blob(r, update.delta.encode(), update.num_samples)
+        let keep = self.compressor.feedback() && self.residual_dir.is_some();
+        if keep {
+            self.load_residual(r.round)?;
+        }
+        let blob =
+            self.residual
+                .compress(&self.compressor, &update.delta.layout, &update.delta.values);
+        if keep {
+            self.save_residual(r.round)?;
+        }
+        self.submit_blob(r, blob, update.num_samples)
     }
 
     /// Signs the submission of `blob` (an update already encoded), claiming `num_samples`,
@@ -447,6 +571,8 @@ pub struct Validator<'a, L: Learner + ?Sized> {
     committed: Option<Committed>,
     /// Salts from the operating system's random source instead of the seed.
     secret_salts: bool,
+    /// The codec every update blob must have (`[compression] update`): another scores -1.
+    codec: UpdateCodec,
 }
 
 impl<L: Learner + ?Sized> std::fmt::Debug for Validator<'_, L> {
@@ -479,7 +605,15 @@ impl<'a, L: Learner + ?Sized> Validator<'a, L> {
             global: GlobalCache::default(),
             committed: None,
             secret_salts: false,
+            codec: UpdateCodec::None,
         }
+    }
+
+    /// Expects update blobs of `codec` (`[compression] update`; `none` by default): a blob of
+    /// another codec scores -1, as the coordinator refuses it.
+    pub fn expecting(mut self, codec: UpdateCodec) -> Self {
+        self.codec = codec;
+        self
     }
 
     /// Draws its commitment salts from the operating system's random source instead of
@@ -544,9 +678,12 @@ impl<'a, L: Learner + ?Sized> Validator<'a, L> {
                 };
                 let shard = self.shards.of(item.client);
                 let slice = self.shards.slice(&global, shard);
-                let delta = match NamedDelta::decode(blob).and_then(|d| d.into_layout(&self.layout))
+                let delta = match decode_update(blob)
+                    .and_then(|(d, codec)| Ok((d.into_layout(&self.layout)?, codec)))
                 {
-                    Ok(d) if d.values.len() == slice.len() => d.values,
+                    Ok((d, codec)) if d.values.len() == slice.len() && codec == self.codec => {
+                        d.values
+                    }
                     _ => return Ok(Score::from_f64(-1.0)),
                 };
                 let base = match bases.get(&shard) {
@@ -668,5 +805,13 @@ impl<L: Learner + ?Sized> PartyNode for Validator<'_, L> {
             Request::Reveal(r) => self.reveal(r).map(Reply::Reveal),
             other => Err(wrong_request(self.party(), other)),
         }
+    }
+}
+
+/// A saved-state file that could not be read or written.
+fn state_io(path: &std::path::Path, e: &std::io::Error) -> FlError {
+    FlError::State {
+        path: path.to_owned(),
+        reason: e.to_string(),
     }
 }

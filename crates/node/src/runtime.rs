@@ -123,6 +123,10 @@ pub struct RoundSummary {
     pub consensus: BTreeMap<u32, f64>,
     /// Bytes of update blobs moved (clients to coordinator).
     pub bytes: u64,
+    /// Bytes the same updates would have taken as uncompressed f32 blobs (the updates that
+    /// decoded; 0 in a summary written before compressed updates existed).
+    #[serde(default)]
+    pub dense_bytes: u64,
     /// Clients in the order their updates were recorded on the ledger.
     pub submitted: Vec<u32>,
     /// The score matrix: `scores[v][i]` is validator `v`'s score of the `i`-th submitted
@@ -175,6 +179,10 @@ pub struct UpdateFacts {
     pub update_norm: Option<f64>,
     /// Bytes of the update blob.
     pub bytes: u64,
+    /// Bytes of the decoded update as an uncompressed f32 blob; `None` when it did not
+    /// decode (or in a summary written before compressed updates existed).
+    #[serde(default)]
+    pub dense_bytes: Option<u64>,
     /// Why validation refused the update before scoring (wrong shape, non-finite values,
     /// wrong round), if it did.
     pub refused: Option<String>,
@@ -208,6 +216,10 @@ pub struct PhaseSeconds {
 pub struct RunSummary {
     /// Test metrics of the initial model.
     pub initial: Metrics,
+    /// Update bytes per client per round, as sent and as uncompressed f32 blobs (`None`
+    /// when no update decoded, or in a summary written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_bytes: Option<UpdateBytes>,
     /// Balance + stake of every participant after the set-up, base units, by name (empty in a
     /// summary written before cohort recorded it).
     #[serde(default, with = "cohort_core::amount::decimal_map")]
@@ -221,6 +233,41 @@ pub struct RunSummary {
     pub ledger_root: Hash32,
     /// Entries on the ledger.
     pub ledger_entries: u64,
+}
+
+/// A run's update traffic, clients to coordinator: the mean bytes of an update blob (one
+/// client's in one round), as sent and as the uncompressed f32 blob of the same update, over
+/// every update that decoded; their ratio is what compression saved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpdateBytes {
+    /// Updates counted (recorded and decoded, every round).
+    pub updates: u64,
+    /// Mean bytes of an update blob as sent.
+    pub per_client_per_round: f64,
+    /// Mean bytes the same updates take as f32 blobs (`[compression] update = "none"`).
+    pub fp32_per_client_per_round: f64,
+    /// `fp32_per_client_per_round / per_client_per_round`: how many times fewer bytes.
+    pub ratio: f64,
+}
+
+impl UpdateBytes {
+    /// The traffic of `rounds`' decoded updates; `None` when there is none.
+    pub fn of(rounds: &[RoundSummary]) -> Option<Self> {
+        let (mut n, mut sent, mut dense) = (0u64, 0u64, 0u64);
+        for u in rounds.iter().flat_map(|r| &r.updates) {
+            if let Some(d) = u.dense_bytes {
+                n += 1;
+                sent += u.bytes;
+                dense += d;
+            }
+        }
+        (n > 0 && sent > 0).then(|| Self {
+            updates: n,
+            per_client_per_round: sent as f64 / n as f64,
+            fp32_per_client_per_round: dense as f64 / n as f64,
+            ratio: dense as f64 / sent as f64,
+        })
+    }
 }
 
 /// Where a run's signing keys come from: the governance, the coordinator, every client and
@@ -403,7 +450,8 @@ pub fn run_in_process<B: LedgerBackend, L: Learner + ?Sized>(
     on_round: impl FnMut(&RoundSummary),
 ) -> Result<(Protocol<B>, RunSummary), RunError> {
     let keys = opts.keys(cfg);
-    let mut host = LocalParties::new(parties(cfg, &keys, learner));
+    let residuals = opts.state.as_ref().map(|d| d.join("residuals"));
+    let mut host = LocalParties::new(parties_keeping(cfg, &keys, learner, residuals.as_deref()));
     run_with_options(cfg, backend, learner, &mut host, opts, on_round)
 }
 
@@ -580,12 +628,27 @@ pub fn parties<'a, L: Learner + ?Sized>(
     keys: &Keys,
     learner: &'a L,
 ) -> Vec<Box<dyn PartyNode + 'a>> {
+    parties_keeping(cfg, keys, learner, None)
+}
+
+/// [`parties`], whose clients keep their error-feedback residuals in `residuals` when given
+/// ([`Client::keeping_residual_in`]; `cohort run` gives `DIR/state/residuals`), so that a
+/// resumed run goes on with them.
+pub fn parties_keeping<'a, L: Learner + ?Sized>(
+    cfg: &ValidConfig,
+    keys: &Keys,
+    learner: &'a L,
+    residuals: Option<&std::path::Path>,
+) -> Vec<Box<dyn PartyNode + 'a>> {
     let ring = SybilRing::new();
     let everyone = (0..cfg.clients as u32)
         .map(Party::Client)
         .chain((0..cfg.validators as u32).map(Party::Validator));
     everyone
-        .map(|p| party_node(cfg, p, keys.identity(&p.to_string()), learner, &ring, false))
+        .map(|p| {
+            let id = keys.identity(&p.to_string());
+            party_node_keeping(cfg, p, id, learner, &ring, false, residuals)
+        })
         .collect()
 }
 
@@ -601,6 +664,19 @@ pub fn party_node<'a, L: Learner + ?Sized>(
     ring: &SybilRing,
     secret_salts: bool,
 ) -> Box<dyn PartyNode + 'a> {
+    party_node_keeping(cfg, party, id, learner, ring, secret_salts, None)
+}
+
+/// [`party_node`], a client keeping its error-feedback residual in `residuals` when given.
+pub fn party_node_keeping<'a, L: Learner + ?Sized>(
+    cfg: &ValidConfig,
+    party: Party,
+    id: Identity,
+    learner: &'a L,
+    ring: &SybilRing,
+    secret_salts: bool,
+    residuals: Option<&std::path::Path>,
+) -> Box<dyn PartyNode + 'a> {
     let attack = cfg.attack.as_ref();
     // A checked config's shard count is in range.
     let shards = Shards::new(cfg.unlearning.shards, learner.layout())
@@ -609,7 +685,12 @@ pub fn party_node<'a, L: Learner + ?Sized>(
         Party::Client(k) => {
             let update_attack = attack.and_then(|a| a.attack.update());
             let sybils = attack.is_some_and(|a| a.sybil_stake.is_some());
-            let c = Client::new(k, id, learner, cfg.seed, cfg.client_stake(k)).sharded(shards);
+            let mut c = Client::new(k, id, learner, cfg.seed, cfg.client_stake(k))
+                .sharded(shards)
+                .compressed(cfg.compression.compressor());
+            if let Some(dir) = residuals {
+                c = c.keeping_residual_in(dir);
+            }
             if !cfg.is_attacker(k) {
                 Box::new(c)
             } else if update_attack.is_some() || sybils {
@@ -626,7 +707,8 @@ pub fn party_node<'a, L: Learner + ?Sized>(
                 .filter(|&k| cfg.is_attacker(k))
                 .collect();
             let mut x = Validator::new(v, id, learner, cfg.seed, cfg.incentives.validator_stake)
-                .sharded(shards);
+                .sharded(shards)
+                .expecting(cfg.compression.update);
             if secret_salts {
                 x = x.with_secret_salts();
             }

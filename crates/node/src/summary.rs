@@ -28,7 +28,7 @@ use cohort_core::Hash32;
 use cohort_fl::events::RunEvent;
 use cohort_fl::learner::Metrics;
 
-use crate::runtime::{PhaseSeconds, RoundSummary, RunSummary, UpdateFacts};
+use crate::runtime::{PhaseSeconds, RoundSummary, RunSummary, UpdateBytes, UpdateFacts};
 
 /// Folds a run's events into one [`RoundSummary`] per round: [`apply`](Self::apply) every
 /// event in order; [`finish_round`](Self::finish_round) hands out the round opened last.
@@ -94,17 +94,20 @@ impl SummaryBuilder {
                 address,
                 blob,
                 bytes,
+                dense_bytes,
                 samples,
                 entry,
                 norm,
             } if *round == s.round => {
                 s.bytes += bytes;
+                s.dense_bytes += dense_bytes.unwrap_or(0);
                 s.submitted.push(*client);
                 s.updates.push(UpdateFacts {
                     client: *client,
                     samples: *samples,
                     update_norm: *norm,
                     bytes: *bytes,
+                    dense_bytes: *dense_bytes,
                     refused: None,
                 });
                 s.provenance.push(cohort_fl::events::ProvenanceRecord {
@@ -221,6 +224,7 @@ fn empty_round(round: u64) -> RoundSummary {
         rejected: Vec::new(),
         consensus: BTreeMap::new(),
         bytes: 0,
+        dense_bytes: 0,
         submitted: Vec::new(),
         scores: Vec::new(),
         holdings: BTreeMap::new(),
@@ -449,6 +453,7 @@ impl RunSummaryBuilder {
         }
         Ok(RunSummary {
             initial,
+            update_bytes: UpdateBytes::of(&self.rounds),
             initial_holdings: self.initial_holdings.clone(),
             rounds: self.rounds.clone(),
             final_holdings: end.holdings.clone(),

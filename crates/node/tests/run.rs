@@ -29,6 +29,7 @@ fn config(attack: Option<AttackConfig>, strategy: StrategyConfig) -> RunConfig {
         },
         attack,
         unlearning: Default::default(),
+        compression: Default::default(),
         incentives: Default::default(),
     }
 }

@@ -55,6 +55,7 @@ fn lm_config(seed: u64) -> RunConfig {
         },
         attack: None,
         unlearning: Default::default(),
+        compression: Default::default(),
         incentives: IncentiveConfig::default(),
     }
 }
@@ -81,6 +82,7 @@ fn imdb_config(attack: Option<AttackKind>) -> RunConfig {
             sybil_stake: None,
         }),
         unlearning: Default::default(),
+        compression: Default::default(),
         incentives: IncentiveConfig {
             accept_threshold: -0.04,
             ..IncentiveConfig::default()

@@ -38,6 +38,7 @@ fn config() -> RunConfig {
             sybil_stake: None,
         }),
         unlearning: Default::default(),
+        compression: Default::default(),
         incentives: Default::default(),
     }
 }
@@ -439,4 +440,90 @@ fn the_coordinator_cannot_submit_for_a_client() {
         .unwrap_err();
     assert!(e.to_string().contains("bad signature"), "{e}");
     assert_eq!(p.backend().head().unwrap(), before, "nothing was recorded");
+}
+
+/// `config()` with its updates sent as `codec` (top-k keeping `fraction`).
+fn compressed(codec: &str, fraction: Option<f64>) -> RunConfig {
+    let mut cfg = config();
+    cfg.compression = toml::from_str(&format!("update = \"{codec}\"")).unwrap();
+    cfg.compression.topk_fraction = fraction;
+    cfg
+}
+
+/// A client of the test's own that sends its honest update uncompressed (the `none` codec's
+/// f32 blob) in a run whose updates are compressed.
+struct Uncompressed<'a>(Client<'a, LinearTask>);
+
+impl PartyNode for Uncompressed<'_> {
+    fn party(&self) -> Party {
+        self.0.party()
+    }
+    fn session_signer(&self) -> cohort_node::party::SessionSigner {
+        self.0.session_signer()
+    }
+    fn handle(&mut self, request: &Request) -> Result<Reply, PartyError> {
+        let Request::Train(r) = request else {
+            return self.0.handle(request);
+        };
+        let u = self.0.train(r)?;
+        let blob = u.delta.encode();
+        Ok(Reply::Update(self.0.submit_blob(r, blob, u.num_samples)?))
+    }
+}
+
+#[test]
+fn compressed_updates_replay_over_the_wire_and_another_codec_is_refused_by_name() {
+    // The linear task's one tensor of 32 values: top-k at a quarter keeps 8 of them, as bytes.
+    let cfg = compressed("topk-int8", Some(0.25));
+    let a = go(&cfg, Via::Direct);
+    let b = go(&cfg, Via::Wire);
+    assert_eq!(a.ledger_root, b.ledger_root, "same seed, same digests");
+    let plain = go(&config(), Via::Direct);
+    assert_ne!(a.ledger_root, plain.ledger_root);
+    let bytes = a.update_bytes.as_ref().unwrap();
+    let fp32 = plain.update_bytes.as_ref().unwrap();
+    assert_eq!(fp32.ratio, 1.0);
+    assert_eq!(bytes.fp32_per_client_per_round, fp32.per_client_per_round);
+    // (32 values are too few for the packed header to pay: the ratio on a LoRA-sized delta
+    // is tested in crates/cli/tests/compress_cli.rs.)
+    assert_ne!(bytes.per_client_per_round, fp32.per_client_per_round);
+    for r in &a.rounds {
+        // The sign flippers are still caught through the codec.
+        assert!(
+            r.rejected.contains(&6) && r.rejected.contains(&7),
+            "round {}",
+            r.round
+        );
+        let dense = fp32.fp32_per_client_per_round as u64;
+        assert!(r.updates.iter().all(|f| f.dense_bytes == Some(dense)));
+    }
+    // Honest clients learn through top-k with error feedback.
+    assert!(a.rounds.last().unwrap().test.loss < 0.5 * a.initial.loss);
+
+    // A client that sends the f32 blob anyway is refused with the codecs named, and scored -1.
+    let t = task(&cfg);
+    let s = go_with(
+        &cfg,
+        Via::Direct,
+        |t, nodes| {
+            let valid = compressed("topk-int8", Some(0.25)).check().unwrap();
+            let id = Keys::Seeded(valid.seed).identity("client-3");
+            let c = Client::new(3, id, t, valid.seed, valid.client_stake(3));
+            nodes[3] = Box::new(Uncompressed(c));
+        },
+        &t,
+    );
+    for r in &s.rounds {
+        let i = r.submitted.iter().position(|&k| k == 3).unwrap();
+        let why = r.updates[i].refused.as_deref().unwrap_or_default();
+        assert!(
+            why.contains("a none update blob; this run's updates are topk-int8"),
+            "round {}: {why:?}",
+            r.round
+        );
+        for (v, scores) in r.scores.iter().enumerate() {
+            assert_eq!(scores[i], -1.0, "round {} validator {v}", r.round);
+        }
+        assert!(r.rejected.contains(&3), "round {}", r.round);
+    }
 }

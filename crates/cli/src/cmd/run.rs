@@ -1611,6 +1611,15 @@ fn print_human(s: &RunSummary, cfg: &RunConfig) {
         t.row(row);
     }
     t.print();
+    if let Some(b) = &s.update_bytes {
+        outln!(
+            "update bytes per client per round: {:.0} ({}), {:.0} as fp32: {:.1}x fewer",
+            b.per_client_per_round,
+            cfg.compression.update,
+            b.fp32_per_client_per_round,
+            b.ratio
+        );
+    }
     outln!();
     let mut t = Table::new(&["participant", "role", "holdings (balance + stake)"]);
     let mut rows: Vec<(&String, &cohort_core::U256)> = s.final_holdings.iter().collect();
