@@ -7,6 +7,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/stages.rs"]
+mod stages;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -784,4 +786,100 @@ fn int8_streams_cut_the_bytes_by_three_quarters_and_verify_exactly() {
         int8["val_loss"].as_f64().unwrap(),
     );
     assert!(y.is_finite() && (x - y).abs() < 0.05 * x, "{x} against {y}");
+}
+
+/// From a dishonest server's answer to its slashing, with real processes: a middle server
+/// that adds noise, caught by the first of two verifiers of its layers; both recompute the
+/// same rows, the client writes their two signed claims of the same call (`--evidence`), each
+/// verifier attests its own with `cohort stage attest`, and the quorum of two slashes the
+/// server on the ledger.
+#[test]
+fn a_cheating_stage_server_is_caught_and_slashed_by_a_quorum_of_verifiers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, text_file) = tiny_model(tmp.path());
+    let w = stages::world(tmp.path());
+    // stage-2 cheats; stage-1 and stage-3 verify its layers.
+    let (cheat, v1, v2) = (&w.servers[1], &w.servers[0], &w.servers[2]);
+    let first = serve(&model, "0..1");
+    let liar = serve_with(
+        &model,
+        "1..3",
+        &["--misbehave", "noise=0.01", "--key", p(&cheat.key)],
+    );
+    let last = serve(&model, "3..4");
+    let verifiers: Vec<Server> = [v1, v2]
+        .iter()
+        .map(|v| serve_with(&model, "1..3", &["--key", p(&v.key)]))
+        .collect();
+    let evidence = tmp.path().join("claims.json");
+    let list = format!("{},{},{}", first.url, liar.url, last.url);
+    let vlist = format!("{},{}", verifiers[0].url, verifiers[1].url);
+    let o = lora(
+        &model,
+        &text_file,
+        &tmp.path().join("out"),
+        &[
+            "--pipeline",
+            &list,
+            "--insecure",
+            "--verifiers",
+            &vlist,
+            "--verify-rate",
+            "1",
+            "--evidence",
+            p(&evidence),
+        ],
+    );
+    assert!(!o.status.success(), "not caught");
+    let claims: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&evidence).unwrap()).unwrap();
+    assert_eq!(claims.as_array().map(Vec::len), Some(2), "{claims}");
+    assert_eq!(claims[0]["server_call"], claims[1]["server_call"]);
+    let l = p(&w.ledger);
+    let stage = |args: &[&str]| {
+        let mut a = vec!["stage"];
+        a.extend_from_slice(args);
+        a.push("--json");
+        let o = cohort(&a);
+        assert!(o.status.success(), "cohort {}: {}", a.join(" "), text(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let at = |t: u64| (stages::START + t).to_string();
+    for s in [cheat, v1, v2] {
+        stage(&[
+            "register",
+            "--ledger",
+            l,
+            "--key",
+            p(&s.key),
+            "--model",
+            p(&model),
+            "--layers",
+            "1..3",
+            "--stake",
+            "1500",
+            "--at",
+            &at(1),
+        ]);
+    }
+    for (i, v) in [v1, v2].iter().enumerate() {
+        stage(&[
+            "attest",
+            "--ledger",
+            l,
+            "--key",
+            p(&v.key),
+            "--evidence",
+            p(&evidence),
+            "--claim",
+            &i.to_string(),
+            "--at",
+            &at(2 + i as u64),
+        ]);
+    }
+    let shown = stage(&["show", "--ledger", l, "--server", &cheat.addr()]);
+    let server = &shown["servers"][0];
+    assert_eq!(server["address"], cheat.json(), "{shown}");
+    assert_eq!(server["active"], false, "{shown}");
+    assert!(server["slash_claim"].is_string(), "{shown}");
 }
