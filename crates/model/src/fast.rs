@@ -774,7 +774,7 @@ fn forward_with<'a>(
     pool_back: &mut Pool,
 ) -> Result<Vec<f32>> {
     let c = &m.config;
-    let (d, v, nh) = (c.n_embd, c.vocab_size, c.n_head);
+    let (d, nh) = (c.n_embd, c.n_head);
     let n = b * t;
     let mut cx = Ctx {
         m,
@@ -813,9 +813,18 @@ fn forward_with<'a>(
         cx.pool.give(out);
         cx.pool.give(mid);
     }
-    let lnf = cx.ln_fwd(&x, "transformer.ln_f");
+    let logits = tied_logits(&mut cx, &x)?;
     cx.pool.give(x);
-    // The logits leave the pool: they become the caller's tensor.
+    *pool_back = std::mem::take(&mut cx.pool);
+    Ok(logits)
+}
+
+/// The GPT's head on the last layer's output `x`: the final norm, then the tied embedding.
+/// The logits leave the pool: they become the caller's.
+fn tied_logits(cx: &mut Ctx<'_>, x: &[f32]) -> Result<Vec<f32>> {
+    let (n, d) = (cx.n, cx.d);
+    let v = cx.m.vocab_size();
+    let lnf = cx.ln_fwd(x, "transformer.ln_f");
     let mut logits = vec![0f32; n * v];
     matmul(
         MatMut::rows(&mut logits, 0, n, v, v),
@@ -826,7 +835,6 @@ fn forward_with<'a>(
         threads(),
     )?;
     cx.pool.give(lnf);
-    *pool_back = std::mem::take(&mut cx.pool);
     Ok(logits)
 }
 
@@ -1106,21 +1114,10 @@ pub mod stages {
     /// last layer's output (the final norm, then the tied embedding).
     pub fn head_logits(m: &Gpt, x: &[f32], b: usize, t: usize) -> Result<Vec<f32>> {
         check(m, &(0..m.config.n_layer), x, (b, t))?;
-        let (n, d, v) = (b * t, m.config.n_embd, m.config.vocab_size);
         pooled(|pool, back| {
             with_weights(m, |w| {
                 let mut cx = ctx(m, w, pool, (b, t));
-                let lnf = cx.ln_fwd(x, "transformer.ln_f");
-                let mut logits = vec![0f32; n * v];
-                matmul(
-                    MatMut::rows(&mut logits, 0, n, v, v),
-                    rows(&lnf, n, d),
-                    rows(cx.w("transformer.wte.weight"), v, d).t(),
-                    1.0,
-                    false,
-                    threads(),
-                )?;
-                cx.pool.give(lnf);
+                let logits = tied_logits(&mut cx, x)?;
                 *back = std::mem::take(&mut cx.pool);
                 Ok(logits)
             })

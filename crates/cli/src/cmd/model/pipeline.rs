@@ -774,6 +774,35 @@ fn first_difference(a: &[f32], b: &[f32]) -> Option<usize> {
 }
 
 impl Servers {
+    /// Drops the server in use, which `claims` accuse (`why` says of what), for the rest of the
+    /// run: the claims are recorded (and written to `evidence`), and the stage moves to its
+    /// next server, or the training stops when there is none.
+    fn drop_caught(
+        &mut self,
+        why: &str,
+        claims: impl IntoIterator<Item = Claim>,
+        caught: &mut Vec<Claim>,
+        evidence: Option<&Path>,
+    ) -> anyhow::Result<()> {
+        caught.extend(claims);
+        if let Some(path) = evidence {
+            crate::output::write_json(path, caught)
+                .with_context(|| format!("--evidence {}", path.display()))?;
+        }
+        let Some(next) = self.spares.pop_front() else {
+            bail!(
+                "{why}: it is dropped, and no other server holds these layers; nothing was \
+                 written (list another after it with `|`)"
+            );
+        };
+        eprintln!(
+            "pipeline: {why}: it is dropped; routing around it to {}",
+            next.url()
+        );
+        self.active = next;
+        Ok(())
+    }
+
     /// The server in use.
     fn url(&self) -> &str {
         self.active.url()
@@ -1416,21 +1445,18 @@ impl Pipeline {
                     break;
                 };
                 let why = format!(
-                    "stage server {} (layers {layers:?}) answered inference call {step} with an output \
-                     that differs from verifier {}'s recomputation (row {})",
+                    "stage server {} (layers {layers:?}) answered inference call {step} with an \
+                     output that differs from verifier {}'s recomputation (row {})",
                     c.url(),
                     bad.verifier,
                     bad.row
                 );
-                self.caught.extend(claims.into_iter().map(Claim::Forward));
-                let Some(next) = c.spares.pop_front() else {
-                    bail!("{why}: it is dropped, and no other server holds these layers");
-                };
-                eprintln!(
-                    "pipeline: {why}: it is dropped; routing around it to {}",
-                    next.url()
-                );
-                c.active = next;
+                c.drop_caught(
+                    &why,
+                    claims.into_iter().map(Claim::Forward),
+                    &mut self.caught,
+                    self.evidence.as_deref(),
+                )?;
                 out = c.forward(layers, &call, &mut self.replays)?;
             }
             h = out.stream;
@@ -1504,23 +1530,12 @@ impl Pipeline {
                     bad.committed,
                     bad.recomputed
                 );
-                self.caught.extend(claims.into_iter().map(Claim::Forward));
-                if let Some(path) = &self.evidence {
-                    crate::output::write_json(path, &self.caught)
-                        .with_context(|| format!("--evidence {}", path.display()))?;
-                }
-                let Some(next) = c.spares.pop_front() else {
-                    bail!(
-                        "{why}: it is dropped, and no other server holds these layers; the \
-                         training stops and nothing was written (list another after it with \
-                         `|`)"
-                    );
-                };
-                eprintln!(
-                    "pipeline: {why}: it is dropped; routing around it to {}",
-                    next.url()
-                );
-                c.active = next;
+                c.drop_caught(
+                    &why,
+                    claims.into_iter().map(Claim::Forward),
+                    &mut self.caught,
+                    self.evidence.as_deref(),
+                )?;
                 out = c.forward(layers, &call, &mut self.replays)?;
             }
             self.stream_bytes += 2 * wire_bytes(self.compression, call_len(&call), m.config.n_embd);
@@ -1546,23 +1561,12 @@ impl Pipeline {
                     bad.differs,
                     bad.verifier
                 );
-                self.caught.push(Claim::Backward(bad));
-                if let Some(path) = &self.evidence {
-                    crate::output::write_json(path, &self.caught)
-                        .with_context(|| format!("--evidence {}", path.display()))?;
-                }
-                let Some(next) = c.spares.pop_front() else {
-                    bail!(
-                        "{why}: it is dropped, and no other server holds these layers; the \
-                         training stops and nothing was written (list another after it with \
-                         `|`)"
-                    );
-                };
-                eprintln!(
-                    "pipeline: {why}: it is dropped; routing around it to {}",
-                    next.url()
-                );
-                c.active = next;
+                c.drop_caught(
+                    &why,
+                    [Claim::Backward(bad)],
+                    &mut self.caught,
+                    self.evidence.as_deref(),
+                )?;
                 c.active.forward(call)?;
                 got = c.active.backward_signed(call.session, call.step, &dx)?;
             }
