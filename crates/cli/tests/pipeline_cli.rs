@@ -798,19 +798,69 @@ fn a_cheating_stage_server_is_caught_and_slashed_by_a_quorum_of_verifiers() {
     let tmp = tempfile::tempdir().unwrap();
     let (model, text_file) = tiny_model(tmp.path());
     let w = stages::world(tmp.path());
-    // stage-2 cheats; stage-1 and stage-3 verify its layers.
+    // stage-2 cheats; stage-1 and stage-3 verify its layers; stage-4 and the client's key
+    // serve the first and the last layer.
     let (cheat, v1, v2) = (&w.servers[1], &w.servers[0], &w.servers[2]);
-    let first = serve(&model, "0..1");
+    let (head, tail) = (&w.servers[3], &w.client);
+    let first = serve_with(&model, "0..1", &["--key", p(&head.key)]);
     let liar = serve_with(
         &model,
         "1..3",
         &["--misbehave", "noise=0.01", "--key", p(&cheat.key)],
     );
-    let last = serve(&model, "3..4");
+    let last = serve_with(&model, "3..4", &["--key", p(&tail.key)]);
     let verifiers: Vec<Server> = [v1, v2]
         .iter()
         .map(|v| serve_with(&model, "1..3", &["--key", p(&v.key)]))
         .collect();
+    let stage = |args: &[&str]| {
+        let mut a = vec!["stage"];
+        a.extend_from_slice(args);
+        a.push("--json");
+        let o = cohort(&a);
+        assert!(o.status.success(), "cohort {}: {}", a.join(" "), text(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let at = |t: u64| (stages::START + t).to_string();
+    let ledger = p(&w.ledger).to_owned();
+    let l = ledger.as_str();
+    // Before any declaration, --ledger refuses the pipeline: its servers are nobody there.
+    let list = format!("{},{},{}", first.url, liar.url, last.url);
+    let o = lora(
+        &model,
+        &text_file,
+        &tmp.path().join("early"),
+        &["--pipeline", &list, "--insecure", "--ledger", l],
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("is not declared on it as a stage server"),
+        "{}",
+        text(&o)
+    );
+    for (s, layers) in [
+        (cheat, "1..3"),
+        (v1, "1..3"),
+        (v2, "1..3"),
+        (head, "0..1"),
+        (tail, "3..4"),
+    ] {
+        stage(&[
+            "register",
+            "--ledger",
+            l,
+            "--key",
+            p(&s.key),
+            "--model",
+            p(&model),
+            "--layers",
+            layers,
+            "--stake",
+            "1500",
+            "--at",
+            &at(1),
+        ]);
+    }
     let evidence = tmp.path().join("claims.json");
     let list = format!("{},{},{}", first.url, liar.url, last.url);
     let vlist = format!("{},{}", verifiers[0].url, verifiers[1].url);
@@ -828,6 +878,8 @@ fn a_cheating_stage_server_is_caught_and_slashed_by_a_quorum_of_verifiers() {
             "1",
             "--evidence",
             p(&evidence),
+            "--ledger",
+            l,
         ],
     );
     assert!(!o.status.success(), "not caught");
@@ -835,33 +887,6 @@ fn a_cheating_stage_server_is_caught_and_slashed_by_a_quorum_of_verifiers() {
         serde_json::from_slice(&std::fs::read(&evidence).unwrap()).unwrap();
     assert_eq!(claims.as_array().map(Vec::len), Some(2), "{claims}");
     assert_eq!(claims[0]["server_call"], claims[1]["server_call"]);
-    let l = p(&w.ledger);
-    let stage = |args: &[&str]| {
-        let mut a = vec!["stage"];
-        a.extend_from_slice(args);
-        a.push("--json");
-        let o = cohort(&a);
-        assert!(o.status.success(), "cohort {}: {}", a.join(" "), text(&o));
-        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
-    };
-    let at = |t: u64| (stages::START + t).to_string();
-    for s in [cheat, v1, v2] {
-        stage(&[
-            "register",
-            "--ledger",
-            l,
-            "--key",
-            p(&s.key),
-            "--model",
-            p(&model),
-            "--layers",
-            "1..3",
-            "--stake",
-            "1500",
-            "--at",
-            &at(1),
-        ]);
-    }
     for (i, v) in [v1, v2].iter().enumerate() {
         stage(&[
             "attest",
@@ -882,4 +907,13 @@ fn a_cheating_stage_server_is_caught_and_slashed_by_a_quorum_of_verifiers() {
     assert_eq!(server["address"], cheat.json(), "{shown}");
     assert_eq!(server["active"], false, "{shown}");
     assert!(server["slash_claim"].is_string(), "{shown}");
+    // A slashed server is refused before any step.
+    let o = lora(
+        &model,
+        &text_file,
+        &tmp.path().join("late"),
+        &["--pipeline", &list, "--insecure", "--ledger", l],
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("was slashed for fraud"), "{}", text(&o));
 }

@@ -91,6 +91,11 @@ pub struct Args {
     /// so results differ from one process's).
     #[arg(long, default_value = "none", value_parser = ["none", "int8"], requires = "pipeline")]
     compress: String,
+    /// An embedded ledger on which every stage server, spare and verifier must be a declared
+    /// stage server of this model's layers (`cohort stage register`), with a key and never
+    /// slashed: checked before any step, read only.
+    #[arg(long, value_name = "DIR", requires = "pipeline")]
+    ledger: Option<PathBuf>,
     /// The CA that signed the stage servers' certificates (for https:// URLs).
     #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
     ca: Option<PathBuf>,
@@ -282,22 +287,24 @@ impl Args {
                     Some(&cfg),
                     deadline,
                 )?;
-                Some(
-                    match self.verifiers.is_empty() {
-                        true => p,
-                        false => p
-                            .with_verifiers(
-                                &servers("--verifiers", &self.verifiers)?,
-                                &self.dir,
-                                self.verify_rate,
-                            )?
-                            .with_evidence(self.evidence.clone()),
-                    }
-                    .with_compression(match self.compress.as_str() {
-                        "int8" => cohort_net::stage::COMPRESSION_INT8,
-                        _ => cohort_net::stage::COMPRESSION_NONE,
-                    }),
-                )
+                let p = match self.verifiers.is_empty() {
+                    true => p,
+                    false => p
+                        .with_verifiers(
+                            &servers("--verifiers", &self.verifiers)?,
+                            &self.dir,
+                            self.verify_rate,
+                        )?
+                        .with_evidence(self.evidence.clone()),
+                }
+                .with_compression(match self.compress.as_str() {
+                    "int8" => cohort_net::stage::COMPRESSION_INT8,
+                    _ => cohort_net::stage::COMPRESSION_NONE,
+                });
+                if let Some(l) = &self.ledger {
+                    p.check_on_ledger(l, super::pipeline::model_sha256(&self.dir)?)?;
+                }
+                Some(p)
             }
         };
         // Evaluated through the pipeline when there is one: the client never runs the layers.

@@ -1290,6 +1290,61 @@ impl Pipeline {
         })
     }
 
+    /// Checks every stage server, spare and verifier against the stage servers of the embedded
+    /// ledger in `ledger`: each must have a key, and that key's address must be a stage server
+    /// of this model (`model_sha256`) and of exactly the layers it serves, never slashed. Read
+    /// only; refused by name before any step otherwise.
+    pub fn check_on_ledger(&self, ledger: &Path, model: [u8; 32]) -> anyhow::Result<()> {
+        let state = cohort_ledger::LedgerReader::open(ledger)
+            .and_then(|r| r.replay())
+            .with_context(|| format!("--ledger {}", ledger.display()))?;
+        let mut p = crate::cmd::stage::protocol_on(state, ledger)?;
+        let clients = self
+            .stages
+            .iter()
+            .flat_map(|(_, s)| std::iter::once(&s.active).chain(s.spares.iter()))
+            .chain(
+                self.verify
+                    .iter()
+                    .flat_map(|v| v.verifiers.iter().map(|(_, c)| c)),
+            );
+        for c in clients {
+            let info = c.held().context("a server not asked what it holds")?;
+            let key = info.public_key.with_context(|| {
+                format!(
+                    "--ledger: stage server {} has no key (serve-layers --key): it cannot be \
+                     held to its answers on the ledger",
+                    c.url()
+                )
+            })?;
+            let address = cohort_core::address_of(&key);
+            let r = p.stage_server(address)?;
+            let ok = r.modelHash == alloy_primitives::B256::from(model)
+                && r.firstLayer as usize == info.layers.start
+                && r.endLayer as usize == info.layers.end;
+            if !ok {
+                bail!(
+                    "--ledger {}: stage server {} (key {}, address {address}) is not declared \
+                     on it as a stage server of this model's layers {:?} (`cohort stage \
+                     register`)",
+                    ledger.display(),
+                    c.url(),
+                    hex::encode(key),
+                    info.layers
+                );
+            }
+            if r.slashClaim != alloy_primitives::B256::ZERO {
+                bail!(
+                    "--ledger {}: stage server {} (address {address}) was slashed for fraud; it \
+                     is not used",
+                    ledger.display(),
+                    c.url()
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Streams and gradients travel int8 (`compression` = `COMPRESSION_INT8`): a quarter of
     /// the bytes, and an approximation (results differ from one process's).
     pub fn with_compression(mut self, compression: u32) -> Self {
