@@ -223,6 +223,11 @@ impl Args {
         if self.pipeline.is_empty() && (self.ca.is_some() || self.insecure) {
             anyhow::bail!("--ca and --insecure are for the stage servers of --pipeline");
         }
+        if let Some(l) = &self.ledger {
+            // Before any work: the ledger opens (its servers are checked once they are dialed).
+            cohort_ledger::LedgerReader::open(l)
+                .with_context(|| format!("--ledger {}", l.display()))?;
+        }
         let staged =
             super::Staged::new(&self.out, "--out", self.force, "pass --force to replace it")?;
         let (mut model, tok, mapped) = load_base(&self.dir, self.no_mmap)?;

@@ -733,6 +733,50 @@ pub struct Pipeline {
     stream_bytes: u64,
 }
 
+/// `call` forward on the stage `servers` (of `layers`), failed over when a server does not
+/// answer, and checked by `verify`: drawn after the server answered, so that it cannot know
+/// which rows are checked. A server caught (`what` names the call) is dropped for the rest of
+/// the run, its claims recorded, and the call replayed on the stage's next server, whose
+/// answer is checked the same way.
+#[allow(clippy::too_many_arguments)]
+fn forward_checked(
+    servers: &mut Servers,
+    layers: &std::ops::Range<usize>,
+    call: &ForwardCall,
+    verify: &mut Option<Verify>,
+    caught: &mut Vec<Claim>,
+    evidence: Option<&Path>,
+    replays: &mut u64,
+    what: &str,
+) -> anyhow::Result<Forwarded> {
+    let mut out = servers.forward(layers, call, replays)?;
+    loop {
+        let claims = match verify {
+            Some(v) => v.check(layers, call, &servers.active, &out)?,
+            None => Vec::new(),
+        };
+        let Some(bad) = claims.first() else {
+            return Ok(out);
+        };
+        let why = format!(
+            "stage server {} (layers {layers:?}) answered {what} with an output that differs \
+             from verifier {}'s recomputation (row {}: committed SHA-256 {}, recomputed {})",
+            servers.url(),
+            bad.verifier,
+            bad.row,
+            bad.committed,
+            bad.recomputed
+        );
+        servers.drop_caught(
+            &why,
+            claims.into_iter().map(Claim::Forward),
+            caught,
+            evidence,
+        )?;
+        out = servers.forward(layers, call, replays)?;
+    }
+}
+
 /// Bytes `values` values (rows of `width`) take on the wire under `compression`.
 fn wire_bytes(compression: u32, values: u64, width: usize) -> u64 {
     match compression {
@@ -1490,30 +1534,16 @@ impl Pipeline {
                 inference: true,
                 compression: self.compression,
             };
-            let mut out = c.forward(layers, &call, &mut self.replays)?;
-            loop {
-                let claims = match &mut self.verify {
-                    Some(v) => v.check(layers, &call, &c.active, &out)?,
-                    None => Vec::new(),
-                };
-                let Some(bad) = claims.first().cloned() else {
-                    break;
-                };
-                let why = format!(
-                    "stage server {} (layers {layers:?}) answered inference call {step} with an \
-                     output that differs from verifier {}'s recomputation (row {})",
-                    c.url(),
-                    bad.verifier,
-                    bad.row
-                );
-                c.drop_caught(
-                    &why,
-                    claims.into_iter().map(Claim::Forward),
-                    &mut self.caught,
-                    self.evidence.as_deref(),
-                )?;
-                out = c.forward(layers, &call, &mut self.replays)?;
-            }
+            let out = forward_checked(
+                c,
+                layers,
+                &call,
+                &mut self.verify,
+                &mut self.caught,
+                self.evidence.as_deref(),
+                &mut self.replays,
+                &format!("inference call {step}"),
+            )?;
             h = out.stream;
         }
         Ok(stages::head_logits(m, &h, b, t)?)
@@ -1563,36 +1593,16 @@ impl Pipeline {
                 inference: false,
                 compression: self.compression,
             };
-            let mut out = c.forward(layers, &call, &mut self.replays)?;
-            // Drawn after the server answered: it cannot know which rows are checked. A server
-            // caught is dropped for the rest of the run and the call replayed on the stage's
-            // next server, whose answer is checked the same way.
-            loop {
-                let claims = match &mut self.verify {
-                    Some(v) => v.check(layers, &call, &c.active, &out)?,
-                    None => Vec::new(),
-                };
-                let Some(bad) = claims.first().cloned() else {
-                    break;
-                };
-                let why = format!(
-                    "stage server {} (layers {layers:?}) answered step {step} with an output \
-                     that differs from verifier {}'s recomputation (row {}: committed SHA-256 \
-                     {}, recomputed {})",
-                    c.url(),
-                    bad.verifier,
-                    bad.row,
-                    bad.committed,
-                    bad.recomputed
-                );
-                c.drop_caught(
-                    &why,
-                    claims.into_iter().map(Claim::Forward),
-                    &mut self.caught,
-                    self.evidence.as_deref(),
-                )?;
-                out = c.forward(layers, &call, &mut self.replays)?;
-            }
+            let out = forward_checked(
+                c,
+                layers,
+                &call,
+                &mut self.verify,
+                &mut self.caught,
+                self.evidence.as_deref(),
+                &mut self.replays,
+                &format!("step {step}"),
+            )?;
             self.stream_bytes += 2 * wire_bytes(self.compression, call_len(&call), m.config.n_embd);
             kept.push(call);
             h = out.stream;
