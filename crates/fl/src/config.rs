@@ -261,7 +261,66 @@ pub struct RunConfig {
     /// written before it stays as it was.
     #[serde(default, skip_serializing_if = "CompressionConfig::is_default")]
     pub compression: CompressionConfig,
+    /// Clients train through stage servers that hold the base model's layers
+    /// (docs/pipeline.md). Left out of the config's serialization when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<PipelineConfig>,
 }
+
+/// Clients' local training through stage servers (`[pipeline]`, the `lm` task only): each
+/// client runs the embeddings, the head and its adapter, and the servers the transformer
+/// layers, with the same result as training alone (uncompressed). Either `stages` (servers this
+/// process starts on loopback) or `servers` (servers already running, `cohort serve-layers`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Stage servers to start in this process on loopback (real sockets), each holding an
+    /// equal share of the base model's layers, the first ones one more: [1, 64] and at most
+    /// the model's layers. Not with `servers`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stages: Option<usize>,
+    /// Stage servers already running, in the order of their layers, together holding every
+    /// layer: `"URL"` or `"URL|SPARE|..."` (a spare replaces a server that stops answering).
+    /// `https://` URLs need `ca`; `http://` ones `insecure = true`. Not with `stages`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<String>,
+    /// The CA certificate (PEM) that signed the servers' certificates, relative to the
+    /// config's directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<std::path::PathBuf>,
+    /// Plain text to `http://` servers (loopback and tests only).
+    pub insecure: bool,
+    /// The share of every forward call's rows a verifier recomputes, drawn after the server
+    /// answered: [0, 1], default 0 (none). With `stages`, one verifier server per stage is
+    /// started; with `servers`, `verifiers` lists them.
+    pub verify_rate: f64,
+    /// Verifiers for `servers`: stage servers holding the same layers as some stage.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub verifiers: Vec<String>,
+    /// How streams and gradients travel: `"none"` (f32, the default: the same result as
+    /// training alone), `"int8"`, `"int4"` or `"int5-3"` (docs/pipeline.md).
+    pub compress: String,
+    /// The deadline of every call to a server, in seconds: [1, 86400], default 120.
+    pub timeout: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            stages: None,
+            servers: Vec::new(),
+            ca: None,
+            insecure: false,
+            verify_rate: 0.0,
+            verifiers: Vec::new(),
+            compress: "none".into(),
+            timeout: 120,
+        }
+    }
+}
+
+/// The compressions `[pipeline] compress` takes (the stage protocol's, by name).
+pub const PIPELINE_COMPRESSIONS: [&str; 4] = ["none", "int8", "int4", "int5-3"];
 
 /// How clients' updates travel: `[compression]`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -465,10 +524,94 @@ fn check_run(c: &RunConfig) -> Result<(), FlError> {
         (c.clients as u64).min(u64::from(crate::shards::MAX_SHARDS)),
     )?;
     check_compression(&c.compression)?;
+    if let Some(p) = &c.pipeline {
+        check_pipeline(p, &c.task)?;
+    }
     match &c.attack {
         Some(a) => check_attack(a, c),
         None => Ok(()),
     }
+}
+
+fn check_pipeline(p: &PipelineConfig, task: &TaskConfig) -> Result<(), FlError> {
+    if !matches!(task, TaskConfig::Lm(_)) {
+        return Err(bad(
+            "pipeline",
+            "stage servers hold a GPT's transformer layers: only the lm task trains through \
+             them"
+                .into(),
+        ));
+    }
+    match (p.stages, p.servers.is_empty()) {
+        (Some(_), false) => {
+            return Err(bad(
+                "pipeline.stages",
+                "either stages (servers started here) or servers (running ones), not both".into(),
+            ));
+        }
+        (None, true) => {
+            return Err(bad(
+                "pipeline",
+                "set stages (servers started here) or servers (running ones)".into(),
+            ));
+        }
+        (Some(n), true) => count("pipeline.stages", n, 1, 64)?,
+        (None, false) => {}
+    }
+    for url in p.servers.iter().chain(&p.verifiers) {
+        for u in url.split('|') {
+            let what = if p.servers.contains(url) {
+                "pipeline.servers"
+            } else {
+                "pipeline.verifiers"
+            };
+            match u.split_once("://").map(|(s, _)| s) {
+                Some("https") if p.ca.is_none() => {
+                    return Err(bad(what, format!("{u}: https:// needs pipeline.ca")));
+                }
+                Some("http") if !p.insecure => {
+                    return Err(bad(
+                        what,
+                        format!("{u}: http:// is plain text; set pipeline.insecure = true"),
+                    ));
+                }
+                Some("https" | "http") => {}
+                _ => {
+                    return Err(bad(
+                        what,
+                        format!("{u:?} is not an https:// or http:// URL"),
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(ca) = &p.ca {
+        path("pipeline.ca", ca)?;
+    }
+    float("pipeline.verify_rate", p.verify_rate, 0.0, 1.0, false)?;
+    if !p.verifiers.is_empty() && p.stages.is_some() {
+        return Err(bad(
+            "pipeline.verifiers",
+            "with stages, one verifier per stage is started here (set verify_rate)".into(),
+        ));
+    }
+    if !p.verifiers.is_empty() && p.verify_rate == 0.0 {
+        return Err(bad(
+            "pipeline.verify_rate",
+            "0 with verifiers listed: they would check nothing".into(),
+        ));
+    }
+    if !PIPELINE_COMPRESSIONS.contains(&p.compress.as_str()) {
+        return Err(bad(
+            "pipeline.compress",
+            format!(
+                "{:?}: known are {}",
+                p.compress,
+                PIPELINE_COMPRESSIONS.join(", ")
+            ),
+        ));
+    }
+    int("pipeline.timeout", p.timeout, 1, 86_400)
 }
 
 fn check_compression(c: &CompressionConfig) -> Result<(), FlError> {
@@ -894,6 +1037,7 @@ mod tests {
             incentives: IncentiveConfig::default(),
             unlearning: UnlearningConfig::default(),
             compression: CompressionConfig::default(),
+            pipeline: None,
         }
     }
 

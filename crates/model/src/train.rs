@@ -152,6 +152,19 @@ impl Trainer {
         Self::gradients_inner(model, batches, autograd_only, Some(key)).map(|(l, g, _)| (l, g))
     }
 
+    /// [`Trainer::gradients`], each micro-batch's loss and gradients from `source` (called with
+    /// the micro-batch and its dropout key, derived from `key` as the model's own pass would:
+    /// `None` without dropout) instead of the model's own passes; summed and averaged the same
+    /// way.
+    pub fn gradients_from(
+        model: &dyn LanguageModel,
+        batches: &[(Tensor, Tensor)],
+        key: Option<u64>,
+        source: &mut GradSource<'_>,
+    ) -> Result<(f64, Vec<Vec<f32>>)> {
+        Self::gradients_via(model, batches, false, key, Some(source)).map(|(l, g, _)| (l, g))
+    }
+
     fn gradients_inner(
         model: &dyn LanguageModel,
         batches: &[(Tensor, Tensor)],

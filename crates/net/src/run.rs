@@ -66,6 +66,9 @@ pub fn serve(
     Ok(addr)
 }
 
+/// The runtime servers run on (its type, for callers that keep one).
+pub type Runtime = tokio::runtime::Runtime;
+
 /// The tokio runtime a coordinator's gRPC server runs on, with `workers` threads.
 ///
 /// # Errors

@@ -85,49 +85,125 @@ pub type Digest = [u8; 32];
 
 /// Streams as little-endian f32 ([`ForwardCall::compression`]).
 pub const COMPRESSION_NONE: u32 = 0;
-/// Streams as int8 rows ([`int8_encode`]): about a quarter of the bytes.
+/// Streams and gradients as int8 rows (127 steps each side of zero, a power-of-two scale a
+/// row): about a quarter of the bytes.
 pub const COMPRESSION_INT8: u32 = 1;
+/// Streams and gradients as 4-bit rows (7 steps each side of zero), entropy-coded (deflate's
+/// Huffman codes, no matches): about a tenth of the bytes.
+pub const COMPRESSION_INT4: u32 = 2;
+/// Streams as 5-bit rows (15 steps), gradients as 3-bit rows (3 steps) rounded
+/// stochastically (unbiased, from a seed both sides derive: [`grad_seed`]), both
+/// entropy-coded: about a tenth of the bytes, spent where the loss needs them.
+pub const COMPRESSION_INT5_3: u32 = 3;
 
-/// The exponent of the power-of-two scale of a row whose largest magnitude is `max`: the
-/// smallest `e` with `max / 2^e <= 127`, within what an `i8` holds (and at least -126, so that
-/// `2^e` is a normal f32).
-fn int8_exponent(max: f32) -> i8 {
+/// The compressions by name, as the command line takes them.
+pub const COMPRESSIONS: [(&str, u32); 4] = [
+    ("none", COMPRESSION_NONE),
+    ("int8", COMPRESSION_INT8),
+    ("int4", COMPRESSION_INT4),
+    ("int5-3", COMPRESSION_INT5_3),
+];
+
+/// Which way a stream travels: the forward's activations, or the backward's gradients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// Activations.
+    Forward,
+    /// Gradients; stochastic rounding (where the compression has it) draws from this seed
+    /// ([`grad_seed`]).
+    Backward(u64),
+}
+
+/// How one compression quantises: steps each side of zero for activations and for gradients,
+/// whether gradients round stochastically, whether the bytes are entropy-coded.
+#[derive(Debug, Clone, Copy)]
+struct Codec {
+    forward: i8,
+    backward: i8,
+    stochastic: bool,
+    huffman: bool,
+}
+
+/// The codec of `compression` (`None` for f32 or an unknown compression).
+fn codec(compression: u32) -> Option<Codec> {
+    let (forward, backward, stochastic, huffman) = match compression {
+        COMPRESSION_INT8 => (127, 127, false, false),
+        COMPRESSION_INT4 => (7, 7, false, true),
+        COMPRESSION_INT5_3 => (15, 3, true, true),
+        _ => return None,
+    };
+    Some(Codec {
+        forward,
+        backward,
+        stochastic,
+        huffman,
+    })
+}
+
+impl Codec {
+    fn steps(self, way: Way) -> i8 {
+        match way {
+            Way::Forward => self.forward,
+            Way::Backward(_) => self.backward,
+        }
+    }
+}
+
+/// The seed of the stochastic rounding of the gradient a backward sends down from layer
+/// `layer` (the first layer of the server that computed it; the model's layer count for the
+/// head's, which the client computes) at `step`, given the gradient `grad` that came in (the
+/// head's own for the head): the server, its verifiers (which answer under a session of their
+/// own) and a replay derive the same one.
+pub fn grad_seed(step: u64, layer: usize, grad: &[f32]) -> u64 {
+    let mut h = Sha256::new();
+    h.update(b"cohort/stage/grad-rounding");
+    h.update(step.to_be_bytes());
+    h.update((layer as u64).to_be_bytes());
+    for v in grad {
+        h.update(v.to_le_bytes());
+    }
+    let d = h.finalize();
+    u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+/// The exponent of the power-of-two scale of a row whose largest magnitude is `max` with
+/// `steps` steps each side of zero: the smallest `e` with `max / 2^e <= steps`, within what an
+/// `i8` holds (and at least -126, so that `2^e` is a normal f32).
+fn exponent(max: f32, steps: i8) -> i8 {
     if max <= 0.0 || !max.is_finite() {
         return 0;
     }
-    let e = (f64::from(max) / 127.0).log2().ceil();
+    let e = (f64::from(max) / f64::from(steps)).log2().ceil();
     e.clamp(-126.0, 127.0) as i8
 }
 
-/// `values`, rows of `width`, as int8: for each row, the exponent `e` of its scale `2^e` (one
-/// signed byte) and each value divided by the scale, rounded, within [-127, 127] (`width`
-/// signed bytes). A power-of-two scale makes the encoding exact on what it decodes to, so
-/// that a stream rounded once ([`int8_round`]) travels again unchanged (a replayed or
-/// recomputed call gives the same bits).
-pub fn int8_encode(values: &[f32], width: usize) -> Vec<u8> {
+/// `values`, rows of `width`, quantised to `steps` steps each side of zero: for each row, the
+/// exponent `e` of its scale `2^e` (one signed byte) and each value divided by the scale,
+/// rounded, within [-steps, steps] (`width` signed bytes). A power-of-two scale makes the
+/// encoding exact on what it decodes to, so that a stream rounded once ([`round_stream`])
+/// travels again unchanged (a replayed or recomputed call gives the same bits).
+fn quant_rows(values: &[f32], width: usize, steps: i8) -> Vec<u8> {
     let width = width.max(1);
+    let s = f32::from(steps);
     let mut out = Vec::with_capacity(values.len() + values.len() / width + 1);
     for row in values.chunks(width) {
         let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let e = int8_exponent(max);
+        let e = exponent(max, steps);
         let scale = 2f32.powi(i32::from(e));
         out.push(e as u8);
         out.extend(
             row.iter()
-                .map(|v| ((v / scale).round().clamp(-127.0, 127.0) as i8) as u8),
+                .map(|v| ((v / scale).round().clamp(-s, s) as i8) as u8),
         );
     }
     out
 }
 
-/// The values [`int8_encode`] encoded, rows of `width`.
-///
-/// # Errors
-/// The bytes are not a whole number of rows of `width + 1`.
-pub fn int8_decode(bytes: &[u8], width: usize) -> Result<Vec<f32>, String> {
+/// The values [`quant_rows`] quantised, rows of `width`.
+fn dequant_rows(bytes: &[u8], width: usize, steps: i8) -> Result<Vec<f32>, String> {
     if width == 0 || !bytes.len().is_multiple_of(width + 1) {
         return Err(format!(
-            "{} bytes is not a whole number of int8 rows of {width} values",
+            "{} bytes is not a whole number of quantised rows of {width} values",
             bytes.len()
         ));
     }
@@ -138,44 +214,170 @@ pub fn int8_decode(bytes: &[u8], width: usize) -> Result<Vec<f32>, String> {
             return Err(format!("a row's scale exponent {e} is out of range"));
         }
         let scale = 2f32.powi(i32::from(e));
-        out.extend(row[1..].iter().map(|&q| f32::from(q as i8) * scale));
+        for &q in &row[1..] {
+            let q = q as i8;
+            if q < -steps || q > steps {
+                return Err(format!("a value of {q} steps, beyond the {steps} allowed"));
+            }
+            out.push(f32::from(q) * scale);
+        }
     }
     Ok(out)
 }
 
-/// `values` as they arrive once sent int8: decoded from their encoding.
-pub fn int8_round(values: &mut [f32], width: usize) {
+/// Deflate with Huffman codes only (no matches): an order-0 entropy coder, fast, and at most
+/// 8 decoded bytes per encoded byte, so that decoding can be bounded by the input.
+fn huffman(bytes: &[u8]) -> Vec<u8> {
+    use miniz_oxide::deflate::core::{
+        CompressionStrategy, CompressorOxide, TDEFLFlush, TDEFLStatus, compress,
+        create_comp_flags_from_zip_params,
+    };
+    let flags = create_comp_flags_from_zip_params(1, 0, CompressionStrategy::HuffmanOnly as i32);
+    let mut c = CompressorOxide::new(flags);
+    let mut out = vec![0u8; bytes.len() / 2 + 64];
+    let (mut input, mut at) = (bytes, 0);
+    loop {
+        let (status, read, wrote) = compress(&mut c, input, &mut out[at..], TDEFLFlush::Finish);
+        at += wrote;
+        input = &input[read.min(input.len())..];
+        match status {
+            TDEFLStatus::Done => break,
+            TDEFLStatus::Okay => {
+                if out.len() - at < 64 {
+                    out.resize(out.len() * 2, 0);
+                }
+            }
+            // The compressor only fails on bad parameters, which these are not; keep the
+            // bytes as they are rather than lose them (the decoder refuses them by name).
+            _ => return bytes.to_vec(),
+        }
+    }
+    out.truncate(at);
+    out
+}
+
+/// What [`huffman`] encoded, at most 8 bytes for each byte given (what Huffman codes of at
+/// least one bit allow) and at most `limit`.
+fn unhuffman(bytes: &[u8], limit: usize) -> Result<Vec<u8>, String> {
+    let bound = bytes.len().saturating_mul(8).saturating_add(64).min(limit);
+    miniz_oxide::inflate::decompress_to_vec_with_limit(bytes, bound).map_err(|e| {
+        format!(
+            "not a deflate stream of at most {bound} bytes decoded ({:?})",
+            e.status
+        )
+    })
+}
+
+/// `values` (rows of `width`) as they arrive once sent `way` under `compression`: decoded
+/// from their encoding (unchanged for f32).
+///
+/// Gradients of a stochastic codec round each value down or up with the probability that
+/// keeps it unbiased, from `way`'s seed and the value's place, except each row's largest
+/// magnitude, which rounds to the nearest step: that keeps the row's scale, so that the result
+/// travels again unchanged ([`encode_stream`] is exact on it).
+pub fn round_stream(values: &mut [f32], width: usize, compression: u32, way: Way) {
+    let Some(c) = codec(compression) else {
+        return;
+    };
+    let steps = c.steps(way);
+    let seed = match way {
+        Way::Backward(seed) if c.stochastic => Some(seed),
+        _ => None,
+    };
     let width = width.max(1);
-    for row in values.chunks_mut(width) {
-        let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let scale = 2f32.powi(i32::from(int8_exponent(max)));
-        for v in row.iter_mut() {
+    let s = f32::from(steps);
+    for (r, row) in values.chunks_mut(width).enumerate() {
+        let (at, max) =
+            row.iter().enumerate().fold(
+                (0, 0f32),
+                |(i, m), (j, v)| if v.abs() > m { (j, v.abs()) } else { (i, m) },
+            );
+        let scale = 2f32.powi(i32::from(exponent(max, steps)));
+        let mut draws = seed.map(|seed| {
+            cohort_core::SplitMix64::new(seed ^ (r as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        });
+        for (j, v) in row.iter_mut().enumerate() {
+            let x = *v / scale;
+            let q = match &mut draws {
+                Some(d) => {
+                    // One draw per value, in order, whatever is rounded.
+                    let u = (d.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+                    if j == at {
+                        x.round()
+                    } else {
+                        x.signum() * (x.abs() + u).floor()
+                    }
+                }
+                None => x.round(),
+            };
             // Through the byte, as decoding gives it (-0.0 becomes 0.0).
-            let q = (*v / scale).round().clamp(-127.0, 127.0) as i8;
+            let q = q.clamp(-s, s) as i8;
             *v = f32::from(q) * scale;
         }
     }
 }
 
-/// A stream's bytes on the wire under `compression` (rows of `width`).
-pub fn encode_stream(values: &[f32], width: usize, compression: u32) -> Vec<u8> {
-    match compression {
-        COMPRESSION_INT8 => int8_encode(values, width),
-        _ => bytes(values),
+/// A stream's bytes on the wire, sent `way` under `compression` (rows of `width`).
+pub fn encode_stream(values: &[f32], width: usize, compression: u32, way: Way) -> Vec<u8> {
+    match codec(compression) {
+        Some(c) => {
+            let q = quant_rows(values, width, c.steps(way));
+            if c.huffman { huffman(&q) } else { q }
+        }
+        None => bytes(values),
     }
 }
 
-/// A stream from the wire under `compression`.
-fn decode_stream(b: &[u8], width: usize, compression: u32, what: &str) -> Result<Vec<f32>, Status> {
-    match compression {
-        COMPRESSION_NONE => floats(b, what),
-        COMPRESSION_INT8 => {
-            int8_decode(b, width).map_err(|e| Status::invalid_argument(format!("{what}: {e}")))
+/// The values of a stream's bytes, sent `way` under `compression` (rows of `width`).
+///
+/// # Errors
+/// The bytes are not such a stream, or would decode to more than [`MAX_STAGE_VALUES`] values.
+pub fn decode_stream_values(
+    b: &[u8],
+    width: usize,
+    compression: u32,
+    way: Way,
+) -> Result<Vec<f32>, String> {
+    match (compression, codec(compression)) {
+        (COMPRESSION_NONE, _) => {
+            if !b.len().is_multiple_of(4) {
+                return Err(format!("{} bytes is not a whole number of f32", b.len()));
+            }
+            Ok(b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect())
         }
-        c => Err(Status::invalid_argument(format!(
-            "compression {c}: this server knows 0 (f32) and 1 (int8)"
-        ))),
+        // A verifier's answer carries no stream: no bytes, no rows.
+        (_, Some(_)) if b.is_empty() => Ok(Vec::new()),
+        (_, Some(c)) if c.huffman => {
+            let limit = MAX_STAGE_VALUES.saturating_mul(width + 1) / width.max(1);
+            dequant_rows(&unhuffman(b, limit)?, width, c.steps(way))
+        }
+        (_, Some(c)) => dequant_rows(b, width, c.steps(way)),
+        (c, None) => Err(format!(
+            "compression {c}: this build knows {}",
+            COMPRESSIONS
+                .iter()
+                .map(|(n, c)| format!("{c} ({n})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
     }
+}
+
+/// The most values a decoded stream may hold: a stream of [`MAX_STAGE_MESSAGE`] bytes as f32.
+pub const MAX_STAGE_VALUES: usize = MAX_STAGE_MESSAGE / 4;
+
+/// A stream from the wire under `compression`.
+fn decode_stream(
+    b: &[u8],
+    width: usize,
+    compression: u32,
+    way: Way,
+    what: &str,
+) -> Result<Vec<f32>, Status> {
+    decode_stream_values(b, width, compression, way)
+        .map_err(|e| Status::invalid_argument(format!("{what}: {e}")))
 }
 
 /// A server's answer to a forward call: the stream (empty from a verifier) and its commitment,
@@ -190,6 +392,8 @@ pub struct Forwarded {
     pub call: Digest,
     /// The server's signature over [`commitment_message`], checked against its key.
     pub signature: Option<[u8; 64]>,
+    /// The stream's bytes on the wire, sent and received, as encoded.
+    pub wire_bytes: u64,
 }
 
 /// The digest of what a forward call asks of a server holding `info`'s layers: the model,
@@ -255,6 +459,8 @@ pub struct Backwarded {
     pub digest: Digest,
     /// Its signature over `digest`, checked against its key.
     pub signature: Option<[u8; 64]>,
+    /// The gradients' bytes on the wire (in and out), as encoded.
+    pub wire_bytes: u64,
 }
 
 /// What a server signs when it answers a backward: the session and step (which its signed
@@ -400,7 +606,7 @@ impl Stage for Service {
             step: r.step,
             batch: r.batch as usize,
             tokens: r.tokens as usize,
-            stream: decode_stream(&r.stream, width, r.compression, "the stream")?,
+            stream: decode_stream(&r.stream, width, r.compression, Way::Forward, "the stream")?,
             adapter: tensors(r.adapter, "adapter tensor")?,
             dropout_key: r.dropout_key,
             adapter_config: r.adapter_config,
@@ -422,9 +628,7 @@ impl Stage for Service {
             .map_err(|e| Status::internal(format!("the forward pass failed: {e}")))?
             .map_err(Status::invalid_argument)?;
         let mut out = out;
-        if compression == COMPRESSION_INT8 {
-            int8_round(&mut out, width);
-        }
+        round_stream(&mut out, width, compression, Way::Forward);
         let hashes = row_hashes(&out, rows);
         let signature = match (&self.1, digest) {
             (Some(id), Some(d)) => id.sign(&commitment_message(&d, &hashes)).to_vec(),
@@ -434,7 +638,7 @@ impl Stage for Service {
             stream: if checking {
                 Vec::new()
             } else {
-                encode_stream(&out, width, compression)
+                encode_stream(&out, width, compression, Way::Forward)
             },
             row_sha256: hashes.into_iter().map(|h| h.to_vec()).collect(),
             signature,
@@ -447,15 +651,21 @@ impl Stage for Service {
     ) -> Result<Response<pb::BackwardReply>, Status> {
         let r = r.into_inner();
         let width = self.0.info().width;
-        let grad = decode_stream(&r.grad, width, r.compression, "the gradient")?;
+        let grad = decode_stream(
+            &r.grad,
+            width,
+            r.compression,
+            Way::Backward(0),
+            "the gradient",
+        )?;
+        let first = self.0.info().layers.start;
         let compute = Arc::clone(&self.0);
         let signer = self.1.clone();
         let compression = r.compression;
         let (dx, grads, signature) = tokio::task::spawn_blocking(move || {
             let (mut dx, grads) = compute.backward(r.session, r.step, grad.clone())?;
-            if compression == COMPRESSION_INT8 {
-                int8_round(&mut dx, width);
-            }
+            let way = Way::Backward(grad_seed(r.step, first, &grad));
+            round_stream(&mut dx, width, compression, way);
             let signature = signer.map(|id| {
                 id.sign(&backward_digest(r.session, r.step, &grad, &dx, &grads))
                     .to_vec()
@@ -466,7 +676,7 @@ impl Stage for Service {
         .map_err(|e| Status::internal(format!("the backward pass failed: {e}")))?
         .map_err(Status::failed_precondition)?;
         Ok(Response::new(pb::BackwardReply {
-            grad: encode_stream(&dx, width, compression),
+            grad: encode_stream(&dx, width, compression, Way::Backward(0)),
             grads: pb_tensors(grads),
             signature,
         }))
@@ -716,7 +926,7 @@ impl StageClient {
             step: call.step,
             batch: call.batch as u32,
             tokens: call.tokens as u32,
-            stream: encode_stream(&call.stream, width, call.compression),
+            stream: encode_stream(&call.stream, width, call.compression, Way::Forward),
             adapter: pb_tensors(call.adapter.clone()),
             dropout_key: call.dropout_key,
             adapter_config: call.adapter_config.clone(),
@@ -724,13 +934,21 @@ impl StageClient {
             inference: call.inference,
             compression: call.compression,
         };
+        let sent = req.stream.len() as u64;
         let r = self.call(async |c| c.forward(req).await)?.into_inner();
+        let wire_bytes = sent + r.stream.len() as u64;
         let bad = |reason: String| StageError::Refused {
             url: self.url.clone(),
             reason: format!("its answer: {reason}"),
         };
-        let stream = decode_stream(&r.stream, width, call.compression, "the stream")
-            .map_err(|s| bad(s.message().into()))?;
+        let stream = decode_stream(
+            &r.stream,
+            width,
+            call.compression,
+            Way::Forward,
+            "the stream",
+        )
+        .map_err(|s| bad(s.message().into()))?;
         let rows = if checking {
             call.rows.len()
         } else {
@@ -791,6 +1009,7 @@ impl StageClient {
             row_sha256,
             call: call_d,
             signature,
+            wire_bytes,
         })
     }
 
@@ -841,16 +1060,24 @@ impl StageClient {
         let req = pb::BackwardRequest {
             session,
             step,
-            grad: encode_stream(grad, width, self.compression),
+            grad: encode_stream(grad, width, self.compression, Way::Backward(0)),
             compression: self.compression,
         };
+        let sent = req.grad.len() as u64;
         let r = self.call(async |c| c.backward(req).await)?.into_inner();
+        let wire_bytes = sent + r.grad.len() as u64;
         let bad = |reason: String| StageError::Refused {
             url: self.url.clone(),
             reason: format!("its answer: {reason}"),
         };
-        let dx = decode_stream(&r.grad, width, self.compression, "the gradient")
-            .map_err(|s| bad(s.message().into()))?;
+        let dx = decode_stream(
+            &r.grad,
+            width,
+            self.compression,
+            Way::Backward(0),
+            "the gradient",
+        )
+        .map_err(|s| bad(s.message().into()))?;
         let grads = tensors(r.grads, "gradient").map_err(|s| bad(s.message().into()))?;
         let digest = backward_digest(session, step, grad, &dx, &grads);
         let signature = match (key, r.signature.len()) {
@@ -872,6 +1099,7 @@ impl StageClient {
             grads,
             digest,
             signature,
+            wire_bytes,
         })
     }
 }
@@ -880,44 +1108,132 @@ impl StageClient {
 mod tests {
     use super::*;
 
-    /// The int8 encoding: a quarter of the bytes and a row's scale, exact on what it decodes to
-    /// (so that a stream rounded once travels again unchanged), within half a step of each
-    /// value; bad bytes refused.
+    /// The quantised encodings: int8 a quarter of the bytes, int4 and int5-3 (entropy-coded)
+    /// less than a seventh of them on values shaped like a stream; a row's power-of-two
+    /// scale; exact on what they decode to (so that a stream rounded once travels again
+    /// unchanged), within a step of each value; bad bytes refused.
     #[test]
-    fn int8_streams_round_once_and_travel_unchanged() {
+    fn quantised_streams_round_once_and_travel_unchanged() {
         let width = 16;
-        let mut r = cohort_core::SplitMix64::new(3);
-        let mut v: Vec<f32> = r.normal_vec(width * 5, 3.0);
-        v[20..36].fill(0.0);
-        v[40] = 1e-30;
-        let bytes = int8_encode(&v, width);
-        assert_eq!(bytes.len(), 5 * (width + 1));
-        let back = int8_decode(&bytes, width).unwrap();
-        for (row, got) in v.chunks(width).zip(back.chunks(width)) {
-            let max = row.iter().fold(0f32, |m, x| m.max(x.abs()));
-            for (a, b) in row.iter().zip(got) {
-                assert!((a - b).abs() <= max / 127.0 + 1e-30, "{a} against {b}");
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let ways = [Way::Forward, Way::Backward(7)];
+        for compression in [COMPRESSION_INT8, COMPRESSION_INT4, COMPRESSION_INT5_3] {
+            for way in ways {
+                let steps = f32::from(codec(compression).unwrap().steps(way));
+                let mut r = cohort_core::SplitMix64::new(3);
+                let mut v: Vec<f32> = r.normal_vec(width * 64, 3.0);
+                v[20..36].fill(0.0);
+                v[40] = 1e-30;
+                v[3] = -1e-9;
+                let mut rounded = v.clone();
+                round_stream(&mut rounded, width, compression, way);
+                // Within a step (half a step when rounding to the nearest).
+                for (row, got) in v.chunks(width).zip(rounded.chunks(width)) {
+                    let max = row.iter().fold(0f32, |m, x| m.max(x.abs()));
+                    for (a, b) in row.iter().zip(got) {
+                        assert!(
+                            (a - b).abs() <= 2.0 * max / steps + 1e-30,
+                            "{a} against {b}"
+                        );
+                    }
+                }
+                let bytes = encode_stream(&rounded, width, compression, way);
+                if compression == COMPRESSION_INT8 {
+                    assert_eq!(bytes.len(), 64 * (width + 1));
+                } else {
+                    // Fewer than int8's bytes, and gradients of int5-3 a fifth of f32.
+                    assert!(bytes.len() < 64 * (width + 1), "{} bytes", bytes.len());
+                    if way != Way::Forward || compression == COMPRESSION_INT4 {
+                        assert!(bytes.len() * 5 < v.len() * 4, "{} bytes", bytes.len());
+                    }
+                }
+                let back = decode_stream_values(&bytes, width, compression, way).unwrap();
+                assert_eq!(bits(&back), bits(&rounded), "not what was rounded");
+                // Rounding again changes nothing, whatever the seed.
+                let mut again = back.clone();
+                let other = match way {
+                    Way::Forward => Way::Forward,
+                    Way::Backward(_) => Way::Backward(99),
+                };
+                round_stream(&mut again, width, compression, other);
+                assert_eq!(bits(&again), bits(&back));
+                assert_eq!(encode_stream(&back, width, compression, way), bytes);
+                assert!(decode_stream_values(&bytes[1..], width, compression, way).is_err());
+                assert!(decode_stream_values(&bytes, 0, compression, way).is_err());
+                assert!(decode_stream_values(&bytes, width + 1, compression, way).is_err());
             }
         }
-        let mut rounded = v.clone();
-        rounded[3] = -1e-9;
-        int8_round(&mut rounded, width);
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        let mut v2 = v.clone();
-        v2[3] = -1e-9;
-        assert_eq!(
-            bits(&rounded),
-            bits(&int8_decode(&int8_encode(&v2, width), width).unwrap())
-        );
-        assert_eq!(
-            int8_encode(&back, width),
-            bytes,
-            "not exact on what it decodes to"
-        );
-        assert!(int8_decode(&bytes[1..], width).is_err());
-        assert!(int8_decode(&bytes, 0).is_err());
-        let mut bad = bytes.clone();
+        // A row's exponent out of range; a value beyond its steps.
+        let mut bad = encode_stream(&[1.0; 16], 16, COMPRESSION_INT8, Way::Forward);
         bad[0] = (-127i8) as u8;
-        assert!(int8_decode(&bad, width).is_err());
+        assert!(decode_stream_values(&bad, 16, COMPRESSION_INT8, Way::Forward).is_err());
+        let four = quant_rows(&[1.0; 16], 16, 127);
+        assert!(
+            decode_stream_values(&huffman(&four), 16, COMPRESSION_INT4, Way::Forward)
+                .unwrap_err()
+                .contains("beyond the 7")
+        );
+        let e = decode_stream_values(&[1, 2, 3], 16, 9, Way::Forward).unwrap_err();
+        assert!(e.contains("3 (int5-3)"), "{e}");
+    }
+
+    /// Gradients of int5-3 round stochastically: unbiased over seeds (the mean of many
+    /// roundings of a value between two steps tends to it), the same for the same seed.
+    #[test]
+    fn stochastic_gradient_rounding_is_unbiased_and_seeded() {
+        // A row whose largest value (4 steps of 1) sets the scale: the others fall between
+        // steps.
+        let row = [4.0f32, 0.25, -0.6, 1.5, 0.0, -2.9, 3.2, 0.01];
+        let mut sum = [0f64; 8];
+        let n = 20_000;
+        for seed in 0..n {
+            let mut v = row;
+            round_stream(&mut v, 8, COMPRESSION_INT5_3, Way::Backward(seed));
+            assert_eq!(v[0], 4.0, "the row's largest rounds to the nearest step");
+            for (s, x) in sum.iter_mut().zip(v) {
+                *s += f64::from(x);
+            }
+        }
+        for (s, x) in sum.iter().zip(row) {
+            let mean = s / n as f64;
+            assert!((mean - f64::from(x)).abs() < 0.03, "{mean} against {x}");
+        }
+        let (mut a, mut b) = (row, row);
+        round_stream(&mut a, 8, COMPRESSION_INT5_3, Way::Backward(5));
+        round_stream(&mut b, 8, COMPRESSION_INT5_3, Way::Backward(5));
+        assert_eq!(a, b);
+        // Activations round to the nearest step (of 0.5: 15 steps each side hold 4).
+        let mut f = row;
+        round_stream(&mut f, 8, COMPRESSION_INT5_3, Way::Forward);
+        assert_eq!(f[2], -0.5);
+        assert_eq!(f[6], 3.0);
+        assert_ne!(grad_seed(1, 2, &row), grad_seed(1, 3, &row));
+    }
+
+    /// An int4 stream decodes to at most 8 bytes for each byte sent: a deflate stream that
+    /// expands further (here with matches, which the encoder never writes) is refused before
+    /// it is held whole.
+    #[test]
+    fn an_int4_stream_that_expands_beyond_huffman_codes_is_refused() {
+        let f = Way::Forward;
+        let zeros = vec![0u8; 17 * 100_000];
+        let bomb = miniz_oxide::deflate::compress_to_vec(&zeros, 6);
+        assert!(bomb.len() * 8 < zeros.len());
+        let e = decode_stream_values(&bomb, 16, COMPRESSION_INT4, f).unwrap_err();
+        assert!(e.contains("not a deflate stream"), "{e}");
+        assert!(decode_stream_values(b"garbage", 16, COMPRESSION_INT4, f).is_err());
+        // No bytes are no rows (a verifier's answer carries no stream).
+        assert!(
+            decode_stream_values(&[], 16, COMPRESSION_INT4, f)
+                .unwrap()
+                .is_empty()
+        );
+        // The most compressible stream there is, all zeros, is within the bound.
+        let zeros = vec![0f32; 16 * 10_000];
+        let z = encode_stream(&zeros, 16, COMPRESSION_INT4, f);
+        assert_eq!(
+            decode_stream_values(&z, 16, COMPRESSION_INT4, f).unwrap(),
+            zeros
+        );
     }
 }

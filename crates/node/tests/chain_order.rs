@@ -45,6 +45,7 @@ fn config() -> RunConfig {
         }),
         unlearning: Default::default(),
         compression: Default::default(),
+        pipeline: None,
         incentives: Default::default(),
     }
 }

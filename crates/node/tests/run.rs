@@ -30,6 +30,7 @@ fn config(attack: Option<AttackConfig>, strategy: StrategyConfig) -> RunConfig {
         attack,
         unlearning: Default::default(),
         compression: Default::default(),
+        pipeline: None,
         incentives: Default::default(),
     }
 }

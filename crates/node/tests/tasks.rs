@@ -56,6 +56,7 @@ fn lm_config(seed: u64) -> RunConfig {
         attack: None,
         unlearning: Default::default(),
         compression: Default::default(),
+        pipeline: None,
         incentives: IncentiveConfig::default(),
     }
 }
@@ -83,6 +84,7 @@ fn imdb_config(attack: Option<AttackKind>) -> RunConfig {
         }),
         unlearning: Default::default(),
         compression: Default::default(),
+        pipeline: None,
         incentives: IncentiveConfig {
             accept_threshold: -0.04,
             ..IncentiveConfig::default()

@@ -116,6 +116,24 @@ pub(crate) fn layout_of(
     Ok(Arc::new(layout))
 }
 
+/// Where a client's gradients come from instead of the model's own pass (`[pipeline]`): given
+/// the model (embeddings, head, adapter), a micro-batch's inputs and targets and its dropout
+/// key, the loss and the gradients of the model's trainable parameters, in their order.
+pub type StageGradients = Box<
+    dyn FnMut(
+            &dyn cohort_model::LanguageModel,
+            &candle_core::Tensor,
+            &candle_core::Tensor,
+            Option<u64>,
+        ) -> cohort_model::Result<(f64, Vec<Vec<f32>>)>
+        + Send,
+>;
+
+/// Makes the [`StageGradients`] of the base model in a directory, given the model with its
+/// adapter attached (`[pipeline]`): starts or dials the stage servers holding its layers.
+pub type StageFactory<'a> =
+    &'a dyn Fn(&Path, &dyn cohort_model::LanguageModel) -> Result<StageGradients, FlError>;
+
 /// Builds the task `cfg.task`, reading data files relative to `base_dir` (the config file's
 /// directory) and caching derived artefacts (a pretrained base model) under `cache_dir`, and
 /// applies the configured data attack to the attacking clients.
@@ -137,6 +155,24 @@ pub fn build_party(
     cache_dir: &Path,
     own: Option<&OwnData>,
 ) -> Result<Box<dyn Learner + Send + Sync>, FlError> {
+    build_with(cfg, base_dir, cache_dir, own, None)
+}
+
+/// [`build_party`] whose `lm` clients train through the stage servers `stages` makes for the
+/// base model (`[pipeline]`); other tasks refuse them.
+pub fn build_with(
+    cfg: &ValidConfig,
+    base_dir: &Path,
+    cache_dir: &Path,
+    own: Option<&OwnData>,
+    stages: Option<StageFactory<'_>>,
+) -> Result<Box<dyn Learner + Send + Sync>, FlError> {
+    if stages.is_some() && !matches!(cfg.task, TaskConfig::Lm(_)) {
+        return Err(FlError::InvalidConfig {
+            what: "pipeline",
+            reason: "only the lm task trains through stage servers".into(),
+        });
+    }
     check_inputs(cfg, base_dir)?;
     if let (Some(own), TaskConfig::Linear(_)) = (own, &cfg.task) {
         // Refused, naming the tasks that take a file, before anything is built.
@@ -160,6 +196,10 @@ pub fn build_party(
             )?;
             if let Some(own) = own {
                 t.use_own_data(own)?;
+            }
+            if let Some(make) = stages {
+                let stages = make(t.base_dir(), t.model())?;
+                t.train_through(stages);
             }
             Box::new(t)
         }

@@ -50,6 +50,9 @@ pub struct LmTask {
     /// Public text (the roles that are not clients, what the base model is pretrained on):
     /// the retain term of approximate unlearning.
     public: Vec<u32>,
+    /// Where clients' gradients come from instead of the model's own pass: stage servers
+    /// (`[pipeline]`, [`LmTask::train_through`]).
+    stages: Option<std::sync::Mutex<crate::StageGradients>>,
 }
 
 /// At most this much of the public text is kept for unlearning's retain term (characters).
@@ -260,7 +263,20 @@ impl LmTask {
             base_dir: model_dir,
             tokenizer,
             public,
+            stages: None,
         })
+    }
+
+    /// The model, its adapter attached.
+    pub fn model(&self) -> &dyn LanguageModel {
+        &*self.model
+    }
+
+    /// Clients train through `stages` from now on: each micro-batch's loss and gradients come
+    /// from it (stage servers holding the layers) instead of the model's own pass. Validation
+    /// and evaluation stay here.
+    pub fn train_through(&mut self, stages: crate::StageGradients) {
+        self.stages = Some(std::sync::Mutex::new(stages));
     }
 
     /// Replaces a party's partition by its own text file (`own`): client `index` trains on
@@ -661,10 +677,26 @@ impl Learner for LmTask {
             .map_err(crate::task_err("training a language-model client"))?;
             // Dropout masks from the client's own stream (none at the default 0, which keeps
             // the fast path and the results of runs without it).
-            let (_, mut grads) = if self.cfg.lora_dropout > 0.0 {
-                Trainer::gradients_with_dropout(&*self.model, &[batch], false, data_rng.next_u64())
-            } else {
-                Trainer::gradients(&*self.model, &[batch], false)
+            let key = (self.cfg.lora_dropout > 0.0).then(|| data_rng.next_u64());
+            let (_, mut grads) = match (&self.stages, key) {
+                (Some(stages), key) => {
+                    let mut stages = stages.lock().map_err(|_| {
+                        FlError::task_failed(
+                            "training a language-model client",
+                            "the stage servers' connection was poisoned by a failed step",
+                        )
+                    })?;
+                    let model = &*self.model;
+                    let mut source =
+                        |x: &candle_core::Tensor, y: &candle_core::Tensor, k: Option<u64>| {
+                            (*stages)(model, x, y, k)
+                        };
+                    Trainer::gradients_from(model, &[batch], key, &mut source)
+                }
+                (None, Some(key)) => {
+                    Trainer::gradients_with_dropout(&*self.model, &[batch], false, key)
+                }
+                (None, None) => Trainer::gradients(&*self.model, &[batch], false),
             }
             .map_err(crate::task_err("training a language-model client"))?;
             if self.cfg.prox_mu > 0.0 {

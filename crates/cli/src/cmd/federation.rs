@@ -323,7 +323,9 @@ impl PartyArgs {
             hex::encode(id.public_key()),
             dial.url
         );
-        let task = cohort_tasks::build_party(&cfg, &config_dir, &cache, own.as_ref())
+        // A client trains through the stage servers of `[pipeline]`, when the config has one.
+        let trains = matches!(party, cohort_node::transport::Party::Client(_));
+        let task = crate::cmd::model::build_task(&cfg, &config_dir, &cache, own.as_ref(), trains)
             .context("setting up the task")?;
         // Salts from the OS: the config's seed is public in a federation.
         let node = party_node(&cfg, party, id, &*task, &SybilRing::new(), true);

@@ -1037,8 +1037,8 @@ impl Args {
         // Data files are relative to the config file; a pretrained base model is cached in
         // DIR/base-<hash> (pass it as `base` to reuse it).
         progress.say("set-up: preparing the task (reading data, pretraining a base model)");
-        let task =
-            cohort_tasks::build(cfg, &config_dir, &self.out).context("setting up the task")?;
+        let task = crate::cmd::model::build_task(cfg, &config_dir, &self.out, None, true)
+            .context("setting up the task")?;
         let blobs = self.blob_store()?;
         if resume.is_none() {
             let shards = match cfg.unlearning.shards {
@@ -1431,8 +1431,8 @@ impl Args {
             fs::copy(&self.config, self.out.join("config.toml"))
                 .with_context(|| format!("copying the config into {}", self.out.display()))?;
             progress.say("set-up: preparing the task (reading data, pretraining a base model)");
-            let task =
-                cohort_tasks::build(cfg, &config_dir, &self.out).context("setting up the task")?;
+            let task = crate::cmd::model::build_task(cfg, &config_dir, &self.out, None, true)
+                .context("setting up the task")?;
             let opts = RunOptions::new()
                 .with_keys(keys.clone())
                 .with_blobs(blobs)

@@ -28,8 +28,17 @@ pub struct Args {
     /// Write the results here as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// A GPT model directory (`cohort model pretrain`) to train the adapter of, instead of a
+    /// fresh `--preset` model with random weights: with `--data`, the losses (and what
+    /// compression costs) are those of a model that learns.
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+    /// A text file to train on, tokenised with `--model`'s tokeniser (the last tenth held
+    /// back); without it, uniformly random tokens.
+    #[arg(long, value_name = "FILE", requires = "model")]
+    data: Option<PathBuf>,
     /// Model preset (`tiny`: 4 layers of width 128; `reference`: width 256).
-    #[arg(long, default_value = "tiny",
+    #[arg(long, default_value = "tiny", conflicts_with = "model",
           value_parser = ["test", "tiny", "reference", "small", "medium"])]
     preset: String,
     /// Stage servers, each holding an equal share of the layers (the first ones one more when
@@ -45,8 +54,9 @@ pub struct Args {
     /// LoRA rank, in [1, 4096] and at most the model's width.
     #[arg(long, default_value_t = 8, value_parser = int_in(1..=4096usize))]
     rank: usize,
-    /// How the pipeline's streams and gradients travel: `none` (f32) or `int8`.
-    #[arg(long, default_value = "none", value_parser = ["none", "int8"])]
+    /// How the pipeline's streams and gradients travel: `none` (f32), `int8`, `int4` or
+    /// `int5-3`.
+    #[arg(long, default_value = "none", value_parser = ["none", "int8", "int4", "int5-3"])]
     compress: String,
 }
 
@@ -90,7 +100,10 @@ struct Memory {
 
 #[derive(Debug, Serialize)]
 struct Report {
+    /// The preset, or the model directory given.
     preset: String,
+    /// The text trained on (`None`: random tokens).
+    data: Option<String>,
     layers: usize,
     model_bytes: u64,
     batch: usize,
@@ -255,18 +268,38 @@ pub(super) fn start_server(
 
 impl Args {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
-        let cfg = GptConfig::preset(&self.preset, 65)?;
+        // Before any work: the data reads and tokenises, the model loads.
+        let tmp = tempfile::tempdir().context("a temporary directory for the model")?;
+        let (dir, cfg, text_tokens) = match &self.model {
+            Some(d) => {
+                let (m, tok) = crate::cmd::model::load_gpt(d)?;
+                let tokens = match &self.data {
+                    Some(f) => {
+                        let text = std::fs::read_to_string(f)
+                            .with_context(|| format!("reading {}", f.display()))?;
+                        Some(
+                            tok.encode(&text)
+                                .with_context(|| format!("tokenising {}", f.display()))?,
+                        )
+                    }
+                    None => None,
+                };
+                (d.clone(), m.config.clone(), tokens)
+            }
+            None => {
+                let cfg = GptConfig::preset(&self.preset, 65)?;
+                let dir = tmp.path().join("model");
+                Gpt::new(cfg.clone(), 1, &Device::Cpu)?.save_dir(&dir)?;
+                (dir, cfg, None)
+            }
+        };
         let layers = cfg.n_layer;
         if self.stages > layers {
-            bail!(
-                "--stages {}: the {} preset has {layers} layers",
-                self.stages,
-                self.preset
-            );
+            bail!("--stages {}: the model has {layers} layers", self.stages,);
         }
-        let tmp = tempfile::tempdir().context("a temporary directory for the model")?;
-        let dir = tmp.path().join("model");
-        Gpt::new(cfg.clone(), 1, &Device::Cpu)?.save_dir(&dir)?;
+        if self.rank > cfg.n_embd {
+            bail!("--rank {}: the model's width is {}", self.rank, cfg.n_embd);
+        }
         let model_bytes = std::fs::metadata(dir.join("model.safetensors"))?.len();
         // Equal shares of the layers, the first stages one more.
         let mut ranges = Vec::new();
@@ -300,8 +333,22 @@ impl Args {
             .canonicalize()
             .context("the model file")?;
         let seq = cfg.n_positions.min(128);
-        let mut r = SplitMix64::new(7);
-        let tokens: Vec<u32> = (0..200_000).map(|_| r.below(65) as u32).collect();
+        let tokens = match text_tokens {
+            Some(t) => t,
+            None => {
+                let mut r = SplitMix64::new(7);
+                (0..200_000)
+                    .map(|_| r.below(cfg.vocab_size) as u32)
+                    .collect()
+            }
+        };
+        if tokens.len() * 9 / 10 <= seq + 1 {
+            bail!(
+                "--data: {} tokens, too few for one window of {} in its first nine tenths",
+                tokens.len(),
+                seq + 1
+            );
+        }
         let data = TokenData::split(tokens, 0.1)?;
         let lora_cfg = LoraConfig::new(self.rank, 2.0 * self.rank as f64, &["all-linear"]);
         let make = || -> anyhow::Result<(Gpt, Trainer)> {
@@ -315,8 +362,14 @@ impl Args {
             Ok((m, t))
         };
         eprintln!(
-            "bench pipeline: {} preset ({layers} layers), {} stages {ranges:?}, {} steps per mode",
-            self.preset, self.stages, self.steps
+            "bench pipeline: {} ({layers} layers), {} stages {ranges:?}, {} steps per mode",
+            self.model
+                .as_ref()
+                .map_or(format!("{} preset", self.preset), |d| d
+                    .display()
+                    .to_string()),
+            self.stages,
+            self.steps
         );
         let time =
             |name: &str, f: &mut dyn FnMut() -> anyhow::Result<f64>| -> anyhow::Result<Mode> {
@@ -351,14 +404,8 @@ impl Args {
                 .context("no adapter")?
                 .config
                 .clone();
-            let mut p =
-                Pipeline::connect(&dials, &dir, layers, Some(&lora))?.with_compression(match self
-                    .compress
-                    .as_str()
-                {
-                    "int8" => cohort_net::stage::COMPRESSION_INT8,
-                    _ => cohort_net::stage::COMPRESSION_NONE,
-                });
+            let mut p = Pipeline::connect(&dials, &dir, layers, Some(&lora))?
+                .with_compression(crate::cmd::model::compression(&self.compress)?);
             let mode = time("pipeline", &mut || {
                 let mut source = |x: &candle_core::Tensor,
                                   y: &candle_core::Tensor,
@@ -408,7 +455,11 @@ impl Args {
         // Per stage and step: the stream in and out, the gradient in and out (f32).
         let stream = (self.batch * seq * cfg.n_embd * 4) as u64;
         let report = Report {
-            preset: self.preset.clone(),
+            preset: self
+                .model
+                .as_ref()
+                .map_or(self.preset.clone(), |d| d.display().to_string()),
+            data: self.data.as_ref().map(|d| d.display().to_string()),
             layers,
             model_bytes,
             batch: self.batch,

@@ -87,9 +87,11 @@ pub struct Args {
     )]
     stage_timeout: u64,
     /// How streams and gradients travel between this process and the stage servers: `none`
-    /// (f32) or `int8` (a power-of-two scale a row, a quarter of the bytes; an approximation,
-    /// so results differ from one process's).
-    #[arg(long, default_value = "none", value_parser = ["none", "int8"], requires = "pipeline")]
+    /// (f32), `int8` (a power-of-two scale a row, a quarter of the bytes), `int4` (4 bits a
+    /// value, entropy-coded: about a tenth) or `int5-3` (activations in 5 bits, gradients in 3
+    /// rounded stochastically, entropy-coded: about a tenth). All are approximations, so
+    /// results differ from one process's (docs/pipeline.md measures by how much).
+    #[arg(long, default_value = "none", value_parser = ["none", "int8", "int4", "int5-3"], requires = "pipeline")]
     compress: String,
     /// An embedded ledger on which every stage server, spare and verifier must be a declared
     /// stage server of this model's layers (`cohort stage register`), with a key and never
@@ -302,10 +304,7 @@ impl Args {
                         )?
                         .with_evidence(self.evidence.clone()),
                 }
-                .with_compression(match self.compress.as_str() {
-                    "int8" => cohort_net::stage::COMPRESSION_INT8,
-                    _ => cohort_net::stage::COMPRESSION_NONE,
-                });
+                .with_compression(super::pipeline::compression(&self.compress)?);
                 if let Some(l) = &self.ledger {
                     p.check_on_ledger(l, super::pipeline::model_sha256(&self.dir)?)?;
                 }

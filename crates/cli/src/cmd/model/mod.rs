@@ -2,7 +2,7 @@
 
 mod eval;
 pub(crate) use pipeline::model_sha256;
-pub use pipeline::{Pipeline, ServeArgs, Verify};
+pub use pipeline::{Pipeline, ServeArgs, Verify, build_task, compression};
 mod generate;
 mod lora;
 mod pipeline;
@@ -57,7 +57,7 @@ fn load(dir: &Path) -> anyhow::Result<(Box<dyn LanguageModel>, Tokenizer)> {
 }
 
 /// A GPT directory written by `cohort model pretrain` and its tokeniser.
-fn load_gpt(dir: &Path) -> anyhow::Result<(Gpt, Tokenizer)> {
+pub(crate) fn load_gpt(dir: &Path) -> anyhow::Result<(Gpt, Tokenizer)> {
     let model = Gpt::load(dir, &candle_core::Device::Cpu)
         .with_context(|| format!("loading model {}", dir.display()))?;
     let tok = load_tokenizer(dir, model.config.vocab_size)?;

@@ -777,17 +777,23 @@ fn forward_checked(
     }
 }
 
-/// Bytes `values` values (rows of `width`) take on the wire under `compression`.
-fn wire_bytes(compression: u32, values: u64, width: usize) -> u64 {
-    match compression {
-        cohort_net::stage::COMPRESSION_INT8 => values + values / width.max(1) as u64,
-        _ => 4 * values,
-    }
-}
-
-/// The values of a call's stream.
-fn call_len(call: &ForwardCall) -> u64 {
-    call.stream.len() as u64
+/// The stage protocol's code of a compression named on the command line (`none`, `int8`,
+/// `int4`).
+///
+/// # Errors
+/// An unknown name, named with those known.
+pub fn compression(name: &str) -> anyhow::Result<u32> {
+    cohort_net::stage::COMPRESSIONS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, c)| *c)
+        .with_context(|| {
+            let known: Vec<&str> = cohort_net::stage::COMPRESSIONS
+                .iter()
+                .map(|(n, _)| *n)
+                .collect();
+            format!("compression {name:?}: known are {}", known.join(", "))
+        })
 }
 
 /// Inference calls' session: the client's, with these bits flipped.
@@ -1389,8 +1395,9 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Streams and gradients travel int8 (`compression` = `COMPRESSION_INT8`): a quarter of
-    /// the bytes, and an approximation (results differ from one process's).
+    /// Streams and gradients travel quantised (`compression`: `COMPRESSION_INT8`, a quarter
+    /// of the bytes; `COMPRESSION_INT4`, about a tenth): an approximation, so results differ
+    /// from one process's.
     pub fn with_compression(mut self, compression: u32) -> Self {
         self.compression = compression;
         for (_, s) in &mut self.stages {
@@ -1412,11 +1419,9 @@ impl Pipeline {
         self.stream_bytes
     }
 
-    /// Rounds `v` (rows of `width`) as it will travel.
-    fn round(&self, v: &mut [f32], width: usize) {
-        if self.compression == cohort_net::stage::COMPRESSION_INT8 {
-            cohort_net::stage::int8_round(v, width);
-        }
+    /// Rounds `v` (rows of `width`) as it will travel `way`.
+    fn round(&self, v: &mut [f32], width: usize, way: cohort_net::stage::Way) {
+        cohort_net::stage::round_stream(v, width, self.compression, way);
     }
 
     /// The servers verifiers caught so far.
@@ -1503,7 +1508,7 @@ impl Pipeline {
         self.inference_calls += 1;
         let step = self.inference_calls;
         let mut h = stages::embed(m, ids, b, t)?;
-        self.round(&mut h, m.config.n_embd);
+        self.round(&mut h, m.config.n_embd, cohort_net::stage::Way::Forward);
         let adapted = m.weights().lora.is_some() && self.adapter_config.is_some();
         for (layers, c) in &mut self.stages {
             let adapter: Named = match adapted {
@@ -1565,7 +1570,7 @@ impl Pipeline {
         self.step += 1;
         let step = self.step;
         let mut h = stages::embed(m, &ids, b, t)?;
-        self.round(&mut h, m.config.n_embd);
+        self.round(&mut h, m.config.n_embd, cohort_net::stage::Way::Forward);
         let mut kept = Vec::with_capacity(self.stages.len());
         for (layers, c) in &mut self.stages {
             let adapter: Named = m
@@ -1603,12 +1608,19 @@ impl Pipeline {
                 &mut self.replays,
                 &format!("step {step}"),
             )?;
-            self.stream_bytes += 2 * wire_bytes(self.compression, call_len(&call), m.config.n_embd);
+            self.stream_bytes += out.wire_bytes;
             kept.push(call);
             h = out.stream;
         }
         let (loss, mut dx, head) = stages::head(m, &h, &targets, b, t)?;
-        self.round(&mut dx, m.config.n_embd);
+        // The head's gradient, rounded as a server rounds its own (seeded by the step, the
+        // layer it comes down from, here the model's last plus one, and the gradient itself).
+        let seed = cohort_net::stage::grad_seed(step, m.config.n_layer, &dx);
+        self.round(
+            &mut dx,
+            m.config.n_embd,
+            cohort_net::stage::Way::Backward(seed),
+        );
         let mut parts: Vec<stages::NamedGrads> = Vec::new();
         for (i, ((layers, c), call)) in self.stages.iter_mut().zip(&kept).enumerate().rev() {
             // What its forward gave: the next stage's input, or the head's.
@@ -1635,7 +1647,7 @@ impl Pipeline {
                 c.active.forward(call)?;
                 got = c.active.backward_signed(call.session, call.step, &dx)?;
             }
-            self.stream_bytes += 2 * wire_bytes(self.compression, dx.len() as u64, m.config.n_embd);
+            self.stream_bytes += got.wire_bytes;
             let (d, g) = (got.dx, got.grads);
             parts.push(g.into_iter().collect::<HashMap<_, _>>());
             dx = d;
@@ -1643,4 +1655,207 @@ impl Pipeline {
         parts.push(stages::embed_backward(m, &ids, b, t, &dx, head)?);
         Ok((loss, stages::assemble(m, parts)?))
     }
+}
+
+/// Stage servers started in this process on loopback (`[pipeline] stages`), served on a
+/// runtime of their own until dropped.
+pub struct LocalStages {
+    _rt: cohort_net::run::Runtime,
+    /// The servers' URLs, in the order of their layers.
+    pub urls: Vec<String>,
+    /// One verifier per stage, when asked for.
+    pub verifiers: Vec<String>,
+    /// Each server's layers.
+    pub ranges: Vec<std::ops::Range<usize>>,
+}
+
+impl LocalStages {
+    /// Serves the GPT in `dir` in `stages` stage servers of equal shares of its layers (the
+    /// first ones one more), plus one verifier per stage when `verifiers`, each with a key of
+    /// its own (derived from `seed`), on loopback.
+    ///
+    /// # Errors
+    /// `dir` is not a GPT, has fewer layers than `stages`, or a server cannot listen.
+    pub fn start(dir: &Path, stages: usize, verifiers: bool, seed: u64) -> anyhow::Result<Self> {
+        let kind = cohort_model::checkpoint::model_type(dir)
+            .with_context(|| format!("loading model {}", dir.display()))?;
+        if kind != "gpt2" {
+            bail!(
+                "{}: a {kind} model; stage servers hold GPT layers only so far",
+                dir.display()
+            );
+        }
+        let total = Gpt::load_mapped(dir, &Device::Cpu)
+            .with_context(|| format!("mapping model {}", dir.display()))?
+            .config
+            .n_layer;
+        if stages == 0 || stages > total {
+            bail!("pipeline.stages {stages}: the base model has {total} layers");
+        }
+        let mut ranges = Vec::new();
+        let mut at = 0;
+        for s in 0..stages {
+            let n = total / stages + usize::from(s < total % stages);
+            ranges.push(at..at + n);
+            at += n;
+        }
+        let rt = cohort_net::run::server_runtime(2)?;
+        let sha = model_sha256(dir)?;
+        let serve = |layers: &std::ops::Range<usize>, name: &str| -> anyhow::Result<String> {
+            let model = Gpt::load_mapped(dir, &Device::Cpu)
+                .with_context(|| format!("mapping model {}", dir.display()))?;
+            let signer = cohort_core::Identity::from_seed(seed, name);
+            let info = StageInfo {
+                model_sha256: sha,
+                layers: layers.clone(),
+                width: model.config.n_embd,
+                total_layers: total,
+                public_key: Some(signer.public_key()),
+                svd_rank: 0,
+            };
+            let stage = GptStage {
+                model: Mutex::new(model),
+                misbehave: None,
+                stale: Mutex::new(None),
+                forwards: AtomicU64::new(0),
+                backwards: AtomicU64::new(0),
+                info,
+                adapter: Mutex::new(None),
+                pending: Mutex::new(VecDeque::new()),
+            };
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")
+                .context("a loopback port for a stage server")?;
+            let addr = serve_stage(&rt, Arc::new(stage), Some(signer), listener, None)?;
+            Ok(format!("http://{addr}"))
+        };
+        let mut urls = Vec::new();
+        let mut checkers = Vec::new();
+        for (i, r) in ranges.iter().enumerate() {
+            urls.push(serve(r, &format!("stage/{i}"))?);
+            if verifiers {
+                checkers.push(serve(r, &format!("verifier/{i}"))?);
+            }
+        }
+        Ok(Self {
+            _rt: rt,
+            urls,
+            verifiers: checkers,
+            ranges,
+        })
+    }
+}
+
+/// The gradients of a federated client's micro-batches through stage servers (`[pipeline]`
+/// of `cohort run` and `cohort client`): starts them here (`stages`) or dials them
+/// (`servers`, with `ca` relative to `config_dir`), for the base model in `dir` whose adapter
+/// `model` holds.
+///
+/// # Errors
+/// A server does not start, answer, or hold what it should; the model is not a GPT.
+pub fn stage_gradients(
+    p: &cohort_fl::config::PipelineConfig,
+    config_dir: &Path,
+    dir: &Path,
+    model: &dyn LanguageModel,
+    seed: u64,
+) -> anyhow::Result<cohort_tasks::StageGradients> {
+    let gpt = model
+        .as_gpt()
+        .context("[pipeline]: the base model is not a GPT; stage servers hold GPT layers only")?;
+    let adapter = gpt
+        .weights()
+        .lora
+        .as_ref()
+        .context("[pipeline]: the model has no adapter to train")?
+        .config
+        .clone();
+    let deadline = Duration::from_secs(p.timeout);
+    let ca = p.ca.as_ref().map(|c| config_dir.join(c));
+    let dial = |what: &str, urls: &[String]| -> anyhow::Result<Vec<Dial>> {
+        urls.iter()
+            .map(|u| {
+                crate::cmd::federation::dial_to(what, u, ca.as_deref(), None, p.insecure, deadline)
+                    .map(|d| (d.url, d.tls))
+            })
+            .collect()
+    };
+    let (local, stages, verifiers) = match p.stages {
+        Some(n) => {
+            let local = LocalStages::start(dir, n, p.verify_rate > 0.0, seed)?;
+            let stages: Vec<Vec<Dial>> =
+                local.urls.iter().map(|u| vec![(u.clone(), None)]).collect();
+            let verifiers: Vec<Dial> = local.verifiers.iter().map(|u| (u.clone(), None)).collect();
+            eprintln!(
+                "pipeline: clients train through {n} stage servers on loopback (layers {:?}){}",
+                local.ranges,
+                if verifiers.is_empty() {
+                    String::new()
+                } else {
+                    format!(", verified at a rate of {}", p.verify_rate)
+                }
+            );
+            (Some(local), stages, verifiers)
+        }
+        None => {
+            let stages = p
+                .servers
+                .iter()
+                .map(|s| {
+                    let urls: Vec<String> = s.split('|').map(str::to_owned).collect();
+                    dial("pipeline.servers", &urls)
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            (None, stages, dial("pipeline.verifiers", &p.verifiers)?)
+        }
+    };
+    let mut pipeline =
+        Pipeline::connect_stages(&stages, dir, gpt.config.n_layer, Some(&adapter), deadline)?;
+    if !verifiers.is_empty() {
+        pipeline = pipeline.with_verifiers(&verifiers, dir, p.verify_rate)?;
+    }
+    let mut pipeline = pipeline.with_compression(compression(&p.compress)?);
+    Ok(Box::new(
+        move |model: &dyn LanguageModel, x: &Tensor, y: &Tensor, key: Option<u64>| {
+            // The servers started here live as long as the clients train through them.
+            let _ = &local;
+            let gpt = model.as_gpt().ok_or_else(|| {
+                cohort_model::Error::Data("[pipeline]: the model is not a GPT".into())
+            })?;
+            pipeline
+                .grads(gpt, x, y, key)
+                .map_err(|e| cohort_model::Error::Data(format!("{e:#}")))
+        },
+    ))
+}
+
+/// The run's task, its `lm` clients training through the stage servers of `[pipeline]` when
+/// the config has one and `clients` (a party that trains): see [`stage_gradients`].
+///
+/// # Errors
+/// The task cannot be built, or the stage servers cannot be started or reached.
+pub fn build_task(
+    cfg: &cohort_fl::ValidConfig,
+    config_dir: &Path,
+    cache_dir: &Path,
+    own: Option<&cohort_tasks::OwnData>,
+    clients: bool,
+) -> anyhow::Result<Box<dyn cohort_fl::learner::Learner + Send + Sync>> {
+    let make = |dir: &Path,
+                model: &dyn LanguageModel|
+     -> Result<cohort_tasks::StageGradients, cohort_fl::FlError> {
+        let p = cfg
+            .pipeline
+            .as_ref()
+            .ok_or_else(|| cohort_fl::FlError::InvalidConfig {
+                what: "pipeline",
+                reason: "no [pipeline] section".into(),
+            })?;
+        stage_gradients(p, config_dir, dir, model, cfg.seed)
+            .map_err(|e| cohort_fl::FlError::task_failed("[pipeline]", format!("{e:#}")))
+    };
+    let stages: Option<cohort_tasks::StageFactory<'_>> =
+        (clients && cfg.pipeline.is_some()).then_some(&make);
+    Ok(cohort_tasks::build_with(
+        cfg, config_dir, cache_dir, own, stages,
+    )?)
 }

@@ -1,0 +1,239 @@
+//! `[pipeline]` in `cohort run`: federated clients train through stage servers (started in
+//! the run's process on loopback, or `cohort serve-layers` processes) and the run is the run
+//! without them, round for round; verifiers and compressed streams ride along; bad sections
+//! are refused by name before anything is written.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use common::{cohort, p, text};
+use serde_json::Value;
+
+/// The LM task, small: a test-preset GPT pretrained for 20 steps, 2 rounds of 3 clients.
+const SETS: [&str; 10] = [
+    "clients=3",
+    "validators=2",
+    "coordinator.rounds=2",
+    "coordinator.clients_per_round=3",
+    "task.preset=\"test\"",
+    "task.seq_len=32",
+    "task.pretrain_steps=20",
+    "task.local_steps=4",
+    "task.eval_windows=8",
+    "task.batch=8",
+];
+
+fn config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/lm-shakespeare.toml")
+}
+
+/// `cohort run` of the small LM task into `out` with `extra` settings; its summary.
+fn run(out: &Path, extra: &[&str]) -> Result<Value, String> {
+    let mut args = vec!["run".to_owned(), p(&config()).to_owned()];
+    for s in SETS.iter().chain(extra) {
+        args.extend(["--set".to_owned(), (*s).to_owned()]);
+    }
+    args.extend(["--out".to_owned(), p(out).to_owned(), "--json".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = cohort(&args);
+    if !o.status.success() {
+        return Err(text(&o));
+    }
+    Ok(serde_json::from_slice(&o.stdout).unwrap())
+}
+
+/// What a round decided: its test metrics, every validator's scores, the consensus.
+fn decided(summary: &Value) -> Vec<Value> {
+    summary["summary"]["rounds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "test": r["test"],
+                "scores": r["scores"],
+                "consensus": r["consensus"],
+                "accepted": r["accepted"],
+            })
+        })
+        .collect()
+}
+
+/// Clients training through two stage servers started in the run's process give the run
+/// without them, round for round (uncompressed: bit for bit); with verifiers at a rate of
+/// one half and int5-3 streams the run completes and still learns.
+#[test]
+fn in_process_stage_servers_give_the_run_without_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let alone = run(&tmp.path().join("alone"), &[]).unwrap();
+    let staged = run(&tmp.path().join("staged"), &["pipeline.stages=2"]).unwrap();
+    assert_eq!(decided(&alone), decided(&staged));
+    let checked = run(
+        &tmp.path().join("checked"),
+        &[
+            "pipeline.stages=2",
+            "pipeline.verify_rate=0.5",
+            "pipeline.compress=\"int5-3\"",
+        ],
+    )
+    .unwrap();
+    let loss = |s: &Value, r: usize| s["summary"]["rounds"][r]["test"]["loss"].as_f64().unwrap();
+    assert_ne!(
+        decided(&alone),
+        decided(&checked),
+        "compression changes nothing?"
+    );
+    // Within a percent of the uncompressed run, and learning.
+    assert!((loss(&checked, 1) - loss(&alone, 1)).abs() < 0.01 * loss(&alone, 1));
+    assert!(loss(&checked, 1) < loss(&checked, 0) + 1e-3);
+}
+
+/// A stage server process (`cohort serve-layers`), killed when dropped.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(dir: &Path, layers: &str) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .args(["serve-layers", p(dir), "--layers", layers])
+        .args(["--listen", "127.0.0.1:0", "--insecure"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("serving layers"), "{line}");
+    let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
+    Server {
+        child,
+        url: format!("http://{addr}"),
+    }
+}
+
+/// Clients of a run on a base model of its own (`task.base`) train through `cohort
+/// serve-layers` processes holding its layers, checked by two verifier processes, with
+/// adapter dropout (the keys travel): the run without them, round for round. A server that
+/// is not listening stops the run's set-up by name.
+#[test]
+fn stage_server_processes_with_verifiers_give_the_run_without_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("base");
+    let corpus = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/data/tinyshakespeare/input.txt"
+    );
+    let o = cohort(&[
+        "model",
+        "pretrain",
+        "--corpus",
+        corpus,
+        "--preset",
+        "test",
+        "--out",
+        p(&model),
+        "--steps",
+        "10",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let base = format!("task.base={:?}", p(&model));
+    let dropout = "task.lora_dropout=0.1";
+    let alone = run(&tmp.path().join("alone"), &[&base, dropout]).unwrap();
+    let servers = [serve(&model, "0..1"), serve(&model, "1..2")];
+    let verifiers = [serve(&model, "0..1"), serve(&model, "1..2")];
+    let list = |s: &[Server]| {
+        format!(
+            "[{}]",
+            s.iter()
+                .map(|s| format!("{:?}", s.url))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let staged = run(
+        &tmp.path().join("staged"),
+        &[
+            &base,
+            dropout,
+            &format!("pipeline.servers={}", list(&servers)),
+            &format!("pipeline.verifiers={}", list(&verifiers)),
+            "pipeline.verify_rate=0.5",
+            "pipeline.insecure=true",
+        ],
+    )
+    .unwrap();
+    assert_eq!(decided(&alone), decided(&staged));
+    // A server that is not there: refused at set-up, naming it.
+    let gone = format!(
+        "pipeline.servers=[{:?}, \"http://127.0.0.1:9\"]",
+        servers[0].url
+    );
+    let e = run(
+        &tmp.path().join("gone"),
+        &[&base, &gone, "pipeline.insecure=true", "pipeline.timeout=5"],
+    )
+    .unwrap_err();
+    assert!(e.contains("127.0.0.1:9"), "{e}");
+}
+
+/// Bad `[pipeline]` sections are refused by name before anything is written.
+#[test]
+fn bad_pipeline_sections_are_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (set, names) in [
+        ("pipeline.stages=0", "pipeline.stages"),
+        ("pipeline.stages=65", "pipeline.stages"),
+        ("pipeline.stages=-1", "pipeline.stages"),
+        ("pipeline.verify_rate=nan", "pipeline.verify_rate"),
+        ("pipeline.verify_rate=1.5", "pipeline.verify_rate"),
+        ("pipeline.compress=\"int2\"", "pipeline.compress"),
+        ("pipeline.timeout=0", "pipeline.timeout"),
+        ("pipeline.servers=[\"ftp://x:1\"]", "pipeline.stages"),
+        (
+            "pipeline.verifiers=[\"http://127.0.0.1:1\"]",
+            "pipeline.verifiers",
+        ),
+        ("pipeline.bogus=1", "pipeline.bogus"),
+    ] {
+        let out = tmp.path().join("out");
+        let extra = ["pipeline.stages=2", set];
+        let e = run(&out, &extra).unwrap_err();
+        assert!(e.contains(names), "{set}: {e}");
+        assert!(!out.exists(), "{set}: wrote {}", out.display());
+    }
+    // Stages beyond the base model's layers: refused at set-up (the base is known then).
+    let out = tmp.path().join("deep");
+    let e = run(&out, &["pipeline.stages=3"]).unwrap_err();
+    assert!(
+        e.contains("pipeline.stages 3: the base model has 2 layers"),
+        "{e}"
+    );
+    assert!(!out.exists(), "wrote {}", out.display());
+    // Not the lm task.
+    let o = cohort(&[
+        "run",
+        p(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/clean-linear.toml")),
+        "--set",
+        "pipeline.stages=2",
+        "--out",
+        p(&tmp.path().join("linear")),
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("only the lm task"), "{}", text(&o));
+}
