@@ -13,18 +13,25 @@
 //! | `int8` | `values` I8 `[N]` (every value, flat order), `scales` F32 `[T]` (one per tensor) |
 //! | `topk` | `values` F32 `[K]` (the kept values, flat order), and `mask` U8 `[ceil(N/8)]` or `indices` U32 `[K]` |
 //! | `topk-int8` | `values` I8 `[K]`, `scales` F32 `[T]`, and `mask` or `indices` |
+//! | `lowrank` | `values` F32 `[M]` (per tensor: `U·S` then `V`, or its dense values), `ranks` U16 `[T]` |
+//! | `lowrank-int8` | `values` I8 `[M]`, `ranks` U16 `[T]`, `scales` F32 `[F]` (a factor's or a dense tensor's) |
 //!
-//! `N` is the number of dense values, `T` the number of tensors, `K` the number kept. Int8
+//! `N` is the number of dense values, `T` the number of tensors, `K` the number kept, `M` the
+//! number of factor and dense values, `F` the number of factors and dense tensors. Int8
 //! values are symmetric per tensor: `scale = max |v| / 127`, `q = round(v / scale)`, decoded
 //! `q * scale`. Top-k keeps, in every tensor of `n` values, the `ceil(fraction * n)` largest
 //! by magnitude (ties to the lower index); which ones is a bitmap (`mask`, bit `i % 8` of byte
 //! `i / 8` for flat index `i`) or the sorted flat indices (`indices`), whichever is smaller
-//! (the bitmap from about a 3% fraction up). Encoding is canonical: the same values give the
-//! same bytes, hence the same hash on the ledger.
+//! (the bitmap from about a 3% fraction up). Low rank sends every 2-D `[rows, cols]` tensor
+//! as the factors `U·S` (`[rows, k]`) and `V` (`[k, cols]`) of its truncated SVD at `k =
+//! min(rank, rows, cols)` (its rank 0 in `ranks` when they would hold as many values as the
+//! tensor, which then travels dense, as do the other tensors); the receiver reads their
+//! product (`truncated_svd` says how the SVD is made deterministic). Encoding is canonical:
+//! the same values give the same bytes, hence the same hash on the ledger.
 //!
 //! A value that is not finite is not hidden by the codec: its tensor's scale is written as
-//! NaN (int8), or the value kept as it is (top-k), so that validation still refuses the update
-//! by the tensor's name.
+//! NaN (int8), the value kept as it is (top-k), or its tensor sent dense (low rank), so that
+//! validation still refuses the update by the tensor's name.
 //!
 //! Error feedback ([`Compressor::with_feedback`], on by default for the lossy codecs): the
 //! client adds what it did not send last time (its residual) to its next delta before
@@ -827,9 +834,10 @@ pub fn codec_of(blob: &[u8]) -> Result<UpdateCodec, FlError> {
 
 /// The dense named delta of an update blob of any codec, and the codec: an f32 blob as
 /// [`crate::blob::decode_named_blob`] reads it, a compressed one expanded (the values it
-/// sent, zeros elsewhere). Errors name what is wrong: an unknown codec, a missing, extra or
-/// misshapen tensor, an index out of range or out of order, a mask with the wrong number of
-/// bits, a claimed size out of proportion to the blob.
+/// sent, zeros elsewhere; a low-rank one as the products of its factors). Errors name what is
+/// wrong: an unknown codec, a missing, extra or misshapen tensor, an index out of range or out
+/// of order, a mask with the wrong number of bits, a claimed size out of proportion to the
+/// blob, a rank a tensor cannot have, factors that are not finite.
 pub fn decode_update(blob: &[u8]) -> Result<(NamedDelta, UpdateCodec), FlError> {
     let codec = codec_of(blob)?;
     if codec == UpdateCodec::None {
