@@ -2,7 +2,8 @@
 //! a small LoRA language-model run cuts the update bytes per client per round at least ten
 //! times against the f32 blobs, the run completes and verifies, the blobs in the store are
 //! the compressed ones whose hashes the ledger holds, the same seed gives the same root, and
-//! bad settings are refused by name before anything is written.
+//! bad settings are refused by name before anything is written. `lowrank-int8` (every LoRA
+//! tensor as int8 factors of its truncated SVD) does the same.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -109,6 +110,59 @@ fn topk_int8_cuts_the_update_bytes_ten_times_and_the_run_completes() {
     );
 }
 
+/// Every update as the rank-1 int8 factors of its LoRA tensors: the run completes with every
+/// update accepted, the blobs in the store are the low-rank ones the ledger names, the ledger
+/// verifies, and the same seed gives the same root (the SVD is deterministic).
+#[test]
+fn lowrank_int8_cuts_the_update_bytes_and_replays_to_the_same_root() {
+    let tmp = tempfile::tempdir().unwrap();
+    let codec = ["compression.update=\"lowrank-int8\"", "compression.rank=1"];
+    let out = tmp.path().join("lowrank-int8");
+    let o = lm_run(&out, &codec);
+    assert!(o.status.success(), "{}", text(&o));
+    let printed = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(printed.contains("(lowrank-int8)"), "{printed}");
+
+    let s = summary(&out);
+    assert_eq!(s["config"]["compression"]["update"], "lowrank-int8");
+    assert_eq!(s["config"]["compression"]["rank"], 1);
+    let bytes = &s["summary"]["update_bytes"];
+    assert_eq!(bytes["updates"].as_u64(), Some(6));
+    // Rank 1 of [4, 128] and [n, 4] tensors: 132 and n + 4 bytes of factors.
+    let ratio = bytes["ratio"].as_f64().unwrap();
+    assert!(ratio >= 10.0, "only {ratio:.2}x fewer bytes");
+    for r in s["summary"]["rounds"].as_array().unwrap() {
+        assert_eq!(r["accepted"].as_array().unwrap().len(), 3, "{r}");
+        for (u, prov) in r["updates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(r["provenance"].as_array().unwrap())
+        {
+            let hash = prov["blob"].as_str().unwrap().trim_start_matches("0x");
+            let blob = std::fs::read(out.join("blobs/sha256").join(&hash[..2]).join(hash)).unwrap();
+            assert_eq!(u["bytes"].as_u64(), Some(blob.len() as u64));
+            let header_len = u64::from_le_bytes(blob[..8].try_into().unwrap()) as usize;
+            let header: Value = serde_json::from_slice(&blob[8..8 + header_len]).unwrap();
+            assert_eq!(header["__metadata__"]["cohort.codec"], "lowrank-int8");
+            assert_eq!(header["values"]["dtype"], "I8");
+            // 32 LoRA tensors, every one factored at rank 1.
+            assert_eq!(header["ranks"]["shape"], serde_json::json!([32]));
+            assert_eq!(header["scales"]["shape"], serde_json::json!([64]));
+        }
+    }
+    let v = cohort(&["ledger", "verify", p(&out.join("ledger"))]);
+    assert!(v.status.success(), "{}", text(&v));
+
+    let again = tmp.path().join("again");
+    let o = lm_run(&again, &codec);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        summary(&again)["summary"]["ledger_root"],
+        s["summary"]["ledger_root"]
+    );
+}
+
 #[test]
 fn bad_compression_settings_are_refused_by_name_before_anything_is_written() {
     let tmp = tempfile::tempdir().unwrap();
@@ -144,6 +198,30 @@ fn bad_compression_settings_are_refused_by_name_before_anything_is_written() {
             "compression.error_feedback",
         ),
         (&["compression.update=\"zip\""][..], "compression.update"),
+        (
+            &["compression.update=\"lowrank\"", "compression.rank=0"][..],
+            "compression.rank",
+        ),
+        (
+            &["compression.update=\"lowrank\"", "compression.rank=-1"][..],
+            "compression.rank",
+        ),
+        (
+            &["compression.update=\"lowrank\"", "compression.rank=5000"][..],
+            "compression.rank",
+        ),
+        (
+            &["compression.update=\"lowrank\"", "compression.rank=nan"][..],
+            "compression.rank",
+        ),
+        (
+            &["compression.update=\"lowrank\"", "compression.rank=\"two\""][..],
+            "compression.rank",
+        ),
+        (
+            &["compression.update=\"topk\"", "compression.rank=2"][..],
+            "compression.rank",
+        ),
         (&["compression.ratio=10"][..], "compression.ratio"),
     ] {
         let o = lm_run(&out, sets);

@@ -13,18 +13,25 @@
 //! | `int8` | `values` I8 `[N]` (every value, flat order), `scales` F32 `[T]` (one per tensor) |
 //! | `topk` | `values` F32 `[K]` (the kept values, flat order), and `mask` U8 `[ceil(N/8)]` or `indices` U32 `[K]` |
 //! | `topk-int8` | `values` I8 `[K]`, `scales` F32 `[T]`, and `mask` or `indices` |
+//! | `lowrank` | `values` F32 `[M]` (per tensor: `U·S` then `V`, or its dense values), `ranks` U16 `[T]` |
+//! | `lowrank-int8` | `values` I8 `[M]`, `ranks` U16 `[T]`, `scales` F32 `[F]` (a factor's or a dense tensor's) |
 //!
-//! `N` is the number of dense values, `T` the number of tensors, `K` the number kept. Int8
+//! `N` is the number of dense values, `T` the number of tensors, `K` the number kept, `M` the
+//! number of factor and dense values, `F` the number of factors and dense tensors. Int8
 //! values are symmetric per tensor: `scale = max |v| / 127`, `q = round(v / scale)`, decoded
 //! `q * scale`. Top-k keeps, in every tensor of `n` values, the `ceil(fraction * n)` largest
 //! by magnitude (ties to the lower index); which ones is a bitmap (`mask`, bit `i % 8` of byte
 //! `i / 8` for flat index `i`) or the sorted flat indices (`indices`), whichever is smaller
-//! (the bitmap from about a 3% fraction up). Encoding is canonical: the same values give the
-//! same bytes, hence the same hash on the ledger.
+//! (the bitmap from about a 3% fraction up). Low rank sends every 2-D `[rows, cols]` tensor
+//! as the factors `U·S` (`[rows, k]`) and `V` (`[k, cols]`) of its truncated SVD at `k =
+//! min(rank, rows, cols)` (its rank 0 in `ranks` when they would hold as many values as the
+//! tensor, which then travels dense, as do the other tensors); the receiver reads their
+//! product (`truncated_svd` says how the SVD is made deterministic). Encoding is canonical:
+//! the same values give the same bytes, hence the same hash on the ledger.
 //!
 //! A value that is not finite is not hidden by the codec: its tensor's scale is written as
-//! NaN (int8), or the value kept as it is (top-k), so that validation still refuses the update
-//! by the tensor's name.
+//! NaN (int8), the value kept as it is (top-k), or its tensor sent dense (low rank), so that
+//! validation still refuses the update by the tensor's name.
 //!
 //! Error feedback ([`Compressor::with_feedback`], on by default for the lossy codecs): the
 //! client adds what it did not send last time (its residual) to its next delta before
@@ -51,23 +58,39 @@ pub enum UpdateCodec {
     /// The largest `topk_fraction` of every tensor's values as signed bytes with a scale per
     /// tensor, and where they are.
     TopkInt8,
+    /// Every 2-D tensor as a truncated SVD of rank `rank`: its factors `U·S` and `V`, as f32
+    /// (tensors the factors would not shrink travel dense).
+    Lowrank,
+    /// Those factors as signed bytes with a scale per factor (dense tensors as `int8`).
+    LowrankInt8,
 }
 
 impl UpdateCodec {
-    /// Its name in configs and blobs (`none`, `int8`, `topk`, `topk-int8`).
+    /// Every codec, in the order of the docs' table.
+    pub const ALL: [Self; 6] = [
+        Self::None,
+        Self::Int8,
+        Self::Topk,
+        Self::TopkInt8,
+        Self::Lowrank,
+        Self::LowrankInt8,
+    ];
+
+    /// Its name in configs and blobs (`none`, `int8`, `topk`, `topk-int8`, `lowrank`,
+    /// `lowrank-int8`).
     pub fn name(self) -> &'static str {
         match self {
             Self::None => "none",
             Self::Int8 => "int8",
             Self::Topk => "topk",
             Self::TopkInt8 => "topk-int8",
+            Self::Lowrank => "lowrank",
+            Self::LowrankInt8 => "lowrank-int8",
         }
     }
 
     fn from_name(s: &str) -> Option<Self> {
-        [Self::None, Self::Int8, Self::Topk, Self::TopkInt8]
-            .into_iter()
-            .find(|c| c.name() == s)
+        Self::ALL.into_iter().find(|c| c.name() == s)
     }
 
     /// Whether it keeps only a fraction of the values.
@@ -75,9 +98,14 @@ impl UpdateCodec {
         matches!(self, Self::Topk | Self::TopkInt8)
     }
 
+    /// Whether it sends every 2-D tensor as the factors of a truncated SVD.
+    pub fn is_lowrank(self) -> bool {
+        matches!(self, Self::Lowrank | Self::LowrankInt8)
+    }
+
     /// Whether the values travel as bytes.
     pub fn is_int8(self) -> bool {
-        matches!(self, Self::Int8 | Self::TopkInt8)
+        matches!(self, Self::Int8 | Self::TopkInt8 | Self::LowrankInt8)
     }
 }
 
@@ -97,18 +125,26 @@ pub const MIN_TOPK_FRACTION: f64 = 0.001;
 /// so honest blobs stay far below it, and a hostile one cannot make a decoder allocate more
 /// than 4 KiB per byte it sent.
 pub const MAX_VALUES_PER_BYTE: usize = 1_024;
+/// The rank the low-rank codecs keep when the config does not say.
+pub const DEFAULT_RANK: u32 = 2;
+/// The largest `rank` a run takes.
+pub const MAX_RANK: u32 = 4_096;
+/// Jacobi sweeps the low-rank codecs' eigen-solver makes at most (it converges in about ten
+/// on LoRA-sized Gram matrices; the cap only bounds the work a pathological input costs).
+const JACOBI_SWEEPS: usize = 64;
 
 /// The metadata key naming the codec.
 const CODEC_KEY: &str = "cohort.codec";
 /// The metadata key listing the dense tensors.
 const TENSORS_KEY: &str = "cohort.tensors";
 
-/// A run's update compression, checked: the codec, top-k's fraction and whether error
-/// feedback is on.
+/// A run's update compression, checked: the codec, top-k's fraction, low-rank's rank and
+/// whether error feedback is on.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Compressor {
     codec: UpdateCodec,
     fraction: f64,
+    rank: u32,
     feedback: bool,
 }
 
@@ -124,13 +160,15 @@ impl Compressor {
         Self {
             codec: UpdateCodec::None,
             fraction: 1.0,
+            rank: 0,
             feedback: false,
         }
     }
 
     /// `codec` keeping `fraction` of every tensor's values (top-k codecs; clamped into
-    /// `[MIN_TOPK_FRACTION, 1]`, the config's range, NaN read as 1), error feedback on for
-    /// the lossy codecs.
+    /// `[MIN_TOPK_FRACTION, 1]`, the config's range, NaN read as 1), at rank [`DEFAULT_RANK`]
+    /// (low-rank codecs; [`Compressor::with_rank`] sets it), error feedback on for the lossy
+    /// codecs.
     pub fn new(codec: UpdateCodec, fraction: f64) -> Self {
         let fraction = if fraction.is_nan() {
             1.0
@@ -140,8 +178,18 @@ impl Compressor {
         Self {
             codec,
             fraction: if codec.is_topk() { fraction } else { 1.0 },
+            rank: if codec.is_lowrank() { DEFAULT_RANK } else { 0 },
             feedback: codec != UpdateCodec::None,
         }
+    }
+
+    /// Keeping rank `rank` of every 2-D tensor (low-rank codecs; clamped into `[1,
+    /// MAX_RANK]`, the config's range; ignored by the other codecs).
+    pub fn with_rank(mut self, rank: u32) -> Self {
+        if self.codec.is_lowrank() {
+            self.rank = rank.clamp(1, MAX_RANK);
+        }
+        self
     }
 
     /// With error feedback on or off (always off for `none`).
@@ -160,6 +208,11 @@ impl Compressor {
         self.fraction
     }
 
+    /// The rank the low-rank codecs keep of every 2-D tensor (0 for the other codecs).
+    pub fn rank(&self) -> u32 {
+        self.rank
+    }
+
     /// Whether error feedback is on.
     pub fn feedback(&self) -> bool {
         self.feedback
@@ -172,6 +225,9 @@ impl Compressor {
     pub fn encode(&self, layout: &Layout, values: &[f32]) -> (Vec<u8>, Vec<f32>) {
         if self.codec == UpdateCodec::None || values.len() != layout.len() {
             return (layout.encode(values), values.to_vec());
+        }
+        if self.codec.is_lowrank() {
+            return self.encode_lowrank(layout, values);
         }
         let ranges = ranges(layout);
         let keep: Option<Vec<usize>> = self
@@ -239,6 +295,273 @@ impl Compressor {
         }
         (write(self.codec, layout, tensors), sent)
     }
+
+    /// [`Compressor::encode`] for the low-rank codecs: every tensor [`factors`] factors as its
+    /// `U·S` and `V`, every other tensor dense; all of them packed in `values` (f32, or int8
+    /// with a scale for each factor and each dense tensor) in flat order, and each tensor's
+    /// rank (0: dense) in `ranks`.
+    fn encode_lowrank(&self, layout: &Layout, values: &[f32]) -> (Vec<u8>, Vec<f32>) {
+        let int8 = self.codec.is_int8();
+        let mut sent = Vec::with_capacity(values.len());
+        let mut ranks: Vec<u8> = Vec::new();
+        let mut scales: Vec<f32> = Vec::new();
+        let mut packed: Vec<u8> = Vec::new();
+        // Appends `xs` to the packed values (int8: with a scale of their own) and returns
+        // what the receiver will read back.
+        let mut pack = |xs: &[f32]| -> Vec<f32> {
+            if int8 {
+                let (scale, qs) = quantize(xs);
+                scales.push(scale);
+                packed.extend(qs.iter().map(|&q| q as u8));
+                qs.iter().map(|&q| f32::from(q) * scale).collect()
+            } else {
+                packed.extend(xs.iter().flat_map(|x| x.to_le_bytes()));
+                xs.to_vec()
+            }
+        };
+        for ((_, shape), r) in layout.tensors().iter().zip(ranges(layout)) {
+            let x = &values[r];
+            match factors(x, shape, self.rank as usize) {
+                Some(f) => {
+                    let k = u16::try_from(f.k).unwrap_or(u16::MAX);
+                    ranks.extend_from_slice(&k.to_le_bytes());
+                    let us = pack(&f.us);
+                    let v = pack(&f.v);
+                    sent.extend(expand(&us, &v, f.rows, f.k, f.cols));
+                }
+                None => {
+                    ranks.extend_from_slice(&0u16.to_le_bytes());
+                    sent.extend(pack(x));
+                }
+            }
+        }
+        let count = if int8 { packed.len() } else { packed.len() / 4 };
+        let t = layout.tensors().len();
+        let mut tensors: Vec<(&str, &str, Vec<usize>, Vec<u8>)> = vec![
+            (
+                "values",
+                if int8 { "I8" } else { "F32" },
+                vec![count],
+                packed,
+            ),
+            ("ranks", "U16", vec![t], ranks),
+        ];
+        if int8 {
+            let bytes = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
+            tensors.push(("scales", "F32", vec![scales.len()], bytes));
+        }
+        (write(self.codec, layout, tensors), sent)
+    }
+}
+
+/// A tensor's truncated SVD as the low-rank codecs send it: `us` (`U·S`, `[rows, k]`) and
+/// `v` (`V`, `[k, cols]`), both row-major, whose product approximates the tensor.
+#[derive(Debug)]
+struct Factors {
+    rows: usize,
+    cols: usize,
+    k: usize,
+    us: Vec<f32>,
+    v: Vec<f32>,
+}
+
+/// The rank a `[rows, cols]` tensor is factored at: `min(rank, rows, cols)`, raised to
+/// `ceil(min(rows, cols) / MAX_VALUES_PER_BYTE)` so that no honest blob stands for more dense
+/// values per byte than a decoder takes (a `[rows, cols]` tensor's int8 factors at rank `k`
+/// take `k (rows + cols)` bytes for fewer than `min(rows, cols) / k` values each); `None`
+/// when its factors would hold as many values as the tensor, which then travels dense.
+fn factor_rank(rows: usize, cols: usize, rank: usize) -> Option<usize> {
+    let small = rows.min(cols);
+    let k = rank.min(small).max(small.div_ceil(MAX_VALUES_PER_BYTE));
+    let factored = rows.checked_add(cols)?.checked_mul(k)?;
+    (k > 0 && k <= usize::from(u16::MAX) && factored < rows.checked_mul(cols)?).then_some(k)
+}
+
+/// The factors low-rank sends for a tensor of `shape` holding `x`, or `None` when the tensor
+/// travels dense: it is not 2-D, its factors would not be smaller ([`factor_rank`]), or it
+/// holds a value that is not finite (dense, the value stays visible to validation; a factor
+/// would smear it over its whole row and column, or hide it).
+fn factors(x: &[f32], shape: &[usize], rank: usize) -> Option<Factors> {
+    let &[rows, cols] = shape else {
+        return None;
+    };
+    let k = factor_rank(rows, cols, rank)?;
+    if x.iter().any(|v| !v.is_finite()) {
+        return None;
+    }
+    let (us, v) = truncated_svd(x, rows, cols, k);
+    // Values near f32::MAX can give factors that overflow: dense then.
+    if us.iter().chain(&v).any(|v| !v.is_finite()) {
+        return None;
+    }
+    Some(Factors {
+        rows,
+        cols,
+        k,
+        us,
+        v,
+    })
+}
+
+/// The rank-`k` truncated SVD of the `[rows, cols]` row-major `x`, as `(U·S, V)`: `U·S`
+/// `[rows, k]`, `V` `[k, cols]`, row-major, f32.
+///
+/// Deterministic and dependency-free: with `A` the matrix (or its transpose when it has more
+/// rows than columns) of `s = min(rows, cols)` rows, the eigenvectors of the `s x s` Gram
+/// matrix `A Aᵀ` (f64, cyclic Jacobi in a fixed order, [`symmetric_eigen`]) sorted by
+/// eigenvalue, largest first (ties to the lower index), are the singular vectors of the small
+/// side; those of the other side are `A` projected on them, `σ` its norm. The product of the
+/// factors is then `x` projected on the top-`k` singular vectors of its small side, however
+/// close two singular values are. The sign of each pair is canonical: the entry of largest
+/// magnitude of the left vector (the first of equals) is positive. A component whose `σ` is
+/// below `f32::EPSILON` times the largest (rounding noise of a rank-deficient tensor, or a zero
+/// tensor) is sent as zeros. Only `+ - * /` and `sqrt` are used (correctly rounded in IEEE
+/// 754), never a library function whose last bit may differ between platforms, so that the
+/// same delta gives the same bytes everywhere. Cost: `rows·cols·s` for the Gram matrix and
+/// about ten sweeps of `s³`: cheap for LoRA deltas (`s` is the LoRA rank).
+fn truncated_svd(x: &[f32], rows: usize, cols: usize, k: usize) -> (Vec<f32>, Vec<f32>) {
+    let wide = rows <= cols;
+    let (s, l) = if wide { (rows, cols) } else { (cols, rows) };
+    // A, s x l, in f64.
+    let a: Vec<f64> = if wide {
+        x.iter().map(|&v| f64::from(v)).collect()
+    } else {
+        (0..s * l)
+            .map(|j| f64::from(x[(j % l) * cols + j / l]))
+            .collect()
+    };
+    let row = |i: usize| &a[i * l..(i + 1) * l];
+    let mut g = vec![0.0f64; s * s];
+    for i in 0..s {
+        for j in 0..=i {
+            let d: f64 = row(i).iter().zip(row(j)).map(|(p, q)| p * q).sum();
+            g[i * s + j] = d;
+            g[j * s + i] = d;
+        }
+    }
+    let (vals, w) = symmetric_eigen(g, s);
+    let mut order: Vec<usize> = (0..s).collect();
+    order.sort_by(|&p, &q| vals[q].total_cmp(&vals[p]).then(p.cmp(&q)));
+    let mut us = vec![0.0f32; rows * k];
+    let mut v = vec![0.0f32; k * cols];
+    let mut lead = 0.0f64;
+    for (i, &j) in order.iter().take(k).enumerate() {
+        // e: the singular vector of the small side; q = eᵀ A = σ times the other side's.
+        let mut e: Vec<f64> = (0..s).map(|r| w[r * s + j]).collect();
+        let mut q = vec![0.0f64; l];
+        for (r, &er) in e.iter().enumerate() {
+            for (qc, &arc) in q.iter_mut().zip(row(r)) {
+                *qc += er * arc;
+            }
+        }
+        let sigma = q.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if i == 0 {
+            lead = sigma;
+        }
+        if sigma == 0.0 || sigma <= lead * f64::from(f32::EPSILON) {
+            continue;
+        }
+        let big = {
+            let left = if wide { &e } else { &q };
+            left.iter()
+                .fold(0.0f64, |m, &x| if x.abs() > m.abs() { x } else { m })
+        };
+        if big < 0.0 {
+            e.iter_mut().for_each(|x| *x = -*x);
+            q.iter_mut().for_each(|x| *x = -*x);
+        }
+        if wide {
+            for (r, &er) in e.iter().enumerate() {
+                us[r * k + i] = (er * sigma) as f32;
+            }
+            for (c, &qc) in q.iter().enumerate() {
+                v[i * cols + c] = (qc / sigma) as f32;
+            }
+        } else {
+            for (r, &qr) in q.iter().enumerate() {
+                us[r * k + i] = qr as f32;
+            }
+            for (c, &ec) in e.iter().enumerate() {
+                v[i * cols + c] = ec as f32;
+            }
+        }
+    }
+    (us, v)
+}
+
+/// The eigenvalues and eigenvectors of the symmetric positive semi-definite `n x n` row-major
+/// `a` (a Gram matrix): cyclic Jacobi rotations, pairs `(p, q)` in a fixed order, at most
+/// [`JACOBI_SWEEPS`] sweeps, until a sweep finds every off-diagonal entry negligible (at most
+/// `f64::EPSILON` times the geometric mean of its two diagonal entries, or `f64::EPSILON²`
+/// times the trace). Returns the eigenvalues and the eigenvectors as the columns of a
+/// row-major `n x n` matrix.
+fn symmetric_eigen(mut a: Vec<f64>, n: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut w = vec![0.0f64; n * n];
+    for i in 0..n {
+        w[i * n + i] = 1.0;
+    }
+    let trace: f64 = (0..n).map(|i| a[i * n + i]).sum();
+    let floor = trace * f64::EPSILON * f64::EPSILON;
+    // The rotation of columns (or rows) `p` and `q` by (c, s).
+    let turn = |x: &mut [f64], i: usize, j: usize, c: f64, s: f64| {
+        let (xi, xj) = (x[i], x[j]);
+        x[i] = c * xi - s * xj;
+        x[j] = s * xi + c * xj;
+    };
+    for _ in 0..JACOBI_SWEEPS {
+        let mut rotated = false;
+        for p in 0..n {
+            for q in p + 1..n {
+                let (apq, app, aqq) = (a[p * n + q], a[p * n + p], a[q * n + q]);
+                if apq.abs() <= floor || apq.abs() <= f64::EPSILON * (app.abs() * aqq.abs()).sqrt()
+                {
+                    a[p * n + q] = 0.0;
+                    a[q * n + p] = 0.0;
+                    continue;
+                }
+                rotated = true;
+                let theta = (aqq - app) / (2.0 * apq);
+                let t = if theta.abs() > 1e150 {
+                    0.5 / theta
+                } else {
+                    theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt())
+                };
+                let c = 1.0 / (t * t + 1.0).sqrt();
+                let s = t * c;
+                for r in 0..n {
+                    turn(&mut a, r * n + p, r * n + q, c, s);
+                }
+                for r in 0..n {
+                    turn(&mut a, p * n + r, q * n + r, c, s);
+                }
+                for r in 0..n {
+                    turn(&mut w, r * n + p, r * n + q, c, s);
+                }
+            }
+        }
+        if !rotated {
+            break;
+        }
+    }
+    ((0..n).map(|i| a[i * n + i]).collect(), w)
+}
+
+/// The dense `[rows, cols]` product of `us` (`[rows, k]`) and `v` (`[k, cols]`), row-major:
+/// each value summed in f64 in the order of `k`, then rounded to f32 once, so that the
+/// encoder's residual and every decoder see the same bits.
+fn expand(us: &[f32], v: &[f32], rows: usize, k: usize, cols: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows * cols);
+    for u in us.chunks_exact(k.max(1)).take(rows) {
+        for c in 0..cols {
+            let acc: f64 = u
+                .iter()
+                .enumerate()
+                .map(|(i, &ui)| f64::from(ui) * f64::from(v[i * cols + c]))
+                .sum();
+            out.push(acc as f32);
+        }
+    }
+    out
 }
 
 /// What a client did not send: added to its next delta before compressing (error feedback).
@@ -365,6 +688,132 @@ fn write(
     out
 }
 
+/// Little-endian f32s.
+fn f32s(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// The dense values of a `lowrank` or `lowrank-int8` blob, [`decode_update`]'s part for them;
+/// `tensor` reads one of the blob's tensors (name, dtype, bytes per value), `bad` words a
+/// refusal. Refused: a rank count other than the tensors', a rank on a tensor that is not 2-D,
+/// larger than its smaller side, or whose factors would not be smaller than the tensor; a
+/// number of values or scales other than the ranks call for; a factor holding a value that is
+/// not finite, or (int8) whose scale is negative or not finite. A dense tensor is read as the
+/// `none` or `int8` codec reads it (a NaN scale included: how a non-finite value travels).
+fn decode_lowrank<'a>(
+    codec: UpdateCodec,
+    layout: &Layout,
+    tensor: impl Fn(&str, &str, usize) -> Result<(usize, &'a [u8]), FlError>,
+    bad: impl Fn(String) -> FlError,
+) -> Result<Vec<f32>, FlError> {
+    let tensors = layout.tensors();
+    let t = tensors.len();
+    let (len, b) = tensor("ranks", "U16", 2)?;
+    if len != t {
+        return Err(bad(format!("{len} ranks for {t} tensors")));
+    }
+    let ranks: Vec<usize> = b
+        .chunks_exact(2)
+        .map(|c| usize::from(u16::from_le_bytes([c[0], c[1]])))
+        .collect();
+    // The values and scales the ranks call for, checking each rank against its tensor.
+    let (mut needed, mut n_scales) = (0usize, 0usize);
+    for ((name, shape), &k) in tensors.iter().zip(&ranks) {
+        if k == 0 {
+            needed += shape.iter().product::<usize>();
+            n_scales += 1;
+            continue;
+        }
+        let &[rows, cols] = &shape[..] else {
+            return Err(bad(format!(
+                "tensor {name} of shape {shape:?} has rank {k}: only 2-D tensors are factored"
+            )));
+        };
+        if k > rows.min(cols) {
+            return Err(bad(format!(
+                "tensor {name} of shape {shape:?} has rank {k}, more than its {} can have",
+                rows.min(cols)
+            )));
+        }
+        // Smaller than the tensor, so that the sum stays within the layout's length.
+        needed += rows
+            .checked_add(cols)
+            .and_then(|s| s.checked_mul(k))
+            .filter(|&s| s < rows * cols)
+            .ok_or_else(|| {
+                bad(format!(
+                    "tensor {name} of shape {shape:?} has rank {k}, whose factors are no \
+                     smaller than the tensor: it must travel dense (rank 0)"
+                ))
+            })?;
+        n_scales += 2;
+    }
+    let int8 = codec.is_int8();
+    let (len, raw) = tensor(
+        "values",
+        if int8 { "I8" } else { "F32" },
+        if int8 { 1 } else { 4 },
+    )?;
+    if len != needed {
+        return Err(bad(format!("{len} values; the ranks call for {needed}")));
+    }
+    let scales = if int8 {
+        let (len, b) = tensor("scales", "F32", 4)?;
+        if len != n_scales {
+            return Err(bad(format!(
+                "{len} scales; the ranks call for {n_scales} (one for each dense tensor and each factor)"
+            )));
+        }
+        f32s(b)
+    } else {
+        Vec::new()
+    };
+    let (mut at, mut si) = (0usize, 0usize);
+    // The next `m` packed values, decoded, and their scale (1 for f32).
+    let mut next = |m: usize| -> (Vec<f32>, f32) {
+        let out = if int8 {
+            raw[at..at + m]
+                .iter()
+                .map(|&q| f32::from(q as i8) * scales[si])
+                .collect()
+        } else {
+            f32s(&raw[4 * at..4 * (at + m)])
+        };
+        let scale = if int8 { scales[si] } else { 1.0 };
+        at += m;
+        si += 1;
+        (out, scale)
+    };
+    let mut values = Vec::with_capacity(layout.len());
+    for ((name, shape), &k) in tensors.iter().zip(&ranks) {
+        if k == 0 {
+            values.extend(next(shape.iter().product()).0);
+            continue;
+        }
+        let (rows, cols) = (shape[0], shape[1]);
+        let (us, us_scale) = next(rows * k);
+        let (v, v_scale) = next(k * cols);
+        for (factor, f, scale) in [("U·S", &us, us_scale), ("V", &v, v_scale)] {
+            if !(scale.is_finite() && scale >= 0.0) {
+                return Err(bad(format!(
+                    "tensor {name}: the scale of its {factor} factor is {scale}, not a finite \
+                     number >= 0"
+                )));
+            }
+            if let Some(i) = f.iter().position(|x| !x.is_finite()) {
+                return Err(bad(format!(
+                    "tensor {name}: its {factor} factor holds {} at index {i}",
+                    f[i]
+                )));
+            }
+        }
+        values.extend(expand(&us, &v, rows, k, cols));
+    }
+    Ok(values)
+}
+
 /// The codec a blob was written with: `none` for an f32 blob (or anything without the
 /// codec's metadata), else the one its metadata names. Errors when the header does not parse
 /// or names an unknown codec.
@@ -385,9 +834,10 @@ pub fn codec_of(blob: &[u8]) -> Result<UpdateCodec, FlError> {
 
 /// The dense named delta of an update blob of any codec, and the codec: an f32 blob as
 /// [`crate::blob::decode_named_blob`] reads it, a compressed one expanded (the values it
-/// sent, zeros elsewhere). Errors name what is wrong: an unknown codec, a missing, extra or
-/// misshapen tensor, an index out of range or out of order, a mask with the wrong number of
-/// bits, a claimed size out of proportion to the blob.
+/// sent, zeros elsewhere; a low-rank one as the products of its factors). Errors name what is
+/// wrong: an unknown codec, a missing, extra or misshapen tensor, an index out of range or out
+/// of order, a mask with the wrong number of bits, a claimed size out of proportion to the
+/// blob, a rank a tensor cannot have, factors that are not finite.
 pub fn decode_update(blob: &[u8]) -> Result<(NamedDelta, UpdateCodec), FlError> {
     let codec = codec_of(blob)?;
     if codec == UpdateCodec::None {
@@ -420,6 +870,9 @@ pub fn decode_update(blob: &[u8]) -> Result<(NamedDelta, UpdateCodec), FlError> 
     let mut expected = vec!["values"];
     if codec.is_int8() {
         expected.push("scales");
+    }
+    if codec.is_lowrank() {
+        expected.push("ranks");
     }
     let positions = if codec.is_topk() {
         match (header.contains_key("mask"), header.contains_key("indices")) {
@@ -466,11 +919,10 @@ pub fn decode_update(blob: &[u8]) -> Result<(NamedDelta, UpdateCodec), FlError> 
             })?;
         Ok((len, bytes))
     };
-    let f32s = |b: &[u8]| -> Vec<f32> {
-        b.chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
-    };
+    if codec.is_lowrank() {
+        let values = decode_lowrank(codec, &layout, tensor, bad)?;
+        return Ok((NamedDelta::new(Arc::new(layout), values), codec));
+    }
     let (k, raw) = tensor(
         "values",
         if codec.is_int8() { "I8" } else { "F32" },
@@ -580,12 +1032,7 @@ mod tests {
     fn every_codec_round_trips_to_what_it_says_it_sent() {
         let l = layout();
         let v = values(l.len(), 1);
-        for codec in [
-            UpdateCodec::None,
-            UpdateCodec::Int8,
-            UpdateCodec::Topk,
-            UpdateCodec::TopkInt8,
-        ] {
+        for codec in UpdateCodec::ALL {
             let c = Compressor::new(codec, 0.1);
             let (blob, sent) = c.encode(&l, &v);
             let (d, got) = decode_update(&blob).unwrap();
@@ -625,8 +1072,253 @@ mod tests {
                     assert!(least_kept >= most_dropped);
                 }
                 UpdateCodec::TopkInt8 => assert!(kept <= 23),
+                UpdateCodec::Lowrank | UpdateCodec::LowrankInt8 => {
+                    // Both LoRA tensors factored at rank 2 (2 x (4 + 25) < 100, 2 x (30 + 4)
+                    // < 120), the 1-D bias dense.
+                    assert_eq!(c.rank(), DEFAULT_RANK);
+                    let (header, _) = crate::blob::header_of(&blob).unwrap();
+                    assert_eq!(header["ranks"]["shape"], serde_json::json!([3]));
+                    let packed = 2 * (4 + 25) + 2 * (30 + 4) + 3;
+                    assert_eq!(header["values"]["shape"], serde_json::json!([packed]));
+                    if codec == UpdateCodec::Lowrank {
+                        assert_eq!(sent[220..], v[220..]);
+                    }
+                }
             }
         }
+    }
+
+    /// `[rows, cols]` values of rank `k` (a product of pseudo-random factors).
+    fn of_rank(rows: usize, cols: usize, k: usize, seed: u32) -> Vec<f32> {
+        let p = values(rows * k, seed);
+        let q = values(k * cols, seed + 1);
+        (0..rows * cols)
+            .map(|j| {
+                let (r, c) = (j / cols, j % cols);
+                (0..k).map(|i| p[r * k + i] * q[i * cols + c]).sum()
+            })
+            .collect()
+    }
+
+    fn norm(x: &[f32]) -> f64 {
+        x.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt()
+    }
+
+    fn distance(x: &[f32], y: &[f32]) -> f64 {
+        x.iter()
+            .zip(y)
+            .map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2))
+            .sum::<f64>()
+            .sqrt()
+    }
+
+    /// A single tensor's layout.
+    fn one(rows: usize, cols: usize) -> Layout {
+        Layout::new(vec![("w".into(), vec![rows, cols])]).unwrap()
+    }
+
+    #[test]
+    fn a_matrix_of_rank_k_round_trips_through_lowrank_within_1e_5() {
+        for (rows, cols) in [(4, 128), (384, 4), (16, 300), (300, 16), (40, 40)] {
+            for k in [1, 2, 3] {
+                let m = of_rank(rows, cols, k, (rows * cols + k) as u32);
+                // At rank k, and above it (the extra components are zeros).
+                for rank in [k, k + 1] {
+                    if factor_rank(rows, cols, rank).is_none() {
+                        continue;
+                    }
+                    let c = Compressor::new(UpdateCodec::Lowrank, 0.1).with_rank(rank as u32);
+                    let (blob, sent) = c.encode(&one(rows, cols), &m);
+                    let got = decode_update(&blob).unwrap().0.values;
+                    assert_eq!(got, sent);
+                    let e = distance(&got, &m) / norm(&m);
+                    assert!(e < 1e-5, "[{rows}, {cols}] of rank {k} at {rank}: {e}");
+                    let f = factors(&m, &[rows, cols], rank).unwrap();
+                    // The components past the matrix's rank are sent as zeros.
+                    for r in 0..rows {
+                        for i in k..rank {
+                            assert_eq!(f.us[r * rank + i], 0.0, "[{rows}, {cols}] {k} {rank}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `n` orthonormal vectors of `len` values (Gram-Schmidt on pseudo-random ones), f64.
+    fn orthonormal(n: usize, len: usize, seed: u64) -> Vec<Vec<f64>> {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        };
+        let mut out: Vec<Vec<f64>> = Vec::new();
+        for _ in 0..n {
+            let mut x: Vec<f64> = (0..len).map(|_| next()).collect();
+            for _ in 0..2 {
+                for o in &out {
+                    let d: f64 = x.iter().zip(o).map(|(a, b)| a * b).sum();
+                    x.iter_mut().zip(o).for_each(|(a, b)| *a -= d * b);
+                }
+            }
+            let n = x.iter().map(|a| a * a).sum::<f64>().sqrt();
+            out.push(x.iter().map(|a| a / n).collect());
+        }
+        out
+    }
+
+    #[test]
+    fn lowrank_truncation_error_is_the_tail_of_the_singular_values() {
+        // A random [8, 60] matrix with singular values 5, 3, 2, 1, 0.5, 0.25, 0.1, 0.05:
+        // U S Vᵀ with random orthonormal U and V.
+        let sigma = [5.0, 3.0, 2.0, 1.0, 0.5, 0.25, 0.1, 0.05];
+        let (rows, cols) = (8, 60);
+        let u = orthonormal(rows, rows, 11);
+        let v = orthonormal(rows, cols, 31);
+        let m: Vec<f32> = (0..rows * cols)
+            .map(|j| {
+                let (r, c) = (j / cols, j % cols);
+                (0..rows).map(|i| u[i][r] * sigma[i] * v[i][c]).sum::<f64>() as f32
+            })
+            .collect();
+        // The same matrix transposed ([60, 8]) has the same singular values.
+        let t: Vec<f32> = (0..rows * cols)
+            .map(|j| m[(j % rows) * cols + j / rows])
+            .collect();
+        let mut last = f64::INFINITY;
+        for k in 1..=7 {
+            let tail = sigma[k..].iter().map(|s| s * s).sum::<f64>().sqrt();
+            for (x, shape) in [(&m, (rows, cols)), (&t, (cols, rows))] {
+                let c = Compressor::new(UpdateCodec::Lowrank, 0.1).with_rank(k as u32);
+                let l = one(shape.0, shape.1);
+                let (blob, sent) = c.encode(&l, x);
+                // Rank 7 of 8 rows is no smaller than dense: it travels as it is.
+                if k * (rows + cols) >= rows * cols {
+                    assert_eq!(&sent, x);
+                    continue;
+                }
+                let got = decode_update(&blob).unwrap().0.values;
+                let e = distance(&got, x);
+                assert!(
+                    (e - tail).abs() <= 1e-4 * sigma[0],
+                    "rank {k}: {e} vs {tail}"
+                );
+                // The kept singular values are the largest: U·S's columns have their norms.
+                let f = factors(x, &[shape.0, shape.1], k).unwrap();
+                for (i, s) in sigma.iter().take(k).enumerate() {
+                    let col = (0..shape.0).map(|r| f64::from(f.us[r * k + i]).powi(2));
+                    let got = col.sum::<f64>().sqrt();
+                    assert!((got - s).abs() < 1e-5 * sigma[0], "σ{i}: {got} vs {s}");
+                }
+                assert!(e < last);
+            }
+            last = tail + 1e-3;
+        }
+        // With int8 factors, close to the same.
+        let c = Compressor::new(UpdateCodec::LowrankInt8, 0.1).with_rank(2);
+        let got = decode_update(&c.encode(&one(rows, cols), &m).0)
+            .unwrap()
+            .0
+            .values;
+        let tail = sigma[2..].iter().map(|s| s * s).sum::<f64>().sqrt();
+        assert!((distance(&got, &m) - tail).abs() < 0.02 * sigma[0]);
+    }
+
+    #[test]
+    fn lowrank_bytes_are_canonical() {
+        let l = Layout::new(vec![
+            ("a.lora_A.weight".into(), vec![4, 128]),
+            ("a.lora_B.weight".into(), vec![384, 4]),
+            ("ln".into(), vec![128]),
+        ])
+        .unwrap();
+        let v = values(l.len(), 7);
+        for codec in [UpdateCodec::Lowrank, UpdateCodec::LowrankInt8] {
+            for rank in [1, 2, 3] {
+                let c = Compressor::new(codec, 0.1).with_rank(rank);
+                let (blob, sent) = c.encode(&l, &v);
+                assert_eq!(c.encode(&l, &v).0, blob, "{codec} {rank}");
+                // What it decodes to encodes again to the same product, up to rounding, and
+                // to the same bytes every time.
+                let (again, resent) = c.encode(&l, &sent);
+                assert_eq!(c.encode(&l, &sent).0, again);
+                let e = distance(&resent, &sent) / norm(&sent);
+                let bound = if codec.is_int8() { 2e-2 } else { 1e-5 };
+                assert!(e < bound, "{codec} {rank}: {e}");
+                // The negated delta gives the negated product (the sign is canonical, not
+                // the input's).
+                let neg: Vec<f32> = v.iter().map(|x| -x).collect();
+                let (_, negated) = c.encode(&l, &neg);
+                let e = distance(&negated.iter().map(|x| -x).collect::<Vec<_>>(), &sent);
+                assert!(e <= 1e-5 * norm(&sent), "{codec} {rank}: {e}");
+            }
+        }
+        // Equal singular values (the factorisation is not unique): still the same bytes.
+        let mut eye = vec![0.0f32; 4 * 128];
+        for i in 0..4 {
+            eye[i * 128 + 3 * i] = 1.0;
+        }
+        let c = Compressor::new(UpdateCodec::Lowrank, 0.1).with_rank(2);
+        let (blob, sent) = c.encode(&one(4, 128), &eye);
+        assert_eq!(c.encode(&one(4, 128), &eye).0, blob);
+        assert!((norm(&sent) - 2f64.sqrt()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn zero_and_rank_deficient_tensors_factor_cleanly() {
+        for codec in [UpdateCodec::Lowrank, UpdateCodec::LowrankInt8] {
+            let c = Compressor::new(codec, 0.1).with_rank(3);
+            let (blob, sent) = c.encode(&one(6, 50), &[0.0; 300]);
+            assert!(
+                sent.iter().all(|x| *x == 0.0 && x.is_sign_positive()),
+                "{codec}"
+            );
+            assert_eq!(decode_update(&blob).unwrap().0.values, sent);
+            // A single non-zero value: a rank-1 tensor, exact.
+            let mut x = vec![0.0f32; 300];
+            x[57] = -3.5;
+            let (_, sent) = c.encode(&one(6, 50), &x);
+            assert_eq!(sent, x, "{codec}");
+        }
+        // Rank 2 with rank 3 asked: the third component is exactly zero.
+        let m = of_rank(6, 50, 2, 3);
+        let f = factors(&m, &[6, 50], 3).unwrap();
+        assert!((0..6).all(|r| f.us[r * 3 + 2] == 0.0));
+        assert!((0..50).all(|c| f.v[2 * 50 + c] == 0.0));
+        // The rank is capped by the smaller side; no factors when they would not be smaller.
+        assert_eq!(factor_rank(4, 128, 9), None);
+        assert_eq!(factor_rank(4, 128, 3), Some(3));
+        assert_eq!(factor_rank(2, 2, 1), None);
+        assert_eq!(factor_rank(3, 3, 1), Some(1));
+        assert_eq!(factor_rank(0, 10, 1), None);
+        // A huge small side raises the rank so that the blob stays within a decoder's bound.
+        assert_eq!(factor_rank(5_000, 6_000, 1), Some(5));
+        assert!(factors(&[1.0; 8], &[8], 2).is_none());
+    }
+
+    #[test]
+    fn lowrank_at_the_lora_rank_travels_dense() {
+        let l = Layout::new(vec![
+            ("a.lora_A.weight".into(), vec![4, 128]),
+            ("a.lora_B.weight".into(), vec![384, 4]),
+        ])
+        .unwrap();
+        let v = values(l.len(), 3);
+        let (blob, sent) = Compressor::new(UpdateCodec::Lowrank, 0.1)
+            .with_rank(4)
+            .encode(&l, &v);
+        assert_eq!(sent, v);
+        assert_eq!(decode_update(&blob).unwrap().0.values, v);
+        // Rank 1 int8: 520 bytes of factors for 2,048 values (top-k int8 at 0.1 sends 461:
+        // a 256-byte mask and 205 values).
+        let dense = l.encode(&v).len();
+        let blob = Compressor::new(UpdateCodec::LowrankInt8, 0.1)
+            .with_rank(1)
+            .encode(&l, &v)
+            .0;
+        assert!(dense >= 9 * blob.len(), "{dense} vs {}", blob.len());
     }
 
     #[test]
@@ -654,6 +1346,36 @@ mod tests {
             assert!(header.contains_key(name), "{f}");
             assert_eq!(decode_update(&blob).unwrap().0.values, sent);
         }
+    }
+
+    #[test]
+    fn lowrank_error_feedback_sends_what_the_truncation_left_out() {
+        let l = one(4, 25);
+        let delta = values(100, 17);
+        let rounds = 40;
+        let mut err = Vec::new();
+        for on in [true, false] {
+            let c = Compressor::new(UpdateCodec::Lowrank, 0.1)
+                .with_rank(1)
+                .with_feedback(on);
+            let mut r = Residual::new();
+            let mut total = vec![0.0f32; 100];
+            for _ in 0..rounds {
+                let blob = r.compress(&c, &l, &delta);
+                let got = decode_update(&blob).unwrap().0.values;
+                total.iter_mut().zip(&got).for_each(|(t, g)| *t += g);
+                if on {
+                    // The residual is what was asked less what was sent.
+                    assert_eq!(r.values().len(), 100);
+                }
+            }
+            let asked: Vec<f32> = delta.iter().map(|d| d * rounds as f32).collect();
+            err.push(distance(&total, &asked) / norm(&asked));
+        }
+        // Without feedback a rank-1 truncation of a 4-row random matrix loses a large share
+        // every round; with it, what is left out is sent later.
+        assert!(err[1] > 0.4, "{err:?}");
+        assert!(err[0] < 0.1, "{err:?}");
     }
 
     #[test]
@@ -694,11 +1416,21 @@ mod tests {
         let l = layout();
         let mut v = values(l.len(), 2);
         v[105] = f32::NAN;
-        for codec in [UpdateCodec::Int8, UpdateCodec::Topk, UpdateCodec::TopkInt8] {
+        for codec in UpdateCodec::ALL.into_iter().skip(1) {
             let (blob, _) = Compressor::new(codec, 0.1).encode(&l, &v);
             let d = decode_update(&blob).unwrap().0;
             assert!(d.values[100..220].iter().any(|x| x.is_nan()), "{codec}");
             assert!(d.values[..100].iter().all(|x| x.is_finite()), "{codec}");
+        }
+        // Infinities too; validation names the tensor.
+        v[105] = f32::INFINITY;
+        for codec in [UpdateCodec::Lowrank, UpdateCodec::LowrankInt8] {
+            let (blob, _) = Compressor::new(codec, 0.1).encode(&l, &v);
+            let d = decode_update(&blob).unwrap().0;
+            assert!(d.values[..100].iter().all(|x| x.is_finite()), "{codec}");
+            let u = crate::update::ClientUpdate::new(0, 1, d, 1);
+            let e = crate::update::validate(&u, 1, &l).unwrap_err().to_string();
+            assert!(e.contains("of tensor lora_B.weight is"), "{codec}: {e}");
         }
     }
 
@@ -822,10 +1554,140 @@ mod tests {
     }
 
     #[test]
+    fn malformed_lowrank_blobs_are_refused_by_name() {
+        let l = Layout::new(vec![("w".into(), vec![2, 8]), ("b".into(), vec![3])]).unwrap();
+        let f32b = |x: &[f32]| x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+        let u16b = |x: &[u16]| x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+        let blob = |ranks: &[u16], vals: &[f32]| {
+            write(
+                UpdateCodec::Lowrank,
+                &l,
+                vec![
+                    ("values", "F32", vec![vals.len()], f32b(vals)),
+                    ("ranks", "U16", vec![ranks.len()], u16b(ranks)),
+                ],
+            )
+        };
+        let err = |b: Vec<u8>| decode_update(&b).unwrap_err().to_string();
+        // w = [2, -1]ᵀ [1; 8] at rank 1, b dense.
+        let good: Vec<f32> = [2.0, -1.0]
+            .into_iter()
+            .chain([1.0; 8])
+            .chain([7.0, 8.0, 9.0])
+            .collect();
+        let d = decode_update(&blob(&[1, 0], &good)).unwrap().0.values;
+        assert_eq!(&d[..8], &[2.0; 8]);
+        assert_eq!(&d[8..16], &[-1.0; 8]);
+        assert_eq!(&d[16..], &[7.0, 8.0, 9.0]);
+        let e = err(blob(&[1], &good));
+        assert!(e.contains("lowrank blob: 1 ranks for 2 tensors"), "{e}");
+        let e = err(blob(&[3, 0], &good));
+        assert!(
+            e.contains("tensor w of shape [2, 8] has rank 3, more than its 2 can have"),
+            "{e}"
+        );
+        let e = err(blob(&[2, 0], &good));
+        assert!(
+            e.contains("has rank 2, whose factors are no smaller"),
+            "{e}"
+        );
+        let e = err(blob(&[1, 1], &good));
+        assert!(
+            e.contains("tensor b of shape [3] has rank 1: only 2-D"),
+            "{e}"
+        );
+        // Truncated factors, or dense values where factors were announced.
+        let e = err(blob(&[1, 0], &good[..12]));
+        assert!(e.contains("12 values; the ranks call for 13"), "{e}");
+        let e = err(blob(&[0, 0], &good));
+        assert!(e.contains("13 values; the ranks call for 19"), "{e}");
+        let mut x = good.clone();
+        x[1] = f32::NAN;
+        let e = err(blob(&[1, 0], &x));
+        assert!(
+            e.contains("tensor w: its U·S factor holds NaN at index 1"),
+            "{e}"
+        );
+        let mut x = good.clone();
+        x[4] = f32::INFINITY;
+        let e = err(blob(&[1, 0], &x));
+        assert!(
+            e.contains("tensor w: its V factor holds inf at index 2"),
+            "{e}"
+        );
+        // A non-finite value of a dense tensor is how a diverged update travels: decoded,
+        // for validation to refuse by name.
+        let mut x = good.clone();
+        x[11] = f32::NAN;
+        assert!(decode_update(&blob(&[1, 0], &x)).unwrap().0.values[17].is_nan());
+
+        // int8: a scale per factor and per dense tensor.
+        let q: Vec<u8> = [2i8, -1]
+            .into_iter()
+            .chain([1; 8])
+            .chain([7, 8, 9])
+            .map(|q| q as u8)
+            .collect();
+        let blob8 = |scales: &[f32], extra: Option<&str>| {
+            let mut t = vec![
+                ("values", "I8", vec![q.len()], q.clone()),
+                ("ranks", "U16", vec![2], u16b(&[1, 0])),
+                ("scales", "F32", vec![scales.len()], f32b(scales)),
+            ];
+            if let Some(name) = extra {
+                t.push((name, "U8", vec![1], vec![0]));
+            }
+            write(UpdateCodec::LowrankInt8, &l, t)
+        };
+        let d = decode_update(&blob8(&[1.0, 1.0, 0.5], None))
+            .unwrap()
+            .0
+            .values;
+        assert_eq!((d[0], d[15], d[18]), (2.0, -1.0, 4.5));
+        let e = err(blob8(&[1.0, f32::NAN, 1.0], None));
+        assert!(
+            e.contains("tensor w: the scale of its V factor is NaN"),
+            "{e}"
+        );
+        let e = err(blob8(&[-1.0, 1.0, 1.0], None));
+        assert!(e.contains("the scale of its U·S factor is -1"), "{e}");
+        let e = err(blob8(&[f32::MAX, 1.0, 1.0], None));
+        assert!(e.contains("its U·S factor holds inf at index 0"), "{e}");
+        let e = err(blob8(&[1.0, 1.0], None));
+        assert!(e.contains("2 scales; the ranks call for 3"), "{e}");
+        let e = err(blob8(&[1.0, 1.0, 1.0], Some("mask")));
+        assert!(e.contains("an unexpected tensor mask"), "{e}");
+        assert!(
+            decode_update(&blob8(&[1.0, 1.0, f32::NAN], None))
+                .unwrap()
+                .0
+                .values[16..]
+                .iter()
+                .all(|x| x.is_nan())
+        );
+        // The ranks missing, or of another dtype.
+        let e = err(write(
+            UpdateCodec::Lowrank,
+            &l,
+            vec![("values", "F32", vec![13], f32b(&good))],
+        ));
+        assert!(e.contains("no tensor ranks"), "{e}");
+        let e = err(write(
+            UpdateCodec::Lowrank,
+            &l,
+            vec![
+                ("values", "F32", vec![13], f32b(&good)),
+                ("ranks", "U32", vec![2], u16b(&[1, 0, 0, 0])),
+            ],
+        ));
+        assert!(e.contains("ranks has dtype \"U32\", not U16"), "{e}");
+    }
+
+    #[test]
     fn the_codecs_are_deterministic_and_truncations_are_refused() {
         let l = layout();
         let v = values(l.len(), 9);
-        for codec in [UpdateCodec::Int8, UpdateCodec::Topk, UpdateCodec::TopkInt8] {
+        for codec in UpdateCodec::ALL.into_iter().skip(1) {
             let c = Compressor::new(codec, 0.25);
             let (blob, _) = c.encode(&l, &v);
             for cut in [1, 7, blob.len() / 2, blob.len() - 1] {

@@ -32,7 +32,9 @@ use std::ops::Deref;
 
 use serde::{Deserialize, Serialize};
 
-use crate::compress::{Compressor, DEFAULT_TOPK_FRACTION, MIN_TOPK_FRACTION, UpdateCodec};
+use crate::compress::{
+    Compressor, DEFAULT_RANK, DEFAULT_TOPK_FRACTION, MAX_RANK, MIN_TOPK_FRACTION, UpdateCodec,
+};
 use crate::coordinator::CoordinatorConfig;
 use crate::strategy::{
     Clipped, CoordinateMedian, FedAvg, FedOpt, Krum, MedianClipped, ScoreWeighted, Strategy,
@@ -328,16 +330,22 @@ pub const PIPELINE_COMPRESSIONS: [&str; 4] = ["none", "int8", "int4", "int5-3"];
 pub struct CompressionConfig {
     /// The codec of every update blob: `"none"` (f32, the default), `"int8"` (a byte per
     /// value and an f32 scale per tensor), `"topk"` (the largest `topk_fraction` of every
-    /// tensor's values, as f32, and where they are) or `"topk-int8"` (those values as bytes).
-    /// The coordinator and the validators refuse an update blob of another codec.
+    /// tensor's values, as f32, and where they are), `"topk-int8"` (those values as bytes),
+    /// `"lowrank"` (every 2-D tensor as the f32 factors of its truncated SVD of rank `rank`)
+    /// or `"lowrank-int8"` (those factors as bytes). The coordinator and the validators refuse
+    /// an update blob of another codec.
     pub update: UpdateCodec,
     /// The share of every tensor's values top-k keeps: [0.001, 1], default 0.1. Only the
     /// top-k codecs take it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub topk_fraction: Option<f64>,
+    /// The rank the low-rank codecs keep of every 2-D tensor (capped by its smaller side):
+    /// [1, 4096], default 2. Only the low-rank codecs take it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rank: Option<u32>,
     /// Error feedback: each client adds what it did not send of its last update to its next
-    /// one before compressing. On by default for the lossy codecs (`int8`, `topk`,
-    /// `topk-int8`); `false` turns it off; `none` sends everything and takes no setting.
+    /// one before compressing. On by default for the lossy codecs (all but `none`); `false`
+    /// turns it off; `none` sends everything and takes no setting.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_feedback: Option<bool>,
 }
@@ -354,6 +362,7 @@ impl CompressionConfig {
             self.update,
             self.topk_fraction.unwrap_or(DEFAULT_TOPK_FRACTION),
         )
+        .with_rank(self.rank.unwrap_or(DEFAULT_RANK))
         .with_feedback(self.error_feedback.unwrap_or(true))
     }
 }
@@ -633,6 +642,19 @@ fn check_compression(c: &CompressionConfig) -> Result<(), FlError> {
             1.0,
             false,
         )?;
+    }
+    if let Some(r) = c.rank {
+        if !c.update.is_lowrank() {
+            return Err(bad(
+                "compression.rank",
+                format!(
+                    "only the low-rank codecs (update = \"lowrank\" or \"lowrank-int8\") take \
+                     it, not update = \"{}\"",
+                    c.update
+                ),
+            ));
+        }
+        int("compression.rank", u64::from(r), 1, u64::from(MAX_RANK))?;
     }
     if c.update == UpdateCodec::None && c.error_feedback.is_some() {
         return Err(bad(
@@ -1070,6 +1092,9 @@ mod tests {
             "update = \"topk-int8\"\ntopk_fraction = 0.05",
             "update = \"topk-int8\"\ntopk_fraction = 1.0",
             "update = \"topk\"\ntopk_fraction = 0.001\nerror_feedback = true",
+            "update = \"lowrank\"",
+            "update = \"lowrank-int8\"\nrank = 1",
+            "update = \"lowrank\"\nrank = 4096\nerror_feedback = false",
         ] {
             let c = with(ok).unwrap();
             let v = c.clone().check().unwrap_or_else(|e| panic!("{ok}: {e}"));
@@ -1100,12 +1125,33 @@ mod tests {
             with("error_feedback = true").unwrap(),
             "compression.error_feedback",
         );
+        for bad in ["rank = 0", "rank = 4097", "rank = 4294967295"] {
+            refused(
+                with(&format!("update = \"lowrank\"\n{bad}")).unwrap(),
+                "compression.rank",
+            );
+        }
+        for other in ["none", "int8", "topk", "topk-int8"] {
+            refused(
+                with(&format!("update = \"{other}\"\nrank = 2")).unwrap(),
+                "compression.rank",
+            );
+        }
+        refused(
+            with("update = \"lowrank\"\ntopk_fraction = 0.1").unwrap(),
+            "compression.topk_fraction",
+        );
         // Garbage does not parse, naming what is wrong.
         for (garbage, says) in [
             ("update = \"zip\"", "zip"),
             ("update = 8", "update"),
             ("topk_fraction = \"a tenth\"", "topk_fraction"),
             ("error_feedback = 1", "error_feedback"),
+            ("update = \"lowrank\"\nrank = -1", "rank"),
+            ("update = \"lowrank\"\nrank = nan", "rank"),
+            ("update = \"lowrank\"\nrank = 1.5", "rank"),
+            ("update = \"lowrank\"\nrank = \"two\"", "rank"),
+            ("update = \"lowrank\"\nrank = 99999999999", "rank"),
             ("ratio = 10", "ratio"),
         ] {
             let e = with(garbage).unwrap_err().to_string();
@@ -1117,6 +1163,20 @@ mod tests {
             (k.codec(), k.fraction(), k.feedback()),
             (UpdateCodec::TopkInt8, 0.1, true)
         );
+        assert_eq!(k.rank(), 0);
+        let k = with("update = \"lowrank-int8\"")
+            .unwrap()
+            .compression
+            .compressor();
+        assert_eq!(
+            (k.codec(), k.rank(), k.feedback()),
+            (UpdateCodec::LowrankInt8, 2, true)
+        );
+        let k = with("update = \"lowrank\"\nrank = 3\nerror_feedback = false")
+            .unwrap()
+            .compression
+            .compressor();
+        assert_eq!((k.rank(), k.feedback()), (3, false));
     }
 
     /// Shards: 1 to the number of clients; the default left out of the serialized config, so
