@@ -786,6 +786,69 @@ fn int8_streams_cut_the_bytes_by_three_quarters_and_verify_exactly() {
         int8["val_loss"].as_f64().unwrap(),
     );
     assert!(y.is_finite() && (x - y).abs() < 0.05 * x, "{x} against {y}");
+    // The entropy-coded encodings, int5-3's gradients rounded stochastically from a seed the
+    // server and its verifier derive alike: an eighth of the bytes or less, and a verifier
+    // recomputing every row and backward still finds them all equal.
+    for codec in ["int4", "int5-3"] {
+        let v = run(
+            codec,
+            &[
+                "--compress",
+                codec,
+                "--verifiers",
+                &verifier.url,
+                "--verify-rate",
+                "1",
+            ],
+        );
+        let b = v["stream_bytes"].as_u64().unwrap();
+        assert!(b * 8 < a, "{codec}: {b} bytes against {a}");
+        assert_eq!(v["caught"], serde_json::json!([]), "{codec}: {v}");
+        assert!(v["verification"]["backwards_checked"].as_u64().unwrap() > 0);
+        let y = v["val_loss"].as_f64().unwrap();
+        assert!(
+            y.is_finite() && (x - y).abs() < 0.05 * x,
+            "{codec}: {x} against {y}"
+        );
+    }
+}
+
+/// A verifier must be of the compute kind (build, architecture, instruction sets) of the
+/// servers it checks: recomputation is bit for bit only within one kind, and a verifier of
+/// another would accuse honest servers. A server announcing another kind is refused as the
+/// verifier's pair before any step, and nothing is written.
+#[test]
+fn verifiers_must_be_of_their_servers_compute_kind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, text_file) = tiny_model(tmp.path());
+    let odd = serve_with(&model, "0..2", &["--misbehave", "other-kind"]);
+    let last = serve(&model, "2..4");
+    let verifier = serve(&model, "0..2");
+    let list = format!("{},{}", odd.url, last.url);
+    let out = tmp.path().join("out");
+    let mut a = lora_args(
+        &model,
+        &text_file,
+        &out,
+        &["--pipeline", &list, "--insecure"],
+    );
+    a.extend(["--verifiers", verifier.url.as_str()]);
+    let o = cohort(&a);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("a verifier must be of its servers' kind"),
+        "{}",
+        text(&o)
+    );
+    assert!(!out.exists());
+    // Without verifiers it serves (it computes honestly).
+    let o = cohort(&lora_args(
+        &model,
+        &text_file,
+        &out,
+        &["--pipeline", &list, "--insecure"],
+    ));
+    assert!(o.status.success(), "{}", text(&o));
 }
 
 /// From a dishonest server's answer to its slashing, with real processes: a middle server

@@ -542,6 +542,17 @@ fn check_run(c: &RunConfig) -> Result<(), FlError> {
     }
 }
 
+/// Whether `s` has the form of a custom stage codec, `qF/B` with optional `s` and `c` after
+/// B, F and B odd in [1, 127] (what `cohort_net::stage::custom_compression` takes).
+fn custom_stage_codec(s: &str) -> bool {
+    let odd = |x: &str| x.parse::<u32>().is_ok_and(|n| n % 2 == 1 && n <= 127);
+    let Some((f, b)) = s.strip_prefix('q').and_then(|x| x.split_once('/')) else {
+        return false;
+    };
+    let digits = b.trim_end_matches(['s', 'c']);
+    odd(f) && odd(digits) && matches!(&b[digits.len()..], "" | "s" | "c" | "sc" | "cs")
+}
+
 fn check_pipeline(p: &PipelineConfig, task: &TaskConfig) -> Result<(), FlError> {
     if !matches!(task, TaskConfig::Lm(_)) {
         return Err(bad(
@@ -610,11 +621,11 @@ fn check_pipeline(p: &PipelineConfig, task: &TaskConfig) -> Result<(), FlError> 
             "0 with verifiers listed: they would check nothing".into(),
         ));
     }
-    if !PIPELINE_COMPRESSIONS.contains(&p.compress.as_str()) {
+    if !PIPELINE_COMPRESSIONS.contains(&p.compress.as_str()) && !custom_stage_codec(&p.compress) {
         return Err(bad(
             "pipeline.compress",
             format!(
-                "{:?}: known are {}",
+                "{:?}: known are {}, and qF/B[s][c] (odd steps in [1, 127])",
                 p.compress,
                 PIPELINE_COMPRESSIONS.join(", ")
             ),

@@ -43,6 +43,9 @@ pub struct StageInfo {
     pub public_key: Option<PublicKey>,
     /// The rank of the SVD factors its layers' weights are replaced by (0: none).
     pub svd_rank: usize,
+    /// What its recomputation bit for bit depends on besides the inputs (build, architecture,
+    /// instruction sets): verifiers must be of the kind of the servers they check.
+    pub compute_kind: String,
 }
 
 /// A tensor by name, its values.
@@ -122,14 +125,33 @@ struct Codec {
     backward: i8,
     stochastic: bool,
     huffman: bool,
+    /// Gradients take one scale for the whole call (each row's exponent byte then the same),
+    /// not one a row: the rows of small gradients cost few bits.
+    call_scale: bool,
 }
 
 /// The codec of `compression` (`None` for f32 or an unknown compression).
 fn codec(compression: u32) -> Option<Codec> {
-    let (forward, backward, stochastic, huffman) = match compression {
-        COMPRESSION_INT8 => (127, 127, false, false),
-        COMPRESSION_INT4 => (7, 7, false, true),
-        COMPRESSION_INT5_3 => (15, 3, true, true),
+    let (forward, backward, stochastic, huffman, call_scale) = match compression {
+        COMPRESSION_INT8 => (127, 127, false, false, false),
+        COMPRESSION_INT4 => (7, 7, false, true, false),
+        COMPRESSION_INT5_3 => (15, 3, true, true, false),
+        c if c & 0xff == COMPRESSION_CUSTOM => {
+            let forward = ((c >> 8) & 0xff) as u8;
+            let backward = ((c >> 16) & 0xff) as u8;
+            let flags = c >> 24;
+            let steps = |s: u8| s % 2 == 1 && s <= 127;
+            if !steps(forward) || !steps(backward) || flags & !3 != 0 {
+                return None;
+            }
+            (
+                forward as i8,
+                backward as i8,
+                flags & 1 != 0,
+                true,
+                flags & 2 != 0,
+            )
+        }
         _ => return None,
     };
     Some(Codec {
@@ -137,10 +159,47 @@ fn codec(compression: u32) -> Option<Codec> {
         backward,
         stochastic,
         huffman,
+        call_scale,
     })
 }
 
+/// The low byte of a custom compression ([`custom_compression`]).
+pub const COMPRESSION_CUSTOM: u32 = 4;
+
+/// A compression of activations in `forward` steps each side of zero (a scale a row) and
+/// gradients in `backward` steps, rounded `stochastic`ally or to the nearest, with a scale a
+/// row or, `call_scale`, one for the whole call; entropy-coded. Steps must be odd, in [1,
+/// 127] (an odd count keeps a rounded row's scale: its largest value rounds to more than
+/// half the steps). `int4` is 7 and 7 to the nearest, `int5-3` 15 and 3 stochastic.
+///
+/// # Errors
+/// Steps that are even, zero or above 127.
+pub fn custom_compression(
+    forward: u32,
+    backward: u32,
+    stochastic: bool,
+    call_scale: bool,
+) -> Result<u32, String> {
+    for (what, s) in [("activations", forward), ("gradients", backward)] {
+        if s % 2 == 0 || s > 127 {
+            return Err(format!(
+                "{s} steps for {what}: expected an odd number in [1, 127]"
+            ));
+        }
+    }
+    Ok(COMPRESSION_CUSTOM
+        | forward << 8
+        | backward << 16
+        | u32::from(stochastic) << 24
+        | u32::from(call_scale) << 25)
+}
+
 impl Codec {
+    /// Whether `way`'s stream takes one scale for the whole call.
+    fn one_scale(self, way: Way) -> bool {
+        self.call_scale && matches!(way, Way::Backward(_))
+    }
+
     fn steps(self, way: Way) -> i8 {
         match way {
             Way::Forward => self.forward,
@@ -182,12 +241,17 @@ fn exponent(max: f32, steps: i8) -> i8 {
 /// rounded, within [-steps, steps] (`width` signed bytes). A power-of-two scale makes the
 /// encoding exact on what it decodes to, so that a stream rounded once ([`round_stream`])
 /// travels again unchanged (a replayed or recomputed call gives the same bits).
-fn quant_rows(values: &[f32], width: usize, steps: i8) -> Vec<u8> {
+fn quant_rows(values: &[f32], width: usize, steps: i8, one_scale: bool) -> Vec<u8> {
     let width = width.max(1);
     let s = f32::from(steps);
+    let all = values.iter().fold(0f32, |m, v| m.max(v.abs()));
     let mut out = Vec::with_capacity(values.len() + values.len() / width + 1);
     for row in values.chunks(width) {
-        let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let max = if one_scale {
+            all
+        } else {
+            row.iter().fold(0f32, |m, v| m.max(v.abs()))
+        };
         let e = exponent(max, steps);
         let scale = 2f32.powi(i32::from(e));
         out.push(e as u8);
@@ -286,12 +350,26 @@ pub fn round_stream(values: &mut [f32], width: usize, compression: u32, way: Way
     };
     let width = width.max(1);
     let s = f32::from(steps);
+    let largest = |row: &[f32]| {
+        row.iter().enumerate().fold(
+            (0, 0f32),
+            |(i, m), (j, v)| {
+                if v.abs() > m { (j, v.abs()) } else { (i, m) }
+            },
+        )
+    };
+    // With one scale for the call, the call's largest value (its first place) keeps it.
+    let (all_at, all_max) = largest(values);
+    let one = c.one_scale(way);
     for (r, row) in values.chunks_mut(width).enumerate() {
-        let (at, max) =
-            row.iter().enumerate().fold(
-                (0, 0f32),
-                |(i, m), (j, v)| if v.abs() > m { (j, v.abs()) } else { (i, m) },
-            );
+        let (at, max) = if one {
+            match all_at.checked_sub(r * width) {
+                Some(j) if j < row.len() => (j, all_max),
+                _ => (usize::MAX, all_max),
+            }
+        } else {
+            largest(row)
+        };
         let scale = 2f32.powi(i32::from(exponent(max, steps)));
         let mut draws = seed.map(|seed| {
             cohort_core::SplitMix64::new(seed ^ (r as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
@@ -321,7 +399,7 @@ pub fn round_stream(values: &mut [f32], width: usize, compression: u32, way: Way
 pub fn encode_stream(values: &[f32], width: usize, compression: u32, way: Way) -> Vec<u8> {
     match codec(compression) {
         Some(c) => {
-            let q = quant_rows(values, width, c.steps(way));
+            let q = quant_rows(values, width, c.steps(way), c.one_scale(way));
             if c.huffman { huffman(&q) } else { q }
         }
         None => bytes(values),
@@ -592,6 +670,7 @@ impl Stage for Service {
             layers: i.total_layers as u32,
             public_key: i.public_key.map(|k| k.to_vec()).unwrap_or_default(),
             svd_rank: i.svd_rank as u32,
+            compute_kind: i.compute_kind,
         }))
     }
 
@@ -664,6 +743,9 @@ impl Stage for Service {
         let compression = r.compression;
         let (dx, grads, signature) = tokio::task::spawn_blocking(move || {
             let (mut dx, grads) = compute.backward(r.session, r.step, grad.clone())?;
+            if r.no_input_grad {
+                dx.clear();
+            }
             let way = Way::Backward(grad_seed(r.step, first, &grad));
             round_stream(&mut dx, width, compression, way);
             let signature = signer.map(|id| {
@@ -744,6 +826,9 @@ pub struct StageClient {
     info: Option<StageInfo>,
     /// How backward calls' gradients travel.
     compression: u32,
+    /// Whether backward answers carry the gradient of the stream in
+    /// ([`StageClient::set_input_gradient`]).
+    input_gradient: bool,
 }
 
 impl std::fmt::Debug for StageClient {
@@ -817,6 +902,7 @@ impl StageClient {
             deadline,
             info: None,
             compression: COMPRESSION_NONE,
+            input_gradient: true,
         })
     }
 
@@ -902,6 +988,7 @@ impl StageClient {
             total_layers: r.layers as usize,
             public_key,
             svd_rank: r.svd_rank as usize,
+            compute_kind: r.compute_kind,
         };
         self.info = Some(info.clone());
         Ok(info)
@@ -1021,6 +1108,14 @@ impl StageClient {
         self.compression = compression;
     }
 
+    /// Whether backward answers carry the gradient of the stream the forward was given (by
+    /// default they do). The first stage's is needed only to train the embeddings: a client
+    /// whose embeddings are frozen (a LoRA adapter's) asks it not to send it, and its
+    /// answers then carry an empty one, which their signatures cover.
+    pub fn set_input_gradient(&mut self, on: bool) {
+        self.input_gradient = on;
+    }
+
     /// What the server said it holds, once [`StageClient::info`] was asked.
     pub fn held(&self) -> Option<&StageInfo> {
         self.info.as_ref()
@@ -1062,6 +1157,7 @@ impl StageClient {
             step,
             grad: encode_stream(grad, width, self.compression, Way::Backward(0)),
             compression: self.compression,
+            no_input_grad: !self.input_gradient,
         };
         let sent = req.grad.len() as u64;
         let r = self.call(async |c| c.backward(req).await)?.into_inner();
@@ -1078,6 +1174,13 @@ impl StageClient {
             "the gradient",
         )
         .map_err(|s| bad(s.message().into()))?;
+        let want = if self.input_gradient { grad.len() } else { 0 };
+        if dx.len() != want {
+            return Err(bad(format!(
+                "a gradient of {} values for one of {want}",
+                dx.len()
+            )));
+        }
         let grads = tensors(r.grads, "gradient").map_err(|s| bad(s.message().into()))?;
         let digest = backward_digest(session, step, grad, &dx, &grads);
         let signature = match (key, r.signature.len()) {
@@ -1117,9 +1220,18 @@ mod tests {
         let width = 16;
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         let ways = [Way::Forward, Way::Backward(7)];
-        for compression in [COMPRESSION_INT8, COMPRESSION_INT4, COMPRESSION_INT5_3] {
+        let custom = |f, b, s, c| custom_compression(f, b, s, c).unwrap();
+        for compression in [
+            COMPRESSION_INT8,
+            COMPRESSION_INT4,
+            COMPRESSION_INT5_3,
+            custom(15, 15, true, true),
+            custom(1, 1, false, false),
+            custom(127, 5, true, false),
+        ] {
             for way in ways {
-                let steps = f32::from(codec(compression).unwrap().steps(way));
+                let c = codec(compression).unwrap();
+                let steps = f32::from(c.steps(way));
                 let mut r = cohort_core::SplitMix64::new(3);
                 let mut v: Vec<f32> = r.normal_vec(width * 64, 3.0);
                 v[20..36].fill(0.0);
@@ -1128,8 +1240,12 @@ mod tests {
                 let mut rounded = v.clone();
                 round_stream(&mut rounded, width, compression, way);
                 // Within a step (half a step when rounding to the nearest).
+                let all = v.iter().fold(0f32, |m, x| m.max(x.abs()));
                 for (row, got) in v.chunks(width).zip(rounded.chunks(width)) {
-                    let max = row.iter().fold(0f32, |m, x| m.max(x.abs()));
+                    let max = match c.one_scale(way) {
+                        true => all,
+                        false => row.iter().fold(0f32, |m, x| m.max(x.abs())),
+                    };
                     for (a, b) in row.iter().zip(got) {
                         assert!(
                             (a - b).abs() <= 2.0 * max / steps + 1e-30,
@@ -1140,7 +1256,7 @@ mod tests {
                 let bytes = encode_stream(&rounded, width, compression, way);
                 if compression == COMPRESSION_INT8 {
                     assert_eq!(bytes.len(), 64 * (width + 1));
-                } else {
+                } else if c.forward < 127 {
                     // Fewer than int8's bytes, and gradients of int5-3 a fifth of f32.
                     assert!(bytes.len() < 64 * (width + 1), "{} bytes", bytes.len());
                     if way != Way::Forward || compression == COMPRESSION_INT4 {
@@ -1167,7 +1283,7 @@ mod tests {
         let mut bad = encode_stream(&[1.0; 16], 16, COMPRESSION_INT8, Way::Forward);
         bad[0] = (-127i8) as u8;
         assert!(decode_stream_values(&bad, 16, COMPRESSION_INT8, Way::Forward).is_err());
-        let four = quant_rows(&[1.0; 16], 16, 127);
+        let four = quant_rows(&[1.0; 16], 16, 127, false);
         assert!(
             decode_stream_values(&huffman(&four), 16, COMPRESSION_INT4, Way::Forward)
                 .unwrap_err()
@@ -1175,6 +1291,19 @@ mod tests {
         );
         let e = decode_stream_values(&[1, 2, 3], 16, 9, Way::Forward).unwrap_err();
         assert!(e.contains("3 (int5-3)"), "{e}");
+        // Custom compressions: odd steps in [1, 127]; a code with even steps or unknown flags
+        // is no compression.
+        assert!(custom_compression(16, 3, false, false).is_err());
+        assert!(custom_compression(15, 0, false, false).is_err());
+        assert!(custom_compression(129, 3, false, false).is_err());
+        assert!(codec(COMPRESSION_CUSTOM | 16 << 8 | 3 << 16).is_none());
+        assert!(codec(custom(15, 3, true, false) | 1 << 30).is_none());
+        let same = codec(custom(15, 3, true, false)).unwrap();
+        let int53 = codec(COMPRESSION_INT5_3).unwrap();
+        assert_eq!(
+            (same.forward, same.backward, same.stochastic),
+            (int53.forward, int53.backward, int53.stochastic)
+        );
     }
 
     /// Gradients of int5-3 round stochastically: unbiased over seeds (the mean of many

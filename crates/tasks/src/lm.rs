@@ -132,7 +132,17 @@ impl LmTask {
                 (dir, tok)
             }
         };
-        let mut model = load_any(&model_dir, &Device::Cpu).map_err(|e| FlError::InvalidConfig {
+        // A GPT base is memory-mapped: its frozen weights are read in place, and a client
+        // training through stage servers (`[pipeline]`) never reads its layers' pages.
+        let mapped = match cohort_model::checkpoint::model_type(&model_dir) {
+            Ok(kind) if kind == "gpt2" => Some(Gpt::load_mapped(&model_dir, &Device::Cpu)),
+            _ => None,
+        };
+        let mut model = match mapped {
+            Some(m) => m.map(|m| Box::new(m) as Box<dyn LanguageModel>),
+            None => load_any(&model_dir, &Device::Cpu),
+        }
+        .map_err(|e| FlError::InvalidConfig {
             what: "task.base",
             reason: e.to_string(),
         })?;

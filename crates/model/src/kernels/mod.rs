@@ -141,6 +141,43 @@ pub(crate) fn unsupported(op: &str, s: &CpuStorage) -> candle_core::Error {
     candle_core::Error::Msg(format!("{op}: unsupported dtype {:?}", s.dtype()))
 }
 
+/// What recomputing a pass bit for bit depends on besides its inputs: this build of cohort's
+/// model library (its version), the architecture, and the instruction sets the matrix kernel
+/// (`gemm`) picks its kernels by. Two processes of the same kind give the same bits for the
+/// same inputs (whatever their thread counts: measured by `cohort bench verify`); of
+/// different kinds, possibly not, in the last bits.
+pub fn compute_kind() -> String {
+    #[allow(unused_mut)]
+    let mut features: Vec<&str> = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        for (name, on) in [
+            ("avx512f", std::arch::is_x86_feature_detected!("avx512f")),
+            ("avx2", std::arch::is_x86_feature_detected!("avx2")),
+            ("fma", std::arch::is_x86_feature_detected!("fma")),
+        ] {
+            if on {
+                features.push(name);
+            }
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            features.push("neon");
+        }
+        if std::arch::is_aarch64_feature_detected!("fp16") {
+            features.push("fp16");
+        }
+    }
+    format!(
+        "cohort-model {} {} [{}]",
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::ARCH,
+        features.join(",")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -56,7 +56,7 @@ pub struct Args {
     rank: usize,
     /// How the pipeline's streams and gradients travel: `none` (f32), `int8`, `int4` or
     /// `int5-3`.
-    #[arg(long, default_value = "none", value_parser = ["none", "int8", "int4", "int5-3"])]
+    #[arg(long, default_value = "none", value_parser = crate::cmd::model::stage_compression)]
     compress: String,
 }
 
@@ -118,7 +118,8 @@ struct Report {
     /// How the pipeline's streams travelled (`none`, `int8`).
     compress: String,
     /// Stream and gradient bytes a step sends and receives, all stages together, as sent,
-    /// and as f32.
+    /// and as the uncompressed (f32) pipeline sends them (every stream and gradient but the
+    /// gradient of the first stage's input: the embeddings are frozen).
     stream_bytes_per_step: u64,
     f32_stream_bytes_per_step: u64,
     same_losses: bool,
@@ -452,7 +453,9 @@ impl Args {
                 }
             })
             .collect();
-        // Per stage and step: the stream in and out, the gradient in and out (f32).
+        // Per stage and step: the stream in and out, the gradient in and out (f32), but for
+        // the gradient of the first stage's input, which frozen embeddings do not need and
+        // the uncompressed pipeline does not send either.
         let stream = (self.batch * seq * cfg.n_embd * 4) as u64;
         let report = Report {
             preset: self
@@ -470,7 +473,7 @@ impl Args {
                 .max(0.0),
             compress: self.compress.clone(),
             stream_bytes_per_step: sent_bytes / self.steps as u64,
-            f32_stream_bytes_per_step: 4 * stream * self.stages as u64,
+            f32_stream_bytes_per_step: (4 * self.stages as u64 - 1) * stream,
             same_losses: single.losses == pipeline.losses,
             final_loss_gap: {
                 let tail = (self.steps / 10).max(1);

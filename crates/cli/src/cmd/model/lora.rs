@@ -91,7 +91,7 @@ pub struct Args {
     /// value, entropy-coded: about a tenth) or `int5-3` (activations in 5 bits, gradients in 3
     /// rounded stochastically, entropy-coded: about a tenth). All are approximations, so
     /// results differ from one process's (docs/pipeline.md measures by how much).
-    #[arg(long, default_value = "none", value_parser = ["none", "int8", "int4", "int5-3"], requires = "pipeline")]
+    #[arg(long, default_value = "none", value_parser = super::stage_compression, requires = "pipeline")]
     compress: String,
     /// An embedded ledger on which every stage server, spare and verifier must be a declared
     /// stage server of this model's layers (`cohort stage register`), with a key and never

@@ -232,3 +232,11 @@ impl Drop for Staged {
         }
     }
 }
+
+/// A stage stream compression (`--compress`): a name [`compression`] knows, checked when
+/// parsed.
+pub(crate) fn stage_compression(s: &str) -> Result<String, String> {
+    compression(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| format!("{e:#}"))
+}

@@ -270,7 +270,8 @@ impl StageCompute for GptStage {
                 Misbehave::SkipLayer
                 | Misbehave::GradNoise(_)
                 | Misbehave::CrashForward(_)
-                | Misbehave::CrashBackward(_),
+                | Misbehave::CrashBackward(_)
+                | Misbehave::OtherKind,
             ) => {}
             Some(Misbehave::Bf16) => {
                 // A lower-precision model: every output rounded to bfloat16.
@@ -435,6 +436,9 @@ pub enum Misbehave {
     CrashForward(u64),
     /// The process exits on this backward call (counted from 1), before answering.
     CrashBackward(u64),
+    /// Computes honestly but announces another compute kind (another build or CPU), which
+    /// clients refuse to pair with verifiers of this one.
+    OtherKind,
 }
 
 /// The most calls a crashing test server counts before its crash.
@@ -445,12 +449,13 @@ fn parse_misbehave(s: &str) -> Result<Misbehave, String> {
         "stale" => return Ok(Misbehave::Stale),
         "bf16" => return Ok(Misbehave::Bf16),
         "skip-layer" => return Ok(Misbehave::SkipLayer),
+        "other-kind" => return Ok(Misbehave::OtherKind),
         _ => {}
     }
     let bad = || {
         format!(
             "{s:?}: expected noise=R or grad-noise=R (R in (0, 1]), stale, bf16, skip-layer, \
-             crash-forward=N or crash-backward=N (N in [1, {MAX_CRASH_AT}])"
+             other-kind, crash-forward=N or crash-backward=N (N in [1, {MAX_CRASH_AT}])"
         )
     };
     let (how, value) = s.split_once('=').ok_or_else(bad)?;
@@ -544,6 +549,15 @@ impl ServeArgs {
             total_layers: total,
             public_key: signer.as_ref().map(cohort_core::Identity::public_key),
             svd_rank: self.svd_rank.unwrap_or(0),
+            compute_kind: match self.misbehave {
+                Some(Misbehave::OtherKind) => {
+                    format!(
+                        "{} (a test server of another kind)",
+                        cohort_model::kernels::compute_kind()
+                    )
+                }
+                _ => cohort_model::kernels::compute_kind(),
+            },
         };
         let listener = std::net::TcpListener::bind(&self.listen)
             .with_context(|| format!("--listen {}", self.listen))?;
@@ -777,23 +791,45 @@ fn forward_checked(
     }
 }
 
-/// The stage protocol's code of a compression named on the command line (`none`, `int8`,
-/// `int4`).
+/// The stage protocol's code of a compression named on the command line: `none`, `int8`,
+/// `int4`, `int5-3`, or `qF/B` with optional suffixes `s` (gradients rounded stochastically)
+/// and `c` (one scale for a call's gradients): activations in F steps each side of zero,
+/// gradients in B, both odd in [1, 127], entropy-coded (`q7/7` is `int4`, `q15/3s` is
+/// `int5-3`).
 ///
 /// # Errors
 /// An unknown name, named with those known.
 pub fn compression(name: &str) -> anyhow::Result<u32> {
-    cohort_net::stage::COMPRESSIONS
+    if let Some((_, c)) = cohort_net::stage::COMPRESSIONS
         .iter()
         .find(|(n, _)| *n == name)
-        .map(|(_, c)| *c)
-        .with_context(|| {
-            let known: Vec<&str> = cohort_net::stage::COMPRESSIONS
-                .iter()
-                .map(|(n, _)| *n)
-                .collect();
-            format!("compression {name:?}: known are {}", known.join(", "))
-        })
+    {
+        return Ok(*c);
+    }
+    let known = || {
+        let names: Vec<&str> = cohort_net::stage::COMPRESSIONS
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        format!(
+            "compression {name:?}: known are {}, and qF/B[s][c] (F and B odd steps in [1, 127], \
+             s: stochastic gradients, c: one scale a call)",
+            names.join(", ")
+        )
+    };
+    let spec = name.strip_prefix('q').with_context(known)?;
+    let (f, b) = spec.split_once('/').with_context(known)?;
+    let digits = b.trim_end_matches(['s', 'c']);
+    let flags = &b[digits.len()..];
+    if !matches!(flags, "" | "s" | "c" | "sc" | "cs") {
+        bail!(known());
+    }
+    let (f, b): (u32, u32) = match (f.parse(), digits.parse()) {
+        (Ok(f), Ok(b)) => (f, b),
+        _ => bail!(known()),
+    };
+    cohort_net::stage::custom_compression(f, b, flags.contains('s'), flags.contains('c'))
+        .map_err(|e| anyhow::anyhow!("compression {name:?}: {e}"))
 }
 
 /// Inference calls' session: the client's, with these bits flipped.
@@ -1414,6 +1450,26 @@ impl Pipeline {
         self
     }
 
+    /// Whether the first stage's backward answers carry the gradient of the stream it was
+    /// given: only the embeddings' training needs it.
+    fn set_input_gradient(&mut self, on: bool) {
+        for (layers, s) in &mut self.stages {
+            if layers.start == 0 {
+                s.active.set_input_gradient(on);
+                for c in &mut s.spares {
+                    c.set_input_gradient(on);
+                }
+            }
+        }
+        if let Some(v) = &mut self.verify {
+            for (layers, c) in &mut v.verifiers {
+                if layers.start == 0 {
+                    c.set_input_gradient(on);
+                }
+            }
+        }
+    }
+
     /// Bytes of streams and gradients the training steps sent and received so far.
     pub fn stream_bytes(&self) -> u64 {
         self.stream_bytes
@@ -1480,6 +1536,24 @@ impl Pipeline {
                     info.layers,
                     info.svd_rank
                 );
+            }
+            // Recomputation is bit for bit only between processes of one kind: a verifier of
+            // another would accuse honest servers.
+            if let Some((_, stage)) = self.stages.iter().find(|(r, _)| *r == info.layers) {
+                for server in std::iter::once(&stage.active).chain(&stage.spares) {
+                    if let Some(held) = server.held()
+                        && held.compute_kind != info.compute_kind
+                    {
+                        bail!(
+                            "--verifiers {url}: it computes as {:?}, stage server {} as {:?}; \
+                             recomputation is bit for bit only between processes of one build \
+                             and CPU kind, so a verifier must be of its servers' kind",
+                            info.compute_kind,
+                            server.url(),
+                            held.compute_kind
+                        );
+                    }
+                }
             }
             list.push((info.layers, c));
         }
@@ -1569,6 +1643,13 @@ impl Pipeline {
         let targets: Vec<u32> = y.flatten_all()?.to_vec1()?;
         self.step += 1;
         let step = self.step;
+        // The first stage sends back the gradient of its input only when the embeddings
+        // train (never with a LoRA adapter alone): a twelfth of a three-stage step's traffic.
+        let embeddings = m
+            .params()
+            .trainable()
+            .any(|p| p.name.contains(".wte.") || p.name.contains(".wpe."));
+        self.set_input_gradient(embeddings);
         let mut h = stages::embed(m, &ids, b, t)?;
         self.round(&mut h, m.config.n_embd, cohort_net::stage::Way::Forward);
         let mut kept = Vec::with_capacity(self.stages.len());
@@ -1652,7 +1733,11 @@ impl Pipeline {
             parts.push(g.into_iter().collect::<HashMap<_, _>>());
             dx = d;
         }
-        parts.push(stages::embed_backward(m, &ids, b, t, &dx, head)?);
+        parts.push(match embeddings {
+            true => stages::embed_backward(m, &ids, b, t, &dx, head)?,
+            // Frozen embeddings: the head's gradients are all the client computes.
+            false => head,
+        });
         Ok((loss, stages::assemble(m, parts)?))
     }
 }
@@ -1712,6 +1797,7 @@ impl LocalStages {
                 total_layers: total,
                 public_key: Some(signer.public_key()),
                 svd_rank: 0,
+                compute_kind: cohort_model::kernels::compute_kind(),
             };
             let stage = GptStage {
                 model: Mutex::new(model),
