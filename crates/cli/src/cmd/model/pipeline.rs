@@ -585,6 +585,10 @@ impl ServeArgs {
             Some(m @ (Misbehave::CrashForward(_) | Misbehave::CrashBackward(_))) => {
                 eprintln!("serve-layers: a CRASHING server ({m:?}), for testing failover");
             }
+            Some(Misbehave::OtherKind) => eprintln!(
+                "serve-layers: a server announcing another compute kind, for testing verifier \
+                 pairing"
+            ),
             Some(m) => {
                 eprintln!("serve-layers: a DISHONEST server ({m:?}), for testing verification")
             }
