@@ -12,55 +12,9 @@ mod stages;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 
-use common::{cohort, p, text};
-
-/// A stage server for `layers` of the model in `dir`; killed when dropped.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(dir: &Path, layers: &str) -> Server {
-    serve_with(dir, layers, &[])
-}
-
-fn serve_with(dir: &Path, layers: &str, extra: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cohort"))
-        .args([
-            "serve-layers",
-            p(dir),
-            "--layers",
-            layers,
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure",
-        ])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    // "serving layers A..B of DIR (N layers) on HOST:PORT"
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
-    assert!(line.starts_with("serving layers"), "{line}");
-    Server {
-        child,
-        url: format!("http://{addr}"),
-    }
-}
+use common::{Server, cohort, p, serve, serve_with, text};
 
 /// A `tiny` GPT (4 layers) pretrained 3 steps in `dir`, and its text: the model directory and
 /// the text file.

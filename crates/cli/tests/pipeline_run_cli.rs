@@ -7,11 +7,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 
-use common::{cohort, p, text};
+use common::{Server, cohort, p, serve, text};
 use serde_json::Value;
 
 /// The LM task, small: a test-preset GPT pretrained for 20 steps, 2 rounds of 3 clients.
@@ -91,39 +89,6 @@ fn in_process_stage_servers_give_the_run_without_them() {
     // Within a percent of the uncompressed run, and learning.
     assert!((loss(&checked, 1) - loss(&alone, 1)).abs() < 0.01 * loss(&alone, 1));
     assert!(loss(&checked, 1) < loss(&checked, 0) + 1e-3);
-}
-
-/// A stage server process (`cohort serve-layers`), killed when dropped.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(dir: &Path, layers: &str) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cohort"))
-        .args(["serve-layers", p(dir), "--layers", layers])
-        .args(["--listen", "127.0.0.1:0", "--insecure"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("serving layers"), "{line}");
-    let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
-    Server {
-        child,
-        url: format!("http://{addr}"),
-    }
 }
 
 /// Clients of a run on a base model of its own (`task.base`) train through `cohort

@@ -21,8 +21,12 @@ use crate::stage_pb as pb;
 use crate::stage_pb::stage_client::StageClient as GrpcClient;
 use crate::stage_pb::stage_server::{Stage, StageServer};
 
-/// The stage protocol's version.
-pub const STAGE_PROTOCOL_VERSION: u32 = 2;
+/// The stage protocol's version (3: custom stream codecs, answers without the first stage's
+/// input gradient, servers' compute kinds).
+pub const STAGE_PROTOCOL_VERSION: u32 = 3;
+
+/// The longest compute kind a server may announce, in bytes.
+const MAX_COMPUTE_KIND: usize = 256;
 
 /// The largest message either side takes: a stream of 64 MiB (for example 16 sequences of
 /// 1,024 tokens of width 1,024 in f32).
@@ -981,6 +985,15 @@ impl StageClient {
                 }
             })?),
         };
+        if r.compute_kind.len() > MAX_COMPUTE_KIND {
+            return Err(StageError::Refused {
+                url: url.clone(),
+                reason: format!(
+                    "its compute kind is {} bytes long, more than {MAX_COMPUTE_KIND}",
+                    r.compute_kind.len()
+                ),
+            });
+        }
         let info = StageInfo {
             model_sha256,
             layers: r.first_layer as usize..r.end_layer as usize,

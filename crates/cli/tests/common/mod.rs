@@ -85,3 +85,47 @@ pub fn wait(
         stderr: err.join().unwrap(),
     }
 }
+
+/// A stage server process (`cohort serve-layers DIR --layers L EXTRA` on loopback, plain
+/// text), killed when dropped.
+pub struct Server {
+    pub child: std::process::Child,
+    pub url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a stage server for `layers` of the model in `dir` with `extra` arguments, once it
+/// listens.
+pub fn serve_with(dir: &Path, layers: &str, extra: &[&str]) -> Server {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .args(["serve-layers", p(dir), "--layers", layers])
+        .args(["--listen", "127.0.0.1:0", "--insecure"])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    // "serving layers A..B of DIR (N layers) on HOST:PORT"
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("serving layers"), "{line}");
+    let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
+    Server {
+        child,
+        url: format!("http://{addr}"),
+    }
+}
+
+/// [`serve_with`] without extra arguments.
+pub fn serve(dir: &Path, layers: &str) -> Server {
+    serve_with(dir, layers, &[])
+}

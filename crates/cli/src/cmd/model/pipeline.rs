@@ -98,6 +98,20 @@ struct GptStage {
 const MAX_PENDING: usize = 64;
 
 impl GptStage {
+    /// A server of `model`'s layers that `info` names, cheating as `misbehave` says (tests).
+    fn new(model: Gpt, info: StageInfo, misbehave: Option<Misbehave>) -> Self {
+        Self {
+            model: Mutex::new(model),
+            misbehave,
+            stale: Mutex::new(None),
+            forwards: AtomicU64::new(0),
+            backwards: AtomicU64::new(0),
+            info,
+            adapter: Mutex::new(None),
+            pending: Mutex::new(VecDeque::new()),
+        }
+    }
+
     /// Counts a training call of `phase` received (not inference nor a verifier's); a
     /// crashing test server (`--misbehave crash-forward=N` or `crash-backward=N`) exits the
     /// process on its N-th, before answering, so that its client sees the connection break as
@@ -593,16 +607,7 @@ impl ServeArgs {
                 eprintln!("serve-layers: a DISHONEST server ({m:?}), for testing verification")
             }
         }
-        let stage = GptStage {
-            model: Mutex::new(model),
-            misbehave: self.misbehave,
-            stale: Mutex::new(None),
-            forwards: AtomicU64::new(0),
-            backwards: AtomicU64::new(0),
-            info,
-            adapter: Mutex::new(None),
-            pending: Mutex::new(VecDeque::new()),
-        };
+        let stage = GptStage::new(model, info, self.misbehave);
         let addr = serve_stage(&rt, Arc::new(stage), signer, listener, tls)?;
         println!(
             "serving layers {}..{} of {} ({} layers) on {addr}",
@@ -1803,16 +1808,7 @@ impl LocalStages {
                 svd_rank: 0,
                 compute_kind: cohort_model::kernels::compute_kind(),
             };
-            let stage = GptStage {
-                model: Mutex::new(model),
-                misbehave: None,
-                stale: Mutex::new(None),
-                forwards: AtomicU64::new(0),
-                backwards: AtomicU64::new(0),
-                info,
-                adapter: Mutex::new(None),
-                pending: Mutex::new(VecDeque::new()),
-            };
+            let stage = GptStage::new(model, info, None);
             let listener = std::net::TcpListener::bind("127.0.0.1:0")
                 .context("a loopback port for a stage server")?;
             let addr = serve_stage(&rt, Arc::new(stage), Some(signer), listener, None)?;
