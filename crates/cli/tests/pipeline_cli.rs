@@ -740,12 +740,13 @@ fn int8_streams_cut_the_bytes_by_three_quarters_and_verify_exactly() {
         int8["val_loss"].as_f64().unwrap(),
     );
     assert!(y.is_finite() && (x - y).abs() < 0.05 * x, "{x} against {y}");
-    // The entropy-coded encodings, int5-3's gradients rounded stochastically from a seed the
-    // server and its verifier derive alike: an eighth of the bytes or less, and a verifier
-    // recomputing every row and backward still finds them all equal.
-    for codec in ["int4", "int5-3"] {
+    // The entropy-coded encodings, int5-3's and q15/9sc's gradients rounded stochastically
+    // from a seed the server and its verifier derive alike (q15/9sc's with one scale for the
+    // call): an eighth of the bytes or less, and a verifier recomputing every row and backward
+    // still finds them all equal.
+    for codec in ["int4", "int5-3", "q15/9sc"] {
         let v = run(
-            codec,
+            &codec.replace('/', "_"),
             &[
                 "--compress",
                 codec,
