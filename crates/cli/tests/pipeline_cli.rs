@@ -935,3 +935,94 @@ fn a_cheating_stage_server_is_caught_and_slashed_by_a_quorum_of_verifiers() {
     assert!(!o.status.success());
     assert!(text(&o).contains("was slashed for fraud"), "{}", text(&o));
 }
+
+/// `--pay-per-token` with `--ledger` and `--key`: once the adapter is written, the client
+/// escrows to every declared stage server the price of the model tokens its layers processed,
+/// for the pipeline's session; a payer whose balance cannot cover the run is refused before
+/// any step, with nothing written.
+#[test]
+fn the_client_escrows_pay_to_every_stage_server_for_the_tokens_it_processed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, text_file) = tiny_model(tmp.path());
+    let w = stages::world(tmp.path());
+    let (a, b) = (&w.servers[0], &w.servers[1]);
+    let l = p(&w.ledger).to_owned();
+    for (s, layers) in [(a, "0..2"), (b, "2..4")] {
+        let o = cohort(&[
+            "stage",
+            "register",
+            "--ledger",
+            &l,
+            "--key",
+            p(&s.key),
+            "--model",
+            p(&model),
+            "--layers",
+            layers,
+            "--stake",
+            "1500",
+            "--at",
+            &(stages::START + 1).to_string(),
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let first = serve_with(&model, "0..2", &["--key", p(&a.key)]);
+    let second = serve_with(&model, "2..4", &["--key", p(&b.key)]);
+    let list = format!("{},{}", first.url, second.url);
+    let pay = |out: &str, price: &str| {
+        lora(
+            &model,
+            &text_file,
+            &tmp.path().join(out),
+            &[
+                "--pipeline",
+                &list,
+                "--insecure",
+                "--ledger",
+                &l,
+                "--key",
+                p(&w.client.key),
+                "--pay-per-token",
+                price,
+            ],
+        )
+    };
+    // 5,000 tokens held; 2 stages x 4 steps x 4 sequences x up to 256 tokens at 1 each is more.
+    let o = pay("poor", "1");
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--pay-per-token"), "{}", text(&o));
+    assert!(!tmp.path().join("poor").exists());
+    let o = pay("out", "0.01");
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let paid = v["paid"].as_array().unwrap();
+    assert_eq!(paid.len(), 2, "{v}");
+    for (entry, server) in paid.iter().zip([a, b]) {
+        // 4 steps of 4 sequences of the model's 128 positions.
+        assert_eq!(entry["tokens"], 4 * 4 * 128, "{entry}");
+        assert_eq!(
+            entry["address"],
+            serde_json::json!(server.address()),
+            "{entry}"
+        );
+        let period = entry["period"].as_u64().unwrap().to_string();
+        let o = cohort(&[
+            "stage",
+            "show",
+            "--ledger",
+            &l,
+            "--server",
+            &format!("{}", server.address()),
+            "--period",
+            &period,
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(
+            s.to_string()
+                .contains(&format!("\"tokens\":{}", 4 * 4 * 128)),
+            "{s}"
+        );
+    }
+}

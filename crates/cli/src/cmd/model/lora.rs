@@ -98,6 +98,18 @@ pub struct Args {
     /// slashed: checked before any step, read only.
     #[arg(long, value_name = "DIR", requires = "pipeline")]
     ledger: Option<PathBuf>,
+    /// Your key file (with --ledger and --pay-per-token): it signs the escrow payments.
+    #[arg(long, value_name = "FILE", requires = "pay_per_token")]
+    key: Option<PathBuf>,
+    /// When the adapter is written, escrow to every stage server that completed training steps
+    /// this many protocol tokens for each model token it processed (`--batch` × the sequence
+    /// length a step), for the pipeline's session as the period (`cohort stage pay`; the
+    /// server takes it with `cohort stage release` after the challenge window, unless a
+    /// quorum of verifiers slashed it). Your balance must cover every server's share of every
+    /// step, checked before any step.
+    #[arg(long, value_name = "TOKENS", value_parser = crate::args::token_amount,
+          requires_all = ["ledger", "key"])]
+    pay_per_token: Option<alloy_primitives::U256>,
     /// The CA that signed the stage servers' certificates (for https:// URLs).
     #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
     ca: Option<PathBuf>,
@@ -182,6 +194,18 @@ struct Report {
     caught: Option<Vec<String>>,
     /// Bytes of streams and gradients the training steps sent and received (with --pipeline).
     stream_bytes: Option<u64>,
+    /// What was escrowed to each stage server (`--pay-per-token`).
+    paid: Vec<Paid>,
+}
+
+/// One escrow payment to a stage server.
+#[derive(Debug, Serialize)]
+struct Paid {
+    server: String,
+    address: alloy_primitives::Address,
+    period: u64,
+    tokens: u64,
+    amount: String,
 }
 
 /// The base model for fine-tuning and evaluation: a GPT or Llama-family model with its
@@ -230,6 +254,36 @@ impl Args {
             cohort_ledger::LedgerReader::open(l)
                 .with_context(|| format!("--ledger {}", l.display()))?;
         }
+        // And the payer can pay every server's share of every step.
+        let payer = match (&self.ledger, &self.key, self.pay_per_token) {
+            (Some(l), Some(k), Some(price)) => {
+                let signer = crate::cmd::stage::Signer::new(l.clone(), k.clone());
+                let mut s = signer.open()?;
+                let most = price
+                    .checked_mul(alloy_primitives::U256::from(
+                        (self.steps as u128)
+                            .saturating_mul(self.batch as u128)
+                            .saturating_mul(256)
+                            .saturating_mul(self.pipeline.len() as u128),
+                    ))
+                    .context("--pay-per-token: the most the run could pay overflows")?;
+                let has = s.p.balance_of(s.address())?;
+                if has < most {
+                    anyhow::bail!(
+                        "--pay-per-token: {} may have to pay up to {} tokens ({} stages x {} \
+                         steps x {} sequences x up to 256 tokens), and holds {}",
+                        s.address(),
+                        cohort_ledger::demo::fmt_tokens(most),
+                        self.pipeline.len(),
+                        self.steps,
+                        self.batch,
+                        cohort_ledger::demo::fmt_tokens(has)
+                    );
+                }
+                Some((signer, price))
+            }
+            _ => None,
+        };
         let staged =
             super::Staged::new(&self.out, "--out", self.force, "pass --force to replace it")?;
         let (mut model, tok, mapped) = load_base(&self.dir, self.no_mmap)?;
@@ -387,6 +441,33 @@ impl Args {
         let lora = model.weights().lora.as_ref().context("adapter vanished")?;
         lora.save(model.params(), staged.path())?;
         staged.commit()?;
+        // Pay the servers for the steps they completed (escrowed until the challenge window
+        // has passed).
+        let mut paid = Vec::new();
+        if let (Some((signer, price)), Some(p)) = (&payer, &pipeline) {
+            let mut s = signer.open()?;
+            // A server caught is paid for nothing, not even the steps before.
+            let caught = p.caught_servers();
+            for (url, key, tokens) in p.served().iter().filter(|(u, _, _)| !caught.contains(u)) {
+                let key = key.with_context(|| format!("stage server {url} has no key"))?;
+                let server = cohort_core::address_of(&key);
+                let amount = price.saturating_mul(alloy_primitives::U256::from(*tokens));
+                s.send(cohort_ledger::protocol::CohortStages::payStageCall {
+                    server,
+                    period: p.session(),
+                    tokens: *tokens,
+                    amount,
+                })
+                .with_context(|| format!("paying stage server {url} ({server})"))?;
+                paid.push(Paid {
+                    server: url.clone(),
+                    address: server,
+                    period: p.session(),
+                    tokens: *tokens,
+                    amount: cohort_ledger::demo::fmt_tokens(amount),
+                });
+            }
+        }
         let r = Report {
             out: self.out.clone(),
             trainable: model.params().trainable_len(),
@@ -409,6 +490,7 @@ impl Args {
             stream_bytes: pipeline
                 .as_ref()
                 .map(super::pipeline::Pipeline::stream_bytes),
+            paid,
         };
         if self.json {
             print_json(&r)?;
@@ -450,6 +532,13 @@ impl Args {
                         None | Some([]) => "none".to_owned(),
                         Some(c) => c.join(", "),
                     }
+                );
+            }
+            for p in &r.paid {
+                println!(
+                    "escrowed {} tokens to stage server {} ({}) for {} model tokens in period \
+                     {} (cohort stage release, after the challenge window)",
+                    p.amount, p.server, p.address, p.tokens, p.period
                 );
             }
             if let Some(n) = r.replays.filter(|&n| n > 0) {

@@ -754,6 +754,9 @@ pub struct Pipeline {
     compression: u32,
     /// Bytes of streams and gradients sent and received by training steps.
     stream_bytes: u64,
+    /// Model tokens each server (by URL, with its key) processed in training steps it
+    /// completed: what it is paid for.
+    served: Vec<(String, Option<cohort_core::PublicKey>, u64)>,
 }
 
 /// `call` forward on the stage `servers` (of `layers`), failed over when a server does not
@@ -1382,6 +1385,7 @@ impl Pipeline {
             inference_calls: 0,
             compression: cohort_net::stage::COMPRESSION_NONE,
             stream_bytes: 0,
+            served: Vec::new(),
         })
     }
 
@@ -1477,6 +1481,17 @@ impl Pipeline {
                 }
             }
         }
+    }
+
+    /// The servers that completed training steps, with their keys and the model tokens they
+    /// processed, in the order they first did.
+    pub fn served(&self) -> &[(String, Option<cohort_core::PublicKey>, u64)] {
+        &self.served
+    }
+
+    /// The session: the period its servers are paid for.
+    pub fn session(&self) -> u64 {
+        self.session
     }
 
     /// Bytes of streams and gradients the training steps sent and received so far.
@@ -1741,6 +1756,15 @@ impl Pipeline {
             let (d, g) = (got.dx, got.grads);
             parts.push(g.into_iter().collect::<HashMap<_, _>>());
             dx = d;
+        }
+        // Each stage's server now in place answered the step's forward and backward.
+        for (_, c) in &self.stages {
+            let key = c.active.held().and_then(|i| i.public_key);
+            let url = c.active.url();
+            match self.served.iter_mut().find(|(u, _, _)| u == url) {
+                Some((_, _, n)) => *n += (b * t) as u64,
+                None => self.served.push((url.to_owned(), key, (b * t) as u64)),
+            }
         }
         parts.push(match embeddings {
             true => stages::embed_backward(m, &ids, b, t, &dx, head)?,

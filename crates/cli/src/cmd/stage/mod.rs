@@ -101,6 +101,17 @@ pub struct Session {
 }
 
 impl Signer {
+    /// The signer of `key` on the embedded ledger in `ledger`, now, recording.
+    pub fn new(ledger: PathBuf, key: PathBuf) -> Self {
+        Self {
+            ledger,
+            key,
+            at: None,
+            check: false,
+            json: false,
+        }
+    }
+
     /// The key file.
     pub fn key_path(&self) -> &Path {
         &self.key
