@@ -202,3 +202,115 @@ fn bad_pipeline_sections_are_refused_by_name() {
     assert!(!o.status.success());
     assert!(text(&o).contains("only the lm task"), "{}", text(&o));
 }
+
+/// A networked federation whose config has `[pipeline]`: a coordinator, three `cohort client`
+/// processes (each starting its own two stage servers on loopback and training through them)
+/// and two validators, over gRPC. Every round's test loss is the in-process run's without
+/// `[pipeline]`, round for round.
+#[test]
+fn client_processes_of_a_federation_train_through_their_stage_servers() {
+    use std::process::{Child, Command, Stdio};
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let alone = run(&d.join("alone"), &[]).unwrap();
+    // Key files and the admission list.
+    let mut admit = String::new();
+    for (role, n) in [("client", 3), ("validator", 2)] {
+        for i in 0..n {
+            let f = d.join(format!("{role}-{i}.key"));
+            let o = cohort(&["keys", "new", "--out", p(&f), "--json"]);
+            assert!(o.status.success(), "{}", text(&o));
+            let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+            admit.push_str(&format!("{role} {}\n", v["public_key"].as_str().unwrap()));
+        }
+    }
+    std::fs::write(d.join("admit.txt"), admit).unwrap();
+    let sets: Vec<String> = SETS
+        .iter()
+        .chain(&["pipeline.stages=2"])
+        .flat_map(|s| ["--set".to_owned(), (*s).to_owned()])
+        .collect();
+    let spawn = |args: Vec<String>, log: &str| -> Child {
+        Command::new(env!("CARGO_BIN_EXE_cohort"))
+            .args(args.iter().chain(&sets))
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(d.join(log)).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let port = cohort_testkit::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let own = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let coordinator = spawn(
+        own(&[
+            "coordinator",
+            p(&config()),
+            "--out",
+            p(&d.join("run")),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admit",
+            p(&d.join("admit.txt")),
+            "--insecure",
+            "--json",
+            "--enrol-timeout",
+            "300",
+        ]),
+        "coordinator.log",
+    );
+    let mut parties = Vec::new();
+    for (role, i) in [
+        ("client", 0),
+        ("client", 1),
+        ("client", 2),
+        ("validator", 0),
+        ("validator", 1),
+    ] {
+        let key = d.join(format!("{role}-{i}.key"));
+        parties.push(spawn(
+            own(&[
+                role,
+                "--coordinator",
+                &url,
+                "--insecure",
+                "--key",
+                p(&key),
+                "--config",
+                p(&config()),
+                "--index",
+                &i.to_string(),
+                "--give-up",
+                "60",
+            ]),
+            &format!("{role}-{i}.log"),
+        ));
+    }
+    let log = d.join("coordinator.log");
+    let out = common::wait(coordinator, 600, "the coordinator", &log);
+    assert!(
+        out.status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    for party in parties {
+        let o = common::wait(party, 60, "a party", &log);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let c0 = std::fs::read_to_string(d.join("client-0.log")).unwrap();
+    assert!(c0.contains("clients train through 2 stage servers"), "{c0}");
+    let v0 = std::fs::read_to_string(d.join("validator-0.log")).unwrap();
+    assert!(
+        !v0.contains("stage servers"),
+        "a validator started servers: {v0}"
+    );
+    let net: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let test = |s: &Value| -> Vec<Value> {
+        s["summary"]["rounds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["test"].clone())
+            .collect()
+    };
+    assert_eq!(test(&alone), test(&net));
+}
