@@ -217,6 +217,9 @@ impl Codec {
 /// head's, which the client computes) at `step`, given the gradient `grad` that came in (the
 /// head's own for the head): the server, its verifiers (which answer under a session of their
 /// own) and a replay derive the same one.
+///
+/// It hashes the whole gradient: derive it only where the compression rounds stochastically
+/// ([`rounds_stochastically`]).
 pub fn grad_seed(step: u64, layer: usize, grad: &[f32]) -> u64 {
     let mut h = Sha256::new();
     h.update(b"cohort/stage/grad-rounding");
@@ -227,6 +230,11 @@ pub fn grad_seed(step: u64, layer: usize, grad: &[f32]) -> u64 {
     }
     let d = h.finalize();
     u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+/// Whether `compression` rounds gradients stochastically (and so needs [`grad_seed`]).
+pub fn rounds_stochastically(compression: u32) -> bool {
+    codec(compression).is_some_and(|c| c.stochastic)
 }
 
 /// The exponent of the power-of-two scale of a row whose largest magnitude is `max` with
@@ -750,7 +758,11 @@ impl Stage for Service {
             if r.no_input_grad {
                 dx.clear();
             }
-            let way = Way::Backward(grad_seed(r.step, first, &grad));
+            let seed = match rounds_stochastically(compression) {
+                true => grad_seed(r.step, first, &grad),
+                false => 0,
+            };
+            let way = Way::Backward(seed);
             round_stream(&mut dx, width, compression, way);
             let signature = signer.map(|id| {
                 id.sign(&backward_digest(r.session, r.step, &grad, &dx, &grads))

@@ -1720,7 +1720,10 @@ impl Pipeline {
         let (loss, mut dx, head) = stages::head(m, &h, &targets, b, t)?;
         // The head's gradient, rounded as a server rounds its own (seeded by the step, the
         // layer it comes down from, here the model's last plus one, and the gradient itself).
-        let seed = cohort_net::stage::grad_seed(step, m.config.n_layer, &dx);
+        let seed = match cohort_net::stage::rounds_stochastically(self.compression) {
+            true => cohort_net::stage::grad_seed(step, m.config.n_layer, &dx),
+            false => 0,
+        };
         self.round(
             &mut dx,
             m.config.n_embd,
