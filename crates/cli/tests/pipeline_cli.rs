@@ -14,7 +14,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::{Server, cohort, p, serve, serve_with, text};
+use common::{Server, cohort, p, serve, serve_with, text, tiny_llama};
 
 /// A `tiny` GPT (4 layers) pretrained 3 steps in `dir`, and its text: the model directory and
 /// the text file.
@@ -934,6 +934,117 @@ fn a_cheating_stage_server_is_caught_and_slashed_by_a_quorum_of_verifiers() {
     );
     assert!(!o.status.success());
     assert!(text(&o).contains("was slashed for fraud"), "{}", text(&o));
+}
+
+/// Stage servers hold a Llama-family model's layers as they hold a GPT's: three
+/// `serve-layers` processes train the adapter one process writes, bit for bit (adapter dropout
+/// on, so that the dropout keys travel), generate its tokens, and a verifier catches a server
+/// that perturbs its outputs.
+#[test]
+fn stage_servers_hold_a_llama_family_model_with_the_same_results() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, text_file) = {
+        let text_file = tmp.path().join("text.txt");
+        let all = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/data/tinyshakespeare/input.txt"
+        ))
+        .unwrap();
+        std::fs::write(&text_file, &all[..20_000]).unwrap();
+        ((), text_file)
+    };
+    let model = tiny_llama(tmp.path(), "qwen");
+    let servers: Vec<Server> = ["0..1", "1..3", "3..4"]
+        .iter()
+        .map(|l| serve(&model, l))
+        .collect();
+    let list = servers
+        .iter()
+        .map(|s| s.url.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let run = |out: &Path, extra: &[&str]| lora(&model, &text_file, out, extra);
+    let single = tmp.path().join("single");
+    let o = run(&single, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let single_json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let piped = tmp.path().join("piped");
+    let o = run(&piped, &["--pipeline", &list, "--insecure"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let piped_json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for key in ["base_val_loss", "val_loss"] {
+        let (x, y) = (
+            single_json[key].as_f64().unwrap(),
+            piped_json[key].as_f64().unwrap(),
+        );
+        assert!((x - y).abs() <= 1e-5 * x.abs(), "{key}: {x} against {y}");
+    }
+    let a = std::fs::read(single.join("adapter_model.safetensors")).unwrap();
+    let b = std::fs::read(piped.join("adapter_model.safetensors")).unwrap();
+    assert!(
+        a == b,
+        "the pipelined adapter differs from the one-process one"
+    );
+    // Greedy generation with the adapter, token for token.
+    let mut args = vec![
+        "model",
+        "generate",
+        p(&model),
+        "--prompt",
+        "ROMEO:",
+        "--max-new",
+        "16",
+        "--adapter",
+        p(&single),
+        "--json",
+    ];
+    let here = cohort(&args);
+    assert!(here.status.success(), "{}", text(&here));
+    args.extend(["--pipeline", &list, "--insecure"]);
+    let there = cohort(&args);
+    assert!(there.status.success(), "{}", text(&there));
+    let ids = |o: &Output| {
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["completion_ids"].clone()
+    };
+    assert_eq!(ids(&here).as_array().map(Vec::len), Some(16));
+    assert_eq!(ids(&here), ids(&there));
+    // A verifier of layers 1..3 at rate 1 finds the honest server's calls equal, and catches
+    // one that perturbs its outputs by 1e-2; nothing is written then.
+    let verifier = serve(&model, "1..3");
+    let o = run(
+        &tmp.path().join("checked"),
+        &[
+            "--pipeline",
+            &list,
+            "--insecure",
+            "--verifiers",
+            &verifier.url,
+            "--verify-rate",
+            "1",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["verification"]["checked"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["verification"]["backwards_checked"], 4, "{v}");
+    let liar = serve_with(&model, "1..3", &["--misbehave", "noise=0.01"]);
+    let routed = format!("{},{},{}", servers[0].url, liar.url, servers[2].url);
+    let lied = tmp.path().join("lied");
+    let o = run(
+        &lied,
+        &[
+            "--pipeline",
+            &routed,
+            "--insecure",
+            "--verifiers",
+            &verifier.url,
+            "--verify-rate",
+            "1",
+        ],
+    );
+    assert!(!o.status.success(), "not caught: {}", text(&o));
+    assert!(text(&o).contains("differs from verifier"), "{}", text(&o));
+    assert!(!lied.exists());
 }
 
 /// `--pay-per-token` with `--ledger` and `--key`: once the adapter is written, the client

@@ -557,8 +557,8 @@ fn check_pipeline(p: &PipelineConfig, task: &TaskConfig) -> Result<(), FlError> 
     if !matches!(task, TaskConfig::Lm(_)) {
         return Err(bad(
             "pipeline",
-            "stage servers hold a GPT's transformer layers: only the lm task trains through \
-             them"
+            "stage servers hold a language model's transformer layers: only the lm task \
+             trains through them"
                 .into(),
         ));
     }

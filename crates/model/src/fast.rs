@@ -905,16 +905,89 @@ fn run_with<'a>(
 /// bit for bit ([`assemble`] puts the pieces' gradients in the trainable parameters' order).
 pub mod stages {
     use super::*;
+    use crate::llama::Llama;
 
     /// Gradients by parameter name (those of one piece's trainable parameters).
     pub type NamedGrads = HashMap<String, Vec<f32>>;
+
+    /// The architectures with stage passes.
+    #[derive(Clone, Copy)]
+    enum Arch<'a> {
+        Gpt(&'a Gpt),
+        Llama(&'a Llama),
+    }
+
+    impl<'a> Arch<'a> {
+        /// `m`'s architecture, if it has stage passes and its state is one the hand-written
+        /// pass handles ([`supported`]).
+        fn of(m: &'a dyn LanguageModel) -> Result<Self> {
+            let arch = match (m.as_gpt(), m.as_llama()) {
+                (Some(g), _) => Arch::Gpt(g),
+                (None, Some(l)) => Arch::Llama(l),
+                (None, None) => {
+                    return Err(bad(
+                        "stage passes exist for GPT and Llama-family models only".into(),
+                    ));
+                }
+            };
+            if !supported(m) {
+                return Err(bad(
+                    "stage passes run on the CPU in f32, with SVD-factored layers frozen and no \
+                     classification head"
+                        .into(),
+                ));
+            }
+            Ok(arch)
+        }
+
+        fn layers(self) -> usize {
+            match self {
+                Arch::Gpt(g) => g.config.n_layer,
+                Arch::Llama(l) => l.config.num_hidden_layers,
+            }
+        }
+
+        fn model(self) -> &'a dyn LanguageModel {
+            match self {
+                Arch::Gpt(g) => g,
+                Arch::Llama(l) => l,
+            }
+        }
+
+        /// Runs `f` on a pass context over this model's weights and this thread's pool.
+        fn with_ctx<R>(
+            self,
+            (b, t): (usize, usize),
+            rows: Option<Vec<usize>>,
+            f: impl for<'x> FnOnce(&mut Ctx<'x>) -> Result<R>,
+        ) -> Result<R> {
+            pooled(|pool, back| {
+                with_weights(self.model(), |w| {
+                    let mut cx = match self {
+                        Arch::Gpt(g) => ctx(g, w, pool, (b, t)),
+                        Arch::Llama(l) => llama::ctx(l, w, pool, (b, t)),
+                    };
+                    cx.rows = rows;
+                    let r = f(&mut cx);
+                    *back = std::mem::take(&mut cx.pool);
+                    r
+                })
+            })
+        }
+    }
+
+    /// A stage's saved activations, per architecture.
+    enum Layers {
+        Gpt(Vec<Layer>),
+        Llama(Vec<llama::Layer>),
+    }
 
     /// What a stage keeps from its forward for its backward ([`forward`], [`backward`]).
     pub struct Saved {
         range: std::ops::Range<usize>,
         b: usize,
         t: usize,
-        layers: Vec<Layer>,
+        layers: Layers,
     }
 
     impl std::fmt::Debug for Saved {
@@ -935,19 +1008,22 @@ pub mod stages {
 
         /// Bytes of activations it holds.
         pub fn bytes(&self) -> usize {
-            self.layers
-                .iter()
-                .map(|l| {
-                    [
-                        &l.x, &l.ln1, &l.qkv, &l.u_qkv, &l.m_qkv, &l.probs, &l.att, &l.u_att,
-                        &l.m_att, &l.mid, &l.ln2, &l.h, &l.u_fc, &l.m_fc, &l.g, &l.u_proj,
-                        &l.m_proj,
-                    ]
+            match &self.layers {
+                Layers::Gpt(layers) => layers
                     .iter()
-                    .map(|v| v.len() * 4)
-                    .sum::<usize>()
-                })
-                .sum()
+                    .map(|l| {
+                        [
+                            &l.x, &l.ln1, &l.qkv, &l.u_qkv, &l.m_qkv, &l.probs, &l.att, &l.u_att,
+                            &l.m_att, &l.mid, &l.ln2, &l.h, &l.u_fc, &l.m_fc, &l.g, &l.u_proj,
+                            &l.m_proj,
+                        ]
+                        .iter()
+                        .map(|v| v.len() * 4)
+                        .sum::<usize>()
+                    })
+                    .sum(),
+                Layers::Llama(layers) => layers.iter().map(llama::Layer::bytes).sum(),
+            }
         }
     }
 
@@ -955,38 +1031,40 @@ pub mod stages {
         crate::Error::Data(what)
     }
 
-    /// Refuses a batch shape, layer range or stream that does not fit `m`.
-    fn check(
-        m: &Gpt,
+    /// Refuses a batch shape, layer range or stream that does not fit `m`; `m`'s
+    /// architecture.
+    fn check<'a>(
+        m: &'a dyn LanguageModel,
         range: &std::ops::Range<usize>,
         x: &[f32],
         (b, t): (usize, usize),
-    ) -> Result<()> {
-        let c = &m.config;
-        if range.is_empty() || range.end > c.n_layer {
+    ) -> Result<Arch<'a>> {
+        let arch = Arch::of(m)?;
+        let (layers, ctx, d) = (arch.layers(), m.max_context(), m.hidden_size());
+        if range.is_empty() || range.end > layers {
             return Err(bad(format!(
-                "layers {range:?}: the model has layers 0..{}",
-                c.n_layer
+                "layers {range:?}: the model has layers 0..{layers}"
             )));
         }
-        if b == 0 || t == 0 || t > c.n_positions {
-            return Err(bad(format!(
-                "a batch of {b} x {t} (the context is {})",
-                c.n_positions
-            )));
+        if b == 0 || t == 0 || t > ctx {
+            return Err(bad(format!("a batch of {b} x {t} (the context is {ctx})")));
         }
-        let want = b.checked_mul(t).and_then(|n| n.checked_mul(c.n_embd));
+        let want = b.checked_mul(t).and_then(|n| n.checked_mul(d));
         if want != Some(x.len()) {
             return Err(bad(format!(
-                "{} values for a stream of {b} x {t} x {}",
-                x.len(),
-                c.n_embd
+                "{} values for a stream of {b} x {t} x {d}",
+                x.len()
             )));
         }
         if let Some(i) = x.iter().position(|v| !v.is_finite()) {
             return Err(bad(format!("value {i} of the stream is not finite")));
         }
-        Ok(())
+        Ok(arch)
+    }
+
+    /// Every layer of `m` (for the client's pieces, which take the whole stream).
+    fn all(m: &dyn LanguageModel) -> Result<std::ops::Range<usize>> {
+        Ok(0..Arch::of(m)?.layers())
     }
 
     fn ctx<'a>(
@@ -1010,45 +1088,65 @@ pub mod stages {
 
     /// The client's first piece: the embeddings of `ids` `[b, t]`, the stream entering
     /// layer 0.
-    pub fn embed(m: &Gpt, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>> {
+    pub fn embed(m: &dyn LanguageModel, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>> {
+        let arch = Arch::of(m)?;
         check_batch(m, ids, &[], b, t)?;
-        pooled(|pool, back| {
-            with_weights(m, |w| {
-                let mut cx = ctx(m, w, pool, (b, t));
-                let x = cx.embed(ids, t);
-                *back = std::mem::take(&mut cx.pool);
-                Ok(x)
+        if b == 0 || t == 0 {
+            return Err(bad(format!("a batch of {b} x {t}")));
+        }
+        arch.with_ctx((b, t), None, |cx| {
+            Ok(match arch {
+                Arch::Gpt(_) => cx.embed(ids, t),
+                Arch::Llama(l) => llama::embed(cx, l, ids),
             })
+        })
+    }
+
+    /// Layers `range` forward on `x` in `cx`, with the activations their backward needs
+    /// when `train`.
+    fn layers_forward(
+        arch: Arch<'_>,
+        cx: &mut Ctx<'_>,
+        range: std::ops::Range<usize>,
+        x: &[f32],
+        (b, t): (usize, usize),
+        train: bool,
+    ) -> Result<(Vec<f32>, Layers)> {
+        let mut input = cx.pool.scratch(x.len());
+        input.copy_from_slice(x);
+        Ok(match arch {
+            Arch::Gpt(g) => {
+                let (y, layers) = layers_fwd(cx, &g.config, range, input, (b, t))?;
+                (y, Layers::Gpt(layers))
+            }
+            Arch::Llama(l) => {
+                let (y, layers) = llama::layers_fwd(cx, l, range, input, (b, t), train)?;
+                (y, Layers::Llama(layers))
+            }
         })
     }
 
     /// A stage's forward: layers `range` on `x`, the stream `[b, t, d]` entering the first
     /// of them; the stream leaving the last, and what the backward needs.
     pub fn forward(
-        m: &Gpt,
+        m: &dyn LanguageModel,
         range: std::ops::Range<usize>,
         x: &[f32],
         b: usize,
         t: usize,
     ) -> Result<(Vec<f32>, Saved)> {
-        check(m, &range, x, (b, t))?;
-        pooled(|pool, back| {
-            with_weights(m, |w| {
-                let mut cx = ctx(m, w, pool, (b, t));
-                let mut input = cx.pool.scratch(x.len());
-                input.copy_from_slice(x);
-                let (y, layers) = layers_fwd(&mut cx, &m.config, range.clone(), input, (b, t))?;
-                *back = std::mem::take(&mut cx.pool);
-                Ok((
-                    y,
-                    Saved {
-                        range,
-                        b,
-                        t,
-                        layers,
-                    },
-                ))
-            })
+        let arch = check(m, &range, x, (b, t))?;
+        arch.with_ctx((b, t), None, |cx| {
+            let (y, layers) = layers_forward(arch, cx, range.clone(), x, (b, t), true)?;
+            Ok((
+                y,
+                Saved {
+                    range,
+                    b,
+                    t,
+                    layers,
+                },
+            ))
         })
     }
 
@@ -1059,7 +1157,7 @@ pub mod stages {
     /// are, bit for bit, the same rows of [`forward`] on the whole batch (tested), dropout
     /// included: the masks are drawn for the rows' places in the whole batch. Keeps nothing.
     pub fn forward_rows(
-        m: &Gpt,
+        m: &dyn LanguageModel,
         range: std::ops::Range<usize>,
         x: &[f32],
         rows: &[usize],
@@ -1072,80 +1170,88 @@ pub mod stages {
             )));
         }
         let n = rows.len();
-        check(m, &range, x, (n, t))?;
-        pooled(|pool, back| {
-            with_weights(m, |w| {
-                let mut cx = ctx(m, w, pool, (n, t));
-                cx.rows = Some(rows.to_vec());
-                let mut input = cx.pool.scratch(x.len());
-                input.copy_from_slice(x);
-                let (y, _) = layers_fwd(&mut cx, &m.config, range.clone(), input, (n, t))?;
-                *back = std::mem::take(&mut cx.pool);
-                Ok(y)
-            })
+        let arch = check(m, &range, x, (n, t))?;
+        arch.with_ctx((n, t), Some(rows.to_vec()), |cx| {
+            // The training forward (the server's), so that the bits are the server's.
+            let (y, layers) = layers_forward(arch, cx, range.clone(), x, (n, t), true)?;
+            recycle_layers(cx, layers);
+            Ok(y)
         })
+    }
+
+    fn recycle_layers(cx: &mut Ctx<'_>, layers: Layers) {
+        match layers {
+            Layers::Gpt(l) => l.into_iter().for_each(|l| l.recycle(&mut cx.pool)),
+            Layers::Llama(l) => l.into_iter().for_each(|l| l.recycle(&mut cx.pool)),
+        }
     }
 
     /// The client's head on `x` (the last layer's output): the mean next-token loss against
     /// `targets`, the gradient of `x`, and the head's weight gradients.
     pub fn head(
-        m: &Gpt,
+        m: &dyn LanguageModel,
         x: &[f32],
         targets: &[u32],
         b: usize,
         t: usize,
     ) -> Result<(f64, Vec<f32>, NamedGrads)> {
         check_batch(m, targets, targets, b, t)?;
-        check(m, &(0..m.config.n_layer), x, (b, t))?;
-        pooled(|pool, back| {
-            with_weights(m, |w| {
-                let mut cx = ctx(m, w, pool, (b, t));
-                let mut input = cx.pool.scratch(x.len());
-                input.copy_from_slice(x);
-                let (loss, dx) = head_fwd_bwd(&mut cx, input, targets)?;
-                let grads = std::mem::take(&mut cx.grads);
-                *back = std::mem::take(&mut cx.pool);
-                Ok((loss, dx, grads))
-            })
+        let arch = check(m, &all(m)?, x, (b, t))?;
+        arch.with_ctx((b, t), None, |cx| {
+            let mut input = cx.pool.scratch(x.len());
+            input.copy_from_slice(x);
+            let (loss, dx) = match arch {
+                Arch::Gpt(_) => head_fwd_bwd(cx, input, targets)?,
+                Arch::Llama(l) => llama::head_fwd_bwd(cx, l, input, targets)?,
+            };
+            Ok((loss, dx, std::mem::take(&mut cx.grads)))
         })
     }
 
     /// The client's head for inference: the logits `[b, t, vocab]` (row-major) of `x`, the
-    /// last layer's output (the final norm, then the tied embedding).
-    pub fn head_logits(m: &Gpt, x: &[f32], b: usize, t: usize) -> Result<Vec<f32>> {
-        check(m, &(0..m.config.n_layer), x, (b, t))?;
-        pooled(|pool, back| {
-            with_weights(m, |w| {
-                let mut cx = ctx(m, w, pool, (b, t));
-                let logits = tied_logits(&mut cx, x)?;
-                *back = std::mem::take(&mut cx.pool);
-                Ok(logits)
-            })
+    /// last layer's output (the final norm, then the output embedding).
+    pub fn head_logits(m: &dyn LanguageModel, x: &[f32], b: usize, t: usize) -> Result<Vec<f32>> {
+        let arch = check(m, &all(m)?, x, (b, t))?;
+        arch.with_ctx((b, t), None, |cx| match arch {
+            Arch::Gpt(_) => tied_logits(cx, x),
+            Arch::Llama(l) => llama::head_logits(cx, l, x),
         })
     }
 
     /// A stage's backward: `dy`, the gradient of the stream its forward returned, to the
     /// gradient of the stream it was given, and its layers' weight gradients.
-    pub fn backward(m: &Gpt, saved: Saved, dy: &[f32]) -> Result<(Vec<f32>, NamedGrads)> {
+    pub fn backward(
+        m: &dyn LanguageModel,
+        saved: Saved,
+        dy: &[f32],
+    ) -> Result<(Vec<f32>, NamedGrads)> {
         let (b, t, range) = (saved.b, saved.t, saved.range.clone());
-        check(m, &range, dy, (b, t))?;
-        pooled(|pool, back| {
-            with_weights(m, |w| {
-                let mut cx = ctx(m, w, pool, (b, t));
-                let mut dx = cx.pool.scratch(dy.len());
-                dx.copy_from_slice(dy);
-                layers_bwd(&mut cx, &m.config, range, saved.layers, &mut dx, (b, t))?;
-                let grads = std::mem::take(&mut cx.grads);
-                *back = std::mem::take(&mut cx.pool);
-                Ok((dx, grads))
-            })
+        let arch = check(m, &range, dy, (b, t))?;
+        arch.with_ctx((b, t), None, |cx| {
+            let mut dx = cx.pool.scratch(dy.len());
+            dx.copy_from_slice(dy);
+            match (arch, saved.layers) {
+                (Arch::Gpt(g), Layers::Gpt(layers)) => {
+                    layers_bwd(cx, &g.config, range, layers, &mut dx, (b, t))?;
+                }
+                (Arch::Llama(l), Layers::Llama(layers)) => {
+                    llama::layers_bwd(cx, l, range, layers, &mut dx, (b, t))?;
+                }
+                (_, layers) => {
+                    recycle_layers(cx, layers);
+                    return Err(bad(
+                        "activations saved by another architecture's forward".into()
+                    ));
+                }
+            }
+            Ok((dx, std::mem::take(&mut cx.grads)))
         })
     }
 
     /// The client's last piece: `dx`, the gradient of the stream entering layer 0, into the
-    /// embeddings' gradients, added to `head`'s (the token embedding is tied to the head).
+    /// embeddings' gradients, added to `head`'s (the token embedding may be tied to the head).
     pub fn embed_backward(
-        m: &Gpt,
+        m: &dyn LanguageModel,
         ids: &[u32],
         b: usize,
         t: usize,
@@ -1153,18 +1259,16 @@ pub mod stages {
         head: NamedGrads,
     ) -> Result<NamedGrads> {
         check_batch(m, ids, &[], b, t)?;
-        check(m, &(0..m.config.n_layer), dx, (b, t))?;
-        pooled(|pool, back| {
-            with_weights(m, |w| {
-                let mut cx = ctx(m, w, pool, (b, t));
-                cx.grads = head;
-                let mut g = cx.pool.scratch(dx.len());
-                g.copy_from_slice(dx);
-                embed_bwd(&mut cx, &m.config, ids, t, g);
-                let grads = std::mem::take(&mut cx.grads);
-                *back = std::mem::take(&mut cx.pool);
-                Ok(grads)
-            })
+        let arch = check(m, &all(m)?, dx, (b, t))?;
+        arch.with_ctx((b, t), None, |cx| {
+            cx.grads = head;
+            let mut g = cx.pool.scratch(dx.len());
+            g.copy_from_slice(dx);
+            match arch {
+                Arch::Gpt(gpt) => embed_bwd(cx, &gpt.config, ids, t, g),
+                Arch::Llama(l) => llama::embed_bwd(cx, l, ids, g),
+            }
+            Ok(std::mem::take(&mut cx.grads))
         })
     }
 

@@ -280,6 +280,14 @@ impl LanguageModel for Gpt {
         &mut self.weights
     }
 
+    fn num_layers(&self) -> usize {
+        self.config.n_layer
+    }
+
+    fn layer_of(&self, name: &str) -> Option<usize> {
+        crate::model::block_index(name, "transformer.h.")
+    }
+
     fn linear_modules(&self) -> Vec<LinearInfo> {
         Self::linears(&self.config)
     }

@@ -45,7 +45,7 @@ pub use cache::KvCache;
 pub use config::GptConfig;
 pub use error::{Error, Result};
 pub use gpt::Gpt;
-pub use llama::{Llama, LlamaConfig, load_any};
+pub use llama::{Llama, LlamaConfig, load_any, load_mapped_any};
 pub use lora::{Lora, LoraConfig};
 pub use mapped::{MapStats, MappedWeights};
 pub use model::{LanguageModel, LinearInfo, Weights};

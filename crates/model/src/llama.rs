@@ -813,6 +813,18 @@ impl LanguageModel for Llama {
         &mut self.weights
     }
 
+    fn num_layers(&self) -> usize {
+        self.config.num_hidden_layers
+    }
+
+    fn layer_of(&self, name: &str) -> Option<usize> {
+        crate::model::block_index(name, "model.layers.")
+    }
+
+    fn as_llama(&self) -> Option<&Llama> {
+        Some(self)
+    }
+
     fn linear_modules(&self) -> Vec<LinearInfo> {
         Self::linears(&self.config)
     }
@@ -923,12 +935,27 @@ pub fn load_any(dir: &Path, device: &Device) -> Result<Box<dyn LanguageModel>> {
     match checkpoint::model_type(dir)?.as_str() {
         "gpt2" => Ok(Box::new(crate::Gpt::load(dir, device)?)),
         "llama" | "qwen2" | "mistral" => Ok(Box::new(Llama::load(dir, device)?)),
-        other => Err(Error::config(
-            "model_type",
-            format!(
-                "{}: `{other}` is not supported (gpt2, llama, qwen2, mistral)",
-                dir.display()
-            ),
-        )),
+        other => Err(unsupported(dir, other)),
+    }
+}
+
+fn unsupported(dir: &Path, kind: &str) -> Error {
+    Error::config(
+        "model_type",
+        format!(
+            "{}: `{kind}` is not supported (gpt2, llama, qwen2, mistral)",
+            dir.display()
+        ),
+    )
+}
+
+/// [`load_any`] with the base weights frozen and read in place from the memory-mapped
+/// checkpoint ([`crate::Gpt::load_mapped`], [`Llama::load_mapped`]): what a stage server or a
+/// client that trains an adapter needs, reading only the pages it uses. CPU only.
+pub fn load_mapped_any(dir: &Path, device: &Device) -> Result<Box<dyn LanguageModel>> {
+    match checkpoint::model_type(dir)?.as_str() {
+        "gpt2" => Ok(Box::new(crate::Gpt::load_mapped(dir, device)?)),
+        "llama" | "qwen2" | "mistral" => Ok(Box::new(Llama::load_mapped(dir, device)?)),
+        other => Err(unsupported(dir, other)),
     }
 }

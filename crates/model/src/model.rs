@@ -121,6 +121,17 @@ impl Weights {
     }
 }
 
+/// The block index in `name` after `prefix` (`transformer.h.` for `transformer.h.3.mlp...`),
+/// also under PEFT's `base_model.model.` prefix.
+pub(crate) fn block_index(name: &str, prefix: &str) -> Option<usize> {
+    let name = name.strip_prefix("base_model.model.").unwrap_or(name);
+    let (i, _) = name.strip_prefix(prefix)?.split_once('.')?;
+    if i.is_empty() || !i.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    i.parse().ok()
+}
+
 /// A causal language model.
 pub trait LanguageModel: Send + Sync {
     /// The parameters and adapter.
@@ -135,11 +146,21 @@ pub trait LanguageModel: Send + Sync {
     fn hidden_size(&self) -> usize;
     /// The longest context the model accepts.
     fn max_context(&self) -> usize;
+    /// Transformer blocks (layers).
+    fn num_layers(&self) -> usize;
+    /// The block a parameter belongs to (a base weight, or an adapter weight, also under
+    /// PEFT's `base_model.model.` prefix); `None` for the embeddings, the final norm and the
+    /// head.
+    fn layer_of(&self, name: &str) -> Option<usize>;
     /// The device the weights live on.
     fn device(&self) -> &Device;
-    /// The model as a [`crate::Gpt`], if it is one (for what only the GPT has so far: its
-    /// stage passes, [`crate::fast::stages`]).
+    /// The model as a [`crate::Gpt`], if it is one (for the hand-written passes,
+    /// [`crate::fast`], which are written per architecture).
     fn as_gpt(&self) -> Option<&crate::Gpt> {
+        None
+    }
+    /// The model as a [`crate::Llama`] (the Llama family), if it is one.
+    fn as_llama(&self) -> Option<&crate::Llama> {
         None
     }
     /// Final hidden states `[B, T, d]` (after the last norm) for token ids `[B, T]` (u32).

@@ -20,7 +20,7 @@ use cohort_ledger::merkle::{MerkleTree, leaf_hash};
 use cohort_model::data::{TokenData, sample_batch};
 use cohort_model::optim::AdamWConfig;
 use cohort_model::train::{TrainConfig, Trainer, evaluate, window_losses};
-use cohort_model::{Gpt, GptConfig, LanguageModel, Tokenizer, load_any};
+use cohort_model::{Gpt, GptConfig, LanguageModel, Tokenizer};
 
 use cohort_fl::learner::{Learner, Metrics, SampleLosses};
 use cohort_fl::partition::shakespeare_roles;
@@ -132,19 +132,13 @@ impl LmTask {
                 (dir, tok)
             }
         };
-        // A GPT base is memory-mapped: its frozen weights are read in place, and a client
+        // The base is memory-mapped: its frozen weights are read in place, and a client
         // training through stage servers (`[pipeline]`) never reads its layers' pages.
-        let mapped = match cohort_model::checkpoint::model_type(&model_dir) {
-            Ok(kind) if kind == "gpt2" => Some(Gpt::load_mapped(&model_dir, &Device::Cpu)),
-            _ => None,
-        };
-        let mut model = match mapped {
-            Some(m) => m.map(|m| Box::new(m) as Box<dyn LanguageModel>),
-            None => load_any(&model_dir, &Device::Cpu),
-        }
-        .map_err(|e| FlError::InvalidConfig {
-            what: "task.base",
-            reason: e.to_string(),
+        let mut model = cohort_model::load_mapped_any(&model_dir, &Device::Cpu).map_err(|e| {
+            FlError::InvalidConfig {
+                what: "task.base",
+                reason: e.to_string(),
+            }
         })?;
         if cfg.seq_len > model.max_context() {
             return Err(FlError::InvalidConfig {

@@ -129,3 +129,25 @@ pub fn serve_with(dir: &Path, layers: &str, extra: &[&str]) -> Server {
 pub fn serve(dir: &Path, layers: &str) -> Server {
     serve_with(dir, layers, &[])
 }
+
+/// A Llama-family model (Qwen2's shape: grouped-query attention, q/k/v biases, a tied head)
+/// of 4 layers, written by the test with the Qwen2 fixture's tokeniser, in `dir/name`.
+pub fn tiny_llama(dir: &Path, name: &str) -> std::path::PathBuf {
+    use cohort_model::{Llama, LlamaConfig};
+    let mut c = LlamaConfig::small("qwen2", 300, 32, 4, 4, 2);
+    c.intermediate_size = 64;
+    c.tie_word_embeddings = true;
+    c.max_position_embeddings = Some(64);
+    let out = dir.join(name);
+    Llama::new(c, 11, &candle_core::Device::Cpu)
+        .unwrap()
+        .save_dir(&out)
+        .unwrap();
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../model/tests/fixtures/qwen2");
+    std::fs::copy(
+        Path::new(fixture).join("tokenizer.json"),
+        out.join("tokenizer.json"),
+    )
+    .unwrap();
+    out
+}

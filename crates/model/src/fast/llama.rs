@@ -58,7 +58,7 @@ pub fn logits(m: &Llama, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>> {
     })
 }
 
-fn ctx<'a>(
+pub(super) fn ctx<'a>(
     m: &'a Llama,
     w: HashMap<&'a str, &'a [f32]>,
     pool: Pool,
@@ -96,7 +96,7 @@ impl Saved {
 }
 
 /// A layer's saved activations.
-struct Layer {
+pub(super) struct Layer {
     x: Vec<f32>,
     r1: Vec<f32>,
     q: Saved,
@@ -118,7 +118,31 @@ struct Layer {
 }
 
 impl Layer {
-    fn recycle(self, pool: &mut Pool) {
+    /// Bytes of activations it holds.
+    pub(super) fn bytes(&self) -> usize {
+        let plain = [
+            &self.x,
+            &self.r1,
+            &self.qkv,
+            &self.probs,
+            &self.att,
+            &self.mid,
+            &self.r2,
+            &self.g,
+            &self.u,
+            &self.a,
+        ];
+        let saved = [
+            &self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down,
+        ];
+        4 * (plain.iter().map(|v| v.len()).sum::<usize>()
+            + saved
+                .iter()
+                .map(|s| s.u.len() + s.mask.len())
+                .sum::<usize>())
+    }
+
+    pub(super) fn recycle(self, pool: &mut Pool) {
         for v in [
             self.x, self.r1, self.qkv, self.probs, self.att, self.mid, self.r2, self.g, self.u,
             self.a,
@@ -332,6 +356,57 @@ fn pass(
     targets: Option<&[u32]>,
     (b, t): (usize, usize),
 ) -> Result<Pass> {
+    let layers = 0..m.config.num_hidden_layers;
+    let x = embed(cx, m, ids);
+    let train = targets.is_some();
+    let (x, saved) = layers_fwd(cx, m, layers.clone(), x, (b, t), train)?;
+    let Some(targets) = targets else {
+        let logits = head_logits(cx, m, &x)?;
+        cx.pool.give(x);
+        return Ok(Pass::Logits(logits));
+    };
+    let (loss, mut dx) = head_fwd_bwd(cx, m, x, targets)?;
+    layers_bwd(cx, m, layers, saved, &mut dx, (b, t))?;
+    embed_bwd(cx, m, ids, dx);
+    let grads = cx.take_grads();
+    Ok(Pass::Train(loss, grads))
+}
+
+/// The name of the output embedding (the token embedding when tied).
+fn head_name(m: &Llama) -> &'static str {
+    if m.config.tie_word_embeddings {
+        EMBED
+    } else {
+        "lm_head.weight"
+    }
+}
+
+const EMBED: &str = "model.embed_tokens.weight";
+
+/// The token embeddings of `ids` into a pooled buffer: the stream entering layer 0.
+pub(super) fn embed(cx: &mut Ctx<'_>, m: &Llama, ids: &[u32]) -> Vec<f32> {
+    let h = m.config.hidden_size;
+    let mut x = cx.pool.scratch(ids.len() * h);
+    let table = cx.w(EMBED);
+    x.par_chunks_mut(h)
+        .zip(ids.par_iter())
+        .for_each(|(row, &id)| {
+            row.copy_from_slice(&table[id as usize * h..(id as usize + 1) * h]);
+        });
+    x
+}
+
+/// The forward pass of layers `range` on `x` (the residual stream `[b t, h]` entering the
+/// first of them): the stream leaving the last and, when `train`, the activations their
+/// backward needs (none otherwise: evaluation).
+pub(super) fn layers_fwd(
+    cx: &mut Ctx<'_>,
+    m: &Llama,
+    range: std::ops::Range<usize>,
+    mut x: Vec<f32>,
+    (b, t): (usize, usize),
+    train: bool,
+) -> Result<(Vec<f32>, Vec<Layer>)> {
     let c = &m.config;
     let dm = Dims {
         t,
@@ -339,31 +414,13 @@ fn pass(
         nkv: c.kv_heads(),
         hd: c.head_dim(),
     };
-    let (h, f, v, n) = (c.hidden_size, c.intermediate_size, c.vocab_size, b * t);
-    let (qw, kvw) = (dm.qw(), dm.kvw());
+    let (f, n) = (c.intermediate_size, b * t);
+    let qw = dm.qw();
     m.check_len(t)?;
     let (cos, sin) = c.rope()?.tables(t);
     let lins = m.linear_modules();
-    let train = targets.is_some();
-    let emb = "model.embed_tokens.weight";
-    let head = if c.tie_word_embeddings {
-        emb
-    } else {
-        "lm_head.weight"
-    };
-
-    // Forward.
-    let mut x = cx.pool.scratch(n * h);
-    {
-        let table = cx.w(emb);
-        x.par_chunks_mut(h)
-            .zip(ids.par_iter())
-            .for_each(|(row, &id)| {
-                row.copy_from_slice(&table[id as usize * h..(id as usize + 1) * h]);
-            });
-    }
-    let mut layers = Vec::with_capacity(if train { c.num_hidden_layers } else { 0 });
-    for i in 0..c.num_hidden_layers {
+    let mut layers = Vec::with_capacity(if train { range.len() } else { 0 });
+    for i in range {
         let l = &lins[7 * i..7 * i + 7];
         let p = format!("model.layers.{i}");
         let r1 = cx.rms(&x, &format!("{p}.input_layernorm.weight"));
@@ -436,13 +493,41 @@ fn pass(
             layer.recycle(&mut cx.pool);
         }
     }
+    Ok((x, layers))
+}
+
+/// The head for inference: the logits `[b t, vocab]` of `x`, the last layer's output (the
+/// final norm, then the output embedding). The logits leave the pool: they become the
+/// caller's.
+pub(super) fn head_logits(cx: &mut Ctx<'_>, m: &Llama, x: &[f32]) -> Result<Vec<f32>> {
+    let (h, v, n) = (m.config.hidden_size, m.config.vocab_size, cx.n);
+    let xf = cx.rms(x, "model.norm.weight");
+    let mut logits = vec![0f32; n * v];
+    matmul(
+        MatMut::rows(&mut logits, 0, n, v, v),
+        rows(&xf, n, h),
+        rows(cx.w(head_name(m)), v, h).t(),
+        1.0,
+        false,
+        threads(),
+    )?;
+    cx.pool.give(xf);
+    Ok(logits)
+}
+
+/// The head on `x` (the last layer's output): the final norm, the logits, the mean
+/// cross-entropy against `targets`, and its backward down to the gradient of `x` (the head's
+/// weight gradients go into `cx`).
+pub(super) fn head_fwd_bwd(
+    cx: &mut Ctx<'_>,
+    m: &Llama,
+    x: Vec<f32>,
+    targets: &[u32],
+) -> Result<(f64, Vec<f32>)> {
+    let (h, v, n) = (m.config.hidden_size, m.config.vocab_size, cx.n);
+    let head = head_name(m);
     let xf = cx.rms(&x, "model.norm.weight");
-    // Evaluation's logits leave the pool (they become the caller's tensor).
-    let mut logits = if train {
-        cx.pool.scratch(n * v)
-    } else {
-        vec![0f32; n * v]
-    };
+    let mut logits = cx.pool.scratch(n * v);
     matmul(
         MatMut::rows(&mut logits, 0, n, v, v),
         rows(&xf, n, h),
@@ -451,11 +536,6 @@ fn pass(
         false,
         threads(),
     )?;
-    let Some(targets) = targets else {
-        cx.pool.give(x);
-        cx.pool.give(xf);
-        return Ok(Pass::Logits(logits));
-    };
     let losses = cross_entropy::fwd(&logits, targets, v)?;
     let loss = losses.iter().map(|&l| f64::from(l)).sum::<f64>() / n as f64;
 
@@ -490,11 +570,42 @@ fn pass(
     for z in [dxf, xf, x] {
         cx.pool.give(z);
     }
-    for (i, s) in layers.into_iter().enumerate().rev() {
+    Ok((loss, dx))
+}
+
+/// The backward pass of layers `range` (whose forward saved `layers`): `dx`, the gradient of
+/// the stream leaving the last of them, becomes the gradient of the stream entering the
+/// first; the layers' weight gradients go into `cx`.
+pub(super) fn layers_bwd(
+    cx: &mut Ctx<'_>,
+    m: &Llama,
+    range: std::ops::Range<usize>,
+    layers: Vec<Layer>,
+    dx: &mut [f32],
+    (b, t): (usize, usize),
+) -> Result<()> {
+    let c = &m.config;
+    let dm = Dims {
+        t,
+        nh: c.num_attention_heads,
+        nkv: c.kv_heads(),
+        hd: c.head_dim(),
+    };
+    let (f, n) = (c.intermediate_size, b * t);
+    let (qw, kvw) = (dm.qw(), dm.kvw());
+    if layers.len() != range.len() {
+        return Err(crate::Error::Data(format!(
+            "{} saved layers for layers {range:?}",
+            layers.len()
+        )));
+    }
+    let (cos, sin) = c.rope()?.tables(t);
+    let lins = m.linear_modules();
+    for (i, s) in range.zip(layers).rev() {
         let l = &lins[7 * i..7 * i + 7];
         let p = format!("model.layers.{i}");
         // x_{i+1} = mid + down(silu(gate(r2)) * up(r2)), r2 = rms(mid).
-        let da = cx.lin_bwd(&l[6], &s.a, s.down.refs(), &dx)?;
+        let da = cx.lin_bwd(&l[6], &s.a, s.down.refs(), dx)?;
         let (mut dg, mut du) = (cx.pool.scratch(n * f), cx.pool.scratch(n * f));
         dg.par_chunks_mut(1 << 14)
             .zip(du.par_chunks_mut(1 << 14))
@@ -520,11 +631,11 @@ fn pass(
             &s.mid,
             &format!("{p}.post_attention_layernorm.weight"),
             &dr2,
-            &mut dx,
+            dx,
         );
         cx.pool.give(dr2);
         // mid = x + o(attention(rope(q(r1)), rope(k(r1)), v(r1))), r1 = rms(x).
-        let datt = cx.lin_bwd(&l[3], &s.att, s.o.refs(), &dx)?;
+        let datt = cx.lin_bwd(&l[3], &s.att, s.o.refs(), dx)?;
         let mut dqkv = cx.pool.scratch(n * 3 * qw);
         attention::bwd_into(&s.qkv, &datt, b, t, qw, dm.nh, &mut dqkv, Some(&s.probs))?;
         cx.pool.give(datt);
@@ -543,14 +654,18 @@ fn pass(
         for z in [dq, dk, dv, dr1k, dr1v] {
             cx.pool.give(z);
         }
-        cx.rms_back(&s.x, &format!("{p}.input_layernorm.weight"), &dr1, &mut dx);
+        cx.rms_back(&s.x, &format!("{p}.input_layernorm.weight"), &dr1, dx);
         cx.pool.give(dr1);
         s.recycle(&mut cx.pool);
     }
-    if cx.trainable(emb) {
-        cx.scatter_grad(emb, v, &dx, |i| ids[i] as usize);
+    Ok(())
+}
+
+/// The embeddings' backward: `dx`, the gradient of the stream entering the first layer, into
+/// the token embedding's gradient (where trainable; added to the head's when tied).
+pub(super) fn embed_bwd(cx: &mut Ctx<'_>, m: &Llama, ids: &[u32], dx: Vec<f32>) {
+    if cx.trainable(EMBED) {
+        cx.scatter_grad(EMBED, m.config.vocab_size, &dx, |i| ids[i] as usize);
     }
     cx.pool.give(dx);
-    let grads = cx.take_grads();
-    Ok(Pass::Train(loss, grads))
 }

@@ -28,9 +28,9 @@ pub struct Args {
     /// Write the results here as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// A GPT model directory (`cohort model pretrain`) to train the adapter of, instead of a
-    /// fresh `--preset` model with random weights: with `--data`, the losses (and what
-    /// compression costs) are those of a model that learns.
+    /// A model directory (a GPT from `cohort model pretrain`, or a Llama-family one) to train
+    /// the adapter of, instead of a fresh `--preset` model with random weights: with `--data`,
+    /// the losses (and what compression costs) are those of a model that learns.
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
     /// A text file to train on, tokenised with `--model`'s tokeniser (the last tenth held
@@ -267,13 +267,32 @@ pub(super) fn start_server(
     Ok((proc, format!("http://{addr}")))
 }
 
+/// What the benchmark needs of a model's shape.
+struct Shape {
+    layers: usize,
+    width: usize,
+    context: usize,
+    vocab: usize,
+}
+
+impl Shape {
+    fn of(m: &dyn LanguageModel) -> Self {
+        Self {
+            layers: m.num_layers(),
+            width: m.hidden_size(),
+            context: m.max_context(),
+            vocab: m.vocab_size(),
+        }
+    }
+}
+
 impl Args {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         // Before any work: the data reads and tokenises, the model loads.
         let tmp = tempfile::tempdir().context("a temporary directory for the model")?;
         let (dir, cfg, text_tokens) = match &self.model {
             Some(d) => {
-                let (m, tok) = crate::cmd::model::load_gpt(d)?;
+                let (m, tok) = crate::cmd::model::load_mapped(d)?;
                 let tokens = match &self.data {
                     Some(f) => {
                         let text = std::fs::read_to_string(f)
@@ -285,21 +304,22 @@ impl Args {
                     }
                     None => None,
                 };
-                (d.clone(), m.config.clone(), tokens)
+                (d.clone(), Shape::of(&*m), tokens)
             }
             None => {
                 let cfg = GptConfig::preset(&self.preset, 65)?;
                 let dir = tmp.path().join("model");
-                Gpt::new(cfg.clone(), 1, &Device::Cpu)?.save_dir(&dir)?;
-                (dir, cfg, None)
+                let m = Gpt::new(cfg, 1, &Device::Cpu)?;
+                m.save_dir(&dir)?;
+                (dir, Shape::of(&m), None)
             }
         };
-        let layers = cfg.n_layer;
+        let layers = cfg.layers;
         if self.stages > layers {
             bail!("--stages {}: the model has {layers} layers", self.stages,);
         }
-        if self.rank > cfg.n_embd {
-            bail!("--rank {}: the model's width is {}", self.rank, cfg.n_embd);
+        if self.rank > cfg.width {
+            bail!("--rank {}: the model's width is {}", self.rank, cfg.width);
         }
         let model_bytes = std::fs::metadata(dir.join("model.safetensors"))?.len();
         // Equal shares of the layers, the first stages one more.
@@ -333,14 +353,12 @@ impl Args {
             .join("model.safetensors")
             .canonicalize()
             .context("the model file")?;
-        let seq = cfg.n_positions.min(128);
+        let seq = cfg.context.min(128);
         let tokens = match text_tokens {
             Some(t) => t,
             None => {
                 let mut r = SplitMix64::new(7);
-                (0..200_000)
-                    .map(|_| r.below(cfg.vocab_size) as u32)
-                    .collect()
+                (0..200_000).map(|_| r.below(cfg.vocab) as u32).collect()
             }
         };
         if tokens.len() * 9 / 10 <= seq + 1 {
@@ -352,14 +370,14 @@ impl Args {
         }
         let data = TokenData::split(tokens, 0.1)?;
         let lora_cfg = LoraConfig::new(self.rank, 2.0 * self.rank as f64, &["all-linear"]);
-        let make = || -> anyhow::Result<(Gpt, Trainer)> {
-            let mut m = Gpt::load_mapped(&dir, &Device::Cpu)?;
+        let make = || -> anyhow::Result<(Box<dyn LanguageModel>, Trainer)> {
+            let mut m = cohort_model::load_mapped_any(&dir, &Device::Cpu)?;
             let linears = m.linear_modules();
             let w = m.weights_mut();
             w.lora = Some(Lora::attach(&mut w.params, &linears, lora_cfg.clone(), 3)?);
             let mut tc = TrainConfig::new(self.batch, seq);
             tc.seed = 3;
-            let t = Trainer::new(&m, tc)?;
+            let t = Trainer::new(&*m, tc)?;
             Ok((m, t))
         };
         eprintln!(
@@ -412,17 +430,17 @@ impl Args {
                                   y: &candle_core::Tensor,
                                   key: Option<u64>|
                  -> cohort_model::Result<(f64, Vec<Vec<f32>>)> {
-                    p.grads(&m, x, y, key)
+                    p.grads(&*m, x, y, key)
                         .map_err(|e| cohort_model::Error::Data(format!("{e:#}")))
                 };
-                Ok(t.step_with(&m, &data, &mut source)?.loss)
+                Ok(t.step_with(&*m, &data, &mut source)?.loss)
             })?;
             let sent = p.stream_bytes();
             (mode, resident_of("self", &weights_file), sent)
         };
         let anon = watch.peaks();
         let (m, mut t) = make()?;
-        let single = time("single process", &mut || Ok(t.step(&m, &data)?.loss))?;
+        let single = time("single process", &mut || Ok(t.step(&*m, &data)?.loss))?;
         let servers = ranges
             .iter()
             .zip(&procs)
@@ -456,7 +474,7 @@ impl Args {
         // Per stage and step: the stream in and out, the gradient in and out (f32), but for
         // the gradient of the first stage's input, which frozen embeddings do not need and
         // the uncompressed pipeline does not send either.
-        let stream = (self.batch * seq * cfg.n_embd * 4) as u64;
+        let stream = (self.batch * seq * cfg.width * 4) as u64;
         let report = Report {
             preset: self
                 .model
@@ -502,11 +520,14 @@ impl Args {
         }
         table.print();
         println!(
-            "{} preset, {} layers in {} stages over loopback; {:.2} MiB of streams and gradients \
+            "{}, {} layers in {} stages over loopback; {:.2} MiB of streams and gradients \
              a step ({}; {:.2} MiB as f32, {:.1}% fewer bytes); overhead {:.0}% of a pipelined \
              step; same losses bit for bit: {}; the last tenth's mean loss {:+.3}% against one \
              process's",
-            report.preset,
+            match &self.model {
+                Some(d) => d.display().to_string(),
+                None => format!("{} preset", self.preset),
+            },
             layers,
             self.stages,
             report.stream_bytes_per_step as f64 / (1 << 20) as f64,

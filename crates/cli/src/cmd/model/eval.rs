@@ -35,8 +35,8 @@ pub struct Args {
     /// An adapter directory to apply (from `cohort model lora`).
     #[arg(long)]
     adapter: Option<PathBuf>,
-    /// Copy the weights into memory instead of reading a GPT's weights in place from the
-    /// memory-mapped safetensors (Llama-family models are always copied).
+    /// Copy the weights into memory instead of reading them in place from the memory-mapped
+    /// safetensors (the default for GPT and Llama-family models).
     #[arg(long)]
     no_mmap: bool,
     /// Print JSON instead of a table.
@@ -86,7 +86,7 @@ impl Args {
             // The layers on the servers: this process runs the embeddings and the head only.
             Some(mut p) => super::pipeline::evaluate_through(
                 &mut p,
-                model.as_gpt().context("not a GPT")?,
+                model.as_ref(),
                 &ids[skip..],
                 self.batch,
                 seq,

@@ -156,19 +156,19 @@ impl Args {
         let ids = match &mut pipeline {
             None => generate_with(model.as_ref(), &prompt, self.max_new, &s, &mut on_token)?,
             Some(p) => {
-                let gpt = model.as_gpt().context("not a GPT")?;
-                let v = gpt.config.vocab_size;
+                let m = model.as_ref();
+                let v = m.vocab_size();
                 let mut next = |window: &[u32]| -> cohort_model::Result<Vec<f32>> {
                     let t = window.len();
                     let logits = p
-                        .logits(gpt, window, 1, t)
+                        .logits(m, window, 1, t)
                         .map_err(|e| cohort_model::Error::Data(format!("{e:#}")))?;
                     Ok(logits[(t - 1) * v..t * v].to_vec())
                 };
                 cohort_model::generate::generate_by(
                     &mut next,
                     v,
-                    gpt.config.n_positions,
+                    m.max_context(),
                     &prompt,
                     self.max_new,
                     &s,

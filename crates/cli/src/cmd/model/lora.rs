@@ -62,9 +62,8 @@ pub struct Args {
     #[arg(long, value_parser = int_in(0..=10_000_000u64))]
     log_every: Option<u64>,
     /// Copy the base weights into memory instead of reading them in place from the
-    /// memory-mapped model.safetensors. Mapping is the default for GPT directories (whose LoRA
-    /// training and evaluation run on the mapping directly); Llama-family bases are always
-    /// copied.
+    /// memory-mapped model.safetensors. Mapping is the default for GPT and Llama-family
+    /// directories (whose LoRA training and evaluation run on the mapping directly).
     #[arg(long)]
     no_mmap: bool,
     /// Train through stage servers (`cohort serve-layers`) that together hold every layer,
@@ -72,8 +71,8 @@ pub struct Args {
     /// http://HOST:PORT with --insecure). A stage may list replacements holding its layers
     /// after its server, separated by `|` (URL|URL2): a server that stops answering is
     /// replaced by the next, and the step replayed there. The embeddings, the head and the
-    /// adapter stay here; the result is the same as without (docs/pipeline.md). GPT models
-    /// only.
+    /// adapter stay here; the result is the same as without (docs/pipeline.md). GPT and
+    /// Llama-family models.
     #[arg(long, value_delimiter = ',', value_name = "URLS")]
     pipeline: Vec<String>,
     /// The deadline of each call to a stage server or verifier, in seconds, in [1, 86400]: a
@@ -332,7 +331,6 @@ impl Args {
         let mut pipeline = match self.pipeline.is_empty() {
             true => None,
             false => {
-                let gpt = gpt_of(model.as_ref(), &self.dir)?;
                 let stages = self
                     .pipeline
                     .iter()
@@ -344,7 +342,7 @@ impl Args {
                 let p = super::pipeline::Pipeline::connect_stages(
                     &stages,
                     &self.dir,
-                    gpt.config.n_layer,
+                    model.num_layers(),
                     Some(&cfg),
                     deadline,
                 )?;
@@ -371,14 +369,9 @@ impl Args {
          -> anyhow::Result<cohort_model::train::EvalStats> {
             match pipeline {
                 None => Ok(evaluate(model, &data.val, self.batch, seq, 64)?),
-                Some(p) => super::pipeline::evaluate_through(
-                    p,
-                    gpt_of(model, &self.dir)?,
-                    &data.val,
-                    self.batch,
-                    seq,
-                    64,
-                ),
+                Some(p) => {
+                    super::pipeline::evaluate_through(p, model, &data.val, self.batch, seq, 64)
+                }
             }
         };
         let base = eval(model.as_ref(), &mut pipeline)?;
@@ -405,13 +398,12 @@ impl Args {
             let s = match &mut pipeline {
                 None => trainer.step(model.as_ref(), &data)?,
                 Some(p) => {
-                    let gpt = gpt_of(model.as_ref(), &self.dir)?;
                     let mut source =
                         |x: &candle_core::Tensor,
                          y: &candle_core::Tensor,
                          key: Option<u64>|
                          -> cohort_model::Result<(f64, Vec<Vec<f32>>)> {
-                            p.grads(gpt, x, y, key)
+                            p.grads(model.as_ref(), x, y, key)
                                 .map_err(|e| cohort_model::Error::Data(format!("{e:#}")))
                         };
                     trainer.step_with(model.as_ref(), &data, &mut source)?
@@ -554,15 +546,4 @@ impl Args {
 
 fn mib(b: Option<u64>) -> String {
     b.map_or("-".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0))
-}
-
-/// The GPT behind `model` (loaded from `dir`), for the pipeline's stage passes; any other
-/// architecture is refused.
-fn gpt_of<'a>(model: &'a dyn LanguageModel, dir: &Path) -> anyhow::Result<&'a Gpt> {
-    model.as_gpt().with_context(|| {
-        format!(
-            "--pipeline: {} is not a GPT; stage servers hold GPT layers only so far",
-            dir.display()
-        )
-    })
 }

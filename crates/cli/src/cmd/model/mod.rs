@@ -56,6 +56,14 @@ fn load(dir: &Path) -> anyhow::Result<(Box<dyn LanguageModel>, Tokenizer)> {
     Ok((model, tok))
 }
 
+/// A model directory (GPT-2 or Llama family) memory-mapped, and its tokeniser.
+pub(crate) fn load_mapped(dir: &Path) -> anyhow::Result<(Box<dyn LanguageModel>, Tokenizer)> {
+    let model = cohort_model::load_mapped_any(dir, &candle_core::Device::Cpu)
+        .with_context(|| format!("mapping model {}", dir.display()))?;
+    let tok = load_tokenizer(dir, model.vocab_size())?;
+    Ok((model, tok))
+}
+
 /// A GPT directory written by `cohort model pretrain` and its tokeniser.
 pub(crate) fn load_gpt(dir: &Path) -> anyhow::Result<(Gpt, Tokenizer)> {
     let model = Gpt::load(dir, &candle_core::Device::Cpu)

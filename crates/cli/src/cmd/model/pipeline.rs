@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use candle_core::{Device, Tensor};
 use cohort_model::fast::stages;
-use cohort_model::{Gpt, LanguageModel, Lora, LoraConfig};
+use cohort_model::{LanguageModel, Lora, LoraConfig};
 use cohort_net::stage::{
     Backwarded, ForwardCall, Forwarded, Named, StageClient, StageCompute, StageError, StageInfo,
     serve_stage,
@@ -61,13 +61,20 @@ fn parse_layers(s: &str, total: usize) -> anyhow::Result<std::ops::Range<usize>>
     Ok(a..b)
 }
 
-/// Whether parameter `name` belongs to one of `layers` (a base weight, or an adapter weight
-/// under PEFT's `base_model.model.` prefix).
-fn in_layers(name: &str, layers: &std::ops::Range<usize>) -> bool {
+/// Whether parameter `name` of `m` belongs to one of `layers` (a base weight, or an adapter
+/// weight, also under PEFT's `base_model.model.` prefix).
+/// Whether parameter `name` is an input embedding (GPT's token and position embeddings,
+/// Llama's token embedding), which only the client holds.
+fn is_embedding(name: &str) -> bool {
     let name = name.strip_prefix("base_model.model.").unwrap_or(name);
-    layers
-        .clone()
-        .any(|l| name.starts_with(&format!("transformer.h.{l}.")))
+    matches!(
+        name,
+        "transformer.wte.weight" | "transformer.wpe.weight" | "model.embed_tokens.weight"
+    )
+}
+
+fn in_layers(m: &dyn LanguageModel, name: &str, layers: &std::ops::Range<usize>) -> bool {
+    m.layer_of(name).is_some_and(|l| layers.contains(&l))
 }
 
 /// A forward a server answered, waiting for its backward.
@@ -76,10 +83,10 @@ struct Pending {
     adapter: Named,
 }
 
-/// A stage server's model side: a GPT whose layers `layers` it runs, the adapter weights of
-/// each call set into it first. Calls are served one at a time.
-struct GptStage {
-    model: Mutex<Gpt>,
+/// A stage server's model side: a model (GPT or Llama family) whose layers `layers` it runs,
+/// the adapter weights of each call set into it first. Calls are served one at a time.
+struct LayerStage {
+    model: Mutex<Box<dyn LanguageModel>>,
     /// How it cheats, when it is a dishonest server for tests (`--misbehave`).
     misbehave: Option<Misbehave>,
     /// The first output a stale server computed, which it then returns for every call.
@@ -97,9 +104,9 @@ struct GptStage {
 /// Forwards kept waiting for their backward, at most (the oldest is dropped first).
 const MAX_PENDING: usize = 64;
 
-impl GptStage {
+impl LayerStage {
     /// A server of `model`'s layers that `info` names, cheating as `misbehave` says (tests).
-    fn new(model: Gpt, info: StageInfo, misbehave: Option<Misbehave>) -> Self {
+    fn new(model: Box<dyn LanguageModel>, info: StageInfo, misbehave: Option<Misbehave>) -> Self {
         Self {
             model: Mutex::new(model),
             misbehave,
@@ -140,7 +147,7 @@ impl GptStage {
     /// an adapter of `config` on the first call.
     fn set_adapter(
         &self,
-        m: &mut Gpt,
+        m: &mut dyn LanguageModel,
         config: &LoraConfig,
         adapter: &Named,
         training: bool,
@@ -176,7 +183,7 @@ impl GptStage {
         }
         let layers = &self.info.layers;
         for (name, values) in adapter {
-            if !in_layers(name, layers) {
+            if !in_layers(m, name, layers) {
                 return Err(format!("{name} is not a weight of layers {layers:?}"));
             }
             let p = m
@@ -201,7 +208,7 @@ impl GptStage {
     }
 }
 
-impl StageCompute for GptStage {
+impl StageCompute for LayerStage {
     fn info(&self) -> StageInfo {
         self.info.clone()
     }
@@ -219,7 +226,7 @@ impl StageCompute for GptStage {
                 false => call.rows.clone(),
             };
             let r = stages::forward_rows(
-                &m,
+                &**m,
                 self.info.layers.clone(),
                 &call.stream,
                 &rows,
@@ -237,7 +244,7 @@ impl StageCompute for GptStage {
             .map_err(|e| format!("the adapter configuration does not read: {e}"))?
             .ok_or("no adapter configuration: a client trains an adapter")?;
         let mut m = self.model.lock().map_err(|_| "poisoned".to_owned())?;
-        self.set_adapter(&mut m, &config, &call.adapter, !call.inference)?;
+        self.set_adapter(&mut **m, &config, &call.adapter, !call.inference)?;
         // A dishonest server running a smaller model: its layers but the last.
         let mut layers = self.info.layers.clone();
         if matches!(self.misbehave, Some(Misbehave::SkipLayer)) {
@@ -257,7 +264,7 @@ impl StageCompute for GptStage {
                 false => &call.rows,
             };
             stages::forward_rows(
-                &m,
+                &**m,
                 layers.clone(),
                 &call.stream,
                 rows,
@@ -268,7 +275,7 @@ impl StageCompute for GptStage {
         } else if layers.is_empty() {
             Ok((call.stream.clone(), None))
         } else {
-            stages::forward(&m, layers, &call.stream, call.batch, call.tokens)
+            stages::forward(&**m, layers, &call.stream, call.batch, call.tokens)
                 .map(|(out, saved)| (out, Some(saved)))
         };
         if let Some(l) = &m.weights().lora {
@@ -349,8 +356,8 @@ impl StageCompute for GptStage {
             .map_err(|_| "poisoned".to_owned())?
             .clone()
             .ok_or("no adapter")?;
-        self.set_adapter(&mut m, &config, &p.adapter, true)?;
-        let (mut dx, grads) = stages::backward(&m, p.saved, &grad).map_err(|e| e.to_string())?;
+        self.set_adapter(&mut **m, &config, &p.adapter, true)?;
+        let (mut dx, grads) = stages::backward(&**m, p.saved, &grad).map_err(|e| e.to_string())?;
         if let Some(Misbehave::GradNoise(rel)) = self.misbehave {
             // A dishonest backward: relative noise on the gradient it returns.
             let mut rng = cohort_core::SplitMix64::new(session ^ step ^ 0x9e37);
@@ -514,17 +521,9 @@ impl ServeArgs {
             .map(cohort_core::keyfile::load)
             .transpose()
             .context("--key")?;
-        let kind = cohort_model::checkpoint::model_type(&self.dir)
-            .with_context(|| format!("loading model {}", self.dir.display()))?;
-        if kind != "gpt2" {
-            bail!(
-                "{}: a {kind} model; stage servers hold GPT layers only so far",
-                self.dir.display()
-            );
-        }
-        let mut model = Gpt::load_mapped(&self.dir, &Device::Cpu)
+        let mut model = cohort_model::load_mapped_any(&self.dir, &Device::Cpu)
             .with_context(|| format!("mapping model {}", self.dir.display()))?;
-        let total = model.config.n_layer;
+        let total = model.num_layers();
         let layers = parse_layers(&self.layers, total)?;
         if let Some(k) = self.svd_rank {
             // Only this server's layers are read and factored; the rest stays unmapped.
@@ -532,10 +531,10 @@ impl ServeArgs {
                 .linear_modules()
                 .into_iter()
                 .map(|l| l.path)
-                .filter(|p| in_layers(p, &layers))
+                .filter(|p| in_layers(&*model, &format!("{p}.weight"), &layers))
                 .collect();
-            let r =
-                cohort_model::svd::factorize_layers(&mut model, k, &paths).context("--svd-rank")?;
+            let r = cohort_model::svd::factorize_layers(&mut *model, k, &paths)
+                .context("--svd-rank")?;
             if r.layers.is_empty() {
                 bail!(
                     "--svd-rank {k}: no linear layer of layers {layers:?} is smaller as rank-{k} \
@@ -559,7 +558,7 @@ impl ServeArgs {
         let info = StageInfo {
             model_sha256: model_sha256(&self.dir)?,
             layers: layers.clone(),
-            width: model.config.n_embd,
+            width: model.hidden_size(),
             total_layers: total,
             public_key: signer.as_ref().map(cohort_core::Identity::public_key),
             svd_rank: self.svd_rank.unwrap_or(0),
@@ -607,7 +606,7 @@ impl ServeArgs {
                 eprintln!("serve-layers: a DISHONEST server ({m:?}), for testing verification")
             }
         }
-        let stage = GptStage::new(model, info, self.misbehave);
+        let stage = LayerStage::new(model, info, self.misbehave);
         let addr = serve_stage(&rt, Arc::new(stage), signer, listener, tls)?;
         println!(
             "serving layers {}..{} of {} ({} layers) on {addr}",
@@ -633,13 +632,13 @@ pub const STAGE_TIMEOUT: Duration = Duration::from_secs(120);
 /// `p`: this process runs the embeddings and the head only.
 pub fn evaluate_through(
     p: &mut Pipeline,
-    m: &Gpt,
+    m: &dyn LanguageModel,
     tokens: &[u32],
     batch: usize,
     seq: usize,
     max_windows: usize,
 ) -> anyhow::Result<cohort_model::train::EvalStats> {
-    let vocab = m.config.vocab_size;
+    let vocab = m.vocab_size();
     let mut logits = |x: &Tensor| {
         let (b, t) = x.dims2()?;
         let ids: Vec<u32> = x.flatten_all()?.to_vec1()?;
@@ -664,7 +663,7 @@ pub fn evaluate_through(
 pub struct PipelineArgs {
     /// Run the model's layers on stage servers (`cohort serve-layers`) holding them, in the
     /// order of their layers, comma-separated; a stage's replacements after `|`. This process
-    /// runs only the embeddings and the head (docs/pipeline.md). GPT models only.
+    /// runs only the embeddings and the head (docs/pipeline.md). GPT and Llama-family models.
     #[arg(long, value_delimiter = ',', value_name = "URLS")]
     pub pipeline: Vec<String>,
     /// The CA certificate (PEM) that signed the stage servers' TLS certificates.
@@ -694,12 +693,6 @@ impl PipelineArgs {
         if self.pipeline.is_empty() {
             return Ok(None);
         }
-        let gpt = model.as_gpt().with_context(|| {
-            format!(
-                "--pipeline: {} is not a GPT; stage servers hold GPT layers only so far",
-                dir.display()
-            )
-        })?;
         let deadline = Duration::from_secs(self.stage_timeout);
         let stages = self
             .pipeline
@@ -721,11 +714,11 @@ impl PipelineArgs {
                     .collect::<anyhow::Result<Vec<_>>>()
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let adapter = gpt.weights().lora.as_ref().map(|l| l.config.clone());
+        let adapter = model.weights().lora.as_ref().map(|l| l.config.clone());
         Ok(Some(Pipeline::connect_stages(
             &stages,
             dir,
-            gpt.config.n_layer,
+            model.num_layers(),
             adapter.as_ref(),
             deadline,
         )?))
@@ -1600,13 +1593,19 @@ impl Pipeline {
     /// The logits `[b, t, vocab]` of `ids` through the servers (inference: they keep
     /// nothing): the embeddings here, each stage's layers there (with `m`'s adapter, if it has
     /// one), the head here. Verified like training calls, with failover.
-    pub fn logits(&mut self, m: &Gpt, ids: &[u32], b: usize, t: usize) -> anyhow::Result<Vec<f32>> {
+    pub fn logits(
+        &mut self,
+        m: &dyn LanguageModel,
+        ids: &[u32],
+        b: usize,
+        t: usize,
+    ) -> anyhow::Result<Vec<f32>> {
         // Inference calls are numbered apart from the training steps, in a session of their
         // own.
         self.inference_calls += 1;
         let step = self.inference_calls;
         let mut h = stages::embed(m, ids, b, t)?;
-        self.round(&mut h, m.config.n_embd, cohort_net::stage::Way::Forward);
+        self.round(&mut h, m.hidden_size(), cohort_net::stage::Way::Forward);
         let adapted = m.weights().lora.is_some() && self.adapter_config.is_some();
         for (layers, c) in &mut self.stages {
             let adapter: Named = match adapted {
@@ -1614,7 +1613,7 @@ impl Pipeline {
                 true => m
                     .params()
                     .trainable()
-                    .filter(|p| in_layers(&p.name, layers))
+                    .filter(|p| in_layers(m, &p.name, layers))
                     .map(|p| -> anyhow::Result<(String, Vec<f32>)> {
                         Ok((p.name.clone(), p.var.flatten_all()?.to_vec1()?))
                     })
@@ -1657,7 +1656,7 @@ impl Pipeline {
     /// step, so that a call a server does not answer is replayed on its replacement.
     pub fn grads(
         &mut self,
-        m: &Gpt,
+        m: &dyn LanguageModel,
         x: &Tensor,
         y: &Tensor,
         key: Option<u64>,
@@ -1669,19 +1668,16 @@ impl Pipeline {
         let step = self.step;
         // The first stage sends back the gradient of its input only when the embeddings
         // train (never with a LoRA adapter alone): a twelfth of a three-stage step's traffic.
-        let embeddings = m
-            .params()
-            .trainable()
-            .any(|p| p.name.contains(".wte.") || p.name.contains(".wpe."));
+        let embeddings = m.params().trainable().any(|p| is_embedding(&p.name));
         self.set_input_gradient(embeddings);
         let mut h = stages::embed(m, &ids, b, t)?;
-        self.round(&mut h, m.config.n_embd, cohort_net::stage::Way::Forward);
+        self.round(&mut h, m.hidden_size(), cohort_net::stage::Way::Forward);
         let mut kept = Vec::with_capacity(self.stages.len());
         for (layers, c) in &mut self.stages {
             let adapter: Named = m
                 .params()
                 .trainable()
-                .filter(|p| in_layers(&p.name, layers))
+                .filter(|p| in_layers(m, &p.name, layers))
                 .map(|p| -> anyhow::Result<(String, Vec<f32>)> {
                     Ok((p.name.clone(), p.var.flatten_all()?.to_vec1()?))
                 })
@@ -1721,12 +1717,12 @@ impl Pipeline {
         // The head's gradient, rounded as a server rounds its own (seeded by the step, the
         // layer it comes down from, here the model's last plus one, and the gradient itself).
         let seed = match cohort_net::stage::rounds_stochastically(self.compression) {
-            true => cohort_net::stage::grad_seed(step, m.config.n_layer, &dx),
+            true => cohort_net::stage::grad_seed(step, m.num_layers(), &dx),
             false => 0,
         };
         self.round(
             &mut dx,
-            m.config.n_embd,
+            m.hidden_size(),
             cohort_net::stage::Way::Backward(seed),
         );
         let mut parts: Vec<stages::NamedGrads> = Vec::new();
@@ -1791,25 +1787,16 @@ pub struct LocalStages {
 }
 
 impl LocalStages {
-    /// Serves the GPT in `dir` in `stages` stage servers of equal shares of its layers (the
+    /// Serves the model in `dir` (GPT or Llama family) in `stages` stage servers of equal shares of its layers (the
     /// first ones one more), plus one verifier per stage when `verifiers`, each with a key of
     /// its own (derived from `seed`), on loopback.
     ///
     /// # Errors
-    /// `dir` is not a GPT, has fewer layers than `stages`, or a server cannot listen.
+    /// `dir` does not load, has fewer layers than `stages`, or a server cannot listen.
     pub fn start(dir: &Path, stages: usize, verifiers: bool, seed: u64) -> anyhow::Result<Self> {
-        let kind = cohort_model::checkpoint::model_type(dir)
-            .with_context(|| format!("loading model {}", dir.display()))?;
-        if kind != "gpt2" {
-            bail!(
-                "{}: a {kind} model; stage servers hold GPT layers only so far",
-                dir.display()
-            );
-        }
-        let total = Gpt::load_mapped(dir, &Device::Cpu)
+        let total = cohort_model::load_mapped_any(dir, &Device::Cpu)
             .with_context(|| format!("mapping model {}", dir.display()))?
-            .config
-            .n_layer;
+            .num_layers();
         if stages == 0 || stages > total {
             bail!("pipeline.stages {stages}: the base model has {total} layers");
         }
@@ -1823,19 +1810,19 @@ impl LocalStages {
         let rt = cohort_net::run::server_runtime(2)?;
         let sha = model_sha256(dir)?;
         let serve = |layers: &std::ops::Range<usize>, name: &str| -> anyhow::Result<String> {
-            let model = Gpt::load_mapped(dir, &Device::Cpu)
+            let model = cohort_model::load_mapped_any(dir, &Device::Cpu)
                 .with_context(|| format!("mapping model {}", dir.display()))?;
             let signer = cohort_core::Identity::from_seed(seed, name);
             let info = StageInfo {
                 model_sha256: sha,
                 layers: layers.clone(),
-                width: model.config.n_embd,
+                width: model.hidden_size(),
                 total_layers: total,
                 public_key: Some(signer.public_key()),
                 svd_rank: 0,
                 compute_kind: cohort_model::kernels::compute_kind(),
             };
-            let stage = GptStage::new(model, info, None);
+            let stage = LayerStage::new(model, info, None);
             let listener = std::net::TcpListener::bind("127.0.0.1:0")
                 .context("a loopback port for a stage server")?;
             let addr = serve_stage(&rt, Arc::new(stage), Some(signer), listener, None)?;
@@ -1864,7 +1851,7 @@ impl LocalStages {
 /// `model` holds.
 ///
 /// # Errors
-/// A server does not start, answer, or hold what it should; the model is not a GPT.
+/// A server does not start, answer, or hold what it should; the model has no stage passes.
 pub fn stage_gradients(
     p: &cohort_fl::config::PipelineConfig,
     config_dir: &Path,
@@ -1872,10 +1859,7 @@ pub fn stage_gradients(
     model: &dyn LanguageModel,
     seed: u64,
 ) -> anyhow::Result<cohort_tasks::StageGradients> {
-    let gpt = model
-        .as_gpt()
-        .context("[pipeline]: the base model is not a GPT; stage servers hold GPT layers only")?;
-    let adapter = gpt
+    let adapter = model
         .weights()
         .lora
         .as_ref()
@@ -1922,7 +1906,7 @@ pub fn stage_gradients(
         }
     };
     let mut pipeline =
-        Pipeline::connect_stages(&stages, dir, gpt.config.n_layer, Some(&adapter), deadline)?;
+        Pipeline::connect_stages(&stages, dir, model.num_layers(), Some(&adapter), deadline)?;
     if !verifiers.is_empty() {
         pipeline = pipeline.with_verifiers(&verifiers, dir, p.verify_rate)?;
     }
@@ -1931,11 +1915,8 @@ pub fn stage_gradients(
         move |model: &dyn LanguageModel, x: &Tensor, y: &Tensor, key: Option<u64>| {
             // The servers started here live as long as the clients train through them.
             let _ = &local;
-            let gpt = model.as_gpt().ok_or_else(|| {
-                cohort_model::Error::Data("[pipeline]: the model is not a GPT".into())
-            })?;
             pipeline
-                .grads(gpt, x, y, key)
+                .grads(model, x, y, key)
                 .map_err(|e| cohort_model::Error::Data(format!("{e:#}")))
         },
     ))
