@@ -11,7 +11,7 @@ use candle_core::Device;
 use cohort_core::SplitMix64;
 use cohort_model::data::TokenData;
 use cohort_model::train::{TrainConfig, Trainer};
-use cohort_model::{Gpt, GptConfig, LanguageModel, Lora, LoraConfig};
+use cohort_model::{Gpt, GptConfig, LanguageModel, Llama, LlamaConfig, Lora, LoraConfig};
 use serde::Serialize;
 
 use crate::args::int_in;
@@ -37,9 +37,11 @@ pub struct Args {
     /// back); without it, uniformly random tokens.
     #[arg(long, value_name = "FILE", requires = "model")]
     data: Option<PathBuf>,
-    /// Model preset (`tiny`: 4 layers of width 128; `reference`: width 256).
+    /// Model preset: a GPT (`tiny`: 4 layers of width 128; `reference`: width 256; `medium`:
+    /// GPT-2's 85M), or `smollm2-135m`, a Llama of SmolLM2-135M's shape (30 layers of width
+    /// 576, grouped-query attention, 49,152 tokens, tied head), random weights in f32.
     #[arg(long, default_value = "tiny", conflicts_with = "model",
-          value_parser = ["test", "tiny", "reference", "small", "medium"])]
+          value_parser = ["test", "tiny", "reference", "small", "medium", SMOLLM2])]
     preset: String,
     /// Stage servers, each holding an equal share of the layers (the first ones one more when
     /// they do not divide), in [1, the model's layers].
@@ -54,10 +56,13 @@ pub struct Args {
     /// LoRA rank, in [1, 4096] and at most the model's width.
     #[arg(long, default_value_t = 8, value_parser = int_in(1..=4096usize))]
     rank: usize,
-    /// How the pipeline's streams and gradients travel: `none` (f32), `int8`, `int4` or
-    /// `int5-3`.
+    /// How the pipeline's streams and gradients travel: `none` (f32), `int8`, `int4`,
+    /// `int5-3` or `qF/B[s][c]` (docs/pipeline.md).
     #[arg(long, default_value = "none", value_parser = crate::cmd::model::stage_compression)]
     compress: String,
+    /// Seed of the adapter's initialisation and of the batches drawn (both modes use it).
+    #[arg(long, default_value_t = 3)]
+    seed: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -109,6 +114,7 @@ struct Report {
     batch: usize,
     seq_len: usize,
     rank: usize,
+    seed: u64,
     single: Mode,
     pipeline: Mode,
     /// Pipelined tokens/s over single-process tokens/s.
@@ -267,6 +273,20 @@ pub(super) fn start_server(
     Ok((proc, format!("http://{addr}")))
 }
 
+/// The Llama-shaped preset.
+const SMOLLM2: &str = "smollm2-135m";
+
+/// SmolLM2-135M's shape (its `config.json` on the hub): 134.5M parameters.
+fn smollm2_135m() -> LlamaConfig {
+    let mut c = LlamaConfig::small("llama", 49_152, 576, 30, 9, 3);
+    c.intermediate_size = 1536;
+    c.tie_word_embeddings = true;
+    c.rope_theta = Some(100_000.0);
+    c.rms_norm_eps = 1e-5;
+    c.max_position_embeddings = Some(8192);
+    c
+}
+
 /// What the benchmark needs of a model's shape.
 struct Shape {
     layers: usize,
@@ -305,6 +325,13 @@ impl Args {
                     None => None,
                 };
                 (d.clone(), Shape::of(&*m), tokens)
+            }
+            None if self.preset == SMOLLM2 => {
+                let dir = tmp.path().join("model");
+                eprintln!("bench pipeline: writing a {SMOLLM2}-shaped Llama with random weights");
+                let m = Llama::new(smollm2_135m(), 1, &Device::Cpu)?;
+                m.save_dir(&dir)?;
+                (dir, Shape::of(&m), None)
             }
             None => {
                 let cfg = GptConfig::preset(&self.preset, 65)?;
@@ -374,9 +401,14 @@ impl Args {
             let mut m = cohort_model::load_mapped_any(&dir, &Device::Cpu)?;
             let linears = m.linear_modules();
             let w = m.weights_mut();
-            w.lora = Some(Lora::attach(&mut w.params, &linears, lora_cfg.clone(), 3)?);
+            w.lora = Some(Lora::attach(
+                &mut w.params,
+                &linears,
+                lora_cfg.clone(),
+                self.seed,
+            )?);
             let mut tc = TrainConfig::new(self.batch, seq);
-            tc.seed = 3;
+            tc.seed = self.seed;
             let t = Trainer::new(&*m, tc)?;
             Ok((m, t))
         };
@@ -490,6 +522,7 @@ impl Args {
             overhead_share: ((pipeline.seconds - single.seconds) / pipeline.seconds.max(1e-9))
                 .max(0.0),
             compress: self.compress.clone(),
+            seed: self.seed,
             stream_bytes_per_step: sent_bytes / self.steps as u64,
             f32_stream_bytes_per_step: (4 * self.stages as u64 - 1) * stream,
             same_losses: single.losses == pipeline.losses,

@@ -313,32 +313,17 @@ impl Args {
         // The pipeline, checked before any step: the servers hold this model's layers, all of
         // them, in order, and each replacement its stage's.
         let deadline = Duration::from_secs(self.stage_timeout);
-        let servers = |flag: &str, urls: &[String]| {
-            urls.iter()
-                .map(|u| {
-                    crate::cmd::federation::dial_to(
-                        flag,
-                        u,
-                        self.ca.as_deref(),
-                        None,
-                        self.insecure,
-                        deadline,
-                    )
-                    .map(|d| (d.url, d.tls))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()
-        };
+        let (ca, insecure) = (self.ca.as_deref(), self.insecure);
         let mut pipeline = match self.pipeline.is_empty() {
             true => None,
             false => {
-                let stages = self
-                    .pipeline
-                    .iter()
-                    .map(|stage| {
-                        let urls: Vec<String> = stage.split('|').map(str::to_owned).collect();
-                        servers("--pipeline", &urls)
-                    })
-                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let stages = super::pipeline::stage_dials(
+                    "--pipeline",
+                    &self.pipeline,
+                    ca,
+                    insecure,
+                    deadline,
+                )?;
                 let p = super::pipeline::Pipeline::connect_stages(
                     &stages,
                     &self.dir,
@@ -350,7 +335,13 @@ impl Args {
                     true => p,
                     false => p
                         .with_verifiers(
-                            &servers("--verifiers", &self.verifiers)?,
+                            &super::pipeline::dials(
+                                "--verifiers",
+                                self.verifiers.iter().map(String::as_str),
+                                ca,
+                                insecure,
+                                deadline,
+                            )?,
                             &self.dir,
                             self.verify_rate,
                         )?

@@ -625,6 +625,38 @@ impl ServeArgs {
 /// A server to dial: its URL, and its TLS (`None` for plain text).
 pub type Dial = (String, Option<cohort_net::tls::ClientTlsConfig>);
 
+/// The servers at `urls` to dial, with the TLS of `ca` (https://) or plain text when
+/// `insecure` (http://); `what` (a flag or a config field) names a bad URL.
+pub fn dials<'a>(
+    what: &str,
+    urls: impl IntoIterator<Item = &'a str>,
+    ca: Option<&Path>,
+    insecure: bool,
+    deadline: Duration,
+) -> anyhow::Result<Vec<Dial>> {
+    urls.into_iter()
+        .map(|u| {
+            crate::cmd::federation::dial_to(what, u, ca, None, insecure, deadline)
+                .map(|d| (d.url, d.tls))
+        })
+        .collect()
+}
+
+/// [`dials`] for stages listed in the order of their layers, each `URL` or `URL|SPARE|...`
+/// (a spare replaces a server that stops answering).
+pub fn stage_dials(
+    what: &str,
+    stages: &[String],
+    ca: Option<&Path>,
+    insecure: bool,
+    deadline: Duration,
+) -> anyhow::Result<Vec<Vec<Dial>>> {
+    stages
+        .iter()
+        .map(|s| dials(what, s.split('|'), ca, insecure, deadline))
+        .collect()
+}
+
 /// The deadline of every stage call unless told otherwise (`--stage-timeout`).
 pub const STAGE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -694,26 +726,13 @@ impl PipelineArgs {
             return Ok(None);
         }
         let deadline = Duration::from_secs(self.stage_timeout);
-        let stages = self
-            .pipeline
-            .iter()
-            .map(|stage| {
-                stage
-                    .split('|')
-                    .map(|u| {
-                        crate::cmd::federation::dial_to(
-                            "--pipeline",
-                            u,
-                            self.ca.as_deref(),
-                            None,
-                            self.insecure,
-                            deadline,
-                        )
-                        .map(|d| (d.url, d.tls))
-                    })
-                    .collect::<anyhow::Result<Vec<_>>>()
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let stages = stage_dials(
+            "--pipeline",
+            &self.pipeline,
+            self.ca.as_deref(),
+            self.insecure,
+            deadline,
+        )?;
         let adapter = model.weights().lora.as_ref().map(|l| l.config.clone());
         Ok(Some(Pipeline::connect_stages(
             &stages,
@@ -1868,14 +1887,6 @@ pub fn stage_gradients(
         .clone();
     let deadline = Duration::from_secs(p.timeout);
     let ca = p.ca.as_ref().map(|c| config_dir.join(c));
-    let dial = |what: &str, urls: &[String]| -> anyhow::Result<Vec<Dial>> {
-        urls.iter()
-            .map(|u| {
-                crate::cmd::federation::dial_to(what, u, ca.as_deref(), None, p.insecure, deadline)
-                    .map(|d| (d.url, d.tls))
-            })
-            .collect()
-    };
     let (local, stages, verifiers) = match p.stages {
         Some(n) => {
             let local = LocalStages::start(dir, n, p.verify_rate > 0.0, seed)?;
@@ -1894,15 +1905,11 @@ pub fn stage_gradients(
             (Some(local), stages, verifiers)
         }
         None => {
-            let stages = p
-                .servers
-                .iter()
-                .map(|s| {
-                    let urls: Vec<String> = s.split('|').map(str::to_owned).collect();
-                    dial("pipeline.servers", &urls)
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            (None, stages, dial("pipeline.verifiers", &p.verifiers)?)
+            let (ca, insecure) = (ca.as_deref(), p.insecure);
+            let stages = stage_dials("pipeline.servers", &p.servers, ca, insecure, deadline)?;
+            let verifiers = p.verifiers.iter().map(String::as_str);
+            let verifiers = dials("pipeline.verifiers", verifiers, ca, insecure, deadline)?;
+            (None, stages, verifiers)
         }
     };
     let mut pipeline =
