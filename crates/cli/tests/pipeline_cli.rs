@@ -1047,6 +1047,155 @@ fn stage_servers_hold_a_llama_family_model_with_the_same_results() {
     assert!(!lied.exists());
 }
 
+/// Verifiers started with `--attest-ledger` attest, as they catch, the claims their own
+/// recomputations support: the client sends each claim to its verifier, and a quorum of
+/// them slashes the cheat with no `cohort stage attest` run by anyone. A verifier without a
+/// ledger declines, and the claims stay in the evidence.
+#[test]
+fn verifiers_attest_what_they_catch_and_a_quorum_slashes_the_cheat() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, text_file) = tiny_model(tmp.path());
+    let w = stages::world(tmp.path());
+    let (cheat, v1, v2) = (&w.servers[1], &w.servers[0], &w.servers[2]);
+    let (head, tail) = (&w.servers[3], &w.client);
+    let ledger = p(&w.ledger).to_owned();
+    let l = ledger.as_str();
+    for (s, layers) in [
+        (cheat, "1..3"),
+        (v1, "1..3"),
+        (v2, "1..3"),
+        (head, "0..1"),
+        (tail, "3..4"),
+    ] {
+        let at = (stages::START + 1).to_string();
+        let o = cohort(&[
+            "stage",
+            "register",
+            "--ledger",
+            l,
+            "--key",
+            p(&s.key),
+            "--model",
+            p(&model),
+            "--layers",
+            layers,
+            "--stake",
+            "1500",
+            "--at",
+            &at,
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    // Bad --attest-ledger: not a ledger; without --key.
+    let bad = Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .args([
+            "serve-layers",
+            p(&model),
+            "--layers",
+            "1..3",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--insecure",
+            "--key",
+            p(&v1.key),
+            "--attest-ledger",
+            p(tmp.path()),
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(text(&bad).contains("--attest-ledger"), "{}", text(&bad));
+    let bad = Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .args([
+            "serve-layers",
+            p(&model),
+            "--layers",
+            "1..3",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--insecure", "--attest-ledger", l])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(text(&bad).contains("--key"), "{}", text(&bad));
+
+    let first = serve_with(&model, "0..1", &["--key", p(&head.key)]);
+    let last = serve_with(&model, "3..4", &["--key", p(&tail.key)]);
+    let list = |liar: &Server| format!("{},{},{}", first.url, liar.url, last.url);
+    let run = |out: &str, liar: &Server, verifiers: &[&Server]| {
+        let evidence = tmp.path().join(format!("{out}.json"));
+        let vlist: Vec<&str> = verifiers.iter().map(|v| v.url.as_str()).collect();
+        let o = lora(
+            &model,
+            &text_file,
+            &tmp.path().join(out),
+            &[
+                "--pipeline",
+                &list(liar),
+                "--insecure",
+                "--verifiers",
+                &vlist.join(","),
+                "--verify-rate",
+                "1",
+                "--evidence",
+                p(&evidence),
+            ],
+        );
+        assert!(!o.status.success(), "not caught");
+        (text(&o), evidence)
+    };
+    let show = || {
+        let o = cohort(&[
+            "stage",
+            "show",
+            "--ledger",
+            l,
+            "--server",
+            &cheat.addr(),
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["servers"][0].clone()
+    };
+    // Verifiers without a ledger decline; nothing is attested, the evidence holds the claims.
+    {
+        let liar = serve_with(
+            &model,
+            "1..3",
+            &["--misbehave", "noise=0.01", "--key", p(&cheat.key)],
+        );
+        let plain: Vec<Server> = [v1, v2]
+            .iter()
+            .map(|v| serve_with(&model, "1..3", &["--key", p(&v.key)]))
+            .collect();
+        let (said, evidence) = run("declined", &liar, &[&plain[0], &plain[1]]);
+        assert!(said.contains("did not attest"), "{said}");
+        assert!(said.contains("attests nothing"), "{said}");
+        assert!(std::fs::read(&evidence).is_ok());
+        assert_eq!(show()["active"], true);
+    }
+    // Verifiers that attest: the first claim's attestation is 1 of 2, the second slashes.
+    let liar = serve_with(
+        &model,
+        "1..3",
+        &["--misbehave", "noise=0.01", "--key", p(&cheat.key)],
+    );
+    let verifiers: Vec<Server> = [v1, v2]
+        .iter()
+        .map(|v| serve_with(&model, "1..3", &["--key", p(&v.key), "--attest-ledger", l]))
+        .collect();
+    let (said, _) = run("attested", &liar, &[&verifiers[0], &verifiers[1]]);
+    assert!(said.contains("(attestation 1 of 2)"), "{said}");
+    assert!(said.contains("(attestation 2 of 2): slashed"), "{said}");
+    let server = show();
+    assert_eq!(server["active"], false, "{server}");
+    assert!(server["slash_claim"].is_string(), "{server}");
+}
+
 /// `--pay-per-token` with `--ledger` and `--key`: once the adapter is written, the client
 /// escrows to every declared stage server the price of the model tokens its layers processed,
 /// for the pipeline's session; a payer whose balance cannot cover the run is refused before

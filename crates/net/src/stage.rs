@@ -630,7 +630,35 @@ pub trait StageCompute: Send + Sync + 'static {
         step: u64,
         grad: Vec<f32>,
     ) -> Result<(Vec<f32>, Named), String>;
+    /// Attests `claim` (a forward claim's evidence, JSON) on its ledger under its own key,
+    /// when it is a verifier that attests and the claim holds: what was recorded. By default
+    /// it attests nothing.
+    fn attest(&self, claim: &[u8]) -> Result<Attested, String> {
+        let _ = claim;
+        Err(
+            "this server attests nothing (a verifier attests with `serve-layers \
+             --attest-ledger DIR --key FILE`)"
+                .into(),
+        )
+    }
 }
+
+/// A verifier's attestation of a fraud claim, as recorded on its ledger
+/// ([`StageCompute::attest`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Attested {
+    /// The claim's id on the ledger (hex).
+    pub claim_id: String,
+    /// Attestations of the claim so far, and how many slash.
+    pub attestations: u64,
+    pub quorum: u32,
+    /// Whether this attestation slashed the server.
+    pub slashed: bool,
+}
+
+/// The largest claim a verifier reads (a forward claim is a few kilobytes; the server's
+/// commitment grows with the batch).
+pub const MAX_CLAIM_BYTES: usize = 1 << 20;
 
 fn floats(bytes: &[u8], what: &str) -> Result<Vec<f32>, Status> {
     if !bytes.len().is_multiple_of(4) {
@@ -777,6 +805,30 @@ impl Stage for Service {
             grad: encode_stream(&dx, width, compression, Way::Backward(0)),
             grads: pb_tensors(grads),
             signature,
+        }))
+    }
+
+    async fn attest(
+        &self,
+        r: Request<pb::AttestRequest>,
+    ) -> Result<Response<pb::AttestReply>, Status> {
+        let claim = r.into_inner().claim;
+        if claim.len() > MAX_CLAIM_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "a claim of {} bytes (at most {MAX_CLAIM_BYTES})",
+                claim.len()
+            )));
+        }
+        let compute = Arc::clone(&self.0);
+        let a = tokio::task::spawn_blocking(move || compute.attest(&claim))
+            .await
+            .map_err(|e| Status::internal(format!("the attestation failed: {e}")))?
+            .map_err(Status::failed_precondition)?;
+        Ok(Response::new(pb::AttestReply {
+            claim_id: a.claim_id,
+            attestations: a.attestations,
+            quorum: a.quorum,
+            slashed: a.slashed,
         }))
     }
 }
@@ -1122,6 +1174,31 @@ impl StageClient {
             call: call_d,
             signature,
             wire_bytes,
+        })
+    }
+
+    /// Asks the server, a verifier, to attest `claim` (a forward claim's evidence, JSON) on
+    /// its ledger: what it recorded.
+    ///
+    /// # Errors
+    /// See [`StageError`]: a server that attests nothing, or finds the claim does not hold,
+    /// refuses.
+    pub fn attest(&mut self, claim: &[u8]) -> Result<Attested, StageError> {
+        let claim = claim.to_vec();
+        let r = self
+            .call(async |c| c.attest(pb::AttestRequest { claim }).await)?
+            .into_inner();
+        if r.claim_id.len() > 80 {
+            return Err(StageError::Refused {
+                url: self.url.clone(),
+                reason: "its claim id is not a 32-byte hex digest".into(),
+            });
+        }
+        Ok(Attested {
+            claim_id: r.claim_id,
+            attestations: r.attestations,
+            quorum: r.quorum,
+            slashed: r.slashed,
         })
     }
 

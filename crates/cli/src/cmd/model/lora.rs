@@ -191,6 +191,9 @@ struct Report {
     replays: Option<u64>,
     /// Stage servers verifiers caught, each dropped and routed around (with --pipeline).
     caught: Option<Vec<String>>,
+    /// The claims sent to the verifiers to attest on their ledgers, and what each did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attestations: Option<Vec<super::pipeline::AttestOutcome>>,
     /// Bytes of streams and gradients the training steps sent and received (with --pipeline).
     stream_bytes: Option<u64>,
     /// What was escrowed to each stage server (`--pay-per-token`).
@@ -470,6 +473,9 @@ impl Args {
             caught: pipeline
                 .as_ref()
                 .map(super::pipeline::Pipeline::caught_servers),
+            attestations: pipeline
+                .as_ref()
+                .map(super::pipeline::Pipeline::attestations),
             stream_bytes: pipeline
                 .as_ref()
                 .map(super::pipeline::Pipeline::stream_bytes),

@@ -99,6 +99,84 @@ struct LayerStage {
     /// The adapter configuration the server was first asked for; it serves only that one.
     adapter: Mutex<Option<LoraConfig>>,
     pending: Mutex<VecDeque<((u64, u64), Pending)>>,
+    /// Where and as whom it attests fraud claims (`--attest-ledger`), one at a time.
+    attester: Option<Mutex<Attester>>,
+}
+
+/// A verifier's attesting side: its ledger and its key.
+struct Attester {
+    ledger: PathBuf,
+    key: PathBuf,
+    public_key: cohort_core::PublicKey,
+}
+
+impl Attester {
+    /// The ledger at `ledger` opened as the key in `key` (checked: the key loads, the ledger
+    /// opens and has the stage contract), then closed.
+    fn new(ledger: &Path, key: &Path) -> anyhow::Result<Self> {
+        let signer = crate::cmd::stage::Signer::new(ledger.to_owned(), key.to_owned());
+        let s = signer.open().context("--attest-ledger")?;
+        Ok(Self {
+            ledger: ledger.to_owned(),
+            key: key.to_owned(),
+            public_key: s.me.public_key(),
+        })
+    }
+
+    /// Attests `claim` (a forward claim's evidence, JSON), when it holds and carries this
+    /// verifier's own signed recomputation.
+    fn attest(&self, claim: &[u8]) -> anyhow::Result<cohort_net::stage::Attested> {
+        let c = crate::cmd::stage::evidence::parse(claim, None, "the claim")?;
+        if c.verifier_key != self.public_key {
+            bail!(
+                "the claim's verifier key {} is not this verifier's ({}): a verifier attests \
+                 its own recomputations only",
+                hex::encode(c.verifier_key),
+                hex::encode(self.public_key)
+            );
+        }
+        if !c.verifier_signature_checked {
+            bail!(
+                "the claim lacks the digests of the rows this verifier recomputed, so its \
+                 signature cannot be checked"
+            );
+        }
+        // Another process (a client paying, another verifier attesting) may hold the ledger
+        // for a moment: try again for up to ten seconds.
+        let signer = crate::cmd::stage::Signer::new(self.ledger.clone(), self.key.clone());
+        let mut tries = 0;
+        let mut s = loop {
+            match signer.open() {
+                Ok(s) => break s,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    tracing::debug!("--attest-ledger busy ({e:#}); trying again");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let a = crate::cmd::stage::attest::attest(&mut s, &c, c.session)?;
+        let attested = cohort_net::stage::Attested {
+            claim_id: a.claim_id.to_string(),
+            attestations: u64::try_from(a.count).unwrap_or(u64::MAX),
+            quorum: u32::from(a.quorum),
+            slashed: a.slashed.is_some(),
+        };
+        eprintln!(
+            "serve-layers: attested claim {} against {} (attestation {} of {}){}",
+            attested.claim_id,
+            c.server,
+            attested.attestations,
+            attested.quorum,
+            if attested.slashed {
+                "; the server is slashed"
+            } else {
+                ""
+            }
+        );
+        Ok(attested)
+    }
 }
 
 /// Forwards kept waiting for their backward, at most (the oldest is dropped first).
@@ -108,6 +186,7 @@ impl LayerStage {
     /// A server of `model`'s layers that `info` names, cheating as `misbehave` says (tests).
     fn new(model: Box<dyn LanguageModel>, info: StageInfo, misbehave: Option<Misbehave>) -> Self {
         Self {
+            attester: None,
             model: Mutex::new(model),
             misbehave,
             stale: Mutex::new(None),
@@ -370,6 +449,18 @@ impl StageCompute for LayerStage {
         named.sort_by(|a, b| a.0.cmp(&b.0));
         Ok((dx, named))
     }
+
+    fn attest(&self, claim: &[u8]) -> Result<cohort_net::stage::Attested, String> {
+        let Some(a) = &self.attester else {
+            return Err(
+                "this server attests nothing (a verifier attests with `serve-layers \
+                        --attest-ledger DIR --key FILE`)"
+                    .into(),
+            );
+        };
+        let a = a.lock().map_err(|_| "poisoned".to_owned())?;
+        a.attest(claim).map_err(|e| format!("{e:#}"))
+    }
 }
 
 /// `cohort serve-layers`: hold layers A..B of a GPT and run them for pipeline clients.
@@ -408,6 +499,12 @@ pub struct ServeArgs {
     /// unsigned.
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
+    /// As a verifier, attest on this embedded ledger, under --key, the fraud claims clients
+    /// send it, as `cohort stage attest` does: each is checked first and must carry this
+    /// server's own signed recomputation. The ledger is opened for each attestation only, so
+    /// that other processes can use it between (docs/pipeline.md).
+    #[arg(long, value_name = "DIR", requires = "key")]
+    attest_ledger: Option<PathBuf>,
     /// Check everything a start would (the model, the layers, TLS, the address), say what
     /// would be served, and exit.
     #[arg(long)]
@@ -572,6 +669,10 @@ impl ServeArgs {
                 _ => cohort_model::kernels::compute_kind(),
             },
         };
+        let attester = match (&self.attest_ledger, &self.key) {
+            (Some(l), Some(k)) => Some(Attester::new(l, k)?),
+            _ => None,
+        };
         let listener = std::net::TcpListener::bind(&self.listen)
             .with_context(|| format!("--listen {}", self.listen))?;
         if layers.is_empty() {
@@ -606,7 +707,14 @@ impl ServeArgs {
                 eprintln!("serve-layers: a DISHONEST server ({m:?}), for testing verification")
             }
         }
-        let stage = LayerStage::new(model, info, self.misbehave);
+        let mut stage = LayerStage::new(model, info, self.misbehave);
+        if let Some(a) = attester {
+            eprintln!(
+                "serve-layers: attests the fraud claims clients send it on {}",
+                a.ledger.display()
+            );
+            stage.attester = Some(Mutex::new(a));
+        }
         let addr = serve_stage(&rt, Arc::new(stage), signer, listener, tls)?;
         println!(
             "serving layers {}..{} of {} ({} layers) on {addr}",
@@ -796,6 +904,9 @@ fn forward_checked(
         let Some(bad) = claims.first() else {
             return Ok(out);
         };
+        if let Some(v) = verify {
+            v.attest(&claims);
+        }
         let why = format!(
             "stage server {} (layers {layers:?}) answered {what} with an output that differs \
              from verifier {}'s recomputation (row {}: committed SHA-256 {}, recomputed {})",
@@ -1021,6 +1132,20 @@ pub struct Verify {
     rate: f64,
     rng: cohort_core::SplitMix64,
     stats: VerifyStats,
+    /// What the verifiers did with the claims sent them to attest.
+    attested: Vec<AttestOutcome>,
+}
+
+/// A forward claim sent to the verifier whose recomputation it carries, to attest on its
+/// ledger (`serve-layers --attest-ledger`): what it recorded, or why it did not.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AttestOutcome {
+    pub server: String,
+    pub verifier: String,
+    #[serde(flatten)]
+    pub attested: Option<cohort_net::stage::Attested>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// What verification did in a run.
@@ -1206,12 +1331,57 @@ impl Verify {
             rate,
             rng: cohort_core::SplitMix64::new(seed),
             stats: VerifyStats::default(),
+            attested: Vec::new(),
         })
     }
 
     /// What it did so far.
     pub fn stats(&self) -> VerifyStats {
         self.stats
+    }
+
+    /// Sends each of `claims` to the verifier whose recomputation it carries, to attest on
+    /// its ledger; says on standard error what each did. A verifier that attests nothing, or
+    /// fails, does not stop the run: the claims are in the evidence for `cohort stage attest`.
+    pub fn attest(&mut self, claims: &[Mismatch]) {
+        for m in claims {
+            let Some((_, v)) = self
+                .verifiers
+                .iter_mut()
+                .find(|(_, c)| c.url() == m.verifier)
+            else {
+                continue;
+            };
+            let r = serde_json::to_vec(&Claim::Forward(m.clone()))
+                .map_err(|e| e.to_string())
+                .and_then(|claim| v.attest(&claim).map_err(|e| e.to_string()));
+            match &r {
+                Ok(a) => eprintln!(
+                    "pipeline: verifier {} attested the claim against {} on its ledger \
+                     (attestation {} of {}){}",
+                    m.verifier,
+                    m.server,
+                    a.attestations,
+                    a.quorum,
+                    if a.slashed { ": slashed" } else { "" }
+                ),
+                Err(e) => eprintln!(
+                    "pipeline: verifier {} did not attest the claim against {}: {e}",
+                    m.verifier, m.server
+                ),
+            }
+            self.attested.push(AttestOutcome {
+                server: m.server.clone(),
+                verifier: m.verifier.clone(),
+                refused: r.as_ref().err().cloned(),
+                attested: r.ok(),
+            });
+        }
+    }
+
+    /// What the verifiers did with the claims sent them to attest.
+    pub fn attestations(&self) -> &[AttestOutcome] {
+        &self.attested
     }
 
     /// Draws the rows of `call` to check (answered with `answer` by `server`, which holds
@@ -1514,6 +1684,15 @@ impl Pipeline {
     /// Rounds `v` (rows of `width`) as it will travel `way`.
     fn round(&self, v: &mut [f32], width: usize, way: cohort_net::stage::Way) {
         cohort_net::stage::round_stream(v, width, self.compression, way);
+    }
+
+    /// What the verifiers did with the claims sent them to attest (empty without
+    /// verifiers).
+    pub fn attestations(&self) -> Vec<AttestOutcome> {
+        self.verify
+            .as_ref()
+            .map(|v| v.attestations().to_vec())
+            .unwrap_or_default()
     }
 
     /// The servers verifiers caught so far.

@@ -7,7 +7,7 @@ use cohort_ledger::protocol::Cohort::CohortEvents;
 use cohort_ledger::protocol::{CohortStages, stage_claim_id};
 use serde::Serialize;
 
-use super::{Recorded, Signer, amount, evidence, recorded_lines};
+use super::{Recorded, Session, Signer, amount, evidence, recorded_lines};
 use crate::args::int_in;
 
 /// Attest a stage server's mismatch as its verifier, from a fraud claim's evidence file.
@@ -66,45 +66,16 @@ impl Args {
                 hex::encode(claim.verifier_key)
             );
         }
-        let me = s.address();
         let period = self.period.unwrap_or(claim.session);
-        // The accused must be a stage server on this ledger, under the key that signed.
-        let server = claim.server;
-        let rec = s.p.stage_server(server)?;
-        if rec.modelHash == B256::ZERO {
-            bail!(
-                "the evidence's server (key {}, address {server}) is no stage server on this \
-                 ledger",
-                hex::encode(claim.server_key)
-            );
-        }
-        let registered =
-            s.p.view(cohort_ledger::protocol::Cohort::participantCall { who: server })?;
-        if registered.keyHash != cohort_core::key_hash(&claim.server_key) {
-            bail!(
-                "the evidence's server key {} is not the key {server} registered",
-                hex::encode(claim.server_key)
-            );
-        }
-        let quorum = s.p.stage_params()?.stageQuorum;
-        let call = CohortStages::attestStageFraudCall {
-            server,
-            period,
-            callDigest: claim.call,
-            committedRow: claim.committed,
-            recomputedRow: claim.recomputed,
-        };
-        let claim_id = stage_claim_id(server, claim.call, claim.committed, claim.recomputed);
-        let recorded = s.send(call.clone())?;
-        let (mut slashed, mut share, mut count) = (None, U256::ZERO, U256::ZERO);
-        for e in recorded.iter().flat_map(|r| &r.decoded) {
-            match e {
-                CohortEvents::StageFraudAttested(a) => count = a.count,
-                CohortEvents::StageSlashed(x) => slashed = Some(x.amount),
-                CohortEvents::StageAttesterRewarded(r) if r.verifier == me => share = r.amount,
-                _ => {}
-            }
-        }
+        let Attestation {
+            claim_id,
+            count,
+            quorum,
+            slashed,
+            share,
+            recorded,
+        } = attest(&mut s, &claim, period)?;
+        let (me, server) = (s.address(), claim.server);
         let calls: Vec<Recorded> = recorded.into_iter().collect();
         let mut lines = vec![format!(
             "claim {claim_id}: {server} committed {} for row {} of call {} (session {}, step {}); \
@@ -153,4 +124,71 @@ impl Args {
     fn signer_key(&self) -> String {
         self.signer.key_path().display().to_string()
     }
+}
+
+/// What an attestation recorded.
+pub struct Attestation {
+    pub claim_id: B256,
+    /// Attestations of the claim so far, and how many slash.
+    pub count: U256,
+    pub quorum: u16,
+    /// What was slashed, when this attestation slashed the server; the attester's share.
+    pub slashed: Option<U256>,
+    pub share: U256,
+    pub recorded: Option<Recorded>,
+}
+
+/// Attests `claim` (checked evidence) in `s`, for pay `period`: the accused must be a stage
+/// server on the ledger under the key that signed its commitment.
+pub fn attest(
+    s: &mut Session,
+    claim: &evidence::Claim,
+    period: u64,
+) -> anyhow::Result<Attestation> {
+    let me = s.address();
+    // The accused must be a stage server on this ledger, under the key that signed.
+    let server = claim.server;
+    let rec = s.p.stage_server(server)?;
+    if rec.modelHash == B256::ZERO {
+        bail!(
+            "the evidence's server (key {}, address {server}) is no stage server on this \
+             ledger",
+            hex::encode(claim.server_key)
+        );
+    }
+    let registered =
+        s.p.view(cohort_ledger::protocol::Cohort::participantCall { who: server })?;
+    if registered.keyHash != cohort_core::key_hash(&claim.server_key) {
+        bail!(
+            "the evidence's server key {} is not the key {server} registered",
+            hex::encode(claim.server_key)
+        );
+    }
+    let quorum = s.p.stage_params()?.stageQuorum;
+    let call = CohortStages::attestStageFraudCall {
+        server,
+        period,
+        callDigest: claim.call,
+        committedRow: claim.committed,
+        recomputedRow: claim.recomputed,
+    };
+    let claim_id = stage_claim_id(server, claim.call, claim.committed, claim.recomputed);
+    let recorded = s.send(call)?;
+    let (mut slashed, mut share, mut count) = (None, U256::ZERO, U256::ZERO);
+    for e in recorded.iter().flat_map(|r| &r.decoded) {
+        match e {
+            CohortEvents::StageFraudAttested(a) => count = a.count,
+            CohortEvents::StageSlashed(x) => slashed = Some(x.amount),
+            CohortEvents::StageAttesterRewarded(r) if r.verifier == me => share = r.amount,
+            _ => {}
+        }
+    }
+    Ok(Attestation {
+        claim_id,
+        count,
+        quorum,
+        slashed,
+        share,
+        recorded,
+    })
 }

@@ -92,7 +92,13 @@ pub fn load(path: &Path, index: Option<usize>) -> anyhow::Result<Claim> {
         bail!("{file}: {len} bytes is too large for an evidence file (at most {MAX_LEN})");
     }
     let bytes = std::fs::read(path).with_context(|| file.clone())?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+    parse(&bytes, index, &file)
+}
+
+/// [`load`] on the bytes of an evidence file (or of one claim, as a client sends a verifier
+/// to attest: [`cohort_net::stage::StageClient::attest`]); `file` names them in refusals.
+pub fn parse(bytes: &[u8], index: Option<usize>, file: &str) -> anyhow::Result<Claim> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
         anyhow::anyhow!(
             "{file}: not JSON ({e}); expected the fraud claims `cohort model lora --evidence` \
              writes"

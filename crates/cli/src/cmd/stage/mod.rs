@@ -12,8 +12,8 @@
 //! ledger's operator). It checks what it can before writing, and a call the contract refuses
 //! records nothing; `--check` checks and runs the call without recording it.
 
-mod attest;
-mod evidence;
+pub(crate) mod attest;
+pub(crate) mod evidence;
 mod pay;
 mod refund;
 mod register;
