@@ -1047,6 +1047,91 @@ fn stage_servers_hold_a_llama_family_model_with_the_same_results() {
     assert!(!lied.exists());
 }
 
+/// A verifier that dies mid-run is replaced by the next listed after it (`--verifiers V|V2`),
+/// and the training writes the adapter it writes unchecked; with no replacement left the
+/// training stops and writes nothing; a replacement must hold its verifier's layers.
+#[test]
+fn a_verifier_that_dies_is_replaced_by_the_next_listed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, text_file) = tiny_model(tmp.path());
+    let servers: Vec<Server> = ["0..1", "1..3", "3..4"]
+        .iter()
+        .map(|l| serve(&model, l))
+        .collect();
+    let list = servers
+        .iter()
+        .map(|s| s.url.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let single = tmp.path().join("single");
+    let o = lora(&model, &text_file, &single, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    // Dies on its third recomputation, before answering.
+    let mut dying = serve_with(&model, "1..3", &["--misbehave", "crash-check=3"]);
+    let spare = serve(&model, "1..3");
+    let out = tmp.path().join("replaced");
+    let verifiers = format!("{}|{}", dying.url, spare.url);
+    let o = lora(
+        &model,
+        &text_file,
+        &out,
+        &[
+            "--pipeline",
+            &list,
+            "--insecure",
+            "--verifiers",
+            &verifiers,
+            "--verify-rate",
+            "1",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(crashed(&mut dying), "the verifier did not crash");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["verification"]["verifiers_replaced"], 1, "{v}");
+    assert!(text(&o).contains("replaced by"), "{}", text(&o));
+    let a = std::fs::read(single.join("adapter_model.safetensors")).unwrap();
+    let b = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
+    assert!(a == b, "the adapter differs");
+    // No replacement left: the training stops, nothing written.
+    let mut alone = serve_with(&model, "1..3", &["--misbehave", "crash-check=2"]);
+    let stopped = tmp.path().join("stopped");
+    let o = lora(
+        &model,
+        &text_file,
+        &stopped,
+        &[
+            "--pipeline",
+            &list,
+            "--insecure",
+            "--verifiers",
+            &alone.url,
+            "--verify-rate",
+            "1",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(crashed(&mut alone));
+    assert!(text(&o).contains("no replacement is left"), "{}", text(&o));
+    assert!(!stopped.exists());
+    // A replacement of other layers is refused before any step.
+    let other = serve(&model, "0..1");
+    let o = lora(
+        &model,
+        &text_file,
+        &tmp.path().join("refused"),
+        &[
+            "--pipeline",
+            &list,
+            "--insecure",
+            "--verifiers",
+            &format!("{}|{}", spare.url, other.url),
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("must hold its layers"), "{}", text(&o));
+}
+
 /// Verifiers started with `--attest-ledger` attest, as they catch, the claims their own
 /// recomputations support: the client sends each claim to its verifier, and a quorum of
 /// them slashes the cheat with no `cohort stage attest` run by anyone. A verifier without a

@@ -117,7 +117,9 @@ pub struct Args {
     insecure: bool,
     /// Verifiers for --pipeline: stage servers holding the same layers as some stage, which
     /// recompute a share of the rows of its forward calls (--verify-rate); an output that
-    /// differs bit for bit stops the training before anything is written.
+    /// differs bit for bit stops the training before anything is written. A verifier may list
+    /// replacements holding its layers after `|` (V|V2): one that stops answering is replaced
+    /// by the next; with none left, the training stops.
     #[arg(
         long,
         value_delimiter = ',',
@@ -338,9 +340,9 @@ impl Args {
                     true => p,
                     false => p
                         .with_verifiers(
-                            &super::pipeline::dials(
+                            &super::pipeline::stage_dials(
                                 "--verifiers",
-                                self.verifiers.iter().map(String::as_str),
+                                &self.verifiers,
                                 ca,
                                 insecure,
                                 deadline,

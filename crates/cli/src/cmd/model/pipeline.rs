@@ -95,6 +95,8 @@ struct LayerStage {
     /// crash-forward=N`, `crash-backward=N`).
     forwards: AtomicU64,
     backwards: AtomicU64,
+    /// Verifiers' recomputations received (`--misbehave crash-check=N`).
+    checks: AtomicU64,
     info: StageInfo,
     /// The adapter configuration the server was first asked for; it serves only that one.
     adapter: Mutex<Option<LoraConfig>>,
@@ -192,25 +194,28 @@ impl LayerStage {
             stale: Mutex::new(None),
             forwards: AtomicU64::new(0),
             backwards: AtomicU64::new(0),
+            checks: AtomicU64::new(0),
             info,
             adapter: Mutex::new(None),
             pending: Mutex::new(VecDeque::new()),
         }
     }
 
-    /// Counts a training call of `phase` received (not inference nor a verifier's); a
-    /// crashing test server (`--misbehave crash-forward=N` or `crash-backward=N`) exits the
-    /// process on its N-th, before answering, so that its client sees the connection break as
-    /// on a real crash.
+    /// Counts a training call of `phase` received (a forward or backward, not inference; or a
+    /// verifier's recomputation, `Phase::Check`); a crashing test server (`--misbehave
+    /// crash-forward=N`, `crash-backward=N` or `crash-check=N`) exits the process on its N-th,
+    /// before answering, so that its client sees the connection break as on a real crash.
     fn received(&self, phase: Phase) {
         let counter = match phase {
             Phase::Forward => &self.forwards,
             Phase::Backward => &self.backwards,
+            Phase::Check => &self.checks,
         };
         let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
         let at = match (self.misbehave, phase) {
             (Some(Misbehave::CrashForward(at)), Phase::Forward)
-            | (Some(Misbehave::CrashBackward(at)), Phase::Backward) => at,
+            | (Some(Misbehave::CrashBackward(at)), Phase::Backward)
+            | (Some(Misbehave::CrashCheck(at)), Phase::Check) => at,
             _ => return,
         };
         if n == at {
@@ -293,7 +298,9 @@ impl StageCompute for LayerStage {
     }
 
     fn forward(&self, call: ForwardCall) -> Result<Vec<f32>, String> {
-        if !call.inference && call.rows.is_empty() {
+        if !call.rows.is_empty() {
+            self.received(Phase::Check);
+        } else if !call.inference {
             self.received(Phase::Forward);
         }
         if call.inference && call.adapter_config.is_none() && call.adapter.is_empty() {
@@ -371,6 +378,7 @@ impl StageCompute for LayerStage {
                 | Misbehave::GradNoise(_)
                 | Misbehave::CrashForward(_)
                 | Misbehave::CrashBackward(_)
+                | Misbehave::CrashCheck(_)
                 | Misbehave::OtherKind,
             ) => {}
             Some(Misbehave::Bf16) => {
@@ -514,9 +522,10 @@ pub struct ServeArgs {
     /// `stale` returns the first output it computed for every later call of the same size;
     /// `bf16` rounds its outputs to bfloat16 (a lower-precision model); `skip-layer` runs its
     /// layers but the last (a smaller model); `grad-noise=R` adds relative noise R to the
-    /// gradient every backward returns; `crash-forward=N` (`crash-backward=N`), N in
-    /// [1, 1000000000], exits the process on its N-th forward (backward) call, before
-    /// answering. A dishonest server answers verifiers' calls honestly.
+    /// gradient every backward returns; `crash-forward=N` (`crash-backward=N`,
+    /// `crash-check=N`), N in [1, 1000000000], exits the process on its N-th forward
+    /// (backward, verification) call, before answering. A dishonest server answers
+    /// verifiers' calls honestly.
     #[arg(long, value_name = "HOW", value_parser = parse_misbehave)]
     misbehave: Option<Misbehave>,
 }
@@ -526,6 +535,8 @@ pub struct ServeArgs {
 enum Phase {
     Forward,
     Backward,
+    /// A verifier's recomputation of some rows.
+    Check,
 }
 
 impl std::fmt::Display for Phase {
@@ -533,6 +544,7 @@ impl std::fmt::Display for Phase {
         f.write_str(match self {
             Phase::Forward => "forward",
             Phase::Backward => "backward",
+            Phase::Check => "verification",
         })
     }
 }
@@ -554,6 +566,9 @@ pub enum Misbehave {
     CrashForward(u64),
     /// The process exits on this backward call (counted from 1), before answering.
     CrashBackward(u64),
+    /// The process exits on this verification call (a verifier's recomputation, counted
+    /// from 1), before answering.
+    CrashCheck(u64),
     /// Computes honestly but announces another compute kind (another build or CPU), which
     /// clients refuse to pair with verifiers of this one.
     OtherKind,
@@ -573,7 +588,8 @@ fn parse_misbehave(s: &str) -> Result<Misbehave, String> {
     let bad = || {
         format!(
             "{s:?}: expected noise=R or grad-noise=R (R in (0, 1]), stale, bf16, skip-layer, \
-             other-kind, crash-forward=N or crash-backward=N (N in [1, {MAX_CRASH_AT}])"
+             other-kind, crash-forward=N, crash-backward=N or crash-check=N (N in [1, \
+             {MAX_CRASH_AT}])"
         )
     };
     let (how, value) = s.split_once('=').ok_or_else(bad)?;
@@ -588,14 +604,15 @@ fn parse_misbehave(s: &str) -> Result<Misbehave, String> {
                 _ => Misbehave::GradNoise(r),
             })
         }
-        "crash-forward" | "crash-backward" => {
+        "crash-forward" | "crash-backward" | "crash-check" => {
             let n: u64 = value.parse().map_err(|_| bad())?;
             if !(1..=MAX_CRASH_AT).contains(&n) {
                 return Err(bad());
             }
             Ok(match how {
                 "crash-forward" => Misbehave::CrashForward(n),
-                _ => Misbehave::CrashBackward(n),
+                "crash-backward" => Misbehave::CrashBackward(n),
+                _ => Misbehave::CrashCheck(n),
             })
         }
         _ => Err(bad()),
@@ -696,7 +713,11 @@ impl ServeArgs {
         let rt = cohort_net::run::server_runtime(2)?;
         match self.misbehave {
             None => {}
-            Some(m @ (Misbehave::CrashForward(_) | Misbehave::CrashBackward(_))) => {
+            Some(
+                m @ (Misbehave::CrashForward(_)
+                | Misbehave::CrashBackward(_)
+                | Misbehave::CrashCheck(_)),
+            ) => {
                 eprintln!("serve-layers: a CRASHING server ({m:?}), for testing failover");
             }
             Some(Misbehave::OtherKind) => eprintln!(
@@ -1029,6 +1050,40 @@ impl Servers {
         self.active.url()
     }
 
+    /// `f` on the verifier in use (of `layers`), and on its next replacement, for the rest of
+    /// the run, when it does not answer (`replaced` counts them); an error when none is
+    /// left: work no one can check must not be paid, so the training stops.
+    fn verifier_call<T>(
+        &mut self,
+        layers: &std::ops::Range<usize>,
+        replaced: &mut u64,
+        mut f: impl FnMut(&mut StageClient) -> Result<T, StageError>,
+    ) -> anyhow::Result<T> {
+        loop {
+            match f(&mut self.active) {
+                Ok(x) => return Ok(x),
+                Err(e) if unanswered(&e) => {
+                    let Some(next) = self.spares.pop_front() else {
+                        bail!(
+                            "verifier of layers {layers:?}: {e}, and no replacement is left for \
+                             it: the training stops (work no one checks is not paid) and \
+                             nothing was written (list a replacement after the verifier with \
+                             `|`: --verifiers ...,{}|URL)",
+                            self.url()
+                        );
+                    };
+                    eprintln!(
+                        "pipeline: verifier of layers {layers:?}: {e}; replaced by {}",
+                        next.url()
+                    );
+                    self.active = next;
+                    *replaced += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     /// Moves to the next replacement after `e`, the failure of the `phase` of `step`, saying
     /// so on standard error; an error naming the server when no replacement is left.
     fn fail_over(
@@ -1128,7 +1183,8 @@ impl Servers {
 /// will be checked. The drawn rows' inputs go to a verifier holding the same layers, which
 /// recomputes only those rows; its digests must equal the server's commitment.
 pub struct Verify {
-    verifiers: Vec<(std::ops::Range<usize>, StageClient)>,
+    /// Each verifier with its replacements (`--verifiers V|V2`), by the layers it holds.
+    verifiers: Vec<(std::ops::Range<usize>, Servers)>,
     rate: f64,
     rng: cohort_core::SplitMix64,
     stats: VerifyStats,
@@ -1165,6 +1221,8 @@ pub struct VerifyStats {
     /// sampled whole, with probability `rate`.
     pub backwards: u64,
     pub backwards_checked: u64,
+    /// Verifiers that stopped answering and were replaced by the next listed after them.
+    pub verifiers_replaced: u64,
 }
 
 /// A verifier's recomputation that differs from a server's commitment: the evidence of a
@@ -1271,8 +1329,12 @@ impl Verify {
         }
         let mut again = call.clone();
         again.session ^= BACKWARD_CHECK_SESSION;
-        v.forward(&again)?;
-        let theirs = v.backward_signed(again.session, again.step, grad)?;
+        // Forward then backward on one verifier: a replacement redoes both.
+        let theirs = v.verifier_call(layers, &mut self.stats.verifiers_replaced, |c| {
+            c.forward(&again)?;
+            c.backward_signed(again.session, again.step, grad)
+        })?;
+        let v = &v.active;
         self.stats.backwards_checked += 1;
         let same = |a: &[f32], b: &[f32]| {
             a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
@@ -1323,6 +1385,22 @@ impl Verify {
         rate: f64,
         seed: u64,
     ) -> anyhow::Result<Self> {
+        let verifiers = verifiers
+            .into_iter()
+            .map(|(layers, active)| {
+                let spares = VecDeque::new();
+                (layers, Servers { active, spares })
+            })
+            .collect();
+        Self::with_spares(verifiers, rate, seed)
+    }
+
+    /// [`Verify::new`] with verifiers that have replacements.
+    fn with_spares(
+        verifiers: Vec<(std::ops::Range<usize>, Servers)>,
+        rate: f64,
+        seed: u64,
+    ) -> anyhow::Result<Self> {
         if !(rate.is_finite() && (0.0..=1.0).contains(&rate)) {
             bail!("--verify-rate {rate}: not in [0, 1]");
         }
@@ -1345,10 +1423,11 @@ impl Verify {
     /// fails, does not stop the run: the claims are in the evidence for `cohort stage attest`.
     pub fn attest(&mut self, claims: &[Mismatch]) {
         for m in claims {
-            let Some((_, v)) = self
+            let Some(v) = self
                 .verifiers
                 .iter_mut()
-                .find(|(_, c)| c.url() == m.verifier)
+                .map(|(_, s)| &mut s.active)
+                .find(|c| c.url() == m.verifier)
             else {
                 continue;
             };
@@ -1418,7 +1497,10 @@ impl Verify {
         // verifier of them recomputes the same rows too, so that the claim has its quorum of
         // independent attestations of the same call.
         for (_, v) in self.verifiers.iter_mut().filter(|(r, _)| r == layers) {
-            let checked = v.forward(&again)?;
+            let checked = v.verifier_call(layers, &mut self.stats.verifiers_replaced, |c| {
+                c.forward(&again)
+            })?;
+            let v = &v.active;
             let found = rows
                 .iter()
                 .zip(&checked.row_sha256)
@@ -1587,7 +1669,8 @@ impl Pipeline {
             .chain(
                 self.verify
                     .iter()
-                    .flat_map(|v| v.verifiers.iter().map(|(_, c)| c)),
+                    .flat_map(|v| v.verifiers.iter())
+                    .flat_map(|(_, s)| std::iter::once(&s.active).chain(s.spares.iter())),
             );
         for c in clients {
             let info = c.held().context("a server not asked what it holds")?;
@@ -1638,8 +1721,11 @@ impl Pipeline {
             }
         }
         if let Some(v) = &mut self.verify {
-            for (_, c) in &mut v.verifiers {
-                c.set_compression(compression);
+            for (_, s) in &mut v.verifiers {
+                s.active.set_compression(compression);
+                for c in &mut s.spares {
+                    c.set_compression(compression);
+                }
             }
         }
         self
@@ -1657,9 +1743,12 @@ impl Pipeline {
             }
         }
         if let Some(v) = &mut self.verify {
-            for (layers, c) in &mut v.verifiers {
+            for (layers, s) in &mut v.verifiers {
                 if layers.start == 0 {
-                    c.set_input_gradient(on);
+                    s.active.set_input_gradient(on);
+                    for c in &mut s.spares {
+                        c.set_input_gradient(on);
+                    }
                 }
             }
         }
@@ -1712,7 +1801,7 @@ impl Pipeline {
     /// which must hold the model (by hash) and each the same layers as one of the stages.
     pub fn with_verifiers(
         mut self,
-        verifiers: &[Dial],
+        verifiers: &[Vec<Dial>],
         dir: &Path,
         rate: f64,
     ) -> anyhow::Result<Self> {
@@ -1720,8 +1809,11 @@ impl Pipeline {
             bail!("--verify-rate {rate}: not in [0, 1]");
         }
         let want = model_sha256(dir)?;
-        let mut list = Vec::new();
-        for (url, tls) in verifiers {
+        let mut list: Vec<(std::ops::Range<usize>, Servers)> = Vec::new();
+        let listed = verifiers
+            .iter()
+            .flat_map(|g| g.iter().enumerate().map(|(k, d)| (k == 0, d)));
+        for (first, (url, tls)) in listed {
             let mut c = StageClient::connect(url, tls.as_ref(), self.deadline)?;
             let info = c.info()?;
             if info.model_sha256 != want {
@@ -1770,9 +1862,29 @@ impl Pipeline {
                     }
                 }
             }
-            list.push((info.layers, c));
+            // A replacement (after `|`) must hold the layers of the verifier it follows.
+            match (first, list.last_mut()) {
+                (true, _) | (false, None) => list.push((
+                    info.layers,
+                    Servers {
+                        active: c,
+                        spares: VecDeque::new(),
+                    },
+                )),
+                (false, Some((layers, s))) => {
+                    if *layers != info.layers {
+                        bail!(
+                            "--verifiers {url}: a replacement of verifier {} must hold its \
+                             layers {layers:?}; it holds {:?}",
+                            s.active.url(),
+                            info.layers
+                        );
+                    }
+                    s.spares.push_back(c);
+                }
+            }
         }
-        self.verify = Some(Verify::new(list, rate, rand::random())?);
+        self.verify = Some(Verify::with_spares(list, rate, rand::random())?);
         Ok(self)
     }
 
@@ -2071,7 +2183,11 @@ pub fn stage_gradients(
             let local = LocalStages::start(dir, n, p.verify_rate > 0.0, seed)?;
             let stages: Vec<Vec<Dial>> =
                 local.urls.iter().map(|u| vec![(u.clone(), None)]).collect();
-            let verifiers: Vec<Dial> = local.verifiers.iter().map(|u| (u.clone(), None)).collect();
+            let verifiers: Vec<Vec<Dial>> = local
+                .verifiers
+                .iter()
+                .map(|u| vec![(u.clone(), None)])
+                .collect();
             eprintln!(
                 "pipeline: clients train through {n} stage servers on loopback (layers {:?}){}",
                 local.ranges,
@@ -2086,8 +2202,8 @@ pub fn stage_gradients(
         None => {
             let (ca, insecure) = (ca.as_deref(), p.insecure);
             let stages = stage_dials("pipeline.servers", &p.servers, ca, insecure, deadline)?;
-            let verifiers = p.verifiers.iter().map(String::as_str);
-            let verifiers = dials("pipeline.verifiers", verifiers, ca, insecure, deadline)?;
+            let verifiers =
+                stage_dials("pipeline.verifiers", &p.verifiers, ca, insecure, deadline)?;
             (None, stages, verifiers)
         }
     };
