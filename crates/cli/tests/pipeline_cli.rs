@@ -44,6 +44,21 @@ fn tiny_model(dir: &Path) -> (PathBuf, PathBuf) {
     (model, text_file)
 }
 
+/// Three `serve-layers` processes holding layers `0..1`, `1..3` and `3..4` of `model`, and
+/// their URLs as `--pipeline` takes them.
+fn three_stages(model: &Path) -> (Vec<Server>, String) {
+    let servers: Vec<Server> = ["0..1", "1..3", "3..4"]
+        .iter()
+        .map(|l| serve(model, l))
+        .collect();
+    let list = servers
+        .iter()
+        .map(|s| s.url.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    (servers, list)
+}
+
 /// `cohort model lora` on `model` and `text_file`, 4 steps with adapter dropout, to `out`,
 /// with `extra` arguments.
 fn lora(model: &Path, text_file: &Path, out: &Path, extra: &[&str]) -> Output {
@@ -81,10 +96,7 @@ fn lora_args<'a>(
 fn three_stage_servers_train_the_adapter_single_process_training_writes() {
     let tmp = tempfile::tempdir().unwrap();
     let (model, text_file) = tiny_model(tmp.path());
-    let servers: Vec<Server> = ["0..1", "1..3", "3..4"]
-        .iter()
-        .map(|l| serve(&model, l))
-        .collect();
+    let (servers, _) = three_stages(&model);
     let urls: Vec<&str> = servers.iter().map(|s| s.url.as_str()).collect();
     let lora = |out: &Path, extra: &[&str]| lora(&model, &text_file, out, extra);
     let single = tmp.path().join("single");
@@ -692,16 +704,8 @@ fn an_svd_stage_serves_factored_layers_and_its_verifiers_must_match_it() {
 fn int8_streams_cut_the_bytes_by_three_quarters_and_verify_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let (model, text_file) = tiny_model(tmp.path());
-    let servers: Vec<Server> = ["0..1", "1..3", "3..4"]
-        .iter()
-        .map(|l| serve(&model, l))
-        .collect();
+    let (_servers, list) = three_stages(&model);
     let verifier = serve(&model, "1..3");
-    let list = servers
-        .iter()
-        .map(|s| s.url.as_str())
-        .collect::<Vec<_>>()
-        .join(",");
     let run = |name: &str, extra: &[&str]| {
         let out = tmp.path().join(name);
         let mut a = lora_args(
@@ -954,15 +958,7 @@ fn stage_servers_hold_a_llama_family_model_with_the_same_results() {
         ((), text_file)
     };
     let model = tiny_llama(tmp.path(), "qwen");
-    let servers: Vec<Server> = ["0..1", "1..3", "3..4"]
-        .iter()
-        .map(|l| serve(&model, l))
-        .collect();
-    let list = servers
-        .iter()
-        .map(|s| s.url.as_str())
-        .collect::<Vec<_>>()
-        .join(",");
+    let (servers, list) = three_stages(&model);
     let run = |out: &Path, extra: &[&str]| lora(&model, &text_file, out, extra);
     let single = tmp.path().join("single");
     let o = run(&single, &[]);
@@ -1054,15 +1050,7 @@ fn stage_servers_hold_a_llama_family_model_with_the_same_results() {
 fn a_verifier_that_dies_is_replaced_by_the_next_listed() {
     let tmp = tempfile::tempdir().unwrap();
     let (model, text_file) = tiny_model(tmp.path());
-    let servers: Vec<Server> = ["0..1", "1..3", "3..4"]
-        .iter()
-        .map(|l| serve(&model, l))
-        .collect();
-    let list = servers
-        .iter()
-        .map(|s| s.url.as_str())
-        .collect::<Vec<_>>()
-        .join(",");
+    let (_servers, list) = three_stages(&model);
     let single = tmp.path().join("single");
     let o = lora(&model, &text_file, &single, &[]);
     assert!(o.status.success(), "{}", text(&o));
