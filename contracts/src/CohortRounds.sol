@@ -665,13 +665,13 @@ abstract contract CohortRounds is CohortBase {
         if (u.accepted) {
             _creditBalance(client, deposit);
             emit Refunded(roundId, client, deposit);
+            // Paid in proportion to a positive consensus score only: an accepted update that
+            // brought nothing (a free-rider's, scoring 0) or made things worse is refunded its
+            // deposit and paid nothing, also when no update scored above 0 (the pool then
+            // goes to the treasury at the end of settlement).
             uint256 sumAcc = r.sumAcceptedScores;
-            if (sumAcc != 0) {
-                int64 score = u.consensusScore;
-                if (score > 0) reward = _mulDiv(updatePool, uint256(int256(score)), sumAcc);
-            } else {
-                reward = updatePool / r.acceptedCount;
-            }
+            int64 score = u.consensusScore;
+            if (score > 0 && sumAcc != 0) reward = _mulDiv(updatePool, uint256(int256(score)), sumAcc);
             if (reward != 0) {
                 _totalPools -= reward;
                 _creditBalance(client, reward);

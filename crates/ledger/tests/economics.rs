@@ -1,5 +1,7 @@
 //! Random protocol histories: supply is conserved after every transaction, a rejected
-//! update is never paid, only a round's sampled cohort may submit (the cohort the Rust
+//! update is never paid, an accepted update whose consensus score is not above zero (a
+//! free-rider's, or a harmful one under a negative threshold) is never paid either, also when
+//! no update scored above zero, only a round's sampled cohort may submit (the cohort the Rust
 //! `sample_cohort` draws from the coordinator's beacon), and the beacon moves on by the
 //! revealed salts alone.
 
@@ -18,6 +20,9 @@ use proptest::prelude::*;
 #[derive(Debug, Clone)]
 struct Plan {
     clients: usize,
+    /// The acceptance threshold (score units): at or below zero, updates that bring nothing
+    /// or make things worse are accepted (refunded) and must not be paid.
+    threshold: i64,
     /// The first `roster` clients are the coordinator's roster; the others may never submit.
     roster: usize,
     rounds: Vec<RoundPlan>,
@@ -38,7 +43,14 @@ fn plan() -> impl Strategy<Value = Plan> {
     (1usize..5, 1usize..4).prop_flat_map(|(clients, validators)| {
         let round = (
             prop::collection::vec(
-                prop::collection::vec(-400_000i64..400_000, clients),
+                prop::collection::vec(
+                    prop_oneof![
+                        -400_000i64..400_000,
+                        Just(0i64),
+                        -20_000i64..=0,
+                    ],
+                    clients,
+                ),
                 validators,
             ),
             prop::collection::vec(prop::bool::weighted(0.8), validators),
@@ -57,11 +69,17 @@ fn plan() -> impl Strategy<Value = Plan> {
                     cohort,
                 },
             );
-        (1..=clients, prop::collection::vec(round, 1..4)).prop_map(move |(roster, rounds)| Plan {
-            clients,
-            roster,
-            rounds,
-        })
+        (
+            1..=clients,
+            prop::collection::vec(round, 1..4),
+            prop_oneof![Just(0i64), -50_000i64..=0],
+        )
+            .prop_map(move |(roster, rounds, threshold)| Plan {
+                clients,
+                threshold,
+                roster,
+                rounds,
+            })
     })
 }
 
@@ -105,6 +123,9 @@ proptest! {
             p.mint(&gov, who.address(), tokens(5_000)).unwrap();
         }
         p.approve_coordinator(&gov, coord.address()).unwrap();
+        let mut params = p.params().unwrap();
+        params.acceptThreshold = plan.threshold;
+        p.set_params(&gov, params).unwrap();
         p.register(&coord, roles::COORDINATOR).unwrap();
         let mut datasets = Vec::new();
         for (i, c) in clients.iter().enumerate() {
@@ -181,9 +202,16 @@ proptest! {
             check_supply(&mut p)?;
             let mut accepted = Vec::new();
             let mut rejected = Vec::new();
+            // Accepted clients whose consensus score is not above zero.
+            let mut unearned = Vec::new();
             for e in &tally.events {
                 match e {
-                    CohortEvents::UpdateAccepted(a) => accepted.push(a.index),
+                    CohortEvents::UpdateAccepted(a) => {
+                        accepted.push(a.index);
+                        if a.consensusScore <= 0 {
+                            unearned.push(a.client);
+                        }
+                    }
                     CohortEvents::UpdateRejected(x) => rejected.push(x.client),
                     _ => {}
                 }
@@ -196,6 +224,11 @@ proptest! {
             for e in &settle.events {
                 if let CohortEvents::Rewarded(x) = e {
                     prop_assert!(!rejected.contains(&x.who), "rejected update's client {} was rewarded", x.who);
+                    prop_assert!(
+                        !unearned.contains(&x.who),
+                        "client {} was rewarded for an update scoring at most 0",
+                        x.who
+                    );
                 }
                 if let CohortEvents::Refunded(x) = e {
                     prop_assert!(!rejected.contains(&x.who), "rejected update's client {} was refunded", x.who);
