@@ -267,6 +267,62 @@ pub struct RunConfig {
     /// (docs/pipeline.md). Left out of the config's serialization when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<PipelineConfig>,
+    /// What the run measures besides its rounds. Left out of the config's serialization when
+    /// it is the default (nothing), so that the digest of every config written before it
+    /// stays as it was.
+    #[serde(default, skip_serializing_if = "ReportConfig::is_default")]
+    pub report: ReportConfig,
+}
+
+/// What a run measures besides its rounds (`[report]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportConfig {
+    /// The collaboration gain: for each of up to `collaboration_clients` clients, the loss on
+    /// a slice of its own data that it holds out from its training (`local_fraction`) of the
+    /// base model, of the client training alone with the same compute (its local steps, once
+    /// a round, from the base), and of the federated model. The `lm` task only; the slice
+    /// changes the run (the clients train on the rest).
+    pub collaboration_gain: bool,
+    /// The share of each client's own data held out for it: (0, 0.5], default 0.1.
+    pub local_fraction: f64,
+    /// Clients measured at most (drawn by the run's seed when there are more): [1, 1024],
+    /// default 8. Each costs its training alone for as many rounds as the run.
+    pub collaboration_clients: usize,
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        Self {
+            collaboration_gain: false,
+            local_fraction: 0.1,
+            collaboration_clients: 8,
+        }
+    }
+}
+
+impl ReportConfig {
+    /// Whether this is the default (nothing measured, nothing set).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+fn check_report(r: &ReportConfig, task: &TaskConfig) -> Result<(), FlError> {
+    float("report.local_fraction", r.local_fraction, 0.0, 0.5, true)?;
+    count(
+        "report.collaboration_clients",
+        r.collaboration_clients,
+        1,
+        1024,
+    )?;
+    if r.collaboration_gain && !matches!(task, TaskConfig::Lm(_)) {
+        return Err(bad(
+            "report.collaboration_gain",
+            "it needs each client's own held-out text: only the lm task has it".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Clients' local training through stage servers (`[pipeline]`, the `lm` task only): each
@@ -533,6 +589,7 @@ fn check_run(c: &RunConfig) -> Result<(), FlError> {
         (c.clients as u64).min(u64::from(crate::shards::MAX_SHARDS)),
     )?;
     check_compression(&c.compression)?;
+    check_report(&c.report, &c.task)?;
     if let Some(p) = &c.pipeline {
         check_pipeline(p, &c.task)?;
     }
@@ -1071,6 +1128,7 @@ mod tests {
             unlearning: UnlearningConfig::default(),
             compression: CompressionConfig::default(),
             pipeline: None,
+            report: ReportConfig::default(),
         }
     }
 

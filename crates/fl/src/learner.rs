@@ -119,6 +119,27 @@ pub trait Learner {
                 .into(),
         })
     }
+    /// Holds out the last `fraction` of every client's own data from its training, for
+    /// [`Self::local_loss`] (a run's collaboration gain). Tasks that cannot refuse (the
+    /// default).
+    fn hold_out_locally(&mut self, fraction: f64) -> Result<(), FlError> {
+        let _ = fraction;
+        Err(FlError::InvalidConfig {
+            what: "report.collaboration_gain",
+            reason: "this task keeps no held-out slice of a client's own data (the lm task does)"
+                .into(),
+        })
+    }
+    /// Loss of `params` on the slice of client `k`'s own data it holds out
+    /// ([`Self::hold_out_locally`]). Tasks that cannot refuse (the default).
+    fn local_loss(&self, client: u32, params: &[f32]) -> Result<f64, FlError> {
+        let _ = (client, params);
+        Err(FlError::InvalidConfig {
+            what: "report.collaboration_gain",
+            reason: "this task keeps no held-out slice of a client's own data (the lm task does)"
+                .into(),
+        })
+    }
     /// Makes client `k` an attacker that poisons its own training data. Tasks without
     /// labelled data refuse.
     fn poison(&mut self, client: u32, attack: &DataAttack) -> Result<(), FlError> {

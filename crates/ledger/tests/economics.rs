@@ -44,11 +44,7 @@ fn plan() -> impl Strategy<Value = Plan> {
         let round = (
             prop::collection::vec(
                 prop::collection::vec(
-                    prop_oneof![
-                        -400_000i64..400_000,
-                        Just(0i64),
-                        -20_000i64..=0,
-                    ],
+                    prop_oneof![-400_000i64..400_000, Just(0i64), -20_000i64..=0,],
                     clients,
                 ),
                 validators,

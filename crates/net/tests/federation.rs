@@ -42,6 +42,7 @@ fn config() -> RunConfig {
         unlearning: Default::default(),
         compression: Default::default(),
         pipeline: None,
+        report: Default::default(),
         incentives: Default::default(),
     }
 }

@@ -31,6 +31,7 @@ fn config(attack: Option<AttackConfig>, strategy: StrategyConfig) -> RunConfig {
         unlearning: Default::default(),
         compression: Default::default(),
         pipeline: None,
+        report: Default::default(),
         incentives: Default::default(),
     }
 }

@@ -57,6 +57,7 @@ fn lm_config(seed: u64) -> RunConfig {
         unlearning: Default::default(),
         compression: Default::default(),
         pipeline: None,
+        report: Default::default(),
         incentives: IncentiveConfig::default(),
     }
 }
@@ -85,6 +86,7 @@ fn imdb_config(attack: Option<AttackKind>) -> RunConfig {
         unlearning: Default::default(),
         compression: Default::default(),
         pipeline: None,
+        report: Default::default(),
         incentives: IncentiveConfig {
             accept_threshold: -0.04,
             ..IncentiveConfig::default()

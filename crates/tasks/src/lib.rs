@@ -224,6 +224,10 @@ pub fn build_with(
             }
         }
     }
+    if cfg.report.collaboration_gain {
+        // Every party builds the task the same way, so a client trains on what is left.
+        task.hold_out_locally(cfg.report.local_fraction)?;
+    }
     Ok(task)
 }
 

@@ -34,6 +34,9 @@ struct Client {
     role: String,
     lines: Vec<String>,
     tokens: Vec<u32>,
+    /// The end of its tokens it holds out from its training ([`Learner::hold_out_locally`]);
+    /// empty unless asked.
+    local: Vec<u32>,
 }
 
 /// LoRA fine-tuning of a small language model, one client per speaking role.
@@ -214,6 +217,7 @@ impl LmTask {
                     role,
                     lines: train,
                     tokens,
+                    local: Vec::new(),
                 });
             }
         }
@@ -735,6 +739,53 @@ impl Learner for LmTask {
         };
         // One shard per line of the client's training text.
         lines_commitment(&c.lines)
+    }
+
+    fn hold_out_locally(&mut self, fraction: f64) -> Result<(), FlError> {
+        if !(fraction.is_finite() && fraction > 0.0 && fraction < 1.0) {
+            return Err(FlError::InvalidConfig {
+                what: "report.local_fraction",
+                reason: format!("{fraction}: not in (0, 1)"),
+            });
+        }
+        let need = self.cfg.seq_len + 2;
+        for c in &mut self.clients {
+            // Put back what an earlier call held out, then cut again.
+            let mut all = std::mem::take(&mut c.tokens);
+            all.append(&mut c.local);
+            let n = all.len();
+            let k = (n as f64 * fraction).round() as usize;
+            if k < need || n - k < need {
+                let (train, kept) = (n - k, k);
+                c.tokens = all;
+                return Err(FlError::InvalidConfig {
+                    what: "report.local_fraction",
+                    reason: format!(
+                        "role {} would keep {kept} tokens for itself and train on {train}; \
+                         each needs a window of {need} (a larger fraction, or more lines a \
+                         client)",
+                        c.role
+                    ),
+                });
+            }
+            c.local = all.split_off(n - k);
+            c.tokens = all;
+        }
+        Ok(())
+    }
+
+    fn local_loss(&self, client: u32, params: &[f32]) -> Result<f64, FlError> {
+        match self.clients.get(client as usize) {
+            Some(c) if !c.local.is_empty() => self.loss_on(&c.local, params),
+            Some(_) => Err(FlError::InvalidConfig {
+                what: "report.collaboration_gain",
+                reason: format!("client {client} holds nothing out (hold_out_locally first)"),
+            }),
+            None => Err(FlError::InvalidConfig {
+                what: "report.collaboration_gain",
+                reason: format!("no client {client}"),
+            }),
+        }
     }
 
     fn holdout_loss(&self, validator: u32, params: &[f32]) -> Result<f64, FlError> {

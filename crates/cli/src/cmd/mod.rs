@@ -1,6 +1,7 @@
 //! Subcommands, one per file.
 
 mod bench;
+mod collaboration;
 mod federation;
 mod keys;
 mod ledger;

@@ -653,6 +653,18 @@ impl Args {
                 cohort_blob::open_existing(spec).context("--blobs")?;
             }
         }
+        let networked = self
+            .network
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some();
+        if cfg.report.collaboration_gain && (networked || self.on_a_chain()) {
+            bail!(
+                "report.collaboration_gain: measured by runs whose parties are in this process \
+                 on the embedded ledger (it trains each client alone on its own data, which a \
+                 networked coordinator does not hold); set it to false here"
+            );
+        }
         #[cfg(feature = "evm-rpc")]
         if let Some(url) = &self.chain_rpc {
             if self.check {
@@ -1090,12 +1102,27 @@ impl Args {
             }
             Err(e) => return Err(anyhow::Error::new(e).context("the run failed during its set-up")),
         };
+        let collaboration = match cfg.report.collaboration_gain {
+            false => None,
+            true => {
+                let r = resume::load(&state.0, summary.ledger_entries, summary.ledger_root)?
+                    .context("the run's final global model is not in DIR/state")?;
+                Some(super::collaboration::measure(
+                    cfg,
+                    &*task,
+                    &r.global,
+                    |l| {
+                        progress.say(l);
+                    },
+                )?)
+            }
+        };
         self.finish(
             cfg,
             keys,
             origin,
             p,
-            summary,
+            (summary, collaboration),
             started,
             &resumed_after,
             reference,
@@ -1175,7 +1202,7 @@ impl Args {
         keys: &Keys,
         origin: &str,
         p: Protocol<EmbeddedLedger>,
-        summary: RunSummary,
+        (summary, collaboration): (RunSummary, Option<super::collaboration::Collaboration>),
         started: Instant,
         resumed_after: &[u64],
         reference: Option<&RunSummary>,
@@ -1199,7 +1226,7 @@ impl Args {
             reference,
             &self.report_info(wall, keys),
         )?;
-        let doc = json!({
+        let mut doc = json!({
             "schema": cohort_node::summary::SCHEMA_VERSION,
             "config": cfg,
             "summary": summary,
@@ -1208,6 +1235,9 @@ impl Args {
             "resumed_after_rounds": resumed_after,
             "wall_seconds": wall,
         });
+        if let Some(c) = &collaboration {
+            doc["collaboration"] = json!(c);
+        }
         write_provenance(&self.out, &summary)?;
         // Written last: its presence says that the run is finished.
         write_atomic(
@@ -1215,15 +1245,25 @@ impl Args {
             (serde_json::to_string_pretty(&doc)? + "\n").as_bytes(),
         )?;
         if self.json {
-            print_json(&json!({
+            let mut v = json!({
                 "summary": summary,
                 "verify": verified,
                 "keys": key_record,
                 "resumed_after_rounds": resumed_after,
                 "wall_seconds": wall,
-            }))?;
+            });
+            if let Some(c) = &collaboration {
+                v["collaboration"] = json!(c);
+            }
+            print_json(&v)?;
         } else {
             print_human(&summary, cfg);
+            if let Some(c) = &collaboration {
+                outln!();
+                for l in super::collaboration::lines(c) {
+                    outln!("{l}");
+                }
+            }
             outln!(
                 "\nledger {}: {} entries verified, root {}, origin {origin}",
                 self.out.join("ledger").display(),

@@ -1,0 +1,174 @@
+//! `[report] collaboration_gain` in `cohort run`: each client's own held-out slice scored for
+//! the base model, the client trained alone with the run's compute, and the federated model;
+//! refused where it cannot be measured.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{cohort, p, text};
+use serde_json::Value;
+
+/// The LM task, small.
+const SETS: [&str; 10] = [
+    "clients=3",
+    "validators=2",
+    "coordinator.rounds=2",
+    "coordinator.clients_per_round=3",
+    "task.preset=\"test\"",
+    "task.seq_len=32",
+    "task.pretrain_steps=20",
+    "task.local_steps=4",
+    "task.eval_windows=8",
+    "task.batch=8",
+];
+
+fn config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/lm-shakespeare.toml")
+}
+
+fn run(out: &Path, extra: &[&str]) -> Result<Value, String> {
+    let mut args = vec!["run".to_owned(), p(&config()).to_owned()];
+    for s in SETS.iter().chain(extra) {
+        args.extend(["--set".to_owned(), (*s).to_owned()]);
+    }
+    args.extend(["--out".to_owned(), p(out).to_owned(), "--json".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = cohort(&args);
+    if !o.status.success() {
+        return Err(text(&o));
+    }
+    Ok(serde_json::from_slice(&o.stdout).unwrap())
+}
+
+/// Every client measured, the same figures in summary.json and on stdout, the same again in
+/// a second run; with one client and one round, the federated model is that client's
+/// update alone, so training alone gives its loss (the same batches, the same slice).
+#[test]
+fn each_client_is_scored_on_its_own_slice_for_the_base_alone_and_federated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let on = "report.collaboration_gain=true";
+    let a = run(&tmp.path().join("a"), &[on]).unwrap();
+    let c = &a["collaboration"];
+    let clients = c["clients"].as_array().unwrap();
+    assert_eq!(clients.len(), 3, "{c}");
+    for g in clients {
+        for k in ["base_loss", "alone_loss", "federated_loss"] {
+            let x = g[k].as_f64().unwrap();
+            assert!(x.is_finite() && x > 0.0, "{k}: {g}");
+        }
+        let (b, p) = (
+            g["base_loss"].as_f64().unwrap(),
+            g["base_perplexity"].as_f64().unwrap(),
+        );
+        assert!((b.exp() - p).abs() < 1e-9 * p);
+    }
+    let share = c["federated_beats_alone"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&share));
+    let written: Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("a/summary.json")).unwrap()).unwrap();
+    assert_eq!(written["collaboration"]["clients"], c["clients"]);
+    assert_eq!(written["config"]["report"]["collaboration_gain"], true);
+    let again = run(&tmp.path().join("b"), &[on]).unwrap();
+    assert_eq!(again["collaboration"]["clients"], c["clients"]);
+    // The clients trained on 90% of their text: the run differs from one without the slice.
+    let off = run(&tmp.path().join("off"), &[]).unwrap();
+    assert!(off.get("collaboration").is_none() || off["collaboration"].is_null());
+    assert_ne!(
+        off["summary"]["rounds"][0]["test"],
+        a["summary"]["rounds"][0]["test"]
+    );
+    // Two of three, drawn by the seed.
+    let two = run(
+        &tmp.path().join("two"),
+        &[on, "report.collaboration_clients=2"],
+    )
+    .unwrap();
+    assert_eq!(two["collaboration"]["clients"].as_array().unwrap().len(), 2);
+    // One client, one round: the federated model is its update applied to the base.
+    let one = run(
+        &tmp.path().join("one"),
+        &[
+            on,
+            "clients=1",
+            "coordinator.clients_per_round=1",
+            "coordinator.rounds=1",
+        ],
+    )
+    .unwrap();
+    let g = &one["collaboration"]["clients"][0];
+    let (alone, fed) = (
+        g["alone_loss"].as_f64().unwrap(),
+        g["federated_loss"].as_f64().unwrap(),
+    );
+    assert!(
+        (alone - fed).abs() <= 1e-6 * fed,
+        "alone {alone}, federated {fed}"
+    );
+    assert!(alone < g["base_loss"].as_f64().unwrap(), "{g}");
+}
+
+/// Bad settings are refused by name before anything is written.
+#[test]
+fn bad_report_settings_are_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, (set, what)) in [
+        ("report.local_fraction=0", "report.local_fraction"),
+        ("report.local_fraction=0.6", "report.local_fraction"),
+        ("report.local_fraction=nan", "report.local_fraction"),
+        ("report.local_fraction=-0.1", "report.local_fraction"),
+        (
+            "report.collaboration_clients=0",
+            "report.collaboration_clients",
+        ),
+        (
+            "report.collaboration_clients=99999",
+            "report.collaboration_clients",
+        ),
+        ("report.nonsense=1", "nonsense"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let out = tmp.path().join(format!("bad-{i}"));
+        let e = run(&out, &["report.collaboration_gain=true", set]).unwrap_err();
+        assert!(e.contains(what), "{set}: {e}");
+        assert!(!out.exists(), "{set}: something was written");
+    }
+    // Only the lm task has a client's own held-out text.
+    let linear = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/clean-linear.toml");
+    {
+        let out = tmp.path().join("linear");
+        let o = cohort(&[
+            "run",
+            p(&linear),
+            "--set",
+            "report.collaboration_gain=true",
+            "--out",
+            p(&out),
+        ]);
+        assert!(!o.status.success());
+        assert!(
+            text(&o).contains("report.collaboration_gain"),
+            "{}",
+            text(&o)
+        );
+        assert!(!out.exists());
+    }
+    // A slice too small for one window is refused naming the role.
+    let out = tmp.path().join("small");
+    let e = run(
+        &out,
+        &[
+            "report.collaboration_gain=true",
+            "report.local_fraction=0.001",
+        ],
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("report.local_fraction") && e.contains("role"),
+        "{e}"
+    );
+}
