@@ -110,6 +110,42 @@ fn each_client_is_scored_on_its_own_slice_for_the_base_alone_and_federated() {
     assert!(alone < g["base_loss"].as_f64().unwrap(), "{g}");
 }
 
+/// `incentives.score = "share"`: validators score an update as `n` times what its `1/n` share
+/// of the round's mean brings. With one update that is the whole update's score, bit for
+/// bit; with three, other scores; the run's signal-to-noise is reported every round.
+#[test]
+fn validators_can_score_an_updates_share_of_the_mean() {
+    let tmp = tempfile::tempdir().unwrap();
+    let share = "incentives.score=\"share\"";
+    let one = [
+        "clients=1",
+        "coordinator.clients_per_round=1",
+        "coordinator.rounds=1",
+    ];
+    let scores = |v: &Value| v["summary"]["rounds"][0]["scores"].clone();
+    let full1 = run(&tmp.path().join("full1"), &one).unwrap();
+    let mut with = one.to_vec();
+    with.push(share);
+    let share1 = run(&tmp.path().join("share1"), &with).unwrap();
+    assert_eq!(scores(&full1), scores(&share1));
+    let full3 = run(&tmp.path().join("full3"), &[]).unwrap();
+    let share3 = run(
+        &tmp.path().join("share3"),
+        &[share, "report.collaboration_gain=true"],
+    )
+    .unwrap();
+    assert_ne!(scores(&full3), scores(&share3));
+    let signal = share3["collaboration"]["scores"].as_array().unwrap();
+    assert_eq!(signal.len(), 2);
+    for r in signal {
+        for k in ["honest_mean", "validator_spread", "snr"] {
+            assert!(r[k].as_f64().unwrap().is_finite(), "{k}: {r}");
+        }
+    }
+    let e = run(&tmp.path().join("bogus"), &["incentives.score=\"bogus\""]).unwrap_err();
+    assert!(e.contains("score") && e.contains("bogus"), "{e}");
+}
+
 /// Bad settings are refused by name before anything is written.
 #[test]
 fn bad_report_settings_are_refused_by_name() {

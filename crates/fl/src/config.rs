@@ -215,6 +215,31 @@ pub struct IncentiveConfig {
     /// slashed near convergence, where their updates move the model slightly away from the
     /// validators' data.
     pub accept_threshold: f64,
+    /// How validators score an update: `"full"` (the default), the loss reduction of the
+    /// global model plus the whole update; `"share"`, of the global model plus the update's
+    /// share of a mean of the round's `n` updates (a `1/n` of it), times `n`: what it brings
+    /// to the aggregate, at its own scale. Left out of the serialization when `"full"`.
+    #[serde(skip_serializing_if = "ScoreRule::is_full")]
+    pub score: ScoreRule,
+}
+
+/// How validators score an update ([`IncentiveConfig::score`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScoreRule {
+    /// The loss reduction of the global model plus the whole update.
+    #[default]
+    Full,
+    /// `n` times the loss reduction of the global model plus `1/n` of the update, `n` the
+    /// updates scored in the round.
+    Share,
+}
+
+impl ScoreRule {
+    /// Whether this is the default.
+    pub fn is_full(&self) -> bool {
+        *self == ScoreRule::Full
+    }
 }
 
 impl Default for IncentiveConfig {
@@ -225,6 +250,7 @@ impl Default for IncentiveConfig {
             validator_stake: 2_000,
             reward_per_round: 100,
             accept_threshold: -0.05,
+            score: ScoreRule::Full,
         }
     }
 }

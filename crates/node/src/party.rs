@@ -573,6 +573,8 @@ pub struct Validator<'a, L: Learner + ?Sized> {
     secret_salts: bool,
     /// The codec every update blob must have (`[compression] update`): another scores -1.
     codec: UpdateCodec,
+    /// Score an update's share of the round's mean (`incentives.score = "share"`).
+    share: bool,
 }
 
 impl<L: Learner + ?Sized> std::fmt::Debug for Validator<'_, L> {
@@ -606,7 +608,15 @@ impl<'a, L: Learner + ?Sized> Validator<'a, L> {
             committed: None,
             secret_salts: false,
             codec: UpdateCodec::None,
+            share: false,
         }
+    }
+
+    /// Scores by `rule` (`incentives.score`): the whole update, or its share of the round's
+    /// mean, scaled back.
+    pub fn scoring(mut self, rule: cohort_fl::config::ScoreRule) -> Self {
+        self.share = rule == cohort_fl::config::ScoreRule::Share;
+        self
     }
 
     /// Expects update blobs of `codec` (`[compression] update`; `none` by default): a blob of
@@ -694,10 +704,17 @@ impl<'a, L: Learner + ?Sized> Validator<'a, L> {
                         b
                     }
                 };
-                let cand: Vec<f32> = slice.iter().zip(&delta).map(|(a, b)| a + b).collect();
+                // The whole update, or its share of the round's mean (scaled back after).
+                let n = if self.share {
+                    r.updates.len().max(1)
+                } else {
+                    1
+                };
+                let w = 1.0 / n as f32;
+                let cand: Vec<f32> = slice.iter().zip(&delta).map(|(a, b)| a + w * b).collect();
                 let l = self.learner.holdout_loss(v, &cand)?;
                 Ok(if l.is_finite() {
-                    Score::from_f64(base - l)
+                    Score::from_f64((base - l) * n as f64)
                 } else {
                     Score::from_f64(-1.0)
                 })

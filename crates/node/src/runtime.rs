@@ -708,7 +708,8 @@ pub fn party_node_keeping<'a, L: Learner + ?Sized>(
                 .collect();
             let mut x = Validator::new(v, id, learner, cfg.seed, cfg.incentives.validator_stake)
                 .sharded(shards)
-                .expecting(cfg.compression.update);
+                .expecting(cfg.compression.update)
+                .scoring(cfg.incentives.score);
             if secret_salts {
                 x = x.with_secret_salts();
             }

@@ -35,6 +35,8 @@ pub struct Collaboration {
     pub rounds: u64,
     /// The clients measured (all, or `collaboration_clients` of them drawn by the seed).
     pub clients: Vec<ClientGain>,
+    /// Every round's scores: the honest updates' mean against the validators' spread.
+    pub scores: Vec<ScoreSignal>,
     /// Of the honest clients measured, the share whose federated perplexity is below its
     /// alone-trained one's.
     pub federated_beats_alone: f64,
@@ -43,6 +45,60 @@ pub struct Collaboration {
     pub federated_gain_over_base: f64,
     pub federated_gain_over_alone: f64,
     pub seconds: f64,
+}
+
+/// How well a round's scores tell an honest update's worth from the validators' noise.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScoreSignal {
+    pub round: u64,
+    /// The mean consensus score of the honest updates (the signal).
+    pub honest_mean: f64,
+    /// The mean, over the honest updates, of the standard deviation of the validators' scores
+    /// of one update (the noise).
+    pub validator_spread: f64,
+    /// `honest_mean / validator_spread`.
+    pub snr: f64,
+}
+
+/// Every round's [`ScoreSignal`], from its scores (`rounds`' score matrices).
+pub fn score_signal(
+    cfg: &ValidConfig,
+    rounds: &[cohort_node::runtime::RoundSummary],
+) -> Vec<ScoreSignal> {
+    rounds
+        .iter()
+        .map(|r| {
+            let honest: Vec<(usize, u32)> = r
+                .submitted
+                .iter()
+                .copied()
+                .enumerate()
+                .filter(|&(_, k)| !cfg.is_attacker(k))
+                .collect();
+            let n = honest.len().max(1) as f64;
+            let honest_mean = honest
+                .iter()
+                .map(|(_, k)| r.consensus.get(k).copied().unwrap_or(0.0))
+                .sum::<f64>()
+                / n;
+            let validator_spread = honest
+                .iter()
+                .map(|&(i, _)| {
+                    let v: Vec<f64> = r.scores.iter().filter_map(|s| s.get(i).copied()).collect();
+                    let m = v.iter().sum::<f64>() / v.len().max(1) as f64;
+                    (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / v.len().max(1) as f64)
+                        .sqrt()
+                })
+                .sum::<f64>()
+                / n;
+            ScoreSignal {
+                round: r.round,
+                honest_mean,
+                validator_spread,
+                snr: honest_mean / validator_spread.max(f64::MIN_POSITIVE),
+            }
+        })
+        .collect()
 }
 
 /// The clients to measure: every one, or `max` of them drawn by `seed`, in order.
@@ -66,6 +122,7 @@ pub fn measure(
     cfg: &ValidConfig,
     task: &dyn Learner,
     global: &[u8],
+    rounds_run: &[cohort_node::runtime::RoundSummary],
     mut say: impl FnMut(&str),
 ) -> anyhow::Result<Collaboration> {
     let started = Instant::now();
@@ -120,6 +177,7 @@ pub fn measure(
         federated_gain_over_base: mean(&|c| 1.0 - c.federated_perplexity / c.base_perplexity),
         federated_gain_over_alone: mean(&|c| 1.0 - c.federated_perplexity / c.alone_perplexity),
         clients,
+        scores: score_signal(cfg, rounds_run),
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -144,6 +202,13 @@ pub fn lines(c: &Collaboration) -> Vec<String> {
             g.alone_perplexity,
             g.federated_perplexity,
             if g.attacker { "  (attacker)" } else { "" }
+        ));
+    }
+    for r in &c.scores {
+        out.push(format!(
+            "round {}: honest updates' mean score {:+.5}, validators' spread {:.5}, \
+             signal-to-noise {:+.2}",
+            r.round, r.honest_mean, r.validator_spread, r.snr
         ));
     }
     out.push(format!(

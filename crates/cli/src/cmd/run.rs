@@ -1111,9 +1111,8 @@ impl Args {
                     cfg,
                     &*task,
                     &r.global,
-                    |l| {
-                        progress.say(l);
-                    },
+                    &summary.rounds,
+                    |l| progress.say(l),
                 )?)
             }
         };
