@@ -6,41 +6,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::{cohort, p, text};
 use serde_json::Value;
 
-/// The LM task, small.
-const SETS: [&str; 10] = [
-    "clients=3",
-    "validators=2",
-    "coordinator.rounds=2",
-    "coordinator.clients_per_round=3",
-    "task.preset=\"test\"",
-    "task.seq_len=32",
-    "task.pretrain_steps=20",
-    "task.local_steps=4",
-    "task.eval_windows=8",
-    "task.batch=8",
-];
-
-fn config() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/lm-shakespeare.toml")
-}
-
+/// [`common::run_small_lm`].
 fn run(out: &Path, extra: &[&str]) -> Result<Value, String> {
-    let mut args = vec!["run".to_owned(), p(&config()).to_owned()];
-    for s in SETS.iter().chain(extra) {
-        args.extend(["--set".to_owned(), (*s).to_owned()]);
-    }
-    args.extend(["--out".to_owned(), p(out).to_owned(), "--json".to_owned()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = cohort(&args);
-    if !o.status.success() {
-        return Err(text(&o));
-    }
-    Ok(serde_json::from_slice(&o.stdout).unwrap())
+    common::run_small_lm(out, extra)
 }
 
 /// Every client measured, the same figures in summary.json and on stdout, the same again in

@@ -12,37 +12,13 @@ use std::path::{Path, PathBuf};
 use common::{Server, cohort, p, serve, text, tiny_llama};
 use serde_json::Value;
 
-/// The LM task, small: a test-preset GPT pretrained for 20 steps, 2 rounds of 3 clients.
-const SETS: [&str; 10] = [
-    "clients=3",
-    "validators=2",
-    "coordinator.rounds=2",
-    "coordinator.clients_per_round=3",
-    "task.preset=\"test\"",
-    "task.seq_len=32",
-    "task.pretrain_steps=20",
-    "task.local_steps=4",
-    "task.eval_windows=8",
-    "task.batch=8",
-];
-
 fn config() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/lm-shakespeare.toml")
 }
 
-/// `cohort run` of the small LM task into `out` with `extra` settings; its summary.
+/// [`common::run_small_lm`].
 fn run(out: &Path, extra: &[&str]) -> Result<Value, String> {
-    let mut args = vec!["run".to_owned(), p(&config()).to_owned()];
-    for s in SETS.iter().chain(extra) {
-        args.extend(["--set".to_owned(), (*s).to_owned()]);
-    }
-    args.extend(["--out".to_owned(), p(out).to_owned(), "--json".to_owned()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = cohort(&args);
-    if !o.status.success() {
-        return Err(text(&o));
-    }
-    Ok(serde_json::from_slice(&o.stdout).unwrap())
+    common::run_small_lm(out, extra)
 }
 
 /// What a round decided: its test metrics, every validator's scores, the consensus.
@@ -257,7 +233,7 @@ fn client_processes_of_a_federation_train_through_their_stage_servers() {
         }
     }
     std::fs::write(d.join("admit.txt"), admit).unwrap();
-    let sets: Vec<String> = SETS
+    let sets: Vec<String> = common::SMALL_LM
         .iter()
         .chain(&["pipeline.stages=2"])
         .flat_map(|s| ["--set".to_owned(), (*s).to_owned()])

@@ -151,3 +151,35 @@ pub fn tiny_llama(dir: &Path, name: &str) -> std::path::PathBuf {
     .unwrap();
     out
 }
+
+/// The LM task, small: a test-preset GPT pretrained for 20 steps, 2 rounds of 3 clients
+/// (`--set` values over examples/lm-shakespeare.toml).
+pub const SMALL_LM: [&str; 10] = [
+    "clients=3",
+    "validators=2",
+    "coordinator.rounds=2",
+    "coordinator.clients_per_round=3",
+    "task.preset=\"test\"",
+    "task.seq_len=32",
+    "task.pretrain_steps=20",
+    "task.local_steps=4",
+    "task.eval_windows=8",
+    "task.batch=8",
+];
+
+/// `cohort run examples/lm-shakespeare.toml` with [`SMALL_LM`] and `extra` settings into
+/// `out`: its `--json` output, or what it printed when it failed.
+pub fn run_small_lm(out: &Path, extra: &[&str]) -> Result<serde_json::Value, String> {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/lm-shakespeare.toml");
+    let mut args = vec!["run".to_owned(), p(&config).to_owned()];
+    for s in SMALL_LM.iter().chain(extra) {
+        args.extend(["--set".to_owned(), (*s).to_owned()]);
+    }
+    args.extend(["--out".to_owned(), p(out).to_owned(), "--json".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = cohort(&args);
+    if !o.status.success() {
+        return Err(text(&o));
+    }
+    Ok(serde_json::from_slice(&o.stdout).unwrap())
+}
