@@ -395,6 +395,8 @@ impl Args {
             format!("validators={validators}"),
             format!("coordinator.clients_per_round={}", self.fleet_sampled),
             format!("coordinator.rounds={}", self.fleet_rounds),
+            // A networked coordinator does not hold the clients' data to measure it.
+            "report.collaboration_gain=false".to_owned(),
         ]);
         let cfg = crate::cmd::run::load_config(&self.fleet_config, &sets, None)?;
         let config_dir = crate::cmd::run::check_task_inputs(&cfg, &self.fleet_config)?;
