@@ -2097,9 +2097,9 @@ pub struct LocalStages {
 }
 
 impl LocalStages {
-    /// Serves the model in `dir` (GPT or Llama family) in `stages` stage servers of equal shares of its layers (the
-    /// first ones one more), plus one verifier per stage when `verifiers`, each with a key of
-    /// its own (derived from `seed`), on loopback.
+    /// Serves the model in `dir` (GPT or Llama family) in `stages` stage servers of equal
+    /// shares of its layers (the first ones one more), plus one verifier per stage when
+    /// `verifiers`, each with a key of its own (derived from `seed`), on loopback.
     ///
     /// # Errors
     /// `dir` does not load, has fewer layers than `stages`, or a server cannot listen.
