@@ -756,7 +756,7 @@ pub type Dial = (String, Option<cohort_net::tls::ClientTlsConfig>);
 
 /// The servers at `urls` to dial, with the TLS of `ca` (https://) or plain text when
 /// `insecure` (http://); `what` (a flag or a config field) names a bad URL.
-pub fn dials<'a>(
+fn dials<'a>(
     what: &str,
     urls: impl IntoIterator<Item = &'a str>,
     ca: Option<&Path>,
