@@ -772,6 +772,147 @@ fn int8_streams_cut_the_bytes_by_three_quarters_and_verify_exactly() {
     }
 }
 
+/// `cohort model calibrate` writes the model's stream bases; servers and a client holding
+/// them send activations as coefficients in them (`k`): a verifier recomputing every row and
+/// backward finds them all equal, the bytes are fewer than the same steps channel by channel,
+/// and the model trains as through f32 streams. A client without the bases, a server with
+/// other bases, and bases that do not read are refused by name, before any step.
+#[test]
+fn activations_in_stream_bases_verify_exactly_and_need_the_same_bases() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, text_file) = tiny_model(tmp.path());
+    // The same model without bases, and with other bases.
+    let copy = |name: &str| {
+        let d = tmp.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        for e in std::fs::read_dir(&model).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_file() {
+                std::fs::copy(e.path(), d.join(e.file_name())).unwrap();
+            }
+        }
+        d
+    };
+    let bare = copy("bare");
+    let calibrate = |dir: &Path, extra: &[&str]| {
+        let mut a = vec![
+            "model",
+            "calibrate",
+            p(dir),
+            "--data",
+            p(&text_file),
+            "--json",
+        ];
+        a.extend(extra);
+        cohort(&a)
+    };
+    let o = calibrate(&model, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        report["boundaries"].as_array().unwrap().len(),
+        5,
+        "{report}"
+    );
+    let file = model.join("stream_bases.safetensors");
+    let written = std::fs::read(&file).unwrap();
+    // Measured again only with --force; refused, the file is unchanged.
+    let o = calibrate(&model, &[]);
+    assert!(
+        !o.status.success() && text(&o).contains("--force"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), written);
+    for bad in [
+        &["--batches", "0"][..],
+        &["--seq-len", "1"],
+        &["--batch", "x"],
+    ] {
+        let o = calibrate(&bare, bad);
+        assert!(!o.status.success(), "{bad:?}: {}", text(&o));
+    }
+    assert!(!bare.join("stream_bases.safetensors").exists());
+    let other = copy("other");
+    std::fs::remove_file(other.join("stream_bases.safetensors")).unwrap();
+    let o = calibrate(&other, &["--batches", "1", "--batch", "2"]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let (_servers, list) = three_stages(&model);
+    let verifier = serve(&model, "1..3");
+    let run = |dir: &Path, name: &str, list: &str, extra: &[&str]| {
+        let out = tmp.path().join(name);
+        let mut a = lora_args(dir, &text_file, &out, &["--pipeline", list, "--insecure"]);
+        a.extend(extra);
+        (cohort(&a), out)
+    };
+    let (o, _) = run(&model, "f32", &list, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let f32s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let codec = "q63/9sckr";
+    let (o, _) = run(
+        &model,
+        "k",
+        &list,
+        &[
+            "--compress",
+            codec,
+            "--verifiers",
+            &verifier.url,
+            "--verify-rate",
+            "1",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let k: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(k["caught"], serde_json::json!([]), "{k}");
+    assert!(k["verification"]["backwards_checked"].as_u64().unwrap() > 0);
+    let (a, b) = (
+        f32s["stream_bytes"].as_u64().unwrap(),
+        k["stream_bytes"].as_u64().unwrap(),
+    );
+    assert!(b * 8 < a, "{b} bytes against {a}");
+    let (x, y) = (
+        f32s["val_loss"].as_f64().unwrap(),
+        k["val_loss"].as_f64().unwrap(),
+    );
+    assert!(y.is_finite() && (x - y).abs() < 0.02 * x, "{x} against {y}");
+    // The same steps channel by channel cost more bytes.
+    let (o, _) = run(&model, "channels", &list, &["--compress", "q63/9scr"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let channels: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        b < channels["stream_bytes"].as_u64().unwrap(),
+        "{b} bytes in the bases against {channels}"
+    );
+
+    // A client without the bases; servers holding other bases.
+    let (o, out) = run(&bare, "out-bare", &list, &["--compress", codec]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("cohort model calibrate"), "{}", text(&o));
+    assert!(!out.exists());
+    let others = serve(&other, "0..1");
+    let rest = list.split_once(',').unwrap().1;
+    let others_list = format!("{},{rest}", others.url);
+    let (o, out) = run(&model, "out-others", &others_list, &["--compress", codec]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("stream bases"), "{}", text(&o));
+    assert!(!out.exists());
+    // Bases that do not read: the server does not start, naming the file.
+    std::fs::write(other.join("stream_bases.safetensors"), b"garbage").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .args(["serve-layers", p(&other), "--layers", "0..1"])
+        .args(["--listen", "127.0.0.1:0", "--insecure"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("stream_bases.safetensors"),
+        "{}",
+        text(&o)
+    );
+}
+
 /// A verifier must be of the compute kind (build, architecture, instruction sets) of the
 /// servers it checks: recomputation is bit for bit only within one kind, and a verifier of
 /// another would accuse honest servers. A server announcing another kind is refused as the

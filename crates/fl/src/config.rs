@@ -625,15 +625,21 @@ fn check_run(c: &RunConfig) -> Result<(), FlError> {
     }
 }
 
-/// Whether `s` has the form of a custom stage codec, `qF/B` with optional `s` and `c` after
-/// B, F and B odd in [1, 127] (what `cohort_net::stage::custom_compression` takes).
+/// Whether `s` has the form of a custom stage codec, `qF/B` with flags `s`, `c`, `r` and `k`
+/// after B, each at most once, F and B odd in [1, 127] (what
+/// `cohort_net::stage::custom_compression` takes).
 fn custom_stage_codec(s: &str) -> bool {
     let odd = |x: &str| x.parse::<u32>().is_ok_and(|n| n % 2 == 1 && n <= 127);
     let Some((f, b)) = s.strip_prefix('q').and_then(|x| x.split_once('/')) else {
         return false;
     };
-    let digits = b.trim_end_matches(['s', 'c']);
-    odd(f) && odd(digits) && matches!(&b[digits.len()..], "" | "s" | "c" | "sc" | "cs")
+    let digits = b.trim_end_matches(['s', 'c', 'r', 'k']);
+    let flags = &b[digits.len()..];
+    let once = flags
+        .chars()
+        .enumerate()
+        .all(|(i, c)| !flags[i + 1..].contains(c));
+    odd(f) && odd(digits) && once
 }
 
 fn check_pipeline(p: &PipelineConfig, task: &TaskConfig) -> Result<(), FlError> {
@@ -708,7 +714,7 @@ fn check_pipeline(p: &PipelineConfig, task: &TaskConfig) -> Result<(), FlError> 
         return Err(bad(
             "pipeline.compress",
             format!(
-                "{:?}: known are {}, and qF/B[s][c] (odd steps in [1, 127])",
+                "{:?}: known are {}, and qF/B[s][c][r][k] (odd steps in [1, 127])",
                 p.compress,
                 PIPELINE_COMPRESSIONS.join(", ")
             ),
@@ -1140,6 +1146,21 @@ pub fn check_imdb(t: &ImdbTaskConfig) -> Result<(), FlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Custom stage codecs: odd steps in [1, 127], the flags s, c, r and k each at most once
+    /// in any order.
+    #[test]
+    fn custom_stage_codecs_take_each_flag_once() {
+        for ok in ["q15/9sc", "q63/9sckr", "q1/1", "q127/127krcs", "q15/3k"] {
+            assert!(custom_stage_codec(ok), "{ok}");
+        }
+        for bad in [
+            "q15/9ss", "q15/9x", "q16/9", "q15/128", "q15/9kk", "q/9", "15/9", "q15", "q-1/9",
+            "q15/9 k",
+        ] {
+            assert!(!custom_stage_codec(bad), "{bad}");
+        }
+    }
 
     fn base() -> RunConfig {
         RunConfig {

@@ -20,6 +20,7 @@ pub mod admit;
 pub mod ledger;
 pub mod party;
 pub mod probe;
+pub mod rangecode;
 pub mod run;
 pub mod server;
 pub mod stage;

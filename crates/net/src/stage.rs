@@ -50,6 +50,9 @@ pub struct StageInfo {
     /// What its recomputation bit for bit depends on besides the inputs (build, architecture,
     /// instruction sets): verifiers must be of the kind of the servers they check.
     pub compute_kind: String,
+    /// The SHA-256 of the model's stream bases it holds (`None`: none), which codecs with
+    /// stream bases need: a client and its servers must hold the same.
+    pub stream_bases: Option<Digest>,
 }
 
 /// A tensor by name, its values.
@@ -112,10 +115,10 @@ pub const COMPRESSIONS: [(&str, u32); 4] = [
 ];
 
 /// Which way a stream travels: the forward's activations, or the backward's gradients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Way {
-    /// Activations.
-    Forward,
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Way<'a> {
+    /// Activations, at a boundary whose basis (a codec with stream bases needs it) is given.
+    Forward(Option<&'a StreamBasis>),
     /// Gradients; stochastic rounding (where the compression has it) draws from this seed
     /// ([`grad_seed`]).
     Backward(u64),
@@ -129,6 +132,12 @@ struct Codec {
     backward: i8,
     stochastic: bool,
     huffman: bool,
+    /// Range-coded with adaptive per-channel statistics ([`crate::rangecode`]) in place of
+    /// Huffman codes.
+    range: bool,
+    /// Activations travel as their coefficients in the boundary's [`StreamBasis`] (the
+    /// model's `stream_bases.safetensors`), not channel by channel.
+    basis: bool,
     /// Gradients take one scale for the whole call (each row's exponent byte then the same),
     /// not one a row: the rows of small gradients cost few bits.
     call_scale: bool,
@@ -136,24 +145,26 @@ struct Codec {
 
 /// The codec of `compression` (`None` for f32 or an unknown compression).
 fn codec(compression: u32) -> Option<Codec> {
-    let (forward, backward, stochastic, huffman, call_scale) = match compression {
-        COMPRESSION_INT8 => (127, 127, false, false, false),
-        COMPRESSION_INT4 => (7, 7, false, true, false),
-        COMPRESSION_INT5_3 => (15, 3, true, true, false),
+    let (forward, backward, stochastic, huffman, call_scale, range, basis) = match compression {
+        COMPRESSION_INT8 => (127, 127, false, false, false, false, false),
+        COMPRESSION_INT4 => (7, 7, false, true, false, false, false),
+        COMPRESSION_INT5_3 => (15, 3, true, true, false, false, false),
         c if c & 0xff == COMPRESSION_CUSTOM => {
             let forward = ((c >> 8) & 0xff) as u8;
             let backward = ((c >> 16) & 0xff) as u8;
             let flags = c >> 24;
             let steps = |s: u8| s % 2 == 1 && s <= 127;
-            if !steps(forward) || !steps(backward) || flags & !3 != 0 {
+            if !steps(forward) || !steps(backward) || flags & !15 != 0 {
                 return None;
             }
             (
                 forward as i8,
                 backward as i8,
                 flags & 1 != 0,
-                true,
+                flags & 4 == 0,
                 flags & 2 != 0,
+                flags & 4 != 0,
+                flags & 8 != 0,
             )
         }
         _ => return None,
@@ -163,6 +174,8 @@ fn codec(compression: u32) -> Option<Codec> {
         backward,
         stochastic,
         huffman,
+        range,
+        basis,
         call_scale,
     })
 }
@@ -172,9 +185,11 @@ pub const COMPRESSION_CUSTOM: u32 = 4;
 
 /// A compression of activations in `forward` steps each side of zero (a scale a row) and
 /// gradients in `backward` steps, rounded `stochastic`ally or to the nearest, with a scale a
-/// row or, `call_scale`, one for the whole call; entropy-coded. Steps must be odd, in [1,
-/// 127] (an odd count keeps a rounded row's scale: its largest value rounds to more than
-/// half the steps). `int4` is 7 and 7 to the nearest, `int5-3` 15 and 3 stochastic.
+/// row or, `call_scale`, one for the whole call; entropy-coded, with Huffman codes or, `range`,
+/// an adaptive range coder; activations as they are or, `basis`, as coefficients in the
+/// model's stream bases ([`StreamBases`]). Steps must be odd, in [1, 127] (an odd count keeps a
+/// rounded row's scale: its largest value rounds to more than half the steps). `int4` is 7
+/// and 7 to the nearest, `int5-3` 15 and 3 stochastic.
 ///
 /// # Errors
 /// Steps that are even, zero or above 127.
@@ -183,6 +198,8 @@ pub fn custom_compression(
     backward: u32,
     stochastic: bool,
     call_scale: bool,
+    range: bool,
+    basis: bool,
 ) -> Result<u32, String> {
     for (what, s) in [("activations", forward), ("gradients", backward)] {
         if s % 2 == 0 || s > 127 {
@@ -195,18 +212,25 @@ pub fn custom_compression(
         | forward << 8
         | backward << 16
         | u32::from(stochastic) << 24
-        | u32::from(call_scale) << 25)
+        | u32::from(call_scale) << 25
+        | u32::from(range) << 26
+        | u32::from(basis) << 27)
+}
+
+/// Whether `compression` sends activations in the model's stream bases ([`StreamBases`]).
+pub fn uses_stream_bases(compression: u32) -> bool {
+    codec(compression).is_some_and(|c| c.basis)
 }
 
 impl Codec {
     /// Whether `way`'s stream takes one scale for the whole call.
-    fn one_scale(self, way: Way) -> bool {
+    fn one_scale(self, way: Way<'_>) -> bool {
         self.call_scale && matches!(way, Way::Backward(_))
     }
 
-    fn steps(self, way: Way) -> i8 {
+    fn steps(self, way: Way<'_>) -> i8 {
         match way {
-            Way::Forward => self.forward,
+            Way::Forward(_) => self.forward,
             Way::Backward(_) => self.backward,
         }
     }
@@ -290,6 +314,11 @@ fn dequant_rows(bytes: &[u8], width: usize, steps: i8) -> Result<Vec<f32>, Strin
             return Err(format!("a row's scale exponent {e} is out of range"));
         }
         let scale = 2f32.powi(i32::from(e));
+        if !(f32::from(steps) * scale).is_finite() {
+            return Err(format!(
+                "a row's scale 2^{e} overflows f32 at {steps} steps"
+            ));
+        }
         for &q in &row[1..] {
             let q = q as i8;
             if q < -steps || q > steps {
@@ -351,10 +380,26 @@ fn unhuffman(bytes: &[u8], limit: usize) -> Result<Vec<u8>, String> {
 /// keeps it unbiased, from `way`'s seed and the value's place, except each row's largest
 /// magnitude, which rounds to the nearest step: that keeps the row's scale, so that the result
 /// travels again unchanged ([`encode_stream`] is exact on it).
-pub fn round_stream(values: &mut [f32], width: usize, compression: u32, way: Way) {
+///
+/// # Errors
+/// The compression codes activations in stream bases and `way` has none, or one of another
+/// width.
+pub fn round_stream(
+    values: &mut [f32],
+    width: usize,
+    compression: u32,
+    way: Way<'_>,
+) -> Result<(), String> {
     let Some(c) = codec(compression) else {
-        return;
+        return Ok(());
     };
+    if let (Way::Forward(basis), true) = (way, c.basis) {
+        let basis = needs_basis(basis, width)?;
+        let q = quant_coeffs(values, basis, c.forward)?;
+        let back = dequant_coeffs(&q, basis, c.forward)?;
+        values.copy_from_slice(&back);
+        return Ok(());
+    }
     let steps = c.steps(way);
     let seed = match way {
         Way::Backward(seed) if c.stochastic => Some(seed),
@@ -405,17 +450,233 @@ pub fn round_stream(values: &mut [f32], width: usize, compression: u32, way: Way
             *v = f32::from(q) * scale;
         }
     }
+    Ok(())
+}
+
+/// The basis a codec with stream bases codes a boundary's activations in.
+fn needs_basis(basis: Option<&StreamBasis>, width: usize) -> Result<&StreamBasis, String> {
+    let b = basis.ok_or(
+        "this compression sends activations in the model's stream bases, and this boundary \
+         has none (`cohort model calibrate` writes them)",
+    )?;
+    if b.width() != width {
+        return Err(format!(
+            "a stream basis of width {} for a stream of width {width}",
+            b.width()
+        ));
+    }
+    Ok(b)
+}
+
+/// Rows of `values` as their coefficients in `basis`, each row quantised to `steps` steps
+/// each side of zero with a power-of-two scale, as [`quant_rows`] lays them out.
+///
+/// Exact on what it decodes to ([`dequant_coeffs`]): decoded values give their coefficients
+/// back within rounding errors far below half a step, so they round to the same steps, and the
+/// scale is chosen with a margin (2^-12 of it) so that a row's largest coefficient, a whole
+/// number of steps, keeps it.
+fn quant_coeffs(values: &[f32], basis: &StreamBasis, steps: i8) -> Result<Vec<u8>, String> {
+    let w = basis.width();
+    if !values.len().is_multiple_of(w) {
+        return Err(format!(
+            "{} values is not a whole number of rows of {w}",
+            values.len()
+        ));
+    }
+    let s = f32::from(steps);
+    let mut z = vec![0f32; w];
+    let mut out = Vec::with_capacity(values.len() + values.len() / w);
+    for row in values.chunks_exact(w) {
+        basis.coefficients(row, &mut z);
+        let max = z.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let e = exponent(max * (1.0 - 1.0 / 4096.0), steps);
+        let scale = 2f32.powi(i32::from(e));
+        out.push(e as u8);
+        out.extend(
+            z.iter()
+                .map(|v| ((v / scale).round().clamp(-s, s) as i8) as u8),
+        );
+    }
+    Ok(out)
+}
+
+/// The values whose coefficients [`quant_coeffs`] quantised.
+fn dequant_coeffs(bytes: &[u8], basis: &StreamBasis, steps: i8) -> Result<Vec<f32>, String> {
+    let w = basis.width();
+    let mut z = dequant_rows(bytes, w, steps)?;
+    let mut row = vec![0f32; w];
+    for coeffs in z.chunks_exact_mut(w) {
+        basis.values(coeffs, &mut row);
+        if row.iter().any(|v| !v.is_finite()) {
+            return Err("a row's coefficients overflow f32 in the stream basis".into());
+        }
+        coeffs.copy_from_slice(&row);
+    }
+    Ok(z)
+}
+
+/// An orthonormal basis of a stream boundary's activations, and their mean: a codec with
+/// stream bases sends each row `x` as `V (x - mean)`, whose first coefficients hold most of
+/// its energy (a transformer's residual stream lies mostly in a few directions), so that the
+/// same steps cost far fewer bits than channel by channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamBasis {
+    mean: Vec<f32>,
+    /// `width × width`, row-major: row `i` is the `i`-th basis vector.
+    vectors: Vec<f32>,
+}
+
+/// Largest difference allowed between `VᵀV p` and `p` for a probe `p` of unit entries.
+const ORTHONORMAL_TOLERANCE: f32 = 1e-3;
+
+impl StreamBasis {
+    /// The basis of rows `vectors` (`width × width`, row-major) around `mean`.
+    ///
+    /// # Errors
+    /// Shapes that disagree, a value that is not finite, or vectors that are not orthonormal
+    /// (probed: `VᵀV p = p` for four pseudo-random probes `p`), which would not decode to what
+    /// was coded.
+    pub fn new(mean: Vec<f32>, vectors: Vec<f32>) -> Result<Self, String> {
+        let w = mean.len();
+        if w == 0 || vectors.len() != w.saturating_mul(w) {
+            return Err(format!(
+                "a basis of {} values for a mean of {w}: expected {w} x {w}",
+                vectors.len()
+            ));
+        }
+        if mean.iter().chain(&vectors).any(|v| !v.is_finite()) {
+            return Err("a value that is not finite".into());
+        }
+        let b = Self { mean, vectors };
+        let mut draws = cohort_core::SplitMix64::new(0x5eed_ba5e);
+        let (mut z, mut back) = (vec![0f32; w], vec![0f32; w]);
+        for _ in 0..4 {
+            let p: Vec<f32> = (0..w)
+                .map(|_| if draws.next_u64() & 1 == 0 { 1.0 } else { -1.0 })
+                .collect();
+            matvec(&b.vectors, &p, &mut z);
+            back.fill(0.0);
+            for (zi, v) in z.iter().zip(b.vectors.chunks_exact(w)) {
+                axpy(*zi, v, &mut back);
+            }
+            let off = back
+                .iter()
+                .zip(&p)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            if off > ORTHONORMAL_TOLERANCE || off.is_nan() {
+                return Err(format!(
+                    "its vectors are not orthonormal (VᵀV p differs from p by {off})"
+                ));
+            }
+        }
+        Ok(b)
+    }
+
+    /// The stream's width.
+    pub fn width(&self) -> usize {
+        self.mean.len()
+    }
+
+    /// The coefficients of `row` (`width`) into `out`.
+    fn coefficients(&self, row: &[f32], out: &mut [f32]) {
+        let d: Vec<f32> = row.iter().zip(&self.mean).map(|(x, m)| x - m).collect();
+        matvec(&self.vectors, &d, out);
+    }
+
+    /// The row of coefficients `z` into `out`.
+    fn values(&self, z: &[f32], out: &mut [f32]) {
+        out.copy_from_slice(&self.mean);
+        let w = self.width();
+        for (zi, v) in z.iter().zip(self.vectors.chunks_exact(w)) {
+            if *zi != 0.0 {
+                axpy(*zi, v, out);
+            }
+        }
+    }
+}
+
+/// `out[i] = m[i] · x` for the rows of `m` (row-major, rows of `x.len()`): eight running sums
+/// a row, added in a fixed order, so that the result is the same bits wherever this build
+/// runs on this kind of CPU.
+fn matvec(m: &[f32], x: &[f32], out: &mut [f32]) {
+    for (o, row) in out.iter_mut().zip(m.chunks_exact(x.len())) {
+        let mut acc = [0f32; 8];
+        let (rc, rr) = (row.chunks_exact(8), row.len() / 8 * 8);
+        for (r, c) in rc.zip(x.chunks_exact(8)) {
+            for k in 0..8 {
+                acc[k] += r[k] * c[k];
+            }
+        }
+        let mut sum =
+            ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+        for (a, b) in row[rr..].iter().zip(&x[rr..]) {
+            sum += a * b;
+        }
+        *o = sum;
+    }
+}
+
+/// `out += a · v`.
+fn axpy(a: f32, v: &[f32], out: &mut [f32]) {
+    for (o, x) in out.iter_mut().zip(v) {
+        *o += a * x;
+    }
+}
+
+/// The stream bases of a model's boundaries (`stream_bases.safetensors`, written by `cohort
+/// model calibrate`): boundary `b` is the stream entering layer `b` (the model's layer count:
+/// the stream entering the head). Servers and clients must hold the same ([`Self::sha256`],
+/// compared at [`StageClient::info`]).
+#[derive(Debug, Clone)]
+pub struct StreamBases {
+    sha256: Digest,
+    boundaries: std::collections::BTreeMap<usize, StreamBasis>,
+}
+
+impl StreamBases {
+    /// Bases by boundary, whose file's SHA-256 is `sha256`.
+    pub fn new(sha256: Digest, boundaries: std::collections::BTreeMap<usize, StreamBasis>) -> Self {
+        Self { sha256, boundaries }
+    }
+
+    /// The SHA-256 of the file they were read from.
+    pub fn sha256(&self) -> Digest {
+        self.sha256
+    }
+
+    /// The basis of the stream entering layer `boundary`.
+    pub fn get(&self, boundary: usize) -> Option<&StreamBasis> {
+        self.boundaries.get(&boundary)
+    }
 }
 
 /// A stream's bytes on the wire, sent `way` under `compression` (rows of `width`).
-pub fn encode_stream(values: &[f32], width: usize, compression: u32, way: Way) -> Vec<u8> {
-    match codec(compression) {
+///
+/// # Errors
+/// As [`round_stream`].
+pub fn encode_stream(
+    values: &[f32],
+    width: usize,
+    compression: u32,
+    way: Way<'_>,
+) -> Result<Vec<u8>, String> {
+    Ok(match codec(compression) {
         Some(c) => {
-            let q = quant_rows(values, width, c.steps(way), c.one_scale(way));
-            if c.huffman { huffman(&q) } else { q }
+            let steps = c.steps(way);
+            let q = match (way, c.basis) {
+                (Way::Forward(b), true) => quant_coeffs(values, needs_basis(b, width)?, steps)?,
+                _ => quant_rows(values, width, steps, c.one_scale(way)),
+            };
+            if c.range {
+                crate::rangecode::encode(&q, width, steps as u8)
+            } else if c.huffman {
+                huffman(&q)
+            } else {
+                q
+            }
         }
         None => bytes(values),
-    }
+    })
 }
 
 /// The values of a stream's bytes, sent `way` under `compression` (rows of `width`).
@@ -426,7 +687,7 @@ pub fn decode_stream_values(
     b: &[u8],
     width: usize,
     compression: u32,
-    way: Way,
+    way: Way<'_>,
 ) -> Result<Vec<f32>, String> {
     match (compression, codec(compression)) {
         (COMPRESSION_NONE, _) => {
@@ -439,11 +700,23 @@ pub fn decode_stream_values(
         }
         // A verifier's answer carries no stream: no bytes, no rows.
         (_, Some(_)) if b.is_empty() => Ok(Vec::new()),
-        (_, Some(c)) if c.huffman => {
-            let limit = MAX_STAGE_VALUES.saturating_mul(width + 1) / width.max(1);
-            dequant_rows(&unhuffman(b, limit)?, width, c.steps(way))
+        (_, Some(c)) => {
+            let steps = c.steps(way);
+            let q = if c.range {
+                crate::rangecode::decode(b, width, steps as u8, MAX_STAGE_VALUES)?
+            } else if c.huffman {
+                let limit = MAX_STAGE_VALUES.saturating_mul(width + 1) / width.max(1);
+                unhuffman(b, limit)?
+            } else {
+                b.to_vec()
+            };
+            match (way, c.basis) {
+                (Way::Forward(basis), true) => {
+                    dequant_coeffs(&q, needs_basis(basis, width)?, steps)
+                }
+                _ => dequant_rows(&q, width, steps),
+            }
         }
-        (_, Some(c)) => dequant_rows(b, width, c.steps(way)),
         (c, None) => Err(format!(
             "compression {c}: this build knows {}",
             COMPRESSIONS
@@ -463,7 +736,7 @@ fn decode_stream(
     b: &[u8],
     width: usize,
     compression: u32,
-    way: Way,
+    way: Way<'_>,
     what: &str,
 ) -> Result<Vec<f32>, Status> {
     decode_stream_values(b, width, compression, way)
@@ -488,8 +761,8 @@ pub struct Forwarded {
 
 /// The digest of what a forward call asks of a server holding `info`'s layers: the model,
 /// the layers, the session and step, the batch shape, the stream in, the adapter (names and
-/// values in the order sent), its configuration, the dropout key and the rows (for a
-/// verifier's call).
+/// values in the order sent), its configuration, the dropout key, the rows (for a
+/// verifier's call), the compression and, for a codec with stream bases, the bases' hash.
 pub fn call_digest(info: &StageInfo, call: &ForwardCall) -> Digest {
     let mut h = Sha256::new();
     h.update(b"cohort-stage-call-v1");
@@ -535,6 +808,10 @@ pub fn call_digest(info: &StageInfo, call: &ForwardCall) -> Digest {
     }
     h.update([u8::from(call.inference)]);
     h.update(call.compression.to_be_bytes());
+    // The bases a codec with stream bases codes in (other codecs' digests are as before).
+    if uses_stream_bases(call.compression) {
+        h.update(info.stream_bases.unwrap_or_default());
+    }
     h.finalize().into()
 }
 
@@ -641,6 +918,10 @@ pub trait StageCompute: Send + Sync + 'static {
                 .into(),
         )
     }
+    /// The model's stream bases it holds (those [`StageInfo::stream_bases`] names).
+    fn stream_bases(&self) -> Option<Arc<StreamBases>> {
+        None
+    }
 }
 
 /// A verifier's attestation of a fraud claim, as recorded on its ledger
@@ -711,6 +992,7 @@ impl Stage for Service {
             public_key: i.public_key.map(|k| k.to_vec()).unwrap_or_default(),
             svd_rank: i.svd_rank as u32,
             compute_kind: i.compute_kind,
+            stream_bases_sha256: i.stream_bases.map(|d| d.to_vec()).unwrap_or_default(),
         }))
     }
 
@@ -719,13 +1001,31 @@ impl Stage for Service {
         r: Request<pb::ForwardRequest>,
     ) -> Result<Response<pb::ForwardReply>, Status> {
         let r = r.into_inner();
-        let width = self.0.info().width;
+        let info = self.0.info();
+        let width = info.width;
+        let bases = match uses_stream_bases(r.compression) {
+            true => Some(self.0.stream_bases().ok_or_else(|| {
+                Status::failed_precondition(
+                    "this compression sends activations in the model's stream bases, and this \
+                     server holds none (`cohort model calibrate` writes them)",
+                )
+            })?),
+            false => None,
+        };
+        let basis_in = bases.as_ref().and_then(|b| b.get(info.layers.start));
+        let basis_out = bases.as_ref().and_then(|b| b.get(info.layers.end));
         let call = ForwardCall {
             session: r.session,
             step: r.step,
             batch: r.batch as usize,
             tokens: r.tokens as usize,
-            stream: decode_stream(&r.stream, width, r.compression, Way::Forward, "the stream")?,
+            stream: decode_stream(
+                &r.stream,
+                width,
+                r.compression,
+                Way::Forward(basis_in),
+                "the stream",
+            )?,
             adapter: tensors(r.adapter, "adapter tensor")?,
             dropout_key: r.dropout_key,
             adapter_config: r.adapter_config,
@@ -747,7 +1047,8 @@ impl Stage for Service {
             .map_err(|e| Status::internal(format!("the forward pass failed: {e}")))?
             .map_err(Status::invalid_argument)?;
         let mut out = out;
-        round_stream(&mut out, width, compression, Way::Forward);
+        round_stream(&mut out, width, compression, Way::Forward(basis_out))
+            .map_err(|e| Status::failed_precondition(format!("its output: {e}")))?;
         let hashes = row_hashes(&out, rows);
         let signature = match (&self.1, digest) {
             (Some(id), Some(d)) => id.sign(&commitment_message(&d, &hashes)).to_vec(),
@@ -757,7 +1058,8 @@ impl Stage for Service {
             stream: if checking {
                 Vec::new()
             } else {
-                encode_stream(&out, width, compression, Way::Forward)
+                encode_stream(&out, width, compression, Way::Forward(basis_out))
+                    .map_err(|e| Status::failed_precondition(format!("its output: {e}")))?
             },
             row_sha256: hashes.into_iter().map(|h| h.to_vec()).collect(),
             signature,
@@ -791,7 +1093,7 @@ impl Stage for Service {
                 false => 0,
             };
             let way = Way::Backward(seed);
-            round_stream(&mut dx, width, compression, way);
+            round_stream(&mut dx, width, compression, way)?;
             let signature = signer.map(|id| {
                 id.sign(&backward_digest(r.session, r.step, &grad, &dx, &grads))
                     .to_vec()
@@ -802,7 +1104,8 @@ impl Stage for Service {
         .map_err(|e| Status::internal(format!("the backward pass failed: {e}")))?
         .map_err(Status::failed_precondition)?;
         Ok(Response::new(pb::BackwardReply {
-            grad: encode_stream(&dx, width, compression, Way::Backward(0)),
+            grad: encode_stream(&dx, width, compression, Way::Backward(0))
+                .map_err(Status::failed_precondition)?,
             grads: pb_tensors(grads),
             signature,
         }))
@@ -894,6 +1197,8 @@ pub struct StageClient {
     info: Option<StageInfo>,
     /// How backward calls' gradients travel.
     compression: u32,
+    /// The model's stream bases, for codecs that send activations in them.
+    bases: Option<Arc<StreamBases>>,
     /// Whether backward answers carry the gradient of the stream in
     /// ([`StageClient::set_input_gradient`]).
     input_gradient: bool,
@@ -970,6 +1275,7 @@ impl StageClient {
             deadline,
             info: None,
             compression: COMPRESSION_NONE,
+            bases: None,
             input_gradient: true,
         })
     }
@@ -1066,6 +1372,15 @@ impl StageClient {
             public_key,
             svd_rank: r.svd_rank as usize,
             compute_kind: r.compute_kind,
+            stream_bases: match r.stream_bases_sha256.len() {
+                0 => None,
+                _ => Some(r.stream_bases_sha256.as_slice().try_into().map_err(|_| {
+                    StageError::Refused {
+                        url: url.clone(),
+                        reason: "its stream bases' hash is not 32 bytes".into(),
+                    }
+                })?),
+            },
         };
         self.info = Some(info.clone());
         Ok(info)
@@ -1085,12 +1400,47 @@ impl StageClient {
             None => self.info()?,
         };
         let width = held.width;
+        let refused = |reason: String| StageError::Refused {
+            url: self.url.clone(),
+            reason,
+        };
+        let bases = match uses_stream_bases(call.compression) {
+            false => None,
+            true => {
+                let own = self.bases.as_ref().ok_or_else(|| {
+                    refused(
+                        "this compression sends activations in the model's stream bases, and \
+                         this client holds none (`cohort model calibrate` writes them)"
+                            .into(),
+                    )
+                })?;
+                if held.stream_bases != Some(own.sha256()) {
+                    return Err(refused(format!(
+                        "it holds {} stream bases, this client {}: both must hold the model's \
+                         same stream_bases.safetensors",
+                        held.stream_bases
+                            .map_or_else(|| "no".to_owned(), |d| hex::encode(&d[..8])),
+                        hex::encode(&own.sha256()[..8])
+                    )));
+                }
+                Some(Arc::clone(own))
+            }
+        };
+        let basis_in = bases.as_ref().and_then(|b| b.get(held.layers.start));
+        let basis_out = bases.as_ref().and_then(|b| b.get(held.layers.end));
+        let stream = encode_stream(
+            &call.stream,
+            width,
+            call.compression,
+            Way::Forward(basis_in),
+        )
+        .map_err(refused)?;
         let req = pb::ForwardRequest {
             session: call.session,
             step: call.step,
             batch: call.batch as u32,
             tokens: call.tokens as u32,
-            stream: encode_stream(&call.stream, width, call.compression, Way::Forward),
+            stream,
             adapter: pb_tensors(call.adapter.clone()),
             dropout_key: call.dropout_key,
             adapter_config: call.adapter_config.clone(),
@@ -1109,7 +1459,7 @@ impl StageClient {
             &r.stream,
             width,
             call.compression,
-            Way::Forward,
+            Way::Forward(basis_out),
             "the stream",
         )
         .map_err(|s| bad(s.message().into()))?;
@@ -1210,6 +1560,12 @@ impl StageClient {
         self.compression = compression;
     }
 
+    /// The model's stream bases, which codecs with stream bases code activations in (the
+    /// server must hold the same: checked at each forward).
+    pub fn set_stream_bases(&mut self, bases: Option<Arc<StreamBases>>) {
+        self.bases = bases;
+    }
+
     /// Whether backward answers carry the gradient of the stream the forward was given (by
     /// default they do). The first stage's is needed only to train the embeddings: a client
     /// whose embeddings are frozen (a LoRA adapter's) asks it not to send it, and its
@@ -1254,10 +1610,17 @@ impl StageClient {
             None => self.info()?,
         };
         let (key, width) = (held.public_key, held.width);
+        let grad_bytes =
+            encode_stream(grad, width, self.compression, Way::Backward(0)).map_err(|reason| {
+                StageError::Refused {
+                    url: self.url.clone(),
+                    reason,
+                }
+            })?;
         let req = pb::BackwardRequest {
             session,
             step,
-            grad: encode_stream(grad, width, self.compression, Way::Backward(0)),
+            grad: grad_bytes,
             compression: self.compression,
             no_input_grad: !self.input_gradient,
         };
@@ -1321,8 +1684,8 @@ mod tests {
     fn quantised_streams_round_once_and_travel_unchanged() {
         let width = 16;
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        let ways = [Way::Forward, Way::Backward(7)];
-        let custom = |f, b, s, c| custom_compression(f, b, s, c).unwrap();
+        let ways = [Way::Forward(None), Way::Backward(7)];
+        let custom = |f, b, s, c| custom_compression(f, b, s, c, false, false).unwrap();
         for compression in [
             COMPRESSION_INT8,
             COMPRESSION_INT4,
@@ -1330,6 +1693,9 @@ mod tests {
             custom(15, 15, true, true),
             custom(1, 1, false, false),
             custom(127, 5, true, false),
+            custom_compression(15, 9, true, true, true, false).unwrap(),
+            custom_compression(1, 1, false, false, true, false).unwrap(),
+            custom_compression(127, 127, false, false, true, false).unwrap(),
         ] {
             for way in ways {
                 let c = codec(compression).unwrap();
@@ -1340,7 +1706,7 @@ mod tests {
                 v[40] = 1e-30;
                 v[3] = -1e-9;
                 let mut rounded = v.clone();
-                round_stream(&mut rounded, width, compression, way);
+                round_stream(&mut rounded, width, compression, way).unwrap();
                 // Within a step (half a step when rounding to the nearest).
                 let all = v.iter().fold(0f32, |m, x| m.max(x.abs()));
                 for (row, got) in v.chunks(width).zip(rounded.chunks(width)) {
@@ -1355,13 +1721,13 @@ mod tests {
                         );
                     }
                 }
-                let bytes = encode_stream(&rounded, width, compression, way);
+                let bytes = encode_stream(&rounded, width, compression, way).unwrap();
                 if compression == COMPRESSION_INT8 {
                     assert_eq!(bytes.len(), 64 * (width + 1));
                 } else if c.forward < 127 {
                     // Fewer than int8's bytes, and gradients of int5-3 a fifth of f32.
                     assert!(bytes.len() < 64 * (width + 1), "{} bytes", bytes.len());
-                    if way != Way::Forward || compression == COMPRESSION_INT4 {
+                    if way != Way::Forward(None) || compression == COMPRESSION_INT4 {
                         assert!(bytes.len() * 5 < v.len() * 4, "{} bytes", bytes.len());
                     }
                 }
@@ -1370,34 +1736,37 @@ mod tests {
                 // Rounding again changes nothing, whatever the seed.
                 let mut again = back.clone();
                 let other = match way {
-                    Way::Forward => Way::Forward,
+                    Way::Forward(_) => Way::Forward(None),
                     Way::Backward(_) => Way::Backward(99),
                 };
-                round_stream(&mut again, width, compression, other);
+                round_stream(&mut again, width, compression, other).unwrap();
                 assert_eq!(bits(&again), bits(&back));
-                assert_eq!(encode_stream(&back, width, compression, way), bytes);
+                assert_eq!(
+                    encode_stream(&back, width, compression, way).unwrap(),
+                    bytes
+                );
                 assert!(decode_stream_values(&bytes[1..], width, compression, way).is_err());
                 assert!(decode_stream_values(&bytes, 0, compression, way).is_err());
                 assert!(decode_stream_values(&bytes, width + 1, compression, way).is_err());
             }
         }
         // A row's exponent out of range; a value beyond its steps.
-        let mut bad = encode_stream(&[1.0; 16], 16, COMPRESSION_INT8, Way::Forward);
+        let mut bad = encode_stream(&[1.0; 16], 16, COMPRESSION_INT8, Way::Forward(None)).unwrap();
         bad[0] = (-127i8) as u8;
-        assert!(decode_stream_values(&bad, 16, COMPRESSION_INT8, Way::Forward).is_err());
+        assert!(decode_stream_values(&bad, 16, COMPRESSION_INT8, Way::Forward(None)).is_err());
         let four = quant_rows(&[1.0; 16], 16, 127, false);
         assert!(
-            decode_stream_values(&huffman(&four), 16, COMPRESSION_INT4, Way::Forward)
+            decode_stream_values(&huffman(&four), 16, COMPRESSION_INT4, Way::Forward(None))
                 .unwrap_err()
                 .contains("beyond the 7")
         );
-        let e = decode_stream_values(&[1, 2, 3], 16, 9, Way::Forward).unwrap_err();
+        let e = decode_stream_values(&[1, 2, 3], 16, 9, Way::Forward(None)).unwrap_err();
         assert!(e.contains("3 (int5-3)"), "{e}");
         // Custom compressions: odd steps in [1, 127]; a code with even steps or unknown flags
         // is no compression.
-        assert!(custom_compression(16, 3, false, false).is_err());
-        assert!(custom_compression(15, 0, false, false).is_err());
-        assert!(custom_compression(129, 3, false, false).is_err());
+        assert!(custom_compression(16, 3, false, false, false, false).is_err());
+        assert!(custom_compression(15, 0, false, false, false, false).is_err());
+        assert!(custom_compression(129, 3, false, false, false, false).is_err());
         assert!(codec(COMPRESSION_CUSTOM | 16 << 8 | 3 << 16).is_none());
         assert!(codec(custom(15, 3, true, false) | 1 << 30).is_none());
         let same = codec(custom(15, 3, true, false)).unwrap();
@@ -1419,7 +1788,7 @@ mod tests {
         let n = 20_000;
         for seed in 0..n {
             let mut v = row;
-            round_stream(&mut v, 8, COMPRESSION_INT5_3, Way::Backward(seed));
+            round_stream(&mut v, 8, COMPRESSION_INT5_3, Way::Backward(seed)).unwrap();
             assert_eq!(v[0], 4.0, "the row's largest rounds to the nearest step");
             for (s, x) in sum.iter_mut().zip(v) {
                 *s += f64::from(x);
@@ -1430,12 +1799,12 @@ mod tests {
             assert!((mean - f64::from(x)).abs() < 0.03, "{mean} against {x}");
         }
         let (mut a, mut b) = (row, row);
-        round_stream(&mut a, 8, COMPRESSION_INT5_3, Way::Backward(5));
-        round_stream(&mut b, 8, COMPRESSION_INT5_3, Way::Backward(5));
+        round_stream(&mut a, 8, COMPRESSION_INT5_3, Way::Backward(5)).unwrap();
+        round_stream(&mut b, 8, COMPRESSION_INT5_3, Way::Backward(5)).unwrap();
         assert_eq!(a, b);
         // Activations round to the nearest step (of 0.5: 15 steps each side hold 4).
         let mut f = row;
-        round_stream(&mut f, 8, COMPRESSION_INT5_3, Way::Forward);
+        round_stream(&mut f, 8, COMPRESSION_INT5_3, Way::Forward(None)).unwrap();
         assert_eq!(f[2], -0.5);
         assert_eq!(f[6], 3.0);
         assert_ne!(grad_seed(1, 2, &row), grad_seed(1, 3, &row));
@@ -1446,7 +1815,7 @@ mod tests {
     /// it is held whole.
     #[test]
     fn an_int4_stream_that_expands_beyond_huffman_codes_is_refused() {
-        let f = Way::Forward;
+        let f = Way::Forward(None);
         let zeros = vec![0u8; 17 * 100_000];
         let bomb = miniz_oxide::deflate::compress_to_vec(&zeros, 6);
         assert!(bomb.len() * 8 < zeros.len());
@@ -1461,9 +1830,162 @@ mod tests {
         );
         // The most compressible stream there is, all zeros, is within the bound.
         let zeros = vec![0f32; 16 * 10_000];
-        let z = encode_stream(&zeros, 16, COMPRESSION_INT4, f);
+        let z = encode_stream(&zeros, 16, COMPRESSION_INT4, f).unwrap();
         assert_eq!(
             decode_stream_values(&z, 16, COMPRESSION_INT4, f).unwrap(),
+            zeros
+        );
+    }
+
+    /// An orthonormal basis of `w` (Gram-Schmidt on seeded normal vectors, in f64).
+    fn random_basis(w: usize, seed: u64) -> Vec<f32> {
+        let mut r = cohort_core::SplitMix64::new(seed);
+        let mut rows: Vec<Vec<f64>> = Vec::new();
+        while rows.len() < w {
+            let mut v: Vec<f64> = r.normal_vec(w, 1.0).into_iter().map(f64::from).collect();
+            for u in &rows {
+                let d: f64 = v.iter().zip(u).map(|(a, b)| a * b).sum();
+                v.iter_mut().zip(u).for_each(|(a, b)| *a -= d * b);
+            }
+            let n = v.iter().map(|a| a * a).sum::<f64>().sqrt();
+            rows.push(v.into_iter().map(|a| a / n).collect());
+        }
+        rows.into_iter().flatten().map(|a| a as f32).collect()
+    }
+
+    /// Activations in stream bases: exact on what they decode to (a stream rounded once
+    /// travels again unchanged, through the range coder and through Huffman codes), within
+    /// half a step of each coefficient, far fewer bytes than channel by channel on rows that
+    /// lie mostly in a few directions; a missing basis, one of another width, and a basis
+    /// that is not orthonormal refused by name.
+    #[test]
+    fn activations_in_stream_bases_round_once_and_cost_fewer_bytes() {
+        let w = 32;
+        let v_basis = random_basis(w, 11);
+        let mut r = cohort_core::SplitMix64::new(4);
+        let mean: Vec<f32> = r.normal_vec(w, 0.5);
+        let basis = StreamBasis::new(mean.clone(), v_basis.clone()).unwrap();
+        // Rows in 4 directions of the basis, plus a little noise, plus the mean.
+        let rows = 256;
+        let mut v = vec![0f32; rows * w];
+        for row in v.chunks_mut(w) {
+            let c: Vec<f32> = r.normal_vec(4, 5.0);
+            for (k, ck) in c.iter().enumerate() {
+                for (x, b) in row.iter_mut().zip(&v_basis[k * w..(k + 1) * w]) {
+                    *x += ck * b;
+                }
+            }
+            let noise: Vec<f32> = r.normal_vec(w, 0.01);
+            for ((x, n), m) in row.iter_mut().zip(noise).zip(&mean) {
+                *x += n + m;
+            }
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let plain = custom_compression(15, 9, true, true, true, false).unwrap();
+        let plain_bytes = encode_stream(&v, w, plain, Way::Forward(None)).unwrap();
+        for range in [true, false] {
+            let c = custom_compression(15, 9, true, true, range, true).unwrap();
+            assert!(uses_stream_bases(c) && !uses_stream_bases(plain));
+            let way = Way::Forward(Some(&basis));
+            let mut rounded = v.clone();
+            round_stream(&mut rounded, w, c, way).unwrap();
+            let err = v
+                .iter()
+                .zip(&rounded)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(err < 1.0, "{err}");
+            let bytes = encode_stream(&rounded, w, c, way).unwrap();
+            assert_eq!(encode_stream(&v, w, c, way).unwrap(), bytes);
+            let back = decode_stream_values(&bytes, w, c, way).unwrap();
+            assert_eq!(bits(&back), bits(&rounded), "not what was rounded");
+            let mut again = back.clone();
+            round_stream(&mut again, w, c, way).unwrap();
+            assert_eq!(bits(&again), bits(&back));
+            assert_eq!(encode_stream(&back, w, c, way).unwrap(), bytes);
+            if range {
+                assert!(
+                    bytes.len() * 2 < plain_bytes.len(),
+                    "{} bytes in the basis, {} channel by channel",
+                    bytes.len(),
+                    plain_bytes.len()
+                );
+            }
+            // Gradients travel as they did.
+            let mut g = v.clone();
+            let mut g2 = v.clone();
+            round_stream(&mut g, w, c, Way::Backward(3)).unwrap();
+            round_stream(&mut g2, w, plain, Way::Backward(3)).unwrap();
+            assert_eq!(bits(&g), bits(&g2));
+            // No basis; one of another width.
+            for bad in [
+                None,
+                Some(&StreamBasis::new(vec![0.0; 8], random_basis(8, 1)).unwrap()),
+            ] {
+                let e = encode_stream(&v, w, c, Way::Forward(bad)).unwrap_err();
+                assert!(e.contains("stream bases") || e.contains("width 8"), "{e}");
+                assert!(decode_stream_values(&bytes, w, c, Way::Forward(bad)).is_err());
+                assert!(round_stream(&mut v.clone(), w, c, Way::Forward(bad)).is_err());
+            }
+        }
+        // Not orthonormal, not finite, not square.
+        let mut skew = v_basis.clone();
+        skew[5] += 0.1;
+        let e = StreamBasis::new(mean.clone(), skew).unwrap_err();
+        assert!(e.contains("orthonormal"), "{e}");
+        let mut nan = v_basis.clone();
+        nan[0] = f32::NAN;
+        assert!(StreamBasis::new(mean.clone(), nan).is_err());
+        assert!(StreamBasis::new(mean.clone(), v_basis[1..].to_vec()).is_err());
+        assert!(StreamBasis::new(Vec::new(), Vec::new()).is_err());
+    }
+
+    /// Range-coded streams: garbage decodes to values in range or an error, never a panic
+    /// and never more than the bound; a stream cut short is refused; a row count its bytes
+    /// cannot hold is refused before anything is allocated.
+    #[test]
+    fn range_coded_garbage_is_refused_or_in_range() {
+        let w = 16;
+        let basis = StreamBasis::new(vec![0.0; w], random_basis(w, 2)).unwrap();
+        let mut r = cohort_core::SplitMix64::new(9);
+        let v: Vec<f32> = r.normal_vec(w * 100, 1.0);
+        for c in [
+            custom_compression(15, 9, true, true, true, false).unwrap(),
+            custom_compression(15, 9, true, true, true, true).unwrap(),
+            custom_compression(127, 1, false, false, true, false).unwrap(),
+        ] {
+            for way in [Way::Forward(Some(&basis)), Way::Backward(1)] {
+                let bytes = encode_stream(&v, w, c, way).unwrap();
+                // Cut short: the missing bytes read as zeros until the coder notices (a value
+                // beyond the steps may show first).
+                let e = decode_stream_values(&bytes[..bytes.len() / 2], w, c, way).unwrap_err();
+                assert!(e.contains("ends before") || e.contains("beyond"), "{e}");
+                for seed in 0..300u64 {
+                    let mut g = bytes.clone();
+                    let mut d = cohort_core::SplitMix64::new(seed);
+                    for _ in 0..1 + seed % 8 {
+                        let at = (d.next_u64() % g.len() as u64) as usize;
+                        g[at] ^= 1 << (d.next_u64() % 8);
+                    }
+                    if let Ok(back) = decode_stream_values(&g, w, c, way) {
+                        assert!(back.iter().all(|x| x.is_finite()));
+                        assert!(back.len() <= MAX_STAGE_VALUES);
+                    }
+                    let random: Vec<u8> = (0..seed as usize).map(|_| d.next_u64() as u8).collect();
+                    let _ = decode_stream_values(&random, w, c, way);
+                }
+            }
+            // Four bytes claiming 2^32 - 1 rows, and a short body claiming more than it holds.
+            let e =
+                decode_stream_values(&[255, 255, 255, 255, 0, 0, 0, 0, 0], w, c, Way::Backward(0))
+                    .unwrap_err();
+            assert!(e.contains("claims"), "{e}");
+        }
+        // All zeros, the most compressible stream, is within the bound of values a byte.
+        let zeros = vec![0u8; 100_000 * (w + 1)];
+        let coded = crate::rangecode::encode(&zeros, w, 9);
+        assert!(coded.len() * crate::rangecode::MAX_VALUES_PER_BYTE >= 100_000 * w);
+        assert_eq!(
+            crate::rangecode::decode(&coded, w, 9, usize::MAX).unwrap(),
             zeros
         );
     }

@@ -57,7 +57,8 @@ pub struct Args {
     #[arg(long, default_value_t = 8, value_parser = int_in(1..=4096usize))]
     rank: usize,
     /// How the pipeline's streams and gradients travel: `none` (f32), `int8`, `int4`,
-    /// `int5-3` or `qF/B[s][c]` (docs/pipeline.md).
+    /// `int5-3` or `qF/B[s][c][r][k]` (docs/pipeline.md; `k` needs the model's stream bases,
+    /// `cohort model calibrate`).
     #[arg(long, default_value = "none", value_parser = crate::cmd::model::stage_compression)]
     compress: String,
     /// Seed of the adapter's initialisation and of the batches drawn (both modes use it).
@@ -456,7 +457,7 @@ impl Args {
                 .config
                 .clone();
             let mut p = Pipeline::connect(&dials, &dir, layers, Some(&lora))?
-                .with_compression(crate::cmd::model::compression(&self.compress)?);
+                .with_compression(crate::cmd::model::compression(&self.compress)?, &dir)?;
             let mode = time("pipeline", &mut || {
                 let mut source = |x: &candle_core::Tensor,
                                   y: &candle_core::Tensor,

@@ -87,9 +87,12 @@ pub struct Args {
     stage_timeout: u64,
     /// How streams and gradients travel between this process and the stage servers: `none`
     /// (f32), `int8` (a power-of-two scale a row, a quarter of the bytes), `int4` (4 bits a
-    /// value, entropy-coded: about a tenth) or `int5-3` (activations in 5 bits, gradients in 3
-    /// rounded stochastically, entropy-coded: about a tenth). All are approximations, so
-    /// results differ from one process's (docs/pipeline.md measures by how much).
+    /// value, entropy-coded: about a tenth), `int5-3` (activations in 5 bits, gradients in 3
+    /// rounded stochastically, entropy-coded: about a tenth) or `qF/B[s][c][r][k]` (F and B
+    /// steps; `k`: activations in the model's stream bases, which `cohort model calibrate`
+    /// writes and every server must hold too; `q63/15sckr` sends about a twelfth). All are
+    /// approximations, so results differ from one process's (docs/pipeline.md measures by how
+    /// much).
     #[arg(long, default_value = "none", value_parser = super::stage_compression, requires = "pipeline")]
     compress: String,
     /// An embedded ledger on which every stage server, spare and verifier must be a declared
@@ -352,7 +355,7 @@ impl Args {
                         )?
                         .with_evidence(self.evidence.clone()),
                 }
-                .with_compression(super::pipeline::compression(&self.compress)?);
+                .with_compression(super::pipeline::compression(&self.compress)?, &self.dir)?;
                 if let Some(l) = &self.ledger {
                     p.check_on_ledger(l, super::pipeline::model_sha256(&self.dir)?)?;
                 }

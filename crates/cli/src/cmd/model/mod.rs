@@ -3,6 +3,7 @@
 mod eval;
 pub(crate) use pipeline::model_sha256;
 pub use pipeline::{Pipeline, ServeArgs, Verify, build_task, compression};
+mod calibrate;
 mod generate;
 mod lora;
 mod pipeline;
@@ -29,6 +30,9 @@ pub enum ModelCmd {
     Lora(lora::Args),
     /// Factor linear layers by truncated SVD; report parameters, FLOPs and perplexity per rank.
     Svd(svd::Args),
+    /// Measure the streams between layers and write their bases (stream_bases.safetensors),
+    /// which `--compress qF/Bk` sends activations in.
+    Calibrate(calibrate::Args),
 }
 
 impl ModelCmd {
@@ -39,6 +43,7 @@ impl ModelCmd {
             Self::Generate(a) => a.execute(),
             Self::Lora(a) => a.execute(),
             Self::Svd(a) => a.execute(),
+            Self::Calibrate(a) => a.execute(),
         }
     }
 }

@@ -42,6 +42,80 @@ pub fn model_sha256(dir: &Path) -> anyhow::Result<[u8; 32]> {
     Ok(h.finalize().into())
 }
 
+/// The file in a model directory that holds its stream bases (`cohort model calibrate`).
+pub const STREAM_BASES_FILE: &str = "stream_bases.safetensors";
+
+/// The stream bases in `dir` (`None` when it has none), only those of the boundaries `only`
+/// when given: the basis of the stream entering layer `b` is the tensors `boundary.{b}.mean`
+/// (`[width]`) and `boundary.{b}.basis` (`[width, width]`, rows orthonormal).
+///
+/// # Errors
+/// The file does not read, or holds bases that are not (shapes, values, orthonormality), or
+/// lacks a boundary asked for.
+pub fn load_stream_bases(
+    dir: &Path,
+    only: Option<&[usize]>,
+) -> anyhow::Result<Option<Arc<cohort_net::stage::StreamBases>>> {
+    let path = dir.join(STREAM_BASES_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    parse_stream_bases(&bytes, &path, only).map(|b| Some(Arc::new(b)))
+}
+
+/// The stream bases in `bytes`, the contents of `path`: see [`load_stream_bases`].
+///
+/// # Errors
+/// As [`load_stream_bases`].
+pub fn parse_stream_bases(
+    bytes: &[u8],
+    path: &Path,
+    only: Option<&[usize]>,
+) -> anyhow::Result<cohort_net::stage::StreamBases> {
+    let sha: [u8; 32] = Sha256::digest(bytes).into();
+    let bad = |what: String| anyhow::anyhow!("{}: {what}", path.display());
+    let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
+        .map_err(|e| bad(format!("not a safetensors file ({e})")))?;
+    let mut boundaries = std::collections::BTreeMap::new();
+    for name in tensors.keys() {
+        let Some(b) = name
+            .strip_prefix("boundary.")
+            .and_then(|r| r.strip_suffix(".mean"))
+        else {
+            continue;
+        };
+        let b: usize = b
+            .parse()
+            .map_err(|_| bad(format!("tensor {name}: not boundary.<layer>.mean")))?;
+        if only.is_some_and(|o| !o.contains(&b)) {
+            continue;
+        }
+        let read = |n: &str| -> anyhow::Result<Vec<f32>> {
+            let t = tensors
+                .get(n)
+                .ok_or_else(|| bad(format!("no tensor {n}")))?;
+            Ok(t.to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1()?)
+        };
+        let basis =
+            cohort_net::stage::StreamBasis::new(read(name)?, read(&format!("boundary.{b}.basis"))?)
+                .map_err(|e| bad(format!("boundary {b}: {e}")))?;
+        boundaries.insert(b, basis);
+    }
+    for b in only.unwrap_or(&[]) {
+        if !boundaries.contains_key(b) {
+            return Err(bad(format!(
+                "no basis for the stream entering layer {b} (`cohort model calibrate` writes \
+                 every boundary)"
+            )));
+        }
+    }
+    Ok(cohort_net::stage::StreamBases::new(sha, boundaries))
+}
+
 /// `A..B` as a range of layers of a model of `total`.
 fn parse_layers(s: &str, total: usize) -> anyhow::Result<std::ops::Range<usize>> {
     let bad = || {
@@ -103,6 +177,8 @@ struct LayerStage {
     pending: Mutex<VecDeque<((u64, u64), Pending)>>,
     /// Where and as whom it attests fraud claims (`--attest-ledger`), one at a time.
     attester: Option<Mutex<Attester>>,
+    /// The model's stream bases of its two boundaries, when the model has them.
+    bases: Option<Arc<cohort_net::stage::StreamBases>>,
 }
 
 /// A verifier's attesting side: its ledger and its key.
@@ -189,6 +265,7 @@ impl LayerStage {
     fn new(model: Box<dyn LanguageModel>, info: StageInfo, misbehave: Option<Misbehave>) -> Self {
         Self {
             attester: None,
+            bases: None,
             model: Mutex::new(model),
             misbehave,
             stale: Mutex::new(None),
@@ -458,6 +535,10 @@ impl StageCompute for LayerStage {
         Ok((dx, named))
     }
 
+    fn stream_bases(&self) -> Option<Arc<cohort_net::stage::StreamBases>> {
+        self.bases.clone()
+    }
+
     fn attest(&self, claim: &[u8]) -> Result<cohort_net::stage::Attested, String> {
         let Some(a) = &self.attester else {
             return Err(
@@ -669,8 +750,10 @@ impl ServeArgs {
                 r.layers.iter().map(|l| l.energy).fold(0.0, f64::max),
             );
         }
+        let bases = load_stream_bases(&self.dir, Some(&[layers.start, layers.end]))?;
         let info = StageInfo {
             model_sha256: model_sha256(&self.dir)?,
+            stream_bases: bases.as_ref().map(|b| b.sha256()),
             layers: layers.clone(),
             width: model.hidden_size(),
             total_layers: total,
@@ -729,6 +812,7 @@ impl ServeArgs {
             }
         }
         let mut stage = LayerStage::new(model, info, self.misbehave);
+        stage.bases = bases;
         if let Some(a) = attester {
             eprintln!(
                 "serve-layers: attests the fraud claims clients send it on {}",
@@ -893,6 +977,8 @@ pub struct Pipeline {
     inference_calls: u64,
     /// How streams and gradients travel (`cohort_net::stage::COMPRESSION_*`).
     compression: u32,
+    /// The model's stream bases, for codecs that send activations in them.
+    bases: Option<Arc<cohort_net::stage::StreamBases>>,
     /// Bytes of streams and gradients sent and received by training steps.
     stream_bytes: u64,
     /// Model tokens each server (by URL, with its key) processed in training steps it
@@ -948,8 +1034,9 @@ fn forward_checked(
 }
 
 /// The stage protocol's code of a compression named on the command line: `none`, `int8`,
-/// `int4`, `int5-3`, or `qF/B` with optional suffixes `s` (gradients rounded stochastically)
-/// and `c` (one scale for a call's gradients): activations in F steps each side of zero,
+/// `int4`, `int5-3`, or `qF/B` with optional suffixes `s` (gradients rounded stochastically),
+/// `c` (one scale for a call's gradients), `r` (a range coder in place of Huffman codes) and
+/// `k` (activations in the model's stream bases): activations in F steps each side of zero,
 /// gradients in B, both odd in [1, 127], entropy-coded (`q7/7` is `int4`, `q15/3s` is
 /// `int5-3`).
 ///
@@ -968,23 +1055,30 @@ pub fn compression(name: &str) -> anyhow::Result<u32> {
             .map(|(n, _)| *n)
             .collect();
         format!(
-            "compression {name:?}: known are {}, and qF/B[s][c] (F and B odd steps in [1, 127], \
-             s: stochastic gradients, c: one scale a call)",
+            "compression {name:?}: known are {}, and qF/B[s][c][r][k] (F and B odd steps in [1, \
+             127], s: stochastic gradients, c: one scale a call, r: a range coder, k: activations \
+             in the model's stream bases)",
             names.join(", ")
         )
     };
     let spec = name.strip_prefix('q').with_context(known)?;
     let (f, b) = spec.split_once('/').with_context(known)?;
-    let digits = b.trim_end_matches(['s', 'c']);
+    let digits = b.trim_end_matches(['s', 'c', 'r', 'k']);
     let flags = &b[digits.len()..];
-    if !matches!(flags, "" | "s" | "c" | "sc" | "cs") {
+    // Each flag at most once, in any order.
+    if flags
+        .chars()
+        .enumerate()
+        .any(|(i, c)| flags[i + 1..].contains(c))
+    {
         bail!(known());
     }
     let (f, b): (u32, u32) = match (f.parse(), digits.parse()) {
         (Ok(f), Ok(b)) => (f, b),
         _ => bail!(known()),
     };
-    cohort_net::stage::custom_compression(f, b, flags.contains('s'), flags.contains('c'))
+    let has = |c| flags.contains(c);
+    cohort_net::stage::custom_compression(f, b, has('s'), has('c'), has('r'), has('k'))
         .map_err(|e| anyhow::anyhow!("compression {name:?}: {e}"))
 }
 
@@ -1648,6 +1742,7 @@ impl Pipeline {
             caught: Vec::new(),
             inference_calls: 0,
             compression: cohort_net::stage::COMPRESSION_NONE,
+            bases: None,
             stream_bytes: 0,
             served: Vec::new(),
         })
@@ -1711,24 +1806,41 @@ impl Pipeline {
 
     /// Streams and gradients travel quantised (`compression`: `COMPRESSION_INT8`, a quarter
     /// of the bytes; `COMPRESSION_INT4`, about a tenth): an approximation, so results differ
-    /// from one process's.
-    pub fn with_compression(mut self, compression: u32) -> Self {
+    /// from one process's. A codec that sends activations in the model's stream bases reads
+    /// them from `dir` (`cohort model calibrate` writes them).
+    ///
+    /// # Errors
+    /// Such a codec, and `dir` has no stream bases or bad ones.
+    pub fn with_compression(mut self, compression: u32, dir: &Path) -> anyhow::Result<Self> {
         self.compression = compression;
+        if cohort_net::stage::uses_stream_bases(compression) {
+            let bases = load_stream_bases(dir, None)?.with_context(|| {
+                format!(
+                    "this compression sends activations in the model's stream bases, and {} has \
+                     no {STREAM_BASES_FILE}: `cohort model calibrate {} --data FILE` writes it \
+                     (and every stage server needs the same file)",
+                    dir.display(),
+                    dir.display()
+                )
+            })?;
+            self.bases = Some(bases);
+        }
+        let bases = self.bases.clone();
+        let set = |c: &mut StageClient| {
+            c.set_compression(compression);
+            c.set_stream_bases(bases.clone());
+        };
         for (_, s) in &mut self.stages {
-            s.active.set_compression(compression);
-            for c in &mut s.spares {
-                c.set_compression(compression);
-            }
+            set(&mut s.active);
+            s.spares.iter_mut().for_each(set);
         }
         if let Some(v) = &mut self.verify {
             for (_, s) in &mut v.verifiers {
-                s.active.set_compression(compression);
-                for c in &mut s.spares {
-                    c.set_compression(compression);
-                }
+                set(&mut s.active);
+                s.spares.iter_mut().for_each(set);
             }
         }
-        self
+        Ok(self)
     }
 
     /// Whether the first stage's backward answers carry the gradient of the stream it was
@@ -1771,8 +1883,19 @@ impl Pipeline {
     }
 
     /// Rounds `v` (rows of `width`) as it will travel `way`.
-    fn round(&self, v: &mut [f32], width: usize, way: cohort_net::stage::Way) {
-        cohort_net::stage::round_stream(v, width, self.compression, way);
+    fn round(
+        &self,
+        v: &mut [f32],
+        width: usize,
+        way: cohort_net::stage::Way<'_>,
+    ) -> anyhow::Result<()> {
+        cohort_net::stage::round_stream(v, width, self.compression, way)
+            .map_err(|e| anyhow::anyhow!("the stream to the first stage: {e}"))
+    }
+
+    /// How the embeddings' output travels to the first stage.
+    fn first_way(&self) -> cohort_net::stage::Way<'_> {
+        cohort_net::stage::Way::Forward(self.bases.as_ref().and_then(|b| b.get(0)))
     }
 
     /// What the verifiers did with the claims sent them to attest (empty without
@@ -1915,7 +2038,7 @@ impl Pipeline {
         self.inference_calls += 1;
         let step = self.inference_calls;
         let mut h = stages::embed(m, ids, b, t)?;
-        self.round(&mut h, m.hidden_size(), cohort_net::stage::Way::Forward);
+        self.round(&mut h, m.hidden_size(), self.first_way())?;
         let adapted = m.weights().lora.is_some() && self.adapter_config.is_some();
         for (layers, c) in &mut self.stages {
             let adapter: Named = match adapted {
@@ -1981,7 +2104,7 @@ impl Pipeline {
         let embeddings = m.params().trainable().any(|p| is_embedding(&p.name));
         self.set_input_gradient(embeddings);
         let mut h = stages::embed(m, &ids, b, t)?;
-        self.round(&mut h, m.hidden_size(), cohort_net::stage::Way::Forward);
+        self.round(&mut h, m.hidden_size(), self.first_way())?;
         let mut kept = Vec::with_capacity(self.stages.len());
         for (layers, c) in &mut self.stages {
             let adapter: Named = m
@@ -2034,7 +2157,7 @@ impl Pipeline {
             &mut dx,
             m.hidden_size(),
             cohort_net::stage::Way::Backward(seed),
-        );
+        )?;
         let mut parts: Vec<stages::NamedGrads> = Vec::new();
         for (i, ((layers, c), call)) in self.stages.iter_mut().zip(&kept).enumerate().rev() {
             // What its forward gave: the next stage's input, or the head's.
@@ -2123,8 +2246,10 @@ impl LocalStages {
             let model = cohort_model::load_mapped_any(dir, &Device::Cpu)
                 .with_context(|| format!("mapping model {}", dir.display()))?;
             let signer = cohort_core::Identity::from_seed(seed, name);
+            let bases = load_stream_bases(dir, Some(&[layers.start, layers.end]))?;
             let info = StageInfo {
                 model_sha256: sha,
+                stream_bases: bases.as_ref().map(|b| b.sha256()),
                 layers: layers.clone(),
                 width: model.hidden_size(),
                 total_layers: total,
@@ -2132,7 +2257,8 @@ impl LocalStages {
                 svd_rank: 0,
                 compute_kind: cohort_model::kernels::compute_kind(),
             };
-            let stage = LayerStage::new(model, info, None);
+            let mut stage = LayerStage::new(model, info, None);
+            stage.bases = bases;
             let listener = std::net::TcpListener::bind("127.0.0.1:0")
                 .context("a loopback port for a stage server")?;
             let addr = serve_stage(&rt, Arc::new(stage), Some(signer), listener, None)?;
@@ -2212,7 +2338,7 @@ pub fn stage_gradients(
     if !verifiers.is_empty() {
         pipeline = pipeline.with_verifiers(&verifiers, dir, p.verify_rate)?;
     }
-    let mut pipeline = pipeline.with_compression(compression(&p.compress)?);
+    let mut pipeline = pipeline.with_compression(compression(&p.compress)?, dir)?;
     Ok(Box::new(
         move |model: &dyn LanguageModel, x: &Tensor, y: &Tensor, key: Option<u64>| {
             // The servers started here live as long as the clients train through them.
@@ -2254,4 +2380,50 @@ pub fn build_task(
     Ok(cohort_tasks::build_with(
         cfg, config_dir, cache_dir, own, stages,
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Compression names: the named ones, and qF/B with the flags s, c, r and k each at most
+    /// once, in any order; anything else refused with what is known.
+    #[test]
+    fn compression_names_take_each_flag_once() {
+        use cohort_net::stage::uses_stream_bases;
+        for name in [
+            "none",
+            "int8",
+            "int4",
+            "int5-3",
+            "q15/9sc",
+            "q63/9sckr",
+            "q1/1rk",
+        ] {
+            assert!(compression(name).is_ok(), "{name}");
+        }
+        assert!(uses_stream_bases(compression("q63/9kr").unwrap()));
+        assert!(!uses_stream_bases(compression("q63/9sc").unwrap()));
+        assert_eq!(
+            compression("q63/9kr").unwrap(),
+            compression("q63/9rk").unwrap()
+        );
+        for name in [
+            "",
+            "q",
+            "q15/9scs",
+            "q15/9kk",
+            "q16/9",
+            "q15/0",
+            "q15/129",
+            "q15/9x",
+            "int9",
+            "q15/-9",
+            "q15/9 ",
+            "q99999999999/9",
+        ] {
+            let e = compression(name).unwrap_err().to_string();
+            assert!(e.contains("known are") || e.contains("odd"), "{name}: {e}");
+        }
+    }
 }
