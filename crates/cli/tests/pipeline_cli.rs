@@ -911,6 +911,19 @@ fn activations_in_stream_bases_verify_exactly_and_need_the_same_bases() {
         "{}",
         text(&o)
     );
+    // A benchmark preset's random model has no bases: refused before it is written.
+    let o = cohort(&[
+        "bench",
+        "pipeline",
+        "--preset",
+        "tiny",
+        "--steps",
+        "1",
+        "--compress",
+        codec,
+    ]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("--model DIR"), "{}", text(&o));
 }
 
 /// A verifier must be of the compute kind (build, architecture, instruction sets) of the

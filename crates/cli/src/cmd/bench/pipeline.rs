@@ -309,7 +309,16 @@ impl Shape {
 
 impl Args {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
-        // Before any work: the data reads and tokenises, the model loads.
+        // Before any work: the codec, the data reads and tokenises, the model loads.
+        let codec = crate::cmd::model::compression(&self.compress)?;
+        if cohort_net::stage::uses_stream_bases(codec) && self.model.is_none() {
+            bail!(
+                "--compress {}: sends activations in the model's stream bases, and a preset is \
+                 written here with random weights and none: pass --model DIR, a model that \
+                 `cohort model calibrate DIR --data FILE` gave its bases",
+                self.compress
+            );
+        }
         let tmp = tempfile::tempdir().context("a temporary directory for the model")?;
         let (dir, cfg, text_tokens) = match &self.model {
             Some(d) => {
@@ -457,7 +466,7 @@ impl Args {
                 .config
                 .clone();
             let mut p = Pipeline::connect(&dials, &dir, layers, Some(&lora))?
-                .with_compression(crate::cmd::model::compression(&self.compress)?, &dir)?;
+                .with_compression(codec, &dir)?;
             let mode = time("pipeline", &mut || {
                 let mut source = |x: &candle_core::Tensor,
                                   y: &candle_core::Tensor,
