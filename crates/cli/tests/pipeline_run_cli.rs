@@ -68,7 +68,8 @@ fn in_process_stage_servers_give_the_run_without_them() {
 }
 
 /// Clients training through three in-process stage servers holding a Llama-family base
-/// (`task.base`, Qwen2's shape) give the run without them, round for round (uncompressed).
+/// (`task.base`, Qwen2's shape) give the run without them, round for round (uncompressed);
+/// with int8 streams, or activations in the base's stream bases, within a percent.
 #[test]
 fn stage_servers_of_a_llama_family_base_give_the_run_without_them() {
     let tmp = tempfile::tempdir().unwrap();
@@ -97,6 +98,35 @@ fn stage_servers_of_a_llama_family_base_give_the_run_without_them() {
     assert_ne!(decided(&alone), decided(&int8));
     let loss = |s: &Value, r: usize| s["summary"]["rounds"][r]["test"]["loss"].as_f64().unwrap();
     assert!((loss(&int8, 1) - loss(&alone, 1)).abs() < 0.01 * loss(&alone, 1));
+    // Activations in the base's stream bases (`cohort model calibrate`), which the servers
+    // started here load: the run differs, within a percent.
+    let corpus = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/data/tinyshakespeare/input.txt"
+    );
+    let o = cohort(&[
+        "model",
+        "calibrate",
+        p(&model),
+        "--data",
+        corpus,
+        "--batches",
+        "2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let k = run(
+        &tmp.path().join("k"),
+        &[
+            &base,
+            targets,
+            "pipeline.stages=3",
+            "pipeline.compress=\"q63/15sckr\"",
+        ],
+    )
+    .unwrap();
+    assert_ne!(decided(&alone), decided(&k));
+    assert!((loss(&k, 1) - loss(&alone, 1)).abs() < 0.01 * loss(&alone, 1));
 }
 
 /// Clients of a run on a base model of its own (`task.base`) train through `cohort
