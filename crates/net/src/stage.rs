@@ -667,16 +667,46 @@ pub fn encode_stream(
                 (Way::Forward(b), true) => quant_coeffs(values, needs_basis(b, width)?, steps)?,
                 _ => quant_rows(values, width, steps, c.one_scale(way)),
             };
-            if c.range {
-                crate::rangecode::encode(&q, width, steps as u8)
-            } else if c.huffman {
-                huffman(&q)
-            } else {
-                q
-            }
+            entropy_code(c, q, width, steps)
         }
         None => bytes(values),
     })
+}
+
+/// Quantised rows `q` as `c` sends them.
+fn entropy_code(c: Codec, q: Vec<u8>, width: usize, steps: i8) -> Vec<u8> {
+    if c.range {
+        crate::rangecode::encode(&q, width, steps as u8)
+    } else if c.huffman {
+        huffman(&q)
+    } else {
+        q
+    }
+}
+
+/// [`round_stream`] then [`encode_stream`] of what it rounded, the same bytes, with the
+/// coefficients of a codec with stream bases computed once instead of twice.
+///
+/// # Errors
+/// As [`round_stream`].
+pub fn round_and_encode(
+    values: &mut [f32],
+    width: usize,
+    compression: u32,
+    way: Way<'_>,
+) -> Result<Vec<u8>, String> {
+    match (codec(compression), way) {
+        (Some(c), Way::Forward(b)) if c.basis => {
+            let basis = needs_basis(b, width)?;
+            let q = quant_coeffs(values, basis, c.forward)?;
+            values.copy_from_slice(&dequant_coeffs(&q, basis, c.forward)?);
+            Ok(entropy_code(c, q, width, c.forward))
+        }
+        _ => {
+            round_stream(values, width, compression, way)?;
+            encode_stream(values, width, compression, way)
+        }
+    }
 }
 
 /// The values of a stream's bytes, sent `way` under `compression` (rows of `width`).
@@ -1047,20 +1077,22 @@ impl Stage for Service {
             .map_err(|e| Status::internal(format!("the forward pass failed: {e}")))?
             .map_err(Status::invalid_argument)?;
         let mut out = out;
-        round_stream(&mut out, width, compression, Way::Forward(basis_out))
-            .map_err(|e| Status::failed_precondition(format!("its output: {e}")))?;
+        let way = Way::Forward(basis_out);
+        let its = |e| Status::failed_precondition(format!("its output: {e}"));
+        let stream = match checking {
+            true => {
+                round_stream(&mut out, width, compression, way).map_err(its)?;
+                Vec::new()
+            }
+            false => round_and_encode(&mut out, width, compression, way).map_err(its)?,
+        };
         let hashes = row_hashes(&out, rows);
         let signature = match (&self.1, digest) {
             (Some(id), Some(d)) => id.sign(&commitment_message(&d, &hashes)).to_vec(),
             _ => Vec::new(),
         };
         Ok(Response::new(pb::ForwardReply {
-            stream: if checking {
-                Vec::new()
-            } else {
-                encode_stream(&out, width, compression, Way::Forward(basis_out))
-                    .map_err(|e| Status::failed_precondition(format!("its output: {e}")))?
-            },
+            stream,
             row_sha256: hashes.into_iter().map(|h| h.to_vec()).collect(),
             signature,
         }))
@@ -1896,6 +1928,9 @@ mod tests {
             assert!(err < 1.0, "{err}");
             let bytes = encode_stream(&rounded, w, c, way).unwrap();
             assert_eq!(encode_stream(&v, w, c, way).unwrap(), bytes);
+            let mut fused = v.clone();
+            assert_eq!(round_and_encode(&mut fused, w, c, way).unwrap(), bytes);
+            assert_eq!(bits(&fused), bits(&rounded));
             let back = decode_stream_values(&bytes, w, c, way).unwrap();
             assert_eq!(bits(&back), bits(&rounded), "not what was rounded");
             let mut again = back.clone();
