@@ -474,7 +474,9 @@ fn needs_basis(basis: Option<&StreamBasis>, width: usize) -> Result<&StreamBasis
 /// Exact on what it decodes to ([`dequant_coeffs`]): decoded values give their coefficients
 /// back within rounding errors far below half a step, so they round to the same steps, and the
 /// scale is chosen with a margin (2^-12 of it) so that a row's largest coefficient, a whole
-/// number of steps, keeps it.
+/// number of steps, keeps it. A step is never below 2^-14 of the mean's largest magnitude
+/// ([`StreamBasis::least_exponent`]): subtracting the mean costs rounding errors of that
+/// order, which must stay under half a step for a row that barely differs from the mean.
 fn quant_coeffs(values: &[f32], basis: &StreamBasis, steps: i8) -> Result<Vec<u8>, String> {
     let w = basis.width();
     if !values.len().is_multiple_of(w) {
@@ -489,7 +491,16 @@ fn quant_coeffs(values: &[f32], basis: &StreamBasis, steps: i8) -> Result<Vec<u8
     for row in values.chunks_exact(w) {
         basis.coefficients(row, &mut z);
         let max = z.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let e = exponent(max * (1.0 - 1.0 / 4096.0), steps);
+        // A row of zeros takes the least step too (0 without one), as it decodes to the mean
+        // and comes back as zeros.
+        let natural = match max > 0.0 {
+            true => exponent(max * (1.0 - 1.0 / 4096.0), steps),
+            false => i8::MIN,
+        };
+        let e = match natural.max(basis.least_exponent) {
+            i8::MIN => 0,
+            e => e,
+        };
         let scale = 2f32.powi(i32::from(e));
         out.push(e as u8);
         out.extend(
@@ -524,6 +535,9 @@ pub struct StreamBasis {
     mean: Vec<f32>,
     /// `width × width`, row-major: row `i` is the `i`-th basis vector.
     vectors: Vec<f32>,
+    /// The exponent of the smallest step a row's coefficients take: that of 2^-14 of the
+    /// mean's largest magnitude (`i8::MIN`, none, for a zero mean).
+    least_exponent: i8,
 }
 
 /// Largest difference allowed between `VᵀV p` and `p` for a probe `p` of unit entries.
@@ -547,7 +561,19 @@ impl StreamBasis {
         if mean.iter().chain(&vectors).any(|v| !v.is_finite()) {
             return Err("a value that is not finite".into());
         }
-        let b = Self { mean, vectors };
+        let top = mean.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let least_exponent = match top > 0.0 {
+            true => (f64::from(top) / 16384.0)
+                .log2()
+                .ceil()
+                .clamp(-126.0, 127.0) as i8,
+            false => i8::MIN,
+        };
+        let b = Self {
+            mean,
+            vectors,
+            least_exponent,
+        };
         let mut draws = cohort_core::SplitMix64::new(0x5eed_ba5e);
         let (mut z, mut back) = (vec![0f32; w], vec![0f32; w]);
         for _ in 0..4 {
@@ -1961,6 +1987,26 @@ mod tests {
                 assert!(decode_stream_values(&bytes, w, c, Way::Forward(bad)).is_err());
                 assert!(round_stream(&mut v.clone(), w, c, Way::Forward(bad)).is_err());
             }
+        }
+        // Rows that barely differ from a large mean still travel again unchanged.
+        let far: Vec<f32> = mean.iter().map(|m| m * 1000.0 + 300.0).collect();
+        let far_basis = StreamBasis::new(far.clone(), v_basis.clone()).unwrap();
+        let c = custom_compression(63, 15, true, true, true, true).unwrap();
+        let way = Way::Forward(Some(&far_basis));
+        for eps in [0.0f64, 1e-9, 1e-6, 1e-4, 1e-2, 1.0] {
+            let mut rows: Vec<f32> = (0..8)
+                .flat_map(|r| {
+                    let noise = cohort_core::SplitMix64::new(r).normal_vec(w, eps);
+                    far.iter()
+                        .zip(noise)
+                        .map(|(m, n)| m + n)
+                        .collect::<Vec<f32>>()
+                })
+                .collect();
+            let bytes = round_and_encode(&mut rows, w, c, way).unwrap();
+            let back = decode_stream_values(&bytes, w, c, way).unwrap();
+            assert_eq!(bits(&back), bits(&rows), "{eps}");
+            assert_eq!(encode_stream(&back, w, c, way).unwrap(), bytes, "{eps}");
         }
         // Not orthonormal, not finite, not square.
         let mut skew = v_basis.clone();
