@@ -20,6 +20,9 @@ const HALF: u16 = (ONE / 2) as u16;
 /// allocates.
 pub const MAX_VALUES_PER_BYTE: usize = 760;
 
+/// The widest rows coded: the models hold a few hundred bytes a channel.
+pub const MAX_WIDTH: usize = 1 << 16;
+
 struct Encoder {
     low: u64,
     range: u32,
@@ -236,6 +239,14 @@ pub fn decode(bytes: &[u8], width: usize, steps: u8, max_values: usize) -> Resul
         ));
     };
     let rows = u32::from_be_bytes(*count) as usize;
+    if width > MAX_WIDTH {
+        return Err(format!(
+            "rows of {width} values: a range-coded stream's rows hold at most {MAX_WIDTH}"
+        ));
+    }
+    if rows == 0 {
+        return Ok(Vec::new());
+    }
     let values = rows.saturating_mul(width);
     let room = body.len().saturating_mul(MAX_VALUES_PER_BYTE);
     if values > max_values || values > room {

@@ -93,6 +93,9 @@ pub struct ForwardCall {
 /// A SHA-256 digest.
 pub type Digest = [u8; 32];
 
+/// The widest stream a server may announce: codecs keep per-channel state of this size.
+pub const MAX_STAGE_WIDTH: usize = crate::rangecode::MAX_WIDTH;
+
 /// Streams as little-endian f32 ([`ForwardCall::compression`]).
 pub const COMPRESSION_NONE: u32 = 0;
 /// Streams and gradients as int8 rows (127 steps each side of zero, a power-of-two scale a
@@ -1413,6 +1416,15 @@ impl StageClient {
                 }
             })?),
         };
+        if !(1..=MAX_STAGE_WIDTH).contains(&(r.width as usize)) {
+            return Err(StageError::Refused {
+                url: url.clone(),
+                reason: format!(
+                    "its stream width {} is not in [1, {MAX_STAGE_WIDTH}]",
+                    r.width
+                ),
+            });
+        }
         if r.compute_kind.len() > MAX_COMPUTE_KIND {
             return Err(StageError::Refused {
                 url: url.clone(),
@@ -2061,6 +2073,10 @@ mod tests {
                     .unwrap_err();
             assert!(e.contains("claims"), "{e}");
         }
+        // Rows wider than any model's: refused before the models are allocated.
+        let e = crate::rangecode::decode(&[0, 0, 0, 1, 0, 0, 0, 0, 0], 1 << 30, 9, usize::MAX)
+            .unwrap_err();
+        assert!(e.contains("at most"), "{e}");
         // All zeros, the most compressible stream, is within the bound of values a byte.
         let zeros = vec![0u8; 100_000 * (w + 1)];
         let coded = crate::rangecode::encode(&zeros, w, 9);
