@@ -41,6 +41,9 @@ pub struct Args {
     json: bool,
 }
 
+/// The most memory the running sums may take (f64 outer products of every boundary).
+const MAX_SUMS_BYTES: u64 = 8 << 30;
+
 /// One boundary's measurement.
 #[derive(Debug, Serialize)]
 struct Boundary {
@@ -95,6 +98,21 @@ impl Args {
         let span = ids.len() - t;
         let start = |i: usize| span * i / windows.max(2).saturating_sub(1).max(1);
         let (w, layers) = (m.hidden_size(), m.num_layers());
+        // The running sums of outer products, in f64, one a boundary.
+        let need = (layers as u64 + 1)
+            .saturating_mul(w as u64)
+            .saturating_mul(w as u64)
+            .saturating_mul(8);
+        if need > MAX_SUMS_BYTES {
+            bail!(
+                "{}: {} boundaries of width {w} need {} MiB of running sums, more than the {} MiB \
+                 this command holds",
+                self.dir.display(),
+                layers + 1,
+                need >> 20,
+                MAX_SUMS_BYTES >> 20
+            );
+        }
         let mut sums = vec![vec![0f64; w]; layers + 1];
         let mut outer = vec![vec![0f64; w * w]; layers + 1];
         let mut n = 0usize;
@@ -118,6 +136,13 @@ impl Args {
             progress.step(batch as u64 + 1, &format!("{n} tokens"));
         }
         progress.finish();
+        if !self.json {
+            eprintln!(
+                "calibrate: {n} tokens measured; the bases of {} boundaries of width {w} (an SVD \
+                 each)",
+                layers + 1
+            );
+        }
         let mut tensors = std::collections::HashMap::new();
         let mut boundaries = Vec::new();
         for layer in 0..=layers {
