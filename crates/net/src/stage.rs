@@ -489,10 +489,10 @@ fn quant_coeffs(values: &[f32], basis: &StreamBasis, steps: i8) -> Result<Vec<u8
         ));
     }
     let s = f32::from(steps);
-    let mut z = vec![0f32; w];
+    let mut all = vec![0f32; values.len()];
+    basis.coefficients_rows(values, &mut all);
     let mut out = Vec::with_capacity(values.len() + values.len() / w);
-    for row in values.chunks_exact(w) {
-        basis.coefficients(row, &mut z);
+    for z in all.chunks_exact(w) {
         let max = z.iter().fold(0f32, |m, v| m.max(v.abs()));
         // A row of zeros takes the least step too (0 without one), as it decodes to the mean
         // and comes back as zeros.
@@ -516,17 +516,13 @@ fn quant_coeffs(values: &[f32], basis: &StreamBasis, steps: i8) -> Result<Vec<u8
 
 /// The values whose coefficients [`quant_coeffs`] quantised.
 fn dequant_coeffs(bytes: &[u8], basis: &StreamBasis, steps: i8) -> Result<Vec<f32>, String> {
-    let w = basis.width();
-    let mut z = dequant_rows(bytes, w, steps)?;
-    let mut row = vec![0f32; w];
-    for coeffs in z.chunks_exact_mut(w) {
-        basis.values(coeffs, &mut row);
-        if row.iter().any(|v| !v.is_finite()) {
-            return Err("a row's coefficients overflow f32 in the stream basis".into());
-        }
-        coeffs.copy_from_slice(&row);
+    let z = dequant_rows(bytes, basis.width(), steps)?;
+    let mut x = vec![0f32; z.len()];
+    basis.values_rows(&z, &mut x);
+    if x.iter().any(|v| !v.is_finite()) {
+        return Err("a row's coefficients overflow f32 in the stream basis".into());
     }
-    Ok(z)
+    Ok(x)
 }
 
 /// An orthonormal basis of a stream boundary's activations, and their mean: a codec with
@@ -607,12 +603,41 @@ impl StreamBasis {
     }
 
     /// The coefficients of `row` (`width`) into `out`.
+    #[cfg(test)]
     fn coefficients(&self, row: &[f32], out: &mut [f32]) {
         let d: Vec<f32> = row.iter().zip(&self.mean).map(|(x, m)| x - m).collect();
         matvec(&self.vectors, &d, out);
     }
 
+    /// The coefficients of every row of `rows` (each `width`) into `out`, the same bits as
+    /// [`Self::coefficients`] row by row: four rows a pass over the vectors, each row's sums
+    /// in the same order.
+    fn coefficients_rows(&self, rows: &[f32], out: &mut [f32]) {
+        let w = self.width();
+        let d: Vec<f32> = rows
+            .chunks_exact(w)
+            .flat_map(|row| row.iter().zip(&self.mean).map(|(x, m)| x - m))
+            .collect();
+        for (x, o) in d.chunks(4 * w).zip(out.chunks_mut(4 * w)) {
+            let xs: Vec<&[f32]> = x.chunks_exact(w).collect();
+            match (&xs[..], o.len() / w) {
+                (&[a, b, c, e], 4) => {
+                    let (o0, rest) = o.split_at_mut(w);
+                    let (o1, rest) = rest.split_at_mut(w);
+                    let (o2, o3) = rest.split_at_mut(w);
+                    matvec4(&self.vectors, [a, b, c, e], [o0, o1, o2, o3]);
+                }
+                _ => {
+                    for (xr, or) in x.chunks_exact(w).zip(o.chunks_exact_mut(w)) {
+                        matvec(&self.vectors, xr, or);
+                    }
+                }
+            }
+        }
+    }
+
     /// The row of coefficients `z` into `out`.
+    #[cfg(test)]
     fn values(&self, z: &[f32], out: &mut [f32]) {
         out.copy_from_slice(&self.mean);
         let w = self.width();
@@ -621,6 +646,55 @@ impl StreamBasis {
                 axpy(*zi, v, out);
             }
         }
+    }
+
+    /// The rows of coefficients `z` (each `width`) into `out`, the same bits as
+    /// [`Self::values`] row by row: each vector read once for four rows, each row's sums in
+    /// the same order.
+    fn values_rows(&self, z: &[f32], out: &mut [f32]) {
+        let w = self.width();
+        for (zs, os) in z.chunks(4 * w).zip(out.chunks_mut(4 * w)) {
+            for o in os.chunks_exact_mut(w) {
+                o.copy_from_slice(&self.mean);
+            }
+            for (i, v) in self.vectors.chunks_exact(w).enumerate() {
+                for (zr, o) in zs.chunks_exact(w).zip(os.chunks_exact_mut(w)) {
+                    if zr[i] != 0.0 {
+                        axpy(zr[i], v, o);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`matvec`] of four vectors `x` at once, into four `out`s: each the same bits as alone.
+fn matvec4(m: &[f32], x: [&[f32]; 4], out: [&mut [f32]; 4]) {
+    let w = x[0].len();
+    let rr = w / 8 * 8;
+    let [o0, o1, o2, o3] = out;
+    for (i, row) in m.chunks_exact(w).enumerate() {
+        let mut acc = [[0f32; 8]; 4];
+        for (j, r) in row.chunks_exact(8).enumerate() {
+            for (a, xs) in acc.iter_mut().zip(&x) {
+                let c = &xs[j * 8..j * 8 + 8];
+                for k in 0..8 {
+                    a[k] += r[k] * c[k];
+                }
+            }
+        }
+        let mut sums = [0f32; 4];
+        for ((s, a), xs) in sums.iter_mut().zip(&acc).zip(&x) {
+            let mut sum = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+            for (p, q) in row[rr..].iter().zip(&xs[rr..]) {
+                sum += p * q;
+            }
+            *s = sum;
+        }
+        o0[i] = sums[0];
+        o1[i] = sums[1];
+        o2[i] = sums[2];
+        o3[i] = sums[3];
     }
 }
 
@@ -2030,6 +2104,31 @@ mod tests {
         assert!(StreamBasis::new(mean.clone(), nan).is_err());
         assert!(StreamBasis::new(mean.clone(), v_basis[1..].to_vec()).is_err());
         assert!(StreamBasis::new(Vec::new(), Vec::new()).is_err());
+    }
+
+    /// The blocked transforms give the bits of the row-by-row ones, for row counts that are
+    /// and are not multiples of four and widths that are and are not multiples of eight.
+    #[test]
+    fn blocked_transforms_are_the_row_by_row_bits() {
+        for (w, rows) in [(16, 9), (13, 4), (40, 7), (8, 1)] {
+            let mut r = cohort_core::SplitMix64::new(w as u64);
+            let b = StreamBasis::new(r.normal_vec(w, 1.0), random_basis(w, 3)).unwrap();
+            let x: Vec<f32> = r.normal_vec(w * rows, 2.0);
+            let mut z = x.clone();
+            z.iter_mut().step_by(3).for_each(|v| *v = 0.0);
+            let (mut blocked, mut one) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+            b.coefficients_rows(&x, &mut blocked);
+            for (xr, o) in x.chunks(w).zip(one.chunks_mut(w)) {
+                b.coefficients(xr, o);
+            }
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&blocked), bits(&one), "{w} x {rows}");
+            b.values_rows(&z, &mut blocked);
+            for (zr, o) in z.chunks(w).zip(one.chunks_mut(w)) {
+                b.values(zr, o);
+            }
+            assert_eq!(bits(&blocked), bits(&one), "{w} x {rows}");
+        }
     }
 
     /// Range-coded streams: garbage decodes to values in range or an error, never a panic
