@@ -312,6 +312,9 @@ impl Fixtures {
                 format!("model lora {m} --data {t} --out {{fresh}} --steps 2 --batch 2")
             }
             "model svd" => format!("model svd {m} --rank 2"),
+            "model calibrate" => {
+                format!("model calibrate {m} --data {t} --batches 1 --batch 2 --seq-len 8 --force")
+            }
             "serve-layers" => {
                 format!("serve-layers {m} --layers 0..1 --listen 127.0.0.1:0 --insecure --check")
             }

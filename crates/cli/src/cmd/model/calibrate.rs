@@ -186,7 +186,10 @@ impl Args {
             );
         }
         // Written beside, checked as a reader checks it, then renamed over.
-        let staging = self.dir.join(format!(".{STREAM_BASES_FILE}.partial"));
+        let staging = self.dir.join(format!(
+            ".{STREAM_BASES_FILE}.{}.partial",
+            std::process::id()
+        ));
         candle_core::safetensors::save(&tensors, &staging)
             .with_context(|| format!("writing {}", staging.display()))?;
         let check =
