@@ -88,6 +88,11 @@ pub struct ForwardCall {
     /// [`COMPRESSION_INT8`]); with int8, `stream` should already be rounded
     /// ([`int8_round`]), as the server will see it.
     pub compression: u32,
+    /// `stream` as another server sent it, under `compression` for this boundary: sent as it
+    /// is rather than encoded again (every codec is exact on what it decodes to, so these are
+    /// the bytes encoding `stream` gives, and the server decodes what the client holds).
+    /// Ignored for a verifier's call, whose stream holds some rows only.
+    pub wire: Option<Arc<Vec<u8>>>,
 }
 
 /// A SHA-256 digest.
@@ -890,6 +895,9 @@ pub struct Forwarded {
     pub signature: Option<[u8; 64]>,
     /// The stream's bytes on the wire, sent and received, as encoded.
     pub wire_bytes: u64,
+    /// The stream as it came (empty from a verifier): what the next server is sent
+    /// ([`ForwardCall::wire`]).
+    pub wire: Vec<u8>,
 }
 
 /// The digest of what a forward call asks of a server holding `info`'s layers: the model,
@@ -1165,6 +1173,7 @@ impl Stage for Service {
             rows: r.rows.iter().map(|&r| r as usize).collect(),
             inference: r.inference,
             compression: r.compression,
+            wire: None,
         };
         let compression = r.compression;
         let checking = !call.rows.is_empty();
@@ -1572,13 +1581,16 @@ impl StageClient {
         };
         let basis_in = bases.as_ref().and_then(|b| b.get(held.layers.start));
         let basis_out = bases.as_ref().and_then(|b| b.get(held.layers.end));
-        let stream = encode_stream(
-            &call.stream,
-            width,
-            call.compression,
-            Way::Forward(basis_in),
-        )
-        .map_err(refused)?;
+        let stream = match &call.wire {
+            Some(w) if !checking => w.to_vec(),
+            _ => encode_stream(
+                &call.stream,
+                width,
+                call.compression,
+                Way::Forward(basis_in),
+            )
+            .map_err(refused)?,
+        };
         let req = pb::ForwardRequest {
             session: call.session,
             step: call.step,
@@ -1668,6 +1680,7 @@ impl StageClient {
             call: call_d,
             signature,
             wire_bytes,
+            wire: r.stream,
         })
     }
 

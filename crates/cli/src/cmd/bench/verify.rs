@@ -137,6 +137,7 @@ impl Caller {
             rows: Vec::new(),
             inference: false,
             compression: cohort_net::stage::COMPRESSION_NONE,
+            wire: None,
         }
     }
 }

@@ -2040,6 +2040,8 @@ impl Pipeline {
         let mut h = stages::embed(m, ids, b, t)?;
         self.round(&mut h, m.hidden_size(), self.first_way())?;
         let adapted = m.weights().lora.is_some() && self.adapter_config.is_some();
+        // The bytes a server sent, passed on to the next as they came.
+        let mut wire = None;
         for (layers, c) in &mut self.stages {
             let adapter: Named = match adapted {
                 false => Vec::new(),
@@ -2068,6 +2070,7 @@ impl Pipeline {
                 rows: Vec::new(),
                 inference: true,
                 compression: self.compression,
+                wire: wire.take(),
             };
             let out = forward_checked(
                 c,
@@ -2079,6 +2082,7 @@ impl Pipeline {
                 &mut self.replays,
                 &format!("inference call {step}"),
             )?;
+            wire = Some(Arc::new(out.wire));
             h = out.stream;
         }
         Ok(stages::head_logits(m, &h, b, t)?)
@@ -2106,6 +2110,8 @@ impl Pipeline {
         let mut h = stages::embed(m, &ids, b, t)?;
         self.round(&mut h, m.hidden_size(), self.first_way())?;
         let mut kept = Vec::with_capacity(self.stages.len());
+        // The bytes a server sent, passed on to the next as they came.
+        let mut wire = None;
         for (layers, c) in &mut self.stages {
             let adapter: Named = m
                 .params()
@@ -2131,6 +2137,7 @@ impl Pipeline {
                 rows: Vec::new(),
                 inference: false,
                 compression: self.compression,
+                wire: wire.take(),
             };
             let out = forward_checked(
                 c,
@@ -2144,6 +2151,7 @@ impl Pipeline {
             )?;
             self.stream_bytes += out.wire_bytes;
             kept.push(call);
+            wire = Some(Arc::new(out.wire));
             h = out.stream;
         }
         let (loss, mut dx, head) = stages::head(m, &h, &targets, b, t)?;
