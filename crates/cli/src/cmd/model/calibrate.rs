@@ -96,7 +96,7 @@ impl Args {
         }
         // Windows spread evenly over the text (overlapping when it is short).
         let span = ids.len() - t;
-        let start = |i: usize| span * i / windows.max(2).saturating_sub(1).max(1);
+        let start = |i: usize| span * i / windows.saturating_sub(1).max(1);
         let (w, layers) = (m.hidden_size(), m.num_layers());
         // The running sums of outer products, in f64, one a boundary.
         let need = (layers as u64 + 1)

@@ -1890,12 +1890,16 @@ impl Pipeline {
         way: cohort_net::stage::Way<'_>,
     ) -> anyhow::Result<()> {
         cohort_net::stage::round_stream(v, width, self.compression, way)
-            .map_err(|e| anyhow::anyhow!("the stream to the first stage: {e}"))
+            .map_err(|e| anyhow::anyhow!("the head's gradient: {e}"))
     }
 
-    /// How the embeddings' output travels to the first stage.
-    fn first_way(&self) -> cohort_net::stage::Way<'_> {
-        cohort_net::stage::Way::Forward(self.bases.as_ref().and_then(|b| b.get(0)))
+    /// Rounds the embeddings' output `h` (rows of `width`) as it travels to the first stage,
+    /// and gives its bytes on the wire (encoded once, with the rounding).
+    fn first_stream(&self, h: &mut [f32], width: usize) -> anyhow::Result<Arc<Vec<u8>>> {
+        let way = cohort_net::stage::Way::Forward(self.bases.as_ref().and_then(|b| b.get(0)));
+        cohort_net::stage::round_and_encode(h, width, self.compression, way)
+            .map(Arc::new)
+            .map_err(|e| anyhow::anyhow!("the stream to the first stage: {e}"))
     }
 
     /// What the verifiers did with the claims sent them to attest (empty without
@@ -2038,10 +2042,10 @@ impl Pipeline {
         self.inference_calls += 1;
         let step = self.inference_calls;
         let mut h = stages::embed(m, ids, b, t)?;
-        self.round(&mut h, m.hidden_size(), self.first_way())?;
+        // The bytes sent to each server: the first's rounded and encoded here once, then what
+        // each server sent, passed on to the next as it came.
+        let mut wire = Some(self.first_stream(&mut h, m.hidden_size())?);
         let adapted = m.weights().lora.is_some() && self.adapter_config.is_some();
-        // The bytes a server sent, passed on to the next as they came.
-        let mut wire = None;
         for (layers, c) in &mut self.stages {
             let adapter: Named = match adapted {
                 false => Vec::new(),
@@ -2108,10 +2112,10 @@ impl Pipeline {
         let embeddings = m.params().trainable().any(|p| is_embedding(&p.name));
         self.set_input_gradient(embeddings);
         let mut h = stages::embed(m, &ids, b, t)?;
-        self.round(&mut h, m.hidden_size(), self.first_way())?;
         let mut kept = Vec::with_capacity(self.stages.len());
-        // The bytes a server sent, passed on to the next as they came.
-        let mut wire = None;
+        // The bytes sent to each server: the first's rounded and encoded here once, then what
+        // each server sent, passed on to the next as it came.
+        let mut wire = Some(self.first_stream(&mut h, m.hidden_size())?);
         for (layers, c) in &mut self.stages {
             let adapter: Named = m
                 .params()
