@@ -1287,33 +1287,17 @@ fn verifiers_attest_what_they_catch_and_a_quorum_slashes_the_cheat() {
     let (head, tail) = (&w.servers[3], &w.client);
     let ledger = p(&w.ledger).to_owned();
     let l = ledger.as_str();
-    for (s, layers) in [
-        (cheat, "1..3"),
-        (v1, "1..3"),
-        (v2, "1..3"),
-        (head, "0..1"),
-        (tail, "3..4"),
-    ] {
-        let at = (stages::START + 1).to_string();
-        let o = cohort(&[
-            "stage",
-            "register",
-            "--ledger",
-            l,
-            "--key",
-            p(&s.key),
-            "--model",
-            p(&model),
-            "--layers",
-            layers,
-            "--stake",
-            "1500",
-            "--at",
-            &at,
-            "--json",
-        ]);
-        assert!(o.status.success(), "{}", text(&o));
-    }
+    register_stages(
+        l,
+        &model,
+        &[
+            (cheat, "1..3"),
+            (v1, "1..3"),
+            (v2, "1..3"),
+            (head, "0..1"),
+            (tail, "3..4"),
+        ],
+    );
     // Bad --attest-ledger: not a ledger; without --key.
     let bad = Command::new(env!("CARGO_BIN_EXE_cohort"))
         .args([
@@ -1417,6 +1401,210 @@ fn verifiers_attest_what_they_catch_and_a_quorum_slashes_the_cheat() {
         .collect();
     let (said, _) = run("attested", &liar, &[&verifiers[0], &verifiers[1]]);
     assert!(said.contains("(attestation 1 of 2)"), "{said}");
+    assert!(said.contains("(attestation 2 of 2): slashed"), "{said}");
+    let server = show();
+    assert_eq!(server["active"], false, "{server}");
+    assert!(server["slash_claim"].is_string(), "{server}");
+}
+
+/// Registers each of `parties` on the ledger `l` as a stage server of `model` holding its
+/// layers, through the CLI, with stake 1500.
+fn register_stages(l: &str, model: &Path, parties: &[(&stages::Party, &str)]) {
+    for (s, layers) in parties {
+        let at = (stages::START + 1).to_string();
+        let o = cohort(&[
+            "stage",
+            "register",
+            "--ledger",
+            l,
+            "--key",
+            p(&s.key),
+            "--model",
+            p(model),
+            "--layers",
+            layers,
+            "--stake",
+            "1500",
+            "--at",
+            &at,
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+}
+
+/// A server that answers forwards honestly and adds noise to its backward's gradients is
+/// caught by the backward check; the evidence holds one backward claim a verifier (each
+/// recomputed the whole call), which `cohort stage attest` checks (tampered claims refused
+/// by name, nothing written) and attests; verifiers started with `--attest-ledger` attest the
+/// same claims by themselves, and the quorum slashes the cheat.
+#[test]
+fn backward_claims_are_attested_on_the_ledger_and_a_quorum_slashes_the_cheat() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, text_file) = tiny_model(tmp.path());
+    let w = stages::world(tmp.path());
+    let (cheat, v1, v2) = (&w.servers[1], &w.servers[0], &w.servers[2]);
+    let (head, tail) = (&w.servers[3], &w.client);
+    let ledger = p(&w.ledger).to_owned();
+    let l = ledger.as_str();
+    register_stages(
+        l,
+        &model,
+        &[
+            (cheat, "1..3"),
+            (v1, "1..3"),
+            (v2, "1..3"),
+            (head, "0..1"),
+            (tail, "3..4"),
+        ],
+    );
+    let first = serve_with(&model, "0..1", &["--key", p(&head.key)]);
+    let last = serve_with(&model, "3..4", &["--key", p(&tail.key)]);
+    let liar = serve_with(
+        &model,
+        "1..3",
+        &["--misbehave", "grad-noise=0.01", "--key", p(&cheat.key)],
+    );
+    let run = |out: &str, verifiers: &[&Server]| {
+        let evidence = tmp.path().join(format!("{out}.json"));
+        let vlist: Vec<&str> = verifiers.iter().map(|v| v.url.as_str()).collect();
+        let o = lora(
+            &model,
+            &text_file,
+            &tmp.path().join(out),
+            &[
+                "--pipeline",
+                &format!("{},{},{}", first.url, liar.url, last.url),
+                "--insecure",
+                "--verifiers",
+                &vlist.join(","),
+                "--verify-rate",
+                "1",
+                "--evidence",
+                p(&evidence),
+            ],
+        );
+        assert!(!o.status.success(), "not caught");
+        assert!(!tmp.path().join(out).exists(), "an adapter was written");
+        (text(&o), evidence)
+    };
+    let show = || {
+        let o = cohort(&[
+            "stage",
+            "show",
+            "--ledger",
+            l,
+            "--server",
+            &cheat.addr(),
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["servers"][0].clone()
+    };
+    let entries = || {
+        cohort_ledger::LedgerReader::open(&w.ledger)
+            .unwrap()
+            .replay()
+            .unwrap()
+            .len()
+    };
+    let attest = |key: &Path, evidence: &Path, claim: &str| {
+        cohort(&[
+            "stage",
+            "attest",
+            "--ledger",
+            l,
+            "--key",
+            p(key),
+            "--evidence",
+            p(evidence),
+            "--claim",
+            claim,
+            "--json",
+        ])
+    };
+
+    // Plain verifiers: both recompute the backward that differs, and decline to attest.
+    let plain: Vec<Server> = [v1, v2]
+        .iter()
+        .map(|v| serve_with(&model, "1..3", &["--key", p(&v.key)]))
+        .collect();
+    let (said, evidence) = run("declined", &[&plain[0], &plain[1]]);
+    assert!(said.contains("answered the backward of step"), "{said}");
+    assert!(said.contains("attests nothing"), "{said}");
+    let claims: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(&evidence).unwrap()).unwrap();
+    assert_eq!(claims.len(), 2, "{claims:?}");
+    for (c, v) in claims.iter().zip([&plain[0], &plain[1]]) {
+        assert_eq!(c["phase"], "backward");
+        assert_eq!(c["verifier"], v.url.as_str());
+        assert_ne!(c["server_outcome"], c["verifier_outcome"]);
+    }
+    // The two verifiers recomputed the same answer.
+    assert_eq!(claims[0]["verifier_outcome"], claims[1]["verifier_outcome"]);
+
+    // Tampered claims are refused by name, with nothing written.
+    let before = entries();
+    let tampered = tmp.path().join("tampered.json");
+    let tamper = |f: &dyn Fn(&mut serde_json::Value), why: &str| {
+        let mut c = claims[0].clone();
+        f(&mut c);
+        std::fs::write(&tampered, serde_json::to_vec(&c).unwrap()).unwrap();
+        let o = attest(&v1.key, &tampered, "0");
+        assert!(!o.status.success(), "{why}: {}", text(&o));
+        assert!(text(&o).contains(why), "{why}: {}", text(&o));
+    };
+    let other = claims[0]["verifier_outcome"]["dx"].clone();
+    tamper(
+        &|c| c["server_outcome"]["dx"] = other.clone(),
+        "server_outcome and verifier_outcome are equal",
+    );
+    tamper(
+        &|c| c["grad_sha256"] = "11".repeat(32).into(),
+        "server_digest",
+    );
+    tamper(&|c| c["step"] = 99.into(), "is not the backward digest");
+    tamper(
+        &|c| {
+            let s = c["verifier_signature"].as_str().unwrap().to_owned();
+            c["verifier_signature"] =
+                format!("{}{}", &s[..127], if s.ends_with('0') { "1" } else { "0" }).into();
+        },
+        "verifier_signature does not verify",
+    );
+    tamper(&|c| c["phase"] = "sideways".into(), "phase \"sideways\"");
+    tamper(
+        &|c| c["server_outcome"]["dx"] = "zz".into(),
+        "not 32 bytes of hex",
+    );
+    tamper(&|c| c["session"] = (-1).into(), "session");
+    // Another verifier's claim, under v1's key.
+    let o = attest(&v1.key, &evidence, "1");
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("is not the evidence's verifier key"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(entries(), before, "a refused attestation wrote");
+
+    // v1 attests its own claim from the file: one of two.
+    let o = attest(&v1.key, &evidence, "0");
+    assert!(o.status.success(), "{}", text(&o));
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(out["attestations"], "1", "{out}");
+    assert_eq!(out["evidence"]["phase"], "backward", "{out}");
+    assert!(out["evidence"]["row"].is_null(), "{out}");
+    assert_eq!(out["slashed"], false);
+    assert_eq!(show()["active"], true);
+
+    // Verifiers that attest by themselves complete the quorum.
+    drop(plain);
+    let verifiers: Vec<Server> = [v1, v2]
+        .iter()
+        .map(|v| serve_with(&model, "1..3", &["--key", p(&v.key), "--attest-ledger", l]))
+        .collect();
+    let (said, _) = run("attested", &[&verifiers[0], &verifiers[1]]);
     assert!(said.contains("(attestation 2 of 2): slashed"), "{said}");
     let server = show();
     assert_eq!(server["active"], false, "{server}");

@@ -975,25 +975,113 @@ pub struct Backwarded {
 /// forward commitment binds to the call's inputs), the digests of the gradient in, of the
 /// gradient out and of the adapter gradients (names and values, in order).
 pub fn backward_digest(session: u64, step: u64, grad: &[f32], dx: &[f32], grads: &Named) -> Digest {
-    let floats = |v: &[f32]| {
-        let mut h = Sha256::new();
-        for x in v {
-            h.update(x.to_le_bytes());
+    backward_digest_of(
+        session,
+        step,
+        &floats_sha256(grad),
+        &BackwardOutcome::of(dx, grads),
+    )
+}
+
+/// The SHA-256 of `v`'s little-endian f32 values.
+pub fn floats_sha256(v: &[f32]) -> Digest {
+    let mut h = Sha256::new();
+    for x in v {
+        h.update(x.to_le_bytes());
+    }
+    h.finalize().into()
+}
+
+/// What a backward answer gave, as digests: of the gradient of the input and of each adapter
+/// weight's gradient (by name, in the order answered). Anyone holding these can check a
+/// signed [`backward_digest`] without the values, and set two answers side by side.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BackwardOutcome {
+    /// The SHA-256 of the gradient of the input (of no values for the first stage, which
+    /// sends none).
+    #[serde(with = "hex_digest")]
+    pub dx: Digest,
+    /// Each adapter gradient's name and SHA-256.
+    pub grads: Vec<(String, HexDigest)>,
+}
+
+/// A digest written as 64 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HexDigest(#[serde(with = "hex_digest")] pub Digest);
+
+mod hex_digest {
+    pub fn serialize<S: serde::Serializer>(d: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(d))
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let v = <String as serde::Deserialize>::deserialize(d)?;
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(v.trim(), &mut out).map_err(|_| {
+            serde::de::Error::custom(format!("{v:?} is not 32 bytes of hex (64 digits)"))
+        })?;
+        Ok(out)
+    }
+}
+
+impl BackwardOutcome {
+    /// The digests of a backward's answer.
+    pub fn of(dx: &[f32], grads: &Named) -> Self {
+        Self {
+            dx: floats_sha256(dx),
+            grads: grads
+                .iter()
+                .map(|(n, v)| (n.clone(), HexDigest(floats_sha256(v))))
+                .collect(),
         }
-        h.finalize()
-    };
+    }
+
+    /// One digest of the whole answer, independent of the session it was computed in: what
+    /// a backward fraud claim sets side by side on the ledger (the server's against the
+    /// verifiers', who recompute in sessions of their own).
+    pub fn digest(&self) -> Digest {
+        let mut h = Sha256::new();
+        h.update(b"cohort-stage-backward-outcome-v1");
+        h.update(self.dx);
+        self.grads_into(&mut h);
+        h.finalize().into()
+    }
+
+    fn grads_into(&self, h: &mut Sha256) {
+        h.update((self.grads.len() as u64).to_be_bytes());
+        for (name, d) in &self.grads {
+            h.update((name.len() as u64).to_be_bytes());
+            h.update(name.as_bytes());
+            h.update(d.0);
+        }
+    }
+}
+
+/// [`backward_digest`] from the digests of the gradient in (`grad`, [`floats_sha256`]) and of
+/// the answer: the same 32 bytes.
+pub fn backward_digest_of(
+    session: u64,
+    step: u64,
+    grad: &Digest,
+    outcome: &BackwardOutcome,
+) -> Digest {
     let mut h = Sha256::new();
     h.update(b"cohort-stage-backward-v1");
     h.update(session.to_be_bytes());
     h.update(step.to_be_bytes());
-    h.update(floats(grad));
-    h.update(floats(dx));
-    h.update((grads.len() as u64).to_be_bytes());
-    for (name, values) in grads {
-        h.update((name.len() as u64).to_be_bytes());
-        h.update(name.as_bytes());
-        h.update(floats(values));
-    }
+    h.update(grad);
+    h.update(outcome.dx);
+    outcome.grads_into(&mut h);
+    h.finalize().into()
+}
+
+/// The call a backward fraud claim names on the ledger (the contract's `callDigest`): the
+/// forward call's digest (its inputs, session and step: [`call_digest`]) and the gradient
+/// the server was given. Verifiers who recomputed the same backward name the same call.
+pub fn backward_claim_call(call: &Digest, grad: &Digest) -> Digest {
+    let mut h = Sha256::new();
+    h.update(b"cohort-stage-backward-claim-v1");
+    h.update(call);
+    h.update(grad);
     h.finalize().into()
 }
 
@@ -1837,6 +1925,60 @@ mod tests {
     /// less than a seventh of them on values shaped like a stream; a row's power-of-two
     /// scale; exact on what they decode to (so that a stream rounded once travels again
     /// unchanged), within a step of each value; bad bytes refused.
+    /// A backward digest from its parts' digests is the digest of the values, as servers
+    /// signed it before backward claims had parts (the formula written out again here), and
+    /// an answer's outcome digest does not depend on the session.
+    #[test]
+    fn backward_digests_from_parts_are_the_digests_of_the_values() {
+        let grad = [0.5f32, -1.25, 3.0];
+        let dx = [1.0f32, f32::MIN_POSITIVE, -0.0];
+        let grads: Named = vec![("a".into(), vec![1.0, 2.0]), ("bc".into(), vec![])];
+        let floats = |v: &[f32]| {
+            let mut h = Sha256::new();
+            for x in v {
+                h.update(x.to_le_bytes());
+            }
+            h.finalize()
+        };
+        let mut h = Sha256::new();
+        h.update(b"cohort-stage-backward-v1");
+        h.update(7u64.to_be_bytes());
+        h.update(9u64.to_be_bytes());
+        h.update(floats(&grad));
+        h.update(floats(&dx));
+        h.update(2u64.to_be_bytes());
+        for (name, values) in &grads {
+            h.update((name.len() as u64).to_be_bytes());
+            h.update(name.as_bytes());
+            h.update(floats(values));
+        }
+        let old: Digest = h.finalize().into();
+        assert_eq!(backward_digest(7, 9, &grad, &dx, &grads), old);
+        let outcome = BackwardOutcome::of(&dx, &grads);
+        assert_eq!(
+            backward_digest_of(7, 9, &floats_sha256(&grad), &outcome),
+            old
+        );
+        // The outcome travels as JSON and back; another answer has another digest.
+        let json = serde_json::to_string(&outcome).unwrap();
+        let back: BackwardOutcome = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, outcome);
+        assert_eq!(back.digest(), outcome.digest());
+        let mut other = grads.clone();
+        other[0].1[1] = 2.5;
+        assert_ne!(BackwardOutcome::of(&dx, &other).digest(), outcome.digest());
+        // Renaming a gradient changes it too; so does another gradient in.
+        other = grads.clone();
+        other[1].0 = "bd".into();
+        assert_ne!(BackwardOutcome::of(&dx, &other).digest(), outcome.digest());
+        let call = [3u8; 32];
+        assert_ne!(
+            backward_claim_call(&call, &floats_sha256(&grad)),
+            backward_claim_call(&call, &floats_sha256(&dx))
+        );
+        assert!(serde_json::from_str::<BackwardOutcome>(r#"{"dx":"zz","grads":[]}"#).is_err());
+    }
+
     #[test]
     fn quantised_streams_round_once_and_travel_unchanged() {
         let width = 16;

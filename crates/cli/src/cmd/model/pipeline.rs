@@ -15,8 +15,8 @@ use candle_core::{Device, Tensor};
 use cohort_model::fast::stages;
 use cohort_model::{LanguageModel, Lora, LoraConfig};
 use cohort_net::stage::{
-    Backwarded, ForwardCall, Forwarded, Named, StageClient, StageCompute, StageError, StageInfo,
-    serve_stage,
+    BackwardOutcome, Backwarded, ForwardCall, Forwarded, Named, StageClient, StageCompute,
+    StageError, StageInfo, serve_stage,
 };
 use sha2::{Digest, Sha256};
 
@@ -201,7 +201,7 @@ impl Attester {
         })
     }
 
-    /// Attests `claim` (a forward claim's evidence, JSON), when it holds and carries this
+    /// Attests `claim` (a forward or backward claim's evidence, JSON), when it holds and carries this
     /// verifier's own signed recomputation.
     fn attest(&self, claim: &[u8]) -> anyhow::Result<cohort_net::stage::Attested> {
         let c = crate::cmd::stage::evidence::parse(claim, None, "the claim")?;
@@ -1011,9 +1011,6 @@ fn forward_checked(
         let Some(bad) = claims.first() else {
             return Ok(out);
         };
-        if let Some(v) = verify {
-            v.attest(&claims);
-        }
         let why = format!(
             "stage server {} (layers {layers:?}) answered {what} with an output that differs \
              from verifier {}'s recomputation (row {}: committed SHA-256 {}, recomputed {})",
@@ -1023,12 +1020,11 @@ fn forward_checked(
             bad.committed,
             bad.recomputed
         );
-        servers.drop_caught(
-            &why,
-            claims.into_iter().map(Claim::Forward),
-            caught,
-            evidence,
-        )?;
+        let claims: Vec<Claim> = claims.into_iter().map(Claim::Forward).collect();
+        if let Some(v) = verify {
+            v.attest(&claims);
+        }
+        servers.drop_caught(&why, claims, caught, evidence)?;
         out = servers.forward(layers, call, replays)?;
     }
 }
@@ -1353,9 +1349,12 @@ pub struct Mismatch {
 }
 
 /// A recomputed backward that differs from a server's: the evidence of a fraud claim. The
-/// server's signature binds it to its answer for the session and step, which its signed
-/// forward commitment binds to the call's inputs; the verifier recomputed the same call in a
-/// session of its own.
+/// server's signature binds it to its answer for the session and step and the gradient it
+/// was given (whose forward call, `call`, holds the inputs); the verifier recomputed the same
+/// call, forward then backward, in a session of its own, and signed its answer likewise. The
+/// digests of both answers are here, so that both signatures can be checked without the
+/// values, and two verifiers' recomputations of the same backward name the same claim on the
+/// ledger ([`cohort_net::stage::backward_claim_call`], [`BackwardOutcome::digest`]).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BackwardMismatch {
     /// The server caught, and the verifier.
@@ -1367,15 +1366,21 @@ pub struct BackwardMismatch {
     pub differs: String,
     /// The forward call's digest (its inputs), as the server holds it.
     pub call: String,
-    /// The server's backward digest and signature, with its key.
+    /// The SHA-256 of the gradient both were given.
+    pub grad_sha256: String,
+    /// The server's backward digest and signature, with its key, and the digests of its
+    /// answer.
     pub server_digest: String,
     pub server_key: Option<String>,
     pub server_signature: Option<String>,
-    /// The verifier's session, backward digest and signature, with its key.
+    pub server_outcome: BackwardOutcome,
+    /// The verifier's session, backward digest and signature, with its key, and the digests
+    /// of its answer.
     pub verifier_session: u64,
     pub verifier_digest: String,
     pub verifier_key: Option<String>,
     pub verifier_signature: Option<String>,
+    pub verifier_outcome: BackwardOutcome,
 }
 
 /// A fraud claim's evidence: a forward row or a backward that a verifier recomputed
@@ -1395,6 +1400,14 @@ impl Claim {
             Claim::Backward(m) => &m.server,
         }
     }
+
+    /// The verifier whose recomputation it carries.
+    pub fn verifier(&self) -> &str {
+        match self {
+            Claim::Forward(m) => &m.verifier,
+            Claim::Backward(m) => &m.verifier,
+        }
+    }
 }
 
 /// The session a verifier recomputes a backward call in: the client's, these bits flipped.
@@ -1404,7 +1417,9 @@ impl Verify {
     /// Draws whether to check the backward of `call` (answered by `server`, which holds
     /// `layers`, with `answer` for the gradient `grad`), and checks it on a verifier of those
     /// layers: the call forward again, then its backward, in a session of the verifier's own.
-    /// The evidence if anything differs.
+    /// When it differs, every other verifier of those layers recomputes it too, so that the
+    /// claim has its quorum of independent attestations: the evidence, one claim a verifier
+    /// that found the difference (none when all agree with the server).
     pub fn check_backward(
         &mut self,
         layers: &std::ops::Range<usize>,
@@ -1412,64 +1427,76 @@ impl Verify {
         grad: &[f32],
         server: &StageClient,
         answer: &Backwarded,
-    ) -> anyhow::Result<Option<BackwardMismatch>> {
+    ) -> anyhow::Result<Vec<BackwardMismatch>> {
         self.stats.backwards += 1;
         let drawn = (self.rng.below(1 << 30) as f64) < self.rate * f64::from(1u32 << 30);
-        let Some((_, v)) = self.verifiers.iter_mut().find(|(r, _)| r == layers) else {
-            return Ok(None);
-        };
-        if !drawn {
-            return Ok(None);
+        if !drawn || !self.verifiers.iter().any(|(r, _)| r == layers) {
+            return Ok(Vec::new());
         }
         let mut again = call.clone();
         again.session ^= BACKWARD_CHECK_SESSION;
-        // Forward then backward on one verifier: a replacement redoes both.
-        let theirs = v.verifier_call(layers, &mut self.stats.verifiers_replaced, |c| {
-            c.forward(&again)?;
-            c.backward_signed(again.session, again.step, grad)
-        })?;
-        let v = &v.active;
-        self.stats.backwards_checked += 1;
         let same = |a: &[f32], b: &[f32]| {
             a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
         };
-        let differs = if !same(&answer.dx, &theirs.dx) {
-            "the gradient of its input".to_owned()
-        } else if answer.grads.len() != theirs.grads.len() {
-            format!(
-                "{} adapter gradients against {}",
-                answer.grads.len(),
-                theirs.grads.len()
-            )
-        } else if let Some(((n, _), _)) = answer
-            .grads
-            .iter()
-            .zip(&theirs.grads)
-            .find(|((n1, g1), (n2, g2))| n1 != n2 || !same(g1, g2))
-        {
-            format!("the gradient of {n}")
-        } else {
-            return Ok(None);
-        };
         let key = |c: &StageClient| c.held().and_then(|i| i.public_key).map(hex::encode);
-        Ok(Some(BackwardMismatch {
-            server: server.url().to_owned(),
-            verifier: v.url().to_owned(),
-            session: call.session,
-            step: call.step,
-            differs,
-            call: server
-                .held()
-                .map(|i| hex::encode(cohort_net::stage::call_digest(i, call)))
-                .unwrap_or_default(),
-            server_digest: hex::encode(answer.digest),
-            server_key: key(server),
-            server_signature: answer.signature.map(hex::encode),
-            verifier_session: again.session,
-            verifier_digest: hex::encode(theirs.digest),
-            verifier_key: key(v),
-            verifier_signature: theirs.signature.map(hex::encode),
-        }))
+        let server_outcome = BackwardOutcome::of(&answer.dx, &answer.grads);
+        let grad_sha256 = hex::encode(cohort_net::stage::floats_sha256(grad));
+        let server_call = server
+            .held()
+            .map(|i| hex::encode(cohort_net::stage::call_digest(i, call)))
+            .unwrap_or_default();
+        let mut claims = Vec::new();
+        self.stats.backwards_checked += 1;
+        for (_, v) in self.verifiers.iter_mut().filter(|(r, _)| r == layers) {
+            // Forward then backward on one verifier: a replacement redoes both.
+            let theirs = v.verifier_call(layers, &mut self.stats.verifiers_replaced, |c| {
+                c.forward(&again)?;
+                c.backward_signed(again.session, again.step, grad)
+            })?;
+            let v = &v.active;
+            let differs = if !same(&answer.dx, &theirs.dx) {
+                "the gradient of its input".to_owned()
+            } else if answer.grads.len() != theirs.grads.len() {
+                format!(
+                    "{} adapter gradients against {}",
+                    answer.grads.len(),
+                    theirs.grads.len()
+                )
+            } else if let Some(((n, _), _)) = answer
+                .grads
+                .iter()
+                .zip(&theirs.grads)
+                .find(|((n1, g1), (n2, g2))| n1 != n2 || !same(g1, g2))
+            {
+                format!("the gradient of {n}")
+            } else if claims.is_empty() {
+                // The first verifier agrees: the server passed.
+                break;
+            } else {
+                // A later one agrees with the server where the first did not: no claim of
+                // its own (the first's stands on its signatures).
+                continue;
+            };
+            claims.push(BackwardMismatch {
+                server: server.url().to_owned(),
+                verifier: v.url().to_owned(),
+                session: call.session,
+                step: call.step,
+                differs,
+                call: server_call.clone(),
+                grad_sha256: grad_sha256.clone(),
+                server_digest: hex::encode(answer.digest),
+                server_key: key(server),
+                server_signature: answer.signature.map(hex::encode),
+                server_outcome: server_outcome.clone(),
+                verifier_session: again.session,
+                verifier_digest: hex::encode(theirs.digest),
+                verifier_key: key(v),
+                verifier_signature: theirs.signature.map(hex::encode),
+                verifier_outcome: BackwardOutcome::of(&theirs.dx, &theirs.grads),
+            });
+        }
+        Ok(claims)
     }
 
     /// Checks a share `rate` (in [0, 1]) of the rows of the forward calls on `verifiers`,
@@ -1515,37 +1542,35 @@ impl Verify {
     /// Sends each of `claims` to the verifier whose recomputation it carries, to attest on
     /// its ledger; says on standard error what each did. A verifier that attests nothing, or
     /// fails, does not stop the run: the claims are in the evidence for `cohort stage attest`.
-    pub fn attest(&mut self, claims: &[Mismatch]) {
+    pub fn attest(&mut self, claims: &[Claim]) {
         for m in claims {
+            let (server, verifier) = (m.server(), m.verifier());
             let Some(v) = self
                 .verifiers
                 .iter_mut()
                 .map(|(_, s)| &mut s.active)
-                .find(|c| c.url() == m.verifier)
+                .find(|c| c.url() == verifier)
             else {
                 continue;
             };
-            let r = serde_json::to_vec(&Claim::Forward(m.clone()))
+            let r = serde_json::to_vec(m)
                 .map_err(|e| e.to_string())
                 .and_then(|claim| v.attest(&claim).map_err(|e| e.to_string()));
             match &r {
                 Ok(a) => eprintln!(
-                    "pipeline: verifier {} attested the claim against {} on its ledger \
-                     (attestation {} of {}){}",
-                    m.verifier,
-                    m.server,
+                    "pipeline: verifier {verifier} attested the claim against {server} on its \
+                     ledger (attestation {} of {}){}",
                     a.attestations,
                     a.quorum,
                     if a.slashed { ": slashed" } else { "" }
                 ),
                 Err(e) => eprintln!(
-                    "pipeline: verifier {} did not attest the claim against {}: {e}",
-                    m.verifier, m.server
+                    "pipeline: verifier {verifier} did not attest the claim against {server}: {e}"
                 ),
             }
             self.attested.push(AttestOutcome {
-                server: m.server.clone(),
-                verifier: m.verifier.clone(),
+                server: server.to_owned(),
+                verifier: verifier.to_owned(),
                 refused: r.as_ref().err().cloned(),
                 attested: r.ok(),
             });
@@ -2177,9 +2202,14 @@ impl Pipeline {
             let mut got = c.backward(layers, call, out, &dx, &mut self.replays)?;
             // Drawn after the server answered, like the forward's rows; a server caught is
             // dropped and the backward redone on the stage's next server (its forward first).
-            while let Some(v) = &mut self.verify
-                && let Some(bad) = v.check_backward(layers, call, &dx, &c.active, &got)?
-            {
+            loop {
+                let claims = match &mut self.verify {
+                    Some(v) => v.check_backward(layers, call, &dx, &c.active, &got)?,
+                    None => Vec::new(),
+                };
+                let Some(bad) = claims.first() else {
+                    break;
+                };
                 let why = format!(
                     "stage server {} (layers {layers:?}) answered the backward of step {step}: \
                      {} differs from verifier {}'s recomputation",
@@ -2187,12 +2217,11 @@ impl Pipeline {
                     bad.differs,
                     bad.verifier
                 );
-                c.drop_caught(
-                    &why,
-                    [Claim::Backward(bad)],
-                    &mut self.caught,
-                    self.evidence.as_deref(),
-                )?;
+                let claims: Vec<Claim> = claims.into_iter().map(Claim::Backward).collect();
+                if let Some(v) = &mut self.verify {
+                    v.attest(&claims);
+                }
+                c.drop_caught(&why, claims, &mut self.caught, self.evidence.as_deref())?;
                 c.active.forward(call)?;
                 got = c.active.backward_signed(call.session, call.step, &dx)?;
             }

@@ -13,9 +13,9 @@ use crate::args::int_in;
 /// Attest a stage server's mismatch as its verifier, from a fraud claim's evidence file.
 ///
 /// The file is what `cohort model lora --evidence FILE` writes: the server's signed commitment
-/// to a forward call's rows and your recomputation of one of them. It is checked first (the
-/// digests, the row, the server's signature; see the evidence's checks in
-/// docs/stages-ledger.md) and refused by name if it does not hold; your key must be the
+/// to a forward call's rows and your recomputation of one of them, or the server's signed
+/// answer to a backward and your recomputation of it. It is checked first (the digests, the
+/// row, both signatures; see the evidence's checks in docs/stages-ledger.md) and refused by name if it does not hold; your key must be the
 /// evidence's verifier key: each verifier attests its own recomputation. On the ledger you
 /// must be an active, staked stage server of the same model and layers as the accused. When
 /// `stageQuorum` verifiers have attested the same claim, the server is slashed.
@@ -77,11 +77,27 @@ impl Args {
         } = attest(&mut s, &claim, period)?;
         let (me, server) = (s.address(), claim.server);
         let calls: Vec<Recorded> = recorded.into_iter().collect();
-        let mut lines = vec![format!(
-            "claim {claim_id}: {server} committed {} for row {} of call {} (session {}, step {}); \
-             recomputed {}",
-            claim.committed, claim.row, claim.call, claim.session, claim.step, claim.recomputed
-        )];
+        let mut lines = vec![match (claim.row, claim.forward_call) {
+            (Some(row), _) => format!(
+                "claim {claim_id}: {server} committed {} for row {row} of call {} (session {}, \
+                 step {}); recomputed {}",
+                claim.committed, claim.call, claim.session, claim.step, claim.recomputed
+            ),
+            (None, forward) => format!(
+                "claim {claim_id}: {server} answered the backward of call {} (session {}, step \
+                 {}) with {}; recomputed {}{}",
+                forward.unwrap_or_default(),
+                claim.session,
+                claim.step,
+                claim.committed,
+                claim.recomputed,
+                claim
+                    .differs
+                    .as_deref()
+                    .map(|d| format!(" ({d} differs)"))
+                    .unwrap_or_default()
+            ),
+        }];
         if !claim.verifier_signature_checked {
             lines.push(
                 "note: the verifier's signature was not checked (the file lacks the digests of \
