@@ -102,6 +102,19 @@ pub trait LedgerBackend {
     /// Events recorded at positions `>= cursor`, with their positions, and the next cursor.
     fn logs_since(&self, cursor: u64) -> Result<(Vec<(u64, Log)>, u64), LedgerError>;
 
+    /// Every event `address` emitted, with its position, as far as this ledger knows: the
+    /// embedded ledger's whole log (the default: [`logs_since`](Self::logs_since)`(0)`
+    /// filtered); on a chain, the chain's own logs (`eth_getLogs` from its first block), not
+    /// only those of this client's transactions. For a process that comes to a contract others
+    /// wrote to (who registered a key, which stage servers there are).
+    fn contract_logs(&self, address: Address) -> Result<Vec<(u64, Log)>, LedgerError> {
+        let (logs, _) = self.logs_since(0)?;
+        Ok(logs
+            .into_iter()
+            .filter(|(_, l)| l.address == address)
+            .collect())
+    }
+
     /// Size, root and clock.
     fn head(&self) -> Result<Head, LedgerError>;
 
@@ -138,5 +151,68 @@ pub trait LedgerBackend {
     /// The EVM chain this backend records on (its chain id), `None` for the embedded ledger.
     fn chain_id(&self) -> Option<u64> {
         None
+    }
+}
+
+/// A boxed backend is one: for commands that choose the embedded ledger or a chain at run time.
+impl<B: LedgerBackend + ?Sized> LedgerBackend for Box<B> {
+    fn published(&self) -> Option<crate::Published> {
+        (**self).published()
+    }
+    fn transact(
+        &mut self,
+        from: &Identity,
+        to: Option<Address>,
+        data: Bytes,
+    ) -> Result<TxOutcome, LedgerError> {
+        (**self).transact(from, to, data)
+    }
+    fn transact_batch(
+        &mut self,
+        calls: Vec<(&Identity, Option<Address>, Bytes)>,
+    ) -> Result<Vec<OutcomeOr>, LedgerError> {
+        (**self).transact_batch(calls)
+    }
+    fn context_for(&self, author: Address) -> Result<TxContext, LedgerError> {
+        (**self).context_for(author)
+    }
+    fn relay(&mut self, call: SignedCall) -> Result<TxOutcome, LedgerError> {
+        (**self).relay(call)
+    }
+    fn relay_batch(&mut self, calls: Vec<SignedCall>) -> Result<Vec<OutcomeOr>, LedgerError> {
+        (**self).relay_batch(calls)
+    }
+    fn call(&mut self, from: Address, to: Address, data: Bytes) -> Result<Bytes, LedgerError> {
+        (**self).call(from, to, data)
+    }
+    fn logs_since(&self, cursor: u64) -> Result<(Vec<(u64, Log)>, u64), LedgerError> {
+        (**self).logs_since(cursor)
+    }
+    fn contract_logs(&self, address: Address) -> Result<Vec<(u64, Log)>, LedgerError> {
+        (**self).contract_logs(address)
+    }
+    fn head(&self) -> Result<Head, LedgerError> {
+        (**self).head()
+    }
+    fn set_time(&mut self, time: u64) -> Result<(), LedgerError> {
+        (**self).set_time(time)
+    }
+    fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash32>, LedgerError> {
+        (**self).inclusion_proof(index, size)
+    }
+    fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash32>, LedgerError> {
+        (**self).consistency_proof(old, new)
+    }
+    fn flush(&mut self) -> Result<(), LedgerError> {
+        (**self).flush()
+    }
+    fn discard_unflushed(&mut self) -> Result<u64, LedgerError> {
+        (**self).discard_unflushed()
+    }
+    fn address_of(&self, id: &Identity) -> Address {
+        (**self).address_of(id)
+    }
+    fn chain_id(&self) -> Option<u64> {
+        (**self).chain_id()
     }
 }

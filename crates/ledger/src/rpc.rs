@@ -57,7 +57,9 @@
 //! (leaf = [`RecordedTx::encode`]). A chain's own receipts trie, checked against block headers,
 //! is the stronger proof of what happened on chain; `Protocol::anchor` goes the other way and
 //! puts an embedded log's checkpoint on chain. [`LedgerBackend::logs_since`] likewise reads
-//! the logs of the recorded transactions, with block numbers as positions.
+//! the logs of the recorded transactions, with block numbers as positions;
+//! [`LedgerBackend::contract_logs`] reads a contract's logs from the chain itself
+//! (`eth_getLogs` from the first block), whoever sent the transactions.
 //!
 //! ```no_run
 //! use cohort_core::Identity;
@@ -856,6 +858,26 @@ impl LedgerBackend for EvmRpcLedger {
             .last()
             .map_or(cursor, |r| cursor.max(r.block + 1));
         Ok((out, next))
+    }
+
+    fn contract_logs(&self, address: Address) -> Result<Vec<(u64, Log)>, LedgerError> {
+        let filter = alloy::rpc::types::Filter::new()
+            .address(address)
+            .from_block(BlockNumberOrTag::Earliest)
+            .to_block(BlockNumberOrTag::Latest);
+        let logs = self
+            .rt
+            .block_on(self.provider.get_logs(&filter))
+            .map_err(|e| self.err("eth_getLogs", &e))?;
+        logs.into_iter()
+            .map(|l| match l.block_number {
+                Some(b) => Ok((b, l.inner)),
+                None => Err(LedgerError::Rpc(format!(
+                    "{}: eth_getLogs answered a log of {address} without its block",
+                    self.url
+                ))),
+            })
+            .collect()
     }
 
     fn head(&self) -> Result<Head, LedgerError> {

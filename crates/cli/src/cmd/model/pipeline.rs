@@ -1781,7 +1781,8 @@ impl Pipeline {
         let state = cohort_ledger::LedgerReader::open(ledger)
             .and_then(|r| r.replay())
             .with_context(|| format!("--ledger {}", ledger.display()))?;
-        let mut p = crate::cmd::stage::protocol_on(state, ledger)?;
+        let mut p =
+            crate::cmd::stage::protocol_on(state, &format!("--ledger {}", ledger.display()))?;
         let clients = self
             .stages
             .iter()

@@ -55,7 +55,7 @@ struct Out {
 
 impl Args {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
-        let claim = evidence::load(&self.evidence, self.claim)?;
+        let mut claim = evidence::load(&self.evidence, self.claim)?;
         let mut s = self.signer.open()?;
         if s.me.public_key() != claim.verifier_key {
             bail!(
@@ -68,6 +68,7 @@ impl Args {
         }
         let period = self.period.unwrap_or(claim.session);
         let Attestation {
+            server,
             claim_id,
             count,
             quorum,
@@ -75,7 +76,8 @@ impl Args {
             share,
             recorded,
         } = attest(&mut s, &claim, period)?;
-        let (me, server) = (s.address(), claim.server);
+        claim.server = server;
+        let me = s.address();
         let calls: Vec<Recorded> = recorded.into_iter().collect();
         let mut lines = vec![match (claim.row, claim.forward_call) {
             (Some(row), _) => format!(
@@ -144,6 +146,8 @@ impl Args {
 
 /// What an attestation recorded.
 pub struct Attestation {
+    /// The accused's address where the claim was attested.
+    pub server: Address,
     pub claim_id: B256,
     /// Attestations of the claim so far, and how many slash.
     pub count: U256,
@@ -162,8 +166,9 @@ pub fn attest(
     period: u64,
 ) -> anyhow::Result<Attestation> {
     let me = s.address();
-    // The accused must be a stage server on this ledger, under the key that signed.
-    let server = claim.server;
+    // The accused must be a stage server on this ledger, under the key that signed (on a
+    // chain, the address that registered that key).
+    let server = super::resolve(&s.p, &super::Party::Key(claim.server_key))?;
     let rec = s.p.stage_server(server)?;
     if rec.modelHash == B256::ZERO {
         bail!(
@@ -200,6 +205,7 @@ pub fn attest(
         }
     }
     Ok(Attestation {
+        server,
         claim_id,
         count,
         quorum,

@@ -107,7 +107,8 @@ pub struct Claim {
     /// The server's URL as the client knew it.
     pub server_url: Option<String>,
     pub verifier_url: Option<String>,
-    /// The server's key, and its address on the embedded ledger.
+    /// The server's key, and its address (on the embedded ledger, derived from the key; `cohort
+    /// stage attest` reports the address it found where it attested).
     #[serde(with = "hex_key")]
     pub server_key: PublicKey,
     pub server: Address,

@@ -9,7 +9,9 @@
 //!
 //! Each writing command signs with the party's own key file (`--key`) and records the call on
 //! the embedded ledger in `--ledger DIR` (opened for appending with `DIR/operator.key`, as the
-//! ledger's operator). It checks what it can before writing, and a call the contract refuses
+//! ledger's operator) or, in builds with the `evm-rpc` feature, sends it to the protocol
+//! contract on an EVM chain (`--chain-rpc URL --contract ADDR`), signed with the chain key the
+//! party's key derives. It checks what it can before writing, and a call the contract refuses
 //! records nothing; `--check` checks and runs the call without recording it.
 
 pub(crate) mod attest;
@@ -30,7 +32,7 @@ use clap::Subcommand;
 use cohort_core::Identity;
 use cohort_ledger::demo::fmt_tokens;
 use cohort_ledger::protocol::Cohort::{CohortErrors, CohortEvents};
-use cohort_ledger::protocol::{Protocol, ProtocolError};
+use cohort_ledger::protocol::{Protocol, ProtocolError, decode_events};
 use cohort_ledger::{EmbeddedLedger, LedgerBackend};
 use serde::Serialize;
 
@@ -71,17 +73,166 @@ impl StageCmd {
 /// The latest `--at`: 2100-01-01T00:00:00Z.
 const MAX_TIME: u64 = 4_102_444_800;
 
+/// Where the protocol is: the embedded ledger in a directory, or (in builds with the
+/// `evm-rpc` feature) a contract on an EVM chain.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Place {
+    /// The embedded ledger's directory (a writing command opens it for appending with its
+    /// `operator.key`).
+    #[cfg_attr(
+        feature = "evm-rpc",
+        arg(long, value_name = "DIR", required_unless_present = "chain_rpc")
+    )]
+    #[cfg_attr(
+        not(feature = "evm-rpc"),
+        arg(long, value_name = "DIR", required = true)
+    )]
+    ledger: Option<PathBuf>,
+    /// An EVM chain's JSON-RPC endpoint (http://host:port), in place of --ledger: the
+    /// protocol deployed there at --contract. Each party signs with the chain key its own key
+    /// derives (docs/ledger.md); keys are found by their registrations on the chain.
+    #[cfg(feature = "evm-rpc")]
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "ledger",
+        requires = "contract"
+    )]
+    chain_rpc: Option<String>,
+    /// The protocol contract's address on that chain.
+    #[cfg(feature = "evm-rpc")]
+    #[arg(long, value_name = "ADDR", requires = "chain_rpc")]
+    contract: Option<Address>,
+    /// Hex private key of an account that pays the gas on that chain (for anvil, its first
+    /// default account); without it the party's chain account pays its own.
+    #[cfg(feature = "evm-rpc")]
+    #[arg(
+        long,
+        env = "COHORT_FUNDER_KEY",
+        requires = "chain_rpc",
+        hide_env_values = true
+    )]
+    funder_key: Option<String>,
+}
+
+/// The protocol on a ledger or a chain, chosen at run time.
+pub type AnyProtocol = Protocol<Box<dyn LedgerBackend>>;
+
+impl Place {
+    /// The embedded ledger in `dir`.
+    pub fn embedded(dir: PathBuf) -> Self {
+        Self {
+            ledger: Some(dir),
+            #[cfg(feature = "evm-rpc")]
+            chain_rpc: None,
+            #[cfg(feature = "evm-rpc")]
+            contract: None,
+            #[cfg(feature = "evm-rpc")]
+            funder_key: None,
+        }
+    }
+
+    /// Whether it is a chain.
+    pub fn is_chain(&self) -> bool {
+        self.ledger.is_none()
+    }
+
+    /// How refusals name it: `--ledger DIR` or `--chain-rpc URL`.
+    pub fn name(&self) -> String {
+        match &self.ledger {
+            Some(d) => format!("--ledger {}", d.display()),
+            None => self.chain_name(),
+        }
+    }
+
+    #[cfg(feature = "evm-rpc")]
+    fn chain_name(&self) -> String {
+        format!(
+            "--chain-rpc {}",
+            self.chain_rpc.as_deref().unwrap_or_default()
+        )
+    }
+
+    #[cfg(not(feature = "evm-rpc"))]
+    fn chain_name(&self) -> String {
+        "--ledger".to_owned()
+    }
+
+    /// The protocol there, for writing: the embedded ledger opened for appending, or the
+    /// chain connected (its chain id read), with the contract checked to have the stage
+    /// servers' functions.
+    pub fn open(&self) -> anyhow::Result<AnyProtocol> {
+        match &self.ledger {
+            Some(dir) => {
+                let ledger = EmbeddedLedger::open(dir)
+                    .with_context(|| format!("--ledger {}", dir.display()))?;
+                protocol_on(Box::new(ledger) as Box<dyn LedgerBackend>, &self.name())
+            }
+            None => self.open_chain(),
+        }
+    }
+
+    /// The protocol there, read-only: the embedded ledger verified and replayed in memory
+    /// (as `cohort ledger show` does; nothing is written), or the chain (read with calls and
+    /// logs only).
+    pub fn open_read(&self) -> anyhow::Result<AnyProtocol> {
+        match &self.ledger {
+            Some(dir) => {
+                // Its errors as they come, for `cohort ledger show`'s report of a ledger
+                // that does not verify (`stage show`), which names the directory.
+                let state = cohort_ledger::LedgerReader::open(dir).and_then(|r| {
+                    crate::cmd::ledger::note_recovery(&r);
+                    r.replay()
+                })?;
+                protocol_on(Box::new(state) as Box<dyn LedgerBackend>, &self.name())
+            }
+            None => self.open_chain(),
+        }
+    }
+
+    #[cfg(feature = "evm-rpc")]
+    fn open_chain(&self) -> anyhow::Result<AnyProtocol> {
+        use cohort_ledger::rpc::PrivateKeySigner;
+        let url = self
+            .chain_rpc
+            .as_deref()
+            .context("--ledger or --chain-rpc is needed")?;
+        let contract = self.contract.context("--chain-rpc needs --contract")?;
+        let funder = match &self.funder_key {
+            Some(k) => Some(k.trim().parse::<PrivateKeySigner>().map_err(|e| {
+                anyhow::anyhow!("--funder-key is not a secp256k1 private key: {e}")
+            })?),
+            None => None,
+        };
+        let chain = cohort_ledger::EvmRpcLedger::connect(url, funder)
+            .with_context(|| format!("--chain-rpc {url}"))?;
+        let mut p = Protocol::at(Box::new(chain) as Box<dyn LedgerBackend>, contract);
+        if p.stage_params().is_err() {
+            bail!(
+                "--contract {contract}: no protocol contract with stage servers answers there on \
+                 --chain-rpc {url}"
+            );
+        }
+        Ok(p)
+    }
+
+    #[cfg(not(feature = "evm-rpc"))]
+    fn open_chain(&self) -> anyhow::Result<AnyProtocol> {
+        bail!("--ledger is needed")
+    }
+}
+
 /// The flags of every command that signs a call.
 #[derive(Debug, clap::Args)]
 pub struct Signer {
-    /// The embedded ledger's directory; it is opened for appending with its `operator.key`.
-    #[arg(long, value_name = "DIR")]
-    ledger: PathBuf,
+    #[command(flatten)]
+    place: Place,
     /// Your key file (ed25519, PKCS#8 PEM; `cohort keys new`): it signs the call.
     #[arg(long, value_name = "FILE")]
     key: PathBuf,
     /// The time the call executes at, in unix seconds (default: now by the wall clock; never
-    /// before the ledger's last entry).
+    /// before the ledger's last entry). On a chain the default is the chain's own time, and
+    /// --at needs a chain that lets it be set (anvil, hardhat).
     #[arg(long, value_name = "UNIX", value_parser = int_in(0..=MAX_TIME))]
     at: Option<u64>,
     /// Check everything and run the call without recording it; nothing is written.
@@ -94,7 +245,7 @@ pub struct Signer {
 
 /// An open ledger, the protocol contract on it and the signing party.
 pub struct Session {
-    pub p: Protocol<EmbeddedLedger>,
+    pub p: AnyProtocol,
     pub me: Identity,
     pub check: bool,
     pub json: bool,
@@ -104,7 +255,7 @@ impl Signer {
     /// The signer of `key` on the embedded ledger in `ledger`, now, recording.
     pub fn new(ledger: PathBuf, key: PathBuf) -> Self {
         Self {
-            ledger,
+            place: Place::embedded(ledger),
             key,
             at: None,
             check: false,
@@ -117,21 +268,26 @@ impl Signer {
         &self.key
     }
 
-    /// Loads the key and opens the ledger at `--at` (or now). Nothing is written.
+    /// Loads the key and opens the ledger (or connects to the chain) at `--at` (or now).
+    /// Nothing is written.
     pub fn open(&self) -> anyhow::Result<Session> {
         let me = cohort_core::keyfile::load(&self.key).context("--key")?;
-        let ledger = EmbeddedLedger::open(&self.ledger)
-            .with_context(|| format!("--ledger {}", self.ledger.display()))?;
-        let last = ledger.head()?.time;
+        let mut p = self.place.open()?;
+        let last = p.backend().head()?.time;
         let now = match self.at {
             Some(t) if t < last => {
                 bail!("--at {t}: before the ledger's last entry ({last}); its time never goes back")
             }
-            Some(t) => t,
-            None => wall_clock().max(last),
+            Some(t) => Some(t),
+            // A chain keeps its own time.
+            None if self.place.is_chain() => None,
+            None => Some(wall_clock().max(last)),
         };
-        let mut p = protocol_on(ledger, &self.ledger)?;
-        p.backend_mut().set_time(now)?;
+        if let Some(now) = now {
+            p.backend_mut()
+                .set_time(now)
+                .with_context(|| format!("--at {now}: {}", self.place.name()))?;
+        }
         Ok(Session {
             p,
             me,
@@ -149,8 +305,9 @@ fn wall_clock() -> u64 {
 }
 
 /// The protocol contract on `ledger` (the first contract that announced its governance, as
-/// `Cohort`'s constructor does), checked to have the stage servers' functions.
-pub fn protocol_on<B: LedgerBackend>(ledger: B, dir: &Path) -> anyhow::Result<Protocol<B>> {
+/// `Cohort`'s constructor does), checked to have the stage servers' functions; `what` names
+/// the ledger in refusals.
+pub fn protocol_on<B: LedgerBackend>(ledger: B, what: &str) -> anyhow::Result<Protocol<B>> {
     use alloy_sol_types::SolEvent;
     use cohort_ledger::protocol::Cohort::GovernanceChanged;
     let (logs, _) = ledger.logs_since(0)?;
@@ -162,21 +319,51 @@ pub fn protocol_on<B: LedgerBackend>(ledger: B, dir: &Path) -> anyhow::Result<Pr
                     .is_ok_and(|g| g.previous == Address::ZERO)
         })
         .map(|(_, l)| l.address)
-        .with_context(|| {
-            format!(
-                "--ledger {}: no protocol contract was deployed on it",
-                dir.display()
-            )
-        })?;
+        .with_context(|| format!("{what}: no protocol contract was deployed on it"))?;
     let mut p = Protocol::at(ledger, contract);
     if p.stage_params().is_err() {
         bail!(
-            "--ledger {}: its protocol contract {contract} has no stage servers (it was \
-             deployed before them)",
-            dir.display()
+            "{what}: its protocol contract {contract} has no stage servers (it was deployed \
+             before them)"
         );
     }
     Ok(p)
+}
+
+/// The address `party` has where `p` runs: an address as given; a key's on the embedded
+/// ledger (derived from it), or on a chain the address that registered it (a chain address
+/// derives from the key's secret, not from the public key, so it is found in the contract's
+/// `Registered` events).
+pub fn resolve<B: LedgerBackend>(p: &Protocol<B>, party: &Party) -> anyhow::Result<Address> {
+    let key = match party {
+        Party::Address(a) => return Ok(*a),
+        Party::Key(k) => k,
+    };
+    if p.backend().chain_id().is_none() {
+        return Ok(cohort_core::address_of(key));
+    }
+    let want = cohort_core::key_hash(key);
+    let logs: Vec<_> = p
+        .backend()
+        .contract_logs(p.address())?
+        .into_iter()
+        .map(|(_, l)| l)
+        .collect();
+    decode_events(p.address(), &logs)
+        .into_iter()
+        .find_map(|e| match e {
+            CohortEvents::Registered(r) if r.keyHash == want => Some(r.who),
+            _ => None,
+        })
+        .with_context(|| {
+            format!(
+                "key {}: no participant registered it on the chain's contract {} (a chain \
+                 address does not follow from a public key: name an unregistered party by its \
+                 address)",
+                hex::encode(key),
+                p.address()
+            )
+        })
 }
 
 impl Session {
@@ -206,6 +393,7 @@ impl Session {
                 .map(crate::cmd::ledger::event_name)
                 .collect(),
             decoded: sent.events,
+            chain: self.p.backend().chain_id().is_some(),
         }))
     }
 
@@ -227,7 +415,7 @@ impl Session {
 pub struct Recorded {
     /// The function.
     pub call: String,
-    /// Its entry in the ledger.
+    /// Its entry in the ledger (on a chain: its block).
     pub entry: u64,
     /// Gas used.
     pub gas: u64,
@@ -236,6 +424,9 @@ pub struct Recorded {
     /// And decoded.
     #[serde(skip)]
     pub decoded: Vec<CohortEvents>,
+    /// Whether it went to a chain (`entry` is then its block).
+    #[serde(skip)]
+    pub chain: bool,
 }
 
 /// What the recorded calls were, for the human output.
@@ -247,8 +438,9 @@ pub fn recorded_lines(calls: &[Recorded], check: bool) -> Vec<String> {
         .iter()
         .map(|r| {
             format!(
-                "recorded {} at entry {} ({} gas; {})",
+                "recorded {} {} {} ({} gas; {})",
                 r.call,
+                if r.chain { "in block" } else { "at entry" },
                 r.entry,
                 r.gas,
                 r.events.join(", ")
@@ -341,10 +533,19 @@ pub fn explain(e: &ProtocolError) -> String {
     }
 }
 
+/// A party as `--server` and `--payer` name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Party {
+    /// An address.
+    Address(Address),
+    /// An ed25519 public key ([`resolve`] finds its address).
+    Key(cohort_core::PublicKey),
+}
+
 /// `--server`, `--payer`: an address (`0x` and 40 hex digits) or an ed25519 public key (64 hex
-/// digits, as a stage server's Info and `cohort keys show` give it), which names the address
-/// the embedded ledger gives that key.
-pub fn party(s: &str) -> Result<Address, String> {
+/// digits, as a stage server's Info and `cohort keys show` give it), whose address is the one
+/// the embedded ledger gives that key, or on a chain the one that registered it.
+pub fn party(s: &str) -> Result<Party, String> {
     let t = s.trim();
     let h = t.strip_prefix("0x").unwrap_or(t);
     let bad = || {
@@ -352,11 +553,11 @@ pub fn party(s: &str) -> Result<Address, String> {
             .to_owned()
     };
     match h.len() {
-        40 if t.starts_with("0x") => h.parse::<Address>().map_err(|_| bad()),
+        40 if t.starts_with("0x") => h.parse::<Address>().map(Party::Address).map_err(|_| bad()),
         64 => {
             let mut pk = [0u8; 32];
             hex::decode_to_slice(h, &mut pk).map_err(|_| bad())?;
-            Ok(cohort_core::address_of(&pk))
+            Ok(Party::Key(pk))
         }
         _ => Err(bad()),
     }

@@ -5,7 +5,7 @@ use cohort_ledger::demo::fmt_tokens;
 use cohort_ledger::protocol::CohortStages;
 use serde::Serialize;
 
-use super::{Recorded, Signer, amount, party, recorded_lines};
+use super::{Party, Recorded, Signer, amount, party, recorded_lines, resolve};
 use crate::args::{int_in, token_amount};
 
 /// Escrow pay to a stage server for a period.
@@ -21,7 +21,7 @@ pub struct Args {
     /// The server: its address (0x...) or its ed25519 public key (64 hex digits, as its Info
     /// gives it).
     #[arg(long, value_name = "ADDR|KEY", value_parser = party)]
-    server: Address,
+    server: Party,
     /// The period paid for (a number you and the server agree on, such as the session).
     #[arg(long, value_name = "N", value_parser = int_in(0..=u64::MAX))]
     period: u64,
@@ -52,28 +52,29 @@ struct Out {
 impl Args {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         let mut s = self.signer.open()?;
+        let server = resolve(&s.p, &self.server)?;
         let call = CohortStages::payStageCall {
-            server: self.server,
+            server,
             period: self.period,
             tokens: self.tokens,
             amount: self.amount,
         };
         let calls: Vec<Recorded> = s.send(call)?.into_iter().collect();
-        let e = s.p.stage_escrow(self.server, self.period)?;
+        let e = s.p.stage_escrow(server, self.period)?;
         let mut lines = recorded_lines(&calls, s.check);
         if !s.check {
             lines.push(format!(
                 "escrowed {} tokens for {} in period {}: {} in all, released to it from {} \
                  (cohort stage release)",
                 fmt_tokens(self.amount),
-                self.server,
+                server,
                 self.period,
                 fmt_tokens(e.amount),
                 e.releaseAt
             ));
         }
         let out = Out {
-            server: self.server,
+            server,
             period: self.period,
             payer: s.address(),
             paid: amount(self.amount),

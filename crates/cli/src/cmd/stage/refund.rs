@@ -6,7 +6,7 @@ use cohort_ledger::protocol::Cohort::CohortEvents;
 use cohort_ledger::protocol::CohortStages;
 use serde::Serialize;
 
-use super::{Recorded, Signer, amount, party, recorded_lines};
+use super::{Party, Recorded, Signer, amount, party, recorded_lines, resolve};
 use crate::args::int_in;
 
 /// Give a payer back what it escrowed for a slashed stage server in a period that was not
@@ -17,13 +17,13 @@ pub struct Args {
     signer: Signer,
     /// The slashed server: its address (0x...) or its ed25519 public key (64 hex digits).
     #[arg(long, value_name = "ADDR|KEY", value_parser = party)]
-    server: Address,
+    server: Party,
     /// The period.
     #[arg(long, value_name = "N", value_parser = int_in(0..=u64::MAX))]
     period: u64,
     /// The payer refunded (default: your key's address).
     #[arg(long, value_name = "ADDR|KEY", value_parser = party)]
-    payer: Option<Address>,
+    payer: Option<Party>,
 }
 
 #[derive(Serialize)]
@@ -40,9 +40,13 @@ struct Out {
 impl Args {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         let mut s = self.signer.open()?;
-        let payer = self.payer.unwrap_or_else(|| s.address());
+        let server = resolve(&s.p, &self.server)?;
+        let payer = match &self.payer {
+            Some(p) => resolve(&s.p, p)?,
+            None => s.address(),
+        };
         let call = CohortStages::refundStageCall {
-            server: self.server,
+            server,
             period: self.period,
             payer,
         };
@@ -58,12 +62,12 @@ impl Args {
             lines.push(format!(
                 "gave {} tokens back to {payer} (its pay to {} for period {})",
                 fmt_tokens(refunded),
-                self.server,
+                server,
                 self.period
             ));
         }
         let out = Out {
-            server: self.server,
+            server,
             period: self.period,
             payer,
             refunded: amount(refunded),

@@ -6,7 +6,7 @@ use cohort_ledger::protocol::Cohort::CohortEvents;
 use cohort_ledger::protocol::CohortStages;
 use serde::Serialize;
 
-use super::{Recorded, Signer, amount, party, recorded_lines};
+use super::{Party, Recorded, Signer, amount, party, recorded_lines, resolve};
 use crate::args::int_in;
 
 /// Pay a period's escrow to its stage server, once the challenge window after the period's
@@ -18,7 +18,7 @@ pub struct Args {
     signer: Signer,
     /// The server: its address (0x...) or its ed25519 public key (64 hex digits).
     #[arg(long, value_name = "ADDR|KEY", value_parser = party)]
-    server: Address,
+    server: Party,
     /// The period.
     #[arg(long, value_name = "N", value_parser = int_in(0..=u64::MAX))]
     period: u64,
@@ -38,8 +38,9 @@ struct Out {
 impl Args {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         let mut s = self.signer.open()?;
+        let server = resolve(&s.p, &self.server)?;
         let call = CohortStages::releaseStageCall {
-            server: self.server,
+            server,
             period: self.period,
         };
         let calls: Vec<Recorded> = s.send(call)?.into_iter().collect();
@@ -54,12 +55,12 @@ impl Args {
             lines.push(format!(
                 "paid {} tokens to {} for period {} ({tokens} model tokens)",
                 fmt_tokens(released),
-                self.server,
+                server,
                 self.period
             ));
         }
         let out = Out {
-            server: self.server,
+            server,
             period: self.period,
             released: amount(released),
             tokens,

@@ -1,14 +1,13 @@
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use alloy_primitives::{Address, B256};
-use cohort_ledger::LedgerReader;
 use cohort_ledger::demo::fmt_tokens;
 use cohort_ledger::protocol::Cohort::CohortEvents;
 use cohort_ledger::protocol::decode_events;
+use cohort_ledger::{LedgerBackend, LedgerError};
 use serde::Serialize;
 
-use super::{amount, party, protocol_on};
+use super::{Party, Place, amount, party, resolve};
 use crate::args::int_in;
 use crate::output::{Table, print_json};
 
@@ -16,18 +15,17 @@ use crate::output::{Table, print_json};
 /// and replayed as `cohort ledger show` does, never written, and no key is needed.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The embedded ledger's directory.
-    #[arg(long, value_name = "DIR")]
-    ledger: PathBuf,
+    #[command(flatten)]
+    place: Place,
     /// Only this server: its address (0x...) or its ed25519 public key (64 hex digits).
     #[arg(long, value_name = "ADDR|KEY", value_parser = party)]
-    server: Option<Address>,
+    server: Option<Party>,
     /// With --server: its escrow for this period.
     #[arg(long, value_name = "N", requires = "server", value_parser = int_in(0..=u64::MAX))]
     period: Option<u64>,
     /// With --period: what this payer holds in that escrow.
     #[arg(long, value_name = "ADDR|KEY", requires = "period", value_parser = party)]
-    payer: Option<Address>,
+    payer: Option<Party>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -73,16 +71,18 @@ struct Escrow {
 
 impl Args {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
-        let dir = &self.ledger;
-        let state = LedgerReader::open(dir).and_then(|r| {
-            crate::cmd::ledger::note_recovery(&r);
-            r.replay()
-        });
-        let state = match state {
-            Ok(s) => s,
-            Err(e) => return crate::cmd::ledger::report_failure(dir, &e, self.json),
+        // A ledger that does not verify is reported as `cohort ledger show` reports it.
+        let mut p = match self.place.open_read() {
+            Ok(p) => p,
+            Err(e) => match (&self.place.ledger, e.downcast_ref::<LedgerError>()) {
+                (Some(dir), Some(le)) if e.chain().count() == 1 => {
+                    return crate::cmd::ledger::report_failure(dir, le, self.json);
+                }
+                _ => return Err(e),
+            },
         };
-        let mut p = protocol_on(state, dir)?;
+        let server = self.server.map(|s| resolve(&p, &s)).transpose()?;
+        let payer = self.payer.map(|s| resolve(&p, &s)).transpose()?;
         let sp = p.stage_params()?;
         let params = Params {
             min_stage_stake: amount(sp.minStageStake),
@@ -91,10 +91,10 @@ impl Args {
             slash_bps: sp.stageSlashBps,
             attester_bps: sp.stageAttesterBps,
         };
-        let addresses: Vec<Address> = match self.server {
+        let addresses: Vec<Address> = match server {
             Some(a) => vec![a],
             None => {
-                let (logs, _) = cohort_ledger::LedgerBackend::logs_since(p.backend(), 0)?;
+                let logs = p.backend().contract_logs(p.address())?;
                 let logs: Vec<_> = logs.into_iter().map(|(_, l)| l).collect();
                 decode_events(p.address(), &logs)
                     .into_iter()
@@ -109,7 +109,7 @@ impl Args {
         for a in addresses {
             let r = p.stage_server(a)?;
             if r.modelHash == B256::ZERO {
-                anyhow::bail!("--server {a}: no stage server on this ledger");
+                anyhow::bail!("--server {a}: no stage server on {}", self.place.name());
             }
             let (active, unbonding, _) = p.stake_of(a)?;
             let slashed = r.slashClaim != B256::ZERO;
@@ -126,10 +126,10 @@ impl Args {
                 slash_claim: slashed.then_some(r.slashClaim),
             });
         }
-        let escrow = match (self.server, self.period) {
+        let escrow = match (server, self.period) {
             (Some(server), Some(period)) => {
                 let e = p.stage_escrow(server, period)?;
-                let paid = match self.payer {
+                let paid = match payer {
                     Some(payer) => Some(amount(p.stage_paid(server, period, payer)?)),
                     None => None,
                 };
@@ -140,13 +140,13 @@ impl Args {
                     tokens: e.tokens,
                     release_at: e.releaseAt,
                     released: e.released,
-                    payer: self.payer,
+                    payer,
                     paid,
                 })
             }
             _ => None,
         };
-        let now = cohort_ledger::LedgerBackend::head(p.backend())?.time;
+        let now = p.backend().head()?.time;
         if self.json {
             print_json(&serde_json::json!({
                 "contract": p.address(), "time": now, "params": params,
