@@ -11,38 +11,10 @@ mod common;
 mod stages;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use common::{Server, cohort, p, serve, serve_with, text, tiny_llama};
-
-/// A `tiny` GPT (4 layers) pretrained 3 steps in `dir`, and its text: the model directory and
-/// the text file.
-fn tiny_model(dir: &Path) -> (PathBuf, PathBuf) {
-    let corpus = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/data/tinyshakespeare/input.txt"
-    );
-    let text_file = dir.join("text.txt");
-    let all = std::fs::read_to_string(corpus).unwrap();
-    std::fs::write(&text_file, &all[..60_000]).unwrap();
-    let model = dir.join("model");
-    let o = cohort(&[
-        "model",
-        "pretrain",
-        "--corpus",
-        p(&text_file),
-        "--preset",
-        "tiny",
-        "--out",
-        p(&model),
-        "--steps",
-        "3",
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
-    (model, text_file)
-}
+use common::{Server, cohort, p, serve, serve_with, text, tiny_llama, tiny_model};
 
 /// Three `serve-layers` processes holding layers `0..1`, `1..3` and `3..4` of `model`, and
 /// their URLs as `--pipeline` takes them.

@@ -20,7 +20,7 @@ use cohort_ledger::protocol::Protocol;
 use cohort_ledger::rpc::PrivateKeySigner;
 use cohort_ledger::{EvmRpcLedger, LedgerBackend};
 use cohort_testkit::{Anvil, FUNDER_KEY, free_port};
-use common::{cohort, p, text};
+use common::{Server, cohort, p, serve, serve_with, text};
 use serde_json::Value;
 use stages::{evidence, write_claims};
 
@@ -367,4 +367,187 @@ fn stage_servers_on_a_chain_are_paid_slashed_refunded_and_released() {
         text(&o)
     );
     assert_eq!(block(), before, "a refused command sent a transaction");
+}
+
+/// `cohort model lora --pipeline ... --chain-rpc URL --contract ADDR`: the stage servers are
+/// checked against their declarations on the chain, an honest run pays each server into
+/// escrow on the chain for the tokens it processed, and verifiers started with
+/// `--attest-chain-rpc` attest on the chain the claims they catch: the quorum slashes the
+/// cheat, which the next run refuses before any step.
+#[test]
+fn a_pipeline_on_a_chain_is_checked_paid_and_attested_there() {
+    let Some(anvil) = Anvil::start("a_pipeline_on_a_chain") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (model, text_file) = common::tiny_model(dir);
+    let funder: PrivateKeySigner = FUNDER_KEY.parse().unwrap();
+    let chain = EvmRpcLedger::connect(anvil.url(), Some(funder)).unwrap();
+    let gov = Identity::from_seed(32, "governance");
+    let mut proto = Protocol::deploy(chain, &gov).unwrap();
+    let party = |name: &str, proto: &Protocol<EvmRpcLedger>| {
+        let id = Identity::from_seed(32, name);
+        let key = dir.join(format!("{name}.pem"));
+        keyfile::write_new(&key, &id).unwrap();
+        let chain = proto.backend().chain_address(&id);
+        Party { key, id, chain }
+    };
+    let [head, mid, cheat, v1, v2, tail, client] =
+        ["head", "mid", "cheat", "v1", "v2", "tail", "client"].map(|n| party(n, &proto));
+    for who in [&head, &mid, &cheat, &v1, &v2, &tail, &client] {
+        proto.mint(&gov, who.chain, tokens(5_000)).unwrap();
+    }
+    let contract = proto.address().to_string();
+    drop(proto);
+    let place = [
+        "--chain-rpc",
+        anvil.url(),
+        "--contract",
+        contract.as_str(),
+        "--funder-key",
+        FUNDER_KEY,
+    ];
+    for (s, layers) in [
+        (&head, "0..1"),
+        (&mid, "1..3"),
+        (&cheat, "1..3"),
+        (&v1, "1..3"),
+        (&v2, "1..3"),
+        (&tail, "3..4"),
+    ] {
+        let mut a = vec!["stage", "register"];
+        a.extend_from_slice(&place);
+        a.extend_from_slice(&[
+            "--key",
+            p(&s.key),
+            "--model",
+            p(&model),
+            "--layers",
+            layers,
+            "--stake",
+            "1500",
+        ]);
+        let o = cohort(&a);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let first = serve_with(&model, "0..1", &["--key", p(&head.key)]);
+    let honest = serve_with(&model, "1..3", &["--key", p(&mid.key)]);
+    let last = serve_with(&model, "3..4", &["--key", p(&tail.key)]);
+    let lora = |out: &str, middle: &Server, extra: &[&str]| {
+        let list = format!("{},{},{}", first.url, middle.url, last.url);
+        let mut a = vec![
+            "model",
+            "lora",
+            p(&model),
+            "--data",
+            p(&text_file),
+            "--out",
+            out,
+            "--steps",
+            "2",
+            "--batch",
+            "2",
+            "--json",
+            "--pipeline",
+            &list,
+            "--insecure",
+        ];
+        a.extend_from_slice(&place);
+        a.extend_from_slice(extra);
+        cohort(&a)
+    };
+    let show = |server: &Party, period: Option<&str>| -> Value {
+        let key = server.public_key();
+        let mut a = vec!["stage", "show", "--json", "--server", &key];
+        a.extend_from_slice(&place);
+        if let Some(period) = period {
+            a.extend_from_slice(&["--period", period]);
+        }
+        let o = cohort(&a);
+        assert!(o.status.success(), "{}", text(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+
+    // An honest run pays each server for the tokens its layers processed, on the chain.
+    let out = dir.join("paid");
+    let o = lora(
+        p(&out),
+        &honest,
+        &["--key", p(&client.key), "--pay-per-token", "0.01"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let paid = v["paid"].as_array().unwrap();
+    assert_eq!(paid.len(), 3, "{v}");
+    for (entry, server) in paid.iter().zip([&head, &mid, &tail]) {
+        assert_eq!(entry["address"], server.json(), "{entry}");
+        assert_eq!(entry["tokens"], 2 * 2 * 128, "{entry}");
+        let period = entry["period"].as_u64().unwrap().to_string();
+        let shown = show(server, Some(&period));
+        assert_eq!(shown["escrow"]["tokens"], 2 * 2 * 128, "{shown}");
+        assert_eq!(
+            shown["escrow"]["amount"],
+            (tokens(1) / U256::from(100) * U256::from(2 * 2 * 128)).to_string()
+        );
+    }
+
+    // A server not declared on the chain is refused before any step.
+    let stranger = serve(&model, "1..3");
+    let o = lora(p(&dir.join("stranger")), &stranger, &[]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("has no key"), "{}", text(&o));
+    let undeclared = Identity::from_seed(32, "undeclared");
+    let undeclared_key = dir.join("undeclared.pem");
+    keyfile::write_new(&undeclared_key, &undeclared).unwrap();
+    let unknown = serve_with(&model, "1..3", &["--key", p(&undeclared_key)]);
+    let o = lora(p(&dir.join("unknown")), &unknown, &[]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("no participant registered it"),
+        "{}",
+        text(&o)
+    );
+
+    // Verifiers attesting on the chain: the cheat is slashed as it is caught.
+    let liar = serve_with(
+        &model,
+        "1..3",
+        &["--misbehave", "noise=0.01", "--key", p(&cheat.key)],
+    );
+    let verifiers: Vec<Server> = [&v1, &v2]
+        .iter()
+        .map(|v| {
+            serve_with(
+                &model,
+                "1..3",
+                &[
+                    "--key",
+                    p(&v.key),
+                    "--attest-chain-rpc",
+                    anvil.url(),
+                    "--attest-contract",
+                    &contract,
+                    "--attest-funder-key",
+                    FUNDER_KEY,
+                ],
+            )
+        })
+        .collect();
+    let vlist = format!("{},{}", verifiers[0].url, verifiers[1].url);
+    let o = lora(
+        p(&dir.join("caught")),
+        &liar,
+        &["--verifiers", &vlist, "--verify-rate", "1"],
+    );
+    assert!(!o.status.success(), "not caught");
+    let said = text(&o);
+    assert!(said.contains("(attestation 1 of 2)"), "{said}");
+    assert!(said.contains("(attestation 2 of 2): slashed"), "{said}");
+    let shown = show(&cheat, None);
+    assert_eq!(shown["servers"][0]["active"], false, "{shown}");
+    // The next run refuses the slashed server before any step.
+    let o = lora(p(&dir.join("late")), &liar, &[]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("was slashed for fraud"), "{}", text(&o));
 }

@@ -183,3 +183,31 @@ pub fn run_small_lm(out: &Path, extra: &[&str]) -> Result<serde_json::Value, Str
     }
     Ok(serde_json::from_slice(&o.stdout).unwrap())
 }
+
+/// A `tiny` GPT (4 layers) pretrained 3 steps in `dir`, and its text: the model directory and
+/// the text file.
+pub fn tiny_model(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let corpus = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/data/tinyshakespeare/input.txt"
+    );
+    let text_file = dir.join("text.txt");
+    let all = std::fs::read_to_string(corpus).unwrap();
+    std::fs::write(&text_file, &all[..60_000]).unwrap();
+    let model = dir.join("model");
+    let o = cohort(&[
+        "model",
+        "pretrain",
+        "--corpus",
+        p(&text_file),
+        "--preset",
+        "tiny",
+        "--out",
+        p(&model),
+        "--steps",
+        "3",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    (model, text_file)
+}

@@ -95,12 +95,12 @@ pub struct Args {
     /// much).
     #[arg(long, default_value = "none", value_parser = super::stage_compression, requires = "pipeline")]
     compress: String,
-    /// An embedded ledger on which every stage server, spare and verifier must be a declared
-    /// stage server of this model's layers (`cohort stage register`), with a key and never
-    /// slashed: checked before any step, read only.
-    #[arg(long, value_name = "DIR", requires = "pipeline")]
-    ledger: Option<PathBuf>,
-    /// Your key file (with --ledger and --pay-per-token): it signs the escrow payments.
+    /// Where the stage servers are declared: every stage server, spare and verifier must be a
+    /// declared stage server of this model's layers there (`cohort stage register`), with a
+    /// key and never slashed, checked before any step (read only); --pay-per-token pays there.
+    #[command(flatten)]
+    place: crate::cmd::stage::Place,
+    /// Your key file (with --pay-per-token): it signs the escrow payments.
     #[arg(long, value_name = "FILE", requires = "pay_per_token")]
     key: Option<PathBuf>,
     /// When the adapter is written, escrow to every stage server that completed training steps
@@ -110,7 +110,7 @@ pub struct Args {
     /// quorum of verifiers slashed it). Your balance must cover every server's share of every
     /// step, checked before any step.
     #[arg(long, value_name = "TOKENS", value_parser = crate::args::token_amount,
-          requires_all = ["ledger", "key"])]
+          requires = "key")]
     pay_per_token: Option<alloy_primitives::U256>,
     /// The CA that signed the stage servers' certificates (for https:// URLs).
     #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
@@ -256,15 +256,27 @@ impl Args {
         if self.pipeline.is_empty() && (self.ca.is_some() || self.insecure) {
             anyhow::bail!("--ca and --insecure are for the stage servers of --pipeline");
         }
-        if let Some(l) = &self.ledger {
-            // Before any work: the ledger opens (its servers are checked once they are dialed).
-            cohort_ledger::LedgerReader::open(l)
-                .with_context(|| format!("--ledger {}", l.display()))?;
+        if self.place.given() {
+            if self.pipeline.is_empty() {
+                anyhow::bail!(
+                    "{}: the stage servers of --pipeline are checked there; there is no \
+                     --pipeline",
+                    self.place.name()
+                );
+            }
+            // Before any work: the ledger opens, or the chain answers with the contract (its
+            // servers are checked once they are dialed).
+            self.place.open_read()?;
+        } else if self.pay_per_token.is_some() {
+            anyhow::bail!(
+                "--pay-per-token: where to pay? Give --ledger DIR (or --chain-rpc URL --contract \
+                 ADDR)"
+            );
         }
         // And the payer can pay every server's share of every step.
-        let payer = match (&self.ledger, &self.key, self.pay_per_token) {
-            (Some(l), Some(k), Some(price)) => {
-                let signer = crate::cmd::stage::Signer::new(l.clone(), k.clone());
+        let payer = match (&self.key, self.pay_per_token) {
+            (Some(k), Some(price)) => {
+                let signer = crate::cmd::stage::Signer::on(self.place.clone(), k.clone());
                 let mut s = signer.open()?;
                 let most = price
                     .checked_mul(alloy_primitives::U256::from(
@@ -356,8 +368,8 @@ impl Args {
                         .with_evidence(self.evidence.clone()),
                 }
                 .with_compression(super::pipeline::compression(&self.compress)?, &self.dir)?;
-                if let Some(l) = &self.ledger {
-                    p.check_on_ledger(l, super::pipeline::model_sha256(&self.dir)?)?;
+                if self.place.given() {
+                    p.check_on_ledger(&self.place, super::pipeline::model_sha256(&self.dir)?)?;
                 }
                 Some(p)
             }
@@ -441,7 +453,7 @@ impl Args {
             let caught = p.caught_servers();
             for (url, key, tokens) in p.served().iter().filter(|(u, _, _)| !caught.contains(u)) {
                 let key = key.with_context(|| format!("stage server {url} has no key"))?;
-                let server = cohort_core::address_of(&key);
+                let server = crate::cmd::stage::resolve(&s.p, &crate::cmd::stage::Party::Key(key))?;
                 let amount = price.saturating_mul(alloy_primitives::U256::from(*tokens));
                 s.send(cohort_ledger::protocol::CohortStages::payStageCall {
                     server,

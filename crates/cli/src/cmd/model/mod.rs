@@ -27,7 +27,7 @@ pub enum ModelCmd {
     /// Generate text from a model directory.
     Generate(generate::Args),
     /// Fine-tune a LoRA adapter (PEFT format) on a text file.
-    Lora(lora::Args),
+    Lora(Box<lora::Args>),
     /// Factor linear layers by truncated SVD; report parameters, FLOPs and perplexity per rank.
     Svd(svd::Args),
     /// Measure the streams between layers and write their bases (stream_bases.safetensors),

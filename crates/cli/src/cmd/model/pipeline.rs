@@ -183,19 +183,19 @@ struct LayerStage {
 
 /// A verifier's attesting side: its ledger and its key.
 struct Attester {
-    ledger: PathBuf,
+    place: crate::cmd::stage::Place,
     key: PathBuf,
     public_key: cohort_core::PublicKey,
 }
 
 impl Attester {
-    /// The ledger at `ledger` opened as the key in `key` (checked: the key loads, the ledger
-    /// opens and has the stage contract), then closed.
-    fn new(ledger: &Path, key: &Path) -> anyhow::Result<Self> {
-        let signer = crate::cmd::stage::Signer::new(ledger.to_owned(), key.to_owned());
+    /// The ledger or chain at `place` opened as the key in `key` (checked: the key loads, the
+    /// ledger opens or the chain answers, and the stage contract is there), then closed.
+    fn new(place: crate::cmd::stage::Place, key: &Path) -> anyhow::Result<Self> {
+        let signer = crate::cmd::stage::Signer::on(place.clone(), key.to_owned());
         let s = signer.open().context("--attest-ledger")?;
         Ok(Self {
-            ledger: ledger.to_owned(),
+            place,
             key: key.to_owned(),
             public_key: s.me.public_key(),
         })
@@ -221,7 +221,7 @@ impl Attester {
         }
         // Another process (a client paying, another verifier attesting) may hold the ledger
         // for a moment: try again for up to ten seconds.
-        let signer = crate::cmd::stage::Signer::new(self.ledger.clone(), self.key.clone());
+        let signer = crate::cmd::stage::Signer::on(self.place.clone(), self.key.clone());
         let mut tries = 0;
         let mut s = loop {
             match signer.open() {
@@ -244,7 +244,7 @@ impl Attester {
         eprintln!(
             "serve-layers: attested claim {} against {} (attestation {} of {}){}",
             attested.claim_id,
-            c.server,
+            a.server,
             attested.attestations,
             attested.quorum,
             if attested.slashed {
@@ -594,6 +594,30 @@ pub struct ServeArgs {
     /// that other processes can use it between (docs/pipeline.md).
     #[arg(long, value_name = "DIR", requires = "key")]
     attest_ledger: Option<PathBuf>,
+    /// As a verifier, attest on the protocol contract --attest-contract of the EVM chain at
+    /// this JSON-RPC endpoint instead, signing with the chain key --key derives.
+    #[cfg(feature = "evm-rpc")]
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "attest_ledger",
+        requires_all = ["key", "attest_contract"]
+    )]
+    attest_chain_rpc: Option<String>,
+    /// The protocol contract's address on that chain.
+    #[cfg(feature = "evm-rpc")]
+    #[arg(long, value_name = "ADDR", requires = "attest_chain_rpc")]
+    attest_contract: Option<alloy_primitives::Address>,
+    /// Hex private key of an account that pays the attestations' gas on that chain (for
+    /// anvil, its first default account).
+    #[cfg(feature = "evm-rpc")]
+    #[arg(
+        long,
+        value_name = "HEX",
+        env = "COHORT_FUNDER_KEY",
+        hide_env_values = true
+    )]
+    attest_funder_key: Option<String>,
     /// Check everything a start would (the model, the layers, TLS, the address), say what
     /// would be served, and exit.
     #[arg(long)]
@@ -701,6 +725,21 @@ fn parse_misbehave(s: &str) -> Result<Misbehave, String> {
 }
 
 impl ServeArgs {
+    /// Where a verifier attests: --attest-ledger, or the chain of --attest-chain-rpc.
+    fn attest_place(&self) -> Option<crate::cmd::stage::Place> {
+        #[cfg(feature = "evm-rpc")]
+        if let (Some(url), Some(contract)) = (&self.attest_chain_rpc, self.attest_contract) {
+            return Some(crate::cmd::stage::Place::chain(
+                url.clone(),
+                contract,
+                self.attest_funder_key.clone(),
+            ));
+        }
+        self.attest_ledger
+            .clone()
+            .map(crate::cmd::stage::Place::embedded)
+    }
+
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         let tls = match (&self.tls_cert, &self.tls_key, self.insecure) {
             (Some(c), Some(k), false) => Some(cohort_net::tls::server_config(c, k)?),
@@ -769,8 +808,8 @@ impl ServeArgs {
                 _ => cohort_model::kernels::compute_kind(),
             },
         };
-        let attester = match (&self.attest_ledger, &self.key) {
-            (Some(l), Some(k)) => Some(Attester::new(l, k)?),
+        let attester = match (self.attest_place(), &self.key) {
+            (Some(place), Some(k)) => Some(Attester::new(place, k)?),
             _ => None,
         };
         let listener = std::net::TcpListener::bind(&self.listen)
@@ -816,7 +855,7 @@ impl ServeArgs {
         if let Some(a) = attester {
             eprintln!(
                 "serve-layers: attests the fraud claims clients send it on {}",
-                a.ledger.display()
+                a.place.name()
             );
             stage.attester = Some(Mutex::new(a));
         }
@@ -1773,16 +1812,17 @@ impl Pipeline {
         })
     }
 
-    /// Checks every stage server, spare and verifier against the stage servers of the embedded
-    /// ledger in `ledger`: each must have a key, and that key's address must be a stage server
-    /// of this model (`model_sha256`) and of exactly the layers it serves, never slashed. Read
-    /// only; refused by name before any step otherwise.
-    pub fn check_on_ledger(&self, ledger: &Path, model: [u8; 32]) -> anyhow::Result<()> {
-        let state = cohort_ledger::LedgerReader::open(ledger)
-            .and_then(|r| r.replay())
-            .with_context(|| format!("--ledger {}", ledger.display()))?;
-        let mut p =
-            crate::cmd::stage::protocol_on(state, &format!("--ledger {}", ledger.display()))?;
+    /// Checks every stage server, spare and verifier against the stage servers declared at
+    /// `place` (an embedded ledger or a chain): each must have a key, and that key's address
+    /// must be a stage server of this model (`model_sha256`) and of exactly the layers it
+    /// serves, never slashed. Read only; refused by name before any step otherwise.
+    pub fn check_on_ledger(
+        &self,
+        place: &crate::cmd::stage::Place,
+        model: [u8; 32],
+    ) -> anyhow::Result<()> {
+        let mut p = place.open_read()?;
+        let ledger = place.name();
         let clients = self
             .stages
             .iter()
@@ -1802,17 +1842,17 @@ impl Pipeline {
                     c.url()
                 )
             })?;
-            let address = cohort_core::address_of(&key);
+            let address = crate::cmd::stage::resolve(&p, &crate::cmd::stage::Party::Key(key))
+                .with_context(|| format!("{ledger}: stage server {}", c.url()))?;
             let r = p.stage_server(address)?;
             let ok = r.modelHash == alloy_primitives::B256::from(model)
                 && r.firstLayer as usize == info.layers.start
                 && r.endLayer as usize == info.layers.end;
             if !ok {
                 bail!(
-                    "--ledger {}: stage server {} (key {}, address {address}) is not declared \
-                     on it as a stage server of this model's layers {:?} (`cohort stage \
-                     register`)",
-                    ledger.display(),
+                    "{}: stage server {} (key {}, address {address}) is not declared on it as \
+                     a stage server of this model's layers {:?} (`cohort stage register`)",
+                    ledger,
                     c.url(),
                     hex::encode(key),
                     info.layers
@@ -1820,9 +1860,9 @@ impl Pipeline {
             }
             if r.slashClaim != alloy_primitives::B256::ZERO {
                 bail!(
-                    "--ledger {}: stage server {} (address {address}) was slashed for fraud; it \
-                     is not used",
-                    ledger.display(),
+                    "{}: stage server {} (address {address}) was slashed for fraud; it is not \
+                     used",
+                    ledger,
                     c.url()
                 );
             }

@@ -79,14 +79,7 @@ const MAX_TIME: u64 = 4_102_444_800;
 pub struct Place {
     /// The embedded ledger's directory (a writing command opens it for appending with its
     /// `operator.key`).
-    #[cfg_attr(
-        feature = "evm-rpc",
-        arg(long, value_name = "DIR", required_unless_present = "chain_rpc")
-    )]
-    #[cfg_attr(
-        not(feature = "evm-rpc"),
-        arg(long, value_name = "DIR", required = true)
-    )]
+    #[arg(long, value_name = "DIR")]
     ledger: Option<PathBuf>,
     /// An EVM chain's JSON-RPC endpoint (http://host:port), in place of --ledger: the
     /// protocol deployed there at --contract. Each party signs with the chain key its own key
@@ -108,8 +101,8 @@ pub struct Place {
     #[cfg(feature = "evm-rpc")]
     #[arg(
         long,
+        value_name = "HEX",
         env = "COHORT_FUNDER_KEY",
-        requires = "chain_rpc",
         hide_env_values = true
     )]
     funder_key: Option<String>,
@@ -132,9 +125,32 @@ impl Place {
         }
     }
 
+    /// A chain at `url`, the protocol at `contract`, gas paid by `funder_key` (hex) if given.
+    #[cfg(feature = "evm-rpc")]
+    pub fn chain(url: String, contract: Address, funder_key: Option<String>) -> Self {
+        Self {
+            ledger: None,
+            chain_rpc: Some(url),
+            contract: Some(contract),
+            funder_key,
+        }
+    }
+
+    /// Whether a ledger or a chain was named.
+    pub fn given(&self) -> bool {
+        self.ledger.is_some() || self.is_chain()
+    }
+
     /// Whether it is a chain.
+    #[cfg(feature = "evm-rpc")]
     pub fn is_chain(&self) -> bool {
-        self.ledger.is_none()
+        self.chain_rpc.is_some()
+    }
+
+    /// Whether it is a chain.
+    #[cfg(not(feature = "evm-rpc"))]
+    pub fn is_chain(&self) -> bool {
+        false
     }
 
     /// How refusals name it: `--ledger DIR` or `--chain-rpc URL`.
@@ -196,7 +212,7 @@ impl Place {
         let url = self
             .chain_rpc
             .as_deref()
-            .context("--ledger or --chain-rpc is needed")?;
+            .context("--ledger DIR (or --chain-rpc URL --contract ADDR) is needed")?;
         let contract = self.contract.context("--chain-rpc needs --contract")?;
         let funder = match &self.funder_key {
             Some(k) => Some(k.trim().parse::<PrivateKeySigner>().map_err(|e| {
@@ -218,7 +234,7 @@ impl Place {
 
     #[cfg(not(feature = "evm-rpc"))]
     fn open_chain(&self) -> anyhow::Result<AnyProtocol> {
-        bail!("--ledger is needed")
+        bail!("--ledger DIR is needed")
     }
 }
 
@@ -252,10 +268,10 @@ pub struct Session {
 }
 
 impl Signer {
-    /// The signer of `key` on the embedded ledger in `ledger`, now, recording.
-    pub fn new(ledger: PathBuf, key: PathBuf) -> Self {
+    /// The signer of `key` at `place` (its time now), recording.
+    pub fn on(place: Place, key: PathBuf) -> Self {
         Self {
-            place: Place::embedded(ledger),
+            place,
             key,
             at: None,
             check: false,
