@@ -97,6 +97,8 @@ struct StageFixture {
     model: String,
     client: PathBuf,
     client_addr: String,
+    /// The governance's key file.
+    governance: PathBuf,
     verifier: PathBuf,
     honest: String,
     slashed: String,
@@ -138,7 +140,10 @@ impl StageFixture {
                 2,
             )],
         );
+        let governance = root.join("governance.pem");
+        cohort_core::keyfile::write_new(&governance, &w.gov).unwrap();
         Self {
+            governance,
             model: w.model.clone(),
             client_addr: w.client.addr(),
             honest: w.servers[0].addr(),
@@ -285,6 +290,16 @@ impl Fixtures {
             "ledger show" => format!("ledger show {l}"),
             "ledger verify" => format!("ledger verify {l}"),
             "ledger prove" => format!("ledger prove {l} --entry 0"),
+            "ledger deploy" => format!(
+                "ledger deploy --ledger {{fresh}} --governance-key {}",
+                p(&self.stage.governance)
+            ),
+            "ledger mint" => format!(
+                "ledger mint --ledger {} --key {} --to {} --amount 1 --check",
+                p(&self.stage.ledger),
+                p(&self.stage.governance),
+                self.stage.client_addr
+            ),
             "run" => format!(
                 "run {} --out {{fresh}} --set clients=6 --set coordinator.rounds=1",
                 p(&self.linear)

@@ -720,3 +720,123 @@ fn bad_arguments_are_refused_by_name() {
         assert!(e.contains(says), "{args:?}: expected {says:?}, got {e}");
     }
 }
+
+/// `cohort ledger deploy` makes a new embedded ledger with the protocol governed by a key;
+/// `cohort ledger mint` gives a party tokens as that governance (and only as it); the party
+/// then stakes and declares itself a stage server. Refusals write nothing.
+#[test]
+fn a_new_ledger_is_deployed_and_minted_for_its_stage_servers() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let key = |name: &str| {
+        let id = cohort_core::Identity::from_seed(41, name);
+        let f = dir.path().join(format!("{name}.pem"));
+        cohort_core::keyfile::write_new(&f, &id).unwrap();
+        (f, id)
+    };
+    let (gov, gov_id) = key("governance");
+    let (server, server_id) = key("server");
+    let l = dir.path().join("ledger");
+    let run = |args: &[&str]| -> Value {
+        let o = cohort(args);
+        assert!(o.status.success(), "{args:?}: {}", text(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let fails = |args: &[&str], why: &str| {
+        let o = cohort(args);
+        assert!(!o.status.success(), "{args:?}");
+        assert!(text(&o).contains(why), "{args:?}: {}", text(&o));
+    };
+    let out = run(&[
+        "ledger",
+        "deploy",
+        "--ledger",
+        p(&l),
+        "--governance-key",
+        p(&gov),
+        "--json",
+    ]);
+    assert!(out["contract"].is_string(), "{out}");
+    assert_eq!(out["governance"], serde_json::json!(gov_id.address()));
+    assert!(l.join("operator.key").exists());
+    let size = |l: &Path| LedgerReader::open(l).unwrap().replay().unwrap().len();
+    let deployed = size(&l);
+    // Not twice in one directory; not with a key file that is none.
+    fails(
+        &[
+            "ledger",
+            "deploy",
+            "--ledger",
+            p(&l),
+            "--governance-key",
+            p(&gov),
+        ],
+        "already",
+    );
+    assert_eq!(size(&l), deployed);
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a key").unwrap();
+    let other = dir.path().join("other");
+    fails(
+        &[
+            "ledger",
+            "deploy",
+            "--ledger",
+            p(&other),
+            "--governance-key",
+            p(&garbage),
+        ],
+        "--governance-key",
+    );
+    assert!(!other.exists(), "a refused deploy left a directory");
+    fails(
+        &["ledger", "deploy", "--governance-key", p(&gov)],
+        "--ledger",
+    );
+
+    // Minted by the governance, to the server named by its key.
+    let pk = hex::encode(server_id.public_key());
+    let mint = |key: &Path, amount: &str| {
+        vec![
+            "ledger".to_owned(),
+            "mint".to_owned(),
+            "--ledger".to_owned(),
+            p(&l).to_owned(),
+            "--key".to_owned(),
+            p(key).to_owned(),
+            "--to".to_owned(),
+            pk.clone(),
+            "--amount".to_owned(),
+            amount.to_owned(),
+            "--json".to_owned(),
+        ]
+    };
+    let args = mint(&gov, "2000");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run(&args);
+    assert_eq!(out["to"], serde_json::json!(server_id.address()));
+    assert_eq!(out["balance"], tokens(2_000).to_string());
+    // Not by anyone else.
+    let before = size(&l);
+    let args = mint(&server, "1");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    fails(&args, "mint refused, nothing written");
+    assert_eq!(size(&l), before);
+    // The server stakes what it was given and declares itself.
+    let out = ok(&[
+        "register",
+        "--ledger",
+        p(&l),
+        "--key",
+        p(&server),
+        "--model",
+        &"ab".repeat(32),
+        "--layers",
+        "0..2",
+        "--stake",
+        "1500",
+    ]);
+    assert_eq!(out["stake"], tokens(1_500).to_string());
+    let o = cohort(&["ledger", "verify", p(&l)]);
+    assert!(o.status.success(), "{}", text(&o));
+}

@@ -48,31 +48,65 @@ fn stage_servers_on_a_chain_are_paid_slashed_refunded_and_released() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    // The protocol deployed on the chain, and tokens minted to every party's chain address.
-    let funder: PrivateKeySigner = FUNDER_KEY.parse().unwrap();
-    let chain = EvmRpcLedger::connect(anvil.url(), Some(funder)).unwrap();
-    let gov = Identity::from_seed(31, "governance");
-    let mut proto = Protocol::deploy(chain, &gov).unwrap();
-    let party = |name: &str, proto: &Protocol<EvmRpcLedger>| {
+    // The protocol deployed on the chain and tokens minted to every party's chain address,
+    // through the CLI as the governance.
+    let key_of = |name: &str| {
         let id = Identity::from_seed(31, name);
         let key = dir.join(format!("{name}.pem"));
         keyfile::write_new(&key, &id).unwrap();
-        let chain = proto.backend().chain_address(&id);
+        let chain = cohort_ledger::rpc::evm_signer(&id).address();
         Party { key, id, chain }
     };
-    let [honest, cheat, third, client] =
-        ["stage-1", "stage-2", "stage-3", "client"].map(|n| party(n, &proto));
+    let gov = key_of("governance");
+    let o = cohort(&[
+        "ledger",
+        "deploy",
+        "--chain-rpc",
+        anvil.url(),
+        "--funder-key",
+        FUNDER_KEY,
+        "--governance-key",
+        p(&gov.key),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let deployed: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(deployed["governance"], gov.json(), "{deployed}");
+    let contract = deployed["contract"].as_str().unwrap().to_owned();
+    let [honest, cheat, third, client] = ["stage-1", "stage-2", "stage-3", "client"].map(key_of);
     for who in [&honest, &cheat, &third, &client] {
         assert_ne!(
             who.chain,
             who.id.address(),
             "a chain address is not the ed25519 one"
         );
-        proto.mint(&gov, who.chain, tokens(5_000)).unwrap();
+        let to = who.chain.to_string();
+        let o = cohort(&[
+            "ledger",
+            "mint",
+            "--chain-rpc",
+            anvil.url(),
+            "--contract",
+            &contract,
+            "--funder-key",
+            FUNDER_KEY,
+            "--key",
+            p(&gov.key),
+            "--to",
+            &to,
+            "--amount",
+            "5000",
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        let minted: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(minted["balance"], tokens(5_000).to_string(), "{minted}");
     }
-    let contract = proto.address().to_string();
-    let t0 = proto.backend().head().unwrap().time;
-    drop(proto);
+    let t0 = EvmRpcLedger::connect(anvil.url(), None)
+        .unwrap()
+        .head()
+        .unwrap()
+        .time;
     let at = |t: u64| (t0 + 100 + t).to_string();
     let place = [
         "--chain-rpc",

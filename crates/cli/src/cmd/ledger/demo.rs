@@ -112,7 +112,7 @@ impl Args {
 }
 
 /// A log origin, checked as `EmbeddedLedger::create` checks it.
-fn parse_origin(s: &str) -> Result<String, String> {
+pub(crate) fn parse_origin(s: &str) -> Result<String, String> {
     if cohort_ledger::note::is_valid_name(s) && !s.contains(char::is_control) {
         Ok(s.to_owned())
     } else {

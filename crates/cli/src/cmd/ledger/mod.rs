@@ -9,6 +9,8 @@
 //! (`--remote URL`): every durable entry is fetched and checked here exactly as a directory's.
 
 mod demo;
+mod deploy;
+mod mint;
 mod prove;
 mod show;
 mod verify;
@@ -28,6 +30,10 @@ use crate::output::print_json;
 pub enum LedgerCmd {
     /// Create an embedded ledger in DIR and run a short protocol scenario through it.
     Demo(demo::Args),
+    /// Deploy the protocol contract on a new embedded ledger or an EVM chain.
+    Deploy(deploy::Args),
+    /// Mint protocol tokens to a party, as the governance.
+    Mint(mint::Args),
     /// Entries, balances and the current checkpoint of a ledger.
     Show(show::Args),
     /// Re-check every signature, link, receipt and the root; exit 1 naming what is wrong.
@@ -40,6 +46,8 @@ impl LedgerCmd {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         match self {
             Self::Demo(a) => a.execute(),
+            Self::Deploy(a) => a.execute(),
+            Self::Mint(a) => a.execute(),
             Self::Show(a) => a.execute(),
             Self::Verify(a) => a.execute(),
             Self::Prove(a) => a.execute(),
