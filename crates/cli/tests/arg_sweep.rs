@@ -275,6 +275,10 @@ impl Fixtures {
             "keys show" => format!("keys show {}", p(&self.key)),
             "keys tls" => "keys tls --out {fresh} --name 127.0.0.1".to_owned(),
             "provenance" => format!("provenance {}", p(&self.run)),
+            "value" => format!(
+                "value {} --method tmc-shapley --permutations 4",
+                p(&self.run)
+            ),
             "unlearn" => format!("unlearn {} --client client-0 --check", p(&self.run)),
             "unlearn request" => {
                 format!("unlearn request {} --client client-0 --check", p(&self.run))

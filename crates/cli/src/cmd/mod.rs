@@ -11,6 +11,7 @@ mod run;
 mod sim;
 mod stage;
 mod unlearn;
+mod value;
 
 use std::process::ExitCode;
 
@@ -50,6 +51,9 @@ enum Command {
     /// Forget a client's data in a finished run: the request, the execution (by a method of
     /// unlearning) and a validator's verification of its evidence, on the run's ledger.
     Unlearn(unlearn::Args),
+    /// Each client's contribution to a finished run from its stored updates: leave-one-out or
+    /// Shapley values (exact, truncated Monte-Carlo, GTG).
+    Value(value::Args),
     /// Train, evaluate, sample from and adapt language models (GPT from scratch, LoRA).
     #[command(subcommand)]
     Model(model::ModelCmd),
@@ -80,6 +84,7 @@ impl Cli {
             Command::Client(a) => a.execute(),
             Command::Validator(a) => a.execute(),
             Command::Unlearn(a) => a.execute(),
+            Command::Value(a) => a.execute(),
             Command::Model(c) => c.execute(),
             Command::ServeLayers(a) => a.execute(),
             Command::Stage(c) => c.execute(),

@@ -309,16 +309,16 @@ impl FedEraserSettings {
 const EVIDENCE_FORMAT: &str = "cohort-unlearning-evidence/1";
 
 /// A finished run's directory, read.
-struct RunDir {
-    dir: PathBuf,
-    cfg: ValidConfig,
-    config_dir: PathBuf,
+pub(crate) struct RunDir {
+    pub(crate) dir: PathBuf,
+    pub(crate) cfg: ValidConfig,
+    pub(crate) config_dir: PathBuf,
     keys: Keys,
     saved: SavedRound,
 }
 
 impl RunDir {
-    fn open(dir: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn open(dir: &Path) -> anyhow::Result<Self> {
         let record_path = dir.join("run.json");
         let record: Value = serde_json::from_str(
             &fs::read_to_string(&record_path)
@@ -419,7 +419,7 @@ impl RunDir {
 
 /// A global model blob's parameters: every shard's slice (the task's layout for an ordinary
 /// run).
-fn decode_model(blob: &[u8], shards: &Shards) -> anyhow::Result<Vec<f32>> {
+pub(crate) fn decode_model(blob: &[u8], shards: &Shards) -> anyhow::Result<Vec<f32>> {
     Ok(NamedDelta::decode(blob)?
         .into_layout(shards.layout())?
         .values)
