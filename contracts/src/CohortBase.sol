@@ -290,6 +290,10 @@ abstract contract CohortBase {
     /// @dev claim id => its attesters, in order.
     mapping(bytes32 => address[]) internal _stageClaims;
 
+    // dataset roots: the first owner that committed a Merkle root (appended after every
+    // earlier variable, so that a deployment's layout only grows)
+    mapping(bytes32 => address) internal _rootOwner;
+
     // ------------------------------------------------------------------
     // Events
     // ------------------------------------------------------------------
@@ -420,6 +424,7 @@ abstract contract CohortBase {
     error NotAuthorized(address who);
 
     error DatasetExists(bytes32 id);
+    error DatasetRootTaken(bytes32 merkleRoot, address owner);
     error UnknownDataset(bytes32 id);
     error NotDatasetOwner(bytes32 id, address who);
     error DatasetIsForgotten(bytes32 id);

@@ -8,7 +8,9 @@ import {CohortBase} from "./CohortBase.sol";
 abstract contract CohortDatasets is CohortBase {
     /// @notice Commits a dataset owned by the caller. Callers with ROLE_DATA_OWNER
     ///         or ROLE_CLIENT. id = keccak256(abi.encode(msg.sender, merkleRoot,
-    ///         manifestHash, size)); committing the same id twice reverts.
+    ///         manifestHash, size)); committing the same id twice reverts. A Merkle root
+    ///         belongs to the first party that committed it: another committing the same data
+    ///         reverts DatasetRootTaken (a copy of someone's data earns nothing twice).
     function commitDataset(bytes32 merkleRoot, bytes32 manifestHash, uint64 size) external returns (bytes32 id) {
         uint8 roles = _participants[msg.sender].roles;
         if (roles == 0) revert NotRegistered(msg.sender);
@@ -18,6 +20,9 @@ abstract contract CohortDatasets is CohortBase {
         id = keccak256(abi.encode(msg.sender, merkleRoot, manifestHash, size));
         Dataset storage d = _datasets[id];
         if (d.owner != address(0)) revert DatasetExists(id);
+        address rootOwner = _rootOwner[merkleRoot];
+        if (rootOwner == address(0)) _rootOwner[merkleRoot] = msg.sender;
+        else if (rootOwner != msg.sender) revert DatasetRootTaken(merkleRoot, rootOwner);
         d.owner = msg.sender;
         d.size = size;
         d.committedAt = uint64(block.timestamp);

@@ -1378,6 +1378,7 @@ mod tests {
             final_holdings: held(7),
             ledger_root: cohort_core::Hash32::ZERO,
             ledger_entries: 0,
+            absent: BTreeMap::new(),
         };
         assert_eq!(
             holdings_table(&cfg, &s).csv(),

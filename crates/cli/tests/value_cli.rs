@@ -101,7 +101,11 @@ fn shapley_values_sum_to_the_gains_and_free_riders_are_valued_below_every_honest
     assert_eq!(exact["rounds"][0]["players"], 8);
     // What the run paid follows the values: the free-riders earned nothing.
     for k in HONEST..8 {
-        assert_eq!(exact["clients"][format!("client-{k}")]["earned"], 0.0, "{exact}");
+        assert_eq!(
+            exact["clients"][format!("client-{k}")]["earned"],
+            0.0,
+            "{exact}"
+        );
     }
     let rho = exact["spearman_earned_value"].as_f64().unwrap();
     assert!(rho >= 0.8, "{exact}");
@@ -199,10 +203,12 @@ fn bad_runs_and_arguments_are_refused_by_name() {
     let wide = tmp.path().join("wide");
     run(&wide, &["clients=14", "coordinator.clients_per_round=14"]);
     refused(&[p(&wide), "--method", "exact-shapley"], "at most 12");
-    // A strategy that is not a weighted sum.
+    // The run's weights of a strategy that is not a weighted sum (FedAvg over the submitted
+    // updates, the default, values such a run).
     let median = tmp.path().join("median");
     run(&median, &["aggregation.strategy={kind=\"median\"}"]);
-    refused(&[p(&median)], "not a weighted sum");
+    refused(&[p(&median), "--weights", "run"], "not a weighted sum");
+    value(&median, &[]);
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -216,4 +222,42 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// examples/graded.toml: the copy of client 0's data is refused at enrolment (the contract
+/// gives a Merkle root one owner) and the pair earns no more than one clean client; the
+/// free-rider earns nothing; the attacker that is honest every other round earns at most a
+/// quarter of a clean client's mean (its slashes outweigh its pay); `cohort value` values
+/// every client and gives the rank correlation of pay and value.
+#[test]
+fn the_graded_example_pays_no_copy_no_free_rider_and_little_to_a_part_time_attacker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("graded");
+    let config = format!("{}/../../examples/graded.toml", env!("CARGO_MANIFEST_DIR"));
+    let o = cohort(&["run", &config, "--out", p(&dir)]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("sat out client-5"), "{}", text(&o));
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let why = summary["summary"]["absent"]["client-5"].as_str().unwrap();
+    assert!(why.contains("DatasetRootTaken"), "{why}");
+    let v = value(&dir, &["--method", "exact-shapley", "--weights", "run"]);
+    let earned = |k: usize| {
+        v["clients"][format!("client-{k}")]["earned"]
+            .as_f64()
+            .unwrap()
+    };
+    let clean: Vec<f64> = (0..4).map(earned).collect();
+    let mean = clean.iter().sum::<f64>() / 4.0;
+    assert!(clean.iter().all(|&e| e > 0.0), "{v}");
+    assert_eq!(earned(5), 0.0, "the copy earned: {v}");
+    assert!(
+        earned(0) + earned(5) <= clean.iter().copied().fold(0.0, f64::max),
+        "the pair earned double: {v}"
+    );
+    assert_eq!(earned(7), 0.0, "the free-rider earned: {v}");
+    assert!(earned(9) <= 0.25 * mean, "the part-time attacker: {v}");
+    assert!(earned(8) < 0.0, "the attacker: {v}");
+    let rho = v["spearman_earned_value"].as_f64().unwrap();
+    assert!((-1.0..=1.0).contains(&rho), "{v}");
 }

@@ -67,6 +67,41 @@ impl DataAttack {
     }
 }
 
+/// What a client profile does to a client's own data (`[[profile]] data = {...}`), for
+/// graded experiments on contribution: each task that supports it reshapes the client's
+/// training data at construction ([`crate::learner::Learner::reshape`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum DataProfile {
+    /// A `share` of its samples get a random label (the linear task: a target drawn with the
+    /// targets' spread, unrelated to the features).
+    LabelNoise {
+        /// Share of its samples, (0, 1].
+        share: f64,
+    },
+    /// Its data is a copy of client `of`'s, as that client holds it.
+    Duplicate {
+        /// The client copied.
+        of: u32,
+    },
+    /// It keeps only a `share` of its samples (at least one).
+    Subsample {
+        /// Share kept, (0, 1].
+        share: f64,
+    },
+}
+
+impl DataProfile {
+    /// The profile's config name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::LabelNoise { .. } => "label-noise",
+            Self::Duplicate { .. } => "duplicate",
+            Self::Subsample { .. } => "subsample",
+        }
+    }
+}
+
 /// Any attack a run's config can select: `attack = { kind = "sign-flip", scale = 3.0 }`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]

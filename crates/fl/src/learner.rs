@@ -140,6 +140,18 @@ pub trait Learner {
                 .into(),
         })
     }
+    /// Reshapes client `client`'s training data as `profile` says (a graded experiment:
+    /// noisy, duplicated or scarce data). Tasks that do not support a profile refuse it.
+    fn reshape(&mut self, client: u32, profile: &crate::DataProfile) -> Result<(), FlError> {
+        Err(FlError::InvalidConfig {
+            what: "profile",
+            reason: format!(
+                "the {} data profile (client {client}) is supported by the linear task only",
+                profile.name()
+            ),
+        })
+    }
+
     /// Makes client `k` an attacker that poisons its own training data. Tasks without
     /// labelled data refuse.
     fn poison(&mut self, client: u32, attack: &DataAttack) -> Result<(), FlError> {

@@ -40,7 +40,7 @@ pub mod task;
 pub mod unlearning;
 pub mod update;
 
-pub use attack::{AttackKind, DataAttack, UpdateAttack};
+pub use attack::{AttackKind, DataAttack, DataProfile, UpdateAttack};
 pub use config::{RunConfig, ValidConfig};
 pub use coordinator::{Command, Coordinator, CoordinatorConfig, Event, Phase};
 pub use learner::{Learner, Metrics};

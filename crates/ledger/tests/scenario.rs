@@ -691,3 +691,59 @@ fn cohorts_come_from_the_beacon_and_only_they_submit() {
     assert!(most < TX_GAS_CAP, "a roster or open call used {most} gas");
     eprintln!("largest roster/open call at MAX_ROSTER {max}: {most} gas (cap {TX_GAS_CAP})");
 }
+
+/// A dataset's Merkle root belongs to the first party that committed it: another party
+/// committing the same data is refused (a copy of someone's data earns nothing twice), the
+/// owner may commit it again under another manifest, and nothing of a refusal is recorded.
+#[test]
+fn a_copy_of_another_partys_dataset_is_refused() {
+    use alloy_primitives::B256;
+    use cohort_core::{Identity, sha256, tokens};
+    use cohort_ledger::LedgerBackend;
+    use cohort_ledger::protocol::Cohort::CohortErrors;
+    use cohort_ledger::protocol::{Protocol, ProtocolError, roles};
+
+    fn refusal(e: ProtocolError) -> CohortErrors {
+        e.revert()
+            .cloned()
+            .unwrap_or_else(|| panic!("not a revert: {e}"))
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let cast = Cast::new(9);
+    let gov = cast.governance.clone();
+    let mut p = Protocol::deploy(fresh(dir.path()), &gov).unwrap();
+    let [a, b] = ["client-a", "client-b"].map(|n| Identity::from_seed(9, n));
+    for c in [&a, &b] {
+        p.mint(&gov, c.address(), tokens(1_000)).unwrap();
+        p.register(c, roles::CLIENT).unwrap();
+    }
+    let root: B256 = sha256(b"the same rows").into();
+    p.commit_dataset(&a, root, B256::ZERO, 10).unwrap();
+    let before = p.backend().head().unwrap();
+    match refusal(p.commit_dataset(&b, root, B256::ZERO, 10).unwrap_err()) {
+        CohortErrors::DatasetRootTaken(e) => {
+            assert_eq!(e.merkleRoot, root);
+            assert_eq!(e.owner, a.address());
+        }
+        other => panic!("{other:?}"),
+    }
+    // Another manifest or size does not make it another dataset.
+    assert!(matches!(
+        refusal(
+            p.commit_dataset(&b, root, B256::repeat_byte(1), 11)
+                .unwrap_err()
+        ),
+        CohortErrors::DatasetRootTaken(_)
+    ));
+    assert_eq!(
+        p.backend().head().unwrap(),
+        before,
+        "a refusal was recorded"
+    );
+    // The owner may describe its data again; the other party commits its own.
+    p.commit_dataset(&a, root, B256::repeat_byte(2), 10)
+        .unwrap();
+    p.commit_dataset(&b, sha256(b"other rows").into(), B256::ZERO, 10)
+        .unwrap();
+}

@@ -43,6 +43,7 @@ fn config() -> RunConfig {
         compression: Default::default(),
         pipeline: None,
         report: Default::default(),
+        profiles: Vec::new(),
         incentives: Default::default(),
     }
 }

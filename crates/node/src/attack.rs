@@ -39,6 +39,8 @@ pub struct AdversarialClient<'a, L: Learner + ?Sized> {
     attack: Option<UpdateAttack>,
     ring: Option<SybilRing>,
     seed: u64,
+    /// It attacks in every `every`-th round only, from the first (1: every round).
+    every: u64,
 }
 
 impl<L: Learner + ?Sized> std::fmt::Debug for AdversarialClient<'_, L> {
@@ -65,7 +67,15 @@ impl<'a, L: Learner + ?Sized> AdversarialClient<'a, L> {
             attack,
             ring,
             seed,
+            every: 1,
         }
+    }
+
+    /// Attacks in every `every`-th round only (rounds 1, 1 + every, ...), honest in the
+    /// others: an intermittent attacker (`[[profile]] every`). 0 counts as 1.
+    pub fn every(mut self, every: u64) -> Self {
+        self.every = every.max(1);
+        self
     }
 }
 
@@ -96,7 +106,8 @@ impl<L: Learner + ?Sized> PartyNode for AdversarialClient<'_, L> {
             },
             None => {
                 let mut u = self.client.train(r)?;
-                if let Some(a) = &self.attack {
+                let now = r.round.saturating_sub(1) % self.every == 0;
+                if let Some(a) = self.attack.as_ref().filter(|_| now) {
                     u = a.apply(&u, self.seed);
                 }
                 if let Some(ring) = &self.ring {

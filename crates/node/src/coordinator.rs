@@ -1307,8 +1307,15 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
             ledger_entries: head.size,
             ledger_root: head.root,
         });
-        // What the run returns is the fold of its events, like anyone's fold of the stream.
-        Ok(events.summary.summary()?)
+        // What the run returns is the fold of its events, like anyone's fold of the stream,
+        // and who sat it out.
+        let mut summary = events.summary.summary()?;
+        summary.absent = self
+            .absent
+            .iter()
+            .map(|(p, why)| (p.to_string(), why.clone()))
+            .collect();
+        Ok(summary)
     }
 }
 

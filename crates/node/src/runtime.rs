@@ -233,6 +233,10 @@ pub struct RunSummary {
     pub ledger_root: Hash32,
     /// Entries on the ledger.
     pub ledger_entries: u64,
+    /// The parties that sat the run out, by name, and why (the ledger refused their
+    /// enrolment or their dataset, or they were left out); empty when none, or on a resume.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub absent: BTreeMap<String, String>,
 }
 
 /// A run's update traffic, clients to coordinator: the mean bytes of an update blob (one
@@ -691,7 +695,14 @@ pub fn party_node_keeping<'a, L: Learner + ?Sized>(
             if let Some(dir) = residuals {
                 c = c.keeping_residual_in(dir);
             }
-            if !cfg.is_attacker(k) {
+            if let Some(p) = cfg.profile(k).filter(|p| p.attack.is_some()) {
+                // A profiled attacker (`[[profile]] attack`), maybe attacking some rounds only.
+                let a = p.attack.as_ref().and_then(|a| a.update());
+                Box::new(
+                    AdversarialClient::new(c.stop_if_diverged(false), a, None, cfg.seed)
+                        .every(p.every),
+                )
+            } else if !cfg.is_attacker(k) {
                 Box::new(c)
             } else if update_attack.is_some() || sybils {
                 let c = c.stop_if_diverged(false);

@@ -459,6 +459,7 @@ impl RunSummaryBuilder {
             final_holdings: end.holdings.clone(),
             ledger_root: end.ledger_root,
             ledger_entries: end.ledger_entries,
+            absent: BTreeMap::new(),
         })
     }
 }

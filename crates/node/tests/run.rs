@@ -32,6 +32,7 @@ fn config(attack: Option<AttackConfig>, strategy: StrategyConfig) -> RunConfig {
         compression: Default::default(),
         pipeline: None,
         report: Default::default(),
+        profiles: Vec::new(),
         incentives: Default::default(),
     }
 }

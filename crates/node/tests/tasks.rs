@@ -58,6 +58,7 @@ fn lm_config(seed: u64) -> RunConfig {
         compression: Default::default(),
         pipeline: None,
         report: Default::default(),
+        profiles: Vec::new(),
         incentives: IncentiveConfig::default(),
     }
 }
@@ -87,6 +88,7 @@ fn imdb_config(attack: Option<AttackKind>) -> RunConfig {
         compression: Default::default(),
         pipeline: None,
         report: Default::default(),
+        profiles: Vec::new(),
         incentives: IncentiveConfig {
             accept_threshold: -0.04,
             ..IncentiveConfig::default()

@@ -224,6 +224,19 @@ pub fn build_with(
             }
         }
     }
+    // Client profiles: the others' data first, then the duplicates, which copy their
+    // original as it is then.
+    let profiled = |dup: bool| {
+        (0..cfg.clients as u32).filter_map(move |k| {
+            cfg.profile(k)
+                .and_then(|p| p.data.as_ref())
+                .filter(|d| matches!(d, cohort_fl::DataProfile::Duplicate { .. }) == dup)
+                .map(|d| (k, d.clone()))
+        })
+    };
+    for (k, d) in profiled(false).chain(profiled(true)).collect::<Vec<_>>() {
+        task.reshape(k, &d)?;
+    }
     if cfg.report.collaboration_gain {
         // Every party builds the task the same way, so a client trains on what is left.
         task.hold_out_locally(cfg.report.local_fraction)?;
@@ -376,6 +389,7 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
 /// its own perturbation of it.
 pub struct LinearTask {
     cfg: LinearTaskConfig,
+    seed: u64,
     layout: Arc<Layout>,
     clients: Vec<Set>,
     holdouts: Vec<Set>,
@@ -417,6 +431,7 @@ impl LinearTask {
         let test = Set::draw(&mut r, &w, cfg.test_samples, cfg.noise);
         Self {
             layout: Arc::new(Layout::flat(cfg.dim)),
+            seed,
             cfg,
             clients,
             holdouts,
@@ -426,6 +441,55 @@ impl LinearTask {
 }
 
 impl Learner for LinearTask {
+    fn reshape(&mut self, client: u32, profile: &cohort_fl::DataProfile) -> Result<(), FlError> {
+        use cohort_fl::DataProfile;
+        let k = client as usize;
+        let bad = |reason: String| FlError::InvalidConfig {
+            what: "profile",
+            reason,
+        };
+        if k >= self.clients.len() {
+            return Err(bad(format!("client {client} does not exist")));
+        }
+        match profile {
+            DataProfile::LabelNoise { share } => {
+                let set = &mut self.clients[k];
+                let n = set.y.len();
+                let mean = set.y.iter().map(|&y| f64::from(y)).sum::<f64>() / n.max(1) as f64;
+                let spread = (set
+                    .y
+                    .iter()
+                    .map(|&y| (f64::from(y) - mean).powi(2))
+                    .sum::<f64>()
+                    / n.max(1) as f64)
+                    .sqrt();
+                let mut r = Rng::derive(self.seed, &format!("linear-task/label-noise/{k}"));
+                let mut idx: Vec<usize> = (0..n).collect();
+                r.shuffle(&mut idx);
+                let noisy = ((share * n as f64).round() as usize).min(n);
+                for &i in &idx[..noisy] {
+                    set.y[i] = (mean + spread * r.normal()) as f32;
+                }
+            }
+            DataProfile::Duplicate { of } => {
+                let Some(original) = self.clients.get(*of as usize) else {
+                    return Err(bad(format!("of = {of}: no such client")));
+                };
+                self.clients[k] = Set {
+                    x: original.x.clone(),
+                    y: original.y.clone(),
+                };
+            }
+            DataProfile::Subsample { share } => {
+                let set = &mut self.clients[k];
+                let keep = ((share * set.y.len() as f64).round() as usize).clamp(1, set.y.len());
+                set.x.truncate(keep);
+                set.y.truncate(keep);
+            }
+        }
+        Ok(())
+    }
+
     /// One tensor, `delta` of shape `[dim]` ([`Layout::flat`]): the weights are not named.
     fn layout(&self) -> Arc<Layout> {
         Arc::clone(&self.layout)

@@ -1257,6 +1257,9 @@ impl Args {
             print_json(&v)?;
         } else {
             print_human(&summary, cfg);
+            for (party, why) in &summary.absent {
+                outln!("sat out {party}: {why}");
+            }
             if let Some(c) = &collaboration {
                 outln!();
                 for l in super::collaboration::lines(c) {

@@ -1,12 +1,16 @@
 //! `cohort value DIR`: each client's contribution to a finished run, from the updates the run
 //! stored, by leave-one-out or Shapley values (docs/economics.md).
 //!
-//! Round by round, the players are the updates that entered the aggregate with a weight (the
-//! strategy's recorded weight and clipping factor); the utility of a coalition S is the test
-//! loss of the round's starting model minus the test loss of that model moved by S's updates,
-//! weighted as the round weighted them and renormalised within S (the empty coalition's
-//! utility is 0). A client's value is the sum of its round values. Nothing is trained: each
-//! utility is one evaluation of a re-aggregated model, memoised per round.
+//! Round by round, the utility of a coalition S of updates is the test loss of the round's
+//! starting model minus the test loss of that model moved by S's aggregate (the empty
+//! coalition's utility is 0). With `--weights samples` (the default, as GTG-Shapley defines
+//! it) the players are every update submitted, aggregated by FedAvg over S (each weighted by
+//! the samples it claimed): what each update brings whether or not the run kept it. With
+//! `--weights run` the players are the updates that entered the run's aggregate, weighted as
+//! the round weighted them (the strategy's recorded weight and clipping factor) and
+//! renormalised within S: what each brought to the model the run made. A client's value is
+//! the sum of its round values. Nothing is trained: each utility is one evaluation of a
+//! re-aggregated model, memoised per round.
 //!
 //! - `loo`: U(P) − U(P \ {i}) per round (|P| + 1 evaluations a round).
 //! - `exact-shapley`: every coalition (2^|P| evaluations; at most 12 players a round).
@@ -51,6 +55,16 @@ pub enum Method {
     GtgShapley,
 }
 
+/// How a coalition's updates are weighted, and who plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Weights {
+    /// Every submitted update plays; a coalition's aggregate is FedAvg by claimed samples.
+    Samples,
+    /// The updates the run aggregated play, with the round's recorded weights.
+    Run,
+}
+
 /// Each client's contribution to a finished run, from its stored updates: leave-one-out or
 /// Shapley values of the test-loss reduction they bring round by round (re-aggregated from the
 /// blob store, nothing retrained). Prints a table, or JSON with each client's value by name.
@@ -62,6 +76,10 @@ pub struct Args {
     /// How to value.
     #[arg(long, value_enum, default_value = "gtg-shapley")]
     method: Method,
+    /// Who plays and how a coalition is aggregated: every submitted update by FedAvg
+    /// (`samples`), or the updates the run aggregated with its weights (`run`).
+    #[arg(long, value_enum, default_value = "samples")]
+    weights: Weights,
     /// Permutations a round, at most (tmc-shapley: exactly).
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = int_in(1..=100_000usize))]
     permutations: usize,
@@ -272,7 +290,7 @@ struct ClientValue {
     value: f64,
     /// What the run paid it, net of slashes (tokens), from DIR/summary.json.
     earned: f64,
-    /// Rounds in which its update entered the aggregate (a player), and rounds it submitted.
+    /// Rounds in which its update entered the run's aggregate, and rounds it submitted.
     aggregated_rounds: u64,
     submitted_rounds: u64,
 }
@@ -287,6 +305,8 @@ struct RoundOut {
     skipped: bool,
     permutations: usize,
     evaluations: usize,
+    /// Each player's value in this round, by client name.
+    values: BTreeMap<String, f64>,
 }
 
 impl Args {
@@ -319,8 +339,10 @@ impl Args {
                 run.dir.display()
             );
         }
-        // Refused before any work: a step that is not a weighted sum of the updates.
-        for r in rounds.values().flatten().filter(|r| r.accepted) {
+        // Refused before any work: a step that is not a weighted sum of the updates (the run's
+        // weights only; FedAvg over coalitions needs none).
+        let by_run = self.weights == Weights::Run;
+        for r in rounds.values().flatten().filter(|r| r.accepted && by_run) {
             match &r.contribution {
                 Some(Contribution::Weighted {
                     via_server_optimizer: false,
@@ -339,14 +361,19 @@ impl Args {
                     run.cfg.aggregation.build().name()
                 ),
             }
-            let n = rounds[&r.round].len();
-            if n > 128 {
+        }
+        for (round, records) in &rounds {
+            if records.len() > 128 {
                 bail!(
-                    "round {}: {n} updates; at most 128 a round are valued",
-                    r.round
+                    "round {round}: {} updates; at most 128 a round are valued",
+                    records.len()
                 );
             }
         }
+        let plays = |r: &ProvenanceRecord| match self.weights {
+            Weights::Samples => true,
+            Weights::Run => r.accepted && r.contribution.is_some(),
+        };
         let spec = self
             .blobs
             .clone()
@@ -356,7 +383,7 @@ impl Args {
         for r in rounds.values().flatten() {
             let needed = [(r.global_before, "its round's starting model")]
                 .into_iter()
-                .chain(r.contribution.is_some().then_some((r.blob, "its update")));
+                .chain(plays(r).then_some((r.blob, "its update")));
             for (h, what) in needed {
                 if !store.has(&h)? {
                     bail!(
@@ -382,10 +409,7 @@ impl Args {
         // GTG's between-round truncation needs every round's gain first.
         let mut games = Vec::new();
         for (&round, records) in &rounds {
-            let players: Vec<&ProvenanceRecord> = records
-                .iter()
-                .filter(|r| r.accepted && r.contribution.is_some())
-                .collect();
+            let players: Vec<&ProvenanceRecord> = records.iter().filter(|r| plays(r)).collect();
             let start = load(
                 &records[0].global_before,
                 &format!("round {round}'s starting model"),
@@ -402,18 +426,22 @@ impl Args {
                 memo: HashMap::new(),
             };
             for r in players {
-                let Some(Contribution::Weighted {
-                    weight, clip_scale, ..
-                }) = r.contribution
-                else {
-                    continue;
+                let weight = match (self.weights, &r.contribution) {
+                    (Weights::Samples, _) => r.samples as f64,
+                    (
+                        Weights::Run,
+                        Some(Contribution::Weighted {
+                            weight, clip_scale, ..
+                        }),
+                    ) => weight * clip_scale,
+                    (Weights::Run, _) => continue,
                 };
                 g.clients.push(r.client);
                 g.updates.push(load(
                     &r.blob,
                     &format!("round {round} update of client-{}", r.client),
                 )?);
-                g.weights.push(weight * clip_scale);
+                g.weights.push(weight);
             }
             if self.method == Method::ExactShapley && g.players() > 12 {
                 bail!(
@@ -475,6 +503,12 @@ impl Args {
                 skipped,
                 permutations,
                 evaluations: evals,
+                values: g
+                    .clients
+                    .iter()
+                    .zip(&v)
+                    .map(|(&c, &x)| (format!("client-{c}"), x))
+                    .collect(),
             });
         }
         let earned = earnings(&run.dir)?;
@@ -503,6 +537,7 @@ impl Args {
             print_json(&serde_json::json!({
                 "dir": self.dir,
                 "method": self.method,
+                "weights": self.weights,
                 "utility": "test-loss reduction of the round's model moved by the coalition's \
                             updates (nats)",
                 "values": clients.iter().map(|(n, c)| (n.clone(), c.value)).collect::<BTreeMap<_, _>>(),
