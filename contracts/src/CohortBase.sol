@@ -425,6 +425,7 @@ abstract contract CohortBase {
 
     error DatasetExists(bytes32 id);
     error DatasetRootTaken(bytes32 merkleRoot, address owner);
+    error SamplesAboveDataset(bytes32 datasetId, uint64 numSamples, uint64 size);
     error UnknownDataset(bytes32 id);
     error NotDatasetOwner(bytes32 id, address who);
     error DatasetIsForgotten(bytes32 id);

@@ -110,7 +110,8 @@ abstract contract CohortRounds is CohortBase {
     /// @notice Submits the caller's model update (phase Submit). Registered
     ///         ROLE_CLIENT sampled into the round's cohort (NotSampled
     ///         otherwise) with active stake >= minClientStake, using a dataset
-    ///         it owns that is not forgotten; escrows `updateDeposit` from its
+    ///         it owns that is not forgotten, claiming at most the dataset's committed
+    ///         size in samples (SamplesAboveDataset); escrows `updateDeposit` from its
     ///         balance. One update per client per round, at most
     ///         maxUpdatesPerRound. Returns the update's index in the round.
     function submitUpdate(uint64 roundId, bytes32 blobHash, bytes32 datasetId, uint64 numSamples)
@@ -130,6 +131,8 @@ abstract contract CohortRounds is CohortBase {
         if (owner == address(0)) revert UnknownDataset(datasetId);
         if (owner != msg.sender) revert NotDatasetOwner(datasetId, msg.sender);
         if (d.forgotten) revert DatasetIsForgotten(datasetId);
+        // A client claims at most the samples it committed: FedAvg weighs by the claim.
+        if (numSamples > d.size) revert SamplesAboveDataset(datasetId, numSamples, d.size);
 
         if (_updateIndexPlusOne[roundId][msg.sender] != 0) revert AlreadySubmitted(roundId, msg.sender);
         index = r.numUpdates;

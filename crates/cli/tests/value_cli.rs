@@ -17,7 +17,7 @@ use serde_json::Value;
 const HONEST: usize = 6;
 
 /// attack-linear.toml with 8 clients, all sampled, 3 rounds of FedAvg; clients 6 and 7 are
-/// free-riders claiming 1,000 samples. `extra` settings after.
+/// free-riders claiming their 64 samples and sending nothing. `extra` settings after.
 fn run(out: &Path, extra: &[&str]) {
     let config = format!(
         "{}/../../examples/attack-linear.toml",
@@ -30,7 +30,7 @@ fn run(out: &Path, extra: &[&str]) {
         "coordinator.rounds=3",
         "aggregation.strategy={kind=\"fed-avg\"}",
         "attack.fraction=0.25",
-        "attack.attack={kind=\"free-rider\",fake_samples=1000}",
+        "attack.attack={kind=\"free-rider\",fake_samples=64}",
     ]
     .iter()
     .chain(extra)

@@ -141,7 +141,7 @@ pub fn run<B: LedgerBackend>(
             .collect();
         let refs: Vec<&[u8]> = shards.iter().map(Vec::as_slice).collect();
         let manifest = sha256(format!("manifest of {}", c.name()).as_bytes());
-        let id = send!(p.commit_dataset(c, dataset_root(&refs), manifest.into(), 4)).value;
+        let id = send!(p.commit_dataset(c, dataset_root(&refs), manifest.into(), 1_000)).value;
         datasets.push(id);
     }
     for v in &cast.validators {

@@ -127,7 +127,7 @@ proptest! {
         for (i, c) in clients.iter().enumerate() {
             p.register(c, roles::CLIENT | roles::DATA_OWNER).unwrap();
             p.stake(c, tokens(500)).unwrap();
-            datasets.push(p.commit_dataset(c, sha256(&[i as u8]).into(), B256::ZERO, 10).unwrap().value);
+            datasets.push(p.commit_dataset(c, sha256(&[i as u8]).into(), B256::ZERO, 100).unwrap().value);
         }
         for v in &validators {
             p.register(v, roles::VALIDATOR).unwrap();

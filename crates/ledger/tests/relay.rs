@@ -78,7 +78,7 @@ fn world() -> World {
         &Cohort::commitDatasetCall {
             merkleRoot: sha256(b"shards").into(),
             manifestHash: sha256(b"manifest").into(),
-            size: 4,
+            size: 100,
         },
     );
     let dataset = p.relay::<Cohort::commitDatasetCall>(commit).unwrap().value;

@@ -684,7 +684,7 @@ fn parties_sign_and_the_relay_carries_their_calls_on_anvil() {
             &Cohort::commitDatasetCall {
                 merkleRoot: sha256(format!("shards of {}", c.name()).as_bytes()).into(),
                 manifestHash: sha256(b"manifest").into(),
-                size: 4,
+                size: 100,
             },
         );
         datasets.push(
@@ -1125,7 +1125,7 @@ fn a_party_submits_its_own_calls_and_the_relay_records_each_once() {
         &Cohort::commitDatasetCall {
             merkleRoot: root.into(),
             manifestHash: manifest.into(),
-            size: 4,
+            size: 100,
         },
     );
     own.submit_blocking(&commit).expect("submitted");
@@ -1137,7 +1137,7 @@ fn a_party_submits_its_own_calls_and_the_relay_records_each_once() {
     use alloy_sol_types::SolValue;
     assert_eq!(
         dataset,
-        keccak256((alice_addr, B256::from(root), B256::from(manifest), 4u64).abi_encode_params())
+        keccak256((alice_addr, B256::from(root), B256::from(manifest), 100u64).abi_encode_params())
     );
 
     // The coordinator's round (relayed), and alice's update through her own node.

@@ -98,7 +98,7 @@ fn a_full_round_at_the_limits_fits_the_gas_cap() {
     let mut txs = Vec::new();
     for (i, cl) in clients.iter().enumerate() {
         let root: B256 = sha256(&(i as u64).to_be_bytes()).into();
-        let id = keccak256((cl.address(), root, B256::ZERO, 1u64).abi_encode_params());
+        let id = keccak256((cl.address(), root, B256::ZERO, 10u64).abi_encode_params());
         let calls: Vec<Vec<u8>> = vec![
             Cohort::registerCall {
                 roles: roles::CLIENT,
@@ -112,7 +112,7 @@ fn a_full_round_at_the_limits_fits_the_gas_cap() {
             Cohort::commitDatasetCall {
                 merkleRoot: root,
                 manifestHash: B256::ZERO,
-                size: 1,
+                size: 10,
             }
             .abi_encode(),
             Cohort::submitUpdateCall {
@@ -746,4 +746,54 @@ fn a_copy_of_another_partys_dataset_is_refused() {
         .unwrap();
     p.commit_dataset(&b, sha256(b"other rows").into(), B256::ZERO, 10)
         .unwrap();
+}
+
+/// An update claims at most the samples its dataset was committed with: FedAvg weighs by the
+/// claim, so a free-rider cannot outweigh the honest by claiming samples it never committed.
+#[test]
+fn an_update_claims_at_most_its_datasets_samples() {
+    use alloy_primitives::B256;
+    use cohort_core::{Identity, sha256, tokens};
+    use cohort_ledger::protocol::Cohort::{self, CohortErrors};
+    use cohort_ledger::protocol::{Protocol, roles};
+
+    let dir = tempfile::tempdir().unwrap();
+    let cast = Cast::new(3);
+    let gov = cast.governance.clone();
+    let coord = cast.coordinator.clone();
+    let mut p = Protocol::deploy(fresh(dir.path()), &gov).unwrap();
+    let c = Identity::from_seed(3, "client");
+    for who in [&c, &coord] {
+        p.mint(&gov, who.address(), tokens(1_000)).unwrap();
+    }
+    p.approve_coordinator(&gov, coord.address()).unwrap();
+    p.register(&coord, roles::COORDINATOR).unwrap();
+    p.register(&c, roles::CLIENT).unwrap();
+    p.stake(&c, tokens(100)).unwrap();
+    let dataset = p
+        .commit_dataset(&c, sha256(b"rows").into(), B256::ZERO, 64)
+        .unwrap()
+        .value;
+    p.send_unit(
+        &coord,
+        Cohort::extendRosterCall {
+            clients: vec![c.address()],
+        },
+    )
+    .unwrap();
+    let round = p
+        .open_round(&coord, B256::ZERO, tokens(10), false, 1)
+        .unwrap()
+        .value;
+    let blob: B256 = sha256(b"update").into();
+    let e = p
+        .submit_update(&c, round, blob, dataset, 10_000)
+        .unwrap_err();
+    match e.revert() {
+        Some(CohortErrors::SamplesAboveDataset(x)) => {
+            assert_eq!((x.datasetId, x.numSamples, x.size), (dataset, 10_000, 64));
+        }
+        other => panic!("{other:?}"),
+    }
+    p.submit_update(&c, round, blob, dataset, 64).unwrap();
 }

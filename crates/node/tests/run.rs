@@ -210,6 +210,35 @@ fn free_riders_earn_nothing() {
     }
 }
 
+/// A free-rider claiming more samples than its dataset was committed with is refused by the
+/// ledger at submission (SamplesAboveDataset): under FedAvg, which weighs by the claim, it
+/// never enters a round, and the run's model is the clean run's.
+#[test]
+fn free_riders_cannot_claim_samples_they_did_not_commit() {
+    let cfg = config(
+        Some(AttackConfig {
+            fraction: 0.2,
+            attack: UpdateAttack::FreeRider {
+                fake_samples: 10_000,
+            }
+            .into(),
+            colluding_validators: 0,
+            sybil_stake: None,
+        }),
+        StrategyConfig::FedAvg,
+    );
+    let s = go(&cfg).0;
+    for r in &s.rounds {
+        for k in [8, 9] {
+            assert!(
+                !r.accepted.contains(&k) && !r.rejected.contains(&k),
+                "round {}: client {k} entered",
+                r.round
+            );
+        }
+    }
+}
+
 #[test]
 fn a_colluding_validator_is_outvoted_and_earns_least() {
     let mut cfg = config(sign_flip(0.2), StrategyConfig::Median);
@@ -498,7 +527,7 @@ impl Learner for Overflow {
         10
     }
     fn dataset_commitment(&self, client: u32) -> (Hash32, u64) {
-        (cohort_core::sha256(&client.to_be_bytes()), 1)
+        (cohort_core::sha256(&client.to_be_bytes()), 10)
     }
     fn holdout_loss(&self, _: u32, p: &[f32]) -> Result<f64, FlError> {
         Ok(1.0 / (1.0 + f64::from(p[0]).abs() / 1e38))
