@@ -250,6 +250,20 @@ pub fn check_output_file(path: &Path, flag: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--funder-key HEX`: the secp256k1 key of an account that pays the parties' gas on a dev
+/// chain, parsed (`None` when not given); refused by name when it is not one.
+#[cfg(feature = "evm-rpc")]
+pub fn funder_key(
+    key: Option<&str>,
+) -> anyhow::Result<Option<cohort_ledger::rpc::PrivateKeySigner>> {
+    key.map(|k| {
+        k.trim()
+            .parse::<cohort_ledger::rpc::PrivateKeySigner>()
+            .map_err(|e| anyhow::anyhow!("--funder-key is not a secp256k1 private key: {e}"))
+    })
+    .transpose()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1434,19 +1434,13 @@ impl Args {
         url: &str,
         reference: Option<&RunSummary>,
     ) -> anyhow::Result<ExitCode> {
-        use cohort_ledger::rpc::PrivateKeySigner;
         if !matches!(inspect(&self.out)?, Found::Nothing) {
             bail!(
                 "{} already holds a run; choose another --out",
                 self.out.display()
             );
         }
-        let funder = match &self.funder_key {
-            Some(k) => Some(k.trim().parse::<PrivateKeySigner>().map_err(|e| {
-                anyhow::anyhow!("--funder-key is not a secp256k1 private key: {e}")
-            })?),
-            None => None,
-        };
+        let funder = crate::args::funder_key(self.funder_key.as_deref())?;
         let chain = cohort_ledger::EvmRpcLedger::connect(url, funder)?;
         let chain_id = chain.chain_id();
         let claim = Claim::take(&self.out)?;

@@ -155,13 +155,7 @@ fn print_report(report: &demo::DemoReport) {
 impl Args {
     fn on_chain(&self, url: &str) -> anyhow::Result<ExitCode> {
         use cohort_ledger::LedgerBackend;
-        use cohort_ledger::rpc::PrivateKeySigner;
-        let funder = match &self.funder_key {
-            Some(k) => Some(k.trim().parse::<PrivateKeySigner>().map_err(|e| {
-                anyhow::anyhow!("--funder-key is not a secp256k1 private key: {e}")
-            })?),
-            None => None,
-        };
+        let funder = crate::args::funder_key(self.funder_key.as_deref())?;
         let chain = cohort_ledger::EvmRpcLedger::connect(url, funder)?;
         let (p, report) =
             demo::run(chain, self.seed).context("running the demo scenario on chain")?;

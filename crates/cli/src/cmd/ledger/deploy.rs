@@ -129,16 +129,10 @@ impl Args {
 
     #[cfg(feature = "evm-rpc")]
     fn chain(&self, gov: &cohort_core::Identity) -> anyhow::Result<Out> {
-        use cohort_ledger::rpc::PrivateKeySigner;
         let Some(url) = &self.chain_rpc else {
             bail!("--ledger DIR (or --chain-rpc URL) is needed");
         };
-        let funder = match &self.funder_key {
-            Some(k) => Some(k.trim().parse::<PrivateKeySigner>().map_err(|e| {
-                anyhow::anyhow!("--funder-key is not a secp256k1 private key: {e}")
-            })?),
-            None => None,
-        };
+        let funder = crate::args::funder_key(self.funder_key.as_deref())?;
         let chain = cohort_ledger::EvmRpcLedger::connect(url, funder)
             .with_context(|| format!("--chain-rpc {url}"))?;
         let chain_id = chain.chain_id();

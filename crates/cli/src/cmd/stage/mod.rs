@@ -208,18 +208,12 @@ impl Place {
 
     #[cfg(feature = "evm-rpc")]
     fn open_chain(&self) -> anyhow::Result<AnyProtocol> {
-        use cohort_ledger::rpc::PrivateKeySigner;
         let url = self
             .chain_rpc
             .as_deref()
             .context("--ledger DIR (or --chain-rpc URL --contract ADDR) is needed")?;
         let contract = self.contract.context("--chain-rpc needs --contract")?;
-        let funder = match &self.funder_key {
-            Some(k) => Some(k.trim().parse::<PrivateKeySigner>().map_err(|e| {
-                anyhow::anyhow!("--funder-key is not a secp256k1 private key: {e}")
-            })?),
-            None => None,
-        };
+        let funder = crate::args::funder_key(self.funder_key.as_deref())?;
         let chain = cohort_ledger::EvmRpcLedger::connect(url, funder)
             .with_context(|| format!("--chain-rpc {url}"))?;
         let mut p = Protocol::at(Box::new(chain) as Box<dyn LedgerBackend>, contract);
