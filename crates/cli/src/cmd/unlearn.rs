@@ -334,8 +334,8 @@ impl RunDir {
         }
         if !dir.join("ledger").is_dir() {
             bail!(
-                "{}: no embedded ledger (DIR/ledger); unlearning a run on a chain is not \
-                 supported yet",
+                "{}: no embedded ledger (DIR/ledger); a run on a chain cannot be unlearned or \
+                 valued yet",
                 dir.display()
             );
         }
