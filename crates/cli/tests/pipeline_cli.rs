@@ -986,29 +986,17 @@ fn a_cheating_stage_server_is_caught_and_slashed_by_a_quorum_of_verifiers() {
         "{}",
         text(&o)
     );
-    for (s, layers) in [
-        (cheat, "1..3"),
-        (v1, "1..3"),
-        (v2, "1..3"),
-        (head, "0..1"),
-        (tail, "3..4"),
-    ] {
-        stage(&[
-            "register",
-            "--ledger",
-            l,
-            "--key",
-            p(&s.key),
-            "--model",
-            p(&model),
-            "--layers",
-            layers,
-            "--stake",
-            "1500",
-            "--at",
-            &at(1),
-        ]);
-    }
+    register_stages(
+        l,
+        &model,
+        &[
+            (cheat, "1..3"),
+            (v1, "1..3"),
+            (v2, "1..3"),
+            (head, "0..1"),
+            (tail, "3..4"),
+        ],
+    );
     let evidence = tmp.path().join("claims.json");
     let list = format!("{},{},{}", first.url, liar.url, last.url);
     let vlist = format!("{},{}", verifiers[0].url, verifiers[1].url);
@@ -1594,25 +1582,7 @@ fn the_client_escrows_pay_to_every_stage_server_for_the_tokens_it_processed() {
     let w = stages::world(tmp.path());
     let (a, b) = (&w.servers[0], &w.servers[1]);
     let l = p(&w.ledger).to_owned();
-    for (s, layers) in [(a, "0..2"), (b, "2..4")] {
-        let o = cohort(&[
-            "stage",
-            "register",
-            "--ledger",
-            &l,
-            "--key",
-            p(&s.key),
-            "--model",
-            p(&model),
-            "--layers",
-            layers,
-            "--stake",
-            "1500",
-            "--at",
-            &(stages::START + 1).to_string(),
-        ]);
-        assert!(o.status.success(), "{}", text(&o));
-    }
+    register_stages(&l, &model, &[(a, "0..2"), (b, "2..4")]);
     let first = serve_with(&model, "0..2", &["--key", p(&a.key)]);
     let second = serve_with(&model, "2..4", &["--key", p(&b.key)]);
     let list = format!("{},{}", first.url, second.url);

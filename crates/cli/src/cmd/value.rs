@@ -231,7 +231,7 @@ impl Round<'_> {
         let mut sum = vec![0.0; n];
         let mut order: Vec<usize> = (0..n).collect();
         for _ in 0..permutations {
-            shuffle(&mut order, rng);
+            rng.shuffle(&mut order);
             self.walk(&order, full, tol, &mut sum)?;
         }
         Ok(sum.into_iter().map(|x| x / permutations as f64).collect())
@@ -255,7 +255,7 @@ impl Round<'_> {
                     break 'cycles;
                 }
                 let mut rest: Vec<usize> = (0..n).filter(|&j| j != lead).collect();
-                shuffle(&mut rest, rng);
+                rng.shuffle(&mut rest);
                 let order: Vec<usize> = std::iter::once(lead).chain(rest).collect();
                 self.walk(&order, full, tol, &mut sum)?;
                 done += 1;
@@ -279,10 +279,6 @@ impl Round<'_> {
             done,
         ))
     }
-}
-
-fn shuffle(v: &mut [usize], rng: &mut cohort_core::Rng) {
-    rng.shuffle(v);
 }
 
 #[derive(Serialize)]
