@@ -199,6 +199,12 @@ fn bad_runs_and_arguments_are_refused_by_name() {
         .unwrap_or_else(|| panic!("no blob {blob} in {blobs:?}"));
     std::fs::remove_file(victim).unwrap();
     refused(&[p(&gone)], "is not in");
+    // A damaged summary: named before any work.
+    std::fs::write(gone.join("summary.json"), "garbage").unwrap();
+    let o = cohort(&["value", p(&gone)]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("summary.json: not JSON"), "{}", text(&o));
+    assert!(!text(&o).contains("setting up the task"), "{}", text(&o));
     // More updates a round than exact Shapley enumerates.
     let wide = tmp.path().join("wide");
     run(&wide, &["clients=14", "coordinator.clients_per_round=14"]);

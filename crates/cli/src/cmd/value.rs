@@ -316,6 +316,8 @@ impl Args {
                 run.cfg.unlearning.shards
             );
         }
+        // What each client earned, read before any work (a damaged summary stops it here).
+        let earned = earnings(&run.dir)?;
         let wrong = super::provenance::mismatches(&run.dir)?;
         if let Some(first) = wrong.first() {
             bail!(
@@ -507,7 +509,6 @@ impl Args {
                     .collect(),
             });
         }
-        let earned = earnings(&run.dir)?;
         let mut clients: BTreeMap<String, ClientValue> = BTreeMap::new();
         for k in 0..run.cfg.clients as u32 {
             let submitted = rounds.values().flatten().filter(|r| r.client == k).count() as u64;
