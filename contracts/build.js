@@ -23,8 +23,12 @@ const MAX_DEPLOYED_SIZE = 24576; // EIP-170
 const MAX_INITCODE_SIZE = 49152; // EIP-3860
 // Pairs of deployable contracts where the second's code runs by delegatecall in the first's
 // storage (Cohort's fallback delegates to CohortStages): their storage layouts must be
-// identical, or the delegated code would read and write the wrong slots.
-const SHARED_STORAGE = [['Cohort', 'CohortStages']];
+// identical, or the delegated code would read and write the wrong slots (CohortStages' fallback
+// delegates on to CohortRuns, still in Cohort's storage).
+const SHARED_STORAGE = [
+  ['Cohort', 'CohortStages'],
+  ['Cohort', 'CohortRuns'],
+];
 
 function fail(msg) {
   process.stderr.write(`error: ${msg}\n`);

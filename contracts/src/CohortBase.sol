@@ -216,6 +216,55 @@ abstract contract CohortBase {
         bool released;
     }
 
+    /// @notice A run's governance (its coordinator's, `enableRunGovernance`): proposals pass
+    ///         with votes of at least `quorumBps` of the bonded stake at their creation and more
+    ///         than `majorityBps` of the votes cast in favour, and execute `timelock` seconds
+    ///         after `votingPeriod`. Enabled iff votingPeriod != 0.
+    struct GovParams {
+        uint16 quorumBps;
+        uint16 majorityBps;
+        uint64 votingPeriod;
+        uint64 timelock;
+    }
+
+    /// @dev What a proposal does once executed (`kind`): 1 hyperparameters (payloadHash: the
+    ///      SHA-256 of the new settings, applied from the run's next round), 2 admit a client
+    ///      (target: its address), 3 admit a dataset (target: its id), 4 approve an unlearning
+    ///      request (target: its id).
+    struct Proposal {
+        address proposer;
+        uint8 kind;
+        bool executed;
+        uint64 createdAt;
+        uint64 votingEnds;
+        uint64 executableAt;
+        uint64 executedAt;
+        uint64 roundsAtExecution; // the ledger's round count when executed (hyperparameters
+            // apply to the run's rounds opened after it)
+        bytes32 target;
+        bytes32 payloadHash;
+        uint256 snapshotTotal; // bonded stake when the proposal was created
+        uint256 yes;
+        uint256 no;
+    }
+
+    /// @notice A dataset offered for training at `pricePerRound` base units per round of use;
+    ///         only recipes its owner allows may train on it (deny by default).
+    struct Listing {
+        uint256 pricePerRound;
+        bool active;
+        uint32 recipes; // recipes allowed
+        uint64 listedAt; // first listed
+        uint64 delistedAt; // last delisted (0: never)
+    }
+
+    /// @notice How a run's royalties are split: `coordinatorBps` to the coordinator,
+    ///         `treasuryBps` to the protocol treasury, the rest to the dataset's owner.
+    struct MarketFees {
+        uint16 coordinatorBps;
+        uint16 treasuryBps;
+    }
+
     // ------------------------------------------------------------------
     // Storage
     // ------------------------------------------------------------------
@@ -293,6 +342,35 @@ abstract contract CohortBase {
     // dataset roots: the first owner that committed a Merkle root (appended after every
     // earlier variable, so that a deployment's layout only grows)
     mapping(bytes32 => address) internal _rootOwner;
+
+    // per-run governance (runs are named by their coordinator)
+    mapping(address => GovParams) internal _govParams;
+    mapping(address => uint256) internal _govBonded; // run => bonded stake
+    mapping(address => mapping(address => uint256)) internal _govBond; // run => member => bond
+    /// @dev run => member => the run's proposal count at the member's last bond increase: the
+    ///      member votes on proposals created after it only.
+    mapping(address => mapping(address => uint64)) internal _govBondEpoch;
+    /// @dev run => member => until when its bond is locked (the end of the last vote it cast).
+    mapping(address => mapping(address => uint64)) internal _govLockedUntil;
+    mapping(address => uint64) internal _proposalCount;
+    mapping(address => mapping(uint64 => Proposal)) internal _proposals;
+    /// @dev run => proposal => voter => 1 for, 2 against (0: no vote).
+    mapping(address => mapping(uint64 => mapping(address => uint8))) internal _votes;
+    mapping(address => mapping(address => bool)) internal _govAdmittedClient;
+    mapping(address => mapping(bytes32 => bool)) internal _govAdmittedDataset;
+    /// @dev The run whose governance admitted a dataset first (its unlearning needs that
+    ///      run's approval).
+    mapping(bytes32 => address) internal _datasetRun;
+    mapping(uint64 => bool) internal _unlearningApproved;
+
+    // data market
+    mapping(bytes32 => Listing) internal _listings;
+    mapping(bytes32 => mapping(bytes32 => bool)) internal _recipeAllowed;
+    mapping(address => MarketFees) internal _marketFees;
+    mapping(uint64 => bytes32) internal _roundRecipe;
+    mapping(address => uint256) internal _royaltyFund; // run => sponsors' funds
+    mapping(uint64 => mapping(bytes32 => bool)) internal _royaltyPaid; // round => dataset
+    mapping(bytes32 => uint256) internal _royaltiesByDataset;
 
     // ------------------------------------------------------------------
     // Events
@@ -397,6 +475,40 @@ abstract contract CohortBase {
     event StageSlashed(address indexed server, bytes32 indexed claimId, uint256 amount, uint256 toAttesters);
     event StageAttesterRewarded(address indexed server, address indexed verifier, uint256 amount);
 
+    event RunGovernanceEnabled(address indexed run, GovParams params, uint32 foundingDatasets);
+    event GovBonded(address indexed run, address indexed member, uint256 amount, uint256 bond);
+    event GovUnbonded(address indexed run, address indexed member, uint256 amount, uint256 bond);
+    event Proposed(
+        address indexed run,
+        uint64 indexed proposalId,
+        address indexed proposer,
+        uint8 kind,
+        bytes32 target,
+        bytes32 payloadHash,
+        uint256 snapshotTotal
+    );
+    event Voted(address indexed run, uint64 indexed proposalId, address indexed voter, bool support, uint256 weight);
+    event ProposalExecuted(address indexed run, uint64 indexed proposalId, uint8 kind, bytes32 target, bytes32 payloadHash);
+    event ClientAdmitted(address indexed run, address indexed client, uint64 proposalId);
+    event DatasetAdmitted(address indexed run, bytes32 indexed datasetId, uint64 proposalId);
+    event UnlearningApproved(address indexed run, uint64 indexed requestId, uint64 proposalId);
+
+    event DatasetListed(bytes32 indexed datasetId, address indexed owner, uint256 pricePerRound);
+    event DatasetDelisted(bytes32 indexed datasetId, address indexed owner);
+    event RecipeAllowed(bytes32 indexed datasetId, bytes32 indexed recipe, bool allowed);
+    event MarketFeesSet(address indexed run, uint16 coordinatorBps, uint16 treasuryBps);
+    event RoundRecipeSet(uint64 indexed roundId, address indexed run, bytes32 recipe);
+    event RoundRefused(uint64 indexed roundId, bytes32 indexed datasetId, address indexed owner, bytes32 recipe);
+    event RoyaltyFunded(address indexed run, address indexed sponsor, uint256 amount);
+    event RoyaltyPaid(
+        uint64 indexed roundId,
+        bytes32 indexed datasetId,
+        address indexed owner,
+        uint256 toOwner,
+        uint256 toCoordinator,
+        uint256 toTreasury
+    );
+
     // ------------------------------------------------------------------
     // Errors
     // ------------------------------------------------------------------
@@ -477,6 +589,33 @@ abstract contract CohortBase {
     error SelfAttestation(address server);
     error NotAStageVerifier(address who, address server);
     error AlreadyAttested(bytes32 claimId, address verifier);
+
+    error InvalidGovParam(uint8 field);
+    error GovernanceEnabled(address run);
+    error NoGovernance(address run);
+    error NotAMember(address run, address who);
+    error BondLocked(address run, address who, uint64 until);
+    error NoBond(address run, address who);
+    error InvalidProposal(uint8 kind, bytes32 target);
+    error UnknownProposal(address run, uint64 proposalId);
+    error VotingClosed(address run, uint64 proposalId, uint64 votingEnds);
+    error VotingOpen(address run, uint64 proposalId, uint64 votingEnds);
+    error BondAfterProposal(address run, uint64 proposalId, address who);
+    error AlreadyVoted(address run, uint64 proposalId, address who);
+    error Timelocked(address run, uint64 proposalId, uint64 executableAt);
+    error ProposalRejected(address run, uint64 proposalId, uint256 yes, uint256 no, uint256 snapshotTotal);
+    error AlreadyExecuted(address run, uint64 proposalId);
+    error NotAdmitted(address run, bytes32 what);
+    error UnlearningNotApproved(uint64 requestId, address run);
+
+    error NotListed(bytes32 datasetId);
+    error InvalidFees(uint16 coordinatorBps, uint16 treasuryBps);
+    error RecipeSet(uint64 roundId);
+    error RecipeNotAllowed(bytes32 datasetId, bytes32 recipe);
+    error RecipeAllowedThere(bytes32 datasetId, bytes32 recipe);
+    error NotTrainedOn(uint64 roundId, uint32 index);
+    error RoyaltyAlreadyPaid(uint64 roundId, bytes32 datasetId);
+    error InsufficientRoyaltyFund(address run, uint256 have, uint256 need);
 
     // ------------------------------------------------------------------
     // Modifiers and access helpers

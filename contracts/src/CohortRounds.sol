@@ -50,9 +50,12 @@ abstract contract CohortRounds is CohortBase {
         if (count > MAX_ROSTER - n) revert RosterFull(MAX_ROSTER);
         mapping(address => uint32) storage index = _rosterIndexPlusOne[msg.sender];
         bytes32 beacon = _beacon[msg.sender];
+        // A run with governance takes the clients its members admitted only.
+        bool governed = _govParams[msg.sender].votingPeriod != 0;
         for (uint256 i; i < count; ++i) {
             address c = clients[i];
             if (c == address(0)) revert ZeroAddress();
+            if (governed && !_govAdmittedClient[msg.sender][c]) revert NotAdmitted(msg.sender, bytes32(uint256(uint160(c))));
             if (index[c] != 0) revert AlreadyInRoster(c);
             index[c] = ++n;
             beacon = keccak256(abi.encode(beacon, c));
@@ -133,6 +136,16 @@ abstract contract CohortRounds is CohortBase {
         if (d.forgotten) revert DatasetIsForgotten(datasetId);
         // A client claims at most the samples it committed: FedAvg weighs by the claim.
         if (numSamples > d.size) revert SamplesAboveDataset(datasetId, numSamples, d.size);
+        // A run with governance trains on the datasets its members admitted only.
+        address coord = r.coordinator;
+        if (_govParams[coord].votingPeriod != 0 && !_govAdmittedDataset[coord][datasetId]) {
+            revert NotAdmitted(coord, datasetId);
+        }
+        // A listed dataset trains under a recipe its owner allowed only (deny by default).
+        if (_listings[datasetId].active) {
+            bytes32 recipe = _roundRecipe[roundId];
+            if (!_recipeAllowed[datasetId][recipe]) revert RecipeNotAllowed(datasetId, recipe);
+        }
 
         if (_updateIndexPlusOne[roundId][msg.sender] != 0) revert AlreadySubmitted(roundId, msg.sender);
         index = r.numUpdates;

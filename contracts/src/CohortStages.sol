@@ -2,6 +2,7 @@
 pragma solidity 0.8.37;
 
 import {CohortBase} from "./CohortBase.sol";
+import {CohortRuns} from "./CohortRuns.sol";
 
 /// @title CohortStages
 /// @notice Stage servers of model-parallel training: participants holding some transformer
@@ -29,6 +30,29 @@ import {CohortBase} from "./CohortBase.sol";
 ///      (build.js checks that the two layouts are identical). Called directly, at its own
 ///      address, it has an empty state and no governance, and can change nothing that matters.
 contract CohortStages is CohortBase {
+    /// @notice The code of per-run governance and the data market (`CohortRuns`, deployed by
+    ///         the constructor): a selector that is none of Cohort's nor CohortStages' runs
+    ///         there, still in Cohort's storage.
+    address public immutable runs;
+
+    constructor() {
+        runs = address(new CohortRuns());
+    }
+
+    /// @notice Runs CohortRuns' code for any other selector, in the caller's storage (Cohort's),
+    ///         with the same msg.sender; its return or revert data is this call's.
+    fallback() external {
+        address target = runs;
+        assembly ("memory-safe") {
+            let ptr := mload(0x40)
+            calldatacopy(ptr, 0, calldatasize())
+            let ok := delegatecall(gas(), target, ptr, calldatasize(), 0, 0)
+            returndatacopy(ptr, 0, returndatasize())
+            if iszero(ok) { revert(ptr, returndatasize()) }
+            return(ptr, returndatasize())
+        }
+    }
+
     /// @notice Replaces the stage parameters. Governance only. Reverts
     ///         InvalidStageParam(field), field = the 0-based index in StageParams:
     ///         minStageStake (0) > 0; stageChallengeWindow (1) in 1..=params.unbondingPeriod (a

@@ -67,6 +67,9 @@ abstract contract CohortUnlearning is CohortBase {
         if (_methods & (1 << method) == 0) revert InvalidMethod(method);
         UnlearningRequest storage q = _request(requestId, UnlearningPhase.Requested);
         bytes32 id = q.datasetId;
+        // A dataset a run's governance admitted is forgotten once that run approved it.
+        address run = _datasetRun[id];
+        if (run != address(0) && !_unlearningApproved[requestId]) revert UnlearningNotApproved(requestId, run);
         Dataset storage d = _datasets[id];
         d.forgotten = true;
         q.phase = UnlearningPhase.Executed;

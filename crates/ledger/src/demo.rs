@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::backend::LedgerBackend;
 use crate::merkle::{MerkleTree, leaf_hash};
 use crate::protocol::{
-    Cohort, Cohort::CohortEvents, Protocol, ProtocolError, accepted_set_hash, roles,
+    Cohort, Cohort::CohortEvents, Protocol, ProtocolError, Sent, accepted_set_hash, roles,
 };
 
 /// The cast of the demo, derived from a seed.
@@ -478,6 +478,218 @@ pub fn stages<B: LedgerBackend>(
         attester_share,
         refunded,
         cheat_active: p.stage_active(c)?,
+        supply_conserved: p.supply()?.conserved(),
+    })
+}
+
+/// The parties of the governance and market story, derived from a seed.
+#[derive(Debug, Clone)]
+pub struct RunsCast {
+    /// The run's coordinator.
+    pub coordinator: Identity,
+    /// Three clients: two founding members (60% and 40% of the bonded stake) and one the run
+    /// admits by a vote.
+    pub members: Vec<Identity>,
+    /// Funds the run's royalties.
+    pub sponsor: Identity,
+}
+
+impl RunsCast {
+    /// The cast for `seed`.
+    pub fn new(seed: u64) -> Self {
+        let id = |n: &str| Identity::from_seed(seed, n);
+        Self {
+            coordinator: id("run-coordinator"),
+            members: vec![id("member-1"), id("member-2"), id("newcomer")],
+            sponsor: id("sponsor"),
+        }
+    }
+
+    /// Everyone in it.
+    pub fn everyone(&self) -> Vec<&Identity> {
+        let mut v = vec![&self.coordinator];
+        v.extend(self.members.iter());
+        v.push(&self.sponsor);
+        v
+    }
+}
+
+/// What the governance and market story did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunsReport {
+    /// The run (its coordinator's address).
+    pub run: Address,
+    /// Whether a proposal backed by the 40% member alone was refused at execution.
+    pub minority_refused: bool,
+    /// Whether the newcomer was admitted (60% for, 40% against) and joined the roster.
+    pub newcomer_admitted: bool,
+    /// Whether an execution before the timelock was refused.
+    pub early_execution_refused: bool,
+    /// Whether the round refused the update of a listed dataset under a recipe it does not
+    /// allow.
+    pub recipe_refused: bool,
+    /// The royalty paid to the listed dataset's owner, to the coordinator, to the treasury.
+    pub royalty: [U256; 3],
+    /// Whether a second payment for the same round and dataset was refused.
+    pub second_royalty_refused: bool,
+    /// Whether the token supply is conserved at the end.
+    pub supply_conserved: bool,
+}
+
+/// Per-run governance and the data market, after [`run`] (it uses `cast`'s governance and
+/// validators): a coordinator enables its run's governance with two founding members; a
+/// proposal the 40% member alone backs is refused; the newcomer is admitted 60% to 40% after
+/// the timelock and joins the roster; its dataset is admitted; a founding member lists its
+/// dataset with a recipe; a round trains under it (the other member's listed dataset, which
+/// allows another recipe, is refused and sits it out), and the royalty is paid, split and
+/// refused a second time.
+pub fn runs<B: LedgerBackend>(
+    p: &mut Protocol<B>,
+    cast: &Cast,
+    seed: u64,
+) -> Result<RunsReport, ProtocolError> {
+    use crate::protocol::GovParams;
+    use crate::runs::{address_target, kind};
+    let rc = RunsCast::new(seed);
+    let gov = &cast.governance;
+    let coord = &rc.coordinator;
+    let [m1, m2, newcomer] = [&rc.members[0], &rc.members[1], &rc.members[2]];
+    let addr = |p: &Protocol<B>, id: &Identity| p.backend().address_of(id);
+    let tick = |p: &mut Protocol<B>, secs: u64| -> Result<(), ProtocolError> {
+        let t = p.backend().head()?.time;
+        p.backend_mut().set_time(t.saturating_add(secs))?;
+        Ok(())
+    };
+    let refused = |r: Result<Sent<()>, ProtocolError>, f: fn(&Cohort::CohortErrors) -> bool| matches!(r.map_err(|e| e.revert().cloned()), Err(Some(e)) if f(&e));
+    tick(p, 60)?;
+    for who in rc.everyone() {
+        p.mint(gov, addr(p, who), tokens(1_000))?;
+    }
+    let run = addr(p, coord);
+    p.approve_coordinator(gov, run)?;
+    p.register(coord, roles::COORDINATOR)?;
+    let mut datasets = Vec::new();
+    for m in &rc.members {
+        p.register(m, roles::CLIENT | roles::DATA_OWNER)?;
+        p.stake(m, tokens(100))?;
+        let root = sha256(format!("the data of {}", m.name()).as_bytes()).into();
+        datasets.push(p.commit_dataset(m, root, B256::ZERO, 500)?.value);
+    }
+    let founders = vec![addr(p, m1), addr(p, m2)];
+    p.extend_roster(coord, &founders)?;
+    let (voting, timelock) = (120, 60);
+    p.enable_run_governance(
+        coord,
+        GovParams {
+            quorumBps: 5_000,
+            majorityBps: 5_000,
+            votingPeriod: voting,
+            timelock,
+        },
+        &datasets[..2],
+    )?;
+    p.set_market_fees(coord, 1_000, 500)?;
+    p.gov_bond(m1, run, tokens(60))?;
+    p.gov_bond(m2, run, tokens(40))?;
+    tick(p, 10)?;
+    // The 40% member alone cannot pass a proposal.
+    let payload = sha256(b"learning_rate = 0.02").into();
+    let lone = p
+        .propose(m2, run, kind::HYPERPARAMS, B256::ZERO, payload)?
+        .value;
+    p.vote(m2, run, lone, true)?;
+    // 60% admit the newcomer against the 40%.
+    let target = address_target(addr(p, newcomer));
+    let admit = p
+        .propose(m1, run, kind::ADMIT_CLIENT, target, B256::ZERO)?
+        .value;
+    p.vote(m1, run, admit, true)?;
+    p.vote(m2, run, admit, false)?;
+    tick(p, voting)?;
+    let early_execution_refused = refused(p.execute_proposal(m1, run, admit), |e| {
+        matches!(e, Cohort::CohortErrors::Timelocked(_))
+    });
+    tick(p, timelock)?;
+    let minority_refused = refused(p.execute_proposal(m1, run, lone), |e| {
+        matches!(e, Cohort::CohortErrors::ProposalRejected(_))
+    });
+    p.execute_proposal(m1, run, admit)?;
+    let nc = addr(p, newcomer);
+    p.extend_roster(coord, &[nc])?;
+    let admit_data = p
+        .propose(m1, run, kind::ADMIT_DATASET, datasets[2], B256::ZERO)?
+        .value;
+    p.vote(m1, run, admit_data, true)?;
+    tick(p, voting + timelock)?;
+    p.execute_proposal(m2, run, admit_data)?;
+    let admitted = p.view(crate::protocol::CohortRuns::admittedCall {
+        run,
+        client: nc,
+        datasetId: datasets[2],
+    })?;
+    let newcomer_admitted = admitted.clientAdmitted && admitted.datasetAdmitted;
+
+    // The market: member 1 lists its data for recipe A at 10 tokens a round, member 2 for
+    // recipe B only; the sponsor funds the run.
+    let recipe: B256 = sha256(b"recipe A: cohort 0.1, lm-attack.toml, q,v").into();
+    let other: B256 = sha256(b"recipe B").into();
+    p.list_dataset(m1, datasets[0], tokens(10), &[recipe])?;
+    p.list_dataset(m2, datasets[1], tokens(5), &[other])?;
+    let sponsor = &rc.sponsor;
+    p.fund_royalties(sponsor, run, tokens(50))?;
+    tick(p, 10)?;
+    let round = p
+        .open_round(
+            coord,
+            sha256(b"the run's model").into(),
+            U256::ZERO,
+            false,
+            3,
+        )?
+        .value;
+    p.set_round_recipe(coord, round, recipe)?;
+    let blob = |m: &Identity| sha256(format!("update of {}", m.name()).as_bytes()).into();
+    let recipe_refused = matches!(
+        p.submit_update(m2, round, blob(m2), datasets[1], 500)
+            .map_err(|e| e.revert().cloned()),
+        Err(Some(Cohort::CohortErrors::RecipeNotAllowed(_)))
+    );
+    p.refuse_round(m2, round, datasets[1])?;
+    let i1 = p
+        .submit_update(m1, round, blob(m1), datasets[0], 500)?
+        .value;
+    p.submit_update(newcomer, round, blob(newcomer), datasets[2], 500)?;
+    tick(p, 10)?;
+    p.close_submissions(coord, round)?;
+    let scores = [Score::from_f64(0.05), Score::from_f64(0.04)];
+    let salt = |v: &Identity| B256::from(sha256(format!("salt of {}", v.name()).as_bytes()));
+    for v in &cast.validators {
+        p.commit_scores(v, round, &scores, salt(v))?;
+    }
+    p.close_commits(coord, round)?;
+    for v in &cast.validators {
+        p.reveal_scores(v, round, &scores, salt(v))?;
+    }
+    p.tally_all(coord, round, 8)?;
+    p.finalize(coord, round, B256::ZERO, accepted_set_hash(&[0, 1]))?;
+    p.settle_all(coord, round, 8)?;
+    let mut royalty = [U256::ZERO; 3];
+    for e in p.pay_royalty(sponsor, round, i1)?.events {
+        if let CohortEvents::RoyaltyPaid(r) = e {
+            royalty = [r.toOwner, r.toCoordinator, r.toTreasury];
+        }
+    }
+    let second_royalty_refused = refused(p.pay_royalty(sponsor, round, i1), |e| {
+        matches!(e, Cohort::CohortErrors::RoyaltyAlreadyPaid(_))
+    });
+    Ok(RunsReport {
+        run,
+        minority_refused,
+        newcomer_admitted,
+        early_execution_refused,
+        recipe_refused,
+        royalty,
+        second_royalty_refused,
         supply_conserved: p.supply()?.conserved(),
     })
 }

@@ -33,6 +33,7 @@ pub mod published;
 pub mod reader;
 #[cfg(feature = "evm-rpc")]
 pub mod rpc;
+pub mod runs;
 pub mod signer;
 mod storage;
 pub mod submit;

@@ -38,9 +38,24 @@ pub mod stage_bindings {
     );
 }
 
+/// Bindings of per-run governance and the data market (`contracts/out/CohortRuns.json`),
+/// which `CohortStages`' fallback runs by delegatecall in turn: called at the protocol
+/// contract's address too; their events and errors decode as [`Cohort::CohortEvents`] and
+/// [`Cohort::CohortErrors`].
+#[allow(clippy::too_many_arguments)]
+pub mod runs_bindings {
+    alloy_sol_types::sol!(
+        #[sol(all_derives)]
+        CohortRuns,
+        "../../contracts/out/CohortRuns.json"
+    );
+}
+
 pub use bindings::Cohort;
 use bindings::Cohort::{CohortErrors, CohortEvents};
 pub use bindings::CohortBase::{Params, UnlearningEvidence};
+pub use runs_bindings::CohortBase::{GovParams, Listing, MarketFees, Proposal};
+pub use runs_bindings::CohortRuns;
 pub use stage_bindings::CohortBase::{StageEscrow, StageParams, StageServer};
 pub use stage_bindings::CohortStages;
 

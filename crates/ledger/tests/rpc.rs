@@ -270,6 +270,7 @@ fn differential_events_and_gas() {
     };
     let cast = Cast::new(1);
     let stage_cast = demo::StageCast::new(1);
+    let runs_cast = demo::RunsCast::new(1);
     // The demo round, then the unlearning story (a rejected execution, a verified one, the
     // blobs' deletion recorded), then the stage servers' (escrowed pay, a quorum's fraud claim
     // and slash, a release after the window, refunds).
@@ -277,11 +278,43 @@ fn differential_events_and_gas() {
     let (mut p, emb_report) = demo::run(embedded(dir.path()), 1).expect("demo runs embedded");
     let emb_forget = demo::forget(&mut p, &cast).expect("unlearning embedded");
     let emb_stages = demo::stages(&mut p, &cast.governance, 1).expect("stages embedded");
+    let emb_runs = demo::runs(&mut p, &cast, 1).expect("governance and market embedded");
     let emb = p.into_backend();
     let (mut p, rpc_report) = demo::run(ledger(&anvil), 1).expect("demo runs on anvil");
     let rpc_forget = demo::forget(&mut p, &cast).expect("unlearning on anvil");
     let rpc_stages = demo::stages(&mut p, &cast.governance, 1).expect("stages on anvil");
+    let rpc_runs = demo::runs(&mut p, &cast, 1).expect("governance and market on anvil");
     let rpc = p.into_backend();
+    // Per-run governance and the market: the same outcome on both, and the one expected.
+    let runs_outcome = |r: &demo::RunsReport| {
+        (
+            r.minority_refused,
+            r.newcomer_admitted,
+            r.early_execution_refused,
+            r.recipe_refused,
+            r.royalty,
+            r.second_royalty_refused,
+            r.supply_conserved,
+        )
+    };
+    assert_eq!(runs_outcome(&emb_runs), runs_outcome(&rpc_runs));
+    assert_eq!(
+        runs_outcome(&emb_runs),
+        (
+            true,
+            true,
+            true,
+            true,
+            [
+                tokens(85) / U256::from(10),
+                tokens(1),
+                tokens(1) / U256::from(2)
+            ],
+            true,
+            true
+        ),
+        "the governance and market story's outcome"
+    );
     let outcome = |r: &demo::StagesReport| {
         (
             r.early_release_refused,
@@ -348,6 +381,7 @@ fn differential_events_and_gas() {
         .everyone()
         .into_iter()
         .chain(stage_cast.everyone())
+        .chain(runs_cast.everyone())
         .collect();
     let emb_ev = normalized(
         &emb_txs,
@@ -408,6 +442,30 @@ fn differential_events_and_gas() {
                 .iter()
                 .flatten()
                 .filter(|e| matches!(e, CohortEvents::StageSlashed(_)))
+                .count(),
+        ),
+        (
+            "a royalty paid",
+            emb_ev
+                .iter()
+                .flatten()
+                .filter(|e| matches!(e, CohortEvents::RoyaltyPaid(_)))
+                .count(),
+        ),
+        (
+            "a client admitted by a vote",
+            emb_ev
+                .iter()
+                .flatten()
+                .filter(|e| matches!(e, CohortEvents::ClientAdmitted(_)))
+                .count(),
+        ),
+        (
+            "a round refused for its recipe",
+            emb_ev
+                .iter()
+                .flatten()
+                .filter(|e| matches!(e, CohortEvents::RoundRefused(_)))
                 .count(),
         ),
         (

@@ -60,13 +60,18 @@ pub fn call_name(to: Option<alloy_primitives::Address>, data: &[u8]) -> String {
     if to.is_none() {
         return "deploy".into();
     }
+    use cohort_ledger::protocol::CohortRuns::CohortRunsCalls;
     use cohort_ledger::protocol::CohortStages::CohortStagesCalls;
     match CohortCalls::abi_decode(data) {
         Ok(c) => variant_name(&format!("{c:?}")),
         // The stage servers' functions, which Cohort runs from its fallback.
         Err(_) => match CohortStagesCalls::abi_decode(data) {
             Ok(c) => variant_name(&format!("{c:?}")),
-            Err(_) => format!("0x{}", hex::encode(data.get(..4).unwrap_or(data))),
+            // Per-run governance and the market, which CohortStages runs from its fallback.
+            Err(_) => match CohortRunsCalls::abi_decode(data) {
+                Ok(c) => variant_name(&format!("{c:?}")),
+                Err(_) => format!("0x{}", hex::encode(data.get(..4).unwrap_or(data))),
+            },
         },
     }
 }
