@@ -603,7 +603,7 @@ abstract contract CohortBase {
     error BondAfterProposal(address run, uint64 proposalId, address who);
     error AlreadyVoted(address run, uint64 proposalId, address who);
     error Timelocked(address run, uint64 proposalId, uint64 executableAt);
-    error ProposalRejected(address run, uint64 proposalId, uint256 yes, uint256 no, uint256 snapshotTotal);
+    error ProposalRejected(address run, uint64 proposalId);
     error AlreadyExecuted(address run, uint64 proposalId);
     error NotAdmitted(address run, bytes32 what);
     error UnlearningNotApproved(uint64 requestId, address run);

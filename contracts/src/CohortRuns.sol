@@ -181,7 +181,7 @@ contract CohortRuns is CohortBase {
         if (pr.executed) revert AlreadyExecuted(run, proposalId);
         if (block.timestamp < pr.votingEnds) revert VotingOpen(run, proposalId, pr.votingEnds);
         if (block.timestamp < pr.executableAt) revert Timelocked(run, proposalId, pr.executableAt);
-        if (!_passed(_govParams[run], pr)) revert ProposalRejected(run, proposalId, pr.yes, pr.no, pr.snapshotTotal);
+        if (!_passed(_govParams[run], pr)) revert ProposalRejected(run, proposalId);
         pr.executed = true;
         pr.executedAt = uint64(block.timestamp);
         pr.roundsAtExecution = _roundCount;

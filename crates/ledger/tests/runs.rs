@@ -235,14 +235,14 @@ fn a_forty_percent_coalition_can_neither_pass_nor_block_a_proposal() {
     assert!(!w.p.proposal(w.run(), alone).unwrap().1);
     w.advance(VOTING + TIMELOCK);
     match revert(w.execute(alone)) {
-        CohortErrors::ProposalRejected(x) => {
-            assert_eq!(
-                (x.yes, x.no, x.snapshotTotal),
-                (tokens(40), U256::ZERO, tokens(100))
-            );
-        }
+        CohortErrors::ProposalRejected(x) => assert_eq!(x.proposalId, alone),
         other => panic!("expected ProposalRejected, got {other:?}"),
     }
+    let (p, passing) = w.p.proposal(w.run(), alone).unwrap();
+    assert_eq!(
+        (p.yes, p.no, p.snapshotTotal, passing),
+        (tokens(40), U256::ZERO, tokens(100), false)
+    );
     let coord = w.actors[COORD].clone();
     let out = w.addr(OUTSIDER);
     assert!(matches!(
