@@ -354,3 +354,117 @@ mod tests {
         assert!(e.to_string().contains("is a directory"), "{e}");
     }
 }
+
+/// A share written as a percentage (`50`, `50%`, `12.5%`, at most two decimals), as basis
+/// points (10,000 = 100%), from 0 to 100%.
+pub fn percent_bps(s: &str) -> Result<u16, String> {
+    let bad =
+        || "must be a percentage from 0 to 100 with at most two decimals (50, 12.5%)".to_owned();
+    let t = s.trim();
+    let t = t.strip_suffix('%').unwrap_or(t).trim();
+    let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
+    let digits = |d: &str| d.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() || !digits(whole) || !digits(frac) || frac.len() > 2 || whole.len() > 3 {
+        return Err(bad());
+    }
+    let whole: u32 = whole.parse().map_err(|_| bad())?;
+    let frac: u32 = format!("{frac:0<2}").parse().map_err(|_| bad())?;
+    let bps = whole * 100 + frac;
+    u16::try_from(bps)
+        .ok()
+        .filter(|b| *b <= 10_000)
+        .ok_or_else(bad)
+}
+
+/// The longest duration [`duration_secs`] takes: a year.
+pub const MAX_DURATION: u64 = 365 * 86_400;
+
+/// A duration: whole seconds, or a whole number with a unit (`90s`, `15m`, `2h`, `7d`), up to a
+/// year.
+pub fn duration_secs(s: &str) -> Result<u64, String> {
+    let bad = || {
+        "must be a duration up to a year: seconds, or a number with s, m, h or d (90, 15m, 2h, 7d)"
+            .to_owned()
+    };
+    let t = s.trim();
+    let (num, unit) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&t[..i], c),
+        _ => (t, 's'),
+    };
+    let mult = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3_600,
+        'd' => 86_400,
+        _ => return Err(bad()),
+    };
+    if num.is_empty() || num.len() > 12 || !num.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    n.checked_mul(mult)
+        .filter(|d| *d <= MAX_DURATION)
+        .ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod share_and_duration_tests {
+    use super::{duration_secs, percent_bps};
+
+    #[test]
+    fn percentages_become_basis_points_and_garbage_is_refused() {
+        for (s, bps) in [
+            ("50", 5_000),
+            ("50%", 5_000),
+            ("12.5%", 1_250),
+            ("0", 0),
+            ("100", 10_000),
+            ("0.01", 1),
+        ] {
+            assert_eq!(percent_bps(s), Ok(bps), "{s}");
+        }
+        for s in [
+            "",
+            "%",
+            "-1",
+            "100.01",
+            "101",
+            "nan",
+            "inf",
+            "1e2",
+            "0.001",
+            "5 0",
+            "9999999999",
+        ] {
+            assert!(percent_bps(s).is_err(), "{s:?} was taken");
+        }
+    }
+
+    #[test]
+    fn durations_take_units_up_to_a_year() {
+        for (s, secs) in [
+            ("90", 90),
+            ("90s", 90),
+            ("15m", 900),
+            ("2h", 7_200),
+            ("7d", 604_800),
+            ("0", 0),
+            ("365d", 31_536_000),
+        ] {
+            assert_eq!(duration_secs(s), Ok(secs), "{s}");
+        }
+        for s in [
+            "",
+            "d",
+            "-1",
+            "366d",
+            "1.5h",
+            "1w",
+            "nan",
+            "99999999999999999999",
+            "1e3",
+        ] {
+            assert!(duration_secs(s).is_err(), "{s:?} was taken");
+        }
+    }
+}

@@ -87,6 +87,8 @@ struct Fixtures {
     admit: PathBuf,
     /// A ledger with stage servers, escrows, a slashed server and an evidence file.
     stage: StageFixture,
+    /// A governed run with a proposal, listings and a round owing a royalty.
+    gov: GovFixture,
 }
 
 /// What the `cohort stage` bases need: four stage servers of layers 1..3, the fourth slashed;
@@ -153,6 +155,149 @@ impl StageFixture {
             verifier: w.servers[0].key.clone(),
             evidence,
         }
+    }
+}
+
+/// What the `cohort gov` and `cohort market` bases need: a governed run (coordinator, two
+/// bonded clients with datasets, proposal 1 made and voted for by the first, passing), another
+/// coordinator without governance or rounds, an outsider client; the first client's dataset
+/// listed for recipe R, the second's for another; round 1 of the run trained under R on the
+/// first's data, finalized, its royalty funded and unpaid.
+struct GovFixture {
+    ledger: PathBuf,
+    coord: String,
+    coord_key: PathBuf,
+    other_coord: PathBuf,
+    clients: [PathBuf; 2],
+    outsider: String,
+    datasets: [String; 2],
+    recipe: String,
+}
+
+impl GovFixture {
+    /// The ledger's time when the fixture is made.
+    const T: u64 = stages::START + 10;
+
+    fn new(root: &Path) -> Self {
+        use alloy_primitives::B256;
+        use cohort_core::{Identity, Score, keyfile, sha256, tokens};
+        use cohort_ledger::protocol::{GovParams, Protocol, accepted_set_hash, roles};
+        use cohort_ledger::runs::kind;
+        use cohort_ledger::{EmbeddedLedger, LedgerBackend, LedgerConfig};
+        std::fs::create_dir_all(root).unwrap();
+        let gov = Identity::from_seed(31, "governance");
+        let ledger = root.join("ledger");
+        let led = EmbeddedLedger::create(
+            &ledger,
+            LedgerConfig::new("cohort.local/gov-sweep", gov.clone()).with_start_time(stages::START),
+        )
+        .unwrap();
+        let mut p = Protocol::deploy(led, &gov).unwrap();
+        let party = |name: &str| {
+            let id = Identity::from_seed(31, name);
+            let key = root.join(format!("{name}.pem"));
+            keyfile::write_new(&key, &id).unwrap();
+            (key, id)
+        };
+        let (coord_key, coord) = party("coordinator");
+        let (other_key, other) = party("other-coordinator");
+        let (k1, c1) = party("client-1");
+        let (k2, c2) = party("client-2");
+        let (_, outsider) = party("outsider");
+        let (_, v1) = party("validator-1");
+        let (_, v2) = party("validator-2");
+        for who in [&coord, &other, &c1, &c2, &outsider, &v1, &v2] {
+            p.mint(&gov, who.address(), tokens(5_000)).unwrap();
+        }
+        for c in [&coord, &other] {
+            p.approve_coordinator(&gov, c.address()).unwrap();
+            p.register(c, roles::COORDINATOR).unwrap();
+        }
+        let mut datasets = Vec::new();
+        for c in [&c1, &c2, &outsider] {
+            p.register(c, roles::CLIENT | roles::DATA_OWNER).unwrap();
+            p.stake(c, tokens(500)).unwrap();
+            let root = sha256(c.name().as_bytes()).into();
+            datasets.push(p.commit_dataset(c, root, B256::ZERO, 100).unwrap().value);
+        }
+        for v in [&v1, &v2] {
+            p.register(v, roles::VALIDATOR).unwrap();
+            p.stake(v, tokens(2_000)).unwrap();
+        }
+        p.extend_roster(&coord, &[c1.address(), c2.address()])
+            .unwrap();
+        let params = GovParams {
+            quorumBps: 5_000,
+            majorityBps: 5_000,
+            votingPeriod: 1_000,
+            timelock: 0,
+        };
+        p.enable_run_governance(&coord, params, &datasets[..2])
+            .unwrap();
+        let run = coord.address();
+        p.backend_mut().set_time(Self::T).unwrap();
+        p.gov_bond(&c1, run, tokens(10)).unwrap();
+        p.gov_bond(&c2, run, tokens(10)).unwrap();
+        let id = p
+            .propose(
+                &c1,
+                run,
+                kind::HYPERPARAMS,
+                B256::ZERO,
+                B256::repeat_byte(1),
+            )
+            .unwrap()
+            .value;
+        p.vote(&c1, run, id, true).unwrap();
+        let recipe: B256 = sha256(b"recipe R").into();
+        p.list_dataset(&c1, datasets[0], tokens(1), &[recipe])
+            .unwrap();
+        p.list_dataset(&c2, datasets[1], tokens(1), &[B256::repeat_byte(9)])
+            .unwrap();
+        p.fund_royalties(&c1, run, tokens(5)).unwrap();
+        let round = p
+            .open_round(&coord, sha256(b"model").into(), tokens(10), false, 2)
+            .unwrap()
+            .value;
+        p.set_round_recipe(&coord, round, recipe).unwrap();
+        p.submit_update(&c1, round, sha256(b"update").into(), datasets[0], 50)
+            .unwrap();
+        p.close_submissions(&coord, round).unwrap();
+        let scores = [Score(10_000)];
+        for v in [&v1, &v2] {
+            let salt = B256::from(sha256(v.name().as_bytes()));
+            p.commit_scores(v, round, &scores, salt).unwrap();
+        }
+        p.close_commits(&coord, round).unwrap();
+        for v in [&v1, &v2] {
+            let salt = B256::from(sha256(v.name().as_bytes()));
+            p.reveal_scores(v, round, &scores, salt).unwrap();
+        }
+        p.tally_all(&coord, round, 8).unwrap();
+        p.finalize(&coord, round, B256::ZERO, accepted_set_hash(&[0]))
+            .unwrap();
+        drop(p);
+        Self {
+            ledger,
+            coord: run.to_string(),
+            coord_key,
+            other_coord: other_key,
+            clients: [k1, k2],
+            outsider: outsider.address().to_string(),
+            datasets: [datasets[0].to_string(), datasets[1].to_string()],
+            recipe: recipe.to_string(),
+        }
+    }
+
+    /// A `cohort gov` or `cohort market` base: `cmd` with the ledger and `key`, at `dt` seconds
+    /// after the fixture's time, checked only.
+    fn line(&self, cmd: &str, key: &Path, dt: u64, rest: &str) -> String {
+        format!(
+            "{cmd} --ledger {} --key {} --at {} --check {rest}",
+            p(&self.ledger),
+            p(key),
+            Self::T + dt
+        )
     }
 }
 
@@ -246,8 +391,10 @@ impl Fixtures {
         let o = cohort(&["unlearn", "execute", p(&executed), "--request", "1"]);
         assert!(o.status.success(), "{}", common::text(&o));
         let stage = StageFixture::new(&root.join("stages"));
+        let gov = GovFixture::new(&root.join("gov"));
         Fixtures {
             stage,
+            gov,
             key,
             run,
             requested,
@@ -269,6 +416,7 @@ impl Fixtures {
         let t = p(&self.text);
         let i = p(&self.imdb);
         let sim = |m: &str| format!("sim {m} --data {i} --num-words 20 --train-size 200 --seed 1");
+        let g = &self.gov;
         let line = match cmd {
             "ledger demo" => "ledger demo {fresh}".to_owned(),
             "keys new" => "keys new --out {fresh}".to_owned(),
@@ -388,6 +536,84 @@ impl Fixtures {
                 p(&self.stage.ledger),
                 self.stage.honest,
                 self.stage.client_addr
+            ),
+            "gov enable" => g.line(cmd, &g.other_coord, 1, "--dataset") + " " + &g.datasets[0],
+            "gov bond" => g.line(
+                cmd,
+                &g.clients[0],
+                1,
+                &format!("--run {} --amount 1", g.coord),
+            ),
+            "gov unbond" => g.line(
+                cmd,
+                &g.clients[0],
+                5_000,
+                &format!("--run {} --amount 1", g.coord),
+            ),
+            "gov propose" => g.line(
+                cmd,
+                &g.clients[0],
+                1,
+                &format!("--run {} --admit-client {}", g.coord, g.outsider),
+            ),
+            "gov vote" => g.line(
+                cmd,
+                &g.clients[1],
+                1,
+                &format!("--run {} --proposal 1 --for", g.coord),
+            ),
+            "gov execute" => g.line(
+                cmd,
+                &g.clients[1],
+                5_000,
+                &format!("--run {} --proposal 1", g.coord),
+            ),
+            "gov show" => format!(
+                "gov show --ledger {} --run {} --proposal 1",
+                p(&g.ledger),
+                g.coord
+            ),
+            "market recipe" => format!("market recipe {}", p(&self.linear)),
+            "market offer" => g.line(
+                cmd,
+                &g.clients[0],
+                1,
+                &format!(
+                    "--dataset {} --price 2 --recipe {}",
+                    g.datasets[0], g.recipe
+                ),
+            ),
+            "market allow" => g.line(
+                cmd,
+                &g.clients[1],
+                1,
+                &format!("--dataset {} --recipe {}", g.datasets[1], g.recipe),
+            ),
+            "market withdraw" => g.line(
+                cmd,
+                &g.clients[1],
+                1,
+                &format!("--dataset {}", g.datasets[1]),
+            ),
+            "market fees" => g.line(cmd, &g.other_coord, 1, "--coordinator 10 --treasury 5"),
+            "market fund" => g.line(
+                cmd,
+                &g.clients[0],
+                1,
+                &format!("--run {} --amount 1", g.coord),
+            ),
+            "market refuse" => g.line(
+                cmd,
+                &g.clients[1],
+                1,
+                &format!("--round 1 --dataset {}", g.datasets[1]),
+            ),
+            "market pay" => g.line(cmd, &g.coord_key, 1, "--round 1"),
+            "market list" => format!("market list --ledger {}", p(&g.ledger)),
+            "market show" => format!(
+                "market show --ledger {} --dataset {}",
+                p(&g.ledger),
+                g.datasets[0]
             ),
             "sim drt" | "sim points" => sim(&cmd[4..]),
             "sim market" => sim("market") + " --rounds 1 --init-samples 50 --market-test-size 50",

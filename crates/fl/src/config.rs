@@ -303,6 +303,68 @@ pub struct RunConfig {
     /// Left out of the config's serialization when there is none.
     #[serde(default, rename = "profile", skip_serializing_if = "Vec::is_empty")]
     pub profiles: Vec<ClientProfile>,
+    /// The data market (`[market]`): clients whose datasets are listed at a price per round,
+    /// the royalties' split and fund. Left out of the config's serialization when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub market: Option<MarketConfig>,
+}
+
+/// The data market of a run (`[market]`, docs/economics.md): some clients list their datasets
+/// at a price per round of use, allowing this run's training recipe or none; every round that
+/// aggregates an update of a listed dataset pays its owner a royalty from the run's fund, less
+/// the coordinator's and the treasury's fees.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarketConfig {
+    /// The coordinator's share of each royalty: [0, 1], default 0.
+    #[serde(default)]
+    pub coordinator_fee: f64,
+    /// The protocol treasury's share of each royalty: [0, 1] (with the coordinator's at most
+    /// 1), default 0.
+    #[serde(default)]
+    pub treasury_fee: f64,
+    /// Whole tokens the run's sponsor (its governance, through the coordinator) puts in the
+    /// royalty fund before the first round: [0, 10^12].
+    pub fund: u64,
+    /// The listings (`[[market.listing]]`): at least one.
+    #[serde(rename = "listing")]
+    pub listings: Vec<ListingConfig>,
+}
+
+/// Clients that list their datasets (`[[market.listing]]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListingConfig {
+    /// The clients (indices; each in at most one listing).
+    pub clients: Vec<u32>,
+    /// Whole tokens per round of use: [1, 10^9].
+    pub price: u64,
+    /// Which recipes they allow: `run` (this run's, default) or `none` (they sit every round
+    /// out, recording each refusal on the ledger).
+    #[serde(default)]
+    pub allow: AllowRecipes,
+}
+
+/// The recipes a listing allows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AllowRecipes {
+    /// This run's recipe (as the client's own build computes it).
+    #[default]
+    Run,
+    /// None: nothing may train on the data.
+    None,
+}
+
+impl RunConfig {
+    /// Client `k`'s listing (`[[market.listing]]`), if it has one.
+    pub fn listing(&self, k: u32) -> Option<&ListingConfig> {
+        self.market
+            .as_ref()?
+            .listings
+            .iter()
+            .find(|l| l.clients.contains(&k))
+    }
 }
 
 /// A profile for some clients (`[[profile]]`): what is done to their data and what they do
@@ -658,7 +720,54 @@ fn check_run(c: &RunConfig) -> Result<(), FlError> {
     if let Some(a) = &c.attack {
         check_attack(a, c)?;
     }
+    if let Some(m) = &c.market {
+        check_market(m, c)?;
+    }
     check_profiles(c)
+}
+
+fn check_market(m: &MarketConfig, c: &RunConfig) -> Result<(), FlError> {
+    float("market.coordinator_fee", m.coordinator_fee, 0.0, 1.0, false)?;
+    float("market.treasury_fee", m.treasury_fee, 0.0, 1.0, false)?;
+    // In basis points, as the contract takes them.
+    if bps(m.coordinator_fee) + bps(m.treasury_fee) > 10_000 {
+        return Err(bad(
+            "market.treasury_fee",
+            format!(
+                "the coordinator's {} and the treasury's {} add up to more than 1",
+                m.coordinator_fee, m.treasury_fee
+            ),
+        ));
+    }
+    int("market.fund", m.fund, 0, 1_000_000_000_000)?;
+    if m.listings.is_empty() {
+        return Err(bad("market.listing", "lists no dataset".into()));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, l) in m.listings.iter().enumerate() {
+        let at = |what: String| bad("market.listing", format!("listing {i}: {what}"));
+        if l.clients.is_empty() {
+            return Err(at("names no clients".into()));
+        }
+        for &k in &l.clients {
+            if k as usize >= c.clients {
+                return Err(at(format!(
+                    "client {k} is not one of the run's {}",
+                    c.clients
+                )));
+            }
+            if !seen.insert(k) {
+                return Err(at(format!("client {k} is in another listing")));
+            }
+        }
+        int("market.listing.price", l.price, 1, 1_000_000_000)?;
+    }
+    Ok(())
+}
+
+/// A share in [0, 1] as basis points (rounded).
+pub fn bps(share: f64) -> u16 {
+    (share.clamp(0.0, 1.0) * 10_000.0).round() as u16
 }
 
 fn check_profiles(c: &RunConfig) -> Result<(), FlError> {
@@ -1317,6 +1426,7 @@ mod tests {
             pipeline: None,
             report: ReportConfig::default(),
             profiles: Vec::new(),
+            market: None,
         }
     }
 
@@ -1328,6 +1438,75 @@ mod tests {
     #[test]
     fn the_defaults_pass() {
         base().check().unwrap();
+    }
+
+    /// `[market]`: a valid market passes and travels; every wrong field is refused by name; a
+    /// config without one serializes as before.
+    #[test]
+    fn market_settings_are_checked_by_name() {
+        let market = |f: &dyn Fn(&mut MarketConfig)| {
+            let mut m = MarketConfig {
+                coordinator_fee: 0.1,
+                treasury_fee: 0.05,
+                fund: 100,
+                listings: vec![
+                    ListingConfig {
+                        clients: vec![0, 1],
+                        price: 10,
+                        allow: AllowRecipes::Run,
+                    },
+                    ListingConfig {
+                        clients: vec![2],
+                        price: 5,
+                        allow: AllowRecipes::None,
+                    },
+                ],
+            };
+            f(&mut m);
+            RunConfig {
+                market: Some(m),
+                ..base()
+            }
+        };
+        let ok = market(&|_| {}).check().unwrap();
+        assert_eq!(ok.listing(2).map(|l| l.allow), Some(AllowRecipes::None));
+        assert!(ok.listing(3).is_none());
+        let text = toml::to_string(ok.config()).unwrap();
+        let back: RunConfig = toml::from_str(&text).unwrap();
+        assert_eq!(&back, ok.config());
+        assert!(!toml::to_string(&base()).unwrap().contains("market"));
+        refused(
+            market(&|m| m.coordinator_fee = f64::NAN),
+            "market.coordinator_fee",
+        );
+        refused(
+            market(&|m| m.coordinator_fee = -0.1),
+            "market.coordinator_fee",
+        );
+        refused(market(&|m| m.treasury_fee = 1.5), "market.treasury_fee");
+        refused(
+            market(&|m| (m.coordinator_fee, m.treasury_fee) = (0.6, 0.5)),
+            "market.treasury_fee",
+        );
+        refused(market(&|m| m.fund = u64::MAX), "market.fund");
+        refused(market(&|m| m.listings.clear()), "market.listing");
+        refused(market(&|m| m.listings[0].clients.clear()), "market.listing");
+        refused(
+            market(&|m| m.listings[0].clients.push(10)),
+            "market.listing",
+        );
+        refused(market(&|m| m.listings[1].clients.push(0)), "market.listing");
+        refused(market(&|m| m.listings[0].price = 0), "market.listing.price");
+        refused(
+            market(&|m| m.listings[0].price = 2_000_000_000),
+            "market.listing.price",
+        );
+        let e = toml::from_str::<RunConfig>(
+            "seed = 1\nclients = 2\nvalidators = 1\n[market]\nfund = 1\n[[market.listing]]\nclients = [0]\nprice = 1\nallow = \"some\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("allow") || e.contains("some"), "{e}");
     }
 
     /// `[[profile]]`: the graded example's profiles pass and travel; every wrong one is

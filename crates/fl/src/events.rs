@@ -126,6 +126,24 @@ pub enum RunEvent {
         /// Reward and slash per participant paid or slashed.
         payouts: BTreeMap<String, Amounts>,
     },
+    /// A client whose listed dataset does not allow the round's training recipe sat the
+    /// round out; its signed refusal is on the ledger (`[market]`).
+    Refused {
+        /// Round.
+        round: u64,
+        /// The client.
+        client: u32,
+    },
+    /// The royalties a round paid its listed datasets' owners from the run's fund
+    /// (`[market]`), by owner name, in base units (the owner's part; the coordinator's and the
+    /// treasury's fees under `coordinator` and `treasury`).
+    Royalties {
+        /// Round.
+        round: u64,
+        /// By name.
+        #[serde(with = "cohort_core::amount::decimal_map")]
+        paid: BTreeMap<String, U256>,
+    },
     /// Test metrics of the global model after a round (round 0: the initial model).
     Evaluated {
         /// Round.

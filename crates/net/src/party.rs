@@ -502,6 +502,7 @@ impl Link {
         let what = match &reply {
             Reply::Enrol(_) => "enrolment",
             Reply::Update(_) => "update",
+            Reply::Refusal(_) => "refusal",
             Reply::Commit(_) => "commitment",
             Reply::Reveal(_) => "reveal",
         };

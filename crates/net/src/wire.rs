@@ -30,7 +30,7 @@ fn blob_fields_of_request(r: &mut Request) -> Vec<&mut Vec<u8>> {
 fn blob_fields_of_reply(r: &mut Reply) -> Vec<&mut Vec<u8>> {
     match r {
         Reply::Update(u) => vec![&mut u.blob],
-        Reply::Enrol(_) | Reply::Commit(_) | Reply::Reveal(_) => Vec::new(),
+        Reply::Enrol(_) | Reply::Refusal(_) | Reply::Commit(_) | Reply::Reveal(_) => Vec::new(),
     }
 }
 

@@ -92,6 +92,9 @@ impl<L: Learner + ?Sized> PartyNode for AdversarialClient<'_, L> {
         let Request::Train(r) = request else {
             return self.client.handle(request);
         };
+        if let Some(refusal) = self.client.refusal(r)? {
+            return Ok(Reply::Refusal(refusal));
+        }
         let shared = self.ring.as_ref().and_then(|ring| {
             ring.0
                 .borrow()

@@ -27,7 +27,7 @@ use alloy_sol_types::SolCall;
 use cohort_blob::BlobStore;
 use cohort_core::{Hash32, Identity, Score, sha256, tokens};
 use cohort_ledger::protocol::{
-    Cohort, Cohort::CohortEvents, Protocol, ProtocolError, accepted_set_hash, roles,
+    Cohort, Cohort::CohortEvents, CohortRuns, Protocol, ProtocolError, accepted_set_hash, roles,
 };
 use cohort_ledger::{LedgerBackend, LedgerError, SignedCall, TxContext};
 
@@ -162,6 +162,8 @@ pub struct Coordinator<'a, B: LedgerBackend, L: Learner + ?Sized> {
     roster: Roster,
     learner: &'a L,
     absent: Vec<(Party, String)>,
+    /// Clients whose listing (`[market]`) the ledger refused: they take part unlisted.
+    unlisted: Vec<(Party, String)>,
     /// Clients left out of the run ([`Self::exclude`]).
     excluded: BTreeSet<u32>,
 }
@@ -207,6 +209,7 @@ impl<'a, B: LedgerBackend, L: Learner + ?Sized> Coordinator<'a, B, L> {
             roster,
             learner,
             absent: Vec::new(),
+            unlisted: Vec::new(),
             excluded: BTreeSet::new(),
         })
     }
@@ -331,6 +334,7 @@ impl<'a, B: LedgerBackend, L: Learner + ?Sized> Coordinator<'a, B, L> {
         let mut registers = Vec::new();
         let mut stakes = Vec::new();
         let mut datasets = Vec::new();
+        let mut listings = Vec::new();
         for &(party, address) in &everyone {
             let Some(e) = got.remove(&party) else {
                 absent.push((party, "did not enrol in time".into()));
@@ -362,6 +366,7 @@ impl<'a, B: LedgerBackend, L: Learner + ?Sized> Coordinator<'a, B, L> {
             registers.push((party, e.register));
             stakes.push((party, e.stake));
             datasets.extend(e.dataset.map(|d| (party, d)));
+            listings.extend(e.listing.map(|l| (party, l)));
         }
         let mut refused = |who: &[Party], errors: Vec<Option<String>>| {
             let mut out = BTreeSet::new();
@@ -394,6 +399,21 @@ impl<'a, B: LedgerBackend, L: Learner + ?Sized> Coordinator<'a, B, L> {
                 Err(e) => absent.push((*party, format!("the ledger refused its dataset: {e}"))),
             }
         }
+        // The listings of the datasets just committed (`[market]`), signed by their owners: a
+        // client whose listing is refused takes part unlisted.
+        let (who, calls): (Vec<Party>, Vec<SignedCall>) = listings
+            .into_iter()
+            .filter(|(p, _)| ids.contains_key(p))
+            .unzip();
+        if !calls.is_empty() {
+            let results = self.p.relay_batch::<CohortRuns::listDatasetCall>(calls)?;
+            for (party, r) in who.iter().zip(errors(results)) {
+                if let Some(e) = r {
+                    self.unlisted
+                        .push((*party, format!("the ledger refused its listing: {e}")));
+                }
+            }
+        }
         for &k in &self.excluded {
             absent.push((Party::Client(k), "left out of this run".into()));
         }
@@ -421,6 +441,30 @@ impl<'a, B: LedgerBackend, L: Learner + ?Sized> Coordinator<'a, B, L> {
         Ok((0..self.roster.clients.len() as u32)
             .map(|k| ids.get(&Party::Client(k)).copied().unwrap_or(B256::ZERO))
             .collect())
+    }
+
+    /// Clients whose listing the ledger refused, each with why: they take part unlisted.
+    pub fn unlisted(&self) -> &[(Party, String)] {
+        &self.unlisted
+    }
+
+    /// The run's market on the ledger, before its first round (`[market]`): the coordinator
+    /// sets the royalties' split and puts the sponsor's fund in (the governance minted it to
+    /// the coordinator for that).
+    pub fn open_market(&mut self) -> Result<(), RunError> {
+        let Some(m) = &self.cfg.market else {
+            return Ok(());
+        };
+        let (c, t) = (
+            cohort_fl::config::bps(m.coordinator_fee),
+            cohort_fl::config::bps(m.treasury_fee),
+        );
+        self.p.set_market_fees(&self.key, c, t)?;
+        if m.fund > 0 {
+            let me = self.address;
+            self.p.fund_royalties(&self.key, me, tokens(m.fund))?;
+        }
+        Ok(())
     }
 
     /// The parties that sit the run out, each with why: they did not enrol in time, or their
@@ -501,7 +545,9 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
             None => Some({
                 self.register()?;
                 self.relay_funding(funding)?;
-                self.enrol(transport, start)?
+                let datasets = self.enrol(transport, start)?;
+                self.open_market()?;
+                datasets
             }),
             Some(_) => None,
         };
@@ -539,6 +585,8 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
         } = self;
         let (cfg, learner, coord_addr) = (*cfg, *learner, *coord_addr);
         let inc = &cfg.incentives;
+        // The training recipe every round records, for the listings (`[market]`).
+        let recipe = cfg.market.as_ref().map(|_| crate::market::recipe_of(cfg).0);
         let names: BTreeMap<Address, String> = roster
             .everyone()
             .map(|(_, m)| (m.address, m.name.clone()))
@@ -700,6 +748,9 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                             u32::try_from(cfg.coordinator.clients_per_round).unwrap_or(u32::MAX),
                         )?
                         .value;
+                    if let Some(r) = recipe {
+                        p.set_round_recipe(coord, chain_round, r)?;
+                    }
                     // The contract drew the cohort it will enforce; the plan must be the same.
                     // (The contract draws roster indices; the roster is the population.)
                     let (_, drawn) = p.round_cohort(chain_round)?;
@@ -741,6 +792,7 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                                 contract: p.address(),
                                 ctx: p.context_for(m.address)?,
                             },
+                            recipe,
                         }))?;
                     }
                     secs = PhaseSeconds::default();
@@ -998,6 +1050,40 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                         round,
                         payouts: amounts,
                     });
+                    // The royalties of the listed datasets the round aggregated (`[market]`),
+                    // paid from the run's fund: one per dataset the contract finds owed.
+                    if recipe.is_some() {
+                        let t = Instant::now();
+                        let mut paid: BTreeMap<String, U256> = BTreeMap::new();
+                        for x in onchain.iter().filter(|x| cfg.listing(x.client).is_some()) {
+                            if !p.update(chain_round, x.index)?.accepted {
+                                continue;
+                            }
+                            let sent = match p.pay_royalty(coord, chain_round, x.index) {
+                                Ok(sent) => sent,
+                                // Not owed (a listing that allows no recipe of this run) or
+                                // not payable (the fund ran dry): nothing is recorded.
+                                Err(e) if refused_by_ledger(&e) => continue,
+                                Err(e) => return Err(e.into()),
+                            };
+                            for e in &sent.events {
+                                if let CohortEvents::RoyaltyPaid(r) = e {
+                                    *paid.entry(name_of(names, r.owner)).or_default() += r.toOwner;
+                                    if !r.toCoordinator.is_zero() {
+                                        *paid.entry("coordinator".into()).or_default() +=
+                                            r.toCoordinator;
+                                    }
+                                    if !r.toTreasury.is_zero() {
+                                        *paid.entry("treasury".into()).or_default() += r.toTreasury;
+                                    }
+                                }
+                            }
+                        }
+                        if !paid.is_empty() {
+                            events.emit(RunEvent::Royalties { round, paid });
+                        }
+                        secs.ledger += t.elapsed().as_secs_f64();
+                    }
                     events.emit(RunEvent::Evaluated {
                         round,
                         test: learner.evaluate(&shards.served(&global))?,
@@ -1069,6 +1155,7 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
             let mut updates: Vec<(OnChain, Result<ClientUpdate, String>, SignedCall)> = Vec::new();
             let mut commits: Vec<(u32, SignedCall)> = Vec::new();
             let mut reveals: Vec<(u32, Vec<Score>, SignedCall)> = Vec::new();
+            let mut refusals: Vec<(u32, SignedCall)> = Vec::new();
             for reply in replies {
                 match reply {
                     Reply::Update(u) => {
@@ -1192,8 +1279,41 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                         let scores = call.scores.iter().map(|&x| Score(x)).collect();
                         reveals.push((v, scores, r.call));
                     }
+                    Reply::Refusal(r) => {
+                        let k = r.client;
+                        let Some(m) = roster.clients.get(k as usize) else {
+                            continue;
+                        };
+                        let Some(call) =
+                            decode_call::<CohortRuns::refuseRoundCall>(&r.refusal, m.address)
+                        else {
+                            continue;
+                        };
+                        if phase != Phase::Train
+                            || r.round != round
+                            || call.roundId != chain_round
+                            || !cohort_members.contains(&k)
+                            || refusals.iter().any(|(c, _)| *c == k)
+                        {
+                            continue;
+                        }
+                        refusals.push((k, r.refusal));
+                    }
                     // Enrolment happens once, at set-up.
                     Reply::Enrol(_) => {}
+                }
+            }
+            if !refusals.is_empty() {
+                let (who, calls): (Vec<u32>, Vec<SignedCall>) = refusals.into_iter().unzip();
+                let results = p.relay_batch::<CohortRuns::refuseRoundCall>(calls)?;
+                for (client, result) in who.into_iter().zip(results) {
+                    match result {
+                        Ok(_) => events.emit(RunEvent::Refused { round, client }),
+                        // A refusal the ledger does not take (the recipe is allowed there
+                        // after all) is the client's: it sits the round out unrecorded.
+                        Err(e) if refused_by_ledger(&e) => {}
+                        Err(e) => return Err(e.into()),
+                    }
                 }
             }
             if !updates.is_empty() {

@@ -6,6 +6,7 @@
 //! - [`party`]: a [`Client`](party::Client) and a [`Validator`](party::Validator), each owning
 //!   its key, its data (its view of the task) and its state, signing its own ledger calls.
 //! - [`attack`]: attackers as wrappers around a client or a validator.
+//! - [`market`]: a run's training recipe, what a data market listing allows.
 //! - [`transport`]: the messages between them and the port they travel through, with
 //!   [`Queues`], the in-process adapter.
 //! - [`runtime`]: `cohort run`'s composition of all of them in one process, and what a run
@@ -16,6 +17,7 @@
 
 pub mod attack;
 pub mod coordinator;
+pub mod market;
 pub mod party;
 pub mod resume;
 pub mod runtime;

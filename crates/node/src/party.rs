@@ -27,7 +27,7 @@ use std::sync::Arc;
 use alloy_primitives::{Address, B256};
 use alloy_sol_types::SolValue;
 use cohort_core::{Hash32, Identity, Rng, Score, sha256, tokens};
-use cohort_ledger::protocol::{Cohort, roles, score_commitment};
+use cohort_ledger::protocol::{Cohort, CohortRuns, roles, score_commitment};
 use cohort_ledger::{LedgerError, SignedCall, TxContext};
 
 use cohort_fl::compress::{Compressor, Residual, UpdateCodec, decode_update};
@@ -36,8 +36,8 @@ use cohort_fl::shards::Shards;
 use cohort_fl::{ClientUpdate, FlError, Layout, NamedDelta};
 
 use crate::transport::{
-    CommitReply, EnrolReply, EnrolRequest, Party, Reply, Request, RevealReply, RevealRequest,
-    ScoreRequest, SignWith, TrainRequest, UpdateReply,
+    CommitReply, EnrolReply, EnrolRequest, Party, RefusalReply, Reply, Request, RevealReply,
+    RevealRequest, ScoreRequest, SignWith, TrainRequest, UpdateReply,
 };
 
 /// Why a party could not answer a request.
@@ -232,6 +232,18 @@ pub struct Client<'a, L: Learner + ?Sized> {
     residual_dir: Option<std::path::PathBuf>,
     /// Whether it has read its residual back from `residual_dir`.
     residual_loaded: bool,
+    /// Its dataset's listing in the run's data market (`[market]`), if any.
+    listing: Option<ListingTerms>,
+}
+
+/// The terms a client lists its dataset on (`[[market.listing]]`): a price per round of use,
+/// in base units, and the recipes it allows (none: it sits every round out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListingTerms {
+    /// Base units per round that trains on the data.
+    pub price: alloy_primitives::U256,
+    /// The recipes allowed to train on it.
+    pub recipes: Vec<B256>,
 }
 
 impl<L: Learner + ?Sized> std::fmt::Debug for Client<'_, L> {
@@ -267,6 +279,7 @@ impl<'a, L: Learner + ?Sized> Client<'a, L> {
             residual: Residual::new(),
             residual_dir: None,
             residual_loaded: false,
+            listing: None,
         }
     }
 
@@ -360,6 +373,14 @@ impl<'a, L: Learner + ?Sized> Client<'a, L> {
 
     /// Compresses its updates with `c` (`[compression]`; none by default), keeping what it
     /// does not send for its next update when `c` has error feedback.
+    /// Lists its dataset on `terms` in the run's data market: it signs the listing when it
+    /// enrols, and refuses (signing the refusal) every round whose recipe the terms do not
+    /// allow.
+    pub fn listed(mut self, terms: ListingTerms) -> Self {
+        self.listing = Some(terms);
+        self
+    }
+
     pub fn compressed(mut self, c: Compressor) -> Self {
         self.compressor = c;
         self
@@ -439,12 +460,48 @@ impl<'a, L: Learner + ?Sized> Client<'a, L> {
                 size,
             },
         )?;
+        // The listing of the dataset it has just committed (its id follows from its address).
+        let listing = match &self.listing {
+            Some(terms) => Some(sign(
+                &self.id,
+                &r.sign,
+                3,
+                &CohortRuns::listDatasetCall {
+                    datasetId: self.dataset_id(r.sign.ctx.address_of(&self.id)?),
+                    pricePerRound: terms.price,
+                    recipes: terms.recipes.clone(),
+                },
+            )?),
+            None => None,
+        };
         Ok(EnrolReply {
             party: Party::Client(self.index),
             register,
             stake,
             dataset: Some(dataset),
+            listing,
         })
+    }
+
+    /// Its refusal of a round whose recipe its listing does not allow (`None`: it trains).
+    pub fn refusal(&self, r: &TrainRequest) -> Result<Option<RefusalReply>, PartyError> {
+        let (Some(terms), Some(recipe)) = (&self.listing, r.recipe) else {
+            return Ok(None);
+        };
+        if terms.recipes.contains(&recipe) {
+            return Ok(None);
+        }
+        r.sign.ctx.check()?;
+        let address = r.sign.ctx.address_of(&self.id)?;
+        let call = CohortRuns::refuseRoundCall {
+            roundId: r.ledger_round,
+            datasetId: self.dataset_id(address),
+        };
+        Ok(Some(RefusalReply {
+            round: r.round,
+            client: self.index,
+            refusal: sign(&self.id, &r.sign, 0, &call)?,
+        }))
     }
 
     /// Trains on the request's global model: its honest update (a named delta in the
@@ -529,6 +586,9 @@ impl<L: Learner + ?Sized> PartyNode for Client<'_, L> {
         match request {
             Request::Enrol(r) => self.enrol(r).map(Reply::Enrol),
             Request::Train(r) => {
+                if let Some(refusal) = self.refusal(r)? {
+                    return Ok(Reply::Refusal(refusal));
+                }
                 let u = self.train(r)?;
                 self.submit(r, &u).map(Reply::Update)
             }
@@ -667,6 +727,7 @@ impl<'a, L: Learner + ?Sized> Validator<'a, L> {
             register,
             stake,
             dataset: None,
+            listing: None,
         })
     }
 

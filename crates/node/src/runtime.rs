@@ -147,6 +147,18 @@ pub struct RoundSummary {
     pub payouts: BTreeMap<String, Payout>,
     /// Where each recorded update came from and what became of it (`DIR/provenance.jsonl`).
     pub provenance: Vec<ProvenanceRecord>,
+    /// Clients that sat the round out because their listed dataset does not allow its recipe
+    /// (`[market]`; absent otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<u32>,
+    /// Royalties the round paid, by name, base units: each listed dataset's owner, and the
+    /// fees under `coordinator` and `treasury` (`[market]`; absent otherwise).
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        with = "cohort_core::amount::decimal_map"
+    )]
+    pub royalties: BTreeMap<String, U256>,
     /// Summaries written before amounts were integers had `rewards` and `slashes` as
     /// formatted token strings and `holdings` as float tokens: such a summary is refused
     /// with an error naming the field, never read with amounts off by 10^18.
@@ -578,11 +590,15 @@ fn govern<B: LedgerBackend>(
 ) -> Result<Vec<SignedCall>, RunError> {
     let inc = &cfg.incentives;
     let coord_addr = p.backend().address_of(coord);
+    // The coordinator's balance, every round's reward pool, and the royalty fund it puts in
+    // for the run's sponsor (`[market] fund`).
+    let fund = cfg.market.as_ref().map_or(0, |m| m.fund);
     p.mint(
         gov,
         coord_addr,
         tokens(inc.initial_balance)
-            + tokens(inc.reward_per_round) * U256::from(cfg.coordinator.rounds),
+            + tokens(inc.reward_per_round) * U256::from(cfg.coordinator.rounds)
+            + tokens(fund),
     )?;
     p.approve_coordinator(gov, coord_addr)?;
     let mut params = p.params()?;
@@ -692,6 +708,17 @@ pub fn party_node_keeping<'a, L: Learner + ?Sized>(
             let mut c = Client::new(k, id, learner, cfg.seed, cfg.client_stake(k))
                 .sharded(shards)
                 .compressed(cfg.compression.compressor());
+            if let Some(l) = cfg.listing(k) {
+                // Its own build's recipe of the run: a client on another build refuses.
+                let recipes = match l.allow {
+                    cohort_fl::config::AllowRecipes::Run => vec![crate::market::recipe_of(cfg).0],
+                    cohort_fl::config::AllowRecipes::None => Vec::new(),
+                };
+                c = c.listed(crate::party::ListingTerms {
+                    price: tokens(l.price),
+                    recipes,
+                });
+            }
             if let Some(dir) = residuals {
                 c = c.keeping_residual_in(dir);
             }

@@ -190,6 +190,12 @@ impl SummaryBuilder {
             RunEvent::Settled { round, payouts } if *round == s.round => {
                 s.payouts = payouts.clone();
             }
+            RunEvent::Refused { round, client } if *round == s.round => s.refused.push(*client),
+            RunEvent::Royalties { round, paid } if *round == s.round => {
+                for (name, amount) in paid {
+                    *s.royalties.entry(name.clone()).or_default() += *amount;
+                }
+            }
             RunEvent::Evaluated { round, test } if *round == s.round => s.test = *test,
             RunEvent::Holdings { round, holdings } if *round == s.round => {
                 s.holdings = holdings.clone();
@@ -199,6 +205,8 @@ impl SummaryBuilder {
             | RunEvent::Consensus { .. }
             | RunEvent::Aggregated { .. }
             | RunEvent::Settled { .. }
+            | RunEvent::Refused { .. }
+            | RunEvent::Royalties { .. }
             | RunEvent::Evaluated { .. }
             | RunEvent::Holdings { .. } => {}
         }
@@ -232,6 +240,8 @@ fn empty_round(round: u64) -> RoundSummary {
         updates: Vec::new(),
         payouts: BTreeMap::new(),
         provenance: Vec::new(),
+        refused: Vec::new(),
+        royalties: BTreeMap::new(),
         legacy_rewards: (),
     }
 }

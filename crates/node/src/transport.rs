@@ -86,6 +86,9 @@ pub struct EnrolReply {
     pub stake: SignedCall,
     /// `commitDataset(root, manifest, size)`: clients only.
     pub dataset: Option<SignedCall>,
+    /// `listDataset(id, price, recipes)`: a client whose dataset the run's `[market]` lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listing: Option<SignedCall>,
 }
 
 /// Train on the round's global model and send back the update.
@@ -103,6 +106,22 @@ pub struct TrainRequest {
     pub global: Vec<u8>,
     /// What to sign the submission under.
     pub sign: SignWith,
+    /// The round's training recipe, as recorded on the ledger (a run with a `[market]`): a
+    /// client whose listed dataset does not allow it refuses the round.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<alloy_primitives::B256>,
+}
+
+/// A client whose listed dataset does not allow the round's recipe sits the round out: its
+/// signed `refuseRound(ledger_round, dataset)`, for the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusalReply {
+    /// The round refused.
+    pub round: u64,
+    /// The sender.
+    pub client: u32,
+    /// `refuseRound(ledger_round, dataset)`, signed by the client.
+    pub refusal: SignedCall,
 }
 
 /// A client's update and its signed submission.
@@ -243,6 +262,8 @@ pub enum Reply {
     Enrol(EnrolReply),
     /// From a client.
     Update(UpdateReply),
+    /// From a client whose listed dataset does not allow the round's recipe.
+    Refusal(RefusalReply),
     /// From a validator.
     Commit(CommitReply),
     /// From a validator.
@@ -257,9 +278,11 @@ impl Reply {
             Self::Enrol(e) => {
                 let mut v = vec![&e.register, &e.stake];
                 v.extend(e.dataset.as_ref());
+                v.extend(e.listing.as_ref());
                 v
             }
             Self::Update(u) => vec![&u.submission],
+            Self::Refusal(r) => vec![&r.refusal],
             Self::Commit(c) => vec![&c.call],
             Self::Reveal(r) => vec![&r.call],
         }
@@ -270,6 +293,7 @@ impl Reply {
         match self {
             Self::Enrol(r) => r.party,
             Self::Update(r) => Party::Client(r.client),
+            Self::Refusal(r) => Party::Client(r.client),
             Self::Commit(r) => Party::Validator(r.validator),
             Self::Reveal(r) => Party::Validator(r.validator),
         }

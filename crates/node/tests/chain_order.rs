@@ -48,6 +48,7 @@ fn config() -> RunConfig {
         pipeline: None,
         report: Default::default(),
         profiles: Vec::new(),
+        market: None,
         incentives: Default::default(),
     }
 }

@@ -33,6 +33,7 @@ fn config(attack: Option<AttackConfig>, strategy: StrategyConfig) -> RunConfig {
         pipeline: None,
         report: Default::default(),
         profiles: Vec::new(),
+        market: None,
         incentives: Default::default(),
     }
 }

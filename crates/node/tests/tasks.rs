@@ -59,6 +59,7 @@ fn lm_config(seed: u64) -> RunConfig {
         pipeline: None,
         report: Default::default(),
         profiles: Vec::new(),
+        market: None,
         incentives: IncentiveConfig::default(),
     }
 }
@@ -89,6 +90,7 @@ fn imdb_config(attack: Option<AttackKind>) -> RunConfig {
         pipeline: None,
         report: Default::default(),
         profiles: Vec::new(),
+        market: None,
         incentives: IncentiveConfig {
             accept_threshold: -0.04,
             ..IncentiveConfig::default()

@@ -42,6 +42,7 @@ fn config() -> RunConfig {
         pipeline: None,
         report: Default::default(),
         profiles: Vec::new(),
+        market: None,
         incentives: Default::default(),
     }
 }

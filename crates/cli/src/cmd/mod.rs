@@ -3,8 +3,10 @@
 mod bench;
 mod collaboration;
 mod federation;
+pub(crate) mod gov;
 mod keys;
 mod ledger;
+mod market;
 mod model;
 mod provenance;
 mod run;
@@ -64,6 +66,14 @@ enum Command {
     /// token, fraud claims by a quorum of verifiers, slashing.
     #[command(subcommand)]
     Stage(stage::StageCmd),
+    /// Per-run governance: members bond tokens and decide by stake-weighted vote, after a
+    /// timelock, on admitting clients and datasets, unlearning and hyperparameters.
+    #[command(subcommand)]
+    Gov(gov::GovCmd),
+    /// The data market: datasets listed at a price per round of use with an allowlist of
+    /// training recipes; royalties paid from a run's fund.
+    #[command(subcommand)]
+    Market(market::MarketCmd),
     /// Benchmarks that print a table and write JSON.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -88,6 +98,8 @@ impl Cli {
             Command::Model(c) => c.execute(),
             Command::ServeLayers(a) => a.execute(),
             Command::Stage(c) => c.execute(),
+            Command::Gov(c) => c.execute(),
+            Command::Market(c) => c.execute(),
             Command::Bench(c) => c.execute(),
             Command::Sim(c) => c.execute(),
         }

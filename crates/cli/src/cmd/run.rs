@@ -1656,6 +1656,37 @@ fn print_human(s: &RunSummary, cfg: &RunConfig) {
             b.ratio
         );
     }
+    if cfg.market.is_some() {
+        // The data market: royalties over the run, and the rounds listed clients sat out.
+        let mut paid: std::collections::BTreeMap<&str, cohort_core::U256> = Default::default();
+        let mut refused: std::collections::BTreeMap<u32, usize> = Default::default();
+        for r in &s.rounds {
+            for (n, a) in &r.royalties {
+                *paid.entry(n.as_str()).or_default() += *a;
+            }
+            for k in &r.refused {
+                *refused.entry(*k).or_default() += 1;
+            }
+        }
+        let fmt = |a: &cohort_core::U256| cohort_ledger::demo::fmt_tokens(*a);
+        outln!(
+            "royalties: {}",
+            if paid.is_empty() {
+                "none paid".to_owned()
+            } else {
+                paid.iter()
+                    .map(|(n, a)| format!("{n} {}", fmt(a)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        );
+        for (k, n) in refused {
+            outln!(
+                "client-{k} sat out {n} round(s): its listing does not allow this run's recipe \
+                 (the refusals are on the ledger)"
+            );
+        }
+    }
     outln!();
     let mut t = Table::new(&["participant", "role", "holdings (balance + stake)"]);
     let mut rows: Vec<(&String, &cohort_core::U256)> = s.final_holdings.iter().collect();

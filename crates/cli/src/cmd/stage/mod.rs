@@ -136,6 +136,11 @@ impl Place {
         }
     }
 
+    /// The embedded ledger's directory, when it is one.
+    pub fn ledger_dir(&self) -> Option<&Path> {
+        self.ledger.as_deref()
+    }
+
     /// Whether a ledger or a chain was named.
     pub fn given(&self) -> bool {
         self.ledger.is_some() || self.is_chain()
@@ -539,7 +544,12 @@ pub fn explain(e: &ProtocolError) -> String {
             t(x.need)
         ),
         CohortErrors::NotRegistered(x) => format!("{} is not a registered participant", x.who),
-        other => format!("{other:?}"),
+        CohortErrors::MissingRole(x) => format!(
+            "{} lacks the role this needs (role bits {}: 1 coordinator, 2 client, 4 validator, \
+             8 data owner)",
+            x.who, x.role
+        ),
+        other => crate::cmd::gov::explain_runs(other).unwrap_or_else(|| format!("{other:?}")),
     }
 }
 
