@@ -206,3 +206,186 @@ fn an_unreachable_chain_and_a_bad_key_are_named() {
     assert!(!tmp.path().join("a/summary.json").exists());
     assert!(!tmp.path().join("b").exists());
 }
+
+/// `examples/market.toml` on anvil, its parties behind gRPC sessions: the same royalties and
+/// refusals as on the embedded ledger, read back with `cohort market list|show` from the
+/// chain; then the run's coordinator and clients govern it there with `cohort gov` (a proposal
+/// passes 60-40 and executes after its timelock; the 40% alone cannot pass one).
+#[test]
+fn a_market_run_and_its_governance_on_anvil() {
+    let Some(anvil) = Anvil::start("a_market_run_and_its_governance_on_anvil") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let config = example("market.toml");
+    let run = |out: &Path, extra: &[&str]| -> Value {
+        let mut args = vec!["run", config.as_str(), "--out", p(out), "--json"];
+        args.extend(extra);
+        let o = cohort(&args);
+        assert!(o.status.success(), "cohort {args:?} failed:\n{}", text(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let embedded = run(&tmp.path().join("embedded"), &[]);
+    let chain = run(
+        &tmp.path().join("chain"),
+        &[
+            "--chain-rpc",
+            anvil.url(),
+            "--funder-key",
+            FUNDER_KEY,
+            "--transport",
+            "grpc",
+        ],
+    );
+    let market = |s: &Value| -> Vec<(Value, Value)> {
+        s["summary"]["rounds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["royalties"].clone(), r["refused"].clone()))
+            .collect()
+    };
+    assert_eq!(market(&chain), market(&embedded));
+    assert!(
+        market(&chain)
+            .iter()
+            .all(|(_, refused)| *refused == json!([2]))
+    );
+    assert!(
+        market(&chain)
+            .iter()
+            .any(|(paid, _)| paid["client-0"].is_string())
+    );
+    let contract = chain["chain"]["contract"].as_str().unwrap().to_owned();
+    let on_chain = |args: &[&str]| -> Value {
+        let mut a = args.to_vec();
+        a.extend([
+            "--chain-rpc",
+            anvil.url(),
+            "--contract",
+            &contract,
+            "--json",
+        ]);
+        let o = cohort(&a);
+        assert!(o.status.success(), "cohort {a:?}:\n{}", text(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let list = on_chain(&["market", "list"]);
+    let rows = list["listings"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{list}");
+    assert!(rows.iter().any(|r| r["royalties"] != "0"), "{list}");
+
+    // The run's keys are derived from its seed (3): the coordinator and two clients govern it.
+    let key = |name: &str| {
+        let f = tmp.path().join(format!("{name}.pem"));
+        cohort_core::keyfile::write_new(&f, &cohort_core::Identity::from_seed(3, name)).unwrap();
+        f.to_str().unwrap().to_owned()
+    };
+    let (coord, c0, c1) = (key("coordinator"), key("client-0"), key("client-1"));
+    let signed = |k: &str, args: &[&str]| -> Value {
+        let mut a = args.to_vec();
+        a.extend(["--key", k, "--funder-key", FUNDER_KEY]);
+        on_chain(&a)
+    };
+    let enabled = signed(
+        &coord,
+        &["gov", "enable", "--voting-period", "60", "--timelock", "30"],
+    );
+    let run_addr = enabled["run"].as_str().unwrap().to_owned();
+    signed(&c0, &["gov", "bond", "--run", &run_addr, "--amount", "60"]);
+    signed(&c1, &["gov", "bond", "--run", &run_addr, "--amount", "40"]);
+    let hp = tmp.path().join("hp.toml");
+    std::fs::write(&hp, "[task]\nlr = 0.05\n").unwrap();
+    let hp = p(&hp);
+    let lone = signed(
+        &c1,
+        &["gov", "propose", "--run", &run_addr, "--hyperparams", hp],
+    );
+    let both = signed(
+        &c0,
+        &["gov", "propose", "--run", &run_addr, "--hyperparams", hp],
+    );
+    let (lone, both) = (lone["proposal"].to_string(), both["proposal"].to_string());
+    signed(
+        &c1,
+        &[
+            "gov",
+            "vote",
+            "--run",
+            &run_addr,
+            "--proposal",
+            &lone,
+            "--for",
+        ],
+    );
+    signed(
+        &c0,
+        &[
+            "gov",
+            "vote",
+            "--run",
+            &run_addr,
+            "--proposal",
+            &both,
+            "--for",
+        ],
+    );
+    signed(
+        &c1,
+        &[
+            "gov",
+            "vote",
+            "--run",
+            &run_addr,
+            "--proposal",
+            &both,
+            "--against",
+        ],
+    );
+    // After the vote and the timelock (anvil's clock moved on with --at).
+    let ends = on_chain(&["gov", "show", "--run", &run_addr]);
+    let later = ends["proposals"][1]["executable_at"].as_u64().unwrap() + 1;
+    let later = later.to_string();
+    let o = cohort(&[
+        "gov",
+        "execute",
+        "--run",
+        &run_addr,
+        "--proposal",
+        &lone,
+        "--key",
+        &c0,
+        "--funder-key",
+        FUNDER_KEY,
+        "--chain-rpc",
+        anvil.url(),
+        "--contract",
+        &contract,
+        "--at",
+        &later,
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("did not pass"), "{}", text(&o));
+    let after = (ends["proposals"][1]["executable_at"].as_u64().unwrap() + 2).to_string();
+    signed(
+        &c0,
+        &[
+            "gov",
+            "execute",
+            "--run",
+            &run_addr,
+            "--proposal",
+            &both,
+            "--at",
+            &after,
+        ],
+    );
+    let show = on_chain(&["gov", "show", "--run", &run_addr]);
+    let statuses: Vec<&str> = show["proposals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["rejected", "executed"], "{show}");
+}
