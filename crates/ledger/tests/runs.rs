@@ -886,3 +886,37 @@ proptest! {
         }
     }
 }
+
+/// What each governance call costs, bounded (a vote or an execution must stay cheap however
+/// many members a run has: none loops over them). Prints the figures docs/economics.md quotes.
+#[test]
+fn governance_calls_cost_a_bounded_gas() {
+    let mut w = World::new(true);
+    let run = w.run();
+    let c1 = w.actors[1].clone();
+    let c2 = w.actors[2].clone();
+    let bond = w.p.gov_bond(&c1, run, tokens(60)).unwrap().gas_used;
+    w.p.gov_bond(&c2, run, tokens(40)).unwrap();
+    let target = address_target(w.addr(OUTSIDER));
+    let propose = w.p.propose(&c1, run, kind::ADMIT_CLIENT, target, B256::ZERO).unwrap();
+    let id = propose.value;
+    let vote = w.p.vote(&c1, run, id, true).unwrap().gas_used;
+    let vote2 = w.p.vote(&c2, run, id, false).unwrap().gas_used;
+    w.advance(VOTING + TIMELOCK);
+    let execute = w.p.execute_proposal(&c2, run, id).unwrap().gas_used;
+    let unbond = w.p.gov_unbond(&c2, run, tokens(40)).unwrap().gas_used;
+    eprintln!(
+        "gas: govBond {bond}, propose {}, vote {vote} / {vote2}, execute (admit a client) \
+         {execute}, govUnbond {unbond}",
+        propose.gas_used
+    );
+    for (what, gas, bound) in [
+        ("govBond", bond, 150_000),
+        ("propose", propose.gas_used, 250_000),
+        ("vote", vote.max(vote2), 120_000),
+        ("execute", execute, 150_000),
+        ("govUnbond", unbond, 100_000),
+    ] {
+        assert!(gas < bound, "{what} costs {gas} gas (bound {bound})");
+    }
+}
