@@ -46,7 +46,8 @@ contract Cohort is
             consensusTolerance: 50_000,
             unbondingPeriod: 1 days,
             maxUpdatesPerRound: 256,
-            maxValidatorsPerRound: 32
+            maxValidatorsPerRound: 32,
+            rewardPerScore: 0
         });
         _validateParams(p);
         _params = p;

@@ -60,6 +60,11 @@ abstract contract CohortBase {
         uint64 unbondingPeriod; // seconds between requestUnstake and withdraw
         uint16 maxUpdatesPerRound;
         uint16 maxValidatorsPerRound;
+        // Base units paid per 1.0 (SCORE_SCALE) of consensus score, at most: an accepted
+        // update is paid min(its share of the pool by score, score * rewardPerScore), so a
+        // round pays in proportion to what its updates bring (the rest of the pool goes to the
+        // treasury); 0 splits the whole pool by score.
+        uint256 rewardPerScore;
     }
 
     enum Phase {

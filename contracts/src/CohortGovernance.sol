@@ -18,7 +18,7 @@ abstract contract CohortGovernance is CohortBase {
     /// @dev Reverts InvalidParam(field) with `field` the 0-based index of the
     ///      offending member of Params: bps fields (4, 5, 6) must be <= 10_000,
     ///      consensusTolerance (7) >= 0, maxUpdatesPerRound (9) >= 1,
-    ///      maxValidatorsPerRound (10) in 1..=MAX_VALIDATORS_CAP.
+    ///      maxValidatorsPerRound (10) in 1..=MAX_VALIDATORS_CAP, rewardPerScore (11) <= MAX_SUPPLY.
     function setParams(Params calldata p) external onlyGovernance {
         _validateParams(p);
         _params = p;
@@ -37,5 +37,6 @@ abstract contract CohortGovernance is CohortBase {
         if (p.consensusTolerance < 0) revert InvalidParam(7);
         if (p.maxUpdatesPerRound == 0) revert InvalidParam(9);
         if (p.maxValidatorsPerRound == 0 || p.maxValidatorsPerRound > MAX_VALIDATORS_CAP) revert InvalidParam(10);
+        if (p.rewardPerScore > MAX_SUPPLY) revert InvalidParam(11);
     }
 }

@@ -687,7 +687,15 @@ abstract contract CohortRounds is CohortBase {
             // goes to the treasury at the end of settlement).
             uint256 sumAcc = r.sumAcceptedScores;
             int64 score = u.consensusScore;
-            if (score > 0 && sumAcc != 0) reward = _mulDiv(updatePool, uint256(int256(score)), sumAcc);
+            if (score > 0 && sumAcc != 0) {
+                reward = _mulDiv(updatePool, uint256(int256(score)), sumAcc);
+                // Paid per unit of score, at most (params.rewardPerScore; 0: the whole share).
+                uint256 perScore = r.params.rewardPerScore;
+                if (perScore != 0) {
+                    uint256 cap = _mulDiv(uint256(int256(score)), perScore, uint256(int256(SCORE_SCALE)));
+                    if (cap < reward) reward = cap;
+                }
+            }
             if (reward != 0) {
                 _totalPools -= reward;
                 _creditBalance(client, reward);

@@ -234,7 +234,7 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 /// gives a Merkle root one owner) and the pair earns no more than one clean client; the
 /// free-rider earns nothing; the attacker that is honest every other round earns at most a
 /// quarter of a clean client's mean (its slashes outweigh its pay); `cohort value` values
-/// every client and gives the rank correlation of pay and value.
+/// every client, and pay follows value with a rank correlation of at least 0.8.
 #[test]
 fn the_graded_example_pays_no_copy_no_free_rider_and_little_to_a_part_time_attacker() {
     let tmp = tempfile::tempdir().unwrap();
@@ -264,6 +264,28 @@ fn the_graded_example_pays_no_copy_no_free_rider_and_little_to_a_part_time_attac
     assert_eq!(earned(7), 0.0, "the free-rider earned: {v}");
     assert!(earned(9) <= 0.25 * mean, "the part-time attacker: {v}");
     assert!(earned(8) < 0.0, "the attacker: {v}");
+    // Paid per nat of measured gain (`incentives.reward_per_nat`), pay follows value: the
+    // issue's goal is a rank correlation of at least 0.8 (0.991 measured with this seed).
     let rho = v["spearman_earned_value"].as_f64().unwrap();
-    assert!((-1.0..=1.0).contains(&rho), "{v}");
+    assert!(rho >= 0.8, "rank correlation {rho}: {v}");
+    // And the noisy client, valued above zero, is paid above zero: graded, not slashed like an
+    // attacker.
+    assert!(earned(4) > 0.0, "the label-noise client: {v}");
+    // Without the per-nat rule (a fixed pool a round, split by score) the correlation was
+    // lower: the same run with it off.
+    let off = tmp.path().join("pool");
+    let o = cohort(&[
+        "run",
+        &config,
+        "--out",
+        p(&off),
+        "--set",
+        "incentives.reward_per_nat=0",
+        "--set",
+        "incentives.reward_per_round=100",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let w = value(&off, &["--method", "exact-shapley", "--weights", "run"]);
+    let before = w["spearman_earned_value"].as_f64().unwrap();
+    assert!(before < rho, "per nat {rho}, per pool {before}");
 }

@@ -221,6 +221,18 @@ pub struct IncentiveConfig {
     /// to the aggregate, at its own scale. Left out of the serialization when `"full"`.
     #[serde(skip_serializing_if = "ScoreRule::is_full")]
     pub score: ScoreRule,
+    /// Tokens paid per unit of consensus score (a nat of loss reduction), at most: an accepted
+    /// update is paid the lesser of its share of the round's pool by score and its score times
+    /// this, so a round pays in proportion to what its updates bring and early rounds, which
+    /// bring the most, pay the most (the rest of the pool goes to the treasury). [0, 1e9], at
+    /// most six decimals; 0 (the default) splits the whole pool by score. Left out of the
+    /// serialization when 0.
+    #[serde(skip_serializing_if = "is_zero_f64")]
+    pub reward_per_nat: f64,
+}
+
+fn is_zero_f64(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// How validators score an update ([`IncentiveConfig::score`]).
@@ -251,6 +263,7 @@ impl Default for IncentiveConfig {
             reward_per_round: 100,
             accept_threshold: -0.05,
             score: ScoreRule::Full,
+            reward_per_nat: 0.0,
         }
     }
 }
@@ -1038,6 +1051,13 @@ fn check_coordinator(c: &CoordinatorConfig) -> Result<(), FlError> {
 }
 
 fn check_incentives(i: &IncentiveConfig) -> Result<(), FlError> {
+    float(
+        "incentives.reward_per_nat",
+        i.reward_per_nat,
+        0.0,
+        1e9,
+        false,
+    )?;
     int(
         "incentives.initial_balance",
         i.initial_balance,

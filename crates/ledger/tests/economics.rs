@@ -1,5 +1,6 @@
 //! Random protocol histories: supply is conserved after every transaction, a rejected
-//! update is never paid, an accepted update whose consensus score is not above zero (a
+//! update is never paid, an update is paid at most its score times `rewardPerScore` when that
+//! is set, an accepted update whose consensus score is not above zero (a
 //! free-rider's, or a harmful one under a negative threshold) is never paid either, also when
 //! no update scored above zero, only a round's sampled cohort may submit (the cohort the Rust
 //! `sample_cohort` draws from the coordinator's beacon), and the beacon moves on by the
@@ -23,6 +24,8 @@ struct Plan {
     /// The acceptance threshold (score units): at or below zero, updates that bring nothing
     /// or make things worse are accepted (refunded) and must not be paid.
     threshold: i64,
+    /// Base units paid per 1.0 of score at most (`rewardPerScore`; 0: the whole share).
+    per_score: u64,
     /// The first `roster` clients are the coordinator's roster; the others may never submit.
     roster: usize,
     rounds: Vec<RoundPlan>,
@@ -69,10 +72,12 @@ fn plan() -> impl Strategy<Value = Plan> {
             1..=clients,
             prop::collection::vec(round, 1..4),
             prop_oneof![Just(0i64), -50_000i64..=0],
+            prop_oneof![Just(0u64), 1u64..1_000_000_000_000_000_000],
         )
-            .prop_map(move |(roster, rounds, threshold)| Plan {
+            .prop_map(move |(roster, rounds, threshold, per_score)| Plan {
                 clients,
                 threshold,
+                per_score,
                 roster,
                 rounds,
             })
@@ -121,6 +126,7 @@ proptest! {
         p.approve_coordinator(&gov, coord.address()).unwrap();
         let mut params = p.params().unwrap();
         params.acceptThreshold = plan.threshold;
+        params.rewardPerScore = U256::from(plan.per_score);
         p.set_params(&gov, params).unwrap();
         p.register(&coord, roles::COORDINATOR).unwrap();
         let mut datasets = Vec::new();
@@ -200,10 +206,12 @@ proptest! {
             let mut rejected = Vec::new();
             // Accepted clients whose consensus score is not above zero.
             let mut unearned = Vec::new();
+            let mut score_of = std::collections::HashMap::new();
             for e in &tally.events {
                 match e {
                     CohortEvents::UpdateAccepted(a) => {
                         accepted.push(a.index);
+                        score_of.insert(a.client, a.consensusScore);
                         if a.consensusScore <= 0 {
                             unearned.push(a.client);
                         }
@@ -220,6 +228,11 @@ proptest! {
             for e in &settle.events {
                 if let CohortEvents::Rewarded(x) = e {
                     prop_assert!(!rejected.contains(&x.who), "rejected update's client {} was rewarded", x.who);
+                    // Paid per unit of score at most, when the rule is on.
+                    if plan.per_score != 0 && let Some(&sc) = score_of.get(&x.who) {
+                        let cap = U256::from(sc.max(0) as u64) * U256::from(plan.per_score) / U256::from(1_000_000u64);
+                        prop_assert!(x.amount <= cap, "{} paid {} for score {sc}, cap {cap}", x.who, x.amount);
+                    }
                     prop_assert!(
                         !unearned.contains(&x.who),
                         "client {} was rewarded for an update scoring at most 0",

@@ -898,7 +898,9 @@ fn governance_calls_cost_a_bounded_gas() {
     let bond = w.p.gov_bond(&c1, run, tokens(60)).unwrap().gas_used;
     w.p.gov_bond(&c2, run, tokens(40)).unwrap();
     let target = address_target(w.addr(OUTSIDER));
-    let propose = w.p.propose(&c1, run, kind::ADMIT_CLIENT, target, B256::ZERO).unwrap();
+    let propose =
+        w.p.propose(&c1, run, kind::ADMIT_CLIENT, target, B256::ZERO)
+            .unwrap();
     let id = propose.value;
     let vote = w.p.vote(&c1, run, id, true).unwrap().gas_used;
     let vote2 = w.p.vote(&c2, run, id, false).unwrap().gas_used;
@@ -919,4 +921,34 @@ fn governance_calls_cost_a_bounded_gas() {
     ] {
         assert!(gas < bound, "{what} costs {gas} gas (bound {bound})");
     }
+}
+
+/// `rewardPerScore`: an accepted update is paid at most its score times the rate (the rest of
+/// the pool goes to the treasury), so a round pays in proportion to what it brings; a rate
+/// beyond the supply cap is refused by field.
+#[test]
+fn a_round_pays_per_unit_of_score_when_the_rate_is_set() {
+    let mut w = World::new(false);
+    let gov = Identity::from_seed(17, "governance");
+    let mut params = w.p.params().unwrap();
+    params.rewardPerScore = U256::from(u128::MAX) + U256::from(1);
+    match revert(w.p.set_params(&gov, params.clone())) {
+        CohortErrors::InvalidParam(x) => assert_eq!(x.field, 11),
+        other => panic!("expected InvalidParam, got {other:?}"),
+    }
+    // 20 tokens per 1.0 of score; World::close scores every update 0.1.
+    params.rewardPerScore = tokens(20);
+    w.p.set_params(&gov, params).unwrap();
+    let round = w.open(None);
+    w.submit(1, round, w.datasets[1]).unwrap();
+    w.submit(2, round, w.datasets[2]).unwrap();
+    let treasury = w.p.supply().unwrap().treasury;
+    let before = w.balance(1);
+    w.close(round, 2);
+    // Refunded its deposit, paid 0.1 * 20 = 2 tokens (its share of the pool would be 45).
+    let deposit = w.p.params().unwrap().updateDeposit;
+    assert_eq!(w.balance(1), before + deposit + tokens(2));
+    // The pool's rest (100 - 2 * 2 - what the validators earned) went to the treasury.
+    assert!(w.p.supply().unwrap().treasury > treasury + tokens(80));
+    assert!(w.conserved());
 }

@@ -603,6 +603,9 @@ fn govern<B: LedgerBackend>(
     p.approve_coordinator(gov, coord_addr)?;
     let mut params = p.params()?;
     params.acceptThreshold = Score::from_f64(inc.accept_threshold).0;
+    // Base units per 1.0 of score, from tokens per nat with six decimals.
+    params.rewardPerScore =
+        U256::from((inc.reward_per_nat * 1e6).round() as u128) * U256::from(1_000_000_000_000u64);
     p.set_params(gov, params)?;
     let ctx = p.context_for(p.backend().address_of(gov))?;
     let amount = tokens(inc.initial_balance);
