@@ -866,6 +866,36 @@ fn a_run_pays_its_listed_datasets_and_records_the_refusals() {
     assert_eq!(show["refused"].as_array().unwrap().len(), 5, "{show}");
     assert_eq!(show["paid"].as_array().unwrap().len(), 0);
     assert_eq!(size(), before);
+    // The market commands take the run's directory too (its ledger, with the operator key the
+    // run keeps): client 0 (its key derived from the run's seed, 3) withdraws its listing.
+    let key = dir.path().join("client-0.pem");
+    keyfile::write_new(&key, &Identity::from_seed(3, "client-0")).unwrap();
+    let paid = rows.iter().find(|r| r["royalties"] != "0").unwrap();
+    let d0 = paid["dataset"].as_str().unwrap();
+    let o = cohort(&[
+        "market",
+        "withdraw",
+        "--ledger",
+        p(&out),
+        "--key",
+        p(&key),
+        "--dataset",
+        d0,
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = cohort(&[
+        "market",
+        "show",
+        "--ledger",
+        p(&out),
+        "--dataset",
+        d0,
+        "--json",
+    ]);
+    let show: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(show["active"], false, "{show}");
+    assert_eq!(size(), before + 1);
     let o = cohort(&["ledger", "verify", p(&ledger)]);
     assert!(o.status.success(), "{}", text(&o));
 }

@@ -78,7 +78,8 @@ const MAX_TIME: u64 = 4_102_444_800;
 #[derive(Debug, Clone, clap::Args)]
 pub struct Place {
     /// The embedded ledger's directory (a writing command opens it for appending with its
-    /// `operator.key`).
+    /// `operator.key`), or a run's directory (`cohort run --out DIR`: its DIR/ledger, with the
+    /// operator key the run keeps in DIR/keys).
     #[arg(long, value_name = "DIR")]
     ledger: Option<PathBuf>,
     /// An EVM chain's JSON-RPC endpoint (http://host:port), in place of --ledger: the
@@ -185,8 +186,8 @@ impl Place {
     pub fn open(&self) -> anyhow::Result<AnyProtocol> {
         match &self.ledger {
             Some(dir) => {
-                let ledger = EmbeddedLedger::open(dir)
-                    .with_context(|| format!("--ledger {}", dir.display()))?;
+                let ledger =
+                    open_ledger(dir).with_context(|| format!("--ledger {}", dir.display()))?;
                 protocol_on(Box::new(ledger) as Box<dyn LedgerBackend>, &self.name())
             }
             None => self.open_chain(),
@@ -201,10 +202,11 @@ impl Place {
             Some(dir) => {
                 // Its errors as they come, for `cohort ledger show`'s report of a ledger
                 // that does not verify (`stage show`), which names the directory.
-                let state = cohort_ledger::LedgerReader::open(dir).and_then(|r| {
-                    crate::cmd::ledger::note_recovery(&r);
-                    r.replay()
-                })?;
+                let state =
+                    cohort_ledger::LedgerReader::open(ledger_dir_of(dir)).and_then(|r| {
+                        crate::cmd::ledger::note_recovery(&r);
+                        r.replay()
+                    })?;
                 protocol_on(Box::new(state) as Box<dyn LedgerBackend>, &self.name())
             }
             None => self.open_chain(),
@@ -235,6 +237,33 @@ impl Place {
     fn open_chain(&self) -> anyhow::Result<AnyProtocol> {
         bail!("--ledger DIR is needed")
     }
+}
+
+/// The ledger directory `--ledger DIR` names: DIR itself, or a run's (`cohort run --out DIR`
+/// keeps its ledger in DIR/ledger).
+pub fn ledger_dir_of(dir: &Path) -> PathBuf {
+    let run = dir.join("ledger");
+    if !dir.join("ledger.redb").exists() && run.join("ledger.redb").exists() {
+        run
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// The embedded ledger in DIR opened for appending with DIR/operator.key, or a run's
+/// (`cohort run --out DIR`: DIR/ledger, with the operator key the run keeps in
+/// DIR/keys/operator.key).
+fn open_ledger(dir: &Path) -> anyhow::Result<EmbeddedLedger> {
+    let ledger = ledger_dir_of(dir);
+    let key = dir.join("keys/operator.key");
+    if ledger != dir && key.exists() {
+        let secret =
+            std::fs::read_to_string(&key).with_context(|| format!("reading {}", key.display()))?;
+        let operator = Identity::from_secret_hex("operator", &secret)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
+        return Ok(EmbeddedLedger::open_as(ledger, operator)?);
+    }
+    Ok(EmbeddedLedger::open(ledger)?)
 }
 
 /// The flags of every command that signs a call.
