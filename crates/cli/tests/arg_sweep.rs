@@ -421,6 +421,10 @@ impl Fixtures {
             "ledger demo" => "ledger demo {fresh}".to_owned(),
             "keys new" => "keys new --out {fresh}".to_owned(),
             "keys show" => format!("keys show {}", p(&self.key)),
+            "keys export" => format!(
+                "keys export {} --party client-1 --out {{fresh}}",
+                p(&self.run)
+            ),
             "keys tls" => "keys tls --out {fresh} --name 127.0.0.1".to_owned(),
             "provenance" => format!("provenance {}", p(&self.run)),
             "value" => format!(

@@ -899,3 +899,163 @@ fn a_run_pays_its_listed_datasets_and_records_the_refusals() {
     let o = cohort(&["ledger", "verify", p(&ledger)]);
     assert!(o.status.success(), "{}", text(&o));
 }
+
+/// A run with `[governance]`: every client bonds at enrolment; `cohort unlearn` records the
+/// request and stops, before any work, until the members approve it; they do with `cohort gov`
+/// on the run's directory (their keys from `cohort keys export`), after which the execution
+/// and verification go through and `cohort run --resume` continues the run, the listed clients
+/// still training under the same recipe.
+#[test]
+fn a_governed_run_forgets_a_client_only_once_its_members_approve() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/market.toml");
+    let config = p(&config);
+    let gov = [
+        "--set",
+        "governance.bond=50",
+        "--set",
+        "governance.voting_period=600",
+        "--set",
+        "governance.timelock=60",
+    ];
+    let mut args = vec!["run", config, "--out", p(&out)];
+    args.extend(gov);
+    let o = cohort(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    let run = p(&out);
+    let json = |args: &[&str]| -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let o = cohort(&a);
+        assert!(o.status.success(), "cohort {a:?}: {}", text(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let show = json(&["gov", "show", "--ledger", run]);
+    assert_eq!(show["members"].as_array().unwrap().len(), 8, "{show}");
+    assert_eq!(show["bonded"], tokens(400).to_string());
+    let ledger = out.join("ledger");
+    let size = || LedgerReader::open(&ledger).unwrap().replay().unwrap().len();
+    let before = size();
+    let o = cohort(&[
+        "unlearn", run, "--client", "client-3", "--method", "retrain",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("waits for the approval"), "{}", text(&o));
+    assert_eq!(size(), before + 1, "only the request is recorded");
+    // The members approve it: 5 of 8 equal bonds vote for.
+    let key = |k: usize| {
+        let f = dir.path().join(format!("client-{k}.pem"));
+        json(&[
+            "keys",
+            "export",
+            run,
+            "--party",
+            &format!("client-{k}"),
+            "--out",
+            p(&f),
+        ]);
+        f
+    };
+    let keys: Vec<PathBuf> = (0..5).map(key).collect();
+    let prop = json(&[
+        "gov",
+        "propose",
+        "--ledger",
+        run,
+        "--key",
+        p(&keys[0]),
+        "--approve-unlearning",
+        "1",
+    ]);
+    let id = prop["proposal"].to_string();
+    for k in &keys {
+        json(&[
+            "gov",
+            "vote",
+            "--ledger",
+            run,
+            "--key",
+            p(k),
+            "--proposal",
+            &id,
+            "--for",
+        ]);
+    }
+    let after = (prop["executable_at"].as_u64().unwrap() + 1).to_string();
+    json(&[
+        "gov",
+        "execute",
+        "--ledger",
+        run,
+        "--key",
+        p(&keys[0]),
+        "--proposal",
+        &id,
+        "--at",
+        &after,
+    ]);
+    let o = cohort(&[
+        "unlearn",
+        "execute",
+        run,
+        "--request",
+        "1",
+        "--method",
+        "retrain",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = cohort(&[
+        "unlearn",
+        "verify",
+        run,
+        "--request",
+        "1",
+        "--as",
+        "validator-1",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    // The run goes on from the unlearned model; its listed clients train under the same recipe.
+    let mut args = vec![
+        "run",
+        config,
+        "--out",
+        p(&out),
+        "--resume",
+        "--set",
+        "coordinator.rounds=6",
+    ];
+    args.extend(gov);
+    let o = cohort(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    let summary: Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    let last = &summary["summary"]["rounds"][5];
+    assert_eq!(last["round"], 6, "{last}");
+    assert_eq!(last["refused"], serde_json::json!([2]), "{last}");
+    assert!(last["royalties"]["client-0"].is_string(), "{last}");
+    // Refusals by name: a party the run does not have, an existing file.
+    let o = cohort(&[
+        "keys",
+        "export",
+        run,
+        "--party",
+        "client-99",
+        "--out",
+        p(&dir.path().join("x.pem")),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("--party"), "{}", text(&o));
+    let o = cohort(&[
+        "keys",
+        "export",
+        run,
+        "--party",
+        "client-1",
+        "--out",
+        p(&keys[0]),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("already exists"), "{}", text(&o));
+}

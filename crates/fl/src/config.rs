@@ -320,6 +320,43 @@ pub struct RunConfig {
     /// the royalties' split and fund. Left out of the config's serialization when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub market: Option<MarketConfig>,
+    /// Per-run governance (`[governance]`): enabled on the ledger after the enrolment, every
+    /// enrolled client bonding to it. Left out of the config's serialization when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub governance: Option<GovernanceConfig>,
+}
+
+/// Per-run governance (`[governance]`, docs/economics.md): once the parties have enrolled, the
+/// coordinator enables it with the enrolled clients' datasets as founding ones and each client
+/// bonds `bond` tokens; from then on the members admit clients and datasets, approve unlearning
+/// requests and adopt hyperparameters by stake-weighted vote (`cohort gov`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GovernanceConfig {
+    /// The share of the bonded stake that must vote: (0, 1], default 0.5.
+    pub quorum: f64,
+    /// The share of the votes cast that must be for a proposal, exceeded: [0.5, 1), default
+    /// 0.5 (a simple majority).
+    pub majority: f64,
+    /// Seconds a proposal is open for votes: [1, 31536000], default a day.
+    pub voting_period: u64,
+    /// Seconds a passed proposal waits before it executes: [0, 31536000], default a day.
+    pub timelock: u64,
+    /// Tokens each client bonds at enrolment: [1, initial balance - client stake - 10],
+    /// default 100.
+    pub bond: u64,
+}
+
+impl Default for GovernanceConfig {
+    fn default() -> Self {
+        Self {
+            quorum: 0.5,
+            majority: 0.5,
+            voting_period: 86_400,
+            timelock: 86_400,
+            bond: 100,
+        }
+    }
 }
 
 /// The data market of a run (`[market]`, docs/economics.md): some clients list their datasets
@@ -736,6 +773,9 @@ fn check_run(c: &RunConfig) -> Result<(), FlError> {
     if let Some(m) = &c.market {
         check_market(m, c)?;
     }
+    if let Some(g) = &c.governance {
+        check_governance(g, c)?;
+    }
     check_profiles(c)
 }
 
@@ -774,6 +814,38 @@ fn check_market(m: &MarketConfig, c: &RunConfig) -> Result<(), FlError> {
             }
         }
         int("market.listing.price", l.price, 1, 1_000_000_000)?;
+    }
+    Ok(())
+}
+
+fn check_governance(g: &GovernanceConfig, c: &RunConfig) -> Result<(), FlError> {
+    float("governance.quorum", g.quorum, 0.0, 1.0, true)?;
+    if bps(g.quorum) == 0 {
+        return Err(bad(
+            "governance.quorum",
+            format!("{} is below 0.0001", g.quorum),
+        ));
+    }
+    if !(g.majority.is_finite() && (0.5..1.0).contains(&g.majority) && bps(g.majority) < 10_000) {
+        return Err(bad(
+            "governance.majority",
+            format!("{} is not a finite number in [0.5, 1)", g.majority),
+        ));
+    }
+    int("governance.voting_period", g.voting_period, 1, 31_536_000)?;
+    int("governance.timelock", g.timelock, 0, 31_536_000)?;
+    let most = c
+        .incentives
+        .initial_balance
+        .saturating_sub(c.incentives.client_stake)
+        .saturating_sub(PROTOCOL_UPDATE_DEPOSIT);
+    int("governance.bond", g.bond, 1, most.max(1))?;
+    if most == 0 {
+        return Err(bad(
+            "governance.bond",
+            "incentives.initial_balance leaves nothing to bond after the stake and a deposit"
+                .into(),
+        ));
     }
     Ok(())
 }
@@ -1447,6 +1519,7 @@ mod tests {
             report: ReportConfig::default(),
             profiles: Vec::new(),
             market: None,
+            governance: None,
         }
     }
 

@@ -45,6 +45,7 @@ fn config() -> RunConfig {
         report: Default::default(),
         profiles: Vec::new(),
         market: None,
+        governance: None,
         incentives: Default::default(),
     }
 }

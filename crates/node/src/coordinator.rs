@@ -27,7 +27,8 @@ use alloy_sol_types::SolCall;
 use cohort_blob::BlobStore;
 use cohort_core::{Hash32, Identity, Score, sha256, tokens};
 use cohort_ledger::protocol::{
-    Cohort, Cohort::CohortEvents, CohortRuns, Protocol, ProtocolError, accepted_set_hash, roles,
+    Cohort, Cohort::CohortEvents, CohortRuns, GovParams, Protocol, ProtocolError,
+    accepted_set_hash, roles,
 };
 use cohort_ledger::{LedgerBackend, LedgerError, SignedCall, TxContext};
 
@@ -162,7 +163,8 @@ pub struct Coordinator<'a, B: LedgerBackend, L: Learner + ?Sized> {
     roster: Roster,
     learner: &'a L,
     absent: Vec<(Party, String)>,
-    /// Clients whose listing (`[market]`) the ledger refused: they take part unlisted.
+    /// Clients whose listing (`[market]`) or governance bond (`[governance]`) the ledger
+    /// refused: they take part unlisted, or without a vote.
     unlisted: Vec<(Party, String)>,
     /// Clients left out of the run ([`Self::exclude`]).
     excluded: BTreeSet<u32>,
@@ -319,6 +321,7 @@ impl<'a, B: LedgerBackend, L: Learner + ?Sized> Coordinator<'a, B, L> {
             transport.send(Request::Enrol(EnrolRequest {
                 party,
                 sign: self.sign_with(address)?,
+                run: self.address,
             }))?;
         }
         let mut got: BTreeMap<Party, crate::transport::EnrolReply> = BTreeMap::new();
@@ -335,6 +338,7 @@ impl<'a, B: LedgerBackend, L: Learner + ?Sized> Coordinator<'a, B, L> {
         let mut stakes = Vec::new();
         let mut datasets = Vec::new();
         let mut listings = Vec::new();
+        let mut bonds = Vec::new();
         for &(party, address) in &everyone {
             let Some(e) = got.remove(&party) else {
                 absent.push((party, "did not enrol in time".into()));
@@ -367,6 +371,7 @@ impl<'a, B: LedgerBackend, L: Learner + ?Sized> Coordinator<'a, B, L> {
             stakes.push((party, e.stake));
             datasets.extend(e.dataset.map(|d| (party, d)));
             listings.extend(e.listing.map(|l| (party, l)));
+            bonds.extend(e.bond.map(|b| (party, b)));
         }
         let mut refused = |who: &[Party], errors: Vec<Option<String>>| {
             let mut out = BTreeSet::new();
@@ -414,6 +419,32 @@ impl<'a, B: LedgerBackend, L: Learner + ?Sized> Coordinator<'a, B, L> {
                 }
             }
         }
+        // The run's governance (`[governance]`): enabled with the enrolled clients' datasets
+        // as founding ones, then each client's own bond. A bond the ledger refuses leaves its
+        // client in the run without a vote.
+        if let Some(g) = &self.cfg.governance {
+            let params = GovParams {
+                quorumBps: cohort_fl::config::bps(g.quorum),
+                majorityBps: cohort_fl::config::bps(g.majority),
+                votingPeriod: g.voting_period,
+                timelock: g.timelock,
+            };
+            let founding: Vec<B256> = ids.values().copied().collect();
+            self.p.enable_run_governance(&self.key, params, &founding)?;
+            let (who, calls): (Vec<Party>, Vec<SignedCall>) = bonds
+                .into_iter()
+                .filter(|(p, _)| ids.contains_key(p))
+                .unzip();
+            let results = self.p.relay_batch::<CohortRuns::govBondCall>(calls)?;
+            for (party, r) in who.iter().zip(errors(results)) {
+                if let Some(e) = r {
+                    self.unlisted.push((
+                        *party,
+                        format!("the ledger refused its governance bond: {e}"),
+                    ));
+                }
+            }
+        }
         for &k in &self.excluded {
             absent.push((Party::Client(k), "left out of this run".into()));
         }
@@ -443,7 +474,8 @@ impl<'a, B: LedgerBackend, L: Learner + ?Sized> Coordinator<'a, B, L> {
             .collect())
     }
 
-    /// Clients whose listing the ledger refused, each with why: they take part unlisted.
+    /// Clients whose listing or bond the ledger refused, each with why: they take part
+    /// unlisted, or without a vote.
     pub fn unlisted(&self) -> &[(Party, String)] {
         &self.unlisted
     }

@@ -3,7 +3,8 @@
 //!
 //! The recipe is the SHA-256 of the canonical JSON (keys sorted, no spaces) of cohort's version
 //! and the commit it was built from, the run's config as the run reads it (its defaults filled
-//! in, its `[market]` section left out: the terms of the data are not how it is trained on) and
+//! in; its `[market]` and `[governance]` sections and `coordinator.rounds` left out: the terms
+//! of the data, who decides and how many rounds there are is not how a round trains on it) and
 //! the adapter targets (`task.lora_targets`, empty when the task trains no adapter). Builds are
 //! not byte-reproducible across machines, so the binary's own hash is not part of it: two
 //! parties on the same commit with the same config compute the same recipe, and a client on
@@ -22,6 +23,12 @@ pub fn recipe_of(cfg: &RunConfig) -> (B256, serde_json::Value) {
     let mut config = serde_json::to_value(cfg).unwrap_or(serde_json::Value::Null);
     if let Some(m) = config.as_object_mut() {
         m.remove("market");
+        m.remove("governance");
+        // How many rounds a run has is not how a round trains: a run continued for more
+        // rounds (`cohort run --resume --set coordinator.rounds=N`) keeps its recipe.
+        if let Some(c) = m.get_mut("coordinator").and_then(|c| c.as_object_mut()) {
+            c.remove("rounds");
+        }
     }
     let targets = config
         .get("task")
@@ -57,6 +64,9 @@ mod tests {
             recipe_of(&cfg("seed = 2\nclients = 2\nvalidators = 1\n")).0,
             a
         );
+        // Nor is the number of rounds.
+        let more = "seed = 1\nclients = 2\nvalidators = 1\n[coordinator]\nrounds = 9\n";
+        assert_eq!(recipe_of(&cfg(more)).0, a);
         // The market's terms are not part of it.
         let listed =
             format!("{base}[market]\nfund = 5\n[[market.listing]]\nclients = [0]\nprice = 3\n");

@@ -234,6 +234,8 @@ pub struct Client<'a, L: Learner + ?Sized> {
     residual_loaded: bool,
     /// Its dataset's listing in the run's data market (`[market]`), if any.
     listing: Option<ListingTerms>,
+    /// What it bonds to the run's governance at enrolment (`[governance]`), base units.
+    bond: Option<alloy_primitives::U256>,
 }
 
 /// The terms a client lists its dataset on (`[[market.listing]]`): a price per round of use,
@@ -280,6 +282,7 @@ impl<'a, L: Learner + ?Sized> Client<'a, L> {
             residual_dir: None,
             residual_loaded: false,
             listing: None,
+            bond: None,
         }
     }
 
@@ -373,6 +376,12 @@ impl<'a, L: Learner + ?Sized> Client<'a, L> {
 
     /// Compresses its updates with `c` (`[compression]`; none by default), keeping what it
     /// does not send for its next update when `c` has error feedback.
+    /// Bonds `amount` (base units) to the run's governance when it enrols (`[governance]`).
+    pub fn bonding(mut self, amount: alloy_primitives::U256) -> Self {
+        self.bond = Some(amount);
+        self
+    }
+
     /// Lists its dataset on `terms` in the run's data market: it signs the listing when it
     /// enrols, and refuses (signing the refusal) every round whose recipe the terms do not
     /// allow.
@@ -474,12 +483,23 @@ impl<'a, L: Learner + ?Sized> Client<'a, L> {
             )?),
             None => None,
         };
+        // Its bond to the run's governance, after the listing (if any).
+        let bond = match self.bond {
+            Some(amount) => Some(sign(
+                &self.id,
+                &r.sign,
+                3 + u64::from(listing.is_some()),
+                &CohortRuns::govBondCall { run: r.run, amount },
+            )?),
+            None => None,
+        };
         Ok(EnrolReply {
             party: Party::Client(self.index),
             register,
             stake,
             dataset: Some(dataset),
             listing,
+            bond,
         })
     }
 
@@ -728,6 +748,7 @@ impl<'a, L: Learner + ?Sized> Validator<'a, L> {
             stake,
             dataset: None,
             listing: None,
+            bond: None,
         })
     }
 

@@ -213,6 +213,31 @@ fn saved_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, FlError> {
     Ok(out)
 }
 
+/// Records that the ledger a saved round goes with (`entries`, `root`) has grown by entries
+/// that are not a round's (a `cohort gov` or `cohort market` call on the run's directory) to
+/// `new_entries`, `new_root` at `time`, so that `cohort run --resume` continues from it: the
+/// saved round is rewritten to name the new head (its global model unchanged). Returns whether
+/// a saved round named the old head.
+pub fn note_appended(
+    dir: &Path,
+    (entries, root): (u64, Hash32),
+    (new_entries, new_root, time): (u64, Hash32, u64),
+) -> Result<bool, FlError> {
+    for (_, path) in saved_files(dir)? {
+        let mut s = read_saved(&path)?;
+        if s.ledger_entries == entries && s.ledger_root == root {
+            s.ledger_entries = new_entries;
+            s.ledger_root = new_root;
+            s.now = s.now.max(time);
+            let json = serde_json::to_vec_pretty(&s).map_err(|e| bad(&path, e.to_string()))?;
+            write_atomic(&path, &json)?;
+            sync_dir(dir)?;
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// The saved rounds in `dir`: round, ledger size and root (for messages).
 pub fn list(dir: &Path) -> Result<Vec<SavedRound>, FlError> {
     saved_files(dir)?

@@ -711,6 +711,9 @@ pub fn party_node_keeping<'a, L: Learner + ?Sized>(
             let mut c = Client::new(k, id, learner, cfg.seed, cfg.client_stake(k))
                 .sharded(shards)
                 .compressed(cfg.compression.compressor());
+            if let Some(g) = &cfg.governance {
+                c = c.bonding(tokens(g.bond));
+            }
             if let Some(l) = cfg.listing(k) {
                 // Its own build's recipe of the run: a client on another build refuses.
                 let recipes = match l.allow {

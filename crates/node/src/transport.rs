@@ -73,6 +73,9 @@ pub struct EnrolRequest {
     pub party: Party,
     /// What to sign under; the party signs its calls at this nonce and the following ones.
     pub sign: SignWith,
+    /// The run's coordinator, whose governance a client bonds to (`[governance]`).
+    #[serde(default)]
+    pub run: Address,
 }
 
 /// A party's own registration, stake and dataset commitment, each signed by it.
@@ -89,6 +92,9 @@ pub struct EnrolReply {
     /// `listDataset(id, price, recipes)`: a client whose dataset the run's `[market]` lists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listing: Option<SignedCall>,
+    /// `govBond(run, amount)`: a client of a run with `[governance]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bond: Option<SignedCall>,
 }
 
 /// Train on the round's global model and send back the update.
@@ -279,6 +285,7 @@ impl Reply {
                 let mut v = vec![&e.register, &e.stake];
                 v.extend(e.dataset.as_ref());
                 v.extend(e.listing.as_ref());
+                v.extend(e.bond.as_ref());
                 v
             }
             Self::Update(u) => vec![&u.submission],

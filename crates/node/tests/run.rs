@@ -34,6 +34,7 @@ fn config(attack: Option<AttackConfig>, strategy: StrategyConfig) -> RunConfig {
         report: Default::default(),
         profiles: Vec::new(),
         market: None,
+        governance: None,
         incentives: Default::default(),
     }
 }

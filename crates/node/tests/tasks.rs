@@ -60,6 +60,7 @@ fn lm_config(seed: u64) -> RunConfig {
         report: Default::default(),
         profiles: Vec::new(),
         market: None,
+        governance: None,
         incentives: IncentiveConfig::default(),
     }
 }
@@ -91,6 +92,7 @@ fn imdb_config(attack: Option<AttackKind>) -> RunConfig {
         report: Default::default(),
         profiles: Vec::new(),
         market: None,
+        governance: None,
         incentives: IncentiveConfig {
             accept_threshold: -0.04,
             ..IncentiveConfig::default()

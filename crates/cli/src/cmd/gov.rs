@@ -206,8 +206,43 @@ pub fn explain_runs(e: &CohortErrors) -> Option<String> {
 #[derive(Debug, clap::Args)]
 pub struct RunArg {
     /// The run: its coordinator's address (0x...) or ed25519 public key (64 hex digits).
+    /// Optional where the ledger has a single coordinator (a `cohort run` directory's).
     #[arg(long, value_name = "ADDR|KEY", value_parser = party)]
-    run: Party,
+    run: Option<Party>,
+}
+
+impl RunArg {
+    /// The run's address: `--run`, or the ledger's only approved coordinator.
+    pub fn address(&self, p: &AnyProtocol) -> anyhow::Result<Address> {
+        run_address(p, self.run.as_ref())
+    }
+}
+
+/// `run` resolved, or the only coordinator the governance approved on `p`'s ledger.
+pub fn run_address(p: &AnyProtocol, run: Option<&Party>) -> anyhow::Result<Address> {
+    if let Some(r) = run {
+        return resolve(p, r);
+    }
+    let mut coordinators: Vec<Address> = all_events(p)?
+        .into_iter()
+        .filter_map(|e| match e {
+            CohortEvents::CoordinatorApproved(c) => Some(c.who),
+            _ => None,
+        })
+        .collect();
+    coordinators.dedup();
+    match coordinators.as_slice() {
+        [one] => Ok(*one),
+        [] => bail!("--run is needed: no coordinator was approved on this ledger"),
+        many => bail!(
+            "--run is needed: this ledger has {} coordinators ({})",
+            many.len(),
+            many.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 /// Enable governance of your run, as its coordinator.
@@ -338,7 +373,7 @@ struct BondOut {
 impl BondArgs {
     fn execute(self, bond: bool) -> anyhow::Result<ExitCode> {
         let mut s = self.signer.open()?;
-        let run = resolve(&s.p, &self.run.run)?;
+        let run = self.run.address(&s.p)?;
         let calls: Vec<Recorded> = if bond {
             s.send(CohortRuns::govBondCall {
                 run,
@@ -431,7 +466,7 @@ impl ProposeArgs {
             None => B256::ZERO,
         };
         let mut s = self.signer.open()?;
-        let run = resolve(&s.p, &self.run.run)?;
+        let run = self.run.address(&s.p)?;
         let (k, target) = if let Some(c) = &self.admit_client {
             (kind::ADMIT_CLIENT, address_target(resolve(&s.p, c)?))
         } else if let Some(d) = self.admit_dataset {
@@ -518,7 +553,7 @@ struct VoteOut {
 impl VoteArgs {
     fn execute(self) -> anyhow::Result<ExitCode> {
         let mut s = self.signer.open()?;
-        let run = resolve(&s.p, &self.run.run)?;
+        let run = self.run.address(&s.p)?;
         let support = self.yes && !self.against;
         let calls: Vec<Recorded> = s
             .send(CohortRuns::voteCall {
@@ -581,7 +616,7 @@ struct ExecuteOut {
 impl ExecuteArgs {
     fn execute(self) -> anyhow::Result<ExitCode> {
         let mut s = self.signer.open()?;
-        let run = resolve(&s.p, &self.run.run)?;
+        let run = self.run.address(&s.p)?;
         let calls: Vec<Recorded> = s
             .send(CohortRuns::executeCall {
                 run,
@@ -705,7 +740,7 @@ impl ShowArgs {
             Ok(p) => p,
             Err(code) => return Ok(code),
         };
-        let run = resolve(&p, &self.run.run)?;
+        let run = self.run.address(&p)?;
         let g = p.run_governance(run)?;
         let now = p.backend().head()?.time;
         if g.votingPeriod == 0 {

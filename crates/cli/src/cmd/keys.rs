@@ -28,6 +28,10 @@ pub enum KeysCmd {
     New(NewArgs),
     /// Print the public key and addresses of a key file.
     Show(ShowArgs),
+    /// Write the key file of a party of a finished run (`cohort run --out DIR`): its keys
+    /// derive from the run's seed, or from DIR/keys/run.key with --random-keys; for signing
+    /// that party's `cohort gov` and `cohort market` calls on the run's ledger.
+    Export(ExportArgs),
     /// Make a private CA and a TLS server certificate for a coordinator (a federation without
     /// a PKI): DIR/ca.pem for the parties, DIR/server.pem and DIR/server.key for the coordinator.
     Tls(TlsArgs),
@@ -168,6 +172,53 @@ pub struct NewArgs {
 }
 
 #[derive(Debug, ClapArgs)]
+pub struct ExportArgs {
+    /// The run's directory.
+    run: PathBuf,
+    /// The party: `coordinator`, `client-K` or `validator-V` (K, V its index in the run).
+    #[arg(long, value_name = "NAME")]
+    party: String,
+    /// Where to write the key (refused if it exists; its directory must exist).
+    #[arg(long)]
+    out: PathBuf,
+    /// Print a JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+impl ExportArgs {
+    fn execute(self) -> anyhow::Result<()> {
+        let run = crate::cmd::unlearn::RunDir::open(&self.run)?;
+        let (clients, validators) = (run.cfg.clients, run.cfg.validators);
+        let known = self.party == "coordinator"
+            || [("client-", clients), ("validator-", validators)]
+                .iter()
+                .any(|(prefix, n)| {
+                    self.party
+                        .strip_prefix(prefix)
+                        .and_then(|k| k.parse::<usize>().ok())
+                        .is_some_and(|k| {
+                            k < *n && k.to_string().len() == self.party.len() - prefix.len()
+                        })
+                });
+        if !known {
+            anyhow::bail!(
+                "--party {:?}: not a party of {} (coordinator, client-0..client-{}, \
+                 validator-0..validator-{})",
+                self.party,
+                self.run.display(),
+                clients - 1,
+                validators - 1
+            );
+        }
+        check_new_key_path(&self.out)?;
+        let id = run.identity(&self.party);
+        keyfile::write_new(&self.out, &id).map_err(|e| anyhow::anyhow!("--out {e}"))?;
+        KeyInfo::of(self.out, &id).print(self.json)
+    }
+}
+
+#[derive(Debug, ClapArgs)]
 pub struct ShowArgs {
     /// The key file.
     file: PathBuf,
@@ -239,6 +290,7 @@ impl KeysCmd {
                 KeyInfo::of(a.file, &id).print(a.json)?;
             }
             Self::Tls(a) => a.execute()?,
+            Self::Export(a) => a.execute()?,
         }
         Ok(ExitCode::SUCCESS)
     }

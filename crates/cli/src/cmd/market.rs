@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use crate::args::{int_in, percent_bps, token_amount};
 use crate::cmd::gov::{all_events, hash_arg, open_read};
-use crate::cmd::stage::{Party, Place, Recorded, Signer, amount, party, recorded_lines, resolve};
+use crate::cmd::stage::{Party, Place, Recorded, Signer, amount, party, recorded_lines};
 use crate::output::{Table, print_json};
 
 #[derive(Debug, Subcommand)]
@@ -320,9 +320,10 @@ impl FeesArgs {
 pub struct FundArgs {
     #[command(flatten)]
     signer: Signer,
-    /// The run: its coordinator's address or ed25519 public key.
+    /// The run: its coordinator's address or ed25519 public key (optional where the ledger
+    /// has a single coordinator, as a `cohort run` directory's).
     #[arg(long, value_name = "ADDR|KEY", value_parser = party)]
-    run: Party,
+    run: Option<Party>,
     /// How many tokens.
     #[arg(long, value_name = "TOKENS", value_parser = token_amount)]
     amount: U256,
@@ -331,7 +332,7 @@ pub struct FundArgs {
 impl FundArgs {
     fn execute(self) -> anyhow::Result<ExitCode> {
         let mut s = self.signer.open()?;
-        let run = resolve(&s.p, &self.run)?;
+        let run = crate::cmd::gov::run_address(&s.p, self.run.as_ref())?;
         let calls: Vec<Recorded> = s
             .send(CohortRuns::fundRoyaltiesCall {
                 run,

@@ -12,7 +12,7 @@ mod provenance;
 mod run;
 mod sim;
 mod stage;
-mod unlearn;
+pub(crate) mod unlearn;
 mod value;
 
 use std::process::ExitCode;

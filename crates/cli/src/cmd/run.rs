@@ -1656,6 +1656,18 @@ fn print_human(s: &RunSummary, cfg: &RunConfig) {
             b.ratio
         );
     }
+    if let Some(g) = &cfg.governance {
+        outln!(
+            "governance: every client bonded {} tokens; proposals pass with {}% of the bonded \
+             stake voting and over {}% for, {} s of votes and {} s of timelock (cohort gov show \
+             --ledger DIR; a party's key: cohort keys export DIR --party NAME --out FILE)",
+            g.bond,
+            g.quorum * 100.0,
+            g.majority * 100.0,
+            g.voting_period,
+            g.timelock
+        );
+    }
     if cfg.market.is_some() {
         // The data market: royalties over the run, and the rounds listed clients sat out.
         let mut paid: std::collections::BTreeMap<&str, cohort_core::U256> = Default::default();

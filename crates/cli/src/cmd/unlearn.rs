@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use alloy_primitives::B256;
+use alloy_primitives::{Address, B256};
 use anyhow::{Context, bail};
 use cohort_blob::BlobStore;
 use cohort_core::{Hash32, Identity, Score, sha256};
@@ -34,7 +34,9 @@ use cohort_fl::learner::{Learner, Metrics};
 use cohort_fl::shards::Shards;
 use cohort_fl::task::{ImdbModel, TaskConfig};
 use cohort_fl::unlearning::{Measures, Objective, UnlearnSpec, measure};
-use cohort_ledger::protocol::{Cohort, Protocol, UnlearningEvidence, roles, unlearning};
+use cohort_ledger::protocol::{
+    Cohort, CohortRuns, Protocol, UnlearningEvidence, roles, unlearning,
+};
 use cohort_ledger::{EmbeddedLedger, LedgerBackend, LedgerConfig};
 use cohort_node::resume::SavedRound;
 use cohort_node::runtime::{Keys, RunOptions, run_in_process};
@@ -318,6 +320,11 @@ pub(crate) struct RunDir {
 }
 
 impl RunDir {
+    /// The identity of the run's party `name` (`coordinator`, `client-K`, `validator-V`).
+    pub(crate) fn identity(&self, name: &str) -> Identity {
+        self.keys.identity(name)
+    }
+
     pub(crate) fn open(dir: &Path) -> anyhow::Result<Self> {
         let record_path = dir.join("run.json");
         let record: Value = serde_json::from_str(
@@ -846,6 +853,29 @@ impl Session {
         let cfg = self.run.cfg.clone();
         let name = format!("client-{k}");
         let dataset = self.dataset_of(k, &name)?;
+        // A dataset a run's governance admitted is forgotten only once that run approved the
+        // request (the contract refuses the execution otherwise): checked before any work.
+        let admitted = self.p.view(CohortRuns::admittedCall {
+            run: Address::ZERO,
+            client: Address::ZERO,
+            datasetId: dataset,
+        })?;
+        let run = admitted.datasetRun;
+        if run != Address::ZERO
+            && !self
+                .p
+                .view(CohortRuns::unlearningApprovedCall { requestId: request })?
+        {
+            bail!(
+                "unlearning request {request} (the request is recorded) waits for the approval \
+                 of the run {run}'s governance: a member proposes it (cohort gov propose \
+                 --ledger {dir} --key FILE --approve-unlearning {request}), the members vote \
+                 (cohort gov vote), and once it has passed and its timelock has run out it is \
+                 executed (cohort gov execute); then `cohort unlearn execute {dir} --request \
+                 {request}`. Nothing else was done.",
+                dir = self.run.dir.display()
+            );
+        }
         let forget_set = self.task.dataset_commitment(k).0;
         let (original, original_hash) = self.run.final_model(&*self.task)?;
         let gone = self.gone(k);

@@ -293,6 +293,9 @@ pub struct Session {
     pub me: Identity,
     pub check: bool,
     pub json: bool,
+    /// A run's directory the ledger is in (`--ledger` naming a `cohort run --out DIR`): what
+    /// is recorded is noted in its saved state, so that `cohort run --resume` goes on.
+    run_dir: Option<PathBuf>,
 }
 
 impl Signer {
@@ -332,11 +335,17 @@ impl Signer {
                 .set_time(now)
                 .with_context(|| format!("--at {now}: {}", self.place.name()))?;
         }
+        let run_dir = self
+            .place
+            .ledger_dir()
+            .filter(|d| ledger_dir_of(d) != *d && d.join("state").is_dir())
+            .map(Path::to_path_buf);
         Ok(Session {
             p,
             me,
             check: self.check,
             json: self.json,
+            run_dir,
         })
     }
 }
@@ -426,7 +435,18 @@ impl Session {
             return Ok(None);
         }
         let me = self.me.clone();
+        let before = self.p.backend().head()?;
         let sent = self.p.send(&me, call).map_err(|e| refused(name, &e))?;
+        if let Some(dir) = &self.run_dir {
+            let after = self.p.backend().head()?;
+            let state = dir.join("state");
+            cohort_node::resume::note_appended(
+                &state,
+                (before.size, before.root),
+                (after.size, after.root, after.time),
+            )
+            .with_context(|| format!("noting the call in {}", state.display()))?;
+        }
         Ok(Some(Recorded {
             call: name.to_owned(),
             entry: sent.position,
