@@ -18,12 +18,12 @@ use anyhow::bail;
 use clap::Subcommand;
 use cohort_ledger::demo::fmt_tokens;
 use cohort_ledger::protocol::Cohort::CohortEvents;
-use cohort_ledger::protocol::{Cohort, CohortRuns};
+use cohort_ledger::protocol::{Cohort, CohortRuns, Listing};
 use serde::Serialize;
 
 use crate::args::{int_in, percent_bps, token_amount};
 use crate::cmd::gov::{all_events, hash_arg, open_read};
-use crate::cmd::stage::{Party, Place, Recorded, Signer, amount, party, recorded_lines};
+use crate::cmd::stage::{Party, Place, Recorded, Session, Signer, amount, party, recorded_lines};
 use crate::output::{Table, print_json};
 
 #[derive(Debug, Subcommand)]
@@ -128,6 +128,28 @@ struct ListingOut {
     calls: Vec<Recorded>,
 }
 
+impl ListingOut {
+    /// Reports a listing after a call on it (`--json`, or `lines`).
+    fn report(
+        s: &Session,
+        dataset: B256,
+        l: &Listing,
+        calls: Vec<Recorded>,
+        lines: &[String],
+    ) -> anyhow::Result<ExitCode> {
+        let out = Self {
+            dataset,
+            owner: s.address(),
+            price: amount(l.pricePerRound),
+            active: l.active,
+            recipes: l.recipes,
+            checked_only: s.check,
+            calls,
+        };
+        s.report(&out, lines)
+    }
+}
+
 impl OfferArgs {
     fn execute(self) -> anyhow::Result<ExitCode> {
         if self.recipes.contains(&B256::ZERO) {
@@ -159,16 +181,7 @@ impl OfferArgs {
                 );
             }
         }
-        let out = ListingOut {
-            dataset: self.dataset,
-            owner: s.address(),
-            price: amount(l.pricePerRound),
-            active: l.active,
-            recipes: l.recipes,
-            checked_only: s.check,
-            calls,
-        };
-        s.report(&out, &lines)
+        ListingOut::report(&s, self.dataset, &l, calls, &lines)
     }
 }
 
@@ -210,16 +223,7 @@ impl AllowArgs {
                 l.recipes
             ));
         }
-        let out = ListingOut {
-            dataset: self.dataset,
-            owner: s.address(),
-            price: amount(l.pricePerRound),
-            active: l.active,
-            recipes: l.recipes,
-            checked_only: s.check,
-            calls,
-        };
-        s.report(&out, &lines)
+        ListingOut::report(&s, self.dataset, &l, calls, &lines)
     }
 }
 
@@ -250,16 +254,7 @@ impl DatasetArgs {
                 self.dataset
             ));
         }
-        let out = ListingOut {
-            dataset: self.dataset,
-            owner: s.address(),
-            price: amount(l.pricePerRound),
-            active: l.active,
-            recipes: l.recipes,
-            checked_only: s.check,
-            calls,
-        };
-        s.report(&out, &lines)
+        ListingOut::report(&s, self.dataset, &l, calls, &lines)
     }
 }
 
