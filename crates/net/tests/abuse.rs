@@ -118,6 +118,7 @@ fn until(secs: u64, what: &str, cond: impl Fn() -> bool) {
 fn enrol(party: Party) -> Request {
     Request::Enrol(EnrolRequest {
         party,
+        run: Default::default(),
         sign: SignWith {
             contract: Default::default(),
             ctx: TxContext::Embedded {

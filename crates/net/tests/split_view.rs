@@ -32,6 +32,7 @@ fn key(name: &str) -> Identity {
 fn enrol() -> Request {
     Request::Enrol(EnrolRequest {
         party: Party::Client(0),
+        run: Default::default(),
         sign: SignWith {
             contract: Default::default(),
             ctx: TxContext::Embedded {
