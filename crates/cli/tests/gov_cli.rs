@@ -934,6 +934,10 @@ fn a_governed_run_forgets_a_client_only_once_its_members_approve() {
     };
     let show = json(&["gov", "show", "--ledger", run]);
     assert_eq!(show["members"].as_array().unwrap().len(), 8, "{show}");
+    assert_eq!(
+        show["members"][0]["name"], "client-0",
+        "named on a run's directory: {show}"
+    );
     assert_eq!(show["bonded"], tokens(400).to_string());
     let ledger = out.join("ledger");
     let size = || LedgerReader::open(&ledger).unwrap().replay().unwrap().len();

@@ -682,6 +682,9 @@ pub struct ShowArgs {
 #[derive(Serialize)]
 struct Member {
     address: Address,
+    /// The party's name, where the ledger is a run's (`client-3`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
     bond: String,
     locked_until: u64,
 }
@@ -727,6 +730,33 @@ pub fn open_read(place: &Place, json: bool) -> anyhow::Result<Result<AnyProtocol
     }
 }
 
+/// The names of a run's parties by address, where `place` is a run's directory (`cohort run
+/// --out DIR`; its keys derive the addresses); empty elsewhere.
+pub fn party_names(place: &Place) -> std::collections::BTreeMap<Address, String> {
+    let mut names = std::collections::BTreeMap::new();
+    let Some(dir) = place.ledger_dir() else {
+        return names;
+    };
+    let Ok(run) = crate::cmd::unlearn::RunDir::open(dir) else {
+        return names;
+    };
+    let mut parties = vec!["coordinator".to_owned()];
+    parties.extend((0..run.cfg.clients).map(|k| format!("client-{k}")));
+    parties.extend((0..run.cfg.validators).map(|v| format!("validator-{v}")));
+    for n in parties {
+        names.insert(run.identity(&n).address(), n);
+    }
+    names
+}
+
+/// `a` with its party's name when known: `client-3 (0x...)`.
+pub fn named(names: &std::collections::BTreeMap<Address, String>, a: Address) -> String {
+    match names.get(&a) {
+        Some(n) => format!("{n} ({a})"),
+        None => a.to_string(),
+    }
+}
+
 /// Every event of the protocol contract, in order.
 pub fn all_events(p: &AnyProtocol) -> anyhow::Result<Vec<CohortEvents>> {
     let logs = p.backend().contract_logs(p.address())?;
@@ -754,6 +784,7 @@ impl ShowArgs {
             return Ok(ExitCode::SUCCESS);
         }
         let events = all_events(&p)?;
+        let names = party_names(&self.place);
         let mut members: Vec<Address> = Vec::new();
         let (mut clients, mut datasets) = (Vec::new(), Vec::new());
         for e in &events {
@@ -773,6 +804,7 @@ impl ShowArgs {
             total = t;
             bonds.push(Member {
                 address: m,
+                name: names.get(&m).cloned(),
                 bond: amount(bond),
                 locked_until: locked,
             });
@@ -855,7 +887,7 @@ impl ShowArgs {
         let mut t = Table::new(&["member", "bond", "locked until"]);
         for m in &bonds {
             t.row(vec![
-                m.address.to_string(),
+                named(&names, m.address),
                 fmt_tokens(m.bond.parse().unwrap_or_default()),
                 m.locked_until.to_string(),
             ]);
@@ -885,7 +917,7 @@ impl ShowArgs {
                 for v in &r.votes {
                     outln!(
                         "  {} voted {} with {} tokens",
-                        v.voter,
+                        named(&names, v.voter),
                         if v.support { "for" } else { "against" },
                         fmt_tokens(v.weight.parse().unwrap_or_default())
                     );

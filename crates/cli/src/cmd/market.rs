@@ -509,6 +509,9 @@ pub struct ListArgs {
 struct ListingRow {
     dataset: B256,
     owner: Address,
+    /// The owner's name, where the ledger is a run's (`client-0`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner_name: Option<String>,
     price: String,
     active: bool,
     recipes: u32,
@@ -524,6 +527,7 @@ impl ListArgs {
             Err(code) => return Ok(code),
         };
         let events = all_events(&p)?;
+        let names = crate::cmd::gov::party_names(&self.place);
         let mut ids: Vec<(B256, Address)> = Vec::new();
         for e in &events {
             if let CohortEvents::DatasetListed(l) = e
@@ -543,6 +547,7 @@ impl ListArgs {
             rows.push(ListingRow {
                 dataset: id,
                 owner,
+                owner_name: names.get(&owner).cloned(),
                 price: amount(l.pricePerRound),
                 active: l.active,
                 recipes: l.recipes,
@@ -572,7 +577,7 @@ impl ListArgs {
             let tok = |s: &str| fmt_tokens(s.parse().unwrap_or_default());
             t.row(vec![
                 r.dataset.to_string(),
-                r.owner.to_string(),
+                r.owner_name.clone().unwrap_or_else(|| r.owner.to_string()),
                 tok(&r.price),
                 r.recipes.to_string(),
                 if r.active { "listed" } else { "withdrawn" }.to_owned(),
