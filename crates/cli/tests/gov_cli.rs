@@ -1063,3 +1063,144 @@ fn a_governed_run_forgets_a_client_only_once_its_members_approve() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("already exists"), "{}", text(&o));
 }
+
+/// Hyperparameters adopted by vote apply from the run's next round: `cohort gov propose
+/// --hyperparams FILE` on the run's directory (the file goes into its blob store), the members
+/// pass it, and `cohort run --resume` for more rounds adopts it (run.json records it; a later
+/// resume keeps it). A file that changes what is not a hyperparameter is refused before
+/// anything is written.
+#[test]
+fn hyperparameters_adopted_by_vote_apply_from_the_next_round() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/market.toml");
+    let config = p(&config);
+    let gov = [
+        "--set",
+        "governance.bond=50",
+        "--set",
+        "governance.voting_period=600",
+        "--set",
+        "governance.timelock=60",
+    ];
+    let run_with = |extra: &[&str]| {
+        let mut args = vec!["run", config, "--out", p(&out)];
+        args.extend(gov);
+        args.extend(extra);
+        let o = cohort(&args);
+        assert!(o.status.success(), "{}", text(&o));
+        text(&o)
+    };
+    run_with(&[]);
+    let run = p(&out);
+    let json = |args: &[&str]| -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let o = cohort(&a);
+        assert!(o.status.success(), "cohort {a:?}: {}", text(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let keys: Vec<PathBuf> = (0..5)
+        .map(|k| {
+            let f = dir.path().join(format!("client-{k}.pem"));
+            json(&[
+                "keys",
+                "export",
+                run,
+                "--party",
+                &format!("client-{k}"),
+                "--out",
+                p(&f),
+            ]);
+            f
+        })
+        .collect();
+    let ledger = out.join("ledger");
+    let size = || LedgerReader::open(&ledger).unwrap().replay().unwrap().len();
+    let before = size();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[task]\ndim = 3\n").unwrap();
+    let o = cohort(&[
+        "gov",
+        "propose",
+        "--ledger",
+        run,
+        "--key",
+        p(&keys[0]),
+        "--hyperparams",
+        p(&bad),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("task.dim is not a hyperparameter"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(size(), before);
+    let hp = dir.path().join("hp.toml");
+    std::fs::write(&hp, "[task]\nlr = 0.02\n").unwrap();
+    let prop = json(&[
+        "gov",
+        "propose",
+        "--ledger",
+        run,
+        "--key",
+        p(&keys[0]),
+        "--hyperparams",
+        p(&hp),
+    ]);
+    let id = prop["proposal"].to_string();
+    for k in &keys {
+        json(&[
+            "gov",
+            "vote",
+            "--ledger",
+            run,
+            "--key",
+            p(k),
+            "--proposal",
+            &id,
+            "--for",
+        ]);
+    }
+    let after = (prop["executable_at"].as_u64().unwrap() + 1).to_string();
+    json(&[
+        "gov",
+        "execute",
+        "--ledger",
+        run,
+        "--key",
+        p(&keys[0]),
+        "--proposal",
+        &id,
+        "--at",
+        &after,
+    ]);
+    let said = run_with(&["--resume", "--set", "coordinator.rounds=6"]);
+    assert!(
+        said.contains(
+            "adopting the hyperparameters of proposal 1 from the next round: task.lr = 0.02"
+        ),
+        "{said}"
+    );
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(record["adopted_hyperparameters"], serde_json::json!([1]));
+    assert_eq!(record["config"]["task"]["lr"], 0.02);
+    // The recipe changed with the config: the listed clients sit the new round out until
+    // their owners allow it (deny by default).
+    let summary: Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(
+        summary["summary"]["rounds"][5]["refused"],
+        serde_json::json!([0, 1, 2])
+    );
+    // A later resume, with the config the run started with, keeps the adopted settings.
+    let said = run_with(&["--resume", "--set", "coordinator.rounds=7"]);
+    assert!(!said.contains("adopting"), "{said}");
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(record["config"]["task"]["lr"], 0.02);
+    assert_eq!(record["config"]["coordinator"]["rounds"], 7);
+}

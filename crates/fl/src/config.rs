@@ -379,6 +379,11 @@ pub struct MarketConfig {
     /// The listings (`[[market.listing]]`): at least one.
     #[serde(rename = "listing")]
     pub listings: Vec<ListingConfig>,
+    /// The recipe the listings with `allow = "run"` allow, when not this config's own: set by
+    /// the run when it adopts hyperparameters by vote (its clients' listings allow the recipe
+    /// they were made under; a new one is the owners' to allow). Left out when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<cohort_core::Hash32>,
 }
 
 /// Clients that list their datasets (`[[market.listing]]`).
@@ -1539,6 +1544,7 @@ mod tests {
     fn market_settings_are_checked_by_name() {
         let market = |f: &dyn Fn(&mut MarketConfig)| {
             let mut m = MarketConfig {
+                recipe: None,
                 coordinator_fee: 0.1,
                 treasury_fee: 0.05,
                 fund: 100,

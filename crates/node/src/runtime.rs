@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use alloy_primitives::U256;
+use alloy_primitives::{B256, U256};
 use cohort_blob::{BlobError, BlobStore, LocalDir};
 use cohort_core::{Hash32, Identity, Score, tokens};
 use cohort_ledger::protocol::{Cohort, Protocol, ProtocolError};
@@ -716,8 +716,13 @@ pub fn party_node_keeping<'a, L: Learner + ?Sized>(
             }
             if let Some(l) = cfg.listing(k) {
                 // Its own build's recipe of the run: a client on another build refuses.
+                let run_recipe = cfg
+                    .market
+                    .as_ref()
+                    .and_then(|m| m.recipe)
+                    .map_or_else(|| crate::market::recipe_of(cfg).0, B256::from);
                 let recipes = match l.allow {
-                    cohort_fl::config::AllowRecipes::Run => vec![crate::market::recipe_of(cfg).0],
+                    cohort_fl::config::AllowRecipes::Run => vec![run_recipe],
                     cohort_fl::config::AllowRecipes::None => Vec::new(),
                 };
                 c = c.listed(crate::party::ListingTerms {

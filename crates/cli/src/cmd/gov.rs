@@ -429,8 +429,11 @@ pub struct ProposeArgs {
     /// Approve an unlearning request of a dataset admitted to this run: its number.
     #[arg(long, value_name = "N", value_parser = int_in(1..=u64::MAX), group = "what")]
     approve_unlearning: Option<u64>,
-    /// Adopt the hyperparameters in this TOML file (recorded by its SHA-256; the run applies
-    /// them from its next round).
+    /// Adopt the hyperparameters in this TOML file (recorded by its SHA-256; on a run's
+    /// directory the file goes into its blob store, and `cohort run --resume` applies them from
+    /// the next round). Only these may change: task.lr, task.local_steps,
+    /// coordinator.clients_per_round, incentives.accept_threshold, incentives.reward_per_nat,
+    /// aggregation.*.
     #[arg(long, value_name = "FILE", group = "what")]
     hyperparams: Option<PathBuf>,
 }
@@ -451,20 +454,19 @@ struct ProposeOut {
 impl ProposeArgs {
     fn execute(self) -> anyhow::Result<ExitCode> {
         // The hyperparameters file is read and checked before anything is opened.
-        let payload = match &self.hyperparams {
+        let hyperparams = match &self.hyperparams {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("--hyperparams {}", path.display()))?;
-                let table: toml::Table = toml::from_str(&text).map_err(|e| {
-                    anyhow::anyhow!("--hyperparams {}: not TOML: {e}", path.display())
-                })?;
-                if table.is_empty() {
-                    bail!("--hyperparams {}: sets nothing", path.display());
-                }
-                B256::from(cohort_core::sha256(text.as_bytes()))
+                crate::cmd::run::hyperparameters(&text)
+                    .map_err(|e| anyhow::anyhow!("--hyperparams {}: {e:#}", path.display()))?;
+                Some(text)
             }
-            None => B256::ZERO,
+            None => None,
         };
+        let payload = hyperparams.as_deref().map_or(B256::ZERO, |t| {
+            B256::from(cohort_core::sha256(t.as_bytes()))
+        });
         let mut s = self.signer.open()?;
         let run = self.run.address(&s.p)?;
         let (k, target) = if let Some(c) = &self.admit_client {
@@ -489,6 +491,15 @@ impl ProposeArgs {
             CohortEvents::Proposed(p) => Some(p.proposalId),
             _ => None,
         });
+        // On a run's directory the file goes into the run's blob store, where `cohort run
+        // --resume` finds it by its hash once the proposal is executed.
+        if let (Some(text), Some(dir), Some(_)) = (&hyperparams, s.run_dir(), id) {
+            let blobs = dir.join("blobs");
+            let store = cohort_blob::LocalDir::open(&blobs)
+                .with_context(|| format!("opening {}", blobs.display()))?;
+            cohort_blob::BlobStore::put(&store, text.as_bytes())
+                .with_context(|| format!("putting the hyperparameters in {}", blobs.display()))?;
+        }
         let (mut ends, mut exec) = (None, None);
         let mut lines = recorded_lines(&calls, s.check);
         if let Some(id) = id {

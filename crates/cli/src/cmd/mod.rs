@@ -9,7 +9,7 @@ mod ledger;
 mod market;
 mod model;
 mod provenance;
-mod run;
+pub(crate) mod run;
 mod sim;
 mod stage;
 pub(crate) mod unlearn;

@@ -187,6 +187,124 @@ pub fn check_task_inputs(cfg: &ValidConfig, config: &Path) -> anyhow::Result<Pat
     Ok(dir)
 }
 
+/// The settings a vote may change in a running run (`cohort gov propose --hyperparams`):
+/// how clients train and how updates are weighed and paid, not who takes part or what is
+/// learned.
+pub const HYPERPARAMETERS: &[&str] = &[
+    "task.lr",
+    "task.local_steps",
+    "coordinator.clients_per_round",
+    "incentives.accept_threshold",
+    "incentives.reward_per_nat",
+    "aggregation.",
+];
+
+/// A hyperparameter proposal's settings, adopted by vote.
+#[derive(Debug, Clone)]
+pub struct Adoption {
+    /// The proposal.
+    pub proposal: u64,
+    /// Its settings, by dotted key.
+    pub settings: Vec<(String, toml::Value)>,
+}
+
+/// A hyperparameters file's settings by dotted key (`[task] lr = 0.02` is `task.lr`), each one
+/// a vote may change ([`HYPERPARAMETERS`]; `aggregation.` for any setting of aggregation).
+pub fn hyperparameters(text: &str) -> anyhow::Result<Vec<(String, toml::Value)>> {
+    let table: toml::Table = toml::from_str(text).context("not TOML")?;
+    let mut out = Vec::new();
+    flatten("", &table, &mut out);
+    if out.is_empty() {
+        bail!("sets nothing");
+    }
+    for (k, _) in &out {
+        let allowed = HYPERPARAMETERS.iter().any(|h| {
+            if h.ends_with('.') {
+                k.starts_with(h)
+            } else {
+                k == h
+            }
+        });
+        if !allowed {
+            bail!(
+                "{k} is not a hyperparameter a vote may change (these are: {})",
+                HYPERPARAMETERS
+                    .iter()
+                    .map(|h| if h.ends_with('.') {
+                        format!("{h}*")
+                    } else {
+                        (*h).to_owned()
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn flatten(prefix: &str, t: &toml::Table, out: &mut Vec<(String, toml::Value)>) {
+    for (k, v) in t {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            // An inline strategy (`strategy = { kind = ... }`) is one setting.
+            toml::Value::Table(inner) if !key.starts_with("aggregation.strategy") => {
+                flatten(&key, inner, out)
+            }
+            other => out.push((key, other.clone())),
+        }
+    }
+}
+
+/// `cfg` with `adoptions`' settings, in order, checked as any config is.
+pub fn adopt(cfg: &ValidConfig, adoptions: &[Adoption]) -> anyhow::Result<ValidConfig> {
+    let mut table = toml::Table::try_from(cfg.config()).context("the run's config")?;
+    // The listings were made under the run's recipe before the adoption: they keep allowing
+    // that one (`market.recipe`), and the new one is the owners' to allow.
+    if let Some(toml::Value::Table(m)) = table.get_mut("market")
+        && !m.contains_key("recipe")
+    {
+        let recipe = cohort_node::market::recipe_of(cfg.config()).0;
+        m.insert("recipe".into(), toml::Value::String(recipe.to_string()));
+    }
+    for a in adoptions {
+        for (key, value) in &a.settings {
+            let parts: Vec<&str> = key.split('.').collect();
+            let Some((last, path)) = parts.split_last() else {
+                continue;
+            };
+            let mut t = &mut table;
+            for p in path {
+                let entry = t
+                    .entry((*p).to_owned())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                t = match entry {
+                    toml::Value::Table(inner) => inner,
+                    _ => bail!(
+                        "proposal {}: {key} is not a setting of this run",
+                        a.proposal
+                    ),
+                };
+            }
+            t.insert((*last).to_owned(), value.clone());
+        }
+    }
+    let what = format!(
+        "the hyperparameters adopted by proposal(s) {}",
+        adoptions
+            .iter()
+            .map(|a| a.proposal.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let cfg = parse_config(&table).with_context(|| what.clone())?;
+    cfg.check().with_context(|| what)
+}
+
 pub fn load_config(
     path: &Path,
     overrides: &[String],
@@ -637,9 +755,10 @@ impl Args {
             super::federation::init_logging();
         }
         // Everything that can be refused is refused here, before DIR is touched.
-        let cfg = load_config(&self.config, &self.set, self.seed)?;
+        let mut cfg = load_config(&self.config, &self.set, self.seed)?;
         check_task_inputs(&cfg, &self.config)?;
         let reference = self.reference()?;
+        let mut adopted: Vec<Adoption> = Vec::new();
         if let Some(path) = &self.events {
             check_output_file(path, "--events")?;
         }
@@ -702,7 +821,17 @@ impl Args {
             ),
             (Found::Nothing, false) => "start a new run",
             (Found::Run { record, finished }, true) => {
-                extend = self.check_same_config(record, &cfg)?;
+                // Hyperparameters the run's members adopted by vote (`[governance]`): those
+                // adopted before apply to the config given, those executed since are adopted
+                // now, from the next round on (when the run goes on).
+                let (given, pending) = self.adoptions(record, &cfg)?;
+                extend = self.check_same_config(record, &given)?;
+                if !pending.is_empty() && (extend.is_some() || !*finished) {
+                    cfg = adopt(&given, &pending)?;
+                    adopted = pending;
+                } else {
+                    cfg = given;
+                }
                 match (extend, *finished) {
                     (Some(_), _) => "continue the run for the rounds the config adds",
                     (None, true) => "say that the run is finished",
@@ -713,6 +842,13 @@ impl Args {
         if self.check {
             return self.print_check(&cfg, plan);
         }
+        let found = match found {
+            Found::Run { record, finished } if !adopted.is_empty() => Found::Run {
+                record: self.record_adoptions(&record, &cfg, &adopted)?,
+                finished,
+            },
+            other => other,
+        };
         match found {
             Found::Run { record, .. } if extend.is_some() => {
                 let claim = Claim::take(&self.out)?;
@@ -766,6 +902,113 @@ impl Args {
                 self.start_run(claim, &cfg, reference.as_ref())
             }
         }
+    }
+
+    /// The config given with the hyperparameters the run adopted before applied (what
+    /// run.json holds, if the run is the same), and the hyperparameter proposals its
+    /// governance executed since, not adopted yet, with their files: none for a run without
+    /// `[governance]` or without a ledger of its own.
+    fn adoptions(
+        &self,
+        record: &Value,
+        cfg: &ValidConfig,
+    ) -> anyhow::Result<(ValidConfig, Vec<Adoption>)> {
+        let ledger = self.out.join("ledger");
+        if cfg.governance.is_none() || !ledger.join("ledger.redb").exists() {
+            return Ok((cfg.clone(), Vec::new()));
+        }
+        let done: Vec<u64> = record["adopted_hyperparameters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_u64)
+            .collect();
+        let state = cohort_ledger::LedgerReader::open(&ledger)
+            .and_then(|r| r.replay())
+            .with_context(|| format!("reading {}", ledger.display()))?;
+        let p = super::stage::protocol_on(
+            Box::new(state) as Box<dyn cohort_ledger::LedgerBackend>,
+            &ledger.display().to_string(),
+        )?;
+        let run = super::gov::run_address(&p, None)?;
+        let store = self.blob_store()?;
+        let mut before = Vec::new();
+        let mut pending = Vec::new();
+        for e in super::gov::all_events(&p)? {
+            let cohort_ledger::protocol::Cohort::CohortEvents::ProposalExecuted(x) = e else {
+                continue;
+            };
+            if x.run != run || x.kind != cohort_ledger::runs::kind::HYPERPARAMS {
+                continue;
+            }
+            let hash = cohort_core::Hash32(x.payloadHash.0);
+            let bytes = store.get(&hash).map_err(|e| {
+                anyhow::anyhow!(
+                    "proposal {} adopted the hyperparameters with SHA-256 {hash}, which are not \
+                     in the run's blob store ({e}): `cohort gov propose --hyperparams FILE` on \
+                     the run's directory puts them there",
+                    x.proposalId
+                )
+            })?;
+            let what = format!("the hyperparameters of proposal {}", x.proposalId);
+            let text = String::from_utf8(bytes).with_context(|| what.clone())?;
+            let a = Adoption {
+                proposal: x.proposalId,
+                settings: hyperparameters(&text).with_context(|| what.clone())?,
+            };
+            if done.contains(&x.proposalId) {
+                before.push(a);
+            } else {
+                pending.push(a);
+            }
+        }
+        let given = if before.is_empty() {
+            cfg.clone()
+        } else {
+            adopt(cfg, &before)?
+        };
+        Ok((given, pending))
+    }
+
+    /// run.json with `adopted` recorded: the config they make (`cfg`), their proposals, and the
+    /// config before them (its saved rounds still resume).
+    fn record_adoptions(
+        &self,
+        record: &Value,
+        cfg: &ValidConfig,
+        adopted: &[Adoption],
+    ) -> anyhow::Result<Value> {
+        let mut record = record.clone();
+        let mut before: Vec<Value> = record["configs_before_adoptions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        before.push(record["config"].clone());
+        record["configs_before_adoptions"] = json!(before);
+        let mut done: Vec<Value> = record["adopted_hyperparameters"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        done.extend(adopted.iter().map(|a| json!(a.proposal)));
+        record["adopted_hyperparameters"] = json!(done);
+        record["config"] = serde_json::to_value(cfg)?;
+        write_atomic(
+            &self.out.join("run.json"),
+            serde_json::to_string_pretty(&record)?.as_bytes(),
+        )?;
+        for a in adopted {
+            eprintln!(
+                "{}: adopting the hyperparameters of proposal {} from the next round: {}",
+                self.out.display(),
+                a.proposal,
+                a.settings
+                    .iter()
+                    .map(|(k, v)| format!("{k} = {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        Ok(record)
     }
 
     /// `--check`: the effective config and what a run would do.
@@ -1074,7 +1317,20 @@ impl Args {
             .and_then(|r| r["extended_from_rounds"].as_array())
             .map(|v| v.iter().filter_map(Value::as_u64).collect())
             .unwrap_or_default();
-        opts = opts.extended_from(cfg.config(), earlier);
+        opts = opts.extended_from(cfg.config(), earlier.clone());
+        // The configs the run had before it adopted hyperparameters by vote: the rounds saved
+        // under them resume too.
+        for before in record
+            .and_then(|r| r["configs_before_adoptions"].as_array())
+            .into_iter()
+            .flatten()
+        {
+            let before: RunConfig = serde_json::from_value(before.clone())
+                .context("run.json: a config before an adoption does not read")?;
+            let mut rounds = earlier.clone();
+            rounds.push(before.coordinator.rounds);
+            opts = opts.extended_from(&before, rounds);
+        }
         let mut last = settled;
         let run = self.run_parties(
             cfg,
@@ -1800,5 +2056,33 @@ mod tests {
         let c = Claim::take(&tmp.path().join("c")).unwrap();
         drop(c);
         Claim::take(&tmp.path().join("c")).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod hyperparameter_tests {
+    use super::hyperparameters;
+
+    #[test]
+    fn only_hyperparameters_may_be_adopted() {
+        let ok = hyperparameters(
+            "[task]\nlr = 0.1\nlocal_steps = 3\n[aggregation]\nstrategy = { kind = \"fed-avg\" }\n",
+        )
+        .unwrap();
+        let keys: Vec<&str> = ok.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["aggregation.strategy", "task.local_steps", "task.lr"]
+        );
+        for bad in [
+            "seed = 3",
+            "[task]\nkind = \"lm\"",
+            "clients = 9",
+            "[market]\nfund = 1",
+            "",
+            "= =",
+        ] {
+            assert!(hyperparameters(bad).is_err(), "{bad:?} was taken");
+        }
     }
 }

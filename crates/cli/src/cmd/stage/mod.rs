@@ -420,6 +420,11 @@ pub fn resolve<B: LedgerBackend>(p: &Protocol<B>, party: &Party) -> anyhow::Resu
 }
 
 impl Session {
+    /// The run's directory, when `--ledger` named one.
+    pub fn run_dir(&self) -> Option<&Path> {
+        self.run_dir.as_deref()
+    }
+
     /// My address on the ledger.
     pub fn address(&self) -> Address {
         self.p.backend().address_of(&self.me)
