@@ -239,11 +239,14 @@ impl Place {
     }
 }
 
-/// The ledger directory `--ledger DIR` names: DIR itself, or a run's (`cohort run --out DIR`
-/// keeps its ledger in DIR/ledger).
+/// The ledger directory `--ledger DIR` names: DIR itself, or a run's (`cohort run --out DIR`,
+/// with its run.json, keeps its ledger in DIR/ledger).
 pub fn ledger_dir_of(dir: &Path) -> PathBuf {
     let run = dir.join("ledger");
-    if !dir.join("ledger.redb").exists() && run.join("ledger.redb").exists() {
+    if !dir.join("ledger.redb").exists()
+        && run.join("ledger.redb").exists()
+        && dir.join("run.json").is_file()
+    {
         run
     } else {
         dir.to_path_buf()
