@@ -1204,3 +1204,64 @@ fn hyperparameters_adopted_by_vote_apply_from_the_next_round() {
     assert_eq!(record["config"]["task"]["lr"], 0.02);
     assert_eq!(record["config"]["coordinator"]["rounds"], 7);
 }
+
+/// `[market] source = "round"`: with no sponsor's fund, the royalties come out of each round's
+/// reward pool: every round pays them, and the round's rewards share what is left.
+#[test]
+fn royalties_from_the_rounds_pool() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/market.toml");
+    let o = cohort(&[
+        "run",
+        p(&config),
+        "--out",
+        p(&out),
+        "--set",
+        "market.source=\"round\"",
+        "--set",
+        "market.fund=0",
+        "--set",
+        "incentives.reward_per_round=100",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let summary: Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    let tok = |v: &Value| v.as_str().unwrap().parse::<U256>().unwrap();
+    for r in summary["summary"]["rounds"].as_array().unwrap() {
+        let royalties: U256 = r["royalties"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(tok)
+            .fold(U256::ZERO, |a, b| a + b);
+        // Clients 0 and 1 trained: 2 * 10 tokens from the pool of 100.
+        assert_eq!(royalties, tokens(20), "{r}");
+        let rewards: U256 = r["payouts"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|x| tok(&x["reward"]))
+            .fold(U256::ZERO, |a, b| a + b);
+        assert!(
+            rewards <= tokens(80),
+            "round {} paid {rewards} of an 80-token pool",
+            r["round"]
+        );
+    }
+    // A pool that cannot cover a round's royalties is refused by name before anything starts.
+    let o = cohort(&[
+        "run",
+        p(&config),
+        "--out",
+        p(&dir.path().join("small")),
+        "--set",
+        "market.source=\"round\"",
+        "--set",
+        "incentives.reward_per_round=10",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("market.source"), "{}", text(&o));
+    assert!(!dir.path().join("small").exists());
+}

@@ -376,6 +376,13 @@ pub struct MarketConfig {
     /// Whole tokens the run's sponsor (its governance, through the coordinator) puts in the
     /// royalty fund before the first round: [0, 10^12].
     pub fund: u64,
+    /// Where royalties come from: `sponsor` (the default: the `fund` put in before the first
+    /// round) or `round` (each round's reward pool: the coordinator moves the royalties the
+    /// round may owe, the prices of its listed clients in the cohort, from the pool into the
+    /// fund as it opens the round, and the rest is the round's reward pool). Left out when
+    /// `sponsor`.
+    #[serde(default, skip_serializing_if = "RoyaltySource::is_sponsor")]
+    pub source: RoyaltySource,
     /// The listings (`[[market.listing]]`): at least one.
     #[serde(rename = "listing")]
     pub listings: Vec<ListingConfig>,
@@ -398,6 +405,49 @@ pub struct ListingConfig {
     /// out, recording each refusal on the ledger).
     #[serde(default)]
     pub allow: AllowRecipes,
+}
+
+/// Where a run's royalties come from ([`MarketConfig::source`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RoyaltySource {
+    /// A sponsor's fund, put in before the first round.
+    #[default]
+    Sponsor,
+    /// Each round's reward pool.
+    Round,
+}
+
+impl RoyaltySource {
+    /// Whether this is the default (`sponsor`).
+    pub fn is_sponsor(&self) -> bool {
+        *self == Self::Sponsor
+    }
+}
+
+impl MarketConfig {
+    /// The most royalties one round may owe, whole tokens: the prices of the clients whose
+    /// listings allow the run's recipe.
+    pub fn most_per_round(&self) -> u64 {
+        self.listings
+            .iter()
+            .filter(|l| l.allow == AllowRecipes::Run)
+            .map(|l| l.price.saturating_mul(l.clients.len() as u64))
+            .fold(0, u64::saturating_add)
+    }
+
+    /// The royalties a round with `cohort` may owe, whole tokens: the prices of its listed
+    /// clients whose listings allow the run's recipe.
+    pub fn owed_by(&self, cohort: &[u32]) -> u64 {
+        self.listings
+            .iter()
+            .filter(|l| l.allow == AllowRecipes::Run)
+            .map(|l| {
+                let n = l.clients.iter().filter(|k| cohort.contains(k)).count() as u64;
+                l.price.saturating_mul(n)
+            })
+            .fold(0, u64::saturating_add)
+    }
 }
 
 /// The recipes a listing allows.
@@ -819,6 +869,17 @@ fn check_market(m: &MarketConfig, c: &RunConfig) -> Result<(), FlError> {
             }
         }
         int("market.listing.price", l.price, 1, 1_000_000_000)?;
+    }
+    if m.source == RoyaltySource::Round && m.most_per_round() > c.incentives.reward_per_round {
+        return Err(bad(
+            "market.source",
+            format!(
+                "royalties from each round's pool need incentives.reward_per_round ({}) to \
+                 cover a round's most royalties, the listed prices ({})",
+                c.incentives.reward_per_round,
+                m.most_per_round()
+            ),
+        ));
     }
     Ok(())
 }
@@ -1545,6 +1606,7 @@ mod tests {
         let market = |f: &dyn Fn(&mut MarketConfig)| {
             let mut m = MarketConfig {
                 recipe: None,
+                source: RoyaltySource::Sponsor,
                 coordinator_fee: 0.1,
                 treasury_fee: 0.05,
                 fund: 100,
@@ -1596,6 +1658,12 @@ mod tests {
         );
         refused(market(&|m| m.listings[1].clients.push(0)), "market.listing");
         refused(market(&|m| m.listings[0].price = 0), "market.listing.price");
+        // From each round's pool, the pool must cover a round's most royalties (2 * 10 here).
+        let mut round = market(&|m| m.source = RoyaltySource::Round);
+        round.incentives.reward_per_round = 19;
+        refused(round.clone(), "market.source");
+        round.incentives.reward_per_round = 20;
+        round.check().unwrap();
         refused(
             market(&|m| m.listings[0].price = 2_000_000_000),
             "market.listing.price",

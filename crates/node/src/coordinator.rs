@@ -771,11 +771,25 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
                     if let Some(store) = blobs {
                         store.put(&global_blob)?;
                     }
+                    // Royalties from the round's pool (`[market] source = "round"`): what the
+                    // round may owe its listed clients moves from the pool into the fund.
+                    let mut pool = inc.reward_per_round;
+                    if let Some(m) = cfg
+                        .market
+                        .as_ref()
+                        .filter(|m| m.source == cohort_fl::config::RoyaltySource::Round)
+                    {
+                        let owed = m.owed_by(&cohort).min(pool);
+                        if owed > 0 {
+                            p.fund_royalties(coord, coord_addr, tokens(owed))?;
+                            pool -= owed;
+                        }
+                    }
                     chain_round = p
                         .open_round(
                             coord,
                             b256(global_hash),
-                            tokens(inc.reward_per_round),
+                            tokens(pool),
                             false,
                             u32::try_from(cfg.coordinator.clients_per_round).unwrap_or(u32::MAX),
                         )?
