@@ -900,6 +900,75 @@ fn a_run_pays_its_listed_datasets_and_records_the_refusals() {
     assert!(o.status.success(), "{}", text(&o));
 }
 
+/// `[governance]` for examples/market.toml: bonds of 50, votes open 10 minutes, a minute of
+/// timelock.
+const GOVERNED: [&str; 6] = [
+    "--set",
+    "governance.bond=50",
+    "--set",
+    "governance.voting_period=600",
+    "--set",
+    "governance.timelock=60",
+];
+
+/// `cohort ARGS --json`, which must succeed: its JSON.
+fn json_of(args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.push("--json");
+    let o = cohort(&a);
+    assert!(o.status.success(), "cohort {a:?}: {}", text(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// `cohort run examples/market.toml --out OUT` with `[governance]` and `extra`: its output.
+fn governed_run(out: &Path, extra: &[&str]) -> String {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/market.toml");
+    let mut args = vec!["run", p(&config), "--out", p(out)];
+    args.extend(GOVERNED);
+    args.extend(extra);
+    let o = cohort(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    text(&o)
+}
+
+/// The key files of the run's clients 0..n (`cohort keys export`), in `dir`.
+fn client_keys(run: &Path, dir: &Path, n: usize) -> Vec<PathBuf> {
+    (0..n)
+        .map(|k| {
+            let f = dir.join(format!("client-{k}.pem"));
+            let party = format!("client-{k}");
+            json_of(&["keys", "export", p(run), "--party", &party, "--out", p(&f)]);
+            f
+        })
+        .collect()
+}
+
+/// Client 0 proposes `what` on the run's directory, every one of `keys` votes for it, and it
+/// is executed once its timelock has run out; the proposal's JSON.
+fn pass(run: &Path, keys: &[PathBuf], what: &[&str]) -> Value {
+    let mut args = vec!["gov", "propose", "--ledger", p(run), "--key", p(&keys[0])];
+    args.extend(what);
+    let prop = json_of(&args);
+    let id = prop["proposal"].to_string();
+    for k in keys {
+        let vote = [
+            "gov",
+            "vote",
+            "--ledger",
+            p(run),
+            "--key",
+            p(k),
+            "--proposal",
+            &id,
+        ];
+        json_of(&[&vote[..], &["--for"]].concat());
+    }
+    let after = (prop["executable_at"].as_u64().unwrap() + 1).to_string();
+    let exec = ["gov", "execute", "--ledger", p(run), "--key", p(&keys[0])];
+    json_of(&[&exec[..], &["--proposal", &id, "--at", &after]].concat());
+    prop
+}
+
 /// A run with `[governance]`: every client bonds at enrolment; `cohort unlearn` records the
 /// request and stops, before any work, until the members approve it; they do with `cohort gov`
 /// on the run's directory (their keys from `cohort keys export`), after which the execution
@@ -910,29 +979,9 @@ fn a_governed_run_forgets_a_client_only_once_its_members_approve() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/market.toml");
-    let config = p(&config);
-    let gov = [
-        "--set",
-        "governance.bond=50",
-        "--set",
-        "governance.voting_period=600",
-        "--set",
-        "governance.timelock=60",
-    ];
-    let mut args = vec!["run", config, "--out", p(&out)];
-    args.extend(gov);
-    let o = cohort(&args);
-    assert!(o.status.success(), "{}", text(&o));
+    governed_run(&out, &[]);
     let run = p(&out);
-    let json = |args: &[&str]| -> Value {
-        let mut a = args.to_vec();
-        a.push("--json");
-        let o = cohort(&a);
-        assert!(o.status.success(), "cohort {a:?}: {}", text(&o));
-        serde_json::from_slice(&o.stdout).unwrap()
-    };
-    let show = json(&["gov", "show", "--ledger", run]);
+    let show = json_of(&["gov", "show", "--ledger", run]);
     assert_eq!(show["members"].as_array().unwrap().len(), 8, "{show}");
     assert_eq!(
         show["members"][0]["name"], "client-0",
@@ -949,57 +998,8 @@ fn a_governed_run_forgets_a_client_only_once_its_members_approve() {
     assert!(text(&o).contains("waits for the approval"), "{}", text(&o));
     assert_eq!(size(), before + 1, "only the request is recorded");
     // The members approve it: 5 of 8 equal bonds vote for.
-    let key = |k: usize| {
-        let f = dir.path().join(format!("client-{k}.pem"));
-        json(&[
-            "keys",
-            "export",
-            run,
-            "--party",
-            &format!("client-{k}"),
-            "--out",
-            p(&f),
-        ]);
-        f
-    };
-    let keys: Vec<PathBuf> = (0..5).map(key).collect();
-    let prop = json(&[
-        "gov",
-        "propose",
-        "--ledger",
-        run,
-        "--key",
-        p(&keys[0]),
-        "--approve-unlearning",
-        "1",
-    ]);
-    let id = prop["proposal"].to_string();
-    for k in &keys {
-        json(&[
-            "gov",
-            "vote",
-            "--ledger",
-            run,
-            "--key",
-            p(k),
-            "--proposal",
-            &id,
-            "--for",
-        ]);
-    }
-    let after = (prop["executable_at"].as_u64().unwrap() + 1).to_string();
-    json(&[
-        "gov",
-        "execute",
-        "--ledger",
-        run,
-        "--key",
-        p(&keys[0]),
-        "--proposal",
-        &id,
-        "--at",
-        &after,
-    ]);
+    let keys = client_keys(&out, dir.path(), 5);
+    pass(&out, &keys, &["--approve-unlearning", "1"]);
     let o = cohort(&[
         "unlearn",
         "execute",
@@ -1021,18 +1021,7 @@ fn a_governed_run_forgets_a_client_only_once_its_members_approve() {
     ]);
     assert!(o.status.success(), "{}", text(&o));
     // The run goes on from the unlearned model; its listed clients train under the same recipe.
-    let mut args = vec![
-        "run",
-        config,
-        "--out",
-        p(&out),
-        "--resume",
-        "--set",
-        "coordinator.rounds=6",
-    ];
-    args.extend(gov);
-    let o = cohort(&args);
-    assert!(o.status.success(), "{}", text(&o));
+    governed_run(&out, &["--resume", "--set", "coordinator.rounds=6"]);
     let summary: Value =
         serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
     let last = &summary["summary"]["rounds"][5];
@@ -1040,6 +1029,7 @@ fn a_governed_run_forgets_a_client_only_once_its_members_approve() {
     assert_eq!(last["refused"], serde_json::json!([2]), "{last}");
     assert!(last["royalties"]["client-0"].is_string(), "{last}");
     // Refusals by name: a party the run does not have, an existing file.
+    let x = dir.path().join("x.pem");
     let o = cohort(&[
         "keys",
         "export",
@@ -1047,7 +1037,7 @@ fn a_governed_run_forgets_a_client_only_once_its_members_approve() {
         "--party",
         "client-99",
         "--out",
-        p(&dir.path().join("x.pem")),
+        p(&x),
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("--party"), "{}", text(&o));
@@ -1074,135 +1064,51 @@ fn hyperparameters_adopted_by_vote_apply_from_the_next_round() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/market.toml");
-    let config = p(&config);
-    let gov = [
-        "--set",
-        "governance.bond=50",
-        "--set",
-        "governance.voting_period=600",
-        "--set",
-        "governance.timelock=60",
-    ];
-    let run_with = |extra: &[&str]| {
-        let mut args = vec!["run", config, "--out", p(&out)];
-        args.extend(gov);
-        args.extend(extra);
-        let o = cohort(&args);
-        assert!(o.status.success(), "{}", text(&o));
-        text(&o)
-    };
-    run_with(&[]);
+    governed_run(&out, &[]);
     let run = p(&out);
-    let json = |args: &[&str]| -> Value {
-        let mut a = args.to_vec();
-        a.push("--json");
-        let o = cohort(&a);
-        assert!(o.status.success(), "cohort {a:?}: {}", text(&o));
-        serde_json::from_slice(&o.stdout).unwrap()
-    };
-    let keys: Vec<PathBuf> = (0..5)
-        .map(|k| {
-            let f = dir.path().join(format!("client-{k}.pem"));
-            json(&[
-                "keys",
-                "export",
-                run,
-                "--party",
-                &format!("client-{k}"),
-                "--out",
-                p(&f),
-            ]);
-            f
-        })
-        .collect();
+    let keys = client_keys(&out, dir.path(), 5);
     let ledger = out.join("ledger");
     let size = || LedgerReader::open(&ledger).unwrap().replay().unwrap().len();
     let before = size();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[task]\ndim = 3\n").unwrap();
+    let k0 = p(&keys[0]);
     let o = cohort(&[
         "gov",
         "propose",
         "--ledger",
         run,
         "--key",
-        p(&keys[0]),
+        k0,
         "--hyperparams",
         p(&bad),
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(
-        text(&o).contains("task.dim is not a hyperparameter"),
-        "{}",
-        text(&o)
-    );
+    let said = text(&o);
+    assert!(said.contains("task.dim is not a hyperparameter"), "{said}");
     assert_eq!(size(), before);
     let hp = dir.path().join("hp.toml");
     std::fs::write(&hp, "[task]\nlr = 0.02\n").unwrap();
-    let prop = json(&[
-        "gov",
-        "propose",
-        "--ledger",
-        run,
-        "--key",
-        p(&keys[0]),
-        "--hyperparams",
-        p(&hp),
-    ]);
-    let id = prop["proposal"].to_string();
-    for k in &keys {
-        json(&[
-            "gov",
-            "vote",
-            "--ledger",
-            run,
-            "--key",
-            p(k),
-            "--proposal",
-            &id,
-            "--for",
-        ]);
-    }
-    let after = (prop["executable_at"].as_u64().unwrap() + 1).to_string();
-    json(&[
-        "gov",
-        "execute",
-        "--ledger",
-        run,
-        "--key",
-        p(&keys[0]),
-        "--proposal",
-        &id,
-        "--at",
-        &after,
-    ]);
-    let said = run_with(&["--resume", "--set", "coordinator.rounds=6"]);
-    assert!(
-        said.contains(
-            "adopting the hyperparameters of proposal 1 from the next round: task.lr = 0.02"
-        ),
-        "{said}"
-    );
-    let record: Value =
-        serde_json::from_slice(&std::fs::read(out.join("run.json")).unwrap()).unwrap();
-    assert_eq!(record["adopted_hyperparameters"], serde_json::json!([1]));
-    assert_eq!(record["config"]["task"]["lr"], 0.02);
+    pass(&out, &keys, &["--hyperparams", p(&hp)]);
+    let said = governed_run(&out, &["--resume", "--set", "coordinator.rounds=6"]);
+    let adopting = "adopting the hyperparameters of proposal 1 from the next round: task.lr = 0.02";
+    assert!(said.contains(adopting), "{said}");
+    let record = || -> Value {
+        serde_json::from_slice(&std::fs::read(out.join("run.json")).unwrap()).unwrap()
+    };
+    assert_eq!(record()["adopted_hyperparameters"], serde_json::json!([1]));
+    assert_eq!(record()["config"]["task"]["lr"], 0.02);
     // The recipe changed with the config: the listed clients sit the new round out until
     // their owners allow it (deny by default).
     let summary: Value =
         serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
-    assert_eq!(
-        summary["summary"]["rounds"][5]["refused"],
-        serde_json::json!([0, 1, 2])
-    );
+    let refused = &summary["summary"]["rounds"][5]["refused"];
+    assert_eq!(refused, &serde_json::json!([0, 1, 2]));
     // A later resume, with the config the run started with, keeps the adopted settings.
-    let said = run_with(&["--resume", "--set", "coordinator.rounds=7"]);
+    let said = governed_run(&out, &["--resume", "--set", "coordinator.rounds=7"]);
     assert!(!said.contains("adopting"), "{said}");
-    let record: Value =
-        serde_json::from_slice(&std::fs::read(out.join("run.json")).unwrap()).unwrap();
-    assert_eq!(record["config"]["task"]["lr"], 0.02);
-    assert_eq!(record["config"]["coordinator"]["rounds"], 7);
+    assert_eq!(record()["config"]["task"]["lr"], 0.02);
+    assert_eq!(record()["config"]["coordinator"]["rounds"], 7);
 }
 
 /// `[market] source = "round"`: with no sponsor's fund, the royalties come out of each round's
