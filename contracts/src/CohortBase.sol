@@ -615,6 +615,7 @@ abstract contract CohortBase {
 
     error NotListed(bytes32 datasetId);
     error InvalidFees(uint16 coordinatorBps, uint16 treasuryBps);
+    error PriceAboveSupply(uint256 price, uint256 cap);
     error RecipeSet(uint64 roundId);
     error RecipeNotAllowed(bytes32 datasetId, bytes32 recipe);
     error RecipeAllowedThere(bytes32 datasetId, bytes32 recipe);

@@ -242,7 +242,7 @@ contract CohortRuns is CohortBase {
     function listDataset(bytes32 datasetId, uint256 pricePerRound, bytes32[] calldata recipes) external {
         _ownDataset(datasetId);
         if (pricePerRound == 0) revert ZeroAmount();
-        if (pricePerRound > MAX_SUPPLY) revert InvalidFees(0, 0);
+        if (pricePerRound > MAX_SUPPLY) revert PriceAboveSupply(pricePerRound, MAX_SUPPLY);
         Listing storage l = _listings[datasetId];
         l.pricePerRound = pricePerRound;
         if (!l.active) {

@@ -1379,6 +1379,7 @@ mod tests {
             ledger_root: cohort_core::Hash32::ZERO,
             ledger_entries: 0,
             absent: BTreeMap::new(),
+            set_aside: BTreeMap::new(),
         };
         assert_eq!(
             holdings_table(&cfg, &s).csv(),

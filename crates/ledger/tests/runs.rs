@@ -560,6 +560,10 @@ fn royalties_are_split_paid_once_per_round_and_only_under_allowed_recipes() {
         revert(w.p.list_dataset(&c1, w.datasets[1], U256::ZERO, &[])),
         CohortErrors::ZeroAmount(_)
     ));
+    assert!(matches!(
+        revert(w.p.list_dataset(&c1, w.datasets[1], U256::MAX, &[])),
+        CohortErrors::PriceAboveSupply(_)
+    ));
     // 10% to the coordinator, 5% to the treasury, the rest to the owner.
     assert!(matches!(
         revert(w.p.set_market_fees(&coord, 6_000, 5_000)),

@@ -164,8 +164,8 @@ pub struct Coordinator<'a, B: LedgerBackend, L: Learner + ?Sized> {
     learner: &'a L,
     absent: Vec<(Party, String)>,
     /// Clients whose listing (`[market]`) or governance bond (`[governance]`) the ledger
-    /// refused: they take part unlisted, or without a vote.
-    unlisted: Vec<(Party, String)>,
+    /// refused: they take part unlisted, or without a vote (the summary's `set_aside`).
+    set_aside: Vec<(Party, String)>,
     /// Clients left out of the run ([`Self::exclude`]).
     excluded: BTreeSet<u32>,
 }
@@ -211,7 +211,7 @@ impl<'a, B: LedgerBackend, L: Learner + ?Sized> Coordinator<'a, B, L> {
             roster,
             learner,
             absent: Vec::new(),
-            unlisted: Vec::new(),
+            set_aside: Vec::new(),
             excluded: BTreeSet::new(),
         })
     }
@@ -414,7 +414,7 @@ impl<'a, B: LedgerBackend, L: Learner + ?Sized> Coordinator<'a, B, L> {
             let results = self.p.relay_batch::<CohortRuns::listDatasetCall>(calls)?;
             for (party, r) in who.iter().zip(errors(results)) {
                 if let Some(e) = r {
-                    self.unlisted
+                    self.set_aside
                         .push((*party, format!("the ledger refused its listing: {e}")));
                 }
             }
@@ -438,7 +438,7 @@ impl<'a, B: LedgerBackend, L: Learner + ?Sized> Coordinator<'a, B, L> {
             let results = self.p.relay_batch::<CohortRuns::govBondCall>(calls)?;
             for (party, r) in who.iter().zip(errors(results)) {
                 if let Some(e) = r {
-                    self.unlisted.push((
+                    self.set_aside.push((
                         *party,
                         format!("the ledger refused its governance bond: {e}"),
                     ));
@@ -476,8 +476,8 @@ impl<'a, B: LedgerBackend, L: Learner + ?Sized> Coordinator<'a, B, L> {
 
     /// Clients whose listing or bond the ledger refused, each with why: they take part
     /// unlisted, or without a vote.
-    pub fn unlisted(&self) -> &[(Party, String)] {
-        &self.unlisted
+    pub fn set_aside(&self) -> &[(Party, String)] {
+        &self.set_aside
     }
 
     /// The run's market on the ledger, before its first round (`[market]`): the coordinator
@@ -1478,6 +1478,11 @@ impl<B: LedgerBackend, L: Learner + ?Sized> Coordinator<'_, B, L> {
         let mut summary = events.summary.summary()?;
         summary.absent = self
             .absent
+            .iter()
+            .map(|(p, why)| (p.to_string(), why.clone()))
+            .collect();
+        summary.set_aside = self
+            .set_aside
             .iter()
             .map(|(p, why)| (p.to_string(), why.clone()))
             .collect();

@@ -249,6 +249,10 @@ pub struct RunSummary {
     /// enrolment or their dataset, or they were left out); empty when none, or on a resume.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub absent: BTreeMap<String, String>,
+    /// The clients that took part without their listing (`[market]`) or their governance bond
+    /// (`[governance]`), by name, and why the ledger refused it; empty when none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set_aside: BTreeMap<String, String>,
 }
 
 /// A run's update traffic, clients to coordinator: the mean bytes of an update blob (one

@@ -470,6 +470,7 @@ impl RunSummaryBuilder {
             ledger_root: end.ledger_root,
             ledger_entries: end.ledger_entries,
             absent: BTreeMap::new(),
+            set_aside: BTreeMap::new(),
         })
     }
 }

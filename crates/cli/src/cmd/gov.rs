@@ -154,8 +154,13 @@ pub fn explain_runs(e: &CohortErrors) -> Option<String> {
         CohortErrors::DatasetIsForgotten(x) => format!("dataset {} was forgotten", x.id),
         CohortErrors::NotListed(x) => format!("dataset {} is not listed", x.datasetId),
         CohortErrors::InvalidFees(x) => format!(
-            "fees of {} and {} bps add up to more than 100% (or a price beyond the supply cap)",
+            "fees of {} and {} bps add up to more than 100%",
             x.coordinatorBps, x.treasuryBps
+        ),
+        CohortErrors::PriceAboveSupply(x) => format!(
+            "a price of {} tokens is beyond the supply cap ({})",
+            t(x.price),
+            t(x.cap)
         ),
         CohortErrors::RecipeSet(x) => format!("round {} has its recipe already", x.roundId),
         CohortErrors::RecipeNotAllowed(x) => format!(

@@ -1516,6 +1516,9 @@ impl Args {
             for (party, why) in &summary.absent {
                 outln!("sat out {party}: {why}");
             }
+            for (party, why) in &summary.set_aside {
+                outln!("{party} took part without it: {why}");
+            }
             if let Some(c) = &collaboration {
                 outln!();
                 for l in super::collaboration::lines(c) {

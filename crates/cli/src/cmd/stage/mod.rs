@@ -443,9 +443,13 @@ impl Session {
             return Ok(None);
         }
         let me = self.me.clone();
-        let before = self.p.backend().head()?;
+        // A run's directory: the head before, to find the run's saved round that names it.
+        let before = match &self.run_dir {
+            Some(_) => Some(self.p.backend().head()?),
+            None => None,
+        };
         let sent = self.p.send(&me, call).map_err(|e| refused(name, &e))?;
-        if let Some(dir) = &self.run_dir {
+        if let (Some(dir), Some(before)) = (&self.run_dir, before) {
             let after = self.p.backend().head()?;
             let state = dir.join("state");
             cohort_node::resume::note_appended(
